@@ -1,0 +1,55 @@
+"""Celery settings for mvpipe, derived from `mvpipe.settings` (MVPIPE_* environment variables).
+
+Importable from any directory once mvpipe is installed (it is a top-level module of the package).
+"""
+
+from kombu import Exchange, Queue
+
+from mvpipe.settings import get_settings
+
+_s = get_settings()
+
+broker_url = _s.broker_url
+result_backend = _s.result_backend
+
+# JSON only: no pickle, so a message can never carry code.
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+result_accept_content = ["json"]
+
+# A task is acknowledged only when it has finished; a lost worker's task is re-queued.
+task_acks_late = True
+task_reject_on_worker_lost = True
+worker_prefetch_multiplier = 1
+task_track_started = True
+worker_send_task_events = True
+task_send_sent_event = True
+
+# Redelivery of unacked messages must come after the longest countdown we ever schedule.
+broker_transport_options = {"visibility_timeout": _s.visibility_timeout}
+result_backend_transport_options = {"visibility_timeout": _s.visibility_timeout}
+result_expires = _s.result_expires  # also the life of chord counters: above the longest run
+result_extended = True
+
+broker_connection_retry_on_startup = True
+broker_connection_max_retries = None
+broker_pool_limit = 10
+redis_backend_health_check_interval = 10
+redis_socket_keepalive = True
+worker_cancel_long_running_tasks_on_connection_loss = False
+
+task_default_queue = "mvpipe.plan"
+task_queues = (
+    Queue("mvpipe.plan", Exchange("mvpipe.plan"), routing_key="mvpipe.plan"),
+    Queue("mvpipe.video", Exchange("mvpipe.video"), routing_key="mvpipe.video"),
+)
+task_routes = {
+    "mvpipe.generate_scene": {"queue": "mvpipe.video", "routing_key": "mvpipe.video"},
+    "mvpipe.*": {"queue": "mvpipe.plan", "routing_key": "mvpipe.plan"},
+}
+
+beat_schedule = {
+    "reconcile": {"task": "mvpipe.reconcile", "schedule": _s.reconcile_seconds},
+}
+beat_schedule_filename = str(_s.state_dir / "celerybeat-schedule")

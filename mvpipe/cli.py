@@ -1,0 +1,386 @@
+"""The `mvpipe` command line. Errors are one clear line and a documented exit code.
+
+Exit codes: 0 done, 1 the project failed, 2 invalid input, 3 not found, 4 conflict,
+5 timed out, 6 a service or setting is unavailable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from mvpipe.errors import (
+    ConfigurationError,
+    Conflict,
+    InvalidInput,
+    MvpipeError,
+    NotFound,
+    StoreUnavailable,
+    Timeout,
+)
+from mvpipe.models import ProjectStatus, ProjectView
+
+T = TypeVar("T")
+
+EXIT_FAILED, EXIT_INVALID, EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_TIMEOUT, EXIT_UNAVAILABLE = (
+    1,
+    2,
+    3,
+    4,
+    5,
+    6,
+)
+_EXIT_CODES: list[tuple[type[MvpipeError], int]] = [
+    (InvalidInput, EXIT_INVALID),
+    (NotFound, EXIT_NOT_FOUND),
+    (Conflict, EXIT_CONFLICT),
+    (Timeout, EXIT_TIMEOUT),
+    (StoreUnavailable, EXIT_UNAVAILABLE),
+    (ConfigurationError, EXIT_UNAVAILABLE),
+]
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def guarded(fn: Callable[[], T]) -> T:
+    """Run an API call; user mistakes and outages become one line and an exit code."""
+    try:
+        return fn()
+    except MvpipeError as exc:
+        code = next((c for t, c in _EXIT_CODES if isinstance(exc, t)), EXIT_FAILED)
+        _fail(str(exc), code)
+    except OSError as exc:  # connection refused and the like: the stack is not running
+        _fail(f"cannot reach a backing service: {exc}", EXIT_UNAVAILABLE)
+
+
+def _api() -> Any:
+    from mvpipe import api  # imported lazily so `--help` stays instant
+
+    return api
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mvpipe")
+def main() -> None:
+    """mvpipe: generate music videos scene by scene on a Celery cluster.
+
+    Configuration comes from MVPIPE_* environment variables (see the README).
+    """
+
+
+@main.command()
+@click.option("--title", required=True, help="The video's title.")
+@click.option("--concept", help="Concept or lyrics (or use --concept-file).")
+@click.option("--concept-file", type=click.File("r"), help="Read the concept/lyrics from a file.")
+@click.option("--scenes", "scene_count", type=int, help="Number of scenes [MVPIPE_DEFAULT_SCENES].")
+@click.option(
+    "--scene-file", type=click.File("r"), help="JSON list of scene specs; skips planning."
+)
+@click.option("--provider", help="Video provider: local, veo or replicate [MVPIPE_PROVIDER].")
+def create(
+    title: str,
+    concept: str | None,
+    concept_file: Any,
+    scene_count: int | None,
+    scene_file: Any,
+    provider: str | None,
+) -> None:
+    """Create a project and print its id."""
+    if concept_file is not None:
+        concept = concept_file.read()
+    if concept is None:
+        _fail("give --concept or --concept-file", EXIT_INVALID)
+    scenes = None
+    if scene_file is not None:
+        try:
+            scenes = json.load(scene_file)
+        except json.JSONDecodeError as exc:
+            _fail(f"--scene-file is not valid JSON: {exc}", EXIT_INVALID)
+    project_id = guarded(
+        lambda: _api().create_project(
+            title, concept, scene_count=scene_count, scenes=scenes, provider=provider
+        )
+    )
+    click.echo(project_id)
+
+
+@main.command()
+@click.argument("project_id")
+@click.option("--wait/--no-wait", default=False, help="Follow the run with a live progress bar.")
+@click.option("--timeout", default=3600.0, show_default=True, help="Seconds to wait with --wait.")
+def run(project_id: str, wait: bool, timeout: float) -> None:
+    """Start (or join) a project's run."""
+    result = guarded(lambda: _api().run_project(project_id))
+    click.echo(f"run {result.id}", err=True)
+    if wait:
+        view = follow(project_id, timeout)
+        _print_summary(view)
+        sys.exit(0 if view.status == ProjectStatus.COMPLETED else EXIT_FAILED)
+
+
+def follow(project_id: str, timeout: float) -> ProjectView:
+    """Show progress until the project's run is over; returns the final view."""
+    from mvpipe.progress import ProgressPrinter
+
+    api = _api()
+    printer = ProgressPrinter()
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                view = api.wait_project(project_id, timeout=0.5)
+                printer.update(view)
+                return view
+            except Timeout:
+                printer.update(guarded(lambda: api.get_project(project_id)))
+            if time.monotonic() > deadline:
+                _fail(f"project {project_id} still running after {timeout:.0f}s", EXIT_TIMEOUT)
+    finally:
+        printer.close()
+
+
+@main.command()
+@click.argument("project_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the full project as JSON.")
+def status(project_id: str, as_json: bool) -> None:
+    """Show a project and its scenes."""
+    view = guarded(lambda: _api().get_project(project_id))
+    if as_json:
+        click.echo(view.model_dump_json(indent=2))
+    else:
+        _print_summary(view)
+
+
+def _print_summary(view: ProjectView) -> None:
+    click.echo(f"project   {view.project_id}  {view.title!r}")
+    click.echo(
+        f"status    {view.status}   scenes {view.scene_count}   completed {view.completed_scenes}"
+        f"   failed {view.failed_scenes}   provider {view.provider}"
+    )
+    if view.last_error:
+        click.echo(f"error     {view.last_error}")
+    if view.scenes:
+        click.echo(f"{'seq':>4}  {'status':<10} {'tries':>5}  clip / last error")
+    for scene in view.scenes:
+        detail = scene.original_video_clip_s3_key or scene.last_error or ""
+        click.echo(f"{scene.sequence:>4}  {scene.status:<10} {scene.attempts:>5}  {detail}")
+
+
+@main.command()
+@click.argument("project_id")
+@click.argument("sequence", type=int)
+@click.option("--wait/--no-wait", default=False, help="Follow the run until the scene is done.")
+def regenerate(project_id: str, sequence: int, wait: bool) -> None:
+    """Generate one scene again (a new paid generation for that scene only)."""
+    result = guarded(lambda: _api().regenerate_scene(project_id, sequence))
+    click.echo(f"run {result.id}", err=True)
+    if wait:
+        _print_summary(follow(project_id, 3600))
+
+
+@main.command()
+@click.argument("project_id")
+def cancel(project_id: str) -> None:
+    """Cancel a project's run; a later `run` resumes it."""
+    view = guarded(lambda: _api().cancel_project(project_id))
+    click.echo(f"cancelled; project is {view.status}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def reconcile(as_json: bool) -> None:
+    """Repair what crashes left behind (beat runs this on a schedule)."""
+    report = guarded(lambda: _api().reconcile())
+    if as_json:
+        click.echo(report.model_dump_json(indent=2))
+        return
+    for name, value in report.model_dump().items():
+        click.echo(f"{name:<18} {value}")
+
+
+@main.command()
+@click.option(
+    "--status",
+    "status_",
+    type=click.Choice([s.value for s in ProjectStatus]),
+    help="Only projects with this status (served by the status index).",
+)
+def projects(status_: str | None) -> None:
+    """List projects."""
+    for record in guarded(lambda: _api().list_projects(status_)):
+        click.echo(
+            f"{record.project_id}  {record.status:<17} {record.created_at}  "
+            f"{record.completed_scenes}/{record.scene_count or record.requested_scene_count}  "
+            f"{record.title}"
+        )
+
+
+# -- the local stack ---------------------------------------------------------------------------
+@contextmanager
+def local_stack(
+    workdir: Path, *, concurrency: int, flower: bool, beat: bool
+) -> Iterator[dict[str, str]]:
+    """Start redis-server, the moto state server, a worker, beat and Flower; stop them after."""
+    from mvpipe import localstack
+    from mvpipe.deps import reset_context
+
+    stack = localstack.LocalStack(workdir)
+    with stack.running():
+        env = stack.child_env()
+        user = os.environ.get("MVPIPE_FLOWER_USER") or "mvpipe"
+        password = os.environ.get("MVPIPE_FLOWER_PASSWORD") or secrets.token_urlsafe(12)
+        env.update({"MVPIPE_FLOWER_USER": user})
+        os.environ.update(stack.env)
+        reset_context()
+        logs = workdir / "logs"
+        click.echo(f"redis-server at {stack.env['MVPIPE_BROKER_URL']}", err=True)
+        click.echo(
+            f"state server (DynamoDB + S3) at {stack.env['MVPIPE_DYNAMODB_ENDPOINT']}", err=True
+        )
+        stack.services.append(
+            localstack.start_worker(env, logs / "worker.log", concurrency=concurrency)
+        )
+        click.echo(f"worker ready (concurrency {concurrency}); logs in {logs}", err=True)
+        if beat:
+            stack.services.append(localstack.start_beat(env, logs / "beat.log"))
+            click.echo("beat ready (reconcile schedule)", err=True)
+        if flower:
+            port = (
+                localstack.free_port()
+                if os.environ.get("MVPIPE_FLOWER_PORT") is None
+                else int(os.environ["MVPIPE_FLOWER_PORT"])
+            )
+            stack.services.append(
+                localstack.start_flower(
+                    env, logs / "flower.log", port=port, user=user, password=password
+                )
+            )
+            click.echo(
+                f"Flower: http://127.0.0.1:{port}  user {user}  password {password}", err=True
+            )
+        yield stack.env
+
+
+def _wait_for_interrupt() -> None:
+    stop = {"now": False}
+
+    def handler(signum: int, frame: Any) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    while not stop["now"]:
+        time.sleep(0.2)
+
+
+@main.command()
+@click.option(
+    "--workdir", type=click.Path(path_type=Path), help="Where the stack keeps data and logs."
+)
+@click.option("--concurrency", default=2, show_default=True, help="Worker processes.")
+@click.option("--no-flower", is_flag=True, help="Do not start Flower.")
+def stack(workdir: Path | None, concurrency: int, no_flower: bool) -> None:
+    """Start the whole local stack (Redis, state server, worker, beat, Flower) until Ctrl-C."""
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="mvpipe-stack-"))
+    with local_stack(workdir, concurrency=concurrency, flower=not no_flower, beat=True) as env:
+        click.echo("\nPoint other shells at this stack with:", err=True)
+        for key, value in env.items():
+            click.echo(f"export {key}={value}")
+        click.echo("\nRunning; Ctrl-C stops everything.", err=True)
+        _wait_for_interrupt()
+    click.echo("stack stopped", err=True)
+
+
+@main.command()
+@click.option("--scenes", "scene_count", default=6, show_default=True, help="Scenes to generate.")
+@click.option(
+    "--keep", is_flag=True, help="Keep the stack running afterwards (explore it in Flower)."
+)
+def demo(scene_count: int, keep: bool) -> None:
+    """Generate a music video end to end on the local stack, then stop the stack."""
+    workdir = Path(tempfile.mkdtemp(prefix="mvpipe-demo-"))
+    os.environ.setdefault("MVPIPE_LOCAL_LATENCY", "1.5")
+    os.environ.setdefault("MVPIPE_LOCAL_LEDGER", str(workdir / "ledger.jsonl"))
+    with local_stack(workdir, concurrency=2, flower=True, beat=True):
+        api = _api()
+        project_id = guarded(
+            lambda: api.create_project(
+                "Neon Rain",
+                "City lights bloom after midnight.\nRain writes stories on the glass.\n"
+                "A train hums through the dark.\nMorning breaks over the river.",
+                scene_count=scene_count,
+            )
+        )
+        click.echo(f"\ncreated project {project_id}; running it", err=True)
+        guarded(lambda: api.run_project(project_id))
+        view = follow(project_id, 600)
+        click.echo("")
+        _print_summary(view)
+        from mvpipe.deps import get_context
+
+        clips = get_context().clips
+        first = next((s for s in view.scenes if s.original_video_clip_s3_key), None)
+        if first is not None and first.original_video_clip_s3_key:
+            key = first.original_video_clip_s3_key
+            click.echo(
+                f"\nclips are in bucket {clips.bucket}; scene 1 can be fetched for an hour at:"
+            )
+            click.echo(f"  {clips.presigned_url(key)}")
+            click.echo(f"or: mvpipe fetch {project_id} 1 scene1.mp4  (while the stack runs)")
+        if keep:
+            click.echo("\nStack kept running; Ctrl-C stops it.", err=True)
+            _wait_for_interrupt()
+    sys.exit(0 if view.status == ProjectStatus.COMPLETED else EXIT_FAILED)
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)
+def flower(flower_args: tuple[str, ...]) -> None:
+    """Start Flower behind basic auth (refuses without MVPIPE_FLOWER_USER/PASSWORD)."""
+    from mvpipe.settings import get_settings
+
+    s = get_settings()
+    if not s.flower_user or s.flower_password is None or not s.flower_password.get_secret_value():
+        _fail(
+            "set MVPIPE_FLOWER_USER and MVPIPE_FLOWER_PASSWORD; Flower never runs open",
+            EXIT_UNAVAILABLE,
+        )
+    auth = f"{s.flower_user}:{s.flower_password.get_secret_value()}"
+    argv = [sys.executable, "-m", "celery", "-A", "mvpipe.celery_app", "flower", *flower_args]
+    os.execve(sys.executable, argv, {**os.environ, "FLOWER_BASIC_AUTH": auth})
+
+
+@main.command()
+@click.argument("project_id")
+@click.argument("sequence", type=int)
+@click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
+def fetch(project_id: str, sequence: int, output: Path) -> None:
+    """Download a scene's clip to OUTPUT."""
+    api = _api()
+    view = guarded(lambda: api.get_project(project_id))
+    scene = next((s for s in view.scenes if s.sequence == sequence), None)
+    if scene is None or not scene.original_video_clip_s3_key:
+        _fail(f"scene {sequence} of project {project_id} has no clip", EXIT_NOT_FOUND)
+    from mvpipe.deps import get_context
+
+    key = scene.original_video_clip_s3_key
+    output.write_bytes(guarded(lambda: get_context().clips.read(key)))
+    click.echo(f"wrote {output}")
+
+
+if __name__ == "__main__":
+    main()

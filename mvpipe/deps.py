@@ -1,0 +1,99 @@
+"""Builds the store, Redis and provider clients lazily, once per process.
+
+Nothing here runs at import. A forked worker child gets fresh clients (boto3 sessions and sockets
+are not fork-safe) because the cache is keyed by process id.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+
+import redis
+
+from mvpipe.providers import build_planner, build_video_provider
+from mvpipe.providers.base import Planner, VideoProvider
+from mvpipe.providers.limiter import QuotaLimiter
+from mvpipe.runboard import RunBoard
+from mvpipe.settings import Settings, get_settings
+from mvpipe.store.clips import ClipStore
+from mvpipe.store.dynamo import Table
+from mvpipe.store.projects import ProjectStore
+from mvpipe.store.scenes import SceneStore
+
+
+@dataclass
+class Context:
+    settings: Settings
+    table: Table
+    projects: ProjectStore
+    scenes: SceneStore
+    clips: ClipStore
+    redis: redis.Redis
+    limiter: QuotaLimiter
+    board: RunBoard
+    _providers: dict[str, VideoProvider] = field(default_factory=dict)
+    _planners: dict[str, Planner] = field(default_factory=dict)
+    _ready: bool = False
+
+    def video_provider(self, name: str) -> VideoProvider:
+        if name not in self._providers:
+            self._providers[name] = build_video_provider(name, self.settings)
+        return self._providers[name]
+
+    def planner(self) -> Planner:
+        name = self.settings.planner
+        if name not in self._planners:
+            self._planners[name] = build_planner(name, self.settings)
+        return self._planners[name]
+
+    def ensure_storage(self) -> None:
+        """Create table and bucket on first use (idempotent, race-safe)."""
+        if not self._ready:
+            self.table.ensure()
+            self.clips.ensure()
+            self._ready = True
+
+
+def build_context(settings: Settings) -> Context:
+    table = Table(settings)
+    client = redis.Redis.from_url(
+        settings.mvpipe_redis_url,
+        socket_timeout=settings.store_timeout_seconds,
+        socket_connect_timeout=settings.store_timeout_seconds,
+        health_check_interval=10,
+        retry_on_timeout=True,
+    )
+    return Context(
+        settings=settings,
+        table=table,
+        projects=ProjectStore(table),
+        scenes=SceneStore(table),
+        clips=ClipStore(settings),
+        redis=client,
+        limiter=QuotaLimiter(client),
+        board=RunBoard(client, ttl=settings.result_expires),
+    )
+
+
+_lock = threading.Lock()
+_cache: tuple[int, Context] | None = None
+
+
+def get_context() -> Context:
+    global _cache
+    with _lock:
+        if _cache is None or _cache[0] != os.getpid():
+            context = build_context(get_settings())
+            context.ensure_storage()
+            _cache = (os.getpid(), context)
+        return _cache[1]
+
+
+def reset_context() -> None:
+    """Forget the process's clients (tests change the environment between stacks)."""
+    global _cache
+    with _lock:
+        _cache = None
+    get_settings.cache_clear()

@@ -1,0 +1,38 @@
+"""Enqueues mvpipe's tasks by name (so the API never imports task modules)."""
+
+from __future__ import annotations
+
+from celery import Celery
+from celery.result import AsyncResult
+
+PLAN_SCENES = "mvpipe.plan_scenes"
+GENERATE_SCENE = "mvpipe.generate_scene"
+FINALIZE_PROJECT = "mvpipe.finalize_project"
+RECONCILE = "mvpipe.reconcile"
+
+
+class CeleryDispatcher:
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+
+    def start_run(
+        self, project_id: str, run_id: str, sequences: list[int] | None = None
+    ) -> AsyncResult:
+        """The run's root task carries the run id as its task id: AsyncResult(run_id) is the run."""
+        return self.app.send_task(
+            PLAN_SCENES, args=[project_id, run_id], kwargs={"only": sequences}, task_id=run_id
+        )
+
+    def poll(
+        self, project_id: str, sequence: int, run_id: str | None, provider: str, operation_id: str
+    ) -> AsyncResult:
+        return self.app.send_task(
+            GENERATE_SCENE,
+            args=[project_id, sequence, run_id, provider],
+            kwargs={"operation_id": operation_id},
+        )
+
+    def finalize(
+        self, project_id: str, run_id: str | None, sequences: list[int] | None
+    ) -> AsyncResult:
+        return self.app.send_task(FINALIZE_PROJECT, args=[None, project_id, run_id, sequences])

@@ -1,0 +1,67 @@
+"""The one exception tree of mvpipe.
+
+    MvpipeError
+    ├── InvalidInput            bad ids, text, sequences, providers: nothing was written
+    ├── NotFound                no such project or scene
+    ├── Conflict                the state moved on (another run is active, a lease is held)
+    │   └── RunInactive         the run this work belongs to was released or replaced
+    ├── Timeout                 waiting for a project took longer than asked
+    ├── ConfigurationError      settings or credentials missing or wrong
+    ├── StoreUnavailable        DynamoDB/S3/Redis did not answer: retry later
+    └── ProviderError           a planner or video provider refused or failed
+        ├── TransientProviderError   429, 5xx, timeouts, resets: retry with backoff
+        │   └── QuotaExceeded        the provider's concurrency limit was hit
+        └── PermanentProviderError   invalid request, safety block: never retried
+
+Retry policy keys off these types, never off message text.
+"""
+
+from __future__ import annotations
+
+
+class MvpipeError(Exception):
+    """Root of every error mvpipe raises on purpose."""
+
+
+class InvalidInput(MvpipeError, ValueError):
+    """The caller's input was rejected before anything was written."""
+
+
+class NotFound(MvpipeError, LookupError):
+    """The project or scene does not exist (or is not visible yet)."""
+
+
+class Conflict(MvpipeError):
+    """The stored state does not allow the transition any more."""
+
+
+class RunInactive(Conflict):
+    """The run a task belongs to is no longer the project's active run."""
+
+
+class Timeout(MvpipeError, TimeoutError):
+    """A wait ended before the project did."""
+
+
+class ConfigurationError(MvpipeError):
+    """A setting or credential is missing or malformed."""
+
+
+class StoreUnavailable(MvpipeError):
+    """A backing service (DynamoDB, S3, Redis) failed transiently."""
+
+
+class ProviderError(MvpipeError):
+    """A provider call failed; `message` is safe to store (it never holds a secret)."""
+
+
+class TransientProviderError(ProviderError):
+    """Worth retrying later: rate limits, server errors, timeouts, connection resets."""
+
+
+class QuotaExceeded(TransientProviderError):
+    """The provider refused because too many jobs are in flight."""
+
+
+class PermanentProviderError(ProviderError):
+    """Retrying would fail again (or pay again for the same refusal)."""

@@ -1,0 +1,230 @@
+"""Starts and stops the local stack as real processes: redis-server, the moto state server,
+Celery worker, beat and Flower. Used by `mvpipe stack`, the demo and the test fixtures alike.
+
+Every start waits on a condition (a port answering, a "ready" log line), never a fixed sleep.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mvpipe.errors import ConfigurationError, Timeout
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def wait_until(
+    check: Callable[[], bool], timeout: float, what: str, proc: subprocess.Popen | None = None
+) -> None:
+    deadline = time.monotonic() + timeout
+    delay = 0.02
+    while not check():
+        if proc is not None and proc.poll() is not None:
+            raise ConfigurationError(f"{what}: process exited with code {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise Timeout(f"{what}: not ready after {timeout:.0f}s")
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.5)
+
+
+@dataclass
+class Service:
+    name: str
+    proc: subprocess.Popen
+    log_path: Path
+    port: int | None = None
+
+    def pause(self) -> None:
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.proc.send_signal(signal.SIGCONT)
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGCONT)
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        # Celery's pool children and the like: nothing of ours may outlive the stack.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+
+def _spawn(
+    name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
+
+
+def redis_server_binary() -> str:
+    found = shutil.which("redis-server") or (
+        "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
+    )
+    if found is None:
+        raise ConfigurationError("redis-server not found: apt-get install -y redis-server")
+    return found
+
+
+def start_redis(workdir: Path, *, port: int | None = None, appendonly: bool = True) -> Service:
+    port = port or free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    argv = [
+        redis_server_binary(),
+        "--port", str(port),
+        "--bind", "127.0.0.1",
+        "--dir", str(workdir),
+        "--save", "",
+        "--appendonly", "yes" if appendonly else "no",
+        "--appendfsync", "everysec",
+        "--databases", "64",
+    ]  # fmt: skip
+    proc = _spawn("redis", argv, workdir / "redis.log")
+    wait_until(lambda: port_open(port), 30, "redis-server", proc)
+    return Service("redis", proc, workdir / "redis.log", port)
+
+
+def start_state_server(workdir: Path, *, port: int | None = None) -> Service:
+    """moto in server mode: DynamoDB and S3 over real HTTP."""
+    port = port or free_port()
+    argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    proc = _spawn("moto", argv, workdir / "moto.log")
+    wait_until(lambda: port_open(port), 60, "moto server", proc)
+    return Service("moto", proc, workdir / "moto.log", port)
+
+
+def stack_env(redis_port: int, moto_port: int, state_dir: Path, *, db: int = 0) -> dict[str, str]:
+    """The MVPIPE_* and AWS_* variables that point a process at a local stack."""
+    return {
+        "MVPIPE_BROKER_URL": f"redis://127.0.0.1:{redis_port}/{db}",
+        "MVPIPE_RESULT_BACKEND": f"redis://127.0.0.1:{redis_port}/{db + 1}",
+        "MVPIPE_DYNAMODB_ENDPOINT": f"http://127.0.0.1:{moto_port}",
+        "MVPIPE_S3_ENDPOINT": f"http://127.0.0.1:{moto_port}",
+        "MVPIPE_STATE_DIR": str(state_dir),
+        "AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "local"),
+        "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", "local"),
+        "AWS_DEFAULT_REGION": os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+    }
+
+
+def _celery(*args: str) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", "mvpipe.celery_app", *args]
+
+
+def start_worker(
+    env: dict[str, str],
+    log_path: Path,
+    *,
+    concurrency: int = 2,
+    name: str = "worker",
+    loglevel: str = "INFO",
+) -> Service:
+    argv = _celery(
+        "worker",
+        "-c", str(concurrency),
+        "-P", "prefork",
+        "-n", f"{name}@%h",
+        "-l", loglevel,
+        "-E",
+        "--without-mingle",
+        "--without-gossip",
+    )  # fmt: skip
+    start = log_path.stat().st_size if log_path.exists() else 0
+    proc = _spawn(name, argv, log_path, env=env)
+    service = Service(name, proc, log_path)
+    wait_until(lambda: " ready." in service.log_text()[start:], 120, f"celery worker {name}", proc)
+    return service
+
+
+def start_beat(env: dict[str, str], log_path: Path) -> Service:
+    proc = _spawn("beat", _celery("beat", "-l", "INFO"), log_path, env=env)
+    service = Service("beat", proc, log_path)
+    wait_until(lambda: "beat: Starting" in service.log_text(), 60, "celery beat", proc)
+    return service
+
+
+def start_flower(
+    env: dict[str, str], log_path: Path, *, port: int, user: str, password: str
+) -> Service:
+    argv = [sys.executable, "-m", "mvpipe.cli", "flower", f"--port={port}", "--address=127.0.0.1"]
+    # Credentials travel in the environment, never in argv (visible to every local user).
+    creds = {"MVPIPE_FLOWER_USER": user, "MVPIPE_FLOWER_PASSWORD": password}
+    proc = _spawn("flower", argv, log_path, env={**env, **creds})
+    wait_until(lambda: port_open(port), 60, "flower", proc)
+    return Service("flower", proc, log_path, port)
+
+
+@dataclass
+class LocalStack:
+    """The whole local stack; a context manager that stops whatever it started."""
+
+    workdir: Path
+    services: list[Service] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+
+    def start_servers(self) -> None:
+        redis = start_redis(self.workdir / "redis")
+        self.services.append(redis)
+        moto = start_state_server(self.workdir)
+        self.services.append(moto)
+        self.env = stack_env(redis.port or 0, moto.port or 0, self.workdir / "state")
+
+    def child_env(self, **extra: str) -> dict[str, str]:
+        return {**os.environ, **self.env, **extra}
+
+    def stop(self) -> None:
+        for service in reversed(self.services):
+            service.stop()
+        self.services.clear()
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[LocalStack]:
+        try:
+            self.start_servers()
+            yield self
+        finally:
+            self.stop()

@@ -1,0 +1,167 @@
+"""Validated inputs (specs) and read-only views of projects and scenes."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+from mvpipe.errors import InvalidInput
+from mvpipe.settings import VIDEO_PROVIDERS
+
+MAX_SCENES = 999
+MAX_TITLE = 200
+MAX_CONCEPT = 20_000
+MAX_PROMPT = 2_000
+MAX_NEGATIVE_PROMPT = 1_000
+MIN_DURATION, MAX_DURATION = 1, 30
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+class ProjectStatus(StrEnum):
+    PENDING = "pending"  #: created, or cancelled with work left
+    GENERATING_SCENES = "generating_scenes"  #: a run is planning the scenes
+    PROCESSING = "processing"  #: a run is generating clips
+    COMPLETED = "completed"  #: every scene has its clip
+    FAILED = "failed"  #: planning failed, or a scene failed and nothing is left to do
+
+
+class SceneStatus(StrEnum):
+    PENDING = "pending"  #: waiting for a submission
+    PROCESSING = "processing"  #: leased for submission, or its provider operation is running
+    COMPLETED = "completed"  #: clip stored and recorded
+    FAILED = "failed"  #: permanent provider error or attempts exhausted
+
+
+def _clean_text(value: str) -> str:
+    if _CONTROL.search(value):
+        raise ValueError("control characters other than newline and tab are not allowed")
+    if not value.strip():
+        raise ValueError("must not be blank")
+    return value
+
+
+def _clean_optional_text(value: str | None) -> str | None:
+    if value is None or value == "":
+        return None
+    if _CONTROL.search(value):
+        raise ValueError("control characters other than newline and tab are not allowed")
+    return value
+
+
+Title = Annotated[str, Field(min_length=1, max_length=MAX_TITLE), AfterValidator(_clean_text)]
+Concept = Annotated[str, Field(min_length=1, max_length=MAX_CONCEPT), AfterValidator(_clean_text)]
+Prompt = Annotated[str, Field(min_length=1, max_length=MAX_PROMPT), AfterValidator(_clean_text)]
+NegativePrompt = Annotated[
+    str | None,
+    Field(default=None, max_length=MAX_NEGATIVE_PROMPT),
+    AfterValidator(_clean_optional_text),
+]
+Sequence = Annotated[int, Field(ge=1, le=MAX_SCENES, strict=True)]
+
+
+class SceneSpec(BaseModel):
+    """What one scene should show; planners produce these and users may pass them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt: Prompt
+    negative_prompt: NegativePrompt = None
+    duration_seconds: int = Field(default=8, ge=MIN_DURATION, le=MAX_DURATION, strict=True)
+
+
+class ProjectSpec(BaseModel):
+    """A validated creation request: everything is checked before anything is written."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    title: Title
+    concept: Concept
+    provider: str
+    requested_scene_count: int = Field(ge=1, le=MAX_SCENES, strict=True)
+    scenes: tuple[SceneSpec, ...] | None = None
+
+    def model_post_init(self, context: Any, /) -> None:
+        if self.provider not in VIDEO_PROVIDERS:
+            raise ValueError(
+                f"unknown provider {self.provider!r}; expected one of {VIDEO_PROVIDERS}"
+            )
+        if self.scenes is not None and len(self.scenes) != self.requested_scene_count:
+            raise ValueError("scene_count and the number of scenes disagree")
+
+
+class SceneView(BaseModel):
+    sequence: int
+    prompt: str
+    negative_prompt: str | None
+    duration_seconds: int
+    status: SceneStatus
+    original_video_clip_s3_key: str | None
+    working_video_clip_s3_key: str | None
+    lip_synced_video_clip_s3_key: str | None
+    attempts: int
+    last_error: str | None
+    provider_operation_id: str | None
+    completed_at: datetime | None
+
+
+class ProjectView(BaseModel):
+    project_id: str
+    title: str
+    concept: str
+    provider: str
+    status: ProjectStatus
+    scene_count: int
+    completed_scenes: int
+    failed_scenes: int
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+    scenes: list[SceneView]
+
+
+def validate_project_id(value: object) -> str:
+    """Project ids are canonical UUID4 strings; anything else never reaches a key."""
+    if not isinstance(value, str) or len(value) != 36:
+        raise InvalidInput(f"invalid project id: {_shorten(value)}")
+    try:
+        parsed = uuid.UUID(value)
+    except ValueError:
+        raise InvalidInput(f"invalid project id: {_shorten(value)}") from None
+    if parsed.version != 4 or str(parsed) != value:
+        raise InvalidInput(f"invalid project id: {_shorten(value)}")
+    return value
+
+
+def validate_sequence(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SCENES:
+        raise InvalidInput(f"invalid scene sequence: {_shorten(value)} (expected 1..{MAX_SCENES})")
+    return value
+
+
+def parse_scene_specs(scenes: list[SceneSpec | dict[str, Any]]) -> tuple[SceneSpec, ...]:
+    if not isinstance(scenes, list | tuple):
+        raise InvalidInput("scenes must be a list")
+    try:
+        return tuple(s if isinstance(s, SceneSpec) else SceneSpec.model_validate(s) for s in scenes)
+    except ValidationError as exc:
+        raise InvalidInput(describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One readable line per problem, without echoing huge inputs back."""
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "input"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def _shorten(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,102 @@
+"""Finalize: recount the scenes, derive the project's status, release the run when it is over.
+
+Reads the store, never the chord's result list: a chord body can fire early (a redelivered header)
+and a header can exit because another execution owns its scene. When the run is not over yet,
+the last scene to finish triggers finalize again (see RunBoard.scene_finished).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from mvpipe.deps import Context
+from mvpipe.models import ProjectStatus
+from mvpipe.states import FINAL_SCENE_STATES, project_status
+from mvpipe.store.records import ProjectState
+
+log = logging.getLogger("mvpipe.finalize")
+
+
+@dataclass(frozen=True)
+class Settlement:
+    status: ProjectStatus
+    released: bool
+    changed: bool
+
+
+def settle_project(
+    ctx: Context,
+    state: ProjectState,
+    *,
+    release_run: str | None = None,
+    sequences: list[int] | None = None,
+) -> Settlement | None:
+    """Write counters and status derived from `state`, releasing `release_run` when all its
+    scenes are final; None when METADATA moved on meanwhile."""
+    project = state.project
+    active = project.active_run_id
+    counters = state.counters
+    run_scenes = [s for s in state.scenes if sequences is None or s.sequence in set(sequences)]
+    release = (
+        release_run is not None
+        and active == release_run
+        and project.planned
+        and all(s.status in FINAL_SCENE_STATES for s in run_scenes)
+    )
+    planning_failed = not project.planned and project.status == ProjectStatus.FAILED
+    status = project_status(
+        counters,
+        planned=project.planned,
+        run_active=active is not None and not release,
+        planning_failed=planning_failed,
+    )
+    if planning_failed:
+        last_error = project.last_error
+    elif status == ProjectStatus.FAILED:
+        last_error = f"{counters.failed_scenes} of {counters.scene_count} scenes failed"
+    else:
+        last_error = None
+    changed = (
+        release
+        or status != project.status
+        or counters.completed_scenes != project.completed_scenes
+        or counters.failed_scenes != project.failed_scenes
+        or (project.planned and counters.scene_count != project.scene_count)
+        or last_error != project.last_error
+    )
+    if not changed:
+        return Settlement(status, False, False)
+    if not ctx.projects.settle(
+        project.project_id,
+        observed_run=active,
+        counters=counters,
+        status=status,
+        release=release,
+        last_error=last_error,
+    ):
+        return None
+    return Settlement(status, release, True)
+
+
+def finalize_run(
+    ctx: Context, project_id: str, run_id: str | None, sequences: list[int] | None
+) -> Settlement:
+    if run_id is not None and sequences is not None:
+        # Before reading: a scene finishing after our read will see this and re-trigger us.
+        ctx.board.await_scenes(run_id, len(sequences), sequences)
+    for _ in range(10):
+        state = ctx.projects.load(project_id)
+        settlement = settle_project(ctx, state, release_run=run_id, sequences=sequences)
+        if settlement is not None:
+            log.info(
+                "finalized project=%s run=%s status=%s released=%s completed=%d failed=%d",
+                project_id,
+                run_id or "-",
+                settlement.status,
+                settlement.released,
+                state.counters.completed_scenes,
+                state.counters.failed_scenes,
+            )
+            return settlement
+    raise RuntimeError(f"project {project_id} kept changing while being finalized")

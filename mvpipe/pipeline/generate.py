@@ -1,0 +1,239 @@
+"""One step of a scene's generation: claim and submit, or poll, or finish.
+
+Each call does a bounded amount of work and returns; waiting happens in the broker (a retry with a
+countdown), never in a worker slot. Re-running a step is always safe: the lease, the stored
+operation id and the conditions of the store decide who may do what (DESIGN.md invariants 1-3).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+
+from mvpipe.deps import Context
+from mvpipe.errors import PermanentProviderError, ProviderError, TransientProviderError
+from mvpipe.models import SceneStatus
+from mvpipe.pipeline.steps import Next, Step
+from mvpipe.providers.base import JobState, JobStatus, VideoRequest
+from mvpipe.providers.limiter import slot_member
+from mvpipe.states import backoff_seconds, lease_expired
+from mvpipe.store.clips import clip_key
+from mvpipe.store.records import SceneRecord
+from mvpipe.store.scenes import Claim
+
+log = logging.getLogger("mvpipe.generate")
+
+
+class SceneJob:
+    """One execution of `generate_scene` for (project, sequence) within a run."""
+
+    def __init__(
+        self, ctx: Context, project_id: str, sequence: int, run_id: str | None, provider: str
+    ) -> None:
+        self.ctx = ctx
+        self.s = ctx.settings
+        self.project_id = project_id
+        self.sequence = sequence
+        self.run_id = run_id
+        self.provider_name = provider
+        self.member = slot_member(project_id, sequence)
+        self.poll_seconds = self.s.poll_seconds_for(provider)
+
+    def step(self, operation_id: str | None = None, transient_polls: int = 0) -> Step:
+        board = self.ctx.board
+        if self.run_id is not None:
+            board.touch_run(self.run_id, self.s.run_stale_seconds)
+            if board.cancelled(self.run_id):
+                return Step.done("run cancelled")
+        if operation_id is not None:
+            return self.poll(operation_id, transient_polls)
+        scene = self.ctx.scenes.get(self.project_id, self.sequence)
+        if scene is None:
+            return Step.done("scene missing")
+        if scene.clip_key is not None or scene.status == SceneStatus.FAILED:
+            return self.finished(f"already {scene.status}")
+        if scene.operation_id is not None:
+            self.log("resuming stored operation", scene.operation_id, scene.attempts)
+            return self.poll(scene.operation_id, transient_polls)
+        if scene.status == SceneStatus.PROCESSING and not lease_expired(
+            scene.lease_expires_at, time.time()
+        ):
+            return Step.done("owned by another execution")
+        return self.submit(scene)
+
+    # -- submission ----------------------------------------------------------------------------
+    def submit(self, scene: SceneRecord) -> Step:
+        ctx, s = self.ctx, self.s
+        if self.run_id is None:
+            return Step.done("no run to submit under")
+        limit = s.concurrency_for(self.provider_name)
+        slot = ctx.limiter.acquire(
+            self.provider_name,
+            self.member,
+            limit=limit,
+            ttl=s.liveness_seconds(self.provider_name),
+            line_ttl=s.backoff_max * 2 + 30,
+        )
+        if not slot.granted:
+            rounds = math.ceil(slot.place / limit)
+            wait = min(s.backoff_max, self.poll_seconds * max(1, rounds))
+            return Step(Next.WAIT_SLOT, f"waiting for a provider slot (place {slot.place})", wait)
+        token = uuid.uuid4().hex
+        claim = ctx.scenes.claim(
+            self.project_id,
+            self.sequence,
+            run_id=self.run_id,
+            token=token,
+            lease_seconds=s.lease_seconds,
+            max_attempts=s.max_attempts,
+        )
+        if claim.outcome != Claim.WON:
+            ctx.limiter.release(self.provider_name, self.member)
+            if claim.outcome == Claim.EXHAUSTED:
+                ctx.scenes.fail(
+                    self.project_id,
+                    self.sequence,
+                    error=scene.last_error or "no submission attempts left",
+                    max_attempts=s.max_attempts,
+                )
+                return self.finished("failed: attempts exhausted")
+            return Step.done(f"not claimed ({claim.outcome})")
+        attempt = claim.attempts or scene.attempts + 1
+        self.log("lease won", None, attempt)
+        request = VideoRequest(
+            self.project_id,
+            self.sequence,
+            scene.prompt,
+            scene.negative_prompt,
+            scene.duration_seconds,
+        )
+        try:
+            operation_id = ctx.video_provider(self.provider_name).submit(request)
+        except PermanentProviderError as exc:
+            ctx.limiter.release(self.provider_name, self.member)
+            ctx.scenes.fail(self.project_id, self.sequence, error=str(exc), token=token)
+            self.log(f"submit refused permanently: {exc}", None, attempt)
+            return self.finished("failed: permanent provider error")
+        except Exception as exc:  # transient, or unclassified: never keep a lease we can't use
+            ctx.limiter.release(self.provider_name, self.member)
+            error = str(exc) if isinstance(exc, ProviderError) else f"{type(exc).__name__}: {exc}"
+            if attempt >= s.max_attempts:
+                ctx.scenes.fail(self.project_id, self.sequence, error=error, token=token)
+                self.log(f"submit failed, attempts exhausted: {error}", None, attempt)
+                return self.finished("failed: attempts exhausted")
+            ctx.scenes.release_lease(self.project_id, self.sequence, token=token, error=error)
+            wait = backoff_seconds(attempt, base=s.backoff_base, cap=s.backoff_max)
+            self.log(f"submit failed transiently, retry in {wait:.1f}s: {error}", None, attempt)
+            return Step(Next.RETRY_SUBMIT, "transient submit error", wait)
+        return self.record(operation_id, token, attempt)
+
+    def record(self, operation_id: str, token: str, attempt: int) -> Step:
+        ctx = self.ctx
+        provider = ctx.video_provider(self.provider_name)
+        outcome = ctx.scenes.record_operation(
+            self.project_id,
+            self.sequence,
+            token=token,
+            operation_id=operation_id,
+            run_id=self.run_id,
+        )
+        if outcome == Claim.WON:
+            self.log("operation stored", operation_id, attempt)
+            return self.next_poll(operation_id, 0)
+        if outcome == Claim.RUN_INACTIVE and not provider.can_cancel:
+            # Paid and not cancellable: keep it, so a later run resumes instead of paying again.
+            ctx.scenes.record_operation(
+                self.project_id, self.sequence, token=token, operation_id=operation_id, run_id=None
+            )
+            ctx.limiter.release(self.provider_name, self.member)
+            return Step.done("run cancelled; operation kept for a later run")
+        _cancel_quietly(provider.cancel, operation_id)
+        ctx.limiter.release(self.provider_name, self.member)
+        if outcome == Claim.RUN_INACTIVE:
+            ctx.scenes.release_lease(
+                self.project_id, self.sequence, token=token, error="run cancelled during submit"
+            )
+        self.log(f"operation not stored ({outcome}); cancelled at provider", operation_id, attempt)
+        return Step.done(f"operation dropped ({outcome})")
+
+    # -- waiting -------------------------------------------------------------------------------
+    def next_poll(self, operation_id: str, transient_polls: int) -> Step:
+        return Step(
+            Next.POLL,
+            "polling",
+            self.poll_seconds,
+            {"operation_id": operation_id, "transient_polls": transient_polls},
+        )
+
+    def poll(self, operation_id: str, transient_polls: int) -> Step:
+        ctx, s = self.ctx, self.s
+        ctx.board.touch_scene(
+            self.project_id, self.sequence, s.liveness_seconds(self.provider_name)
+        )
+        ctx.limiter.acquire(
+            self.provider_name,
+            self.member,
+            limit=s.concurrency_for(self.provider_name),
+            ttl=s.liveness_seconds(self.provider_name),
+            line_ttl=s.backoff_max * 2 + 30,
+        )
+        provider = ctx.video_provider(self.provider_name)
+        try:
+            status = provider.poll(operation_id)
+            video = provider.download(status) if status.state == JobState.SUCCEEDED else None
+        except PermanentProviderError as exc:
+            status, video = JobStatus(JobState.FAILED, error=str(exc)), None
+        except TransientProviderError as exc:
+            wait = backoff_seconds(
+                transient_polls + 1, base=max(s.backoff_base, self.poll_seconds), cap=s.backoff_max
+            )
+            self.log(f"poll failed transiently, again in {wait:.1f}s: {exc}", operation_id, None)
+            step = self.next_poll(operation_id, transient_polls + 1)
+            return Step(step.next, "transient poll error", wait, step.carry)
+        if status.state == JobState.RUNNING:
+            return self.next_poll(operation_id, 0)
+        ctx.limiter.release(self.provider_name, self.member)
+        if status.state == JobState.CANCELLED:
+            ctx.scenes.reset_cancelled(self.project_id, self.sequence, operation_id=operation_id)
+            return Step.done("operation cancelled")
+        if status.state == JobState.FAILED or video is None:
+            error = status.error or "provider reported failure without a message"
+            ctx.scenes.fail(self.project_id, self.sequence, error=error, operation_id=operation_id)
+            self.log(f"failed: {error}", operation_id, None)
+            return self.finished("failed")
+        key = clip_key(self.project_id, self.sequence, operation_id)
+        ctx.clips.put(key, video)
+        if not ctx.scenes.complete(
+            self.project_id, self.sequence, operation_id=operation_id, clip_key=key
+        ):
+            return Step.done("superseded: scene moved on, clip left for garbage collection")
+        self.log(f"completed: {key}", operation_id, None)
+        return self.finished("completed")
+
+    # -- helpers -------------------------------------------------------------------------------
+    def finished(self, outcome: str) -> Step:
+        if self.run_id is None:
+            return Step.done(outcome, refinalize=True)
+        return Step.done(
+            outcome, refinalize=self.ctx.board.scene_finished(self.run_id, self.sequence)
+        )
+
+    def log(self, message: str, operation_id: str | None, attempt: int | None) -> None:
+        log.info(
+            "%s project=%s sequence=%d attempt=%s operation=%s run=%s",
+            message,
+            self.project_id,
+            self.sequence,
+            attempt if attempt is not None else "-",
+            operation_id or "-",
+            self.run_id or "-",
+        )
+
+
+def _cancel_quietly(cancel: object, operation_id: str) -> None:
+    try:
+        cancel(operation_id)  # type: ignore[operator]
+    except Exception:
+        log.warning("could not cancel operation %s at the provider", operation_id, exc_info=True)

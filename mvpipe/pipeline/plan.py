@@ -1,0 +1,69 @@
+"""Planning: the first step of a run. Writes the scenes, then marks the project planned."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from mvpipe.deps import Context
+from mvpipe.errors import PermanentProviderError
+from mvpipe.models import SceneStatus
+from mvpipe.providers.base import Brief
+
+log = logging.getLogger("mvpipe.plan")
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """The scenes a run must generate (those with no clip that have not failed)."""
+
+    provider: str
+    sequences: list[int]
+
+
+def plan_run(
+    ctx: Context, project_id: str, run_id: str, only: list[int] | None = None
+) -> RunPlan | None:
+    """Plan the project if it is not planned yet; None when the run is no longer active.
+
+    Planner errors propagate: transient ones are retried by the task, permanent ones end the run
+    through `fail_planning`.
+    """
+    state = ctx.projects.load(project_id)
+    if state.project.active_run_id != run_id:
+        return None
+    if not state.project.planned:
+        if not ctx.board.lock_planning(project_id, run_id, ctx.settings.lease_seconds):
+            return None
+        try:
+            brief = Brief(
+                project_id,
+                state.project.title,
+                state.project.concept,
+                state.project.requested_scene_count,
+            )
+            specs = ctx.planner().plan(brief)
+            if len(specs) != brief.scene_count:
+                raise PermanentProviderError(
+                    f"planner returned {len(specs)} scenes, expected {brief.scene_count}"
+                )
+            if not ctx.projects.save_plan(project_id, run_id, specs):
+                return None
+            log.info("planned project=%s scenes=%d run=%s", project_id, len(specs), run_id)
+        finally:
+            ctx.board.unlock_planning(project_id)
+        state = ctx.projects.load(project_id)
+    wanted = set(only) if only is not None else None
+    sequences = [
+        s.sequence
+        for s in state.scenes
+        if s.clip_key is None
+        and s.status != SceneStatus.FAILED
+        and (wanted is None or s.sequence in wanted)
+    ]
+    return RunPlan(state.project.provider, sequences)
+
+
+def fail_planning(ctx: Context, project_id: str, run_id: str, error: str) -> None:
+    ctx.projects.fail_planning(project_id, run_id, error)
+    log.warning("planning failed project=%s run=%s: %s", project_id, run_id, error)

@@ -1,0 +1,43 @@
+"""What a pipeline step tells its task wrapper to do next, and how the pipeline enqueues work."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+
+class Next(StrEnum):
+    DONE = "done"  #: nothing more for this execution
+    POLL = "poll"  #: poll the stored operation again after `countdown`
+    WAIT_SLOT = "wait_slot"  #: no provider slot yet: try again after `countdown`
+    RETRY_SUBMIT = "retry_submit"  #: a transient submit error: try a new submission later
+
+
+@dataclass(frozen=True)
+class Step:
+    next: Next
+    outcome: str
+    countdown: float = 0.0
+    #: arguments the next execution needs (operation id, counters of transient errors)
+    carry: dict[str, Any] = field(default_factory=dict)
+    #: the run's finalize already ran and this scene was its last open one
+    refinalize: bool = False
+
+    @classmethod
+    def done(cls, outcome: str, *, refinalize: bool = False) -> Step:
+        return cls(Next.DONE, outcome, refinalize=refinalize)
+
+
+class Dispatcher(Protocol):
+    """Enqueues work; implemented over Celery by `mvpipe.dispatch`."""
+
+    def start_run(
+        self, project_id: str, run_id: str, sequences: list[int] | None = None
+    ) -> Any: ...
+
+    def poll(
+        self, project_id: str, sequence: int, run_id: str | None, provider: str, operation_id: str
+    ) -> Any: ...
+
+    def finalize(self, project_id: str, run_id: str | None, sequences: list[int] | None) -> Any: ...

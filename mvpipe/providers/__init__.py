@@ -1,0 +1,27 @@
+"""Planners and video providers, picked by name. SDKs are imported lazily, inside each provider."""
+
+from __future__ import annotations
+
+from mvpipe.errors import ConfigurationError, InvalidInput
+from mvpipe.providers.base import Planner, VideoProvider
+from mvpipe.settings import PLANNERS, VIDEO_PROVIDERS, Settings
+
+
+def build_video_provider(name: str, settings: Settings) -> VideoProvider:
+    if name not in VIDEO_PROVIDERS:
+        raise InvalidInput(f"unknown provider {name!r}; expected one of {VIDEO_PROVIDERS}")
+    if name == "local":
+        from mvpipe.providers.local import LocalVideoProvider
+
+        return LocalVideoProvider(settings)
+    raise ConfigurationError(f"provider {name!r} is not available in this build of mvpipe")
+
+
+def build_planner(name: str, settings: Settings) -> Planner:
+    if name not in PLANNERS:
+        raise InvalidInput(f"unknown planner {name!r}; expected one of {PLANNERS}")
+    if name == "local":
+        from mvpipe.providers.local import LocalPlanner
+
+        return LocalPlanner(settings)
+    raise ConfigurationError(f"planner {name!r} is not available in this build of mvpipe")

@@ -1,0 +1,74 @@
+"""What a planner and a video provider must do. Errors are typed (see mvpipe.errors):
+the pipeline's retry policy keys off `TransientProviderError` vs `PermanentProviderError`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+from mvpipe.models import SceneSpec
+
+
+@dataclass(frozen=True)
+class Brief:
+    project_id: str
+    title: str
+    concept: str
+    scene_count: int
+
+
+@dataclass(frozen=True)
+class VideoRequest:
+    project_id: str
+    sequence: int
+    prompt: str
+    negative_prompt: str | None
+    duration_seconds: int
+
+
+class JobState(StrEnum):
+    RUNNING = "running"  #: the provider is still working
+    SUCCEEDED = "succeeded"  #: a video is ready (`video` bytes or `url`)
+    FAILED = "failed"  #: the job ended without a video; `error` says why (permanent)
+    CANCELLED = "cancelled"  #: the job was cancelled and produced nothing
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    state: JobState
+    video: bytes | None = None
+    url: str | None = None
+    error: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.state != JobState.RUNNING
+
+
+class Planner(Protocol):
+    name: str
+
+    def plan(self, brief: Brief) -> list[SceneSpec]:
+        """Exactly `brief.scene_count` scene specs, or a typed ProviderError."""
+        ...
+
+
+class VideoProvider(Protocol):
+    name: str
+    #: whether `cancel` really stops (and stops billing) a job
+    can_cancel: bool
+
+    def submit(self, request: VideoRequest) -> str:
+        """Start one paid job; returns its operation id. Never retried internally."""
+        ...
+
+    def poll(self, operation_id: str) -> JobStatus: ...
+
+    def download(self, status: JobStatus) -> bytes:
+        """The finished job's MP4 bytes (fetched from `status.url` when not inline)."""
+        ...
+
+    def cancel(self, operation_id: str) -> bool:
+        """Ask the provider to stop the job; True when it is cancelled (or already over)."""
+        ...

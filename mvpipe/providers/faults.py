@@ -1,0 +1,55 @@
+"""Reproducible fault schedules for drills, e.g.
+`MVPIPE_LOCAL_FAULTS=transient=0.2,permanent=0.05,seed=7`.
+
+Whether a call faults is a pure function of (seed, project, sequence, kind of call, call number),
+so a drill repeats exactly whatever order the workers happen to run in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from mvpipe.errors import ConfigurationError
+
+
+@dataclass(frozen=True)
+class FaultPlan:
+    transient: float = 0.0
+    permanent: float = 0.0
+    seed: int = 0
+
+    @classmethod
+    def parse(cls, spec: str) -> FaultPlan:
+        values: dict[str, float] = {}
+        for part in filter(None, (p.strip() for p in spec.split(","))):
+            name, sep, raw = part.partition("=")
+            if not sep or name not in {"transient", "permanent", "seed"}:
+                raise ConfigurationError(f"MVPIPE_LOCAL_FAULTS: cannot read {part!r}")
+            try:
+                values[name] = float(raw)
+            except ValueError:
+                raise ConfigurationError(f"MVPIPE_LOCAL_FAULTS: {name} must be a number") from None
+        plan = cls(
+            transient=values.get("transient", 0.0),
+            permanent=values.get("permanent", 0.0),
+            seed=int(values.get("seed", 0)),
+        )
+        if not (0 <= plan.transient <= 1 and 0 <= plan.permanent <= 1):
+            raise ConfigurationError("MVPIPE_LOCAL_FAULTS: rates must be within 0..1")
+        return plan
+
+    def roll(self, project_id: str, sequence: int, kind: str, call: int) -> float:
+        digest = hashlib.sha256(
+            f"{self.seed}|{project_id}|{sequence}|{kind}|{call}".encode()
+        ).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64
+
+    def transient_fault(self, project_id: str, sequence: int, kind: str, call: int) -> bool:
+        return self.transient > 0 and self.roll(project_id, sequence, kind, call) < self.transient
+
+    def permanent_fault(self, project_id: str, sequence: int, submission: int) -> bool:
+        return (
+            self.permanent > 0
+            and self.roll(project_id, sequence, "outcome", submission) < self.permanent
+        )

@@ -1,0 +1,215 @@
+"""The embedded `local` provider: plans and renders offline, behaves like a remote video API.
+
+Jobs live in a SQLite file (`MVPIPE_LOCAL_STATE`), not in worker memory and not in the broker, so
+any worker resumes them and neither a worker crash nor a Redis restart loses one. Each accepted
+submission is appended to `MVPIPE_LOCAL_LEDGER` (the count of paid generations).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import re
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from mvpipe.errors import PermanentProviderError, QuotaExceeded, TransientProviderError
+from mvpipe.models import MAX_PROMPT, SceneSpec
+from mvpipe.providers.base import Brief, JobState, JobStatus, VideoRequest
+from mvpipe.providers.faults import FaultPlan
+from mvpipe.providers.render import render_clip
+from mvpipe.settings import Settings
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    operation_id TEXT PRIMARY KEY, project_id TEXT NOT NULL, sequence INTEGER NOT NULL,
+    prompt TEXT NOT NULL, duration REAL NOT NULL, submitted_at REAL NOT NULL,
+    finishes_at REAL NOT NULL, outcome TEXT NOT NULL, error TEXT, cancelled INTEGER DEFAULT 0);
+CREATE INDEX IF NOT EXISTS jobs_finishing ON jobs (finishes_at);
+CREATE TABLE IF NOT EXISTS calls (
+    project_id TEXT, sequence INTEGER, kind TEXT, n INTEGER,
+    PRIMARY KEY (project_id, sequence, kind));
+CREATE TABLE IF NOT EXISTS stats (name TEXT PRIMARY KEY, value REAL);
+"""
+
+
+class LocalJobs:
+    """The provider's own job store, shared by every process on the machine."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(_SCHEMA)
+        finally:
+            db.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One serialized read-modify-write across every process using the file."""
+        db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            yield db
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        finally:
+            db.close()
+
+    @staticmethod
+    def next_call(db: sqlite3.Connection, project_id: str, sequence: int, kind: str) -> int:
+        db.execute(
+            "INSERT INTO calls VALUES (?, ?, ?, 1) ON CONFLICT DO UPDATE SET n = n + 1",
+            (project_id, sequence, kind),
+        )
+        row = db.execute(
+            "SELECT n FROM calls WHERE project_id=? AND sequence=? AND kind=?",
+            (project_id, sequence, kind),
+        ).fetchone()
+        return int(row[0])
+
+    def peak_in_flight(self) -> int:
+        with self.transaction() as db:
+            row = db.execute("SELECT value FROM stats WHERE name='peak'").fetchone()
+        return int(row[0]) if row else 0
+
+
+class LocalVideoProvider:
+    name = "local"
+    can_cancel = True
+
+    def __init__(self, settings: Settings) -> None:
+        self.latency = settings.local_latency
+        self.max_concurrent = settings.local_max_concurrent
+        self.clip_seconds = settings.local_clip_seconds
+        self.faults = FaultPlan.parse(settings.local_faults)
+        self.ledger = settings.local_ledger
+        self.jobs = LocalJobs(settings.local_state_path)
+
+    def submit(self, request: VideoRequest) -> str:
+        now = time.time()
+        with self.jobs.transaction() as db:
+            call = LocalJobs.next_call(db, request.project_id, request.sequence, "submit")
+            if self.faults.transient_fault(request.project_id, request.sequence, "submit", call):
+                raise TransientProviderError("local provider: simulated 503 on submit")
+            (running,) = db.execute(
+                "SELECT COUNT(*) FROM jobs WHERE cancelled = 0 AND finishes_at > ?", (now,)
+            ).fetchone()
+            if running >= self.max_concurrent:
+                raise QuotaExceeded(f"local provider: 429 too many jobs in flight ({running})")
+            submission = LocalJobs.next_call(db, request.project_id, request.sequence, "accepted")
+            failed = self.faults.permanent_fault(request.project_id, request.sequence, submission)
+            operation_id = f"local-{uuid.uuid4()}"
+            db.execute(
+                "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
+                (
+                    operation_id,
+                    request.project_id,
+                    request.sequence,
+                    request.prompt,
+                    min(float(request.duration_seconds), self.clip_seconds),
+                    now,
+                    now + self.latency,
+                    "failed" if failed else "succeeded",
+                    "local provider: simulated permanent failure (content policy)"
+                    if failed
+                    else None,
+                ),
+            )
+            db.execute(
+                "INSERT INTO stats VALUES ('peak', ?)"
+                " ON CONFLICT DO UPDATE SET value = MAX(value, ?)",
+                (running + 1, running + 1),
+            )
+            self._append_ledger(request, operation_id)
+        return operation_id
+
+    def poll(self, operation_id: str) -> JobStatus:
+        with self.jobs.transaction() as db:
+            row = db.execute(
+                "SELECT project_id, sequence, prompt, duration, finishes_at, outcome, error,"
+                " cancelled"
+                " FROM jobs WHERE operation_id = ?",
+                (operation_id,),
+            ).fetchone()
+            if row is None:
+                raise PermanentProviderError(f"local provider: unknown operation {operation_id}")
+            project_id, sequence, prompt, duration, finishes_at, outcome, error, cancelled = row
+            call = LocalJobs.next_call(db, project_id, sequence, "poll")
+        if self.faults.transient_fault(project_id, sequence, "poll", call):
+            raise TransientProviderError("local provider: simulated 500 on poll")
+        if cancelled:
+            return JobStatus(JobState.CANCELLED, error="cancelled")
+        if time.time() < finishes_at:
+            return JobStatus(JobState.RUNNING)
+        if outcome == "failed":
+            return JobStatus(JobState.FAILED, error=error)
+        return JobStatus(JobState.SUCCEEDED, video=render_clip(prompt, duration))
+
+    def download(self, status: JobStatus) -> bytes:
+        if status.video is None:
+            raise PermanentProviderError("local provider: finished job has no video")
+        return status.video
+
+    def cancel(self, operation_id: str) -> bool:
+        with self.jobs.transaction() as db:
+            db.execute(
+                "UPDATE jobs SET cancelled = 1 WHERE operation_id = ? AND finishes_at > ?",
+                (operation_id, time.time()),
+            )
+        return True
+
+    def peak_in_flight(self) -> int:
+        return self.jobs.peak_in_flight()
+
+    def _append_ledger(self, request: VideoRequest, operation_id: str) -> None:
+        if self.ledger is None:
+            return
+        line = json.dumps(
+            {
+                "project_id": request.project_id,
+                "sequence": request.sequence,
+                "operation_id": operation_id,
+                "at": time.time(),
+            }
+        )
+        self.ledger.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.ledger, "a", encoding="utf-8") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            handle.write(line + "\n")
+            handle.flush()
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class LocalPlanner:
+    """Deterministic scenes from the concept: the same brief always gives the same plan."""
+
+    name = "local"
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings
+
+    def plan(self, brief: Brief) -> list[SceneSpec]:
+        fragments = [f.strip() for f in re.split(r"[\n.!?;]+", brief.concept) if f.strip()]
+        fragments = fragments or [brief.concept.strip()]
+        specs = []
+        for index in range(brief.scene_count):
+            fragment = fragments[index % len(fragments)]
+            prompt = f"{brief.title} - scene {index + 1} of {brief.scene_count}: {fragment}"
+            specs.append(
+                SceneSpec(
+                    prompt=prompt[:MAX_PROMPT],
+                    negative_prompt="blurry, low quality, watermark",
+                    duration_seconds=8,
+                )
+            )
+        return specs

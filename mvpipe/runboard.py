@@ -1,0 +1,90 @@
+"""Run bookkeeping in Redis: liveness, cancellation, and the re-finalize trigger.
+
+Liveness lives here, not in DynamoDB: every task execution of a run refreshes a short-lived key,
+so "this run is stale" and "nobody polls this scene" are cheap to tell and cost no table writes.
+"""
+
+from __future__ import annotations
+
+import json
+
+import redis
+
+_FINISH = """
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+local expected = redis.call('GET', KEYS[2])
+if expected and redis.call('SCARD', KEYS[1]) >= tonumber(expected) then
+  redis.call('DEL', KEYS[2])
+  return 1
+end
+return 0
+"""
+
+
+class RunBoard:
+    def __init__(
+        self, client: redis.Redis, *, prefix: str = "mvpipe", ttl: int = 7 * 24 * 3600
+    ) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.ttl = ttl
+        self._finish = client.register_script(_FINISH)
+
+    def _key(self, *parts: object) -> str:
+        return ":".join([self.prefix, *map(str, parts)])
+
+    # -- liveness ------------------------------------------------------------------------------
+    def touch_run(self, run_id: str, seconds: float) -> None:
+        self.client.set(self._key("live", "run", run_id), 1, px=int(seconds * 1000))
+
+    def run_alive(self, run_id: str) -> bool:
+        return bool(self.client.exists(self._key("live", "run", run_id)))
+
+    def touch_scene(self, project_id: str, sequence: int, seconds: float) -> None:
+        self.client.set(self._key("live", "scene", project_id, sequence), 1, px=int(seconds * 1000))
+
+    def scene_polled(self, project_id: str, sequence: int) -> bool:
+        return bool(self.client.exists(self._key("live", "scene", project_id, sequence)))
+
+    def claim_poll_chain(self, project_id: str, sequence: int, seconds: float) -> bool:
+        """Reconcile starts at most one poll chain for an orphaned operation."""
+        key = self._key("live", "scene", project_id, sequence)
+        return bool(self.client.set(key, 1, px=int(seconds * 1000), nx=True))
+
+    # -- cancellation --------------------------------------------------------------------------
+    def mark_cancelled(self, run_id: str) -> None:
+        self.client.set(self._key("run", run_id, "cancelled"), 1, ex=self.ttl)
+
+    def cancelled(self, run_id: str) -> bool:
+        return bool(self.client.exists(self._key("run", run_id, "cancelled")))
+
+    # -- finalize trigger ----------------------------------------------------------------------
+    def await_scenes(self, run_id: str, expected: int, sequences: list[int]) -> None:
+        """Finalize ran before every scene of the run finished: the last one re-triggers it."""
+        pipe = self.client.pipeline()
+        pipe.set(self._key("run", run_id, "sequences"), json.dumps(sequences), ex=self.ttl)
+        pipe.set(self._key("run", run_id, "waiting"), expected, ex=self.ttl)
+        pipe.execute()
+
+    def run_sequences(self, run_id: str) -> list[int] | None:
+        raw = self.client.get(self._key("run", run_id, "sequences"))
+        return None if raw is None else [int(n) for n in json.loads(raw)]
+
+    def scene_finished(self, run_id: str, sequence: int) -> bool:
+        """Record a finished scene (O(1)); True when finalize must run again now."""
+        keys = [self._key("run", run_id, "finished"), self._key("run", run_id, "waiting")]
+        return bool(self._finish(keys=keys, args=[sequence, self.ttl]))
+
+    def finished_count(self, run_id: str) -> int:
+        return int(self.client.scard(self._key("run", run_id, "finished")))
+
+    # -- planning ------------------------------------------------------------------------------
+    def lock_planning(self, project_id: str, run_id: str, seconds: float) -> bool:
+        key = self._key("plan", project_id)
+        if self.client.set(key, run_id, ex=int(seconds), nx=True):
+            return True
+        return self.client.get(key) == run_id.encode()
+
+    def unlock_planning(self, project_id: str) -> None:
+        self.client.delete(self._key("plan", project_id))

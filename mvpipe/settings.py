@@ -1,0 +1,129 @@
+"""All configuration, read once per process from `MVPIPE_*` environment variables."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+VIDEO_PROVIDERS = ("local", "veo", "replicate")
+PLANNERS = ("local", "gemini")
+
+#: Poll intervals a provider gets when `MVPIPE_POLL_SECONDS` is unset.
+DEFAULT_POLL_SECONDS = {"local": 0.5, "veo": 10.0, "replicate": 2.0}
+#: In-flight jobs per provider when `MVPIPE_PROVIDER_CONCURRENCY` is unset (local: its own cap).
+DEFAULT_CONCURRENCY = {"veo": 4, "replicate": 4}
+
+
+class Settings(BaseSettings):
+    """One object for every knob; defaults suit the local stack."""
+
+    model_config = SettingsConfigDict(env_prefix="MVPIPE_", extra="ignore")
+
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    result_backend: str = "redis://127.0.0.1:6379/1"
+    redis_url: str | None = None
+    dynamodb_endpoint: str | None = None
+    aws_region: str = "us-east-1"
+    table: str = Field(default="mvpipe", pattern=r"^[A-Za-z0-9_.-]{3,255}$")
+    s3_endpoint: str | None = None
+    bucket: str = Field(default="mvpipe-clips", pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+    provider: str = "local"
+    planner: str = "local"
+    lease_seconds: float = Field(default=120.0, gt=0)
+    provider_concurrency: int | None = Field(default=None, ge=1, le=10_000)
+    max_attempts: int = Field(default=5, ge=1, le=100)
+    poll_seconds: float | None = Field(default=None, gt=0)
+    backoff_base: float = Field(default=1.0, gt=0)
+    backoff_max: float = Field(default=60.0, gt=0)
+    reconcile_seconds: float = Field(default=60.0, gt=0)
+    default_scenes: int = Field(default=8, ge=1, le=999)
+    orphan_grace_seconds: float = Field(default=3600.0, ge=0)
+    run_stale_seconds: float = Field(default=300.0, gt=0)
+    flower_user: str | None = None
+    flower_password: SecretStr | None = None
+    flower_port: int = 5555
+
+    veo_model: str = "veo-3.0-generate-001"
+    veo_aspect_ratio: str = "16:9"
+    replicate_model: str = "minimax/video-01"
+    replicate_input: dict[str, Any] = Field(default_factory=dict)
+    gemini_model: str = "gemini-2.5-flash"
+    genai_base_url: str | None = None
+    replicate_base_url: str | None = None
+    provider_timeout_seconds: float = Field(default=30.0, gt=0)
+    store_timeout_seconds: float = Field(default=10.0, gt=0)
+
+    local_latency: float = Field(default=2.0, ge=0)
+    local_max_concurrent: int = Field(default=8, ge=1)
+    local_state: Path | None = None
+    local_faults: str = ""
+    local_ledger: Path | None = None
+    local_clip_seconds: float = Field(default=2.0, gt=0, le=10)
+
+    state_dir: Path = Path.home() / ".mvpipe"
+    visibility_timeout: int = Field(default=3600, ge=60)
+    result_expires: int = Field(default=7 * 24 * 3600, ge=3600)
+    log_level: str = "INFO"
+
+    @field_validator("provider")
+    @classmethod
+    def _known_provider(cls, value: str) -> str:
+        if value not in VIDEO_PROVIDERS:
+            raise ValueError(f"unknown provider {value!r}; expected one of {VIDEO_PROVIDERS}")
+        return value
+
+    @field_validator("planner")
+    @classmethod
+    def _known_planner(cls, value: str) -> str:
+        if value not in PLANNERS:
+            raise ValueError(f"unknown planner {value!r}; expected one of {PLANNERS}")
+        return value
+
+    @field_validator("replicate_input", mode="before")
+    @classmethod
+    def _json_object(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = json.loads(value) if value.strip() else {}
+        if not isinstance(value, dict):
+            raise ValueError("MVPIPE_REPLICATE_INPUT must be a JSON object")
+        return value
+
+    @model_validator(mode="after")
+    def _timeouts_below_lease(self) -> Settings:
+        # A submit that outlives its lease could let a second worker submit the same scene.
+        if self.provider_timeout_seconds * 2 > self.lease_seconds:
+            raise ValueError("MVPIPE_PROVIDER_TIMEOUT_SECONDS must be at most half the lease")
+        if self.backoff_max + 60 > self.visibility_timeout:
+            raise ValueError("MVPIPE_VISIBILITY_TIMEOUT must exceed the longest countdown")
+        return self
+
+    @property
+    def mvpipe_redis_url(self) -> str:
+        return self.redis_url or self.broker_url
+
+    @property
+    def local_state_path(self) -> Path:
+        return self.local_state or self.state_dir / "local-provider.sqlite3"
+
+    def poll_seconds_for(self, provider: str) -> float:
+        return self.poll_seconds or DEFAULT_POLL_SECONDS[provider]
+
+    def concurrency_for(self, provider: str) -> int:
+        if self.provider_concurrency is not None:
+            return self.provider_concurrency
+        return DEFAULT_CONCURRENCY.get(provider, self.local_max_concurrent)
+
+    def liveness_seconds(self, provider: str) -> float:
+        """How long a poll's liveness mark lasts: longer than the longest gap between polls."""
+        return self.backoff_max + 3 * self.poll_seconds_for(provider) + 30
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings; tests clear the cache after changing the environment."""
+    return Settings()

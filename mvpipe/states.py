@@ -1,0 +1,66 @@
+"""Pure state rules: what a project's status is, when a lease has expired, how long to back off.
+
+No I/O here, so every rule is tested without servers.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from mvpipe.models import ProjectStatus, SceneStatus
+
+FINAL_SCENE_STATES = frozenset({SceneStatus.COMPLETED, SceneStatus.FAILED})
+OPEN_SCENE_STATES = frozenset({SceneStatus.PENDING, SceneStatus.PROCESSING})
+
+
+@dataclass(frozen=True)
+class Counters:
+    """A project's counters, always derived from its scenes (invariant 4)."""
+
+    scene_count: int
+    completed_scenes: int
+    failed_scenes: int
+    open_scenes: int
+
+    @classmethod
+    def of(cls, statuses: Iterable[SceneStatus]) -> Counters:
+        values = list(statuses)
+        return cls(
+            scene_count=len(values),
+            completed_scenes=sum(1 for s in values if s == SceneStatus.COMPLETED),
+            failed_scenes=sum(1 for s in values if s == SceneStatus.FAILED),
+            open_scenes=sum(1 for s in values if s in OPEN_SCENE_STATES),
+        )
+
+
+def project_status(
+    counters: Counters, *, planned: bool, run_active: bool, planning_failed: bool = False
+) -> ProjectStatus:
+    """Invariant 5: the project's status follows from its scenes and whether a run is active."""
+    if counters.scene_count and counters.completed_scenes == counters.scene_count:
+        return ProjectStatus.COMPLETED
+    if run_active:
+        return ProjectStatus.PROCESSING if planned else ProjectStatus.GENERATING_SCENES
+    if planning_failed and not planned:
+        return ProjectStatus.FAILED
+    if counters.scene_count and counters.open_scenes == 0 and counters.failed_scenes:
+        return ProjectStatus.FAILED
+    return ProjectStatus.PENDING
+
+
+def lease_expired(expires_at: float | None, now: float) -> bool:
+    return expires_at is None or expires_at <= now
+
+
+def backoff_seconds(
+    attempt: int, *, base: float, cap: float, rng: random.Random | None = None
+) -> float:
+    """Exponential backoff with "equal jitter": at least half the step, never above the cap.
+
+    `attempt` counts from 1. Half of the delay is fixed so retries really spread out over time;
+    the other half is random so many scenes failing together do not retry together.
+    """
+    step = min(cap, base * (2 ** max(0, attempt - 1)))
+    return step / 2 + (rng or random).uniform(0, step / 2)

@@ -1,0 +1,118 @@
+"""Clips in S3 under keys built only from validated ids and the operation.
+
+`projects/{projectId}/scenes/{seq:03d}/{operationKey}.mp4`: a stale worker's upload lands on its own
+operation's key and can never overwrite the recorded clip; a regenerated scene gets a new key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from mvpipe.errors import StoreUnavailable
+from mvpipe.models import validate_project_id, validate_sequence
+from mvpipe.settings import Settings
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+
+def operation_key(operation_id: str) -> str:
+    """A fixed-shape, path-safe name for any provider's operation id."""
+    return hashlib.sha256(operation_id.encode()).hexdigest()[:32]
+
+
+def scene_prefix(project_id: str, sequence: int) -> str:
+    return f"projects/{validate_project_id(project_id)}/scenes/{validate_sequence(sequence):03d}/"
+
+
+def clip_key(project_id: str, sequence: int, operation_id: str) -> str:
+    return f"{scene_prefix(project_id, sequence)}{operation_key(operation_id)}.mp4"
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    key: str
+    last_modified: datetime
+
+
+class ClipStore:
+    def __init__(self, settings: Settings) -> None:
+        self.bucket = settings.bucket
+        self.client: S3Client = boto3.session.Session().client(
+            "s3",
+            region_name=settings.aws_region,
+            endpoint_url=settings.s3_endpoint,
+            config=Config(
+                connect_timeout=settings.store_timeout_seconds,
+                read_timeout=settings.store_timeout_seconds,
+                retries={"max_attempts": 5, "mode": "standard"},
+                s3={"addressing_style": "path"},
+            ),
+        )
+
+    def ensure(self) -> None:
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError:
+            try:
+                self.client.create_bucket(Bucket=self.bucket)
+            except ClientError as exc:
+                if exc.response["Error"]["Code"] not in {
+                    "BucketAlreadyOwnedByYou",
+                    "BucketAlreadyExists",
+                }:
+                    raise
+
+    def put(self, key: str, data: bytes) -> None:
+        self._call(
+            self.client.put_object, Bucket=self.bucket, Key=key, Body=data, ContentType="video/mp4"
+        )
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in {"404", "NoSuchKey", "NotFound"}:
+                return False
+            raise StoreUnavailable(f"S3 unavailable: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StoreUnavailable(f"S3 unavailable: {exc}") from exc
+        return True
+
+    def read(self, key: str) -> bytes:
+        response = self._call(self.client.get_object, Bucket=self.bucket, Key=key)
+        return bytes(response["Body"].read())
+
+    def list(self, prefix: str) -> list[StoredObject]:
+        found: list[StoredObject] = []
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                found.extend(
+                    StoredObject(o["Key"], o["LastModified"]) for o in page.get("Contents", [])
+                )
+        except (ClientError, BotoCoreError) as exc:
+            raise StoreUnavailable(f"S3 unavailable: {exc}") from exc
+        return found
+
+    def delete(self, key: str) -> None:
+        self._call(self.client.delete_object, Bucket=self.bucket, Key=key)
+
+    def presigned_url(self, key: str, expires: int = 3600) -> str:
+        return self.client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires
+        )
+
+    @staticmethod
+    def _call(fn: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(**kwargs)
+        except (ClientError, BotoCoreError) as exc:
+            raise StoreUnavailable(f"S3 unavailable: {exc}") from exc

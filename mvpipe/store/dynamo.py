@@ -1,0 +1,162 @@
+"""Thin I/O around the pynamodb model: reads, conditional writes, transactions.
+
+Translates pynamodb errors into mvpipe's: a failed condition is an answer (False / the reasons),
+an outage is `StoreUnavailable` after a bounded retry of the *same* write. Re-sending the same
+write is safe because every transition checks, on a failed condition, whether its own earlier
+attempt already took effect (invariant 7).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+from pynamodb.connection import Connection
+from pynamodb.exceptions import PynamoDBException, TableError, TransactWriteError
+from pynamodb.expressions.condition import Condition
+from pynamodb.expressions.update import Action
+from pynamodb.transactions import TransactWrite
+
+from mvpipe.errors import StoreUnavailable
+from mvpipe.settings import Settings
+from mvpipe.store.table import METADATA, SCENE_PREFIX, ItemBase, bind_table, project_pk
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: How a failed condition reads in a transaction's cancellation reasons.
+CONDITION_FAILED = "ConditionalCheckFailed"
+_CONDITION_ERROR = "ConditionalCheckFailedException"
+_NOT_TRANSIENT = {"ValidationException", "ResourceNotFoundException", "AccessDeniedException"}
+
+
+class Table:
+    """The project table of one process."""
+
+    def __init__(self, settings: Settings, *, retry_seconds: float = 30.0) -> None:
+        self.model = bind_table(settings)
+        self._retry_seconds = retry_seconds
+        self._settings = settings
+
+    # -- setup ---------------------------------------------------------------------------------
+    def ensure(self) -> None:
+        """Create the table on first use; safe when many processes race to do it."""
+        if self._call(self.model.exists):
+            return
+        try:
+            self.model.create_table(wait=True)
+        except TableError as exc:
+            if "ResourceInUseException" not in str(exc) and not self.model.exists():
+                raise
+
+    # -- reads ---------------------------------------------------------------------------------
+    def get(self, pk: str, sk: str) -> ItemBase | None:
+        def read() -> ItemBase | None:
+            try:
+                return self.model.get(pk, sk, consistent_read=True)
+            except self.model.DoesNotExist:
+                return None
+
+        return self._call(read)
+
+    def query_project(self, project_id: str) -> list[ItemBase]:
+        """METADATA and every scene of a project, strongly consistent, in key order."""
+        return self._call(
+            lambda: list(self.model.query(project_pk(project_id), consistent_read=True))
+        )
+
+    def iter_by_status(self, status: str) -> Iterator[ItemBase]:
+        yield from self._call(lambda: list(self.model.status_index.query(status)))  # type: ignore[attr-defined]
+
+    def iter_scene_keys_without_metadata(self) -> Iterator[tuple[str, str]]:
+        """Scan for stray scene items (rare sweep; a crash mid-create left them)."""
+        items = self._call(lambda: list(self.model.scan(attributes_to_get=["PK", "SK"])))
+        with_metadata = {i.pk for i in items if i.sk == METADATA}
+        for item in items:
+            if item.sk.startswith(SCENE_PREFIX) and item.pk not in with_metadata:
+                yield item.pk, item.sk
+
+    # -- writes --------------------------------------------------------------------------------
+    def put(self, item: ItemBase, condition: Condition | None = None) -> bool:
+        return self._conditional(lambda: item.save(condition=condition))
+
+    def delete(self, pk: str, sk: str, condition: Condition | None = None) -> bool:
+        return self._conditional(lambda: self.model(pk, sk).delete(condition=condition))
+
+    def update(self, pk: str, sk: str, actions: list[Action], condition: Condition | None) -> bool:
+        """One conditional UpdateItem; False when the condition did not hold."""
+        return self._conditional(
+            lambda: self.model(pk, sk).update(actions=actions, condition=condition)
+        )
+
+    def transact(self, build: Callable[[TransactWrite], None]) -> list[str | None] | None:
+        """One TransactWriteItems. None on success, else the cancellation code of each part."""
+
+        def commit() -> list[str | None] | None:
+            try:
+                with TransactWrite(connection=self._connection()) as tx:
+                    build(tx)
+            except TransactWriteError as exc:
+                if exc.cause_response_code == "TransactionCanceledException":
+                    reasons = [_reason(r.code if r else None) for r in exc.cancellation_reasons]
+                    if any(code == CONDITION_FAILED for code in reasons):
+                        return reasons
+                raise
+            return None
+
+        return self._call(commit)
+
+    def batch_put(self, items: list[ItemBase]) -> None:
+        def write() -> None:
+            with self.model.batch_write() as batch:
+                for item in items:
+                    batch.save(item)
+
+        self._call(write)
+
+    def batch_delete(self, keys: list[tuple[str, str]]) -> None:
+        def write() -> None:
+            with self.model.batch_write() as batch:
+                for pk, sk in keys:
+                    batch.delete(self.model(pk, sk))
+
+        self._call(write)
+
+    # -- plumbing ------------------------------------------------------------------------------
+    def _connection(self) -> Connection:
+        return self.model._get_connection().connection
+
+    def _conditional(self, write: Callable[[], Any]) -> bool:
+        def attempt() -> bool:
+            try:
+                write()
+            except PynamoDBException as exc:
+                if exc.cause_response_code == _CONDITION_ERROR:
+                    return False
+                raise
+            return True
+
+        return self._call(attempt)
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        deadline = time.monotonic() + self._retry_seconds
+        attempt = 0
+        while True:
+            try:
+                return fn()
+            except PynamoDBException as exc:
+                if exc.cause_response_code in _NOT_TRANSIENT:
+                    raise
+                attempt += 1
+                if time.monotonic() >= deadline:
+                    raise StoreUnavailable(f"DynamoDB unavailable: {exc.msg}") from exc
+                delay = min(2.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.0)
+                log.warning("store call failed (%s); retrying in %.2fs", exc.msg, delay)
+                time.sleep(delay)
+
+
+def _reason(code: str | None) -> str | None:
+    return CONDITION_FAILED if code in (CONDITION_FAILED, _CONDITION_ERROR) else code

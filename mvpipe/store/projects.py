@@ -1,0 +1,195 @@
+"""Project transitions on the METADATA item, each one conditional write.
+
+A project is visible only once METADATA exists: `create` writes the scenes first, METADATA last.
+`activeRunId` is the run guard: exactly one run at a time, won and released by conditions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pynamodb.expressions.condition import Condition
+from pynamodb.expressions.update import Action
+
+from mvpipe.errors import NotFound
+from mvpipe.models import ProjectSpec, ProjectStatus, SceneSpec, SceneStatus
+from mvpipe.states import Counters
+from mvpipe.store.dynamo import Table
+from mvpipe.store.records import ProjectRecord, ProjectState, SceneRecord, utc_now_iso
+from mvpipe.store.scenes import clip_error
+from mvpipe.store.table import METADATA, SCENE_PREFIX, ItemBase, project_pk, scene_sk
+
+
+class ProjectStore:
+    def __init__(self, table: Table) -> None:
+        self.table = table
+        self.m = table.model
+
+    # -- reads ---------------------------------------------------------------------------------
+    def load(self, project_id: str) -> ProjectState:
+        """The project and its scenes in one query; `NotFound` until METADATA exists."""
+        items = self.table.query_project(project_id)
+        meta = next((i for i in items if i.sk == METADATA), None)
+        if meta is None:
+            raise NotFound(f"project {project_id} not found")
+        scenes = tuple(
+            SceneRecord.from_item(project_id, i) for i in items if i.sk.startswith(SCENE_PREFIX)
+        )
+        return ProjectState(ProjectRecord.from_item(meta), scenes)
+
+    def get(self, project_id: str) -> ProjectRecord:
+        item = self.table.get(project_pk(project_id), METADATA)
+        if item is None:
+            raise NotFound(f"project {project_id} not found")
+        return ProjectRecord.from_item(item)
+
+    def list_by_status(self, status: ProjectStatus) -> list[ProjectRecord]:
+        return [ProjectRecord.from_item(i) for i in self.table.iter_by_status(status)]
+
+    # -- creation and planning -----------------------------------------------------------------
+    def create(self, project_id: str, spec: ProjectSpec) -> None:
+        now = utc_now_iso()
+        if spec.scenes is not None:
+            self.table.batch_put(self._scene_items(project_id, spec.scenes, now))
+        meta = self.m(
+            project_pk(project_id),
+            METADATA,
+            entity_type="project",
+            project_id=project_id,
+            title=spec.title,
+            concept=spec.concept,
+            provider=spec.provider,
+            status=ProjectStatus.PENDING,
+            gsi1pk=ProjectStatus.PENDING,
+            gsi1sk=now,
+            requested_scene_count=spec.requested_scene_count,
+            scene_count=None if spec.scenes is None else len(spec.scenes),
+            completed_scenes=0,
+            failed_scenes=0,
+            created_at=now,
+            updated_at=now,
+        )
+        self.table.put(meta, condition=self.m.pk.does_not_exist())
+
+    def save_plan(self, project_id: str, run_id: str, specs: Sequence[SceneSpec]) -> bool:
+        """Replace any partial scenes, then mark the project planned (sceneCount) last."""
+        existing = [
+            (i.pk, i.sk)
+            for i in self.table.query_project(project_id)
+            if i.sk.startswith(SCENE_PREFIX)
+        ]
+        wanted = {scene_sk(n) for n in range(1, len(specs) + 1)}
+        self.table.batch_delete([k for k in existing if k[1] not in wanted])
+        self.table.batch_put(self._scene_items(project_id, specs, utc_now_iso()))
+        m = self.m
+        return self._update_meta(
+            project_id,
+            [
+                m.scene_count.set(len(specs)),
+                *self._status_actions(ProjectStatus.PROCESSING),
+            ],
+            (m.active_run_id == run_id) & m.scene_count.does_not_exist(),
+        )
+
+    def _scene_items(self, project_id: str, specs: Sequence[SceneSpec], now: str) -> list[ItemBase]:
+        return [
+            self.m(
+                project_pk(project_id),
+                scene_sk(n),
+                entity_type="scene",
+                project_id=project_id,
+                sequence=n,
+                prompt=spec.prompt,
+                negative_prompt=spec.negative_prompt,
+                duration_seconds=spec.duration_seconds,
+                status=SceneStatus.PENDING,
+                attempts=0,
+                created_at=now,
+                updated_at=now,
+            )
+            for n, spec in enumerate(specs, start=1)
+        ]
+
+    # -- the run guard -------------------------------------------------------------------------
+    def win_run(self, project_id: str, run_id: str, status: ProjectStatus) -> str:
+        """Try to make `run_id` the active run; returns the run that is active afterwards."""
+        m = self.m
+        if self._update_meta(
+            project_id,
+            [m.active_run_id.set(run_id), m.last_error.remove(), *self._status_actions(status)],
+            m.active_run_id.does_not_exist(),
+        ):
+            return run_id
+        current = self.get(project_id).active_run_id
+        if current is None:  # released between our write and read: try once more
+            return self.win_run(project_id, run_id, status)
+        return current
+
+    def take_over_run(
+        self, project_id: str, old_run: str, new_run: str, status: ProjectStatus
+    ) -> bool:
+        m = self.m
+        if self._update_meta(
+            project_id,
+            [m.active_run_id.set(new_run), *self._status_actions(status)],
+            m.active_run_id == old_run,
+        ):
+            return True
+        return self.get(project_id).active_run_id == new_run
+
+    def settle(
+        self,
+        project_id: str,
+        *,
+        observed_run: str | None,
+        counters: Counters,
+        status: ProjectStatus,
+        release: bool,
+        last_error: str | None = None,
+    ) -> bool:
+        """Write derived counters and status (and release the run), unless METADATA moved on."""
+        m = self.m
+        actions: list[Action] = [
+            m.completed_scenes.set(counters.completed_scenes),
+            m.failed_scenes.set(counters.failed_scenes),
+            *self._status_actions(status),
+        ]
+        if counters.scene_count:
+            actions.append(m.scene_count.set(counters.scene_count))
+        actions.append(
+            m.last_error.set(clip_error(last_error)) if last_error else m.last_error.remove()
+        )
+        if release:
+            actions.append(m.active_run_id.remove())
+        guard = (
+            m.active_run_id.does_not_exist()
+            if observed_run is None
+            else m.active_run_id == observed_run
+        )
+        return self._update_meta(project_id, actions, guard)
+
+    def fail_planning(self, project_id: str, run_id: str, error: str) -> bool:
+        m = self.m
+        return self._update_meta(
+            project_id,
+            [
+                m.last_error.set(clip_error(f"planning failed: {error}")),
+                m.active_run_id.remove(),
+                *self._status_actions(ProjectStatus.FAILED),
+            ],
+            m.active_run_id == run_id,
+        )
+
+    # -- plumbing ------------------------------------------------------------------------------
+    def _status_actions(self, status: ProjectStatus) -> list[Action]:
+        m = self.m
+        return [m.status.set(status), m.gsi1pk.set(status), m.updated_at.set(utc_now_iso())]
+
+    def _update_meta(self, project_id: str, actions: list[Action], condition: Condition) -> bool:
+        pk = project_pk(project_id)
+        cond = self.m.pk.exists() & condition
+        if self.table.update(pk, METADATA, actions, cond):
+            return True
+        if self.table.get(pk, METADATA) is None:
+            raise NotFound(f"project {project_id} not found")
+        return False

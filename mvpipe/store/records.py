@@ -1,0 +1,142 @@
+"""Plain records read from the table, and their conversion to public views."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from mvpipe.models import ProjectStatus, ProjectView, SceneStatus, SceneView
+from mvpipe.states import Counters
+from mvpipe.store.table import ItemBase
+
+
+def utc_now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+@dataclass(frozen=True)
+class SceneRecord:
+    project_id: str
+    sequence: int
+    prompt: str
+    negative_prompt: str | None
+    duration_seconds: int
+    status: SceneStatus
+    clip_key: str | None
+    working_clip_key: str | None
+    lip_synced_clip_key: str | None
+    attempts: int
+    last_error: str | None
+    lease_token: str | None
+    lease_expires_at: float | None
+    operation_id: str | None
+    completed_at: str | None
+
+    @classmethod
+    def from_item(cls, project_id: str, item: ItemBase) -> SceneRecord:
+        return cls(
+            project_id=project_id,
+            sequence=int(item.sequence or 0),
+            prompt=item.prompt or "",
+            negative_prompt=item.negative_prompt,
+            duration_seconds=int(item.duration_seconds or 0),
+            status=SceneStatus(item.status or SceneStatus.PENDING),
+            clip_key=item.original_clip_key,
+            working_clip_key=item.working_clip_key,
+            lip_synced_clip_key=item.lip_synced_clip_key,
+            attempts=int(item.attempts or 0),
+            last_error=item.last_error,
+            lease_token=item.lease_token,
+            lease_expires_at=None
+            if item.lease_expires_at is None
+            else float(item.lease_expires_at),
+            operation_id=item.operation_id,
+            completed_at=item.completed_at,
+        )
+
+    def view(self) -> SceneView:
+        return SceneView(
+            sequence=self.sequence,
+            prompt=self.prompt,
+            negative_prompt=self.negative_prompt,
+            duration_seconds=self.duration_seconds,
+            status=self.status,
+            original_video_clip_s3_key=self.clip_key,
+            working_video_clip_s3_key=self.working_clip_key,
+            lip_synced_video_clip_s3_key=self.lip_synced_clip_key,
+            attempts=self.attempts,
+            last_error=self.last_error,
+            provider_operation_id=self.operation_id,
+            completed_at=datetime.fromisoformat(self.completed_at) if self.completed_at else None,
+        )
+
+
+@dataclass(frozen=True)
+class ProjectRecord:
+    project_id: str
+    title: str
+    concept: str
+    provider: str
+    status: ProjectStatus
+    requested_scene_count: int
+    scene_count: int | None
+    completed_scenes: int
+    failed_scenes: int
+    last_error: str | None
+    active_run_id: str | None
+    created_at: str
+    updated_at: str
+
+    @property
+    def planned(self) -> bool:
+        return self.scene_count is not None
+
+    @classmethod
+    def from_item(cls, item: ItemBase) -> ProjectRecord:
+        return cls(
+            project_id=item.project_id or "",
+            title=item.title or "",
+            concept=item.concept or "",
+            provider=item.provider or "local",
+            status=ProjectStatus(item.status or ProjectStatus.PENDING),
+            requested_scene_count=int(item.requested_scene_count or 0),
+            scene_count=None if item.scene_count is None else int(item.scene_count),
+            completed_scenes=int(item.completed_scenes or 0),
+            failed_scenes=int(item.failed_scenes or 0),
+            last_error=item.last_error,
+            active_run_id=item.active_run_id,
+            created_at=item.created_at or "",
+            updated_at=item.updated_at or "",
+        )
+
+
+@dataclass(frozen=True)
+class ProjectState:
+    """A project with all its scenes, read by one query."""
+
+    project: ProjectRecord
+    scenes: tuple[SceneRecord, ...]
+
+    @property
+    def counters(self) -> Counters:
+        return Counters.of(s.status for s in self.scenes)
+
+    def scene(self, sequence: int) -> SceneRecord | None:
+        return next((s for s in self.scenes if s.sequence == sequence), None)
+
+    def view(self) -> ProjectView:
+        p = self.project
+        return ProjectView(
+            project_id=p.project_id,
+            title=p.title,
+            concept=p.concept,
+            provider=p.provider,
+            status=p.status,
+            scene_count=p.scene_count or 0,
+            completed_scenes=p.completed_scenes,
+            failed_scenes=p.failed_scenes,
+            last_error=p.last_error,
+            created_at=datetime.fromisoformat(p.created_at),
+            updated_at=datetime.fromisoformat(p.updated_at),
+            scenes=[s.view() for s in self.scenes],
+        )

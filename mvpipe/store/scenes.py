@@ -1,0 +1,356 @@
+"""Scene transitions: each one conditional write (or one transaction), idempotent for its caller.
+
+The conditions *are* the concurrency design (DESIGN.md invariants 1-3 and 7):
+- a submission lease is won only on a scene with no clip and no operation that is `pending`, or
+  `processing` with an expired lease, and only while the project's run is the caller's;
+- the operation id is recorded only by the lease holder; from then on it owns the scene;
+- `completed` is written together with the clip key, conditioned on the operation id.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from pynamodb.expressions.condition import Condition
+from pynamodb.expressions.update import Action
+from pynamodb.transactions import TransactWrite
+
+from mvpipe.models import ProjectStatus, SceneStatus
+from mvpipe.states import lease_expired
+from mvpipe.store.dynamo import CONDITION_FAILED, Table
+from mvpipe.store.records import SceneRecord, utc_now_iso
+from mvpipe.store.table import METADATA, project_pk, scene_sk
+
+MAX_ERROR_CHARS = 1000
+
+
+class Claim(StrEnum):
+    WON = "won"  #: the caller holds the submission lease
+    RUN_INACTIVE = "run_inactive"  #: the project's run is not the caller's any more
+    NOT_CLAIMABLE = "not_claimable"  #: done, failed, owned by an operation or another lease
+    EXHAUSTED = "exhausted"  #: no submissions left; the caller fails the scene
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    outcome: Claim
+    attempts: int = 0
+
+
+def clip_error(message: str) -> str:
+    return message if len(message) <= MAX_ERROR_CHARS else message[: MAX_ERROR_CHARS - 3] + "..."
+
+
+class SceneStore:
+    def __init__(self, table: Table) -> None:
+        self.table = table
+        self.m = table.model
+
+    def get(self, project_id: str, sequence: int) -> SceneRecord | None:
+        item = self.table.get(project_pk(project_id), scene_sk(sequence))
+        return None if item is None else SceneRecord.from_item(project_id, item)
+
+    # -- submission lease ----------------------------------------------------------------------
+    def claim(
+        self,
+        project_id: str,
+        sequence: int,
+        *,
+        run_id: str,
+        token: str,
+        lease_seconds: float,
+        max_attempts: int,
+        now: float | None = None,
+    ) -> ClaimResult:
+        m = self.m
+        now = time.time() if now is None else now
+        pk = project_pk(project_id)
+        claimable = (
+            m.original_clip_key.does_not_exist()
+            & m.operation_id.does_not_exist()
+            & (
+                (m.status == SceneStatus.PENDING)
+                | ((m.status == SceneStatus.PROCESSING) & (m.lease_expires_at < now))
+            )
+            & (m.attempts.does_not_exist() | (m.attempts < max_attempts))
+        )
+        actions: list[Action] = [
+            m.status.set(SceneStatus.PROCESSING),
+            m.lease_token.set(token),
+            m.lease_expires_at.set(now + lease_seconds),
+            m.attempts.add(1),
+            m.generation_started_at.set(utc_now_iso()),
+            m.updated_at.set(utc_now_iso()),
+        ]
+
+        def build(tx: TransactWrite) -> None:
+            tx.condition_check(m, pk, METADATA, condition=m.active_run_id == run_id)
+            tx.update(m(pk, scene_sk(sequence)), actions=actions, condition=claimable)
+
+        reasons = self.table.transact(build)
+        if reasons is None:
+            return ClaimResult(Claim.WON)
+        scene = self.get(project_id, sequence)
+        if scene is not None and scene.lease_token == token:
+            return ClaimResult(Claim.WON, scene.attempts)
+        if reasons[0] == CONDITION_FAILED:
+            return ClaimResult(Claim.RUN_INACTIVE)
+        if scene is not None and _exhausted(scene, max_attempts, now):
+            return ClaimResult(Claim.EXHAUSTED, scene.attempts)
+        return ClaimResult(Claim.NOT_CLAIMABLE)
+
+    def record_operation(
+        self, project_id: str, sequence: int, *, token: str, operation_id: str, run_id: str | None
+    ) -> Claim:
+        """Store the operation id under the caller's lease (and, given a run id, that run).
+
+        This is the one write between the provider accepting a job and the job being safe from
+        a second submission; keep nothing else in this window.
+        """
+        m = self.m
+        pk, sk = project_pk(project_id), scene_sk(sequence)
+        owns = (
+            (m.lease_token == token)
+            & (m.status == SceneStatus.PROCESSING)
+            & m.operation_id.does_not_exist()
+        )
+        actions: list[Action] = [m.operation_id.set(operation_id), m.updated_at.set(utc_now_iso())]
+        if run_id is None:
+            ok = self.table.update(pk, sk, actions, owns)
+            run_inactive = False
+        else:
+
+            def build(tx: TransactWrite) -> None:
+                tx.condition_check(m, pk, METADATA, condition=m.active_run_id == run_id)
+                tx.update(m(pk, sk), actions=actions, condition=owns)
+
+            reasons = self.table.transact(build)
+            ok = reasons is None
+            run_inactive = reasons is not None and reasons[0] == CONDITION_FAILED
+        if ok:
+            return Claim.WON
+        scene = self.get(project_id, sequence)
+        if scene is not None and scene.operation_id == operation_id:
+            return Claim.WON
+        return Claim.RUN_INACTIVE if run_inactive else Claim.NOT_CLAIMABLE
+
+    def release_lease(self, project_id: str, sequence: int, *, token: str, error: str) -> bool:
+        """Give a lease back after a transient submit error: the scene is `pending` again."""
+        m = self.m
+        return self._transition(
+            project_id,
+            sequence,
+            [
+                m.status.set(SceneStatus.PENDING),
+                m.lease_token.remove(),
+                m.lease_expires_at.remove(),
+                m.last_error.set(clip_error(error)),
+            ],
+            (m.lease_token == token) & m.operation_id.does_not_exist(),
+            done=lambda s: s.lease_token != token and s.operation_id is None,
+        )
+
+    # -- outcomes ------------------------------------------------------------------------------
+    def complete(self, project_id: str, sequence: int, *, operation_id: str, clip_key: str) -> bool:
+        """Invariant 1: status and clip key in one write, after the upload, by the operation."""
+        m = self.m
+        now = utc_now_iso()
+        return self._transition(
+            project_id,
+            sequence,
+            [
+                m.status.set(SceneStatus.COMPLETED),
+                m.original_clip_key.set(clip_key),
+                m.completed_at.set(now),
+                m.lease_token.remove(),
+                m.lease_expires_at.remove(),
+                m.last_error.remove(),
+            ],
+            (m.operation_id == operation_id) & (m.status == SceneStatus.PROCESSING),
+            done=lambda s: s.status == SceneStatus.COMPLETED and s.clip_key == clip_key,
+        )
+
+    def fail(
+        self,
+        project_id: str,
+        sequence: int,
+        *,
+        error: str,
+        operation_id: str | None = None,
+        token: str | None = None,
+        max_attempts: int | None = None,
+    ) -> bool:
+        """Mark a scene `failed`, as the owner of its operation, of its lease, or (given
+        `max_attempts`) because it has no submissions left."""
+        m = self.m
+        if operation_id is not None:
+            owner: Condition = m.operation_id == operation_id
+        elif token is not None:
+            owner = (m.lease_token == token) & m.operation_id.does_not_exist()
+        elif max_attempts is not None:
+            owner = (
+                m.operation_id.does_not_exist()
+                & m.original_clip_key.does_not_exist()
+                & (m.attempts >= max_attempts)
+                & (
+                    (m.status == SceneStatus.PENDING)
+                    | ((m.status == SceneStatus.PROCESSING) & (m.lease_expires_at < time.time()))
+                )
+            )
+        else:
+            raise ValueError("fail() needs an owner: operation_id, token or max_attempts")
+        return self._transition(
+            project_id,
+            sequence,
+            [
+                m.status.set(SceneStatus.FAILED),
+                m.last_error.set(clip_error(error)),
+                m.lease_token.remove(),
+                m.lease_expires_at.remove(),
+            ],
+            owner & (m.status != SceneStatus.COMPLETED),
+            done=lambda s: s.status == SceneStatus.FAILED,
+        )
+
+    # -- resets --------------------------------------------------------------------------------
+    def reset_cancelled(self, project_id: str, sequence: int, *, operation_id: str) -> bool:
+        """After the provider cancelled the job: `pending` with no operation, ready to resume."""
+        m = self.m
+        return self._transition(
+            project_id,
+            sequence,
+            [
+                m.status.set(SceneStatus.PENDING),
+                m.operation_id.remove(),
+                m.lease_token.remove(),
+                m.lease_expires_at.remove(),
+            ],
+            (m.operation_id == operation_id) & (m.status == SceneStatus.PROCESSING),
+            done=lambda s: s.operation_id != operation_id,
+        )
+
+    def expire_lease(self, project_id: str, sequence: int, *, token: str, now: float) -> bool:
+        """A submitter died holding its lease: the scene is `pending` again (reconcile)."""
+        m = self.m
+        return self._transition(
+            project_id,
+            sequence,
+            [
+                m.status.set(SceneStatus.PENDING),
+                m.lease_token.remove(),
+                m.lease_expires_at.remove(),
+                m.last_error.set("submission lease expired (worker lost)"),
+            ],
+            (m.lease_token == token) & m.operation_id.does_not_exist() & (m.lease_expires_at < now),
+            done=lambda s: s.lease_token != token,
+        )
+
+    def reset_missing_clip(self, project_id: str, sequence: int, *, clip_key: str) -> bool:
+        """`completed` whose object is gone: back to `pending` so a run makes it again."""
+        m = self.m
+        return self._transition(
+            project_id,
+            sequence,
+            [
+                m.status.set(SceneStatus.PENDING),
+                m.original_clip_key.remove(),
+                m.operation_id.remove(),
+                m.completed_at.remove(),
+                m.attempts.set(0),
+                m.last_error.set("clip object missing; scene reset"),
+            ],
+            m.original_clip_key == clip_key,
+            done=lambda s: s.clip_key != clip_key,
+        )
+
+    def retry_failed(self, project_id: str, sequence: int) -> bool:
+        """A user asked for another run: a `failed` scene becomes `pending` with fresh attempts."""
+        m = self.m
+        return self._transition(
+            project_id,
+            sequence,
+            [
+                m.status.set(SceneStatus.PENDING),
+                m.operation_id.remove(),
+                m.lease_token.remove(),
+                m.lease_expires_at.remove(),
+                m.attempts.set(0),
+            ],
+            m.status == SceneStatus.FAILED,
+            done=lambda s: s.status != SceneStatus.FAILED,
+        )
+
+    def reset_for_regeneration(self, project_id: str, sequence: int, *, run_id: str) -> Claim:
+        """One transaction: clear the scene's clip and operation and win the project's run."""
+        m = self.m
+        pk = project_pk(project_id)
+        now = utc_now_iso()
+
+        def build(tx: TransactWrite) -> None:
+            tx.update(
+                m(pk, METADATA),
+                actions=[
+                    m.active_run_id.set(run_id),
+                    m.status.set(ProjectStatus.PROCESSING),
+                    m.gsi1pk.set(ProjectStatus.PROCESSING),
+                    m.updated_at.set(now),
+                ],
+                condition=m.pk.exists() & m.active_run_id.does_not_exist(),
+            )
+            tx.update(
+                m(pk, scene_sk(sequence)),
+                actions=[
+                    m.status.set(SceneStatus.PENDING),
+                    m.original_clip_key.remove(),
+                    m.operation_id.remove(),
+                    m.lease_token.remove(),
+                    m.lease_expires_at.remove(),
+                    m.completed_at.remove(),
+                    m.last_error.remove(),
+                    m.attempts.set(0),
+                    m.updated_at.set(now),
+                ],
+                condition=m.pk.exists(),
+            )
+
+        reasons = self.table.transact(build)
+        if reasons is None:
+            return Claim.WON
+        meta = self.table.get(pk, METADATA)
+        if meta is not None and meta.active_run_id == run_id:
+            return Claim.WON
+        return Claim.RUN_INACTIVE if reasons[0] == CONDITION_FAILED else Claim.NOT_CLAIMABLE
+
+    # -- plumbing ------------------------------------------------------------------------------
+    def _transition(
+        self,
+        project_id: str,
+        sequence: int,
+        actions: list[Action],
+        condition: Condition,
+        *,
+        done: Callable[[SceneRecord], bool],
+    ) -> bool:
+        """One conditional update; on a failed condition, success if the state is already the
+        one this caller meant to make (its earlier attempt may have landed before a timeout)."""
+        pk, sk = project_pk(project_id), scene_sk(sequence)
+        actions = [*actions, self.m.updated_at.set(utc_now_iso())]
+        if self.table.update(pk, sk, actions, condition & self.m.pk.exists()):
+            return True
+        scene = self.get(project_id, sequence)
+        return scene is not None and done(scene)
+
+
+def _exhausted(scene: SceneRecord, max_attempts: int, now: float) -> bool:
+    open_ = scene.status == SceneStatus.PENDING or (
+        scene.status == SceneStatus.PROCESSING and lease_expired(scene.lease_expires_at, now)
+    )
+    return (
+        open_
+        and scene.attempts >= max_attempts
+        and scene.operation_id is None
+        and scene.clip_key is None
+    )

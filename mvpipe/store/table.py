@@ -1,0 +1,90 @@
+"""The single-table pynamodb model. Holds no logic: transitions live in projects.py/scenes.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pynamodb.attributes import NumberAttribute, UnicodeAttribute
+from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
+from pynamodb.models import Model
+
+from mvpipe.settings import Settings
+
+METADATA = "METADATA"
+SCENE_PREFIX = "SCENE#"
+STATUS_INDEX = "GSI1"
+
+
+def project_pk(project_id: str) -> str:
+    return f"PROJECT#{project_id}"
+
+
+def scene_sk(sequence: int) -> str:
+    return f"{SCENE_PREFIX}{sequence:03d}"
+
+
+class ItemBase(Model):
+    """Every attribute any item may carry; a project item and a scene item use different subsets."""
+
+    pk = UnicodeAttribute(hash_key=True, attr_name="PK")
+    sk = UnicodeAttribute(range_key=True, attr_name="SK")
+    gsi1pk = UnicodeAttribute(null=True, attr_name="GSI1PK")
+    gsi1sk = UnicodeAttribute(null=True, attr_name="GSI1SK")
+    entity_type = UnicodeAttribute(null=True, attr_name="entityType")
+    status = UnicodeAttribute(null=True)
+    last_error = UnicodeAttribute(null=True, attr_name="lastError")
+    created_at = UnicodeAttribute(null=True, attr_name="createdAt")
+    updated_at = UnicodeAttribute(null=True, attr_name="updatedAt")
+
+    # project
+    project_id = UnicodeAttribute(null=True, attr_name="projectId")
+    title = UnicodeAttribute(null=True)
+    concept = UnicodeAttribute(null=True)
+    provider = UnicodeAttribute(null=True)
+    requested_scene_count = NumberAttribute(null=True, attr_name="requestedSceneCount")
+    scene_count = NumberAttribute(null=True, attr_name="sceneCount")
+    completed_scenes = NumberAttribute(null=True, attr_name="completedScenes")
+    failed_scenes = NumberAttribute(null=True, attr_name="failedScenes")
+    active_run_id = UnicodeAttribute(null=True, attr_name="activeRunId")
+
+    # scene
+    sequence = NumberAttribute(null=True)
+    prompt = UnicodeAttribute(null=True)
+    negative_prompt = UnicodeAttribute(null=True, attr_name="negativePrompt")
+    duration_seconds = NumberAttribute(null=True, attr_name="durationSeconds")
+    original_clip_key = UnicodeAttribute(null=True, attr_name="originalVideoClipS3Key")
+    working_clip_key = UnicodeAttribute(null=True, attr_name="workingVideoClipS3Key")
+    lip_synced_clip_key = UnicodeAttribute(null=True, attr_name="lipSyncedVideoClipS3Key")
+    attempts = NumberAttribute(null=True)
+    lease_token = UnicodeAttribute(null=True, attr_name="leaseToken")
+    lease_expires_at = NumberAttribute(null=True, attr_name="leaseExpiresAt")
+    operation_id = UnicodeAttribute(null=True, attr_name="providerOperationId")
+    generation_started_at = UnicodeAttribute(null=True, attr_name="generationStartedAt")
+    completed_at = UnicodeAttribute(null=True, attr_name="completedAt")
+
+
+def bind_table(settings: Settings) -> type[ItemBase]:
+    """A model class bound to the configured table; each process builds its own (fork safety)."""
+
+    class StatusIndex(GlobalSecondaryIndex[Any]):
+        class Meta:
+            index_name = STATUS_INDEX
+            projection = AllProjection()
+
+        gsi1pk = UnicodeAttribute(hash_key=True, attr_name="GSI1PK")
+        gsi1sk = UnicodeAttribute(range_key=True, attr_name="GSI1SK")
+
+    meta = type(
+        "Meta",
+        (),
+        {
+            "table_name": settings.table,
+            "region": settings.aws_region,
+            "host": settings.dynamodb_endpoint,
+            "billing_mode": "PAY_PER_REQUEST",
+            "connect_timeout_seconds": max(1, int(settings.store_timeout_seconds)),
+            "read_timeout_seconds": max(1, int(settings.store_timeout_seconds)),
+            "max_retry_attempts": 2,
+        },
+    )
+    return type("Item", (ItemBase,), {"Meta": meta, "status_index": StatusIndex()})

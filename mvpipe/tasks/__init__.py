@@ -1,0 +1,1 @@
+"""Thin Celery wrappers: ids in, retry policy, call the pipeline."""

@@ -1,0 +1,41 @@
+"""`mvpipe.finalize_project`: the chord body (and the re-trigger of late scenes)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from celery.exceptions import Reject
+
+from mvpipe.deps import get_context
+from mvpipe.errors import InvalidInput, NotFound, StoreUnavailable
+from mvpipe.pipeline.finalize import finalize_run
+from mvpipe.tasks.base import MvpipeTask, app, checked_ids
+
+
+@app.task(base=MvpipeTask, bind=True, name="mvpipe.finalize_project")
+def finalize_project(
+    self: MvpipeTask,
+    _header_results: Any,
+    project_id: str,
+    run_id: str | None,
+    sequences: list[int] | None,
+    outages: int = 0,
+) -> dict[str, Any]:
+    """The chord's result list is ignored on purpose: only the store tells the truth."""
+    try:
+        checked_ids(project_id)
+    except InvalidInput as exc:
+        raise Reject(str(exc), requeue=False) from None
+    try:
+        settlement = finalize_run(get_context(), project_id, run_id, sequences)
+    except NotFound:
+        return {"project_id": project_id, "outcome": "project not found"}
+    except (StoreUnavailable, redis.RedisError) as exc:
+        raise self.outage_retry(exc, {"outages": outages}, outages) from exc
+    return {
+        "project_id": project_id,
+        "run_id": run_id,
+        "status": str(settlement.status),
+        "released": settlement.released,
+    }

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what mvpipe needs on a fresh Debian machine: redis-server and a virtualenv with mvpipe.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v redis-server >/dev/null 2>&1 && [ ! -x /usr/bin/redis-server ]; then
+  echo "== installing redis-server"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
+  # We start our own redis-server processes; the distribution's service is not needed.
+  $SUDO systemctl disable --now redis-server >/dev/null 2>&1 || true
+fi
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "== creating .venv"
+  "$PYTHON" -m venv .venv
+fi
+stamp=.venv/.mvpipe-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  echo "== installing mvpipe and its dev tools into .venv"
+  log=$(mktemp)
+  if ! { .venv/bin/python -m pip install -q --upgrade pip && .venv/bin/python -m pip install -q -e '.[dev]'; } >"$log" 2>&1; then
+    grep -v "^WARNING: Location" "$log" | tail -40; rm -f "$log"; exit 1
+  fi
+  rm -f "$log"
+  touch "$stamp"
+fi

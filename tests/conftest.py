@@ -1,0 +1,106 @@
+"""Fixtures that start the real parts: redis-server, the moto state server, Celery workers.
+
+The servers live for the session (each on a free port); each test that needs workers starts its
+own with the configuration it drills, and the fixture stops it and clears what it left in Redis.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+
+from mvpipe.deps import reset_context
+from mvpipe.localstack import LocalStack, Service, start_worker
+
+_BASE_TEST_ENV = {
+    "MVPIPE_TABLE": "mvpipe-test",
+    "MVPIPE_BUCKET": "mvpipe-test-clips",
+    "MVPIPE_LOCAL_LATENCY": "0.3",
+    "MVPIPE_POLL_SECONDS": "0.2",
+    "MVPIPE_BACKOFF_BASE": "0.2",
+    "MVPIPE_BACKOFF_MAX": "2",
+    "MVPIPE_LEASE_SECONDS": "60",
+    "MVPIPE_PROVIDER_TIMEOUT_SECONDS": "10",
+}
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    stack = LocalStack(tmp_path_factory.mktemp("stack"))
+    with stack.running():
+        saved = dict(os.environ)
+        os.environ.update(stack.env)
+        os.environ.update(_BASE_TEST_ENV)
+        reset_context()
+        try:
+            yield stack
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+            reset_context()
+
+
+@pytest.fixture(scope="session")
+def redis_client(stack: LocalStack) -> redis.Redis:
+    return redis.Redis.from_url(stack.env["MVPIPE_BROKER_URL"])
+
+
+@dataclass
+class Workers:
+    """A Celery worker pool started for one test, with its ledger and provider state."""
+
+    service: Service
+    ledger: Path
+    env: dict[str, str]
+
+
+_counter = itertools.count()
+
+
+@pytest.fixture
+def start_workers(
+    stack: LocalStack, redis_client: redis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[..., Workers]]:
+    started: list[Workers] = []
+
+    def start(concurrency: int = 2, **settings: str) -> Workers:
+        n = next(_counter)
+        ledger = tmp_path / f"ledger-{n}.jsonl"
+        overrides = {
+            "MVPIPE_LOCAL_LEDGER": str(ledger),
+            "MVPIPE_LOCAL_STATE": str(tmp_path / "local-provider.sqlite3"),
+            **{f"MVPIPE_{k.upper()}": str(v) for k, v in settings.items()},
+        }
+        for key, value in overrides.items():
+            monkeypatch.setenv(key, value)
+        reset_context()  # the test process (the API) sees what the workers see
+        env = dict(os.environ)
+        service = start_worker(
+            env, tmp_path / f"worker-{n}.log", concurrency=concurrency, name=f"w{n}"
+        )
+        workers = Workers(service, ledger, env)
+        started.append(workers)
+        return workers
+
+    yield start
+    for workers in started:
+        workers.service.stop()
+    _clear_broker(redis_client)
+    reset_context()
+
+
+def _clear_broker(client: redis.Redis) -> None:
+    """Nothing one test queued or reserved may leak into the next test's workers or quota."""
+    for pattern in ("mvpipe:*", "unacked*"):
+        keys = list(client.scan_iter(pattern))
+        if keys:
+            client.delete(*keys)
+    client.delete("mvpipe.plan", "mvpipe.video")
+    for key in client.scan_iter("mvpipe.*"):
+        client.delete(key)

@@ -1,0 +1,67 @@
+"""Input validation: typed errors, limits, ids that can never reach an S3 key unchecked."""
+
+import uuid
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mvpipe.errors import InvalidInput
+from mvpipe.models import SceneSpec, parse_scene_specs, validate_project_id, validate_sequence
+from mvpipe.providers.faults import FaultPlan
+from mvpipe.store.clips import clip_key, operation_key
+
+
+def test_project_ids_must_be_canonical_uuid4() -> None:
+    good = str(uuid.uuid4())
+    assert validate_project_id(good) == good
+    for bad in ["", "x", good.upper(), str(uuid.uuid1()), "../" + good[3:], None, 7, good + "\n"]:
+        with pytest.raises(InvalidInput):
+            validate_project_id(bad)
+
+
+@given(st.text(max_size=80))
+def test_arbitrary_text_is_never_a_valid_id_unless_uuid4(text: str) -> None:
+    try:
+        validate_project_id(text)
+    except InvalidInput:
+        return
+    assert uuid.UUID(text).version == 4
+
+
+def test_sequences() -> None:
+    assert validate_sequence(1) == 1 and validate_sequence(999) == 999
+    for bad in [0, 1000, -1, True, "3", 2.0]:
+        with pytest.raises(InvalidInput):
+            validate_sequence(bad)
+
+
+def test_scene_specs_reject_control_characters_and_oversize() -> None:
+    assert parse_scene_specs([{"prompt": "a\tb\nc"}])[0].prompt == "a\tb\nc"
+    for bad in [
+        {"prompt": ""},
+        {"prompt": "x\x00"},
+        {"prompt": "x" * 2001},
+        {"prompt": "ok", "x": 1},
+    ]:
+        with pytest.raises(InvalidInput):
+            parse_scene_specs([bad])
+    with pytest.raises(InvalidInput):
+        parse_scene_specs([{"prompt": "ok", "duration_seconds": 0}])
+
+
+def test_clip_keys_are_built_from_validated_ids_only() -> None:
+    pid = str(uuid.uuid4())
+    key = clip_key(pid, 7, "projects/x/operations/../../etc")
+    assert key.startswith(f"projects/{pid}/scenes/007/") and key.endswith(".mp4")
+    assert ".." not in key and len(operation_key("a")) == 32
+    with pytest.raises(InvalidInput):
+        clip_key("../../etc", 1, "op")
+
+
+def test_fault_plan_is_a_pure_function_of_its_inputs() -> None:
+    plan = FaultPlan.parse("transient=0.3,permanent=0.1,seed=7")
+    first = [plan.transient_fault("p", 1, "submit", n) for n in range(200)]
+    assert first == [plan.transient_fault("p", 1, "submit", n) for n in range(200)]
+    assert 30 < sum(first) < 90  # about 0.3 of 200
+    assert SceneSpec(prompt="x").duration_seconds == 8

@@ -1,0 +1,69 @@
+"""The pure rules: project status from scenes, lease expiry, backoff."""
+
+import random
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mvpipe.models import ProjectStatus, SceneStatus
+from mvpipe.states import Counters, backoff_seconds, lease_expired, project_status
+
+statuses = st.lists(st.sampled_from(list(SceneStatus)), max_size=30)
+
+
+def test_all_completed_is_completed_even_while_a_run_is_active() -> None:
+    counters = Counters.of([SceneStatus.COMPLETED] * 3)
+    assert project_status(counters, planned=True, run_active=True) == ProjectStatus.COMPLETED
+
+
+def test_failed_only_when_nothing_is_open() -> None:
+    open_ = Counters.of([SceneStatus.FAILED, SceneStatus.PENDING])
+    closed = Counters.of([SceneStatus.FAILED, SceneStatus.COMPLETED])
+    assert project_status(open_, planned=True, run_active=False) == ProjectStatus.PENDING
+    assert project_status(closed, planned=True, run_active=False) == ProjectStatus.FAILED
+
+
+def test_active_run_is_processing_or_planning() -> None:
+    counters = Counters.of([SceneStatus.PENDING])
+    assert project_status(counters, planned=True, run_active=True) == ProjectStatus.PROCESSING
+    empty = Counters.of([])
+    assert project_status(empty, planned=False, run_active=True) == ProjectStatus.GENERATING_SCENES
+    assert project_status(empty, planned=False, run_active=False) == ProjectStatus.PENDING
+    assert (
+        project_status(empty, planned=False, run_active=False, planning_failed=True)
+        == ProjectStatus.FAILED
+    )
+
+
+@given(statuses, st.booleans())
+def test_status_rule_matches_design(scene_statuses: list[SceneStatus], run_active: bool) -> None:
+    counters = Counters.of(scene_statuses)
+    status = project_status(counters, planned=True, run_active=run_active)
+    all_done = bool(scene_statuses) and all(s == SceneStatus.COMPLETED for s in scene_statuses)
+    assert (status == ProjectStatus.COMPLETED) == all_done
+    assert counters.scene_count == len(scene_statuses)
+    assert counters.completed_scenes + counters.failed_scenes + counters.open_scenes == len(
+        scene_statuses
+    )
+    if status == ProjectStatus.FAILED:
+        assert not run_active and counters.open_scenes == 0 and counters.failed_scenes > 0
+
+
+def test_lease_expiry() -> None:
+    assert lease_expired(None, 100.0)
+    assert lease_expired(99.0, 100.0)
+    assert not lease_expired(101.0, 100.0)
+
+
+@given(st.integers(min_value=1, max_value=40), st.integers(min_value=0, max_value=2**32))
+def test_backoff_grows_and_is_capped(attempt: int, seed: int) -> None:
+    rng = random.Random(seed)
+    delay = backoff_seconds(attempt, base=1.0, cap=60.0, rng=rng)
+    step = min(60.0, 2.0 ** (attempt - 1))
+    assert step / 2 <= delay <= step
+
+
+def test_backoff_is_jittered() -> None:
+    rng = random.Random(1)
+    delays = {backoff_seconds(5, base=1.0, cap=60.0, rng=rng) for _ in range(20)}
+    assert len(delays) > 1

@@ -1,0 +1,225 @@
+"""Each transition's condition, against a real moto server over HTTP (invariants 1-3, 7)."""
+
+from __future__ import annotations
+
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from mvpipe import api
+from mvpipe.deps import Context, get_context
+from mvpipe.errors import InvalidInput, NotFound
+from mvpipe.localstack import LocalStack
+from mvpipe.models import ProjectSpec, ProjectStatus, SceneSpec, SceneStatus
+from mvpipe.pipeline.finalize import settle_project
+from mvpipe.states import Counters
+from mvpipe.store.scenes import Claim
+
+pytestmark = pytest.mark.integration
+
+
+def new_project(ctx: Context, scenes: int = 3, *, run: bool = True) -> tuple[str, str]:
+    project_id = str(uuid.uuid4())
+    spec = ProjectSpec(
+        title="Test",
+        concept="A concept",
+        provider="local",
+        requested_scene_count=scenes,
+        scenes=tuple(SceneSpec(prompt=f"scene {n}") for n in range(1, scenes + 1)),
+    )
+    ctx.projects.create(project_id, spec)
+    run_id = str(uuid.uuid4())
+    if run:
+        assert ctx.projects.win_run(project_id, run_id, ProjectStatus.PROCESSING) == run_id
+    return project_id, run_id
+
+
+def claim(ctx: Context, project_id: str, run_id: str, token: str, sequence: int = 1) -> Claim:
+    return ctx.scenes.claim(
+        project_id, sequence, run_id=run_id, token=token, lease_seconds=60, max_attempts=3
+    ).outcome
+
+
+@pytest.fixture
+def ctx(stack: LocalStack) -> Context:
+    return get_context()
+
+
+def test_many_threads_racing_for_one_lease_exactly_one_wins(ctx: Context) -> None:
+    project_id, run_id = new_project(ctx)
+    tokens = [uuid.uuid4().hex for _ in range(16)]
+    with ThreadPoolExecutor(16) as pool:
+        outcomes = list(pool.map(lambda t: claim(ctx, project_id, run_id, t), tokens))
+    assert outcomes.count(Claim.WON) == 1
+    winner = tokens[outcomes.index(Claim.WON)]
+    scene = ctx.scenes.get(project_id, 1)
+    assert scene is not None and scene.lease_token == winner and scene.attempts == 1
+
+
+def test_a_stale_token_cannot_record_an_operation(ctx: Context) -> None:
+    project_id, run_id = new_project(ctx)
+    assert claim(ctx, project_id, run_id, "mine") == Claim.WON
+    outcome = ctx.scenes.record_operation(
+        project_id, 1, token="stale", operation_id="op-x", run_id=run_id
+    )
+    assert outcome == Claim.NOT_CLAIMABLE
+    assert ctx.scenes.get(project_id, 1).operation_id is None  # type: ignore[union-attr]
+
+
+def test_recording_twice_with_the_same_token_reports_success(ctx: Context) -> None:
+    project_id, run_id = new_project(ctx)
+    assert claim(ctx, project_id, run_id, "mine") == Claim.WON
+    for _ in range(2):
+        outcome = ctx.scenes.record_operation(
+            project_id, 1, token="mine", operation_id="op-1", run_id=run_id
+        )
+        assert outcome == Claim.WON
+    # With an operation stored, nobody can claim the scene again.
+    assert claim(ctx, project_id, run_id, "other") == Claim.NOT_CLAIMABLE
+
+
+def test_a_wrong_operation_cannot_complete_a_scene_and_completion_is_idempotent(
+    ctx: Context,
+) -> None:
+    project_id, run_id = new_project(ctx)
+    claim(ctx, project_id, run_id, "t")
+    ctx.scenes.record_operation(project_id, 1, token="t", operation_id="op-1", run_id=run_id)
+    assert not ctx.scenes.complete(project_id, 1, operation_id="op-2", clip_key="k2")
+    assert ctx.scenes.get(project_id, 1).status == SceneStatus.PROCESSING  # type: ignore[union-attr]
+    assert ctx.scenes.complete(project_id, 1, operation_id="op-1", clip_key="k1")
+    assert ctx.scenes.complete(project_id, 1, operation_id="op-1", clip_key="k1")  # retried write
+    scene = ctx.scenes.get(project_id, 1)
+    assert scene is not None and scene.status == SceneStatus.COMPLETED and scene.clip_key == "k1"
+
+
+def test_completed_is_never_written_without_an_operation_and_a_clip(ctx: Context) -> None:
+    project_id, _run_id = new_project(ctx)
+    # No operation stored: completion is refused whatever the caller claims.
+    assert not ctx.scenes.complete(project_id, 1, operation_id="op-1", clip_key="k")
+    assert ctx.scenes.get(project_id, 1).status == SceneStatus.PENDING  # type: ignore[union-attr]
+
+
+def test_a_failed_scene_cannot_be_claimed_by_a_redelivered_task(ctx: Context) -> None:
+    project_id, run_id = new_project(ctx)
+    claim(ctx, project_id, run_id, "t")
+    assert ctx.scenes.fail(project_id, 1, error="blocked", token="t")
+    assert claim(ctx, project_id, run_id, "again") == Claim.NOT_CLAIMABLE
+    assert ctx.scenes.get(project_id, 1).status == SceneStatus.FAILED  # type: ignore[union-attr]
+
+
+def test_no_claim_without_the_active_run(ctx: Context) -> None:
+    project_id, run_id = new_project(ctx, run=False)
+    assert claim(ctx, project_id, run_id, "t") == Claim.RUN_INACTIVE
+    assert ctx.scenes.get(project_id, 1).status == SceneStatus.PENDING  # type: ignore[union-attr]
+
+
+def test_attempts_are_limited(ctx: Context) -> None:
+    project_id, run_id = new_project(ctx)
+    for n in range(3):
+        assert claim(ctx, project_id, run_id, f"t{n}") == Claim.WON
+        assert ctx.scenes.release_lease(project_id, 1, token=f"t{n}", error="503")
+    assert claim(ctx, project_id, run_id, "t4") == Claim.EXHAUSTED
+
+
+def test_one_run_at_a_time(ctx: Context) -> None:
+    project_id, run_id = new_project(ctx)
+    assert ctx.projects.win_run(project_id, "other", ProjectStatus.PROCESSING) == run_id
+    assert ctx.scenes.reset_for_regeneration(project_id, 1, run_id="other") != Claim.WON
+
+
+def test_bad_input_to_create_writes_nothing(ctx: Context) -> None:
+    before = ctx.table.model.count()
+    bad_calls = [
+        dict(title="", concept="c"),
+        dict(title="t", concept="c\x00"),
+        dict(title="t", concept="c", scene_count=0),
+        dict(title="t", concept="c", scene_count=1000),
+        dict(title="t", concept="c", provider="nope"),
+        dict(title="t", concept="c", scene_count=2, scenes=[{"prompt": "one"}]),
+        dict(title="t", concept="c", scenes=[{"prompt": "ok"}, {"prompt": "x" * 5000}]),
+        dict(title="t" * 201, concept="c"),
+    ]
+    for kwargs in bad_calls:
+        with pytest.raises(InvalidInput):
+            api.create_project(**kwargs)  # type: ignore[arg-type]
+    assert ctx.table.model.count() == before
+    with pytest.raises(NotFound):
+        api.get_project(str(uuid.uuid4()))
+
+
+class RecountMachine(RuleBasedStateMachine):
+    """Any sequence of transitions, then settle: counters always equal a recount (invariant 4)."""
+
+    SCENES = 4
+
+    @initialize()
+    def start(self) -> None:
+        self.ctx = get_context()
+        self.project_id, self.run_id = new_project(self.ctx, self.SCENES)
+        self.tokens: dict[int, str] = {}
+        self.ops: dict[int, str] = {}
+
+    @rule(seq=st.integers(1, SCENES))
+    def claim_and_submit(self, seq: int) -> None:
+        token = uuid.uuid4().hex
+        if claim(self.ctx, self.project_id, self.run_id, token, seq) == Claim.WON:
+            self.tokens[seq] = token
+            op = f"op-{uuid.uuid4().hex}"
+            self.ctx.scenes.record_operation(
+                self.project_id, seq, token=token, operation_id=op, run_id=self.run_id
+            )
+            self.ops[seq] = op
+
+    @rule(seq=st.integers(1, SCENES))
+    def complete(self, seq: int) -> None:
+        if seq in self.ops:
+            self.ctx.scenes.complete(
+                self.project_id, seq, operation_id=self.ops[seq], clip_key=f"k{seq}"
+            )
+
+    @rule(seq=st.integers(1, SCENES))
+    def fail(self, seq: int) -> None:
+        if seq in self.ops:
+            self.ctx.scenes.fail(self.project_id, seq, error="x", operation_id=self.ops[seq])
+
+    @rule(seq=st.integers(1, SCENES))
+    def retry_failed(self, seq: int) -> None:
+        if self.ctx.scenes.retry_failed(self.project_id, seq):
+            self.ops.pop(seq, None)
+
+    @rule()
+    def settle(self) -> None:
+        state = self.ctx.projects.load(self.project_id)
+        settle_project(self.ctx, state, release_run=self.run_id)
+
+    @invariant()
+    def counters_match_recount_after_settling(self) -> None:
+        if not hasattr(self, "ctx"):
+            return
+        settle_project(self.ctx, self.ctx.projects.load(self.project_id))
+        state = self.ctx.projects.load(self.project_id)
+        counters = Counters.of(s.status for s in state.scenes)
+        assert state.project.completed_scenes == counters.completed_scenes
+        assert state.project.failed_scenes == counters.failed_scenes
+        assert state.project.scene_count == counters.scene_count
+        for scene in state.scenes:
+            assert (scene.status == SceneStatus.COMPLETED) == (scene.clip_key is not None)
+
+
+TestRecount = RecountMachine.TestCase
+TestRecount.settings = settings(
+    max_examples=8,
+    stateful_step_count=12,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=list(HealthCheck),
+)
+
+
+@pytest.fixture(autouse=True)
+def _stack_for_machine(stack: LocalStack) -> None:
+    """The state machine's test case needs the servers too."""
