@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
-echo "== ruff check";        ruff check mvpipe tests bench celeryconfig.py
-echo "== ruff format";       ruff format --check mvpipe tests bench celeryconfig.py
+echo "== ruff check";        ruff check .
+echo "== ruff format";       ruff format --check .
 echo "== mypy";              mypy mvpipe celeryconfig.py
 echo "== pytest";            pytest -q -p no:cacheprovider "$@"
