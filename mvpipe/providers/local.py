@@ -96,11 +96,13 @@ class LocalVideoProvider:
         self.jobs = LocalJobs(settings.local_state_path)
 
     def submit(self, request: VideoRequest) -> str:
-        now = time.time()
+        # The call counter commits on its own: a fault must not roll its own count back.
         with self.jobs.transaction() as db:
             call = LocalJobs.next_call(db, request.project_id, request.sequence, "submit")
-            if self.faults.transient_fault(request.project_id, request.sequence, "submit", call):
-                raise TransientProviderError("local provider: simulated 503 on submit")
+        if self.faults.transient_fault(request.project_id, request.sequence, "submit", call):
+            raise TransientProviderError("local provider: simulated 503 on submit")
+        now = time.time()
+        with self.jobs.transaction() as db:
             (running,) = db.execute(
                 "SELECT COUNT(*) FROM jobs WHERE cancelled = 0 AND finishes_at > ?", (now,)
             ).fetchone()

@@ -1,0 +1,93 @@
+"""The local provider on its own: a remote-like job API in a SQLite file (no servers needed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mvpipe.errors import PermanentProviderError, QuotaExceeded, TransientProviderError
+from mvpipe.providers.base import Brief, JobState, VideoRequest
+from mvpipe.providers.local import LocalPlanner, LocalVideoProvider
+from mvpipe.providers.render import probe_clip
+from mvpipe.settings import Settings
+from tests.helpers import wait_for
+
+
+def provider(tmp_path: Path, **overrides: object) -> LocalVideoProvider:
+    values: dict[str, object] = {
+        "local_state": tmp_path / "jobs.sqlite3",
+        "local_ledger": tmp_path / "ledger.jsonl",
+        "local_latency": 0.2,
+        **overrides,
+    }
+    settings = Settings(**values)  # type: ignore[arg-type]
+    return LocalVideoProvider(settings)
+
+
+def request(sequence: int = 1) -> VideoRequest:
+    return VideoRequest("p", sequence, "a neon city", None, 8)
+
+
+def test_a_job_runs_then_yields_a_playable_mp4_and_one_ledger_line(tmp_path: Path) -> None:
+    local = provider(tmp_path)
+    operation_id = local.submit(request())
+    assert local.poll(operation_id).state == JobState.RUNNING
+    status = wait_for(
+        lambda: (s := local.poll(operation_id)).finished and s, 10, "the job to finish"
+    )
+    assert status.state == JobState.SUCCEEDED
+    codec, frames, _ = probe_clip(local.download(status))
+    assert codec == "h264" and frames > 1
+    lines = (tmp_path / "ledger.jsonl").read_text().splitlines()
+    assert [json.loads(x)["operation_id"] for x in lines] == [operation_id]
+
+
+def test_jobs_survive_a_new_provider_instance(tmp_path: Path) -> None:
+    operation_id = provider(tmp_path).submit(request())
+    other = provider(tmp_path)  # another worker process, after a crash
+    assert other.poll(operation_id).state in (JobState.RUNNING, JobState.SUCCEEDED)
+
+
+def test_concurrency_limit_answers_429(tmp_path: Path) -> None:
+    local = provider(tmp_path, local_max_concurrent=2, local_latency=30)
+    local.submit(request(1))
+    local.submit(request(2))
+    with pytest.raises(QuotaExceeded):
+        local.submit(request(3))
+    assert local.peak_in_flight() == 2
+
+
+def test_transient_faults_advance_with_each_call(tmp_path: Path) -> None:
+    local = provider(tmp_path, local_faults="transient=0.5,seed=1")
+    outcomes = []
+    for _ in range(40):
+        try:
+            local.submit(request())
+            outcomes.append("ok")
+        except TransientProviderError:
+            outcomes.append("fault")
+    assert 5 < outcomes.count("fault") < 35  # a retry is a new call with a new roll
+
+
+def test_permanent_faults_end_accepted_jobs_failed(tmp_path: Path) -> None:
+    local = provider(tmp_path, local_faults="permanent=1.0", local_latency=0)
+    status = local.poll(local.submit(request()))
+    assert status.state == JobState.FAILED and status.error
+
+
+def test_cancel_and_unknown_operations(tmp_path: Path) -> None:
+    local = provider(tmp_path, local_latency=30)
+    operation_id = local.submit(request())
+    assert local.cancel(operation_id)
+    assert local.poll(operation_id).state == JobState.CANCELLED
+    with pytest.raises(PermanentProviderError):
+        local.poll("local-unknown")
+
+
+def test_local_planner_is_deterministic() -> None:
+    brief = Brief("p", "Title", "One.\nTwo.\nThree.", 5)
+    first = LocalPlanner().plan(brief)
+    assert first == LocalPlanner().plan(brief) and len(first) == 5
+    assert "One" in first[0].prompt and "One" in first[3].prompt
