@@ -195,6 +195,10 @@ def wait_project(project_id: str, timeout: float = 600.0, *, interval: float = 0
         time.sleep(interval)
 
 
-def reconcile() -> ReconcileReport:
-    """Repair what crashes left behind, inline (the beat schedule runs the same)."""
-    return reconcile_all(get_context(), _dispatcher)
+def reconcile(*, sweep_strays: bool | None = None) -> ReconcileReport:
+    """Repair what crashes left behind, inline (the beat schedule runs the same).
+
+    `sweep_strays=True` forces the table scan for stray scene items, which otherwise runs at
+    most once per `MVPIPE_STRAY_SWEEP_SECONDS`.
+    """
+    return reconcile_all(get_context(), _dispatcher, sweep_strays=sweep_strays)

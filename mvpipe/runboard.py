@@ -79,6 +79,11 @@ class RunBoard:
     def finished_count(self, run_id: str) -> int:
         return int(self.client.scard(self._key("run", run_id, "finished")))
 
+    def due(self, job: str, every_seconds: float) -> bool:
+        """True at most once per period across all processes (rate-limits expensive sweeps)."""
+        key = self._key("due", job)
+        return bool(self.client.set(key, 1, px=int(every_seconds * 1000), nx=True))
+
     # -- planning ------------------------------------------------------------------------------
     def lock_planning(self, project_id: str, run_id: str, seconds: float) -> bool:
         key = self._key("plan", project_id)

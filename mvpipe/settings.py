@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     default_scenes: int = Field(default=8, ge=1, le=999)
     orphan_grace_seconds: float = Field(default=3600.0, ge=0)
     run_stale_seconds: float = Field(default=300.0, gt=0)
+    stray_sweep_seconds: float = Field(default=3600.0, gt=0)
     flower_user: str | None = None
     flower_password: SecretStr | None = None
     flower_port: int = 5555

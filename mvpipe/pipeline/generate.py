@@ -132,6 +132,11 @@ class SceneJob:
     def record(self, operation_id: str, token: str, attempt: int) -> Step:
         ctx = self.ctx
         provider = ctx.video_provider(self.provider_name)
+        # Marked polled before the operation becomes visible, so reconcile never mistakes a
+        # scene between submit and its first poll for an orphan.
+        ctx.board.touch_scene(
+            self.project_id, self.sequence, self.s.liveness_seconds(self.provider_name)
+        )
         outcome = ctx.scenes.record_operation(
             self.project_id,
             self.sequence,

@@ -44,6 +44,7 @@ class ReconcileReport(BaseModel):
     runs_finalized: int = 0
     runs_taken_over: int = 0
     garbage_deleted: int = 0
+    stray_scenes_deleted: int = 0
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -52,9 +53,19 @@ class ReconcileReport(BaseModel):
 
 
 def reconcile(
-    ctx: Context, dispatcher: Dispatcher, *, project_ids: list[str] | None = None
+    ctx: Context,
+    dispatcher: Dispatcher,
+    *,
+    project_ids: list[str] | None = None,
+    sweep_strays: bool | None = None,
 ) -> ReconcileReport:
+    """Repair every project (or the given ones). The stray-item sweep scans the table, so it
+    runs at most once per `MVPIPE_STRAY_SWEEP_SECONDS` unless `sweep_strays` forces it."""
     report = ReconcileReport()
+    if sweep_strays is None:
+        sweep_strays = ctx.board.due("stray-sweep", ctx.settings.stray_sweep_seconds)
+    if sweep_strays:
+        _sweep_strays(ctx, report)
     if project_ids is None:
         project_ids = [
             p.project_id for status in EXAMINED for p in ctx.projects.list_by_status(status)
@@ -98,6 +109,14 @@ def _reconcile_project(
     if repaired:
         state = ctx.projects.load(project_id)
     _settle(ctx, dispatcher, state, report)
+
+
+def _sweep_strays(ctx: Context, report: ReconcileReport) -> None:
+    cutoff = datetime.fromtimestamp(time.time() - ctx.settings.orphan_grace_seconds, UTC)
+    strays = ctx.table.stray_scene_keys(cutoff.isoformat(timespec="microseconds"))
+    if strays:
+        ctx.table.batch_delete(strays)
+        report.stray_scenes_deleted += len(strays)
 
 
 def _expire_lease(ctx: Context, scene: SceneRecord, now: float, report: ReconcileReport) -> bool:

@@ -71,13 +71,22 @@ class Table:
     def iter_by_status(self, status: str) -> Iterator[ItemBase]:
         yield from self._call(lambda: list(self.model.status_index.query(status)))  # type: ignore[attr-defined]
 
-    def iter_scene_keys_without_metadata(self) -> Iterator[tuple[str, str]]:
-        """Scan for stray scene items (rare sweep; a crash mid-create left them)."""
-        items = self._call(lambda: list(self.model.scan(attributes_to_get=["PK", "SK"])))
+    def stray_scene_keys(self, created_before: str) -> list[tuple[str, str]]:
+        """Scene items of projects with no METADATA, created before the cutoff (ISO time).
+
+        A full scan: reconcile runs it rarely (a crash mid-create is the only source of strays).
+        """
+        items = self._call(
+            lambda: list(self.model.scan(attributes_to_get=["PK", "SK", "createdAt"]))
+        )
         with_metadata = {i.pk for i in items if i.sk == METADATA}
-        for item in items:
-            if item.sk.startswith(SCENE_PREFIX) and item.pk not in with_metadata:
-                yield item.pk, item.sk
+        return [
+            (i.pk, i.sk)
+            for i in items
+            if i.sk.startswith(SCENE_PREFIX)
+            and i.pk not in with_metadata
+            and (i.created_at or "") <= created_before
+        ]
 
     # -- writes --------------------------------------------------------------------------------
     def put(self, item: ItemBase, condition: Condition | None = None) -> bool:

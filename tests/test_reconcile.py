@@ -1,0 +1,178 @@
+"""Reconcile: each kind of damage made on purpose, repaired in one pass; the next finds none."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+
+import pytest
+
+from mvpipe import api
+from mvpipe.deps import Context, get_context
+from mvpipe.models import ProjectStatus, SceneStatus
+from mvpipe.providers.base import VideoRequest
+from mvpipe.states import Counters
+from mvpipe.store.clips import clip_key
+from mvpipe.store.records import utc_now_iso
+from mvpipe.store.table import project_pk, scene_sk
+from tests.conftest import Workers
+from tests.helpers import assert_invariants, generations_per_scene, wait_for
+
+pytestmark = pytest.mark.integration
+
+StartWorkers = Callable[..., Workers]
+
+
+def completed_project(scenes: int = 3) -> str:
+    project_id = api.create_project("Heal", "Break.\nMend.", scene_count=scenes)
+    api.run_project(project_id)
+    assert api.wait_project(project_id, timeout=120).status == ProjectStatus.COMPLETED
+    return project_id
+
+
+def abandoned_run(ctx: Context, scenes: int = 3) -> tuple[str, str]:
+    """A project whose run was won by a process that then died (no liveness in Redis)."""
+    project_id = api.create_project(
+        "Orphan", "Lost.", scenes=[{"prompt": f"scene {n}"} for n in range(1, scenes + 1)]
+    )
+    run_id = str(uuid.uuid4())
+    assert ctx.projects.win_run(project_id, run_id, ProjectStatus.PROCESSING) == run_id
+    return project_id, run_id
+
+
+def reconcile_until_quiet(project_id: str) -> None:
+    """After the repaired project finished, a pass finds nothing left to do."""
+    api.wait_project(project_id, timeout=120)
+    assert api.reconcile().total == 0
+
+
+def test_expired_lease_of_a_dead_worker(start_workers: StartWorkers) -> None:
+    workers = start_workers()
+    ctx = get_context()
+    project_id, run_id = abandoned_run(ctx)
+    claim = ctx.scenes.claim(
+        project_id, 1, run_id=run_id, token="dead", lease_seconds=1, max_attempts=5,
+        now=time.time() - 10,
+    )  # fmt: skip
+    assert claim.outcome == "won"
+    report = api.reconcile()
+    assert report.expired_leases == 1 and report.runs_taken_over == 1
+    view = api.wait_project(project_id, timeout=120)
+    assert view.status == ProjectStatus.COMPLETED
+    assert generations_per_scene(workers.ledger, project_id) == {1: 1, 2: 1, 3: 1}
+    assert_invariants(project_id)
+    reconcile_until_quiet(project_id)
+
+
+def test_an_operation_nobody_polls_gets_one_poll_chain(start_workers: StartWorkers) -> None:
+    workers = start_workers()
+    ctx = get_context()
+    project_id, run_id = abandoned_run(ctx, scenes=1)
+    ctx.scenes.claim(project_id, 1, run_id=run_id, token="t", lease_seconds=60, max_attempts=5)
+    operation_id = ctx.video_provider("local").submit(
+        VideoRequest(project_id, 1, "scene 1", None, 8)
+    )
+    ctx.scenes.record_operation(project_id, 1, token="t", operation_id=operation_id, run_id=run_id)
+    ctx.board.touch_run(run_id, 60)  # the run looks alive: only the poll is missing
+    report = api.reconcile()
+    assert report.orphaned_polls == 1 and report.runs_taken_over == 0
+    assert api.reconcile().orphaned_polls == 0  # never a second chain
+    scene = wait_for(
+        lambda: (s := ctx.scenes.get(project_id, 1)) and s.status == SceneStatus.COMPLETED and s,
+        60,
+        "the orphaned operation to complete",
+    )
+    assert scene.operation_id == operation_id  # the paid job was used, not a new one
+    assert generations_per_scene(workers.ledger, project_id) == {1: 1}
+
+
+def test_an_uploaded_but_unrecorded_clip_is_recorded(start_workers: StartWorkers) -> None:
+    start_workers()
+    ctx = get_context()
+    project_id, run_id = abandoned_run(ctx, scenes=1)
+    ctx.scenes.claim(project_id, 1, run_id=run_id, token="t", lease_seconds=60, max_attempts=5)
+    ctx.scenes.record_operation(project_id, 1, token="t", operation_id="op-1", run_id=run_id)
+    key = clip_key(project_id, 1, "op-1")
+    ctx.clips.put(key, b"uploaded before the worker died")
+    report = api.reconcile()
+    assert report.recovered_clips == 1
+    scene = ctx.scenes.get(project_id, 1)
+    assert scene is not None and scene.status == SceneStatus.COMPLETED and scene.clip_key == key
+    view = api.wait_project(project_id, timeout=60)
+    assert view.status == ProjectStatus.COMPLETED
+    reconcile_until_quiet(project_id)
+
+
+def test_completed_without_a_clip_goes_back_to_pending(start_workers: StartWorkers) -> None:
+    workers = start_workers()
+    ctx = get_context()
+    project_id = completed_project()
+    key = ctx.scenes.get(project_id, 2).clip_key  # type: ignore[union-attr]
+    ctx.clips.delete(key or "")
+    report = api.reconcile()
+    assert report.missing_clips == 1
+    view = api.get_project(project_id)
+    assert view.scenes[1].status == SceneStatus.PENDING and view.completed_scenes == 2
+    assert view.status == ProjectStatus.PENDING
+    assert_invariants(project_id)
+    api.run_project(project_id)
+    assert api.wait_project(project_id, timeout=120).status == ProjectStatus.COMPLETED
+    assert generations_per_scene(workers.ledger, project_id) == {1: 1, 2: 2, 3: 1}
+    reconcile_until_quiet(project_id)
+
+
+def test_drifted_counters_are_recounted(start_workers: StartWorkers) -> None:
+    start_workers()
+    ctx = get_context()
+    project_id = completed_project()
+    ctx.projects.settle(
+        project_id,
+        observed_run=None,
+        counters=Counters(scene_count=3, completed_scenes=1, failed_scenes=2, open_scenes=0),
+        status=ProjectStatus.FAILED,
+        release=False,
+    )
+    assert api.reconcile().counters_fixed == 1
+    view = api.get_project(project_id)
+    assert (view.completed_scenes, view.failed_scenes) == (3, 0)
+    assert view.status == ProjectStatus.COMPLETED
+    reconcile_until_quiet(project_id)
+
+
+def test_garbage_objects_and_stray_items_are_deleted(
+    start_workers: StartWorkers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    start_workers(orphan_grace_seconds="0")
+    ctx = get_context()
+    project_id = completed_project(scenes=1)
+    recorded = ctx.scenes.get(project_id, 1).clip_key  # type: ignore[union-attr]
+    stale = clip_key(project_id, 1, "op-from-a-stale-worker")
+    ctx.clips.put(stale, b"garbage")
+    stray_project = str(uuid.uuid4())
+    ctx.table.put(
+        ctx.table.model(
+            project_pk(stray_project), scene_sk(1), status="pending", created_at=utc_now_iso()
+        )
+    )
+    report = api.reconcile(sweep_strays=True)
+    assert report.garbage_deleted == 1 and report.stray_scenes_deleted == 1
+    assert not ctx.clips.exists(stale) and ctx.clips.exists(recorded or "")
+    assert ctx.table.get(project_pk(stray_project), scene_sk(1)) is None
+    assert api.reconcile(sweep_strays=True).total == 0
+
+
+def test_reconcile_during_a_run_breaks_nothing(start_workers: StartWorkers) -> None:
+    workers = start_workers(local_latency="1")
+    project_id = api.create_project("Busy", "Working.", scene_count=8)
+    api.run_project(project_id)
+    passes = 0
+    while api.get_project(project_id).status != ProjectStatus.COMPLETED:
+        report = api.reconcile()
+        assert report.runs_taken_over == 0 and report.orphaned_polls == 0
+        assert report.expired_leases == 0
+        passes += 1
+        assert passes < 2000
+    assert generations_per_scene(workers.ledger, project_id) == {n: 1 for n in range(1, 9)}
+    assert_invariants(project_id)
+    reconcile_until_quiet(project_id)
