@@ -52,4 +52,6 @@ task_routes = {
 beat_schedule = {
     "reconcile": {"task": "mvpipe.reconcile", "schedule": _s.reconcile_seconds},
 }
+# Outside the source tree; beat cannot create the directory itself.
+_s.state_dir.mkdir(parents=True, exist_ok=True)
 beat_schedule_filename = str(_s.state_dir / "celerybeat-schedule")

@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -201,10 +203,12 @@ def cancel(project_id: str) -> None:
 
 
 @main.command()
+@click.argument("project_id", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def reconcile(as_json: bool) -> None:
-    """Repair what crashes left behind (beat runs this on a schedule)."""
-    report = guarded(lambda: _api().reconcile())
+@click.option("--sweep", is_flag=True, help="Also scan the table for stray scene items now.")
+def reconcile(project_id: str | None, as_json: bool, sweep: bool) -> None:
+    """Repair what crashes left behind (beat runs this on a schedule for every project)."""
+    report = guarded(lambda: _api().reconcile(project_id, sweep_strays=sweep or None))
     if as_json:
         click.echo(report.model_dump_json(indent=2))
         return
@@ -275,16 +279,16 @@ def local_stack(
         yield stack.env
 
 
-def _wait_for_interrupt() -> None:
-    stop = {"now": False}
+def _stop_on_signal() -> threading.Event:
+    """Ctrl-C / SIGTERM set the returned event instead of interrupting the shutdown."""
+    stop = threading.Event()
 
     def handler(signum: int, frame: Any) -> None:
-        stop["now"] = True
+        stop.set()
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
-    while not stop["now"]:
-        time.sleep(0.2)
+    return stop
 
 
 @main.command()
@@ -297,11 +301,13 @@ def stack(workdir: Path | None, concurrency: int, no_flower: bool) -> None:
     """Start the whole local stack (Redis, state server, worker, beat, Flower) until Ctrl-C."""
     workdir = workdir or Path(tempfile.mkdtemp(prefix="mvpipe-stack-"))
     with local_stack(workdir, concurrency=concurrency, flower=not no_flower, beat=True) as env:
+        stop = _stop_on_signal()  # before announcing it, so an early Ctrl-C is not lost
         click.echo("\nPoint other shells at this stack with:", err=True)
         for key, value in env.items():
             click.echo(f"export {key}={value}")
         click.echo("\nRunning; Ctrl-C stops everything.", err=True)
-        _wait_for_interrupt()
+        while not stop.wait(0.5):
+            pass
     click.echo("stack stopped", err=True)
 
 
@@ -310,40 +316,54 @@ def stack(workdir: Path | None, concurrency: int, no_flower: bool) -> None:
 @click.option(
     "--keep", is_flag=True, help="Keep the stack running afterwards (explore it in Flower)."
 )
-def demo(scene_count: int, keep: bool) -> None:
+@click.option(
+    "--output",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("demo-output"),
+    show_default=True,
+    help="Where the finished clips are copied.",
+)
+def demo(scene_count: int, keep: bool, output: Path) -> None:
     """Generate a music video end to end on the local stack, then stop the stack."""
     workdir = Path(tempfile.mkdtemp(prefix="mvpipe-demo-"))
-    os.environ.setdefault("MVPIPE_LOCAL_LATENCY", "1.5")
-    os.environ.setdefault("MVPIPE_LOCAL_LEDGER", str(workdir / "ledger.jsonl"))
-    with local_stack(workdir, concurrency=2, flower=True, beat=True):
-        api = _api()
-        project_id = guarded(
-            lambda: api.create_project(
-                "Neon Rain",
-                "City lights bloom after midnight.\nRain writes stories on the glass.\n"
-                "A train hums through the dark.\nMorning breaks over the river.",
-                scene_count=scene_count,
+    try:
+        os.environ.setdefault("MVPIPE_LOCAL_LATENCY", "1.5")
+        os.environ.setdefault("MVPIPE_LOCAL_LEDGER", str(workdir / "ledger.jsonl"))
+        with local_stack(workdir, concurrency=2, flower=True, beat=True):
+            api = _api()
+            project_id = guarded(
+                lambda: api.create_project(
+                    "Neon Rain",
+                    "City lights bloom after midnight.\nRain writes stories on the glass.\n"
+                    "A train hums through the dark.\nMorning breaks over the river.",
+                    scene_count=scene_count,
+                )
             )
-        )
-        click.echo(f"\ncreated project {project_id}; running it", err=True)
-        guarded(lambda: api.run_project(project_id))
-        view = follow(project_id, 600)
-        click.echo("")
-        _print_summary(view)
-        from mvpipe.deps import get_context
+            click.echo(f"\ncreated project {project_id}; running it", err=True)
+            guarded(lambda: api.run_project(project_id))
+            view = follow(project_id, 600)
+            click.echo("")
+            _print_summary(view)
+            from mvpipe.deps import get_context
 
-        clips = get_context().clips
-        first = next((s for s in view.scenes if s.original_video_clip_s3_key), None)
-        if first is not None and first.original_video_clip_s3_key:
-            key = first.original_video_clip_s3_key
-            click.echo(
-                f"\nclips are in bucket {clips.bucket}; scene 1 can be fetched for an hour at:"
-            )
-            click.echo(f"  {clips.presigned_url(key)}")
-            click.echo(f"or: mvpipe fetch {project_id} 1 scene1.mp4  (while the stack runs)")
-        if keep:
-            click.echo("\nStack kept running; Ctrl-C stops it.", err=True)
-            _wait_for_interrupt()
+            clips = get_context().clips
+            output.mkdir(parents=True, exist_ok=True)
+            for scene in view.scenes:
+                if scene.original_video_clip_s3_key:
+                    target = output / f"scene-{scene.sequence:03d}.mp4"
+                    target.write_bytes(clips.read(scene.original_video_clip_s3_key))
+            click.echo(f"\nclips copied from bucket {clips.bucket} to {output.resolve()}/")
+            if keep:
+                first = view.scenes[0].original_video_clip_s3_key if view.scenes else None
+                if first:
+                    click.echo(f"scene 1 for the next hour: {clips.presigned_url(first)}")
+                click.echo(f"or: mvpipe fetch {project_id} 1 scene1.mp4 (with the stack's env)")
+                stop = _stop_on_signal()
+                click.echo("\nStack kept running; Ctrl-C stops it.", err=True)
+                while not stop.wait(0.5):
+                    pass
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)  # data and logs of a finished demo
     sys.exit(0 if view.status == ProjectStatus.COMPLETED else EXIT_FAILED)
 
 

@@ -13,7 +13,7 @@ import redis
 from celery.exceptions import Reject
 
 from mvpipe.deps import get_context
-from mvpipe.errors import InvalidInput, MvpipeError, StoreUnavailable
+from mvpipe.errors import InvalidInput, MvpipeError, StillWorking, StoreUnavailable
 from mvpipe.pipeline.generate import SceneJob
 from mvpipe.pipeline.steps import Next
 from mvpipe.tasks.base import MvpipeTask, app, checked_ids, dispatcher
@@ -61,4 +61,6 @@ def generate_scene(
     if step.next == Next.DONE:
         return {"project_id": project_id, "sequence": sequence, "outcome": step.outcome}
     carry = {"operation_id": None, "transient_polls": 0, "outages": 0, **step.carry}
-    raise self.retry(countdown=step.countdown, kwargs=carry)
+    # The reason travels in the task-retried event: Flower shows what each scene waits for.
+    reason = StillWorking(f"{step.outcome}; next step in {step.countdown:.1f}s")
+    raise self.retry(exc=reason, countdown=step.countdown, kwargs=carry)
