@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     gemini_model: str = "gemini-2.5-flash"
     genai_base_url: str | None = None
     replicate_base_url: str | None = None
+    scene_seconds_min: int = Field(default=4, ge=1, le=30)
+    scene_seconds_max: int = Field(default=8, ge=1, le=30)
     provider_timeout_seconds: float = Field(default=30.0, gt=0)
     store_timeout_seconds: float = Field(default=10.0, gt=0)
 

@@ -69,22 +69,23 @@ def start_workers(
 ) -> Iterator[Callable[..., Workers]]:
     started: list[Workers] = []
 
-    def start(concurrency: int = 2, **settings: str) -> Workers:
+    def start(concurrency: int = 2, env: dict[str, str] | None = None, **settings: str) -> Workers:
         n = next(_counter)
         ledger = tmp_path / f"ledger-{n}.jsonl"
         overrides = {
             "MVPIPE_LOCAL_LEDGER": str(ledger),
             "MVPIPE_LOCAL_STATE": str(tmp_path / "local-provider.sqlite3"),
             **{f"MVPIPE_{k.upper()}": str(v) for k, v in settings.items()},
+            **(env or {}),
         }
         for key, value in overrides.items():
             monkeypatch.setenv(key, value)
         reset_context()  # the test process (the API) sees what the workers see
-        env = dict(os.environ)
+        child_env = dict(os.environ)
         service = start_worker(
-            env, tmp_path / f"worker-{n}.log", concurrency=concurrency, name=f"w{n}"
+            child_env, tmp_path / f"worker-{n}.log", concurrency=concurrency, name=f"w{n}"
         )
-        workers = Workers(service, ledger, env)
+        workers = Workers(service, ledger, child_env)
         started.append(workers)
         return workers
 

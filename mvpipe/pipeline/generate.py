@@ -13,7 +13,12 @@ import time
 import uuid
 
 from mvpipe.deps import Context
-from mvpipe.errors import PermanentProviderError, ProviderError, TransientProviderError
+from mvpipe.errors import (
+    ConfigurationError,
+    PermanentProviderError,
+    ProviderError,
+    TransientProviderError,
+)
 from mvpipe.models import SceneStatus
 from mvpipe.pipeline.steps import Next, Step
 from mvpipe.providers.base import JobState, JobStatus, VideoRequest
@@ -111,7 +116,7 @@ class SceneJob:
         )
         try:
             operation_id = ctx.video_provider(self.provider_name).submit(request)
-        except PermanentProviderError as exc:
+        except (PermanentProviderError, ConfigurationError) as exc:
             ctx.limiter.release(self.provider_name, self.member)
             ctx.scenes.fail(self.project_id, self.sequence, error=str(exc), token=token)
             self.log(f"submit refused permanently: {exc}", None, attempt)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mvpipe.errors import ConfigurationError, InvalidInput
+from mvpipe.errors import InvalidInput
 from mvpipe.providers.base import Planner, VideoProvider
 from mvpipe.settings import PLANNERS, VIDEO_PROVIDERS, Settings
 
@@ -14,7 +14,13 @@ def build_video_provider(name: str, settings: Settings) -> VideoProvider:
         from mvpipe.providers.local import LocalVideoProvider
 
         return LocalVideoProvider(settings)
-    raise ConfigurationError(f"provider {name!r} is not available in this build of mvpipe")
+    if name == "veo":
+        from mvpipe.providers.veo import VeoVideoProvider
+
+        return VeoVideoProvider(settings)
+    from mvpipe.providers.replicate import ReplicateVideoProvider
+
+    return ReplicateVideoProvider(settings)
 
 
 def build_planner(name: str, settings: Settings) -> Planner:
@@ -24,4 +30,6 @@ def build_planner(name: str, settings: Settings) -> Planner:
         from mvpipe.providers.local import LocalPlanner
 
         return LocalPlanner(settings)
-    raise ConfigurationError(f"planner {name!r} is not available in this build of mvpipe")
+    from mvpipe.providers.gemini import GeminiPlanner
+
+    return GeminiPlanner(settings)

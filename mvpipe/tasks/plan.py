@@ -13,7 +13,13 @@ from celery import chord, group
 from celery.exceptions import Reject
 
 from mvpipe.deps import get_context
-from mvpipe.errors import InvalidInput, ProviderError, StoreUnavailable, TransientProviderError
+from mvpipe.errors import (
+    ConfigurationError,
+    InvalidInput,
+    ProviderError,
+    StoreUnavailable,
+    TransientProviderError,
+)
 from mvpipe.pipeline.plan import fail_planning, plan_run
 from mvpipe.states import backoff_seconds
 from mvpipe.tasks.base import MvpipeTask, app, checked_ids
@@ -50,7 +56,7 @@ def plan_scenes(
             countdown=countdown,
             kwargs={**kwargs, "planner_failures": planner_failures + 1},
         ) from exc
-    except ProviderError as exc:
+    except (ProviderError, ConfigurationError) as exc:
         fail_planning(ctx, project_id, run_id, str(exc))
         return {"project_id": project_id, "outcome": "planning failed"}
     except (StoreUnavailable, redis.RedisError) as exc:

@@ -1,0 +1,56 @@
+"""Error classification shared by the SDK-backed providers: transient vs permanent.
+
+429 and 5xx, timeouts and connection errors are transient; other 4xx (invalid request, auth,
+content policy) are permanent. Messages are scrubbed of every secret we know before they can
+reach `lastError`, a log line or a task result.
+"""
+
+from __future__ import annotations
+
+import os
+
+import httpx
+
+from mvpipe.errors import (
+    PermanentProviderError,
+    ProviderError,
+    QuotaExceeded,
+    TransientProviderError,
+)
+
+SECRET_VARIABLES = ("GOOGLE_API_KEY", "GEMINI_API_KEY", "REPLICATE_API_TOKEN")
+TRANSIENT_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+
+
+def scrub(message: str) -> str:
+    for name in SECRET_VARIABLES:
+        secret = os.environ.get(name)
+        if secret and len(secret) >= 4:
+            message = message.replace(secret, "***")
+    return message
+
+
+def from_status(provider: str, status: int | None, message: str) -> ProviderError:
+    text = scrub(f"{provider}: {status or 'error'} {message}".strip())
+    if status == 429:
+        return QuotaExceeded(text)
+    if status is None or status in TRANSIENT_STATUSES or status >= 500:
+        return TransientProviderError(text)
+    return PermanentProviderError(text)
+
+
+def from_transport(provider: str, exc: Exception) -> ProviderError | None:
+    """Timeouts and connection errors from httpx; None when `exc` is something else."""
+    if isinstance(exc, httpx.TimeoutException | httpx.TransportError):
+        return TransientProviderError(scrub(f"{provider}: {type(exc).__name__}: {exc}"))
+    return None
+
+
+def require_env(*names: str, purpose: str) -> str:
+    for name in names:
+        value = os.environ.get(name)
+        if value:
+            return value
+    from mvpipe.errors import ConfigurationError
+
+    raise ConfigurationError(f"{purpose} needs {' or '.join(names)} to be set")

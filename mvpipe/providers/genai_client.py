@@ -1,0 +1,69 @@
+"""Building google-genai clients: Vertex mode for Veo, the Gemini API for planning.
+
+The SDK is imported here, lazily, so workers and the CLI start fast. SDK-level retries stay off:
+if enabled they would also retry the create POST and could start a second paid Veo job.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from mvpipe.errors import ConfigurationError, ProviderError
+from mvpipe.providers.classify import from_status, from_transport, scrub
+from mvpipe.settings import Settings
+
+
+def _http_options(settings: Settings, api_version: str) -> Any:
+    from google.genai import types
+
+    return types.HttpOptions(
+        base_url=settings.genai_base_url or None,
+        api_version=api_version,
+        timeout=int(settings.provider_timeout_seconds * 1000),  # milliseconds
+    )
+
+
+def vertex_client(settings: Settings) -> Any:
+    """Veo needs Vertex mode in google-genai 3.x: express mode (API key) or project + location."""
+    from google import genai
+
+    options = _http_options(settings, "v1beta1")
+    api_key = os.environ.get("GOOGLE_API_KEY")
+    if api_key:
+        return genai.Client(vertexai=True, api_key=api_key, http_options=options)
+    project, location = (
+        os.environ.get("GOOGLE_CLOUD_PROJECT"),
+        os.environ.get("GOOGLE_CLOUD_LOCATION"),
+    )
+    if project and location:
+        return genai.Client(vertexai=True, project=project, location=location, http_options=options)
+    raise ConfigurationError(
+        "Veo needs GOOGLE_API_KEY (Vertex express mode) or GOOGLE_CLOUD_PROJECT and "
+        "GOOGLE_CLOUD_LOCATION with application-default credentials"
+    )
+
+
+def gemini_client(settings: Settings) -> Any:
+    """The Gemini API with GEMINI_API_KEY passed explicitly (the SDK would otherwise prefer
+    GOOGLE_API_KEY, which may be a Vertex key)."""
+    from google import genai
+
+    api_key = os.environ.get("GEMINI_API_KEY")
+    if not api_key:
+        raise ConfigurationError("Gemini planning needs GEMINI_API_KEY to be set")
+    return genai.Client(api_key=api_key, http_options=_http_options(settings, "v1beta"))
+
+
+def translate(provider: str, exc: Exception) -> ProviderError | None:
+    """google-genai and httpx errors as mvpipe provider errors (None: not an SDK error)."""
+    from google.genai import errors
+
+    if isinstance(exc, errors.APIError):
+        return from_status(provider, exc.code, exc.message or exc.status or "")
+    transport = from_transport(provider, exc)
+    if transport is not None:
+        return transport
+    if isinstance(exc, ValueError):  # the SDK's own validation of our request
+        return from_status(provider, 400, scrub(str(exc)))
+    return None

@@ -1,0 +1,105 @@
+"""Veo through google-genai (Vertex mode): long-running operations, resumed by name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import httpx
+
+from mvpipe.errors import PermanentProviderError
+from mvpipe.providers.base import JobState, JobStatus, VideoRequest
+from mvpipe.providers.classify import from_status, from_transport
+from mvpipe.providers.genai_client import translate, vertex_client
+from mvpipe.settings import Settings
+
+T = TypeVar("T")
+
+
+class VeoVideoProvider:
+    name = "veo"
+    #: The SDK exposes no cancel for video operations: a cancelled run keeps the operation id,
+    #: so a later run resumes the job that was already paid for.
+    can_cancel = False
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = vertex_client(self.settings)
+        return self._client
+
+    def submit(self, request: VideoRequest) -> str:
+        from google.genai import types
+
+        config = types.GenerateVideosConfig(
+            number_of_videos=1,
+            duration_seconds=request.duration_seconds,
+            aspect_ratio=self.settings.veo_aspect_ratio,
+            negative_prompt=request.negative_prompt,
+        )
+        operation = self._call(
+            lambda: self.client.models.generate_videos(
+                model=self.settings.veo_model,
+                source=types.GenerateVideosSource(prompt=request.prompt),
+                config=config,
+            )
+        )
+        if not operation.name:
+            raise PermanentProviderError("veo: the create answer carried no operation name")
+        return str(operation.name)
+
+    def poll(self, operation_id: str) -> JobStatus:
+        from google.genai import types
+
+        operation = self._call(
+            lambda: self.client.operations.get(
+                types.GenerateVideosOperation(name=operation_id)  # type: ignore[call-arg]
+            )
+        )
+        if not operation.done:
+            return JobStatus(JobState.RUNNING)
+        if operation.error:
+            message = operation.error.get("message") or str(operation.error)
+            return JobStatus(JobState.FAILED, error=f"veo: {message}")
+        response = operation.response
+        videos = (response.generated_videos if response else None) or []
+        if not videos or videos[0].video is None:
+            # A safety block is a finished operation without videos, not an error: permanent.
+            reasons = (response.rai_media_filtered_reasons if response else None) or []
+            detail = "; ".join(reasons) or "no video in the finished operation"
+            return JobStatus(JobState.FAILED, error=f"veo: blocked by safety filters: {detail}")
+        video = videos[0].video
+        if video.video_bytes:
+            return JobStatus(JobState.SUCCEEDED, video=bytes(video.video_bytes))
+        return JobStatus(JobState.SUCCEEDED, url=video.uri)
+
+    def download(self, status: JobStatus) -> bytes:
+        if status.video is not None:
+            return status.video
+        if not status.url or not status.url.startswith(("http://", "https://")):
+            raise PermanentProviderError(
+                f"veo: cannot fetch {status.url!r}; run without an output GCS URI to get bytes"
+            )
+        try:
+            response = httpx.get(status.url, timeout=self.settings.provider_timeout_seconds)
+        except Exception as exc:
+            raise from_transport(self.name, exc) or exc from exc
+        if response.status_code != 200:
+            raise from_status(self.name, response.status_code, "video download failed")
+        return response.content
+
+    def cancel(self, operation_id: str) -> bool:
+        return False
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except Exception as exc:
+            translated = translate(self.name, exc)
+            if translated is None:
+                raise
+            raise translated from None

@@ -1,0 +1,240 @@
+"""A small local HTTP server that speaks the subset of the Vertex (Veo), Gemini and Replicate
+REST APIs mvpipe uses, so the real SDK clients can be pointed at it (no network, no keys).
+
+Behaviour is scripted per test: how many polls an operation stays pending, how it ends, which
+status codes the next requests get. It counts creations, so tests can prove nothing was paid twice.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import re
+import threading
+from collections import defaultdict
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from mvpipe.providers.render import render_clip
+
+CLIP = render_clip("stand-in provider video", 1.0)
+
+
+class ProviderStandIn:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.ids = itertools.count(1)
+        #: status codes the next calls of a kind get ("veo.create", "replicate.poll", ...)
+        self.fail_next: dict[str, list[int]] = defaultdict(list)
+        self.calls: dict[str, int] = defaultdict(int)
+        self.created: dict[str, int] = defaultdict(int)  # accepted (paid) creations per API
+        self.paths: list[str] = []
+        self.veo_pending_polls = 2
+        self.veo_outcome = "video"  # or "safety"
+        self.veo_ops: dict[str, int] = {}
+        self.replicate_sequence = ["starting", "processing", "succeeded"]
+        self.replicate_error: str | None = None
+        self.predictions: dict[str, dict[str, Any]] = {}
+        self.gemini_answers: list[Any] = []
+        self.error_message = "request rejected"
+        handler = type("Handler", (_Handler,), {"standin": self})
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_port}"
+
+    def start(self) -> ProviderStandIn:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def scripted_failure(self, kind: str) -> int | None:
+        with self.lock:
+            self.calls[kind] += 1
+            queue = self.fail_next[kind]
+            return queue.pop(0) if queue else None
+
+    # -- Vertex: Veo ---------------------------------------------------------------------------
+    def veo_create(self, path: str) -> dict[str, Any]:
+        model = path.split("/models/")[1].split(":")[0]
+        with self.lock:
+            self.created["veo"] += 1
+            resource = f"projects/p/locations/l/publishers/google/models/{model}"
+            name = f"{resource}/operations/{next(self.ids)}"
+            self.veo_ops[name] = self.veo_pending_polls
+        return {"name": name}
+
+    def veo_fetch(self, body: dict[str, Any]) -> dict[str, Any]:
+        name = body["operationName"]
+        with self.lock:
+            pending = self.veo_ops.get(name)
+            if pending is None:
+                return {"name": name, "done": True, "error": {"code": 5, "message": "not found"}}
+            if pending > 0:
+                self.veo_ops[name] = pending - 1
+                return {"name": name, "done": False}
+        if self.veo_outcome == "safety":
+            response = {
+                "raiMediaFilteredCount": 1,
+                "raiMediaFilteredReasons": ["The prompt violates the usage guidelines."],
+            }
+        else:
+            encoded = base64.b64encode(CLIP).decode()
+            response = {"videos": [{"bytesBase64Encoded": encoded, "mimeType": "video/mp4"}]}
+        return {"name": name, "done": True, "response": response}
+
+    # -- Gemini --------------------------------------------------------------------------------
+    def gemini_generate(self, body: dict[str, Any]) -> dict[str, Any]:
+        with self.lock:
+            answer = self.gemini_answers.pop(0) if self.gemini_answers else None
+        if answer is None:
+            text = body["contents"][-1]["parts"][0]["text"]
+            count = int(re.search(r"exactly (\d+) scenes", text).group(1))  # type: ignore[union-attr]
+            answer = {
+                "scenes": [
+                    {"prompt": f"shot {n}", "negative_prompt": "blur", "duration_seconds": 6}
+                    for n in range(1, count + 1)
+                ]
+            }
+        part = {"text": json.dumps(answer)}
+        return {
+            "candidates": [{"content": {"role": "model", "parts": [part]}, "finishReason": "STOP"}]
+        }
+
+    # -- Replicate -----------------------------------------------------------------------------
+    def replicate_create(self, body: dict[str, Any]) -> dict[str, Any]:
+        with self.lock:
+            self.created["replicate"] += 1
+            pid = f"pred{next(self.ids)}"
+            self.predictions[pid] = {
+                "step": 0,
+                "input": body.get("input", {}),
+                "status": "starting",
+            }
+        return self.prediction_json(pid)
+
+    def replicate_get(self, pid: str) -> dict[str, Any] | None:
+        with self.lock:
+            record = self.predictions.get(pid)
+            if record is None:
+                return None
+            if record["status"] not in ("canceled", "aborted"):
+                step = min(record["step"], len(self.replicate_sequence) - 1)
+                record["status"] = self.replicate_sequence[step]
+                record["step"] += 1
+        return self.prediction_json(pid)
+
+    def replicate_cancel(self, pid: str) -> dict[str, Any] | None:
+        with self.lock:
+            if pid not in self.predictions:
+                return None
+            self.predictions[pid]["status"] = "canceled"
+        return self.prediction_json(pid)
+
+    def prediction_json(self, pid: str) -> dict[str, Any]:
+        record = self.predictions[pid]
+        status = record["status"]
+        failed = status == "failed"
+        return {
+            "id": pid,
+            "model": "owner/model",
+            "version": "v1",
+            "status": status,
+            "input": record["input"],
+            "output": f"{self.url}/files/{pid}.mp4" if status == "succeeded" else None,
+            "error": (self.replicate_error or "model error") if failed else None,
+            "logs": "",
+            "metrics": {},
+            "created_at": "2026-01-01T00:00:00Z",
+            "urls": {
+                "get": f"{self.url}/v1/predictions/{pid}",
+                "cancel": f"{self.url}/v1/predictions/{pid}/cancel",
+            },
+        }
+
+
+class _Handler(BaseHTTPRequestHandler):
+    standin: ProviderStandIn
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _reply(self, status: int, payload: Any, content_type: str = "application/json") -> None:
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _error(self, api: str, status: int) -> None:
+        message = self.standin.error_message
+        if api == "replicate":
+            self._reply(status, {"title": "error", "detail": message, "status": status})
+        else:
+            self._reply(status, {"error": {"code": status, "message": message, "status": "ERR"}})
+
+    def _body(self) -> dict[str, Any]:
+        length = int(self.headers.get("Content-Length") or 0)
+        return json.loads(self.rfile.read(length)) if length else {}
+
+    def _route(self, method: str) -> None:
+        s, path = self.standin, self.path.split("?")[0]
+        s.paths.append(f"{method} {self.path}")
+        body = self._body() if method == "POST" else {}
+        kinds = [
+            ("POST", r":predictLongRunning$", "veo.create"),
+            ("POST", r":fetchPredictOperation$", "veo.poll"),
+            ("POST", r":generateContent$", "gemini"),
+            ("POST", r"^/v1/(models/[^/]+/[^/]+/)?predictions$", "replicate.create"),
+            ("POST", r"^/v1/predictions/[^/]+/cancel$", "replicate.cancel"),
+            ("GET", r"^/v1/predictions/[^/]+$", "replicate.poll"),
+            ("GET", r"^/files/", "file"),
+        ]
+        kind = next(
+            (k for m, pattern, k in kinds if m == method and re.search(pattern, path)), None
+        )
+        if kind is None:
+            self._reply(404, {"error": {"code": 404, "message": f"no route {path}"}})
+            return
+        failure = s.scripted_failure(kind)
+        if failure is not None:
+            self._error(kind.split(".")[0], failure)
+            return
+        pid = (
+            path.split("/")[3]
+            if kind.startswith("replicate.") and kind != "replicate.create"
+            else ""
+        )
+        answer: Any
+        if kind == "veo.create":
+            answer = s.veo_create(path)
+        elif kind == "veo.poll":
+            answer = s.veo_fetch(body)
+        elif kind == "gemini":
+            answer = s.gemini_generate(body)
+        elif kind == "replicate.create":
+            answer = s.replicate_create(body)
+        elif kind == "replicate.cancel":
+            answer = s.replicate_cancel(pid)
+        elif kind == "replicate.poll":
+            answer = s.replicate_get(pid)
+        else:
+            self._reply(200, CLIP, "video/mp4")
+            return
+        if answer is None:
+            self._reply(404, {"title": "not found", "detail": "no such prediction", "status": 404})
+        else:
+            self._reply(200, answer)
+
+    def do_GET(self) -> None:
+        self._route("GET")
+
+    def do_POST(self) -> None:
+        self._route("POST")
