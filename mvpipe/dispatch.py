@@ -23,9 +23,15 @@ class CeleryDispatcher:
             PLAN_SCENES, args=[project_id, run_id], kwargs={"only": sequences}, task_id=run_id
         )
 
-    def poll(
-        self, project_id: str, sequence: int, run_id: str | None, provider: str, operation_id: str
+    def resume(
+        self,
+        project_id: str,
+        sequence: int,
+        run_id: str | None,
+        provider: str,
+        operation_id: str | None = None,
     ) -> AsyncResult:
+        """One generate_scene outside any chord: polls `operation_id`, or claims and submits."""
         return self.app.send_task(
             GENERATE_SCENE,
             args=[project_id, sequence, run_id, provider],

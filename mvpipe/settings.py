@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     orphan_grace_seconds: float = Field(default=3600.0, ge=0)
     run_stale_seconds: float = Field(default=300.0, gt=0)
     stray_sweep_seconds: float = Field(default=3600.0, gt=0)
+    liveness_slack_seconds: float = Field(default=30.0, ge=0)
     flower_user: str | None = None
     flower_password: SecretStr | None = None
     flower_port: int = 5555
@@ -123,7 +124,7 @@ class Settings(BaseSettings):
 
     def liveness_seconds(self, provider: str) -> float:
         """How long a poll's liveness mark lasts: longer than the longest gap between polls."""
-        return self.backoff_max + 3 * self.poll_seconds_for(provider) + 30
+        return self.backoff_max + 3 * self.poll_seconds_for(provider) + self.liveness_slack_seconds
 
 
 @functools.lru_cache(maxsize=1)

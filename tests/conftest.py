@@ -75,6 +75,7 @@ def start_workers(
         overrides = {
             "MVPIPE_LOCAL_LEDGER": str(ledger),
             "MVPIPE_LOCAL_STATE": str(tmp_path / "local-provider.sqlite3"),
+            "MVPIPE_STATE_DIR": str(tmp_path / "state"),
             **{f"MVPIPE_{k.upper()}": str(v) for k, v in settings.items()},
             **(env or {}),
         }
@@ -85,7 +86,7 @@ def start_workers(
         service = start_worker(
             child_env, tmp_path / f"worker-{n}.log", concurrency=concurrency, name=f"w{n}"
         )
-        workers = Workers(service, ledger, child_env)
+        workers = Workers(service, Path(child_env["MVPIPE_LOCAL_LEDGER"]), child_env)
         started.append(workers)
         return workers
 

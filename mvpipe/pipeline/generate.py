@@ -12,6 +12,7 @@ import math
 import time
 import uuid
 
+from mvpipe import failpoints
 from mvpipe.deps import Context
 from mvpipe.errors import (
     ConfigurationError,
@@ -132,6 +133,7 @@ class SceneJob:
             wait = backoff_seconds(attempt, base=s.backoff_base, cap=s.backoff_max)
             self.log(f"submit failed transiently, retry in {wait:.1f}s: {error}", None, attempt)
             return Step(Next.RETRY_SUBMIT, "transient submit error", wait)
+        failpoints.reached("after_submit")
         return self.record(operation_id, token, attempt)
 
     def record(self, operation_id: str, token: str, attempt: int) -> Step:
@@ -151,6 +153,7 @@ class SceneJob:
         )
         if outcome == Claim.WON:
             self.log("operation stored", operation_id, attempt)
+            failpoints.reached("after_record")
             return self.next_poll(operation_id, 0)
         if outcome == Claim.RUN_INACTIVE and not provider.can_cancel:
             # Paid and not cancellable: keep it, so a later run resumes instead of paying again.
@@ -190,6 +193,7 @@ class SceneJob:
             line_ttl=s.backoff_max * 2 + 30,
         )
         provider = ctx.video_provider(self.provider_name)
+        failpoints.reached("during_poll")
         try:
             status = provider.poll(operation_id)
             video = provider.download(status) if status.state == JobState.SUCCEEDED else None
@@ -215,6 +219,7 @@ class SceneJob:
             return self.finished("failed")
         key = clip_key(self.project_id, self.sequence, operation_id)
         ctx.clips.put(key, video)
+        failpoints.reached("after_upload")
         if not ctx.scenes.complete(
             self.project_id, self.sequence, operation_id=operation_id, clip_key=key
         ):

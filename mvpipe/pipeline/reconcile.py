@@ -98,8 +98,7 @@ def _reconcile_project(
                 report.missing_clips += 1
                 repaired = True
         elif scene.status == SceneStatus.PROCESSING and scene.operation_id is None:
-            if scene.lease_token and lease_expired(scene.lease_expires_at, now):
-                repaired |= _expire_lease(ctx, scene, now, report)
+            repaired |= _repair_lease(ctx, dispatcher, scene, run, project.provider, now, report)
         elif scene.status == SceneStatus.PROCESSING and scene.operation_id is not None:
             repaired |= _adopt_operation(
                 ctx, dispatcher, scene, run, project.provider, objects, report
@@ -117,6 +116,26 @@ def _sweep_strays(ctx: Context, report: ReconcileReport) -> None:
     if strays:
         ctx.table.batch_delete(strays)
         report.stray_scenes_deleted += len(strays)
+
+
+def _repair_lease(
+    ctx: Context,
+    dispatcher: Dispatcher,
+    scene: SceneRecord,
+    run: str | None,
+    provider: str,
+    now: float,
+    report: ReconcileReport,
+) -> bool:
+    """A submitter died holding its lease: free the scene, and if its run is still alive (its
+    task for this scene already gave up), send the scene through the pipeline again."""
+    if not scene.lease_token or not lease_expired(scene.lease_expires_at, now):
+        return False
+    if not _expire_lease(ctx, scene, now, report):
+        return False
+    if run is not None and ctx.board.run_alive(run):
+        dispatcher.resume(scene.project_id, scene.sequence, run, provider)
+    return True
 
 
 def _expire_lease(ctx: Context, scene: SceneRecord, now: float, report: ReconcileReport) -> bool:
@@ -161,7 +180,7 @@ def _adopt_operation(
         return False
     liveness = ctx.settings.liveness_seconds(provider)
     if ctx.board.claim_poll_chain(scene.project_id, scene.sequence, liveness):
-        dispatcher.poll(scene.project_id, scene.sequence, run, provider, operation_id)
+        dispatcher.resume(scene.project_id, scene.sequence, run, provider, operation_id)
         report.orphaned_polls += 1
     return False
 

@@ -36,8 +36,13 @@ class Dispatcher(Protocol):
         self, project_id: str, run_id: str, sequences: list[int] | None = None
     ) -> Any: ...
 
-    def poll(
-        self, project_id: str, sequence: int, run_id: str | None, provider: str, operation_id: str
+    def resume(
+        self,
+        project_id: str,
+        sequence: int,
+        run_id: str | None,
+        provider: str,
+        operation_id: str | None = None,
     ) -> Any: ...
 
     def finalize(self, project_id: str, run_id: str | None, sequences: list[int] | None) -> Any: ...

@@ -1,0 +1,90 @@
+"""Drills 1-3: workers SIGKILLed at critical moments, Redis restarted, state server paused."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+
+from mvpipe import api
+from mvpipe.failpoints import POINTS
+from mvpipe.localstack import LocalStack, Service, start_redis
+from tests.conftest import Workers
+from tests.drills.conftest import DRILL_SETTINGS, check_drill, heal
+from tests.helpers import ledger, wait_for
+
+StartWorkers = Callable[..., Workers]
+
+
+@pytest.mark.parametrize("point", POINTS)
+def test_worker_killed_at_a_critical_moment(start_workers: StartWorkers, point: str) -> None:
+    workers = start_workers(failpoints=point, **DRILL_SETTINGS)
+    project_id = api.create_project("Crash", "Kill it.", scene_count=4)
+    api.run_project(project_id)
+    heal(project_id)
+    assert (workers.ledger.parent / "state" / "failpoints" / point).exists()  # it did crash
+    # Only a crash between acceptance and storing the operation id can cost a second job.
+    check_drill(project_id, workers, double_paid_allowed=1 if point == "after_submit" else 0)
+
+
+def test_whole_worker_killed_while_polling_then_replaced(start_workers: StartWorkers) -> None:
+    settings = {**DRILL_SETTINGS, "local_latency": "3"}
+    first = start_workers(**settings)
+    project_id = api.create_project("Replace", "New worker.", scene_count=6)
+    api.run_project(project_id)
+    wait_for(lambda: len(ledger(first.ledger, project_id)) == 6, 60, "all six jobs submitted")
+    first.service.kill()  # SIGKILL to the whole process group: parent and pool children
+    second = start_workers(local_ledger=str(first.ledger), **settings)  # one provider, one ledger
+    heal(project_id)
+    check_drill(project_id, second)
+
+
+def _restart_redis(stack: LocalStack, *, keep_data: bool) -> None:
+    old = next(s for s in stack.services if s.name == "redis")
+    workdir = old.log_path.parent
+    if keep_data:
+        old.stop()  # SIGTERM: redis flushes its append-only file
+    else:
+        old.kill()
+        for path in workdir.glob("appendonly*"):
+            if path.is_dir():
+                for child in path.iterdir():
+                    child.unlink()
+            else:
+                path.unlink()
+    new = start_redis(workdir, port=old.port)
+    stack.services[stack.services.index(old)] = new
+
+
+@pytest.mark.parametrize("keep_data", [True, False], ids=["aof-kept", "data-lost"])
+def test_redis_restart_mid_run(
+    start_workers: StartWorkers, stack: LocalStack, keep_data: bool
+) -> None:
+    workers = start_workers(**{**DRILL_SETTINGS, "local_latency": "2"})
+    project_id = api.create_project("Redis", "Restart.", scene_count=6)
+    api.run_project(project_id)
+    wait_for(lambda: len(ledger(workers.ledger, project_id)) >= 3, 60, "jobs in flight")
+    _restart_redis(stack, keep_data=keep_data)
+    heal(project_id)
+    check_drill(project_id, workers)
+    # The same worker keeps consuming after the restart.
+    after = api.create_project("After", "Still here.", scene_count=2)
+    api.run_project(after)
+    heal(after, timeout=120)
+    check_drill(after, workers)
+
+
+def test_state_server_paused_mid_run(start_workers: StartWorkers, stack: LocalStack) -> None:
+    workers = start_workers(**DRILL_SETTINGS)
+    project_id = api.create_project("Pause", "Hold.", scene_count=6)
+    api.run_project(project_id)
+    wait_for(lambda: ledger(workers.ledger, project_id), 60, "the first paid job")
+    moto: Service = next(s for s in stack.services if s.name == "moto")
+    moto.pause()
+    try:
+        time.sleep(4)  # the fault itself: the state server answers nothing for 4 s
+    finally:
+        moto.resume()
+    heal(project_id)
+    check_drill(project_id, workers)
