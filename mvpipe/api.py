@@ -131,6 +131,8 @@ def regenerate_scene(project_id: str, sequence: int) -> AsyncResult:
     validate_project_id(project_id)
     validate_sequence(sequence)
     state = ctx.projects.load(project_id)
+    if not state.project.planned:
+        raise Conflict(f"project {project_id} is not planned yet; run it first")
     if state.scene(sequence) is None:
         raise InvalidInput(f"project {project_id} has no scene {sequence}")
     run_id = str(uuid.uuid4())

@@ -1,0 +1,195 @@
+"""Drills 4-8: provider faults, duplicate delivery, concurrent operations, bad input, load."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Callable
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from kombu import Connection
+
+from mvpipe import api
+from mvpipe.celery_app import app
+from mvpipe.deps import get_context
+from mvpipe.dispatch import GENERATE_SCENE, PLAN_SCENES, CeleryDispatcher
+from mvpipe.errors import Conflict, InvalidInput, MvpipeError
+from mvpipe.localstack import LocalStack
+from mvpipe.models import ProjectStatus, SceneStatus
+from tests.conftest import Workers
+from tests.drills.conftest import DRILL_SETTINGS, check_drill, heal
+from tests.helpers import assert_invariants, generations_per_scene, wait_for
+
+StartWorkers = Callable[..., Workers]
+
+
+def test_provider_faults_transient_quota_and_permanent(start_workers: StartWorkers) -> None:
+    workers = start_workers(
+        local_faults="transient=0.3,permanent=0.25,seed=5",
+        max_attempts="10",
+        provider_concurrency="3",
+        **DRILL_SETTINGS,
+    )
+    project_id = api.create_project("Faults", "Everything at once.", scene_count=12)
+    api.run_project(project_id)
+    view = heal(project_id)
+    assert_invariants(project_id)
+    failed = [s for s in view.scenes if s.status == SceneStatus.FAILED]
+    assert all(s.last_error for s in failed)
+    assert (view.status == ProjectStatus.FAILED) == bool(failed)
+    assert generations_per_scene(workers.ledger, project_id) == {n: 1 for n in range(1, 13)}
+
+
+def test_duplicate_delivery_of_one_scene(start_workers: StartWorkers) -> None:
+    workers = start_workers(**DRILL_SETTINGS)
+    ctx = get_context()
+    project_id = api.create_project("Twice", "Same message.", scenes=[{"prompt": "one"}])
+    run_id = str(uuid.uuid4())
+    ctx.projects.win_run(project_id, run_id, ProjectStatus.PROCESSING)
+    ctx.board.touch_run(run_id, 60)
+    dispatcher = CeleryDispatcher(app)
+    for _ in range(3):  # the same generate_scene message, delivered three times at once
+        dispatcher.resume(project_id, 1, run_id, "local")
+    wait_for(
+        lambda: ctx.scenes.get(project_id, 1).status == SceneStatus.COMPLETED,  # type: ignore[union-attr]
+        60,
+        "the scene to complete",
+    )
+    assert generations_per_scene(workers.ledger, project_id) == {1: 1}
+    heal(project_id)
+    check_drill(project_id, workers)
+
+
+def test_concurrent_run_regenerate_cancel_and_reconcile(start_workers: StartWorkers) -> None:
+    workers = start_workers(**{**DRILL_SETTINGS, "local_latency": "0.5"})
+    project_id = api.create_project("Storm", "Everyone at once.", scene_count=5)
+    rng = random.Random(9)
+    actions: list[Callable[[], object]] = [
+        lambda: api.run_project(project_id),
+        lambda: api.regenerate_scene(project_id, rng.randint(1, 5)),
+        lambda: api.cancel_project(project_id),
+        lambda: api.reconcile(project_id),
+    ]
+    errors: list[BaseException] = []
+
+    def hammer(seed: int) -> None:
+        local = random.Random(seed)
+        for _ in range(12):
+            try:
+                local.choice(actions)()
+            except Conflict:
+                pass  # regenerate during an active run: expected and typed
+            except BaseException as exc:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=hammer, args=(seed,)) for seed in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors, errors
+    heal(project_id)
+    paid = check_drill(project_id, workers, double_paid_allowed=5)  # regenerations pay again
+    assert all(n >= 1 for n in paid.values())
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=list(HealthCheck),
+)
+@given(
+    title=st.text(max_size=300),
+    concept=st.one_of(st.text(max_size=50), st.just("x" * 25_000)),
+    scene_count=st.one_of(st.none(), st.integers(-5, 1200)),
+    provider=st.sampled_from([None, "local", "veo", "", "LOCAL", "../local"]),
+)
+def test_bad_briefs_are_typed_errors_that_write_nothing(
+    stack: LocalStack, title: str, concept: str, scene_count: int | None, provider: str | None
+) -> None:
+    table = get_context().table.model
+    before = table.count()
+    try:
+        project_id = api.create_project(title, concept, scene_count=scene_count, provider=provider)
+    except InvalidInput:
+        assert table.count() == before
+        return
+    view = api.get_project(project_id)  # accepted input really was valid
+    assert view.title == title and view.scene_count + 999 >= 1
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(
+    project_id=st.one_of(
+        st.text(max_size=60), st.sampled_from(["../../etc/passwd", "PROJECT#x", "%2e%2e/"])
+    ),
+    sequence=st.one_of(st.integers(-10, 2000), st.text(max_size=5), st.none(), st.booleans()),
+)
+def test_bad_ids_and_sequences_are_typed_errors(
+    stack: LocalStack, project_id: str, sequence: object
+) -> None:
+    for call in (
+        lambda: api.get_project(project_id),
+        lambda: api.run_project(project_id),
+        lambda: api.cancel_project(project_id),
+        lambda: api.regenerate_scene(project_id, sequence),  # type: ignore[arg-type]
+    ):
+        with contextlib.suppress(MvpipeError):
+            call()
+            raise AssertionError("bad input was accepted")
+
+
+def test_bad_ids_through_the_cli_and_malformed_messages(
+    start_workers: StartWorkers, stack: LocalStack
+) -> None:
+    workers = start_workers(**DRILL_SETTINGS)
+    for bad in ["../../etc", "x" * 5000, "\x1b[31mred", str(uuid.uuid1())]:
+        result = subprocess.run(
+            [sys.executable, "-m", "mvpipe.cli", "status", bad],
+            env=workers.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+    # Malformed messages straight to the broker: rejected, and the worker lives on.
+    app.send_task(GENERATE_SCENE, args=["../etc", "x", None, "local"])
+    app.send_task(GENERATE_SCENE, args=[1, 2])
+    app.send_task(PLAN_SCENES, args=[{"not": "an id"}, None])
+    with Connection(stack.env["MVPIPE_BROKER_URL"]) as conn:
+        conn.default_channel.basic_publish(
+            conn.default_channel.prepare_message(
+                b"{not json", content_type="application/json", content_encoding="utf-8",
+                headers={"task": GENERATE_SCENE, "id": str(uuid.uuid4())},
+            ),
+            exchange="mvpipe.video",
+            routing_key="mvpipe.video",
+        )  # fmt: skip
+    project_id = api.create_project("Alive", "Still consuming.", scene_count=2)
+    api.run_project(project_id)
+    heal(project_id, timeout=120)
+    check_drill(project_id, workers)
+    assert workers.service.proc.poll() is None
+
+
+def test_load_fifty_projects_of_ten_scenes(start_workers: StartWorkers) -> None:
+    workers = start_workers(
+        concurrency=2,
+        local_latency="0.5",
+        local_max_concurrent="40",
+        provider_concurrency="40",
+        poll_seconds="0.3",
+    )
+    projects = [api.create_project(f"Load {n}", "Busy.", scene_count=10) for n in range(50)]
+    for project_id in projects:
+        api.run_project(project_id)
+    for project_id in projects:
+        view = api.wait_project(project_id, timeout=600)
+        assert view.status == ProjectStatus.COMPLETED
+        check_drill(project_id, workers)
