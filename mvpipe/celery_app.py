@@ -6,6 +6,9 @@ Importing this module opens no connection and builds no client; task modules are
 from __future__ import annotations
 
 from celery import Celery
+from celery.signals import worker_init
+
+from mvpipe import kombu_guard
 
 app = Celery(
     "mvpipe",
@@ -17,3 +20,8 @@ app = Celery(
     ],
 )
 app.config_from_object("celeryconfig")
+
+
+@worker_init.connect
+def _guard_broker_reconnects(**_: object) -> None:
+    kombu_guard.install()

@@ -18,6 +18,7 @@ from mvpipe.errors import (
     ConfigurationError,
     PermanentProviderError,
     ProviderError,
+    StoreUnavailable,
     TransientProviderError,
 )
 from mvpipe.models import SceneStatus
@@ -87,6 +88,12 @@ class SceneJob:
             wait = min(s.backoff_max, self.poll_seconds * max(1, rounds))
             return Step(Next.WAIT_SLOT, f"waiting for a provider slot (place {slot.place})", wait)
         token = uuid.uuid4().hex
+        # Marked as polled before the operation can become visible, so reconcile never takes a
+        # scene between submit and its first poll for an orphan. Nothing but the one write of
+        # the operation id may stand between the provider accepting a job and that id stored.
+        ctx.board.touch_scene(
+            self.project_id, self.sequence, s.liveness_seconds(self.provider_name)
+        )
         claim = ctx.scenes.claim(
             self.project_id,
             self.sequence,
@@ -139,18 +146,18 @@ class SceneJob:
     def record(self, operation_id: str, token: str, attempt: int) -> Step:
         ctx = self.ctx
         provider = ctx.video_provider(self.provider_name)
-        # Marked polled before the operation becomes visible, so reconcile never mistakes a
-        # scene between submit and its first poll for an orphan.
-        ctx.board.touch_scene(
-            self.project_id, self.sequence, self.s.liveness_seconds(self.provider_name)
-        )
-        outcome = ctx.scenes.record_operation(
-            self.project_id,
-            self.sequence,
-            token=token,
-            operation_id=operation_id,
-            run_id=self.run_id,
-        )
+        try:
+            outcome = ctx.scenes.record_operation(
+                self.project_id,
+                self.sequence,
+                token=token,
+                operation_id=operation_id,
+                run_id=self.run_id,
+            )
+        except StoreUnavailable:
+            # The job can't be recorded: stop it rather than leave a paid job nobody owns.
+            _cancel_quietly(provider.cancel, operation_id)
+            raise
         if outcome == Claim.WON:
             self.log("operation stored", operation_id, attempt)
             failpoints.reached("after_record")

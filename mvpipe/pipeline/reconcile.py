@@ -205,12 +205,25 @@ def _collect_garbage(
             report.garbage_deleted += 1
 
 
+def _submission_in_progress(state: ProjectState) -> bool:
+    """A live lease means a submitter may be talking to the provider right now: taking the
+    run over then would let its operation be dropped and the scene paid for again. Liveness in
+    Redis can vanish (a Redis restart without persistence); the lease in the table cannot."""
+    now = time.time()
+    return any(
+        s.status == SceneStatus.PROCESSING
+        and s.operation_id is None
+        and not lease_expired(s.lease_expires_at, now)
+        for s in state.scenes
+    )
+
+
 def _settle(
     ctx: Context, dispatcher: Dispatcher, state: ProjectState, report: ReconcileReport
 ) -> None:
     project = state.project
     run = project.active_run_id
-    if run is not None and not ctx.board.run_alive(run):
+    if run is not None and not ctx.board.run_alive(run) and not _submission_in_progress(state):
         counters = state.counters
         if project.planned and counters.open_scenes == 0:
             if settle_project(ctx, state, release_run=run):
