@@ -91,16 +91,3 @@ def test_local_planner_is_deterministic() -> None:
     first = LocalPlanner().plan(brief)
     assert first == LocalPlanner().plan(brief) and len(first) == 5
     assert "One" in first[0].prompt and "One" in first[3].prompt
-
-
-def test_kombu_guard_turns_a_released_connection_into_a_connection_error() -> None:
-    import redis
-    from kombu.transport import redis as kombu_redis
-
-    from mvpipe import kombu_guard
-
-    kombu_guard.install()
-    channel = object.__new__(kombu_redis.Channel)
-    channel.connection = None  # what kombu leaves behind after releasing the transport
-    with pytest.raises(redis.exceptions.ConnectionError):
-        channel._connparams()
