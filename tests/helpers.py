@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
 from mvpipe.deps import get_context
-from mvpipe.models import ProjectStatus, SceneStatus
-from mvpipe.states import Counters, project_status
+from mvpipe.drills import paid_generations
+from mvpipe.invariants import violations
 
 T = TypeVar("T")
 
@@ -35,32 +34,10 @@ def ledger(path: Path, project_id: str | None = None) -> list[dict]:
     return [e for e in lines if project_id is None or e["project_id"] == project_id]
 
 
-def generations_per_scene(path: Path, project_id: str) -> Counter[int]:
-    return Counter(e["sequence"] for e in ledger(path, project_id))
+generations_per_scene = paid_generations
 
 
 def assert_invariants(project_id: str) -> None:
     """Invariants 1, 4 and 5 of DESIGN.md, checked against the store and S3 directly."""
-    ctx = get_context()
-    state = ctx.projects.load(project_id)
-    for scene in state.scenes:
-        has_clip = scene.clip_key is not None and ctx.clips.exists(scene.clip_key)
-        assert (scene.status == SceneStatus.COMPLETED) == has_clip, (
-            f"scene {scene.sequence}: status {scene.status} but clip {scene.clip_key!r}"
-        )
-        if scene.status == SceneStatus.FAILED:
-            assert scene.last_error, f"scene {scene.sequence} failed without lastError"
-    project = state.project
-    if project.active_run_id is None:
-        counters = Counters.of(s.status for s in state.scenes)
-        assert project.completed_scenes == counters.completed_scenes
-        assert project.failed_scenes == counters.failed_scenes
-        if project.planned:
-            assert project.scene_count == counters.scene_count
-        expected = project_status(
-            counters,
-            planned=project.planned,
-            run_active=False,
-            planning_failed=project.status == ProjectStatus.FAILED and not project.planned,
-        )
-        assert project.status == expected, f"project {project.status}, expected {expected}"
+    found = violations(get_context(), project_id)
+    assert not found, found

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
-import time
 from collections import Counter
 
 import pytest
 
 from mvpipe import api
-from mvpipe.errors import Conflict, Timeout
-from mvpipe.models import ProjectStatus, ProjectView
+from mvpipe.drills import heal
+from mvpipe.models import ProjectStatus
 from tests.conftest import Workers
 from tests.helpers import assert_invariants, generations_per_scene
+
+__all__ = ["DRILL_SETTINGS", "check_drill", "heal"]
 
 #: Short leases and liveness so crashes are detected in seconds, not minutes.
 DRILL_SETTINGS = {
@@ -29,24 +29,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if "drills" in str(item.fspath):
             item.add_marker(pytest.mark.drill)
             item.add_marker(pytest.mark.integration)
-
-
-def heal(project_id: str, timeout: float = 180.0) -> ProjectView:
-    """What an operator's tooling does: reconcile, and re-run a project that was left pending,
-    until the project's run is over. Returns the final view."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        api.reconcile(project_id)
-        try:
-            view = api.wait_project(project_id, timeout=1.0, interval=0.2)
-        except Timeout:
-            continue  # a run is active: let it work, reconcile again
-        if view.status in (ProjectStatus.COMPLETED, ProjectStatus.FAILED):
-            return view
-        if view.status == ProjectStatus.PENDING:
-            with contextlib.suppress(Conflict):
-                api.run_project(project_id)
-    raise AssertionError(f"project {project_id} did not heal within {timeout}s")
 
 
 def check_drill(project_id: str, workers: Workers, *, double_paid_allowed: int = 0) -> Counter[int]:

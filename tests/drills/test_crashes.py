@@ -8,8 +8,9 @@ from collections.abc import Callable
 import pytest
 
 from mvpipe import api
+from mvpipe.drills import restart_redis
 from mvpipe.failpoints import POINTS
-from mvpipe.localstack import LocalStack, Service, start_redis
+from mvpipe.localstack import LocalStack, Service
 from tests.conftest import Workers
 from tests.drills.conftest import DRILL_SETTINGS, check_drill, heal
 from tests.helpers import ledger, wait_for
@@ -40,23 +41,6 @@ def test_whole_worker_killed_while_polling_then_replaced(start_workers: StartWor
     check_drill(project_id, second)
 
 
-def _restart_redis(stack: LocalStack, *, keep_data: bool) -> None:
-    old = next(s for s in stack.services if s.name == "redis")
-    workdir = old.log_path.parent
-    if keep_data:
-        old.stop()  # SIGTERM: redis flushes its append-only file
-    else:
-        old.kill()
-        for path in workdir.glob("appendonly*"):
-            if path.is_dir():
-                for child in path.iterdir():
-                    child.unlink()
-            else:
-                path.unlink()
-    new = start_redis(workdir, port=old.port)
-    stack.services[stack.services.index(old)] = new
-
-
 @pytest.mark.parametrize("keep_data", [True, False], ids=["aof-kept", "data-lost"])
 def test_redis_restart_mid_run(
     start_workers: StartWorkers, stack: LocalStack, keep_data: bool
@@ -65,7 +49,7 @@ def test_redis_restart_mid_run(
     project_id = api.create_project("Redis", "Restart.", scene_count=6)
     api.run_project(project_id)
     wait_for(lambda: len(ledger(workers.ledger, project_id)) >= 3, 60, "jobs in flight")
-    _restart_redis(stack, keep_data=keep_data)
+    restart_redis(stack, keep_data=keep_data)
     heal(project_id)
     check_drill(project_id, workers)
     # The same worker keeps consuming after the restart.

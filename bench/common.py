@@ -1,0 +1,91 @@
+"""Shared plumbing for the benchmarks: a private local stack, worker processes, result tables."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from mvpipe.deps import reset_context  # noqa: E402
+from mvpipe.localstack import LocalStack, Service, start_worker  # noqa: E402
+
+
+@contextlib.contextmanager
+def bench_stack(**settings: str) -> Iterator[tuple[LocalStack, Path]]:
+    """Redis + state server for one benchmark; this process is pointed at them too."""
+    workdir = Path(tempfile.mkdtemp(prefix="mvpipe-bench-"))
+    stack = LocalStack(workdir)
+    with stack.running():
+        env = {
+            **stack.env,
+            "MVPIPE_TABLE": "mvpipe-bench",
+            "MVPIPE_BUCKET": "mvpipe-bench",
+            "MVPIPE_LOCAL_STATE": str(workdir / "local.sqlite3"),
+            "MVPIPE_LOCAL_LEDGER": str(workdir / "ledger.jsonl"),
+            **{f"MVPIPE_{k.upper()}": v for k, v in settings.items()},
+        }
+        os.environ.update(env)
+        reset_context()
+        stack.env = env
+        yield stack, workdir
+
+
+def workers(
+    stack: LocalStack, workdir: Path, concurrency: int, app: str = "mvpipe.celery_app"
+) -> Service:
+    env = stack.child_env(PYTHONPATH=f"{ROOT}:{ROOT / 'bench'}")
+    if app == "mvpipe.celery_app":
+        return start_worker(
+            env, workdir / "worker.log", concurrency=concurrency, loglevel="WARNING"
+        )
+    from mvpipe.localstack import _spawn, wait_until
+
+    argv = [sys.executable, "-m", "celery", "-A", app, "worker", "-c", str(concurrency),
+            "-P", "prefork", "-l", "INFO", "--without-mingle", "--without-gossip",
+            "-Q", "bench"]  # fmt: skip
+    log = workdir / f"{app}.log"
+    proc = _spawn(app, argv, log, env=env)
+    service = Service(app, proc, log)
+    wait_until(lambda: " ready." in service.log_text(), 120, app, proc)
+    return service
+
+
+def wait_all(project_ids: list[str], timeout: float) -> float:
+    """Seconds until every project's run is over (polled cheaply, a project at a time)."""
+    from mvpipe import api
+
+    start = time.monotonic()
+    for project_id in project_ids:
+        remaining = max(1.0, timeout - (time.monotonic() - start))
+        api.wait_project(project_id, timeout=remaining, interval=0.5)
+    return time.monotonic() - start
+
+
+def table(title: str, rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(row: tuple[str, ...]) -> str:
+        return "| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) + " |"
+
+    out = [f"### {title}", "", line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    out += [line(r) for r in rows]
+    return "\n".join(out)
+
+
+def record(text: str) -> None:
+    """Print a result and append it to BENCHMARKS.md with the machine and the date."""
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    machine = f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}"
+    block = f"\n{text}\n\n_{stamp}; {machine}_\n"
+    print(block)
+    with open(ROOT / "BENCHMARKS.md", "a", encoding="utf-8") as handle:
+        handle.write(block)

@@ -1,0 +1,156 @@
+"""Requests per scene and scaling: O(1) store work per scene, flat time and memory.
+
+    python bench/scaling.py [--sizes 10 100 999 --concurrency 2]
+
+Every DynamoDB/S3 request goes through a counting proxy; Redis commands come from
+`INFO commandstats` deltas. Creation is not counted (counters reset after create). The legacy
+design recounted with a full Query after every scene: n items read per scene, n^2 per project.
+Worker RSS is the peak sum over the worker's whole process tree (pool children included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import threading
+import time
+from pathlib import Path
+
+import redis
+from common import bench_stack, record, table, workers
+from countingproxy import DYNAMO_READS, DYNAMO_WRITES, CountingProxy
+
+from mvpipe import api
+from mvpipe.deps import reset_context
+
+
+def tree_rss_kib(pid: int) -> int:
+    """Resident memory of a process and all its descendants, from /proc."""
+    total, stack = 0, [pid]
+    while stack:
+        current = stack.pop()
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+            total += int(next(x for x in status.splitlines() if x.startswith("VmRSS")).split()[1])
+            for task in Path(f"/proc/{current}/task").iterdir():
+                children = (task / "children").read_text().split()
+                stack.extend(int(c) for c in children)
+        except (FileNotFoundError, ProcessLookupError, StopIteration):
+            continue
+    return total
+
+
+def redis_calls(client: redis.Redis) -> int:
+    stats = client.info("commandstats")
+    return sum(int(v["calls"]) for v in stats.values())
+
+
+def run_size(n: int, concurrency: int) -> dict[str, float]:
+    with bench_stack(local_latency="0", local_max_concurrent="1000", provider_concurrency="1000",
+                     local_clip_seconds="0.5", poll_seconds="0.2") as (stack, workdir):  # fmt: skip
+        moto_port = int(stack.env["MVPIPE_DYNAMODB_ENDPOINT"].rsplit(":", 1)[1])
+        proxy = CountingProxy(moto_port)
+        stack.env["MVPIPE_DYNAMODB_ENDPOINT"] = stack.env["MVPIPE_S3_ENDPOINT"] = proxy.url
+        os.environ.update(stack.env)
+        reset_context()
+        worker = workers(stack, workdir, concurrency)
+        client = redis.Redis.from_url(stack.env["MVPIPE_BROKER_URL"])
+        peak = 0
+        done = threading.Event()
+
+        def sample() -> None:
+            nonlocal peak
+            while not done.is_set():
+                peak = max(peak, tree_rss_kib(worker.proc.pid))
+                time.sleep(0.2)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        scenes = [{"prompt": f"scene {i}"} for i in range(1, n + 1)]
+        project_id = api.create_project("Scaling", "bench", scenes=scenes)
+        proxy.reset()
+        before = redis_calls(client)
+        started = time.monotonic()
+        result = api.run_project(project_id)
+        final = result.get(timeout=3600)  # the run's own result: no store polling while counting
+        wall = time.monotonic() - started
+        counts = proxy.snapshot()
+        calls = redis_calls(client) - before
+        done.set()
+        sampler.join()
+        assert final["status"] == "completed", final
+        worker.stop()
+        proxy.stop()
+    writes = sum(v for k, v in counts.items() if k.split(".")[-1] in DYNAMO_WRITES)
+    reads = sum(v for k, v in counts.items() if k.split(".")[-1] in DYNAMO_READS)
+    return {
+        "n": n,
+        "writes": writes / n,
+        "reads": reads / n,
+        "s3_put": counts["s3.PUT"] / n,
+        "redis": calls / n,
+        "wall_per_scene": wall / n,
+        "rss_mib": peak / 1024,
+        "queries": counts["dynamodb.Query"],
+    }
+
+
+HEADER = (
+    "n",
+    "DDB writes/scene",
+    "DDB reads/scene",
+    "S3 PUT/scene",
+    "Redis cmds/scene",
+    "Queries/project",
+    "legacy items read/scene / per project",
+)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 999])
+    parser.add_argument("--concurrency", type=int, default=2)
+    args = parser.parse_args()
+    results = [run_size(n, args.concurrency) for n in args.sizes]
+    rows = [
+        (
+            str(int(r["n"])),
+            f"{r['writes']:.2f}",
+            f"{r['reads']:.2f}",
+            f"{r['s3_put']:.2f}",
+            f"{r['redis']:.1f}",
+            str(int(r["queries"])),
+            f"{int(r['n'])} / {int(r['n'] * r['n'])}",
+        )
+        for r in results
+    ]
+    record(
+        table(
+            "Requests per scene during a run (targets: <= 3 writes, <= 2 reads, 1 S3 PUT)",
+            rows,
+            HEADER,
+        )
+    )
+    base = next((r for r in results if r["n"] == 100), results[0])
+    rows = [
+        (
+            str(int(r["n"])),
+            f"{r['wall_per_scene'] * 1000:.1f} ms",
+            f"{r['wall_per_scene'] / base['wall_per_scene']:.2f}",
+            f"{r['rss_mib']:.0f} MiB",
+            f"{r['rss_mib'] / base['rss_mib']:.2f}",
+        )
+        for r in results
+    ]
+    record(
+        table(
+            f"Scaling, latency 0, {args.concurrency} worker processes (target: flat within 20 % "
+            "from N=100 to N=999)",
+            rows,
+            ("n", "wall/scene", "vs N=100", "worker peak RSS", "vs N=100"),
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""Fault-drill helpers shared by the drill tests and `bench/drill.py` (and usable on game days).
+
+`heal` does what an operator's tooling does after an incident: reconcile, and re-run a project
+left pending, until its run is over. `restart_redis` restarts a local stack's Redis with its
+data kept (AOF) or lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+from mvpipe import api
+from mvpipe.errors import Conflict, Timeout
+from mvpipe.localstack import LocalStack, start_redis
+from mvpipe.models import ProjectStatus, ProjectView
+
+
+def heal(project_id: str, timeout: float = 180.0) -> ProjectView:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        api.reconcile(project_id)
+        try:
+            view = api.wait_project(project_id, timeout=1.0, interval=0.2)
+        except Timeout:
+            continue  # a run is active: let it work, reconcile again
+        if view.status in (ProjectStatus.COMPLETED, ProjectStatus.FAILED):
+            return view
+        if view.status == ProjectStatus.PENDING:
+            with contextlib.suppress(Conflict):
+                api.run_project(project_id)
+    raise Timeout(f"project {project_id} did not heal within {timeout:.0f}s")
+
+
+def paid_generations(ledger: Path, project_id: str) -> Counter[int]:
+    """Accepted submissions per scene, from the local provider's ledger."""
+    if not ledger.exists():
+        return Counter()
+    entries = [json.loads(x) for x in ledger.read_text().splitlines() if x.strip()]
+    return Counter(e["sequence"] for e in entries if e["project_id"] == project_id)
+
+
+def restart_redis(stack: LocalStack, *, keep_data: bool) -> None:
+    old = next(s for s in stack.services if s.name == "redis")
+    workdir = old.log_path.parent
+    if keep_data:
+        old.stop()  # SIGTERM: redis flushes its append-only file
+    else:
+        old.kill()
+        for path in sorted(workdir.glob("appendonly*"), reverse=True):
+            if path.is_dir():
+                for child in path.iterdir():
+                    child.unlink()
+            else:
+                path.unlink()
+    stack.services[stack.services.index(old)] = start_redis(workdir, port=old.port)
