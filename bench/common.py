@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -24,7 +25,7 @@ def bench_stack(**settings: str) -> Iterator[tuple[LocalStack, Path]]:
     """Redis + state server for one benchmark; this process is pointed at them too."""
     workdir = Path(tempfile.mkdtemp(prefix="mvpipe-bench-"))
     stack = LocalStack(workdir)
-    with stack.running():
+    with stack.running(), _removed_after(workdir):
         env = {
             **stack.env,
             "MVPIPE_TABLE": "mvpipe-bench",
@@ -39,14 +40,24 @@ def bench_stack(**settings: str) -> Iterator[tuple[LocalStack, Path]]:
         yield stack, workdir
 
 
+@contextlib.contextmanager
+def _removed_after(path: Path) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def workers(
-    stack: LocalStack, workdir: Path, concurrency: int, app: str = "mvpipe.celery_app"
+    stack: LocalStack,
+    workdir: Path,
+    concurrency: int,
+    app: str = "mvpipe.celery_app",
+    **extra_env: str,
 ) -> Service:
-    env = stack.child_env(PYTHONPATH=f"{ROOT}:{ROOT / 'bench'}")
+    env = stack.child_env(PYTHONPATH=f"{ROOT}:{ROOT / 'bench'}", **extra_env)
     if app == "mvpipe.celery_app":
-        return start_worker(
-            env, workdir / "worker.log", concurrency=concurrency, loglevel="WARNING"
-        )
+        return start_worker(env, workdir / "worker.log", concurrency=concurrency, loglevel="INFO")
     from mvpipe.localstack import _spawn, wait_until
 
     argv = [sys.executable, "-m", "celery", "-A", app, "worker", "-c", str(concurrency),

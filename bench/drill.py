@@ -19,11 +19,12 @@ from pathlib import Path
 from common import bench_stack, record, table, workers
 
 from mvpipe import api
-from mvpipe.deps import get_context, reset_context
+from mvpipe.deps import get_context
 from mvpipe.drills import heal, paid_generations, restart_redis
 from mvpipe.errors import MvpipeError
 from mvpipe.failpoints import POINTS
 from mvpipe.invariants import violations
+from mvpipe.localstack import LocalStack
 from mvpipe.models import SceneStatus
 
 KINDS = [
@@ -54,48 +55,48 @@ def wait_ledger(ledger: Path, project_id: str, count: int, timeout: float = 60) 
         time.sleep(0.1)
 
 
-def run_round(kind: str, scenes: int, rng: random.Random) -> dict[str, int]:
-    settings = dict(SETTINGS, local_latency=f"{rng.uniform(0.5, 2.5):.2f}")
-    if kind.startswith("crash:"):
-        settings["failpoints"] = kind.split(":", 1)[1]
-    if kind == "faults":
-        settings["local_faults"] = f"transient=0.3,permanent=0.1,seed={rng.randint(1, 10**6)}"
-    with bench_stack(**settings) as (stack, workdir):
-        stack.env["MVPIPE_STATE_DIR"] = str(workdir / "state")
-        reset_context()
-        ledger = Path(stack.env["MVPIPE_LOCAL_LEDGER"])
-        worker = workers(stack, workdir, 2)
-        project_id = api.create_project("Drill", "Chaos.", scene_count=scenes)
-        api.run_project(project_id)
-        wait_ledger(ledger, project_id, rng.randint(1, scenes))
-        if kind == "kill-worker":
-            worker.kill()
-            worker = workers(stack, workdir, 2)
-        elif kind.startswith("redis"):
-            restart_redis(stack, keep_data=kind == "redis-aof")
-        elif kind == "pause-state":
-            moto = next(s for s in stack.services if s.name == "moto")
-            moto.pause()
-            time.sleep(rng.uniform(1, 5))  # the fault: the state server answers nothing
-            moto.resume()
-        try:
-            view = heal(project_id, timeout=240)
-        except MvpipeError:
-            view = api.get_project(project_id)
-        found = violations(get_context(), project_id)
-        paid = paid_generations(ledger, project_id)
-        worker.stop()
+def run_round(
+    stack: LocalStack, workdir: Path, number: int, kind: str, scenes: int, rng: random.Random
+) -> dict[str, int]:
+    env = {
+        "MVPIPE_LOCAL_LATENCY": f"{rng.uniform(0.5, 2.5):.2f}",
+        "MVPIPE_STATE_DIR": str(workdir / f"state-{number}"),
+        "MVPIPE_FAILPOINTS": kind.split(":", 1)[1] if kind.startswith("crash:") else "",
+        "MVPIPE_LOCAL_FAULTS": (
+            f"transient=0.3,permanent=0.1,seed={rng.randint(1, 10**6)}" if kind == "faults" else ""
+        ),
+    }
+    ledger = Path(stack.env["MVPIPE_LOCAL_LEDGER"])
+    worker = workers(stack, workdir, 2, **env)
+    project_id = api.create_project("Drill", "Chaos.", scene_count=scenes)
+    api.run_project(project_id)
+    wait_ledger(ledger, project_id, rng.randint(1, scenes))
+    if kind == "kill-worker":
+        worker.kill()
+        worker = workers(stack, workdir, 2, **env)
+    elif kind.startswith("redis"):
+        restart_redis(stack, keep_data=kind == "redis-aof")
+    elif kind == "pause-state":
+        moto = next(s for s in stack.services if s.name == "moto")
+        moto.pause()
+        time.sleep(rng.uniform(1, 5))  # the fault: the state server answers nothing
+        moto.resume()
+    try:
+        view = heal(project_id, timeout=240)
+    except MvpipeError:
+        view = api.get_project(project_id)
+    found = violations(get_context(), project_id)
+    paid = paid_generations(ledger, project_id)
+    worker.stop()
     doubles = sum(1 for n in paid.values() if n > 1)
     in_window = doubles if kind == "crash:after_submit" else 0
+    final = (SceneStatus.COMPLETED, SceneStatus.FAILED)
     return {
         "projects": 1,
         "scenes": scenes,
         "completed": sum(1 for s in view.scenes if s.status == SceneStatus.COMPLETED),
         "failed": sum(1 for s in view.scenes if s.status == SceneStatus.FAILED),
-        "lost": sum(
-            1 for s in view.scenes if s.status not in (SceneStatus.COMPLETED, SceneStatus.FAILED)
-        )
-        + (scenes - len(view.scenes)),
+        "lost": sum(1 for s in view.scenes if s.status not in final) + scenes - len(view.scenes),
         "dup_window": in_window,
         "dup_other": doubles - in_window,
         "violations": len(found),
@@ -110,9 +111,10 @@ def main() -> None:
     args = parser.parse_args()
     rng = random.Random(args.seed)
     totals: dict[str, Counter[str]] = {kind: Counter() for kind in KINDS}
-    for _ in range(args.repeat):
-        for kind in rng.sample(KINDS, len(KINDS)):
-            totals[kind].update(run_round(kind, args.scenes, rng))
+    rounds = [kind for _ in range(args.repeat) for kind in rng.sample(KINDS, len(KINDS))]
+    with bench_stack(**SETTINGS) as (stack, workdir):
+        for number, kind in enumerate(rounds):
+            totals[kind].update(run_round(stack, workdir, number, kind, args.scenes, rng))
             print(kind, dict(totals[kind]), flush=True)
     columns = [
         "projects",

@@ -28,8 +28,8 @@ def main() -> None:
     n = args.scenes
     settings = {
         "local_latency": "0",
-        "local_max_concurrent": "100000",
-        "provider_concurrency": "100000",
+        "local_max_concurrent": "10000",
+        "provider_concurrency": "10000",
         "local_clip_seconds": "0.5",
         "poll_seconds": "0.05",
     }

@@ -22,6 +22,7 @@ from countingproxy import DYNAMO_READS, DYNAMO_WRITES, CountingProxy
 
 from mvpipe import api
 from mvpipe.deps import reset_context
+from mvpipe.localstack import LocalStack
 
 
 def tree_rss_kib(pid: int) -> int:
@@ -45,42 +46,35 @@ def redis_calls(client: redis.Redis) -> int:
     return sum(int(v["calls"]) for v in stats.values())
 
 
-def run_size(n: int, concurrency: int) -> dict[str, float]:
-    with bench_stack(local_latency="0", local_max_concurrent="1000", provider_concurrency="1000",
-                     local_clip_seconds="0.5", poll_seconds="0.2") as (stack, workdir):  # fmt: skip
-        moto_port = int(stack.env["MVPIPE_DYNAMODB_ENDPOINT"].rsplit(":", 1)[1])
-        proxy = CountingProxy(moto_port)
-        stack.env["MVPIPE_DYNAMODB_ENDPOINT"] = stack.env["MVPIPE_S3_ENDPOINT"] = proxy.url
-        os.environ.update(stack.env)
-        reset_context()
-        worker = workers(stack, workdir, concurrency)
-        client = redis.Redis.from_url(stack.env["MVPIPE_BROKER_URL"])
-        peak = 0
-        done = threading.Event()
+def run_size(
+    stack: LocalStack, workdir: Path, proxy: CountingProxy, n: int, concurrency: int
+) -> dict[str, float]:
+    worker = workers(stack, workdir, concurrency)
+    client = redis.Redis.from_url(stack.env["MVPIPE_BROKER_URL"])
+    peak = 0
+    done = threading.Event()
 
-        def sample() -> None:
-            nonlocal peak
-            while not done.is_set():
-                peak = max(peak, tree_rss_kib(worker.proc.pid))
-                time.sleep(0.2)
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, tree_rss_kib(worker.proc.pid))
+            time.sleep(0.2)
 
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        scenes = [{"prompt": f"scene {i}"} for i in range(1, n + 1)]
-        project_id = api.create_project("Scaling", "bench", scenes=scenes)
-        proxy.reset()
-        before = redis_calls(client)
-        started = time.monotonic()
-        result = api.run_project(project_id)
-        final = result.get(timeout=3600)  # the run's own result: no store polling while counting
-        wall = time.monotonic() - started
-        counts = proxy.snapshot()
-        calls = redis_calls(client) - before
-        done.set()
-        sampler.join()
-        assert final["status"] == "completed", final
-        worker.stop()
-        proxy.stop()
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    scenes = [{"prompt": f"scene {i}"} for i in range(1, n + 1)]
+    project_id = api.create_project("Scaling", "bench", scenes=scenes)
+    proxy.reset()
+    before = redis_calls(client)
+    started = time.monotonic()
+    final = api.run_project(project_id).get(timeout=3600)  # no store polling while counting
+    wall = time.monotonic() - started
+    counts = proxy.snapshot()
+    calls = redis_calls(client) - before
+    done.set()
+    sampler.join()
+    worker.stop()
+    assert final["status"] == "completed", final
     writes = sum(v for k, v in counts.items() if k.split(".")[-1] in DYNAMO_WRITES)
     reads = sum(v for k, v in counts.items() if k.split(".")[-1] in DYNAMO_READS)
     return {
@@ -93,6 +87,26 @@ def run_size(n: int, concurrency: int) -> dict[str, float]:
         "rss_mib": peak / 1024,
         "queries": counts["dynamodb.Query"],
     }
+
+
+def run_all(sizes: list[int], concurrency: int) -> list[dict[str, float]]:
+    settings = {
+        "local_latency": "0",
+        "local_max_concurrent": "10000",
+        "provider_concurrency": "10000",
+        "local_clip_seconds": "0.5",
+        "poll_seconds": "0.2",
+    }
+    with bench_stack(**settings) as (stack, workdir):
+        moto_port = int(stack.env["MVPIPE_DYNAMODB_ENDPOINT"].rsplit(":", 1)[1])
+        proxy = CountingProxy(moto_port)
+        stack.env["MVPIPE_DYNAMODB_ENDPOINT"] = stack.env["MVPIPE_S3_ENDPOINT"] = proxy.url
+        os.environ.update(stack.env)
+        reset_context()
+        try:
+            return [run_size(stack, workdir, proxy, n, concurrency) for n in sizes]
+        finally:
+            proxy.stop()
 
 
 HEADER = (
@@ -111,7 +125,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 999])
     parser.add_argument("--concurrency", type=int, default=2)
     args = parser.parse_args()
-    results = [run_size(n, args.concurrency) for n in args.sizes]
+    results = run_all(args.sizes, args.concurrency)
     rows = [
         (
             str(int(r["n"])),

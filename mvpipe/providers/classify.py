@@ -46,6 +46,17 @@ def from_transport(provider: str, exc: Exception) -> ProviderError | None:
     return None
 
 
+def download(provider: str, url: str, timeout: float) -> bytes:
+    """Fetch a finished job's output; HTTP and transport errors classified like any call."""
+    try:
+        response = httpx.get(url, timeout=timeout, follow_redirects=True)
+    except Exception as exc:
+        raise from_transport(provider, exc) or exc from exc
+    if response.status_code != 200:
+        raise from_status(provider, response.status_code, "output download failed")
+    return response.content
+
+
 def require_env(*names: str, purpose: str) -> str:
     for name in names:
         value = os.environ.get(name)

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field, ValidationError
 from mvpipe.errors import PermanentProviderError
 from mvpipe.models import SceneSpec, describe_validation_error
 from mvpipe.providers.base import Brief
-from mvpipe.providers.genai_client import gemini_client, translate
+from mvpipe.providers.genai_client import call_sdk, gemini_client
 from mvpipe.settings import Settings
 
 log = logging.getLogger("mvpipe.gemini")
@@ -96,15 +96,12 @@ class GeminiPlanner:
                 if problem is None
                 else f"{prompt}\n\nYour last answer was rejected: {problem}. Answer again."
             )
-            try:
-                response = self.client.models.generate_content(
+            response = call_sdk(
+                self.name,
+                lambda contents=contents: self.client.models.generate_content(  # type: ignore[misc]
                     model=self.settings.gemini_model, contents=contents, config=config
-                )
-            except Exception as exc:
-                translated = translate("gemini", exc)
-                if translated is None:
-                    raise
-                raise translated from None
+                ),
+            )
             specs, problem = validate_plan(response.parsed, brief.scene_count, low, high)
             if problem is None:
                 return specs

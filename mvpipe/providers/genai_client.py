@@ -7,11 +7,14 @@ if enabled they would also retry the create POST and could start a second paid V
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from mvpipe.errors import ConfigurationError, ProviderError
 from mvpipe.providers.classify import from_status, from_transport, scrub
 from mvpipe.settings import Settings
+
+T = TypeVar("T")
 
 
 def _http_options(settings: Settings, api_version: str) -> Any:
@@ -53,6 +56,17 @@ def gemini_client(settings: Settings) -> Any:
     if not api_key:
         raise ConfigurationError("Gemini planning needs GEMINI_API_KEY to be set")
     return genai.Client(api_key=api_key, http_options=_http_options(settings, "v1beta"))
+
+
+def call_sdk(provider: str, fn: Callable[[], T]) -> T:
+    """Run one SDK call; its errors come out as mvpipe provider errors."""
+    try:
+        return fn()
+    except Exception as exc:
+        translated = translate(provider, exc)
+        if translated is None:
+            raise
+        raise translated from None
 
 
 def translate(provider: str, exc: Exception) -> ProviderError | None:

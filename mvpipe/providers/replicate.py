@@ -10,7 +10,13 @@ import httpx
 
 from mvpipe.errors import PermanentProviderError
 from mvpipe.providers.base import JobState, JobStatus, VideoRequest
-from mvpipe.providers.classify import from_status, from_transport, require_env, scrub
+from mvpipe.providers.classify import (
+    download,
+    from_status,
+    from_transport,
+    require_env,
+    scrub,
+)
 from mvpipe.settings import Settings
 
 DEFAULT_BASE_URL = "https://api.replicate.com"
@@ -96,15 +102,7 @@ class ReplicateVideoProvider:
     def download(self, status: JobStatus) -> bytes:
         if status.url is None:
             raise PermanentProviderError("replicate: no output to download")
-        try:
-            response = httpx.get(
-                status.url, timeout=self.settings.provider_timeout_seconds, follow_redirects=True
-            )
-        except Exception as exc:
-            raise from_transport(self.name, exc) or exc from exc
-        if response.status_code != 200:
-            raise from_status(self.name, response.status_code, "output download failed")
-        return response.content
+        return download(self.name, status.url, self.settings.provider_timeout_seconds)
 
     def cancel(self, operation_id: str) -> bool:
         try:

@@ -5,12 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import httpx
-
 from mvpipe.errors import PermanentProviderError
 from mvpipe.providers.base import JobState, JobStatus, VideoRequest
-from mvpipe.providers.classify import from_status, from_transport
-from mvpipe.providers.genai_client import translate, vertex_client
+from mvpipe.providers.classify import download
+from mvpipe.providers.genai_client import call_sdk, vertex_client
 from mvpipe.settings import Settings
 
 T = TypeVar("T")
@@ -84,22 +82,10 @@ class VeoVideoProvider:
             raise PermanentProviderError(
                 f"veo: cannot fetch {status.url!r}; run without an output GCS URI to get bytes"
             )
-        try:
-            response = httpx.get(status.url, timeout=self.settings.provider_timeout_seconds)
-        except Exception as exc:
-            raise from_transport(self.name, exc) or exc from exc
-        if response.status_code != 200:
-            raise from_status(self.name, response.status_code, "video download failed")
-        return response.content
+        return download(self.name, status.url, self.settings.provider_timeout_seconds)
 
     def cancel(self, operation_id: str) -> bool:
         return False
 
     def _call(self, fn: Callable[[], T]) -> T:
-        try:
-            return fn()
-        except Exception as exc:
-            translated = translate(self.name, exc)
-            if translated is None:
-                raise
-            raise translated from None
+        return call_sdk(self.name, fn)

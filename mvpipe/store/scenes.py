@@ -145,8 +145,7 @@ class SceneStore:
             sequence,
             [
                 m.status.set(SceneStatus.PENDING),
-                m.lease_token.remove(),
-                m.lease_expires_at.remove(),
+                *self._no_lease(),
                 m.last_error.set(clip_error(error)),
             ],
             (m.lease_token == token) & m.operation_id.does_not_exist(),
@@ -165,8 +164,7 @@ class SceneStore:
                 m.status.set(SceneStatus.COMPLETED),
                 m.original_clip_key.set(clip_key),
                 m.completed_at.set(now),
-                m.lease_token.remove(),
-                m.lease_expires_at.remove(),
+                *self._no_lease(),
                 m.last_error.remove(),
             ],
             (m.operation_id == operation_id) & (m.status == SceneStatus.PROCESSING),
@@ -208,8 +206,7 @@ class SceneStore:
             [
                 m.status.set(SceneStatus.FAILED),
                 m.last_error.set(clip_error(error)),
-                m.lease_token.remove(),
-                m.lease_expires_at.remove(),
+                *self._no_lease(),
             ],
             owner & (m.status != SceneStatus.COMPLETED),
             done=lambda s: s.status == SceneStatus.FAILED,
@@ -225,8 +222,7 @@ class SceneStore:
             [
                 m.status.set(SceneStatus.PENDING),
                 m.operation_id.remove(),
-                m.lease_token.remove(),
-                m.lease_expires_at.remove(),
+                *self._no_lease(),
             ],
             (m.operation_id == operation_id) & (m.status == SceneStatus.PROCESSING),
             done=lambda s: s.operation_id != operation_id,
@@ -240,8 +236,7 @@ class SceneStore:
             sequence,
             [
                 m.status.set(SceneStatus.PENDING),
-                m.lease_token.remove(),
-                m.lease_expires_at.remove(),
+                *self._no_lease(),
                 m.last_error.set("submission lease expired (worker lost)"),
             ],
             (m.lease_token == token) & m.operation_id.does_not_exist() & (m.lease_expires_at < now),
@@ -275,8 +270,7 @@ class SceneStore:
             [
                 m.status.set(SceneStatus.PENDING),
                 m.operation_id.remove(),
-                m.lease_token.remove(),
-                m.lease_expires_at.remove(),
+                *self._no_lease(),
                 m.attempts.set(0),
             ],
             m.status == SceneStatus.FAILED,
@@ -325,6 +319,9 @@ class SceneStore:
         return Claim.RUN_INACTIVE if reasons[0] == CONDITION_FAILED else Claim.NOT_CLAIMABLE
 
     # -- plumbing ------------------------------------------------------------------------------
+    def _no_lease(self) -> list[Action]:
+        return [self.m.lease_token.remove(), self.m.lease_expires_at.remove()]
+
     def _transition(
         self,
         project_id: str,
