@@ -38,6 +38,7 @@ from mvpipe.pipeline.reconcile import ReconcileReport
 from mvpipe.pipeline.reconcile import reconcile as reconcile_all
 from mvpipe.providers.limiter import slot_member
 from mvpipe.store.records import ProjectRecord
+from mvpipe.store.scenes import Claim
 
 _dispatcher = CeleryDispatcher(app)
 
@@ -136,7 +137,7 @@ def regenerate_scene(project_id: str, sequence: int) -> AsyncResult:
     if state.scene(sequence) is None:
         raise InvalidInput(f"project {project_id} has no scene {sequence}")
     run_id = str(uuid.uuid4())
-    if ctx.scenes.reset_for_regeneration(project_id, sequence, run_id=run_id) != "won":
+    if ctx.scenes.reset_for_regeneration(project_id, sequence, run_id=run_id) != Claim.WON:
         raise Conflict(f"project {project_id} has an active run; cancel it or wait for it")
     ctx.board.touch_run(run_id, ctx.settings.run_stale_seconds)
     return _dispatcher.start_run(project_id, run_id, [sequence])

@@ -8,7 +8,6 @@ from celery.result import AsyncResult
 PLAN_SCENES = "mvpipe.plan_scenes"
 GENERATE_SCENE = "mvpipe.generate_scene"
 FINALIZE_PROJECT = "mvpipe.finalize_project"
-RECONCILE = "mvpipe.reconcile"
 
 
 class CeleryDispatcher:

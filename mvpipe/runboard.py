@@ -76,9 +76,6 @@ class RunBoard:
         keys = [self._key("run", run_id, "finished"), self._key("run", run_id, "waiting")]
         return bool(self._finish(keys=keys, args=[sequence, self.ttl]))
 
-    def finished_count(self, run_id: str) -> int:
-        return int(self.client.scard(self._key("run", run_id, "finished")))
-
     def due(self, job: str, every_seconds: float) -> bool:
         """True at most once per period across all processes (rate-limits expensive sweeps)."""
         key = self._key("due", job)

@@ -48,7 +48,6 @@ class Settings(BaseSettings):
     liveness_slack_seconds: float = Field(default=30.0, ge=0)
     flower_user: str | None = None
     flower_password: SecretStr | None = None
-    flower_port: int = 5555
 
     veo_model: str = "veo-3.0-generate-001"
     veo_aspect_ratio: str = "16:9"

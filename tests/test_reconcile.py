@@ -43,6 +43,19 @@ def abandoned_run(ctx: Context, scenes: int = 3) -> tuple[str, str]:
     return project_id, run_id
 
 
+def corrupt_counters(ctx: Context, project_id: str, *, scenes: int) -> None:
+    """Damage: a completed project's counters and status written wrong (one scene "failed")."""
+    ctx.projects.settle(
+        project_id,
+        observed_run=None,
+        counters=Counters(
+            scene_count=scenes, completed_scenes=scenes - 1, failed_scenes=1, open_scenes=0
+        ),
+        status=ProjectStatus.FAILED,
+        release=False,
+    )
+
+
 def reconcile_until_quiet(project_id: str) -> None:
     """After the repaired project finished, a pass finds nothing left to do."""
     api.wait_project(project_id, timeout=120)
@@ -128,13 +141,7 @@ def test_drifted_counters_are_recounted(start_workers: StartWorkers) -> None:
     start_workers()
     ctx = get_context()
     project_id = completed_project()
-    ctx.projects.settle(
-        project_id,
-        observed_run=None,
-        counters=Counters(scene_count=3, completed_scenes=1, failed_scenes=2, open_scenes=0),
-        status=ProjectStatus.FAILED,
-        release=False,
-    )
+    corrupt_counters(ctx, project_id, scenes=3)
     assert api.reconcile(project_id).counters_fixed == 1
     view = api.get_project(project_id)
     assert (view.completed_scenes, view.failed_scenes) == (3, 0)
@@ -184,13 +191,7 @@ def test_beat_schedules_reconcile(start_workers: StartWorkers, tmp_path: Path) -
     workers = start_workers(reconcile_seconds="1")
     ctx = get_context()
     project_id = completed_project(scenes=1)
-    ctx.projects.settle(
-        project_id,
-        observed_run=None,
-        counters=Counters(scene_count=1, completed_scenes=0, failed_scenes=1, open_scenes=0),
-        status=ProjectStatus.FAILED,
-        release=False,
-    )
+    corrupt_counters(ctx, project_id, scenes=1)
     beat = start_beat(workers.env, tmp_path / "beat.log")
     try:
         wait_for(

@@ -76,7 +76,3 @@ class QuotaLimiter:
         pipe.zrem(line, member)
         pipe.zrem(seen, member)
         pipe.execute()
-
-    def in_flight(self, provider: str) -> int:
-        slots = self._keys(provider)[0]
-        return int(self.client.zcount(slots, time.time(), "+inf"))

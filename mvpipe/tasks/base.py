@@ -9,7 +9,6 @@ from celery import Task
 from mvpipe.celery_app import app
 from mvpipe.deps import get_settings
 from mvpipe.dispatch import CeleryDispatcher
-from mvpipe.errors import InvalidInput
 from mvpipe.models import validate_project_id, validate_sequence
 from mvpipe.states import backoff_seconds
 
@@ -36,4 +35,4 @@ def checked_ids(project_id: Any, sequence: Any = None) -> None:
         validate_sequence(sequence)
 
 
-__all__ = ["InvalidInput", "MvpipeTask", "app", "checked_ids", "dispatcher"]
+__all__ = ["MvpipeTask", "app", "checked_ids", "dispatcher"]
