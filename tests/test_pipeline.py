@@ -100,18 +100,18 @@ def test_permanent_faults_fail_every_scene_and_finalize_runs(start_workers: Star
 
 
 def test_waiting_does_not_hold_worker_slots(start_workers: StartWorkers) -> None:
-    """20 scenes of 3 s on 2 worker processes: a blocking design has at most 2 jobs in flight."""
+    """20 scenes of 4 s on 2 worker processes: a blocking design has at most 2 jobs in flight.
+
+    The provider's own job store counts what overlaps, so the check holds however slow the host.
+    """
     workers = start_workers(
-        concurrency=2, local_latency="3", local_max_concurrent="20", provider_concurrency="20"
+        concurrency=2, local_latency="4", local_max_concurrent="20", provider_concurrency="20"
     )
     project_id = api.create_project("Wide", "Many scenes at once.", scene_count=20)
     api.run_project(project_id)
     view = api.wait_project(project_id, timeout=240)
     assert view.status == ProjectStatus.COMPLETED
-    accepted = sorted(e["at"] for e in ledger(workers.ledger, project_id))
-    assert len(accepted) == 20
-    # Every job was accepted before the first could finish: all 20 were in flight together.
-    assert accepted[-1] - accepted[0] < 3.0
+    assert generations_per_scene(workers.ledger, project_id) == {n: 1 for n in range(1, 21)}
     assert LocalJobs(Path(workers.env["MVPIPE_LOCAL_STATE"])).peak_in_flight() > 2
 
 
@@ -126,7 +126,8 @@ def test_concurrent_run_calls_start_one_run(start_workers: StartWorkers) -> None
 
 
 def test_cancel_stops_paying_and_a_later_run_resumes(start_workers: StartWorkers) -> None:
-    workers = start_workers(local_latency="2", provider_concurrency="2")
+    # Two jobs of 3 s at a time: paying for all 8 takes at least 9 s, far longer than a cancel.
+    workers = start_workers(local_latency="3", provider_concurrency="2")
     project_id = api.create_project("Cancelled", "Stop.\nGo.", scene_count=8)
     api.run_project(project_id)
     wait_for(lambda: ledger(workers.ledger, project_id), 60, "the first paid submission")
