@@ -8,7 +8,6 @@
     ├── Timeout                 waiting for a project took longer than asked
     ├── ConfigurationError      settings or credentials missing or wrong
     ├── StoreUnavailable        DynamoDB/S3/Redis did not answer: retry later
-    ├── StillWorking            not a failure: why a scene's task is waiting (shown in Flower)
     └── ProviderError           a planner or video provider refused or failed
         ├── TransientProviderError   429, 5xx, timeouts, resets: retry with backoff
         │   └── QuotaExceeded        the provider's concurrency limit was hit
@@ -50,10 +49,6 @@ class ConfigurationError(MvpipeError):
 
 class StoreUnavailable(MvpipeError):
     """A backing service (DynamoDB, S3, Redis) failed transiently."""
-
-
-class StillWorking(MvpipeError):
-    """The reason a waiting task gives its retry (a poll, a quota wait), for monitoring."""
 
 
 class ProviderError(MvpipeError):

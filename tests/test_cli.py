@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from mvpipe.celery_app import app
 from mvpipe.localstack import free_port, port_open, start_flower
 from tests.conftest import Workers
 from tests.helpers import wait_for
@@ -87,10 +88,10 @@ def test_every_command_has_help(stack: object) -> None:
         assert result.returncode == 0 and "Usage:" in result.stdout, command
 
 
-def test_flower_requires_auth_and_lists_a_finished_projects_tasks(
+def test_flower_requires_auth_shows_scenes_polling_and_lists_their_tasks(
     start_workers: StartWorkers, tmp_path: Path
 ) -> None:
-    workers = start_workers()
+    workers = start_workers(local_latency="5")
     port = free_port()
     flower = start_flower(
         workers.env, tmp_path / "flower.log", port=port, user="ops", password="s3cret"
@@ -105,17 +106,34 @@ def test_flower_requires_auth_and_lists_a_finished_projects_tasks(
             workers.env, "create", "--title", "Seen", "--concept", "x", "--scenes", "2"
         )
         project_id = created.stdout.strip()
-        assert mvpipe(workers.env, "run", project_id, "--wait").returncode == 0
+        assert mvpipe(workers.env, "run", project_id).returncode == 0
 
-        def listed() -> dict | None:
+        def tasks() -> list[dict]:
             response = httpx.get(f"{base}/api/tasks", auth=("ops", "s3cret"), timeout=10)
             assert response.status_code == 200
-            tasks = [t for t in response.json().values() if project_id in str(t.get("args"))]
-            names = {t["name"] for t in tasks}
+            return [t for t in response.json().values() if project_id in str(t.get("args"))]
+
+        def polling() -> dict | None:
+            """A scene shown as POLLING in Flower, with the same state and meta in the backend."""
+            for task in tasks():
+                if task["name"] == "mvpipe.generate_scene" and task["state"] == "POLLING":
+                    stored = app.AsyncResult(task["uuid"])
+                    if stored.state == "POLLING" and stored.info["project_id"] == project_id:
+                        return {"uuid": task["uuid"], "meta": stored.info}
+            return None
+
+        seen = wait_for(polling, 60, "Flower to show a scene polling its provider job")
+        assert str(seen["meta"]["operation_id"]).startswith("local-")
+        assert mvpipe(workers.env, "run", project_id, "--wait").returncode == 0
+        assert app.AsyncResult(seen["uuid"]).state == "SUCCESS"
+
+        def listed() -> dict | None:
+            found = tasks()
+            names = {t["name"] for t in found}
             # plan_scenes replaces itself with the chord and shares its id (the run id) with
             # finalize_project, so Flower shows that id under the chord body's name.
             done = {"mvpipe.generate_scene", "mvpipe.finalize_project"}
-            return {"tasks": tasks} if done <= names else None
+            return {"tasks": found} if done <= names else None
 
         found = wait_for(listed, 60, "Flower to list the project's tasks")
         assert all("s3cret" not in json.dumps(t) for t in found["tasks"])

@@ -1,7 +1,8 @@
 """`mvpipe.generate_scene`: one step per execution; waiting is a retry with a countdown.
 
 It never raises into the chord: outcomes are returned, outages retried, so `finalize_project`
-always runs. Retries here are the poll loop, hence `max_retries=None`.
+always runs. Waiting steps re-queue the task under its own id with a custom state (POLLING,
+WAITING_FOR_SLOT, BACKING_OFF) that Flower shows; only outages count as retries.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import redis
 from celery.exceptions import Reject
 
 from mvpipe.deps import get_context
-from mvpipe.errors import InvalidInput, MvpipeError, StillWorking, StoreUnavailable
+from mvpipe.errors import InvalidInput, MvpipeError, StoreUnavailable
 from mvpipe.pipeline.generate import SceneJob
 from mvpipe.pipeline.steps import Next
 from mvpipe.tasks.base import MvpipeTask, app, checked_ids, dispatcher
@@ -22,6 +23,13 @@ log = logging.getLogger("mvpipe.tasks.generate")
 
 #: Unexpected errors tolerated per execution chain before the task gives up (reconcile heals).
 MAX_UNEXPECTED = 10
+
+#: The task state shown (Flower, result backend) while a scene waits for its next step.
+WAITING_STATES = {
+    Next.POLL: "POLLING",
+    Next.WAIT_SLOT: "WAITING_FOR_SLOT",
+    Next.RETRY_SUBMIT: "BACKING_OFF",
+}
 
 
 @app.task(base=MvpipeTask, bind=True, name="mvpipe.generate_scene")
@@ -61,6 +69,12 @@ def generate_scene(
     if step.next == Next.DONE:
         return {"project_id": project_id, "sequence": sequence, "outcome": step.outcome}
     carry = {"operation_id": None, "transient_polls": 0, "outages": 0, **step.carry}
-    # The reason travels in the task-retried event: Flower shows what each scene waits for.
-    reason = StillWorking(f"{step.outcome}; next step in {step.countdown:.1f}s")
-    raise self.retry(exc=reason, countdown=step.countdown, kwargs=carry)
+    progress = {
+        "project_id": project_id,
+        "sequence": sequence,
+        "detail": step.outcome,
+        "operation_id": carry["operation_id"],
+        "steps": self.request.retries + 1,
+        "next_step_in": round(step.countdown, 3),
+    }
+    raise self.rerun_later(WAITING_STATES[step.next], step.countdown, carry, progress)
