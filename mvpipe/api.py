@@ -161,7 +161,9 @@ def cancel_project(project_id: str) -> ProjectView:
                 continue
             if provider.cancel(operation_id):
                 ctx.scenes.reset_cancelled(project_id, scene.sequence, operation_id=operation_id)
-                ctx.limiter.release(provider.name, slot_member(project_id, scene.sequence))
+                member = slot_member(project_id, scene.sequence)
+                limit = ctx.settings.concurrency_for(provider.name)
+                _dispatcher.wake(ctx.limiter.release(provider.name, member, limit=limit))
     for _ in range(10):
         if settle_project(ctx, ctx.projects.load(project_id)) is not None:
             break

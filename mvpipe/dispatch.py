@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-from celery import Celery
+import json
+import logging
+from collections.abc import Iterable
+
+from celery import Celery, Signature
 from celery.result import AsyncResult
+
+log = logging.getLogger("mvpipe.dispatch")
 
 PLAN_SCENES = "mvpipe.plan_scenes"
 GENERATE_SCENE = "mvpipe.generate_scene"
@@ -41,3 +47,19 @@ class CeleryDispatcher:
         self, project_id: str, run_id: str | None, sequences: list[int] | None
     ) -> AsyncResult:
         return self.app.send_task(FINALIZE_PROJECT, args=[None, project_id, run_id, sequences])
+
+    @staticmethod
+    def parked(message: Signature) -> str:
+        """A task message kept in Redis until a freed provider slot wakes it (JSON only)."""
+        return json.dumps(dict(message), separators=(",", ":"))
+
+    def wake(self, parked: Iterable[str]) -> int:
+        """Send parked messages now; a lost one only delays its scene to its own timed check."""
+        sent = 0
+        for message in parked:
+            try:
+                self.app.signature(json.loads(message)).apply_async()
+                sent += 1
+            except Exception:
+                log.warning("could not wake a waiting scene", exc_info=True)
+        return sent

@@ -81,6 +81,15 @@ class RunBoard:
         key = self._key("due", job)
         return bool(self.client.set(key, 1, px=int(every_seconds * 1000), nx=True))
 
+    # -- twin messages -------------------------------------------------------------------------
+    def first_copy(self, task_id: str, step: int, copy: str, seconds: float) -> bool:
+        """One step of a task may be sent twice (a timed check and a wake-up): the first copy
+        to run owns the step, and a redelivery of that same copy still does."""
+        key = self._key("step", task_id, step)
+        if self.client.set(key, copy, ex=int(seconds), nx=True):
+            return True
+        return self.client.get(key) == copy.encode()
+
     # -- planning ------------------------------------------------------------------------------
     def lock_planning(self, project_id: str, run_id: str, seconds: float) -> bool:
         key = self._key("plan", project_id)

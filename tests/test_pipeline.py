@@ -163,6 +163,11 @@ def test_quota_caps_jobs_in_flight(start_workers: StartWorkers) -> None:
     peak = LocalJobs(Path(workers.env["MVPIPE_LOCAL_STATE"])).peak_in_flight()
     assert 1 <= peak <= 4
     assert all(s.attempts == 1 for s in view.scenes)  # waiting for a slot spends no attempt
+    assert generations_per_scene(workers.ledger, project_id) == {n: 1 for n in range(1, 21)}
+    # Waiters were started by the releases that freed their slots, not by their own timers
+    # (those fall back after MVPIPE_BACKOFF_MAX, far longer than this project ran).
+    assert "woke 1 waiting scene(s)" in workers.service.log_text()
+    assert_invariants(project_id)
 
 
 def test_bad_input_to_every_api_function_is_typed_and_writes_nothing(stack: LocalStack) -> None:

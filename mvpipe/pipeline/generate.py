@@ -11,6 +11,7 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import Callable
 
 from mvpipe import failpoints
 from mvpipe.deps import Context
@@ -37,8 +38,16 @@ class SceneJob:
     """One execution of `generate_scene` for (project, sequence) within a run."""
 
     def __init__(
-        self, ctx: Context, project_id: str, sequence: int, run_id: str | None, provider: str
+        self,
+        ctx: Context,
+        project_id: str,
+        sequence: int,
+        run_id: str | None,
+        provider: str,
+        *,
+        park: Callable[[], str] | None = None,
     ) -> None:
+        """`park` makes the message that resumes this scene at once when a slot frees for it."""
         self.ctx = ctx
         self.s = ctx.settings
         self.project_id = project_id
@@ -47,6 +56,9 @@ class SceneJob:
         self.provider_name = provider
         self.member = slot_member(project_id, sequence)
         self.poll_seconds = self.s.poll_seconds_for(provider)
+        self.park = park
+        #: parked messages of waiting scenes this execution's released slot entitles to run
+        self.wakes: list[str] = []
 
     def step(self, operation_id: str | None = None, transient_polls: int = 0) -> Step:
         board = self.ctx.board
@@ -82,11 +94,14 @@ class SceneJob:
             limit=limit,
             ttl=s.liveness_seconds(self.provider_name),
             line_ttl=s.backoff_max * 2 + 30,
+            park=self.park() if self.park is not None else None,
         )
         if not slot.granted:
-            rounds = math.ceil(slot.place / limit)
-            wait = min(s.backoff_max, self.poll_seconds * max(1, rounds))
-            return Step(Next.WAIT_SLOT, f"waiting for a provider slot (place {slot.place})", wait)
+            return Step(
+                Next.WAIT_SLOT,
+                f"waiting for a provider slot (place {slot.place})",
+                self.slot_check_seconds(slot.place, limit),
+            )
         token = uuid.uuid4().hex
         # Marked as polled before the operation can become visible, so reconcile never takes a
         # scene between submit and its first poll for an orphan. Nothing but the one write of
@@ -103,7 +118,7 @@ class SceneJob:
             max_attempts=s.max_attempts,
         )
         if claim.outcome != Claim.WON:
-            ctx.limiter.release(self.provider_name, self.member)
+            self.release_slot()
             if claim.outcome == Claim.EXHAUSTED:
                 ctx.scenes.fail(
                     self.project_id,
@@ -125,12 +140,12 @@ class SceneJob:
         try:
             operation_id = ctx.video_provider(self.provider_name).submit(request)
         except (PermanentProviderError, ConfigurationError) as exc:
-            ctx.limiter.release(self.provider_name, self.member)
+            self.release_slot()
             ctx.scenes.fail(self.project_id, self.sequence, error=str(exc), token=token)
             self.log(f"submit refused permanently: {exc}", None, attempt)
             return self.finished("failed: permanent provider error")
         except Exception as exc:  # transient, or unclassified: never keep a lease we can't use
-            ctx.limiter.release(self.provider_name, self.member)
+            self.release_slot()
             error = str(exc) if isinstance(exc, ProviderError) else f"{type(exc).__name__}: {exc}"
             if attempt >= s.max_attempts:
                 ctx.scenes.fail(self.project_id, self.sequence, error=error, token=token)
@@ -167,10 +182,10 @@ class SceneJob:
             ctx.scenes.record_operation(
                 self.project_id, self.sequence, token=token, operation_id=operation_id, run_id=None
             )
-            ctx.limiter.release(self.provider_name, self.member)
+            self.release_slot()
             return Step.done("run cancelled; operation kept for a later run")
         _cancel_quietly(provider.cancel, operation_id)
-        ctx.limiter.release(self.provider_name, self.member)
+        self.release_slot()
         if outcome == Claim.RUN_INACTIVE:
             ctx.scenes.release_lease(
                 self.project_id, self.sequence, token=token, error="run cancelled during submit"
@@ -215,7 +230,7 @@ class SceneJob:
             return Step(step.next, "transient poll error", wait, step.carry)
         if status.state == JobState.RUNNING:
             return self.next_poll(operation_id, 0)
-        ctx.limiter.release(self.provider_name, self.member)
+        self.release_slot()
         if status.state == JobState.CANCELLED:
             ctx.scenes.reset_cancelled(self.project_id, self.sequence, operation_id=operation_id)
             return Step.done("operation cancelled")
@@ -235,6 +250,21 @@ class SceneJob:
         return self.finished("completed")
 
     # -- helpers -------------------------------------------------------------------------------
+    def slot_check_seconds(self, place: int, limit: int) -> float:
+        """When a waiter asks again by itself: parked, it is woken by the release that frees its
+        slot, so its own check is only the fallback (a lost wake-up, an expired slot)."""
+        rounds = max(1, math.ceil(place / limit))
+        if self.park is not None:
+            return self.s.backoff_max
+        return min(self.s.backoff_max, self.poll_seconds * rounds)
+
+    def release_slot(self) -> None:
+        self.wakes.extend(
+            self.ctx.limiter.release(
+                self.provider_name, self.member, limit=self.s.concurrency_for(self.provider_name)
+            )
+        )
+
     def finished(self, outcome: str) -> Step:
         if self.run_id is None:
             return Step.done(outcome, refinalize=True)

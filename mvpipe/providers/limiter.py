@@ -2,8 +2,10 @@
 
 Slots are members of a Redis sorted set scored by their expiry, so a dead worker's slot frees
 itself; a poll refreshes its slot and a finished operation releases it. Scenes that find no slot
-wait in a line (ordered by first arrival) and are told how long to sleep by their place in it,
-so they neither spin nor hold a worker slot.
+wait in a line, ordered by first arrival, and may park a wake-up message with their place: the
+scene that releases a slot hands back the messages of the waiters now entitled to one, so the
+next job starts as soon as a slot frees instead of at the waiter's next timed check. The limiter
+stores those messages as opaque strings; sending them is the caller's business.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ from dataclasses import dataclass
 import redis
 
 _ACQUIRE = """
-local slots, line, seen = KEYS[1], KEYS[2], KEYS[3]
-local now, member, ttl, limit, stale = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]),
-    tonumber(ARGV[4]), tonumber(ARGV[5])
+local slots, line, seen, parked = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local now, member, ttl, limit, stale, park = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]),
+    tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
 redis.call('ZREMRANGEBYSCORE', slots, '-inf', now)
 local gone = redis.call('ZRANGEBYSCORE', seen, '-inf', now - stale)
-for _, m in ipairs(gone) do redis.call('ZREM', line, m); redis.call('ZREM', seen, m) end
+for _, m in ipairs(gone) do
+  redis.call('ZREM', line, m); redis.call('ZREM', seen, m); redis.call('HDEL', parked, m)
+end
 if redis.call('ZSCORE', slots, member) then
   redis.call('ZADD', slots, now + ttl, member)
   return {1, 0}
@@ -32,9 +36,33 @@ if rank < free then
   redis.call('ZADD', slots, now + ttl, member)
   redis.call('ZREM', line, member)
   redis.call('ZREM', seen, member)
+  redis.call('HDEL', parked, member)
   return {1, 0}
 end
+if park ~= '' then redis.call('HSET', parked, member, park) end
 return {0, rank - math.max(free, 0) + 1}
+"""
+
+_RELEASE = """
+local slots, line, seen, parked = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local member, limit, now = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+redis.call('ZREM', slots, member)
+redis.call('ZREM', line, member)
+redis.call('ZREM', seen, member)
+redis.call('HDEL', parked, member)
+redis.call('ZREMRANGEBYSCORE', slots, '-inf', now)
+local free = limit - redis.call('ZCARD', slots)
+local woken = {}
+if free > 0 then
+  for _, m in ipairs(redis.call('ZRANGE', line, 0, free - 1)) do
+    local message = redis.call('HGET', parked, m)
+    if message then
+      redis.call('HDEL', parked, m)
+      table.insert(woken, message)
+    end
+  end
+end
+return woken
 """
 
 
@@ -55,24 +83,33 @@ class QuotaLimiter:
         self.client = client
         self.prefix = prefix
         self._acquire = client.register_script(_ACQUIRE)
+        self._release = client.register_script(_RELEASE)
 
     def _keys(self, provider: str) -> list[str]:
         base = f"{self.prefix}:{provider}"
-        return [f"{base}:slots", f"{base}:line", f"{base}:seen"]
+        return [f"{base}:{part}" for part in ("slots", "line", "seen", "parked")]
 
     def acquire(
-        self, provider: str, member: str, *, limit: int, ttl: float, line_ttl: float
+        self,
+        provider: str,
+        member: str,
+        *,
+        limit: int,
+        ttl: float,
+        line_ttl: float,
+        park: str | None = None,
     ) -> SlotDecision:
-        """Take (or refresh) `member`'s slot; `line_ttl` drops waiters that stopped asking."""
+        """Take (or refresh) `member`'s slot, or queue it; `line_ttl` drops waiters that
+        stopped asking. A denied waiter's `park` message is kept until a release hands it out
+        (parking in the same atomic step as the denial, so no release can slip in between)."""
         granted, place = self._acquire(
-            keys=self._keys(provider), args=[time.time(), member, ttl, limit, line_ttl]
+            keys=self._keys(provider),
+            args=[repr(time.time()), member, ttl, limit, line_ttl, park or ""],
         )
         return SlotDecision(bool(granted), int(place))
 
-    def release(self, provider: str, member: str) -> None:
-        slots, line, seen = self._keys(provider)
-        pipe = self.client.pipeline()
-        pipe.zrem(slots, member)
-        pipe.zrem(line, member)
-        pipe.zrem(seen, member)
-        pipe.execute()
+    def release(self, provider: str, member: str, *, limit: int) -> list[str]:
+        """Free `member`'s slot (a no-op if it holds none); returns the parked messages of the
+        waiters now entitled to a free slot, each handed out once."""
+        woken = self._release(keys=self._keys(provider), args=[member, limit, repr(time.time())])
+        return [m.decode() if isinstance(m, bytes) else str(m) for m in woken]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery import Task
+from celery import Signature, Task
 from celery.exceptions import Ignore
 
 from mvpipe.celery_app import app
@@ -30,30 +30,33 @@ class MvpipeTask(Task):
         countdown = backoff_seconds(failures + 1, base=s.backoff_base, cap=s.backoff_max)
         return self.retry(exc=exc, countdown=countdown, kwargs={**kwargs, "outages": failures + 1})
 
-    def rerun_later(
-        self, state: str, countdown: float, kwargs: dict[str, Any], progress: dict[str, Any]
-    ) -> Ignore:
-        """Queue this task's next step under the same id, and show `state` until it runs.
-
-        A `retry` would do the queueing too, but Flower and the result backend would then show
-        every poll of a healthy scene as RETRY. Here the task keeps a custom state (POLLING,
-        WAITING_FOR_SLOT, ...) with `progress` as its meta: a `task-<state>` event for Flower and
-        the same meta in the result backend. The chord is untouched: the message carries the
-        request's chord and group like a retry's, and only the final step returns a result.
-        """
+    def next_step(self, kwargs: dict[str, Any], countdown: float | None = None) -> Signature:
+        """This task's next message: same id, chord and group (as a retry's), new kwargs."""
         request = self.request
-        self.signature_from_request(
+        return self.signature_from_request(
             request,
             tuple(request.args or ()),
             {**(request.kwargs or {}), **kwargs},
             countdown=countdown,
             retries=request.retries + 1,
-        ).apply_async()
+        )
+
+    def rerun_later(
+        self, state: str, countdown: float, kwargs: dict[str, Any], progress: dict[str, Any]
+    ) -> Ignore:
+        """Queue this task's next step after `countdown`, and show `state` until it runs.
+
+        A `retry` would do the queueing too, but Flower and the result backend would then show
+        every poll of a healthy scene as RETRY. Here the task keeps a custom state (POLLING,
+        WAITING_FOR_SLOT, ...) with `progress` as its meta: a `task-<state>` event for Flower and
+        the same meta in the result backend. Only the final step returns a result to the chord.
+        """
+        self.next_step(kwargs, countdown).apply_async()
         try:  # progress is for people: it must never fail a step already queued
             self.update_state(state=state, meta=progress)
             self.send_event(f"task-{state.lower()}", retry=False, **progress)
         except Exception:
-            log.debug("could not publish progress of %s", request.id, exc_info=True)
+            log.debug("could not publish progress of %s", self.request.id, exc_info=True)
         return Ignore()
 
 

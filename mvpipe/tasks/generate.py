@@ -1,8 +1,11 @@
-"""`mvpipe.generate_scene`: one step per execution; waiting is a retry with a countdown.
+"""`mvpipe.generate_scene`: one step per execution; waiting is the next step queued with a
+countdown.
 
 It never raises into the chord: outcomes are returned, outages retried, so `finalize_project`
 always runs. Waiting steps re-queue the task under its own id with a custom state (POLLING,
-WAITING_FOR_SLOT, BACKING_OFF) that Flower shows; only outages count as retries.
+WAITING_FOR_SLOT, BACKING_OFF) that Flower shows; only outages count as retries. A quota wait
+is sent twice, as a timed check and as a wake-up parked with the limiter; whichever runs first
+owns the step and the other ends without a result, so the chord counts each scene once.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import logging
 from typing import Any
 
 import redis
-from celery.exceptions import Reject
+from celery.exceptions import Ignore, Reject
 
 from mvpipe.deps import get_context
 from mvpipe.errors import InvalidInput, MvpipeError, StoreUnavailable
@@ -23,6 +26,13 @@ log = logging.getLogger("mvpipe.tasks.generate")
 
 #: Unexpected errors tolerated per execution chain before the task gives up (reconcile heals).
 MAX_UNEXPECTED = 10
+
+#: The kwargs a next step starts from (a stale copy tag must not carry over).
+FRESH: dict[str, Any] = {"operation_id": None, "transient_polls": 0, "outages": 0, "copy": None}
+#: The two copies of a quota wait: the waiter's own timed check, and the wake-up it parks.
+TIMED, WOKEN = "timed", "woken"
+#: How long the first copy of a step is remembered (beyond any countdown or redelivery).
+TWIN_SECONDS = 6 * 3600
 
 #: The task state shown (Flower, result backend) while a scene waits for its next step.
 WAITING_STATES = {
@@ -42,20 +52,37 @@ def generate_scene(
     operation_id: str | None = None,
     transient_polls: int = 0,
     outages: int = 0,
+    copy: str | None = None,
 ) -> dict[str, Any]:
     try:
         checked_ids(project_id, sequence)
     except InvalidInput as exc:
         raise Reject(str(exc), requeue=False) from None
-    kwargs = {"operation_id": operation_id, "transient_polls": transient_polls, "outages": outages}
+    kwargs = {
+        "operation_id": operation_id,
+        "transient_polls": transient_polls,
+        "outages": outages,
+        "copy": copy,
+    }
     ctx = get_context()
+    job = SceneJob(
+        ctx,
+        project_id,
+        sequence,
+        run_id,
+        provider,
+        park=lambda: dispatcher.parked(self.next_step({**FRESH, "copy": WOKEN})),
+    )
     try:
-        step = SceneJob(ctx, project_id, sequence, run_id, provider).step(
-            operation_id, transient_polls
-        )
-        if step.refinalize:
-            sequences = ctx.board.run_sequences(run_id) if run_id else None
-            dispatcher.finalize(project_id, run_id, sequences)
+        if copy is not None and not ctx.board.first_copy(
+            str(self.request.id), self.request.retries, copy, TWIN_SECONDS
+        ):
+            step = None  # the other copy of this step ran first
+        else:
+            step = job.step(operation_id, transient_polls)
+            if step.refinalize:
+                sequences = ctx.board.run_sequences(run_id) if run_id else None
+                dispatcher.finalize(project_id, run_id, sequences)
     except (StoreUnavailable, redis.RedisError) as exc:
         raise self.outage_retry(exc, kwargs, outages) from exc
     except MvpipeError as exc:
@@ -66,9 +93,17 @@ def generate_scene(
         if outages < MAX_UNEXPECTED:
             raise self.outage_retry(exc, kwargs, outages) from exc
         return {"project_id": project_id, "sequence": sequence, "outcome": f"error: {exc}"}
+    finally:
+        if job.wakes:
+            woken = dispatcher.wake(job.wakes)
+            log.info("slot freed by %s/%s: woke %d waiting scene(s)", project_id, sequence, woken)
+    if step is None:
+        raise Ignore()
     if step.next == Next.DONE:
         return {"project_id": project_id, "sequence": sequence, "outcome": step.outcome}
-    carry = {"operation_id": None, "transient_polls": 0, "outages": 0, **step.carry}
+    carry = {**FRESH, **step.carry}
+    if step.next == Next.WAIT_SLOT:
+        carry["copy"] = TIMED  # its twin, parked with the limiter, may run first
     progress = {
         "project_id": project_id,
         "sequence": sequence,
