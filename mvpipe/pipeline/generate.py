@@ -33,6 +33,9 @@ from mvpipe.store.scenes import Claim
 
 log = logging.getLogger("mvpipe.generate")
 
+#: How much later than an unparked waiter a parked one checks its place by itself.
+PARKED_SLOWDOWN = 10
+
 
 class SceneJob:
     """One execution of `generate_scene` for (project, sequence) within a run."""
@@ -251,12 +254,12 @@ class SceneJob:
 
     # -- helpers -------------------------------------------------------------------------------
     def slot_check_seconds(self, place: int, limit: int) -> float:
-        """When a waiter asks again by itself: parked, it is woken by the release that frees its
-        slot, so its own check is only the fallback (a lost wake-up, an expired slot)."""
+        """When a waiter asks again by itself, by its place in line. A parked waiter is woken by
+        the release that frees its slot, so its own check is only the fallback (a lost wake-up,
+        a slot that expired with its worker) and comes `PARKED_SLOWDOWN` times later."""
         rounds = max(1, math.ceil(place / limit))
-        if self.park is not None:
-            return self.s.backoff_max
-        return min(self.s.backoff_max, self.poll_seconds * rounds)
+        slowdown = PARKED_SLOWDOWN if self.park is not None else 1
+        return min(self.s.backoff_max, self.poll_seconds * rounds * slowdown)
 
     def release_slot(self) -> None:
         self.wakes.extend(
