@@ -187,14 +187,16 @@ def _release(ctx: Context, project_id: str, run: str) -> None:
 
 
 def wait_project(project_id: str, timeout: float = 600.0, *, interval: float = 0.25) -> ProjectView:
-    """Block until no run is active (completed, failed, or pending after a cancel)."""
+    """Block until no run is active (completed, failed, or pending after a cancel).
+
+    Waiting reads the project item alone (one GetItem, whatever the scene count); the scenes
+    are read once, at the end."""
     ctx = get_context()
     validate_project_id(project_id)
     deadline = time.monotonic() + timeout
     while True:
-        state = ctx.projects.load(project_id)
-        if state.project.active_run_id is None:
-            return state.view()
+        if ctx.projects.get(project_id).active_run_id is None:
+            return ctx.projects.load(project_id).view()
         if time.monotonic() >= deadline:
             raise Timeout(f"project {project_id} still running after {timeout:.0f}s")
         time.sleep(interval)

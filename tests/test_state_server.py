@@ -1,0 +1,99 @@
+"""The local state server's transactions: a cancelled one changes nothing, as in DynamoDB."""
+
+from __future__ import annotations
+
+import uuid
+
+import boto3
+import pytest
+
+from mvpipe.localstack import LocalStack
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def dynamodb(stack: LocalStack):  # type: ignore[no-untyped-def]
+    client = boto3.client("dynamodb", endpoint_url=stack.env["MVPIPE_DYNAMODB_ENDPOINT"])
+    name = f"txn-{uuid.uuid4().hex[:8]}"
+    client.create_table(
+        TableName=name,
+        KeySchema=[
+            {"AttributeName": "PK", "KeyType": "HASH"},
+            {"AttributeName": "SK", "KeyType": "RANGE"},
+        ],
+        AttributeDefinitions=[
+            {"AttributeName": "PK", "AttributeType": "S"},
+            {"AttributeName": "SK", "AttributeType": "S"},
+        ],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    yield client, name
+    client.delete_table(TableName=name)
+
+
+def key(sk: str) -> dict:
+    return {"PK": {"S": "P"}, "SK": {"S": sk}}
+
+
+def test_a_cancelled_transaction_leaves_every_item_as_it_was(dynamodb) -> None:  # type: ignore[no-untyped-def]
+    client, table = dynamodb
+    client.put_item(TableName=table, Item={**key("a"), "n": {"N": "1"}})
+    client.put_item(TableName=table, Item={**key("other"), "n": {"N": "7"}})
+    client.put_item(TableName=table, Item={**key("gate"), "open": {"BOOL": False}})
+    with pytest.raises(client.exceptions.TransactionCanceledException):
+        client.transact_write_items(
+            TransactItems=[
+                {
+                    "Update": {
+                        "TableName": table,
+                        "Key": key("a"),
+                        "UpdateExpression": "SET n = :two",
+                        "ExpressionAttributeValues": {":two": {"N": "2"}},
+                    }
+                },
+                {"Put": {"TableName": table, "Item": {**key("new"), "n": {"N": "3"}}}},
+                {"Delete": {"TableName": table, "Key": key("other")}},
+                {
+                    "ConditionCheck": {
+                        "TableName": table,
+                        "Key": key("gate"),
+                        "ConditionExpression": "#o = :yes",
+                        "ExpressionAttributeNames": {"#o": "open"},
+                        "ExpressionAttributeValues": {":yes": {"BOOL": True}},
+                    }
+                },
+            ]
+        )
+    items = client.query(
+        TableName=table,
+        KeyConditionExpression="PK = :p",
+        ExpressionAttributeValues={":p": {"S": "P"}},
+    )["Items"]
+    assert {i["SK"]["S"]: i.get("n", {}).get("N") for i in items} == {
+        "a": "1",
+        "gate": None,
+        "other": "7",
+    }
+
+
+def test_a_committed_transaction_applies_every_write(dynamodb) -> None:  # type: ignore[no-untyped-def]
+    client, table = dynamodb
+    client.put_item(TableName=table, Item={**key("b"), "n": {"N": "1"}})
+    client.transact_write_items(
+        TransactItems=[
+            {
+                "Update": {
+                    "TableName": table,
+                    "Key": key("b"),
+                    "UpdateExpression": "SET n = n + :one",
+                    "ConditionExpression": "n = :one",
+                    "ExpressionAttributeValues": {":one": {"N": "1"}},
+                }
+            },
+            {"Put": {"TableName": table, "Item": {**key("c"), "n": {"N": "5"}}}},
+        ]
+    )
+    got = client.get_item(TableName=table, Key=key("b"))["Item"]["n"]["N"]
+    assert got == "2"
+    assert client.get_item(TableName=table, Key=key("c"))["Item"]["n"]["N"] == "5"
