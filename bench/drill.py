@@ -20,12 +20,13 @@ from common import bench_stack, record, table, workers
 
 from mvpipe import api
 from mvpipe.deps import get_context
-from mvpipe.drills import heal, paid_generations, restart_redis
+from mvpipe.drills import double_payments, heal, paid_generations, restart_redis
 from mvpipe.errors import MvpipeError
 from mvpipe.failpoints import POINTS
 from mvpipe.invariants import violations
 from mvpipe.localstack import LocalStack
 from mvpipe.models import SceneStatus
+from mvpipe.providers.local import LocalJobs
 
 KINDS = [
     *(f"crash:{p}" for p in POINTS),
@@ -86,10 +87,10 @@ def run_round(
     except MvpipeError:
         view = api.get_project(project_id)
     found = violations(get_context(), project_id)
-    paid = paid_generations(ledger, project_id)
     worker.stop()
-    doubles = sum(1 for n in paid.values() if n > 1)
-    in_window = doubles if kind == "crash:after_submit" else 0
+    in_window, outside = double_payments(
+        ledger, LocalJobs(Path(stack.env["MVPIPE_LOCAL_STATE"])), project_id
+    )
     final = (SceneStatus.COMPLETED, SceneStatus.FAILED)
     return {
         "projects": 1,
@@ -98,7 +99,7 @@ def run_round(
         "failed": sum(1 for s in view.scenes if s.status == SceneStatus.FAILED),
         "lost": sum(1 for s in view.scenes if s.status not in final) + scenes - len(view.scenes),
         "dup_window": in_window,
-        "dup_other": doubles - in_window,
+        "dup_other": outside,
         "violations": len(found),
     }
 

@@ -17,6 +17,7 @@ from mvpipe import api
 from mvpipe.errors import Conflict, Timeout
 from mvpipe.localstack import LocalStack, start_redis
 from mvpipe.models import ProjectStatus, ProjectView
+from mvpipe.providers.local import LocalJobs
 
 
 def heal(project_id: str, timeout: float = 180.0) -> ProjectView:
@@ -41,6 +42,26 @@ def paid_generations(ledger: Path, project_id: str) -> Counter[int]:
         return Counter()
     entries = [json.loads(x) for x in ledger.read_text().splitlines() if x.strip()]
     return Counter(e["sequence"] for e in entries if e["project_id"] == project_id)
+
+
+def double_payments(ledger: Path, jobs: LocalJobs, project_id: str) -> tuple[int, int]:
+    """Scenes paid more than once, split by cause: (inside the named window, outside it).
+
+    Inside: every job but the scene's last was never polled, so its id never reached the store
+    (a crash between the provider accepting it and the one write of its id). Outside: an
+    earlier job had been stored and polled and was paid for again anyway, which is a bug (or a
+    deliberate regeneration)."""
+    if not ledger.exists():
+        return 0, 0
+    paid: dict[int, list[str]] = {}
+    for line in ledger.read_text().splitlines():
+        entry = json.loads(line) if line.strip() else None
+        if entry and entry["project_id"] == project_id:
+            paid.setdefault(entry["sequence"], []).append(entry["operation_id"])
+    earlier = {seq: ops[:-1] for seq, ops in paid.items() if len(ops) > 1}
+    used = jobs.polled([op for ops in earlier.values() for op in ops])
+    outside = sum(1 for ops in earlier.values() if used.intersection(ops))
+    return len(earlier) - outside, outside
 
 
 def restart_redis(stack: LocalStack, *, keep_data: bool) -> None:

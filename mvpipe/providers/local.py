@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS calls (
     project_id TEXT, sequence INTEGER, kind TEXT, n INTEGER,
     PRIMARY KEY (project_id, sequence, kind));
 CREATE TABLE IF NOT EXISTS stats (name TEXT PRIMARY KEY, value REAL);
+CREATE TABLE IF NOT EXISTS polled (operation_id TEXT PRIMARY KEY);
 """
 
 
@@ -84,6 +85,15 @@ class LocalJobs:
         with self.transaction() as db:
             row = db.execute("SELECT value FROM stats WHERE name='peak'").fetchone()
         return int(row[0]) if row else 0
+
+    def polled(self, operation_ids: list[str]) -> set[str]:
+        """Which of these jobs were ever polled: an id someone polls had reached the store."""
+        with self.transaction() as db:
+            return {
+                op
+                for op in operation_ids
+                if db.execute("SELECT 1 FROM polled WHERE operation_id = ?", (op,)).fetchone()
+            }
 
 
 class LocalVideoProvider:
@@ -150,6 +160,7 @@ class LocalVideoProvider:
                 raise PermanentProviderError(f"local provider: unknown operation {operation_id}")
             project_id, sequence, prompt, duration, finishes_at, outcome, error, cancelled = row
             call = LocalJobs.next_call(db, project_id, sequence, "poll")
+            db.execute("INSERT OR IGNORE INTO polled VALUES (?)", (operation_id,))
         if self.faults.transient_fault(project_id, sequence, "poll", call):
             raise TransientProviderError("local provider: simulated 500 on poll")
         if cancelled:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
 from mvpipe import api
-from mvpipe.drills import heal
+from mvpipe.drills import double_payments, heal
 from mvpipe.models import ProjectStatus
+from mvpipe.providers.local import LocalJobs
 from tests.conftest import Workers
 from tests.helpers import assert_invariants, generations_per_scene
 
@@ -31,9 +33,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
-def check_drill(project_id: str, workers: Workers, *, double_paid_allowed: int = 0) -> Counter[int]:
+def check_drill(
+    project_id: str,
+    workers: Workers,
+    *,
+    double_paid_allowed: int = 0,
+    regenerated: bool = False,
+) -> Counter[int]:
     """Every invariant, plus: one paid generation per scene, except at most
-    `double_paid_allowed` scenes crashed between acceptance and the operation id's write."""
+    `double_paid_allowed` scenes crashed between acceptance and the operation id's write
+    (their first job was never polled: its id never reached the store)."""
     view = api.get_project(project_id)
     assert view.status == ProjectStatus.COMPLETED, [
         (s.sequence, s.status, s.last_error) for s in view.scenes
@@ -44,4 +53,8 @@ def check_drill(project_id: str, workers: Workers, *, double_paid_allowed: int =
     doubles = [seq for seq, n in paid.items() if n > 1]
     assert len(doubles) <= double_paid_allowed, paid
     assert all(n <= 2 for n in paid.values()), paid
+    if not regenerated:
+        jobs = LocalJobs(Path(workers.env["MVPIPE_LOCAL_STATE"]))
+        in_window, outside = double_payments(workers.ledger, jobs, project_id)
+        assert (in_window, outside) == (len(doubles), 0), paid
     return paid

@@ -94,7 +94,7 @@ def test_concurrent_run_regenerate_cancel_and_reconcile(start_workers: StartWork
         thread.join(timeout=120)
     assert not errors, errors
     heal(project_id)
-    paid = check_drill(project_id, workers, double_paid_allowed=5)  # regenerations pay again
+    paid = check_drill(project_id, workers, double_paid_allowed=5, regenerated=True)
     assert all(n >= 1 for n in paid.values())
 
 
