@@ -60,7 +60,10 @@ def test_redis_restart_mid_run(
 
 
 def test_state_server_paused_mid_run(start_workers: StartWorkers, stack: LocalStack) -> None:
-    workers = start_workers(**DRILL_SETTINGS)
+    # Leases outlast the pause: a stall shorter than the lease must cost nothing. (A stall
+    # longer than the lease lets reconcile take back a scene whose operation id is still on its
+    # way to the store: that job is cancelled and paid again, the named window widened.)
+    workers = start_workers(**{**DRILL_SETTINGS, "lease_seconds": "10"})
     project_id = api.create_project("Pause", "Hold.", scene_count=6)
     api.run_project(project_id)
     wait_for(lambda: ledger(workers.ledger, project_id), 60, "the first paid job")
