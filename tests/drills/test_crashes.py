@@ -35,6 +35,13 @@ def test_whole_worker_killed_while_polling_then_replaced(start_workers: StartWor
     project_id = api.create_project("Replace", "New worker.", scene_count=6)
     api.run_project(project_id)
     wait_for(lambda: len(ledger(first.ledger, project_id)) == 6, 60, "all six jobs submitted")
+    # Killed while polling, so after every operation id is stored (a kill between a job's
+    # acceptance and that write is the after_submit drill, which may pay twice).
+    wait_for(
+        lambda: all(s.provider_operation_id for s in api.get_project(project_id).scenes),
+        60,
+        "all six operation ids stored",
+    )
     first.service.kill()  # SIGKILL to the whole process group: parent and pool children
     second = start_workers(local_ledger=str(first.ledger), **settings)  # one provider, one ledger
     heal(project_id)
