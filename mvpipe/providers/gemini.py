@@ -10,8 +10,7 @@ from pydantic import BaseModel, Field, ValidationError
 from mvpipe.errors import PermanentProviderError
 from mvpipe.models import SceneSpec, describe_validation_error
 from mvpipe.providers.base import Brief
-from mvpipe.providers.genai_client import call_sdk, gemini_client
-from mvpipe.settings import Settings
+from mvpipe.providers.genai_client import GenaiUser, call_sdk, gemini_client
 
 log = logging.getLogger("mvpipe.gemini")
 
@@ -68,18 +67,11 @@ def validate_plan(
     return specs, None
 
 
-class GeminiPlanner:
+class GeminiPlanner(GenaiUser):
     name = "gemini"
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self._client: Any = None
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            self._client = gemini_client(self.settings)
-        return self._client
+    def make_client(self) -> Any:
+        return gemini_client(self.settings)
 
     def plan(self, brief: Brief) -> list[SceneSpec]:
         from google.genai import types

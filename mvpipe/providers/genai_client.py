@@ -58,6 +58,24 @@ def gemini_client(settings: Settings) -> Any:
     return genai.Client(api_key=api_key, http_options=_http_options(settings, "v1beta"))
 
 
+class GenaiUser:
+    """A provider whose google-genai client is built on first use, so constructing the provider
+    (at import, in a worker that never plans) needs no credentials."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._client: Any = None
+
+    def make_client(self) -> Any:
+        raise NotImplementedError
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = self.make_client()
+        return self._client
+
+
 def call_sdk(provider: str, fn: Callable[[], T]) -> T:
     """Run one SDK call; its errors come out as mvpipe provider errors."""
     try:

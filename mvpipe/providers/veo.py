@@ -8,27 +8,19 @@ from typing import Any, TypeVar
 from mvpipe.errors import PermanentProviderError
 from mvpipe.providers.base import JobState, JobStatus, VideoRequest
 from mvpipe.providers.classify import download
-from mvpipe.providers.genai_client import call_sdk, vertex_client
-from mvpipe.settings import Settings
+from mvpipe.providers.genai_client import GenaiUser, call_sdk, vertex_client
 
 T = TypeVar("T")
 
 
-class VeoVideoProvider:
+class VeoVideoProvider(GenaiUser):
     name = "veo"
     #: The SDK exposes no cancel for video operations: a cancelled run keeps the operation id,
     #: so a later run resumes the job that was already paid for.
     can_cancel = False
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self._client: Any = None
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            self._client = vertex_client(self.settings)
-        return self._client
+    def make_client(self) -> Any:
+        return vertex_client(self.settings)
 
     def submit(self, request: VideoRequest) -> str:
         from google.genai import types
