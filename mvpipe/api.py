@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from celery.result import AsyncResult
@@ -22,17 +23,21 @@ from mvpipe.celery_app import app
 from mvpipe.deps import Context, get_context
 from mvpipe.dispatch import CeleryDispatcher
 from mvpipe.errors import Conflict, InvalidInput, Timeout
+from mvpipe.media.song import probe_song, read_song
 from mvpipe.models import (
     ProjectSpec,
     ProjectStatus,
     ProjectView,
     SceneSpec,
     SceneStatus,
+    SongSpec,
+    budget_to_micros,
     describe_validation_error,
     parse_scene_specs,
     validate_project_id,
     validate_sequence,
 )
+from mvpipe.pipeline.create import create_project as write_project
 from mvpipe.pipeline.finalize import settle_project
 from mvpipe.pipeline.reconcile import ReconcileReport
 from mvpipe.pipeline.reconcile import reconcile as reconcile_all
@@ -61,24 +66,46 @@ def create_project(
     scene_count: int | None = None,
     scenes: list[SceneSpec | dict[str, Any]] | None = None,
     provider: str | None = None,
+    song: str | Path | bytes | None = None,
+    lip_sync: bool = False,
+    budget_usd: float | None = None,
 ) -> str:
-    """Create a project and return its id. With `scenes`, planning is skipped."""
+    """Create a project and return its id.
+
+    With `scenes`, planning is skipped. With `song` (a path or the bytes of an audio file) the
+    song decides the scenes, so `scene_count` and `scenes` are refused; `lip_sync` needs a song.
+    """
     ctx = get_context()
+    settings = ctx.settings
     specs = parse_scene_specs(scenes) if scenes is not None else None
-    if scene_count is None:
-        scene_count = len(specs) if specs is not None else ctx.settings.default_scenes
+    if scene_count is None and song is None:
+        scene_count = len(specs) if specs is not None else settings.default_scenes
+    budget_micros = budget_to_micros(budget_usd)
+    data, song_spec = None, None
+    if song is not None:
+        data = read_song(song, max_bytes=settings.song_max_bytes)
+        info = probe_song(
+            data,
+            min_seconds=settings.song_min_seconds,
+            max_seconds=settings.song_max_seconds,
+            max_bytes=settings.song_max_bytes,
+        )
+        song_spec = SongSpec(sha256=info.sha256, ext=info.ext, seconds=info.seconds)
     try:
         spec = ProjectSpec(
             title=title,
             concept=concept,
-            provider=provider if provider is not None else ctx.settings.provider,
+            provider=provider if provider is not None else settings.provider,
             requested_scene_count=scene_count,
             scenes=specs,
+            song=song_spec,
+            lip_sync=lip_sync,
+            budget_micros=budget_micros,
         )
     except ValidationError as exc:
         raise InvalidInput(describe_validation_error(exc)) from None
     project_id = str(uuid.uuid4())
-    ctx.projects.create(project_id, spec)
+    write_project(ctx, project_id, spec, data)
     return project_id
 
 

@@ -93,6 +93,13 @@ def main() -> None:
     "--scene-file", type=click.File("r"), help="JSON list of scene specs; skips planning."
 )
 @click.option("--provider", help="Video provider: local, veo or replicate [MVPIPE_PROVIDER].")
+@click.option(
+    "--song",
+    type=click.Path(path_type=Path),
+    help="Audio file (WAV, MP3, M4A/AAC, FLAC, OGG); its beats decide the scenes.",
+)
+@click.option("--lip-sync", is_flag=True, help="Let the planner mark scenes for lip-sync (--song).")
+@click.option("--budget", "budget_usd", type=float, help="Spending limit in US dollars.")
 def create(
     title: str,
     concept: str | None,
@@ -100,6 +107,9 @@ def create(
     scene_count: int | None,
     scene_file: Any,
     provider: str | None,
+    song: Path | None,
+    lip_sync: bool,
+    budget_usd: float | None,
 ) -> None:
     """Create a project and print its id."""
     if concept_file is not None:
@@ -114,7 +124,14 @@ def create(
             _fail(f"--scene-file is not valid JSON: {exc}", EXIT_INVALID)
     project_id = guarded(
         lambda: _api().create_project(
-            title, concept, scene_count=scene_count, scenes=scenes, provider=provider
+            title,
+            concept,
+            scene_count=scene_count,
+            scenes=scenes,
+            provider=provider,
+            song=song,
+            lip_sync=lip_sync,
+            budget_usd=budget_usd,
         )
     )
     click.echo(project_id)

@@ -21,6 +21,7 @@ from mvpipe.store.clips import ClipStore
 from mvpipe.store.dynamo import Table
 from mvpipe.store.projects import ProjectStore
 from mvpipe.store.scenes import SceneStore
+from mvpipe.store.songs import SongStore
 
 
 @dataclass
@@ -33,6 +34,7 @@ class Context:
     redis: redis.Redis
     limiter: QuotaLimiter
     board: RunBoard
+    songs: SongStore
     _providers: dict[str, VideoProvider] = field(default_factory=dict)
     _planners: dict[str, Planner] = field(default_factory=dict)
     _ready: bool = False
@@ -65,15 +67,17 @@ def build_context(settings: Settings) -> Context:
         health_check_interval=10,
         retry_on_timeout=True,
     )
+    clips = ClipStore(settings)
     return Context(
         settings=settings,
         table=table,
         projects=ProjectStore(table),
         scenes=SceneStore(table),
-        clips=ClipStore(settings),
+        clips=clips,
         redis=client,
         limiter=QuotaLimiter(client),
         board=RunBoard(client, ttl=settings.result_expires),
+        songs=SongStore(clips),
     )
 
 

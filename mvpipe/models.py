@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import re
 import uuid
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
@@ -19,6 +20,12 @@ MAX_CONCEPT = 20_000
 MAX_PROMPT = 2_000
 MAX_NEGATIVE_PROMPT = 1_000
 MIN_DURATION, MAX_DURATION = 1, 30
+#: The largest budget a project may set, in US dollars: a typo guard, not a business rule.
+MAX_BUDGET_USD = 1_000_000
+MICROS_PER_USD = 1_000_000
+#: Song containers mvpipe accepts, by the extension their stored key gets.
+SONG_FORMATS = ("wav", "mp3", "m4a", "flac", "ogg")
+SongFormat = Literal["wav", "mp3", "m4a", "flac", "ogg"]
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
 
@@ -27,6 +34,7 @@ class ProjectStatus(StrEnum):
     PENDING = "pending"  #: created, or cancelled with work left
     GENERATING_SCENES = "generating_scenes"  #: a run is planning the scenes
     PROCESSING = "processing"  #: a run is generating clips
+    ASSEMBLING = "assembling"  #: every scene is done; the run is building the final video
     COMPLETED = "completed"  #: every scene has its clip
     FAILED = "failed"  #: planning failed, or a scene failed and nothing is left to do
 
@@ -75,24 +83,62 @@ class SceneSpec(BaseModel):
     duration_seconds: int = Field(default=8, ge=MIN_DURATION, le=MAX_DURATION, strict=True)
 
 
+class SongSpec(BaseModel):
+    """A song that decoded and passed its checks; its key is built from these, never from names."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    ext: SongFormat
+    seconds: float = Field(gt=0, allow_inf_nan=False)
+
+
 class ProjectSpec(BaseModel):
-    """A validated creation request: everything is checked before anything is written."""
+    """A validated creation request: everything is checked before anything is written.
+
+    With a song, the song decides the scenes: `requested_scene_count` and `scenes` stay None.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     title: Title
     concept: Concept
     provider: str
-    requested_scene_count: int = Field(ge=1, le=MAX_SCENES, strict=True)
+    requested_scene_count: int | None = Field(default=None, ge=1, le=MAX_SCENES, strict=True)
     scenes: tuple[SceneSpec, ...] | None = None
+    song: SongSpec | None = None
+    lip_sync: bool = Field(default=False, strict=True)
+    budget_micros: int | None = Field(default=None, ge=0, strict=True)
 
     def model_post_init(self, context: Any, /) -> None:
         if self.provider not in VIDEO_PROVIDERS:
             raise ValueError(
                 f"unknown provider {self.provider!r}; expected one of {VIDEO_PROVIDERS}"
             )
+        if self.song is not None:
+            if self.requested_scene_count is not None or self.scenes is not None:
+                raise ValueError("scene_count and scenes are not accepted with a song")
+        elif self.requested_scene_count is None:
+            raise ValueError("scene_count is required without a song")
+        elif self.lip_sync:
+            raise ValueError("lip_sync needs a song")
         if self.scenes is not None and len(self.scenes) != self.requested_scene_count:
             raise ValueError("scene_count and the number of scenes disagree")
+
+
+def budget_to_micros(value: object) -> int | None:
+    """A budget in US dollars (None: unlimited) as integer micro-dollars, the stored unit."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidInput(f"budget must be a number of US dollars, not {_shorten(value)}")
+    if not math.isfinite(value) or not 0 <= value <= MAX_BUDGET_USD:
+        raise InvalidInput(f"budget must be between 0 and {MAX_BUDGET_USD} US dollars")
+    return round(value * MICROS_PER_USD)
+
+
+def micros_to_usd(micros: int | None) -> float | None:
+    return None if micros is None else micros / MICROS_PER_USD
 
 
 class SceneView(BaseModel):
@@ -100,13 +146,19 @@ class SceneView(BaseModel):
     prompt: str
     negative_prompt: str | None
     duration_seconds: int
+    start_seconds: float | None = None
+    end_seconds: float | None = None
     status: SceneStatus
     original_video_clip_s3_key: str | None
     working_video_clip_s3_key: str | None
     lip_synced_video_clip_s3_key: str | None
+    lip_sync: bool = False
     attempts: int
+    lip_sync_attempts: int = 0
     last_error: str | None
     provider_operation_id: str | None
+    lip_sync_operation_id: str | None = None
+    cost_usd: float = 0.0
     completed_at: datetime | None
 
 
@@ -122,6 +174,13 @@ class ProjectView(BaseModel):
     last_error: str | None
     created_at: datetime
     updated_at: datetime
+    song_s3_key: str | None = None
+    song_seconds: float | None = None
+    timeline_s3_key: str | None = None
+    lip_sync: bool = False
+    final_video_s3_key: str | None = None
+    budget_usd: float | None = None
+    committed_cost_usd: float = 0.0
     scenes: list[SceneView]
 
 

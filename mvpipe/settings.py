@@ -5,10 +5,10 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 VIDEO_PROVIDERS = ("local", "veo", "replicate")
 PLANNERS = ("local", "gemini")
@@ -17,6 +17,10 @@ PLANNERS = ("local", "gemini")
 DEFAULT_POLL_SECONDS = {"local": 0.5, "veo": 10.0, "replicate": 2.0}
 #: In-flight jobs per provider when `MVPIPE_PROVIDER_CONCURRENCY` is unset (local: its own cap).
 DEFAULT_CONCURRENCY = {"veo": 4, "replicate": 4}
+#: Clip lengths (whole seconds) a provider can make; Replicate's come from settings.
+FIXED_DURATIONS = {"veo": (4, 6, 8), "local": tuple(range(1, 31))}
+#: Any clip a provider is asked for lies in this range (the scene spec's bounds).
+CLIP_SECONDS_RANGE = (1, 30)
 
 
 class Settings(BaseSettings):
@@ -61,6 +65,15 @@ class Settings(BaseSettings):
     provider_timeout_seconds: float = Field(default=30.0, gt=0)
     store_timeout_seconds: float = Field(default=10.0, gt=0)
 
+    song_min_seconds: float = Field(default=5.0, gt=0)
+    song_max_seconds: float = Field(default=600.0, gt=0, le=3 * 3600)
+    song_max_bytes: int = Field(default=50 * 1024 * 1024, ge=1024, le=2 * 1024**3)
+    slot_min_seconds: float = Field(default=2.0, gt=0, le=30)
+    output_size: str = Field(default="1280x720", pattern=r"^[0-9]{2,4}x[0-9]{2,4}$")
+    output_fps: int = Field(default=24, ge=1, le=120)
+    # NoDecode: "6" or "5,10" is as welcome as the JSON list "[5, 10]".
+    replicate_durations: Annotated[list[int], NoDecode] = Field(default_factory=lambda: [6])
+
     local_latency: float = Field(default=2.0, ge=0)
     local_max_concurrent: int = Field(default=8, ge=1)
     local_state: Path | None = None
@@ -96,6 +109,48 @@ class Settings(BaseSettings):
             raise ValueError("MVPIPE_REPLICATE_INPUT must be a JSON object")
         return value
 
+    @field_validator("replicate_durations", mode="before")
+    @classmethod
+    def _duration_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            value = json.loads(text) if text.startswith("[") else text.split(",")
+        if isinstance(value, int):
+            value = [value]
+        return value
+
+    @field_validator("replicate_durations")
+    @classmethod
+    def _durations_in_range(cls, value: list[int]) -> list[int]:
+        low, high = CLIP_SECONDS_RANGE
+        if not value or any(not low <= v <= high for v in value):
+            raise ValueError(f"MVPIPE_REPLICATE_DURATIONS must be whole seconds in {low}..{high}")
+        return sorted(set(value))
+
+    @field_validator("output_size")
+    @classmethod
+    def _even_output_size(cls, value: str) -> str:
+        # H.264 in yuv420p needs even dimensions.
+        width, height = (int(v) for v in value.split("x"))
+        if not (16 <= width <= 4096 and 16 <= height <= 4096) or width % 2 or height % 2:
+            raise ValueError("MVPIPE_OUTPUT_SIZE must be WIDTHxHEIGHT, even, each 16..4096")
+        return value
+
+    @model_validator(mode="after")
+    def _song_and_slot_bounds(self) -> Settings:
+        if self.song_min_seconds >= self.song_max_seconds:
+            raise ValueError("MVPIPE_SONG_MIN_SECONDS must be below MVPIPE_SONG_MAX_SECONDS")
+        # Every provider must be able to fill the shortest slot, and a slot must span frames.
+        if self.slot_min_seconds * self.output_fps < 1:
+            raise ValueError("MVPIPE_SLOT_MIN_SECONDS must be at least one output frame")
+        for provider in VIDEO_PROVIDERS:
+            if self.slot_min_seconds > max(self.durations_for(provider)):
+                raise ValueError(
+                    f"MVPIPE_SLOT_MIN_SECONDS exceeds the longest {provider} clip "
+                    f"({max(self.durations_for(provider))} s)"
+                )
+        return self
+
     @model_validator(mode="after")
     def _timeouts_below_lease(self) -> Settings:
         # A submit that outlives its lease could let a second worker submit the same scene.
@@ -115,6 +170,20 @@ class Settings(BaseSettings):
 
     def poll_seconds_for(self, provider: str) -> float:
         return self.poll_seconds or DEFAULT_POLL_SECONDS[provider]
+
+    @property
+    def output_dimensions(self) -> tuple[int, int]:
+        """`MVPIPE_OUTPUT_SIZE` as (width, height)."""
+        width, height = self.output_size.split("x")
+        return int(width), int(height)
+
+    def durations_for(self, provider: str) -> list[int]:
+        """The clip lengths `provider` can make, shortest first."""
+        if provider == "replicate":
+            return list(self.replicate_durations)
+        if provider not in FIXED_DURATIONS:
+            raise ValueError(f"unknown provider {provider!r}; expected one of {VIDEO_PROVIDERS}")
+        return list(FIXED_DURATIONS[provider])
 
     def concurrency_for(self, provider: str) -> int:
         if self.provider_concurrency is not None:

@@ -70,9 +70,9 @@ class ClipStore:
                 }:
                     raise
 
-    def put(self, key: str, data: bytes) -> None:
+    def put(self, key: str, data: bytes, *, content_type: str = "video/mp4") -> None:
         self._call(
-            self.client.put_object, Bucket=self.bucket, Key=key, Body=data, ContentType="video/mp4"
+            self.client.put_object, Bucket=self.bucket, Key=key, Body=data, ContentType=content_type
         )
 
     def exists(self, key: str) -> bool:

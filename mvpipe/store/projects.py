@@ -47,7 +47,8 @@ class ProjectStore:
         return [ProjectRecord.from_item(i) for i in self.table.iter_by_status(status)]
 
     # -- creation and planning -----------------------------------------------------------------
-    def create(self, project_id: str, spec: ProjectSpec) -> None:
+    def create(self, project_id: str, spec: ProjectSpec, *, song_key: str | None = None) -> None:
+        """Scenes first, METADATA last: the project becomes visible whole or not at all."""
         now = utc_now_iso()
         if spec.scenes is not None:
             self.table.batch_put(self._scene_items(project_id, spec.scenes, now))
@@ -66,10 +67,18 @@ class ProjectStore:
             scene_count=None if spec.scenes is None else len(spec.scenes),
             completed_scenes=0,
             failed_scenes=0,
+            song_key=song_key,
+            song_seconds=None if spec.song is None else spec.song.seconds,
+            lip_sync=spec.lip_sync,
+            budget_micros=spec.budget_micros,
+            committed_cost_micros=0,
             created_at=now,
             updated_at=now,
         )
         self.table.put(meta, condition=self.m.pk.does_not_exist())
+
+    def exists(self, project_id: str) -> bool:
+        return self.table.get(project_pk(project_id), METADATA) is not None
 
     def save_plan(self, project_id: str, run_id: str, specs: Sequence[SceneSpec]) -> bool:
         """Replace any partial scenes, then mark the project planned (sceneCount) last."""

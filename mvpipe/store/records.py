@@ -5,9 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from mvpipe.models import ProjectStatus, ProjectView, SceneStatus, SceneView
+from mvpipe.models import ProjectStatus, ProjectView, SceneStatus, SceneView, micros_to_usd
 from mvpipe.states import Counters
 from mvpipe.store.table import ItemBase
+
+
+def _float_or_none(value: float | None) -> float | None:
+    return None if value is None else float(value)
 
 
 def utc_now_iso() -> str:
@@ -31,6 +35,12 @@ class SceneRecord:
     lease_expires_at: float | None
     operation_id: str | None
     completed_at: str | None
+    start_seconds: float | None = None
+    end_seconds: float | None = None
+    lip_sync: bool = False
+    lip_sync_operation_id: str | None = None
+    lip_sync_attempts: int = 0
+    cost_micros: int = 0
 
     @classmethod
     def from_item(cls, project_id: str, item: ItemBase) -> SceneRecord:
@@ -52,6 +62,12 @@ class SceneRecord:
             else float(item.lease_expires_at),
             operation_id=item.operation_id,
             completed_at=item.completed_at,
+            start_seconds=_float_or_none(item.start_seconds),
+            end_seconds=_float_or_none(item.end_seconds),
+            lip_sync=bool(item.lip_sync),
+            lip_sync_operation_id=item.lip_sync_operation_id,
+            lip_sync_attempts=int(item.lip_sync_attempts or 0),
+            cost_micros=int(item.cost_micros or 0),
         )
 
     def view(self) -> SceneView:
@@ -60,13 +76,19 @@ class SceneRecord:
             prompt=self.prompt,
             negative_prompt=self.negative_prompt,
             duration_seconds=self.duration_seconds,
+            start_seconds=self.start_seconds,
+            end_seconds=self.end_seconds,
             status=self.status,
             original_video_clip_s3_key=self.clip_key,
             working_video_clip_s3_key=self.working_clip_key,
             lip_synced_video_clip_s3_key=self.lip_synced_clip_key,
+            lip_sync=self.lip_sync,
             attempts=self.attempts,
+            lip_sync_attempts=self.lip_sync_attempts,
             last_error=self.last_error,
             provider_operation_id=self.operation_id,
+            lip_sync_operation_id=self.lip_sync_operation_id,
+            cost_usd=micros_to_usd(self.cost_micros) or 0.0,
             completed_at=datetime.fromisoformat(self.completed_at) if self.completed_at else None,
         )
 
@@ -86,6 +108,13 @@ class ProjectRecord:
     active_run_id: str | None
     created_at: str
     updated_at: str
+    song_key: str | None = None
+    song_seconds: float | None = None
+    timeline_key: str | None = None
+    lip_sync: bool = False
+    final_video_key: str | None = None
+    budget_micros: int | None = None
+    committed_cost_micros: int = 0
 
     @property
     def planned(self) -> bool:
@@ -107,6 +136,13 @@ class ProjectRecord:
             active_run_id=item.active_run_id,
             created_at=item.created_at or "",
             updated_at=item.updated_at or "",
+            song_key=item.song_key,
+            song_seconds=_float_or_none(item.song_seconds),
+            timeline_key=item.timeline_key,
+            lip_sync=bool(item.lip_sync),
+            final_video_key=item.final_video_key,
+            budget_micros=None if item.budget_micros is None else int(item.budget_micros),
+            committed_cost_micros=int(item.committed_cost_micros or 0),
         )
 
 
@@ -138,5 +174,12 @@ class ProjectState:
             last_error=p.last_error,
             created_at=datetime.fromisoformat(p.created_at),
             updated_at=datetime.fromisoformat(p.updated_at),
+            song_s3_key=p.song_key,
+            song_seconds=p.song_seconds,
+            timeline_s3_key=p.timeline_key,
+            lip_sync=p.lip_sync,
+            final_video_s3_key=p.final_video_key,
+            budget_usd=micros_to_usd(p.budget_micros),
+            committed_cost_usd=micros_to_usd(p.committed_cost_micros) or 0.0,
             scenes=[s.view() for s in self.scenes],
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pynamodb.attributes import NumberAttribute, UnicodeAttribute
+from pynamodb.attributes import BooleanAttribute, NumberAttribute, UnicodeAttribute
 from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
 from pynamodb.models import Model
 
@@ -46,6 +46,15 @@ class ItemBase(Model):
     completed_scenes = NumberAttribute(null=True, attr_name="completedScenes")
     failed_scenes = NumberAttribute(null=True, attr_name="failedScenes")
     active_run_id = UnicodeAttribute(null=True, attr_name="activeRunId")
+    song_key = UnicodeAttribute(null=True, attr_name="songS3Key")
+    song_seconds = NumberAttribute(null=True, attr_name="songSeconds")
+    timeline_key = UnicodeAttribute(null=True, attr_name="timelineS3Key")
+    final_video_key = UnicodeAttribute(null=True, attr_name="finalVideoS3Key")
+    budget_micros = NumberAttribute(null=True, attr_name="budgetMicros")
+    committed_cost_micros = NumberAttribute(null=True, attr_name="committedCostMicros")
+
+    # project (whether it may lip-sync) and scene (whether it does)
+    lip_sync = BooleanAttribute(null=True, attr_name="lipSync")
 
     # scene
     sequence = NumberAttribute(null=True)
@@ -61,6 +70,11 @@ class ItemBase(Model):
     operation_id = UnicodeAttribute(null=True, attr_name="providerOperationId")
     generation_started_at = UnicodeAttribute(null=True, attr_name="generationStartedAt")
     completed_at = UnicodeAttribute(null=True, attr_name="completedAt")
+    start_seconds = NumberAttribute(null=True, attr_name="startSeconds")
+    end_seconds = NumberAttribute(null=True, attr_name="endSeconds")
+    lip_sync_operation_id = UnicodeAttribute(null=True, attr_name="lipSyncOperationId")
+    lip_sync_attempts = NumberAttribute(null=True, attr_name="lipSyncAttempts")
+    cost_micros = NumberAttribute(null=True, attr_name="costMicros")
 
 
 def bind_table(settings: Settings) -> type[ItemBase]:

@@ -1,0 +1,82 @@
+"""Tiny songs made in the tests: a tone with clicks, encoded by PyAV into a real container."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Any
+
+import av
+import numpy as np
+
+#: (container format, codec, sample format, sample rate) for each song format mvpipe accepts.
+ENCODINGS = {
+    "wav": ("wav", "pcm_s16le", "s16", 16000),
+    "mp3": ("mp3", "libmp3lame", "fltp", 22050),
+    "m4a": ("ipod", "aac", "fltp", 22050),
+    "flac": ("flac", "flac", "s16", 16000),
+    "ogg-vorbis": ("ogg", "vorbis", "fltp", 22050),
+    "ogg-opus": ("ogg", "libopus", "flt", 24000),
+}
+
+
+@dataclass(frozen=True)
+class Encoded:
+    data: bytes
+    seconds: float  #: the exact length of the audio that went in
+    sample_rate: int
+    channels: int
+
+
+def make_song(kind: str, seconds: float, *, channels: int = 2) -> Encoded:
+    """Encode `seconds` of a 440 Hz tone with a click each half second as `kind` (ENCODINGS)."""
+    container_format, codec, sample_format, rate = ENCODINGS[kind]
+    total = round(seconds * rate)
+    t = np.arange(total) / rate
+    wave = 0.3 * np.sin(2 * np.pi * 440 * t)
+    wave[(np.arange(total) % (rate // 2)) < 40] = 0.9
+    planes = np.repeat(wave[None, :], channels, axis=0).astype(np.float32)
+    out = io.BytesIO()
+    layout = "stereo" if channels == 2 else "mono"
+    with av.open(out, mode="w", format=container_format) as container:
+        # FFmpeg's own Vorbis encoder is flagged experimental; it is the one PyAV bundles.
+        options = {"strict": "experimental"} if codec == "vorbis" else {}
+        stream: Any = container.add_stream(codec, rate=rate, layout=layout, options=options)
+        stream.format = sample_format
+        chunk = 1024
+        for start in range(0, total, chunk):
+            block = planes[:, start : start + chunk]
+            frame = _frame(block, sample_format, layout, rate)
+            frame.pts = start
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return Encoded(out.getvalue(), total / rate, rate, channels)
+
+
+def make_video_only(seconds: float = 6.0) -> bytes:
+    """An MP4 with a video stream and no audio stream."""
+    out = io.BytesIO()
+    with av.open(out, mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=12)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for n in range(round(seconds * 12)):
+            image = np.full((48, 64, 3), (n * 9) % 255, dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return out.getvalue()
+
+
+def _frame(block: np.ndarray, sample_format: str, layout: str, rate: int) -> av.AudioFrame:
+    if sample_format == "s16":
+        interleaved = (block.T.reshape(1, -1) * 32767).astype(np.int16)
+        frame = av.AudioFrame.from_ndarray(interleaved, format="s16", layout=layout)
+    elif sample_format == "flt":
+        frame = av.AudioFrame.from_ndarray(block.T.reshape(1, -1), format="flt", layout=layout)
+    else:
+        frame = av.AudioFrame.from_ndarray(block, format="fltp", layout=layout)
+    frame.sample_rate = rate
+    return frame

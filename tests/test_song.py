@@ -1,0 +1,226 @@
+"""Song intake without servers: decoding, measuring and refusing songs; keys, settings, specs."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from mvpipe.errors import InvalidInput
+from mvpipe.media.song import probe_song, read_song
+from mvpipe.models import ProjectSpec, SongSpec, budget_to_micros
+from mvpipe.settings import Settings
+from mvpipe.store.records import ProjectRecord, ProjectState, SceneRecord
+from mvpipe.store.songs import song_key, timeline_key
+from mvpipe.store.table import METADATA, bind_table, project_pk, scene_sk
+from tests.songs import ENCODINGS, make_song, make_video_only
+
+LIMITS = dict(min_seconds=5.0, max_seconds=600.0, max_bytes=50 * 1024 * 1024)
+#: "Within a frame": one frame of the default 24 fps output.
+FRAME = 1 / 24
+
+
+@pytest.mark.parametrize("kind", sorted(ENCODINGS))
+def test_good_songs_are_measured_by_decoding(kind: str) -> None:
+    # Given a 6.5 s song in each accepted format
+    song = make_song(kind, 6.5)
+    # When it is probed
+    info = probe_song(song.data, **LIMITS)
+    # Then its decoded length is the truth within a frame, and the rest is what went in
+    assert abs(info.seconds - song.seconds) <= FRAME, (kind, info.seconds)
+    assert info.ext == kind.split("-")[0]
+    assert info.channels == song.channels
+    # Opus always decodes at 48 kHz, whatever rate it was fed.
+    assert info.sample_rate == (48000 if kind == "ogg-opus" else song.sample_rate)
+    assert info.sha256 == hashlib.sha256(song.data).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "empty"),
+        (os.urandom(20_000), "not a readable audio file"),
+        (b"RIFF\x00\x00\x00\x00WAVE" + b"\x00" * 100, "not a readable audio file"),
+        (make_video_only(), "no audio stream"),
+        (make_song("mp3", 8.0).data[:9_000], "truncated"),
+        (make_song("wav", 8.0, channels=1).data[:100_000], "truncated"),
+        (make_song("ogg-vorbis", 8.0).data[:20_000], "truncated"),
+        (make_song("flac", 8.0).data[:30_000], "truncated"),
+        (make_song("m4a", 8.0).data[:40_000], "truncated"),
+        (make_song("wav", 3.0, channels=1).data, "too short"),
+    ],
+    ids=[
+        "empty",
+        "garbage",
+        "header-only-wav",
+        "video-only",
+        "truncated-mp3",
+        "truncated-wav",
+        "truncated-ogg",
+        "truncated-flac",
+        "truncated-m4a",
+        "too-short",
+    ],
+)
+def test_bad_songs_are_refused_naming_the_reason(data: bytes, reason: str) -> None:
+    with pytest.raises(InvalidInput, match=reason):
+        probe_song(data, **LIMITS)
+
+
+def test_too_long_and_too_large_use_the_given_limits() -> None:
+    song = make_song("flac", 7.0)
+    with pytest.raises(InvalidInput, match="too long"):
+        probe_song(song.data, min_seconds=1, max_seconds=6, max_bytes=10**7)
+    with pytest.raises(InvalidInput, match="too large"):
+        probe_song(song.data, min_seconds=1, max_seconds=60, max_bytes=len(song.data) - 1)
+    # The size is checked before decoding: oversized garbage is "too large", not "unreadable".
+    with pytest.raises(InvalidInput, match="too large"):
+        probe_song(os.urandom(5000), min_seconds=1, max_seconds=60, max_bytes=4999)
+    assert probe_song(song.data, min_seconds=1, max_seconds=7.5, max_bytes=len(song.data))
+
+
+def test_reading_a_song_from_a_path(tmp_path: Path) -> None:
+    song = make_song("wav", 5.5, channels=1)
+    path = tmp_path / "song.wav"
+    path.write_bytes(song.data)
+    assert read_song(path, max_bytes=10**7) == song.data
+    assert read_song(str(path), max_bytes=10**7) == song.data
+    assert read_song(bytearray(b"abc"), max_bytes=1) == b"abc"
+    with pytest.raises(InvalidInput, match="does not exist"):
+        read_song(tmp_path / "missing.wav", max_bytes=10**7)
+    with pytest.raises(InvalidInput, match="not a file"):
+        read_song(tmp_path, max_bytes=10**7)
+    with pytest.raises(InvalidInput, match="cannot be read"):
+        read_song(path / "inside-a-file.wav", max_bytes=10**7)
+    with pytest.raises(InvalidInput, match="too large"):
+        read_song(path, max_bytes=len(song.data) - 1)
+    with pytest.raises(InvalidInput, match="path or bytes"):
+        read_song(42, max_bytes=10)  # type: ignore[arg-type]
+
+
+def test_song_keys_come_from_validated_ids_and_the_hash() -> None:
+    pid, sha = str(uuid.uuid4()), hashlib.sha256(b"x").hexdigest()
+    assert song_key(pid, sha, "mp3") == f"projects/{pid}/song/{sha[:16]}.mp3"
+    assert timeline_key(pid, sha) == f"projects/{pid}/song/{sha[:16]}-timeline.json"
+    for bad in [("../x", sha, "mp3"), (pid, "../" + sha[3:], "mp3"), (pid, sha, "exe")]:
+        with pytest.raises(InvalidInput):
+            song_key(*bad)
+    with pytest.raises(InvalidInput):
+        timeline_key(pid, sha.upper())
+
+
+def _spec(**kwargs: object) -> ProjectSpec:
+    return ProjectSpec.model_validate({"title": "t", "concept": "c", "provider": "local", **kwargs})
+
+
+def test_with_a_song_the_song_decides_the_scenes() -> None:
+    song = SongSpec(sha256="a" * 64, ext="wav", seconds=30.0)
+    assert _spec(song=song, lip_sync=True).song == song
+    for bad in [
+        dict(song=song, requested_scene_count=3),
+        dict(song=song, scenes=[{"prompt": "p"}]),
+        dict(requested_scene_count=3, lip_sync=True),
+        dict(),
+    ]:
+        with pytest.raises(ValidationError):
+            _spec(**bad)
+    assert _spec(requested_scene_count=2).song is None
+
+
+def test_budgets_in_dollars_become_micros() -> None:
+    assert budget_to_micros(None) is None
+    assert budget_to_micros(0) == 0
+    assert budget_to_micros(12.345678) == 12_345_678
+    for bad in [-0.01, float("nan"), float("inf"), 1e7, True, "5"]:
+        with pytest.raises(InvalidInput):
+            budget_to_micros(bad)
+
+
+def test_settings_for_songs_slots_and_output() -> None:
+    s = Settings()
+    assert (s.song_min_seconds, s.song_max_seconds, s.song_max_bytes) == (5, 600, 50 * 2**20)
+    assert (s.slot_min_seconds, s.output_dimensions, s.output_fps) == (2, (1280, 720), 24)
+    assert s.durations_for("veo") == [4, 6, 8]
+    assert s.durations_for("local") == list(range(1, 31))
+    assert Settings(replicate_durations="10,5").durations_for("replicate") == [5, 10]
+    assert Settings(replicate_durations="[4, 8]").durations_for("replicate") == [4, 8]
+    with pytest.raises(ValueError):
+        s.durations_for("nope")
+    for bad in [
+        dict(replicate_durations="0"),
+        dict(replicate_durations="31"),
+        dict(output_size="1281x720"),
+        dict(output_size="big"),
+        dict(output_fps=0),
+        dict(song_min_seconds=700),
+        dict(slot_min_seconds=9),  # longer than Veo's longest clip
+        dict(slot_min_seconds=4, replicate_durations="3"),
+        dict(song_max_bytes=0),
+    ]:
+        with pytest.raises(ValidationError):
+            Settings(**bad)
+
+
+def test_v4_fields_round_trip_from_items_to_views() -> None:
+    model = bind_table(Settings())
+    pid = str(uuid.uuid4())
+    meta = model(
+        project_pk(pid),
+        METADATA,
+        project_id=pid,
+        title="t",
+        concept="c",
+        status="assembling",
+        created_at="2026-01-01T00:00:00+00:00",
+        updated_at="2026-01-01T00:00:01+00:00",
+        song_key=f"projects/{pid}/song/abc.wav",
+        song_seconds=31.25,
+        timeline_key=f"projects/{pid}/song/abc-timeline.json",
+        lip_sync=True,
+        final_video_key=f"projects/{pid}/final/f.mp4",
+        budget_micros=2_500_000,
+        committed_cost_micros=1_250_000,
+    )
+    project = ProjectRecord.from_item(meta)
+    assert project.status == "assembling"
+    scene_item = model(
+        project_pk(pid),
+        scene_sk(3),
+        sequence=3,
+        prompt="p",
+        duration_seconds=4,
+        status="processing",
+        working_clip_key="w.mp4",
+        lip_synced_clip_key="l.mp4",
+        start_seconds=4.5,
+        end_seconds=7.75,
+        lip_sync=True,
+        lip_sync_operation_id="op-1",
+        lip_sync_attempts=2,
+        cost_micros=750_000,
+    )
+    scene = SceneRecord.from_item(pid, scene_item).view()
+    assert (scene.start_seconds, scene.end_seconds) == (4.5, 7.75)
+    assert (scene.working_video_clip_s3_key, scene.lip_synced_video_clip_s3_key) == (
+        "w.mp4",
+        "l.mp4",
+    )
+    assert scene.lip_sync and scene.lip_sync_operation_id == "op-1"
+    assert (scene.lip_sync_attempts, scene.cost_usd) == (2, 0.75)
+    pv = ProjectState(project, (SceneRecord.from_item(pid, scene_item),)).view()
+    assert pv.song_s3_key == f"projects/{pid}/song/abc.wav" and pv.song_seconds == 31.25
+    assert pv.timeline_s3_key == f"projects/{pid}/song/abc-timeline.json" and pv.lip_sync
+    assert pv.final_video_s3_key == f"projects/{pid}/final/f.mp4"
+    assert (pv.budget_usd, pv.committed_cost_usd) == (2.5, 1.25)
+    # Items written before v4 read as "no song, no budget, nothing spent".
+    old_item = model(
+        project_pk(pid), METADATA, created_at=meta.created_at, updated_at=meta.updated_at
+    )
+    old = ProjectRecord.from_item(old_item)
+    old_view = ProjectState(old, ()).view()
+    assert old_view.song_s3_key is None and old_view.budget_usd is None
+    assert old_view.committed_cost_usd == 0 and not old_view.lip_sync
