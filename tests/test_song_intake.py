@@ -1,0 +1,207 @@
+"""Creating projects with songs against the real moto server: stored whole, or nothing at all."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pynamodb.exceptions import PynamoDBException
+
+from mvpipe import api
+from mvpipe.deps import Context, build_context, get_context, reset_context
+from mvpipe.errors import InvalidInput, StoreUnavailable
+from mvpipe.localstack import LocalStack, free_port
+from mvpipe.models import ProjectSpec, SongSpec
+from mvpipe.pipeline.create import create_project
+from mvpipe.store.dynamo import Table
+from mvpipe.store.projects import ProjectStore
+from tests.songs import ENCODINGS, make_song, make_video_only
+
+pytestmark = pytest.mark.integration
+
+#: Small limits so the too-long and too-large songs stay tiny.
+SMALL_LIMITS = {
+    "MVPIPE_SONG_MIN_SECONDS": "5",
+    "MVPIPE_SONG_MAX_SECONDS": "10",
+    "MVPIPE_SONG_MAX_BYTES": "500000",
+}
+
+
+@pytest.fixture
+def ctx(stack: LocalStack) -> Iterator[Context]:
+    saved = {k: os.environ.get(k) for k in SMALL_LIMITS}
+    os.environ.update(SMALL_LIMITS)
+    reset_context()
+    try:
+        yield get_context()
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        reset_context()
+
+
+def written(ctx: Context) -> tuple[int, set[str]]:
+    """Every item and every object under `projects/`: what a create may have left behind."""
+    return ctx.table.model.count(), {o.key for o in ctx.clips.list("projects/")}
+
+
+@pytest.mark.parametrize(
+    ("song", "reason"),
+    [
+        (b"", "empty"),
+        (os.urandom(30_000), "not a readable audio file"),
+        (make_song("mp3", 8.0).data[:9_000], "truncated"),
+        (make_song("wav", 8.0, channels=1).data[:100_000], "truncated"),
+        (make_video_only(), "no audio stream"),
+        (make_song("flac", 3.0).data, "too short"),
+        (make_song("mp3", 12.0).data, "too long"),
+        (make_song("wav", 9.0).data, "too large"),  # 9 s of 16 kHz stereo PCM: 576 kB
+    ],
+    ids=["empty", "garbage", "cut-mp3", "cut-wav", "video-only", "short", "long", "big"],
+)
+def test_a_bad_song_is_refused_and_nothing_is_written(
+    ctx: Context, song: bytes, reason: str
+) -> None:
+    before = written(ctx)
+    with pytest.raises(InvalidInput, match=reason):
+        api.create_project("Bad", "A song that is not one.", song=song)
+    assert written(ctx) == before
+
+
+def test_bad_arguments_with_a_song_write_nothing(ctx: Context, tmp_path: Path) -> None:
+    good = make_song("flac", 6.0).data
+    before = written(ctx)
+    for kwargs, reason in [
+        (dict(song=good, scene_count=3), "not accepted with a song"),
+        (dict(song=good, scenes=[{"prompt": "p"}]), "not accepted with a song"),
+        (dict(scene_count=2, lip_sync=True), "lip_sync needs a song"),
+        (dict(song=good, budget_usd=-1), "budget"),
+        (dict(song=good, budget_usd=float("nan")), "budget"),
+        (dict(song=good, budget_usd=1e9), "budget"),
+        (dict(song=tmp_path / "missing.mp3"), "does not exist"),
+        (dict(song=12), "path or bytes"),
+    ]:
+        with pytest.raises(InvalidInput, match=reason):
+            api.create_project("Bad", "Arguments.", **kwargs)  # type: ignore[arg-type]
+    assert written(ctx) == before
+
+
+@pytest.mark.parametrize("kind", sorted(ENCODINGS))
+def test_a_good_song_is_stored_before_the_project_appears(ctx: Context, kind: str) -> None:
+    song = make_song(kind, 6.25)
+    project_id = api.create_project(
+        "Good", "Verse.\nChorus.", song=song.data, lip_sync=True, budget_usd=4.5
+    )
+    view = api.get_project(project_id)
+    ext = kind.split("-")[0]
+    sha = hashlib.sha256(song.data).hexdigest()
+    assert view.song_s3_key == f"projects/{project_id}/song/{sha[:16]}.{ext}"
+    assert view.song_seconds is not None and abs(view.song_seconds - song.seconds) <= 1 / 24
+    assert view.lip_sync and view.budget_usd == 4.5 and view.committed_cost_usd == 0
+    assert view.scene_count == 0 and view.scenes == [] and view.final_video_s3_key is None
+    assert ctx.songs.read(view.song_s3_key) == song.data
+    assert [o.key for o in ctx.clips.list(f"projects/{project_id}/")] == [view.song_s3_key]
+
+
+def test_a_song_given_as_a_path(ctx: Context, tmp_path: Path) -> None:
+    song = make_song("mp3", 5.5)
+    path = tmp_path / "my song (final).mp3"
+    path.write_bytes(song.data)
+    project_id = api.create_project("Path", "From a file.", song=path)
+    key = api.get_project(project_id).song_s3_key
+    assert key is not None and key.endswith(".mp3") and "final" not in key
+    assert ctx.songs.read(key) == song.data
+
+
+def test_without_a_song_nothing_changes(ctx: Context) -> None:
+    project_id = api.create_project("Plain", "No song.", scene_count=2, budget_usd=0)
+    view = api.get_project(project_id)
+    assert view.song_s3_key is None and view.song_seconds is None and not view.lip_sync
+    assert view.budget_usd == 0 and ctx.clips.list(f"projects/{project_id}/") == []
+
+
+def test_a_refused_metadata_write_takes_the_song_back(ctx: Context) -> None:
+    # Given a store whose table does not exist (the real server refuses the METADATA write)
+    broken = build_context(ctx.settings.model_copy(update={"table": f"missing-{uuid.uuid4().hex}"}))
+    song = make_song("wav", 5.5, channels=1)
+    sha = hashlib.sha256(song.data).hexdigest()
+    spec = ProjectSpec(
+        title="Doomed",
+        concept="The table is gone.",
+        provider="local",
+        song=SongSpec(sha256=sha, ext="wav", seconds=song.seconds),
+    )
+    project_id = str(uuid.uuid4())
+    # When the project is written, the song first
+    with pytest.raises(PynamoDBException, match="ResourceNotFound"):
+        create_project(broken, project_id, spec, song.data)
+    # Then the uploaded song is deleted again: no partial state
+    assert ctx.clips.list(f"projects/{project_id}/") == []
+
+
+def test_an_unanswered_metadata_write_keeps_the_song(ctx: Context) -> None:
+    # Given a table nobody answers for: the METADATA write's outcome is unknown
+    silent = ctx.settings.model_copy(
+        update={"dynamodb_endpoint": f"http://127.0.0.1:{free_port()}", "store_timeout_seconds": 1}
+    )
+    unanswered = build_context(silent)
+    unanswered.table = Table(silent, retry_seconds=1)
+    unanswered.projects = ProjectStore(unanswered.table)
+    song = make_song("flac", 5.5)
+    sha = hashlib.sha256(song.data).hexdigest()
+    spec = ProjectSpec(
+        title="Unknown",
+        concept="Did it land?",
+        provider="local",
+        song=SongSpec(sha256=sha, ext="flac", seconds=song.seconds),
+    )
+    project_id = str(uuid.uuid4())
+    # When the write cannot be confirmed either way
+    with pytest.raises(StoreUnavailable):
+        create_project(unanswered, project_id, spec, song.data)
+    # Then the song stays: a write that may have landed must not lose what it points at
+    assert [o.key for o in ctx.clips.list(f"projects/{project_id}/")] == [
+        f"projects/{project_id}/song/{sha[:16]}.flac"
+    ]
+
+
+def test_cli_create_with_a_song(stack: LocalStack, tmp_path: Path) -> None:
+    env = {**os.environ, **SMALL_LIMITS}
+    song = tmp_path / "song.ogg"
+    song.write_bytes(make_song("ogg-opus", 6.0).data)
+
+    def mvpipe(*args: str) -> subprocess.CompletedProcess[str]:
+        create = ["create", "--title", "Cli", "--concept", "c"]
+        return subprocess.run(
+            [sys.executable, "-m", "mvpipe.cli", *create, *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+        )
+
+    done = mvpipe("--song", str(song), "--lip-sync", "--budget", "2.5")
+    assert done.returncode == 0, done.stderr
+    view = api.get_project(done.stdout.strip())
+    assert view.song_s3_key is not None and view.song_s3_key.endswith(".ogg")
+    assert view.lip_sync and view.budget_usd == 2.5
+    for args, message in [
+        (("--song", str(tmp_path / "nope.wav")), "does not exist"),
+        (("--song", str(tmp_path)), "not a file"),
+        (("--song", str(song), "--scenes", "3"), "not accepted with a song"),
+        (("--lip-sync",), "lip_sync needs a song"),
+        (("--song", str(song), "--budget", "-1"), "budget"),
+    ]:
+        failed = mvpipe(*args)
+        assert failed.returncode != 0 and message in failed.stderr, failed.stderr
+        assert failed.stderr.count("\n") == 1 and "Traceback" not in failed.stderr
