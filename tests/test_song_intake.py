@@ -112,6 +112,15 @@ def test_a_good_song_is_stored_before_the_project_appears(ctx: Context, kind: st
     assert [o.key for o in ctx.clips.list(f"projects/{project_id}/")] == [view.song_s3_key]
 
 
+def test_a_timeline_is_stored_beside_its_song(ctx: Context) -> None:
+    project_id, sha = str(uuid.uuid4()), hashlib.sha256(b"song").hexdigest()
+    key = ctx.songs.put_timeline(project_id, sha, b'{"tempo": 120.0}')
+    assert key == f"projects/{project_id}/song/{sha[:16]}-timeline.json"
+    assert ctx.songs.read(key) == b'{"tempo": 120.0}'
+    ctx.songs.delete(key)
+    assert ctx.clips.list(f"projects/{project_id}/") == []
+
+
 def test_a_song_given_as_a_path(ctx: Context, tmp_path: Path) -> None:
     song = make_song("mp3", 5.5)
     path = tmp_path / "my song (final).mp3"

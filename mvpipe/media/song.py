@@ -115,18 +115,23 @@ def probe_song(data: bytes, *, min_seconds: float, max_seconds: float, max_bytes
 
 
 def _decode_all(container: Any, stream: Any, max_seconds: float) -> tuple[float, int, int]:
-    """Decode every packet; stops early once the song is certainly too long."""
-    samples = 0.0
+    """Decode every packet; stops early once the song is certainly too long.
+
+    Samples are counted as integers per sample rate, so a long song's length does not drift."""
+    earlier = 0.0  # seconds decoded at sample rates the stream has since left
+    count = 0  # samples decoded at the current rate
     sample_rate = stream.codec_context.sample_rate or 0
     channels = stream.codec_context.channels or 0
     for packet in container.demux(stream):
         for frame in packet.decode():
-            sample_rate = frame.sample_rate
+            if frame.sample_rate != sample_rate:
+                earlier += count / sample_rate if sample_rate else 0.0
+                count, sample_rate = 0, frame.sample_rate
             channels = len(frame.layout.channels)
-            samples += frame.samples / frame.sample_rate
-        if samples > max_seconds:
+            count += frame.samples
+        if sample_rate and earlier + count / sample_rate > max_seconds:
             break
-    return samples, sample_rate, channels
+    return earlier + (count / sample_rate if sample_rate else 0.0), sample_rate, channels
 
 
 def _check_wav_size(data: bytes) -> None:
