@@ -21,6 +21,7 @@ from mvpipe.models import ProjectSpec, SongSpec
 from mvpipe.pipeline.create import create_project
 from mvpipe.store.dynamo import Table
 from mvpipe.store.projects import ProjectStore
+from mvpipe.store.table import METADATA, project_pk, scene_sk
 from tests.songs import ENCODINGS, make_song, make_video_only
 
 pytestmark = pytest.mark.integration
@@ -136,6 +137,45 @@ def test_without_a_song_nothing_changes(ctx: Context) -> None:
     view = api.get_project(project_id)
     assert view.song_s3_key is None and view.song_seconds is None and not view.lip_sync
     assert view.budget_usd == 0 and ctx.clips.list(f"projects/{project_id}/") == []
+
+
+def test_v4_scene_and_project_fields_round_trip_through_the_server(ctx: Context) -> None:
+    project_id = api.create_project("Fields", "Round trip.", scenes=[{"prompt": "one"}])
+    m = ctx.table.model
+    assert ctx.table.update(
+        project_pk(project_id),
+        scene_sk(1),
+        [
+            m.start_seconds.set(1.5),
+            m.end_seconds.set(3.75),
+            m.working_clip_key.set("w.mp4"),
+            m.lip_synced_clip_key.set("l.mp4"),
+            m.lip_sync.set(True),
+            m.lip_sync_operation_id.set("lip-op"),
+            m.lip_sync_attempts.set(1),
+            m.cost_micros.set(125_000),
+        ],
+        None,
+    )
+    assert ctx.table.update(
+        project_pk(project_id),
+        METADATA,
+        [
+            m.timeline_key.set("t.json"),
+            m.final_video_key.set("f.mp4"),
+            m.committed_cost_micros.set(125_000),
+        ],
+        None,
+    )
+    view = api.get_project(project_id)
+    scene = view.scenes[0]
+    assert (scene.start_seconds, scene.end_seconds, scene.cost_usd) == (1.5, 3.75, 0.125)
+    assert scene.working_video_clip_s3_key == "w.mp4"
+    assert scene.lip_synced_video_clip_s3_key == "l.mp4"
+    assert scene.lip_sync and scene.lip_sync_operation_id == "lip-op"
+    assert scene.lip_sync_attempts == 1
+    assert (view.timeline_s3_key, view.final_video_s3_key) == ("t.json", "f.mp4")
+    assert view.committed_cost_usd == 0.125 and view.budget_usd is None
 
 
 def test_a_refused_metadata_write_takes_the_song_back(ctx: Context) -> None:
