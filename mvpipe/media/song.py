@@ -2,7 +2,9 @@
 
 The header's duration is a claim, not a fact: a truncated upload often keeps a header that promises
 the whole song. So every packet is decoded, the decoded samples are counted, and a file whose
-decoded length falls short of what its header declares is refused as truncated.
+decoded length falls short of what its header declares is refused as truncated. Two containers
+hide a cut from the demuxer (a WAV decodes cleanly up to the cut; an Ogg file's length is read
+from its last page), so their framing is checked too: the RIFF size, the end-of-stream page.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ _TRUNCATION_SLACK_SECONDS = 0.03
 
 @dataclass(frozen=True)
 class SongInfo:
-    """What decoding measured: the decoded length, never the header's."""
+    """What decoding measured. `seconds` is the decoded length; a header may only shorten it
+    (an MP4 edit list trimming the encoder's padding), never lengthen it."""
 
     ext: SongFormat
     seconds: float
