@@ -1,0 +1,74 @@
+"""Audio in and out: decode any song PyAV can read to mono float samples; write PCM WAV.
+
+Decoding goes through PyAV (FFmpeg) rather than librosa.load/audioread, so one decoder serves
+every format a user may upload and no extra system library is needed.
+"""
+
+from __future__ import annotations
+
+import io
+import wave
+from pathlib import Path
+
+import av
+import numpy as np
+from numpy.typing import NDArray
+
+from mvpipe.errors import InvalidInput
+
+Samples = NDArray[np.float32]
+
+
+def decode_mono(source: Path | str | bytes, sample_rate: int = 22050) -> Samples:
+    """Every audio sample of `source` (path or bytes), mixed down to mono at `sample_rate`.
+
+    Analysis needs one channel at a fixed rate whatever the upload was; resampling in FFmpeg
+    keeps it fast and the same for every format.
+    """
+    if sample_rate <= 0:
+        raise InvalidInput(f"sample rate must be positive, got {sample_rate}")
+    opened = io.BytesIO(source) if isinstance(source, bytes) else str(source)
+    chunks: list[Samples] = []
+    try:
+        with av.open(opened, mode="r") as container:
+            if not container.streams.audio:
+                raise InvalidInput("the file has no audio stream")
+            stream = container.streams.audio[0]
+            # Planar float, channels kept: the mean of the channels is the mono mix. FFmpeg's
+            # own downmix adds channels at -3 dB each, which makes stereo louder than mono.
+            resampler = av.AudioResampler(format="fltp", rate=sample_rate)
+            for frame in container.decode(stream):
+                chunks.extend(_mono(out) for out in resampler.resample(frame))
+            chunks.extend(_mono(out) for out in resampler.resample(None))
+    except InvalidInput:
+        raise
+    except (av.FFmpegError, UnicodeDecodeError, ValueError) as exc:
+        raise InvalidInput(f"the audio could not be decoded: {exc}") from exc
+    if not chunks:
+        return np.zeros(0, dtype=np.float32)
+    return np.concatenate(chunks)
+
+
+def _mono(frame: av.AudioFrame) -> Samples:
+    return np.asarray(frame.to_ndarray().mean(axis=0), dtype=np.float32)
+
+
+def slice_audio(samples: Samples, sample_rate: int, start: float, end: float) -> Samples:
+    """The samples between `start` and `end` seconds (clamped to the song): a slot's audio."""
+    if not (0 <= start <= end) or sample_rate <= 0:
+        raise InvalidInput(f"bad audio slice {start}..{end} at {sample_rate} Hz")
+    first = min(len(samples), round(start * sample_rate))
+    last = min(len(samples), round(end * sample_rate))
+    return samples[first:last]
+
+
+def to_wav(samples: Samples, sample_rate: int) -> bytes:
+    """16-bit mono PCM WAV: the one format every decoder and provider accepts."""
+    pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).round().astype("<i2")
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(sample_rate)
+        out.writeframes(pcm.tobytes())
+    return buffer.getvalue()
