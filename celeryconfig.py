@@ -38,14 +38,20 @@ broker_pool_limit = 10
 redis_backend_health_check_interval = 10
 redis_socket_keepalive = True
 worker_cancel_long_running_tasks_on_connection_loss = False
+# A pool process reports ready only after `worker_process_init`, where media workers warm song
+# analysis (about 4 s on an idle core): the 4 s default would kill them while they warm.
+worker_proc_alive_timeout = 120
 
 task_default_queue = "mvpipe.plan"
 task_queues = (
     Queue("mvpipe.plan", Exchange("mvpipe.plan"), routing_key="mvpipe.plan"),
     Queue("mvpipe.video", Exchange("mvpipe.video"), routing_key="mvpipe.video"),
+    # Song analysis (and, with the final cut, cutting and assembly): memory-heavy media work.
+    Queue("mvpipe.media", Exchange("mvpipe.media"), routing_key="mvpipe.media"),
 )
 task_routes = {
     "mvpipe.generate_scene": {"queue": "mvpipe.video", "routing_key": "mvpipe.video"},
+    "mvpipe.analyse_song": {"queue": "mvpipe.media", "routing_key": "mvpipe.media"},
     "mvpipe.*": {"queue": "mvpipe.plan", "routing_key": "mvpipe.plan"},
 }
 

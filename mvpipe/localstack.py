@@ -163,7 +163,9 @@ def start_worker(
     concurrency: int = 2,
     name: str = "worker",
     loglevel: str = "INFO",
+    queues: str | None = None,
 ) -> Service:
+    """A Celery worker; `queues` (comma-separated) limits what it consumes, like `-Q`."""
     argv = _celery(
         "worker",
         "-c", str(concurrency),
@@ -173,6 +175,7 @@ def start_worker(
         "-E",
         "--without-mingle",
         "--without-gossip",
+        *(["-Q", queues] if queues else []),
     )  # fmt: skip
     start = log_path.stat().st_size if log_path.exists() else 0
     proc = _spawn(name, argv, log_path, env=env)

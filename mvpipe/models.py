@@ -81,6 +81,26 @@ class SceneSpec(BaseModel):
     prompt: Prompt
     negative_prompt: NegativePrompt = None
     duration_seconds: int = Field(default=8, ge=MIN_DURATION, le=MAX_DURATION, strict=True)
+    #: The scene's slot in the song; planning sets it, from the song's beats.
+    start_seconds: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    end_seconds: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    #: Whether the scene is lip-synced to the song (planning sets it, only with a song).
+    lip_sync: bool = Field(default=False, strict=True)
+
+    def model_post_init(self, context: Any, /) -> None:
+        if (self.start_seconds is None) != (self.end_seconds is None):
+            raise ValueError("start_seconds and end_seconds go together")
+        if (
+            self.start_seconds is not None
+            and self.end_seconds is not None
+            and self.end_seconds <= self.start_seconds
+        ):
+            raise ValueError("end_seconds must be after start_seconds")
+
+    @property
+    def song_bound(self) -> bool:
+        """Whether the spec carries what only a song's slots can give."""
+        return self.start_seconds is not None or self.lip_sync
 
 
 class SongSpec(BaseModel):
@@ -124,6 +144,8 @@ class ProjectSpec(BaseModel):
             raise ValueError("lip_sync needs a song")
         if self.scenes is not None and len(self.scenes) != self.requested_scene_count:
             raise ValueError("scene_count and the number of scenes disagree")
+        if self.scenes is not None and any(s.song_bound for s in self.scenes):
+            raise ValueError("start_seconds, end_seconds and lip_sync come from a song's slots")
 
 
 def budget_to_micros(value: object) -> int | None:

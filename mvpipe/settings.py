@@ -69,6 +69,12 @@ class Settings(BaseSettings):
     song_max_seconds: float = Field(default=600.0, gt=0, le=3 * 3600)
     song_max_bytes: int = Field(default=50 * 1024 * 1024, ge=1024, le=2 * 1024**3)
     slot_min_seconds: float = Field(default=2.0, gt=0, le=30)
+    # Unset: a slot may be as long as the provider's longest clip (local: 30 s); a lower cap
+    # gives a faster-cut video.
+    slot_max_seconds: float | None = Field(default=None, gt=0, le=30)
+    # Load and compile song analysis when a worker process that consumes mvpipe.media starts
+    # (about 4 s and 240 MB per process), so no task pays for it.
+    warm_media: bool = True
     output_size: str = Field(default="1280x720", pattern=r"^[0-9]{2,4}x[0-9]{2,4}$")
     output_fps: int = Field(default=24, ge=1, le=120)
     # NoDecode: "6" or "5,10" is as welcome as the JSON list "[5, 10]".
@@ -143,6 +149,8 @@ class Settings(BaseSettings):
         # Every provider must be able to fill the shortest slot, and a slot must span frames.
         if self.slot_min_seconds * self.output_fps < 1:
             raise ValueError("MVPIPE_SLOT_MIN_SECONDS must be at least one output frame")
+        if self.slot_max_seconds is not None and self.slot_max_seconds < self.slot_min_seconds:
+            raise ValueError("MVPIPE_SLOT_MAX_SECONDS must be at least MVPIPE_SLOT_MIN_SECONDS")
         for provider in VIDEO_PROVIDERS:
             if self.slot_min_seconds > max(self.durations_for(provider)):
                 raise ValueError(
@@ -184,6 +192,11 @@ class Settings(BaseSettings):
         if provider not in FIXED_DURATIONS:
             raise ValueError(f"unknown provider {provider!r}; expected one of {VIDEO_PROVIDERS}")
         return list(FIXED_DURATIONS[provider])
+
+    def slot_max_seconds_for(self, provider: str) -> float:
+        """The longest slot a scene of `provider` may fill: its longest clip, or the cap."""
+        longest = float(max(self.durations_for(provider)))
+        return longest if self.slot_max_seconds is None else min(longest, self.slot_max_seconds)
 
     def concurrency_for(self, provider: str) -> int:
         if self.provider_concurrency is not None:

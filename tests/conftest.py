@@ -27,6 +27,8 @@ _BASE_TEST_ENV = {
     "MVPIPE_BACKOFF_MAX": "2",
     "MVPIPE_LEASE_SECONDS": "60",
     "MVPIPE_PROVIDER_TIMEOUT_SECONDS": "10",
+    # Warming song analysis costs each pool process ~4 s and ~240 MB: only song tests ask for it.
+    "MVPIPE_WARM_MEDIA": "0",
 }
 
 
@@ -69,7 +71,12 @@ def start_workers(
 ) -> Iterator[Callable[..., Workers]]:
     started: list[Workers] = []
 
-    def start(concurrency: int = 2, env: dict[str, str] | None = None, **settings: str) -> Workers:
+    def start(
+        concurrency: int = 2,
+        env: dict[str, str] | None = None,
+        queues: str | None = None,
+        **settings: str,
+    ) -> Workers:
         n = next(_counter)
         ledger = tmp_path / f"ledger-{n}.jsonl"
         overrides = {
@@ -84,7 +91,11 @@ def start_workers(
         reset_context()  # the test process (the API) sees what the workers see
         child_env = dict(os.environ)
         service = start_worker(
-            child_env, tmp_path / f"worker-{n}.log", concurrency=concurrency, name=f"w{n}"
+            child_env,
+            tmp_path / f"worker-{n}.log",
+            concurrency=concurrency,
+            name=f"w{n}",
+            queues=queues,
         )
         workers = Workers(service, Path(child_env["MVPIPE_LOCAL_LEDGER"]), child_env)
         started.append(workers)
@@ -103,6 +114,6 @@ def _clear_broker(client: redis.Redis) -> None:
         keys = list(client.scan_iter(pattern))
         if keys:
             client.delete(*keys)
-    client.delete("mvpipe.plan", "mvpipe.video")
+    client.delete("mvpipe.plan", "mvpipe.video", "mvpipe.media")
     for key in client.scan_iter("mvpipe.*"):
         client.delete(key)

@@ -1,14 +1,24 @@
-"""Planning: the first step of a run. Writes the scenes, then marks the project planned."""
+"""Planning: the first step of a run. Writes the scenes, then marks the project planned.
+
+With a song, the scenes are the song's slots: the planner writes what each one shows (prompt,
+negative prompt, lip-sync), while the slot's times and the clip length asked of the provider come
+from the slots alone, never from the planner.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mvpipe.deps import Context
 from mvpipe.errors import PermanentProviderError
-from mvpipe.models import SceneStatus
+from mvpipe.media.slots import Slot, clip_duration
+from mvpipe.models import SceneSpec, SceneStatus
+from mvpipe.pipeline.brief import slot_briefs
+from mvpipe.pipeline.timeline import load_timeline, song_slots
 from mvpipe.providers.base import Brief
+from mvpipe.store.records import ProjectRecord
 
 log = logging.getLogger("mvpipe.plan")
 
@@ -21,9 +31,14 @@ class RunPlan:
     sequences: list[int]
 
 
+@dataclass(frozen=True)
+class AnalyseFirst:
+    """The project's song has no timeline yet: analyse it (queue `mvpipe.media`), then plan."""
+
+
 def plan_run(
     ctx: Context, project_id: str, run_id: str, only: list[int] | None = None
-) -> RunPlan | None:
+) -> RunPlan | AnalyseFirst | None:
     """Plan the project if it is not planned yet; None when the run is no longer active.
 
     Planner errors propagate: transient ones are retried by the task, permanent ones end the run
@@ -33,20 +48,12 @@ def plan_run(
     if state.project.active_run_id != run_id:
         return None
     if not state.project.planned:
+        if state.project.song_key is not None and state.project.timeline_key is None:
+            return AnalyseFirst()
         if not ctx.board.lock_planning(project_id, run_id, ctx.settings.lease_seconds):
             return None
         try:
-            brief = Brief(
-                project_id,
-                state.project.title,
-                state.project.concept,
-                state.project.requested_scene_count,
-            )
-            specs = ctx.planner().plan(brief)
-            if len(specs) != brief.scene_count:
-                raise PermanentProviderError(
-                    f"planner returned {len(specs)} scenes, expected {brief.scene_count}"
-                )
+            specs = planned_specs(ctx, state.project)
             if not ctx.projects.save_plan(project_id, run_id, specs):
                 return None
             log.info("planned project=%s scenes=%d run=%s", project_id, len(specs), run_id)
@@ -62,6 +69,56 @@ def plan_run(
         and (wanted is None or s.sequence in wanted)
     ]
     return RunPlan(state.project.provider, sequences)
+
+
+def planned_specs(ctx: Context, project: ProjectRecord) -> list[SceneSpec]:
+    """The project's scene specs from the planner: one per slot with a song, else as asked."""
+    if project.song_key is None:
+        brief = Brief(
+            project.project_id, project.title, project.concept, project.requested_scene_count
+        )
+        return _checked(ctx.planner().plan(brief), brief)
+    timeline = load_timeline(ctx, project)
+    if timeline is None:
+        raise RuntimeError(f"project {project.project_id} is planned before its song is analysed")
+    slots = song_slots(ctx.settings, project, timeline)
+    brief = Brief(
+        project.project_id,
+        project.title,
+        project.concept,
+        len(slots),
+        slots=slot_briefs(slots, project.concept, slots[-1].end_seconds),
+        lip_sync=project.lip_sync,
+    )
+    specs = _checked(ctx.planner().plan(brief), brief)
+    allowed = ctx.settings.durations_for(project.provider)
+    return place_in_slots(specs, slots, allowed, lip_sync=project.lip_sync)
+
+
+def place_in_slots(
+    specs: Sequence[SceneSpec], slots: Sequence[Slot], allowed: Sequence[int], *, lip_sync: bool
+) -> list[SceneSpec]:
+    """Each planned scene in its slot: the slot's times, the shortest allowed clip covering it,
+    and lip-sync only where the project allows it."""
+    return [
+        SceneSpec(
+            prompt=spec.prompt,
+            negative_prompt=spec.negative_prompt,
+            duration_seconds=clip_duration(slot.seconds, allowed),
+            start_seconds=slot.start_seconds,
+            end_seconds=slot.end_seconds,
+            lip_sync=spec.lip_sync and lip_sync,
+        )
+        for spec, slot in zip(specs, slots, strict=True)
+    ]
+
+
+def _checked(specs: list[SceneSpec], brief: Brief) -> list[SceneSpec]:
+    if len(specs) != brief.scene_count:
+        raise PermanentProviderError(
+            f"planner returned {len(specs)} scenes, expected {brief.scene_count}"
+        )
+    return specs
 
 
 def fail_planning(ctx: Context, project_id: str, run_id: str, error: str) -> None:

@@ -11,11 +11,26 @@ from mvpipe.models import SceneSpec
 
 
 @dataclass(frozen=True)
+class SlotBrief:
+    """One slot of the song a scene fills: where it is, which section, which lyrics fall in it."""
+
+    start_seconds: float
+    end_seconds: float
+    section: str
+    lyrics: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Brief:
+    """What a planner is asked. With a song, `slots` holds one entry per scene to write
+    (`scene_count == len(slots)`), and `lip_sync` says whether scenes may be marked for lip-sync."""
+
     project_id: str
     title: str
     concept: str
     scene_count: int
+    slots: tuple[SlotBrief, ...] = ()
+    lip_sync: bool = False
 
 
 @dataclass(frozen=True)
@@ -50,7 +65,8 @@ class Planner(Protocol):
     name: str
 
     def plan(self, brief: Brief) -> list[SceneSpec]:
-        """Exactly `brief.scene_count` scene specs, or a typed ProviderError."""
+        """Exactly `brief.scene_count` scene specs (one per slot, in order), or a typed
+        ProviderError. The pipeline, not the planner, sets a slot scene's times and duration."""
         ...
 
 

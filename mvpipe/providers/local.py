@@ -207,14 +207,22 @@ class LocalVideoProvider:
 
 
 class LocalPlanner:
-    """Deterministic scenes from the concept: the same brief always gives the same plan."""
+    """Deterministic scenes from the concept: the same brief always gives the same plan.
+
+    With a song, one scene per slot showing the lyric lines that fall in it; when the project
+    asks for lip-sync, every third scene (the 2nd, 5th, ...) is a performance marked for it.
+    """
 
     name = "local"
+    #: Every this many scenes, one performance scene is marked for lip-sync.
+    LIP_SYNC_EVERY = 3
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings
 
     def plan(self, brief: Brief) -> list[SceneSpec]:
+        if brief.slots:
+            return self._plan_slots(brief)
         fragments = [f.strip() for f in re.split(r"[\n.!?;]+", brief.concept) if f.strip()]
         fragments = fragments or [brief.concept.strip()]
         specs = []
@@ -226,6 +234,26 @@ class LocalPlanner:
                     prompt=prompt[:MAX_PROMPT],
                     negative_prompt="blurry, low quality, watermark",
                     duration_seconds=8,
+                )
+            )
+        return specs
+
+    def _plan_slots(self, brief: Brief) -> list[SceneSpec]:
+        specs = []
+        count = len(brief.slots)
+        for index, slot in enumerate(brief.slots):
+            words = " / ".join(slot.lyrics) or brief.concept.strip()
+            performance = brief.lip_sync and index % self.LIP_SYNC_EVERY == 1
+            shot = "the singer performs to camera" if performance else "scene"
+            prompt = (
+                f"{brief.title} - {shot} {index + 1} of {count}, section {slot.section}, "
+                f"{slot.start_seconds:.2f}-{slot.end_seconds:.2f} s: {words}"
+            )
+            specs.append(
+                SceneSpec(
+                    prompt=prompt[:MAX_PROMPT],
+                    negative_prompt="blurry, low quality, watermark",
+                    lip_sync=performance,
                 )
             )
         return specs

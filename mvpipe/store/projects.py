@@ -100,6 +100,21 @@ class ProjectStore:
             (m.active_run_id == run_id) & m.scene_count.does_not_exist(),
         )
 
+    def record_timeline(self, project_id: str, song_key: str, timeline_key: str) -> bool:
+        """Point METADATA at the song's timeline; True also when it already points there.
+
+        Conditioned on the song it was made from, so a timeline never describes another song.
+        """
+        m = self.m
+        if self._update_meta(
+            project_id,
+            [m.timeline_key.set(timeline_key), m.updated_at.set(utc_now_iso())],
+            (m.song_key == song_key)
+            & (m.timeline_key.does_not_exist() | (m.timeline_key == timeline_key)),
+        ):
+            return True
+        return self.get(project_id).timeline_key == timeline_key
+
     def _scene_items(self, project_id: str, specs: Sequence[SceneSpec], now: str) -> list[ItemBase]:
         return [
             self.m(
@@ -111,6 +126,9 @@ class ProjectStore:
                 prompt=spec.prompt,
                 negative_prompt=spec.negative_prompt,
                 duration_seconds=spec.duration_seconds,
+                start_seconds=spec.start_seconds,
+                end_seconds=spec.end_seconds,
+                lip_sync=spec.lip_sync,
                 status=SceneStatus.PENDING,
                 attempts=0,
                 created_at=now,

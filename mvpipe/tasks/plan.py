@@ -1,7 +1,9 @@
 """`mvpipe.plan_scenes`: a run's root task (its task id is the run id).
 
 Plans the project if it is not planned yet, then replaces itself with the run's chord: one
-`generate_scene` per scene lacking a clip, then `finalize_project`.
+`generate_scene` per scene lacking a clip, then `finalize_project`. A song project whose song
+has no timeline yet first becomes `mvpipe.analyse_song` (queue `mvpipe.media`), which comes back
+here once the timeline is recorded.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from mvpipe.errors import (
     StoreUnavailable,
     TransientProviderError,
 )
-from mvpipe.pipeline.plan import fail_planning, plan_run
+from mvpipe.pipeline.plan import AnalyseFirst, fail_planning, plan_run
 from mvpipe.states import backoff_seconds
+from mvpipe.tasks.analyse import analyse_song
 from mvpipe.tasks.base import MvpipeTask, app, checked_ids
 from mvpipe.tasks.finalize import finalize_project
 from mvpipe.tasks.generate import generate_scene
@@ -56,13 +59,15 @@ def plan_scenes(
             countdown=countdown,
             kwargs={**kwargs, "planner_failures": planner_failures + 1},
         ) from exc
-    except (ProviderError, ConfigurationError) as exc:
+    except (ProviderError, ConfigurationError, InvalidInput) as exc:
         fail_planning(ctx, project_id, run_id, str(exc))
         return {"project_id": project_id, "outcome": "planning failed"}
     except (StoreUnavailable, redis.RedisError) as exc:
         raise self.outage_retry(exc, kwargs, outages) from exc
     if plan is None:
         return {"project_id": project_id, "outcome": "run no longer active"}
+    if isinstance(plan, AnalyseFirst):
+        raise self.replace(analyse_song.si(project_id, run_id, only))
     if not plan.sequences:
         raise self.replace(finalize_project.si(None, project_id, run_id, []))
     header = group(

@@ -1,0 +1,78 @@
+"""A song project's timeline and slots.
+
+The song is analysed once (the heaviest step in memory: it runs on queue `mvpipe.media`); the
+timeline JSON is stored beside the song under the song's content hash, and METADATA points at it
+(`timelineS3Key`) by one conditional write. Analysis is deterministic, so a repeated or duplicate
+analysis writes the same object and finds the same key already recorded: nothing to undo.
+Slots are cut from the stored timeline by the pure code in `mvpipe.media.slots`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+
+from mvpipe.deps import Context
+from mvpipe.errors import Conflict, InvalidInput
+from mvpipe.media.slots import Slot, plan_slots
+from mvpipe.media.timeline import Timeline
+from mvpipe.settings import Settings
+from mvpipe.store.records import ProjectRecord
+from mvpipe.store.songs import song_key
+
+log = logging.getLogger("mvpipe.timeline")
+
+#: Analysis runs on mono audio at this rate (librosa's default: beats need no more).
+ANALYSIS_SAMPLE_RATE = 22050
+
+
+def load_timeline(ctx: Context, project: ProjectRecord) -> Timeline | None:
+    """The project's stored timeline, or None when its song has not been analysed yet."""
+    if project.timeline_key is None:
+        return None
+    return Timeline.from_json(ctx.songs.read(project.timeline_key))
+
+
+def analyse_song(ctx: Context, project: ProjectRecord) -> Timeline:
+    """Analyse the project's song, store the timeline beside it and record its key (idempotent)."""
+    from mvpipe.media.analysis import analyse
+    from mvpipe.media.audio import decode_mono
+
+    stored = load_timeline(ctx, project)
+    if stored is not None:
+        return stored
+    if project.song_key is None:
+        raise InvalidInput(f"project {project.project_id} has no song to analyse")
+    data = ctx.songs.read(project.song_key)
+    sha256 = hashlib.sha256(data).hexdigest()
+    ext = project.song_key.rsplit(".", 1)[-1]
+    if song_key(project.project_id, sha256, ext) != project.song_key:
+        raise InvalidInput("the stored song does not match the hash in its key (damaged object)")
+    started = time.perf_counter()
+    timeline = analyse(decode_mono(data, ANALYSIS_SAMPLE_RATE), ANALYSIS_SAMPLE_RATE)
+    log.info(
+        "analysed song project=%s seconds=%.1f tempo=%.1f beats=%d sections=%d in %.2f s",
+        project.project_id,
+        timeline.duration,
+        timeline.tempo,
+        len(timeline.beats),
+        len(timeline.sections),
+        time.perf_counter() - started,
+    )
+    key = ctx.songs.put_timeline(project.project_id, sha256, timeline.to_json().encode())
+    if not ctx.projects.record_timeline(project.project_id, project.song_key, key):
+        raise Conflict(f"project {project.project_id} records another timeline than {key}")
+    return timeline
+
+
+def song_slots(settings: Settings, project: ProjectRecord, timeline: Timeline) -> list[Slot]:
+    """The project's slots: on the beats, each as long as the provider can fill, on the frame
+    grid of the output, covering the song as measured when it was uploaded."""
+    return plan_slots(
+        timeline,
+        song_seconds=project.song_seconds or timeline.duration,
+        fps=settings.output_fps,
+        min_seconds=settings.slot_min_seconds,
+        max_seconds=settings.slot_max_seconds_for(project.provider),
+    )
