@@ -37,6 +37,8 @@ class ProviderStandIn:
         self.replicate_error: str | None = None
         self.predictions: dict[str, dict[str, Any]] = {}
         self.gemini_answers: list[Any] = []
+        #: the text of every planning request, in order (what the model was asked)
+        self.gemini_prompts: list[str] = []
         self.error_message = "request rejected"
         handler = type("Handler", (_Handler,), {"standin": self})
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -91,21 +93,21 @@ class ProviderStandIn:
 
     # -- Gemini --------------------------------------------------------------------------------
     def gemini_generate(self, body: dict[str, Any]) -> dict[str, Any]:
+        text = body["contents"][-1]["parts"][0]["text"]
         with self.lock:
+            self.gemini_prompts.append(text)
             answer = self.gemini_answers.pop(0) if self.gemini_answers else None
         if answer is None:
-            text = body["contents"][-1]["parts"][0]["text"]
-            count = int(re.search(r"exactly (\d+) scenes", text).group(1))  # type: ignore[union-attr]
-            answer = {
-                "scenes": [
-                    {"prompt": f"shot {n}", "negative_prompt": "blur", "duration_seconds": 6}
-                    for n in range(1, count + 1)
-                ]
-            }
+            answer = {"scenes": gemini_scenes(text)}
         part = {"text": json.dumps(answer)}
         return {
             "candidates": [{"content": {"role": "model", "parts": [part]}, "finishReason": "STOP"}]
         }
+
+    @staticmethod
+    def gemini_count(text: str) -> int:
+        """The number of scenes a planning request asks for."""
+        return int(re.search(r"exactly (\d+) scenes", text).group(1))  # type: ignore[union-attr]
 
     # -- Replicate -----------------------------------------------------------------------------
     def replicate_create(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -157,6 +159,23 @@ class ProviderStandIn:
                 "cancel": f"{self.url}/v1/predictions/{pid}/cancel",
             },
         }
+
+
+def gemini_scenes(text: str, count: int | None = None) -> list[dict[str, Any]]:
+    """A well-formed answer to a planning request: as many scenes as it asks (or `count`).
+
+    A request on a song's slots gets scenes with a lip-sync flag (every third), no duration.
+    """
+    count = ProviderStandIn.gemini_count(text) if count is None else count
+    if "one per slot" in text:
+        return [
+            {"prompt": f"slot shot {n}", "negative_prompt": "blur", "lip_sync": n % 3 == 2}
+            for n in range(1, count + 1)
+        ]
+    return [
+        {"prompt": f"shot {n}", "negative_prompt": "blur", "duration_seconds": 6}
+        for n in range(1, count + 1)
+    ]
 
 
 class _Handler(BaseHTTPRequestHandler):

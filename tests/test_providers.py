@@ -17,10 +17,13 @@ from mvpipe.errors import (
     TransientProviderError,
 )
 from mvpipe.localstack import LocalStack
+from mvpipe.media.synth import synthesize_song
+from mvpipe.media.timeline import Timeline
 from mvpipe.models import ProjectStatus, SceneStatus
 from mvpipe.pipeline.generate import SceneJob
 from mvpipe.pipeline.steps import Next
-from mvpipe.providers.base import Brief, JobState, VideoRequest
+from mvpipe.pipeline.timeline import song_slots
+from mvpipe.providers.base import Brief, JobState, SlotBrief, VideoRequest
 from mvpipe.providers.gemini import GeminiPlanner
 from mvpipe.providers.render import probe_clip
 from mvpipe.providers.replicate import ReplicateVideoProvider
@@ -81,6 +84,41 @@ def test_gemini_invalid_output_gets_one_reask(standin: ProviderStandIn) -> None:
     with pytest.raises(PermanentProviderError, match="duration_seconds"):
         GeminiPlanner(settings_for(standin)).plan(Brief("p", "T", "c", 1))
     assert standin.calls["gemini"] == 4  # exactly one re-ask, then a clear permanent error
+
+
+def slot_brief(*, lip_sync: bool) -> Brief:
+    slots = (
+        SlotBrief(0.0, 2.5, "A", ("Neon rain",)),
+        SlotBrief(2.5, 6.5, "A", ("On the glass",)),
+        SlotBrief(6.5, 10.0, "B"),
+    )
+    concept = "Neon rain\nOn the glass"
+    return Brief("p", "Neon", concept, 3, slots=slots, lip_sync=lip_sync)
+
+
+def test_gemini_writes_one_scene_per_slot_and_reasks_a_wrong_count_once(
+    standin: ProviderStandIn,
+) -> None:
+    # Given a model whose first answer has one scene for three slots
+    standin.gemini_answers = [{"scenes": [{"prompt": "just one"}]}]
+    specs = GeminiPlanner(settings_for(standin)).plan(slot_brief(lip_sync=True))
+    # Then it was asked again, and its second answer is the plan: one scene per slot
+    assert standin.calls["gemini"] == 2
+    assert [s.prompt for s in specs] == ["slot shot 1", "slot shot 2", "slot shot 3"]
+    assert [s.lip_sync for s in specs] == [False, True, False]
+    first, second = standin.gemini_prompts
+    assert "exactly 3 scenes" in first and "3 slots" in first and "one per slot" in first
+    assert "1. 0.00-2.50 s, section A, lyrics: Neon rain" in first
+    assert "3. 6.50-10.00 s, section B\n" in first
+    assert "expected exactly 3 scenes (one per slot), got 1" in second
+
+
+def test_gemini_lip_sync_flags_count_only_when_the_project_asks(
+    standin: ProviderStandIn,
+) -> None:
+    specs = GeminiPlanner(settings_for(standin)).plan(slot_brief(lip_sync=False))
+    assert len(specs) == 3 and not any(s.lip_sync for s in specs)  # the model said yes once
+    assert "always false" in standin.gemini_prompts[0]
 
 
 def test_missing_keys_name_the_variable(
@@ -171,6 +209,42 @@ def test_full_project_with_gemini_planning_and_real_provider(
     for scene in view.scenes:
         codec, _, _ = probe_clip(clips.read(scene.original_video_clip_s3_key or ""))
         assert codec == "h264"
+    assert_invariants(project_id)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("wrong_answers", [1, 2])
+def test_gemini_plans_a_song_project_or_fails_it_after_one_reask(
+    standin: ProviderStandIn, start_workers: StartWorkers, wrong_answers: int
+) -> None:
+    # Given Gemini answering with a wrong number of scenes once (or twice)
+    standin.gemini_answers = [{"scenes": [{"prompt": "one"}]}] * wrong_answers
+    start_workers(env=provider_env(standin), planner="gemini", slot_max_seconds="4")
+    song = synthesize_song(seconds=10.3, bpm=120.0, offset=0.25, sections=2)
+    project_id = api.create_project("Song", "Neon rain.\nOn the glass.", song=song.wav)
+    # When the project runs (a plain worker: it consumes mvpipe.media too)
+    api.run_project(project_id)
+    view = api.wait_project(project_id, timeout=120)
+    # Then Gemini was asked for one scene per slot of the stored timeline, twice at most
+    assert standin.calls["gemini"] == 2
+    asked = [ProviderStandIn.gemini_count(text) for text in standin.gemini_prompts]
+    ctx = get_context()
+    timeline = Timeline.from_json(ctx.songs.read(view.timeline_s3_key or ""))
+    slots = song_slots(ctx.settings, ctx.projects.get(project_id), timeline)
+    assert asked == [len(slots), len(slots)] and len(slots) >= 3
+    if wrong_answers == 1:
+        assert view.status == ProjectStatus.COMPLETED, view.last_error
+        expected = [f"slot shot {n}" for n in range(1, 1 + len(slots))]
+        assert [s.prompt for s in view.scenes] == expected
+        assert [(s.start_seconds, s.end_seconds) for s in view.scenes] == [
+            (slot.start_seconds, slot.end_seconds) for slot in slots
+        ]
+        assert not any(s.lip_sync for s in view.scenes)  # the project did not ask for it
+    else:
+        # a wrong count twice: planning fails, says why, and writes no scene
+        assert view.status == ProjectStatus.FAILED
+        assert f"expected exactly {len(slots)} scenes" in (view.last_error or "")
+        assert view.scenes == [] and view.scene_count == 0
     assert_invariants(project_id)
 
 
