@@ -169,3 +169,12 @@ def test_a_song_project_is_planned_on_its_beats(
         n for n in range(1, len(scenes) + 1) if n % 3 == 2
     ]
     assert_invariants(project_id)
+
+
+def test_slots_are_capped_by_the_provider_and_the_optional_maximum() -> None:
+    assert Settings().slot_max_seconds_for("veo") == 8.0
+    assert Settings().slot_max_seconds_for("local") == 30.0
+    assert Settings(slot_max_seconds=4).slot_max_seconds_for("local") == 4.0
+    assert Settings(slot_max_seconds=12).slot_max_seconds_for("veo") == 8.0
+    with pytest.raises(ValueError, match="MVPIPE_SLOT_MAX_SECONDS"):
+        Settings(slot_min_seconds=3, slot_max_seconds=2)
