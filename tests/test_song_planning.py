@@ -13,6 +13,7 @@ import pytest
 
 from mvpipe import api
 from mvpipe.deps import get_context
+from mvpipe.errors import InvalidInput
 from mvpipe.localstack import LocalStack
 from mvpipe.media.slots import Slot
 from mvpipe.media.synth import SynthSong, synthesize_song
@@ -20,6 +21,7 @@ from mvpipe.media.timeline import Timeline
 from mvpipe.models import ProjectStatus, SceneSpec
 from mvpipe.pipeline.brief import assign_lyrics, lyric_lines, slot_briefs
 from mvpipe.pipeline.plan import RunPlan, place_in_slots, plan_run
+from mvpipe.pipeline.timeline import analyse_song
 from mvpipe.providers.base import Brief
 from mvpipe.providers.local import LocalPlanner
 from mvpipe.settings import Settings
@@ -110,6 +112,55 @@ def test_a_project_without_a_song_plans_as_before(stack: LocalStack) -> None:
         assert scene.start_seconds is None and scene.end_seconds is None
         assert scene.lip_sync is False
     assert ctx.songs.objects.list(f"projects/{project_id}/song/") == []
+
+
+@pytest.mark.integration
+def test_the_timeline_is_recorded_once_for_its_song(stack: LocalStack, song: SynthSong) -> None:
+    ctx = get_context()
+    project_id = api.create_project("Once", LYRICS, song=song.wav)
+    project = ctx.projects.get(project_id)
+    first = analyse_song(ctx, project)
+    recorded = ctx.projects.get(project_id).timeline_key
+    assert recorded == timeline_key(project_id, hashlib.sha256(song.wav).hexdigest())
+    # A duplicate analysis (it read METADATA before the first recorded) finds its own key there
+    assert analyse_song(ctx, project) == first
+    assert ctx.projects.record_timeline(project_id, project.song_key or "", recorded)
+    # Another timeline, or a timeline of another song, is refused and changes nothing
+    assert not ctx.projects.record_timeline(project_id, project.song_key or "", recorded + "x")
+    assert not ctx.projects.record_timeline(project_id, "projects/x/song/y.wav", recorded)
+    assert ctx.projects.get(project_id).timeline_key == recorded
+    assert Timeline.from_json(ctx.songs.read(recorded)) == first
+
+
+@pytest.mark.integration
+def test_a_damaged_song_object_fails_planning_and_writes_no_timeline(
+    stack: LocalStack, song: SynthSong
+) -> None:
+    ctx = get_context()
+    project_id = api.create_project("Damaged", LYRICS, song=song.wav)
+    project = ctx.projects.get(project_id)
+    ctx.songs.objects.put(project.song_key or "", song.wav[:-1000], content_type="audio/wav")
+    with pytest.raises(InvalidInput, match="does not match"):
+        analyse_song(ctx, project)
+    assert ctx.projects.get(project_id).timeline_key is None
+    assert [o.key for o in ctx.songs.objects.list(f"projects/{project_id}/song/")] == [
+        project.song_key
+    ]
+
+
+@pytest.mark.integration
+def test_scenes_given_by_a_user_cannot_claim_slots_or_lip_sync(stack: LocalStack) -> None:
+    ctx = get_context()
+    before = ctx.table.model.count()
+    for scene in (
+        {"prompt": "x", "lip_sync": True},
+        {"prompt": "x", "start_seconds": 0.0, "end_seconds": 2.0},
+        {"prompt": "x", "start_seconds": 1.0},
+        {"prompt": "x", "start_seconds": 2.0, "end_seconds": 1.0},
+    ):
+        with pytest.raises(InvalidInput):
+            api.create_project("User", "x", scenes=[scene])
+    assert ctx.table.model.count() == before
 
 
 @pytest.mark.integration

@@ -113,7 +113,8 @@ class ProjectStore:
             & (m.timeline_key.does_not_exist() | (m.timeline_key == timeline_key)),
         ):
             return True
-        return self.get(project_id).timeline_key == timeline_key
+        current = self.get(project_id)
+        return current.song_key == song_key and current.timeline_key == timeline_key
 
     def _scene_items(self, project_id: str, specs: Sequence[SceneSpec], now: str) -> list[ItemBase]:
         return [
