@@ -9,8 +9,6 @@ re-encoding.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -22,6 +20,7 @@ from av.video.frame import VideoFrame
 
 from mvpipe.errors import InvalidInput
 from mvpipe.media.encoding import PIX_FMT, OutputFormat, add_video_stream
+from mvpipe.media.files import written_atomically
 
 
 @dataclass(frozen=True)
@@ -43,7 +42,7 @@ def cut_clip(src: Path, dst: Path, *, frames: int, fmt: OutputFormat) -> CutRepo
         raise InvalidInput(f"a cut needs at least one frame, got {frames!r}")
     held = 0
     shown: set[int] = set()
-    with _atomic(dst) as tmp:
+    with written_atomically(dst) as tmp:
         try:
             source = av.open(str(src), mode="r")
         except (av.FFmpegError, OSError) as exc:
@@ -133,23 +132,3 @@ def _fit(frame: VideoFrame, fmt: OutputFormat) -> VideoFrame:
     src_chroma = source[height:].reshape(2, height // 2, width // 2)
     chroma[:, y // 2 : y // 2 + height // 2, x // 2 : x // 2 + width // 2] = src_chroma
     return VideoFrame.from_ndarray(planes, format=PIX_FMT)
-
-
-class _atomic:
-    """A temporary file beside `dst`, renamed onto it only when the block succeeds."""
-
-    def __init__(self, dst: Path) -> None:
-        self.dst = Path(dst)
-
-    def __enter__(self) -> Path:
-        self.dst.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=".partial-", suffix=self.dst.suffix, dir=self.dst.parent)
-        os.close(fd)
-        self.tmp = Path(name)
-        return self.tmp
-
-    def __exit__(self, kind: object, value: object, traceback: object) -> None:
-        if kind is None:
-            os.replace(self.tmp, self.dst)
-        else:
-            self.tmp.unlink(missing_ok=True)

@@ -23,9 +23,10 @@ def make_clip(
     height: int = 90,
     start_pts: int = 0,
     audio: bool = False,
+    first: int = 0,
 ) -> Path:
-    """An H.264 MP4 of flat frames at `level(0)`, `level(1)`, ... (lossless, ultrafast)."""
-    assert frames <= 24, "levels run out past 24 frames"
+    """An H.264 MP4 of flat frames at `level(first)`, `level(first + 1)`, ... (lossless)."""
+    assert first + frames <= 24, "levels run out past 24 frames"
     with av.open(str(path), mode="w", format="mp4") as out:
         stream = out.add_stream("libx264", rate=fps, options={"preset": "ultrafast", "qp": "0"})
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
@@ -33,7 +34,7 @@ def make_clip(
         sound = out.add_stream("aac", rate=22050) if audio else None
         for index in range(frames):
             planes = np.full((height * 3 // 2, width), 128, dtype=np.uint8)
-            planes[:height] = level(index)
+            planes[:height] = level(first + index)
             frame = av.VideoFrame.from_ndarray(planes, format="yuv420p")
             frame.pts, frame.time_base = start_pts + index, Fraction(1, fps)
             for packet in stream.encode(frame):
