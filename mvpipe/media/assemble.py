@@ -29,6 +29,9 @@ from mvpipe.media.files import written_atomically
 
 _AAC_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 _AAC_BITRATE = 192_000
+# FFmpeg's "fast" coder without the costly stereo/noise/temporal searches: about 3x real time
+# faster than its defaults on 2 cores, and at 192 kb/s still clean for a music video.
+_AAC_OPTIONS = {"aac_coder": "fast", "aac_pns": "0", "aac_is": "0", "aac_ms": "0", "aac_tns": "0"}
 
 
 @dataclass(frozen=True)
@@ -86,12 +89,9 @@ def assemble(
                 raise InvalidInput("the first clip has no video stream")
             counted: list[int] = [0, 0]  # frames written, frames dropped
             packets = _video_packets(clips, video, fmt, target, counted)
-            audio_samples: list[int] = [0]
-            audio_rate = 0
+            heard: list[Fraction] = [Fraction(0)]  # seconds of sound written
             if song is not None and target is not None:
-                audio, audio_rate = _add_audio(out, Path(song))
-                limit = round(target / fmt.fps * audio_rate)
-                sound = _audio_packets(Path(song), audio, limit, audio_samples)
+                sound = _song_packets(out, Path(song), Fraction(target, fmt.fps), heard)
                 packets = heapq.merge(packets, sound, key=lambda p: p[0])
             for _, packet in packets:
                 out.mux(packet)
@@ -103,10 +103,78 @@ def assemble(
     return AssemblyReport(
         frames=written,
         video_seconds=written / fmt.fps,
-        audio_seconds=audio_samples[0] / audio_rate if audio_rate else None,
+        audio_seconds=float(heard[0]) if song is not None else None,
         clips=len(clips),
         dropped_frames=dropped,
     )
+
+
+def encode_song(song: Path, dst: Path, *, seconds: float | None = None) -> float:
+    """The song as AAC in an MP4 audio file, made once per song; returns its length in seconds.
+
+    `assemble` copies an AAC song's packets as they are, so a song encoded here once (beside
+    the original) costs nothing per final video, however often scenes are regenerated.
+    """
+    if seconds is not None and not (0 < seconds < 24 * 3600):
+        raise InvalidInput(f"song length must be positive, got {seconds}")
+    heard: list[Fraction] = [Fraction(0)]
+    limit = Fraction(seconds) if seconds is not None else None
+    with (
+        written_atomically(Path(dst)) as tmp,
+        av.open(str(tmp), mode="w", format="mp4", options={"movflags": "+faststart"}) as out,
+    ):
+        for _, packet in _song_packets(out, Path(song), limit, heard):
+            out.mux(packet)
+    return float(heard[0])
+
+
+def _song_packets(
+    out: OutputContainer, song: Path, seconds: Fraction | None, heard: list[Fraction]
+) -> Iterator[tuple[Fraction, Packet]]:
+    """The song's AAC packets up to `seconds`: copied if it is AAC already, else encoded."""
+    try:
+        with av.open(str(song)) as container:
+            if not container.streams.audio:
+                raise InvalidInput("the song has no audio stream")
+            is_aac = container.streams.audio[0].codec_context.name == "aac"
+    except av.FFmpegError as exc:
+        raise InvalidInput(f"the song could not be read: {exc}") from exc
+    if is_aac:
+        return _copied_packets(out, song, seconds, heard)
+    audio, rate = _add_audio(out, song)
+    limit = None if seconds is None else round(seconds * rate)
+    samples = [0]
+
+    def encoded() -> Iterator[tuple[Fraction, Packet]]:
+        yield from _audio_packets(song, audio, limit, samples)
+        heard[0] = Fraction(samples[0], rate)
+
+    return encoded()
+
+
+def _copied_packets(
+    out: OutputContainer, song: Path, seconds: Fraction | None, heard: list[Fraction]
+) -> Iterator[tuple[Fraction, Packet]]:
+    """An AAC song's packets as they are, those that start before `seconds` (±1 AAC frame)."""
+    with av.open(str(song)) as container:
+        # Added now, not when the packets are first pulled: the header is written on first mux.
+        stream = out.add_stream_from_template(container.streams.audio[0])
+
+    def copied() -> Iterator[tuple[Fraction, Packet]]:
+        with av.open(str(song)) as container:
+            source = container.streams.audio[0]
+            for packet in container.demux(source):
+                if packet.size == 0 or packet.pts is None or packet.time_base is None:
+                    continue
+                start = Fraction(packet.pts) * packet.time_base
+                if seconds is not None and start >= seconds:
+                    break
+                end = start + Fraction(packet.duration or 0) * packet.time_base
+                packet.stream = stream
+                heard[0] = max(heard[0], end if seconds is None else min(end, seconds))
+                yield start, packet
+
+    return copied()
 
 
 def _check_clip(path: Path, fmt: OutputFormat) -> bytes:
@@ -168,7 +236,7 @@ def _add_audio(out: OutputContainer, song: Path) -> tuple[AudioStream, int]:
             layout = "mono" if source.channels == 1 else "stereo"
     except av.FFmpegError as exc:
         raise InvalidInput(f"the song could not be read: {exc}") from exc
-    stream = out.add_stream("aac", rate=rate, layout=layout)
+    stream = out.add_stream("aac", rate=rate, layout=layout, options=_AAC_OPTIONS)
     if not isinstance(stream, AudioStream):  # pragma: no cover - aac is an audio codec
         raise TypeError("aac did not give an audio stream")
     stream.bit_rate = _AAC_BITRATE
@@ -176,18 +244,18 @@ def _add_audio(out: OutputContainer, song: Path) -> tuple[AudioStream, int]:
 
 
 def _audio_packets(
-    song: Path, stream: AudioStream, limit: int, written: list[int]
+    song: Path, stream: AudioStream, limit: int | None, written: list[int]
 ) -> Iterator[tuple[Fraction, Packet]]:
-    """The song encoded as AAC, its first `limit` samples only."""
+    """The song encoded as AAC (its first `limit` samples only, if given)."""
     rate = stream.codec_context.sample_rate
     layout = stream.codec_context.layout.name
     resampler = av.AudioResampler(format="fltp", layout=layout, rate=rate)
     with av.open(str(song)) as container:
         decoded = container.decode(container.streams.audio[0])
         for frame in _flushed(decoded, resampler):
-            if written[0] >= limit:
+            if limit is not None and written[0] >= limit:
                 break
-            keep = min(frame.samples, limit - written[0])
+            keep = frame.samples if limit is None else min(frame.samples, limit - written[0])
             if keep < frame.samples:
                 samples = np.ascontiguousarray(frame.to_ndarray()[:, :keep], dtype=np.float32)
                 frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout=layout)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mvpipe.errors import InvalidInput
-from mvpipe.media.assemble import assemble, inputs_hash
+from mvpipe.media.assemble import assemble, encode_song, inputs_hash
 from mvpipe.media.audio import decode_mono
 from mvpipe.media.cut import cut_clip
 from mvpipe.media.encoding import OutputFormat
@@ -84,10 +84,29 @@ def test_without_a_song_the_video_is_silent(tmp_path):
     assert report.audio_seconds is None
 
 
-def test_the_song_is_in_sync(tmp_path, song):
+def _audio_packets(path: Path) -> list[bytes]:
+    with av.open(str(path)) as container:
+        return [bytes(p) for p in container.demux(container.streams.audio[0]) if p.size]
+
+
+@pytest.mark.parametrize("pre_encoded", [False, True])
+def test_the_song_is_in_sync(tmp_path, song, pre_encoded):
     song_path, seconds = song
-    clips = _cuts(tmp_path, [18, 18])
-    assemble(clips, tmp_path / "final.mp4", fmt=FMT, song=song_path, song_seconds=seconds)
+    if pre_encoded:
+        # A song encoded to AAC once is copied into every final video, not encoded again.
+        aac = tmp_path / "song.m4a"
+        assert encode_song(song_path, aac) == pytest.approx(seconds, abs=0.03)
+        clips = _cuts(tmp_path, [18, 18])
+        report = assemble(clips, tmp_path / "final.mp4", fmt=FMT, song=aac, song_seconds=seconds)
+        copied, original = _audio_packets(tmp_path / "final.mp4"), _audio_packets(aac)
+        assert copied and copied == original[: len(copied)]
+        assert len(copied) >= len(original) - 1
+        assert report.audio_seconds == pytest.approx(seconds, abs=1 / 12)
+        heard = decode_mono(tmp_path / "final.mp4", 44100)
+        assert abs(len(heard) / 44100 - seconds) <= 1 / 12
+    else:
+        clips = _cuts(tmp_path, [18, 18])
+        assemble(clips, tmp_path / "final.mp4", fmt=FMT, song=song_path, song_seconds=seconds)
     original = decode_mono(song_path, 8000)
     muxed = decode_mono(tmp_path / "final.mp4", 8000)
     n = min(len(original), len(muxed))
@@ -98,6 +117,17 @@ def test_the_song_is_in_sync(tmp_path, song):
     ]
     best = list(lags)[int(np.argmax(scores))]
     assert abs(best) <= 8, f"audio is {best / 8} ms off"
+
+
+def test_a_pre_encoded_song_is_cut_to_the_song_length(tmp_path, song):
+    song_path, _ = song
+    aac = tmp_path / "song.m4a"
+    encode_song(song_path, aac)
+    clips = _cuts(tmp_path, [12, 12])
+    report = assemble(clips, tmp_path / "f.mp4", fmt=FMT, song=aac, song_seconds=2.0)
+    assert report.frames == 24
+    assert report.audio_seconds == pytest.approx(2.0, abs=1 / 12)
+    assert abs(len(decode_mono(tmp_path / "f.mp4", 44100)) / 44100 - 2.0) <= 1 / 12
 
 
 def test_the_song_length_defaults_to_the_song_itself(tmp_path, song):
