@@ -21,7 +21,7 @@ from mvpipe.media.timeline import Timeline
 from mvpipe.models import ProjectStatus, SceneSpec
 from mvpipe.pipeline.brief import assign_lyrics, lyric_lines, slot_briefs
 from mvpipe.pipeline.plan import RunPlan, place_in_slots, plan_run
-from mvpipe.pipeline.timeline import analyse_song
+from mvpipe.pipeline.timeline import ensure_timeline
 from mvpipe.providers.base import Brief
 from mvpipe.providers.local import LocalPlanner
 from mvpipe.settings import Settings
@@ -119,11 +119,11 @@ def test_the_timeline_is_recorded_once_for_its_song(stack: LocalStack, song: Syn
     ctx = get_context()
     project_id = api.create_project("Once", LYRICS, song=song.wav)
     project = ctx.projects.get(project_id)
-    first = analyse_song(ctx, project)
+    first = ensure_timeline(ctx, project)
     recorded = ctx.projects.get(project_id).timeline_key
     assert recorded == timeline_key(project_id, hashlib.sha256(song.wav).hexdigest())
     # A duplicate analysis (it read METADATA before the first recorded) finds its own key there
-    assert analyse_song(ctx, project) == first
+    assert ensure_timeline(ctx, project) == first
     assert ctx.projects.record_timeline(project_id, project.song_key or "", recorded)
     # Another timeline, or a timeline of another song, is refused and changes nothing
     assert not ctx.projects.record_timeline(project_id, project.song_key or "", recorded + "x")
@@ -141,7 +141,7 @@ def test_a_damaged_song_object_fails_planning_and_writes_no_timeline(
     project = ctx.projects.get(project_id)
     ctx.songs.objects.put(project.song_key or "", song.wav[:-1000], content_type="audio/wav")
     with pytest.raises(InvalidInput, match="does not match"):
-        analyse_song(ctx, project)
+        ensure_timeline(ctx, project)
     assert ctx.projects.get(project_id).timeline_key is None
     assert [o.key for o in ctx.songs.objects.list(f"projects/{project_id}/song/")] == [
         project.song_key

@@ -34,8 +34,9 @@ def load_timeline(ctx: Context, project: ProjectRecord) -> Timeline | None:
     return Timeline.from_json(ctx.songs.read(project.timeline_key))
 
 
-def analyse_song(ctx: Context, project: ProjectRecord) -> Timeline:
-    """Analyse the project's song, store the timeline beside it and record its key (idempotent)."""
+def ensure_timeline(ctx: Context, project: ProjectRecord) -> Timeline:
+    """The stored timeline, or analyse the song, store the timeline beside it and record its key
+    (idempotent: a duplicate analysis writes the same object and finds its key recorded)."""
     from mvpipe.media.analysis import analyse
     from mvpipe.media.audio import decode_mono
 

@@ -16,7 +16,7 @@ from mvpipe.deps import get_context
 from mvpipe.dispatch import PLAN_SCENES
 from mvpipe.errors import Conflict, InvalidInput, StoreUnavailable
 from mvpipe.pipeline.plan import fail_planning
-from mvpipe.pipeline.timeline import analyse_song as analyse_project_song
+from mvpipe.pipeline.timeline import ensure_timeline
 from mvpipe.tasks.base import MvpipeTask, app, checked_ids
 
 
@@ -37,7 +37,8 @@ def analyse_song(
         project = ctx.projects.get(project_id)
         if project.active_run_id != run_id:
             return {"project_id": project_id, "outcome": "run no longer active"}
-        analyse_project_song(ctx, project)
+        ctx.board.touch_run(run_id, ctx.settings.run_stale_seconds)  # the run is alive: analysing
+        ensure_timeline(ctx, project)
     except (InvalidInput, Conflict) as exc:
         fail_planning(ctx, project_id, run_id, f"song analysis: {exc}")
         return {"project_id": project_id, "outcome": "planning failed"}
