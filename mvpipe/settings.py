@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     scene_seconds_max: int = Field(default=8, ge=1, le=30)
     provider_timeout_seconds: float = Field(default=30.0, gt=0)
     store_timeout_seconds: float = Field(default=10.0, gt=0)
+    #: how long one store call is retried through an outage before it reports `StoreUnavailable`
+    store_retry_seconds: float = Field(default=30.0, gt=0)
 
     local_latency: float = Field(default=2.0, ge=0)
     local_max_concurrent: int = Field(default=8, ge=1)

@@ -19,11 +19,10 @@ from mvpipe.errors import (
     ConfigurationError,
     PermanentProviderError,
     ProviderError,
-    StoreUnavailable,
     TransientProviderError,
 )
 from mvpipe.models import SceneStatus
-from mvpipe.pipeline.steps import Next, Step
+from mvpipe.pipeline.steps import Next, RecordPending, Step
 from mvpipe.providers.base import JobState, JobStatus, VideoRequest
 from mvpipe.providers.limiter import slot_member
 from mvpipe.states import backoff_seconds, lease_expired
@@ -63,12 +62,23 @@ class SceneJob:
         #: parked messages of waiting scenes this execution's released slot entitles to run
         self.wakes: list[str] = []
 
-    def step(self, operation_id: str | None = None, transient_polls: int = 0) -> Step:
+    def step(
+        self,
+        operation_id: str | None = None,
+        transient_polls: int = 0,
+        *,
+        token: str | None = None,
+        attempt: int = 0,
+    ) -> Step:
+        """One step. With `token`, `operation_id` is a paid job whose record is still to be
+        (re)done: that comes first, even in a cancelled run (the record decides the job's fate)."""
         board = self.ctx.board
         if self.run_id is not None:
             board.touch_run(self.run_id, self.s.run_stale_seconds)
-            if board.cancelled(self.run_id):
-                return Step.done("run cancelled")
+        if operation_id is not None and token is not None:
+            return self.record(operation_id, token, attempt)
+        if self.run_id is not None and board.cancelled(self.run_id):
+            return Step.done("run cancelled")
         if operation_id is not None:
             return self.poll(operation_id, transient_polls)
         scene = self.ctx.scenes.get(self.project_id, self.sequence)
@@ -159,42 +169,74 @@ class SceneJob:
             self.log(f"submit failed transiently, retry in {wait:.1f}s: {error}", None, attempt)
             return Step(Next.RETRY_SUBMIT, "transient submit error", wait)
         failpoints.reached("after_submit")
+        failpoints.reached("before_record")
         return self.record(operation_id, token, attempt)
 
     def record(self, operation_id: str, token: str, attempt: int) -> Step:
-        ctx = self.ctx
-        provider = ctx.video_provider(self.provider_name)
+        """Store the accepted job's id; whatever fails here, the job is not dropped for it.
+
+        An error (our store or Redis) leaves the write's outcome unknown: the next step redoes
+        this record with the same token and id (`RecordPending`), never a cancel."""
         try:
-            outcome = ctx.scenes.record_operation(
-                self.project_id,
-                self.sequence,
-                token=token,
-                operation_id=operation_id,
-                run_id=self.run_id,
-            )
-        except StoreUnavailable:
-            # The job can't be recorded: stop it rather than leave a paid job nobody owns.
-            _cancel_quietly(provider.cancel, operation_id)
-            raise
+            return self._record(operation_id, token, attempt)
+        except Exception as exc:
+            carry = {"operation_id": operation_id, "token": token, "attempt": attempt}
+            raise RecordPending(carry) from exc
+
+    def _record(self, operation_id: str, token: str, attempt: int) -> Step:
+        ctx = self.ctx
+        outcome = ctx.scenes.record_operation(
+            self.project_id,
+            self.sequence,
+            token=token,
+            operation_id=operation_id,
+            run_id=self.run_id,
+        )
         if outcome == Claim.WON:
             self.log("operation stored", operation_id, attempt)
             failpoints.reached("after_record")
             return self.next_poll(operation_id, 0)
-        if outcome == Claim.RUN_INACTIVE and not provider.can_cancel:
-            # Paid and not cancellable: keep it, so a later run resumes instead of paying again.
-            ctx.scenes.record_operation(
-                self.project_id, self.sequence, token=token, operation_id=operation_id, run_id=None
-            )
-            self.release_slot()
-            return Step.done("run cancelled; operation kept for a later run")
-        _cancel_quietly(provider.cancel, operation_id)
-        self.release_slot()
         if outcome == Claim.RUN_INACTIVE:
+            return self.record_after_run(operation_id, token, attempt)
+        # Another execution owns the scene now (our lease expired): the job is nobody's.
+        confirmed = self.cancel(operation_id)
+        self.release_slot()
+        self.log(f"operation not stored ({outcome}); cancelled: {confirmed}", operation_id, attempt)
+        return Step.done(f"operation dropped ({outcome})")
+
+    def record_after_run(self, operation_id: str, token: str, attempt: int) -> Step:
+        """The run is not ours any more. Only a user's cancel that the provider confirms drops
+        the job; a takeover (or a cancel the provider could not confirm) keeps its id on the
+        scene without the run guard, so the run that follows resumes the paid job (as for Veo)."""
+        ctx = self.ctx
+        self.release_slot()
+        cancelled_by_user = self.run_id is not None and ctx.board.cancelled(self.run_id)
+        if cancelled_by_user and self.cancel(operation_id):
             ctx.scenes.release_lease(
                 self.project_id, self.sequence, token=token, error="run cancelled during submit"
             )
-        self.log(f"operation not stored ({outcome}); cancelled at provider", operation_id, attempt)
-        return Step.done(f"operation dropped ({outcome})")
+            self.log("run cancelled; operation cancelled at provider", operation_id, attempt)
+            return Step.done("operation cancelled with the run")
+        kept = ctx.scenes.record_operation(
+            self.project_id, self.sequence, token=token, operation_id=operation_id, run_id=None
+        )
+        if kept != Claim.WON:
+            confirmed = self.cancel(operation_id)
+            self.log(f"operation lost its scene; cancel confirmed: {confirmed}", operation_id, None)
+            return Step.done(f"operation dropped ({kept})")
+        self.log("run no longer ours; operation kept for the next run", operation_id, attempt)
+        return Step.done("operation kept for the next run")
+
+    def cancel(self, operation_id: str) -> bool:
+        """True only when the provider confirms it stopped the job."""
+        provider = self.ctx.video_provider(self.provider_name)
+        if not provider.can_cancel:
+            return False
+        try:
+            return bool(provider.cancel(operation_id))
+        except Exception:
+            log.warning("could not cancel operation %s", operation_id, exc_info=True)
+            return False
 
     # -- waiting -------------------------------------------------------------------------------
     def next_poll(self, operation_id: str, transient_polls: int) -> Step:
@@ -285,10 +327,3 @@ class SceneJob:
             operation_id or "-",
             self.run_id or "-",
         )
-
-
-def _cancel_quietly(cancel: object, operation_id: str) -> None:
-    try:
-        cancel(operation_id)  # type: ignore[operator]
-    except Exception:
-        log.warning("could not cancel operation %s at the provider", operation_id, exc_info=True)

@@ -36,9 +36,9 @@ _NOT_TRANSIENT = {"ValidationException", "ResourceNotFoundException", "AccessDen
 class Table:
     """The project table of one process."""
 
-    def __init__(self, settings: Settings, *, retry_seconds: float = 30.0) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.model = bind_table(settings)
-        self._retry_seconds = retry_seconds
+        self._retry_seconds = settings.store_retry_seconds
         self._settings = settings
 
     # -- setup ---------------------------------------------------------------------------------
@@ -109,7 +109,7 @@ class Table:
                 with TransactWrite(connection=self._connection()) as tx:
                     build(tx)
             except TransactWriteError as exc:
-                if exc.cause_response_code == "TransactionCanceledException":
+                if _code(exc) == "TransactionCanceledException":
                     reasons = [_reason(r.code if r else None) for r in exc.cancellation_reasons]
                     if any(code == CONDITION_FAILED for code in reasons):
                         return reasons
@@ -143,7 +143,7 @@ class Table:
             try:
                 write()
             except PynamoDBException as exc:
-                if exc.cause_response_code == _CONDITION_ERROR:
+                if _code(exc) == _CONDITION_ERROR:
                     return False
                 raise
             return True
@@ -157,7 +157,7 @@ class Table:
             try:
                 return fn()
             except PynamoDBException as exc:
-                if exc.cause_response_code in _NOT_TRANSIENT:
+                if _code(exc) in _NOT_TRANSIENT:
                     raise
                 attempt += 1
                 if time.monotonic() >= deadline:
@@ -165,6 +165,14 @@ class Table:
                 delay = min(2.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.0)
                 log.warning("store call failed (%s); retrying in %.2fs", exc.msg, delay)
                 time.sleep(delay)
+
+
+def _code(exc: PynamoDBException) -> str | None:
+    """The error code DynamoDB answered with; None when no answer came at all (a timeout)."""
+    try:
+        return exc.cause_response_code
+    except AttributeError:  # pynamodb reads `response` of a cause that has none
+        return None
 
 
 def _reason(code: str | None) -> str | None:

@@ -19,7 +19,7 @@ from celery.exceptions import Ignore, Reject
 from mvpipe.deps import get_context
 from mvpipe.errors import InvalidInput, MvpipeError, StoreUnavailable
 from mvpipe.pipeline.generate import SceneJob
-from mvpipe.pipeline.steps import Next
+from mvpipe.pipeline.steps import Next, RecordPending
 from mvpipe.tasks.base import MvpipeTask, app, checked_ids, dispatcher
 
 log = logging.getLogger("mvpipe.tasks.generate")
@@ -28,7 +28,14 @@ log = logging.getLogger("mvpipe.tasks.generate")
 MAX_UNEXPECTED = 10
 
 #: The kwargs a next step starts from (a stale copy tag must not carry over).
-FRESH: dict[str, Any] = {"operation_id": None, "transient_polls": 0, "outages": 0, "copy": None}
+FRESH: dict[str, Any] = {
+    "operation_id": None,
+    "transient_polls": 0,
+    "outages": 0,
+    "copy": None,
+    "token": None,
+    "attempt": 0,
+}
 #: The two copies of a quota wait: the waiter's own timed check, and the wake-up it parks.
 TIMED, WOKEN = "timed", "woken"
 #: How long the first copy of a step is remembered (beyond any countdown or redelivery).
@@ -53,6 +60,8 @@ def generate_scene(
     transient_polls: int = 0,
     outages: int = 0,
     copy: str | None = None,
+    token: str | None = None,
+    attempt: int = 0,
 ) -> dict[str, Any]:
     try:
         checked_ids(project_id, sequence)
@@ -63,6 +72,8 @@ def generate_scene(
         "transient_polls": transient_polls,
         "outages": outages,
         "copy": copy,
+        "token": token,
+        "attempt": attempt,
     }
     ctx = get_context()
     job = SceneJob(
@@ -79,10 +90,12 @@ def generate_scene(
         ):
             step = None  # the other copy of this step ran first
         else:
-            step = job.step(operation_id, transient_polls)
+            step = job.step(operation_id, transient_polls, token=token, attempt=attempt)
             if step.refinalize:
                 sequences = ctx.board.run_sequences(run_id) if run_id else None
                 dispatcher.finalize(project_id, run_id, sequences)
+    except RecordPending as exc:  # a paid job's record is redone, however long the outage
+        raise self.outage_retry(exc, {**kwargs, **exc.carry}, outages) from exc
     except (StoreUnavailable, redis.RedisError) as exc:
         raise self.outage_retry(exc, kwargs, outages) from exc
     except MvpipeError as exc:
