@@ -5,6 +5,8 @@ not really stop it."""
 
 from __future__ import annotations
 
+import sqlite3
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -75,3 +77,26 @@ def test_a_run_taken_over_during_the_record_keeps_the_operation(
     release(state_dir(workers), HOLD)
     heal(project_id)  # the new run (and reconcile) adopt the job: nobody pays again
     check_drill(project_id, workers)
+
+
+def test_a_cancel_that_finds_the_job_finished_keeps_it_for_the_next_run(
+    start_workers: StartWorkers,
+) -> None:
+    workers, project_id, _run, _task = start_held_scene(start_workers, local_latency="0.5")
+    jobs = Path(workers.env["MVPIPE_LOCAL_STATE"])
+    wait_for(lambda: job_finished(jobs, project_id), 60, "the provider to finish the job")
+    api.cancel_project(project_id)  # the user cancels while the id is on its way
+    release(state_dir(workers), HOLD)
+    heal(project_id)  # the user's next run uses the finished job
+    check_drill(project_id, workers)
+
+
+def job_finished(path: Path, project_id: str) -> bool:
+    db = sqlite3.connect(path)
+    try:
+        row = db.execute(
+            "SELECT MAX(finishes_at) FROM jobs WHERE project_id = ?", (project_id,)
+        ).fetchone()
+    finally:
+        db.close()
+    return row[0] is not None and row[0] < time.time()
