@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(default=120.0, gt=0)
     provider_concurrency: int | None = Field(default=None, ge=1, le=10_000)
     max_attempts: int = Field(default=5, ge=1, le=100)
+    #: polls of one operation in a row that crash (an unclassified error, a killed worker)
+    #: before its scene is failed; a poll answered (even with a transient error) resets it
+    max_poll_errors: int = Field(default=10, ge=1, le=1000)
     poll_seconds: float | None = Field(default=None, gt=0)
     backoff_base: float = Field(default=1.0, gt=0)
     backoff_max: float = Field(default=60.0, gt=0)

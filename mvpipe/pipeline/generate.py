@@ -24,6 +24,7 @@ from mvpipe.errors import (
 from mvpipe.models import SceneStatus
 from mvpipe.pipeline.steps import Next, RecordPending, Step
 from mvpipe.providers.base import JobState, JobStatus, VideoRequest
+from mvpipe.providers.classify import describe
 from mvpipe.providers.limiter import slot_member
 from mvpipe.states import backoff_seconds, lease_expired
 from mvpipe.store.clips import clip_key
@@ -259,6 +260,9 @@ class SceneJob:
             ttl=s.liveness_seconds(self.provider_name),
             line_ttl=s.backoff_max * 2 + 30,
         )
+        started, last_error = ctx.board.start_poll(operation_id)
+        if started > s.max_poll_errors:
+            return self.give_up_polling(operation_id, started - 1, last_error)
         provider = ctx.video_provider(self.provider_name)
         failpoints.reached("during_poll")
         try:
@@ -266,13 +270,21 @@ class SceneJob:
             video = provider.download(status) if status.state == JobState.SUCCEEDED else None
         except PermanentProviderError as exc:
             status, video = JobStatus(JobState.FAILED, error=str(exc)), None
-        except TransientProviderError as exc:
+        except Exception as exc:
+            # Transient: the provider answered, just not yet usefully. Anything else (a reply
+            # we can't read): counted, and the scene fails if it never stops (see above).
+            error = describe(exc)
+            if isinstance(exc, TransientProviderError):
+                ctx.board.poll_answered(operation_id)
+            else:
+                ctx.board.poll_failed(operation_id, error)
             wait = backoff_seconds(
                 transient_polls + 1, base=max(s.backoff_base, self.poll_seconds), cap=s.backoff_max
             )
-            self.log(f"poll failed transiently, again in {wait:.1f}s: {exc}", operation_id, None)
+            self.log(f"poll failed, again in {wait:.1f}s: {error}", operation_id, None)
             step = self.next_poll(operation_id, transient_polls + 1)
-            return Step(step.next, "transient poll error", wait, step.carry)
+            return Step(step.next, "poll error", wait, step.carry)
+        ctx.board.poll_answered(operation_id)
         if status.state == JobState.RUNNING:
             return self.next_poll(operation_id, 0)
         self.release_slot()
@@ -293,6 +305,17 @@ class SceneJob:
             return Step.done("superseded: scene moved on, clip left for garbage collection")
         self.log(f"completed: {key}", operation_id, None)
         return self.finished("completed")
+
+    def give_up_polling(self, operation_id: str, crashed: int, last_error: str | None) -> Step:
+        """Polls of this operation crashed `crashed` times in a row (errors we can't classify,
+        or workers killed mid-poll): fail the scene rather than poll it forever."""
+        self.release_slot()
+        cause = last_error or "the worker was lost during the poll"
+        error = f"polling failed {crashed} times in a row without an answer: {cause}"
+        self.ctx.scenes.fail(self.project_id, self.sequence, error=error, operation_id=operation_id)
+        self.ctx.board.poll_answered(operation_id)
+        self.log(error, operation_id, None)
+        return self.finished("failed: polling never answered")
 
     # -- helpers -------------------------------------------------------------------------------
     def slot_check_seconds(self, place: int, limit: int) -> float:

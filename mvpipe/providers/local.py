@@ -163,6 +163,8 @@ class LocalVideoProvider:
             db.execute("INSERT OR IGNORE INTO polled VALUES (?)", (operation_id,))
         if self.faults.transient_fault(project_id, sequence, "poll", call):
             raise TransientProviderError("local provider: simulated 500 on poll")
+        if self.faults.garbage_fault(project_id, sequence, call):
+            json.loads("<html>simulated 200 whose body is not JSON</html>")  # raises, unclassified
         if cancelled:
             return JobStatus(JobState.CANCELLED, error="cancelled")
         if time.time() < finishes_at:

@@ -46,6 +46,22 @@ def test_provider_faults_transient_quota_and_permanent(start_workers: StartWorke
     assert generations_per_scene(workers.ledger, project_id) == {n: 1 for n in range(1, 13)}
 
 
+def test_polls_answered_with_garbage_fail_their_scenes_not_loop(
+    start_workers: StartWorkers,
+) -> None:
+    workers = start_workers(local_faults="garbage=1,seed=3", max_poll_errors="3", **DRILL_SETTINGS)
+    project_id = api.create_project("Garbage", "Unreadable replies.", scene_count=2)
+    api.run_project(project_id)
+    view = api.wait_project(project_id, timeout=120)
+    assert view.status == ProjectStatus.FAILED
+    for scene in view.scenes:
+        assert scene.status == SceneStatus.FAILED
+        assert "3 times in a row" in (scene.last_error or "")
+        assert "JSONDecodeError" in (scene.last_error or "")
+    assert_invariants(project_id)
+    assert generations_per_scene(workers.ledger, project_id) == {1: 1, 2: 1}
+
+
 def test_duplicate_delivery_of_one_scene(start_workers: StartWorkers) -> None:
     workers = start_workers(**DRILL_SETTINGS)
     ctx = get_context()

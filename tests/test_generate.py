@@ -1,0 +1,121 @@
+"""One scene's steps in this process, against the real redis-server and moto server, with a
+provider double given to the context (the way a worker builds its providers): the paths real
+providers reach only by misbehaving."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from mvpipe.deps import Context, build_context
+from mvpipe.localstack import LocalStack
+from mvpipe.models import SceneStatus
+from mvpipe.pipeline.generate import SceneJob
+from mvpipe.pipeline.steps import Next
+from mvpipe.providers.base import JobState, JobStatus, VideoRequest
+from mvpipe.settings import get_settings
+from tests.test_store import claim, new_project
+
+pytestmark = pytest.mark.integration
+
+SECRET = "r8_not-a-real-token-0123456789"
+
+
+class Misbehaving:
+    """A video provider that accepts jobs and answers polls with what `answer` says."""
+
+    name = "local"
+    can_cancel = True
+
+    def __init__(self) -> None:
+        self.answer: BaseException | JobStatus = JobStatus(JobState.RUNNING)
+        self.submit_error: BaseException | None = None
+        self.submitted = 0
+
+    def submit(self, request: VideoRequest) -> str:
+        if self.submit_error is not None:
+            raise self.submit_error
+        self.submitted += 1
+        return f"op-{uuid.uuid4().hex}"
+
+    def poll(self, operation_id: str) -> JobStatus:
+        if isinstance(self.answer, BaseException):
+            raise self.answer
+        return self.answer
+
+    def download(self, status: JobStatus) -> bytes:
+        return status.video or b""
+
+    def cancel(self, operation_id: str) -> bool:
+        return True
+
+
+@pytest.fixture
+def provider() -> Misbehaving:
+    return Misbehaving()
+
+
+@pytest.fixture
+def ctx(
+    stack: LocalStack, provider: Misbehaving, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Context]:
+    monkeypatch.setenv("REPLICATE_API_TOKEN", SECRET)
+    context = build_context(get_settings())
+    context.ensure_storage()
+    context._providers["local"] = provider
+    yield context
+
+
+def polling_scene(ctx: Context) -> tuple[str, str, str]:
+    """A scene whose job was accepted and recorded: (project, run, operation)."""
+    project_id, run_id = new_project(ctx, 1)
+    token = uuid.uuid4().hex
+    claim(ctx, project_id, run_id, token)
+    operation_id = f"op-{uuid.uuid4().hex}"
+    ctx.scenes.record_operation(
+        project_id, 1, token=token, operation_id=operation_id, run_id=run_id
+    )
+    return project_id, run_id, operation_id
+
+
+def job(ctx: Context, project_id: str, run_id: str) -> SceneJob:
+    """A fresh execution, as a redelivered or re-queued message gets."""
+    return SceneJob(ctx, project_id, 1, run_id, "local")
+
+
+def test_a_poll_that_keeps_crashing_fails_the_scene_past_the_limit(
+    ctx: Context, provider: Misbehaving
+) -> None:
+    project_id, run_id, operation_id = polling_scene(ctx)
+    provider.answer = ValueError(f"200 with a non-JSON body: <html>token={SECRET}</html>")
+    limit = ctx.settings.max_poll_errors
+    for _ in range(limit):
+        step = job(ctx, project_id, run_id).step(operation_id)
+        assert step.next == Next.POLL and step.carry["operation_id"] == operation_id
+    assert job(ctx, project_id, run_id).step(operation_id).next == Next.DONE
+    scene = ctx.scenes.get(project_id, 1)
+    assert scene is not None and scene.status == SceneStatus.FAILED
+    assert "non-JSON body" in (scene.last_error or "") and SECRET not in (scene.last_error or "")
+
+
+def test_a_poll_that_kills_its_worker_counts_too_and_an_answer_resets_the_count(
+    ctx: Context, provider: Misbehaving
+) -> None:
+    project_id, run_id, operation_id = polling_scene(ctx)
+    limit = ctx.settings.max_poll_errors
+    provider.answer = SystemExit("worker killed mid-poll")
+    for _ in range(limit - 1):
+        with pytest.raises(SystemExit):
+            job(ctx, project_id, run_id).step(operation_id)
+    provider.answer = JobStatus(JobState.RUNNING)  # answered: the count starts again
+    assert job(ctx, project_id, run_id).step(operation_id).next == Next.POLL
+    provider.answer = SystemExit("worker killed mid-poll")
+    for _ in range(limit):
+        with pytest.raises(SystemExit):
+            job(ctx, project_id, run_id).step(operation_id)
+    assert job(ctx, project_id, run_id).step(operation_id).next == Next.DONE
+    scene = ctx.scenes.get(project_id, 1)
+    assert scene is not None and scene.status == SceneStatus.FAILED
+    assert "without an answer" in (scene.last_error or "")
