@@ -39,6 +39,7 @@ KINDS = [
 SETTINGS = {
     "lease_seconds": "4",
     "provider_timeout_seconds": "2",
+    "store_timeout_seconds": "1",
     "liveness_slack_seconds": "1",
     "run_stale_seconds": "4",
     "backoff_max": "2",

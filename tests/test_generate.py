@@ -4,12 +4,15 @@ providers reach only by misbehaving."""
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 
 import pytest
 
 from mvpipe.deps import Context, build_context
+from mvpipe.errors import StoreUnavailable
 from mvpipe.localstack import LocalStack
 from mvpipe.models import SceneStatus
 from mvpipe.pipeline.generate import SceneJob
@@ -119,3 +122,47 @@ def test_a_poll_that_kills_its_worker_counts_too_and_an_answer_resets_the_count(
     scene = ctx.scenes.get(project_id, 1)
     assert scene is not None and scene.status == SceneStatus.FAILED
     assert "without an answer" in (scene.last_error or "")
+
+
+def test_no_submission_when_the_lease_has_no_room_left_for_submit_and_record(
+    stack: LocalStack, provider: Misbehaving
+) -> None:
+    # The claim's own store retries can eat the lease; here the lease is that short from the
+    # start (the settings check forbids it, the copy skips the check).
+    settings = get_settings().model_copy(update={"lease_seconds": 1.0})
+    tight = build_context(settings)
+    tight._providers["local"] = provider
+    project_id, run_id = new_project(tight, 1)
+    step = SceneJob(tight, project_id, 1, run_id, "local").step()
+    assert step.next == Next.RETRY_SUBMIT
+    assert provider.submitted == 0
+    scene = tight.scenes.get(project_id, 1)
+    assert scene is not None and scene.status == SceneStatus.PENDING
+    assert scene.attempts == 0  # a lease given back unused spends no attempt
+
+
+def test_store_retries_on_the_submission_path_stop_at_the_lease(stack: LocalStack) -> None:
+    settings = get_settings().model_copy(
+        update={"store_timeout_seconds": 1.0, "store_retry_seconds": 3600.0}
+    )
+    table = build_context(settings).table
+    moto = next(s for s in stack.services if s.name == "moto")
+    outcome: list[BaseException | None] = []
+
+    def read_within_a_lease() -> None:
+        try:
+            with table.retry_until(time.time() + 1):
+                table.get("PROJECT#none", "METADATA")
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    moto.pause()
+    try:
+        reader = threading.Thread(target=read_within_a_lease)
+        reader.start()
+        reader.join(timeout=60)  # an hour of retries without the bound
+        assert not reader.is_alive()
+    finally:
+        moto.resume()
+    assert len(outcome) == 1 and isinstance(outcome[0], StoreUnavailable)

@@ -123,14 +123,18 @@ class SceneJob:
         ctx.board.touch_scene(
             self.project_id, self.sequence, s.liveness_seconds(self.provider_name)
         )
-        claim = ctx.scenes.claim(
-            self.project_id,
-            self.sequence,
-            run_id=self.run_id,
-            token=token,
-            lease_seconds=s.lease_seconds,
-            max_attempts=s.max_attempts,
-        )
+        claimed_at = time.time()
+        lease_end = claimed_at + s.lease_seconds
+        with ctx.table.retry_until(lease_end - s.submit_budget_seconds):
+            claim = ctx.scenes.claim(
+                self.project_id,
+                self.sequence,
+                run_id=self.run_id,
+                token=token,
+                lease_seconds=s.lease_seconds,
+                max_attempts=s.max_attempts,
+                now=claimed_at,
+            )
         if claim.outcome != Claim.WON:
             self.release_slot()
             if claim.outcome == Claim.EXHAUSTED:
@@ -143,6 +147,16 @@ class SceneJob:
                 return self.finished("failed: attempts exhausted")
             return Step.done(f"not claimed ({claim.outcome})")
         attempt = claim.attempts or scene.attempts + 1
+        if lease_end - time.time() < s.submit_budget_seconds:
+            # The claim took so long (store retries) that a submit and its record might outlive
+            # the lease, and a second worker could submit too: give the lease back unused.
+            self.release_slot()
+            ctx.scenes.release_lease(
+                self.project_id, self.sequence, token=token, error="lease too short", unused=True
+            )
+            wait = backoff_seconds(attempt, base=s.backoff_base, cap=s.backoff_max)
+            self.log(f"lease too short to submit, retry in {wait:.1f}s", None, attempt)
+            return Step(Next.RETRY_SUBMIT, "lease too short to submit", wait)
         self.log("lease won", None, attempt)
         request = VideoRequest(
             self.project_id,
@@ -171,7 +185,8 @@ class SceneJob:
             return Step(Next.RETRY_SUBMIT, "transient submit error", wait)
         failpoints.reached("after_submit")
         failpoints.reached("before_record")
-        return self.record(operation_id, token, attempt)
+        with ctx.table.retry_until(lease_end):
+            return self.record(operation_id, token, attempt)
 
     def record(self, operation_id: str, token: str, attempt: int) -> Step:
         """Store the accepted job's id; whatever fails here, the job is not dropped for it.

@@ -8,8 +8,10 @@ attempt already took effect (invariant 7).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -39,6 +41,7 @@ class Table:
     def __init__(self, settings: Settings) -> None:
         self.model = bind_table(settings)
         self._retry_seconds = settings.store_retry_seconds
+        self._local = threading.local()
         self._settings = settings
 
     # -- setup ---------------------------------------------------------------------------------
@@ -134,6 +137,17 @@ class Table:
 
         self._call(write)
 
+    @contextlib.contextmanager
+    def retry_until(self, deadline: float) -> Iterator[None]:
+        """Store calls inside stop retrying an outage at `deadline` (epoch seconds): a path
+        that must finish within a lease does not spend it waiting for the store."""
+        previous: float | None = getattr(self._local, "deadline", None)
+        self._local.deadline = deadline if previous is None else min(previous, deadline)
+        try:
+            yield
+        finally:
+            self._local.deadline = previous
+
     # -- plumbing ------------------------------------------------------------------------------
     def _connection(self) -> Connection:
         return self.model._get_connection().connection
@@ -152,6 +166,9 @@ class Table:
 
     def _call(self, fn: Callable[[], T]) -> T:
         deadline = time.monotonic() + self._retry_seconds
+        bound: float | None = getattr(self._local, "deadline", None)
+        if bound is not None:
+            deadline = min(deadline, time.monotonic() + bound - time.time())
         attempt = 0
         while True:
             try:

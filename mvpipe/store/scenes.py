@@ -137,9 +137,13 @@ class SceneStore:
             return Claim.WON
         return Claim.RUN_INACTIVE if run_inactive else Claim.NOT_CLAIMABLE
 
-    def release_lease(self, project_id: str, sequence: int, *, token: str, error: str) -> bool:
-        """Give a lease back after a transient submit error: the scene is `pending` again."""
+    def release_lease(
+        self, project_id: str, sequence: int, *, token: str, error: str, unused: bool = False
+    ) -> bool:
+        """Give a lease back after a transient submit error: the scene is `pending` again. An
+        `unused` lease (nothing was submitted under it) gives its attempt back too."""
         m = self.m
+        refund = [m.attempts.add(-1)] if unused else []
         return self._transition(
             project_id,
             sequence,
@@ -147,6 +151,7 @@ class SceneStore:
                 m.status.set(SceneStatus.PENDING),
                 *self._no_lease(),
                 m.last_error.set(clip_error(error)),
+                *refund,
             ],
             (m.lease_token == token) & m.operation_id.does_not_exist(),
             done=lambda s: s.lease_token != token and s.operation_id is None,
