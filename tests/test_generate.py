@@ -18,6 +18,7 @@ from mvpipe.models import SceneStatus
 from mvpipe.pipeline.generate import SceneJob
 from mvpipe.pipeline.steps import Next
 from mvpipe.providers.base import JobState, JobStatus, VideoRequest
+from mvpipe.providers.limiter import QuotaLimiter
 from mvpipe.settings import get_settings
 from tests.test_store import claim, new_project
 
@@ -67,6 +68,7 @@ def ctx(
     monkeypatch.setenv("REPLICATE_API_TOKEN", SECRET)
     context = build_context(get_settings())
     context.ensure_storage()
+    context.limiter = QuotaLimiter(context.redis, prefix=f"test:{uuid.uuid4()}")  # own quota
     context._providers["local"] = provider
     yield context
 
@@ -166,3 +168,42 @@ def test_store_retries_on_the_submission_path_stop_at_the_lease(stack: LocalStac
     finally:
         moto.resume()
     assert len(outcome) == 1 and isinstance(outcome[0], StoreUnavailable)
+
+
+def slot_holder(ctx: Context, member: str) -> bool:
+    return ctx.redis.zscore(f"{ctx.limiter.prefix}:local:slots", member) is not None
+
+
+def test_a_duplicate_whose_claim_fails_leaves_the_owners_slot_alone(
+    ctx: Context, provider: Misbehaving
+) -> None:
+    project_id, run_id = new_project(ctx, 1)
+    ctx.board.touch_run(run_id, 60)
+    seen_by_duplicate = ctx.scenes.get(project_id, 1)  # read before the owner claimed
+    assert seen_by_duplicate is not None
+    owner = job(ctx, project_id, run_id)
+    assert owner.step().next == Next.POLL and provider.submitted == 1
+    assert slot_holder(ctx, owner.member)
+    duplicate = job(ctx, project_id, run_id)
+    assert duplicate.submit(seen_by_duplicate).next == Next.DONE  # its claim fails
+    assert slot_holder(ctx, owner.member)  # the owner's job still counts against the quota
+    assert provider.submitted == 1
+
+
+def test_a_waiter_of_a_cancelled_run_leaves_the_line(ctx: Context) -> None:
+    project_id, run_id = new_project(ctx, 1)
+    waiter = job(ctx, project_id, run_id)
+    limit = ctx.settings.concurrency_for("local")
+    holders = [f"holder-{uuid.uuid4().hex}" for _ in range(limit)]
+    for member in holders:
+        assert ctx.limiter.acquire("local", member, limit=limit, ttl=60, line_ttl=60).granted
+    try:
+        assert waiter.step().next == Next.WAIT_SLOT
+        line = f"{ctx.limiter.prefix}:local:line"
+        assert ctx.redis.zscore(line, waiter.member) is not None
+        ctx.board.mark_cancelled(run_id)
+        assert job(ctx, project_id, run_id).step().next == Next.DONE
+        assert ctx.redis.zscore(line, waiter.member) is None
+    finally:
+        for member in holders:
+            ctx.limiter.release("local", member, limit=limit)

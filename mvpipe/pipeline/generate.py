@@ -79,6 +79,7 @@ class SceneJob:
         if operation_id is not None and token is not None:
             return self.record(operation_id, token, attempt)
         if self.run_id is not None and board.cancelled(self.run_id):
+            self.leave_line()
             return Step.done("run cancelled")
         if operation_id is not None:
             return self.poll(operation_id, transient_polls)
@@ -136,7 +137,8 @@ class SceneJob:
                 now=claimed_at,
             )
         if claim.outcome != Claim.WON:
-            self.release_slot()
+            if slot.fresh:  # a slot held already is the live owner's (we are its duplicate)
+                self.release_slot()
             if claim.outcome == Claim.EXHAUSTED:
                 ctx.scenes.fail(
                     self.project_id,
@@ -344,6 +346,14 @@ class SceneJob:
     def release_slot(self) -> None:
         self.wakes.extend(
             self.ctx.limiter.release(
+                self.provider_name, self.member, limit=self.s.concurrency_for(self.provider_name)
+            )
+        )
+
+    def leave_line(self) -> None:
+        """A waiter of a cancelled run gives its place in line to the next live one."""
+        self.wakes.extend(
+            self.ctx.limiter.leave(
                 self.provider_name, self.member, limit=self.s.concurrency_for(self.provider_name)
             )
         )
