@@ -223,3 +223,19 @@ TestRecount.settings = settings(
 @pytest.fixture(autouse=True)
 def _stack_for_machine(stack: LocalStack) -> None:
     """The state machine's test case needs the servers too."""
+
+
+def test_a_users_run_gives_a_scene_at_its_attempt_limit_its_attempts_back(ctx: Context) -> None:
+    project_id, run_id = new_project(ctx)
+    for n in range(3):  # cancelled mid-submit three times: pending, no attempts left
+        assert claim(ctx, project_id, run_id, f"t{n}") == Claim.WON
+        assert ctx.scenes.release_lease(project_id, 1, token=f"t{n}", error="run cancelled")
+    assert claim(ctx, project_id, run_id, "t3") == Claim.EXHAUSTED
+    for _ in range(2):  # the second call finds its own write: success (invariant 7)
+        assert ctx.scenes.restore_attempts(project_id, 1, max_attempts=3)
+    assert ctx.scenes.get(project_id, 1).attempts == 0  # type: ignore[union-attr]
+    assert claim(ctx, project_id, run_id, "t4") == Claim.WON
+    # A scene owned by an operation is left alone: it needs no new submission.
+    ctx.scenes.record_operation(project_id, 1, token="t4", operation_id="op", run_id=run_id)
+    assert not ctx.scenes.restore_attempts(project_id, 1, max_attempts=1)
+    assert ctx.scenes.get(project_id, 1).attempts == 1  # type: ignore[union-attr]

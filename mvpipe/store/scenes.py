@@ -282,6 +282,25 @@ class SceneStore:
             done=lambda s: s.status != SceneStatus.FAILED,
         )
 
+    def restore_attempts(self, project_id: str, sequence: int, *, max_attempts: int) -> bool:
+        """A user started a run: an open scene with no submissions left (cancelled runs spent
+        them) gets its attempts back, so the run submits it instead of failing it unpaid.
+        True when the scene has attempts left afterwards."""
+        m = self.m
+        return self._transition(
+            project_id,
+            sequence,
+            [m.attempts.set(0)],
+            m.operation_id.does_not_exist()
+            & m.original_clip_key.does_not_exist()
+            & (m.attempts >= max_attempts)
+            & (
+                (m.status == SceneStatus.PENDING)
+                | ((m.status == SceneStatus.PROCESSING) & (m.lease_expires_at < time.time()))
+            ),
+            done=lambda s: s.attempts < max_attempts and s.operation_id is None,
+        )
+
     def reset_for_regeneration(self, project_id: str, sequence: int, *, run_id: str) -> Claim:
         """One transaction: clear the scene's clip and operation and win the project's run."""
         m = self.m
