@@ -207,3 +207,16 @@ def test_a_waiter_of_a_cancelled_run_leaves_the_line(ctx: Context) -> None:
     finally:
         for member in holders:
             ctx.limiter.release("local", member, limit=limit)
+
+
+def test_unclassified_submit_errors_are_scrubbed_before_they_are_stored(
+    ctx: Context, provider: Misbehaving
+) -> None:
+    project_id, run_id = new_project(ctx, 1)
+    provider.submit_error = ValueError(f"unexpected reply from https://api?token={SECRET}")
+    step = job(ctx, project_id, run_id).step()
+    assert step.next == Next.RETRY_SUBMIT
+    scene = ctx.scenes.get(project_id, 1)
+    assert scene is not None and scene.status == SceneStatus.PENDING
+    assert "ValueError: unexpected reply" in (scene.last_error or "")
+    assert SECRET not in (scene.last_error or "")

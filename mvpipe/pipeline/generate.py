@@ -18,7 +18,6 @@ from mvpipe.deps import Context
 from mvpipe.errors import (
     ConfigurationError,
     PermanentProviderError,
-    ProviderError,
     TransientProviderError,
 )
 from mvpipe.models import SceneStatus
@@ -171,12 +170,13 @@ class SceneJob:
             operation_id = ctx.video_provider(self.provider_name).submit(request)
         except (PermanentProviderError, ConfigurationError) as exc:
             self.release_slot()
-            ctx.scenes.fail(self.project_id, self.sequence, error=str(exc), token=token)
-            self.log(f"submit refused permanently: {exc}", None, attempt)
+            error = describe(exc)
+            ctx.scenes.fail(self.project_id, self.sequence, error=error, token=token)
+            self.log(f"submit refused permanently: {error}", None, attempt)
             return self.finished("failed: permanent provider error")
         except Exception as exc:  # transient, or unclassified: never keep a lease we can't use
             self.release_slot()
-            error = str(exc) if isinstance(exc, ProviderError) else f"{type(exc).__name__}: {exc}"
+            error = describe(exc)
             if attempt >= s.max_attempts:
                 ctx.scenes.fail(self.project_id, self.sequence, error=error, token=token)
                 self.log(f"submit failed, attempts exhausted: {error}", None, attempt)

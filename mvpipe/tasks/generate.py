@@ -11,6 +11,7 @@ owns the step and the other ends without a result, so the chord counts each scen
 from __future__ import annotations
 
 import logging
+import traceback
 from typing import Any
 
 import redis
@@ -20,6 +21,7 @@ from mvpipe.deps import get_context
 from mvpipe.errors import InvalidInput, MvpipeError, StoreUnavailable
 from mvpipe.pipeline.generate import SceneJob
 from mvpipe.pipeline.steps import Next, RecordPending
+from mvpipe.providers.classify import describe, scrub
 from mvpipe.tasks.base import MvpipeTask, app, checked_ids, dispatcher
 
 log = logging.getLogger("mvpipe.tasks.generate")
@@ -99,13 +101,18 @@ def generate_scene(
     except (StoreUnavailable, redis.RedisError) as exc:
         raise self.outage_retry(exc, kwargs, outages) from exc
     except MvpipeError as exc:
-        log.warning("scene %s/%s: %s", project_id, sequence, exc)
-        return {"project_id": project_id, "sequence": sequence, "outcome": f"error: {exc}"}
+        log.warning("scene %s/%s: %s", project_id, sequence, describe(exc))
+        return _gave_up(project_id, sequence, exc)
     except Exception as exc:
-        log.exception("unexpected error in generate_scene %s/%s", project_id, sequence)
+        log.error(
+            "unexpected error in generate_scene %s/%s:\n%s",
+            project_id,
+            sequence,
+            scrub("".join(traceback.format_exception(exc))),
+        )
         if outages < MAX_UNEXPECTED:
-            raise self.outage_retry(exc, kwargs, outages) from exc
-        return {"project_id": project_id, "sequence": sequence, "outcome": f"error: {exc}"}
+            raise self.outage_retry(exc, kwargs, outages) from None
+        return _gave_up(project_id, sequence, exc)
     finally:
         if job.wakes:
             woken = dispatcher.wake(job.wakes)
@@ -126,3 +133,7 @@ def generate_scene(
         "next_step_in": round(step.countdown, 3),
     }
     raise self.rerun_later(WAITING_STATES[step.next], step.countdown, carry, progress)
+
+
+def _gave_up(project_id: str, sequence: int, exc: Exception) -> dict[str, Any]:
+    return {"project_id": project_id, "sequence": sequence, "outcome": f"error: {describe(exc)}"}
