@@ -82,6 +82,26 @@ def test_duplicate_delivery_of_one_scene(start_workers: StartWorkers) -> None:
     check_drill(project_id, workers)
 
 
+def test_broker_redelivery_of_one_scene_with_the_same_task_id(start_workers: StartWorkers) -> None:
+    workers = start_workers(**DRILL_SETTINGS)
+    ctx = get_context()
+    project_id = api.create_project("Redelivered", "Same id.", scenes=[{"prompt": "one"}])
+    run_id = str(uuid.uuid4())
+    ctx.projects.win_run(project_id, run_id, ProjectStatus.PROCESSING)
+    ctx.board.touch_run(run_id, 60)
+    task_id = str(uuid.uuid4())
+    for _ in range(2):  # what a broker redelivering an unacked message does: one id, twice
+        app.send_task(GENERATE_SCENE, args=[project_id, 1, run_id, "local"], task_id=task_id)
+    wait_for(
+        lambda: ctx.scenes.get(project_id, 1).status == SceneStatus.COMPLETED,  # type: ignore[union-attr]
+        60,
+        "the scene to complete",
+    )
+    assert generations_per_scene(workers.ledger, project_id) == {1: 1}
+    heal(project_id)
+    check_drill(project_id, workers)
+
+
 def test_concurrent_run_regenerate_cancel_and_reconcile(start_workers: StartWorkers) -> None:
     workers = start_workers(**{**DRILL_SETTINGS, "local_latency": "0.5"})
     project_id = api.create_project("Storm", "Everyone at once.", scene_count=5)
