@@ -76,6 +76,8 @@ class SceneStore:
                 | ((m.status == SceneStatus.PROCESSING) & (m.lease_expires_at < now))
             )
             & (m.attempts.does_not_exist() | (m.attempts < max_attempts))
+            # our own landed claim (its lease expired since) is found below, not taken again
+            & (m.lease_token.does_not_exist() | (m.lease_token != token))
         )
         actions: list[Action] = [
             m.status.set(SceneStatus.PROCESSING),
