@@ -4,7 +4,9 @@
 
 Each round starts its own stack, runs a project with the local provider, injects one fault
 (a worker SIGKILLed at a critical moment, a whole worker killed, Redis restarted with or without
-its data, the state server paused, provider faults), heals (reconcile + re-run, as an operator
+its data, the state server paused — also exactly while an operation id is recorded —, the run
+taken over during that record, provider faults, unreadable poll replies, every scene's message
+redelivered under one task id), heals (reconcile + re-run, as an operator
 would), then checks every invariant and counts paid generations from the provider's ledger.
 """
 
@@ -13,19 +15,22 @@ from __future__ import annotations
 import argparse
 import random
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 
 from common import bench_stack, record, table, workers
 
 from mvpipe import api
+from mvpipe.celery_app import app
 from mvpipe.deps import get_context
+from mvpipe.dispatch import GENERATE_SCENE
 from mvpipe.drills import double_payments, heal, paid_generations, restart_redis
 from mvpipe.errors import MvpipeError
-from mvpipe.failpoints import POINTS
+from mvpipe.failpoints import POINTS, held, release
 from mvpipe.invariants import violations
 from mvpipe.localstack import LocalStack
-from mvpipe.models import SceneStatus
+from mvpipe.models import ProjectStatus, SceneStatus
 from mvpipe.providers.local import LocalJobs
 
 KINDS = [
@@ -35,10 +40,18 @@ KINDS = [
     "redis-lost",
     "pause-state",
     "faults",
+    "pause-record",
+    "takeover-record",
+    "garbage-poll",
+    "redeliver",
 ]
+#: Kinds that hold one execution just before it records its operation id.
+HELD = ("pause-record", "takeover-record")
+HOLD = "before_record"
 SETTINGS = {
     "lease_seconds": "4",
     "provider_timeout_seconds": "2",
+    "store_timeout_seconds": "1",
     "liveness_slack_seconds": "1",
     "run_stale_seconds": "4",
     "backoff_max": "2",
@@ -56,23 +69,59 @@ def wait_ledger(ledger: Path, project_id: str, count: int, timeout: float = 60) 
         time.sleep(0.1)
 
 
+def wait_held(state_dir: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not held(state_dir, HOLD) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def run_round(
     stack: LocalStack, workdir: Path, number: int, kind: str, scenes: int, rng: random.Random
 ) -> dict[str, int]:
+    seed = rng.randint(1, 10**6)
+    state_dir = workdir / f"state-{number}"
     env = {
         "MVPIPE_LOCAL_LATENCY": f"{rng.uniform(0.5, 2.5):.2f}",
-        "MVPIPE_STATE_DIR": str(workdir / f"state-{number}"),
+        "MVPIPE_STATE_DIR": str(state_dir),
         "MVPIPE_FAILPOINTS": kind.split(":", 1)[1] if kind.startswith("crash:") else "",
-        "MVPIPE_LOCAL_FAULTS": (
-            f"transient=0.3,permanent=0.1,seed={rng.randint(1, 10**6)}" if kind == "faults" else ""
-        ),
+        "MVPIPE_LOCAL_FAULTS": {
+            "faults": f"transient=0.3,permanent=0.1,seed={seed}",
+            "garbage-poll": f"garbage=0.3,seed={seed}",
+        }.get(kind, ""),
     }
+    if kind in HELD:
+        env["MVPIPE_FAILPOINTS"] = f"{HOLD}=hold"
+        env["MVPIPE_STORE_RETRY_SECONDS"] = "2"  # a record gives up within the pause
     ledger = Path(stack.env["MVPIPE_LOCAL_LEDGER"])
     worker = workers(stack, workdir, 2, **env)
     project_id = api.create_project("Drill", "Chaos.", scene_count=scenes)
     api.run_project(project_id)
-    wait_ledger(ledger, project_id, rng.randint(1, scenes))
-    if kind == "kill-worker":
+    if kind in HELD:
+        wait_held(state_dir)
+    else:
+        wait_ledger(ledger, project_id, rng.randint(1, scenes))
+    if kind == "pause-record":  # the state server stops while an operation id is recorded
+        moto = next(s for s in stack.services if s.name == "moto")
+        moto.pause()
+        release(state_dir, HOLD)
+        time.sleep(rng.uniform(3, 5))  # the fault: longer than the record's store retries
+        moto.resume()
+    elif kind == "takeover-record":  # reconcile takes the run over while an id is recorded
+        run = get_context().projects.get(project_id).active_run_id
+        if run is not None:
+            get_context().projects.take_over_run(
+                project_id, run, str(uuid.uuid4()), ProjectStatus.PROCESSING
+            )
+        release(state_dir, HOLD)
+    elif kind == "redeliver":  # every scene's message delivered twice under one task id
+        run = get_context().projects.get(project_id).active_run_id
+        for sequence in range(1, scenes + 1):
+            task_id = str(uuid.uuid4())
+            for _ in range(2):
+                app.send_task(
+                    GENERATE_SCENE, args=[project_id, sequence, run, "local"], task_id=task_id
+                )
+    elif kind == "kill-worker":
         worker.kill()
         worker = workers(stack, workdir, 2, **env)
     elif kind.startswith("redis"):
@@ -109,10 +158,12 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--scenes", type=int, default=8)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--kinds", default=",".join(KINDS), help="comma-separated subset")
     args = parser.parse_args()
+    kinds = [k for k in KINDS if k in args.kinds.split(",")]
     rng = random.Random(args.seed)
-    totals: dict[str, Counter[str]] = {kind: Counter() for kind in KINDS}
-    rounds = [kind for _ in range(args.repeat) for kind in rng.sample(KINDS, len(KINDS))]
+    totals: dict[str, Counter[str]] = {kind: Counter() for kind in kinds}
+    rounds = [kind for _ in range(args.repeat) for kind in rng.sample(kinds, len(kinds))]
     with bench_stack(**SETTINGS) as (stack, workdir):
         for number, kind in enumerate(rounds):
             totals[kind].update(run_round(stack, workdir, number, kind, args.scenes, rng))
@@ -127,7 +178,7 @@ def main() -> None:
         "dup_other",
         "violations",
     ]
-    rows = [(kind, *(str(totals[kind][c]) for c in columns)) for kind in KINDS]
+    rows = [(kind, *(str(totals[kind][c]) for c in columns)) for kind in kinds]
     grand: Counter[str] = Counter()
     for counter in totals.values():
         grand.update(counter)

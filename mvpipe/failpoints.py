@@ -1,30 +1,69 @@
-"""Crash points for fault drills: `MVPIPE_FAILPOINTS=after_submit,after_upload`.
+"""Crash and hold points for fault drills: `MVPIPE_FAILPOINTS=after_submit,before_record=hold`.
 
 When a named point is reached, the process is SIGKILLed — once per point and state directory,
 across all processes (the first to create the marker file dies), so a drill crashes exactly one
-execution at exactly that moment. Unset in production: then `reached` is one dict lookup.
+execution at exactly that moment. A point named `name=hold` instead stops that one execution
+there until the drill says go (`release`), so the drill can break something (pause the state
+server) exactly while the execution is at that point. Unset in production: then `reached` is one
+dict lookup.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import time
+from pathlib import Path
 
 from mvpipe.settings import get_settings
 
 #: The moments a drill can crash a worker at.
 POINTS = ("after_submit", "after_record", "during_poll", "after_upload")
+#: The moments a drill can hold an execution at (besides the crash points).
+HOLD_POINTS = ("before_record",)
+#: How long a held execution waits for the drill before it goes on by itself.
+HOLD_SECONDS = 120.0
+
+
+def _modes() -> dict[str, str]:
+    wanted = os.environ.get("MVPIPE_FAILPOINTS")
+    if not wanted:
+        return {}
+    modes = {}
+    for entry in filter(None, wanted.split(",")):
+        name, _, mode = entry.partition("=")
+        modes[name] = mode or "kill"
+    return modes
+
+
+def marker_dir(state_dir: Path) -> Path:
+    return state_dir / "failpoints"
 
 
 def reached(name: str) -> None:
-    wanted = os.environ.get("MVPIPE_FAILPOINTS")
-    if not wanted or name not in wanted.split(","):
+    mode = _modes().get(name)
+    if mode is None:
         return
-    marker = get_settings().state_dir / "failpoints" / name
-    marker.parent.mkdir(parents=True, exist_ok=True)
+    markers = marker_dir(get_settings().state_dir)
+    markers.mkdir(parents=True, exist_ok=True)
     try:
-        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        fd = os.open(markers / name, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
         return
     os.close(fd)
+    if mode == "hold":
+        deadline = time.monotonic() + HOLD_SECONDS
+        while not (markers / f"{name}.go").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def held(state_dir: Path, name: str) -> bool:
+    """Whether an execution has reached the hold point `name` (it waits there for `release`)."""
+    return (marker_dir(state_dir) / name).exists()
+
+
+def release(state_dir: Path, name: str) -> None:
+    """Let the execution held at `name` go on."""
+    (marker_dir(state_dir) / f"{name}.go").touch()

@@ -90,6 +90,25 @@ class RunBoard:
             return True
         return self.client.get(key) == copy.encode()
 
+    # -- polls that never answer ---------------------------------------------------------------
+    def start_poll(self, operation_id: str) -> tuple[int, str | None]:
+        """Count a poll of `operation_id` before it runs; returns how many polls in a row have
+        now started without an answer (this one included) and the last error one raised. A
+        poll that crashes its worker is counted too: it never gets to `poll_answered`."""
+        key = self._key("poll", operation_id)
+        pipe = self.client.pipeline()
+        pipe.hincrby(key, "started", 1)
+        pipe.hget(key, "error")
+        pipe.expire(key, self.ttl)
+        started, error, _ = pipe.execute()
+        return int(started), None if error is None else error.decode()
+
+    def poll_failed(self, operation_id: str, error: str) -> None:
+        self.client.hset(self._key("poll", operation_id), "error", error)
+
+    def poll_answered(self, operation_id: str) -> None:
+        self.client.delete(self._key("poll", operation_id))
+
     # -- planning ------------------------------------------------------------------------------
     def lock_planning(self, project_id: str, run_id: str, seconds: float) -> bool:
         key = self._key("plan", project_id)

@@ -7,8 +7,10 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from mvpipe.errors import ConfigurationError
 
 VIDEO_PROVIDERS = ("local", "veo", "replicate")
 PLANNERS = ("local", "gemini")
@@ -41,6 +43,9 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(default=120.0, gt=0)
     provider_concurrency: int | None = Field(default=None, ge=1, le=10_000)
     max_attempts: int = Field(default=5, ge=1, le=100)
+    #: polls of one operation in a row that crash (an unclassified error, a killed worker)
+    #: before its scene is failed; a poll answered (even with a transient error) resets it
+    max_poll_errors: int = Field(default=10, ge=1, le=1000)
     poll_seconds: float | None = Field(default=None, gt=0)
     backoff_base: float = Field(default=1.0, gt=0)
     backoff_max: float = Field(default=60.0, gt=0)
@@ -64,6 +69,8 @@ class Settings(BaseSettings):
     scene_seconds_max: int = Field(default=8, ge=1, le=30)
     provider_timeout_seconds: float = Field(default=30.0, gt=0)
     store_timeout_seconds: float = Field(default=10.0, gt=0)
+    #: how long one store call is retried through an outage before it reports `StoreUnavailable`
+    store_retry_seconds: float = Field(default=30.0, gt=0)
 
     song_min_seconds: float = Field(default=5.0, gt=0)
     song_max_seconds: float = Field(default=600.0, gt=0, le=3 * 3600)
@@ -164,9 +171,21 @@ class Settings(BaseSettings):
         # A submit that outlives its lease could let a second worker submit the same scene.
         if self.provider_timeout_seconds * 2 > self.lease_seconds:
             raise ValueError("MVPIPE_PROVIDER_TIMEOUT_SECONDS must be at most half the lease")
+        needed = self.store_timeout_seconds + self.submit_budget_seconds
+        if needed > self.lease_seconds:
+            raise ValueError(
+                f"MVPIPE_LEASE_SECONDS ({self.lease_seconds:g}) must cover one submission: the"
+                f" claim's reply, the submit and the record's reply ({needed:g} s with"
+                " MVPIPE_STORE_TIMEOUT_SECONDS and MVPIPE_PROVIDER_TIMEOUT_SECONDS)"
+            )
         if self.backoff_max + 60 > self.visibility_timeout:
             raise ValueError("MVPIPE_VISIBILITY_TIMEOUT must exceed the longest countdown")
         return self
+
+    @property
+    def submit_budget_seconds(self) -> float:
+        """The lease time a submission needs once claimed: the submit, then the record's reply."""
+        return self.provider_timeout_seconds + self.store_timeout_seconds
 
     @property
     def mvpipe_redis_url(self) -> str:
@@ -210,5 +229,19 @@ class Settings(BaseSettings):
 
 @functools.lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process's settings; tests clear the cache after changing the environment."""
-    return Settings()
+    """The process's settings; tests clear the cache after changing the environment.
+
+    Bad values are a `ConfigurationError` naming each variable to fix."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise ConfigurationError(f"invalid settings: {describe(exc)}") from None
+
+
+def describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        name = "_".join(str(p) for p in err["loc"]).upper()
+        message = str(err["msg"]).removeprefix("Value error, ")
+        parts.append(f"MVPIPE_{name}: {message}" if name else message)
+    return "; ".join(parts)

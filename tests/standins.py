@@ -136,7 +136,9 @@ class ProviderStandIn:
         with self.lock:
             if pid not in self.predictions:
                 return None
-            self.predictions[pid]["status"] = "canceled"
+            # As Replicate does: a finished prediction stays finished (its status unchanged).
+            if self.predictions[pid]["status"] not in ("succeeded", "failed"):
+                self.predictions[pid]["status"] = "canceled"
         return self.prediction_json(pid)
 
     def prediction_json(self, pid: str) -> dict[str, Any]:

@@ -72,3 +72,20 @@ def test_the_first_copy_of_a_step_owns_it_and_its_redelivery_too(
     assert not board.first_copy("task", 3, "woken", 60)
     assert board.first_copy("task", 3, "timed", 60)  # the same copy, redelivered
     assert board.first_copy("task", 4, "woken", 60)  # the next step is a new race
+
+
+def test_a_refreshed_slot_is_not_a_fresh_one(limiter: QuotaLimiter) -> None:
+    first = ask(limiter, "a")
+    assert first.granted and first.fresh
+    again = ask(limiter, "a")  # a duplicate execution of the same scene
+    assert again.granted and not again.fresh
+
+
+def test_a_waiter_that_leaves_hands_its_turn_to_the_next_one(limiter: QuotaLimiter) -> None:
+    assert ask(limiter, "a").granted and ask(limiter, "b").granted
+    ask(limiter, "c", park="wake c")
+    ask(limiter, "d", park="wake d")
+    assert limiter.release("local", "a", limit=2) == ["wake c"]
+    # c's run was cancelled: it leaves, and the free slot goes to d at once.
+    assert limiter.leave("local", "c", limit=2) == ["wake d"]
+    assert ask(limiter, "d").granted

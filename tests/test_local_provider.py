@@ -91,3 +91,15 @@ def test_local_planner_is_deterministic() -> None:
     first = LocalPlanner().plan(brief)
     assert first == LocalPlanner().plan(brief) and len(first) == 5
     assert "One" in first[0].prompt and "One" in first[3].prompt
+
+
+def test_cancel_confirms_only_a_job_it_stopped_before_the_video(tmp_path: Path) -> None:
+    local = provider(tmp_path, local_latency=0.3)
+    running = local.submit(request(1))
+    assert local.cancel(running) is True
+    assert local.poll(running).state == JobState.CANCELLED
+    finished = local.submit(request(2))
+    wait_for(lambda: local.poll(finished).finished, 10, "the job to finish")
+    assert local.cancel(finished) is False  # too late: the video exists and was paid for
+    assert local.poll(finished).state == JobState.SUCCEEDED
+    assert local.cancel("local-unknown") is False

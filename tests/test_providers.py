@@ -169,6 +169,10 @@ def test_replicate_statuses_map_onto_job_states(standin: ProviderStandIn) -> Non
     standin.replicate_sequence = ["processing"]
     running = provider.submit(request())
     assert provider.cancel(running) and provider.poll(running).state == JobState.CANCELLED
+    standin.replicate_sequence = ["succeeded"]
+    finished = provider.submit(request())
+    assert provider.poll(finished).state == JobState.SUCCEEDED
+    assert provider.cancel(finished) is False  # too late: the job made its video
 
 
 def test_veo_safety_block_is_a_permanent_failure(standin: ProviderStandIn) -> None:

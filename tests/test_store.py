@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -223,3 +225,79 @@ TestRecount.settings = settings(
 @pytest.fixture(autouse=True)
 def _stack_for_machine(stack: LocalStack) -> None:
     """The state machine's test case needs the servers too."""
+
+
+def test_a_users_run_gives_a_scene_at_its_attempt_limit_its_attempts_back(ctx: Context) -> None:
+    project_id, run_id = new_project(ctx)
+    for n in range(3):  # cancelled mid-submit three times: pending, no attempts left
+        assert claim(ctx, project_id, run_id, f"t{n}") == Claim.WON
+        assert ctx.scenes.release_lease(project_id, 1, token=f"t{n}", error="run cancelled")
+    assert claim(ctx, project_id, run_id, "t3") == Claim.EXHAUSTED
+    for _ in range(2):  # the second call finds its own write: success (invariant 7)
+        assert ctx.scenes.restore_attempts(project_id, 1, max_attempts=3)
+    assert ctx.scenes.get(project_id, 1).attempts == 0  # type: ignore[union-attr]
+    assert claim(ctx, project_id, run_id, "t4") == Claim.WON
+    # A scene owned by an operation is left alone: it needs no new submission.
+    ctx.scenes.record_operation(project_id, 1, token="t4", operation_id="op", run_id=run_id)
+    assert not ctx.scenes.restore_attempts(project_id, 1, max_attempts=1)
+    assert ctx.scenes.get(project_id, 1).attempts == 1  # type: ignore[union-attr]
+
+
+def twice(write: Callable[[], object]) -> None:
+    """Invariant 7: a write retried after its first attempt landed reports success."""
+    first, second = write(), write()
+    assert first in (True, Claim.WON), first
+    assert second == first, (first, second)
+
+
+def test_every_scene_transition_retried_after_it_landed_reports_success(ctx: Context) -> None:
+    project_id, run_id = new_project(ctx, 3)
+    s = ctx.scenes
+
+    def claim_as(token: str, sequence: int = 1, lease: float = 60) -> Claim:
+        return s.claim(
+            project_id, sequence, run_id=run_id, token=token, lease_seconds=lease, max_attempts=3
+        ).outcome
+
+    # Scene 1: claim, release, claim, record, cancel-reset, claim, record, complete,
+    # reset (clip lost), then regenerate.
+    twice(lambda: claim_as("a"))
+    twice(lambda: s.release_lease(project_id, 1, token="a", error="503"))
+    twice(lambda: claim_as("b"))
+    twice(lambda: s.record_operation(project_id, 1, token="b", operation_id="op-b", run_id=run_id))
+    twice(lambda: s.reset_cancelled(project_id, 1, operation_id="op-b"))
+    twice(lambda: claim_as("c"))
+    twice(lambda: s.record_operation(project_id, 1, token="c", operation_id="op-c", run_id=None))
+    twice(lambda: s.complete(project_id, 1, operation_id="op-c", clip_key="k-c"))
+    twice(lambda: s.reset_missing_clip(project_id, 1, clip_key="k-c"))
+    # Scene 2: failed by its lease holder, retried by a user, failed by its operation, then
+    # failed at its attempt limit after an expired lease.
+    twice(lambda: claim_as("d", 2))
+    twice(lambda: s.fail(project_id, 2, error="blocked", token="d"))
+    twice(lambda: s.retry_failed(project_id, 2))
+    twice(lambda: claim_as("e", 2))
+    twice(lambda: s.record_operation(project_id, 2, token="e", operation_id="op-e", run_id=run_id))
+    twice(lambda: s.fail(project_id, 2, error="safety", operation_id="op-e"))
+    # Scene 3: a dead submitter's lease expires; at the limit the scene fails, and a user's
+    # run gives the attempts back.
+    twice(lambda: claim_as("f", 3, lease=-1))
+    twice(lambda: s.expire_lease(project_id, 3, token="f", now=time.time()))
+    for n in range(2):
+        assert claim_as(f"g{n}", 3) == Claim.WON
+        assert s.release_lease(project_id, 3, token=f"g{n}", error="cancelled")
+    twice(lambda: s.restore_attempts(project_id, 3, max_attempts=3))
+    for n in range(3):
+        assert claim_as(f"h{n}", 3) == Claim.WON
+        assert s.release_lease(project_id, 3, token=f"h{n}", error="503")
+    twice(lambda: s.fail(project_id, 3, error="no attempts left", max_attempts=3))
+    # Regeneration wins the run, released first as a finished run would be.
+    assert ctx.projects.settle(
+        project_id,
+        observed_run=run_id,
+        counters=ctx.projects.load(project_id).counters,
+        status=ProjectStatus.PENDING,
+        release=True,
+    )
+    twice(lambda: s.reset_for_regeneration(project_id, 1, run_id="regen"))
+    final = {x.sequence: x.status for x in ctx.projects.load(project_id).scenes}
+    assert final == {1: SceneStatus.PENDING, 2: SceneStatus.FAILED, 3: SceneStatus.FAILED}

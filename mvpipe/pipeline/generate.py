@@ -18,13 +18,12 @@ from mvpipe.deps import Context
 from mvpipe.errors import (
     ConfigurationError,
     PermanentProviderError,
-    ProviderError,
-    StoreUnavailable,
     TransientProviderError,
 )
 from mvpipe.models import SceneStatus
-from mvpipe.pipeline.steps import Next, Step
+from mvpipe.pipeline.steps import Next, RecordPending, Step
 from mvpipe.providers.base import JobState, JobStatus, VideoRequest
+from mvpipe.providers.classify import describe
 from mvpipe.providers.limiter import slot_member
 from mvpipe.states import backoff_seconds, lease_expired
 from mvpipe.store.clips import clip_key
@@ -63,12 +62,24 @@ class SceneJob:
         #: parked messages of waiting scenes this execution's released slot entitles to run
         self.wakes: list[str] = []
 
-    def step(self, operation_id: str | None = None, transient_polls: int = 0) -> Step:
+    def step(
+        self,
+        operation_id: str | None = None,
+        transient_polls: int = 0,
+        *,
+        token: str | None = None,
+        attempt: int = 0,
+    ) -> Step:
+        """One step. With `token`, `operation_id` is a paid job whose record is still to be
+        (re)done: that comes first, even in a cancelled run (the record decides the job's fate)."""
         board = self.ctx.board
         if self.run_id is not None:
             board.touch_run(self.run_id, self.s.run_stale_seconds)
-            if board.cancelled(self.run_id):
-                return Step.done("run cancelled")
+        if operation_id is not None and token is not None:
+            return self.record(operation_id, token, attempt)
+        if self.run_id is not None and board.cancelled(self.run_id):
+            self.leave_line()
+            return Step.done("run cancelled")
         if operation_id is not None:
             return self.poll(operation_id, transient_polls)
         scene = self.ctx.scenes.get(self.project_id, self.sequence)
@@ -112,16 +123,21 @@ class SceneJob:
         ctx.board.touch_scene(
             self.project_id, self.sequence, s.liveness_seconds(self.provider_name)
         )
-        claim = ctx.scenes.claim(
-            self.project_id,
-            self.sequence,
-            run_id=self.run_id,
-            token=token,
-            lease_seconds=s.lease_seconds,
-            max_attempts=s.max_attempts,
-        )
+        claimed_at = time.time()
+        lease_end = claimed_at + s.lease_seconds
+        with ctx.table.retry_until(lease_end - s.submit_budget_seconds):
+            claim = ctx.scenes.claim(
+                self.project_id,
+                self.sequence,
+                run_id=self.run_id,
+                token=token,
+                lease_seconds=s.lease_seconds,
+                max_attempts=s.max_attempts,
+                now=claimed_at,
+            )
         if claim.outcome != Claim.WON:
-            self.release_slot()
+            if slot.fresh:  # a slot held already is the live owner's (we are its duplicate)
+                self.release_slot()
             if claim.outcome == Claim.EXHAUSTED:
                 ctx.scenes.fail(
                     self.project_id,
@@ -132,6 +148,16 @@ class SceneJob:
                 return self.finished("failed: attempts exhausted")
             return Step.done(f"not claimed ({claim.outcome})")
         attempt = claim.attempts or scene.attempts + 1
+        if lease_end - time.time() < s.submit_budget_seconds:
+            # The claim took so long (store retries) that a submit and its record might outlive
+            # the lease, and a second worker could submit too: give the lease back unused.
+            self.release_slot()
+            ctx.scenes.release_lease(
+                self.project_id, self.sequence, token=token, error="lease too short", unused=True
+            )
+            wait = backoff_seconds(attempt, base=s.backoff_base, cap=s.backoff_max)
+            self.log(f"lease too short to submit, retry in {wait:.1f}s", None, attempt)
+            return Step(Next.RETRY_SUBMIT, "lease too short to submit", wait)
         self.log("lease won", None, attempt)
         request = VideoRequest(
             self.project_id,
@@ -144,12 +170,13 @@ class SceneJob:
             operation_id = ctx.video_provider(self.provider_name).submit(request)
         except (PermanentProviderError, ConfigurationError) as exc:
             self.release_slot()
-            ctx.scenes.fail(self.project_id, self.sequence, error=str(exc), token=token)
-            self.log(f"submit refused permanently: {exc}", None, attempt)
+            error = describe(exc)
+            ctx.scenes.fail(self.project_id, self.sequence, error=error, token=token)
+            self.log(f"submit refused permanently: {error}", None, attempt)
             return self.finished("failed: permanent provider error")
         except Exception as exc:  # transient, or unclassified: never keep a lease we can't use
             self.release_slot()
-            error = str(exc) if isinstance(exc, ProviderError) else f"{type(exc).__name__}: {exc}"
+            error = describe(exc)
             if attempt >= s.max_attempts:
                 ctx.scenes.fail(self.project_id, self.sequence, error=error, token=token)
                 self.log(f"submit failed, attempts exhausted: {error}", None, attempt)
@@ -159,42 +186,75 @@ class SceneJob:
             self.log(f"submit failed transiently, retry in {wait:.1f}s: {error}", None, attempt)
             return Step(Next.RETRY_SUBMIT, "transient submit error", wait)
         failpoints.reached("after_submit")
-        return self.record(operation_id, token, attempt)
+        failpoints.reached("before_record")
+        with ctx.table.retry_until(lease_end):
+            return self.record(operation_id, token, attempt)
 
     def record(self, operation_id: str, token: str, attempt: int) -> Step:
-        ctx = self.ctx
-        provider = ctx.video_provider(self.provider_name)
+        """Store the accepted job's id; whatever fails here, the job is not dropped for it.
+
+        An error (our store or Redis) leaves the write's outcome unknown: the next step redoes
+        this record with the same token and id (`RecordPending`), never a cancel."""
         try:
-            outcome = ctx.scenes.record_operation(
-                self.project_id,
-                self.sequence,
-                token=token,
-                operation_id=operation_id,
-                run_id=self.run_id,
-            )
-        except StoreUnavailable:
-            # The job can't be recorded: stop it rather than leave a paid job nobody owns.
-            _cancel_quietly(provider.cancel, operation_id)
-            raise
+            return self._record(operation_id, token, attempt)
+        except Exception as exc:
+            carry = {"operation_id": operation_id, "token": token, "attempt": attempt}
+            raise RecordPending(carry) from exc
+
+    def _record(self, operation_id: str, token: str, attempt: int) -> Step:
+        ctx = self.ctx
+        outcome = ctx.scenes.record_operation(
+            self.project_id,
+            self.sequence,
+            token=token,
+            operation_id=operation_id,
+            run_id=self.run_id,
+        )
         if outcome == Claim.WON:
             self.log("operation stored", operation_id, attempt)
             failpoints.reached("after_record")
             return self.next_poll(operation_id, 0)
-        if outcome == Claim.RUN_INACTIVE and not provider.can_cancel:
-            # Paid and not cancellable: keep it, so a later run resumes instead of paying again.
-            ctx.scenes.record_operation(
-                self.project_id, self.sequence, token=token, operation_id=operation_id, run_id=None
-            )
-            self.release_slot()
-            return Step.done("run cancelled; operation kept for a later run")
-        _cancel_quietly(provider.cancel, operation_id)
-        self.release_slot()
         if outcome == Claim.RUN_INACTIVE:
+            return self.record_after_run(operation_id, token, attempt)
+        # Another execution owns the scene now (our lease expired): the job is nobody's.
+        confirmed = self.cancel(operation_id)
+        self.release_slot()
+        self.log(f"operation not stored ({outcome}); cancelled: {confirmed}", operation_id, attempt)
+        return Step.done(f"operation dropped ({outcome})")
+
+    def record_after_run(self, operation_id: str, token: str, attempt: int) -> Step:
+        """The run is not ours any more. Only a user's cancel that the provider confirms drops
+        the job; a takeover (or a cancel the provider could not confirm) keeps its id on the
+        scene without the run guard, so the run that follows resumes the paid job (as for Veo)."""
+        ctx = self.ctx
+        self.release_slot()
+        cancelled_by_user = self.run_id is not None and ctx.board.cancelled(self.run_id)
+        if cancelled_by_user and self.cancel(operation_id):
             ctx.scenes.release_lease(
                 self.project_id, self.sequence, token=token, error="run cancelled during submit"
             )
-        self.log(f"operation not stored ({outcome}); cancelled at provider", operation_id, attempt)
-        return Step.done(f"operation dropped ({outcome})")
+            self.log("run cancelled; operation cancelled at provider", operation_id, attempt)
+            return Step.done("operation cancelled with the run")
+        kept = ctx.scenes.record_operation(
+            self.project_id, self.sequence, token=token, operation_id=operation_id, run_id=None
+        )
+        if kept != Claim.WON:
+            confirmed = self.cancel(operation_id)
+            self.log(f"operation lost its scene; cancel confirmed: {confirmed}", operation_id, None)
+            return Step.done(f"operation dropped ({kept})")
+        self.log("run no longer ours; operation kept for the next run", operation_id, attempt)
+        return Step.done("operation kept for the next run")
+
+    def cancel(self, operation_id: str) -> bool:
+        """True only when the provider confirms it stopped the job."""
+        provider = self.ctx.video_provider(self.provider_name)
+        if not provider.can_cancel:
+            return False
+        try:
+            return bool(provider.cancel(operation_id))
+        except Exception:
+            log.warning("could not cancel operation %s", operation_id, exc_info=True)
+            return False
 
     # -- waiting -------------------------------------------------------------------------------
     def next_poll(self, operation_id: str, transient_polls: int) -> Step:
@@ -217,6 +277,9 @@ class SceneJob:
             ttl=s.liveness_seconds(self.provider_name),
             line_ttl=s.backoff_max * 2 + 30,
         )
+        started, last_error = ctx.board.start_poll(operation_id)
+        if started > s.max_poll_errors:
+            return self.give_up_polling(operation_id, started - 1, last_error)
         provider = ctx.video_provider(self.provider_name)
         failpoints.reached("during_poll")
         try:
@@ -224,13 +287,21 @@ class SceneJob:
             video = provider.download(status) if status.state == JobState.SUCCEEDED else None
         except PermanentProviderError as exc:
             status, video = JobStatus(JobState.FAILED, error=str(exc)), None
-        except TransientProviderError as exc:
+        except Exception as exc:
+            # Transient: the provider answered, just not yet usefully. Anything else (a reply
+            # we can't read): counted, and the scene fails if it never stops (see above).
+            error = describe(exc)
+            if isinstance(exc, TransientProviderError):
+                ctx.board.poll_answered(operation_id)
+            else:
+                ctx.board.poll_failed(operation_id, error)
             wait = backoff_seconds(
                 transient_polls + 1, base=max(s.backoff_base, self.poll_seconds), cap=s.backoff_max
             )
-            self.log(f"poll failed transiently, again in {wait:.1f}s: {exc}", operation_id, None)
+            self.log(f"poll failed, again in {wait:.1f}s: {error}", operation_id, None)
             step = self.next_poll(operation_id, transient_polls + 1)
-            return Step(step.next, "transient poll error", wait, step.carry)
+            return Step(step.next, "poll error", wait, step.carry)
+        ctx.board.poll_answered(operation_id)
         if status.state == JobState.RUNNING:
             return self.next_poll(operation_id, 0)
         self.release_slot()
@@ -252,6 +323,17 @@ class SceneJob:
         self.log(f"completed: {key}", operation_id, None)
         return self.finished("completed")
 
+    def give_up_polling(self, operation_id: str, crashed: int, last_error: str | None) -> Step:
+        """Polls of this operation crashed `crashed` times in a row (errors we can't classify,
+        or workers killed mid-poll): fail the scene rather than poll it forever."""
+        self.release_slot()
+        cause = last_error or "the worker was lost during the poll"
+        error = f"polling failed {crashed} times in a row without an answer: {cause}"
+        self.ctx.scenes.fail(self.project_id, self.sequence, error=error, operation_id=operation_id)
+        self.ctx.board.poll_answered(operation_id)
+        self.log(error, operation_id, None)
+        return self.finished("failed: polling never answered")
+
     # -- helpers -------------------------------------------------------------------------------
     def slot_check_seconds(self, place: int, limit: int) -> float:
         """When a waiter asks again by itself, by its place in line. A parked waiter is woken by
@@ -264,6 +346,14 @@ class SceneJob:
     def release_slot(self) -> None:
         self.wakes.extend(
             self.ctx.limiter.release(
+                self.provider_name, self.member, limit=self.s.concurrency_for(self.provider_name)
+            )
+        )
+
+    def leave_line(self) -> None:
+        """A waiter of a cancelled run gives its place in line to the next live one."""
+        self.wakes.extend(
+            self.ctx.limiter.leave(
                 self.provider_name, self.member, limit=self.s.concurrency_for(self.provider_name)
             )
         )
@@ -285,10 +375,3 @@ class SceneJob:
             operation_id or "-",
             self.run_id or "-",
         )
-
-
-def _cancel_quietly(cancel: object, operation_id: str) -> None:
-    try:
-        cancel(operation_id)  # type: ignore[operator]
-    except Exception:
-        log.warning("could not cancel operation %s at the provider", operation_id, exc_info=True)

@@ -29,6 +29,16 @@ class Step:
         return cls(Next.DONE, outcome, refinalize=refinalize)
 
 
+class RecordPending(Exception):
+    """A paid job's operation id could not be written yet (our store or Redis failed, so the
+    write's outcome is unknown). The task retries with `carry`, and that next step redoes the
+    record, which recognises its own landed write; the job is never dropped for our outage."""
+
+    def __init__(self, carry: dict[str, Any]) -> None:
+        super().__init__(f"operation {carry.get('operation_id')} not recorded yet")
+        self.carry = carry
+
+
 class Dispatcher(Protocol):
     """Enqueues work; implemented over Celery by `mvpipe.dispatch`."""
 

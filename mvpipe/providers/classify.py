@@ -30,6 +30,14 @@ def scrub(message: str) -> str:
     return message
 
 
+def describe(exc: BaseException) -> str:
+    """Any error as text fit for `lastError`, a log line or a task result: typed provider
+    errors are scrubbed already; anything else gets its type named and is scrubbed here."""
+    if isinstance(exc, ProviderError):
+        return scrub(str(exc))
+    return scrub(f"{type(exc).__name__}: {exc}")
+
+
 def from_status(provider: str, status: int | None, message: str) -> ProviderError:
     text = scrub(f"{provider}: {status or 'error'} {message}".strip())
     if status == 429:

@@ -1,5 +1,6 @@
 """Reproducible fault schedules for drills, e.g.
-`MVPIPE_LOCAL_FAULTS=transient=0.2,permanent=0.05,seed=7`.
+`MVPIPE_LOCAL_FAULTS=transient=0.2,permanent=0.05,garbage=0.1,seed=7`. `garbage` polls get a
+reply nobody can read (a 200 whose body is not JSON): an error no classification knows.
 
 Whether a call faults is a pure function of (seed, project, sequence, kind of call, call number),
 so a drill repeats exactly whatever order the workers happen to run in.
@@ -17,6 +18,7 @@ from mvpipe.errors import ConfigurationError
 class FaultPlan:
     transient: float = 0.0
     permanent: float = 0.0
+    garbage: float = 0.0
     seed: int = 0
 
     @classmethod
@@ -24,7 +26,7 @@ class FaultPlan:
         values: dict[str, float] = {}
         for part in filter(None, (p.strip() for p in spec.split(","))):
             name, sep, raw = part.partition("=")
-            if not sep or name not in {"transient", "permanent", "seed"}:
+            if not sep or name not in {"transient", "permanent", "garbage", "seed"}:
                 raise ConfigurationError(f"MVPIPE_LOCAL_FAULTS: cannot read {part!r}")
             try:
                 values[name] = float(raw)
@@ -33,9 +35,10 @@ class FaultPlan:
         plan = cls(
             transient=values.get("transient", 0.0),
             permanent=values.get("permanent", 0.0),
+            garbage=values.get("garbage", 0.0),
             seed=int(values.get("seed", 0)),
         )
-        if not (0 <= plan.transient <= 1 and 0 <= plan.permanent <= 1):
+        if not all(0 <= rate <= 1 for rate in (plan.transient, plan.permanent, plan.garbage)):
             raise ConfigurationError("MVPIPE_LOCAL_FAULTS: rates must be within 0..1")
         return plan
 
@@ -47,6 +50,9 @@ class FaultPlan:
 
     def transient_fault(self, project_id: str, sequence: int, kind: str, call: int) -> bool:
         return self.transient > 0 and self.roll(project_id, sequence, kind, call) < self.transient
+
+    def garbage_fault(self, project_id: str, sequence: int, call: int) -> bool:
+        return self.garbage > 0 and self.roll(project_id, sequence, "garbage", call) < self.garbage
 
     def permanent_fault(self, project_id: str, sequence: int, submission: int) -> bool:
         return (

@@ -26,7 +26,7 @@ for _, m in ipairs(gone) do
 end
 if redis.call('ZSCORE', slots, member) then
   redis.call('ZADD', slots, now + ttl, member)
-  return {1, 0}
+  return {1, 0, 0}
 end
 redis.call('ZADD', line, 'NX', now, member)
 redis.call('ZADD', seen, now, member)
@@ -37,16 +37,16 @@ if rank < free then
   redis.call('ZREM', line, member)
   redis.call('ZREM', seen, member)
   redis.call('HDEL', parked, member)
-  return {1, 0}
+  return {1, 0, 1}
 end
 if park ~= '' then redis.call('HSET', parked, member, park) end
-return {0, rank - math.max(free, 0) + 1}
+return {0, rank - math.max(free, 0) + 1, 0}
 """
 
 _RELEASE = """
 local slots, line, seen, parked = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local member, limit, now = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-redis.call('ZREM', slots, member)
+local member, limit, now, keep_slot = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+if keep_slot ~= '1' then redis.call('ZREM', slots, member) end
 redis.call('ZREM', line, member)
 redis.call('ZREM', seen, member)
 redis.call('HDEL', parked, member)
@@ -76,6 +76,9 @@ class SlotDecision:
     granted: bool
     #: how many waiters (this one included) must get a slot before this one can
     place: int = 0
+    #: granted now, not a slot the member held already: only then is it the caller's to
+    #: give back when it does not go on (a duplicate must not free the owner's slot)
+    fresh: bool = False
 
 
 class QuotaLimiter:
@@ -102,14 +105,25 @@ class QuotaLimiter:
         """Take (or refresh) `member`'s slot, or queue it; `line_ttl` drops waiters that
         stopped asking. A denied waiter's `park` message is kept until a release hands it out
         (parking in the same atomic step as the denial, so no release can slip in between)."""
-        granted, place = self._acquire(
+        granted, place, fresh = self._acquire(
             keys=self._keys(provider),
             args=[repr(time.time()), member, ttl, limit, line_ttl, park or ""],
         )
-        return SlotDecision(bool(granted), int(place))
+        return SlotDecision(bool(granted), int(place), bool(fresh))
 
     def release(self, provider: str, member: str, *, limit: int) -> list[str]:
         """Free `member`'s slot (a no-op if it holds none); returns the parked messages of the
         waiters now entitled to a free slot, each handed out once."""
-        woken = self._release(keys=self._keys(provider), args=[member, limit, repr(time.time())])
+        return self._hand_on(provider, member, limit, keep_slot=False)
+
+    def leave(self, provider: str, member: str, *, limit: int) -> list[str]:
+        """Take a waiter out of the line (its run was cancelled); a slot it holds stays. Returns
+        the parked messages of the waiters now entitled to a free slot, as `release` does."""
+        return self._hand_on(provider, member, limit, keep_slot=True)
+
+    def _hand_on(self, provider: str, member: str, limit: int, *, keep_slot: bool) -> list[str]:
+        woken = self._release(
+            keys=self._keys(provider),
+            args=[member, limit, repr(time.time()), "1" if keep_slot else "0"],
+        )
         return [m.decode() if isinstance(m, bytes) else str(m) for m in woken]

@@ -163,6 +163,8 @@ class LocalVideoProvider:
             db.execute("INSERT OR IGNORE INTO polled VALUES (?)", (operation_id,))
         if self.faults.transient_fault(project_id, sequence, "poll", call):
             raise TransientProviderError("local provider: simulated 500 on poll")
+        if self.faults.garbage_fault(project_id, sequence, call):
+            json.loads("<html>simulated 200 whose body is not JSON</html>")  # raises, unclassified
         if cancelled:
             return JobStatus(JobState.CANCELLED, error="cancelled")
         if time.time() < finishes_at:
@@ -177,12 +179,17 @@ class LocalVideoProvider:
         return status.video
 
     def cancel(self, operation_id: str) -> bool:
+        """True only when this call stopped a job before it produced its video (or it was
+        stopped already): a finished job is paid for and its video must not be dropped."""
         with self.jobs.transaction() as db:
             db.execute(
                 "UPDATE jobs SET cancelled = 1 WHERE operation_id = ? AND finishes_at > ?",
                 (operation_id, time.time()),
             )
-        return True
+            row = db.execute(
+                "SELECT cancelled FROM jobs WHERE operation_id = ?", (operation_id,)
+            ).fetchone()
+        return row is not None and bool(row[0])
 
     def peak_in_flight(self) -> int:
         return self.jobs.peak_in_flight()

@@ -113,7 +113,12 @@ class ReplicateVideoProvider:
             )
         except httpx.HTTPError:
             return False
-        return response.status_code < 300
+        if response.status_code >= 300:
+            return False
+        try:  # a finished prediction answers 200 with its final status: not stopped by us
+            return bool(response.json().get("status") == "canceled")
+        except ValueError:
+            return False
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._token()}"}

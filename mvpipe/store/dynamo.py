@@ -8,8 +8,10 @@ attempt already took effect (invariant 7).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -36,9 +38,10 @@ _NOT_TRANSIENT = {"ValidationException", "ResourceNotFoundException", "AccessDen
 class Table:
     """The project table of one process."""
 
-    def __init__(self, settings: Settings, *, retry_seconds: float = 30.0) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.model = bind_table(settings)
-        self._retry_seconds = retry_seconds
+        self._retry_seconds = settings.store_retry_seconds
+        self._local = threading.local()
         self._settings = settings
 
     # -- setup ---------------------------------------------------------------------------------
@@ -109,7 +112,7 @@ class Table:
                 with TransactWrite(connection=self._connection()) as tx:
                     build(tx)
             except TransactWriteError as exc:
-                if exc.cause_response_code == "TransactionCanceledException":
+                if _code(exc) == "TransactionCanceledException":
                     reasons = [_reason(r.code if r else None) for r in exc.cancellation_reasons]
                     if any(code == CONDITION_FAILED for code in reasons):
                         return reasons
@@ -134,6 +137,17 @@ class Table:
 
         self._call(write)
 
+    @contextlib.contextmanager
+    def retry_until(self, deadline: float) -> Iterator[None]:
+        """Store calls inside stop retrying an outage at `deadline` (epoch seconds): a path
+        that must finish within a lease does not spend it waiting for the store."""
+        previous: float | None = getattr(self._local, "deadline", None)
+        self._local.deadline = deadline if previous is None else min(previous, deadline)
+        try:
+            yield
+        finally:
+            self._local.deadline = previous
+
     # -- plumbing ------------------------------------------------------------------------------
     def _connection(self) -> Connection:
         return self.model._get_connection().connection
@@ -143,7 +157,7 @@ class Table:
             try:
                 write()
             except PynamoDBException as exc:
-                if exc.cause_response_code == _CONDITION_ERROR:
+                if _code(exc) == _CONDITION_ERROR:
                     return False
                 raise
             return True
@@ -152,12 +166,15 @@ class Table:
 
     def _call(self, fn: Callable[[], T]) -> T:
         deadline = time.monotonic() + self._retry_seconds
+        bound: float | None = getattr(self._local, "deadline", None)
+        if bound is not None:
+            deadline = min(deadline, time.monotonic() + bound - time.time())
         attempt = 0
         while True:
             try:
                 return fn()
             except PynamoDBException as exc:
-                if exc.cause_response_code in _NOT_TRANSIENT:
+                if _code(exc) in _NOT_TRANSIENT:
                     raise
                 attempt += 1
                 if time.monotonic() >= deadline:
@@ -165,6 +182,14 @@ class Table:
                 delay = min(2.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.0)
                 log.warning("store call failed (%s); retrying in %.2fs", exc.msg, delay)
                 time.sleep(delay)
+
+
+def _code(exc: PynamoDBException) -> str | None:
+    """The error code DynamoDB answered with; None when no answer came at all (a timeout)."""
+    try:
+        return exc.cause_response_code
+    except AttributeError:  # pynamodb reads `response` of a cause that has none
+        return None
 
 
 def _reason(code: str | None) -> str | None:

@@ -76,6 +76,8 @@ class SceneStore:
                 | ((m.status == SceneStatus.PROCESSING) & (m.lease_expires_at < now))
             )
             & (m.attempts.does_not_exist() | (m.attempts < max_attempts))
+            # our own landed claim (its lease expired since) is found below, not taken again
+            & (m.lease_token.does_not_exist() | (m.lease_token != token))
         )
         actions: list[Action] = [
             m.status.set(SceneStatus.PROCESSING),
@@ -137,9 +139,13 @@ class SceneStore:
             return Claim.WON
         return Claim.RUN_INACTIVE if run_inactive else Claim.NOT_CLAIMABLE
 
-    def release_lease(self, project_id: str, sequence: int, *, token: str, error: str) -> bool:
-        """Give a lease back after a transient submit error: the scene is `pending` again."""
+    def release_lease(
+        self, project_id: str, sequence: int, *, token: str, error: str, unused: bool = False
+    ) -> bool:
+        """Give a lease back after a transient submit error: the scene is `pending` again. An
+        `unused` lease (nothing was submitted under it) gives its attempt back too."""
         m = self.m
+        refund = [m.attempts.add(-1)] if unused else []
         return self._transition(
             project_id,
             sequence,
@@ -147,6 +153,7 @@ class SceneStore:
                 m.status.set(SceneStatus.PENDING),
                 *self._no_lease(),
                 m.last_error.set(clip_error(error)),
+                *refund,
             ],
             (m.lease_token == token) & m.operation_id.does_not_exist(),
             done=lambda s: s.lease_token != token and s.operation_id is None,
@@ -275,6 +282,25 @@ class SceneStore:
             ],
             m.status == SceneStatus.FAILED,
             done=lambda s: s.status != SceneStatus.FAILED,
+        )
+
+    def restore_attempts(self, project_id: str, sequence: int, *, max_attempts: int) -> bool:
+        """A user started a run: an open scene with no submissions left (cancelled runs spent
+        them) gets its attempts back, so the run submits it instead of failing it unpaid.
+        True when the scene has attempts left afterwards."""
+        m = self.m
+        return self._transition(
+            project_id,
+            sequence,
+            [m.attempts.set(0)],
+            m.operation_id.does_not_exist()
+            & m.original_clip_key.does_not_exist()
+            & (m.attempts >= max_attempts)
+            & (
+                (m.status == SceneStatus.PENDING)
+                | ((m.status == SceneStatus.PROCESSING) & (m.lease_expires_at < time.time()))
+            ),
+            done=lambda s: s.attempts < max_attempts and s.operation_id is None,
         )
 
     def reset_for_regeneration(self, project_id: str, sequence: int, *, run_id: str) -> Claim:

@@ -11,7 +11,9 @@ from celery.exceptions import Ignore
 from mvpipe.celery_app import app
 from mvpipe.deps import get_settings
 from mvpipe.dispatch import CeleryDispatcher
+from mvpipe.errors import StoreUnavailable
 from mvpipe.models import validate_project_id, validate_sequence
+from mvpipe.providers.classify import describe
 from mvpipe.states import backoff_seconds
 
 dispatcher = CeleryDispatcher(app)
@@ -26,9 +28,14 @@ class MvpipeTask(Task):
     reject_on_worker_lost = True
 
     def outage_retry(self, exc: Exception, kwargs: dict[str, Any], failures: int) -> Exception:
+        """Retry after a backoff. Celery logs the cause and keeps it in the result backend,
+        so it travels as scrubbed text (a secret in an error message must not reach either)."""
         s = get_settings()
         countdown = backoff_seconds(failures + 1, base=s.backoff_base, cap=s.backoff_max)
-        return self.retry(exc=exc, countdown=countdown, kwargs={**kwargs, "outages": failures + 1})
+        cause = StoreUnavailable(describe(exc))
+        return self.retry(
+            exc=cause, countdown=countdown, kwargs={**kwargs, "outages": failures + 1}
+        )
 
     def next_step(self, kwargs: dict[str, Any], countdown: float | None = None) -> Signature:
         """This task's next message: same id, chord and group (as a retry's), new kwargs."""

@@ -11,6 +11,7 @@ owns the step and the other ends without a result, so the chord counts each scen
 from __future__ import annotations
 
 import logging
+import traceback
 from typing import Any
 
 import redis
@@ -19,7 +20,8 @@ from celery.exceptions import Ignore, Reject
 from mvpipe.deps import get_context
 from mvpipe.errors import InvalidInput, MvpipeError, StoreUnavailable
 from mvpipe.pipeline.generate import SceneJob
-from mvpipe.pipeline.steps import Next
+from mvpipe.pipeline.steps import Next, RecordPending
+from mvpipe.providers.classify import describe, scrub
 from mvpipe.tasks.base import MvpipeTask, app, checked_ids, dispatcher
 
 log = logging.getLogger("mvpipe.tasks.generate")
@@ -28,7 +30,14 @@ log = logging.getLogger("mvpipe.tasks.generate")
 MAX_UNEXPECTED = 10
 
 #: The kwargs a next step starts from (a stale copy tag must not carry over).
-FRESH: dict[str, Any] = {"operation_id": None, "transient_polls": 0, "outages": 0, "copy": None}
+FRESH: dict[str, Any] = {
+    "operation_id": None,
+    "transient_polls": 0,
+    "outages": 0,
+    "copy": None,
+    "token": None,
+    "attempt": 0,
+}
 #: The two copies of a quota wait: the waiter's own timed check, and the wake-up it parks.
 TIMED, WOKEN = "timed", "woken"
 #: How long the first copy of a step is remembered (beyond any countdown or redelivery).
@@ -53,6 +62,8 @@ def generate_scene(
     transient_polls: int = 0,
     outages: int = 0,
     copy: str | None = None,
+    token: str | None = None,
+    attempt: int = 0,
 ) -> dict[str, Any]:
     try:
         checked_ids(project_id, sequence)
@@ -63,6 +74,8 @@ def generate_scene(
         "transient_polls": transient_polls,
         "outages": outages,
         "copy": copy,
+        "token": token,
+        "attempt": attempt,
     }
     ctx = get_context()
     job = SceneJob(
@@ -79,20 +92,27 @@ def generate_scene(
         ):
             step = None  # the other copy of this step ran first
         else:
-            step = job.step(operation_id, transient_polls)
+            step = job.step(operation_id, transient_polls, token=token, attempt=attempt)
             if step.refinalize:
                 sequences = ctx.board.run_sequences(run_id) if run_id else None
                 dispatcher.finalize(project_id, run_id, sequences)
+    except RecordPending as exc:  # a paid job's record is redone, however long the outage
+        raise self.outage_retry(exc, {**kwargs, **exc.carry}, outages) from exc
     except (StoreUnavailable, redis.RedisError) as exc:
         raise self.outage_retry(exc, kwargs, outages) from exc
     except MvpipeError as exc:
-        log.warning("scene %s/%s: %s", project_id, sequence, exc)
-        return {"project_id": project_id, "sequence": sequence, "outcome": f"error: {exc}"}
+        log.warning("scene %s/%s: %s", project_id, sequence, describe(exc))
+        return _gave_up(project_id, sequence, exc)
     except Exception as exc:
-        log.exception("unexpected error in generate_scene %s/%s", project_id, sequence)
+        log.error(
+            "unexpected error in generate_scene %s/%s:\n%s",
+            project_id,
+            sequence,
+            scrub("".join(traceback.format_exception(exc))),
+        )
         if outages < MAX_UNEXPECTED:
-            raise self.outage_retry(exc, kwargs, outages) from exc
-        return {"project_id": project_id, "sequence": sequence, "outcome": f"error: {exc}"}
+            raise self.outage_retry(exc, kwargs, outages) from None
+        return _gave_up(project_id, sequence, exc)
     finally:
         if job.wakes:
             woken = dispatcher.wake(job.wakes)
@@ -113,3 +133,7 @@ def generate_scene(
         "next_step_in": round(step.countdown, 3),
     }
     raise self.rerun_later(WAITING_STATES[step.next], step.countdown, carry, progress)
+
+
+def _gave_up(project_id: str, sequence: int, exc: Exception) -> dict[str, Any]:
+    return {"project_id": project_id, "sequence": sequence, "outcome": f"error: {describe(exc)}"}

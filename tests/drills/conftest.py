@@ -20,6 +20,7 @@ __all__ = ["DRILL_SETTINGS", "check_drill", "heal"]
 DRILL_SETTINGS = {
     "lease_seconds": "4",
     "provider_timeout_seconds": "2",
+    "store_timeout_seconds": "1",
     "liveness_slack_seconds": "1",
     "run_stale_seconds": "4",
     "local_latency": "1",

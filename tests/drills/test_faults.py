@@ -46,6 +46,22 @@ def test_provider_faults_transient_quota_and_permanent(start_workers: StartWorke
     assert generations_per_scene(workers.ledger, project_id) == {n: 1 for n in range(1, 13)}
 
 
+def test_polls_answered_with_garbage_fail_their_scenes_not_loop(
+    start_workers: StartWorkers,
+) -> None:
+    workers = start_workers(local_faults="garbage=1,seed=3", max_poll_errors="3", **DRILL_SETTINGS)
+    project_id = api.create_project("Garbage", "Unreadable replies.", scene_count=2)
+    api.run_project(project_id)
+    view = api.wait_project(project_id, timeout=120)
+    assert view.status == ProjectStatus.FAILED
+    for scene in view.scenes:
+        assert scene.status == SceneStatus.FAILED
+        assert "3 times in a row" in (scene.last_error or "")
+        assert "JSONDecodeError" in (scene.last_error or "")
+    assert_invariants(project_id)
+    assert generations_per_scene(workers.ledger, project_id) == {1: 1, 2: 1}
+
+
 def test_duplicate_delivery_of_one_scene(start_workers: StartWorkers) -> None:
     workers = start_workers(**DRILL_SETTINGS)
     ctx = get_context()
@@ -56,6 +72,26 @@ def test_duplicate_delivery_of_one_scene(start_workers: StartWorkers) -> None:
     dispatcher = CeleryDispatcher(app)
     for _ in range(3):  # the same generate_scene message, delivered three times at once
         dispatcher.resume(project_id, 1, run_id, "local")
+    wait_for(
+        lambda: ctx.scenes.get(project_id, 1).status == SceneStatus.COMPLETED,  # type: ignore[union-attr]
+        60,
+        "the scene to complete",
+    )
+    assert generations_per_scene(workers.ledger, project_id) == {1: 1}
+    heal(project_id)
+    check_drill(project_id, workers)
+
+
+def test_broker_redelivery_of_one_scene_with_the_same_task_id(start_workers: StartWorkers) -> None:
+    workers = start_workers(**DRILL_SETTINGS)
+    ctx = get_context()
+    project_id = api.create_project("Redelivered", "Same id.", scenes=[{"prompt": "one"}])
+    run_id = str(uuid.uuid4())
+    ctx.projects.win_run(project_id, run_id, ProjectStatus.PROCESSING)
+    ctx.board.touch_run(run_id, 60)
+    task_id = str(uuid.uuid4())
+    for _ in range(2):  # what a broker redelivering an unacked message does: one id, twice
+        app.send_task(GENERATE_SCENE, args=[project_id, 1, run_id, "local"], task_id=task_id)
     wait_for(
         lambda: ctx.scenes.get(project_id, 1).status == SceneStatus.COMPLETED,  # type: ignore[union-attr]
         60,

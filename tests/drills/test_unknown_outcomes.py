@@ -1,0 +1,102 @@
+"""Drills for writes whose outcome is unknown (DESIGN.md invariant 3): an operation id on its way
+to the store while the state server stops answering, or while the run is taken over or
+cancelled. A paid job is never dropped because of our own outage, nor because a cancel did
+not really stop it."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from celery.result import AsyncResult
+
+from mvpipe import api
+from mvpipe.celery_app import app
+from mvpipe.deps import get_context
+from mvpipe.dispatch import CeleryDispatcher
+from mvpipe.failpoints import held, release
+from mvpipe.localstack import LocalStack, Service
+from mvpipe.models import ProjectStatus
+from tests.conftest import Workers
+from tests.drills.conftest import DRILL_SETTINGS, check_drill, heal
+from tests.helpers import wait_for
+
+StartWorkers = Callable[..., Workers]
+
+HOLD = "before_record"
+#: Store calls give up quickly, so a pause of the state server outlasts a record's retries.
+SHORT_STORE = {"store_timeout_seconds": "1", "store_retry_seconds": "2"}
+
+
+def start_held_scene(start_workers: StartWorkers, **settings: str) -> tuple[Workers, str, str, str]:
+    """One scene submitted by hand; its execution holds just before recording its operation."""
+    workers = start_workers(failpoints=f"{HOLD}=hold", **{**DRILL_SETTINGS, **settings})
+    ctx = get_context()
+    project_id = api.create_project("Unknown", "Reply lost.", scenes=[{"prompt": "one"}])
+    run_id = str(uuid.uuid4())
+    assert ctx.projects.win_run(project_id, run_id, ProjectStatus.PROCESSING) == run_id
+    ctx.board.touch_run(run_id, 4)
+    task_id = CeleryDispatcher(app).resume(project_id, 1, run_id, "local").id
+    wait_for(lambda: held(state_dir(workers), HOLD), 60, "the execution to reach the record")
+    return workers, project_id, run_id, task_id
+
+
+def state_dir(workers: Workers) -> Path:
+    return Path(workers.env["MVPIPE_STATE_DIR"])
+
+
+def test_state_server_paused_while_the_operation_id_is_recorded(
+    start_workers: StartWorkers, stack: LocalStack
+) -> None:
+    workers, project_id, _run, task_id = start_held_scene(
+        start_workers, lease_seconds="30", local_latency="8", **SHORT_STORE
+    )
+    moto: Service = next(s for s in stack.services if s.name == "moto")
+    moto.pause()
+    try:
+        release(state_dir(workers), HOLD)
+        # The record's write reaches the stopped server and its reply never comes back: the
+        # worker gives up for now (an outage retry). The write itself lands on resume.
+        wait_for(lambda: AsyncResult(task_id, app=app).state == "RETRY", 60, "the outage retry")
+    finally:
+        moto.resume()
+    heal(project_id)
+    check_drill(project_id, workers)
+
+
+def test_a_run_taken_over_during_the_record_keeps_the_operation(
+    start_workers: StartWorkers,
+) -> None:
+    workers, project_id, run_id, _task = start_held_scene(start_workers)
+    ctx = get_context()
+    new_run = str(uuid.uuid4())
+    assert ctx.projects.take_over_run(project_id, run_id, new_run, ProjectStatus.PROCESSING)
+    release(state_dir(workers), HOLD)
+    heal(project_id)  # the new run (and reconcile) adopt the job: nobody pays again
+    check_drill(project_id, workers)
+
+
+def test_a_cancel_that_finds_the_job_finished_keeps_it_for_the_next_run(
+    start_workers: StartWorkers,
+) -> None:
+    workers, project_id, _run, _task = start_held_scene(start_workers, local_latency="0.5")
+    jobs = Path(workers.env["MVPIPE_LOCAL_STATE"])
+    wait_for(lambda: job_finished(jobs, project_id), 60, "the provider to finish the job")
+    api.cancel_project(project_id)  # the user cancels while the id is on its way
+    release(state_dir(workers), HOLD)
+    heal(project_id)  # the user's next run uses the finished job
+    check_drill(project_id, workers)
+
+
+def job_finished(path: Path, project_id: str) -> bool:
+    db = sqlite3.connect(path)
+    try:
+        row = db.execute(
+            "SELECT MAX(finishes_at) FROM jobs WHERE project_id = ?", (project_id,)
+        ).fetchone()
+    finally:
+        db.close()
+    return row[0] is not None and row[0] < time.time()

@@ -1,0 +1,222 @@
+"""One scene's steps in this process, against the real redis-server and moto server, with a
+provider double given to the context (the way a worker builds its providers): the paths real
+providers reach only by misbehaving."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from mvpipe.deps import Context, build_context
+from mvpipe.errors import StoreUnavailable
+from mvpipe.localstack import LocalStack
+from mvpipe.models import SceneStatus
+from mvpipe.pipeline.generate import SceneJob
+from mvpipe.pipeline.steps import Next
+from mvpipe.providers.base import JobState, JobStatus, VideoRequest
+from mvpipe.providers.limiter import QuotaLimiter
+from mvpipe.settings import get_settings
+from tests.test_store import claim, new_project
+
+pytestmark = pytest.mark.integration
+
+SECRET = "r8_not-a-real-token-0123456789"
+
+
+class Misbehaving:
+    """A video provider that accepts jobs and answers polls with what `answer` says."""
+
+    name = "local"
+    can_cancel = True
+
+    def __init__(self) -> None:
+        self.answer: BaseException | JobStatus = JobStatus(JobState.RUNNING)
+        self.submit_error: BaseException | None = None
+        self.submitted = 0
+
+    def submit(self, request: VideoRequest) -> str:
+        if self.submit_error is not None:
+            raise self.submit_error
+        self.submitted += 1
+        return f"op-{uuid.uuid4().hex}"
+
+    def poll(self, operation_id: str) -> JobStatus:
+        if isinstance(self.answer, BaseException):
+            raise self.answer
+        return self.answer
+
+    def download(self, status: JobStatus) -> bytes:
+        return status.video or b""
+
+    def cancel(self, operation_id: str) -> bool:
+        return True
+
+
+@pytest.fixture
+def provider() -> Misbehaving:
+    return Misbehaving()
+
+
+@pytest.fixture
+def ctx(
+    stack: LocalStack, provider: Misbehaving, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Context]:
+    monkeypatch.setenv("REPLICATE_API_TOKEN", SECRET)
+    context = build_context(get_settings())
+    context.ensure_storage()
+    context.limiter = QuotaLimiter(context.redis, prefix=f"test:{uuid.uuid4()}")  # own quota
+    context._providers["local"] = provider
+    yield context
+
+
+def polling_scene(ctx: Context) -> tuple[str, str, str]:
+    """A scene whose job was accepted and recorded: (project, run, operation)."""
+    project_id, run_id = new_project(ctx, 1)
+    token = uuid.uuid4().hex
+    claim(ctx, project_id, run_id, token)
+    operation_id = f"op-{uuid.uuid4().hex}"
+    ctx.scenes.record_operation(
+        project_id, 1, token=token, operation_id=operation_id, run_id=run_id
+    )
+    return project_id, run_id, operation_id
+
+
+def job(ctx: Context, project_id: str, run_id: str) -> SceneJob:
+    """A fresh execution, as a redelivered or re-queued message gets."""
+    return SceneJob(ctx, project_id, 1, run_id, "local")
+
+
+def test_a_poll_that_keeps_crashing_fails_the_scene_past_the_limit(
+    ctx: Context, provider: Misbehaving
+) -> None:
+    project_id, run_id, operation_id = polling_scene(ctx)
+    provider.answer = ValueError(f"200 with a non-JSON body: <html>token={SECRET}</html>")
+    limit = ctx.settings.max_poll_errors
+    for _ in range(limit):
+        step = job(ctx, project_id, run_id).step(operation_id)
+        assert step.next == Next.POLL and step.carry["operation_id"] == operation_id
+    assert job(ctx, project_id, run_id).step(operation_id).next == Next.DONE
+    scene = ctx.scenes.get(project_id, 1)
+    assert scene is not None and scene.status == SceneStatus.FAILED
+    assert "non-JSON body" in (scene.last_error or "") and SECRET not in (scene.last_error or "")
+
+
+def test_a_poll_that_kills_its_worker_counts_too_and_an_answer_resets_the_count(
+    ctx: Context, provider: Misbehaving
+) -> None:
+    project_id, run_id, operation_id = polling_scene(ctx)
+    limit = ctx.settings.max_poll_errors
+    provider.answer = SystemExit("worker killed mid-poll")
+    for _ in range(limit - 1):
+        with pytest.raises(SystemExit):
+            job(ctx, project_id, run_id).step(operation_id)
+    provider.answer = JobStatus(JobState.RUNNING)  # answered: the count starts again
+    assert job(ctx, project_id, run_id).step(operation_id).next == Next.POLL
+    provider.answer = SystemExit("worker killed mid-poll")
+    for _ in range(limit):
+        with pytest.raises(SystemExit):
+            job(ctx, project_id, run_id).step(operation_id)
+    assert job(ctx, project_id, run_id).step(operation_id).next == Next.DONE
+    scene = ctx.scenes.get(project_id, 1)
+    assert scene is not None and scene.status == SceneStatus.FAILED
+    assert "without an answer" in (scene.last_error or "")
+
+
+def test_no_submission_when_the_lease_has_no_room_left_for_submit_and_record(
+    stack: LocalStack, provider: Misbehaving
+) -> None:
+    # The claim's own store retries can eat the lease; here the lease is that short from the
+    # start (the settings check forbids it, the copy skips the check).
+    settings = get_settings().model_copy(update={"lease_seconds": 1.0})
+    tight = build_context(settings)
+    tight._providers["local"] = provider
+    project_id, run_id = new_project(tight, 1)
+    step = SceneJob(tight, project_id, 1, run_id, "local").step()
+    assert step.next == Next.RETRY_SUBMIT
+    assert provider.submitted == 0
+    scene = tight.scenes.get(project_id, 1)
+    assert scene is not None and scene.status == SceneStatus.PENDING
+    assert scene.attempts == 0  # a lease given back unused spends no attempt
+
+
+def test_store_retries_on_the_submission_path_stop_at_the_lease(stack: LocalStack) -> None:
+    settings = get_settings().model_copy(
+        update={"store_timeout_seconds": 1.0, "store_retry_seconds": 3600.0}
+    )
+    table = build_context(settings).table
+    moto = next(s for s in stack.services if s.name == "moto")
+    outcome: list[BaseException | None] = []
+
+    def read_within_a_lease() -> None:
+        try:
+            with table.retry_until(time.time() + 1):
+                table.get("PROJECT#none", "METADATA")
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    moto.pause()
+    try:
+        reader = threading.Thread(target=read_within_a_lease)
+        reader.start()
+        reader.join(timeout=60)  # an hour of retries without the bound
+        assert not reader.is_alive()
+    finally:
+        moto.resume()
+    assert len(outcome) == 1 and isinstance(outcome[0], StoreUnavailable)
+
+
+def slot_holder(ctx: Context, member: str) -> bool:
+    return ctx.redis.zscore(f"{ctx.limiter.prefix}:local:slots", member) is not None
+
+
+def test_a_duplicate_whose_claim_fails_leaves_the_owners_slot_alone(
+    ctx: Context, provider: Misbehaving
+) -> None:
+    project_id, run_id = new_project(ctx, 1)
+    ctx.board.touch_run(run_id, 60)
+    seen_by_duplicate = ctx.scenes.get(project_id, 1)  # read before the owner claimed
+    assert seen_by_duplicate is not None
+    owner = job(ctx, project_id, run_id)
+    assert owner.step().next == Next.POLL and provider.submitted == 1
+    assert slot_holder(ctx, owner.member)
+    duplicate = job(ctx, project_id, run_id)
+    assert duplicate.submit(seen_by_duplicate).next == Next.DONE  # its claim fails
+    assert slot_holder(ctx, owner.member)  # the owner's job still counts against the quota
+    assert provider.submitted == 1
+
+
+def test_a_waiter_of_a_cancelled_run_leaves_the_line(ctx: Context) -> None:
+    project_id, run_id = new_project(ctx, 1)
+    waiter = job(ctx, project_id, run_id)
+    limit = ctx.settings.concurrency_for("local")
+    holders = [f"holder-{uuid.uuid4().hex}" for _ in range(limit)]
+    for member in holders:
+        assert ctx.limiter.acquire("local", member, limit=limit, ttl=60, line_ttl=60).granted
+    try:
+        assert waiter.step().next == Next.WAIT_SLOT
+        line = f"{ctx.limiter.prefix}:local:line"
+        assert ctx.redis.zscore(line, waiter.member) is not None
+        ctx.board.mark_cancelled(run_id)
+        assert job(ctx, project_id, run_id).step().next == Next.DONE
+        assert ctx.redis.zscore(line, waiter.member) is None
+    finally:
+        for member in holders:
+            ctx.limiter.release("local", member, limit=limit)
+
+
+def test_unclassified_submit_errors_are_scrubbed_before_they_are_stored(
+    ctx: Context, provider: Misbehaving
+) -> None:
+    project_id, run_id = new_project(ctx, 1)
+    provider.submit_error = ValueError(f"unexpected reply from https://api?token={SECRET}")
+    step = job(ctx, project_id, run_id).step()
+    assert step.next == Next.RETRY_SUBMIT
+    scene = ctx.scenes.get(project_id, 1)
+    assert scene is not None and scene.status == SceneStatus.PENDING
+    assert "ValueError: unexpected reply" in (scene.last_error or "")
+    assert SECRET not in (scene.last_error or "")

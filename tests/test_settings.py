@@ -1,0 +1,39 @@
+"""Settings are read once from the environment; a bad combination is a typed error that says
+which variables to change (no raw pydantic error reaches the caller)."""
+
+from __future__ import annotations
+
+import pytest
+
+from mvpipe.errors import ConfigurationError
+from mvpipe.settings import get_settings
+
+
+@pytest.fixture(autouse=True)
+def _fresh_settings() -> object:
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+def test_a_lease_shorter_than_one_submission_is_a_configuration_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Submit (30 s) and one reply each for the claim and the record (10 s each) need 50 s.
+    monkeypatch.setenv("MVPIPE_LEASE_SECONDS", "45")
+    monkeypatch.setenv("MVPIPE_PROVIDER_TIMEOUT_SECONDS", "20")
+    monkeypatch.setenv("MVPIPE_STORE_TIMEOUT_SECONDS", "15")
+    with pytest.raises(ConfigurationError, match="MVPIPE_LEASE_SECONDS"):
+        get_settings()
+    monkeypatch.setenv("MVPIPE_LEASE_SECONDS", "50")
+    assert get_settings().lease_seconds == 50
+
+
+def test_malformed_values_are_configuration_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MVPIPE_MAX_ATTEMPTS", "many")
+    with pytest.raises(ConfigurationError, match="MVPIPE_MAX_ATTEMPTS"):
+        get_settings()
+    monkeypatch.setenv("MVPIPE_MAX_ATTEMPTS", "3")
+    monkeypatch.setenv("MVPIPE_PROVIDER_TIMEOUT_SECONDS", "100")
+    with pytest.raises(ConfigurationError, match="half the lease"):
+        get_settings()
