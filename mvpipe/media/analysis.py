@@ -27,6 +27,7 @@ _HOP = 256  # librosa frames: 11.6 ms at 22050 Hz
 _FINE_HOP = 64  # attack envelope: 2.9 ms at 22050 Hz
 _FINE_FRAME = 256
 _N_FFT = 2048
+_TEMPO_SPAN_SECONDS = 60.0
 _MIN_BPM, _MAX_BPM = 60.0, 200.0
 _PAD_SECONDS = 2.0
 _NOVELTY_FLOOR = 0.08  # below this a change of sound is noise, not a new section
@@ -66,7 +67,9 @@ def analyse(
     coarse = librosa.frames_to_time(frames - len(pad), sr=sample_rate, hop_length=_HOP)
     beats = _refine(coarse, attack, sample_rate, 60.0 / tempo)
     bars = _bars(beats, _low_band(y, sample_rate), sample_rate, beats_per_bar)
-    chroma = librosa.feature.chroma_stft(S=power, sr=sample_rate, n_fft=_N_FFT)
+    # tuning=0: estimating the tuning costs several spectrogram-sized arrays, and a shift of
+    # every pitch class alike does not change where the harmony changes.
+    chroma = librosa.feature.chroma_stft(S=power, sr=sample_rate, n_fft=_N_FFT, tuning=0.0)
     del power
     sections = _sections(log_mel, chroma, sample_rate, beats, bars, beats_per_bar)
     return Timeline(round(tempo, 3), beats, bars, sections, duration, beats_per_bar)
@@ -136,8 +139,17 @@ def _choose_tempo(
         return None
     # Smear by one frame so a grid a frame off its peaks still scores them.
     smooth = np.maximum(attack, np.maximum(np.roll(attack, 1), np.roll(attack, -1)))
+    # The tempogram costs ~30 KB per frame: estimate on at most a minute from the middle of the
+    # song (the comb below then fine-tunes on all of it).
+    span = round(_TEMPO_SPAN_SECONDS * sample_rate / _HOP)
+    middle = max(0, (len(envelope) - span) // 2)
     estimate = float(
-        librosa.feature.tempo(onset_envelope=envelope, sr=sample_rate, hop_length=_HOP)[0]
+        librosa.feature.tempo(
+            onset_envelope=envelope[middle : middle + span],
+            sr=sample_rate,
+            hop_length=_HOP,
+            ac_size=4.0,
+        )[0]
     )
     fps = sample_rate / _HOP
     candidates = []
