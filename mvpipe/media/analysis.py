@@ -235,10 +235,13 @@ def _sections(
     window = 2 * beats_per_bar
     if len(beats) < 2 * window + 1:
         return [Section(0.0, "A")]
+    # Row i of each feature block is the mean over beat i .. beat i + 1 (the last to the end).
     frames = librosa.time_to_frames(beats, sr=sample_rate, hop_length=_HOP)
+    bounds = [*np.minimum(frames, log_mel.shape[1] - 1).tolist(), log_mel.shape[1]]
     mfcc = librosa.feature.mfcc(S=log_mel, sr=sample_rate, n_mfcc=13)
     features = [
-        librosa.util.sync(block, list(frames), aggregate=np.mean).T for block in (mfcc[1:], chroma)
+        librosa.util.sync(block, bounds, aggregate=np.mean, pad=False).T
+        for block in (mfcc[1:], chroma)
     ]
     novelty = np.zeros(len(beats))
     for i in range(window, len(beats) - window + 1):
