@@ -26,6 +26,8 @@ __all__ = ["Section", "Timeline", "analyse", "warm"]
 _HOP = 256  # librosa frames: 11.6 ms at 22050 Hz
 _FINE_HOP = 64  # attack envelope: 2.9 ms at 22050 Hz
 _FINE_FRAME = 256
+_N_FFT = 2048
+_TEMPO_SPAN_SECONDS = 60.0
 _MIN_BPM, _MAX_BPM = 60.0, 200.0
 _PAD_SECONDS = 2.0
 _NOVELTY_FLOOR = 0.08  # below this a change of sound is noise, not a new section
@@ -43,24 +45,33 @@ def analyse(
     duration = len(y) / sample_rate
     if len(y) < sample_rate or not np.all(np.isfinite(y)):
         raise InvalidInput("the song must be at least one second of finite samples")
-    envelope = librosa.onset.onset_strength(y=y, sr=sample_rate, hop_length=_HOP)
+    # One power spectrogram serves onsets, timbre and harmony: a 3-minute song's STFT is
+    # ~60 MB, and computing it once per feature multiplied the peak memory.
+    power = np.abs(librosa.stft(y, n_fft=_N_FFT, hop_length=_HOP)) ** 2
+    log_mel = librosa.power_to_db(librosa.feature.melspectrogram(S=power, sr=sample_rate))
+    envelope = librosa.onset.onset_strength(S=log_mel, sr=sample_rate, hop_length=_HOP)
     attack = _attack_envelope(y)
     tempo = _choose_tempo(envelope, _pool(attack, _HOP // _FINE_HOP), sample_rate)
     if tempo is None:
         return Timeline(0.0, [], [], [Section(0.0, "A")], duration, beats_per_bar)
     # Silence around the song keeps the tracker's edge effects off the song's first and last
     # beats; the beats it then places in the silence have no attack and are dropped by _refine.
-    pad = np.zeros(round(_PAD_SECONDS * sample_rate), dtype=np.float32)
-    padded = librosa.onset.onset_strength(
-        y=np.concatenate([pad, y, pad]), sr=sample_rate, hop_length=_HOP
-    )
+    pad = np.zeros(round(_PAD_SECONDS * sample_rate / _HOP))
     _, frames = librosa.beat.beat_track(
-        onset_envelope=padded, sr=sample_rate, hop_length=_HOP, bpm=tempo, trim=False
+        onset_envelope=np.concatenate([pad, envelope, pad]),
+        sr=sample_rate,
+        hop_length=_HOP,
+        bpm=tempo,
+        trim=False,
     )
-    coarse = librosa.frames_to_time(frames, sr=sample_rate, hop_length=_HOP) - _PAD_SECONDS
+    coarse = librosa.frames_to_time(frames - len(pad), sr=sample_rate, hop_length=_HOP)
     beats = _refine(coarse, attack, sample_rate, 60.0 / tempo)
     bars = _bars(beats, _low_band(y, sample_rate), sample_rate, beats_per_bar)
-    sections = _sections(y, sample_rate, beats, bars, beats_per_bar)
+    # tuning=0: estimating the tuning costs several spectrogram-sized arrays, and a shift of
+    # every pitch class alike does not change where the harmony changes.
+    chroma = librosa.feature.chroma_stft(S=power, sr=sample_rate, n_fft=_N_FFT, tuning=0.0)
+    del power
+    sections = _sections(log_mel, chroma, sample_rate, beats, bars, beats_per_bar)
     return Timeline(round(tempo, 3), beats, bars, sections, duration, beats_per_bar)
 
 
@@ -128,8 +139,17 @@ def _choose_tempo(
         return None
     # Smear by one frame so a grid a frame off its peaks still scores them.
     smooth = np.maximum(attack, np.maximum(np.roll(attack, 1), np.roll(attack, -1)))
+    # The tempogram costs ~30 KB per frame: estimate on at most a minute from the middle of the
+    # song (the comb below then fine-tunes on all of it).
+    span = round(_TEMPO_SPAN_SECONDS * sample_rate / _HOP)
+    middle = max(0, (len(envelope) - span) // 2)
     estimate = float(
-        librosa.feature.tempo(onset_envelope=envelope, sr=sample_rate, hop_length=_HOP)[0]
+        librosa.feature.tempo(
+            onset_envelope=envelope[middle : middle + span],
+            sr=sample_rate,
+            hop_length=_HOP,
+            ac_size=4.0,
+        )[0]
     )
     fps = sample_rate / _HOP
     candidates = []
@@ -202,7 +222,8 @@ def _bars(
 
 
 def _sections(
-    y: NDArray[np.float32],
+    log_mel: NDArray[np.floating[Any]],
+    chroma: NDArray[np.floating[Any]],
     sample_rate: int,
     beats: list[float],
     bars: list[float],
@@ -214,11 +235,13 @@ def _sections(
     window = 2 * beats_per_bar
     if len(beats) < 2 * window + 1:
         return [Section(0.0, "A")]
+    # Row i of each feature block is the mean over beat i .. beat i + 1 (the last to the end).
     frames = librosa.time_to_frames(beats, sr=sample_rate, hop_length=_HOP)
-    mfcc = librosa.feature.mfcc(y=y, sr=sample_rate, hop_length=_HOP, n_mfcc=13)
-    chroma = librosa.feature.chroma_stft(y=y, sr=sample_rate, hop_length=_HOP)
+    bounds = [*np.minimum(frames, log_mel.shape[1] - 1).tolist(), log_mel.shape[1]]
+    mfcc = librosa.feature.mfcc(S=log_mel, sr=sample_rate, n_mfcc=13)
     features = [
-        librosa.util.sync(block, list(frames), aggregate=np.mean).T for block in (mfcc[1:], chroma)
+        librosa.util.sync(block, bounds, aggregate=np.mean, pad=False).T
+        for block in (mfcc[1:], chroma)
     ]
     novelty = np.zeros(len(beats))
     for i in range(window, len(beats) - window + 1):

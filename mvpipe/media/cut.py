@@ -92,11 +92,13 @@ def _timed_frames(
     try:
         for frame in container.decode(stream):
             if frame.pts is None or frame.time_base is None:
-                continue
-            at = Fraction(frame.pts) * frame.time_base
-            if first is None:
-                first = at
-            at -= first
+                # A bare stream without timestamps: frames follow each other at the stream's rate.
+                at = previous[0] + default if previous is not None else Fraction(0)
+            else:
+                at = Fraction(frame.pts) * frame.time_base
+                if first is None:
+                    first = at
+                at -= first
             if previous is not None:
                 if at <= previous[0]:
                     continue  # a repeated or out-of-order timestamp shows nothing new

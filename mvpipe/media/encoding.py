@@ -78,10 +78,12 @@ def encoder_options(fmt: OutputFormat) -> dict[str, str]:
 
     No B-frames (packets arrive in display order, so joined timestamps are simply consecutive),
     no scene-cut keyframes (the GOP is the same whatever the content), a fixed profile and
-    level (so every cut carries the same stream headers), CRF quality.
+    level (so every cut carries the same stream headers), CRF quality. "superfast" encodes 720p
+    about twice as fast as "veryfast" for ~40 % more bytes at the same CRF: a media worker must
+    cut well faster than real time on a shared 2-core host.
     """
     return {
-        "preset": "veryfast",
+        "preset": "superfast",
         "profile": "high",
         "crf": "20",
         "x264-params": (

@@ -157,7 +157,7 @@ def _candidates(
     max_frames: int,
 ) -> list[_Cut]:
     """Every frame a boundary may go on: beats (marked bar/section), then fillers in long gaps."""
-    beat_frames = sorted({round(b * fps) for b in beats} - {0} & set(range(1, total)))
+    beat_frames = sorted({f for f in (round(b * fps) for b in beats) if 0 < f < total})
     bar_frames = {round(b * fps) for b in bars}
     section_frames = set()
     for section in sections[1:] if sections and sections[0].start == 0 else sections:
@@ -170,8 +170,9 @@ def _candidates(
     for left, right in itertools.pairwise(anchors):
         gap = right - left
         if gap > max_frames:
-            # A beatless stretch: fillers every `step` frames let the chooser split it evenly.
-            step = max(1, min(max_frames, max(min_frames, 1)) // 2 or 1)
+            # A beatless stretch: fillers every `step` frames let the chooser split it evenly
+            # (fine enough to meet both limits, coarse enough to keep the search small).
+            step = max(1, min_frames // 2, max_frames // 8)
             cuts.extend(_Cut(f, False, False, False) for f in range(left + step, right, step))
         if right != total:
             cuts.append(_Cut(right, True, right in bar_frames, right in section_frames))

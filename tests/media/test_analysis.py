@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -115,3 +118,26 @@ def test_warm_runs_the_whole_analysis():
     timeline = warm()
     assert timeline.tempo == pytest.approx(120.0, rel=0.01)
     assert len(timeline.beats) == 12
+
+
+def test_beats_survive_background_noise():
+    song = synthesize_song(seconds=24.0, bpm=142.0, offset=0.29, sections=4)
+    samples = decode_mono(song.wav, RATE)
+    noisy = samples + np.random.default_rng(3).normal(0, 0.05, len(samples)).astype(np.float32)
+    timeline = analyse(noisy, RATE)
+    assert max(_nearest(song.beats, b) for b in timeline.beats) <= BEAT_TOLERANCE
+    assert [b for b in song.beats if _nearest(timeline.beats, b) > BEAT_TOLERANCE] == []
+
+
+def test_importing_media_does_not_load_librosa():
+    code = (
+        "import sys, mvpipe.media, mvpipe.media.analysis, mvpipe.media.slots, "
+        "mvpipe.media.cut, mvpipe.media.assemble; "
+        "print(sorted(m for m in ('librosa', 'numba', 'celery', 'mvpipe.settings') "
+        "if m in sys.modules))"
+    )
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root
+    )
+    assert out.stdout.strip() == "[]"

@@ -152,3 +152,28 @@ def test_frame_count_must_be_positive_whole(tmp_path, frames):
         cut_clip(
             make_clip(tmp_path / "s.mp4", frames=2), tmp_path / "c.mp4", frames=frames, fmt=FMT
         )
+
+
+def test_a_bare_stream_without_timestamps_is_cut_at_its_nominal_rate(tmp_path):
+    # Given an H.264 elementary stream (no container timestamps at all)
+    from av.bitstream import BitStreamFilterContext
+
+    make_clip(tmp_path / "s.mp4", frames=6)
+    with (
+        av.open(str(tmp_path / "s.mp4")) as src,
+        av.open(str(tmp_path / "s.h264"), "w", "h264") as raw,
+    ):
+        video = src.streams.video[0]
+        out = raw.add_stream_from_template(video)
+        annexb = BitStreamFilterContext("h264_mp4toannexb", video)
+        for packet in src.demux(video):
+            for converted in annexb.filter(packet if packet.size else None):
+                converted.stream = out
+                raw.mux(converted)
+    # When it is cut, frames follow each other at the stream's nominal rate
+    report = cut_clip(tmp_path / "s.h264", tmp_path / "c.mp4", frames=8, fmt=FMT)
+    shown = [source_index(v) for v in luma_levels(tmp_path / "c.mp4")]
+    assert len(shown) == 8
+    assert shown[0] == 0 and shown[-1] == 5
+    assert shown == sorted(shown)
+    assert report.held_frames > 0
