@@ -223,3 +223,33 @@ TestRecount.settings = settings(
 @pytest.fixture(autouse=True)
 def _stack_for_machine(stack: LocalStack) -> None:
     """The state machine's test case needs the servers too."""
+
+
+def unplanned_project(ctx: Context, scenes: int) -> tuple[str, str]:
+    project_id = str(uuid.uuid4())
+    spec = ProjectSpec(
+        title="Test", concept="A concept", provider="local", requested_scene_count=scenes
+    )
+    ctx.projects.create(project_id, spec)
+    run_id = str(uuid.uuid4())
+    assert ctx.projects.win_run(project_id, run_id, ProjectStatus.GENERATING_SCENES) == run_id
+    return project_id, run_id
+
+
+def test_a_plan_larger_than_one_transaction_is_written_whole(ctx: Context) -> None:
+    project_id, run_id = unplanned_project(ctx, 150)
+    specs = [SceneSpec(prompt=f"scene {n}") for n in range(1, 151)]
+    assert ctx.projects.save_plan(project_id, run_id, specs)
+    state = ctx.projects.load(project_id)
+    assert state.project.scene_count == 150
+    assert [s.prompt for s in state.scenes] == [s.prompt for s in specs]
+
+
+def test_a_second_plan_of_a_planned_run_writes_nothing(ctx: Context) -> None:
+    project_id, run_id = unplanned_project(ctx, 3)
+    assert ctx.projects.save_plan(project_id, run_id, [SceneSpec(prompt="a")] * 3)
+    assert claim(ctx, project_id, run_id, "lease") == Claim.WON
+    assert not ctx.projects.save_plan(project_id, run_id, [SceneSpec(prompt="b")] * 3)
+    state = ctx.projects.load(project_id)
+    assert [s.prompt for s in state.scenes] == ["a"] * 3
+    assert state.scenes[0].lease_token == "lease"

@@ -6,10 +6,12 @@ A project is visible only once METADATA exists: `create` writes the scenes first
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 
 from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.update import Action
+from pynamodb.transactions import TransactWrite
 
 from mvpipe.errors import NotFound
 from mvpipe.models import ProjectSpec, ProjectStatus, SceneSpec, SceneStatus
@@ -18,6 +20,19 @@ from mvpipe.store.dynamo import Table
 from mvpipe.store.records import ProjectRecord, ProjectState, SceneRecord, utc_now_iso
 from mvpipe.store.scenes import clip_error
 from mvpipe.store.table import METADATA, SCENE_PREFIX, ItemBase, project_pk, scene_sk
+
+#: Scene writes per transaction of a plan, beside its METADATA check (DynamoDB allows 100).
+_TRANSACT_SCENES = 99
+
+
+def _put_scene(item: ItemBase, condition: Condition, tx: TransactWrite) -> None:
+    tx.save(item, condition=condition)
+
+
+def _delete_scene(
+    model: type[ItemBase], pk: str, sk: str, condition: Condition, tx: TransactWrite
+) -> None:
+    tx.delete(model(pk, sk), condition=condition)
 
 
 class ProjectStore:
@@ -72,16 +87,47 @@ class ProjectStore:
         self.table.put(meta, condition=self.m.pk.does_not_exist())
 
     def save_plan(self, project_id: str, run_id: str, specs: Sequence[SceneSpec]) -> bool:
-        """Replace any partial scenes, then mark the project planned (sceneCount) last."""
-        existing = [
-            (i.pk, i.sk)
-            for i in self.table.query_project(project_id)
-            if i.sk.startswith(SCENE_PREFIX)
-        ]
-        wanted = {scene_sk(n) for n in range(1, len(specs) + 1)}
-        self.table.batch_delete([k for k in existing if k[1] not in wanted])
-        self.table.batch_put(self._scene_items(project_id, specs, utc_now_iso()))
+        """Replace any partial scenes, then mark the project planned (sceneCount) last.
+
+        Every scene write is conditioned on the project still being unplanned under `run_id`
+        (a ConditionCheck on METADATA in each transaction) and on the scene holding no lease,
+        operation or clip: a second planner of the same run (a duplicate root task, a takeover
+        after a stall) can never reset a scene that is already being paid for. False when the
+        plan was not written because the project moved on.
+        """
         m = self.m
+        pk = project_pk(project_id)
+        unplanned = m.pk.exists() & (m.active_run_id == run_id) & m.scene_count.does_not_exist()
+        untouched = (
+            m.lease_token.does_not_exist()
+            & m.operation_id.does_not_exist()
+            & m.original_clip_key.does_not_exist()
+        )
+        wanted = {scene_sk(n) for n in range(1, len(specs) + 1)}
+        stale = [
+            i.sk
+            for i in self.table.query_project(project_id)
+            if i.sk.startswith(SCENE_PREFIX) and i.sk not in wanted
+        ]
+        writes: list[Callable[[TransactWrite], None]] = [
+            functools.partial(_delete_scene, m, pk, sk, untouched) for sk in stale
+        ]
+        writes += [
+            functools.partial(_put_scene, item, untouched)
+            for item in self._scene_items(project_id, specs, utc_now_iso())
+        ]
+        for start in range(0, len(writes), _TRANSACT_SCENES):
+            chunk = writes[start : start + _TRANSACT_SCENES]
+
+            def build(
+                tx: TransactWrite, chunk: list[Callable[[TransactWrite], None]] = chunk
+            ) -> None:
+                tx.condition_check(m, pk, METADATA, condition=unplanned)
+                for write in chunk:
+                    write(tx)
+
+            if self.table.transact(build) is not None:
+                return False
         return self._update_meta(
             project_id,
             [
