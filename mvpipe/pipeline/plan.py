@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from dataclasses import dataclass
 
 from mvpipe.deps import Context
@@ -47,7 +48,8 @@ def plan_run(
                 raise PermanentProviderError(
                     f"planner returned {len(specs)} scenes, expected {brief.scene_count}"
                 )
-            if not ctx.projects.save_plan(project_id, run_id, specs):
+            token = uuid.uuid4().hex
+            if not ctx.projects.save_plan(project_id, run_id, specs, token=token):
                 return None
             log.info("planned project=%s scenes=%d run=%s", project_id, len(specs), run_id)
         finally:

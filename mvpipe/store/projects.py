@@ -86,7 +86,9 @@ class ProjectStore:
         )
         self.table.put(meta, condition=self.m.pk.does_not_exist())
 
-    def save_plan(self, project_id: str, run_id: str, specs: Sequence[SceneSpec]) -> bool:
+    def save_plan(
+        self, project_id: str, run_id: str, specs: Sequence[SceneSpec], *, token: str
+    ) -> bool:
         """Replace any partial scenes, then mark the project planned (sceneCount) last.
 
         Every scene write is conditioned on the project still being unplanned under `run_id`
@@ -94,6 +96,10 @@ class ProjectStore:
         operation or clip: a second planner of the same run (a duplicate root task, a takeover
         after a stall) can never reset a scene that is already being paid for. False when the
         plan was not written because the project moved on.
+
+        `token` names this planner's execution: a retry of a final write that had landed
+        finds its own token and reports success (invariant 7); another planner of the same run
+        finds a foreign one and starts nothing.
         """
         m = self.m
         pk = project_pk(project_id)
@@ -127,14 +133,26 @@ class ProjectStore:
                     write(tx)
 
             if self.table.transact(build) is not None:
-                return False
-        return self._update_meta(
+                return self._planned_by(project_id, run_id, token)
+        if self._update_meta(
             project_id,
             [
                 m.scene_count.set(len(specs)),
+                m.plan_token.set(token),
                 *self._status_actions(ProjectStatus.PROCESSING),
             ],
             (m.active_run_id == run_id) & m.scene_count.does_not_exist(),
+        ):
+            return True
+        return self._planned_by(project_id, run_id, token)
+
+    def _planned_by(self, project_id: str, run_id: str, token: str) -> bool:
+        item = self.table.get(project_pk(project_id), METADATA)
+        return (
+            item is not None
+            and item.active_run_id == run_id
+            and item.scene_count is not None
+            and item.plan_token == token
         )
 
     def _scene_items(self, project_id: str, specs: Sequence[SceneSpec], now: str) -> list[ItemBase]:

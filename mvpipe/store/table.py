@@ -46,6 +46,8 @@ class ItemBase(Model):
     completed_scenes = NumberAttribute(null=True, attr_name="completedScenes")
     failed_scenes = NumberAttribute(null=True, attr_name="failedScenes")
     active_run_id = UnicodeAttribute(null=True, attr_name="activeRunId")
+    #: which planner execution wrote the plan (its retried write recognises itself)
+    plan_token = UnicodeAttribute(null=True, attr_name="planToken")
 
     # scene
     sequence = NumberAttribute(null=True)
