@@ -15,7 +15,6 @@ redis.call('SADD', KEYS[1], ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 local expected = redis.call('GET', KEYS[2])
 if expected and redis.call('SCARD', KEYS[1]) >= tonumber(expected) then
-  redis.call('DEL', KEYS[2])
   return 1
 end
 return 0
@@ -72,9 +71,17 @@ class RunBoard:
         return None if raw is None else [int(n) for n in json.loads(raw)]
 
     def scene_finished(self, run_id: str, sequence: int) -> bool:
-        """Record a finished scene (O(1)); True when finalize must run again now."""
+        """Record a finished scene (O(1)); True when finalize must run again now.
+
+        It keeps answering True until `refinalize_sent`: a step whose publish of the re-finalize
+        failed (a broker restarting) is retried and triggers it again. Finalize may run twice,
+        never zero times."""
         keys = [self._key("run", run_id, "finished"), self._key("run", run_id, "waiting")]
         return bool(self._finish(keys=keys, args=[sequence, self.ttl]))
+
+    def refinalize_sent(self, run_id: str) -> None:
+        """The re-finalize is on the broker: later finishes (duplicates) need not send it."""
+        self.client.delete(self._key("run", run_id, "waiting"))
 
     def due(self, job: str, every_seconds: float) -> bool:
         """True at most once per period across all processes (rate-limits expensive sweeps)."""

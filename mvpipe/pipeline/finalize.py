@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from mvpipe.deps import Context
 from mvpipe.models import ProjectStatus
+from mvpipe.pipeline.steps import Dispatcher
 from mvpipe.states import FINAL_SCENE_STATES, project_status
 from mvpipe.store.records import ProjectState
 
@@ -100,3 +101,14 @@ def finalize_run(
             )
             return settlement
     raise RuntimeError(f"project {project_id} kept changing while being finalized")
+
+
+def refinalize(ctx: Context, dispatcher: Dispatcher, project_id: str, run_id: str | None) -> None:
+    """A scene reached a final state after its run's finalize ran: finalize again.
+
+    The trigger is cleared only once the message is on the broker, so a failed publish is
+    redone by the step's retry (see RunBoard.scene_finished)."""
+    sequences = ctx.board.run_sequences(run_id) if run_id else None
+    dispatcher.finalize(project_id, run_id, sequences)
+    if run_id is not None:
+        ctx.board.refinalize_sent(run_id)

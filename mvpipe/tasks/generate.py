@@ -18,6 +18,7 @@ from celery.exceptions import Ignore, Reject
 
 from mvpipe.deps import get_context
 from mvpipe.errors import InvalidInput, MvpipeError, StoreUnavailable
+from mvpipe.pipeline.finalize import refinalize
 from mvpipe.pipeline.generate import SceneJob
 from mvpipe.pipeline.steps import Next
 from mvpipe.tasks.base import MvpipeTask, app, checked_ids, dispatcher
@@ -81,8 +82,7 @@ def generate_scene(
         else:
             step = job.step(operation_id, transient_polls)
             if step.refinalize:
-                sequences = ctx.board.run_sequences(run_id) if run_id else None
-                dispatcher.finalize(project_id, run_id, sequences)
+                refinalize(ctx, dispatcher, project_id, run_id)
     except (StoreUnavailable, redis.RedisError) as exc:
         raise self.outage_retry(exc, kwargs, outages) from exc
     except MvpipeError as exc:
