@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass
 
 from mvpipe.deps import Context
+from mvpipe.errors import Conflict
 from mvpipe.models import ProjectStatus
 from mvpipe.pipeline.steps import Dispatcher
 from mvpipe.states import FINAL_SCENE_STATES, project_status
@@ -86,21 +87,36 @@ def finalize_run(
     if run_id is not None and sequences is not None:
         # Before reading: a scene finishing after our read will see this and re-trigger us.
         ctx.board.await_scenes(run_id, len(sequences), sequences)
-    for _ in range(10):
+    settlement, state = settle_until_stable(
+        ctx, project_id, release_run=run_id, sequences=sequences
+    )
+    log.info(
+        "finalized project=%s run=%s status=%s released=%s completed=%d failed=%d",
+        project_id,
+        run_id or "-",
+        settlement.status,
+        settlement.released,
+        state.counters.completed_scenes,
+        state.counters.failed_scenes,
+    )
+    return settlement
+
+
+def settle_until_stable(
+    ctx: Context,
+    project_id: str,
+    *,
+    release_run: str | None = None,
+    sequences: list[int] | None = None,
+    attempts: int = 10,
+) -> tuple[Settlement, ProjectState]:
+    """Settle from a fresh read, again while METADATA moves on between read and write."""
+    for _ in range(attempts):
         state = ctx.projects.load(project_id)
-        settlement = settle_project(ctx, state, release_run=run_id, sequences=sequences)
+        settlement = settle_project(ctx, state, release_run=release_run, sequences=sequences)
         if settlement is not None:
-            log.info(
-                "finalized project=%s run=%s status=%s released=%s completed=%d failed=%d",
-                project_id,
-                run_id or "-",
-                settlement.status,
-                settlement.released,
-                state.counters.completed_scenes,
-                state.counters.failed_scenes,
-            )
-            return settlement
-    raise RuntimeError(f"project {project_id} kept changing while being finalized")
+            return settlement, state
+    raise Conflict(f"project {project_id} kept changing while being settled; try again")
 
 
 def refinalize(ctx: Context, dispatcher: Dispatcher, project_id: str, run_id: str | None) -> None:

@@ -246,9 +246,11 @@ def _settle(
             return
         status = ProjectStatus.PROCESSING if project.planned else ProjectStatus.GENERATING_SCENES
         new_run = str(uuid.uuid4())
+        # Alive before it can be won: a pass between the win and a later mark would take it over.
+        ctx.board.touch_run(new_run, ctx.settings.run_stale_seconds)
         if ctx.projects.take_over_run(project.project_id, run, new_run, status):
-            ctx.board.touch_run(new_run, ctx.settings.run_stale_seconds)
-            dispatcher.start_run(project.project_id, new_run)
+            scope = list(project.run_scope) if project.run_scope else None
+            dispatcher.start_run(project.project_id, new_run, scope)
             report.runs_taken_over += 1
             log.info(
                 "took over stale run project=%s old=%s new=%s", project.project_id, run, new_run

@@ -180,7 +180,12 @@ class ProjectStore:
         m = self.m
         if self._update_meta(
             project_id,
-            [m.active_run_id.set(run_id), m.last_error.remove(), *self._status_actions(status)],
+            [
+                m.active_run_id.set(run_id),
+                m.run_scope.remove(),
+                m.last_error.remove(),
+                *self._status_actions(status),
+            ],
             m.active_run_id.does_not_exist(),
         ):
             return run_id
@@ -192,6 +197,7 @@ class ProjectStore:
     def take_over_run(
         self, project_id: str, old_run: str, new_run: str, status: ProjectStatus
     ) -> bool:
+        """Replace a stale run; its scope (`runScope`) stays, so the new run does its work."""
         m = self.m
         if self._update_meta(
             project_id,
@@ -224,7 +230,7 @@ class ProjectStore:
             m.last_error.set(clip_error(last_error)) if last_error else m.last_error.remove()
         )
         if release:
-            actions.append(m.active_run_id.remove())
+            actions += [m.active_run_id.remove(), m.run_scope.remove()]
         guard = (
             m.active_run_id.does_not_exist()
             if observed_run is None
@@ -239,6 +245,7 @@ class ProjectStore:
             [
                 m.last_error.set(clip_error(f"planning failed: {error}")),
                 m.active_run_id.remove(),
+                m.run_scope.remove(),
                 *self._status_actions(ProjectStatus.FAILED),
             ],
             m.active_run_id == run_id,

@@ -86,6 +86,8 @@ class ProjectRecord:
     active_run_id: str | None
     created_at: str
     updated_at: str
+    #: the sequences the active run works on; None: every scene
+    run_scope: tuple[int, ...] | None = None
 
     @property
     def planned(self) -> bool:
@@ -107,6 +109,7 @@ class ProjectRecord:
             active_run_id=item.active_run_id,
             created_at=item.created_at or "",
             updated_at=item.updated_at or "",
+            run_scope=tuple(sorted(int(n) for n in item.run_scope)) if item.run_scope else None,
         )
 
 

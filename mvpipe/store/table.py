@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pynamodb.attributes import NumberAttribute, UnicodeAttribute
+from pynamodb.attributes import NumberAttribute, NumberSetAttribute, UnicodeAttribute
 from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
 from pynamodb.models import Model
 
@@ -48,6 +48,8 @@ class ItemBase(Model):
     active_run_id = UnicodeAttribute(null=True, attr_name="activeRunId")
     #: which planner execution wrote the plan (its retried write recognises itself)
     plan_token = UnicodeAttribute(null=True, attr_name="planToken")
+    #: the sequences the active run works on (a regeneration); absent: every scene
+    run_scope = NumberSetAttribute(null=True, attr_name="runScope")
 
     # scene
     sequence = NumberAttribute(null=True)
