@@ -14,6 +14,7 @@ from mvpipe.deps import Context, get_context
 from mvpipe.localstack import LocalStack
 from mvpipe.models import ProjectStatus
 from mvpipe.pipeline.cancel import cancel_runs
+from mvpipe.pipeline.plan import plan_run
 from mvpipe.pipeline.reconcile import reconcile
 from mvpipe.pipeline.runs import start_run
 from mvpipe.runboard import RunBoard
@@ -134,3 +135,35 @@ def test_cancel_releases_the_run_that_took_over_meanwhile(ctx: Context) -> None:
     assert projects.new_run is not None
     assert ctx.projects.get(project_id).active_run_id is None
     assert ctx.board.cancelled(run_id) and ctx.board.cancelled(projects.new_run)
+
+
+class CrashingPlanner:
+    def plan(self, brief: Any) -> list[Any]:
+        raise KeyError("choices")  # e.g. an SDK answering a shape nobody expected
+
+
+def test_a_planner_that_always_crashes_fails_the_planning(ctx: Context) -> None:
+    # Given a project whose planner crashes on every call, re-planned by retries and takeovers
+    project_id = api.create_project("Crash", "Never plans.", scene_count=2)
+    run_id = str(uuid.uuid4())
+    assert ctx.projects.win_run(project_id, run_id, ProjectStatus.GENERATING_SCENES) == run_id
+    crashing = dataclasses.replace(ctx, _planners={ctx.settings.planner: CrashingPlanner()})
+    outcomes = []
+    for _ in range(3 * ctx.settings.max_attempts):
+        try:
+            outcomes.append(plan_run(crashing, project_id, run_id))
+        except KeyError:
+            outcomes.append("crashed")
+        if ctx.projects.get(project_id).active_run_id is None:
+            break
+        new_run = str(uuid.uuid4())  # reconcile takes the stale run over
+        assert ctx.projects.take_over_run(
+            project_id, run_id, new_run, ProjectStatus.GENERATING_SCENES
+        )
+        run_id = new_run
+    # Then planning fails past the attempt limit, saying why, and the run is over
+    assert outcomes == ["crashed"] * ctx.settings.max_attempts + [None]
+    project = ctx.projects.get(project_id)
+    assert project.status == ProjectStatus.FAILED and project.active_run_id is None
+    assert project.last_error and "KeyError" in project.last_error
+    assert "planning failed" in project.last_error

@@ -53,8 +53,8 @@ def settle_project(
         run_active=active is not None and not release,
         planning_failed=planning_failed,
     )
-    if planning_failed:
-        last_error = project.last_error
+    if planning_failed or not project.planned:
+        last_error = project.last_error  # planning's own note of why it failed (or last did)
     elif status == ProjectStatus.FAILED:
         last_error = f"{counters.failed_scenes} of {counters.scene_count} scenes failed"
     else:

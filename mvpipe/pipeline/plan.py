@@ -7,8 +7,8 @@ import uuid
 from dataclasses import dataclass
 
 from mvpipe.deps import Context
-from mvpipe.errors import PermanentProviderError
-from mvpipe.models import SceneStatus
+from mvpipe.errors import ConfigurationError, PermanentProviderError, ProviderError
+from mvpipe.models import SceneSpec, SceneStatus
 from mvpipe.providers.base import Brief
 
 log = logging.getLogger("mvpipe.plan")
@@ -27,8 +27,10 @@ def plan_run(
 ) -> RunPlan | None:
     """Plan the project if it is not planned yet; None when the run is no longer active.
 
-    Planner errors propagate: transient ones are retried by the task, permanent ones end the run
-    through `fail_planning`.
+    Planner errors propagate: transient and unexpected ones are retried by the task, permanent
+    ones end the run through `fail_planning`. Every planner call is counted on METADATA (across
+    retries, redeliveries and takeovers): past `MVPIPE_MAX_ATTEMPTS` the planning fails, with
+    the last error in `lastError`, instead of looping forever.
     """
     state = ctx.projects.load(project_id)
     if state.project.active_run_id != run_id:
@@ -37,13 +39,22 @@ def plan_run(
         if not ctx.board.lock_planning(project_id, run_id, ctx.settings.lease_seconds):
             return None
         try:
+            attempt = ctx.projects.count_planning_attempt(project_id, run_id)
+            if attempt is None:
+                return None
+            if attempt > ctx.settings.max_attempts:
+                why = state.project.last_error or "the planner never answered"
+                fail_planning(
+                    ctx, project_id, run_id, f"gave up after {attempt - 1} attempts: {why}"
+                )
+                return None
             brief = Brief(
                 project_id,
                 state.project.title,
                 state.project.concept,
                 state.project.requested_scene_count,
             )
-            specs = ctx.planner().plan(brief)
+            specs = _call_planner(ctx, project_id, run_id, brief)
             if len(specs) != brief.scene_count:
                 raise PermanentProviderError(
                     f"planner returned {len(specs)} scenes, expected {brief.scene_count}"
@@ -64,6 +75,18 @@ def plan_run(
         and (wanted is None or s.sequence in wanted)
     ]
     return RunPlan(state.project.provider, sequences)
+
+
+def _call_planner(ctx: Context, project_id: str, run_id: str, brief: Brief) -> list[SceneSpec]:
+    """The planner's answer; a failure worth retrying is noted first, for `lastError`."""
+    try:
+        return ctx.planner().plan(brief)
+    except (PermanentProviderError, ConfigurationError):
+        raise  # the caller fails the planning with this message at once
+    except Exception as exc:
+        error = str(exc) if isinstance(exc, ProviderError) else f"{type(exc).__name__}: {exc}"
+        ctx.projects.note_planning_error(project_id, run_id, error)
+        raise
 
 
 def fail_planning(ctx: Context, project_id: str, run_id: str, error: str) -> None:

@@ -139,6 +139,7 @@ class ProjectStore:
             [
                 m.scene_count.set(len(specs)),
                 m.plan_token.set(token),
+                m.planning_attempts.remove(),
                 *self._status_actions(ProjectStatus.PROCESSING),
             ],
             (m.active_run_id == run_id) & m.scene_count.does_not_exist(),
@@ -183,6 +184,7 @@ class ProjectStore:
             [
                 m.active_run_id.set(run_id),
                 m.run_scope.remove(),
+                m.planning_attempts.remove(),  # a user's run gives planning its attempts back
                 m.last_error.remove(),
                 *self._status_actions(status),
             ],
@@ -237,6 +239,28 @@ class ProjectStore:
             else m.active_run_id == observed_run
         )
         return self._update_meta(project_id, actions, guard)
+
+    def count_planning_attempt(self, project_id: str, run_id: str) -> int | None:
+        """Count one planner call of `run_id` (kept across takeovers, so a plan that always
+        crashes ends); None when the run is not the project's unplanned run any more.
+
+        Not idempotent: a retried write whose first attempt landed counts twice (one attempt
+        fewer for a project during a store outage, never one more)."""
+        m = self.m
+        if not self._update_meta(
+            project_id,
+            [m.planning_attempts.add(1)],
+            (m.active_run_id == run_id) & m.scene_count.does_not_exist(),
+        ):
+            return None
+        return int(self.table.get(project_pk(project_id), METADATA).planning_attempts or 0)  # type: ignore[union-attr]
+
+    def note_planning_error(self, project_id: str, run_id: str, error: str) -> bool:
+        """Keep why planning last failed, for the `lastError` of a planning that gives up."""
+        m = self.m
+        return self._update_meta(
+            project_id, [m.last_error.set(clip_error(error))], m.active_run_id == run_id
+        )
 
     def fail_planning(self, project_id: str, run_id: str, error: str) -> bool:
         m = self.m

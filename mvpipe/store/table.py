@@ -50,6 +50,8 @@ class ItemBase(Model):
     plan_token = UnicodeAttribute(null=True, attr_name="planToken")
     #: the sequences the active run works on (a regeneration); absent: every scene
     run_scope = NumberSetAttribute(null=True, attr_name="runScope")
+    #: planner calls since the project was last planned or a user last ran it
+    planning_attempts = NumberAttribute(null=True, attr_name="planningAttempts")
 
     # scene
     sequence = NumberAttribute(null=True)

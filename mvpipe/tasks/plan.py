@@ -6,6 +6,7 @@ Plans the project if it is not planned yet, then replaces itself with the run's 
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import redis
@@ -26,10 +27,22 @@ from mvpipe.tasks.base import MvpipeTask, app, checked_ids
 from mvpipe.tasks.finalize import finalize_project
 from mvpipe.tasks.generate import generate_scene
 
+log = logging.getLogger("mvpipe.tasks.plan")
 
-@app.task(base=MvpipeTask, bind=True, name="mvpipe.plan_scenes")
+
+class PlanTask(MvpipeTask):
+    def retry_planning(self, exc: Exception, kwargs: dict[str, Any], failures: int) -> Exception:
+        """Plan again after a backoff; the attempts are counted (and limited) by plan_run."""
+        s = get_context().settings
+        countdown = backoff_seconds(failures + 1, base=s.backoff_base, cap=s.backoff_max)
+        return self.retry(
+            exc=exc, countdown=countdown, kwargs={**kwargs, "planner_failures": failures + 1}
+        )
+
+
+@app.task(base=PlanTask, bind=True, name="mvpipe.plan_scenes")
 def plan_scenes(
-    self: MvpipeTask,
+    self: PlanTask,
     project_id: str,
     run_id: str,
     only: list[int] | None = None,
@@ -44,23 +57,16 @@ def plan_scenes(
     kwargs = {"only": only, "planner_failures": planner_failures, "outages": outages}
     try:
         plan = plan_run(ctx, project_id, run_id, only)
-    except TransientProviderError as exc:
-        if planner_failures + 1 >= ctx.settings.max_attempts:
-            fail_planning(ctx, project_id, run_id, str(exc))
-            return {"project_id": project_id, "outcome": "planning failed"}
-        countdown = backoff_seconds(
-            planner_failures + 1, base=ctx.settings.backoff_base, cap=ctx.settings.backoff_max
-        )
-        raise self.retry(
-            exc=exc,
-            countdown=countdown,
-            kwargs={**kwargs, "planner_failures": planner_failures + 1},
-        ) from exc
     except (ProviderError, ConfigurationError) as exc:
+        if isinstance(exc, TransientProviderError):
+            raise self.retry_planning(exc, kwargs, planner_failures) from exc
         fail_planning(ctx, project_id, run_id, str(exc))
         return {"project_id": project_id, "outcome": "planning failed"}
     except (StoreUnavailable, redis.RedisError) as exc:
         raise self.outage_retry(exc, kwargs, outages) from exc
+    except Exception as exc:  # a planner crash: plan_run counts it and ends it past the limit
+        log.exception("planning crashed project=%s run=%s", project_id, run_id)
+        raise self.retry_planning(exc, kwargs, planner_failures) from exc
     if plan is None:
         return {"project_id": project_id, "outcome": "run no longer active"}
     if not plan.sequences:
