@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 
+import redis
+
 from mvpipe.deps import Context
-from mvpipe.errors import Conflict
+from mvpipe.errors import BrokerUnavailable, Conflict
 from mvpipe.models import ProjectStatus, SceneStatus
 from mvpipe.pipeline.finalize import settle_until_stable
 from mvpipe.pipeline.steps import Dispatcher
@@ -64,4 +66,8 @@ def cancel_operations(ctx: Context, dispatcher: Dispatcher, project_id: str) -> 
             continue
         ctx.scenes.reset_cancelled(project_id, scene.sequence, operation_id=operation_id)
         member = slot_member(project_id, scene.sequence)
-        dispatcher.wake(ctx.limiter.release(provider.name, member, limit=limit))
+        try:
+            woken = ctx.limiter.release(provider.name, member, limit=limit)
+        except redis.RedisError as exc:
+            raise BrokerUnavailable.because(exc) from exc
+        dispatcher.wake(woken)
