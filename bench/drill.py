@@ -4,8 +4,11 @@
 
 Each round starts its own stack, runs a project with the local provider, injects one fault
 (a worker SIGKILLed at a critical moment, a whole worker killed, Redis restarted with or without
-its data, the state server paused, provider faults), heals (reconcile + re-run, as an operator
-would), then checks every invariant and counts paid generations from the provider's ledger.
+its data, the state server paused, provider faults, the run's root task delivered twice, the
+state server paused while planning for longer than the lease so that reconcile takes the run
+over mid-plan, the runs' liveness marks lost while a reconcile passes), heals (reconcile +
+re-run, as an operator would), then checks every invariant and counts paid generations from
+the provider's ledger.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ from pathlib import Path
 from common import bench_stack, record, table, workers
 
 from mvpipe import api
+from mvpipe.celery_app import app
 from mvpipe.deps import get_context
+from mvpipe.dispatch import CeleryDispatcher
 from mvpipe.drills import double_payments, heal, paid_generations, restart_redis
 from mvpipe.errors import MvpipeError
 from mvpipe.failpoints import POINTS
@@ -35,6 +40,9 @@ KINDS = [
     "redis-lost",
     "pause-state",
     "faults",
+    "twin-root",
+    "pause-planning",
+    "lost-liveness",
 ]
 SETTINGS = {
     "lease_seconds": "4",
@@ -56,6 +64,15 @@ def wait_ledger(ledger: Path, project_id: str, count: int, timeout: float = 60) 
         time.sleep(0.1)
 
 
+def pause_state_server(stack: LocalStack, seconds: float) -> None:
+    moto = next(s for s in stack.services if s.name == "moto")
+    moto.pause()
+    try:
+        time.sleep(seconds)  # the fault: the state server answers nothing
+    finally:
+        moto.resume()
+
+
 def run_round(
     stack: LocalStack, workdir: Path, number: int, kind: str, scenes: int, rng: random.Random
 ) -> dict[str, int]:
@@ -70,7 +87,12 @@ def run_round(
     ledger = Path(stack.env["MVPIPE_LOCAL_LEDGER"])
     worker = workers(stack, workdir, 2, **env)
     project_id = api.create_project("Drill", "Chaos.", scene_count=scenes)
-    api.run_project(project_id)
+    run = api.run_project(project_id)
+    if kind == "twin-root":  # a broker redelivery: the same root message, same task id
+        CeleryDispatcher(app).start_run(project_id, run.id)
+    elif kind == "pause-planning":  # a stall longer than the lease, while the run plans
+        pause_state_server(stack, float(SETTINGS["lease_seconds"]) + rng.uniform(1, 3))
+        api.reconcile(project_id)
     wait_ledger(ledger, project_id, rng.randint(1, scenes))
     if kind == "kill-worker":
         worker.kill()
@@ -78,10 +100,12 @@ def run_round(
     elif kind.startswith("redis"):
         restart_redis(stack, keep_data=kind == "redis-aof")
     elif kind == "pause-state":
-        moto = next(s for s in stack.services if s.name == "moto")
-        moto.pause()
-        time.sleep(rng.uniform(1, 5))  # the fault: the state server answers nothing
-        moto.resume()
+        pause_state_server(stack, rng.uniform(1, 5))
+    elif kind == "lost-liveness":  # as after a Redis restart without persistence
+        client = get_context().redis
+        for key in client.scan_iter("mvpipe:live:*"):
+            client.delete(key)
+        api.reconcile(project_id)
     try:
         view = heal(project_id, timeout=240)
     except MvpipeError:
@@ -109,10 +133,12 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--scenes", type=int, default=8)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--kinds", nargs="*", choices=KINDS, help="drill only these kinds")
     args = parser.parse_args()
+    kinds = args.kinds or KINDS
     rng = random.Random(args.seed)
-    totals: dict[str, Counter[str]] = {kind: Counter() for kind in KINDS}
-    rounds = [kind for _ in range(args.repeat) for kind in rng.sample(KINDS, len(KINDS))]
+    totals: dict[str, Counter[str]] = {kind: Counter() for kind in kinds}
+    rounds = [kind for _ in range(args.repeat) for kind in rng.sample(kinds, len(kinds))]
     with bench_stack(**SETTINGS) as (stack, workdir):
         for number, kind in enumerate(rounds):
             totals[kind].update(run_round(stack, workdir, number, kind, args.scenes, rng))
@@ -127,7 +153,7 @@ def main() -> None:
         "dup_other",
         "violations",
     ]
-    rows = [(kind, *(str(totals[kind][c]) for c in columns)) for kind in KINDS]
+    rows = [(kind, *(str(totals[kind][c]) for c in columns)) for kind in kinds]
     grand: Counter[str] = Counter()
     for counter in totals.values():
         grand.update(counter)
