@@ -264,3 +264,40 @@ def test_a_plan_written_twice_by_its_planner_reports_success(ctx: Context) -> No
     # Another planner of the same run did not write this plan: it must not start a chord.
     assert not ctx.projects.save_plan(project_id, run_id, specs, token="planner-2")
     assert ctx.projects.get(project_id).scene_count == 2
+
+
+def test_every_project_transition_retried_after_it_landed_reports_success(ctx: Context) -> None:
+    # Invariant 7: each write sent twice, as a retry after a lost reply does.
+    project_id, run_id = unplanned_project(ctx, 2)
+    assert ctx.projects.win_run(project_id, run_id, ProjectStatus.GENERATING_SCENES) == run_id
+    new_run = str(uuid.uuid4())
+    for _ in range(2):
+        assert ctx.projects.take_over_run(
+            project_id, run_id, new_run, ProjectStatus.GENERATING_SCENES
+        )
+    for _ in range(2):
+        assert ctx.projects.note_planning_error(project_id, new_run, "429 from the planner")
+    for _ in range(2):
+        assert ctx.projects.fail_planning(project_id, new_run, "no plan")
+    project = ctx.projects.get(project_id)
+    assert project.status == ProjectStatus.FAILED and project.active_run_id is None
+
+    project_id, run_id = new_project(ctx, 2)
+    counters = Counters(scene_count=2, completed_scenes=0, failed_scenes=0, open_scenes=2)
+    for _ in range(2):
+        assert ctx.projects.settle(
+            project_id,
+            observed_run=run_id,
+            counters=counters,
+            status=ProjectStatus.PENDING,
+            release=True,
+        )
+    assert ctx.projects.get(project_id).active_run_id is None
+    # A settle that did not land, and finds another state, still reports the conflict.
+    assert not ctx.projects.settle(
+        project_id,
+        observed_run=run_id,
+        counters=counters,
+        status=ProjectStatus.FAILED,
+        release=True,
+    )

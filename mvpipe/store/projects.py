@@ -238,7 +238,19 @@ class ProjectStore:
             if observed_run is None
             else m.active_run_id == observed_run
         )
-        return self._update_meta(project_id, actions, guard)
+        run_after = None if release else observed_run
+        error_after = clip_error(last_error) if last_error else None
+
+        def done(p: ProjectRecord) -> bool:
+            return (
+                p.active_run_id == run_after
+                and p.status == status
+                and p.completed_scenes == counters.completed_scenes
+                and p.failed_scenes == counters.failed_scenes
+                and p.last_error == error_after
+            )
+
+        return self._update_meta(project_id, actions, guard, done=done)
 
     def count_planning_attempt(self, project_id: str, run_id: str) -> int | None:
         """Count one planner call of `run_id` (kept across takeovers, so a plan that always
@@ -260,19 +272,25 @@ class ProjectStore:
         m = self.m
         return self._update_meta(
             project_id, [m.last_error.set(clip_error(error))], m.active_run_id == run_id
-        )
+        )  # idempotent as it stands: the same write again still holds
 
     def fail_planning(self, project_id: str, run_id: str, error: str) -> bool:
         m = self.m
+        message = clip_error(f"planning failed: {error}")
         return self._update_meta(
             project_id,
             [
-                m.last_error.set(clip_error(f"planning failed: {error}")),
+                m.last_error.set(message),
                 m.active_run_id.remove(),
                 m.run_scope.remove(),
                 *self._status_actions(ProjectStatus.FAILED),
             ],
             m.active_run_id == run_id,
+            done=lambda p: (
+                p.active_run_id is None
+                and p.status == ProjectStatus.FAILED
+                and p.last_error == message
+            ),
         )
 
     # -- plumbing ------------------------------------------------------------------------------
@@ -280,11 +298,21 @@ class ProjectStore:
         m = self.m
         return [m.status.set(status), m.gsi1pk.set(status), m.updated_at.set(utc_now_iso())]
 
-    def _update_meta(self, project_id: str, actions: list[Action], condition: Condition) -> bool:
+    def _update_meta(
+        self,
+        project_id: str,
+        actions: list[Action],
+        condition: Condition,
+        *,
+        done: Callable[[ProjectRecord], bool] | None = None,
+    ) -> bool:
+        """One conditional UpdateItem; on a failed condition, success if METADATA already is
+        what `done` says this write meant to make (its earlier attempt landed: invariant 7)."""
         pk = project_pk(project_id)
         cond = self.m.pk.exists() & condition
         if self.table.update(pk, METADATA, actions, cond):
             return True
-        if self.table.get(pk, METADATA) is None:
+        item = self.table.get(pk, METADATA)
+        if item is None:
             raise NotFound(f"project {project_id} not found")
-        return False
+        return done is not None and done(ProjectRecord.from_item(item))
