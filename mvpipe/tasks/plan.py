@@ -17,6 +17,8 @@ from mvpipe.deps import get_context
 from mvpipe.errors import (
     ConfigurationError,
     InvalidInput,
+    MvpipeError,
+    NotFound,
     ProviderError,
     StoreUnavailable,
     TransientProviderError,
@@ -57,16 +59,23 @@ def plan_scenes(
     kwargs = {"only": only, "planner_failures": planner_failures, "outages": outages}
     try:
         plan = plan_run(ctx, project_id, run_id, only)
-    except (ProviderError, ConfigurationError) as exc:
-        if isinstance(exc, TransientProviderError):
-            raise self.retry_planning(exc, kwargs, planner_failures) from exc
-        fail_planning(ctx, project_id, run_id, str(exc))
-        return {"project_id": project_id, "outcome": "planning failed"}
+    except NotFound:
+        return {"project_id": project_id, "outcome": "project not found"}
     except (StoreUnavailable, redis.RedisError) as exc:
         raise self.outage_retry(exc, kwargs, outages) from exc
-    except Exception as exc:  # a planner crash: plan_run counts it and ends it past the limit
-        log.exception("planning crashed project=%s run=%s", project_id, run_id)
-        raise self.retry_planning(exc, kwargs, planner_failures) from exc
+    except Exception as exc:
+        # Transient provider errors and crashes are retried; plan_run counts every planner call
+        # on METADATA (across takeovers) and this execution chain stops at the same limit.
+        retry = isinstance(exc, TransientProviderError) or not isinstance(
+            exc, (ProviderError, ConfigurationError)
+        )
+        if retry and planner_failures + 1 < ctx.settings.max_attempts:
+            if not isinstance(exc, ProviderError):
+                log.exception("planning crashed project=%s run=%s", project_id, run_id)
+            raise self.retry_planning(exc, kwargs, planner_failures) from exc
+        error = str(exc) if isinstance(exc, MvpipeError) else f"{type(exc).__name__}: {exc}"
+        fail_planning(ctx, project_id, run_id, error)
+        return {"project_id": project_id, "outcome": "planning failed"}
     if plan is None:
         return {"project_id": project_id, "outcome": "run no longer active"}
     if not plan.sequences:

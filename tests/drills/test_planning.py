@@ -6,6 +6,8 @@ import threading
 import uuid
 from collections.abc import Callable
 
+import pytest
+
 from mvpipe import api
 from mvpipe.celery_app import app
 from mvpipe.deps import build_context, get_context
@@ -18,6 +20,7 @@ from mvpipe.settings import get_settings
 from tests.conftest import Workers
 from tests.drills.conftest import DRILL_SETTINGS, check_drill, heal
 from tests.helpers import wait_for
+from tests.standins import ProviderStandIn
 
 StartWorkers = Callable[..., Workers]
 
@@ -76,3 +79,26 @@ def test_two_planners_of_one_run_never_reset_claimed_scenes(start_workers: Start
     assert done.status == ProjectStatus.COMPLETED
     heal(project_id)
     check_drill(project_id, workers)
+
+
+def test_a_planner_that_keeps_failing_fails_the_planning_with_its_error(
+    start_workers: StartWorkers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given Gemini answering 503 to every call (the real SDK, against the local stand-in)
+    standin = ProviderStandIn().start()
+    try:
+        standin.fail_next["gemini"] = [503] * 100
+        env = {"GEMINI_API_KEY": "gemini-key-123456", "MVPIPE_GENAI_BASE_URL": standin.url}
+        start_workers(env=env, planner="gemini", max_attempts="3", **DRILL_SETTINGS)
+        project_id = api.create_project("Unplannable", "Busy planner.", scene_count=2)
+        # When the project runs (and reconcile passes, taking stale runs over)
+        api.run_project(project_id)
+        view = heal(project_id, timeout=120)
+    finally:
+        standin.stop()
+    # Then planning gives up after its attempts, saying why, and no run is left
+    assert view.status == ProjectStatus.FAILED and not view.scenes
+    assert view.last_error and view.last_error.startswith("planning failed")
+    assert "503" in view.last_error
+    assert get_context().projects.get(project_id).active_run_id is None
+    assert standin.calls["gemini"] <= 2 * 3
