@@ -35,6 +35,8 @@ def plan_run(
     state = ctx.projects.load(project_id)
     if state.project.active_run_id != run_id:
         return None
+    # Alive while it plans (a slow planner must not look like a dead run to reconcile).
+    ctx.board.touch_run(run_id, ctx.settings.run_stale_seconds)
     if not state.project.planned:
         if not ctx.board.lock_planning(project_id, run_id, ctx.settings.lease_seconds):
             return None
