@@ -19,6 +19,7 @@ log = logging.getLogger("mvpipe.dispatch")
 PLAN_SCENES = "mvpipe.plan_scenes"
 GENERATE_SCENE = "mvpipe.generate_scene"
 FINALIZE_PROJECT = "mvpipe.finalize_project"
+ASSEMBLE_PROJECT = "mvpipe.assemble_project"
 
 
 class CeleryDispatcher:
@@ -52,6 +53,9 @@ class CeleryDispatcher:
         self, project_id: str, run_id: str | None, sequences: list[int] | None
     ) -> AsyncResult:
         return self._send(FINALIZE_PROJECT, args=[None, project_id, run_id, sequences])
+
+    def assemble(self, project_id: str, run_id: str) -> AsyncResult:
+        return self._send(ASSEMBLE_PROJECT, args=[project_id, run_id])
 
     def _send(self, name: str, **options: Any) -> AsyncResult:
         """Publish (retried through a short broker outage by Celery's publish retry policy)."""

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from mvpipe.deps import Context
 from mvpipe.models import ProjectStatus, SceneStatus
+from mvpipe.pipeline.assemble import final_key, output_format
 from mvpipe.states import Counters, project_status
+from mvpipe.store.records import ProjectState
 
 
 def violations(ctx: Context, project_id: str) -> list[str]:
@@ -37,7 +39,27 @@ def violations(ctx: Context, project_id: str) -> list[str]:
             planned=project.planned,
             run_active=False,
             planning_failed=project.status == ProjectStatus.FAILED and not project.planned,
+            final_video=project.final_video_key is not None,
         )
         if project.status != expected:
             found.append(f"project status {project.status}, scenes say {expected}")
+    found += _final_video_violations(ctx, state)
+    return found
+
+
+def _final_video_violations(ctx: Context, state: ProjectState) -> list[str]:
+    """Invariants 5 and 8: a completed project has its final video, stored, and any recorded
+    final video is the one the current scenes' chosen clips make."""
+    project = state.project
+    key = project.final_video_key
+    if key is None:
+        if project.status == ProjectStatus.COMPLETED:
+            return ["project completed without finalVideoS3Key"]
+        return []
+    found = []
+    if not ctx.clips.exists(key):
+        found.append(f"finalVideoS3Key {key!r} has no object")
+    expected = final_key(state, output_format(ctx.settings))
+    if key != expected:
+        found.append(f"finalVideoS3Key {key!r} but the current scenes make {expected!r}")
     return found

@@ -14,6 +14,7 @@ from mvpipe.deps import Context, get_context
 from mvpipe.localstack import start_beat
 from mvpipe.models import ProjectStatus, SceneStatus
 from mvpipe.providers.base import VideoRequest
+from mvpipe.providers.render import render_clip
 from mvpipe.states import Counters
 from mvpipe.store.clips import clip_key
 from mvpipe.store.records import utc_now_iso
@@ -109,7 +110,7 @@ def test_an_uploaded_but_unrecorded_clip_is_recorded(start_workers: StartWorkers
     ctx.scenes.claim(project_id, 1, run_id=run_id, token="t", lease_seconds=60, max_attempts=5)
     ctx.scenes.record_operation(project_id, 1, token="t", operation_id="op-1", run_id=run_id)
     key = clip_key(project_id, 1, "op-1")
-    ctx.clips.put(key, b"uploaded before the worker died")
+    ctx.clips.put(key, render_clip("uploaded before the worker died"))  # a real clip: it is cut
     report = api.reconcile(project_id)
     assert report.recovered_clips == 1
     scene = ctx.scenes.get(project_id, 1)

@@ -18,7 +18,7 @@ from mvpipe.deps import Context
 from mvpipe.models import ProjectStatus, SceneStatus
 from mvpipe.pipeline.finalize import settle_project
 from mvpipe.pipeline.steps import Dispatcher
-from mvpipe.states import FINAL_SCENE_STATES, lease_expired
+from mvpipe.states import FINAL_SCENE_STATES, assembly_due, lease_expired
 from mvpipe.store.clips import StoredObject, clip_key, scene_prefix
 from mvpipe.store.records import ProjectState, SceneRecord
 
@@ -28,6 +28,7 @@ log = logging.getLogger("mvpipe.reconcile")
 EXAMINED = (
     ProjectStatus.GENERATING_SCENES,
     ProjectStatus.PROCESSING,
+    ProjectStatus.ASSEMBLING,
     ProjectStatus.PENDING,
     ProjectStatus.COMPLETED,
     ProjectStatus.FAILED,
@@ -40,6 +41,7 @@ class ReconcileReport(BaseModel):
     orphaned_polls: int = 0
     recovered_clips: int = 0
     missing_clips: int = 0
+    missing_final_videos: int = 0
     counters_fixed: int = 0
     runs_finalized: int = 0
     runs_taken_over: int = 0
@@ -104,6 +106,12 @@ def _reconcile_project(
                 ctx, dispatcher, scene, run, project.provider, objects, report
             )
         _collect_garbage(ctx, scene, objects, now, report)
+
+    final = project.final_video_key
+    gone = final is not None and run is None and final not in objects
+    if gone and ctx.projects.forget_final_video(project_id, final or ""):
+        report.missing_final_videos += 1
+        repaired = True
 
     if repaired:
         state = ctx.projects.load(project_id)
@@ -234,13 +242,24 @@ def _settle(
 ) -> None:
     project = state.project
     run = project.active_run_id
-    if run is not None and project.planned and _finalize_owed(ctx, state, run):
-        if settle_project(ctx, state, release_run=run, sequences=ctx.board.run_sequences(run)):
+    # An assembling run's finalize is done; if the assembly died, the run goes stale (below).
+    assembling = project.status == ProjectStatus.ASSEMBLING
+    if run is not None and project.planned and not assembling and _finalize_owed(ctx, state, run):
+        sequences = ctx.board.run_sequences(run)
+        settlement = settle_project(ctx, state, release_run=run, sequences=sequences)
+        if settlement:
             report.runs_finalized += 1
+            if settlement.assemble:
+                dispatcher.assemble(project.project_id, run)
         return
     if run is not None and not ctx.board.run_alive(run) and not _submission_in_progress(state):
         counters = state.counters
-        if project.planned and counters.open_scenes == 0:
+        final_video = project.final_video_key is not None
+        if (
+            project.planned
+            and counters.open_scenes == 0
+            and not assembly_due(counters, final_video=final_video)
+        ):
             if settle_project(ctx, state, release_run=run):
                 report.runs_finalized += 1
             return

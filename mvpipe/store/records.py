@@ -14,6 +14,14 @@ def _float_or_none(value: float | None) -> float | None:
     return None if value is None else float(value)
 
 
+MAX_ERROR_CHARS = 1000
+
+
+def clip_error(message: str) -> str:
+    """An error text as stored (`lastError`): bounded, so no item outgrows DynamoDB's limit."""
+    return message if len(message) <= MAX_ERROR_CHARS else message[: MAX_ERROR_CHARS - 3] + "..."
+
+
 def utc_now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 

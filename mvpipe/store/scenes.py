@@ -21,10 +21,9 @@ from pynamodb.transactions import TransactWrite
 from mvpipe.models import ProjectStatus, SceneStatus
 from mvpipe.states import lease_expired
 from mvpipe.store.dynamo import CONDITION_FAILED, Table
-from mvpipe.store.records import SceneRecord, utc_now_iso
+from mvpipe.store.projects import clear_final_video, final_video_cleared
+from mvpipe.store.records import SceneRecord, clip_error, utc_now_iso
 from mvpipe.store.table import METADATA, project_pk, scene_sk
-
-MAX_ERROR_CHARS = 1000
 
 
 class Claim(StrEnum):
@@ -38,10 +37,6 @@ class Claim(StrEnum):
 class ClaimResult:
     outcome: Claim
     attempts: int = 0
-
-
-def clip_error(message: str) -> str:
-    return message if len(message) <= MAX_ERROR_CHARS else message[: MAX_ERROR_CHARS - 3] + "..."
 
 
 class SceneStore:
@@ -251,22 +246,32 @@ class SceneStore:
         )
 
     def reset_missing_clip(self, project_id: str, sequence: int, *, clip_key: str) -> bool:
-        """`completed` whose object is gone: back to `pending` so a run makes it again."""
+        """`completed` whose object is gone: back to `pending` so a run makes it again. The
+        project's final video showed that clip, so it is forgotten in the same transaction."""
         m = self.m
-        return self._transition(
-            project_id,
-            sequence,
-            [
-                m.status.set(SceneStatus.PENDING),
-                m.original_clip_key.remove(),
-                m.operation_id.remove(),
-                m.completed_at.remove(),
-                m.attempts.set(0),
-                m.last_error.set("clip object missing; scene reset"),
-            ],
-            m.original_clip_key == clip_key,
-            done=lambda s: s.clip_key != clip_key,
-        )
+        pk = project_pk(project_id)
+        actions: list[Action] = [
+            m.status.set(SceneStatus.PENDING),
+            m.original_clip_key.remove(),
+            m.operation_id.remove(),
+            m.completed_at.remove(),
+            m.attempts.set(0),
+            m.last_error.set("clip object missing; scene reset"),
+            m.updated_at.set(utc_now_iso()),
+        ]
+
+        def build(tx: TransactWrite) -> None:
+            tx.update(
+                m(pk, scene_sk(sequence)),
+                actions=actions,
+                condition=m.pk.exists() & (m.original_clip_key == clip_key),
+            )
+            clear_final_video(tx, m, project_id)
+
+        if self.table.transact(build) is None:
+            return True
+        scene = self.get(project_id, sequence)
+        return scene is not None and scene.clip_key != clip_key
 
     def retry_failed(self, project_id: str, sequence: int) -> bool:
         """A user asked for another run: a `failed` scene becomes `pending` with fresh attempts."""
@@ -315,6 +320,7 @@ class SceneStore:
                 actions=[
                     m.active_run_id.set(run_id),
                     m.run_scope.set({sequence}),  # a takeover regenerates this scene only
+                    *final_video_cleared(m),  # invariant 8: in the same write as the scene
                     m.status.set(ProjectStatus.PROCESSING),
                     m.gsi1pk.set(ProjectStatus.PROCESSING),
                     m.updated_at.set(now),
@@ -326,7 +332,10 @@ class SceneStore:
                 actions=[
                     m.status.set(SceneStatus.PENDING),
                     m.original_clip_key.remove(),
+                    m.working_clip_key.remove(),
+                    m.lip_synced_clip_key.remove(),
                     m.operation_id.remove(),
+                    m.lip_sync_operation_id.remove(),
                     m.lease_token.remove(),
                     m.lease_expires_at.remove(),
                     m.completed_at.remove(),

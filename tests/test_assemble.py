@@ -1,0 +1,253 @@
+"""The final cut with the real parts: a project whose scenes have working clips is assembled into
+one H.264 + AAC video as long as its song, reused when its inputs have not changed, cleared when
+a scene is regenerated, and healed after a duplicate or a killed assembly."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import Callable
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import pytest
+
+from mvpipe import api
+from mvpipe.deps import Context, get_context
+from mvpipe.errors import Conflict
+from mvpipe.media.cut import cut_clip
+from mvpipe.models import ProjectStatus, SceneSpec, SceneStatus
+from mvpipe.pipeline.assemble import final_key, output_format
+from mvpipe.providers.render import render_clip
+from mvpipe.store.finals import final_prefix
+from mvpipe.store.records import utc_now_iso
+from mvpipe.store.scenes import Claim
+from mvpipe.store.table import project_pk, scene_sk
+from tests.conftest import Workers
+from tests.helpers import assert_invariants, wait_for
+from tests.songs import make_song
+
+pytestmark = pytest.mark.integration
+
+StartWorkers = Callable[..., Workers]
+SIZE, FPS = "160x90", 12
+SONG_SECONDS = 6.5
+#: Slot boundaries on the 1/12 s frame grid, covering the song exactly.
+BOUNDARIES = [0.0, 2.0, 4.25, SONG_SECONDS]
+MEDIA = {"output_size": SIZE, "output_fps": str(FPS)}
+
+
+def completed_song_project(ctx: Context, *, song: bool = True) -> str:
+    """A project whose scenes are all completed with working clips made by the real cut, no
+    final video and no run (a run of it only assembles)."""
+    if song:
+        project_id = api.create_project(
+            "Final", "Cut on the beat.", song=make_song("wav", SONG_SECONDS).data
+        )
+        slots = list(itertools.pairwise(BOUNDARIES))
+        specs = [
+            SceneSpec(
+                prompt=f"scene {n}",
+                duration_seconds=3,
+                start_seconds=start,
+                end_seconds=end,
+            )
+            for n, (start, end) in enumerate(slots, start=1)
+        ]
+        run_id = str(uuid.uuid4())
+        assert ctx.projects.win_run(project_id, run_id, ProjectStatus.PROCESSING) == run_id
+        assert ctx.projects.save_plan(project_id, run_id, specs, token=uuid.uuid4().hex)
+    else:
+        scenes = [{"prompt": f"s{n}", "duration_seconds": 2} for n in (1, 2)]
+        project_id = api.create_project("Silent", "No song.", scenes=scenes)
+        run_id = None
+    fmt = output_format(ctx.settings)
+    state = ctx.projects.load(project_id)
+    for scene in state.scenes:
+        start = scene.start_seconds or 0.0
+        end = scene.end_seconds if scene.end_seconds is not None else scene.duration_seconds
+        frames = round(end * fmt.fps) - round(start * fmt.fps)
+        give_working_clip(ctx, project_id, scene.sequence, frames)
+    fresh = ctx.projects.load(project_id)
+    assert ctx.projects.settle(
+        project_id,
+        observed_run=run_id,
+        counters=fresh.counters,
+        status=ProjectStatus.PENDING,
+        release=run_id is not None,
+    )
+    return project_id
+
+
+def give_working_clip(ctx: Context, project_id: str, sequence: int, frames: int) -> None:
+    """Upload an original and its cut, and record both on a completed scene."""
+    work = Path(ctx.settings.state_dir) / "clips" / project_id
+    work.mkdir(parents=True, exist_ok=True)
+    original = work / f"{sequence}-original.mp4"
+    original.write_bytes(render_clip(f"{project_id} scene {sequence}", 3.0))
+    working = work / f"{sequence}-working.mp4"
+    cut_clip(original, working, frames=frames, fmt=output_format(ctx.settings))
+    prefix = f"projects/{project_id}/scenes/{sequence:03d}/"
+    operation = uuid.uuid4().hex
+    original_key = f"{prefix}{operation}.mp4"
+    working_key = f"{prefix}{operation}-cut-{uuid.uuid4().hex[:16]}.mp4"
+    ctx.clips.put(original_key, original.read_bytes())
+    ctx.clips.put(working_key, working.read_bytes())
+    m = ctx.table.model
+    assert ctx.table.update(
+        project_pk(project_id),
+        scene_sk(sequence),
+        [
+            m.status.set(SceneStatus.COMPLETED),
+            m.original_clip_key.set(original_key),
+            m.working_clip_key.set(working_key),
+            m.operation_id.set(f"test-{operation}"),
+            m.completed_at.set(utc_now_iso()),
+        ],
+        m.pk.exists(),
+    )
+
+
+def measure(path: Path) -> dict[str, object]:
+    """What a player sees: codecs, frame rate and sizes, decoded seconds of picture and sound."""
+    with av.open(str(path)) as container:
+        video = container.streams.video[0]
+        found: dict[str, object] = {
+            "video_codec": video.codec_context.name,
+            "rate": video.average_rate,
+            "audio_codec": None,
+            "audio_seconds": None,
+        }
+        frames = list(container.decode(video))
+        found["sizes"] = {(f.width, f.height) for f in frames}
+        found["video_seconds"] = len(frames) / FPS
+    with av.open(str(path)) as container:
+        if container.streams.audio:
+            audio = container.streams.audio[0]
+            samples = sum(f.samples for f in container.decode(audio))
+            found["audio_codec"] = audio.codec_context.name
+            found["audio_seconds"] = samples / audio.codec_context.sample_rate
+    return found
+
+
+def finals(ctx: Context, project_id: str) -> list[str]:
+    return [o.key for o in ctx.clips.list(final_prefix(project_id))]
+
+
+def test_a_completed_project_is_assembled_with_its_song_and_the_object_is_reused(
+    start_workers: StartWorkers, tmp_path: Path
+) -> None:
+    start_workers(**MEDIA)
+    ctx = get_context()
+    project_id = completed_song_project(ctx)
+    assert api.get_project(project_id).status == ProjectStatus.PENDING
+
+    api.run_project(project_id)
+    view = api.wait_project(project_id, timeout=120)
+    assert view.status == ProjectStatus.COMPLETED, view.last_error
+    key = view.final_video_s3_key
+    assert key == final_key(ctx.projects.load(project_id), output_format(ctx.settings))
+    assert finals(ctx, project_id) == [key]
+    assert_invariants(project_id)
+
+    out = api.download(project_id, tmp_path)
+    assert out.name == f"{project_id}-music-video.mp4"
+    m = measure(out)
+    frame = 1 / FPS
+    assert (m["video_codec"], m["audio_codec"]) == ("h264", "aac")
+    assert m["rate"] == Fraction(FPS) and m["sizes"] == {(160, 90)}
+    assert abs(float(m["video_seconds"]) - SONG_SECONDS) <= frame + 1e-9  # type: ignore[arg-type]
+    assert abs(float(m["audio_seconds"]) - SONG_SECONDS) <= frame  # type: ignore[arg-type]
+    # The song was encoded to AAC once, beside the song.
+    song_key = view.song_s3_key or ""
+    assert ctx.clips.exists(song_key.rsplit(".", 1)[0] + "-aac.m4a")
+
+    # A rerun of a completed project only re-finalizes: same key, nothing assembled.
+    api.run_project(project_id)
+    assert api.wait_project(project_id, timeout=60).final_video_s3_key == key
+
+    # Forget the key but keep the object (marked): the next assembly records it as it is.
+    ctx.clips.put(key, b"marker: not re-uploaded")
+    m_ = ctx.table.model
+    assert ctx.table.update(
+        project_pk(project_id), "METADATA", [m_.final_video_key.remove()], m_.pk.exists()
+    )
+    api.run_project(project_id)
+    again = wait_for(
+        lambda: (v := api.get_project(project_id)).final_video_s3_key and v, 120, "re-recording"
+    )
+    assert again.final_video_s3_key == key and again.status == ProjectStatus.COMPLETED
+    assert ctx.clips.read(key) == b"marker: not re-uploaded"
+    assert finals(ctx, project_id) == [key]
+
+
+def test_without_a_song_the_final_video_is_the_scenes_in_order_silent(
+    start_workers: StartWorkers, tmp_path: Path
+) -> None:
+    start_workers(**MEDIA)
+    ctx = get_context()
+    project_id = completed_song_project(ctx, song=False)
+    api.run_project(project_id)
+    view = api.wait_project(project_id, timeout=120)
+    assert view.status == ProjectStatus.COMPLETED, view.last_error
+    m = measure(api.download(project_id, tmp_path / "silent.mp4"))
+    assert m["audio_codec"] is None and m["video_codec"] == "h264"
+    assert m["video_seconds"] == pytest.approx(4.0)  # two scenes of 2 s
+    assert_invariants(project_id)
+
+
+def test_regenerating_a_scene_clears_the_final_video_in_the_same_write(
+    start_workers: StartWorkers,
+) -> None:
+    start_workers(**MEDIA)
+    ctx = get_context()
+    project_id = completed_song_project(ctx)
+    api.run_project(project_id)
+    old = api.wait_project(project_id, timeout=120)
+    assert old.final_video_s3_key is not None
+
+    # One transaction: while another run is active nothing is cleared at all.
+    blocker = str(uuid.uuid4())
+    m = ctx.table.model
+    assert ctx.table.update(
+        project_pk(project_id), "METADATA", [m.active_run_id.set(blocker)], m.pk.exists()
+    )
+    with pytest.raises(Conflict):
+        api.regenerate_scene(project_id, 2)
+    kept = ctx.projects.load(project_id)
+    assert kept.project.final_video_key == old.final_video_s3_key
+    assert kept.scene(2) is not None and kept.scene(2).working_clip_key is not None  # type: ignore[union-attr]
+    assert ctx.table.update(
+        project_pk(project_id), "METADATA", [m.active_run_id.remove()], m.pk.exists()
+    )
+
+    won = ctx.scenes.reset_for_regeneration(project_id, 2, run_id=str(uuid.uuid4()))
+    assert won == Claim.WON
+    cleared = ctx.projects.load(project_id)
+    scene = cleared.scene(2)
+    assert cleared.project.final_video_key is None
+    assert scene is not None and scene.status == SceneStatus.PENDING
+    assert (scene.clip_key, scene.working_clip_key, scene.lip_synced_clip_key) == (None,) * 3
+    assert cleared.scene(1).working_clip_key is not None  # type: ignore[union-attr]
+
+
+def test_a_regenerated_scene_yields_a_new_final_video(start_workers: StartWorkers) -> None:
+    start_workers(**MEDIA)
+    ctx = get_context()
+    project_id = completed_song_project(ctx)
+    api.run_project(project_id)
+    old = api.wait_project(project_id, timeout=120)
+    assert old.final_video_s3_key is not None
+
+    api.regenerate_scene(project_id, 2)
+    new = api.wait_project(project_id, timeout=120)
+    assert new.status == ProjectStatus.COMPLETED, new.last_error
+    assert new.final_video_s3_key not in (None, old.final_video_s3_key)
+    for before, after in zip(old.scenes, new.scenes, strict=True):
+        if before.sequence != 2:
+            assert after.working_video_clip_s3_key == before.working_video_clip_s3_key
+    assert new.scenes[1].original_video_clip_s3_key != old.scenes[1].original_video_clip_s3_key
+    # Earlier final videos stay as the project's history.
+    assert set(finals(ctx, project_id)) == {old.final_video_s3_key, new.final_video_s3_key}
+    assert_invariants(project_id)
