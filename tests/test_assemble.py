@@ -5,6 +5,7 @@ a scene is regenerated, and healed after a duplicate or a killed assembly."""
 from __future__ import annotations
 
 import itertools
+import tempfile
 import uuid
 from collections.abc import Callable
 from fractions import Fraction
@@ -14,8 +15,13 @@ import av
 import pytest
 
 from mvpipe import api
+from mvpipe.celery_app import app
 from mvpipe.deps import Context, get_context
-from mvpipe.errors import Conflict
+from mvpipe.drills import heal
+from mvpipe.errors import Conflict, InvalidInput, NotFound
+from mvpipe.failpoints import marker_dir
+from mvpipe.invariants import violations
+from mvpipe.localstack import LocalStack
 from mvpipe.media.cut import cut_clip
 from mvpipe.models import ProjectStatus, SceneSpec, SceneStatus
 from mvpipe.pipeline.assemble import final_key, output_format
@@ -82,18 +88,16 @@ def completed_song_project(ctx: Context, *, song: bool = True) -> str:
 
 def give_working_clip(ctx: Context, project_id: str, sequence: int, frames: int) -> None:
     """Upload an original and its cut, and record both on a completed scene."""
-    work = Path(ctx.settings.state_dir) / "clips" / project_id
-    work.mkdir(parents=True, exist_ok=True)
-    original = work / f"{sequence}-original.mp4"
-    original.write_bytes(render_clip(f"{project_id} scene {sequence}", 3.0))
-    working = work / f"{sequence}-working.mp4"
-    cut_clip(original, working, frames=frames, fmt=output_format(ctx.settings))
     prefix = f"projects/{project_id}/scenes/{sequence:03d}/"
     operation = uuid.uuid4().hex
     original_key = f"{prefix}{operation}.mp4"
     working_key = f"{prefix}{operation}-cut-{uuid.uuid4().hex[:16]}.mp4"
-    ctx.clips.put(original_key, original.read_bytes())
-    ctx.clips.put(working_key, working.read_bytes())
+    with tempfile.TemporaryDirectory() as tmp:
+        original, working = Path(tmp) / "original.mp4", Path(tmp) / "working.mp4"
+        original.write_bytes(render_clip(f"{project_id} scene {sequence}", 3.0))
+        cut_clip(original, working, frames=frames, fmt=output_format(ctx.settings))
+        ctx.clips.put(original_key, original.read_bytes())
+        ctx.clips.put(working_key, working.read_bytes())
     m = ctx.table.model
     assert ctx.table.update(
         project_pk(project_id),
@@ -196,6 +200,19 @@ def test_without_a_song_the_final_video_is_the_scenes_in_order_silent(
     assert m["video_seconds"] == pytest.approx(4.0)  # two scenes of 2 s
     assert_invariants(project_id)
 
+    # Invariant 8 is checked: a recorded key that is not the current scenes' is a violation.
+    other = f"projects/{project_id}/final/{'0' * 16}.mp4"
+    ctx.clips.put(other, b"not these scenes")
+    m_ = ctx.table.model
+    assert ctx.table.update(
+        project_pk(project_id), "METADATA", [m_.final_video_key.set(other)], m_.pk.exists()
+    )
+    assert any("current scenes make" in v for v in violations(ctx, project_id))
+    assert ctx.table.update(
+        project_pk(project_id), "METADATA", [m_.final_video_key.remove()], m_.pk.exists()
+    )
+    assert "project completed without finalVideoS3Key" in violations(ctx, project_id)
+
 
 def test_regenerating_a_scene_clears_the_final_video_in_the_same_write(
     start_workers: StartWorkers,
@@ -250,4 +267,98 @@ def test_a_regenerated_scene_yields_a_new_final_video(start_workers: StartWorker
     assert new.scenes[1].original_video_clip_s3_key != old.scenes[1].original_video_clip_s3_key
     # Earlier final videos stay as the project's history.
     assert set(finals(ctx, project_id)) == {old.final_video_s3_key, new.final_video_s3_key}
+    assert_invariants(project_id)
+
+
+def test_download_names_its_outputs_and_refuses_what_does_not_exist(
+    stack: LocalStack, tmp_path: Path
+) -> None:
+    ctx = get_context()
+    project_id = completed_song_project(ctx, song=False)  # no final video yet
+    with pytest.raises(NotFound, match="no final video"):
+        api.download(project_id, tmp_path)
+    with pytest.raises(InvalidInput, match="unknown stage"):
+        api.download(project_id, tmp_path, 1, stage="poster")
+    with pytest.raises(InvalidInput, match="sequence"):
+        api.download(project_id, tmp_path, 0, stage="working")
+    with pytest.raises(InvalidInput, match="give its sequence"):
+        api.download(project_id, tmp_path, stage="working")
+    with pytest.raises(InvalidInput, match="needs a stage"):
+        api.download(project_id, tmp_path, 1)
+    with pytest.raises(InvalidInput, match="not a directory"):
+        api.download(project_id, tmp_path / "missing" / "x.mp4", 1, stage="working")
+    with pytest.raises(NotFound, match="no scene 7"):
+        api.download(project_id, tmp_path, 7, stage="working")
+    with pytest.raises(NotFound, match="no lipsync clip"):
+        api.download(project_id, tmp_path, 1, stage="lipsync")
+    with pytest.raises(NotFound):
+        api.download(str(uuid.uuid4()), tmp_path)
+    with pytest.raises(InvalidInput, match="invalid project id"):
+        api.download("../etc", tmp_path)
+    assert list(tmp_path.iterdir()) == []  # nothing written by any refusal
+
+    scene = ctx.projects.load(project_id).scene(2)
+    assert scene is not None and scene.working_clip_key is not None
+    out = api.download(project_id, tmp_path, 2, stage="working")
+    assert out == tmp_path / f"{project_id}-scene-002-working.mp4"
+    assert out.read_bytes() == ctx.clips.read(scene.working_clip_key)
+    named = api.download(project_id, tmp_path / "mine.mp4", 2, stage="original")
+    assert named.read_bytes() == ctx.clips.read(scene.clip_key or "")
+
+
+def test_a_duplicate_assembly_records_one_final_video(start_workers: StartWorkers) -> None:
+    start_workers(concurrency=2, **MEDIA)
+    ctx = get_context()
+    project_id = completed_song_project(ctx)
+    run_id = str(uuid.uuid4())
+    ctx.board.touch_run(run_id, 300)
+    assert ctx.projects.win_run(project_id, run_id, ProjectStatus.ASSEMBLING) == run_id
+    sent = [app.send_task("mvpipe.assemble_project", args=[project_id, run_id]) for _ in (1, 2)]
+    results = [r.get(timeout=120) for r in sent]
+    view = api.get_project(project_id)
+    assert view.status == ProjectStatus.COMPLETED
+    assert {r["status"] for r in results} == {"completed"}
+    assert {r["final_video_s3_key"] for r in results} == {view.final_video_s3_key}
+    assert finals(ctx, project_id) == [view.final_video_s3_key]
+    assert_invariants(project_id)
+    assert api.reconcile(project_id).total == 0
+
+
+def test_a_worker_killed_during_assembly_heals(start_workers: StartWorkers) -> None:
+    workers = start_workers(failpoints="during_assembly", run_stale_seconds="3", **MEDIA)
+    ctx = get_context()
+    project_id = completed_song_project(ctx)
+    api.run_project(project_id)
+    markers = marker_dir(Path(workers.env["MVPIPE_STATE_DIR"]))
+    wait_for(lambda: (markers / "during_assembly").exists(), 120, "the assembly to be killed")
+    view = heal(project_id, timeout=180)
+    assert view.status == ProjectStatus.COMPLETED, view.last_error
+    assert finals(ctx, project_id) == [view.final_video_s3_key]
+    assert_invariants(project_id)
+    assert api.reconcile(project_id).total == 0
+
+
+def test_a_vanished_final_video_is_assembled_again(start_workers: StartWorkers) -> None:
+    start_workers(**MEDIA)
+    ctx = get_context()
+    project_id = completed_song_project(ctx, song=False)
+    api.run_project(project_id)
+    key = api.wait_project(project_id, timeout=120).final_video_s3_key
+    assert key is not None
+
+    # A user's run notices the missing object and assembles it again, under the same key.
+    ctx.clips.delete(key)
+    api.run_project(project_id)
+    view = api.wait_project(project_id, timeout=120)
+    assert view.status == ProjectStatus.COMPLETED and view.final_video_s3_key == key
+    assert ctx.clips.exists(key)
+
+    # Reconcile forgets a vanished final video: the project waits for a run (invariant 5).
+    ctx.clips.delete(key)
+    assert api.reconcile(project_id).missing_final_videos == 1
+    assert api.get_project(project_id).status == ProjectStatus.PENDING
+    assert_invariants(project_id)
+    assert api.reconcile(project_id).total == 0
+    api.run_project(project_id)
+    assert api.wait_project(project_id, timeout=120).final_video_s3_key == key
     assert_invariants(project_id)
