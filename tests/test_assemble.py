@@ -362,3 +362,23 @@ def test_a_vanished_final_video_is_assembled_again(start_workers: StartWorkers) 
     api.run_project(project_id)
     assert api.wait_project(project_id, timeout=120).final_video_s3_key == key
     assert_invariants(project_id)
+
+
+def test_a_vanished_clip_resets_its_scene_and_the_final_video_together(
+    start_workers: StartWorkers,
+) -> None:
+    start_workers(**MEDIA)
+    ctx = get_context()
+    project_id = completed_song_project(ctx, song=False)
+    api.run_project(project_id)
+    assert api.wait_project(project_id, timeout=120).final_video_s3_key is not None
+
+    gone = ctx.projects.load(project_id).scene(1)
+    assert gone is not None and gone.clip_key is not None
+    ctx.clips.delete(gone.clip_key)
+    assert api.reconcile(project_id).missing_clips == 1
+    state = ctx.projects.load(project_id)
+    assert state.project.final_video_key is None  # invariant 8: forgotten with the scene
+    assert state.scene(1).status == SceneStatus.PENDING  # type: ignore[union-attr]
+    assert state.project.status == ProjectStatus.PENDING
+    assert_invariants(project_id)
