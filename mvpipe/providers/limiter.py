@@ -79,9 +79,11 @@ local function expire_slots(now)
 end
 
 -- fairness.allot: the waiters the next k free slots go to. Only the first k projects in the
--- rotation and the first k waiters of each can be reached by k picks.
+-- rotation and the first k waiters of each can be reached by k picks, and never more picks
+-- than waiters (so a raised limit costs what the line holds, not what the limit allows).
 local function allot(k)
   local picks = {}
+  k = math.min(k, redis.call('ZCARD', seen))
   if k <= 0 then return picks end
   local next_t = tonumber(redis.call('GET', turn) or '0') + 1
   local cand = {}
