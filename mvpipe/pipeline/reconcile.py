@@ -100,7 +100,10 @@ def _reconcile_project(
                 report.missing_clips += 1
                 repaired = True
         elif scene.status == SceneStatus.PROCESSING and scene.operation_id is None:
-            repaired |= _repair_lease(ctx, dispatcher, scene, run, project.provider, now, report)
+            in_scope = not project.run_scope or scene.sequence in project.run_scope
+            repaired |= _repair_lease(
+                ctx, dispatcher, scene, run if in_scope else None, project.provider, now, report
+            )
         elif scene.status == SceneStatus.PROCESSING and scene.operation_id is not None:
             repaired |= _adopt_operation(
                 ctx, dispatcher, scene, run, project.provider, objects, report
@@ -135,9 +138,13 @@ def _repair_lease(
     now: float,
     report: ReconcileReport,
 ) -> bool:
-    """A submitter died holding its lease: free the scene, and if its run is still alive (its
-    task for this scene already gave up), send the scene through the pipeline again."""
+    """A submitter died holding its lease: free the scene, and if its run is still alive and the
+    scene is in the run's scope (a regeneration pays for its own scene only), send the scene
+    through the pipeline again. A scene still marked alive is not dead: its submitter may be
+    redoing the record of a job the provider accepted during a store outage."""
     if not scene.lease_token or not lease_expired(scene.lease_expires_at, now):
+        return False
+    if ctx.board.scene_polled(scene.project_id, scene.sequence):
         return False
     if not _expire_lease(ctx, scene, now, report):
         return False
