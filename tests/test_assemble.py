@@ -25,6 +25,8 @@ from mvpipe.localstack import LocalStack
 from mvpipe.media.cut import cut_clip
 from mvpipe.models import ProjectStatus, SceneSpec, SceneStatus
 from mvpipe.pipeline.assemble import final_key, output_format
+from mvpipe.pipeline.plan import RunPlan, plan_run
+from mvpipe.pipeline.reconcile import reconcile
 from mvpipe.providers.render import render_clip
 from mvpipe.store.finals import final_prefix
 from mvpipe.store.records import utc_now_iso
@@ -33,6 +35,7 @@ from mvpipe.store.table import project_pk, scene_sk
 from tests.conftest import Workers
 from tests.helpers import assert_invariants, wait_for
 from tests.songs import make_song
+from tests.test_runs import RecordingDispatcher
 
 pytestmark = pytest.mark.integration
 
@@ -382,3 +385,31 @@ def test_a_vanished_clip_resets_its_scene_and_the_final_video_together(
     assert state.scene(1).status == SceneStatus.PENDING  # type: ignore[union-attr]
     assert state.project.status == ProjectStatus.PENDING
     assert_invariants(project_id)
+
+
+def test_reconcile_sends_a_lost_assembly_and_takes_over_a_dead_one(stack: LocalStack) -> None:
+    ctx = get_context()
+    project_id = completed_song_project(ctx, song=False)
+    dispatcher = RecordingDispatcher()
+
+    # A run whose finalize ran (the board knows its scenes) but whose assembly was never sent.
+    run_id = str(uuid.uuid4())
+    ctx.board.touch_run(run_id, 60)
+    assert ctx.projects.win_run(project_id, run_id, ProjectStatus.PROCESSING) == run_id
+    ctx.board.await_scenes(run_id, 2, [1, 2])
+    report = reconcile(ctx, dispatcher, project_ids=[project_id])
+    assert report.runs_finalized == 1 and dispatcher.sent == [("assemble", (project_id, run_id))]
+    assert api.get_project(project_id).status == ProjectStatus.ASSEMBLING
+    assert reconcile(ctx, dispatcher, project_ids=[project_id]).total == 0  # it is assembling
+    assert len(dispatcher.sent) == 1
+
+    # The assembly dies with its worker: the run goes stale and is taken over; the new run has
+    # nothing to generate, so its finalize goes straight to the assembly.
+    ctx.redis.delete(f"mvpipe:live:run:{run_id}")
+    assert not ctx.board.run_alive(run_id)
+    report = reconcile(ctx, dispatcher, project_ids=[project_id])
+    assert report.runs_taken_over == 1
+    (_, new_run, scope) = dispatcher.runs[-1]
+    assert new_run != run_id and scope is None
+    plan = plan_run(ctx, project_id, new_run)
+    assert isinstance(plan, RunPlan) and plan.sequences == []
