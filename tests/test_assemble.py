@@ -356,6 +356,21 @@ def test_a_vanished_final_video_is_assembled_again(start_workers: StartWorkers) 
     assert view.status == ProjectStatus.COMPLETED and view.final_video_s3_key == key
     assert ctx.clips.exists(key)
 
+    # A final video recorded beside a scene that is no longer completed is forgotten too.
+    m = ctx.table.model
+    assert ctx.table.update(
+        project_pk(project_id), scene_sk(1), [m.status.set(SceneStatus.PENDING)], m.pk.exists()
+    )
+    assert violations(ctx, project_id)
+    assert api.reconcile(project_id).outdated_final_videos == 1
+    assert api.get_project(project_id).final_video_s3_key is None
+    assert not [v for v in violations(ctx, project_id) if "final" in v.lower()]
+    assert ctx.table.update(
+        project_pk(project_id), scene_sk(1), [m.status.set(SceneStatus.COMPLETED)], m.pk.exists()
+    )
+    api.run_project(project_id)
+    assert api.wait_project(project_id, timeout=120).final_video_s3_key == key
+
     # Reconcile forgets a vanished final video: the project waits for a run (invariant 5).
     ctx.clips.delete(key)
     assert api.reconcile(project_id).missing_final_videos == 1

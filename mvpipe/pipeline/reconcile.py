@@ -42,6 +42,7 @@ class ReconcileReport(BaseModel):
     recovered_clips: int = 0
     missing_clips: int = 0
     missing_final_videos: int = 0
+    outdated_final_videos: int = 0
     counters_fixed: int = 0
     runs_finalized: int = 0
     runs_taken_over: int = 0
@@ -115,6 +116,13 @@ def _reconcile_project(
     if gone and ctx.projects.forget_final_video(project_id, final or ""):
         report.missing_final_videos += 1
         repaired = True
+    # A scene changed after the final video was recorded (a vanished clip reset in the instant
+    # between the assembly's last check and its write): that video is not the scenes' any more.
+    outdated = not gone and any(s.status != SceneStatus.COMPLETED for s in state.scenes)
+    if outdated and final is not None and run is None:
+        forgotten = ctx.projects.forget_final_video(project_id, final)
+        report.outdated_final_videos += int(forgotten)
+        repaired |= forgotten
 
     if repaired:
         state = ctx.projects.load(project_id)
