@@ -188,7 +188,7 @@ def _print_summary(view: ProjectView) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(highlight=False)
+    console = Console(highlight=False, markup=False)  # titles and errors are shown as written
     if not console.is_terminal:
         console.width = 240  # a pipe or a log: keep every key on one line
     prefix = f"projects/{view.project_id}/"
@@ -206,7 +206,7 @@ def _print_summary(view: ProjectView) -> None:
         console.print(f"song      {view.song_s3_key}{seconds}")
     console.print(f"final     {view.final_video_s3_key or '-'}")
     if view.last_error:
-        console.print(f"error     {view.last_error}", markup=False)
+        console.print(f"error     {view.last_error}")
     if not view.scenes:
         return
     table = Table(box=None, pad_edge=False)
@@ -236,7 +236,7 @@ def _print_summary(view: ProjectView) -> None:
             lip,
             scene.last_error or "",
         )
-    console.print(table, markup=False)
+    console.print(table)
 
 
 @main.command()
