@@ -80,6 +80,8 @@ def start_workers(
         n = next(_counter)
         ledger = tmp_path / f"ledger-{n}.jsonl"
         overrides = {
+            # Small cuts keep tests fast; a test that measures the format sets its own.
+            "MVPIPE_OUTPUT_SIZE": "320x180",
             "MVPIPE_LOCAL_LEDGER": str(ledger),
             "MVPIPE_LOCAL_STATE": str(tmp_path / "local-provider.sqlite3"),
             "MVPIPE_STATE_DIR": str(tmp_path / "state"),
