@@ -58,6 +58,7 @@ SETTINGS = {
     "store_timeout_seconds": "1",
     "liveness_slack_seconds": "1",
     "run_stale_seconds": "4",
+    "stage_queue_seconds": "4",
     "backoff_max": "2",
     "backoff_base": "0.2",
     "poll_seconds": "0.2",

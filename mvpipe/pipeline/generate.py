@@ -113,8 +113,10 @@ class SceneJob:
         if stage is None:
             return self.x.finished(f"already {scene.status}")
         if self.queue is not None and stage.queue != self.queue:
-            # Marked alive so reconcile leaves the scene to this chain while it waits in line.
-            self.x.touch(self.ctx.settings.liveness_seconds(self.x.provider))
+            # Marked alive so reconcile leaves the scene to this chain while it waits in line
+            # (however long the other queue's backlog); the stage itself marks it again.
+            s = self.ctx.settings
+            self.x.touch(max(s.liveness_seconds(self.x.provider), s.stage_queue_seconds))
             return Step(Next.STAGE, f"queued for {stage.name}", 0.0, {}, queue=stage.queue)
         if not stage.paid:
             return self.then(CutRunner(self.x, stage).run(scene), stages_run + 1)

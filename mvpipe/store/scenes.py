@@ -324,9 +324,10 @@ class SceneStore:
         operation_id: str,
         stage: StageFields = ORIGINAL,
     ) -> bool:
-        """After the provider cancelled the job: `pending` with no operation, ready to resume."""
+        """After the provider cancelled the job: `pending` with no operation, ready to resume.
+        A stage whose output is recorded keeps its operation (a finished job is not undone)."""
         m = self.m
-        _, operation, _ = _paid(m, stage)
+        output, operation, _ = _paid(m, stage)
         return self._transition(
             project_id,
             sequence,
@@ -335,7 +336,9 @@ class SceneStore:
                 operation.remove(),
                 *self._no_lease(),
             ],
-            (operation == operation_id) & (m.status == SceneStatus.PROCESSING),
+            (operation == operation_id)
+            & (m.status == SceneStatus.PROCESSING)
+            & output.does_not_exist(),
             done=lambda s: s.value(stage.operation) != operation_id,
         )
 
