@@ -32,6 +32,16 @@ result_backend_transport_options = {"visibility_timeout": _s.visibility_timeout}
 result_expires = _s.result_expires  # also the life of chord counters: above the longest run
 result_extended = True
 
+# A step's next message (a poll, a retry, the re-finalize) must survive a broker restart of a
+# few seconds: a failed publish would end the chord's header in FAILURE. ~30 s of retries.
+task_publish_retry = True
+task_publish_retry_policy = {
+    "max_retries": 15,
+    "interval_start": 0.2,
+    "interval_step": 0.5,
+    "interval_max": 3.0,
+}
+
 broker_connection_retry_on_startup = True
 broker_connection_max_retries = None
 broker_pool_limit = 10

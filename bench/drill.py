@@ -5,10 +5,12 @@
 Each round starts its own stack, runs a project with the local provider, injects one fault
 (a worker SIGKILLed at a critical moment — mid-cut too —, a whole worker killed, Redis restarted
 with or without its data, the state server paused — also exactly while an operation id is
-recorded —, the run taken over during that record, provider faults, unreadable poll replies,
-every scene's message redelivered under one task id, a second execution cutting a scene while
-the first cut is held), heals (reconcile + re-run, as an operator
-would), then checks every invariant and counts paid generations from the provider's ledger.
+recorded, and while planning for longer than the lease so that reconcile takes the run over
+mid-plan —, the run taken over during a record, provider faults, unreadable poll replies, every
+scene's message redelivered under one task id, the run's root task delivered twice, the runs'
+liveness marks lost while a reconcile passes, a second execution cutting a scene while the first
+cut is held), heals (reconcile + re-run, as an operator would), then checks every invariant and
+counts paid generations from the provider's ledger.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from common import bench_stack, record, table, workers
 from mvpipe import api
 from mvpipe.celery_app import app
 from mvpipe.deps import get_context
-from mvpipe.dispatch import GENERATE_SCENE
+from mvpipe.dispatch import GENERATE_SCENE, CeleryDispatcher
 from mvpipe.drills import double_payments, heal, paid_generations, restart_redis
 from mvpipe.errors import MvpipeError
 from mvpipe.failpoints import POINTS, held, release
@@ -45,6 +47,9 @@ KINDS = [
     "takeover-record",
     "garbage-poll",
     "redeliver",
+    "twin-root",
+    "pause-planning",
+    "lost-liveness",
     "duplicate-cut",
 ]
 #: Kinds that hold one execution just before it records its operation id.
@@ -80,6 +85,15 @@ def wait_held(state_dir: Path, point: str = HOLD, timeout: float = 60) -> None:
         time.sleep(0.05)
 
 
+def pause_state_server(stack: LocalStack, seconds: float) -> None:
+    moto = next(s for s in stack.services if s.name == "moto")
+    moto.pause()
+    try:
+        time.sleep(seconds)  # the fault: the state server answers nothing
+    finally:
+        moto.resume()
+
+
 def run_round(
     stack: LocalStack, workdir: Path, number: int, kind: str, scenes: int, rng: random.Random
 ) -> dict[str, int]:
@@ -102,7 +116,12 @@ def run_round(
     ledger = Path(stack.env["MVPIPE_LOCAL_LEDGER"])
     worker = workers(stack, workdir, 2, **env)
     project_id = api.create_project("Drill", "Chaos.", scene_count=scenes)
-    api.run_project(project_id)
+    run = api.run_project(project_id)
+    if kind == "twin-root":  # a broker redelivery: the same root message, same task id
+        CeleryDispatcher(app).start_run(project_id, run.id)
+    elif kind == "pause-planning":  # a stall longer than the lease, while the run plans
+        pause_state_server(stack, float(SETTINGS["lease_seconds"]) + rng.uniform(1, 3))
+        api.reconcile(project_id)
     if kind in HELD:
         wait_held(state_dir)
     elif kind == "duplicate-cut":
@@ -142,10 +161,12 @@ def run_round(
     elif kind.startswith("redis"):
         restart_redis(stack, keep_data=kind == "redis-aof")
     elif kind == "pause-state":
-        moto = next(s for s in stack.services if s.name == "moto")
-        moto.pause()
-        time.sleep(rng.uniform(1, 5))  # the fault: the state server answers nothing
-        moto.resume()
+        pause_state_server(stack, rng.uniform(1, 5))
+    elif kind == "lost-liveness":  # as after a Redis restart without persistence
+        client = get_context().redis
+        for key in client.scan_iter("mvpipe:live:*"):
+            client.delete(key)
+        api.reconcile(project_id)
     try:
         view = heal(project_id, timeout=240)
     except MvpipeError:

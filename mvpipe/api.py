@@ -20,16 +20,15 @@ from celery.result import AsyncResult
 from pydantic import ValidationError
 
 from mvpipe.celery_app import app
-from mvpipe.deps import Context, get_context
+from mvpipe.deps import get_context
 from mvpipe.dispatch import CeleryDispatcher
-from mvpipe.errors import Conflict, InvalidInput, Timeout
+from mvpipe.errors import InvalidInput, Timeout
 from mvpipe.media.song import probe_song, read_song
 from mvpipe.models import (
     ProjectSpec,
     ProjectStatus,
     ProjectView,
     SceneSpec,
-    SceneStatus,
     SongSpec,
     budget_to_micros,
     describe_validation_error,
@@ -37,13 +36,11 @@ from mvpipe.models import (
     validate_project_id,
     validate_sequence,
 )
+from mvpipe.pipeline import cancel, runs
 from mvpipe.pipeline.create import create_project as write_project
-from mvpipe.pipeline.finalize import settle_project
 from mvpipe.pipeline.reconcile import ReconcileReport
 from mvpipe.pipeline.reconcile import reconcile as reconcile_all
-from mvpipe.providers.limiter import slot_member
 from mvpipe.store.records import ProjectRecord
-from mvpipe.store.scenes import Claim
 
 _dispatcher = CeleryDispatcher(app)
 
@@ -132,85 +129,29 @@ def run_project(project_id: str) -> AsyncResult:
     A second call while a run is active returns that run and starts nothing. `failed` scenes go
     back to `pending`: a user asking for a run is the one thing that may pay for them again.
     """
-    ctx = get_context()
-    state = ctx.projects.load(validate_project_id(project_id))
-    counters = state.counters
-    if (
-        state.project.planned
-        and counters.scene_count
-        and counters.completed_scenes == counters.scene_count
-    ):
-        return _dispatcher.finalize(project_id, None, None)
-    run_id = str(uuid.uuid4())
-    status = ProjectStatus.PROCESSING if state.project.planned else ProjectStatus.GENERATING_SCENES
-    active = ctx.projects.win_run(project_id, run_id, status)
-    if active != run_id:
-        return AsyncResult(active, app=app)
-    ctx.board.touch_run(run_id, ctx.settings.run_stale_seconds)
-    for scene in state.scenes:
-        if scene.status == SceneStatus.FAILED:
-            ctx.scenes.retry_failed(project_id, scene.sequence)
-    return _dispatcher.start_run(project_id, run_id)
+    start = runs.start_run(get_context(), _dispatcher, validate_project_id(project_id))
+    return _result(start)
 
 
 def regenerate_scene(project_id: str, sequence: int) -> AsyncResult:
     """Clear one scene's clip and generate it again (exactly one new paid generation)."""
-    ctx = get_context()
     validate_project_id(project_id)
     validate_sequence(sequence)
-    state = ctx.projects.load(project_id)
-    if not state.project.planned:
-        raise Conflict(f"project {project_id} is not planned yet; run it first")
-    if state.scene(sequence) is None:
-        raise InvalidInput(f"project {project_id} has no scene {sequence}")
-    run_id = str(uuid.uuid4())
-    if ctx.scenes.reset_for_regeneration(project_id, sequence, run_id=run_id) != Claim.WON:
-        raise Conflict(f"project {project_id} has an active run; cancel it or wait for it")
-    ctx.board.touch_run(run_id, ctx.settings.run_stale_seconds)
-    return _dispatcher.start_run(project_id, run_id, [sequence])
+    return _result(runs.regenerate(get_context(), _dispatcher, project_id, sequence))
 
 
 def cancel_project(project_id: str) -> ProjectView:
     """Release the run (queued work exits, no new claim succeeds) and cancel provider jobs
     where the provider allows it; those scenes go back to `pending` without an operation."""
-    ctx = get_context()
-    validate_project_id(project_id)
-    state = ctx.projects.load(project_id)
-    run = state.project.active_run_id
-    if run is not None:
-        ctx.board.mark_cancelled(run)
-        _release(ctx, project_id, run)
-    provider = ctx.video_provider(state.project.provider)
-    if provider.can_cancel:
-        for scene in ctx.projects.load(project_id).scenes:
-            operation_id = scene.operation_id
-            if scene.status != SceneStatus.PROCESSING or not operation_id:
-                continue
-            if provider.cancel(operation_id):
-                ctx.scenes.reset_cancelled(project_id, scene.sequence, operation_id=operation_id)
-                member = slot_member(project_id, scene.sequence)
-                limit = ctx.settings.concurrency_for(provider.name)
-                _dispatcher.wake(ctx.limiter.release(provider.name, member, limit=limit))
-    for _ in range(10):
-        if settle_project(ctx, ctx.projects.load(project_id)) is not None:
-            break
+    cancel.cancel_project(get_context(), _dispatcher, validate_project_id(project_id))
     return get_project(project_id)
 
 
-def _release(ctx: Context, project_id: str, run: str) -> None:
-    for _ in range(10):
-        state = ctx.projects.load(project_id)
-        if state.project.active_run_id != run:
-            return
-        # Release as if every scene were final: a cancelled run owns nothing any more.
-        if ctx.projects.settle(
-            project_id,
-            observed_run=run,
-            counters=state.counters,
-            status=ProjectStatus.PENDING,
-            release=True,
-        ):
-            return
+def _result(start: runs.RunStart) -> AsyncResult:
+    """The message sent (a new run's root task, a re-finalize), else the run joined."""
+    if isinstance(start.receipt, AsyncResult) or start.run_id is None:
+        return start.receipt
+    return AsyncResult(start.run_id, app=app)
 
 
 def wait_project(project_id: str, timeout: float = 600.0, *, interval: float = 0.25) -> ProjectView:

@@ -11,7 +11,10 @@ import threading
 from dataclasses import dataclass, field
 
 import redis
+from botocore.exceptions import BotoCoreError, ClientError
+from pynamodb.exceptions import PynamoDBException
 
+from mvpipe.errors import ConfigurationError, StoreUnavailable
 from mvpipe.providers import build_planner, build_video_provider
 from mvpipe.providers.base import Planner, VideoProvider
 from mvpipe.providers.limiter import QuotaLimiter
@@ -51,11 +54,30 @@ class Context:
         return self._planners[name]
 
     def ensure_storage(self) -> None:
-        """Create table and bucket on first use (idempotent, race-safe)."""
-        if not self._ready:
-            self.table.ensure()
-            self.clips.ensure()
-            self._ready = True
+        """Create table and bucket on first use (idempotent, race-safe).
+
+        A refusal (credentials, permissions, a name the service rejects) is a
+        `ConfigurationError`; no answer at all is `StoreUnavailable`."""
+        if self._ready:
+            return
+        s = self.settings
+        for what, ensure in (
+            (f"table {s.table} at {s.dynamodb_endpoint or 'AWS'}", self.table.ensure),
+            (f"bucket {s.bucket} at {s.s3_endpoint or 'AWS'}", self.clips.ensure),
+        ):
+            try:
+                ensure()
+            except (ClientError, PynamoDBException) as exc:
+                raise ConfigurationError(
+                    f"could not create or open the {what}: {exc}; check AWS credentials, "
+                    "permissions and MVPIPE_TABLE / MVPIPE_BUCKET / MVPIPE_AWS_REGION"
+                ) from exc
+            except BotoCoreError as exc:
+                raise StoreUnavailable(
+                    f"could not reach the {what}: {exc}; start it (`mvpipe stack` runs one "
+                    "locally) or check MVPIPE_DYNAMODB_ENDPOINT / MVPIPE_S3_ENDPOINT, then retry"
+                ) from exc
+        self._ready = True
 
 
 def build_context(settings: Settings) -> Context:

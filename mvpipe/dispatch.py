@@ -5,9 +5,14 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable
+from typing import Any
 
+import redis
 from celery import Celery, Signature
 from celery.result import AsyncResult
+from kombu.exceptions import OperationalError
+
+from mvpipe.errors import BrokerUnavailable
 
 log = logging.getLogger("mvpipe.dispatch")
 
@@ -24,7 +29,7 @@ class CeleryDispatcher:
         self, project_id: str, run_id: str, sequences: list[int] | None = None
     ) -> AsyncResult:
         """The run's root task carries the run id as its task id: AsyncResult(run_id) is the run."""
-        return self.app.send_task(
+        return self._send(
             PLAN_SCENES, args=[project_id, run_id], kwargs={"only": sequences}, task_id=run_id
         )
 
@@ -39,7 +44,7 @@ class CeleryDispatcher:
     ) -> AsyncResult:
         """One generate_scene outside any chord: polls `operation_id` (of `stage`, generation
         by default), or runs the scene's first missing stage."""
-        return self.app.send_task(
+        return self._send(
             GENERATE_SCENE,
             args=[project_id, sequence, run_id, provider],
             kwargs={"operation_id": operation_id, "stage": stage},
@@ -48,7 +53,14 @@ class CeleryDispatcher:
     def finalize(
         self, project_id: str, run_id: str | None, sequences: list[int] | None
     ) -> AsyncResult:
-        return self.app.send_task(FINALIZE_PROJECT, args=[None, project_id, run_id, sequences])
+        return self._send(FINALIZE_PROJECT, args=[None, project_id, run_id, sequences])
+
+    def _send(self, name: str, **options: Any) -> AsyncResult:
+        """Publish (retried through a short broker outage by Celery's publish retry policy)."""
+        try:
+            return self.app.send_task(name, **options)
+        except (OperationalError, redis.RedisError) as exc:
+            raise BrokerUnavailable.because(exc) from exc
 
     @staticmethod
     def parked(message: Signature) -> str:

@@ -8,6 +8,7 @@
     ├── Timeout                 waiting for a project took longer than asked
     ├── ConfigurationError      settings or credentials missing or wrong
     ├── StoreUnavailable        DynamoDB/S3/Redis did not answer: retry later
+    │   └── BrokerUnavailable   the broker's Redis refused a message or a run mark
     └── ProviderError           a planner or video provider refused or failed
         ├── TransientProviderError   429, 5xx, timeouts, resets: retry with backoff
         │   └── QuotaExceeded        the provider's concurrency limit was hit
@@ -49,6 +50,18 @@ class ConfigurationError(MvpipeError):
 
 class StoreUnavailable(MvpipeError):
     """A backing service (DynamoDB, S3, Redis) failed transiently."""
+
+
+class BrokerUnavailable(StoreUnavailable):
+    """The broker (or mvpipe's Redis) could not take a message or a mark: start it, retry."""
+
+    @classmethod
+    def because(cls, cause: BaseException) -> BrokerUnavailable:
+        return cls(
+            f"the broker's Redis did not answer ({type(cause).__name__}: {cause}); start it "
+            "(`mvpipe stack` runs one locally) or check MVPIPE_BROKER_URL and MVPIPE_REDIS_URL, "
+            "then retry"
+        )
 
 
 class ProviderError(MvpipeError):

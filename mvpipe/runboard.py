@@ -6,16 +6,38 @@ so "this run is stale" and "nobody polls this scene" are cheap to tell and cost 
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
 
 import redis
+
+from mvpipe.errors import BrokerUnavailable
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _answered(method: Callable[P, R]) -> Callable[P, R]:
+    """Redis errors reach callers as `BrokerUnavailable` (a `StoreUnavailable`: retried by
+    tasks, explained to API users), never as raw redis exceptions."""
+
+    @functools.wraps(method)
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except redis.RedisError as exc:
+            raise BrokerUnavailable.because(exc) from exc
+
+    return call
+
 
 _FINISH = """
 redis.call('SADD', KEYS[1], ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 local expected = redis.call('GET', KEYS[2])
 if expected and redis.call('SCARD', KEYS[1]) >= tonumber(expected) then
-  redis.call('DEL', KEYS[2])
   return 1
 end
 return 0
@@ -35,31 +57,39 @@ class RunBoard:
         return ":".join([self.prefix, *map(str, parts)])
 
     # -- liveness ------------------------------------------------------------------------------
+    @_answered
     def touch_run(self, run_id: str, seconds: float) -> None:
         self.client.set(self._key("live", "run", run_id), 1, px=int(seconds * 1000))
 
+    @_answered
     def run_alive(self, run_id: str) -> bool:
         return bool(self.client.exists(self._key("live", "run", run_id)))
 
+    @_answered
     def touch_scene(self, project_id: str, sequence: int, seconds: float) -> None:
         self.client.set(self._key("live", "scene", project_id, sequence), 1, px=int(seconds * 1000))
 
+    @_answered
     def scene_polled(self, project_id: str, sequence: int) -> bool:
         return bool(self.client.exists(self._key("live", "scene", project_id, sequence)))
 
+    @_answered
     def claim_poll_chain(self, project_id: str, sequence: int, seconds: float) -> bool:
         """Reconcile starts at most one poll chain for an orphaned operation."""
         key = self._key("live", "scene", project_id, sequence)
         return bool(self.client.set(key, 1, px=int(seconds * 1000), nx=True))
 
     # -- cancellation --------------------------------------------------------------------------
+    @_answered
     def mark_cancelled(self, run_id: str) -> None:
         self.client.set(self._key("run", run_id, "cancelled"), 1, ex=self.ttl)
 
+    @_answered
     def cancelled(self, run_id: str) -> bool:
         return bool(self.client.exists(self._key("run", run_id, "cancelled")))
 
     # -- finalize trigger ----------------------------------------------------------------------
+    @_answered
     def await_scenes(self, run_id: str, expected: int, sequences: list[int]) -> None:
         """Finalize ran before every scene of the run finished: the last one re-triggers it."""
         pipe = self.client.pipeline()
@@ -67,21 +97,34 @@ class RunBoard:
         pipe.set(self._key("run", run_id, "waiting"), expected, ex=self.ttl)
         pipe.execute()
 
+    @_answered
     def run_sequences(self, run_id: str) -> list[int] | None:
         raw = self.client.get(self._key("run", run_id, "sequences"))
         return None if raw is None else [int(n) for n in json.loads(raw)]
 
+    @_answered
     def scene_finished(self, run_id: str, sequence: int) -> bool:
-        """Record a finished scene (O(1)); True when finalize must run again now."""
+        """Record a finished scene (O(1)); True when finalize must run again now.
+
+        It keeps answering True until `refinalize_sent`: a step whose publish of the re-finalize
+        failed (a broker restarting) is retried and triggers it again. Finalize may run twice,
+        never zero times."""
         keys = [self._key("run", run_id, "finished"), self._key("run", run_id, "waiting")]
         return bool(self._finish(keys=keys, args=[sequence, self.ttl]))
 
+    @_answered
+    def refinalize_sent(self, run_id: str) -> None:
+        """The re-finalize is on the broker: later finishes (duplicates) need not send it."""
+        self.client.delete(self._key("run", run_id, "waiting"))
+
+    @_answered
     def due(self, job: str, every_seconds: float) -> bool:
         """True at most once per period across all processes (rate-limits expensive sweeps)."""
         key = self._key("due", job)
         return bool(self.client.set(key, 1, px=int(every_seconds * 1000), nx=True))
 
     # -- twin messages -------------------------------------------------------------------------
+    @_answered
     def first_copy(self, task_id: str, step: int, copy: str, seconds: float) -> bool:
         """One step of a task may be sent twice (a timed check and a wake-up): the first copy
         to run owns the step, and a redelivery of that same copy still does."""
@@ -110,11 +153,13 @@ class RunBoard:
         self.client.delete(self._key("poll", operation_id))
 
     # -- planning ------------------------------------------------------------------------------
+    @_answered
     def lock_planning(self, project_id: str, run_id: str, seconds: float) -> bool:
         key = self._key("plan", project_id)
         if self.client.set(key, run_id, ex=int(seconds), nx=True):
             return True
         return self.client.get(key) == run_id.encode()
 
+    @_answered
     def unlock_planning(self, project_id: str) -> None:
         self.client.delete(self._key("plan", project_id))

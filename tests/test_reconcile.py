@@ -247,3 +247,43 @@ def test_beat_schedules_reconcile(start_workers: StartWorkers, tmp_path: Path) -
         )
     finally:
         beat.stop()
+
+
+def test_a_run_whose_refinalize_was_lost_is_finalized(stack: object) -> None:
+    # Given a live run: its finalize ran early, then both scenes failed, and the re-finalize
+    # the last one triggered was never published (the broker was restarting)
+    ctx = get_context()
+    project_id, run_id = abandoned_run(ctx, scenes=2)
+    ctx.board.touch_run(run_id, 60)
+    ctx.board.await_scenes(run_id, 2, [1, 2])
+    for sequence in (1, 2):
+        token = f"t{sequence}"
+        claim = ctx.scenes.claim(
+            project_id, sequence, run_id=run_id, token=token, lease_seconds=60, max_attempts=5
+        )
+        assert claim.outcome == "won"
+        assert ctx.scenes.fail(project_id, sequence, error="blocked", token=token)
+        ctx.board.scene_finished(run_id, sequence)
+    # When reconcile passes, although the run still looks alive
+    report = api.reconcile(project_id)
+    # Then it finalizes the run: nothing is open, so nothing else ever would
+    assert report.runs_finalized == 1
+    view = api.get_project(project_id)
+    assert view.status == ProjectStatus.FAILED and view.failed_scenes == 2
+    assert ctx.projects.get(project_id).active_run_id is None
+    assert_invariants(project_id)
+    assert api.reconcile(project_id).total == 0
+
+
+def test_a_live_run_not_finalized_yet_is_left_alone(stack: object) -> None:
+    # A user's run between winning and moving its failed scenes back to pending: every scene
+    # is final, but the run has not even planned yet. Reconcile must not end it.
+    ctx = get_context()
+    project_id, run_id = abandoned_run(ctx, scenes=1)
+    ctx.board.touch_run(run_id, 60)
+    claim = ctx.scenes.claim(
+        project_id, 1, run_id=run_id, token="t", lease_seconds=60, max_attempts=5
+    )
+    assert claim.outcome == "won" and ctx.scenes.fail(project_id, 1, error="x", token="t")
+    api.reconcile(project_id)
+    assert ctx.projects.get(project_id).active_run_id == run_id

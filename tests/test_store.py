@@ -362,3 +362,81 @@ def test_every_scene_transition_retried_after_it_landed_reports_success(ctx: Con
     twice(lambda: s.reset_for_regeneration(project_id, 1, run_id="regen"))
     final = {x.sequence: x.status for x in ctx.projects.load(project_id).scenes}
     assert final == {1: SceneStatus.PENDING, 2: SceneStatus.FAILED, 3: SceneStatus.FAILED}
+
+
+def unplanned_project(ctx: Context, scenes: int) -> tuple[str, str]:
+    project_id = str(uuid.uuid4())
+    spec = ProjectSpec(
+        title="Test", concept="A concept", provider="local", requested_scene_count=scenes
+    )
+    ctx.projects.create(project_id, spec)
+    run_id = str(uuid.uuid4())
+    assert ctx.projects.win_run(project_id, run_id, ProjectStatus.GENERATING_SCENES) == run_id
+    return project_id, run_id
+
+
+def test_a_plan_larger_than_one_transaction_is_written_whole(ctx: Context) -> None:
+    project_id, run_id = unplanned_project(ctx, 150)
+    specs = [SceneSpec(prompt=f"scene {n}") for n in range(1, 151)]
+    assert ctx.projects.save_plan(project_id, run_id, specs, token="t")
+    state = ctx.projects.load(project_id)
+    assert state.project.scene_count == 150
+    assert [s.prompt for s in state.scenes] == [s.prompt for s in specs]
+
+
+def test_a_second_plan_of_a_planned_run_writes_nothing(ctx: Context) -> None:
+    project_id, run_id = unplanned_project(ctx, 3)
+    assert ctx.projects.save_plan(project_id, run_id, [SceneSpec(prompt="a")] * 3, token="t1")
+    assert claim(ctx, project_id, run_id, "lease") == Claim.WON
+    assert not ctx.projects.save_plan(project_id, run_id, [SceneSpec(prompt="b")] * 3, token="t2")
+    state = ctx.projects.load(project_id)
+    assert [s.prompt for s in state.scenes] == ["a"] * 3
+    assert state.scenes[0].lease_token == "lease"
+
+
+def test_a_plan_written_twice_by_its_planner_reports_success(ctx: Context) -> None:
+    # Invariant 7: the final write landed, its reply was lost, the planner writes again.
+    project_id, run_id = unplanned_project(ctx, 2)
+    specs = [SceneSpec(prompt="a")] * 2
+    assert ctx.projects.save_plan(project_id, run_id, specs, token="planner-1")
+    assert ctx.projects.save_plan(project_id, run_id, specs, token="planner-1")
+    # Another planner of the same run did not write this plan: it must not start a chord.
+    assert not ctx.projects.save_plan(project_id, run_id, specs, token="planner-2")
+    assert ctx.projects.get(project_id).scene_count == 2
+
+
+def test_every_project_transition_retried_after_it_landed_reports_success(ctx: Context) -> None:
+    # Invariant 7: each write sent twice, as a retry after a lost reply does.
+    project_id, run_id = unplanned_project(ctx, 2)
+    assert ctx.projects.win_run(project_id, run_id, ProjectStatus.GENERATING_SCENES) == run_id
+    new_run = str(uuid.uuid4())
+    for _ in range(2):
+        assert ctx.projects.take_over_run(
+            project_id, run_id, new_run, ProjectStatus.GENERATING_SCENES
+        )
+    for _ in range(2):
+        assert ctx.projects.note_planning_error(project_id, new_run, "429 from the planner")
+    for _ in range(2):
+        assert ctx.projects.fail_planning(project_id, new_run, "no plan")
+    project = ctx.projects.get(project_id)
+    assert project.status == ProjectStatus.FAILED and project.active_run_id is None
+
+    project_id, run_id = new_project(ctx, 2)
+    counters = Counters(scene_count=2, completed_scenes=0, failed_scenes=0, open_scenes=2)
+    for _ in range(2):
+        assert ctx.projects.settle(
+            project_id,
+            observed_run=run_id,
+            counters=counters,
+            status=ProjectStatus.PENDING,
+            release=True,
+        )
+    assert ctx.projects.get(project_id).active_run_id is None
+    # A settle that did not land, and finds another state, still reports the conflict.
+    assert not ctx.projects.settle(
+        project_id,
+        observed_run=run_id,
+        counters=counters,
+        status=ProjectStatus.FAILED,
+        release=True,
+    )

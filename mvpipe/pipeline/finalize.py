@@ -10,8 +10,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from mvpipe import failpoints
 from mvpipe.deps import Context
+from mvpipe.errors import Conflict
 from mvpipe.models import ProjectStatus
+from mvpipe.pipeline.steps import Dispatcher
 from mvpipe.states import FINAL_SCENE_STATES, project_status
 from mvpipe.store.records import ProjectState
 
@@ -51,8 +54,8 @@ def settle_project(
         run_active=active is not None and not release,
         planning_failed=planning_failed,
     )
-    if planning_failed:
-        last_error = project.last_error
+    if planning_failed or not project.planned:
+        last_error = project.last_error  # planning's own note of why it failed (or last did)
     elif status == ProjectStatus.FAILED:
         last_error = f"{counters.failed_scenes} of {counters.scene_count} scenes failed"
     else:
@@ -85,18 +88,45 @@ def finalize_run(
     if run_id is not None and sequences is not None:
         # Before reading: a scene finishing after our read will see this and re-trigger us.
         ctx.board.await_scenes(run_id, len(sequences), sequences)
-    for _ in range(10):
+    settlement, state = settle_until_stable(
+        ctx, project_id, release_run=run_id, sequences=sequences
+    )
+    log.info(
+        "finalized project=%s run=%s status=%s released=%s completed=%d failed=%d",
+        project_id,
+        run_id or "-",
+        settlement.status,
+        settlement.released,
+        state.counters.completed_scenes,
+        state.counters.failed_scenes,
+    )
+    return settlement
+
+
+def settle_until_stable(
+    ctx: Context,
+    project_id: str,
+    *,
+    release_run: str | None = None,
+    sequences: list[int] | None = None,
+    attempts: int = 10,
+) -> tuple[Settlement, ProjectState]:
+    """Settle from a fresh read, again while METADATA moves on between read and write."""
+    for _ in range(attempts):
         state = ctx.projects.load(project_id)
-        settlement = settle_project(ctx, state, release_run=run_id, sequences=sequences)
+        settlement = settle_project(ctx, state, release_run=release_run, sequences=sequences)
         if settlement is not None:
-            log.info(
-                "finalized project=%s run=%s status=%s released=%s completed=%d failed=%d",
-                project_id,
-                run_id or "-",
-                settlement.status,
-                settlement.released,
-                state.counters.completed_scenes,
-                state.counters.failed_scenes,
-            )
-            return settlement
-    raise RuntimeError(f"project {project_id} kept changing while being finalized")
+            return settlement, state
+    raise Conflict(f"project {project_id} kept changing while being settled; try again")
+
+
+def refinalize(ctx: Context, dispatcher: Dispatcher, project_id: str, run_id: str | None) -> None:
+    """A scene reached a final state after its run's finalize ran: finalize again.
+
+    The trigger is cleared only once the message is on the broker, so a failed publish is
+    redone by the step's retry (see RunBoard.scene_finished)."""
+    sequences = ctx.board.run_sequences(run_id) if run_id else None
+    failpoints.reached("before_refinalize")
+    dispatcher.finalize(project_id, run_id, sequences)
+    if run_id is not None:
+        ctx.board.refinalize_sent(run_id)

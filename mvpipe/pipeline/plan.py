@@ -8,17 +8,19 @@ from the slots alone, never from the planner.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mvpipe.deps import Context
-from mvpipe.errors import PermanentProviderError
+from mvpipe.errors import ConfigurationError, PermanentProviderError
 from mvpipe.media.slots import Slot, clip_duration
 from mvpipe.models import SceneSpec, SceneStatus
 from mvpipe.pipeline.brief import slot_briefs
 from mvpipe.pipeline.stages import next_stage
 from mvpipe.pipeline.timeline import load_timeline, song_slots
 from mvpipe.providers.base import Brief
+from mvpipe.providers.classify import describe
 from mvpipe.store.records import ProjectRecord
 
 log = logging.getLogger("mvpipe.plan")
@@ -42,20 +44,34 @@ def plan_run(
 ) -> RunPlan | AnalyseFirst | None:
     """Plan the project if it is not planned yet; None when the run is no longer active.
 
-    Planner errors propagate: transient ones are retried by the task, permanent ones end the run
-    through `fail_planning`.
+    Planner errors propagate: transient and unexpected ones are retried by the task, permanent
+    ones end the run through `fail_planning`. Every planner call is counted on METADATA (across
+    retries, redeliveries and takeovers): past `MVPIPE_MAX_ATTEMPTS` the planning fails, with
+    the last error in `lastError`, instead of looping forever.
     """
     state = ctx.projects.load(project_id)
     if state.project.active_run_id != run_id:
         return None
+    # Alive while it plans (a slow planner must not look like a dead run to reconcile).
+    ctx.board.touch_run(run_id, ctx.settings.run_stale_seconds)
     if not state.project.planned:
         if state.project.song_key is not None and state.project.timeline_key is None:
             return AnalyseFirst()
         if not ctx.board.lock_planning(project_id, run_id, ctx.settings.lease_seconds):
             return None
         try:
-            specs = planned_specs(ctx, state.project)
-            if not ctx.projects.save_plan(project_id, run_id, specs):
+            attempt = ctx.projects.count_planning_attempt(project_id, run_id)
+            if attempt is None:
+                return None
+            if attempt > ctx.settings.max_attempts:
+                why = state.project.last_error or "the planner never answered"
+                fail_planning(
+                    ctx, project_id, run_id, f"gave up after {attempt - 1} attempts: {why}"
+                )
+                return None
+            specs = planned_specs(ctx, state.project, run_id)
+            token = uuid.uuid4().hex
+            if not ctx.projects.save_plan(project_id, run_id, specs, token=token):
                 return None
             log.info("planned project=%s scenes=%d run=%s", project_id, len(specs), run_id)
         finally:
@@ -72,13 +88,13 @@ def plan_run(
     return RunPlan(state.project.provider, sequences)
 
 
-def planned_specs(ctx: Context, project: ProjectRecord) -> list[SceneSpec]:
+def planned_specs(ctx: Context, project: ProjectRecord, run_id: str) -> list[SceneSpec]:
     """The project's scene specs from the planner: one per slot with a song, else as asked."""
     if project.song_key is None:
         brief = Brief(
             project.project_id, project.title, project.concept, project.requested_scene_count
         )
-        return _checked(ctx.planner().plan(brief), brief)
+        return _checked(_call_planner(ctx, project.project_id, run_id, brief), brief)
     timeline = load_timeline(ctx, project)
     if timeline is None:
         raise RuntimeError(f"project {project.project_id} is planned before its song is analysed")
@@ -91,7 +107,7 @@ def planned_specs(ctx: Context, project: ProjectRecord) -> list[SceneSpec]:
         slots=slot_briefs(slots, project.concept, slots[-1].end_seconds),
         lip_sync=project.lip_sync,
     )
-    specs = _checked(ctx.planner().plan(brief), brief)
+    specs = _checked(_call_planner(ctx, project.project_id, run_id, brief), brief)
     allowed = ctx.settings.durations_for(project.provider)
     return place_in_slots(specs, slots, allowed, lip_sync=project.lip_sync)
 
@@ -120,6 +136,18 @@ def _checked(specs: list[SceneSpec], brief: Brief) -> list[SceneSpec]:
             f"planner returned {len(specs)} scenes, expected {brief.scene_count}"
         )
     return specs
+
+
+def _call_planner(ctx: Context, project_id: str, run_id: str, brief: Brief) -> list[SceneSpec]:
+    """The planner's answer; a failure worth retrying is noted first, for `lastError`."""
+    try:
+        return ctx.planner().plan(brief)
+    except (PermanentProviderError, ConfigurationError):
+        raise  # the caller fails the planning with this message at once
+    except Exception as exc:
+        error = describe(exc)
+        ctx.projects.note_planning_error(project_id, run_id, error)
+        raise
 
 
 def fail_planning(ctx: Context, project_id: str, run_id: str, error: str) -> None:

@@ -20,7 +20,7 @@ from mvpipe.pipeline.cut import cut_key
 from mvpipe.pipeline.finalize import settle_project
 from mvpipe.pipeline.stages import GENERATE, Stage, is_last, lost_output, next_stage
 from mvpipe.pipeline.steps import Dispatcher
-from mvpipe.states import lease_expired
+from mvpipe.states import FINAL_SCENE_STATES, lease_expired
 from mvpipe.store.clips import StoredObject, clip_key, scene_prefix
 from mvpipe.store.records import ProjectState, SceneRecord
 
@@ -284,11 +284,26 @@ def _submission_in_progress(state: ProjectState) -> bool:
     )
 
 
+def _finalize_owed(ctx: Context, state: ProjectState, run: str) -> bool:
+    """The run's finalize ran, and every scene it waits for is final since: the re-finalize
+    must have been lost (a broker hiccup), even if the run still looks alive. A run whose
+    finalize never ran is left to its chord (or to the takeover once it is stale)."""
+    sequences = ctx.board.run_sequences(run)
+    if sequences is None:
+        return False
+    wanted = set(sequences)
+    return all(s.status in FINAL_SCENE_STATES for s in state.scenes if s.sequence in wanted)
+
+
 def _settle(
     ctx: Context, dispatcher: Dispatcher, state: ProjectState, report: ReconcileReport
 ) -> None:
     project = state.project
     run = project.active_run_id
+    if run is not None and project.planned and _finalize_owed(ctx, state, run):
+        if settle_project(ctx, state, release_run=run, sequences=ctx.board.run_sequences(run)):
+            report.runs_finalized += 1
+        return
     if run is not None and not ctx.board.run_alive(run) and not _submission_in_progress(state):
         counters = state.counters
         if project.planned and counters.open_scenes == 0:
@@ -297,9 +312,11 @@ def _settle(
             return
         status = ProjectStatus.PROCESSING if project.planned else ProjectStatus.GENERATING_SCENES
         new_run = str(uuid.uuid4())
+        # Alive before it can be won: a pass between the win and a later mark would take it over.
+        ctx.board.touch_run(new_run, ctx.settings.run_stale_seconds)
         if ctx.projects.take_over_run(project.project_id, run, new_run, status):
-            ctx.board.touch_run(new_run, ctx.settings.run_stale_seconds)
-            dispatcher.start_run(project.project_id, new_run)
+            scope = list(project.run_scope) if project.run_scope else None
+            dispatcher.start_run(project.project_id, new_run, scope)
             report.runs_taken_over += 1
             log.info(
                 "took over stale run project=%s old=%s new=%s", project.project_id, run, new_run

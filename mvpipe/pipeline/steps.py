@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
@@ -60,3 +61,5 @@ class Dispatcher(Protocol):
     ) -> Any: ...
 
     def finalize(self, project_id: str, run_id: str | None, sequences: list[int] | None) -> Any: ...
+
+    def wake(self, parked: Iterable[str]) -> int: ...

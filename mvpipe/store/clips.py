@@ -80,13 +80,23 @@ class ClipStore:
             self.client.head_bucket(Bucket=self.bucket)
         except ClientError:
             try:
-                self.client.create_bucket(Bucket=self.bucket)
+                self._create_bucket()
             except ClientError as exc:
                 if exc.response["Error"]["Code"] not in {
                     "BucketAlreadyOwnedByYou",
                     "BucketAlreadyExists",
                 }:
                     raise
+
+    def _create_bucket(self) -> None:
+        region = self.client.meta.region_name
+        if region in (None, "us-east-1"):  # the one region that refuses a location constraint
+            self.client.create_bucket(Bucket=self.bucket)
+        else:
+            self.client.create_bucket(
+                Bucket=self.bucket,
+                CreateBucketConfiguration={"LocationConstraint": region},  # type: ignore[typeddict-item]
+            )
 
     def put(self, key: str, data: bytes, *, content_type: str = "video/mp4") -> None:
         self._call(

@@ -6,10 +6,12 @@ A project is visible only once METADATA exists: `create` writes the scenes first
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 
 from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.update import Action
+from pynamodb.transactions import TransactWrite
 
 from mvpipe.errors import NotFound
 from mvpipe.models import ProjectSpec, ProjectStatus, SceneSpec, SceneStatus
@@ -18,6 +20,19 @@ from mvpipe.store.dynamo import Table
 from mvpipe.store.records import ProjectRecord, ProjectState, SceneRecord, utc_now_iso
 from mvpipe.store.scenes import clip_error
 from mvpipe.store.table import METADATA, SCENE_PREFIX, ItemBase, project_pk, scene_sk
+
+#: Scene writes per transaction of a plan, beside its METADATA check (DynamoDB allows 100).
+_TRANSACT_SCENES = 99
+
+
+def _put_scene(item: ItemBase, condition: Condition, tx: TransactWrite) -> None:
+    tx.save(item, condition=condition)
+
+
+def _delete_scene(
+    model: type[ItemBase], pk: str, sk: str, condition: Condition, tx: TransactWrite
+) -> None:
+    tx.delete(model(pk, sk), condition=condition)
 
 
 class ProjectStore:
@@ -80,24 +95,74 @@ class ProjectStore:
     def exists(self, project_id: str) -> bool:
         return self.table.get(project_pk(project_id), METADATA) is not None
 
-    def save_plan(self, project_id: str, run_id: str, specs: Sequence[SceneSpec]) -> bool:
-        """Replace any partial scenes, then mark the project planned (sceneCount) last."""
-        existing = [
-            (i.pk, i.sk)
-            for i in self.table.query_project(project_id)
-            if i.sk.startswith(SCENE_PREFIX)
-        ]
-        wanted = {scene_sk(n) for n in range(1, len(specs) + 1)}
-        self.table.batch_delete([k for k in existing if k[1] not in wanted])
-        self.table.batch_put(self._scene_items(project_id, specs, utc_now_iso()))
+    def save_plan(
+        self, project_id: str, run_id: str, specs: Sequence[SceneSpec], *, token: str
+    ) -> bool:
+        """Replace any partial scenes, then mark the project planned (sceneCount) last.
+
+        Every scene write is conditioned on the project still being unplanned under `run_id`
+        (a ConditionCheck on METADATA in each transaction) and on the scene holding no lease,
+        operation or clip: a second planner of the same run (a duplicate root task, a takeover
+        after a stall) can never reset a scene that is already being paid for. False when the
+        plan was not written because the project moved on.
+
+        `token` names this planner's execution: a retry of a final write that had landed
+        finds its own token and reports success (invariant 7); another planner of the same run
+        finds a foreign one and starts nothing.
+        """
         m = self.m
-        return self._update_meta(
+        pk = project_pk(project_id)
+        unplanned = m.pk.exists() & (m.active_run_id == run_id) & m.scene_count.does_not_exist()
+        untouched = (
+            m.lease_token.does_not_exist()
+            & m.operation_id.does_not_exist()
+            & m.original_clip_key.does_not_exist()
+        )
+        wanted = {scene_sk(n) for n in range(1, len(specs) + 1)}
+        stale = [
+            i.sk
+            for i in self.table.query_project(project_id)
+            if i.sk.startswith(SCENE_PREFIX) and i.sk not in wanted
+        ]
+        writes: list[Callable[[TransactWrite], None]] = [
+            functools.partial(_delete_scene, m, pk, sk, untouched) for sk in stale
+        ]
+        writes += [
+            functools.partial(_put_scene, item, untouched)
+            for item in self._scene_items(project_id, specs, utc_now_iso())
+        ]
+        for start in range(0, len(writes), _TRANSACT_SCENES):
+            chunk = writes[start : start + _TRANSACT_SCENES]
+
+            def build(
+                tx: TransactWrite, chunk: list[Callable[[TransactWrite], None]] = chunk
+            ) -> None:
+                tx.condition_check(m, pk, METADATA, condition=unplanned)
+                for write in chunk:
+                    write(tx)
+
+            if self.table.transact(build) is not None:
+                return self._planned_by(project_id, run_id, token)
+        if self._update_meta(
             project_id,
             [
                 m.scene_count.set(len(specs)),
+                m.plan_token.set(token),
+                m.planning_attempts.remove(),
                 *self._status_actions(ProjectStatus.PROCESSING),
             ],
             (m.active_run_id == run_id) & m.scene_count.does_not_exist(),
+        ):
+            return True
+        return self._planned_by(project_id, run_id, token)
+
+    def _planned_by(self, project_id: str, run_id: str, token: str) -> bool:
+        item = self.table.get(project_pk(project_id), METADATA)
+        return (
+            item is not None
+            and item.active_run_id == run_id
+            and item.scene_count is not None
+            and item.plan_token == token
         )
 
     def record_timeline(self, project_id: str, song_key: str, timeline_key: str) -> bool:
@@ -144,7 +209,13 @@ class ProjectStore:
         m = self.m
         if self._update_meta(
             project_id,
-            [m.active_run_id.set(run_id), m.last_error.remove(), *self._status_actions(status)],
+            [
+                m.active_run_id.set(run_id),
+                m.run_scope.remove(),
+                m.planning_attempts.remove(),  # a user's run gives planning its attempts back
+                m.last_error.remove(),
+                *self._status_actions(status),
+            ],
             m.active_run_id.does_not_exist(),
         ):
             return run_id
@@ -156,6 +227,7 @@ class ProjectStore:
     def take_over_run(
         self, project_id: str, old_run: str, new_run: str, status: ProjectStatus
     ) -> bool:
+        """Replace a stale run; its scope (`runScope`) stays, so the new run does its work."""
         m = self.m
         if self._update_meta(
             project_id,
@@ -188,24 +260,65 @@ class ProjectStore:
             m.last_error.set(clip_error(last_error)) if last_error else m.last_error.remove()
         )
         if release:
-            actions.append(m.active_run_id.remove())
+            actions += [m.active_run_id.remove(), m.run_scope.remove()]
         guard = (
             m.active_run_id.does_not_exist()
             if observed_run is None
             else m.active_run_id == observed_run
         )
-        return self._update_meta(project_id, actions, guard)
+        run_after = None if release else observed_run
+        error_after = clip_error(last_error) if last_error else None
+
+        def done(p: ProjectRecord) -> bool:
+            return (
+                p.active_run_id == run_after
+                and p.status == status
+                and p.completed_scenes == counters.completed_scenes
+                and p.failed_scenes == counters.failed_scenes
+                and p.last_error == error_after
+            )
+
+        return self._update_meta(project_id, actions, guard, done=done)
+
+    def count_planning_attempt(self, project_id: str, run_id: str) -> int | None:
+        """Count one planner call of `run_id` (kept across takeovers, so a plan that always
+        crashes ends); None when the run is not the project's unplanned run any more.
+
+        Not idempotent: a retried write whose first attempt landed counts twice (one attempt
+        fewer for a project during a store outage, never one more)."""
+        m = self.m
+        if not self._update_meta(
+            project_id,
+            [m.planning_attempts.add(1)],
+            (m.active_run_id == run_id) & m.scene_count.does_not_exist(),
+        ):
+            return None
+        return int(self.table.get(project_pk(project_id), METADATA).planning_attempts or 0)  # type: ignore[union-attr]
+
+    def note_planning_error(self, project_id: str, run_id: str, error: str) -> bool:
+        """Keep why planning last failed, for the `lastError` of a planning that gives up."""
+        m = self.m
+        return self._update_meta(
+            project_id, [m.last_error.set(clip_error(error))], m.active_run_id == run_id
+        )  # idempotent as it stands: the same write again still holds
 
     def fail_planning(self, project_id: str, run_id: str, error: str) -> bool:
         m = self.m
+        message = clip_error(f"planning failed: {error}")
         return self._update_meta(
             project_id,
             [
-                m.last_error.set(clip_error(f"planning failed: {error}")),
+                m.last_error.set(message),
                 m.active_run_id.remove(),
+                m.run_scope.remove(),
                 *self._status_actions(ProjectStatus.FAILED),
             ],
             m.active_run_id == run_id,
+            done=lambda p: (
+                p.active_run_id is None
+                and p.status == ProjectStatus.FAILED
+                and p.last_error == message
+            ),
         )
 
     # -- plumbing ------------------------------------------------------------------------------
@@ -213,11 +326,21 @@ class ProjectStore:
         m = self.m
         return [m.status.set(status), m.gsi1pk.set(status), m.updated_at.set(utc_now_iso())]
 
-    def _update_meta(self, project_id: str, actions: list[Action], condition: Condition) -> bool:
+    def _update_meta(
+        self,
+        project_id: str,
+        actions: list[Action],
+        condition: Condition,
+        *,
+        done: Callable[[ProjectRecord], bool] | None = None,
+    ) -> bool:
+        """One conditional UpdateItem; on a failed condition, success if METADATA already is
+        what `done` says this write meant to make (its earlier attempt landed: invariant 7)."""
         pk = project_pk(project_id)
         cond = self.m.pk.exists() & condition
         if self.table.update(pk, METADATA, actions, cond):
             return True
-        if self.table.get(pk, METADATA) is None:
+        item = self.table.get(pk, METADATA)
+        if item is None:
             raise NotFound(f"project {project_id} not found")
-        return False
+        return done is not None and done(ProjectRecord.from_item(item))

@@ -127,6 +127,8 @@ class ProjectRecord:
     final_video_key: str | None = None
     budget_micros: int | None = None
     committed_cost_micros: int = 0
+    #: the sequences the active run works on; None: every scene
+    run_scope: tuple[int, ...] | None = None
 
     @property
     def planned(self) -> bool:
@@ -155,6 +157,7 @@ class ProjectRecord:
             final_video_key=item.final_video_key,
             budget_micros=None if item.budget_micros is None else int(item.budget_micros),
             committed_cost_micros=int(item.committed_cost_micros or 0),
+            run_scope=tuple(sorted(int(n) for n in item.run_scope)) if item.run_scope else None,
         )
 
 

@@ -452,6 +452,7 @@ class SceneStore:
                 m(pk, METADATA),
                 actions=[
                     m.active_run_id.set(run_id),
+                    m.run_scope.set({sequence}),  # a takeover regenerates this scene only
                     m.status.set(ProjectStatus.PROCESSING),
                     m.gsi1pk.set(ProjectStatus.PROCESSING),
                     m.final_video_key.remove(),  # invariant 8: the old cut no longer holds

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from pynamodb.attributes import BooleanAttribute, NumberAttribute, UnicodeAttribute
+from pynamodb.attributes import (
+    BooleanAttribute,
+    NumberAttribute,
+    NumberSetAttribute,
+    UnicodeAttribute,
+)
 from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
 from pynamodb.models import Model
 
@@ -55,6 +60,12 @@ class ItemBase(Model):
 
     # project (whether it may lip-sync) and scene (whether it does)
     lip_sync = BooleanAttribute(null=True, attr_name="lipSync")
+    #: which planner execution wrote the plan (its retried write recognises itself)
+    plan_token = UnicodeAttribute(null=True, attr_name="planToken")
+    #: the sequences the active run works on (a regeneration); absent: every scene
+    run_scope = NumberSetAttribute(null=True, attr_name="runScope")
+    #: planner calls since the project was last planned or a user last ran it
+    planning_attempts = NumberAttribute(null=True, attr_name="planningAttempts")
 
     # scene
     sequence = NumberAttribute(null=True)

@@ -8,7 +8,7 @@ import redis
 from celery.exceptions import Reject
 
 from mvpipe.deps import get_context
-from mvpipe.errors import InvalidInput, NotFound, StoreUnavailable
+from mvpipe.errors import Conflict, InvalidInput, NotFound, StoreUnavailable
 from mvpipe.pipeline.finalize import finalize_run
 from mvpipe.tasks.base import MvpipeTask, app, checked_ids
 
@@ -31,7 +31,7 @@ def finalize_project(
         settlement = finalize_run(get_context(), project_id, run_id, sequences)
     except NotFound:
         return {"project_id": project_id, "outcome": "project not found"}
-    except (StoreUnavailable, redis.RedisError) as exc:
+    except (StoreUnavailable, Conflict, redis.RedisError) as exc:  # Conflict: it kept moving
         raise self.outage_retry(exc, {"outages": outages}, outages) from exc
     return {
         "project_id": project_id,

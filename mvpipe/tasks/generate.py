@@ -20,6 +20,7 @@ from celery.exceptions import Ignore, Reject
 
 from mvpipe.deps import get_context
 from mvpipe.errors import InvalidInput, MvpipeError, StoreUnavailable
+from mvpipe.pipeline.finalize import refinalize
 from mvpipe.pipeline.generate import SceneJob
 from mvpipe.pipeline.steps import Next, RecordPending
 from mvpipe.providers.classify import describe, scrub
@@ -102,8 +103,7 @@ def generate_scene(
                 operation_id, transient_polls, token=token, attempt=attempt, stage=stage
             )
             if step.refinalize:
-                sequences = ctx.board.run_sequences(run_id) if run_id else None
-                dispatcher.finalize(project_id, run_id, sequences)
+                refinalize(ctx, dispatcher, project_id, run_id)
     except RecordPending as exc:  # a paid job's record is redone, however long the outage
         raise self.outage_retry(exc, {**kwargs, **exc.carry}, outages) from exc
     except (StoreUnavailable, redis.RedisError) as exc:

@@ -8,6 +8,7 @@ here once the timeline is recorded.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import redis
@@ -18,21 +19,36 @@ from mvpipe.deps import get_context
 from mvpipe.errors import (
     ConfigurationError,
     InvalidInput,
+    MvpipeError,
+    NotFound,
     ProviderError,
     StoreUnavailable,
     TransientProviderError,
 )
 from mvpipe.pipeline.plan import AnalyseFirst, fail_planning, plan_run
+from mvpipe.providers.classify import describe
 from mvpipe.states import backoff_seconds
 from mvpipe.tasks.analyse import analyse_song
 from mvpipe.tasks.base import MvpipeTask, app, checked_ids
 from mvpipe.tasks.finalize import finalize_project
 from mvpipe.tasks.generate import generate_scene
 
+log = logging.getLogger("mvpipe.tasks.plan")
 
-@app.task(base=MvpipeTask, bind=True, name="mvpipe.plan_scenes")
+
+class PlanTask(MvpipeTask):
+    def retry_planning(self, exc: Exception, kwargs: dict[str, Any], failures: int) -> Exception:
+        """Plan again after a backoff; the attempts are counted (and limited) by plan_run."""
+        s = get_context().settings
+        countdown = backoff_seconds(failures + 1, base=s.backoff_base, cap=s.backoff_max)
+        return self.retry(
+            exc=exc, countdown=countdown, kwargs={**kwargs, "planner_failures": failures + 1}
+        )
+
+
+@app.task(base=PlanTask, bind=True, name="mvpipe.plan_scenes")
 def plan_scenes(
-    self: MvpipeTask,
+    self: PlanTask,
     project_id: str,
     run_id: str,
     only: list[int] | None = None,
@@ -47,23 +63,23 @@ def plan_scenes(
     kwargs = {"only": only, "planner_failures": planner_failures, "outages": outages}
     try:
         plan = plan_run(ctx, project_id, run_id, only)
-    except TransientProviderError as exc:
-        if planner_failures + 1 >= ctx.settings.max_attempts:
-            fail_planning(ctx, project_id, run_id, str(exc))
-            return {"project_id": project_id, "outcome": "planning failed"}
-        countdown = backoff_seconds(
-            planner_failures + 1, base=ctx.settings.backoff_base, cap=ctx.settings.backoff_max
-        )
-        raise self.retry(
-            exc=exc,
-            countdown=countdown,
-            kwargs={**kwargs, "planner_failures": planner_failures + 1},
-        ) from exc
-    except (ProviderError, ConfigurationError, InvalidInput) as exc:
-        fail_planning(ctx, project_id, run_id, str(exc))
-        return {"project_id": project_id, "outcome": "planning failed"}
+    except NotFound:
+        return {"project_id": project_id, "outcome": "project not found"}
     except (StoreUnavailable, redis.RedisError) as exc:
         raise self.outage_retry(exc, kwargs, outages) from exc
+    except Exception as exc:
+        # Transient provider errors and crashes are retried; plan_run counts every planner call
+        # on METADATA (across takeovers) and this execution chain stops at the same limit.
+        retry = isinstance(exc, TransientProviderError) or not isinstance(
+            exc, (ProviderError, ConfigurationError, InvalidInput)
+        )
+        if retry and planner_failures + 1 < ctx.settings.max_attempts:
+            if not isinstance(exc, ProviderError):
+                log.exception("planning crashed project=%s run=%s", project_id, run_id)
+            raise self.retry_planning(exc, kwargs, planner_failures) from exc
+        error = str(exc) if isinstance(exc, MvpipeError) else describe(exc)
+        fail_planning(ctx, project_id, run_id, error)
+        return {"project_id": project_id, "outcome": "planning failed"}
     if plan is None:
         return {"project_id": project_id, "outcome": "run no longer active"}
     if isinstance(plan, AnalyseFirst):

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
 
 import pytest
 
 from mvpipe import api
+from mvpipe.celery_app import app
+from mvpipe.deps import get_context
+from mvpipe.dispatch import CeleryDispatcher
 from mvpipe.drills import restart_redis
 from mvpipe.failpoints import POINTS
 from mvpipe.localstack import LocalStack, Service
+from mvpipe.models import ProjectStatus
 from tests.conftest import Workers
 from tests.drills.conftest import DRILL_SETTINGS, check_drill, heal
 from tests.helpers import ledger, wait_for
@@ -81,4 +86,23 @@ def test_state_server_paused_mid_run(start_workers: StartWorkers, stack: LocalSt
     finally:
         moto.resume()
     heal(project_id)
+    check_drill(project_id, workers)
+
+
+def test_worker_killed_before_sending_the_refinalize(start_workers: StartWorkers) -> None:
+    # Given a run whose finalize already ran while its one scene was open (a chord body fired
+    # early), so the scene, when it finishes, must trigger finalize again...
+    workers = start_workers(failpoints="before_refinalize", **DRILL_SETTINGS)
+    ctx = get_context()
+    project_id = api.create_project("Refinalize", "Late.", scenes=[{"prompt": "one"}])
+    run_id = str(uuid.uuid4())
+    ctx.board.touch_run(run_id, 60)
+    assert ctx.projects.win_run(project_id, run_id, ProjectStatus.PROCESSING) == run_id
+    ctx.board.await_scenes(run_id, 1, [1])
+    # ...when its worker dies just before publishing that trigger (as a failed publish would)
+    CeleryDispatcher(app).resume(project_id, 1, run_id, "local")
+    # Then the redelivered step sends it: the run ends without any reconcile
+    view = api.wait_project(project_id, timeout=60)
+    assert (workers.ledger.parent / "state" / "failpoints" / "before_refinalize").exists()
+    assert view.status == ProjectStatus.COMPLETED
     check_drill(project_id, workers)

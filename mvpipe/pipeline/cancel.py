@@ -1,0 +1,73 @@
+"""Cancel: end whatever run is active, then stop the jobs the provider can stop.
+
+A takeover can replace the run between our read and our release; cancel then acts on the new
+run too, until no run is active. A job's operation is dropped only when the provider confirms
+the cancel (it returned True): an unconfirmed one stays, so a later run resumes the paid job.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+
+from mvpipe.deps import Context
+from mvpipe.errors import BrokerUnavailable, Conflict
+from mvpipe.models import ProjectStatus, SceneStatus
+from mvpipe.pipeline.finalize import settle_until_stable
+from mvpipe.pipeline.steps import Dispatcher
+from mvpipe.providers.limiter import slot_member
+
+log = logging.getLogger("mvpipe.cancel")
+
+#: Runs one cancel will end before giving up (each a takeover racing it).
+MAX_RUNS = 20
+
+
+def cancel_project(ctx: Context, dispatcher: Dispatcher, project_id: str) -> None:
+    """Release the run (queued work exits, no new claim succeeds), cancel provider jobs where
+    the provider allows it (those scenes go back to `pending`), and settle the project."""
+    cancel_runs(ctx, project_id)
+    cancel_operations(ctx, dispatcher, project_id)
+    settle_until_stable(ctx, project_id)
+
+
+def cancel_runs(ctx: Context, project_id: str) -> None:
+    """Mark every active run cancelled and release it, until none is active."""
+    for _ in range(MAX_RUNS):
+        state = ctx.projects.load(project_id)
+        run = state.project.active_run_id
+        if run is None:
+            return
+        ctx.board.mark_cancelled(run)
+        # Released as if every scene were final: a cancelled run owns nothing any more.
+        ctx.projects.settle(
+            project_id,
+            observed_run=run,
+            counters=state.counters,
+            status=ProjectStatus.PENDING,
+            release=True,
+        )
+    raise Conflict(f"project {project_id} kept starting runs while being cancelled; cancel again")
+
+
+def cancel_operations(ctx: Context, dispatcher: Dispatcher, project_id: str) -> None:
+    state = ctx.projects.load(project_id)
+    provider = ctx.video_provider(state.project.provider)
+    if not provider.can_cancel:
+        return
+    limit = ctx.settings.concurrency_for(provider.name)
+    for scene in state.scenes:
+        operation_id = scene.operation_id
+        if scene.status != SceneStatus.PROCESSING or not operation_id or scene.clip_key:
+            continue  # (a scene whose clip is made only waits for its cut: nothing to cancel)
+        if not provider.cancel(operation_id):
+            log.info("operation %s not cancelled by the provider; kept", operation_id)
+            continue
+        ctx.scenes.reset_cancelled(project_id, scene.sequence, operation_id=operation_id)
+        member = slot_member(project_id, scene.sequence)
+        try:
+            woken = ctx.limiter.release(provider.name, member, limit=limit)
+        except redis.RedisError as exc:
+            raise BrokerUnavailable.because(exc) from exc
+        dispatcher.wake(woken)

@@ -1,0 +1,72 @@
+"""Starting runs for users: `run_project` and `regenerate_scene`.
+
+A run is won by one conditional write. Its liveness mark is set *before* that write: reconcile
+takes over any active run without liveness, so a mark set after the win would leave a moment in
+which a brand-new run looks stale. (A mark for a run that then loses just expires.)
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from mvpipe.deps import Context
+from mvpipe.errors import Conflict, InvalidInput
+from mvpipe.models import ProjectStatus, SceneStatus
+from mvpipe.pipeline.steps import Dispatcher
+from mvpipe.store.scenes import Claim
+
+
+@dataclass(frozen=True)
+class RunStart:
+    """What `start_run` did: joined or started `run_id`, or only sent a re-finalize."""
+
+    run_id: str | None
+    #: what the dispatcher returned for the message sent, when one was
+    receipt: Any = None
+
+
+def start_run(ctx: Context, dispatcher: Dispatcher, project_id: str) -> RunStart:
+    """Start the project's run, or join the active one (starting nothing).
+
+    A completed project is only re-finalized. `failed` scenes go back to `pending`: a user
+    asking for a run is the one thing that may pay for them again.
+    """
+    state = ctx.projects.load(project_id)
+    counters = state.counters
+    if (
+        state.project.planned
+        and counters.scene_count
+        and counters.completed_scenes == counters.scene_count
+    ):
+        return RunStart(None, dispatcher.finalize(project_id, None, None))
+    run_id = str(uuid.uuid4())
+    status = ProjectStatus.PROCESSING if state.project.planned else ProjectStatus.GENERATING_SCENES
+    ctx.board.touch_run(run_id, ctx.settings.run_stale_seconds)
+    active = ctx.projects.win_run(project_id, run_id, status)
+    if active != run_id:
+        return RunStart(active)
+    limit = ctx.settings.max_attempts
+    for scene in state.scenes:
+        if scene.status == SceneStatus.FAILED:
+            ctx.scenes.retry_failed(project_id, scene.sequence)
+        elif scene.status == SceneStatus.PENDING and scene.attempts >= limit:
+            # A user's run: attempts spent by cancelled runs come back, or the scene would
+            # fail without any submission.
+            ctx.scenes.restore_attempts(project_id, scene.sequence, max_attempts=limit)
+    return RunStart(run_id, dispatcher.start_run(project_id, run_id))
+
+
+def regenerate(ctx: Context, dispatcher: Dispatcher, project_id: str, sequence: int) -> RunStart:
+    """Clear one scene's clip and run that scene alone (exactly one new paid generation)."""
+    state = ctx.projects.load(project_id)
+    if not state.project.planned:
+        raise Conflict(f"project {project_id} is not planned yet; run it first")
+    if state.scene(sequence) is None:
+        raise InvalidInput(f"project {project_id} has no scene {sequence}")
+    run_id = str(uuid.uuid4())
+    ctx.board.touch_run(run_id, ctx.settings.run_stale_seconds)
+    if ctx.scenes.reset_for_regeneration(project_id, sequence, run_id=run_id) != Claim.WON:
+        raise Conflict(f"project {project_id} has an active run; cancel it or wait for it")
+    return RunStart(run_id, dispatcher.start_run(project_id, run_id, [sequence]))

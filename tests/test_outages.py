@@ -1,0 +1,86 @@
+"""Every failure a caller sees is an `MvpipeError` that says what to do (no raw redis, kombu,
+botocore or RuntimeError), and a refused call writes nothing."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from mvpipe import api
+from mvpipe.deps import Context, build_context, get_context
+from mvpipe.errors import BrokerUnavailable, Conflict, StoreUnavailable
+from mvpipe.localstack import LocalStack, start_redis
+from mvpipe.models import ProjectStatus
+from mvpipe.pipeline.finalize import finalize_run
+from mvpipe.settings import get_settings
+from mvpipe.store.projects import ProjectStore
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def redis_down(stack: LocalStack) -> Iterator[None]:
+    """The broker's Redis stopped (its data kept), and started again afterwards."""
+    old = next(s for s in stack.services if s.name == "redis")
+    old.stop()
+    try:
+        yield
+    finally:
+        stack.services[stack.services.index(old)] = start_redis(old.log_path.parent, port=old.port)
+
+
+def test_run_and_cancel_without_redis_are_typed_and_write_nothing(
+    stack: LocalStack, request: pytest.FixtureRequest
+) -> None:
+    ctx = get_context()
+    project_id = api.create_project("Down", "No broker.", scene_count=2)
+    request.getfixturevalue("redis_down")
+    with pytest.raises(BrokerUnavailable, match="MVPIPE_BROKER_URL"):
+        api.run_project(project_id)
+    project = ctx.projects.get(project_id)
+    assert project.active_run_id is None and project.status == ProjectStatus.PENDING
+    # A cancel must mark the run cancelled (so its queued work exits) before releasing it.
+    run_id = str(uuid.uuid4())
+    assert ctx.projects.win_run(project_id, run_id, ProjectStatus.PROCESSING) == run_id
+    with pytest.raises(StoreUnavailable, match="retry"):  # BrokerUnavailable is one
+        api.cancel_project(project_id)
+    assert ctx.projects.get(project_id).active_run_id == run_id
+
+
+def test_storage_out_of_reach_is_typed_and_says_what_to_do(stack: LocalStack) -> None:
+    # Nothing listens on port 9 (discard): boto's connection error must not reach the caller.
+    settings = get_settings().model_copy(update={"s3_endpoint": "http://127.0.0.1:9"})
+    with pytest.raises(StoreUnavailable, match="MVPIPE_S3_ENDPOINT"):
+        build_context(settings).ensure_storage()
+
+
+def test_a_bucket_outside_us_east_1_is_created(stack: LocalStack) -> None:
+    # S3 refuses a bucket created outside us-east-1 without a location constraint.
+    settings = get_settings().model_copy(
+        update={"bucket": "mvpipe-test-eu", "aws_region": "eu-west-1"}
+    )
+    build_context(settings).ensure_storage()
+
+
+class NeverSettles(ProjectStore):
+    def settle(self, project_id: str, **kwargs: Any) -> bool:
+        return False  # METADATA moves on between every read and write
+
+
+def test_a_finalize_that_never_settles_is_a_typed_conflict(stack: LocalStack) -> None:
+    ctx: Context = get_context()
+    project_id = api.create_project("Moving", "Never still.", scenes=[{"prompt": "a"}])
+    moving = dataclasses.replace(ctx, projects=NeverSettles(ctx.table))
+    ctx.projects.settle(
+        project_id,
+        observed_run=None,
+        counters=ctx.projects.load(project_id).counters,
+        status=ProjectStatus.FAILED,  # wrong on purpose: finalize has something to write
+        release=False,
+    )
+    with pytest.raises(Conflict, match="try again"):
+        finalize_run(moving, project_id, None, None)

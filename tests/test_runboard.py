@@ -1,0 +1,35 @@
+"""The run board's re-finalize trigger, against a real redis-server."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+import redis
+
+from mvpipe.runboard import RunBoard
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def board(redis_client: redis.Redis) -> RunBoard:
+    return RunBoard(redis_client, prefix=f"test-{uuid.uuid4().hex}")
+
+
+def test_the_last_scene_triggers_finalize_until_the_trigger_was_sent(board: RunBoard) -> None:
+    # Given a run whose finalize ran while two of its scenes were still open
+    run_id = str(uuid.uuid4())
+    board.await_scenes(run_id, 2, [1, 2])
+    assert not board.scene_finished(run_id, 1)
+    # When the last scene finishes, but publishing the re-finalize fails (broker restarting)
+    assert board.scene_finished(run_id, 2)
+    # Then the retried step still owes the re-finalize: it may run twice, never zero times
+    assert board.scene_finished(run_id, 2)
+    board.refinalize_sent(run_id)
+    assert not board.scene_finished(run_id, 2)
+
+
+def test_scenes_finishing_before_finalize_ran_trigger_nothing(board: RunBoard) -> None:
+    run_id = str(uuid.uuid4())
+    assert not board.scene_finished(run_id, 1)  # the chord's body will read the store itself
