@@ -117,7 +117,8 @@ class SceneJob:
             # (however long the other queue's backlog); the stage itself marks it again.
             s = self.ctx.settings
             self.x.touch(max(s.liveness_seconds(self.x.provider), s.stage_queue_seconds))
-            return Step(Next.STAGE, f"queued for {stage.name}", 0.0, {}, queue=stage.queue)
+            carry = {"stage": stage.name}
+            return Step(Next.STAGE, f"queued for {stage.name}", 0.0, carry, queue=stage.queue)
         if not stage.paid:
             return self.then(CutRunner(self.x, stage).run(scene), stages_run + 1)
         machine = self.paid(stage)
