@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from mvpipe.errors import ConfigurationError
 
@@ -241,6 +241,8 @@ def get_settings() -> Settings:
         return Settings()
     except ValidationError as exc:
         raise ConfigurationError(f"invalid settings: {describe(exc)}") from None
+    except SettingsError as exc:  # a value that is not even parseable (e.g. malformed JSON)
+        raise ConfigurationError(f"invalid settings: {exc}; check the MVPIPE_* variables") from None
 
 
 def describe(exc: ValidationError) -> str:

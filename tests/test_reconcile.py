@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 import uuid
 from collections.abc import Callable
@@ -287,3 +289,50 @@ def test_a_live_run_not_finalized_yet_is_left_alone(stack: object) -> None:
     assert claim.outcome == "won" and ctx.scenes.fail(project_id, 1, error="x", token="t")
     api.reconcile(project_id)
     assert ctx.projects.get(project_id).active_run_id == run_id
+
+
+def test_a_regeneration_run_never_resumes_scenes_outside_its_scope(stack: object) -> None:
+    # Given a cancelled run's dead submitter on scene 2 (expired lease, no operation), then a
+    # regeneration of scene 1 alone, with no worker to run it
+    ctx = get_context()
+    project_id = api.create_project(
+        "Scope", "One scene only.", scenes=[{"prompt": "a"}, {"prompt": "b"}]
+    )
+    old_run = str(uuid.uuid4())
+    assert ctx.projects.win_run(project_id, old_run, ProjectStatus.PROCESSING) == old_run
+    claim = ctx.scenes.claim(
+        project_id, 2, run_id=old_run, token="dead", lease_seconds=1, max_attempts=5,
+        now=time.time() - 10,
+    )  # fmt: skip
+    assert claim.outcome == "won"
+    ctx.projects.settle(
+        project_id,
+        observed_run=old_run,
+        counters=Counters(scene_count=2, completed_scenes=0, failed_scenes=0, open_scenes=2),
+        status=ProjectStatus.PENDING,
+        release=True,
+    )
+    run = api.regenerate_scene(project_id, 1)
+    ctx.board.touch_run(run.id, 600)  # the regeneration is alive
+    # When reconcile expires scene 2's lease
+    report = api.reconcile(project_id)
+    assert report.expired_leases == 1
+    # Then scene 2 is pending again, but nothing was sent for it under the regeneration's run
+    assert ctx.scenes.get(project_id, 2).status == SceneStatus.PENDING  # type: ignore[union-attr]
+    assert [args[1] for args in queued_scene_steps(ctx, project_id)] == []
+
+
+def queued_scene_steps(ctx: Context, project_id: str) -> list[list[object]]:
+    """The args of every `generate_scene` message of the project waiting in the broker."""
+    found = []
+    for queue in ctx.redis.scan_iter("mvpipe.*"):
+        if ctx.redis.type(queue) != b"list":
+            continue
+        for raw in ctx.redis.lrange(queue, 0, -1):
+            message = json.loads(raw)
+            if message["headers"].get("task") != "mvpipe.generate_scene":
+                continue
+            args = json.loads(base64.b64decode(message["body"]))[0]
+            if args[0] == project_id:
+                found.append(args)
+    return found

@@ -11,11 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pynamodb.exceptions import PynamoDBException
 
 from mvpipe import api
 from mvpipe.deps import Context, build_context, get_context, reset_context
-from mvpipe.errors import InvalidInput, StoreUnavailable
+from mvpipe.errors import ConfigurationError, InvalidInput, StoreUnavailable
 from mvpipe.localstack import LocalStack, free_port
 from mvpipe.models import ProjectSpec, SongSpec
 from mvpipe.pipeline.create import create_project
@@ -189,7 +188,7 @@ def test_a_refused_metadata_write_takes_the_song_back(ctx: Context) -> None:
     )
     project_id = str(uuid.uuid4())
     # When the project is written, the song first
-    with pytest.raises(PynamoDBException, match="ResourceNotFound"):
+    with pytest.raises(ConfigurationError, match="ResourceNotFound"):
         create_project(broken, project_id, spec, song.data)
     # Then the uploaded song is deleted again: no partial state
     assert ctx.clips.list(f"projects/{project_id}/") == []

@@ -75,7 +75,7 @@ def plan_run(
                 return None
             log.info("planned project=%s scenes=%d run=%s", project_id, len(specs), run_id)
         finally:
-            ctx.board.unlock_planning(project_id)
+            ctx.board.unlock_planning(project_id, run_id)
         state = ctx.projects.load(project_id)
     wanted = set(only) if only is not None else None
     sequences = [

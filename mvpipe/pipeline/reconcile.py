@@ -96,14 +96,18 @@ def _reconcile_project(
 
     for scene in state.scenes:
         stage = next_stage(scene)
+        # A run pays only for the scenes in its scope (a regeneration: its own scene); work
+        # resumed outside it runs without the run, so it finishes free stages only.
+        in_scope = not project.run_scope or scene.sequence in project.run_scope
+        scoped_run = run if in_scope else None
         if scene.status == SceneStatus.COMPLETED:
             repaired |= _reset_lost_output(ctx, scene, objects, report)
         elif scene.status == SceneStatus.PROCESSING and stage is not None:
             if not stage.paid or (stage.operation(scene) is None and scene.lease_token is None):
-                _resume_stage(ctx, dispatcher, scene, run, project.provider, report)
+                _resume_stage(ctx, dispatcher, scene, scoped_run, project.provider, report)
             elif stage.operation(scene) is None:
                 repaired |= _repair_lease(
-                    ctx, dispatcher, scene, stage, run, project.provider, now, report
+                    ctx, dispatcher, scene, stage, scoped_run, project.provider, now, report
                 )
             else:
                 repaired |= _adopt_operation(
@@ -165,9 +169,13 @@ def _repair_lease(
     now: float,
     report: ReconcileReport,
 ) -> bool:
-    """A submitter died holding its lease: free the scene, and if its run is still alive (its
-    task for this scene already gave up), send the scene through the pipeline again."""
+    """A submitter died holding its lease: free the scene, and if its run is still alive and the
+    scene is in the run's scope (a regeneration pays for its own scene only), send the scene
+    through the pipeline again. A scene still marked alive is not dead: its submitter may be
+    redoing the record of a job the provider accepted during a store outage."""
     if not scene.lease_token or not lease_expired(scene.lease_expires_at, now):
+        return False
+    if ctx.board.scene_polled(scene.project_id, scene.sequence):
         return False
     if not _expire_lease(ctx, scene, stage, now, report):
         return False
