@@ -41,12 +41,14 @@ class CeleryDispatcher:
         run_id: str | None,
         provider: str,
         operation_id: str | None = None,
+        stage: str | None = None,
     ) -> AsyncResult:
-        """One generate_scene outside any chord: polls `operation_id`, or claims and submits."""
+        """One generate_scene outside any chord: polls `operation_id` (of `stage`, generation
+        by default), or runs the scene's first missing stage."""
         return self._send(
             GENERATE_SCENE,
             args=[project_id, sequence, run_id, provider],
-            kwargs={"operation_id": operation_id},
+            kwargs={"operation_id": operation_id, "stage": stage},
         )
 
     def finalize(

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from mvpipe.deps import Context
 from mvpipe.models import ProjectStatus, SceneStatus
-from mvpipe.pipeline.assemble import final_key, output_format
+from mvpipe.pipeline.assemble import final_key
+from mvpipe.pipeline.cut import output_format
+from mvpipe.pipeline.stages import needed_stages
 from mvpipe.states import Counters, project_status
 from mvpipe.store.records import ProjectState
 
@@ -16,9 +18,12 @@ def violations(ctx: Context, project_id: str) -> list[str]:
     found: list[str] = []
     state = ctx.projects.load(project_id)
     for scene in state.scenes:
-        has_clip = scene.clip_key is not None and ctx.clips.exists(scene.clip_key)
-        if (scene.status == SceneStatus.COMPLETED) != has_clip:
-            found.append(f"scene {scene.sequence}: status {scene.status}, clip {scene.clip_key!r}")
+        # Invariant 1: completed exactly when every output its stages need is recorded and
+        # its object exists (original and working always; lip-synced when lipSync).
+        outputs = {stage.name: stage.output(scene) for stage in needed_stages(scene)}
+        has_all = all(key is not None and ctx.clips.exists(key) for key in outputs.values())
+        if (scene.status == SceneStatus.COMPLETED) != has_all:
+            found.append(f"scene {scene.sequence}: status {scene.status}, outputs {outputs!r}")
         if scene.status == SceneStatus.FAILED and not scene.last_error:
             found.append(f"scene {scene.sequence}: failed without lastError")
     project = state.project

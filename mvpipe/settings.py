@@ -55,6 +55,11 @@ class Settings(BaseSettings):
     run_stale_seconds: float = Field(default=300.0, gt=0)
     stray_sweep_seconds: float = Field(default=3600.0, gt=0)
     liveness_slack_seconds: float = Field(default=30.0, ge=0)
+    #: how long a scene queued for its next stage (the cut, on mvpipe.media) counts as worked
+    #: on before reconcile resumes it: above the media queue's longest wait, so a backlog of cuts
+    #: is not duplicated (a crash mid-cut is resumed after the ordinary liveness; a worker lost
+    #: with a reserved cut message, after this)
+    stage_queue_seconds: float = Field(default=300.0, gt=0)
     flower_user: str | None = None
     flower_password: SecretStr | None = None
 

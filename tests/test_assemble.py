@@ -24,7 +24,8 @@ from mvpipe.invariants import violations
 from mvpipe.localstack import LocalStack
 from mvpipe.media.cut import cut_clip
 from mvpipe.models import ProjectStatus, SceneSpec, SceneStatus
-from mvpipe.pipeline.assemble import final_key, output_format
+from mvpipe.pipeline.assemble import final_key
+from mvpipe.pipeline.cut import output_format
 from mvpipe.pipeline.plan import RunPlan, plan_run
 from mvpipe.pipeline.reconcile import reconcile
 from mvpipe.providers.render import render_clip

@@ -112,13 +112,18 @@ def test_an_uploaded_but_unrecorded_clip_is_recorded(start_workers: StartWorkers
     ctx.scenes.claim(project_id, 1, run_id=run_id, token="t", lease_seconds=60, max_attempts=5)
     ctx.scenes.record_operation(project_id, 1, token="t", operation_id="op-1", run_id=run_id)
     key = clip_key(project_id, 1, "op-1")
-    ctx.clips.put(key, render_clip("uploaded before the worker died"))  # a real clip: it is cut
+    ctx.clips.put(
+        key, render_clip("uploaded before the worker died", 1.0)
+    )  # a real clip: it is cut
     report = api.reconcile(project_id)
     assert report.recovered_clips == 1
     scene = ctx.scenes.get(project_id, 1)
-    assert scene is not None and scene.status == SceneStatus.COMPLETED and scene.clip_key == key
+    # Recorded, and on to its cut (by the run reconcile took over).
+    assert scene is not None and scene.clip_key == key
     view = api.wait_project(project_id, timeout=60)
     assert view.status == ProjectStatus.COMPLETED
+    assert view.scenes[0].working_video_clip_s3_key is not None
+    assert_invariants(project_id)
     reconcile_until_quiet(project_id)
 
 
@@ -140,6 +145,45 @@ def test_completed_without_a_clip_goes_back_to_pending(start_workers: StartWorke
     reconcile_until_quiet(project_id)
 
 
+def test_a_lost_working_clip_is_cut_again_without_paying(start_workers: StartWorkers) -> None:
+    workers = start_workers()
+    ctx = get_context()
+    project_id = completed_project()
+    scene = ctx.scenes.get(project_id, 2)
+    assert scene is not None and scene.working_clip_key is not None
+    ctx.clips.delete(scene.working_clip_key)
+    report = api.reconcile(project_id)
+    assert report.missing_clips == 1
+    reset = ctx.scenes.get(project_id, 2)
+    assert reset is not None and reset.status == SceneStatus.PENDING
+    assert reset.clip_key == scene.clip_key and reset.working_clip_key is None
+    api.run_project(project_id)
+    assert api.wait_project(project_id, timeout=120).status == ProjectStatus.COMPLETED
+    again = ctx.scenes.get(project_id, 2)
+    # Deterministic: the same inputs give the same key, made again from the kept original.
+    assert again is not None and again.working_clip_key == scene.working_clip_key
+    assert ctx.clips.exists(scene.working_clip_key)
+    assert generations_per_scene(workers.ledger, project_id) == {1: 1, 2: 1, 3: 1}
+    assert_invariants(project_id)
+    reconcile_until_quiet(project_id)
+
+
+def test_a_completed_scene_without_a_recorded_cut_is_reopened(start_workers: StartWorkers) -> None:
+    """A scene completed before scenes had cuts (only its original recorded) gets its cut."""
+    workers = start_workers()
+    ctx = get_context()
+    project_id = completed_project(scenes=1)
+    m = ctx.table.model
+    ctx.table.update(project_pk(project_id), scene_sk(1), [m.working_clip_key.remove()], None)
+    assert api.reconcile(project_id).missing_clips == 1
+    api.run_project(project_id)
+    view = api.wait_project(project_id, timeout=120)
+    assert view.status == ProjectStatus.COMPLETED
+    assert view.scenes[0].working_video_clip_s3_key is not None
+    assert generations_per_scene(workers.ledger, project_id) == {1: 1}
+    assert_invariants(project_id)
+
+
 def test_drifted_counters_are_recounted(start_workers: StartWorkers) -> None:
     start_workers()
     ctx = get_context()
@@ -158,7 +202,9 @@ def test_garbage_objects_and_stray_items_are_deleted(
     start_workers(orphan_grace_seconds="0")
     ctx = get_context()
     project_id = completed_project(scenes=1)
-    recorded = ctx.scenes.get(project_id, 1).clip_key  # type: ignore[union-attr]
+    scene = ctx.scenes.get(project_id, 1)
+    assert scene is not None and scene.working_clip_key is not None
+    recorded = scene.clip_key
     stale = clip_key(project_id, 1, "op-from-a-stale-worker")
     ctx.clips.put(stale, b"garbage")
     stray_project = str(uuid.uuid4())
@@ -170,6 +216,7 @@ def test_garbage_objects_and_stray_items_are_deleted(
     report = api.reconcile(project_id, sweep_strays=True)
     assert report.garbage_deleted == 1 and report.stray_scenes_deleted >= 1
     assert not ctx.clips.exists(stale) and ctx.clips.exists(recorded or "")
+    assert ctx.clips.exists(scene.working_clip_key)  # recorded working clips are kept
     assert ctx.table.get(project_pk(stray_project), scene_sk(1)) is None
     assert api.reconcile(project_id, sweep_strays=True).total == 0
 

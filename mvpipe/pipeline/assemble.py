@@ -17,10 +17,9 @@ from pathlib import Path
 from mvpipe import failpoints
 from mvpipe.deps import Context
 from mvpipe.media.assemble import assemble, encode_song, inputs_hash
-from mvpipe.media.cut import cut_clip
-from mvpipe.media.encoding import OutputFormat, parse_size
+from mvpipe.media.encoding import OutputFormat
 from mvpipe.models import ProjectStatus, SceneStatus
-from mvpipe.settings import Settings
+from mvpipe.pipeline.cut import output_format
 from mvpipe.states import assembly_due
 from mvpipe.store.finals import final_video_key
 from mvpipe.store.records import ProjectRecord, ProjectState, SceneRecord
@@ -29,22 +28,9 @@ from mvpipe.store.songs import song_aac_key
 log = logging.getLogger("mvpipe.assemble")
 
 
-def output_format(settings: Settings) -> OutputFormat:
-    """The format every working clip and final video is made in (`MVPIPE_OUTPUT_SIZE/FPS`)."""
-    width, height = parse_size(settings.output_size)
-    return OutputFormat(width, height, settings.output_fps)
-
-
 def chosen_clip(scene: SceneRecord) -> str | None:
-    """The clip a scene contributes to the final video: lip-synced if it has one, else its cut.
-
-    A scene completed before scenes were cut (only an original clip) contributes its original,
-    cut while assembling (see `_legacy_cut`)."""
-    return scene.lip_synced_clip_key or scene.working_clip_key or _legacy_original(scene)
-
-
-def _legacy_original(scene: SceneRecord) -> str | None:
-    return scene.clip_key if scene.status == SceneStatus.COMPLETED else None
+    """The clip a scene contributes to the final video: lip-synced if it has one, else its cut."""
+    return scene.lip_synced_clip_key or scene.working_clip_key
 
 
 def final_key(state: ProjectState, fmt: OutputFormat) -> str | None:
@@ -129,8 +115,6 @@ def _build(ctx: Context, state: ProjectState, fmt: OutputFormat, key: str, run_i
             ctx.board.touch_run(run_id, stale)  # alive while it downloads
             path = workdir / f"scene-{scene.sequence:03d}.mp4"
             path.write_bytes(ctx.clips.read(chosen_clip(scene) or ""))
-            if not (scene.lip_synced_clip_key or scene.working_clip_key):
-                _legacy_cut(path, scene, fmt)
             clips.append(path)
         song = _song_as_aac(ctx, project, workdir) if project.song_key else None
         ctx.board.touch_run(run_id, stale)
@@ -150,18 +134,6 @@ def _build(ctx: Context, state: ProjectState, fmt: OutputFormat, key: str, run_i
         "-" if report.audio_seconds is None else f"{report.audio_seconds:.3f}s",
         report.dropped_frames,
     )
-
-
-def _legacy_cut(path: Path, scene: SceneRecord, fmt: OutputFormat) -> None:
-    """Cut, in place, the original of a scene completed before scenes had working clips, to its
-    slot's frames (its clip length without a slot), as the cut stage would have."""
-    if scene.start_seconds is not None and scene.end_seconds is not None:
-        frames = round(scene.end_seconds * fmt.fps) - round(scene.start_seconds * fmt.fps)
-    else:
-        frames = scene.duration_seconds * fmt.fps
-    original = path.with_suffix(".original.mp4")
-    path.rename(original)
-    cut_clip(original, path, frames=max(1, frames), fmt=fmt)
 
 
 def _song_as_aac(ctx: Context, project: ProjectRecord, workdir: Path) -> Path:

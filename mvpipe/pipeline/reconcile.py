@@ -16,7 +16,9 @@ from pydantic import BaseModel, computed_field
 
 from mvpipe.deps import Context
 from mvpipe.models import ProjectStatus, SceneStatus
+from mvpipe.pipeline.cut import cut_key
 from mvpipe.pipeline.finalize import settle_project
+from mvpipe.pipeline.stages import GENERATE, Stage, is_last, lost_output, next_stage
 from mvpipe.pipeline.steps import Dispatcher
 from mvpipe.states import FINAL_SCENE_STATES, assembly_due, lease_expired
 from mvpipe.store.clips import StoredObject, clip_key, scene_prefix
@@ -39,6 +41,8 @@ class ReconcileReport(BaseModel):
     expired_leases: int = 0
     exhausted_scenes: int = 0
     orphaned_polls: int = 0
+    #: scenes between stages (a cut missing) that no chain worked on, resumed
+    resumed_stages: int = 0
     recovered_clips: int = 0
     missing_clips: int = 0
     missing_final_videos: int = 0
@@ -94,21 +98,24 @@ def _reconcile_project(
     repaired = False
 
     for scene in state.scenes:
-        if scene.status == SceneStatus.COMPLETED and scene.clip_key not in objects:
-            if ctx.scenes.reset_missing_clip(
-                project_id, scene.sequence, clip_key=scene.clip_key or ""
-            ):
-                report.missing_clips += 1
-                repaired = True
-        elif scene.status == SceneStatus.PROCESSING and scene.operation_id is None:
-            in_scope = not project.run_scope or scene.sequence in project.run_scope
-            repaired |= _repair_lease(
-                ctx, dispatcher, scene, run if in_scope else None, project.provider, now, report
-            )
-        elif scene.status == SceneStatus.PROCESSING and scene.operation_id is not None:
-            repaired |= _adopt_operation(
-                ctx, dispatcher, scene, run, project.provider, objects, report
-            )
+        stage = next_stage(scene)
+        # A run pays only for the scenes in its scope (a regeneration: its own scene); work
+        # resumed outside it runs without the run, so it finishes free stages only.
+        in_scope = not project.run_scope or scene.sequence in project.run_scope
+        scoped_run = run if in_scope else None
+        if scene.status == SceneStatus.COMPLETED:
+            repaired |= _reset_lost_output(ctx, scene, objects, report)
+        elif scene.status == SceneStatus.PROCESSING and stage is not None:
+            if not stage.paid or (stage.operation(scene) is None and scene.lease_token is None):
+                _resume_stage(ctx, dispatcher, scene, scoped_run, project.provider, report)
+            elif stage.operation(scene) is None:
+                repaired |= _repair_lease(
+                    ctx, dispatcher, scene, stage, scoped_run, project.provider, now, report
+                )
+            else:
+                repaired |= _adopt_operation(
+                    ctx, dispatcher, scene, stage, run, project.provider, objects, report
+                )
         _collect_garbage(ctx, scene, objects, now, report)
 
     final = project.final_video_key
@@ -137,10 +144,42 @@ def _sweep_strays(ctx: Context, report: ReconcileReport) -> None:
         report.stray_scenes_deleted += len(strays)
 
 
+def _reset_lost_output(
+    ctx: Context, scene: SceneRecord, objects: dict[str, StoredObject], report: ReconcileReport
+) -> bool:
+    """`completed` while an output it needs is not recorded or its object vanished: clear that
+    output and the later ones and go back to `pending`, so a run makes just those again."""
+    lost = lost_output(scene, objects)
+    if lost is None:
+        return False
+    stage, key = lost
+    if ctx.scenes.reset_outputs(scene.project_id, scene.sequence, stage=stage.fields, key=key):
+        report.missing_clips += 1
+        return True
+    return False
+
+
+def _resume_stage(
+    ctx: Context,
+    dispatcher: Dispatcher,
+    scene: SceneRecord,
+    run: str | None,
+    provider: str,
+    report: ReconcileReport,
+) -> None:
+    """A `processing` scene between stages (its original recorded, its cut missing) that no
+    chain works on: start one chain (never a second) that runs its missing stages."""
+    liveness = ctx.settings.liveness_seconds(provider)
+    if ctx.board.claim_poll_chain(scene.project_id, scene.sequence, liveness):
+        dispatcher.resume(scene.project_id, scene.sequence, run, provider)
+        report.resumed_stages += 1
+
+
 def _repair_lease(
     ctx: Context,
     dispatcher: Dispatcher,
     scene: SceneRecord,
+    stage: Stage,
     run: str | None,
     provider: str,
     now: float,
@@ -154,26 +193,33 @@ def _repair_lease(
         return False
     if ctx.board.scene_polled(scene.project_id, scene.sequence):
         return False
-    if not _expire_lease(ctx, scene, now, report):
+    if not _expire_lease(ctx, scene, stage, now, report):
         return False
     if run is not None and ctx.board.run_alive(run):
         dispatcher.resume(scene.project_id, scene.sequence, run, provider)
     return True
 
 
-def _expire_lease(ctx: Context, scene: SceneRecord, now: float, report: ReconcileReport) -> bool:
-    if scene.attempts >= ctx.settings.max_attempts:
+def _expire_lease(
+    ctx: Context, scene: SceneRecord, stage: Stage, now: float, report: ReconcileReport
+) -> bool:
+    if scene.value(stage.fields.attempts) >= ctx.settings.max_attempts:
         if ctx.scenes.fail(
             scene.project_id,
             scene.sequence,
             error=scene.last_error or "submission lease expired and no attempts left",
             max_attempts=ctx.settings.max_attempts,
+            stage=stage.fields,
         ):
             report.exhausted_scenes += 1
             return True
         return False
     if ctx.scenes.expire_lease(
-        scene.project_id, scene.sequence, token=scene.lease_token or "", now=now
+        scene.project_id,
+        scene.sequence,
+        token=scene.lease_token or "",
+        now=now,
+        stage=stage.fields,
     ):
         report.expired_leases += 1
         return True
@@ -184,28 +230,44 @@ def _adopt_operation(
     ctx: Context,
     dispatcher: Dispatcher,
     scene: SceneRecord,
+    stage: Stage,
     run: str | None,
     provider: str,
     objects: dict[str, StoredObject],
     report: ReconcileReport,
 ) -> bool:
-    """An operation nobody polls: record its clip if it is already stored, else poll it once."""
-    operation_id = scene.operation_id or ""
+    """An operation nobody polls: record its output if it is already stored (the scene goes
+    on to its next stage), else poll it once."""
+    operation_id = stage.operation(scene) or ""
     if ctx.board.scene_polled(scene.project_id, scene.sequence):
         return False
-    key = clip_key(scene.project_id, scene.sequence, operation_id)
-    if key in objects:
+    key = _operation_output(scene, stage, operation_id)
+    if key is not None and key in objects:
         if ctx.scenes.complete(
-            scene.project_id, scene.sequence, operation_id=operation_id, clip_key=key
+            scene.project_id,
+            scene.sequence,
+            operation_id=operation_id,
+            clip_key=key,
+            stage=stage.fields,
+            last=is_last(stage, scene),
         ):
             report.recovered_clips += 1
             return True
         return False
     liveness = ctx.settings.liveness_seconds(provider)
     if ctx.board.claim_poll_chain(scene.project_id, scene.sequence, liveness):
-        dispatcher.resume(scene.project_id, scene.sequence, run, provider, operation_id)
+        dispatcher.resume(
+            scene.project_id, scene.sequence, run, provider, operation_id, stage=stage.name
+        )
         report.orphaned_polls += 1
     return False
+
+
+def _operation_output(scene: SceneRecord, stage: Stage, operation_id: str) -> str | None:
+    """Where the stage's operation uploads its output (None: not known for this stage)."""
+    if stage is GENERATE:
+        return clip_key(scene.project_id, scene.sequence, operation_id)
+    return None
 
 
 def _collect_garbage(
@@ -215,11 +277,14 @@ def _collect_garbage(
     now: float,
     report: ReconcileReport,
 ) -> None:
-    """Objects under a scene's prefix other than its recorded clip, past the grace period."""
+    """Objects under a scene's prefix other than its recorded clips (and the ones its recorded
+    operations and its cut are about to record), past the grace period."""
     prefix = scene_prefix(scene.project_id, scene.sequence)
-    live = {scene.clip_key}
+    live = {scene.clip_key, scene.working_clip_key, scene.lip_synced_clip_key}
     if scene.operation_id:
         live.add(clip_key(scene.project_id, scene.sequence, scene.operation_id))
+    if scene.clip_key is not None:
+        live.add(cut_key(scene, scene.clip_key, ctx.settings))
     cutoff = datetime.fromtimestamp(now - ctx.settings.orphan_grace_seconds, UTC)
     for key, obj in list(objects.items()):
         if key.startswith(prefix) and key not in live and obj.last_modified <= cutoff:
@@ -235,7 +300,9 @@ def _submission_in_progress(state: ProjectState) -> bool:
     now = time.time()
     return any(
         s.status == SceneStatus.PROCESSING
-        and s.operation_id is None
+        and (stage := next_stage(s)) is not None
+        and stage.paid
+        and stage.operation(s) is None
         and not lease_expired(s.lease_expires_at, now)
         for s in state.scenes
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from mvpipe.models import ProjectStatus, ProjectView, SceneStatus, SceneView, micros_to_usd
 from mvpipe.states import Counters
@@ -49,6 +50,17 @@ class SceneRecord:
     lip_sync_operation_id: str | None = None
     lip_sync_attempts: int = 0
     cost_micros: int = 0
+
+    @property
+    def original_clip_key(self) -> str | None:
+        """The model's name for `clip_key`, so a stage's fields name both alike."""
+        return self.clip_key
+
+    def value(self, field: str | None) -> Any:
+        """A field by name (a stage's output, operation or attempts)."""
+        if field is None:
+            raise ValueError("no such field")
+        return getattr(self, field)
 
     @classmethod
     def from_item(cls, project_id: str, item: ItemBase) -> SceneRecord:
