@@ -24,7 +24,7 @@ from pathlib import Path
 import redis
 from common import bench_stack, workers
 from countingproxy import DYNAMO_READS, DYNAMO_WRITES, CountingProxy
-from scaling import redis_calls, tree_rss_kib
+from scaling import redis_calls
 
 from mvpipe import api
 from mvpipe.deps import reset_context
@@ -76,7 +76,7 @@ def _proxied(stack: LocalStack) -> CountingProxy:
 
 
 def bytes_per_waiting_scene(stack: LocalStack, workdir: Path, parked: int) -> tuple[float, int]:
-    """(bytes of worker RSS per scene waiting in a countdown message, messages held).
+    """(bytes of worker memory per scene waiting in a countdown message, messages held).
 
     The slope between two parked loads (a quarter, then all of `parked`), so what the first
     task of each kind costs a worker (imports, clients) is not counted as the waiters' memory."""
@@ -92,11 +92,18 @@ def bytes_per_waiting_scene(stack: LocalStack, workdir: Path, parked: int) -> tu
             sent += scenes
             # every scene but the one holding the single slot waits in a countdown message
             held = _settled(lambda: client.hlen("unacked"), at_least=sent - 1)
-            points.append((tree_rss_kib(worker.proc.pid), held))
+            points.append((_rss_kib(worker.proc.pid), held))
     finally:
         worker.stop()
     (rss1, held1), (rss2, held2) = points
     return (rss2 - rss1) * 1024 / max(held2 - held1, 1), held2
+
+
+def _rss_kib(pid: int) -> int:
+    """The worker's main process alone: it holds the countdown messages (its pool children run
+    tasks, and their heaps grow with the work they did, not with what waits)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(x for x in status.splitlines() if x.startswith("VmRSS")).split()[1])
 
 
 def _settled(read: Callable[[], int], *, at_least: int, timeout: float = 900.0) -> int:
