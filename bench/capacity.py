@@ -1,13 +1,14 @@
 """Capacity: measured per-scene request counts turned into rates for many concurrent projects.
 
-    python bench/capacity.py [--scenes 20 --parked 400 --projects 10000 --scenes-per-project 8
+    python bench/capacity.py [--scenes 20 --parked 800 --projects 10000 --scenes-per-project 8
                               --minutes 30]
 
 1. A real run of `--scenes` scenes on the local stack, every DynamoDB/S3 request counted on the
    wire and Redis commands from INFO deltas (bench/scaling.py's helpers).
 2. Worker memory per waiting scene: a project of `--parked` scenes behind a quota of 1 and a
    provider that never finishes, so every other scene waits as a countdown message the worker
-   holds; RSS of the worker's process tree then, minus RSS before the run.
+   holds; the growth of the worker's main process per held message between a quarter and all
+   of them parked.
 3. Arithmetic: `--projects` projects of `--scenes-per-project` scenes each finishing within
    `--minutes` -> scenes/s, and each per-scene count times that; polls/s for that many jobs in
    flight at each provider's poll interval. Prints; records nothing.
@@ -122,7 +123,7 @@ def _settled(read: Callable[[], int], *, at_least: int, timeout: float = 900.0) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--scenes", type=int, default=20)
-    parser.add_argument("--parked", type=int, default=400)
+    parser.add_argument("--parked", type=int, default=800)
     parser.add_argument("--projects", type=int, default=10_000)
     parser.add_argument("--scenes-per-project", type=int, default=8)
     parser.add_argument("--minutes", type=float, default=30.0)
