@@ -14,8 +14,9 @@ from mvpipe.deps import get_context
 from mvpipe.pipeline.reconcile import reconcile as reconcile_all
 from mvpipe.tasks.base import MvpipeTask, app, dispatcher
 
-#: A dead holder's hold expires after this many beat intervals.
-HOLD_INTERVALS = 10
+#: A dead holder's hold expires after this many beat intervals. A live pass that outlasts its
+#: hold only lets a second pass overlap it, which is safe (every repair is conditional).
+HOLD_INTERVALS = 3
 
 
 @app.task(base=MvpipeTask, bind=True, name="mvpipe.reconcile", max_retries=3)
