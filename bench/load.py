@@ -19,9 +19,9 @@ from common import bench_stack, wait_all, workers
 
 from mvpipe import api
 from mvpipe.deps import get_context
-from mvpipe.drills import paid_generations
+from mvpipe.devstack.drills import paid_generations
+from mvpipe.devstack.localstack import start_beat
 from mvpipe.invariants import violations
-from mvpipe.localstack import start_beat
 from mvpipe.models import ProjectStatus
 
 PASS = re.compile(r"reconcile pass examined (\d+) projects in ([\d.]+) s \(full sweep: (\w+)\)")

@@ -296,8 +296,8 @@ def local_stack(
     workdir: Path, *, concurrency: int, flower: bool, beat: bool
 ) -> Iterator[dict[str, str]]:
     """Start redis-server, the moto state server, a worker, beat and Flower; stop them after."""
-    from mvpipe import localstack
     from mvpipe.deps import reset_context
+    from mvpipe.devstack import localstack
 
     stack = localstack.LocalStack(workdir)
     with stack.running():

@@ -12,7 +12,7 @@ import pytest
 from bench.countingproxy import CountingProxy
 from mvpipe import api
 from mvpipe.deps import Context, get_context
-from mvpipe.localstack import LocalStack
+from mvpipe.devstack.localstack import LocalStack
 from mvpipe.models import ProjectStatus, SceneStatus
 from mvpipe.pipeline.reconcile_scope import needs_regular_pass
 from mvpipe.store.records import ProjectRecord, utc_now_iso
