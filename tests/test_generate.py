@@ -180,6 +180,45 @@ def test_store_retries_on_the_submission_path_stop_at_the_lease(stack: LocalStac
     assert len(outcome) == 1 and isinstance(outcome[0], StoreUnavailable)
 
 
+def test_one_store_call_is_one_request_so_the_lease_bound_holds(stack: LocalStack) -> None:
+    # A DynamoDB endpoint that accepts connections and never answers: each request is one
+    # connection that times out. Only the store's own retry (bounded by the lease) may resend;
+    # retries hidden inside the client would each cost a whole timeout past the bound.
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+
+    acceptor = threading.Thread(target=accept, daemon=True)
+    acceptor.start()
+    port = listener.getsockname()[1]
+    settings = get_settings().model_copy(
+        update={
+            "dynamodb_endpoint": f"http://127.0.0.1:{port}",
+            "store_timeout_seconds": 1.0,
+            "store_retry_seconds": 3600.0,
+        }
+    )
+    table = build_context(settings).table
+    try:
+        with pytest.raises(StoreUnavailable), table.retry_until(time.time() + 0.5):
+            table.get("PROJECT#none", "METADATA")
+    finally:
+        stop.set()
+        acceptor.join(timeout=10)
+        listener.close()
+        for conn in accepted:
+            conn.close()
+    assert len(accepted) == 1
+
+
 def slot_holder(ctx: Context, member: str) -> bool:
     return ctx.redis.zscore(f"{ctx.limiter.prefix}:local:slots", member) is not None
 
