@@ -420,3 +420,25 @@ def test_a_duplicate_that_took_the_slot_first_and_lost_the_claim_leaves_it_to_th
     assert duplicate.step().next == Next.DONE
     assert owned[0].next == Next.POLL and provider.submitted == 1
     assert slot_holder(ctx, owner.member)
+
+
+class UnreadableRecords:
+    """The real scene store, except that recording an operation fails with a bug, not an
+    outage."""
+
+    def __init__(self, scenes: SceneStore) -> None:
+        self.scenes = scenes
+
+    def record_operation(self, *args: Any, **kwargs: Any) -> Any:
+        raise ValueError("a bug in the record path")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.scenes, name)
+
+
+def test_only_an_outage_makes_the_record_redo_itself(ctx: Context) -> None:
+    project_id, run_id, token, operation_id = accepted_job(ctx, lease_seconds=60)
+    ctx.scenes = UnreadableRecords(ctx.scenes)  # type: ignore[assignment]
+    # not RecordPending (redone forever): the task's bounded path for unexpected errors
+    with pytest.raises(ValueError, match="a bug in the record path"):
+        redo(ctx, project_id, run_id, operation_id, token)
