@@ -13,6 +13,7 @@ from celery.result import AsyncResult
 from kombu.exceptions import OperationalError
 
 from mvpipe.errors import BrokerUnavailable
+from mvpipe.providers.classify import describe
 
 log = logging.getLogger("mvpipe.dispatch")
 
@@ -78,6 +79,6 @@ class CeleryDispatcher:
             try:
                 self.app.signature(json.loads(message)).apply_async()
                 sent += 1
-            except Exception:
-                log.warning("could not wake a waiting scene", exc_info=True)
+            except Exception as exc:
+                log.warning("could not wake a waiting scene: %s", describe(exc))
         return sent

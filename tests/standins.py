@@ -35,6 +35,8 @@ class ProviderStandIn:
         self.veo_ops: dict[str, int] = {}
         self.replicate_sequence = ["starting", "processing", "succeeded"]
         self.replicate_error: str | None = None
+        #: when set, what Replicate's poll and cancel answer instead of the prediction
+        self.replicate_reply: Any = None
         self.predictions: dict[str, dict[str, Any]] = {}
         self.gemini_answers: list[Any] = []
         #: the text of every planning request, in order (what the model was asked)
@@ -243,9 +245,9 @@ class _Handler(BaseHTTPRequestHandler):
         elif kind == "replicate.create":
             answer = s.replicate_create(body)
         elif kind == "replicate.cancel":
-            answer = s.replicate_cancel(pid)
+            answer = s.replicate_cancel(pid) if s.replicate_reply is None else s.replicate_reply
         elif kind == "replicate.poll":
-            answer = s.replicate_get(pid)
+            answer = s.replicate_get(pid) if s.replicate_reply is None else s.replicate_reply
         else:
             self._reply(200, CLIP, "video/mp4")
             return

@@ -4,22 +4,28 @@ providers reach only by misbehaving."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
+import redis
 
 from mvpipe.deps import Context, build_context
 from mvpipe.devstack.localstack import LocalStack
 from mvpipe.errors import StoreUnavailable
 from mvpipe.models import SceneStatus
 from mvpipe.pipeline.generate import SceneJob
-from mvpipe.pipeline.steps import Next
+from mvpipe.pipeline.stages import GENERATE
+from mvpipe.pipeline.steps import Next, RecordPending
 from mvpipe.providers.base import JobState, JobStatus, VideoRequest
 from mvpipe.providers.limiter import QuotaLimiter, slot_member
+from mvpipe.runboard import RunBoard
 from mvpipe.settings import get_settings
+from mvpipe.store.scenes import Claim, SceneStore
 from tests.test_store import claim, new_project
 
 pytestmark = pytest.mark.integration
@@ -37,6 +43,7 @@ class Misbehaving:
         self.answer: BaseException | JobStatus = JobStatus(JobState.RUNNING)
         self.submit_error: BaseException | None = None
         self.submitted = 0
+        self.cancelled: list[str] = []
 
     def submit(self, request: VideoRequest) -> str:
         if self.submit_error is not None:
@@ -53,7 +60,10 @@ class Misbehaving:
         return status.video or b""
 
     def cancel(self, operation_id: str) -> bool:
-        return True
+        self.cancelled.append(operation_id)
+        return self.cancel_confirmed
+
+    cancel_confirmed = True
 
 
 @pytest.fixture
@@ -170,6 +180,45 @@ def test_store_retries_on_the_submission_path_stop_at_the_lease(stack: LocalStac
     assert len(outcome) == 1 and isinstance(outcome[0], StoreUnavailable)
 
 
+def test_one_store_call_is_one_request_so_the_lease_bound_holds(stack: LocalStack) -> None:
+    # A DynamoDB endpoint that accepts connections and never answers: each request is one
+    # connection that times out. Only the store's own retry (bounded by the lease) may resend;
+    # retries hidden inside the client would each cost a whole timeout past the bound.
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+
+    acceptor = threading.Thread(target=accept, daemon=True)
+    acceptor.start()
+    port = listener.getsockname()[1]
+    settings = get_settings().model_copy(
+        update={
+            "dynamodb_endpoint": f"http://127.0.0.1:{port}",
+            "store_timeout_seconds": 1.0,
+            "store_retry_seconds": 3600.0,
+        }
+    )
+    table = build_context(settings).table
+    try:
+        with pytest.raises(StoreUnavailable), table.retry_until(time.time() + 0.5):
+            table.get("PROJECT#none", "METADATA")
+    finally:
+        stop.set()
+        acceptor.join(timeout=10)
+        listener.close()
+        for conn in accepted:
+            conn.close()
+    assert len(accepted) == 1
+
+
 def slot_holder(ctx: Context, member: str) -> bool:
     return ctx.redis.zscore(f"{ctx.limiter.prefix}:local:slots", member) is not None
 
@@ -223,3 +272,173 @@ def test_unclassified_submit_errors_are_scrubbed_before_they_are_stored(
     assert scene is not None and scene.status == SceneStatus.PENDING
     assert "ValueError: unexpected reply" in (scene.last_error or "")
     assert SECRET not in (scene.last_error or "")
+
+
+def accepted_job(ctx: Context, *, lease_seconds: float) -> tuple[str, str, str, str]:
+    """A scene whose job the provider accepted under a lease of `lease_seconds` (negative: long
+    expired, as after a store outage), its id not recorded yet: (project, run, token, job)."""
+    project_id, run_id = new_project(ctx, 1)
+    token = uuid.uuid4().hex
+    outcome = ctx.scenes.claim(
+        project_id,
+        1,
+        run_id=run_id,
+        token=token,
+        lease_seconds=60,
+        max_attempts=3,
+        now=time.time() + lease_seconds - 60,
+    ).outcome
+    assert outcome == Claim.WON
+    return project_id, run_id, token, f"op-{uuid.uuid4().hex}"
+
+
+def redo(ctx: Context, project_id: str, run_id: str, operation_id: str, token: str) -> Any:
+    """The record's redo step, as the outage retry carries it."""
+    return job(ctx, project_id, run_id).step(operation_id, token=token, attempt=1)
+
+
+def test_a_record_redone_in_a_store_outage_keeps_the_scene_marked_alive(
+    stack: LocalStack, provider: Misbehaving
+) -> None:
+    settings = get_settings().model_copy(
+        update={"store_timeout_seconds": 1.0, "store_retry_seconds": 2.0}
+    )
+    tight = build_context(settings)
+    tight._providers["local"] = provider
+    project_id, run_id, token, operation_id = accepted_job(tight, lease_seconds=-30)
+    moto = next(s for s in stack.services if s.name == "moto")
+    moto.pause()
+    try:
+        with pytest.raises(RecordPending) as pending:
+            redo(tight, project_id, run_id, operation_id, token)
+    finally:
+        moto.resume()
+    assert pending.value.carry["operation_id"] == operation_id
+    # reconcile's lease repair skips a scene marked alive: no second paid submission
+    assert tight.board.scene_polled(project_id, 1)
+
+
+def test_a_record_redone_after_its_lease_was_freed_adopts_the_job(
+    ctx: Context, provider: Misbehaving
+) -> None:
+    project_id, run_id, token, operation_id = accepted_job(ctx, lease_seconds=-30)
+    assert ctx.scenes.expire_lease(project_id, 1, token=token, now=time.time())  # reconcile
+    step = redo(ctx, project_id, run_id, operation_id, token)
+    assert step.next == Next.POLL and step.carry["operation_id"] == operation_id
+    assert provider.cancelled == []
+    scene = ctx.scenes.get(project_id, 1)
+    assert scene is not None and scene.operation_id == operation_id
+    assert scene.status == SceneStatus.PROCESSING and scene.lease_token is None
+
+
+def test_a_record_redone_after_another_claim_cancels_and_leaves_the_new_slot(
+    ctx: Context, provider: Misbehaving
+) -> None:
+    project_id, run_id, token, operation_id = accepted_job(ctx, lease_seconds=-30)
+    assert ctx.scenes.expire_lease(project_id, 1, token=token, now=time.time())
+    member = slot_member(project_id, 1)
+    assert ctx.limiter.acquire("local", member, limit=2, ttl=60, line_ttl=60).granted
+    assert claim(ctx, project_id, run_id, uuid.uuid4().hex) == Claim.WON  # the new owner
+    step = redo(ctx, project_id, run_id, operation_id, token)
+    assert step.next == Next.DONE
+    assert provider.cancelled == [operation_id]
+    assert slot_holder(ctx, member)  # the new owner's slot
+    scene = ctx.scenes.get(project_id, 1)
+    assert scene is not None and scene.operation_id is None
+
+
+def dead_redis() -> redis.Redis:
+    """A client of a port nobody listens on: every call fails at once."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return redis.Redis(port=port, socket_connect_timeout=1)
+
+
+def test_a_record_after_the_run_ended_keeps_the_job_when_redis_fails(
+    ctx: Context, provider: Misbehaving
+) -> None:
+    project_id, _, token, operation_id = accepted_job(ctx, lease_seconds=60)
+    member = slot_member(project_id, 1)
+    assert ctx.limiter.acquire("local", member, limit=2, ttl=60, line_ttl=60).granted
+    ctx.board = RunBoard(dead_redis())
+    ended = SceneJob(ctx, project_id, 1, str(uuid.uuid4()), "local")  # not the active run
+    step = ended.paid(GENERATE).record(operation_id, token, 1)
+    assert step.next == Next.DONE and "kept" in step.outcome
+    scene = ctx.scenes.get(project_id, 1)
+    assert scene is not None and scene.operation_id == operation_id
+    assert slot_holder(ctx, member)  # the kept job still runs: its slot stays taken
+
+
+def test_a_record_after_a_cancel_the_provider_cannot_confirm_keeps_job_and_slot(
+    ctx: Context, provider: Misbehaving
+) -> None:
+    project_id, _, token, operation_id = accepted_job(ctx, lease_seconds=60)
+    member = slot_member(project_id, 1)
+    assert ctx.limiter.acquire("local", member, limit=2, ttl=60, line_ttl=60).granted
+    cancelled_run = str(uuid.uuid4())  # not the project's active run any more
+    ctx.board.mark_cancelled(cancelled_run)
+    provider.cancel_confirmed = False
+    step = job(ctx, project_id, cancelled_run).paid(GENERATE).record(operation_id, token, 1)
+    assert step.next == Next.DONE and "kept" in step.outcome
+    scene = ctx.scenes.get(project_id, 1)
+    assert scene is not None and scene.operation_id == operation_id
+    assert slot_holder(ctx, member)
+
+
+class RacingScenes:
+    """The real scene store, except that just before the first claim goes out `first` runs
+    (another execution's whole step), and `record` errors can be injected."""
+
+    def __init__(self, scenes: SceneStore, first: Callable[[], object]) -> None:
+        self.scenes = scenes
+        self.first: Callable[[], object] | None = first
+
+    def claim(self, *args: Any, **kwargs: Any) -> Any:
+        if self.first is not None:
+            first, self.first = self.first, None
+            first()
+        return self.scenes.claim(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.scenes, name)
+
+
+def test_a_duplicate_that_took_the_slot_first_and_lost_the_claim_leaves_it_to_the_owner(
+    ctx: Context, provider: Misbehaving
+) -> None:
+    project_id, run_id = new_project(ctx, 1)
+    ctx.board.touch_run(run_id, 60)
+    owner = job(ctx, project_id, run_id)
+    owned: list[Any] = []
+    racing = build_context(ctx.settings)
+    racing._providers["local"] = provider
+    racing.limiter = ctx.limiter
+    racing.scenes = RacingScenes(ctx.scenes, lambda: owned.append(owner.step()))  # type: ignore[assignment]
+    duplicate = SceneJob(racing, project_id, 1, run_id, "local")
+    # the duplicate's slot entry is fresh; the owner's acquire finds it, then wins the claim
+    assert duplicate.step().next == Next.DONE
+    assert owned[0].next == Next.POLL and provider.submitted == 1
+    assert slot_holder(ctx, owner.member)
+
+
+class UnreadableRecords:
+    """The real scene store, except that recording an operation fails with a bug, not an
+    outage."""
+
+    def __init__(self, scenes: SceneStore) -> None:
+        self.scenes = scenes
+
+    def record_operation(self, *args: Any, **kwargs: Any) -> Any:
+        raise ValueError("a bug in the record path")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.scenes, name)
+
+
+def test_only_an_outage_makes_the_record_redo_itself(ctx: Context) -> None:
+    project_id, run_id, token, operation_id = accepted_job(ctx, lease_seconds=60)
+    ctx.scenes = UnreadableRecords(ctx.scenes)  # type: ignore[assignment]
+    # not RecordPending (redone forever): the task's bounded path for unexpected errors
+    with pytest.raises(ValueError, match="a bug in the record path"):
+        redo(ctx, project_id, run_id, operation_id, token)

@@ -14,6 +14,7 @@ from mvpipe.devstack.localstack import LocalStack
 from mvpipe.errors import (
     ConfigurationError,
     PermanentProviderError,
+    ProviderError,
     QuotaExceeded,
     TransientProviderError,
 )
@@ -173,6 +174,19 @@ def test_replicate_statuses_map_onto_job_states(standin: ProviderStandIn) -> Non
     finished = provider.submit(request())
     assert provider.poll(finished).state == JobState.SUCCEEDED
     assert provider.cancel(finished) is False  # too late: the job made its video
+
+
+def test_a_replicate_reply_that_is_not_a_json_object_is_a_provider_error(
+    standin: ProviderStandIn,
+) -> None:
+    provider = ReplicateVideoProvider(settings_for(standin))
+    operation_id = provider.submit(request())
+    standin.replicate_reply = ["not", "an", "object"]
+    with pytest.raises(ProviderError, match="not an object") as caught:
+        provider.poll(operation_id)
+    # neither transient (polled forever) nor permanent: counted like other unreadable replies
+    assert not isinstance(caught.value, (TransientProviderError, PermanentProviderError))
+    assert provider.cancel(operation_id) is False  # not confirmed, and no AttributeError
 
 
 def test_veo_safety_block_is_a_permanent_failure(standin: ProviderStandIn) -> None:

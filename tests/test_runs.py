@@ -4,6 +4,7 @@ dispatcher a recording double (no workers: the messages' contents are what is ch
 from __future__ import annotations
 
 import dataclasses
+import time
 import uuid
 from typing import Any
 
@@ -170,3 +171,39 @@ def test_a_planner_that_always_crashes_fails_the_planning(ctx: Context) -> None:
     assert project.status == ProjectStatus.FAILED and project.active_run_id is None
     assert project.last_error and "KeyError" in project.last_error
     assert "planning failed" in project.last_error
+
+
+def test_a_users_run_gives_back_the_attempts_of_a_scene_a_cancelled_run_left_processing(
+    ctx: Context,
+) -> None:
+    # Given a scene whose every submission attempt was spent by a cancelled run, the last one
+    # left `processing` with its lease expired (the worker stopped mid-submit)
+    project_id = planned_project(1)
+    first = start_run(ctx, RecordingDispatcher(), project_id).run_id
+    assert first is not None
+    limit, now = ctx.settings.max_attempts, time.time()
+    for n in range(limit):
+        claimed_at = now - 100 * (limit - n)  # each lease long expired before the next claim
+        assert (
+            ctx.scenes.claim(
+                project_id,
+                1,
+                run_id=first,
+                token=f"t{n}",
+                lease_seconds=60,
+                max_attempts=limit,
+                now=claimed_at,
+            ).outcome
+            == Claim.WON
+        )
+    cancel_runs(ctx, project_id)
+    # When the user runs the project again
+    second = start_run(ctx, RecordingDispatcher(), project_id).run_id
+    assert second is not None
+    # Then the scene has its attempts back: the run submits it instead of failing it unpaid
+    scene = ctx.scenes.get(project_id, 1)
+    assert scene is not None and scene.attempts == 0
+    outcome = ctx.scenes.claim(
+        project_id, 1, run_id=second, token="t-next", lease_seconds=60, max_attempts=limit
+    ).outcome
+    assert outcome == Claim.WON

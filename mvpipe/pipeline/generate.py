@@ -81,7 +81,11 @@ class SceneJob:
         if run_id is not None:
             ctx.board.touch_run(run_id, ctx.settings.run_stale_seconds)
         if operation_id is not None and token is not None:
-            return self.then(self.paid(carried).record(operation_id, token, attempt))
+            # A redo may come long after the lease (a store outage): the liveness mark keeps
+            # reconcile from freeing the scene for a second paid submission meanwhile.
+            machine = self.paid(carried)
+            self.x.touch(machine.provider.liveness_seconds)
+            return self.then(machine.record(operation_id, token, attempt))
         if run_id is not None and ctx.board.cancelled(run_id):
             if carried.paid:
                 self.paid(carried).leave_line()

@@ -17,16 +17,24 @@ import time
 import uuid
 from typing import Protocol
 
+import redis
+
 from mvpipe.devstack import failpoints
-from mvpipe.errors import ConfigurationError, PermanentProviderError, TransientProviderError
+from mvpipe.errors import (
+    BrokerUnavailable,
+    ConfigurationError,
+    PermanentProviderError,
+    StoreUnavailable,
+    TransientProviderError,
+)
 from mvpipe.pipeline.execution import Execution, log
 from mvpipe.pipeline.stages import Stage, is_last
 from mvpipe.pipeline.steps import Next, RecordPending, Step
 from mvpipe.providers.base import JobState, JobStatus, VideoProvider, VideoRequest
 from mvpipe.providers.classify import describe
-from mvpipe.providers.limiter import slot_member
+from mvpipe.providers.limiter import SlotDecision, slot_member
 from mvpipe.settings import Settings
-from mvpipe.states import backoff_seconds
+from mvpipe.states import backoff_seconds, lease_expired
 from mvpipe.store.clips import clip_key
 from mvpipe.store.records import SceneRecord
 from mvpipe.store.scenes import Claim
@@ -117,14 +125,7 @@ class PaidOperation:
         ctx, s, x = self.ctx, self.s, self.x
         if x.run_id is None:
             return Step.done("no run to submit under")
-        slot = ctx.limiter.acquire(
-            self.provider.pool,
-            self.member,
-            limit=self.provider.limit,
-            ttl=self.provider.liveness_seconds,
-            line_ttl=s.backoff_max * 2 + 30,
-            park=x.park() if x.park is not None else None,
-        )
+        slot = self.acquire_slot(park=x.park() if x.park is not None else None)
         if not slot.granted:
             return Step(
                 Next.WAIT_SLOT,
@@ -151,8 +152,7 @@ class PaidOperation:
                 requires=self.stage.requires,
             )
         if claim.outcome != Claim.WON:
-            if slot.fresh:  # a slot held already is the live owner's (we are its duplicate)
-                self.release_slot()
+            self.release_unowned_slot()
             if claim.outcome == Claim.EXHAUSTED:
                 ctx.scenes.fail(
                     *self.ids,
@@ -199,13 +199,14 @@ class PaidOperation:
             return self.record(operation_id, token, attempt)
 
     def record(self, operation_id: str, token: str, attempt: int) -> Step:
-        """Store the accepted job's id; whatever fails here, the job is not dropped for it.
+        """Store the accepted job's id; an outage here does not drop the job.
 
-        An error (our store or Redis) leaves the write's outcome unknown: the next step redoes
-        this record with the same token and id (`RecordPending`), never a cancel."""
+        An outage (our store or Redis) leaves the write's outcome unknown: the next step redoes
+        this record with the same token and id (`RecordPending`), never a cancel. Any other
+        error is not retried forever: it takes the task's bounded path for unexpected errors."""
         try:
             return self._record(operation_id, token, attempt)
-        except Exception as exc:
+        except (StoreUnavailable, redis.RedisError) as exc:
             carry = {
                 **self.carry(),
                 "operation_id": operation_id,
@@ -228,34 +229,58 @@ class PaidOperation:
             return self.next_poll(operation_id, 0)
         if outcome == Claim.RUN_INACTIVE:
             return self.record_after_run(operation_id, token, attempt)
-        # Another execution owns the scene now (our lease expired): the job is nobody's.
+        if self.adopt(operation_id, attempt):
+            return self.next_poll(operation_id, 0)
+        return self.drop(operation_id, outcome)
+
+    def adopt(self, operation_id: str, attempt: int) -> bool:
+        """Our lease was lost (it expired, e.g. in a store outage, and was freed), but the paid
+        job exists: keep it on the scene if the stage is still open and nobody else's."""
+        if not self.ctx.scenes.adopt_operation(
+            *self.ids, operation_id=operation_id, stage=self.fields
+        ):
+            return False
+        self.log("lease lost; operation adopted by the scene", operation_id, attempt)
+        return True
+
+    def drop(self, operation_id: str, outcome: Claim) -> Step:
+        """The stage is somebody else's now: cancel the job (if the provider lets us)."""
         confirmed = self.cancel(operation_id)
-        self.release_slot()
-        self.log(f"operation not stored ({outcome}); cancelled: {confirmed}", operation_id, attempt)
+        self.release_unowned_slot()  # the scene's slot entry may be its new owner's
+        self.log(f"operation not stored ({outcome}); cancelled: {confirmed}", operation_id, None)
         return Step.done(f"operation dropped ({outcome})")
 
     def record_after_run(self, operation_id: str, token: str, attempt: int) -> Step:
         """The run is not ours any more. Only a user's cancel that the provider confirms drops
         the job; a takeover (or a cancel the provider could not confirm) keeps its id on the
         scene without the run guard, so the run that follows resumes the paid job (as for Veo)."""
-        ctx, x = self.ctx, self.x
-        self.release_slot()
-        cancelled_by_user = x.run_id is not None and ctx.board.cancelled(x.run_id)
-        if cancelled_by_user and self.cancel(operation_id):
-            ctx.scenes.release_lease(
-                *self.ids, token=token, error="run cancelled during submit", stage=self.fields
-            )
-            self.log("run cancelled; operation cancelled at provider", operation_id, attempt)
-            return Step.done("operation cancelled with the run")
+        ctx = self.ctx
+        # The store write comes before any Redis call: a Redis error must not lose the job.
         kept = ctx.scenes.record_operation(
             *self.ids, token=token, operation_id=operation_id, run_id=None, stage=self.fields
         )
         if kept != Claim.WON:
-            confirmed = self.cancel(operation_id)
-            self.log(f"operation lost its scene; cancel confirmed: {confirmed}", operation_id, None)
-            return Step.done(f"operation dropped ({kept})")
+            if self.adopt(operation_id, attempt):
+                return Step.done("operation kept for the next run")
+            return self.drop(operation_id, kept)
+        if self.run_cancelled() and self.cancel(operation_id):
+            ctx.scenes.reset_cancelled(*self.ids, operation_id=operation_id, stage=self.fields)
+            self.release_slot()
+            self.log("run cancelled; operation cancelled at provider", operation_id, attempt)
+            return Step.done("operation cancelled with the run")
+        # Kept: the job still runs, so its quota slot stays taken (its polls refresh it).
         self.log("run no longer ours; operation kept for the next run", operation_id, attempt)
         return Step.done("operation kept for the next run")
+
+    def run_cancelled(self) -> bool:
+        """Did the user cancel our run? Not knowing (Redis down) counts as no: the job is kept."""
+        if self.x.run_id is None:
+            return False
+        try:
+            return self.ctx.board.cancelled(self.x.run_id)
+        except (BrokerUnavailable, redis.RedisError):
+            log.warning("could not read the cancel mark of run %s", self.x.run_id)
+            return False
 
     def cancel(self, operation_id: str) -> bool:
         """True only when the provider confirms it stopped the job."""
@@ -263,8 +288,8 @@ class PaidOperation:
             return False
         try:
             return bool(self.provider.cancel(operation_id))
-        except Exception:
-            log.warning("could not cancel operation %s", operation_id, exc_info=True)
+        except Exception as exc:
+            log.warning("could not cancel operation %s: %s", operation_id, describe(exc))
             return False
 
     # -- waiting -------------------------------------------------------------------------------
@@ -288,13 +313,7 @@ class PaidOperation:
         `Next.STAGE` step: the scene goes on to its next stage (or it was the last)."""
         ctx, s = self.ctx, self.s
         self.x.touch(self.provider.liveness_seconds)
-        ctx.limiter.acquire(
-            self.provider.pool,
-            self.member,
-            limit=self.provider.limit,
-            ttl=self.provider.liveness_seconds,
-            line_ttl=s.backoff_max * 2 + 30,
-        )
+        self.acquire_slot()
         started, last_error = ctx.board.start_poll(operation_id)
         if started > s.max_poll_errors:
             return self.give_up_polling(operation_id, started - 1, last_error)
@@ -370,6 +389,17 @@ class PaidOperation:
         slowdown = PARKED_SLOWDOWN if self.x.park is not None else 1
         return min(self.s.backoff_max, self.provider.poll_seconds * rounds * slowdown)
 
+    def acquire_slot(self, park: str | None = None) -> SlotDecision:
+        """Take (or keep) this scene's place in the provider's quota pool."""
+        return self.ctx.limiter.acquire(
+            self.provider.pool,
+            self.member,
+            limit=self.provider.limit,
+            ttl=self.provider.liveness_seconds,
+            line_ttl=self.s.backoff_max * 2 + 30,
+            park=park,
+        )
+
     def release_slot(self) -> None:
         self.x.wakes.extend(
             self.ctx.limiter.release(self.provider.pool, self.member, limit=self.provider.limit)
@@ -380,6 +410,22 @@ class PaidOperation:
         self.x.wakes.extend(
             self.ctx.limiter.leave(self.provider.pool, self.member, limit=self.provider.limit)
         )
+
+    def release_unowned_slot(self) -> None:
+        """After a lost claim: the slot entry is shared by every execution of this scene, and
+        whoever created it need not be who won the claim (a duplicate may acquire first and
+        lose). Release it only if no live lease and no running job of the stage needs it."""
+        scene = self.ctx.scenes.get(*self.ids)
+        if scene is not None:
+            live_lease = scene.lease_token is not None and not lease_expired(
+                scene.lease_expires_at, time.time()
+            )
+            running = (
+                self.stage.operation(scene) is not None and scene.value(self.fields.output) is None
+            )
+            if live_lease or running:
+                return
+        self.release_slot()
 
     def log(self, message: str, operation_id: str | None, attempt: int | None) -> None:
         self.x.log(message, operation_id, attempt, self.stage.name)

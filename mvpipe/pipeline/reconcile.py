@@ -21,6 +21,7 @@ from mvpipe.pipeline.finalize import settle_project
 from mvpipe.pipeline.reconcile_scope import FULL_SWEEP_JOB, projects_to_examine
 from mvpipe.pipeline.stages import GENERATE, Stage, is_last, lost_output, next_stage
 from mvpipe.pipeline.steps import Dispatcher
+from mvpipe.providers.classify import describe
 from mvpipe.states import FINAL_SCENE_STATES, assembly_due, lease_expired
 from mvpipe.store.clips import StoredObject, clip_key, scene_prefix
 from mvpipe.store.records import ProjectState, SceneRecord
@@ -74,8 +75,12 @@ def reconcile(
     for project_id in dict.fromkeys(project_ids):
         try:
             _reconcile_project(ctx, dispatcher, project_id, report)
-        except Exception:
-            log.exception("reconcile of project %s failed; continuing with the others", project_id)
+        except Exception as exc:
+            log.error(
+                "reconcile of project %s failed; continuing with the others: %s",
+                project_id,
+                describe(exc),
+            )
     if report.total:
         log.info("reconcile repaired %s", report.model_dump())
     log.info(

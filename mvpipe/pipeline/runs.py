@@ -17,6 +17,9 @@ from mvpipe.models import ProjectStatus, SceneStatus
 from mvpipe.pipeline.steps import Dispatcher
 from mvpipe.store.scenes import Claim
 
+#: Scene states a user's run may give spent attempts back in.
+OPEN = (SceneStatus.PENDING, SceneStatus.PROCESSING)
+
 
 @dataclass(frozen=True)
 class RunStart:
@@ -59,9 +62,10 @@ def start_run(ctx: Context, dispatcher: Dispatcher, project_id: str) -> RunStart
     for scene in state.scenes:
         if scene.status == SceneStatus.FAILED:
             ctx.scenes.retry_failed(project_id, scene.sequence)
-        elif scene.status == SceneStatus.PENDING and scene.attempts >= limit:
+        elif scene.status in OPEN and scene.attempts >= limit:
             # A user's run: attempts spent by cancelled runs come back, or the scene would
-            # fail without any submission.
+            # fail without any submission (also a scene such a run left `processing` with an
+            # expired lease; the store's condition leaves a live lease or an operation alone).
             ctx.scenes.restore_attempts(project_id, scene.sequence, max_attempts=limit)
     return RunStart(run_id, dispatcher.start_run(project_id, run_id))
 

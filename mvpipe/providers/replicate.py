@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from mvpipe.errors import PermanentProviderError
+from mvpipe.errors import PermanentProviderError, ProviderError
 from mvpipe.providers.base import JobState, JobStatus, VideoRequest
 from mvpipe.providers.classify import (
     download,
@@ -116,8 +116,8 @@ class ReplicateVideoProvider:
         if response.status_code >= 300:
             return False
         try:  # a finished prediction answers 200 with its final status: not stopped by us
-            return bool(response.json().get("status") == "canceled")
-        except ValueError:
+            return bool(_json_object(response).get("status") == "canceled")
+        except ProviderError:
             return False
 
     def _headers(self) -> dict[str, str]:
@@ -132,8 +132,7 @@ class ReplicateVideoProvider:
             raise from_transport(self.name, exc) or exc from exc
         if response.status_code != 200:
             raise from_status(self.name, response.status_code, response.text[:500])
-        data = response.json()
-        return data if isinstance(data, dict) else {}
+        return _json_object(response)
 
     def _translate(self, exc: Exception) -> Exception:
         from replicate.exceptions import ReplicateError
@@ -141,3 +140,16 @@ class ReplicateVideoProvider:
         if isinstance(exc, ReplicateError):
             return from_status(self.name, exc.status, exc.detail or exc.title or str(exc))
         return from_transport(self.name, exc) or exc
+
+
+def _json_object(response: httpx.Response) -> dict[str, Any]:
+    """The reply's JSON object; any other reply is a `ProviderError` (counted by the poll
+    loop like other unreadable replies), never an AttributeError further on."""
+    try:
+        data = response.json()
+    except ValueError:
+        raise ProviderError("replicate: the reply is not JSON") from None
+    if not isinstance(data, dict):
+        kind = type(data).__name__
+        raise ProviderError(f"replicate: the reply is JSON but not an object ({kind})")
+    return data

@@ -173,6 +173,33 @@ class SceneStore:
             return Claim.WON
         return Claim.RUN_INACTIVE if run_inactive else Claim.NOT_CLAIMABLE
 
+    def adopt_operation(
+        self,
+        project_id: str,
+        sequence: int,
+        *,
+        operation_id: str,
+        now: float | None = None,
+        stage: StageFields = ORIGINAL,
+    ) -> bool:
+        """An accepted job whose lease was lost (it expired during a store outage and was
+        freed): store its id anyway while the stage is still open and nobody else's, so the
+        paid job is polled instead of cancelled and paid for again."""
+        m = self.m
+        output, operation, _ = _paid(m, stage)
+        now = time.time() if now is None else now
+        return self._transition(
+            project_id,
+            sequence,
+            [
+                operation.set(operation_id),
+                m.status.set(SceneStatus.PROCESSING),
+                *self._no_lease(),
+            ],
+            operation.does_not_exist() & output.does_not_exist() & _open(m, now),
+            done=lambda s: s.value(stage.operation) == operation_id,
+        )
+
     def release_lease(
         self,
         project_id: str,
@@ -284,18 +311,13 @@ class SceneStore:
                 owner & getattr(m, stage.output).does_not_exist(),
                 done=lambda s: s.status == SceneStatus.FAILED,
             )
-        output, operation, attempts = _paid(m, stage)
+        _, operation, _ = _paid(m, stage)
         if operation_id is not None:
             owner = operation == operation_id
         elif token is not None:
             owner = (m.lease_token == token) & operation.does_not_exist()
         elif max_attempts is not None:
-            owner = (
-                operation.does_not_exist()
-                & output.does_not_exist()
-                & (attempts >= max_attempts)
-                & _open(m, time.time())
-            )
+            owner = _at_limit(m, stage, max_attempts, time.time())
         else:
             raise ValueError("fail() needs an owner: operation_id, token or max_attempts")
         return self._transition(
@@ -430,10 +452,7 @@ class SceneStore:
             project_id,
             sequence,
             [m.attempts.set(0)],
-            m.operation_id.does_not_exist()
-            & m.original_clip_key.does_not_exist()
-            & (m.attempts >= max_attempts)
-            & _open(m, time.time()),
+            _at_limit(m, ORIGINAL, max_attempts, time.time()),
             done=lambda s: s.attempts < max_attempts and s.operation_id is None,
         )
 
@@ -538,6 +557,18 @@ def _open(m: type[ItemBase], now: float) -> Condition:
     return (m.status == SceneStatus.PENDING) | (
         (m.status == SceneStatus.PROCESSING)
         & (m.lease_expires_at.does_not_exist() | (m.lease_expires_at < now))
+    )
+
+
+def _at_limit(m: type[ItemBase], stage: StageFields, max_attempts: int, now: float) -> Condition:
+    """Open (see `_open`) with no output and no operation of the paid `stage`, and no
+    submissions of it left."""
+    output, operation, attempts = _paid(m, stage)
+    return (
+        operation.does_not_exist()
+        & output.does_not_exist()
+        & (attempts >= max_attempts)
+        & _open(m, now)
     )
 
 

@@ -109,7 +109,9 @@ def bind_table(settings: Settings) -> type[ItemBase]:
             "billing_mode": "PAY_PER_REQUEST",
             "connect_timeout_seconds": max(1, int(settings.store_timeout_seconds)),
             "read_timeout_seconds": max(1, int(settings.store_timeout_seconds)),
-            "max_retry_attempts": 2,
+            # The store's own retry (`Table._call`, bounded by `retry_until`) is the only one:
+            # retries inside the client would each add a timeout the lease budget can't see.
+            "max_retry_attempts": 0,
         },
     )
     return type("Item", (ItemBase,), {"Meta": meta, "status_index": StatusIndex()})

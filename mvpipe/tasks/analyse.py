@@ -43,5 +43,5 @@ def analyse_song(
         fail_planning(ctx, project_id, run_id, f"song analysis: {exc}")
         return {"project_id": project_id, "outcome": "planning failed"}
     except (StoreUnavailable, redis.RedisError) as exc:
-        raise self.outage_retry(exc, {"only": only}, outages) from exc
+        raise self.outage_retry(exc, {"only": only}, outages) from None
     raise self.replace(app.signature(PLAN_SCENES, args=[project_id, run_id], kwargs={"only": only}))

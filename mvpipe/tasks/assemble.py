@@ -46,7 +46,7 @@ def assemble_project(
         give_up(ctx, project_id, run_id, str(exc))
         return {"project_id": project_id, "outcome": f"assembly failed: {exc}"}
     except (StoreUnavailable, Conflict, redis.RedisError) as exc:
-        raise self.outage_retry(exc, {}, outages) from exc
+        raise self.outage_retry(exc, {}, outages) from None
     except Exception as exc:
         log.error(
             "unexpected error assembling %s:\n%s",

@@ -29,13 +29,20 @@ class MvpipeTask(Task):
 
     def outage_retry(self, exc: Exception, kwargs: dict[str, Any], failures: int) -> Exception:
         """Retry after a backoff. Celery logs the cause and keeps it in the result backend,
-        so it travels as scrubbed text (a secret in an error message must not reach either)."""
+        so it travels as scrubbed text (a secret in an error message must not reach either).
+        The returned `Retry` is raised by the caller `from None`: raised inside an `except`
+        it would carry the raw exception as its context into the stored traceback."""
         s = get_settings()
         countdown = backoff_seconds(failures + 1, base=s.backoff_base, cap=s.backoff_max)
-        cause = StoreUnavailable(describe(exc))
-        return self.retry(
-            exc=cause, countdown=countdown, kwargs={**kwargs, "outages": failures + 1}
+        return self.scrubbed_retry(
+            StoreUnavailable(describe(exc)), countdown, {**kwargs, "outages": failures + 1}
         )
+
+    def scrubbed_retry(
+        self, cause: Exception, countdown: float, kwargs: dict[str, Any]
+    ) -> Exception:
+        """The `Retry` to raise (not raised here, where an `except` may be active)."""
+        return self.retry(exc=cause, countdown=countdown, kwargs=kwargs, throw=False)
 
     def next_step(
         self, kwargs: dict[str, Any], countdown: float | None = None, queue: str | None = None
@@ -77,8 +84,8 @@ class MvpipeTask(Task):
         try:  # progress is for people: it must never fail a step already queued
             self.update_state(state=state, meta=progress)
             self.send_event(f"task-{state.lower()}", retry=False, **progress)
-        except Exception:
-            log.debug("could not publish progress of %s", self.request.id, exc_info=True)
+        except Exception as exc:
+            log.debug("could not publish progress of %s: %s", self.request.id, describe(exc))
         return Ignore()
 
 

@@ -33,7 +33,7 @@ def finalize_project(
     except NotFound:
         return {"project_id": project_id, "outcome": "project not found"}
     except (StoreUnavailable, Conflict, redis.RedisError) as exc:  # Conflict: it kept moving
-        raise self.outage_retry(exc, {"outages": outages}, outages) from exc
+        raise self.outage_retry(exc, {"outages": outages}, outages) from None
     if settlement.assemble and run_id is not None:
         # The assembly takes this task's id, so the run's AsyncResult resolves to its result.
         # A second finalize of the run sends a second assembly: harmless (it finds the object

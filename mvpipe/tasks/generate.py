@@ -105,9 +105,9 @@ def generate_scene(
             if step.refinalize:
                 refinalize(ctx, dispatcher, project_id, run_id)
     except RecordPending as exc:  # a paid job's record is redone, however long the outage
-        raise self.outage_retry(exc, {**kwargs, **exc.carry}, outages) from exc
+        raise self.outage_retry(exc, {**kwargs, **exc.carry}, outages) from None
     except (StoreUnavailable, redis.RedisError) as exc:
-        raise self.outage_retry(exc, kwargs, outages) from exc
+        raise self.outage_retry(exc, kwargs, outages) from None
     except MvpipeError as exc:
         log.warning("scene %s/%s: %s", project_id, sequence, describe(exc))
         return _gave_up(project_id, sequence, exc)

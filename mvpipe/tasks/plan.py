@@ -41,9 +41,8 @@ class PlanTask(MvpipeTask):
         """Plan again after a backoff; the attempts are counted (and limited) by plan_run."""
         s = get_context().settings
         countdown = backoff_seconds(failures + 1, base=s.backoff_base, cap=s.backoff_max)
-        return self.retry(
-            exc=exc, countdown=countdown, kwargs={**kwargs, "planner_failures": failures + 1}
-        )
+        cause = MvpipeError(describe(exc))  # the raw error may hold a secret
+        return self.scrubbed_retry(cause, countdown, {**kwargs, "planner_failures": failures + 1})
 
 
 @app.task(base=PlanTask, bind=True, name="mvpipe.plan_scenes")
@@ -66,7 +65,7 @@ def plan_scenes(
     except NotFound:
         return {"project_id": project_id, "outcome": "project not found"}
     except (StoreUnavailable, redis.RedisError) as exc:
-        raise self.outage_retry(exc, kwargs, outages) from exc
+        raise self.outage_retry(exc, kwargs, outages) from None
     except Exception as exc:
         # Transient provider errors and crashes are retried; plan_run counts every planner call
         # on METADATA (across takeovers) and this execution chain stops at the same limit.
@@ -75,8 +74,10 @@ def plan_scenes(
         )
         if retry and planner_failures + 1 < ctx.settings.max_attempts:
             if not isinstance(exc, ProviderError):
-                log.exception("planning crashed project=%s run=%s", project_id, run_id)
-            raise self.retry_planning(exc, kwargs, planner_failures) from exc
+                log.error(
+                    "planning crashed project=%s run=%s: %s", project_id, run_id, describe(exc)
+                )
+            raise self.retry_planning(exc, kwargs, planner_failures) from None
         error = str(exc) if isinstance(exc, MvpipeError) else describe(exc)
         fail_planning(ctx, project_id, run_id, error)
         return {"project_id": project_id, "outcome": "planning failed"}
