@@ -190,6 +190,7 @@ def _print_summary(view: ProjectView) -> None:
         f"status    {view.status}   scenes {view.scene_count}   completed {view.completed_scenes}"
         f"   failed {view.failed_scenes}   provider {view.provider}"
     )
+    click.echo(f"cost      {money(view)}")
     if view.last_error:
         click.echo(f"error     {view.last_error}")
     if view.scenes:
@@ -248,6 +249,44 @@ def projects(status_: str | None) -> None:
             f"{record.completed_scenes}/{record.scene_count or record.requested_scene_count}  "
             f"{record.title}"
         )
+
+
+@main.command()
+@click.argument("project_id")
+@click.option("--scene", "sequence", type=int, help="What regenerating this scene would cost.")
+@click.option("--json", "as_json", is_flag=True, help="Print the estimate as JSON.")
+def estimate(project_id: str, sequence: int | None, as_json: bool) -> None:
+    """What a run would still pay: every paid stage still missing."""
+    found = guarded(lambda: _api().estimate_micros(project_id, sequence))
+    dollars = found.micros / 1_000_000
+    if as_json:
+        payload = {"usd": dollars, "jobs": found.jobs, "exact": found.exact}
+        click.echo(json.dumps(payload))
+        return
+    approx = "" if found.exact else "about "
+    click.echo(f"{approx}${dollars:,.2f} for {found.jobs} paid job(s)")
+
+
+@main.command()
+@click.argument("project_id")
+@click.argument("usd")
+def budget(project_id: str, usd: str) -> None:
+    """Set a project's budget in US dollars (`none`: no limit); `run` then continues."""
+    value: float | None = None
+    if usd.strip().lower() != "none":
+        try:
+            value = float(usd)
+        except ValueError:
+            _fail(f"budget must be a number of US dollars or 'none', not {usd!r}", EXIT_INVALID)
+    view = guarded(lambda: _api().set_budget(project_id, value))
+    click.echo(f"cost      {money(view)}")
+
+
+def money(view: ProjectView) -> str:
+    spent = f"${view.committed_cost_usd:,.2f} committed"
+    if view.budget_usd is None:
+        return f"{spent}, no budget"
+    return f"{spent} of a ${view.budget_usd:,.2f} budget"
 
 
 # -- the local stack ---------------------------------------------------------------------------

@@ -22,9 +22,12 @@ def progress_line(view: ProjectView, elapsed: float, width: int = 30) -> str:
     else:
         eta = "--"
     scenes = f"{finished}/{total}" if total else "planning"
+    cost = f"${view.committed_cost_usd:,.2f}"
+    if view.budget_usd is not None:
+        cost += f"/${view.budget_usd:,.2f}"
     return (
         f"[{bar}] {scenes} done={done} failed={failed} in-flight={in_flight} "
-        f"status={view.status} elapsed={elapsed:.0f}s eta={eta}"
+        f"cost={cost} status={view.status} elapsed={elapsed:.0f}s eta={eta}"
     )
 
 

@@ -61,6 +61,8 @@ class SceneJob:
         self.park = park
         #: parked messages of waiting scenes this execution's released slot entitles to run
         self.wakes: list[str] = []
+        #: what the scene has cost so far, once this execution knows it (task meta)
+        self.cost_micros: int | None = None
 
     def step(
         self,
@@ -85,6 +87,7 @@ class SceneJob:
         scene = self.ctx.scenes.get(self.project_id, self.sequence)
         if scene is None:
             return Step.done("scene missing")
+        self.cost_micros = scene.cost_micros
         if scene.clip_key is not None or scene.status == SceneStatus.FAILED:
             return self.finished(f"already {scene.status}")
         if scene.operation_id is not None:
@@ -101,6 +104,11 @@ class SceneJob:
         ctx, s = self.ctx, self.s
         if self.run_id is None:
             return Step.done("no run to submit under")
+        try:
+            price = s.video_price_micros(self.provider_name, scene.duration_seconds)
+        except ConfigurationError as exc:  # unpriced paid work: no budget could hold it
+            ctx.scenes.fail_open(self.project_id, self.sequence, error=str(exc))
+            return self.finished("failed: no price")
         limit = s.concurrency_for(self.provider_name)
         slot = ctx.limiter.acquire(
             self.provider_name,
@@ -134,10 +142,16 @@ class SceneJob:
                 lease_seconds=s.lease_seconds,
                 max_attempts=s.max_attempts,
                 now=claimed_at,
+                price_micros=price,
             )
         if claim.outcome != Claim.WON:
             if slot.fresh:  # a slot held already is the live owner's (we are its duplicate)
                 self.release_slot()
+            if claim.outcome == Claim.OVER_BUDGET:
+                error = claim.detail or "over budget"
+                ctx.scenes.fail_open(self.project_id, self.sequence, error=error)
+                self.log(error, None, None)
+                return self.finished("failed: over budget")
             if claim.outcome == Claim.EXHAUSTED:
                 ctx.scenes.fail(
                     self.project_id,
@@ -148,12 +162,18 @@ class SceneJob:
                 return self.finished("failed: attempts exhausted")
             return Step.done(f"not claimed ({claim.outcome})")
         attempt = claim.attempts or scene.attempts + 1
+        self.cost_micros = scene.cost_micros + price
         if lease_end - time.time() < s.submit_budget_seconds:
             # The claim took so long (store retries) that a submit and its record might outlive
             # the lease, and a second worker could submit too: give the lease back unused.
             self.release_slot()
             ctx.scenes.release_lease(
-                self.project_id, self.sequence, token=token, error="lease too short", unused=True
+                self.project_id,
+                self.sequence,
+                token=token,
+                error="lease too short",
+                unused=True,
+                refund_micros=price,
             )
             wait = backoff_seconds(attempt, base=s.backoff_base, cap=s.backoff_max)
             self.log(f"lease too short to submit, retry in {wait:.1f}s", None, attempt)
@@ -171,17 +191,24 @@ class SceneJob:
         except (PermanentProviderError, ConfigurationError) as exc:
             self.release_slot()
             error = describe(exc)
-            ctx.scenes.fail(self.project_id, self.sequence, error=error, token=token)
+            ctx.scenes.fail(
+                self.project_id, self.sequence, error=error, token=token, refund_micros=price
+            )
             self.log(f"submit refused permanently: {error}", None, attempt)
             return self.finished("failed: permanent provider error")
         except Exception as exc:  # transient, or unclassified: never keep a lease we can't use
             self.release_slot()
             error = describe(exc)
+            # The provider accepted no job: the reservation goes back with the lease.
             if attempt >= s.max_attempts:
-                ctx.scenes.fail(self.project_id, self.sequence, error=error, token=token)
+                ctx.scenes.fail(
+                    self.project_id, self.sequence, error=error, token=token, refund_micros=price
+                )
                 self.log(f"submit failed, attempts exhausted: {error}", None, attempt)
                 return self.finished("failed: attempts exhausted")
-            ctx.scenes.release_lease(self.project_id, self.sequence, token=token, error=error)
+            ctx.scenes.release_lease(
+                self.project_id, self.sequence, token=token, error=error, refund_micros=price
+            )
             wait = backoff_seconds(attempt, base=s.backoff_base, cap=s.backoff_max)
             self.log(f"submit failed transiently, retry in {wait:.1f}s: {error}", None, attempt)
             return Step(Next.RETRY_SUBMIT, "transient submit error", wait)

@@ -246,8 +246,13 @@ class ProjectStore:
         status: ProjectStatus,
         release: bool,
         last_error: str | None = None,
+        recount_cost: tuple[int, int] | None = None,
     ) -> bool:
-        """Write derived counters and status (and release the run), unless METADATA moved on."""
+        """Write derived counters and status (and release the run), unless METADATA moved on.
+
+        `recount_cost` = (committed as read, the scenes' sum): the committed sum is repaired
+        only if nothing was reserved since the read, so a recount never lowers it under a
+        claim that landed meanwhile (invariants 4 and 9)."""
         m = self.m
         actions: list[Action] = [
             m.completed_scenes.set(counters.completed_scenes),
@@ -266,6 +271,12 @@ class ProjectStore:
             if observed_run is None
             else m.active_run_id == observed_run
         )
+        if recount_cost is not None:
+            observed, actual = recount_cost
+            actions.append(m.committed_cost_micros.set(actual))
+            committed = m.committed_cost_micros
+            same = committed == observed
+            guard &= (same | committed.does_not_exist()) if observed == 0 else same
         run_after = None if release else observed_run
         error_after = clip_error(last_error) if last_error else None
 
@@ -276,6 +287,7 @@ class ProjectStore:
                 and p.completed_scenes == counters.completed_scenes
                 and p.failed_scenes == counters.failed_scenes
                 and p.last_error == error_after
+                and (recount_cost is None or p.committed_cost_micros == recount_cost[1])
             )
 
         return self._update_meta(project_id, actions, guard, done=done)

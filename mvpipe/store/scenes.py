@@ -20,6 +20,7 @@ from pynamodb.transactions import TransactWrite
 
 from mvpipe.models import ProjectStatus, SceneStatus
 from mvpipe.states import lease_expired
+from mvpipe.store import budget
 from mvpipe.store.dynamo import CONDITION_FAILED, Table
 from mvpipe.store.records import SceneRecord, utc_now_iso
 from mvpipe.store.table import METADATA, project_pk, scene_sk
@@ -32,12 +33,19 @@ class Claim(StrEnum):
     RUN_INACTIVE = "run_inactive"  #: the project's run is not the caller's any more
     NOT_CLAIMABLE = "not_claimable"  #: done, failed, owned by an operation or another lease
     EXHAUSTED = "exhausted"  #: no submissions left; the caller fails the scene
+    OVER_BUDGET = "over_budget"  #: the job's price does not fit; the caller fails the scene
+
+
+#: Claims that find the budget changed under them read it again, this many times at most.
+_BUDGET_READS = 5
 
 
 @dataclass(frozen=True)
 class ClaimResult:
     outcome: Claim
     attempts: int = 0
+    #: why an OVER_BUDGET claim did not fit (the scene's `lastError`)
+    detail: str | None = None
 
 
 def clip_error(message: str) -> str:
@@ -48,6 +56,7 @@ class SceneStore:
     def __init__(self, table: Table) -> None:
         self.table = table
         self.m = table.model
+        self.budgets = budget.BudgetStore(table)
 
     def get(self, project_id: str, sequence: int) -> SceneRecord | None:
         item = self.table.get(project_pk(project_id), scene_sk(sequence))
@@ -64,7 +73,11 @@ class SceneStore:
         lease_seconds: float,
         max_attempts: int,
         now: float | None = None,
+        price_micros: int = 0,
     ) -> ClaimResult:
+        """Win the submission lease of a scene within `run_id`, reserving `price_micros` of the
+        project's budget in the same transaction (invariant 9). A retry of a claim that landed
+        finds its own token and reserves nothing more (invariant 7)."""
         m = self.m
         now = time.time() if now is None else now
         pk = project_pk(project_id)
@@ -87,19 +100,46 @@ class SceneStore:
             m.generation_started_at.set(utc_now_iso()),
             m.updated_at.set(utc_now_iso()),
         ]
+        if price_micros:
+            actions.append(m.cost_micros.add(price_micros))
+        seen: budget.Budget | None = None
+        scene: SceneRecord | None = None
+        for _ in range(_BUDGET_READS):
+            if price_micros:
+                seen = self.budgets.read(project_id)
 
-        def build(tx: TransactWrite) -> None:
-            tx.condition_check(m, pk, METADATA, condition=m.active_run_id == run_id)
-            tx.update(m(pk, scene_sk(sequence)), actions=actions, condition=claimable)
+            def build(tx: TransactWrite, seen: budget.Budget | None = seen) -> None:
+                if seen is None:
+                    tx.condition_check(m, pk, METADATA, condition=m.active_run_id == run_id)
+                else:
+                    budget.reserve(
+                        tx,
+                        m,
+                        project_id,
+                        run_id=run_id,
+                        price_micros=price_micros,
+                        budget_micros=seen.budget_micros,
+                    )
+                tx.update(m(pk, scene_sk(sequence)), actions=actions, condition=claimable)
 
-        reasons = self.table.transact(build)
-        if reasons is None:
-            return ClaimResult(Claim.WON)
-        scene = self.get(project_id, sequence)
-        if scene is not None and scene.lease_token == token:
-            return ClaimResult(Claim.WON, scene.attempts)
-        if reasons[0] == CONDITION_FAILED:
-            return ClaimResult(Claim.RUN_INACTIVE)
+            reasons = self.table.transact(build)
+            if reasons is None:
+                return ClaimResult(Claim.WON)
+            scene = self.get(project_id, sequence)
+            if scene is not None and scene.lease_token == token:
+                return ClaimResult(Claim.WON, scene.attempts)
+            if reasons[0] != CONDITION_FAILED:
+                break
+            if seen is None:
+                return ClaimResult(Claim.RUN_INACTIVE)
+            now_seen = self.budgets.read(project_id)
+            if now_seen.active_run_id != run_id:
+                return ClaimResult(Claim.RUN_INACTIVE)
+            if scene is None or not _open(scene, max_attempts, now):
+                break  # the scene is not ours to take, whatever the budget says
+            if now_seen.budget_micros == seen.budget_micros and not now_seen.fits(price_micros):
+                return ClaimResult(Claim.OVER_BUDGET, detail=now_seen.over_budget(price_micros))
+            # the budget changed (or the committed sum fell) since we read it: price again
         if scene is not None and _exhausted(scene, max_attempts, now):
             return ClaimResult(Claim.EXHAUSTED, scene.attempts)
         return ClaimResult(Claim.NOT_CLAIMABLE)
@@ -140,10 +180,18 @@ class SceneStore:
         return Claim.RUN_INACTIVE if run_inactive else Claim.NOT_CLAIMABLE
 
     def release_lease(
-        self, project_id: str, sequence: int, *, token: str, error: str, unused: bool = False
+        self,
+        project_id: str,
+        sequence: int,
+        *,
+        token: str,
+        error: str,
+        unused: bool = False,
+        refund_micros: int = 0,
     ) -> bool:
         """Give a lease back after a transient submit error: the scene is `pending` again. An
-        `unused` lease (nothing was submitted under it) gives its attempt back too."""
+        `unused` lease (nothing was submitted under it) gives its attempt back too;
+        `refund_micros` gives back the claim's reservation (the provider accepted no job)."""
         m = self.m
         refund = [m.attempts.add(-1)] if unused else []
         return self._transition(
@@ -157,6 +205,7 @@ class SceneStore:
             ],
             (m.lease_token == token) & m.operation_id.does_not_exist(),
             done=lambda s: s.lease_token != token and s.operation_id is None,
+            refund_micros=refund_micros,
         )
 
     # -- outcomes ------------------------------------------------------------------------------
@@ -187,9 +236,11 @@ class SceneStore:
         operation_id: str | None = None,
         token: str | None = None,
         max_attempts: int | None = None,
+        refund_micros: int = 0,
     ) -> bool:
         """Mark a scene `failed`, as the owner of its operation, of its lease, or (given
-        `max_attempts`) because it has no submissions left."""
+        `max_attempts`) because it has no submissions left. With `token`, `refund_micros`
+        gives back the lease's reservation (the provider accepted no job under it)."""
         m = self.m
         if operation_id is not None:
             owner: Condition = m.operation_id == operation_id
@@ -216,6 +267,28 @@ class SceneStore:
                 *self._no_lease(),
             ],
             owner & (m.status != SceneStatus.COMPLETED),
+            done=lambda s: s.status == SceneStatus.FAILED,
+            refund_micros=refund_micros if token is not None else 0,
+        )
+
+    def fail_open(self, project_id: str, sequence: int, *, error: str) -> bool:
+        """Fail a scene nobody holds (no lease alive, no operation, no clip): its next job
+        cannot be paid for (over budget, or unpriced). A user's run tries it again."""
+        m = self.m
+        return self._transition(
+            project_id,
+            sequence,
+            [
+                m.status.set(SceneStatus.FAILED),
+                m.last_error.set(clip_error(error)),
+                *self._no_lease(),
+            ],
+            m.operation_id.does_not_exist()
+            & m.original_clip_key.does_not_exist()
+            & (
+                (m.status == SceneStatus.PENDING)
+                | ((m.status == SceneStatus.PROCESSING) & (m.lease_expires_at < time.time()))
+            ),
             done=lambda s: s.status == SceneStatus.FAILED,
         )
 
@@ -357,24 +430,43 @@ class SceneStore:
         condition: Condition,
         *,
         done: Callable[[SceneRecord], bool],
+        refund_micros: int = 0,
     ) -> bool:
         """One conditional update; on a failed condition, success if the state is already the
-        one this caller meant to make (its earlier attempt may have landed before a timeout)."""
+        one this caller meant to make (its earlier attempt may have landed before a timeout).
+        A refund joins the write in one transaction: the scene's cost and the project's
+        committed sum move together (invariant 4)."""
+        m = self.m
         pk, sk = project_pk(project_id), scene_sk(sequence)
-        actions = [*actions, self.m.updated_at.set(utc_now_iso())]
-        if self.table.update(pk, sk, actions, condition & self.m.pk.exists()):
+        actions = [*actions, m.updated_at.set(utc_now_iso())]
+        condition = condition & m.pk.exists()
+        if refund_micros:
+            actions.append(m.cost_micros.add(-refund_micros))
+
+            def build(tx: TransactWrite) -> None:
+                budget.refund(tx, m, project_id, refund_micros)
+                tx.update(m(pk, sk), actions=actions, condition=condition)
+
+            if self.table.transact(build) is None:
+                return True
+        elif self.table.update(pk, sk, actions, condition):
             return True
         scene = self.get(project_id, sequence)
         return scene is not None and done(scene)
 
 
-def _exhausted(scene: SceneRecord, max_attempts: int, now: float) -> bool:
-    open_ = scene.status == SceneStatus.PENDING or (
+def _unowned(scene: SceneRecord, now: float) -> bool:
+    """No clip, no operation, no live lease: the scene waits for a submitter."""
+    waiting = scene.status == SceneStatus.PENDING or (
         scene.status == SceneStatus.PROCESSING and lease_expired(scene.lease_expires_at, now)
     )
-    return (
-        open_
-        and scene.attempts >= max_attempts
-        and scene.operation_id is None
-        and scene.clip_key is None
-    )
+    return waiting and scene.operation_id is None and scene.clip_key is None
+
+
+def _open(scene: SceneRecord, max_attempts: int, now: float) -> bool:
+    """What a claim's scene condition asks, read from a record."""
+    return _unowned(scene, now) and scene.attempts < max_attempts
+
+
+def _exhausted(scene: SceneRecord, max_attempts: int, now: float) -> bool:
+    return _unowned(scene, now) and scene.attempts >= max_attempts

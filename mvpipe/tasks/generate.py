@@ -19,6 +19,7 @@ from celery.exceptions import Ignore, Reject
 
 from mvpipe.deps import get_context
 from mvpipe.errors import InvalidInput, MvpipeError, StoreUnavailable
+from mvpipe.models import micros_to_usd
 from mvpipe.pipeline.finalize import refinalize
 from mvpipe.pipeline.generate import SceneJob
 from mvpipe.pipeline.steps import Next, RecordPending
@@ -131,6 +132,7 @@ def generate_scene(
         "operation_id": carry["operation_id"],
         "steps": self.request.retries + 1,
         "next_step_in": round(step.countdown, 3),
+        "cost_usd": micros_to_usd(job.cost_micros),
     }
     raise self.rerun_later(WAITING_STATES[step.next], step.countdown, carry, progress)
 
