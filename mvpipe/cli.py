@@ -257,8 +257,10 @@ def projects(status_: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the estimate as JSON.")
 def estimate(project_id: str, sequence: int | None, as_json: bool) -> None:
     """What a run would still pay: every paid stage still missing."""
+    from mvpipe.pricing import MICROS_PER_USD
+
     found = guarded(lambda: _api().estimate_micros(project_id, sequence))
-    dollars = found.micros / 1_000_000
+    dollars = found.micros / MICROS_PER_USD
     if as_json:
         payload = {"usd": dollars, "jobs": found.jobs, "exact": found.exact}
         click.echo(json.dumps(payload))
@@ -267,7 +269,7 @@ def estimate(project_id: str, sequence: int | None, as_json: bool) -> None:
     click.echo(f"{approx}${dollars:,.2f} for {found.jobs} paid job(s)")
 
 
-@main.command()
+@main.command(context_settings={"ignore_unknown_options": True})  # so "-5" is a value
 @click.argument("project_id")
 @click.argument("usd")
 def budget(project_id: str, usd: str) -> None:

@@ -4,8 +4,7 @@ it continues the run, and the estimate is what a run then commits (DESIGN.md inv
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+import math
 import time
 from collections.abc import Callable
 
@@ -17,6 +16,7 @@ from mvpipe.media.synth import synthesize_song
 from mvpipe.models import ProjectStatus, SceneStatus
 from tests.conftest import Workers
 from tests.helpers import assert_invariants, ledger
+from tests.test_cli import mvpipe
 
 pytestmark = pytest.mark.integration
 
@@ -115,8 +115,8 @@ def test_a_song_project_planned_on_no_budget_then_paid_for_exactly(
     workers = start_workers(queues="mvpipe.plan,mvpipe.video", prices=PRICES, slot_max_seconds="4")
     song = synthesize_song(seconds=14.3, bpm=120.0, offset=0.25, sections=2)
     project_id = api.create_project("Song", "Neon rain\nOn the glass", song=song.wav, budget_usd=0)
-    rough = api.estimate_micros(project_id)
-    assert not rough.exact and rough.micros > 0
+    rough = api.estimate_micros(project_id)  # the song cut into its longest slots
+    assert not rough.exact and rough.jobs == math.ceil(14.3 / 4) and rough.micros > 0
 
     # A run on no budget plans the scenes and pays for nothing
     api.run_project(project_id)
@@ -129,24 +129,18 @@ def test_a_song_project_planned_on_no_budget_then_paid_for_exactly(
     exact = api.estimate_micros(project_id)
     assert exact.exact and exact.jobs == view.scene_count
     assert exact.micros == sum(s.duration_seconds * 250_000 for s in view.scenes)
-    cli = subprocess.run(
-        [sys.executable, "-m", "mvpipe.cli", "estimate", project_id, "--json"],
-        env=workers.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    cli = mvpipe(workers.env, "estimate", project_id, "--json")
+    assert cli.returncode == 0, cli.stderr
     assert json.loads(cli.stdout) == {"usd": exact.micros / 1e6, "jobs": exact.jobs, "exact": True}
-    cli = subprocess.run(
-        [sys.executable, "-m", "mvpipe.cli", "budget", project_id, str(exact.micros / 1e6)],
-        env=workers.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    cli = mvpipe(workers.env, "budget", project_id, str(exact.micros / 1e6))
+    assert cli.returncode == 0, cli.stderr
     assert f"of a ${exact.micros / 1e6:,.2f} budget" in cli.stdout
+    for bad in ("-1", "nan", "1e12", "ten"):
+        refused = mvpipe(workers.env, "budget", project_id, bad)
+        assert refused.returncode == 2 and "budget must" in refused.stderr, refused.stderr
+    cli = mvpipe(workers.env, "status", project_id)
+    assert cli.returncode == 0, cli.stderr
+    assert f"cost      $0.00 committed of a ${exact.micros / 1e6:,.2f} budget" in cli.stdout
     api.run_project(project_id)
     view = api.wait_project(project_id, timeout=180)
     assert view.status == ProjectStatus.COMPLETED, view.last_error
