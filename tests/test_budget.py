@@ -147,3 +147,26 @@ def test_a_song_project_planned_on_no_budget_then_paid_for_exactly(
     assert round(view.committed_cost_usd * 1e6) == exact.micros
     assert len(ledger(workers.ledger, project_id)) == view.scene_count
     assert_invariants(project_id)
+
+
+def test_a_submit_that_fails_transiently_gives_its_reservation_back(
+    start_workers: StartWorkers,
+) -> None:
+    # Given a provider refusing many submits with transient errors, and a budget that holds
+    # exactly one accepted job per scene
+    workers = start_workers(
+        prices=PRICES, local_faults="transient=0.4,seed=11", max_attempts="20", backoff_max="1"
+    )
+    scenes = [{"prompt": f"scene {n}", "duration_seconds": 4} for n in range(1, 7)]
+    project_id = api.create_project("Refunds", "Refused, then paid.", scenes=scenes, budget_usd=6)
+
+    api.run_project(project_id)
+    view = api.wait_project(project_id, timeout=180)
+
+    # Then every refused submit gave its dollar back: all six scenes fit the six dollars
+    assert view.status == ProjectStatus.COMPLETED, [(s.sequence, s.last_error) for s in view.scenes]
+    assert sum(s.attempts for s in view.scenes) > 6  # some submits were refused
+    assert len(ledger(workers.ledger, project_id)) == 6
+    assert view.committed_cost_usd == 6.0
+    assert all(s.cost_usd == 1.0 for s in view.scenes)
+    assert_invariants(project_id)

@@ -132,7 +132,7 @@ def generate_scene(
         "operation_id": carry["operation_id"],
         "steps": self.request.retries + 1,
         "next_step_in": round(step.countdown, 3),
-        "cost_usd": micros_to_usd(job.cost_micros),
+        "cost_usd": micros_to_usd(job.cost_micros),  # None until this execution knows it
     }
     raise self.rerun_later(WAITING_STATES[step.next], step.countdown, carry, progress)
 
