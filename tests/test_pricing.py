@@ -5,8 +5,11 @@ from __future__ import annotations
 import pytest
 
 from mvpipe.errors import ConfigurationError
+from mvpipe.models import SceneStatus
+from mvpipe.pipeline.cost import planned_estimate
 from mvpipe.pricing import DEFAULT_PRICES, parse_prices, price_micros
 from mvpipe.settings import Settings, get_settings
+from mvpipe.store.records import SceneRecord
 
 
 def test_per_second_and_per_job_prices() -> None:
@@ -71,3 +74,47 @@ def test_settings_price_each_paid_stage(monkeypatch: pytest.MonkeyPatch) -> None
     assert settings.video_price_micros("local", 4) == 2_000_000
     assert settings.lipsync_price_micros(3.2) == 100_000
     assert settings.video_price_micros("veo", 8) > 0  # the built-in Veo price still applies
+
+
+def scene(sequence: int, **fields: object) -> SceneRecord:
+    base: dict[str, object] = {
+        "project_id": "p",
+        "sequence": sequence,
+        "prompt": "x",
+        "negative_prompt": None,
+        "duration_seconds": 4,
+        "status": SceneStatus.PENDING,
+        "clip_key": None,
+        "working_clip_key": None,
+        "lip_synced_clip_key": None,
+        "attempts": 0,
+        "last_error": None,
+        "lease_token": None,
+        "lease_expires_at": None,
+        "operation_id": None,
+        "completed_at": None,
+    }
+    return SceneRecord(**{**base, **fields})  # type: ignore[arg-type]
+
+
+def test_a_planned_estimate_prices_only_the_paid_stages_still_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MVPIPE_PRICES", '{"local:video": 0.25, "local:lipsync": 0.5}')
+    settings = Settings()
+    now = 1000.0
+    scenes = [
+        scene(1),  # to generate: 4 s
+        scene(2, status=SceneStatus.COMPLETED, clip_key="k"),  # done
+        scene(3, status=SceneStatus.PROCESSING, operation_id="op"),  # paid, running
+        scene(4, status=SceneStatus.PROCESSING, lease_token="t", lease_expires_at=now + 9),
+        scene(5, status=SceneStatus.PROCESSING, lease_token="t", lease_expires_at=now - 1),
+        scene(6, status=SceneStatus.FAILED, operation_id="op"),  # a user's run pays again
+        # generated, its lip-sync of a 2.5 s slot still missing
+        scene(7, clip_key="k", lip_sync=True, start_seconds=10.0, end_seconds=12.5),
+    ]
+    found = planned_estimate(settings, "local", scenes, now=now)
+    assert found.jobs == 4 and found.exact
+    assert found.micros == 3 * 1_000_000 + 1_250_000
+    again = planned_estimate(settings, "local", scenes[6:], regenerate=True, now=now)
+    assert again.micros == 1_000_000 + 1_250_000

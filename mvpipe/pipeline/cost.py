@@ -43,9 +43,9 @@ def estimate(ctx: Context, state: ProjectState, *, sequence: int | None = None) 
     if sequence is not None:
         scene = state.scene(sequence)
         scenes = [] if scene is None else [scene]
-        return _scenes(settings, project.provider, scenes, regenerate=True)
+        return planned_estimate(settings, project.provider, scenes, regenerate=True)
     if project.planned:
-        return _scenes(settings, project.provider, state.scenes)
+        return planned_estimate(settings, project.provider, state.scenes)
     if project.song_key is None:
         seconds = clip_duration(DEFAULT_SCENE_SECONDS, settings.durations_for(project.provider))
         count = project.requested_scene_count
@@ -68,11 +68,17 @@ def estimate(ctx: Context, state: ProjectState, *, sequence: int | None = None) 
     return Estimate(micros, jobs, exact=False)
 
 
-def _scenes(
-    settings: Settings, provider: str, scenes: Iterable[SceneRecord], *, regenerate: bool = False
+def planned_estimate(
+    settings: Settings,
+    provider: str,
+    scenes: Iterable[SceneRecord],
+    *,
+    regenerate: bool = False,
+    now: float | None = None,
 ) -> Estimate:
+    """Pure: the paid stages these scenes still miss (all of them, to `regenerate`)."""
     micros = jobs = 0
-    now = time.time()
+    now = time.time() if now is None else now
     for scene in scenes:
         if regenerate or _generation_missing(scene, now):
             micros += settings.video_price_micros(provider, scene.duration_seconds)
