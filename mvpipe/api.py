@@ -50,6 +50,7 @@ __all__ = [
     "cancel_project",
     "create_project",
     "estimate_cost",
+    "estimate_micros",
     "get_project",
     "list_projects",
     "reconcile",
