@@ -3,16 +3,17 @@
     python bench/drill.py [--repeat 2 --scenes 8 --seed 1]
 
 Each round starts its own stack, runs a project with the local provider, injects one fault
-(a worker SIGKILLed at a critical moment, a whole worker killed, Redis restarted with or without
-its data, the state server paused — also exactly while an operation id is recorded, and
-while planning for longer than the lease so that reconcile takes the run over mid-plan —, the run
-taken over during a record, provider faults, unreadable poll replies, every scene's message
-redelivered under one task id, the run's root task delivered twice, the runs' liveness marks lost
-while a reconcile passes), heals (reconcile + re-run, as an operator would), then checks every
-invariant and counts paid generations from the provider's ledger. Local jobs are priced
-(`{"local": 0.25}` a second) on a budget with room for every scene paid twice: the money columns
-show what the project committed, its budget, and the price of the jobs the provider's ledger
-accepted — committed must equal the ledger and never pass the budget.
+(a worker SIGKILLed at a critical moment — mid-cut too —, a whole worker killed, Redis restarted
+with or without its data, the state server paused — also exactly while an operation id is
+recorded, and while planning for longer than the lease so that reconcile takes the run over
+mid-plan —, the run taken over during a record, provider faults, unreadable poll replies, every
+scene's message redelivered under one task id, the run's root task delivered twice, the runs'
+liveness marks lost while a reconcile passes, a second execution cutting a scene while the first
+cut is held), heals (reconcile + re-run, as an operator would), then checks every invariant and
+counts paid generations from the provider's ledger. Local jobs are priced (`{"local": 0.25}` a
+second) on a budget with room for every scene paid twice: the money columns show what the project
+committed, its budget, and the price of the jobs the provider's ledger accepted — committed must
+equal the ledger and never pass the budget.
 """
 
 from __future__ import annotations
@@ -53,16 +54,20 @@ KINDS = [
     "twin-root",
     "pause-planning",
     "lost-liveness",
+    "duplicate-cut",
 ]
 #: Kinds that hold one execution just before it records its operation id.
 HELD = ("pause-record", "takeover-record")
 HOLD = "before_record"
+#: The point a duplicate-cut round holds the first cut at (cut made, not uploaded).
+CUT_HOLD = "during_cut"
 SETTINGS = {
     "lease_seconds": "4",
     "provider_timeout_seconds": "2",
     "store_timeout_seconds": "1",
     "liveness_slack_seconds": "1",
     "run_stale_seconds": "4",
+    "stage_queue_seconds": "4",
     "backoff_max": "2",
     "backoff_base": "0.2",
     "poll_seconds": "0.2",
@@ -81,9 +86,9 @@ def wait_ledger(ledger: Path, project_id: str, count: int, timeout: float = 60) 
         time.sleep(0.1)
 
 
-def wait_held(state_dir: Path, timeout: float = 60) -> None:
+def wait_held(state_dir: Path, point: str = HOLD, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
-    while not held(state_dir, HOLD) and time.monotonic() < deadline:
+    while not held(state_dir, point) and time.monotonic() < deadline:
         time.sleep(0.05)
 
 
@@ -113,6 +118,8 @@ def run_round(
     if kind in HELD:
         env["MVPIPE_FAILPOINTS"] = f"{HOLD}=hold"
         env["MVPIPE_STORE_RETRY_SECONDS"] = "2"  # a record gives up within the pause
+    if kind == "duplicate-cut":
+        env["MVPIPE_FAILPOINTS"] = f"{CUT_HOLD}=hold"
     ledger = Path(stack.env["MVPIPE_LOCAL_LEDGER"])
     worker = workers(stack, workdir, 2, **env)
     project_id = api.create_project("Drill", "Chaos.", scene_count=scenes)
@@ -125,6 +132,8 @@ def run_round(
         api.reconcile(project_id)
     if kind in HELD:
         wait_held(state_dir)
+    elif kind == "duplicate-cut":
+        wait_held(state_dir, CUT_HOLD)
     else:
         wait_ledger(ledger, project_id, rng.randint(1, scenes))
     if kind == "pause-record":  # the state server stops while an operation id is recorded
@@ -148,6 +157,12 @@ def run_round(
                 app.send_task(
                     GENERATE_SCENE, args=[project_id, sequence, run, "local"], task_id=task_id
                 )
+    elif kind == "duplicate-cut":  # every scene run again while the first cut is held
+        run = get_context().projects.get(project_id).active_run_id
+        for sequence in range(1, scenes + 1):
+            app.send_task(GENERATE_SCENE, args=[project_id, sequence, run, "local"])
+        time.sleep(rng.uniform(0.5, 2))  # the duplicates cut meanwhile
+        release(state_dir, CUT_HOLD)
     elif kind == "kill-worker":
         worker.kill()
         worker = workers(stack, workdir, 2, **env)

@@ -22,7 +22,8 @@ from pydantic import ValidationError
 from mvpipe.celery_app import app
 from mvpipe.deps import get_context
 from mvpipe.dispatch import CeleryDispatcher
-from mvpipe.errors import InvalidInput, Timeout
+from mvpipe.errors import InvalidInput, NotFound, Timeout
+from mvpipe.media.files import written_atomically
 from mvpipe.media.song import probe_song, read_song
 from mvpipe.models import (
     MICROS_PER_USD,
@@ -47,8 +48,11 @@ from mvpipe.store.records import ProjectRecord
 _dispatcher = CeleryDispatcher(app)
 
 __all__ = [
+    "STAGES",
     "cancel_project",
     "create_project",
+    "default_download_name",
+    "download",
     "estimate_cost",
     "estimate_micros",
     "get_project",
@@ -217,3 +221,70 @@ def reconcile(
         ids = [validate_project_id(project_id)]
         sweep_strays = bool(sweep_strays)
     return reconcile_all(get_context(), _dispatcher, project_ids=ids, sweep_strays=sweep_strays)
+
+
+#: What `download` can fetch: the final video, or one scene's clip of a stage.
+STAGES = ("final", "original", "working", "lipsync")
+
+
+def default_download_name(
+    project_id: str, sequence: int | None = None, stage: str = "final"
+) -> str:
+    """`{project}-music-video.mp4`, or `{project}-scene-{NNN}-{stage}.mp4` for a scene's clip."""
+    validate_project_id(project_id)
+    if sequence is None:
+        return f"{project_id}-music-video.mp4"
+    return f"{project_id}-scene-{validate_sequence(sequence):03d}-{stage}.mp4"
+
+
+def download(
+    project_id: str, dest: str | Path, sequence: int | None = None, stage: str = "final"
+) -> Path:
+    """Write the final video (or scene `sequence`'s clip of `stage`) to `dest`; returns the path.
+
+    `stage` is one of STAGES; a scene's clip needs a `sequence` and a stage other than `final`.
+    An existing directory as `dest` receives the file under `default_download_name`. The file
+    appears whole or not at all. NotFound when the project has no such output (yet).
+    """
+    validate_project_id(project_id)
+    if stage not in STAGES:
+        raise InvalidInput(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+    if sequence is not None:
+        validate_sequence(sequence)
+        if stage == "final":
+            raise InvalidInput("a scene's clip needs a stage: original, working or lipsync")
+    elif stage != "final":
+        raise InvalidInput(f"the {stage} clip belongs to a scene: give its sequence")
+    target = _download_target(dest, project_id, sequence, stage)
+    ctx = get_context()
+    view = ctx.projects.load(project_id).view()
+    if sequence is None:
+        key = view.final_video_s3_key
+        what = f"project {project_id} has no final video yet"
+    else:
+        scene = next((s for s in view.scenes if s.sequence == sequence), None)
+        if scene is None:
+            raise NotFound(f"project {project_id} has no scene {sequence}")
+        key = {
+            "original": scene.original_video_clip_s3_key,
+            "working": scene.working_video_clip_s3_key,
+            "lipsync": scene.lip_synced_video_clip_s3_key,
+        }[stage]
+        what = f"scene {sequence} of project {project_id} has no {stage} clip"
+    if key is None or not ctx.clips.exists(key):
+        raise NotFound(what)
+    data = ctx.clips.read(key)
+    with written_atomically(target) as tmp:
+        tmp.write_bytes(data)
+    return target
+
+
+def _download_target(dest: str | Path, project_id: str, sequence: int | None, stage: str) -> Path:
+    if not isinstance(dest, str | Path) or not str(dest).strip():
+        raise InvalidInput("dest must be a file or directory path")
+    target = Path(dest).expanduser()
+    if target.is_dir():
+        target = target / default_download_name(project_id, sequence, stage)
+    if not target.parent.is_dir():
+        raise InvalidInput(f"cannot write {target}: {target.parent} is not a directory")
+    return target

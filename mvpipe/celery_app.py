@@ -26,6 +26,7 @@ app = Celery(
         "mvpipe.tasks.analyse",
         "mvpipe.tasks.generate",
         "mvpipe.tasks.finalize",
+        "mvpipe.tasks.assemble",
         "mvpipe.tasks.reconcile",
     ],
 )

@@ -152,31 +152,31 @@ def run(project_id: str, wait: bool, timeout: float) -> None:
 
 
 def follow(project_id: str, timeout: float) -> ProjectView:
-    """Show progress until the project's run is over; returns the final view."""
-    from mvpipe.progress import ProgressPrinter
+    """Show each stage's progress until the project's run is over; returns the final view."""
+    from mvpipe.progress import StageProgress
 
     api = _api()
-    printer = ProgressPrinter()
+    progress = StageProgress()
     deadline = time.monotonic() + timeout
     try:
         while True:
             try:
                 view = api.wait_project(project_id, timeout=0.5)
-                printer.update(view)
+                progress.update(view)
                 return view
             except Timeout:
-                printer.update(guarded(lambda: api.get_project(project_id)))
+                progress.update(guarded(lambda: api.get_project(project_id)))
             if time.monotonic() > deadline:
                 _fail(f"project {project_id} still running after {timeout:.0f}s", EXIT_TIMEOUT)
     finally:
-        printer.close()
+        progress.close()
 
 
 @main.command()
 @click.argument("project_id")
 @click.option("--json", "as_json", is_flag=True, help="Print the full project as JSON.")
 def status(project_id: str, as_json: bool) -> None:
-    """Show a project and its scenes."""
+    """Show a project: its song, final video and each scene's slot, stages and keys."""
     view = guarded(lambda: _api().get_project(project_id))
     if as_json:
         click.echo(view.model_dump_json(indent=2))
@@ -185,19 +185,61 @@ def status(project_id: str, as_json: bool) -> None:
 
 
 def _print_summary(view: ProjectView) -> None:
-    click.echo(f"project   {view.project_id}  {view.title!r}")
-    click.echo(
+    from rich.console import Console
+    from rich.table import Table
+
+    from mvpipe.progress import money
+
+    console = Console(highlight=False, markup=False)  # titles and errors are shown as written
+    if not console.is_terminal:
+        console.width = 240  # a pipe or a log: keep every key on one line
+    prefix = f"projects/{view.project_id}/"
+
+    def short(key: str | None) -> str:
+        return "-" if key is None else key.removeprefix(prefix)
+
+    console.print(f"project   {view.project_id}  {view.title!r}")
+    console.print(
         f"status    {view.status}   scenes {view.scene_count}   completed {view.completed_scenes}"
         f"   failed {view.failed_scenes}   provider {view.provider}"
     )
-    click.echo(f"cost      {money(view)}")
+    console.print(f"cost      {money(view)}")
+    if view.song_s3_key:
+        seconds = f"  ({view.song_seconds:.2f} s)" if view.song_seconds else ""
+        console.print(f"song      {view.song_s3_key}{seconds}")
+    console.print(f"final     {view.final_video_s3_key or '-'}")
     if view.last_error:
-        click.echo(f"error     {view.last_error}")
-    if view.scenes:
-        click.echo(f"{'seq':>4}  {'status':<10} {'tries':>5}  clip / last error")
+        console.print(f"error     {view.last_error}")
+    if not view.scenes:
+        return
+    table = Table(box=None, pad_edge=False)
+    for name, justify in (
+        ("seq", "right"),
+        ("slot (s)", "left"),
+        ("status", "left"),
+        ("tries", "right"),
+        ("original", "left"),
+        ("working", "left"),
+        ("lip-synced", "left"),
+        ("last error", "left"),
+    ):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for scene in view.scenes:
-        detail = scene.original_video_clip_s3_key or scene.last_error or ""
-        click.echo(f"{scene.sequence:>4}  {scene.status:<10} {scene.attempts:>5}  {detail}")
+        slot = "-"
+        if scene.start_seconds is not None and scene.end_seconds is not None:
+            slot = f"{scene.start_seconds:.3f}..{scene.end_seconds:.3f}"
+        lip = short(scene.lip_synced_video_clip_s3_key) if scene.lip_sync else "(none)"
+        table.add_row(
+            str(scene.sequence),
+            slot,
+            str(scene.status),
+            str(scene.attempts),
+            short(scene.original_video_clip_s3_key),
+            short(scene.working_video_clip_s3_key),
+            lip,
+            scene.last_error or "",
+        )
+    console.print(table)
 
 
 @main.command()
@@ -280,15 +322,10 @@ def budget(project_id: str, usd: str) -> None:
             value = float(usd)
         except ValueError:
             _fail(f"budget must be a number of US dollars or 'none', not {usd!r}", EXIT_INVALID)
+    from mvpipe.progress import money
+
     view = guarded(lambda: _api().set_budget(project_id, value))
     click.echo(f"cost      {money(view)}")
-
-
-def money(view: ProjectView) -> str:
-    spent = f"${view.committed_cost_usd:,.2f} committed"
-    if view.budget_usd is None:
-        return f"{spent}, no budget"
-    return f"{spent} of a ${view.budget_usd:,.2f} budget"
 
 
 # -- the local stack ---------------------------------------------------------------------------
@@ -415,7 +452,7 @@ def demo(scene_count: int, keep: bool, output: Path) -> None:
                 first = view.scenes[0].original_video_clip_s3_key if view.scenes else None
                 if first:
                     click.echo(f"scene 1 for the next hour: {clips.presigned_url(first)}")
-                click.echo(f"or: mvpipe fetch {project_id} 1 scene1.mp4 (with the stack's env)")
+                click.echo(f"or: mvpipe fetch {project_id} --scene 1 (with the stack's env)")
                 stop = _stop_on_signal()
                 click.echo("\nStack kept running; Ctrl-C stops it.", err=True)
                 while not stop.wait(0.5):
@@ -444,20 +481,26 @@ def flower(flower_args: tuple[str, ...]) -> None:
 
 @main.command()
 @click.argument("project_id")
-@click.argument("sequence", type=int)
-@click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
-def fetch(project_id: str, sequence: int, output: Path) -> None:
-    """Download a scene's clip to OUTPUT."""
-    api = _api()
-    view = guarded(lambda: api.get_project(project_id))
-    scene = next((s for s in view.scenes if s.sequence == sequence), None)
-    if scene is None or not scene.original_video_clip_s3_key:
-        _fail(f"scene {sequence} of project {project_id} has no clip", EXIT_NOT_FOUND)
-    from mvpipe.deps import get_context
+@click.argument("file", required=False, type=click.Path(path_type=Path))
+@click.option("--scene", "sequence", type=int, help="A scene's clip instead of the final video.")
+@click.option(
+    "--stage",
+    type=click.Choice(["working", "original", "lipsync"]),
+    help="Which clip of --scene [working].",
+)
+def fetch(project_id: str, file: Path | None, sequence: int | None, stage: str | None) -> None:
+    """Download the final video (or a scene's clip) to FILE.
 
-    key = scene.original_video_clip_s3_key
-    output.write_bytes(guarded(lambda: get_context().clips.read(key)))
-    click.echo(f"wrote {output}")
+    FILE defaults to PROJECT_ID-music-video.mp4 (PROJECT_ID-scene-NNN-STAGE.mp4 for a scene)
+    in the current directory; a directory receives the file under that name.
+    """
+    if stage is not None and sequence is None:
+        _fail("--stage needs --scene", EXIT_INVALID)
+    api = _api()
+    chosen = "final" if sequence is None else (stage or "working")
+    dest = file if file is not None else Path.cwd()
+    written = guarded(lambda: api.download(project_id, dest, sequence=sequence, stage=chosen))
+    click.echo(f"wrote {written}")
 
 
 if __name__ == "__main__":

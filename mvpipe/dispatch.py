@@ -19,6 +19,7 @@ log = logging.getLogger("mvpipe.dispatch")
 PLAN_SCENES = "mvpipe.plan_scenes"
 GENERATE_SCENE = "mvpipe.generate_scene"
 FINALIZE_PROJECT = "mvpipe.finalize_project"
+ASSEMBLE_PROJECT = "mvpipe.assemble_project"
 
 
 class CeleryDispatcher:
@@ -40,18 +41,23 @@ class CeleryDispatcher:
         run_id: str | None,
         provider: str,
         operation_id: str | None = None,
+        stage: str | None = None,
     ) -> AsyncResult:
-        """One generate_scene outside any chord: polls `operation_id`, or claims and submits."""
+        """One generate_scene outside any chord: polls `operation_id` (of `stage`, generation
+        by default), or runs the scene's first missing stage."""
         return self._send(
             GENERATE_SCENE,
             args=[project_id, sequence, run_id, provider],
-            kwargs={"operation_id": operation_id},
+            kwargs={"operation_id": operation_id, "stage": stage},
         )
 
     def finalize(
         self, project_id: str, run_id: str | None, sequences: list[int] | None
     ) -> AsyncResult:
         return self._send(FINALIZE_PROJECT, args=[None, project_id, run_id, sequences])
+
+    def assemble(self, project_id: str, run_id: str) -> AsyncResult:
+        return self._send(ASSEMBLE_PROJECT, args=[project_id, run_id])
 
     def _send(self, name: str, **options: Any) -> AsyncResult:
         """Publish (retried through a short broker outage by Celery's publish retry policy)."""

@@ -18,9 +18,16 @@ from pathlib import Path
 from mvpipe.settings import get_settings
 
 #: The moments a drill can crash a worker at.
-POINTS = ("after_submit", "after_record", "during_poll", "after_upload")
+POINTS = (
+    "after_submit",
+    "after_record",
+    "during_poll",
+    "after_upload",
+    "during_cut",
+    "during_assembly",
+)
 #: The moments a drill can hold an execution at (besides the crash points).
-HOLD_POINTS = ("before_record",)
+HOLD_POINTS = ("before_record", "during_cut")
 #: How long a held execution waits for the drill before it goes on by itself.
 HOLD_SECONDS = 120.0
 

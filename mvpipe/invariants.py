@@ -7,16 +7,23 @@ from __future__ import annotations
 
 from mvpipe.deps import Context
 from mvpipe.models import ProjectStatus, SceneStatus
+from mvpipe.pipeline.assemble import final_key
+from mvpipe.pipeline.cut import output_format
+from mvpipe.pipeline.stages import needed_stages
 from mvpipe.states import Counters, project_status
+from mvpipe.store.records import ProjectState
 
 
 def violations(ctx: Context, project_id: str) -> list[str]:
     found: list[str] = []
     state = ctx.projects.load(project_id)
     for scene in state.scenes:
-        has_clip = scene.clip_key is not None and ctx.clips.exists(scene.clip_key)
-        if (scene.status == SceneStatus.COMPLETED) != has_clip:
-            found.append(f"scene {scene.sequence}: status {scene.status}, clip {scene.clip_key!r}")
+        # Invariant 1: completed exactly when every output its stages need is recorded and
+        # its object exists (original and working always; lip-synced when lipSync).
+        outputs = {stage.name: stage.output(scene) for stage in needed_stages(scene)}
+        has_all = all(key is not None and ctx.clips.exists(key) for key in outputs.values())
+        if (scene.status == SceneStatus.COMPLETED) != has_all:
+            found.append(f"scene {scene.sequence}: status {scene.status}, outputs {outputs!r}")
         if scene.status == SceneStatus.FAILED and not scene.last_error:
             found.append(f"scene {scene.sequence}: failed without lastError")
     project = state.project
@@ -43,7 +50,27 @@ def violations(ctx: Context, project_id: str) -> list[str]:
             planned=project.planned,
             run_active=False,
             planning_failed=project.status == ProjectStatus.FAILED and not project.planned,
+            final_video=project.final_video_key is not None,
         )
         if project.status != expected:
             found.append(f"project status {project.status}, scenes say {expected}")
+    found += _final_video_violations(ctx, state)
+    return found
+
+
+def _final_video_violations(ctx: Context, state: ProjectState) -> list[str]:
+    """Invariants 5 and 8: a completed project has its final video, stored, and any recorded
+    final video is the one the current scenes' chosen clips make."""
+    project = state.project
+    key = project.final_video_key
+    if key is None:
+        if project.status == ProjectStatus.COMPLETED:
+            return ["project completed without finalVideoS3Key"]
+        return []
+    found = []
+    if not ctx.clips.exists(key):
+        found.append(f"finalVideoS3Key {key!r} has no object")
+    expected = final_key(state, output_format(ctx.settings))
+    if key != expected:
+        found.append(f"finalVideoS3Key {key!r} but the current scenes make {expected!r}")
     return found

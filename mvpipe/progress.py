@@ -1,55 +1,103 @@
-"""A live one-line progress display for a running project (used by `mvpipe run --wait`)."""
+"""Live progress of a run, one bar per stage (used by `mvpipe run --wait`), drawn by rich.
+
+`stage_counts` is the pure part (what each bar shows); `StageProgress` draws it. On a terminal the
+bars update in place; elsewhere (a log, a pipe) rich prints them once, when the run is over.
+"""
 
 from __future__ import annotations
 
-import sys
-import time
+from dataclasses import dataclass
 from typing import TextIO
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from mvpipe.models import ProjectView, SceneStatus
 
 
-def progress_line(view: ProjectView, elapsed: float, width: int = 30) -> str:
-    total = len(view.scenes) or view.scene_count
-    done = sum(1 for s in view.scenes if s.status == SceneStatus.COMPLETED)
+@dataclass(frozen=True)
+class StageCount:
+    """How many of a stage's outputs exist, out of how many the project needs."""
+
+    stage: str
+    done: int
+    total: int
+
+
+def stage_counts(view: ProjectView) -> list[StageCount]:
+    """Generated, cut, lip-synced (only when some scene lip-syncs) and assembled."""
+    scenes = view.scenes
+    total = len(scenes) or view.scene_count
+    counts = [
+        StageCount("generated", sum(1 for s in scenes if s.original_video_clip_s3_key), total),
+        StageCount("cut", sum(1 for s in scenes if s.working_video_clip_s3_key), total),
+    ]
+    lip_sync = [s for s in scenes if s.lip_sync]
+    if lip_sync:
+        done = sum(1 for s in lip_sync if s.lip_synced_video_clip_s3_key)
+        counts.append(StageCount("lip-synced", done, len(lip_sync)))
+    counts.append(StageCount("assembled", 1 if view.final_video_s3_key else 0, 1))
+    return counts
+
+
+def scene_summary(view: ProjectView) -> str:
     failed = sum(1 for s in view.scenes if s.status == SceneStatus.FAILED)
-    in_flight = sum(1 for s in view.scenes if s.status == SceneStatus.PROCESSING)
-    finished = done + failed
-    filled = int(width * finished / total) if total else 0
-    bar = "#" * filled + "-" * (width - filled)
-    if total and 0 < finished < total:
-        eta = f"{elapsed / finished * (total - finished):.0f}s"
-    else:
-        eta = "--"
-    scenes = f"{finished}/{total}" if total else "planning"
-    cost = f"${view.committed_cost_usd:,.2f}"
-    if view.budget_usd is not None:
-        cost += f"/${view.budget_usd:,.2f}"
-    return (
-        f"[{bar}] {scenes} done={done} failed={failed} in-flight={in_flight} "
-        f"cost={cost} status={view.status} elapsed={elapsed:.0f}s eta={eta}"
-    )
+    working = sum(1 for s in view.scenes if s.status == SceneStatus.PROCESSING)
+    if not view.scenes:
+        return f"{view.status} (planning)"
+    return f"{view.status}: {working} in progress, {failed} failed"
 
 
-class ProgressPrinter:
-    """Rewrites one terminal line; prints plain lines when not attached to a terminal."""
+def cost_note(view: ProjectView) -> str:
+    """The money, short enough for a bar's note: committed, and of what budget."""
+    spent = f"cost ${view.committed_cost_usd:,.2f}"
+    return spent if view.budget_usd is None else f"{spent} of ${view.budget_usd:,.2f}"
+
+
+def money(view: ProjectView) -> str:
+    """What the project has committed, against its budget if it has one."""
+    spent = f"${view.committed_cost_usd:,.2f} committed"
+    if view.budget_usd is None:
+        return f"{spent}, no budget"
+    return f"{spent} of a ${view.budget_usd:,.2f} budget"
+
+
+class StageProgress:
+    """One bar per stage plus the project's status, redrawn from each view it is given."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
-        self.stream = stream or sys.stderr
-        self.started = time.monotonic()
-        self.tty = self.stream.isatty()
-        self._last = ""
+        self.console = Console(file=stream, stderr=stream is None)
+        self.progress = Progress(
+            TextColumn("{task.description:<11}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[note]}"),
+            TimeElapsedColumn(),
+            console=self.console,
+        )
+        self.tasks: dict[str, TaskID] = {}
+        self.progress.start()
 
     def update(self, view: ProjectView) -> None:
-        line = progress_line(view, time.monotonic() - self.started)
-        if self.tty:
-            self.stream.write("\r\x1b[2K" + line)
-        elif line.split(" elapsed=")[0] != self._last.split(" elapsed=")[0]:
-            self.stream.write(line + "\n")
-        self.stream.flush()
-        self._last = line
+        notes = {"generated": scene_summary(view), "assembled": cost_note(view)}
+        for count in stage_counts(view):
+            task = self.tasks.get(count.stage)
+            if task is None:
+                task = self.progress.add_task(count.stage, total=count.total or None, note="")
+                self.tasks[count.stage] = task
+            self.progress.update(
+                task,
+                completed=count.done,
+                total=count.total or None,
+                note=notes.get(count.stage, ""),
+            )
 
     def close(self) -> None:
-        if self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
+        self.progress.stop()

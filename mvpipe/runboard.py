@@ -33,6 +33,12 @@ def _answered(method: Callable[P, R]) -> Callable[P, R]:
     return call
 
 
+#: delete a lock only if it still holds the caller's value
+_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
 _FINISH = """
 redis.call('SADD', KEYS[1], ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
@@ -52,6 +58,7 @@ class RunBoard:
         self.prefix = prefix
         self.ttl = ttl
         self._finish = client.register_script(_FINISH)
+        self._unlock = client.register_script(_UNLOCK)
 
     def _key(self, *parts: object) -> str:
         return ":".join([self.prefix, *map(str, parts)])
@@ -161,5 +168,6 @@ class RunBoard:
         return self.client.get(key) == run_id.encode()
 
     @_answered
-    def unlock_planning(self, project_id: str) -> None:
-        self.client.delete(self._key("plan", project_id))
+    def unlock_planning(self, project_id: str, run_id: str) -> None:
+        """Only the run holding the lock frees it (a takeover's planner may hold it by now)."""
+        self._unlock(keys=[self._key("plan", project_id)], args=[run_id])

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from mvpipe.errors import ConfigurationError
 from mvpipe.pricing import Prices, parse_prices, price_micros
@@ -56,6 +56,11 @@ class Settings(BaseSettings):
     run_stale_seconds: float = Field(default=300.0, gt=0)
     stray_sweep_seconds: float = Field(default=3600.0, gt=0)
     liveness_slack_seconds: float = Field(default=30.0, ge=0)
+    #: how long a scene queued for its next stage (the cut, on mvpipe.media) counts as worked
+    #: on before reconcile resumes it: above the media queue's longest wait, so a backlog of cuts
+    #: is not duplicated (a crash mid-cut is resumed after the ordinary liveness; a worker lost
+    #: with a reserved cut message, after this)
+    stage_queue_seconds: float = Field(default=300.0, gt=0)
     flower_user: str | None = None
     flower_password: SecretStr | None = None
 
@@ -272,6 +277,8 @@ def get_settings() -> Settings:
         return Settings()
     except ValidationError as exc:
         raise ConfigurationError(f"invalid settings: {describe(exc)}") from None
+    except SettingsError as exc:  # a value that is not even parseable (e.g. malformed JSON)
+        raise ConfigurationError(f"invalid settings: {exc}; check the MVPIPE_* variables") from None
 
 
 def describe(exc: ValidationError) -> str:

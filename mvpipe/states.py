@@ -36,11 +36,20 @@ class Counters:
 
 
 def project_status(
-    counters: Counters, *, planned: bool, run_active: bool, planning_failed: bool = False
+    counters: Counters,
+    *,
+    planned: bool,
+    run_active: bool,
+    planning_failed: bool = False,
+    final_video: bool = False,
 ) -> ProjectStatus:
-    """Invariant 5: the project's status follows from its scenes and whether a run is active."""
+    """Invariant 5: the project's status follows from its scenes, its final video and whether a
+    run is active. All scenes completed is `completed` only with the final video recorded; until
+    then the run assembles it, and without a run the project waits (`pending`) for one."""
     if counters.scene_count and counters.completed_scenes == counters.scene_count:
-        return ProjectStatus.COMPLETED
+        if final_video:
+            return ProjectStatus.COMPLETED
+        return ProjectStatus.ASSEMBLING if run_active else ProjectStatus.PENDING
     if run_active:
         return ProjectStatus.PROCESSING if planned else ProjectStatus.GENERATING_SCENES
     if planning_failed and not planned:
@@ -48,6 +57,13 @@ def project_status(
     if counters.scene_count and counters.open_scenes == 0 and counters.failed_scenes:
         return ProjectStatus.FAILED
     return ProjectStatus.PENDING
+
+
+def assembly_due(counters: Counters, *, final_video: bool) -> bool:
+    """Every scene is completed but the final video is not recorded: the run assembles it."""
+    return bool(counters.scene_count) and (
+        counters.completed_scenes == counters.scene_count and not final_video
+    )
 
 
 def lease_expired(expires_at: float | None, now: float) -> bool:

@@ -80,6 +80,9 @@ def start_workers(
         n = next(_counter)
         ledger = tmp_path / f"ledger-{n}.jsonl"
         overrides = {
+            # Cuts and final videos at a small size keep media work cheap in every test.
+            "MVPIPE_OUTPUT_SIZE": "160x90",
+            "MVPIPE_OUTPUT_FPS": "12",
             "MVPIPE_LOCAL_LEDGER": str(ledger),
             "MVPIPE_LOCAL_STATE": str(tmp_path / "local-provider.sqlite3"),
             "MVPIPE_STATE_DIR": str(tmp_path / "state"),

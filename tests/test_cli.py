@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from mvpipe.celery_app import app
+from mvpipe.deps import get_context
 from mvpipe.localstack import free_port, port_open, start_flower
 from tests.conftest import Workers
 from tests.helpers import wait_for
@@ -37,8 +38,10 @@ def mvpipe(
     )
 
 
-def test_create_run_wait_status_and_projects(start_workers: StartWorkers) -> None:
-    workers = start_workers()
+def test_create_run_wait_status_fetch_and_projects(
+    start_workers: StartWorkers, tmp_path: Path
+) -> None:
+    workers = start_workers(output_size="160x90", output_fps="12")
     created = mvpipe(
         workers.env, "create", "--title", "CLI", "--concept", "Lines.", "--scenes", "3"
     )
@@ -48,18 +51,41 @@ def test_create_run_wait_status_and_projects(start_workers: StartWorkers) -> Non
 
     ran = mvpipe(workers.env, "run", project_id, "--wait")
     assert ran.returncode == 0, ran.stderr
-    assert "3/3" in ran.stderr and "completed" in ran.stdout
+    bars = {line.split()[0]: line for line in ran.stderr.splitlines() if line.strip()}
+    assert "3/3" in bars["generated"] and "1/1" in bars["assembled"], ran.stderr
+    assert "completed" in ran.stdout
 
     status = mvpipe(workers.env, "status", project_id, "--json")
     view = json.loads(status.stdout)
     assert view["status"] == "completed" and view["completed_scenes"] == 3
+    final = view["final_video_s3_key"]
+    assert final.startswith(f"projects/{project_id}/final/")
     table = mvpipe(workers.env, "status", project_id)
     assert "completed" in table.stdout and "scenes/001/" in table.stdout
+    assert final in table.stdout
+
+    fetched = mvpipe(workers.env, "fetch", project_id, str(tmp_path))
+    assert fetched.returncode == 0, fetched.stderr
+    video = tmp_path / f"{project_id}-music-video.mp4"
+    assert video.read_bytes()[4:8] == b"ftyp" and str(video) in fetched.stdout
+    clip = tmp_path / "one.mp4"
+    scene_args = ("--scene", "1", "--stage", "original")
+    fetched = mvpipe(workers.env, "fetch", project_id, str(clip), *scene_args)
+    assert fetched.returncode == 0, fetched.stderr
+    assert clip.read_bytes() == _read(view["scenes"][0]["original_video_clip_s3_key"])
+    missing = mvpipe(workers.env, "fetch", project_id, "--scene", "1", "--stage", "lipsync")
+    assert missing.returncode == 3 and "no lipsync clip" in missing.stderr
+    bad = mvpipe(workers.env, "fetch", project_id, "--scene", "0")
+    assert bad.returncode == 2 and "sequence" in bad.stderr
 
     listed = mvpipe(workers.env, "projects", "--status", "completed")
     assert project_id in listed.stdout
     report = json.loads(mvpipe(workers.env, "reconcile", "--json").stdout)
     assert "total" in report
+
+
+def _read(key: str) -> bytes:
+    return get_context().clips.read(key)
 
 
 def test_user_mistakes_are_one_line_and_an_exit_code(start_workers: StartWorkers) -> None:
@@ -130,9 +156,10 @@ def test_flower_requires_auth_shows_scenes_polling_and_lists_their_tasks(
         def listed() -> dict | None:
             found = tasks()
             names = {t["name"] for t in found}
-            # plan_scenes replaces itself with the chord and shares its id (the run id) with
-            # finalize_project, so Flower shows that id under the chord body's name.
-            done = {"mvpipe.generate_scene", "mvpipe.finalize_project"}
+            # plan_scenes replaces itself with the chord, whose body (finalize_project) replaces
+            # itself with assemble_project: all share the run id, so Flower shows that id under
+            # the last one's name.
+            done = {"mvpipe.generate_scene", "mvpipe.assemble_project"}
             return {"tasks": found} if done <= names else None
 
         found = wait_for(listed, 60, "Flower to list the project's tasks")

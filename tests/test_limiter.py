@@ -6,9 +6,27 @@ import uuid
 
 import pytest
 import redis
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    rule,
+    run_state_machine_as_test,
+)
 
-from mvpipe.providers.limiter import QuotaLimiter
+from mvpipe.errors import InvalidInput
+from mvpipe.providers.fairness import ProjectLine, admit, allot, check_lines
+from mvpipe.providers.limiter import (
+    QuotaLimiter,
+    QuotaSnapshot,
+    SlotDecision,
+    member_project,
+    slot_member,
+)
 from mvpipe.runboard import RunBoard
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -25,43 +43,43 @@ def ask(limiter: QuotaLimiter, member: str, park: str | None = None, line_ttl: f
 def test_a_release_wakes_only_the_waiters_entitled_to_the_freed_slot(
     limiter: QuotaLimiter,
 ) -> None:
-    assert ask(limiter, "a").granted and ask(limiter, "b").granted
-    assert ask(limiter, "c", park="wake c").place == 1
-    assert ask(limiter, "d", park="wake d").place == 2
-    assert not ask(limiter, "e").granted  # waits on its own timer, parks nothing
+    assert ask(limiter, "a:1").granted and ask(limiter, "b:1").granted
+    assert ask(limiter, "c:1", park="wake c").place == 1
+    assert ask(limiter, "d:1", park="wake d").place == 2
+    assert not ask(limiter, "e:1").granted  # waits on its own timer, parks nothing
 
-    assert limiter.release("local", "a", limit=2) == ["wake c"]
+    assert limiter.release("local", "a:1", limit=2) == ["wake c"]
     # Handed out once: a second release of nothing, before c arrives, wakes no one else,
     # because the one free slot is c's.
-    assert limiter.release("local", "a", limit=2) == []
-    assert ask(limiter, "d").granted is False  # d cannot take c's slot
-    assert ask(limiter, "c").granted
-    assert limiter.release("local", "b", limit=2) == ["wake d"]
+    assert limiter.release("local", "a:1", limit=2) == []
+    assert ask(limiter, "d:1").granted is False  # d cannot take c's slot
+    assert ask(limiter, "c:1").granted
+    assert limiter.release("local", "b:1", limit=2) == ["wake d"]
 
 
 def test_a_waiters_latest_parked_message_wins_and_a_grant_drops_it(
     limiter: QuotaLimiter,
 ) -> None:
-    assert ask(limiter, "a").granted and ask(limiter, "b").granted
-    ask(limiter, "c", park="c, step 1")
-    ask(limiter, "c", park="c, step 2")  # its timed check ran first and waited again
-    assert limiter.release("local", "a", limit=2) == ["c, step 2"]
-    assert ask(limiter, "c").granted
-    ask(limiter, "d", park="d")
-    assert ask(limiter, "a").granted is False
-    assert limiter.release("local", "c", limit=2) == ["d"]
-    assert ask(limiter, "d").granted
-    assert limiter.release("local", "b", limit=2) == []  # a, next in line, parked nothing
-    assert ask(limiter, "a").granted
+    assert ask(limiter, "a:1").granted and ask(limiter, "b:1").granted
+    ask(limiter, "c:1", park="c, step 1")
+    ask(limiter, "c:1", park="c, step 2")  # its timed check ran first and waited again
+    assert limiter.release("local", "a:1", limit=2) == ["c, step 2"]
+    assert ask(limiter, "c:1").granted
+    ask(limiter, "d:1", park="d:1")
+    assert ask(limiter, "a:1").granted is False
+    assert limiter.release("local", "c:1", limit=2) == ["d:1"]
+    assert ask(limiter, "d:1").granted
+    assert limiter.release("local", "b:1", limit=2) == []  # a, next in line, parked nothing
+    assert ask(limiter, "a:1").granted
 
 
 def test_waiters_that_stop_asking_lose_their_place_and_their_message(
     limiter: QuotaLimiter,
 ) -> None:
-    assert ask(limiter, "a").granted and ask(limiter, "b").granted
-    ask(limiter, "gone", park="never sent")
-    ask(limiter, "c", park="wake c", line_ttl=0)  # every waiter seen before now is stale
-    assert limiter.release("local", "a", limit=2) == ["wake c"]
+    assert ask(limiter, "a:1").granted and ask(limiter, "b:1").granted
+    ask(limiter, "gone:1", park="never sent")
+    ask(limiter, "c:1", park="wake c", line_ttl=0)  # every waiter seen before now is stale
+    assert limiter.release("local", "a:1", limit=2) == ["wake c"]
 
 
 def test_the_first_copy_of_a_step_owns_it_and_its_redelivery_too(
@@ -75,17 +93,150 @@ def test_the_first_copy_of_a_step_owns_it_and_its_redelivery_too(
 
 
 def test_a_refreshed_slot_is_not_a_fresh_one(limiter: QuotaLimiter) -> None:
-    first = ask(limiter, "a")
+    first = ask(limiter, "a:1")
     assert first.granted and first.fresh
-    again = ask(limiter, "a")  # a duplicate execution of the same scene
+    again = ask(limiter, "a:1")  # a duplicate execution of the same scene
     assert again.granted and not again.fresh
 
 
 def test_a_waiter_that_leaves_hands_its_turn_to_the_next_one(limiter: QuotaLimiter) -> None:
-    assert ask(limiter, "a").granted and ask(limiter, "b").granted
-    ask(limiter, "c", park="wake c")
-    ask(limiter, "d", park="wake d")
-    assert limiter.release("local", "a", limit=2) == ["wake c"]
+    assert ask(limiter, "a:1").granted and ask(limiter, "b:1").granted
+    ask(limiter, "c:1", park="wake c")
+    ask(limiter, "d:1", park="wake d")
+    assert limiter.release("local", "a:1", limit=2) == ["wake c"]
     # c's run was cancelled: it leaves, and the free slot goes to d at once.
-    assert limiter.leave("local", "c", limit=2) == ["wake d"]
-    assert ask(limiter, "d").granted
+    assert limiter.leave("local", "c:1", limit=2) == ["wake d"]
+    assert ask(limiter, "d:1").granted
+
+
+def test_a_freed_slot_goes_to_the_project_with_the_fewest_in_flight(
+    limiter: QuotaLimiter,
+) -> None:
+    big = [slot_member("big", n) for n in range(1, 6)]
+    assert ask(limiter, big[0]).granted and ask(limiter, big[1]).granted
+    assert ask(limiter, big[2], park="wake big 3").place == 1
+    small = slot_member("small", 1)
+    # A waiter of a project with nothing in flight goes before the big project's next scene,
+    # though it asked later.
+    assert ask(limiter, small, park="wake small 1").place == 1
+    assert limiter.release("local", big[0], limit=2) == ["wake small 1"]
+    assert ask(limiter, big[2]).granted is False
+    assert ask(limiter, small).granted
+    # One each in flight now: the big project's turn, in its own order.
+    assert ask(limiter, big[3], park="wake big 4").place == 2
+    assert limiter.release("local", big[1], limit=2) == ["wake big 3"]
+
+
+def test_slots_of_a_dead_worker_free_themselves_and_every_key_expires(
+    limiter: QuotaLimiter, redis_client: redis.Redis
+) -> None:
+    dead = slot_member("dead", 1)
+    assert limiter.acquire("local", dead, limit=1, ttl=0.05, line_ttl=600).granted
+    waiter = slot_member("alive", 1)
+    wait_for(lambda: limiter.acquire("local", waiter, limit=1, ttl=600, line_ttl=600).granted)
+    snapshot = limiter.snapshot("local")
+    assert snapshot.held == (waiter,) and snapshot.lines == ()
+    assert snapshot.in_flight("dead") == 0
+    keys = list(redis_client.scan_iter(f"{limiter.prefix}:*"))
+    assert keys and all(0 < redis_client.ttl(key) <= 660 for key in keys)
+
+
+def test_members_that_name_no_project_are_rejected(limiter: QuotaLimiter) -> None:
+    for member in ("no-colon", ":001", "a|b:001"):
+        with pytest.raises(InvalidInput):
+            ask(limiter, member)
+        with pytest.raises(InvalidInput):
+            limiter.release("local", member, limit=2)
+    assert limiter.snapshot("local") == QuotaSnapshot((), (), frozenset())
+
+
+PROJECTS = ("p0", "p1", "p2", "p3")
+MEMBERS = [slot_member(p, n) for p in PROJECTS for n in range(1, 7)]
+LIMITS = st.integers(1, 6)
+
+
+class LimiterMachine(RuleBasedStateMachine):
+    """Random requests, releases and departures against the real limiter: each decision the
+    Lua makes equals what the pure rule decides on the state read just before it."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        super().__init__()
+        self.limiter = QuotaLimiter(client, prefix=f"test:{uuid.uuid4()}")
+        self.limit = 1
+
+    # The limit may change between calls (a new setting rolled out): raising it frees several
+    # slots at once, where the order among equals decides who gets the second one.
+    @initialize(limit=LIMITS)
+    def set_limit(self, limit: int) -> None:
+        self.limit = limit
+
+    @rule(limit=LIMITS)
+    def change_limit(self, limit: int) -> None:
+        self.limit = limit
+
+    @rule(member=st.sampled_from(MEMBERS), park=st.booleans())
+    def request(self, member: str, park: bool) -> None:
+        before = self.limiter.snapshot("local")
+        message = member if park else None
+        decision = self.limiter.acquire(
+            "local", member, limit=self.limit, ttl=3600, line_ttl=3600, park=message
+        )
+        if member in before.held:
+            assert decision == SlotDecision(True, 0, False)
+            return
+        project = member_project(member)
+        expected = admit(
+            before.lines,
+            project,
+            member,
+            in_flight=before.in_flight(project),
+            free=self.limit - len(before.held),
+        )
+        assert (decision.granted, decision.place, decision.fresh) == (
+            expected.granted,
+            expected.place,
+            expected.granted,
+        )
+        # A denied waiter's latest message stays parked; a granted one's is dropped.
+        parked = (park or member in before.parked) and not decision.granted
+        assert (member in self.limiter.snapshot("local").parked) == parked
+
+    @rule(member=st.sampled_from(MEMBERS), keep_slot=st.booleans())
+    def hand_on(self, member: str, keep_slot: bool) -> None:
+        before = self.limiter.snapshot("local")
+        freed = not keep_slot and member in before.held
+        project = member_project(member)
+        lines = []
+        for line in before.lines:
+            waiters = tuple(m for m in line.waiters if m != member)
+            in_flight = line.in_flight - (freed and line.project == project)
+            if waiters:
+                lines.append(ProjectLine(line.project, in_flight, line.ticket, waiters))
+        free = self.limit - len(before.held) + freed
+        parked = before.parked - {member}
+        expected = [m for m in allot(lines, max(free, 0)) if m in parked]
+        if keep_slot:
+            woken = self.limiter.leave("local", member, limit=self.limit)
+        else:
+            woken = self.limiter.release("local", member, limit=self.limit)
+        assert woken == expected
+
+    @invariant()
+    def counts_agree(self) -> None:
+        snapshot = self.limiter.snapshot("local")
+        for line in snapshot.lines:
+            assert line.in_flight == snapshot.in_flight(line.project)
+            assert not set(line.waiters) & set(snapshot.held)
+        check_lines(snapshot.lines)
+
+
+def test_the_lua_decides_as_the_pure_rule(redis_client: redis.Redis) -> None:
+    run_state_machine_as_test(
+        lambda: LimiterMachine(redis_client),
+        settings=settings(
+            max_examples=150,
+            stateful_step_count=40,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+        ),
+    )

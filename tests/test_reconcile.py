@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 import uuid
 from collections.abc import Callable
@@ -14,6 +16,7 @@ from mvpipe.deps import Context, get_context
 from mvpipe.localstack import start_beat
 from mvpipe.models import ProjectStatus, SceneStatus
 from mvpipe.providers.base import VideoRequest
+from mvpipe.providers.render import render_clip
 from mvpipe.states import Counters
 from mvpipe.store.clips import clip_key
 from mvpipe.store.records import utc_now_iso
@@ -109,13 +112,18 @@ def test_an_uploaded_but_unrecorded_clip_is_recorded(start_workers: StartWorkers
     ctx.scenes.claim(project_id, 1, run_id=run_id, token="t", lease_seconds=60, max_attempts=5)
     ctx.scenes.record_operation(project_id, 1, token="t", operation_id="op-1", run_id=run_id)
     key = clip_key(project_id, 1, "op-1")
-    ctx.clips.put(key, b"uploaded before the worker died")
+    ctx.clips.put(
+        key, render_clip("uploaded before the worker died", 1.0)
+    )  # a real clip: it is cut
     report = api.reconcile(project_id)
     assert report.recovered_clips == 1
     scene = ctx.scenes.get(project_id, 1)
-    assert scene is not None and scene.status == SceneStatus.COMPLETED and scene.clip_key == key
+    # Recorded, and on to its cut (by the run reconcile took over).
+    assert scene is not None and scene.clip_key == key
     view = api.wait_project(project_id, timeout=60)
     assert view.status == ProjectStatus.COMPLETED
+    assert view.scenes[0].working_video_clip_s3_key is not None
+    assert_invariants(project_id)
     reconcile_until_quiet(project_id)
 
 
@@ -137,6 +145,45 @@ def test_completed_without_a_clip_goes_back_to_pending(start_workers: StartWorke
     reconcile_until_quiet(project_id)
 
 
+def test_a_lost_working_clip_is_cut_again_without_paying(start_workers: StartWorkers) -> None:
+    workers = start_workers()
+    ctx = get_context()
+    project_id = completed_project()
+    scene = ctx.scenes.get(project_id, 2)
+    assert scene is not None and scene.working_clip_key is not None
+    ctx.clips.delete(scene.working_clip_key)
+    report = api.reconcile(project_id)
+    assert report.missing_clips == 1
+    reset = ctx.scenes.get(project_id, 2)
+    assert reset is not None and reset.status == SceneStatus.PENDING
+    assert reset.clip_key == scene.clip_key and reset.working_clip_key is None
+    api.run_project(project_id)
+    assert api.wait_project(project_id, timeout=120).status == ProjectStatus.COMPLETED
+    again = ctx.scenes.get(project_id, 2)
+    # Deterministic: the same inputs give the same key, made again from the kept original.
+    assert again is not None and again.working_clip_key == scene.working_clip_key
+    assert ctx.clips.exists(scene.working_clip_key)
+    assert generations_per_scene(workers.ledger, project_id) == {1: 1, 2: 1, 3: 1}
+    assert_invariants(project_id)
+    reconcile_until_quiet(project_id)
+
+
+def test_a_completed_scene_without_a_recorded_cut_is_reopened(start_workers: StartWorkers) -> None:
+    """A scene completed before scenes had cuts (only its original recorded) gets its cut."""
+    workers = start_workers()
+    ctx = get_context()
+    project_id = completed_project(scenes=1)
+    m = ctx.table.model
+    ctx.table.update(project_pk(project_id), scene_sk(1), [m.working_clip_key.remove()], None)
+    assert api.reconcile(project_id).missing_clips == 1
+    api.run_project(project_id)
+    view = api.wait_project(project_id, timeout=120)
+    assert view.status == ProjectStatus.COMPLETED
+    assert view.scenes[0].working_video_clip_s3_key is not None
+    assert generations_per_scene(workers.ledger, project_id) == {1: 1}
+    assert_invariants(project_id)
+
+
 def test_drifted_counters_are_recounted(start_workers: StartWorkers) -> None:
     start_workers()
     ctx = get_context()
@@ -155,7 +202,9 @@ def test_garbage_objects_and_stray_items_are_deleted(
     start_workers(orphan_grace_seconds="0")
     ctx = get_context()
     project_id = completed_project(scenes=1)
-    recorded = ctx.scenes.get(project_id, 1).clip_key  # type: ignore[union-attr]
+    scene = ctx.scenes.get(project_id, 1)
+    assert scene is not None and scene.working_clip_key is not None
+    recorded = scene.clip_key
     stale = clip_key(project_id, 1, "op-from-a-stale-worker")
     ctx.clips.put(stale, b"garbage")
     stray_project = str(uuid.uuid4())
@@ -167,6 +216,7 @@ def test_garbage_objects_and_stray_items_are_deleted(
     report = api.reconcile(project_id, sweep_strays=True)
     assert report.garbage_deleted == 1 and report.stray_scenes_deleted >= 1
     assert not ctx.clips.exists(stale) and ctx.clips.exists(recorded or "")
+    assert ctx.clips.exists(scene.working_clip_key)  # recorded working clips are kept
     assert ctx.table.get(project_pk(stray_project), scene_sk(1)) is None
     assert api.reconcile(project_id, sweep_strays=True).total == 0
 
@@ -241,3 +291,50 @@ def test_a_live_run_not_finalized_yet_is_left_alone(stack: object) -> None:
     assert claim.outcome == "won" and ctx.scenes.fail(project_id, 1, error="x", token="t")
     api.reconcile(project_id)
     assert ctx.projects.get(project_id).active_run_id == run_id
+
+
+def test_a_regeneration_run_never_resumes_scenes_outside_its_scope(stack: object) -> None:
+    # Given a cancelled run's dead submitter on scene 2 (expired lease, no operation), then a
+    # regeneration of scene 1 alone, with no worker to run it
+    ctx = get_context()
+    project_id = api.create_project(
+        "Scope", "One scene only.", scenes=[{"prompt": "a"}, {"prompt": "b"}]
+    )
+    old_run = str(uuid.uuid4())
+    assert ctx.projects.win_run(project_id, old_run, ProjectStatus.PROCESSING) == old_run
+    claim = ctx.scenes.claim(
+        project_id, 2, run_id=old_run, token="dead", lease_seconds=1, max_attempts=5,
+        now=time.time() - 10,
+    )  # fmt: skip
+    assert claim.outcome == "won"
+    ctx.projects.settle(
+        project_id,
+        observed_run=old_run,
+        counters=Counters(scene_count=2, completed_scenes=0, failed_scenes=0, open_scenes=2),
+        status=ProjectStatus.PENDING,
+        release=True,
+    )
+    run = api.regenerate_scene(project_id, 1)
+    ctx.board.touch_run(run.id, 600)  # the regeneration is alive
+    # When reconcile expires scene 2's lease
+    report = api.reconcile(project_id)
+    assert report.expired_leases == 1
+    # Then scene 2 is pending again, but nothing was sent for it under the regeneration's run
+    assert ctx.scenes.get(project_id, 2).status == SceneStatus.PENDING  # type: ignore[union-attr]
+    assert [args[1] for args in queued_scene_steps(ctx, project_id)] == []
+
+
+def queued_scene_steps(ctx: Context, project_id: str) -> list[list[object]]:
+    """The args of every `generate_scene` message of the project waiting in the broker."""
+    found = []
+    for queue in ctx.redis.scan_iter("mvpipe.*"):
+        if ctx.redis.type(queue) != b"list":
+            continue
+        for raw in ctx.redis.lrange(queue, 0, -1):
+            message = json.loads(raw)
+            if message["headers"].get("task") != "mvpipe.generate_scene":
+                continue
+            args = json.loads(base64.b64decode(message["body"]))[0]
+            if args[0] == project_id:
+                found.append(args)
+    return found

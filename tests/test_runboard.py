@@ -33,3 +33,16 @@ def test_the_last_scene_triggers_finalize_until_the_trigger_was_sent(board: RunB
 def test_scenes_finishing_before_finalize_ran_trigger_nothing(board: RunBoard) -> None:
     run_id = str(uuid.uuid4())
     assert not board.scene_finished(run_id, 1)  # the chord's body will read the store itself
+
+
+def test_only_the_run_holding_the_planning_lock_frees_it(board: RunBoard) -> None:
+    # Given a planning lock that a takeover's run holds now
+    project_id, stale, current = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
+    assert board.lock_planning(project_id, current, 60)
+    # When the stale run's planner finishes and unlocks
+    board.unlock_planning(project_id, stale)
+    # Then the lock is still the current run's, and only it can free the lock
+    assert not board.lock_planning(project_id, stale, 60)
+    assert board.lock_planning(project_id, current, 60)
+    board.unlock_planning(project_id, current)
+    assert board.lock_planning(project_id, stale, 60)

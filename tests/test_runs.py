@@ -41,6 +41,9 @@ class RecordingDispatcher:
     def finalize(self, *args: Any) -> Any:
         self.sent.append(("finalize", args))
 
+    def assemble(self, *args: Any) -> Any:
+        self.sent.append(("assemble", args))
+
     def wake(self, parked: Any) -> int:
         return len(list(parked))
 

@@ -37,3 +37,10 @@ def test_malformed_values_are_configuration_errors(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("MVPIPE_PROVIDER_TIMEOUT_SECONDS", "100")
     with pytest.raises(ConfigurationError, match="half the lease"):
         get_settings()
+
+
+def test_an_unparseable_value_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A JSON setting that is not JSON fails in pydantic-settings before validation runs
+    monkeypatch.setenv("MVPIPE_REPLICATE_INPUT", "not json")
+    with pytest.raises(ConfigurationError, match="MVPIPE_"):
+        get_settings()

@@ -11,16 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pynamodb.exceptions import PynamoDBException
 
 from mvpipe import api
 from mvpipe.deps import Context, build_context, get_context, reset_context
-from mvpipe.errors import InvalidInput, StoreUnavailable
+from mvpipe.errors import ConfigurationError, InvalidInput, StoreUnavailable
 from mvpipe.localstack import LocalStack, free_port
 from mvpipe.models import ProjectSpec, SongSpec
 from mvpipe.pipeline.create import create_project
-from mvpipe.store.dynamo import Table
-from mvpipe.store.projects import ProjectStore
 from mvpipe.store.table import METADATA, project_pk, scene_sk
 from tests.songs import ENCODINGS, make_song, make_video_only
 
@@ -191,7 +188,7 @@ def test_a_refused_metadata_write_takes_the_song_back(ctx: Context) -> None:
     )
     project_id = str(uuid.uuid4())
     # When the project is written, the song first
-    with pytest.raises(PynamoDBException, match="ResourceNotFound"):
+    with pytest.raises(ConfigurationError, match="ResourceNotFound"):
         create_project(broken, project_id, spec, song.data)
     # Then the uploaded song is deleted again: no partial state
     assert ctx.clips.list(f"projects/{project_id}/") == []
@@ -200,11 +197,13 @@ def test_a_refused_metadata_write_takes_the_song_back(ctx: Context) -> None:
 def test_an_unanswered_metadata_write_keeps_the_song(ctx: Context) -> None:
     # Given a table nobody answers for: the METADATA write's outcome is unknown
     silent = ctx.settings.model_copy(
-        update={"dynamodb_endpoint": f"http://127.0.0.1:{free_port()}", "store_timeout_seconds": 1}
+        update={
+            "dynamodb_endpoint": f"http://127.0.0.1:{free_port()}",
+            "store_timeout_seconds": 1,
+            "store_retry_seconds": 1,
+        }
     )
     unanswered = build_context(silent)
-    unanswered.table = Table(silent, retry_seconds=1)
-    unanswered.projects = ProjectStore(unanswered.table)
     song = make_song("flac", 5.5)
     sha = hashlib.sha256(song.data).hexdigest()
     spec = ProjectSpec(

@@ -168,7 +168,8 @@ def test_a_song_project_is_planned_on_its_beats(
     start_workers: StartWorkers, song: SynthSong
 ) -> None:
     # Given a media-only worker (warm) and a worker for planning and video, like the Procfile's
-    media = start_workers(concurrency=1, queues="mvpipe.media", warm_media="1")
+    # (every worker makes media in the same output format)
+    media = start_workers(concurrency=1, queues="mvpipe.media", warm_media="1", output_fps=str(FPS))
     main = start_workers(
         queues="mvpipe.plan,mvpipe.video", slot_max_seconds=str(SLOT_MAX), output_fps=str(FPS)
     )

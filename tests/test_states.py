@@ -6,14 +6,29 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mvpipe.models import ProjectStatus, SceneStatus
-from mvpipe.states import Counters, backoff_seconds, lease_expired, project_status
+from mvpipe.states import (
+    Counters,
+    assembly_due,
+    backoff_seconds,
+    lease_expired,
+    project_status,
+)
 
 statuses = st.lists(st.sampled_from(list(SceneStatus)), max_size=30)
 
 
-def test_all_completed_is_completed_even_while_a_run_is_active() -> None:
+def test_all_completed_is_completed_only_with_the_final_video() -> None:
     counters = Counters.of([SceneStatus.COMPLETED] * 3)
-    assert project_status(counters, planned=True, run_active=True) == ProjectStatus.COMPLETED
+    for run_active in (True, False):
+        status = project_status(counters, planned=True, run_active=run_active, final_video=True)
+        assert status == ProjectStatus.COMPLETED
+    assert project_status(counters, planned=True, run_active=True) == ProjectStatus.ASSEMBLING
+    assert project_status(counters, planned=True, run_active=False) == ProjectStatus.PENDING
+    assert assembly_due(counters, final_video=False)
+    assert not assembly_due(counters, final_video=True)
+    assert not assembly_due(Counters.of([]), final_video=False)
+    partly = Counters.of([SceneStatus.COMPLETED, SceneStatus.FAILED])
+    assert not assembly_due(partly, final_video=False)
 
 
 def test_failed_only_when_nothing_is_open() -> None:
@@ -35,12 +50,15 @@ def test_active_run_is_processing_or_planning() -> None:
     )
 
 
-@given(statuses, st.booleans())
-def test_status_rule_matches_design(scene_statuses: list[SceneStatus], run_active: bool) -> None:
+@given(statuses, st.booleans(), st.booleans())
+def test_status_rule_matches_design(
+    scene_statuses: list[SceneStatus], run_active: bool, final_video: bool
+) -> None:
     counters = Counters.of(scene_statuses)
-    status = project_status(counters, planned=True, run_active=run_active)
+    status = project_status(counters, planned=True, run_active=run_active, final_video=final_video)
     all_done = bool(scene_statuses) and all(s == SceneStatus.COMPLETED for s in scene_statuses)
-    assert (status == ProjectStatus.COMPLETED) == all_done
+    assert (status == ProjectStatus.COMPLETED) == (all_done and final_video)
+    assert (status == ProjectStatus.ASSEMBLING) == (all_done and run_active and not final_video)
     assert counters.scene_count == len(scene_statuses)
     assert counters.completed_scenes + counters.failed_scenes + counters.open_scenes == len(
         scene_statuses

@@ -19,7 +19,7 @@ from mvpipe.localstack import LocalStack
 from mvpipe.models import ProjectSpec, ProjectStatus, SceneSpec, SceneStatus
 from mvpipe.pipeline.finalize import settle_project
 from mvpipe.states import Counters
-from mvpipe.store.scenes import Claim
+from mvpipe.store.scenes import ORIGINAL, WORKING, Claim
 
 pytestmark = pytest.mark.integration
 
@@ -84,7 +84,18 @@ def test_recording_twice_with_the_same_token_reports_success(ctx: Context) -> No
     assert claim(ctx, project_id, run_id, "other") == Claim.NOT_CLAIMABLE
 
 
-def test_a_wrong_operation_cannot_complete_a_scene_and_completion_is_idempotent(
+def cut(ctx: Context, project_id: str, sequence: int, original: str, key: str) -> bool:
+    return ctx.scenes.record_output(
+        project_id,
+        sequence,
+        stage=WORKING,
+        key=key,
+        made_from=(ORIGINAL.output, original),
+        last=True,
+    )
+
+
+def test_a_wrong_operation_cannot_record_a_clip_and_recording_is_idempotent(
     ctx: Context,
 ) -> None:
     project_id, run_id = new_project(ctx)
@@ -95,7 +106,48 @@ def test_a_wrong_operation_cannot_complete_a_scene_and_completion_is_idempotent(
     assert ctx.scenes.complete(project_id, 1, operation_id="op-1", clip_key="k1")
     assert ctx.scenes.complete(project_id, 1, operation_id="op-1", clip_key="k1")  # retried write
     scene = ctx.scenes.get(project_id, 1)
-    assert scene is not None and scene.status == SceneStatus.COMPLETED and scene.clip_key == "k1"
+    # The original is recorded; the scene waits for its cut, with no lease (nobody may claim it).
+    assert scene is not None and scene.status == SceneStatus.PROCESSING and scene.clip_key == "k1"
+    assert scene.lease_token is None and scene.working_clip_key is None
+    assert claim(ctx, project_id, run_id, "other") == Claim.NOT_CLAIMABLE
+
+
+def test_the_cut_is_recorded_only_from_the_original_it_was_cut_from(ctx: Context) -> None:
+    project_id, run_id = new_project(ctx)
+    claim(ctx, project_id, run_id, "t")
+    ctx.scenes.record_operation(project_id, 1, token="t", operation_id="op-1", run_id=run_id)
+    assert not cut(ctx, project_id, 1, "k1", "w1")  # no original recorded yet
+    ctx.scenes.complete(project_id, 1, operation_id="op-1", clip_key="k1")
+    assert not cut(ctx, project_id, 1, "k-stale", "w-stale")  # cut from another original
+    assert ctx.scenes.get(project_id, 1).status == SceneStatus.PROCESSING  # type: ignore[union-attr]
+    assert cut(ctx, project_id, 1, "k1", "w1")
+    assert cut(ctx, project_id, 1, "k1", "w1")  # a duplicate cut finds its own write
+    assert not cut(ctx, project_id, 1, "k1", "w-other")  # never overwrites a recorded cut
+    scene = ctx.scenes.get(project_id, 1)
+    assert scene is not None and scene.status == SceneStatus.COMPLETED
+    assert (scene.clip_key, scene.working_clip_key) == ("k1", "w1")
+    # The working clip vanished: only it is made again (the original is kept, nothing paid).
+    assert ctx.scenes.reset_outputs(project_id, 1, stage=WORKING, key="w1")
+    scene = ctx.scenes.get(project_id, 1)
+    assert scene is not None and scene.status == SceneStatus.PENDING
+    assert (scene.clip_key, scene.working_clip_key, scene.attempts) == ("k1", None, 1)
+    assert claim(ctx, project_id, run_id, "again") == Claim.NOT_CLAIMABLE
+
+
+def test_a_cut_that_fails_keeps_the_original(ctx: Context) -> None:
+    project_id, run_id = new_project(ctx)
+    claim(ctx, project_id, run_id, "t")
+    ctx.scenes.record_operation(project_id, 1, token="t", operation_id="op-1", run_id=run_id)
+    ctx.scenes.complete(project_id, 1, operation_id="op-1", clip_key="k1")
+    assert not ctx.scenes.fail(
+        project_id, 1, error="undecodable", made_from=(ORIGINAL.output, "k0"), stage=WORKING
+    )
+    assert ctx.scenes.fail(
+        project_id, 1, error="undecodable", made_from=(ORIGINAL.output, "k1"), stage=WORKING
+    )
+    scene = ctx.scenes.get(project_id, 1)
+    assert scene is not None and scene.status == SceneStatus.FAILED
+    assert scene.clip_key == "k1" and scene.last_error == "undecodable"
 
 
 def test_completed_is_never_written_without_an_operation_and_a_clip(ctx: Context) -> None:
@@ -184,6 +236,11 @@ class RecountMachine(RuleBasedStateMachine):
             )
 
     @rule(seq=st.integers(1, SCENES))
+    def cut(self, seq: int) -> None:
+        if seq in self.ops:
+            cut(self.ctx, self.project_id, seq, f"k{seq}", f"w{seq}")
+
+    @rule(seq=st.integers(1, SCENES))
     def fail(self, seq: int) -> None:
         if seq in self.ops:
             self.ctx.scenes.fail(self.project_id, seq, error="x", operation_id=self.ops[seq])
@@ -209,7 +266,8 @@ class RecountMachine(RuleBasedStateMachine):
         assert state.project.failed_scenes == counters.failed_scenes
         assert state.project.scene_count == counters.scene_count
         for scene in state.scenes:
-            assert (scene.status == SceneStatus.COMPLETED) == (scene.clip_key is not None)
+            outputs = (scene.clip_key, scene.working_clip_key)
+            assert (scene.status == SceneStatus.COMPLETED) == all(outputs)
 
 
 TestRecount = RecountMachine.TestCase
@@ -269,6 +327,9 @@ def test_every_scene_transition_retried_after_it_landed_reports_success(ctx: Con
     twice(lambda: claim_as("c"))
     twice(lambda: s.record_operation(project_id, 1, token="c", operation_id="op-c", run_id=None))
     twice(lambda: s.complete(project_id, 1, operation_id="op-c", clip_key="k-c"))
+    twice(lambda: cut(ctx, project_id, 1, "k-c", "w-c"))
+    twice(lambda: s.reset_outputs(project_id, 1, stage=WORKING, key="w-c"))
+    twice(lambda: cut(ctx, project_id, 1, "k-c", "w-c2"))
     twice(lambda: s.reset_missing_clip(project_id, 1, clip_key="k-c"))
     # Scene 2: failed by its lease holder, retried by a user, failed by its operation, then
     # failed at its attempt limit after an expired lease.

@@ -59,8 +59,8 @@ def cancel_operations(ctx: Context, dispatcher: Dispatcher, project_id: str) -> 
     limit = ctx.settings.concurrency_for(provider.name)
     for scene in state.scenes:
         operation_id = scene.operation_id
-        if scene.status != SceneStatus.PROCESSING or not operation_id:
-            continue
+        if scene.status != SceneStatus.PROCESSING or not operation_id or scene.clip_key:
+            continue  # (a scene whose clip is made only waits for its cut: nothing to cancel)
         if not provider.cancel(operation_id):
             log.info("operation %s not cancelled by the provider; kept", operation_id)
             continue

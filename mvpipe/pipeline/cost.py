@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from mvpipe.deps import Context
 from mvpipe.media.slots import clip_duration
 from mvpipe.models import SceneSpec, SceneStatus
+from mvpipe.pipeline.stages import GENERATE, LIPSYNC
 from mvpipe.pipeline.timeline import load_timeline, song_slots
 from mvpipe.settings import Settings
 from mvpipe.states import lease_expired
@@ -81,10 +82,10 @@ def planned_estimate(
     now = time.time() if now is None else now
     for scene in scenes:
         if regenerate or _generation_missing(scene, now):
-            micros += settings.video_price_micros(provider, scene.duration_seconds)
+            micros += GENERATE.price_micros(settings, provider, scene)
             jobs += 1
         if scene.lip_sync and (regenerate or _lipsync_missing(scene)):
-            micros += settings.lipsync_price_micros(_slot_seconds(scene))
+            micros += LIPSYNC.price_micros(settings, provider, scene)
             jobs += 1
     return Estimate(micros, jobs, exact=True)
 
@@ -103,12 +104,6 @@ def _lipsync_missing(scene: SceneRecord) -> bool:
     if scene.status == SceneStatus.FAILED:
         return scene.lip_synced_clip_key is None
     return scene.lip_synced_clip_key is None and scene.lip_sync_operation_id is None
-
-
-def _slot_seconds(scene: SceneRecord) -> float:
-    if scene.start_seconds is None or scene.end_seconds is None:
-        return float(scene.duration_seconds)
-    return scene.end_seconds - scene.start_seconds
 
 
 def _even_slots(settings: Settings, project: ProjectRecord) -> list[float]:

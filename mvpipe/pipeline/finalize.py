@@ -15,7 +15,7 @@ from mvpipe.deps import Context
 from mvpipe.errors import Conflict
 from mvpipe.models import ProjectStatus
 from mvpipe.pipeline.steps import Dispatcher
-from mvpipe.states import FINAL_SCENE_STATES, project_status
+from mvpipe.states import FINAL_SCENE_STATES, assembly_due, project_status
 from mvpipe.store.records import ProjectState
 
 log = logging.getLogger("mvpipe.finalize")
@@ -26,6 +26,8 @@ class Settlement:
     status: ProjectStatus
     released: bool
     changed: bool
+    #: every scene of the run is completed: the run goes on to assemble the final video
+    assemble: bool = False
     #: the committed sum was repaired to the scenes' costs (invariant 4)
     cost_recounted: bool = False
 
@@ -43,18 +45,24 @@ def settle_project(
     active = project.active_run_id
     counters = state.counters
     run_scenes = [s for s in state.scenes if sequences is None or s.sequence in set(sequences)]
-    release = (
+    final_video = project.final_video_key is not None
+    run_over = (
         release_run is not None
         and active == release_run
         and project.planned
         and all(s.status in FINAL_SCENE_STATES for s in run_scenes)
     )
+    # All scenes completed and no final video: the run is not over, it assembles (and the
+    # assembly's own write releases it).
+    assemble = run_over and assembly_due(counters, final_video=final_video)
+    release = run_over and not assemble
     planning_failed = not project.planned and project.status == ProjectStatus.FAILED
     status = project_status(
         counters,
         planned=project.planned,
         run_active=active is not None and not release,
         planning_failed=planning_failed,
+        final_video=final_video,
     )
     if planning_failed or not project.planned:
         last_error = project.last_error  # planning's own note of why it failed (or last did)
@@ -84,7 +92,7 @@ def settle_project(
         or last_error != project.last_error
     )
     if not changed:
-        return Settlement(status, False, False)
+        return Settlement(status, False, False, assemble)
     if not ctx.projects.settle(
         project.project_id,
         observed_run=active,
@@ -95,12 +103,13 @@ def settle_project(
         recount_cost=recount_cost,
     ):
         return None
-    return Settlement(status, release, True, recount_cost is not None)
+    return Settlement(status, release, True, assemble, recount_cost is not None)
 
 
 def finalize_run(
     ctx: Context, project_id: str, run_id: str | None, sequences: list[int] | None
 ) -> Settlement:
+    """Settle the run; `Settlement.assemble` tells the caller to go on to the assembly."""
     if run_id is not None and sequences is not None:
         # Before reading: a scene finishing after our read will see this and re-trigger us.
         ctx.board.await_scenes(run_id, len(sequences), sequences)

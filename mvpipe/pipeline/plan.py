@@ -17,6 +17,7 @@ from mvpipe.errors import ConfigurationError, PermanentProviderError
 from mvpipe.media.slots import Slot, clip_duration
 from mvpipe.models import SceneSpec, SceneStatus
 from mvpipe.pipeline.brief import slot_briefs
+from mvpipe.pipeline.stages import next_stage
 from mvpipe.pipeline.timeline import load_timeline, song_slots
 from mvpipe.providers.base import Brief
 from mvpipe.providers.classify import describe
@@ -27,7 +28,7 @@ log = logging.getLogger("mvpipe.plan")
 
 @dataclass(frozen=True)
 class RunPlan:
-    """The scenes a run must generate (those with no clip that have not failed)."""
+    """The scenes a run must work on: those lacking an output they need that have not failed."""
 
     provider: str
     sequences: list[int]
@@ -74,13 +75,13 @@ def plan_run(
                 return None
             log.info("planned project=%s scenes=%d run=%s", project_id, len(specs), run_id)
         finally:
-            ctx.board.unlock_planning(project_id)
+            ctx.board.unlock_planning(project_id, run_id)
         state = ctx.projects.load(project_id)
     wanted = set(only) if only is not None else None
     sequences = [
         s.sequence
         for s in state.scenes
-        if s.clip_key is None
+        if next_stage(s) is not None
         and s.status != SceneStatus.FAILED
         and (wanted is None or s.sequence in wanted)
     ]

@@ -16,9 +16,11 @@ from pydantic import BaseModel, computed_field
 
 from mvpipe.deps import Context
 from mvpipe.models import ProjectStatus, SceneStatus
+from mvpipe.pipeline.cut import cut_key
 from mvpipe.pipeline.finalize import settle_project
+from mvpipe.pipeline.stages import GENERATE, Stage, is_last, lost_output, next_stage
 from mvpipe.pipeline.steps import Dispatcher
-from mvpipe.states import FINAL_SCENE_STATES, lease_expired
+from mvpipe.states import FINAL_SCENE_STATES, assembly_due, lease_expired
 from mvpipe.store.clips import StoredObject, clip_key, scene_prefix
 from mvpipe.store.records import ProjectState, SceneRecord
 
@@ -28,6 +30,7 @@ log = logging.getLogger("mvpipe.reconcile")
 EXAMINED = (
     ProjectStatus.GENERATING_SCENES,
     ProjectStatus.PROCESSING,
+    ProjectStatus.ASSEMBLING,
     ProjectStatus.PENDING,
     ProjectStatus.COMPLETED,
     ProjectStatus.FAILED,
@@ -38,8 +41,12 @@ class ReconcileReport(BaseModel):
     expired_leases: int = 0
     exhausted_scenes: int = 0
     orphaned_polls: int = 0
+    #: scenes between stages (a cut missing) that no chain worked on, resumed
+    resumed_stages: int = 0
     recovered_clips: int = 0
     missing_clips: int = 0
+    missing_final_videos: int = 0
+    outdated_final_videos: int = 0
     counters_fixed: int = 0
     costs_recounted: int = 0
     runs_finalized: int = 0
@@ -92,19 +99,38 @@ def _reconcile_project(
     repaired = False
 
     for scene in state.scenes:
-        if scene.status == SceneStatus.COMPLETED and scene.clip_key not in objects:
-            if ctx.scenes.reset_missing_clip(
-                project_id, scene.sequence, clip_key=scene.clip_key or ""
-            ):
-                report.missing_clips += 1
-                repaired = True
-        elif scene.status == SceneStatus.PROCESSING and scene.operation_id is None:
-            repaired |= _repair_lease(ctx, dispatcher, scene, run, project.provider, now, report)
-        elif scene.status == SceneStatus.PROCESSING and scene.operation_id is not None:
-            repaired |= _adopt_operation(
-                ctx, dispatcher, scene, run, project.provider, objects, report
-            )
+        stage = next_stage(scene)
+        # A run pays only for the scenes in its scope (a regeneration: its own scene); work
+        # resumed outside it runs without the run, so it finishes free stages only.
+        in_scope = not project.run_scope or scene.sequence in project.run_scope
+        scoped_run = run if in_scope else None
+        if scene.status == SceneStatus.COMPLETED:
+            repaired |= _reset_lost_output(ctx, scene, objects, report)
+        elif scene.status == SceneStatus.PROCESSING and stage is not None:
+            if not stage.paid or (stage.operation(scene) is None and scene.lease_token is None):
+                _resume_stage(ctx, dispatcher, scene, scoped_run, project.provider, report)
+            elif stage.operation(scene) is None:
+                repaired |= _repair_lease(
+                    ctx, dispatcher, scene, stage, scoped_run, project.provider, now, report
+                )
+            else:
+                repaired |= _adopt_operation(
+                    ctx, dispatcher, scene, stage, run, project.provider, objects, report
+                )
         _collect_garbage(ctx, scene, objects, now, report)
+
+    final = project.final_video_key
+    gone = final is not None and run is None and final not in objects
+    if gone and ctx.projects.forget_final_video(project_id, final or ""):
+        report.missing_final_videos += 1
+        repaired = True
+    # A scene changed after the final video was recorded (a vanished clip reset in the instant
+    # between the assembly's last check and its write): that video is not the scenes' any more.
+    outdated = not gone and any(s.status != SceneStatus.COMPLETED for s in state.scenes)
+    if outdated and final is not None and run is None:
+        forgotten = ctx.projects.forget_final_video(project_id, final)
+        report.outdated_final_videos += int(forgotten)
+        repaired |= forgotten
 
     if repaired:
         state = ctx.projects.load(project_id)
@@ -119,39 +145,82 @@ def _sweep_strays(ctx: Context, report: ReconcileReport) -> None:
         report.stray_scenes_deleted += len(strays)
 
 
-def _repair_lease(
+def _reset_lost_output(
+    ctx: Context, scene: SceneRecord, objects: dict[str, StoredObject], report: ReconcileReport
+) -> bool:
+    """`completed` while an output it needs is not recorded or its object vanished: clear that
+    output and the later ones and go back to `pending`, so a run makes just those again."""
+    lost = lost_output(scene, objects)
+    if lost is None:
+        return False
+    stage, key = lost
+    if ctx.scenes.reset_outputs(scene.project_id, scene.sequence, stage=stage.fields, key=key):
+        report.missing_clips += 1
+        return True
+    return False
+
+
+def _resume_stage(
     ctx: Context,
     dispatcher: Dispatcher,
     scene: SceneRecord,
     run: str | None,
     provider: str,
+    report: ReconcileReport,
+) -> None:
+    """A `processing` scene between stages (its original recorded, its cut missing) that no
+    chain works on: start one chain (never a second) that runs its missing stages."""
+    liveness = ctx.settings.liveness_seconds(provider)
+    if ctx.board.claim_poll_chain(scene.project_id, scene.sequence, liveness):
+        dispatcher.resume(scene.project_id, scene.sequence, run, provider)
+        report.resumed_stages += 1
+
+
+def _repair_lease(
+    ctx: Context,
+    dispatcher: Dispatcher,
+    scene: SceneRecord,
+    stage: Stage,
+    run: str | None,
+    provider: str,
     now: float,
     report: ReconcileReport,
 ) -> bool:
-    """A submitter died holding its lease: free the scene, and if its run is still alive (its
-    task for this scene already gave up), send the scene through the pipeline again."""
+    """A submitter died holding its lease: free the scene, and if its run is still alive and the
+    scene is in the run's scope (a regeneration pays for its own scene only), send the scene
+    through the pipeline again. A scene still marked alive is not dead: its submitter may be
+    redoing the record of a job the provider accepted during a store outage."""
     if not scene.lease_token or not lease_expired(scene.lease_expires_at, now):
         return False
-    if not _expire_lease(ctx, scene, now, report):
+    if ctx.board.scene_polled(scene.project_id, scene.sequence):
+        return False
+    if not _expire_lease(ctx, scene, stage, now, report):
         return False
     if run is not None and ctx.board.run_alive(run):
         dispatcher.resume(scene.project_id, scene.sequence, run, provider)
     return True
 
 
-def _expire_lease(ctx: Context, scene: SceneRecord, now: float, report: ReconcileReport) -> bool:
-    if scene.attempts >= ctx.settings.max_attempts:
+def _expire_lease(
+    ctx: Context, scene: SceneRecord, stage: Stage, now: float, report: ReconcileReport
+) -> bool:
+    if scene.value(stage.fields.attempts) >= ctx.settings.max_attempts:
         if ctx.scenes.fail(
             scene.project_id,
             scene.sequence,
             error=scene.last_error or "submission lease expired and no attempts left",
             max_attempts=ctx.settings.max_attempts,
+            stage=stage.fields,
         ):
             report.exhausted_scenes += 1
             return True
         return False
     if ctx.scenes.expire_lease(
-        scene.project_id, scene.sequence, token=scene.lease_token or "", now=now
+        scene.project_id,
+        scene.sequence,
+        token=scene.lease_token or "",
+        now=now,
+        stage=stage.fields,
     ):
         report.expired_leases += 1
         return True
@@ -162,28 +231,44 @@ def _adopt_operation(
     ctx: Context,
     dispatcher: Dispatcher,
     scene: SceneRecord,
+    stage: Stage,
     run: str | None,
     provider: str,
     objects: dict[str, StoredObject],
     report: ReconcileReport,
 ) -> bool:
-    """An operation nobody polls: record its clip if it is already stored, else poll it once."""
-    operation_id = scene.operation_id or ""
+    """An operation nobody polls: record its output if it is already stored (the scene goes
+    on to its next stage), else poll it once."""
+    operation_id = stage.operation(scene) or ""
     if ctx.board.scene_polled(scene.project_id, scene.sequence):
         return False
-    key = clip_key(scene.project_id, scene.sequence, operation_id)
-    if key in objects:
+    key = _operation_output(scene, stage, operation_id)
+    if key is not None and key in objects:
         if ctx.scenes.complete(
-            scene.project_id, scene.sequence, operation_id=operation_id, clip_key=key
+            scene.project_id,
+            scene.sequence,
+            operation_id=operation_id,
+            clip_key=key,
+            stage=stage.fields,
+            last=is_last(stage, scene),
         ):
             report.recovered_clips += 1
             return True
         return False
     liveness = ctx.settings.liveness_seconds(provider)
     if ctx.board.claim_poll_chain(scene.project_id, scene.sequence, liveness):
-        dispatcher.resume(scene.project_id, scene.sequence, run, provider, operation_id)
+        dispatcher.resume(
+            scene.project_id, scene.sequence, run, provider, operation_id, stage=stage.name
+        )
         report.orphaned_polls += 1
     return False
+
+
+def _operation_output(scene: SceneRecord, stage: Stage, operation_id: str) -> str | None:
+    """Where the stage's operation uploads its output (None: not known for this stage)."""
+    if stage is GENERATE:
+        return clip_key(scene.project_id, scene.sequence, operation_id)
+    return None
 
 
 def _collect_garbage(
@@ -193,11 +278,14 @@ def _collect_garbage(
     now: float,
     report: ReconcileReport,
 ) -> None:
-    """Objects under a scene's prefix other than its recorded clip, past the grace period."""
+    """Objects under a scene's prefix other than its recorded clips (and the ones its recorded
+    operations and its cut are about to record), past the grace period."""
     prefix = scene_prefix(scene.project_id, scene.sequence)
-    live = {scene.clip_key}
+    live = {scene.clip_key, scene.working_clip_key, scene.lip_synced_clip_key}
     if scene.operation_id:
         live.add(clip_key(scene.project_id, scene.sequence, scene.operation_id))
+    if scene.clip_key is not None:
+        live.add(cut_key(scene, scene.clip_key, ctx.settings))
     cutoff = datetime.fromtimestamp(now - ctx.settings.orphan_grace_seconds, UTC)
     for key, obj in list(objects.items()):
         if key.startswith(prefix) and key not in live and obj.last_modified <= cutoff:
@@ -213,7 +301,9 @@ def _submission_in_progress(state: ProjectState) -> bool:
     now = time.time()
     return any(
         s.status == SceneStatus.PROCESSING
-        and s.operation_id is None
+        and (stage := next_stage(s)) is not None
+        and stage.paid
+        and stage.operation(s) is None
         and not lease_expired(s.lease_expires_at, now)
         for s in state.scenes
     )
@@ -235,13 +325,24 @@ def _settle(
 ) -> None:
     project = state.project
     run = project.active_run_id
-    if run is not None and project.planned and _finalize_owed(ctx, state, run):
-        if settle_project(ctx, state, release_run=run, sequences=ctx.board.run_sequences(run)):
+    # An assembling run's finalize is done; if the assembly died, the run goes stale (below).
+    assembling = project.status == ProjectStatus.ASSEMBLING
+    if run is not None and project.planned and not assembling and _finalize_owed(ctx, state, run):
+        sequences = ctx.board.run_sequences(run)
+        settlement = settle_project(ctx, state, release_run=run, sequences=sequences)
+        if settlement:
             report.runs_finalized += 1
+            if settlement.assemble:
+                dispatcher.assemble(project.project_id, run)
         return
     if run is not None and not ctx.board.run_alive(run) and not _submission_in_progress(state):
         counters = state.counters
-        if project.planned and counters.open_scenes == 0:
+        final_video = project.final_video_key is not None
+        if (
+            project.planned
+            and counters.open_scenes == 0
+            and not assembly_due(counters, final_video=final_video)
+        ):
             if settle_project(ctx, state, release_run=run):
                 report.runs_finalized += 1
             return

@@ -30,13 +30,21 @@ class RunStart:
 def start_run(ctx: Context, dispatcher: Dispatcher, project_id: str) -> RunStart:
     """Start the project's run, or join the active one (starting nothing).
 
-    A completed project is only re-finalized. `failed` scenes go back to `pending`: a user
-    asking for a run is the one thing that may pay for them again.
+    A completed project (every scene and its final video) is only re-finalized; one whose
+    scenes are all completed without a final video gets a run that assembles it. `failed`
+    scenes go back to `pending`: a user asking for a run is the one thing that may pay for
+    them again.
     """
     state = ctx.projects.load(project_id)
     counters = state.counters
+    final = state.project.final_video_key
+    if final is not None and not ctx.clips.exists(final):
+        # Its object vanished: forget it, so this run assembles the final video again.
+        ctx.projects.forget_final_video(project_id, final)
+        final = None
     if (
         state.project.planned
+        and final is not None
         and counters.scene_count
         and counters.completed_scenes == counters.scene_count
     ):
@@ -59,7 +67,8 @@ def start_run(ctx: Context, dispatcher: Dispatcher, project_id: str) -> RunStart
 
 
 def regenerate(ctx: Context, dispatcher: Dispatcher, project_id: str, sequence: int) -> RunStart:
-    """Clear one scene's clip and run that scene alone (exactly one new paid generation)."""
+    """Clear one scene's outputs and the project's final video (one transaction), then run that
+    scene alone (exactly one new paid generation) and assemble a new final video."""
     state = ctx.projects.load(project_id)
     if not state.project.planned:
         raise Conflict(f"project {project_id} is not planned yet; run it first")

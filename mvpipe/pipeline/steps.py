@@ -13,6 +13,7 @@ class Next(StrEnum):
     POLL = "poll"  #: poll the stored operation again after `countdown`
     WAIT_SLOT = "wait_slot"  #: no provider slot yet: try again after `countdown`
     RETRY_SUBMIT = "retry_submit"  #: a transient submit error: try a new submission later
+    STAGE = "stage"  #: a stage's output is recorded: run the scene's next stage (on `queue`)
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,8 @@ class Step:
     carry: dict[str, Any] = field(default_factory=dict)
     #: the run's finalize already ran and this scene was its last open one
     refinalize: bool = False
+    #: the queue the next step runs on (None: where this one ran)
+    queue: str | None = None
 
     @classmethod
     def done(cls, outcome: str, *, refinalize: bool = False) -> Step:
@@ -54,8 +57,11 @@ class Dispatcher(Protocol):
         run_id: str | None,
         provider: str,
         operation_id: str | None = None,
+        stage: str | None = None,
     ) -> Any: ...
 
     def finalize(self, project_id: str, run_id: str | None, sequences: list[int] | None) -> Any: ...
+
+    def assemble(self, project_id: str, run_id: str) -> Any: ...
 
     def wake(self, parked: Iterable[str]) -> int: ...

@@ -1,84 +1,243 @@
 """The shared provider quota: at most N operations in flight per provider, across all workers.
 
 Slots are members of a Redis sorted set scored by their expiry, so a dead worker's slot frees
-itself; a poll refreshes its slot and a finished operation releases it. Scenes that find no slot
-wait in a line, ordered by first arrival, and may park a wake-up message with their place: the
-scene that releases a slot hands back the messages of the waiters now entitled to one, so the
-next job starts as soon as a slot frees instead of at the waiter's next timed check. The limiter
-stores those messages as opaque strings; sending them is the caller's business.
+itself; a poll refreshes its slot and a finished operation releases it. A slot member names its
+scene, `<project>:<sequence>`, and a freed slot goes to the waiting project with the fewest jobs in
+flight, round robin among equals, each project's scenes in the order they asked
+(`mvpipe.providers.fairness` states the rule; the Lua here applies it in the same atomic step as
+the request or the release). Waiters may park a wake-up message: the scene that releases a slot
+hands back the messages of the waiters now entitled to one, so the next job starts as soon as a
+slot frees instead of at the waiter's next timed check. The limiter stores those messages as
+opaque strings; sending them is the caller's business. Waiters that stop asking drop out of the
+line, and every key expires when the provider sits idle, so a dead worker leaks nothing.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
 import redis
 
-_ACQUIRE = """
-local slots, line, seen, parked = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local now, member, ttl, limit, stale, park = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]),
-    tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
-redis.call('ZREMRANGEBYSCORE', slots, '-inf', now)
-local gone = redis.call('ZRANGEBYSCORE', seen, '-inf', now - stale)
-for _, m in ipairs(gone) do
-  redis.call('ZREM', line, m); redis.call('ZREM', seen, m); redis.call('HDEL', parked, m)
+from mvpipe.errors import InvalidInput
+from mvpipe.providers.fairness import PLACE_SCAN, ProjectLine
+
+# Per provider: `slots` (member -> expiry), `seen` (waiter -> last request), `parked` (waiter ->
+# wake-up message), `inflight` (project -> slots held), `order` (waiting projects, scored by
+# slots held, named `<ticket:015d>|<project>` so ties sort by ticket), `tickets` (project ->
+# ticket), `turn` (the last ticket issued), and one `line:<project>` per waiting project (waiter
+# -> first request).
+_COMMON = """
+local slots, seen, parked, inflight, order, tickets, turn =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local lines = ARGV[1]
+
+local function project_of(m) return string.match(m, '^(.*):') end
+local function entry(t, p) return string.format('%015d', t) .. '|' .. p end
+local function split(e)
+  local bar = string.find(e, '|', 1, true)
+  return tonumber(string.sub(e, 1, bar - 1)), string.sub(e, bar + 1)
+end
+local function flight(p) return tonumber(redis.call('HGET', inflight, p) or '0') end
+
+local function add_flight(p, d)
+  if redis.call('HINCRBY', inflight, p, d) <= 0 then redis.call('HDEL', inflight, p) end
+  local t = redis.call('HGET', tickets, p)
+  if t then redis.call('ZADD', order, flight(p), entry(tonumber(t), p)) end
+end
+
+-- (Re)join the rotation at its back.
+local function new_ticket(p)
+  local old = redis.call('HGET', tickets, p)
+  if old then redis.call('ZREM', order, entry(tonumber(old), p)) end
+  local t = redis.call('INCR', turn)
+  redis.call('HSET', tickets, p, t)
+  redis.call('ZADD', order, flight(p), entry(t, p))
+end
+
+-- Out of the line (granted, left or gone quiet); a project with no waiters leaves the rotation.
+local function unwait(m)
+  local p = project_of(m)
+  redis.call('ZREM', lines .. p, m)
+  redis.call('ZREM', seen, m)
+  redis.call('HDEL', parked, m)
+  if redis.call('ZCARD', lines .. p) == 0 then
+    local t = redis.call('HGET', tickets, p)
+    if t then
+      redis.call('ZREM', order, entry(tonumber(t), p))
+      redis.call('HDEL', tickets, p)
+    end
+  end
+end
+
+local function expire_slots(now)
+  for _, m in ipairs(redis.call('ZRANGEBYSCORE', slots, '-inf', now)) do
+    redis.call('ZREM', slots, m)
+    add_flight(project_of(m), -1)
+  end
+end
+
+-- fairness.allot: the waiters the next k free slots go to. Only the first k projects in the
+-- rotation and the first k waiters of each can be reached by k picks, and never more picks
+-- than waiters (so a raised limit costs what the line holds, not what the limit allows).
+local function allot(k)
+  local picks = {}
+  k = math.min(k, redis.call('ZCARD', seen))
+  if k <= 0 then return picks end
+  local next_t = tonumber(redis.call('GET', turn) or '0') + 1
+  local cand = {}
+  local raw = redis.call('ZRANGE', order, 0, k - 1, 'WITHSCORES')
+  for i = 1, #raw, 2 do
+    local t, p = split(raw[i])
+    local q = redis.call('ZRANGE', lines .. p, 0, k - 1)
+    table.insert(cand, {f = tonumber(raw[i + 1]), t = t, q = q, n = 0})
+  end
+  while #picks < k do
+    local best = nil
+    for _, c in ipairs(cand) do
+      if c.n < #c.q and (best == nil or c.f < best.f or (c.f == best.f and c.t < best.t)) then
+        best = c
+      end
+    end
+    if best == nil then break end
+    best.n = best.n + 1
+    table.insert(picks, best.q[best.n])
+    best.f, best.t, next_t = best.f + 1, next_t, next_t + 1
+  end
+  return picks
+end
+"""
+
+_ACQUIRE = (
+    _COMMON
+    + f"""
+local now, member, ttl, limit, stale, park, keep = tonumber(ARGV[2]), ARGV[3],
+  tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7], tonumber(ARGV[8])
+expire_slots(now)
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', seen, '-inf', now - stale)) do unwait(m) end
+-- Every entry in these keys is dead `keep` seconds after the last request (keys made in this
+-- step included), so an idle provider leaves nothing behind.
+local function done(result)
+  for i = 1, #KEYS do redis.call('EXPIRE', KEYS[i], keep) end
+  return result
 end
 if redis.call('ZSCORE', slots, member) then
   redis.call('ZADD', slots, now + ttl, member)
-  return {1, 0, 0}
+  return done({{1, 0, 0}})
 end
+local p = project_of(member)
+local line = lines .. p
 redis.call('ZADD', line, 'NX', now, member)
+redis.call('EXPIRE', line, keep)
 redis.call('ZADD', seen, now, member)
+if not redis.call('HGET', tickets, p) then new_ticket(p) end
 local free = limit - redis.call('ZCARD', slots)
-local rank = redis.call('ZRANK', line, member)
-if rank < free then
-  redis.call('ZADD', slots, now + ttl, member)
-  redis.call('ZREM', line, member)
-  redis.call('ZREM', seen, member)
-  redis.call('HDEL', parked, member)
-  return {1, 0, 1}
+for _, m in ipairs(allot(free)) do
+  if m == member then
+    unwait(member)
+    redis.call('ZADD', slots, now + ttl, member)
+    redis.call('HINCRBY', inflight, p, 1)
+    if redis.call('HGET', tickets, p) then new_ticket(p) end
+    return done({{1, 0, 1}})
+  end
 end
 if park ~= '' then redis.call('HSET', parked, member, park) end
-return {0, rank - math.max(free, 0) + 1, 0}
-"""
-
-_RELEASE = """
-local slots, line, seen, parked = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local member, limit, now, keep_slot = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
-if keep_slot ~= '1' then redis.call('ZREM', slots, member) end
-redis.call('ZREM', line, member)
-redis.call('ZREM', seen, member)
-redis.call('HDEL', parked, member)
-redis.call('ZREMRANGEBYSCORE', slots, '-inf', now)
-local free = limit - redis.call('ZCARD', slots)
-local woken = {}
-if free > 0 then
-  for _, m in ipairs(redis.call('ZRANGE', line, 0, free - 1)) do
-    local message = redis.call('HGET', parked, m)
-    if message then
-      redis.call('HDEL', parked, m)
-      table.insert(woken, message)
+-- fairness.slots_ahead
+local rank = redis.call('ZRANK', line, member)
+local level = flight(p) + rank
+local ahead = rank
+local mine = tonumber(redis.call('HGET', tickets, p))
+local near = redis.call('ZRANGEBYSCORE', order, '-inf', level, 'WITHSCORES', 'LIMIT', 0,
+  {PLACE_SCAN})
+for i = 1, #near, 2 do
+  local t, q = split(near[i])
+  local f = tonumber(near[i + 1])
+  if q ~= p then
+    if f < level then
+      ahead = ahead + math.min(redis.call('ZCARD', lines .. q), level - f)
+    elseif rank > 0 or t < mine then
+      ahead = ahead + 1
     end
+  end
+end
+return done({{0, math.max(1, ahead + 1 - math.max(free, 0)), 0}})
+"""
+)
+
+_RELEASE = (
+    _COMMON
+    + """
+local member, limit, now, keep_slot = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+if keep_slot ~= '1' and redis.call('ZREM', slots, member) == 1 then
+  add_flight(project_of(member), -1)
+end
+unwait(member)
+expire_slots(now)
+local woken = {}
+for _, m in ipairs(allot(limit - redis.call('ZCARD', slots))) do
+  local message = redis.call('HGET', parked, m)
+  if message then
+    redis.call('HDEL', parked, m)
+    table.insert(woken, message)
   end
 end
 return woken
 """
+)
+
+_SNAPSHOT = (
+    _COMMON
+    + """
+local out = {{}, redis.call('ZRANGE', slots, 0, -1), redis.call('HKEYS', parked)}
+local raw = redis.call('ZRANGE', order, 0, -1, 'WITHSCORES')
+for i = 1, #raw, 2 do
+  local t, p = split(raw[i])
+  table.insert(out[1], {p, raw[i + 1], tostring(t), redis.call('ZRANGE', lines .. p, 0, -1)})
+end
+return out
+"""
+)
 
 
 def slot_member(project_id: str, sequence: int) -> str:
-    """The quota slot of one scene (one operation in flight per scene at most)."""
+    """The quota slot of one scene (one operation in flight per scene at most). The limiter
+    reads the project back as everything before the last colon."""
     return f"{project_id}:{sequence:03d}"
+
+
+def member_project(member: str) -> str:
+    """The project a slot member belongs to (the Lua's `project_of`)."""
+    project, colon, _ = member.rpartition(":")
+    if not colon or not project or "|" in project:
+        raise InvalidInput(f"slot member {member!r} is not <project>:<sequence>")
+    return project
 
 
 @dataclass(frozen=True)
 class SlotDecision:
     granted: bool
-    #: how many waiters (this one included) must get a slot before this one can
+    #: how many more slots must free before this waiter's turn, at least 1 (see
+    #: `fairness.Admission`); 0 when granted
     place: int = 0
     #: granted now, not a slot the member held already: only then is it the caller's to
     #: give back when it does not go on (a duplicate must not free the owner's slot)
     fresh: bool = False
+
+
+@dataclass(frozen=True)
+class QuotaSnapshot:
+    """One provider's quota as the limiter sees it (read in one atomic step)."""
+
+    #: waiting projects in rotation order
+    lines: tuple[ProjectLine, ...]
+    #: slot members held now (expired ones included until the next step prunes them)
+    held: tuple[str, ...]
+    #: waiters with a parked wake-up message
+    parked: frozenset[str]
+
+    def in_flight(self, project: str) -> int:
+        return sum(1 for member in self.held if member_project(member) == project)
 
 
 class QuotaLimiter:
@@ -87,10 +246,15 @@ class QuotaLimiter:
         self.prefix = prefix
         self._acquire = client.register_script(_ACQUIRE)
         self._release = client.register_script(_RELEASE)
+        self._snapshot = client.register_script(_SNAPSHOT)
 
     def _keys(self, provider: str) -> list[str]:
         base = f"{self.prefix}:{provider}"
-        return [f"{base}:{part}" for part in ("slots", "line", "seen", "parked")]
+        parts = ("slots", "seen", "parked", "inflight", "order", "tickets", "turn")
+        return [f"{base}:{part}" for part in parts]
+
+    def _lines(self, provider: str) -> str:
+        return f"{self.prefix}:{provider}:line:"
 
     def acquire(
         self,
@@ -105,9 +269,20 @@ class QuotaLimiter:
         """Take (or refresh) `member`'s slot, or queue it; `line_ttl` drops waiters that
         stopped asking. A denied waiter's `park` message is kept until a release hands it out
         (parking in the same atomic step as the denial, so no release can slip in between)."""
+        member_project(member)
+        keep = math.ceil(max(ttl, line_ttl)) + 60  # every entry in these keys is dead by then
         granted, place, fresh = self._acquire(
             keys=self._keys(provider),
-            args=[repr(time.time()), member, ttl, limit, line_ttl, park or ""],
+            args=[
+                self._lines(provider),
+                repr(time.time()),
+                member,
+                ttl,
+                limit,
+                line_ttl,
+                park or "",
+                keep,
+            ],
         )
         return SlotDecision(bool(granted), int(place), bool(fresh))
 
@@ -122,8 +297,28 @@ class QuotaLimiter:
         return self._hand_on(provider, member, limit, keep_slot=True)
 
     def _hand_on(self, provider: str, member: str, limit: int, *, keep_slot: bool) -> list[str]:
+        member_project(member)
         woken = self._release(
             keys=self._keys(provider),
-            args=[member, limit, repr(time.time()), "1" if keep_slot else "0"],
+            args=[self._lines(provider), member, limit, repr(time.time()), int(keep_slot)],
         )
-        return [m.decode() if isinstance(m, bytes) else str(m) for m in woken]
+        return [_text(m) for m in woken]
+
+    def snapshot(self, provider: str) -> QuotaSnapshot:
+        lines, held, parked = self._snapshot(
+            keys=self._keys(provider), args=[self._lines(provider)]
+        )
+        return QuotaSnapshot(
+            lines=tuple(
+                ProjectLine(
+                    _text(project), int(in_flight), int(ticket), tuple(_text(m) for m in waiters)
+                )
+                for project, in_flight, ticket, waiters in lines
+            ),
+            held=tuple(_text(m) for m in held),
+            parked=frozenset(_text(m) for m in parked),
+        )
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -79,14 +79,10 @@ def reserve(
     )
 
 
-def refund(tx: TransactWrite, m: type[ItemBase], project_id: str, micros: int) -> None:
-    """Give back a reservation whose job the provider never accepted (same transaction as the
-    scene write that releases the lease)."""
-    tx.update(
-        m(project_pk(project_id), METADATA),
-        actions=[m.committed_cost_micros.add(-micros)],
-        condition=m.pk.exists(),
-    )
+def refunded(m: type[ItemBase], micros: int) -> list[Action]:
+    """The METADATA actions that give back a reservation whose job the provider surely never
+    accepted (joined to the scene write that releases the lease, in one transaction)."""
+    return [m.committed_cost_micros.add(-micros)]
 
 
 class BudgetStore:

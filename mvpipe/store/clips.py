@@ -1,12 +1,14 @@
-"""Clips in S3 under keys built only from validated ids and the operation.
+"""Clips in S3 under keys built only from validated ids, the operation and content hashes.
 
 `projects/{projectId}/scenes/{seq:03d}/{operationKey}.mp4`: a stale worker's upload lands on its own
 operation's key and can never overwrite the recorded clip; a regenerated scene gets a new key.
+Its cut is `{operationKey}-cut-{inputsHash}.mp4` beside it: the same inputs give the same key.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -34,6 +36,22 @@ def scene_prefix(project_id: str, sequence: int) -> str:
 
 def clip_key(project_id: str, sequence: int, operation_id: str) -> str:
     return f"{scene_prefix(project_id, sequence)}{operation_key(operation_id)}.mp4"
+
+
+_OPERATION_KEY = re.compile(r"^[0-9a-f]{32}$")
+
+
+def working_key(project_id: str, sequence: int, original_key: str, inputs_hash: str) -> str:
+    """The cut of `original_key` (a key `clip_key` built): `{operationKey}-cut-{inputsHash}.mp4`.
+
+    The operation key is read back from the original's key, so the cut needs no operation id
+    (a scene whose stored id was cleared still has its clip)."""
+    stem = original_key.rsplit("/", 1)[-1].removesuffix(".mp4")
+    if not _OPERATION_KEY.match(stem):
+        stem = operation_key(original_key)  # not ours (hand-made): a fixed-shape name anyway
+    if not re.fullmatch(r"[0-9a-f]{8,64}", inputs_hash):
+        raise ValueError(f"not an inputs hash: {inputs_hash!r}")
+    return f"{scene_prefix(project_id, sequence)}{stem}-cut-{inputs_hash}.mp4"
 
 
 @dataclass(frozen=True)

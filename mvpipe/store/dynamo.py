@@ -22,7 +22,7 @@ from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.update import Action
 from pynamodb.transactions import TransactWrite
 
-from mvpipe.errors import StoreUnavailable
+from mvpipe.errors import ConfigurationError, StoreUnavailable
 from mvpipe.settings import Settings
 from mvpipe.store.table import METADATA, SCENE_PREFIX, ItemBase, bind_table, project_pk
 
@@ -175,7 +175,10 @@ class Table:
                 return fn()
             except PynamoDBException as exc:
                 if _code(exc) in _NOT_TRANSIENT:
-                    raise
+                    raise ConfigurationError(
+                        f"DynamoDB refused the request ({_code(exc)}: {exc.msg}); check the "
+                        "table (MVPIPE_TABLE, MVPIPE_AWS_REGION) and the credentials' permissions"
+                    ) from exc
                 attempt += 1
                 if time.monotonic() >= deadline:
                     raise StoreUnavailable(f"DynamoDB unavailable: {exc.msg}") from exc

@@ -17,8 +17,13 @@ from mvpipe.errors import NotFound
 from mvpipe.models import ProjectSpec, ProjectStatus, SceneSpec, SceneStatus
 from mvpipe.states import Counters
 from mvpipe.store.dynamo import Table
-from mvpipe.store.records import ProjectRecord, ProjectState, SceneRecord, utc_now_iso
-from mvpipe.store.scenes import clip_error
+from mvpipe.store.records import (
+    ProjectRecord,
+    ProjectState,
+    SceneRecord,
+    clip_error,
+    utc_now_iso,
+)
 from mvpipe.store.table import METADATA, SCENE_PREFIX, ItemBase, project_pk, scene_sk
 
 #: Scene writes per transaction of a plan, beside its METADATA check (DynamoDB allows 100).
@@ -33,6 +38,22 @@ def _delete_scene(
     model: type[ItemBase], pk: str, sk: str, condition: Condition, tx: TransactWrite
 ) -> None:
     tx.delete(model(pk, sk), condition=condition)
+
+
+def final_video_cleared(model: type[ItemBase]) -> list[Action]:
+    """Invariant 8: the actions that forget the project's final video, for a write to METADATA
+    that also changes a scene's outputs (one transaction, so the two never disagree)."""
+    return [model.final_video_key.remove()]
+
+
+def clear_final_video(tx: TransactWrite, model: type[ItemBase], project_id: str) -> None:
+    """Add to `tx` the METADATA write that forgets the final video (invariant 8). Every write
+    that changes a scene's outputs and does not write METADATA itself includes this one."""
+    tx.update(
+        model(project_pk(project_id), METADATA),
+        actions=[*final_video_cleared(model), model.updated_at.set(utc_now_iso())],
+        condition=model.pk.exists(),
+    )
 
 
 class ProjectStore:
@@ -331,6 +352,46 @@ class ProjectStore:
                 and p.status == ProjectStatus.FAILED
                 and p.last_error == message
             ),
+        )
+
+    # -- the final video -----------------------------------------------------------------------
+    def record_final_video(
+        self, project_id: str, run_id: str, key: str, counters: Counters
+    ) -> bool:
+        """The run's last write: the final video's key, `completed`, the recount, the run
+        released, all conditioned on `run_id` still being the active run (invariant 8). A
+        retried write that finds its own key recorded and no run reports success."""
+        m = self.m
+        actions: list[Action] = [
+            m.final_video_key.set(key),
+            m.scene_count.set(counters.scene_count),
+            m.completed_scenes.set(counters.completed_scenes),
+            m.failed_scenes.set(counters.failed_scenes),
+            m.last_error.remove(),
+            m.active_run_id.remove(),
+            m.run_scope.remove(),
+            *self._status_actions(ProjectStatus.COMPLETED),
+        ]
+        return self._update_meta(
+            project_id,
+            actions,
+            m.active_run_id == run_id,
+            done=lambda p: (
+                p.final_video_key == key
+                and p.active_run_id is None
+                and p.status == ProjectStatus.COMPLETED
+            ),
+        )
+
+    def forget_final_video(self, project_id: str, key: str) -> bool:
+        """The recorded final video's object is gone: forget its key, and with no run active
+        the project waits for one (`pending`) to assemble it again."""
+        m = self.m
+        return self._update_meta(
+            project_id,
+            [*final_video_cleared(m), *self._status_actions(ProjectStatus.PENDING)],
+            (m.final_video_key == key) & m.active_run_id.does_not_exist(),
+            done=lambda p: p.final_video_key != key,
         )
 
     # -- plumbing ------------------------------------------------------------------------------

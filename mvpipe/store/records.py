@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from mvpipe.models import ProjectStatus, ProjectView, SceneStatus, SceneView, micros_to_usd
 from mvpipe.states import Counters
@@ -12,6 +13,14 @@ from mvpipe.store.table import ItemBase
 
 def _float_or_none(value: float | None) -> float | None:
     return None if value is None else float(value)
+
+
+MAX_ERROR_CHARS = 1000
+
+
+def clip_error(message: str) -> str:
+    """An error text as stored (`lastError`): bounded, so no item outgrows DynamoDB's limit."""
+    return message if len(message) <= MAX_ERROR_CHARS else message[: MAX_ERROR_CHARS - 3] + "..."
 
 
 def utc_now_iso() -> str:
@@ -41,6 +50,17 @@ class SceneRecord:
     lip_sync_operation_id: str | None = None
     lip_sync_attempts: int = 0
     cost_micros: int = 0
+
+    @property
+    def original_clip_key(self) -> str | None:
+        """The model's name for `clip_key`, so a stage's fields name both alike."""
+        return self.clip_key
+
+    def value(self, field: str | None) -> Any:
+        """A field by name (a stage's output, operation or attempts)."""
+        if field is None:
+            raise ValueError("no such field")
+        return getattr(self, field)
 
     @classmethod
     def from_item(cls, project_id: str, item: ItemBase) -> SceneRecord:

@@ -1,10 +1,15 @@
 """Scene transitions: each one conditional write (or one transaction), idempotent for its caller.
 
-The conditions *are* the concurrency design (DESIGN.md invariants 1-3 and 7):
-- a submission lease is won only on a scene with no clip and no operation that is `pending`, or
-  `processing` with an expired lease, and only while the project's run is the caller's;
-- the operation id is recorded only by the lease holder; from then on it owns the scene;
-- `completed` is written together with the clip key, conditioned on the operation id.
+The conditions *are* the concurrency design (DESIGN.md invariants 1-3 and 7). A scene's outputs
+are filled in stage order; each paid stage (generation, lip-sync) owns an output, an operation id
+and an attempt count (`StageFields`), and its transitions take those fields:
+- a submission lease is won only on a scene with no output and no operation for that stage that
+  is `pending`, or `processing` with no live lease, and only while the project's run is the
+  caller's;
+- the operation id is recorded only by the lease holder; from then on it owns the stage;
+- a stage's output is written after its upload, conditioned on what it was made from (the
+  operation id, or the input a free stage like the cut read); the write that records the last
+  output a scene needs also sets `completed`.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.update import Action
@@ -22,10 +28,29 @@ from mvpipe.models import ProjectStatus, SceneStatus
 from mvpipe.states import lease_expired
 from mvpipe.store import budget
 from mvpipe.store.dynamo import CONDITION_FAILED, Table
-from mvpipe.store.records import SceneRecord, utc_now_iso
-from mvpipe.store.table import METADATA, project_pk, scene_sk
+from mvpipe.store.projects import final_video_cleared
+from mvpipe.store.records import SceneRecord, clip_error, utc_now_iso
+from mvpipe.store.table import METADATA, ItemBase, project_pk, scene_sk
 
-MAX_ERROR_CHARS = 1000
+
+@dataclass(frozen=True)
+class StageFields:
+    """The scene attributes one stage owns (model attribute names, also the `SceneRecord`
+    names): its output key and, for a paid stage, its operation id and attempt count."""
+
+    output: str
+    operation: str | None = None
+    attempts: str | None = None
+
+
+#: generation: `originalVideoClipS3Key`, `providerOperationId`, `attempts`
+ORIGINAL = StageFields("original_clip_key", "operation_id", "attempts")
+#: the cut: `workingVideoClipS3Key` (free: no operation, no attempts)
+WORKING = StageFields("working_clip_key")
+#: lip-sync: `lipSyncedVideoClipS3Key`, `lipSyncOperationId`, `lipSyncAttempts`
+LIP_SYNCED = StageFields("lip_synced_clip_key", "lip_sync_operation_id", "lip_sync_attempts")
+#: Every output in the order the stages fill them: clearing one clears the later ones too.
+OUTPUT_ORDER = (ORIGINAL, WORKING, LIP_SYNCED)
 
 
 class Claim(StrEnum):
@@ -46,10 +71,6 @@ class ClaimResult:
     attempts: int = 0
     #: why an OVER_BUDGET claim did not fit (the scene's `lastError`)
     detail: str | None = None
-
-
-def clip_error(message: str) -> str:
-    return message if len(message) <= MAX_ERROR_CHARS else message[: MAX_ERROR_CHARS - 3] + "..."
 
 
 class SceneStore:
@@ -73,33 +94,37 @@ class SceneStore:
         lease_seconds: float,
         max_attempts: int,
         now: float | None = None,
+        stage: StageFields = ORIGINAL,
+        requires: str | None = None,
         price_micros: int = 0,
     ) -> ClaimResult:
-        """Win the submission lease of a scene within `run_id`, reserving `price_micros` of the
-        project's budget in the same transaction (invariant 9). A retry of a claim that landed
-        finds its own token and reserves nothing more (invariant 7)."""
+        """Win the submission lease of the paid `stage`, reserving `price_micros` of the
+        project's budget in the same transaction (invariant 9); `requires` names an output the
+        stage is made from (lip-sync: the working clip), which must be recorded. A retry of a
+        claim that landed finds its own token and reserves nothing more (invariant 7)."""
         m = self.m
         now = time.time() if now is None else now
         pk = project_pk(project_id)
+        output, operation, attempts = _paid(m, stage)
         claimable = (
-            m.original_clip_key.does_not_exist()
-            & m.operation_id.does_not_exist()
-            & (
-                (m.status == SceneStatus.PENDING)
-                | ((m.status == SceneStatus.PROCESSING) & (m.lease_expires_at < now))
-            )
-            & (m.attempts.does_not_exist() | (m.attempts < max_attempts))
+            output.does_not_exist()
+            & operation.does_not_exist()
+            & _open(m, now)
+            & (attempts.does_not_exist() | (attempts < max_attempts))
             # our own landed claim (its lease expired since) is found below, not taken again
             & (m.lease_token.does_not_exist() | (m.lease_token != token))
         )
+        if requires is not None:
+            claimable &= getattr(m, requires).exists()
         actions: list[Action] = [
             m.status.set(SceneStatus.PROCESSING),
             m.lease_token.set(token),
             m.lease_expires_at.set(now + lease_seconds),
-            m.attempts.add(1),
-            m.generation_started_at.set(utc_now_iso()),
+            attempts.add(1),
             m.updated_at.set(utc_now_iso()),
         ]
+        if stage == ORIGINAL:
+            actions.append(m.generation_started_at.set(utc_now_iso()))
         if price_micros:
             actions.append(m.cost_micros.add(price_micros))
         seen: budget.Budget | None = None
@@ -127,7 +152,7 @@ class SceneStore:
                 return ClaimResult(Claim.WON)
             scene = self.get(project_id, sequence)
             if scene is not None and scene.lease_token == token:
-                return ClaimResult(Claim.WON, scene.attempts)
+                return ClaimResult(Claim.WON, scene.value(stage.attempts))
             if reasons[0] != CONDITION_FAILED:
                 break
             if seen is None:
@@ -135,17 +160,24 @@ class SceneStore:
             now_seen = self.budgets.read(project_id)
             if now_seen.active_run_id != run_id:
                 return ClaimResult(Claim.RUN_INACTIVE)
-            if scene is None or not _open(scene, max_attempts, now):
+            if scene is None or not _claimable(scene, stage, max_attempts, now, requires):
                 break  # the scene is not ours to take, whatever the budget says
             if now_seen.budget_micros == seen.budget_micros and not now_seen.fits(price_micros):
                 return ClaimResult(Claim.OVER_BUDGET, detail=now_seen.over_budget(price_micros))
             # the budget changed (or the committed sum fell) since we read it: price again
-        if scene is not None and _exhausted(scene, max_attempts, now):
-            return ClaimResult(Claim.EXHAUSTED, scene.attempts)
+        if scene is not None and _exhausted(scene, stage, max_attempts, now):
+            return ClaimResult(Claim.EXHAUSTED, scene.value(stage.attempts))
         return ClaimResult(Claim.NOT_CLAIMABLE)
 
     def record_operation(
-        self, project_id: str, sequence: int, *, token: str, operation_id: str, run_id: str | None
+        self,
+        project_id: str,
+        sequence: int,
+        *,
+        token: str,
+        operation_id: str,
+        run_id: str | None,
+        stage: StageFields = ORIGINAL,
     ) -> Claim:
         """Store the operation id under the caller's lease (and, given a run id, that run).
 
@@ -154,12 +186,13 @@ class SceneStore:
         """
         m = self.m
         pk, sk = project_pk(project_id), scene_sk(sequence)
+        _, operation, _ = _paid(m, stage)
         owns = (
             (m.lease_token == token)
             & (m.status == SceneStatus.PROCESSING)
-            & m.operation_id.does_not_exist()
+            & operation.does_not_exist()
         )
-        actions: list[Action] = [m.operation_id.set(operation_id), m.updated_at.set(utc_now_iso())]
+        actions: list[Action] = [operation.set(operation_id), m.updated_at.set(utc_now_iso())]
         if run_id is None:
             ok = self.table.update(pk, sk, actions, owns)
             run_inactive = False
@@ -175,7 +208,7 @@ class SceneStore:
         if ok:
             return Claim.WON
         scene = self.get(project_id, sequence)
-        if scene is not None and scene.operation_id == operation_id:
+        if scene is not None and scene.value(stage.operation) == operation_id:
             return Claim.WON
         return Claim.RUN_INACTIVE if run_inactive else Claim.NOT_CLAIMABLE
 
@@ -187,13 +220,15 @@ class SceneStore:
         token: str,
         error: str,
         unused: bool = False,
+        stage: StageFields = ORIGINAL,
         refund_micros: int = 0,
     ) -> bool:
         """Give a lease back after a transient submit error: the scene is `pending` again. An
         `unused` lease (nothing was submitted under it) gives its attempt back too;
         `refund_micros` gives back the claim's reservation (the provider accepted no job)."""
         m = self.m
-        refund = [m.attempts.add(-1)] if unused else []
+        _, operation, attempts = _paid(m, stage)
+        refund = [attempts.add(-1)] if unused else []
         return self._transition(
             project_id,
             sequence,
@@ -203,28 +238,63 @@ class SceneStore:
                 m.last_error.set(clip_error(error)),
                 *refund,
             ],
-            (m.lease_token == token) & m.operation_id.does_not_exist(),
-            done=lambda s: s.lease_token != token and s.operation_id is None,
+            (m.lease_token == token) & operation.does_not_exist(),
+            done=lambda s: s.lease_token != token and s.value(stage.operation) is None,
             refund_micros=refund_micros,
         )
 
     # -- outcomes ------------------------------------------------------------------------------
-    def complete(self, project_id: str, sequence: int, *, operation_id: str, clip_key: str) -> bool:
-        """Invariant 1: status and clip key in one write, after the upload, by the operation."""
+    def complete(
+        self,
+        project_id: str,
+        sequence: int,
+        *,
+        operation_id: str,
+        clip_key: str,
+        stage: StageFields = ORIGINAL,
+        last: bool = False,
+    ) -> bool:
+        """Invariant 1: a paid stage's output, written after its upload, by its operation. The
+        scene stays `processing` (no lease) while a later stage still needs doing; `last` (no
+        later stage is needed) makes it `completed` in the same write."""
         m = self.m
-        now = utc_now_iso()
+        output, operation, _ = _paid(m, stage)
         return self._transition(
             project_id,
             sequence,
             [
-                m.status.set(SceneStatus.COMPLETED),
-                m.original_clip_key.set(clip_key),
-                m.completed_at.set(now),
+                output.set(clip_key),
+                *self._finished_stage(last),
                 *self._no_lease(),
                 m.last_error.remove(),
             ],
-            (m.operation_id == operation_id) & (m.status == SceneStatus.PROCESSING),
-            done=lambda s: s.status == SceneStatus.COMPLETED and s.clip_key == clip_key,
+            (operation == operation_id) & (m.status == SceneStatus.PROCESSING),
+            done=lambda s: s.value(stage.output) == clip_key,
+        )
+
+    def record_output(
+        self,
+        project_id: str,
+        sequence: int,
+        *,
+        stage: StageFields,
+        key: str,
+        made_from: tuple[str, str],
+        last: bool,
+    ) -> bool:
+        """A free stage's output (the cut), written after its upload, conditioned on the input
+        it was made from (`made_from`: the input's field and key) still being the scene's."""
+        m = self.m
+        source, source_key = made_from
+        output = getattr(m, stage.output)
+        return self._transition(
+            project_id,
+            sequence,
+            [output.set(key), *self._finished_stage(last), m.last_error.remove()],
+            (getattr(m, source) == source_key)
+            & output.does_not_exist()
+            & m.status.is_in(SceneStatus.PENDING, SceneStatus.PROCESSING),
+            done=lambda s: s.value(stage.output) == key,
         )
 
     def fail(
@@ -236,25 +306,39 @@ class SceneStore:
         operation_id: str | None = None,
         token: str | None = None,
         max_attempts: int | None = None,
+        made_from: tuple[str, str] | None = None,
+        stage: StageFields = ORIGINAL,
         refund_micros: int = 0,
     ) -> bool:
-        """Mark a scene `failed`, as the owner of its operation, of its lease, or (given
-        `max_attempts`) because it has no submissions left. With `token`, `refund_micros`
-        gives back the lease's reservation (the provider accepted no job under it)."""
+        """Mark a scene `failed`, as the owner of the stage's operation, of its lease, or (given
+        `max_attempts`) because it has no submissions left; a free stage fails as the reader of
+        its input (`made_from`: the input's field and key). With `token`, `refund_micros` gives
+        back the lease's reservation (the provider surely accepted no job under it)."""
         m = self.m
+        if made_from is not None:
+            owner: Condition = getattr(m, made_from[0]) == made_from[1]
+            return self._transition(
+                project_id,
+                sequence,
+                [
+                    m.status.set(SceneStatus.FAILED),
+                    m.last_error.set(clip_error(error)),
+                    *self._no_lease(),
+                ],
+                owner & getattr(m, stage.output).does_not_exist(),
+                done=lambda s: s.status == SceneStatus.FAILED,
+            )
+        output, operation, attempts = _paid(m, stage)
         if operation_id is not None:
-            owner: Condition = m.operation_id == operation_id
+            owner = operation == operation_id
         elif token is not None:
-            owner = (m.lease_token == token) & m.operation_id.does_not_exist()
+            owner = (m.lease_token == token) & operation.does_not_exist()
         elif max_attempts is not None:
             owner = (
-                m.operation_id.does_not_exist()
-                & m.original_clip_key.does_not_exist()
-                & (m.attempts >= max_attempts)
-                & (
-                    (m.status == SceneStatus.PENDING)
-                    | ((m.status == SceneStatus.PROCESSING) & (m.lease_expires_at < time.time()))
-                )
+                operation.does_not_exist()
+                & output.does_not_exist()
+                & (attempts >= max_attempts)
+                & _open(m, time.time())
             )
         else:
             raise ValueError("fail() needs an owner: operation_id, token or max_attempts")
@@ -271,10 +355,13 @@ class SceneStore:
             refund_micros=refund_micros if token is not None else 0,
         )
 
-    def fail_open(self, project_id: str, sequence: int, *, error: str) -> bool:
-        """Fail a scene nobody holds (no lease alive, no operation, no clip): its next job
-        cannot be paid for (over budget, or unpriced). A user's run tries it again."""
+    def fail_open(
+        self, project_id: str, sequence: int, *, error: str, stage: StageFields = ORIGINAL
+    ) -> bool:
+        """Fail a scene nobody holds (no live lease, no operation or output of the paid `stage`):
+        its next job cannot be paid for (over budget, or unpriced). A user's run tries again."""
         m = self.m
+        output, operation, _ = _paid(m, stage)
         return self._transition(
             project_id,
             sequence,
@@ -283,34 +370,49 @@ class SceneStore:
                 m.last_error.set(clip_error(error)),
                 *self._no_lease(),
             ],
-            m.operation_id.does_not_exist()
-            & m.original_clip_key.does_not_exist()
-            & (
-                (m.status == SceneStatus.PENDING)
-                | ((m.status == SceneStatus.PROCESSING) & (m.lease_expires_at < time.time()))
-            ),
+            operation.does_not_exist() & output.does_not_exist() & _open(m, time.time()),
             done=lambda s: s.status == SceneStatus.FAILED,
         )
 
     # -- resets --------------------------------------------------------------------------------
-    def reset_cancelled(self, project_id: str, sequence: int, *, operation_id: str) -> bool:
-        """After the provider cancelled the job: `pending` with no operation, ready to resume."""
+    def reset_cancelled(
+        self,
+        project_id: str,
+        sequence: int,
+        *,
+        operation_id: str,
+        stage: StageFields = ORIGINAL,
+    ) -> bool:
+        """After the provider cancelled the job: `pending` with no operation, ready to resume.
+        A stage whose output is recorded keeps its operation (a finished job is not undone)."""
         m = self.m
+        output, operation, _ = _paid(m, stage)
         return self._transition(
             project_id,
             sequence,
             [
                 m.status.set(SceneStatus.PENDING),
-                m.operation_id.remove(),
+                operation.remove(),
                 *self._no_lease(),
             ],
-            (m.operation_id == operation_id) & (m.status == SceneStatus.PROCESSING),
-            done=lambda s: s.operation_id != operation_id,
+            (operation == operation_id)
+            & (m.status == SceneStatus.PROCESSING)
+            & output.does_not_exist(),
+            done=lambda s: s.value(stage.operation) != operation_id,
         )
 
-    def expire_lease(self, project_id: str, sequence: int, *, token: str, now: float) -> bool:
+    def expire_lease(
+        self,
+        project_id: str,
+        sequence: int,
+        *,
+        token: str,
+        now: float,
+        stage: StageFields = ORIGINAL,
+    ) -> bool:
         """A submitter died holding its lease: the scene is `pending` again (reconcile)."""
         m = self.m
+        _, operation, _ = _paid(m, stage)
         return self._transition(
             project_id,
             sequence,
@@ -319,27 +421,53 @@ class SceneStore:
                 *self._no_lease(),
                 m.last_error.set("submission lease expired (worker lost)"),
             ],
-            (m.lease_token == token) & m.operation_id.does_not_exist() & (m.lease_expires_at < now),
+            (m.lease_token == token) & operation.does_not_exist() & (m.lease_expires_at < now),
             done=lambda s: s.lease_token != token,
         )
 
-    def reset_missing_clip(self, project_id: str, sequence: int, *, clip_key: str) -> bool:
-        """`completed` whose object is gone: back to `pending` so a run makes it again."""
+    def reset_outputs(
+        self, project_id: str, sequence: int, *, stage: StageFields, key: str | None
+    ) -> bool:
+        """An output a finished scene needs is gone (its object vanished: `key`), or was never
+        recorded (`key` None, on a `completed` scene): clear it and every later output, with
+        their operations and attempts, and go back to `pending`, so a run makes exactly those
+        again. Earlier outputs are kept: nothing already made is paid for twice."""
         m = self.m
+        later = OUTPUT_ORDER[OUTPUT_ORDER.index(stage) :]
+        clear: list[Action] = []
+        for fields in later:
+            clear.append(getattr(m, fields.output).remove())
+            if fields.operation is not None and fields.attempts is not None:
+                clear += [getattr(m, fields.operation).remove(), getattr(m, fields.attempts).set(0)]
+        output = getattr(m, stage.output)
+        if key is None:
+            seen: Condition = output.does_not_exist() & (m.status == SceneStatus.COMPLETED)
+            why = "an output was never recorded; scene reset"
+        else:
+            seen = output == key
+            why = "clip object missing; scene reset"
         return self._transition(
             project_id,
             sequence,
             [
                 m.status.set(SceneStatus.PENDING),
-                m.original_clip_key.remove(),
-                m.operation_id.remove(),
+                *clear,
+                *self._no_lease(),
                 m.completed_at.remove(),
-                m.attempts.set(0),
-                m.last_error.set("clip object missing; scene reset"),
+                m.last_error.set(why),
             ],
-            m.original_clip_key == clip_key,
-            done=lambda s: s.clip_key != clip_key,
+            seen,
+            clear_final=True,  # invariant 8: the final video showed this output
+            done=lambda s: (
+                s.value(stage.output) != key
+                if key is not None
+                else s.status != SceneStatus.COMPLETED
+            ),
         )
+
+    def reset_missing_clip(self, project_id: str, sequence: int, *, clip_key: str) -> bool:
+        """The original clip's object is gone: back to `pending` without any output."""
+        return self.reset_outputs(project_id, sequence, stage=ORIGINAL, key=clip_key)
 
     def retry_failed(self, project_id: str, sequence: int) -> bool:
         """A user asked for another run: a `failed` scene becomes `pending` with fresh attempts."""
@@ -369,10 +497,7 @@ class SceneStore:
             m.operation_id.does_not_exist()
             & m.original_clip_key.does_not_exist()
             & (m.attempts >= max_attempts)
-            & (
-                (m.status == SceneStatus.PENDING)
-                | ((m.status == SceneStatus.PROCESSING) & (m.lease_expires_at < time.time()))
-            ),
+            & _open(m, time.time()),
             done=lambda s: s.attempts < max_attempts and s.operation_id is None,
         )
 
@@ -388,6 +513,7 @@ class SceneStore:
                 actions=[
                     m.active_run_id.set(run_id),
                     m.run_scope.set({sequence}),  # a takeover regenerates this scene only
+                    *final_video_cleared(m),  # invariant 8: in the same write as the scene
                     m.status.set(ProjectStatus.PROCESSING),
                     m.gsi1pk.set(ProjectStatus.PROCESSING),
                     m.updated_at.set(now),
@@ -399,7 +525,11 @@ class SceneStore:
                 actions=[
                     m.status.set(SceneStatus.PENDING),
                     m.original_clip_key.remove(),
+                    m.working_clip_key.remove(),
+                    m.lip_synced_clip_key.remove(),
                     m.operation_id.remove(),
+                    m.lip_sync_operation_id.remove(),
+                    m.lip_sync_attempts.set(0),
                     m.lease_token.remove(),
                     m.lease_expires_at.remove(),
                     m.completed_at.remove(),
@@ -422,6 +552,14 @@ class SceneStore:
     def _no_lease(self) -> list[Action]:
         return [self.m.lease_token.remove(), self.m.lease_expires_at.remove()]
 
+    def _finished_stage(self, last: bool) -> list[Action]:
+        """After a stage's output: `completed` when it was the last one needed, else the scene
+        stays `processing` (with no lease) for its next stage."""
+        m = self.m
+        if last:
+            return [m.status.set(SceneStatus.COMPLETED), m.completed_at.set(utc_now_iso())]
+        return [m.status.set(SceneStatus.PROCESSING)]
+
     def _transition(
         self,
         project_id: str,
@@ -430,22 +568,31 @@ class SceneStore:
         condition: Condition,
         *,
         done: Callable[[SceneRecord], bool],
+        clear_final: bool = False,
         refund_micros: int = 0,
     ) -> bool:
         """One conditional update; on a failed condition, success if the state is already the
         one this caller meant to make (its earlier attempt may have landed before a timeout).
-        A refund joins the write in one transaction: the scene's cost and the project's
-        committed sum move together (invariant 4)."""
+        `clear_final` forgets the project's final video in the same transaction; a refund joins
+        the write in one transaction too: the scene's cost and the project's committed sum move
+        together (invariant 4)."""
         m = self.m
         pk, sk = project_pk(project_id), scene_sk(sequence)
         actions = [*actions, m.updated_at.set(utc_now_iso())]
         condition = condition & m.pk.exists()
         if refund_micros:
             actions.append(m.cost_micros.add(-refund_micros))
+        if clear_final or refund_micros:
+            # One METADATA write: a transaction may touch an item only once.
+            project: list[Action] = []
+            if clear_final:
+                project += [*final_video_cleared(m), m.updated_at.set(utc_now_iso())]
+            if refund_micros:
+                project += budget.refunded(m, refund_micros)
 
             def build(tx: TransactWrite) -> None:
-                budget.refund(tx, m, project_id, refund_micros)
                 tx.update(m(pk, sk), actions=actions, condition=condition)
+                tx.update(m(pk, METADATA), actions=project, condition=m.pk.exists())
 
             if self.table.transact(build) is None:
                 return True
@@ -455,18 +602,40 @@ class SceneStore:
         return scene is not None and done(scene)
 
 
-def _unowned(scene: SceneRecord, now: float) -> bool:
-    """No clip, no operation, no live lease: the scene waits for a submitter."""
+def _paid(m: type[ItemBase], stage: StageFields) -> tuple[Any, Any, Any]:
+    """The model attributes (output, operation, attempts) of a paid stage."""
+    if stage.operation is None or stage.attempts is None:
+        raise ValueError(f"{stage.output} is not a paid stage's output")
+    return getattr(m, stage.output), getattr(m, stage.operation), getattr(m, stage.attempts)
+
+
+def _open(m: type[ItemBase], now: float) -> Condition:
+    """`pending`, or `processing` with no live lease (expired, or none: between stages)."""
+    return (m.status == SceneStatus.PENDING) | (
+        (m.status == SceneStatus.PROCESSING)
+        & (m.lease_expires_at.does_not_exist() | (m.lease_expires_at < now))
+    )
+
+
+def _unowned(scene: SceneRecord, stage: StageFields, now: float) -> bool:
+    """No output, no operation, no live lease: the stage waits for a submitter (read from a
+    record, as `_open` and the claim's condition ask it)."""
     waiting = scene.status == SceneStatus.PENDING or (
         scene.status == SceneStatus.PROCESSING and lease_expired(scene.lease_expires_at, now)
     )
-    return waiting and scene.operation_id is None and scene.clip_key is None
+    return waiting and scene.value(stage.operation) is None and scene.value(stage.output) is None
 
 
-def _open(scene: SceneRecord, max_attempts: int, now: float) -> bool:
+def _claimable(
+    scene: SceneRecord, stage: StageFields, max_attempts: int, now: float, requires: str | None
+) -> bool:
     """What a claim's scene condition asks, read from a record."""
-    return _unowned(scene, now) and scene.attempts < max_attempts
+    return (
+        _unowned(scene, stage, now)
+        and (scene.value(stage.attempts) or 0) < max_attempts
+        and (requires is None or scene.value(requires) is not None)
+    )
 
 
-def _exhausted(scene: SceneRecord, max_attempts: int, now: float) -> bool:
-    return _unowned(scene, now) and scene.attempts >= max_attempts
+def _exhausted(scene: SceneRecord, stage: StageFields, max_attempts: int, now: float) -> bool:
+    return _unowned(scene, stage, now) and (scene.value(stage.attempts) or 0) >= max_attempts

@@ -37,19 +37,34 @@ class MvpipeTask(Task):
             exc=cause, countdown=countdown, kwargs={**kwargs, "outages": failures + 1}
         )
 
-    def next_step(self, kwargs: dict[str, Any], countdown: float | None = None) -> Signature:
-        """This task's next message: same id, chord and group (as a retry's), new kwargs."""
+    def next_step(
+        self, kwargs: dict[str, Any], countdown: float | None = None, queue: str | None = None
+    ) -> Signature:
+        """This task's next message: same id, chord and group (as a retry's), new kwargs; on
+        `queue` when given (a scene moving to its next stage), else where this one came from."""
         request = self.request
         return self.signature_from_request(
             request,
             tuple(request.args or ()),
             {**(request.kwargs or {}), **kwargs},
+            queue=queue,
             countdown=countdown,
             retries=request.retries + 1,
         )
 
+    def delivered_on(self) -> str | None:
+        """The queue this execution's message came from (None when not known)."""
+        info = self.request.delivery_info or {}
+        routing_key = info.get("routing_key")
+        return str(routing_key) if routing_key else None
+
     def rerun_later(
-        self, state: str, countdown: float, kwargs: dict[str, Any], progress: dict[str, Any]
+        self,
+        state: str,
+        countdown: float,
+        kwargs: dict[str, Any],
+        progress: dict[str, Any],
+        queue: str | None = None,
     ) -> Ignore:
         """Queue this task's next step after `countdown`, and show `state` until it runs.
 
@@ -58,7 +73,7 @@ class MvpipeTask(Task):
         WAITING_FOR_SLOT, ...) with `progress` as its meta: a `task-<state>` event for Flower and
         the same meta in the result backend. Only the final step returns a result to the chord.
         """
-        self.next_step(kwargs, countdown).apply_async()
+        self.next_step(kwargs, countdown, queue).apply_async()
         try:  # progress is for people: it must never fail a step already queued
             self.update_state(state=state, meta=progress)
             self.send_event(f"task-{state.lower()}", retry=False, **progress)

@@ -10,6 +10,7 @@ from celery.exceptions import Reject
 from mvpipe.deps import get_context
 from mvpipe.errors import Conflict, InvalidInput, NotFound, StoreUnavailable
 from mvpipe.pipeline.finalize import finalize_run
+from mvpipe.tasks.assemble import assemble_project
 from mvpipe.tasks.base import MvpipeTask, app, checked_ids
 
 
@@ -33,6 +34,11 @@ def finalize_project(
         return {"project_id": project_id, "outcome": "project not found"}
     except (StoreUnavailable, Conflict, redis.RedisError) as exc:  # Conflict: it kept moving
         raise self.outage_retry(exc, {"outages": outages}, outages) from exc
+    if settlement.assemble and run_id is not None:
+        # The assembly takes this task's id, so the run's AsyncResult resolves to its result.
+        # A second finalize of the run sends a second assembly: harmless (it finds the object
+        # or the recorded key), and never none when a first message was lost.
+        raise self.replace(assemble_project.si(project_id, run_id))
     return {
         "project_id": project_id,
         "run_id": run_id,

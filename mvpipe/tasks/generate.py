@@ -1,5 +1,6 @@
 """`mvpipe.generate_scene`: one step per execution; waiting is the next step queued with a
-countdown.
+countdown, and a scene whose next stage runs elsewhere (the cut on `mvpipe.media`) queues its
+next step there, under the same task id, so the chord still counts each scene once.
 
 It never raises into the chord: outcomes are returned, outages retried, so `finalize_project`
 always runs. Waiting steps re-queue the task under its own id with a custom state (POLLING,
@@ -39,6 +40,7 @@ FRESH: dict[str, Any] = {
     "copy": None,
     "token": None,
     "attempt": 0,
+    "stage": None,
 }
 #: The two copies of a quota wait: the waiter's own timed check, and the wake-up it parks.
 TIMED, WOKEN = "timed", "woken"
@@ -50,6 +52,7 @@ WAITING_STATES = {
     Next.POLL: "POLLING",
     Next.WAIT_SLOT: "WAITING_FOR_SLOT",
     Next.RETRY_SUBMIT: "BACKING_OFF",
+    Next.STAGE: "NEXT_STAGE",
 }
 
 
@@ -66,6 +69,7 @@ def generate_scene(
     copy: str | None = None,
     token: str | None = None,
     attempt: int = 0,
+    stage: str | None = None,
 ) -> dict[str, Any]:
     try:
         checked_ids(project_id, sequence)
@@ -78,6 +82,7 @@ def generate_scene(
         "copy": copy,
         "token": token,
         "attempt": attempt,
+        "stage": stage,
     }
     ctx = get_context()
     job = SceneJob(
@@ -86,7 +91,8 @@ def generate_scene(
         sequence,
         run_id,
         provider,
-        park=lambda: dispatcher.parked(self.next_step({**FRESH, "copy": WOKEN})),
+        park=lambda: dispatcher.parked(self.next_step({**FRESH, **_stage(stage), "copy": WOKEN})),
+        queue=self.delivered_on(),
     )
     try:
         if copy is not None and not ctx.board.first_copy(
@@ -94,7 +100,9 @@ def generate_scene(
         ):
             step = None  # the other copy of this step ran first
         else:
-            step = job.step(operation_id, transient_polls, token=token, attempt=attempt)
+            step = job.step(
+                operation_id, transient_polls, token=token, attempt=attempt, stage=stage
+            )
             if step.refinalize:
                 refinalize(ctx, dispatcher, project_id, run_id)
     except RecordPending as exc:  # a paid job's record is redone, however long the outage
@@ -132,9 +140,16 @@ def generate_scene(
         "operation_id": carry["operation_id"],
         "steps": self.request.retries + 1,
         "next_step_in": round(step.countdown, 3),
+        "stage": carry["stage"] or "generate",
         "cost_usd": micros_to_usd(job.cost_micros),  # None until this execution knows it
     }
-    raise self.rerun_later(WAITING_STATES[step.next], step.countdown, carry, progress)
+    raise self.rerun_later(
+        WAITING_STATES[step.next], step.countdown, carry, progress, queue=step.queue
+    )
+
+
+def _stage(stage: str | None) -> dict[str, Any]:
+    return {"stage": stage} if stage else {}
 
 
 def _gave_up(project_id: str, sequence: int, exc: Exception) -> dict[str, Any]:

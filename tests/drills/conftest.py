@@ -23,6 +23,7 @@ DRILL_SETTINGS = {
     "store_timeout_seconds": "1",
     "liveness_slack_seconds": "1",
     "run_stale_seconds": "4",
+    "stage_queue_seconds": "4",
     "local_latency": "1",
 }
 

@@ -1,0 +1,152 @@
+"""The final cut: every scene's chosen clip in order, with the song, under its inputs hash.
+
+A run whose scenes are all completed ends here (`mvpipe.assemble_project`, queue `mvpipe.media`).
+The final video's key is a hash of its inputs, so an assembly that finds the object already
+stored (a duplicate execution, a takeover after a crash, a rerun) reuses it and only records it.
+The one write that records the key also sets `completed` and releases the run, conditioned on the
+run still being active (invariant 8).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from mvpipe import failpoints
+from mvpipe.deps import Context
+from mvpipe.media.assemble import assemble, encode_song, inputs_hash
+from mvpipe.media.encoding import OutputFormat
+from mvpipe.models import ProjectStatus, SceneStatus
+from mvpipe.pipeline.cut import output_format
+from mvpipe.states import assembly_due
+from mvpipe.store.finals import final_video_key
+from mvpipe.store.records import ProjectRecord, ProjectState, SceneRecord
+from mvpipe.store.songs import song_aac_key
+
+log = logging.getLogger("mvpipe.assemble")
+
+
+def chosen_clip(scene: SceneRecord) -> str | None:
+    """The clip a scene contributes to the final video: lip-synced if it has one, else its cut."""
+    return scene.lip_synced_clip_key or scene.working_clip_key
+
+
+def final_key(state: ProjectState, fmt: OutputFormat) -> str | None:
+    """The key of the final video the current scenes make; None while a scene has no clip."""
+    keys = [chosen_clip(s) for s in state.scenes]
+    if not keys or any(k is None for k in keys):
+        return None
+    digest = inputs_hash(state.project.song_key, [k for k in keys if k], fmt)
+    return final_video_key(state.project.project_id, digest)
+
+
+@dataclass(frozen=True)
+class Assembly:
+    """What one assembly execution did."""
+
+    outcome: str
+    #: the project's status as this execution saw it last
+    status: ProjectStatus
+    key: str | None = None
+    #: the object for these inputs existed already: nothing was encoded or uploaded
+    reused: bool = False
+
+
+def assemble_run(ctx: Context, project_id: str, run_id: str) -> Assembly:
+    """Build (or reuse) the final video of `run_id`'s project and record it.
+
+    Does nothing unless the run is still active and every scene is completed: a run replaced
+    meanwhile is someone else's to finish, and a scene reset meanwhile (its clip vanished) is
+    made again by the run that takes this one over once it stops being alive.
+    """
+    state = ctx.projects.load(project_id)
+    project = state.project
+    if project.active_run_id != run_id:
+        if project.final_video_key is not None and project.status == ProjectStatus.COMPLETED:
+            return Assembly("already recorded", project.status, project.final_video_key, True)
+        return Assembly("run no longer active", project.status)
+    if not assembly_due(state.counters, final_video=project.final_video_key is not None):
+        return Assembly("nothing to assemble", project.status)
+    ctx.board.touch_run(run_id, ctx.settings.run_stale_seconds)
+    fmt = output_format(ctx.settings)
+    key = final_key(state, fmt)
+    if key is None:
+        return Assembly("a completed scene has no clip to show", project.status)
+    reused = ctx.clips.exists(key)
+    if not reused:
+        _build(ctx, state, fmt, key, run_id)
+    # The scenes must still be the ones hashed (reconcile may have reset a vanished clip).
+    latest = ctx.projects.load(project_id)
+    if final_key(latest, fmt) != key or any(
+        s.status != SceneStatus.COMPLETED for s in latest.scenes
+    ):
+        return Assembly("scenes changed during assembly", latest.project.status, key, reused)
+    if not ctx.projects.record_final_video(project_id, run_id, key, latest.counters):
+        return Assembly("run no longer active", latest.project.status, key, reused)
+    log.info("final video project=%s run=%s key=%s reused=%s", project_id, run_id, key, reused)
+    return Assembly("completed", ProjectStatus.COMPLETED, key, reused)
+
+
+def give_up(ctx: Context, project_id: str, run_id: str, error: str) -> bool:
+    """The final video cannot be made from these clips: release the run, keep why in
+    `lastError`. The project waits (`pending`) for a user's run or a regenerated scene."""
+    state = ctx.projects.load(project_id)
+    log.warning("assembly failed project=%s run=%s: %s", project_id, run_id, error)
+    return ctx.projects.settle(
+        project_id,
+        observed_run=run_id,
+        counters=state.counters,
+        status=ProjectStatus.PENDING,
+        release=True,
+        last_error=f"assembly failed: {error}",
+    )
+
+
+def _build(ctx: Context, state: ProjectState, fmt: OutputFormat, key: str, run_id: str) -> None:
+    """Download the clips (and the song as AAC), join them, upload under `key`."""
+    project = state.project
+    stale = ctx.settings.run_stale_seconds
+    with tempfile.TemporaryDirectory(prefix="mvpipe-assemble-") as tmp:
+        workdir = Path(tmp)
+        clips: list[Path] = []
+        for scene in state.scenes:
+            ctx.board.touch_run(run_id, stale)  # alive while it downloads
+            path = workdir / f"scene-{scene.sequence:03d}.mp4"
+            path.write_bytes(ctx.clips.read(chosen_clip(scene) or ""))
+            clips.append(path)
+        song = _song_as_aac(ctx, project, workdir) if project.song_key else None
+        ctx.board.touch_run(run_id, stale)
+        out = workdir / "final.mp4"
+        report = assemble(
+            clips, out, fmt=fmt, song=song, song_seconds=project.song_seconds if song else None
+        )
+        failpoints.reached("during_assembly")
+        ctx.board.touch_run(run_id, stale)
+        ctx.clips.put(key, out.read_bytes())
+    log.info(
+        "assembled project=%s clips=%d frames=%d video=%.3fs audio=%s dropped=%d",
+        project.project_id,
+        report.clips,
+        report.frames,
+        report.video_seconds,
+        "-" if report.audio_seconds is None else f"{report.audio_seconds:.3f}s",
+        report.dropped_frames,
+    )
+
+
+def _song_as_aac(ctx: Context, project: ProjectRecord, workdir: Path) -> Path:
+    """The song as AAC, encoded once and kept beside the song (`{sha256[:16]}-aac.m4a`), so
+    every later final video of the project copies its packets instead of encoding it."""
+    song_key = project.song_key or ""
+    aac_key = song_aac_key(project.project_id, song_key)
+    path = workdir / "song-aac.m4a"
+    if ctx.clips.exists(aac_key):
+        path.write_bytes(ctx.songs.read(aac_key))
+        return path
+    source = workdir / f"song.{song_key.rsplit('.', 1)[-1]}"
+    source.write_bytes(ctx.songs.read(song_key))
+    encode_song(source, path)
+    ctx.songs.put_song_aac(project.project_id, song_key, path.read_bytes())
+    return path

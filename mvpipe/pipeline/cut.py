@@ -1,0 +1,112 @@
+"""The cut stage: the original clip → exactly the scene's slot frames in the output format.
+
+Free and deterministic: the working key is a hash of its inputs (the original's key, the slot's
+frames, the output format), so a duplicate or re-run cut makes the same object, and its one
+conditional write is conditioned on the original it cut from (invariant 1). A clip that cannot
+be decoded fails the scene (permanent) and keeps the original.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from pathlib import Path
+
+from mvpipe import failpoints
+from mvpipe.errors import InvalidInput
+from mvpipe.media.cut import cut_clip
+from mvpipe.media.encoding import OutputFormat, parse_size
+from mvpipe.pipeline.execution import Execution
+from mvpipe.pipeline.stages import GENERATE, Stage, is_last
+from mvpipe.pipeline.steps import Next, Step
+from mvpipe.providers.classify import describe
+from mvpipe.settings import Settings
+from mvpipe.store.clips import working_key
+from mvpipe.store.records import SceneRecord
+
+
+def output_format(settings: Settings) -> OutputFormat:
+    width, height = parse_size(settings.output_size)
+    return OutputFormat(width, height, settings.output_fps)
+
+
+def slot_frames(scene: SceneRecord, fps: int) -> int:
+    """The frames of the scene's slot on the output grid (each boundary rounded on its own, so
+    consecutive slots tile the song exactly); a scene without a slot (no song) fills its clip
+    length from 0."""
+    if scene.start_seconds is not None and scene.end_seconds is not None:
+        return max(1, round(scene.end_seconds * fps) - round(scene.start_seconds * fps))
+    return max(1, scene.duration_seconds * fps)
+
+
+def cut_inputs_hash(original_key: str, frames: int, fmt: OutputFormat) -> str:
+    """What the cut depends on: its source, its length and the format (encoder included)."""
+    text = f"{original_key}|{frames}|{fmt.as_key()}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def cut_key(scene: SceneRecord, original_key: str, settings: Settings) -> str:
+    fmt = output_format(settings)
+    frames = slot_frames(scene, fmt.fps)
+    return working_key(
+        scene.project_id, scene.sequence, original_key, cut_inputs_hash(original_key, frames, fmt)
+    )
+
+
+class CutRunner:
+    """Runs the cut stage of one scene in this execution (queue `mvpipe.media`)."""
+
+    def __init__(self, execution: Execution, stage: Stage) -> None:
+        self.x = execution
+        self.ctx = execution.ctx
+        self.stage = stage
+
+    def run(self, scene: SceneRecord) -> Step:
+        ctx, x = self.ctx, self.x
+        original = GENERATE.output(scene)
+        if original is None:
+            raise ValueError("a cut needs the original clip")
+        fmt = output_format(ctx.settings)
+        frames = slot_frames(scene, fmt.fps)
+        key = cut_key(scene, original, ctx.settings)
+        # While this runs nobody else starts a chain for the scene (reconcile sees it alive).
+        x.touch(ctx.settings.liveness_seconds(x.provider))
+        if not ctx.clips.exists(key):  # a duplicate or crashed cut may have uploaded it already
+            try:
+                held = self.cut(original, key, frames, fmt)
+            except InvalidInput as exc:
+                error = f"the clip could not be cut: {describe(exc)}"
+                ctx.scenes.fail(
+                    x.project_id,
+                    x.sequence,
+                    error=error,
+                    made_from=(GENERATE.fields.output, original),
+                    stage=self.stage.fields,
+                )
+                x.log(error, None, None, self.stage.name)
+                return x.finished("failed: the clip could not be cut")
+            if held:
+                x.log(f"clip shorter than its slot: held its last frame {held} times", None, None,
+                      self.stage.name)  # fmt: skip
+        last = is_last(self.stage, scene)
+        if not ctx.scenes.record_output(
+            x.project_id,
+            x.sequence,
+            stage=self.stage.fields,
+            key=key,
+            made_from=(GENERATE.fields.output, original),
+            last=last,
+        ):
+            return Step.done("superseded: scene moved on, cut left for garbage collection")
+        x.log(f"cut recorded: {key} ({frames} frames at {fmt.size}@{fmt.fps})", None, None, "cut")
+        return x.finished("completed") if last else Step(Next.STAGE, "cut done")
+
+    def cut(self, original: str, key: str, frames: int, fmt: OutputFormat) -> int:
+        """Cut on local disk (a temp dir), upload; returns how many frames were held."""
+        with tempfile.TemporaryDirectory(prefix="mvpipe-cut-") as tmp:
+            src, dst = Path(tmp) / "original.mp4", Path(tmp) / "working.mp4"
+            src.write_bytes(self.ctx.clips.read(original))
+            report = cut_clip(src, dst, frames=frames, fmt=fmt)
+            failpoints.reached("during_cut")
+            self.ctx.clips.put(key, dst.read_bytes())
+        return report.held_frames

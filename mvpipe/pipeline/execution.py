@@ -1,0 +1,57 @@
+"""What every stage runner of one `generate_scene` execution shares: ids, the run's bookkeeping,
+and the log line."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from mvpipe.deps import Context
+from mvpipe.pipeline.steps import Step
+
+log = logging.getLogger("mvpipe.generate")
+
+
+@dataclass
+class Execution:
+    """One execution of `generate_scene` for (project, sequence) within a run (or none)."""
+
+    ctx: Context
+    project_id: str
+    sequence: int
+    run_id: str | None
+    #: the project's video provider
+    provider: str
+    #: makes the message that resumes this scene at once when a quota slot frees for it
+    park: Callable[[], str] | None = None
+    #: parked messages of waiting scenes this execution's released slots entitle to run
+    wakes: list[str] = field(default_factory=list)
+    #: what the scene has cost so far, once this execution knows it (task meta)
+    cost_micros: int | None = None
+
+    def finished(self, outcome: str) -> Step:
+        """The scene reached a final state: count it for the run's re-finalize trigger."""
+        if self.run_id is None:
+            return Step.done(outcome, refinalize=True)
+        return Step.done(
+            outcome, refinalize=self.ctx.board.scene_finished(self.run_id, self.sequence)
+        )
+
+    def touch(self, seconds: float) -> None:
+        """This scene is being worked on: reconcile must not start a second chain for it."""
+        self.ctx.board.touch_scene(self.project_id, self.sequence, seconds)
+
+    def log(
+        self, message: str, operation_id: str | None, attempt: int | None, stage: str = "generate"
+    ) -> None:
+        log.info(
+            "%s project=%s sequence=%d stage=%s attempt=%s operation=%s run=%s",
+            message,
+            self.project_id,
+            self.sequence,
+            stage,
+            attempt if attempt is not None else "-",
+            operation_id or "-",
+            self.run_id or "-",
+        )

@@ -1,0 +1,428 @@
+"""The one lease/operation machine of every paid stage: claim → submit → record → poll → upload
+→ complete (DESIGN.md invariants 1-3).
+
+`PaidOperation(execution, stage, provider)` runs it for any paid stage: the stage's `StageFields`
+say which scene fields hold its output, operation id and attempts, and its `StageProvider` says
+how to submit, poll, download and name the output. Generation is `PaidOperation(..., GENERATE,
+VideoGeneration(...))`; lip-sync plugs in as `PaidOperation(..., LIPSYNC, <its provider>)`.
+
+Each call does a bounded amount of work and returns; waiting happens in the broker (the next step
+queued with a countdown), never in a worker slot.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from typing import Protocol
+
+from mvpipe import failpoints
+from mvpipe.errors import (
+    ConfigurationError,
+    PermanentProviderError,
+    ProviderError,
+    TransientProviderError,
+)
+from mvpipe.pipeline.execution import Execution, log
+from mvpipe.pipeline.stages import Stage, is_last
+from mvpipe.pipeline.steps import Next, RecordPending, Step
+from mvpipe.providers.base import JobState, JobStatus, VideoProvider, VideoRequest
+from mvpipe.providers.classify import describe
+from mvpipe.providers.limiter import slot_member
+from mvpipe.settings import Settings
+from mvpipe.states import backoff_seconds
+from mvpipe.store.clips import clip_key
+from mvpipe.store.records import SceneRecord
+from mvpipe.store.scenes import Claim
+
+#: How much later than an unparked waiter a parked one checks its place by itself.
+PARKED_SLOWDOWN = 10
+
+
+class StageProvider(Protocol):
+    """What the paid machine needs from a stage's provider: its job calls, its quota pool and
+    poll pace, and the key its output is stored under."""
+
+    #: the quota pool (each provider its own)
+    pool: str
+    #: in-flight jobs allowed in the pool
+    limit: int
+    poll_seconds: float
+    #: how long a poll's liveness mark lasts (longer than the longest gap between polls)
+    liveness_seconds: float
+    can_cancel: bool
+
+    def submit(self, scene: SceneRecord) -> str: ...
+
+    def poll(self, operation_id: str) -> JobStatus: ...
+
+    def download(self, status: JobStatus) -> bytes: ...
+
+    def cancel(self, operation_id: str) -> bool: ...
+
+    def output_key(self, project_id: str, sequence: int, operation_id: str) -> str: ...
+
+
+class VideoGeneration:
+    """The generate stage's provider: the project's video model making the original clip."""
+
+    def __init__(self, provider: VideoProvider, settings: Settings) -> None:
+        self.provider = provider
+        self.pool = provider.name
+        self.limit = settings.concurrency_for(provider.name)
+        self.poll_seconds = settings.poll_seconds_for(provider.name)
+        self.liveness_seconds = settings.liveness_seconds(provider.name)
+        self.can_cancel = provider.can_cancel
+
+    def submit(self, scene: SceneRecord) -> str:
+        return self.provider.submit(
+            VideoRequest(
+                scene.project_id,
+                scene.sequence,
+                scene.prompt,
+                scene.negative_prompt,
+                scene.duration_seconds,
+            )
+        )
+
+    def poll(self, operation_id: str) -> JobStatus:
+        return self.provider.poll(operation_id)
+
+    def download(self, status: JobStatus) -> bytes:
+        return self.provider.download(status)
+
+    def cancel(self, operation_id: str) -> bool:
+        return self.provider.cancel(operation_id)
+
+    def output_key(self, project_id: str, sequence: int, operation_id: str) -> str:
+        return clip_key(project_id, sequence, operation_id)
+
+
+class PaidOperation:
+    """One paid stage of one scene, for one execution."""
+
+    def __init__(self, execution: Execution, stage: Stage, provider: StageProvider) -> None:
+        if not stage.paid:
+            raise ValueError(f"stage {stage.name} is not paid")
+        self.x = execution
+        self.ctx = execution.ctx
+        self.s = execution.ctx.settings
+        self.stage = stage
+        self.fields = stage.fields
+        self.provider = provider
+        self.member = slot_member(execution.project_id, execution.sequence)
+
+    @property
+    def ids(self) -> tuple[str, int]:
+        return self.x.project_id, self.x.sequence
+
+    # -- submission ----------------------------------------------------------------------------
+    def submit(self, scene: SceneRecord) -> Step:
+        ctx, s, x = self.ctx, self.s, self.x
+        if x.run_id is None:
+            return Step.done("no run to submit under")
+        try:
+            price = self.stage.price_micros(s, x.provider, scene)
+        except ConfigurationError as exc:  # unpriced paid work: no budget could hold it
+            ctx.scenes.fail_open(*self.ids, error=str(exc), stage=self.fields)
+            return x.finished("failed: no price")
+        slot = ctx.limiter.acquire(
+            self.provider.pool,
+            self.member,
+            limit=self.provider.limit,
+            ttl=self.provider.liveness_seconds,
+            line_ttl=s.backoff_max * 2 + 30,
+            park=x.park() if x.park is not None else None,
+        )
+        if not slot.granted:
+            return Step(
+                Next.WAIT_SLOT,
+                f"waiting for a provider slot (place {slot.place})",
+                self.slot_check_seconds(slot.place),
+                {"stage": self.stage.name},
+            )
+        token = uuid.uuid4().hex
+        # Marked as polled before the operation can become visible, so reconcile never takes a
+        # scene between submit and its first poll for an orphan. Nothing but the one write of
+        # the operation id may stand between the provider accepting a job and that id stored.
+        x.touch(self.provider.liveness_seconds)
+        claimed_at = time.time()
+        lease_end = claimed_at + s.lease_seconds
+        with ctx.table.retry_until(lease_end - s.submit_budget_seconds):
+            claim = ctx.scenes.claim(
+                *self.ids,
+                run_id=x.run_id,
+                token=token,
+                lease_seconds=s.lease_seconds,
+                max_attempts=s.max_attempts,
+                now=claimed_at,
+                stage=self.fields,
+                requires=self.stage.requires,
+                price_micros=price,
+            )
+        if claim.outcome != Claim.WON:
+            if slot.fresh:  # a slot held already is the live owner's (we are its duplicate)
+                self.release_slot()
+            if claim.outcome == Claim.OVER_BUDGET:
+                error = claim.detail or "over budget"
+                ctx.scenes.fail_open(*self.ids, error=error, stage=self.fields)
+                self.log(error, None, None)
+                return x.finished("failed: over budget")
+            if claim.outcome == Claim.EXHAUSTED:
+                ctx.scenes.fail(
+                    *self.ids,
+                    error=scene.last_error or "no submission attempts left",
+                    max_attempts=s.max_attempts,
+                    stage=self.fields,
+                )
+                return x.finished("failed: attempts exhausted")
+            return Step.done(f"not claimed ({claim.outcome})")
+        attempt = claim.attempts or scene.value(self.fields.attempts) + 1
+        x.cost_micros = scene.cost_micros + price
+        if lease_end - time.time() < s.submit_budget_seconds:
+            # The claim took so long (store retries) that a submit and its record might outlive
+            # the lease, and a second worker could submit too: give the lease back unused.
+            self.release_slot()
+            ctx.scenes.release_lease(
+                *self.ids,
+                token=token,
+                error="lease too short",
+                unused=True,
+                stage=self.fields,
+                refund_micros=price,
+            )
+            x.cost_micros = scene.cost_micros
+            wait = backoff_seconds(attempt, base=s.backoff_base, cap=s.backoff_max)
+            self.log(f"lease too short to submit, retry in {wait:.1f}s", None, attempt)
+            return Step(Next.RETRY_SUBMIT, "lease too short to submit", wait, self.carry())
+        self.log("lease won", None, attempt)
+        try:
+            operation_id = self.provider.submit(scene)
+        except (PermanentProviderError, ConfigurationError) as exc:
+            self.release_slot()
+            error = describe(exc)
+            refund = self.refund(exc, price, scene)
+            ctx.scenes.fail(
+                *self.ids, error=error, token=token, stage=self.fields, refund_micros=refund
+            )
+            self.log(f"submit refused permanently: {error}", None, attempt)
+            return x.finished("failed: permanent provider error")
+        except Exception as exc:  # transient, or unclassified: never keep a lease we can't use
+            self.release_slot()
+            error = describe(exc)
+            refund = self.refund(exc, price, scene)
+            if attempt >= s.max_attempts:
+                ctx.scenes.fail(
+                    *self.ids, error=error, token=token, stage=self.fields, refund_micros=refund
+                )
+                self.log(f"submit failed, attempts exhausted: {error}", None, attempt)
+                return x.finished("failed: attempts exhausted")
+            ctx.scenes.release_lease(
+                *self.ids, token=token, error=error, stage=self.fields, refund_micros=refund
+            )
+            wait = backoff_seconds(attempt, base=s.backoff_base, cap=s.backoff_max)
+            self.log(f"submit failed transiently, retry in {wait:.1f}s: {error}", None, attempt)
+            return Step(Next.RETRY_SUBMIT, "transient submit error", wait, self.carry())
+        failpoints.reached("after_submit")
+        failpoints.reached("before_record")
+        with ctx.table.retry_until(lease_end):
+            return self.record(operation_id, token, attempt)
+
+    def refund(self, exc: Exception, price: int, scene: SceneRecord) -> int:
+        """What a failed submit gives back of its reservation: all of it when the provider
+        surely accepted no job (it answered with a refusal, or the request never left), else
+        nothing. A timeout or a reset may have started a billed job (invariant 3): the money
+        stays committed, and on the scene's cost, so a recount keeps it too."""
+        refused = isinstance(exc, ConfigurationError) or (
+            isinstance(exc, ProviderError) and exc.refused
+        )
+        if refused:
+            self.x.cost_micros = scene.cost_micros
+        return price if refused else 0
+
+    def record(self, operation_id: str, token: str, attempt: int) -> Step:
+        """Store the accepted job's id; whatever fails here, the job is not dropped for it.
+
+        An error (our store or Redis) leaves the write's outcome unknown: the next step redoes
+        this record with the same token and id (`RecordPending`), never a cancel."""
+        try:
+            return self._record(operation_id, token, attempt)
+        except Exception as exc:
+            carry = {
+                **self.carry(),
+                "operation_id": operation_id,
+                "token": token,
+                "attempt": attempt,
+            }
+            raise RecordPending(carry) from exc
+
+    def _record(self, operation_id: str, token: str, attempt: int) -> Step:
+        outcome = self.ctx.scenes.record_operation(
+            *self.ids,
+            token=token,
+            operation_id=operation_id,
+            run_id=self.x.run_id,
+            stage=self.fields,
+        )
+        if outcome == Claim.WON:
+            self.log("operation stored", operation_id, attempt)
+            failpoints.reached("after_record")
+            return self.next_poll(operation_id, 0)
+        if outcome == Claim.RUN_INACTIVE:
+            return self.record_after_run(operation_id, token, attempt)
+        # Another execution owns the scene now (our lease expired): the job is nobody's.
+        confirmed = self.cancel(operation_id)
+        self.release_slot()
+        self.log(f"operation not stored ({outcome}); cancelled: {confirmed}", operation_id, attempt)
+        return Step.done(f"operation dropped ({outcome})")
+
+    def record_after_run(self, operation_id: str, token: str, attempt: int) -> Step:
+        """The run is not ours any more. Only a user's cancel that the provider confirms drops
+        the job; a takeover (or a cancel the provider could not confirm) keeps its id on the
+        scene without the run guard, so the run that follows resumes the paid job (as for Veo)."""
+        ctx, x = self.ctx, self.x
+        self.release_slot()
+        cancelled_by_user = x.run_id is not None and ctx.board.cancelled(x.run_id)
+        if cancelled_by_user and self.cancel(operation_id):
+            ctx.scenes.release_lease(
+                *self.ids, token=token, error="run cancelled during submit", stage=self.fields
+            )
+            self.log("run cancelled; operation cancelled at provider", operation_id, attempt)
+            return Step.done("operation cancelled with the run")
+        kept = ctx.scenes.record_operation(
+            *self.ids, token=token, operation_id=operation_id, run_id=None, stage=self.fields
+        )
+        if kept != Claim.WON:
+            confirmed = self.cancel(operation_id)
+            self.log(f"operation lost its scene; cancel confirmed: {confirmed}", operation_id, None)
+            return Step.done(f"operation dropped ({kept})")
+        self.log("run no longer ours; operation kept for the next run", operation_id, attempt)
+        return Step.done("operation kept for the next run")
+
+    def cancel(self, operation_id: str) -> bool:
+        """True only when the provider confirms it stopped the job."""
+        if not self.provider.can_cancel:
+            return False
+        try:
+            return bool(self.provider.cancel(operation_id))
+        except Exception:
+            log.warning("could not cancel operation %s", operation_id, exc_info=True)
+            return False
+
+    # -- waiting -------------------------------------------------------------------------------
+    def carry(self) -> dict[str, object]:
+        return {"stage": self.stage.name}
+
+    def next_poll(self, operation_id: str, transient_polls: int) -> Step:
+        return Step(
+            Next.POLL,
+            "polling",
+            self.provider.poll_seconds,
+            {
+                **self.carry(),
+                "operation_id": operation_id,
+                "transient_polls": transient_polls,
+            },
+        )
+
+    def poll(self, operation_id: str, transient_polls: int) -> Step:
+        """Poll the stage's operation. When its output is recorded the result is a
+        `Next.STAGE` step: the scene goes on to its next stage (or it was the last)."""
+        ctx, s = self.ctx, self.s
+        self.x.touch(self.provider.liveness_seconds)
+        ctx.limiter.acquire(
+            self.provider.pool,
+            self.member,
+            limit=self.provider.limit,
+            ttl=self.provider.liveness_seconds,
+            line_ttl=s.backoff_max * 2 + 30,
+        )
+        started, last_error = ctx.board.start_poll(operation_id)
+        if started > s.max_poll_errors:
+            return self.give_up_polling(operation_id, started - 1, last_error)
+        failpoints.reached("during_poll")
+        try:
+            status = self.provider.poll(operation_id)
+            video = self.provider.download(status) if status.state == JobState.SUCCEEDED else None
+        except PermanentProviderError as exc:
+            status, video = JobStatus(JobState.FAILED, error=str(exc)), None
+        except Exception as exc:
+            # Transient: the provider answered, just not yet usefully. Anything else (a reply
+            # we can't read): counted, and the scene fails if it never stops (see above).
+            error = describe(exc)
+            if isinstance(exc, TransientProviderError):
+                ctx.board.poll_answered(operation_id)
+            else:
+                ctx.board.poll_failed(operation_id, error)
+            wait = backoff_seconds(
+                transient_polls + 1,
+                base=max(s.backoff_base, self.provider.poll_seconds),
+                cap=s.backoff_max,
+            )
+            self.log(f"poll failed, again in {wait:.1f}s: {error}", operation_id, None)
+            step = self.next_poll(operation_id, transient_polls + 1)
+            return Step(step.next, "poll error", wait, step.carry)
+        ctx.board.poll_answered(operation_id)
+        if status.state == JobState.RUNNING:
+            return self.next_poll(operation_id, 0)
+        self.release_slot()
+        if status.state == JobState.CANCELLED:
+            ctx.scenes.reset_cancelled(*self.ids, operation_id=operation_id, stage=self.fields)
+            return Step.done("operation cancelled")
+        if status.state == JobState.FAILED or video is None:
+            error = status.error or "provider reported failure without a message"
+            ctx.scenes.fail(*self.ids, error=error, operation_id=operation_id, stage=self.fields)
+            self.log(f"failed: {error}", operation_id, None)
+            return self.x.finished("failed")
+        key = self.provider.output_key(*self.ids, operation_id)
+        ctx.clips.put(key, video)
+        failpoints.reached("after_upload")
+        return self.complete(operation_id, key)
+
+    def complete(self, operation_id: str, key: str) -> Step:
+        """Record the uploaded output (conditioned on the operation id)."""
+        scene = self.ctx.scenes.get(*self.ids)
+        last = scene is not None and is_last(self.stage, scene)
+        if not self.ctx.scenes.complete(
+            *self.ids, operation_id=operation_id, clip_key=key, stage=self.fields, last=last
+        ):
+            return Step.done("superseded: scene moved on, clip left for garbage collection")
+        self.log(f"{self.stage.name} recorded: {key}", operation_id, None)
+        if last:
+            return self.x.finished("completed")
+        return Step(Next.STAGE, f"{self.stage.name} done")
+
+    def give_up_polling(self, operation_id: str, crashed: int, last_error: str | None) -> Step:
+        """Polls of this operation crashed `crashed` times in a row (errors we can't classify,
+        or workers killed mid-poll): fail the scene rather than poll it forever."""
+        self.release_slot()
+        cause = last_error or "the worker was lost during the poll"
+        error = f"polling failed {crashed} times in a row without an answer: {cause}"
+        self.ctx.scenes.fail(*self.ids, error=error, operation_id=operation_id, stage=self.fields)
+        self.ctx.board.poll_answered(operation_id)
+        self.log(error, operation_id, None)
+        return self.x.finished("failed: polling never answered")
+
+    # -- quota ---------------------------------------------------------------------------------
+    def slot_check_seconds(self, place: int) -> float:
+        """When a waiter asks again by itself, by its place in line. A parked waiter is woken by
+        the release that frees its slot, so its own check is only the fallback (a lost wake-up,
+        a slot that expired with its worker) and comes `PARKED_SLOWDOWN` times later."""
+        rounds = max(1, math.ceil(place / self.provider.limit))
+        slowdown = PARKED_SLOWDOWN if self.x.park is not None else 1
+        return min(self.s.backoff_max, self.provider.poll_seconds * rounds * slowdown)
+
+    def release_slot(self) -> None:
+        self.x.wakes.extend(
+            self.ctx.limiter.release(self.provider.pool, self.member, limit=self.provider.limit)
+        )
+
+    def leave_line(self) -> None:
+        """A waiter of a cancelled run gives its place in line to the next live one."""
+        self.x.wakes.extend(
+            self.ctx.limiter.leave(self.provider.pool, self.member, limit=self.provider.limit)
+        )
+
+    def log(self, message: str, operation_id: str | None, attempt: int | None) -> None:
+        self.x.log(message, operation_id, attempt, self.stage.name)

@@ -1,0 +1,49 @@
+"""Drills for the cut stage: two executions cutting one scene. (A worker SIGKILLed mid-cut is the
+`during_cut` point of `test_crashes.test_worker_killed_at_a_critical_moment`.)"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from mvpipe import api
+from mvpipe.celery_app import app
+from mvpipe.deps import get_context
+from mvpipe.dispatch import CeleryDispatcher
+from mvpipe.failpoints import held, release
+from mvpipe.models import SceneStatus
+from tests.conftest import Workers
+from tests.drills.conftest import DRILL_SETTINGS, check_drill, heal
+from tests.helpers import wait_for
+
+StartWorkers = Callable[..., Workers]
+
+
+def test_a_duplicate_cut_execution_races_the_first(start_workers: StartWorkers) -> None:
+    # The first cut is held after cutting, before its upload and record; a second execution of
+    # the same scene cuts and records meanwhile; then the first goes on: same key, same object,
+    # and its record finds the state it meant to make (invariant 7).
+    workers = start_workers(failpoints="during_cut=hold", **DRILL_SETTINGS)
+    state_dir = Path(workers.env["MVPIPE_STATE_DIR"])
+    ctx = get_context()
+    project_id = api.create_project("Cut twice", "Two cutters.", scenes=[{"prompt": "one"}])
+    api.run_project(project_id)
+    wait_for(lambda: held(state_dir, "during_cut"), 60, "the first cut to be held")
+    run_id = ctx.projects.get(project_id).active_run_id
+    CeleryDispatcher(app).resume(project_id, 1, run_id, "local")
+    scene = wait_for(
+        lambda: (s := ctx.scenes.get(project_id, 1)) and s.status == SceneStatus.COMPLETED and s,
+        60,
+        "the duplicate cut to complete the scene",
+    )
+    key = scene.working_clip_key
+    assert key is not None
+    release(state_dir, "during_cut")
+    wait_for(
+        lambda: workers.service.log_text().count(f"cut recorded: {key}") == 2,
+        60,
+        "the held cut to finish and report success",
+    )
+    view = heal(project_id)
+    assert view.scenes[0].working_video_clip_s3_key == key
+    check_drill(project_id, workers)
