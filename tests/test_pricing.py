@@ -7,6 +7,7 @@ import pytest
 from mvpipe.errors import ConfigurationError
 from mvpipe.models import SceneStatus
 from mvpipe.pipeline.cost import planned_estimate
+from mvpipe.pipeline.stages import CUT, GENERATE, LIPSYNC
 from mvpipe.pricing import DEFAULT_PRICES, parse_prices, price_micros
 from mvpipe.settings import Settings, get_settings
 from mvpipe.store.records import SceneRecord
@@ -118,3 +119,14 @@ def test_a_planned_estimate_prices_only_the_paid_stages_still_missing(
     assert found.micros == 3 * 1_000_000 + 1_250_000
     again = planned_estimate(settings, "local", scenes[6:], regenerate=True, now=now)
     assert again.micros == 1_000_000 + 1_250_000
+
+
+def test_each_paid_stage_prices_its_own_job(monkeypatch: pytest.MonkeyPatch) -> None:
+    # generation: the video price times durationSeconds; lip-sync: its price times the slot
+    monkeypatch.setenv("MVPIPE_PRICES", '{"local:video": 0.5, "local:lipsync": 0.25}')
+    settings = Settings()
+    slotted = scene(1, duration_seconds=6, start_seconds=10.0, end_seconds=15.2, lip_sync=True)
+    assert GENERATE.price_micros(settings, "local", slotted) == 3_000_000
+    assert LIPSYNC.price_micros(settings, "local", slotted) == 1_300_000
+    assert LIPSYNC.price_micros(settings, "local", scene(2, duration_seconds=4)) == 1_000_000
+    assert CUT.price_micros(settings, "local", slotted) == 0  # free: nothing to reserve
