@@ -15,7 +15,7 @@ from mvpipe.errors import InvalidInput, NotFound
 from mvpipe.localstack import LocalStack
 from mvpipe.models import ProjectSpec, ProjectStatus, SceneSpec, SceneStatus
 from mvpipe.pipeline.reconcile import reconcile
-from mvpipe.store.scenes import Claim, ClaimResult
+from mvpipe.store.scenes import LIP_SYNCED, ORIGINAL, WORKING, Claim, ClaimResult
 from mvpipe.store.table import METADATA, project_pk
 from tests.helpers import assert_invariants
 
@@ -177,3 +177,49 @@ def test_reconcile_recounts_the_committed_sum(ctx: Context) -> None:
     assert_invariants(project_id)
     second = reconcile(ctx, NoDispatch(), project_ids=[project_id], sweep_strays=False)  # type: ignore[arg-type]
     assert second.total == 0
+
+
+def test_a_lip_sync_claim_reserves_its_price_and_a_refusal_gives_it_back(ctx: Context) -> None:
+    # Given two generated and cut scenes ($2 committed) on a $3 budget
+    project_id, run_id = new_project(ctx, 2, 3 * PRICE)
+    for n in (1, 2):
+        assert claim(ctx, project_id, run_id, n, f"g{n}").outcome == Claim.WON
+        op = f"op{n}"
+        ctx.scenes.record_operation(project_id, n, token=f"g{n}", operation_id=op, run_id=run_id)
+        assert ctx.scenes.complete(project_id, n, operation_id=op, clip_key=f"k{n}")
+        made_from = (ORIGINAL.output, f"k{n}")
+        assert ctx.scenes.record_output(
+            project_id, n, stage=WORKING, key=f"w{n}", made_from=made_from, last=False
+        )
+
+    def lip_sync(sequence: int, token: str) -> ClaimResult:
+        return ctx.scenes.claim(
+            project_id,
+            sequence,
+            run_id=run_id,
+            token=token,
+            lease_seconds=60,
+            max_attempts=3,
+            stage=LIP_SYNCED,
+            requires=WORKING.output,
+            price_micros=PRICE,
+        )
+
+    # When both scenes claim their lip-sync, only the first fits
+    assert lip_sync(1, "l1").outcome == Claim.WON
+    over = lip_sync(2, "l2")
+    assert over.outcome == Claim.OVER_BUDGET
+    assert over.detail == "over budget: needs $1.00, $0.00 left of $3.00"
+    assert committed(ctx, project_id) == 3 * PRICE
+    assert ctx.scenes.fail_open(project_id, 2, error=over.detail, stage=LIP_SYNCED)
+    # Then a refused lip-sync submit gives its dollar back in the write that frees the lease
+    assert ctx.scenes.release_lease(
+        project_id, 1, token="l1", error="503", stage=LIP_SYNCED, refund_micros=PRICE
+    )
+    assert committed(ctx, project_id) == 2 * PRICE
+    first, second = ctx.scenes.get(project_id, 1), ctx.scenes.get(project_id, 2)
+    assert first is not None and second is not None
+    assert (first.cost_micros, first.lip_sync_attempts, first.attempts) == (PRICE, 1, 1)
+    assert first.lease_token is None and first.working_clip_key == "w1"
+    assert second.status == SceneStatus.FAILED and second.last_error == over.detail
+    assert second.working_clip_key == "w2" and second.cost_micros == PRICE
