@@ -46,16 +46,6 @@ def final_video_cleared(model: type[ItemBase]) -> list[Action]:
     return [model.final_video_key.remove()]
 
 
-def clear_final_video(tx: TransactWrite, model: type[ItemBase], project_id: str) -> None:
-    """Add to `tx` the METADATA write that forgets the final video (invariant 8). Every write
-    that changes a scene's outputs and does not write METADATA itself includes this one."""
-    tx.update(
-        model(project_pk(project_id), METADATA),
-        actions=[*final_video_cleared(model), model.updated_at.set(utc_now_iso())],
-        condition=model.pk.exists(),
-    )
-
-
 class ProjectStore:
     def __init__(self, table: Table) -> None:
         self.table = table

@@ -583,7 +583,8 @@ class SceneStore:
         if refund_micros:
             actions.append(m.cost_micros.add(-refund_micros))
         if clear_final or refund_micros:
-            # One METADATA write: a transaction may touch an item only once.
+            # One METADATA write (a transaction may touch an item only once): every write that
+            # changes a scene's outputs forgets the final video with it (invariant 8).
             project: list[Action] = []
             if clear_final:
                 project += [*final_video_cleared(m), m.updated_at.set(utc_now_iso())]
