@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from mvpipe.deps import reset_context  # noqa: E402
-from mvpipe.localstack import LocalStack, Service, start_worker  # noqa: E402
+from mvpipe.devstack.localstack import LocalStack, Service, start_worker  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -58,7 +58,7 @@ def workers(
     env = stack.child_env(PYTHONPATH=f"{ROOT}:{ROOT / 'bench'}", **extra_env)
     if app == "mvpipe.celery_app":
         return start_worker(env, workdir / "worker.log", concurrency=concurrency, loglevel="INFO")
-    from mvpipe.localstack import _spawn, wait_until
+    from mvpipe.devstack.localstack import _spawn, wait_until
 
     argv = [sys.executable, "-m", "celery", "-A", app, "worker", "-c", str(concurrency),
             "-P", "prefork", "-l", "INFO", "--without-mingle", "--without-gossip",

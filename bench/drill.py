@@ -31,12 +31,12 @@ from common import bench_stack, record, table, workers
 from mvpipe import api
 from mvpipe.celery_app import app
 from mvpipe.deps import get_context
+from mvpipe.devstack.drills import double_payments, heal, paid_generations, restart_redis
+from mvpipe.devstack.failpoints import POINTS, held, release
+from mvpipe.devstack.localstack import LocalStack
 from mvpipe.dispatch import GENERATE_SCENE, CeleryDispatcher
-from mvpipe.drills import double_payments, heal, paid_generations, restart_redis
 from mvpipe.errors import MvpipeError
-from mvpipe.failpoints import POINTS, held, release
 from mvpipe.invariants import violations
-from mvpipe.localstack import LocalStack
 from mvpipe.models import ProjectStatus, ProjectView, SceneStatus
 from mvpipe.providers.local import LocalJobs
 

@@ -22,7 +22,7 @@ from countingproxy import DYNAMO_READS, DYNAMO_WRITES, CountingProxy
 
 from mvpipe import api
 from mvpipe.deps import reset_context
-from mvpipe.localstack import LocalStack
+from mvpipe.devstack.localstack import LocalStack
 
 
 def tree_rss_kib(pid: int) -> int:

@@ -208,19 +208,30 @@ def wait_project(project_id: str, timeout: float = 600.0, *, interval: float = 0
 
 
 def reconcile(
-    project_id: str | None = None, *, sweep_strays: bool | None = None
+    project_id: str | None = None,
+    *,
+    sweep_strays: bool | None = None,
+    full_sweep: bool | None = None,
 ) -> ReconcileReport:
     """Repair what crashes left behind, inline (the beat schedule runs the same), for every
     project or just `project_id`.
 
     `sweep_strays=True` forces the table scan for stray scene items, which otherwise runs at
     most once per `MVPIPE_STRAY_SWEEP_SECONDS` (and never for a single-project pass).
+    `full_sweep=True` also examines completed, failed and idle pending projects, which
+    otherwise happens at most once per `MVPIPE_FULL_SWEEP_SECONDS`.
     """
     ids = None
     if project_id is not None:
         ids = [validate_project_id(project_id)]
         sweep_strays = bool(sweep_strays)
-    return reconcile_all(get_context(), _dispatcher, project_ids=ids, sweep_strays=sweep_strays)
+    return reconcile_all(
+        get_context(),
+        _dispatcher,
+        project_ids=ids,
+        sweep_strays=sweep_strays,
+        full_sweep=full_sweep,
+    )
 
 
 #: What `download` can fetch: the final video, or one scene's clip of a stage.

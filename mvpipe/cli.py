@@ -334,8 +334,8 @@ def local_stack(
     workdir: Path, *, concurrency: int, flower: bool, beat: bool
 ) -> Iterator[dict[str, str]]:
     """Start redis-server, the moto state server, a worker, beat and Flower; stop them after."""
-    from mvpipe import localstack
     from mvpipe.deps import reset_context
+    from mvpipe.devstack import localstack
 
     stack = localstack.LocalStack(workdir)
     with stack.running():
@@ -406,60 +406,94 @@ def stack(workdir: Path | None, concurrency: int, no_flower: bool) -> None:
     click.echo("stack stopped", err=True)
 
 
+#: The demo's settings, chosen so it finishes in about a minute on 2 cores (each can be
+#: overridden from the environment): short slots, a quick local provider, 720p output.
+DEMO_SETTINGS = {
+    "MVPIPE_LOCAL_LATENCY": "1.5",
+    "MVPIPE_SLOT_MAX_SECONDS": "4",
+    "MVPIPE_OUTPUT_SIZE": "1280x720",
+    "MVPIPE_OUTPUT_FPS": "24",
+}
+DEMO_CONCEPT = (
+    "City lights bloom after midnight.\nRain writes stories on the glass.\n"
+    "A train hums through the dark.\nMorning breaks over the river."
+)
+
+
 @main.command()
-@click.option("--scenes", "scene_count", default=6, show_default=True, help="Scenes to generate.")
+@click.option("--seconds", default=30.0, show_default=True, help="Length of the synthesized song.")
+@click.option("--bpm", default=120.0, show_default=True, help="Tempo of the synthesized song.")
 @click.option(
     "--keep", is_flag=True, help="Keep the stack running afterwards (explore it in Flower)."
 )
 @click.option(
     "--output",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=click.Path(path_type=Path),
     default=Path("demo-output"),
     show_default=True,
-    help="Where the finished clips are copied.",
+    help="Where the music video (and each scene's working clip) is written.",
 )
-def demo(scene_count: int, keep: bool, output: Path) -> None:
-    """Generate a music video end to end on the local stack, then stop the stack."""
+def demo(seconds: float, bpm: float, keep: bool, output: Path) -> None:
+    """Make a music video end to end on the local stack from a synthesized song, then stop.
+
+    The song (drums and bass) is made by code; its beats decide the scenes; each scene gets a
+    clip from the local provider, cut to its slot; the cuts and the song become
+    OUTPUT/music-video.mp4 (H.264 + AAC).
+    """
+    from mvpipe.media.synth import synthesize_song
+
+    song = guarded(lambda: synthesize_song(seconds=seconds, bpm=bpm))
     workdir = Path(tempfile.mkdtemp(prefix="mvpipe-demo-"))
     try:
-        os.environ.setdefault("MVPIPE_LOCAL_LATENCY", "1.5")
+        for key, value in DEMO_SETTINGS.items():
+            os.environ.setdefault(key, value)
         os.environ.setdefault("MVPIPE_LOCAL_LEDGER", str(workdir / "ledger.jsonl"))
         with local_stack(workdir, concurrency=2, flower=True, beat=True):
             api = _api()
             project_id = guarded(
-                lambda: api.create_project(
-                    "Neon Rain",
-                    "City lights bloom after midnight.\nRain writes stories on the glass.\n"
-                    "A train hums through the dark.\nMorning breaks over the river.",
-                    scene_count=scene_count,
-                )
+                lambda: api.create_project("Neon Rain", DEMO_CONCEPT, song=song.wav)
             )
-            click.echo(f"\ncreated project {project_id}; running it", err=True)
+            click.echo(
+                f"\ncreated project {project_id} with a {seconds:g} s song at {bpm:g} BPM"
+                f" ({len(song.beats)} beats); running it",
+                err=True,
+            )
             guarded(lambda: api.run_project(project_id))
             view = follow(project_id, 600)
             click.echo("")
             _print_summary(view)
-            from mvpipe.deps import get_context
-
-            clips = get_context().clips
-            output.mkdir(parents=True, exist_ok=True)
-            for scene in view.scenes:
-                if scene.original_video_clip_s3_key:
-                    target = output / f"scene-{scene.sequence:03d}.mp4"
-                    target.write_bytes(clips.read(scene.original_video_clip_s3_key))
-            click.echo(f"\nclips copied from bucket {clips.bucket} to {output.resolve()}/")
+            if view.status == ProjectStatus.COMPLETED:
+                _write_demo_output(api, view, output)
             if keep:
-                first = view.scenes[0].original_video_clip_s3_key if view.scenes else None
-                if first:
-                    click.echo(f"scene 1 for the next hour: {clips.presigned_url(first)}")
-                click.echo(f"or: mvpipe fetch {project_id} --scene 1 (with the stack's env)")
+                click.echo(f"\nmore: mvpipe fetch {project_id} --scene 1 (with the stack's env)")
                 stop = _stop_on_signal()
-                click.echo("\nStack kept running; Ctrl-C stops it.", err=True)
+                click.echo("Stack kept running; Ctrl-C stops it.", err=True)
                 while not stop.wait(0.5):
                     pass
     finally:
         shutil.rmtree(workdir, ignore_errors=True)  # data and logs of a finished demo
     sys.exit(0 if view.status == ProjectStatus.COMPLETED else EXIT_FAILED)
+
+
+def _write_demo_output(api: Any, view: ProjectView, output: Path) -> None:
+    """The final video (and any working clips) into `output`, with how to play it."""
+    from mvpipe.media.probe import probe_video
+
+    output.mkdir(parents=True, exist_ok=True)
+    video = api.download(view.project_id, output / "music-video.mp4")
+    scenes = output / "scenes"
+    shutil.rmtree(scenes, ignore_errors=True)  # clips of an earlier demo are not this video's
+    for scene in view.scenes:
+        if scene.working_video_clip_s3_key:
+            scenes.mkdir(exist_ok=True)
+            target = scenes / f"scene-{scene.sequence:03d}.mp4"
+            api.download(view.project_id, target, sequence=scene.sequence, stage="working")
+    click.echo(f"\nmusic video: {video.resolve()}")
+    click.echo(f"             {probe_video(video).describe()}")
+    if scenes.exists():
+        click.echo(f"scene clips: {scenes.resolve()}/")
+    click.echo(f"play it:     ffplay {video}")
+    click.echo("             (or mpv / vlc with the same path, or open the file in a web browser)")
 
 
 @main.command(context_settings={"ignore_unknown_options": True})

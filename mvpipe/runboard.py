@@ -130,6 +130,16 @@ class RunBoard:
         key = self._key("due", job)
         return bool(self.client.set(key, 1, px=int(every_seconds * 1000), nx=True))
 
+    @_answered
+    def hold(self, job: str, token: str, seconds: float) -> bool:
+        """One holder of `job` at a time across all processes; expires if its holder dies."""
+        return bool(self.client.set(self._key("hold", job), token, px=int(seconds * 1000), nx=True))
+
+    @_answered
+    def let_go(self, job: str, token: str) -> None:
+        """Release `job` if this holder still has it (never a later holder's hold)."""
+        self._unlock(keys=[self._key("hold", job)], args=[token])
+
     # -- twin messages -------------------------------------------------------------------------
     @_answered
     def first_copy(self, task_id: str, step: int, copy: str, seconds: float) -> bool:

@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     orphan_grace_seconds: float = Field(default=3600.0, ge=0)
     run_stale_seconds: float = Field(default=300.0, gt=0)
     stray_sweep_seconds: float = Field(default=3600.0, gt=0)
+    #: how often reconcile also checks completed, failed and long-idle pending projects
+    full_sweep_seconds: float = Field(default=3600.0, gt=0)
     liveness_slack_seconds: float = Field(default=30.0, ge=0)
     #: how long a scene queued for its next stage (the cut, on mvpipe.media) counts as worked
     #: on before reconcile resumes it: above the media queue's longest wait, so a backlog of cuts

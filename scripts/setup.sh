@@ -23,5 +23,9 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     grep -v "^WARNING: Location" "$log" | tail -40; rm -f "$log"; exit 1
   fi
   rm -f "$log"
+  # librosa compiles its numba kernels on first use and caches them in .venv: do it once here,
+  # so the first worker (and the first demo) does not spend half a minute compiling.
+  echo "== compiling song analysis (once)"
+  .venv/bin/python -c "from mvpipe.media.analysis import warm; warm()"
   touch "$stamp"
 fi

@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from mvpipe.deps import reset_context
-from mvpipe.localstack import LocalStack, Service, start_worker
+from mvpipe.devstack.localstack import LocalStack, Service, start_worker
 
 _BASE_TEST_ENV = {
     "MVPIPE_TABLE": "mvpipe-test",

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from mvpipe.deps import get_context
-from mvpipe.drills import paid_generations
+from mvpipe.devstack.drills import paid_generations
 from mvpipe.invariants import violations
 
 T = TypeVar("T")

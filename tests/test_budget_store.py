@@ -11,8 +11,8 @@ import pytest
 
 from mvpipe import api
 from mvpipe.deps import Context, get_context
+from mvpipe.devstack.localstack import LocalStack
 from mvpipe.errors import InvalidInput, NotFound
-from mvpipe.localstack import LocalStack
 from mvpipe.models import ProjectSpec, ProjectStatus, SceneSpec, SceneStatus
 from mvpipe.pipeline.reconcile import reconcile
 from mvpipe.store.scenes import LIP_SYNCED, ORIGINAL, WORKING, Claim, ClaimResult

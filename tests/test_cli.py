@@ -16,7 +16,7 @@ import pytest
 
 from mvpipe.celery_app import app
 from mvpipe.deps import get_context
-from mvpipe.localstack import free_port, port_open, start_flower
+from mvpipe.devstack.localstack import free_port, port_open, start_flower
 from tests.conftest import Workers
 from tests.helpers import wait_for
 

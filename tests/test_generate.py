@@ -12,8 +12,8 @@ from collections.abc import Iterator
 import pytest
 
 from mvpipe.deps import Context, build_context
+from mvpipe.devstack.localstack import LocalStack
 from mvpipe.errors import StoreUnavailable
-from mvpipe.localstack import LocalStack
 from mvpipe.models import SceneStatus
 from mvpipe.pipeline.generate import SceneJob
 from mvpipe.pipeline.steps import Next

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import io
+import itertools
 import json
 from pathlib import Path
 
+import av
+import numpy as np
 import pytest
 
 from mvpipe.errors import PermanentProviderError, QuotaExceeded, TransientProviderError
 from mvpipe.providers.base import Brief, JobState, VideoRequest
 from mvpipe.providers.local import LocalPlanner, LocalVideoProvider
-from mvpipe.providers.render import probe_clip
+from mvpipe.providers.render import probe_clip, render_clip
 from mvpipe.settings import Settings
 from tests.helpers import wait_for
 
@@ -103,3 +107,21 @@ def test_cancel_confirms_only_a_job_it_stopped_before_the_video(tmp_path: Path) 
     assert local.cancel(finished) is False  # too late: the video exists and was paid for
     assert local.poll(finished).state == JobState.SUCCEEDED
     assert local.cancel("local-unknown") is False
+
+
+def _frames(data: bytes) -> list[np.ndarray]:
+    with av.open(io.BytesIO(data)) as container:
+        return [f.to_ndarray(format="rgb24").astype(np.int16) for f in container.decode(video=0)]
+
+
+def test_a_rendered_clip_drifts_smoothly_and_each_scene_has_its_own_look() -> None:
+    """Eight seconds cover a whole swing of the background and back: no frame jumps (the old
+    shade wrapped around mid-clip), while another scene's first frame is plainly different."""
+    frames = _frames(render_clip("Neon Rain - scene 1 of 8: city lights", 8.0))
+    steps = [float(np.abs(b - a).mean()) for a, b in itertools.pairwise(frames)]
+    other = _frames(render_clip("Neon Rain - scene 2 of 8: rain on glass", 1.0))[0]
+    cut = float(np.abs(other - frames[-1]).mean())
+    assert len(frames) == 8 * 12
+    assert max(steps) < 2.0, max(steps)
+    assert float(np.abs(frames[48] - frames[0]).mean()) > 10  # it does move
+    assert cut > 10 * max(steps), (cut, max(steps))

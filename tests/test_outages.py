@@ -12,8 +12,8 @@ import pytest
 
 from mvpipe import api
 from mvpipe.deps import Context, build_context, get_context
+from mvpipe.devstack.localstack import LocalStack, start_redis
 from mvpipe.errors import BrokerUnavailable, Conflict, StoreUnavailable
-from mvpipe.localstack import LocalStack, start_redis
 from mvpipe.models import ProjectStatus
 from mvpipe.pipeline.finalize import finalize_run
 from mvpipe.settings import get_settings

@@ -12,8 +12,8 @@ import pytest
 
 from mvpipe import api
 from mvpipe.deps import get_context
+from mvpipe.devstack.localstack import LocalStack
 from mvpipe.errors import InvalidInput, NotFound
-from mvpipe.localstack import LocalStack
 from mvpipe.models import ProjectStatus, SceneStatus
 from mvpipe.providers.local import LocalJobs
 from mvpipe.providers.render import probe_clip

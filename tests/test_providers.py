@@ -10,13 +10,13 @@ import pytest
 
 from mvpipe import api
 from mvpipe.deps import get_context, reset_context
+from mvpipe.devstack.localstack import LocalStack
 from mvpipe.errors import (
     ConfigurationError,
     PermanentProviderError,
     QuotaExceeded,
     TransientProviderError,
 )
-from mvpipe.localstack import LocalStack
 from mvpipe.media.synth import synthesize_song
 from mvpipe.media.timeline import Timeline
 from mvpipe.models import ProjectStatus, SceneStatus

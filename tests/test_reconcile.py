@@ -13,7 +13,7 @@ import pytest
 
 from mvpipe import api
 from mvpipe.deps import Context, get_context
-from mvpipe.localstack import start_beat
+from mvpipe.devstack.localstack import start_beat
 from mvpipe.models import ProjectStatus, SceneStatus
 from mvpipe.providers.base import VideoRequest
 from mvpipe.providers.render import render_clip

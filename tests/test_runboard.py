@@ -8,6 +8,7 @@ import pytest
 import redis
 
 from mvpipe.runboard import RunBoard
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -46,3 +47,20 @@ def test_only_the_run_holding_the_planning_lock_frees_it(board: RunBoard) -> Non
     assert board.lock_planning(project_id, current, 60)
     board.unlock_planning(project_id, current)
     assert board.lock_planning(project_id, stale, 60)
+
+
+def test_one_reconcile_pass_holds_at_a_time_and_frees_only_its_own_hold(board: RunBoard) -> None:
+    # Given a pass holding the reconcile job
+    assert board.hold("reconcile", "first", 60)
+    # Then beat's next message finds it held, and cannot free it
+    assert not board.hold("reconcile", "second", 60)
+    board.let_go("reconcile", "second")
+    assert not board.hold("reconcile", "second", 60)
+    # When the holder lets go, the next pass may run
+    board.let_go("reconcile", "first")
+    assert board.hold("reconcile", "second", 60)
+
+
+def test_a_dead_holders_hold_expires(board: RunBoard) -> None:
+    assert board.hold("reconcile", "dead", 0.2)
+    wait_for(lambda: board.hold("reconcile", "next", 60), 10, "the dead holder's hold to expire")

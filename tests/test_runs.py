@@ -11,7 +11,7 @@ import pytest
 
 from mvpipe import api
 from mvpipe.deps import Context, get_context
-from mvpipe.localstack import LocalStack
+from mvpipe.devstack.localstack import LocalStack
 from mvpipe.models import ProjectStatus
 from mvpipe.pipeline.cancel import cancel_runs
 from mvpipe.pipeline.plan import plan_run

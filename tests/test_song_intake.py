@@ -14,8 +14,8 @@ import pytest
 
 from mvpipe import api
 from mvpipe.deps import Context, build_context, get_context, reset_context
+from mvpipe.devstack.localstack import LocalStack, free_port
 from mvpipe.errors import ConfigurationError, InvalidInput, StoreUnavailable
-from mvpipe.localstack import LocalStack, free_port
 from mvpipe.models import ProjectSpec, SongSpec
 from mvpipe.pipeline.create import create_project
 from mvpipe.store.table import METADATA, project_pk, scene_sk

@@ -13,8 +13,8 @@ import pytest
 
 from mvpipe import api
 from mvpipe.deps import get_context
+from mvpipe.devstack.localstack import LocalStack
 from mvpipe.errors import InvalidInput
-from mvpipe.localstack import LocalStack
 from mvpipe.media.slots import Slot
 from mvpipe.media.synth import SynthSong, synthesize_song
 from mvpipe.media.timeline import Timeline

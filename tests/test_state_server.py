@@ -7,7 +7,7 @@ import uuid
 import boto3
 import pytest
 
-from mvpipe.localstack import LocalStack
+from mvpipe.devstack.localstack import LocalStack
 
 pytestmark = pytest.mark.integration
 

@@ -14,8 +14,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from mvpipe import api
 from mvpipe.deps import Context, get_context
+from mvpipe.devstack.localstack import LocalStack
 from mvpipe.errors import InvalidInput, NotFound
-from mvpipe.localstack import LocalStack
 from mvpipe.models import ProjectSpec, ProjectStatus, SceneSpec, SceneStatus
 from mvpipe.pipeline.finalize import settle_project
 from mvpipe.states import Counters

@@ -12,5 +12,6 @@ numba load only when a song is analysed), because every worker process imports i
     encoding   the output format and the one set of H.264 parameters
     cut        a clip to exactly a slot's frames in the output format
     assemble   cuts joined by remux, the song as AAC; the final video's inputs hash
+    probe      what a player sees in a finished video (codecs, size, rate, seconds)
     files      write-then-rename, so no half-written file carries a real name
 """

@@ -14,8 +14,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from mvpipe import failpoints
 from mvpipe.deps import Context
+from mvpipe.devstack import failpoints
 from mvpipe.media.assemble import assemble, encode_song, inputs_hash
 from mvpipe.media.encoding import OutputFormat
 from mvpipe.models import ProjectStatus, SceneStatus

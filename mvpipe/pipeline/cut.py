@@ -12,7 +12,7 @@ import hashlib
 import tempfile
 from pathlib import Path
 
-from mvpipe import failpoints
+from mvpipe.devstack import failpoints
 from mvpipe.errors import InvalidInput
 from mvpipe.media.cut import cut_clip
 from mvpipe.media.encoding import OutputFormat, parse_size

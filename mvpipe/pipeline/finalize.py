@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from mvpipe import failpoints
 from mvpipe.deps import Context
+from mvpipe.devstack import failpoints
 from mvpipe.errors import Conflict
 from mvpipe.models import ProjectStatus
 from mvpipe.pipeline.steps import Dispatcher

@@ -17,7 +17,7 @@ import time
 import uuid
 from typing import Protocol
 
-from mvpipe import failpoints
+from mvpipe.devstack import failpoints
 from mvpipe.errors import (
     ConfigurationError,
     PermanentProviderError,

@@ -18,6 +18,7 @@ from mvpipe.deps import Context
 from mvpipe.models import ProjectStatus, SceneStatus
 from mvpipe.pipeline.cut import cut_key
 from mvpipe.pipeline.finalize import settle_project
+from mvpipe.pipeline.reconcile_scope import FULL_SWEEP_JOB, projects_to_examine
 from mvpipe.pipeline.stages import GENERATE, Stage, is_last, lost_output, next_stage
 from mvpipe.pipeline.steps import Dispatcher
 from mvpipe.states import FINAL_SCENE_STATES, assembly_due, lease_expired
@@ -25,16 +26,6 @@ from mvpipe.store.clips import StoredObject, clip_key, scene_prefix
 from mvpipe.store.records import ProjectState, SceneRecord
 
 log = logging.getLogger("mvpipe.reconcile")
-
-#: Statuses whose projects reconcile examines (via the status index, never a scan).
-EXAMINED = (
-    ProjectStatus.GENERATING_SCENES,
-    ProjectStatus.PROCESSING,
-    ProjectStatus.ASSEMBLING,
-    ProjectStatus.PENDING,
-    ProjectStatus.COMPLETED,
-    ProjectStatus.FAILED,
-)
 
 
 class ReconcileReport(BaseModel):
@@ -66,18 +57,21 @@ def reconcile(
     *,
     project_ids: list[str] | None = None,
     sweep_strays: bool | None = None,
+    full_sweep: bool | None = None,
 ) -> ReconcileReport:
-    """Repair every project (or the given ones). The stray-item sweep scans the table, so it
-    runs at most once per `MVPIPE_STRAY_SWEEP_SECONDS` unless `sweep_strays` forces it."""
+    """Repair the projects that can need it (or the given ones): see `reconcile_scope`. The
+    full sweep of finished projects runs at most once per `MVPIPE_FULL_SWEEP_SECONDS` and the
+    stray-item sweep (a table scan) once per `MVPIPE_STRAY_SWEEP_SECONDS`, unless forced."""
+    started = time.monotonic()
     report = ReconcileReport()
     if sweep_strays is None:
         sweep_strays = ctx.board.due("stray-sweep", ctx.settings.stray_sweep_seconds)
     if sweep_strays:
         _sweep_strays(ctx, report)
     if project_ids is None:
-        project_ids = [
-            p.project_id for status in EXAMINED for p in ctx.projects.list_by_status(status)
-        ]
+        if full_sweep is None:
+            full_sweep = ctx.board.due(FULL_SWEEP_JOB, ctx.settings.full_sweep_seconds)
+        project_ids = projects_to_examine(ctx, full_sweep=full_sweep, now=time.time())
     for project_id in dict.fromkeys(project_ids):
         try:
             _reconcile_project(ctx, dispatcher, project_id, report)
@@ -85,6 +79,12 @@ def reconcile(
             log.exception("reconcile of project %s failed; continuing with the others", project_id)
     if report.total:
         log.info("reconcile repaired %s", report.model_dump())
+    log.info(
+        "reconcile pass examined %d projects in %.3f s (full sweep: %s)",
+        len(project_ids),
+        time.monotonic() - started,
+        bool(full_sweep),
+    )
     return report
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mvpipe import api
-from mvpipe.drills import double_payments, heal
+from mvpipe.devstack.drills import double_payments, heal
 from mvpipe.models import ProjectStatus
 from mvpipe.providers.local import LocalJobs
 from tests.conftest import Workers

@@ -11,10 +11,10 @@ import pytest
 from mvpipe import api
 from mvpipe.celery_app import app
 from mvpipe.deps import get_context
+from mvpipe.devstack.drills import restart_redis
+from mvpipe.devstack.failpoints import POINTS
+from mvpipe.devstack.localstack import LocalStack, Service
 from mvpipe.dispatch import CeleryDispatcher
-from mvpipe.drills import restart_redis
-from mvpipe.failpoints import POINTS
-from mvpipe.localstack import LocalStack, Service
 from mvpipe.models import ProjectStatus
 from tests.conftest import Workers
 from tests.drills.conftest import DRILL_SETTINGS, check_drill, heal

@@ -19,9 +19,9 @@ from kombu import Connection
 from mvpipe import api
 from mvpipe.celery_app import app
 from mvpipe.deps import get_context
+from mvpipe.devstack.localstack import LocalStack
 from mvpipe.dispatch import GENERATE_SCENE, PLAN_SCENES, CeleryDispatcher
 from mvpipe.errors import Conflict, InvalidInput, MvpipeError
-from mvpipe.localstack import LocalStack
 from mvpipe.models import ProjectStatus, SceneStatus
 from tests.conftest import Workers
 from tests.drills.conftest import DRILL_SETTINGS, check_drill, heal

@@ -16,9 +16,9 @@ from celery.result import AsyncResult
 from mvpipe import api
 from mvpipe.celery_app import app
 from mvpipe.deps import get_context
+from mvpipe.devstack.failpoints import held, release
+from mvpipe.devstack.localstack import LocalStack, Service
 from mvpipe.dispatch import CeleryDispatcher
-from mvpipe.failpoints import held, release
-from mvpipe.localstack import LocalStack, Service
 from mvpipe.models import ProjectStatus
 from tests.conftest import Workers
 from tests.drills.conftest import DRILL_SETTINGS, check_drill, heal

@@ -14,8 +14,8 @@ from collections import Counter
 from pathlib import Path
 
 from mvpipe import api
+from mvpipe.devstack.localstack import LocalStack, start_redis
 from mvpipe.errors import Conflict, Timeout
-from mvpipe.localstack import LocalStack, start_redis
 from mvpipe.models import ProjectStatus, ProjectView
 from mvpipe.providers.local import LocalJobs
 

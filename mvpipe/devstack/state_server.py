@@ -9,7 +9,7 @@ That whole-table copy also makes every transaction cost O(table size): on a tabl
 scenes it was half of the server's time. With requests serialized, saving just the items a
 transaction names gives the same rollback, so the server does that instead.
 
-    python -m mvpipe.state_server -H 127.0.0.1 -p 5000
+    python -m mvpipe.devstack.state_server -H 127.0.0.1 -p 5000
 """
 
 from __future__ import annotations

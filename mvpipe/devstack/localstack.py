@@ -129,10 +129,18 @@ def start_redis(workdir: Path, *, port: int | None = None, appendonly: bool = Tr
 
 
 def start_state_server(workdir: Path, *, port: int | None = None) -> Service:
-    """moto in server mode (requests serialized, see mvpipe.state_server): DynamoDB and S3 over
-    real HTTP."""
+    """moto in server mode (requests serialized, see `state_server`): DynamoDB and S3 over real
+    HTTP."""
     port = port or free_port()
-    argv = [sys.executable, "-m", "mvpipe.state_server", "-H", "127.0.0.1", "-p", str(port)]
+    argv = [
+        sys.executable,
+        "-m",
+        "mvpipe.devstack.state_server",
+        "-H",
+        "127.0.0.1",
+        "-p",
+        str(port),
+    ]
     proc = _spawn("moto", argv, workdir / "moto.log")
     wait_until(lambda: port_open(port), 60, "moto server", proc)
     return Service("moto", proc, workdir / "moto.log", port)

@@ -1,0 +1,67 @@
+"""What a player sees in a finished video: codecs, frame size and rate, seconds of each stream.
+
+Decodes every frame rather than trusting the container's header, so the figures are the ones a
+viewer gets (the demo prints them; operators can check a download with them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+
+
+@dataclass(frozen=True)
+class VideoFacts:
+    video_codec: str
+    width: int
+    height: int
+    fps: float
+    frames: int
+    video_seconds: float
+    audio_codec: str | None
+    audio_seconds: float | None
+
+    def describe(self) -> str:
+        sound = (
+            "no sound"
+            if self.audio_codec is None
+            else f"{self.audio_codec} {self.audio_seconds or 0.0:.2f} s"
+        )
+        return (
+            f"{self.video_codec} {self.width}x{self.height} {self.fps:g} fps "
+            f"{self.video_seconds:.2f} s ({self.frames} frames), {sound}"
+        )
+
+
+def probe_video(path: Path) -> VideoFacts:
+    """Decode `path` fully and report its video and (first) audio stream."""
+    with av.open(str(path)) as container:
+        video = container.streams.video[0]
+        rate = video.average_rate or video.guessed_rate
+        fps = float(rate) if rate else 0.0
+        frames = 0
+        width = height = 0
+        for frame in container.decode(video):
+            frames += 1
+            width, height = frame.width, frame.height
+        codec = video.codec_context.name
+    audio_codec: str | None = None
+    audio_seconds: float | None = None
+    with av.open(str(path)) as container:
+        if container.streams.audio:
+            audio = container.streams.audio[0]
+            samples = sum(f.samples for f in container.decode(audio))
+            audio_codec = audio.codec_context.name
+            audio_seconds = samples / audio.codec_context.sample_rate
+    return VideoFacts(
+        video_codec=codec,
+        width=width,
+        height=height,
+        fps=fps,
+        frames=frames,
+        video_seconds=frames / fps if fps else 0.0,
+        audio_codec=audio_codec,
+        audio_seconds=audio_seconds,
+    )

@@ -1,0 +1,58 @@
+"""Which projects a reconcile pass examines: O(active projects) per pass, not O(history).
+
+A regular pass reads the status index partitions of projects a run works on and loads each of
+them (a Query and an S3 LIST). Pending projects are listed too (their METADATA comes with the
+index page, so listing costs about one request per thousand), but only those that hold a run or
+changed since they were created within the last two sweep periods are loaded: a project created
+and never run has nothing to repair. Completed and failed projects, and every pending one, are
+loaded by the full sweep, at most once per `MVPIPE_FULL_SWEEP_SECONDS` across all beat processes.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from mvpipe.deps import Context
+from mvpipe.models import ProjectStatus
+from mvpipe.store.records import ProjectRecord
+
+#: A run works on these projects: every regular pass loads them.
+RUN_STATUSES = (
+    ProjectStatus.GENERATING_SCENES,
+    ProjectStatus.PROCESSING,
+    ProjectStatus.ASSEMBLING,
+)
+#: Listed by every regular pass, loaded only when `needs_regular_pass` says so.
+IDLE_STATUSES = (ProjectStatus.PENDING,)
+#: Loaded by the full sweep only.
+FINISHED_STATUSES = (ProjectStatus.COMPLETED, ProjectStatus.FAILED)
+
+FULL_SWEEP_JOB = "full-sweep"
+
+
+def needs_regular_pass(project: ProjectRecord, now: float, window_seconds: float) -> bool:
+    """A run may have left work behind (a cancel leaves operations its polls must finish); a
+    project untouched since creation, or since before the window, waits for the sweep."""
+    if project.status in RUN_STATUSES or project.active_run_id is not None:
+        return True
+    if project.status not in IDLE_STATUSES or project.updated_at == project.created_at:
+        return False
+    return now - datetime.fromisoformat(project.updated_at).timestamp() < window_seconds
+
+
+def projects_to_examine(ctx: Context, *, full_sweep: bool, now: float) -> list[str]:
+    """The ids a pass loads, through the status index (never a table scan)."""
+    window = 2 * ctx.settings.full_sweep_seconds  # a sweep always falls inside it
+    chosen = [
+        p.project_id
+        for status in RUN_STATUSES + IDLE_STATUSES
+        for p in ctx.projects.list_by_status(status)
+        if full_sweep or needs_regular_pass(p, now, window)
+    ]
+    if full_sweep:
+        chosen += [
+            p.project_id
+            for status in FINISHED_STATUSES
+            for p in ctx.projects.list_by_status(status)
+        ]
+    return chosen

@@ -1,0 +1,173 @@
+"""Reconcile by activity: a regular pass costs O(active projects), whatever the history holds;
+the low-rate full sweep still finds damage in finished projects."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from bench.countingproxy import CountingProxy
+from mvpipe import api
+from mvpipe.deps import Context, get_context
+from mvpipe.devstack.localstack import LocalStack
+from mvpipe.models import ProjectStatus, SceneStatus
+from mvpipe.pipeline.reconcile_scope import needs_regular_pass
+from mvpipe.store.records import ProjectRecord, utc_now_iso
+from mvpipe.store.table import METADATA, ItemBase, project_pk, scene_sk
+from tests.conftest import Workers
+from tests.helpers import assert_invariants
+
+StartWorkers = Callable[..., Workers]
+HOUR = 3600.0
+
+
+def record(status: ProjectStatus, *, run: str | None = None, age: float = 0.0,
+           touched: float | None = None) -> ProjectRecord:  # fmt: skip
+    """A project created `age` seconds ago and last changed `touched` seconds ago."""
+    now = datetime.now(UTC)
+    created = (now - timedelta(seconds=age)).isoformat()
+    updated = created if touched is None else (now - timedelta(seconds=touched)).isoformat()
+    return ProjectRecord(
+        project_id=str(uuid.uuid4()), title="t", concept="c", provider="local", status=status,
+        requested_scene_count=1, scene_count=1, completed_scenes=0, failed_scenes=0,
+        last_error=None, active_run_id=run, created_at=created, updated_at=updated,
+    )  # fmt: skip
+
+
+def test_only_projects_that_can_need_it_are_loaded_by_a_regular_pass() -> None:
+    now = datetime.now(UTC).timestamp()
+    for status in (
+        ProjectStatus.GENERATING_SCENES, ProjectStatus.PROCESSING, ProjectStatus.ASSEMBLING
+    ):  # fmt: skip
+        assert needs_regular_pass(record(status, age=10 * HOUR), now, HOUR)
+    assert needs_regular_pass(record(ProjectStatus.PENDING, run="r", age=10 * HOUR), now, HOUR)
+    # a cancel a minute ago may have left operations whose polls must finish
+    assert needs_regular_pass(record(ProjectStatus.PENDING, age=HOUR, touched=60), now, HOUR)
+    # created and never run; or idle since long before the window: the sweep's
+    assert not needs_regular_pass(record(ProjectStatus.PENDING, age=60), now, HOUR)
+    assert not needs_regular_pass(
+        record(ProjectStatus.PENDING, age=10 * HOUR, touched=2 * HOUR), now, HOUR
+    )
+    for status in (ProjectStatus.COMPLETED, ProjectStatus.FAILED):
+        assert not needs_regular_pass(record(status, touched=1), now, HOUR)
+
+
+# -- the cost on a real stack --------------------------------------------------------------------
+
+
+@pytest.fixture
+def proxy(stack: LocalStack) -> Iterator[CountingProxy]:
+    port = int(stack.env["MVPIPE_DYNAMODB_ENDPOINT"].rsplit(":", 1)[1])
+    counting = CountingProxy(port)
+    yield counting
+    counting.stop()
+
+
+def finished_items(m: type[ItemBase], count: int) -> list[ItemBase]:
+    """Failed one-scene projects, written as a run would have left them."""
+    items = []
+    now = utc_now_iso()
+    for _ in range(count):
+        project_id = str(uuid.uuid4())
+        pk = project_pk(project_id)
+        items.append(
+            m(pk, scene_sk(1), entity_type="scene", project_id=project_id, sequence=1,
+              prompt="old", duration_seconds=8, status=SceneStatus.FAILED, attempts=5,
+              last_error="provider refused", created_at=now, updated_at=now)
+        )  # fmt: skip
+        items.append(
+            m(pk, METADATA, entity_type="project", project_id=project_id, title="Old",
+              concept="Done.", provider="local", status=ProjectStatus.FAILED,
+              gsi1pk=ProjectStatus.FAILED, gsi1sk=now, requested_scene_count=1, scene_count=1,
+              completed_scenes=0, failed_scenes=1, last_error="1 of 1 scenes failed",
+              committed_cost_micros=0, created_at=now, updated_at=now)
+        )  # fmt: skip
+    return items
+
+
+def never_run_items(m: type[ItemBase], count: int) -> list[ItemBase]:
+    now = utc_now_iso()
+    return [
+        m(project_pk(pid), METADATA, entity_type="project", project_id=pid, title="Idle",
+          concept="Later.", provider="local", status=ProjectStatus.PENDING,
+          gsi1pk=ProjectStatus.PENDING, gsi1sk=now, requested_scene_count=1,
+          completed_scenes=0, failed_scenes=0, committed_cost_micros=0, created_at=now,
+          updated_at=now)
+        for pid in (str(uuid.uuid4()) for _ in range(count))
+    ]  # fmt: skip
+
+
+def active_project(ctx: Context) -> str:
+    """A project a live run works on (its scenes not dispatched: nothing changes under us)."""
+    project_id = api.create_project("Live", "Busy.", scene_count=3)
+    run_id = str(uuid.uuid4())
+    ctx.board.touch_run(run_id, 600)
+    assert ctx.projects.win_run(project_id, run_id, ProjectStatus.PROCESSING) == run_id
+    return project_id
+
+
+def store_requests(proxy: CountingProxy) -> int:
+    proxy.reset()
+    report = api.reconcile(full_sweep=False, sweep_strays=False)
+    assert report.total == 0
+    return sum(proxy.snapshot().values())
+
+
+def own_table(start_workers: StartWorkers, proxy: CountingProxy) -> Context:
+    """Workers and this process on a table and bucket of their own, through the proxy."""
+    name = f"mvpipe-scope-{uuid.uuid4().hex[:8]}"
+    start_workers(table=name, bucket=name, dynamodb_endpoint=proxy.url, s3_endpoint=proxy.url)
+    return get_context()
+
+
+def completed_then_clip_lost(ctx: Context) -> str:
+    project_id = api.create_project("Done", "Long ago.", scene_count=1)
+    api.run_project(project_id)
+    assert api.wait_project(project_id, timeout=120).status == ProjectStatus.COMPLETED
+    ctx.clips.delete(ctx.scenes.get(project_id, 1).clip_key or "")  # type: ignore[union-attr]
+    return project_id
+
+
+def test_a_regular_pass_costs_o_active_projects(
+    start_workers: StartWorkers, proxy: CountingProxy
+) -> None:
+    ctx = own_table(start_workers, proxy)  # we count every request to it
+    # Given 1,000 finished projects, 100 created and never run, and 10 a live run works on
+    m = ctx.table.model
+    ctx.table.batch_put(finished_items(m, 1000) + never_run_items(m, 100))
+    active = [active_project(ctx) for _ in range(10)]
+    api.reconcile(full_sweep=False)  # records the live runs' counters once (then: nothing)
+
+    # When a regular pass runs, it loads the active projects only
+    per_project = 2  # a Query of the project's items and an S3 LIST of its objects
+    listing = 4  # one index Query per status a regular pass lists
+    with_1000 = store_requests(proxy)
+    assert with_1000 <= len(active) * per_project + listing, proxy.snapshot()
+
+    # and 1,000 more finished projects cost it nothing
+    ctx.table.batch_put(finished_items(m, 1000))
+    assert store_requests(proxy) == with_1000
+    for project_id in active:
+        assert ctx.projects.get(project_id).active_run_id is not None  # left to its run
+
+
+def test_the_full_sweep_still_repairs_a_finished_project(
+    start_workers: StartWorkers, proxy: CountingProxy
+) -> None:
+    ctx = own_table(start_workers, proxy)
+    # Given finished projects, one of which lost its clip
+    ctx.table.batch_put(finished_items(ctx.table.model, 20))
+    finished = completed_then_clip_lost(ctx)
+    # When regular passes run, they do not look at it
+    assert api.reconcile(full_sweep=False).missing_clips == 0
+    assert ctx.projects.get(finished).status == ProjectStatus.COMPLETED
+    # Then the full sweep, when due, finds the missing clip
+    report = api.reconcile(full_sweep=True, sweep_strays=False)
+    assert report.missing_clips == 1
+    view = api.get_project(finished)
+    assert view.status == ProjectStatus.PENDING and view.scenes[0].status == SceneStatus.PENDING
+    assert_invariants(finished)
+    assert api.reconcile(full_sweep=True, sweep_strays=False).total == 0
