@@ -10,12 +10,16 @@ mid-plan —, the run taken over during a record, provider faults, unreadable po
 scene's message redelivered under one task id, the run's root task delivered twice, the runs'
 liveness marks lost while a reconcile passes, a second execution cutting a scene while the first
 cut is held), heals (reconcile + re-run, as an operator would), then checks every invariant and
-counts paid generations from the provider's ledger.
+counts paid generations from the provider's ledger. Local jobs are priced (`{"local": 0.25}` a
+second) on a budget with room for every scene paid twice: the money columns show what the project
+committed, its budget, and the price of the jobs the provider's ledger accepted — committed must
+equal the ledger and never pass the budget.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import time
 import uuid
@@ -33,7 +37,7 @@ from mvpipe.devstack.localstack import LocalStack
 from mvpipe.dispatch import GENERATE_SCENE, CeleryDispatcher
 from mvpipe.errors import MvpipeError
 from mvpipe.invariants import violations
-from mvpipe.models import ProjectStatus, SceneStatus
+from mvpipe.models import ProjectStatus, ProjectView, SceneStatus
 from mvpipe.providers.local import LocalJobs
 
 KINDS = [
@@ -68,7 +72,10 @@ SETTINGS = {
     "backoff_base": "0.2",
     "poll_seconds": "0.2",
     "max_attempts": "10",
+    "prices": json.dumps({"local": 0.25}),
 }
+#: Each project's budget, in jobs of its scenes: room for every scene paid twice.
+BUDGET_JOBS_PER_SCENE = 2
 
 
 def wait_ledger(ledger: Path, project_id: str, count: int, timeout: float = 60) -> None:
@@ -116,6 +123,7 @@ def run_round(
     ledger = Path(stack.env["MVPIPE_LOCAL_LEDGER"])
     worker = workers(stack, workdir, 2, **env)
     project_id = api.create_project("Drill", "Chaos.", scene_count=scenes)
+    api.set_budget(project_id, BUDGET_JOBS_PER_SCENE * api.estimate_cost(project_id))
     run = api.run_project(project_id)
     if kind == "twin-root":  # a broker redelivery: the same root message, same task id
         CeleryDispatcher(app).start_run(project_id, run.id)
@@ -177,7 +185,14 @@ def run_round(
         ledger, LocalJobs(Path(stack.env["MVPIPE_LOCAL_STATE"])), project_id
     )
     final = (SceneStatus.COMPLETED, SceneStatus.FAILED)
+    committed = round(view.committed_cost_usd * 1e6)
+    budget = round((view.budget_usd or 0) * 1e6)
+    priced = ledger_micros(ledger, view)
     return {
+        "committed": committed,
+        "budget": budget,
+        "ledger": priced,
+        "money_off": int(committed != priced or committed > budget),
         "projects": 1,
         "scenes": scenes,
         "completed": sum(1 for s in view.scenes if s.status == SceneStatus.COMPLETED),
@@ -187,6 +202,20 @@ def run_round(
         "dup_other": outside,
         "violations": len(found),
     }
+
+
+def ledger_micros(ledger: Path, view: ProjectView) -> int:
+    """The price of every job the provider accepted for the project, by its scene's length."""
+    settings = get_context().settings
+    seconds = {s.sequence: s.duration_seconds for s in view.scenes}
+    paid = paid_generations(ledger, view.project_id)
+    return sum(
+        n * settings.video_price_micros(view.provider, seconds[seq]) for seq, n in paid.items()
+    )
+
+
+def dollars(micros: int) -> str:
+    return f"${micros / 1e6:,.2f}"
 
 
 def main() -> None:
@@ -213,12 +242,21 @@ def main() -> None:
         "dup_window",
         "dup_other",
         "violations",
+        "committed",
+        "budget",
+        "ledger",
+        "money_off",
     ]
-    rows = [(kind, *(str(totals[kind][c]) for c in columns)) for kind in kinds]
+    money = {"committed", "budget", "ledger"}
+
+    def cells(counter: Counter[str]) -> tuple[str, ...]:
+        return tuple(dollars(counter[c]) if c in money else str(counter[c]) for c in columns)
+
+    rows = [(kind, *cells(totals[kind])) for kind in kinds]
     grand: Counter[str] = Counter()
     for counter in totals.values():
         grand.update(counter)
-    rows.append(("total", *(str(grand[c]) for c in columns)))
+    rows.append(("total", *cells(grand)))
     header = (
         "fault injected",
         "projects",
@@ -229,6 +267,10 @@ def main() -> None:
         "paid twice in the named window",
         "paid twice otherwise (must be 0)",
         "invariant violations (must be 0)",
+        "committed",
+        "budget",
+        "ledger's price",
+        "committed != ledger or > budget (must be 0)",
     )
     record(
         table(f"Fault drills (seed {args.seed}, {args.repeat} round(s) per fault)", rows, header)

@@ -26,6 +26,7 @@ from mvpipe.errors import InvalidInput, NotFound, Timeout
 from mvpipe.media.files import written_atomically
 from mvpipe.media.song import probe_song, read_song
 from mvpipe.models import (
+    MICROS_PER_USD,
     ProjectSpec,
     ProjectStatus,
     ProjectView,
@@ -37,10 +38,11 @@ from mvpipe.models import (
     validate_project_id,
     validate_sequence,
 )
-from mvpipe.pipeline import cancel, runs
+from mvpipe.pipeline import cancel, cost, runs
 from mvpipe.pipeline.create import create_project as write_project
 from mvpipe.pipeline.reconcile import ReconcileReport
 from mvpipe.pipeline.reconcile import reconcile as reconcile_all
+from mvpipe.store.budget import BudgetStore
 from mvpipe.store.records import ProjectRecord
 
 _dispatcher = CeleryDispatcher(app)
@@ -51,11 +53,14 @@ __all__ = [
     "create_project",
     "default_download_name",
     "download",
+    "estimate_cost",
+    "estimate_micros",
     "get_project",
     "list_projects",
     "reconcile",
     "regenerate_scene",
     "run_project",
+    "set_budget",
     "wait_project",
 ]
 
@@ -108,6 +113,34 @@ def create_project(
     project_id = str(uuid.uuid4())
     write_project(ctx, project_id, spec, data)
     return project_id
+
+
+def set_budget(project_id: str, usd: float | None) -> ProjectView:
+    """Set the project's budget in US dollars (None: no limit). Raising it lets a later
+    `run_project` pay for the scenes that failed over budget; a budget below what is already
+    committed is refused (`InvalidInput`), as is a negative, NaN or absurdly large one."""
+    validate_project_id(project_id)
+    micros = budget_to_micros(usd)
+    BudgetStore(get_context().table).set_budget(project_id, micros)
+    return get_project(project_id)
+
+
+def estimate_cost(project_id: str, sequence: int | None = None) -> float:
+    """US dollars a run would still pay: every paid stage still missing (exact once planned).
+    With `sequence`, what regenerating that scene would cost."""
+    validate_project_id(project_id)
+    if sequence is not None:
+        validate_sequence(sequence)
+    return estimate_micros(project_id, sequence).micros / MICROS_PER_USD
+
+
+def estimate_micros(project_id: str, sequence: int | None = None) -> cost.Estimate:
+    """`estimate_cost` with its detail: micro-dollars, jobs, and whether it is exact."""
+    ctx = get_context()
+    state = ctx.projects.load(validate_project_id(project_id))
+    if sequence is not None and state.scene(validate_sequence(sequence)) is None:
+        raise InvalidInput(f"project {project_id} has no scene {sequence}")
+    return cost.estimate(ctx, state, sequence=sequence)
 
 
 def get_project(project_id: str) -> ProjectView:

@@ -188,6 +188,8 @@ def _print_summary(view: ProjectView) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from mvpipe.progress import money
+
     console = Console(highlight=False, markup=False)  # titles and errors are shown as written
     if not console.is_terminal:
         console.width = 240  # a pipe or a log: keep every key on one line
@@ -201,6 +203,7 @@ def _print_summary(view: ProjectView) -> None:
         f"status    {view.status}   scenes {view.scene_count}   completed {view.completed_scenes}"
         f"   failed {view.failed_scenes}   provider {view.provider}"
     )
+    console.print(f"cost      {money(view)}")
     if view.song_s3_key:
         seconds = f"  ({view.song_seconds:.2f} s)" if view.song_seconds else ""
         console.print(f"song      {view.song_s3_key}{seconds}")
@@ -288,6 +291,41 @@ def projects(status_: str | None) -> None:
             f"{record.completed_scenes}/{record.scene_count or record.requested_scene_count}  "
             f"{record.title}"
         )
+
+
+@main.command()
+@click.argument("project_id")
+@click.option("--scene", "sequence", type=int, help="What regenerating this scene would cost.")
+@click.option("--json", "as_json", is_flag=True, help="Print the estimate as JSON.")
+def estimate(project_id: str, sequence: int | None, as_json: bool) -> None:
+    """What a run would still pay: every paid stage still missing."""
+    from mvpipe.pricing import MICROS_PER_USD
+
+    found = guarded(lambda: _api().estimate_micros(project_id, sequence))
+    dollars = found.micros / MICROS_PER_USD
+    if as_json:
+        payload = {"usd": dollars, "jobs": found.jobs, "exact": found.exact}
+        click.echo(json.dumps(payload))
+        return
+    approx = "" if found.exact else "about "
+    click.echo(f"{approx}${dollars:,.2f} for {found.jobs} paid job(s)")
+
+
+@main.command(context_settings={"ignore_unknown_options": True})  # so "-5" is a value
+@click.argument("project_id")
+@click.argument("usd")
+def budget(project_id: str, usd: str) -> None:
+    """Set a project's budget in US dollars (`none`: no limit); `run` then continues."""
+    value: float | None = None
+    if usd.strip().lower() != "none":
+        try:
+            value = float(usd)
+        except ValueError:
+            _fail(f"budget must be a number of US dollars or 'none', not {usd!r}", EXIT_INVALID)
+    from mvpipe.progress import money
+
+    view = guarded(lambda: _api().set_budget(project_id, value))
+    click.echo(f"cost      {money(view)}")
 
 
 # -- the local stack ---------------------------------------------------------------------------

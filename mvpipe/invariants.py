@@ -1,4 +1,4 @@
-"""DESIGN.md's invariants as a check anyone can run against a project (drills, tests, operators).
+"""DESIGN.md's invariants (1, 4, 5, 9) as a check anyone can run against a project.
 
 Returns the violations found, empty when the project is sound. Read-only.
 """
@@ -27,7 +27,13 @@ def violations(ctx: Context, project_id: str) -> list[str]:
         if scene.status == SceneStatus.FAILED and not scene.last_error:
             found.append(f"scene {scene.sequence}: failed without lastError")
     project = state.project
+    committed = project.committed_cost_micros
+    if project.budget_micros is not None and committed > project.budget_micros:
+        found.append(f"committed {committed} micros over the budget of {project.budget_micros}")
     if project.active_run_id is None:
+        cost = sum(s.cost_micros for s in state.scenes)
+        if committed != cost:
+            found.append(f"committed {committed} micros but the scenes cost {cost}")
         counters = Counters.of(s.status for s in state.scenes)
         if (project.completed_scenes, project.failed_scenes) != (
             counters.completed_scenes,

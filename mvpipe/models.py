@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from mvpipe.errors import InvalidInput
+from mvpipe.pricing import MICROS_PER_USD
 from mvpipe.settings import VIDEO_PROVIDERS
 
 MAX_SCENES = 999
@@ -22,7 +23,6 @@ MAX_NEGATIVE_PROMPT = 1_000
 MIN_DURATION, MAX_DURATION = 1, 30
 #: The largest budget a project may set, in US dollars: a typo guard, not a business rule.
 MAX_BUDGET_USD = 1_000_000
-MICROS_PER_USD = 1_000_000
 #: Song containers mvpipe accepts, by the extension their stored key gets.
 SONG_FORMATS = ("wav", "mp3", "m4a", "flac", "ogg")
 SongFormat = Literal["wav", "mp3", "m4a", "flac", "ogg"]

@@ -55,6 +55,20 @@ def scene_summary(view: ProjectView) -> str:
     return f"{view.status}: {working} in progress, {failed} failed"
 
 
+def cost_note(view: ProjectView) -> str:
+    """The money, short enough for a bar's note: committed, and of what budget."""
+    spent = f"cost ${view.committed_cost_usd:,.2f}"
+    return spent if view.budget_usd is None else f"{spent} of ${view.budget_usd:,.2f}"
+
+
+def money(view: ProjectView) -> str:
+    """What the project has committed, against its budget if it has one."""
+    spent = f"${view.committed_cost_usd:,.2f} committed"
+    if view.budget_usd is None:
+        return f"{spent}, no budget"
+    return f"{spent} of a ${view.budget_usd:,.2f} budget"
+
+
 class StageProgress:
     """One bar per stage plus the project's status, redrawn from each view it is given."""
 
@@ -72,7 +86,7 @@ class StageProgress:
         self.progress.start()
 
     def update(self, view: ProjectView) -> None:
-        note = scene_summary(view)
+        notes = {"generated": scene_summary(view), "assembled": cost_note(view)}
         for count in stage_counts(view):
             task = self.tasks.get(count.stage)
             if task is None:
@@ -82,7 +96,7 @@ class StageProgress:
                 task,
                 completed=count.done,
                 total=count.total or None,
-                note=note if count.stage == "generated" else "",
+                note=notes.get(count.stage, ""),
             )
 
     def close(self) -> None:

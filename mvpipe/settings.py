@@ -11,6 +11,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from mvpipe.errors import ConfigurationError
+from mvpipe.pricing import Prices, parse_prices, price_micros
 
 VIDEO_PROVIDERS = ("local", "veo", "replicate")
 PLANNERS = ("local", "gemini")
@@ -70,6 +71,10 @@ class Settings(BaseSettings):
     replicate_model: str = "minimax/video-01"
     replicate_input: dict[str, Any] = Field(default_factory=dict)
     gemini_model: str = "gemini-2.5-flash"
+    lipsync_provider: str = Field(default="local", pattern=r"^(local|replicate)$")
+    lipsync_model: str = "sync/lipsync-2"
+    #: `MVPIPE_PRICES`, a JSON object over the built-in table (see mvpipe.pricing)
+    prices: Annotated[dict[str, Any], NoDecode] = Field(default_factory=dict)
     genai_base_url: str | None = None
     replicate_base_url: str | None = None
     scene_seconds_min: int = Field(default=4, ge=1, le=30)
@@ -127,6 +132,17 @@ class Settings(BaseSettings):
             value = json.loads(value) if value.strip() else {}
         if not isinstance(value, dict):
             raise ValueError("MVPIPE_REPLICATE_INPUT must be a JSON object")
+        return value
+
+    @field_validator("prices", mode="before")
+    @classmethod
+    def _price_table(cls, value: Any) -> Any:
+        try:
+            parse_prices(value)
+        except ConfigurationError as exc:
+            raise ValueError(str(exc).removeprefix("MVPIPE_PRICES").lstrip(": ")) from None
+        if isinstance(value, str):
+            return json.loads(value) if value.strip() else {}
         return value
 
     @field_validator("replicate_durations", mode="before")
@@ -223,6 +239,26 @@ class Settings(BaseSettings):
         """The longest slot a scene of `provider` may fill: its longest clip, or the cap."""
         longest = float(max(self.durations_for(provider)))
         return longest if self.slot_max_seconds is None else min(longest, self.slot_max_seconds)
+
+    @property
+    def price_table(self) -> Prices:
+        return parse_prices(self.prices)
+
+    def video_model_for(self, provider: str) -> str:
+        """The model a video provider's jobs run on (the key of its price)."""
+        return {"veo": self.veo_model, "replicate": self.replicate_model}.get(provider, "video")
+
+    def lipsync_model_for(self, provider: str) -> str:
+        return "lipsync" if provider == "local" else self.lipsync_model
+
+    def video_price_micros(self, provider: str, seconds: float) -> int:
+        """One generation of `seconds` at `provider`."""
+        return price_micros(self.price_table, provider, self.video_model_for(provider), seconds)
+
+    def lipsync_price_micros(self, seconds: float) -> int:
+        """One lip-sync of a slot `seconds` long."""
+        provider = self.lipsync_provider
+        return price_micros(self.price_table, provider, self.lipsync_model_for(provider), seconds)
 
     def concurrency_for(self, provider: str) -> int:
         if self.provider_concurrency is not None:

@@ -27,6 +27,9 @@ class ProviderStandIn:
         self.ids = itertools.count(1)
         #: status codes the next calls of a kind get ("veo.create", "replicate.poll", ...)
         self.fail_next: dict[str, list[int]] = defaultdict(list)
+        #: how many next calls of a kind are carried out but never answered (the connection
+        #: closes instead): a reset after the provider accepted the job
+        self.unanswered: dict[str, int] = defaultdict(int)
         self.calls: dict[str, int] = defaultdict(int)
         self.created: dict[str, int] = defaultdict(int)  # accepted (paid) creations per API
         self.paths: list[str] = []
@@ -63,6 +66,12 @@ class ProviderStandIn:
             self.calls[kind] += 1
             queue = self.fail_next[kind]
             return queue.pop(0) if queue else None
+
+    def answer_lost(self, kind: str) -> bool:
+        with self.lock:
+            lost = self.unanswered[kind] > 0
+            self.unanswered[kind] -= int(lost)
+            return lost
 
     # -- Vertex: Veo ---------------------------------------------------------------------------
     def veo_create(self, path: str) -> dict[str, Any]:
@@ -250,6 +259,9 @@ class _Handler(BaseHTTPRequestHandler):
             answer = s.replicate_get(pid) if s.replicate_reply is None else s.replicate_reply
         else:
             self._reply(200, CLIP, "video/mp4")
+            return
+        if s.answer_lost(kind):
+            self.close_connection = True  # done, but the caller never hears of it
             return
         if answer is None:
             self._reply(404, {"title": "not found", "detail": "no such prediction", "status": 404})

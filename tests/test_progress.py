@@ -7,7 +7,7 @@ import uuid
 from datetime import UTC, datetime
 
 from mvpipe.models import ProjectStatus, ProjectView, SceneStatus, SceneView
-from mvpipe.progress import StageCount, StageProgress, stage_counts
+from mvpipe.progress import StageCount, StageProgress, money, stage_counts
 
 
 def scene(
@@ -85,3 +85,13 @@ def test_the_bars_are_printed_when_not_on_a_terminal() -> None:
     progress.close()
     lines = {line.split()[0]: line for line in out.getvalue().splitlines() if line.strip()}
     assert "1/1" in lines["generated"] and "1/1" in lines["cut"] and "1/1" in lines["assembled"]
+
+
+def test_the_money_is_shown_against_the_budget() -> None:
+    out = io.StringIO()
+    progress = StageProgress(out)
+    spent = view([scene(1, original=True, working=False)])
+    progress.update(spent.model_copy(update={"committed_cost_usd": 12.5, "budget_usd": 40.0}))
+    progress.close()
+    assert "cost $12.50 of $40.00" in out.getvalue()
+    assert money(spent) == "$0.00 committed, no budget"

@@ -327,3 +327,49 @@ def test_a_crash_between_submit_and_completion_resumes_the_same_operation(
     assert scene is not None and scene.operation_id == operation_id
     assert scene.status == SceneStatus.COMPLETED
     reset_context()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("fault", "refunded"), [("refused", True), ("answer lost", False)])
+def test_a_refused_submit_gives_its_reservation_back_a_lost_answer_keeps_it(
+    standin: ProviderStandIn,
+    stack: LocalStack,
+    monkeypatch: pytest.MonkeyPatch,
+    fault: str,
+    refunded: bool,
+) -> None:
+    # Given a Replicate project (minimax/video-01: $0.50 a job) whose first create is either
+    # refused with a 503 or carried out with its answer lost (the connection closes)
+    for key, value in provider_env(standin).items():
+        monkeypatch.setenv(key, value)
+    reset_context()
+    ctx = get_context()
+    price = 500_000
+    project_id = api.create_project("Money", "x", scenes=[{"prompt": "one"}], provider="replicate")
+    run_id = str(uuid.uuid4())
+    ctx.projects.win_run(project_id, run_id, ProjectStatus.PROCESSING)
+    if fault == "refused":
+        standin.fail_next["replicate.create"] = [503]
+    else:
+        standin.unanswered["replicate.create"] = 1
+
+    def committed() -> tuple[int, int]:
+        scene = ctx.scenes.get(project_id, 1)
+        assert scene is not None
+        return ctx.scenes.budgets.read(project_id).committed_micros, scene.cost_micros
+
+    # When the submit fails, the reservation goes back only if the provider surely refused:
+    # after a lost answer the job may run (and be billed), so its price stays committed
+    first = SceneJob(ctx, project_id, 1, run_id, "replicate").step()
+    assert first.next == Next.RETRY_SUBMIT
+    assert standin.created.get("replicate", 0) == (0 if refunded else 1)
+    kept = 0 if refunded else price
+    assert committed() == (kept, kept)
+    # Then the retry pays for a new job, and the committed sum covers every job the provider
+    # accepted, no more when it refused
+    again = SceneJob(ctx, project_id, 1, run_id, "replicate").step()
+    assert again.next == Next.POLL
+    accepted = standin.created["replicate"]
+    assert accepted == (1 if refunded else 2)
+    assert committed() == (accepted * price, accepted * price)
+    reset_context()

@@ -27,6 +27,8 @@ class Execution:
     park: Callable[[], str] | None = None
     #: parked messages of waiting scenes this execution's released slots entitle to run
     wakes: list[str] = field(default_factory=list)
+    #: what the scene has cost so far, once this execution knows it (task meta)
+    cost_micros: int | None = None
 
     def finished(self, outcome: str) -> Step:
         """The scene reached a final state: count it for the run's re-finalize trigger."""

@@ -28,6 +28,8 @@ class Settlement:
     changed: bool
     #: every scene of the run is completed: the run goes on to assemble the final video
     assemble: bool = False
+    #: the committed sum was repaired to the scenes' costs (invariant 4)
+    cost_recounted: bool = False
 
 
 def settle_project(
@@ -68,8 +70,21 @@ def settle_project(
         last_error = f"{counters.failed_scenes} of {counters.scene_count} scenes failed"
     else:
         last_error = None
+    # Only once no claim can land (no run, or this write releases it): a query is not a
+    # snapshot, and a recount from a half-seen claim must never lower the committed sum.
+    cost = sum(s.cost_micros for s in state.scenes)
+    recount_cost = None
+    if (active is None or release) and cost != project.committed_cost_micros:
+        recount_cost = (project.committed_cost_micros, cost)
+        log.warning(
+            "project %s: committed %d micros but its scenes cost %d; recounted",
+            project.project_id,
+            project.committed_cost_micros,
+            cost,
+        )
     changed = (
-        release
+        recount_cost is not None
+        or release
         or status != project.status
         or counters.completed_scenes != project.completed_scenes
         or counters.failed_scenes != project.failed_scenes
@@ -85,9 +100,10 @@ def settle_project(
         status=status,
         release=release,
         last_error=last_error,
+        recount_cost=recount_cost,
     ):
         return None
-    return Settlement(status, release, True, assemble)
+    return Settlement(status, release, True, assemble, recount_cost is not None)
 
 
 def finalize_run(

@@ -58,6 +58,11 @@ class SceneJob:
         return self.x.wakes
 
     @property
+    def cost_micros(self) -> int | None:
+        """What the scene has cost so far, once this execution knows it (task meta)."""
+        return self.x.cost_micros
+
+    @property
     def member(self) -> str:
         return self.paid(GENERATE).member
 
@@ -111,6 +116,7 @@ class SceneJob:
         scene = self.ctx.scenes.get(self.x.project_id, self.x.sequence)
         if scene is None:
             return Step.done("scene missing")
+        self.x.cost_micros = scene.cost_micros
         if scene.status == SceneStatus.FAILED:
             return self.x.finished(f"already {scene.status}")
         stage = next_stage(scene)

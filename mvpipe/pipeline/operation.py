@@ -24,6 +24,7 @@ from mvpipe.errors import (
     BrokerUnavailable,
     ConfigurationError,
     PermanentProviderError,
+    ProviderError,
     StoreUnavailable,
     TransientProviderError,
 )
@@ -125,6 +126,11 @@ class PaidOperation:
         ctx, s, x = self.ctx, self.s, self.x
         if x.run_id is None:
             return Step.done("no run to submit under")
+        try:
+            price = self.stage.price_micros(s, x.provider, scene)
+        except ConfigurationError as exc:  # unpriced paid work: no budget could hold it
+            ctx.scenes.fail_open(*self.ids, error=str(exc), stage=self.fields)
+            return x.finished("failed: no price")
         slot = self.acquire_slot(park=x.park() if x.park is not None else None)
         if not slot.granted:
             return Step(
@@ -150,9 +156,15 @@ class PaidOperation:
                 now=claimed_at,
                 stage=self.fields,
                 requires=self.stage.requires,
+                price_micros=price,
             )
         if claim.outcome != Claim.WON:
             self.release_unowned_slot()
+            if claim.outcome == Claim.OVER_BUDGET:
+                error = claim.detail or "over budget"
+                ctx.scenes.fail_open(*self.ids, error=error, stage=self.fields)
+                self.log(error, None, None)
+                return x.finished("failed: over budget")
             if claim.outcome == Claim.EXHAUSTED:
                 ctx.scenes.fail(
                     *self.ids,
@@ -163,13 +175,20 @@ class PaidOperation:
                 return x.finished("failed: attempts exhausted")
             return Step.done(f"not claimed ({claim.outcome})")
         attempt = claim.attempts or scene.value(self.fields.attempts) + 1
+        x.cost_micros = scene.cost_micros + price
         if lease_end - time.time() < s.submit_budget_seconds:
             # The claim took so long (store retries) that a submit and its record might outlive
             # the lease, and a second worker could submit too: give the lease back unused.
             self.release_slot()
             ctx.scenes.release_lease(
-                *self.ids, token=token, error="lease too short", unused=True, stage=self.fields
+                *self.ids,
+                token=token,
+                error="lease too short",
+                unused=True,
+                stage=self.fields,
+                refund_micros=price,
             )
+            x.cost_micros = scene.cost_micros
             wait = backoff_seconds(attempt, base=s.backoff_base, cap=s.backoff_max)
             self.log(f"lease too short to submit, retry in {wait:.1f}s", None, attempt)
             return Step(Next.RETRY_SUBMIT, "lease too short to submit", wait, self.carry())
@@ -179,17 +198,25 @@ class PaidOperation:
         except (PermanentProviderError, ConfigurationError) as exc:
             self.release_slot()
             error = describe(exc)
-            ctx.scenes.fail(*self.ids, error=error, token=token, stage=self.fields)
+            refund = self.refund(exc, price, scene)
+            ctx.scenes.fail(
+                *self.ids, error=error, token=token, stage=self.fields, refund_micros=refund
+            )
             self.log(f"submit refused permanently: {error}", None, attempt)
             return x.finished("failed: permanent provider error")
         except Exception as exc:  # transient, or unclassified: never keep a lease we can't use
             self.release_slot()
             error = describe(exc)
+            refund = self.refund(exc, price, scene)
             if attempt >= s.max_attempts:
-                ctx.scenes.fail(*self.ids, error=error, token=token, stage=self.fields)
+                ctx.scenes.fail(
+                    *self.ids, error=error, token=token, stage=self.fields, refund_micros=refund
+                )
                 self.log(f"submit failed, attempts exhausted: {error}", None, attempt)
                 return x.finished("failed: attempts exhausted")
-            ctx.scenes.release_lease(*self.ids, token=token, error=error, stage=self.fields)
+            ctx.scenes.release_lease(
+                *self.ids, token=token, error=error, stage=self.fields, refund_micros=refund
+            )
             wait = backoff_seconds(attempt, base=s.backoff_base, cap=s.backoff_max)
             self.log(f"submit failed transiently, retry in {wait:.1f}s: {error}", None, attempt)
             return Step(Next.RETRY_SUBMIT, "transient submit error", wait, self.carry())
@@ -197,6 +224,18 @@ class PaidOperation:
         failpoints.reached("before_record")
         with ctx.table.retry_until(lease_end):
             return self.record(operation_id, token, attempt)
+
+    def refund(self, exc: Exception, price: int, scene: SceneRecord) -> int:
+        """What a failed submit gives back of its reservation: all of it when the provider
+        surely accepted no job (it answered with a refusal, or the request never left), else
+        nothing. A timeout or a reset may have started a billed job (invariant 3): the money
+        stays committed, and on the scene's cost, so a recount keeps it too."""
+        refused = isinstance(exc, ConfigurationError) or (
+            isinstance(exc, ProviderError) and exc.refused
+        )
+        if refused:
+            self.x.cost_micros = scene.cost_micros
+        return price if refused else 0
 
     def record(self, operation_id: str, token: str, attempt: int) -> Step:
         """Store the accepted job's id; an outage here does not drop the job.

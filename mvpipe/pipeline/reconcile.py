@@ -40,6 +40,7 @@ class ReconcileReport(BaseModel):
     missing_final_videos: int = 0
     outdated_final_videos: int = 0
     counters_fixed: int = 0
+    costs_recounted: int = 0
     runs_finalized: int = 0
     runs_taken_over: int = 0
     garbage_deleted: int = 0
@@ -363,5 +364,7 @@ def _settle(
             )
         return
     settlement = settle_project(ctx, state)
-    if settlement is not None and settlement.changed:
+    if settlement is not None and settlement.cost_recounted:
+        report.costs_recounted += 1
+    elif settlement is not None and settlement.changed:
         report.counters_fixed += 1

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from mvpipe.settings import Settings
 from mvpipe.store.clips import StoredObject
 from mvpipe.store.records import SceneRecord
 from mvpipe.store.scenes import LIP_SYNCED, ORIGINAL, WORKING, StageFields
@@ -26,12 +27,33 @@ VIDEO_QUEUE = "mvpipe.video"
 MEDIA_QUEUE = "mvpipe.media"
 
 
+#: What one job of a paid stage costs (micro-dollars): settings, the project's provider, scene.
+Pricing = Callable[[Settings, str, SceneRecord], int]
+
+
 def _always(_: SceneRecord) -> bool:
     return True
 
 
 def _when_lip_synced(scene: SceneRecord) -> bool:
     return scene.lip_sync
+
+
+def slot_seconds(scene: SceneRecord) -> float:
+    """The length of the scene's slot in the song (its clip's length when it has none)."""
+    if scene.start_seconds is None or scene.end_seconds is None:
+        return float(scene.duration_seconds)
+    return scene.end_seconds - scene.start_seconds
+
+
+def generation_price(settings: Settings, provider: str, scene: SceneRecord) -> int:
+    """The project's video model, per second of the clip it makes (`durationSeconds`)."""
+    return settings.video_price_micros(provider, scene.duration_seconds)
+
+
+def lipsync_price(settings: Settings, provider: str, scene: SceneRecord) -> int:
+    """The lip-sync model, per second of the slot it syncs (whatever the video provider)."""
+    return settings.lipsync_price_micros(slot_seconds(scene))
 
 
 @dataclass(frozen=True)
@@ -48,10 +70,16 @@ class Stage:
     needed: Callable[[SceneRecord], bool]
     #: the output a paid stage is made from, which its claim requires (lip-sync: the cut)
     requires: str | None = None
+    #: a paid stage's price of one job, reserved by its claim (invariant 9)
+    price: Pricing | None = None
 
     @property
     def paid(self) -> bool:
         return self.fields.operation is not None
+
+    def price_micros(self, settings: Settings, provider: str, scene: SceneRecord) -> int:
+        """One job of this stage for `scene`; a `ConfigurationError` when it has no price."""
+        return 0 if self.price is None else self.price(settings, provider, scene)
 
     def output(self, scene: SceneRecord) -> str | None:
         key: str | None = scene.value(self.fields.output)
@@ -62,12 +90,19 @@ class Stage:
         return op
 
 
-GENERATE = Stage("generate", ORIGINAL, VIDEO_QUEUE, _always)
+GENERATE = Stage("generate", ORIGINAL, VIDEO_QUEUE, _always, price=generation_price)
 CUT = Stage("cut", WORKING, MEDIA_QUEUE, _always)
 #: The lip-sync slot: a paid stage run by the same machine as `GENERATE` (its provider and its
 #: request come with the lip-sync issue). It joins `STAGES` then; until it does, no scene
 #: needs it and invariant 1 asks for original and working clips only.
-LIPSYNC = Stage("lipsync", LIP_SYNCED, VIDEO_QUEUE, _when_lip_synced, requires=WORKING.output)
+LIPSYNC = Stage(
+    "lipsync",
+    LIP_SYNCED,
+    VIDEO_QUEUE,
+    _when_lip_synced,
+    requires=WORKING.output,
+    price=lipsync_price,
+)
 
 #: The stages every scene goes through, in order.
 STAGES: tuple[Stage, ...] = (GENERATE, CUT)

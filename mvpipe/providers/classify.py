@@ -39,16 +39,20 @@ def describe(exc: BaseException) -> str:
 
 
 def from_status(provider: str, status: int | None, message: str) -> ProviderError:
+    """An error the provider answered with. Only a known status is a refusal (`refused`):
+    the provider said no to the request, so it runs no job for it."""
     text = scrub(f"{provider}: {status or 'error'} {message}".strip())
+    refused = status is not None
     if status == 429:
-        return QuotaExceeded(text)
+        return QuotaExceeded(text, refused=refused)
     if status is None or status in TRANSIENT_STATUSES or status >= 500:
-        return TransientProviderError(text)
-    return PermanentProviderError(text)
+        return TransientProviderError(text, refused=refused)
+    return PermanentProviderError(text, refused=refused)
 
 
 def from_transport(provider: str, exc: Exception) -> ProviderError | None:
-    """Timeouts and connection errors from httpx; None when `exc` is something else."""
+    """Timeouts and connection errors from httpx; None when `exc` is something else. Never a
+    refusal: the request may have reached the provider (DESIGN.md invariant 3)."""
     if isinstance(exc, httpx.TimeoutException | httpx.TransportError):
         return TransientProviderError(scrub(f"{provider}: {type(exc).__name__}: {exc}"))
     return None

@@ -113,14 +113,16 @@ class LocalVideoProvider:
         with self.jobs.transaction() as db:
             call = LocalJobs.next_call(db, request.project_id, request.sequence, "submit")
         if self.faults.transient_fault(request.project_id, request.sequence, "submit", call):
-            raise TransientProviderError("local provider: simulated 503 on submit")
+            raise TransientProviderError("local provider: simulated 503 on submit", refused=True)
         now = time.time()
         with self.jobs.transaction() as db:
             (running,) = db.execute(
                 "SELECT COUNT(*) FROM jobs WHERE cancelled = 0 AND finishes_at > ?", (now,)
             ).fetchone()
             if running >= self.max_concurrent:
-                raise QuotaExceeded(f"local provider: 429 too many jobs in flight ({running})")
+                raise QuotaExceeded(
+                    f"local provider: 429 too many jobs in flight ({running})", refused=True
+                )
             submission = LocalJobs.next_call(db, request.project_id, request.sequence, "accepted")
             failed = self.faults.permanent_fault(request.project_id, request.sequence, submission)
             operation_id = f"local-{uuid.uuid4()}"

@@ -46,16 +46,6 @@ def final_video_cleared(model: type[ItemBase]) -> list[Action]:
     return [model.final_video_key.remove()]
 
 
-def clear_final_video(tx: TransactWrite, model: type[ItemBase], project_id: str) -> None:
-    """Add to `tx` the METADATA write that forgets the final video (invariant 8). Every write
-    that changes a scene's outputs and does not write METADATA itself includes this one."""
-    tx.update(
-        model(project_pk(project_id), METADATA),
-        actions=[*final_video_cleared(model), model.updated_at.set(utc_now_iso())],
-        condition=model.pk.exists(),
-    )
-
-
 class ProjectStore:
     def __init__(self, table: Table) -> None:
         self.table = table
@@ -267,8 +257,13 @@ class ProjectStore:
         status: ProjectStatus,
         release: bool,
         last_error: str | None = None,
+        recount_cost: tuple[int, int] | None = None,
     ) -> bool:
-        """Write derived counters and status (and release the run), unless METADATA moved on."""
+        """Write derived counters and status (and release the run), unless METADATA moved on.
+
+        `recount_cost` = (committed as read, the scenes' sum): the committed sum is repaired
+        only if nothing was reserved since the read, so a recount never lowers it under a
+        claim that landed meanwhile (invariants 4 and 9)."""
         m = self.m
         actions: list[Action] = [
             m.completed_scenes.set(counters.completed_scenes),
@@ -287,6 +282,12 @@ class ProjectStore:
             if observed_run is None
             else m.active_run_id == observed_run
         )
+        if recount_cost is not None:
+            observed, actual = recount_cost
+            actions.append(m.committed_cost_micros.set(actual))
+            committed = m.committed_cost_micros
+            same = committed == observed
+            guard &= (same | committed.does_not_exist()) if observed == 0 else same
         run_after = None if release else observed_run
         error_after = clip_error(last_error) if last_error else None
 
@@ -297,6 +298,7 @@ class ProjectStore:
                 and p.completed_scenes == counters.completed_scenes
                 and p.failed_scenes == counters.failed_scenes
                 and p.last_error == error_after
+                and (recount_cost is None or p.committed_cost_micros == recount_cost[1])
             )
 
         return self._update_meta(project_id, actions, guard, done=done)

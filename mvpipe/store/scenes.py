@@ -26,8 +26,9 @@ from pynamodb.transactions import TransactWrite
 
 from mvpipe.models import ProjectStatus, SceneStatus
 from mvpipe.states import lease_expired
+from mvpipe.store import budget
 from mvpipe.store.dynamo import CONDITION_FAILED, Table
-from mvpipe.store.projects import clear_final_video, final_video_cleared
+from mvpipe.store.projects import final_video_cleared
 from mvpipe.store.records import SceneRecord, clip_error, utc_now_iso
 from mvpipe.store.table import METADATA, ItemBase, project_pk, scene_sk
 
@@ -57,18 +58,26 @@ class Claim(StrEnum):
     RUN_INACTIVE = "run_inactive"  #: the project's run is not the caller's any more
     NOT_CLAIMABLE = "not_claimable"  #: done, failed, owned by an operation or another lease
     EXHAUSTED = "exhausted"  #: no submissions left; the caller fails the scene
+    OVER_BUDGET = "over_budget"  #: the job's price does not fit; the caller fails the scene
+
+
+#: Claims that find the budget changed under them read it again, this many times at most.
+_BUDGET_READS = 5
 
 
 @dataclass(frozen=True)
 class ClaimResult:
     outcome: Claim
     attempts: int = 0
+    #: why an OVER_BUDGET claim did not fit (the scene's `lastError`)
+    detail: str | None = None
 
 
 class SceneStore:
     def __init__(self, table: Table) -> None:
         self.table = table
         self.m = table.model
+        self.budgets = budget.BudgetStore(table)
 
     def get(self, project_id: str, sequence: int) -> SceneRecord | None:
         item = self.table.get(project_pk(project_id), scene_sk(sequence))
@@ -87,9 +96,12 @@ class SceneStore:
         now: float | None = None,
         stage: StageFields = ORIGINAL,
         requires: str | None = None,
+        price_micros: int = 0,
     ) -> ClaimResult:
-        """Win the submission lease of the paid `stage`; `requires` names an output the stage
-        is made from (lip-sync: the working clip), which must be recorded."""
+        """Win the submission lease of the paid `stage`, reserving `price_micros` of the
+        project's budget in the same transaction (invariant 9); `requires` names an output the
+        stage is made from (lip-sync: the working clip), which must be recorded. A retry of a
+        claim that landed finds its own token and reserves nothing more (invariant 7)."""
         m = self.m
         now = time.time() if now is None else now
         pk = project_pk(project_id)
@@ -113,19 +125,46 @@ class SceneStore:
         ]
         if stage == ORIGINAL:
             actions.append(m.generation_started_at.set(utc_now_iso()))
+        if price_micros:
+            actions.append(m.cost_micros.add(price_micros))
+        seen: budget.Budget | None = None
+        scene: SceneRecord | None = None
+        for _ in range(_BUDGET_READS):
+            if price_micros:
+                seen = self.budgets.read(project_id)
 
-        def build(tx: TransactWrite) -> None:
-            tx.condition_check(m, pk, METADATA, condition=m.active_run_id == run_id)
-            tx.update(m(pk, scene_sk(sequence)), actions=actions, condition=claimable)
+            def build(tx: TransactWrite, seen: budget.Budget | None = seen) -> None:
+                if seen is None:
+                    tx.condition_check(m, pk, METADATA, condition=m.active_run_id == run_id)
+                else:
+                    budget.reserve(
+                        tx,
+                        m,
+                        project_id,
+                        run_id=run_id,
+                        price_micros=price_micros,
+                        budget_micros=seen.budget_micros,
+                    )
+                tx.update(m(pk, scene_sk(sequence)), actions=actions, condition=claimable)
 
-        reasons = self.table.transact(build)
-        if reasons is None:
-            return ClaimResult(Claim.WON)
-        scene = self.get(project_id, sequence)
-        if scene is not None and scene.lease_token == token:
-            return ClaimResult(Claim.WON, scene.value(stage.attempts))
-        if reasons[0] == CONDITION_FAILED:
-            return ClaimResult(Claim.RUN_INACTIVE)
+            reasons = self.table.transact(build)
+            if reasons is None:
+                return ClaimResult(Claim.WON)
+            scene = self.get(project_id, sequence)
+            if scene is not None and scene.lease_token == token:
+                return ClaimResult(Claim.WON, scene.value(stage.attempts))
+            if reasons[0] != CONDITION_FAILED:
+                break
+            if seen is None:
+                return ClaimResult(Claim.RUN_INACTIVE)
+            now_seen = self.budgets.read(project_id)
+            if now_seen.active_run_id != run_id:
+                return ClaimResult(Claim.RUN_INACTIVE)
+            if scene is None or not _claimable(scene, stage, max_attempts, now, requires):
+                break  # the scene is not ours to take, whatever the budget says
+            if now_seen.budget_micros == seen.budget_micros and not now_seen.fits(price_micros):
+                return ClaimResult(Claim.OVER_BUDGET, detail=now_seen.over_budget(price_micros))
+            # the budget changed (or the committed sum fell) since we read it: price again
         if scene is not None and _exhausted(scene, stage, max_attempts, now):
             return ClaimResult(Claim.EXHAUSTED, scene.value(stage.attempts))
         return ClaimResult(Claim.NOT_CLAIMABLE)
@@ -209,9 +248,11 @@ class SceneStore:
         error: str,
         unused: bool = False,
         stage: StageFields = ORIGINAL,
+        refund_micros: int = 0,
     ) -> bool:
         """Give a lease back after a transient submit error: the scene is `pending` again. An
-        `unused` lease (nothing was submitted under it) gives its attempt back too."""
+        `unused` lease (nothing was submitted under it) gives its attempt back too;
+        `refund_micros` gives back the claim's reservation (the provider accepted no job)."""
         m = self.m
         _, operation, attempts = _paid(m, stage)
         refund = [attempts.add(-1)] if unused else []
@@ -226,6 +267,7 @@ class SceneStore:
             ],
             (m.lease_token == token) & operation.does_not_exist(),
             done=lambda s: s.lease_token != token and s.value(stage.operation) is None,
+            refund_micros=refund_micros,
         )
 
     # -- outcomes ------------------------------------------------------------------------------
@@ -293,10 +335,12 @@ class SceneStore:
         max_attempts: int | None = None,
         made_from: tuple[str, str] | None = None,
         stage: StageFields = ORIGINAL,
+        refund_micros: int = 0,
     ) -> bool:
         """Mark a scene `failed`, as the owner of the stage's operation, of its lease, or (given
         `max_attempts`) because it has no submissions left; a free stage fails as the reader of
-        its input (`made_from`: the input's field and key)."""
+        its input (`made_from`: the input's field and key). With `token`, `refund_micros` gives
+        back the lease's reservation (the provider surely accepted no job under it)."""
         m = self.m
         if made_from is not None:
             owner: Condition = getattr(m, made_from[0]) == made_from[1]
@@ -329,6 +373,26 @@ class SceneStore:
                 *self._no_lease(),
             ],
             owner & (m.status != SceneStatus.COMPLETED),
+            done=lambda s: s.status == SceneStatus.FAILED,
+            refund_micros=refund_micros if token is not None else 0,
+        )
+
+    def fail_open(
+        self, project_id: str, sequence: int, *, error: str, stage: StageFields = ORIGINAL
+    ) -> bool:
+        """Fail a scene nobody holds (no live lease, no operation or output of the paid `stage`):
+        its next job cannot be paid for (over budget, or unpriced). A user's run tries again."""
+        m = self.m
+        output, operation, _ = _paid(m, stage)
+        return self._transition(
+            project_id,
+            sequence,
+            [
+                m.status.set(SceneStatus.FAILED),
+                m.last_error.set(clip_error(error)),
+                *self._no_lease(),
+            ],
+            operation.does_not_exist() & output.does_not_exist() & _open(m, time.time()),
             done=lambda s: s.status == SceneStatus.FAILED,
         )
 
@@ -524,22 +588,35 @@ class SceneStore:
         *,
         done: Callable[[SceneRecord], bool],
         clear_final: bool = False,
+        refund_micros: int = 0,
     ) -> bool:
         """One conditional update; on a failed condition, success if the state is already the
         one this caller meant to make (its earlier attempt may have landed before a timeout).
-        `clear_final` forgets the project's final video in the same transaction."""
+        `clear_final` forgets the project's final video in the same transaction; a refund joins
+        the write in one transaction too: the scene's cost and the project's committed sum move
+        together (invariant 4)."""
         m = self.m
         pk, sk = project_pk(project_id), scene_sk(sequence)
         actions = [*actions, m.updated_at.set(utc_now_iso())]
-        if clear_final:
+        condition = condition & m.pk.exists()
+        if refund_micros:
+            actions.append(m.cost_micros.add(-refund_micros))
+        if clear_final or refund_micros:
+            # One METADATA write (a transaction may touch an item only once): every write that
+            # changes a scene's outputs forgets the final video with it (invariant 8).
+            project: list[Action] = []
+            if clear_final:
+                project += [*final_video_cleared(m), m.updated_at.set(utc_now_iso())]
+            if refund_micros:
+                project += budget.refunded(m, refund_micros)
 
             def build(tx: TransactWrite) -> None:
-                tx.update(m(pk, sk), actions=actions, condition=condition & m.pk.exists())
-                clear_final_video(tx, m, project_id)
+                tx.update(m(pk, sk), actions=actions, condition=condition)
+                tx.update(m(pk, METADATA), actions=project, condition=m.pk.exists())
 
             if self.table.transact(build) is None:
                 return True
-        elif self.table.update(pk, sk, actions, condition & m.pk.exists()):
+        elif self.table.update(pk, sk, actions, condition):
             return True
         scene = self.get(project_id, sequence)
         return scene is not None and done(scene)
@@ -572,13 +649,25 @@ def _at_limit(m: type[ItemBase], stage: StageFields, max_attempts: int, now: flo
     )
 
 
-def _exhausted(scene: SceneRecord, stage: StageFields, max_attempts: int, now: float) -> bool:
-    open_ = scene.status == SceneStatus.PENDING or (
+def _unowned(scene: SceneRecord, stage: StageFields, now: float) -> bool:
+    """No output, no operation, no live lease: the stage waits for a submitter (read from a
+    record, as `_open` and the claim's condition ask it)."""
+    waiting = scene.status == SceneStatus.PENDING or (
         scene.status == SceneStatus.PROCESSING and lease_expired(scene.lease_expires_at, now)
     )
+    return waiting and scene.value(stage.operation) is None and scene.value(stage.output) is None
+
+
+def _claimable(
+    scene: SceneRecord, stage: StageFields, max_attempts: int, now: float, requires: str | None
+) -> bool:
+    """What a claim's scene condition asks, read from a record."""
     return (
-        open_
-        and scene.value(stage.attempts) >= max_attempts
-        and scene.value(stage.operation) is None
-        and scene.value(stage.output) is None
+        _unowned(scene, stage, now)
+        and (scene.value(stage.attempts) or 0) < max_attempts
+        and (requires is None or scene.value(requires) is not None)
     )
+
+
+def _exhausted(scene: SceneRecord, stage: StageFields, max_attempts: int, now: float) -> bool:
+    return _unowned(scene, stage, now) and (scene.value(stage.attempts) or 0) >= max_attempts

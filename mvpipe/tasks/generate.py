@@ -20,6 +20,7 @@ from celery.exceptions import Ignore, Reject
 
 from mvpipe.deps import get_context
 from mvpipe.errors import InvalidInput, MvpipeError, StoreUnavailable
+from mvpipe.models import micros_to_usd
 from mvpipe.pipeline.finalize import refinalize
 from mvpipe.pipeline.generate import SceneJob
 from mvpipe.pipeline.steps import Next, RecordPending
@@ -140,6 +141,7 @@ def generate_scene(
         "steps": self.request.retries + 1,
         "next_step_in": round(step.countdown, 3),
         "stage": carry["stage"] or "generate",
+        "cost_usd": micros_to_usd(job.cost_micros),  # None until this execution knows it
     }
     raise self.rerun_later(
         WAITING_STATES[step.next], step.countdown, carry, progress, queue=step.queue

@@ -1,0 +1,114 @@
+"""What a project will still cost: the price of every paid stage it is missing.
+
+A planned project's estimate is exact: each scene's generation at its `durationSeconds`, each
+lip-sync at its slot's length, for every stage without an output or a job already paid for.
+An unplanned project is estimated from what decides its scenes: the song's slots once the song
+is analysed (else its length cut into the provider's longest clips), or the requested scene
+count at the default scene length; its lip-sync, before the planner chose the scenes, is
+priced as if every scene were lip-synced (an upper bound).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from mvpipe.deps import Context
+from mvpipe.media.slots import clip_duration
+from mvpipe.models import SceneSpec, SceneStatus
+from mvpipe.pipeline.stages import GENERATE, LIPSYNC
+from mvpipe.pipeline.timeline import load_timeline, song_slots
+from mvpipe.settings import Settings
+from mvpipe.states import lease_expired
+from mvpipe.store.records import ProjectRecord, ProjectState, SceneRecord
+
+#: The length of a scene the planner has not made yet (the scene spec's default).
+DEFAULT_SCENE_SECONDS: int = SceneSpec.model_fields["duration_seconds"].default
+
+
+@dataclass(frozen=True)
+class Estimate:
+    micros: int
+    #: paid jobs still to come
+    jobs: int
+    #: False while the planner has still to decide the scenes (or which are lip-synced)
+    exact: bool
+
+
+def estimate(ctx: Context, state: ProjectState, *, sequence: int | None = None) -> Estimate:
+    """The price of what a run would still pay for; with `sequence`, of regenerating that
+    scene (all its paid stages, whatever it has now)."""
+    settings, project = ctx.settings, state.project
+    if sequence is not None:
+        scene = state.scene(sequence)
+        scenes = [] if scene is None else [scene]
+        return planned_estimate(settings, project.provider, scenes, regenerate=True)
+    if project.planned:
+        return planned_estimate(settings, project.provider, state.scenes)
+    if project.song_key is None:
+        seconds = clip_duration(DEFAULT_SCENE_SECONDS, settings.durations_for(project.provider))
+        count = project.requested_scene_count
+        return Estimate(
+            count * settings.video_price_micros(project.provider, seconds), count, exact=False
+        )
+    timeline = load_timeline(ctx, project)
+    if timeline is not None:
+        lengths = [slot.seconds for slot in song_slots(settings, project, timeline)]
+    else:
+        lengths = _even_slots(settings, project)
+    allowed = settings.durations_for(project.provider)
+    micros = sum(
+        settings.video_price_micros(project.provider, clip_duration(s, allowed)) for s in lengths
+    )
+    jobs = len(lengths)
+    if project.lip_sync:
+        micros += sum(settings.lipsync_price_micros(s) for s in lengths)
+        jobs *= 2
+    return Estimate(micros, jobs, exact=False)
+
+
+def planned_estimate(
+    settings: Settings,
+    provider: str,
+    scenes: Iterable[SceneRecord],
+    *,
+    regenerate: bool = False,
+    now: float | None = None,
+) -> Estimate:
+    """Pure: the paid stages these scenes still miss (all of them, to `regenerate`)."""
+    micros = jobs = 0
+    now = time.time() if now is None else now
+    for scene in scenes:
+        if regenerate or _generation_missing(scene, now):
+            micros += GENERATE.price_micros(settings, provider, scene)
+            jobs += 1
+        if scene.lip_sync and (regenerate or _lipsync_missing(scene)):
+            micros += LIPSYNC.price_micros(settings, provider, scene)
+            jobs += 1
+    return Estimate(micros, jobs, exact=True)
+
+
+def _generation_missing(scene: SceneRecord, now: float) -> bool:
+    """No clip and no job paid for (a live lease has its job reserved already); a failed
+    scene's job, if any, is spent: a user's run pays for a new one."""
+    if scene.status == SceneStatus.FAILED:
+        return scene.clip_key is None
+    if scene.clip_key is not None or scene.operation_id is not None:
+        return False
+    return scene.status != SceneStatus.PROCESSING or lease_expired(scene.lease_expires_at, now)
+
+
+def _lipsync_missing(scene: SceneRecord) -> bool:
+    if scene.status == SceneStatus.FAILED:
+        return scene.lip_synced_clip_key is None
+    return scene.lip_synced_clip_key is None and scene.lip_sync_operation_id is None
+
+
+def _even_slots(settings: Settings, project: ProjectRecord) -> list[float]:
+    """Before analysis: the song cut evenly into the fewest slots the provider can fill."""
+    song = project.song_seconds or 0.0
+    longest = settings.slot_max_seconds_for(project.provider)
+    count = max(1, math.ceil(song / longest - 1e-9))
+    return [song / count] * count

@@ -1,0 +1,129 @@
+"""What a paid job costs: prices by provider and model, in integer micro-dollars.
+
+Pure: no I/O. `MVPIPE_PRICES` (a JSON object) overrides or extends the built-in table; its keys
+are `"{provider}:{model}"` or `"{provider}"` (every model of that provider), its values a number
+(US dollars per second of output) or `{"per_job": X}` (US dollars per accepted job). `local` is
+free unless priced, so drills can price it (`{"local": 0.25}`); its models are `local:video` and
+`local:lipsync`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from mvpipe.errors import ConfigurationError
+
+MICROS_PER_USD = 1_000_000
+#: A price above this (per second or per job) is a typo, not a price.
+MAX_PRICE_USD = 10_000
+
+#: Built-in prices (US dollars). Prices change: this table is data, checked against the sources
+#: below when updated, and `MVPIPE_PRICES` overrides any entry.
+#: - Veo: Google Cloud, "Vertex AI pricing" page, section Veo, per second of generated video.
+#:   mvpipe's Veo requests leave audio generation at the model's default (on for Veo 3), so the
+#:   with-audio figure applies: Veo 3 / 3.1 $0.40 with audio ($0.20 video only), Veo 3 / 3.1
+#:   Fast $0.15 with audio ($0.10 video only), Veo 2 $0.50 (video only).
+#: - Replicate: each model's page on replicate.com ("Pricing"): sync/lipsync-2 about $0.05 per
+#:   second of output video; minimax/video-01 $0.50 per video.
+DEFAULT_PRICES: dict[str, float | dict[str, float]] = {
+    "veo:veo-3.0-generate-001": 0.40,
+    "veo:veo-3.0-generate-preview": 0.40,
+    "veo:veo-3.0-fast-generate-001": 0.15,
+    "veo:veo-3.0-fast-generate-preview": 0.15,
+    "veo:veo-3.1-generate-preview": 0.40,
+    "veo:veo-3.1-fast-generate-preview": 0.15,
+    "veo:veo-2.0-generate-001": 0.50,
+    "replicate:sync/lipsync-2": 0.05,
+    "replicate:minimax/video-01": {"per_job": 0.50},
+    "local": 0.0,
+}
+
+
+@dataclass(frozen=True)
+class Price:
+    """One entry of the table, in micro-dollars."""
+
+    per_second_micros: int = 0
+    per_job_micros: int = 0
+
+    def for_seconds(self, seconds: float) -> int:
+        """A job's price; fractional seconds (a lip-sync slot) round up to the next micro."""
+        return self.per_job_micros + math.ceil(self.per_second_micros * max(0.0, seconds))
+
+
+Prices = dict[str, Price]
+
+
+def parse_prices(raw: object) -> Prices:
+    """The built-in table overlaid with `MVPIPE_PRICES` (a JSON string or an already-parsed
+    object). Anything malformed is a `ConfigurationError` naming the entry."""
+    if isinstance(raw, str):
+        text = raw.strip()
+        try:
+            raw = json.loads(text) if text else {}
+        except json.JSONDecodeError as exc:
+            raise ConfigurationError(f"MVPIPE_PRICES is not valid JSON: {exc.msg}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigurationError("MVPIPE_PRICES must be a JSON object")
+    table = {**DEFAULT_PRICES, **raw}
+    return {_key(key): _entry(key, value) for key, value in table.items()}
+
+
+def price_micros(prices: Prices, provider: str, model: str, seconds: float) -> int:
+    """The price of one job of `model` at `provider` making `seconds` of output.
+
+    A provider other than `local` with no price is a `ConfigurationError`: unpriced paid work
+    would make every budget meaningless."""
+    price = prices.get(f"{provider}:{_bare(model)}") or prices.get(provider)
+    if price is None:
+        if provider == "local":
+            return 0
+        raise ConfigurationError(
+            f"no price for {provider}:{_bare(model)}; add it to MVPIPE_PRICES "
+            f'(e.g. {{"{provider}:{_bare(model)}": 0.1}})'
+        )
+    return price.for_seconds(seconds)
+
+
+def usd(micros: int) -> str:
+    """Money as users read it, e.g. `$12.50`."""
+    return f"${micros / MICROS_PER_USD:,.2f}"
+
+
+def _bare(model: str) -> str:
+    """A Replicate model's price does not depend on its version (`owner/name:version`)."""
+    return model.partition(":")[0] if "/" in model else model
+
+
+def _key(key: object) -> str:
+    if not isinstance(key, str) or not key.strip() or key != key.strip():
+        raise ConfigurationError(f"MVPIPE_PRICES: bad key {key!r}")
+    provider, _, model = key.partition(":")
+    if not provider or (":" in key and not model):
+        raise ConfigurationError(f"MVPIPE_PRICES: bad key {key!r} (provider or provider:model)")
+    return key
+
+
+def _entry(key: str, value: Any) -> Price:
+    if isinstance(value, dict):
+        if set(value) != {"per_job"}:
+            raise ConfigurationError(
+                f'MVPIPE_PRICES[{key!r}]: an object must be exactly {{"per_job": USD}}'
+            )
+        return Price(per_job_micros=_micros(key, value["per_job"]))
+    return Price(per_second_micros=_micros(key, value))
+
+
+def _micros(key: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigurationError(f"MVPIPE_PRICES[{key!r}]: a price must be a number of US dollars")
+    if not math.isfinite(value) or not 0 <= value <= MAX_PRICE_USD:
+        raise ConfigurationError(
+            f"MVPIPE_PRICES[{key!r}]: a price must be between 0 and {MAX_PRICE_USD} US dollars"
+        )
+    return round(value * MICROS_PER_USD)

@@ -1,0 +1,172 @@
+"""Cost and budget on the real stack: a budget that concurrent workers cannot overspend, raising
+it continues the run, and the estimate is what a run then commits (DESIGN.md invariants 4, 9)."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+
+import pytest
+
+from mvpipe import api
+from mvpipe.deps import get_context
+from mvpipe.media.synth import synthesize_song
+from mvpipe.models import ProjectStatus, SceneStatus
+from tests.conftest import Workers
+from tests.helpers import assert_invariants, ledger
+from tests.test_cli import mvpipe
+
+pytestmark = pytest.mark.integration
+
+StartWorkers = Callable[..., Workers]
+
+#: A dollar per second of local video: a 4 s scene costs $1.
+PRICES = json.dumps({"local": 0.25})
+
+
+def watch_committed(project_id: str, timeout: float = 180) -> int:
+    """Wait for the run to end, reading the committed sum all along; returns its maximum."""
+    ctx = get_context()
+    deadline = time.monotonic() + timeout
+    highest = 0
+    while True:
+        project = ctx.projects.get(project_id)
+        highest = max(highest, project.committed_cost_micros)
+        if project.active_run_id is None:
+            return highest
+        assert time.monotonic() < deadline, "the run did not end"
+        time.sleep(0.05)
+
+
+def test_forty_scenes_on_a_budget_for_twenty_five(start_workers: StartWorkers) -> None:
+    # Given 2 worker processes, a quota of 20 jobs, and 40 scenes at $1 each on a $25 budget
+    workers = start_workers(
+        concurrency=2, prices=PRICES, provider_concurrency="20", local_max_concurrent="20"
+    )
+    scenes = [{"prompt": f"scene {n}", "duration_seconds": 4} for n in range(1, 41)]
+    project_id = api.create_project("Budget", "Twenty-five fit.", scenes=scenes, budget_usd=25)
+    assert api.estimate_cost(project_id) == 40.0
+
+    # When it runs
+    api.run_project(project_id)
+    highest = watch_committed(project_id)
+
+    # Then exactly 25 jobs were accepted, 25 dollars committed (never more), 15 scenes failed
+    # over budget, saying what they need and what is left
+    view = api.get_project(project_id)
+    assert len(ledger(workers.ledger, project_id)) == 25
+    assert view.committed_cost_usd == 25.0 and highest == 25_000_000
+    failed = [s for s in view.scenes if s.status == SceneStatus.FAILED]
+    assert len(failed) == 15
+    assert {s.last_error for s in failed} == {"over budget: needs $1.00, $0.00 left of $25.00"}
+    assert all(s.cost_usd == 0 and s.attempts == 0 for s in failed)
+    assert view.status == ProjectStatus.FAILED
+    assert api.estimate_cost(project_id) == 15.0
+    assert_invariants(project_id)
+
+    # When the budget is raised and the project runs again
+    api.set_budget(project_id, 40)
+    api.run_project(project_id)
+    highest = watch_committed(project_id)
+
+    # Then the rest is paid for, once each
+    view = api.get_project(project_id)
+    assert view.status == ProjectStatus.COMPLETED, view.last_error
+    paid = ledger(workers.ledger, project_id)
+    assert len(paid) == 40 and len({e["sequence"] for e in paid}) == 40
+    assert view.committed_cost_usd == 40.0 and highest == 40_000_000
+    assert api.estimate_cost(project_id) == 0.0
+    assert_invariants(project_id)
+
+
+def test_the_estimate_is_what_a_run_commits_and_a_regeneration_costs(
+    start_workers: StartWorkers,
+) -> None:
+    workers = start_workers(prices=PRICES)
+    project_id = api.create_project("Estimate", "Three scenes.", scene_count=3)
+    estimate = api.estimate_cost(project_id)  # unplanned: 3 scenes of the default length
+    assert estimate == 6.0
+
+    api.run_project(project_id)
+    view = api.wait_project(project_id, timeout=120)
+    assert view.status == ProjectStatus.COMPLETED, view.last_error
+    assert view.committed_cost_usd == estimate
+    assert sum(s.cost_usd for s in view.scenes) == estimate
+    assert view.budget_usd is None  # without a budget, spending is still recorded
+    assert api.estimate_cost(project_id) == 0.0
+
+    again = api.estimate_cost(project_id, 2)
+    assert again == 2.0
+    api.regenerate_scene(project_id, 2)
+    view = api.wait_project(project_id, timeout=120)
+    assert view.status == ProjectStatus.COMPLETED, view.last_error
+    assert view.committed_cost_usd == estimate + again
+    assert view.scenes[1].cost_usd == 2 * again  # paid twice over its life
+    assert len(ledger(workers.ledger, project_id)) == 4
+    assert_invariants(project_id)
+
+
+def test_a_song_project_planned_on_no_budget_then_paid_for_exactly(
+    start_workers: StartWorkers,
+) -> None:
+    start_workers(concurrency=1, queues="mvpipe.media", warm_media="1")
+    workers = start_workers(queues="mvpipe.plan,mvpipe.video", prices=PRICES, slot_max_seconds="4")
+    song = synthesize_song(seconds=14.3, bpm=120.0, offset=0.25, sections=2)
+    project_id = api.create_project("Song", "Neon rain\nOn the glass", song=song.wav, budget_usd=0)
+    rough = api.estimate_micros(project_id)  # the song cut into its longest slots
+    assert not rough.exact and rough.jobs == math.ceil(14.3 / 4) and rough.micros > 0
+
+    # A run on no budget plans the scenes and pays for nothing
+    api.run_project(project_id)
+    view = api.wait_project(project_id, timeout=180)
+    assert view.status == ProjectStatus.FAILED and view.scene_count >= 4
+    assert all(s.last_error and s.last_error.startswith("over budget") for s in view.scenes)
+    assert view.committed_cost_usd == 0.0 and ledger(workers.ledger, project_id) == []
+
+    # Planned, the estimate is exact: a budget of exactly that much pays for every scene
+    exact = api.estimate_micros(project_id)
+    assert exact.exact and exact.jobs == view.scene_count
+    assert exact.micros == sum(s.duration_seconds * 250_000 for s in view.scenes)
+    cli = mvpipe(workers.env, "estimate", project_id, "--json")
+    assert cli.returncode == 0, cli.stderr
+    assert json.loads(cli.stdout) == {"usd": exact.micros / 1e6, "jobs": exact.jobs, "exact": True}
+    cli = mvpipe(workers.env, "budget", project_id, str(exact.micros / 1e6))
+    assert cli.returncode == 0, cli.stderr
+    assert f"of a ${exact.micros / 1e6:,.2f} budget" in cli.stdout
+    for bad in ("-1", "nan", "1e12", "ten"):
+        refused = mvpipe(workers.env, "budget", project_id, bad)
+        assert refused.returncode == 2 and "budget must" in refused.stderr, refused.stderr
+    cli = mvpipe(workers.env, "status", project_id)
+    assert cli.returncode == 0, cli.stderr
+    assert f"cost      $0.00 committed of a ${exact.micros / 1e6:,.2f} budget" in cli.stdout
+    api.run_project(project_id)
+    view = api.wait_project(project_id, timeout=180)
+    assert view.status == ProjectStatus.COMPLETED, view.last_error
+    assert round(view.committed_cost_usd * 1e6) == exact.micros
+    assert len(ledger(workers.ledger, project_id)) == view.scene_count
+    assert_invariants(project_id)
+
+
+def test_a_submit_that_fails_transiently_gives_its_reservation_back(
+    start_workers: StartWorkers,
+) -> None:
+    # Given a provider refusing many submits with transient errors, and a budget that holds
+    # exactly one accepted job per scene
+    workers = start_workers(
+        prices=PRICES, local_faults="transient=0.4,seed=11", max_attempts="20", backoff_max="1"
+    )
+    scenes = [{"prompt": f"scene {n}", "duration_seconds": 4} for n in range(1, 7)]
+    project_id = api.create_project("Refunds", "Refused, then paid.", scenes=scenes, budget_usd=6)
+
+    api.run_project(project_id)
+    view = api.wait_project(project_id, timeout=180)
+
+    # Then every refused submit gave its dollar back: all six scenes fit the six dollars
+    assert view.status == ProjectStatus.COMPLETED, [(s.sequence, s.last_error) for s in view.scenes]
+    assert sum(s.attempts for s in view.scenes) > 6  # some submits were refused
+    assert len(ledger(workers.ledger, project_id)) == 6
+    assert view.committed_cost_usd == 6.0
+    assert all(s.cost_usd == 1.0 for s in view.scenes)
+    assert_invariants(project_id)

@@ -1,0 +1,132 @@
+"""Prices: the built-in table, `MVPIPE_PRICES` over it, and typed errors for anything malformed."""
+
+from __future__ import annotations
+
+import pytest
+
+from mvpipe.errors import ConfigurationError
+from mvpipe.models import SceneStatus
+from mvpipe.pipeline.cost import planned_estimate
+from mvpipe.pipeline.stages import CUT, GENERATE, LIPSYNC
+from mvpipe.pricing import DEFAULT_PRICES, parse_prices, price_micros
+from mvpipe.settings import Settings, get_settings
+from mvpipe.store.records import SceneRecord
+
+
+def test_per_second_and_per_job_prices() -> None:
+    prices = parse_prices('{"local": 0.25, "replicate:owner/model": {"per_job": 1.5}}')
+    assert price_micros(prices, "local", "video", 4) == 1_000_000
+    assert price_micros(prices, "local", "lipsync", 2.5) == 625_000
+    # A Replicate model's version does not change its price.
+    assert price_micros(prices, "replicate", "owner/model:abc123", 6) == 1_500_000
+    assert price_micros(prices, "replicate", "owner/model", 1) == 1_500_000
+
+
+def test_the_built_in_table_prices_veo_and_lipsync_and_local_is_free() -> None:
+    prices = parse_prices("")
+    assert price_micros(prices, "veo", "veo-3.0-generate-001", 8) == round(
+        8 * float(DEFAULT_PRICES["veo:veo-3.0-generate-001"]) * 1e6  # type: ignore[arg-type]
+    )
+    assert price_micros(prices, "replicate", "sync/lipsync-2", 2) > 0
+    assert price_micros(prices, "local", "video", 8) == 0
+    # A model entry wins over its provider's entry.
+    both = parse_prices('{"local": 1, "local:lipsync": 2}')
+    assert price_micros(both, "local", "video", 1) == 1_000_000
+    assert price_micros(both, "local", "lipsync", 1) == 2_000_000
+
+
+def test_unpriced_paid_work_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError, match="no price for veo:veo-9"):
+        price_micros(parse_prices(""), "veo", "veo-9", 8)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "{not json",
+        "[1, 2]",
+        '{"local": -1}',
+        '{"local": NaN}',
+        '{"local": Infinity}',
+        '{"local": 1e9}',
+        '{"local": true}',
+        '{"local": "0.25"}',
+        '{"local": {"per_second": 1}}',
+        '{"local": {"per_job": 1, "extra": 2}}',
+        '{"": 1}',
+        '{"local:": 1}',
+    ],
+)
+def test_malformed_prices_are_typed_errors(raw: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigurationError, match="MVPIPE_PRICES"):
+        parse_prices(raw)
+    monkeypatch.setenv("MVPIPE_PRICES", raw)
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(ConfigurationError, match="MVPIPE_PRICES"):
+            get_settings()
+    finally:
+        get_settings.cache_clear()
+
+
+def test_settings_price_each_paid_stage(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MVPIPE_PRICES", '{"local:video": 0.5, "local:lipsync": {"per_job": 0.1}}')
+    settings = Settings()
+    assert settings.video_price_micros("local", 4) == 2_000_000
+    assert settings.lipsync_price_micros(3.2) == 100_000
+    assert settings.video_price_micros("veo", 8) > 0  # the built-in Veo price still applies
+
+
+def scene(sequence: int, **fields: object) -> SceneRecord:
+    base: dict[str, object] = {
+        "project_id": "p",
+        "sequence": sequence,
+        "prompt": "x",
+        "negative_prompt": None,
+        "duration_seconds": 4,
+        "status": SceneStatus.PENDING,
+        "clip_key": None,
+        "working_clip_key": None,
+        "lip_synced_clip_key": None,
+        "attempts": 0,
+        "last_error": None,
+        "lease_token": None,
+        "lease_expires_at": None,
+        "operation_id": None,
+        "completed_at": None,
+    }
+    return SceneRecord(**{**base, **fields})  # type: ignore[arg-type]
+
+
+def test_a_planned_estimate_prices_only_the_paid_stages_still_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MVPIPE_PRICES", '{"local:video": 0.25, "local:lipsync": 0.5}')
+    settings = Settings()
+    now = 1000.0
+    scenes = [
+        scene(1),  # to generate: 4 s
+        scene(2, status=SceneStatus.COMPLETED, clip_key="k"),  # done
+        scene(3, status=SceneStatus.PROCESSING, operation_id="op"),  # paid, running
+        scene(4, status=SceneStatus.PROCESSING, lease_token="t", lease_expires_at=now + 9),
+        scene(5, status=SceneStatus.PROCESSING, lease_token="t", lease_expires_at=now - 1),
+        scene(6, status=SceneStatus.FAILED, operation_id="op"),  # a user's run pays again
+        # generated, its lip-sync of a 2.5 s slot still missing
+        scene(7, clip_key="k", lip_sync=True, start_seconds=10.0, end_seconds=12.5),
+    ]
+    found = planned_estimate(settings, "local", scenes, now=now)
+    assert found.jobs == 4 and found.exact
+    assert found.micros == 3 * 1_000_000 + 1_250_000
+    again = planned_estimate(settings, "local", scenes[6:], regenerate=True, now=now)
+    assert again.micros == 1_000_000 + 1_250_000
+
+
+def test_each_paid_stage_prices_its_own_job(monkeypatch: pytest.MonkeyPatch) -> None:
+    # generation: the video price times durationSeconds; lip-sync: its price times the slot
+    monkeypatch.setenv("MVPIPE_PRICES", '{"local:video": 0.5, "local:lipsync": 0.25}')
+    settings = Settings()
+    slotted = scene(1, duration_seconds=6, start_seconds=10.0, end_seconds=15.2, lip_sync=True)
+    assert GENERATE.price_micros(settings, "local", slotted) == 3_000_000
+    assert LIPSYNC.price_micros(settings, "local", slotted) == 1_300_000
+    assert LIPSYNC.price_micros(settings, "local", scene(2, duration_seconds=4)) == 1_000_000
+    assert CUT.price_micros(settings, "local", slotted) == 0  # free: nothing to reserve
