@@ -70,6 +70,8 @@ class Settings(BaseSettings):
     veo_aspect_ratio: str = "16:9"
     replicate_model: str = "minimax/video-01"
     replicate_input: dict[str, Any] = Field(default_factory=dict)
+    #: the model's input that takes the clip length (empty: the model takes none)
+    replicate_duration_input: str = Field(default="duration", pattern=r"^[A-Za-z0-9_]{0,64}$")
     gemini_model: str = "gemini-2.5-flash"
     lipsync_provider: str = Field(default="local", pattern=r"^(local|replicate)$")
     lipsync_model: str = "sync/lipsync-2"

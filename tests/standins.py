@@ -36,11 +36,15 @@ class ProviderStandIn:
         self.veo_pending_polls = 2
         self.veo_outcome = "video"  # or "safety"
         self.veo_ops: dict[str, int] = {}
+        #: the body of every accepted Veo create, in order
+        self.veo_bodies: list[dict[str, Any]] = []
         self.replicate_sequence = ["starting", "processing", "succeeded"]
         self.replicate_error: str | None = None
         #: when set, what Replicate's poll and cancel answer instead of the prediction
         self.replicate_reply: Any = None
         self.predictions: dict[str, dict[str, Any]] = {}
+        #: the input a Replicate model must get the clip length in
+        self.replicate_duration_input = "duration"
         self.gemini_answers: list[Any] = []
         #: the text of every planning request, in order (what the model was asked)
         self.gemini_prompts: list[str] = []
@@ -74,10 +78,26 @@ class ProviderStandIn:
             return lost
 
     # -- Vertex: Veo ---------------------------------------------------------------------------
-    def veo_create(self, path: str) -> dict[str, Any]:
+    @staticmethod
+    def veo_refusal(body: dict[str, Any]) -> str | None:
+        """Why Veo would refuse this create body (as a 400), or None: one instance with a
+        prompt, one sample, a duration Veo 3 makes, a boolean `generateAudio` if any."""
+        instances, parameters = body.get("instances"), body.get("parameters") or {}
+        if not (isinstance(instances, list) and len(instances) == 1 and instances[0].get("prompt")):
+            return "instances must hold exactly one prompt"
+        if parameters.get("sampleCount") != 1:
+            return "sampleCount must be 1"
+        if parameters.get("durationSeconds") not in (4, 6, 8):
+            return f"durationSeconds {parameters.get('durationSeconds')!r} is not 4, 6 or 8"
+        if "generateAudio" in parameters and not isinstance(parameters["generateAudio"], bool):
+            return "generateAudio must be a boolean"
+        return None
+
+    def veo_create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         model = path.split("/models/")[1].split(":")[0]
         with self.lock:
             self.created["veo"] += 1
+            self.veo_bodies.append(body)
             resource = f"projects/p/locations/l/publishers/google/models/{model}"
             name = f"{resource}/operations/{next(self.ids)}"
             self.veo_ops[name] = self.veo_pending_polls
@@ -121,6 +141,17 @@ class ProviderStandIn:
         return int(re.search(r"exactly (\d+) scenes", text).group(1))  # type: ignore[union-attr]
 
     # -- Replicate -----------------------------------------------------------------------------
+    def replicate_refusal(self, body: dict[str, Any]) -> str | None:
+        """Why the model would refuse this input (as a 422), or None: a prompt, and a whole
+        number of seconds in its duration input."""
+        fields = body.get("input")
+        if not isinstance(fields, dict) or not isinstance(fields.get("prompt"), str):
+            return "input.prompt is required"
+        duration = fields.get(self.replicate_duration_input)
+        if not isinstance(duration, int) or isinstance(duration, bool):
+            return f"input.{self.replicate_duration_input} must be an integer, got {duration!r}"
+        return None
+
     def replicate_create(self, body: dict[str, Any]) -> dict[str, Any]:
         with self.lock:
             self.created["replicate"] += 1
@@ -205,8 +236,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def _error(self, api: str, status: int) -> None:
-        message = self.standin.error_message
+    def _error(self, api: str, status: int, message: str | None = None) -> None:
+        message = message or self.standin.error_message
         if api == "replicate":
             self._reply(status, {"title": "error", "detail": message, "status": status})
         else:
@@ -244,9 +275,20 @@ class _Handler(BaseHTTPRequestHandler):
             if kind.startswith("replicate.") and kind != "replicate.create"
             else ""
         )
+        refusal = (
+            s.veo_refusal(body)
+            if kind == "veo.create"
+            else s.replicate_refusal(body)
+            if kind == "replicate.create"
+            else None
+        )
+        if refusal is not None:
+            status = 400 if kind == "veo.create" else 422
+            self._error(kind.split(".")[0], status, f"invalid request: {refusal}")
+            return
         answer: Any
         if kind == "veo.create":
-            answer = s.veo_create(path)
+            answer = s.veo_create(path, body)
         elif kind == "veo.poll":
             answer = s.veo_fetch(body)
         elif kind == "gemini":

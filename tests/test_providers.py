@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 
 import pytest
 
@@ -197,6 +198,64 @@ def test_veo_safety_block_is_a_permanent_failure(standin: ProviderStandIn) -> No
     assert not provider.can_cancel
 
 
+# -- request bodies ---------------------------------------------------------------------------
+def test_veo_asks_for_a_duration_it_makes_and_no_audio_for_a_song_scene(
+    standin: ProviderStandIn,
+) -> None:
+    provider = VeoVideoProvider(settings_for(standin))
+    # A song scene: the song replaces the sound, so no audio is asked (or paid) for
+    provider.submit(replace(request(), duration_seconds=4, with_audio=False))
+    # A scene without a song keeps the model's own sound
+    provider.submit(replace(request(), duration_seconds=8))
+    song, plain = (body["parameters"] for body in standin.veo_bodies)
+    assert song["durationSeconds"] == 4 and song["generateAudio"] is False
+    assert plain["durationSeconds"] == 8 and "generateAudio" not in plain
+    assert [body["instances"][0]["prompt"] for body in standin.veo_bodies] == [
+        "a neon city at night"
+    ] * 2
+    # A hand-written length Veo does not make becomes the next one it makes (or its longest)
+    provider.submit(replace(request(), duration_seconds=5))
+    provider.submit(replace(request(), duration_seconds=12))
+    assert [body["parameters"]["durationSeconds"] for body in standin.veo_bodies[2:]] == [6, 8]
+    assert standin.created["veo"] == 4 == standin.calls["veo.create"]
+
+
+def test_replicate_gets_prompt_negative_prompt_and_the_duration_input(
+    standin: ProviderStandIn,
+) -> None:
+    provider = ReplicateVideoProvider(settings_for(standin, replicate_durations="5,10"))
+    operation_id = provider.submit(replace(request(), duration_seconds=10))
+    assert standin.predictions[operation_id]["input"] == {
+        "prompt": "a neon city at night",
+        "negative_prompt": "blur",
+        "duration": 10,
+    }
+    # A model whose length input has another name gets it there
+    standin.replicate_duration_input = "seconds"
+    renamed = ReplicateVideoProvider(
+        settings_for(standin, replicate_durations="5,10", replicate_duration_input="seconds")
+    )
+    assert standin.predictions[renamed.submit(replace(request(), duration_seconds=5))]["input"] == {
+        "prompt": "a neon city at night",
+        "negative_prompt": "blur",
+        "seconds": 5,
+    }
+    # A length outside MVPIPE_REPLICATE_DURATIONS becomes one inside it
+    assert standin.predictions[renamed.submit(request())]["input"]["seconds"] == 10
+    assert standin.created["replicate"] == 3 == standin.calls["replicate.create"]
+
+
+def test_the_standins_refuse_bodies_the_real_apis_would(standin: ProviderStandIn) -> None:
+    # The checks above can fail: a stand-in that accepted anything would prove nothing
+    standin.replicate_duration_input = "seconds"
+    with pytest.raises(PermanentProviderError, match=r"input\.seconds must be an integer"):
+        ReplicateVideoProvider(settings_for(standin)).submit(request())
+    assert ProviderStandIn.veo_refusal(
+        {"instances": [{"prompt": "x"}], "parameters": {"sampleCount": 1, "durationSeconds": 5}}
+    )
+    assert standin.created == {}
+
+
 # -- through the pipeline ---------------------------------------------------------------------
 def provider_env(standin: ProviderStandIn) -> dict[str, str]:
     return {
@@ -223,6 +282,8 @@ def test_full_project_with_gemini_planning_and_real_provider(
     assert [s.prompt for s in view.scenes] == ["shot 1", "shot 2", "shot 3"]  # from Gemini
     assert standin.created[provider] == 3
     assert standin.calls[f"{provider}.create"] == 5
+    # no song: every Veo clip keeps the model's own sound
+    assert not any("generateAudio" in body["parameters"] for body in standin.veo_bodies)
     clips = get_context().clips
     for scene in view.scenes:
         codec, _, _ = probe_clip(clips.read(scene.original_video_clip_s3_key or ""))
@@ -263,6 +324,27 @@ def test_gemini_plans_a_song_project_or_fails_it_after_one_reask(
         assert view.status == ProjectStatus.FAILED
         assert f"expected exactly {len(slots)} scenes" in (view.last_error or "")
         assert view.scenes == [] and view.scene_count == 0
+    assert_invariants(project_id)
+
+
+@pytest.mark.integration
+def test_a_song_project_on_veo_asks_for_its_slot_lengths_and_no_audio(
+    standin: ProviderStandIn, start_workers: StartWorkers
+) -> None:
+    # Given a song project on Veo (the stand-in refuses lengths other than 4, 6 or 8 s)
+    start_workers(env=provider_env(standin), provider="veo", slot_max_seconds="4")
+    song = synthesize_song(seconds=10.3, bpm=120.0, offset=0.25, sections=2)
+    project_id = api.create_project("Song", "Neon rain.", song=song.wav)
+    api.run_project(project_id)
+    view = api.wait_project(project_id, timeout=120)
+    # Then every scene's clip was asked at its own length, without audio (the song is the sound)
+    assert view.status == ProjectStatus.COMPLETED, [s.last_error for s in view.scenes]
+    asked = [body["parameters"] for body in standin.veo_bodies]
+    assert len(asked) == len(view.scenes) >= 2
+    assert sorted(p["durationSeconds"] for p in asked) == sorted(
+        s.duration_seconds for s in view.scenes
+    )
+    assert all(p["generateAudio"] is False for p in asked)
     assert_invariants(project_id)
 
 

@@ -87,6 +87,8 @@ class VideoGeneration:
                 scene.prompt,
                 scene.negative_prompt,
                 scene.duration_seconds,
+                # only a song's scenes fill a slot; their sound comes from the song
+                with_audio=scene.start_seconds is None,
             )
         )
 

@@ -35,11 +35,23 @@ class Brief:
 
 @dataclass(frozen=True)
 class VideoRequest:
+    """One clip to make. `with_audio` is False for a song's scene: the song replaces the
+    clip's sound, so a provider that charges for audio is asked for none."""
+
     project_id: str
     sequence: int
     prompt: str
     negative_prompt: str | None
     duration_seconds: int
+    with_audio: bool = True
+
+
+def provider_seconds(requested: int, allowed: list[int]) -> int:
+    """The clip length to ask a provider for: `requested` when it makes it, else the shortest
+    longer one it makes (the cut trims), else its longest. A song's scenes already carry an
+    allowed length; a scene written by hand may not."""
+    longer = [d for d in allowed if d >= requested]
+    return min(longer) if longer else max(allowed)
 
 
 class JobState(StrEnum):

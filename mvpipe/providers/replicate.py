@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 
 from mvpipe.errors import PermanentProviderError, ProviderError
-from mvpipe.providers.base import JobState, JobStatus, VideoRequest
+from mvpipe.providers.base import JobState, JobStatus, VideoRequest, provider_seconds
 from mvpipe.providers.classify import (
     download,
     from_status,
@@ -62,19 +62,20 @@ class ReplicateVideoProvider:
         fields: dict[str, Any] = {**self.settings.replicate_input, "prompt": request.prompt}
         if request.negative_prompt:
             fields["negative_prompt"] = request.negative_prompt
+        if self.settings.replicate_duration_input:
+            allowed = self.settings.durations_for(self.name)
+            seconds = provider_seconds(request.duration_seconds, allowed)
+            fields[self.settings.replicate_duration_input] = seconds
         return fields
 
     def submit(self, request: VideoRequest) -> str:
         model, _, version = self.settings.replicate_model.partition(":")
+        fields = self.build_input(request)
         try:
             if version:
-                prediction = self.client.predictions.create(
-                    version=version, input=self.build_input(request)
-                )
+                prediction = self.client.predictions.create(version=version, input=fields)
             else:
-                prediction = self.client.predictions.create(
-                    model=model, input=self.build_input(request)
-                )
+                prediction = self.client.predictions.create(model=model, input=fields)
         except Exception as exc:
             raise self._translate(exc) from None
         return str(prediction.id)

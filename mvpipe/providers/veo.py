@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from mvpipe.errors import PermanentProviderError
-from mvpipe.providers.base import JobState, JobStatus, VideoRequest
+from mvpipe.providers.base import JobState, JobStatus, VideoRequest, provider_seconds
 from mvpipe.providers.classify import download
 from mvpipe.providers.genai_client import GenaiUser, call_sdk, vertex_client
 
@@ -25,11 +25,15 @@ class VeoVideoProvider(GenaiUser):
     def submit(self, request: VideoRequest) -> str:
         from google.genai import types
 
+        # Veo refuses any other length (after a round trip): ask for one it makes.
+        seconds = provider_seconds(request.duration_seconds, self.settings.durations_for(self.name))
         config = types.GenerateVideosConfig(
             number_of_videos=1,
-            duration_seconds=request.duration_seconds,
+            duration_seconds=seconds,
             aspect_ratio=self.settings.veo_aspect_ratio,
             negative_prompt=request.negative_prompt,
+            # None leaves the model's default; False spares the audio a song replaces (and its cost)
+            generate_audio=None if request.with_audio else False,
         )
         operation = self._call(
             lambda: self.client.models.generate_videos(
