@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from mvpipe.deps import get_context
+from mvpipe.deps import Context, get_context
 from mvpipe.devstack.drills import paid_generations
 from mvpipe.invariants import violations
+from mvpipe.models import ProjectSpec, ProjectStatus, SceneSpec
 
 T = TypeVar("T")
 
@@ -41,3 +43,24 @@ def assert_invariants(project_id: str) -> None:
     """Invariants 1, 4 and 5 of DESIGN.md, checked against the store and S3 directly."""
     found = violations(get_context(), project_id)
     assert not found, found
+
+
+def new_project(
+    ctx: Context, scenes: int = 3, *, run: bool = True, budget_micros: int | None = None
+) -> tuple[str, str]:
+    """A planned project written straight through the store (and its run won, unless `run` is
+    False): (project id, run id)."""
+    project_id = str(uuid.uuid4())
+    spec = ProjectSpec(
+        title="Test",
+        concept="A concept",
+        provider="local",
+        requested_scene_count=scenes,
+        scenes=tuple(SceneSpec(prompt=f"scene {n}") for n in range(1, scenes + 1)),
+        budget_micros=budget_micros,
+    )
+    ctx.projects.create(project_id, spec)
+    run_id = str(uuid.uuid4())
+    if run:
+        assert ctx.projects.win_run(project_id, run_id, ProjectStatus.PROCESSING) == run_id
+    return project_id, run_id

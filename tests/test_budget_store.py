@@ -13,11 +13,11 @@ from mvpipe import api
 from mvpipe.deps import Context, get_context
 from mvpipe.devstack.localstack import LocalStack
 from mvpipe.errors import InvalidInput, NotFound
-from mvpipe.models import ProjectSpec, ProjectStatus, SceneSpec, SceneStatus
+from mvpipe.models import ProjectStatus, SceneStatus
 from mvpipe.pipeline.reconcile import reconcile
 from mvpipe.store.scenes import LIP_SYNCED, ORIGINAL, WORKING, Claim, ClaimResult
 from mvpipe.store.table import METADATA, project_pk
-from tests.helpers import assert_invariants
+from tests.helpers import assert_invariants, new_project
 
 pytestmark = pytest.mark.integration
 
@@ -34,22 +34,6 @@ class NoDispatch:
 @pytest.fixture
 def ctx(stack: LocalStack) -> Context:
     return get_context()
-
-
-def new_project(ctx: Context, scenes: int, budget_micros: int | None) -> tuple[str, str]:
-    project_id = str(uuid.uuid4())
-    spec = ProjectSpec(
-        title="Money",
-        concept="Counted",
-        provider="local",
-        requested_scene_count=scenes,
-        scenes=tuple(SceneSpec(prompt=f"scene {n}") for n in range(1, scenes + 1)),
-        budget_micros=budget_micros,
-    )
-    ctx.projects.create(project_id, spec)
-    run_id = str(uuid.uuid4())
-    assert ctx.projects.win_run(project_id, run_id, ProjectStatus.PROCESSING) == run_id
-    return project_id, run_id
 
 
 def claim(ctx: Context, project_id: str, run_id: str, sequence: int, token: str) -> ClaimResult:
@@ -69,7 +53,7 @@ def committed(ctx: Context, project_id: str) -> int:
 
 
 def test_concurrent_claims_never_overspend(ctx: Context) -> None:
-    project_id, run_id = new_project(ctx, 12, 5 * PRICE)
+    project_id, run_id = new_project(ctx, 12, budget_micros=5 * PRICE)
     with ThreadPoolExecutor(12) as pool:
         results = list(
             pool.map(lambda n: claim(ctx, project_id, run_id, n, uuid.uuid4().hex), range(1, 13))
@@ -86,7 +70,7 @@ def test_concurrent_claims_never_overspend(ctx: Context) -> None:
 
 
 def test_a_retried_claim_reserves_once(ctx: Context) -> None:
-    project_id, run_id = new_project(ctx, 1, 3 * PRICE)
+    project_id, run_id = new_project(ctx, 1, budget_micros=3 * PRICE)
     first = claim(ctx, project_id, run_id, 1, "tok")
     again = claim(ctx, project_id, run_id, 1, "tok")  # the retry finds its own token
     assert (first.outcome, again.outcome) == (Claim.WON, Claim.WON)
@@ -95,20 +79,20 @@ def test_a_retried_claim_reserves_once(ctx: Context) -> None:
 
 
 def test_a_claim_of_another_run_reserves_nothing(ctx: Context) -> None:
-    project_id, _ = new_project(ctx, 1, None)
+    project_id, _ = new_project(ctx, 1, budget_micros=None)
     assert claim(ctx, project_id, "not-the-run", 1, "tok").outcome == Claim.RUN_INACTIVE
     assert committed(ctx, project_id) == 0
 
 
 def test_without_a_budget_spending_is_still_recorded(ctx: Context) -> None:
-    project_id, run_id = new_project(ctx, 3, None)
+    project_id, run_id = new_project(ctx, 3, budget_micros=None)
     for n in range(1, 4):
         assert claim(ctx, project_id, run_id, n, f"t{n}").outcome == Claim.WON
     assert committed(ctx, project_id) == 3 * PRICE
 
 
 def test_a_released_lease_gives_its_reservation_back_once(ctx: Context) -> None:
-    project_id, run_id = new_project(ctx, 2, 2 * PRICE)
+    project_id, run_id = new_project(ctx, 2, budget_micros=2 * PRICE)
     s = ctx.scenes
     assert claim(ctx, project_id, run_id, 1, "a").outcome == Claim.WON
     assert claim(ctx, project_id, run_id, 2, "b").outcome == Claim.WON
@@ -125,7 +109,7 @@ def test_a_released_lease_gives_its_reservation_back_once(ctx: Context) -> None:
 
 
 def test_a_changed_budget_is_read_again_by_the_claim(ctx: Context) -> None:
-    project_id, run_id = new_project(ctx, 2, PRICE)
+    project_id, run_id = new_project(ctx, 2, budget_micros=PRICE)
     assert claim(ctx, project_id, run_id, 1, "a").outcome == Claim.WON
     assert claim(ctx, project_id, run_id, 2, "b").outcome == Claim.OVER_BUDGET
     api.set_budget(project_id, 2.0)
@@ -135,7 +119,7 @@ def test_a_changed_budget_is_read_again_by_the_claim(ctx: Context) -> None:
 
 @pytest.mark.parametrize("bad", [-1, -0.01, math.nan, math.inf, 1e12, "10", True, [5]])
 def test_bad_budgets_are_refused_and_write_nothing(ctx: Context, bad: object) -> None:
-    project_id, _ = new_project(ctx, 1, 4 * PRICE)
+    project_id, _ = new_project(ctx, 1, budget_micros=4 * PRICE)
     before = ctx.table.get(project_pk(project_id), METADATA).updated_at  # type: ignore[union-attr]
     with pytest.raises(InvalidInput):
         api.set_budget(project_id, bad)  # type: ignore[arg-type]
@@ -144,7 +128,7 @@ def test_bad_budgets_are_refused_and_write_nothing(ctx: Context, bad: object) ->
 
 
 def test_a_budget_below_what_is_committed_is_refused(ctx: Context) -> None:
-    project_id, run_id = new_project(ctx, 2, 4 * PRICE)
+    project_id, run_id = new_project(ctx, 2, budget_micros=4 * PRICE)
     assert claim(ctx, project_id, run_id, 1, "a").outcome == Claim.WON
     with pytest.raises(InvalidInput, match=r"below the \$1.00 already committed"):
         api.set_budget(project_id, 0.5)
@@ -158,7 +142,7 @@ def test_a_budget_below_what_is_committed_is_refused(ctx: Context) -> None:
 
 
 def test_reconcile_recounts_the_committed_sum(ctx: Context) -> None:
-    project_id, run_id = new_project(ctx, 2, None)
+    project_id, run_id = new_project(ctx, 2, budget_micros=None)
     assert claim(ctx, project_id, run_id, 1, "a").outcome == Claim.WON
     assert ctx.scenes.fail(project_id, 1, error="blocked", token="a")  # paid, then failed
     counters = ctx.projects.load(project_id).counters
@@ -181,7 +165,7 @@ def test_reconcile_recounts_the_committed_sum(ctx: Context) -> None:
 
 def test_a_lip_sync_claim_reserves_its_price_and_a_refusal_gives_it_back(ctx: Context) -> None:
     # Given two generated and cut scenes ($2 committed) on a $3 budget
-    project_id, run_id = new_project(ctx, 2, 3 * PRICE)
+    project_id, run_id = new_project(ctx, 2, budget_micros=3 * PRICE)
     for n in (1, 2):
         assert claim(ctx, project_id, run_id, n, f"g{n}").outcome == Claim.WON
         op = f"op{n}"

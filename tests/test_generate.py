@@ -26,7 +26,8 @@ from mvpipe.providers.limiter import QuotaLimiter, slot_member
 from mvpipe.runboard import RunBoard
 from mvpipe.settings import get_settings
 from mvpipe.store.scenes import Claim, SceneStore
-from tests.test_store import claim, new_project
+from tests.helpers import new_project
+from tests.test_store import claim
 
 pytestmark = pytest.mark.integration
 

@@ -20,24 +20,9 @@ from mvpipe.models import ProjectSpec, ProjectStatus, SceneSpec, SceneStatus
 from mvpipe.pipeline.finalize import settle_project
 from mvpipe.states import Counters
 from mvpipe.store.scenes import ORIGINAL, WORKING, Claim
+from tests.helpers import new_project
 
 pytestmark = pytest.mark.integration
-
-
-def new_project(ctx: Context, scenes: int = 3, *, run: bool = True) -> tuple[str, str]:
-    project_id = str(uuid.uuid4())
-    spec = ProjectSpec(
-        title="Test",
-        concept="A concept",
-        provider="local",
-        requested_scene_count=scenes,
-        scenes=tuple(SceneSpec(prompt=f"scene {n}") for n in range(1, scenes + 1)),
-    )
-    ctx.projects.create(project_id, spec)
-    run_id = str(uuid.uuid4())
-    if run:
-        assert ctx.projects.win_run(project_id, run_id, ProjectStatus.PROCESSING) == run_id
-    return project_id, run_id
 
 
 def claim(ctx: Context, project_id: str, run_id: str, token: str, sequence: int = 1) -> Claim:
