@@ -54,6 +54,19 @@ def provider_seconds(requested: int, allowed: list[int]) -> int:
     return min(longer) if longer else max(allowed)
 
 
+@dataclass(frozen=True)
+class LipSyncRequest:
+    """One clip to lip-sync: the scene's working clip and the song's audio for its slot, as
+    short-lived URLs the provider fetches itself, so no media passes through a worker twice."""
+
+    project_id: str
+    sequence: int
+    video_url: str
+    audio_url: str
+    #: the slot's length: the output is normalized back to exactly this many seconds of frames
+    seconds: float
+
+
 class JobState(StrEnum):
     RUNNING = "running"  #: the provider is still working
     SUCCEEDED = "succeeded"  #: a video is ready (`video` bytes or `url`)
@@ -99,4 +112,25 @@ class VideoProvider(Protocol):
 
     def cancel(self, operation_id: str) -> bool:
         """Ask the provider to stop the job; True when it is cancelled (or already over)."""
+        ...
+
+
+class LipSyncProvider(Protocol):
+    """A lip-sync model: the same job shape as a video provider, on a lip-sync request."""
+
+    name: str
+    can_cancel: bool
+
+    def submit(self, request: LipSyncRequest) -> str:
+        """Start one paid lip-sync job; returns its operation id. Never retried internally."""
+        ...
+
+    def poll(self, operation_id: str) -> JobStatus: ...
+
+    def download(self, status: JobStatus) -> bytes:
+        """The finished job's MP4 bytes (fetched from `status.url` when not inline)."""
+        ...
+
+    def cancel(self, operation_id: str) -> bool:
+        """True only when the provider confirms the job stopped before it made a video."""
         ...
