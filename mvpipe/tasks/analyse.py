@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 import redis
-from celery.exceptions import Reject
 
 from mvpipe.deps import get_context
 from mvpipe.dispatch import PLAN_SCENES
@@ -28,10 +27,7 @@ def analyse_song(
     only: list[int] | None = None,
     outages: int = 0,
 ) -> Any:
-    try:
-        checked_ids(project_id)
-    except InvalidInput as exc:
-        raise Reject(str(exc), requeue=False) from None
+    checked_ids(project_id)
     ctx = get_context()
     try:
         project = ctx.projects.get(project_id)

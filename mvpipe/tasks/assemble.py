@@ -31,12 +31,9 @@ MAX_UNEXPECTED = 5
 def assemble_project(
     self: MvpipeTask, project_id: str, run_id: str, outages: int = 0
 ) -> dict[str, Any]:
-    try:
-        checked_ids(project_id)
-        if not isinstance(run_id, str) or not run_id:
-            raise InvalidInput("an assembly needs its run id")
-    except InvalidInput as exc:
-        raise Reject(str(exc), requeue=False) from None
+    checked_ids(project_id)
+    if not isinstance(run_id, str) or not run_id:
+        raise Reject("an assembly needs its run id", requeue=False)
     ctx = get_context()
     try:
         assembly = assemble_run(ctx, project_id, run_id)

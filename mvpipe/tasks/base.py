@@ -6,12 +6,12 @@ import logging
 from typing import Any
 
 from celery import Signature, Task
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, Reject
 
 from mvpipe.celery_app import app
 from mvpipe.deps import get_settings
 from mvpipe.dispatch import CeleryDispatcher
-from mvpipe.errors import StoreUnavailable
+from mvpipe.errors import InvalidInput, StoreUnavailable
 from mvpipe.models import validate_project_id, validate_sequence
 from mvpipe.providers.classify import describe
 from mvpipe.states import backoff_seconds
@@ -90,10 +90,14 @@ class MvpipeTask(Task):
 
 
 def checked_ids(project_id: Any, sequence: Any = None) -> None:
-    """Reject malformed messages up front (they end as failed tasks, never crash a worker)."""
-    validate_project_id(project_id)
-    if sequence is not None:
-        validate_sequence(sequence)
+    """Reject malformed messages up front: Celery's `Reject` (no requeue) ends them as failed
+    tasks, so they never crash a worker nor come back."""
+    try:
+        validate_project_id(project_id)
+        if sequence is not None:
+            validate_sequence(sequence)
+    except InvalidInput as exc:
+        raise Reject(str(exc), requeue=False) from None
 
 
 __all__ = ["MvpipeTask", "app", "checked_ids", "dispatcher"]

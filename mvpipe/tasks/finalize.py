@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import redis
-from celery.exceptions import Reject
 
 from mvpipe.deps import get_context
-from mvpipe.errors import Conflict, InvalidInput, NotFound, StoreUnavailable
+from mvpipe.errors import Conflict, NotFound, StoreUnavailable
 from mvpipe.pipeline.finalize import finalize_run
 from mvpipe.tasks.assemble import assemble_project
 from mvpipe.tasks.base import MvpipeTask, app, checked_ids
@@ -24,10 +23,7 @@ def finalize_project(
     outages: int = 0,
 ) -> dict[str, Any]:
     """The chord's result list is ignored on purpose: only the store tells the truth."""
-    try:
-        checked_ids(project_id)
-    except InvalidInput as exc:
-        raise Reject(str(exc), requeue=False) from None
+    checked_ids(project_id)
     try:
         settlement = finalize_run(get_context(), project_id, run_id, sequences)
     except NotFound:

@@ -16,10 +16,10 @@ import traceback
 from typing import Any
 
 import redis
-from celery.exceptions import Ignore, Reject
+from celery.exceptions import Ignore
 
 from mvpipe.deps import get_context
-from mvpipe.errors import InvalidInput, MvpipeError, StoreUnavailable
+from mvpipe.errors import MvpipeError, StoreUnavailable
 from mvpipe.models import micros_to_usd
 from mvpipe.pipeline.finalize import refinalize
 from mvpipe.pipeline.generate import SceneJob
@@ -71,10 +71,7 @@ def generate_scene(
     attempt: int = 0,
     stage: str | None = None,
 ) -> dict[str, Any]:
-    try:
-        checked_ids(project_id, sequence)
-    except InvalidInput as exc:
-        raise Reject(str(exc), requeue=False) from None
+    checked_ids(project_id, sequence)
     kwargs = {
         "operation_id": operation_id,
         "transient_polls": transient_polls,

@@ -13,7 +13,6 @@ from typing import Any
 
 import redis
 from celery import chord, group
-from celery.exceptions import Reject
 
 from mvpipe.deps import get_context
 from mvpipe.errors import (
@@ -54,10 +53,7 @@ def plan_scenes(
     planner_failures: int = 0,
     outages: int = 0,
 ) -> Any:
-    try:
-        checked_ids(project_id)
-    except InvalidInput as exc:
-        raise Reject(str(exc), requeue=False) from None
+    checked_ids(project_id)
     ctx = get_context()
     kwargs = {"only": only, "planner_failures": planner_failures, "outages": outages}
     try:

@@ -20,7 +20,13 @@ from mvpipe import api
 from mvpipe.celery_app import app
 from mvpipe.deps import get_context
 from mvpipe.devstack.localstack import LocalStack
-from mvpipe.dispatch import GENERATE_SCENE, PLAN_SCENES, CeleryDispatcher
+from mvpipe.dispatch import (
+    ASSEMBLE_PROJECT,
+    FINALIZE_PROJECT,
+    GENERATE_SCENE,
+    PLAN_SCENES,
+    CeleryDispatcher,
+)
 from mvpipe.errors import Conflict, InvalidInput, MvpipeError
 from mvpipe.models import ProjectStatus, SceneStatus
 from tests.conftest import Workers
@@ -265,6 +271,9 @@ def test_bad_ids_through_the_cli_and_malformed_messages(
     app.send_task(GENERATE_SCENE, args=["../etc", "x", None, "local"])
     app.send_task(GENERATE_SCENE, args=[1, 2])
     app.send_task(PLAN_SCENES, args=[{"not": "an id"}, None])
+    app.send_task("mvpipe.analyse_song", args=["../etc", "run"])
+    app.send_task(FINALIZE_PROJECT, args=[["a list"], None])
+    app.send_task(ASSEMBLE_PROJECT, args=[str(uuid.uuid4()), ""])  # no run id
     with Connection(stack.env["MVPIPE_BROKER_URL"]) as conn:
         conn.default_channel.basic_publish(
             conn.default_channel.prepare_message(
