@@ -33,14 +33,9 @@ from mvpipe.providers.veo import VeoVideoProvider
 from mvpipe.settings import Settings
 from tests.conftest import Workers
 from tests.helpers import assert_invariants
-from tests.standins import ProviderStandIn
+from tests.standins import KEYS, ProviderStandIn
 
 StartWorkers = Callable[..., Workers]
-KEYS = {
-    "GOOGLE_API_KEY": "vertex-key-123456",
-    "GEMINI_API_KEY": "gemini-key-123456",
-    "REPLICATE_API_TOKEN": "r8-token-123456",
-}
 
 
 @pytest.fixture
@@ -245,6 +240,65 @@ def test_replicate_gets_prompt_negative_prompt_and_the_duration_input(
     assert standin.created["replicate"] == 3 == standin.calls["replicate.create"]
 
 
+def test_each_api_gets_its_own_credentials_in_a_header(standin: ProviderStandIn) -> None:
+    # Given both Google keys set (the SDK alone would prefer GOOGLE_API_KEY for Gemini)
+    settings = settings_for(standin)
+    GeminiPlanner(settings).plan(Brief("p", "T", "c", 1))
+    veo = VeoVideoProvider(settings)
+    veo.poll(veo.submit(request()))
+    replicate = ReplicateVideoProvider(settings)
+    operation_id = replicate.submit(request())
+    replicate.poll(operation_id)
+    replicate.cancel(operation_id)
+    # Then Gemini got the Gemini key and nothing of the Vertex key; Veo the Vertex key
+    by_kind: dict[str, list[dict[str, str]]] = {}
+    for recorded in standin.requests:
+        by_kind.setdefault(recorded.kind, []).append(recorded.headers)
+    assert set(by_kind) == {
+        "gemini", "veo.create", "veo.poll", "replicate.create", "replicate.poll",
+        "replicate.cancel",
+    }  # fmt: skip
+    for headers in by_kind["gemini"]:
+        assert headers["x-goog-api-key"] == KEYS["GEMINI_API_KEY"]
+        assert not any(KEYS["GOOGLE_API_KEY"] in value for value in headers.values())
+    for headers in by_kind["veo.create"] + by_kind["veo.poll"]:
+        assert headers["x-goog-api-key"] == KEYS["GOOGLE_API_KEY"]
+    # and every Replicate call (SDK create, plain poll and cancel) the Bearer token
+    for kind in ("replicate.create", "replicate.poll", "replicate.cancel"):
+        for headers in by_kind[kind]:
+            assert headers["authorization"] == f"Bearer {KEYS['REPLICATE_API_TOKEN']}"
+    assert not any(key in path for key in KEYS.values() for path in standin.paths)
+
+
+@pytest.mark.parametrize(
+    ("variable", "refused"),
+    [
+        ("GEMINI_API_KEY", "gemini"),
+        ("GOOGLE_API_KEY", "veo.create"),
+        ("REPLICATE_API_TOKEN", "replicate.create"),
+    ],
+)
+def test_the_standins_refuse_wrong_credentials(
+    standin: ProviderStandIn, monkeypatch: pytest.MonkeyPatch, variable: str, refused: str
+) -> None:
+    # A stand-in that took any key would prove nothing above: a wrong one is a 401, permanent
+    monkeypatch.setenv(variable, "wrong-key-000000")
+    settings = settings_for(standin)
+    calls: dict[str, Callable[[], object]] = {
+        "gemini": lambda: GeminiPlanner(settings).plan(Brief("p", "T", "c", 1)),
+        "veo.create": lambda: VeoVideoProvider(settings).submit(request()),
+        "replicate.create": lambda: ReplicateVideoProvider(settings).submit(request()),
+    }
+    with pytest.raises(PermanentProviderError, match="401") as caught:
+        calls[refused]()
+    assert caught.value.refused and "wrong-key" not in str(caught.value)
+    assert standin.calls == {} and standin.created == {}
+    # ... and Gemini given the Vertex key (what the SDK would pick by itself) is refused too
+    monkeypatch.setenv("GEMINI_API_KEY", KEYS["GOOGLE_API_KEY"])
+    with pytest.raises(PermanentProviderError, match="403"):
+        GeminiPlanner(settings_for(standin)).plan(Brief("p", "T", "c", 1))
+
+
 def test_the_standins_refuse_bodies_the_real_apis_would(standin: ProviderStandIn) -> None:
     # The checks above can fail: a stand-in that accepted anything would prove nothing
     standin.replicate_duration_input = "seconds"
@@ -433,7 +487,7 @@ def test_a_refused_submit_gives_its_reservation_back_a_lost_answer_keeps_it(
     if fault == "refused":
         standin.fail_next["replicate.create"] = [503]
     else:
-        standin.unanswered["replicate.create"] = 1
+        standin.faults["replicate.create"] = ["close"]
 
     def committed() -> tuple[int, int]:
         scene = ctx.scenes.get(project_id, 1)

@@ -49,10 +49,12 @@ class VeoVideoProvider(GenaiUser):
     def poll(self, operation_id: str) -> JobStatus:
         from google.genai import types
 
-        operation = self._call(
+        operation = call_sdk(
+            self.name,
             lambda: self.client.operations.get(
                 types.GenerateVideosOperation(name=operation_id)  # type: ignore[call-arg]
-            )
+            ),
+            polling=True,
         )
         if not operation.done:
             return JobStatus(JobState.RUNNING)
