@@ -19,13 +19,17 @@ import socket
 import struct
 import threading
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
+import pytest
 
 from mvpipe.providers.render import render_clip
+from mvpipe.settings import Settings
 
 CLIP = render_clip("stand-in provider video", 1.0)
 #: The credentials the stand-in accepts (each API its own); anything else is refused.
@@ -342,6 +346,29 @@ def gemini_scenes(text: str, count: int | None = None) -> list[dict[str, Any]]:
         {"prompt": f"shot {n}", "negative_prompt": "blur", "duration_seconds": 6}
         for n in range(1, count + 1)
     ]
+
+
+@contextmanager
+def running_standin(monkeypatch: pytest.MonkeyPatch) -> Iterator[ProviderStandIn]:
+    """A started stand-in, with the credentials it accepts set in the environment."""
+    server = ProviderStandIn().start()
+    for key, value in KEYS.items():
+        monkeypatch.setenv(key, value)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def settings_for(standin: ProviderStandIn, **extra: object) -> Settings:
+    """Settings pointing every provider at the stand-in."""
+    values: dict[str, object] = {
+        "genai_base_url": standin.url,
+        "replicate_base_url": standin.url,
+        "provider_timeout_seconds": 5,
+        **extra,
+    }
+    return Settings(**values)  # type: ignore[arg-type]
 
 
 class _Handler(BaseHTTPRequestHandler):

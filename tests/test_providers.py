@@ -30,31 +30,17 @@ from mvpipe.providers.gemini import GeminiPlanner
 from mvpipe.providers.render import probe_clip
 from mvpipe.providers.replicate import ReplicateVideoProvider
 from mvpipe.providers.veo import VeoVideoProvider
-from mvpipe.settings import Settings
 from tests.conftest import Workers
 from tests.helpers import assert_invariants
-from tests.standins import KEYS, ProviderStandIn
+from tests.standins import KEYS, ProviderStandIn, running_standin, settings_for
 
 StartWorkers = Callable[..., Workers]
 
 
 @pytest.fixture
 def standin(monkeypatch: pytest.MonkeyPatch) -> Iterator[ProviderStandIn]:
-    server = ProviderStandIn().start()
-    for key, value in KEYS.items():
-        monkeypatch.setenv(key, value)
-    yield server
-    server.stop()
-
-
-def settings_for(standin: ProviderStandIn, **extra: object) -> Settings:
-    values: dict[str, object] = {
-        "genai_base_url": standin.url,
-        "replicate_base_url": standin.url,
-        "provider_timeout_seconds": 5,
-        **extra,
-    }
-    return Settings(**values)  # type: ignore[arg-type]
+    with running_standin(monkeypatch) as server:
+        yield server
 
 
 def request() -> VideoRequest:
@@ -325,9 +311,12 @@ def provider_env(standin: ProviderStandIn) -> dict[str, str]:
 def test_full_project_with_gemini_planning_and_real_provider(
     standin: ProviderStandIn, start_workers: StartWorkers, provider: str
 ) -> None:
-    # Two transient create errors on the way: retried with backoff, never paid twice.
+    # Two transient create errors on the way: retried with backoff, never paid twice; polls
+    # and planning meet a 503, a reset connection and an HTML page: retried (or counted)
     standin.fail_next[f"{provider}.create"] = [429, 500]
     standin.fail_next[f"{provider}.poll"] = [503]
+    standin.faults[f"{provider}.poll"] = ["reset", "garbage"]
+    standin.faults["gemini"] = ["reset", "garbage"]
     start_workers(env=provider_env(standin), planner="gemini", provider=provider)
     project_id = api.create_project("Real", "Verse one. Chorus.", scene_count=3)
     api.run_project(project_id)
@@ -336,6 +325,8 @@ def test_full_project_with_gemini_planning_and_real_provider(
     assert [s.prompt for s in view.scenes] == ["shot 1", "shot 2", "shot 3"]  # from Gemini
     assert standin.created[provider] == 3
     assert standin.calls[f"{provider}.create"] == 5
+    assert standin.calls["gemini"] == 3 and standin.faults["gemini"] == []
+    assert standin.faults[f"{provider}.poll"] == []  # both met, and the scenes still completed
     # no song: every Veo clip keeps the model's own sound
     assert not any("generateAudio" in body["parameters"] for body in standin.veo_bodies)
     clips = get_context().clips
@@ -466,7 +457,10 @@ def test_a_crash_between_submit_and_completion_resumes_the_same_operation(
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize(("fault", "refunded"), [("refused", True), ("answer lost", False)])
+@pytest.mark.parametrize(
+    ("fault", "refunded"),
+    [("refused", True), ("close", False), ("reset", False), ("slow", False), ("garbage", False)],
+)
 def test_a_refused_submit_gives_its_reservation_back_a_lost_answer_keeps_it(
     standin: ProviderStandIn,
     stack: LocalStack,
@@ -475,9 +469,13 @@ def test_a_refused_submit_gives_its_reservation_back_a_lost_answer_keeps_it(
     refunded: bool,
 ) -> None:
     # Given a Replicate project (minimax/video-01: $0.50 a job) whose first create is either
-    # refused with a 503 or carried out with its answer lost (the connection closes)
+    # refused with a 503 or carried out with its answer lost (the connection closes or is
+    # reset, the answer comes after the timeout, or it is an HTML page)
     for key, value in provider_env(standin).items():
         monkeypatch.setenv(key, value)
+    monkeypatch.setenv("MVPIPE_PROVIDER_TIMEOUT_SECONDS", "0.5")
+    # the jobs earlier cases left running hold quota slots: room for them all
+    monkeypatch.setenv("MVPIPE_PROVIDER_CONCURRENCY", "100")
     reset_context()
     ctx = get_context()
     price = 500_000
@@ -487,7 +485,7 @@ def test_a_refused_submit_gives_its_reservation_back_a_lost_answer_keeps_it(
     if fault == "refused":
         standin.fail_next["replicate.create"] = [503]
     else:
-        standin.faults["replicate.create"] = ["close"]
+        standin.faults["replicate.create"] = [fault]
 
     def committed() -> tuple[int, int]:
         scene = ctx.scenes.get(project_id, 1)

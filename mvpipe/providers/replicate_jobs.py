@@ -40,6 +40,23 @@ STATUSES = {
 }
 
 
+class BoundedTransport(httpx.BaseTransport):
+    """Every request gets the provider timeout. replicate 1.0.x creates a prediction with
+    `timeout=None`, which httpx reads as *no* timeout whatever the client's: a create that
+    hangs would outlive its lease (DESIGN.md: every provider call has a timeout)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.timeout = httpx.Timeout(seconds).as_dict()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        request.extensions = {**request.extensions, "timeout": self.timeout}
+        return self.inner.handle_request(request)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
 class ReplicateJobs:
     """Create, poll, download and cancel predictions of one model (`owner/name[:version]`)."""
 
@@ -63,6 +80,7 @@ class ReplicateJobs:
                 api_token=self._token(),
                 base_url=self.base_url,
                 timeout=httpx.Timeout(self.settings.provider_timeout_seconds),
+                transport=BoundedTransport(self.settings.provider_timeout_seconds),
             )
         return self._client
 
