@@ -75,6 +75,10 @@ class Settings(BaseSettings):
 
     veo_model: str = "veo-3.0-generate-001"
     veo_aspect_ratio: str = "16:9"
+    #: `gs://bucket/prefix` for Veo to write its videos to (unset: bytes come back inline)
+    veo_output_gcs_uri: str | None = Field(
+        default=None, pattern=r"^gs://[a-z0-9][a-z0-9._-]{1,220}[a-z0-9](/[A-Za-z0-9._/-]*)?$"
+    )
     replicate_model: str = "minimax/video-01"
     replicate_input: dict[str, Any] = Field(default_factory=dict)
     #: the model's input that takes the clip length (empty: the model takes none)

@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import unquote
 
 import httpx
 import pytest
@@ -43,6 +44,7 @@ KEYS = {
 #: "slow" holds the answer until `released` is set (past any client timeout), "reset" resets the
 #: connection (RST), "close" closes it without a word, "garbage" answers 200 with an HTML page.
 FAULTS = ("slow", "reset", "close", "garbage")
+GS_PREFIX = r"^gs://[a-z0-9][a-z0-9._-]+[a-z0-9](/|$)"
 SYNC_MODES = ("loop", "bounce", "cut_off", "silence", "remap")
 
 
@@ -100,6 +102,11 @@ class ProviderStandIn:
         self.veo_ops: dict[str, int] = {}
         #: the body of every accepted Veo create, in order
         self.veo_bodies: list[dict[str, Any]] = []
+        #: where each Veo operation writes its video (`parameters.storageUri`), if anywhere
+        self.veo_storage: dict[str, str] = {}
+        #: the GCS stand-in's objects, {(bucket, name): bytes}, served on the JSON API's media
+        #: download path (point google-cloud-storage at it with STORAGE_EMULATOR_HOST)
+        self.gcs_objects: dict[tuple[str, str], bytes] = {}
         self.replicate_sequence = ["starting", "processing", "succeeded"]
         self.replicate_error: str | None = None
         #: when set, what Replicate's poll and cancel answer instead of the prediction
@@ -180,6 +187,11 @@ class ProviderStandIn:
             return f"durationSeconds {parameters.get('durationSeconds')!r} is not 4, 6 or 8"
         if "generateAudio" in parameters and not isinstance(parameters["generateAudio"], bool):
             return "generateAudio must be a boolean"
+        storage = parameters.get("storageUri")
+        if storage is not None and not re.match(
+            r"^gs://[a-z0-9][a-z0-9._-]+[a-z0-9](/|$)", storage
+        ):
+            return f"storageUri {storage!r} is not a gs:// URI"
         return None
 
     def veo_create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -190,6 +202,9 @@ class ProviderStandIn:
             resource = f"projects/p/locations/l/publishers/google/models/{model}"
             name = f"{resource}/operations/{next(self.ids)}"
             self.veo_ops[name] = self.veo_pending_polls
+            storage = (body.get("parameters") or {}).get("storageUri")
+            if storage:
+                self.veo_storage[name] = storage
         return {"name": name}
 
     def veo_fetch(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -206,10 +221,27 @@ class ProviderStandIn:
                 "raiMediaFilteredCount": 1,
                 "raiMediaFilteredReasons": ["The prompt violates the usage guidelines."],
             }
+        elif name in self.veo_storage:  # written to GCS: the answer holds its gs:// URI
+            bucket, _, prefix = self.veo_storage[name].removeprefix("gs://").partition("/")
+            number = name.rsplit("/", 1)[1]
+            obj = "/".join(p for p in (prefix.strip("/"), number, "sample_0.mp4") if p)
+            with self.lock:
+                self.gcs_objects[(bucket, obj)] = CLIP
+            video = {"gcsUri": f"gs://{bucket}/{obj}", "mimeType": "video/mp4"}
+            response = {"videos": [video]}
         else:
             encoded = base64.b64encode(CLIP).decode()
             response = {"videos": [{"bytesBase64Encoded": encoded, "mimeType": "video/mp4"}]}
         return {"name": name, "done": True, "response": response}
+
+    # -- Google Cloud Storage (JSON API media download) -----------------------------------------
+    def gcs_object(self, path: str, query: str) -> bytes | None:
+        """The object a media download asks for (`alt=media` required), or None."""
+        match = re.match(r"^/download/storage/v1/b/([^/]+)/o/(.+)$", path)
+        if match is None or "alt=media" not in query.split("&"):
+            return None
+        with self.lock:
+            return self.gcs_objects.get((match[1], unquote(match[2])))
 
     # -- Gemini --------------------------------------------------------------------------------
     def gemini_generate(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -426,6 +458,7 @@ class _Handler(BaseHTTPRequestHandler):
             ("POST", r"^/v1/predictions/[^/]+/cancel$", "replicate.cancel"),
             ("GET", r"^/v1/predictions/[^/]+$", "replicate.poll"),
             ("GET", r"^/files/", "file"),
+            ("GET", r"^/download/storage/v1/b/", "gcs"),
         ]
         kind = next(
             (k for m, pattern, k in kinds if m == method and re.search(pattern, path)), None
@@ -471,6 +504,11 @@ class _Handler(BaseHTTPRequestHandler):
             return s.gemini_generate(body)
         if kind == "file":
             return CLIP
+        if kind == "gcs":
+            found = s.gcs_object(path, self.path.partition("?")[2])
+            if found is None:
+                self._error("gcs", 404, f"No such object: {path}")
+            return found
         if kind == "replicate.create":
             model = path.removeprefix("/v1/models/").removesuffix("/predictions")
             fetched: dict[str, Fetched] | None = None

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from mvpipe.errors import PermanentProviderError
+from mvpipe.providers import gcs
 from mvpipe.providers.base import JobState, JobStatus, VideoRequest, provider_seconds
 from mvpipe.providers.classify import download
 from mvpipe.providers.genai_client import GenaiUser, call_sdk, vertex_client
@@ -34,6 +35,8 @@ class VeoVideoProvider(GenaiUser):
             negative_prompt=request.negative_prompt,
             # None leaves the model's default; False spares the audio a song replaces (and its cost)
             generate_audio=None if request.with_audio else False,
+            # None: the video comes back inline; a gs:// URI: Veo writes it there
+            output_gcs_uri=self.settings.veo_output_gcs_uri,
         )
         operation = self._call(
             lambda: self.client.models.generate_videos(
@@ -76,11 +79,12 @@ class VeoVideoProvider(GenaiUser):
     def download(self, status: JobStatus) -> bytes:
         if status.video is not None:
             return status.video
+        timeout = self.settings.provider_timeout_seconds
+        if status.url and status.url.startswith("gs://"):
+            return gcs.fetch(self.name, status.url, timeout)
         if not status.url or not status.url.startswith(("http://", "https://")):
-            raise PermanentProviderError(
-                f"veo: cannot fetch {status.url!r}; run without an output GCS URI to get bytes"
-            )
-        return download(self.name, status.url, self.settings.provider_timeout_seconds)
+            raise PermanentProviderError(f"veo: the finished video has no location: {status.url!r}")
+        return download(self.name, status.url, timeout)
 
     def cancel(self, operation_id: str) -> bool:
         return False
