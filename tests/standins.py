@@ -288,8 +288,8 @@ class ProviderStandIn:
             if not isinstance(url, str) or not url.startswith(("http://", "https://")):
                 return f"input.{name} must be a URL"
             got, data = self.fetch(url)
-            if got.status != 200 or media_kind(data) != name:
-                return f"input.{name}: could not fetch {name} (HTTP {got.status})"
+            if got.status != 200 or media_kind(data) != name:  # echoing the URL, as Replicate
+                return f"input.{name}: could not fetch {name} from {url} (HTTP {got.status})"
             fetched[name] = got
         return fetched
 

@@ -8,6 +8,7 @@ import io
 import uuid
 import wave
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -130,6 +131,12 @@ def test_inputs_the_model_cannot_fetch_are_refused_before_any_job(
         provider.submit(LipSyncRequest("p", 1, video, audio, 1.0))
     assert caught.value.refused
     assert standin.created == {}
+    # the message names the object but never the URL's signature (a credential while it lasts)
+    query = dict(part.split("=", 1) for part in urlsplit(video).query.split("&"))
+    name = "X-Amz-Signature" if "X-Amz-Signature" in query else "Signature"  # SigV4 or V2
+    message = str(caught.value)
+    assert urlsplit(video).path in message and f"{name}=***" in message
+    assert query[name] not in message
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ reach `lastError`, a log line or a task result.
 from __future__ import annotations
 
 import os
+import re
 
 import httpx
 
@@ -22,12 +23,21 @@ SECRET_VARIABLES = ("GOOGLE_API_KEY", "GEMINI_API_KEY", "REPLICATE_API_TOKEN")
 TRANSIENT_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 
 
+#: The signing parts of a presigned URL (S3 SigV4/V2, GCS V4): each is a bearer credential
+#: while it lasts, and providers echo input URLs in their errors.
+PRESIGNED_PARTS = re.compile(
+    r"((?:X-Amz-(?:Signature|Credential|Security-Token)|X-Goog-(?:Signature|Credential)"
+    r"|Signature|AWSAccessKeyId)=)[^&\s\"']+",
+    re.IGNORECASE,
+)
+
+
 def scrub(message: str) -> str:
     for name in SECRET_VARIABLES:
         secret = os.environ.get(name)
         if secret and len(secret) >= 4:
             message = message.replace(secret, "***")
-    return message
+    return PRESIGNED_PARTS.sub(r"\1***", message)
 
 
 def describe(exc: BaseException) -> str:
