@@ -127,7 +127,9 @@ def test_inputs_the_model_cannot_fetch_are_refused_before_any_job(
     else:
         video, audio = urls["audio"], urls["video"]
     provider = ReplicateLipSyncProvider(settings_for(standin))
-    with pytest.raises(PermanentProviderError, match=r"422 .*input\.video") as caught:
+    with pytest.raises(
+        PermanentProviderError, match=r"^replicate lip-sync: 422 .*input\.video"
+    ) as caught:
         provider.submit(LipSyncRequest("p", 1, video, audio, 1.0))
     assert caught.value.refused
     assert standin.created == {}

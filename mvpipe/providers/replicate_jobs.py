@@ -61,6 +61,7 @@ class ReplicateJobs:
     """Create, poll, download and cancel predictions of one model (`owner/name[:version]`)."""
 
     def __init__(self, settings: Settings, provider: str) -> None:
+        #: how errors name the provider (they reach lastError)
         self.settings = settings
         self.provider = provider
         self.base_url = (

@@ -21,7 +21,8 @@ class ReplicateLipSyncProvider:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.jobs = ReplicateJobs(settings, self.name)
+        # its errors say which paid stage failed: "replicate lip-sync: ..."
+        self.jobs = ReplicateJobs(settings, f"{self.name} lip-sync")
 
     def build_input(self, request: LipSyncRequest) -> dict[str, Any]:
         """`MVPIPE_LIPSYNC_INPUT` may set `sync_mode` and the model's other inputs; the media

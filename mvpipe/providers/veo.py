@@ -1,17 +1,15 @@
-"""Veo through google-genai (Vertex mode): long-running operations, resumed by name."""
+"""Veo through google-genai (Vertex mode): long-running operations, resumed by name; the video
+comes back inline, or from GCS when `MVPIPE_VEO_OUTPUT_GCS_URI` is set."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from mvpipe.errors import PermanentProviderError
 from mvpipe.providers import gcs
 from mvpipe.providers.base import JobState, JobStatus, VideoRequest, provider_seconds
 from mvpipe.providers.classify import download
 from mvpipe.providers.genai_client import GenaiUser, call_sdk, vertex_client
-
-T = TypeVar("T")
 
 
 class VeoVideoProvider(GenaiUser):
@@ -38,12 +36,13 @@ class VeoVideoProvider(GenaiUser):
             # None: the video comes back inline; a gs:// URI: Veo writes it there
             output_gcs_uri=self.settings.veo_output_gcs_uri,
         )
-        operation = self._call(
+        operation = call_sdk(
+            self.name,
             lambda: self.client.models.generate_videos(
                 model=self.settings.veo_model,
                 source=types.GenerateVideosSource(prompt=request.prompt),
                 config=config,
-            )
+            ),
         )
         if not operation.name:
             raise PermanentProviderError("veo: the create answer carried no operation name")
@@ -88,6 +87,3 @@ class VeoVideoProvider(GenaiUser):
 
     def cancel(self, operation_id: str) -> bool:
         return False
-
-    def _call(self, fn: Callable[[], T]) -> T:
-        return call_sdk(self.name, fn)
