@@ -42,8 +42,11 @@ KEYS = {
 #: What a transport fault does instead of answering (after the work is done, so a create that
 #: meets one has started its job, as when a real answer is lost on the way back):
 #: "slow" holds the answer until `released` is set (past any client timeout), "reset" resets the
-#: connection (RST), "close" closes it without a word, "garbage" answers 200 with an HTML page.
-FAULTS = ("slow", "reset", "close", "garbage")
+#: connection (RST), "close" closes it without a word, "garbage" answers 200 with an HTML page,
+#: "mistyped" 200 with JSON of the wrong shape.
+FAULTS = ("slow", "reset", "close", "garbage", "mistyped")
+#: a "mistyped" answer: JSON, but no field of the shape any of the APIs answers with
+MISTYPED = {"name": 123, "done": "maybe", "id": 123, "status": 5, "candidates": 5}
 GS_PREFIX = r"^gs://[a-z0-9][a-z0-9._-]+[a-z0-9](/|$)"
 SYNC_MODES = ("loop", "bounce", "cut_off", "silence", "remap")
 
@@ -440,6 +443,8 @@ class _Handler(BaseHTTPRequestHandler):
         elif fault == "reset":  # RST, not FIN: the client reads ECONNRESET
             linger = struct.pack("ii", 1, 0)
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+        elif fault == "mistyped":
+            self._reply(200, MISTYPED)
         elif fault == "garbage":
             page = b"<html><body>502 Bad Gateway</body></html>"
             self._reply(200, page, "text/html")

@@ -1,5 +1,6 @@
 """Transport faults through the real SDKs against the local stand-in: an answer slower than the
-provider timeout, a connection reset, a 200 whose body is an HTML page. Each is classified
+provider timeout, a connection reset, a 200 whose body is an HTML page (or JSON of the wrong
+shape). Each is classified
 (DESIGN.md: transient → retried) and never taken for a refusal: a create that meets one may
 have started a billed job (invariant 3), so its reservation stays and nothing assumes 'not sent'.
 """
@@ -47,7 +48,7 @@ def assert_unknown_outcome(exc: ProviderError) -> None:
     assert not any(key in str(exc) for key in KEYS.values())
 
 
-@pytest.mark.parametrize("fault", FAULTS)
+@pytest.mark.parametrize("fault", [*FAULTS, "mistyped"])
 @pytest.mark.parametrize("provider_class", [VeoVideoProvider, ReplicateVideoProvider])
 def test_a_create_that_meets_a_fault_is_transient_and_not_a_refusal(
     standin: ProviderStandIn, provider_class: type, fault: str
@@ -84,7 +85,7 @@ def test_a_poll_that_meets_a_fault_is_retried_or_counted_never_a_failure(
     assert standin.created[provider.name] == 1
 
 
-@pytest.mark.parametrize("fault", FAULTS)
+@pytest.mark.parametrize("fault", [*FAULTS, "mistyped"])
 def test_a_planning_call_that_meets_a_fault_is_transient(
     standin: ProviderStandIn, fault: str
 ) -> None:

@@ -93,7 +93,8 @@ def unreadable(provider: str, exc: BaseException, *, transient: bool) -> Provide
     or a plan (retried, bounded by attempts); else a plain `ProviderError`, which a poll loop
     counts, so a reply that never reads fails the scene instead of polling forever."""
     kind = TransientProviderError if transient else ProviderError
-    detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+    text = str(exc).splitlines()[0][:200] if str(exc) else ""
+    detail = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     return kind(scrub(f"{provider}: the reply could not be read ({detail})"))
 
 

@@ -11,6 +11,8 @@ import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from pydantic import ValidationError
+
 from mvpipe.errors import ConfigurationError, ProviderError
 from mvpipe.providers.classify import from_status, from_transport, scrub, unreadable
 from mvpipe.settings import Settings
@@ -98,9 +100,13 @@ def translate(provider: str, exc: Exception, *, polling: bool = False) -> Provid
     transport = from_transport(provider, exc)
     if transport is not None:
         return transport
-    if isinstance(exc, errors.UnknownApiResponseError | json.JSONDecodeError):
-        # a 200 whose body is not JSON: the create may have started a job all the same
+    if isinstance(exc, errors.UnknownApiResponseError | json.JSONDecodeError | ValidationError):
+        # a 200 whose body is not JSON, or not the shape asked for: the create may have started
+        # a job all the same (requests are built, and validated, before the call)
         return unreadable(provider, exc, transient=not polling)
-    if isinstance(exc, ValueError):  # the SDK's own validation of our request
+    if isinstance(exc, TypeError | KeyError | AttributeError | IndexError):
+        # the SDK tripped over the answer's shape while converting it
+        return unreadable(provider, exc, transient=not polling)
+    if isinstance(exc, ValueError):  # the SDK's own checks of our request
         return from_status(provider, 400, scrub(str(exc)))
     return None

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pydantic
+from pydantic.v1 import ValidationError as V1ValidationError  # replicate 1.0's models
 
 from mvpipe.errors import PermanentProviderError, ProviderError
 from mvpipe.providers.base import JobState, JobStatus
@@ -159,7 +160,7 @@ class ReplicateJobs:
 
         if isinstance(exc, ReplicateError):
             return from_status(self.provider, exc.status, exc.detail or exc.title or str(exc))
-        if isinstance(exc, json.JSONDecodeError | pydantic.ValidationError):
+        if isinstance(exc, json.JSONDecodeError | pydantic.ValidationError | V1ValidationError):
             # a 200 whose body is not a prediction: the job may exist all the same
             return unreadable(self.provider, exc, transient=True)
         if isinstance(exc, ValueError):  # the SDK refused our arguments: nothing was sent

@@ -36,12 +36,11 @@ class VeoVideoProvider(GenaiUser):
             # None: the video comes back inline; a gs:// URI: Veo writes it there
             output_gcs_uri=self.settings.veo_output_gcs_uri,
         )
+        source = types.GenerateVideosSource(prompt=request.prompt)
         operation = call_sdk(
             self.name,
             lambda: self.client.models.generate_videos(
-                model=self.settings.veo_model,
-                source=types.GenerateVideosSource(prompt=request.prompt),
-                config=config,
+                model=self.settings.veo_model, source=source, config=config
             ),
         )
         if not operation.name:
