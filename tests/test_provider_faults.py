@@ -24,8 +24,6 @@ from mvpipe.settings import Settings
 from tests.standins import KEYS, ProviderStandIn, running_standin, settings_for
 
 FAULTS = ["slow", "reset", "garbage"]
-#: short enough that a held answer costs little, long enough for a loaded machine's replies
-TIMEOUT = 0.5
 
 
 @pytest.fixture
@@ -34,8 +32,11 @@ def standin(monkeypatch: pytest.MonkeyPatch) -> Iterator[ProviderStandIn]:
         yield server
 
 
-def fast(standin: ProviderStandIn) -> Settings:
-    return settings_for(standin, provider_timeout_seconds=TIMEOUT)
+def meeting(standin: ProviderStandIn, fault: str) -> Settings:
+    """Settings for the call that meets `fault`: a short timeout only for a held answer (to get
+    past it fast); every other call keeps a generous one, so a loaded machine can't turn an
+    answer into a timeout."""
+    return settings_for(standin, provider_timeout_seconds=0.5 if fault == "slow" else 10)
 
 
 def video() -> VideoRequest:
@@ -54,7 +55,7 @@ def test_a_create_that_meets_a_fault_is_transient_and_not_a_refusal(
     standin: ProviderStandIn, provider_class: type, fault: str
 ) -> None:
     # Given a create the provider carries out (the job exists) but whose answer is lost
-    provider = provider_class(fast(standin))
+    provider = provider_class(meeting(standin, fault))
     standin.faults[f"{provider.name}.create"] = [fault]
     with pytest.raises(TransientProviderError) as caught:
         provider.submit(video())
@@ -68,11 +69,11 @@ def test_a_create_that_meets_a_fault_is_transient_and_not_a_refusal(
 def test_a_poll_that_meets_a_fault_is_retried_or_counted_never_a_failure(
     standin: ProviderStandIn, provider_class: type, fault: str
 ) -> None:
-    provider = provider_class(fast(standin))
-    operation_id = provider.submit(video())
-    standin.faults[f"{provider.name}.poll"] = [fault]
+    usual = provider_class(settings_for(standin))
+    operation_id = usual.submit(video())
+    standin.faults[f"{usual.name}.poll"] = [fault]
     with pytest.raises(ProviderError) as caught:
-        provider.poll(operation_id)
+        provider_class(meeting(standin, fault)).poll(operation_id)
     exc = caught.value
     assert_unknown_outcome(exc)
     assert not isinstance(exc, PermanentProviderError)  # the scene is not failed for it
@@ -81,8 +82,8 @@ def test_a_poll_that_meets_a_fault_is_retried_or_counted_never_a_failure(
     assert isinstance(exc, TransientProviderError) == (fault != "garbage")
     assert "could not be read" in str(exc) or fault != "garbage"
     # and the next poll, answered, goes on with the same job
-    assert not provider.poll(operation_id).finished
-    assert standin.created[provider.name] == 1
+    assert not usual.poll(operation_id).finished
+    assert standin.created[usual.name] == 1
 
 
 @pytest.mark.parametrize("fault", [*FAULTS, "mistyped"])
@@ -90,24 +91,24 @@ def test_a_planning_call_that_meets_a_fault_is_transient(
     standin: ProviderStandIn, fault: str
 ) -> None:
     standin.faults["gemini"] = [fault]
-    planner = GeminiPlanner(fast(standin))
     with pytest.raises(TransientProviderError) as caught:
-        planner.plan(Brief("p", "T", "c", 1))
+        GeminiPlanner(meeting(standin, fault)).plan(Brief("p", "T", "c", 1))
     assert_unknown_outcome(caught.value)
-    assert [s.prompt for s in planner.plan(Brief("p", "T", "c", 1))] == ["shot 1"]
+    planned = GeminiPlanner(settings_for(standin)).plan(Brief("p", "T", "c", 1))
+    assert [s.prompt for s in planned] == ["shot 1"]
 
 
 @pytest.mark.parametrize("fault", ["slow", "reset"])
 def test_an_output_download_that_meets_a_fault_is_transient(
     standin: ProviderStandIn, fault: str
 ) -> None:
-    provider = ReplicateVideoProvider(fast(standin))
+    usual = ReplicateVideoProvider(settings_for(standin))
     standin.replicate_sequence = ["succeeded"]
-    status = provider.poll(provider.submit(video()))
+    status = usual.poll(usual.submit(video()))
     standin.faults["file"] = [fault]
     with pytest.raises(TransientProviderError):
-        provider.download(status)
-    assert provider.download(status)[4:8] == b"ftyp"
+        ReplicateVideoProvider(meeting(standin, fault)).download(status)
+    assert usual.download(status)[4:8] == b"ftyp"
 
 
 @pytest.mark.integration
@@ -124,14 +125,14 @@ def test_lip_sync_calls_that_meet_a_fault_are_classified(
     request = LipSyncRequest(
         "p", 1, clips.presigned_url(key, 300), clips.presigned_url(audio_key, 300), 1.0
     )
-    provider = ReplicateLipSyncProvider(fast(standin))
+    faulted = ReplicateLipSyncProvider(meeting(standin, fault))
     standin.faults["replicate.create"] = [fault]
     with pytest.raises(TransientProviderError) as caught:
-        provider.submit(request)
+        faulted.submit(request)
     assert_unknown_outcome(caught.value)
-    operation_id = provider.submit(request)
+    operation_id = ReplicateLipSyncProvider(settings_for(standin)).submit(request)
     standin.faults["replicate.poll"] = [fault]
     with pytest.raises(ProviderError) as polled:
-        provider.poll(operation_id)
+        faulted.poll(operation_id)
     assert isinstance(polled.value, TransientProviderError) == (fault != "garbage")
     assert standin.created["replicate"] == 2  # the lost answer's job exists too

@@ -473,7 +473,8 @@ def test_a_refused_submit_gives_its_reservation_back_a_lost_answer_keeps_it(
     # reset, the answer comes after the timeout, or it is an HTML page)
     for key, value in provider_env(standin).items():
         monkeypatch.setenv(key, value)
-    monkeypatch.setenv("MVPIPE_PROVIDER_TIMEOUT_SECONDS", "0.5")
+    if fault == "slow":  # past a short timeout fast; every other call keeps the usual one
+        monkeypatch.setenv("MVPIPE_PROVIDER_TIMEOUT_SECONDS", "0.5")
     # the jobs earlier cases left running hold quota slots: room for them all
     monkeypatch.setenv("MVPIPE_PROVIDER_CONCURRENCY", "100")
     reset_context()
@@ -499,6 +500,9 @@ def test_a_refused_submit_gives_its_reservation_back_a_lost_answer_keeps_it(
     assert standin.created.get("replicate", 0) == (0 if refunded else 1)
     kept = 0 if refunded else price
     assert committed() == (kept, kept)
+    monkeypatch.setenv("MVPIPE_PROVIDER_TIMEOUT_SECONDS", "10")
+    reset_context()
+    ctx = get_context()
     # Then the retry pays for a new job, and the committed sum covers every job the provider
     # accepted, no more when it refused
     again = SceneJob(ctx, project_id, 1, run_id, "replicate").step()

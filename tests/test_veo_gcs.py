@@ -31,8 +31,8 @@ def standin(monkeypatch: pytest.MonkeyPatch) -> Iterator[ProviderStandIn]:
         yield server
 
 
-def veo(standin: ProviderStandIn) -> VeoVideoProvider:
-    settings = settings_for(standin, veo_output_gcs_uri=OUTPUT, provider_timeout_seconds=0.5)
+def veo(standin: ProviderStandIn, timeout: float = 10) -> VeoVideoProvider:
+    settings = settings_for(standin, veo_output_gcs_uri=OUTPUT, provider_timeout_seconds=timeout)
     return VeoVideoProvider(settings)
 
 
@@ -68,10 +68,10 @@ def test_a_missing_gcs_output_is_permanent_and_faults_are_transient(
     with pytest.raises(PermanentProviderError, match="404"):
         provider.download(gone)
     status = provider.poll(provider.submit(request()))
-    for fault in ("slow", "reset"):
+    for fault, timeout in (("slow", 0.5), ("reset", 10)):
         standin.faults["gcs"] = [fault]
         with pytest.raises(TransientProviderError) as caught:
-            provider.download(status)
+            veo(standin, timeout).download(status)
         assert not caught.value.refused
     assert provider.download(status) == CLIP
     with pytest.raises(PermanentProviderError, match="not a gs://bucket/object URI"):
