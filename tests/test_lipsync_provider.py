@@ -163,3 +163,20 @@ def test_extra_lip_sync_inputs_are_a_json_object_without_the_media(
     finally:
         monkeypatch.undo()
         get_settings.cache_clear()
+
+
+@pytest.mark.parametrize("model", ["lipsync-2", "sync/lipsync-2:", "sync/lip sync", "a/b/c"])
+def test_the_lip_sync_model_must_be_owner_name_or_owner_name_version(
+    monkeypatch: pytest.MonkeyPatch, model: str
+) -> None:
+    monkeypatch.setenv("MVPIPE_LIPSYNC_MODEL", model)
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(ConfigurationError, match="MVPIPE_LIPSYNC_MODEL"):
+            get_settings()
+        monkeypatch.setenv("MVPIPE_LIPSYNC_MODEL", "bytedance/latentsync:9a8b7c")
+        get_settings.cache_clear()
+        assert get_settings().lipsync_model == "bytedance/latentsync:9a8b7c"
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
