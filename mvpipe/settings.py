@@ -7,7 +7,14 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from mvpipe.errors import ConfigurationError
@@ -68,13 +75,22 @@ class Settings(BaseSettings):
 
     veo_model: str = "veo-3.0-generate-001"
     veo_aspect_ratio: str = "16:9"
+    #: `gs://bucket/prefix` for Veo to write its videos to (unset: bytes come back inline)
+    veo_output_gcs_uri: str | None = Field(
+        default=None, pattern=r"^gs://[a-z0-9][a-z0-9._-]{1,220}[a-z0-9](/[A-Za-z0-9._/-]*)?$"
+    )
     replicate_model: str = "minimax/video-01"
     replicate_input: dict[str, Any] = Field(default_factory=dict)
     #: the model's input that takes the clip length (empty: the model takes none)
     replicate_duration_input: str = Field(default="duration", pattern=r"^[A-Za-z0-9_]{0,64}$")
     gemini_model: str = "gemini-2.5-flash"
     lipsync_provider: str = Field(default="local", pattern=r"^(local|replicate)$")
-    lipsync_model: str = "sync/lipsync-2"
+    #: `owner/name` or `owner/name:version` of the Replicate lip-sync model
+    lipsync_model: str = Field(
+        default="sync/lipsync-2", pattern=r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+(:[A-Za-z0-9]+)?$"
+    )
+    #: `MVPIPE_LIPSYNC_INPUT`: the lip-sync model's extra inputs (e.g. `sync_mode`), JSON
+    lipsync_input: dict[str, Any] = Field(default_factory=dict)
     #: `MVPIPE_PRICES`, a JSON object over the built-in table (see mvpipe.pricing)
     prices: Annotated[dict[str, Any], NoDecode] = Field(default_factory=dict)
     genai_base_url: str | None = None
@@ -127,13 +143,26 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown planner {value!r}; expected one of {PLANNERS}")
         return value
 
-    @field_validator("replicate_input", mode="before")
+    @field_validator("replicate_input", "lipsync_input", mode="before")
     @classmethod
-    def _json_object(cls, value: Any) -> Any:
+    def _json_object(cls, value: Any, info: ValidationInfo) -> Any:
+        name = f"MVPIPE_{(info.field_name or '').upper()}"
         if isinstance(value, str):
-            value = json.loads(value) if value.strip() else {}
+            try:
+                value = json.loads(value) if value.strip() else {}
+            except ValueError:
+                raise ValueError(f"{name} must be a JSON object") from None
         if not isinstance(value, dict):
-            raise ValueError("MVPIPE_REPLICATE_INPUT must be a JSON object")
+            raise ValueError(f"{name} must be a JSON object")
+        return value
+
+    @field_validator("lipsync_input")
+    @classmethod
+    def _no_media_inputs(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # The clip and the audio are the scene's own, sent as presigned URLs per job.
+        taken = sorted({"video", "audio"} & set(value))
+        if taken:
+            raise ValueError(f"MVPIPE_LIPSYNC_INPUT must not set {', '.join(taken)}")
         return value
 
     @field_validator("prices", mode="before")

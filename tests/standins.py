@@ -2,23 +2,86 @@
 REST APIs mvpipe uses, so the real SDK clients can be pointed at it (no network, no keys).
 
 Behaviour is scripted per test: how many polls an operation stays pending, how it ends, which
-status codes the next requests get. It counts creations, so tests can prove nothing was paid twice.
+status codes or transport faults the next requests get. It checks credentials and request bodies
+as the real APIs would (a 4xx otherwise), records every request, and counts creations, so tests
+can prove nothing was paid twice. The lip-sync model fetches its input URLs itself, as Replicate
+does, and records what it got.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import itertools
 import json
 import re
+import socket
+import struct
 import threading
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import unquote
+
+import httpx
+import pytest
 
 from mvpipe.providers.render import render_clip
+from mvpipe.settings import Settings
 
 CLIP = render_clip("stand-in provider video", 1.0)
+#: The credentials the stand-in accepts (each API its own); anything else is refused.
+KEYS = {
+    "GOOGLE_API_KEY": "vertex-key-123456",
+    "GEMINI_API_KEY": "gemini-key-123456",
+    "REPLICATE_API_TOKEN": "r8-token-123456",
+}
+#: What a transport fault does instead of answering (after the work is done, so a create that
+#: meets one has started its job, as when a real answer is lost on the way back):
+#: "slow" holds the answer until `released` is set (past any client timeout), "reset" resets the
+#: connection (RST), "close" closes it without a word, "garbage" answers 200 with an HTML page,
+#: "mistyped" 200 with JSON of the wrong shape.
+FAULTS = ("slow", "reset", "close", "garbage", "mistyped")
+#: a "mistyped" answer: JSON, but no field of the shape any of the APIs answers with
+MISTYPED = {"name": 123, "done": "maybe", "id": 123, "status": 5, "candidates": 5}
+GS_PREFIX = r"^gs://[a-z0-9][a-z0-9._-]+[a-z0-9](/|$)"
+SYNC_MODES = ("loop", "bounce", "cut_off", "silence", "remap")
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """One request as the stand-in received it."""
+
+    kind: str
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """One input URL the lip-sync model fetched: what it got."""
+
+    url: str
+    status: int
+    content_type: str
+    size: int
+    sha256: str
+
+
+def media_kind(data: bytes) -> str | None:
+    """ "video" for an MP4, "audio" for WAV/MP3/FLAC/OGG, by their magic bytes."""
+    if data[4:8] == b"ftyp":
+        return "video"
+    if (data[:4] == b"RIFF" and data[8:12] == b"WAVE") or data[:3] == b"ID3":
+        return "audio"
+    if data[:4] in (b"fLaC", b"OggS") or data[:2] in (b"\xff\xfb", b"\xff\xf3"):
+        return "audio"
+    return None
 
 
 class ProviderStandIn:
@@ -27,9 +90,13 @@ class ProviderStandIn:
         self.ids = itertools.count(1)
         #: status codes the next calls of a kind get ("veo.create", "replicate.poll", ...)
         self.fail_next: dict[str, list[int]] = defaultdict(list)
-        #: how many next calls of a kind are carried out but never answered (the connection
-        #: closes instead): a reset after the provider accepted the job
-        self.unanswered: dict[str, int] = defaultdict(int)
+        #: transport faults (see FAULTS) the next calls of a kind meet, after being carried out
+        self.faults: dict[str, list[str]] = defaultdict(list)
+        #: lets the answers held by a "slow" fault go (set at stop)
+        self.released = threading.Event()
+        #: every request that reached a known route, in order
+        self.requests: list[Recorded] = []
+        self.keys = dict(KEYS)
         self.calls: dict[str, int] = defaultdict(int)
         self.created: dict[str, int] = defaultdict(int)  # accepted (paid) creations per API
         self.paths: list[str] = []
@@ -38,6 +105,11 @@ class ProviderStandIn:
         self.veo_ops: dict[str, int] = {}
         #: the body of every accepted Veo create, in order
         self.veo_bodies: list[dict[str, Any]] = []
+        #: where each Veo operation writes its video (`parameters.storageUri`), if anywhere
+        self.veo_storage: dict[str, str] = {}
+        #: the GCS stand-in's objects, {(bucket, name): bytes}, served on the JSON API's media
+        #: download path (point google-cloud-storage at it with STORAGE_EMULATOR_HOST)
+        self.gcs_objects: dict[tuple[str, str], bytes] = {}
         self.replicate_sequence = ["starting", "processing", "succeeded"]
         self.replicate_error: str | None = None
         #: when set, what Replicate's poll and cancel answer instead of the prediction
@@ -45,13 +117,19 @@ class ProviderStandIn:
         self.predictions: dict[str, dict[str, Any]] = {}
         #: the input a Replicate model must get the clip length in
         self.replicate_duration_input = "duration"
+        #: models that lip-sync (inputs `video`, `audio`, `sync_mode`) rather than make video
+        self.lipsync_models = {"sync/lipsync-2"}
+        #: what each lip-sync prediction fetched from its input URLs: {id: {"video": ..., ...}}
+        self.lipsync_fetched: dict[str, dict[str, Fetched]] = {}
         self.gemini_answers: list[Any] = []
         #: the text of every planning request, in order (what the model was asked)
         self.gemini_prompts: list[str] = []
         self.error_message = "request rejected"
         handler = type("Handler", (_Handler,), {"standin": self})
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     @property
     def url(self) -> str:
@@ -62,6 +140,7 @@ class ProviderStandIn:
         return self
 
     def stop(self) -> None:
+        self.released.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -71,11 +150,31 @@ class ProviderStandIn:
             queue = self.fail_next[kind]
             return queue.pop(0) if queue else None
 
-    def answer_lost(self, kind: str) -> bool:
+    def next_fault(self, kind: str) -> str | None:
         with self.lock:
-            lost = self.unanswered[kind] > 0
-            self.unanswered[kind] -= int(lost)
-            return lost
+            queue = self.faults[kind]
+            return queue.pop(0) if queue else None
+
+    def bodies(self, kind: str) -> list[dict[str, Any]]:
+        return [r.body for r in self.requests if r.kind == kind]
+
+    def auth_refusal(self, kind: str, headers: dict[str, str]) -> tuple[int, str] | None:
+        """Why the API would refuse these credentials, or None. Each API takes its own key
+        only: the Gemini API must never get the Vertex key (nor Vertex the Gemini one)."""
+        api = kind.split(".")[0]
+        if api == "replicate":
+            expected = f"Bearer {self.keys['REPLICATE_API_TOKEN']}"
+            if headers.get("authorization") != expected:
+                return 401, "Unauthenticated: a valid Bearer token is required"
+            return None
+        if api not in ("veo", "gemini"):
+            return None  # output files and other URLs are unauthenticated
+        own, other = ("GOOGLE_API_KEY", "GEMINI_API_KEY")[:: 1 if api == "veo" else -1]
+        if any(self.keys[other] in value for value in headers.values()):
+            return 403, f"the {other} key was sent to the {api} API"
+        if headers.get("x-goog-api-key") != self.keys[own]:
+            return 401, "API key not valid"
+        return None
 
     # -- Vertex: Veo ---------------------------------------------------------------------------
     @staticmethod
@@ -91,6 +190,11 @@ class ProviderStandIn:
             return f"durationSeconds {parameters.get('durationSeconds')!r} is not 4, 6 or 8"
         if "generateAudio" in parameters and not isinstance(parameters["generateAudio"], bool):
             return "generateAudio must be a boolean"
+        storage = parameters.get("storageUri")
+        if storage is not None and not re.match(
+            r"^gs://[a-z0-9][a-z0-9._-]+[a-z0-9](/|$)", storage
+        ):
+            return f"storageUri {storage!r} is not a gs:// URI"
         return None
 
     def veo_create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -101,6 +205,9 @@ class ProviderStandIn:
             resource = f"projects/p/locations/l/publishers/google/models/{model}"
             name = f"{resource}/operations/{next(self.ids)}"
             self.veo_ops[name] = self.veo_pending_polls
+            storage = (body.get("parameters") or {}).get("storageUri")
+            if storage:
+                self.veo_storage[name] = storage
         return {"name": name}
 
     def veo_fetch(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -117,10 +224,27 @@ class ProviderStandIn:
                 "raiMediaFilteredCount": 1,
                 "raiMediaFilteredReasons": ["The prompt violates the usage guidelines."],
             }
+        elif name in self.veo_storage:  # written to GCS: the answer holds its gs:// URI
+            bucket, _, prefix = self.veo_storage[name].removeprefix("gs://").partition("/")
+            number = name.rsplit("/", 1)[1]
+            obj = "/".join(p for p in (prefix.strip("/"), number, "sample_0.mp4") if p)
+            with self.lock:
+                self.gcs_objects[(bucket, obj)] = CLIP
+            video = {"gcsUri": f"gs://{bucket}/{obj}", "mimeType": "video/mp4"}
+            response = {"videos": [video]}
         else:
             encoded = base64.b64encode(CLIP).decode()
             response = {"videos": [{"bytesBase64Encoded": encoded, "mimeType": "video/mp4"}]}
         return {"name": name, "done": True, "response": response}
+
+    # -- Google Cloud Storage (JSON API media download) -----------------------------------------
+    def gcs_object(self, path: str, query: str) -> bytes | None:
+        """The object a media download asks for (`alt=media` required), or None."""
+        match = re.match(r"^/download/storage/v1/b/([^/]+)/o/(.+)$", path)
+        if match is None or "alt=media" not in query.split("&"):
+            return None
+        with self.lock:
+            return self.gcs_objects.get((match[1], unquote(match[2])))
 
     # -- Gemini --------------------------------------------------------------------------------
     def gemini_generate(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -142,9 +266,11 @@ class ProviderStandIn:
 
     # -- Replicate -----------------------------------------------------------------------------
     def replicate_refusal(self, body: dict[str, Any]) -> str | None:
-        """Why the model would refuse this input (as a 422), or None: a prompt, and a whole
-        number of seconds in its duration input."""
+        """Why the model would refuse this input (as a 422), or None: a prompt (text, like
+        a negative prompt if any), and a whole number of seconds in its duration input."""
         fields = body.get("input")
+        if isinstance(fields, dict) and not isinstance(fields.get("negative_prompt", ""), str):
+            return "input.negative_prompt must be a string"
         if not isinstance(fields, dict) or not isinstance(fields.get("prompt"), str):
             return "input.prompt is required"
         duration = fields.get(self.replicate_duration_input)
@@ -152,10 +278,45 @@ class ProviderStandIn:
             return f"input.{self.replicate_duration_input} must be an integer, got {duration!r}"
         return None
 
-    def replicate_create(self, body: dict[str, Any]) -> dict[str, Any]:
+    def lipsync_refusal(self, body: dict[str, Any]) -> str | dict[str, Fetched]:
+        """Why the lip-sync model refuses this input, or what it fetched from its URLs."""
+        fields = body.get("input")
+        if not isinstance(fields, dict):
+            return "input is required"
+        if fields.get("sync_mode", "loop") not in SYNC_MODES:
+            return f"input.sync_mode must be one of {SYNC_MODES}"
+        fetched: dict[str, Fetched] = {}
+        for name in ("video", "audio"):
+            url = fields.get(name)
+            if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+                return f"input.{name} must be a URL"
+            got, data = self.fetch(url)
+            if got.status != 200 or media_kind(data) != name:  # echoing the URL, as Replicate
+                return f"input.{name}: could not fetch {name} from {url} (HTTP {got.status})"
+            fetched[name] = got
+        return fetched
+
+    @staticmethod
+    def fetch(url: str) -> tuple[Fetched, bytes]:
+        response = httpx.get(url, timeout=10)
+        data = response.content
+        got = Fetched(
+            url=url,
+            status=response.status_code,
+            content_type=response.headers.get("content-type", ""),
+            size=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+        )
+        return got, data
+
+    def replicate_create(
+        self, body: dict[str, Any], fetched: dict[str, Fetched] | None = None
+    ) -> dict[str, Any]:
         with self.lock:
             self.created["replicate"] += 1
             pid = f"pred{next(self.ids)}"
+            if fetched is not None:
+                self.lipsync_fetched[pid] = fetched
             self.predictions[pid] = {
                 "step": 0,
                 "input": body.get("input", {}),
@@ -222,6 +383,29 @@ def gemini_scenes(text: str, count: int | None = None) -> list[dict[str, Any]]:
     ]
 
 
+@contextmanager
+def running_standin(monkeypatch: pytest.MonkeyPatch) -> Iterator[ProviderStandIn]:
+    """A started stand-in, with the credentials it accepts set in the environment."""
+    server = ProviderStandIn().start()
+    for key, value in KEYS.items():
+        monkeypatch.setenv(key, value)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def settings_for(standin: ProviderStandIn, **extra: object) -> Settings:
+    """Settings pointing every provider at the stand-in."""
+    values: dict[str, object] = {
+        "genai_base_url": standin.url,
+        "replicate_base_url": standin.url,
+        "provider_timeout_seconds": 5,
+        **extra,
+    }
+    return Settings(**values)  # type: ignore[arg-type]
+
+
 class _Handler(BaseHTTPRequestHandler):
     standin: ProviderStandIn
 
@@ -230,11 +414,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _reply(self, status: int, payload: Any, content_type: str = "application/json") -> None:
         data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except OSError:
+            self.close_connection = True  # the caller gave up first (a timeout)
 
     def _error(self, api: str, status: int, message: str | None = None) -> None:
         message = message or self.standin.error_message
@@ -246,6 +433,23 @@ class _Handler(BaseHTTPRequestHandler):
     def _body(self) -> dict[str, Any]:
         length = int(self.headers.get("Content-Length") or 0)
         return json.loads(self.rfile.read(length)) if length else {}
+
+    def _fault(self, fault: str, answer: Any) -> None:
+        """Meet a transport fault instead of answering (see FAULTS)."""
+        self.close_connection = True
+        if fault == "slow":
+            self.standin.released.wait(60)
+            self._reply(200, answer)
+        elif fault == "reset":  # RST, not FIN: the client reads ECONNRESET
+            linger = struct.pack("ii", 1, 0)
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+        elif fault == "mistyped":
+            self._reply(200, MISTYPED)
+        elif fault == "garbage":
+            page = b"<html><body>502 Bad Gateway</body></html>"
+            self._reply(200, page, "text/html")
+        elif fault != "close":
+            raise ValueError(f"unknown fault {fault!r}; expected one of {FAULTS}")
 
     def _route(self, method: str) -> None:
         s, path = self.standin, self.path.split("?")[0]
@@ -259,6 +463,7 @@ class _Handler(BaseHTTPRequestHandler):
             ("POST", r"^/v1/predictions/[^/]+/cancel$", "replicate.cancel"),
             ("GET", r"^/v1/predictions/[^/]+$", "replicate.poll"),
             ("GET", r"^/files/", "file"),
+            ("GET", r"^/download/storage/v1/b/", "gcs"),
         ]
         kind = next(
             (k for m, pattern, k in kinds if m == method and re.search(pattern, path)), None
@@ -266,49 +471,69 @@ class _Handler(BaseHTTPRequestHandler):
         if kind is None:
             self._reply(404, {"error": {"code": 404, "message": f"no route {path}"}})
             return
+        headers = {name.lower(): value for name, value in self.headers.items()}
+        with s.lock:
+            s.requests.append(Recorded(kind, method, path, headers, body))
+        api = kind.split(".")[0]
+        denied = s.auth_refusal(kind, headers)
+        if denied is not None:
+            self._error(api, *denied)
+            return
         failure = s.scripted_failure(kind)
         if failure is not None:
-            self._error(kind.split(".")[0], failure)
+            self._error(api, failure)
             return
-        pid = (
-            path.split("/")[3]
-            if kind.startswith("replicate.") and kind != "replicate.create"
-            else ""
-        )
-        refusal = (
-            s.veo_refusal(body)
-            if kind == "veo.create"
-            else s.replicate_refusal(body)
-            if kind == "replicate.create"
-            else None
-        )
-        if refusal is not None:
-            status = 400 if kind == "veo.create" else 422
-            self._error(kind.split(".")[0], status, f"invalid request: {refusal}")
-            return
-        answer: Any
-        if kind == "veo.create":
-            answer = s.veo_create(path, body)
-        elif kind == "veo.poll":
-            answer = s.veo_fetch(body)
-        elif kind == "gemini":
-            answer = s.gemini_generate(body)
-        elif kind == "replicate.create":
-            answer = s.replicate_create(body)
-        elif kind == "replicate.cancel":
-            answer = s.replicate_cancel(pid) if s.replicate_reply is None else s.replicate_reply
-        elif kind == "replicate.poll":
-            answer = s.replicate_get(pid) if s.replicate_reply is None else s.replicate_reply
-        else:
-            self._reply(200, CLIP, "video/mp4")
-            return
-        if s.answer_lost(kind):
-            self.close_connection = True  # done, but the caller never hears of it
-            return
+        answer = self._answer(kind, path, body)
         if answer is None:
-            self._reply(404, {"title": "not found", "detail": "no such prediction", "status": 404})
+            return  # refused or already answered
+        fault = s.next_fault(kind)
+        if fault is not None:
+            self._fault(fault, answer)
+        elif isinstance(answer, bytes):
+            self._reply(200, answer, "video/mp4")
         else:
             self._reply(200, answer)
+
+    def _answer(self, kind: str, path: str, body: dict[str, Any]) -> Any:
+        """Carry the request out; its answer, or None once a refusal was sent."""
+        s = self.standin
+        if kind == "veo.create":
+            refusal = s.veo_refusal(body)
+            if refusal is None:
+                return s.veo_create(path, body)
+            self._error("veo", 400, f"invalid request: {refusal}")
+            return None
+        if kind == "veo.poll":
+            return s.veo_fetch(body)
+        if kind == "gemini":
+            return s.gemini_generate(body)
+        if kind == "file":
+            return CLIP
+        if kind == "gcs":
+            found = s.gcs_object(path, self.path.partition("?")[2])
+            if found is None:
+                self._error("gcs", 404, f"No such object: {path}")
+            return found
+        if kind == "replicate.create":
+            model = path.removeprefix("/v1/models/").removesuffix("/predictions")
+            fetched: dict[str, Fetched] | None = None
+            if model in s.lipsync_models:
+                checked = s.lipsync_refusal(body)
+                refusal = checked if isinstance(checked, str) else None
+                fetched = None if isinstance(checked, str) else checked
+            else:
+                refusal = s.replicate_refusal(body)
+            if refusal is None:
+                return s.replicate_create(body, fetched)
+            self._error("replicate", 422, f"invalid request: {refusal}")
+            return None
+        pid = path.split("/")[3]
+        if s.replicate_reply is not None:
+            return s.replicate_reply
+        answer = s.replicate_cancel(pid) if kind == "replicate.cancel" else s.replicate_get(pid)
+        if answer is None:
+            self._reply(404, {"title": "not found", "detail": "no such prediction", "status": 404})
+        return answer
 
     def do_GET(self) -> None:
         self._route("GET")

@@ -30,36 +30,17 @@ from mvpipe.providers.gemini import GeminiPlanner
 from mvpipe.providers.render import probe_clip
 from mvpipe.providers.replicate import ReplicateVideoProvider
 from mvpipe.providers.veo import VeoVideoProvider
-from mvpipe.settings import Settings
 from tests.conftest import Workers
 from tests.helpers import assert_invariants
-from tests.standins import ProviderStandIn
+from tests.standins import KEYS, ProviderStandIn, running_standin, settings_for
 
 StartWorkers = Callable[..., Workers]
-KEYS = {
-    "GOOGLE_API_KEY": "vertex-key-123456",
-    "GEMINI_API_KEY": "gemini-key-123456",
-    "REPLICATE_API_TOKEN": "r8-token-123456",
-}
 
 
 @pytest.fixture
 def standin(monkeypatch: pytest.MonkeyPatch) -> Iterator[ProviderStandIn]:
-    server = ProviderStandIn().start()
-    for key, value in KEYS.items():
-        monkeypatch.setenv(key, value)
-    yield server
-    server.stop()
-
-
-def settings_for(standin: ProviderStandIn, **extra: object) -> Settings:
-    values: dict[str, object] = {
-        "genai_base_url": standin.url,
-        "replicate_base_url": standin.url,
-        "provider_timeout_seconds": 5,
-        **extra,
-    }
-    return Settings(**values)  # type: ignore[arg-type]
+    with running_standin(monkeypatch) as server:
+        yield server
 
 
 def request() -> VideoRequest:
@@ -245,6 +226,65 @@ def test_replicate_gets_prompt_negative_prompt_and_the_duration_input(
     assert standin.created["replicate"] == 3 == standin.calls["replicate.create"]
 
 
+def test_each_api_gets_its_own_credentials_in_a_header(standin: ProviderStandIn) -> None:
+    # Given both Google keys set (the SDK alone would prefer GOOGLE_API_KEY for Gemini)
+    settings = settings_for(standin)
+    GeminiPlanner(settings).plan(Brief("p", "T", "c", 1))
+    veo = VeoVideoProvider(settings)
+    veo.poll(veo.submit(request()))
+    replicate = ReplicateVideoProvider(settings)
+    operation_id = replicate.submit(request())
+    replicate.poll(operation_id)
+    replicate.cancel(operation_id)
+    # Then Gemini got the Gemini key and nothing of the Vertex key; Veo the Vertex key
+    by_kind: dict[str, list[dict[str, str]]] = {}
+    for recorded in standin.requests:
+        by_kind.setdefault(recorded.kind, []).append(recorded.headers)
+    assert set(by_kind) == {
+        "gemini", "veo.create", "veo.poll", "replicate.create", "replicate.poll",
+        "replicate.cancel",
+    }  # fmt: skip
+    for headers in by_kind["gemini"]:
+        assert headers["x-goog-api-key"] == KEYS["GEMINI_API_KEY"]
+        assert not any(KEYS["GOOGLE_API_KEY"] in value for value in headers.values())
+    for headers in by_kind["veo.create"] + by_kind["veo.poll"]:
+        assert headers["x-goog-api-key"] == KEYS["GOOGLE_API_KEY"]
+    # and every Replicate call (SDK create, plain poll and cancel) the Bearer token
+    for kind in ("replicate.create", "replicate.poll", "replicate.cancel"):
+        for headers in by_kind[kind]:
+            assert headers["authorization"] == f"Bearer {KEYS['REPLICATE_API_TOKEN']}"
+    assert not any(key in path for key in KEYS.values() for path in standin.paths)
+
+
+@pytest.mark.parametrize(
+    ("variable", "refused"),
+    [
+        ("GEMINI_API_KEY", "gemini"),
+        ("GOOGLE_API_KEY", "veo.create"),
+        ("REPLICATE_API_TOKEN", "replicate.create"),
+    ],
+)
+def test_the_standins_refuse_wrong_credentials(
+    standin: ProviderStandIn, monkeypatch: pytest.MonkeyPatch, variable: str, refused: str
+) -> None:
+    # A stand-in that took any key would prove nothing above: a wrong one is a 401, permanent
+    monkeypatch.setenv(variable, "wrong-key-000000")
+    settings = settings_for(standin)
+    calls: dict[str, Callable[[], object]] = {
+        "gemini": lambda: GeminiPlanner(settings).plan(Brief("p", "T", "c", 1)),
+        "veo.create": lambda: VeoVideoProvider(settings).submit(request()),
+        "replicate.create": lambda: ReplicateVideoProvider(settings).submit(request()),
+    }
+    with pytest.raises(PermanentProviderError, match="401") as caught:
+        calls[refused]()
+    assert caught.value.refused and "wrong-key" not in str(caught.value)
+    assert standin.calls == {} and standin.created == {}
+    # ... and Gemini given the Vertex key (what the SDK would pick by itself) is refused too
+    monkeypatch.setenv("GEMINI_API_KEY", KEYS["GOOGLE_API_KEY"])
+    with pytest.raises(PermanentProviderError, match="403"):
+        GeminiPlanner(settings_for(standin)).plan(Brief("p", "T", "c", 1))
+
+
 def test_the_standins_refuse_bodies_the_real_apis_would(standin: ProviderStandIn) -> None:
     # The checks above can fail: a stand-in that accepted anything would prove nothing
     standin.replicate_duration_input = "seconds"
@@ -271,9 +311,12 @@ def provider_env(standin: ProviderStandIn) -> dict[str, str]:
 def test_full_project_with_gemini_planning_and_real_provider(
     standin: ProviderStandIn, start_workers: StartWorkers, provider: str
 ) -> None:
-    # Two transient create errors on the way: retried with backoff, never paid twice.
+    # Two transient create errors on the way: retried with backoff, never paid twice; polls
+    # and planning meet a 503, a reset connection and an HTML page: retried (or counted)
     standin.fail_next[f"{provider}.create"] = [429, 500]
     standin.fail_next[f"{provider}.poll"] = [503]
+    standin.faults[f"{provider}.poll"] = ["reset", "garbage"]
+    standin.faults["gemini"] = ["reset", "garbage"]
     start_workers(env=provider_env(standin), planner="gemini", provider=provider)
     project_id = api.create_project("Real", "Verse one. Chorus.", scene_count=3)
     api.run_project(project_id)
@@ -282,6 +325,8 @@ def test_full_project_with_gemini_planning_and_real_provider(
     assert [s.prompt for s in view.scenes] == ["shot 1", "shot 2", "shot 3"]  # from Gemini
     assert standin.created[provider] == 3
     assert standin.calls[f"{provider}.create"] == 5
+    assert standin.calls["gemini"] == 3 and standin.faults["gemini"] == []
+    assert standin.faults[f"{provider}.poll"] == []  # both met, and the scenes still completed
     # no song: every Veo clip keeps the model's own sound
     assert not any("generateAudio" in body["parameters"] for body in standin.veo_bodies)
     clips = get_context().clips
@@ -412,7 +457,10 @@ def test_a_crash_between_submit_and_completion_resumes_the_same_operation(
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize(("fault", "refunded"), [("refused", True), ("answer lost", False)])
+@pytest.mark.parametrize(
+    ("fault", "refunded"),
+    [("refused", True), ("close", False), ("reset", False), ("slow", False), ("garbage", False)],
+)
 def test_a_refused_submit_gives_its_reservation_back_a_lost_answer_keeps_it(
     standin: ProviderStandIn,
     stack: LocalStack,
@@ -421,9 +469,14 @@ def test_a_refused_submit_gives_its_reservation_back_a_lost_answer_keeps_it(
     refunded: bool,
 ) -> None:
     # Given a Replicate project (minimax/video-01: $0.50 a job) whose first create is either
-    # refused with a 503 or carried out with its answer lost (the connection closes)
+    # refused with a 503 or carried out with its answer lost (the connection closes or is
+    # reset, the answer comes after the timeout, or it is an HTML page)
     for key, value in provider_env(standin).items():
         monkeypatch.setenv(key, value)
+    if fault == "slow":  # past a short timeout fast; every other call keeps the usual one
+        monkeypatch.setenv("MVPIPE_PROVIDER_TIMEOUT_SECONDS", "0.5")
+    # the jobs earlier cases left running hold quota slots: room for them all
+    monkeypatch.setenv("MVPIPE_PROVIDER_CONCURRENCY", "100")
     reset_context()
     ctx = get_context()
     price = 500_000
@@ -433,7 +486,7 @@ def test_a_refused_submit_gives_its_reservation_back_a_lost_answer_keeps_it(
     if fault == "refused":
         standin.fail_next["replicate.create"] = [503]
     else:
-        standin.unanswered["replicate.create"] = 1
+        standin.faults["replicate.create"] = [fault]
 
     def committed() -> tuple[int, int]:
         scene = ctx.scenes.get(project_id, 1)
@@ -447,6 +500,9 @@ def test_a_refused_submit_gives_its_reservation_back_a_lost_answer_keeps_it(
     assert standin.created.get("replicate", 0) == (0 if refunded else 1)
     kept = 0 if refunded else price
     assert committed() == (kept, kept)
+    monkeypatch.setenv("MVPIPE_PROVIDER_TIMEOUT_SECONDS", "10")
+    reset_context()
+    ctx = get_context()
     # Then the retry pays for a new job, and the committed sum covers every job the provider
     # accepted, no more when it refused
     again = SceneJob(ctx, project_id, 1, run_id, "replicate").step()

@@ -8,6 +8,7 @@ reach `lastError`, a log line or a task result.
 from __future__ import annotations
 
 import os
+import re
 
 import httpx
 
@@ -22,12 +23,21 @@ SECRET_VARIABLES = ("GOOGLE_API_KEY", "GEMINI_API_KEY", "REPLICATE_API_TOKEN")
 TRANSIENT_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 
 
+#: The signing parts of a presigned URL (S3 SigV4/V2, GCS V4): each is a bearer credential
+#: while it lasts, and providers echo input URLs in their errors.
+PRESIGNED_PARTS = re.compile(
+    r"((?:X-Amz-(?:Signature|Credential|Security-Token)|X-Goog-(?:Signature|Credential)"
+    r"|Signature|AWSAccessKeyId)=)[^&\s\"']+",
+    re.IGNORECASE,
+)
+
+
 def scrub(message: str) -> str:
     for name in SECRET_VARIABLES:
         secret = os.environ.get(name)
         if secret and len(secret) >= 4:
             message = message.replace(secret, "***")
-    return message
+    return PRESIGNED_PARTS.sub(r"\1***", message)
 
 
 def describe(exc: BaseException) -> str:
@@ -50,12 +60,42 @@ def from_status(provider: str, status: int | None, message: str) -> ProviderErro
     return PermanentProviderError(text, refused=refused)
 
 
-def from_transport(provider: str, exc: Exception) -> ProviderError | None:
-    """Timeouts and connection errors from httpx; None when `exc` is something else. Never a
-    refusal: the request may have reached the provider (DESIGN.md invariant 3)."""
-    if isinstance(exc, httpx.TimeoutException | httpx.TransportError):
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """Timeouts and connection errors of the HTTP stacks the SDKs use: httpx (replicate, our
+    own calls), httpx2 (google-genai's default), requests (google-cloud-storage)."""
+    kinds: list[type[BaseException]] = [httpx.TransportError]
+    try:
+        import httpx2
+
+        kinds.append(httpx2.TransportError)
+    except ImportError:  # an optional backend of google-genai
+        pass
+    try:
+        import requests
+
+        kinds += [requests.ConnectionError, requests.Timeout]
+    except ImportError:
+        pass
+    return tuple(kinds)
+
+
+def from_transport(provider: str, exc: BaseException) -> ProviderError | None:
+    """Timeouts and connection errors (resets included); None when `exc` is something else.
+    Never a refusal: the request may have reached the provider (DESIGN.md invariant 3)."""
+    if isinstance(exc, _transport_errors()):
         return TransientProviderError(scrub(f"{provider}: {type(exc).__name__}: {exc}"))
     return None
+
+
+def unreadable(provider: str, exc: BaseException, *, transient: bool) -> ProviderError:
+    """A reply we could not read (a 200 whose body is not the JSON asked for, e.g. a proxy's
+    HTML page). Never a refusal: a create may have started a job. `transient` for a create
+    or a plan (retried, bounded by attempts); else a plain `ProviderError`, which a poll loop
+    counts, so a reply that never reads fails the scene instead of polling forever."""
+    kind = TransientProviderError if transient else ProviderError
+    text = str(exc).splitlines()[0][:200] if str(exc) else ""
+    detail = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return kind(scrub(f"{provider}: the reply could not be read ({detail})"))
 
 
 def download(provider: str, url: str, timeout: float) -> bytes:

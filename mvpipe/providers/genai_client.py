@@ -6,12 +6,15 @@ if enabled they would also retry the create POST and could start a second paid V
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from pydantic import ValidationError
+
 from mvpipe.errors import ConfigurationError, ProviderError
-from mvpipe.providers.classify import from_status, from_transport, scrub
+from mvpipe.providers.classify import from_status, from_transport, scrub, unreadable
 from mvpipe.settings import Settings
 
 T = TypeVar("T")
@@ -76,19 +79,20 @@ class GenaiUser:
         return self._client
 
 
-def call_sdk(provider: str, fn: Callable[[], T]) -> T:
-    """Run one SDK call; its errors come out as mvpipe provider errors."""
+def call_sdk(provider: str, fn: Callable[[], T], *, polling: bool = False) -> T:
+    """Run one SDK call; its errors come out as mvpipe provider errors. An unreadable reply
+    to a poll is counted by the poll loop (`polling`); to anything else it is transient."""
     try:
         return fn()
     except Exception as exc:
-        translated = translate(provider, exc)
+        translated = translate(provider, exc, polling=polling)
         if translated is None:
             raise
         raise translated from None
 
 
-def translate(provider: str, exc: Exception) -> ProviderError | None:
-    """google-genai and httpx errors as mvpipe provider errors (None: not an SDK error)."""
+def translate(provider: str, exc: Exception, *, polling: bool = False) -> ProviderError | None:
+    """google-genai and HTTP errors as mvpipe provider errors (None: not an SDK error)."""
     from google.genai import errors
 
     if isinstance(exc, errors.APIError):
@@ -96,6 +100,13 @@ def translate(provider: str, exc: Exception) -> ProviderError | None:
     transport = from_transport(provider, exc)
     if transport is not None:
         return transport
-    if isinstance(exc, ValueError):  # the SDK's own validation of our request
+    if isinstance(exc, errors.UnknownApiResponseError | json.JSONDecodeError | ValidationError):
+        # a 200 whose body is not JSON, or not the shape asked for: the create may have started
+        # a job all the same (requests are built, and validated, before the call)
+        return unreadable(provider, exc, transient=not polling)
+    if isinstance(exc, TypeError | KeyError | AttributeError | IndexError):
+        # the SDK tripped over the answer's shape while converting it
+        return unreadable(provider, exc, transient=not polling)
+    if isinstance(exc, ValueError):  # the SDK's own checks of our request
         return from_status(provider, 400, scrub(str(exc)))
     return None

@@ -1,16 +1,15 @@
-"""Veo through google-genai (Vertex mode): long-running operations, resumed by name."""
+"""Veo through google-genai (Vertex mode): long-running operations, resumed by name; the video
+comes back inline, or from GCS when `MVPIPE_VEO_OUTPUT_GCS_URI` is set."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from mvpipe.errors import PermanentProviderError
+from mvpipe.providers import gcs
 from mvpipe.providers.base import JobState, JobStatus, VideoRequest, provider_seconds
 from mvpipe.providers.classify import download
 from mvpipe.providers.genai_client import GenaiUser, call_sdk, vertex_client
-
-T = TypeVar("T")
 
 
 class VeoVideoProvider(GenaiUser):
@@ -34,13 +33,15 @@ class VeoVideoProvider(GenaiUser):
             negative_prompt=request.negative_prompt,
             # None leaves the model's default; False spares the audio a song replaces (and its cost)
             generate_audio=None if request.with_audio else False,
+            # None: the video comes back inline; a gs:// URI: Veo writes it there
+            output_gcs_uri=self.settings.veo_output_gcs_uri,
         )
-        operation = self._call(
+        source = types.GenerateVideosSource(prompt=request.prompt)
+        operation = call_sdk(
+            self.name,
             lambda: self.client.models.generate_videos(
-                model=self.settings.veo_model,
-                source=types.GenerateVideosSource(prompt=request.prompt),
-                config=config,
-            )
+                model=self.settings.veo_model, source=source, config=config
+            ),
         )
         if not operation.name:
             raise PermanentProviderError("veo: the create answer carried no operation name")
@@ -49,10 +50,12 @@ class VeoVideoProvider(GenaiUser):
     def poll(self, operation_id: str) -> JobStatus:
         from google.genai import types
 
-        operation = self._call(
+        operation = call_sdk(
+            self.name,
             lambda: self.client.operations.get(
                 types.GenerateVideosOperation(name=operation_id)  # type: ignore[call-arg]
-            )
+            ),
+            polling=True,
         )
         if not operation.done:
             return JobStatus(JobState.RUNNING)
@@ -74,14 +77,12 @@ class VeoVideoProvider(GenaiUser):
     def download(self, status: JobStatus) -> bytes:
         if status.video is not None:
             return status.video
+        timeout = self.settings.provider_timeout_seconds
+        if status.url and status.url.startswith("gs://"):
+            return gcs.fetch(self.name, status.url, timeout)
         if not status.url or not status.url.startswith(("http://", "https://")):
-            raise PermanentProviderError(
-                f"veo: cannot fetch {status.url!r}; run without an output GCS URI to get bytes"
-            )
-        return download(self.name, status.url, self.settings.provider_timeout_seconds)
+            raise PermanentProviderError(f"veo: the finished video has no location: {status.url!r}")
+        return download(self.name, status.url, timeout)
 
     def cancel(self, operation_id: str) -> bool:
         return False
-
-    def _call(self, fn: Callable[[], T]) -> T:
-        return call_sdk(self.name, fn)

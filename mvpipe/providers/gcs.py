@@ -1,0 +1,49 @@
+"""Fetching a provider's output from Google Cloud Storage (Veo with an output GCS URI).
+
+google-cloud-storage is imported lazily; it honours `STORAGE_EMULATOR_HOST` (then without
+credentials), else application-default credentials. Its own retries are off: one fetch must
+not hold a worker slot for minutes, and the poll that called it is retried by the pipeline.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from mvpipe.errors import ConfigurationError, PermanentProviderError
+from mvpipe.providers.classify import from_status, from_transport
+
+GS_URI = re.compile(r"^gs://(?P<bucket>[a-z0-9][a-z0-9._-]{1,220}[a-z0-9])/(?P<name>[^\s]+)$")
+
+
+def split_gs_uri(uri: str) -> tuple[str, str]:
+    """(bucket, object name) of a `gs://bucket/name` URI; anything else is permanent."""
+    match = GS_URI.match(uri)
+    if match is None:
+        raise PermanentProviderError(f"not a gs://bucket/object URI: {uri[:200]!r}")
+    return match["bucket"], match["name"]
+
+
+def fetch(provider: str, uri: str, timeout: float) -> bytes:
+    """The object's bytes; errors classified like any provider call (a missing object is
+    permanent: the output is gone, fetching again would not bring it back)."""
+    from google.api_core import exceptions as api_exceptions
+    from google.auth import exceptions as auth_exceptions
+    from google.cloud import storage
+
+    bucket, name = split_gs_uri(uri)
+    try:
+        client = storage.Client(project=os.environ.get("GOOGLE_CLOUD_PROJECT"))
+        blob = client.bucket(bucket).blob(name)
+        return bytes(blob.download_as_bytes(timeout=timeout, retry=None))
+    except auth_exceptions.DefaultCredentialsError as exc:
+        raise ConfigurationError(
+            f"{provider}: reading the GCS output needs application-default credentials ({exc})"
+        ) from None
+    except api_exceptions.GoogleAPICallError as exc:
+        raise from_status(provider, exc.code, f"GCS output download: {exc.message}") from None
+    except Exception as exc:
+        transport = from_transport(provider, exc)
+        if transport is None:
+            raise
+        raise transport from None

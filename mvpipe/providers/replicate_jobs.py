@@ -1,0 +1,180 @@
+"""Replicate predictions, shared by every Replicate-backed provider (video, lip-sync).
+
+Created through the SDK (never retried: a create has no idempotency key), polled and cancelled
+with a plain short-timeout GET/POST so one poll never holds a worker slot through the SDK's
+retry layer. An output is fetched as soon as the prediction succeeds: Replicate deletes it
+after about an hour.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import httpx
+import pydantic
+from pydantic.v1 import ValidationError as V1ValidationError  # replicate 1.0's models
+
+from mvpipe.errors import PermanentProviderError, ProviderError
+from mvpipe.providers.base import JobState, JobStatus
+from mvpipe.providers.classify import (
+    download,
+    from_status,
+    from_transport,
+    require_env,
+    scrub,
+    unreadable,
+)
+from mvpipe.settings import Settings
+
+DEFAULT_BASE_URL = "https://api.replicate.com"
+
+#: Replicate's prediction statuses (including `aborted`, which the 1.0.x client can't parse).
+STATUSES = {
+    "starting": JobState.RUNNING,
+    "processing": JobState.RUNNING,
+    "succeeded": JobState.SUCCEEDED,
+    "failed": JobState.FAILED,
+    "canceled": JobState.CANCELLED,
+    "aborted": JobState.CANCELLED,
+}
+
+
+class BoundedTransport(httpx.BaseTransport):
+    """Every request gets the provider timeout. replicate 1.0.x creates a prediction with
+    `timeout=None`, which httpx reads as *no* timeout whatever the client's: a create that
+    hangs would outlive its lease (DESIGN.md: every provider call has a timeout)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.timeout = httpx.Timeout(seconds).as_dict()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        request.extensions = {**request.extensions, "timeout": self.timeout}
+        return self.inner.handle_request(request)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class ReplicateJobs:
+    """Create, poll, download and cancel predictions of one model (`owner/name[:version]`)."""
+
+    def __init__(self, settings: Settings, provider: str) -> None:
+        #: how errors name the provider (they reach lastError)
+        self.settings = settings
+        self.provider = provider
+        self.base_url = (
+            settings.replicate_base_url or os.environ.get("REPLICATE_BASE_URL") or DEFAULT_BASE_URL
+        ).rstrip("/")
+        self._client: Any = None
+
+    def _token(self) -> str:
+        return require_env("REPLICATE_API_TOKEN", purpose="Replicate")
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            import replicate
+
+            self._client = replicate.Client(
+                api_token=self._token(),
+                base_url=self.base_url,
+                timeout=httpx.Timeout(self.settings.provider_timeout_seconds),
+                transport=BoundedTransport(self.settings.provider_timeout_seconds),
+            )
+        return self._client
+
+    def create(self, model_ref: str, fields: dict[str, Any]) -> str:
+        """Start one prediction; its id. Errors come out classified (DESIGN.md invariant 3:
+        a timeout, a reset or an unreadable answer may still have started a billed job)."""
+        model, _, version = model_ref.partition(":")
+        try:
+            if version:
+                prediction = self.client.predictions.create(version=version, input=fields)
+            else:
+                prediction = self.client.predictions.create(model=model, input=fields)
+        except Exception as exc:
+            raise self._translate(exc) from None
+        return str(prediction.id)
+
+    def poll(self, operation_id: str) -> JobStatus:
+        body = self._get_json(f"{self.base_url}/v1/predictions/{operation_id}")
+        state = STATUSES.get(str(body.get("status")))
+        if state is None:
+            return JobStatus(JobState.RUNNING)  # an unknown, newer status: keep polling
+        if state == JobState.FAILED:
+            error = body.get("error") or "prediction failed without a message"
+            return JobStatus(state, error=scrub(f"{self.provider}: {error}"))
+        if state == JobState.CANCELLED:
+            return JobStatus(state, error=f"{self.provider}: prediction {body.get('status')}")
+        if state == JobState.SUCCEEDED:
+            output = body.get("output")
+            url = output[0] if isinstance(output, list) and output else output
+            if not isinstance(url, str):
+                return JobStatus(
+                    JobState.FAILED, error=f"{self.provider}: succeeded without an output URL"
+                )
+            return JobStatus(state, url=url)
+        return JobStatus(state)
+
+    def download(self, status: JobStatus) -> bytes:
+        if status.url is None:
+            raise PermanentProviderError(f"{self.provider}: no output to download")
+        return download(self.provider, status.url, self.settings.provider_timeout_seconds)
+
+    def cancel(self, operation_id: str) -> bool:
+        """True only when Replicate answers that the prediction is now `canceled`."""
+        try:
+            response = httpx.post(
+                f"{self.base_url}/v1/predictions/{operation_id}/cancel",
+                headers=self._headers(),
+                timeout=self.settings.provider_timeout_seconds,
+            )
+        except httpx.HTTPError:
+            return False
+        if response.status_code >= 300:
+            return False
+        try:  # a finished prediction answers 200 with its final status: not stopped by us
+            return bool(self._json_object(response).get("status") == "canceled")
+        except ProviderError:
+            return False
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._token()}"}
+
+    def _get_json(self, url: str) -> dict[str, Any]:
+        try:
+            response = httpx.get(
+                url, headers=self._headers(), timeout=self.settings.provider_timeout_seconds
+            )
+        except Exception as exc:
+            raise from_transport(self.provider, exc) or exc from exc
+        if response.status_code != 200:
+            raise from_status(self.provider, response.status_code, response.text[:500])
+        return self._json_object(response)
+
+    def _translate(self, exc: Exception) -> Exception:
+        from replicate.exceptions import ReplicateError
+
+        if isinstance(exc, ReplicateError):
+            return from_status(self.provider, exc.status, exc.detail or exc.title or str(exc))
+        if isinstance(exc, json.JSONDecodeError | pydantic.ValidationError | V1ValidationError):
+            # a 200 whose body is not a prediction: the job may exist all the same
+            return unreadable(self.provider, exc, transient=True)
+        if isinstance(exc, ValueError):  # the SDK refused our arguments: nothing was sent
+            return from_status(self.provider, 400, str(exc))
+        return from_transport(self.provider, exc) or exc
+
+    def _json_object(self, response: httpx.Response) -> dict[str, Any]:
+        """The reply's JSON object; any other reply is an unreadable-reply `ProviderError`
+        (counted by the poll loop), never an AttributeError further on."""
+        try:
+            data = response.json()
+        except ValueError as exc:
+            raise unreadable(self.provider, exc, transient=False) from None
+        if not isinstance(data, dict):
+            kind = type(data).__name__
+            raise ProviderError(f"{self.provider}: the reply is JSON but not an object ({kind})")
+        return data
