@@ -1,0 +1,164 @@
+"""Fairness of the shared provider quota: small projects started behind a large one.
+
+    python bench/fairness.py [--quota 16 --large 160 --small 4 --smalls 3 --latency 2]
+
+On one stack (same workers, same quota P, provider latency L):
+1. Alone: after a one-scene warm-up (a fresh worker's first task imports and connects), each
+   small project run by itself, then the large one by itself; their makespans.
+2. Together: the large project starts first; once its jobs fill the quota, the small ones start
+   at once. Each project's makespan is measured from its own start.
+
+Reported: each small project's time beside the large one over the median of the small ones
+alone (goal <= 1.5; the median, as the alone runs are the same work), every scene paid exactly
+once (the local provider's ledger), and the large project's growth against its fair share.
+
+The sizes follow from the arithmetic of the rule (a freed slot goes to the waiting project with
+the fewest jobs in flight): k small projects of s scenes all start in the first wave of freed
+slots, as they would alone, only when P >= (k + 1) * s; with a smaller quota each small project's
+share is P / (k + 1) slots and it needs several waves whatever the rule. Hence P = 16 for three
+projects of 4 scenes, and a large project of 10 quotas. Even so a small project that arrives
+just after the large one's wave started waits for that wave to free its slots (up to L), which
+no rule that does not pre-empt running jobs can avoid: the table prints that floor beside it.
+
+The large project's bound: the small projects' k * s jobs take that many slot-turns of L from
+the quota, so the large one should finish no later than alone + ceil(k * s / P) * L.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from common import bench_stack, record, table, workers
+
+from mvpipe import api
+from mvpipe.devstack.drills import double_payments, paid_generations
+from mvpipe.models import ProjectStatus
+from mvpipe.providers.local import LocalJobs
+
+
+def run_timed(project_id: str, interval: float, timeout: float = 1800) -> float:
+    """Seconds from starting the project's run until no run is active (completed)."""
+    started = time.monotonic()
+    api.run_project(project_id)
+    view = api.wait_project(project_id, timeout=timeout, interval=interval)
+    elapsed = time.monotonic() - started
+    assert view.status == ProjectStatus.COMPLETED, (project_id, view.status, view.last_error)
+    return elapsed
+
+
+def wait_paid(ledger: Path, project_id: str, count: int, timeout: float = 300) -> None:
+    """Until the provider accepted `count` jobs of the project (the quota is full)."""
+    deadline = time.monotonic() + timeout
+    while sum(paid_generations(ledger, project_id).values()) < count:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{project_id}: fewer than {count} jobs accepted")
+        time.sleep(0.05)
+
+
+def not_paid_once(ledger: Path, project_id: str, scenes: int) -> int:
+    """Scenes of the project the provider was not paid exactly once for."""
+    paid = paid_generations(ledger, project_id)
+    return sum(1 for n in range(1, scenes + 1) if paid.get(n, 0) != 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quota", type=int, default=16)
+    parser.add_argument("--large", type=int, default=160)
+    parser.add_argument("--small", type=int, default=4)
+    parser.add_argument("--smalls", type=int, default=3)
+    parser.add_argument("--latency", type=float, default=2.0)
+    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--no-record", action="store_true", help="print only")
+    args = parser.parse_args()
+    quota, latency, k, s = args.quota, args.latency, args.smalls, args.small
+    settings = {
+        "local_latency": str(latency),
+        "local_max_concurrent": str(quota),
+        "provider_concurrency": str(quota),
+        "local_clip_seconds": "0.5",
+    }
+
+    def project(title: str, scenes: int) -> str:
+        specs = [{"prompt": f"{title} {i}"} for i in range(scenes)]
+        return api.create_project(title, "bench", scenes=specs)
+
+    with bench_stack(**settings) as (stack, workdir):
+        ledger = Path(stack.env["MVPIPE_LOCAL_LEDGER"])
+        worker = workers(stack, workdir, args.concurrency)
+        sizes: dict[str, int] = {}
+        warm = project("Warm-up", 1)  # a fresh worker's first task imports and connects
+        sizes[warm] = 1
+        run_timed(warm, interval=0.1)
+        alone_small = []
+        for n in range(k):
+            pid = project(f"Small alone {n}", s)
+            sizes[pid] = s
+            alone_small.append(run_timed(pid, interval=0.1))
+        large_alone_id = project("Large alone", args.large)
+        sizes[large_alone_id] = args.large
+        large_alone = run_timed(large_alone_id, interval=0.5)
+
+        large = project("Large", args.large)
+        smalls = [project(f"Small {n}", s) for n in range(k)]
+        sizes.update({large: args.large, **{p: s for p in smalls}})
+        with ThreadPoolExecutor(k + 1) as pool:
+            large_run = pool.submit(run_timed, large, 0.5)
+            wait_paid(ledger, large, quota)  # the large project holds the whole quota
+            small_runs = [pool.submit(run_timed, p, 0.1) for p in smalls]
+            together_small = [f.result() for f in small_runs]
+            large_together = large_run.result()
+        worker.stop()
+        jobs = LocalJobs(Path(stack.env["MVPIPE_LOCAL_STATE"]))
+        unpaid = sum(not_paid_once(ledger, p, n) for p, n in sizes.items())
+        twice = [double_payments(ledger, jobs, p) for p in sizes]
+
+    alone_med = statistics.median(alone_small)
+    ratios = [t / alone_med for t in together_small]
+    lost_turns = math.ceil(k * s / quota)
+    bound = large_alone + lost_turns * latency
+    growth = large_together - large_alone
+    rows = [
+        ("quota P / latency L / workers", f"{quota} / {latency:g} s / {args.concurrency}"),
+        ("projects", f"1 x {args.large} scenes started first, {k} x {s} scenes once it fills P"),
+        (
+            "small projects alone (median)",
+            f"{', '.join(f'{a:.1f}' for a in alone_small)} s ({alone_med:.1f} s)",
+        ),
+        (
+            "small projects beside the large one",
+            f"{', '.join(f'{t:.1f}' for t in together_small)} s",
+        ),
+        ("worst small ratio, beside / alone median (goal <= 1.5)", f"{max(ratios):.2f}x"),
+        (
+            "floor: alone + one wave of the large project (L)",
+            f"{alone_med + latency:.1f} s = {(alone_med + latency) / alone_med:.2f}x",
+        ),
+        (
+            "large project: alone -> beside the small ones",
+            f"{large_alone:.1f} s -> {large_together:.1f} s (+{growth:.1f} s)",
+        ),
+        (
+            f"large bound: alone + ceil({k}*{s}/P)*L = alone + {lost_turns * latency:g} s",
+            f"{bound:.1f} s: {'met' if growth <= lost_turns * latency else 'MISSED'}",
+        ),
+        ("scenes not paid exactly once (must be 0)", str(unpaid)),
+        (
+            "paid twice in the named window / otherwise (must be 0 / 0)",
+            f"{sum(a for a, _ in twice)} / {sum(b for _, b in twice)}",
+        ),
+    ]
+    text = table("Fairness: small projects behind a large one", rows, ("measure", "value"))
+    if args.no_record:
+        print(text)
+    else:
+        record(text)
+
+
+if __name__ == "__main__":
+    main()
