@@ -12,6 +12,9 @@ On one stack (same workers, same quota P, provider latency L):
 Reported: each small project's time beside the large one over the median of the small ones
 alone (goal <= 1.5; the median, as the alone runs are the same work), every scene paid exactly
 once (the local provider's ledger), and the large project's growth against its fair share.
+Beside them, each small project's wait for its slots: from its start to the provider accepting
+its last job (the ledger's stamps), the quota's part of its time apart from rendering, cutting
+and assembly on the workers' CPU.
 
 The sizes follow from the arithmetic of the rule (a freed slot goes to the waiting project with
 the fewest jobs in flight): k small projects of s scenes all start in the first wave of freed
@@ -34,10 +37,12 @@ the quota, so the large one should finish no later than alone + ceil(k * s / P) 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from common import bench_stack, record, summary, table, warm_up, workers
@@ -48,14 +53,32 @@ from mvpipe.models import ProjectStatus
 from mvpipe.providers.local import LocalJobs
 
 
-def run_timed(project_id: str, interval: float, timeout: float = 1800) -> float:
-    """Seconds from starting the project's run until no run is active (completed)."""
-    started = time.monotonic()
+@dataclass(frozen=True)
+class Run:
+    project_id: str
+    #: wall clock, as the provider ledger's stamps
+    started_at: float
+    #: from starting the project's run until no run is active (completed)
+    seconds: float
+
+    def slot_wait(self, ledger: Path) -> float:
+        """Seconds from the start until the provider accepted the project's last job: the wait
+        for quota slots (and dispatch), apart from rendering, cutting and assembly."""
+        return last_accepted(ledger, self.project_id) - self.started_at
+
+
+def run_timed(project_id: str, interval: float, timeout: float = 1800) -> Run:
+    started_at, started = time.time(), time.monotonic()
     api.run_project(project_id)
     view = api.wait_project(project_id, timeout=timeout, interval=interval)
     elapsed = time.monotonic() - started
     assert view.status == ProjectStatus.COMPLETED, (project_id, view.status, view.last_error)
-    return elapsed
+    return Run(project_id, started_at, elapsed)
+
+
+def last_accepted(ledger: Path, project_id: str) -> float:
+    entries = [json.loads(x) for x in ledger.read_text().splitlines() if x.strip()]
+    return max(float(e["at"]) for e in entries if e["project_id"] == project_id)
 
 
 def wait_paid(ledger: Path, project_id: str, count: int, timeout: float = 300) -> None:
@@ -101,14 +124,14 @@ def main() -> None:
         worker = workers(stack, workdir, args.concurrency)
         sizes: dict[str, int] = {}
         warm_up()
-        alone_small = []
+        alone_runs = []
         for n in range(k):
             pid = project(f"Small alone {n}", s)
             sizes[pid] = s
-            alone_small.append(run_timed(pid, interval=0.1))
+            alone_runs.append(run_timed(pid, interval=0.1))
         large_alone_id = project("Large alone", args.large)
         sizes[large_alone_id] = args.large
-        large_alone = run_timed(large_alone_id, interval=0.5)
+        large_alone = run_timed(large_alone_id, interval=0.5).seconds
 
         large = project("Large", args.large)
         smalls = [project(f"Small {n}", s) for n in range(k)]
@@ -117,12 +140,15 @@ def main() -> None:
             large_run = pool.submit(run_timed, large, 0.5)
             wait_paid(ledger, large, quota)  # the large project holds the whole quota
             small_runs = [pool.submit(run_timed, p, 0.1) for p in smalls]
-            together_small = [f.result() for f in small_runs]
-            large_together = large_run.result()
+            beside_runs = [f.result() for f in small_runs]
+            large_together = large_run.result().seconds
         worker.stop()
         jobs = LocalJobs(Path(stack.env["MVPIPE_LOCAL_STATE"]))
         unpaid = sum(not_paid_once(ledger, p, n) for p, n in sizes.items())
         twice = [double_payments(ledger, jobs, p) for p in sizes]
+        waits = [[r.slot_wait(ledger) for r in runs] for runs in (alone_runs, beside_runs)]
+    alone_small = [r.seconds for r in alone_runs]
+    together_small = [r.seconds for r in beside_runs]
 
     alone_med = statistics.median(alone_small)
     ratios = [t / alone_med for t in together_small]
@@ -144,6 +170,10 @@ def main() -> None:
             f"{', '.join(f'{t:.1f}' for t in together_small)} s",
         ),
         ("worst small ratio, beside / alone median (goal <= 1.5)", f"{max(ratios):.2f}x"),
+        (
+            "small projects: start -> last job accepted (slot wait), alone / beside",
+            " / ".join(", ".join(f"{w:.1f}" for w in side) + " s" for side in waits),
+        ),
         (
             "floor: alone + one wave of the large project (L)",
             f"{alone_med + latency:.1f} s = {(alone_med + latency) / alone_med:.2f}x",
