@@ -212,7 +212,8 @@ def rewrite(path: Path, outcomes: list[Outcome], meta: dict[str, object]) -> Non
     ran = {o.bench.name for o in outcomes}
     previous = DATA.search(text)
     old: list[dict[str, object]] = json.loads(previous.group(1)) if previous else []
-    carried = [row for row in old if row["bench"] not in ran]
+    planned = {b.name for b in PLAN}  # a benchmark dropped from the plan is not carried
+    carried = [row for row in old if row["bench"] in planned - ran]
     block = summary_block(outcomes, carried, meta)
     if START in text and END in text:
         head, rest = text.split(START, 1)
