@@ -1,6 +1,6 @@
 """Fairness of the shared provider quota: small projects started behind a large one.
 
-    python bench/fairness.py [--quota 16 --large 160 --small 4 --smalls 3 --latency 2
+    python bench/fairness.py [--quota 8 --large 80 --small 2 --smalls 3 --latency 1
                               --size 320x180]
 
 On one stack (same workers, same quota P, provider latency L):
@@ -19,16 +19,21 @@ and assembly on the workers' CPU.
 The sizes follow from the arithmetic of the rule (a freed slot goes to the waiting project with
 the fewest jobs in flight): k small projects of s scenes all start in the first wave of freed
 slots, as they would alone, only when P >= (k + 1) * s; with a smaller quota each small project's
-share is P / (k + 1) slots and it needs several waves whatever the rule. Hence P = 16 for three
-projects of 4 scenes, and a large project of 10 quotas. Even so a small project that arrives
+share is P / (k + 1) slots and it needs several waves whatever the rule. Hence P = 8 for three
+projects of 2 scenes, and a large project of 10 quotas. Even so a small project that arrives
 just after the large one's wave started waits for that wave to free its slots (up to L), which
 no rule that does not pre-empt running jobs can avoid: the table prints that floor beside it.
+A small project alone takes about L plus a fixed overhead o, so the floor is about
+(2L + o) / (L + o): under 1.5 only while L < o. Hence L = 1 s by default; at L = 2 s the goal
+sits at the floor and the figure says little about the rule (first come, first served would
+still show: the small projects would wait for the large one's 10 waves). P and L are kept low
+enough that the quota, not the two worker processes, limits the throughput.
 
 Every project is cut and assembled too, on the workers' CPU, whose queue (`mvpipe.media`) is
-first come, first served: at 1280x720 two worker processes cut more slowly than a quota of 16
-delivers clips, so the small projects' cuts would wait behind the large one's and the figure
-would measure the workers' CPU, not the quota's sharing. Hence a small output size by default;
-`--size 1280x720` shows the other case.
+first come, first served: at 1280x720 two worker processes cut more slowly than a quota of 8
+delivers clips at L = 1 s (8 a second), so the small projects' cuts would wait behind the large
+one's and the figure would measure the workers' CPU, not the quota's sharing. Hence a small
+output size by default; `--size 1280x720` shows the other case.
 
 The large project's bound: the small projects' k * s jobs take that many slot-turns of L from
 the quota, so the large one should finish no later than alone + ceil(k * s / P) * L.
@@ -98,11 +103,11 @@ def not_paid_once(ledger: Path, project_id: str, scenes: int) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quota", type=int, default=16)
-    parser.add_argument("--large", type=int, default=160)
-    parser.add_argument("--small", type=int, default=4)
+    parser.add_argument("--quota", type=int, default=8)
+    parser.add_argument("--large", type=int, default=80)
+    parser.add_argument("--small", type=int, default=2)
     parser.add_argument("--smalls", type=int, default=3)
-    parser.add_argument("--latency", type=float, default=2.0)
+    parser.add_argument("--latency", type=float, default=1.0)
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--size", default="320x180", help="output size of the cut and final video")
     args = parser.parse_args()
