@@ -1,6 +1,6 @@
 """Every benchmark in sequence on one commit; BENCHMARKS.md's summary rewritten from that run.
 
-    python bench/all.py [--skip drill] [--drill-repeat 10] [--only NAME ...] [--quick]
+    python bench/all.py [--skip drill] [--drill-repeat 10] [--only NAME,NAME] [--quick]
                         [--output BENCHMARKS.md]
 
 Each script runs in its own process on its own fresh stack, with the sizes BENCHMARKS.md quotes
