@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import redis
-from common import bench_stack, workers
+from common import bench_stack, summary, workers
 from countingproxy import DYNAMO_READS, DYNAMO_WRITES, CountingProxy
 from scaling import redis_calls
 
@@ -151,6 +151,8 @@ def main() -> None:
               f"(a Celery message and a provider GET each)")  # fmt: skip
     print(f"\nworker memory per waiting scene: {per_byte:.0f} B ({held} countdown messages held)")
     print(f"  10,000 waiting scenes in one worker: {per_byte * 10_000 / 2**20:.0f} MiB")
+    summary(f"worker memory per waiting scene ({held} countdown messages held)",
+            f"{per_byte:.0f} B", "reported (issue 15)")  # fmt: skip
 
 
 if __name__ == "__main__":

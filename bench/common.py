@@ -1,8 +1,14 @@
-"""Shared plumbing for the benchmarks: a private local stack, worker processes, result tables."""
+"""Shared plumbing for the benchmarks: a private local stack, worker processes, result tables.
+
+`record` appends a table to BENCHMARKS.md; with `BENCH_NO_RECORD=1` in the environment it only
+prints (smoke runs, and `bench/all.py`, which writes BENCHMARKS.md itself from one run). `summary`
+prints one figure for the summary table that `bench/all.py` collects.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import shutil
@@ -81,6 +87,16 @@ def wait_all(project_ids: list[str], timeout: float) -> float:
     return time.monotonic() - start
 
 
+def warm_up() -> None:
+    """Run a one-scene project, unmeasured: fresh workers' first tasks import, connect and
+    warm up, which a service's long-running workers did long ago."""
+    from mvpipe import api
+
+    project_id = api.create_project("Warm-up", "bench", scenes=[{"prompt": "warm-up"}])
+    api.run_project(project_id)
+    api.wait_project(project_id, timeout=600, interval=0.2)
+
+
 def table(title: str, rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
 
@@ -92,11 +108,28 @@ def table(title: str, rows: list[tuple[str, ...]], header: tuple[str, ...]) -> s
     return "\n".join(out)
 
 
+def machine() -> str:
+    return f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}"
+
+
 def record(text: str) -> None:
-    """Print a result and append it to BENCHMARKS.md with the machine and the date."""
+    """Print a result and append it to BENCHMARKS.md with the machine and the date (unless
+    `BENCH_NO_RECORD=1`: then print only)."""
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    machine = f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}"
-    block = f"\n{text}\n\n_{stamp}; {machine}_\n"
-    print(block)
+    block = f"\n{text}\n\n_{stamp}; {machine()}_\n"
+    print(block, flush=True)
+    if os.environ.get("BENCH_NO_RECORD") == "1":
+        return
     with open(ROOT / "BENCHMARKS.md", "a", encoding="utf-8") as handle:
         handle.write(block)
+
+
+#: The prefix of a summary line on a benchmark's standard output.
+SUMMARY_TAG = "BENCH-SUMMARY "
+
+
+def summary(measure: str, value: str, target: str = "", met: bool | None = None) -> None:
+    """One row of BENCHMARKS.md's summary table (`bench/all.py` collects these lines): what was
+    measured with its sizes, the figure, the target, and whether the figure meets it."""
+    row = {"measure": measure, "value": value, "target": target, "met": met}
+    print(SUMMARY_TAG + json.dumps(row), flush=True)

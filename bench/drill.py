@@ -26,7 +26,7 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
-from common import bench_stack, record, table, workers
+from common import bench_stack, record, summary, table, workers
 
 from mvpipe import api
 from mvpipe.celery_app import app
@@ -274,6 +274,14 @@ def main() -> None:
     )
     record(
         table(f"Fault drills (seed {args.seed}, {args.repeat} round(s) per fault)", rows, header)
+    )
+    summary(
+        f"fault drills ({len(kinds)} kinds x {args.repeat} rounds, {grand['scenes']} scenes): "
+        "lost, paid twice outside the named window, violations, money off",
+        f"{grand['lost']}, {grand['dup_other']}, {grand['violations']}, {grand['money_off']} "
+        f"({grand['dup_window']} paid twice inside the window)",
+        "0, 0, 0, 0",
+        grand["lost"] == grand["dup_other"] == grand["violations"] == grand["money_off"] == 0,
     )
 
 

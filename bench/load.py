@@ -15,7 +15,7 @@ import statistics
 import time
 from pathlib import Path
 
-from common import bench_stack, wait_all, workers
+from common import bench_stack, summary, wait_all, workers
 
 from mvpipe import api
 from mvpipe.deps import get_context
@@ -94,6 +94,19 @@ def main() -> None:
         print(f"reconcile passes {len(seen)}: examined max {most} projects; "
               f"duration median {median:.3f} s, max {max(durations):.3f} s")  # fmt: skip
         print("  " + ", ".join(f"{n}p {s:.2f}s{' (full)' if f else ''}" for n, s, f in seen))
+    sizes = f"{args.projects} projects x {args.scenes} scenes, P={args.quota}, L={args.latency:g} s"
+    summary(
+        f"load with beat ({sizes}): completed, paid twice, never paid, violations",
+        f"{completed}/{len(ids)}, {twice}, {unpaid}, {len(broken)} in {wall:.1f} s",
+        "all, 0, 0, 0",
+        completed == len(ids) and twice == unpaid == len(broken) == 0,
+    )
+    if durations:
+        summary(
+            "reconcile pass during the load: median / max duration",
+            f"{statistics.median(durations):.3f} s / {max(durations):.3f} s ({len(seen)} passes)",
+            "reported (issue 14)",
+        )
 
 
 if __name__ == "__main__":

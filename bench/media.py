@@ -24,7 +24,7 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
-from common import ROOT, record, table
+from common import ROOT, record, summary, table
 
 from mvpipe.media.assemble import assemble, encode_song
 from mvpipe.media.cut import cut_clip
@@ -243,6 +243,18 @@ def main() -> None:
         record(text)
     else:
         print(text)
+    warm = float(warm_up["first_after_warm"])
+    summary(f"song analysis, {minutes:g}-min song, first call after warm()", f"{warm:.2f} s",
+            "<= 10 s", warm <= 10)  # fmt: skip
+    speed = statistics.median(speeds)
+    summary(f"cut throughput at {fmt.size}@{fmt.fps}, one process", f"{speed:.2f}x real time",
+            ">= 3x", speed >= 3)  # fmt: skip
+    summary(
+        f"assembly of {what}, song encoded to AAC / pre-encoded",
+        f"{assembly:.2f} s / {assembly_copy:.2f} s",
+        "<= 5 s",
+        max(assembly, assembly_copy) <= 5,
+    )
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import io
 import pstats
 import time
 
-from common import bench_stack, record, table, workers
+from common import bench_stack, record, summary, table, workers
 
 from mvpipe import api
 
@@ -62,6 +62,13 @@ def main() -> None:
     ]
     record(
         table("Orchestration overhead (latency 0)", rows, ("measure", "value")) + "\n\n" + profile
+    )
+    ratio = (n / ours) / (n / bare)
+    summary(
+        f"full pipeline / bare Celery chord throughput (latency 0, N={n}, C={args.concurrency})",
+        f"{ratio:.2f} ({n / ours:.1f} scenes/s vs {n / bare:.1f} tasks/s)",
+        ">= 0.25",
+        ratio >= 0.25,
     )
 
 

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import redis
-from common import bench_stack, record, table, workers
+from common import bench_stack, record, summary, table, workers
 from countingproxy import DYNAMO_READS, DYNAMO_WRITES, CountingProxy
 
 from mvpipe import api
@@ -163,6 +163,37 @@ def main() -> None:
             rows,
             ("n", "wall/scene", "vs N=100", "worker peak RSS", "vs N=100"),
         )
+    )
+    _summarize(results, base)
+
+
+def _summarize(results: list[dict[str, float]], base: dict[str, float]) -> None:
+    top = max(results, key=lambda r: r["n"])
+    n, b = int(top["n"]), int(base["n"])
+    # Issue 7's 3 writes, 2 reads and 1 PUT per generated scene, plus the cut stage's own
+    # upload and its one conditional write (DESIGN.md v4 invariant 1).
+    summary(
+        f"DynamoDB writes / reads, S3 PUTs per scene (n={n})",
+        f"{top['writes']:.2f} / {top['reads']:.2f} / {top['s3_put']:.2f}",
+        "<= 4 / <= 2 / 2 (3 / 2 / 1 + the cut's write and upload)",
+        top["writes"] <= 4 and top["reads"] <= 2 and top["s3_put"] <= 2.01,
+    )
+    summary(f"Redis commands per scene (n={n})", f"{top['redis']:.1f}", "<= 50 (issue 15)",
+            top["redis"] <= 50)  # fmt: skip
+    time_ratio = top["wall_per_scene"] / base["wall_per_scene"]
+    summary(
+        f"time per scene, n={n} vs n={b} (latency 0)",
+        f"{time_ratio:.2f}x ({base['wall_per_scene'] * 1000:.1f} -> "
+        f"{top['wall_per_scene'] * 1000:.1f} ms)",
+        "<= 1.20",
+        time_ratio <= 1.2,
+    )
+    rss_ratio = top["rss_mib"] / base["rss_mib"]
+    summary(
+        f"worker peak RSS, n={n} vs n={b}",
+        f"{rss_ratio:.2f}x ({base['rss_mib']:.0f} -> {top['rss_mib']:.0f} MiB)",
+        "<= 1.20",
+        rss_ratio <= 1.2,
     )
 
 

@@ -1,0 +1,98 @@
+"""Makespan of a music video against the quota bound, with the share of cutting and assembly.
+
+    python bench/makespan_song.py [--song-seconds 180 --slot-max 4 --latency 5 --quota 20
+                                   --concurrency 2 --size 1280x720 --fps 24]
+
+A synthesized song (drums and bass at a known tempo) goes in; the song decides the N scenes
+(slots on its beats, at most `--slot-max` s each). Bound = ceil(N/P) * L, as in makespan.py.
+
+Method: the makespan is the wall time from `run_project` until no run is active (the final
+video recorded); the phases (planning, generation phase, cut tail, assembly) come from the
+workers' own log lines, as `phases.py` explains, and each share is that phase over the makespan.
+A short song is run first, unmeasured, so that the workers' first-call costs (analysis warm-up,
+connections) are not counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+from common import bench_stack, record, summary, table, wait_all, workers
+from phases import Phases
+
+from mvpipe import api
+from mvpipe.media.synth import synthesize_song
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--song-seconds", type=float, default=180.0)
+    parser.add_argument("--slot-max", type=float, default=4.0)
+    parser.add_argument("--latency", type=float, default=5.0)
+    parser.add_argument("--quota", type=int, default=20)
+    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--size", default="1280x720")
+    parser.add_argument("--fps", type=int, default=24)
+    args = parser.parse_args()
+    latency, quota, conc = args.latency, args.quota, args.concurrency
+    settings = {
+        "local_latency": str(latency),
+        "local_max_concurrent": str(quota),
+        "provider_concurrency": str(quota),
+        "local_clip_seconds": "1",
+        "slot_max_seconds": str(args.slot_max),
+        "output_size": args.size,
+        "output_fps": str(args.fps),
+    }
+    song = synthesize_song(seconds=args.song_seconds, bpm=123.0, offset=0.137)
+    with bench_stack(**settings) as (stack, workdir):
+        worker = workers(stack, workdir, conc)
+        # Unmeasured: the workers' first song (analysis compiled and warmed, clients connected).
+        first = api.create_project("Warm-up", "bench", song=synthesize_song(seconds=8.0).wav)
+        api.run_project(first)
+        wait_all([first], timeout=600)
+        project_id = api.create_project("Makespan song", "bench", song=song.wav)
+        started_at = time.time()
+        started = time.monotonic()
+        api.run_project(project_id)
+        api.wait_project(project_id, timeout=3600, interval=0.1)
+        makespan = time.monotonic() - started
+        view = api.get_project(project_id)
+        worker.stop()
+        log = worker.log_path
+        n = view.scene_count
+        assert view.completed_scenes == n and view.final_video_s3_key, view.status
+        phases = Phases.of(log, project_id, n, started_at)
+    bound = math.ceil(n / quota) * latency
+
+    rows = [
+        ("song / scenes (slot max)", f"{args.song_seconds:g} s / {n} ({args.slot_max:g} s)"),
+        (
+            "latency / quota / workers / output",
+            f"{latency:g} s / {quota} / {conc} / {args.size}@{args.fps}",
+        ),
+        ("quota bound ceil(N/P)*L", f"{bound:.1f} s"),
+        ("makespan (run start -> final video recorded)", f"{makespan:.1f} s"),
+        ("makespan / bound", f"{makespan / bound:.2f}"),
+        *phases.rows(makespan, bound),
+        ("song analysis (its own log line; part of planning)", f"{phases.analysis:.1f} s"),
+    ]
+    record(table("Makespan of a music video: cutting and assembly", rows, ("measure", "value")))
+    sizes = f"{args.song_seconds:g} s song, N={n}, L={latency:g} s, P={quota}, {args.size}"
+    summary(
+        f"music video: generation phase / quota bound ({sizes})",
+        f"{phases.generated / bound:.2f}x ({phases.generated:.1f} s vs {bound:.1f} s)",
+        "<= 1.15 (issue 15)",
+        phases.generated / bound <= 1.15,
+    )
+    summary(
+        "music video: makespan, and the share of cutting and assembly",
+        f"{makespan:.1f} s = {makespan / bound:.2f}x bound; {phases.shares(makespan)}",
+        "reported (issue 11)",
+    )
+
+
+if __name__ == "__main__":
+    main()
