@@ -1,0 +1,178 @@
+"""Lip-sync, the second paid stage, end to end on the local stack: marked scenes get a third clip
+made from their cut and the song's audio for their slot, the final video shows it, and each
+stage is paid exactly once per scene (again only for what a user asks to redo)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+
+from mvpipe import api
+from mvpipe.deps import get_context
+from mvpipe.media.audio import decode_mono, slice_audio
+from mvpipe.media.meter import FILL, levels, meter_box
+from mvpipe.media.synth import SynthSong, synthesize_song
+from mvpipe.models import ProjectStatus, SceneStatus, SceneView
+from tests.conftest import Workers
+from tests.helpers import assert_invariants, generations_per_scene
+
+pytestmark = pytest.mark.integration
+
+StartWorkers = Callable[..., Workers]
+
+WIDTH, HEIGHT, FPS = 160, 90, 12
+#: 2 s slots on a 9 s song: five scenes, the 2nd and 5th marked for lip-sync.
+SETTINGS = {
+    "output_size": f"{WIDTH}x{HEIGHT}",
+    "output_fps": str(FPS),
+    "slot_max_seconds": "2",
+}
+Frames = list[NDArray[np.int16]]
+
+
+@pytest.fixture(scope="module")
+def song() -> SynthSong:
+    return synthesize_song(seconds=9.0, bpm=120.0, sections=2)
+
+
+def decode(data: bytes, path: Path) -> Frames:
+    path.write_bytes(data)
+    with av.open(str(path)) as container:
+        return [
+            f.to_ndarray(format="rgb24").astype(np.int16)
+            for f in container.decode(container.streams.video[0])
+        ]
+
+
+def clip(key: str | None, path: Path) -> Frames:
+    assert key is not None
+    return decode(get_context().clips.read(key), path)
+
+
+def slot(scene: SceneView) -> tuple[int, int]:
+    return round((scene.start_seconds or 0.0) * FPS), round((scene.end_seconds or 0.0) * FPS)
+
+
+def meter_fill(frame: NDArray[np.int16]) -> float:
+    """The share of the meter's panel showing its fill colour."""
+    x0, y0, x1, y1 = meter_box(WIDTH, HEIGHT)
+    panel = frame[y0:y1, x0 + 1 : x1 - 1]
+    near = np.abs(panel - np.array(FILL)).max(axis=2) < 80
+    return float(near.mean())
+
+
+def difference(a: Frames, b: Frames) -> list[float]:
+    """Mean absolute difference of each pair of frames."""
+    return [float(np.abs(x - y).mean()) for x, y in zip(a, b, strict=True)]
+
+
+def paid(workers: Workers, project_id: str) -> tuple[dict[int, int], dict[int, int]]:
+    return (
+        dict(generations_per_scene(workers.ledger, project_id)),
+        dict(generations_per_scene(workers.ledger, project_id, "lipsync")),
+    )
+
+
+def test_marked_scenes_are_lip_synced_once_and_the_final_video_shows_them(
+    start_workers: StartWorkers, song: SynthSong, tmp_path: Path
+) -> None:
+    # Given a project with a song whose planner marks performance scenes for lip-sync
+    workers = start_workers(**SETTINGS)
+    project_id = api.create_project("Sing", "Neon rain\nOn the glass", song=song.wav, lip_sync=True)
+
+    # When it runs
+    api.run_project(project_id)
+    view = api.wait_project(project_id, timeout=150)
+
+    # Then every scene is completed and the marked ones have all three clips, each exactly
+    # their slot's frames
+    assert view.status == ProjectStatus.COMPLETED, [(s.sequence, s.last_error) for s in view.scenes]
+    marked = [s for s in view.scenes if s.lip_sync]
+    assert [s.sequence for s in marked] == [2, 5]
+    for scene in view.scenes:
+        assert scene.status == SceneStatus.COMPLETED
+        assert (scene.lip_synced_video_clip_s3_key is not None) == scene.lip_sync
+    song_samples = decode_mono(song.wav, 16000)
+    final_frames = decode(
+        api.download(project_id, tmp_path / "final.mp4").read_bytes(), tmp_path / "f.mp4"
+    )
+    for scene in marked:
+        first, end = slot(scene)
+        assert scene.original_video_clip_s3_key and scene.working_video_clip_s3_key
+        working = clip(scene.working_video_clip_s3_key, tmp_path / "w.mp4")
+        synced = clip(scene.lip_synced_video_clip_s3_key, tmp_path / "l.mp4")
+        assert len(working) == len(synced) == end - first
+        # and the lip-synced clip is the cut with a meter that follows the slot's audio
+        heard = levels(
+            slice_audio(song_samples, 16000, first / FPS, end / FPS), 16000, FPS, end - first
+        )
+        shown = [meter_fill(f) for f in synced]
+        assert max(shown) > 0.5 and np.corrcoef(heard, shown)[0, 1] > 0.9, (heard, shown)
+        assert max(meter_fill(f) for f in working) < 0.05
+        # and the final video shows the lip-synced clip in the slot, not the cut
+        in_final = final_frames[first:end]
+        assert max(difference(in_final, synced)) < 1.0
+        assert min(difference(in_final, working)) > 1.0
+
+    # and each scene paid one generation, each marked scene one lip-sync
+    everyone = {s.sequence: 1 for s in view.scenes}
+    assert paid(workers, project_id) == (everyone, {2: 1, 5: 1})
+    assert_invariants(project_id)
+
+    # When it runs again, nothing is paid and the final video is the same
+    api.run_project(project_id).get(timeout=60)
+    again = api.wait_project(project_id, timeout=60)
+    assert again.final_video_s3_key == view.final_video_s3_key
+    assert paid(workers, project_id) == (everyone, {2: 1, 5: 1})
+
+    # When a marked scene is regenerated, it pays one generation and one lip-sync more
+    api.regenerate_scene(project_id, 5)
+    regenerated = api.wait_project(project_id, timeout=120)
+    assert regenerated.status == ProjectStatus.COMPLETED, regenerated.last_error
+    assert paid(workers, project_id) == ({**everyone, 5: 2}, {2: 1, 5: 2})
+    before, after = view.scenes[4], regenerated.scenes[4]
+    assert after.lip_synced_video_clip_s3_key not in (None, before.lip_synced_video_clip_s3_key)
+    assert regenerated.final_video_s3_key != view.final_video_s3_key
+    assert_invariants(project_id)
+
+
+def test_a_permanent_lip_sync_failure_keeps_the_clips_and_the_next_run_pays_only_lip_sync(
+    start_workers: StartWorkers, song: SynthSong
+) -> None:
+    # Given a lip-sync provider that fails every job it accepted
+    workers = start_workers(local_lipsync_faults="permanent=1.0", **SETTINGS)
+    project_id = api.create_project("Mute", "No face", song=song.wav, lip_sync=True)
+
+    # When the project runs
+    api.run_project(project_id)
+    view = api.wait_project(project_id, timeout=150)
+
+    # Then the marked scenes failed with the provider's reason, keeping their earlier clips,
+    # and the others completed
+    assert view.status == ProjectStatus.FAILED
+    for scene in view.scenes:
+        if scene.lip_sync:
+            assert scene.status == SceneStatus.FAILED
+            assert scene.last_error and "no face" in scene.last_error
+            assert scene.original_video_clip_s3_key and scene.working_video_clip_s3_key
+            assert scene.lip_synced_video_clip_s3_key is None
+        else:
+            assert scene.status == SceneStatus.COMPLETED
+    everyone = {s.sequence: 1 for s in view.scenes}
+    assert paid(workers, project_id) == (everyone, {2: 1, 5: 1})
+    assert_invariants(project_id)
+
+    # When the user runs it again, only the lip-syncs are paid for again
+    api.run_project(project_id)
+    again = api.wait_project(project_id, timeout=120)
+    assert again.status == ProjectStatus.FAILED
+    assert paid(workers, project_id) == (everyone, {2: 2, 5: 2})
+    assert [s.original_video_clip_s3_key for s in again.scenes] == [
+        s.original_video_clip_s3_key for s in view.scenes
+    ]
+    assert_invariants(project_id)
