@@ -1,0 +1,142 @@
+"""Lip-sync drills: the second paid stage under the faults the first one is drilled with —
+workers SIGKILLed at its crash points, duplicate delivery during its submission, a cancel while
+its job runs. Every invariant holds, each scene's generation is paid once, and its lip-sync once
+(twice only inside the named window, or when a user's cancel stopped the first job)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from mvpipe import api
+from mvpipe.celery_app import app
+from mvpipe.deps import get_context
+from mvpipe.devstack.drills import double_payments
+from mvpipe.devstack.failpoints import LIPSYNC_POINTS, held, release
+from mvpipe.dispatch import CeleryDispatcher
+from mvpipe.media.synth import SynthSong, synthesize_song
+from mvpipe.models import SceneStatus
+from mvpipe.providers.local import LocalJobs
+from tests.conftest import Workers
+from tests.drills.conftest import DRILL_SETTINGS, check_drill, heal
+from tests.helpers import generations_per_scene, wait_for
+
+StartWorkers = Callable[..., Workers]
+
+#: 2 s slots of a 6 s song: three scenes, the 2nd marked for lip-sync. Small media.
+LIPSYNC_SETTINGS = {
+    **DRILL_SETTINGS,
+    "output_size": "160x90",
+    "output_fps": "12",
+    "slot_max_seconds": "2",
+}
+MARKED = 2
+
+
+@pytest.fixture(scope="module")
+def song() -> SynthSong:
+    return synthesize_song(seconds=6.0, bpm=120.0, sections=2)
+
+
+def lip_synced_project(song: SynthSong) -> str:
+    return api.create_project("Drill", "Sing it", song=song.wav, lip_sync=True)
+
+
+def check_lipsync(project_id: str, workers: Workers, *, paid: int = 1, in_window: int = 0) -> None:
+    """Every invariant and one generation per scene (`check_drill`); the marked scene's
+    lip-sync paid `paid` times, `in_window` of them inside the named window, none outside."""
+    check_drill(project_id, workers)
+    assert [s.sequence for s in api.get_project(project_id).scenes if s.lip_sync] == [MARKED]
+    assert generations_per_scene(workers.ledger, project_id, "lipsync") == {MARKED: paid}
+    jobs = LocalJobs(Path(workers.env["MVPIPE_LOCAL_STATE"]))
+    assert double_payments(workers.ledger, jobs, project_id, "lipsync") == (in_window, 0)
+
+
+@pytest.mark.parametrize("point", LIPSYNC_POINTS)
+def test_worker_killed_at_a_lip_sync_crash_point(
+    start_workers: StartWorkers, song: SynthSong, point: str
+) -> None:
+    workers = start_workers(failpoints=point, **LIPSYNC_SETTINGS)
+    project_id = lip_synced_project(song)
+    api.run_project(project_id)
+    heal(project_id)
+    assert (workers.ledger.parent / "state" / "failpoints" / point).exists()  # it did crash
+    # Only a crash between the job's acceptance and its id's write can pay a second lip-sync.
+    window = point == "lipsync_after_submit"
+    lipsyncs = generations_per_scene(workers.ledger, project_id, "lipsync")[MARKED]
+    assert lipsyncs == 1 or (window and lipsyncs == 2), lipsyncs
+    check_lipsync(project_id, workers, paid=lipsyncs, in_window=lipsyncs - 1)
+
+
+def test_duplicate_delivery_while_the_lip_sync_is_submitted(
+    start_workers: StartWorkers, song: SynthSong
+) -> None:
+    # Given the lip-sync's submitter held between the job's acceptance and its record
+    workers = start_workers(failpoints="lipsync_before_record=hold", **LIPSYNC_SETTINGS)
+    state_dir = workers.ledger.parent / "state"
+    project_id = lip_synced_project(song)
+    api.run_project(project_id)
+    wait_for(lambda: held(state_dir, "lipsync_before_record"), 90, "the lip-sync submission")
+    # When the scene's message is delivered three more times meanwhile
+    run_id = get_context().projects.get(project_id).active_run_id
+    dispatcher = CeleryDispatcher(app)
+    duplicates = [dispatcher.resume(project_id, MARKED, run_id, "local") for _ in range(3)]
+    # Then each finds the stage owned by the held submitter's lease and submits nothing
+    outcomes = {d.get(timeout=60)["outcome"] for d in duplicates}
+    assert outcomes == {"owned by another execution"}, outcomes
+    release(state_dir, "lipsync_before_record")
+    # and the run completes with one lip-sync paid
+    heal(project_id)
+    check_lipsync(project_id, workers)
+
+
+def test_cancel_during_the_lip_sync_keeps_the_earlier_clips(
+    start_workers: StartWorkers, song: SynthSong
+) -> None:
+    # Given a lip-sync job running (3 s jobs)
+    workers = start_workers(**{**LIPSYNC_SETTINGS, "local_latency": "3"})
+    project_id = lip_synced_project(song)
+    api.run_project(project_id)
+    ctx = get_context()
+
+    def lip_syncing() -> bool:
+        scene = ctx.scenes.get(project_id, MARKED)
+        return scene is not None and scene.lip_sync_operation_id is not None
+
+    wait_for(lip_syncing, 90, "the lip-sync job to be stored")
+    before = ctx.scenes.get(project_id, MARKED)
+    assert before is not None
+    # When the user cancels
+    view = api.cancel_project(project_id)
+    # Then the job is stopped and the scene waits for its lip-sync again, clips kept
+    scene = next(s for s in view.scenes if s.sequence == MARKED)
+    assert scene.status == SceneStatus.PENDING
+    assert scene.lip_sync_operation_id is None and scene.lip_synced_video_clip_s3_key is None
+    assert scene.original_video_clip_s3_key == before.clip_key
+    assert scene.working_video_clip_s3_key == before.working_clip_key
+    # and the user's next run pays only for a new lip-sync (the first job made no video)
+    heal(project_id)
+    check_drill(project_id, workers)
+    assert generations_per_scene(workers.ledger, project_id, "lipsync") == {MARKED: 2}
+    assert cancelled_jobs(Path(workers.env["MVPIPE_LOCAL_STATE"]), project_id) == [
+        before.lip_sync_operation_id
+    ]
+    after = api.get_project(project_id).scenes[MARKED - 1]
+    assert after.working_video_clip_s3_key == before.working_clip_key
+    assert after.lip_synced_video_clip_s3_key is not None
+
+
+def cancelled_jobs(path: Path, project_id: str) -> list[str]:
+    """The lip-sync jobs the provider stopped before they made a video."""
+    db = sqlite3.connect(path)
+    try:
+        rows = db.execute(
+            "SELECT operation_id FROM lipsync_jobs WHERE project_id = ? AND cancelled = 1",
+            (project_id,),
+        ).fetchall()
+    finally:
+        db.close()
+    return [row[0] for row in rows]
