@@ -19,25 +19,24 @@ from mvpipe.media.meter import FILL, levels, meter_box
 from mvpipe.media.synth import SynthSong, synthesize_song
 from mvpipe.models import ProjectStatus, SceneStatus, SceneView
 from tests.conftest import Workers
-from tests.helpers import assert_invariants, generations_per_scene
+from tests.helpers import assert_invariants, generations_per_scene, lip_synced_project
 
 pytestmark = pytest.mark.integration
 
 StartWorkers = Callable[..., Workers]
 
 WIDTH, HEIGHT, FPS = 160, 90, 12
-#: 2 s slots on a 9 s song: five scenes, the 2nd and 5th marked for lip-sync.
-SETTINGS = {
-    "output_size": f"{WIDTH}x{HEIGHT}",
-    "output_fps": str(FPS),
-    "slot_max_seconds": "2",
-}
+SETTINGS = {"output_size": f"{WIDTH}x{HEIGHT}", "output_fps": str(FPS)}
+#: Three slots of a 5 s song (planned straight through the store: no song analysis to wait
+#: for; the planner's marking is tested on its own), the 2nd and 3rd marked for lip-sync.
+BOUNDARIES = [0.0, 1.75, 3.25, 5.0]
+MARKED = {2, 3}
 Frames = list[NDArray[np.int16]]
 
 
 @pytest.fixture(scope="module")
 def song() -> SynthSong:
-    return synthesize_song(seconds=9.0, bpm=120.0, sections=2)
+    return synthesize_song(seconds=5.0, bpm=120.0, sections=2)
 
 
 def decode(data: bytes, path: Path) -> Frames:
@@ -81,9 +80,9 @@ def paid(workers: Workers, project_id: str) -> tuple[dict[int, int], dict[int, i
 def test_marked_scenes_are_lip_synced_once_and_the_final_video_shows_them(
     start_workers: StartWorkers, song: SynthSong, tmp_path: Path
 ) -> None:
-    # Given a project with a song whose planner marks performance scenes for lip-sync
+    # Given a project with a song, some of its scenes marked for lip-sync
     workers = start_workers(**SETTINGS)
-    project_id = api.create_project("Sing", "Neon rain\nOn the glass", song=song.wav, lip_sync=True)
+    project_id = lip_synced_project(get_context(), song.wav, BOUNDARIES, MARKED)
 
     # When it runs
     api.run_project(project_id)
@@ -93,7 +92,7 @@ def test_marked_scenes_are_lip_synced_once_and_the_final_video_shows_them(
     # their slot's frames
     assert view.status == ProjectStatus.COMPLETED, [(s.sequence, s.last_error) for s in view.scenes]
     marked = [s for s in view.scenes if s.lip_sync]
-    assert [s.sequence for s in marked] == [2, 5]
+    assert {s.sequence for s in marked} == MARKED
     for scene in view.scenes:
         assert scene.status == SceneStatus.COMPLETED
         assert (scene.lip_synced_video_clip_s3_key is not None) == scene.lip_sync
@@ -121,21 +120,21 @@ def test_marked_scenes_are_lip_synced_once_and_the_final_video_shows_them(
 
     # and each scene paid one generation, each marked scene one lip-sync
     everyone = {s.sequence: 1 for s in view.scenes}
-    assert paid(workers, project_id) == (everyone, {2: 1, 5: 1})
+    assert paid(workers, project_id) == (everyone, {2: 1, 3: 1})
     assert_invariants(project_id)
 
     # When it runs again, nothing is paid and the final video is the same
     api.run_project(project_id).get(timeout=60)
     again = api.wait_project(project_id, timeout=60)
     assert again.final_video_s3_key == view.final_video_s3_key
-    assert paid(workers, project_id) == (everyone, {2: 1, 5: 1})
+    assert paid(workers, project_id) == (everyone, {2: 1, 3: 1})
 
     # When a marked scene is regenerated, it pays one generation and one lip-sync more
-    api.regenerate_scene(project_id, 5)
+    api.regenerate_scene(project_id, 3)
     regenerated = api.wait_project(project_id, timeout=120)
     assert regenerated.status == ProjectStatus.COMPLETED, regenerated.last_error
-    assert paid(workers, project_id) == ({**everyone, 5: 2}, {2: 1, 5: 2})
-    before, after = view.scenes[4], regenerated.scenes[4]
+    assert paid(workers, project_id) == ({**everyone, 3: 2}, {2: 1, 3: 2})
+    before, after = view.scenes[2], regenerated.scenes[2]
     assert after.lip_synced_video_clip_s3_key not in (None, before.lip_synced_video_clip_s3_key)
     assert regenerated.final_video_s3_key != view.final_video_s3_key
     assert_invariants(project_id)
@@ -144,35 +143,34 @@ def test_marked_scenes_are_lip_synced_once_and_the_final_video_shows_them(
 def test_a_permanent_lip_sync_failure_keeps_the_clips_and_the_next_run_pays_only_lip_sync(
     start_workers: StartWorkers, song: SynthSong
 ) -> None:
-    # Given a lip-sync provider that fails every job it accepted
+    # Given a lip-sync provider that fails every job it accepted, and a planned project of
+    # two scenes, the second marked for lip-sync
     workers = start_workers(local_lipsync_faults="permanent=1.0", **SETTINGS)
-    project_id = api.create_project("Mute", "No face", song=song.wav, lip_sync=True)
+    project_id = lip_synced_project(get_context(), song.wav, [0.0, 2.5, 5.0], {2})
 
     # When the project runs
     api.run_project(project_id)
-    view = api.wait_project(project_id, timeout=150)
+    view = api.wait_project(project_id, timeout=120)
 
-    # Then the marked scenes failed with the provider's reason, keeping their earlier clips,
-    # and the others completed
+    # Then the marked scene failed with the provider's reason, keeping its earlier clips, and
+    # the other one completed
     assert view.status == ProjectStatus.FAILED
-    for scene in view.scenes:
-        if scene.lip_sync:
-            assert scene.status == SceneStatus.FAILED
-            assert scene.last_error and "no face" in scene.last_error
-            assert scene.original_video_clip_s3_key and scene.working_video_clip_s3_key
-            assert scene.lip_synced_video_clip_s3_key is None
-        else:
-            assert scene.status == SceneStatus.COMPLETED
-    everyone = {s.sequence: 1 for s in view.scenes}
-    assert paid(workers, project_id) == (everyone, {2: 1, 5: 1})
+    plain, marked = view.scenes
+    assert plain.status == SceneStatus.COMPLETED
+    assert marked.status == SceneStatus.FAILED
+    assert marked.last_error and "no face" in marked.last_error
+    assert marked.original_video_clip_s3_key and marked.working_video_clip_s3_key
+    assert marked.lip_synced_video_clip_s3_key is None
+    assert paid(workers, project_id) == ({1: 1, 2: 1}, {2: 1})
     assert_invariants(project_id)
 
-    # When the user runs it again, only the lip-syncs are paid for again
+    # When the user runs it again, only the lip-sync is paid for again
     api.run_project(project_id)
     again = api.wait_project(project_id, timeout=120)
     assert again.status == ProjectStatus.FAILED
-    assert paid(workers, project_id) == (everyone, {2: 2, 5: 2})
+    assert paid(workers, project_id) == ({1: 1, 2: 1}, {2: 2})
     assert [s.original_video_clip_s3_key for s in again.scenes] == [
         s.original_video_clip_s3_key for s in view.scenes
     ]
+    assert again.scenes[1].working_video_clip_s3_key == marked.working_video_clip_s3_key
     assert_invariants(project_id)

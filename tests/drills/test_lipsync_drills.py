@@ -22,27 +22,23 @@ from mvpipe.models import SceneStatus
 from mvpipe.providers.local import LocalJobs
 from tests.conftest import Workers
 from tests.drills.conftest import DRILL_SETTINGS, check_drill, heal
-from tests.helpers import generations_per_scene, wait_for
+from tests.helpers import generations_per_scene, lip_synced_project, wait_for
 
 StartWorkers = Callable[..., Workers]
 
-#: 2 s slots of a 6 s song: three scenes, the 2nd marked for lip-sync. Small media.
-LIPSYNC_SETTINGS = {
-    **DRILL_SETTINGS,
-    "output_size": "160x90",
-    "output_fps": "12",
-    "slot_max_seconds": "2",
-}
+#: Small media.
+LIPSYNC_SETTINGS = {**DRILL_SETTINGS, "output_size": "160x90", "output_fps": "12"}
+#: Two scenes of a 5 s song, the 2nd marked for lip-sync.
 MARKED = 2
 
 
 @pytest.fixture(scope="module")
 def song() -> SynthSong:
-    return synthesize_song(seconds=6.0, bpm=120.0, sections=2)
+    return synthesize_song(seconds=5.0, bpm=120.0, sections=2)
 
 
-def lip_synced_project(song: SynthSong) -> str:
-    return api.create_project("Drill", "Sing it", song=song.wav, lip_sync=True)
+def lip_synced(song: SynthSong) -> str:
+    return lip_synced_project(get_context(), song.wav, [0.0, 2.5, 5.0], {MARKED})
 
 
 def check_lipsync(project_id: str, workers: Workers, *, paid: int = 1, in_window: int = 0) -> None:
@@ -55,20 +51,21 @@ def check_lipsync(project_id: str, workers: Workers, *, paid: int = 1, in_window
     assert double_payments(workers.ledger, jobs, project_id, "lipsync") == (in_window, 0)
 
 
-@pytest.mark.parametrize("point", LIPSYNC_POINTS)
-def test_worker_killed_at_a_lip_sync_crash_point(
-    start_workers: StartWorkers, song: SynthSong, point: str
+def test_worker_killed_at_each_lip_sync_crash_point(
+    start_workers: StartWorkers, song: SynthSong
 ) -> None:
-    workers = start_workers(failpoints=point, **LIPSYNC_SETTINGS)
-    project_id = lip_synced_project(song)
+    # Given workers that die at each lip-sync crash point once (after the submit, while
+    # polling, after the upload: the scene's lip-sync meets them one after the other)
+    workers = start_workers(failpoints=",".join(LIPSYNC_POINTS), **LIPSYNC_SETTINGS)
+    project_id = lip_synced(song)
+    # When the project runs and is healed as an operator would
     api.run_project(project_id)
     heal(project_id)
-    assert (workers.ledger.parent / "state" / "failpoints" / point).exists()  # it did crash
-    # Only a crash between the job's acceptance and its id's write can pay a second lip-sync.
-    window = point == "lipsync_after_submit"
-    lipsyncs = generations_per_scene(workers.ledger, project_id, "lipsync")[MARKED]
-    assert lipsyncs == 1 or (window and lipsyncs == 2), lipsyncs
-    check_lipsync(project_id, workers, paid=lipsyncs, in_window=lipsyncs - 1)
+    for point in LIPSYNC_POINTS:  # each did crash
+        assert (workers.ledger.parent / "state" / "failpoints" / point).exists(), point
+    # Then only the crash between the job's acceptance and its id's write paid a second
+    # lip-sync (its first job never reached the store), and nothing else was paid twice
+    check_lipsync(project_id, workers, paid=2, in_window=1)
 
 
 def test_duplicate_delivery_while_the_lip_sync_is_submitted(
@@ -77,7 +74,7 @@ def test_duplicate_delivery_while_the_lip_sync_is_submitted(
     # Given the lip-sync's submitter held between the job's acceptance and its record
     workers = start_workers(failpoints="lipsync_before_record=hold", **LIPSYNC_SETTINGS)
     state_dir = workers.ledger.parent / "state"
-    project_id = lip_synced_project(song)
+    project_id = lip_synced(song)
     api.run_project(project_id)
     wait_for(lambda: held(state_dir, "lipsync_before_record"), 90, "the lip-sync submission")
     # When the scene's message is delivered three more times meanwhile
@@ -96,9 +93,9 @@ def test_duplicate_delivery_while_the_lip_sync_is_submitted(
 def test_cancel_during_the_lip_sync_keeps_the_earlier_clips(
     start_workers: StartWorkers, song: SynthSong
 ) -> None:
-    # Given a lip-sync job running (3 s jobs)
-    workers = start_workers(**{**LIPSYNC_SETTINGS, "local_latency": "3"})
-    project_id = lip_synced_project(song)
+    # Given a lip-sync job running (2 s jobs)
+    workers = start_workers(**{**LIPSYNC_SETTINGS, "local_latency": "2"})
+    project_id = lip_synced(song)
     api.run_project(project_id)
     ctx = get_context()
 
