@@ -65,10 +65,7 @@ KINDS = [
 ]
 #: Lip-synced rounds: a song of 2 s slots (one scene per slot), every third scene lip-synced.
 LIPSYNC_SLOT_SECONDS = 2
-LIPSYNC_ENV = {
-    "MVPIPE_SLOT_MAX_SECONDS": str(LIPSYNC_SLOT_SECONDS),
-    "MVPIPE_OUTPUT_SIZE": "320x180",
-}
+LIPSYNC_ENV = {"MVPIPE_SLOT_MAX_SECONDS": str(LIPSYNC_SLOT_SECONDS)}
 #: Kinds that hold one execution just before it records its operation id.
 HELD = ("pause-record", "takeover-record")
 HOLD = "before_record"
@@ -209,6 +206,8 @@ def run_round(
     except MvpipeError:
         view = api.get_project(project_id)
     found = violations(get_context(), project_id)
+    if found:
+        print(kind, "violations:", found, flush=True)
     worker.stop()
     jobs = LocalJobs(Path(stack.env["MVPIPE_LOCAL_STATE"]))
     # A user's cancel stops lip-sync jobs on purpose: the next run pays for them again.

@@ -14,8 +14,14 @@ import av
 import numpy as np
 import pytest
 
-from mvpipe.errors import PermanentProviderError, QuotaExceeded, TransientProviderError
+from mvpipe.errors import (
+    InvalidInput,
+    PermanentProviderError,
+    QuotaExceeded,
+    TransientProviderError,
+)
 from mvpipe.media.audio import to_wav
+from mvpipe.providers import build_lipsync_provider
 from mvpipe.providers.base import JobState, LipSyncRequest
 from mvpipe.providers.local_lipsync import LocalLipSyncProvider
 from mvpipe.providers.render import render_clip
@@ -109,3 +115,10 @@ def test_refusals_faults_and_the_concurrency_limit(tmp_path: Path, served: str) 
     status = failing.poll(operation_id)
     assert status.state == JobState.FAILED and "no face" in (status.error or "")
     assert len((tmp_path / "f" / "ledger.jsonl").read_text().splitlines()) == 1
+
+
+def test_lip_sync_providers_are_picked_by_name(tmp_path: Path) -> None:
+    settings = Settings(local_state=tmp_path / "jobs.sqlite3")  # type: ignore[call-arg]
+    assert isinstance(build_lipsync_provider("local", settings), LocalLipSyncProvider)
+    with pytest.raises(InvalidInput):
+        build_lipsync_provider("sync-o-matic", settings)

@@ -33,7 +33,7 @@ def stage_provider(ctx: Context, stage: Stage, provider: str) -> StageProvider:
     if stage is GENERATE:
         return VideoGeneration(ctx.video_provider(provider), ctx.settings)
     if stage is LIPSYNC:
-        return LipSync(ctx.lipsync_provider(), ctx)
+        return LipSync(ctx)
     raise ValueError(f"stage {stage.name} is not paid")
 
 

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from mvpipe.deps import Context
-from mvpipe.errors import InvalidInput, PermanentProviderError
+from mvpipe.errors import ConfigurationError, InvalidInput, PermanentProviderError
 from mvpipe.media.audio import slot_wav
 from mvpipe.media.cut import cut_clip
 from mvpipe.pipeline.cut import output_format, slot_frames
@@ -42,17 +42,31 @@ def audio_key(scene: SceneRecord) -> str | None:
 
 
 class LipSync:
-    """The lip-sync stage's provider: `MVPIPE_LIPSYNC_PROVIDER`, in its own quota pool."""
+    """The lip-sync stage's provider: `MVPIPE_LIPSYNC_PROVIDER`, in its own quota pool.
 
-    def __init__(self, provider: LipSyncProvider, ctx: Context) -> None:
+    The provider client is built on first use: one that cannot be built (a missing SDK or key)
+    is a `ConfigurationError` at submit, which fails the scene with that message."""
+
+    def __init__(self, ctx: Context) -> None:
         s = ctx.settings
-        self.provider = provider
         self.ctx = ctx
-        self.pool = f"lipsync:{provider.name}"
+        name = s.lipsync_provider
+        self.pool = f"lipsync:{name}"
         self.limit = s.lipsync_concurrency
-        self.poll_seconds = s.poll_seconds_for(provider.name)
-        self.liveness_seconds = s.liveness_seconds(provider.name)
-        self.can_cancel = provider.can_cancel
+        self.poll_seconds = s.poll_seconds_for(name)
+        self.liveness_seconds = s.liveness_seconds(name)
+
+    @property
+    def provider(self) -> LipSyncProvider:
+        return self.ctx.lipsync_provider()
+
+    @property
+    def can_cancel(self) -> bool:
+        """False too when the provider cannot be reached from here: its job is then kept."""
+        try:
+            return self.provider.can_cancel
+        except ConfigurationError:
+            return False
 
     def prepare(self, scene: SceneRecord) -> None:
         """Store the slot's audio (before the claim: no lease waits on decoding the song)."""

@@ -57,7 +57,11 @@ class StageProvider(Protocol):
     poll_seconds: float
     #: how long a poll's liveness mark lasts (longer than the longest gap between polls)
     liveness_seconds: float
-    can_cancel: bool
+
+    @property
+    def can_cancel(self) -> bool:
+        """Whether `cancel` really stops (and stops billing) a job."""
+        ...
 
     def prepare(self, scene: SceneRecord) -> None:
         """Make the job's inputs before the claim (idempotent): no lease waits on them."""
