@@ -4,6 +4,7 @@ stage is paid exactly once per scene (again only for what a user asks to redo)."
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,9 +16,14 @@ from numpy.typing import NDArray
 from mvpipe import api
 from mvpipe.deps import get_context
 from mvpipe.media.audio import decode_mono, slice_audio
+from mvpipe.media.cut import cut_clip
 from mvpipe.media.meter import FILL, levels, meter_box
 from mvpipe.media.synth import SynthSong, synthesize_song
 from mvpipe.models import ProjectStatus, SceneStatus, SceneView
+from mvpipe.pipeline.cut import output_format
+from mvpipe.providers.render import render_clip
+from mvpipe.store.clips import clip_key, lipsync_key
+from mvpipe.store.scenes import LIP_SYNCED, WORKING
 from tests.conftest import Workers
 from tests.helpers import assert_invariants, generations_per_scene, lip_synced_project
 
@@ -174,3 +180,63 @@ def test_a_permanent_lip_sync_failure_keeps_the_clips_and_the_next_run_pays_only
     ]
     assert again.scenes[1].working_video_clip_s3_key == marked.working_video_clip_s3_key
     assert_invariants(project_id)
+
+
+def test_reconcile_records_a_lip_sync_uploaded_but_not_recorded(
+    start_workers: StartWorkers, song: SynthSong, tmp_path: Path
+) -> None:
+    # Given a run whose worker died after uploading scene 2's lip-synced clip, before its write
+    workers = start_workers(**SETTINGS)
+    ctx = get_context()
+    project_id = lip_synced_project(ctx, song.wav, [0.0, 2.5, 5.0], {2})
+    run_id = str(uuid.uuid4())
+    assert ctx.projects.win_run(project_id, run_id, ProjectStatus.PROCESSING) == run_id
+    original, working = tmp_path / "o.mp4", tmp_path / "w.mp4"
+    original.write_bytes(render_clip("performance", 3.0))
+    cut_clip(original, working, frames=30, fmt=output_format(ctx.settings))
+    scenes = ctx.scenes
+    scenes.claim(project_id, 2, run_id=run_id, token="g", lease_seconds=60, max_attempts=5)
+    scenes.record_operation(project_id, 2, token="g", operation_id="op-g", run_id=run_id)
+    ctx.clips.put(clip_key(project_id, 2, "op-g"), original.read_bytes())
+    assert scenes.complete(
+        project_id, 2, operation_id="op-g", clip_key=clip_key(project_id, 2, "op-g")
+    )
+    working_key = f"projects/{project_id}/scenes/002/cut.mp4"
+    ctx.clips.put(working_key, working.read_bytes())
+    assert scenes.record_output(
+        project_id,
+        2,
+        stage=WORKING,
+        key=working_key,
+        made_from=("original_clip_key", clip_key(project_id, 2, "op-g")),
+        last=False,
+    )
+    assert scenes.claim(
+        project_id,
+        2,
+        run_id=run_id,
+        token="l",
+        lease_seconds=60,
+        max_attempts=5,
+        stage=LIP_SYNCED,
+        requires=WORKING.output,
+    )
+    scenes.record_operation(
+        project_id, 2, token="l", operation_id="op-l", run_id=run_id, stage=LIP_SYNCED
+    )
+    ctx.clips.put(lipsync_key(project_id, 2, "op-l"), working.read_bytes())
+
+    # When reconcile passes
+    report = api.reconcile(project_id)
+
+    # Then it records the uploaded clip (completing the scene, nothing paid), and the run it
+    # takes over makes the rest
+    assert report.recovered_clips == 1
+    scene = ctx.scenes.get(project_id, 2)
+    assert scene is not None and scene.status == SceneStatus.COMPLETED
+    assert scene.lip_synced_clip_key == lipsync_key(project_id, 2, "op-l")
+    view = api.wait_project(project_id, timeout=60)
+    assert view.status == ProjectStatus.COMPLETED, view.last_error
+    assert paid(workers, project_id) == ({1: 1}, {})
+    assert_invariants(project_id)
+    assert api.reconcile(project_id).total == 0
