@@ -25,6 +25,7 @@ from mvpipe.devstack import failpoints
 from mvpipe.errors import (
     BrokerUnavailable,
     ConfigurationError,
+    InvalidInput,
     PermanentProviderError,
     ProviderError,
     StoreUnavailable,
@@ -158,7 +159,14 @@ class PaidOperation:
                 self.slot_check_seconds(slot.place),
                 {"stage": self.stage.name},
             )
-        self.provider.prepare(scene)
+        try:
+            self.provider.prepare(scene)
+        except (InvalidInput, ConfigurationError) as exc:  # inputs that can never be made
+            self.release_slot()
+            error = f"the {self.stage.name} inputs could not be made: {describe(exc)}"
+            ctx.scenes.fail_open(*self.ids, error=error, stage=self.fields)
+            self.log(error, None, None)
+            return x.finished("failed: inputs could not be made")
         token = uuid.uuid4().hex
         # Marked as polled before the operation can become visible, so reconcile never takes a
         # scene between submit and its first poll for an orphan. Nothing but the one write of
