@@ -114,6 +114,8 @@ class Settings(BaseSettings):
     local_clip_seconds: float = Field(default=2.0, gt=0, le=10)
     #: faults of the local lip-sync provider (same syntax as `MVPIPE_LOCAL_FAULTS`)
     local_lipsync_faults: str = ""
+    #: how long a local lip-sync job takes (unset: `MVPIPE_LOCAL_LATENCY`)
+    local_lipsync_latency: float | None = Field(default=None, ge=0)
 
     state_dir: Path = Path.home() / ".mvpipe"
     visibility_timeout: int = Field(default=3600, ge=60)

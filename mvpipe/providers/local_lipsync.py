@@ -1,11 +1,12 @@
 """The embedded `local` lip-sync provider: behaves like a remote lip-sync API.
 
 Like the local video provider it gives operation ids, finishes a job `MVPIPE_LOCAL_LATENCY`
-seconds after its submit, refuses more than `MVPIPE_LOCAL_MAX_CONCURRENT` jobs at once (its own
-count), injects `MVPIPE_LOCAL_LIPSYNC_FAULTS`, keeps its jobs in the local provider's SQLite
-file (its own table), and appends a ledger line with `"stage": "lipsync"` per accepted job. It
-fetches both input URLs over HTTP when it accepts a job, as a remote service would, and its
-result is the clip with a mouth and a level meter driven by the audio (`mvpipe.media.meter`).
+seconds after its submit (`MVPIPE_LOCAL_LIPSYNC_LATENCY` when set), refuses more than
+`MVPIPE_LOCAL_MAX_CONCURRENT` jobs at once (its own count), injects
+`MVPIPE_LOCAL_LIPSYNC_FAULTS`, keeps its jobs in the local provider's SQLite file (its own
+table), and appends a ledger line with `"stage": "lipsync"` per accepted job. It fetches both
+input URLs over HTTP when it accepts a job, as a remote service would, and its result is the
+clip with a mouth and a level meter driven by the audio (`mvpipe.media.meter`).
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ class LocalLipSyncProvider:
     can_cancel = True
 
     def __init__(self, settings: Settings) -> None:
-        self.latency = settings.local_latency
+        latency = settings.local_lipsync_latency
+        self.latency = settings.local_latency if latency is None else latency
         self.max_concurrent = settings.local_max_concurrent
         self.timeout = settings.provider_timeout_seconds
         self.faults = FaultPlan.parse(settings.local_lipsync_faults, "MVPIPE_LOCAL_LIPSYNC_FAULTS")

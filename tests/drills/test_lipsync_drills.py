@@ -93,8 +93,8 @@ def test_duplicate_delivery_while_the_lip_sync_is_submitted(
 def test_cancel_during_the_lip_sync_keeps_the_earlier_clips(
     start_workers: StartWorkers, song: SynthSong
 ) -> None:
-    # Given a lip-sync job running (2 s jobs)
-    workers = start_workers(**{**LIPSYNC_SETTINGS, "local_latency": "2"})
+    # Given a lip-sync job running (4 s lip-sync jobs: the cancel comes well before the end)
+    workers = start_workers(**{**LIPSYNC_SETTINGS, "local_lipsync_latency": "4"})
     project_id = lip_synced(song)
     api.run_project(project_id)
     ctx = get_context()
