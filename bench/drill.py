@@ -9,8 +9,10 @@ recorded, and while planning for longer than the lease so that reconcile takes t
 mid-plan —, the run taken over during a record, provider faults, unreadable poll replies, every
 scene's message redelivered under one task id, the run's root task delivered twice, the runs'
 liveness marks lost while a reconcile passes, a second execution cutting a scene while the first
-cut is held), heals (reconcile + re-run, as an operator would), then checks every invariant and
-counts paid generations from the provider's ledger. Local jobs are priced (`{"local": 0.25}` a
+cut is held; for lip-synced projects: a worker SIGKILLed at each lip-sync crash point, lip-sync
+faults, a cancel while lip-sync jobs run, every scene redelivered while they run), heals
+(reconcile + re-run, as an operator would), then checks every invariant and counts paid jobs of
+both stages from the providers' ledger. Local jobs are priced (`{"local": 0.25}` a
 second) on a budget with room for every scene paid twice: the money columns show what the project
 committed, its budget, and the price of the jobs the provider's ledger accepted — committed must
 equal the ledger and never pass the budget.
@@ -32,11 +34,12 @@ from mvpipe import api
 from mvpipe.celery_app import app
 from mvpipe.deps import get_context
 from mvpipe.devstack.drills import double_payments, heal, paid_generations, restart_redis
-from mvpipe.devstack.failpoints import POINTS, held, release
+from mvpipe.devstack.failpoints import LIPSYNC_POINTS, POINTS, held, release
 from mvpipe.devstack.localstack import LocalStack
 from mvpipe.dispatch import GENERATE_SCENE, CeleryDispatcher
 from mvpipe.errors import MvpipeError
 from mvpipe.invariants import violations
+from mvpipe.media.synth import synthesize_song
 from mvpipe.models import ProjectStatus, ProjectView, SceneStatus
 from mvpipe.providers.local import LocalJobs
 
@@ -55,7 +58,14 @@ KINDS = [
     "pause-planning",
     "lost-liveness",
     "duplicate-cut",
+    *(f"lipsync-crash:{p}" for p in LIPSYNC_POINTS),
+    "lipsync-faults",
+    "lipsync-cancel",
+    "lipsync-redeliver",
 ]
+#: Lip-synced rounds: a song of 2 s slots (one scene per slot), every third scene lip-synced.
+LIPSYNC_SLOT_SECONDS = 2
+LIPSYNC_ENV = {"MVPIPE_SLOT_MAX_SECONDS": str(LIPSYNC_SLOT_SECONDS)}
 #: Kinds that hold one execution just before it records its operation id.
 HELD = ("pause-record", "takeover-record")
 HOLD = "before_record"
@@ -78,9 +88,11 @@ SETTINGS = {
 BUDGET_JOBS_PER_SCENE = 2
 
 
-def wait_ledger(ledger: Path, project_id: str, count: int, timeout: float = 60) -> None:
+def wait_ledger(
+    ledger: Path, project_id: str, count: int, timeout: float = 60, stage: str = "generate"
+) -> None:
     deadline = time.monotonic() + timeout
-    while sum(paid_generations(ledger, project_id).values()) < count:
+    while sum(paid_generations(ledger, project_id, stage).values()) < count:
         if time.monotonic() > deadline:
             return
         time.sleep(0.1)
@@ -109,12 +121,18 @@ def run_round(
     env = {
         "MVPIPE_LOCAL_LATENCY": f"{rng.uniform(0.5, 2.5):.2f}",
         "MVPIPE_STATE_DIR": str(state_dir),
-        "MVPIPE_FAILPOINTS": kind.split(":", 1)[1] if kind.startswith("crash:") else "",
+        "MVPIPE_FAILPOINTS": kind.split(":", 1)[1] if ":" in kind else "",
         "MVPIPE_LOCAL_FAULTS": {
             "faults": f"transient=0.3,permanent=0.1,seed={seed}",
             "garbage-poll": f"garbage=0.3,seed={seed}",
         }.get(kind, ""),
+        "MVPIPE_LOCAL_LIPSYNC_FAULTS": (
+            f"transient=0.3,permanent=0.1,seed={seed}" if kind == "lipsync-faults" else ""
+        ),
     }
+    lip_sync = kind.startswith("lipsync")
+    if lip_sync:
+        env.update(LIPSYNC_ENV)
     if kind in HELD:
         env["MVPIPE_FAILPOINTS"] = f"{HOLD}=hold"
         env["MVPIPE_STORE_RETRY_SECONDS"] = "2"  # a record gives up within the pause
@@ -122,7 +140,11 @@ def run_round(
         env["MVPIPE_FAILPOINTS"] = f"{CUT_HOLD}=hold"
     ledger = Path(stack.env["MVPIPE_LOCAL_LEDGER"])
     worker = workers(stack, workdir, 2, **env)
-    project_id = api.create_project("Drill", "Chaos.", scene_count=scenes)
+    if lip_sync:
+        song = synthesize_song(seconds=max(5, scenes * LIPSYNC_SLOT_SECONDS), bpm=120.0)
+        project_id = api.create_project("Drill", "Chaos.", song=song.wav, lip_sync=True)
+    else:
+        project_id = api.create_project("Drill", "Chaos.", scene_count=scenes)
     api.set_budget(project_id, BUDGET_JOBS_PER_SCENE * api.estimate_cost(project_id))
     run = api.run_project(project_id)
     if kind == "twin-root":  # a broker redelivery: the same root message, same task id
@@ -134,6 +156,8 @@ def run_round(
         wait_held(state_dir)
     elif kind == "duplicate-cut":
         wait_held(state_dir, CUT_HOLD)
+    elif kind in ("lipsync-cancel", "lipsync-redeliver"):
+        wait_ledger(ledger, project_id, 1, stage="lipsync")
     else:
         wait_ledger(ledger, project_id, rng.randint(1, scenes))
     if kind == "pause-record":  # the state server stops while an operation id is recorded
@@ -149,9 +173,11 @@ def run_round(
                 project_id, run, str(uuid.uuid4()), ProjectStatus.PROCESSING
             )
         release(state_dir, HOLD)
-    elif kind == "redeliver":  # every scene's message delivered twice under one task id
+    elif kind == "lipsync-cancel":  # the user cancels while lip-sync jobs run
+        api.cancel_project(project_id)
+    elif kind in ("redeliver", "lipsync-redeliver"):  # each scene's message twice, one task id
         run = get_context().projects.get(project_id).active_run_id
-        for sequence in range(1, scenes + 1):
+        for sequence in range(1, len(api.get_project(project_id).scenes) + 1):
             task_id = str(uuid.uuid4())
             for _ in range(2):
                 app.send_task(
@@ -180,10 +206,15 @@ def run_round(
     except MvpipeError:
         view = api.get_project(project_id)
     found = violations(get_context(), project_id)
+    if found:
+        print(kind, "violations:", found, flush=True)
     worker.stop()
-    in_window, outside = double_payments(
-        ledger, LocalJobs(Path(stack.env["MVPIPE_LOCAL_STATE"])), project_id
-    )
+    jobs = LocalJobs(Path(stack.env["MVPIPE_LOCAL_STATE"]))
+    # A user's cancel stops lip-sync jobs on purpose: the next run pays for them again.
+    stages = ("generate",) if kind == "lipsync-cancel" else ("generate", "lipsync")
+    doubles = [double_payments(ledger, jobs, project_id, stage) for stage in stages]
+    in_window, outside = sum(d[0] for d in doubles), sum(d[1] for d in doubles)
+    scenes = len(view.scenes) if lip_sync else scenes
     final = (SceneStatus.COMPLETED, SceneStatus.FAILED)
     committed = round(view.committed_cost_usd * 1e6)
     budget = round((view.budget_usd or 0) * 1e6)
@@ -205,13 +236,16 @@ def run_round(
 
 
 def ledger_micros(ledger: Path, view: ProjectView) -> int:
-    """The price of every job the provider accepted for the project, by its scene's length."""
+    """The price of every job the providers accepted for the project: generations by their
+    scene's clip length, lip-syncs by their slot's."""
     settings = get_context().settings
     seconds = {s.sequence: s.duration_seconds for s in view.scenes}
+    slots = {s.sequence: (s.end_seconds or 0.0) - (s.start_seconds or 0.0) for s in view.scenes}
     paid = paid_generations(ledger, view.project_id)
+    synced = paid_generations(ledger, view.project_id, "lipsync")
     return sum(
         n * settings.video_price_micros(view.provider, seconds[seq]) for seq, n in paid.items()
-    )
+    ) + sum(n * settings.lipsync_price_micros(slots[seq]) for seq, n in synced.items())
 
 
 def dollars(micros: int) -> str:

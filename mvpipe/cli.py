@@ -433,12 +433,19 @@ DEMO_CONCEPT = (
     show_default=True,
     help="Where the music video (and each scene's working clip) is written.",
 )
-def demo(seconds: float, bpm: float, keep: bool, output: Path) -> None:
+@click.option(
+    "--lip-sync/--no-lip-sync",
+    default=True,
+    show_default=True,
+    help="Let the planner mark performance scenes for lip-sync.",
+)
+def demo(seconds: float, bpm: float, keep: bool, output: Path, lip_sync: bool) -> None:
     """Make a music video end to end on the local stack from a synthesized song, then stop.
 
     The song (drums and bass) is made by code; its beats decide the scenes; each scene gets a
-    clip from the local provider, cut to its slot; the cuts and the song become
-    OUTPUT/music-video.mp4 (H.264 + AAC).
+    clip from the local provider, cut to its slot; every third scene is lip-synced (the local
+    lip-sync draws a mouth and a level meter that follow the song); the clips and the song
+    become OUTPUT/music-video.mp4 (H.264 + AAC).
     """
     from mvpipe.media.synth import synthesize_song
 
@@ -451,7 +458,9 @@ def demo(seconds: float, bpm: float, keep: bool, output: Path) -> None:
         with local_stack(workdir, concurrency=2, flower=True, beat=True):
             api = _api()
             project_id = guarded(
-                lambda: api.create_project("Neon Rain", DEMO_CONCEPT, song=song.wav)
+                lambda: api.create_project(
+                    "Neon Rain", DEMO_CONCEPT, song=song.wav, lip_sync=lip_sync
+                )
             )
             click.echo(
                 f"\ncreated project {project_id} with a {seconds:g} s song at {bpm:g} BPM"
@@ -488,6 +497,9 @@ def _write_demo_output(api: Any, view: ProjectView, output: Path) -> None:
             scenes.mkdir(exist_ok=True)
             target = scenes / f"scene-{scene.sequence:03d}.mp4"
             api.download(view.project_id, target, sequence=scene.sequence, stage="working")
+        if scene.lip_synced_video_clip_s3_key:
+            target = scenes / f"scene-{scene.sequence:03d}-lipsync.mp4"
+            api.download(view.project_id, target, sequence=scene.sequence, stage="lipsync")
     click.echo(f"\nmusic video: {video.resolve()}")
     click.echo(f"             {probe_video(video).describe()}")
     if scenes.exists():

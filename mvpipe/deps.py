@@ -15,8 +15,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pynamodb.exceptions import PynamoDBException
 
 from mvpipe.errors import ConfigurationError, StoreUnavailable
-from mvpipe.providers import build_planner, build_video_provider
-from mvpipe.providers.base import Planner, VideoProvider
+from mvpipe.providers import build_lipsync_provider, build_planner, build_video_provider
+from mvpipe.providers.base import LipSyncProvider, Planner, VideoProvider
 from mvpipe.providers.limiter import QuotaLimiter
 from mvpipe.runboard import RunBoard
 from mvpipe.settings import Settings, get_settings
@@ -40,12 +40,19 @@ class Context:
     songs: SongStore
     _providers: dict[str, VideoProvider] = field(default_factory=dict)
     _planners: dict[str, Planner] = field(default_factory=dict)
+    _lipsync: LipSyncProvider | None = None
     _ready: bool = False
 
     def video_provider(self, name: str) -> VideoProvider:
         if name not in self._providers:
             self._providers[name] = build_video_provider(name, self.settings)
         return self._providers[name]
+
+    def lipsync_provider(self) -> LipSyncProvider:
+        """The lip-sync provider (`MVPIPE_LIPSYNC_PROVIDER`), whatever the video provider."""
+        if self._lipsync is None:
+            self._lipsync = build_lipsync_provider(self.settings.lipsync_provider, self.settings)
+        return self._lipsync
 
     def planner(self) -> Planner:
         name = self.settings.planner

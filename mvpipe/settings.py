@@ -22,6 +22,7 @@ from mvpipe.pricing import Prices, parse_prices, price_micros
 
 VIDEO_PROVIDERS = ("local", "veo", "replicate")
 PLANNERS = ("local", "gemini")
+LIPSYNC_PROVIDERS = ("local", "replicate")
 
 #: Poll intervals a provider gets when `MVPIPE_POLL_SECONDS` is unset.
 DEFAULT_POLL_SECONDS = {"local": 0.5, "veo": 10.0, "replicate": 2.0}
@@ -91,6 +92,10 @@ class Settings(BaseSettings):
     )
     #: `MVPIPE_LIPSYNC_INPUT`: the lip-sync model's extra inputs (e.g. `sync_mode`), JSON
     lipsync_input: dict[str, Any] = Field(default_factory=dict)
+    #: in-flight lip-sync jobs: their own quota pool, apart from video jobs
+    lipsync_concurrency: int = Field(default=4, ge=1, le=10_000)
+    #: how long a presigned input URL of a lip-sync job stays valid
+    lipsync_url_seconds: int = Field(default=900, ge=60, le=7 * 24 * 3600)
     #: `MVPIPE_PRICES`, a JSON object over the built-in table (see mvpipe.pricing)
     prices: Annotated[dict[str, Any], NoDecode] = Field(default_factory=dict)
     genai_base_url: str | None = None
@@ -123,6 +128,10 @@ class Settings(BaseSettings):
     local_faults: str = ""
     local_ledger: Path | None = None
     local_clip_seconds: float = Field(default=2.0, gt=0, le=10)
+    #: faults of the local lip-sync provider (same syntax as `MVPIPE_LOCAL_FAULTS`)
+    local_lipsync_faults: str = ""
+    #: how long a local lip-sync job takes (unset: `MVPIPE_LOCAL_LATENCY`)
+    local_lipsync_latency: float | None = Field(default=None, ge=0)
 
     state_dir: Path = Path.home() / ".mvpipe"
     visibility_timeout: int = Field(default=3600, ge=60)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from mvpipe import api
 from mvpipe.deps import Context, get_context
 from mvpipe.devstack.drills import paid_generations
 from mvpipe.invariants import violations
@@ -64,3 +67,31 @@ def new_project(
     if run:
         assert ctx.projects.win_run(project_id, run_id, ProjectStatus.PROCESSING) == run_id
     return project_id, run_id
+
+
+def lip_synced_project(ctx: Context, song: bytes, boundaries: list[float], marked: set[int]) -> str:
+    """A project with `song`, planned straight through the store (no song analysis: its slots
+    are `boundaries`, the scenes in `marked` lip-synced), with no run: `run_project` makes it."""
+    project_id = api.create_project("Lip-sync", "Sing it", song=song, lip_sync=True)
+    specs = [
+        SceneSpec(
+            prompt=f"scene {n}",
+            duration_seconds=math.ceil(end - start),
+            start_seconds=start,
+            end_seconds=end,
+            lip_sync=n in marked,
+        )
+        for n, (start, end) in enumerate(itertools.pairwise(boundaries), start=1)
+    ]
+    run_id = str(uuid.uuid4())
+    assert ctx.projects.win_run(project_id, run_id, ProjectStatus.PROCESSING) == run_id
+    assert ctx.projects.save_plan(project_id, run_id, specs, token=uuid.uuid4().hex)
+    state = ctx.projects.load(project_id)
+    assert ctx.projects.settle(
+        project_id,
+        observed_run=run_id,
+        counters=state.counters,
+        status=ProjectStatus.PENDING,
+        release=True,
+    )
+    return project_id

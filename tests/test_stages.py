@@ -52,7 +52,7 @@ def scene(**fields: object) -> SceneRecord:
 
 
 def test_stages_run_in_order_and_each_only_while_its_output_is_missing() -> None:
-    assert STAGES == (GENERATE, CUT)
+    assert STAGES == (GENERATE, CUT, LIPSYNC)
     assert GENERATE.paid and not CUT.paid and LIPSYNC.paid
     assert (GENERATE.queue, CUT.queue, LIPSYNC.queue) == (
         "mvpipe.video",
@@ -62,6 +62,9 @@ def test_stages_run_in_order_and_each_only_while_its_output_is_missing() -> None
     assert next_stage(scene()) is GENERATE
     assert next_stage(scene(clip_key="o.mp4", operation_id="op")) is CUT
     assert next_stage(scene(clip_key="o.mp4", working_clip_key="w.mp4")) is None
+    cut = scene(clip_key="o.mp4", working_clip_key="w.mp4", lip_sync=True)
+    assert next_stage(cut) is LIPSYNC  # only a scene marked for it
+    assert next_stage(dataclasses.replace(cut, lip_synced_clip_key="l.mp4")) is None
     # Lip-sync's fields are shaped like generation's: output, operation, attempts.
     assert (LIPSYNC.fields.operation, LIPSYNC.fields.attempts) == (
         "lip_sync_operation_id",
@@ -73,7 +76,9 @@ def test_stages_run_in_order_and_each_only_while_its_output_is_missing() -> None
 def test_only_the_last_needed_stage_completes_the_scene() -> None:
     assert not is_last(GENERATE, scene())
     assert is_last(CUT, scene())
-    assert needed_stages(scene(lip_sync=True)) == [GENERATE, CUT]  # until lip-sync joins
+    assert not is_last(CUT, scene(lip_sync=True)) and is_last(LIPSYNC, scene(lip_sync=True))
+    assert needed_stages(scene(lip_sync=True)) == [GENERATE, CUT, LIPSYNC]
+    assert needed_stages(scene()) == [GENERATE, CUT]
 
 
 def test_a_repair_redoes_the_first_lost_output_and_keeps_the_earlier_ones() -> None:
@@ -84,6 +89,13 @@ def test_a_repair_redoes_the_first_lost_output_and_keeps_the_earlier_ones() -> N
     assert lost_output(done, {"o.mp4": both["o.mp4"]}) == (CUT, "w.mp4")
     assert lost_output(done, {"w.mp4": both["w.mp4"]}) == (GENERATE, "o.mp4")
     assert lost_output(scene(clip_key="o.mp4", status=SceneStatus.COMPLETED), both) == (CUT, None)
+    # a lip-synced scene needs its third clip too; its earlier two are kept
+    synced = dataclasses.replace(done, lip_sync=True, lip_synced_clip_key="l.mp4")
+    assert lost_output(synced, both) == (LIPSYNC, "l.mp4")
+    assert lost_output(dataclasses.replace(synced, lip_synced_clip_key=None), both) == (
+        LIPSYNC,
+        None,
+    )
 
 
 @pytest.mark.parametrize("fps", [12, 24, 25, 30])

@@ -36,28 +36,35 @@ def heal(project_id: str, timeout: float = 180.0) -> ProjectView:
     raise Timeout(f"project {project_id} did not heal within {timeout:.0f}s")
 
 
-def paid_generations(ledger: Path, project_id: str) -> Counter[int]:
-    """Accepted submissions per scene, from the local provider's ledger."""
+def _entries(ledger: Path, project_id: str, stage: str) -> list[dict[str, object]]:
+    """The project's ledger lines of `stage` (lines without a stage are generations)."""
     if not ledger.exists():
-        return Counter()
+        return []
     entries = [json.loads(x) for x in ledger.read_text().splitlines() if x.strip()]
-    return Counter(e["sequence"] for e in entries if e["project_id"] == project_id)
+    return [
+        e for e in entries if e["project_id"] == project_id and e.get("stage", "generate") == stage
+    ]
 
 
-def double_payments(ledger: Path, jobs: LocalJobs, project_id: str) -> tuple[int, int]:
-    """Scenes paid more than once, split by cause: (inside the named window, outside it).
+def paid_generations(ledger: Path, project_id: str, stage: str = "generate") -> Counter[int]:
+    """Accepted submissions of `stage` (`generate` or `lipsync`) per scene, from the local
+    providers' ledger."""
+    return Counter(int(str(e["sequence"])) for e in _entries(ledger, project_id, stage))
+
+
+def double_payments(
+    ledger: Path, jobs: LocalJobs, project_id: str, stage: str = "generate"
+) -> tuple[int, int]:
+    """Scenes whose `stage` was paid more than once, split by cause: (inside the named window,
+    outside it).
 
     Inside: every job but the scene's last was never polled, so its id never reached the store
     (a crash between the provider accepting it and the one write of its id). Outside: an
     earlier job had been stored and polled and was paid for again anyway, which is a bug (or a
     deliberate regeneration)."""
-    if not ledger.exists():
-        return 0, 0
     paid: dict[int, list[str]] = {}
-    for line in ledger.read_text().splitlines():
-        entry = json.loads(line) if line.strip() else None
-        if entry and entry["project_id"] == project_id:
-            paid.setdefault(entry["sequence"], []).append(entry["operation_id"])
+    for entry in _entries(ledger, project_id, stage):
+        paid.setdefault(int(str(entry["sequence"])), []).append(str(entry["operation_id"]))
     earlier = {seq: ops[:-1] for seq, ops in paid.items() if len(ops) > 1}
     used = jobs.polled([op for ops in earlier.values() for op in ops])
     outside = sum(1 for ops in earlier.values() if used.intersection(ops))

@@ -26,8 +26,10 @@ POINTS = (
     "during_cut",
     "during_assembly",
 )
+#: The lip-sync stage's own crash points (the same moments of the same paid machine).
+LIPSYNC_POINTS = ("lipsync_after_submit", "lipsync_during_poll", "lipsync_after_upload")
 #: The moments a drill can hold an execution at (besides the crash points).
-HOLD_POINTS = ("before_record", "during_cut")
+HOLD_POINTS = ("before_record", "during_cut", "lipsync_before_record")
 #: How long a held execution waits for the drill before it goes on by itself.
 HOLD_SECONDS = 120.0
 

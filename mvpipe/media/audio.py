@@ -72,3 +72,9 @@ def to_wav(samples: Samples, sample_rate: int) -> bytes:
         out.setframerate(sample_rate)
         out.writeframes(pcm.tobytes())
     return buffer.getvalue()
+
+
+def slot_wav(song: bytes, start: float, end: float, sample_rate: int = 22050) -> bytes:
+    """The song between `start` and `end` seconds as mono PCM WAV: what a lip-sync model hears
+    for one scene's slot (a slot past the song's end is cut at the end)."""
+    return to_wav(slice_audio(decode_mono(song, sample_rate), sample_rate, start, end), sample_rate)

@@ -15,6 +15,8 @@ from mvpipe.deps import Context
 from mvpipe.errors import BrokerUnavailable, Conflict
 from mvpipe.models import ProjectStatus, SceneStatus
 from mvpipe.pipeline.finalize import settle_until_stable
+from mvpipe.pipeline.generate import stage_provider
+from mvpipe.pipeline.stages import next_stage
 from mvpipe.pipeline.steps import Dispatcher
 from mvpipe.providers.limiter import slot_member
 
@@ -52,22 +54,27 @@ def cancel_runs(ctx: Context, project_id: str) -> None:
 
 
 def cancel_operations(ctx: Context, dispatcher: Dispatcher, project_id: str) -> None:
+    """Each scene's running paid job (its generation, or its lip-sync once its clips are made):
+    stopped where its provider confirms it; the scene then waits for that stage again, with
+    the outputs of earlier stages kept."""
     state = ctx.projects.load(project_id)
-    provider = ctx.video_provider(state.project.provider)
-    if not provider.can_cancel:
-        return
-    limit = ctx.settings.concurrency_for(provider.name)
     for scene in state.scenes:
-        operation_id = scene.operation_id
-        if scene.status != SceneStatus.PROCESSING or not operation_id or scene.clip_key:
-            continue  # (a scene whose clip is made only waits for its cut: nothing to cancel)
+        stage = next_stage(scene)
+        operation_id = stage.operation(scene) if stage is not None else None
+        if stage is None or scene.status != SceneStatus.PROCESSING or not operation_id:
+            continue  # (a scene between stages only waits for a free one: nothing to cancel)
+        provider = stage_provider(ctx, stage, state.project.provider)
+        if not provider.can_cancel:
+            continue
         if not provider.cancel(operation_id):
             log.info("operation %s not cancelled by the provider; kept", operation_id)
             continue
-        ctx.scenes.reset_cancelled(project_id, scene.sequence, operation_id=operation_id)
+        ctx.scenes.reset_cancelled(
+            project_id, scene.sequence, operation_id=operation_id, stage=stage.fields
+        )
         member = slot_member(project_id, scene.sequence)
         try:
-            woken = ctx.limiter.release(provider.name, member, limit=limit)
+            woken = ctx.limiter.release(provider.pool, member, limit=provider.limit)
         except redis.RedisError as exc:
             raise BrokerUnavailable.because(exc) from exc
         dispatcher.wake(woken)

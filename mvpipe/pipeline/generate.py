@@ -16,8 +16,9 @@ from mvpipe.deps import Context
 from mvpipe.models import SceneStatus
 from mvpipe.pipeline.cut import CutRunner
 from mvpipe.pipeline.execution import Execution
+from mvpipe.pipeline.lipsync import LipSync
 from mvpipe.pipeline.operation import PaidOperation, StageProvider, VideoGeneration
-from mvpipe.pipeline.stages import BY_NAME, GENERATE, Stage, next_stage
+from mvpipe.pipeline.stages import BY_NAME, GENERATE, LIPSYNC, Stage, next_stage
 from mvpipe.pipeline.steps import Next, Step
 from mvpipe.states import lease_expired
 from mvpipe.store.records import SceneRecord
@@ -27,10 +28,13 @@ MAX_STAGES_PER_STEP = 4
 
 
 def stage_provider(ctx: Context, stage: Stage, provider: str) -> StageProvider:
-    """The provider a paid stage calls: the project's video model for generation."""
+    """The provider a paid stage calls: the project's video model for generation, the
+    configured lip-sync model (`MVPIPE_LIPSYNC_PROVIDER`) for lip-sync."""
     if stage is GENERATE:
         return VideoGeneration(ctx.video_provider(provider), ctx.settings)
-    raise NotImplementedError(f"no provider for stage {stage.name} yet")
+    if stage is LIPSYNC:
+        return LipSync(ctx)
+    raise ValueError(f"stage {stage.name} is not paid")
 
 
 class SceneJob:

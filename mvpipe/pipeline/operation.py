@@ -4,7 +4,9 @@
 `PaidOperation(execution, stage, provider)` runs it for any paid stage: the stage's `StageFields`
 say which scene fields hold its output, operation id and attempts, and its `StageProvider` says
 how to submit, poll, download and name the output. Generation is `PaidOperation(..., GENERATE,
-VideoGeneration(...))`; lip-sync plugs in as `PaidOperation(..., LIPSYNC, <its provider>)`.
+VideoGeneration(...))`; lip-sync is `PaidOperation(..., LIPSYNC, LipSync(...))`
+(`pipeline.lipsync`). Each stage's crash points are its own (`after_submit` for generation,
+`lipsync_after_submit` for lip-sync, ...), so a drill can crash exactly one of them.
 
 Each call does a bounded amount of work and returns; waiting happens in the broker (the next step
 queued with a countdown), never in a worker slot.
@@ -23,6 +25,7 @@ from mvpipe.devstack import failpoints
 from mvpipe.errors import (
     BrokerUnavailable,
     ConfigurationError,
+    InvalidInput,
     PermanentProviderError,
     ProviderError,
     StoreUnavailable,
@@ -55,13 +58,24 @@ class StageProvider(Protocol):
     poll_seconds: float
     #: how long a poll's liveness mark lasts (longer than the longest gap between polls)
     liveness_seconds: float
-    can_cancel: bool
+
+    @property
+    def can_cancel(self) -> bool:
+        """Whether `cancel` really stops (and stops billing) a job."""
+        ...
+
+    def prepare(self, scene: SceneRecord) -> None:
+        """Make the job's inputs before the claim (idempotent): no lease waits on them."""
+        ...
 
     def submit(self, scene: SceneRecord) -> str: ...
 
     def poll(self, operation_id: str) -> JobStatus: ...
 
-    def download(self, status: JobStatus) -> bytes: ...
+    def output(self, status: JobStatus, project_id: str, sequence: int) -> bytes:
+        """The finished job's output as it is stored (a `PermanentProviderError` when the job's
+        result is unusable)."""
+        ...
 
     def cancel(self, operation_id: str) -> bool: ...
 
@@ -79,6 +93,9 @@ class VideoGeneration:
         self.liveness_seconds = settings.liveness_seconds(provider.name)
         self.can_cancel = provider.can_cancel
 
+    def prepare(self, scene: SceneRecord) -> None:
+        """Nothing: a generation's request is the scene's own text."""
+
     def submit(self, scene: SceneRecord) -> str:
         return self.provider.submit(
             VideoRequest(
@@ -95,7 +112,7 @@ class VideoGeneration:
     def poll(self, operation_id: str) -> JobStatus:
         return self.provider.poll(operation_id)
 
-    def download(self, status: JobStatus) -> bytes:
+    def output(self, status: JobStatus, project_id: str, sequence: int) -> bytes:
         return self.provider.download(status)
 
     def cancel(self, operation_id: str) -> bool:
@@ -118,6 +135,7 @@ class PaidOperation:
         self.fields = stage.fields
         self.provider = provider
         self.member = slot_member(execution.project_id, execution.sequence)
+        self.points = "" if stage.name == "generate" else f"{stage.name}_"
 
     @property
     def ids(self) -> tuple[str, int]:
@@ -141,6 +159,14 @@ class PaidOperation:
                 self.slot_check_seconds(slot.place),
                 {"stage": self.stage.name},
             )
+        try:
+            self.provider.prepare(scene)
+        except (InvalidInput, ConfigurationError) as exc:  # inputs that can never be made
+            self.release_slot()
+            error = f"the {self.stage.name} inputs could not be made: {describe(exc)}"
+            ctx.scenes.fail_open(*self.ids, error=error, stage=self.fields)
+            self.log(error, None, None)
+            return x.finished("failed: inputs could not be made")
         token = uuid.uuid4().hex
         # Marked as polled before the operation can become visible, so reconcile never takes a
         # scene between submit and its first poll for an orphan. Nothing but the one write of
@@ -222,8 +248,8 @@ class PaidOperation:
             wait = backoff_seconds(attempt, base=s.backoff_base, cap=s.backoff_max)
             self.log(f"submit failed transiently, retry in {wait:.1f}s: {error}", None, attempt)
             return Step(Next.RETRY_SUBMIT, "transient submit error", wait, self.carry())
-        failpoints.reached("after_submit")
-        failpoints.reached("before_record")
+        failpoints.reached(f"{self.points}after_submit")
+        failpoints.reached(f"{self.points}before_record")
         with ctx.table.retry_until(lease_end):
             return self.record(operation_id, token, attempt)
 
@@ -266,7 +292,7 @@ class PaidOperation:
         )
         if outcome == Claim.WON:
             self.log("operation stored", operation_id, attempt)
-            failpoints.reached("after_record")
+            failpoints.reached(f"{self.points}after_record")
             return self.next_poll(operation_id, 0)
         if outcome == Claim.RUN_INACTIVE:
             return self.record_after_run(operation_id, token, attempt)
@@ -358,10 +384,14 @@ class PaidOperation:
         started, last_error = ctx.board.start_poll(operation_id)
         if started > s.max_poll_errors:
             return self.give_up_polling(operation_id, started - 1, last_error)
-        failpoints.reached("during_poll")
+        failpoints.reached(f"{self.points}during_poll")
         try:
             status = self.provider.poll(operation_id)
-            video = self.provider.download(status) if status.state == JobState.SUCCEEDED else None
+            video = (
+                self.provider.output(status, *self.ids)
+                if status.state == JobState.SUCCEEDED
+                else None
+            )
         except PermanentProviderError as exc:
             status, video = JobStatus(JobState.FAILED, error=str(exc)), None
         except Exception as exc:
@@ -394,7 +424,7 @@ class PaidOperation:
             return self.x.finished("failed")
         key = self.provider.output_key(*self.ids, operation_id)
         ctx.clips.put(key, video)
-        failpoints.reached("after_upload")
+        failpoints.reached(f"{self.points}after_upload")
         return self.complete(operation_id, key)
 
     def complete(self, operation_id: str, key: str) -> Step:

@@ -18,12 +18,13 @@ from mvpipe.deps import Context
 from mvpipe.models import ProjectStatus, SceneStatus
 from mvpipe.pipeline.cut import cut_key
 from mvpipe.pipeline.finalize import settle_project
+from mvpipe.pipeline.lipsync import audio_key
 from mvpipe.pipeline.reconcile_scope import FULL_SWEEP_JOB, projects_to_examine
-from mvpipe.pipeline.stages import GENERATE, Stage, is_last, lost_output, next_stage
+from mvpipe.pipeline.stages import GENERATE, LIPSYNC, Stage, is_last, lost_output, next_stage
 from mvpipe.pipeline.steps import Dispatcher
 from mvpipe.providers.classify import describe
 from mvpipe.states import FINAL_SCENE_STATES, assembly_due, lease_expired
-from mvpipe.store.clips import StoredObject, clip_key, scene_prefix
+from mvpipe.store.clips import StoredObject, clip_key, lipsync_key, scene_prefix
 from mvpipe.store.records import ProjectState, SceneRecord
 
 log = logging.getLogger("mvpipe.reconcile")
@@ -273,6 +274,8 @@ def _operation_output(scene: SceneRecord, stage: Stage, operation_id: str) -> st
     """Where the stage's operation uploads its output (None: not known for this stage)."""
     if stage is GENERATE:
         return clip_key(scene.project_id, scene.sequence, operation_id)
+    if stage is LIPSYNC:
+        return lipsync_key(scene.project_id, scene.sequence, operation_id)
     return None
 
 
@@ -284,11 +287,16 @@ def _collect_garbage(
     report: ReconcileReport,
 ) -> None:
     """Objects under a scene's prefix other than its recorded clips (and the ones its recorded
-    operations and its cut are about to record), past the grace period."""
+    operations and its cut are about to record, and the slot audio of a lip-sync to come),
+    past the grace period."""
     prefix = scene_prefix(scene.project_id, scene.sequence)
     live = {scene.clip_key, scene.working_clip_key, scene.lip_synced_clip_key}
     if scene.operation_id:
         live.add(clip_key(scene.project_id, scene.sequence, scene.operation_id))
+    if scene.lip_sync_operation_id:
+        live.add(lipsync_key(scene.project_id, scene.sequence, scene.lip_sync_operation_id))
+    if LIPSYNC.needed(scene) and scene.lip_synced_clip_key is None:
+        live.add(audio_key(scene))
     if scene.clip_key is not None:
         live.add(cut_key(scene, scene.clip_key, ctx.settings))
     cutoff = datetime.fromtimestamp(now - ctx.settings.orphan_grace_seconds, UTC)

@@ -14,6 +14,7 @@ from typing import Any
 from mvpipe.deps import Context
 from mvpipe.errors import Conflict, InvalidInput
 from mvpipe.models import ProjectStatus, SceneStatus
+from mvpipe.pipeline.stages import GENERATE, next_stage
 from mvpipe.pipeline.steps import Dispatcher
 from mvpipe.store.scenes import Claim
 
@@ -60,13 +61,17 @@ def start_run(ctx: Context, dispatcher: Dispatcher, project_id: str) -> RunStart
         return RunStart(active)
     limit = ctx.settings.max_attempts
     for scene in state.scenes:
+        stage = next_stage(scene) or GENERATE
         if scene.status == SceneStatus.FAILED:
-            ctx.scenes.retry_failed(project_id, scene.sequence)
-        elif scene.status in OPEN and scene.attempts >= limit:
+            # Only the stage it failed in starts over: a failed lip-sync pays for the lip-sync.
+            ctx.scenes.retry_failed(project_id, scene.sequence, stage=stage.fields)
+        elif scene.status in OPEN and stage.paid and scene.value(stage.fields.attempts) >= limit:
             # A user's run: attempts spent by cancelled runs come back, or the scene would
             # fail without any submission (also a scene such a run left `processing` with an
             # expired lease; the store's condition leaves a live lease or an operation alone).
-            ctx.scenes.restore_attempts(project_id, scene.sequence, max_attempts=limit)
+            ctx.scenes.restore_attempts(
+                project_id, scene.sequence, max_attempts=limit, stage=stage.fields
+            )
     return RunStart(run_id, dispatcher.start_run(project_id, run_id))
 
 

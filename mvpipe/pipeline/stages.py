@@ -92,9 +92,8 @@ class Stage:
 
 GENERATE = Stage("generate", ORIGINAL, VIDEO_QUEUE, _always, price=generation_price)
 CUT = Stage("cut", WORKING, MEDIA_QUEUE, _always)
-#: The lip-sync slot: a paid stage run by the same machine as `GENERATE` (its provider and its
-#: request come with the lip-sync issue). It joins `STAGES` then; until it does, no scene
-#: needs it and invariant 1 asks for original and working clips only.
+#: Lip-sync: a paid stage run by the same machine as `GENERATE` (`pipeline.lipsync.LipSync`),
+#: only for scenes marked `lipSync`; it is made from the working clip.
 LIPSYNC = Stage(
     "lipsync",
     LIP_SYNCED,
@@ -105,8 +104,8 @@ LIPSYNC = Stage(
 )
 
 #: The stages every scene goes through, in order.
-STAGES: tuple[Stage, ...] = (GENERATE, CUT)
-BY_NAME = {stage.name: stage for stage in (GENERATE, CUT, LIPSYNC)}
+STAGES: tuple[Stage, ...] = (GENERATE, CUT, LIPSYNC)
+BY_NAME = {stage.name: stage for stage in STAGES}
 
 
 def needed_stages(scene: SceneRecord) -> list[Stage]:

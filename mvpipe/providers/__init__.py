@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from mvpipe.errors import InvalidInput
-from mvpipe.providers.base import Planner, VideoProvider
-from mvpipe.settings import PLANNERS, VIDEO_PROVIDERS, Settings
+from mvpipe.providers.base import LipSyncProvider, Planner, VideoProvider
+from mvpipe.settings import LIPSYNC_PROVIDERS, PLANNERS, VIDEO_PROVIDERS, Settings
 
 
 def build_video_provider(name: str, settings: Settings) -> VideoProvider:
@@ -21,6 +21,21 @@ def build_video_provider(name: str, settings: Settings) -> VideoProvider:
     from mvpipe.providers.replicate import ReplicateVideoProvider
 
     return ReplicateVideoProvider(settings)
+
+
+def build_lipsync_provider(name: str, settings: Settings) -> LipSyncProvider:
+    """The lip-sync provider `name` (`MVPIPE_LIPSYNC_PROVIDER`)."""
+    if name not in LIPSYNC_PROVIDERS:
+        raise InvalidInput(
+            f"unknown lip-sync provider {name!r}; expected one of {LIPSYNC_PROVIDERS}"
+        )
+    if name == "local":
+        from mvpipe.providers.local_lipsync import LocalLipSyncProvider
+
+        return LocalLipSyncProvider(settings)
+    from mvpipe.providers.replicate_lipsync import ReplicateLipSyncProvider
+
+    return ReplicateLipSyncProvider(settings)
 
 
 def build_planner(name: str, settings: Settings) -> Planner:

@@ -22,16 +22,16 @@ class FaultPlan:
     seed: int = 0
 
     @classmethod
-    def parse(cls, spec: str) -> FaultPlan:
+    def parse(cls, spec: str, setting: str = "MVPIPE_LOCAL_FAULTS") -> FaultPlan:
         values: dict[str, float] = {}
         for part in filter(None, (p.strip() for p in spec.split(","))):
             name, sep, raw = part.partition("=")
             if not sep or name not in {"transient", "permanent", "garbage", "seed"}:
-                raise ConfigurationError(f"MVPIPE_LOCAL_FAULTS: cannot read {part!r}")
+                raise ConfigurationError(f"{setting}: cannot read {part!r}")
             try:
                 values[name] = float(raw)
             except ValueError:
-                raise ConfigurationError(f"MVPIPE_LOCAL_FAULTS: {name} must be a number") from None
+                raise ConfigurationError(f"{setting}: {name} must be a number") from None
         plan = cls(
             transient=values.get("transient", 0.0),
             permanent=values.get("permanent", 0.0),
@@ -39,7 +39,7 @@ class FaultPlan:
             seed=int(values.get("seed", 0)),
         )
         if not all(0 <= rate <= 1 for rate in (plan.transient, plan.permanent, plan.garbage)):
-            raise ConfigurationError("MVPIPE_LOCAL_FAULTS: rates must be within 0..1")
+            raise ConfigurationError(f"{setting}: rates must be within 0..1")
         return plan
 
     def roll(self, project_id: str, sequence: int, kind: str, call: int) -> float:

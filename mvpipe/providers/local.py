@@ -96,6 +96,30 @@ class LocalJobs:
             }
 
 
+def append_ledger(
+    ledger: Path | None, project_id: str, sequence: int, operation_id: str, stage: str
+) -> None:
+    """One line per accepted (paid) job of `stage` (`generate` or `lipsync`), safe across
+    processes: the count of paid jobs."""
+    if ledger is None:
+        return
+    line = json.dumps(
+        {
+            "project_id": project_id,
+            "sequence": sequence,
+            "operation_id": operation_id,
+            "stage": stage,
+            "at": time.time(),
+        }
+    )
+    ledger.parent.mkdir(parents=True, exist_ok=True)
+    with open(ledger, "a", encoding="utf-8") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.write(line + "\n")
+        handle.flush()
+        fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 class LocalVideoProvider:
     name = "local"
     can_cancel = True
@@ -147,7 +171,9 @@ class LocalVideoProvider:
                 " ON CONFLICT DO UPDATE SET value = MAX(value, ?)",
                 (running + 1, running + 1),
             )
-            self._append_ledger(request, operation_id)
+            append_ledger(
+                self.ledger, request.project_id, request.sequence, operation_id, "generate"
+            )
         return operation_id
 
     def poll(self, operation_id: str) -> JobStatus:
@@ -195,24 +221,6 @@ class LocalVideoProvider:
 
     def peak_in_flight(self) -> int:
         return self.jobs.peak_in_flight()
-
-    def _append_ledger(self, request: VideoRequest, operation_id: str) -> None:
-        if self.ledger is None:
-            return
-        line = json.dumps(
-            {
-                "project_id": request.project_id,
-                "sequence": request.sequence,
-                "operation_id": operation_id,
-                "at": time.time(),
-            }
-        )
-        self.ledger.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.ledger, "a", encoding="utf-8") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            handle.write(line + "\n")
-            handle.flush()
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class LocalPlanner:

@@ -3,6 +3,8 @@
 `projects/{projectId}/scenes/{seq:03d}/{operationKey}.mp4`: a stale worker's upload lands on its own
 operation's key and can never overwrite the recorded clip; a regenerated scene gets a new key.
 Its cut is `{operationKey}-cut-{inputsHash}.mp4` beside it: the same inputs give the same key.
+A lip-sync job's output is `{lipSyncOperationKey}-lipsync.mp4`, and the song's audio for the slot
+it was given is `audio-{inputsHash}.wav`.
 """
 
 from __future__ import annotations
@@ -36,6 +38,18 @@ def scene_prefix(project_id: str, sequence: int) -> str:
 
 def clip_key(project_id: str, sequence: int, operation_id: str) -> str:
     return f"{scene_prefix(project_id, sequence)}{operation_key(operation_id)}.mp4"
+
+
+def lipsync_key(project_id: str, sequence: int, operation_id: str) -> str:
+    """The lip-synced clip of lip-sync operation `operation_id`."""
+    return f"{scene_prefix(project_id, sequence)}{operation_key(operation_id)}-lipsync.mp4"
+
+
+def slot_audio_key(project_id: str, sequence: int, inputs_hash: str) -> str:
+    """The song's audio for the scene's slot (a lip-sync job's input)."""
+    if not re.fullmatch(r"[0-9a-f]{8,64}", inputs_hash):
+        raise ValueError(f"not an inputs hash: {inputs_hash!r}")
+    return f"{scene_prefix(project_id, sequence)}audio-{inputs_hash}.wav"
 
 
 _OPERATION_KEY = re.compile(r"^[0-9a-f]{32}$")

@@ -491,33 +491,41 @@ class SceneStore:
         """The original clip's object is gone: back to `pending` without any output."""
         return self.reset_outputs(project_id, sequence, stage=ORIGINAL, key=clip_key)
 
-    def retry_failed(self, project_id: str, sequence: int) -> bool:
-        """A user asked for another run: a `failed` scene becomes `pending` with fresh attempts."""
+    def retry_failed(
+        self, project_id: str, sequence: int, *, stage: StageFields = ORIGINAL
+    ) -> bool:
+        """A user asked for another run: a `failed` scene becomes `pending`, and the `stage` it
+        failed in (its first missing output) gets fresh attempts and no operation. Earlier
+        outputs and their operations are kept: a failed lip-sync pays only for the lip-sync."""
         m = self.m
+        fresh: list[Action] = []
+        if stage.operation is not None:
+            _, operation, attempts = _paid(m, stage)
+            fresh = [operation.remove(), attempts.set(0)]
         return self._transition(
             project_id,
             sequence,
-            [
-                m.status.set(SceneStatus.PENDING),
-                m.operation_id.remove(),
-                *self._no_lease(),
-                m.attempts.set(0),
-            ],
-            m.status == SceneStatus.FAILED,
+            [m.status.set(SceneStatus.PENDING), *fresh, *self._no_lease()],
+            (m.status == SceneStatus.FAILED) & getattr(m, stage.output).does_not_exist(),
             done=lambda s: s.status != SceneStatus.FAILED,
         )
 
-    def restore_attempts(self, project_id: str, sequence: int, *, max_attempts: int) -> bool:
-        """A user started a run: an open scene with no submissions left (cancelled runs spent
-        them) gets its attempts back, so the run submits it instead of failing it unpaid.
-        True when the scene has attempts left afterwards."""
+    def restore_attempts(
+        self, project_id: str, sequence: int, *, max_attempts: int, stage: StageFields = ORIGINAL
+    ) -> bool:
+        """A user started a run: an open scene with no submissions of its paid `stage` left
+        (cancelled runs spent them) gets its attempts back, so the run submits it instead of
+        failing it unpaid. True when the scene has attempts left afterwards."""
         m = self.m
+        _, _, attempts = _paid(m, stage)
         return self._transition(
             project_id,
             sequence,
-            [m.attempts.set(0)],
-            _at_limit(m, ORIGINAL, max_attempts, time.time()),
-            done=lambda s: s.attempts < max_attempts and s.operation_id is None,
+            [attempts.set(0)],
+            _at_limit(m, stage, max_attempts, time.time()),
+            done=lambda s: (
+                s.value(stage.attempts) < max_attempts and s.value(stage.operation) is None
+            ),
         )
 
     def reset_for_regeneration(self, project_id: str, sequence: int, *, run_id: str) -> Claim:

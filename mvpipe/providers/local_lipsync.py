@@ -1,0 +1,146 @@
+"""The embedded `local` lip-sync provider: behaves like a remote lip-sync API.
+
+Like the local video provider it gives operation ids, finishes a job `MVPIPE_LOCAL_LATENCY`
+seconds after its submit (`MVPIPE_LOCAL_LIPSYNC_LATENCY` when set), refuses more than
+`MVPIPE_LOCAL_MAX_CONCURRENT` jobs at once (its own count), injects
+`MVPIPE_LOCAL_LIPSYNC_FAULTS`, keeps its jobs in the local provider's SQLite file (its own
+table), and appends a ledger line with `"stage": "lipsync"` per accepted job. It fetches both
+input URLs over HTTP when it accepts a job, as a remote service would, and its result is the
+clip with a mouth and a level meter driven by the audio (`mvpipe.media.meter`).
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+from mvpipe.errors import PermanentProviderError, QuotaExceeded, TransientProviderError
+from mvpipe.media.meter import draw_on_clip
+from mvpipe.providers.base import JobState, JobStatus, LipSyncRequest
+from mvpipe.providers.faults import FaultPlan
+from mvpipe.providers.local import LocalJobs, append_ledger
+from mvpipe.settings import Settings
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS lipsync_jobs (
+    operation_id TEXT PRIMARY KEY, project_id TEXT NOT NULL, sequence INTEGER NOT NULL,
+    video BLOB NOT NULL, audio BLOB NOT NULL, submitted_at REAL NOT NULL,
+    finishes_at REAL NOT NULL, outcome TEXT NOT NULL, error TEXT, cancelled INTEGER DEFAULT 0);
+"""
+#: What the provider will fetch per input (a slot's clip and audio are far smaller).
+MAX_INPUT_BYTES = 64 * 1024 * 1024
+
+
+class LocalLipSyncProvider:
+    name = "local"
+    can_cancel = True
+
+    def __init__(self, settings: Settings) -> None:
+        latency = settings.local_lipsync_latency
+        self.latency = settings.local_latency if latency is None else latency
+        self.max_concurrent = settings.local_max_concurrent
+        self.timeout = settings.provider_timeout_seconds
+        self.faults = FaultPlan.parse(settings.local_lipsync_faults, "MVPIPE_LOCAL_LIPSYNC_FAULTS")
+        self.ledger = settings.local_ledger
+        self.jobs = LocalJobs(settings.local_state_path)
+        with self.jobs.transaction() as db:
+            db.execute(_SCHEMA)
+
+    def submit(self, request: LipSyncRequest) -> str:
+        project_id, sequence = request.project_id, request.sequence
+        with self.jobs.transaction() as db:  # the counter commits on its own, as for video
+            call = LocalJobs.next_call(db, project_id, sequence, "lipsync-submit")
+        if self.faults.transient_fault(project_id, sequence, "lipsync-submit", call):
+            raise TransientProviderError("local lip-sync: simulated 503 on submit", refused=True)
+        video = self._fetch(request.video_url, "video")
+        audio = self._fetch(request.audio_url, "audio")
+        now = time.time()
+        with self.jobs.transaction() as db:
+            (running,) = db.execute(
+                "SELECT COUNT(*) FROM lipsync_jobs WHERE cancelled = 0 AND finishes_at > ?", (now,)
+            ).fetchone()
+            if running >= self.max_concurrent:
+                raise QuotaExceeded(
+                    f"local lip-sync: 429 too many jobs in flight ({running})", refused=True
+                )
+            accepted = LocalJobs.next_call(db, project_id, sequence, "lipsync-accepted")
+            failed = self.faults.permanent_fault(project_id, sequence, accepted)
+            operation_id = f"local-lipsync-{uuid.uuid4()}"
+            db.execute(
+                "INSERT INTO lipsync_jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
+                (
+                    operation_id,
+                    project_id,
+                    sequence,
+                    video,
+                    audio,
+                    now,
+                    now + self.latency,
+                    "failed" if failed else "succeeded",
+                    "local lip-sync: simulated permanent failure (no face found)"
+                    if failed
+                    else None,
+                ),
+            )
+            append_ledger(self.ledger, project_id, sequence, operation_id, "lipsync")
+        return operation_id
+
+    def poll(self, operation_id: str) -> JobStatus:
+        with self.jobs.transaction() as db:
+            row = db.execute(
+                "SELECT project_id, sequence, video, audio, finishes_at, outcome, error, cancelled"
+                " FROM lipsync_jobs WHERE operation_id = ?",
+                (operation_id,),
+            ).fetchone()
+            if row is None:
+                raise PermanentProviderError(f"local lip-sync: unknown operation {operation_id}")
+            project_id, sequence, video, audio, finishes_at, outcome, error, cancelled = row
+            call = LocalJobs.next_call(db, project_id, sequence, "lipsync-poll")
+            db.execute("INSERT OR IGNORE INTO polled VALUES (?)", (operation_id,))
+        if self.faults.transient_fault(project_id, sequence, "lipsync-poll", call):
+            raise TransientProviderError("local lip-sync: simulated 500 on poll")
+        if cancelled:
+            return JobStatus(JobState.CANCELLED, error="cancelled")
+        if time.time() < finishes_at:
+            return JobStatus(JobState.RUNNING)
+        if outcome == "failed":
+            return JobStatus(JobState.FAILED, error=error)
+        return JobStatus(JobState.SUCCEEDED, video=draw_on_clip(bytes(video), bytes(audio)))
+
+    def download(self, status: JobStatus) -> bytes:
+        if status.video is None:
+            raise PermanentProviderError("local lip-sync: finished job has no video")
+        return status.video
+
+    def cancel(self, operation_id: str) -> bool:
+        """True only when this call stopped the job before it made its video (or it was
+        stopped already): a finished job is paid for and its video must not be dropped."""
+        with self.jobs.transaction() as db:
+            db.execute(
+                "UPDATE lipsync_jobs SET cancelled = 1 WHERE operation_id = ? AND finishes_at > ?",
+                (operation_id, time.time()),
+            )
+            row = db.execute(
+                "SELECT cancelled FROM lipsync_jobs WHERE operation_id = ?", (operation_id,)
+            ).fetchone()
+        return row is not None and bool(row[0])
+
+    def _fetch(self, url: str, what: str) -> bytes:
+        """An input, fetched as a remote service would: a URL that does not answer is a
+        transient refusal, one that answers with an error is a permanent one."""
+        try:
+            with urllib.request.urlopen(url, timeout=self.timeout) as response:
+                data = bytes(response.read(MAX_INPUT_BYTES + 1))
+        except urllib.error.HTTPError as exc:
+            raise PermanentProviderError(
+                f"local lip-sync: the {what} URL answered {exc.code}", refused=True
+            ) from None
+        except (urllib.error.URLError, TimeoutError, OSError) as exc:
+            raise TransientProviderError(
+                f"local lip-sync: could not fetch the {what}: {exc}", refused=True
+            ) from None
+        if len(data) > MAX_INPUT_BYTES or not data:
+            raise PermanentProviderError(f"local lip-sync: the {what} is empty or too large")
+        return data
