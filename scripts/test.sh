@@ -8,4 +8,4 @@ export PATH="$PWD/.venv/bin:$PATH"
 echo "== ruff check";        ruff check .
 echo "== ruff format";       ruff format --check .
 echo "== mypy";              mypy mvpipe celeryconfig.py
-echo "== pytest";            pytest -q -p no:cacheprovider "$@"
+echo "== pytest";            pytest -q -p no:cacheprovider --durations=30 "$@"
