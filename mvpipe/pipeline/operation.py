@@ -44,6 +44,18 @@ from mvpipe.store.scenes import Claim
 PARKED_SLOWDOWN = 10
 
 
+#: How long after a job's announced end its poll comes (clocks and the reply's own travel).
+ETA_MARGIN_SECONDS = 0.02
+
+
+def poll_countdown(grid_seconds: float, eta_seconds: float | None, longest: float) -> float:
+    """Seconds until the next poll of a running job: at its announced end when the provider
+    gives one, else the provider's fixed pace."""
+    if eta_seconds is None:
+        return grid_seconds
+    return min(longest, max(0.0, eta_seconds) + ETA_MARGIN_SECONDS)
+
+
 class StageProvider(Protocol):
     """What the paid machine needs from a stage's provider: its job calls, its quota pool and
     poll pace, and the key its output is stored under."""
@@ -337,11 +349,15 @@ class PaidOperation:
     def carry(self) -> dict[str, object]:
         return {"stage": self.stage.name}
 
-    def next_poll(self, operation_id: str, transient_polls: int) -> Step:
+    def next_poll(
+        self, operation_id: str, transient_polls: int, eta_seconds: float | None = None
+    ) -> Step:
+        """The next poll: when the job is due if the provider said (never past the longest
+        countdown, which the liveness mark and the quota slot outlive), else on the grid."""
         return Step(
             Next.POLL,
             "polling",
-            self.provider.poll_seconds,
+            poll_countdown(self.provider.poll_seconds, eta_seconds, self.s.backoff_max),
             {
                 **self.carry(),
                 "operation_id": operation_id,
@@ -382,7 +398,7 @@ class PaidOperation:
             return Step(step.next, "poll error", wait, step.carry)
         ctx.board.poll_answered(operation_id)
         if status.state == JobState.RUNNING:
-            return self.next_poll(operation_id, 0)
+            return self.next_poll(operation_id, 0, status.eta_seconds)
         self.release_slot()
         if status.state == JobState.CANCELLED:
             ctx.scenes.reset_cancelled(*self.ids, operation_id=operation_id, stage=self.fields)
