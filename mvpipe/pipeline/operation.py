@@ -237,7 +237,12 @@ class PaidOperation:
         failpoints.reached("after_submit")
         failpoints.reached("before_record")
         with ctx.table.retry_until(lease_end):
-            return self.record(operation_id, token, attempt)
+            step = self.record(operation_id, token, attempt)
+        if step.next != Next.POLL:
+            return step
+        # Stored: the first poll is now, in this execution. A quick job needs no message in
+        # between, and a provider that tells when its job is due has its next poll timed.
+        return self.poll(operation_id, 0, just_submitted=True)
 
     def refund(self, exc: Exception, price: int, scene: SceneRecord) -> int:
         """What a failed submit gives back of its reservation: all of it when the provider
@@ -365,12 +370,16 @@ class PaidOperation:
             },
         )
 
-    def poll(self, operation_id: str, transient_polls: int) -> Step:
+    def poll(
+        self, operation_id: str, transient_polls: int, *, just_submitted: bool = False
+    ) -> Step:
         """Poll the stage's operation. When its output is recorded the result is a
-        `Next.STAGE` step: the scene goes on to its next stage (or it was the last)."""
+        `Next.STAGE` step: the scene goes on to its next stage (or it was the last).
+        `just_submitted`: this execution marked the scene alive and took its slot moments ago."""
         ctx, s = self.ctx, self.s
-        self.x.touch(self.provider.liveness_seconds)
-        self.acquire_slot()
+        if not just_submitted:
+            self.x.touch(self.provider.liveness_seconds)
+            self.acquire_slot()
         started, last_error = ctx.board.start_poll(operation_id)
         if started > s.max_poll_errors:
             return self.give_up_polling(operation_id, started - 1, last_error)
