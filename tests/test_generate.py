@@ -457,3 +457,16 @@ def test_a_running_job_is_polled_again_when_the_provider_says_it_is_due(
     assert job(ctx, project_id, run_id).step(operation_id).countdown == longest  # liveness mark
     provider.answer = JobStatus(JobState.RUNNING)  # no estimate: the provider's fixed pace
     assert job(ctx, project_id, run_id).step(operation_id).countdown == grid
+
+
+def test_the_submitting_step_polls_the_stored_job_at_once(
+    ctx: Context, provider: Misbehaving
+) -> None:
+    project_id, run_id = new_project(ctx, 1)
+    due = (ctx.settings.poll_seconds_for("local") + ctx.settings.backoff_max) / 2  # off-grid
+    provider.answer = JobStatus(JobState.RUNNING, eta_seconds=due)
+    step = job(ctx, project_id, run_id).step()
+    assert provider.submitted == 1
+    # the answer of a poll in this same step times the next one (no message before it)
+    assert step.next == Next.POLL and due <= step.countdown <= due + 0.1
+    assert ctx.board.scene_polled(project_id, 1)  # marked alive by the submit
