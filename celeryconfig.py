@@ -22,7 +22,9 @@ result_accept_content = ["json"]
 task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
-task_track_started = True
+# The STARTED state lives in task events (Flower); a backend write per step would cost five
+# Redis commands for a state nobody reads from the backend.
+task_track_started = False
 worker_send_task_events = True
 task_send_sent_event = True
 

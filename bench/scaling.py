@@ -1,6 +1,7 @@
 """Requests per scene and scaling: O(1) store work per scene, flat time and memory.
 
     python bench/scaling.py [--sizes 10 100 999 --concurrency 2]
+    python bench/scaling.py --waiting 999     # worker RSS with N scenes waiting (one N a run)
 
 Every DynamoDB/S3 request goes through a counting proxy; Redis commands come from
 `INFO commandstats` deltas. Creation is not counted (counters reset after create). The legacy
@@ -21,8 +22,8 @@ from common import bench_stack, record, summary, table, workers
 from countingproxy import DYNAMO_READS, DYNAMO_WRITES, CountingProxy
 
 from mvpipe import api
-from mvpipe.deps import reset_context
-from mvpipe.devstack.localstack import LocalStack
+from mvpipe.deps import get_settings, reset_context
+from mvpipe.devstack.localstack import LocalStack, wait_until
 
 
 def tree_rss_kib(pid: int) -> int:
@@ -109,6 +110,44 @@ def run_all(sizes: list[int], concurrency: int) -> list[dict[str, float]]:
             proxy.stop()
 
 
+def own_rss_kib(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(x for x in status.splitlines() if x.startswith("VmRSS")).split()[1])
+
+
+def waiting_rss(n: int, concurrency: int) -> dict[str, float]:
+    """Worker RSS with `n` scenes submitted and waiting on their jobs (latency 300 s): what a
+    waiting scene holds, in the main process (its next step's message) and the pool."""
+    settings = {
+        "local_latency": "300",
+        "local_max_concurrent": "10000",
+        "provider_concurrency": "10000",
+        "local_clip_seconds": "0.5",
+    }
+    with bench_stack(**settings) as (stack, workdir):
+        worker = workers(stack, workdir, concurrency)
+        warmed = concurrency if get_settings().warm_media else 0
+        wait_until(lambda: worker.log_text().count("analysis warmed") >= warmed, 300, "warm-up")
+        idle_tree, idle_main = tree_rss_kib(worker.proc.pid), own_rss_kib(worker.proc.pid)
+        project_id = api.create_project("Waiting", "bench", scenes=[{"prompt": "w"}] * n)
+        api.run_project(project_id)
+        ledger = Path(stack.env["MVPIPE_LOCAL_LEDGER"])
+        wait_until(lambda: _lines(ledger) >= n, 1800, "every scene submitted")
+        tree, main = tree_rss_kib(worker.proc.pid), own_rss_kib(worker.proc.pid)
+        api.cancel_project(project_id)
+        worker.stop()
+    return {
+        "n": n,
+        "tree_mib": tree / 1024,
+        "main_b": (main - idle_main) * 1024 / n,
+        "pool_b": ((tree - main) - (idle_tree - idle_main)) * 1024 / n,
+    }
+
+
+def _lines(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
 HEADER = (
     "n",
     "DDB writes/scene",
@@ -124,7 +163,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 999])
     parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument(
+        "--waiting", type=int, help="instead: worker RSS with N scenes waiting (one N per run)"
+    )
     args = parser.parse_args()
+    if args.waiting:
+        r = waiting_rss(args.waiting, args.concurrency)
+        row = (
+            str(args.waiting),
+            f"{r['tree_mib']:.0f} MiB",
+            f"{r['main_b'] / 1024:.1f} KiB",
+            f"{r['pool_b'] / 1024:.1f} KiB",
+        )
+        header = ("n", "worker RSS", "main process/scene", "pool/scene")
+        record(table("Worker RSS with N scenes waiting on their jobs", [row], header))
+        return
     results = run_all(args.sizes, args.concurrency)
     rows = [
         (

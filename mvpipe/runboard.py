@@ -105,6 +105,18 @@ class RunBoard:
         pipe.execute()
 
     @_answered
+    def keep_run_scenes(self, run_id: str, sequences: list[int]) -> None:
+        """The scenes a run's chord waits for. Kept here, not in the chord's callback: every
+        header message embeds the callback, so a list in it made each message O(N) and the
+        messages a worker holds for waiting scenes O(N^2)."""
+        self.client.set(self._key("run", run_id, "scenes"), json.dumps(sequences), ex=self.ttl)
+
+    @_answered
+    def run_scenes(self, run_id: str) -> list[int] | None:
+        raw = self.client.get(self._key("run", run_id, "scenes"))
+        return None if raw is None else [int(n) for n in json.loads(raw)]
+
+    @_answered
     def run_sequences(self, run_id: str) -> list[int] | None:
         raw = self.client.get(self._key("run", run_id, "sequences"))
         return None if raw is None else [int(n) for n in json.loads(raw)]

@@ -443,3 +443,30 @@ def test_only_an_outage_makes_the_record_redo_itself(ctx: Context) -> None:
     # not RecordPending (redone forever): the task's bounded path for unexpected errors
     with pytest.raises(ValueError, match="a bug in the record path"):
         redo(ctx, project_id, run_id, operation_id, token)
+
+
+def test_a_running_job_is_polled_again_when_the_provider_says_it_is_due(
+    ctx: Context, provider: Misbehaving
+) -> None:
+    project_id, run_id, operation_id = polling_scene(ctx)
+    grid, longest = ctx.settings.poll_seconds_for("local"), ctx.settings.backoff_max
+    provider.answer = JobStatus(JobState.RUNNING, eta_seconds=grid * 3)
+    step = job(ctx, project_id, run_id).step(operation_id)
+    assert step.next == Next.POLL and grid * 3 <= step.countdown <= grid * 3 + 0.1
+    provider.answer = JobStatus(JobState.RUNNING, eta_seconds=longest * 10)  # never past the
+    assert job(ctx, project_id, run_id).step(operation_id).countdown == longest  # liveness mark
+    provider.answer = JobStatus(JobState.RUNNING)  # no estimate: the provider's fixed pace
+    assert job(ctx, project_id, run_id).step(operation_id).countdown == grid
+
+
+def test_the_submitting_step_polls_the_stored_job_at_once(
+    ctx: Context, provider: Misbehaving
+) -> None:
+    project_id, run_id = new_project(ctx, 1)
+    due = (ctx.settings.poll_seconds_for("local") + ctx.settings.backoff_max) / 2  # off-grid
+    provider.answer = JobStatus(JobState.RUNNING, eta_seconds=due)
+    step = job(ctx, project_id, run_id).step()
+    assert provider.submitted == 1
+    # the answer of a poll in this same step times the next one (no message before it)
+    assert step.next == Next.POLL and due <= step.countdown <= due + 0.1
+    assert ctx.board.scene_polled(project_id, 1)  # marked alive by the submit

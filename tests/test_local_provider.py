@@ -37,7 +37,9 @@ def request(sequence: int = 1) -> VideoRequest:
 def test_a_job_runs_then_yields_a_playable_mp4_and_one_ledger_line(tmp_path: Path) -> None:
     local = provider(tmp_path)
     operation_id = local.submit(request())
-    assert local.poll(operation_id).state == JobState.RUNNING
+    running = local.poll(operation_id)
+    assert running.state == JobState.RUNNING
+    assert running.eta_seconds is not None and 0 < running.eta_seconds <= 0.2  # the latency
     status = wait_for(
         lambda: (s := local.poll(operation_id)).finished and s, 10, "the job to finish"
     )

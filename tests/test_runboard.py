@@ -64,3 +64,11 @@ def test_one_reconcile_pass_holds_at_a_time_and_frees_only_its_own_hold(board: R
 def test_a_dead_holders_hold_expires(board: RunBoard) -> None:
     assert board.hold("reconcile", "dead", 0.2)
     wait_for(lambda: board.hold("reconcile", "next", 60), 10, "the dead holder's hold to expire")
+
+
+def test_a_run_keeps_the_scenes_its_chord_waits_for(board: RunBoard) -> None:
+    run_id = str(uuid.uuid4())
+    assert board.run_scenes(run_id) is None
+    board.keep_run_scenes(run_id, [2, 5, 999])
+    assert board.run_scenes(run_id) == [2, 5, 999]
+    assert board.run_sequences(run_id) is None  # not "finalize ran" (reconcile reads that)

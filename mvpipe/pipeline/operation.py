@@ -47,6 +47,18 @@ from mvpipe.store.scenes import Claim
 PARKED_SLOWDOWN = 10
 
 
+#: How long after a job's announced end its poll comes (clocks and the reply's own travel).
+ETA_MARGIN_SECONDS = 0.02
+
+
+def poll_countdown(grid_seconds: float, eta_seconds: float | None, longest: float) -> float:
+    """Seconds until the next poll of a running job: at its announced end when the provider
+    gives one, else the provider's fixed pace."""
+    if eta_seconds is None:
+        return grid_seconds
+    return min(longest, max(0.0, eta_seconds) + ETA_MARGIN_SECONDS)
+
+
 class StageProvider(Protocol):
     """What the paid machine needs from a stage's provider: its job calls, its quota pool and
     poll pace, and the key its output is stored under."""
@@ -251,7 +263,12 @@ class PaidOperation:
         failpoints.reached(f"{self.points}after_submit")
         failpoints.reached(f"{self.points}before_record")
         with ctx.table.retry_until(lease_end):
-            return self.record(operation_id, token, attempt)
+            step = self.record(operation_id, token, attempt)
+        if step.next != Next.POLL:
+            return step
+        # Stored: the first poll is now, in this execution. A quick job needs no message in
+        # between, and a provider that tells when its job is due has its next poll timed.
+        return self.poll(operation_id, 0, just_submitted=True)
 
     def refund(self, exc: Exception, price: int, scene: SceneRecord) -> int:
         """What a failed submit gives back of its reservation: all of it when the provider
@@ -363,11 +380,15 @@ class PaidOperation:
     def carry(self) -> dict[str, object]:
         return {"stage": self.stage.name}
 
-    def next_poll(self, operation_id: str, transient_polls: int) -> Step:
+    def next_poll(
+        self, operation_id: str, transient_polls: int, eta_seconds: float | None = None
+    ) -> Step:
+        """The next poll: when the job is due if the provider said (never past the longest
+        countdown, which the liveness mark and the quota slot outlive), else on the grid."""
         return Step(
             Next.POLL,
             "polling",
-            self.provider.poll_seconds,
+            poll_countdown(self.provider.poll_seconds, eta_seconds, self.s.backoff_max),
             {
                 **self.carry(),
                 "operation_id": operation_id,
@@ -375,12 +396,16 @@ class PaidOperation:
             },
         )
 
-    def poll(self, operation_id: str, transient_polls: int) -> Step:
+    def poll(
+        self, operation_id: str, transient_polls: int, *, just_submitted: bool = False
+    ) -> Step:
         """Poll the stage's operation. When its output is recorded the result is a
-        `Next.STAGE` step: the scene goes on to its next stage (or it was the last)."""
+        `Next.STAGE` step: the scene goes on to its next stage (or it was the last).
+        `just_submitted`: this execution marked the scene alive and took its slot moments ago."""
         ctx, s = self.ctx, self.s
-        self.x.touch(self.provider.liveness_seconds)
-        self.acquire_slot()
+        if not just_submitted:
+            self.x.touch(self.provider.liveness_seconds)
+            self.acquire_slot()
         started, last_error = ctx.board.start_poll(operation_id)
         if started > s.max_poll_errors:
             return self.give_up_polling(operation_id, started - 1, last_error)
@@ -412,7 +437,7 @@ class PaidOperation:
             return Step(step.next, "poll error", wait, step.carry)
         ctx.board.poll_answered(operation_id)
         if status.state == JobState.RUNNING:
-            return self.next_poll(operation_id, 0)
+            return self.next_poll(operation_id, 0, status.eta_seconds)
         self.release_slot()
         if status.state == JobState.CANCELLED:
             ctx.scenes.reset_cancelled(*self.ids, operation_id=operation_id, stage=self.fields)

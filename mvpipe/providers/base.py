@@ -80,6 +80,9 @@ class JobStatus:
     video: bytes | None = None
     url: str | None = None
     error: str | None = None
+    #: a running job's expected seconds to its end, when the provider knows it: the next poll
+    #: comes then instead of on the fixed grid (fewer polls, and no grid delay at the end)
+    eta_seconds: float | None = None
 
     @property
     def finished(self) -> bool:

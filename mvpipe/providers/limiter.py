@@ -123,10 +123,22 @@ local function done(result)
   return result
 end
 if redis.call('ZSCORE', slots, member) then
+  -- A holder's refresh (every poll) wrote only its slot: the waiters' keys are kept alive by
+  -- the waiters' own requests, so only the keys that count held slots need a longer life.
   redis.call('ZADD', slots, now + ttl, member)
-  return done({{1, 0, 0}})
+  redis.call('EXPIRE', slots, keep)
+  redis.call('EXPIRE', inflight, keep)
+  return {{1, 0, 0}}
 end
 local p = project_of(member)
+if redis.call('ZCARD', seen) == 0 and redis.call('ZCARD', slots) < limit then
+  -- Nobody waits: the rule would pick this request at once, so it skips the line's bookkeeping.
+  redis.call('ZADD', slots, now + ttl, member)
+  redis.call('HINCRBY', inflight, p, 1)
+  redis.call('EXPIRE', slots, keep)
+  redis.call('EXPIRE', inflight, keep)
+  return {{1, 0, 1}}
+end
 local line = lines .. p
 redis.call('ZADD', line, 'NX', now, member)
 redis.call('EXPIRE', line, keep)
@@ -172,7 +184,8 @@ local member, limit, now, keep_slot = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[
 if keep_slot ~= '1' and redis.call('ZREM', slots, member) == 1 then
   add_flight(project_of(member), -1)
 end
-unwait(member)
+-- A member out of `seen` is in no line and parked nowhere (they are written and cleared together).
+if redis.call('ZSCORE', seen, member) then unwait(member) end
 expire_slots(now)
 local woken = {}
 for _, m in ipairs(allot(limit - redis.call('ZCARD', slots))) do

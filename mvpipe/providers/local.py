@@ -195,8 +195,9 @@ class LocalVideoProvider:
             json.loads("<html>simulated 200 whose body is not JSON</html>")  # raises, unclassified
         if cancelled:
             return JobStatus(JobState.CANCELLED, error="cancelled")
-        if time.time() < finishes_at:
-            return JobStatus(JobState.RUNNING)
+        now = time.time()
+        if now < finishes_at:
+            return JobStatus(JobState.RUNNING, eta_seconds=finishes_at - now)
         if outcome == "failed":
             return JobStatus(JobState.FAILED, error=error)
         return JobStatus(JobState.SUCCEEDED, video=render_clip(prompt, duration))

@@ -21,15 +21,21 @@ def finalize_project(
     run_id: str | None,
     sequences: list[int] | None,
     outages: int = 0,
+    scenes_on_board: bool = False,
 ) -> dict[str, Any]:
-    """The chord's result list is ignored on purpose: only the store tells the truth."""
+    """The chord's result list is ignored on purpose: only the store tells the truth.
+    `scenes_on_board`: the run's scenes are the list its planning kept on the run board."""
     checked_ids(project_id)
+    ctx = get_context()
     try:
-        settlement = finalize_run(get_context(), project_id, run_id, sequences)
+        if scenes_on_board and run_id is not None:
+            sequences = ctx.board.run_scenes(run_id)
+        settlement = finalize_run(ctx, project_id, run_id, sequences)
     except NotFound:
         return {"project_id": project_id, "outcome": "project not found"}
     except (StoreUnavailable, Conflict, redis.RedisError) as exc:  # Conflict: it kept moving
-        raise self.outage_retry(exc, {"outages": outages}, outages) from None
+        kwargs = {"outages": outages, "scenes_on_board": scenes_on_board}
+        raise self.outage_retry(exc, kwargs, outages) from None
     if settlement.assemble and run_id is not None:
         # The assembly takes this task's id, so the run's AsyncResult resolves to its result.
         # A second finalize of the run sends a second assembly: harmless (it finds the object

@@ -23,6 +23,7 @@ from mvpipe.errors import MvpipeError, StoreUnavailable
 from mvpipe.models import micros_to_usd
 from mvpipe.pipeline.finalize import refinalize
 from mvpipe.pipeline.generate import SceneJob
+from mvpipe.pipeline.stages import STAGES
 from mvpipe.pipeline.steps import Next, RecordPending
 from mvpipe.providers.classify import describe, scrub
 from mvpipe.tasks.base import MvpipeTask, app, checked_ids, dispatcher
@@ -89,7 +90,7 @@ def generate_scene(
         run_id,
         provider,
         park=lambda: dispatcher.parked(self.next_step({**FRESH, **_stage(stage), "copy": WOKEN})),
-        queue=self.delivered_on(),
+        queue=_kept_queue(self),
     )
     try:
         if copy is not None and not ctx.board.first_copy(
@@ -143,6 +144,16 @@ def generate_scene(
     raise self.rerun_later(
         WAITING_STATES[step.next], step.countdown, carry, progress, queue=step.queue
     )
+
+
+def _kept_queue(task: MvpipeTask) -> str | None:
+    """The queue this execution's stages must run on; None when this worker consumes every
+    stage's queue: a stage bound elsewhere may then run here at once, where a move would only
+    add a broker round trip and a whole task execution."""
+    consumed = set(task.app.amqp.queues.consume_from)
+    if all(stage.queue in consumed for stage in STAGES):
+        return None
+    return task.delivered_on()
 
 
 def _stage(stage: str | None) -> dict[str, Any]:

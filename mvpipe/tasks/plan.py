@@ -83,8 +83,13 @@ def plan_scenes(
         raise self.replace(analyse_song.si(project_id, run_id, only))
     if not plan.sequences:
         raise self.replace(finalize_project.si(None, project_id, run_id, []))
+    try:  # the callback reads them there: each header message carries it
+        ctx.board.keep_run_scenes(run_id, plan.sequences)
+    except (StoreUnavailable, redis.RedisError) as exc:
+        raise self.outage_retry(exc, kwargs, outages) from None
     header = group(
         generate_scene.si(project_id, sequence, run_id, plan.provider)
         for sequence in plan.sequences
     )
-    raise self.replace(chord(header, finalize_project.s(project_id, run_id, plan.sequences)))
+    body = finalize_project.s(project_id, run_id, None, scenes_on_board=True)
+    raise self.replace(chord(header, body))
