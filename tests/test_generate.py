@@ -19,12 +19,14 @@ from mvpipe.devstack.localstack import LocalStack
 from mvpipe.errors import StoreUnavailable
 from mvpipe.models import SceneStatus
 from mvpipe.pipeline.generate import SceneJob
+from mvpipe.pipeline.operation import PaidOperation, VideoGeneration
 from mvpipe.pipeline.stages import GENERATE
 from mvpipe.pipeline.steps import Next, RecordPending
 from mvpipe.providers.base import JobState, JobStatus, VideoRequest
 from mvpipe.providers.limiter import QuotaLimiter, slot_member
 from mvpipe.runboard import RunBoard
 from mvpipe.settings import get_settings
+from mvpipe.store.records import SceneRecord
 from mvpipe.store.scenes import Claim, SceneStore
 from tests.helpers import new_project
 from tests.test_store import claim
@@ -443,3 +445,41 @@ def test_only_an_outage_makes_the_record_redo_itself(ctx: Context) -> None:
     # not RecordPending (redone forever): the task's bounded path for unexpected errors
     with pytest.raises(ValueError, match="a bug in the record path"):
         redo(ctx, project_id, run_id, operation_id, token)
+
+
+class OutputInOutage(VideoGeneration):
+    """The generate stage's provider, except that making the finished job's output meets our
+    own store's outage `outages` times (as the lip-sync's output did when it read the scene)."""
+
+    def __init__(self, provider: Misbehaving, ctx: Context, outages: int) -> None:
+        super().__init__(provider, ctx.settings)  # type: ignore[arg-type]
+        self.outages = outages
+
+    def output(self, status: JobStatus, scene: SceneRecord) -> bytes:
+        if self.outages > 0:
+            self.outages -= 1
+            raise StoreUnavailable("the state server did not answer")
+        return super().output(status, scene)
+
+
+def test_a_store_outage_while_making_the_output_is_not_a_poll_error(
+    ctx: Context, provider: Misbehaving
+) -> None:
+    # Given a finished, paid job, and a store outage each time its output is made
+    project_id, run_id, operation_id = polling_scene(ctx)
+    provider.answer = JobStatus(JobState.SUCCEEDED, video=b"the paid clip")
+    outages = ctx.settings.max_poll_errors + 2
+    stage_provider = OutputInOutage(provider, ctx, outages)
+    for _ in range(outages):
+        machine = PaidOperation(job(ctx, project_id, run_id).x, GENERATE, stage_provider)
+        # Then the outage goes to the task's outage retry, never counted as a provider error
+        with pytest.raises(StoreUnavailable):
+            machine.poll(operation_id, 0)
+    scene = ctx.scenes.get(project_id, 1)
+    assert scene is not None and scene.status == SceneStatus.PROCESSING
+    # and once the store answers, the paid job's output is recorded
+    machine = PaidOperation(job(ctx, project_id, run_id).x, GENERATE, stage_provider)
+    assert machine.poll(operation_id, 0).next == Next.STAGE
+    scene = ctx.scenes.get(project_id, 1)
+    assert scene is not None and scene.status == SceneStatus.PROCESSING, scene.last_error
+    assert ctx.clips.read(scene.original_clip_key or "") == b"the paid clip"

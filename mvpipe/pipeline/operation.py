@@ -72,9 +72,10 @@ class StageProvider(Protocol):
 
     def poll(self, operation_id: str) -> JobStatus: ...
 
-    def output(self, status: JobStatus, project_id: str, sequence: int) -> bytes:
-        """The finished job's output as it is stored (a `PermanentProviderError` when the job's
-        result is unusable)."""
+    def output(self, status: JobStatus, scene: SceneRecord) -> bytes:
+        """The finished job's output for `scene` (as read by the poll) as it is stored (a
+        `PermanentProviderError` when the job's result is unusable). Reads nothing from the
+        store: an outage there is ours, not the provider's."""
         ...
 
     def cancel(self, operation_id: str) -> bool: ...
@@ -112,7 +113,7 @@ class VideoGeneration:
     def poll(self, operation_id: str) -> JobStatus:
         return self.provider.poll(operation_id)
 
-    def output(self, status: JobStatus, project_id: str, sequence: int) -> bytes:
+    def output(self, status: JobStatus, scene: SceneRecord) -> bytes:
         return self.provider.download(status)
 
     def cancel(self, operation_id: str) -> bool:
@@ -385,15 +386,18 @@ class PaidOperation:
         if started > s.max_poll_errors:
             return self.give_up_polling(operation_id, started - 1, last_error)
         failpoints.reached(f"{self.points}during_poll")
+        video: bytes | None = None
         try:
             status = self.provider.poll(operation_id)
-            video = (
-                self.provider.output(status, *self.ids)
-                if status.state == JobState.SUCCEEDED
-                else None
-            )
+            if status.state == JobState.SUCCEEDED:
+                video = self.output(status)
         except PermanentProviderError as exc:
             status, video = JobStatus(JobState.FAILED, error=str(exc)), None
+        except (StoreUnavailable, redis.RedisError):
+            # Our own outage, not an unreadable reply: not counted against the job (which may
+            # be finished and paid); the task's outage retry polls again.
+            ctx.board.poll_answered(operation_id)
+            raise
         except Exception as exc:
             # Transient: the provider answered, just not yet usefully. Anything else (a reply
             # we can't read): counted, and the scene fails if it never stops (see above).
@@ -426,6 +430,11 @@ class PaidOperation:
         ctx.clips.put(key, video)
         failpoints.reached(f"{self.points}after_upload")
         return self.complete(operation_id, key)
+
+    def output(self, status: JobStatus) -> bytes | None:
+        """The finished job's output for the scene as it is now (None: the scene is gone)."""
+        scene = self.ctx.scenes.get(*self.ids)
+        return None if scene is None else self.provider.output(status, scene)
 
     def complete(self, operation_id: str, key: str) -> Step:
         """Record the uploaded output (conditioned on the operation id)."""
