@@ -22,7 +22,12 @@ from mvpipe.store.clips import clip_key
 from mvpipe.store.records import utc_now_iso
 from mvpipe.store.table import project_pk, scene_sk
 from tests.conftest import Workers
-from tests.helpers import assert_invariants, generations_per_scene, wait_for
+from tests.helpers import (
+    assert_invariants,
+    generations_per_scene,
+    wait_for,
+    waiting_for_lip_sync,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -338,3 +343,46 @@ def queued_scene_steps(ctx: Context, project_id: str) -> list[list[object]]:
             if args[0] == project_id:
                 found.append(args)
     return found
+
+
+def test_a_scene_waiting_for_its_lip_sync_with_no_run_goes_back_to_pending(stack: object) -> None:
+    # Given a scene waiting for its lip-sync that no run will pay for (its run was cancelled)
+    ctx = get_context()
+    project_id = waiting_for_lip_sync(ctx)
+    # When reconcile passes
+    report = api.reconcile(project_id)
+    # Then the scene is pending again (a user's run resumes it), with its clips kept, and no
+    # chain was started for it (it would only find no run to submit under, pass after pass)
+    scene = ctx.scenes.get(project_id, 2)
+    assert scene is not None and scene.status == SceneStatus.PENDING
+    assert report.waiting_scenes_reset == 1 and report.resumed_stages == 0
+    assert scene.clip_key is not None and scene.working_clip_key is not None
+    assert queued_scene_steps(ctx, project_id) == []
+    assert api.get_project(project_id).status == ProjectStatus.PENDING
+    assert api.reconcile(project_id).total == 0
+
+
+def test_a_scene_waiting_for_its_lip_sync_outside_a_regeneration_goes_back_to_pending(
+    stack: object,
+) -> None:
+    # Given a scene waiting for its lip-sync, then a live regeneration of scene 1 alone
+    ctx = get_context()
+    project_id = waiting_for_lip_sync(ctx)
+    run = api.regenerate_scene(project_id, 1)
+    ctx.board.touch_run(run.id, 600)
+    # When reconcile passes, nothing is sent for scene 2 under the regeneration's run
+    report = api.reconcile(project_id)
+    scene = ctx.scenes.get(project_id, 2)
+    assert scene is not None and scene.status == SceneStatus.PENDING
+    assert report.waiting_scenes_reset == 1
+    assert 2 not in [args[1] for args in queued_scene_steps(ctx, project_id)]
+
+
+def test_cancel_sends_a_scene_waiting_for_its_lip_sync_back_to_pending(stack: object) -> None:
+    ctx = get_context()
+    project_id = waiting_for_lip_sync(ctx)
+    api.cancel_project(project_id)
+    scene = ctx.scenes.get(project_id, 2)
+    assert scene is not None and scene.status == SceneStatus.PENDING
+    assert scene.clip_key is not None and scene.working_clip_key is not None
+    assert api.get_project(project_id).status == ProjectStatus.PENDING

@@ -61,8 +61,14 @@ def cancel_operations(ctx: Context, dispatcher: Dispatcher, project_id: str) -> 
     for scene in state.scenes:
         stage = next_stage(scene)
         operation_id = stage.operation(scene) if stage is not None else None
-        if stage is None or scene.status != SceneStatus.PROCESSING or not operation_id:
-            continue  # (a scene between stages only waits for a free one: nothing to cancel)
+        if stage is None or scene.status != SceneStatus.PROCESSING:
+            continue
+        if not operation_id:
+            if stage.paid and scene.lease_token is None:
+                # Between stages, waiting for a paid one no run will pay for now: `pending`
+                # (a live lease is a submitter's, whose record meets the released run).
+                ctx.scenes.reset_waiting(project_id, scene.sequence, stage=stage.fields)
+            continue
         provider = stage_provider(ctx, stage, state.project.provider)
         if not provider.can_cancel:
             continue

@@ -423,6 +423,24 @@ class SceneStore:
             done=lambda s: s.value(stage.operation) != operation_id,
         )
 
+    def reset_waiting(self, project_id: str, sequence: int, *, stage: StageFields) -> bool:
+        """A scene left `processing` between stages, waiting for the paid `stage` with no run
+        to pay it (cancelled, or outside a regeneration's scope): `pending` again, so it shows
+        what it is and a user's run resumes it. Only while no lease and no operation of that
+        stage exist: a submitter or a job owns the stage otherwise."""
+        m = self.m
+        output, operation, _ = _paid(m, stage)
+        return self._transition(
+            project_id,
+            sequence,
+            [m.status.set(SceneStatus.PENDING)],
+            (m.status == SceneStatus.PROCESSING)
+            & m.lease_token.does_not_exist()
+            & operation.does_not_exist()
+            & output.does_not_exist(),
+            done=lambda s: s.status == SceneStatus.PENDING,
+        )
+
     def expire_lease(
         self,
         project_id: str,
