@@ -17,7 +17,7 @@ import redis
 from mvpipe.deps import Context, build_context
 from mvpipe.devstack.localstack import LocalStack
 from mvpipe.errors import StoreUnavailable
-from mvpipe.models import SceneStatus
+from mvpipe.models import ProjectStatus, SceneStatus
 from mvpipe.pipeline.generate import SceneJob
 from mvpipe.pipeline.operation import PaidOperation, VideoGeneration
 from mvpipe.pipeline.stages import GENERATE
@@ -28,7 +28,7 @@ from mvpipe.runboard import RunBoard
 from mvpipe.settings import get_settings
 from mvpipe.store.records import SceneRecord
 from mvpipe.store.scenes import Claim, SceneStore
-from tests.helpers import new_project
+from tests.helpers import new_project, waiting_for_lip_sync
 from tests.test_store import claim
 
 pytestmark = pytest.mark.integration
@@ -483,3 +483,27 @@ def test_a_store_outage_while_making_the_output_is_not_a_poll_error(
     scene = ctx.scenes.get(project_id, 1)
     assert scene is not None and scene.status == SceneStatus.PROCESSING, scene.last_error
     assert ctx.clips.read(scene.original_clip_key or "") == b"the paid clip"
+
+
+def test_a_lip_sync_waiting_for_a_quota_slot_keeps_its_scene_marked_alive(ctx: Context) -> None:
+    # Given a scene between its cut and its lip-sync (`processing`), in a live run, and the
+    # lip-sync pool full
+    project_id = waiting_for_lip_sync(ctx)
+    run_id = str(uuid.uuid4())
+    assert ctx.projects.win_run(project_id, run_id, ProjectStatus.PROCESSING) == run_id
+    s = ctx.settings
+    pool = f"lipsync:{s.lipsync_provider}"
+    for _ in range(s.lipsync_concurrency):
+        assert ctx.limiter.acquire(
+            pool,
+            slot_member(str(uuid.uuid4()), 1),
+            limit=s.lipsync_concurrency,
+            ttl=60,
+            line_ttl=60,
+        ).granted
+    # When its chain finds no slot
+    step = SceneJob(ctx, project_id, 2, run_id, "local").step()
+    assert step.next == Next.WAIT_SLOT
+    # Then the scene is marked alive while it waits: reconcile starts no second chain for it
+    assert ctx.board.scene_polled(project_id, 2)
+    assert not ctx.board.claim_poll_chain(project_id, 2, 60)

@@ -154,6 +154,9 @@ class PaidOperation:
             return x.finished("failed: no price")
         slot = self.acquire_slot(park=x.park() if x.park is not None else None)
         if not slot.granted:
+            # A later stage waits `processing` (its earlier outputs made): marked alive, so
+            # reconcile starts no second chain for it however long the wait.
+            x.touch(self.provider.liveness_seconds)
             return Step(
                 Next.WAIT_SLOT,
                 f"waiting for a provider slot (place {slot.place})",
