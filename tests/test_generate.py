@@ -27,7 +27,8 @@ from mvpipe.providers.limiter import QuotaLimiter, slot_member
 from mvpipe.runboard import RunBoard
 from mvpipe.settings import get_settings
 from mvpipe.store.records import SceneRecord
-from mvpipe.store.scenes import Claim, SceneStore
+from mvpipe.store.scenes import LIP_SYNCED, WORKING, Claim, SceneStore
+from mvpipe.store.table import project_pk, scene_sk
 from tests.helpers import new_project, waiting_for_lip_sync
 from tests.test_store import claim
 
@@ -507,3 +508,59 @@ def test_a_lip_sync_waiting_for_a_quota_slot_keeps_its_scene_marked_alive(ctx: C
     # Then the scene is marked alive while it waits: reconcile starts no second chain for it
     assert ctx.board.scene_polled(project_id, 2)
     assert not ctx.board.claim_poll_chain(project_id, 2, 60)
+
+
+def accepted_lip_sync(ctx: Context, project_id: str, run_id: str) -> tuple[str, str, str]:
+    """Scene 2's lip-sync job accepted under a long-expired lease, its id not recorded yet:
+    (token, job, the working clip it was made from)."""
+    token = uuid.uuid4().hex
+    claimed = ctx.scenes.claim(
+        project_id,
+        2,
+        run_id=run_id,
+        token=token,
+        lease_seconds=60,
+        max_attempts=3,
+        now=time.time() - 90,
+        stage=LIP_SYNCED,
+        requires=WORKING.output,
+    )
+    assert claimed.outcome == Claim.WON
+    scene = ctx.scenes.get(project_id, 2)
+    assert scene is not None and scene.working_clip_key is not None
+    return token, f"op-{uuid.uuid4().hex}", scene.working_clip_key
+
+
+def test_a_stale_lip_sync_record_never_adopts_its_job_onto_a_remade_input(ctx: Context) -> None:
+    # Given a lip-sync job accepted, its lease freed (a store outage) before its id was stored
+    project_id = waiting_for_lip_sync(ctx)
+    run_id = str(uuid.uuid4())
+    assert ctx.projects.win_run(project_id, run_id, ProjectStatus.PROCESSING) == run_id
+    token, stale, made_from = accepted_lip_sync(ctx, project_id, run_id)
+    assert ctx.scenes.expire_lease(project_id, 2, token=token, now=time.time(), stage=LIP_SYNCED)
+    # and meanwhile the scene's working clip was made again (cancel, regenerate, a new cut)
+    m = ctx.table.model
+    remade = made_from.replace("-cut-", "-cut-again-")
+    ctx.table.update(
+        project_pk(project_id),
+        scene_sk(2),
+        [m.working_clip_key.set(remade), m.status.set(SceneStatus.PROCESSING)],
+        None,
+    )
+    # When the stale record is redone, the old job is not adopted onto the new clip
+    step = SceneJob(ctx, project_id, 2, run_id, "local").step(
+        stale, token=token, attempt=1, stage="lipsync", made_from=made_from
+    )
+    assert step.next == Next.DONE
+    scene = ctx.scenes.get(project_id, 2)
+    assert scene is not None and scene.lip_sync_operation_id is None
+    # while a job made from the current clip is adopted
+    token, current, made_from = accepted_lip_sync(ctx, project_id, run_id)
+    assert made_from == remade
+    assert ctx.scenes.expire_lease(project_id, 2, token=token, now=time.time(), stage=LIP_SYNCED)
+    step = SceneJob(ctx, project_id, 2, run_id, "local").step(
+        current, token=token, attempt=1, stage="lipsync", made_from=made_from
+    )
+    assert step.next == Next.POLL
+    scene = ctx.scenes.get(project_id, 2)
+    assert scene is not None and scene.lip_sync_operation_id == current

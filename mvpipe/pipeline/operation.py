@@ -254,8 +254,9 @@ class PaidOperation:
             return Step(Next.RETRY_SUBMIT, "transient submit error", wait, self.carry())
         failpoints.reached(f"{self.points}after_submit")
         failpoints.reached(f"{self.points}before_record")
+        made_from = scene.value(self.stage.requires) if self.stage.requires else None
         with ctx.table.retry_until(lease_end):
-            return self.record(operation_id, token, attempt)
+            return self.record(operation_id, token, attempt, made_from)
 
     def refund(self, exc: Exception, price: int, scene: SceneRecord) -> int:
         """What a failed submit gives back of its reservation: all of it when the provider
@@ -269,24 +270,28 @@ class PaidOperation:
             self.x.cost_micros = scene.cost_micros
         return price if refused else 0
 
-    def record(self, operation_id: str, token: str, attempt: int) -> Step:
-        """Store the accepted job's id; an outage here does not drop the job.
+    def record(
+        self, operation_id: str, token: str, attempt: int, made_from: str | None = None
+    ) -> Step:
+        """Store the accepted job's id; an outage here does not drop the job. `made_from` is
+        the input the job was made from (the stage's `requires`), carried for the adoption.
 
         An outage (our store or Redis) leaves the write's outcome unknown: the next step redoes
         this record with the same token and id (`RecordPending`), never a cancel. Any other
         error is not retried forever: it takes the task's bounded path for unexpected errors."""
         try:
-            return self._record(operation_id, token, attempt)
+            return self._record(operation_id, token, attempt, made_from)
         except (StoreUnavailable, redis.RedisError) as exc:
             carry = {
                 **self.carry(),
                 "operation_id": operation_id,
                 "token": token,
                 "attempt": attempt,
+                "made_from": made_from,
             }
             raise RecordPending(carry) from exc
 
-    def _record(self, operation_id: str, token: str, attempt: int) -> Step:
+    def _record(self, operation_id: str, token: str, attempt: int, made_from: str | None) -> Step:
         outcome = self.ctx.scenes.record_operation(
             *self.ids,
             token=token,
@@ -299,16 +304,21 @@ class PaidOperation:
             failpoints.reached(f"{self.points}after_record")
             return self.next_poll(operation_id, 0)
         if outcome == Claim.RUN_INACTIVE:
-            return self.record_after_run(operation_id, token, attempt)
-        if self.adopt(operation_id, attempt):
+            return self.record_after_run(operation_id, token, attempt, made_from)
+        if self.adopt(operation_id, attempt, made_from):
             return self.next_poll(operation_id, 0)
         return self.drop(operation_id, outcome)
 
-    def adopt(self, operation_id: str, attempt: int) -> bool:
+    def adopt(self, operation_id: str, attempt: int, made_from: str | None) -> bool:
         """Our lease was lost (it expired, e.g. in a store outage, and was freed), but the paid
-        job exists: keep it on the scene if the stage is still open and nobody else's."""
+        job exists: keep it on the scene if the stage is still open and nobody else's (and
+        its input is still the one the job was made from)."""
         if not self.ctx.scenes.adopt_operation(
-            *self.ids, operation_id=operation_id, stage=self.fields
+            *self.ids,
+            operation_id=operation_id,
+            stage=self.fields,
+            requires=self.stage.requires,
+            made_from=made_from,
         ):
             return False
         self.log("lease lost; operation adopted by the scene", operation_id, attempt)
@@ -321,7 +331,9 @@ class PaidOperation:
         self.log(f"operation not stored ({outcome}); cancelled: {confirmed}", operation_id, None)
         return Step.done(f"operation dropped ({outcome})")
 
-    def record_after_run(self, operation_id: str, token: str, attempt: int) -> Step:
+    def record_after_run(
+        self, operation_id: str, token: str, attempt: int, made_from: str | None
+    ) -> Step:
         """The run is not ours any more. Only a user's cancel that the provider confirms drops
         the job; a takeover (or a cancel the provider could not confirm) keeps its id on the
         scene without the run guard, so the run that follows resumes the paid job (as for Veo)."""
@@ -331,7 +343,7 @@ class PaidOperation:
             *self.ids, token=token, operation_id=operation_id, run_id=None, stage=self.fields
         )
         if kept != Claim.WON:
-            if self.adopt(operation_id, attempt):
+            if self.adopt(operation_id, attempt, made_from):
                 return Step.done("operation kept for the next run")
             return self.drop(operation_id, kept)
         if self.run_cancelled() and self.cancel(operation_id):

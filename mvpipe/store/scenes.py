@@ -220,13 +220,22 @@ class SceneStore:
         operation_id: str,
         now: float | None = None,
         stage: StageFields = ORIGINAL,
+        requires: str | None = None,
+        made_from: str | None = None,
     ) -> bool:
         """An accepted job whose lease was lost (it expired during a store outage and was
         freed): store its id anyway while the stage is still open and nobody else's, so the
-        paid job is polled instead of cancelled and paid for again."""
+        paid job is polled instead of cancelled and paid for again. A stage made from an
+        input (`requires`, lip-sync: the working clip) adopts only while that input is still
+        `made_from`, the one the job was given: a job of a clip since remade (cancel,
+        regenerate) is not the scene's (unknown `made_from`: the input must exist)."""
         m = self.m
         output, operation, _ = _paid(m, stage)
         now = time.time() if now is None else now
+        condition = operation.does_not_exist() & output.does_not_exist() & _open(m, now)
+        if requires is not None:
+            source = getattr(m, requires)
+            condition &= source.exists() if made_from is None else source == made_from
         return self._transition(
             project_id,
             sequence,
@@ -235,7 +244,7 @@ class SceneStore:
                 m.status.set(SceneStatus.PROCESSING),
                 *self._no_lease(),
             ],
-            operation.does_not_exist() & output.does_not_exist() & _open(m, now),
+            condition,
             done=lambda s: s.value(stage.operation) == operation_id,
         )
 
