@@ -14,10 +14,13 @@ from typing import Any
 import pytest
 import redis
 
+from mvpipe.celery_app import app
 from mvpipe.deps import Context, build_context
 from mvpipe.devstack.localstack import LocalStack
-from mvpipe.errors import StoreUnavailable
+from mvpipe.dispatch import CeleryDispatcher
+from mvpipe.errors import StoreUnavailable, TransientProviderError
 from mvpipe.models import ProjectStatus, SceneStatus
+from mvpipe.pipeline.cancel import cancel_project
 from mvpipe.pipeline.generate import SceneJob
 from mvpipe.pipeline.operation import PaidOperation, VideoGeneration
 from mvpipe.pipeline.stages import GENERATE
@@ -48,6 +51,7 @@ class Misbehaving:
         self.submit_error: BaseException | None = None
         self.submitted = 0
         self.cancelled: list[str] = []
+        self.cancel_errors: dict[str, BaseException] = {}
 
     def submit(self, request: VideoRequest) -> str:
         if self.submit_error is not None:
@@ -65,6 +69,8 @@ class Misbehaving:
 
     def cancel(self, operation_id: str) -> bool:
         self.cancelled.append(operation_id)
+        if operation_id in self.cancel_errors:
+            raise self.cancel_errors[operation_id]
         return self.cancel_confirmed
 
     cancel_confirmed = True
@@ -564,3 +570,31 @@ def test_a_stale_lip_sync_record_never_adopts_its_job_onto_a_remade_input(ctx: C
     assert step.next == Next.POLL
     scene = ctx.scenes.get(project_id, 2)
     assert scene is not None and scene.lip_sync_operation_id == current
+
+
+def test_a_cancel_the_provider_fails_keeps_that_job_and_cancels_the_others(
+    ctx: Context, provider: Misbehaving
+) -> None:
+    # Given two scenes whose jobs run, and a provider whose cancel of the first one fails
+    project_id, run_id = new_project(ctx, 2)
+    operations = []
+    for sequence in (1, 2):
+        token = uuid.uuid4().hex
+        assert claim(ctx, project_id, run_id, token, sequence=sequence) == Claim.WON
+        operation_id = f"op-{uuid.uuid4().hex}"
+        ctx.scenes.record_operation(
+            project_id, sequence, token=token, operation_id=operation_id, run_id=run_id
+        )
+        operations.append(operation_id)
+    provider.cancel_errors = {operations[0]: TransientProviderError("503 from the provider")}
+    # When the project is cancelled
+    cancel_project(ctx, CeleryDispatcher(app), project_id)
+    # Then the first job is kept (not confirmed stopped), the second cancelled, the project
+    # settled with no run
+    assert provider.cancelled == operations
+    first, second = ctx.scenes.get(project_id, 1), ctx.scenes.get(project_id, 2)
+    assert first is not None and first.operation_id == operations[0]
+    assert second is not None and second.operation_id is None
+    assert second.status == SceneStatus.PENDING
+    project = ctx.projects.get(project_id)
+    assert project.active_run_id is None and project.status == ProjectStatus.PENDING
