@@ -14,6 +14,7 @@ import pytest
 from mvpipe import api
 from mvpipe.deps import Context, get_context
 from mvpipe.devstack.localstack import start_beat
+from mvpipe.media.synth import synthesize_song
 from mvpipe.models import ProjectStatus, SceneStatus
 from mvpipe.providers.base import VideoRequest
 from mvpipe.providers.render import render_clip
@@ -25,6 +26,7 @@ from tests.conftest import Workers
 from tests.helpers import (
     assert_invariants,
     generations_per_scene,
+    lip_synced_project,
     wait_for,
     waiting_for_lip_sync,
 )
@@ -386,3 +388,41 @@ def test_cancel_sends_a_scene_waiting_for_its_lip_sync_back_to_pending(stack: ob
     assert scene is not None and scene.status == SceneStatus.PENDING
     assert scene.clip_key is not None and scene.working_clip_key is not None
     assert api.get_project(project_id).status == ProjectStatus.PENDING
+
+
+def test_a_scene_completed_before_lip_sync_existed_stays_completed(
+    start_workers: StartWorkers,
+) -> None:
+    # Given a song's project completed before the lip-sync stage existed, one of its scenes
+    # marked for lip-sync by the planner (completed, no lip-synced clip, no lip-sync operation)
+    workers = start_workers(
+        prices=json.dumps({"local": 0.25}), output_size="160x90", output_fps="12"
+    )
+    ctx = get_context()
+    song = synthesize_song(seconds=5.0, bpm=120.0, sections=1)
+    project_id = lip_synced_project(ctx, song.wav, [0.0, 2.5, 5.0], set())
+    api.run_project(project_id)
+    before = api.wait_project(project_id, timeout=120)
+    assert before.status == ProjectStatus.COMPLETED and before.final_video_s3_key is not None
+    m = ctx.table.model
+    ctx.table.update(project_pk(project_id), scene_sk(2), [m.lip_sync.set(True)], None)
+    # When reconcile's sweep examines it
+    report = api.reconcile(project_id)
+    # Then the scene counts as completed without lip-sync: nothing reset, the final video kept,
+    # and a run would pay nothing
+    assert report.missing_clips == 0 and report.total == 0
+    view = api.get_project(project_id)
+    assert view.status == ProjectStatus.COMPLETED
+    assert view.scenes[1].status == SceneStatus.COMPLETED and view.scenes[1].lip_sync
+    assert view.final_video_s3_key == before.final_video_s3_key
+    assert api.estimate_cost(project_id) == 0.0
+    assert_invariants(project_id)
+    # and regenerating it pays its generation and, now, its lip-sync
+    assert api.estimate_cost(project_id, 2) > api.estimate_cost(project_id, 1)
+    api.regenerate_scene(project_id, 2)
+    after = api.wait_project(project_id, timeout=120)
+    assert after.status == ProjectStatus.COMPLETED, after.last_error
+    assert after.scenes[1].lip_synced_video_clip_s3_key is not None
+    assert generations_per_scene(workers.ledger, project_id) == {1: 1, 2: 2}
+    assert generations_per_scene(workers.ledger, project_id, "lipsync") == {2: 1}
+    assert_invariants(project_id)
