@@ -94,8 +94,10 @@ class Settings(BaseSettings):
     lipsync_input: dict[str, Any] = Field(default_factory=dict)
     #: in-flight lip-sync jobs: their own quota pool, apart from video jobs
     lipsync_concurrency: int = Field(default=4, ge=1, le=10_000)
-    #: how long a presigned input URL of a lip-sync job stays valid
-    lipsync_url_seconds: int = Field(default=900, ge=60, le=7 * 24 * 3600)
+    #: how long a presigned input URL of a lip-sync job stays valid: longer than a job may sit
+    #: queued at its provider before it fetches its inputs (SigV4 allows 7 days at most; with
+    #: temporary credentials a URL dies with their session token anyway)
+    lipsync_url_seconds: int = Field(default=6 * 3600, ge=60, le=7 * 24 * 3600)
     #: `MVPIPE_PRICES`, a JSON object over the built-in table (see mvpipe.pricing)
     prices: Annotated[dict[str, Any], NoDecode] = Field(default_factory=dict)
     genai_base_url: str | None = None

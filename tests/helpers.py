@@ -15,7 +15,9 @@ from mvpipe import api
 from mvpipe.deps import Context, get_context
 from mvpipe.devstack.drills import paid_generations
 from mvpipe.invariants import violations
-from mvpipe.models import ProjectSpec, ProjectStatus, SceneSpec
+from mvpipe.media.synth import synthesize_song
+from mvpipe.models import ProjectSpec, ProjectStatus, SceneSpec, SceneStatus
+from mvpipe.store.table import project_pk, scene_sk
 
 T = TypeVar("T")
 
@@ -93,5 +95,26 @@ def lip_synced_project(ctx: Context, song: bytes, boundaries: list[float], marke
         counters=state.counters,
         status=ProjectStatus.PENDING,
         release=True,
+    )
+    return project_id
+
+
+def waiting_for_lip_sync(ctx: Context) -> str:
+    """A project whose lip-synced scene 2 was left between its cut and its lip-sync (original
+    and working clips recorded, `processing` with no lease and no lip-sync operation) by a run
+    that ended there (cancelled), with no run active now."""
+    song = synthesize_song(seconds=5.0, bpm=120.0, sections=1)
+    project_id = lip_synced_project(ctx, song.wav, [0.0, 2.5, 5.0], {2})
+    m = ctx.table.model
+    base = f"projects/{project_id}/scenes/002/op"
+    ctx.table.update(
+        project_pk(project_id),
+        scene_sk(2),
+        [
+            m.status.set(SceneStatus.PROCESSING),
+            m.original_clip_key.set(f"{base}.mp4"),
+            m.working_clip_key.set(f"{base}-cut-0123456789abcdef.mp4"),
+        ],
+        None,
     )
     return project_id

@@ -14,19 +14,25 @@ from typing import Any
 import pytest
 import redis
 
+from mvpipe.celery_app import app
 from mvpipe.deps import Context, build_context
 from mvpipe.devstack.localstack import LocalStack
-from mvpipe.errors import StoreUnavailable
-from mvpipe.models import SceneStatus
+from mvpipe.dispatch import CeleryDispatcher
+from mvpipe.errors import StoreUnavailable, TransientProviderError
+from mvpipe.models import ProjectStatus, SceneStatus
+from mvpipe.pipeline.cancel import cancel_project
 from mvpipe.pipeline.generate import SceneJob
+from mvpipe.pipeline.operation import PaidOperation, VideoGeneration
 from mvpipe.pipeline.stages import GENERATE
 from mvpipe.pipeline.steps import Next, RecordPending
 from mvpipe.providers.base import JobState, JobStatus, VideoRequest
 from mvpipe.providers.limiter import QuotaLimiter, slot_member
 from mvpipe.runboard import RunBoard
 from mvpipe.settings import get_settings
-from mvpipe.store.scenes import Claim, SceneStore
-from tests.helpers import new_project
+from mvpipe.store.records import SceneRecord
+from mvpipe.store.scenes import LIP_SYNCED, WORKING, Claim, SceneStore
+from mvpipe.store.table import project_pk, scene_sk
+from tests.helpers import new_project, waiting_for_lip_sync
 from tests.test_store import claim
 
 pytestmark = pytest.mark.integration
@@ -45,6 +51,7 @@ class Misbehaving:
         self.submit_error: BaseException | None = None
         self.submitted = 0
         self.cancelled: list[str] = []
+        self.cancel_errors: dict[str, BaseException] = {}
 
     def submit(self, request: VideoRequest) -> str:
         if self.submit_error is not None:
@@ -62,6 +69,8 @@ class Misbehaving:
 
     def cancel(self, operation_id: str) -> bool:
         self.cancelled.append(operation_id)
+        if operation_id in self.cancel_errors:
+            raise self.cancel_errors[operation_id]
         return self.cancel_confirmed
 
     cancel_confirmed = True
@@ -470,3 +479,149 @@ def test_the_submitting_step_polls_the_stored_job_at_once(
     # the answer of a poll in this same step times the next one (no message before it)
     assert step.next == Next.POLL and due <= step.countdown <= due + 0.1
     assert ctx.board.scene_polled(project_id, 1)  # marked alive by the submit
+
+
+class OutputInOutage(VideoGeneration):
+    """The generate stage's provider, except that making the finished job's output meets our
+    own store's outage `outages` times (as the lip-sync's output did when it read the scene)."""
+
+    def __init__(self, provider: Misbehaving, ctx: Context, outages: int) -> None:
+        super().__init__(provider, ctx.settings)  # type: ignore[arg-type]
+        self.outages = outages
+
+    def output(self, status: JobStatus, scene: SceneRecord) -> bytes:
+        if self.outages > 0:
+            self.outages -= 1
+            raise StoreUnavailable("the state server did not answer")
+        return super().output(status, scene)
+
+
+def test_a_store_outage_while_making_the_output_is_not_a_poll_error(
+    ctx: Context, provider: Misbehaving
+) -> None:
+    # Given a finished, paid job, and a store outage each time its output is made
+    project_id, run_id, operation_id = polling_scene(ctx)
+    provider.answer = JobStatus(JobState.SUCCEEDED, video=b"the paid clip")
+    outages = ctx.settings.max_poll_errors + 2
+    stage_provider = OutputInOutage(provider, ctx, outages)
+    for _ in range(outages):
+        machine = PaidOperation(job(ctx, project_id, run_id).x, GENERATE, stage_provider)
+        # Then the outage goes to the task's outage retry, never counted as a provider error
+        with pytest.raises(StoreUnavailable):
+            machine.poll(operation_id, 0)
+    scene = ctx.scenes.get(project_id, 1)
+    assert scene is not None and scene.status == SceneStatus.PROCESSING
+    # and once the store answers, the paid job's output is recorded
+    machine = PaidOperation(job(ctx, project_id, run_id).x, GENERATE, stage_provider)
+    assert machine.poll(operation_id, 0).next == Next.STAGE
+    scene = ctx.scenes.get(project_id, 1)
+    assert scene is not None and scene.status == SceneStatus.PROCESSING, scene.last_error
+    assert ctx.clips.read(scene.original_clip_key or "") == b"the paid clip"
+
+
+def test_a_lip_sync_waiting_for_a_quota_slot_keeps_its_scene_marked_alive(ctx: Context) -> None:
+    # Given a scene between its cut and its lip-sync (`processing`), in a live run, and the
+    # lip-sync pool full
+    project_id = waiting_for_lip_sync(ctx)
+    run_id = str(uuid.uuid4())
+    assert ctx.projects.win_run(project_id, run_id, ProjectStatus.PROCESSING) == run_id
+    s = ctx.settings
+    pool = f"lipsync:{s.lipsync_provider}"
+    for _ in range(s.lipsync_concurrency):
+        assert ctx.limiter.acquire(
+            pool,
+            slot_member(str(uuid.uuid4()), 1),
+            limit=s.lipsync_concurrency,
+            ttl=60,
+            line_ttl=60,
+        ).granted
+    # When its chain finds no slot
+    step = SceneJob(ctx, project_id, 2, run_id, "local").step()
+    assert step.next == Next.WAIT_SLOT
+    # Then the scene is marked alive while it waits: reconcile starts no second chain for it
+    assert ctx.board.scene_polled(project_id, 2)
+    assert not ctx.board.claim_poll_chain(project_id, 2, 60)
+
+
+def accepted_lip_sync(ctx: Context, project_id: str, run_id: str) -> tuple[str, str, str]:
+    """Scene 2's lip-sync job accepted under a long-expired lease, its id not recorded yet:
+    (token, job, the working clip it was made from)."""
+    token = uuid.uuid4().hex
+    claimed = ctx.scenes.claim(
+        project_id,
+        2,
+        run_id=run_id,
+        token=token,
+        lease_seconds=60,
+        max_attempts=3,
+        now=time.time() - 90,
+        stage=LIP_SYNCED,
+        requires=WORKING.output,
+    )
+    assert claimed.outcome == Claim.WON
+    scene = ctx.scenes.get(project_id, 2)
+    assert scene is not None and scene.working_clip_key is not None
+    return token, f"op-{uuid.uuid4().hex}", scene.working_clip_key
+
+
+def test_a_stale_lip_sync_record_never_adopts_its_job_onto_a_remade_input(ctx: Context) -> None:
+    # Given a lip-sync job accepted, its lease freed (a store outage) before its id was stored
+    project_id = waiting_for_lip_sync(ctx)
+    run_id = str(uuid.uuid4())
+    assert ctx.projects.win_run(project_id, run_id, ProjectStatus.PROCESSING) == run_id
+    token, stale, made_from = accepted_lip_sync(ctx, project_id, run_id)
+    assert ctx.scenes.expire_lease(project_id, 2, token=token, now=time.time(), stage=LIP_SYNCED)
+    # and meanwhile the scene's working clip was made again (cancel, regenerate, a new cut)
+    m = ctx.table.model
+    remade = made_from.replace("-cut-", "-cut-again-")
+    ctx.table.update(
+        project_pk(project_id),
+        scene_sk(2),
+        [m.working_clip_key.set(remade), m.status.set(SceneStatus.PROCESSING)],
+        None,
+    )
+    # When the stale record is redone, the old job is not adopted onto the new clip
+    step = SceneJob(ctx, project_id, 2, run_id, "local").step(
+        stale, token=token, attempt=1, stage="lipsync", made_from=made_from
+    )
+    assert step.next == Next.DONE
+    scene = ctx.scenes.get(project_id, 2)
+    assert scene is not None and scene.lip_sync_operation_id is None
+    # while a job made from the current clip is adopted
+    token, current, made_from = accepted_lip_sync(ctx, project_id, run_id)
+    assert made_from == remade
+    assert ctx.scenes.expire_lease(project_id, 2, token=token, now=time.time(), stage=LIP_SYNCED)
+    step = SceneJob(ctx, project_id, 2, run_id, "local").step(
+        current, token=token, attempt=1, stage="lipsync", made_from=made_from
+    )
+    assert step.next == Next.POLL
+    scene = ctx.scenes.get(project_id, 2)
+    assert scene is not None and scene.lip_sync_operation_id == current
+
+
+def test_a_cancel_the_provider_fails_keeps_that_job_and_cancels_the_others(
+    ctx: Context, provider: Misbehaving
+) -> None:
+    # Given two scenes whose jobs run, and a provider whose cancel of the first one fails
+    project_id, run_id = new_project(ctx, 2)
+    operations = []
+    for sequence in (1, 2):
+        token = uuid.uuid4().hex
+        assert claim(ctx, project_id, run_id, token, sequence=sequence) == Claim.WON
+        operation_id = f"op-{uuid.uuid4().hex}"
+        ctx.scenes.record_operation(
+            project_id, sequence, token=token, operation_id=operation_id, run_id=run_id
+        )
+        operations.append(operation_id)
+    provider.cancel_errors = {operations[0]: TransientProviderError("503 from the provider")}
+    # When the project is cancelled
+    cancel_project(ctx, CeleryDispatcher(app), project_id)
+    # Then the first job is kept (not confirmed stopped), the second cancelled, the project
+    # settled with no run
+    assert provider.cancelled == operations
+    first, second = ctx.scenes.get(project_id, 1), ctx.scenes.get(project_id, 2)
+    assert first is not None and first.operation_id == operations[0]
+    assert second is not None and second.operation_id is None
+    assert second.status == SceneStatus.PENDING
+    project = ctx.projects.get(project_id)
+    assert project.active_run_id is None and project.status == ProjectStatus.PENDING

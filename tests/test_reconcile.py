@@ -14,6 +14,7 @@ import pytest
 from mvpipe import api
 from mvpipe.deps import Context, get_context
 from mvpipe.devstack.localstack import start_beat
+from mvpipe.media.synth import synthesize_song
 from mvpipe.models import ProjectStatus, SceneStatus
 from mvpipe.providers.base import VideoRequest
 from mvpipe.providers.render import render_clip
@@ -22,7 +23,13 @@ from mvpipe.store.clips import clip_key
 from mvpipe.store.records import utc_now_iso
 from mvpipe.store.table import project_pk, scene_sk
 from tests.conftest import Workers
-from tests.helpers import assert_invariants, generations_per_scene, wait_for
+from tests.helpers import (
+    assert_invariants,
+    generations_per_scene,
+    lip_synced_project,
+    wait_for,
+    waiting_for_lip_sync,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -338,3 +345,84 @@ def queued_scene_steps(ctx: Context, project_id: str) -> list[list[object]]:
             if args[0] == project_id:
                 found.append(args)
     return found
+
+
+def test_a_scene_waiting_for_its_lip_sync_with_no_run_goes_back_to_pending(stack: object) -> None:
+    # Given a scene waiting for its lip-sync that no run will pay for (its run was cancelled)
+    ctx = get_context()
+    project_id = waiting_for_lip_sync(ctx)
+    # When reconcile passes
+    report = api.reconcile(project_id)
+    # Then the scene is pending again (a user's run resumes it), with its clips kept, and no
+    # chain was started for it (it would only find no run to submit under, pass after pass)
+    scene = ctx.scenes.get(project_id, 2)
+    assert scene is not None and scene.status == SceneStatus.PENDING
+    assert report.waiting_scenes_reset == 1 and report.resumed_stages == 0
+    assert scene.clip_key is not None and scene.working_clip_key is not None
+    assert queued_scene_steps(ctx, project_id) == []
+    assert api.get_project(project_id).status == ProjectStatus.PENDING
+    assert api.reconcile(project_id).total == 0
+
+
+def test_a_scene_waiting_for_its_lip_sync_outside_a_regeneration_goes_back_to_pending(
+    stack: object,
+) -> None:
+    # Given a scene waiting for its lip-sync, then a live regeneration of scene 1 alone
+    ctx = get_context()
+    project_id = waiting_for_lip_sync(ctx)
+    run = api.regenerate_scene(project_id, 1)
+    ctx.board.touch_run(run.id, 600)
+    # When reconcile passes, nothing is sent for scene 2 under the regeneration's run
+    report = api.reconcile(project_id)
+    scene = ctx.scenes.get(project_id, 2)
+    assert scene is not None and scene.status == SceneStatus.PENDING
+    assert report.waiting_scenes_reset == 1
+    assert 2 not in [args[1] for args in queued_scene_steps(ctx, project_id)]
+
+
+def test_cancel_sends_a_scene_waiting_for_its_lip_sync_back_to_pending(stack: object) -> None:
+    ctx = get_context()
+    project_id = waiting_for_lip_sync(ctx)
+    api.cancel_project(project_id)
+    scene = ctx.scenes.get(project_id, 2)
+    assert scene is not None and scene.status == SceneStatus.PENDING
+    assert scene.clip_key is not None and scene.working_clip_key is not None
+    assert api.get_project(project_id).status == ProjectStatus.PENDING
+
+
+def test_a_scene_completed_before_lip_sync_existed_stays_completed(
+    start_workers: StartWorkers,
+) -> None:
+    # Given a song's project completed before the lip-sync stage existed, one of its scenes
+    # marked for lip-sync by the planner (completed, no lip-synced clip, no lip-sync operation)
+    workers = start_workers(
+        prices=json.dumps({"local": 0.25}), output_size="160x90", output_fps="12"
+    )
+    ctx = get_context()
+    song = synthesize_song(seconds=5.0, bpm=120.0, sections=1)
+    project_id = lip_synced_project(ctx, song.wav, [0.0, 2.5, 5.0], set())
+    api.run_project(project_id)
+    before = api.wait_project(project_id, timeout=120)
+    assert before.status == ProjectStatus.COMPLETED and before.final_video_s3_key is not None
+    m = ctx.table.model
+    ctx.table.update(project_pk(project_id), scene_sk(2), [m.lip_sync.set(True)], None)
+    # When reconcile's sweep examines it
+    report = api.reconcile(project_id)
+    # Then the scene counts as completed without lip-sync: nothing reset, the final video kept,
+    # and a run would pay nothing
+    assert report.missing_clips == 0 and report.total == 0
+    view = api.get_project(project_id)
+    assert view.status == ProjectStatus.COMPLETED
+    assert view.scenes[1].status == SceneStatus.COMPLETED and view.scenes[1].lip_sync
+    assert view.final_video_s3_key == before.final_video_s3_key
+    assert api.estimate_cost(project_id) == 0.0
+    assert_invariants(project_id)
+    # and regenerating it pays its generation and, now, its lip-sync
+    assert api.estimate_cost(project_id, 2) > api.estimate_cost(project_id, 1)
+    api.regenerate_scene(project_id, 2)
+    after = api.wait_project(project_id, timeout=120)
+    assert after.status == ProjectStatus.COMPLETED, after.last_error
+    assert after.scenes[1].lip_synced_video_clip_s3_key is not None
+    assert generations_per_scene(workers.ledger, project_id) == {1: 1, 2: 2}
+    assert generations_per_scene(workers.ledger, project_id, "lipsync") == {2: 1}
+    assert_invariants(project_id)

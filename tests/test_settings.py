@@ -44,3 +44,13 @@ def test_an_unparseable_value_is_a_configuration_error(monkeypatch: pytest.Monke
     monkeypatch.setenv("MVPIPE_REPLICATE_INPUT", "not json")
     with pytest.raises(ConfigurationError, match="MVPIPE_"):
         get_settings()
+
+
+def test_lip_sync_input_urls_outlive_a_long_provider_queue(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A lip-sync job may sit queued at its provider for hours before it fetches its inputs: a
+    # URL that dies first fails the paid job. SigV4 URLs live 7 days at most.
+    assert get_settings().lipsync_url_seconds >= 6 * 3600
+    get_settings.cache_clear()
+    monkeypatch.setenv("MVPIPE_LIPSYNC_URL_SECONDS", str(7 * 24 * 3600 + 1))
+    with pytest.raises(ConfigurationError, match="MVPIPE_LIPSYNC_URL_SECONDS"):
+        get_settings()

@@ -2,7 +2,7 @@
 a clip, so a lip-synced scene visibly follows the song.
 
 `levels` and `draw_meter` are pure numpy (tested without video); `draw_on_clip` decodes a clip,
-draws frame by frame and encodes the result (PyAV).
+draws and encodes it frame by frame (PyAV).
 """
 
 from __future__ import annotations
@@ -79,33 +79,45 @@ def draw_meter(image: Image, level: float) -> Image:
 
 def draw_on_clip(video: bytes, wav: bytes) -> bytes:
     """The clip with the meter drawn on every frame, driven by `wav` (the slot's audio from the
-    clip's first frame); the same frames and rate, H.264, no audio."""
+    clip's first frame); the same frames and rate, H.264, no audio.
+
+    Frame by frame (decode → draw → encode): only a frame or two is ever held decoded, whatever
+    the clip's length and size (all of an 8 s clip at 720p would be about 530 MB). The levels
+    need the frame count first: a pass over the packets, which decodes nothing."""
     samples = decode_mono(wav, _RATE)
+    buffer = io.BytesIO()
     try:
-        with av.open(io.BytesIO(video), mode="r") as source:
-            if not source.streams.video:
-                raise InvalidInput("the clip has no video stream")
-            stream = source.streams.video[0]
-            rate = Fraction(stream.average_rate or 24)
-            pictures: list[Image] = [
-                np.asarray(f.to_ndarray(format="rgb24"), dtype=np.uint8)
-                for f in source.decode(stream)
-            ]
+        count, rate = _frame_count(video)
+        loudness = levels(samples, _RATE, float(rate), count)
+        with (
+            av.open(io.BytesIO(video), mode="r") as source,
+            av.open(buffer, mode="w", format="mp4") as out,
+        ):
+            encoded: av.VideoStream | None = None
+            for index, frame in enumerate(source.decode(source.streams.video[0])):
+                picture = np.asarray(frame.to_ndarray(format="rgb24"), dtype=np.uint8)
+                if encoded is None:
+                    encoded = out.add_stream("libx264", rate=rate)
+                    encoded.height, encoded.width = picture.shape[:2]
+                    encoded.pix_fmt = "yuv420p"
+                    encoded.options = {"preset": "ultrafast"}
+                level = float(loudness[index]) if index < count else 0.0
+                meter = av.VideoFrame.from_ndarray(draw_meter(picture, level), format="rgb24")
+                out.mux(encoded.encode(meter))
+            if encoded is None:
+                raise InvalidInput("the clip has no video frames")
+            out.mux(encoded.encode(None))
     except av.FFmpegError as exc:
         raise InvalidInput(f"the clip could not be decoded: {exc}") from exc
-    if not pictures:
-        raise InvalidInput("the clip has no video frames")
-    loudness = levels(samples, _RATE, float(rate), len(pictures))
-    buffer = io.BytesIO()
-    with av.open(buffer, mode="w", format="mp4") as out:
-        encoded = out.add_stream("libx264", rate=rate)
-        encoded.height, encoded.width = pictures[0].shape[:2]
-        encoded.pix_fmt = "yuv420p"
-        encoded.options = {"preset": "ultrafast"}
-        for picture, level in zip(pictures, loudness, strict=True):
-            frame = av.VideoFrame.from_ndarray(draw_meter(picture, level), format="rgb24")
-            for packet in encoded.encode(frame):
-                out.mux(packet)
-        for packet in encoded.encode(None):
-            out.mux(packet)
     return buffer.getvalue()
+
+
+def _frame_count(video: bytes) -> tuple[int, Fraction]:
+    """The clip's video frames (its packets with data: one frame each) and frame rate."""
+    with av.open(io.BytesIO(video), mode="r") as source:
+        if not source.streams.video:
+            raise InvalidInput("the clip has no video stream")
+        stream = source.streams.video[0]
+        rate = Fraction(stream.average_rate or 24)
+        count = sum(1 for packet in source.demux(stream) if packet.size)
+    return count, rate

@@ -12,12 +12,13 @@ import logging
 import redis
 
 from mvpipe.deps import Context
-from mvpipe.errors import BrokerUnavailable, Conflict
+from mvpipe.errors import BrokerUnavailable, ConfigurationError, Conflict, ProviderError
 from mvpipe.models import ProjectStatus, SceneStatus
 from mvpipe.pipeline.finalize import settle_until_stable
 from mvpipe.pipeline.generate import stage_provider
 from mvpipe.pipeline.stages import next_stage
 from mvpipe.pipeline.steps import Dispatcher
+from mvpipe.providers.classify import describe
 from mvpipe.providers.limiter import slot_member
 
 log = logging.getLogger("mvpipe.cancel")
@@ -61,12 +62,23 @@ def cancel_operations(ctx: Context, dispatcher: Dispatcher, project_id: str) -> 
     for scene in state.scenes:
         stage = next_stage(scene)
         operation_id = stage.operation(scene) if stage is not None else None
-        if stage is None or scene.status != SceneStatus.PROCESSING or not operation_id:
-            continue  # (a scene between stages only waits for a free one: nothing to cancel)
-        provider = stage_provider(ctx, stage, state.project.provider)
-        if not provider.can_cancel:
+        if stage is None or scene.status != SceneStatus.PROCESSING:
             continue
-        if not provider.cancel(operation_id):
+        if not operation_id:
+            if stage.paid and scene.lease_token is None:
+                # Between stages, waiting for a paid one no run will pay for now: `pending`
+                # (a live lease is a submitter's, whose record meets the released run).
+                ctx.scenes.reset_waiting(project_id, scene.sequence, stage=stage.fields)
+            continue
+        try:
+            provider = stage_provider(ctx, stage, state.project.provider)
+            confirmed = provider.can_cancel and provider.cancel(operation_id)
+        except (ConfigurationError, ProviderError) as exc:
+            # (a provider that cannot be built here, or that failed to answer): not confirmed
+            # stopped, so the job is kept and a later run resumes it; the other scenes go on
+            log.warning("could not cancel operation %s: %s", operation_id, describe(exc))
+            continue
+        if not confirmed:
             log.info("operation %s not cancelled by the provider; kept", operation_id)
             continue
         ctx.scenes.reset_cancelled(

@@ -84,7 +84,7 @@ def planned_estimate(
         if regenerate or _generation_missing(scene, now):
             micros += GENERATE.price_micros(settings, provider, scene)
             jobs += 1
-        if scene.lip_sync and (regenerate or _lipsync_missing(scene)):
+        if scene.lip_sync and (regenerate or (LIPSYNC.needed(scene) and _lipsync_missing(scene))):
             micros += LIPSYNC.price_micros(settings, provider, scene)
             jobs += 1
     return Estimate(micros, jobs, exact=True)

@@ -81,10 +81,12 @@ class SceneJob:
         token: str | None = None,
         attempt: int = 0,
         stage: str | None = None,
+        made_from: str | None = None,
     ) -> Step:
         """One step. `operation_id` (of `stage`, generation by default) is polled; with `token`
-        it is a paid job whose record is still to be (re)done: that comes first, even in a
-        cancelled run (the record decides the job's fate)."""
+        it is a paid job whose record is still to be (re)done (`made_from`: the input the job
+        was made from): that comes first, even in a cancelled run (the record decides the
+        job's fate)."""
         ctx, run_id = self.ctx, self.x.run_id
         carried = BY_NAME[stage or GENERATE.name]
         if run_id is not None:
@@ -94,7 +96,7 @@ class SceneJob:
             # reconcile from freeing the scene for a second paid submission meanwhile.
             machine = self.paid(carried)
             self.x.touch(machine.provider.liveness_seconds)
-            return self.then(machine.record(operation_id, token, attempt))
+            return self.then(machine.record(operation_id, token, attempt, made_from))
         if run_id is not None and ctx.board.cancelled(run_id):
             if carried.paid:
                 self.paid(carried).leave_line()

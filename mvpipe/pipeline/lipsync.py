@@ -100,13 +100,10 @@ class LipSync:
     def poll(self, operation_id: str) -> JobStatus:
         return self.provider.poll(operation_id)
 
-    def output(self, status: JobStatus, project_id: str, sequence: int) -> bytes:
-        """The job's video cut to exactly the slot's frames in the output format; a video that
-        cannot be read is the job's permanent failure."""
+    def output(self, status: JobStatus, scene: SceneRecord) -> bytes:
+        """The job's video cut to exactly `scene`'s slot frames in the output format; a video
+        that cannot be read is the job's permanent failure."""
         video = self.provider.download(status)
-        scene = self.ctx.scenes.get(project_id, sequence)
-        if scene is None:
-            raise PermanentProviderError(f"scene {sequence} is gone")
         fmt = output_format(self.ctx.settings)
         with tempfile.TemporaryDirectory(prefix="mvpipe-lipsync-") as tmp:
             src, dst = Path(tmp) / "lipsync.mp4", Path(tmp) / "normalized.mp4"

@@ -84,9 +84,10 @@ class StageProvider(Protocol):
 
     def poll(self, operation_id: str) -> JobStatus: ...
 
-    def output(self, status: JobStatus, project_id: str, sequence: int) -> bytes:
-        """The finished job's output as it is stored (a `PermanentProviderError` when the job's
-        result is unusable)."""
+    def output(self, status: JobStatus, scene: SceneRecord) -> bytes:
+        """The finished job's output for `scene` (as read by the poll) as it is stored (a
+        `PermanentProviderError` when the job's result is unusable). Reads nothing from the
+        store: an outage there is ours, not the provider's."""
         ...
 
     def cancel(self, operation_id: str) -> bool: ...
@@ -124,7 +125,7 @@ class VideoGeneration:
     def poll(self, operation_id: str) -> JobStatus:
         return self.provider.poll(operation_id)
 
-    def output(self, status: JobStatus, project_id: str, sequence: int) -> bytes:
+    def output(self, status: JobStatus, scene: SceneRecord) -> bytes:
         return self.provider.download(status)
 
     def cancel(self, operation_id: str) -> bool:
@@ -165,6 +166,9 @@ class PaidOperation:
             return x.finished("failed: no price")
         slot = self.acquire_slot(park=x.park() if x.park is not None else None)
         if not slot.granted:
+            # A later stage waits `processing` (its earlier outputs made): marked alive, so
+            # reconcile starts no second chain for it however long the wait.
+            x.touch(self.provider.liveness_seconds)
             return Step(
                 Next.WAIT_SLOT,
                 f"waiting for a provider slot (place {slot.place})",
@@ -262,8 +266,9 @@ class PaidOperation:
             return Step(Next.RETRY_SUBMIT, "transient submit error", wait, self.carry())
         failpoints.reached(f"{self.points}after_submit")
         failpoints.reached(f"{self.points}before_record")
+        made_from = scene.value(self.stage.requires) if self.stage.requires else None
         with ctx.table.retry_until(lease_end):
-            step = self.record(operation_id, token, attempt)
+            step = self.record(operation_id, token, attempt, made_from)
         if step.next != Next.POLL:
             return step
         # Stored: the first poll is now, in this execution. A quick job needs no message in
@@ -282,24 +287,28 @@ class PaidOperation:
             self.x.cost_micros = scene.cost_micros
         return price if refused else 0
 
-    def record(self, operation_id: str, token: str, attempt: int) -> Step:
-        """Store the accepted job's id; an outage here does not drop the job.
+    def record(
+        self, operation_id: str, token: str, attempt: int, made_from: str | None = None
+    ) -> Step:
+        """Store the accepted job's id; an outage here does not drop the job. `made_from` is
+        the input the job was made from (the stage's `requires`), carried for the adoption.
 
         An outage (our store or Redis) leaves the write's outcome unknown: the next step redoes
         this record with the same token and id (`RecordPending`), never a cancel. Any other
         error is not retried forever: it takes the task's bounded path for unexpected errors."""
         try:
-            return self._record(operation_id, token, attempt)
+            return self._record(operation_id, token, attempt, made_from)
         except (StoreUnavailable, redis.RedisError) as exc:
             carry = {
                 **self.carry(),
                 "operation_id": operation_id,
                 "token": token,
                 "attempt": attempt,
+                "made_from": made_from,
             }
             raise RecordPending(carry) from exc
 
-    def _record(self, operation_id: str, token: str, attempt: int) -> Step:
+    def _record(self, operation_id: str, token: str, attempt: int, made_from: str | None) -> Step:
         outcome = self.ctx.scenes.record_operation(
             *self.ids,
             token=token,
@@ -312,16 +321,21 @@ class PaidOperation:
             failpoints.reached(f"{self.points}after_record")
             return self.next_poll(operation_id, 0)
         if outcome == Claim.RUN_INACTIVE:
-            return self.record_after_run(operation_id, token, attempt)
-        if self.adopt(operation_id, attempt):
+            return self.record_after_run(operation_id, token, attempt, made_from)
+        if self.adopt(operation_id, attempt, made_from):
             return self.next_poll(operation_id, 0)
         return self.drop(operation_id, outcome)
 
-    def adopt(self, operation_id: str, attempt: int) -> bool:
+    def adopt(self, operation_id: str, attempt: int, made_from: str | None) -> bool:
         """Our lease was lost (it expired, e.g. in a store outage, and was freed), but the paid
-        job exists: keep it on the scene if the stage is still open and nobody else's."""
+        job exists: keep it on the scene if the stage is still open and nobody else's (and
+        its input is still the one the job was made from)."""
         if not self.ctx.scenes.adopt_operation(
-            *self.ids, operation_id=operation_id, stage=self.fields
+            *self.ids,
+            operation_id=operation_id,
+            stage=self.fields,
+            requires=self.stage.requires,
+            made_from=made_from,
         ):
             return False
         self.log("lease lost; operation adopted by the scene", operation_id, attempt)
@@ -334,7 +348,9 @@ class PaidOperation:
         self.log(f"operation not stored ({outcome}); cancelled: {confirmed}", operation_id, None)
         return Step.done(f"operation dropped ({outcome})")
 
-    def record_after_run(self, operation_id: str, token: str, attempt: int) -> Step:
+    def record_after_run(
+        self, operation_id: str, token: str, attempt: int, made_from: str | None
+    ) -> Step:
         """The run is not ours any more. Only a user's cancel that the provider confirms drops
         the job; a takeover (or a cancel the provider could not confirm) keeps its id on the
         scene without the run guard, so the run that follows resumes the paid job (as for Veo)."""
@@ -344,7 +360,7 @@ class PaidOperation:
             *self.ids, token=token, operation_id=operation_id, run_id=None, stage=self.fields
         )
         if kept != Claim.WON:
-            if self.adopt(operation_id, attempt):
+            if self.adopt(operation_id, attempt, made_from):
                 return Step.done("operation kept for the next run")
             return self.drop(operation_id, kept)
         if self.run_cancelled() and self.cancel(operation_id):
@@ -410,15 +426,18 @@ class PaidOperation:
         if started > s.max_poll_errors:
             return self.give_up_polling(operation_id, started - 1, last_error)
         failpoints.reached(f"{self.points}during_poll")
+        video: bytes | None = None
         try:
             status = self.provider.poll(operation_id)
-            video = (
-                self.provider.output(status, *self.ids)
-                if status.state == JobState.SUCCEEDED
-                else None
-            )
+            if status.state == JobState.SUCCEEDED:
+                video = self.output(status)
         except PermanentProviderError as exc:
             status, video = JobStatus(JobState.FAILED, error=str(exc)), None
+        except (StoreUnavailable, redis.RedisError):
+            # Our own outage, not an unreadable reply: not counted against the job (which may
+            # be finished and paid); the task's outage retry polls again.
+            ctx.board.poll_answered(operation_id)
+            raise
         except Exception as exc:
             # Transient: the provider answered, just not yet usefully. Anything else (a reply
             # we can't read): counted, and the scene fails if it never stops (see above).
@@ -451,6 +470,11 @@ class PaidOperation:
         ctx.clips.put(key, video)
         failpoints.reached(f"{self.points}after_upload")
         return self.complete(operation_id, key)
+
+    def output(self, status: JobStatus) -> bytes | None:
+        """The finished job's output for the scene as it is now (None: the scene is gone)."""
+        scene = self.ctx.scenes.get(*self.ids)
+        return None if scene is None else self.provider.output(status, scene)
 
     def complete(self, operation_id: str, key: str) -> Step:
         """Record the uploaded output (conditioned on the operation id)."""

@@ -36,6 +36,8 @@ class ReconcileReport(BaseModel):
     orphaned_polls: int = 0
     #: scenes between stages (a cut missing) that no chain worked on, resumed
     resumed_stages: int = 0
+    #: scenes between stages waiting for a paid stage no live run may pay for, back to pending
+    waiting_scenes_reset: int = 0
     recovered_clips: int = 0
     missing_clips: int = 0
     missing_final_videos: int = 0
@@ -113,8 +115,12 @@ def _reconcile_project(
         if scene.status == SceneStatus.COMPLETED:
             repaired |= _reset_lost_output(ctx, scene, objects, report)
         elif scene.status == SceneStatus.PROCESSING and stage is not None:
-            if not stage.paid or (stage.operation(scene) is None and scene.lease_token is None):
+            if not stage.paid:
                 _resume_stage(ctx, dispatcher, scene, scoped_run, project.provider, report)
+            elif stage.operation(scene) is None and scene.lease_token is None:
+                repaired |= _resume_paid_stage(
+                    ctx, dispatcher, scene, stage, scoped_run, project.provider, report
+                )
             elif stage.operation(scene) is None:
                 repaired |= _repair_lease(
                     ctx, dispatcher, scene, stage, scoped_run, project.provider, now, report
@@ -180,6 +186,28 @@ def _resume_stage(
     if ctx.board.claim_poll_chain(scene.project_id, scene.sequence, liveness):
         dispatcher.resume(scene.project_id, scene.sequence, run, provider)
         report.resumed_stages += 1
+
+
+def _resume_paid_stage(
+    ctx: Context,
+    dispatcher: Dispatcher,
+    scene: SceneRecord,
+    stage: Stage,
+    run: str | None,
+    provider: str,
+    report: ReconcileReport,
+) -> bool:
+    """A `processing` scene between stages whose next stage is paid (its cut made, its
+    lip-sync not submitted): only a live run with the scene in its scope may pay for it, so only
+    then is it resumed; otherwise (a cancelled run, a regeneration of another scene, a stale
+    run about to be taken over) it goes back to `pending` for a user's run."""
+    if run is not None and ctx.board.run_alive(run):
+        _resume_stage(ctx, dispatcher, scene, run, provider, report)
+        return False
+    if ctx.scenes.reset_waiting(scene.project_id, scene.sequence, stage=stage.fields):
+        report.waiting_scenes_reset += 1
+        return True
+    return False
 
 
 def _repair_lease(

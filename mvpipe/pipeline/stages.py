@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from mvpipe.models import SceneStatus
 from mvpipe.settings import Settings
 from mvpipe.store.clips import StoredObject
 from mvpipe.store.records import SceneRecord
@@ -36,7 +37,21 @@ def _always(_: SceneRecord) -> bool:
 
 
 def _when_lip_synced(scene: SceneRecord) -> bool:
-    return scene.lip_sync
+    return scene.lip_sync and not completed_before_lip_sync(scene)
+
+
+def completed_before_lip_sync(scene: SceneRecord) -> bool:
+    """A scene marked `lipSync` that was completed before the lip-sync stage existed: completed,
+    with neither a lip-synced clip nor a lip-sync operation. Since the stage exists, only the
+    lip-sync's own write completes a marked scene (recording both), so no other scene looks
+    like this. It counts as completed without lip-sync (its final video stands); a regeneration
+    or a lost output reopens it, and then it is lip-synced."""
+    return (
+        scene.status == SceneStatus.COMPLETED
+        and scene.completed_at is not None
+        and scene.lip_synced_clip_key is None
+        and scene.lip_sync_operation_id is None
+    )
 
 
 def slot_seconds(scene: SceneRecord) -> float:

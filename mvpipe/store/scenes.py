@@ -220,13 +220,22 @@ class SceneStore:
         operation_id: str,
         now: float | None = None,
         stage: StageFields = ORIGINAL,
+        requires: str | None = None,
+        made_from: str | None = None,
     ) -> bool:
         """An accepted job whose lease was lost (it expired during a store outage and was
         freed): store its id anyway while the stage is still open and nobody else's, so the
-        paid job is polled instead of cancelled and paid for again."""
+        paid job is polled instead of cancelled and paid for again. A stage made from an
+        input (`requires`, lip-sync: the working clip) adopts only while that input is still
+        `made_from`, the one the job was given: a job of a clip since remade (cancel,
+        regenerate) is not the scene's (unknown `made_from`: the input must exist)."""
         m = self.m
         output, operation, _ = _paid(m, stage)
         now = time.time() if now is None else now
+        condition = operation.does_not_exist() & output.does_not_exist() & _open(m, now)
+        if requires is not None:
+            source = getattr(m, requires)
+            condition &= source.exists() if made_from is None else source == made_from
         return self._transition(
             project_id,
             sequence,
@@ -235,7 +244,7 @@ class SceneStore:
                 m.status.set(SceneStatus.PROCESSING),
                 *self._no_lease(),
             ],
-            operation.does_not_exist() & output.does_not_exist() & _open(m, now),
+            condition,
             done=lambda s: s.value(stage.operation) == operation_id,
         )
 
@@ -421,6 +430,24 @@ class SceneStore:
             & (m.status == SceneStatus.PROCESSING)
             & output.does_not_exist(),
             done=lambda s: s.value(stage.operation) != operation_id,
+        )
+
+    def reset_waiting(self, project_id: str, sequence: int, *, stage: StageFields) -> bool:
+        """A scene left `processing` between stages, waiting for the paid `stage` with no run
+        to pay it (cancelled, or outside a regeneration's scope): `pending` again, so it shows
+        what it is and a user's run resumes it. Only while no lease and no operation of that
+        stage exist: a submitter or a job owns the stage otherwise."""
+        m = self.m
+        output, operation, _ = _paid(m, stage)
+        return self._transition(
+            project_id,
+            sequence,
+            [m.status.set(SceneStatus.PENDING)],
+            (m.status == SceneStatus.PROCESSING)
+            & m.lease_token.does_not_exist()
+            & operation.does_not_exist()
+            & output.does_not_exist(),
+            done=lambda s: s.status == SceneStatus.PENDING,
         )
 
     def expire_lease(

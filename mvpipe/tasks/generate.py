@@ -42,6 +42,7 @@ FRESH: dict[str, Any] = {
     "token": None,
     "attempt": 0,
     "stage": None,
+    "made_from": None,
 }
 #: The two copies of a quota wait: the waiter's own timed check, and the wake-up it parks.
 TIMED, WOKEN = "timed", "woken"
@@ -71,6 +72,7 @@ def generate_scene(
     token: str | None = None,
     attempt: int = 0,
     stage: str | None = None,
+    made_from: str | None = None,
 ) -> dict[str, Any]:
     checked_ids(project_id, sequence)
     kwargs = {
@@ -81,6 +83,7 @@ def generate_scene(
         "token": token,
         "attempt": attempt,
         "stage": stage,
+        "made_from": made_from,
     }
     ctx = get_context()
     job = SceneJob(
@@ -99,7 +102,12 @@ def generate_scene(
             step = None  # the other copy of this step ran first
         else:
             step = job.step(
-                operation_id, transient_polls, token=token, attempt=attempt, stage=stage
+                operation_id,
+                transient_polls,
+                token=token,
+                attempt=attempt,
+                stage=stage,
+                made_from=made_from,
             )
             if step.refinalize:
                 refinalize(ctx, dispatcher, project_id, run_id)

@@ -4,6 +4,9 @@ mouth that open with it (pure numpy), and drawn onto a real clip frame for frame
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
+from pathlib import Path
 
 import av
 import numpy as np
@@ -75,3 +78,44 @@ def fill_rows_near(image: np.ndarray) -> int:
     x0, y0, x1, y1 = meter_box(image.shape[1], image.shape[0])
     column = image[y0:y1, (x0 + x1) // 2].astype(int)
     return int((np.abs(column - np.array(FILL)).max(axis=1) < 80).sum())
+
+
+#: Measures the peak memory one `draw_on_clip` call adds, in a fresh process (argv: clip, wav).
+MEASURE = """
+import resource, sys
+from pathlib import Path
+from mvpipe.media.meter import draw_on_clip
+from mvpipe.providers.render import render_clip
+video, wav = Path(sys.argv[1]).read_bytes(), Path(sys.argv[2]).read_bytes()
+draw_on_clip(render_clip("warm up", 1.0), wav)  # codecs and numpy loaded before measuring
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+draw_on_clip(video, wav)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+"""
+
+
+def test_draw_on_clip_holds_a_few_frames_not_the_whole_clip(tmp_path: Path) -> None:
+    # Given an 8 s clip at 640x360, 24 fps: 192 frames, 133 MB when all decoded at once
+    width, height, fps, frames = 640, 360, 24, 192
+    clip = tmp_path / "clip.mp4"
+    with av.open(str(clip), mode="w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"preset": "ultrafast"}
+        for n in range(frames):
+            picture = np.full((height, width, 3), (n, 255 - n, 80), np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")))
+        container.mux(stream.encode(None))
+    audio = tmp_path / "slot.wav"
+    audio.write_bytes(to_wav(tone(8.0, 0.5), RATE))
+    # When the meter is drawn on it, in a fresh process
+    done = subprocess.run(
+        [sys.executable, "-c", MEASURE, str(clip), str(audio)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    # Then the call's peak memory is far below the decoded clip: frame by frame
+    decoded = frames * width * height * 3
+    assert int(done.stdout.strip()) < decoded / 4, (done.stdout, decoded)
