@@ -29,7 +29,7 @@ POINTS = (
 #: The lip-sync stage's own crash points (the same moments of the same paid machine).
 LIPSYNC_POINTS = ("lipsync_after_submit", "lipsync_during_poll", "lipsync_after_upload")
 #: The moments a drill can hold an execution at (besides the crash points).
-HOLD_POINTS = ("before_record", "during_cut", "lipsync_before_record")
+HOLD_POINTS = ("before_record", "during_cut", "lipsync_before_record", "before_claim_write")
 #: How long a held execution waits for the drill before it goes on by itself.
 HOLD_SECONDS = 120.0
 

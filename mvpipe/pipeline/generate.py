@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from mvpipe.deps import Context
 from mvpipe.models import SceneStatus
@@ -82,11 +83,13 @@ class SceneJob:
         attempt: int = 0,
         stage: str | None = None,
         made_from: str | None = None,
+        release: dict[str, Any] | None = None,
     ) -> Step:
         """One step. `operation_id` (of `stage`, generation by default) is polled; with `token`
         it is a paid job whose record is still to be (re)done (`made_from`: the input the job
         was made from): that comes first, even in a cancelled run (the record decides the
-        job's fate)."""
+        job's fate). With `token` and `release` instead, a lease under which no job was
+        accepted is given back first (`LeasePending`)."""
         ctx, run_id = self.ctx, self.x.run_id
         carried = BY_NAME[stage or GENERATE.name]
         if run_id is not None:
@@ -97,6 +100,8 @@ class SceneJob:
             machine = self.paid(carried)
             self.x.touch(machine.provider.liveness_seconds)
             return self.then(machine.record(operation_id, token, attempt, made_from))
+        if token is not None and release is not None:
+            return self.paid(carried).resume_give_back(token, release)
         if run_id is not None and ctx.board.cancelled(run_id):
             if carried.paid:
                 self.paid(carried).leave_line()

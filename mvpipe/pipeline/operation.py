@@ -17,7 +17,9 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from typing import Protocol
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Protocol
 
 import redis
 
@@ -33,7 +35,7 @@ from mvpipe.errors import (
 )
 from mvpipe.pipeline.execution import Execution, log
 from mvpipe.pipeline.stages import Stage, is_last
-from mvpipe.pipeline.steps import Next, RecordPending, Step
+from mvpipe.pipeline.steps import LeasePending, Next, RecordPending, Step
 from mvpipe.providers.base import JobState, JobStatus, VideoProvider, VideoRequest
 from mvpipe.providers.classify import describe
 from mvpipe.providers.limiter import SlotDecision, slot_member
@@ -190,7 +192,13 @@ class PaidOperation:
         x.touch(self.provider.liveness_seconds)
         claimed_at = time.time()
         lease_end = claimed_at + s.lease_seconds
-        with ctx.table.retry_until(lease_end - s.submit_budget_seconds):
+        # A claim whose reply is lost may have landed (lease and reservation) though nothing
+        # is submitted: the next step gives it back (`LeasePending`). A process that dies right
+        # here keeps the reservation, as after `after_submit`: nobody else can know that no job
+        # was submitted, so the money stays committed (invariant 3 before invariant 9).
+        unused = {"refund_micros": price, "unused": True, "error": "store outage during claim"}
+        budget = lease_end - s.submit_budget_seconds
+        with ctx.table.retry_until(budget), self.pending(token, unused):
             claim = ctx.scenes.claim(
                 *self.ids,
                 run_id=x.run_id,
@@ -224,13 +232,8 @@ class PaidOperation:
             # The claim took so long (store retries) that a submit and its record might outlive
             # the lease, and a second worker could submit too: give the lease back unused.
             self.release_slot()
-            ctx.scenes.release_lease(
-                *self.ids,
-                token=token,
-                error="lease too short",
-                unused=True,
-                stage=self.fields,
-                refund_micros=price,
+            self.give_back(
+                token, {"refund_micros": price, "unused": True, "error": "lease too short"}
             )
             x.cost_micros = scene.cost_micros
             wait = backoff_seconds(attempt, base=s.backoff_base, cap=s.backoff_max)
@@ -243,9 +246,7 @@ class PaidOperation:
             self.release_slot()
             error = describe(exc)
             refund = self.refund(exc, price, scene)
-            ctx.scenes.fail(
-                *self.ids, error=error, token=token, stage=self.fields, refund_micros=refund
-            )
+            self.give_back(token, {"refund_micros": refund, "error": error, "fail": True})
             self.log(f"submit refused permanently: {error}", None, attempt)
             return x.finished("failed: permanent provider error")
         except Exception as exc:  # transient, or unclassified: never keep a lease we can't use
@@ -253,14 +254,10 @@ class PaidOperation:
             error = describe(exc)
             refund = self.refund(exc, price, scene)
             if attempt >= s.max_attempts:
-                ctx.scenes.fail(
-                    *self.ids, error=error, token=token, stage=self.fields, refund_micros=refund
-                )
+                self.give_back(token, {"refund_micros": refund, "error": error, "fail": True})
                 self.log(f"submit failed, attempts exhausted: {error}", None, attempt)
                 return x.finished("failed: attempts exhausted")
-            ctx.scenes.release_lease(
-                *self.ids, token=token, error=error, stage=self.fields, refund_micros=refund
-            )
+            self.give_back(token, {"refund_micros": refund, "error": error})
             wait = backoff_seconds(attempt, base=s.backoff_base, cap=s.backoff_max)
             self.log(f"submit failed transiently, retry in {wait:.1f}s: {error}", None, attempt)
             return Step(Next.RETRY_SUBMIT, "transient submit error", wait, self.carry())
@@ -274,6 +271,46 @@ class PaidOperation:
         # Stored: the first poll is now, in this execution. A quick job needs no message in
         # between, and a provider that tells when its job is due has its next poll timed.
         return self.poll(operation_id, 0, just_submitted=True)
+
+    @contextmanager
+    def pending(self, token: str, release: dict[str, Any]) -> Iterator[None]:
+        """An outage inside (our store or Redis: the write's outcome unknown) becomes a
+        `LeasePending` whose next step redoes `release` under `token` (see `give_back`)."""
+        try:
+            yield
+        except (StoreUnavailable, redis.RedisError) as exc:
+            raise LeasePending({**self.carry(), "token": token, "release": release}) from exc
+
+    def give_back(self, token: str, release: dict[str, Any]) -> bool:
+        """End the lease `token` under which the provider surely accepted no job: fail the
+        scene (`release["fail"]`) or make it `pending` again, giving back `refund_micros` of
+        the reservation. Conditioned on the lease still holding the token with no operation,
+        so it refunds nothing when the claim never landed or another owner took over; an outage
+        leaves it to the next step (`LeasePending`). Never for a job that may have started."""
+        refund = int(release.get("refund_micros", 0))
+        error = str(release.get("error") or "lease given back")
+        with self.pending(token, release):
+            if release.get("fail"):
+                return self.ctx.scenes.fail(
+                    *self.ids, error=error, token=token, stage=self.fields, refund_micros=refund
+                )
+            return self.ctx.scenes.release_lease(
+                *self.ids,
+                token=token,
+                error=error,
+                unused=bool(release.get("unused")),
+                stage=self.fields,
+                refund_micros=refund,
+            )
+
+    def resume_give_back(self, token: str, release: dict[str, Any]) -> Step:
+        """The next step after a `LeasePending`: redo the give-back, then go on as its first
+        try meant to (the scene failed, or a new claim after a short wait)."""
+        self.give_back(token, release)
+        self.log(f"lease given back: {release.get('error')}", None, None)
+        if release.get("fail"):
+            return self.x.finished("failed")
+        return Step(Next.RETRY_SUBMIT, "lease given back", self.s.backoff_base, self.carry())
 
     def refund(self, exc: Exception, price: int, scene: SceneRecord) -> int:
         """What a failed submit gives back of its reservation: all of it when the provider

@@ -43,6 +43,21 @@ class RecordPending(Exception):
         self.carry = carry
 
 
+class LeasePending(Exception):
+    """A lease under which the provider surely accepted no job could not be given back yet: the
+    claim's own reply was lost (it may have landed, reserving the price), or the release or
+    fail that ends the lease met an outage. The task retries with `carry` (the token and
+    `release`: the refund, whether the lease went unused, the error, whether to fail), and that
+    next step redoes the give-back: it refunds only while the lease still holds the token with
+    no operation (a claim that never landed refunds nothing), and a redo that finds its own
+    landed write succeeds (invariant 7). Otherwise the reservation would stay committed for a
+    job never submitted, and the next claim would reserve the price again."""
+
+    def __init__(self, carry: dict[str, Any]) -> None:
+        super().__init__(f"lease {carry.get('token')} not given back yet")
+        self.carry = carry
+
+
 class Dispatcher(Protocol):
     """Enqueues work; implemented over Celery by `mvpipe.dispatch`."""
 

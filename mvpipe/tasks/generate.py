@@ -24,7 +24,7 @@ from mvpipe.models import micros_to_usd
 from mvpipe.pipeline.finalize import refinalize
 from mvpipe.pipeline.generate import SceneJob
 from mvpipe.pipeline.stages import STAGES
-from mvpipe.pipeline.steps import Next, RecordPending
+from mvpipe.pipeline.steps import LeasePending, Next, RecordPending
 from mvpipe.providers.classify import describe, scrub
 from mvpipe.tasks.base import MvpipeTask, app, checked_ids, dispatcher
 
@@ -43,6 +43,7 @@ FRESH: dict[str, Any] = {
     "attempt": 0,
     "stage": None,
     "made_from": None,
+    "release": None,
 }
 #: The two copies of a quota wait: the waiter's own timed check, and the wake-up it parks.
 TIMED, WOKEN = "timed", "woken"
@@ -73,6 +74,7 @@ def generate_scene(
     attempt: int = 0,
     stage: str | None = None,
     made_from: str | None = None,
+    release: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     checked_ids(project_id, sequence)
     kwargs = {
@@ -84,6 +86,7 @@ def generate_scene(
         "attempt": attempt,
         "stage": stage,
         "made_from": made_from,
+        "release": release,
     }
     ctx = get_context()
     job = SceneJob(
@@ -108,10 +111,11 @@ def generate_scene(
                 attempt=attempt,
                 stage=stage,
                 made_from=made_from,
+                release=release,
             )
             if step.refinalize:
                 refinalize(ctx, dispatcher, project_id, run_id)
-    except RecordPending as exc:  # a paid job's record is redone, however long the outage
+    except (RecordPending, LeasePending) as exc:  # redone with its token, however long it lasts
         raise self.outage_retry(exc, {**kwargs, **exc.carry}, outages) from None
     except (StoreUnavailable, redis.RedisError) as exc:
         raise self.outage_retry(exc, kwargs, outages) from None

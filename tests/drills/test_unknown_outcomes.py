@@ -5,6 +5,7 @@ not really stop it."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 import uuid
@@ -22,7 +23,7 @@ from mvpipe.dispatch import CeleryDispatcher
 from mvpipe.models import ProjectStatus
 from tests.conftest import Workers
 from tests.drills.conftest import DRILL_SETTINGS, check_drill, heal
-from tests.helpers import wait_for
+from tests.helpers import assert_invariants, ledger, wait_for
 
 StartWorkers = Callable[..., Workers]
 
@@ -31,16 +32,19 @@ HOLD = "before_record"
 SHORT_STORE = {"store_timeout_seconds": "1", "store_retry_seconds": "2"}
 
 
-def start_held_scene(start_workers: StartWorkers, **settings: str) -> tuple[Workers, str, str, str]:
-    """One scene submitted by hand; its execution holds just before recording its operation."""
-    workers = start_workers(failpoints=f"{HOLD}=hold", **{**DRILL_SETTINGS, **settings})
+def start_held_scene(
+    start_workers: StartWorkers, hold: str = HOLD, **settings: str
+) -> tuple[Workers, str, str, str]:
+    """One scene submitted by hand; its execution holds at `hold` (by default just before
+    recording its operation)."""
+    workers = start_workers(failpoints=f"{hold}=hold", **{**DRILL_SETTINGS, **settings})
     ctx = get_context()
     project_id = api.create_project("Unknown", "Reply lost.", scenes=[{"prompt": "one"}])
     run_id = str(uuid.uuid4())
     assert ctx.projects.win_run(project_id, run_id, ProjectStatus.PROCESSING) == run_id
     ctx.board.touch_run(run_id, 4)
     task_id = CeleryDispatcher(app).resume(project_id, 1, run_id, "local").id
-    wait_for(lambda: held(state_dir(workers), HOLD), 60, "the execution to reach the record")
+    wait_for(lambda: held(state_dir(workers), hold), 60, f"the execution to reach {hold}")
     return workers, project_id, run_id, task_id
 
 
@@ -65,6 +69,34 @@ def test_state_server_paused_while_the_operation_id_is_recorded(
         moto.resume()
     heal(project_id)
     check_drill(project_id, workers)
+
+
+def test_state_server_paused_while_the_lease_is_claimed(
+    start_workers: StartWorkers, stack: LocalStack
+) -> None:
+    """The claim (lease and reservation in one transaction) lands but its reply is lost: the
+    execution never submitted, so its next step gives the lease and the money back, and the
+    one job the scene needs is paid once in the committed sum too (invariants 7 and 9)."""
+    hold = "before_claim_write"
+    prices = json.dumps({"local": 0.25})
+    workers, project_id, _run, task_id = start_held_scene(
+        start_workers, hold, lease_seconds="6", prices=prices, **SHORT_STORE
+    )
+    moto: Service = next(s for s in stack.services if s.name == "moto")
+    moto.pause()
+    try:
+        release(state_dir(workers), hold)
+        wait_for(lambda: AsyncResult(task_id, app=app).state == "RETRY", 60, "the outage retry")
+    finally:
+        moto.resume()
+    heal(project_id)
+    check_drill(project_id, workers)
+    assert_invariants(project_id)
+    view = api.get_project(project_id)
+    accepted = ledger(workers.ledger, project_id)
+    assert len(accepted) == 1, accepted
+    price = view.scenes[0].duration_seconds * 250_000  # $0.25 a second
+    assert round(view.committed_cost_usd * 1e6) == price, (view.committed_cost_usd, accepted)
 
 
 def test_a_run_taken_over_during_the_record_keeps_the_operation(
