@@ -18,13 +18,13 @@ from mvpipe.celery_app import app
 from mvpipe.deps import Context, build_context
 from mvpipe.devstack.localstack import LocalStack
 from mvpipe.dispatch import CeleryDispatcher
-from mvpipe.errors import StoreUnavailable, TransientProviderError
+from mvpipe.errors import PermanentProviderError, StoreUnavailable, TransientProviderError
 from mvpipe.models import ProjectStatus, SceneStatus
 from mvpipe.pipeline.cancel import cancel_project
 from mvpipe.pipeline.generate import SceneJob
 from mvpipe.pipeline.operation import PaidOperation, VideoGeneration
 from mvpipe.pipeline.stages import GENERATE
-from mvpipe.pipeline.steps import Next, RecordPending
+from mvpipe.pipeline.steps import LeasePending, Next, RecordPending
 from mvpipe.providers.base import JobState, JobStatus, VideoRequest
 from mvpipe.providers.limiter import QuotaLimiter, slot_member
 from mvpipe.runboard import RunBoard
@@ -625,3 +625,123 @@ def test_a_cancel_the_provider_fails_keeps_that_job_and_cancels_the_others(
     assert second.status == SceneStatus.PENDING
     project = ctx.projects.get(project_id)
     assert project.active_run_id is None and project.status == ProjectStatus.PENDING
+
+
+def priced(provider: Misbehaving, **update: Any) -> Context:
+    """A context whose local jobs cost $0.25 a second (so a claim reserves money)."""
+    settings = get_settings().model_copy(update={"prices": {"local": 0.25}, **update})
+    context = build_context(settings)
+    context._providers["local"] = provider
+    return context
+
+
+def reserved_claim(ctx: Context, project_id: str, run_id: str) -> tuple[str, int]:
+    """A claim that landed with its reservation, as one whose reply was lost: (token, price)."""
+    scene = ctx.scenes.get(project_id, 1)
+    assert scene is not None
+    price = GENERATE.price_micros(ctx.settings, "local", scene)
+    token = uuid.uuid4().hex
+    outcome = ctx.scenes.claim(
+        project_id,
+        1,
+        run_id=run_id,
+        token=token,
+        lease_seconds=60,
+        max_attempts=3,
+        price_micros=price,
+    ).outcome
+    assert outcome == Claim.WON and price > 0
+    return token, price
+
+
+def test_a_claim_whose_reply_was_lost_gives_its_lease_and_money_back_once(
+    provider: Misbehaving, stack: LocalStack
+) -> None:
+    ctx = priced(provider)
+    project_id, run_id = new_project(ctx, 1)
+    token, price = reserved_claim(ctx, project_id, run_id)
+    release = {"refund_micros": price, "unused": True, "error": "store outage during claim"}
+    for _ in range(2):  # the redo of a redo finds its own effect: one refund
+        step = job(ctx, project_id, run_id).step(token=token, release=release)
+        assert step.next == Next.RETRY_SUBMIT
+        assert ctx.scenes.budgets.read(project_id).committed_micros == 0
+    scene = ctx.scenes.get(project_id, 1)
+    assert scene is not None and scene.status == SceneStatus.PENDING
+    assert scene.lease_token is None and scene.attempts == 0 and scene.cost_micros == 0
+    assert provider.submitted == 0
+
+
+def test_a_claim_that_never_landed_refunds_nothing_of_another_owners_reservation(
+    provider: Misbehaving, stack: LocalStack
+) -> None:
+    ctx = priced(provider)
+    project_id, run_id = new_project(ctx, 1)
+    owner, price = reserved_claim(ctx, project_id, run_id)  # another execution's lease
+    release = {"refund_micros": price, "unused": True, "error": "store outage during claim"}
+    job(ctx, project_id, run_id).step(token=uuid.uuid4().hex, release=release)
+    assert ctx.scenes.budgets.read(project_id).committed_micros == price
+    scene = ctx.scenes.get(project_id, 1)
+    assert scene is not None and scene.lease_token == owner and scene.cost_micros == price
+
+
+class LostReplies:
+    """The scene store, but the reply of a write that ends a lease (release or fail) is lost
+    after the write landed."""
+
+    def __init__(self, scenes: SceneStore) -> None:
+        self.scenes = scenes
+
+    def release_lease(self, *args: Any, **kwargs: Any) -> bool:
+        self.scenes.release_lease(*args, **kwargs)
+        raise StoreUnavailable("the state server did not answer")
+
+    def fail(self, *args: Any, **kwargs: Any) -> bool:
+        self.scenes.fail(*args, **kwargs)
+        raise StoreUnavailable("the state server did not answer")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.scenes, name)
+
+
+def test_a_release_whose_reply_was_lost_is_redone_without_a_second_refund(
+    provider: Misbehaving, stack: LocalStack
+) -> None:
+    # The claim left no room in the lease to submit (as after slow store retries): the lease
+    # is given back unused with its reservation, and that write's reply is lost.
+    ctx = priced(provider, lease_seconds=1.0)
+    project_id, run_id = new_project(ctx, 1)
+    scenes = ctx.scenes
+    ctx.scenes = LostReplies(scenes)  # type: ignore[assignment]
+    with pytest.raises(LeasePending) as pending:
+        job(ctx, project_id, run_id).step()
+    ctx.scenes = scenes
+    carry = pending.value.carry
+    assert carry["release"]["refund_micros"] > 0 and carry["release"]["unused"]
+    assert scenes.budgets.read(project_id).committed_micros == 0  # the release landed
+    step = job(ctx, project_id, run_id).step(token=carry["token"], release=carry["release"])
+    assert step.next == Next.RETRY_SUBMIT
+    assert scenes.budgets.read(project_id).committed_micros == 0  # not refunded twice
+    scene = scenes.get(project_id, 1)
+    assert scene is not None and scene.status == SceneStatus.PENDING and scene.attempts == 0
+    assert provider.submitted == 0
+
+
+def test_a_refused_submit_whose_fail_reply_was_lost_fails_the_scene_refunded_once(
+    provider: Misbehaving, stack: LocalStack
+) -> None:
+    ctx = priced(provider)
+    project_id, run_id = new_project(ctx, 1)
+    provider.submit_error = PermanentProviderError("400 bad prompt", refused=True)
+    scenes = ctx.scenes
+    ctx.scenes = LostReplies(scenes)  # type: ignore[assignment]
+    with pytest.raises(LeasePending) as pending:
+        job(ctx, project_id, run_id).step()
+    ctx.scenes = scenes
+    carry = pending.value.carry
+    assert carry["release"]["fail"] and carry["release"]["refund_micros"] > 0
+    step = job(ctx, project_id, run_id).step(token=carry["token"], release=carry["release"])
+    assert step.next == Next.DONE
+    assert scenes.budgets.read(project_id).committed_micros == 0  # refunded once, not twice
+    scene = scenes.get(project_id, 1)
+    assert scene is not None and scene.status == SceneStatus.FAILED and scene.cost_micros == 0
+    assert scene.last_error is not None and "400 bad prompt" in scene.last_error
