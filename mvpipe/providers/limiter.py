@@ -115,7 +115,11 @@ _ACQUIRE = (
 local now, member, ttl, limit, stale, park, keep = tonumber(ARGV[2]), ARGV[3],
   tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7], tonumber(ARGV[8])
 expire_slots(now)
-for _, m in ipairs(redis.call('ZRANGEBYSCORE', seen, '-inf', now - stale)) do unwait(m) end
+local waiting = redis.call('ZCARD', seen)
+if waiting > 0 then
+  for _, m in ipairs(redis.call('ZRANGEBYSCORE', seen, '-inf', now - stale)) do unwait(m) end
+  waiting = redis.call('ZCARD', seen)
+end
 -- Every entry in these keys is dead `keep` seconds after the last request (keys made in this
 -- step included), so an idle provider leaves nothing behind.
 local function done(result)
@@ -131,7 +135,7 @@ if redis.call('ZSCORE', slots, member) then
   return {{1, 0, 0}}
 end
 local p = project_of(member)
-if redis.call('ZCARD', seen) == 0 and redis.call('ZCARD', slots) < limit then
+if waiting == 0 and redis.call('ZCARD', slots) < limit then
   -- Nobody waits: the rule would pick this request at once, so it skips the line's bookkeeping.
   redis.call('ZADD', slots, now + ttl, member)
   redis.call('HINCRBY', inflight, p, 1)
@@ -181,6 +185,15 @@ _RELEASE = (
     _COMMON
     + """
 local member, limit, now, keep_slot = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+if redis.call('ZCARD', seen) == 0 then
+  -- Nobody waits: no line to leave, nobody to wake, and no project holds a ticket (tickets
+  -- live only while their project has waiters), so only the slot and its count change.
+  if keep_slot ~= '1' and redis.call('ZREM', slots, member) == 1 then
+    local p = project_of(member)
+    if redis.call('HINCRBY', inflight, p, -1) <= 0 then redis.call('HDEL', inflight, p) end
+  end
+  return {}
+end
 if keep_slot ~= '1' and redis.call('ZREM', slots, member) == 1 then
   add_flight(project_of(member), -1)
 end
