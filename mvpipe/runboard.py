@@ -42,13 +42,18 @@ return 0
 
 _FINISH = """
 redis.call('SADD', KEYS[1], ARGV[1])
-redis.call('EXPIRE', KEYS[1], ARGV[2])
 local expected = redis.call('GET', KEYS[2])
-if expected and redis.call('SCARD', KEYS[1]) >= tonumber(expected) then
-  return 1
-end
+if not expected then return 0 end
+-- Finalize ran early (rare): renew the set's life, and leave its planning sentinel uncounted.
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+local finished = redis.call('SCARD', KEYS[1]) - redis.call('SISMEMBER', KEYS[1], ARGV[3])
+if finished >= tonumber(expected) then return 1 end
 return 0
 """
+
+#: A member of every run's finished set from its planning on (never a sequence): the set, and
+#: its expiry, exist before the first scene finishes, so a finish need not renew it.
+PLANNED = "planned"
 
 
 #: How many times per liveness period a process refreshes a run's mark (at most).
@@ -130,8 +135,14 @@ class RunBoard:
     def keep_run_scenes(self, run_id: str, sequences: list[int]) -> None:
         """The scenes a run's chord waits for. Kept here, not in the chord's callback: every
         header message embeds the callback, so a list in it made each message O(N) and the
-        messages a worker holds for waiting scenes O(N^2)."""
-        self.client.set(self._key("run", run_id, "scenes"), json.dumps(sequences), ex=self.ttl)
+        messages a worker holds for waiting scenes O(N^2). It also starts the run's finished
+        set with its expiry, so that a scene's finish costs one SADD and one GET."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(self._key("run", run_id, "scenes"), json.dumps(sequences), ex=self.ttl)
+        finished = self._key("run", run_id, "finished")
+        pipe.sadd(finished, PLANNED)
+        pipe.expire(finished, self.ttl)
+        pipe.execute()
 
     @_answered
     def run_scenes(self, run_id: str) -> list[int] | None:
@@ -151,7 +162,7 @@ class RunBoard:
         failed (a broker restarting) is retried and triggers it again. Finalize may run twice,
         never zero times."""
         keys = [self._key("run", run_id, "finished"), self._key("run", run_id, "waiting")]
-        return bool(self._finish(keys=keys, args=[sequence, self.ttl]))
+        return bool(self._finish(keys=keys, args=[sequence, self.ttl, PLANNED]))
 
     @_answered
     def refinalize_sent(self, run_id: str) -> None:

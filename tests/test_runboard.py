@@ -106,3 +106,15 @@ def test_a_poll_is_counted_in_one_command_and_its_answer_clears_the_count(
     assert board.poll_error(operation_id) == "garbage reply"
     board.poll_answered(operation_id)
     assert board.start_poll(operation_id) == 1
+
+
+def test_a_planned_runs_finishes_count_only_its_scenes_and_expire_with_it(
+    board: RunBoard, redis_client: redis.Redis
+) -> None:
+    run_id = str(uuid.uuid4())
+    board.keep_run_scenes(run_id, [1, 2])
+    assert not board.scene_finished(run_id, 1)
+    assert redis_client.ttl(f"{board.prefix}:run:{run_id}:finished") > 0
+    board.await_scenes(run_id, 2, [1, 2])  # finalize ran with scene 2 still open
+    assert not board.scene_finished(run_id, 1)  # the planning sentinel is not a scene
+    assert board.scene_finished(run_id, 2)
