@@ -148,6 +148,7 @@ def waiting_rss(n: int, concurrency: int) -> dict[str, float]:
         ledger = Path(stack.env["MVPIPE_LOCAL_LEDGER"])
         wait_until(lambda: _lines(ledger) >= n, 1800, "every scene submitted")
         tree, main = tree_rss_kib(worker.proc.pid), own_rss_kib(worker.proc.pid)
+        print("RSS per process (KiB):", process_rss_kib(worker.proc.pid), flush=True)
         api.cancel_project(project_id)
         worker.stop()
     return {
@@ -156,6 +157,20 @@ def waiting_rss(n: int, concurrency: int) -> dict[str, float]:
         "main_b": (main - idle_main) * 1024 / n,
         "pool_b": ((tree - main) - (idle_tree - idle_main)) * 1024 / n,
     }
+
+
+def process_rss_kib(pid: int) -> dict[int, int]:
+    """Resident memory of each process in the tree (which pool process holds the growth)."""
+    out, stack = {}, [pid]
+    while stack:
+        current = stack.pop()
+        try:
+            out[current] = own_rss_kib(current)
+            for task in Path(f"/proc/{current}/task").iterdir():
+                stack.extend(int(c) for c in (task / "children").read_text().split())
+        except (FileNotFoundError, ProcessLookupError, StopIteration):
+            continue
+    return out
 
 
 def _lines(path: Path) -> int:
