@@ -2,6 +2,7 @@
 
     python bench/overhead.py [--scenes 500 --concurrency 2]
     python bench/overhead.py --output-size 64x36 --duration 1   # without most of the encode
+    python bench/overhead.py --pool threads --concurrency 8 --latency 2
 
 Beside the throughput ratio: CPU seconds (user + sys) of each worker's process tree per scene
 and per no-op task, measured over the same runs (the state server, Redis and this process are
@@ -31,6 +32,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--scenes", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--pool", default="prefork", help="the pipeline workers' -P")
+    parser.add_argument("--latency", default="0", help="the local provider's job seconds")
     parser.add_argument("--output-size", default="1280x720", help="the cut's output (WxH)")
     parser.add_argument(
         "--duration", type=int, default=8, help="scene seconds (the cut encodes all of them)"
@@ -38,7 +41,7 @@ def main() -> None:
     args = parser.parse_args()
     n = args.scenes
     settings = {
-        "local_latency": "0",
+        "local_latency": args.latency,
         "local_max_concurrent": "10000",
         "provider_concurrency": "10000",
         "local_clip_seconds": "0.5",
@@ -46,7 +49,7 @@ def main() -> None:
         "output_size": args.output_size,
     }
     with bench_stack(**settings) as (stack, workdir):
-        worker = workers(stack, workdir, args.concurrency)
+        worker = workers(stack, workdir, args.concurrency, pool=args.pool)
         scenes = [{"prompt": "cached render", "duration_seconds": args.duration}] * n
         project_id = api.create_project("Overhead", "bench", scenes=scenes)
         cpu_before, started = tree_cpu_seconds(worker.proc.pid), time.monotonic()
@@ -70,7 +73,10 @@ def main() -> None:
         profile = _profile_steps(min(n, 100), args.duration)
     rows = [
         ("scenes", f"{n} of {args.duration} s, cut to {args.output_size}"),
-        ("mvpipe full pipeline", f"{ours:.1f} s = {n / ours:.1f} scenes/s"),
+        (
+            f"mvpipe full pipeline (-P {args.pool}, latency {args.latency} s)",
+            f"{ours:.1f} s = {n / ours:.1f} scenes/s",
+        ),
         ("bare Celery chord of no-ops", f"{bare:.1f} s = {n / bare:.1f} tasks/s"),
         ("ratio (target >= 0.25)", f"{(n / ours) / (n / bare):.2f}"),
         ("worker CPU per scene (user + sys)", f"{ours_cpu / n * 1000:.1f} ms"),
