@@ -5,12 +5,13 @@ Importable from any directory once mvpipe is installed (it is a top-level module
 
 from kombu import Exchange, Queue
 
+from mvpipe.results import backend_url
 from mvpipe.settings import get_settings
 
 _s = get_settings()
 
 broker_url = _s.broker_url
-result_backend = _s.result_backend
+result_backend = backend_url(_s.result_backend)  # Redis, without a MULTI/EXEC per state
 
 # JSON only: no pickle, so a message can never carry code.
 task_serializer = "json"
@@ -25,8 +26,11 @@ worker_prefetch_multiplier = 1
 # The STARTED state lives in task events (Flower); a backend write per step would cost five
 # Redis commands for a state nobody reads from the backend.
 task_track_started = False
+# Flower builds its task list from the workers' events (received, started, succeeded, and our
+# POLLING/WAITING_FOR_SLOT/... states). A `task-sent` event per message only adds a SENT state
+# before RECEIVED, at one Redis PUBLISH per message: off.
 worker_send_task_events = True
-task_send_sent_event = True
+task_send_sent_event = False
 
 # Redelivery of unacked messages must come after the longest countdown we ever schedule.
 broker_transport_options = {"visibility_timeout": _s.visibility_timeout}

@@ -59,11 +59,14 @@ def workers(
     workdir: Path,
     concurrency: int,
     app: str = "mvpipe.celery_app",
+    pool: str = "prefork",
     **extra_env: str,
 ) -> Service:
     env = stack.child_env(PYTHONPATH=f"{ROOT}:{ROOT / 'bench'}", **extra_env)
     if app == "mvpipe.celery_app":
-        return start_worker(env, workdir / "worker.log", concurrency=concurrency, loglevel="INFO")
+        return start_worker(
+            env, workdir / "worker.log", concurrency=concurrency, loglevel="INFO", pool=pool
+        )
     from mvpipe.devstack.localstack import _spawn, wait_until
 
     argv = [sys.executable, "-m", "celery", "-A", app, "worker", "-c", str(concurrency),

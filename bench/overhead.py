@@ -1,6 +1,12 @@
 """Orchestration overhead: the full pipeline at latency 0 against a bare Celery chord.
 
     python bench/overhead.py [--scenes 500 --concurrency 2]
+    python bench/overhead.py --output-size 64x36 --duration 1   # without most of the encode
+    python bench/overhead.py --pool threads --concurrency 8 --latency 2
+
+Beside the throughput ratio: CPU seconds (user + sys) of each worker's process tree per scene
+and per no-op task, measured over the same runs (the state server, Redis and this process are
+not in the tree); target <= 4x.
 
 Same Redis, same worker settings (prefork, acks_late, prefetch 1, JSON). The pipeline does real
 work per scene: a lease transaction, the operation id write, an S3 upload of a cached render,
@@ -12,8 +18,10 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import os
 import pstats
 import time
+from pathlib import Path
 
 from common import bench_stack, record, summary, table, workers
 
@@ -24,22 +32,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--scenes", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--pool", default="prefork", help="the pipeline workers' -P")
+    parser.add_argument("--latency", default="0", help="the local provider's job seconds")
+    parser.add_argument("--output-size", default="1280x720", help="the cut's output (WxH)")
+    parser.add_argument(
+        "--duration", type=int, default=8, help="scene seconds (the cut encodes all of them)"
+    )
     args = parser.parse_args()
     n = args.scenes
     settings = {
-        "local_latency": "0",
+        "local_latency": args.latency,
         "local_max_concurrent": "10000",
         "provider_concurrency": "10000",
         "local_clip_seconds": "0.5",
         "poll_seconds": "0.05",
+        "output_size": args.output_size,
     }
     with bench_stack(**settings) as (stack, workdir):
-        worker = workers(stack, workdir, args.concurrency)
-        scenes = [{"prompt": "cached render"} for _ in range(n)]
+        worker = workers(stack, workdir, args.concurrency, pool=args.pool)
+        scenes = [{"prompt": "cached render", "duration_seconds": args.duration}] * n
         project_id = api.create_project("Overhead", "bench", scenes=scenes)
-        started = time.monotonic()
+        cpu_before, started = tree_cpu_seconds(worker.proc.pid), time.monotonic()
         final = api.run_project(project_id).get(timeout=3600)
         ours = time.monotonic() - started
+        ours_cpu = tree_cpu_seconds(worker.proc.pid) - cpu_before
         assert final["status"] == "completed", final
         worker.stop()
 
@@ -47,18 +63,25 @@ def main() -> None:
         from celery import chord
 
         bare_worker = workers(stack, workdir, args.concurrency, app="blocking")
-        started = time.monotonic()
+        cpu_before, started = tree_cpu_seconds(bare_worker.proc.pid), time.monotonic()
         chord(noop.si() for _ in range(n))(noop.si()).get(timeout=3600)
         bare = time.monotonic() - started
+        bare_cpu = tree_cpu_seconds(bare_worker.proc.pid) - cpu_before
         bare_worker.stop()
 
         # Where the time goes in one process: the pipeline's step for a batch of scenes.
-        profile = _profile_steps(min(n, 100))
+        profile = _profile_steps(min(n, 100), args.duration)
     rows = [
-        ("scenes", str(n)),
-        ("mvpipe full pipeline", f"{ours:.1f} s = {n / ours:.1f} scenes/s"),
+        ("scenes", f"{n} of {args.duration} s, cut to {args.output_size}"),
+        (
+            f"mvpipe full pipeline (-P {args.pool}, latency {args.latency} s)",
+            f"{ours:.1f} s = {n / ours:.1f} scenes/s",
+        ),
         ("bare Celery chord of no-ops", f"{bare:.1f} s = {n / bare:.1f} tasks/s"),
         ("ratio (target >= 0.25)", f"{(n / ours) / (n / bare):.2f}"),
+        ("worker CPU per scene (user + sys)", f"{ours_cpu / n * 1000:.1f} ms"),
+        ("worker CPU per no-op chord task", f"{bare_cpu / n * 1000:.1f} ms"),
+        ("CPU ratio (target <= 4)", f"{ours_cpu / bare_cpu:.2f}"),
     ]
     record(
         table("Orchestration overhead (latency 0)", rows, ("measure", "value")) + "\n\n" + profile
@@ -70,9 +93,32 @@ def main() -> None:
         ">= 0.25",
         ratio >= 0.25,
     )
+    summary(
+        f"worker CPU per scene / per bare chord task (latency 0, N={n}, C={args.concurrency})",
+        f"{ours_cpu / bare_cpu:.2f}x ({ours_cpu / n * 1000:.1f} vs {bare_cpu / n * 1000:.1f} ms)",
+        "<= 4",
+        ours_cpu <= 4 * bare_cpu,
+    )
 
 
-def _profile_steps(count: int) -> str:
+def tree_cpu_seconds(pid: int) -> float:
+    """User + sys CPU of a process and its descendants (live ones, and reaped ones through
+    their parent's cutime/cstime), from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total, stack = 0, [pid]
+    while stack:
+        current = stack.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+            for task in Path(f"/proc/{current}/task").iterdir():
+                stack.extend(int(c) for c in (task / "children").read_text().split())
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total / tick
+
+
+def _profile_steps(count: int, duration: int) -> str:
     """Profile the generate steps of `count` scenes run inline (no broker), top functions."""
     import uuid
 
@@ -82,7 +128,9 @@ def _profile_steps(count: int) -> str:
     from mvpipe.pipeline.steps import Next
 
     ctx = get_context()
-    project_id = api.create_project("Profile", "bench", scenes=[{"prompt": "p"}] * count)
+    project_id = api.create_project(
+        "Profile", "bench", scenes=[{"prompt": "p", "duration_seconds": duration}] * count
+    )
     run_id = str(uuid.uuid4())
     ctx.projects.win_run(project_id, run_id, ProjectStatus.PROCESSING)
     profiler = cProfile.Profile()

@@ -43,8 +43,20 @@ def tree_rss_kib(pid: int) -> int:
 
 
 def redis_calls(client: redis.Redis) -> int:
+    return sum(command_calls(client).values())
+
+
+def command_calls(client: redis.Redis) -> dict[str, int]:
+    """Calls so far per Redis command (`INFO commandstats`)."""
     stats = client.info("commandstats")
-    return sum(int(v["calls"]) for v in stats.values())
+    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+
+
+def per_command(before: dict[str, int], after: dict[str, int], n: int) -> str:
+    """The commands a run issued, per scene, busiest first (what to cut next)."""
+    delta = {k: after[k] - before.get(k, 0) for k in after}
+    busiest = sorted(((v, k) for k, v in delta.items() if v), reverse=True)
+    return ", ".join(f"{k} {v / n:.1f}" for v, k in busiest)
 
 
 def run_size(
@@ -66,12 +78,14 @@ def run_size(
     scenes = [{"prompt": f"scene {i}"} for i in range(1, n + 1)]
     project_id = api.create_project("Scaling", "bench", scenes=scenes)
     proxy.reset()
-    before = redis_calls(client)
+    before = command_calls(client)
     started = time.monotonic()
     final = api.run_project(project_id).get(timeout=3600)  # no store polling while counting
     wall = time.monotonic() - started
     counts = proxy.snapshot()
-    calls = redis_calls(client) - before
+    after = command_calls(client)
+    calls = sum(after.values()) - sum(before.values())
+    print(f"Redis commands per scene at n={n}: {per_command(before, after, n)}", flush=True)
     done.set()
     sampler.join()
     worker.stop()
@@ -134,6 +148,7 @@ def waiting_rss(n: int, concurrency: int) -> dict[str, float]:
         ledger = Path(stack.env["MVPIPE_LOCAL_LEDGER"])
         wait_until(lambda: _lines(ledger) >= n, 1800, "every scene submitted")
         tree, main = tree_rss_kib(worker.proc.pid), own_rss_kib(worker.proc.pid)
+        print("RSS per process (KiB):", process_rss_kib(worker.proc.pid), flush=True)
         api.cancel_project(project_id)
         worker.stop()
     return {
@@ -142,6 +157,20 @@ def waiting_rss(n: int, concurrency: int) -> dict[str, float]:
         "main_b": (main - idle_main) * 1024 / n,
         "pool_b": ((tree - main) - (idle_tree - idle_main)) * 1024 / n,
     }
+
+
+def process_rss_kib(pid: int) -> dict[int, int]:
+    """Resident memory of each process in the tree (which pool process holds the growth)."""
+    out, stack = {}, [pid]
+    while stack:
+        current = stack.pop()
+        try:
+            out[current] = own_rss_kib(current)
+            for task in Path(f"/proc/{current}/task").iterdir():
+                stack.extend(int(c) for c in (task / "children").read_text().split())
+        except (FileNotFoundError, ProcessLookupError, StopIteration):
+            continue
+    return out
 
 
 def _lines(path: Path) -> int:

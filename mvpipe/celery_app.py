@@ -5,11 +5,12 @@ Importing this module opens no connection and builds no client; task modules are
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 
 from celery import Celery
-from celery.signals import worker_init, worker_process_init
+from celery.signals import task_postrun, worker_init, worker_process_init
 
 from mvpipe import kombu_guard
 from mvpipe.settings import get_settings
@@ -40,6 +41,43 @@ def _guard_broker_reconnects(**_: object) -> None:
 
 @worker_process_init.connect
 def _warm_song_analysis(**_: object) -> None:
+    _warm_media()
+    _freeze_startup_objects()
+
+
+#: Tasks between two full garbage collections in a pool process.
+COLLECT_EVERY = 20
+_tasks_run = 0
+
+
+def _freeze_startup_objects() -> None:
+    """Take what a pool process holds for good (imports, warmed libraries) out of the garbage
+    collector's view, so that the full collections of `_collect_cycles` scan only what tasks
+    made since."""
+    gc.collect()
+    gc.freeze()
+
+
+@task_postrun.connect
+def _collect_cycles(**_: object) -> None:
+    """A full garbage collection every `COLLECT_EVERY` tasks of a pool process.
+
+    Celery ends each waiting step with `Ignore`, and its tracer leaves the exception, its own
+    frame and a copy of the traceback (every frame's code positions: ~400 KB) in a reference
+    cycle. The cycle outlives the young generations' collections (the frame still runs when
+    they happen) and only a full collection frees it; Python runs one when the survivors grow
+    by a quarter of all long-lived objects, which with a few million library objects is rare:
+    the cycles piled up at ~400 KB per step (pool RSS 1.4x from 100 to 999 waiting scenes).
+    The first collection also freezes the modules the first task imported lazily."""
+    global _tasks_run
+    _tasks_run += 1
+    if _tasks_run == 1:
+        _freeze_startup_objects()
+    elif _tasks_run % COLLECT_EVERY == 0:
+        gc.collect()
+
+
+def _warm_media() -> None:
     """Load and compile librosa in each pool process of a worker that consumes mvpipe.media.
 
     The first analysis in a process otherwise spends about 4 s importing and JIT-compiling; a

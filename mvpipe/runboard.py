@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import time
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
@@ -41,13 +42,25 @@ return 0
 
 _FINISH = """
 redis.call('SADD', KEYS[1], ARGV[1])
-redis.call('EXPIRE', KEYS[1], ARGV[2])
 local expected = redis.call('GET', KEYS[2])
-if expected and redis.call('SCARD', KEYS[1]) >= tonumber(expected) then
-  return 1
-end
+if not expected then return 0 end
+-- Finalize ran early (rare): renew the set's life, and leave its planning sentinel uncounted.
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+local finished = redis.call('SCARD', KEYS[1]) - redis.call('SISMEMBER', KEYS[1], ARGV[3])
+if finished >= tonumber(expected) then return 1 end
 return 0
 """
+
+#: A member of every run's finished set from its planning on (never a sequence): the set, and
+#: its expiry, exist before the first scene finishes, so a finish need not renew it.
+PLANNED = "planned"
+
+
+#: How many times per liveness period a process refreshes a run's mark (at most).
+RUN_TOUCH_EVERY = 20
+#: Runs whose last refresh a process remembers (forgotten all at once past this: a refresh
+#: too many, never one too few).
+RUNS_REMEMBERED = 1024
 
 
 class RunBoard:
@@ -59,6 +72,8 @@ class RunBoard:
         self.ttl = ttl
         self._finish = client.register_script(_FINISH)
         self._unlock = client.register_script(_UNLOCK)
+        #: run id -> when this process last refreshed the run's liveness (monotonic)
+        self._run_touched: dict[str, float] = {}
 
     def _key(self, *parts: object) -> str:
         return ":".join([self.prefix, *map(str, parts)])
@@ -67,6 +82,18 @@ class RunBoard:
     @_answered
     def touch_run(self, run_id: str, seconds: float) -> None:
         self.client.set(self._key("live", "run", run_id), 1, px=int(seconds * 1000))
+
+    def keep_run_alive(self, run_id: str, seconds: float) -> None:
+        """`touch_run` from a run's steps, at most once per `seconds / RUN_TOUCH_EVERY` per
+        process and run: the mark still never lapses while the run's steps execute (it lasts
+        `seconds`), at one write per busy process every few seconds instead of one per step."""
+        now = time.monotonic()
+        if now - self._run_touched.get(run_id, -seconds) < seconds / RUN_TOUCH_EVERY:
+            return
+        self.touch_run(run_id, seconds)
+        if len(self._run_touched) >= RUNS_REMEMBERED:
+            self._run_touched.clear()
+        self._run_touched[run_id] = now
 
     @_answered
     def run_alive(self, run_id: str) -> bool:
@@ -108,8 +135,14 @@ class RunBoard:
     def keep_run_scenes(self, run_id: str, sequences: list[int]) -> None:
         """The scenes a run's chord waits for. Kept here, not in the chord's callback: every
         header message embeds the callback, so a list in it made each message O(N) and the
-        messages a worker holds for waiting scenes O(N^2)."""
-        self.client.set(self._key("run", run_id, "scenes"), json.dumps(sequences), ex=self.ttl)
+        messages a worker holds for waiting scenes O(N^2). It also starts the run's finished
+        set with its expiry, so that a scene's finish costs one SADD and one GET."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(self._key("run", run_id, "scenes"), json.dumps(sequences), ex=self.ttl)
+        finished = self._key("run", run_id, "finished")
+        pipe.sadd(finished, PLANNED)
+        pipe.expire(finished, self.ttl)
+        pipe.execute()
 
     @_answered
     def run_scenes(self, run_id: str) -> list[int] | None:
@@ -129,7 +162,7 @@ class RunBoard:
         failed (a broker restarting) is retried and triggers it again. Finalize may run twice,
         never zero times."""
         keys = [self._key("run", run_id, "finished"), self._key("run", run_id, "waiting")]
-        return bool(self._finish(keys=keys, args=[sequence, self.ttl]))
+        return bool(self._finish(keys=keys, args=[sequence, self.ttl, PLANNED]))
 
     @_answered
     def refinalize_sent(self, run_id: str) -> None:
@@ -163,21 +196,32 @@ class RunBoard:
         return self.client.get(key) == copy.encode()
 
     # -- polls that never answer ---------------------------------------------------------------
-    def start_poll(self, operation_id: str) -> tuple[int, str | None]:
+    @_answered
+    def start_poll(self, operation_id: str) -> int:
         """Count a poll of `operation_id` before it runs; returns how many polls in a row have
-        now started without an answer (this one included) and the last error one raised. A
-        poll that crashes its worker is counted too: it never gets to `poll_answered`."""
+        now started without an answer (this one included). A poll that crashes its worker is
+        counted too: it never gets to `poll_answered`. One command a poll (two on the first)."""
+        key = self._key("poll", operation_id)
+        started = int(self.client.hincrby(key, "started", 1))
+        if started == 1:
+            self.client.expire(key, self.ttl)
+        return started
+
+    @_answered
+    def poll_error(self, operation_id: str) -> str | None:
+        """The last error a poll of `operation_id` raised (read only when giving up)."""
+        error = self.client.hget(self._key("poll", operation_id), "error")
+        return None if error is None else error.decode()
+
+    @_answered
+    def poll_failed(self, operation_id: str, error: str) -> None:
         key = self._key("poll", operation_id)
         pipe = self.client.pipeline()
-        pipe.hincrby(key, "started", 1)
-        pipe.hget(key, "error")
+        pipe.hset(key, "error", error)
         pipe.expire(key, self.ttl)
-        started, error, _ = pipe.execute()
-        return int(started), None if error is None else error.decode()
+        pipe.execute()
 
-    def poll_failed(self, operation_id: str, error: str) -> None:
-        self.client.hset(self._key("poll", operation_id), "error", error)
-
+    @_answered
     def poll_answered(self, operation_id: str) -> None:
         self.client.delete(self._key("poll", operation_id))
 

@@ -72,3 +72,49 @@ def test_a_run_keeps_the_scenes_its_chord_waits_for(board: RunBoard) -> None:
     board.keep_run_scenes(run_id, [2, 5, 999])
     assert board.run_scenes(run_id) == [2, 5, 999]
     assert board.run_sequences(run_id) is None  # not "finalize ran" (reconcile reads that)
+
+
+def test_a_runs_steps_refresh_its_liveness_once_per_share_of_its_life(
+    board: RunBoard, redis_client: redis.Redis
+) -> None:
+    run_id = str(uuid.uuid4())
+    key = f"{board.prefix}:live:run:{run_id}"
+    board.keep_run_alive(run_id, 600)
+    assert board.run_alive(run_id)
+    redis_client.pexpire(key, 5_000)  # as if the mark had aged
+    # A second step moments later does not write it again (600 / 20 = 30 s not passed) ...
+    board.keep_run_alive(run_id, 600)
+    assert redis_client.pttl(key) <= 5_000
+    # ... but once a twentieth of the period passed since its last write, a step does
+    redis_client.pexpire(key, 200)
+
+    def refreshed() -> bool:
+        board.keep_run_alive(run_id, 2)  # a twentieth of 2 s: 0.1 s
+        return redis_client.pttl(key) > 1_000
+
+    wait_for(refreshed, 10, "a refresh once a twentieth of the period passed")
+
+
+def test_a_poll_is_counted_in_one_command_and_its_answer_clears_the_count(
+    board: RunBoard, redis_client: redis.Redis
+) -> None:
+    operation_id = f"op-{uuid.uuid4().hex}"
+    assert [board.start_poll(operation_id) for _ in range(3)] == [1, 2, 3]
+    assert redis_client.ttl(f"{board.prefix}:poll:{operation_id}") > 0  # never left behind
+    assert board.poll_error(operation_id) is None
+    board.poll_failed(operation_id, "garbage reply")
+    assert board.poll_error(operation_id) == "garbage reply"
+    board.poll_answered(operation_id)
+    assert board.start_poll(operation_id) == 1
+
+
+def test_a_planned_runs_finishes_count_only_its_scenes_and_expire_with_it(
+    board: RunBoard, redis_client: redis.Redis
+) -> None:
+    run_id = str(uuid.uuid4())
+    board.keep_run_scenes(run_id, [1, 2])
+    assert not board.scene_finished(run_id, 1)
+    assert redis_client.ttl(f"{board.prefix}:run:{run_id}:finished") > 0
+    board.await_scenes(run_id, 2, [1, 2])  # finalize ran with scene 2 still open
+    assert not board.scene_finished(run_id, 1)  # the planning sentinel is not a scene
+    assert board.scene_finished(run_id, 2)

@@ -172,12 +172,14 @@ def start_worker(
     name: str = "worker",
     loglevel: str = "INFO",
     queues: str | None = None,
+    pool: str = "prefork",
 ) -> Service:
-    """A Celery worker; `queues` (comma-separated) limits what it consumes, like `-Q`."""
+    """A Celery worker; `queues` (comma-separated) limits what it consumes, like `-Q`; `pool`
+    is Celery's `-P` (benchmarks compare `threads` with the default)."""
     argv = _celery(
         "worker",
         "-c", str(concurrency),
-        "-P", "prefork",
+        "-P", pool,
         "-n", f"{name}@%h",
         "-l", loglevel,
         "-E",

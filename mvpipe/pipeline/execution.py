@@ -4,6 +4,7 @@ and the log line."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -11,6 +12,9 @@ from mvpipe.deps import Context
 from mvpipe.pipeline.steps import Step
 
 log = logging.getLogger("mvpipe.generate")
+
+#: The share of a liveness mark's life that may have passed before `touch` writes it again.
+TOUCH_SLACK = 0.1
 
 
 @dataclass
@@ -29,6 +33,8 @@ class Execution:
     wakes: list[str] = field(default_factory=list)
     #: what the scene has cost so far, once this execution knows it (task meta)
     cost_micros: int | None = None
+    #: when the scene's liveness mark set by this execution lapses (monotonic; 0: none set)
+    alive_until: float = 0.0
 
     def finished(self, outcome: str) -> Step:
         """The scene reached a final state: count it for the run's re-finalize trigger."""
@@ -39,8 +45,14 @@ class Execution:
         )
 
     def touch(self, seconds: float) -> None:
-        """This scene is being worked on: reconcile must not start a second chain for it."""
+        """This scene is being worked on: reconcile must not start a second chain for it.
+        A mark this execution set moments ago for as long is not written again (the next
+        stage run inline, after the poll that finished the last one)."""
+        now = time.monotonic()
+        if self.alive_until - now >= seconds * (1 - TOUCH_SLACK):
+            return
         self.ctx.board.touch_scene(self.project_id, self.sequence, seconds)
+        self.alive_until = now + seconds
 
     def log(
         self, message: str, operation_id: str | None, attempt: int | None, stage: str = "generate"

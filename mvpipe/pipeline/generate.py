@@ -93,7 +93,7 @@ class SceneJob:
         ctx, run_id = self.ctx, self.x.run_id
         carried = BY_NAME[stage or GENERATE.name]
         if run_id is not None:
-            ctx.board.touch_run(run_id, ctx.settings.run_stale_seconds)
+            ctx.board.keep_run_alive(run_id, ctx.settings.run_stale_seconds)
         if operation_id is not None and token is not None:
             # A redo may come long after the lease (a store outage): the liveness mark keeps
             # reconcile from freeing the scene for a second paid submission meanwhile.

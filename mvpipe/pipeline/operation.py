@@ -454,14 +454,17 @@ class PaidOperation:
     ) -> Step:
         """Poll the stage's operation. When its output is recorded the result is a
         `Next.STAGE` step: the scene goes on to its next stage (or it was the last).
-        `just_submitted`: this execution marked the scene alive and took its slot moments ago."""
+        `just_submitted`: this execution marked the scene alive and took its slot moments ago,
+        and its first poll is not counted (a worker lost in it redelivers the submit's message,
+        whose poll of the stored job is counted)."""
         ctx, s = self.ctx, self.s
-        if not just_submitted:
+        counted = not just_submitted
+        if counted:
             self.x.touch(self.provider.liveness_seconds)
             self.acquire_slot()
-        started, last_error = ctx.board.start_poll(operation_id)
-        if started > s.max_poll_errors:
-            return self.give_up_polling(operation_id, started - 1, last_error)
+            started = ctx.board.start_poll(operation_id)
+            if started > s.max_poll_errors:
+                return self.give_up_polling(operation_id, started - 1)
         failpoints.reached(f"{self.points}during_poll")
         video: bytes | None = None
         try:
@@ -480,7 +483,8 @@ class PaidOperation:
             # we can't read): counted, and the scene fails if it never stops (see above).
             error = describe(exc)
             if isinstance(exc, TransientProviderError):
-                ctx.board.poll_answered(operation_id)
+                if counted:
+                    ctx.board.poll_answered(operation_id)
             else:
                 ctx.board.poll_failed(operation_id, error)
             wait = backoff_seconds(
@@ -491,7 +495,8 @@ class PaidOperation:
             self.log(f"poll failed, again in {wait:.1f}s: {error}", operation_id, None)
             step = self.next_poll(operation_id, transient_polls + 1)
             return Step(step.next, "poll error", wait, step.carry)
-        ctx.board.poll_answered(operation_id)
+        if counted:
+            ctx.board.poll_answered(operation_id)
         if status.state == JobState.RUNNING:
             return self.next_poll(operation_id, 0, status.eta_seconds)
         self.release_slot()
@@ -526,11 +531,11 @@ class PaidOperation:
             return self.x.finished("completed")
         return Step(Next.STAGE, f"{self.stage.name} done")
 
-    def give_up_polling(self, operation_id: str, crashed: int, last_error: str | None) -> Step:
+    def give_up_polling(self, operation_id: str, crashed: int) -> Step:
         """Polls of this operation crashed `crashed` times in a row (errors we can't classify,
         or workers killed mid-poll): fail the scene rather than poll it forever."""
         self.release_slot()
-        cause = last_error or "the worker was lost during the poll"
+        cause = self.ctx.board.poll_error(operation_id) or "the worker was lost during the poll"
         error = f"polling failed {crashed} times in a row without an answer: {cause}"
         self.ctx.scenes.fail(*self.ids, error=error, operation_id=operation_id, stage=self.fields)
         self.ctx.board.poll_answered(operation_id)

@@ -114,30 +114,45 @@ _ACQUIRE = (
     + f"""
 local now, member, ttl, limit, stale, park, keep = tonumber(ARGV[2]), ARGV[3],
   tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7], tonumber(ARGV[8])
-expire_slots(now)
-for _, m in ipairs(redis.call('ZRANGEBYSCORE', seen, '-inf', now - stale)) do unwait(m) end
+local p = project_of(member)
 -- Every entry in these keys is dead `keep` seconds after the last request (keys made in this
 -- step included), so an idle provider leaves nothing behind.
 local function done(result)
   for i = 1, #KEYS do redis.call('EXPIRE', KEYS[i], keep) end
   return result
 end
-if redis.call('ZSCORE', slots, member) then
-  -- A holder's refresh (every poll) wrote only its slot: the waiters' keys are kept alive by
-  -- the waiters' own requests, so only the keys that count held slots need a longer life.
-  redis.call('ZADD', slots, now + ttl, member)
+-- A held slot: the waiters' keys are kept alive by the waiters' own requests, so only the keys
+-- that count held slots need a longer life.
+local function hold(fresh)
   redis.call('EXPIRE', slots, keep)
   redis.call('EXPIRE', inflight, keep)
-  return {{1, 0, 0}}
+  return {{1, 0, fresh}}
 end
-local p = project_of(member)
-if redis.call('ZCARD', seen) == 0 and redis.call('ZCARD', slots) < limit then
-  -- Nobody waits: the rule would pick this request at once, so it skips the line's bookkeeping.
+local waiting = redis.call('ZCARD', seen)
+if waiting == 0 and redis.call('ZCARD', slots) < limit then
+  -- Nobody waits and there is room: the rule picks this request at once, so it skips the
+  -- line's bookkeeping, and expired slots are pruned by the first request that finds the pool
+  -- full or a line (a holder whose own slot lapsed meanwhile just keeps it: nobody took it).
+  if redis.call('ZADD', slots, 'NX', now + ttl, member) == 1 then
+    redis.call('HINCRBY', inflight, p, 1)
+    return hold(1)
+  end
+  redis.call('ZADD', slots, 'XX', now + ttl, member)  -- a holder's refresh (every poll)
+  return hold(0)
+end
+expire_slots(now)
+if waiting > 0 then
+  for _, m in ipairs(redis.call('ZRANGEBYSCORE', seen, '-inf', now - stale)) do unwait(m) end
+  waiting = redis.call('ZCARD', seen)
+end
+if redis.call('ZSCORE', slots, member) then
+  redis.call('ZADD', slots, now + ttl, member)
+  return hold(0)
+end
+if waiting == 0 and redis.call('ZCARD', slots) < limit then
   redis.call('ZADD', slots, now + ttl, member)
   redis.call('HINCRBY', inflight, p, 1)
-  redis.call('EXPIRE', slots, keep)
-  redis.call('EXPIRE', inflight, keep)
-  return {{1, 0, 1}}
+  return hold(1)
 end
 local line = lines .. p
 redis.call('ZADD', line, 'NX', now, member)
@@ -181,6 +196,15 @@ _RELEASE = (
     _COMMON
     + """
 local member, limit, now, keep_slot = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+if redis.call('ZCARD', seen) == 0 then
+  -- Nobody waits: no line to leave, nobody to wake, and no project holds a ticket (tickets
+  -- live only while their project has waiters), so only the slot and its count change.
+  if keep_slot ~= '1' and redis.call('ZREM', slots, member) == 1 then
+    local p = project_of(member)
+    if redis.call('HINCRBY', inflight, p, -1) <= 0 then redis.call('HDEL', inflight, p) end
+  end
+  return {}
+end
 if keep_slot ~= '1' and redis.call('ZREM', slots, member) == 1 then
   add_flight(project_of(member), -1)
 end
