@@ -14,7 +14,7 @@ import re
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from mvpipe.errors import PermanentProviderError, QuotaExceeded, TransientProviderError
@@ -36,6 +36,10 @@ CREATE TABLE IF NOT EXISTS calls (
 CREATE TABLE IF NOT EXISTS stats (name TEXT PRIMARY KEY, value REAL);
 CREATE TABLE IF NOT EXISTS polled (operation_id TEXT PRIMARY KEY);
 """
+
+
+#: The tables of jobs in the provider's store: video generations and lip-syncs.
+JOB_TABLES = ("jobs", "lipsync_jobs")
 
 
 class LocalJobs:
@@ -86,6 +90,22 @@ class LocalJobs:
             row = db.execute("SELECT value FROM stats WHERE name='peak'").fetchone()
         return int(row[0]) if row else 0
 
+    def cancel(self, table: str, operation_id: str) -> bool:
+        """Stop a job of `table` (`jobs`, `lipsync_jobs`): True only when this call stopped it
+        before it produced its video (or it was stopped already): a finished job is paid for
+        and its video must not be dropped."""
+        if table not in JOB_TABLES:
+            raise ValueError(f"not a job table: {table}")
+        with self.transaction() as db:
+            db.execute(
+                f"UPDATE {table} SET cancelled = 1 WHERE operation_id = ? AND finishes_at > ?",
+                (operation_id, time.time()),
+            )
+            row = db.execute(
+                f"SELECT cancelled FROM {table} WHERE operation_id = ?", (operation_id,)
+            ).fetchone()
+        return row is not None and bool(row[0])
+
     def polled(self, operation_ids: list[str]) -> set[str]:
         """Which of these jobs were ever polled: an id someone polls had reached the store."""
         with self.transaction() as db:
@@ -94,6 +114,20 @@ class LocalJobs:
                 for op in operation_ids
                 if db.execute("SELECT 1 FROM polled WHERE operation_id = ?", (op,)).fetchone()
             }
+
+
+def job_status(
+    cancelled: bool, finishes_at: float, outcome: str, error: str | None, video: Callable[[], bytes]
+) -> JobStatus:
+    """A local job's state as a poll sees it; `video` makes the output once it is done."""
+    if cancelled:
+        return JobStatus(JobState.CANCELLED, error="cancelled")
+    now = time.time()
+    if now < finishes_at:
+        return JobStatus(JobState.RUNNING, eta_seconds=finishes_at - now)
+    if outcome == "failed":
+        return JobStatus(JobState.FAILED, error=error)
+    return JobStatus(JobState.SUCCEEDED, video=video())
 
 
 def append_ledger(
@@ -193,14 +227,9 @@ class LocalVideoProvider:
             raise TransientProviderError("local provider: simulated 500 on poll")
         if self.faults.garbage_fault(project_id, sequence, call):
             json.loads("<html>simulated 200 whose body is not JSON</html>")  # raises, unclassified
-        if cancelled:
-            return JobStatus(JobState.CANCELLED, error="cancelled")
-        now = time.time()
-        if now < finishes_at:
-            return JobStatus(JobState.RUNNING, eta_seconds=finishes_at - now)
-        if outcome == "failed":
-            return JobStatus(JobState.FAILED, error=error)
-        return JobStatus(JobState.SUCCEEDED, video=render_clip(prompt, duration))
+        return job_status(
+            cancelled, finishes_at, outcome, error, lambda: render_clip(prompt, duration)
+        )
 
     def download(self, status: JobStatus) -> bytes:
         if status.video is None:
@@ -208,17 +237,7 @@ class LocalVideoProvider:
         return status.video
 
     def cancel(self, operation_id: str) -> bool:
-        """True only when this call stopped a job before it produced its video (or it was
-        stopped already): a finished job is paid for and its video must not be dropped."""
-        with self.jobs.transaction() as db:
-            db.execute(
-                "UPDATE jobs SET cancelled = 1 WHERE operation_id = ? AND finishes_at > ?",
-                (operation_id, time.time()),
-            )
-            row = db.execute(
-                "SELECT cancelled FROM jobs WHERE operation_id = ?", (operation_id,)
-            ).fetchone()
-        return row is not None and bool(row[0])
+        return self.jobs.cancel("jobs", operation_id)
 
     def peak_in_flight(self) -> int:
         return self.jobs.peak_in_flight()

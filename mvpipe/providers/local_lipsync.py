@@ -18,9 +18,9 @@ import uuid
 
 from mvpipe.errors import PermanentProviderError, QuotaExceeded, TransientProviderError
 from mvpipe.media.meter import draw_on_clip
-from mvpipe.providers.base import JobState, JobStatus, LipSyncRequest
+from mvpipe.providers.base import JobStatus, LipSyncRequest
 from mvpipe.providers.faults import FaultPlan
-from mvpipe.providers.local import LocalJobs, append_ledger
+from mvpipe.providers.local import LocalJobs, append_ledger, job_status
 from mvpipe.settings import Settings
 
 _SCHEMA = """
@@ -101,13 +101,9 @@ class LocalLipSyncProvider:
             db.execute("INSERT OR IGNORE INTO polled VALUES (?)", (operation_id,))
         if self.faults.transient_fault(project_id, sequence, "lipsync-poll", call):
             raise TransientProviderError("local lip-sync: simulated 500 on poll")
-        if cancelled:
-            return JobStatus(JobState.CANCELLED, error="cancelled")
-        if time.time() < finishes_at:
-            return JobStatus(JobState.RUNNING)
-        if outcome == "failed":
-            return JobStatus(JobState.FAILED, error=error)
-        return JobStatus(JobState.SUCCEEDED, video=draw_on_clip(bytes(video), bytes(audio)))
+        return job_status(
+            cancelled, finishes_at, outcome, error, lambda: draw_on_clip(bytes(video), bytes(audio))
+        )
 
     def download(self, status: JobStatus) -> bytes:
         if status.video is None:
@@ -115,17 +111,7 @@ class LocalLipSyncProvider:
         return status.video
 
     def cancel(self, operation_id: str) -> bool:
-        """True only when this call stopped the job before it made its video (or it was
-        stopped already): a finished job is paid for and its video must not be dropped."""
-        with self.jobs.transaction() as db:
-            db.execute(
-                "UPDATE lipsync_jobs SET cancelled = 1 WHERE operation_id = ? AND finishes_at > ?",
-                (operation_id, time.time()),
-            )
-            row = db.execute(
-                "SELECT cancelled FROM lipsync_jobs WHERE operation_id = ?", (operation_id,)
-            ).fetchone()
-        return row is not None and bool(row[0])
+        return self.jobs.cancel("lipsync_jobs", operation_id)
 
     def _fetch(self, url: str, what: str) -> bytes:
         """An input, fetched as a remote service would: a URL that does not answer is a

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from mvpipe.providers.base import JobStatus, VideoRequest, provider_seconds
-from mvpipe.providers.replicate_jobs import ReplicateJobs
+from mvpipe.providers.base import VideoRequest, provider_seconds
+from mvpipe.providers.replicate_jobs import ReplicateProvider
 from mvpipe.settings import Settings
 
 
-class ReplicateVideoProvider:
-    name = "replicate"
-    can_cancel = True
-
+class ReplicateVideoProvider(ReplicateProvider):
     def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.jobs = ReplicateJobs(settings, self.name)
+        super().__init__(settings, "replicate")
 
     def build_input(self, request: VideoRequest) -> dict[str, Any]:
         fields: dict[str, Any] = {**self.settings.replicate_input, "prompt": request.prompt}
@@ -29,12 +25,3 @@ class ReplicateVideoProvider:
 
     def submit(self, request: VideoRequest) -> str:
         return self.jobs.create(self.settings.replicate_model, self.build_input(request))
-
-    def poll(self, operation_id: str) -> JobStatus:
-        return self.jobs.poll(operation_id)
-
-    def download(self, status: JobStatus) -> bytes:
-        return self.jobs.download(status)
-
-    def cancel(self, operation_id: str) -> bool:
-        return self.jobs.cancel(operation_id)

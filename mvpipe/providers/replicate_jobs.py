@@ -178,3 +178,24 @@ class ReplicateJobs:
             kind = type(data).__name__
             raise ProviderError(f"{self.provider}: the reply is JSON but not an object ({kind})")
         return data
+
+
+class ReplicateProvider:
+    """What every Replicate-backed provider shares: one prediction per job, through
+    `ReplicateJobs`; a subclass says only which model it runs and with which inputs."""
+
+    name = "replicate"
+    can_cancel = True
+
+    def __init__(self, settings: Settings, label: str) -> None:
+        self.settings = settings
+        self.jobs = ReplicateJobs(settings, label)
+
+    def poll(self, operation_id: str) -> JobStatus:
+        return self.jobs.poll(operation_id)
+
+    def download(self, status: JobStatus) -> bytes:
+        return self.jobs.download(status)
+
+    def cancel(self, operation_id: str) -> bool:
+        return self.jobs.cancel(operation_id)

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from mvpipe.providers.base import JobStatus, LipSyncRequest
-from mvpipe.providers.replicate_jobs import ReplicateJobs
+from mvpipe.providers.base import LipSyncRequest
+from mvpipe.providers.replicate_jobs import ReplicateProvider
 from mvpipe.settings import Settings
 
 #: How the model fits audio and video of different lengths: the slot's audio and its working
@@ -15,14 +15,10 @@ from mvpipe.settings import Settings
 DEFAULT_SYNC_MODE = "cut_off"
 
 
-class ReplicateLipSyncProvider:
-    name = "replicate"
-    can_cancel = True
-
+class ReplicateLipSyncProvider(ReplicateProvider):
     def __init__(self, settings: Settings) -> None:
-        self.settings = settings
         # its errors say which paid stage failed: "replicate lip-sync: ..."
-        self.jobs = ReplicateJobs(settings, f"{self.name} lip-sync")
+        super().__init__(settings, "replicate lip-sync")
 
     def build_input(self, request: LipSyncRequest) -> dict[str, Any]:
         """`MVPIPE_LIPSYNC_INPUT` may set `sync_mode` and the model's other inputs; the media
@@ -36,12 +32,3 @@ class ReplicateLipSyncProvider:
 
     def submit(self, request: LipSyncRequest) -> str:
         return self.jobs.create(self.settings.lipsync_model, self.build_input(request))
-
-    def poll(self, operation_id: str) -> JobStatus:
-        return self.jobs.poll(operation_id)
-
-    def download(self, status: JobStatus) -> bytes:
-        return self.jobs.download(status)
-
-    def cancel(self, operation_id: str) -> bool:
-        return self.jobs.cancel(operation_id)
