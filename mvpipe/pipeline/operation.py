@@ -467,10 +467,13 @@ class PaidOperation:
                 return self.give_up_polling(operation_id, started - 1)
         failpoints.reached(f"{self.points}during_poll")
         video: bytes | None = None
+        scene: SceneRecord | None = None
         try:
             status = self.provider.poll(operation_id)
             if status.state == JobState.SUCCEEDED:
-                video = self.output(status)
+                # the one read of the scene for the output and its record (None: it is gone)
+                scene = ctx.scenes.get(*self.ids)
+                video = None if scene is None else self.provider.output(status, scene)
         except PermanentProviderError as exc:
             status, video = JobStatus(JobState.FAILED, error=str(exc)), None
         except (StoreUnavailable, redis.RedisError):
@@ -511,16 +514,11 @@ class PaidOperation:
         key = self.provider.output_key(*self.ids, operation_id)
         ctx.clips.put(key, video)
         failpoints.reached(f"{self.points}after_upload")
-        return self.complete(operation_id, key)
+        return self.complete(operation_id, key, scene)
 
-    def output(self, status: JobStatus) -> bytes | None:
-        """The finished job's output for the scene as it is now (None: the scene is gone)."""
-        scene = self.ctx.scenes.get(*self.ids)
-        return None if scene is None else self.provider.output(status, scene)
-
-    def complete(self, operation_id: str, key: str) -> Step:
-        """Record the uploaded output (conditioned on the operation id)."""
-        scene = self.ctx.scenes.get(*self.ids)
+    def complete(self, operation_id: str, key: str, scene: SceneRecord | None) -> Step:
+        """Record the uploaded output (conditioned on the operation id, so a scene that moved
+        on since `scene` was read is not overwritten)."""
         last = scene is not None and is_last(self.stage, scene)
         if not self.ctx.scenes.complete(
             *self.ids, operation_id=operation_id, clip_key=key, stage=self.fields, last=last
