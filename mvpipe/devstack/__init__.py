@@ -7,5 +7,6 @@
   `MVPIPE_FAILPOINTS` names them).
 - `drills`: healing a drilled project and counting paid generations from the provider's ledger.
 
-The core reaches in only through `failpoints.reached(...)`, a no-op in production.
+The pipeline reaches in only through `failpoints.reached(...)`, a no-op in production; the
+store, below this package, through `mvpipe.hooks.reached(...)`, which `failpoints` routes here.
 """

@@ -15,6 +15,7 @@ import signal
 import time
 from pathlib import Path
 
+from mvpipe import hooks
 from mvpipe.settings import get_settings
 
 #: The moments a drill can crash a worker at.
@@ -76,3 +77,9 @@ def held(state_dir: Path, name: str) -> bool:
 def release(state_dir: Path, name: str) -> None:
     """Let the execution held at `name` go on."""
     (marker_dir(state_dir) / f"{name}.go").touch()
+
+
+# The store cannot import this package (it sits below it); it names its points through
+# `mvpipe.hooks`, which this module routes here once imported (the pipeline imports it, so
+# every worker has it before its first claim).
+hooks.install(reached)

@@ -24,7 +24,7 @@ from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.update import Action
 from pynamodb.transactions import TransactWrite
 
-from mvpipe.devstack import failpoints
+from mvpipe import hooks
 from mvpipe.models import ProjectStatus, SceneStatus
 from mvpipe.states import lease_expired
 from mvpipe.store import budget
@@ -148,7 +148,7 @@ class SceneStore:
                     )
                 tx.update(m(pk, scene_sk(sequence)), actions=actions, condition=claimable)
 
-            failpoints.reached("before_claim_write")
+            hooks.reached("before_claim_write")
             reasons = self.table.transact(build)
             if reasons is None:
                 return ClaimResult(Claim.WON)
