@@ -12,6 +12,8 @@ from collections import Counter
 from collections.abc import Callable
 
 import pytest
+from celery.exceptions import Reject
+from celery.result import AsyncResult
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kombu import Connection
@@ -267,22 +269,36 @@ def test_bad_ids_through_the_cli_and_malformed_messages(
             timeout=60,
         )
         assert result.returncode == 2 and "Traceback" not in result.stderr
-    # Malformed messages straight to the broker: rejected, and the worker lives on.
-    app.send_task(GENERATE_SCENE, args=["../etc", "x", None, "local"])
-    app.send_task(GENERATE_SCENE, args=[1, 2])
-    app.send_task(PLAN_SCENES, args=[{"not": "an id"}, None])
-    app.send_task("mvpipe.analyse_song", args=["../etc", "run"])
-    app.send_task(FINALIZE_PROJECT, args=[["a list"], None])
-    app.send_task(ASSEMBLE_PROJECT, args=[str(uuid.uuid4()), ""])  # no run id
+    # Malformed messages straight to the broker: each ends as a failed task that says why (a
+    # `Reject` without requeue for a bad id, the call's own TypeError for a wrong arity), an
+    # undecodable body is dropped with a log line naming it, and the worker lives on.
+    rejected = [
+        (app.send_task(GENERATE_SCENE, args=["../etc", "x", None, "local"]), Reject, "invalid"),
+        (app.send_task(PLAN_SCENES, args=[{"not": "an id"}, None]), Reject, "invalid"),
+        (app.send_task("mvpipe.analyse_song", args=["../etc", "run"]), Reject, "invalid"),
+        (app.send_task(FINALIZE_PROJECT, args=[None, ["a list"], None, None]), Reject, "invalid"),
+        (app.send_task(ASSEMBLE_PROJECT, args=[str(uuid.uuid4()), ""]), Reject, "run id"),
+        (app.send_task(GENERATE_SCENE, args=[1, 2]), TypeError, "missing"),
+    ]
+    undecodable = str(uuid.uuid4())
     with Connection(stack.env["MVPIPE_BROKER_URL"]) as conn:
         conn.default_channel.basic_publish(
             conn.default_channel.prepare_message(
                 b"{not json", content_type="application/json", content_encoding="utf-8",
-                headers={"task": GENERATE_SCENE, "id": str(uuid.uuid4())},
+                headers={"task": GENERATE_SCENE, "id": undecodable},
             ),
             exchange="mvpipe.video",
             routing_key="mvpipe.video",
         )  # fmt: skip
+    for result, kind, why in rejected:
+        wait_for(lambda r=result: r.state == "FAILURE", 60, f"{result.id} to fail")
+        assert isinstance(result.result, kind) and why in str(result.result), result.result
+    wait_for(
+        lambda: re.search(f"Can't decode message body.*{undecodable}", workers.service.log_text()),
+        60,
+        "the undecodable message's log line",
+    )
+    assert AsyncResult(undecodable, app=app).state == "PENDING"  # nothing stored for it
     project_id = api.create_project("Alive", "Still consuming.", scene_count=2)
     api.run_project(project_id)
     heal(project_id, timeout=120)
