@@ -82,12 +82,19 @@ def provider() -> Misbehaving:
 
 
 @pytest.fixture
+def storage(stack: LocalStack) -> LocalStack:
+    """The session's servers with the table and bucket made: a test that builds its own
+    context must not rely on an earlier test having made them."""
+    build_context(get_settings()).ensure_storage()
+    return stack
+
+
+@pytest.fixture
 def ctx(
-    stack: LocalStack, provider: Misbehaving, monkeypatch: pytest.MonkeyPatch
+    storage: LocalStack, provider: Misbehaving, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Context]:
     monkeypatch.setenv("REPLICATE_API_TOKEN", SECRET)
     context = build_context(get_settings())
-    context.ensure_storage()
     context.limiter = QuotaLimiter(context.redis, prefix=f"test:{uuid.uuid4()}")  # own quota
     context._providers["local"] = provider
     yield context
@@ -147,7 +154,7 @@ def test_a_poll_that_kills_its_worker_counts_too_and_an_answer_resets_the_count(
 
 
 def test_no_submission_when_the_lease_has_no_room_left_for_submit_and_record(
-    stack: LocalStack, provider: Misbehaving
+    storage: LocalStack, provider: Misbehaving
 ) -> None:
     # The claim's own store retries can eat the lease; here the lease is that short from the
     # start (the settings check forbids it, the copy skips the check).
@@ -308,7 +315,7 @@ def redo(ctx: Context, project_id: str, run_id: str, operation_id: str, token: s
 
 
 def test_a_record_redone_in_a_store_outage_keeps_the_scene_marked_alive(
-    stack: LocalStack, provider: Misbehaving
+    storage: LocalStack, provider: Misbehaving
 ) -> None:
     settings = get_settings().model_copy(
         update={"store_timeout_seconds": 1.0, "store_retry_seconds": 2.0}
@@ -316,7 +323,7 @@ def test_a_record_redone_in_a_store_outage_keeps_the_scene_marked_alive(
     tight = build_context(settings)
     tight._providers["local"] = provider
     project_id, run_id, token, operation_id = accepted_job(tight, lease_seconds=-30)
-    moto = next(s for s in stack.services if s.name == "moto")
+    moto = next(s for s in storage.services if s.name == "moto")
     moto.pause()
     try:
         with pytest.raises(RecordPending) as pending:
@@ -655,7 +662,7 @@ def reserved_claim(ctx: Context, project_id: str, run_id: str) -> tuple[str, int
 
 
 def test_a_claim_whose_reply_was_lost_gives_its_lease_and_money_back_once(
-    provider: Misbehaving, stack: LocalStack
+    provider: Misbehaving, storage: LocalStack
 ) -> None:
     ctx = priced(provider)
     project_id, run_id = new_project(ctx, 1)
@@ -672,7 +679,7 @@ def test_a_claim_whose_reply_was_lost_gives_its_lease_and_money_back_once(
 
 
 def test_a_claim_that_never_landed_refunds_nothing_of_another_owners_reservation(
-    provider: Misbehaving, stack: LocalStack
+    provider: Misbehaving, storage: LocalStack
 ) -> None:
     ctx = priced(provider)
     project_id, run_id = new_project(ctx, 1)
@@ -704,7 +711,7 @@ class LostReplies:
 
 
 def test_a_release_whose_reply_was_lost_is_redone_without_a_second_refund(
-    provider: Misbehaving, stack: LocalStack
+    provider: Misbehaving, storage: LocalStack
 ) -> None:
     # The claim left no room in the lease to submit (as after slow store retries): the lease
     # is given back unused with its reservation, and that write's reply is lost.
@@ -727,7 +734,7 @@ def test_a_release_whose_reply_was_lost_is_redone_without_a_second_refund(
 
 
 def test_a_refused_submit_whose_fail_reply_was_lost_fails_the_scene_refunded_once(
-    provider: Misbehaving, stack: LocalStack
+    provider: Misbehaving, storage: LocalStack
 ) -> None:
     ctx = priced(provider)
     project_id, run_id = new_project(ctx, 1)
