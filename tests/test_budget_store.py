@@ -18,6 +18,7 @@ from mvpipe.pipeline.reconcile import reconcile
 from mvpipe.store.scenes import LIP_SYNCED, ORIGINAL, WORKING, Claim, ClaimResult
 from mvpipe.store.table import METADATA, project_pk
 from tests.helpers import assert_invariants, new_project
+from tests.test_store import claimed
 
 pytestmark = pytest.mark.integration
 
@@ -37,15 +38,7 @@ def ctx(stack: LocalStack) -> Context:
 
 
 def claim(ctx: Context, project_id: str, run_id: str, sequence: int, token: str) -> ClaimResult:
-    return ctx.scenes.claim(
-        project_id,
-        sequence,
-        run_id=run_id,
-        token=token,
-        lease_seconds=60,
-        max_attempts=3,
-        price_micros=PRICE,
-    )
+    return claimed(ctx, project_id, run_id, token, sequence, price_micros=PRICE)
 
 
 def committed(ctx: Context, project_id: str) -> int:
@@ -177,13 +170,12 @@ def test_a_lip_sync_claim_reserves_its_price_and_a_refusal_gives_it_back(ctx: Co
         )
 
     def lip_sync(sequence: int, token: str) -> ClaimResult:
-        return ctx.scenes.claim(
+        return claimed(
+            ctx,
             project_id,
+            run_id,
+            token,
             sequence,
-            run_id=run_id,
-            token=token,
-            lease_seconds=60,
-            max_attempts=3,
             stage=LIP_SYNCED,
             requires=WORKING.output,
             price_micros=PRICE,

@@ -296,16 +296,7 @@ def accepted_job(ctx: Context, *, lease_seconds: float) -> tuple[str, str, str, 
     expired, as after a store outage), its id not recorded yet: (project, run, token, job)."""
     project_id, run_id = new_project(ctx, 1)
     token = uuid.uuid4().hex
-    outcome = ctx.scenes.claim(
-        project_id,
-        1,
-        run_id=run_id,
-        token=token,
-        lease_seconds=60,
-        max_attempts=3,
-        now=time.time() + lease_seconds - 60,
-    ).outcome
-    assert outcome == Claim.WON
+    assert claim(ctx, project_id, run_id, token, now=time.time() + lease_seconds - 60) == Claim.WON
     return project_id, run_id, token, f"op-{uuid.uuid4().hex}"
 
 
@@ -554,18 +545,11 @@ def accepted_lip_sync(ctx: Context, project_id: str, run_id: str) -> tuple[str, 
     """Scene 2's lip-sync job accepted under a long-expired lease, its id not recorded yet:
     (token, job, the working clip it was made from)."""
     token = uuid.uuid4().hex
-    claimed = ctx.scenes.claim(
-        project_id,
-        2,
-        run_id=run_id,
-        token=token,
-        lease_seconds=60,
-        max_attempts=3,
-        now=time.time() - 90,
-        stage=LIP_SYNCED,
-        requires=WORKING.output,
+    aged = time.time() - 90
+    won = claim(
+        ctx, project_id, run_id, token, 2, now=aged, stage=LIP_SYNCED, requires=WORKING.output
     )
-    assert claimed.outcome == Claim.WON
+    assert won == Claim.WON
     scene = ctx.scenes.get(project_id, 2)
     assert scene is not None and scene.working_clip_key is not None
     return token, f"op-{uuid.uuid4().hex}", scene.working_clip_key
@@ -648,15 +632,7 @@ def reserved_claim(ctx: Context, project_id: str, run_id: str) -> tuple[str, int
     assert scene is not None
     price = GENERATE.price_micros(ctx.settings, "local", scene)
     token = uuid.uuid4().hex
-    outcome = ctx.scenes.claim(
-        project_id,
-        1,
-        run_id=run_id,
-        token=token,
-        lease_seconds=60,
-        max_attempts=3,
-        price_micros=price,
-    ).outcome
+    outcome = claim(ctx, project_id, run_id, token, price_micros=price)
     assert outcome == Claim.WON and price > 0
     return token, price
 

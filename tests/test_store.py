@@ -6,6 +6,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -19,16 +20,41 @@ from mvpipe.errors import InvalidInput, NotFound
 from mvpipe.models import ProjectSpec, ProjectStatus, SceneSpec, SceneStatus
 from mvpipe.pipeline.finalize import settle_project
 from mvpipe.states import Counters
-from mvpipe.store.scenes import ORIGINAL, WORKING, Claim
+from mvpipe.store.scenes import ORIGINAL, WORKING, Claim, ClaimResult
 from tests.helpers import new_project
 
 pytestmark = pytest.mark.integration
 
 
-def claim(ctx: Context, project_id: str, run_id: str, token: str, sequence: int = 1) -> Claim:
+def claimed(
+    ctx: Context,
+    project_id: str,
+    run_id: str,
+    token: str,
+    sequence: int = 1,
+    *,
+    now: float | None = None,
+    **stage: Any,
+) -> ClaimResult:
+    """A 60 s lease of 3 attempts; `now` in the past ages it, `stage` picks a later stage (or
+    a price to reserve)."""
     return ctx.scenes.claim(
-        project_id, sequence, run_id=run_id, token=token, lease_seconds=60, max_attempts=3
-    ).outcome
+        project_id,
+        sequence,
+        run_id=run_id,
+        token=token,
+        lease_seconds=60,
+        max_attempts=3,
+        now=now,
+        **stage,
+    )
+
+
+def claim(
+    ctx: Context, project_id: str, run_id: str, token: str, sequence: int = 1, **kw: Any
+) -> Claim:
+    """The outcome of `claimed`."""
+    return claimed(ctx, project_id, run_id, token, sequence, **kw).outcome
 
 
 @pytest.fixture
