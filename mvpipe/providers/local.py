@@ -15,7 +15,9 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mvpipe.errors import PermanentProviderError, QuotaExceeded, TransientProviderError
 from mvpipe.models import MAX_PROMPT, SceneSpec
@@ -115,19 +117,52 @@ class LocalJobs:
                 if db.execute("SELECT 1 FROM polled WHERE operation_id = ?", (op,)).fetchone()
             }
 
+    def poll(self, table: str, inputs: str, operation_id: str, kind: str, who: str) -> PolledJob:
+        """Read a job of `table` with its `inputs` columns, count the call as `kind` (what the
+        fault plan keys on) and mark the job polled; an unknown id is a permanent error that
+        names `who`."""
+        if table not in JOB_TABLES:
+            raise ValueError(f"not a job table: {table}")
+        with self.transaction() as db:
+            row = db.execute(
+                f"SELECT project_id, sequence, finishes_at, outcome, error, cancelled, {inputs}"
+                f" FROM {table} WHERE operation_id = ?",
+                (operation_id,),
+            ).fetchone()
+            if row is None:
+                raise PermanentProviderError(f"{who}: unknown operation {operation_id}")
+            project_id, sequence, finishes_at, outcome, error, cancelled, *values = row
+            call = LocalJobs.next_call(db, project_id, sequence, kind)
+            db.execute("INSERT OR IGNORE INTO polled VALUES (?)", (operation_id,))
+        return PolledJob(
+            project_id, sequence, call, bool(cancelled), finishes_at, outcome, error, tuple(values)
+        )
 
-def job_status(
-    cancelled: bool, finishes_at: float, outcome: str, error: str | None, video: Callable[[], bytes]
-) -> JobStatus:
-    """A local job's state as a poll sees it; `video` makes the output once it is done."""
-    if cancelled:
-        return JobStatus(JobState.CANCELLED, error="cancelled")
-    now = time.time()
-    if now < finishes_at:
-        return JobStatus(JobState.RUNNING, eta_seconds=finishes_at - now)
-    if outcome == "failed":
-        return JobStatus(JobState.FAILED, error=error)
-    return JobStatus(JobState.SUCCEEDED, video=video())
+
+@dataclass(frozen=True)
+class PolledJob:
+    """One poll's read of a local job: its scene, the poll's call number, its outcome so far
+    and the inputs it is made from."""
+
+    project_id: str
+    sequence: int
+    call: int
+    cancelled: bool
+    finishes_at: float
+    outcome: str
+    error: str | None
+    inputs: tuple[Any, ...]
+
+    def status(self, video: Callable[[], bytes]) -> JobStatus:
+        """The job's state as the poll answers it; `video` makes the output once it is done."""
+        if self.cancelled:
+            return JobStatus(JobState.CANCELLED, error="cancelled")
+        now = time.time()
+        if now < self.finishes_at:
+            return JobStatus(JobState.RUNNING, eta_seconds=self.finishes_at - now)
+        if self.outcome == "failed":
+            return JobStatus(JobState.FAILED, error=self.error)
+        return JobStatus(JobState.SUCCEEDED, video=video())
 
 
 def append_ledger(
@@ -211,25 +246,14 @@ class LocalVideoProvider:
         return operation_id
 
     def poll(self, operation_id: str) -> JobStatus:
-        with self.jobs.transaction() as db:
-            row = db.execute(
-                "SELECT project_id, sequence, prompt, duration, finishes_at, outcome, error,"
-                " cancelled"
-                " FROM jobs WHERE operation_id = ?",
-                (operation_id,),
-            ).fetchone()
-            if row is None:
-                raise PermanentProviderError(f"local provider: unknown operation {operation_id}")
-            project_id, sequence, prompt, duration, finishes_at, outcome, error, cancelled = row
-            call = LocalJobs.next_call(db, project_id, sequence, "poll")
-            db.execute("INSERT OR IGNORE INTO polled VALUES (?)", (operation_id,))
+        job = self.jobs.poll("jobs", "prompt, duration", operation_id, "poll", "local provider")
+        project_id, sequence, call = job.project_id, job.sequence, job.call
         if self.faults.transient_fault(project_id, sequence, "poll", call):
             raise TransientProviderError("local provider: simulated 500 on poll")
         if self.faults.garbage_fault(project_id, sequence, call):
             json.loads("<html>simulated 200 whose body is not JSON</html>")  # raises, unclassified
-        return job_status(
-            cancelled, finishes_at, outcome, error, lambda: render_clip(prompt, duration)
-        )
+        prompt, duration = job.inputs
+        return job.status(lambda: render_clip(prompt, duration))
 
     def download(self, status: JobStatus) -> bytes:
         if status.video is None:

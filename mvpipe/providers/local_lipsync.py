@@ -20,7 +20,7 @@ from mvpipe.errors import PermanentProviderError, QuotaExceeded, TransientProvid
 from mvpipe.media.meter import draw_on_clip
 from mvpipe.providers.base import JobStatus, LipSyncRequest
 from mvpipe.providers.faults import FaultPlan
-from mvpipe.providers.local import LocalJobs, append_ledger, job_status
+from mvpipe.providers.local import LocalJobs, append_ledger
 from mvpipe.settings import Settings
 
 _SCHEMA = """
@@ -88,22 +88,14 @@ class LocalLipSyncProvider:
         return operation_id
 
     def poll(self, operation_id: str) -> JobStatus:
-        with self.jobs.transaction() as db:
-            row = db.execute(
-                "SELECT project_id, sequence, video, audio, finishes_at, outcome, error, cancelled"
-                " FROM lipsync_jobs WHERE operation_id = ?",
-                (operation_id,),
-            ).fetchone()
-            if row is None:
-                raise PermanentProviderError(f"local lip-sync: unknown operation {operation_id}")
-            project_id, sequence, video, audio, finishes_at, outcome, error, cancelled = row
-            call = LocalJobs.next_call(db, project_id, sequence, "lipsync-poll")
-            db.execute("INSERT OR IGNORE INTO polled VALUES (?)", (operation_id,))
+        job = self.jobs.poll(
+            "lipsync_jobs", "video, audio", operation_id, "lipsync-poll", "local lip-sync"
+        )
+        project_id, sequence, call = job.project_id, job.sequence, job.call
         if self.faults.transient_fault(project_id, sequence, "lipsync-poll", call):
             raise TransientProviderError("local lip-sync: simulated 500 on poll")
-        return job_status(
-            cancelled, finishes_at, outcome, error, lambda: draw_on_clip(bytes(video), bytes(audio))
-        )
+        video, audio = job.inputs
+        return job.status(lambda: draw_on_clip(bytes(video), bytes(audio)))
 
     def download(self, status: JobStatus) -> bytes:
         if status.video is None:
