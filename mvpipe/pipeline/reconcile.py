@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from pydantic import BaseModel, computed_field
@@ -53,6 +54,19 @@ class ReconcileReport(BaseModel):
     @property
     def total(self) -> int:
         return sum(v for k, v in self.__dict__.items() if isinstance(v, int))
+
+
+@dataclass
+class _Pass:
+    """One project's pass: what each repair of its scenes reads and reports to."""
+
+    ctx: Context
+    dispatcher: Dispatcher
+    report: ReconcileReport
+    provider: str
+    #: the project's stored objects by key (garbage collection removes what it deletes)
+    objects: dict[str, StoredObject]
+    now: float
 
 
 def reconcile(
@@ -102,8 +116,8 @@ def _reconcile_project(
     state = ctx.projects.load(project_id)
     project = state.project
     run = project.active_run_id
-    now = time.time()
     objects = {o.key: o for o in ctx.clips.list(f"projects/{project_id}/")}
+    p = _Pass(ctx, dispatcher, report, project.provider, objects, time.time())
     repaired = False
 
     for scene in state.scenes:
@@ -113,23 +127,17 @@ def _reconcile_project(
         in_scope = not project.run_scope or scene.sequence in project.run_scope
         scoped_run = run if in_scope else None
         if scene.status == SceneStatus.COMPLETED:
-            repaired |= _reset_lost_output(ctx, scene, objects, report)
+            repaired |= _reset_lost_output(p, scene)
         elif scene.status == SceneStatus.PROCESSING and stage is not None:
             if not stage.paid:
-                _resume_stage(ctx, dispatcher, scene, scoped_run, project.provider, report)
+                _resume_stage(p, scene, scoped_run)
             elif stage.operation(scene) is None and scene.lease_token is None:
-                repaired |= _resume_paid_stage(
-                    ctx, dispatcher, scene, stage, scoped_run, project.provider, report
-                )
+                repaired |= _resume_paid_stage(p, scene, stage, scoped_run)
             elif stage.operation(scene) is None:
-                repaired |= _repair_lease(
-                    ctx, dispatcher, scene, stage, scoped_run, project.provider, now, report
-                )
+                repaired |= _repair_lease(p, scene, stage, scoped_run)
             else:
-                repaired |= _adopt_operation(
-                    ctx, dispatcher, scene, stage, run, project.provider, objects, report
-                )
-        _collect_garbage(ctx, scene, objects, now, report)
+                repaired |= _adopt_operation(p, scene, stage, run)
+        _collect_garbage(p, scene)
 
     final = project.final_video_key
     gone = final is not None and run is None and final not in objects
@@ -157,87 +165,60 @@ def _sweep_strays(ctx: Context, report: ReconcileReport) -> None:
         report.stray_scenes_deleted += len(strays)
 
 
-def _reset_lost_output(
-    ctx: Context, scene: SceneRecord, objects: dict[str, StoredObject], report: ReconcileReport
-) -> bool:
+def _reset_lost_output(p: _Pass, scene: SceneRecord) -> bool:
     """`completed` while an output it needs is not recorded or its object vanished: clear that
     output and the later ones and go back to `pending`, so a run makes just those again."""
-    lost = lost_output(scene, objects)
+    lost = lost_output(scene, p.objects)
     if lost is None:
         return False
     stage, key = lost
-    if ctx.scenes.reset_outputs(scene.project_id, scene.sequence, stage=stage.fields, key=key):
-        report.missing_clips += 1
+    if p.ctx.scenes.reset_outputs(scene.project_id, scene.sequence, stage=stage.fields, key=key):
+        p.report.missing_clips += 1
         return True
     return False
 
 
-def _resume_stage(
-    ctx: Context,
-    dispatcher: Dispatcher,
-    scene: SceneRecord,
-    run: str | None,
-    provider: str,
-    report: ReconcileReport,
-) -> None:
+def _resume_stage(p: _Pass, scene: SceneRecord, run: str | None) -> None:
     """A `processing` scene between stages (its original recorded, its cut missing) that no
     chain works on: start one chain (never a second) that runs its missing stages."""
-    liveness = ctx.settings.liveness_seconds(provider)
-    if ctx.board.claim_poll_chain(scene.project_id, scene.sequence, liveness):
-        dispatcher.resume(scene.project_id, scene.sequence, run, provider)
-        report.resumed_stages += 1
+    liveness = p.ctx.settings.liveness_seconds(p.provider)
+    if p.ctx.board.claim_poll_chain(scene.project_id, scene.sequence, liveness):
+        p.dispatcher.resume(scene.project_id, scene.sequence, run, p.provider)
+        p.report.resumed_stages += 1
 
 
-def _resume_paid_stage(
-    ctx: Context,
-    dispatcher: Dispatcher,
-    scene: SceneRecord,
-    stage: Stage,
-    run: str | None,
-    provider: str,
-    report: ReconcileReport,
-) -> bool:
+def _resume_paid_stage(p: _Pass, scene: SceneRecord, stage: Stage, run: str | None) -> bool:
     """A `processing` scene between stages whose next stage is paid (its cut made, its
     lip-sync not submitted): only a live run with the scene in its scope may pay for it, so only
     then is it resumed; otherwise (a cancelled run, a regeneration of another scene, a stale
     run about to be taken over) it goes back to `pending` for a user's run."""
-    if run is not None and ctx.board.run_alive(run):
-        _resume_stage(ctx, dispatcher, scene, run, provider, report)
+    if run is not None and p.ctx.board.run_alive(run):
+        _resume_stage(p, scene, run)
         return False
-    if ctx.scenes.reset_waiting(scene.project_id, scene.sequence, stage=stage.fields):
-        report.waiting_scenes_reset += 1
+    if p.ctx.scenes.reset_waiting(scene.project_id, scene.sequence, stage=stage.fields):
+        p.report.waiting_scenes_reset += 1
         return True
     return False
 
 
-def _repair_lease(
-    ctx: Context,
-    dispatcher: Dispatcher,
-    scene: SceneRecord,
-    stage: Stage,
-    run: str | None,
-    provider: str,
-    now: float,
-    report: ReconcileReport,
-) -> bool:
+def _repair_lease(p: _Pass, scene: SceneRecord, stage: Stage, run: str | None) -> bool:
     """A submitter died holding its lease: free the scene, and if its run is still alive and the
     scene is in the run's scope (a regeneration pays for its own scene only), send the scene
     through the pipeline again. A scene still marked alive is not dead: its submitter may be
     redoing the record of a job the provider accepted during a store outage."""
-    if not scene.lease_token or not lease_expired(scene.lease_expires_at, now):
+    if not scene.lease_token or not lease_expired(scene.lease_expires_at, p.now):
         return False
-    if ctx.board.scene_polled(scene.project_id, scene.sequence):
+    if p.ctx.board.scene_polled(scene.project_id, scene.sequence):
         return False
-    if not _expire_lease(ctx, scene, stage, now, report):
+    if not _expire_lease(p, scene, stage):
         return False
-    if run is not None and ctx.board.run_alive(run):
-        dispatcher.resume(scene.project_id, scene.sequence, run, provider)
+    if run is not None and p.ctx.board.run_alive(run):
+        p.dispatcher.resume(scene.project_id, scene.sequence, run, p.provider)
     return True
 
 
-def _expire_lease(
-    ctx: Context, scene: SceneRecord, stage: Stage, now: float, report: ReconcileReport
-) -> bool:
+def _expire_lease(p: _Pass, scene: SceneRecord, stage: Stage) -> bool:
+    ctx, report = p.ctx, p.report
     if scene.value(stage.fields.attempts) >= ctx.settings.max_attempts:
         if ctx.scenes.fail(
             scene.project_id,
@@ -253,7 +234,7 @@ def _expire_lease(
         scene.project_id,
         scene.sequence,
         token=scene.lease_token or "",
-        now=now,
+        now=p.now,
         stage=stage.fields,
     ):
         report.expired_leases += 1
@@ -261,23 +242,15 @@ def _expire_lease(
     return False
 
 
-def _adopt_operation(
-    ctx: Context,
-    dispatcher: Dispatcher,
-    scene: SceneRecord,
-    stage: Stage,
-    run: str | None,
-    provider: str,
-    objects: dict[str, StoredObject],
-    report: ReconcileReport,
-) -> bool:
+def _adopt_operation(p: _Pass, scene: SceneRecord, stage: Stage, run: str | None) -> bool:
     """An operation nobody polls: record its output if it is already stored (the scene goes
     on to its next stage), else poll it once."""
+    ctx, report = p.ctx, p.report
     operation_id = stage.operation(scene) or ""
     if ctx.board.scene_polled(scene.project_id, scene.sequence):
         return False
     key = _operation_output(scene, stage, operation_id)
-    if key is not None and key in objects:
+    if key is not None and key in p.objects:
         if ctx.scenes.complete(
             scene.project_id,
             scene.sequence,
@@ -289,10 +262,10 @@ def _adopt_operation(
             report.recovered_clips += 1
             return True
         return False
-    liveness = ctx.settings.liveness_seconds(provider)
+    liveness = ctx.settings.liveness_seconds(p.provider)
     if ctx.board.claim_poll_chain(scene.project_id, scene.sequence, liveness):
-        dispatcher.resume(
-            scene.project_id, scene.sequence, run, provider, operation_id, stage=stage.name
+        p.dispatcher.resume(
+            scene.project_id, scene.sequence, run, p.provider, operation_id, stage=stage.name
         )
         report.orphaned_polls += 1
     return False
@@ -307,13 +280,7 @@ def _operation_output(scene: SceneRecord, stage: Stage, operation_id: str) -> st
     return None
 
 
-def _collect_garbage(
-    ctx: Context,
-    scene: SceneRecord,
-    objects: dict[str, StoredObject],
-    now: float,
-    report: ReconcileReport,
-) -> None:
+def _collect_garbage(p: _Pass, scene: SceneRecord) -> None:
     """Objects under a scene's prefix other than its recorded clips (and the ones its recorded
     operations and its cut are about to record, and the slot audio of a lip-sync to come),
     past the grace period."""
@@ -326,13 +293,13 @@ def _collect_garbage(
     if LIPSYNC.needed(scene) and scene.lip_synced_clip_key is None:
         live.add(audio_key(scene))
     if scene.clip_key is not None:
-        live.add(cut_key(scene, scene.clip_key, ctx.settings))
-    cutoff = datetime.fromtimestamp(now - ctx.settings.orphan_grace_seconds, UTC)
-    for key, obj in list(objects.items()):
+        live.add(cut_key(scene, scene.clip_key, p.ctx.settings))
+    cutoff = datetime.fromtimestamp(p.now - p.ctx.settings.orphan_grace_seconds, UTC)
+    for key, obj in list(p.objects.items()):
         if key.startswith(prefix) and key not in live and obj.last_modified <= cutoff:
-            ctx.clips.delete(key)
-            del objects[key]
-            report.garbage_deleted += 1
+            p.ctx.clips.delete(key)
+            del p.objects[key]
+            p.report.garbage_deleted += 1
 
 
 def _submission_in_progress(state: ProjectState) -> bool:
