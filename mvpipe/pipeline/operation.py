@@ -520,14 +520,15 @@ class PaidOperation:
         """Record the uploaded output (conditioned on the operation id, so a scene that moved
         on since `scene` was read is not overwritten)."""
         last = scene is not None and is_last(self.stage, scene)
-        if not self.ctx.scenes.complete(
+        written = self.ctx.scenes.complete(
             *self.ids, operation_id=operation_id, clip_key=key, stage=self.fields, last=last
-        ):
+        )
+        if written is None:
             return Step.done("superseded: scene moved on, clip left for garbage collection")
         self.log(f"{self.stage.name} recorded: {key}", operation_id, None)
         if last:
             return self.x.finished("completed")
-        return Step(Next.STAGE, f"{self.stage.name} done")
+        return Step(Next.STAGE, f"{self.stage.name} done", scene=written)
 
     def give_up_polling(self, operation_id: str, crashed: int) -> Step:
         """Polls of this operation crashed `crashed` times in a row (errors we can't classify,
