@@ -106,7 +106,7 @@ class CutRunner:
         """Cut on local disk (a temp dir), upload; returns how many frames were held."""
         with tempfile.TemporaryDirectory(prefix="mvpipe-cut-") as tmp:
             src, dst = Path(tmp) / "original.mp4", Path(tmp) / "working.mp4"
-            src.write_bytes(self.ctx.clips.read(original))
+            src.write_bytes(self.x.uploaded.get(original) or self.ctx.clips.read(original))
             report = cut_clip(src, dst, frames=frames, fmt=fmt)
             failpoints.reached("during_cut")
             self.ctx.clips.put(key, dst.read_bytes())

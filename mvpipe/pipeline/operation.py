@@ -529,6 +529,7 @@ class PaidOperation:
             return self.x.finished("failed")
         key = self.provider.output_key(*self.ids, operation_id)
         ctx.clips.put(key, video)
+        self.x.uploaded[key] = video
         failpoints.reached(f"{self.points}after_upload")
         return self.complete(operation_id, key, scene)
 
