@@ -10,11 +10,12 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from mvpipe import api
-from mvpipe.deps import Context, get_context
+from mvpipe.deps import Context, build_context, get_context
 from mvpipe.devstack.localstack import LocalStack
 from mvpipe.errors import InvalidInput, NotFound
 from mvpipe.models import ProjectStatus, SceneStatus
 from mvpipe.pipeline.reconcile import reconcile
+from mvpipe.settings import get_settings
 from mvpipe.store.scenes import LIP_SYNCED, ORIGINAL, WORKING, Claim, ClaimResult
 from mvpipe.store.table import METADATA, project_pk
 from tests.helpers import assert_invariants, new_project
@@ -108,6 +109,25 @@ def test_a_changed_budget_is_read_again_by_the_claim(ctx: Context) -> None:
     api.set_budget(project_id, 2.0)
     assert claim(ctx, project_id, run_id, 2, "b").outcome == Claim.WON
     assert committed(ctx, project_id) == 2 * PRICE
+
+
+def test_a_claim_on_a_budget_another_process_changed_never_overspends(ctx: Context) -> None:
+    """A claim conditions on the budget its process read last: stale after another process
+    changed it, the store's condition fails, and the claim reads the budget again."""
+    project_id, run_id = new_project(ctx, 3, budget_micros=2 * PRICE)
+    assert claim(ctx, project_id, run_id, 1, "a").outcome == Claim.WON  # remembers $2
+    elsewhere = build_context(get_settings())  # another worker process's clients
+    elsewhere.scenes.budgets.set_budget(project_id, PRICE)
+    lowered = claim(ctx, project_id, run_id, 2, "b")
+    assert lowered.outcome == Claim.OVER_BUDGET
+    assert lowered.detail == "over budget: needs $1.00, $0.00 left of $1.00"
+    assert committed(ctx, project_id) == PRICE
+    elsewhere.scenes.budgets.set_budget(project_id, 3 * PRICE)
+    assert claim(ctx, project_id, run_id, 2, "b").outcome == Claim.WON
+    elsewhere.scenes.budgets.set_budget(project_id, None)
+    assert claim(ctx, project_id, run_id, 3, "c").outcome == Claim.WON
+    assert committed(ctx, project_id) == 3 * PRICE
+    assert_invariants(project_id)
 
 
 @pytest.mark.parametrize("bad", [-1, -0.01, math.nan, math.inf, 1e12, "10", True, [5]])

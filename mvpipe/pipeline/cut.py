@@ -89,23 +89,24 @@ class CutRunner:
                 x.log(f"clip shorter than its slot: held its last frame {held} times", None, None,
                       self.stage.name)  # fmt: skip
         last = is_last(self.stage, scene)
-        if not ctx.scenes.record_output(
+        written = ctx.scenes.record_output(
             x.project_id,
             x.sequence,
             stage=self.stage.fields,
             key=key,
             made_from=(GENERATE.fields.output, original),
             last=last,
-        ):
+        )
+        if written is None:
             return Step.done("superseded: scene moved on, cut left for garbage collection")
         x.log(f"cut recorded: {key} ({frames} frames at {fmt.size}@{fmt.fps})", None, None, "cut")
-        return x.finished("completed") if last else Step(Next.STAGE, "cut done")
+        return x.finished("completed") if last else Step(Next.STAGE, "cut done", scene=written)
 
     def cut(self, original: str, key: str, frames: int, fmt: OutputFormat) -> int:
         """Cut on local disk (a temp dir), upload; returns how many frames were held."""
         with tempfile.TemporaryDirectory(prefix="mvpipe-cut-") as tmp:
             src, dst = Path(tmp) / "original.mp4", Path(tmp) / "working.mp4"
-            src.write_bytes(self.ctx.clips.read(original))
+            src.write_bytes(self.x.uploaded.get(original) or self.ctx.clips.read(original))
             report = cut_clip(src, dst, frames=frames, fmt=fmt)
             failpoints.reached("during_cut")
             self.ctx.clips.put(key, dst.read_bytes())

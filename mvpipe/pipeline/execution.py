@@ -35,6 +35,9 @@ class Execution:
     cost_micros: int | None = None
     #: when the scene's liveness mark set by this execution lapses (monotonic; 0: none set)
     alive_until: float = 0.0
+    #: outputs this execution uploaded (key -> bytes): the next stage, run in the same
+    #: execution, takes its input from here instead of downloading what was just uploaded
+    uploaded: dict[str, bytes] = field(default_factory=dict)
 
     def finished(self, outcome: str) -> Step:
         """The scene reached a final state: count it for the run's re-finalize trigger."""

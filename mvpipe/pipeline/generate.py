@@ -120,11 +120,13 @@ class SceneJob:
             return step
         if stages_run >= MAX_STAGES_PER_STEP:
             return Step(Next.STAGE, step.outcome, 0.0, {}, queue=self.queue)
-        return self.advance(stages_run)
+        return self.advance(stages_run, step.scene)
 
-    def advance(self, stages_run: int = 0) -> Step:
-        """Run the scene's first missing stage, or move to the queue it runs on."""
-        scene = self.ctx.scenes.get(self.x.project_id, self.x.sequence)
+    def advance(self, stages_run: int = 0, scene: SceneRecord | None = None) -> Step:
+        """Run the scene's first missing stage, or move to the queue it runs on. `scene`: the
+        scene as this execution's last write returned it (else it is read)."""
+        if scene is None:
+            scene = self.ctx.scenes.get(self.x.project_id, self.x.sequence)
         if scene is None:
             return Step.done("scene missing")
         self.x.cost_micros = scene.cost_micros

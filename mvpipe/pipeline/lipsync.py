@@ -47,6 +47,9 @@ class LipSync:
     The provider client is built on first use: one that cannot be built (a missing SDK or key)
     is a `ConfigurationError` at submit, which fails the scene with that message."""
 
+    #: the output is cut to the scene's slot
+    reads_scene = True
+
     def __init__(self, ctx: Context) -> None:
         s = ctx.settings
         self.ctx = ctx
@@ -100,9 +103,11 @@ class LipSync:
     def poll(self, operation_id: str) -> JobStatus:
         return self.provider.poll(operation_id)
 
-    def output(self, status: JobStatus, scene: SceneRecord) -> bytes:
+    def output(self, status: JobStatus, scene: SceneRecord | None) -> bytes:
         """The job's video cut to exactly `scene`'s slot frames in the output format; a video
         that cannot be read is the job's permanent failure."""
+        if scene is None:
+            raise ValueError("a lip-sync output is cut to its scene's slot: read the scene")
         video = self.provider.download(status)
         fmt = output_format(self.ctx.settings)
         with tempfile.TemporaryDirectory(prefix="mvpipe-lipsync-") as tmp:

@@ -34,7 +34,7 @@ from mvpipe.errors import (
     TransientProviderError,
 )
 from mvpipe.pipeline.execution import Execution, log
-from mvpipe.pipeline.stages import Stage, is_last
+from mvpipe.pipeline.stages import Stage, is_last, never_last
 from mvpipe.pipeline.steps import LeasePending, Next, RecordPending, Step
 from mvpipe.providers.base import JobState, JobStatus, VideoProvider, VideoRequest
 from mvpipe.providers.classify import describe
@@ -72,6 +72,9 @@ class StageProvider(Protocol):
     poll_seconds: float
     #: how long a poll's liveness mark lasts (longer than the longest gap between polls)
     liveness_seconds: float
+    #: whether `output` needs the scene (lip-sync: its slot); one that does not, of a stage
+    #: that never completes a scene, has its output recorded without reading the scene
+    reads_scene: bool
 
     @property
     def can_cancel(self) -> bool:
@@ -86,10 +89,10 @@ class StageProvider(Protocol):
 
     def poll(self, operation_id: str) -> JobStatus: ...
 
-    def output(self, status: JobStatus, scene: SceneRecord) -> bytes:
-        """The finished job's output for `scene` (as read by the poll) as it is stored (a
-        `PermanentProviderError` when the job's result is unusable). Reads nothing from the
-        store: an outage there is ours, not the provider's."""
+    def output(self, status: JobStatus, scene: SceneRecord | None) -> bytes:
+        """The finished job's output for `scene` (as read by the poll; None when `reads_scene`
+        is False) as it is stored (a `PermanentProviderError` when the job's result is
+        unusable). Reads nothing from the store: an outage there is ours, not the provider's."""
         ...
 
     def cancel(self, operation_id: str) -> bool: ...
@@ -99,6 +102,9 @@ class StageProvider(Protocol):
 
 class VideoGeneration:
     """The generate stage's provider: the project's video model making the original clip."""
+
+    #: the clip is the provider's video as it comes
+    reads_scene = False
 
     def __init__(self, provider: VideoProvider, settings: Settings) -> None:
         self.provider = provider
@@ -127,7 +133,7 @@ class VideoGeneration:
     def poll(self, operation_id: str) -> JobStatus:
         return self.provider.poll(operation_id)
 
-    def output(self, status: JobStatus, scene: SceneRecord) -> bytes:
+    def output(self, status: JobStatus, scene: SceneRecord | None) -> bytes:
         return self.provider.download(status)
 
     def cancel(self, operation_id: str) -> bool:
@@ -430,6 +436,12 @@ class PaidOperation:
             return False
 
     # -- waiting -------------------------------------------------------------------------------
+    @property
+    def reads_scene(self) -> bool:
+        """Whether a finished job's poll reads the scene: for its output, or to know whether
+        the output's write completes the scene."""
+        return self.provider.reads_scene or not never_last(self.stage)
+
     def carry(self) -> dict[str, object]:
         return {"stage": self.stage.name}
 
@@ -470,10 +482,14 @@ class PaidOperation:
         scene: SceneRecord | None = None
         try:
             status = self.provider.poll(operation_id)
-            if status.state == JobState.SUCCEEDED:
+            if status.state == JobState.SUCCEEDED and self.reads_scene:
                 # the one read of the scene for the output and its record (None: it is gone)
                 scene = ctx.scenes.get(*self.ids)
                 video = None if scene is None else self.provider.output(status, scene)
+            elif status.state == JobState.SUCCEEDED:
+                # neither the output nor its record needs the scene: the write returns it (a
+                # scene gone meanwhile fails that write, and the clip is left for collection)
+                video = self.provider.output(status, None)
         except PermanentProviderError as exc:
             status, video = JobStatus(JobState.FAILED, error=str(exc)), None
         except (StoreUnavailable, redis.RedisError):
@@ -513,21 +529,24 @@ class PaidOperation:
             return self.x.finished("failed")
         key = self.provider.output_key(*self.ids, operation_id)
         ctx.clips.put(key, video)
+        self.x.uploaded[key] = video
         failpoints.reached(f"{self.points}after_upload")
         return self.complete(operation_id, key, scene)
 
     def complete(self, operation_id: str, key: str, scene: SceneRecord | None) -> Step:
         """Record the uploaded output (conditioned on the operation id, so a scene that moved
-        on since `scene` was read is not overwritten)."""
+        on since `scene` was read is not overwritten). `scene` None: not read (the stage is
+        never the scene's last)."""
         last = scene is not None and is_last(self.stage, scene)
-        if not self.ctx.scenes.complete(
+        written = self.ctx.scenes.complete(
             *self.ids, operation_id=operation_id, clip_key=key, stage=self.fields, last=last
-        ):
+        )
+        if written is None:
             return Step.done("superseded: scene moved on, clip left for garbage collection")
         self.log(f"{self.stage.name} recorded: {key}", operation_id, None)
         if last:
             return self.x.finished("completed")
-        return Step(Next.STAGE, f"{self.stage.name} done")
+        return Step(Next.STAGE, f"{self.stage.name} done", scene=written)
 
     def give_up_polling(self, operation_id: str, crashed: int) -> Step:
         """Polls of this operation crashed `crashed` times in a row (errors we can't classify,

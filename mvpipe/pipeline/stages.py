@@ -132,6 +132,13 @@ def next_stage(scene: SceneRecord) -> Stage | None:
     return next((s for s in needed_stages(scene) if s.output(scene) is None), None)
 
 
+def never_last(stage: Stage) -> bool:
+    """Whether a stage every scene needs comes after `stage` (the cut after generation): its
+    output's write never completes a scene, whatever the scene holds."""
+    later = STAGES[STAGES.index(stage) + 1 :] if stage in STAGES else ()
+    return any(s.needed is _always for s in later)
+
+
 def is_last(stage: Stage, scene: SceneRecord) -> bool:
     """Whether no stage after `stage` is needed: its output's write completes the scene."""
     later = STAGES[STAGES.index(stage) + 1 :] if stage in STAGES else ()

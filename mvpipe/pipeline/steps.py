@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
+from mvpipe.store.records import SceneRecord
+
 
 class Next(StrEnum):
     DONE = "done"  #: nothing more for this execution
@@ -27,6 +29,9 @@ class Step:
     refinalize: bool = False
     #: the queue the next step runs on (None: where this one ran)
     queue: str | None = None
+    #: the scene as the stage's last write left it: the next stage in this execution starts
+    #: from it without reading the scene again (never carried to another execution)
+    scene: SceneRecord | None = None
 
     @classmethod
     def done(cls, outcome: str, *, refinalize: bool = False) -> Step:

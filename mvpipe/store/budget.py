@@ -85,16 +85,31 @@ def refunded(m: type[ItemBase], micros: int) -> list[Action]:
     return [m.committed_cost_micros.add(-micros)]
 
 
+#: Projects whose last-read budget a process remembers (a bound on memory, not on correctness).
+REMEMBERED_PROJECTS = 1024
+
+
 class BudgetStore:
     def __init__(self, table: Table) -> None:
         self.table = table
         self.m = table.model
+        self._last_read: dict[str, Budget] = {}
 
     def read(self, project_id: str) -> Budget:
         item = self.table.get(project_pk(project_id), METADATA)
         if item is None:
             raise NotFound(f"project {project_id} not found")
-        return Budget.of(item)
+        seen = Budget.of(item)
+        if len(self._last_read) >= REMEMBERED_PROJECTS:
+            self._last_read.clear()
+        self._last_read[project_id] = seen
+        return seen
+
+    def last_read(self, project_id: str) -> Budget | None:
+        """The budget this process last read for the project, unchecked: only a guess for a
+        claim's condition, which the store checks against the real one (a stale guess fails
+        the condition, and the claim reads the budget and tries again)."""
+        return self._last_read.get(project_id)
 
     def set_budget(self, project_id: str, budget_micros: int | None) -> Budget:
         """Set (None: remove) the budget. Never below what is committed already: invariant 9

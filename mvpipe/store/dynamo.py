@@ -100,9 +100,17 @@ class Table:
 
     def update(self, pk: str, sk: str, actions: list[Action], condition: Condition | None) -> bool:
         """One conditional UpdateItem; False when the condition did not hold."""
-        return self._conditional(
-            lambda: self.model(pk, sk).update(actions=actions, condition=condition)
-        )
+        return self.update_item(pk, sk, actions, condition) is not None
+
+    def update_item(
+        self, pk: str, sk: str, actions: list[Action], condition: Condition | None
+    ) -> ItemBase | None:
+        """One conditional UpdateItem; the item as the write left it (its ALL_NEW return, no
+        read needed), None when the condition did not hold."""
+        item = self.model(pk, sk)
+        if not self._conditional(lambda: item.update(actions=actions, condition=condition)):
+            return None
+        return item
 
     def transact(self, build: Callable[[TransactWrite], None]) -> list[str | None] | None:
         """One TransactWriteItems. None on success, else the cancellation code of each part."""

@@ -128,10 +128,13 @@ class SceneStore:
             actions.append(m.generation_started_at.set(utc_now_iso()))
         if price_micros:
             actions.append(m.cost_micros.add(price_micros))
-        seen: budget.Budget | None = None
+        # The budget a claim conditions on: the one this process read last for the project
+        # (every scene of a run claims against the same budget, so most claims read nothing);
+        # a guess the transaction's condition checks, read again below when it fails.
+        seen = self.budgets.last_read(project_id) if price_micros else None
         scene: SceneRecord | None = None
         for _ in range(_BUDGET_READS):
-            if price_micros:
+            if price_micros and seen is None:
                 seen = self.budgets.read(project_id)
 
             def build(tx: TransactWrite, seen: budget.Budget | None = seen) -> None:
@@ -167,6 +170,7 @@ class SceneStore:
             if now_seen.budget_micros == seen.budget_micros and not now_seen.fits(price_micros):
                 return ClaimResult(Claim.OVER_BUDGET, detail=now_seen.over_budget(price_micros))
             # the budget changed (or the committed sum fell) since we read it: price again
+            seen = now_seen
         if scene is not None and _exhausted(scene, stage, max_attempts, now):
             return ClaimResult(Claim.EXHAUSTED, scene.value(stage.attempts))
         return ClaimResult(Claim.NOT_CLAIMABLE)
@@ -291,13 +295,14 @@ class SceneStore:
         clip_key: str,
         stage: StageFields = ORIGINAL,
         last: bool = False,
-    ) -> bool:
+    ) -> SceneRecord | None:
         """Invariant 1: a paid stage's output, written after its upload, by its operation. The
         scene stays `processing` (no lease) while a later stage still needs doing; `last` (no
-        later stage is needed) makes it `completed` in the same write."""
+        later stage is needed) makes it `completed` in the same write. Returns the scene as
+        written (the next stage starts from it, unread), None when the write did not hold."""
         m = self.m
         output, operation, _ = _paid(m, stage)
-        return self._transition(
+        return self._written(
             project_id,
             sequence,
             [
@@ -319,13 +324,14 @@ class SceneStore:
         key: str,
         made_from: tuple[str, str],
         last: bool,
-    ) -> bool:
+    ) -> SceneRecord | None:
         """A free stage's output (the cut), written after its upload, conditioned on the input
-        it was made from (`made_from`: the input's field and key) still being the scene's."""
+        it was made from (`made_from`: the input's field and key) still being the scene's.
+        Returns the scene as written, None when the write did not hold (see `complete`)."""
         m = self.m
         source, source_key = made_from
         output = getattr(m, stage.output)
-        return self._transition(
+        return self._written(
             project_id,
             sequence,
             [output.set(key), *self._finished_stage(last), m.last_error.remove()],
@@ -616,6 +622,26 @@ class SceneStore:
             return [m.status.set(SceneStatus.COMPLETED), m.completed_at.set(utc_now_iso())]
         return [m.status.set(SceneStatus.PROCESSING)]
 
+    def _written(
+        self,
+        project_id: str,
+        sequence: int,
+        actions: list[Action],
+        condition: Condition,
+        *,
+        done: Callable[[SceneRecord], bool],
+    ) -> SceneRecord | None:
+        """`_transition` (without a METADATA part) that returns the scene as the write left it
+        (its ALL_NEW return), or as read when an earlier attempt of this caller had landed."""
+        m = self.m
+        pk, sk = project_pk(project_id), scene_sk(sequence)
+        actions = [*actions, m.updated_at.set(utc_now_iso())]
+        item = self.table.update_item(pk, sk, actions, condition & m.pk.exists())
+        if item is not None:
+            return SceneRecord.from_item(project_id, item)
+        scene = self.get(project_id, sequence)
+        return scene if scene is not None and done(scene) else None
+
     def _transition(
         self,
         project_id: str,
@@ -632,28 +658,27 @@ class SceneStore:
         `clear_final` forgets the project's final video in the same transaction; a refund joins
         the write in one transaction too: the scene's cost and the project's committed sum move
         together (invariant 4)."""
+        if not (clear_final or refund_micros):
+            return self._written(project_id, sequence, actions, condition, done=done) is not None
         m = self.m
         pk, sk = project_pk(project_id), scene_sk(sequence)
         actions = [*actions, m.updated_at.set(utc_now_iso())]
         condition = condition & m.pk.exists()
         if refund_micros:
             actions.append(m.cost_micros.add(-refund_micros))
-        if clear_final or refund_micros:
-            # One METADATA write (a transaction may touch an item only once): every write that
-            # changes a scene's outputs forgets the final video with it (invariant 8).
-            project: list[Action] = []
-            if clear_final:
-                project += [*final_video_cleared(m), m.updated_at.set(utc_now_iso())]
-            if refund_micros:
-                project += budget.refunded(m, refund_micros)
+        # One METADATA write (a transaction may touch an item only once): every write that
+        # changes a scene's outputs forgets the final video with it (invariant 8).
+        project: list[Action] = []
+        if clear_final:
+            project += [*final_video_cleared(m), m.updated_at.set(utc_now_iso())]
+        if refund_micros:
+            project += budget.refunded(m, refund_micros)
 
-            def build(tx: TransactWrite) -> None:
-                tx.update(m(pk, sk), actions=actions, condition=condition)
-                tx.update(m(pk, METADATA), actions=project, condition=m.pk.exists())
+        def build(tx: TransactWrite) -> None:
+            tx.update(m(pk, sk), actions=actions, condition=condition)
+            tx.update(m(pk, METADATA), actions=project, condition=m.pk.exists())
 
-            if self.table.transact(build) is None:
-                return True
-        elif self.table.update(pk, sk, actions, condition):
+        if self.table.transact(build) is None:
             return True
         scene = self.get(project_id, sequence)
         return scene is not None and done(scene)
