@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -110,6 +111,7 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=1.0)
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--size", default="320x180", help="output size of the cut and final video")
+    parser.add_argument("--keep-log", type=Path, help="copy the workers' log here (timelines)")
     args = parser.parse_args()
     quota, latency, k, s = args.quota, args.latency, args.smalls, args.small
     settings = {
@@ -148,6 +150,8 @@ def main() -> None:
             beside_runs = [f.result() for f in small_runs]
             large_together = large_run.result().seconds
         worker.stop()
+        if args.keep_log:
+            shutil.copyfile(workdir / "worker.log", args.keep_log)
         jobs = LocalJobs(Path(stack.env["MVPIPE_LOCAL_STATE"]))
         unpaid = sum(not_paid_once(ledger, p, n) for p, n in sizes.items())
         twice = [double_payments(ledger, jobs, p) for p in sizes]

@@ -12,6 +12,7 @@ import pytest
 
 from mvpipe import api
 from mvpipe.deps import get_context
+from mvpipe.devstack.failpoints import held, release
 from mvpipe.devstack.localstack import LocalStack
 from mvpipe.errors import InvalidInput, NotFound
 from mvpipe.models import ProjectStatus, SceneStatus
@@ -167,6 +168,37 @@ def test_quota_caps_jobs_in_flight(start_workers: StartWorkers) -> None:
     # Waiters were started by the releases that freed their slots, not by their own timers
     # (those fall back after MVPIPE_BACKOFF_MAX, far longer than this project ran).
     assert "woke 1 waiting scene(s)" in workers.service.log_text()
+    assert_invariants(project_id)
+
+
+def test_a_freed_slot_wakes_its_waiter_before_the_releasers_next_stage_ends(
+    start_workers: StartWorkers,
+) -> None:
+    # One slot, two scenes: the second waits, parked. The first's finished poll frees the slot
+    # and goes on to its cut in the same execution, held there. The waiter must be woken by the
+    # release itself, not once that cut is over: its own timed check comes 10 polls of 5 s
+    # later (at most MVPIPE_BACKOFF_MAX), far past this wait.
+    workers = start_workers(
+        local_latency="0.5",
+        provider_concurrency="1",
+        poll_seconds="5",
+        backoff_max="60",
+        failpoints="during_cut=hold",
+    )
+    state_dir = Path(workers.env["MVPIPE_STATE_DIR"])
+    project_id = api.create_project("Hand-over", "First.\nSecond.", scene_count=2)
+    api.run_project(project_id)
+    wait_for(lambda: held(state_dir, "during_cut"), 60, "the first scene's cut to be held")
+    wait_for(
+        lambda: len(generations_per_scene(workers.ledger, project_id)) == 2,
+        30,
+        "the waiter's job accepted while the releaser's cut is held",
+    )
+    assert held(state_dir, "during_cut")  # the releaser's next stage has not finished
+    release(state_dir, "during_cut")
+    view = api.wait_project(project_id, timeout=120)
+    assert view.status == ProjectStatus.COMPLETED
+    assert generations_per_scene(workers.ledger, project_id) == {1: 1, 2: 1}
     assert_invariants(project_id)
 
 

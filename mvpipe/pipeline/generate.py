@@ -50,12 +50,15 @@ class SceneJob:
         provider: str,
         *,
         park: Callable[[], str] | None = None,
+        wake: Callable[[list[str]], object] | None = None,
         queue: str | None = None,
     ) -> None:
         """`park` makes the message that resumes this scene at once when a slot frees for it;
-        `queue` is the queue this execution was delivered on (None: run every stage here)."""
+        `wake` sends the parked messages a release of this scene hands back (None: they wait
+        in `wakes`); `queue` is the queue this execution was delivered on (None: run every
+        stage here)."""
         self.ctx = ctx
-        self.x = Execution(ctx, project_id, sequence, run_id, provider, park=park)
+        self.x = Execution(ctx, project_id, sequence, run_id, provider, park=park, wake=wake)
         self.queue = queue
 
     @property

@@ -89,6 +89,11 @@ def generate_scene(
         "release": release,
     }
     ctx = get_context()
+
+    def wake(woken: list[str]) -> None:
+        sent = dispatcher.wake(woken)
+        log.info("slot freed by %s/%s: woke %d waiting scene(s)", project_id, sequence, sent)
+
     job = SceneJob(
         ctx,
         project_id,
@@ -96,6 +101,7 @@ def generate_scene(
         run_id,
         provider,
         park=lambda: dispatcher.parked(self.next_step({**FRESH, **_stage(stage), "copy": WOKEN})),
+        wake=wake,
         queue=_kept_queue(self),
     )
     try:
@@ -133,9 +139,7 @@ def generate_scene(
             raise self.outage_retry(exc, kwargs, outages) from None
         return _gave_up(project_id, sequence, exc)
     finally:
-        if job.wakes:
-            woken = dispatcher.wake(job.wakes)
-            log.info("slot freed by %s/%s: woke %d waiting scene(s)", project_id, sequence, woken)
+        job.x.send_wakes()  # a safety net: each release sends its own at once
     if step is None:
         raise Ignore()
     if step.next == Next.DONE:
