@@ -16,6 +16,7 @@ from mvpipe.devstack.failpoints import held, release
 from mvpipe.devstack.localstack import LocalStack
 from mvpipe.errors import InvalidInput, NotFound
 from mvpipe.models import ProjectStatus, SceneStatus
+from mvpipe.providers.limiter import slot_member
 from mvpipe.providers.local import LocalJobs
 from mvpipe.providers.render import probe_clip
 from tests.conftest import Workers
@@ -200,6 +201,40 @@ def test_a_freed_slot_wakes_its_waiter_before_the_releasers_next_stage_ends(
     assert view.status == ProjectStatus.COMPLETED
     assert generations_per_scene(workers.ledger, project_id) == {1: 1, 2: 1}
     assert_invariants(project_id)
+
+
+def test_a_slot_freed_for_another_project_starts_its_job_before_the_releasers_cut(
+    start_workers: StartWorkers,
+) -> None:
+    # One worker process, one slot. A large project's scene holds the slot; a small project's
+    # scene waits, parked. The finished poll frees the slot for the small project: its
+    # newcomer's submission must run before the releaser's cut (queued behind the wake-up),
+    # not after it, inline in the releasing execution.
+    workers = start_workers(
+        concurrency=1,
+        local_latency="4",
+        provider_concurrency="1",
+        poll_seconds="5",
+        backoff_max="60",
+    )
+    ctx = get_context()
+    large = api.create_project("Large", "First.", scene_count=1)
+    small = api.create_project("Small", "Second.", scene_count=1)
+    api.run_project(large)
+    wait_for(lambda: ledger(workers.ledger, large), 60, "the large project's job accepted")
+    api.run_project(small)
+    wait_for(
+        lambda: ctx.limiter.snapshot("local").parked == {slot_member(small, 1)},
+        60,
+        "the small project's scene parked in line",
+    )
+    for project_id in (large, small):
+        assert api.wait_project(project_id, timeout=120).status == ProjectStatus.COMPLETED
+    log = workers.service.log_text()
+    started = log.index(f"lease won project={small} ")
+    assert started < log.index(f"cut recorded: projects/{large}/")
+    assert generations_per_scene(workers.ledger, small) == {1: 1}
+    assert generations_per_scene(workers.ledger, large) == {1: 1}
 
 
 def test_bad_input_to_every_api_function_is_typed_and_writes_nothing(stack: LocalStack) -> None:

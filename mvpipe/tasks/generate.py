@@ -90,9 +90,10 @@ def generate_scene(
     }
     ctx = get_context()
 
-    def wake(woken: list[str]) -> None:
+    def wake(woken: list[str]) -> bool:
         sent = dispatcher.wake(woken)
         log.info("slot freed by %s/%s: woke %d waiting scene(s)", project_id, sequence, sent)
+        return any(dispatcher.parked_project(m) != project_id for m in woken)
 
     job = SceneJob(
         ctx,
