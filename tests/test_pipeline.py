@@ -203,38 +203,39 @@ def test_a_freed_slot_wakes_its_waiter_before_the_releasers_next_stage_ends(
     assert_invariants(project_id)
 
 
-def test_a_slot_freed_for_another_project_starts_its_job_before_the_releasers_cut(
+def test_slots_freed_for_another_project_start_its_jobs_before_the_releasers_cuts(
     start_workers: StartWorkers,
 ) -> None:
-    # One worker process, one slot. A large project's scene holds the slot; a small project's
-    # scene waits, parked. The finished poll frees the slot for the small project: its
-    # newcomer's submission must run before the releaser's cut (queued behind the wake-up),
-    # not after it, inline in the releasing execution.
+    # One worker process, two slots. A large project's two scenes hold them; a small project's
+    # two scenes wait, parked. Each finished poll frees a slot for the small project: the
+    # newcomers' submissions must both run before the releasers' cuts (queued behind every
+    # wake-up), not inline in the releasing executions nor in turn with the wake-ups.
     workers = start_workers(
         concurrency=1,
         local_latency="4",
-        provider_concurrency="1",
+        provider_concurrency="2",
         poll_seconds="5",
         backoff_max="60",
     )
     ctx = get_context()
-    large = api.create_project("Large", "First.", scene_count=1)
-    small = api.create_project("Small", "Second.", scene_count=1)
+    large = api.create_project("Large", "First.\nSecond.", scene_count=2)
+    small = api.create_project("Small", "Third.\nFourth.", scene_count=2)
     api.run_project(large)
-    wait_for(lambda: ledger(workers.ledger, large), 60, "the large project's job accepted")
+    wait_for(lambda: len(ledger(workers.ledger, large)) == 2, 60, "the large project's jobs")
     api.run_project(small)
+    waiting = {slot_member(small, 1), slot_member(small, 2)}
     wait_for(
-        lambda: ctx.limiter.snapshot("local").parked == {slot_member(small, 1)},
+        lambda: ctx.limiter.snapshot("local").parked == waiting,
         60,
-        "the small project's scene parked in line",
+        "the small project's scenes parked in line",
     )
     for project_id in (large, small):
         assert api.wait_project(project_id, timeout=120).status == ProjectStatus.COMPLETED
     log = workers.service.log_text()
-    started = log.index(f"lease won project={small} ")
-    assert started < log.index(f"cut recorded: projects/{large}/")
-    assert generations_per_scene(workers.ledger, small) == {1: 1}
-    assert generations_per_scene(workers.ledger, large) == {1: 1}
+    started = [log.index(f"lease won project={small} sequence={n} ") for n in (1, 2)]
+    assert max(started) < log.index(f"cut recorded: projects/{large}/")
+    assert generations_per_scene(workers.ledger, small) == {1: 1, 2: 1}
+    assert generations_per_scene(workers.ledger, large) == {1: 1, 2: 1}
 
 
 def test_bad_input_to_every_api_function_is_typed_and_writes_nothing(stack: LocalStack) -> None:

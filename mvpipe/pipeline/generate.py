@@ -126,7 +126,7 @@ class SceneJob:
             return step
         if self.x.handed_over:
             self.mark_queued()
-            return Step(Next.STAGE, step.outcome, 0.0, {}, queue=self.queue)
+            return Step(Next.STAGE, step.outcome, 0.0, {}, queue=self.queue, behind=True)
         if stages_run >= MAX_STAGES_PER_STEP:
             return Step(Next.STAGE, step.outcome, 0.0, {}, queue=self.queue)
         return self.advance(stages_run)

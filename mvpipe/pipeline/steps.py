@@ -27,6 +27,8 @@ class Step:
     refinalize: bool = False
     #: the queue the next step runs on (None: where this one ran)
     queue: str | None = None
+    #: the next step waits until its queue holds nothing else (the wake-ups this step sent)
+    behind: bool = False
 
     @classmethod
     def done(cls, outcome: str, *, refinalize: bool = False) -> Step:

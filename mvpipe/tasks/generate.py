@@ -159,7 +159,12 @@ def generate_scene(
         "cost_usd": micros_to_usd(job.cost_micros),  # None until this execution knows it
     }
     raise self.rerun_later(
-        WAITING_STATES[step.next], step.countdown, carry, progress, queue=step.queue
+        WAITING_STATES[step.next],
+        step.countdown,
+        carry,
+        progress,
+        queue=step.queue,
+        behind=step.behind,
     )
 
 
