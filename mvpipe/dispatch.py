@@ -72,6 +72,16 @@ class CeleryDispatcher:
         """A task message kept in Redis until a freed provider slot wakes it (JSON only)."""
         return json.dumps(dict(message), separators=(",", ":"))
 
+    @staticmethod
+    def parked_project(message: str) -> str | None:
+        """The project whose scene a parked message resumes (`generate_scene`'s first
+        argument; None when the message does not say)."""
+        try:
+            args = json.loads(message).get("args") or []
+        except (ValueError, AttributeError):
+            return None
+        return str(args[0]) if args else None
+
     def wake(self, parked: Iterable[str]) -> int:
         """Send parked messages now; a lost one only delays its scene to its own timed check."""
         sent = 0

@@ -12,9 +12,11 @@ import pytest
 
 from mvpipe import api
 from mvpipe.deps import get_context
+from mvpipe.devstack.failpoints import held, release
 from mvpipe.devstack.localstack import LocalStack
 from mvpipe.errors import InvalidInput, NotFound
 from mvpipe.models import ProjectStatus, SceneStatus
+from mvpipe.providers.limiter import slot_member
 from mvpipe.providers.local import LocalJobs
 from mvpipe.providers.render import probe_clip
 from tests.conftest import Workers
@@ -168,6 +170,72 @@ def test_quota_caps_jobs_in_flight(start_workers: StartWorkers) -> None:
     # (those fall back after MVPIPE_BACKOFF_MAX, far longer than this project ran).
     assert "woke 1 waiting scene(s)" in workers.service.log_text()
     assert_invariants(project_id)
+
+
+def test_a_freed_slot_wakes_its_waiter_before_the_releasers_next_stage_ends(
+    start_workers: StartWorkers,
+) -> None:
+    # One slot, two scenes: the second waits, parked. The first's finished poll frees the slot
+    # and goes on to its cut in the same execution, held there. The waiter must be woken by the
+    # release itself, not once that cut is over: its own timed check comes 10 polls of 5 s
+    # later (at most MVPIPE_BACKOFF_MAX), far past this wait.
+    workers = start_workers(
+        local_latency="0.5",
+        provider_concurrency="1",
+        poll_seconds="5",
+        backoff_max="60",
+        failpoints="during_cut=hold",
+    )
+    state_dir = Path(workers.env["MVPIPE_STATE_DIR"])
+    project_id = api.create_project("Hand-over", "First.\nSecond.", scene_count=2)
+    api.run_project(project_id)
+    wait_for(lambda: held(state_dir, "during_cut"), 60, "the first scene's cut to be held")
+    wait_for(
+        lambda: len(generations_per_scene(workers.ledger, project_id)) == 2,
+        30,
+        "the waiter's job accepted while the releaser's cut is held",
+    )
+    assert held(state_dir, "during_cut")  # the releaser's next stage has not finished
+    release(state_dir, "during_cut")
+    view = api.wait_project(project_id, timeout=120)
+    assert view.status == ProjectStatus.COMPLETED
+    assert generations_per_scene(workers.ledger, project_id) == {1: 1, 2: 1}
+    assert_invariants(project_id)
+
+
+def test_slots_freed_for_another_project_start_its_jobs_before_the_releasers_cuts(
+    start_workers: StartWorkers,
+) -> None:
+    # One worker process, two slots. A large project's two scenes hold them; a small project's
+    # two scenes wait, parked. Each finished poll frees a slot for the small project: the
+    # newcomers' submissions must both run before the releasers' cuts (queued behind every
+    # wake-up), not inline in the releasing executions nor in turn with the wake-ups.
+    workers = start_workers(
+        concurrency=1,
+        local_latency="4",
+        provider_concurrency="2",
+        poll_seconds="5",
+        backoff_max="60",
+    )
+    ctx = get_context()
+    large = api.create_project("Large", "First.\nSecond.", scene_count=2)
+    small = api.create_project("Small", "Third.\nFourth.", scene_count=2)
+    api.run_project(large)
+    wait_for(lambda: len(ledger(workers.ledger, large)) == 2, 60, "the large project's jobs")
+    api.run_project(small)
+    waiting = {slot_member(small, 1), slot_member(small, 2)}
+    wait_for(
+        lambda: ctx.limiter.snapshot("local").parked == waiting,
+        60,
+        "the small project's scenes parked in line",
+    )
+    for project_id in (large, small):
+        assert api.wait_project(project_id, timeout=120).status == ProjectStatus.COMPLETED
+    log = workers.service.log_text()
+    started = [log.index(f"lease won project={small} sequence={n} ") for n in (1, 2)]
+    assert max(started) < log.index(f"cut recorded: projects/{large}/")
+    assert generations_per_scene(workers.ledger, small) == {1: 1, 2: 1}
+    assert generations_per_scene(workers.ledger, large) == {1: 1, 2: 1}
 
 
 def test_bad_input_to_every_api_function_is_typed_and_writes_nothing(stack: LocalStack) -> None:

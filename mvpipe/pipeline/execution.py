@@ -29,8 +29,14 @@ class Execution:
     provider: str
     #: makes the message that resumes this scene at once when a quota slot frees for it
     park: Callable[[], str] | None = None
-    #: parked messages of waiting scenes this execution's released slots entitle to run
+    #: sends the parked messages of woken scenes and says whether one of them is another
+    #: project's (None: they stay in `wakes` for the caller)
+    wake: Callable[[list[str]], bool] | None = None
+    #: parked messages of waiting scenes this execution's released slots entitle to run, not
+    #: sent yet
     wakes: list[str] = field(default_factory=list)
+    #: a slot this execution freed went to another project's waiting scene
+    handed_over: bool = False
     #: what the scene has cost so far, once this execution knows it (task meta)
     cost_micros: int | None = None
     #: when the scene's liveness mark set by this execution lapses (monotonic; 0: none set)
@@ -46,6 +52,19 @@ class Execution:
         return Step.done(
             outcome, refinalize=self.ctx.board.scene_finished(self.run_id, self.sequence)
         )
+
+    def hand_on(self, woken: list[str]) -> None:
+        """A release handed back the wake-ups of the waiters its slot now belongs to: sent at
+        once, so a woken scene starts while this execution still uploads and runs its next
+        stage (the cut) rather than after it."""
+        self.wakes.extend(woken)
+        self.send_wakes()
+
+    def send_wakes(self) -> None:
+        """Send the wake-ups not sent yet (also the task's last act, whatever happened)."""
+        if self.wakes and self.wake is not None:
+            woken, self.wakes = self.wakes, []
+            self.handed_over = self.wake(woken) or self.handed_over
 
     def touch(self, seconds: float) -> None:
         """This scene is being worked on: reconcile must not start a second chain for it.

@@ -50,12 +50,15 @@ class SceneJob:
         provider: str,
         *,
         park: Callable[[], str] | None = None,
+        wake: Callable[[list[str]], bool] | None = None,
         queue: str | None = None,
     ) -> None:
         """`park` makes the message that resumes this scene at once when a slot frees for it;
-        `queue` is the queue this execution was delivered on (None: run every stage here)."""
+        `wake` sends the parked messages a release of this scene hands back, True when one is
+        another project's scene (None: they wait in `wakes`); `queue` is the queue this
+        execution was delivered on (None: run every stage here)."""
         self.ctx = ctx
-        self.x = Execution(ctx, project_id, sequence, run_id, provider, park=park)
+        self.x = Execution(ctx, project_id, sequence, run_id, provider, park=park, wake=wake)
         self.queue = queue
 
     @property
@@ -115,12 +118,24 @@ class SceneJob:
         return self.then(self.paid(GENERATE).submit(scene))
 
     def then(self, step: Step, stages_run: int = 1) -> Step:
-        """A stage finished its output: go on with the scene's next stage."""
+        """A stage finished its output: go on with the scene's next stage. Not here when this
+        execution freed a slot for another project's scene: the next stage is queued behind
+        that scene's wake-up, so a worker starts the newcomer's job before this scene's cut
+        (a small project is not kept behind the media work of a large one's finished jobs)."""
         if step.next != Next.STAGE:
             return step
+        if self.x.handed_over:
+            self.mark_queued()
+            return Step(Next.STAGE, step.outcome, 0.0, {}, queue=self.queue, behind=True)
         if stages_run >= MAX_STAGES_PER_STEP:
             return Step(Next.STAGE, step.outcome, 0.0, {}, queue=self.queue)
         return self.advance(stages_run, step.scene)
+
+    def mark_queued(self) -> None:
+        """Marked alive so reconcile leaves the scene to this chain while its next stage waits
+        in line (however long the queue's backlog); the stage itself marks it again."""
+        s = self.ctx.settings
+        self.x.touch(max(s.liveness_seconds(self.x.provider), s.stage_queue_seconds))
 
     def advance(self, stages_run: int = 0, scene: SceneRecord | None = None) -> Step:
         """Run the scene's first missing stage, or move to the queue it runs on. `scene`: the
@@ -136,10 +151,7 @@ class SceneJob:
         if stage is None:
             return self.x.finished(f"already {scene.status}")
         if self.queue is not None and stage.queue != self.queue:
-            # Marked alive so reconcile leaves the scene to this chain while it waits in line
-            # (however long the other queue's backlog); the stage itself marks it again.
-            s = self.ctx.settings
-            self.x.touch(max(s.liveness_seconds(self.x.provider), s.stage_queue_seconds))
+            self.mark_queued()
             carry = {"stage": stage.name}
             return Step(Next.STAGE, f"queued for {stage.name}", 0.0, carry, queue=stage.queue)
         if not stage.paid:

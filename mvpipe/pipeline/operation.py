@@ -580,13 +580,13 @@ class PaidOperation:
         )
 
     def release_slot(self) -> None:
-        self.x.wakes.extend(
+        self.x.hand_on(
             self.ctx.limiter.release(self.provider.pool, self.member, limit=self.provider.limit)
         )
 
     def leave_line(self) -> None:
         """A waiter of a cancelled run gives its place in line to the next live one."""
-        self.x.wakes.extend(
+        self.x.hand_on(
             self.ctx.limiter.leave(self.provider.pool, self.member, limit=self.provider.limit)
         )
 

@@ -32,6 +32,8 @@ class Step:
     #: the scene as the stage's last write left it: the next stage in this execution starts
     #: from it without reading the scene again (never carried to another execution)
     scene: SceneRecord | None = None
+    #: the next step waits until its queue holds nothing else (the wake-ups this step sent)
+    behind: bool = False
 
     @classmethod
     def done(cls, outcome: str, *, refinalize: bool = False) -> Step:

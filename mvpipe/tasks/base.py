@@ -19,6 +19,10 @@ from mvpipe.states import backoff_seconds
 dispatcher = CeleryDispatcher(app)
 log = logging.getLogger("mvpipe.tasks")
 
+#: The Redis transport's priority (0 comes first) of a step queued behind other work: a scene's
+#: next stage deferred so the scenes its freed slot woke start first (`Step.behind`).
+BEHIND_PRIORITY = 6
+
 
 class MvpipeTask(Task):
     """Tasks that retry only on purpose: `max_retries=None` (polling must not be capped)."""
@@ -45,12 +49,18 @@ class MvpipeTask(Task):
         return self.retry(exc=cause, countdown=countdown, kwargs=kwargs, throw=False)
 
     def next_step(
-        self, kwargs: dict[str, Any], countdown: float | None = None, queue: str | None = None
+        self,
+        kwargs: dict[str, Any],
+        countdown: float | None = None,
+        queue: str | None = None,
+        *,
+        behind: bool = False,
     ) -> Signature:
         """This task's next message: same id, chord and group (as a retry's), new kwargs; on
-        `queue` when given (a scene moving to its next stage), else where this one came from."""
+        `queue` when given (a scene moving to its next stage), else where this one came from.
+        `behind`: fetched only when its queue holds no other message (`BEHIND_PRIORITY`)."""
         request = self.request
-        return self.signature_from_request(
+        message = self.signature_from_request(
             request,
             tuple(request.args or ()),
             {**(request.kwargs or {}), **kwargs},
@@ -58,6 +68,8 @@ class MvpipeTask(Task):
             countdown=countdown,
             retries=request.retries + 1,
         )
+        # Set every time: a message would otherwise inherit the priority it was delivered with.
+        return message.set(priority=BEHIND_PRIORITY if behind else 0)
 
     def delivered_on(self) -> str | None:
         """The queue this execution's message came from (None when not known)."""
@@ -72,6 +84,8 @@ class MvpipeTask(Task):
         kwargs: dict[str, Any],
         progress: dict[str, Any],
         queue: str | None = None,
+        *,
+        behind: bool = False,
     ) -> Ignore:
         """Queue this task's next step after `countdown`, and show `state` until it runs.
 
@@ -80,7 +94,7 @@ class MvpipeTask(Task):
         WAITING_FOR_SLOT, ...) with `progress` as its meta: a `task-<state>` event for Flower and
         the same meta in the result backend. Only the final step returns a result to the chord.
         """
-        self.next_step(kwargs, countdown, queue).apply_async()
+        self.next_step(kwargs, countdown, queue, behind=behind).apply_async()
         try:  # progress is for people: it must never fail a step already queued
             self.update_state(state=state, meta=progress)
             self.send_event(f"task-{state.lower()}", retry=False, **progress)

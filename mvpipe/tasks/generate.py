@@ -89,6 +89,12 @@ def generate_scene(
         "release": release,
     }
     ctx = get_context()
+
+    def wake(woken: list[str]) -> bool:
+        sent = dispatcher.wake(woken)
+        log.info("slot freed by %s/%s: woke %d waiting scene(s)", project_id, sequence, sent)
+        return any(dispatcher.parked_project(m) != project_id for m in woken)
+
     job = SceneJob(
         ctx,
         project_id,
@@ -96,6 +102,7 @@ def generate_scene(
         run_id,
         provider,
         park=lambda: dispatcher.parked(self.next_step({**FRESH, **_stage(stage), "copy": WOKEN})),
+        wake=wake,
         queue=_kept_queue(self),
     )
     try:
@@ -133,9 +140,7 @@ def generate_scene(
             raise self.outage_retry(exc, kwargs, outages) from None
         return _gave_up(project_id, sequence, exc)
     finally:
-        if job.wakes:
-            woken = dispatcher.wake(job.wakes)
-            log.info("slot freed by %s/%s: woke %d waiting scene(s)", project_id, sequence, woken)
+        job.x.send_wakes()  # a safety net: each release sends its own at once
     if step is None:
         raise Ignore()
     if step.next == Next.DONE:
@@ -154,7 +159,12 @@ def generate_scene(
         "cost_usd": micros_to_usd(job.cost_micros),  # None until this execution knows it
     }
     raise self.rerun_later(
-        WAITING_STATES[step.next], step.countdown, carry, progress, queue=step.queue
+        WAITING_STATES[step.next],
+        step.countdown,
+        carry,
+        progress,
+        queue=step.queue,
+        behind=step.behind,
     )
 
 
