@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 from common import bench_stack, record, summary, table, warm_up, workers
-from cpuprofile import components, sampled
+from cpuprofile import WAITING, components, sampled
 
 from mvpipe import api
 
@@ -142,6 +142,8 @@ def _by_component(samples: Path, cpu_per_scene: float) -> str:
     """The pipeline worker's CPU per scene by component (py-spy samples' shares of it)."""
     rows = [
         (name, f"{share * 100:.1f} %", f"{share * cpu_per_scene * 1000:.2f} ms", str(count))
+        if name != WAITING
+        else (name, "", "", str(count))
         for name, share, count in components(samples)
     ]
     header = ("component", "share", "per scene", "samples")
