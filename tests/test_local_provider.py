@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import os
+import threading
 from pathlib import Path
 
 import av
@@ -13,7 +15,7 @@ import pytest
 
 from mvpipe.errors import PermanentProviderError, QuotaExceeded, TransientProviderError
 from mvpipe.providers.base import Brief, JobState, VideoRequest
-from mvpipe.providers.local import LocalPlanner, LocalVideoProvider
+from mvpipe.providers.local import LocalJobs, LocalPlanner, LocalVideoProvider
 from mvpipe.providers.render import probe_clip, render_clip
 from mvpipe.settings import Settings
 from tests.helpers import wait_for
@@ -127,3 +129,42 @@ def test_a_rendered_clip_drifts_smoothly_and_each_scene_has_its_own_look() -> No
     assert max(steps) < 2.0, max(steps)
     assert float(np.abs(frames[48] - frames[0]).mean()) > 10  # it does move
     assert cut > 10 * max(steps), (cut, max(steps))
+
+
+def test_the_job_store_keeps_one_connection_per_thread_and_process(tmp_path: Path) -> None:
+    """Transactions reuse their thread's connection (opening one per call cost ~0.8 ms of CPU);
+    a failed one is rolled back and leaves it usable; another thread and a forked child each
+    open their own, and every process sees the others' commits."""
+    jobs = LocalJobs(tmp_path / "jobs.sqlite3")
+    with jobs.transaction() as first:
+        LocalJobs.next_call(first, "p", 1, "submit")
+    with pytest.raises(RuntimeError), jobs.transaction() as db:
+        LocalJobs.next_call(db, "p", 1, "submit")
+        raise RuntimeError("the caller failed mid-transaction")
+    with jobs.transaction() as again:
+        assert again is first
+        assert LocalJobs.next_call(again, "p", 1, "submit") == 2  # the failed call rolled back
+
+    def in_thread() -> None:
+        with jobs.transaction() as db:
+            assert db is not first
+            LocalJobs.next_call(db, "p", 1, "submit")
+
+    thread = threading.Thread(target=in_thread)
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive()
+
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through its exit code
+        ok = False
+        try:
+            with jobs.transaction() as db:
+                ok = db is not first and LocalJobs.next_call(db, "p", 1, "submit") == 4
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    with jobs.transaction() as db:
+        assert db is first
+        assert LocalJobs.next_call(db, "p", 1, "submit") == 5

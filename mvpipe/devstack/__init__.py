@@ -2,7 +2,8 @@
 
 - `localstack`: starts redis-server, the local state server, Celery workers, beat and Flower as
   processes (the demo, `mvpipe stack`, the tests and the benchmarks use it).
-- `state_server`: moto's DynamoDB and S3 in server mode, serialized, with item-level rollback.
+- `state_server`: moto's DynamoDB and S3 in server mode, serialized, with item-level rollback
+  and kept-alive connections.
 - `failpoints`: named points where a drill kills or holds a worker (inert unless
   `MVPIPE_FAILPOINTS` names them).
 - `drills`: healing a drilled project and counting paid generations from the provider's ledger.
