@@ -27,6 +27,7 @@ from mvpipe.pipeline.stages import GENERATE
 from mvpipe.pipeline.steps import LeasePending, Next, RecordPending
 from mvpipe.providers.base import JobState, JobStatus, VideoRequest
 from mvpipe.providers.limiter import QuotaLimiter, slot_member
+from mvpipe.providers.render import render_clip
 from mvpipe.runboard import RunBoard
 from mvpipe.settings import get_settings
 from mvpipe.store.records import SceneRecord
@@ -741,6 +742,9 @@ def test_a_late_duplicate_poll_of_a_recorded_generation_leaves_the_lip_sync_leas
     generation = "op"  # the operation whose clip `waiting_for_lip_sync` recorded
     m = ctx.table.model
     ctx.table.update(project_pk(project_id), scene_sk(2), [m.operation_id.set(generation)], None)
+    working = ctx.scenes.get(project_id, 2)
+    assert working is not None and working.working_clip_key is not None
+    ctx.clips.put(working.working_clip_key, render_clip("the cut", 2.5))  # a real cut to sync
     owner = uuid.uuid4().hex
     won = claim(ctx, project_id, run_id, owner, 2, stage=LIP_SYNCED, requires=WORKING.output)
     assert won == Claim.WON
@@ -751,6 +755,7 @@ def test_a_late_duplicate_poll_of_a_recorded_generation_leaves_the_lip_sync_leas
     # Then the lip-sync stays the owner's: its lease is not stripped, nobody claims it again
     scene = ctx.scenes.get(project_id, 2)
     assert scene is not None
+    assert scene.lip_sync_operation_id is None, "a second lip-sync job was submitted"
     assert scene.lease_token == owner and scene.lip_sync_attempts == 1, scene.last_error
     assert scene.status == SceneStatus.PROCESSING, scene.last_error
     # and the owner's job is recorded as the scene's
