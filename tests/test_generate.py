@@ -27,6 +27,7 @@ from mvpipe.pipeline.stages import GENERATE
 from mvpipe.pipeline.steps import LeasePending, Next, RecordPending
 from mvpipe.providers.base import JobState, JobStatus, VideoRequest
 from mvpipe.providers.limiter import QuotaLimiter, slot_member
+from mvpipe.providers.render import render_clip
 from mvpipe.runboard import RunBoard
 from mvpipe.settings import get_settings
 from mvpipe.store.records import SceneRecord
@@ -728,3 +729,37 @@ def test_a_refused_submit_whose_fail_reply_was_lost_fails_the_scene_refunded_onc
     scene = scenes.get(project_id, 1)
     assert scene is not None and scene.status == SceneStatus.FAILED and scene.cost_micros == 0
     assert scene.last_error is not None and "400 bad prompt" in scene.last_error
+
+
+def test_a_late_duplicate_poll_of_a_recorded_generation_leaves_the_lip_sync_lease_alone(
+    ctx: Context, provider: Misbehaving
+) -> None:
+    # Given a lip-synced scene whose generation is recorded (its operation kept on the scene),
+    # its cut made, and its lip-sync claimed by a live execution that is submitting right now
+    project_id = waiting_for_lip_sync(ctx)
+    run_id = str(uuid.uuid4())
+    assert ctx.projects.win_run(project_id, run_id, ProjectStatus.PROCESSING) == run_id
+    generation = "op"  # the operation whose clip `waiting_for_lip_sync` recorded
+    m = ctx.table.model
+    ctx.table.update(project_pk(project_id), scene_sk(2), [m.operation_id.set(generation)], None)
+    working = ctx.scenes.get(project_id, 2)
+    assert working is not None and working.working_clip_key is not None
+    ctx.clips.put(working.working_clip_key, render_clip("the cut", 2.5))  # a real cut to sync
+    owner = uuid.uuid4().hex
+    won = claim(ctx, project_id, run_id, owner, 2, stage=LIP_SYNCED, requires=WORKING.output)
+    assert won == Claim.WON
+    # When a late duplicate of a poll of that generation runs (a redelivered message, or a
+    # chain reconcile resumed while the first one sat in a backlog) and finds the job done
+    provider.answer = JobStatus(JobState.SUCCEEDED, video=b"the paid clip")
+    SceneJob(ctx, project_id, 2, run_id, "local").step(generation)
+    # Then the lip-sync stays the owner's: its lease is not stripped, nobody claims it again
+    scene = ctx.scenes.get(project_id, 2)
+    assert scene is not None
+    assert scene.lip_sync_operation_id is None, "a second lip-sync job was submitted"
+    assert scene.lease_token == owner and scene.lip_sync_attempts == 1, scene.last_error
+    assert scene.status == SceneStatus.PROCESSING, scene.last_error
+    # and the owner's job is recorded as the scene's
+    recorded = ctx.scenes.record_operation(
+        project_id, 2, token=owner, operation_id="lip-op", run_id=run_id, stage=LIP_SYNCED
+    )
+    assert recorded == Claim.WON

@@ -311,7 +311,11 @@ class SceneStore:
                 *self._no_lease(),
                 m.last_error.remove(),
             ],
-            (operation == operation_id) & (m.status == SceneStatus.PROCESSING),
+            # once recorded, never again: a late duplicate poll of the same operation would
+            # strip the next stage's live lease and let a second job of it be claimed
+            (operation == operation_id)
+            & output.does_not_exist()
+            & (m.status == SceneStatus.PROCESSING),
             done=lambda s: s.value(stage.output) == clip_key,
         )
 
