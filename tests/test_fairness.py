@@ -13,6 +13,7 @@ from mvpipe.providers.fairness import (
     allot,
     check_lines,
     joined,
+    lighter,
     slots_ahead,
 )
 
@@ -171,3 +172,12 @@ def test_invalid_requests_are_rejected() -> None:
         slots_ahead(lines, "b:1")  # not waiting
     with pytest.raises(InvalidInput):
         joined(lines, "b", "a:1", in_flight=0)  # waits for another project
+
+
+def test_a_project_is_lighter_only_below_the_busiest_even_with_the_slot_it_freed() -> None:
+    # Counts after the release (the woken scene's grant included).
+    assert lighter({"large": 6, "small": 1}, "small")
+    assert lighter({"large": 3}, "small")  # holds none now
+    assert not lighter({"large": 2, "small": 1}, "small")  # held 2 before: as many
+    assert not lighter({"large": 6, "small": 1}, "large")  # the busiest itself
+    assert not lighter({}, "small")  # nobody holds a slot: nothing to go ahead of

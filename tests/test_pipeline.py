@@ -238,6 +238,44 @@ def test_slots_freed_for_another_project_start_its_jobs_before_the_releasers_cut
     assert generations_per_scene(workers.ledger, large) == {1: 1, 2: 1}
 
 
+def test_a_lighter_project_handing_its_slot_to_a_busier_one_cuts_before_the_woken_job(
+    start_workers: StartWorkers,
+) -> None:
+    # One worker process, three slots. A large project holds them all and keeps scenes waiting;
+    # a small project's only scene gets a freed slot. When its job finishes, its slot goes to a
+    # large scene: the small project holds fewer slots than the large one even counting that
+    # slot, so its cut goes on in the same execution, not queued behind the large scene's
+    # wake-up (a small project's media work is not kept behind a large one's jobs).
+    workers = start_workers(
+        concurrency=1,
+        local_latency="2",
+        provider_concurrency="3",
+        poll_seconds="5",
+        backoff_max="60",
+    )
+    ctx = get_context()
+    large = api.create_project("Large", "Many.", scene_count=12)
+    small = api.create_project("Small", "One.", scene_count=1)
+    api.run_project(large)
+    wait_for(lambda: len(ledger(workers.ledger, large)) == 3, 60, "the large project's jobs")
+    api.run_project(small)
+    wait_for(
+        lambda: slot_member(small, 1) in ctx.limiter.snapshot("local").parked,
+        60,
+        "the small project's scene parked in line",
+    )
+    for project_id in (small, large):
+        assert api.wait_project(project_id, timeout=180).status == ProjectStatus.COMPLETED
+    log = workers.service.log_text()
+    handed = log.index(f"slot freed by {small}/1: woke 1 waiting scene(s)")
+    assert log.index(f"cut recorded: projects/{small}/") < log.index(
+        f"lease won project={large} ", handed
+    )
+    assert generations_per_scene(workers.ledger, small) == {1: 1}
+    assert generations_per_scene(workers.ledger, large) == {n: 1 for n in range(1, 13)}
+    assert_invariants(large)
+
+
 def test_bad_input_to_every_api_function_is_typed_and_writes_nothing(stack: LocalStack) -> None:
     ctx = get_context()
     before = ctx.table.model.count()

@@ -37,6 +37,8 @@ class Execution:
     wakes: list[str] = field(default_factory=list)
     #: a slot this execution freed went to another project's waiting scene
     handed_over: bool = False
+    #: this project, even with the slot it handed over, held fewer than the busiest project
+    lighter: bool = False
     #: what the scene has cost so far, once this execution knows it (task meta)
     cost_micros: int | None = None
     #: when the scene's liveness mark set by this execution lapses (monotonic; 0: none set)

@@ -121,10 +121,13 @@ class SceneJob:
         """A stage finished its output: go on with the scene's next stage. Not here when this
         execution freed a slot for another project's scene: the next stage is queued behind
         that scene's wake-up, so a worker starts the newcomer's job before this scene's cut
-        (a small project is not kept behind the media work of a large one's finished jobs)."""
+        (a small project is not kept behind the media work of a large one's finished jobs).
+        Unless this project holds fewer slots than the busiest: its next stage then goes on
+        at once, ahead of the busier project's woken scenes (a small project's cut is not
+        kept behind a large one's wave)."""
         if step.next != Next.STAGE:
             return step
-        if self.x.handed_over:
+        if self.x.handed_over and not self.x.lighter:
             self.mark_queued()
             return Step(Next.STAGE, step.outcome, 0.0, {}, queue=self.queue, behind=True)
         if stages_run >= MAX_STAGES_PER_STEP:

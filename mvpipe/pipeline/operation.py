@@ -38,6 +38,7 @@ from mvpipe.pipeline.stages import Stage, is_last, never_last
 from mvpipe.pipeline.steps import LeasePending, Next, RecordPending, Step
 from mvpipe.providers.base import JobState, JobStatus, VideoProvider, VideoRequest
 from mvpipe.providers.classify import describe
+from mvpipe.providers.fairness import lighter
 from mvpipe.providers.limiter import SlotDecision, slot_member
 from mvpipe.settings import Settings
 from mvpipe.states import backoff_seconds, lease_expired
@@ -580,9 +581,13 @@ class PaidOperation:
         )
 
     def release_slot(self) -> None:
-        self.x.hand_on(
-            self.ctx.limiter.release(self.provider.pool, self.member, limit=self.provider.limit)
-        )
+        """Free the slot, wake its new holder; when that is another project's scene, note
+        whether this project held fewer slots than the busiest (`fairness.lighter`: then its
+        next stage is not deferred behind the wake-up)."""
+        pool = self.provider.pool
+        self.x.hand_on(self.ctx.limiter.release(pool, self.member, limit=self.provider.limit))
+        if self.x.handed_over:
+            self.x.lighter = lighter(self.ctx.limiter.slots_held(pool), self.x.project_id)
 
     def leave_line(self) -> None:
         """A waiter of a cancelled run gives its place in line to the next live one."""

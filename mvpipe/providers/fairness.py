@@ -13,7 +13,7 @@ same rule in Python, apart from any I/O, so it can be read and tested on its own
 from __future__ import annotations
 
 import heapq
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from mvpipe.errors import InvalidInput
@@ -87,6 +87,13 @@ def allot(lines: Sequence[ProjectLine], slots: int) -> list[str]:
             heapq.heappush(heap, (in_flight + 1, next_ticket, i))
             next_ticket += 1
     return picks
+
+
+def lighter(held: Mapping[str, int], project: str) -> bool:
+    """Whether `project`, even counting the slot it just freed, holds fewer slots than the
+    project holding the most (`held`: slots per project after the release): its next work
+    need not wait behind that busier project's woken scenes."""
+    return held.get(project, 0) + 1 < max(held.values(), default=0)
 
 
 def joined(

@@ -341,6 +341,11 @@ class QuotaLimiter:
         )
         return [_text(m) for m in woken]
 
+    def slots_held(self, provider: str) -> dict[str, int]:
+        """Slots each project holds now (one read of at most the quota's many counts)."""
+        counts = self.client.hgetall(self._keys(provider)[3])
+        return {_text(project): int(n) for project, n in counts.items()}
+
     def snapshot(self, provider: str) -> QuotaSnapshot:
         lines, held, parked = self._snapshot(
             keys=self._keys(provider), args=[self._lines(provider)]
