@@ -203,6 +203,34 @@ def test_a_freed_slot_wakes_its_waiter_before_the_releasers_next_stage_ends(
     assert_invariants(project_id)
 
 
+def large_then_small_parked(
+    start_workers: StartWorkers, *, latency: int, slots: int, large_scenes: int, small_scenes: int
+) -> tuple[Workers, str, str]:
+    """One worker process and `slots` provider slots: a large project started first fills
+    them, then a small project's scenes all wait parked in line. Returns (workers, large,
+    small) at that moment."""
+    workers = start_workers(
+        concurrency=1,
+        local_latency=str(latency),
+        provider_concurrency=str(slots),
+        poll_seconds="5",
+        backoff_max="60",
+    )
+    ctx = get_context()
+    large = api.create_project("Large", "Many.", scene_count=large_scenes)
+    small = api.create_project("Small", "Few.", scene_count=small_scenes)
+    api.run_project(large)
+    wait_for(lambda: len(ledger(workers.ledger, large)) == slots, 60, "the large project's jobs")
+    api.run_project(small)
+    waiting = {slot_member(small, n) for n in range(1, small_scenes + 1)}
+    wait_for(
+        lambda: waiting <= ctx.limiter.snapshot("local").parked,
+        60,
+        "the small project's scenes parked in line",
+    )
+    return workers, large, small
+
+
 def test_slots_freed_for_another_project_start_its_jobs_before_the_releasers_cuts(
     start_workers: StartWorkers,
 ) -> None:
@@ -210,24 +238,8 @@ def test_slots_freed_for_another_project_start_its_jobs_before_the_releasers_cut
     # two scenes wait, parked. Each finished poll frees a slot for the small project: the
     # newcomers' submissions must both run before the releasers' cuts (queued behind every
     # wake-up), not inline in the releasing executions nor in turn with the wake-ups.
-    workers = start_workers(
-        concurrency=1,
-        local_latency="4",
-        provider_concurrency="2",
-        poll_seconds="5",
-        backoff_max="60",
-    )
-    ctx = get_context()
-    large = api.create_project("Large", "First.\nSecond.", scene_count=2)
-    small = api.create_project("Small", "Third.\nFourth.", scene_count=2)
-    api.run_project(large)
-    wait_for(lambda: len(ledger(workers.ledger, large)) == 2, 60, "the large project's jobs")
-    api.run_project(small)
-    waiting = {slot_member(small, 1), slot_member(small, 2)}
-    wait_for(
-        lambda: ctx.limiter.snapshot("local").parked == waiting,
-        60,
-        "the small project's scenes parked in line",
+    workers, large, small = large_then_small_parked(
+        start_workers, latency=4, slots=2, large_scenes=2, small_scenes=2
     )
     for project_id in (large, small):
         assert api.wait_project(project_id, timeout=120).status == ProjectStatus.COMPLETED
@@ -246,23 +258,8 @@ def test_a_lighter_project_handing_its_slot_to_a_busier_one_cuts_before_the_woke
     # large scene: the small project holds fewer slots than the large one even counting that
     # slot, so its cut goes on in the same execution, not queued behind the large scene's
     # wake-up (a small project's media work is not kept behind a large one's jobs).
-    workers = start_workers(
-        concurrency=1,
-        local_latency="2",
-        provider_concurrency="3",
-        poll_seconds="5",
-        backoff_max="60",
-    )
-    ctx = get_context()
-    large = api.create_project("Large", "Many.", scene_count=12)
-    small = api.create_project("Small", "One.", scene_count=1)
-    api.run_project(large)
-    wait_for(lambda: len(ledger(workers.ledger, large)) == 3, 60, "the large project's jobs")
-    api.run_project(small)
-    wait_for(
-        lambda: slot_member(small, 1) in ctx.limiter.snapshot("local").parked,
-        60,
-        "the small project's scene parked in line",
+    workers, large, small = large_then_small_parked(
+        start_workers, latency=2, slots=3, large_scenes=12, small_scenes=1
     )
     for project_id in (small, large):
         assert api.wait_project(project_id, timeout=180).status == ProjectStatus.COMPLETED

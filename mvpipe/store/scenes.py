@@ -643,6 +643,13 @@ class SceneStore:
         item = self.table.update_item(pk, sk, actions, condition & m.pk.exists())
         if item is not None:
             return SceneRecord.from_item(project_id, item)
+        return self._landed(project_id, sequence, done)
+
+    def _landed(
+        self, project_id: str, sequence: int, done: Callable[[SceneRecord], bool]
+    ) -> SceneRecord | None:
+        """After a failed condition: the scene, if it is already as this caller meant to leave
+        it (an earlier attempt of the same write landed before a timeout)."""
         scene = self.get(project_id, sequence)
         return scene if scene is not None and done(scene) else None
 
@@ -684,8 +691,7 @@ class SceneStore:
 
         if self.table.transact(build) is None:
             return True
-        scene = self.get(project_id, sequence)
-        return scene is not None and done(scene)
+        return self._landed(project_id, sequence, done) is not None
 
 
 def _paid(m: type[ItemBase], stage: StageFields) -> tuple[Any, Any, Any]:
