@@ -52,21 +52,28 @@ def state_dir(workers: Workers) -> Path:
     return Path(workers.env["MVPIPE_STATE_DIR"])
 
 
+def write_with_its_reply_lost(stack: LocalStack, workers: Workers, hold: str, task_id: str) -> None:
+    """Let the execution held at `hold` go on with the state server stopped: its next write
+    reaches the server but no reply comes back, until the worker takes an outage retry; then
+    the server resumes (and the write lands)."""
+    moto: Service = next(s for s in stack.services if s.name == "moto")
+    moto.pause()
+    try:
+        release(state_dir(workers), hold)
+        wait_for(lambda: AsyncResult(task_id, app=app).state == "RETRY", 60, "the outage retry")
+    finally:
+        moto.resume()
+
+
 def test_state_server_paused_while_the_operation_id_is_recorded(
     start_workers: StartWorkers, stack: LocalStack
 ) -> None:
     workers, project_id, _run, task_id = start_held_scene(
         start_workers, lease_seconds="30", local_latency="8", **SHORT_STORE
     )
-    moto: Service = next(s for s in stack.services if s.name == "moto")
-    moto.pause()
-    try:
-        release(state_dir(workers), HOLD)
-        # The record's write reaches the stopped server and its reply never comes back: the
-        # worker gives up for now (an outage retry). The write itself lands on resume.
-        wait_for(lambda: AsyncResult(task_id, app=app).state == "RETRY", 60, "the outage retry")
-    finally:
-        moto.resume()
+    # The record's write reaches the stopped server and its reply never comes back: the
+    # worker gives up for now (an outage retry). The write itself lands on resume.
+    write_with_its_reply_lost(stack, workers, HOLD, task_id)
     heal(project_id)
     check_drill(project_id, workers)
 
@@ -82,13 +89,7 @@ def test_state_server_paused_while_the_lease_is_claimed(
     workers, project_id, _run, task_id = start_held_scene(
         start_workers, hold, lease_seconds="6", prices=prices, **SHORT_STORE
     )
-    moto: Service = next(s for s in stack.services if s.name == "moto")
-    moto.pause()
-    try:
-        release(state_dir(workers), hold)
-        wait_for(lambda: AsyncResult(task_id, app=app).state == "RETRY", 60, "the outage retry")
-    finally:
-        moto.resume()
+    write_with_its_reply_lost(stack, workers, hold, task_id)
     heal(project_id)
     check_drill(project_id, workers)
     assert_invariants(project_id)
