@@ -57,10 +57,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import bench_stack, record, summary, table, warm_up, workers
+from common import ROOT, bench_stack, record, summary, table, warm_up, workers
 
 from mvpipe import api
 from mvpipe.devstack.drills import double_payments, paid_generations
+from mvpipe.devstack.localstack import WORKER_QUEUES, start_control_worker
 from mvpipe.models import ProjectStatus
 from mvpipe.providers.local import LocalJobs
 
@@ -121,6 +122,9 @@ def main() -> None:
     parser.add_argument(
         "--arrive", type=float, default=0.5, help="mid-run arrival, in job lengths after a wave"
     )
+    parser.add_argument(
+        "--no-control", action="store_true", help="no control worker beside the worker"
+    )
     parser.add_argument("--waves", type=int, default=3, help="mid-run: waves of the large first")
     args = parser.parse_args()
     quota, latency, k, s = args.quota, args.latency, args.smalls, args.small
@@ -138,7 +142,14 @@ def main() -> None:
 
     with bench_stack(**settings) as (stack, workdir):
         ledger = Path(stack.env["MVPIPE_LOCAL_LEDGER"])
-        worker = workers(stack, workdir, args.concurrency)
+        # The local stack's layout: a control worker beside the one that polls providers
+        # (`--no-control`: one worker on every queue, as before).
+        queues = None if args.no_control else WORKER_QUEUES
+        worker = workers(stack, workdir, args.concurrency, queues=queues)
+        control = None
+        if not args.no_control:
+            env = stack.child_env(PYTHONPATH=f"{ROOT}:{ROOT / 'bench'}")
+            control = start_control_worker(env, workdir / "control.log")
         sizes: dict[str, int] = {}
         warm_up()
         alone_runs = []
@@ -172,6 +183,10 @@ def main() -> None:
             mid_runs = [f.result() for f in mid_futures]
             large_mid_run.result()
         worker.stop()
+        if control is not None:
+            control.stop()
+            if args.keep_log:
+                shutil.copyfile(workdir / "control.log", f"{args.keep_log}.control")
         if args.keep_log:
             shutil.copyfile(workdir / "worker.log", args.keep_log)
         jobs = LocalJobs(Path(stack.env["MVPIPE_LOCAL_STATE"]))
@@ -194,7 +209,8 @@ def main() -> None:
     rows = [
         (
             "quota P / latency L / workers / output",
-            f"{quota} / {latency:g} s / {args.concurrency} / {args.size}",
+            f"{quota} / {latency:g} s / {args.concurrency}"
+            f"{'' if control is None else ' + 1 control'} / {args.size}",
         ),
         ("projects", f"1 x {args.large} scenes started first, {k} x {s} scenes once it fills P"),
         (

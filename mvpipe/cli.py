@@ -333,7 +333,8 @@ def budget(project_id: str, usd: str) -> None:
 def local_stack(
     workdir: Path, *, concurrency: int, flower: bool, beat: bool
 ) -> Iterator[dict[str, str]]:
-    """Start redis-server, the moto state server, a worker, beat and Flower; stop them after."""
+    """Start redis-server, the moto state server, the workers, beat and Flower; stop them
+    after."""
     from mvpipe.deps import reset_context
     from mvpipe.devstack import localstack
 
@@ -351,9 +352,15 @@ def local_stack(
             f"state server (DynamoDB + S3) at {stack.env['MVPIPE_DYNAMODB_ENDPOINT']}", err=True
         )
         stack.services.append(
-            localstack.start_worker(env, logs / "worker.log", concurrency=concurrency)
+            localstack.start_worker(
+                env, logs / "worker.log", concurrency=concurrency, queues=localstack.WORKER_QUEUES
+            )
         )
-        click.echo(f"worker ready (concurrency {concurrency}); logs in {logs}", err=True)
+        stack.services.append(localstack.start_control_worker(env, logs / "control.log"))
+        click.echo(
+            f"worker ready (concurrency {concurrency}, and a control worker); logs in {logs}",
+            err=True,
+        )
         if beat:
             stack.services.append(localstack.start_beat(env, logs / "beat.log"))
             click.echo("beat ready (reconcile schedule)", err=True)

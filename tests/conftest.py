@@ -16,7 +16,13 @@ import pytest
 import redis
 
 from mvpipe.deps import reset_context
-from mvpipe.devstack.localstack import LocalStack, Service, start_worker
+from mvpipe.devstack.localstack import (
+    WORKER_QUEUES,
+    LocalStack,
+    Service,
+    start_control_worker,
+    start_worker,
+)
 
 _BASE_TEST_ENV = {
     "MVPIPE_TABLE": "mvpipe-test",
@@ -60,6 +66,8 @@ class Workers:
     service: Service
     ledger: Path
     env: dict[str, str]
+    #: the control worker beside it (`localstack.CONTROL_QUEUES`), when the test asked for one
+    control: Service | None = None
 
 
 _counter = itertools.count()
@@ -75,6 +83,7 @@ def start_workers(
         concurrency: int = 2,
         env: dict[str, str] | None = None,
         queues: str | None = None,
+        control: bool = False,
         **settings: str,
     ) -> Workers:
         n = next(_counter)
@@ -98,15 +107,19 @@ def start_workers(
             tmp_path / f"worker-{n}.log",
             concurrency=concurrency,
             name=f"w{n}",
-            queues=queues,
+            queues=queues or (WORKER_QUEUES if control else None),
         )
         workers = Workers(service, Path(child_env["MVPIPE_LOCAL_LEDGER"]), child_env)
         started.append(workers)
+        if control:
+            workers.control = start_control_worker(child_env, tmp_path / f"control-{n}.log")
         return workers
 
     yield start
     for workers in started:
         workers.service.stop()
+        if workers.control is not None:
+            workers.control.stop()
     _clear_broker(redis_client)
     reset_context()
 

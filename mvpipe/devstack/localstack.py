@@ -194,6 +194,23 @@ def start_worker(
     return service
 
 
+#: The local stack's two workers. A worker that polls providers holds each poll's countdown
+#: message until it is due; with late acks and prefetch 1 it fetches nothing new while a wave of
+#: due polls waits for its pool processes (a Redis BRPOP it sent before the wave still takes one
+#: message, held until the wave is over). A run's control steps, planning and finalize on
+#: `mvpipe.plan`, would wait behind that wave: they go to a control worker that holds no polls.
+#: Both take `mvpipe.media`: the polling worker so a scene's cut runs in the execution that
+#: recorded its clip, the control worker so an assembly or a song analysis rarely waits for a
+#: wave either.
+WORKER_QUEUES = "mvpipe.video,mvpipe.media"
+CONTROL_QUEUES = "mvpipe.plan,mvpipe.media"
+
+
+def start_control_worker(env: dict[str, str], log_path: Path) -> Service:
+    """The one-process control worker (`CONTROL_QUEUES`), beside a worker on `WORKER_QUEUES`."""
+    return start_worker(env, log_path, concurrency=1, name="control", queues=CONTROL_QUEUES)
+
+
 def start_beat(env: dict[str, str], log_path: Path) -> Service:
     proc = _spawn("beat", _celery("beat", "-l", "INFO"), log_path, env=env)
     service = Service("beat", proc, log_path)
