@@ -196,14 +196,13 @@ def start_worker(
 
 #: The local stack's two workers. A worker that polls providers holds each poll's countdown
 #: message until it is due; with late acks and prefetch 1 it fetches nothing new while a wave of
-#: due polls waits for its pool processes (a Redis BRPOP it sent before the wave still takes one
-#: message, held until the wave is over). A run's control steps, planning and finalize on
-#: `mvpipe.plan`, would wait behind that wave: they go to a control worker that holds no polls.
-#: Both take `mvpipe.media`: the polling worker so a scene's cut runs in the execution that
-#: recorded its clip, the control worker so an assembly or a song analysis rarely waits for a
-#: wave either.
+#: due polls waits for its pool processes (and a Redis BRPOP it sent before the wave still takes
+#: one message, held until the wave is over). A run's control steps, planning and finalize on
+#: `mvpipe.plan`, would wait behind that wave: they go to a control worker that holds no polls and
+#: runs no media work (an assembly or a song analysis can take seconds). The polling worker takes
+#: `mvpipe.media` too, so a scene's cut runs in the execution that recorded its clip.
 WORKER_QUEUES = "mvpipe.video,mvpipe.media"
-CONTROL_QUEUES = "mvpipe.plan,mvpipe.media"
+CONTROL_QUEUES = "mvpipe.plan"
 
 
 def start_control_worker(env: dict[str, str], log_path: Path) -> Service:
