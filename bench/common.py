@@ -60,18 +60,12 @@ def workers(
     concurrency: int,
     app: str = "mvpipe.celery_app",
     pool: str = "prefork",
-    queues: str | None = None,
     **extra_env: str,
 ) -> Service:
     env = stack.child_env(PYTHONPATH=f"{ROOT}:{ROOT / 'bench'}", **extra_env)
     if app == "mvpipe.celery_app":
         return start_worker(
-            env,
-            workdir / "worker.log",
-            concurrency=concurrency,
-            loglevel="INFO",
-            pool=pool,
-            queues=queues,
+            env, workdir / "worker.log", concurrency=concurrency, loglevel="INFO", pool=pool
         )
     from mvpipe.devstack.localstack import _spawn, wait_until
 

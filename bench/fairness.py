@@ -61,7 +61,7 @@ from common import ROOT, bench_stack, record, summary, table, warm_up, workers
 
 from mvpipe import api
 from mvpipe.devstack.drills import double_payments, paid_generations
-from mvpipe.devstack.localstack import WORKER_QUEUES, start_control_worker
+from mvpipe.devstack.localstack import start_control_worker
 from mvpipe.models import ProjectStatus
 from mvpipe.providers.local import LocalJobs
 
@@ -142,10 +142,9 @@ def main() -> None:
 
     with bench_stack(**settings) as (stack, workdir):
         ledger = Path(stack.env["MVPIPE_LOCAL_LEDGER"])
+        worker = workers(stack, workdir, args.concurrency)
         # The local stack's layout: a control worker beside the one that polls providers
-        # (`--no-control`: one worker on every queue, as before).
-        queues = None if args.no_control else WORKER_QUEUES
-        worker = workers(stack, workdir, args.concurrency, queues=queues)
+        # (`--no-control`: the worker alone, as before).
         control = None
         if not args.no_control:
             env = stack.child_env(PYTHONPATH=f"{ROOT}:{ROOT / 'bench'}")

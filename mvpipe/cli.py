@@ -352,9 +352,7 @@ def local_stack(
             f"state server (DynamoDB + S3) at {stack.env['MVPIPE_DYNAMODB_ENDPOINT']}", err=True
         )
         stack.services.append(
-            localstack.start_worker(
-                env, logs / "worker.log", concurrency=concurrency, queues=localstack.WORKER_QUEUES
-            )
+            localstack.start_worker(env, logs / "worker.log", concurrency=concurrency)
         )
         stack.services.append(localstack.start_control_worker(env, logs / "control.log"))
         click.echo(

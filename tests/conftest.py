@@ -16,13 +16,7 @@ import pytest
 import redis
 
 from mvpipe.deps import reset_context
-from mvpipe.devstack.localstack import (
-    WORKER_QUEUES,
-    LocalStack,
-    Service,
-    start_control_worker,
-    start_worker,
-)
+from mvpipe.devstack.localstack import LocalStack, Service, start_control_worker, start_worker
 
 _BASE_TEST_ENV = {
     "MVPIPE_TABLE": "mvpipe-test",
@@ -107,7 +101,7 @@ def start_workers(
             tmp_path / f"worker-{n}.log",
             concurrency=concurrency,
             name=f"w{n}",
-            queues=queues or (WORKER_QUEUES if control else None),
+            queues=queues,
         )
         workers = Workers(service, Path(child_env["MVPIPE_LOCAL_LEDGER"]), child_env)
         started.append(workers)

@@ -13,7 +13,7 @@ import pytest
 from mvpipe import api
 from mvpipe.deps import get_context
 from mvpipe.devstack.failpoints import held, release
-from mvpipe.devstack.localstack import WORKER_QUEUES, LocalStack
+from mvpipe.devstack.localstack import LocalStack
 from mvpipe.errors import InvalidInput, NotFound
 from mvpipe.models import ProjectStatus, SceneStatus
 from mvpipe.providers.limiter import slot_member
@@ -273,39 +273,37 @@ def test_a_lighter_project_handing_its_slot_to_a_busier_one_cuts_before_the_woke
     assert_invariants(large)
 
 
-def test_runs_are_planned_and_finalized_while_the_video_worker_is_busy(
+def test_runs_are_finalized_while_the_polling_worker_is_busy(
     start_workers: StartWorkers, tmp_path: Path
 ) -> None:
-    # The local stack's layout: a worker on WORKER_QUEUES beside a control worker. A worker
-    # that polls providers can be busy for a while (with late acks and prefetch 1, a wave of
-    # its due polls keeps it from fetching anything else); a run's planning and finalize must
-    # not wait for it. Here the polling worker's only process is held inside a cut while a new
-    # project is planned and a completed one is finalized again.
+    # The local stack's layout: a worker on every queue beside a control worker that takes no
+    # polls. A polling worker can be busy for a while (with late acks and prefetch 1, a wave of
+    # its due polls keeps it from fetching anything else); a run's finalize must not wait for
+    # it. The busy worker keeps at most the one message its pending fetch had already taken, so
+    # of two completed projects finalized again while its only process is held in a cut, one
+    # at least is finalized before the cut goes on.
     first = start_workers(concurrency=1, control=True)
-    ctx = get_context()
-    done = api.create_project("Done", "One.", scene_count=1)
-    api.run_project(done)
-    assert api.wait_project(done, timeout=120).status == ProjectStatus.COMPLETED
+    done = [api.create_project(f"Done {n}", "One.", scene_count=1) for n in range(2)]
+    for project_id in done:
+        api.run_project(project_id)
+    for project_id in done:
+        assert api.wait_project(project_id, timeout=120).status == ProjectStatus.COMPLETED
     first.service.stop()
 
     held_dir = tmp_path / "held"
-    busy = start_workers(
-        concurrency=1, queues=WORKER_QUEUES, failpoints="during_cut=hold", state_dir=str(held_dir)
-    )
+    busy = start_workers(concurrency=1, failpoints="during_cut=hold", state_dir=str(held_dir))
     busy_id = api.create_project("Busy", "Two.", scene_count=1)
     api.run_project(busy_id)
     wait_for(lambda: held(held_dir, "during_cut"), 60, "the polling worker held in a cut")
-    new = api.create_project("New", "Three.\nFour.", scene_count=2)
-    api.run_project(new)
-    refinalized = api.run_project(done).get(timeout=60)
-    assert refinalized["status"] == ProjectStatus.COMPLETED
-    wait_for(lambda: ctx.projects.load(new).project.planned, 60, "the new project planned")
+    finalizes = [api.run_project(project_id) for project_id in done]
+    wait_for(lambda: any(r.ready() for r in finalizes), 60, "a finalize beside the held cut")
     assert not api.get_project(busy_id).completed_scenes  # its cut was held all along
     release(held_dir, "during_cut")
-    for project_id in (busy_id, new):
-        assert api.wait_project(project_id, timeout=120).status == ProjectStatus.COMPLETED
-    assert generations_per_scene(busy.ledger, new) == {1: 1, 2: 1}
-    assert_invariants(new)
+    assert api.wait_project(busy_id, timeout=120).status == ProjectStatus.COMPLETED
+    for result in finalizes:
+        assert result.get(timeout=60)["status"] == ProjectStatus.COMPLETED
+    assert generations_per_scene(busy.ledger, busy_id) == {1: 1}
+    assert generations_per_scene(first.ledger, done[0]) == {1: 1}
 
 
 def test_bad_input_to_every_api_function_is_typed_and_writes_nothing(stack: LocalStack) -> None:

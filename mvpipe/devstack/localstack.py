@@ -194,19 +194,17 @@ def start_worker(
     return service
 
 
-#: The local stack's two workers. A worker that polls providers holds each poll's countdown
-#: message until it is due; with late acks and prefetch 1 it fetches nothing new while a wave of
-#: due polls waits for its pool processes (and a Redis BRPOP it sent before the wave still takes
-#: one message, held until the wave is over). A run's control steps, planning and finalize on
-#: `mvpipe.plan`, would wait behind that wave: they go to a control worker that holds no polls and
-#: runs no media work (an assembly or a song analysis can take seconds). The polling worker takes
-#: `mvpipe.media` too, so a scene's cut runs in the execution that recorded its clip.
-WORKER_QUEUES = "mvpipe.video,mvpipe.media"
-CONTROL_QUEUES = "mvpipe.plan"
+#: The control worker's queues: every queue but `mvpipe.video`, so it never holds a provider poll.
+#: A worker that polls holds each poll's countdown message until it is due; with late acks and
+#: prefetch 1 it fetches nothing new while a wave of due polls waits for its pool processes (a
+#: Redis BRPOP it sent before the wave still takes one message, held until the wave is over). A
+#: run's planning, finalize and assembly would wait behind that wave; beside the worker on every
+#: queue, the control worker fetches them at once.
+CONTROL_QUEUES = "mvpipe.plan,mvpipe.media"
 
 
 def start_control_worker(env: dict[str, str], log_path: Path) -> Service:
-    """The one-process control worker (`CONTROL_QUEUES`), beside a worker on `WORKER_QUEUES`."""
+    """The one-process control worker (`CONTROL_QUEUES`), beside a worker on every queue."""
     return start_worker(env, log_path, concurrency=1, name="control", queues=CONTROL_QUEUES)
 
 
