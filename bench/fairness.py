@@ -35,6 +35,11 @@ delivers clips at L = 1 s (8 a second), so the small projects' cuts would wait b
 one's and the figure would measure the workers' CPU, not the quota's sharing. Hence a small
 output size by default; `--size 1280x720` shows the other case.
 
+The workers are the local stack's: one on every queue (`--concurrency` processes) and a
+one-process control worker on every queue but `mvpipe.video`, which holds no provider polls, so a
+run's planning, finalize and assembly are not kept behind a wave of the large project's due polls
+(`--no-control`: the single worker).
+
 The large project's bound: the small projects' k * s jobs take that many slot-turns of L from
 the quota, so the large one should finish no later than alone + ceil(k * s / P) * L.
 
