@@ -4,7 +4,7 @@
 
 Reports the wall time until every run is over, paid-twice scenes (from the local provider's
 ledger), invariant violations, and the duration of every reconcile pass beat ran meanwhile (from
-the workers' "reconcile pass examined N projects in S s" log lines). Prints; records nothing.
+the workers' "reconcile pass examined K of N projects in S s" log lines). Prints; records nothing.
 """
 
 from __future__ import annotations
@@ -24,13 +24,16 @@ from mvpipe.devstack.localstack import start_beat
 from mvpipe.invariants import violations
 from mvpipe.models import ProjectStatus
 
-PASS = re.compile(r"reconcile pass examined (\d+) projects in ([\d.]+) s \(full sweep: (\w+)\)")
+PASS = re.compile(
+    r"reconcile pass examined (\d+) of (\d+) projects in ([\d.]+) s \(full sweep: (\w+)"
+)
 
 
-def passes(log: Path) -> list[tuple[int, float, bool]]:
+def passes(log: Path) -> list[tuple[int, int, float, bool]]:
+    """(examined, listed, seconds, full sweep) of each pass."""
     return [
-        (int(n), float(s), full == "True")
-        for n, s, full in PASS.findall(log.read_text(errors="replace"))
+        (int(n), int(listed), float(s), full == "True")
+        for n, listed, s, full in PASS.findall(log.read_text(errors="replace"))
     ]
 
 
@@ -79,7 +82,7 @@ def main() -> None:
         broken = {p: v for p in ids if (v := violations(ctx, p))}
         seen = passes(worker.log_path)
     completed = statuses.count(ProjectStatus.COMPLETED)
-    durations = [s for _, s, _ in seen]
+    durations = [s for _, _, s, _ in seen]
     print(f"{args.projects} projects x {args.scenes} scenes, quota {args.quota}, "
           f"latency {args.latency} s, {args.concurrency} worker processes, "
           f"reconcile every {args.reconcile} s")  # fmt: skip
@@ -89,11 +92,14 @@ def main() -> None:
     for project_id, found in list(broken.items())[:5]:
         print(f"  {project_id}: {found}")
     if durations:
-        most = max(n for n, _, _ in seen)
+        most = max(n for n, _, _, _ in seen)
         median = statistics.median(durations)
+        busy = sum(durations)
         print(f"reconcile passes {len(seen)}: examined max {most} projects; "
-              f"duration median {median:.3f} s, max {max(durations):.3f} s")  # fmt: skip
-        print("  " + ", ".join(f"{n}p {s:.2f}s{' (full)' if f else ''}" for n, s, f in seen))
+              f"duration median {median:.3f} s, max {max(durations):.3f} s, "
+              f"sum {busy:.1f} s ({busy / wall:.0%} of one process over the run)")  # fmt: skip
+        print("  " + ", ".join(f"{n}/{listed}p {s:.2f}s{' (full)' if f else ''}"
+                               for n, listed, s, f in seen))  # fmt: skip
     sizes = f"{args.projects} projects x {args.scenes} scenes, P={args.quota}, L={args.latency:g} s"
     summary(
         f"load with beat ({sizes}): completed, paid twice, never paid, violations",
