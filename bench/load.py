@@ -10,6 +10,7 @@ the workers' "reconcile pass examined K of N projects in S s" log lines). Prints
 from __future__ import annotations
 
 import argparse
+import ast
 import re
 import statistics
 import time
@@ -28,6 +29,8 @@ PASS = re.compile(
     r"reconcile pass examined (\d+) of (\d+) projects in ([\d.]+) s \(full sweep: (\w+)"
 )
 
+REPAIRED = re.compile(r"reconcile repaired (\{.*\})")
+
 
 def passes(log: Path) -> list[tuple[int, int, float, bool]]:
     """(examined, listed, seconds, full sweep) of each pass."""
@@ -35,6 +38,16 @@ def passes(log: Path) -> list[tuple[int, int, float, bool]]:
         (int(n), int(listed), float(s), full == "True")
         for n, listed, s, full in PASS.findall(log.read_text(errors="replace"))
     ]
+
+
+def repairs(log: Path) -> dict[str, int]:
+    """What the passes repaired, summed by kind (a load with no crash should need little)."""
+    found: dict[str, int] = {}
+    for line in REPAIRED.findall(log.read_text(errors="replace")):
+        for kind, count in ast.literal_eval(line).items():
+            if kind != "total" and count:
+                found[kind] = found.get(kind, 0) + count
+    return found
 
 
 def main() -> None:
@@ -81,6 +94,7 @@ def main() -> None:
         unpaid = sum(args.scenes - len(counts) for counts in paid)
         broken = {p: v for p in ids if (v := violations(ctx, p))}
         seen = passes(worker.log_path)
+        repaired = repairs(worker.log_path)
     completed = statuses.count(ProjectStatus.COMPLETED)
     durations = [s for _, _, s, _ in seen]
     print(f"{args.projects} projects x {args.scenes} scenes, quota {args.quota}, "
@@ -98,6 +112,7 @@ def main() -> None:
         print(f"reconcile passes {len(seen)}: examined max {most} projects; "
               f"duration median {median:.3f} s, max {max(durations):.3f} s, "
               f"sum {busy:.1f} s ({busy / wall:.0%} of one process over the run)")  # fmt: skip
+        print(f"  repaired during the load: {repaired or 'nothing'}")
         print("  " + ", ".join(f"{n}/{listed}p {s:.2f}s{' (full)' if f else ''}"
                                for n, listed, s, f in seen))  # fmt: skip
     sizes = f"{args.projects} projects x {args.scenes} scenes, P={args.quota}, L={args.latency:g} s"
