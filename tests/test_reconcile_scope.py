@@ -16,7 +16,12 @@ from mvpipe.celery_app import app
 from mvpipe.deps import Context, get_context
 from mvpipe.devstack.localstack import LocalStack
 from mvpipe.models import ProjectStatus, SceneStatus
-from mvpipe.pipeline.reconcile_scope import FULL_SWEEP_JOB, in_turn, needs_regular_pass
+from mvpipe.pipeline.reconcile_scope import (
+    FULL_SWEEP_JOB,
+    in_turn,
+    needs_regular_pass,
+    this_turn,
+)
 from mvpipe.states import Counters
 from mvpipe.store.records import ProjectRecord, utc_now_iso
 from mvpipe.store.table import METADATA, ItemBase, project_pk, scene_sk
@@ -74,6 +79,15 @@ def test_passes_take_projects_in_turns_from_where_the_last_stopped() -> None:
         seen |= set(taken)
         cursor = taken[-1]
     assert seen == set(ids)
+
+
+def test_a_pass_examines_projects_while_its_budget_lasts_and_always_one() -> None:
+    ids = ["a", "b", "c", "d"]
+    clock = iter([0.0, 0.4, 1.1, 9.0])  # time spent, read before each project after the first
+    assert list(this_turn(ids, lambda: next(clock), 1.0)) == ["a", "b", "c"]
+    assert list(this_turn(ids, lambda: 5.0, 1.0)) == ["a"]  # over budget: still one
+    assert list(this_turn(ids, lambda: 5.0, None)) == ids  # no budget (inline): all
+    assert list(this_turn([], lambda: 5.0, 1.0)) == []
 
 
 # -- the cost on a real stack --------------------------------------------------------------------

@@ -25,6 +25,7 @@ from mvpipe.pipeline.reconcile_scope import (
     FULL_SWEEP_JOB,
     in_turn,
     projects_to_examine,
+    this_turn,
 )
 from mvpipe.pipeline.stages import GENERATE, LIPSYNC, Stage, is_last, lost_output, next_stage
 from mvpipe.pipeline.steps import Dispatcher
@@ -107,9 +108,8 @@ def reconcile(
     if in_turns:
         listed = in_turn(listed, ctx.board.cursor(CURSOR_JOB))
     examined = 0
-    for project_id in listed:
-        if in_turns and examined and time.monotonic() - started >= (budget_seconds or 0):
-            break
+    budget = budget_seconds if in_turns else None
+    for project_id in this_turn(listed, lambda: time.monotonic() - started, budget):
         examined += 1
         try:
             _reconcile_project(ctx, dispatcher, project_id, report)

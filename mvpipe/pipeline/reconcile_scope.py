@@ -15,7 +15,7 @@ many projects are active, and every one is still reached within a bounded number
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 
 from mvpipe.deps import Context
@@ -76,3 +76,14 @@ def in_turn(ids: Iterable[str], after: str | None) -> list[str]:
     ordered = sorted(set(ids))
     start = 0 if after is None else bisect_right(ordered, after)
     return ordered[start:] + ordered[:start]
+
+
+def this_turn(
+    ordered: Sequence[str], spent: Callable[[], float], budget: float | None
+) -> Iterator[str]:
+    """The ids a pass examines: in order while `spent()` is under `budget` (None: all of them),
+    and always the first, so every pass moves the cursor on."""
+    for n, project_id in enumerate(ordered):
+        if n and budget is not None and spent() >= budget:
+            return
+        yield project_id
