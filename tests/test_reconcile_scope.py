@@ -239,6 +239,7 @@ def test_beat_passes_take_active_projects_in_turns_and_repair_each(
     start_workers(table=name, bucket=name, reconcile_share="0.000001")
     ctx = get_context()
     ctx.board.due(FULL_SWEEP_JOB, HOUR)  # the sweep (which examines everything) is not due
+    assert beat_pass()["total"] == 0  # nothing active: a pass examines nothing, and says so
     # and three active projects whose counters are wrong
     broken = [live_project_with_wrong_counters(ctx) for _ in range(3)]
 

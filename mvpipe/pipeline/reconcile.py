@@ -123,7 +123,8 @@ def reconcile(
         ctx.board.move_cursor(CURSOR_JOB, listed[examined - 1])
     if report.total:
         log.info("reconcile repaired %s", report.model_dump())
-    turns = f"; in turns: all within {-(-len(listed) // examined)} passes" if in_turns else ""
+    rounds = -(-len(listed) // max(examined, 1))  # nothing listed: nothing examined
+    turns = f"; in turns: all within {rounds} passes" if in_turns else ""
     log.info(
         "reconcile pass examined %d of %d projects in %.3f s (full sweep: %s%s)",
         examined,
