@@ -4,12 +4,13 @@
 
 Reports the wall time until every run is over, paid-twice scenes (from the local provider's
 ledger), invariant violations, and the duration of every reconcile pass beat ran meanwhile (from
-the workers' "reconcile pass examined N projects in S s" log lines). Prints; records nothing.
+the workers' "reconcile pass examined K of N projects in S s" log lines). Prints; records nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import re
 import statistics
 import time
@@ -24,14 +25,29 @@ from mvpipe.devstack.localstack import start_beat
 from mvpipe.invariants import violations
 from mvpipe.models import ProjectStatus
 
-PASS = re.compile(r"reconcile pass examined (\d+) projects in ([\d.]+) s \(full sweep: (\w+)\)")
+PASS = re.compile(
+    r"reconcile pass examined (\d+) of (\d+) projects in ([\d.]+) s \(full sweep: (\w+)"
+)
+
+REPAIRED = re.compile(r"reconcile repaired (\{.*\})")
 
 
-def passes(log: Path) -> list[tuple[int, float, bool]]:
+def passes(log: Path) -> list[tuple[int, int, float, bool]]:
+    """(examined, listed, seconds, full sweep) of each pass."""
     return [
-        (int(n), float(s), full == "True")
-        for n, s, full in PASS.findall(log.read_text(errors="replace"))
+        (int(n), int(listed), float(s), full == "True")
+        for n, listed, s, full in PASS.findall(log.read_text(errors="replace"))
     ]
+
+
+def repairs(log: Path) -> dict[str, int]:
+    """What the passes repaired, summed by kind (a load with no crash should need little)."""
+    found: dict[str, int] = {}
+    for line in REPAIRED.findall(log.read_text(errors="replace")):
+        for kind, count in ast.literal_eval(line).items():
+            if kind != "total" and count:
+                found[kind] = found.get(kind, 0) + count
+    return found
 
 
 def main() -> None:
@@ -78,8 +94,9 @@ def main() -> None:
         unpaid = sum(args.scenes - len(counts) for counts in paid)
         broken = {p: v for p in ids if (v := violations(ctx, p))}
         seen = passes(worker.log_path)
+        repaired = repairs(worker.log_path)
     completed = statuses.count(ProjectStatus.COMPLETED)
-    durations = [s for _, s, _ in seen]
+    durations = [s for _, _, s, _ in seen]
     print(f"{args.projects} projects x {args.scenes} scenes, quota {args.quota}, "
           f"latency {args.latency} s, {args.concurrency} worker processes, "
           f"reconcile every {args.reconcile} s")  # fmt: skip
@@ -89,11 +106,15 @@ def main() -> None:
     for project_id, found in list(broken.items())[:5]:
         print(f"  {project_id}: {found}")
     if durations:
-        most = max(n for n, _, _ in seen)
+        most = max(n for n, _, _, _ in seen)
         median = statistics.median(durations)
+        busy = sum(durations)
         print(f"reconcile passes {len(seen)}: examined max {most} projects; "
-              f"duration median {median:.3f} s, max {max(durations):.3f} s")  # fmt: skip
-        print("  " + ", ".join(f"{n}p {s:.2f}s{' (full)' if f else ''}" for n, s, f in seen))
+              f"duration median {median:.3f} s, max {max(durations):.3f} s, "
+              f"sum {busy:.1f} s ({busy / wall:.0%} of one process over the run)")  # fmt: skip
+        print(f"  repaired during the load: {repaired or 'nothing'}")
+        print("  " + ", ".join(f"{n}/{listed}p {s:.2f}s{' (full)' if f else ''}"
+                               for n, listed, s, f in seen))  # fmt: skip
     sizes = f"{args.projects} projects x {args.scenes} scenes, P={args.quota}, L={args.latency:g} s"
     summary(
         f"load with beat ({sizes}): completed, paid twice, never paid, violations",

@@ -185,6 +185,16 @@ class RunBoard:
         """Release `job` if this holder still has it (never a later holder's hold)."""
         self._unlock(keys=[self._key("hold", job)], args=[token])
 
+    @_answered
+    def cursor(self, job: str) -> str | None:
+        """Where `job` stopped last (None: never, or not for `ttl`: it starts over)."""
+        value = self.client.get(self._key("cursor", job))
+        return None if value is None else value.decode()
+
+    @_answered
+    def move_cursor(self, job: str, value: str) -> None:
+        self.client.set(self._key("cursor", job), value, ex=self.ttl)
+
     # -- twin messages -------------------------------------------------------------------------
     @_answered
     def first_copy(self, task_id: str, step: int, copy: str, seconds: float) -> bool:

@@ -1,5 +1,6 @@
 """Reconcile by activity: a regular pass costs O(active projects), whatever the history holds;
-the low-rate full sweep still finds damage in finished projects."""
+the low-rate full sweep still finds damage in finished projects; beat's passes take the active
+projects in turns within a time budget and still reach every one."""
 
 from __future__ import annotations
 
@@ -11,10 +12,17 @@ import pytest
 
 from bench.countingproxy import CountingProxy
 from mvpipe import api
+from mvpipe.celery_app import app
 from mvpipe.deps import Context, get_context
 from mvpipe.devstack.localstack import LocalStack
 from mvpipe.models import ProjectStatus, SceneStatus
-from mvpipe.pipeline.reconcile_scope import needs_regular_pass
+from mvpipe.pipeline.reconcile_scope import (
+    FULL_SWEEP_JOB,
+    in_turn,
+    needs_regular_pass,
+    this_turn,
+)
+from mvpipe.states import Counters
 from mvpipe.store.records import ProjectRecord, utc_now_iso
 from mvpipe.store.table import METADATA, ItemBase, project_pk, scene_sk
 from tests.conftest import Workers
@@ -53,6 +61,33 @@ def test_only_projects_that_can_need_it_are_loaded_by_a_regular_pass() -> None:
     )
     for status in (ProjectStatus.COMPLETED, ProjectStatus.FAILED):
         assert not needs_regular_pass(record(status, touched=1), now, HOUR)
+
+
+def test_passes_take_projects_in_turns_from_where_the_last_stopped() -> None:
+    ids = ["c", "a", "e", "b", "d", "a"]
+    assert in_turn(ids, None) == ["a", "b", "c", "d", "e"]  # one fixed order, once each
+    assert in_turn(ids, "b") == ["c", "d", "e", "a", "b"]  # after the cursor, wrapping round
+    assert in_turn(ids, "e") == ["a", "b", "c", "d", "e"]
+    # the cursor's project is gone (finished) or new ones came: each takes its place in order
+    assert in_turn(["a", "b", "d"], "c") == ["d", "a", "b"]
+    assert in_turn(["a", "b", "c", "d"], "zz") == ["a", "b", "c", "d"]
+    assert in_turn([], "b") == []
+    # passes taking two each from the cursor reach all five within ceil(5 / 2) passes
+    cursor, seen = None, set()
+    for _ in range(3):
+        taken = in_turn(ids, cursor)[:2]
+        seen |= set(taken)
+        cursor = taken[-1]
+    assert seen == set(ids)
+
+
+def test_a_pass_examines_projects_while_its_budget_lasts_and_always_one() -> None:
+    ids = ["a", "b", "c", "d"]
+    clock = iter([0.0, 0.4, 1.1, 9.0])  # time spent, read before each project after the first
+    assert list(this_turn(ids, lambda: next(clock), 1.0)) == ["a", "b", "c"]
+    assert list(this_turn(ids, lambda: 5.0, 1.0)) == ["a"]  # over budget: still one
+    assert list(this_turn(ids, lambda: 5.0, None)) == ids  # no budget (inline): all
+    assert list(this_turn([], lambda: 5.0, 1.0)) == []
 
 
 # -- the cost on a real stack --------------------------------------------------------------------
@@ -171,3 +206,53 @@ def test_the_full_sweep_still_repairs_a_finished_project(
     assert view.status == ProjectStatus.PENDING and view.scenes[0].status == SceneStatus.PENDING
     assert_invariants(finished)
     assert api.reconcile(full_sweep=True, sweep_strays=False).total == 0
+
+
+def live_project_with_wrong_counters(ctx: Context) -> str:
+    """A planned project a live run works on (nothing dispatched), its counters written wrong."""
+    project_id = api.create_project("Live", "Busy.", scenes=[{"prompt": "a"}, {"prompt": "b"}])
+    run_id = str(uuid.uuid4())
+    ctx.board.touch_run(run_id, 600)
+    assert ctx.projects.win_run(project_id, run_id, ProjectStatus.PROCESSING) == run_id
+    wrong = Counters(scene_count=2, completed_scenes=1, failed_scenes=1, open_scenes=0)
+    assert ctx.projects.settle(
+        project_id,
+        observed_run=run_id,
+        counters=wrong,
+        status=ProjectStatus.PROCESSING,
+        release=False,
+    )
+    return project_id
+
+
+def beat_pass() -> dict[str, int]:
+    """One pass of the task beat schedules, run by the workers."""
+    result: dict[str, int] = app.send_task("mvpipe.reconcile").get(timeout=120)
+    return result
+
+
+def test_beat_passes_take_active_projects_in_turns_and_repair_each(
+    start_workers: StartWorkers,
+) -> None:
+    # Given a budget so small that a beat pass examines one project (the least it examines)
+    name = f"mvpipe-turns-{uuid.uuid4().hex[:8]}"
+    start_workers(table=name, bucket=name, reconcile_share="0.000001")
+    ctx = get_context()
+    ctx.board.due(FULL_SWEEP_JOB, HOUR)  # the sweep (which examines everything) is not due
+    assert beat_pass()["total"] == 0  # nothing active: a pass examines nothing, and says so
+    # and three active projects whose counters are wrong
+    broken = [live_project_with_wrong_counters(ctx) for _ in range(3)]
+
+    # When beat's passes run, each repairs one project, and three reach all of them
+    assert [beat_pass()["counters_fixed"] for _ in broken] == [1, 1, 1]
+    for project_id in broken:
+        record = ctx.projects.get(project_id)
+        assert (record.completed_scenes, record.failed_scenes) == (0, 0)
+        assert record.active_run_id is not None  # left to its run
+    # and the next round finds nothing left
+    assert [beat_pass()["total"] for _ in broken] == [0, 0, 0]
+    # while an inline pass still examines every one at once
+    live_project_with_wrong_counters(ctx)
+    another = live_project_with_wrong_counters(ctx)
+    assert api.reconcile(full_sweep=False, sweep_strays=False).counters_fixed == 2
+    assert ctx.projects.get(another).failed_scenes == 0

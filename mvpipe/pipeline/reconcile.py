@@ -20,7 +20,13 @@ from mvpipe.models import ProjectStatus, SceneStatus
 from mvpipe.pipeline.cut import cut_key
 from mvpipe.pipeline.finalize import settle_project
 from mvpipe.pipeline.lipsync import audio_key
-from mvpipe.pipeline.reconcile_scope import FULL_SWEEP_JOB, projects_to_examine
+from mvpipe.pipeline.reconcile_scope import (
+    CURSOR_JOB,
+    FULL_SWEEP_JOB,
+    in_turn,
+    projects_to_examine,
+    this_turn,
+)
 from mvpipe.pipeline.stages import GENERATE, LIPSYNC, Stage, is_last, lost_output, next_stage
 from mvpipe.pipeline.steps import Dispatcher
 from mvpipe.providers.classify import describe
@@ -76,21 +82,35 @@ def reconcile(
     project_ids: list[str] | None = None,
     sweep_strays: bool | None = None,
     full_sweep: bool | None = None,
+    budget_seconds: float | None = None,
 ) -> ReconcileReport:
     """Repair the projects that can need it (or the given ones): see `reconcile_scope`. The
     full sweep of finished projects runs at most once per `MVPIPE_FULL_SWEEP_SECONDS` and the
-    stray-item sweep (a table scan) once per `MVPIPE_STRAY_SWEEP_SECONDS`, unless forced."""
+    stray-item sweep (a table scan) once per `MVPIPE_STRAY_SWEEP_SECONDS`, unless forced.
+
+    With `budget_seconds` (beat's passes), a regular pass takes the projects in turns: from
+    where the last pass stopped, until the budget is spent (at least one project), so its cost
+    is bounded however many are active; the rest wait for the next pass. Without it (inline
+    calls) every project the pass lists is examined."""
     started = time.monotonic()
     report = ReconcileReport()
     if sweep_strays is None:
         sweep_strays = ctx.board.due("stray-sweep", ctx.settings.stray_sweep_seconds)
     if sweep_strays:
         _sweep_strays(ctx, report)
+    in_turns = False
     if project_ids is None:
         if full_sweep is None:
             full_sweep = ctx.board.due(FULL_SWEEP_JOB, ctx.settings.full_sweep_seconds)
         project_ids = projects_to_examine(ctx, full_sweep=full_sweep, now=time.time())
-    for project_id in dict.fromkeys(project_ids):
+        in_turns = budget_seconds is not None and not full_sweep
+    listed = list(dict.fromkeys(project_ids))
+    if in_turns:
+        listed = in_turn(listed, ctx.board.cursor(CURSOR_JOB))
+    examined = 0
+    budget = budget_seconds if in_turns else None
+    for project_id in this_turn(listed, lambda: time.monotonic() - started, budget):
+        examined += 1
         try:
             _reconcile_project(ctx, dispatcher, project_id, report)
         except Exception as exc:
@@ -99,13 +119,19 @@ def reconcile(
                 project_id,
                 describe(exc),
             )
+    if in_turns and examined:
+        ctx.board.move_cursor(CURSOR_JOB, listed[examined - 1])
     if report.total:
         log.info("reconcile repaired %s", report.model_dump())
+    rounds = -(-len(listed) // max(examined, 1))  # nothing listed: nothing examined
+    turns = f"; in turns: all within {rounds} passes" if in_turns else ""
     log.info(
-        "reconcile pass examined %d projects in %.3f s (full sweep: %s)",
-        len(project_ids),
+        "reconcile pass examined %d of %d projects in %.3f s (full sweep: %s%s)",
+        examined,
+        len(listed),
         time.monotonic() - started,
         bool(full_sweep),
+        turns,
     )
     return report
 

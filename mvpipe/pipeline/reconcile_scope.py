@@ -6,10 +6,16 @@ index page, so listing costs about one request per thousand), but only those tha
 changed since they were created within the last two sweep periods are loaded: a project created
 and never run has nothing to repair. Completed and failed projects, and every pending one, are
 loaded by the full sweep, at most once per `MVPIPE_FULL_SWEEP_SECONDS` across all beat processes.
+
+Beat's regular passes take those projects in turns (`in_turn`): each pass examines them from
+where the last one stopped until its time budget is spent, so a pass's cost stays bounded however
+many projects are active, and every one is still reached within a bounded number of passes.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 
 from mvpipe.deps import Context
@@ -28,6 +34,8 @@ IDLE_STATUSES = (ProjectStatus.PENDING,)
 FINISHED_STATUSES = (ProjectStatus.COMPLETED, ProjectStatus.FAILED)
 
 FULL_SWEEP_JOB = "full-sweep"
+#: Where beat's last regular pass stopped (the last project id it examined).
+CURSOR_JOB = "reconcile"
 
 
 def needs_regular_pass(project: ProjectRecord, now: float, window_seconds: float) -> bool:
@@ -56,3 +64,26 @@ def projects_to_examine(ctx: Context, *, full_sweep: bool, now: float) -> list[s
             for p in ctx.projects.list_by_status(status)
         ]
     return chosen
+
+
+def in_turn(ids: Iterable[str], after: str | None) -> list[str]:
+    """`ids` once each in one fixed order (sorted), starting after `after` and wrapping round.
+
+    A pass that stops early leaves the rest to the next pass, which starts where it stopped: a
+    project listed throughout is examined within ceil(listed / examined per pass) passes, and a
+    project listed later (or a cursor whose project is gone) just takes its place in the order.
+    """
+    ordered = sorted(set(ids))
+    start = 0 if after is None else bisect_right(ordered, after)
+    return ordered[start:] + ordered[:start]
+
+
+def this_turn(
+    ordered: Sequence[str], spent: Callable[[], float], budget: float | None
+) -> Iterator[str]:
+    """The ids a pass examines: in order while `spent()` is under `budget` (None: all of them),
+    and always the first, so every pass moves the cursor on."""
+    for n, project_id in enumerate(ordered):
+        if n and budget is not None and spent() >= budget:
+            return
+        yield project_id

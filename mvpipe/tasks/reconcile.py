@@ -3,6 +3,8 @@
 One pass at a time: a pass slower than the beat interval would otherwise meet the next beat
 messages queued behind it and run them back to back on every pool process, starving the work
 it exists to protect. A message that finds a pass running is dropped (the next beat comes).
+And a bounded pass: it spends at most `MVPIPE_RECONCILE_SHARE` of the interval examining
+projects, taking them in turns across passes (`reconcile_scope.in_turn`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ def reconcile(self: MvpipeTask) -> dict[str, Any]:
     if not ctx.board.hold("reconcile", token, HOLD_INTERVALS * ctx.settings.reconcile_seconds):
         return {"skipped": "a reconcile pass is running"}
     try:
-        return reconcile_all(ctx, dispatcher).model_dump()
+        budget = ctx.settings.reconcile_share * ctx.settings.reconcile_seconds
+        return reconcile_all(ctx, dispatcher, budget_seconds=budget).model_dump()
     finally:
         ctx.board.let_go("reconcile", token)
