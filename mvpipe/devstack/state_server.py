@@ -80,6 +80,15 @@ def light_transactions() -> None:
     DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
 
 
+def listed_modules_once() -> None:
+    """moto's dispatcher lists its package directory (a listdir and ~200 isdir calls) to route
+    every request: a tenth of the server's time. The directory does not change while it runs."""
+    from moto import backends
+
+    modules = tuple(backends.list_of_moto_modules())
+    backends.list_of_moto_modules = lambda: modules
+
+
 def main() -> None:
     """Serve moto's app over HTTP/1.1 with kept-alive connections, as DynamoDB and S3 do.
 
@@ -98,6 +107,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("MOTO_PORT", str(args.port))
     light_transactions()
+    listed_modules_once()
     app = serialized(DomainDispatcherApplication(create_backend_app))
     server = HTTPServer(WSGIContainer(app), max_body_size=_MAX_BODY)
     server.listen(args.port, args.host)
