@@ -44,6 +44,14 @@ def ledger(path: Path, project_id: str | None = None) -> list[dict]:
 generations_per_scene = paid_generations
 
 
+def own_storage() -> dict[str, str]:
+    """`start_workers` settings for a table and bucket of a test's own: for a test whose pass
+    over every project (beat's first reconcile, `mvpipe reconcile`) would otherwise cover all
+    that earlier tests left in the shared ones."""
+    name = f"mvpipe-own-{uuid.uuid4().hex[:8]}"
+    return {"table": name, "bucket": name}
+
+
 def assert_invariants(project_id: str) -> None:
     """Invariants 1, 4 and 5 of DESIGN.md, checked against the store and S3 directly."""
     found = violations(get_context(), project_id)

@@ -116,3 +116,46 @@ def test_a_client_connection_stays_open_between_requests(stack: LocalStack) -> N
         sockets.append(connection.sock)
     connection.close()
     assert all(s is sockets[0] for s in sockets)
+
+
+def test_a_query_on_the_key_answers_from_its_partition_alone(dynamodb) -> None:  # type: ignore[no-untyped-def]
+    """The server reads a key's partition for a Query (moto sorted the whole table for each):
+    the answers are still DynamoDB's, in key order, by condition, reversed, paged, filtered."""
+    client, table = dynamodb
+    for pk in ("Q1", "Q2", "Q3"):
+        for sk in ("s#3", "s#1", "meta", "s#2"):
+            item = {"PK": {"S": pk}, "SK": {"S": sk}, "n": {"N": str(len(sk))}}
+            client.put_item(TableName=table, Item=item)
+
+    def query(condition: str = "PK = :p", values: dict | None = None, **extra: object) -> list[str]:
+        found = client.query(
+            TableName=table,
+            KeyConditionExpression=condition,
+            ExpressionAttributeValues={":p": {"S": "Q2"}, **(values or {})},
+            **extra,
+        )
+        return [f"{i['PK']['S']}/{i['SK']['S']}" for i in found["Items"]]
+
+    assert query() == ["Q2/meta", "Q2/s#1", "Q2/s#2", "Q2/s#3"]
+    prefix = "PK = :p AND begins_with(SK, :s)"
+    after = {":s": {"S": "s#"}}
+    assert query(prefix, after) == ["Q2/s#1", "Q2/s#2", "Q2/s#3"]
+    assert query(prefix, after, ScanIndexForward=False) == ["Q2/s#3", "Q2/s#2", "Q2/s#1"]
+    first = client.query(
+        TableName=table,
+        KeyConditionExpression="PK = :p",
+        ExpressionAttributeValues={":p": {"S": "Q2"}},
+        Limit=3,
+    )
+    assert [i["SK"]["S"] for i in first["Items"]] == ["meta", "s#1", "s#2"]
+    rest = client.query(
+        TableName=table,
+        KeyConditionExpression="PK = :p",
+        ExpressionAttributeValues={":p": {"S": "Q2"}},
+        ExclusiveStartKey=first["LastEvaluatedKey"],
+    )
+    assert [i["SK"]["S"] for i in rest["Items"]] == ["s#3"]
+    assert query(values={":four": {"N": "4"}}, FilterExpression="n = :four") == ["Q2/meta"]
+    scanned = client.scan(TableName=table, Select="COUNT")["Count"]
+    assert query(values={":p": {"S": "absent"}}) == []
+    assert client.scan(TableName=table, Select="COUNT")["Count"] == scanned

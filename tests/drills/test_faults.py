@@ -317,6 +317,10 @@ def test_load_fifty_projects_of_ten_scenes(start_workers: StartWorkers) -> None:
         # own check (capped by the backoff) is only the fallback for a lost wake-up. At the
         # tests' 2 s cap those checks were half of the ~6,000 executions on 2 busy processes.
         backoff_max="30",
+        # The load is the orchestration's: short rendered clips and a low output frame rate
+        # keep each scene's media work (render, cut, assembly) at a fifth of the default's.
+        local_clip_seconds="0.5",
+        output_fps="4",
     )
     projects = [api.create_project(f"Load {n}", "Busy.", scene_count=10) for n in range(50)]
     for project_id in projects:

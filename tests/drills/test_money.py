@@ -72,6 +72,9 @@ def test_a_budget_holds_through_faults(
     }
     if kind == "sigkill-after-submit":  # accepted, id never stored: paid and counted
         settings["failpoints"] = "after_submit"
+        # No pause to outlast: the crash drills' lease, so reconcile takes the dead worker's
+        # scene back after 4 s instead of 10.
+        settings["lease_seconds"] = DRILL_SETTINGS["lease_seconds"]
     workers = start_workers(**settings)
     scenes = [{"prompt": f"scene {n}", "duration_seconds": 4} for n in range(1, SCENES + 1)]
     budget = FITTING * PRICE_MICROS
