@@ -28,6 +28,7 @@ import cProfile
 import io
 import os
 import pstats
+import site
 import time
 from pathlib import Path
 
@@ -188,7 +189,10 @@ def _profile_steps(count: int, duration: int) -> str:
     profiler.disable()
     out = io.StringIO()
     pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(12)
-    lines = [x for x in out.getvalue().splitlines() if x.strip()][:22]
+    # Paths relative to the checkout and the installed packages: the figures name no machine.
+    text = out.getvalue().replace(site.getsitepackages()[0] + "/", "site-packages/")
+    text = text.replace(str(Path(__file__).resolve().parent.parent) + "/", "")
+    lines = [x for x in text.splitlines() if x.strip()][:22]
     return (
         "Profile of the generate steps, inline (cumulative):\n\n```\n" + "\n".join(lines) + "\n```"
     )

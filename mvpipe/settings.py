@@ -60,8 +60,9 @@ class Settings(BaseSettings):
     backoff_max: float = Field(default=60.0, gt=0)
     reconcile_seconds: float = Field(default=60.0, gt=0)
     #: the share of `reconcile_seconds` one beat pass may spend examining projects; the rest
-    #: wait for the next pass (it starts where this one stopped), so under load a pass never
-    #: keeps a worker process busy from one beat to the next
+    #: wait for the next pass (it starts where this one stopped), so under load a regular pass
+    #: never keeps a worker process busy from one beat to the next (the full sweep's pass, once
+    #: per `full_sweep_seconds`, still examines everything at once)
     reconcile_share: float = Field(default=0.2, gt=0, le=1)
     default_scenes: int = Field(default=8, ge=1, le=999)
     orphan_grace_seconds: float = Field(default=3600.0, ge=0)

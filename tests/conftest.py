@@ -106,7 +106,9 @@ def start_workers(
         workers = Workers(service, Path(child_env["MVPIPE_LOCAL_LEDGER"]), child_env)
         started.append(workers)
         if control:
-            workers.control = start_control_worker(child_env, tmp_path / f"control-{n}.log")
+            workers.control = start_control_worker(
+                child_env, tmp_path / f"control-{n}.log", name=f"c{n}"
+            )
         return workers
 
     yield start

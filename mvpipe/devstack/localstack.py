@@ -61,6 +61,8 @@ class Service:
         self.proc.send_signal(signal.SIGCONT)
 
     def kill(self) -> None:
+        if self.proc.poll() is not None:
+            return  # reaped: its pid (and group id) may belong to another process by now
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=30)
@@ -190,7 +192,13 @@ def start_worker(
     start = log_path.stat().st_size if log_path.exists() else 0
     proc = _spawn(name, argv, log_path, env=env)
     service = Service(name, proc, log_path)
-    wait_until(lambda: " ready." in service.log_text()[start:], 120, f"celery worker {name}", proc)
+    try:
+        wait_until(
+            lambda: " ready." in service.log_text()[start:], 120, f"celery worker {name}", proc
+        )
+    except BaseException:
+        service.kill()  # a worker that never became ready must not consume anything later
+        raise
     return service
 
 
@@ -203,9 +211,9 @@ def start_worker(
 CONTROL_QUEUES = "mvpipe.plan,mvpipe.media"
 
 
-def start_control_worker(env: dict[str, str], log_path: Path) -> Service:
+def start_control_worker(env: dict[str, str], log_path: Path, *, name: str = "control") -> Service:
     """The one-process control worker (`CONTROL_QUEUES`), beside a worker on every queue."""
-    return start_worker(env, log_path, concurrency=1, name="control", queues=CONTROL_QUEUES)
+    return start_worker(env, log_path, concurrency=1, name=name, queues=CONTROL_QUEUES)
 
 
 def start_beat(env: dict[str, str], log_path: Path) -> Service:

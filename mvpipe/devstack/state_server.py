@@ -15,6 +15,7 @@ transaction names gives the same rollback, so the server does that instead.
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import threading
 from collections.abc import Callable, Iterable
@@ -90,10 +91,12 @@ def partition_queries() -> None:
     from moto.dynamodb.models.table import Table
 
     whole_table_query = Table.query
-    index_arg = 7  # index_name, after hash_key: how moto's backend passes it
+    signature = inspect.signature(whole_table_query)
 
     def query(self: Table, hash_key: Any, *args: Any, **kwargs: Any) -> Any:
-        index_name = args[index_arg - 1] if len(args) >= index_arg else kwargs.get("index_name")
+        # By name, however moto's backend passes it (positionally today).
+        bound = signature.bind(self, hash_key, *args, **kwargs).arguments
+        index_name = bound.get("index_name")
         if index_name is not None or hash_key is None:
             return whole_table_query(self, hash_key, *args, **kwargs)
         partition = self.items.get(hash_key)  # .get: the defaultdict must not grow a partition

@@ -111,6 +111,10 @@ def reconcile(
     budget = budget_seconds if in_turns else None
     for project_id in this_turn(listed, lambda: time.monotonic() - started, budget):
         examined += 1
+        if in_turns:
+            # Moved before the project is examined: a pass that dies on it (a worker killed,
+            # out of memory) must not make every later pass start with it again.
+            ctx.board.move_cursor(CURSOR_JOB, project_id)
         try:
             _reconcile_project(ctx, dispatcher, project_id, report)
         except Exception as exc:
@@ -119,8 +123,6 @@ def reconcile(
                 project_id,
                 describe(exc),
             )
-    if in_turns and examined:
-        ctx.board.move_cursor(CURSOR_JOB, listed[examined - 1])
     if report.total:
         log.info("reconcile repaired %s", report.model_dump())
     rounds = -(-len(listed) // max(examined, 1))  # nothing listed: nothing examined
