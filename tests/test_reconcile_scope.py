@@ -26,7 +26,7 @@ from mvpipe.states import Counters
 from mvpipe.store.records import ProjectRecord, utc_now_iso
 from mvpipe.store.table import METADATA, ItemBase, project_pk, scene_sk
 from tests.conftest import Workers
-from tests.helpers import assert_invariants
+from tests.helpers import assert_invariants, own_storage
 
 StartWorkers = Callable[..., Workers]
 HOUR = 3600.0
@@ -153,8 +153,7 @@ def store_requests(proxy: CountingProxy) -> int:
 
 def own_table(start_workers: StartWorkers, proxy: CountingProxy) -> Context:
     """Workers and this process on a table and bucket of their own, through the proxy."""
-    name = f"mvpipe-scope-{uuid.uuid4().hex[:8]}"
-    start_workers(table=name, bucket=name, dynamodb_endpoint=proxy.url, s3_endpoint=proxy.url)
+    start_workers(**own_storage(), dynamodb_endpoint=proxy.url, s3_endpoint=proxy.url)
     return get_context()
 
 
@@ -235,8 +234,7 @@ def test_beat_passes_take_active_projects_in_turns_and_repair_each(
     start_workers: StartWorkers,
 ) -> None:
     # Given a budget so small that a beat pass examines one project (the least it examines)
-    name = f"mvpipe-turns-{uuid.uuid4().hex[:8]}"
-    start_workers(table=name, bucket=name, reconcile_share="0.000001")
+    start_workers(**own_storage(), reconcile_share="0.000001")
     ctx = get_context()
     ctx.board.due(FULL_SWEEP_JOB, HOUR)  # the sweep (which examines everything) is not due
     assert beat_pass()["total"] == 0  # nothing active: a pass examines nothing, and says so
