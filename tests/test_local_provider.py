@@ -168,3 +168,47 @@ def test_the_job_store_keeps_one_connection_per_thread_and_process(tmp_path: Pat
     with jobs.transaction() as db:
         assert db is first
         assert LocalJobs.next_call(db, "p", 1, "submit") == 5
+
+
+def test_a_job_is_rendered_while_it_runs_and_its_poll_hands_that_clip_over(
+    tmp_path: Path,
+) -> None:
+    # As a remote provider makes its clip on its side while the job runs, the local one
+    # renders halfway through the job, not in the poll that finds it done (a worker's
+    # completion step). The poll hands over the stored clip and removes it.
+    local = provider(tmp_path, local_latency=1.0)
+    operation_id = local.submit(request())
+    stored = local.renders.path(operation_id)
+    wait_for(stored.exists, 30, "the clip rendered while the job runs")
+    assert probe_clip(stored.read_bytes())[0] == "h264"
+    stored.write_bytes(b"made while the job ran")  # what the poll answers with, if it takes it
+    status = wait_for(
+        lambda: (s := local.poll(operation_id)).finished and s, 30, "the job to finish"
+    )
+    assert local.download(status) == b"made while the job ran"
+    assert not stored.exists()
+
+
+def test_short_cancelled_and_failed_jobs_leave_no_render_behind(tmp_path: Path) -> None:
+    short = provider(tmp_path / "short")  # 0.2 s: rendered by the poll that finds it done
+    operation_id = short.submit(request())
+    status = wait_for(
+        lambda: (s := short.poll(operation_id)).finished and s, 10, "the short job to finish"
+    )
+    assert probe_clip(short.download(status))[0] == "h264"
+    assert not short.renders.directory.exists()
+
+    local = provider(tmp_path / "long", local_latency=1.0, local_faults="permanent=1,seed=1")
+    failed = local.submit(request(1))
+    assert not local.jobs.wanted("jobs", failed)
+    other = provider(tmp_path / "long", local_latency=1.0)
+    cancelled = other.submit(request(2))
+    assert other.cancel(cancelled)
+    assert not other.jobs.wanted("jobs", cancelled)
+    wait_for(
+        lambda: other.poll(cancelled).finished and local.poll(failed).finished,
+        30,
+        "both jobs past their end",
+    )
+    assert not other.renders.path(cancelled).exists()
+    assert not local.renders.path(failed).exists()

@@ -25,6 +25,7 @@ from mvpipe.errors import PermanentProviderError, QuotaExceeded, TransientProvid
 from mvpipe.models import MAX_PROMPT, SceneSpec
 from mvpipe.providers.base import Brief, JobState, JobStatus, VideoRequest
 from mvpipe.providers.faults import FaultPlan
+from mvpipe.providers.local_renders import Renders
 from mvpipe.providers.render import render_clip
 from mvpipe.settings import Settings
 
@@ -130,6 +131,17 @@ class LocalJobs:
             ).fetchone()
         return row is not None and bool(row[0])
 
+    def wanted(self, table: str, operation_id: str) -> bool:
+        """Whether a job of `table` will still need its output: known, not cancelled, not
+        failed."""
+        if table not in JOB_TABLES:
+            raise ValueError(f"not a job table: {table}")
+        with self.transaction() as db:
+            row = db.execute(
+                f"SELECT cancelled, outcome FROM {table} WHERE operation_id = ?", (operation_id,)
+            ).fetchone()
+        return row is not None and not row[0] and row[1] != "failed"
+
     def polled(self, operation_ids: list[str]) -> set[str]:
         """Which of these jobs were ever polled: an id someone polls had reached the store."""
         with self.transaction() as db:
@@ -222,6 +234,8 @@ class LocalVideoProvider:
         self.faults = FaultPlan.parse(settings.local_faults)
         self.ledger = settings.local_ledger
         self.jobs = LocalJobs(settings.local_state_path)
+        path = settings.local_state_path
+        self.renders = Renders(path.with_name(f"{path.name}-renders"))
 
     def submit(self, request: VideoRequest) -> str:
         # The call counter commits on its own: a fault must not roll its own count back.
@@ -265,6 +279,14 @@ class LocalVideoProvider:
             append_ledger(
                 self.ledger, request.project_id, request.sequence, operation_id, "generate"
             )
+        if not failed:
+            seconds = min(float(request.duration_seconds), self.clip_seconds)
+            self.renders.schedule(
+                operation_id,
+                self.latency,
+                lambda: render_clip(request.prompt, seconds),
+                lambda: self.jobs.wanted("jobs", operation_id),
+            )
         return operation_id
 
     def poll(self, operation_id: str) -> JobStatus:
@@ -275,7 +297,9 @@ class LocalVideoProvider:
         if self.faults.garbage_fault(project_id, sequence, call):
             json.loads("<html>simulated 200 whose body is not JSON</html>")  # raises, unclassified
         prompt, duration = job.inputs
-        return job.status(lambda: render_clip(prompt, duration))
+        return job.status(
+            lambda: self.renders.take(operation_id, lambda: render_clip(prompt, duration))
+        )
 
     def download(self, status: JobStatus) -> bytes:
         if status.video is None:
