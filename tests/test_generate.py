@@ -763,3 +763,29 @@ def test_a_late_duplicate_poll_of_a_recorded_generation_leaves_the_lip_sync_leas
         project_id, 2, token=owner, operation_id="lip-op", run_id=run_id, stage=LIP_SYNCED
     )
     assert recorded == Claim.WON
+
+
+def test_a_done_job_with_other_jobs_running_queues_its_cut_behind_their_polls(
+    ctx: Context, provider: Misbehaving
+) -> None:
+    # Two jobs of the project run; the first one's timed poll finds it done. Its clip is
+    # recorded at once, but its cut (free, local work) is queued behind (the broker's lower
+    # priority), so the other job's poll, due meanwhile, does not wait for it.
+    project_id, run_id, operation_id = polling_scene(ctx)
+    other = slot_member(project_id, 2)
+    ctx.limiter.acquire("local", other, limit=4, ttl=60, line_ttl=60)
+    provider.answer = JobStatus(JobState.SUCCEEDED, video=render_clip("first", 1.0))
+    step = job(ctx, project_id, run_id).step(operation_id)
+    assert step.next == Next.STAGE and step.behind
+    scene = ctx.scenes.get(project_id, 1)
+    assert scene is not None and scene.original_clip_key is not None
+    assert scene.working_clip_key is None  # the cut is queued, not done
+    assert ctx.board.scene_polled(project_id, 1)  # marked alive while it waits in line
+
+    # The last job running: nothing to let go first, so the cut runs in the same execution.
+    ctx.limiter.release("local", other, limit=4)
+    project_id, run_id, operation_id = polling_scene(ctx)
+    step = job(ctx, project_id, run_id).step(operation_id)
+    assert step.next == Next.DONE and step.outcome == "completed"
+    scene = ctx.scenes.get(project_id, 1)
+    assert scene is not None and scene.working_clip_key is not None

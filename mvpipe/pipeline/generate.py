@@ -110,24 +110,29 @@ class SceneJob:
                 self.paid(carried).leave_line()
             return Step.done("run cancelled")
         if operation_id is not None:
-            return self.then(self.paid(carried).poll(operation_id, transient_polls))
+            machine = self.paid(carried)
+            return self.then(machine.poll(operation_id, transient_polls), polled=machine)
         return self.advance()
 
     def submit(self, scene: SceneRecord) -> Step:
         """Claim and submit the scene's generation (as a duplicate execution would)."""
         return self.then(self.paid(GENERATE).submit(scene))
 
-    def then(self, step: Step, stages_run: int = 1) -> Step:
+    def then(self, step: Step, stages_run: int = 1, *, polled: PaidOperation | None = None) -> Step:
         """A stage finished its output: go on with the scene's next stage. Not here when this
         execution freed a slot for another project's scene: the next stage is queued behind
         that scene's wake-up, so a worker starts the newcomer's job before this scene's cut
         (a small project is not kept behind the media work of a large one's finished jobs).
-        Unless this project holds fewer slots than the busiest: its next stage then goes on
-        at once, ahead of the busier project's woken scenes (a small project's cut is not
-        kept behind a large one's wave)."""
+        Nor when `polled` (the timed poll that found the job done) leaves other jobs of its
+        pool running (`polls_first`): their polls come due meanwhile and go first. Unless this
+        project holds fewer slots than the busiest: its next stage then goes on at once, ahead
+        of the busier project's woken scenes and polls (a small project's cut is not kept
+        behind a large one's wave)."""
         if step.next != Next.STAGE:
             return step
-        if self.x.handed_over and not self.x.lighter:
+        if (self.x.handed_over and not self.x.lighter) or (
+            polled is not None and not self.x.handed_over and polled.polls_first()
+        ):
             self.mark_queued()
             return Step(Next.STAGE, step.outcome, 0.0, {}, queue=self.queue, behind=True)
         if stages_run >= MAX_STAGES_PER_STEP:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Protocol
 
@@ -60,6 +60,16 @@ def poll_countdown(grid_seconds: float, eta_seconds: float | None, longest: floa
     if eta_seconds is None:
         return grid_seconds
     return min(longest, max(0.0, eta_seconds) + ETA_MARGIN_SECONDS)
+
+
+def polls_first(held: Mapping[str, int], project: str) -> bool:
+    """Whether a finished job's next stage (the cut: local work, free) should wait behind the
+    due polls of the jobs still running (`held`: slots per project once this job's slot is
+    freed). A poll that is due finds a finished, paid job whose slot the quota's next job is
+    waiting for; a cut is free work that can run a moment later. Not when nothing else runs
+    (it would wait for nothing), nor for a project holding fewer slots than the busiest
+    (`fairness.lighter`: a small project's cut is not kept behind a large one's wave)."""
+    return any(n > 0 for n in held.values()) and not lighter(held, project)
 
 
 class StageProvider(Protocol):
@@ -594,6 +604,11 @@ class PaidOperation:
         self.x.hand_on(
             self.ctx.limiter.leave(self.provider.pool, self.member, limit=self.provider.limit)
         )
+
+    def polls_first(self) -> bool:
+        """After this scene's job was found done and its slot freed: whether other jobs of the
+        pool still run and this project is not lighter than the busiest (`polls_first`)."""
+        return polls_first(self.ctx.limiter.slots_held(self.provider.pool), self.x.project_id)
 
     def release_unowned_slot(self) -> None:
         """After a lost claim: the slot entry is shared by every execution of this scene, and
