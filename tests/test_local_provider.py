@@ -212,3 +212,12 @@ def test_short_cancelled_and_failed_jobs_leave_no_render_behind(tmp_path: Path) 
     )
     assert not other.renders.path(cancelled).exists()
     assert not local.renders.path(failed).exists()
+
+
+def test_a_job_cancelled_after_its_render_leaves_no_clip_behind(tmp_path: Path) -> None:
+    local = provider(tmp_path, local_latency=6.0)  # rendered at 3 s, cancelled before 6 s
+    operation_id = local.submit(request())
+    stored = local.renders.path(operation_id)
+    wait_for(stored.exists, 30, "the clip rendered while the job runs")
+    assert local.cancel(operation_id)
+    assert not stored.exists()

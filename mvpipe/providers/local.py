@@ -307,7 +307,10 @@ class LocalVideoProvider:
         return status.video
 
     def cancel(self, operation_id: str) -> bool:
-        return self.jobs.cancel("jobs", operation_id)
+        stopped = self.jobs.cancel("jobs", operation_id)
+        if stopped:  # a clip rendered ahead would never be taken
+            self.renders.discard(operation_id)
+        return stopped
 
     def peak_in_flight(self) -> int:
         return self.jobs.peak_in_flight()

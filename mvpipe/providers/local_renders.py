@@ -67,6 +67,11 @@ class Renders:
         partial.write_bytes(clip)
         os.replace(partial, final)
 
+    def discard(self, operation_id: str) -> None:
+        """Drop the clip of a job that will never be polled done (cancelled)."""
+        with contextlib.suppress(FileNotFoundError):
+            self.path(operation_id).unlink()
+
     def take(self, operation_id: str, render: Callable[[], bytes]) -> bytes:
         """The clip rendered ahead (its file removed), else one rendered now."""
         path = self.path(operation_id)
@@ -74,6 +79,5 @@ class Renders:
             clip = path.read_bytes()
         except FileNotFoundError:
             return render()
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+        self.discard(operation_id)
         return clip
