@@ -82,6 +82,7 @@ PLAN = (
     Bench("makespan-song", "makespan_song.py", (),
           ("--song-seconds", "20", "--latency", "1", "--quota", "4", "--size", "320x180")),
     Bench("overhead", "overhead.py", ("--scenes", "500"), ("--scenes", "20")),
+    Bench("pools", "pools.py", (), ("--scenes", "10", "--latencies", "0", "1")),
     Bench("scaling", "scaling.py", ("--sizes", "10", "100", "999"), ("--sizes", "5", "10")),
     Bench("media", "media.py", (),
           ("--song-seconds", "20", "--size", "320x180", "--scenes", "6")),
