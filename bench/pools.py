@@ -8,7 +8,8 @@ runs on the local stack's layout: the worker on every queue, here on each pool i
 control worker (prefork, `mvpipe.plan,mvpipe.media`) beside it. The generate steps wait on the
 provider and the store, not on our CPU, so threads can overlap what prefork's two processes
 cannot. Each pool runs at every local latency (`MVPIPE_LOCAL_LATENCY`); the provider quota is
-unlimited, so the pool, not the quota, is the bound.
+unlimited, so the pool, not the quota, is the bound (`--quota P`: the makespan is also shown
+against the quota bound ceil(N/P) * L, as in makespan.py).
 
 Per run: scenes/s from `run_project` to the project's completion (the final video recorded) and
 the CPU (user + sys) of both workers' process trees per scene. Each pair of workers is fresh,
@@ -18,6 +19,7 @@ runs one unmeasured project first and is idle before the measure starts (as in o
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -60,26 +62,31 @@ def main() -> None:
     parser.add_argument("--scenes", type=int, default=160)
     parser.add_argument("--latencies", type=float, nargs="+", default=[0.0, 2.0])
     parser.add_argument("--size", default="160x90", help="the cut's output (WxH)")
+    parser.add_argument(
+        "--quota", type=int, default=10000, help="provider quota (default: no bound)"
+    )
     args = parser.parse_args()
     n = args.scenes
     settings = {
-        "local_max_concurrent": "10000",
-        "provider_concurrency": "10000",
+        "local_max_concurrent": str(args.quota),
+        "provider_concurrency": str(args.quota),
         "local_clip_seconds": "0.5",
         "output_size": args.size,
+        "warm_media": "0",  # no song here: no pool process warms song analysis
     }
     runs = []
     with bench_stack(**settings) as (stack, workdir):
         for latency in args.latencies:
             for pool, concurrency in POOLS:
                 runs.append(measure(stack, workdir, pool, concurrency, latency, n))
-    report(runs, n, args.size)
+    report(runs, n, args.size, args.quota)
 
 
 def measure(
     stack: LocalStack, workdir: Path, pool: str, concurrency: int, latency: float, n: int
 ) -> Run:
     env = {"MVPIPE_LOCAL_LATENCY": f"{latency:g}"}
+    begun = time.monotonic()
     worker = workers(stack, workdir, concurrency, pool=pool, **env)
     control = control_worker(stack, workdir, **env)
     try:
@@ -99,11 +106,14 @@ def measure(
         worker.stop()
         control.stop()
     run = Run(pool, concurrency, latency, seconds, cpu)
-    print(f"{run.label}, latency {latency:g} s: {n / seconds:.1f} scenes/s", flush=True)
+    took = time.monotonic() - begun
+    print(
+        f"{run.label}, latency {latency:g} s: {n / seconds:.1f} scenes/s ({took:.0f} s)", flush=True
+    )
     return run
 
 
-def report(runs: list[Run], n: int, size: str) -> None:
+def report(runs: list[Run], n: int, size: str, quota: int) -> None:
     baseline = {r.latency: r for r in runs if (r.pool, r.concurrency) == POOLS[0]}
     rows = [
         (
@@ -113,10 +123,12 @@ def report(runs: list[Run], n: int, size: str) -> None:
             f"{n / r.seconds:.1f}",
             f"{baseline[r.latency].seconds / r.seconds:.2f}x",
             f"{r.cpu / n * 1000:.0f} ms",
+            f"{r.seconds / bound:.2f}x" if (bound := math.ceil(n / quota) * r.latency) else "-",
         )
         for r in runs
     ]
     header = ("video worker's pool", "latency", "makespan", "scenes/s", "vs prefork", "CPU/scene")
+    header += (f"vs quota bound (P={quota})",)
     title = f"Scenes/s by the video worker's pool ({n} scenes of 1 s cut to {size}, + control)"
     record(table(title, rows, header))
     at = " / ".join(f"{latency:g} s" for latency in sorted(baseline))
