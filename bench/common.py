@@ -22,6 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from countingproxy import CountingProxy  # noqa: E402
+
 from mvpipe.deps import reset_context  # noqa: E402
 from mvpipe.devstack.localstack import (  # noqa: E402
     LocalStack,
@@ -82,6 +84,16 @@ def workers(
     service = Service(app, proc, log)
     wait_until(lambda: " ready." in service.log_text(), 120, app, proc)
     return service
+
+
+def proxied(stack: LocalStack, delay: float = 0.0) -> CountingProxy:
+    """A `CountingProxy` (holding each request `delay` seconds) between the state server and
+    every process started from here on, this one included."""
+    proxy = CountingProxy(int(stack.env["MVPIPE_DYNAMODB_ENDPOINT"].rsplit(":", 1)[1]), delay)
+    stack.env["MVPIPE_DYNAMODB_ENDPOINT"] = stack.env["MVPIPE_S3_ENDPOINT"] = proxy.url
+    os.environ.update(stack.env)
+    reset_context()
+    return proxy
 
 
 def control_worker(stack: LocalStack, workdir: Path, **extra_env: str) -> Service:
