@@ -13,7 +13,7 @@ BENCHMARKS.md gets:
 - one section appended at the bottom with every table of the run, as printed.
 A benchmark left out (`--skip`, `--only`) keeps its rows from the previous run, labelled with
 that run's commit and date, so the summary never mixes runs silently. The drill takes about an
-hour at `--drill-repeat 10` on 2 cores; the rest an estimated 25 to 35 minutes (the makespan
+hour at `--drill-repeat 10` on 2 cores; the rest an estimated 30 to 40 minutes (the makespan
 runs cut at `ORCHESTRATION`'s small size, the music video and the rest at 1280x720; every project
 is assembled; the time each script took is printed and recorded).
 
@@ -82,6 +82,7 @@ PLAN = (
     Bench("makespan-song", "makespan_song.py", (),
           ("--song-seconds", "20", "--latency", "1", "--quota", "4", "--size", "320x180")),
     Bench("overhead", "overhead.py", ("--scenes", "500"), ("--scenes", "20")),
+    Bench("pools", "pools.py", (), ("--scenes", "10", "--latencies", "0", "1")),
     Bench("scaling", "scaling.py", ("--sizes", "10", "100", "999"), ("--sizes", "5", "10")),
     Bench("media", "media.py", (),
           ("--song-seconds", "20", "--size", "320x180", "--scenes", "6")),

@@ -17,18 +17,16 @@
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import redis
-from common import bench_stack, summary, workers
+from common import bench_stack, proxied, summary, workers
 from countingproxy import DYNAMO_READS, DYNAMO_WRITES, CountingProxy
 from scaling import redis_calls
 
 from mvpipe import api
-from mvpipe.deps import reset_context
 from mvpipe.devstack.localstack import LocalStack
 
 #: Default poll intervals (DESIGN.md: MVPIPE_POLL_SECONDS per provider).
@@ -66,14 +64,6 @@ def measure_counts(
     per["dynamodb.reads"] = sum(v for k, v in per.items() if k.split(".")[-1] in DYNAMO_READS)
     per["redis.commands"] = calls / n
     return per
-
-
-def _proxied(stack: LocalStack) -> CountingProxy:
-    proxy = CountingProxy(int(stack.env["MVPIPE_DYNAMODB_ENDPOINT"].rsplit(":", 1)[1]))
-    stack.env["MVPIPE_DYNAMODB_ENDPOINT"] = stack.env["MVPIPE_S3_ENDPOINT"] = proxy.url
-    os.environ.update(stack.env)
-    reset_context()
-    return proxy
 
 
 def bytes_per_waiting_scene(stack: LocalStack, workdir: Path, parked: int) -> tuple[float, int]:
@@ -129,7 +119,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=30.0)
     args = parser.parse_args()
     with bench_stack(**COUNT_SETTINGS) as (stack, workdir):
-        proxy = _proxied(stack)
+        proxy = proxied(stack)
         try:
             per = measure_counts(stack, workdir, proxy, args.scenes)
             per_byte, held = bytes_per_waiting_scene(stack, workdir, args.parked)

@@ -22,8 +22,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from countingproxy import CountingProxy  # noqa: E402
+
 from mvpipe.deps import reset_context  # noqa: E402
-from mvpipe.devstack.localstack import LocalStack, Service, start_worker  # noqa: E402
+from mvpipe.devstack.localstack import (  # noqa: E402
+    LocalStack,
+    Service,
+    start_control_worker,
+    start_worker,
+)
 
 
 @contextlib.contextmanager
@@ -77,6 +84,53 @@ def workers(
     service = Service(app, proc, log)
     wait_until(lambda: " ready." in service.log_text(), 120, app, proc)
     return service
+
+
+def proxied(stack: LocalStack, delay: float = 0.0) -> CountingProxy:
+    """A `CountingProxy` (holding each request `delay` seconds) between the state server and
+    every process started from here on, this one included."""
+    proxy = CountingProxy(int(stack.env["MVPIPE_DYNAMODB_ENDPOINT"].rsplit(":", 1)[1]), delay)
+    stack.env["MVPIPE_DYNAMODB_ENDPOINT"] = stack.env["MVPIPE_S3_ENDPOINT"] = proxy.url
+    os.environ.update(stack.env)
+    reset_context()
+    return proxy
+
+
+def control_worker(stack: LocalStack, workdir: Path, **extra_env: str) -> Service:
+    """The local stack's control worker (`localstack.CONTROL_QUEUES`), beside `workers`."""
+    env = stack.child_env(PYTHONPATH=f"{ROOT}:{ROOT / 'bench'}", **extra_env)
+    return start_control_worker(env, workdir / "control.log")
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + sys CPU of a process and its descendants (live ones, and reaped ones through
+    their parent's cutime/cstime), from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total, stack = 0, [pid]
+    while stack:
+        current = stack.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+            for task in Path(f"/proc/{current}/task").iterdir():
+                stack.extend(int(c) for c in (task / "children").read_text().split())
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total / tick
+
+
+def settle(pid: int, timeout: float = 300) -> None:
+    """Wait until the process tree is idle (under 2 % of a core over half a second): the
+    start-up work a worker does after it says it is ready is over."""
+    deadline = time.monotonic() + timeout
+    before = tree_cpu_seconds(pid)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = tree_cpu_seconds(pid)
+        if now - before < 0.01:
+            return
+        before = now
+    raise TimeoutError(f"worker {pid} still busy after {timeout} s")
 
 
 def wait_all(project_ids: list[str], timeout: float) -> float:

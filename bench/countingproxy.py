@@ -1,13 +1,16 @@
 """An HTTP reverse proxy in front of the state server that counts requests by kind.
 
 It sits on the wire between every mvpipe process and DynamoDB/S3, so it counts what the clients
-really send (retries included): DynamoDB by `X-Amz-Target` operation, S3 by method.
+really send (retries included): DynamoDB by `X-Amz-Target` operation, S3 by method. With a
+`delay` it also holds every request that long before forwarding it: a network round trip to a
+remote store, which the local state server (on the same machine) does not have.
 """
 
 from __future__ import annotations
 
 import http.client
 import threading
+import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -16,7 +19,7 @@ DYNAMO_READS = {"GetItem", "Query", "Scan", "BatchGetItem", "TransactGetItems"}
 
 
 class CountingProxy:
-    def __init__(self, upstream_port: int) -> None:
+    def __init__(self, upstream_port: int, delay: float = 0.0) -> None:
         self.counts: Counter[str] = Counter()
         self.lock = threading.Lock()
         proxy = self
@@ -37,6 +40,8 @@ class CountingProxy:
                 kind = f"dynamodb.{target.split('.')[-1]}" if target else f"s3.{self.command}"
                 with proxy.lock:
                     proxy.counts[kind] += 1
+                if delay:
+                    time.sleep(delay)
                 upstream = http.client.HTTPConnection("127.0.0.1", upstream_port, timeout=60)
                 headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
                 upstream.request(self.command, self.path, body=body, headers=headers)

@@ -32,7 +32,7 @@ import site
 import time
 from pathlib import Path
 
-from common import bench_stack, record, summary, table, warm_up, workers
+from common import bench_stack, record, settle, summary, table, tree_cpu_seconds, warm_up, workers
 from cpuprofile import WAITING, components, sampled
 
 from mvpipe import api
@@ -122,23 +122,6 @@ def main() -> None:
     )
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """User + sys CPU of a process and its descendants (live ones, and reaped ones through
-    their parent's cutime/cstime), from /proc."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total, stack = 0, [pid]
-    while stack:
-        current = stack.pop()
-        try:
-            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
-            total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
-            for task in Path(f"/proc/{current}/task").iterdir():
-                stack.extend(int(c) for c in (task / "children").read_text().split())
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-    return total / tick
-
-
 def _by_component(samples: Path, cpu_per_scene: float) -> str:
     """The pipeline worker's CPU per scene by component (py-spy samples' shares of it)."""
     rows = [
@@ -149,20 +132,6 @@ def _by_component(samples: Path, cpu_per_scene: float) -> str:
     ]
     header = ("component", "share", "per scene", "samples")
     return "\n\n" + table("Pipeline worker CPU by component (py-spy)", rows, header)
-
-
-def settle(pid: int, timeout: float = 300) -> None:
-    """Wait until the process tree is idle (under 2 % of a core over half a second): the
-    start-up work a worker does after it says it is ready is over."""
-    deadline = time.monotonic() + timeout
-    before = tree_cpu_seconds(pid)
-    while time.monotonic() < deadline:
-        time.sleep(0.5)
-        now = tree_cpu_seconds(pid)
-        if now - before < 0.01:
-            return
-        before = now
-    raise TimeoutError(f"worker {pid} still busy after {timeout} s")
 
 
 def _profile_steps(count: int, duration: int) -> str:

@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
 import threading
 import time
 from pathlib import Path
 
 import redis
-from common import bench_stack, record, summary, table, workers
+from common import bench_stack, proxied, record, summary, table, workers
 from countingproxy import DYNAMO_READS, DYNAMO_WRITES, CountingProxy
 
 from mvpipe import api
-from mvpipe.deps import get_settings, reset_context
+from mvpipe.deps import get_settings
 from mvpipe.devstack.localstack import LocalStack, wait_until
 
 
@@ -134,11 +133,7 @@ def run_all(sizes: list[int], concurrency: int) -> list[dict[str, float]]:
         "poll_seconds": "0.2",
     }
     with bench_stack(**settings) as (stack, workdir):
-        moto_port = int(stack.env["MVPIPE_DYNAMODB_ENDPOINT"].rsplit(":", 1)[1])
-        proxy = CountingProxy(moto_port)
-        stack.env["MVPIPE_DYNAMODB_ENDPOINT"] = stack.env["MVPIPE_S3_ENDPOINT"] = proxy.url
-        os.environ.update(stack.env)
-        reset_context()
+        proxy = proxied(stack)
         try:
             return [run_size(stack, workdir, proxy, n, concurrency) for n in sizes]
         finally:

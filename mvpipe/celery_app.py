@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import gc
 import logging
+import threading
 import time
 
 from celery import Celery
-from celery.signals import task_postrun, worker_init, worker_process_init
+from celery.signals import task_postrun, worker_init, worker_process_init, worker_ready
 
 from mvpipe import kombu_guard
 from mvpipe.settings import get_settings
@@ -41,13 +42,28 @@ def _guard_broker_reconnects(**_: object) -> None:
 
 @worker_process_init.connect
 def _warm_song_analysis(**_: object) -> None:
+    global _pool_process
+    _pool_process = True
     _warm_media()
     _freeze_startup_objects()
 
 
-#: Tasks between two full garbage collections in a pool process.
+@worker_ready.connect
+def _freeze_before_threads(**_: object) -> None:
+    """Celery's threads pool runs tasks in the worker's own process and sends no
+    `worker_process_init`: its startup objects are frozen here, before any task runs (frozen
+    after a first task, the other threads' tasks in flight would be frozen with them, and a
+    frozen cycle is never freed)."""
+    if not _pool_process:
+        _freeze_startup_objects()
+
+
+#: Tasks between two full garbage collections in a pool process (or a threads pool's process).
 COLLECT_EVERY = 20
 _tasks_run = 0
+#: Whether this is a process of a process pool (prefork, solo), where one task runs at a time.
+_pool_process = False
+_counting = threading.Lock()
 
 
 def _freeze_startup_objects() -> None:
@@ -68,12 +84,15 @@ def _collect_cycles(**_: object) -> None:
     they happen) and only a full collection frees it; Python runs one when the survivors grow
     by a quarter of all long-lived objects, which with a few million library objects is rare:
     the cycles piled up at ~400 KB per step (pool RSS 1.4x from 100 to 999 waiting scenes).
-    The first collection also freezes the modules the first task imported lazily."""
+    In a process pool the first task's end also freezes the modules it imported lazily; in a
+    threads pool (tasks of every thread counted together) the worker froze at ready instead."""
     global _tasks_run
-    _tasks_run += 1
-    if _tasks_run == 1:
+    with _counting:
+        _tasks_run += 1
+        count = _tasks_run
+    if count == 1 and _pool_process:
         _freeze_startup_objects()
-    elif _tasks_run % COLLECT_EVERY == 0:
+    elif count % COLLECT_EVERY == 0:
         gc.collect()
 
 

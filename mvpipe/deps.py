@@ -1,7 +1,10 @@
 """Builds the store, Redis and provider clients lazily, once per process.
 
 Nothing here runs at import. A forked worker child gets fresh clients (boto3 sessions and sockets
-are not fork-safe) because the cache is keyed by process id.
+are not fork-safe) because the cache is keyed by process id. A worker on Celery's threads pool
+runs its tasks in threads of one process: the context and each provider are built once, under a
+lock, and the clients they hold are shared by the threads (botocore, redis-py and httpx clients
+are thread-safe; each keeps a pool of connections).
 """
 
 from __future__ import annotations
@@ -42,23 +45,39 @@ class Context:
     _planners: dict[str, Planner] = field(default_factory=dict)
     _lipsync: LipSyncProvider | None = None
     _ready: bool = False
+    #: Held while a provider is built: threads of one process build each one once.
+    _building: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def video_provider(self, name: str) -> VideoProvider:
-        if name not in self._providers:
-            self._providers[name] = build_video_provider(name, self.settings)
-        return self._providers[name]
+        provider = self._providers.get(name)
+        if provider is None:
+            with self._building:
+                provider = self._providers.get(name)
+                if provider is None:
+                    provider = build_video_provider(name, self.settings)
+                    self._providers[name] = provider
+        return provider
 
     def lipsync_provider(self) -> LipSyncProvider:
         """The lip-sync provider (`MVPIPE_LIPSYNC_PROVIDER`), whatever the video provider."""
         if self._lipsync is None:
-            self._lipsync = build_lipsync_provider(self.settings.lipsync_provider, self.settings)
+            with self._building:
+                if self._lipsync is None:
+                    self._lipsync = build_lipsync_provider(
+                        self.settings.lipsync_provider, self.settings
+                    )
         return self._lipsync
 
     def planner(self) -> Planner:
         name = self.settings.planner
-        if name not in self._planners:
-            self._planners[name] = build_planner(name, self.settings)
-        return self._planners[name]
+        planner = self._planners.get(name)
+        if planner is None:
+            with self._building:
+                planner = self._planners.get(name)
+                if planner is None:
+                    planner = build_planner(name, self.settings)
+                    self._planners[name] = planner
+        return planner
 
     def ensure_storage(self) -> None:
         """Create table and bucket on first use (idempotent, race-safe).

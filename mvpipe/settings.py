@@ -113,6 +113,10 @@ class Settings(BaseSettings):
     store_timeout_seconds: float = Field(default=10.0, gt=0)
     #: how long one store call is retried through an outage before it reports `StoreUnavailable`
     store_retry_seconds: float = Field(default=30.0, gt=0)
+    #: HTTP connections a process keeps open per store client (DynamoDB, S3): at least the
+    #: worker's thread count on Celery's threads pool, or the threads beyond it open and drop
+    #: a connection per call (botocore's default is 10; connections open only when used)
+    store_connections: int = Field(default=32, ge=1, le=1024)
 
     song_min_seconds: float = Field(default=5.0, gt=0)
     song_max_seconds: float = Field(default=600.0, gt=0, le=3 * 3600)

@@ -78,6 +78,7 @@ def start_workers(
         env: dict[str, str] | None = None,
         queues: str | None = None,
         control: bool = False,
+        pool: str = "prefork",
         **settings: str,
     ) -> Workers:
         n = next(_counter)
@@ -102,6 +103,7 @@ def start_workers(
             concurrency=concurrency,
             name=f"w{n}",
             queues=queues,
+            pool=pool,
         )
         workers = Workers(service, Path(child_env["MVPIPE_LOCAL_LEDGER"]), child_env)
         started.append(workers)

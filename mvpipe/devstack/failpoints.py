@@ -2,7 +2,9 @@
 
 When a named point is reached, the process is SIGKILLed — once per point and state directory,
 across all processes (the first to create the marker file dies), so a drill crashes exactly one
-execution at exactly that moment. A point named `name=hold` instead stops that one execution
+execution at exactly that moment. On Celery's threads pool the process is the whole worker: every
+execution its threads were running dies with it, as they would in a crash of that worker (nothing
+restarts it: a drill starts another). A point named `name=hold` instead stops that one execution
 there until the drill says go (`release`), so the drill can break something (pause the state
 server) exactly while the execution is at that point. Unset in production: then `reached` is one
 dict lookup.

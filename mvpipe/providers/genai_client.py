@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -68,6 +69,7 @@ class GenaiUser:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._client: Any = None
+        self._building = threading.Lock()  # threads of one worker build one client
 
     def make_client(self) -> Any:
         raise NotImplementedError
@@ -75,7 +77,9 @@ class GenaiUser:
     @property
     def client(self) -> Any:
         if self._client is None:
-            self._client = self.make_client()
+            with self._building:
+                if self._client is None:
+                    self._client = self.make_client()
         return self._client
 
 

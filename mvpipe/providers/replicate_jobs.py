@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from typing import Any
 
 import httpx
@@ -69,6 +70,7 @@ class ReplicateJobs:
             settings.replicate_base_url or os.environ.get("REPLICATE_BASE_URL") or DEFAULT_BASE_URL
         ).rstrip("/")
         self._client: Any = None
+        self._building = threading.Lock()  # threads of one worker build one client
 
     def _token(self) -> str:
         return require_env("REPLICATE_API_TOKEN", purpose="Replicate")
@@ -76,15 +78,24 @@ class ReplicateJobs:
     @property
     def client(self) -> Any:
         if self._client is None:
-            import replicate
-
-            self._client = replicate.Client(
-                api_token=self._token(),
-                base_url=self.base_url,
-                timeout=httpx.Timeout(self.settings.provider_timeout_seconds),
-                transport=BoundedTransport(self.settings.provider_timeout_seconds),
-            )
+            with self._building:
+                if self._client is None:
+                    self._client = self._build()
         return self._client
+
+    def _build(self) -> Any:
+        import replicate
+
+        client = replicate.Client(
+            api_token=self._token(),
+            base_url=self.base_url,
+            timeout=httpx.Timeout(self.settings.provider_timeout_seconds),
+            transport=BoundedTransport(self.settings.provider_timeout_seconds),
+        )
+        # The SDK builds its httpx client on first use, check-then-set: built here, once, it
+        # is the one every thread shares (httpx's connection pool is thread-safe).
+        _ = client._client
+        return client
 
     def create(self, model_ref: str, fields: dict[str, Any]) -> str:
         """Start one prediction; its id. Errors come out classified (DESIGN.md invariant 3:

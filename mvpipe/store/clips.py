@@ -85,6 +85,7 @@ class ClipStore:
                 connect_timeout=settings.store_timeout_seconds,
                 read_timeout=settings.store_timeout_seconds,
                 retries={"max_attempts": 5, "mode": "standard"},
+                max_pool_connections=settings.store_connections,
                 s3={"addressing_style": "path"},
             ),
         )

@@ -112,6 +112,7 @@ def bind_table(settings: Settings) -> type[ItemBase]:
             # The store's own retry (`Table._call`, bounded by `retry_until`) is the only one:
             # retries inside the client would each add a timeout the lease budget can't see.
             "max_retry_attempts": 0,
+            "max_pool_connections": settings.store_connections,
         },
     )
     return type("Item", (ItemBase,), {"Meta": meta, "status_index": StatusIndex()})

@@ -34,8 +34,35 @@ def test_worker_killed_at_a_critical_moment(start_workers: StartWorkers, point: 
     check_drill(project_id, workers, double_paid_allowed=1 if point == "after_submit" else 0)
 
 
-def test_whole_worker_killed_while_polling_then_replaced(start_workers: StartWorkers) -> None:
-    settings = {**DRILL_SETTINGS, "local_latency": "3"}
+#: A worker on Celery's threads pool: the process is the whole worker, all its threads die in
+#: a crash, and nothing restarts it.
+THREADS = {"pool": "threads", "concurrency": 8}
+
+
+@pytest.mark.parametrize("point", ["after_submit", "during_poll", "after_upload"])
+def test_threads_worker_killed_at_a_critical_moment_then_replaced(
+    start_workers: StartWorkers, point: str
+) -> None:
+    first = start_workers(failpoints=point, **THREADS, **DRILL_SETTINGS)
+    project_id = api.create_project("Crash", "Kill every thread.", scene_count=6)
+    api.run_project(project_id)
+    wait_for(lambda: first.service.proc.poll() is not None, 60, "the worker to die at " + point)
+    assert (first.ledger.parent / "state" / "failpoints" / point).exists()
+    # The marker stays: the replacement (same state directory) does not crash again.
+    second = start_workers(
+        failpoints=point, local_ledger=str(first.ledger), **THREADS, **DRILL_SETTINGS
+    )
+    heal(project_id)
+    # Every execution the process ran died with it: each one between a job's acceptance and
+    # its id's write may cost a second job (inside the named window), and nothing else may.
+    check_drill(project_id, second, double_paid_allowed=6 if point == "after_submit" else 0)
+
+
+@pytest.mark.parametrize("pool", ["prefork", "threads"])
+def test_whole_worker_killed_while_polling_then_replaced(
+    start_workers: StartWorkers, pool: str
+) -> None:
+    settings = {**DRILL_SETTINGS, "local_latency": "3", **(THREADS if pool == "threads" else {})}
     first = start_workers(**settings)
     project_id = api.create_project("Replace", "New worker.", scene_count=6)
     api.run_project(project_id)
