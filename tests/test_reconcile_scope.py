@@ -207,19 +207,20 @@ def test_the_full_sweep_still_repairs_a_finished_project(
     assert api.reconcile(full_sweep=True, sweep_strays=False).total == 0
 
 
-def live_project_with_wrong_counters(ctx: Context) -> str:
-    """A planned project a live run works on (nothing dispatched), its counters written wrong."""
-    project_id = api.create_project("Live", "Busy.", scenes=[{"prompt": "a"}, {"prompt": "b"}])
+def touched_project_with_wrong_counters(ctx: Context) -> str:
+    """A project whose run was released a moment ago (a cancel), its counters written wrong:
+    regular passes load it (a run may have left work behind), and with no run its counters
+    are reconcile's to recount (a live run's are its finalize's)."""
+    project_id = api.create_project("Touched", "Idle.", scenes=[{"prompt": "a"}, {"prompt": "b"}])
     run_id = str(uuid.uuid4())
-    ctx.board.touch_run(run_id, 600)
     assert ctx.projects.win_run(project_id, run_id, ProjectStatus.PROCESSING) == run_id
     wrong = Counters(scene_count=2, completed_scenes=1, failed_scenes=1, open_scenes=0)
     assert ctx.projects.settle(
         project_id,
         observed_run=run_id,
         counters=wrong,
-        status=ProjectStatus.PROCESSING,
-        release=False,
+        status=ProjectStatus.PENDING,
+        release=True,
     )
     return project_id
 
@@ -238,19 +239,18 @@ def test_beat_passes_take_active_projects_in_turns_and_repair_each(
     ctx = get_context()
     ctx.board.due(FULL_SWEEP_JOB, HOUR)  # the sweep (which examines everything) is not due
     assert beat_pass()["total"] == 0  # nothing active: a pass examines nothing, and says so
-    # and three active projects whose counters are wrong
-    broken = [live_project_with_wrong_counters(ctx) for _ in range(3)]
+    # and three recently touched projects whose counters are wrong
+    broken = [touched_project_with_wrong_counters(ctx) for _ in range(3)]
 
     # When beat's passes run, each repairs one project, and three reach all of them
     assert [beat_pass()["counters_fixed"] for _ in broken] == [1, 1, 1]
     for project_id in broken:
         record = ctx.projects.get(project_id)
         assert (record.completed_scenes, record.failed_scenes) == (0, 0)
-        assert record.active_run_id is not None  # left to its run
     # and the next round finds nothing left
     assert [beat_pass()["total"] for _ in broken] == [0, 0, 0]
     # while an inline pass still examines every one at once
-    live_project_with_wrong_counters(ctx)
-    another = live_project_with_wrong_counters(ctx)
+    touched_project_with_wrong_counters(ctx)
+    another = touched_project_with_wrong_counters(ctx)
     assert api.reconcile(full_sweep=False, sweep_strays=False).counters_fixed == 2
     assert ctx.projects.get(another).failed_scenes == 0

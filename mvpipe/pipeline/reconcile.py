@@ -394,6 +394,13 @@ def _settle(
                 "took over stale run project=%s old=%s new=%s", project.project_id, run, new_run
             )
         return
+    if run is not None:
+        # The run's counters are its own finalize's: a scene's completion is not written to
+        # METADATA (no write per scene), so while a run works they lag by its in-flight work,
+        # and every finalize (the run's last one included) recounts from a fresh read. A
+        # recount here would be progress, not a repair: one more write on the METADATA item
+        # every claim touches, at every look at a live run.
+        return
     settlement = settle_project(ctx, state)
     if settlement is not None and settlement.cost_recounted:
         report.costs_recounted += 1
