@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import redis
 
 from bench.countingproxy import CountingProxy
 from mvpipe import api
@@ -18,8 +19,10 @@ from mvpipe.devstack.localstack import LocalStack
 from mvpipe.models import ProjectStatus, SceneStatus
 from mvpipe.pipeline.reconcile_scope import (
     FULL_SWEEP_JOB,
+    SWEEP_CURSOR_JOB,
     in_turn,
     needs_regular_pass,
+    round_rest,
     this_turn,
 )
 from mvpipe.states import Counters
@@ -79,6 +82,24 @@ def test_passes_take_projects_in_turns_from_where_the_last_stopped() -> None:
         seen |= set(taken)
         cursor = taken[-1]
     assert seen == set(ids)
+
+
+def test_a_round_of_the_sweep_goes_on_from_its_cursor_to_the_end_once() -> None:
+    ids = ["c", "a", "e", "b", "d", "a"]
+    assert round_rest(ids, "") == ["a", "b", "c", "d", "e"]  # a round starts at the first
+    assert round_rest(ids, "b") == ["c", "d", "e"]  # and never wraps round
+    assert round_rest(ids, "e") == []  # the round is over
+    # a project gone mid-round (finished ones are swept, active ones are the turn's) or new
+    # behind the cursor: the rest of the round is the same; new ahead of it: in this round
+    assert round_rest(["a", "c", "d"], "b") == ["c", "d"]
+    assert round_rest(["a", "aa", "b", "c", "d", "e"], "b") == ["c", "d", "e"]
+    assert round_rest(["b", "bb", "c"], "b") == ["bb", "c"]
+    # passes taking two each reach all five within ceil(5 / 2) passes, each once
+    cursor, seen = "", []
+    while rest := round_rest(ids, cursor):
+        seen += rest[:2]
+        cursor = seen[-1]
+    assert seen == ["a", "b", "c", "d", "e"]
 
 
 def test_a_pass_examines_projects_while_its_budget_lasts_and_always_one() -> None:
@@ -254,3 +275,47 @@ def test_beat_passes_take_active_projects_in_turns_and_repair_each(
     another = touched_project_with_wrong_counters(ctx)
     assert api.reconcile(full_sweep=False, sweep_strays=False).counters_fixed == 2
     assert ctx.projects.get(another).failed_scenes == 0
+
+
+def test_beat_passes_sweep_finished_projects_in_rounds_beside_the_active_turn(
+    start_workers: StartWorkers, redis_client: redis.Redis
+) -> None:
+    # Given a budget so small that each turn of a beat pass examines one project (its least)
+    start_workers(**own_storage(), reconcile_share="0.000001")
+    ctx = get_context()
+    # and finished projects, one of which lost its clip, beside one a regular pass loads
+    lost = completed_then_clip_lost(ctx)
+    ctx.table.batch_put(finished_items(ctx.table.model, 3))
+    finished = sorted(p.project_id for p in ctx.projects.list_by_status(ProjectStatus.FAILED))
+    finished = sorted([lost, *finished])
+    touched = touched_project_with_wrong_counters(ctx)
+    # When the sweep is not due, a beat pass examines the active turn alone
+    ctx.board.due(FULL_SWEEP_JOB, HOUR)
+    first = beat_pass()
+    assert (first["counters_fixed"], first["missing_clips"]) == (1, 0)
+    assert ctx.board.cursor(SWEEP_CURSOR_JOB) is None
+
+    # When it comes due, each pass takes the round one finished project further, in order
+    redis_client.delete(f"mvpipe:due:{FULL_SWEEP_JOB}")
+    repaired = []
+    for project_id in finished[:-1]:
+        repaired.append(beat_pass()["missing_clips"])
+        assert ctx.board.cursor(SWEEP_CURSOR_JOB) == project_id
+    repaired.append(beat_pass()["missing_clips"])
+    # Then the round reached every one, repaired the lost clip when it came to it, and is over
+    assert repaired == [int(p == lost) for p in finished]
+    assert ctx.board.cursor(SWEEP_CURSOR_JOB) is None
+    assert ctx.projects.get(lost).status == ProjectStatus.PENDING
+    assert_invariants(lost)
+    # and the active turn went on meanwhile
+    assert ctx.board.cursor("reconcile") in {touched, lost}
+    # and until the sweep is due again, no pass looks at a finished project
+    broken = finished[0] if finished[0] != lost else finished[1]
+    corrupt = Counters(scene_count=1, completed_scenes=1, failed_scenes=0, open_scenes=0)
+    assert ctx.projects.settle(
+        broken, observed_run=None, counters=corrupt, status=ProjectStatus.FAILED, release=False
+    )
+    assert [beat_pass()["counters_fixed"] for _ in finished] == [0, 0, 0, 0]
+    redis_client.delete(f"mvpipe:due:{FULL_SWEEP_JOB}")
+    assert sum(beat_pass()["counters_fixed"] for _ in finished) == 1
+    assert ctx.projects.get(broken).completed_scenes == 0
