@@ -479,8 +479,11 @@ def test_a_settle_from_an_older_read_never_writes_over_a_newer_one(ctx: Context)
     older = ctx.projects.load(project_id)  # a reconcile pass reads: one scene completed
     complete(2)
     # The run's finalize reads after the last scene and settles: both completed, assembling
-    newer = settle_project(ctx, ctx.projects.load(project_id), release_run=run_id)
+    read = ctx.projects.load(project_id)
+    newer = settle_project(ctx, read, release_run=run_id)
     assert newer is not None and newer.assemble
+    # (the same write again, as after a timeout whose first attempt landed: success, inv. 7)
+    assert settle_project(ctx, read, release_run=run_id) == newer
     assert ctx.projects.get(project_id).status == ProjectStatus.ASSEMBLING
     # When the older read's settle comes after it, it writes nothing
     assert settle_project(ctx, older) is None
