@@ -195,6 +195,11 @@ class RunBoard:
     def move_cursor(self, job: str, value: str) -> None:
         self.client.set(self._key("cursor", job), value, ex=self.ttl)
 
+    @_answered
+    def drop_cursor(self, job: str) -> None:
+        """`job` is over (a round of the full sweep): `cursor` says None until it starts again."""
+        self.client.delete(self._key("cursor", job))
+
     # -- twin messages -------------------------------------------------------------------------
     @_answered
     def first_copy(self, task_id: str, step: int, copy: str, seconds: float) -> bool:

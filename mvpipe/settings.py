@@ -60,15 +60,18 @@ class Settings(BaseSettings):
     backoff_max: float = Field(default=60.0, gt=0)
     reconcile_seconds: float = Field(default=60.0, gt=0)
     #: the share of `reconcile_seconds` one beat pass may spend examining projects; the rest
-    #: wait for the next pass (it starts where this one stopped), so under load a regular pass
-    #: never keeps a worker process busy from one beat to the next (the full sweep's pass, once
-    #: per `full_sweep_seconds`, still examines everything at once)
+    #: wait for the next pass (it starts where this one stopped), so under load a pass never
+    #: keeps a worker process busy from one beat to the next (the full sweep's round too)
     reconcile_share: float = Field(default=0.2, gt=0, le=1)
+    #: while a round of the full sweep is on, the share of a pass's budget its active turn
+    #: leaves to the round (which also takes what the active turn leaves unspent)
+    full_sweep_share: float = Field(default=0.5, gt=0, lt=1)
     default_scenes: int = Field(default=8, ge=1, le=999)
     orphan_grace_seconds: float = Field(default=3600.0, ge=0)
     run_stale_seconds: float = Field(default=300.0, gt=0)
     stray_sweep_seconds: float = Field(default=3600.0, gt=0)
-    #: how often reconcile also checks completed, failed and long-idle pending projects
+    #: how often reconcile also checks completed, failed and long-idle pending projects (beat:
+    #: a round over passes, `full_sweep_share` of each; inline: all at once)
     full_sweep_seconds: float = Field(default=3600.0, gt=0)
     liveness_slack_seconds: float = Field(default=30.0, ge=0)
     #: how long a scene queued for its next stage (the cut, on mvpipe.media) counts as worked

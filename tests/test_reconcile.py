@@ -16,6 +16,7 @@ from mvpipe.deps import Context, get_context
 from mvpipe.devstack.localstack import start_beat
 from mvpipe.media.synth import synthesize_song
 from mvpipe.models import ProjectStatus, SceneStatus
+from mvpipe.pipeline.finalize import finalize_run
 from mvpipe.providers.base import VideoRequest
 from mvpipe.providers.render import render_clip
 from mvpipe.states import Counters
@@ -238,6 +239,8 @@ def test_reconcile_during_a_run_breaks_nothing(start_workers: StartWorkers) -> N
         report = api.reconcile(project_id)
         assert report.runs_taken_over == 0 and report.orphaned_polls == 0
         assert report.expired_leases == 0
+        # the counters lag by the run's in-flight work: its finalize's to write, no repair
+        assert report.counters_fixed == 0
         passes += 1
         assert passes < 2000
     assert generations_per_scene(workers.ledger, project_id) == {n: 1 for n in range(1, 9)}
@@ -300,6 +303,26 @@ def test_a_live_run_not_finalized_yet_is_left_alone(stack: object) -> None:
     assert claim.outcome == "won" and ctx.scenes.fail(project_id, 1, error="x", token="t")
     api.reconcile(project_id)
     assert ctx.projects.get(project_id).active_run_id == run_id
+
+
+def test_a_live_runs_counters_are_left_to_its_finalize(stack: object) -> None:
+    # Given a live run one of whose scenes failed since its finalize last counted (never)
+    ctx = get_context()
+    project_id, run_id = abandoned_run(ctx, scenes=2)
+    ctx.board.touch_run(run_id, 60)
+    claim = ctx.scenes.claim(
+        project_id, 1, run_id=run_id, token="t", lease_seconds=60, max_attempts=5
+    )
+    assert claim.outcome == "won" and ctx.scenes.fail(project_id, 1, error="x", token="t")
+    before = ctx.projects.get(project_id)
+    # When reconcile passes, it neither writes nor reports the counters the run owes
+    assert api.reconcile(project_id).total == 0
+    after = ctx.projects.get(project_id)
+    assert (after.failed_scenes, after.updated_at) == (0, before.updated_at)
+    # Then the run's finalize counts it
+    finalize_run(ctx, project_id, run_id, None)
+    assert ctx.projects.get(project_id).failed_scenes == 1
+    assert ctx.projects.get(project_id).active_run_id == run_id  # scene 2 is still open
 
 
 def test_a_regeneration_run_never_resumes_scenes_outside_its_scope(stack: object) -> None:

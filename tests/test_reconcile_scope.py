@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import redis
 
 from bench.countingproxy import CountingProxy
 from mvpipe import api
@@ -18,8 +19,10 @@ from mvpipe.devstack.localstack import LocalStack
 from mvpipe.models import ProjectStatus, SceneStatus
 from mvpipe.pipeline.reconcile_scope import (
     FULL_SWEEP_JOB,
+    SWEEP_CURSOR_JOB,
     in_turn,
     needs_regular_pass,
+    round_rest,
     this_turn,
 )
 from mvpipe.states import Counters
@@ -79,6 +82,24 @@ def test_passes_take_projects_in_turns_from_where_the_last_stopped() -> None:
         seen |= set(taken)
         cursor = taken[-1]
     assert seen == set(ids)
+
+
+def test_a_round_of_the_sweep_goes_on_from_its_cursor_to_the_end_once() -> None:
+    ids = ["c", "a", "e", "b", "d", "a"]
+    assert round_rest(ids, "") == ["a", "b", "c", "d", "e"]  # a round starts at the first
+    assert round_rest(ids, "b") == ["c", "d", "e"]  # and never wraps round
+    assert round_rest(ids, "e") == []  # the round is over
+    # a project gone mid-round (finished ones are swept, active ones are the turn's) or new
+    # behind the cursor: the rest of the round is the same; new ahead of it: in this round
+    assert round_rest(["a", "c", "d"], "b") == ["c", "d"]
+    assert round_rest(["a", "aa", "b", "c", "d", "e"], "b") == ["c", "d", "e"]
+    assert round_rest(["b", "bb", "c"], "b") == ["bb", "c"]
+    # passes taking two each reach all five within ceil(5 / 2) passes, each once
+    cursor, seen = "", []
+    while rest := round_rest(ids, cursor):
+        seen += rest[:2]
+        cursor = seen[-1]
+    assert seen == ["a", "b", "c", "d", "e"]
 
 
 def test_a_pass_examines_projects_while_its_budget_lasts_and_always_one() -> None:
@@ -207,19 +228,20 @@ def test_the_full_sweep_still_repairs_a_finished_project(
     assert api.reconcile(full_sweep=True, sweep_strays=False).total == 0
 
 
-def live_project_with_wrong_counters(ctx: Context) -> str:
-    """A planned project a live run works on (nothing dispatched), its counters written wrong."""
-    project_id = api.create_project("Live", "Busy.", scenes=[{"prompt": "a"}, {"prompt": "b"}])
+def touched_project_with_wrong_counters(ctx: Context) -> str:
+    """A project whose run was released a moment ago (a cancel), its counters written wrong:
+    regular passes load it (a run may have left work behind), and with no run its counters
+    are reconcile's to recount (a live run's are its finalize's)."""
+    project_id = api.create_project("Touched", "Idle.", scenes=[{"prompt": "a"}, {"prompt": "b"}])
     run_id = str(uuid.uuid4())
-    ctx.board.touch_run(run_id, 600)
     assert ctx.projects.win_run(project_id, run_id, ProjectStatus.PROCESSING) == run_id
     wrong = Counters(scene_count=2, completed_scenes=1, failed_scenes=1, open_scenes=0)
     assert ctx.projects.settle(
         project_id,
         observed_run=run_id,
         counters=wrong,
-        status=ProjectStatus.PROCESSING,
-        release=False,
+        status=ProjectStatus.PENDING,
+        release=True,
     )
     return project_id
 
@@ -238,19 +260,62 @@ def test_beat_passes_take_active_projects_in_turns_and_repair_each(
     ctx = get_context()
     ctx.board.due(FULL_SWEEP_JOB, HOUR)  # the sweep (which examines everything) is not due
     assert beat_pass()["total"] == 0  # nothing active: a pass examines nothing, and says so
-    # and three active projects whose counters are wrong
-    broken = [live_project_with_wrong_counters(ctx) for _ in range(3)]
+    # and three recently touched projects whose counters are wrong
+    broken = [touched_project_with_wrong_counters(ctx) for _ in range(3)]
 
     # When beat's passes run, each repairs one project, and three reach all of them
     assert [beat_pass()["counters_fixed"] for _ in broken] == [1, 1, 1]
     for project_id in broken:
         record = ctx.projects.get(project_id)
         assert (record.completed_scenes, record.failed_scenes) == (0, 0)
-        assert record.active_run_id is not None  # left to its run
     # and the next round finds nothing left
     assert [beat_pass()["total"] for _ in broken] == [0, 0, 0]
     # while an inline pass still examines every one at once
-    live_project_with_wrong_counters(ctx)
-    another = live_project_with_wrong_counters(ctx)
+    touched_project_with_wrong_counters(ctx)
+    another = touched_project_with_wrong_counters(ctx)
     assert api.reconcile(full_sweep=False, sweep_strays=False).counters_fixed == 2
     assert ctx.projects.get(another).failed_scenes == 0
+
+
+def test_beat_passes_sweep_finished_projects_in_rounds_beside_the_active_turn(
+    start_workers: StartWorkers, redis_client: redis.Redis
+) -> None:
+    # Given a budget so small that each turn of a beat pass examines one project (its least)
+    start_workers(**own_storage(), reconcile_share="0.000001")
+    ctx = get_context()
+    # and finished projects, one of which lost its clip, beside one a regular pass loads
+    lost = completed_then_clip_lost(ctx)
+    ctx.table.batch_put(finished_items(ctx.table.model, 3))
+    finished = sorted(p.project_id for p in ctx.projects.list_by_status(ProjectStatus.FAILED))
+    finished = sorted([lost, *finished])
+    touched = touched_project_with_wrong_counters(ctx)
+    # When the sweep is not due, a beat pass examines the active turn alone
+    ctx.board.due(FULL_SWEEP_JOB, HOUR)
+    first = beat_pass()
+    assert (first["counters_fixed"], first["missing_clips"]) == (1, 0)
+    assert ctx.board.cursor(SWEEP_CURSOR_JOB) is None
+
+    # When it comes due, each pass takes the round one finished project further, in order
+    redis_client.delete(f"mvpipe:due:{FULL_SWEEP_JOB}")
+    repaired = []
+    for project_id in finished[:-1]:
+        repaired.append(beat_pass()["missing_clips"])
+        assert ctx.board.cursor(SWEEP_CURSOR_JOB) == project_id
+    repaired.append(beat_pass()["missing_clips"])
+    # Then the round reached every one, repaired the lost clip when it came to it, and is over
+    assert repaired == [int(p == lost) for p in finished]
+    assert ctx.board.cursor(SWEEP_CURSOR_JOB) is None
+    assert ctx.projects.get(lost).status == ProjectStatus.PENDING
+    assert_invariants(lost)
+    # and the active turn went on meanwhile
+    assert ctx.board.cursor("reconcile") in {touched, lost}
+    # and until the sweep is due again, no pass looks at a finished project
+    broken = finished[0] if finished[0] != lost else finished[1]
+    corrupt = Counters(scene_count=1, completed_scenes=1, failed_scenes=0, open_scenes=0)
+    assert ctx.projects.settle(
+        broken, observed_run=None, counters=corrupt, status=ProjectStatus.FAILED, release=False
+    )
+    assert [beat_pass()["counters_fixed"] for _ in finished] == [0, 0, 0, 0]
+    redis_client.delete(f"mvpipe:due:{FULL_SWEEP_JOB}")
+    assert sum(beat_pass()["counters_fixed"] for _ in finished) == 1
+    assert ctx.projects.get(broken).completed_scenes == 0

@@ -457,3 +457,39 @@ def test_every_project_transition_retried_after_it_landed_reports_success(ctx: C
         status=ProjectStatus.FAILED,
         release=True,
     )
+
+
+def test_a_settle_from_an_older_read_never_writes_over_a_newer_one(ctx: Context) -> None:
+    """Two recounts race while a run works (a reconcile pass beside the run's finalize): the
+    one read first must not land its older counters and status over the later one's."""
+    project_id, run_id = new_project(ctx, 2)
+
+    def complete(sequence: int) -> None:
+        token, operation_id = f"t{sequence}", f"op{sequence}"
+        assert claim(ctx, project_id, run_id, token, sequence) == Claim.WON
+        s = ctx.scenes
+        assert s.record_operation(
+            project_id, sequence, token=token, operation_id=operation_id, run_id=run_id
+        )
+        assert s.complete(
+            project_id, sequence, operation_id=operation_id, clip_key=f"k{sequence}", last=True
+        )
+
+    complete(1)
+    older = ctx.projects.load(project_id)  # a reconcile pass reads: one scene completed
+    complete(2)
+    # The run's finalize reads after the last scene and settles: both completed, assembling
+    read = ctx.projects.load(project_id)
+    newer = settle_project(ctx, read, release_run=run_id)
+    assert newer is not None and newer.assemble
+    # (the same write again, as after a timeout whose first attempt landed: success, inv. 7)
+    assert settle_project(ctx, read, release_run=run_id) == newer
+    assert ctx.projects.get(project_id).status == ProjectStatus.ASSEMBLING
+    # When the older read's settle comes after it, it writes nothing
+    assert settle_project(ctx, older) is None
+    project = ctx.projects.get(project_id)
+    assert (project.completed_scenes, project.status) == (2, ProjectStatus.ASSEMBLING)
+    assert project.active_run_id == run_id
+    # and a settle from a fresh read still lands (nothing to change: the newer one stands)
+    fresh = settle_project(ctx, ctx.projects.load(project_id))
+    assert fresh is not None and not fresh.changed

@@ -40,7 +40,8 @@ def settle_project(
     sequences: list[int] | None = None,
 ) -> Settlement | None:
     """Write counters and status derived from `state`, releasing `release_run` when all its
-    scenes are final; None when METADATA moved on meanwhile."""
+    scenes are final; None when METADATA moved on meanwhile (another settle landed since
+    `state` was read: its counters may be newer than these)."""
     project = state.project
     active = project.active_run_id
     counters = state.counters
@@ -101,6 +102,7 @@ def settle_project(
         release=release,
         last_error=last_error,
         recount_cost=recount_cost,
+        observed_version=project.updated_at,
     ):
         return None
     return Settlement(status, release, True, assemble, recount_cost is not None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -23,8 +24,11 @@ from mvpipe.pipeline.lipsync import audio_key
 from mvpipe.pipeline.reconcile_scope import (
     CURSOR_JOB,
     FULL_SWEEP_JOB,
+    SWEEP_CURSOR_JOB,
     in_turn,
     projects_to_examine,
+    round_rest,
+    scopes,
     this_turn,
 )
 from mvpipe.pipeline.stages import GENERATE, LIPSYNC, Stage, is_last, lost_output, next_stage
@@ -88,33 +92,97 @@ def reconcile(
     full sweep of finished projects runs at most once per `MVPIPE_FULL_SWEEP_SECONDS` and the
     stray-item sweep (a table scan) once per `MVPIPE_STRAY_SWEEP_SECONDS`, unless forced.
 
-    With `budget_seconds` (beat's passes), a regular pass takes the projects in turns: from
-    where the last pass stopped, until the budget is spent (at least one project), so its cost
-    is bounded however many are active; the rest wait for the next pass. Without it (inline
-    calls) every project the pass lists is examined."""
+    With `budget_seconds` (beat's passes), a pass takes the projects in turns: from where the
+    last pass stopped, until the budget is spent (at least one project), so its cost is
+    bounded however many are active; the rest wait for the next pass. The full sweep is then
+    a round over passes (`_beat_pass`). Without it (inline calls) every project the pass lists
+    is examined, the full sweep's all at once."""
     started = time.monotonic()
     report = ReconcileReport()
     if sweep_strays is None:
         sweep_strays = ctx.board.due("stray-sweep", ctx.settings.stray_sweep_seconds)
     if sweep_strays:
         _sweep_strays(ctx, report)
-    in_turns = False
-    if project_ids is None:
-        if full_sweep is None:
-            full_sweep = ctx.board.due(FULL_SWEEP_JOB, ctx.settings.full_sweep_seconds)
-        project_ids = projects_to_examine(ctx, full_sweep=full_sweep, now=time.time())
-        in_turns = budget_seconds is not None and not full_sweep
-    listed = list(dict.fromkeys(project_ids))
-    if in_turns:
-        listed = in_turn(listed, ctx.board.cursor(CURSOR_JOB))
+    if project_ids is None and budget_seconds is not None:
+        passed = _beat_pass(ctx, dispatcher, report, started, budget_seconds, full_sweep)
+    else:
+        if project_ids is None:
+            if full_sweep is None:
+                full_sweep = ctx.board.due(FULL_SWEEP_JOB, ctx.settings.full_sweep_seconds)
+            project_ids = projects_to_examine(ctx, full_sweep=full_sweep, now=time.time())
+        listed = list(dict.fromkeys(project_ids))
+        examined = _examine(ctx, dispatcher, report, listed, None)
+        passed = f"examined {examined} of {len(listed)} projects"
+        passed += f" in {time.monotonic() - started:.3f} s (full sweep: {bool(full_sweep)})"
+    if report.total:
+        log.info("reconcile repaired %s", report.model_dump())
+    log.info("reconcile pass %s", passed)
+    return report
+
+
+def _beat_pass(
+    ctx: Context,
+    dispatcher: Dispatcher,
+    report: ReconcileReport,
+    started: float,
+    budget: float,
+    full_sweep: bool | None,
+) -> str:
+    """One beat pass within `budget` seconds: the active projects in turns, then, while a
+    round of the full sweep is on, the round's next projects. Each turn stops starting
+    projects at its deadline but always takes one (so both move on): the active turn's is
+    the budget less the round's share (`MVPIPE_FULL_SWEEP_SHARE`), the round's the budget.
+    So a pass ends at most one examination past its budget (two only when the active turn's
+    last examination alone outlasts the round's share), and a round of S projects ends within
+    S passes. `full_sweep` None starts a round when one is due, True starts one now, False
+    leaves the round for the next pass. Returns what the pass did, for its log line."""
+    sweep = ctx.board.cursor(SWEEP_CURSOR_JOB)
+    if sweep is None and full_sweep is not False:
+        due = full_sweep or ctx.board.due(FULL_SWEEP_JOB, ctx.settings.full_sweep_seconds)
+        if due:
+            sweep = ""
+            ctx.board.move_cursor(SWEEP_CURSOR_JOB, sweep)
+    sweeping = sweep is not None and full_sweep is not False
+    regular, swept = scopes(ctx, sweeping=sweeping, now=time.time())
+
+    def spent() -> float:
+        return time.monotonic() - started
+
+    active = in_turn(regular, ctx.board.cursor(CURSOR_JOB))
+    active_budget = budget * (1 - ctx.settings.full_sweep_share) if sweeping else budget
+    turn = this_turn(active, spent, active_budget)
+    examined = _examine(ctx, dispatcher, report, turn, CURSOR_JOB)
+    rounds = -(-len(active) // max(examined, 1))  # nothing listed: nothing examined
+    turns = f"in turns: all within {rounds} passes"
+    listed, taken = len(active), 0
+    if sweeping:
+        rest = round_rest(swept, sweep or "")
+        taken = _examine(ctx, dispatcher, report, this_turn(rest, spent, budget), SWEEP_CURSOR_JOB)
+        if taken == len(rest):
+            ctx.board.drop_cursor(SWEEP_CURSOR_JOB)
+        listed += len(rest)
+        turns += f"; the sweep's round: examined {taken} of {len(rest)} left"
+    return (
+        f"examined {examined + taken} of {listed} projects in {spent():.3f} s"
+        f" (full sweep: {sweeping}; {turns})"
+    )
+
+
+def _examine(
+    ctx: Context,
+    dispatcher: Dispatcher,
+    report: ReconcileReport,
+    project_ids: Iterable[str],
+    cursor: str | None,
+) -> int:
+    """Reconcile each project (one failing does not stop the others), moving `cursor` to each
+    before it is examined: a pass that dies on one (a worker killed, out of memory) must not
+    make every later pass start with it again. Returns how many were examined."""
     examined = 0
-    budget = budget_seconds if in_turns else None
-    for project_id in this_turn(listed, lambda: time.monotonic() - started, budget):
+    for project_id in project_ids:
         examined += 1
-        if in_turns:
-            # Moved before the project is examined: a pass that dies on it (a worker killed,
-            # out of memory) must not make every later pass start with it again.
-            ctx.board.move_cursor(CURSOR_JOB, project_id)
+        if cursor is not None:
+            ctx.board.move_cursor(cursor, project_id)
         try:
             _reconcile_project(ctx, dispatcher, project_id, report)
         except Exception as exc:
@@ -123,19 +191,7 @@ def reconcile(
                 project_id,
                 describe(exc),
             )
-    if report.total:
-        log.info("reconcile repaired %s", report.model_dump())
-    rounds = -(-len(listed) // max(examined, 1))  # nothing listed: nothing examined
-    turns = f"; in turns: all within {rounds} passes" if in_turns else ""
-    log.info(
-        "reconcile pass examined %d of %d projects in %.3f s (full sweep: %s%s)",
-        examined,
-        len(listed),
-        time.monotonic() - started,
-        bool(full_sweep),
-        turns,
-    )
-    return report
+    return examined
 
 
 def _reconcile_project(
@@ -393,6 +449,13 @@ def _settle(
             log.info(
                 "took over stale run project=%s old=%s new=%s", project.project_id, run, new_run
             )
+        return
+    if run is not None:
+        # The run's counters are its own finalize's: a scene's completion is not written to
+        # METADATA (no write per scene), so while a run works they lag by its in-flight work,
+        # and every finalize (the run's last one included) recounts from a fresh read. A
+        # recount here would be progress, not a repair: one more write on the METADATA item
+        # every claim touches, at every look at a live run.
         return
     settlement = settle_project(ctx, state)
     if settlement is not None and settlement.cost_recounted:

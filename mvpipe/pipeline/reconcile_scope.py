@@ -10,6 +10,11 @@ loaded by the full sweep, at most once per `MVPIPE_FULL_SWEEP_SECONDS` across al
 Beat's regular passes take those projects in turns (`in_turn`): each pass examines them from
 where the last one stopped until its time budget is spent, so a pass's cost stays bounded however
 many projects are active, and every one is still reached within a bounded number of passes.
+
+Beat's full sweep is a round spread over passes too (`round_rest`): once due, every pass also
+examines, after its active turn and within the same budget, the projects the regular passes do
+not load, in one fixed order from where the last pass stopped (a cursor of its own), until the
+round reaches the end of that order; the next round starts when the sweep is due again.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ FINISHED_STATUSES = (ProjectStatus.COMPLETED, ProjectStatus.FAILED)
 FULL_SWEEP_JOB = "full-sweep"
 #: Where beat's last regular pass stopped (the last project id it examined).
 CURSOR_JOB = "reconcile"
+#: Where the full sweep's round stopped: absent between rounds, "" at a round's start.
+SWEEP_CURSOR_JOB = "full-sweep-round"
 
 
 def needs_regular_pass(project: ProjectRecord, now: float, window_seconds: float) -> bool:
@@ -50,20 +57,29 @@ def needs_regular_pass(project: ProjectRecord, now: float, window_seconds: float
 
 def projects_to_examine(ctx: Context, *, full_sweep: bool, now: float) -> list[str]:
     """The ids a pass loads, through the status index (never a table scan)."""
+    regular, swept = scopes(ctx, sweeping=full_sweep, now=now)
+    return regular + swept
+
+
+def scopes(ctx: Context, *, sweeping: bool, now: float) -> tuple[list[str], list[str]]:
+    """(the ids a regular pass loads, and while `sweeping` every other project's): one listing
+    of the status index, the finished partitions only while a sweep is on."""
     window = 2 * ctx.settings.full_sweep_seconds  # a sweep always falls inside it
-    chosen = [
-        p.project_id
-        for status in RUN_STATUSES + IDLE_STATUSES
-        for p in ctx.projects.list_by_status(status)
-        if full_sweep or needs_regular_pass(p, now, window)
-    ]
-    if full_sweep:
-        chosen += [
+    regular: list[str] = []
+    swept: list[str] = []
+    for status in RUN_STATUSES + IDLE_STATUSES:
+        for p in ctx.projects.list_by_status(status):
+            if needs_regular_pass(p, now, window):
+                regular.append(p.project_id)
+            elif sweeping:
+                swept.append(p.project_id)
+    if sweeping:
+        swept += [
             p.project_id
             for status in FINISHED_STATUSES
             for p in ctx.projects.list_by_status(status)
         ]
-    return chosen
+    return regular, swept
 
 
 def in_turn(ids: Iterable[str], after: str | None) -> list[str]:
@@ -76,6 +92,15 @@ def in_turn(ids: Iterable[str], after: str | None) -> list[str]:
     ordered = sorted(set(ids))
     start = 0 if after is None else bisect_right(ordered, after)
     return ordered[start:] + ordered[:start]
+
+
+def round_rest(ids: Iterable[str], after: str) -> list[str]:
+    """What a round of the full sweep has left: `ids` once each in the fixed order (sorted),
+    after `after` ("" at the round's start), without wrapping round: the round is over when a
+    pass has examined the last. A project listed throughout the round is examined once in it;
+    one that comes to be listed behind the cursor mid-round waits for the next round."""
+    ordered = sorted(set(ids))
+    return ordered[bisect_right(ordered, after) :]
 
 
 def this_turn(

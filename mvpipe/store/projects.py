@@ -258,12 +258,20 @@ class ProjectStore:
         release: bool,
         last_error: str | None = None,
         recount_cost: tuple[int, int] | None = None,
+        observed_version: str | None = None,
     ) -> bool:
         """Write derived counters and status (and release the run), unless METADATA moved on.
 
         `recount_cost` = (committed as read, the scenes' sum): the committed sum is repaired
         only if nothing was reserved since the read, so a recount never lowers it under a
-        claim that landed meanwhile (invariants 4 and 9)."""
+        claim that landed meanwhile (invariants 4 and 9).
+
+        `observed_version` = METADATA's `updatedAt` as read with the scenes the counters were
+        counted from: the write lands only if no other settle (every one sets `updatedAt`)
+        landed since. Two recounts race while a run works (a finalize, a reconcile pass, a
+        duplicate finalize); the one read earlier must not write its older counters and
+        status over the later one's (invariant 4). A project's METADATA comes first in its
+        Query (key order), so the version read is never newer than the scenes read with it."""
         m = self.m
         actions: list[Action] = [
             m.completed_scenes.set(counters.completed_scenes),
@@ -288,6 +296,9 @@ class ProjectStore:
             committed = m.committed_cost_micros
             same = committed == observed
             guard &= (same | committed.does_not_exist()) if observed == 0 else same
+        if observed_version is not None:
+            at = m.updated_at
+            guard &= (at == observed_version) if observed_version else at.does_not_exist()
         run_after = None if release else observed_run
         error_after = clip_error(last_error) if last_error else None
 
