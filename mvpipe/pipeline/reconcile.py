@@ -450,15 +450,11 @@ def _settle(
                 "took over stale run project=%s old=%s new=%s", project.project_id, run, new_run
             )
         return
-    if run is not None:
-        # The run's counters are its own finalize's: a scene's completion is not written to
-        # METADATA (no write per scene), so while a run works they lag by its in-flight work,
-        # and every finalize (the run's last one included) recounts from a fresh read. A
-        # recount here would be progress, not a repair: one more write on the METADATA item
-        # every claim touches, at every look at a live run.
-        return
     settlement = settle_project(ctx, state)
     if settlement is not None and settlement.cost_recounted:
         report.costs_recounted += 1
-    elif settlement is not None and settlement.changed:
+    elif settlement is not None and settlement.changed and run is None:
+        # A live run's counters lag by its in-flight work by design (a scene's completion
+        # writes no METADATA; the run's finalize counts): recounting them is progress, which
+        # invariant 4 asks of every reconcile, not a repair to report.
         report.counters_fixed += 1
