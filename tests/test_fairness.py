@@ -15,6 +15,7 @@ from mvpipe.providers.fairness import (
     joined,
     lighter,
     slots_ahead,
+    waits_alone,
 )
 
 
@@ -181,3 +182,13 @@ def test_a_project_is_lighter_only_below_the_busiest_even_with_the_slot_it_freed
     assert not lighter({"large": 2, "small": 1}, "small")  # held 2 before: as many
     assert not lighter({"large": 6, "small": 1}, "large")  # the busiest itself
     assert not lighter({}, "small")  # nobody holds a slot: nothing to go ahead of
+
+
+def test_only_a_runs_scenes_beyond_the_quota_wait_even_alone() -> None:
+    # A run of 5 scenes under a quota of 2: its first two can hold a slot at once, the other
+    # three can only join the line, whoever else asks.
+    assert [waits_alone(position, 2) for position in range(5)] == [False, False, True, True, True]
+    assert not any(waits_alone(position, 8) for position in range(8))
+    for position, limit in ((-1, 2), (0, 0)):
+        with pytest.raises(InvalidInput):
+            waits_alone(position, limit)

@@ -96,6 +96,17 @@ def lighter(held: Mapping[str, int], project: str) -> bool:
     return held.get(project, 0) + 1 < max(held.values(), default=0)
 
 
+def waits_alone(position: int, limit: int) -> bool:
+    """Whether a run's scene dispatched at `position` (0 first) waits for a slot even with the
+    whole quota of `limit` to its project: its first message can only join the line, so it can
+    go behind other projects' first messages at no cost to its own project, and a project
+    started a moment later joins the line before this one's long tail of waiters is read (not
+    after it: the line serves the fewest in flight, but only among those already in it)."""
+    if position < 0 or limit < 1:
+        raise InvalidInput(f"no dispatch position {position} under a quota of {limit}")
+    return position >= limit
+
+
 def joined(
     lines: Sequence[ProjectLine], project: str, member: str, *, in_flight: int
 ) -> list[ProjectLine]:
