@@ -278,6 +278,30 @@ def test_a_lighter_project_handing_its_slot_to_a_busier_one_cuts_before_the_woke
     assert_invariants(large)
 
 
+def test_a_project_holding_as_many_as_the_woken_ones_cuts_before_the_woken_job(
+    start_workers: StartWorkers,
+) -> None:
+    # One worker process, four slots. A large project fills them; a small project's two scenes
+    # wait. The large project's wave frees two slots for the small scenes and two for its own,
+    # so each then holds two. When a small job finishes, its slot goes to a large scene: the
+    # small project held as many slots as the large one, its equal, so its cut goes on in the
+    # same execution rather than behind the woken large scene (a tie deferred it before).
+    workers, large, small = large_then_small_parked(
+        start_workers, latency=2, slots=4, large_scenes=12, small_scenes=2
+    )
+    for project_id in (small, large):
+        assert api.wait_project(project_id, timeout=180).status == ProjectStatus.COMPLETED
+    log = workers.service.log_text()
+    handed = log.index(f"slot freed by {small}/")
+    sequence = int(log[handed:].split("/", 2)[1].split(":")[0])
+    assert log.index(f"cut recorded: projects/{small}/scenes/{sequence:03d}/") < log.index(
+        f"lease won project={large} ", handed
+    )
+    assert generations_per_scene(workers.ledger, small) == {1: 1, 2: 1}
+    assert generations_per_scene(workers.ledger, large) == {n: 1 for n in range(1, 13)}
+    assert_invariants(large)
+
+
 def test_a_later_project_joins_the_line_before_a_large_ones_scenes_beyond_the_quota(
     start_workers: StartWorkers, redis_client: redis.Redis
 ) -> None:

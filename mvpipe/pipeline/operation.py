@@ -582,12 +582,13 @@ class PaidOperation:
 
     def release_slot(self) -> None:
         """Free the slot, wake its new holder; when that is another project's scene, note
-        whether this project held fewer slots than the busiest (`fairness.lighter`: then its
+        whether this project held no more slots than that one (`fairness.lighter`: then its
         next stage is not deferred behind the wake-up)."""
         pool = self.provider.pool
         self.x.hand_on(self.ctx.limiter.release(pool, self.member, limit=self.provider.limit))
         if self.x.handed_over:
-            self.x.lighter = lighter(self.ctx.limiter.slots_held(pool), self.x.project_id)
+            held = self.ctx.limiter.slots_held(pool)
+            self.x.lighter = lighter(held, self.x.project_id, self.x.handed_to)
 
     def leave_line(self) -> None:
         """A waiter of a cancelled run gives its place in line to the next live one."""

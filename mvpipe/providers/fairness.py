@@ -13,7 +13,7 @@ same rule in Python, apart from any I/O, so it can be read and tested on its own
 from __future__ import annotations
 
 import heapq
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from mvpipe.errors import InvalidInput
@@ -89,11 +89,15 @@ def allot(lines: Sequence[ProjectLine], slots: int) -> list[str]:
     return picks
 
 
-def lighter(held: Mapping[str, int], project: str) -> bool:
-    """Whether `project`, even counting the slot it just freed, holds fewer slots than the
-    project holding the most (`held`: slots per project after the release): its next work
-    need not wait behind that busier project's woken scenes."""
-    return held.get(project, 0) + 1 < max(held.values(), default=0)
+def lighter(held: Mapping[str, int], project: str, woken: Iterable[str]) -> bool:
+    """Whether `project`, even counting the slot it just freed, holds no more slots than each
+    other project its freed slots woke a scene of (`held`: slots per project after the
+    release): its next work need not wait behind their woken scenes. It waits only for a
+    project holding fewer, as a freed slot itself goes to the fewest in flight; not for its
+    equal or a busier one (after a large project's wave a small one often holds as many as the
+    large one, and its cut would otherwise wait for every scene the large one's frees woke)."""
+    mine = held.get(project, 0) + 1
+    return all(held.get(other, 0) >= mine for other in woken if other != project)
 
 
 def waits_alone(position: int, limit: int) -> bool:
