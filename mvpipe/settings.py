@@ -137,6 +137,10 @@ class Settings(BaseSettings):
     replicate_durations: Annotated[list[int], NoDecode] = Field(default_factory=lambda: [6])
 
     local_latency: float = Field(default=2.0, ge=0)
+    #: each local job's run time is `local_latency` spread by up to this share of it either way
+    #: (0: every job the same): real providers' times vary, so jobs started together do not all
+    #: finish together
+    local_latency_jitter: float = Field(default=0.0, ge=0, le=1)
     local_max_concurrent: int = Field(default=8, ge=1)
     local_state: Path | None = None
     local_faults: str = ""

@@ -15,6 +15,7 @@ from mvpipe.providers.fairness import (
     joined,
     lighter,
     slots_ahead,
+    waits_alone,
 )
 
 
@@ -174,10 +175,24 @@ def test_invalid_requests_are_rejected() -> None:
         joined(lines, "b", "a:1", in_flight=0)  # waits for another project
 
 
-def test_a_project_is_lighter_only_below_the_busiest_even_with_the_slot_it_freed() -> None:
-    # Counts after the release (the woken scene's grant included).
-    assert lighter({"large": 6, "small": 1}, "small")
-    assert lighter({"large": 3}, "small")  # holds none now
-    assert not lighter({"large": 2, "small": 1}, "small")  # held 2 before: as many
-    assert not lighter({"large": 6, "small": 1}, "large")  # the busiest itself
-    assert not lighter({}, "small")  # nobody holds a slot: nothing to go ahead of
+def test_a_project_defers_its_next_work_only_to_a_woken_project_holding_fewer() -> None:
+    # Counts after the release; the woken scenes have not taken their slots yet.
+    assert lighter({"large": 6, "small": 1}, "small", {"large"})
+    assert lighter({"large": 3}, "small", {"large"})  # holds none now
+    # Held 2 before, as many as the large one after its wave: its equal, not behind it.
+    assert lighter({"large": 2, "small": 1}, "small", {"large"})
+    assert not lighter({"large": 1, "small": 2}, "small", {"large"})  # 3 before, against 1
+    assert not lighter({"large": 6, "small": 1}, "large", {"small"})  # the busier one
+    assert not lighter({"large": 7}, "large", {"small"})  # the first slot freed for a newcomer
+    assert not lighter({"b": 3}, "c", {"a", "b"})  # "a" holds fewer (none)
+    assert lighter({"a": 3}, "a", {"a"})  # its own scenes are no other project
+
+
+def test_only_a_runs_scenes_beyond_the_quota_wait_even_alone() -> None:
+    # A run of 5 scenes under a quota of 2: its first two can hold a slot at once, the other
+    # three can only join the line, whoever else asks.
+    assert [waits_alone(position, 2) for position in range(5)] == [False, False, True, True, True]
+    assert not any(waits_alone(position, 8) for position in range(8))
+    for position, limit in ((-1, 2), (0, 0)):
+        with pytest.raises(InvalidInput):
+            waits_alone(position, limit)

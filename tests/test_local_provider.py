@@ -13,9 +13,14 @@ import av
 import numpy as np
 import pytest
 
-from mvpipe.errors import PermanentProviderError, QuotaExceeded, TransientProviderError
+from mvpipe.errors import (
+    InvalidInput,
+    PermanentProviderError,
+    QuotaExceeded,
+    TransientProviderError,
+)
 from mvpipe.providers.base import Brief, JobState, VideoRequest
-from mvpipe.providers.local import LocalJobs, LocalPlanner, LocalVideoProvider
+from mvpipe.providers.local import LocalJobs, LocalPlanner, LocalVideoProvider, job_latency
 from mvpipe.providers.render import probe_clip, render_clip
 from mvpipe.settings import Settings
 from tests.helpers import wait_for
@@ -50,6 +55,30 @@ def test_a_job_runs_then_yields_a_playable_mp4_and_one_ledger_line(tmp_path: Pat
     assert codec == "h264" and frames > 1
     lines = (tmp_path / "ledger.jsonl").read_text().splitlines()
     assert [json.loads(x)["operation_id"] for x in lines] == [operation_id]
+
+
+def test_a_jobs_latency_is_spread_by_the_jitter_either_way() -> None:
+    assert [job_latency(2.0, 0.5, draw) for draw in (-1, 0, 1)] == [1.0, 2.0, 3.0]
+    assert job_latency(2.0, 0.0, 1) == 2.0
+    for jitter, draw in ((1.5, 0), (-0.1, 0), (0.5, 1.5)):
+        with pytest.raises(InvalidInput):
+            job_latency(2.0, jitter, draw)
+
+
+def test_jobs_submitted_together_finish_apart_with_a_jitter(tmp_path: Path) -> None:
+    local = provider(
+        tmp_path, local_latency=10.0, local_latency_jitter=0.5, local_max_concurrent=20
+    )
+    etas = []
+    for sequence in range(1, 13):
+        status = local.poll(local.submit(request(sequence)))
+        assert status.state == JobState.RUNNING and status.eta_seconds is not None
+        etas.append(status.eta_seconds)
+    assert all(4.5 < eta <= 15 for eta in etas)  # 10 s +- 5 s, less the time since submission
+    assert max(etas) - min(etas) > 1  # twelve draws all within a second: ~1e-9
+    steady = provider(tmp_path / "steady", local_latency=10.0)
+    status = steady.poll(steady.submit(request()))
+    assert status.eta_seconds is not None and 9 < status.eta_seconds <= 10
 
 
 def test_jobs_survive_a_new_provider_instance(tmp_path: Path) -> None:

@@ -9,6 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import redis
+from kombu.transport.redis import Channel
 
 from mvpipe import api
 from mvpipe.deps import get_context
@@ -16,11 +18,14 @@ from mvpipe.devstack.failpoints import held, release
 from mvpipe.devstack.localstack import LocalStack
 from mvpipe.errors import InvalidInput, NotFound
 from mvpipe.models import ProjectStatus, SceneStatus
+from mvpipe.providers.fairness import ProjectLine
 from mvpipe.providers.limiter import slot_member
 from mvpipe.providers.local import LocalJobs
 from mvpipe.providers.render import probe_clip
 from tests.conftest import Workers
 from tests.helpers import assert_invariants, generations_per_scene, ledger, wait_for
+
+SEP = Channel.sep  # the Redis transport's priority lists: <queue><sep><priority>
 
 pytestmark = pytest.mark.integration
 
@@ -271,6 +276,74 @@ def test_a_lighter_project_handing_its_slot_to_a_busier_one_cuts_before_the_woke
     assert generations_per_scene(workers.ledger, small) == {1: 1}
     assert generations_per_scene(workers.ledger, large) == {n: 1 for n in range(1, 13)}
     assert_invariants(large)
+
+
+def test_a_project_holding_as_many_as_the_woken_ones_cuts_before_the_woken_job(
+    start_workers: StartWorkers,
+) -> None:
+    # One worker process, four slots. A large project fills them; a small project's two scenes
+    # wait. The large project's wave frees two slots for the small scenes and two for its own,
+    # so each then holds two. When a small job finishes, its slot goes to a large scene: the
+    # small project held as many slots as the large one, its equal, so its cut goes on in the
+    # same execution rather than behind the woken large scene (a tie deferred it before).
+    workers, large, small = large_then_small_parked(
+        start_workers, latency=2, slots=4, large_scenes=12, small_scenes=2
+    )
+    for project_id in (small, large):
+        assert api.wait_project(project_id, timeout=180).status == ProjectStatus.COMPLETED
+    log = workers.service.log_text()
+    handed = log.index(f"slot freed by {small}/")
+    sequence = int(log[handed:].split("/", 2)[1].split(":")[0])
+    assert log.index(f"cut recorded: projects/{small}/scenes/{sequence:03d}/") < log.index(
+        f"lease won project={large} ", handed
+    )
+    assert generations_per_scene(workers.ledger, small) == {1: 1, 2: 1}
+    assert generations_per_scene(workers.ledger, large) == {n: 1 for n in range(1, 13)}
+    assert_invariants(large)
+
+
+def test_a_later_project_joins_the_line_before_a_large_ones_scenes_beyond_the_quota(
+    start_workers: StartWorkers, redis_client: redis.Redis
+) -> None:
+    # Two slots. A large project's four first messages and then a small project's one are all
+    # queued before any worker reads them (only the planner runs). The large project's scenes
+    # beyond the quota can only wait, so they go behind the small project's first claim: the
+    # small project joins the line (takes its ticket) before them. In first come, first served
+    # order it would be read after them, a whole dispatch of waiters later (at a dispatch of
+    # hundreds of scenes, after the first slots free: their frees then go to the large one).
+    settings = {
+        "local_latency": "5",
+        "provider_concurrency": "2",
+        "poll_seconds": "5",
+        "backoff_max": "60",
+    }
+    start_workers(concurrency=1, queues="mvpipe.plan", **settings)
+    large = api.create_project("Large", "Many.", scene_count=4)
+    small = api.create_project("Small", "One.", scene_count=1)
+    api.run_project(large)
+    queued = {pri: f"mvpipe.video{SEP}{pri}" if pri else "mvpipe.video" for pri in (0, 3)}
+
+    def counts() -> tuple[int, int]:
+        return redis_client.llen(queued[0]), redis_client.llen(queued[3])
+
+    wait_for(lambda: counts() == (2, 2), 60, "the large project's first messages")
+    api.run_project(small)
+    wait_for(lambda: counts() == (3, 2), 60, "the small project's first message")
+    workers = start_workers(concurrency=1, queues="mvpipe.video,mvpipe.media", **settings)
+    ctx = get_context()
+    waiting = {slot_member(large, 3), slot_member(large, 4), slot_member(small, 1)}
+
+    def lines_once_parked() -> tuple[ProjectLine, ...]:
+        snap = ctx.limiter.snapshot("local")
+        return snap.lines if snap.parked == waiting else ()
+
+    lines = wait_for(lines_once_parked, 60, "every scene beyond the quota parked")
+    tickets = {line.project: line.ticket for line in lines}
+    assert tickets[small] < tickets[large]
+    for project_id in (large, small):
+        assert api.wait_project(project_id, timeout=120).status == ProjectStatus.COMPLETED
+    assert generations_per_scene(workers.ledger, large) == {n: 1 for n in range(1, 5)}
+    assert generations_per_scene(workers.ledger, small) == {1: 1}
 
 
 def test_runs_are_finalized_while_the_polling_worker_is_busy(

@@ -29,15 +29,15 @@ class Execution:
     provider: str
     #: makes the message that resumes this scene at once when a quota slot frees for it
     park: Callable[[], str] | None = None
-    #: sends the parked messages of woken scenes and says whether one of them is another
-    #: project's (None: they stay in `wakes` for the caller)
-    wake: Callable[[list[str]], bool] | None = None
+    #: sends the parked messages of woken scenes and names the other projects they are of
+    #: (None: they stay in `wakes` for the caller)
+    wake: Callable[[list[str]], set[str]] | None = None
     #: parked messages of waiting scenes this execution's released slots entitle to run, not
     #: sent yet
     wakes: list[str] = field(default_factory=list)
-    #: a slot this execution freed went to another project's waiting scene
-    handed_over: bool = False
-    #: this project, even with the slot it handed over, held fewer than the busiest project
+    #: the other projects whose waiting scenes the slots this execution freed went to
+    handed_to: set[str] = field(default_factory=set)
+    #: this project, even with the slot it handed over, held no more than each of those
     lighter: bool = False
     #: what the scene has cost so far, once this execution knows it (task meta)
     cost_micros: int | None = None
@@ -66,7 +66,12 @@ class Execution:
         """Send the wake-ups not sent yet (also the task's last act, whatever happened)."""
         if self.wakes and self.wake is not None:
             woken, self.wakes = self.wakes, []
-            self.handed_over = self.wake(woken) or self.handed_over
+            self.handed_to |= self.wake(woken)
+
+    @property
+    def handed_over(self) -> bool:
+        """A slot this execution freed went to another project's waiting scene."""
+        return bool(self.handed_to)
 
     def touch(self, seconds: float) -> None:
         """This scene is being worked on: reconcile must not start a second chain for it.

@@ -50,12 +50,12 @@ class SceneJob:
         provider: str,
         *,
         park: Callable[[], str] | None = None,
-        wake: Callable[[list[str]], bool] | None = None,
+        wake: Callable[[list[str]], set[str]] | None = None,
         queue: str | None = None,
     ) -> None:
         """`park` makes the message that resumes this scene at once when a slot frees for it;
-        `wake` sends the parked messages a release of this scene hands back, True when one is
-        another project's scene (None: they wait in `wakes`); `queue` is the queue this
+        `wake` sends the parked messages a release of this scene hands back and names the other
+        projects they are of (None: they wait in `wakes`); `queue` is the queue this
         execution was delivered on (None: run every stage here)."""
         self.ctx = ctx
         self.x = Execution(ctx, project_id, sequence, run_id, provider, park=park, wake=wake)
@@ -125,9 +125,9 @@ class SceneJob:
         (a small project is not kept behind the media work of a large one's finished jobs).
         Nor when `polled` (the timed poll that found the job done) leaves other jobs of its
         pool running (`polls_first`): their polls come due meanwhile and go first. Unless this
-        project holds fewer slots than the busiest: its next stage then goes on at once, ahead
-        of the busier project's woken scenes and polls (a small project's cut is not kept
-        behind a large one's wave)."""
+        project holds no more slots than the woken scene's (`lighter`), or, after a timed poll,
+        fewer than the busiest: its next stage then goes on at once, ahead of that project's
+        woken scenes and polls (a small project's cut is not kept behind a large one's wave)."""
         if step.next != Next.STAGE:
             return step
         if (self.x.handed_over and not self.x.lighter) or (

@@ -38,7 +38,7 @@ from mvpipe.pipeline.stages import Stage, is_last, never_last
 from mvpipe.pipeline.steps import LeasePending, Next, RecordPending, Step
 from mvpipe.providers.base import JobState, JobStatus, VideoProvider, VideoRequest
 from mvpipe.providers.classify import describe
-from mvpipe.providers.fairness import lighter
+from mvpipe.providers.fairness import fewer_than_busiest, lighter
 from mvpipe.providers.limiter import SlotDecision, slot_member
 from mvpipe.settings import Settings
 from mvpipe.states import backoff_seconds, lease_expired
@@ -68,8 +68,9 @@ def polls_first(held: Mapping[str, int], project: str) -> bool:
     freed). A poll that is due finds a finished, paid job whose slot the quota's next job is
     waiting for; a cut is free work that can run a moment later. Not when nothing else runs
     (it would wait for nothing), nor for a project holding fewer slots than the busiest
-    (`fairness.lighter`: a small project's cut is not kept behind a large one's wave)."""
-    return any(n > 0 for n in held.values()) and not lighter(held, project)
+    (`fairness.fewer_than_busiest`: a small project's cut is not kept behind a large one's
+    wave)."""
+    return any(n > 0 for n in held.values()) and not fewer_than_busiest(held, project)
 
 
 class StageProvider(Protocol):
@@ -592,12 +593,13 @@ class PaidOperation:
 
     def release_slot(self) -> None:
         """Free the slot, wake its new holder; when that is another project's scene, note
-        whether this project held fewer slots than the busiest (`fairness.lighter`: then its
+        whether this project held no more slots than that one (`fairness.lighter`: then its
         next stage is not deferred behind the wake-up)."""
         pool = self.provider.pool
         self.x.hand_on(self.ctx.limiter.release(pool, self.member, limit=self.provider.limit))
         if self.x.handed_over:
-            self.x.lighter = lighter(self.ctx.limiter.slots_held(pool), self.x.project_id)
+            held = self.ctx.limiter.slots_held(pool)
+            self.x.lighter = lighter(held, self.x.project_id, self.x.handed_to)
 
     def leave_line(self) -> None:
         """A waiter of a cancelled run gives its place in line to the next live one."""

@@ -13,7 +13,7 @@ same rule in Python, apart from any I/O, so it can be read and tested on its own
 from __future__ import annotations
 
 import heapq
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from mvpipe.errors import InvalidInput
@@ -89,11 +89,33 @@ def allot(lines: Sequence[ProjectLine], slots: int) -> list[str]:
     return picks
 
 
-def lighter(held: Mapping[str, int], project: str) -> bool:
+def lighter(held: Mapping[str, int], project: str, woken: Iterable[str]) -> bool:
+    """Whether `project`, even counting the slot it just freed, holds no more slots than each
+    other project its freed slots woke a scene of (`held`: slots per project after the
+    release): its next work need not wait behind their woken scenes. It waits only for a
+    project holding fewer, as a freed slot itself goes to the fewest in flight; not for its
+    equal or a busier one (after a large project's wave a small one often holds as many as the
+    large one, and its cut would otherwise wait for every scene the large one's frees woke)."""
+    mine = held.get(project, 0) + 1
+    return all(held.get(other, 0) >= mine for other in woken if other != project)
+
+
+def fewer_than_busiest(held: Mapping[str, int], project: str) -> bool:
     """Whether `project`, even counting the slot it just freed, holds fewer slots than the
-    project holding the most (`held`: slots per project after the release): its next work
-    need not wait behind that busier project's woken scenes."""
+    project holding the most (`held`: slots per project after the release): its work need not
+    wait behind that busier project's due polls."""
     return held.get(project, 0) + 1 < max(held.values(), default=0)
+
+
+def waits_alone(position: int, limit: int) -> bool:
+    """Whether a run's scene dispatched at `position` (0 first) waits for a slot even with the
+    whole quota of `limit` to its project: its first message can only join the line, so it can
+    go behind other projects' first messages at no cost to its own project, and a project
+    started a moment later joins the line before this one's long tail of waiters is read (not
+    after it: the line serves the fewest in flight, but only among those already in it)."""
+    if position < 0 or limit < 1:
+        raise InvalidInput(f"no dispatch position {position} under a quota of {limit}")
+    return position >= limit
 
 
 def joined(

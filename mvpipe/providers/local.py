@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import json
 import os
+import random
 import re
 import sqlite3
 import threading
@@ -21,7 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mvpipe.errors import PermanentProviderError, QuotaExceeded, TransientProviderError
+from mvpipe.errors import (
+    InvalidInput,
+    PermanentProviderError,
+    QuotaExceeded,
+    TransientProviderError,
+)
 from mvpipe.models import MAX_PROMPT, SceneSpec
 from mvpipe.providers.base import Brief, JobState, JobStatus, VideoRequest
 from mvpipe.providers.faults import FaultPlan
@@ -223,12 +229,21 @@ def append_ledger(
         fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def job_latency(latency: float, jitter: float, draw: float) -> float:
+    """One job's run time: `latency` spread by up to `jitter` of itself either way, at `draw`
+    (in [-1, 1]: -1 the shortest, 1 the longest)."""
+    if not 0 <= jitter <= 1 or not -1 <= draw <= 1:
+        raise InvalidInput(f"no job latency for jitter {jitter} at draw {draw}")
+    return latency * (1 + jitter * draw)
+
+
 class LocalVideoProvider:
     name = "local"
     can_cancel = True
 
     def __init__(self, settings: Settings) -> None:
         self.latency = settings.local_latency
+        self.jitter = settings.local_latency_jitter
         self.max_concurrent = settings.local_max_concurrent
         self.clip_seconds = settings.local_clip_seconds
         self.faults = FaultPlan.parse(settings.local_faults)
@@ -255,6 +270,7 @@ class LocalVideoProvider:
             submission = LocalJobs.next_call(db, request.project_id, request.sequence, "accepted")
             failed = self.faults.permanent_fault(request.project_id, request.sequence, submission)
             operation_id = f"local-{uuid.uuid4()}"
+            latency = job_latency(self.latency, self.jitter, random.uniform(-1, 1))
             db.execute(
                 "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
                 (
@@ -264,7 +280,7 @@ class LocalVideoProvider:
                     request.prompt,
                     min(float(request.duration_seconds), self.clip_seconds),
                     now,
-                    now + self.latency,
+                    now + latency,
                     "failed" if failed else "succeeded",
                     "local provider: simulated permanent failure (content policy)"
                     if failed
@@ -283,7 +299,7 @@ class LocalVideoProvider:
             seconds = min(float(request.duration_seconds), self.clip_seconds)
             self.renders.schedule(
                 operation_id,
-                self.latency,
+                latency,
                 lambda: render_clip(request.prompt, seconds),
                 lambda: self.jobs.wanted("jobs", operation_id),
             )

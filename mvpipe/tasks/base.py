@@ -22,6 +22,9 @@ log = logging.getLogger("mvpipe.tasks")
 #: The Redis transport's priority (0 comes first) of a step queued behind other work: a scene's
 #: next stage deferred so the scenes its freed slot woke start first (`Step.behind`).
 BEHIND_PRIORITY = 6
+#: The priority of a scene's first message when it can only wait for a slot
+#: (`fairness.waits_alone`): fetched after any other project's first claims.
+WAITING_PRIORITY = 3
 
 
 class MvpipeTask(Task):

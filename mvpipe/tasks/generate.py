@@ -90,10 +90,10 @@ def generate_scene(
     }
     ctx = get_context()
 
-    def wake(woken: list[str]) -> bool:
+    def wake(woken: list[str]) -> set[str]:
         sent = dispatcher.wake(woken)
         log.info("slot freed by %s/%s: woke %d waiting scene(s)", project_id, sequence, sent)
-        return any(dispatcher.parked_project(m) != project_id for m in woken)
+        return {dispatcher.parked_project(m) or "" for m in woken} - {project_id}
 
     job = SceneJob(
         ctx,

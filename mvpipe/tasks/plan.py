@@ -26,9 +26,10 @@ from mvpipe.errors import (
 )
 from mvpipe.pipeline.plan import AnalyseFirst, fail_planning, plan_run
 from mvpipe.providers.classify import describe
+from mvpipe.providers.fairness import waits_alone
 from mvpipe.states import backoff_seconds
 from mvpipe.tasks.analyse import analyse_song
-from mvpipe.tasks.base import MvpipeTask, app, checked_ids
+from mvpipe.tasks.base import WAITING_PRIORITY, MvpipeTask, app, checked_ids
 from mvpipe.tasks.finalize import finalize_project
 from mvpipe.tasks.generate import generate_scene
 
@@ -87,9 +88,15 @@ def plan_scenes(
         ctx.board.keep_run_scenes(run_id, plan.sequences)
     except (StoreUnavailable, redis.RedisError) as exc:
         raise self.outage_retry(exc, kwargs, outages) from None
+    # A scene beyond the quota can only join the line: its message goes behind any other
+    # project's first claims, so a small project started a moment later is in the line before
+    # this one's waiters are read (and gets the first freed slots), not after all of them.
+    limit = ctx.settings.concurrency_for(plan.provider)
     header = group(
-        generate_scene.si(project_id, sequence, run_id, plan.provider)
-        for sequence in plan.sequences
+        generate_scene.si(project_id, sequence, run_id, plan.provider).set(
+            priority=WAITING_PRIORITY if waits_alone(position, limit) else 0
+        )
+        for position, sequence in enumerate(plan.sequences)
     )
     body = finalize_project.s(project_id, run_id, None, scenes_on_board=True)
     raise self.replace(chord(header, body))
