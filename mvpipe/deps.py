@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import redis
 from botocore.exceptions import BotoCoreError, ClientError
@@ -28,6 +30,8 @@ from mvpipe.store.dynamo import Table
 from mvpipe.store.projects import ProjectStore
 from mvpipe.store.scenes import SceneStore
 from mvpipe.store.songs import SongStore
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -49,14 +53,7 @@ class Context:
     _building: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def video_provider(self, name: str) -> VideoProvider:
-        provider = self._providers.get(name)
-        if provider is None:
-            with self._building:
-                provider = self._providers.get(name)
-                if provider is None:
-                    provider = build_video_provider(name, self.settings)
-                    self._providers[name] = provider
-        return provider
+        return self._once(self._providers, name, lambda: build_video_provider(name, self.settings))
 
     def lipsync_provider(self) -> LipSyncProvider:
         """The lip-sync provider (`MVPIPE_LIPSYNC_PROVIDER`), whatever the video provider."""
@@ -70,14 +67,17 @@ class Context:
 
     def planner(self) -> Planner:
         name = self.settings.planner
-        planner = self._planners.get(name)
-        if planner is None:
+        return self._once(self._planners, name, lambda: build_planner(name, self.settings))
+
+    def _once(self, built: dict[str, T], name: str, build: Callable[[], T]) -> T:
+        """`built[name]`, built by the first thread to ask (double-checked under the lock)."""
+        found = built.get(name)
+        if found is None:
             with self._building:
-                planner = self._planners.get(name)
-                if planner is None:
-                    planner = build_planner(name, self.settings)
-                    self._planners[name] = planner
-        return planner
+                found = built.get(name)
+                if found is None:
+                    found = built[name] = build()
+        return found
 
     def ensure_storage(self) -> None:
         """Create table and bucket on first use (idempotent, race-safe).

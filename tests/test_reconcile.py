@@ -55,6 +55,17 @@ def abandoned_run(ctx: Context, scenes: int = 3) -> tuple[str, str]:
     return project_id, run_id
 
 
+def live_run_with_first_scene_failed(ctx: Context, scenes: int) -> tuple[str, str]:
+    """A live run (its liveness mark fresh) whose scene 1 failed since its finalize counted."""
+    project_id, run_id = abandoned_run(ctx, scenes=scenes)
+    ctx.board.touch_run(run_id, 60)
+    claim = ctx.scenes.claim(
+        project_id, 1, run_id=run_id, token="t", lease_seconds=60, max_attempts=5
+    )
+    assert claim.outcome == "won" and ctx.scenes.fail(project_id, 1, error="x", token="t")
+    return project_id, run_id
+
+
 def corrupt_counters(ctx: Context, project_id: str, *, scenes: int) -> None:
     """Damage: a completed project's counters and status written wrong (one scene "failed")."""
     ctx.projects.settle(
@@ -295,12 +306,7 @@ def test_a_live_run_not_finalized_yet_is_left_alone(stack: object) -> None:
     # A user's run between winning and moving its failed scenes back to pending: every scene
     # is final, but the run has not even planned yet. Reconcile must not end it.
     ctx = get_context()
-    project_id, run_id = abandoned_run(ctx, scenes=1)
-    ctx.board.touch_run(run_id, 60)
-    claim = ctx.scenes.claim(
-        project_id, 1, run_id=run_id, token="t", lease_seconds=60, max_attempts=5
-    )
-    assert claim.outcome == "won" and ctx.scenes.fail(project_id, 1, error="x", token="t")
+    project_id, run_id = live_run_with_first_scene_failed(ctx, scenes=1)
     api.reconcile(project_id)
     assert ctx.projects.get(project_id).active_run_id == run_id
 
@@ -310,12 +316,7 @@ def test_a_live_runs_counters_are_recounted_without_being_reported_as_repairs(
 ) -> None:
     # Given a live run one of whose scenes failed since its finalize last counted (never)
     ctx = get_context()
-    project_id, run_id = abandoned_run(ctx, scenes=2)
-    ctx.board.touch_run(run_id, 60)
-    claim = ctx.scenes.claim(
-        project_id, 1, run_id=run_id, token="t", lease_seconds=60, max_attempts=5
-    )
-    assert claim.outcome == "won" and ctx.scenes.fail(project_id, 1, error="x", token="t")
+    project_id, run_id = live_run_with_first_scene_failed(ctx, scenes=2)
     assert ctx.projects.get(project_id).failed_scenes == 0
     # When reconcile passes, the counters equal a recount (invariant 4), yet the lag of a
     # working run is progress, not a repair: the report stays empty, so a second pass is 0 too
