@@ -106,7 +106,11 @@ def measure(
     env = {"MVPIPE_LOCAL_LATENCY": f"{latency:g}"}
     begun = time.monotonic()
     worker = workers(stack, workdir, concurrency, pool=pool, **env)
-    control = control_worker(stack, workdir, **env)
+    try:
+        control = control_worker(stack, workdir, **env)
+    except BaseException:
+        worker.stop()
+        raise
     try:
         warm_up()
         for service in (worker, control):

@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mvpipe.errors import InvalidInput
+from mvpipe.pipeline.plan import RunPlan
 from mvpipe.providers.fairness import (
     ProjectLine,
     admit,
@@ -196,3 +197,15 @@ def test_only_a_runs_scenes_beyond_the_quota_wait_even_alone() -> None:
     for position, limit in ((-1, 2), (0, 0)):
         with pytest.raises(InvalidInput):
             waits_alone(position, limit)
+
+
+def test_only_scenes_asking_for_a_slot_are_dispatched_as_waiters() -> None:
+    # A taken-over run of 6 scenes under a quota of 2: scenes 2 and 4 hold a paid job already
+    # (their polls must not go behind other projects' claims), so the claiming ones are
+    # 1, 3, 5, 6 and the last two of them wait.
+    plan = RunPlan("local", [1, 2, 3, 4, 5, 6], frozenset({1, 3, 5, 6}))
+    assert plan.waiting(2) == {5, 6}
+    assert plan.waiting(4) == set()
+    assert RunPlan("local", [1, 2], frozenset()).waiting(1) == set()
+    with pytest.raises(InvalidInput):
+        plan.waiting(0)

@@ -7,6 +7,7 @@ import itertools
 import json
 import os
 import threading
+import time
 from pathlib import Path
 
 import av
@@ -21,6 +22,7 @@ from mvpipe.errors import (
 )
 from mvpipe.providers.base import Brief, JobState, VideoRequest
 from mvpipe.providers.local import LocalJobs, LocalPlanner, LocalVideoProvider, job_latency
+from mvpipe.providers.local_renders import Renders
 from mvpipe.providers.render import probe_clip, render_clip
 from mvpipe.settings import Settings
 from tests.helpers import wait_for
@@ -239,7 +241,8 @@ def test_short_cancelled_and_failed_jobs_leave_no_render_behind(tmp_path: Path) 
         30,
         "both jobs past their end",
     )
-    assert not other.renders.path(cancelled).exists()
+    # A render the cancel raced with is removed by its own timer once stored: none is left
+    wait_for(lambda: not other.renders.path(cancelled).exists(), 30, "no clip of the cancelled")
     assert not local.renders.path(failed).exists()
 
 
@@ -250,3 +253,27 @@ def test_a_job_cancelled_after_its_render_leaves_no_clip_behind(tmp_path: Path) 
     wait_for(stored.exists, 30, "the clip rendered while the job runs")
     assert local.cancel(operation_id)
     assert not stored.exists()
+
+
+def test_a_render_stored_after_its_job_ended_is_removed(tmp_path: Path) -> None:
+    # A render slower than the second half of its job: the poll found the job done first and
+    # rendered the clip itself, so the late file would be nobody's.
+    renders = Renders(tmp_path / "renders")
+    job_ended = threading.Event()
+    asked: list[bool] = []
+
+    def slow_render() -> bytes:
+        assert job_ended.wait(30)
+        return b"rendered too late"
+
+    def wanted() -> bool:
+        asked.append(True)
+        return True
+
+    assert renders.schedule("local-late", 0.6, slow_render, wanted)
+    due = time.time() + 0.6
+    wait_for(lambda: time.time() >= due and asked, 30, "the job's end, its render under way")
+    job_ended.set()
+    wait_for(lambda: len(asked) == 2, 30, "the render stored and its job asked about again")
+    wait_for(lambda: not renders.path("local-late").exists(), 30, "the late render removed")
+    assert renders.take("local-late", lambda: b"rendered by the poll") == b"rendered by the poll"

@@ -236,21 +236,25 @@ def large_then_small_parked(
     return workers, large, small
 
 
-def test_slots_freed_for_another_project_start_its_jobs_before_the_releasers_cuts(
+def test_a_slot_freed_for_a_project_holding_fewer_starts_its_job_before_the_releasers_cut(
     start_workers: StartWorkers,
 ) -> None:
     # One worker process, two slots. A large project's two scenes hold them; a small project's
-    # two scenes wait, parked. Each finished poll frees a slot for the small project: the
-    # newcomers' submissions must both run before the releasers' cuts (queued behind every
-    # wake-up), not inline in the releasing executions nor in turn with the wake-ups.
+    # two scenes wait, parked. The first finished poll frees a slot for the small project while
+    # the large one still holds more (its other job, plus the slot it freed): the newcomer's
+    # submission must run before the releaser's cut (queued behind the wake-up), not inline in
+    # the releasing execution. (The second release leaves the large project holding no more
+    # than the small one: its cut need not wait, the next test's rule.)
     workers, large, small = large_then_small_parked(
         start_workers, latency=4, slots=2, large_scenes=2, small_scenes=2
     )
     for project_id in (large, small):
         assert api.wait_project(project_id, timeout=120).status == ProjectStatus.COMPLETED
     log = workers.service.log_text()
-    started = [log.index(f"lease won project={small} sequence={n} ") for n in (1, 2)]
-    assert max(started) < log.index(f"cut recorded: projects/{large}/")
+    freed = log.index(f"slot freed by {large}/")
+    sequence = int(log[freed:].split("/", 2)[1].split(":")[0])
+    started = min(log.index(f"lease won project={small} sequence={n} ") for n in (1, 2))
+    assert started < log.index(f"cut recorded: projects/{large}/scenes/{sequence:03d}/")
     assert generations_per_scene(workers.ledger, small) == {1: 1, 2: 1}
     assert generations_per_scene(workers.ledger, large) == {1: 1, 2: 1}
 

@@ -8,7 +8,6 @@ the threads pool ends like one on prefork: every scene completed and paid exactl
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,18 +21,22 @@ from mvpipe.models import ProjectStatus
 from mvpipe.providers.genai_client import GenaiUser
 from mvpipe.settings import get_settings
 from tests.conftest import Workers
-from tests.helpers import assert_invariants, generations_per_scene
+from tests.helpers import assert_invariants, generations_per_scene, wait_for
 
 THREADS = 16
+#: the threads of `at_once` that have asked (called what they race on)
+ENTERED: list[int] = []
 
 
 def at_once(call: Callable[[], object]) -> list[object]:
     """`call` from THREADS threads released together; what each got."""
     barrier = threading.Barrier(THREADS)
     got: list[object] = [None] * THREADS
+    ENTERED.clear()
 
     def run(n: int) -> None:
         barrier.wait()
+        ENTERED.append(n)
         got[n] = call()
 
     threads = [threading.Thread(target=run, args=(n,)) for n in range(THREADS)]
@@ -45,11 +48,12 @@ def at_once(call: Callable[[], object]) -> list[object]:
 
 
 def counted(build: Callable[..., Any], builds: list[object]) -> Callable[..., Any]:
-    """`build`, slowed a little (a real build reads files, opens clients) and counted."""
+    """`build`, counted, and finishing only once every thread has asked for what it builds:
+    without a lock each of them finds nothing built yet and builds its own."""
 
     def wrapper(*args: Any) -> Any:
         builds.append(args)
-        time.sleep(0.05)
+        wait_for(lambda: len(ENTERED) == THREADS, 30, "every thread to ask")
         return build(*args)
 
     return wrapper

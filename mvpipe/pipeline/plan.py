@@ -17,10 +17,11 @@ from mvpipe.errors import ConfigurationError, PermanentProviderError
 from mvpipe.media.slots import Slot, clip_duration
 from mvpipe.models import SceneSpec, SceneStatus
 from mvpipe.pipeline.brief import slot_briefs
-from mvpipe.pipeline.stages import next_stage
+from mvpipe.pipeline.stages import GENERATE, next_stage
 from mvpipe.pipeline.timeline import load_timeline, song_slots
 from mvpipe.providers.base import Brief
 from mvpipe.providers.classify import describe
+from mvpipe.providers.fairness import waits_alone
 from mvpipe.store.records import ProjectRecord
 
 log = logging.getLogger("mvpipe.plan")
@@ -32,6 +33,15 @@ class RunPlan:
 
     provider: str
     sequences: list[int]
+    #: of those, the scenes whose generation is not submitted yet: they ask for a slot of the
+    #: video provider's quota (the others hold its job already, or need other stages)
+    claiming: frozenset[int] = frozenset()
+
+    def waiting(self, limit: int) -> set[int]:
+        """The claiming scenes that wait for a slot even with the whole quota of `limit` to
+        this project (`fairness.waits_alone`, by their place among the claiming ones)."""
+        claims = [s for s in self.sequences if s in self.claiming]
+        return {s for position, s in enumerate(claims) if waits_alone(position, limit)}
 
 
 @dataclass(frozen=True)
@@ -85,7 +95,12 @@ def plan_run(
         and s.status != SceneStatus.FAILED
         and (wanted is None or s.sequence in wanted)
     ]
-    return RunPlan(state.project.provider, sequences)
+    claiming = frozenset(
+        s.sequence
+        for s in state.scenes
+        if s.sequence in sequences and next_stage(s) is GENERATE and GENERATE.operation(s) is None
+    )
+    return RunPlan(state.project.provider, sequences, claiming)
 
 
 def planned_specs(ctx: Context, project: ProjectRecord, run_id: str) -> list[SceneSpec]:

@@ -16,6 +16,7 @@ import contextlib
 import os
 import re
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,15 +45,20 @@ class Renders:
         wanted: Callable[[], bool],
     ) -> bool:
         """Render halfway through a job of `latency` seconds on a daemon timer (the process
-        goes on meanwhile); `wanted` is asked first (a cancelled or failed job needs no clip).
-        False when the job is too short to render ahead."""
+        goes on meanwhile); `wanted` is asked first (a cancelled or failed job needs no clip),
+        and again once the clip is stored: a job cancelled meanwhile, or one whose end came
+        first (its poll rendered the clip itself), would leave the file to nobody. False when
+        the job is too short to render ahead."""
         if latency < MIN_AHEAD_SECONDS:
             return False
+        due = time.time() + latency
 
         def run() -> None:
             with contextlib.suppress(Exception):  # whatever is missing, the poll renders
                 if wanted():
                     self.store(operation_id, render())
+                    if not wanted() or time.time() >= due:
+                        self.discard(operation_id)
 
         timer = threading.Timer(latency / 2, run)
         timer.daemon = True

@@ -267,11 +267,13 @@ class ProjectStore:
         claim that landed meanwhile (invariants 4 and 9).
 
         `observed_version` = METADATA's `updatedAt` as read with the scenes the counters were
-        counted from: the write lands only if no other settle (every one sets `updatedAt`)
-        landed since. Two recounts race while a run works (a finalize, a reconcile pass, a
-        duplicate finalize); the one read earlier must not write its older counters and
-        status over the later one's (invariant 4). A project's METADATA comes first in its
-        Query (key order), so the version read is never newer than the scenes read with it."""
+        counted from: the write lands only if no other settle landed since (every one sets
+        `updatedAt`; so do a budget, timeline, takeover or cancel write, which costs a settle
+        racing with it one more read). Two recounts race while a run works (a finalize, a
+        reconcile pass, a duplicate finalize); the one read earlier must not write its older
+        counters and status over the later one's (invariant 4). A project's METADATA comes
+        first in its Query (key order), so the version read is never newer than the scenes
+        read with it."""
         m = self.m
         actions: list[Action] = [
             m.completed_scenes.set(counters.completed_scenes),

@@ -26,7 +26,6 @@ from mvpipe.errors import (
 )
 from mvpipe.pipeline.plan import AnalyseFirst, fail_planning, plan_run
 from mvpipe.providers.classify import describe
-from mvpipe.providers.fairness import waits_alone
 from mvpipe.states import backoff_seconds
 from mvpipe.tasks.analyse import analyse_song
 from mvpipe.tasks.base import WAITING_PRIORITY, MvpipeTask, app, checked_ids
@@ -91,12 +90,14 @@ def plan_scenes(
     # A scene beyond the quota can only join the line: its message goes behind any other
     # project's first claims, so a small project started a moment later is in the line before
     # this one's waiters are read (and gets the first freed slots), not after all of them.
-    limit = ctx.settings.concurrency_for(plan.provider)
+    # Only a scene that asks for a slot: one holding a paid job (after a takeover) or needing
+    # only free work goes first.
+    waiting = plan.waiting(ctx.settings.concurrency_for(plan.provider))
     header = group(
         generate_scene.si(project_id, sequence, run_id, plan.provider).set(
-            priority=WAITING_PRIORITY if waits_alone(position, limit) else 0
+            priority=WAITING_PRIORITY if sequence in waiting else 0
         )
-        for position, sequence in enumerate(plan.sequences)
+        for sequence in plan.sequences
     )
     body = finalize_project.s(project_id, run_id, None, scenes_on_board=True)
     raise self.replace(chord(header, body))
