@@ -99,7 +99,7 @@ def test_a_project_without_a_song_plans_as_before(stack: LocalStack) -> None:
     run_id = str(uuid.uuid4())
     ctx.projects.win_run(project_id, run_id, ProjectStatus.GENERATING_SCENES)
     plan = plan_run(ctx, project_id, run_id)
-    assert plan == RunPlan("local", [1, 2, 3])
+    assert plan == RunPlan("local", [1, 2, 3], frozenset({1, 2, 3}))  # all three ask a slot
     view = api.get_project(project_id)
     assert view.scene_count == 3 and view.timeline_s3_key is None and view.song_s3_key is None
     assert [s.prompt for s in view.scenes] == [
