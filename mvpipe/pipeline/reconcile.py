@@ -103,9 +103,10 @@ def reconcile(
 
     With `budget_seconds` (beat's passes), a pass takes the projects in turns: from where the
     last pass stopped, until the budget is spent (at least one project), so its cost is
-    bounded however many are active; the rest wait for the next pass. The full sweep is then
-    a round over passes (`_beat_pass`). Without it (inline calls) every project the pass lists
-    is examined, the full sweep's all at once."""
+    bounded however many are active; the rest wait for the next pass. The full sweep and the
+    stray scan are then rounds over passes, each read a page at a time from its own cursor
+    (`_beat_pass`). Without it (inline calls) every project the pass lists is examined, and
+    the full sweep and the stray scan are done all at once."""
     started = time.monotonic()
     report = ReconcileReport()
     if project_ids is None and budget_seconds is not None:
@@ -199,9 +200,10 @@ def _beat_pass(
     if strays is not None:
         pages, over = _stray_turn(ctx, report, strays, spent, budget)
         turns += f"; the stray scan: {pages} pages, over: {over}"
+    # "of N": the active projects listed, and the round's projects this pass read to examine
     return (
-        f"examined {examined + taken} of {len(active)} active projects"
-        f" and {taken} swept in {spent():.3f} s (full sweep: {sweeping}; {turns})"
+        f"examined {examined + taken} of {len(active) + taken} projects in {spent():.3f} s"
+        f" (full sweep: {sweeping}; {turns})"
     )
 
 
