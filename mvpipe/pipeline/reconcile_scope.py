@@ -63,7 +63,7 @@ CURSOR_JOB = "reconcile"
 #: Where the full sweep's round stopped (a `Place`): absent between rounds, "" at a round's start.
 SWEEP_CURSOR_JOB = "full-sweep-round"
 STRAY_SWEEP_JOB = "stray-sweep"
-#: Where the stray-item scan stopped (a `encode_key` of the item): absent between rounds, "" at
+#: Where the stray-item scan stopped (an `encode_key` of its last key): absent between rounds, "" at
 #: a round's start.
 STRAY_CURSOR_JOB = "stray-sweep-round"
 
