@@ -1,7 +1,9 @@
 """An HTTP reverse proxy in front of the state server that counts requests by kind.
 
 It sits on the wire between every mvpipe process and DynamoDB/S3, so it counts what the clients
-really send (retries included): DynamoDB by `X-Amz-Target` operation, S3 by method. With a
+really send (retries included): DynamoDB by `X-Amz-Target` operation, S3 by method. It also
+counts the items each Query and Scan read (their answers' `ScannedCount`), by operation and
+index (`items`): what a request costs grows with those, not with the request count alone. With a
 `delay` it also holds every request that long before forwarding it: a network round trip to a
 remote store, which the local state server (on the same machine) does not have.
 """
@@ -9,6 +11,7 @@ remote store, which the local state server (on the same machine) does not have.
 from __future__ import annotations
 
 import http.client
+import json
 import threading
 import time
 from collections import Counter
@@ -21,6 +24,8 @@ DYNAMO_READS = {"GetItem", "Query", "Scan", "BatchGetItem", "TransactGetItems"}
 class CountingProxy:
     def __init__(self, upstream_port: int, delay: float = 0.0) -> None:
         self.counts: Counter[str] = Counter()
+        #: items read by Query / Scan: "dynamodb.Query", "dynamodb.Query.GSI1", "dynamodb.Scan"
+        self.items: Counter[str] = Counter()
         self.lock = threading.Lock()
         proxy = self
 
@@ -47,6 +52,12 @@ class CountingProxy:
                 upstream.request(self.command, self.path, body=body, headers=headers)
                 response = upstream.getresponse()
                 data = response.read()
+                operation = target.split(".")[-1]
+                if operation in ("Query", "Scan") and response.status == 200:
+                    index = json.loads(body or b"{}").get("IndexName")
+                    read = json.loads(data).get("ScannedCount", 0)
+                    with proxy.lock:
+                        proxy.items[".".join(filter(None, (kind, index)))] += read
                 self.send_response(response.status)
                 head = self.command == "HEAD"
                 for key, value in response.getheaders():
@@ -75,6 +86,11 @@ class CountingProxy:
     def reset(self) -> None:
         with self.lock:
             self.counts.clear()
+            self.items.clear()
+
+    def items_read(self) -> Counter[str]:
+        with self.lock:
+            return Counter(self.items)
 
     def snapshot(self) -> Counter[str]:
         with self.lock:

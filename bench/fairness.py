@@ -50,7 +50,9 @@ the quota, so the large one should finish no later than alone + ceil(k * s / P) 
    typical case, the first (arrival right at a wave's start) as the worst case.
 
 `--jitter J` spreads each job's latency uniformly over L * (1 +- J), alone runs included (the
-rows are then named with it, beside the fixed-latency ones, never in their place). Real
+rows are then named with it, beside the fixed-latency ones, never in their place). A job's draw
+is a pure function of `--seed` and the job (its prompt, which names its project, its scene and
+its submission), so the same command gives every job the same latency again. Real
 providers' times vary (Veo: 30 s to minutes), so a large project's jobs do not free their slots
 in lockstep waves the way the local provider's fixed latency makes them; the floors printed are
 the fixed-latency arithmetic and only a guide there.
@@ -143,11 +145,15 @@ def main() -> None:
         default=0.0,
         help="each job's latency spread by up to this share of L either way (0: all equal)",
     )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="the jitter's seed: the same seed repeats every draw"
+    )
     args = parser.parse_args()
     quota, latency, k, s = args.quota, args.latency, args.smalls, args.small
     settings = {
         "local_latency": str(latency),
         "local_latency_jitter": str(args.jitter),
+        "local_latency_seed": str(args.seed),
         "local_max_concurrent": str(quota),
         "provider_concurrency": str(quota),
         "local_clip_seconds": "0.5",

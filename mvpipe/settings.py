@@ -141,6 +141,9 @@ class Settings(BaseSettings):
     #: (0: every job the same): real providers' times vary, so jobs started together do not all
     #: finish together
     local_latency_jitter: float = Field(default=0.0, ge=0, le=1)
+    #: the jitter's draws are a pure function of this seed and each job (`latency_draw`), so a
+    #: bench row with a jitter can be repeated exactly
+    local_latency_seed: int = Field(default=0, ge=0, le=2**63 - 1)
     local_max_concurrent: int = Field(default=8, ge=1)
     local_state: Path | None = None
     local_faults: str = ""

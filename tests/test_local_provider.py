@@ -21,7 +21,13 @@ from mvpipe.errors import (
     TransientProviderError,
 )
 from mvpipe.providers.base import Brief, JobState, VideoRequest
-from mvpipe.providers.local import LocalJobs, LocalPlanner, LocalVideoProvider, job_latency
+from mvpipe.providers.local import (
+    LocalJobs,
+    LocalPlanner,
+    LocalVideoProvider,
+    job_latency,
+    latency_draw,
+)
 from mvpipe.providers.local_renders import Renders
 from mvpipe.providers.render import probe_clip, render_clip
 from mvpipe.settings import Settings
@@ -65,6 +71,40 @@ def test_a_jobs_latency_is_spread_by_the_jitter_either_way() -> None:
     for jitter, draw in ((1.5, 0), (-0.1, 0), (0.5, 1.5)):
         with pytest.raises(InvalidInput):
             job_latency(2.0, jitter, draw)
+
+
+def test_a_jobs_latency_draw_is_a_pure_function_of_the_seed_and_the_job() -> None:
+    jobs = [(f"Small {p} {i}", i + 1, 1) for p in range(10) for i in range(10)]
+    draws = [latency_draw(7, *job) for job in jobs]
+    # the same seed and jobs: the same draws, in any order the jobs are submitted in
+    assert [latency_draw(7, *job) for job in reversed(jobs)] == draws[::-1]
+    # different jobs (another prompt, scene or submission of it) get different latencies
+    assert len(set(draws)) == len(jobs)
+    assert latency_draw(7, "Small 0 0", 1, 2) != latency_draw(7, "Small 0 0", 1, 1)
+    # spread over the whole range either way, not bunched
+    assert all(-1 <= d <= 1 for d in draws)
+    assert min(draws) < -0.8 and max(draws) > 0.8
+    assert 40 < sum(d < 0 for d in draws) < 60
+    # another seed: another draw for every job
+    assert all(latency_draw(8, *job) != d for job, d in zip(jobs, draws, strict=True))
+
+
+def test_a_seeded_jitter_gives_the_same_jobs_the_same_latencies_again(tmp_path: Path) -> None:
+    def latencies(path: Path, seed: int) -> list[float]:
+        local = provider(
+            path, local_latency=10.0, local_latency_jitter=0.5, local_latency_seed=seed,
+            local_max_concurrent=20,
+        )  # fmt: skip
+        for sequence in range(1, 9):
+            local.submit(request(sequence))
+        with local.jobs.transaction() as db:
+            rows = db.execute("SELECT finishes_at - submitted_at FROM jobs ORDER BY sequence")
+            return [round(row[0], 3) for row in rows]
+
+    first = latencies(tmp_path / "first", 3)
+    assert all(5 <= x <= 15 for x in first) and len(set(first)) == len(first)
+    assert latencies(tmp_path / "again", 3) == first  # another run, another process: the same
+    assert latencies(tmp_path / "other", 4) != first
 
 
 def test_jobs_submitted_together_finish_apart_with_a_jitter(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ projects in turns within a time budget and still reach every one."""
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -17,17 +18,25 @@ from mvpipe.celery_app import app
 from mvpipe.deps import Context, get_context
 from mvpipe.devstack.localstack import LocalStack
 from mvpipe.models import ProjectStatus, SceneStatus
+from mvpipe.pipeline.reconcile import ReconcileReport, reconcile
 from mvpipe.pipeline.reconcile_scope import (
     FULL_SWEEP_JOB,
+    STRAY_CURSOR_JOB,
+    STRAY_PAGE,
     SWEEP_CURSOR_JOB,
+    SWEEP_PAGE,
+    Drained,
+    Place,
     in_turn,
     needs_regular_pass,
     round_rest,
     this_turn,
 )
 from mvpipe.states import Counters
+from mvpipe.store.dynamo import Table
 from mvpipe.store.records import ProjectRecord, utc_now_iso
 from mvpipe.store.table import METADATA, ItemBase, project_pk, scene_sk
+from mvpipe.tasks.base import dispatcher
 from tests.conftest import Workers
 from tests.helpers import assert_invariants, own_storage
 
@@ -84,22 +93,96 @@ def test_passes_take_projects_in_turns_from_where_the_last_stopped() -> None:
     assert seen == set(ids)
 
 
+class Index:
+    """The finished partitions of a status index, read a page at a time like
+    `ProjectStore.walk_status`, counting the items each walk reads."""
+
+    def __init__(self, projects: list[ProjectRecord], page: int) -> None:
+        self.projects, self.page, self.read = projects, page, 0
+
+    def walk(self, status: ProjectStatus, after: tuple[str, str] | None) -> Iterator[ProjectRecord]:
+        partition = sorted(
+            (p for p in self.projects if p.status == status),
+            key=lambda p: (p.created_at, p.project_id),
+        )
+        rest = [p for p in partition if after is None or (p.created_at, p.project_id) > after]
+        for start in range(0, len(rest), self.page):
+            page = rest[start : start + self.page]
+            self.read += len(page)
+            yield from page
+
+
+def named(status: ProjectStatus, project_id: str, created: int) -> ProjectRecord:
+    created_at = f"2026-01-01T00:00:{created:02d}+00:00"
+    return dataclasses.replace(
+        record(status), project_id=project_id, created_at=created_at, updated_at=created_at
+    )
+
+
 def test_a_round_of_the_sweep_goes_on_from_its_cursor_to_the_end_once() -> None:
-    ids = ["c", "a", "e", "b", "d", "a"]
-    assert round_rest(ids, "") == ["a", "b", "c", "d", "e"]  # a round starts at the first
-    assert round_rest(ids, "b") == ["c", "d", "e"]  # and never wraps round
-    assert round_rest(ids, "e") == []  # the round is over
-    # a project gone mid-round (finished ones are swept, active ones are the turn's) or new
-    # behind the cursor: the rest of the round is the same; new ahead of it: in this round
-    assert round_rest(["a", "c", "d"], "b") == ["c", "d"]
-    assert round_rest(["a", "aa", "b", "c", "d", "e"], "b") == ["c", "d", "e"]
-    assert round_rest(["b", "bb", "c"], "b") == ["bb", "c"]
-    # passes taking two each reach all five within ceil(5 / 2) passes, each once
-    cursor, seen = "", []
-    while rest := round_rest(ids, cursor):
-        seen += rest[:2]
-        cursor = seen[-1]
-    assert seen == ["a", "b", "c", "d", "e"]
+    pending, completed, failed = (
+        ProjectStatus.PENDING,
+        ProjectStatus.COMPLETED,
+        ProjectStatus.FAILED,
+    )
+    idle = [named(pending, "p2", 1), named(pending, "p1", 1), named(pending, "p0", 5)]
+    finished = [named(completed, f"c{n}", 9 - n) for n in range(6)] + [
+        named(failed, "f1", 3), named(failed, "f0", 3)
+    ]  # fmt: skip
+    index = Index(finished, page=2)
+    # A round takes the idle pending projects, then each finished partition, each by createdAt
+    # and id (the status index's order), once each and without wrapping round
+    order = ["p1", "p2", "p0", "c5", "c4", "c3", "c2", "c1", "c0", "f0", "f1"]
+    assert [p.project_id for p in round_rest(idle, index.walk, None)] == order
+    # From a cursor it goes on after it, in whichever partition the cursor stands
+    for n, place in enumerate(round_rest(idle, index.walk, None)):
+        rest = [p.project_id for p in round_rest(idle, index.walk, place)]
+        assert rest == order[n + 1 :]
+    # A project gone mid-round, or new behind the cursor, leaves the rest the same; a new one
+    # ahead of it is in this round
+    cursor = Place(completed, finished[3].created_at, "c3")
+    later = Index([p for p in finished if p.project_id != "c2"] + [
+        named(completed, "c9", 0), named(completed, "c6", 59)
+    ], page=2)  # fmt: skip
+    assert [p.project_id for p in round_rest(idle, later.walk, cursor)] == [
+        "c1", "c0", "c6", "f0", "f1"
+    ]  # fmt: skip
+
+
+def test_a_pass_of_the_round_reads_what_it_takes_and_a_page_at_most() -> None:
+    finished = [named(ProjectStatus.FAILED, f"f{n:03d}", n % 60) for n in range(300)]
+    index = Index(finished, page=10)
+    # Passes taking 3 projects each walk the whole round, each once, in order
+    cursor: Place | None = None
+    seen: list[str] = []
+    while True:
+        before = index.read
+        rest = Drained(round_rest([], index.walk, cursor))
+        taken = list(this_turn(rest, iter([0.0, 0.0, 9.0, 9.0]).__next__, 1.0))
+        # and each reads the projects it takes and at most one page more, never the partition
+        assert index.read - before <= len(taken) + index.page
+        seen += [p.project_id for p in taken]
+        if rest.done:
+            break
+        cursor = taken[-1]
+    assert seen == [
+        p.project_id for p in sorted(finished, key=lambda p: (p.created_at, p.project_id))
+    ]
+    assert len(seen) == len(set(seen)) == 300
+
+
+def test_a_rounds_cursor_reads_back_its_place_or_starts_the_round_again() -> None:
+    place = Place(ProjectStatus.COMPLETED, "2026-01-01T00:00:00+00:00", str(uuid.uuid4()))
+    assert Place.decode(place.encode()) == place
+    # the round's start, a cursor an older version wrote (a bare id), or anything unreadable
+    for text in ("", place.project_id, "[1, 2, 3]", '["processing", "a", "b"]', "{"):
+        assert Place.decode(text) is None
+
+
+def test_a_drained_source_says_so_only_once_it_ran_out() -> None:
+    walk = Drained(iter("abc"))
+    assert list(this_turn(walk, lambda: 5.0, 1.0)) == ["a"] and not walk.done
+    assert list(this_turn(walk, lambda: 0.0, 1.0)) == ["c"] and walk.done  # "b": pulled, left
 
 
 def test_a_pass_examines_projects_while_its_budget_lasts_and_always_one() -> None:
@@ -286,8 +369,9 @@ def test_beat_passes_sweep_finished_projects_in_rounds_beside_the_active_turn(
     # and finished projects, one of which lost its clip, beside one a regular pass loads
     lost = completed_then_clip_lost(ctx)
     ctx.table.batch_put(finished_items(ctx.table.model, 3))
-    finished = sorted(p.project_id for p in ctx.projects.list_by_status(ProjectStatus.FAILED))
-    finished = sorted([lost, *finished])
+    failed = ctx.projects.list_by_status(ProjectStatus.FAILED)
+    # the round's order: each finished partition in turn, by createdAt and id
+    finished = [lost] + [p.project_id for p in sorted(failed, key=Place.of)]
     touched = touched_project_with_wrong_counters(ctx)
     # When the sweep is not due, a beat pass examines the active turn alone
     ctx.board.due(FULL_SWEEP_JOB, HOUR)
@@ -300,7 +384,8 @@ def test_beat_passes_sweep_finished_projects_in_rounds_beside_the_active_turn(
     repaired = []
     for project_id in finished[:-1]:
         repaired.append(beat_pass()["missing_clips"])
-        assert ctx.board.cursor(SWEEP_CURSOR_JOB) == project_id
+        place = Place.decode(ctx.board.cursor(SWEEP_CURSOR_JOB) or "")
+        assert place is not None and place.project_id == project_id
     repaired.append(beat_pass()["missing_clips"])
     # Then the round reached every one, repaired the lost clip when it came to it, and is over
     assert repaired == [int(p == lost) for p in finished]
@@ -319,3 +404,143 @@ def test_beat_passes_sweep_finished_projects_in_rounds_beside_the_active_turn(
     redis_client.delete(f"mvpipe:due:{FULL_SWEEP_JOB}")
     assert sum(beat_pass()["counters_fixed"] for _ in finished) == 1
     assert ctx.projects.get(broken).completed_scenes == 0
+
+
+def beat_pass_here(
+    ctx: Context, *, full_sweep: bool | None, sweep_strays: bool | None
+) -> ReconcileReport:
+    """One beat pass in this process (its store requests go through the proxy), with a budget
+    so small that each turn takes its least: one project, one page."""
+    return reconcile(
+        ctx, dispatcher, budget_seconds=1e-6, full_sweep=full_sweep, sweep_strays=sweep_strays
+    )
+
+
+def test_a_pass_of_the_sweeps_round_reads_the_projects_it_examines_not_the_history(
+    start_workers: StartWorkers, proxy: CountingProxy
+) -> None:
+    ctx = own_table(start_workers, proxy)
+    # Given a history of finished projects, three pages' worth, one of which lost its clip
+    lost = completed_then_clip_lost(ctx)
+    ctx.table.batch_put(finished_items(ctx.table.model, 3 * SWEEP_PAGE))
+    failed = ctx.projects.list_by_status(ProjectStatus.FAILED)
+    order = [lost] + [p.project_id for p in sorted(failed, key=Place.of)]
+    # When beat's passes take the sweep's round, one project each
+    cursors: list[str] = []
+    passes = repaired = 0
+    full_sweep: bool | None = True
+    while passes <= len(order):
+        proxy.reset()
+        report = beat_pass_here(ctx, full_sweep=full_sweep, sweep_strays=False)
+        full_sweep = None  # the round goes on from its cursor
+        passes += 1
+        repaired += report.missing_clips
+        # Then each reads from the status index the project it examines and a page more at
+        # most (the pending and run partitions it lists hold nothing here), never the history
+        index_items = proxy.items_read()["dynamodb.Query.GSI1"]
+        assert index_items <= 1 + SWEEP_PAGE + 1, (passes, proxy.items_read())
+        cursor = ctx.board.cursor(SWEEP_CURSOR_JOB)
+        if cursor is None:
+            break
+        place = Place.decode(cursor)
+        assert place is not None
+        cursors.append(place.project_id)
+    # and the round reached every finished project once, in order (the cursor stood on each
+    # but the last, whose pass ended the round), and repaired the lost clip
+    assert cursors == order[:-1] and passes == len(order)
+    assert repaired == 1
+    assert ctx.projects.get(lost).status == ProjectStatus.PENDING
+    assert_invariants(lost)
+
+
+def stray_items(m: type[ItemBase], count: int, *, age: float) -> list[ItemBase]:
+    """Scene items a create that crashed before its METADATA left, `age` seconds ago."""
+    created = (datetime.now(UTC) - timedelta(seconds=age)).isoformat()
+    return [
+        m(project_pk(str(uuid.uuid4())), scene_sk(n), entity_type="scene", sequence=n,
+          status=SceneStatus.PENDING, created_at=created, updated_at=created)
+        for _ in range(count // 2) for n in (1, 2)
+    ]  # fmt: skip
+
+
+def three_item_projects(m: type[ItemBase], count: int, *, age: float) -> list[ItemBase]:
+    """Old projects of two scenes each: a scan page can end between their items."""
+    created = (datetime.now(UTC) - timedelta(seconds=age)).isoformat()
+    items = []
+    for item in finished_items(m, count):
+        item.created_at = item.updated_at = created
+        items.append(item)
+        if item.sk == METADATA:
+            items.append(
+                m(item.pk, scene_sk(2), entity_type="scene", sequence=2,
+                  status=SceneStatus.FAILED, created_at=created, updated_at=created)
+            )  # fmt: skip
+    return items
+
+
+def table_keys(ctx: Context) -> set[tuple[str, str]]:
+    return {(i.pk, i.sk) for i in ctx.table.model.scan(attributes_to_get=["PK", "SK"])}
+
+
+def test_a_scan_page_finds_the_strays_even_where_a_project_straddles_two_pages(
+    stack: LocalStack,
+) -> None:
+    # a table of its own: other tests' items would make a walk in pages of 3 long
+    table = Table(get_context().settings.model_copy(update=own_storage()))
+    table.ensure()
+    m = table.model
+    projects = three_item_projects(m, 40, age=2 * HOUR)
+    strays = stray_items(m, 20, age=2 * HOUR)
+    young = stray_items(m, 4, age=0)  # a create still writing: within the grace period
+    table.batch_put(projects + strays + young)
+    cutoff = (datetime.now(UTC) - timedelta(seconds=HOUR)).isoformat()
+    # Given pages of 3 items, so some two-scene projects straddle a page's end (the local
+    # store scans in key order)
+    keys = sorted((i.pk, i.sk) for i in projects + strays + young)
+    kept = {i.pk for i in projects}
+    assert any(keys[n][0] == keys[n - 1][0] in kept for n in range(3, len(keys), 3))
+    found, start, pages = [], None, 0
+    while True:
+        page, start = table.stray_page(cutoff, 3, start)
+        found += page
+        pages += 1
+        if start is None:
+            break
+    # Then the walk over every page finds exactly the old strays, wherever pages end
+    assert sorted(found) == sorted((i.pk, i.sk) for i in strays)
+    assert not {(i.pk, i.sk) for i in projects + young} & set(found)
+    assert pages > len(projects) // 3
+
+
+def test_beat_passes_scan_for_strays_a_page_at_a_time_and_find_them_all(
+    start_workers: StartWorkers, proxy: CountingProxy
+) -> None:
+    ctx = own_table(start_workers, proxy)
+    m = ctx.table.model
+    # Given a table of three scan pages, with strays of a crashed create among old projects
+    projects = three_item_projects(m, 2 * STRAY_PAGE // 3 + 10, age=2 * HOUR)
+    strays = stray_items(m, 40, age=2 * HOUR)
+    young = stray_items(m, 4, age=0)
+    ctx.table.batch_put(projects + strays + young)
+    assert len(projects + strays + young) > 2 * STRAY_PAGE
+    # When beat's passes take the stray scan, each with the budget for one page
+    deleted, scanned = [], []
+    sweep_strays: bool | None = True
+    while sweep_strays or ctx.board.cursor(STRAY_CURSOR_JOB) is not None:
+        proxy.reset()
+        report = beat_pass_here(ctx, full_sweep=False, sweep_strays=sweep_strays)
+        sweep_strays = None  # the round goes on from its cursor
+        deleted.append(report.stray_scenes_deleted)
+        scanned.append(proxy.items_read()["dynamodb.Scan"])
+        assert len(deleted) <= 3
+    # Then each pass read one page and the scan ended after the third
+    assert len(deleted) == 3 and all(0 < n <= STRAY_PAGE for n in scanned), scanned
+    # and every old stray is gone, every project and young item kept
+    assert sum(deleted) == len(strays)
+    left = table_keys(ctx)
+    assert not {(i.pk, i.sk) for i in strays} & left
+    assert {(i.pk, i.sk) for i in projects + young} <= left
+    # and an inline pass still scans the whole table at once, finding nothing left
+    proxy.reset()
+    assert api.reconcile(full_sweep=False, sweep_strays=True).stray_scenes_deleted == 0
+    assert proxy.items_read()["dynamodb.Scan"] == len(left)

@@ -39,6 +39,16 @@ def test_malformed_values_are_configuration_errors(monkeypatch: pytest.MonkeyPat
         get_settings()
 
 
+def test_the_latency_seed_is_a_whole_number_not_below_zero(monkeypatch: pytest.MonkeyPatch) -> None:
+    for bad in ("-1", "1.5", "seven"):
+        monkeypatch.setenv("MVPIPE_LOCAL_LATENCY_SEED", bad)
+        with pytest.raises(ConfigurationError, match="MVPIPE_LOCAL_LATENCY_SEED"):
+            get_settings()
+        get_settings.cache_clear()
+    monkeypatch.setenv("MVPIPE_LOCAL_LATENCY_SEED", "42")
+    assert get_settings().local_latency_seed == 42
+
+
 def test_an_unparseable_value_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch) -> None:
     # A JSON setting that is not JSON fails in pydantic-settings before validation runs
     monkeypatch.setenv("MVPIPE_REPLICATE_INPUT", "not json")

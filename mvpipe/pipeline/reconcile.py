@@ -7,10 +7,11 @@ Run twice in a row, the second report's `total` is 0.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -24,7 +25,15 @@ from mvpipe.pipeline.lipsync import audio_key
 from mvpipe.pipeline.reconcile_scope import (
     CURSOR_JOB,
     FULL_SWEEP_JOB,
+    STRAY_CURSOR_JOB,
+    STRAY_PAGE,
+    STRAY_SWEEP_JOB,
     SWEEP_CURSOR_JOB,
+    SWEEP_PAGE,
+    Drained,
+    Place,
+    decode_key,
+    encode_key,
     in_turn,
     projects_to_examine,
     round_rest,
@@ -36,7 +45,7 @@ from mvpipe.pipeline.steps import Dispatcher
 from mvpipe.providers.classify import describe
 from mvpipe.states import FINAL_SCENE_STATES, assembly_due, lease_expired
 from mvpipe.store.clips import StoredObject, clip_key, lipsync_key, scene_prefix
-from mvpipe.store.records import ProjectState, SceneRecord
+from mvpipe.store.records import ProjectRecord, ProjectState, SceneRecord
 
 log = logging.getLogger("mvpipe.reconcile")
 
@@ -94,30 +103,47 @@ def reconcile(
 
     With `budget_seconds` (beat's passes), a pass takes the projects in turns: from where the
     last pass stopped, until the budget is spent (at least one project), so its cost is
-    bounded however many are active; the rest wait for the next pass. The full sweep is then
-    a round over passes (`_beat_pass`). Without it (inline calls) every project the pass lists
-    is examined, the full sweep's all at once."""
+    bounded however many are active; the rest wait for the next pass. The full sweep and the
+    stray scan are then rounds over passes, each read a page at a time from its own cursor
+    (`_beat_pass`). Without it (inline calls) every project the pass lists is examined, and
+    the full sweep and the stray scan are done all at once."""
     started = time.monotonic()
     report = ReconcileReport()
-    if sweep_strays is None:
-        sweep_strays = ctx.board.due("stray-sweep", ctx.settings.stray_sweep_seconds)
-    if sweep_strays:
-        _sweep_strays(ctx, report)
     if project_ids is None and budget_seconds is not None:
-        passed = _beat_pass(ctx, dispatcher, report, started, budget_seconds, full_sweep)
+        passed = _beat_pass(
+            ctx, dispatcher, report, started, budget_seconds, full_sweep, sweep_strays
+        )
     else:
+        if sweep_strays is None:
+            sweep_strays = ctx.board.due(STRAY_SWEEP_JOB, ctx.settings.stray_sweep_seconds)
+        if sweep_strays:
+            _sweep_strays(ctx, report)
         if project_ids is None:
             if full_sweep is None:
                 full_sweep = ctx.board.due(FULL_SWEEP_JOB, ctx.settings.full_sweep_seconds)
             project_ids = projects_to_examine(ctx, full_sweep=full_sweep, now=time.time())
         listed = list(dict.fromkeys(project_ids))
-        examined = _examine(ctx, dispatcher, report, listed, None)
+        examined = _examine(ctx, dispatcher, report, ((p, p) for p in listed), None)
         passed = f"examined {examined} of {len(listed)} projects"
         passed += f" in {time.monotonic() - started:.3f} s (full sweep: {bool(full_sweep)})"
     if report.total:
         log.info("reconcile repaired %s", report.model_dump())
     log.info("reconcile pass %s", passed)
     return report
+
+
+def _round_cursor(
+    ctx: Context, job: str, due_job: str, every: float, start: bool | None
+) -> str | None:
+    """Where the round `job` stands ("" at its start), starting one when `due_job` is due (or
+    `start` is True); None when no round is on, or `start` is False (left for the next pass)."""
+    if start is False:
+        return None
+    cursor = ctx.board.cursor(job)
+    if cursor is None and (start or ctx.board.due(due_job, every)):
+        cursor = ""
+        ctx.board.move_cursor(job, cursor)
+    return cursor
 
 
 def _beat_pass(
@@ -127,23 +153,23 @@ def _beat_pass(
     started: float,
     budget: float,
     full_sweep: bool | None,
+    sweep_strays: bool | None,
 ) -> str:
     """One beat pass within `budget` seconds: the active projects in turns, then, while a
-    round of the full sweep is on, the round's next projects. Each turn stops starting
-    projects at its deadline but always takes one (so both move on): the active turn's is
-    the budget less the round's share (`MVPIPE_FULL_SWEEP_SHARE`), the round's the budget.
-    So a pass ends at most one examination past its budget (two only when the active turn's
-    last examination alone outlasts the round's share), and a round of S projects ends within
-    S passes. `full_sweep` None starts a round when one is due, True starts one now, False
-    leaves the round for the next pass. Returns what the pass did, for its log line."""
-    sweep = ctx.board.cursor(SWEEP_CURSOR_JOB)
-    if sweep is None and full_sweep is not False:
-        due = full_sweep or ctx.board.due(FULL_SWEEP_JOB, ctx.settings.full_sweep_seconds)
-        if due:
-            sweep = ""
-            ctx.board.move_cursor(SWEEP_CURSOR_JOB, sweep)
-    sweeping = sweep is not None and full_sweep is not False
-    regular, swept = scopes(ctx, sweeping=sweeping, now=time.time())
+    round of the full sweep is on, the round's next projects, then, while a round of the
+    stray-item scan is on, its next pages. Each turn stops starting at its deadline but always
+    takes one (so each moves on): the active turn's is the budget less the round's share
+    (`MVPIPE_FULL_SWEEP_SHARE`), the others' the budget. So a pass ends at most one examination
+    and one page past its budget (one more only when the active turn's last examination alone
+    outlasts the round's share); a round of S projects ends within S passes, and the round
+    reads from the status index the finished projects it examines and at most a page more.
+    `full_sweep` / `sweep_strays` None start a round when one is due, True start one now,
+    False leave the round for the next pass. Returns what the pass did, for its log line."""
+    sweep = _round_cursor(
+        ctx, SWEEP_CURSOR_JOB, FULL_SWEEP_JOB, ctx.settings.full_sweep_seconds, full_sweep
+    )
+    sweeping = sweep is not None
+    regular, idle = scopes(ctx, now=time.time())
 
     def spent() -> float:
         return time.monotonic() - started
@@ -151,38 +177,73 @@ def _beat_pass(
     active = in_turn(regular, ctx.board.cursor(CURSOR_JOB))
     active_budget = budget * (1 - ctx.settings.full_sweep_share) if sweeping else budget
     turn = this_turn(active, spent, active_budget)
-    examined = _examine(ctx, dispatcher, report, turn, CURSOR_JOB)
+    examined = _examine(ctx, dispatcher, report, ((p, p) for p in turn), CURSOR_JOB)
     rounds = -(-len(active) // max(examined, 1))  # nothing listed: nothing examined
     turns = f"in turns: all within {rounds} passes"
-    listed, taken = len(active), 0
-    if sweeping:
-        rest = round_rest(swept, sweep or "")
-        taken = _examine(ctx, dispatcher, report, this_turn(rest, spent, budget), SWEEP_CURSOR_JOB)
-        if taken == len(rest):
+    taken = 0
+    if sweep is not None:
+
+        def walk(status: ProjectStatus, after: tuple[str, str] | None) -> Iterator[ProjectRecord]:
+            return ctx.projects.walk_status(status, after, page=SWEEP_PAGE)
+
+        rest = Drained(round_rest(idle, walk, Place.decode(sweep)))
+        places = this_turn(rest, spent, budget)
+        taken = _examine(
+            ctx, dispatcher, report, ((p.project_id, p.encode()) for p in places), SWEEP_CURSOR_JOB
+        )
+        if rest.done:
             ctx.board.drop_cursor(SWEEP_CURSOR_JOB)
-        listed += len(rest)
-        turns += f"; the sweep's round: examined {taken} of {len(rest)} left"
+        turns += f"; the sweep's round: examined {taken}, over: {rest.done}"
+    strays = _round_cursor(
+        ctx, STRAY_CURSOR_JOB, STRAY_SWEEP_JOB, ctx.settings.stray_sweep_seconds, sweep_strays
+    )
+    if strays is not None:
+        pages, over = _stray_turn(ctx, report, strays, spent, budget)
+        turns += f"; the stray scan: {pages} pages, over: {over}"
+    # "of N": the active projects listed, and the round's projects this pass read to examine
     return (
-        f"examined {examined + taken} of {listed} projects in {spent():.3f} s"
+        f"examined {examined + taken} of {len(active) + taken} projects in {spent():.3f} s"
         f" (full sweep: {sweeping}; {turns})"
     )
+
+
+def _stray_turn(
+    ctx: Context, report: ReconcileReport, cursor: str, spent: Callable[[], float], budget: float
+) -> tuple[int, bool]:
+    """The stray-item scan's pages of this pass, from `cursor` ("" at the round's start): one
+    page at least, more while the budget lasts, the cursor moved past each page as it is done
+    (so a pass that dies on one scans it again, never skips it). Returns (pages, round over)."""
+    cutoff = _stray_cutoff(ctx)
+    after = decode_key(cursor, 2)
+    start = None if after is None else (after[0], after[1])
+    pages = 0
+    for _ in this_turn(itertools.count(), spent, budget):
+        strays, start = ctx.table.stray_page(cutoff, STRAY_PAGE, start)
+        pages += 1
+        _delete_strays(ctx, report, strays)
+        if start is None:
+            ctx.board.drop_cursor(STRAY_CURSOR_JOB)
+            return pages, True
+        ctx.board.move_cursor(STRAY_CURSOR_JOB, encode_key(start))
+    return pages, False
 
 
 def _examine(
     ctx: Context,
     dispatcher: Dispatcher,
     report: ReconcileReport,
-    project_ids: Iterable[str],
+    projects: Iterable[tuple[str, str]],
     cursor: str | None,
 ) -> int:
-    """Reconcile each project (one failing does not stop the others), moving `cursor` to each
-    before it is examined: a pass that dies on one (a worker killed, out of memory) must not
-    make every later pass start with it again. Returns how many were examined."""
+    """Reconcile each project of `projects` ((id, its place for `cursor`) pairs; one failing
+    does not stop the others), moving `cursor` to its place before it is examined: a pass that
+    dies on one (a worker killed, out of memory) must not make every later pass start with it
+    again. Returns how many were examined."""
     examined = 0
-    for project_id in project_ids:
+    for project_id, place in projects:
         examined += 1
         if cursor is not None:
-            ctx.board.move_cursor(cursor, project_id)
+            ctx.board.move_cursor(cursor, place)
         try:
             _reconcile_project(ctx, dispatcher, project_id, report)
         except Exception as exc:
@@ -241,9 +302,19 @@ def _reconcile_project(
     _settle(ctx, dispatcher, state, report)
 
 
-def _sweep_strays(ctx: Context, report: ReconcileReport) -> None:
+def _stray_cutoff(ctx: Context) -> str:
+    """Scene items created before this (ISO time) may be a crash's leftovers, not a create
+    still writing its METADATA."""
     cutoff = datetime.fromtimestamp(time.time() - ctx.settings.orphan_grace_seconds, UTC)
-    strays = ctx.table.stray_scene_keys(cutoff.isoformat(timespec="microseconds"))
+    return cutoff.isoformat(timespec="microseconds")
+
+
+def _sweep_strays(ctx: Context, report: ReconcileReport) -> None:
+    """The whole stray-item scan at once (inline calls)."""
+    _delete_strays(ctx, report, ctx.table.stray_scene_keys(_stray_cutoff(ctx)))
+
+
+def _delete_strays(ctx: Context, report: ReconcileReport, strays: list[tuple[str, str]]) -> None:
     if strays:
         ctx.table.batch_delete(strays)
         report.stray_scenes_deleted += len(strays)

@@ -13,15 +13,24 @@ many projects are active, and every one is still reached within a bounded number
 
 Beat's full sweep is a round spread over passes too (`round_rest`): once due, every pass also
 examines, after its active turn and within the same budget, the projects the regular passes do
-not load, in one fixed order from where the last pass stopped (a cursor of its own), until the
-round reaches the end of that order; the next round starts when the sweep is due again.
+not load, in one fixed order from where the last pass stopped (a cursor of its own, a `Place`),
+until the round reaches the end of that order; the next round starts when the sweep is due
+again. The order is the status index's own: the idle pending projects (already listed by the
+regular turn), then each finished status's partition by `GSI1SK` (createdAt) and id, which a
+pass walks from its cursor a page at a time (`ProjectStore.walk_status`): it reads the finished
+projects it examines and at most a page more, never the whole history.
+
+The stray-item scan is a round over passes too: a table Scan a page at a time from its own
+cursor, pages while the pass's budget lasts (at least one).
 """
 
 from __future__ import annotations
 
+import json
 from bisect import bisect_right
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
+from typing import NamedTuple, TypeVar
 
 from mvpipe.deps import Context
 from mvpipe.models import ProjectStatus
@@ -38,11 +47,25 @@ IDLE_STATUSES = (ProjectStatus.PENDING,)
 #: Loaded by the full sweep only.
 FINISHED_STATUSES = (ProjectStatus.COMPLETED, ProjectStatus.FAILED)
 
+#: The order a round of the full sweep takes the statuses in.
+ROUND_STATUSES = IDLE_STATUSES + FINISHED_STATUSES
+#: Finished projects a pass reads from the status index per Query: a pass reads at most this
+#: many past the last one it examines.
+SWEEP_PAGE = 50
+#: Items a pass of the stray-item scan reads per Scan page.
+STRAY_PAGE = 500
+
+T = TypeVar("T")
+
 FULL_SWEEP_JOB = "full-sweep"
 #: Where beat's last regular pass stopped (the last project id it examined).
 CURSOR_JOB = "reconcile"
-#: Where the full sweep's round stopped: absent between rounds, "" at a round's start.
+#: Where the full sweep's round stopped (a `Place`): absent between rounds, "" at a round's start.
 SWEEP_CURSOR_JOB = "full-sweep-round"
+STRAY_SWEEP_JOB = "stray-sweep"
+#: Where the stray-item scan stopped (an `encode_key` of its last key): absent between rounds, "" at
+#: a round's start.
+STRAY_CURSOR_JOB = "stray-sweep-round"
 
 
 def needs_regular_pass(project: ProjectRecord, now: float, window_seconds: float) -> bool:
@@ -56,30 +79,113 @@ def needs_regular_pass(project: ProjectRecord, now: float, window_seconds: float
 
 
 def projects_to_examine(ctx: Context, *, full_sweep: bool, now: float) -> list[str]:
-    """The ids a pass loads, through the status index (never a table scan)."""
-    regular, swept = scopes(ctx, sweeping=full_sweep, now=now)
-    return regular + swept
+    """The ids an inline pass loads, through the status index (never a table scan)."""
+    regular, idle = scopes(ctx, now=now)
+    if not full_sweep:
+        return regular
+    finished = [p for status in FINISHED_STATUSES for p in ctx.projects.list_by_status(status)]
+    return regular + [p.project_id for p in idle + finished]
 
 
-def scopes(ctx: Context, *, sweeping: bool, now: float) -> tuple[list[str], list[str]]:
-    """(the ids a regular pass loads, and while `sweeping` every other project's): one listing
-    of the status index, the finished partitions only while a sweep is on."""
+def scopes(ctx: Context, *, now: float) -> tuple[list[str], list[ProjectRecord]]:
+    """(the ids a regular pass loads, and the listed idle projects it leaves to the sweep): one
+    listing of the run and idle partitions of the status index; the finished ones are not read."""
     window = 2 * ctx.settings.full_sweep_seconds  # a sweep always falls inside it
     regular: list[str] = []
-    swept: list[str] = []
+    idle: list[ProjectRecord] = []
     for status in RUN_STATUSES + IDLE_STATUSES:
         for p in ctx.projects.list_by_status(status):
             if needs_regular_pass(p, now, window):
                 regular.append(p.project_id)
-            elif sweeping:
-                swept.append(p.project_id)
-    if sweeping:
-        swept += [
-            p.project_id
-            for status in FINISHED_STATUSES
-            for p in ctx.projects.list_by_status(status)
-        ]
-    return regular, swept
+            else:
+                idle.append(p)
+    return regular, idle
+
+
+class Place(NamedTuple):
+    """A project's place in a round of the full sweep: its status (the partition, in
+    `ROUND_STATUSES` order), then the status index's sort key (createdAt), then its id."""
+
+    status: ProjectStatus
+    created_at: str
+    project_id: str
+
+    def encode(self) -> str:
+        return encode_key(self)
+
+    @classmethod
+    def decode(cls, text: str) -> Place | None:
+        """None for "" (a round's start) and for anything unreadable (a cursor an older
+        version wrote): the round then starts from the beginning."""
+        parts = decode_key(text, 3)
+        if parts is None or parts[0] not in ROUND_STATUSES:
+            return None
+        return cls(ProjectStatus(parts[0]), parts[1], parts[2])
+
+    @classmethod
+    def of(cls, project: ProjectRecord) -> Place:
+        return cls(project.status, project.created_at, project.project_id)
+
+
+def encode_key(parts: Iterable[str]) -> str:
+    """A cursor's text: a JSON list of strings."""
+    return json.dumps([str(p) for p in parts])
+
+
+def decode_key(text: str, size: int) -> tuple[str, ...] | None:
+    """The `size` strings `encode_key` wrote, or None ("" or unreadable)."""
+    try:
+        parts = json.loads(text) if text else None
+    except ValueError:
+        return None
+    if not isinstance(parts, list) or len(parts) != size:
+        return None
+    if not all(isinstance(p, str) for p in parts):
+        return None
+    return tuple(parts)
+
+
+#: Reads a finished partition lazily from after a (createdAt, id): `ProjectStore.walk_status`.
+Walk = Callable[[ProjectStatus, tuple[str, str] | None], Iterator[ProjectRecord]]
+
+
+def round_rest(idle: Iterable[ProjectRecord], walk: Walk, after: Place | None) -> Iterator[Place]:
+    """What a round of the full sweep has left after `after` (None: the round's start), in the
+    round's order, without wrapping round: the round is over when this runs out.
+
+    The idle pending projects come from the regular turn's listing (`idle`); each finished
+    partition comes from `walk(status, (createdAt, id) to start after)`, which reads it lazily,
+    so taking k places reads k finished projects and what `walk` reads ahead (a page). A project
+    listed throughout the round is taken once in it; one that comes to stand behind the cursor
+    mid-round (created earlier, or moved to an earlier partition) waits for the next round."""
+    rank = 0 if after is None else ROUND_STATUSES.index(after.status)
+    for status in ROUND_STATUSES[rank:]:
+        start = None
+        if after is not None and status == after.status:
+            start = (after.created_at, after.project_id)
+        if status in IDLE_STATUSES:
+            listed = sorted((p.created_at, p.project_id) for p in idle if p.status == status)
+            for created_at, project_id in listed[bisect_right(listed, start) if start else 0 :]:
+                yield Place(status, created_at, project_id)
+        else:
+            for p in walk(status, start):
+                yield Place(status, p.created_at, p.project_id)
+
+
+class Drained(Iterator[T]):
+    """An iterator that tells, once its user stops, whether its source ran out: a round whose
+    last pass took everything left is over, without reading a page past the end to find out."""
+
+    def __init__(self, source: Iterable[T]) -> None:
+        self._source = iter(source)
+        self.done = False
+
+    def __next__(self) -> T:
+        try:
+            return next(self._source)
+        except StopIteration:
+            self.done = True
+            raise
 
 
 def in_turn(ids: Iterable[str], after: str | None) -> list[str]:
@@ -94,21 +200,14 @@ def in_turn(ids: Iterable[str], after: str | None) -> list[str]:
     return ordered[start:] + ordered[:start]
 
 
-def round_rest(ids: Iterable[str], after: str) -> list[str]:
-    """What a round of the full sweep has left: `ids` once each in the fixed order (sorted),
-    after `after` ("" at the round's start), without wrapping round: the round is over when a
-    pass has examined the last. A project listed throughout the round is examined once in it;
-    one that comes to be listed behind the cursor mid-round waits for the next round."""
-    ordered = sorted(set(ids))
-    return ordered[bisect_right(ordered, after) :]
-
-
 def this_turn(
-    ordered: Sequence[str], spent: Callable[[], float], budget: float | None
-) -> Iterator[str]:
-    """The ids a pass examines: in order while `spent()` is under `budget` (None: all of them),
-    and always the first, so every pass moves the cursor on."""
-    for n, project_id in enumerate(ordered):
+    ordered: Iterable[T], spent: Callable[[], float], budget: float | None
+) -> Iterator[T]:
+    """What a pass takes (projects to examine, pages to scan): in order while `spent()` is
+    under `budget` (None: all of them), and always the first, so every pass moves the cursor
+    on. It takes the next one from `ordered` before asking the clock, so a lazy source reads
+    at most one item past what the turn takes."""
+    for n, item in enumerate(ordered):
         if n and budget is not None and spent() >= budget:
             return
-        yield project_id
+        yield item

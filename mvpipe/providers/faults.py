@@ -14,6 +14,13 @@ from dataclasses import dataclass
 from mvpipe.errors import ConfigurationError
 
 
+def roll(*parts: object) -> float:
+    """A number in [0, 1) that depends only on `parts`: the same draw in every process and
+    every run, whatever order the workers happen to make their calls in."""
+    digest = hashlib.sha256("|".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
 @dataclass(frozen=True)
 class FaultPlan:
     transient: float = 0.0
@@ -43,10 +50,7 @@ class FaultPlan:
         return plan
 
     def roll(self, project_id: str, sequence: int, kind: str, call: int) -> float:
-        digest = hashlib.sha256(
-            f"{self.seed}|{project_id}|{sequence}|{kind}|{call}".encode()
-        ).digest()
-        return int.from_bytes(digest[:8], "big") / 2**64
+        return roll(self.seed, project_id, sequence, kind, call)
 
     def transient_fault(self, project_id: str, sequence: int, kind: str, call: int) -> bool:
         return self.transient > 0 and self.roll(project_id, sequence, kind, call) < self.transient

@@ -11,7 +11,6 @@ import contextlib
 import fcntl
 import json
 import os
-import random
 import re
 import sqlite3
 import threading
@@ -30,7 +29,7 @@ from mvpipe.errors import (
 )
 from mvpipe.models import MAX_PROMPT, SceneSpec
 from mvpipe.providers.base import Brief, JobState, JobStatus, VideoRequest
-from mvpipe.providers.faults import FaultPlan
+from mvpipe.providers.faults import FaultPlan, roll
 from mvpipe.providers.local_renders import Renders
 from mvpipe.providers.render import render_clip
 from mvpipe.settings import Settings
@@ -237,6 +236,14 @@ def job_latency(latency: float, jitter: float, draw: float) -> float:
     return latency * (1 + jitter * draw)
 
 
+def latency_draw(seed: int, prompt: str, sequence: int, submission: int) -> float:
+    """Where in [-1, 1] a job's latency falls: a pure function of the seed and the job (its
+    scene's prompt and sequence, and which accepted submission of that scene it is), never of
+    random ids, so a run with the same seed and the same prompts gives every job the same
+    latency again, while different jobs get different ones."""
+    return 2 * roll(seed, "latency", prompt, sequence, submission) - 1
+
+
 class LocalVideoProvider:
     name = "local"
     can_cancel = True
@@ -244,6 +251,7 @@ class LocalVideoProvider:
     def __init__(self, settings: Settings) -> None:
         self.latency = settings.local_latency
         self.jitter = settings.local_latency_jitter
+        self.seed = settings.local_latency_seed
         self.max_concurrent = settings.local_max_concurrent
         self.clip_seconds = settings.local_clip_seconds
         self.faults = FaultPlan.parse(settings.local_faults)
@@ -270,7 +278,8 @@ class LocalVideoProvider:
             submission = LocalJobs.next_call(db, request.project_id, request.sequence, "accepted")
             failed = self.faults.permanent_fault(request.project_id, request.sequence, submission)
             operation_id = f"local-{uuid.uuid4()}"
-            latency = job_latency(self.latency, self.jitter, random.uniform(-1, 1))
+            draw = latency_draw(self.seed, request.prompt, request.sequence, submission)
+            latency = job_latency(self.latency, self.jitter, draw)
             db.execute(
                 "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0)",
                 (

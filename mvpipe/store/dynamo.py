@@ -74,22 +74,69 @@ class Table:
     def iter_by_status(self, status: str) -> Iterator[ItemBase]:
         yield from self._call(lambda: list(self.model.status_index.query(status)))  # type: ignore[attr-defined]
 
+    def status_page(
+        self, status: str, limit: int, after: tuple[str, str] | None = None
+    ) -> tuple[list[ItemBase], bool]:
+        """One Query of the status index's `status` partition, in the index's order (GSI1SK,
+        then the key), from after the project `after` = (its GSI1SK, its id): at most `limit`
+        items, and whether the index may hold more. A walk over a partition reads only as far
+        as it goes, not the whole partition."""
+        start = None
+        if after is not None:
+            at, project_id = after
+            start = {
+                "GSI1PK": {"S": status},
+                "GSI1SK": {"S": at},
+                "PK": {"S": project_pk(project_id)},
+                "SK": {"S": METADATA},
+            }
+
+        def read() -> tuple[list[ItemBase], bool]:
+            index = self.model.status_index  # type: ignore[attr-defined]
+            page = index.query(status, limit=limit, page_size=limit, last_evaluated_key=start)
+            items = list(page)
+            return items, page.last_evaluated_key is not None
+
+        return self._call(read)
+
     def stray_scene_keys(self, created_before: str) -> list[tuple[str, str]]:
         """Scene items of projects with no METADATA, created before the cutoff (ISO time).
 
         A full scan: reconcile runs it rarely (a crash mid-create is the only source of strays).
         """
-        items = self._call(
-            lambda: list(self.model.scan(attributes_to_get=["PK", "SK", "createdAt"]))
-        )
+        return self.stray_page(created_before, None, None)[0]
+
+    def stray_page(
+        self, created_before: str, limit: int | None, after: tuple[str, str] | None
+    ) -> tuple[list[tuple[str, str]], tuple[str, str] | None]:
+        """The stray scene items of one Scan page of `limit` items (None: the whole table) from
+        after the item `after` = (PK, SK), and where the next page starts (None: the scan is
+        over). A project's items may straddle two pages, so a scene whose METADATA is not on
+        its page is a stray only once a read of that METADATA finds none."""
+        start = None if after is None else {"PK": {"S": after[0]}, "SK": {"S": after[1]}}
+
+        def read() -> tuple[list[ItemBase], tuple[str, str] | None]:
+            page = self.model.scan(
+                attributes_to_get=["PK", "SK", "createdAt"],
+                limit=limit,
+                page_size=limit,
+                last_evaluated_key=start,
+            )
+            items = list(page)
+            key = page.last_evaluated_key
+            return items, None if key is None else (key["PK"]["S"], key["SK"]["S"])
+
+        items, following = self._call(read)
         with_metadata = {i.pk for i in items if i.sk == METADATA}
-        return [
+        scenes = [
             (i.pk, i.sk)
             for i in items
             if i.sk.startswith(SCENE_PREFIX)
             and i.pk not in with_metadata
             and (i.created_at or "") <= created_before
         ]
+        orphaned = {pk for pk in {pk for pk, _ in scenes} if self.get(pk, METADATA) is None}
+        return [key for key in scenes if key[0] in orphaned], following
 
     # -- writes --------------------------------------------------------------------------------
     def put(self, item: ItemBase, condition: Condition | None = None) -> bool:

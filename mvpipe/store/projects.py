@@ -7,7 +7,7 @@ A project is visible only once METADATA exists: `create` writes the scenes first
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.update import Action
@@ -71,6 +71,19 @@ class ProjectStore:
 
     def list_by_status(self, status: ProjectStatus) -> list[ProjectRecord]:
         return [ProjectRecord.from_item(i) for i in self.table.iter_by_status(status)]
+
+    def walk_status(
+        self, status: ProjectStatus, after: tuple[str, str] | None, *, page: int
+    ) -> Iterator[ProjectRecord]:
+        """The projects of `status` in the status index's order (`createdAt`, then id) from
+        after `after` = (createdAt, id), read `page` at a time as the walk reaches them: a
+        walk that stops early has read at most one page past where it stopped."""
+        while True:
+            items, more = self.table.status_page(status, page, after)
+            yield from (ProjectRecord.from_item(i) for i in items)
+            if not more or not items:
+                return
+            after = (items[-1].gsi1sk or "", items[-1].project_id or "")
 
     # -- creation and planning -----------------------------------------------------------------
     def create(self, project_id: str, spec: ProjectSpec, *, song_key: str | None = None) -> None:
