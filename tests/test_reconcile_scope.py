@@ -161,6 +161,9 @@ def test_a_round_of_the_sweep_goes_on_from_its_cursor_to_the_end_once() -> None:
     assert [p.project_id for p in round_rest(idle, later.walk, cursor)] == [
         "c1", "c0", "c6", "f0", "f1"
     ]  # fmt: skip
+    # A place is the index's own sort key (GSI1SK), whatever createdAt holds
+    odd = dataclasses.replace(named(completed, "c7", 7), created_at="")
+    assert list(round_rest([], Index([odd], page=2).walk, LATE)) == [Place(completed, at(7), "c7")]
 
 
 def test_a_round_ends_within_its_projects_passes_while_new_ones_finish_ahead_of_it() -> None:
