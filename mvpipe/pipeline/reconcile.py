@@ -148,8 +148,9 @@ def _beat_pass(
     takes one (so each moves on): the active turn's is the budget less the round's share
     (`MVPIPE_FULL_SWEEP_SHARE`), the others' the budget. So a pass ends at most one examination
     and one page past its budget (one more only when the active turn's last examination alone
-    outlasts the round's share); a round of S projects ends within S passes, and the round
-    reads from the status index the finished projects it examines and at most a page more.
+    outlasts the round's share); a round of S projects (those created by its start: the
+    later ones wait for the next round) ends within S passes, and the round reads from the
+    status index the finished projects it examines and at most a page more.
     `full_sweep` / `sweep_strays` None start a round when one is due, True start one now,
     False leave the round for the next pass. Returns what the pass did, for its log line."""
     sweep = sweep_round(ctx, full_sweep)

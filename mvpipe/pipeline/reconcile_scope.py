@@ -13,15 +13,18 @@ many projects are active, and every one is still reached within a bounded number
 
 Beat's full sweep is a round spread over passes too (`round_rest`): once due, every pass also
 examines, after its active turn and within the same budget, the projects the regular passes do
-not load, in one fixed order from where the last pass stopped (a cursor of its own, a `Place`),
-until the round reaches the end of that order; the next round starts when the sweep is due
-again. The order is the status index's own: the idle pending projects (already listed by the
-regular turn), then each finished status's partition by `GSI1SK` (createdAt) and id, which a
-pass walks from its cursor a page at a time (`ProjectStore.walk_status`): it reads the finished
-projects it examines and at most a page more, never the whole history.
+not load, in one fixed order from where the last pass stopped (a cursor of its own, a `Round`:
+when it started and the `Place` it reached), until the round reaches the end of that order; the
+next round starts when the sweep is due again. The order is the status index's own: the idle
+pending projects (already listed by the regular turn), then each finished status's partition by
+`GSI1SK` (createdAt) and id, which a pass walks from its cursor a page at a time
+(`ProjectStore.walk_status`): it reads the finished projects it examines and at most a page
+more, never the whole history. The round takes only projects created by its start, so it has an
+end: a round of S projects ends within S passes, however many finish meanwhile.
 
 The stray-item scan is a round over passes too: a table Scan a page at a time from its own
-cursor, pages while the pass's budget lasts (at least one).
+cursor, pages while the pass's budget lasts (at least one). A cursor that does not read back
+as what its round wrote starts that round again (`sweep_round`, `stray_round`).
 """
 
 from __future__ import annotations
@@ -65,11 +68,11 @@ log = logging.getLogger("mvpipe.reconcile")
 FULL_SWEEP_JOB = "full-sweep"
 #: Where beat's last regular pass stopped (the last project id it examined).
 CURSOR_JOB = "reconcile"
-#: Where the full sweep's round stopped (a `Place`): absent between rounds, "" at a round's start.
+#: Where the full sweep's round stands (a `Round`): absent between rounds.
 SWEEP_CURSOR_JOB = "full-sweep-round"
 STRAY_SWEEP_JOB = "stray-sweep"
-#: Where the stray-item scan stopped (an `encode_key` of its last key): absent between rounds, "" at
-#: a round's start.
+#: Where the stray-item scan stopped (an `encode_key` of its last item's key, `decode_item_key`
+#: reads it): absent between rounds, "" at a round's start.
 STRAY_CURSOR_JOB = "stray-sweep-round"
 
 
