@@ -187,9 +187,11 @@ class RunBoard:
 
     @_answered
     def cursor(self, job: str) -> str | None:
-        """Where `job` stopped last (None: never, or not for `ttl`: it starts over)."""
+        """Where `job` stopped last (None: never, or not for `ttl`: it starts over). Bytes
+        that are not UTF-8 read as replacement characters: the caller's check of the cursor
+        finds it unreadable and starts over, rather than every pass failing on it."""
         value = self.client.get(self._key("cursor", job))
-        return None if value is None else value.decode()
+        return None if value is None else value.decode(errors="replace")
 
     @_answered
     def move_cursor(self, job: str, value: str) -> None:

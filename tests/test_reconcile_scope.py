@@ -5,6 +5,7 @@ projects in turns within a time budget and still reach every one."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -27,6 +28,9 @@ from mvpipe.pipeline.reconcile_scope import (
     SWEEP_PAGE,
     Drained,
     Place,
+    Round,
+    decode_item_key,
+    encode_key,
     in_turn,
     needs_regular_pass,
     round_rest,
@@ -100,23 +104,33 @@ class Index:
     def __init__(self, projects: list[ProjectRecord], page: int) -> None:
         self.projects, self.page, self.read = projects, page, 0
 
-    def walk(self, status: ProjectStatus, after: tuple[str, str] | None) -> Iterator[ProjectRecord]:
+    def walk(
+        self, status: ProjectStatus, after: tuple[str, str] | None, until: str
+    ) -> Iterator[ProjectRecord]:
         partition = sorted(
-            (p for p in self.projects if p.status == status),
-            key=lambda p: (p.created_at, p.project_id),
+            (p for p in self.projects if p.status == status and p.gsi1sk <= until),
+            key=lambda p: (p.gsi1sk, p.project_id),
         )
-        rest = [p for p in partition if after is None or (p.created_at, p.project_id) > after]
+        rest = [p for p in partition if after is None or (p.gsi1sk, p.project_id) > after]
         for start in range(0, len(rest), self.page):
             page = rest[start : start + self.page]
             self.read += len(page)
             yield from page
 
 
+def at(second: int) -> str:
+    return (datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=second)).isoformat()
+
+
 def named(status: ProjectStatus, project_id: str, created: int) -> ProjectRecord:
-    created_at = f"2026-01-01T00:00:{created:02d}+00:00"
     return dataclasses.replace(
-        record(status), project_id=project_id, created_at=created_at, updated_at=created_at
-    )
+        record(status), project_id=project_id, created_at=at(created), updated_at=at(created),
+        gsi1sk=at(created),
+    )  # fmt: skip
+
+
+#: a round started after every project `named` creates below a minute
+LATE = Round(at(60))
 
 
 def test_a_round_of_the_sweep_goes_on_from_its_cursor_to_the_end_once() -> None:
@@ -130,30 +144,64 @@ def test_a_round_of_the_sweep_goes_on_from_its_cursor_to_the_end_once() -> None:
         named(failed, "f1", 3), named(failed, "f0", 3)
     ]  # fmt: skip
     index = Index(finished, page=2)
-    # A round takes the idle pending projects, then each finished partition, each by createdAt
-    # and id (the status index's order), once each and without wrapping round
+    # A round takes the idle pending projects, then each finished partition, each by GSI1SK
+    # (createdAt) and id (the status index's order), once each and without wrapping round
     order = ["p1", "p2", "p0", "c5", "c4", "c3", "c2", "c1", "c0", "f0", "f1"]
-    assert [p.project_id for p in round_rest(idle, index.walk, None)] == order
+    assert [p.project_id for p in round_rest(idle, index.walk, LATE)] == order
     # From a cursor it goes on after it, in whichever partition the cursor stands
-    for n, place in enumerate(round_rest(idle, index.walk, None)):
-        rest = [p.project_id for p in round_rest(idle, index.walk, place)]
+    for n, place in enumerate(round_rest(idle, index.walk, LATE)):
+        rest = [p.project_id for p in round_rest(idle, index.walk, LATE._replace(after=place))]
         assert rest == order[n + 1 :]
     # A project gone mid-round, or new behind the cursor, leaves the rest the same; a new one
-    # ahead of it is in this round
-    cursor = Place(completed, finished[3].created_at, "c3")
+    # ahead of it, created before the round started, is in this round
+    cursor = LATE._replace(after=Place.of(finished[3]))
     later = Index([p for p in finished if p.project_id != "c2"] + [
         named(completed, "c9", 0), named(completed, "c6", 59)
     ], page=2)  # fmt: skip
     assert [p.project_id for p in round_rest(idle, later.walk, cursor)] == [
         "c1", "c0", "c6", "f0", "f1"
     ]  # fmt: skip
+    # A place is the index's own sort key (GSI1SK), whatever createdAt holds
+    odd = dataclasses.replace(named(completed, "c7", 7), created_at="")
+    assert list(round_rest([], Index([odd], page=2).walk, LATE)) == [Place(completed, at(7), "c7")]
+
+
+def test_a_round_ends_within_its_projects_passes_while_new_ones_finish_ahead_of_it() -> None:
+    pending, completed, failed = (
+        ProjectStatus.PENDING,
+        ProjectStatus.COMPLETED,
+        ProjectStatus.FAILED,
+    )
+    # Given a round started at 00:30 over 12 projects: 2 idle, 8 completed, 2 failed
+    idle = [named(pending, f"p{n}", n) for n in range(2)]
+    finished = [named(completed, f"c{n}", n) for n in range(8)]
+    finished += [named(failed, f"f{n}", n) for n in range(2)]
+    index = Index(finished, page=3)
+    cursor = Round(at(30))
+    # When a pass takes one project, and meanwhile two projects created after the round
+    # started finish (landing ahead of the cursor: the order is by creation) and one more
+    # waits idle
+    seen: list[str] = []
+    for n in range(3 * 12):
+        rest = Drained(round_rest(idle, index.walk, cursor))
+        taken = list(this_turn(rest, lambda: 9.0, 1.0))
+        seen += [p.project_id for p in taken]
+        if rest.done or not taken:
+            break
+        cursor = cursor._replace(after=taken[-1])
+        index.projects += [named(completed, f"new{n}", 31 + n), named(completed, f"x{n}", 32 + n)]
+        idle.append(named(pending, f"idle{n}", 31 + n))
+    # Then the round still ends, within 12 passes, having taken its 12 projects, `failed` too,
+    # and none created after it started (those wait for the next round)
+    assert seen == ["p0", "p1", *(f"c{n}" for n in range(8)), "f0", "f1"]
+    assert n < 12
 
 
 def test_a_pass_of_the_round_reads_what_it_takes_and_a_page_at_most() -> None:
     finished = [named(ProjectStatus.FAILED, f"f{n:03d}", n % 60) for n in range(300)]
     index = Index(finished, page=10)
     # Passes taking 3 projects each walk the whole round, each once, in order
-    cursor: Place | None = None
+    cursor = LATE
     seen: list[str] = []
     while True:
         before = index.read
@@ -164,7 +212,7 @@ def test_a_pass_of_the_round_reads_what_it_takes_and_a_page_at_most() -> None:
         seen += [p.project_id for p in taken]
         if rest.done:
             break
-        cursor = taken[-1]
+        cursor = cursor._replace(after=taken[-1])
     assert seen == [
         p.project_id for p in sorted(finished, key=lambda p: (p.created_at, p.project_id))
     ]
@@ -172,11 +220,53 @@ def test_a_pass_of_the_round_reads_what_it_takes_and_a_page_at_most() -> None:
 
 
 def test_a_rounds_cursor_reads_back_its_place_or_starts_the_round_again() -> None:
-    place = Place(ProjectStatus.COMPLETED, "2026-01-01T00:00:00+00:00", str(uuid.uuid4()))
-    assert Place.decode(place.encode()) == place
-    # the round's start, a cursor an older version wrote (a bare id), or anything unreadable
-    for text in ("", place.project_id, "[1, 2, 3]", '["processing", "a", "b"]', "{"):
-        assert Place.decode(text) is None
+    started, created, project_id = utc_now_iso(), at(0), str(uuid.uuid4())
+    place = Place(ProjectStatus.COMPLETED, created, project_id)
+    for cursor in (Round(started), Round(started, place)):
+        assert Round.decode(cursor.encode()) == cursor
+    # An older version's cursor (the round's start "", a bare id, a place without the round's
+    # start), text that is not the round's JSON, and values the store would reject as a start
+    # key (an empty key string) or that are not what the index holds: the round starts again
+    old = ["", project_id, encode_key([ProjectStatus.FAILED, created, project_id])]
+    damaged = ["{", "[1, 2, 3]", "[" * 100_000, "\ud800", '"' + started + '"', "null"]
+    values = [
+        [""],
+        ["yesterday"],
+        [started, ProjectStatus.FAILED, "", ""],
+        [started, ProjectStatus.FAILED, created, ""],
+        [started, ProjectStatus.FAILED, "", project_id],
+        [started, ProjectStatus.PROCESSING, created, project_id],
+        [started, "archived", created, project_id],
+        [started, ProjectStatus.FAILED, "yesterday", project_id],
+        [started, ProjectStatus.FAILED, created, "c3"],
+        [started, ProjectStatus.FAILED, created, project_id.upper()],
+        [started, ProjectStatus.FAILED, created, project_id, "extra"],
+    ]
+    for text in old + damaged + [encode_key(v) for v in values]:
+        assert Round.decode(text) is None, text[:80]
+
+
+def test_the_stray_scans_cursor_reads_back_an_item_key_or_starts_the_scan_again() -> None:
+    pk = project_pk(str(uuid.uuid4()))
+    for key in ((pk, METADATA), (pk, scene_sk(7)), (pk, scene_sk(1200))):
+        assert decode_item_key(encode_key(key)) == key
+    values = [
+        ["", ""],
+        [pk, ""],
+        ["", METADATA],
+        ["PROJECT#", METADATA],
+        ["PROJECT#c3", METADATA],
+        [pk.removeprefix("PROJECT#"), METADATA],
+        [pk, "SCENE#"],
+        [pk, "SCENE#7"],
+        [pk, "SCENE#-01"],
+        [pk, "SCENE#\u0663\u0660\u0661"],
+        [pk, "METADATA#"],
+        [pk, METADATA, METADATA],
+    ]
+    damaged = ["{", "[" * 100_000, "[1, 2]", pk]
+    for text in damaged + [encode_key(v) for v in values]:
+        assert decode_item_key(text) is None, text[:80]
 
 
 def test_a_drained_source_says_so_only_once_it_ran_out() -> None:
@@ -384,8 +474,9 @@ def test_beat_passes_sweep_finished_projects_in_rounds_beside_the_active_turn(
     repaired = []
     for project_id in finished[:-1]:
         repaired.append(beat_pass()["missing_clips"])
-        place = Place.decode(ctx.board.cursor(SWEEP_CURSOR_JOB) or "")
-        assert place is not None and place.project_id == project_id
+        cursor = Round.decode(ctx.board.cursor(SWEEP_CURSOR_JOB) or "")
+        assert cursor is not None and cursor.after is not None
+        assert cursor.after.project_id == project_id
     repaired.append(beat_pass()["missing_clips"])
     # Then the round reached every one, repaired the lost clip when it came to it, and is over
     assert repaired == [int(p == lost) for p in finished]
@@ -442,15 +533,52 @@ def test_a_pass_of_the_sweeps_round_reads_the_projects_it_examines_not_the_histo
         cursor = ctx.board.cursor(SWEEP_CURSOR_JOB)
         if cursor is None:
             break
-        place = Place.decode(cursor)
-        assert place is not None
-        cursors.append(place.project_id)
+        place = Round.decode(cursor)
+        assert place is not None and place.after is not None
+        cursors.append(place.after.project_id)
     # and the round reached every finished project once, in order (the cursor stood on each
     # but the last, whose pass ended the round), and repaired the lost clip
     assert cursors == order[:-1] and passes == len(order)
     assert repaired == 1
     assert ctx.projects.get(lost).status == ProjectStatus.PENDING
     assert_invariants(lost)
+
+
+def test_a_beat_pass_with_unreadable_cursors_starts_their_rounds_again_and_says_so_once(
+    start_workers: StartWorkers,
+    proxy: CountingProxy,
+    redis_client: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ctx = own_table(start_workers, proxy)
+    ctx.table.batch_put(finished_items(ctx.table.model, 3))
+    order = sorted(ctx.projects.list_by_status(ProjectStatus.FAILED), key=Place.of)
+    # Given cursors the store would reject as start keys (empty key strings), JSON nested past
+    # the parser's depth, and bytes that are not UTF-8
+    damaged: list[tuple[str | bytes, str | bytes]] = [
+        (encode_key([ProjectStatus.FAILED, "", ""]), encode_key(["", ""])),
+        (encode_key([utc_now_iso(), ProjectStatus.FAILED, "", ""]), "[" * 100_000),
+        (b"\xff\xfe[", b'["PROJECT#\xff", "METADATA"]'),
+    ]
+    for sweep_text, stray_text in damaged:
+        redis_client.set(f"mvpipe:cursor:{SWEEP_CURSOR_JOB}", sweep_text)
+        redis_client.set(f"mvpipe:cursor:{STRAY_CURSOR_JOB}", stray_text)
+        caplog.clear()
+        # When two beat passes go on with the rounds those cursors stand for
+        with caplog.at_level(logging.WARNING, logger="mvpipe.reconcile"):
+            first = beat_pass_here(ctx, full_sweep=None, sweep_strays=None)
+            cursor = Round.decode(ctx.board.cursor(SWEEP_CURSOR_JOB) or "")
+            second = beat_pass_here(ctx, full_sweep=None, sweep_strays=None)
+        # Then the first restarted the sweep's round (it took the round's first project) and
+        # the stray scan (one page: the whole small table, so that round is over)
+        assert cursor is not None and cursor.after == Place.of(order[0])
+        assert ctx.board.cursor(STRAY_CURSOR_JOB) is None
+        assert first.total == second.total == 0
+        # and each cursor's warning was logged once, not by every pass after it
+        unreadable = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
+        assert len(unreadable) == 2, unreadable
+        assert {SWEEP_CURSOR_JOB, STRAY_CURSOR_JOB} == {m.split()[3] for m in unreadable}
+    ctx.board.drop_cursor(SWEEP_CURSOR_JOB)
 
 
 def stray_items(m: type[ItemBase], count: int, *, age: float) -> list[ItemBase]:

@@ -31,13 +31,14 @@ from mvpipe.pipeline.reconcile_scope import (
     SWEEP_CURSOR_JOB,
     SWEEP_PAGE,
     Drained,
-    Place,
-    decode_key,
+    StrayRound,
     encode_key,
     in_turn,
     projects_to_examine,
     round_rest,
     scopes,
+    stray_round,
+    sweep_round,
     this_turn,
 )
 from mvpipe.pipeline.stages import GENERATE, LIPSYNC, Stage, is_last, lost_output, next_stage
@@ -132,20 +133,6 @@ def reconcile(
     return report
 
 
-def _round_cursor(
-    ctx: Context, job: str, due_job: str, every: float, start: bool | None
-) -> str | None:
-    """Where the round `job` stands ("" at its start), starting one when `due_job` is due (or
-    `start` is True); None when no round is on, or `start` is False (left for the next pass)."""
-    if start is False:
-        return None
-    cursor = ctx.board.cursor(job)
-    if cursor is None and (start or ctx.board.due(due_job, every)):
-        cursor = ""
-        ctx.board.move_cursor(job, cursor)
-    return cursor
-
-
 def _beat_pass(
     ctx: Context,
     dispatcher: Dispatcher,
@@ -161,13 +148,12 @@ def _beat_pass(
     takes one (so each moves on): the active turn's is the budget less the round's share
     (`MVPIPE_FULL_SWEEP_SHARE`), the others' the budget. So a pass ends at most one examination
     and one page past its budget (one more only when the active turn's last examination alone
-    outlasts the round's share); a round of S projects ends within S passes, and the round
-    reads from the status index the finished projects it examines and at most a page more.
+    outlasts the round's share); a round of S projects (those created by its start: the
+    later ones wait for the next round) ends within S passes, and the round reads from the
+    status index the finished projects it examines and at most a page more.
     `full_sweep` / `sweep_strays` None start a round when one is due, True start one now,
     False leave the round for the next pass. Returns what the pass did, for its log line."""
-    sweep = _round_cursor(
-        ctx, SWEEP_CURSOR_JOB, FULL_SWEEP_JOB, ctx.settings.full_sweep_seconds, full_sweep
-    )
+    sweep = sweep_round(ctx, full_sweep)
     sweeping = sweep is not None
     regular, idle = scopes(ctx, now=time.time())
 
@@ -183,20 +169,19 @@ def _beat_pass(
     taken = 0
     if sweep is not None:
 
-        def walk(status: ProjectStatus, after: tuple[str, str] | None) -> Iterator[ProjectRecord]:
-            return ctx.projects.walk_status(status, after, page=SWEEP_PAGE)
+        def walk(
+            status: ProjectStatus, after: tuple[str, str] | None, until: str
+        ) -> Iterator[ProjectRecord]:
+            return ctx.projects.walk_status(status, after, until, page=SWEEP_PAGE)
 
-        rest = Drained(round_rest(idle, walk, Place.decode(sweep)))
+        rest = Drained(round_rest(idle, walk, sweep))
         places = this_turn(rest, spent, budget)
-        taken = _examine(
-            ctx, dispatcher, report, ((p.project_id, p.encode()) for p in places), SWEEP_CURSOR_JOB
-        )
+        marks = ((p.project_id, sweep._replace(after=p).encode()) for p in places)
+        taken = _examine(ctx, dispatcher, report, marks, SWEEP_CURSOR_JOB)
         if rest.done:
             ctx.board.drop_cursor(SWEEP_CURSOR_JOB)
         turns += f"; the sweep's round: examined {taken}, over: {rest.done}"
-    strays = _round_cursor(
-        ctx, STRAY_CURSOR_JOB, STRAY_SWEEP_JOB, ctx.settings.stray_sweep_seconds, sweep_strays
-    )
+    strays = stray_round(ctx, sweep_strays)
     if strays is not None:
         pages, over = _stray_turn(ctx, report, strays, spent, budget)
         turns += f"; the stray scan: {pages} pages, over: {over}"
@@ -208,14 +193,17 @@ def _beat_pass(
 
 
 def _stray_turn(
-    ctx: Context, report: ReconcileReport, cursor: str, spent: Callable[[], float], budget: float
+    ctx: Context,
+    report: ReconcileReport,
+    cursor: StrayRound,
+    spent: Callable[[], float],
+    budget: float,
 ) -> tuple[int, bool]:
-    """The stray-item scan's pages of this pass, from `cursor` ("" at the round's start): one
-    page at least, more while the budget lasts, the cursor moved past each page as it is done
-    (so a pass that dies on one scans it again, never skips it). Returns (pages, round over)."""
+    """The stray-item scan's pages of this pass, from `cursor`: one page at least, more while
+    the budget lasts, the cursor moved past each page as it is done (so a pass that dies on
+    one scans it again, never skips it). Returns (pages, round over)."""
     cutoff = _stray_cutoff(ctx)
-    after = decode_key(cursor, 2)
-    start = None if after is None else (after[0], after[1])
+    start = cursor.after
     pages = 0
     for _ in this_turn(itertools.count(), spent, budget):
         strays, start = ctx.table.stray_page(cutoff, STRAY_PAGE, start)

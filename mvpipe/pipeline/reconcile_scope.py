@@ -13,20 +13,25 @@ many projects are active, and every one is still reached within a bounded number
 
 Beat's full sweep is a round spread over passes too (`round_rest`): once due, every pass also
 examines, after its active turn and within the same budget, the projects the regular passes do
-not load, in one fixed order from where the last pass stopped (a cursor of its own, a `Place`),
-until the round reaches the end of that order; the next round starts when the sweep is due
-again. The order is the status index's own: the idle pending projects (already listed by the
-regular turn), then each finished status's partition by `GSI1SK` (createdAt) and id, which a
-pass walks from its cursor a page at a time (`ProjectStore.walk_status`): it reads the finished
-projects it examines and at most a page more, never the whole history.
+not load, in one fixed order from where the last pass stopped (a cursor of its own, a `Round`:
+when it started and the `Place` it reached), until the round reaches the end of that order; the
+next round starts when the sweep is due again. The order is the status index's own: the idle
+pending projects (already listed by the regular turn), then each finished status's partition by
+`GSI1SK` (createdAt) and id, which a pass walks from its cursor a page at a time
+(`ProjectStore.walk_status`): it reads the finished projects it examines and at most a page
+more, never the whole history. The round takes only projects created by its start, so it has an
+end: a round of S projects ends within S passes, however many finish meanwhile.
 
 The stray-item scan is a round over passes too: a table Scan a page at a time from its own
-cursor, pages while the pass's budget lasts (at least one).
+cursor, pages while the pass's budget lasts (at least one). A cursor that does not read back
+as what its round wrote starts that round again (`sweep_round`, `stray_round`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import uuid
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
@@ -34,7 +39,8 @@ from typing import NamedTuple, TypeVar
 
 from mvpipe.deps import Context
 from mvpipe.models import ProjectStatus
-from mvpipe.store.records import ProjectRecord
+from mvpipe.store.records import ProjectRecord, utc_now_iso
+from mvpipe.store.table import METADATA, SCENE_PREFIX, project_pk, scene_sk
 
 #: A run works on these projects: every regular pass loads them.
 RUN_STATUSES = (
@@ -57,14 +63,16 @@ STRAY_PAGE = 500
 
 T = TypeVar("T")
 
+log = logging.getLogger("mvpipe.reconcile")
+
 FULL_SWEEP_JOB = "full-sweep"
 #: Where beat's last regular pass stopped (the last project id it examined).
 CURSOR_JOB = "reconcile"
-#: Where the full sweep's round stopped (a `Place`): absent between rounds, "" at a round's start.
+#: Where the full sweep's round stands (a `Round`): absent between rounds.
 SWEEP_CURSOR_JOB = "full-sweep-round"
 STRAY_SWEEP_JOB = "stray-sweep"
-#: Where the stray-item scan stopped (an `encode_key` of its last key): absent between rounds, "" at
-#: a round's start.
+#: Where the stray-item scan stopped (an `encode_key` of its last item's key, `decode_item_key`
+#: reads it): absent between rounds, "" at a round's start.
 STRAY_CURSOR_JOB = "stray-sweep-round"
 
 
@@ -104,27 +112,42 @@ def scopes(ctx: Context, *, now: float) -> tuple[list[str], list[ProjectRecord]]
 
 class Place(NamedTuple):
     """A project's place in a round of the full sweep: its status (the partition, in
-    `ROUND_STATUSES` order), then the status index's sort key (createdAt), then its id."""
+    `ROUND_STATUSES` order), then the status index's sort key (GSI1SK), then its id."""
 
     status: ProjectStatus
-    created_at: str
+    gsi1sk: str
     project_id: str
-
-    def encode(self) -> str:
-        return encode_key(self)
-
-    @classmethod
-    def decode(cls, text: str) -> Place | None:
-        """None for "" (a round's start) and for anything unreadable (a cursor an older
-        version wrote): the round then starts from the beginning."""
-        parts = decode_key(text, 3)
-        if parts is None or parts[0] not in ROUND_STATUSES:
-            return None
-        return cls(ProjectStatus(parts[0]), parts[1], parts[2])
 
     @classmethod
     def of(cls, project: ProjectRecord) -> Place:
-        return cls(project.status, project.created_at, project.project_id)
+        return cls(project.status, project.gsi1sk, project.project_id)
+
+
+class Round(NamedTuple):
+    """A round of the full sweep as its cursor holds it: when it started (UTC ISO time, the
+    bound of its walk: a project created later is the regular passes' business until the next
+    round) and the place it reached (None: none yet)."""
+
+    started: str
+    after: Place | None = None
+
+    def encode(self) -> str:
+        return encode_key([self.started] + ([] if self.after is None else list(self.after)))
+
+    @classmethod
+    def decode(cls, text: str) -> Round | None:
+        """The round `encode` wrote, or None for anything else ("", an older version's
+        cursor, damaged text): the caller starts a round again rather than send the store a
+        start key it rejects."""
+        parts = decode_key(text, 1) or decode_key(text, 4)
+        if parts is None or not _iso_time(parts[0]):
+            return None
+        if len(parts) == 1:
+            return cls(parts[0])
+        status, gsi1sk, project_id = parts[1:]
+        if status not in ROUND_STATUSES or not _iso_time(gsi1sk) or not _uuid(project_id):
+            return None
+        return cls(parts[0], Place(ProjectStatus(status), gsi1sk, project_id))
 
 
 def encode_key(parts: Iterable[str]) -> str:
@@ -133,43 +156,141 @@ def encode_key(parts: Iterable[str]) -> str:
 
 
 def decode_key(text: str, size: int) -> tuple[str, ...] | None:
-    """The `size` strings `encode_key` wrote, or None ("" or unreadable)."""
+    """The `size` non-empty strings `encode_key` wrote, or None ("" or unreadable: DynamoDB
+    rejects an empty key string in a start key)."""
     try:
         parts = json.loads(text) if text else None
-    except ValueError:
+    except (ValueError, RecursionError, UnicodeDecodeError):
         return None
     if not isinstance(parts, list) or len(parts) != size:
         return None
-    if not all(isinstance(p, str) for p in parts):
+    if not all(isinstance(p, str) and p for p in parts):
         return None
     return tuple(parts)
 
 
-#: Reads a finished partition lazily from after a (createdAt, id): `ProjectStore.walk_status`.
-Walk = Callable[[ProjectStatus, tuple[str, str] | None], Iterator[ProjectRecord]]
+def decode_item_key(text: str) -> tuple[str, str] | None:
+    """The stray scan's cursor: the (PK, SK) of a project's METADATA or scene item that
+    `encode_key` wrote, or None for anything else (the scan then starts again)."""
+    parts = decode_key(text, 2)
+    if parts is None:
+        return None
+    pk, sk = parts
+    project_id = pk.removeprefix(project_pk(""))
+    if pk == project_id or not _uuid(project_id):
+        return None
+    digits = sk.removeprefix(SCENE_PREFIX)
+    if sk != METADATA and not (
+        digits.isdigit() and digits.isascii() and scene_sk(int(digits)) == sk
+    ):
+        return None
+    return pk, sk
 
 
-def round_rest(idle: Iterable[ProjectRecord], walk: Walk, after: Place | None) -> Iterator[Place]:
-    """What a round of the full sweep has left after `after` (None: the round's start), in the
-    round's order, without wrapping round: the round is over when this runs out.
+def _iso_time(text: str) -> bool:
+    try:
+        datetime.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _uuid(text: str) -> bool:
+    try:
+        return str(uuid.UUID(text)) == text
+    except ValueError:
+        return False
+
+
+#: Reads a finished partition lazily from after a (GSI1SK, id) up to a GSI1SK:
+#: `ProjectStore.walk_status`.
+Walk = Callable[[ProjectStatus, tuple[str, str] | None, str], Iterator[ProjectRecord]]
+
+
+def round_rest(idle: Iterable[ProjectRecord], walk: Walk, cursor: Round) -> Iterator[Place]:
+    """What the round `cursor` has left after its place, in the round's order, without
+    wrapping round: the round is over when this runs out.
 
     The idle pending projects come from the regular turn's listing (`idle`); each finished
-    partition comes from `walk(status, (createdAt, id) to start after)`, which reads it lazily,
-    so taking k places reads k finished projects and what `walk` reads ahead (a page). A project
-    listed throughout the round is taken once in it; one that comes to stand behind the cursor
-    mid-round (created earlier, or moved to an earlier partition) waits for the next round."""
+    partition comes from `walk(status, (GSI1SK, id) to start after, the round's start)`, which
+    reads it lazily, so taking k places reads k finished projects and what `walk` reads ahead
+    (a page). Both stop at projects created by the round's start: the order is by creation, so
+    a project created and finished mid-round would land ahead of the cursor, and projects
+    finishing faster than passes examine them would keep the round from its end. So a round
+    of S projects ends within S passes. A project listed throughout the round is taken once
+    in it; one that comes to stand behind the cursor mid-round (moved to an earlier
+    partition) waits for the next round."""
+    after = cursor.after
     rank = 0 if after is None else ROUND_STATUSES.index(after.status)
     for status in ROUND_STATUSES[rank:]:
         start = None
         if after is not None and status == after.status:
-            start = (after.created_at, after.project_id)
+            start = (after.gsi1sk, after.project_id)
         if status in IDLE_STATUSES:
-            listed = sorted((p.created_at, p.project_id) for p in idle if p.status == status)
-            for created_at, project_id in listed[bisect_right(listed, start) if start else 0 :]:
-                yield Place(status, created_at, project_id)
+            listed = sorted(
+                (p.gsi1sk, p.project_id)
+                for p in idle
+                if p.status == status and p.gsi1sk <= cursor.started
+            )
+            for gsi1sk, project_id in listed[bisect_right(listed, start) if start else 0 :]:
+                yield Place(status, gsi1sk, project_id)
         else:
-            for p in walk(status, start):
-                yield Place(status, p.created_at, p.project_id)
+            for p in walk(status, start, cursor.started):
+                yield Place.of(p)
+
+
+def round_cursor(
+    ctx: Context, job: str, due_job: str, every: float, start: bool | None, fresh: str
+) -> str | None:
+    """The cursor of the round `job`, starting one at `fresh` when `due_job` is due (or
+    `start` is True); None when no round is on, or `start` is False (left for the next pass)."""
+    if start is False:
+        return None
+    cursor = ctx.board.cursor(job)
+    if cursor is None and (start or ctx.board.due(due_job, every)):
+        cursor = fresh
+        ctx.board.move_cursor(job, cursor)
+    return cursor
+
+
+def sweep_round(ctx: Context, start: bool | None) -> Round | None:
+    """The full sweep's round a beat pass goes on with (starting one now when it is due), or
+    None when none is on."""
+    every = ctx.settings.full_sweep_seconds
+    fresh = Round(utc_now_iso())
+    text = round_cursor(ctx, SWEEP_CURSOR_JOB, FULL_SWEEP_JOB, every, start, fresh.encode())
+    if text is None:
+        return None
+    cursor = Round.decode(text)
+    if cursor is None:
+        _restart(ctx, SWEEP_CURSOR_JOB, text, fresh.encode())
+    return cursor or fresh
+
+
+class StrayRound(NamedTuple):
+    """A round of the stray-item scan: the (PK, SK) its next page starts after (None: the
+    table's start)."""
+
+    after: tuple[str, str] | None
+
+
+def stray_round(ctx: Context, start: bool | None) -> StrayRound | None:
+    """The stray scan's round a beat pass goes on with (starting one now when it is due), or
+    None when none is on."""
+    every = ctx.settings.stray_sweep_seconds
+    text = round_cursor(ctx, STRAY_CURSOR_JOB, STRAY_SWEEP_JOB, every, start, "")
+    if text is None:
+        return None
+    after = decode_item_key(text)
+    if after is None and text:
+        _restart(ctx, STRAY_CURSOR_JOB, text, "")
+    return StrayRound(after)
+
+
+def _restart(ctx: Context, job: str, text: str, fresh: str) -> None:
+    """An unreadable cursor starts its round again, said once: the fresh cursor replaces it."""
+    log.warning("the cursor of %s is unreadable (%.60r): its round starts again", job, text)
+    ctx.board.move_cursor(job, fresh)
 
 
 class Drained(Iterator[T]):

@@ -75,12 +75,17 @@ class Table:
         yield from self._call(lambda: list(self.model.status_index.query(status)))  # type: ignore[attr-defined]
 
     def status_page(
-        self, status: str, limit: int, after: tuple[str, str] | None = None
+        self,
+        status: str,
+        limit: int,
+        after: tuple[str, str] | None = None,
+        until: str | None = None,
     ) -> tuple[list[ItemBase], bool]:
         """One Query of the status index's `status` partition, in the index's order (GSI1SK,
-        then the key), from after the project `after` = (its GSI1SK, its id): at most `limit`
-        items, and whether the index may hold more. A walk over a partition reads only as far
-        as it goes, not the whole partition."""
+        then the key), from after the project `after` = (its GSI1SK, its id) and up to GSI1SK
+        `until` (a key condition, so nothing past it is read): at most `limit` items, and
+        whether the index may hold more. A walk over a partition reads only as far as it
+        goes, not the whole partition."""
         start = None
         if after is not None:
             at, project_id = after
@@ -93,7 +98,14 @@ class Table:
 
         def read() -> tuple[list[ItemBase], bool]:
             index = self.model.status_index  # type: ignore[attr-defined]
-            page = index.query(status, limit=limit, page_size=limit, last_evaluated_key=start)
+            bound = None if until is None else self.model.gsi1sk <= until
+            page = index.query(
+                status,
+                range_key_condition=bound,
+                limit=limit,
+                page_size=limit,
+                last_evaluated_key=start,
+            )
             items = list(page)
             return items, page.last_evaluated_key is not None
 

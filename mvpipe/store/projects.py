@@ -73,17 +73,18 @@ class ProjectStore:
         return [ProjectRecord.from_item(i) for i in self.table.iter_by_status(status)]
 
     def walk_status(
-        self, status: ProjectStatus, after: tuple[str, str] | None, *, page: int
+        self, status: ProjectStatus, after: tuple[str, str] | None, until: str, *, page: int
     ) -> Iterator[ProjectRecord]:
-        """The projects of `status` in the status index's order (`createdAt`, then id) from
-        after `after` = (createdAt, id), read `page` at a time as the walk reaches them: a
-        walk that stops early has read at most one page past where it stopped."""
+        """The projects of `status` in the status index's order (GSI1SK, then id) from after
+        `after` = (GSI1SK, id) up to GSI1SK `until`, read `page` at a time as the walk reaches
+        them: a walk that stops early has read at most one page past where it stopped."""
         while True:
-            items, more = self.table.status_page(status, page, after)
-            yield from (ProjectRecord.from_item(i) for i in items)
-            if not more or not items:
+            items, more = self.table.status_page(status, page, after, until)
+            records = [ProjectRecord.from_item(i) for i in items]
+            yield from records
+            if not more or not records:
                 return
-            after = (items[-1].gsi1sk or "", items[-1].project_id or "")
+            after = (records[-1].gsi1sk, records[-1].project_id)
 
     # -- creation and planning -----------------------------------------------------------------
     def create(self, project_id: str, spec: ProjectSpec, *, song_key: str | None = None) -> None:

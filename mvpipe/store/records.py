@@ -137,6 +137,8 @@ class ProjectRecord:
     committed_cost_micros: int = 0
     #: the sequences the active run works on; None: every scene
     run_scope: tuple[int, ...] | None = None
+    #: the status index's sort key (GSI1SK): where the project stands in its partition
+    gsi1sk: str = ""
 
     @property
     def planned(self) -> bool:
@@ -166,6 +168,7 @@ class ProjectRecord:
             budget_micros=None if item.budget_micros is None else int(item.budget_micros),
             committed_cost_micros=int(item.committed_cost_micros or 0),
             run_scope=tuple(sorted(int(n) for n in item.run_scope)) if item.run_scope else None,
+            gsi1sk=item.gsi1sk or "",
         )
 
 
