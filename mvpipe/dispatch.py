@@ -82,18 +82,12 @@ class CeleryDispatcher:
             return None
         return str(args[0]) if args else None
 
-    def wake(self, parked: Iterable[str], queue: str | None = None) -> int:
-        """Send parked messages now (to `queue` when given, instead of the queue each was parked
-        from); a lost one only delays its scene to its own timed check."""
+    def wake(self, parked: Iterable[str]) -> int:
+        """Send parked messages now; a lost one only delays its scene to its own timed check."""
         sent = 0
         for message in parked:
             try:
-                woken = self.app.signature(json.loads(message))
-                if queue is not None:  # the parked route (exchange, routing key) gives way
-                    for key in ("exchange", "routing_key", "queue"):
-                        woken.options.pop(key, None)
-                    woken.set(queue=queue)
-                woken.apply_async()
+                self.app.signature(json.loads(message)).apply_async()
                 sent += 1
             except Exception as exc:
                 log.warning("could not wake a waiting scene: %s", describe(exc))

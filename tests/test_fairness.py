@@ -13,7 +13,6 @@ from mvpipe.providers.fairness import (
     admit,
     allot,
     check_lines,
-    claimed_aside,
     joined,
     lighter,
     slots_ahead,
@@ -188,34 +187,6 @@ def test_a_project_defers_its_next_work_only_to_a_woken_project_holding_fewer() 
     assert not lighter({"large": 7}, "large", {"small"})  # the first slot freed for a newcomer
     assert not lighter({"b": 3}, "c", {"a", "b"})  # "a" holds fewer (none)
     assert lighter({"a": 3}, "a", {"a"})  # its own scenes are no other project
-
-
-def test_a_claim_goes_aside_only_for_a_project_holding_fewer_than_the_releaser() -> None:
-    # Counts after the release. A large project's slot freed for a small one: the small
-    # project's claim goes to the worker that holds no polls.
-    assert claimed_aside({"large": 7, "small": 1}, "large", "small")
-    assert claimed_aside({"large": 7}, "large", "small")  # a newcomer holding none
-    assert claimed_aside({"a": 2, "b": 2}, "a", "b")  # "a" held 3 before the release
-    # A small project's slot going back to the large one, or to an equal: it stays.
-    assert not claimed_aside({"large": 6, "small": 1}, "small", "large")
-    assert not claimed_aside({"a": 2, "b": 3}, "a", "b")
-    assert not claimed_aside({"a": 2}, "a", "a")  # its own scene is no other project
-
-
-@given(
-    st.dictionaries(st.sampled_from("abc"), st.integers(0, 8), max_size=3),
-    st.sampled_from("abc"),
-    st.sampled_from("abc"),
-)
-def test_a_claim_goes_aside_exactly_when_the_releasers_next_work_waits_for_it(
-    held: dict[str, int], releaser: str, woken: str
-) -> None:
-    # The two halves of one rule: the releaser defers its cut behind a lighter woken project,
-    # and that project's claim is not left behind the releaser's polling worker.
-    if woken != releaser:
-        assert claimed_aside(held, releaser, woken) == (not lighter(held, releaser, {woken}))
-    else:
-        assert not claimed_aside(held, releaser, woken)
 
 
 def test_only_a_runs_scenes_beyond_the_quota_wait_even_alone() -> None:

@@ -383,58 +383,6 @@ def test_runs_are_finalized_while_the_polling_worker_is_busy(
     assert generations_per_scene(first.ledger, done[0]) == {1: 1}
 
 
-def test_a_slot_freed_for_another_project_is_claimed_while_the_polling_worker_is_busy(
-    start_workers: StartWorkers, tmp_path: Path
-) -> None:
-    # Two slots and a polling worker of one process, on the stages' queues, beside the control
-    # worker (which alone takes `mvpipe.plan`). A large project's two jobs finish together: the
-    # first release frees a slot for the small project's parked scene, the second poll is due
-    # behind it and its cut is held. The small scene's wake-up goes to the control worker,
-    # which claims and submits it while the polling worker is held; its polls come back to the
-    # polling worker. On the polling worker's queue it waited for the held cut (with late
-    # acks the busy worker fetches nothing new).
-    state_dir = tmp_path / "held"
-    workers = start_workers(
-        concurrency=1,
-        queues="mvpipe.video,mvpipe.media",
-        control=True,
-        failpoints="during_cut=hold",
-        state_dir=str(state_dir),
-        local_latency="2",
-        provider_concurrency="2",
-        poll_seconds="5",
-        backoff_max="60",
-    )
-    ctx = get_context()
-    large = api.create_project("Large", "Many.", scene_count=3)
-    small = api.create_project("Small", "One.", scene_count=1)
-    api.run_project(large)
-    wait_for(lambda: len(ledger(workers.ledger, large)) == 2, 60, "the large project's jobs")
-    api.run_project(small)
-    wait_for(
-        lambda: slot_member(small, 1) in ctx.limiter.snapshot("local").parked,
-        60,
-        "the small project's scene parked in line",
-    )
-    wait_for(lambda: held(state_dir, "during_cut"), 60, "the polling worker held in a cut")
-    wait_for(
-        lambda: ledger(workers.ledger, small),
-        30,
-        "the small project's job accepted while the polling worker is held",
-    )
-    assert held(state_dir, "during_cut") and not api.get_project(large).completed_scenes
-    release(state_dir, "during_cut")
-    for project_id in (small, large):
-        assert api.wait_project(project_id, timeout=120).status == ProjectStatus.COMPLETED
-    assert workers.control is not None
-    assert f"lease won project={small} sequence=1 " in workers.control.log_text()
-    assert f"generate recorded: projects/{small}/" in workers.service.log_text()
-    assert generations_per_scene(workers.ledger, small) == {1: 1}
-    assert generations_per_scene(workers.ledger, large) == {1: 1, 2: 1, 3: 1}
-    assert_invariants(small)
-    assert_invariants(large)
-
-
 def test_bad_input_to_every_api_function_is_typed_and_writes_nothing(stack: LocalStack) -> None:
     ctx = get_context()
     before = ctx.table.model.count()

@@ -207,8 +207,7 @@ def start_worker(
 #: prefetch 1 it fetches nothing new while a wave of due polls waits for its pool processes (a
 #: Redis BRPOP it sent before the wave still takes one message, held until the wave is over). A
 #: run's planning, finalize and assembly would wait behind that wave; beside the worker on every
-#: queue, the control worker fetches them at once; so it does a freed slot's wake-up for another
-#: project's scene (`tasks.generate.HANDOVER_QUEUE`): the newcomer's claim and submission.
+#: queue, the control worker fetches them at once.
 CONTROL_QUEUES = "mvpipe.plan,mvpipe.media"
 
 

@@ -29,14 +29,12 @@ class Execution:
     provider: str
     #: makes the message that resumes this scene at once when a quota slot frees for it
     park: Callable[[], str] | None = None
-    #: sends the parked messages of woken scenes (given the quota pool whose slots woke them)
-    #: and names the other projects they are of (None: they stay in `wakes` for the caller)
-    wake: Callable[[list[str], str | None], set[str]] | None = None
+    #: sends the parked messages of woken scenes and names the other projects they are of
+    #: (None: they stay in `wakes` for the caller)
+    wake: Callable[[list[str]], set[str]] | None = None
     #: parked messages of waiting scenes this execution's released slots entitle to run, not
     #: sent yet
     wakes: list[str] = field(default_factory=list)
-    #: the quota pool of this execution's last release or leave (None: none yet)
-    pool: str | None = None
     #: the other projects whose waiting scenes the slots this execution freed went to
     handed_to: set[str] = field(default_factory=set)
     #: this project, even with the slot it handed over, held no more than each of those
@@ -57,19 +55,18 @@ class Execution:
             outcome, refinalize=self.ctx.board.scene_finished(self.run_id, self.sequence)
         )
 
-    def hand_on(self, woken: list[str], pool: str | None = None) -> None:
+    def hand_on(self, woken: list[str]) -> None:
         """A release handed back the wake-ups of the waiters its slot now belongs to: sent at
         once, so a woken scene starts while this execution still uploads and runs its next
         stage (the cut) rather than after it."""
         self.wakes.extend(woken)
-        self.pool = pool or self.pool
         self.send_wakes()
 
     def send_wakes(self) -> None:
         """Send the wake-ups not sent yet (also the task's last act, whatever happened)."""
         if self.wakes and self.wake is not None:
             woken, self.wakes = self.wakes, []
-            self.handed_to |= self.wake(woken, self.pool)
+            self.handed_to |= self.wake(woken)
 
     @property
     def handed_over(self) -> bool:

@@ -50,20 +50,16 @@ class SceneJob:
         provider: str,
         *,
         park: Callable[[], str] | None = None,
-        wake: Callable[[list[str], str | None], set[str]] | None = None,
+        wake: Callable[[list[str]], set[str]] | None = None,
         queue: str | None = None,
-        woken: bool = False,
     ) -> None:
         """`park` makes the message that resumes this scene at once when a slot frees for it;
-        `wake` sends the parked messages a release of this scene hands back (given the quota
-        pool) and names the other projects they are of (None: they wait in `wakes`); `queue`
-        is the queue this execution was delivered on (None: run every stage here); `woken`:
-        this execution is a freed slot's wake-up, whose claim runs wherever it was sent (its
-        polls go to the stage's queue)."""
+        `wake` sends the parked messages a release of this scene hands back and names the other
+        projects they are of (None: they wait in `wakes`); `queue` is the queue this
+        execution was delivered on (None: run every stage here)."""
         self.ctx = ctx
         self.x = Execution(ctx, project_id, sequence, run_id, provider, park=park, wake=wake)
         self.queue = queue
-        self.woken = woken
 
     @property
     def wakes(self) -> list[str]:
@@ -162,7 +158,7 @@ class SceneJob:
         stage = next_stage(scene)
         if stage is None:
             return self.x.finished(f"already {scene.status}")
-        if self.queue is not None and stage.queue != self.queue and not (self.woken and stage.paid):
+        if self.queue is not None and stage.queue != self.queue:
             self.mark_queued()
             carry = {"stage": stage.name}
             return Step(Next.STAGE, f"queued for {stage.name}", 0.0, carry, queue=stage.queue)

@@ -596,7 +596,7 @@ class PaidOperation:
         whether this project held no more slots than that one (`fairness.lighter`: then its
         next stage is not deferred behind the wake-up)."""
         pool = self.provider.pool
-        self.x.hand_on(self.ctx.limiter.release(pool, self.member, limit=self.provider.limit), pool)
+        self.x.hand_on(self.ctx.limiter.release(pool, self.member, limit=self.provider.limit))
         if self.x.handed_over:
             held = self.ctx.limiter.slots_held(pool)
             self.x.lighter = lighter(held, self.x.project_id, self.x.handed_to)
@@ -604,8 +604,7 @@ class PaidOperation:
     def leave_line(self) -> None:
         """A waiter of a cancelled run gives its place in line to the next live one."""
         self.x.hand_on(
-            self.ctx.limiter.leave(self.provider.pool, self.member, limit=self.provider.limit),
-            self.provider.pool,
+            self.ctx.limiter.leave(self.provider.pool, self.member, limit=self.provider.limit)
         )
 
     def polls_first(self) -> bool:

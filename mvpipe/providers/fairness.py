@@ -100,17 +100,6 @@ def lighter(held: Mapping[str, int], project: str, woken: Iterable[str]) -> bool
     return all(held.get(other, 0) >= mine for other in woken if other != project)
 
 
-def claimed_aside(held: Mapping[str, int], releaser: str, woken: str) -> bool:
-    """Whether the wake-up of `woken`'s scene, to which `releaser` just freed a slot (`held`:
-    slots per project after the release), is sent to a worker that holds no polls: `woken`
-    holds fewer slots than the releaser even counting the one freed, the case where the
-    releaser's next work waits behind it (`lighter`). The releaser's polling worker may be
-    busy with a wave of its due polls; the lighter project's claim need not wait for it. A
-    release to an equal or busier project (a small one's slot going back to a large one)
-    stays where it is, on the polling worker."""
-    return woken != releaser and held.get(woken, 0) < held.get(releaser, 0) + 1
-
-
 def fewer_than_busiest(held: Mapping[str, int], project: str) -> bool:
     """Whether `project`, even counting the slot it just freed, holds fewer slots than the
     project holding the most (`held`: slots per project after the release): its work need not

@@ -23,11 +23,9 @@ from mvpipe.errors import MvpipeError, StoreUnavailable
 from mvpipe.models import micros_to_usd
 from mvpipe.pipeline.finalize import refinalize
 from mvpipe.pipeline.generate import SceneJob
-from mvpipe.pipeline.stages import BY_NAME, GENERATE, STAGES
-from mvpipe.pipeline.steps import LeasePending, Next, RecordPending, Step
+from mvpipe.pipeline.stages import STAGES
+from mvpipe.pipeline.steps import LeasePending, Next, RecordPending
 from mvpipe.providers.classify import describe, scrub
-from mvpipe.providers.fairness import claimed_aside
-from mvpipe.providers.limiter import QuotaLimiter
 from mvpipe.tasks.base import MvpipeTask, app, checked_ids, dispatcher
 
 log = logging.getLogger("mvpipe.tasks.generate")
@@ -51,13 +49,6 @@ FRESH: dict[str, Any] = {
 TIMED, WOKEN = "timed", "woken"
 #: How long the first copy of a step is remembered (beyond any countdown or redelivery).
 TWIN_SECONDS = 6 * 3600
-
-#: Where a freed slot's wake-up goes when the slot went to a project holding fewer slots than
-#: the releaser (`fairness.claimed_aside`): the control worker's queue, which holds no polls.
-#: The releaser's own polling worker may be in the middle of a wave of due polls (with late acks
-#: it then fetches nothing new until the wave is done); the newcomer's claim and submission need
-#: not wait for that wave.
-HANDOVER_QUEUE = "mvpipe.plan"
 
 #: The task state shown (Flower, result backend) while a scene waits for its next step.
 WAITING_STATES = {
@@ -99,16 +90,10 @@ def generate_scene(
     }
     ctx = get_context()
 
-    def wake(woken: list[str], pool: str | None) -> set[str]:
-        projects = [dispatcher.parked_project(m) or "" for m in woken]
-        others = set(projects) - {project_id, ""}
-        held = _held(ctx.limiter, pool) if others else {}
-        aside = {p for p in others if held and claimed_aside(held, project_id, p)}
-        stay = [m for m, p in zip(woken, projects, strict=True) if p not in aside]
-        handed = [m for m, p in zip(woken, projects, strict=True) if p in aside]
-        sent = dispatcher.wake(stay) + dispatcher.wake(handed, queue=HANDOVER_QUEUE)
+    def wake(woken: list[str]) -> set[str]:
+        sent = dispatcher.wake(woken)
         log.info("slot freed by %s/%s: woke %d waiting scene(s)", project_id, sequence, sent)
-        return set(projects) - {project_id}
+        return {dispatcher.parked_project(m) or "" for m in woken} - {project_id}
 
     job = SceneJob(
         ctx,
@@ -119,7 +104,6 @@ def generate_scene(
         park=lambda: dispatcher.parked(self.next_step({**FRESH, **_stage(stage), "copy": WOKEN})),
         wake=wake,
         queue=_kept_queue(self),
-        woken=copy == WOKEN,
     )
     try:
         if copy is not None and not ctx.board.first_copy(
@@ -179,29 +163,9 @@ def generate_scene(
         step.countdown,
         carry,
         progress,
-        queue=_next_queue(step, carry["stage"]),
+        queue=step.queue,
         behind=step.behind,
     )
-
-
-def _held(limiter: QuotaLimiter, pool: str | None) -> dict[str, int]:
-    """Slots per project in `pool` for routing wake-ups ({}: unknown, every wake-up stays on
-    the polling worker's queue; an outage here must not lose the wake-ups already taken)."""
-    if pool is None:
-        return {}
-    try:
-        return limiter.slots_held(pool)
-    except redis.RedisError:
-        return {}
-
-
-def _next_queue(step: Step, stage: str | None) -> str | None:
-    """Where the next step runs: a poll or a check of a paid stage on that stage's own queue
-    (a woken claim run on `HANDOVER_QUEUE` hands its job's polls back to the polling worker);
-    a next stage where the step says (None: where this one ran)."""
-    if step.next == Next.STAGE:
-        return step.queue
-    return step.queue or BY_NAME[stage or GENERATE.name].queue
 
 
 def _kept_queue(task: MvpipeTask) -> str | None:
