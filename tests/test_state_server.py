@@ -7,9 +7,11 @@ import uuid
 from urllib.parse import urlparse
 
 import boto3
+import botocore.exceptions
 import pytest
 
 from mvpipe.devstack.localstack import LocalStack
+from mvpipe.devstack.state_server import _Latest
 
 pytestmark = pytest.mark.integration
 
@@ -246,3 +248,82 @@ def test_a_query_on_an_index_answers_across_partitions(stack: LocalStack) -> Non
         assert keys(query("open", ExclusiveStartKey=first["LastEvaluatedKey"])) == ["A"]
     finally:
         client.delete_table(TableName=table)
+
+
+def bump(client, table: str, seen: str) -> None:  # type: ignore[no-untyped-def]
+    """One transaction adding 1 to `n` if it is `seen`: the same texts each time, new values."""
+    client.transact_write_items(
+        TransactItems=[
+            {
+                "Update": {
+                    "TableName": table,
+                    "Key": key("r"),
+                    "UpdateExpression": "SET #n = #n + :one",
+                    "ConditionExpression": "#n = :seen",
+                    "ExpressionAttributeNames": {"#n": "n"},
+                    "ExpressionAttributeValues": {":one": {"N": "1"}, ":seen": {"N": seen}},
+                }
+            }
+        ]
+    )
+
+
+def test_a_repeated_expression_is_judged_on_its_values_and_the_item_as_it_is(dynamodb) -> None:  # type: ignore[no-untyped-def]
+    """The server keeps the expressions it parsed lately: the same condition text with another
+    value is judged on that value, the same request again on the item as it is now, and the
+    same update expression applies again."""
+    client, table = dynamodb
+    client.put_item(TableName=table, Item={**key("r"), "n": {"N": "1"}})
+    bump(client, table, "1")
+    bump(client, table, "2")
+    with pytest.raises(client.exceptions.TransactionCanceledException):
+        bump(client, table, "2")  # the very request that passed, now stale
+    bump(client, table, "3")
+    with pytest.raises(client.exceptions.ConditionalCheckFailedException):
+        client.update_item(
+            TableName=table,
+            Key=key("r"),
+            UpdateExpression="SET #n = #n + :one",
+            ConditionExpression="#n = :seen",
+            ExpressionAttributeNames={"#n": "n"},
+            ExpressionAttributeValues={":one": {"N": "1"}, ":seen": {"N": "1"}},
+        )
+    assert client.get_item(TableName=table, Key=key("r"))["Item"]["n"]["N"] == "4"
+
+
+def test_a_repeated_request_is_checked_as_the_first(dynamodb) -> None:  # type: ignore[no-untyped-def]
+    """DynamoDB refuses a request naming an attribute no expression uses: a request sent
+    again is checked the same way, not refused (nor waved through) because its condition was
+    parsed before."""
+    client, table = dynamodb
+    client.put_item(TableName=table, Item={**key("g2"), "open": {"BOOL": True}})
+
+    def check(names: dict[str, str]) -> None:
+        client.transact_write_items(
+            TransactItems=[
+                {
+                    "ConditionCheck": {
+                        "TableName": table,
+                        "Key": key("g2"),
+                        "ConditionExpression": "#o = :yes",
+                        "ExpressionAttributeNames": names,
+                        "ExpressionAttributeValues": {":yes": {"BOOL": True}},
+                    }
+                }
+            ]
+        )
+
+    for _ in range(2):
+        check({"#o": "open"})
+    for _ in range(2):
+        with pytest.raises(botocore.exceptions.ClientError, match="unused"):
+            check({"#o": "open", "#x": "x"})
+
+
+def test_the_latest_parsed_are_kept_and_nothing_more() -> None:
+    kept: _Latest[int] = _Latest(size=2)
+    kept.put("a", 1)
+    kept.put("b", 2)
+    assert kept.get("a") == 1  # used: now the latest
+    kept.put("c", 3)
+    assert (kept.get("a"), kept.get("b"), kept.get("c")) == (1, None, 3)
