@@ -15,7 +15,9 @@ transaction names gives the same rollback, so the server does that instead.
 from __future__ import annotations
 
 import argparse
+import base64
 import inspect
+import json
 import os
 import threading
 from collections import OrderedDict
@@ -238,6 +240,67 @@ def dynamodb_answered_directly(app: WsgiApp) -> WsgiApp:
 _DYNAMODB_TARGET = "DynamoDB_"
 
 
+def dynamodb_answers_written_directly() -> None:
+    """Write the JSON of a plain DynamoDB answer (items, counts, keys) as it is.
+
+    moto's answer is already DynamoDB's wire format (`DynamoResult`); its serializer then
+    walks the operation's output shape from botocore's model, attribute by attribute, to write
+    the same JSON: about a seventh of the server's time for a small request. `plain_answer`
+    writes it with `json.dumps` for the item calls, queries and transactions, binary values
+    base64-encoded as the serializer does; errors and every other answer keep moto's path."""
+    from moto.dynamodb.responses import DynamoHandler
+
+    serialized = DynamoHandler.serialized
+
+    def answer(self: DynamoHandler, result: Any) -> Any:
+        body = plain_answer(self._get_action(), result)
+        if body is None:
+            return serialized(self, result)
+        return 200, {"Content-Type": _JSON_1_0, **self.response_headers}, body
+
+    DynamoHandler.serialized = answer  # type: ignore[method-assign,assignment]
+
+
+def plain_answer(action: str, result: Any) -> str | None:
+    """The body of a successful `action` answering `result` (moto's `ActionResult`), or None
+    when moto's serializer must write it."""
+    from moto.core.responses import ActionResult
+    from moto.dynamodb.responses import DynamoResult
+
+    if action not in _PLAIN_ACTIONS or type(result) not in (ActionResult, DynamoResult):
+        return None
+    value = result.result
+    if not isinstance(value, dict) or not value.keys() <= _PLAIN_FIELDS:
+        return None
+    return json.dumps({k: v for k, v in value.items() if v is not None}, default=_base64)
+
+
+def _base64(value: object) -> str:
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    raise TypeError(f"not a DynamoDB value: {type(value).__name__}")
+
+
+_JSON_1_0 = "application/x-amz-json-1.0"
+_PLAIN_ACTIONS = frozenset(
+    {"GetItem", "PutItem", "UpdateItem", "DeleteItem", "Query", "TransactWriteItems"}
+)
+#: Their answers' fields: items and their keys as DynamoDB's JSON, counts, and the (empty)
+#: capacity and metrics moto fills in.
+_PLAIN_FIELDS = frozenset(
+    {
+        "Item",
+        "Attributes",
+        "Items",
+        "Count",
+        "ScannedCount",
+        "LastEvaluatedKey",
+        "ConsumedCapacity",
+        "ItemCollectionMetrics",
+    }
+)
+
+
 def main() -> None:
     """Serve moto's app over HTTP/1.1 with kept-alive connections, as DynamoDB and S3 do.
 
@@ -260,6 +323,7 @@ def main() -> None:
     listed_modules_once()
     expressions_parsed_once()
     handler_methods_listed_once()
+    dynamodb_answers_written_directly()
     app = serialized(dynamodb_answered_directly(DomainDispatcherApplication(create_backend_app)))
     server = HTTPServer(WSGIContainer(app), max_body_size=_MAX_BODY)
     server.listen(args.port, args.host)
