@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import base64
 import http.client
+import json
 import uuid
 from urllib.parse import urlparse
 
 import boto3
+import botocore.exceptions
 import pytest
+from moto.core.responses import ActionContext, ActionResult
+from moto.core.serialize import get_serializer_class
+from moto.core.utils import get_service_model
+from moto.dynamodb.models.dynamo_type import DynamoType
+from moto.dynamodb.responses import DynamoHandler, DynamoResult
 
 from mvpipe.devstack.localstack import LocalStack
+from mvpipe.devstack.state_server import _Latest, plain_answer
 
 pytestmark = pytest.mark.integration
 
@@ -246,3 +255,150 @@ def test_a_query_on_an_index_answers_across_partitions(stack: LocalStack) -> Non
         assert keys(query("open", ExclusiveStartKey=first["LastEvaluatedKey"])) == ["A"]
     finally:
         client.delete_table(TableName=table)
+
+
+def bump(client, table: str, seen: str) -> None:  # type: ignore[no-untyped-def]
+    """One transaction adding 1 to `n` if it is `seen`: the same texts each time, new values."""
+    client.transact_write_items(
+        TransactItems=[
+            {
+                "Update": {
+                    "TableName": table,
+                    "Key": key("r"),
+                    "UpdateExpression": "SET #n = #n + :one",
+                    "ConditionExpression": "#n = :seen",
+                    "ExpressionAttributeNames": {"#n": "n"},
+                    "ExpressionAttributeValues": {":one": {"N": "1"}, ":seen": {"N": seen}},
+                }
+            }
+        ]
+    )
+
+
+def test_a_repeated_expression_is_judged_on_its_values_and_the_item_as_it_is(dynamodb) -> None:  # type: ignore[no-untyped-def]
+    """The server keeps the expressions it parsed lately: the same condition text with another
+    value is judged on that value, the same request again on the item as it is now, and the
+    same update expression applies again."""
+    client, table = dynamodb
+    client.put_item(TableName=table, Item={**key("r"), "n": {"N": "1"}})
+    bump(client, table, "1")
+    bump(client, table, "2")
+    with pytest.raises(client.exceptions.TransactionCanceledException):
+        bump(client, table, "2")  # the very request that passed, now stale
+    bump(client, table, "3")
+    with pytest.raises(client.exceptions.ConditionalCheckFailedException):
+        client.update_item(
+            TableName=table,
+            Key=key("r"),
+            UpdateExpression="SET #n = #n + :one",
+            ConditionExpression="#n = :seen",
+            ExpressionAttributeNames={"#n": "n"},
+            ExpressionAttributeValues={":one": {"N": "1"}, ":seen": {"N": "1"}},
+        )
+    assert client.get_item(TableName=table, Key=key("r"))["Item"]["n"]["N"] == "4"
+
+
+def test_a_repeated_request_is_checked_as_the_first(dynamodb) -> None:  # type: ignore[no-untyped-def]
+    """DynamoDB refuses a request naming an attribute no expression uses: a request sent
+    again is checked the same way, not refused (nor waved through) because its condition was
+    parsed before."""
+    client, table = dynamodb
+    client.put_item(TableName=table, Item={**key("g2"), "open": {"BOOL": True}})
+
+    def check(names: dict[str, str]) -> None:
+        client.transact_write_items(
+            TransactItems=[
+                {
+                    "ConditionCheck": {
+                        "TableName": table,
+                        "Key": key("g2"),
+                        "ConditionExpression": "#o = :yes",
+                        "ExpressionAttributeNames": names,
+                        "ExpressionAttributeValues": {":yes": {"BOOL": True}},
+                    }
+                }
+            ]
+        )
+
+    for _ in range(2):
+        check({"#o": "open"})
+    for _ in range(2):
+        with pytest.raises(botocore.exceptions.ClientError, match="unused"):
+            check({"#o": "open", "#x": "x"})
+
+
+def test_the_latest_parsed_are_kept_and_nothing_more() -> None:
+    kept: _Latest[int] = _Latest(size=2)
+    kept.put("a", 1)
+    kept.put("b", 2)
+    assert kept.get("a") == 1  # used: now the latest
+    kept.put("c", 3)
+    assert (kept.get("a"), kept.get("b"), kept.get("c")) == (1, None, 3)
+
+
+def every_type() -> dict[str, DynamoType]:
+    """An item with a value of every DynamoDB type, binary ones as moto holds them (base64)."""
+    blob = base64.b64encode(b"\x00\xff").decode()
+    values = {
+        "PK": {"S": "P"},
+        "SK": {"S": "SCENE#001"},
+        "n": {"N": "1.50"},
+        "empty": {"S": ""},
+        "b": {"B": blob},
+        "ok": {"BOOL": False},
+        "none": {"NULL": True},
+        "l": {"L": [{"S": "x"}, {"N": "2"}, {"L": []}]},
+        "m": {"M": {"ss": {"SS": ["q", "r"]}, "inner": {"M": {}}}},
+        "ns": {"NS": ["1", "2.5"]},
+        "bs": {"BS": [blob]},
+    }
+    return {name: DynamoType(value) for name, value in values.items()}
+
+
+def key_of(item: dict[str, DynamoType]) -> dict[str, DynamoType]:
+    return {"PK": item["PK"], "SK": item["SK"]}
+
+
+@pytest.mark.parametrize(
+    ("action", "result"),
+    [
+        ("GetItem", lambda: DynamoResult({"Item": every_type()})),
+        ("GetItem", lambda: DynamoResult({})),
+        ("PutItem", lambda: DynamoResult({})),
+        ("UpdateItem", lambda: DynamoResult({"Attributes": every_type()})),
+        ("DeleteItem", lambda: DynamoResult({"Attributes": every_type()})),
+        (
+            "Query",
+            lambda: DynamoResult(
+                {
+                    "Items": [every_type(), every_type()],
+                    "Count": 2,
+                    "ScannedCount": 3,
+                    "LastEvaluatedKey": key_of(every_type()),
+                }
+            ),
+        ),
+        ("Query", lambda: DynamoResult({"Items": [], "Count": 0, "ScannedCount": 0})),
+        (
+            "TransactWriteItems",
+            lambda: ActionResult({"ConsumedCapacity": [], "ItemCollectionMetrics": {}}),
+        ),
+    ],
+)
+def test_a_plain_answer_is_the_json_motos_serializer_writes(action: str, result) -> None:  # type: ignore[no-untyped-def]
+    """The server writes a plain DynamoDB answer without moto's shape-driven serializer: the
+    JSON is the serializer's, value for value (binary values base64, empty strings, lists and
+    maps kept)."""
+    model = get_service_model("dynamodb")
+    serializer = get_serializer_class("dynamodb", "json")
+    context = ActionContext(model, model.operation_model(action), serializer, DynamoHandler())
+    _, _, motos = result().execute_result(context)
+    plain = plain_answer(action, result())
+    assert plain is not None
+    assert json.loads(plain) == json.loads(motos)
+
+
+def test_other_answers_are_left_to_motos_serializer() -> None:
+    assert plain_answer("DescribeTable", DynamoResult({"Table": {"TableName": "t"}})) is None
+    assert plain_answer("GetItem", ActionResult(ValueError("an error"))) is None
+    assert plain_answer("Query", DynamoResult({"Items": [], "Unexpected": 1})) is None
