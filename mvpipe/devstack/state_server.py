@@ -236,8 +236,9 @@ def dynamodb_answered_directly(app: WsgiApp) -> WsgiApp:
     return wsgi
 
 
-#: The `X-Amz-Target` prefix of DynamoDB's own actions (its Streams' is `DynamoDBStreams_`).
-_DYNAMODB_TARGET = "DynamoDB_"
+#: The `X-Amz-Target` prefix of DynamoDB's current API (its Streams' is `DynamoDBStreams_`,
+#: its 2011 API's `DynamoDB_20111205.`: both keep moto's route).
+_DYNAMODB_TARGET = "DynamoDB_20120810."
 
 
 def dynamodb_answers_written_directly() -> None:
@@ -253,7 +254,10 @@ def dynamodb_answers_written_directly() -> None:
     serialized = DynamoHandler.serialized
 
     def answer(self: DynamoHandler, result: Any) -> Any:
-        body = plain_answer(self._get_action(), result)
+        try:
+            body = plain_answer(self._get_action(), result)
+        except TypeError:  # a value JSON cannot hold: moto's serializer knows its shape
+            body = None
         if body is None:
             return serialized(self, result)
         return 200, {"Content-Type": _JSON_1_0, **self.response_headers}, body
