@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,13 +56,21 @@ def redis_client(stack: LocalStack) -> redis.Redis:
 
 @dataclass
 class Workers:
-    """A Celery worker pool started for one test, with its ledger and provider state."""
+    """A Celery worker pool started for one test, with its ledger and provider state.
 
-    service: Service
+    The worker starts in the background (~1 s: Celery's import and the pool's fork) while the
+    test writes its projects and sends its messages, which wait in Redis until it consumes
+    them. `service` waits until it is ready."""
+
+    starting: Future[Service]
     ledger: Path
     env: dict[str, str]
     #: the control worker beside it (`localstack.CONTROL_QUEUES`), when the test asked for one
     control: Service | None = None
+
+    @property
+    def service(self) -> Service:
+        return self.starting.result()
 
 
 _counter = itertools.count()
@@ -72,6 +81,8 @@ def start_workers(
     stack: LocalStack, redis_client: redis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Callable[..., Workers]]:
     started: list[Workers] = []
+    # One thread: a test's workers become ready in the order it started them, as before.
+    starter = ThreadPoolExecutor(1, thread_name_prefix="start-workers")
 
     def start(
         concurrency: int = 2,
@@ -97,7 +108,8 @@ def start_workers(
             monkeypatch.setenv(key, value)
         reset_context()  # the test process (the API) sees what the workers see
         child_env = dict(os.environ)
-        service = start_worker(
+        starting = starter.submit(
+            start_worker,
             child_env,
             tmp_path / f"worker-{n}.log",
             concurrency=concurrency,
@@ -105,9 +117,12 @@ def start_workers(
             queues=queues,
             pool=pool,
         )
-        workers = Workers(service, Path(child_env["MVPIPE_LOCAL_LEDGER"]), child_env)
+        workers = Workers(starting, Path(child_env["MVPIPE_LOCAL_LEDGER"]), child_env)
         started.append(workers)
         if control:
+            # Both ready before the test sends anything: which of them takes a message is
+            # what such a test is about.
+            starting.result()
             workers.control = start_control_worker(
                 child_env, tmp_path / f"control-{n}.log", name=f"c{n}"
             )
@@ -117,8 +132,10 @@ def start_workers(
     # Killed, not stopped: the test is over, and what a warm shutdown would hand back (its
     # reserved messages) is cleared below anyway. Celery's warm shutdown spends ~2 s joining
     # its pool, on every test that starts workers.
+    starter.shutdown()  # every start ended: ready, or failed (and killed by `start_worker`)
     for workers in started:
-        workers.service.kill()
+        if workers.starting.exception() is None:
+            workers.service.kill()
         if workers.control is not None:
             workers.control.kill()
     _clear_broker(redis_client)

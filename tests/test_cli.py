@@ -9,6 +9,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -38,6 +39,14 @@ def mvpipe(
     )
 
 
+def mvpipe_each(
+    env: dict[str, str], *commands: tuple[str, ...]
+) -> list[subprocess.CompletedProcess[str]]:
+    """Independent commands two at a time: each process spends most of its second importing."""
+    with ThreadPoolExecutor(2) as pool:
+        return list(pool.map(lambda args: mvpipe(env, *args), commands))
+
+
 def test_create_run_wait_status_fetch_and_projects(
     start_workers: StartWorkers, tmp_path: Path
 ) -> None:
@@ -56,32 +65,36 @@ def test_create_run_wait_status_fetch_and_projects(
     assert "3/3" in bars["generated"] and "1/1" in bars["assembled"], ran.stderr
     assert "completed" in ran.stdout
 
-    status = mvpipe(workers.env, "status", project_id, "--json")
+    clip = tmp_path / "one.mp4"
+    # Read-only once the run is over (and `reconcile` passes over this test's storage alone).
+    status, table, fetched, fetched_clip, missing, bad, listed, reconciled = mvpipe_each(
+        workers.env,
+        ("status", project_id, "--json"),
+        ("status", project_id),
+        ("fetch", project_id, str(tmp_path)),
+        ("fetch", project_id, str(clip), "--scene", "1", "--stage", "original"),
+        ("fetch", project_id, "--scene", "1", "--stage", "lipsync"),
+        ("fetch", project_id, "--scene", "0"),
+        ("projects", "--status", "completed"),
+        ("reconcile", "--json"),
+    )
     view = json.loads(status.stdout)
     assert view["status"] == "completed" and view["completed_scenes"] == 3
     final = view["final_video_s3_key"]
     assert final.startswith(f"projects/{project_id}/final/")
-    table = mvpipe(workers.env, "status", project_id)
     assert "completed" in table.stdout and "scenes/001/" in table.stdout
     assert final in table.stdout
 
-    fetched = mvpipe(workers.env, "fetch", project_id, str(tmp_path))
     assert fetched.returncode == 0, fetched.stderr
     video = tmp_path / f"{project_id}-music-video.mp4"
     assert video.read_bytes()[4:8] == b"ftyp" and str(video) in fetched.stdout
-    clip = tmp_path / "one.mp4"
-    scene_args = ("--scene", "1", "--stage", "original")
-    fetched = mvpipe(workers.env, "fetch", project_id, str(clip), *scene_args)
-    assert fetched.returncode == 0, fetched.stderr
+    assert fetched_clip.returncode == 0, fetched_clip.stderr
     assert clip.read_bytes() == _read(view["scenes"][0]["original_video_clip_s3_key"])
-    missing = mvpipe(workers.env, "fetch", project_id, "--scene", "1", "--stage", "lipsync")
     assert missing.returncode == 3 and "no lipsync clip" in missing.stderr
-    bad = mvpipe(workers.env, "fetch", project_id, "--scene", "0")
     assert bad.returncode == 2 and "sequence" in bad.stderr
 
-    listed = mvpipe(workers.env, "projects", "--status", "completed")
     assert project_id in listed.stdout
-    report = json.loads(mvpipe(workers.env, "reconcile", "--json").stdout)
+    report = json.loads(reconciled.stdout)
     assert "total" in report
 
 
@@ -89,8 +102,7 @@ def _read(key: str) -> bytes:
     return get_context().clips.read(key)
 
 
-def test_user_mistakes_are_one_line_and_an_exit_code(start_workers: StartWorkers) -> None:
-    workers = start_workers()
+def test_user_mistakes_are_one_line_and_an_exit_code(stack: object) -> None:
     cases = [
         (("status", "not-an-id"), 2, "invalid project id"),
         (("status", str(uuid.uuid4())), 3, "not found"),
@@ -99,8 +111,8 @@ def test_user_mistakes_are_one_line_and_an_exit_code(start_workers: StartWorkers
         (("create", "--title", "t", "--concept", "x", "--provider", "nope"), 2, "provider"),
         (("regenerate", str(uuid.uuid4()), "0"), 2, "sequence"),
     ]
-    for args, code, text in cases:
-        result = mvpipe(workers.env, *args)
+    results = mvpipe_each(dict(os.environ), *(args for args, _, _ in cases))
+    for (args, code, text), result in zip(cases, results, strict=True):
         assert result.returncode == code, (args, result.stderr)
         assert "Traceback" not in result.stderr
         assert result.stderr.startswith("error:") and text in result.stderr, result.stderr
@@ -110,8 +122,9 @@ def test_user_mistakes_are_one_line_and_an_exit_code(start_workers: StartWorkers
 def test_every_command_has_help(stack: object) -> None:
     env = dict(os.environ)
     commands = ["create", "run", "status", "regenerate", "cancel", "reconcile", "projects", "stack"]
-    for command in ["", *commands, "demo", "fetch", "flower"]:
-        result = mvpipe(env, *([command] if command else []), "--help", timeout=60)
+    commands = ["", *commands, "demo", "fetch", "flower"]
+    results = mvpipe_each(env, *((*([c] if c else []), "--help") for c in commands))
+    for command, result in zip(commands, results, strict=True):
         assert result.returncode == 0 and "Usage:" in result.stdout, command
 
 

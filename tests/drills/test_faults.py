@@ -78,6 +78,7 @@ def test_duplicate_delivery_of_one_scene(start_workers: StartWorkers) -> None:
     run_id = str(uuid.uuid4())
     ctx.projects.win_run(project_id, run_id, ProjectStatus.PROCESSING)
     ctx.board.touch_run(run_id, 60)
+    _finalize_waits_for_the_scene(run_id)
     dispatcher = CeleryDispatcher(app)
     for _ in range(3):  # the same generate_scene message, delivered three times at once
         dispatcher.resume(project_id, 1, run_id, "local")
@@ -91,6 +92,13 @@ def test_duplicate_delivery_of_one_scene(start_workers: StartWorkers) -> None:
     check_drill(project_id, workers)
 
 
+def _finalize_waits_for_the_scene(run_id: str) -> None:
+    """The hand-made run's finalize waits for its one scene, as a run's does: the scene's
+    finish ends the run, instead of reconcile taking it over once it is stale (run_stale
+    seconds after the scene's last step)."""
+    get_context().board.await_scenes(run_id, 1, [1])
+
+
 def test_broker_redelivery_of_one_scene_with_the_same_task_id(start_workers: StartWorkers) -> None:
     workers = start_workers(**DRILL_SETTINGS)
     ctx = get_context()
@@ -98,6 +106,7 @@ def test_broker_redelivery_of_one_scene_with_the_same_task_id(start_workers: Sta
     run_id = str(uuid.uuid4())
     ctx.projects.win_run(project_id, run_id, ProjectStatus.PROCESSING)
     ctx.board.touch_run(run_id, 60)
+    _finalize_waits_for_the_scene(run_id)
     task_id = str(uuid.uuid4())
     for _ in range(2):  # what a broker redelivering an unacked message does: one id, twice
         app.send_task(GENERATE_SCENE, args=[project_id, 1, run_id, "local"], task_id=task_id)
