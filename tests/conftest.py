@@ -133,13 +133,21 @@ def start_workers(
     # reserved messages) is cleared below anyway. Celery's warm shutdown spends ~2 s joining
     # its pool, on every test that starts workers.
     starter.shutdown()  # every start ended: ready, or failed (and killed by `start_worker`)
+    failed: list[BaseException] = []
     for workers in started:
-        if workers.starting.exception() is None:
+        error = workers.starting.exception()
+        if error is None:
             workers.service.kill()
+        else:
+            failed.append(error)
         if workers.control is not None:
             workers.control.kill()
     _clear_broker(redis_client)
     reset_context()
+    if failed:
+        # A test that never read `service` would only have timed out waiting for its
+        # project: say why, beside that failure.
+        raise RuntimeError("a test's worker failed to start") from failed[0]
 
 
 def _clear_broker(client: redis.Redis) -> None:

@@ -157,12 +157,20 @@ def test_cancel_stops_paying_and_a_later_run_resumes(start_workers: StartWorkers
 
     # The later run on a worker whose jobs are short (nothing runs now: the one above can go),
     # with the same provider state and ledger.
+    before = generations_per_scene(workers.ledger, project_id)
+    scenes = api.get_project(project_id).scenes
+    kept = {s.sequence for s in scenes if s.status == SceneStatus.COMPLETED}
     workers.service.kill()
     start_workers(local_latency="0.5", provider_concurrency="2", local_ledger=str(workers.ledger))
     api.run_project(project_id)
     done = api.wait_project(project_id, timeout=120)
     assert done.status == ProjectStatus.COMPLETED
     assert_invariants(project_id)
+    # The resumed run pays no scene that kept its clip, and every other one at most once more
+    # (a job the cancel stopped was paid for; its scene needs a new one).
+    after = generations_per_scene(workers.ledger, project_id)
+    assert all(after[n] == before[n] for n in kept)
+    assert all(1 <= after[n] <= before[n] + 1 for n in range(1, 9) if n not in kept)
 
 
 def test_quota_caps_jobs_in_flight(start_workers: StartWorkers) -> None:
