@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import inspect
 import json
 import os
@@ -204,15 +205,7 @@ def handler_methods_listed_once() -> None:
     the action's; a class's methods do not change while the server runs."""
     from moto.core import responses
 
-    list_methods = responses.method_names_from_class
-    listed: dict[object, list[str]] = {}
-
-    def method_names(clazz: object) -> list[str]:
-        if clazz not in listed:
-            listed[clazz] = list_methods(clazz)
-        return listed[clazz]
-
-    responses.method_names_from_class = method_names
+    responses.method_names_from_class = functools.cache(responses.method_names_from_class)
 
 
 def dynamodb_answered_directly(app: WsgiApp) -> WsgiApp:

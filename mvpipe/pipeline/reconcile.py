@@ -7,11 +7,12 @@ Run twice in a row, the second report's `total` is 0.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -46,7 +47,7 @@ from mvpipe.pipeline.steps import Dispatcher
 from mvpipe.providers.classify import describe
 from mvpipe.states import FINAL_SCENE_STATES, assembly_due, lease_expired
 from mvpipe.store.clips import StoredObject, clip_key, lipsync_key, scene_prefix
-from mvpipe.store.records import ProjectRecord, ProjectState, SceneRecord
+from mvpipe.store.records import ProjectState, SceneRecord
 
 log = logging.getLogger("mvpipe.reconcile")
 
@@ -168,12 +169,7 @@ def _beat_pass(
     turns = f"in turns: all within {rounds} passes"
     taken = 0
     if sweep is not None:
-
-        def walk(
-            status: ProjectStatus, after: tuple[str, str] | None, until: str
-        ) -> Iterator[ProjectRecord]:
-            return ctx.projects.walk_status(status, after, until, page=SWEEP_PAGE)
-
+        walk = functools.partial(ctx.projects.walk_status, page=SWEEP_PAGE)
         rest = Drained(round_rest(idle, walk, sweep))
         places = this_turn(rest, spent, budget)
         marks = ((p.project_id, sweep._replace(after=p).encode()) for p in places)
