@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+import redis
+
 from mvpipe import api
 from mvpipe.deps import Context, get_context
 from mvpipe.devstack.drills import paid_generations
@@ -32,6 +34,29 @@ def wait_for(check: Callable[[], T], timeout: float = 60.0, what: str = "conditi
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.1)
+
+
+def wait_broker_idle(client: redis.Redis, timeout: float, what: str) -> None:
+    """Wait until no message is queued, held by a worker (reserved, or waiting for its
+    countdown) or running.
+
+    With late acknowledgement a running step publishes its next one before it is acknowledged,
+    so while work remains some message is in a queue or in `unacked`. The one gap, a message
+    just popped from its queue and not yet recorded as unacked, lasts far less than the poll's
+    interval: two idle looks in a row are needed.
+    """
+
+    def empty() -> bool:
+        queues = (k for k in client.scan_iter("mvpipe.*") if client.type(k) == b"list")
+        return not client.hlen("unacked") and not any(client.llen(k) for k in queues)
+
+    looks = [False]
+
+    def twice() -> bool:
+        looks.append(empty())
+        return looks[-1] and looks[-2]
+
+    wait_for(twice, timeout, what)
 
 
 def ledger(path: Path, project_id: str | None = None) -> list[dict]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +22,13 @@ from mvpipe.providers.limiter import slot_member
 from mvpipe.providers.local import LocalJobs
 from mvpipe.providers.render import probe_clip
 from tests.conftest import Workers
-from tests.helpers import assert_invariants, generations_per_scene, ledger, wait_for
+from tests.helpers import (
+    assert_invariants,
+    generations_per_scene,
+    ledger,
+    wait_broker_idle,
+    wait_for,
+)
 
 SEP = Channel.sep  # the Redis transport's priority lists: <queue><sep><priority>
 
@@ -132,7 +137,9 @@ def test_concurrent_run_calls_start_one_run(start_workers: StartWorkers) -> None
     assert generations_per_scene(workers.ledger, project_id) == {n: 1 for n in range(1, 7)}
 
 
-def test_cancel_stops_paying_and_a_later_run_resumes(start_workers: StartWorkers) -> None:
+def test_cancel_stops_paying_and_a_later_run_resumes(
+    start_workers: StartWorkers, redis_client: redis.Redis
+) -> None:
     # Two jobs of 3 s at a time: paying for all 8 takes at least 9 s, far longer than a cancel.
     workers = start_workers(local_latency="3", provider_concurrency="2")
     project_id = api.create_project("Cancelled", "Stop.\nGo.", scene_count=8)
@@ -149,7 +156,9 @@ def test_cancel_stops_paying_and_a_later_run_resumes(start_workers: StartWorkers
     )
     paid = len(ledger(workers.ledger, project_id))
     assert paid < 8
-    time.sleep(3)  # an observation window: the ledger must not grow when nothing runs
+    # Every step left (timed checks for a slot, the chord's finalize) runs and ends: nothing
+    # more is paid by the time no message is left to run.
+    wait_broker_idle(redis_client, 120, "every step left after cancel to end")
     assert len(ledger(workers.ledger, project_id)) == paid
     assert cancelled.status == ProjectStatus.PENDING
     assert all(s.status in (SceneStatus.PENDING, SceneStatus.COMPLETED) for s in cancelled.scenes)
