@@ -2,15 +2,24 @@
 # Installs what mvpipe needs on a fresh Debian machine: redis-server and a virtualenv with mvpipe.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+# What Debian must provide: redis-server, and the venv module (python3-venv: stock Debian's
+# python3 has no ensurepip without it).
+packages=()
 if ! command -v redis-server >/dev/null 2>&1 && [ ! -x /usr/bin/redis-server ]; then
-  echo "== installing redis-server"
+  packages+=(redis-server)
+fi
+if [ ! -x .venv/bin/python ] && ! "$PYTHON" -c "import ensurepip, venv" >/dev/null 2>&1; then
+  packages+=(python3-venv)
+fi
+if [ ${#packages[@]} -gt 0 ]; then
+  echo "== installing ${packages[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${packages[@]}" >/dev/null
   # We start our own redis-server processes; the distribution's service is not needed.
   $SUDO systemctl disable --now redis-server >/dev/null 2>&1 || true
 fi
-PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   echo "== creating .venv"
   "$PYTHON" -m venv .venv

@@ -60,10 +60,14 @@ def test_storage_out_of_reach_is_typed_and_says_what_to_do(stack: LocalStack) ->
 
 def test_a_bucket_outside_us_east_1_is_created(stack: LocalStack) -> None:
     # S3 refuses a bucket created outside us-east-1 without a location constraint.
-    settings = get_settings().model_copy(
-        update={"bucket": "mvpipe-test-eu", "aws_region": "eu-west-1"}
-    )
-    build_context(settings).ensure_storage()
+    bucket = f"mvpipe-test-eu-{uuid.uuid4().hex[:8]}"
+    settings = get_settings().model_copy(update={"bucket": bucket, "aws_region": "eu-west-1"})
+    s3 = build_context(settings).clips.client
+    try:
+        build_context(settings).ensure_storage()
+        assert s3.get_bucket_location(Bucket=bucket)["LocationConstraint"] == "eu-west-1"
+    finally:
+        s3.delete_bucket(Bucket=bucket)
 
 
 class NeverSettles(ProjectStore):
