@@ -15,9 +15,15 @@ from pathlib import Path
 
 import pytest
 import redis
+from hypothesis import settings
 
 from mvpipe.deps import reset_context
 from mvpipe.devstack.localstack import LocalStack, Service, start_control_worker, start_worker
+
+# Property tests judge what they find, not how fast: on two busy cores an example may take longer
+# than hypothesis's default 200 ms deadline, which would fail a correct test.
+settings.register_profile("mvpipe", deadline=None)
+settings.load_profile("mvpipe")
 
 _BASE_TEST_ENV = {
     "MVPIPE_TABLE": "mvpipe-test",
