@@ -73,43 +73,38 @@ def test_polls_answered_with_garbage_fail_their_scenes_not_loop(
 
 def test_duplicate_delivery_of_one_scene(start_workers: StartWorkers) -> None:
     workers = start_workers(**DRILL_SETTINGS)
-    ctx = get_context()
-    project_id = api.create_project("Twice", "Same message.", scenes=[{"prompt": "one"}])
-    run_id = str(uuid.uuid4())
-    ctx.projects.win_run(project_id, run_id, ProjectStatus.PROCESSING)
-    ctx.board.touch_run(run_id, 60)
-    _finalize_waits_for_the_scene(run_id)
+    project_id, run_id = _hand_made_run("Twice", "Same message.")
     dispatcher = CeleryDispatcher(app)
     for _ in range(3):  # the same generate_scene message, delivered three times at once
         dispatcher.resume(project_id, 1, run_id, "local")
-    wait_for(
-        lambda: ctx.scenes.get(project_id, 1).status == SceneStatus.COMPLETED,  # type: ignore[union-attr]
-        60,
-        "the scene to complete",
-    )
-    assert generations_per_scene(workers.ledger, project_id) == {1: 1}
-    heal(project_id)
-    check_drill(project_id, workers)
-
-
-def _finalize_waits_for_the_scene(run_id: str) -> None:
-    """The hand-made run's finalize waits for its one scene, as a run's does: the scene's
-    finish ends the run, instead of reconcile taking it over once it is stale (run_stale
-    seconds after the scene's last step)."""
-    get_context().board.await_scenes(run_id, 1, [1])
+    _paid_once_and_healed(project_id, workers)
 
 
 def test_broker_redelivery_of_one_scene_with_the_same_task_id(start_workers: StartWorkers) -> None:
     workers = start_workers(**DRILL_SETTINGS)
-    ctx = get_context()
-    project_id = api.create_project("Redelivered", "Same id.", scenes=[{"prompt": "one"}])
-    run_id = str(uuid.uuid4())
-    ctx.projects.win_run(project_id, run_id, ProjectStatus.PROCESSING)
-    ctx.board.touch_run(run_id, 60)
-    _finalize_waits_for_the_scene(run_id)
+    project_id, run_id = _hand_made_run("Redelivered", "Same id.")
     task_id = str(uuid.uuid4())
     for _ in range(2):  # what a broker redelivering an unacked message does: one id, twice
         app.send_task(GENERATE_SCENE, args=[project_id, 1, run_id, "local"], task_id=task_id)
+    _paid_once_and_healed(project_id, workers)
+
+
+def _hand_made_run(name: str, concept: str) -> tuple[str, str]:
+    """A one-scene project with a run won by hand (no plan task), so a test can deliver its
+    scene's messages itself. The run's finalize waits for its one scene, as a run's does: the
+    scene's finish ends the run, instead of reconcile taking it over once it is stale
+    (run_stale seconds after the scene's last step)."""
+    ctx = get_context()
+    project_id = api.create_project(name, concept, scenes=[{"prompt": "one"}])
+    run_id = str(uuid.uuid4())
+    ctx.projects.win_run(project_id, run_id, ProjectStatus.PROCESSING)
+    ctx.board.touch_run(run_id, 60)
+    ctx.board.await_scenes(run_id, 1, [1])
+    return project_id, run_id
+
+
+def _paid_once_and_healed(project_id: str, workers: Workers) -> None:
+    ctx = get_context()
     wait_for(
         lambda: ctx.scenes.get(project_id, 1).status == SceneStatus.COMPLETED,  # type: ignore[union-attr]
         60,
