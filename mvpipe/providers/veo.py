@@ -85,4 +85,6 @@ class VeoVideoProvider(GenaiUser):
         return download(self.name, status.url, timeout)
 
     def cancel(self, operation_id: str) -> bool:
+        """Veo's long-running generation has no cancel in google-genai: the job runs on and is
+        paid for, so its poll must still collect the video (False: not stopped)."""
         return False
