@@ -119,10 +119,26 @@ def test_user_mistakes_are_one_line_and_an_exit_code(stack: object) -> None:
         assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_run_and_regenerate_wait_exit_1_when_the_project_fails(
+    start_workers: StartWorkers,
+) -> None:
+    workers = start_workers(local_faults="permanent=1.0", local_latency="0")
+    created = mvpipe(workers.env, "create", "--title", "Fails", "--concept", "x", "--scenes", "1")
+    assert created.returncode == 0, created.stderr
+    project_id = created.stdout.strip()
+    ran = mvpipe(workers.env, "run", project_id, "--wait", "--timeout", "120")
+    assert ran.returncode == 1, ran.stderr
+    assert "failed" in ran.stdout
+    again = mvpipe(workers.env, "regenerate", project_id, "1", "--wait", "--timeout", "120")
+    assert again.returncode == 1, again.stderr
+    assert "Traceback" not in again.stderr
+    assert "failed" in again.stdout and again.stderr.startswith("run ")
+
+
 def test_every_command_has_help(stack: object) -> None:
     env = dict(os.environ)
     commands = ["create", "run", "status", "regenerate", "cancel", "reconcile", "projects", "stack"]
-    commands = ["", *commands, "demo", "fetch", "flower"]
+    commands = ["", *commands, "demo", "fetch", "flower", "estimate", "budget"]
     results = mvpipe_each(env, *((*([c] if c else []), "--help") for c in commands))
     for command, result in zip(commands, results, strict=True):
         assert result.returncode == 0 and "Usage:" in result.stdout, command
