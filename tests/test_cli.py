@@ -199,6 +199,37 @@ def test_flower_requires_auth_shows_scenes_polling_and_lists_their_tasks(
         flower.stop()
 
 
+def _listening_on(port: int) -> set[str]:
+    """The local addresses (hex, as the kernel lists them) with a socket listening on `port`."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.rsplit(":", 1)
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                found.add(address)
+    return found
+
+
+def test_flower_listens_on_loopback_unless_told_otherwise(stack: object, tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "MVPIPE_FLOWER_USER": "ops", "MVPIPE_FLOWER_PASSWORD": "s3cret"}
+    with (tmp_path / "flower.log").open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mvpipe.cli", "flower", f"--port={port}"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_for(lambda: port_open(port), 60, "Flower to listen")
+        assert _listening_on(port) == {"0100007F"}  # 127.0.0.1 alone, not every interface
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 def test_stack_command_starts_everything_and_stops_cleanly_on_ctrl_c(
     stack: object, tmp_path: Path
 ) -> None:
