@@ -1,5 +1,5 @@
 """Bad input is refused before anything touches the store: with no stack at all the CLI says
-what is wrong (exit 2), and the API creates neither table nor bucket."""
+what is wrong (exit 2), and the API creates neither table nor bucket. And the bounded listing."""
 
 from __future__ import annotations
 
@@ -139,6 +139,22 @@ def test_api_bad_input_creates_no_table_or_bucket(
             api.get_project(some)
         tables, buckets = _storage_names()
         assert names["table"] in tables and names["bucket"] in buckets
+    finally:
+        monkeypatch.undo()
+        reset_context()
+
+
+def test_list_projects_returns_the_newest_up_to_its_limit(
+    stack: LocalStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in own_storage().items():
+        monkeypatch.setenv(f"MVPIPE_{key.upper()}", value)
+    reset_context()
+    try:
+        ids = [api.create_project(f"P{n}", "x", scene_count=1) for n in range(3)]
+        assert [p.project_id for p in api.list_projects(limit=2)] == ids[1:]
+        assert [p.project_id for p in api.list_projects("pending")] == ids
+        assert api.list_projects("completed", limit=1) == []
     finally:
         monkeypatch.undo()
         reset_context()
