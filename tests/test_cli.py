@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -133,6 +136,86 @@ def test_run_and_regenerate_wait_exit_1_when_the_project_fails(
     assert again.returncode == 1, again.stderr
     assert "Traceback" not in again.stderr
     assert "failed" in again.stdout and again.stderr.startswith("run ")
+
+
+class Severable:
+    """A TCP forwarder to a local port whose connections can all be cut at once: a store that
+    stops answering in the middle of a conversation."""
+
+    def __init__(self, upstream: int) -> None:
+        self.upstream = upstream
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.open: list[socket.socket] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:  # cut
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream))
+            with self.lock:
+                self.open += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+
+    def cut(self) -> None:
+        """Refuse new connections and reset every open one."""
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept
+        self.listener.close()
+        with self.lock:
+            for sock in self.open:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+
+
+def test_run_wait_says_so_in_one_line_when_the_store_stops_answering(
+    start_workers: StartWorkers,
+) -> None:
+    workers = start_workers(local_latency="30")
+    project_id = mvpipe(
+        workers.env, "create", "--title", "Cut", "--concept", "x", "--scenes", "1"
+    ).stdout.strip()
+    port = int(workers.env["MVPIPE_DYNAMODB_ENDPOINT"].rsplit(":", 1)[1])
+    store = Severable(port)
+    env = {
+        **workers.env,
+        "MVPIPE_DYNAMODB_ENDPOINT": store.url,
+        "MVPIPE_S3_ENDPOINT": store.url,
+        "MVPIPE_STORE_RETRY_SECONDS": "1",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mvpipe.cli", "run", project_id, "--wait"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        started = proc.stderr.readline()
+        assert started.startswith("run "), started
+        store.cut()  # while it follows the run
+        err = proc.communicate(timeout=120)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 6, err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "unavailable" in errors[0], err
 
 
 def test_every_command_has_help(stack: object) -> None:
