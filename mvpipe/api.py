@@ -5,13 +5,13 @@
     >>> api.run_project(project_id)
     >>> view = api.wait_project(project_id, timeout=600)
 
-Every function validates its input before touching anything: bad input raises a typed
+Every function validates all of its input before touching anything (the store's table and
+bucket are only opened, or created, after that): bad input raises a typed
 `mvpipe.errors.MvpipeError` subclass and writes nothing.
 """
 
 from __future__ import annotations
 
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -22,10 +22,10 @@ from pydantic import ValidationError
 from mvpipe.celery_app import app
 from mvpipe.deps import get_context
 from mvpipe.dispatch import CeleryDispatcher
-from mvpipe.errors import InvalidInput, NotFound, Timeout
-from mvpipe.media.files import written_atomically
+from mvpipe.errors import InvalidInput
 from mvpipe.media.song import probe_song, read_song
 from mvpipe.models import (
+    DEFAULT_LIST_LIMIT,
     MICROS_PER_USD,
     ProjectSpec,
     ProjectStatus,
@@ -35,13 +35,16 @@ from mvpipe.models import (
     budget_to_micros,
     describe_validation_error,
     parse_scene_specs,
+    validate_limit,
     validate_project_id,
+    validate_seconds,
     validate_sequence,
 )
-from mvpipe.pipeline import cancel, cost, runs
+from mvpipe.pipeline import cancel, cost, listing, outputs, runs
 from mvpipe.pipeline.create import create_project as write_project
 from mvpipe.pipeline.reconcile import ReconcileReport
 from mvpipe.pipeline.reconcile import reconcile as reconcile_all
+from mvpipe.settings import get_settings
 from mvpipe.store.budget import BudgetStore
 from mvpipe.store.records import ProjectRecord
 
@@ -81,8 +84,7 @@ def create_project(
     With `scenes`, planning is skipped. With `song` (a path or the bytes of an audio file) the
     song decides the scenes, so `scene_count` and `scenes` are refused; `lip_sync` needs a song.
     """
-    ctx = get_context()
-    settings = ctx.settings
+    settings = get_settings()
     specs = parse_scene_specs(scenes) if scenes is not None else None
     if scene_count is None and song is None:
         scene_count = len(specs) if specs is not None else settings.default_scenes
@@ -111,7 +113,7 @@ def create_project(
     except ValidationError as exc:
         raise InvalidInput(describe_validation_error(exc)) from None
     project_id = str(uuid.uuid4())
-    write_project(ctx, project_id, spec, data)
+    write_project(get_context(), project_id, spec, data)
     return project_id
 
 
@@ -136,20 +138,26 @@ def estimate_cost(project_id: str, sequence: int | None = None) -> float:
 
 def estimate_micros(project_id: str, sequence: int | None = None) -> cost.Estimate:
     """`estimate_cost` with its detail: micro-dollars, jobs, and whether it is exact."""
+    validate_project_id(project_id)
+    if sequence is not None:
+        validate_sequence(sequence)
     ctx = get_context()
-    state = ctx.projects.load(validate_project_id(project_id))
-    if sequence is not None and state.scene(validate_sequence(sequence)) is None:
+    state = ctx.projects.load(project_id)
+    if sequence is not None and state.scene(sequence) is None:
         raise InvalidInput(f"project {project_id} has no scene {sequence}")
     return cost.estimate(ctx, state, sequence=sequence)
 
 
 def get_project(project_id: str) -> ProjectView:
-    return get_context().projects.load(validate_project_id(project_id)).view()
+    validate_project_id(project_id)
+    return get_context().projects.load(project_id).view()
 
 
-def list_projects(status: ProjectStatus | str | None = None) -> list[ProjectRecord]:
-    """Projects by status through the status index (newest last); all statuses when None."""
-    ctx = get_context()
+def list_projects(
+    status: ProjectStatus | str | None = None, *, limit: int = DEFAULT_LIST_LIMIT
+) -> list[ProjectRecord]:
+    """The `limit` (1..`MAX_LIST_LIMIT`) newest projects of `status` (all statuses when None)
+    through the status index, newest last."""
     if status is None:
         wanted = list(ProjectStatus)
     else:
@@ -157,7 +165,8 @@ def list_projects(status: ProjectStatus | str | None = None) -> list[ProjectReco
             wanted = [ProjectStatus(status)]
         except ValueError:
             raise InvalidInput(f"unknown project status {status!r}") from None
-    return [p for s in wanted for p in ctx.projects.list_by_status(s)]
+    validate_limit(limit)
+    return listing.newest(get_context(), wanted, limit)
 
 
 def run_project(project_id: str) -> AsyncResult:
@@ -166,8 +175,8 @@ def run_project(project_id: str) -> AsyncResult:
     A second call while a run is active returns that run and starts nothing. `failed` scenes go
     back to `pending`: a user asking for a run is the one thing that may pay for them again.
     """
-    start = runs.start_run(get_context(), _dispatcher, validate_project_id(project_id))
-    return _result(start)
+    validate_project_id(project_id)
+    return _result(runs.start_run(get_context(), _dispatcher, project_id))
 
 
 def regenerate_scene(project_id: str, sequence: int) -> AsyncResult:
@@ -180,7 +189,8 @@ def regenerate_scene(project_id: str, sequence: int) -> AsyncResult:
 def cancel_project(project_id: str) -> ProjectView:
     """Release the run (queued work exits, no new claim succeeds) and cancel provider jobs
     where the provider allows it; those scenes go back to `pending` without an operation."""
-    cancel.cancel_project(get_context(), _dispatcher, validate_project_id(project_id))
+    validate_project_id(project_id)
+    cancel.cancel_project(get_context(), _dispatcher, project_id)
     return get_project(project_id)
 
 
@@ -192,19 +202,12 @@ def _result(start: runs.RunStart) -> AsyncResult:
 
 
 def wait_project(project_id: str, timeout: float = 600.0, *, interval: float = 0.25) -> ProjectView:
-    """Block until no run is active (completed, failed, or pending after a cancel).
-
-    Waiting reads the project item alone (one GetItem, whatever the scene count); the scenes
-    are read once, at the end."""
-    ctx = get_context()
+    """Block until no run is active (completed, failed, or pending after a cancel); `Timeout`
+    after `timeout` seconds."""
     validate_project_id(project_id)
-    deadline = time.monotonic() + timeout
-    while True:
-        if ctx.projects.get(project_id).active_run_id is None:
-            return ctx.projects.load(project_id).view()
-        if time.monotonic() >= deadline:
-            raise Timeout(f"project {project_id} still running after {timeout:.0f}s")
-        time.sleep(interval)
+    validate_seconds(timeout, "timeout", zero=True)
+    validate_seconds(interval, "interval", maximum=60)
+    return runs.wait_until_idle(get_context(), project_id, timeout, interval)
 
 
 def reconcile(
@@ -235,7 +238,7 @@ def reconcile(
 
 
 #: What `download` can fetch: the final video, or one scene's clip of a stage.
-STAGES = ("final", "original", "working", "lipsync")
+STAGES = outputs.STAGES
 
 
 def default_download_name(
@@ -267,27 +270,7 @@ def download(
     elif stage != "final":
         raise InvalidInput(f"the {stage} clip belongs to a scene: give its sequence")
     target = _download_target(dest, project_id, sequence, stage)
-    ctx = get_context()
-    view = ctx.projects.load(project_id).view()
-    if sequence is None:
-        key = view.final_video_s3_key
-        what = f"project {project_id} has no final video yet"
-    else:
-        scene = next((s for s in view.scenes if s.sequence == sequence), None)
-        if scene is None:
-            raise NotFound(f"project {project_id} has no scene {sequence}")
-        key = {
-            "original": scene.original_video_clip_s3_key,
-            "working": scene.working_video_clip_s3_key,
-            "lipsync": scene.lip_synced_video_clip_s3_key,
-        }[stage]
-        what = f"scene {sequence} of project {project_id} has no {stage} clip"
-    if key is None or not ctx.clips.exists(key):
-        raise NotFound(what)
-    data = ctx.clips.read(key)
-    with written_atomically(target) as tmp:
-        tmp.write_bytes(data)
-    return target
+    return outputs.download(get_context(), project_id, target, sequence, stage)
 
 
 def _download_target(dest: str | Path, project_id: str, sequence: int | None, stage: str) -> Path:

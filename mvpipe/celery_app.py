@@ -1,4 +1,5 @@
-"""The Celery app: `celery -A mvpipe.celery_app worker|beat|flower`.
+"""The Celery app: `celery -A mvpipe.celery_app worker|beat`; Flower through `mvpipe flower`
+(basic auth, 127.0.0.1 by default).
 
 Importing this module opens no connection and builds no client; task modules are listed by name.
 """

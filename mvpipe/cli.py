@@ -31,7 +31,13 @@ from mvpipe.errors import (
     StoreUnavailable,
     Timeout,
 )
-from mvpipe.models import ProjectStatus, ProjectView
+from mvpipe.models import (
+    DEFAULT_LIST_LIMIT,
+    MAX_CONCEPT,
+    ProjectStatus,
+    ProjectView,
+    validate_seconds,
+)
 
 T = TypeVar("T")
 
@@ -69,6 +75,42 @@ def guarded(fn: Callable[[], T]) -> T:
         _fail(f"cannot reach a backing service: {exc}", EXIT_UNAVAILABLE)
 
 
+#: The largest --scene-file read: 999 scenes with full prompts fit with room to spare.
+MAX_SCENE_FILE_BYTES = 16 * 1024 * 1024
+#: The most worker processes `mvpipe stack` starts.
+MAX_CONCURRENCY = 64
+
+
+def _read_bounded(path: Path, limit: int, what: str) -> bytes:
+    """At most `limit` bytes of a user's file: a larger one is refused without reading it all."""
+    try:
+        with path.open("rb") as f:
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if len(data) > limit:
+        raise InvalidInput(f"{what} {path} is larger than {limit} bytes")
+    return data
+
+
+def _read_concept(path: Path) -> str:
+    """The concept from a file: UTF-8 text (its length is checked with the rest of the spec)."""
+    data = _read_bounded(path, 4 * MAX_CONCEPT, "--concept-file")  # 4 bytes per character at most
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInput(f"--concept-file {path} is not UTF-8 text") from None
+
+
+def _read_scenes(path: Path) -> Any:
+    """The scene specs from a JSON file (checked by the API like any other scenes)."""
+    data = _read_bounded(path, MAX_SCENE_FILE_BYTES, "--scene-file")
+    try:
+        return json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"--scene-file is not valid JSON: {exc}") from None
+
+
 def _api() -> Any:
     from mvpipe import api  # imported lazily so `--help` stays instant
 
@@ -87,10 +129,16 @@ def main() -> None:
 @main.command()
 @click.option("--title", required=True, help="The video's title.")
 @click.option("--concept", help="Concept or lyrics (or use --concept-file).")
-@click.option("--concept-file", type=click.File("r"), help="Read the concept/lyrics from a file.")
+@click.option(
+    "--concept-file",
+    type=click.Path(path_type=Path),
+    help="Read the concept/lyrics from a file.",
+)
 @click.option("--scenes", "scene_count", type=int, help="Number of scenes [MVPIPE_DEFAULT_SCENES].")
 @click.option(
-    "--scene-file", type=click.File("r"), help="JSON list of scene specs; skips planning."
+    "--scene-file",
+    type=click.Path(path_type=Path),
+    help="JSON list of scene specs; skips planning.",
 )
 @click.option("--provider", help="Video provider: local, veo or replicate [MVPIPE_PROVIDER].")
 @click.option(
@@ -103,9 +151,9 @@ def main() -> None:
 def create(
     title: str,
     concept: str | None,
-    concept_file: Any,
+    concept_file: Path | None,
     scene_count: int | None,
-    scene_file: Any,
+    scene_file: Path | None,
     provider: str | None,
     song: Path | None,
     lip_sync: bool,
@@ -113,15 +161,10 @@ def create(
 ) -> None:
     """Create a project and print its id."""
     if concept_file is not None:
-        concept = concept_file.read()
+        concept = guarded(lambda: _read_concept(concept_file))
     if concept is None:
         _fail("give --concept or --concept-file", EXIT_INVALID)
-    scenes = None
-    if scene_file is not None:
-        try:
-            scenes = json.load(scene_file)
-        except json.JSONDecodeError as exc:
-            _fail(f"--scene-file is not valid JSON: {exc}", EXIT_INVALID)
+    scenes = None if scene_file is None else guarded(lambda: _read_scenes(scene_file))
     project_id = guarded(
         lambda: _api().create_project(
             title,
@@ -143,12 +186,24 @@ def create(
 @click.option("--timeout", default=3600.0, show_default=True, help="Seconds to wait with --wait.")
 def run(project_id: str, wait: bool, timeout: float) -> None:
     """Start (or join) a project's run."""
-    result = guarded(lambda: _api().run_project(project_id))
-    click.echo(f"run {result.id}", err=True)
+    _started(lambda: _api().run_project(project_id), wait, timeout)
     if wait:
-        view = follow(project_id, timeout)
-        _print_summary(view)
-        sys.exit(0 if view.status == ProjectStatus.COMPLETED else EXIT_FAILED)
+        _follow_and_exit(project_id, timeout)
+
+
+def _started(start: Callable[[], Any], wait: bool, timeout: float) -> None:
+    """Check --timeout (when waiting) before anything starts, then start and name the run."""
+    if wait:
+        guarded(lambda: validate_seconds(timeout, "--timeout"))
+    result = guarded(start)
+    click.echo(f"run {result.id}", err=True)
+
+
+def _follow_and_exit(project_id: str, timeout: float) -> NoReturn:
+    """`--wait`: follow the run, print the project, exit 0 if it completed, else 1."""
+    view = follow(project_id, timeout)
+    _print_summary(view)
+    sys.exit(0 if view.status == ProjectStatus.COMPLETED else EXIT_FAILED)
 
 
 def follow(project_id: str, timeout: float) -> ProjectView:
@@ -156,16 +211,22 @@ def follow(project_id: str, timeout: float) -> ProjectView:
     from mvpipe.progress import StageProgress
 
     api = _api()
+
+    def over() -> ProjectView | None:
+        try:
+            return api.wait_project(project_id, timeout=0.5)
+        except Timeout:
+            return None
+
     progress = StageProgress()
     deadline = time.monotonic() + timeout
     try:
         while True:
-            try:
-                view = api.wait_project(project_id, timeout=0.5)
+            view = guarded(over)
+            if view is not None:
                 progress.update(view)
                 return view
-            except Timeout:
-                progress.update(guarded(lambda: api.get_project(project_id)))
+            progress.update(guarded(lambda: api.get_project(project_id)))
             if time.monotonic() > deadline:
                 _fail(f"project {project_id} still running after {timeout:.0f}s", EXIT_TIMEOUT)
     finally:
@@ -246,12 +307,12 @@ def _print_summary(view: ProjectView) -> None:
 @click.argument("project_id")
 @click.argument("sequence", type=int)
 @click.option("--wait/--no-wait", default=False, help="Follow the run until the scene is done.")
-def regenerate(project_id: str, sequence: int, wait: bool) -> None:
+@click.option("--timeout", default=3600.0, show_default=True, help="Seconds to wait with --wait.")
+def regenerate(project_id: str, sequence: int, wait: bool, timeout: float) -> None:
     """Generate one scene again (a new paid generation for that scene only)."""
-    result = guarded(lambda: _api().regenerate_scene(project_id, sequence))
-    click.echo(f"run {result.id}", err=True)
+    _started(lambda: _api().regenerate_scene(project_id, sequence), wait, timeout)
     if wait:
-        _print_summary(follow(project_id, 3600))
+        _follow_and_exit(project_id, timeout)
 
 
 @main.command()
@@ -283,9 +344,15 @@ def reconcile(project_id: str | None, as_json: bool, sweep: bool) -> None:
     type=click.Choice([s.value for s in ProjectStatus]),
     help="Only projects with this status (served by the status index).",
 )
-def projects(status_: str | None) -> None:
+@click.option(
+    "--limit",
+    default=DEFAULT_LIST_LIMIT,
+    show_default=True,
+    help="Show at most this many, the newest (newest last).",
+)
+def projects(status_: str | None, limit: int) -> None:
     """List projects."""
-    for record in guarded(lambda: _api().list_projects(status_)):
+    for record in guarded(lambda: _api().list_projects(status_, limit=limit)):
         click.echo(
             f"{record.project_id}  {record.status:<17} {record.created_at}  "
             f"{record.completed_scenes}/{record.scene_count or record.requested_scene_count}  "
@@ -399,6 +466,7 @@ def _stop_on_signal() -> threading.Event:
 @click.option("--no-flower", is_flag=True, help="Do not start Flower.")
 def stack(workdir: Path | None, concurrency: int, no_flower: bool) -> None:
     """Start the whole local stack (Redis, state server, worker, beat, Flower) until Ctrl-C."""
+    guarded(lambda: _check_concurrency(concurrency))
     workdir = workdir or Path(tempfile.mkdtemp(prefix="mvpipe-stack-"))
     with local_stack(workdir, concurrency=concurrency, flower=not no_flower, beat=True) as env:
         stop = _stop_on_signal()  # before announcing it, so an early Ctrl-C is not lost
@@ -409,6 +477,11 @@ def stack(workdir: Path | None, concurrency: int, no_flower: bool) -> None:
         while not stop.wait(0.5):
             pass
     click.echo("stack stopped", err=True)
+
+
+def _check_concurrency(value: int) -> None:
+    if not 1 <= value <= MAX_CONCURRENCY:
+        raise InvalidInput(f"--concurrency must be from 1 to {MAX_CONCURRENCY}, not {value}")
 
 
 #: The demo's settings, chosen so it finishes in about a minute on 2 cores (each can be
@@ -454,6 +527,7 @@ def demo(seconds: float, bpm: float, keep: bool, output: Path, lip_sync: bool) -
     """
     from mvpipe.media.synth import synthesize_song
 
+    guarded(lambda: _check_output(output))
     song = guarded(lambda: synthesize_song(seconds=seconds, bpm=bpm))
     workdir = Path(tempfile.mkdtemp(prefix="mvpipe-demo-"))
     try:
@@ -477,7 +551,7 @@ def demo(seconds: float, bpm: float, keep: bool, output: Path, lip_sync: bool) -
             click.echo("")
             _print_summary(view)
             if view.status == ProjectStatus.COMPLETED:
-                _write_demo_output(api, view, output)
+                guarded(lambda: _write_demo_output(api, view, output))
             if keep:
                 click.echo(f"\nmore: mvpipe fetch {project_id} --scene 1 (with the stack's env)")
                 stop = _stop_on_signal()
@@ -489,11 +563,30 @@ def demo(seconds: float, bpm: float, keep: bool, output: Path, lip_sync: bool) -
     sys.exit(0 if view.status == ProjectStatus.COMPLETED else EXIT_FAILED)
 
 
+def _check_output(output: Path) -> None:
+    """The demo's output directory can be written (checked before the stack starts)."""
+    if output.exists() and not output.is_dir():
+        raise InvalidInput(f"--output {output} exists and is not a directory")
+    parent = output if output.is_dir() else output.absolute().parent
+    if not parent.is_dir():
+        raise InvalidInput(f"--output {output}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InvalidInput(f"--output {output}: {parent} is not writable")
+
+
 def _write_demo_output(api: Any, view: ProjectView, output: Path) -> None:
-    """The final video (and any working clips) into `output`, with how to play it."""
+    """The final video (and any working clips) into `output`, with how to play it; a failed
+    write is one line (exit 2), not a traceback."""
+    try:
+        _write_outputs(api, view, output)
+    except OSError as exc:
+        raise InvalidInput(f"cannot write the demo's output to {output}: {exc}") from None
+
+
+def _write_outputs(api: Any, view: ProjectView, output: Path) -> None:
     from mvpipe.media.probe import probe_video
 
-    output.mkdir(parents=True, exist_ok=True)
+    output.mkdir(exist_ok=True)
     video = api.download(view.project_id, output / "music-video.mp4")
     scenes = output / "scenes"
     shutil.rmtree(scenes, ignore_errors=True)  # clips of an earlier demo are not this video's
@@ -514,9 +607,16 @@ def _write_demo_output(api: Any, view: ProjectView, output: Path) -> None:
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
+@click.option(
+    "--address",
+    default="127.0.0.1",
+    show_default=True,
+    help="Interface to listen on; 0.0.0.0 opens it to the network.",
+)
 @click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)
-def flower(flower_args: tuple[str, ...]) -> None:
-    """Start Flower behind basic auth (refuses without MVPIPE_FLOWER_USER/PASSWORD)."""
+def flower(address: str, flower_args: tuple[str, ...]) -> None:
+    """Start Flower behind basic auth (refuses without MVPIPE_FLOWER_USER/PASSWORD), on
+    127.0.0.1 unless --address says otherwise; other arguments go to Flower."""
     from mvpipe.settings import get_settings
 
     s = get_settings()
@@ -526,7 +626,8 @@ def flower(flower_args: tuple[str, ...]) -> None:
             EXIT_UNAVAILABLE,
         )
     auth = f"{s.flower_user}:{s.flower_password.get_secret_value()}"
-    argv = [sys.executable, "-m", "celery", "-A", "mvpipe.celery_app", "flower", *flower_args]
+    argv = [sys.executable, "-m", "celery", "-A", "mvpipe.celery_app", "flower"]
+    argv += [f"--address={address}", *flower_args]
     os.execve(sys.executable, argv, {**os.environ, "FLOWER_BASIC_AUTH": auth})
 
 

@@ -23,6 +23,10 @@ MAX_NEGATIVE_PROMPT = 1_000
 MIN_DURATION, MAX_DURATION = 1, 30
 #: The largest budget a project may set, in US dollars: a typo guard, not a business rule.
 MAX_BUDGET_USD = 1_000_000
+#: The longest wait a caller may ask for (a day), and the most projects one listing returns.
+MAX_WAIT_SECONDS = 86_400.0
+MAX_LIST_LIMIT = 1_000
+DEFAULT_LIST_LIMIT = 100
 #: Song containers mvpipe accepts, by the extension their stored key gets.
 SONG_FORMATS = ("wav", "mp3", "m4a", "flac", "ogg")
 SongFormat = Literal["wav", "mp3", "m4a", "flac", "ogg"]
@@ -222,6 +226,30 @@ def validate_project_id(value: object) -> str:
 def validate_sequence(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SCENES:
         raise InvalidInput(f"invalid scene sequence: {_shorten(value)} (expected 1..{MAX_SCENES})")
+    return value
+
+
+def validate_seconds(
+    value: object, what: str, *, maximum: float = MAX_WAIT_SECONDS, zero: bool = False
+) -> float:
+    """A wait in seconds: a finite number above 0 (or 0 itself when `zero`: look once) and at
+    most `maximum` (a day by default)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not (value >= 0 if zero else value > 0)
+        or value > maximum
+    ):
+        least = "0 or more" if zero else "above 0"
+        raise InvalidInput(f"{what} must be a number of seconds {least} and at most {maximum:g}")
+    return float(value)
+
+
+def validate_limit(value: object, *, maximum: int = MAX_LIST_LIMIT) -> int:
+    """How many items a listing returns: 1..`maximum`."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
+        raise InvalidInput(f"limit must be a whole number from 1 to {maximum}: {_shorten(value)}")
     return value
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -119,10 +122,106 @@ def test_user_mistakes_are_one_line_and_an_exit_code(stack: object) -> None:
         assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_run_and_regenerate_wait_exit_1_when_the_project_fails(
+    start_workers: StartWorkers,
+) -> None:
+    workers = start_workers(local_faults="permanent=1.0", local_latency="0")
+    created = mvpipe(workers.env, "create", "--title", "Fails", "--concept", "x", "--scenes", "1")
+    assert created.returncode == 0, created.stderr
+    project_id = created.stdout.strip()
+    ran = mvpipe(workers.env, "run", project_id, "--wait", "--timeout", "120")
+    assert ran.returncode == 1, ran.stderr
+    assert "failed" in ran.stdout
+    again = mvpipe(workers.env, "regenerate", project_id, "1", "--wait", "--timeout", "120")
+    assert again.returncode == 1, again.stderr
+    assert "Traceback" not in again.stderr
+    assert "failed" in again.stdout and again.stderr.startswith("run ")
+
+
+class Severable:
+    """A TCP forwarder to a local port whose connections can all be cut at once: a store that
+    stops answering in the middle of a conversation."""
+
+    def __init__(self, upstream: int) -> None:
+        self.upstream = upstream
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.open: list[socket.socket] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:  # cut
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream))
+            with self.lock:
+                self.open += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+
+    def cut(self) -> None:
+        """Refuse new connections and reset every open one."""
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept
+        self.listener.close()
+        with self.lock:
+            for sock in self.open:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+
+
+def test_run_wait_says_so_in_one_line_when_the_store_stops_answering(
+    start_workers: StartWorkers,
+) -> None:
+    workers = start_workers(local_latency="30")
+    project_id = mvpipe(
+        workers.env, "create", "--title", "Cut", "--concept", "x", "--scenes", "1"
+    ).stdout.strip()
+    port = int(workers.env["MVPIPE_DYNAMODB_ENDPOINT"].rsplit(":", 1)[1])
+    store = Severable(port)
+    env = {
+        **workers.env,
+        "MVPIPE_DYNAMODB_ENDPOINT": store.url,
+        "MVPIPE_S3_ENDPOINT": store.url,
+        "MVPIPE_STORE_RETRY_SECONDS": "1",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mvpipe.cli", "run", project_id, "--wait"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        started = proc.stderr.readline()
+        assert started.startswith("run "), started
+        store.cut()  # while it follows the run
+        err = proc.communicate(timeout=120)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 6, err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "unavailable" in errors[0], err
+
+
 def test_every_command_has_help(stack: object) -> None:
     env = dict(os.environ)
     commands = ["create", "run", "status", "regenerate", "cancel", "reconcile", "projects", "stack"]
-    commands = ["", *commands, "demo", "fetch", "flower"]
+    commands = ["", *commands, "demo", "fetch", "flower", "estimate", "budget"]
     results = mvpipe_each(env, *((*([c] if c else []), "--help") for c in commands))
     for command, result in zip(commands, results, strict=True):
         assert result.returncode == 0 and "Usage:" in result.stdout, command
@@ -181,6 +280,37 @@ def test_flower_requires_auth_shows_scenes_polling_and_lists_their_tasks(
         assert "s3cret" not in flower.log_text()
     finally:
         flower.stop()
+
+
+def _listening_on(port: int) -> set[str]:
+    """The local addresses (hex, as the kernel lists them) with a socket listening on `port`."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.rsplit(":", 1)
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                found.add(address)
+    return found
+
+
+def test_flower_listens_on_loopback_unless_told_otherwise(stack: object, tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "MVPIPE_FLOWER_USER": "ops", "MVPIPE_FLOWER_PASSWORD": "s3cret"}
+    with (tmp_path / "flower.log").open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mvpipe.cli", "flower", f"--port={port}"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_for(lambda: port_open(port), 60, "Flower to listen")
+        assert _listening_on(port) == {"0100007F"}  # 127.0.0.1 alone, not every interface
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def test_stack_command_starts_everything_and_stops_cleanly_on_ctrl_c(

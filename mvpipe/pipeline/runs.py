@@ -7,13 +7,14 @@ which a brand-new run looks stale. (A mark for a run that then loses just expire
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from mvpipe.deps import Context
-from mvpipe.errors import Conflict, InvalidInput
-from mvpipe.models import ProjectStatus, SceneStatus
+from mvpipe.errors import Conflict, InvalidInput, Timeout
+from mvpipe.models import ProjectStatus, ProjectView, SceneStatus
 from mvpipe.pipeline.stages import GENERATE, next_stage
 from mvpipe.pipeline.steps import Dispatcher
 from mvpipe.store.scenes import Claim
@@ -88,3 +89,18 @@ def regenerate(ctx: Context, dispatcher: Dispatcher, project_id: str, sequence: 
     if ctx.scenes.reset_for_regeneration(project_id, sequence, run_id=run_id) != Claim.WON:
         raise Conflict(f"project {project_id} has an active run; cancel it or wait for it")
     return RunStart(run_id, dispatcher.start_run(project_id, run_id, [sequence]))
+
+
+def wait_until_idle(ctx: Context, project_id: str, timeout: float, interval: float) -> ProjectView:
+    """The project's view once no run is active (completed, failed, or pending after a
+    cancel); `Timeout` after `timeout` seconds.
+
+    Waiting reads the project item alone (one GetItem, whatever the scene count); the scenes
+    are read once, at the end."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if ctx.projects.get(project_id).active_run_id is None:
+            return ctx.projects.load(project_id).view()
+        if time.monotonic() >= deadline:
+            raise Timeout(f"project {project_id} still running after {timeout:.0f}s")
+        time.sleep(interval)

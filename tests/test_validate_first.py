@@ -1,0 +1,160 @@
+"""Bad input is refused before anything touches the store: with no stack at all the CLI says
+what is wrong (exit 2), and the API creates neither table nor bucket. And the bounded listing."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from mvpipe import api
+from mvpipe.deps import reset_context
+from mvpipe.devstack.localstack import LocalStack, free_port, port_open, stack_env
+from mvpipe.errors import InvalidInput, NotFound
+from mvpipe.models import MAX_CONCEPT
+from tests.helpers import own_storage
+from tests.test_cli import mvpipe_each
+
+
+def _no_stack_env(tmp_path: Path) -> dict[str, str]:
+    """Redis, DynamoDB and S3 all at a port nothing listens on."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MVPIPE_")}
+    dead = free_port()
+    assert not port_open(dead)
+    env.update(stack_env(dead, dead, tmp_path / "state"))
+    env["MVPIPE_STORE_RETRY_SECONDS"] = "1"  # the one valid request gives up soon
+    return env
+
+
+def test_cli_refuses_bad_input_with_no_stack_running(tmp_path: Path) -> None:
+    env = _no_stack_env(tmp_path)
+    some = str(uuid.uuid4())
+    big = tmp_path / "big.txt"
+    big.write_bytes(b"x" * (4 * MAX_CONCEPT + 1))
+    broken = tmp_path / "scenes.json"
+    broken.write_text("[{")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    made = sorted(tmp_path.iterdir())
+    cases: list[tuple[tuple[str, ...], str]] = [
+        (("status", "not-a-uuid"), "invalid project id"),
+        (("run", "not-a-uuid"), "invalid project id"),
+        (("run", "not-a-uuid", "--wait"), "invalid project id"),
+        (("run", some, "--wait", "--timeout", "-1"), "--timeout"),
+        (("cancel", "../../etc"), "invalid project id"),
+        (("regenerate", "not-a-uuid", "1"), "invalid project id"),
+        (("regenerate", some, "0"), "sequence"),
+        (("regenerate", some, "1", "--wait", "--timeout", "nan"), "--timeout"),
+        (("estimate", "not-a-uuid"), "invalid project id"),
+        (("estimate", some, "--scene", "1000"), "sequence"),
+        (("budget", "not-a-uuid", "5"), "invalid project id"),
+        (("budget", some, "-5"), "budget"),
+        (("projects", "--limit", "0"), "limit"),
+        (("reconcile", "not-a-uuid"), "invalid project id"),
+        (("fetch", "not-a-uuid", str(dest)), "invalid project id"),
+        (("fetch", some, str(dest), "--scene", "0"), "sequence"),
+        (("create", "--title", "", "--concept", "x"), "title"),
+        (("create", "--title", "t", "--concept", "x", "--provider", "nope"), "provider"),
+        (("create", "--title", "t", "--concept-file", str(big)), "larger than"),
+        (("create", "--title", "t", "--concept-file", str(tmp_path / "none")), "cannot read"),
+        (("create", "--title", "t", "--concept", "x", "--scene-file", str(broken)), "JSON"),
+        (("stack", "--concurrency", "0"), "--concurrency"),
+        (("demo", "--output", str(a_file)), "not a directory"),
+        (("demo", "--output", str(tmp_path / "no" / "such")), "not a directory"),
+    ]
+    # A valid request does reach for the store, and finds nothing there.
+    results = mvpipe_each(env, ("status", some), *(args for args, _ in cases))
+    reached = results[0]
+    assert reached.returncode == 6, reached.stderr
+    assert "Traceback" not in reached.stderr
+    for (args, text), result in zip(cases, results[1:], strict=True):
+        assert result.returncode == 2, (args, result.stderr)
+        assert "Traceback" not in result.stderr, (args, result.stderr)
+        assert result.stderr.startswith("error:") and text in result.stderr, (args, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1, (args, result.stderr)
+        assert result.stdout == "", (args, result.stdout)
+    assert sorted(tmp_path.iterdir()) == made  # no state dir, no demo output, no download
+    assert list(dest.iterdir()) == []
+
+
+def _storage_names() -> tuple[set[str], set[str]]:
+    """Every table and bucket on the local stack, read straight from it."""
+    dynamo = boto3.client("dynamodb", endpoint_url=os.environ["MVPIPE_DYNAMODB_ENDPOINT"])
+    s3 = boto3.client("s3", endpoint_url=os.environ["MVPIPE_S3_ENDPOINT"])
+    tables = set(dynamo.list_tables()["TableNames"])
+    buckets = {b["Name"] for b in s3.list_buckets()["Buckets"]}
+    return tables, buckets
+
+
+def test_api_bad_input_creates_no_table_or_bucket(
+    stack: LocalStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    names = own_storage()
+    for key, value in names.items():
+        monkeypatch.setenv(f"MVPIPE_{key.upper()}", value)
+    reset_context()
+    some = str(uuid.uuid4())
+    refused: list[Callable[[], Any]] = [
+        lambda: api.create_project("", "x"),
+        lambda: api.create_project("t", "x", provider="nope"),
+        lambda: api.create_project("t", "x", scene_count=0),
+        lambda: api.create_project("t", "x", scenes=[{"prompt": ""}]),
+        lambda: api.create_project("t", "x", budget_usd=-1),
+        lambda: api.get_project("not-a-uuid"),
+        lambda: api.run_project("not-a-uuid"),
+        lambda: api.cancel_project("not-a-uuid"),
+        lambda: api.regenerate_scene(some, 0),
+        lambda: api.set_budget(some, -5),
+        lambda: api.estimate_micros("not-a-uuid"),
+        lambda: api.estimate_micros(some, 1000),
+        lambda: api.estimate_cost(some, 0),
+        lambda: api.list_projects("bogus"),
+        lambda: api.list_projects(limit=0),
+        lambda: api.list_projects(limit=10_000),
+        lambda: api.wait_project("not-a-uuid"),
+        lambda: api.wait_project(some, timeout=float("nan")),
+        lambda: api.wait_project(some, timeout=-1),
+        lambda: api.wait_project(some, interval=0),
+        lambda: api.reconcile("not-a-uuid"),
+        lambda: api.download("not-a-uuid", tmp_path),
+        lambda: api.download(some, tmp_path, stage="poster"),
+        lambda: api.download(some, tmp_path / "missing" / "x.mp4"),
+    ]
+    try:
+        for call in refused:
+            with pytest.raises(InvalidInput):
+                call()
+        tables, buckets = _storage_names()
+        assert names["table"] not in tables and names["bucket"] not in buckets
+        assert list(tmp_path.iterdir()) == []
+        # The first valid call opens (so creates) them: the check above could see them.
+        with pytest.raises(NotFound):
+            api.get_project(some)
+        tables, buckets = _storage_names()
+        assert names["table"] in tables and names["bucket"] in buckets
+    finally:
+        monkeypatch.undo()
+        reset_context()
+
+
+def test_list_projects_returns_the_newest_up_to_its_limit(
+    stack: LocalStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in own_storage().items():
+        monkeypatch.setenv(f"MVPIPE_{key.upper()}", value)
+    reset_context()
+    try:
+        ids = [api.create_project(f"P{n}", "x", scene_count=1) for n in range(3)]
+        assert [p.project_id for p in api.list_projects(limit=2)] == ids[1:]
+        assert [p.project_id for p in api.list_projects("pending")] == ids
+        assert api.list_projects("completed", limit=1) == []
+    finally:
+        monkeypatch.undo()
+        reset_context()
