@@ -130,9 +130,6 @@ def set_budget(project_id: str, usd: float | None) -> ProjectView:
 def estimate_cost(project_id: str, sequence: int | None = None) -> float:
     """US dollars a run would still pay: every paid stage still missing (exact once planned).
     With `sequence`, what regenerating that scene would cost."""
-    validate_project_id(project_id)
-    if sequence is not None:
-        validate_sequence(sequence)
     return estimate_micros(project_id, sequence).micros / MICROS_PER_USD
 
 

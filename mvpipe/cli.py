@@ -31,6 +31,7 @@ from mvpipe.errors import (
     StoreUnavailable,
     Timeout,
 )
+from mvpipe.media.files import read_bounded, within
 from mvpipe.models import (
     DEFAULT_LIST_LIMIT,
     MAX_CONCEPT,
@@ -82,15 +83,10 @@ MAX_CONCURRENCY = 64
 
 
 def _read_bounded(path: Path, limit: int, what: str) -> bytes:
-    """At most `limit` bytes of a user's file: a larger one is refused without reading it all."""
-    try:
-        with path.open("rb") as f:
-            data = f.read(limit + 1)
-    except OSError as exc:
-        raise InvalidInput(f"cannot read {what} {path}: {exc.strerror or exc}") from None
-    if len(data) > limit:
-        raise InvalidInput(f"{what} {path} is larger than {limit} bytes")
-    return data
+    """A user's file (`-`: standard input), at most `limit` bytes."""
+    if str(path) == "-":
+        return within(sys.stdin.buffer.read(limit + 1), limit, what)
+    return read_bounded(path, limit, what)
 
 
 def _read_concept(path: Path) -> str:
@@ -131,14 +127,14 @@ def main() -> None:
 @click.option("--concept", help="Concept or lyrics (or use --concept-file).")
 @click.option(
     "--concept-file",
-    type=click.Path(path_type=Path),
-    help="Read the concept/lyrics from a file.",
+    type=click.Path(path_type=Path, allow_dash=True),
+    help="Read the concept/lyrics from a file (- reads standard input).",
 )
 @click.option("--scenes", "scene_count", type=int, help="Number of scenes [MVPIPE_DEFAULT_SCENES].")
 @click.option(
     "--scene-file",
-    type=click.Path(path_type=Path),
-    help="JSON list of scene specs; skips planning.",
+    type=click.Path(path_type=Path, allow_dash=True),
+    help="JSON list of scene specs (- reads standard input); skips planning.",
 )
 @click.option("--provider", help="Video provider: local, veo or replicate [MVPIPE_PROVIDER].")
 @click.option(
@@ -351,8 +347,11 @@ def reconcile(project_id: str | None, as_json: bool, sweep: bool) -> None:
     help="Show at most this many, the newest (newest last).",
 )
 def projects(status_: str | None, limit: int) -> None:
-    """List projects."""
-    for record in guarded(lambda: _api().list_projects(status_, limit=limit)):
+    """List the newest projects, newest last."""
+    records = guarded(lambda: _api().list_projects(status_, limit=limit))
+    if len(records) == limit:
+        click.echo(f"the newest {limit} project(s); --limit shows more", err=True)
+    for record in records:
         click.echo(
             f"{record.project_id}  {record.status:<17} {record.created_at}  "
             f"{record.completed_scenes}/{record.scene_count or record.requested_scene_count}  "
@@ -564,14 +563,17 @@ def demo(seconds: float, bpm: float, keep: bool, output: Path, lip_sync: bool) -
 
 
 def _check_output(output: Path) -> None:
-    """The demo's output directory can be written (checked before the stack starts)."""
+    """The demo's output directory can be made and written (checked before the stack starts):
+    its nearest existing ancestor is a writable directory."""
     if output.exists() and not output.is_dir():
         raise InvalidInput(f"--output {output} exists and is not a directory")
-    parent = output if output.is_dir() else output.absolute().parent
-    if not parent.is_dir():
-        raise InvalidInput(f"--output {output}: {parent} is not a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise InvalidInput(f"--output {output}: {parent} is not writable")
+    nearest = output.absolute()
+    while not nearest.exists():
+        nearest = nearest.parent
+    if not nearest.is_dir():
+        raise InvalidInput(f"--output {output}: {nearest} is not a directory")
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        raise InvalidInput(f"--output {output}: {nearest} is not writable")
 
 
 def _write_demo_output(api: Any, view: ProjectView, output: Path) -> None:
@@ -586,7 +588,7 @@ def _write_demo_output(api: Any, view: ProjectView, output: Path) -> None:
 def _write_outputs(api: Any, view: ProjectView, output: Path) -> None:
     from mvpipe.media.probe import probe_video
 
-    output.mkdir(exist_ok=True)
+    output.mkdir(parents=True, exist_ok=True)
     video = api.download(view.project_id, output / "music-video.mp4")
     scenes = output / "scenes"
     shutil.rmtree(scenes, ignore_errors=True)  # clips of an earlier demo are not this video's

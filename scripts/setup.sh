@@ -9,7 +9,9 @@ packages=()
 if ! command -v redis-server >/dev/null 2>&1 && [ ! -x /usr/bin/redis-server ]; then
   packages+=(redis-server)
 fi
-if [ ! -x .venv/bin/python ] && ! "$PYTHON" -c "import ensurepip, venv" >/dev/null 2>&1; then
+# A .venv without pip (made before python3-venv was there) is made again.
+venv_ok() { .venv/bin/python -m pip --version >/dev/null 2>&1; }
+if ! venv_ok && ! "$PYTHON" -c "import ensurepip, venv" >/dev/null 2>&1; then
   packages+=(python3-venv)
 fi
 if [ ${#packages[@]} -gt 0 ]; then
@@ -20,9 +22,9 @@ if [ ${#packages[@]} -gt 0 ]; then
   # We start our own redis-server processes; the distribution's service is not needed.
   $SUDO systemctl disable --now redis-server >/dev/null 2>&1 || true
 fi
-if [ ! -x .venv/bin/python ]; then
+if ! venv_ok; then
   echo "== creating .venv"
-  "$PYTHON" -m venv .venv
+  "$PYTHON" -m venv --clear .venv
 fi
 stamp=.venv/.mvpipe-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then

@@ -122,6 +122,28 @@ def test_user_mistakes_are_one_line_and_an_exit_code(stack: object) -> None:
         assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_create_reads_the_concept_from_standard_input_and_the_scenes_from_a_file(
+    stack: object, tmp_path: Path
+) -> None:
+    scene_file = tmp_path / "scenes.json"
+    scene_file.write_text(json.dumps([{"prompt": "a red door"}, {"prompt": "a blue sky"}]))
+    created = subprocess.run(
+        [
+            *(sys.executable, "-m", "mvpipe.cli", "create", "--title", "Files"),
+            *("--concept-file", "-", "--scene-file", str(scene_file)),
+        ],
+        env=dict(os.environ),
+        input="Lines\nfrom standard input.",
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert created.returncode == 0, created.stderr
+    view = get_context().projects.load(created.stdout.strip()).view()
+    assert view.concept == "Lines\nfrom standard input."
+    assert [s.prompt for s in view.scenes] == ["a red door", "a blue sky"]
+
+
 def test_run_and_regenerate_wait_exit_1_when_the_project_fails(
     start_workers: StartWorkers,
 ) -> None:
@@ -209,6 +231,7 @@ def test_run_wait_says_so_in_one_line_when_the_store_stops_answering(
         store.cut()  # while it follows the run
         err = proc.communicate(timeout=120)[1]
     finally:
+        store.cut()  # also when the test failed before cutting: no listener is left open
         if proc.poll() is None:
             proc.kill()
             proc.wait()
@@ -310,7 +333,11 @@ def test_flower_listens_on_loopback_unless_told_otherwise(stack: object, tmp_pat
         assert _listening_on(port) == {"0100007F"}  # 127.0.0.1 alone, not every interface
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def test_stack_command_starts_everything_and_stops_cleanly_on_ctrl_c(

@@ -62,12 +62,12 @@ def test_cli_refuses_bad_input_with_no_stack_running(tmp_path: Path) -> None:
         (("fetch", some, str(dest), "--scene", "0"), "sequence"),
         (("create", "--title", "", "--concept", "x"), "title"),
         (("create", "--title", "t", "--concept", "x", "--provider", "nope"), "provider"),
-        (("create", "--title", "t", "--concept-file", str(big)), "larger than"),
-        (("create", "--title", "t", "--concept-file", str(tmp_path / "none")), "cannot read"),
+        (("create", "--title", "t", "--concept-file", str(big)), "too large"),
+        (("create", "--title", "t", "--concept-file", str(tmp_path / "none")), "does not exist"),
         (("create", "--title", "t", "--concept", "x", "--scene-file", str(broken)), "JSON"),
         (("stack", "--concurrency", "0"), "--concurrency"),
         (("demo", "--output", str(a_file)), "not a directory"),
-        (("demo", "--output", str(tmp_path / "no" / "such")), "not a directory"),
+        (("demo", "--output", str(a_file / "no" / "such")), "not a directory"),
     ]
     # A valid request does reach for the store, and finds nothing there.
     results = mvpipe_each(env, ("status", some), *(args for args, _ in cases))

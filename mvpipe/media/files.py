@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from mvpipe.errors import InvalidInput
 
 
 @contextlib.contextmanager
@@ -26,3 +29,27 @@ def written_atomically(dst: Path) -> Iterator[Path]:
         os.replace(tmp, dst)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def read_bounded(path: Path, limit: int, what: str) -> bytes:
+    """A user's file, at most `limit` bytes: a larger one, or one that grows while it is read,
+    is refused without reading more than `limit` + 1 bytes of it."""
+    try:
+        with path.open("rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise InvalidInput(f"{what} {path} is not a file")
+            data = f.read(limit + 1)
+    except FileNotFoundError:
+        raise InvalidInput(f"{what} {path} does not exist") from None
+    except IsADirectoryError:
+        raise InvalidInput(f"{what} {path} is not a file") from None
+    except OSError as exc:
+        raise InvalidInput(f"{what} {path} cannot be read: {exc.strerror or exc}") from None
+    return within(data, limit, what)
+
+
+def within(data: bytes, limit: int, what: str) -> bytes:
+    """`data` if it holds at most `limit` bytes (read as `limit` + 1 at most)."""
+    if len(data) > limit:
+        raise InvalidInput(f"{what} is too large: more than {limit:,} bytes")
+    return data

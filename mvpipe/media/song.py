@@ -18,6 +18,7 @@ from typing import Any
 import av
 
 from mvpipe.errors import InvalidInput
+from mvpipe.media.files import read_bounded
 from mvpipe.models import SongFormat
 
 #: FFmpeg demuxer names → the extension a song's key gets. The MP4 family is stored as m4a.
@@ -46,23 +47,12 @@ class SongInfo:
 
 
 def read_song(source: str | Path | bytes | bytearray, *, max_bytes: int) -> bytes:
-    """The song's bytes from a path or bytes; a file is sized before it is read."""
+    """The song's bytes from a path or bytes; a file is read no further than its limit."""
     if isinstance(source, bytes | bytearray):
         return bytes(source)
     if not isinstance(source, str | Path):
         raise InvalidInput(f"song must be a path or bytes, not {type(source).__name__}")
-    path = Path(source)
-    try:
-        size = path.stat().st_size
-        if not path.is_file():
-            raise InvalidInput(f"song {path} is not a file")
-        if size > max_bytes:
-            raise InvalidInput(_too_large(size, max_bytes))
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise InvalidInput(f"song {path} does not exist") from None
-    except OSError as exc:
-        raise InvalidInput(f"song {path} cannot be read: {exc.strerror or exc}") from None
+    return read_bounded(Path(source), max_bytes, "song")
 
 
 def probe_song(data: bytes, *, min_seconds: float, max_seconds: float, max_bytes: int) -> SongInfo:

@@ -74,6 +74,16 @@ class Table:
     def iter_by_status(self, status: str) -> Iterator[ItemBase]:
         yield from self._call(lambda: list(self.model.status_index.query(status)))  # type: ignore[attr-defined]
 
+    def newest_of_status(self, status: str, limit: int) -> list[ItemBase]:
+        """The last `limit` items of the status index's `status` partition (the newest by
+        GSI1SK, createdAt), newest first: one Query, however long the partition's history."""
+
+        def read() -> list[ItemBase]:
+            index = self.model.status_index  # type: ignore[attr-defined]
+            return list(index.query(status, scan_index_forward=False, limit=limit, page_size=limit))
+
+        return self._call(read)
+
     def status_page(
         self,
         status: str,

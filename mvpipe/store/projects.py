@@ -72,6 +72,10 @@ class ProjectStore:
     def list_by_status(self, status: ProjectStatus) -> list[ProjectRecord]:
         return [ProjectRecord.from_item(i) for i in self.table.iter_by_status(status)]
 
+    def newest_of_status(self, status: ProjectStatus, limit: int) -> list[ProjectRecord]:
+        """The `limit` most recently created projects of `status`, newest first."""
+        return [ProjectRecord.from_item(i) for i in self.table.newest_of_status(status, limit)]
+
     def walk_status(
         self, status: ProjectStatus, after: tuple[str, str] | None, until: str, *, page: int
     ) -> Iterator[ProjectRecord]:
