@@ -76,6 +76,25 @@ def test_a_bad_song_is_refused_and_nothing_is_written(
     assert written(ctx) == before
 
 
+def test_a_song_too_long_for_a_projects_scenes_is_refused_before_anything_is_written(
+    ctx: Context, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given slots of one frame at most (1/120 s), so 999 scenes hold 8.3 s of song
+    for key, value in {
+        "OUTPUT_FPS": "120",
+        "SLOT_MIN_SECONDS": "0.009",
+        "SLOT_MAX_SECONDS": "0.009",
+    }.items():
+        monkeypatch.setenv(f"MVPIPE_{key}", value)
+    reset_context()
+    before = written(ctx)
+    # When a 9.5 s song is given (valid by every song limit), it is refused at intake
+    with pytest.raises(InvalidInput, match=r"needs 1140 scenes.*999 a project holds"):
+        api.create_project("Long", "Too many scenes.", song=make_song("mp3", 9.5).data)
+    # Then nothing was written: no item, no song object
+    assert written(ctx) == before
+
+
 def test_bad_arguments_with_a_song_write_nothing(ctx: Context, tmp_path: Path) -> None:
     good = make_song("flac", 6.0).data
     before = written(ctx)

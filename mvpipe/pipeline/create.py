@@ -12,17 +12,25 @@ import logging
 
 from mvpipe.deps import Context
 from mvpipe.errors import StoreUnavailable
+from mvpipe.media.slots import check_slot_count
 from mvpipe.models import ProjectSpec
 
 log = logging.getLogger("mvpipe.create")
 
 
 def create_project(ctx: Context, project_id: str, spec: ProjectSpec, song: bytes | None) -> None:
-    """Write a validated project; `song` holds the bytes `spec.song` describes."""
+    """Write a validated project; `song` holds the bytes `spec.song` describes. A song too long
+    for a project's scenes is refused (`InvalidInput`) before anything is written."""
     key = None
     if spec.song is not None:
         if song is None:
             raise ValueError("spec.song without the song's bytes")
+        settings = ctx.settings
+        check_slot_count(
+            spec.song.seconds,
+            fps=settings.output_fps,
+            max_seconds=settings.slot_max_seconds_for(spec.provider),
+        )
         key = ctx.songs.put_song(project_id, spec.song.sha256, spec.song.ext, song)
     try:
         ctx.projects.create(project_id, spec, song_key=key)
