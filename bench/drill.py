@@ -35,10 +35,10 @@ from mvpipe.celery_app import app
 from mvpipe.deps import get_context
 from mvpipe.devstack.drills import double_payments, heal, paid_generations, restart_redis
 from mvpipe.devstack.failpoints import LIPSYNC_POINTS, POINTS, held, release
+from mvpipe.devstack.invariants import violations
 from mvpipe.devstack.localstack import LocalStack
 from mvpipe.dispatch import GENERATE_SCENE, CeleryDispatcher
 from mvpipe.errors import MvpipeError
-from mvpipe.invariants import violations
 from mvpipe.media.synth import synthesize_song
 from mvpipe.models import ProjectStatus, ProjectView, SceneStatus
 from mvpipe.providers.local import LocalJobs

@@ -21,8 +21,8 @@ from common import bench_stack, summary, wait_all, workers
 from mvpipe import api
 from mvpipe.deps import get_context
 from mvpipe.devstack.drills import paid_generations
+from mvpipe.devstack.invariants import violations
 from mvpipe.devstack.localstack import start_beat
-from mvpipe.invariants import violations
 from mvpipe.models import ProjectStatus
 
 PASS = re.compile(

@@ -1,7 +1,9 @@
-"""Named moments below the pipeline that a drill harness can act on (no-op unless installed).
+"""Named moments in the pipeline and the store that a drill harness can act on (no-op unless
+installed).
 
-The store sits under the harness in the layering, so it cannot import it; the harness installs
-its handler here instead, and the store only names the moment it reached.
+The core sits under the harness in the layering, so it cannot import it; the harness installs
+its handler here instead (only in the processes a drill starts), and the core only names the
+moment it reached.
 """
 
 from __future__ import annotations

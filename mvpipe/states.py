@@ -5,6 +5,7 @@ No I/O here, so every rule is tested without servers.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -76,7 +77,17 @@ def backoff_seconds(
     """Exponential backoff with "equal jitter": at least half the step, never above the cap.
 
     `attempt` counts from 1. Half of the delay is fixed so retries really spread out over time;
-    the other half is random so many scenes failing together do not retry together.
+    the other half is random so many scenes failing together do not retry together. Outage
+    retries are unbounded, so any attempt count must work: once the doublings reach the cap
+    (compared in log space) the step is the cap, and no power is ever computed past it.
     """
-    step = min(cap, base * (2 ** max(0, attempt - 1)))
+    if attempt < 1:
+        raise ValueError(f"backoff attempt counts from 1, got {attempt}")
+    if not (0 < base < math.inf and 0 < cap < math.inf):
+        raise ValueError(f"backoff base and cap must be positive and finite, got {base}, {cap}")
+    doublings = attempt - 1
+    if doublings >= math.log2(cap) - math.log2(base):
+        step = cap
+    else:
+        step = min(cap, base * 2.0**doublings)
     return step / 2 + (rng or random).uniform(0, step / 2)

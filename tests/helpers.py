@@ -16,7 +16,7 @@ import redis
 from mvpipe import api
 from mvpipe.deps import Context, get_context
 from mvpipe.devstack.drills import paid_generations
-from mvpipe.invariants import violations
+from mvpipe.devstack.invariants import violations
 from mvpipe.media.synth import synthesize_song
 from mvpipe.models import ProjectSpec, ProjectStatus, SceneSpec, SceneStatus
 from mvpipe.store.table import project_pk, scene_sk

@@ -19,9 +19,9 @@ from mvpipe.celery_app import app
 from mvpipe.deps import Context, get_context
 from mvpipe.devstack.drills import heal
 from mvpipe.devstack.failpoints import marker_dir
+from mvpipe.devstack.invariants import violations
 from mvpipe.devstack.localstack import LocalStack
 from mvpipe.errors import Conflict, InvalidInput, NotFound
-from mvpipe.invariants import violations
 from mvpipe.media.cut import cut_clip
 from mvpipe.models import ProjectStatus, SceneSpec, SceneStatus
 from mvpipe.pipeline.assemble import final_key

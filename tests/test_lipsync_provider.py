@@ -15,8 +15,9 @@ import pytest
 from mvpipe.deps import get_context
 from mvpipe.devstack.localstack import LocalStack
 from mvpipe.errors import ConfigurationError, PermanentProviderError
+from mvpipe.media.probe import probe_video
 from mvpipe.providers.base import JobState, LipSyncRequest
-from mvpipe.providers.render import probe_clip, render_clip
+from mvpipe.providers.render import render_clip
 from mvpipe.providers.replicate_lipsync import ReplicateLipSyncProvider
 from mvpipe.settings import get_settings
 from mvpipe.store.clips import ClipStore
@@ -91,8 +92,8 @@ def test_the_model_fetches_the_working_clip_and_the_slot_audio(
     # When it succeeds, its output is fetched at once (Replicate deletes it after an hour)
     states = [provider.poll(operation_id) for _ in range(3)]
     assert [s.state for s in states] == [JobState.RUNNING, JobState.RUNNING, JobState.SUCCEEDED]
-    codec, frames, _ = probe_clip(provider.download(states[-1]))
-    assert codec == "h264" and frames > 0
+    facts = probe_video(provider.download(states[-1]))
+    assert facts.video_codec == "h264" and facts.frames > 0
     assert standin.created["replicate"] == 1
     # A finished job can't be cancelled any more: only a confirmed stop counts
     assert provider.cancel(operation_id) is False

@@ -20,6 +20,7 @@ from mvpipe.errors import (
     QuotaExceeded,
     TransientProviderError,
 )
+from mvpipe.media.probe import probe_video
 from mvpipe.providers.base import Brief, JobState, VideoRequest
 from mvpipe.providers.local import (
     LocalJobs,
@@ -29,7 +30,7 @@ from mvpipe.providers.local import (
     latency_draw,
 )
 from mvpipe.providers.local_renders import Renders
-from mvpipe.providers.render import probe_clip, render_clip
+from mvpipe.providers.render import render_clip
 from mvpipe.settings import Settings
 from tests.helpers import wait_for
 
@@ -59,8 +60,8 @@ def test_a_job_runs_then_yields_a_playable_mp4_and_one_ledger_line(tmp_path: Pat
         lambda: (s := local.poll(operation_id)).finished and s, 10, "the job to finish"
     )
     assert status.state == JobState.SUCCEEDED
-    codec, frames, _ = probe_clip(local.download(status))
-    assert codec == "h264" and frames > 1
+    facts = probe_video(local.download(status))
+    assert facts.video_codec == "h264" and facts.frames > 1
     lines = (tmp_path / "ledger.jsonl").read_text().splitlines()
     assert [json.loads(x)["operation_id"] for x in lines] == [operation_id]
 
@@ -263,7 +264,7 @@ def test_a_job_is_rendered_while_it_runs_and_its_poll_hands_that_clip_over(
     operation_id = local.submit(request())
     stored = local.renders.path(operation_id)
     wait_for(stored.exists, 30, "the clip rendered while the job runs")
-    assert probe_clip(stored.read_bytes())[0] == "h264"
+    assert probe_video(stored.read_bytes()).video_codec == "h264"
     stored.write_bytes(b"made while the job ran")  # what the poll answers with, if it takes it
     status = wait_for(
         lambda: (s := local.poll(operation_id)).finished and s, 30, "the job to finish"
@@ -278,7 +279,7 @@ def test_short_cancelled_and_failed_jobs_leave_no_render_behind(tmp_path: Path) 
     status = wait_for(
         lambda: (s := short.poll(operation_id)).finished and s, 10, "the short job to finish"
     )
-    assert probe_clip(short.download(status))[0] == "h264"
+    assert probe_video(short.download(status)).video_codec == "h264"
     assert not short.renders.directory.exists()
 
     local = provider(tmp_path / "long", local_latency=1.0, local_faults="permanent=1,seed=1")

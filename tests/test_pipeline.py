@@ -16,11 +16,11 @@ from mvpipe.deps import get_context
 from mvpipe.devstack.failpoints import held, release
 from mvpipe.devstack.localstack import LocalStack
 from mvpipe.errors import InvalidInput, NotFound
+from mvpipe.media.probe import probe_video
 from mvpipe.models import ProjectStatus, SceneStatus
 from mvpipe.providers.fairness import ProjectLine
 from mvpipe.providers.limiter import slot_member
 from mvpipe.providers.local import LocalJobs
-from mvpipe.providers.render import probe_clip
 from tests.conftest import Workers
 from tests.helpers import (
     assert_invariants,
@@ -49,8 +49,8 @@ def test_a_twelve_scene_project_completes_with_playable_clips(start_workers: Sta
     for scene in view.scenes:
         assert scene.status == SceneStatus.COMPLETED
         assert scene.original_video_clip_s3_key is not None
-        codec, frames, seconds = probe_clip(clips.read(scene.original_video_clip_s3_key))
-        assert codec == "h264" and frames > 1 and seconds > 0
+        facts = probe_video(clips.read(scene.original_video_clip_s3_key))
+        assert facts.video_codec == "h264" and facts.frames > 1 and facts.video_seconds > 0
     assert generations_per_scene(workers.ledger, project_id) == {n: 1 for n in range(1, 13)}
     assert_invariants(project_id)
 

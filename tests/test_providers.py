@@ -19,6 +19,7 @@ from mvpipe.errors import (
     QuotaExceeded,
     TransientProviderError,
 )
+from mvpipe.media.probe import probe_video
 from mvpipe.media.synth import synthesize_song
 from mvpipe.media.timeline import Timeline
 from mvpipe.models import ProjectStatus, SceneStatus
@@ -27,7 +28,6 @@ from mvpipe.pipeline.steps import Next
 from mvpipe.pipeline.timeline import song_slots
 from mvpipe.providers.base import Brief, JobState, SlotBrief, VideoRequest
 from mvpipe.providers.gemini import GeminiPlanner
-from mvpipe.providers.render import probe_clip
 from mvpipe.providers.replicate import ReplicateVideoProvider
 from mvpipe.providers.veo import VeoVideoProvider
 from tests.conftest import Workers
@@ -331,8 +331,8 @@ def test_full_project_with_gemini_planning_and_real_provider(
     assert not any("generateAudio" in body["parameters"] for body in standin.veo_bodies)
     clips = get_context().clips
     for scene in view.scenes:
-        codec, _, _ = probe_clip(clips.read(scene.original_video_clip_s3_key or ""))
-        assert codec == "h264"
+        facts = probe_video(clips.read(scene.original_video_clip_s3_key or ""))
+        assert facts.video_codec == "h264"
     assert_invariants(project_id)
 
 

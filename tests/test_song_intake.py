@@ -9,6 +9,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -72,6 +73,25 @@ def test_a_bad_song_is_refused_and_nothing_is_written(
     before = written(ctx)
     with pytest.raises(InvalidInput, match=reason):
         api.create_project("Bad", "A song that is not one.", song=song)
+    assert written(ctx) == before
+
+
+def test_a_song_too_long_for_a_projects_scenes_is_refused_before_anything_is_written(
+    ctx: Context, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given slots of one frame at most (1/120 s), so 999 scenes hold 8.3 s of song
+    for key, value in {
+        "OUTPUT_FPS": "120",
+        "SLOT_MIN_SECONDS": "0.009",
+        "SLOT_MAX_SECONDS": "0.009",
+    }.items():
+        monkeypatch.setenv(f"MVPIPE_{key}", value)
+    reset_context()
+    before = written(ctx)
+    # When a 9.5 s song is given (valid by every song limit), it is refused at intake
+    with pytest.raises(InvalidInput, match=r"needs 1140 scenes.*999 a project holds"):
+        api.create_project("Long", "Too many scenes.", song=make_song("mp3", 9.5).data)
+    # Then nothing was written: no item, no song object
     assert written(ctx) == before
 
 
@@ -192,6 +212,34 @@ def test_a_refused_metadata_write_takes_the_song_back(ctx: Context) -> None:
         create_project(broken, project_id, spec, song.data)
     # Then the uploaded song is deleted again: no partial state
     assert ctx.clips.list(f"projects/{project_id}/") == []
+
+
+@pytest.mark.parametrize("kind", ["scenes", "song"])
+def test_a_refused_metadata_write_leaves_no_item_and_no_object(ctx: Context, kind: str) -> None:
+    # Given a project whose METADATA item the real server refuses (over DynamoDB's 400 KB item
+    # limit) after its scene items (a project of prompts) or its song (one with a song) were
+    # written first and accepted
+    song = make_song("wav", 5.5, channels=1)
+    sources: dict[str, Any] = (
+        {"requested_scene_count": 3, "scenes": [{"prompt": "a"}, {"prompt": "b"}, {"prompt": "c"}]}
+        if kind == "scenes"
+        else {
+            "song": SongSpec(
+                sha256=hashlib.sha256(song.data).hexdigest(), ext="wav", seconds=song.seconds
+            )
+        }
+    )
+    valid = ProjectSpec(title="Heavy", concept="Too big.", provider="local", **sources)
+    spec = valid.model_copy(update={"concept": "x" * 420_000})  # past what the models allow
+    project_id = str(uuid.uuid4())
+    before = written(ctx)
+    # When the project is written, METADATA last
+    with pytest.raises(ConfigurationError, match="ValidationException"):
+        create_project(ctx, project_id, spec, song.data if kind == "song" else None)
+    # Then no item and no object of it remain
+    assert ctx.table.query_project(project_id) == []
+    assert ctx.clips.list(f"projects/{project_id}/") == []
+    assert written(ctx) == before
 
 
 def test_an_unanswered_metadata_write_keeps_the_song(ctx: Context) -> None:

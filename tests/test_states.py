@@ -1,7 +1,9 @@
 """The pure rules: project status from scenes, lease expiry, backoff."""
 
+import math
 import random
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -79,6 +81,48 @@ def test_backoff_grows_and_is_capped(attempt: int, seed: int) -> None:
     delay = backoff_seconds(attempt, base=1.0, cap=60.0, rng=rng)
     step = min(60.0, 2.0 ** (attempt - 1))
     assert step / 2 <= delay <= step
+
+
+class _TopOfRange(random.Random):
+    """Jitter that always draws the top of its range: the delay is the whole step."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+@given(
+    st.integers(min_value=1, max_value=10**30),
+    st.floats(min_value=1e-3, max_value=1e3),
+    st.floats(min_value=1e-3, max_value=1e6),
+)
+def test_backoff_never_overflows_and_huge_attempts_wait_the_cap(
+    attempt: int, base: float, cap: float
+) -> None:
+    delay = backoff_seconds(attempt, base=base, cap=cap, rng=_TopOfRange())
+    assert 0 < delay <= cap
+    if attempt >= 2048:  # past any float's doublings: the step is the cap
+        assert delay == cap
+    assert backoff_seconds(attempt + 10**6, base=base, cap=cap, rng=_TopOfRange()) == cap
+
+
+@given(
+    st.integers(min_value=-(10**6), max_value=0),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.floats(allow_nan=True, allow_infinity=True),
+)
+def test_backoff_rejects_invalid_arguments(attempt: int, base: float, cap: float) -> None:
+    with pytest.raises(ValueError, match="attempt"):
+        backoff_seconds(attempt, base=1.0, cap=60.0)
+    if not (0 < base < math.inf and 0 < cap < math.inf):
+        with pytest.raises(ValueError, match="base and cap"):
+            backoff_seconds(1, base=base, cap=cap)
+
+
+def test_backoff_rejects_the_reviewed_nonsense() -> None:
+    with pytest.raises(ValueError):
+        backoff_seconds(-5, base=-1, cap=-60)
+    with pytest.raises(ValueError):
+        backoff_seconds(3, base=0.0, cap=60.0)
 
 
 def test_backoff_is_jittered() -> None:

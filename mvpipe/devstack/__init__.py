@@ -4,10 +4,12 @@
   processes (the demo, `mvpipe stack`, the tests and the benchmarks use it).
 - `state_server`: moto's DynamoDB and S3 in server mode, serialized, with item-level rollback
   and kept-alive connections.
-- `failpoints`: named points where a drill kills or holds a worker (inert unless
+- `failpoints`: named points where a drill kills or holds a worker (armed only when
   `MVPIPE_FAILPOINTS` names them).
+- `worker`: the Celery app as the local stack's workers load it, with the failpoints armed.
 - `drills`: healing a drilled project and counting paid generations from the provider's ledger.
+- `invariants`: DESIGN.md's invariants as a read-only check of one project (tests, benchmarks).
 
-The pipeline reaches in only through `failpoints.reached(...)`, a no-op in production; the
-store, below this package, through `mvpipe.hooks.reached(...)`, which `failpoints` routes here.
+The core never imports this package: the pipeline and the store name their points through
+`mvpipe.hooks.reached(...)`, a no-op unless `failpoints.arm` (in `worker`) routes them here.
 """

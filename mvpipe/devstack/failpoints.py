@@ -6,12 +6,16 @@ execution at exactly that moment. On Celery's threads pool the process is the wh
 execution its threads were running dies with it, as they would in a crash of that worker (nothing
 restarts it: a drill starts another). A point named `name=hold` instead stops that one execution
 there until the drill says go (`release`), so the drill can break something (pause the state
-server) exactly while the execution is at that point. Unset in production: then `reached` is one
-dict lookup.
+server) exactly while the execution is at that point.
+
+The core names its points through `mvpipe.hooks`; `arm` routes them here, once, in a process
+whose environment names any (the local stack's workers load `devstack.worker`, which arms them).
+A production worker never imports this package: its `hooks.reached` stays one attribute check.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import time
@@ -31,16 +35,12 @@ POINTS = (
 )
 #: The lip-sync stage's own crash points (the same moments of the same paid machine).
 LIPSYNC_POINTS = ("lipsync_after_submit", "lipsync_during_poll", "lipsync_after_upload")
-#: The moments a drill can hold an execution at (besides the crash points).
-HOLD_POINTS = ("before_record", "during_cut", "lipsync_before_record", "before_claim_write")
 #: How long a held execution waits for the drill before it goes on by itself.
 HOLD_SECONDS = 120.0
 
 
-def _modes() -> dict[str, str]:
-    wanted = os.environ.get("MVPIPE_FAILPOINTS")
-    if not wanted:
-        return {}
+def _modes(wanted: str) -> dict[str, str]:
+    """`name[=mode]` entries, comma-separated; a bare name kills."""
     modes = {}
     for entry in filter(None, wanted.split(",")):
         name, _, mode = entry.partition("=")
@@ -52,8 +52,14 @@ def marker_dir(state_dir: Path) -> Path:
     return state_dir / "failpoints"
 
 
-def reached(name: str) -> None:
-    mode = _modes().get(name)
+def arm() -> None:
+    """Route the core's points here if `MVPIPE_FAILPOINTS` names any (read once, here)."""
+    modes = _modes(os.environ.get("MVPIPE_FAILPOINTS", ""))
+    hooks.install(functools.partial(_reached, modes) if modes else None)
+
+
+def _reached(modes: dict[str, str], name: str) -> None:
+    mode = modes.get(name)
     if mode is None:
         return
     markers = marker_dir(get_settings().state_dir)
@@ -79,9 +85,3 @@ def held(state_dir: Path, name: str) -> bool:
 def release(state_dir: Path, name: str) -> None:
     """Let the execution held at `name` go on."""
     (marker_dir(state_dir) / f"{name}.go").touch()
-
-
-# The store cannot import this package (it sits below it); it names its points through
-# `mvpipe.hooks`, which this module routes here once imported (the pipeline imports it, so
-# every worker has it before its first claim).
-hooks.install(reached)

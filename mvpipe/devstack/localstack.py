@@ -162,8 +162,8 @@ def stack_env(redis_port: int, moto_port: int, state_dir: Path, *, db: int = 0) 
     }
 
 
-def _celery(*args: str) -> list[str]:
-    return [sys.executable, "-m", "celery", "-A", "mvpipe.celery_app", *args]
+def _celery(*args: str, app: str = "mvpipe.celery_app") -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", app, *args]
 
 
 def start_worker(
@@ -177,7 +177,8 @@ def start_worker(
     pool: str = "prefork",
 ) -> Service:
     """A Celery worker; `queues` (comma-separated) limits what it consumes, like `-Q`; `pool`
-    is Celery's `-P` (benchmarks compare `threads` with the default)."""
+    is Celery's `-P` (benchmarks compare `threads` with the default). It loads the app through
+    `devstack.worker`, so the failpoints that `env` names are armed."""
     argv = _celery(
         "worker",
         "-c", str(concurrency),
@@ -188,6 +189,7 @@ def start_worker(
         "--without-mingle",
         "--without-gossip",
         *(["-Q", queues] if queues else []),
+        app="mvpipe.devstack.worker",
     )  # fmt: skip
     start = log_path.stat().st_size if log_path.exists() else 0
     proc = _spawn(name, argv, log_path, env=env)

@@ -1,13 +1,16 @@
 """What a player sees in a finished video: codecs, frame size and rate, seconds of each stream.
 
 Decodes every frame rather than trusting the container's header, so the figures are the ones a
-viewer gets (the demo prints them; operators can check a download with them).
+viewer gets (the demo prints them; operators can check a download with them; tests check a
+provider's clip with them, straight from its bytes).
 """
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import av
 
@@ -35,9 +38,14 @@ class VideoFacts:
         )
 
 
-def probe_video(path: Path) -> VideoFacts:
-    """Decode `path` fully and report its video and (first) audio stream."""
-    with av.open(str(path)) as container:
+def _open(source: Path | bytes) -> Any:
+    return av.open(io.BytesIO(source) if isinstance(source, bytes) else str(source))
+
+
+def probe_video(source: Path | bytes) -> VideoFacts:
+    """Decode `source` (a file, or a file's bytes) fully and report its video and (first) audio
+    stream."""
+    with _open(source) as container:
         video = container.streams.video[0]
         rate = video.average_rate or video.guessed_rate
         fps = float(rate) if rate else 0.0
@@ -49,7 +57,7 @@ def probe_video(path: Path) -> VideoFacts:
         codec = video.codec_context.name
     audio_codec: str | None = None
     audio_seconds: float | None = None
-    with av.open(str(path)) as container:
+    with _open(source) as container:
         if container.streams.audio:
             audio = container.streams.audio[0]
             samples = sum(f.samples for f in container.decode(audio))

@@ -14,6 +14,8 @@ The rule, in order of strength:
    (silence, a free-time intro) is split on the frame grid, as evenly as the minimum allows.
 5. Among the cuts that satisfy all that: each section change is a boundary, then the fewest slots
    (each one is a paid clip), then bar lines over other beats. Ties go to the earliest cut.
+
+A song that needs more than `MAX_SCENES` slots (a project holds no more scenes) is refused.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 
 from mvpipe.errors import InvalidInput
 from mvpipe.media.timeline import Section, Timeline
+from mvpipe.models import MAX_SCENES
 
 # Costs of the choice in rule 5 (lower is better). A missed section change costs more than an
 # extra slot, so section changes are always taken when they fit; a slot shorter than the minimum
@@ -98,13 +101,31 @@ def plan_slots(
         raise InvalidInput(
             f"no slot length fits {min_seconds}..{max_seconds} s at {fps} fps (whole frames)"
         )
+    _check_count(math.ceil(total / max_frames), max_seconds)
     cuts = _candidates(beats, bars, sections, fps, total, min_frames, max_frames)
     chosen = _choose(cuts, min_frames, max_frames)
+    _check_count(len(chosen) - 1, max_seconds)
     labels = sorted(sections, key=lambda s: s.start)
     slots = []
     for index, (start, end) in enumerate(itertools.pairwise(chosen)):
         slots.append(Slot(index, start, end, _section_at(labels, start, fps), fps))
     return slots
+
+
+def check_slot_count(song_seconds: float, *, fps: int, max_seconds: float) -> None:
+    """Refuse a song that needs more than `MAX_SCENES` slots even if every slot is as long as
+    allowed: known from its length alone, so a song is refused before anything is stored."""
+    max_frames = math.floor(max_seconds * fps + 1e-9)
+    if max_frames >= 1:
+        _check_count(math.ceil(round(song_seconds * fps) / max_frames), max_seconds)
+
+
+def _check_count(slots: int, max_seconds: float) -> None:
+    if slots > MAX_SCENES:
+        raise InvalidInput(
+            f"the song needs {slots} scenes (each at most {max_seconds:g} s long, and cut on its "
+            f"beats and sections), more than the {MAX_SCENES} a project holds: use a shorter song"
+        )
 
 
 def clip_duration(slot_seconds: float, allowed: Sequence[int]) -> int:

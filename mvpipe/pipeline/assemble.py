@@ -14,8 +14,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from mvpipe import hooks
 from mvpipe.deps import Context
-from mvpipe.devstack import failpoints
 from mvpipe.media.assemble import assemble, encode_song, inputs_hash
 from mvpipe.media.encoding import OutputFormat
 from mvpipe.models import ProjectStatus, SceneStatus
@@ -122,7 +122,7 @@ def _build(ctx: Context, state: ProjectState, fmt: OutputFormat, key: str, run_i
         report = assemble(
             clips, out, fmt=fmt, song=song, song_seconds=project.song_seconds if song else None
         )
-        failpoints.reached("during_assembly")
+        hooks.reached("during_assembly")
         ctx.board.touch_run(run_id, stale)
         ctx.clips.put(key, out.read_bytes())
     log.info(

@@ -1,8 +1,9 @@
 """Creating a project: the song is uploaded first, then the scenes, METADATA last.
 
 A project is visible only once METADATA exists, so a crash anywhere before leaves nothing a user can
-see. A METADATA write that was refused takes its uploaded song back with it; one whose outcome is
-unknown (an outage) keeps the song unless a read proves the project was not created.
+see. A METADATA write that was refused takes its scene items and uploaded song back with it; one
+whose outcome is unknown (an outage) keeps them unless a read proves the project was not created.
+(What a crash leaves behind, the stray-scene sweep collects.)
 """
 
 from __future__ import annotations
@@ -11,17 +12,25 @@ import logging
 
 from mvpipe.deps import Context
 from mvpipe.errors import StoreUnavailable
+from mvpipe.media.slots import check_slot_count
 from mvpipe.models import ProjectSpec
 
 log = logging.getLogger("mvpipe.create")
 
 
 def create_project(ctx: Context, project_id: str, spec: ProjectSpec, song: bytes | None) -> None:
-    """Write a validated project; `song` holds the bytes `spec.song` describes."""
+    """Write a validated project; `song` holds the bytes `spec.song` describes. A song too long
+    for a project's scenes is refused (`InvalidInput`) before anything is written."""
     key = None
     if spec.song is not None:
         if song is None:
             raise ValueError("spec.song without the song's bytes")
+        settings = ctx.settings
+        check_slot_count(
+            spec.song.seconds,
+            fps=settings.output_fps,
+            max_seconds=settings.slot_max_seconds_for(spec.provider),
+        )
         key = ctx.songs.put_song(project_id, spec.song.sha256, spec.song.ext, song)
     try:
         ctx.projects.create(project_id, spec, song_key=key)
@@ -29,13 +38,12 @@ def create_project(ctx: Context, project_id: str, spec: ProjectSpec, song: bytes
         created = _was_created(ctx, project_id)
         if created:
             return
-        if created is False and key is not None:
-            _take_back(ctx, key)
+        if created is False:
+            _take_back(ctx, project_id, key)
         raise
     except Exception:
-        # The store answered and refused the write: nothing points at the song.
-        if key is not None:
-            _take_back(ctx, key)
+        # The store answered and refused the write: nothing points at the scenes or the song.
+        _take_back(ctx, project_id, key)
         raise
 
 
@@ -48,7 +56,13 @@ def _was_created(ctx: Context, project_id: str) -> bool | None:
         return None
 
 
-def _take_back(ctx: Context, key: str) -> None:
+def _take_back(ctx: Context, project_id: str, key: str | None) -> None:
+    try:
+        ctx.projects.take_back(project_id)
+    except Exception:
+        log.warning("could not delete the scenes of project %s, which was not created", project_id)
+    if key is None:
+        return
     try:
         ctx.songs.delete(key)
     except Exception:

@@ -12,7 +12,7 @@ import hashlib
 import tempfile
 from pathlib import Path
 
-from mvpipe.devstack import failpoints
+from mvpipe import hooks
 from mvpipe.errors import InvalidInput
 from mvpipe.media.cut import cut_clip
 from mvpipe.media.encoding import OutputFormat, parse_size
@@ -108,6 +108,6 @@ class CutRunner:
             src, dst = Path(tmp) / "original.mp4", Path(tmp) / "working.mp4"
             src.write_bytes(self.x.uploaded.get(original) or self.ctx.clips.read(original))
             report = cut_clip(src, dst, frames=frames, fmt=fmt)
-            failpoints.reached("during_cut")
+            hooks.reached("during_cut")
             self.ctx.clips.put(key, dst.read_bytes())
         return report.held_frames

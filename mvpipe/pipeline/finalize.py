@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from mvpipe import hooks
 from mvpipe.deps import Context
-from mvpipe.devstack import failpoints
 from mvpipe.errors import Conflict
 from mvpipe.models import ProjectStatus
 from mvpipe.pipeline.steps import Dispatcher
@@ -153,7 +153,7 @@ def refinalize(ctx: Context, dispatcher: Dispatcher, project_id: str, run_id: st
     The trigger is cleared only once the message is on the broker, so a failed publish is
     redone by the step's retry (see RunBoard.scene_finished)."""
     sequences = ctx.board.run_sequences(run_id) if run_id else None
-    failpoints.reached("before_refinalize")
+    hooks.reached("before_refinalize")
     dispatcher.finalize(project_id, run_id, sequences)
     if run_id is not None:
         ctx.board.refinalize_sent(run_id)

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import redis
 
-from mvpipe.devstack import failpoints
+from mvpipe import hooks
 from mvpipe.errors import (
     BrokerUnavailable,
     ConfigurationError,
@@ -279,8 +279,8 @@ class PaidOperation:
             wait = backoff_seconds(attempt, base=s.backoff_base, cap=s.backoff_max)
             self.log(f"submit failed transiently, retry in {wait:.1f}s: {error}", None, attempt)
             return Step(Next.RETRY_SUBMIT, "transient submit error", wait, self.carry())
-        failpoints.reached(f"{self.points}after_submit")
-        failpoints.reached(f"{self.points}before_record")
+        hooks.reached(f"{self.points}after_submit")
+        hooks.reached(f"{self.points}before_record")
         made_from = scene.value(self.stage.requires) if self.stage.requires else None
         with ctx.table.retry_until(lease_end):
             step = self.record(operation_id, token, attempt, made_from)
@@ -373,7 +373,7 @@ class PaidOperation:
         )
         if outcome == Claim.WON:
             self.log("operation stored", operation_id, attempt)
-            failpoints.reached(f"{self.points}after_record")
+            hooks.reached(f"{self.points}after_record")
             return self.next_poll(operation_id, 0)
         if outcome == Claim.RUN_INACTIVE:
             return self.record_after_run(operation_id, token, attempt, made_from)
@@ -489,7 +489,7 @@ class PaidOperation:
             started = ctx.board.start_poll(operation_id)
             if started > s.max_poll_errors:
                 return self.give_up_polling(operation_id, started - 1)
-        failpoints.reached(f"{self.points}during_poll")
+        hooks.reached(f"{self.points}during_poll")
         video: bytes | None = None
         scene: SceneRecord | None = None
         try:
@@ -542,7 +542,7 @@ class PaidOperation:
         key = self.provider.output_key(*self.ids, operation_id)
         ctx.clips.put(key, video)
         self.x.uploaded[key] = video
-        failpoints.reached(f"{self.points}after_upload")
+        hooks.reached(f"{self.points}after_upload")
         return self.complete(operation_id, key, scene)
 
     def complete(self, operation_id: str, key: str, scene: SceneRecord | None) -> Step:

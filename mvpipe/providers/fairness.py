@@ -165,7 +165,10 @@ def admit(
     lines: Sequence[ProjectLine], project: str, member: str, *, in_flight: int, free: int
 ) -> Admission:
     """The decision on a slot request by `member` (not holding one) when `free` slots are
-    unheld: granted if it is among the waiters the free slots go to, else its place."""
+    unheld: granted if it is among the waiters the free slots go to, else its place.
+
+    Nothing in production calls this: the limiter takes the decision in Redis. It is the pure
+    statement of that decision, the oracle the limiter's model-based test compares against."""
     after = joined(lines, project, member, in_flight=in_flight)
     if member in allot(after, max(free, 0)):
         return Admission(True)

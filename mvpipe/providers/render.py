@@ -56,13 +56,3 @@ def render_clip(text: str, seconds: float = 2.0) -> bytes:
         for packet in stream.encode():
             container.mux(packet)
     return buffer.getvalue()
-
-
-def probe_clip(data: bytes) -> tuple[str, int, float]:
-    """(codec, frames, seconds) of an MP4, read back by the demuxer: proves the file plays."""
-    with av.open(io.BytesIO(data), mode="r") as container:
-        stream = container.streams.video[0]
-        frames = sum(1 for _ in container.decode(stream))
-        base = stream.time_base
-        duration = float(stream.duration * base) if stream.duration and base else 0.0
-        return stream.codec_context.name, frames, duration
