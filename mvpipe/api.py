@@ -23,6 +23,7 @@ from mvpipe.celery_app import app
 from mvpipe.deps import get_context
 from mvpipe.dispatch import CeleryDispatcher
 from mvpipe.errors import InvalidInput
+from mvpipe.media.slots import check_slot_count
 from mvpipe.media.song import probe_song, read_song
 from mvpipe.models import (
     DEFAULT_LIST_LIMIT,
@@ -112,6 +113,12 @@ def create_project(
         )
     except ValidationError as exc:
         raise InvalidInput(describe_validation_error(exc)) from None
+    if song_spec is not None:  # a song too long for a project's scenes, before any write
+        check_slot_count(
+            song_spec.seconds,
+            fps=settings.output_fps,
+            max_seconds=settings.slot_max_seconds_for(spec.provider),
+        )
     project_id = str(uuid.uuid4())
     write_project(get_context(), project_id, spec, data)
     return project_id

@@ -6,6 +6,7 @@ Exit codes: 0 done, 1 the project failed, 2 invalid input, 3 not found, 4 confli
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import secrets
@@ -18,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
@@ -41,6 +42,22 @@ from mvpipe.models import (
 )
 
 T = TypeVar("T")
+
+
+class _Lazy:
+    """A module imported on its first use, so `--help` stays instant."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(importlib.import_module(self._name), attr)
+
+
+if TYPE_CHECKING:
+    from mvpipe import api
+else:
+    api = _Lazy("mvpipe.api")
 
 EXIT_FAILED, EXIT_INVALID, EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_TIMEOUT, EXIT_UNAVAILABLE = (
     1,
@@ -107,12 +124,6 @@ def _read_scenes(path: Path) -> Any:
         raise InvalidInput(f"--scene-file is not valid JSON: {exc}") from None
 
 
-def _api() -> Any:
-    from mvpipe import api  # imported lazily so `--help` stays instant
-
-    return api
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="mvpipe")
 def main() -> None:
@@ -162,7 +173,7 @@ def create(
         _fail("give --concept or --concept-file", EXIT_INVALID)
     scenes = None if scene_file is None else guarded(lambda: _read_scenes(scene_file))
     project_id = guarded(
-        lambda: _api().create_project(
+        lambda: api.create_project(
             title,
             concept,
             scene_count=scene_count,
@@ -182,7 +193,7 @@ def create(
 @click.option("--timeout", default=3600.0, show_default=True, help="Seconds to wait with --wait.")
 def run(project_id: str, wait: bool, timeout: float) -> None:
     """Start (or join) a project's run."""
-    _started(lambda: _api().run_project(project_id), wait, timeout)
+    _started(lambda: api.run_project(project_id), wait, timeout)
     if wait:
         _follow_and_exit(project_id, timeout)
 
@@ -205,8 +216,6 @@ def _follow_and_exit(project_id: str, timeout: float) -> NoReturn:
 def follow(project_id: str, timeout: float) -> ProjectView:
     """Show each stage's progress until the project's run is over; returns the final view."""
     from mvpipe.progress import StageProgress
-
-    api = _api()
 
     def over() -> ProjectView | None:
         try:
@@ -234,7 +243,7 @@ def follow(project_id: str, timeout: float) -> ProjectView:
 @click.option("--json", "as_json", is_flag=True, help="Print the full project as JSON.")
 def status(project_id: str, as_json: bool) -> None:
     """Show a project: its song, final video and each scene's slot, stages and keys."""
-    view = guarded(lambda: _api().get_project(project_id))
+    view = guarded(lambda: api.get_project(project_id))
     if as_json:
         click.echo(view.model_dump_json(indent=2))
     else:
@@ -306,7 +315,7 @@ def _print_summary(view: ProjectView) -> None:
 @click.option("--timeout", default=3600.0, show_default=True, help="Seconds to wait with --wait.")
 def regenerate(project_id: str, sequence: int, wait: bool, timeout: float) -> None:
     """Generate one scene again (a new paid generation for that scene only)."""
-    _started(lambda: _api().regenerate_scene(project_id, sequence), wait, timeout)
+    _started(lambda: api.regenerate_scene(project_id, sequence), wait, timeout)
     if wait:
         _follow_and_exit(project_id, timeout)
 
@@ -315,7 +324,7 @@ def regenerate(project_id: str, sequence: int, wait: bool, timeout: float) -> No
 @click.argument("project_id")
 def cancel(project_id: str) -> None:
     """Cancel a project's run; a later `run` resumes it."""
-    view = guarded(lambda: _api().cancel_project(project_id))
+    view = guarded(lambda: api.cancel_project(project_id))
     click.echo(f"cancelled; project is {view.status}")
 
 
@@ -325,7 +334,7 @@ def cancel(project_id: str) -> None:
 @click.option("--sweep", is_flag=True, help="Also scan the table for stray scene items now.")
 def reconcile(project_id: str | None, as_json: bool, sweep: bool) -> None:
     """Repair what crashes left behind (beat runs this on a schedule for every project)."""
-    report = guarded(lambda: _api().reconcile(project_id, sweep_strays=sweep or None))
+    report = guarded(lambda: api.reconcile(project_id, sweep_strays=sweep or None))
     if as_json:
         click.echo(report.model_dump_json(indent=2))
         return
@@ -348,7 +357,7 @@ def reconcile(project_id: str | None, as_json: bool, sweep: bool) -> None:
 )
 def projects(status_: str | None, limit: int) -> None:
     """List the newest projects, newest last."""
-    records = guarded(lambda: _api().list_projects(status_, limit=limit))
+    records = guarded(lambda: api.list_projects(status_, limit=limit))
     if len(records) == limit:
         click.echo(f"the newest {limit} project(s); --limit shows more", err=True)
     for record in records:
@@ -367,7 +376,7 @@ def estimate(project_id: str, sequence: int | None, as_json: bool) -> None:
     """What a run would still pay: every paid stage still missing."""
     from mvpipe.pricing import MICROS_PER_USD
 
-    found = guarded(lambda: _api().estimate_micros(project_id, sequence))
+    found = guarded(lambda: api.estimate_micros(project_id, sequence))
     dollars = found.micros / MICROS_PER_USD
     if as_json:
         payload = {"usd": dollars, "jobs": found.jobs, "exact": found.exact}
@@ -390,7 +399,7 @@ def budget(project_id: str, usd: str) -> None:
             _fail(f"budget must be a number of US dollars or 'none', not {usd!r}", EXIT_INVALID)
     from mvpipe.progress import money
 
-    view = guarded(lambda: _api().set_budget(project_id, value))
+    view = guarded(lambda: api.set_budget(project_id, value))
     click.echo(f"cost      {money(view)}")
 
 
@@ -534,7 +543,6 @@ def demo(seconds: float, bpm: float, keep: bool, output: Path, lip_sync: bool) -
             os.environ.setdefault(key, value)
         os.environ.setdefault("MVPIPE_LOCAL_LEDGER", str(workdir / "ledger.jsonl"))
         with local_stack(workdir, concurrency=2, flower=True, beat=True):
-            api = _api()
             project_id = guarded(
                 lambda: api.create_project(
                     "Neon Rain", DEMO_CONCEPT, song=song.wav, lip_sync=lip_sync
@@ -550,7 +558,7 @@ def demo(seconds: float, bpm: float, keep: bool, output: Path, lip_sync: bool) -
             click.echo("")
             _print_summary(view)
             if view.status == ProjectStatus.COMPLETED:
-                guarded(lambda: _write_demo_output(api, view, output))
+                guarded(lambda: _write_demo_output(view, output))
             if keep:
                 click.echo(f"\nmore: mvpipe fetch {project_id} --scene 1 (with the stack's env)")
                 stop = _stop_on_signal()
@@ -576,16 +584,16 @@ def _check_output(output: Path) -> None:
         raise InvalidInput(f"--output {output}: {nearest} is not writable")
 
 
-def _write_demo_output(api: Any, view: ProjectView, output: Path) -> None:
+def _write_demo_output(view: ProjectView, output: Path) -> None:
     """The final video (and any working clips) into `output`, with how to play it; a failed
     write is one line (exit 2), not a traceback."""
     try:
-        _write_outputs(api, view, output)
+        _write_outputs(view, output)
     except OSError as exc:
         raise InvalidInput(f"cannot write the demo's output to {output}: {exc}") from None
 
 
-def _write_outputs(api: Any, view: ProjectView, output: Path) -> None:
+def _write_outputs(view: ProjectView, output: Path) -> None:
     from mvpipe.media.probe import probe_video
 
     output.mkdir(parents=True, exist_ok=True)
@@ -650,7 +658,6 @@ def fetch(project_id: str, file: Path | None, sequence: int | None, stage: str |
     """
     if stage is not None and sequence is None:
         _fail("--stage needs --scene", EXIT_INVALID)
-    api = _api()
     chosen = "final" if sequence is None else (stage or "working")
     dest = file if file is not None else Path.cwd()
     written = guarded(lambda: api.download(project_id, dest, sequence=sequence, stage=chosen))

@@ -37,7 +37,8 @@ CLIP_SECONDS_RANGE = (1, 30)
 class Settings(BaseSettings):
     """One object for every knob; defaults suit the local stack."""
 
-    model_config = SettingsConfigDict(env_prefix="MVPIPE_", extra="ignore")
+    # No setting means anything as infinity or NaN (a wait, a price, a limit): refused at start.
+    model_config = SettingsConfigDict(env_prefix="MVPIPE_", extra="ignore", allow_inf_nan=False)
 
     broker_url: str = "redis://127.0.0.1:6379/0"
     result_backend: str = "redis://127.0.0.1:6379/1"

@@ -49,6 +49,19 @@ def test_the_latency_seed_is_a_whole_number_not_below_zero(monkeypatch: pytest.M
     assert get_settings().local_latency_seed == 42
 
 
+def test_infinity_and_nan_are_refused_for_every_number(monkeypatch: pytest.MonkeyPatch) -> None:
+    # An endless backoff or poll interval would stall every scene that waits on it.
+    for name in ("BACKOFF_BASE", "BACKOFF_MAX", "POLL_SECONDS"):
+        for bad in ("inf", "nan", "-inf"):
+            monkeypatch.setenv(f"MVPIPE_{name}", bad)
+            with pytest.raises(ConfigurationError, match=f"MVPIPE_{name}"):
+                get_settings()
+            get_settings.cache_clear()
+        monkeypatch.delenv(f"MVPIPE_{name}")
+    monkeypatch.setenv("MVPIPE_BACKOFF_BASE", "0.5")
+    assert get_settings().backoff_base == 0.5
+
+
 def test_an_unparseable_value_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch) -> None:
     # A JSON setting that is not JSON fails in pydantic-settings before validation runs
     monkeypatch.setenv("MVPIPE_REPLICATE_INPUT", "not json")

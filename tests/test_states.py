@@ -118,7 +118,7 @@ def test_backoff_rejects_invalid_arguments(attempt: int, base: float, cap: float
             backoff_seconds(1, base=base, cap=cap)
 
 
-def test_backoff_rejects_the_reviewed_nonsense() -> None:
+def test_backoff_rejects_negative_and_zero_arguments() -> None:
     with pytest.raises(ValueError):
         backoff_seconds(-5, base=-1, cap=-60)
     with pytest.raises(ValueError):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -16,6 +15,7 @@ from pydantic import ValidationError
 
 from mvpipe.errors import ConfigurationError, ProviderError
 from mvpipe.providers.classify import from_status, from_transport, scrub, unreadable
+from mvpipe.providers.once import Once
 from mvpipe.settings import Settings
 
 T = TypeVar("T")
@@ -68,19 +68,14 @@ class GenaiUser:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._client: Any = None
-        self._building = threading.Lock()  # threads of one worker build one client
+        self._client: Once[Any] = Once(lambda: self.make_client())
 
     def make_client(self) -> Any:
         raise NotImplementedError
 
     @property
     def client(self) -> Any:
-        if self._client is None:
-            with self._building:
-                if self._client is None:
-                    self._client = self.make_client()
-        return self._client
+        return self._client.get()
 
 
 def call_sdk(provider: str, fn: Callable[[], T], *, polling: bool = False) -> T:

@@ -115,6 +115,25 @@ class LocalJobs:
         ).fetchone()
         return int(row[0])
 
+    def count_call(self, project_id: str, sequence: int, kind: str) -> int:
+        """Count a call in a transaction of its own: a fault raised after it must not roll
+        its count back."""
+        with self.transaction() as db:
+            return LocalJobs.next_call(db, project_id, sequence, kind)
+
+    @staticmethod
+    def check_room(db: sqlite3.Connection, table: str, limit: int, now: float, who: str) -> int:
+        """The provider's own concurrency limit: a 429 once `limit` jobs of `table` run; else
+        how many run."""
+        if table not in JOB_TABLES:
+            raise ValueError(f"not a job table: {table}")
+        (running,) = db.execute(
+            f"SELECT COUNT(*) FROM {table} WHERE cancelled = 0 AND finishes_at > ?", (now,)
+        ).fetchone()
+        if running >= limit:
+            raise QuotaExceeded(f"{who}: 429 too many jobs in flight ({running})", refused=True)
+        return int(running)
+
     def peak_in_flight(self) -> int:
         with self.transaction() as db:
             row = db.execute("SELECT value FROM stats WHERE name='peak'").fetchone()
@@ -261,20 +280,12 @@ class LocalVideoProvider:
         self.renders = Renders(path.with_name(f"{path.name}-renders"))
 
     def submit(self, request: VideoRequest) -> str:
-        # The call counter commits on its own: a fault must not roll its own count back.
-        with self.jobs.transaction() as db:
-            call = LocalJobs.next_call(db, request.project_id, request.sequence, "submit")
+        call = self.jobs.count_call(request.project_id, request.sequence, "submit")
         if self.faults.transient_fault(request.project_id, request.sequence, "submit", call):
             raise TransientProviderError("local provider: simulated 503 on submit", refused=True)
         now = time.time()
         with self.jobs.transaction() as db:
-            (running,) = db.execute(
-                "SELECT COUNT(*) FROM jobs WHERE cancelled = 0 AND finishes_at > ?", (now,)
-            ).fetchone()
-            if running >= self.max_concurrent:
-                raise QuotaExceeded(
-                    f"local provider: 429 too many jobs in flight ({running})", refused=True
-                )
+            running = LocalJobs.check_room(db, "jobs", self.max_concurrent, now, "local provider")
             submission = LocalJobs.next_call(db, request.project_id, request.sequence, "accepted")
             failed = self.faults.permanent_fault(request.project_id, request.sequence, submission)
             operation_id = f"local-{uuid.uuid4()}"

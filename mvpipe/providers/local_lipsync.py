@@ -16,7 +16,7 @@ import urllib.error
 import urllib.request
 import uuid
 
-from mvpipe.errors import PermanentProviderError, QuotaExceeded, TransientProviderError
+from mvpipe.errors import PermanentProviderError, TransientProviderError
 from mvpipe.media.meter import draw_on_clip
 from mvpipe.providers.base import JobStatus, LipSyncRequest
 from mvpipe.providers.faults import FaultPlan
@@ -50,21 +50,14 @@ class LocalLipSyncProvider:
 
     def submit(self, request: LipSyncRequest) -> str:
         project_id, sequence = request.project_id, request.sequence
-        with self.jobs.transaction() as db:  # the counter commits on its own, as for video
-            call = LocalJobs.next_call(db, project_id, sequence, "lipsync-submit")
+        call = self.jobs.count_call(project_id, sequence, "lipsync-submit")
         if self.faults.transient_fault(project_id, sequence, "lipsync-submit", call):
             raise TransientProviderError("local lip-sync: simulated 503 on submit", refused=True)
         video = self._fetch(request.video_url, "video")
         audio = self._fetch(request.audio_url, "audio")
         now = time.time()
         with self.jobs.transaction() as db:
-            (running,) = db.execute(
-                "SELECT COUNT(*) FROM lipsync_jobs WHERE cancelled = 0 AND finishes_at > ?", (now,)
-            ).fetchone()
-            if running >= self.max_concurrent:
-                raise QuotaExceeded(
-                    f"local lip-sync: 429 too many jobs in flight ({running})", refused=True
-                )
+            LocalJobs.check_room(db, "lipsync_jobs", self.max_concurrent, now, "local lip-sync")
             accepted = LocalJobs.next_call(db, project_id, sequence, "lipsync-accepted")
             failed = self.faults.permanent_fault(project_id, sequence, accepted)
             operation_id = f"local-lipsync-{uuid.uuid4()}"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from typing import Any
 
 import httpx
@@ -27,6 +26,7 @@ from mvpipe.providers.classify import (
     scrub,
     unreadable,
 )
+from mvpipe.providers.once import Once
 from mvpipe.settings import Settings
 
 DEFAULT_BASE_URL = "https://api.replicate.com"
@@ -69,19 +69,14 @@ class ReplicateJobs:
         self.base_url = (
             settings.replicate_base_url or os.environ.get("REPLICATE_BASE_URL") or DEFAULT_BASE_URL
         ).rstrip("/")
-        self._client: Any = None
-        self._building = threading.Lock()  # threads of one worker build one client
+        self._client: Once[Any] = Once(lambda: self._build())
 
     def _token(self) -> str:
         return require_env("REPLICATE_API_TOKEN", purpose="Replicate")
 
     @property
     def client(self) -> Any:
-        if self._client is None:
-            with self._building:
-                if self._client is None:
-                    self._client = self._build()
-        return self._client
+        return self._client.get()
 
     def _build(self) -> Any:
         import replicate

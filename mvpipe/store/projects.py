@@ -124,13 +124,14 @@ class ProjectStore:
     def exists(self, project_id: str) -> bool:
         return self.table.get(project_pk(project_id), METADATA) is not None
 
-    def take_back(self, project_id: str) -> None:
-        """Delete the scene items of a `create` whose METADATA never landed: they belong to no
-        project anyone can see. A project that has METADATA keeps everything."""
+    def take_back(self, project_id: str) -> bool:
+        """Delete the scene items of a `create` whose METADATA was refused: they belong to no
+        project anyone can see. A project that has METADATA keeps everything (False)."""
         items = self.table.query_project(project_id)
         if any(i.sk == METADATA for i in items):
-            return
+            return False
         self.table.batch_delete([(i.pk, i.sk) for i in items if i.sk.startswith(SCENE_PREFIX)])
+        return True
 
     def save_plan(
         self, project_id: str, run_id: str, specs: Sequence[SceneSpec], *, token: str
