@@ -27,6 +27,7 @@ from mvpipe.media.slots import check_slot_count
 from mvpipe.media.song import probe_song, read_song
 from mvpipe.models import (
     DEFAULT_LIST_LIMIT,
+    MAX_SCENES,
     MICROS_PER_USD,
     ProjectSpec,
     ProjectStatus,
@@ -118,6 +119,7 @@ def create_project(
             song_spec.seconds,
             fps=settings.output_fps,
             max_seconds=settings.slot_max_seconds_for(spec.provider),
+            max_slots=MAX_SCENES,
         )
     project_id = str(uuid.uuid4())
     write_project(get_context(), project_id, spec, data)

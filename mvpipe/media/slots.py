@@ -15,7 +15,8 @@ The rule, in order of strength:
 5. Among the cuts that satisfy all that: each section change is a boundary, then the fewest slots
    (each one is a paid clip), then bar lines over other beats. Ties go to the earliest cut.
 
-A song that needs more than `MAX_SCENES` slots (a project holds no more scenes) is refused.
+A song that needs more than `max_slots` slots (the caller's limit: the scenes a project holds) is
+refused.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from dataclasses import dataclass
 
 from mvpipe.errors import InvalidInput
 from mvpipe.media.timeline import Section, Timeline
-from mvpipe.models import MAX_SCENES
 
 # Costs of the choice in rule 5 (lower is better). A missed section change costs more than an
 # extra slot, so section changes are always taken when they fit; a slot shorter than the minimum
@@ -87,8 +87,10 @@ def plan_slots(
     max_seconds: float,
     bars: Sequence[float] = (),
     sections: Sequence[Section] = (),
+    max_slots: int | None = None,
 ) -> list[Slot]:
-    """The song's slots (see the module's rule). Pass a Timeline, or beats with bars/sections."""
+    """The song's slots (see the module's rule). Pass a Timeline, or beats with bars/sections;
+    `max_slots` (None: no limit) refuses a song that needs more."""
     if isinstance(beats, Timeline):
         bars, sections, beats = beats.bars, beats.sections, beats.beats
     _check(beats, bars, sections, song_seconds, fps, min_seconds, max_seconds)
@@ -101,10 +103,10 @@ def plan_slots(
         raise InvalidInput(
             f"no slot length fits {min_seconds}..{max_seconds} s at {fps} fps (whole frames)"
         )
-    _check_count(math.ceil(total / max_frames), max_seconds)
+    _check_count(math.ceil(total / max_frames), max_seconds, max_slots)
     cuts = _candidates(beats, bars, sections, fps, total, min_frames, max_frames)
     chosen = _choose(cuts, min_frames, max_frames)
-    _check_count(len(chosen) - 1, max_seconds)
+    _check_count(len(chosen) - 1, max_seconds, max_slots)
     labels = sorted(sections, key=lambda s: s.start)
     slots = []
     for index, (start, end) in enumerate(itertools.pairwise(chosen)):
@@ -112,19 +114,19 @@ def plan_slots(
     return slots
 
 
-def check_slot_count(song_seconds: float, *, fps: int, max_seconds: float) -> None:
-    """Refuse a song that needs more than `MAX_SCENES` slots even if every slot is as long as
+def check_slot_count(song_seconds: float, *, fps: int, max_seconds: float, max_slots: int) -> None:
+    """Refuse a song that needs more than `max_slots` slots even if every slot is as long as
     allowed: known from its length alone, so a song is refused before anything is stored."""
     max_frames = math.floor(max_seconds * fps + 1e-9)
     if max_frames >= 1:
-        _check_count(math.ceil(round(song_seconds * fps) / max_frames), max_seconds)
+        _check_count(math.ceil(round(song_seconds * fps) / max_frames), max_seconds, max_slots)
 
 
-def _check_count(slots: int, max_seconds: float) -> None:
-    if slots > MAX_SCENES:
+def _check_count(slots: int, max_seconds: float, max_slots: int | None) -> None:
+    if max_slots is not None and slots > max_slots:
         raise InvalidInput(
             f"the song needs {slots} scenes (each at most {max_seconds:g} s long, and cut on its "
-            f"beats and sections), more than the {MAX_SCENES} a project holds: use a shorter song"
+            f"beats and sections), more than the {max_slots} a project holds: use a shorter song"
         )
 
 

@@ -17,6 +17,7 @@ from mvpipe.deps import Context
 from mvpipe.errors import Conflict, InvalidInput
 from mvpipe.media.slots import Slot, plan_slots
 from mvpipe.media.timeline import Timeline
+from mvpipe.models import MAX_SCENES
 from mvpipe.settings import Settings
 from mvpipe.store.records import ProjectRecord
 from mvpipe.store.songs import song_key
@@ -76,4 +77,5 @@ def song_slots(settings: Settings, project: ProjectRecord, timeline: Timeline) -
         fps=settings.output_fps,
         min_seconds=settings.slot_min_seconds,
         max_seconds=settings.slot_max_seconds_for(project.provider),
+        max_slots=MAX_SCENES,
     )

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from mvpipe.errors import InvalidInput
 from mvpipe.media.slots import NoClipDuration, Slot, check_slot_count, clip_duration, plan_slots
 from mvpipe.media.timeline import Section, Timeline
+from mvpipe.models import MAX_SCENES
 
 
 def _grid(bpm: float, offset: float, seconds: float, per_bar: int = 4, section_bars: int = 8):
@@ -226,18 +227,28 @@ def test_clip_duration_refuses_what_no_clip_covers():
 
 def test_a_song_needing_more_scenes_than_a_project_holds_is_refused():
     # 999 slots of the longest length fill the song exactly: the most a project holds
-    assert len(plan_slots([], song_seconds=999 * 8, fps=24, min_seconds=2, max_seconds=8)) == 999
+    most = {"max_slots": MAX_SCENES}
+    assert (
+        len(plan_slots([], song_seconds=999 * 8, fps=24, min_seconds=2, max_seconds=8, **most))
+        == 999
+    )
     # A tenth of a second more needs a 1000th scene (whose key and sequence do not exist)
     with pytest.raises(InvalidInput, match=r"needs 1000 scenes.*999 a project holds"):
-        plan_slots([], song_seconds=999 * 8 + 0.1, fps=24, min_seconds=2, max_seconds=8)
+        plan_slots([], song_seconds=999 * 8 + 0.1, fps=24, min_seconds=2, max_seconds=8, **most)
     with pytest.raises(InvalidInput, match="needs 1000 scenes"):
-        check_slot_count(999 * 8 + 0.1, fps=24, max_seconds=8)
-    check_slot_count(999 * 8, fps=24, max_seconds=8)
+        check_slot_count(999 * 8 + 0.1, fps=24, max_seconds=8, max_slots=MAX_SCENES)
+    check_slot_count(999 * 8, fps=24, max_seconds=8, max_slots=MAX_SCENES)
     # Short enough by length, but its 1200 sections of 2.5 s each must start a slot
     beats = [n * 2.5 for n in range(1, 1200)]
     sections = [Section(n * 2.5, "ab"[n % 2]) for n in range(1200)]
-    check_slot_count(3000, fps=24, max_seconds=8)
+    check_slot_count(3000, fps=24, max_seconds=8, max_slots=MAX_SCENES)
     with pytest.raises(InvalidInput, match="needs 1200 scenes"):
         plan_slots(
-            beats, song_seconds=3000, fps=24, min_seconds=2, max_seconds=8, sections=sections
+            beats,
+            song_seconds=3000,
+            fps=24,
+            min_seconds=2,
+            max_seconds=8,
+            sections=sections,
+            **most,
         )
