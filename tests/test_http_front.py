@@ -1,0 +1,108 @@
+"""The state server's HTTP front: what botocore sends (uploads announced with
+`Expect: 100-continue`, chunked bodies, HEAD) is read whole, answered, and the connection kept."""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import uuid
+from urllib.parse import urlparse
+
+import boto3
+import pytest
+
+from mvpipe.devstack.localstack import LocalStack
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def port(stack: LocalStack) -> int:
+    found = urlparse(stack.env["MVPIPE_S3_ENDPOINT"]).port
+    assert found is not None
+    return found
+
+
+@pytest.fixture(scope="module")
+def bucket(stack: LocalStack) -> str:
+    name = f"front-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=stack.env["MVPIPE_S3_ENDPOINT"]).create_bucket(Bucket=name)
+    return name
+
+
+def _read_answer(sock: socket.socket) -> tuple[bytes, bytes]:
+    """One answer's head and its Content-Length body."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head, body
+
+
+def test_a_chunked_upload_after_100_continue_is_stored_whole(
+    stack: LocalStack, port: int, bucket: str
+) -> None:
+    """The front says 100 Continue before the body is sent, then decodes the chunks; the
+    connection then serves the next request."""
+    body = bytes(range(256)) * 40  # 10 KiB, split into uneven chunks below
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(
+            f"PUT /{bucket}/chunked HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            "Transfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n".encode()
+        )
+        assert sock.recv(1024) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        for start in range(0, len(body), 3000):
+            chunk = body[start : start + 3000]
+            sock.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+        sock.sendall(b"0\r\n\r\n")
+        head, _ = _read_answer(sock)
+        assert head.startswith(b"HTTP/1.1 200 ")
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")  # S3 ListBuckets
+        head, listed = _read_answer(sock)
+        assert head.startswith(b"HTTP/1.1 200 ")
+        assert bucket.encode() in listed
+    s3 = boto3.client("s3", endpoint_url=stack.env["MVPIPE_S3_ENDPOINT"])
+    assert s3.get_object(Bucket=bucket, Key="chunked")["Body"].read() == body
+
+
+def test_a_head_answer_has_no_body_and_the_connection_goes_on(port: int, bucket: str) -> None:
+    """A HEAD of a bucket's listing answers its length alone: a body sent after it would be
+    read as the next answer on the connection."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    connection.request("GET", "/")
+    listing = connection.getresponse().read()
+    connection.request("HEAD", "/")
+    head = connection.getresponse()
+    assert head.status == 200
+    assert head.getheader("Content-Length") == str(len(listing))
+    assert head.read() == b""
+    connection.request("GET", "/")
+    got = connection.getresponse()
+    assert got.status == 200
+    assert got.read() == listing
+    connection.close()
+
+
+def test_a_client_asking_to_close_is_answered_then_closed(port: int) -> None:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        head, _ = _read_answer(sock)
+        assert head.startswith(b"HTTP/1.1 200 ")
+        assert b"\r\nConnection: close" in head
+        assert sock.recv(1024) == b""  # closed by the server
+
+
+def test_an_unreadable_request_is_refused_and_closed(port: int) -> None:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(b"GET /\r\nHost: 127.0.0.1\r\n\r\n")
+        head, body = _read_answer(sock)
+        assert head.startswith(b"HTTP/1.1 400 ")
+        assert b"bad request line" in body
+        assert sock.recv(1024) == b""
