@@ -58,10 +58,13 @@ def test_a_chunked_upload_after_100_continue_is_stored_whole(
             "Transfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n".encode()
         )
         assert sock.recv(1024) == b"HTTP/1.1 100 Continue\r\n\r\n"
-        for start in range(0, len(body), 3000):
-            chunk = body[start : start + 3000]
-            sock.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
-        sock.sendall(b"0\r\n\r\n")
+        message = b"".join(
+            f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n"
+            for chunk in (body[start : start + 3000] for start in range(0, len(body), 3000))
+        )
+        message += b"0\r\nX-Trailer: kept out of the body\r\n\r\n"
+        for start in range(0, len(message), 1000):  # pieces cut across chunks and size lines
+            sock.sendall(message[start : start + 1000])
         head, _ = _read_answer(sock)
         assert head.startswith(b"HTTP/1.1 200 ")
         sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")  # S3 ListBuckets

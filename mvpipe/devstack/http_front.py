@@ -58,6 +58,7 @@ class _Request:
         if self.length < 0:
             raise BadRequest("bad Content-Length")
         self.continued = False
+        self.chunks: list[bytes] = []  # a chunked body's chunks read so far
 
     def keep_alive(self) -> bool:
         connection = self.headers.get("connection", "").lower()
@@ -69,27 +70,28 @@ class _Request:
         return self.headers.get("expect", "").lower() == "100-continue"
 
 
-def _chunked_body(buffer: bytearray, start: int) -> tuple[bytes, int] | None:
-    """The decoded body of a chunked message whose chunks begin at `start`, and where the
-    message ends; None while it is incomplete."""
-    parts: list[bytes] = []
-    at = start
+def _take_chunks(buffer: bytearray, parts: list[bytes]) -> bool:
+    """Move the whole chunks at the buffer's start into `parts`; True once the last chunk (and
+    any trailers) are read too. Each byte is looked at once, however the body arrives."""
     while True:
-        line_end = buffer.find(b"\r\n", at)
+        line_end = buffer.find(b"\r\n")
         if line_end < 0:
-            return None
+            return False
         try:
-            size = int(bytes(buffer[at:line_end]).split(b";", 1)[0], 16)
+            size = int(bytes(buffer[:line_end]).split(b";", 1)[0], 16)
         except ValueError:
             raise BadRequest("bad chunk size") from None
-        at = line_end + 2
         if size == 0:
-            end = buffer.find(_END_OF_HEAD, at - 2)  # trailers, then a blank line
-            return (b"".join(parts), end + 4) if end >= 0 else None
+            end = buffer.find(_END_OF_HEAD, line_end)  # trailers, then a blank line
+            if end < 0:
+                return False
+            del buffer[: end + 4]
+            return True
+        at = line_end + 2
         if len(buffer) < at + size + 2:
-            return None
+            return False
         parts.append(bytes(buffer[at : at + size]))
-        at += size + 2
+        del buffer[: at + size + 2]
 
 
 class _Connection(asyncio.Protocol):
@@ -129,18 +131,19 @@ class _Connection(asyncio.Protocol):
             del self.buffer[: end + 4]
         request = self.request
         if request.chunked:
-            read = _chunked_body(self.buffer, 0)
-        elif len(self.buffer) >= request.length:
-            read = bytes(self.buffer[: request.length]), request.length
+            whole = _take_chunks(self.buffer, request.chunks)
         else:
-            read = None
-        if read is None:
+            whole = len(self.buffer) >= request.length
+        if not whole:
             if request.wants_continue() and not request.continued:
                 request.continued = True
                 self.transport.write(_CONTINUE)
             return False
-        body, consumed = read
-        del self.buffer[:consumed]
+        if request.chunked:
+            body = b"".join(request.chunks)
+        else:
+            body = bytes(self.buffer[: request.length])
+            del self.buffer[: request.length]
         self.request = None
         self._answer(request, body)
         return True
