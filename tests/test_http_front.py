@@ -3,14 +3,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import socket
 import uuid
+from collections.abc import Callable, Iterable
+from typing import Any
 from urllib.parse import urlparse
 
 import boto3
 import pytest
 
+from mvpipe.devstack.http_front import _Connection
 from mvpipe.devstack.localstack import LocalStack
 
 pytestmark = pytest.mark.integration
@@ -109,3 +113,50 @@ def test_an_unreadable_request_is_refused_and_closed(port: int) -> None:
         assert head.startswith(b"HTTP/1.1 400 ")
         assert b"bad request line" in body
         assert sock.recv(1024) == b""
+
+
+class _Recorded(asyncio.Transport):
+    """A transport that keeps what the front writes (the front's own logic, no socket)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = b""
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += bytes(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _front(app: Callable[..., Iterable[bytes]]) -> tuple[_Connection, _Recorded]:
+    connection = _Connection(app, "127.0.0.1", 0)
+    transport = _Recorded()
+    connection.connection_made(transport)
+    return connection, transport
+
+
+def test_requests_sent_together_are_answered_in_order() -> None:
+    def echo(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [environ["PATH_INFO"].encode() + b"=" + environ["wsgi.input"].read()]
+
+    connection, transport = _front(echo)
+    connection.data_received(
+        b"POST /a HTTP/1.1\r\nContent-Length: 3\r\n\r\nonePOST /b%20c HTTP/1.1\r\n"
+        b"Content-Length: 3\r\n\r\ntwo"
+    )
+    answers = transport.written.split(b"HTTP/1.1 200 OK\r\n")[1:]
+    assert [a.split(b"\r\n\r\n", 1)[1] for a in answers] == [b"/a=one", b"/b c=two"]
+    assert not transport.closed
+
+
+def test_an_app_that_fails_gets_a_500_and_the_connection_closed() -> None:
+    def broken(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        raise RuntimeError("moto fell over")
+
+    connection, transport = _front(broken)
+    connection.data_received(b"GET / HTTP/1.1\r\n\r\n")
+    assert transport.written.startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
+    assert transport.closed

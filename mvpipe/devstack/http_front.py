@@ -6,7 +6,8 @@ cost of a small DynamoDB request after moto's own. The clients here are botocore
 with a `Content-Length` or a chunked body, `Expect: 100-continue` before an upload. This
 front reads exactly that with a few byte searches per request, calls the app, and writes the
 answer as tornado's WSGI adapter did (a `Content-Length` and a `Content-Type` when the app gave
-none; no body for HEAD, 1xx, 204 or 304).
+none; no body for HEAD, 1xx, 204 or 304). A request it cannot read gets a 400, one the app
+fails on a 500, and the connection is closed.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import io
 import sys
+import traceback
 from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -113,7 +115,10 @@ class _Connection(asyncio.Protocol):
             while self.transport is not None and self._next():
                 pass
         except BadRequest as exc:
-            self._refuse(str(exc))
+            self._refuse("400 Bad Request", str(exc))
+        except Exception:  # the app's own failure: its traceback in the server's log
+            traceback.print_exc()
+            self._refuse("500 Internal Server Error", "the server failed to answer")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -207,12 +212,13 @@ class _Connection(asyncio.Protocol):
                 environ["HTTP_" + name.upper().replace("-", "_")] = value
         return environ
 
-    def _refuse(self, reason: str) -> None:
+    def _refuse(self, status: str, reason: str) -> None:
+        """Answer `status` and close: what follows on the connection cannot be read."""
         if self.transport is None:
             return
         body = reason.encode("latin-1", "replace")
         self.transport.write(
-            b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Type: text/plain\r\n"
+            f"HTTP/1.1 {status}\r\nConnection: close\r\nContent-Type: text/plain\r\n".encode()
             + f"Content-Length: {len(body)}\r\n\r\n".encode()
             + body
         )
