@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 import boto3
 import pytest
 
-from mvpipe.devstack.http_front import _Connection
+from mvpipe.devstack.http_front import MAX_BODY_BYTES, _Connection
 from mvpipe.devstack.localstack import LocalStack
 
 pytestmark = pytest.mark.integration
@@ -115,6 +115,20 @@ def test_an_unreadable_request_is_refused_and_closed(port: int) -> None:
         assert sock.recv(1024) == b""
 
 
+def test_a_body_over_the_limit_is_refused_before_it_is_sent(port: int) -> None:
+    """An upload announced over the limit gets 413 instead of 100 Continue: the client never
+    sends the body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(
+            f"PUT /any/big HTTP/1.1\r\nHost: 127.0.0.1\r\nExpect: 100-continue\r\n"
+            f"Content-Length: {MAX_BODY_BYTES + 1}\r\n\r\n".encode()
+        )
+        head, body = _read_answer(sock)
+        assert head.startswith(b"HTTP/1.1 413 ")
+        assert str(MAX_BODY_BYTES).encode() in body
+        assert sock.recv(1024) == b""
+
+
 class _Recorded(asyncio.Transport):
     """A transport that keeps what the front writes (the front's own logic, no socket)."""
 
@@ -130,19 +144,22 @@ class _Recorded(asyncio.Transport):
         self.closed = True
 
 
-def _front(app: Callable[..., Iterable[bytes]]) -> tuple[_Connection, _Recorded]:
-    connection = _Connection(app, "127.0.0.1", 0)
+def _front(
+    app: Callable[..., Iterable[bytes]], max_body: int = MAX_BODY_BYTES
+) -> tuple[_Connection, _Recorded]:
+    connection = _Connection(app, "127.0.0.1", 0, max_body)
     transport = _Recorded()
     connection.connection_made(transport)
     return connection, transport
 
 
-def test_requests_sent_together_are_answered_in_order() -> None:
-    def echo(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
-        start_response("200 OK", [("Content-Type", "text/plain")])
-        return [environ["PATH_INFO"].encode() + b"=" + environ["wsgi.input"].read()]
+def _echo(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [environ["PATH_INFO"].encode() + b"=" + environ["wsgi.input"].read()]
 
-    connection, transport = _front(echo)
+
+def test_requests_sent_together_are_answered_in_order() -> None:
+    connection, transport = _front(_echo)
     connection.data_received(
         b"POST /a HTTP/1.1\r\nContent-Length: 3\r\n\r\nonePOST /b%20c HTTP/1.1\r\n"
         b"Content-Length: 3\r\n\r\ntwo"
@@ -159,4 +176,50 @@ def test_an_app_that_fails_gets_a_500_and_the_connection_closed() -> None:
     connection, transport = _front(broken)
     connection.data_received(b"GET / HTTP/1.1\r\n\r\n")
     assert transport.written.startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
+    assert transport.closed
+
+
+def test_a_malformed_request_is_refused_after_the_answers_before_it() -> None:
+    connection, transport = _front(_echo)
+    connection.data_received(
+        b"POST /a HTTP/1.1\r\nContent-Length: 3\r\n\r\none"
+        b"GET /b HTTP/1.1\r\nBad Header: x\r\n\r\nGET /c HTTP/1.1\r\n\r\n"
+    )
+    first, _, refused = transport.written.partition(b"HTTP/1.1 400 Bad Request\r\n")
+    assert first.startswith(b"HTTP/1.1 200 OK\r\n") and first.endswith(b"\r\n\r\n/a=one")
+    assert b"Connection: close\r\n" in refused
+    assert b"/c" not in transport.written  # nothing after the malformed request is served
+    assert transport.closed
+
+
+def test_a_chunked_body_over_the_limit_gets_a_413_and_one_at_it_is_served() -> None:
+    """A chunked body announces no length: it is counted as it arrives."""
+    chunked = b"PUT /up HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+    at_limit = chunked + b"6\r\nabcdef\r\n4\r\nghij\r\n0\r\n\r\n"  # 10 bytes
+    connection, transport = _front(_echo, max_body=10)
+    connection.data_received(at_limit)
+    assert transport.written.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert transport.written.endswith(b"\r\n\r\n/up=abcdefghij")
+    connection, transport = _front(_echo, max_body=9)
+    connection.data_received(at_limit)
+    assert transport.written.startswith(b"HTTP/1.1 413 Content Too Large\r\n")
+    assert b"/up=" not in transport.written  # the app never saw it
+    assert transport.closed
+
+
+def test_a_request_head_that_never_ends_is_refused() -> None:
+    connection, transport = _front(_echo)
+    connection.data_received(b"GET / HTTP/1.1\r\nX-Long: ")
+    for _ in range(20):  # 80 KiB of one header's value, no end of line
+        connection.data_received(b"x" * 4096)
+    assert transport.written.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert transport.written.endswith(b"request head too large")
+    assert transport.closed
+
+
+def test_a_protocol_upgrade_is_refused() -> None:
+    connection, transport = _front(_echo)
+    connection.data_received(b"GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n")
+    assert transport.written.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert b"/=" not in transport.written
     assert transport.closed
