@@ -94,11 +94,11 @@ class _Connection(asyncio.Protocol):
         if self.transport is None:
             return
         refusal: _Refused | None = None
-        if self.request is not None and not self.request.head_done:
+        if self._in_head():
             self.head_bytes += len(data)  # the parser keeps a header's partial value itself
         try:
             self.parser.feed_data(data)
-            if self.head_bytes > MAX_HEAD_BYTES:
+            if self._in_head() and self.head_bytes > MAX_HEAD_BYTES:
                 raise _Refused("400 Bad Request", "request head too large")
         except httptools.HttpParserError as exc:  # also what a callback's _Refused becomes
             refusal = self.refusal or _Refused("400 Bad Request", f"bad request: {exc}")
@@ -122,6 +122,9 @@ class _Connection(asyncio.Protocol):
             request.continued = True
             if self.transport is not None:
                 self.transport.write(_CONTINUE)
+
+    def _in_head(self) -> bool:
+        return self.request is not None and not self.request.head_done
 
     # -- the parser's callbacks ----------------------------------------------------------------
     def on_message_begin(self) -> None:
