@@ -4,6 +4,7 @@
   processes (the demo, `mvpipe stack`, the tests and the benchmarks use it).
 - `state_server`: moto's DynamoDB and S3 in server mode, serialized, with item-level rollback
   and kept-alive connections.
+- `http_front`: the state server's HTTP/1.1 front (kept-alive, one request at a time).
 - `failpoints`: named points where a drill kills or holds a worker (armed only when
   `MVPIPE_FAILPOINTS` names them).
 - `worker`: the Celery app as the local stack's workers load it, with the failpoints armed.

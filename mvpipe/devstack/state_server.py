@@ -303,12 +303,11 @@ def main() -> None:
 
     werkzeug's server (moto's own) closes the connection after every answer, so each store
     call of a worker opened a new TCP connection: about a fifth of the client's CPU for a small
-    call. tornado (installed with flower) keeps them open; it runs the app on its one thread,
-    which serializes requests as `serialized` does."""
+    call. `http_front` keeps them open; it runs the app on its one thread, which serializes
+    requests as `serialized` does."""
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
-    from tornado.httpserver import HTTPServer
-    from tornado.ioloop import IOLoop
-    from tornado.wsgi import WSGIContainer
+
+    from mvpipe.devstack.http_front import serve
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("-H", "--host", default="127.0.0.1")
@@ -322,14 +321,12 @@ def main() -> None:
     handler_methods_listed_once()
     dynamodb_answers_written_directly()
     app = serialized(dynamodb_answered_directly(DomainDispatcherApplication(create_backend_app)))
-    server = HTTPServer(WSGIContainer(app), max_body_size=_MAX_BODY)
-    server.listen(args.port, args.host)
-    print(f"state server on http://{args.host}:{args.port}", flush=True)
-    IOLoop.current().start()
-
-
-#: Largest request body (a final video upload): tornado's default is 100 MB.
-_MAX_BODY = 10 * 2**30
+    serve(
+        app,
+        args.host,
+        args.port,
+        lambda: print(f"state server on http://{args.host}:{args.port}", flush=True),
+    )
 
 
 if __name__ == "__main__":
