@@ -223,3 +223,26 @@ def test_a_protocol_upgrade_is_refused() -> None:
     assert transport.written.startswith(b"HTTP/1.1 400 Bad Request\r\n")
     assert b"/=" not in transport.written
     assert transport.closed
+
+
+def test_a_no_content_answer_carries_no_length_or_type() -> None:
+    def empty(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        start_response("204 No Content", [])
+        return [b""]
+
+    connection, transport = _front(empty)
+    connection.data_received(b"DELETE /x HTTP/1.1\r\n\r\n")
+    head = transport.written.lower()
+    assert head.startswith(b"http/1.1 204 no content\r\n") and head.endswith(b"\r\n\r\n")
+    assert b"content-length" not in head and b"content-type" not in head
+    assert not transport.closed
+
+
+def test_only_an_http_1_1_client_is_sent_100_continue() -> None:
+    waiting = b"PUT /a {} \r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\no"
+    for version, continued in ((b"HTTP/1.1", True), (b"HTTP/1.0", False)):
+        connection, transport = _front(_echo)
+        connection.data_received(waiting.replace(b"{} ", version))
+        assert transport.written.startswith(b"HTTP/1.1 100 Continue") == continued, version
+        connection.data_received(b"ne")
+        assert transport.written.endswith(b"/a=one")

@@ -27,7 +27,8 @@ import httptools
 WsgiApp = Callable[..., Iterable[bytes]]
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-#: A request head still unfinished after this many more bytes is refused: llhttp sets no limit.
+#: A request head still unfinished after this many more bytes (counted from the read after the
+#: one it began in, so one read of up to 256 KiB more) is refused: llhttp sets no limit.
 MAX_HEAD_BYTES = 64 * 1024
 #: The largest request body read. Above the largest object stored through this front: a song
 #: (`song_max_bytes`, 50 MiB by default) or a final video, which no setting bounds (a 600 s
@@ -61,7 +62,9 @@ class _Request:
         self.continued = False
 
     def wants_continue(self) -> bool:
-        return self.headers.get("expect", "").lower() == "100-continue"
+        # An HTTP/1.0 client never waits for 100 Continue, and must not be sent one.
+        expects = self.headers.get("expect", "").lower() == "100-continue"
+        return expects and self.version == "HTTP/1.1"
 
 
 class _Connection(asyncio.Protocol):
@@ -89,6 +92,15 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+
+    # A client that does not read its answers stops being read (no unbounded answer buffer).
+    def pause_writing(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None:
+            self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         if self.transport is None:
@@ -196,16 +208,17 @@ class _Connection(asyncio.Protocol):
         status: str = answer["status"]
         headers: list[tuple[str, str]] = list(answer["headers"])
         given = {name.lower() for name, _ in headers}
-        if "content-length" not in given:
+        code = status[:3]
+        no_body = code[0] == "1" or code in ("204", "304")  # nor a length (RFC 9110)
+        if "content-length" not in given and not no_body:
             headers.append(("Content-Length", str(len(payload))))
-        if "content-type" not in given:
+        if "content-type" not in given and not no_body:
             headers.append(("Content-Type", "text/html; charset=UTF-8"))
         if not request.keep_alive:
             headers.append(("Connection", "close"))
         head = f"HTTP/1.1 {status}\r\n" + "".join(f"{n}: {v}\r\n" for n, v in headers) + "\r\n"
-        code = status[:3]
-        bodiless = request.method == "HEAD" or code[0] == "1" or code in ("204", "304")
-        self.transport.write(head.encode("latin-1") + (b"" if bodiless else payload))
+        bodiless = no_body or request.method == "HEAD"
+        self.transport.writelines([head.encode("latin-1"), b"" if bodiless else payload])
         if not request.keep_alive:
             self.transport.close()
             self.transport = None
