@@ -1,0 +1,41 @@
+"""The `mvpipe` command line: parse, check, call `api` (or the local stack's entry points in
+`mvpipe.devstack`), print. Errors are one clear line and a documented exit code (`exits`).
+
+Commands by family: `projects` (create, status, projects, fetch), `runs` (run, regenerate,
+cancel), `costs` (estimate, budget), `operations` (reconcile, flower), `local` (stack, demo).
+"""
+
+from __future__ import annotations
+
+import click
+
+from mvpipe.cli import costs, local, operations, projects, runs
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mvpipe")
+def main() -> None:
+    """mvpipe: generate music videos scene by scene on a Celery cluster.
+
+    Configuration comes from MVPIPE_* environment variables (see the README).
+    """
+
+
+for _command in (
+    projects.create,
+    projects.status,
+    projects.projects,
+    projects.fetch,
+    runs.run,
+    runs.regenerate,
+    runs.cancel,
+    costs.estimate,
+    costs.budget,
+    operations.reconcile,
+    operations.flower,
+    local.stack,
+    local.demo,
+):
+    main.add_command(_command)
+
+__all__ = ["main"]

@@ -1,0 +1,5 @@
+"""`python -m mvpipe.cli`."""
+
+from mvpipe.cli import main
+
+main()

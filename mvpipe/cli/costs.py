@@ -1,0 +1,45 @@
+"""Commands over what a project costs: estimate, budget."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from mvpipe.cli.exits import EXIT_INVALID, fail, guarded
+from mvpipe.cli.lazy import api
+
+
+@click.command()
+@click.argument("project_id")
+@click.option("--scene", "sequence", type=int, help="What regenerating this scene would cost.")
+@click.option("--json", "as_json", is_flag=True, help="Print the estimate as JSON.")
+def estimate(project_id: str, sequence: int | None, as_json: bool) -> None:
+    """What a run would still pay: every paid stage still missing."""
+    from mvpipe.pricing import MICROS_PER_USD
+
+    found = guarded(lambda: api.estimate_micros(project_id, sequence))
+    dollars = found.micros / MICROS_PER_USD
+    if as_json:
+        payload = {"usd": dollars, "jobs": found.jobs, "exact": found.exact}
+        click.echo(json.dumps(payload))
+        return
+    approx = "" if found.exact else "about "
+    click.echo(f"{approx}${dollars:,.2f} for {found.jobs} paid job(s)")
+
+
+@click.command(context_settings={"ignore_unknown_options": True})  # so "-5" is a value
+@click.argument("project_id")
+@click.argument("usd")
+def budget(project_id: str, usd: str) -> None:
+    """Set a project's budget in US dollars (`none`: no limit); `run` then continues."""
+    value: float | None = None
+    if usd.strip().lower() != "none":
+        try:
+            value = float(usd)
+        except ValueError:
+            fail(f"budget must be a number of US dollars or 'none', not {usd!r}", EXIT_INVALID)
+    from mvpipe.progress import money
+
+    view = guarded(lambda: api.set_budget(project_id, value))
+    click.echo(f"cost      {money(view)}")

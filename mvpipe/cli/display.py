@@ -1,0 +1,63 @@
+"""A project as the CLI shows it: its totals, then one row per scene."""
+
+from __future__ import annotations
+
+from mvpipe.models import ProjectView
+
+
+def print_summary(view: ProjectView) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from mvpipe.progress import money
+
+    console = Console(highlight=False, markup=False)  # titles and errors are shown as written
+    if not console.is_terminal:
+        console.width = 240  # a pipe or a log: keep every key on one line
+    prefix = f"projects/{view.project_id}/"
+
+    def short(key: str | None) -> str:
+        return "-" if key is None else key.removeprefix(prefix)
+
+    console.print(f"project   {view.project_id}  {view.title!r}")
+    console.print(
+        f"status    {view.status}   scenes {view.scene_count}   completed {view.completed_scenes}"
+        f"   failed {view.failed_scenes}   provider {view.provider}"
+    )
+    console.print(f"cost      {money(view)}")
+    if view.song_s3_key:
+        seconds = f"  ({view.song_seconds:.2f} s)" if view.song_seconds else ""
+        console.print(f"song      {view.song_s3_key}{seconds}")
+    console.print(f"final     {view.final_video_s3_key or '-'}")
+    if view.last_error:
+        console.print(f"error     {view.last_error}")
+    if not view.scenes:
+        return
+    table = Table(box=None, pad_edge=False)
+    for name, justify in (
+        ("seq", "right"),
+        ("slot (s)", "left"),
+        ("status", "left"),
+        ("tries", "right"),
+        ("original", "left"),
+        ("working", "left"),
+        ("lip-synced", "left"),
+        ("last error", "left"),
+    ):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for scene in view.scenes:
+        slot = "-"
+        if scene.start_seconds is not None and scene.end_seconds is not None:
+            slot = f"{scene.start_seconds:.3f}..{scene.end_seconds:.3f}"
+        lip = short(scene.lip_synced_video_clip_s3_key) if scene.lip_sync else "(none)"
+        table.add_row(
+            str(scene.sequence),
+            slot,
+            str(scene.status),
+            str(scene.attempts),
+            short(scene.original_video_clip_s3_key),
+            short(scene.working_video_clip_s3_key),
+            lip,
+            scene.last_error or "",
+        )
+    console.print(table)

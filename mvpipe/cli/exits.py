@@ -1,0 +1,58 @@
+"""The CLI's exit codes, and the one line an error becomes instead of a traceback.
+
+Exit codes: 0 done, 1 the project failed, 2 invalid input, 3 not found, 4 conflict,
+5 timed out, 6 a service or setting is unavailable.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import NoReturn, TypeVar
+
+import click
+
+from mvpipe.errors import (
+    ConfigurationError,
+    Conflict,
+    InvalidInput,
+    MvpipeError,
+    NotFound,
+    StoreUnavailable,
+    Timeout,
+)
+
+T = TypeVar("T")
+
+EXIT_FAILED, EXIT_INVALID, EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_TIMEOUT, EXIT_UNAVAILABLE = (
+    1,
+    2,
+    3,
+    4,
+    5,
+    6,
+)
+_EXIT_CODES: list[tuple[type[MvpipeError], int]] = [
+    (InvalidInput, EXIT_INVALID),
+    (NotFound, EXIT_NOT_FOUND),
+    (Conflict, EXIT_CONFLICT),
+    (Timeout, EXIT_TIMEOUT),
+    (StoreUnavailable, EXIT_UNAVAILABLE),
+    (ConfigurationError, EXIT_UNAVAILABLE),
+]
+
+
+def fail(message: str, code: int) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def guarded(fn: Callable[[], T]) -> T:
+    """Run an API call; user mistakes and outages become one line and an exit code."""
+    try:
+        return fn()
+    except MvpipeError as exc:
+        code = next((c for t, c in _EXIT_CODES if isinstance(exc, t)), EXIT_FAILED)
+        fail(str(exc), code)
+    except OSError as exc:  # connection refused and the like: the stack is not running
+        fail(f"cannot reach a backing service: {exc}", EXIT_UNAVAILABLE)

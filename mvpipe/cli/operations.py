@@ -1,0 +1,50 @@
+"""Commands for whoever runs the cluster: reconcile, flower."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from mvpipe.cli.exits import EXIT_UNAVAILABLE, fail, guarded
+from mvpipe.cli.lazy import api
+
+
+@click.command()
+@click.argument("project_id", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--sweep", is_flag=True, help="Also scan the table for stray scene items now.")
+def reconcile(project_id: str | None, as_json: bool, sweep: bool) -> None:
+    """Repair what crashes left behind (beat runs this on a schedule for every project)."""
+    report = guarded(lambda: api.reconcile(project_id, sweep_strays=sweep or None))
+    if as_json:
+        click.echo(report.model_dump_json(indent=2))
+        return
+    for name, value in report.model_dump().items():
+        click.echo(f"{name:<18} {value}")
+
+
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.option(
+    "--address",
+    default="127.0.0.1",
+    show_default=True,
+    help="Interface to listen on; 0.0.0.0 opens it to the network.",
+)
+@click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)
+def flower(address: str, flower_args: tuple[str, ...]) -> None:
+    """Start Flower behind basic auth (refuses without MVPIPE_FLOWER_USER/PASSWORD), on
+    127.0.0.1 unless --address says otherwise; other arguments go to Flower."""
+    from mvpipe.settings import get_settings
+
+    s = get_settings()
+    if not s.flower_user or s.flower_password is None or not s.flower_password.get_secret_value():
+        fail(
+            "set MVPIPE_FLOWER_USER and MVPIPE_FLOWER_PASSWORD; Flower never runs open",
+            EXIT_UNAVAILABLE,
+        )
+    auth = f"{s.flower_user}:{s.flower_password.get_secret_value()}"
+    argv = [sys.executable, "-m", "celery", "-A", "mvpipe.celery_app", "flower"]
+    argv += [f"--address={address}", *flower_args]
+    os.execve(sys.executable, argv, {**os.environ, "FLOWER_BASIC_AUTH": auth})

@@ -1,0 +1,87 @@
+"""Commands that start, follow and stop a project's run: run, regenerate, cancel."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+import click
+
+from mvpipe.cli.display import print_summary
+from mvpipe.cli.exits import EXIT_FAILED, EXIT_TIMEOUT, fail, guarded
+from mvpipe.cli.lazy import api
+from mvpipe.errors import Timeout
+from mvpipe.models import ProjectStatus, ProjectView, validate_seconds
+
+
+@click.command()
+@click.argument("project_id")
+@click.option("--wait/--no-wait", default=False, help="Follow the run with a live progress bar.")
+@click.option("--timeout", default=3600.0, show_default=True, help="Seconds to wait with --wait.")
+def run(project_id: str, wait: bool, timeout: float) -> None:
+    """Start (or join) a project's run."""
+    _started(lambda: api.run_project(project_id), wait, timeout)
+    if wait:
+        _follow_and_exit(project_id, timeout)
+
+
+@click.command()
+@click.argument("project_id")
+@click.argument("sequence", type=int)
+@click.option("--wait/--no-wait", default=False, help="Follow the run until the scene is done.")
+@click.option("--timeout", default=3600.0, show_default=True, help="Seconds to wait with --wait.")
+def regenerate(project_id: str, sequence: int, wait: bool, timeout: float) -> None:
+    """Generate one scene again (a new paid generation for that scene only)."""
+    _started(lambda: api.regenerate_scene(project_id, sequence), wait, timeout)
+    if wait:
+        _follow_and_exit(project_id, timeout)
+
+
+@click.command()
+@click.argument("project_id")
+def cancel(project_id: str) -> None:
+    """Cancel a project's run; a later `run` resumes it."""
+    view = guarded(lambda: api.cancel_project(project_id))
+    click.echo(f"cancelled; project is {view.status}")
+
+
+def _started(start: Callable[[], Any], wait: bool, timeout: float) -> None:
+    """Check --timeout (when waiting) before anything starts, then start and name the run."""
+    if wait:
+        guarded(lambda: validate_seconds(timeout, "--timeout"))
+    result = guarded(start)
+    click.echo(f"run {result.id}", err=True)
+
+
+def _follow_and_exit(project_id: str, timeout: float) -> NoReturn:
+    """`--wait`: follow the run, print the project, exit 0 if it completed, else 1."""
+    view = follow(project_id, timeout)
+    print_summary(view)
+    sys.exit(0 if view.status == ProjectStatus.COMPLETED else EXIT_FAILED)
+
+
+def follow(project_id: str, timeout: float) -> ProjectView:
+    """Show each stage's progress until the project's run is over; returns the final view."""
+    from mvpipe.progress import StageProgress
+
+    def over() -> ProjectView | None:
+        try:
+            return api.wait_project(project_id, timeout=0.5)
+        except Timeout:
+            return None
+
+    progress = StageProgress()
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            view = guarded(over)
+            if view is not None:
+                progress.update(view)
+                return view
+            progress.update(guarded(lambda: api.get_project(project_id)))
+            if time.monotonic() > deadline:
+                fail(f"project {project_id} still running after {timeout:.0f}s", EXIT_TIMEOUT)
+    finally:
+        progress.close()

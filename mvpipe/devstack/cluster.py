@@ -1,0 +1,97 @@
+"""The whole local stack at a shell's service: the servers, a worker on every queue beside the
+control worker, beat and Flower, with this process pointed at them (`mvpipe stack`, the demo).
+
+What it starts it announces through `say`, so the caller decides where the words go; it stops
+everything it started on the way out, whatever ends the block.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from mvpipe.devstack import localstack
+
+Say = Callable[[str], None]
+
+
+@contextmanager
+def running(
+    workdir: Path, *, concurrency: int, flower: bool, beat: bool, say: Say
+) -> Iterator[dict[str, str]]:
+    """Start redis-server, the state server, the workers, beat and Flower; stop them after.
+    Yields the variables that point another process at the stack."""
+    from mvpipe.deps import reset_context
+
+    stack = localstack.LocalStack(workdir)
+    with stack.running():
+        env = stack.child_env()
+        user = os.environ.get("MVPIPE_FLOWER_USER") or "mvpipe"
+        password = os.environ.get("MVPIPE_FLOWER_PASSWORD") or secrets.token_urlsafe(12)
+        env.update({"MVPIPE_FLOWER_USER": user})
+        os.environ.update(stack.env)
+        reset_context()  # this process's API calls go to the stack just started
+        logs = workdir / "logs"
+        say(f"redis-server at {stack.env['MVPIPE_BROKER_URL']}")
+        say(f"state server (DynamoDB + S3) at {stack.env['MVPIPE_DYNAMODB_ENDPOINT']}")
+        stack.services.append(
+            localstack.start_worker(env, logs / "worker.log", concurrency=concurrency)
+        )
+        stack.services.append(localstack.start_control_worker(env, logs / "control.log"))
+        say(f"worker ready (concurrency {concurrency}, and a control worker); logs in {logs}")
+        if beat:
+            stack.services.append(localstack.start_beat(env, logs / "beat.log"))
+            say("beat ready (reconcile schedule)")
+        if flower:
+            port = (
+                localstack.free_port()
+                if os.environ.get("MVPIPE_FLOWER_PORT") is None
+                else int(os.environ["MVPIPE_FLOWER_PORT"])
+            )
+            stack.services.append(
+                localstack.start_flower(
+                    env, logs / "flower.log", port=port, user=user, password=password
+                )
+            )
+            say(f"Flower: http://127.0.0.1:{port}  user {user}  password {password}")
+        yield stack.env
+
+
+def stop_on_signal() -> threading.Event:
+    """Ctrl-C / SIGTERM set the returned event instead of interrupting the shutdown."""
+    stop = threading.Event()
+
+    def handler(signum: int, frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return stop
+
+
+def hold(stop: threading.Event) -> None:
+    """Keep the stack up until `stop` is set (short waits, so the signal handler runs)."""
+    while not stop.wait(0.5):
+        pass
+
+
+def serve(
+    workdir: Path,
+    *,
+    concurrency: int,
+    flower: bool,
+    say: Say,
+    ready: Callable[[dict[str, str]], None],
+) -> None:
+    """`mvpipe stack`: the whole stack with beat, until Ctrl-C or SIGTERM; `ready` is given
+    the stack's variables once it is up."""
+    with running(workdir, concurrency=concurrency, flower=flower, beat=True, say=say) as env:
+        stop = stop_on_signal()  # before announcing it, so an early Ctrl-C is not lost
+        ready(env)
+        hold(stop)
