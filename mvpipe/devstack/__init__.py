@@ -2,6 +2,9 @@
 
 - `localstack`: starts redis-server, the local state server, Celery workers, beat and Flower as
   processes (the demo, `mvpipe stack`, the tests and the benchmarks use it).
+- `cluster`: the whole local stack at a shell's service (servers, workers, beat, Flower), this
+  process pointed at it, held until Ctrl-C (`mvpipe stack`, the demo).
+- `demo`: the demo's run, from a synthesized song to the video and clips written out.
 - `state_server`: moto's DynamoDB and S3 in server mode, serialized, with item-level rollback
   and kept-alive connections.
 - `http_front`: the state server's HTTP/1.1 front (kept-alive, one request at a time).
