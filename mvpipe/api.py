@@ -225,8 +225,9 @@ def reconcile(
     """Repair what crashes left behind, inline (the beat schedule runs the same), for every
     project or just `project_id`.
 
-    `sweep_strays=True` forces the table scan for stray scene items, which otherwise runs at
-    most once per `MVPIPE_STRAY_SWEEP_SECONDS` (and never for a single-project pass).
+    `sweep_strays=True` forces the stray sweeps (the table scan for scene items and the sweep
+    of the project folders for songs of creates whose METADATA never landed), which otherwise
+    run at most once per `MVPIPE_STRAY_SWEEP_SECONDS` (and never for a single-project pass).
     `full_sweep=True` also examines completed, failed and idle pending projects, which
     otherwise happens at most once per `MVPIPE_FULL_SWEEP_SECONDS`.
     """

@@ -14,7 +14,7 @@ from mvpipe.cli.lazy import api
 @click.command()
 @click.argument("project_id", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("--sweep", is_flag=True, help="Also scan the table for stray scene items now.")
+@click.option("--sweep", is_flag=True, help="Also sweep for stray scene items and songs now.")
 def reconcile(project_id: str | None, as_json: bool, sweep: bool) -> None:
     """Repair what crashes left behind (beat runs this on a schedule for every project)."""
     report = guarded(lambda: api.reconcile(project_id, sweep_strays=sweep or None))

@@ -4,8 +4,8 @@ A project is visible only once METADATA exists, so a crash anywhere before leave
 see. A METADATA write that was refused takes its scene items and uploaded song back with it. One
 whose outcome is unknown (an outage) keeps them: a write whose answer was lost may still land, and
 a project must never appear without its scenes or song. If a read then finds the project, it was
-created; otherwise the error goes to the caller, and the stray-scene sweep collects the scene items
-of a METADATA that never lands.
+created; otherwise the error goes to the caller, and reconcile's stray sweeps collect the scene
+items and the song of a METADATA that never lands (past the grace period).
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from pydantic import BaseModel, computed_field
 
@@ -26,6 +27,8 @@ from mvpipe.pipeline.lipsync import audio_key
 from mvpipe.pipeline.reconcile_scope import (
     CURSOR_JOB,
     FULL_SWEEP_JOB,
+    SONG_CURSOR_JOB,
+    SONG_PAGE,
     STRAY_CURSOR_JOB,
     STRAY_PAGE,
     STRAY_SWEEP_JOB,
@@ -38,18 +41,28 @@ from mvpipe.pipeline.reconcile_scope import (
     projects_to_examine,
     round_rest,
     scopes,
+    song_round,
     stray_round,
     sweep_round,
     this_turn,
 )
 from mvpipe.pipeline.stages import GENERATE, LIPSYNC, Stage, is_last, lost_output, next_stage
 from mvpipe.pipeline.steps import Dispatcher
+from mvpipe.pipeline.stray_songs import folder_project, stray_songs
 from mvpipe.providers.classify import describe
 from mvpipe.states import FINAL_SCENE_STATES, assembly_due, lease_expired
-from mvpipe.store.clips import StoredObject, clip_key, lipsync_key, scene_prefix
+from mvpipe.store.clips import (
+    PROJECTS_PREFIX,
+    StoredObject,
+    clip_key,
+    lipsync_key,
+    scene_prefix,
+)
 from mvpipe.store.records import ProjectState, SceneRecord
+from mvpipe.store.songs import song_prefix
 
 log = logging.getLogger("mvpipe.reconcile")
+A = TypeVar("A")
 
 
 class ReconcileReport(BaseModel):
@@ -70,6 +83,8 @@ class ReconcileReport(BaseModel):
     runs_taken_over: int = 0
     garbage_deleted: int = 0
     stray_scenes_deleted: int = 0
+    #: songs of creates whose METADATA never landed (past the grace period)
+    stray_songs_deleted: int = 0
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -101,14 +116,16 @@ def reconcile(
 ) -> ReconcileReport:
     """Repair the projects that can need it (or the given ones): see `reconcile_scope`. The
     full sweep of finished projects runs at most once per `MVPIPE_FULL_SWEEP_SECONDS` and the
-    stray-item sweep (a table scan) once per `MVPIPE_STRAY_SWEEP_SECONDS`, unless forced.
+    stray sweeps (a table scan for scene items, a LIST of the project folders for songs, both
+    of creates whose METADATA never landed) once per `MVPIPE_STRAY_SWEEP_SECONDS`, unless
+    forced (`sweep_strays`).
 
     With `budget_seconds` (beat's passes), a pass takes the projects in turns: from where the
     last pass stopped, until the budget is spent (at least one project), so its cost is
     bounded however many are active; the rest wait for the next pass. The full sweep and the
-    stray scan are then rounds over passes, each read a page at a time from its own cursor
+    stray sweeps are then rounds over passes, each read a page at a time from its own cursor
     (`_beat_pass`). Without it (inline calls) every project the pass lists is examined, and
-    the full sweep and the stray scan are done all at once."""
+    the full sweep and the stray sweeps are done all at once."""
     started = time.monotonic()
     report = ReconcileReport()
     if project_ids is None and budget_seconds is not None:
@@ -145,13 +162,14 @@ def _beat_pass(
 ) -> str:
     """One beat pass within `budget` seconds: the active projects in turns, then, while a
     round of the full sweep is on, the round's next projects, then, while a round of the
-    stray-item scan is on, its next pages. Each turn stops starting at its deadline but always
-    takes one (so each moves on): the active turn's is the budget less the round's share
-    (`MVPIPE_FULL_SWEEP_SHARE`), the others' the budget. So a pass ends at most one examination
-    and one page past its budget (one more only when the active turn's last examination alone
-    outlasts the round's share); a round of S projects (those created by its start: the
-    later ones wait for the next round) ends within S passes, and the round reads from the
-    status index the finished projects it examines and at most a page more.
+    stray-item scan or of the stray-song sweep is on, its next pages. Each turn stops starting
+    at its deadline but always takes one (so each moves on): the active turn's is the budget
+    less the round's share (`MVPIPE_FULL_SWEEP_SHARE`), the others' the budget. So a pass ends
+    at most one examination and one page of each stray sweep past its budget (one more
+    examination only when the active turn's last alone outlasts the round's share); a round
+    of S projects (those created by its start: the later ones wait for the next round) ends
+    within S passes, and the round reads from the status index the finished projects it
+    examines and at most a page more.
     `full_sweep` / `sweep_strays` None start a round when one is due, True start one now,
     False leave the round for the next pass. Returns what the pass did, for its log line."""
     sweep = sweep_round(ctx, full_sweep)
@@ -181,6 +199,10 @@ def _beat_pass(
     if strays is not None:
         pages, over = _stray_turn(ctx, report, strays, spent, budget)
         turns += f"; the stray scan: {pages} pages, over: {over}"
+    songs = song_round(ctx, sweep_strays)
+    if songs is not None:
+        pages, over = _song_turn(ctx, report, songs.after, SONG_CURSOR_JOB, spent, budget)
+        turns += f"; the song sweep: {pages} pages, over: {over}"
     # "of N": the active projects listed, and the round's projects this pass read to examine
     return (
         f"examined {examined + taken} of {len(active) + taken} projects in {spent():.3f} s"
@@ -195,20 +217,58 @@ def _stray_turn(
     spent: Callable[[], float],
     budget: float,
 ) -> tuple[int, bool]:
-    """The stray-item scan's pages of this pass, from `cursor`: one page at least, more while
-    the budget lasts, the cursor moved past each page as it is done (so a pass that dies on
-    one scans it again, never skips it). Returns (pages, round over)."""
+    """The stray-item scan's pages of this pass, from `cursor` (see `_paged_turn`)."""
     cutoff = _stray_cutoff(ctx)
-    start = cursor.after
+
+    def page(start: tuple[str, str] | None) -> tuple[str, str] | None:
+        strays, following = ctx.table.stray_page(cutoff, STRAY_PAGE, start)
+        _delete_strays(ctx, report, strays)
+        return following
+
+    return _paged_turn(ctx, STRAY_CURSOR_JOB, cursor.after, page, encode_key, spent, budget)
+
+
+def _song_turn(
+    ctx: Context,
+    report: ReconcileReport,
+    after: str | None,
+    cursor: str | None,
+    spent: Callable[[], float],
+    budget: float | None,
+) -> tuple[int, bool]:
+    """The stray-song sweep's pages of this pass, from past the project folder `after` (see
+    `_paged_turn`; `cursor` None: an inline pass, which keeps no cursor)."""
+    cutoff = _grace_cutoff(ctx)
+
+    def page(start: str | None) -> str | None:
+        return _collect_songs(ctx, report, cutoff, start)
+
+    return _paged_turn(ctx, cursor, after, page, str, spent, budget)
+
+
+def _paged_turn(
+    ctx: Context,
+    cursor: str | None,
+    start: A | None,
+    page: Callable[[A | None], A | None],
+    encode: Callable[[A], str],
+    spent: Callable[[], float],
+    budget: float | None,
+) -> tuple[int, bool]:
+    """A round's pages of this pass, from `start` (`page` does one and says where the next
+    starts, None: the round is over): one page at least, more while the budget lasts (None:
+    to the end), the round's `cursor` moved past each page as it is done (so a pass that dies
+    on one reads it again, never skips it). Returns (pages, round over)."""
     pages = 0
     for _ in this_turn(itertools.count(), spent, budget):
-        strays, start = ctx.table.stray_page(cutoff, STRAY_PAGE, start)
+        start = page(start)
         pages += 1
-        _delete_strays(ctx, report, strays)
         if start is None:
-            ctx.board.drop_cursor(STRAY_CURSOR_JOB)
+            if cursor is not None:
+                ctx.board.drop_cursor(cursor)
             return pages, True
-        ctx.board.move_cursor(STRAY_CURSOR_JOB, encode_key(start))
+        if cursor is not None:
+            ctx.board.move_cursor(cursor, encode(start))
     return pages, False
 
 
@@ -286,16 +346,39 @@ def _reconcile_project(
     _settle(ctx, dispatcher, state, report)
 
 
+def _grace_cutoff(ctx: Context) -> datetime:
+    """What a create wrote before this may be a crash's leftovers, not a create still writing
+    its METADATA."""
+    return datetime.fromtimestamp(time.time() - ctx.settings.orphan_grace_seconds, UTC)
+
+
 def _stray_cutoff(ctx: Context) -> str:
-    """Scene items created before this (ISO time) may be a crash's leftovers, not a create
-    still writing its METADATA."""
-    cutoff = datetime.fromtimestamp(time.time() - ctx.settings.orphan_grace_seconds, UTC)
-    return cutoff.isoformat(timespec="microseconds")
+    """`_grace_cutoff` as scene items' `createdAt` (ISO time) compares."""
+    return _grace_cutoff(ctx).isoformat(timespec="microseconds")
 
 
 def _sweep_strays(ctx: Context, report: ReconcileReport) -> None:
-    """The whole stray-item scan at once (inline calls)."""
+    """The whole stray-item scan and stray-song sweep at once (inline calls)."""
     _delete_strays(ctx, report, ctx.table.stray_scene_keys(_stray_cutoff(ctx)))
+    _song_turn(ctx, report, None, None, lambda: 0.0, None)
+
+
+def _collect_songs(
+    ctx: Context, report: ReconcileReport, cutoff: datetime, after: str | None
+) -> str | None:
+    """One page of the stray-song sweep: the project folders of one LIST page from past
+    `after`, their METADATA read in one batch, the song prefix of each without it listed, and
+    its stray songs (`stray_songs`) deleted. Returns the folder the next page starts after
+    (None: the bucket's end)."""
+    names, more = ctx.clips.folders(PROJECTS_PREFIX, after, SONG_PAGE)
+    ids = [p for p in map(folder_project, names) if p is not None]
+    with_metadata = ctx.projects.existing(ids)
+    listed = [o for p in ids if p not in with_metadata for o in ctx.clips.list(song_prefix(p))]
+    for key in stray_songs(listed, with_metadata, cutoff):
+        ctx.songs.delete(key)
+        log.info("deleted song %s: its project's METADATA was never written", key)
+        report.stray_songs_deleted += 1
+    return names[-1] if more and names else None
 
 
 def _delete_strays(ctx: Context, report: ReconcileReport, strays: list[tuple[str, str]]) -> None:

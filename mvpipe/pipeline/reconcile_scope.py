@@ -23,8 +23,11 @@ more, never the whole history. The round takes only projects created by its star
 end: a round of S projects ends within S passes, however many finish meanwhile.
 
 The stray-item scan is a round over passes too: a table Scan a page at a time from its own
-cursor, pages while the pass's budget lasts (at least one). A cursor that does not read back
-as what its round wrote starts that round again (`sweep_round`, `stray_round`).
+cursor, pages while the pass's budget lasts (at least one). So is the stray-song sweep (the
+songs of creates whose METADATA never landed): a LIST of the bucket's project folders a page at
+a time from its own cursor (the last folder it read), due as often as the stray-item scan. A
+cursor that does not read back as what its round wrote starts that round again
+(`sweep_round`, `stray_round`, `song_round`).
 """
 
 from __future__ import annotations
@@ -60,6 +63,9 @@ ROUND_STATUSES = IDLE_STATUSES + FINISHED_STATUSES
 SWEEP_PAGE = 50
 #: Items a pass of the stray-item scan reads per Scan page.
 STRAY_PAGE = 500
+#: Project folders a pass of the stray-song sweep reads per LIST page (one BatchGetItem reads
+#: their METADATA keys).
+SONG_PAGE = 100
 
 T = TypeVar("T")
 
@@ -74,6 +80,10 @@ STRAY_SWEEP_JOB = "stray-sweep"
 #: Where the stray-item scan stopped (an `encode_key` of its last item's key, `decode_item_key`
 #: reads it): absent between rounds, "" at a round's start.
 STRAY_CURSOR_JOB = "stray-sweep-round"
+SONG_SWEEP_JOB = "song-sweep"
+#: Where the stray-song sweep stopped (the project folder its last page ended with): absent
+#: between rounds, "" at a round's start.
+SONG_CURSOR_JOB = "song-sweep-round"
 
 
 def needs_regular_pass(project: ProjectRecord, now: float, window_seconds: float) -> bool:
@@ -285,6 +295,26 @@ def stray_round(ctx: Context, start: bool | None) -> StrayRound | None:
     if after is None and text:
         _restart(ctx, STRAY_CURSOR_JOB, text, "")
     return StrayRound(after)
+
+
+class SongRound(NamedTuple):
+    """A round of the stray-song sweep: the project folder its next page starts after (None:
+    the bucket's first)."""
+
+    after: str | None
+
+
+def song_round(ctx: Context, start: bool | None) -> SongRound | None:
+    """The stray-song sweep's round a beat pass goes on with (starting one now when it is due,
+    as often as the stray-item scan), or None when none is on."""
+    every = ctx.settings.stray_sweep_seconds
+    text = round_cursor(ctx, SONG_CURSOR_JOB, SONG_SWEEP_JOB, every, start, "")
+    if text is None:
+        return None
+    if text and not _uuid(text):
+        _restart(ctx, SONG_CURSOR_JOB, text, "")
+        return SongRound(None)
+    return SongRound(text or None)
 
 
 def _restart(ctx: Context, job: str, text: str, fresh: str) -> None:

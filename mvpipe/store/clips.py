@@ -27,13 +27,18 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 
+#: Every project's objects live under `projects/{projectId}/`.
+PROJECTS_PREFIX = "projects/"
+
+
 def operation_key(operation_id: str) -> str:
     """A fixed-shape, path-safe name for any provider's operation id."""
     return hashlib.sha256(operation_id.encode()).hexdigest()[:32]
 
 
 def scene_prefix(project_id: str, sequence: int) -> str:
-    return f"projects/{validate_project_id(project_id)}/scenes/{validate_sequence(sequence):03d}/"
+    project = validate_project_id(project_id)
+    return f"{PROJECTS_PREFIX}{project}/scenes/{validate_sequence(sequence):03d}/"
 
 
 def clip_key(project_id: str, sequence: int, operation_id: str) -> str:
@@ -132,6 +137,26 @@ class ClipStore:
     def read(self, key: str) -> bytes:
         response = self._call(self.client.get_object, Bucket=self.bucket, Key=key)
         return bytes(response["Body"].read())
+
+    def folders(self, prefix: str, after: str | None, limit: int) -> tuple[list[str], bool]:
+        """One LIST page of the names of the folders under `prefix` (what follows it up to the
+        next "/"), from past every key of folder `after` (None: the first), at most `limit`, and
+        whether more follow: a walk over a bucket's projects that reads one page per call,
+        never the objects inside them."""
+        # "0" is the character after "/": the smallest key past every key in folder `after`
+        start = {} if after is None else {"StartAfter": f"{prefix}{after}0"}
+        response = self._call(
+            self.client.list_objects_v2,
+            Bucket=self.bucket,
+            Prefix=prefix,
+            Delimiter="/",
+            MaxKeys=limit,
+            **start,
+        )
+        names = [
+            p["Prefix"][len(prefix) :].removesuffix("/") for p in response.get("CommonPrefixes", [])
+        ]
+        return names, bool(response.get("IsTruncated"))
 
     def list(self, prefix: str) -> list[StoredObject]:
         found: list[StoredObject] = []

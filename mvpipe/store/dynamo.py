@@ -65,6 +65,16 @@ class Table:
 
         return self._call(read)
 
+    def existing(self, keys: list[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which of `keys` = (PK, SK) have an item: one BatchGetItem per hundred keys,
+        strongly consistent."""
+
+        def read() -> set[tuple[str, str]]:
+            found = self.model.batch_get(keys, consistent_read=True, attributes_to_get=["PK", "SK"])
+            return {(i.pk, i.sk) for i in found}
+
+        return self._call(read) if keys else set()
+
     def query_project(self, project_id: str) -> list[ItemBase]:
         """METADATA and every scene of a project, strongly consistent, in key order."""
         return self._call(

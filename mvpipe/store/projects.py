@@ -124,6 +124,11 @@ class ProjectStore:
     def exists(self, project_id: str) -> bool:
         return self.table.get(project_pk(project_id), METADATA) is not None
 
+    def existing(self, project_ids: list[str]) -> set[str]:
+        """Which of `project_ids` have METADATA (a batch read, not one read each)."""
+        found = self.table.existing([(project_pk(p), METADATA) for p in project_ids])
+        return {pk.removeprefix(project_pk("")) for pk, _ in found}
+
     def take_back(self, project_id: str) -> bool:
         """Delete the scene items of a `create` whose METADATA was refused: they belong to no
         project anyone can see. A project that has METADATA keeps everything (False)."""
