@@ -53,7 +53,8 @@ def _guard(ctx: click.Context, _param: click.Parameter, _value: object) -> None:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_CONFIG)
     os.environ["FLOWER_BASIC_AUTH"] = auth  # ours, whatever the variable held
-    os.environ.setdefault("FLOWER_ADDRESS", "127.0.0.1")
+    if not os.environ.get("FLOWER_ADDRESS"):  # empty would mean every interface
+        os.environ["FLOWER_ADDRESS"] = "127.0.0.1"
 
 
 def install(app: Celery) -> None:
@@ -65,6 +66,7 @@ def install(app: Celery) -> None:
             is_flag=True,
             hidden=True,
             expose_value=False,
+            allow_from_autoenv=False,
             callback=_guard,
             help="Refuse to start Flower without credentials.",
         )
