@@ -1,5 +1,5 @@
-"""The Celery app: `celery -A mvpipe.celery_app worker|beat`; Flower through `mvpipe flower`
-(basic auth, 127.0.0.1 by default).
+"""The Celery app: `celery -A mvpipe.celery_app worker|beat|flower` (Flower, also through
+`mvpipe flower`, refuses to run without basic auth and listens on 127.0.0.1 by default).
 
 Importing this module opens no connection and builds no client; task modules are listed by name.
 """
@@ -14,7 +14,7 @@ import time
 from celery import Celery
 from celery.signals import task_postrun, worker_init, worker_process_init, worker_ready
 
-from mvpipe import kombu_guard
+from mvpipe import flower_auth, kombu_guard
 from mvpipe.settings import get_settings
 
 #: The queue of memory-heavy media work (song analysis, cutting, assembly).
@@ -34,6 +34,7 @@ app = Celery(
     ],
 )
 app.config_from_object("celeryconfig")
+flower_auth.install(app)
 
 
 @worker_init.connect

@@ -254,8 +254,11 @@ def validate_limit(value: object, *, maximum: int = MAX_LIST_LIMIT) -> int:
 
 
 def parse_scene_specs(scenes: list[SceneSpec | dict[str, Any]]) -> tuple[SceneSpec, ...]:
+    """Scene items as specs, counted before any is validated: a huge list is refused at once."""
     if not isinstance(scenes, list | tuple):
         raise InvalidInput("scenes must be a list")
+    if len(scenes) > MAX_SCENES:
+        raise InvalidInput(f"a project has at most {MAX_SCENES} scenes, not {len(scenes)}")
     try:
         return tuple(s if isinstance(s, SceneSpec) else SceneSpec.model_validate(s) for s in scenes)
     except ValidationError as exc:

@@ -36,6 +36,18 @@ def wait_for(check: Callable[[], T], timeout: float = 60.0, what: str = "conditi
         time.sleep(0.1)
 
 
+def listening_on(port: int) -> set[str]:
+    """The local addresses (hex, as the kernel lists them) with a socket listening on `port`."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.rsplit(":", 1)
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                found.add(address)
+    return found
+
+
 def wait_broker_idle(client: redis.Redis, timeout: float, what: str) -> None:
     """Wait until no message is queued, held by a worker (reserved, or waiting for its
     countdown) or running.

@@ -22,7 +22,7 @@ from mvpipe.celery_app import app
 from mvpipe.deps import get_context
 from mvpipe.devstack.localstack import free_port, port_open, start_flower
 from tests.conftest import Workers
-from tests.helpers import own_storage, wait_for
+from tests.helpers import listening_on, own_storage, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -305,18 +305,6 @@ def test_flower_requires_auth_shows_scenes_polling_and_lists_their_tasks(
         flower.stop()
 
 
-def _listening_on(port: int) -> set[str]:
-    """The local addresses (hex, as the kernel lists them) with a socket listening on `port`."""
-    found = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            local, state = line.split()[1], line.split()[3]
-            address, hex_port = local.rsplit(":", 1)
-            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
-                found.add(address)
-    return found
-
-
 def test_flower_listens_on_loopback_unless_told_otherwise(stack: object, tmp_path: Path) -> None:
     port = free_port()
     env = {**os.environ, "MVPIPE_FLOWER_USER": "ops", "MVPIPE_FLOWER_PASSWORD": "s3cret"}
@@ -330,7 +318,7 @@ def test_flower_listens_on_loopback_unless_told_otherwise(stack: object, tmp_pat
         )
     try:
         wait_for(lambda: port_open(port), 60, "Flower to listen")
-        assert _listening_on(port) == {"0100007F"}  # 127.0.0.1 alone, not every interface
+        assert listening_on(port) == {"0100007F"}  # 127.0.0.1 alone, not every interface
     finally:
         proc.terminate()
         try:

@@ -7,7 +7,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mvpipe.errors import InvalidInput
-from mvpipe.models import SceneSpec, parse_scene_specs, validate_project_id, validate_sequence
+from mvpipe.models import (
+    MAX_SCENES,
+    SceneSpec,
+    parse_scene_specs,
+    validate_project_id,
+    validate_sequence,
+)
 from mvpipe.providers.faults import FaultPlan
 from mvpipe.store.clips import clip_key, operation_key
 
@@ -48,6 +54,35 @@ def test_scene_specs_reject_control_characters_and_oversize() -> None:
             parse_scene_specs([bad])
     with pytest.raises(InvalidInput):
         parse_scene_specs([{"prompt": "ok", "duration_seconds": 0}])
+
+
+class _Counted(dict):  # type: ignore[type-arg]
+    """A scene item that counts how often validation reads it."""
+
+    reads = 0
+
+    def items(self):  # type: ignore[no-untyped-def]
+        _Counted.reads += 1
+        return super().items()
+
+
+@pytest.mark.parametrize("count", [MAX_SCENES + 1, 1_000_000])
+def test_too_many_scenes_are_refused_before_any_is_validated(count: int) -> None:
+    bad = {"prompt": ""}  # each item alone would be refused, with its own message
+    for scenes in ([bad] * count, (bad,) * count):
+        with pytest.raises(InvalidInput, match=f"at most {MAX_SCENES} scenes") as refused:
+            parse_scene_specs(scenes)  # type: ignore[arg-type]
+        assert "prompt" not in str(refused.value)  # no item was looked at
+    _Counted.reads = 0
+    with pytest.raises(InvalidInput, match=f"at most {MAX_SCENES} scenes"):
+        parse_scene_specs([_Counted(prompt="ok") for _ in range(MAX_SCENES + 1)])
+    assert _Counted.reads == 0
+
+
+def test_scene_specs_up_to_the_limit_are_all_validated() -> None:
+    assert len(parse_scene_specs([{"prompt": "ok"}] * MAX_SCENES)) == MAX_SCENES
+    with pytest.raises(InvalidInput, match="prompt"):
+        parse_scene_specs([{"prompt": "ok"}] * (MAX_SCENES - 1) + [{"prompt": ""}])
 
 
 def test_clip_keys_are_built_from_validated_ids_only() -> None:

@@ -4,6 +4,9 @@ what is wrong (exit 2), and the API creates neither table nor bucket. And the bo
 from __future__ import annotations
 
 import os
+import re
+import shlex
+import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -158,3 +161,54 @@ def test_list_projects_returns_the_newest_up_to_its_limit(
     finally:
         monkeypatch.undo()
         reset_context()
+
+
+def _spied_redis_server(tmp_path: Path) -> tuple[Path, Path]:
+    """A `redis-server` first on PATH that notes each start and then runs the real one: the
+    local stack's first process, so a demo that starts anything leaves the note."""
+    real = shutil.which("redis-server") or "/usr/bin/redis-server"
+    spy = tmp_path / "spy-bin"
+    spy.mkdir()
+    started = tmp_path / "redis-server-started"
+    script = spy / "redis-server"
+    script.write_text(f'#!/bin/sh\necho "$@" >> {shlex.quote(str(started))}\nexec {real} "$@"\n')
+    script.chmod(0o755)
+    return spy, started
+
+
+def test_the_demo_refuses_before_it_starts_any_process(tmp_path: Path) -> None:
+    env = _no_stack_env(tmp_path)
+    env.pop("MVPIPE_FLOWER_PORT", None)
+    spy, started = _spied_redis_server(tmp_path)
+    env["PATH"] = f"{spy}{os.pathsep}{env['PATH']}"
+    env["TMPDIR"] = str(tmp_path / "tmp")  # where the demo would put its stack's data
+    (tmp_path / "tmp").mkdir()
+    out = tmp_path / "out"
+    cases: list[tuple[tuple[str, ...], str]] = [
+        (("demo", "--seconds", "1", "--output", str(out)), "--seconds"),
+        (("demo", "--seconds", "601", "--output", str(out)), "--seconds"),
+        (("demo", "--seconds", "nan", "--output", str(out)), "--seconds"),
+        (("demo", "--output", "/proc/demo-output.mp4"), "/proc/demo-output.mp4"),
+        (("demo", "--output", "/proc/self/demo"), "/proc/self/demo"),
+    ]
+    results = mvpipe_each(env, *(args for args, _ in cases))
+    for (args, text), result in zip(cases, results, strict=True):
+        assert result.returncode == 2, (args, result.stderr)
+        assert result.stderr.startswith("error:") and text in result.stderr, (args, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1, (args, result.stderr)
+        assert result.stdout == "", (args, result.stdout)
+    assert not started.exists(), started.read_text()  # no redis-server, so no stack at all
+    assert list((tmp_path / "tmp").iterdir()) == []
+    assert not out.exists() and not Path("/proc/demo-output.mp4").exists()
+
+
+def test_the_demos_output_check_makes_the_directory_and_leaves_no_probe(tmp_path: Path) -> None:
+    from mvpipe.devstack.demo import check_output
+
+    output = tmp_path / "a" / "b"
+    check_output(output)
+    assert output.is_dir() and list(output.iterdir()) == []
+    check_output(output)  # an existing, writable directory passes as well
+    assert list(output.iterdir()) == []
+    with pytest.raises(InvalidInput, match=re.escape("/proc/x.mp4")):
+        check_output(Path("/proc/x.mp4"))

@@ -85,9 +85,9 @@ def demo(seconds: float, bpm: float, keep: bool, output: Path, lip_sync: bool) -
     lip-sync draws a mouth and a level meter that follow the song); the clips and the song
     become OUTPUT/music-video.mp4 (H.264 + AAC).
     """
-    from mvpipe.devstack.demo import check_output, run_demo
+    from mvpipe.devstack.demo import check_demo, run_demo
 
-    guarded(lambda: check_output(output))
+    guarded(lambda: check_demo(seconds=seconds, output=output))
     view = guarded(
         lambda: run_demo(
             seconds=seconds, bpm=bpm, lip_sync=lip_sync, output=output, keep=keep, show=_Shown()

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from mvpipe.cli.exits import EXIT_UNAVAILABLE, fail, guarded
+from mvpipe.cli.exits import guarded
 from mvpipe.cli.lazy import api
 
 
@@ -36,15 +36,11 @@ def reconcile(project_id: str | None, as_json: bool, sweep: bool) -> None:
 def flower(address: str, flower_args: tuple[str, ...]) -> None:
     """Start Flower behind basic auth (refuses without MVPIPE_FLOWER_USER/PASSWORD), on
     127.0.0.1 unless --address says otherwise; other arguments go to Flower."""
+    from mvpipe.flower_auth import basic_auth
     from mvpipe.settings import get_settings
 
-    s = get_settings()
-    if not s.flower_user or s.flower_password is None or not s.flower_password.get_secret_value():
-        fail(
-            "set MVPIPE_FLOWER_USER and MVPIPE_FLOWER_PASSWORD; Flower never runs open",
-            EXIT_UNAVAILABLE,
-        )
-    auth = f"{s.flower_user}:{s.flower_password.get_secret_value()}"
+    # Refused here with the CLI's exit code; the app applies the same check and the credentials
+    # to every Flower it starts (`celery -A mvpipe.celery_app flower` too).
+    guarded(lambda: basic_auth(get_settings()))
     argv = [sys.executable, "-m", "celery", "-A", "mvpipe.celery_app", "flower"]
-    argv += [f"--address={address}", *flower_args]
-    os.execve(sys.executable, argv, {**os.environ, "FLOWER_BASIC_AUTH": auth})
+    os.execv(sys.executable, [*argv, f"--address={address}", *flower_args])

@@ -7,6 +7,8 @@ decides what happens and in which order, never how it looks.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import shutil
 import tempfile
@@ -18,6 +20,7 @@ from mvpipe import api
 from mvpipe.devstack import cluster
 from mvpipe.errors import InvalidInput
 from mvpipe.models import ProjectStatus, ProjectView
+from mvpipe.settings import get_settings
 
 #: The demo's settings, chosen so it finishes in about a minute on 2 cores (each can be
 #: overridden from the environment): short slots, a quick local provider, 720p output.
@@ -64,18 +67,41 @@ class DemoShow(Protocol):
         """The stack stays up until Ctrl-C."""
 
 
+def check_demo(*, seconds: float, output: Path) -> None:
+    """What the demo would otherwise learn only once its stack is up, refused before any process
+    starts: a song length `create_project` refuses, an output directory it cannot write."""
+    check_seconds(seconds)
+    check_output(output)
+
+
+def check_seconds(seconds: float) -> None:
+    """The song's length within the settings' limits (MVPIPE_SONG_MIN/MAX_SECONDS)."""
+    settings = get_settings()
+    low, high = settings.song_min_seconds, settings.song_max_seconds
+    if not (math.isfinite(seconds) and low <= seconds <= high):
+        raise InvalidInput(
+            f"--seconds must be from {low:g} to {high:g} (a song's limits), not {seconds:g}"
+        )
+
+
 def check_output(output: Path) -> None:
-    """The demo's output directory can be made and written (checked before the stack starts):
-    its nearest existing ancestor is a writable directory."""
+    """The demo's output directory is made (with its parents) and a file written in it and
+    removed: the write itself is the test (permission bits say nothing for root, and nothing
+    of a read-only or virtual file system). A failed check removes the directories it made."""
     if output.exists() and not output.is_dir():
         raise InvalidInput(f"--output {output} exists and is not a directory")
-    nearest = output.absolute()
-    while not nearest.exists():
-        nearest = nearest.parent
-    if not nearest.is_dir():
-        raise InvalidInput(f"--output {output}: {nearest} is not a directory")
-    if not os.access(nearest, os.W_OK | os.X_OK):
-        raise InvalidInput(f"--output {output}: {nearest} is not writable")
+    made = [p for p in (output.absolute(), *output.absolute().parents) if not p.exists()]
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=output, prefix=".mvpipe-probe-") as probe:
+            probe.write(b"x")
+            probe.flush()
+    except OSError as exc:
+        for directory in made:  # the deepest first
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+        reason = (exc.strerror or str(exc)).lower()
+        raise InvalidInput(f"--output {output}: cannot write there ({reason})") from None
 
 
 def run_demo(

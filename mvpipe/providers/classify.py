@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -19,7 +20,17 @@ from mvpipe.errors import (
     TransientProviderError,
 )
 
-SECRET_VARIABLES = ("GOOGLE_API_KEY", "GEMINI_API_KEY", "REPLICATE_API_TOKEN")
+#: Variables whose whole value is a secret.
+SECRET_VARIABLES = (
+    "GOOGLE_API_KEY",
+    "GEMINI_API_KEY",
+    "REPLICATE_API_TOKEN",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "MVPIPE_FLOWER_PASSWORD",
+)
+#: Variables holding a URL whose password is a secret (a client library may echo it bare).
+SECRET_URL_VARIABLES = ("MVPIPE_BROKER_URL", "MVPIPE_RESULT_BACKEND", "MVPIPE_REDIS_URL")
 TRANSIENT_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 
 
@@ -32,11 +43,25 @@ PRESIGNED_PARTS = re.compile(
 )
 
 
+#: The password of any URL's userinfo (`redis://:pw@host`, `redis://user:pw@host`), configured
+#: or not: it stops at the first "@", "/" or blank.
+URL_PASSWORD = re.compile(r"([a-z][a-z0-9+.-]*://[^:@/\s]*:)[^@/\s]+@", re.IGNORECASE)
+
+
+def _secrets() -> list[str]:
+    found = [os.environ.get(name) or "" for name in SECRET_VARIABLES]
+    for name in SECRET_URL_VARIABLES:
+        try:
+            found.append(urlsplit(os.environ.get(name) or "").password or "")
+        except ValueError:  # a malformed URL: its password is not readable, nor replaceable
+            continue
+    return [secret for secret in found if len(secret) >= 4]
+
+
 def scrub(message: str) -> str:
-    for name in SECRET_VARIABLES:
-        secret = os.environ.get(name)
-        if secret and len(secret) >= 4:
-            message = message.replace(secret, "***")
+    for secret in _secrets():
+        message = message.replace(secret, "***")
+    message = URL_PASSWORD.sub(r"\1***@", message)
     return PRESIGNED_PARTS.sub(r"\1***", message)
 
 

@@ -1,0 +1,112 @@
+"""Flower started straight through the app (`celery -A mvpipe.celery_app flower`, as DESIGN.md
+names it) never runs open: without both credentials it refuses with one line, and with them it
+answers only to them, on 127.0.0.1 unless told otherwise."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from mvpipe.devstack.localstack import LocalStack, free_port, port_open
+from tests.helpers import listening_on, wait_for
+
+pytestmark = pytest.mark.integration
+
+StartFlower = Callable[..., subprocess.Popen[bytes]]
+
+
+def _env(**flower: str) -> dict[str, str]:
+    """This process's environment without any Flower credentials or options, plus `flower`."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("MVPIPE_FLOWER_", "FLOWER_", "CELERY_FLOWER"))
+    }
+    return {**env, **flower}
+
+
+@pytest.fixture
+def start_flower(stack: LocalStack, tmp_path: Path) -> Iterator[StartFlower]:
+    """Start `celery -A mvpipe.celery_app flower` as a real process; every one is stopped after
+    the test, however it ends."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
+        with (tmp_path / f"flower-{len(started)}.log").open("wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "mvpipe.celery_app", "flower", *args],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _log(tmp_path: Path, index: int) -> str:
+    return (tmp_path / f"flower-{index}.log").read_text()
+
+
+@pytest.mark.parametrize(
+    ("credentials", "says"),
+    [
+        ({}, "MVPIPE_FLOWER_USER and MVPIPE_FLOWER_PASSWORD"),
+        ({"MVPIPE_FLOWER_USER": "ops"}, "MVPIPE_FLOWER_USER and MVPIPE_FLOWER_PASSWORD"),
+        ({"MVPIPE_FLOWER_PASSWORD": "s3cret"}, "MVPIPE_FLOWER_USER and MVPIPE_FLOWER_PASSWORD"),
+        # Flower splits its credentials on commas: "ops:a,b" would also let in anyone sending "b"
+        ({"MVPIPE_FLOWER_USER": "ops", "MVPIPE_FLOWER_PASSWORD": "a,bcd"}, "','"),
+        # Flower's own variable opens nothing when ours are missing
+        ({"FLOWER_BASIC_AUTH": "ops:s3cret"}, "MVPIPE_FLOWER_USER and MVPIPE_FLOWER_PASSWORD"),
+    ],
+)
+def test_celery_flower_refuses_to_start_without_credentials(
+    start_flower: StartFlower, tmp_path: Path, credentials: dict[str, str], says: str
+) -> None:
+    port = free_port()
+    proc = start_flower(_env(**credentials), f"--port={port}")
+    assert proc.wait(timeout=120) != 0
+    out = _log(tmp_path, 0)
+    lines = out.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and says in lines[0], out
+    assert "a,bcd" not in out and "s3cret" not in out
+    assert not port_open(port)
+
+
+def test_celery_flower_answers_only_to_its_credentials_on_loopback(
+    start_flower: StartFlower, tmp_path: Path
+) -> None:
+    port = free_port()
+    start_flower(_env(MVPIPE_FLOWER_USER="ops", MVPIPE_FLOWER_PASSWORD="s3cret"), f"--port={port}")
+    wait_for(lambda: port_open(port), 120, "Flower to listen")
+    assert listening_on(port) == {"0100007F"}  # 127.0.0.1 alone, not every interface
+    url = f"http://127.0.0.1:{port}/api/workers"
+    assert httpx.get(url, timeout=10).status_code == 401
+    assert httpx.get(url, auth=("ops", "wrong"), timeout=10).status_code == 401
+    assert httpx.get(url, auth=("ops", "s3cret"), timeout=10).status_code == 200
+    assert "s3cret" not in _log(tmp_path, 0)
+
+
+def test_celery_flower_listens_where_told(start_flower: StartFlower, tmp_path: Path) -> None:
+    port = free_port()
+    env = _env(MVPIPE_FLOWER_USER="ops", MVPIPE_FLOWER_PASSWORD="s3cret")
+    start_flower(env, f"--port={port}", "--address=0.0.0.0")
+    wait_for(lambda: port_open(port), 120, "Flower to listen")
+    assert listening_on(port) == {"00000000"}  # every interface, as asked
+    url = f"http://127.0.0.1:{port}/api/workers"
+    assert httpx.get(url, timeout=10).status_code == 401  # and still behind its credentials
