@@ -194,11 +194,13 @@ def test_veo_asks_for_a_duration_it_makes_and_no_audio_for_a_song_scene(
     assert [body["instances"][0]["prompt"] for body in standin.veo_bodies] == [
         "a neon city at night"
     ] * 2
-    # A hand-written length Veo does not make becomes the next one it makes (or its longest)
-    provider.submit(replace(request(), duration_seconds=5))
-    provider.submit(replace(request(), duration_seconds=12))
-    assert [body["parameters"]["durationSeconds"] for body in standin.veo_bodies[2:]] == [6, 8]
-    assert standin.created["veo"] == 4 == standin.calls["veo.create"]
+    # A length Veo does not make (its price was reserved on it) is refused before any call,
+    # never changed into another one that would be billed instead
+    for seconds in (5, 12):
+        with pytest.raises(PermanentProviderError, match=f"a {seconds} s clip") as caught:
+            provider.submit(replace(request(), duration_seconds=seconds))
+        assert caught.value.refused
+    assert standin.created["veo"] == 2 == standin.calls["veo.create"]
 
 
 def test_replicate_gets_prompt_negative_prompt_and_the_duration_input(
@@ -221,9 +223,11 @@ def test_replicate_gets_prompt_negative_prompt_and_the_duration_input(
         "negative_prompt": "blur",
         "seconds": 5,
     }
-    # A length outside MVPIPE_REPLICATE_DURATIONS becomes one inside it
-    assert standin.predictions[renamed.submit(request())]["input"]["seconds"] == 10
-    assert standin.created["replicate"] == 3 == standin.calls["replicate.create"]
+    # A length outside MVPIPE_REPLICATE_DURATIONS is refused before any call
+    with pytest.raises(PermanentProviderError, match="a 6 s clip") as caught:
+        renamed.submit(request())
+    assert caught.value.refused
+    assert standin.created["replicate"] == 2 == standin.calls["replicate.create"]
 
 
 def test_each_api_gets_its_own_credentials_in_a_header(standin: ProviderStandIn) -> None:
