@@ -67,9 +67,10 @@ class BrokerUnavailable(StoreUnavailable):
 class ProviderError(MvpipeError):
     """A provider call failed; `message` is safe to store (it never holds a secret).
 
-    `refused` is True only when the provider surely accepted no job: it answered with an error
-    status, or the request never left. A timeout or a reset connection leaves the outcome
-    unknown (the job may run and be billed), so it is never `refused`."""
+    `refused` is True only when the provider surely accepted no job: it answered with a 4xx, or
+    the request never left. A timeout, a reset connection or a 5xx (a gateway's may come after
+    the provider accepted the job) leaves the outcome unknown (the job may run and be billed),
+    so it is never `refused`."""
 
     def __init__(self, message: str = "", *, refused: bool = False) -> None:
         super().__init__(message)

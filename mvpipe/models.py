@@ -84,7 +84,11 @@ class SceneSpec(BaseModel):
 
     prompt: Prompt
     negative_prompt: NegativePrompt = None
-    duration_seconds: int = Field(default=8, ge=MIN_DURATION, le=MAX_DURATION, strict=True)
+    #: the clip length wanted; None: the provider's default. Creation and planning store the
+    #: provider's shortest allowed length covering it (see mvpipe.durations).
+    duration_seconds: int | None = Field(
+        default=None, ge=MIN_DURATION, le=MAX_DURATION, strict=True
+    )
     #: The scene's slot in the song; planning sets it, from the song's beats.
     start_seconds: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     end_seconds: float | None = Field(default=None, gt=0, allow_inf_nan=False)

@@ -106,7 +106,9 @@ def new_project(
         concept="A concept",
         provider="local",
         requested_scene_count=scenes,
-        scenes=tuple(SceneSpec(prompt=f"scene {n}") for n in range(1, scenes + 1)),
+        scenes=tuple(
+            SceneSpec(prompt=f"scene {n}", duration_seconds=8) for n in range(1, scenes + 1)
+        ),
         budget_micros=budget_micros,
     )
     ctx.projects.create(project_id, spec)

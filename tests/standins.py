@@ -43,8 +43,9 @@ KEYS = {
 #: meets one has started its job, as when a real answer is lost on the way back):
 #: "slow" holds the answer until `released` is set (past any client timeout), "reset" resets the
 #: connection (RST), "close" closes it without a word, "garbage" answers 200 with an HTML page,
-#: "mistyped" 200 with JSON of the wrong shape.
-FAULTS = ("slow", "reset", "close", "garbage", "mistyped")
+#: "mistyped" 200 with JSON of the wrong shape, "bad_gateway" a 502 (a gateway that lost the
+#: provider's answer).
+FAULTS = ("slow", "reset", "close", "garbage", "mistyped", "bad_gateway")
 #: a "mistyped" answer: JSON, but no field of the shape any of the APIs answers with
 MISTYPED = {"name": 123, "done": "maybe", "id": 123, "status": 5, "candidates": 5}
 GS_PREFIX = r"^gs://[a-z0-9][a-z0-9._-]+[a-z0-9](/|$)"
@@ -434,7 +435,7 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         return json.loads(self.rfile.read(length)) if length else {}
 
-    def _fault(self, fault: str, answer: Any) -> None:
+    def _fault(self, api: str, fault: str, answer: Any) -> None:
         """Meet a transport fault instead of answering (see FAULTS)."""
         self.close_connection = True
         if fault == "slow":
@@ -445,6 +446,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
         elif fault == "mistyped":
             self._reply(200, MISTYPED)
+        elif fault == "bad_gateway":
+            self._error(api, 502, "Bad Gateway: the upstream's answer was lost")
         elif fault == "garbage":
             page = b"<html><body>502 Bad Gateway</body></html>"
             self._reply(200, page, "text/html")
@@ -488,7 +491,7 @@ class _Handler(BaseHTTPRequestHandler):
             return  # refused or already answered
         fault = s.next_fault(kind)
         if fault is not None:
-            self._fault(fault, answer)
+            self._fault(api, fault, answer)
         elif isinstance(answer, bytes):
             self._reply(200, answer, "video/mp4")
         else:

@@ -14,8 +14,14 @@ import pytest
 
 from mvpipe.deps import get_context
 from mvpipe.devstack.localstack import LocalStack
-from mvpipe.errors import PermanentProviderError, ProviderError, TransientProviderError
+from mvpipe.errors import (
+    PermanentProviderError,
+    ProviderError,
+    QuotaExceeded,
+    TransientProviderError,
+)
 from mvpipe.providers.base import Brief, LipSyncRequest, VideoRequest
+from mvpipe.providers.classify import from_status
 from mvpipe.providers.gemini import GeminiPlanner
 from mvpipe.providers.replicate import ReplicateVideoProvider
 from mvpipe.providers.replicate_lipsync import ReplicateLipSyncProvider
@@ -49,7 +55,33 @@ def assert_unknown_outcome(exc: ProviderError) -> None:
     assert not any(key in str(exc) for key in KEYS.values())
 
 
-@pytest.mark.parametrize("fault", [*FAULTS, "mistyped"])
+@pytest.mark.parametrize(
+    ("status", "kind", "refused"),
+    [
+        (400, PermanentProviderError, True),
+        (401, PermanentProviderError, True),
+        (422, PermanentProviderError, True),
+        (408, TransientProviderError, True),
+        (429, QuotaExceeded, True),
+        (500, TransientProviderError, False),
+        (502, TransientProviderError, False),
+        (503, TransientProviderError, False),
+        (504, TransientProviderError, False),
+        (None, TransientProviderError, False),
+    ],
+)
+def test_only_a_4xx_answer_is_a_refusal(
+    status: int | None, kind: type[ProviderError], refused: bool
+) -> None:
+    # A 4xx says the request was not taken; a 5xx may come from a gateway after the provider
+    # accepted the job, so a create that gets one keeps its reservation (a refusal gives it
+    # back). Every 5xx is still transient: the submit is retried.
+    error = from_status("veo", status, "answer")
+    assert type(error) is kind
+    assert error.refused is refused
+
+
+@pytest.mark.parametrize("fault", [*FAULTS, "mistyped", "bad_gateway"])
 @pytest.mark.parametrize("provider_class", [VeoVideoProvider, ReplicateVideoProvider])
 def test_a_create_that_meets_a_fault_is_transient_and_not_a_refusal(
     standin: ProviderStandIn, provider_class: type, fault: str

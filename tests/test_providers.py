@@ -194,11 +194,13 @@ def test_veo_asks_for_a_duration_it_makes_and_no_audio_for_a_song_scene(
     assert [body["instances"][0]["prompt"] for body in standin.veo_bodies] == [
         "a neon city at night"
     ] * 2
-    # A hand-written length Veo does not make becomes the next one it makes (or its longest)
-    provider.submit(replace(request(), duration_seconds=5))
-    provider.submit(replace(request(), duration_seconds=12))
-    assert [body["parameters"]["durationSeconds"] for body in standin.veo_bodies[2:]] == [6, 8]
-    assert standin.created["veo"] == 4 == standin.calls["veo.create"]
+    # A length Veo does not make (its price was reserved on it) is refused before any call,
+    # never changed into another one that would be billed instead
+    for seconds in (5, 12):
+        with pytest.raises(PermanentProviderError, match=f"a {seconds} s clip") as caught:
+            provider.submit(replace(request(), duration_seconds=seconds))
+        assert caught.value.refused
+    assert standin.created["veo"] == 2 == standin.calls["veo.create"]
 
 
 def test_replicate_gets_prompt_negative_prompt_and_the_duration_input(
@@ -221,9 +223,11 @@ def test_replicate_gets_prompt_negative_prompt_and_the_duration_input(
         "negative_prompt": "blur",
         "seconds": 5,
     }
-    # A length outside MVPIPE_REPLICATE_DURATIONS becomes one inside it
-    assert standin.predictions[renamed.submit(request())]["input"]["seconds"] == 10
-    assert standin.created["replicate"] == 3 == standin.calls["replicate.create"]
+    # A length outside MVPIPE_REPLICATE_DURATIONS is refused before any call
+    with pytest.raises(PermanentProviderError, match="a 6 s clip") as caught:
+        renamed.submit(request())
+    assert caught.value.refused
+    assert standin.created["replicate"] == 2 == standin.calls["replicate.create"]
 
 
 def test_each_api_gets_its_own_credentials_in_a_header(standin: ProviderStandIn) -> None:
@@ -458,19 +462,32 @@ def test_a_crash_between_submit_and_completion_resumes_the_same_operation(
 
 @pytest.mark.integration
 @pytest.mark.parametrize(
-    ("fault", "refunded"),
-    [("refused", True), ("close", False), ("reset", False), ("slow", False), ("garbage", False)],
+    ("fault", "created", "refunded"),
+    [
+        ("429", 0, True),
+        ("close", 1, False),
+        ("reset", 1, False),
+        ("slow", 1, False),
+        ("garbage", 1, False),
+        ("bad_gateway", 1, False),
+        ("500", 0, False),
+        ("502", 0, False),
+        ("503", 0, False),
+        ("504", 0, False),
+    ],
 )
 def test_a_refused_submit_gives_its_reservation_back_a_lost_answer_keeps_it(
     standin: ProviderStandIn,
     stack: LocalStack,
     monkeypatch: pytest.MonkeyPatch,
     fault: str,
+    created: int,
     refunded: bool,
 ) -> None:
     # Given a Replicate project (minimax/video-01: $0.50 a job) whose first create is either
-    # refused with a 503 or carried out with its answer lost (the connection closes or is
-    # reset, the answer comes after the timeout, or it is an HTML page)
+    # refused (a 429), carried out with its answer lost (the connection closes or is reset, the
+    # answer comes after the timeout, is an HTML page or a gateway's 502), or answered with a
+    # 5xx that cannot tell whether the provider took the job
     for key, value in provider_env(standin).items():
         monkeypatch.setenv(key, value)
     if fault == "slow":  # past a short timeout fast; every other call keeps the usual one
@@ -483,8 +500,8 @@ def test_a_refused_submit_gives_its_reservation_back_a_lost_answer_keeps_it(
     project_id = api.create_project("Money", "x", scenes=[{"prompt": "one"}], provider="replicate")
     run_id = str(uuid.uuid4())
     ctx.projects.win_run(project_id, run_id, ProjectStatus.PROCESSING)
-    if fault == "refused":
-        standin.fail_next["replicate.create"] = [503]
+    if fault.isdigit():
+        standin.fail_next["replicate.create"] = [int(fault)]
     else:
         standin.faults["replicate.create"] = [fault]
 
@@ -494,20 +511,21 @@ def test_a_refused_submit_gives_its_reservation_back_a_lost_answer_keeps_it(
         return ctx.scenes.budgets.read(project_id).committed_micros, scene.cost_micros
 
     # When the submit fails, the reservation goes back only if the provider surely refused:
-    # after a lost answer the job may run (and be billed), so its price stays committed
+    # after a lost answer or a 5xx the job may run (and be billed), so its price stays
+    # committed, on the project and on the scene alike (invariant 4)
     first = SceneJob(ctx, project_id, 1, run_id, "replicate").step()
-    assert first.next == Next.RETRY_SUBMIT
-    assert standin.created.get("replicate", 0) == (0 if refunded else 1)
+    assert first.next == Next.RETRY_SUBMIT  # a transient error: the submit is retried
+    assert standin.created.get("replicate", 0) == created
     kept = 0 if refunded else price
     assert committed() == (kept, kept)
     monkeypatch.setenv("MVPIPE_PROVIDER_TIMEOUT_SECONDS", "10")
     reset_context()
     ctx = get_context()
     # Then the retry pays for a new job, and the committed sum covers every job the provider
-    # accepted, no more when it refused
+    # accepted (and every one it may have), no more when it refused
     again = SceneJob(ctx, project_id, 1, run_id, "replicate").step()
     assert again.next == Next.POLL
-    accepted = standin.created["replicate"]
-    assert accepted == (1 if refunded else 2)
-    assert committed() == (accepted * price, accepted * price)
+    assert standin.created["replicate"] == created + 1
+    reserved = price + kept
+    assert committed() == (reserved, reserved)
     reset_context()

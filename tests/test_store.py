@@ -394,7 +394,7 @@ def unplanned_project(ctx: Context, scenes: int) -> tuple[str, str]:
 
 def test_a_plan_larger_than_one_transaction_is_written_whole(ctx: Context) -> None:
     project_id, run_id = unplanned_project(ctx, 150)
-    specs = [SceneSpec(prompt=f"scene {n}") for n in range(1, 151)]
+    specs = [SceneSpec(prompt=f"scene {n}", duration_seconds=8) for n in range(1, 151)]
     assert ctx.projects.save_plan(project_id, run_id, specs, token="t")
     state = ctx.projects.load(project_id)
     assert state.project.scene_count == 150
@@ -403,9 +403,13 @@ def test_a_plan_larger_than_one_transaction_is_written_whole(ctx: Context) -> No
 
 def test_a_second_plan_of_a_planned_run_writes_nothing(ctx: Context) -> None:
     project_id, run_id = unplanned_project(ctx, 3)
-    assert ctx.projects.save_plan(project_id, run_id, [SceneSpec(prompt="a")] * 3, token="t1")
+    assert ctx.projects.save_plan(
+        project_id, run_id, [SceneSpec(prompt="a", duration_seconds=8)] * 3, token="t1"
+    )
     assert claim(ctx, project_id, run_id, "lease") == Claim.WON
-    assert not ctx.projects.save_plan(project_id, run_id, [SceneSpec(prompt="b")] * 3, token="t2")
+    assert not ctx.projects.save_plan(
+        project_id, run_id, [SceneSpec(prompt="b", duration_seconds=8)] * 3, token="t2"
+    )
     state = ctx.projects.load(project_id)
     assert [s.prompt for s in state.scenes] == ["a"] * 3
     assert state.scenes[0].lease_token == "lease"
@@ -414,7 +418,7 @@ def test_a_second_plan_of_a_planned_run_writes_nothing(ctx: Context) -> None:
 def test_a_plan_written_twice_by_its_planner_reports_success(ctx: Context) -> None:
     # Invariant 7: the final write landed, its reply was lost, the planner writes again.
     project_id, run_id = unplanned_project(ctx, 2)
-    specs = [SceneSpec(prompt="a")] * 2
+    specs = [SceneSpec(prompt="a", duration_seconds=8)] * 2
     assert ctx.projects.save_plan(project_id, run_id, specs, token="planner-1")
     assert ctx.projects.save_plan(project_id, run_id, specs, token="planner-1")
     # Another planner of the same run did not write this plan: it must not start a chord.

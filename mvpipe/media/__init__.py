@@ -8,7 +8,7 @@ numba load only when a song is analysed), because every worker process imports i
     synth      a song with known beats, bars and sections (demo and tests)
     timeline   the analysis result as data, with its JSON form
     analysis   tempo, beats, bars, sections (librosa); warm() for worker start-up
-    slots      the song cut into beat-aligned slots on the frame grid; clip durations
+    slots      the song cut into beat-aligned slots on the frame grid
     encoding   the output format and the one set of H.264 parameters
     cut        a clip to exactly a slot's frames in the output format
     assemble   cuts joined by remux, the song as AAC; the final video's inputs hash

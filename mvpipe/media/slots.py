@@ -39,10 +39,6 @@ _OFF_BEAT = 50.0
 _TOO_SHORT = 1000.0
 
 
-class NoClipDuration(InvalidInput):
-    """No duration the provider allows is long enough for the slot."""
-
-
 @dataclass(frozen=True)
 class Slot:
     """One scene's place in the video, in frames of the output rate."""
@@ -128,19 +124,6 @@ def _check_count(slots: int, max_seconds: float, max_slots: int | None) -> None:
             f"the song needs {slots} scenes (each at most {max_seconds:g} s long, and cut on its "
             f"beats and sections), more than the {max_slots} a project holds: use a shorter song"
         )
-
-
-def clip_duration(slot_seconds: float, allowed: Sequence[int]) -> int:
-    """The provider's shortest allowed clip length (whole seconds) that covers the slot."""
-    if not math.isfinite(slot_seconds) or slot_seconds <= 0:
-        raise InvalidInput(f"slot length must be positive, got {slot_seconds}")
-    fitting = [d for d in allowed if d > 0 and d + 1e-9 >= slot_seconds]
-    if not fitting:
-        raise NoClipDuration(
-            f"no allowed clip duration ({', '.join(map(str, sorted(allowed)))} s) "
-            f"covers a {slot_seconds:.3f} s slot"
-        )
-    return min(fitting)
 
 
 def _check(

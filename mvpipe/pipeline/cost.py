@@ -16,16 +16,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from mvpipe.deps import Context
-from mvpipe.media.slots import clip_duration
-from mvpipe.models import SceneSpec, SceneStatus
+from mvpipe.durations import DEFAULT_SCENE_SECONDS, capped_seconds, clip_seconds
+from mvpipe.models import SceneStatus
 from mvpipe.pipeline.stages import GENERATE, LIPSYNC
 from mvpipe.pipeline.timeline import load_timeline, song_slots
 from mvpipe.settings import Settings
 from mvpipe.states import lease_expired
 from mvpipe.store.records import ProjectRecord, ProjectState, SceneRecord
-
-#: The length of a scene the planner has not made yet (the scene spec's default).
-DEFAULT_SCENE_SECONDS: int = SceneSpec.model_fields["duration_seconds"].default
 
 
 @dataclass(frozen=True)
@@ -48,7 +45,7 @@ def estimate(ctx: Context, state: ProjectState, *, sequence: int | None = None) 
     if project.planned:
         return planned_estimate(settings, project.provider, state.scenes)
     if project.song_key is None:
-        seconds = clip_duration(DEFAULT_SCENE_SECONDS, settings.durations_for(project.provider))
+        seconds = capped_seconds(DEFAULT_SCENE_SECONDS, settings.durations_for(project.provider))
         count = project.requested_scene_count
         return Estimate(
             count * settings.video_price_micros(project.provider, seconds), count, exact=False
@@ -60,7 +57,7 @@ def estimate(ctx: Context, state: ProjectState, *, sequence: int | None = None) 
         lengths = _even_slots(settings, project)
     allowed = settings.durations_for(project.provider)
     micros = sum(
-        settings.video_price_micros(project.provider, clip_duration(s, allowed)) for s in lengths
+        settings.video_price_micros(project.provider, clip_seconds(s, allowed)) for s in lengths
     )
     jobs = len(lengths)
     if project.lip_sync:

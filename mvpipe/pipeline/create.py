@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 
+from mvpipe import durations
 from mvpipe.deps import Context
 from mvpipe.errors import StoreUnavailable
 from mvpipe.models import ProjectSpec
@@ -20,7 +21,13 @@ log = logging.getLogger("mvpipe.create")
 
 
 def create_project(ctx: Context, project_id: str, spec: ProjectSpec, song: bytes | None) -> None:
-    """Write a validated project; `song` holds the bytes `spec.song` describes."""
+    """Write a validated project; `song` holds the bytes `spec.song` describes. Hand-written
+    scenes are stored at the clip length the provider makes (`InvalidInput` before any write
+    when it makes none that long), the length their price is reserved on and asked for."""
+    if spec.scenes is not None:
+        allowed = ctx.settings.durations_for(spec.provider)
+        scenes = durations.hand_written(spec.scenes, spec.provider, allowed)
+        spec = spec.model_copy(update={"scenes": tuple(scenes)})
     key = None
     if spec.song is not None:
         if song is None:

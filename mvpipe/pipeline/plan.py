@@ -12,9 +12,11 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from mvpipe import durations
 from mvpipe.deps import Context
+from mvpipe.durations import clip_seconds
 from mvpipe.errors import ConfigurationError, PermanentProviderError
-from mvpipe.media.slots import Slot, clip_duration
+from mvpipe.media.slots import Slot
 from mvpipe.models import SceneSpec, SceneStatus
 from mvpipe.pipeline.brief import slot_briefs
 from mvpipe.pipeline.stages import GENERATE, next_stage
@@ -109,7 +111,9 @@ def planned_specs(ctx: Context, project: ProjectRecord, run_id: str) -> list[Sce
         brief = Brief(
             project.project_id, project.title, project.concept, project.requested_scene_count
         )
-        return _checked(_call_planner(ctx, project.project_id, run_id, brief), brief)
+        specs = _checked(_call_planner(ctx, project.project_id, run_id, brief), brief)
+        # the planner does not know the provider: each length becomes one the provider makes
+        return durations.planned(specs, ctx.settings.durations_for(project.provider))
     timeline = load_timeline(ctx, project)
     if timeline is None:
         raise RuntimeError(f"project {project.project_id} is planned before its song is analysed")
@@ -136,7 +140,7 @@ def place_in_slots(
         SceneSpec(
             prompt=spec.prompt,
             negative_prompt=spec.negative_prompt,
-            duration_seconds=clip_duration(slot.seconds, allowed),
+            duration_seconds=clip_seconds(slot.seconds, allowed),
             start_seconds=slot.start_seconds,
             end_seconds=slot.end_seconds,
             lip_sync=spec.lip_sync and lip_sync,

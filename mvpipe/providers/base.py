@@ -46,14 +46,6 @@ class VideoRequest:
     with_audio: bool = True
 
 
-def provider_seconds(requested: int, allowed: list[int]) -> int:
-    """The clip length to ask a provider for: `requested` when it makes it, else the shortest
-    longer one it makes (the cut trims), else its longest. A song's scenes already carry an
-    allowed length; a scene written by hand may not."""
-    longer = [d for d in allowed if d >= requested]
-    return min(longer) if longer else max(allowed)
-
-
 @dataclass(frozen=True)
 class LipSyncRequest:
     """One clip to lip-sync: the scene's working clip and the song's audio for its slot, as

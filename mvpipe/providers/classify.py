@@ -1,8 +1,10 @@
 """Error classification shared by the SDK-backed providers: transient vs permanent.
 
 429 and 5xx, timeouts and connection errors are transient; other 4xx (invalid request, auth,
-content policy) are permanent. Messages are scrubbed of every secret we know before they can
-reach `lastError`, a log line or a task result.
+content policy) are permanent. Only a 4xx is a refusal (the provider took no job): a 5xx may
+come from a gateway after the provider accepted the job, so, like a timeout, it leaves the
+outcome unknown. Messages are scrubbed of every secret we know before they can reach
+`lastError`, a log line or a task result.
 """
 
 from __future__ import annotations
@@ -74,10 +76,12 @@ def describe(exc: BaseException) -> str:
 
 
 def from_status(provider: str, status: int | None, message: str) -> ProviderError:
-    """An error the provider answered with. Only a known status is a refusal (`refused`):
-    the provider said no to the request, so it runs no job for it."""
+    """An error the provider answered with. Only a 4xx (429 included) is a refusal (`refused`):
+    the request was not taken, so no job runs for it. A 5xx is not: a gateway's 500, 502, 503
+    or 504 can come after the provider accepted the job (and will bill it), so a submit that
+    gets one keeps its reservation, as after a timeout (DESIGN.md invariants 3 and 9)."""
     text = scrub(f"{provider}: {status or 'error'} {message}".strip())
-    refused = status is not None
+    refused = status is not None and 400 <= status < 500
     if status == 429:
         return QuotaExceeded(text, refused=refused)
     if status is None or status in TRANSIENT_STATUSES or status >= 500:

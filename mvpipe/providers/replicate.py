@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from mvpipe.providers.base import VideoRequest, provider_seconds
+from mvpipe.durations import asked_seconds
+from mvpipe.providers.base import VideoRequest
 from mvpipe.providers.replicate_jobs import ReplicateProvider
 from mvpipe.settings import Settings
 
@@ -19,7 +20,7 @@ class ReplicateVideoProvider(ReplicateProvider):
             fields["negative_prompt"] = request.negative_prompt
         if self.settings.replicate_duration_input:
             allowed = self.settings.durations_for(self.name)
-            seconds = provider_seconds(request.duration_seconds, allowed)
+            seconds = asked_seconds(self.name, request.duration_seconds, allowed)
             fields[self.settings.replicate_duration_input] = seconds
         return fields
 

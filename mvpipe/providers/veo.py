@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from mvpipe.durations import asked_seconds
 from mvpipe.errors import PermanentProviderError
 from mvpipe.providers import gcs
-from mvpipe.providers.base import JobState, JobStatus, VideoRequest, provider_seconds
+from mvpipe.providers.base import JobState, JobStatus, VideoRequest
 from mvpipe.providers.classify import download
 from mvpipe.providers.genai_client import GenaiUser, call_sdk, vertex_client
 
@@ -24,8 +25,8 @@ class VeoVideoProvider(GenaiUser):
     def submit(self, request: VideoRequest) -> str:
         from google.genai import types
 
-        # Veo refuses any other length (after a round trip): ask for one it makes.
-        seconds = provider_seconds(request.duration_seconds, self.settings.durations_for(self.name))
+        allowed = self.settings.durations_for(self.name)
+        seconds = asked_seconds(self.name, request.duration_seconds, allowed)
         config = types.GenerateVideosConfig(
             number_of_videos=1,
             duration_seconds=seconds,

@@ -225,6 +225,9 @@ class ProjectStore:
         return current.song_key == song_key and current.timeline_key == timeline_key
 
     def _scene_items(self, project_id: str, specs: Sequence[SceneSpec], now: str) -> list[ItemBase]:
+        if any(spec.duration_seconds is None for spec in specs):
+            # the length a price is reserved on is chosen before storing (mvpipe.durations)
+            raise ValueError("a scene is stored with the clip length its provider makes")
         return [
             self.m(
                 project_pk(project_id),

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mvpipe.errors import InvalidInput
-from mvpipe.media.slots import NoClipDuration, Slot, check_slot_count, clip_duration, plan_slots
+from mvpipe.media.slots import Slot, check_slot_count, plan_slots
 from mvpipe.media.timeline import Section, Timeline
 from mvpipe.models import MAX_SCENES
 
@@ -205,24 +205,6 @@ def test_unsorted_bars_and_sections_are_refused():
             min_seconds=2,
             max_seconds=8,
         )
-
-
-@pytest.mark.parametrize(
-    ("seconds", "expected"), [(0.5, 4), (3.99, 4), (4.0, 4), (4.01, 6), (6.0, 6), (7.5, 8), (8, 8)]
-)
-def test_clip_duration_is_the_shortest_covering(seconds, expected):
-    assert clip_duration(seconds, [8, 4, 6]) == expected
-
-
-def test_clip_duration_refuses_what_no_clip_covers():
-    with pytest.raises(NoClipDuration):
-        clip_duration(8.1, [4, 6, 8])
-    with pytest.raises(NoClipDuration):
-        clip_duration(1.0, [])
-    with pytest.raises(InvalidInput):
-        clip_duration(float("nan"), [4, 6, 8])
-    with pytest.raises(InvalidInput):
-        clip_duration(0.0, [4, 6, 8])
 
 
 def test_a_song_needing_more_scenes_than_a_project_holds_is_refused():

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from mvpipe.durations import clip_seconds
 from mvpipe.media.analysis import analyse
 from mvpipe.media.audio import decode_mono
-from mvpipe.media.slots import clip_duration, plan_slots
+from mvpipe.media.slots import plan_slots
 from mvpipe.media.synth import synthesize_song
 
 VEO = (4, 6, 8)
@@ -31,6 +32,6 @@ def test_slots_of_a_song_fall_on_its_true_beats(bpm, offset):
     # ... and each slot gets the shortest Veo clip that covers it.
     for slot in slots:
         assert 2.0 <= slot.seconds <= 8.0
-        duration = clip_duration(slot.seconds, VEO)
+        duration = clip_seconds(slot.seconds, VEO)
         assert duration >= slot.seconds
         assert all(d < slot.seconds for d in VEO if d < duration)

@@ -1,0 +1,130 @@
+"""A scene's length on the real stack (moto server, the providers' real SDKs against the
+stand-in): the length stored is the one its price is reserved on, the one the estimate counts
+and the one the provider is asked for, so what is reserved is what is billed (invariant 9)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from mvpipe import api
+from mvpipe.deps import Context, get_context, reset_context
+from mvpipe.devstack.localstack import LocalStack
+from mvpipe.errors import InvalidInput
+from mvpipe.models import ProjectStatus
+from mvpipe.pipeline.generate import SceneJob
+from mvpipe.pipeline.plan import planned_specs
+from mvpipe.pipeline.steps import Next
+from tests.standins import ProviderStandIn, running_standin
+
+pytestmark = pytest.mark.integration
+
+#: Each provider's video model, and its dollars per second: a clip's price follows its length.
+MODELS = {"veo": "veo-3.0-generate-001", "replicate": "minimax/video-01"}
+PRICES = {"veo": 0.5, "replicate": 0.1}
+
+
+@pytest.fixture
+def standin(monkeypatch: pytest.MonkeyPatch, stack: LocalStack) -> Iterator[ProviderStandIn]:
+    with running_standin(monkeypatch) as server:
+        for key, value in {
+            "MVPIPE_GENAI_BASE_URL": server.url,
+            "MVPIPE_REPLICATE_BASE_URL": server.url,
+            "MVPIPE_VEO_MODEL": MODELS["veo"],
+            "MVPIPE_REPLICATE_MODEL": MODELS["replicate"],
+            "MVPIPE_PRICES": json.dumps({f"{p}:{MODELS[p]}": usd for p, usd in PRICES.items()}),
+            "MVPIPE_REPLICATE_DURATIONS": "5,10",
+            "MVPIPE_PROVIDER_CONCURRENCY": "100",
+        }.items():
+            monkeypatch.setenv(key, value)
+        reset_context()
+        yield server
+    reset_context()
+
+
+def asked_of(standin: ProviderStandIn, provider: str) -> list[int]:
+    """The clip length of every create the provider accepted, in order."""
+    if provider == "veo":
+        return [body["parameters"]["durationSeconds"] for body in standin.veo_bodies]
+    return [p["input"]["duration"] for p in standin.predictions.values()]
+
+
+def written(ctx: Context) -> tuple[int, set[str]]:
+    return ctx.table.model.count(), {o.key for o in ctx.clips.list("projects/")}
+
+
+@pytest.mark.parametrize(
+    ("provider", "wanted", "stored"),
+    [
+        # Veo makes 4, 6 and 8 s; a scene given no length is made at 8 s
+        ("veo", [1, 5, 8, None], [4, 6, 8, 8]),
+        # this Replicate model makes 5 and 10 s (MVPIPE_REPLICATE_DURATIONS)
+        ("replicate", [1, 6, 10, None], [5, 10, 10, 10]),
+    ],
+)
+def test_the_price_reserved_is_the_price_of_the_clip_asked_for(
+    standin: ProviderStandIn, provider: str, wanted: list[int | None], stored: list[int]
+) -> None:
+    # Given hand-written scenes whose lengths the provider does not all make
+    scenes = [
+        {"prompt": f"shot {n}", **({"duration_seconds": s} if s is not None else {})}
+        for n, s in enumerate(wanted, start=1)
+    ]
+    project_id = api.create_project("Lengths", "x", scenes=scenes, provider=provider)
+
+    # Then each is stored at the shortest length the provider makes that covers it, and the
+    # estimate is the price of those lengths
+    view = api.get_project(project_id)
+    assert [s.duration_seconds for s in view.scenes] == stored
+    per_second = round(PRICES[provider] * 1_000_000)
+    expected = [per_second * seconds for seconds in stored]
+    assert api.estimate_cost(project_id) == pytest.approx(sum(expected) / 1_000_000)
+
+    # When every scene is submitted
+    ctx = get_context()
+    run_id = str(uuid.uuid4())
+    ctx.projects.win_run(project_id, run_id, ProjectStatus.PROCESSING)
+    for sequence in range(1, len(scenes) + 1):
+        step = SceneJob(ctx, project_id, sequence, run_id, provider).step()
+        assert step.next == Next.POLL, step.outcome
+
+    # Then the provider was asked for exactly the stored lengths, and what each claim reserved
+    # (on the scene and the project) is the price of the clip asked for
+    asked = asked_of(standin, provider)
+    assert asked == stored
+    state = ctx.projects.load(project_id)
+    assert [s.cost_micros for s in state.scenes] == [per_second * s for s in asked]
+    assert state.project.committed_cost_micros == sum(expected)
+
+
+@pytest.mark.parametrize(("provider", "seconds"), [("veo", 9), ("replicate", 11)])
+def test_a_length_no_clip_of_the_provider_covers_is_refused_and_nothing_is_written(
+    standin: ProviderStandIn, provider: str, seconds: int
+) -> None:
+    ctx = get_context()
+    before = written(ctx)
+    scenes = [
+        {"prompt": "fits", "duration_seconds": 4},
+        {"prompt": "too long", "duration_seconds": seconds},
+    ]
+    with pytest.raises(InvalidInput, match=f"scene 2: {seconds} s is longer than the longest clip"):
+        api.create_project("Too long", "x", scenes=scenes, provider=provider)
+    assert written(ctx) == before
+
+
+def test_a_planned_scene_and_the_unplanned_estimate_use_the_providers_lengths(
+    standin: ProviderStandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a Replicate model that makes 5 and 6 s, shorter than a scene's default 8 s
+    monkeypatch.setenv("MVPIPE_REPLICATE_DURATIONS", "5,6")
+    reset_context()
+    ctx = get_context()
+    project_id = api.create_project("Planned", "x", scene_count=2, provider="replicate")
+    # Then the estimate before planning prices its longest clip for each scene
+    assert api.estimate_cost(project_id) == pytest.approx(2 * 6 * PRICES["replicate"])
+    # and the planner's 8 s scenes are planned at 6 s, the length reserved and asked for
+    specs = planned_specs(ctx, ctx.projects.get(project_id), str(uuid.uuid4()))
+    assert [s.duration_seconds for s in specs] == [6, 6]
