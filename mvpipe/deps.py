@@ -79,6 +79,13 @@ class Context:
                     found = built[name] = build()
         return found
 
+    def close(self) -> None:
+        """Close the store and Redis clients' connections: for a context built for a while
+        (a command, a check), not the process's own (`get_context`), which lives as long."""
+        self.table.close()
+        self.clips.client.close()
+        self.redis.close()
+
     def ensure_storage(self) -> None:
         """Create table and bucket on first use (idempotent, race-safe).
 
@@ -125,7 +132,7 @@ def build_context(settings: Settings) -> Context:
         redis=client,
         limiter=QuotaLimiter(client),
         board=RunBoard(client, ttl=settings.result_expires),
-        songs=SongStore(clips),
+        songs=SongStore(clips, settings.table),
     )
 
 

@@ -7,7 +7,7 @@ import re
 import uuid
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeGuard
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
@@ -214,15 +214,20 @@ class ProjectView(BaseModel):
     scenes: list[SceneView]
 
 
-def validate_project_id(value: object) -> str:
+def is_project_id(value: object) -> TypeGuard[str]:
     """Project ids are canonical UUID4 strings; anything else never reaches a key."""
     if not isinstance(value, str) or len(value) != 36:
-        raise InvalidInput(f"invalid project id: {_shorten(value)}")
+        return False
     try:
         parsed = uuid.UUID(value)
     except ValueError:
-        raise InvalidInput(f"invalid project id: {_shorten(value)}") from None
-    if parsed.version != 4 or str(parsed) != value:
+        return False
+    return parsed.version == 4 and str(parsed) == value
+
+
+def validate_project_id(value: object) -> str:
+    """`value` if it is a project id (`is_project_id`), else `InvalidInput`."""
+    if not is_project_id(value):
         raise InvalidInput(f"invalid project id: {_shorten(value)}")
     return value
 

@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     #: leaves to the round (which also takes what the active turn leaves unspent)
     full_sweep_share: float = Field(default=0.5, gt=0, lt=1)
     default_scenes: int = Field(default=8, ge=1, le=999)
+    #: how old a song, scene item or clip object that nothing records must be before reconcile
+    #: deletes it: it must exceed a create's worst case (`create_worst_seconds`, the store's
+    #: retries and timeouts), or a create still writing its METADATA loses its song and scenes;
+    #: 0 is allowed (tests), and a pass logs a warning while it is that short
     orphan_grace_seconds: float = Field(default=3600.0, ge=0)
     run_stale_seconds: float = Field(default=300.0, gt=0)
     stray_sweep_seconds: float = Field(default=3600.0, gt=0)
@@ -271,6 +275,13 @@ class Settings(BaseSettings):
     def submit_budget_seconds(self) -> float:
         """The lease time a submission needs once claimed: the submit, then the record's reply."""
         return self.provider_timeout_seconds + self.store_timeout_seconds
+
+    @property
+    def create_worst_seconds(self) -> float:
+        """How long after its song's upload a create's METADATA may still land: the scene
+        items' write and METADATA's, each retried through an outage for `store_retry_seconds`
+        and its last attempt answered within `store_timeout_seconds`."""
+        return 2 * (self.store_retry_seconds + self.store_timeout_seconds)
 
     @property
     def mvpipe_redis_url(self) -> str:

@@ -8,14 +8,11 @@ Run twice in a row, the second report's `total` is 0.
 from __future__ import annotations
 
 import functools
-import itertools
 import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import TypeVar
 
 from pydantic import BaseModel, computed_field
 
@@ -23,12 +20,12 @@ from mvpipe.deps import Context
 from mvpipe.models import ProjectStatus, SceneStatus
 from mvpipe.pipeline.cut import cut_key
 from mvpipe.pipeline.finalize import settle_project
+from mvpipe.pipeline.grace import grace_cutoff, warn_short_grace
 from mvpipe.pipeline.lipsync import audio_key
 from mvpipe.pipeline.reconcile_scope import (
     CURSOR_JOB,
     FULL_SWEEP_JOB,
     SONG_CURSOR_JOB,
-    SONG_PAGE,
     STRAY_CURSOR_JOB,
     STRAY_PAGE,
     STRAY_SWEEP_JOB,
@@ -38,6 +35,7 @@ from mvpipe.pipeline.reconcile_scope import (
     StrayRound,
     encode_key,
     in_turn,
+    paged_turn,
     projects_to_examine,
     round_rest,
     scopes,
@@ -46,9 +44,9 @@ from mvpipe.pipeline.reconcile_scope import (
     sweep_round,
     this_turn,
 )
+from mvpipe.pipeline.song_sweep import SongTurn, song_turn
 from mvpipe.pipeline.stages import GENERATE, LIPSYNC, Stage, is_last, lost_output, next_stage
 from mvpipe.pipeline.steps import Dispatcher
-from mvpipe.pipeline.stray_songs import folder_project, stray_songs
 from mvpipe.providers.classify import describe
 from mvpipe.states import FINAL_SCENE_STATES, assembly_due, lease_expired
 from mvpipe.store.clips import (
@@ -59,10 +57,10 @@ from mvpipe.store.clips import (
     scene_prefix,
 )
 from mvpipe.store.records import ProjectState, SceneRecord
-from mvpipe.store.songs import song_prefix
 
 log = logging.getLogger("mvpipe.reconcile")
-A = TypeVar("A")
+#: What a report counts that is no repair (`total` leaves it out: a second pass reports 0).
+_NOT_REPAIRS = frozenset({"stray_songs_skipped"})
 
 
 class ReconcileReport(BaseModel):
@@ -85,11 +83,17 @@ class ReconcileReport(BaseModel):
     stray_scenes_deleted: int = 0
     #: songs of creates whose METADATA never landed (past the grace period)
     stray_songs_deleted: int = 0
+    #: songs like those that are not tagged with this table (another deployment's on a shared
+    #: bucket, or untagged): kept
+    stray_songs_skipped: int = 0
 
     @computed_field  # type: ignore[prop-decorator]
     @property
     def total(self) -> int:
-        return sum(v for k, v in self.__dict__.items() if isinstance(v, int))
+        """The repairs made."""
+        return sum(
+            v for k, v in self.__dict__.items() if isinstance(v, int) and k not in _NOT_REPAIRS
+        )
 
 
 @dataclass
@@ -128,6 +132,7 @@ def reconcile(
     the full sweep and the stray sweeps are done all at once."""
     started = time.monotonic()
     report = ReconcileReport()
+    warn_short_grace(ctx.settings)
     if project_ids is None and budget_seconds is not None:
         passed = _beat_pass(
             ctx, dispatcher, report, started, budget_seconds, full_sweep, sweep_strays
@@ -201,8 +206,11 @@ def _beat_pass(
         turns += f"; the stray scan: {pages} pages, over: {over}"
     songs = song_round(ctx, sweep_strays)
     if songs is not None:
-        pages, over = _song_turn(ctx, report, songs.after, SONG_CURSOR_JOB, spent, budget)
-        turns += f"; the song sweep: {pages} pages, over: {over}"
+        done = song_turn(
+            ctx=ctx, after=songs.after, cursor=SONG_CURSOR_JOB, spent=spent, budget=budget
+        )
+        _count_songs(report, done)
+        turns += f"; the song sweep: {done.pages} pages, over: {done.over}"
     # "of N": the active projects listed, and the round's projects this pass read to examine
     return (
         f"examined {examined + taken} of {len(active) + taken} projects in {spent():.3f} s"
@@ -217,7 +225,7 @@ def _stray_turn(
     spent: Callable[[], float],
     budget: float,
 ) -> tuple[int, bool]:
-    """The stray-item scan's pages of this pass, from `cursor` (see `_paged_turn`)."""
+    """The stray-item scan's pages of this pass, from `cursor` (see `paged_turn`)."""
     cutoff = _stray_cutoff(ctx)
 
     def page(start: tuple[str, str] | None) -> tuple[str, str] | None:
@@ -225,51 +233,15 @@ def _stray_turn(
         _delete_strays(ctx, report, strays)
         return following
 
-    return _paged_turn(ctx, STRAY_CURSOR_JOB, cursor.after, page, encode_key, spent, budget)
-
-
-def _song_turn(
-    ctx: Context,
-    report: ReconcileReport,
-    after: str | None,
-    cursor: str | None,
-    spent: Callable[[], float],
-    budget: float | None,
-) -> tuple[int, bool]:
-    """The stray-song sweep's pages of this pass, from past the project folder `after` (see
-    `_paged_turn`; `cursor` None: an inline pass, which keeps no cursor)."""
-    cutoff = _grace_cutoff(ctx)
-
-    def page(start: str | None) -> str | None:
-        return _collect_songs(ctx, report, cutoff, start)
-
-    return _paged_turn(ctx, cursor, after, page, str, spent, budget)
-
-
-def _paged_turn(
-    ctx: Context,
-    cursor: str | None,
-    start: A | None,
-    page: Callable[[A | None], A | None],
-    encode: Callable[[A], str],
-    spent: Callable[[], float],
-    budget: float | None,
-) -> tuple[int, bool]:
-    """A round's pages of this pass, from `start` (`page` does one and says where the next
-    starts, None: the round is over): one page at least, more while the budget lasts (None:
-    to the end), the round's `cursor` moved past each page as it is done (so a pass that dies
-    on one reads it again, never skips it). Returns (pages, round over)."""
-    pages = 0
-    for _ in this_turn(itertools.count(), spent, budget):
-        start = page(start)
-        pages += 1
-        if start is None:
-            if cursor is not None:
-                ctx.board.drop_cursor(cursor)
-            return pages, True
-        if cursor is not None:
-            ctx.board.move_cursor(cursor, encode(start))
-    return pages, False
+    return paged_turn(
+        ctx=ctx,
+        cursor=STRAY_CURSOR_JOB,
+        start=cursor.after,
+        page=page,
+        encode=encode_key,
+        spent=spent,
+        budget=budget,
+    )
 
 
 def _examine(
@@ -305,7 +277,7 @@ def _reconcile_project(
     state = ctx.projects.load(project_id)
     project = state.project
     run = project.active_run_id
-    objects = {o.key: o for o in ctx.clips.list(f"projects/{project_id}/")}
+    objects = {o.key: o for o in ctx.clips.list(f"{PROJECTS_PREFIX}{project_id}/")}
     p = _Pass(ctx, dispatcher, report, project.provider, objects, time.time())
     repaired = False
 
@@ -346,39 +318,21 @@ def _reconcile_project(
     _settle(ctx, dispatcher, state, report)
 
 
-def _grace_cutoff(ctx: Context) -> datetime:
-    """What a create wrote before this may be a crash's leftovers, not a create still writing
-    its METADATA."""
-    return datetime.fromtimestamp(time.time() - ctx.settings.orphan_grace_seconds, UTC)
-
-
 def _stray_cutoff(ctx: Context) -> str:
-    """`_grace_cutoff` as scene items' `createdAt` (ISO time) compares."""
-    return _grace_cutoff(ctx).isoformat(timespec="microseconds")
+    """The grace period's cutoff as scene items' `createdAt` (ISO time) compares."""
+    return grace_cutoff(ctx.settings, time.time()).isoformat(timespec="microseconds")
 
 
 def _sweep_strays(ctx: Context, report: ReconcileReport) -> None:
     """The whole stray-item scan and stray-song sweep at once (inline calls)."""
     _delete_strays(ctx, report, ctx.table.stray_scene_keys(_stray_cutoff(ctx)))
-    _song_turn(ctx, report, None, None, lambda: 0.0, None)
+    done = song_turn(ctx=ctx, after=None, cursor=None, spent=lambda: 0.0, budget=None)
+    _count_songs(report, done)
 
 
-def _collect_songs(
-    ctx: Context, report: ReconcileReport, cutoff: datetime, after: str | None
-) -> str | None:
-    """One page of the stray-song sweep: the project folders of one LIST page from past
-    `after`, their METADATA read in one batch, the song prefix of each without it listed, and
-    its stray songs (`stray_songs`) deleted. Returns the folder the next page starts after
-    (None: the bucket's end)."""
-    names, more = ctx.clips.folders(PROJECTS_PREFIX, after, SONG_PAGE)
-    ids = [p for p in map(folder_project, names) if p is not None]
-    with_metadata = ctx.projects.existing(ids)
-    listed = [o for p in ids if p not in with_metadata for o in ctx.clips.list(song_prefix(p))]
-    for key in stray_songs(listed, with_metadata, cutoff):
-        ctx.songs.delete(key)
-        log.info("deleted song %s: its project's METADATA was never written", key)
-        report.stray_songs_deleted += 1
-    return names[-1] if more and names else None
+def _count_songs(report: ReconcileReport, done: SongTurn) -> None:
+    report.stray_songs_deleted += done.deleted
+    report.stray_songs_skipped += done.skipped
 
 
 def _delete_strays(ctx: Context, report: ReconcileReport, strays: list[tuple[str, str]]) -> None:
@@ -516,7 +470,7 @@ def _collect_garbage(p: _Pass, scene: SceneRecord) -> None:
         live.add(audio_key(scene))
     if scene.clip_key is not None:
         live.add(cut_key(scene, scene.clip_key, p.ctx.settings))
-    cutoff = datetime.fromtimestamp(p.now - p.ctx.settings.orphan_grace_seconds, UTC)
+    cutoff = grace_cutoff(p.ctx.settings, p.now)
     for key, obj in list(p.objects.items()):
         if key.startswith(prefix) and key not in live and obj.last_modified <= cutoff:
             p.ctx.clips.delete(key)

@@ -25,13 +25,15 @@ end: a round of S projects ends within S passes, however many finish meanwhile.
 The stray-item scan is a round over passes too: a table Scan a page at a time from its own
 cursor, pages while the pass's budget lasts (at least one). So is the stray-song sweep (the
 songs of creates whose METADATA never landed): a LIST of the bucket's project folders a page at
-a time from its own cursor (the last folder it read), due as often as the stray-item scan. A
+a time from its own cursor (the last name it read), due as often as the stray-item scan
+(`paged_turn` takes both rounds' pages). A
 cursor that does not read back as what its round wrote starts that round again
 (`sweep_round`, `stray_round`, `song_round`).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import uuid
@@ -42,6 +44,7 @@ from typing import NamedTuple, TypeVar
 
 from mvpipe.deps import Context
 from mvpipe.models import ProjectStatus
+from mvpipe.store.clips import is_name_segment
 from mvpipe.store.records import ProjectRecord, utc_now_iso
 from mvpipe.store.table import METADATA, SCENE_PREFIX, project_pk, scene_sk
 
@@ -81,8 +84,9 @@ STRAY_SWEEP_JOB = "stray-sweep"
 #: reads it): absent between rounds, "" at a round's start.
 STRAY_CURSOR_JOB = "stray-sweep-round"
 SONG_SWEEP_JOB = "song-sweep"
-#: Where the stray-song sweep stopped (the project folder its last page ended with): absent
-#: between rounds, "" at a round's start.
+#: Where the stray-song sweep stopped (the name its last page ended with: a folder, or a loose
+#: object beside the folders; `FolderPage.following`): absent between rounds, "" at a round's
+#: start.
 SONG_CURSOR_JOB = "song-sweep-round"
 
 
@@ -298,8 +302,8 @@ def stray_round(ctx: Context, start: bool | None) -> StrayRound | None:
 
 
 class SongRound(NamedTuple):
-    """A round of the stray-song sweep: the project folder its next page starts after (None:
-    the bucket's first)."""
+    """A round of the stray-song sweep: the name under `projects/` its next page starts after
+    (None: the bucket's first)."""
 
     after: str | None
 
@@ -311,10 +315,39 @@ def song_round(ctx: Context, start: bool | None) -> SongRound | None:
     text = round_cursor(ctx, SONG_CURSOR_JOB, SONG_SWEEP_JOB, every, start, "")
     if text is None:
         return None
-    if text and not _uuid(text):
+    # Only a place to list from (S3's StartAfter): any one name at the folders' level will do
+    if text and not is_name_segment(text):
         _restart(ctx, SONG_CURSOR_JOB, text, "")
         return SongRound(None)
     return SongRound(text or None)
+
+
+def paged_turn(
+    *,
+    ctx: Context,
+    cursor: str | None,
+    start: T | None,
+    page: Callable[[T | None], T | None],
+    encode: Callable[[T], str],
+    spent: Callable[[], float],
+    budget: float | None,
+) -> tuple[int, bool]:
+    """A round's pages of this pass, from `start` (`page` does one and says where the next
+    starts, None: the round is over): one page at least, more while the budget lasts (None:
+    to the end), the round's `cursor` moved past each page as it is done (so a pass that dies
+    on one reads it again, never skips it; None: an inline pass, which keeps no cursor).
+    Returns (pages, round over)."""
+    pages = 0
+    for _ in this_turn(itertools.count(), spent, budget):
+        start = page(start)
+        pages += 1
+        if start is None:
+            if cursor is not None:
+                ctx.board.drop_cursor(cursor)
+            return pages, True
+        if cursor is not None:
+            ctx.board.move_cursor(cursor, encode(start))
+    return pages, False
 
 
 def _restart(ctx: Context, job: str, text: str, fresh: str) -> None:

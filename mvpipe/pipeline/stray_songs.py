@@ -5,7 +5,8 @@ unknown keeps the song (the write may still land), so if it never landed the son
 project anyone can see. Reconcile walks the bucket's project folders a page at a time and asks
 this module which of the song objects it listed are such strays: under a song prefix (nothing
 else is written before METADATA), their project without METADATA, and stored before the grace
-period's cutoff (a create still on its way to METADATA is never touched).
+period's cutoff (a create still on its way to METADATA is never touched). Only such candidates
+are then asked (a HEAD each) whether they are tagged with this deployment's table.
 """
 
 from __future__ import annotations
@@ -13,30 +14,19 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable
 from datetime import datetime
 
-from mvpipe.errors import InvalidInput
-from mvpipe.models import validate_project_id
+from mvpipe.models import is_project_id
 from mvpipe.store.clips import PROJECTS_PREFIX, StoredObject
 from mvpipe.store.songs import song_prefix
 
 
-def folder_project(name: str) -> str | None:
-    """The project a folder under `projects/` is named after, or None (not a project id:
-    not ours, never touched)."""
-    try:
-        return validate_project_id(name)
-    except InvalidInput:
-        return None
-
-
 def song_project(key: str) -> str | None:
     """The project whose song prefix holds `key` (an object inside it, not the prefix
-    itself), or None for any other key."""
+    itself), or None for any other key (a folder not named by a project id is not ours)."""
     project_id, _, _ = key.removeprefix(PROJECTS_PREFIX).partition("/")
-    project = folder_project(project_id) if key.startswith(PROJECTS_PREFIX) else None
-    if project is None:
+    if not key.startswith(PROJECTS_PREFIX) or not is_project_id(project_id):
         return None
-    prefix = song_prefix(project)
-    return project if key.startswith(prefix) and len(key) > len(prefix) else None
+    prefix = song_prefix(project_id)
+    return project_id if key.startswith(prefix) and len(key) > len(prefix) else None
 
 
 def stray_songs(

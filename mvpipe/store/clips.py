@@ -13,7 +13,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import boto3
 from botocore.config import Config
@@ -29,6 +29,14 @@ if TYPE_CHECKING:
 
 #: Every project's objects live under `projects/{projectId}/`.
 PROJECTS_PREFIX = "projects/"
+#: The longest key S3 takes, in UTF-8 bytes: a name past it is no position in a listing.
+MAX_KEY_BYTES = 1024
+
+
+def is_name_segment(text: str) -> bool:
+    """Whether `text` can stand for one name at one level of a listing (a folder's or a loose
+    object's, what `FolderPage.following` gives): no "/", printable, within S3's key length."""
+    return 0 < len(text.encode()) <= MAX_KEY_BYTES and "/" not in text and text.isprintable()
 
 
 def operation_key(operation_id: str) -> str:
@@ -79,6 +87,15 @@ class StoredObject:
     last_modified: datetime
 
 
+class FolderPage(NamedTuple):
+    """One LIST page of the folders under a prefix."""
+
+    #: the folders' names on the page (what follows the prefix up to the next "/")
+    names: list[str]
+    #: the name the next page starts after (`ClipStore.folders`' `after`), None: the last page
+    following: str | None
+
+
 class ClipStore:
     def __init__(self, settings: Settings) -> None:
         self.bucket = settings.bucket
@@ -118,10 +135,35 @@ class ClipStore:
                 CreateBucketConfiguration={"LocationConstraint": region},  # type: ignore[typeddict-item]
             )
 
-    def put(self, key: str, data: bytes, *, content_type: str = "video/mp4") -> None:
+    def put(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        content_type: str = "video/mp4",
+        metadata: dict[str, str] | None = None,
+    ) -> None:
+        """Store `data` at `key`, with S3 user metadata `metadata` (`x-amz-meta-*`) if given."""
         self._call(
-            self.client.put_object, Bucket=self.bucket, Key=key, Body=data, ContentType=content_type
+            self.client.put_object,
+            Bucket=self.bucket,
+            Key=key,
+            Body=data,
+            ContentType=content_type,
+            Metadata=metadata or {},
         )
+
+    def metadata(self, key: str) -> dict[str, str] | None:
+        """The user metadata of the object at `key` (one HEAD), None when there is none."""
+        try:
+            response = self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in {"404", "NoSuchKey", "NotFound"}:
+                return None
+            raise StoreUnavailable(f"S3 unavailable: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StoreUnavailable(f"S3 unavailable: {exc}") from exc
+        return dict(response.get("Metadata", {}))
 
     def exists(self, key: str) -> bool:
         try:
@@ -138,13 +180,15 @@ class ClipStore:
         response = self._call(self.client.get_object, Bucket=self.bucket, Key=key)
         return bytes(response["Body"].read())
 
-    def folders(self, prefix: str, after: str | None, limit: int) -> tuple[list[str], bool]:
-        """One LIST page of the names of the folders under `prefix` (what follows it up to the
-        next "/"), from past every key of folder `after` (None: the first), at most `limit`, and
-        whether more follow: a walk over a bucket's projects that reads one page per call,
-        never the objects inside them."""
-        # "0" is the character after "/": the smallest key past every key in folder `after`
-        start = {} if after is None else {"StartAfter": f"{prefix}{after}0"}
+    def folders(self, prefix: str, after: str | None, limit: int) -> FolderPage:
+        """One LIST page of the folders under `prefix`, from past `after` (a page's `following`;
+        None: the first page), at most `limit` entries: a walk over a bucket's projects that
+        reads one page per call, never the objects inside the folders.
+
+        Loose objects directly under `prefix` take places on a page too (S3 counts them toward
+        `MaxKeys`), so the next page starts after the page's last entry, folder or object: a
+        page of loose objects alone still moves the walk on, and none is listed twice."""
+        start = {} if after is None else {"StartAfter": f"{prefix}{after}"}
         response = self._call(
             self.client.list_objects_v2,
             Bucket=self.bucket,
@@ -153,10 +197,16 @@ class ClipStore:
             MaxKeys=limit,
             **start,
         )
-        names = [
-            p["Prefix"][len(prefix) :].removesuffix("/") for p in response.get("CommonPrefixes", [])
-        ]
-        return names, bool(response.get("IsTruncated"))
+        folders = [p["Prefix"][len(prefix) :] for p in response.get("CommonPrefixes", [])]
+        loose = [o["Key"][len(prefix) :] for o in response.get("Contents", [])]
+        names = [f.removesuffix("/") for f in folders]
+        entries = folders[-1:] + loose[-1:]
+        if not response.get("IsTruncated") or not entries:
+            return FolderPage(names, None)
+        # Entries come in key order: the page's last is the greater of each kind's last. Past a
+        # folder "x/" is "x0" ("0" follows "/"), before which every key in the folder sorts.
+        last = max(entries)
+        return FolderPage(names, f"{last[:-1]}0" if last.endswith("/") else last)
 
     def list(self, prefix: str) -> list[StoredObject]:
         found: list[StoredObject] = []

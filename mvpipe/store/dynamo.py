@@ -55,6 +55,13 @@ class Table:
             if "ResourceInUseException" not in str(exc) and not self.model.exists():
                 raise
 
+    def close(self) -> None:
+        """Close the client's connections, if it was built (pynamodb builds it on first use)."""
+        connection = self.model._connection
+        client = None if connection is None else connection.connection._client
+        if client is not None:
+            client.close()
+
     # -- reads ---------------------------------------------------------------------------------
     def get(self, pk: str, sk: str) -> ItemBase | None:
         def read() -> ItemBase | None:

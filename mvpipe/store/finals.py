@@ -11,12 +11,13 @@ import re
 
 from mvpipe.errors import InvalidInput
 from mvpipe.models import validate_project_id
+from mvpipe.store.clips import PROJECTS_PREFIX
 
 _HASH = re.compile(r"^[0-9a-f]{16}$")
 
 
 def final_prefix(project_id: str) -> str:
-    return f"projects/{validate_project_id(project_id)}/final/"
+    return f"{PROJECTS_PREFIX}{validate_project_id(project_id)}/final/"
 
 
 def final_video_key(project_id: str, inputs_hash: str) -> str:
