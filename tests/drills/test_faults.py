@@ -178,7 +178,7 @@ def _valid_text(value: str, limit: int) -> bool:
 
 
 def brief_is_valid(title: str, concept: str, scene_count: int | None, provider: str | None) -> bool:
-    """DESIGN.md's rules for a brief, written out apart from the code under test."""
+    """docs/DESIGN.md's rules for a brief, written out apart from the code under test."""
     return (
         _valid_text(title, 200)
         and _valid_text(concept, 20_000)

@@ -1,5 +1,5 @@
-"""Drills for writes whose outcome is unknown (DESIGN.md invariant 3): an operation id on its way
-to the store while the state server stops answering, or while the run is taken over or
+"""Drills for writes whose outcome is unknown (docs/DESIGN.md invariant 3): an operation id on
+its way to the store while the state server stops answering, or while the run is taken over or
 cancelled. A paid job is never dropped because of our own outage, nor because a cancel did
 not really stop it."""
 
