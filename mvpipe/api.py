@@ -21,10 +21,10 @@ from pydantic import ValidationError
 
 from mvpipe.celery_app import app
 from mvpipe.deps import get_context
-from mvpipe.dispatch import CeleryDispatcher
 from mvpipe.errors import InvalidInput
 from mvpipe.media.slots import check_slot_count
 from mvpipe.media.song import probe_song, read_song
+from mvpipe.messaging.dispatch import CeleryDispatcher
 from mvpipe.models import (
     DEFAULT_LIST_LIMIT,
     MAX_SCENES,

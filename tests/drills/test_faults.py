@@ -22,14 +22,14 @@ from mvpipe import api
 from mvpipe.celery_app import app
 from mvpipe.deps import get_context
 from mvpipe.devstack.localstack import LocalStack
-from mvpipe.dispatch import (
+from mvpipe.errors import Conflict, InvalidInput, MvpipeError
+from mvpipe.messaging.dispatch import (
     ASSEMBLE_PROJECT,
     FINALIZE_PROJECT,
     GENERATE_SCENE,
     PLAN_SCENES,
     CeleryDispatcher,
 )
-from mvpipe.errors import Conflict, InvalidInput, MvpipeError
 from mvpipe.models import ProjectStatus, SceneStatus
 from tests.conftest import Workers
 from tests.drills.conftest import DRILL_SETTINGS, check_drill, heal

@@ -19,7 +19,7 @@ from mvpipe.celery_app import app
 from mvpipe.deps import get_context
 from mvpipe.devstack.failpoints import held, release
 from mvpipe.devstack.localstack import LocalStack, Service
-from mvpipe.dispatch import CeleryDispatcher
+from mvpipe.messaging.dispatch import CeleryDispatcher
 from mvpipe.models import ProjectStatus
 from tests.conftest import Workers
 from tests.drills.conftest import DRILL_SETTINGS, check_drill, heal
