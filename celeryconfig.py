@@ -5,7 +5,7 @@ Importable from any directory once mvpipe is installed (it is a top-level module
 
 from kombu import Exchange, Queue
 
-from mvpipe.results import backend_url
+from mvpipe.messaging.results import backend_url
 from mvpipe.settings import get_settings
 
 _s = get_settings()

@@ -29,7 +29,7 @@ from scaling import redis_calls
 from mvpipe import api
 from mvpipe.devstack.localstack import LocalStack
 
-#: Default poll intervals (DESIGN.md: MVPIPE_POLL_SECONDS per provider).
+#: Default poll intervals (docs/DESIGN.md: MVPIPE_POLL_SECONDS per provider).
 POLL_SECONDS = {"veo": 10.0, "replicate": 2.0}
 
 

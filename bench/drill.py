@@ -37,9 +37,9 @@ from mvpipe.devstack.drills import double_payments, heal, paid_generations, rest
 from mvpipe.devstack.failpoints import LIPSYNC_POINTS, POINTS, held, release
 from mvpipe.devstack.invariants import violations
 from mvpipe.devstack.localstack import LocalStack
-from mvpipe.dispatch import GENERATE_SCENE, CeleryDispatcher
 from mvpipe.errors import MvpipeError
 from mvpipe.media.synth import synthesize_song
+from mvpipe.messaging.dispatch import GENERATE_SCENE, CeleryDispatcher
 from mvpipe.models import ProjectStatus, ProjectView, SceneStatus
 from mvpipe.providers.local import LocalJobs
 

@@ -315,7 +315,7 @@ def _summarize(results: list[dict[str, float]], base: dict[str, float]) -> None:
             f"per project {w0:.0f} / {r0:.0f} / {p0:.0f})"
         )
     # Issue 7's 3 writes, 2 reads and 1 PUT per generated scene, plus the cut stage's own
-    # upload and its one conditional write (DESIGN.md v4 invariant 1). The 0.01 leaves room
+    # upload and its one conditional write (docs/DESIGN.md v4 invariant 1). The 0.01 leaves room
     # for a retried request, which moves a slope by 1 / (difference of the sizes).
     summary(
         measure,

@@ -21,10 +21,10 @@ from pydantic import ValidationError
 
 from mvpipe.celery_app import app
 from mvpipe.deps import get_context
-from mvpipe.dispatch import CeleryDispatcher
 from mvpipe.errors import InvalidInput
 from mvpipe.media.slots import check_slot_count
 from mvpipe.media.song import probe_song, read_song
+from mvpipe.messaging.dispatch import CeleryDispatcher
 from mvpipe.models import (
     DEFAULT_LIST_LIMIT,
     MAX_SCENES,
@@ -47,7 +47,6 @@ from mvpipe.pipeline.create import create_project as write_project
 from mvpipe.pipeline.reconcile import ReconcileReport
 from mvpipe.pipeline.reconcile import reconcile as reconcile_all
 from mvpipe.settings import get_settings
-from mvpipe.store.budget import BudgetStore
 from mvpipe.store.records import ProjectRecord
 
 _dispatcher = CeleryDispatcher(app)
@@ -132,7 +131,7 @@ def set_budget(project_id: str, usd: float | None) -> ProjectView:
     committed is refused (`InvalidInput`), as is a negative, NaN or absurdly large one."""
     validate_project_id(project_id)
     micros = budget_to_micros(usd)
-    BudgetStore(get_context().table).set_budget(project_id, micros)
+    cost.set_budget(get_context(), project_id, micros)
     return get_project(project_id)
 
 
@@ -147,11 +146,7 @@ def estimate_micros(project_id: str, sequence: int | None = None) -> cost.Estima
     validate_project_id(project_id)
     if sequence is not None:
         validate_sequence(sequence)
-    ctx = get_context()
-    state = ctx.projects.load(project_id)
-    if sequence is not None and state.scene(sequence) is None:
-        raise InvalidInput(f"project {project_id} has no scene {sequence}")
-    return cost.estimate(ctx, state, sequence=sequence)
+    return cost.estimate_project(get_context(), project_id, sequence)
 
 
 def get_project(project_id: str) -> ProjectView:

@@ -14,7 +14,7 @@ import time
 from celery import Celery
 from celery.signals import task_postrun, worker_init, worker_process_init, worker_ready
 
-from mvpipe import flower_auth, kombu_guard
+from mvpipe.messaging import flower_auth, kombu_guard
 from mvpipe.settings import get_settings
 
 #: The queue of memory-heavy media work (song analysis, cutting, assembly).

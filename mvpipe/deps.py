@@ -23,11 +23,11 @@ from mvpipe.errors import ConfigurationError, StoreUnavailable
 from mvpipe.providers import build_lipsync_provider, build_planner, build_video_provider
 from mvpipe.providers.base import LipSyncProvider, Planner, VideoProvider
 from mvpipe.providers.limiter import QuotaLimiter
-from mvpipe.runboard import RunBoard
 from mvpipe.settings import Settings, get_settings
 from mvpipe.store.clips import ClipStore
 from mvpipe.store.dynamo import Table
 from mvpipe.store.projects import ProjectStore
+from mvpipe.store.runboard import RunBoard
 from mvpipe.store.scenes import SceneStore
 from mvpipe.store.songs import SongStore
 

@@ -18,9 +18,9 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from mvpipe.errors import ConfigurationError
+from mvpipe.models import VIDEO_PROVIDERS
 from mvpipe.pricing import Prices, parse_prices, price_micros
 
-VIDEO_PROVIDERS = ("local", "veo", "replicate")
 PLANNERS = ("local", "gemini")
 LIPSYNC_PROVIDERS = ("local", "replicate")
 

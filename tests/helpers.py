@@ -1,4 +1,4 @@
-"""Shared test helpers: condition waits, ledger reading and the DESIGN.md invariant checks."""
+"""Shared test helpers: condition waits, ledger reading and the docs/DESIGN.md invariant checks."""
 
 from __future__ import annotations
 
@@ -90,7 +90,7 @@ def own_storage() -> dict[str, str]:
 
 
 def assert_invariants(project_id: str) -> None:
-    """Invariants 1, 4 and 5 of DESIGN.md, checked against the store and S3 directly."""
+    """Invariants 1, 4 and 5 of docs/DESIGN.md, checked against the store and S3 directly."""
     found = violations(get_context(), project_id)
     assert not found, found
 

@@ -1,5 +1,6 @@
 """Cost and budget on the real stack: a budget that concurrent workers cannot overspend, raising
-it continues the run, and the estimate is what a run then commits (DESIGN.md invariants 4, 9)."""
+it continues the run, and the estimate is what a run then commits (docs/DESIGN.md invariants 4,
+9)."""
 
 from __future__ import annotations
 

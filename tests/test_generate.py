@@ -17,8 +17,8 @@ import redis
 from mvpipe.celery_app import app
 from mvpipe.deps import Context, build_context
 from mvpipe.devstack.localstack import LocalStack
-from mvpipe.dispatch import CeleryDispatcher
 from mvpipe.errors import PermanentProviderError, StoreUnavailable, TransientProviderError
+from mvpipe.messaging.dispatch import CeleryDispatcher
 from mvpipe.models import ProjectStatus, SceneStatus
 from mvpipe.pipeline.cancel import cancel_project
 from mvpipe.pipeline.generate import SceneJob
@@ -28,9 +28,9 @@ from mvpipe.pipeline.steps import LeasePending, Next, RecordPending
 from mvpipe.providers.base import JobState, JobStatus, VideoRequest
 from mvpipe.providers.limiter import QuotaLimiter, slot_member
 from mvpipe.providers.render import render_clip
-from mvpipe.runboard import RunBoard
 from mvpipe.settings import get_settings
 from mvpipe.store.records import SceneRecord
+from mvpipe.store.runboard import RunBoard
 from mvpipe.store.scenes import LIP_SYNCED, WORKING, Claim, SceneStore
 from mvpipe.store.table import project_pk, scene_sk
 from tests.helpers import new_project, waiting_for_lip_sync

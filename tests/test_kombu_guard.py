@@ -9,7 +9,7 @@ def test_kombu_guard_turns_a_released_connection_into_a_connection_error() -> No
     import redis
     from kombu.transport import redis as kombu_redis
 
-    from mvpipe import kombu_guard
+    from mvpipe.messaging import kombu_guard
 
     kombu_guard.install()
     channel = object.__new__(kombu_redis.Channel)

@@ -25,7 +25,7 @@ from mvpipe.providers.limiter import (
     member_project,
     slot_member,
 )
-from mvpipe.runboard import RunBoard
+from mvpipe.store.runboard import RunBoard
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.integration

@@ -6,8 +6,8 @@ import io
 import uuid
 from datetime import UTC, datetime
 
+from mvpipe.cli.progress import StageCount, StageProgress, money, stage_counts
 from mvpipe.models import ProjectStatus, ProjectView, SceneStatus, SceneView
-from mvpipe.progress import StageCount, StageProgress, money, stage_counts
 
 
 def scene(

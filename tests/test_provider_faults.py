@@ -1,7 +1,7 @@
 """Transport faults through the real SDKs against the local stand-in: an answer slower than the
 provider timeout, a connection reset, a 200 whose body is an HTML page (or JSON of the wrong
 shape). Each is classified
-(DESIGN.md: transient → retried) and never taken for a refusal: a create that meets one may
+(docs/DESIGN.md: transient → retried) and never taken for a refusal: a create that meets one may
 have started a billed job (invariant 3), so its reservation stays and nothing assumes 'not sent'.
 """
 

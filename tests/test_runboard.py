@@ -7,7 +7,7 @@ import uuid
 import pytest
 import redis
 
-from mvpipe.runboard import RunBoard
+from mvpipe.store.runboard import RunBoard
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.integration

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import pytest
 
 from mvpipe.celery_app import app
-from mvpipe.dispatch import GENERATE_SCENE
+from mvpipe.messaging.dispatch import GENERATE_SCENE
 from tests.conftest import Workers
 from tests.helpers import wait_for
 

@@ -2,7 +2,8 @@
 `mvpipe.devstack`), print. Errors are one clear line and a documented exit code (`exits`).
 
 Commands by family: `projects` (create, status, projects, fetch), `runs` (run, regenerate,
-cancel), `costs` (estimate, budget), `operations` (reconcile, flower), `local` (stack, demo).
+cancel), `costs` (estimate, budget), `operations` (reconcile, flower), `local` (stack, demo);
+shared by them: `exits`, `display` and `progress` (a run's live bars).
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ def budget(project_id: str, usd: str) -> None:
             value = float(usd)
         except ValueError:
             fail(f"budget must be a number of US dollars or 'none', not {usd!r}", EXIT_INVALID)
-    from mvpipe.progress import money
+    from mvpipe.cli.progress import money
 
     view = guarded(lambda: api.set_budget(project_id, value))
     click.echo(f"cost      {money(view)}")

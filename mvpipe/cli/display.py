@@ -9,7 +9,7 @@ def print_summary(view: ProjectView) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from mvpipe.progress import money
+    from mvpipe.cli.progress import money
 
     console = Console(highlight=False, markup=False)  # titles and errors are shown as written
     if not console.is_terminal:

@@ -36,7 +36,7 @@ def reconcile(project_id: str | None, as_json: bool, sweep: bool) -> None:
 def flower(address: str, flower_args: tuple[str, ...]) -> None:
     """Start Flower behind basic auth (refuses without MVPIPE_FLOWER_USER/PASSWORD), on
     127.0.0.1 unless --address says otherwise; other arguments go to Flower."""
-    from mvpipe.flower_auth import basic_auth
+    from mvpipe.messaging.flower_auth import basic_auth
     from mvpipe.settings import get_settings
 
     # Refused here with the CLI's exit code; the app applies the same check and the credentials

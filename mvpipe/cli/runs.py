@@ -64,7 +64,7 @@ def _follow_and_exit(project_id: str, timeout: float) -> NoReturn:
 
 def follow(project_id: str, timeout: float) -> ProjectView:
     """Show each stage's progress until the project's run is over; returns the final view."""
-    from mvpipe.progress import StageProgress
+    from mvpipe.cli.progress import StageProgress
 
     def over() -> ProjectView | None:
         try:

@@ -12,7 +12,7 @@
   `MVPIPE_FAILPOINTS` names them).
 - `worker`: the Celery app as the local stack's workers load it, with the failpoints armed.
 - `drills`: healing a drilled project and counting paid generations from the provider's ledger.
-- `invariants`: DESIGN.md's invariants as a read-only check of one project (tests, benchmarks).
+- `invariants`: docs/DESIGN.md's invariants as a read-only check of one project (tests, benchmarks).
 
 The core never imports this package: the pipeline and the store name their points through
 `mvpipe.hooks.reached(...)`, a no-op unless `failpoints.arm` (in `worker`) routes them here.

@@ -1,4 +1,4 @@
-"""DESIGN.md's invariants (1, 4, 5, 9) as a check anyone can run against a project.
+"""docs/DESIGN.md's invariants (1, 4, 5, 9) as a check anyone can run against a project.
 
 Returns the violations found, empty when the project is sound. Read-only.
 """

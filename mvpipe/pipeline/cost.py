@@ -17,11 +17,13 @@ from dataclasses import dataclass
 
 from mvpipe.deps import Context
 from mvpipe.durations import DEFAULT_SCENE_SECONDS, capped_seconds, clip_seconds
+from mvpipe.errors import InvalidInput
 from mvpipe.models import SceneStatus
 from mvpipe.pipeline.stages import GENERATE, LIPSYNC
 from mvpipe.pipeline.timeline import load_timeline, song_slots
 from mvpipe.settings import Settings
 from mvpipe.states import lease_expired
+from mvpipe.store.budget import BudgetStore
 from mvpipe.store.records import ProjectRecord, ProjectState, SceneRecord
 
 
@@ -32,6 +34,19 @@ class Estimate:
     jobs: int
     #: False while the planner has still to decide the scenes (or which are lip-synced)
     exact: bool
+
+
+def set_budget(ctx: Context, project_id: str, budget_micros: int | None) -> None:
+    """Set (None: remove) the project's budget; never below what is committed (`InvalidInput`)."""
+    BudgetStore(ctx.table).set_budget(project_id, budget_micros)
+
+
+def estimate_project(ctx: Context, project_id: str, sequence: int | None = None) -> Estimate:
+    """`estimate` of the stored project; a `sequence` it does not have is `InvalidInput`."""
+    state = ctx.projects.load(project_id)
+    if sequence is not None and state.scene(sequence) is None:
+        raise InvalidInput(f"project {project_id} has no scene {sequence}")
+    return estimate(ctx, state, sequence=sequence)
 
 
 def estimate(ctx: Context, state: ProjectState, *, sequence: int | None = None) -> Estimate:

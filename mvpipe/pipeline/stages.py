@@ -2,7 +2,7 @@
 
 A scene's outputs are filled in order and each stage runs only while its output is missing (the
 key is the source of truth, per stage). `generate_scene` runs the first missing needed stage,
-then the next, until every needed output is recorded (DESIGN.md *Scene stages*):
+then the next, until every needed output is recorded (docs/DESIGN.md *Scene stages*):
 
     generate  paid   originalVideoClipS3Key   providerOperationId / attempts     mvpipe.video
     cut       free   workingVideoClipS3Key    (deterministic: cut from the original)  mvpipe.media

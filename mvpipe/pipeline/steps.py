@@ -66,7 +66,7 @@ class LeasePending(Exception):
 
 
 class Dispatcher(Protocol):
-    """Enqueues work; implemented over Celery by `mvpipe.dispatch`."""
+    """Enqueues work; implemented over Celery by `mvpipe.messaging.dispatch`."""
 
     def start_run(
         self, project_id: str, run_id: str, sequences: list[int] | None = None

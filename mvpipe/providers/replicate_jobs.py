@@ -45,7 +45,7 @@ STATUSES = {
 class BoundedTransport(httpx.BaseTransport):
     """Every request gets the provider timeout. replicate 1.0.x creates a prediction with
     `timeout=None`, which httpx reads as *no* timeout whatever the client's: a create that
-    hangs would outlive its lease (DESIGN.md: every provider call has a timeout)."""
+    hangs would outlive its lease (docs/DESIGN.md: every provider call has a timeout)."""
 
     def __init__(self, seconds: float) -> None:
         self.inner = httpx.HTTPTransport()
@@ -93,7 +93,7 @@ class ReplicateJobs:
         return client
 
     def create(self, model_ref: str, fields: dict[str, Any]) -> str:
-        """Start one prediction; its id. Errors come out classified (DESIGN.md invariant 3:
+        """Start one prediction; its id. Errors come out classified (docs/DESIGN.md invariant 3:
         a timeout, a reset or an unreadable answer may still have started a billed job)."""
         model, _, version = model_ref.partition(":")
         try:

@@ -1,1 +1,2 @@
-"""State in DynamoDB (pynamodb) and clips in S3 (boto3). Never imports Celery or tasks."""
+"""State in DynamoDB (pynamodb), clips in S3 (boto3) and the run board in Redis (`runboard`).
+Never imports Celery or tasks."""

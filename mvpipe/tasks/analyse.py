@@ -12,8 +12,8 @@ from typing import Any
 import redis
 
 from mvpipe.deps import get_context
-from mvpipe.dispatch import PLAN_SCENES
 from mvpipe.errors import Conflict, InvalidInput, StoreUnavailable
+from mvpipe.messaging.dispatch import PLAN_SCENES
 from mvpipe.pipeline.plan import fail_planning
 from mvpipe.pipeline.timeline import ensure_timeline
 from mvpipe.tasks.base import MvpipeTask, app, checked_ids

@@ -10,8 +10,8 @@ from celery.exceptions import Ignore, Reject
 
 from mvpipe.celery_app import app
 from mvpipe.deps import get_settings
-from mvpipe.dispatch import CeleryDispatcher
 from mvpipe.errors import InvalidInput, StoreUnavailable
+from mvpipe.messaging.dispatch import CeleryDispatcher
 from mvpipe.models import validate_project_id, validate_sequence
 from mvpipe.providers.classify import describe
 from mvpipe.states import backoff_seconds

@@ -1,4 +1,4 @@
-"""Fault drills: real processes, real faults, every DESIGN.md invariant checked afterwards."""
+"""Fault drills: real processes, real faults, every docs/DESIGN.md invariant checked afterwards."""
 
 from __future__ import annotations
 

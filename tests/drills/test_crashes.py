@@ -14,7 +14,7 @@ from mvpipe.deps import get_context
 from mvpipe.devstack.drills import restart_redis
 from mvpipe.devstack.failpoints import POINTS
 from mvpipe.devstack.localstack import LocalStack, Service
-from mvpipe.dispatch import CeleryDispatcher
+from mvpipe.messaging.dispatch import CeleryDispatcher
 from mvpipe.models import ProjectStatus
 from tests.conftest import Workers
 from tests.drills.conftest import DRILL_SETTINGS, check_drill, heal

@@ -10,7 +10,7 @@ from mvpipe import api
 from mvpipe.celery_app import app
 from mvpipe.deps import get_context
 from mvpipe.devstack.failpoints import held, release
-from mvpipe.dispatch import CeleryDispatcher
+from mvpipe.messaging.dispatch import CeleryDispatcher
 from mvpipe.models import SceneStatus
 from tests.conftest import Workers
 from tests.drills.conftest import DRILL_SETTINGS, check_drill, heal

@@ -22,14 +22,14 @@ from mvpipe import api
 from mvpipe.celery_app import app
 from mvpipe.deps import get_context
 from mvpipe.devstack.localstack import LocalStack
-from mvpipe.dispatch import (
+from mvpipe.errors import Conflict, InvalidInput, MvpipeError
+from mvpipe.messaging.dispatch import (
     ASSEMBLE_PROJECT,
     FINALIZE_PROJECT,
     GENERATE_SCENE,
     PLAN_SCENES,
     CeleryDispatcher,
 )
-from mvpipe.errors import Conflict, InvalidInput, MvpipeError
 from mvpipe.models import ProjectStatus, SceneStatus
 from tests.conftest import Workers
 from tests.drills.conftest import DRILL_SETTINGS, check_drill, heal
@@ -178,7 +178,7 @@ def _valid_text(value: str, limit: int) -> bool:
 
 
 def brief_is_valid(title: str, concept: str, scene_count: int | None, provider: str | None) -> bool:
-    """DESIGN.md's rules for a brief, written out apart from the code under test."""
+    """docs/DESIGN.md's rules for a brief, written out apart from the code under test."""
     return (
         _valid_text(title, 200)
         and _valid_text(concept, 20_000)

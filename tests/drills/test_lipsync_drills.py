@@ -16,8 +16,8 @@ from mvpipe.celery_app import app
 from mvpipe.deps import get_context
 from mvpipe.devstack.drills import double_payments
 from mvpipe.devstack.failpoints import LIPSYNC_POINTS, held, release
-from mvpipe.dispatch import CeleryDispatcher
 from mvpipe.media.synth import SynthSong, synthesize_song
+from mvpipe.messaging.dispatch import CeleryDispatcher
 from mvpipe.models import SceneStatus
 from mvpipe.providers.local import LocalJobs
 from tests.conftest import Workers

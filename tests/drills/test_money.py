@@ -15,7 +15,7 @@ from mvpipe.celery_app import app
 from mvpipe.deps import get_context
 from mvpipe.devstack.drills import restart_redis
 from mvpipe.devstack.localstack import LocalStack, Service
-from mvpipe.dispatch import GENERATE_SCENE
+from mvpipe.messaging.dispatch import GENERATE_SCENE
 from mvpipe.models import ProjectStatus, SceneStatus
 from tests.conftest import Workers
 from tests.drills.conftest import DRILL_SETTINGS, heal

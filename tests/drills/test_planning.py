@@ -11,7 +11,7 @@ import pytest
 from mvpipe import api
 from mvpipe.celery_app import app
 from mvpipe.deps import build_context, get_context
-from mvpipe.dispatch import CeleryDispatcher
+from mvpipe.messaging.dispatch import CeleryDispatcher
 from mvpipe.models import ProjectStatus, SceneSpec
 from mvpipe.pipeline.plan import plan_run
 from mvpipe.providers.base import Brief

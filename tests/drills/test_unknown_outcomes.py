@@ -1,5 +1,5 @@
-"""Drills for writes whose outcome is unknown (DESIGN.md invariant 3): an operation id on its way
-to the store while the state server stops answering, or while the run is taken over or
+"""Drills for writes whose outcome is unknown (docs/DESIGN.md invariant 3): an operation id on
+its way to the store while the state server stops answering, or while the run is taken over or
 cancelled. A paid job is never dropped because of our own outage, nor because a cancel did
 not really stop it."""
 
@@ -19,7 +19,7 @@ from mvpipe.celery_app import app
 from mvpipe.deps import get_context
 from mvpipe.devstack.failpoints import held, release
 from mvpipe.devstack.localstack import LocalStack, Service
-from mvpipe.dispatch import CeleryDispatcher
+from mvpipe.messaging.dispatch import CeleryDispatcher
 from mvpipe.models import ProjectStatus
 from tests.conftest import Workers
 from tests.drills.conftest import DRILL_SETTINGS, check_drill, heal

@@ -15,7 +15,7 @@ from kombu.exceptions import OperationalError
 from mvpipe.errors import BrokerUnavailable
 from mvpipe.providers.classify import describe
 
-log = logging.getLogger("mvpipe.dispatch")
+log = logging.getLogger("mvpipe.messaging.dispatch")
 
 PLAN_SCENES = "mvpipe.plan_scenes"
 GENERATE_SCENE = "mvpipe.generate_scene"
