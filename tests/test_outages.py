@@ -81,7 +81,7 @@ def test_a_finalize_that_never_settles_is_a_typed_conflict(stack: LocalStack) ->
     ctx: Context = get_context()
     project_id = api.create_project("Moving", "Never still.", scenes=[{"prompt": "a"}])
     moving = dataclasses.replace(ctx, projects=NeverSettles(ctx.table))
-    ctx.projects.settle(
+    assert ctx.projects.settle(
         project_id,
         observed_run=None,
         counters=ctx.projects.load(project_id).counters,

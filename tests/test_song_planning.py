@@ -97,7 +97,7 @@ def test_a_project_without_a_song_plans_as_before(stack: LocalStack) -> None:
     ctx = get_context()
     project_id = api.create_project("Plain", "City lights.\nRain on glass.", scene_count=3)
     run_id = str(uuid.uuid4())
-    ctx.projects.win_run(project_id, run_id, ProjectStatus.GENERATING_SCENES)
+    assert ctx.projects.win_run(project_id, run_id, ProjectStatus.GENERATING_SCENES) == run_id
     plan = plan_run(ctx, project_id, run_id)
     assert plan == RunPlan("local", [1, 2, 3], frozenset({1, 2, 3}))  # all three ask a slot
     view = api.get_project(project_id)

@@ -157,7 +157,7 @@ def _hand_made_run(name: str, concept: str) -> tuple[str, str]:
     ctx = get_context()
     project_id = api.create_project(name, concept, scenes=[{"prompt": "one"}])
     run_id = str(uuid.uuid4())
-    ctx.projects.win_run(project_id, run_id, ProjectStatus.PROCESSING)
+    assert ctx.projects.win_run(project_id, run_id, ProjectStatus.PROCESSING) == run_id
     ctx.board.touch_run(run_id, 60)
     ctx.board.await_scenes(run_id, 1, [1])
     return project_id, run_id
