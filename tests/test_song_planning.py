@@ -83,6 +83,9 @@ def test_the_local_planner_writes_one_scene_per_slot_with_its_lyrics() -> None:
     specs = LocalPlanner().plan(brief)
     assert specs == LocalPlanner().plan(brief)  # deterministic
     assert len(specs) == 6
+    # every lyric line lands in some slot (one sung across two lands in both): the check
+    # below covers all of them
+    assert {line for slot in briefed for line in slot.lyrics} == set(LYRICS.splitlines())
     for spec, slot in zip(specs, briefed, strict=True):
         assert all(line in spec.prompt for line in slot.lyrics)
         assert f"section {slot.section}" in spec.prompt
