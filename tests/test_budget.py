@@ -123,6 +123,7 @@ def test_a_song_project_planned_on_no_budget_then_paid_for_exactly(
     api.run_project(project_id)
     view = api.wait_project(project_id, timeout=180)
     assert view.status == ProjectStatus.FAILED and view.scene_count >= 4
+    assert len(view.scenes) == view.scene_count
     assert all(s.last_error and s.last_error.startswith("over budget") for s in view.scenes)
     assert view.committed_cost_usd == 0.0 and ledger(workers.ledger, project_id) == []
 

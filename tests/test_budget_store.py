@@ -182,7 +182,12 @@ def test_a_lip_sync_claim_reserves_its_price_and_a_refusal_gives_it_back(ctx: Co
     for n in (1, 2):
         assert claim(ctx, project_id, run_id, n, f"g{n}").outcome == Claim.WON
         op = f"op{n}"
-        ctx.scenes.record_operation(project_id, n, token=f"g{n}", operation_id=op, run_id=run_id)
+        assert (
+            ctx.scenes.record_operation(
+                project_id, n, token=f"g{n}", operation_id=op, run_id=run_id
+            )
+            == Claim.WON
+        )
         assert ctx.scenes.complete(project_id, n, operation_id=op, clip_key=f"k{n}")
         made_from = (ORIGINAL.output, f"k{n}")
         assert ctx.scenes.record_output(

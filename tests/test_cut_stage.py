@@ -158,9 +158,17 @@ def test_an_undecodable_original_fails_its_scene_and_keeps_the_original(
     project_id = api.create_project("Broken", "x", scenes=[{"prompt": "a"}])
     run_id = str(uuid.uuid4())
     assert ctx.projects.win_run(project_id, run_id, ProjectStatus.PROCESSING) == run_id
-    ctx.scenes.claim(project_id, 1, run_id=run_id, token="t", lease_seconds=60, max_attempts=5)
+    claim = ctx.scenes.claim(
+        project_id, 1, run_id=run_id, token="t", lease_seconds=60, max_attempts=5
+    )
+    assert claim.outcome == "won"
     operation_id = ctx.video_provider("local").submit(VideoRequest(project_id, 1, "a", None, 2))
-    ctx.scenes.record_operation(project_id, 1, token="t", operation_id=operation_id, run_id=run_id)
+    assert (
+        ctx.scenes.record_operation(
+            project_id, 1, token="t", operation_id=operation_id, run_id=run_id
+        )
+        == "won"
+    )
     key = clip_key(project_id, 1, operation_id)
     ctx.clips.put(key, b"\x00\x00\x00\x18ftypmp42 not really a video")  # the worker died
     # The dead run's worker uploaded before it died: reconcile records the original, and the run
@@ -183,10 +191,18 @@ def test_a_scene_whose_cut_was_lost_resumes_with_one_chain(start_workers: StartW
     project_id = api.create_project("Resume", "x", scenes=[{"prompt": "a"}])
     run_id = str(uuid.uuid4())
     assert ctx.projects.win_run(project_id, run_id, ProjectStatus.PROCESSING) == run_id
-    ctx.scenes.claim(project_id, 1, run_id=run_id, token="t", lease_seconds=60, max_attempts=5)
+    claim = ctx.scenes.claim(
+        project_id, 1, run_id=run_id, token="t", lease_seconds=60, max_attempts=5
+    )
+    assert claim.outcome == "won"
     provider = ctx.video_provider("local")
     operation_id = provider.submit(VideoRequest(project_id, 1, "a", None, 2))
-    ctx.scenes.record_operation(project_id, 1, token="t", operation_id=operation_id, run_id=run_id)
+    assert (
+        ctx.scenes.record_operation(
+            project_id, 1, token="t", operation_id=operation_id, run_id=run_id
+        )
+        == "won"
+    )
     status = wait_for(lambda: (s := provider.poll(operation_id)).finished and s, 30, "the job")
     key = clip_key(project_id, 1, operation_id)
     ctx.clips.put(key, provider.download(status))

@@ -105,10 +105,13 @@ def polling_scene(ctx: Context) -> tuple[str, str, str]:
     """A scene whose job was accepted and recorded: (project, run, operation)."""
     project_id, run_id = new_project(ctx, 1)
     token = uuid.uuid4().hex
-    claim(ctx, project_id, run_id, token)
+    assert claim(ctx, project_id, run_id, token) == Claim.WON
     operation_id = f"op-{uuid.uuid4().hex}"
-    ctx.scenes.record_operation(
-        project_id, 1, token=token, operation_id=operation_id, run_id=run_id
+    assert (
+        ctx.scenes.record_operation(
+            project_id, 1, token=token, operation_id=operation_id, run_id=run_id
+        )
+        == Claim.WON
     )
     return project_id, run_id, operation_id
 
@@ -601,8 +604,11 @@ def test_a_cancel_the_provider_fails_keeps_that_job_and_cancels_the_others(
         token = uuid.uuid4().hex
         assert claim(ctx, project_id, run_id, token, sequence=sequence) == Claim.WON
         operation_id = f"op-{uuid.uuid4().hex}"
-        ctx.scenes.record_operation(
-            project_id, sequence, token=token, operation_id=operation_id, run_id=run_id
+        assert (
+            ctx.scenes.record_operation(
+                project_id, sequence, token=token, operation_id=operation_id, run_id=run_id
+            )
+            == Claim.WON
         )
         operations.append(operation_id)
     provider.cancel_errors = {operations[0]: TransientProviderError("503 from the provider")}

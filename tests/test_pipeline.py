@@ -160,7 +160,7 @@ def test_cancel_stops_paying_and_a_later_run_resumes(
     # more is paid by the time no message is left to run.
     wait_broker_idle(redis_client, 120, "every step left after cancel to end")
     assert len(ledger(workers.ledger, project_id)) == paid
-    assert cancelled.status == ProjectStatus.PENDING
+    assert cancelled.status == ProjectStatus.PENDING and len(cancelled.scenes) == 8
     assert all(s.status in (SceneStatus.PENDING, SceneStatus.COMPLETED) for s in cancelled.scenes)
     assert_invariants(project_id)
 

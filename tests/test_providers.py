@@ -440,7 +440,7 @@ def test_a_crash_between_submit_and_completion_resumes_the_same_operation(
     ctx = get_context()
     project_id = api.create_project("Crash", "x", scenes=[{"prompt": "one"}], provider=provider)
     run_id = str(uuid.uuid4())
-    ctx.projects.win_run(project_id, run_id, ProjectStatus.PROCESSING)
+    assert ctx.projects.win_run(project_id, run_id, ProjectStatus.PROCESSING) == run_id
 
     first = SceneJob(ctx, project_id, 1, run_id, provider).step()
     assert first.next == Next.POLL
@@ -499,7 +499,7 @@ def test_a_refused_submit_gives_its_reservation_back_a_lost_answer_keeps_it(
     price = 500_000
     project_id = api.create_project("Money", "x", scenes=[{"prompt": "one"}], provider="replicate")
     run_id = str(uuid.uuid4())
-    ctx.projects.win_run(project_id, run_id, ProjectStatus.PROCESSING)
+    assert ctx.projects.win_run(project_id, run_id, ProjectStatus.PROCESSING) == run_id
     if fault.isdigit():
         standin.fail_next["replicate.create"] = [int(fault)]
     else:

@@ -67,8 +67,10 @@ def live_run_with_first_scene_failed(ctx: Context, scenes: int) -> tuple[str, st
 
 
 def corrupt_counters(ctx: Context, project_id: str, *, scenes: int) -> None:
-    """Damage: a completed project's counters and status written wrong (one scene "failed")."""
-    ctx.projects.settle(
+    """Damage: a completed project's counters and status written wrong (one scene "failed").
+    The write must land: a refused one leaves the project completed, and a repair to come
+    would have nothing to do."""
+    assert ctx.projects.settle(
         project_id,
         observed_run=None,
         counters=Counters(
@@ -76,6 +78,12 @@ def corrupt_counters(ctx: Context, project_id: str, *, scenes: int) -> None:
         ),
         status=ProjectStatus.FAILED,
         release=False,
+    )
+    view = api.get_project(project_id)
+    assert (view.status, view.completed_scenes, view.failed_scenes) == (
+        ProjectStatus.FAILED,
+        scenes - 1,
+        1,
     )
 
 
@@ -107,11 +115,19 @@ def test_an_operation_nobody_polls_gets_one_poll_chain(start_workers: StartWorke
     workers = start_workers()
     ctx = get_context()
     project_id, run_id = abandoned_run(ctx, scenes=1)
-    ctx.scenes.claim(project_id, 1, run_id=run_id, token="t", lease_seconds=60, max_attempts=5)
+    claim = ctx.scenes.claim(
+        project_id, 1, run_id=run_id, token="t", lease_seconds=60, max_attempts=5
+    )
+    assert claim.outcome == "won"
     operation_id = ctx.video_provider("local").submit(
         VideoRequest(project_id, 1, "scene 1", None, 8)
     )
-    ctx.scenes.record_operation(project_id, 1, token="t", operation_id=operation_id, run_id=run_id)
+    assert (
+        ctx.scenes.record_operation(
+            project_id, 1, token="t", operation_id=operation_id, run_id=run_id
+        )
+        == "won"
+    )
     ctx.board.touch_run(run_id, 60)  # the run looks alive: only the poll is missing
     report = api.reconcile(project_id)
     assert report.orphaned_polls == 1 and report.runs_taken_over == 0
@@ -129,8 +145,14 @@ def test_an_uploaded_but_unrecorded_clip_is_recorded(start_workers: StartWorkers
     start_workers()
     ctx = get_context()
     project_id, run_id = abandoned_run(ctx, scenes=1)
-    ctx.scenes.claim(project_id, 1, run_id=run_id, token="t", lease_seconds=60, max_attempts=5)
-    ctx.scenes.record_operation(project_id, 1, token="t", operation_id="op-1", run_id=run_id)
+    claim = ctx.scenes.claim(
+        project_id, 1, run_id=run_id, token="t", lease_seconds=60, max_attempts=5
+    )
+    assert claim.outcome == "won"
+    assert (
+        ctx.scenes.record_operation(project_id, 1, token="t", operation_id="op-1", run_id=run_id)
+        == "won"
+    )
     key = clip_key(project_id, 1, "op-1")
     ctx.clips.put(
         key, render_clip("uploaded before the worker died", 1.0)
@@ -345,7 +367,7 @@ def test_a_regeneration_run_never_resumes_scenes_outside_its_scope(stack: object
         now=time.time() - 10,
     )  # fmt: skip
     assert claim.outcome == "won"
-    ctx.projects.settle(
+    assert ctx.projects.settle(
         project_id,
         observed_run=old_run,
         counters=Counters(scene_count=2, completed_scenes=0, failed_scenes=0, open_scenes=2),

@@ -83,6 +83,9 @@ def test_the_local_planner_writes_one_scene_per_slot_with_its_lyrics() -> None:
     specs = LocalPlanner().plan(brief)
     assert specs == LocalPlanner().plan(brief)  # deterministic
     assert len(specs) == 6
+    # every lyric line lands in some slot (one sung across two lands in both): the check
+    # below covers all of them
+    assert {line for slot in briefed for line in slot.lyrics} == set(LYRICS.splitlines())
     for spec, slot in zip(specs, briefed, strict=True):
         assert all(line in spec.prompt for line in slot.lyrics)
         assert f"section {slot.section}" in spec.prompt
@@ -97,7 +100,7 @@ def test_a_project_without_a_song_plans_as_before(stack: LocalStack) -> None:
     ctx = get_context()
     project_id = api.create_project("Plain", "City lights.\nRain on glass.", scene_count=3)
     run_id = str(uuid.uuid4())
-    ctx.projects.win_run(project_id, run_id, ProjectStatus.GENERATING_SCENES)
+    assert ctx.projects.win_run(project_id, run_id, ProjectStatus.GENERATING_SCENES) == run_id
     plan = plan_run(ctx, project_id, run_id)
     assert plan == RunPlan("local", [1, 2, 3], frozenset({1, 2, 3}))  # all three ask a slot
     view = api.get_project(project_id)

@@ -111,8 +111,11 @@ def test_a_wrong_operation_cannot_record_a_clip_and_recording_is_idempotent(
     ctx: Context,
 ) -> None:
     project_id, run_id = new_project(ctx)
-    claim(ctx, project_id, run_id, "t")
-    ctx.scenes.record_operation(project_id, 1, token="t", operation_id="op-1", run_id=run_id)
+    assert claim(ctx, project_id, run_id, "t") == Claim.WON
+    assert (
+        ctx.scenes.record_operation(project_id, 1, token="t", operation_id="op-1", run_id=run_id)
+        == Claim.WON
+    )
     assert not ctx.scenes.complete(project_id, 1, operation_id="op-2", clip_key="k2")
     assert ctx.scenes.get(project_id, 1).status == SceneStatus.PROCESSING  # type: ignore[union-attr]
     assert ctx.scenes.complete(project_id, 1, operation_id="op-1", clip_key="k1")
@@ -126,10 +129,13 @@ def test_a_wrong_operation_cannot_record_a_clip_and_recording_is_idempotent(
 
 def test_the_cut_is_recorded_only_from_the_original_it_was_cut_from(ctx: Context) -> None:
     project_id, run_id = new_project(ctx)
-    claim(ctx, project_id, run_id, "t")
-    ctx.scenes.record_operation(project_id, 1, token="t", operation_id="op-1", run_id=run_id)
+    assert claim(ctx, project_id, run_id, "t") == Claim.WON
+    assert (
+        ctx.scenes.record_operation(project_id, 1, token="t", operation_id="op-1", run_id=run_id)
+        == Claim.WON
+    )
     assert not cut(ctx, project_id, 1, "k1", "w1")  # no original recorded yet
-    ctx.scenes.complete(project_id, 1, operation_id="op-1", clip_key="k1")
+    assert ctx.scenes.complete(project_id, 1, operation_id="op-1", clip_key="k1")
     assert not cut(ctx, project_id, 1, "k-stale", "w-stale")  # cut from another original
     assert ctx.scenes.get(project_id, 1).status == SceneStatus.PROCESSING  # type: ignore[union-attr]
     assert cut(ctx, project_id, 1, "k1", "w1")
@@ -148,9 +154,12 @@ def test_the_cut_is_recorded_only_from_the_original_it_was_cut_from(ctx: Context
 
 def test_a_cut_that_fails_keeps_the_original(ctx: Context) -> None:
     project_id, run_id = new_project(ctx)
-    claim(ctx, project_id, run_id, "t")
-    ctx.scenes.record_operation(project_id, 1, token="t", operation_id="op-1", run_id=run_id)
-    ctx.scenes.complete(project_id, 1, operation_id="op-1", clip_key="k1")
+    assert claim(ctx, project_id, run_id, "t") == Claim.WON
+    assert (
+        ctx.scenes.record_operation(project_id, 1, token="t", operation_id="op-1", run_id=run_id)
+        == Claim.WON
+    )
+    assert ctx.scenes.complete(project_id, 1, operation_id="op-1", clip_key="k1")
     assert not ctx.scenes.fail(
         project_id, 1, error="undecodable", made_from=(ORIGINAL.output, "k0"), stage=WORKING
     )
@@ -171,7 +180,7 @@ def test_completed_is_never_written_without_an_operation_and_a_clip(ctx: Context
 
 def test_a_failed_scene_cannot_be_claimed_by_a_redelivered_task(ctx: Context) -> None:
     project_id, run_id = new_project(ctx)
-    claim(ctx, project_id, run_id, "t")
+    assert claim(ctx, project_id, run_id, "t") == Claim.WON
     assert ctx.scenes.fail(project_id, 1, error="blocked", token="t")
     assert claim(ctx, project_id, run_id, "again") == Claim.NOT_CLAIMABLE
     assert ctx.scenes.get(project_id, 1).status == SceneStatus.FAILED  # type: ignore[union-attr]
@@ -308,7 +317,10 @@ def test_a_users_run_gives_a_scene_at_its_attempt_limit_its_attempts_back(ctx: C
     assert ctx.scenes.get(project_id, 1).attempts == 0  # type: ignore[union-attr]
     assert claim(ctx, project_id, run_id, "t4") == Claim.WON
     # A scene owned by an operation is left alone: it needs no new submission.
-    ctx.scenes.record_operation(project_id, 1, token="t4", operation_id="op", run_id=run_id)
+    assert (
+        ctx.scenes.record_operation(project_id, 1, token="t4", operation_id="op", run_id=run_id)
+        == Claim.WON
+    )
     assert not ctx.scenes.restore_attempts(project_id, 1, max_attempts=1)
     assert ctx.scenes.get(project_id, 1).attempts == 1  # type: ignore[union-attr]
 

@@ -111,7 +111,7 @@ def test_a_veo_scene_with_gcs_output_ends_with_its_clip_in_s3(
         ctx = get_context()
         project_id = api.create_project("GCS", "x", scenes=[{"prompt": "one"}], provider="veo")
         run_id = str(uuid.uuid4())
-        ctx.projects.win_run(project_id, run_id, ProjectStatus.PROCESSING)
+        assert ctx.projects.win_run(project_id, run_id, ProjectStatus.PROCESSING) == run_id
         # When the scene's generate stage runs to its end
         step = SceneJob(ctx, project_id, 1, run_id, "veo").step()
         for _ in range(20):

@@ -9,12 +9,13 @@ import pytest
 
 from mvpipe import api
 from mvpipe.devstack.drills import double_payments, heal
+from mvpipe.devstack.localstack import LocalStack
 from mvpipe.models import ProjectStatus
 from mvpipe.providers.local import LocalJobs
 from tests.conftest import Workers
-from tests.helpers import assert_invariants, generations_per_scene
+from tests.helpers import assert_invariants, generations_per_scene, wait_for
 
-__all__ = ["DRILL_SETTINGS", "check_drill", "heal"]
+__all__ = ["DRILL_SETTINGS", "check_drill", "heal", "pause_state_server"]
 
 #: Short leases and liveness so crashes are detected in seconds, not minutes.
 DRILL_SETTINGS = {
@@ -63,3 +64,21 @@ def check_drill(
     in_window, outside = double_payments(workers.ledger, jobs, project_id)
     assert (in_window, outside) == (len(doubles), 0), paid
     return paid
+
+
+def pause_state_server(stack: LocalStack, workers: Workers) -> None:
+    """Pause the state server (DynamoDB and S3) until one of `workers`' store calls has failed
+    on it (the store logs each retry), then resume: the fault lasts until it has hit, not for
+    a fixed time that a slow machine might spend before any call reached it."""
+    moto = next(s for s in stack.services if s.name == "moto")
+    worker = workers.service
+    seen = len(worker.log_text())
+    moto.pause()
+    try:
+        wait_for(
+            lambda: "store call failed" in worker.log_text()[seen:],
+            30,
+            "a worker's store call to fail on the paused state server",
+        )
+    finally:
+        moto.resume()

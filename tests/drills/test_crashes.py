@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable
 
@@ -13,11 +12,11 @@ from mvpipe.celery_app import app
 from mvpipe.deps import get_context
 from mvpipe.devstack.drills import restart_redis
 from mvpipe.devstack.failpoints import POINTS
-from mvpipe.devstack.localstack import LocalStack, Service
+from mvpipe.devstack.localstack import LocalStack
 from mvpipe.messaging.dispatch import CeleryDispatcher
 from mvpipe.models import ProjectStatus
 from tests.conftest import Workers
-from tests.drills.conftest import DRILL_SETTINGS, check_drill, heal
+from tests.drills.conftest import DRILL_SETTINGS, check_drill, heal, pause_state_server
 from tests.helpers import ledger, wait_for
 
 StartWorkers = Callable[..., Workers]
@@ -107,12 +106,7 @@ def test_state_server_paused_mid_run(start_workers: StartWorkers, stack: LocalSt
     project_id = api.create_project("Pause", "Hold.", scene_count=6)
     api.run_project(project_id)
     wait_for(lambda: ledger(workers.ledger, project_id), 60, "the first paid job")
-    moto: Service = next(s for s in stack.services if s.name == "moto")
-    moto.pause()
-    try:
-        time.sleep(4)  # the fault itself: the state server answers nothing for 4 s
-    finally:
-        moto.resume()
+    pause_state_server(stack, workers)
     heal(project_id)
     check_drill(project_id, workers)
 

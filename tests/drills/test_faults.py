@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import re
 import subprocess
@@ -10,6 +11,7 @@ import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from celery.exceptions import Reject
@@ -22,7 +24,7 @@ from mvpipe import api
 from mvpipe.celery_app import app
 from mvpipe.deps import get_context
 from mvpipe.devstack.localstack import LocalStack
-from mvpipe.errors import Conflict, InvalidInput, MvpipeError
+from mvpipe.errors import Conflict, InvalidInput
 from mvpipe.messaging.dispatch import (
     ASSEMBLE_PROJECT,
     FINALIZE_PROJECT,
@@ -31,6 +33,8 @@ from mvpipe.messaging.dispatch import (
     CeleryDispatcher,
 )
 from mvpipe.models import ProjectStatus, SceneStatus
+from mvpipe.providers.faults import FaultPlan
+from mvpipe.providers.local import LocalJobs
 from tests.conftest import Workers
 from tests.drills.conftest import DRILL_SETTINGS, check_drill, heal
 from tests.helpers import assert_invariants, generations_per_scene, wait_for
@@ -38,21 +42,77 @@ from tests.helpers import assert_invariants, generations_per_scene, wait_for
 StartWorkers = Callable[..., Workers]
 
 
+#: The provider drill's fault rates; its seed is chosen for its project (`_fault_seed`).
+TRANSIENT, PERMANENT = 0.3, 0.25
+
+
 def test_provider_faults_transient_quota_and_permanent(start_workers: StartWorkers) -> None:
+    # Given a project whose fault plan fails some scenes' jobs and answers some submits with a
+    # 503, on a provider that takes 2 jobs at a time while mvpipe sends up to 3 (a 429 each
+    # time the third arrives while two run)
+    scenes = range(1, 13)
+    project_id = api.create_project("Faults", "Everything at once.", scene_count=len(scenes))
+    seed = _fault_seed(project_id, scenes)
+    plan = FaultPlan(transient=TRANSIENT, permanent=PERMANENT, seed=seed)
     workers = start_workers(
-        local_faults="transient=0.3,permanent=0.25,seed=5",
-        max_attempts="10",
-        provider_concurrency="3",
-        **DRILL_SETTINGS,
+        **{
+            **DRILL_SETTINGS,
+            "local_faults": f"transient={TRANSIENT},permanent={PERMANENT},seed={seed}",
+            "local_latency": "2",
+            "local_max_concurrent": "2",
+            "provider_concurrency": "3",
+            "max_attempts": "20",  # retries enough that no scene runs out of them
+            "backoff_max": "4",
+        }
     )
-    project_id = api.create_project("Faults", "Everything at once.", scene_count=12)
+    # When it runs
     api.run_project(project_id)
     view = heal(project_id)
+    # Then each scene's one paid job made its clip, or failed where the plan says it fails
     assert_invariants(project_id)
-    failed = [s for s in view.scenes if s.status == SceneStatus.FAILED]
-    assert all(s.last_error for s in failed)
-    assert (view.status == ProjectStatus.FAILED) == bool(failed)
-    assert generations_per_scene(workers.ledger, project_id) == {n: 1 for n in range(1, 13)}
+    assert generations_per_scene(workers.ledger, project_id) == {n: 1 for n in scenes}
+    doomed = {n for n in scenes if plan.permanent_fault(project_id, n, 1)}
+    assert 0 < len(doomed) < len(scenes)
+    failed = {s.sequence: s.last_error or "" for s in view.scenes if s.status == SceneStatus.FAILED}
+    assert set(failed) == doomed, failed
+    assert all("simulated permanent failure" in error for error in failed.values()), failed
+    completed = {s.sequence for s in view.scenes if s.status == SceneStatus.COMPLETED}
+    assert completed == set(scenes) - doomed
+    assert view.status == ProjectStatus.FAILED
+    # and on the way, submits met 503s and 429s: each submit call was one of those or the job
+    submits = _provider_calls(workers, project_id, "submit")
+    assert _provider_calls(workers, project_id, "accepted") == {n: 1 for n in scenes}
+    unavailable = sum(
+        plan.transient_fault(project_id, n, "submit", call)
+        for n, made in submits.items()
+        for call in range(1, made + 1)
+    )
+    assert unavailable >= 1, submits
+    assert sum(submits.values()) - unavailable - len(scenes) >= 1, submits  # the 429s
+
+
+def _fault_seed(project_id: str, scenes: range) -> int:
+    """The first seed whose plan fails some of the project's scenes but not all (on their first
+    job) and answers some scene's first submit with a 503: project ids are random, so no fixed
+    seed would promise the drill meets every kind of fault."""
+    for seed in itertools.count():
+        plan = FaultPlan(transient=TRANSIENT, permanent=PERMANENT, seed=seed)
+        doomed = sum(plan.permanent_fault(project_id, n, 1) for n in scenes)
+        if 0 < doomed < len(scenes) and any(
+            plan.transient_fault(project_id, n, "submit", 1) for n in scenes
+        ):
+            return seed
+    raise AssertionError("unreachable")
+
+
+def _provider_calls(workers: Workers, project_id: str, kind: str) -> dict[int, int]:
+    """How many calls of `kind` the local provider counted for each of the project's scenes."""
+    jobs = LocalJobs(Path(workers.env["MVPIPE_LOCAL_STATE"]))
+    with jobs.transaction() as db:
+        rows = db.execute(
+            "SELECT sequence, n FROM calls WHERE project_id = ? AND kind = ?", (project_id, kind)
+        ).fetchall()
+    return {int(sequence): int(n) for sequence, n in rows}
 
 
 def test_polls_answered_with_garbage_fail_their_scenes_not_loop(
@@ -97,7 +157,7 @@ def _hand_made_run(name: str, concept: str) -> tuple[str, str]:
     ctx = get_context()
     project_id = api.create_project(name, concept, scenes=[{"prompt": "one"}])
     run_id = str(uuid.uuid4())
-    ctx.projects.win_run(project_id, run_id, ProjectStatus.PROCESSING)
+    assert ctx.projects.win_run(project_id, run_id, ProjectStatus.PROCESSING) == run_id
     ctx.board.touch_run(run_id, 60)
     ctx.board.await_scenes(run_id, 1, [1])
     return project_id, run_id
@@ -250,14 +310,19 @@ def _two_scene_project() -> str:
     ),
 )
 def test_bad_ids_are_typed_errors(stack: LocalStack, project_id: str) -> None:
+    # InvalidInput, not any MvpipeError: a bad id that skipped validation would reach the
+    # store and come back as NotFound (an MvpipeError too)
+    table = get_context().table.model
+    before = table.count()
     for call in (
         lambda: api.get_project(project_id),
         lambda: api.run_project(project_id),
         lambda: api.cancel_project(project_id),
         lambda: api.regenerate_scene(project_id, 1),
     ):
-        with pytest.raises(MvpipeError):
+        with pytest.raises(InvalidInput, match="invalid project id"):
             call()
+    assert table.count() == before
 
 
 def test_bad_ids_through_the_cli_and_malformed_messages(

@@ -4,7 +4,6 @@ the price of the jobs the provider accepted (its ledger) — invariants 4 and 9.
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Callable
 
@@ -14,11 +13,11 @@ from mvpipe import api
 from mvpipe.celery_app import app
 from mvpipe.deps import get_context
 from mvpipe.devstack.drills import restart_redis
-from mvpipe.devstack.localstack import LocalStack, Service
+from mvpipe.devstack.localstack import LocalStack
 from mvpipe.messaging.dispatch import GENERATE_SCENE
 from mvpipe.models import ProjectStatus, SceneStatus
 from tests.conftest import Workers
-from tests.drills.conftest import DRILL_SETTINGS, heal
+from tests.drills.conftest import DRILL_SETTINGS, heal, pause_state_server
 from tests.helpers import assert_invariants, ledger, wait_for
 
 StartWorkers = Callable[..., Workers]
@@ -27,7 +26,7 @@ SCENES, FITTING = 10, 6
 PRICE_MICROS = 1_000_000  # a 4 s scene at $0.25 a second
 
 
-def fault(kind: str, project_id: str, stack: LocalStack) -> None:
+def fault(kind: str, project_id: str, stack: LocalStack, workers: Workers) -> None:
     if kind == "duplicate-delivery":  # every scene's message delivered twice under one id
         run = get_context().projects.get(project_id).active_run_id
         for sequence in range(1, SCENES + 1):
@@ -37,12 +36,7 @@ def fault(kind: str, project_id: str, stack: LocalStack) -> None:
                     GENERATE_SCENE, args=[project_id, sequence, run, "local"], task_id=task_id
                 )
     elif kind == "state-server-pause":
-        moto: Service = next(s for s in stack.services if s.name == "moto")
-        moto.pause()
-        try:
-            time.sleep(3)  # the fault itself: the state server answers nothing
-        finally:
-            moto.resume()
+        pause_state_server(stack, workers)
     elif kind == "redis-restart":
         restart_redis(stack, keep_data=False)
 
@@ -81,7 +75,7 @@ def test_a_budget_holds_through_faults(
     project_id = api.create_project("Money", "Drilled.", scenes=scenes, budget_usd=FITTING)
     api.run_project(project_id)
     wait_for(lambda: len(ledger(workers.ledger, project_id)) >= 2, 60, "jobs in flight")
-    fault(kind, project_id, stack)
+    fault(kind, project_id, stack, workers)
 
     view = heal(project_id)
     if kind == "sigkill-after-submit":
