@@ -5,8 +5,13 @@ Importable from any directory once mvpipe is installed (it is a top-level module
 
 from kombu import Exchange, Queue
 
+from mvpipe.messaging import flower_auth
 from mvpipe.messaging.results import backend_url
 from mvpipe.settings import get_settings
+
+# `celery flower` without our app (-A after `flower`, or none) still reaches our broker through
+# this module: Flower then refuses without our credentials, or runs behind them.
+flower_auth.guard_loaded_config()
 
 _s = get_settings()
 

@@ -114,15 +114,22 @@ def create_project(
     except ValidationError as exc:
         raise InvalidInput(describe_validation_error(exc)) from None
     if song_spec is not None:  # a song too long for a project's scenes, before any write
-        check_slot_count(
-            song_spec.seconds,
-            fps=settings.output_fps,
-            max_seconds=settings.slot_max_seconds_for(spec.provider),
-            max_slots=MAX_SCENES,
-        )
+        check_song_scenes(song_spec.seconds, spec.provider)
     project_id = str(uuid.uuid4())
     write_project(get_context(), project_id, spec, data)
     return project_id
+
+
+def check_song_scenes(seconds: float, provider: str) -> None:
+    """Refuse a song too long for a project's scenes with `provider`'s longest slot (known from
+    its length alone): `InvalidInput`, as `create_project` refuses it."""
+    settings = get_settings()
+    check_slot_count(
+        seconds,
+        fps=settings.output_fps,
+        max_seconds=settings.slot_max_seconds_for(provider),
+        max_slots=MAX_SCENES,
+    )
 
 
 def set_budget(project_id: str, usd: float | None) -> ProjectView:

@@ -1,4 +1,4 @@
-"""The guard around kombu's released-connection bug (see mvpipe/kombu_guard.py)."""
+"""The guard around kombu's released-connection bug (see mvpipe/messaging/kombu_guard.py)."""
 
 from __future__ import annotations
 

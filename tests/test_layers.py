@@ -4,7 +4,8 @@ errors/models/states (and the other pure modules) <- settings <- store/, provide
 context's wiring <- pipeline/ <- Celery's plumbing <- tasks/ <- api <- the local stack <- cli.
 
 A static walk of every `import` in the package (at module level, in functions, under
-`TYPE_CHECKING`) against that order; and, at run time, the product's core never loads the
+`TYPE_CHECKING`, and `importlib.import_module` / `__import__` of a literal name) against that
+order; and, at run time, the product's core never loads the
 drills' package (a production worker or API process runs without the failpoints, whose handler
 only the local stack's workers install).
 """
@@ -47,16 +48,20 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("cli", ("mvpipe.cli",)),
 ]
 
-#: Third-party packages a layer never imports: the pure modules and settings do no I/O, and
-#: below the tasks nothing knows Celery (the pipeline enqueues through its `Dispatcher`).
+#: Third-party packages a layer never imports: the pure modules and settings do no I/O, below
+#: the tasks nothing knows Celery (the pipeline enqueues through its `Dispatcher`), and the
+#: pipeline reaches DynamoDB and S3 only through the store (Redis it uses itself: its locks).
 _IO_CLIENTS = ("celery", "kombu", "boto3", "botocore", "redis", "pynamodb")
 FORBIDDEN_PACKAGES: dict[str, tuple[str, ...]] = {
     "pure": _IO_CLIENTS,
     "settings": _IO_CLIENTS,
     "io": ("celery", "kombu"),
     "wiring": ("celery", "kombu"),
-    "pipeline": ("celery", "kombu"),
+    "pipeline": ("celery", "kombu", "boto3", "botocore", "pynamodb"),
 }
+
+#: Calls that import the module their first argument names.
+_IMPORT_CALLS = ("import_module", "__import__")
 
 #: Within the I/O layer: media is pure media work (no store, no provider), and the store knows
 #: no provider nor media.
@@ -122,7 +127,22 @@ def imports_of(module: str, path: Path, known: set[str]) -> set[str]:
             for alias in node.names:
                 sub = f"{base}.{alias.name}"
                 found.add(sub if sub in known else base)
+        elif isinstance(node, ast.Call) and _imported_by_call(node):
+            found.add(_imported_by_call(node))
     return found
+
+
+def _imported_by_call(node: ast.Call) -> str:
+    """The absolute module name a literal `importlib.import_module(...)` / `__import__(...)`
+    imports, or ""."""
+    func = node.func
+    name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+    if name not in _IMPORT_CALLS or not node.args:
+        return ""
+    first = node.args[0]
+    if isinstance(first, ast.Constant) and isinstance(first.value, str):
+        return first.value if not first.value.startswith(".") else ""
+    return ""
 
 
 def violations(root: Path) -> list[Violation]:
@@ -171,6 +191,10 @@ def test_the_check_reports_what_breaks_the_layers(tmp_path: Path) -> None:
         "media/cut.py": "import redis\nfrom ..store import scenes\n",
         "pipeline/plan.py": "from typing import TYPE_CHECKING\n"
         "if TYPE_CHECKING:\n    from mvpipe.tasks import base\n",
+        "pipeline/run.py": "import importlib\nimport redis\n"
+        "importlib.import_module('mvpipe.tasks.base')\n"
+        "def f():\n    __import__('boto3')\n    from botocore import session\n"
+        "    import pynamodb.models\n",
         "tasks/base.py": "import celery\nfrom mvpipe import api\n",
         "api.py": "from mvpipe.cli import main\n",
         "cli/__init__.py": "from mvpipe import api\nfrom mvpipe.devstack import demo\n",
@@ -190,6 +214,10 @@ def test_the_check_reports_what_breaks_the_layers(tmp_path: Path) -> None:
             "mvpipe.providers.base imports mvpipe.pipeline.plan: io may not import pipeline",
             "mvpipe.media.cut imports mvpipe.store.scenes: mvpipe.media stays apart",
             "mvpipe.pipeline.plan imports mvpipe.tasks.base: pipeline may not import tasks",
+            "mvpipe.pipeline.run imports mvpipe.tasks.base: pipeline may not import tasks",
+            "mvpipe.pipeline.run imports boto3: pipeline may not import boto3",
+            "mvpipe.pipeline.run imports botocore: pipeline may not import botocore",
+            "mvpipe.pipeline.run imports pynamodb.models: pipeline may not import pynamodb",
             "mvpipe.tasks.base imports mvpipe.api: tasks may not import api",
             "mvpipe.api imports mvpipe.cli: api may not import cli",
             "mvpipe.extra imports -: belongs to no layer: place it in LAYERS",

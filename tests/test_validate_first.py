@@ -19,6 +19,8 @@ from mvpipe import api
 from mvpipe.deps import reset_context
 from mvpipe.devstack.localstack import LocalStack, free_port, port_open, stack_env
 from mvpipe.errors import InvalidInput, NotFound
+from mvpipe.media.audio import wav_size
+from mvpipe.media.synth import SAMPLE_RATE, synthesize_song
 from mvpipe.models import MAX_CONCEPT
 from tests.helpers import own_storage
 from tests.test_cli import mvpipe_each
@@ -183,13 +185,20 @@ def test_the_demo_refuses_before_it_starts_any_process(tmp_path: Path) -> None:
     env["PATH"] = f"{spy}{os.pathsep}{env['PATH']}"
     env["TMPDIR"] = str(tmp_path / "tmp")  # where the demo would put its stack's data
     (tmp_path / "tmp").mkdir()
+    # Songs create_project would refuse once the stack is up: more than MAX_SCENES half-second
+    # slots (over 499.5 s), a WAV over the byte limit (over 40 s); the default 30 s passes both.
+    env["MVPIPE_SLOT_MIN_SECONDS"] = env["MVPIPE_SLOT_MAX_SECONDS"] = "0.5"
+    env["MVPIPE_SONG_MAX_BYTES"] = str(wav_size(40, SAMPLE_RATE))
     out = tmp_path / "out"
     cases: list[tuple[tuple[str, ...], str]] = [
+        (("demo", "--seconds", "550", "--output", str(out)), "scenes"),
+        (("demo", "--seconds", "50", "--output", str(out)), "too large"),
         (("demo", "--seconds", "1", "--output", str(out)), "--seconds"),
         (("demo", "--seconds", "601", "--output", str(out)), "--seconds"),
         (("demo", "--seconds", "nan", "--output", str(out)), "--seconds"),
         (("demo", "--output", "/proc/demo-output.mp4"), "/proc/demo-output.mp4"),
         (("demo", "--output", "/proc/self/demo"), "/proc/self/demo"),
+        (("demo", "--output", str(out / "deeper" / "still"), "--bpm", "0"), "BPM"),
     ]
     results = mvpipe_each(env, *(args for args, _ in cases))
     for (args, text), result in zip(cases, results, strict=True):
@@ -202,13 +211,19 @@ def test_the_demo_refuses_before_it_starts_any_process(tmp_path: Path) -> None:
     assert not out.exists() and not Path("/proc/demo-output.mp4").exists()
 
 
-def test_the_demos_output_check_makes_the_directory_and_leaves_no_probe(tmp_path: Path) -> None:
+def test_the_demos_output_check_leaves_no_directory_it_made_nor_a_probe(tmp_path: Path) -> None:
     from mvpipe.devstack.demo import check_output
 
     output = tmp_path / "a" / "b"
     check_output(output)
+    assert list(tmp_path.iterdir()) == []  # made to write the probe, then removed with it
+    output.mkdir(parents=True)
+    check_output(output)  # an existing, writable directory passes and stays
     assert output.is_dir() and list(output.iterdir()) == []
-    check_output(output)  # an existing, writable directory passes as well
-    assert list(output.iterdir()) == []
     with pytest.raises(InvalidInput, match=re.escape("/proc/x.mp4")):
         check_output(Path("/proc/x.mp4"))
+
+
+def test_the_demos_size_estimate_is_the_synthesized_songs_size() -> None:
+    for seconds in (2.0, 3.7):
+        assert len(synthesize_song(seconds=seconds).wav) == wav_size(seconds, SAMPLE_RATE)

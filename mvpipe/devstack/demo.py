@@ -19,6 +19,8 @@ from typing import Protocol
 from mvpipe import api
 from mvpipe.devstack import cluster
 from mvpipe.errors import InvalidInput
+from mvpipe.media.audio import wav_size
+from mvpipe.media.song import check_song_size
 from mvpipe.models import ProjectStatus, ProjectView
 from mvpipe.settings import get_settings
 
@@ -69,25 +71,44 @@ class DemoShow(Protocol):
 
 def check_demo(*, seconds: float, output: Path) -> None:
     """What the demo would otherwise learn only once its stack is up, refused before any process
-    starts: a song length `create_project` refuses, an output directory it cannot write."""
+    starts: a song `create_project` refuses, an output directory it cannot write."""
+    apply_demo_settings()
     check_seconds(seconds)
     check_output(output)
 
 
+def apply_demo_settings() -> None:
+    """The demo's settings, where the environment sets none (its checks and its run see the
+    same: the slot length decides how long a song may be)."""
+    for key, value in DEMO_SETTINGS.items():
+        os.environ.setdefault(key, value)
+    get_settings.cache_clear()
+
+
 def check_seconds(seconds: float) -> None:
-    """The song's length within the settings' limits (MVPIPE_SONG_MIN/MAX_SECONDS)."""
+    """A song of this length as `create_project` would take it: within the song limits
+    (MVPIPE_SONG_MIN/MAX_SECONDS), its WAV within MVPIPE_SONG_MAX_BYTES, its scenes within a
+    project's (MVPIPE_SLOT_MAX_SECONDS), by the checks `create_project` itself makes."""
+    from mvpipe.media.synth import SAMPLE_RATE  # numpy, as late as the song itself
+
     settings = get_settings()
     low, high = settings.song_min_seconds, settings.song_max_seconds
     if not (math.isfinite(seconds) and low <= seconds <= high):
         raise InvalidInput(
             f"--seconds must be from {low:g} to {high:g} (a song's limits), not {seconds:g}"
         )
+    try:
+        api.check_song_scenes(seconds, settings.provider)
+        check_song_size(wav_size(seconds, SAMPLE_RATE), settings.song_max_bytes)
+    except InvalidInput as exc:
+        raise InvalidInput(f"--seconds {seconds:g}: {exc}") from None
 
 
 def check_output(output: Path) -> None:
-    """The demo's output directory is made (with its parents) and a file written in it and
-    removed: the write itself is the test (permission bits say nothing for root, and nothing
-    of a read-only or virtual file system). A failed check removes the directories it made."""
+    """The demo's output directory is made (with its parents), a file written in it and
+    removed, and the directories it made removed again: the write itself is the test
+    (permission bits say nothing for root, and nothing of a read-only or virtual file system),
+    and a demo that fails later leaves nothing behind (its write makes them again)."""
     if output.exists() and not output.is_dir():
         raise InvalidInput(f"--output {output} exists and is not a directory")
     made = [p for p in (output.absolute(), *output.absolute().parents) if not p.exists()]
@@ -97,11 +118,12 @@ def check_output(output: Path) -> None:
             probe.write(b"x")
             probe.flush()
     except OSError as exc:
+        reason = (exc.strerror or str(exc)).lower()
+        raise InvalidInput(f"--output {output}: cannot write there ({reason})") from None
+    finally:
         for directory in made:  # the deepest first
             with contextlib.suppress(OSError):
                 directory.rmdir()
-        reason = (exc.strerror or str(exc)).lower()
-        raise InvalidInput(f"--output {output}: cannot write there ({reason})") from None
 
 
 def run_demo(
@@ -115,8 +137,7 @@ def run_demo(
     song = synthesize_song(seconds=seconds, bpm=bpm)
     workdir = Path(tempfile.mkdtemp(prefix="mvpipe-demo-"))
     try:
-        for key, value in DEMO_SETTINGS.items():
-            os.environ.setdefault(key, value)
+        apply_demo_settings()
         os.environ.setdefault("MVPIPE_LOCAL_LEDGER", str(workdir / "ledger.jsonl"))
         with cluster.running(workdir, concurrency=2, flower=True, beat=True, say=show.note):
             project_id = api.create_project(

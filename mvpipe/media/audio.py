@@ -74,6 +74,12 @@ def to_wav(samples: Samples, sample_rate: int) -> bytes:
     return buffer.getvalue()
 
 
+def wav_size(seconds: float, sample_rate: int) -> int:
+    """The bytes `to_wav` makes of `seconds` of samples (a 44-byte header, 2 bytes a sample):
+    a song's size known before it is made."""
+    return 44 + 2 * round(seconds * sample_rate)
+
+
 def slot_wav(song: bytes, start: float, end: float, sample_rate: int = 22050) -> bytes:
     """The song between `start` and `end` seconds as mono PCM WAV: what a lip-sync model hears
     for one scene's slot (a slot past the song's end is cut at the end)."""

@@ -55,12 +55,17 @@ def read_song(source: str | Path | bytes | bytearray, *, max_bytes: int) -> byte
     return read_bounded(Path(source), max_bytes, "song")
 
 
+def check_song_size(size: int, max_bytes: int) -> None:
+    """A song of `size` bytes within the limit (MVPIPE_SONG_MAX_BYTES)."""
+    if size > max_bytes:
+        raise InvalidInput(_too_large(size, max_bytes))
+
+
 def probe_song(data: bytes, *, min_seconds: float, max_seconds: float, max_bytes: int) -> SongInfo:
     """Decode the whole song and check it; `InvalidInput` names what is wrong."""
     if not data:
         raise InvalidInput("song is empty")
-    if len(data) > max_bytes:
-        raise InvalidInput(_too_large(len(data), max_bytes))
+    check_song_size(len(data), max_bytes)
     try:
         container = av.open(io.BytesIO(data), mode="r")
     except av.FFmpegError as exc:

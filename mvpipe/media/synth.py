@@ -34,11 +34,15 @@ class SynthSong:
     sections: list[float]
 
 
+#: The synthesized song's sample rate (its WAV's size follows: `audio.wav_size`).
+SAMPLE_RATE = 22050
+
+
 def synthesize_song(
     seconds: float = 30.0,
     bpm: float = 120.0,
     offset: float = 0.0,
-    sample_rate: int = 22050,
+    sample_rate: int = SAMPLE_RATE,
     beats_per_bar: int = 4,
     sections: int = 8,
 ) -> SynthSong:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from urllib.parse import urlsplit
+from urllib.parse import unquote
 
 import httpx
 
@@ -46,24 +46,39 @@ PRESIGNED_PARTS = re.compile(
 
 
 #: The password of any URL's userinfo (`redis://:pw@host`, `redis://user:pw@host`), configured
-#: or not: it stops at the first "@", "/" or blank.
-URL_PASSWORD = re.compile(r"([a-z][a-z0-9+.-]*://[^:@/\s]*:)[^@/\s]+@", re.IGNORECASE)
+#: or not. It runs to the last "@" before the host, so a password holding an unencoded "@" or
+#: "/" is hidden whole (hiding a little more than the password is safe); it stops at a blank
+#: and before another URL ("://"), so the next URL's host in a list stays readable.
+URL_PASSWORD = re.compile(r"([a-z][a-z0-9+.-]*://[^:@/\s]*:)((?:(?!://)\S)*)@", re.IGNORECASE)
+#: Bearer tokens (an echoed Authorization header) and tokens or keys passed as query
+#: parameters: bearer credentials whoever reads them.
+BEARER = re.compile(r"(\bBearer\s+)[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
+QUERY_SECRETS = re.compile(r"([?&](?:access_token|api_key|token|key)=)[^&\s\"']+", re.IGNORECASE)
+
+
+def _environment(names: tuple[str, ...]) -> list[str]:
+    """The values of `names` in any case: pydantic-settings reads `mvpipe_broker_url` as well
+    as MVPIPE_BROKER_URL."""
+    wanted = set(names)
+    return [value for name, value in os.environ.items() if name.upper() in wanted and value]
 
 
 def _secrets() -> list[str]:
-    found = [os.environ.get(name) or "" for name in SECRET_VARIABLES]
-    for name in SECRET_URL_VARIABLES:
-        try:
-            found.append(urlsplit(os.environ.get(name) or "").password or "")
-        except ValueError:  # a malformed URL: its password is not readable, nor replaceable
-            continue
-    return [secret for secret in found if len(secret) >= 4]
+    found = _environment(SECRET_VARIABLES)
+    for url in _environment(SECRET_URL_VARIABLES):
+        password = URL_PASSWORD.match(url)
+        if password:  # as written and percent-decoded (redis-py reports the decoded one)
+            found += [password.group(2), unquote(password.group(2))]
+    # the longest first, so that a secret holding another is hidden whole
+    return sorted({secret for secret in found if len(secret) >= 4}, key=len, reverse=True)
 
 
 def scrub(message: str) -> str:
     for secret in _secrets():
         message = message.replace(secret, "***")
     message = URL_PASSWORD.sub(r"\1***@", message)
+    message = BEARER.sub(r"\1***", message)
+    message = QUERY_SECRETS.sub(r"\1***", message)
     return PRESIGNED_PARTS.sub(r"\1***", message)
 
 
