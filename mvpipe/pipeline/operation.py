@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import redis
 
-from mvpipe import hooks
+from mvpipe import durations, hooks
 from mvpipe.errors import (
     BrokerUnavailable,
     ConfigurationError,
@@ -34,7 +34,7 @@ from mvpipe.errors import (
     TransientProviderError,
 )
 from mvpipe.pipeline.execution import Execution, log
-from mvpipe.pipeline.stages import Stage, is_last, never_last
+from mvpipe.pipeline.stages import GENERATE, Stage, is_last, never_last
 from mvpipe.pipeline.steps import LeasePending, Next, RecordPending, Step
 from mvpipe.providers.base import JobState, JobStatus, VideoProvider, VideoRequest
 from mvpipe.providers.classify import describe
@@ -179,6 +179,10 @@ class PaidOperation:
         ctx, s, x = self.ctx, self.s, self.x
         if x.run_id is None:
             return Step.done("no run to submit under")
+        fitted = self.fitted(scene)
+        if fitted is None:
+            return Step.done("scene gone")
+        scene = fitted
         try:
             price = self.stage.price_micros(s, x.provider, scene)
         except ConfigurationError as exc:  # unpriced paid work: no budget could hold it
@@ -289,6 +293,21 @@ class PaidOperation:
         # Stored: the first poll is now, in this execution. A quick job needs no message in
         # between, and a provider that tells when its job is due has its next poll timed.
         return self.poll(operation_id, 0, just_submitted=True)
+
+    def fitted(self, scene: SceneRecord) -> SceneRecord | None:
+        """The scene at a clip length its provider makes, before it is priced: a generation
+        stored at another (before lengths were fitted, or under other allowed lengths than this
+        worker's) is made at `durations.capped_seconds` of it, written once, so the price
+        reserved is the one the provider bills and the provider never refuses the scene for
+        its length. None when the scene is gone."""
+        if self.stage is not GENERATE:
+            return scene
+        allowed = self.s.durations_for(self.x.provider)
+        if scene.duration_seconds in allowed:
+            return scene
+        seconds = durations.capped_seconds(scene.duration_seconds, allowed)
+        self.log(f"clip length {scene.duration_seconds} s made {seconds} s", None, None)
+        return self.ctx.scenes.refit_duration(*self.ids, old=scene.duration_seconds, new=seconds)
 
     @contextmanager
     def pending(self, token: str, release: dict[str, Any]) -> Iterator[None]:

@@ -462,6 +462,25 @@ class SceneStore:
             done=lambda s: s.status == SceneStatus.PENDING,
         )
 
+    def refit_duration(
+        self, project_id: str, sequence: int, *, old: int, new: int
+    ) -> SceneRecord | None:
+        """A scene stored at a clip length its provider does not make (written before lengths
+        were fitted, or under other allowed lengths) is made at `new`: only while it still
+        holds `old` and no generation was submitted, so a job already asked for keeps the
+        length (and price) it was asked at. The scene as it is now (None: gone)."""
+        m = self.m
+        _, operation, _ = _paid(m, ORIGINAL)
+        item = self.table.update_item(
+            project_pk(project_id),
+            scene_sk(sequence),
+            [m.duration_seconds.set(new), m.updated_at.set(utc_now_iso())],
+            (m.duration_seconds == old) & operation.does_not_exist() & m.pk.exists(),
+        )
+        if item is not None:
+            return SceneRecord.from_item(project_id, item)
+        return self.get(project_id, sequence)  # refitted or submitted meanwhile, or gone
+
     def expire_lease(
         self,
         project_id: str,
