@@ -1,11 +1,11 @@
 """Clip lengths: which of a provider's allowed durations a scene is made at.
 
-One rule for every way a scene gets its length (a song's slot, a hand-written scene, a
-planner's scene): the provider's shortest allowed duration that covers the length wanted. The
-scene stores that number, its price is reserved on it, the estimate counts it and the provider
-is asked for exactly it (DESIGN.md "Cost and budget", invariant 9), so what is reserved is what
-is billed. Pure: no I/O.
-"""
+A song's slot and a planner's scene get the provider's shortest allowed duration that covers
+the length wanted (a planner's, not knowing the provider, capped at its longest); a
+hand-written scene's length must be one the provider makes, or create refuses it. The scene
+stores that number, its price is reserved on it, the estimate counts it and the provider is
+asked for exactly it (DESIGN.md "Cost and budget", invariant 9), so what is reserved is what
+is billed. Pure: no I/O."""
 
 from __future__ import annotations
 
@@ -46,21 +46,20 @@ def capped_seconds(wanted: float, allowed: Sequence[int]) -> int:
 def hand_written(
     specs: Sequence[SceneSpec], provider: str, allowed: Sequence[int]
 ) -> list[SceneSpec]:
-    """A user's scenes, each at the clip length its provider makes (the shortest covering the
-    length asked, the default length when none was). A length longer than the provider's
-    longest clip is refused (`InvalidInput`): no clip it makes shows that long a scene."""
+    """A user's scenes, each at the clip length it asked for, or the default length when none
+    was. A length the provider does not make exactly is refused (`NoClipDuration`, an
+    `InvalidInput`): a longer clip would show the scene longer than written, a shorter one
+    cut it, and either way the user did not ask for it."""
     fitted = []
     for number, spec in enumerate(specs, start=1):
-        if spec.duration_seconds is None:
+        seconds = spec.duration_seconds
+        if seconds is None:
             seconds = capped_seconds(DEFAULT_SCENE_SECONDS, allowed)
-        else:
-            try:
-                seconds = clip_seconds(spec.duration_seconds, allowed)
-            except NoClipDuration:
-                raise NoClipDuration(
-                    f"scene {number}: {spec.duration_seconds} s is longer than the longest clip "
-                    f"{provider} makes ({_listed(allowed)} s)"
-                ) from None
+        elif seconds not in allowed:
+            raise NoClipDuration(
+                f"scene {number}: {provider} makes no {seconds} s clip; its clip lengths are "
+                f"{_listed(allowed)} s"
+            )
         fitted.append(spec.model_copy(update={"duration_seconds": seconds}))
     return fitted
 
@@ -81,8 +80,9 @@ def planned(specs: Sequence[SceneSpec], allowed: Sequence[int]) -> list[SceneSpe
 
 def asked_seconds(provider: str, seconds: int, allowed: Sequence[int]) -> int:
     """The length a provider is asked for: the scene's stored one, which its price was reserved
-    on, never another. A length the provider does not make (a scene stored before lengths were
-    fitted) is refused before any call: nothing is billed and the reservation goes back."""
+    on, never another. A length the provider does not make is refused before any call: nothing
+    is billed and the reservation goes back. (The generate stage refits a scene stored before
+    lengths were fitted before it prices it, so only a guard.)"""
     if seconds not in allowed:
         raise PermanentProviderError(
             f"{provider}: a {seconds} s clip is not one it makes ({_listed(allowed)} s)",

@@ -2,6 +2,7 @@
 
     MvpipeError
     ├── InvalidInput            bad ids, text, sequences, providers: nothing was written
+    │   └── NoClipDuration      no clip length the provider makes fits (mvpipe.durations)
     ├── NotFound                no such project or scene
     ├── Conflict                the state moved on (another run is active, a lease is held)
     │   └── RunInactive         the run this work belongs to was released or replaced

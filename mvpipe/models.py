@@ -85,8 +85,8 @@ class SceneSpec(BaseModel):
 
     prompt: Prompt
     negative_prompt: NegativePrompt = None
-    #: the clip length wanted; None: the provider's default. Creation and planning store the
-    #: provider's shortest allowed length covering it (see mvpipe.durations).
+    #: the clip length; None: the provider's default. Creation refuses one the provider does
+    #: not make; planning stores its shortest allowed length covering it (mvpipe.durations).
     duration_seconds: int | None = Field(
         default=None, ge=MIN_DURATION, le=MAX_DURATION, strict=True
     )

@@ -79,7 +79,7 @@ def price_micros(prices: Prices, provider: str, model: str, seconds: float) -> i
 
     A provider other than `local` with no price is a `ConfigurationError`: unpriced paid work
     would make every budget meaningless."""
-    price = prices.get(f"{provider}:{_bare(model)}") or prices.get(provider)
+    price = price_of(prices, provider, model)
     if price is None:
         if provider == "local":
             return 0
@@ -88,6 +88,11 @@ def price_micros(prices: Prices, provider: str, model: str, seconds: float) -> i
             f'(e.g. {{"{provider}:{_bare(model)}": 0.1}})'
         )
     return price.for_seconds(seconds)
+
+
+def price_of(prices: Prices, provider: str, model: str) -> Price | None:
+    """The table's entry for `model` at `provider` (its own, else the provider's), if any."""
+    return prices.get(f"{provider}:{_bare(model)}") or prices.get(provider)
 
 
 def usd(micros: int) -> str:

@@ -19,7 +19,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, Settin
 
 from mvpipe.errors import ConfigurationError
 from mvpipe.models import VIDEO_PROVIDERS
-from mvpipe.pricing import Prices, parse_prices, price_micros
+from mvpipe.pricing import Prices, parse_prices, price_micros, price_of
 
 PLANNERS = ("local", "gemini")
 LIPSYNC_PROVIDERS = ("local", "replicate")
@@ -253,6 +253,19 @@ class Settings(BaseSettings):
                     f"MVPIPE_SLOT_MIN_SECONDS exceeds the longest {provider} clip "
                     f"({max(self.durations_for(provider))} s)"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _replicate_asked_the_length_priced(self) -> Settings:
+        # Without the input that takes the clip length the model makes a length of its own
+        # choosing, while a per-second price is reserved on the scene's stored length.
+        price = price_of(self.price_table, "replicate", self.replicate_model)
+        if not self.replicate_duration_input and price is not None and price.per_second_micros:
+            raise ValueError(
+                f"replicate:{self.replicate_model} is priced per second, so"
+                " MVPIPE_REPLICATE_DURATION_INPUT must name the input that takes the clip"
+                " length (or price the model per job)"
+            )
         return self
 
     @model_validator(mode="after")

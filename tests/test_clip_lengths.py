@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -14,13 +14,17 @@ from mvpipe import api
 from mvpipe.deps import Context, get_context, reset_context
 from mvpipe.devstack.localstack import LocalStack
 from mvpipe.errors import InvalidInput
-from mvpipe.models import ProjectStatus
+from mvpipe.models import ProjectSpec, ProjectStatus, SceneSpec
 from mvpipe.pipeline.generate import SceneJob
 from mvpipe.pipeline.plan import planned_specs
 from mvpipe.pipeline.steps import Next
+from tests.conftest import Workers
+from tests.helpers import assert_invariants
 from tests.standins import ProviderStandIn, running_standin
 
 pytestmark = pytest.mark.integration
+
+StartWorkers = Callable[..., Workers]
 
 #: Each provider's video model, and its dollars per second: a clip's price follows its length.
 MODELS = {"veo": "veo-3.0-generate-001", "replicate": "minimax/video-01"}
@@ -60,23 +64,23 @@ def written(ctx: Context) -> tuple[int, set[str]]:
     ("provider", "wanted", "stored"),
     [
         # Veo makes 4, 6 and 8 s; a scene given no length is made at 8 s
-        ("veo", [1, 5, 8, None], [4, 6, 8, 8]),
+        ("veo", [4, 6, 8, None], [4, 6, 8, 8]),
         # this Replicate model makes 5 and 10 s (MVPIPE_REPLICATE_DURATIONS)
-        ("replicate", [1, 6, 10, None], [5, 10, 10, 10]),
+        ("replicate", [5, 10, None], [5, 10, 10]),
     ],
 )
 def test_the_price_reserved_is_the_price_of_the_clip_asked_for(
     standin: ProviderStandIn, provider: str, wanted: list[int | None], stored: list[int]
 ) -> None:
-    # Given hand-written scenes whose lengths the provider does not all make
+    # Given hand-written scenes at the provider's lengths, or at none
     scenes = [
         {"prompt": f"shot {n}", **({"duration_seconds": s} if s is not None else {})}
         for n, s in enumerate(wanted, start=1)
     ]
     project_id = api.create_project("Lengths", "x", scenes=scenes, provider=provider)
 
-    # Then each is stored at the shortest length the provider makes that covers it, and the
-    # estimate is the price of those lengths
+    # Then each is stored at its length (the provider's default length when it has none), and
+    # the estimate is the price of those lengths
     view = api.get_project(project_id)
     assert [s.duration_seconds for s in view.scenes] == stored
     per_second = round(PRICES[provider] * 1_000_000)
@@ -100,19 +104,31 @@ def test_the_price_reserved_is_the_price_of_the_clip_asked_for(
     assert state.project.committed_cost_micros == sum(expected)
 
 
-@pytest.mark.parametrize(("provider", "seconds"), [("veo", 9), ("replicate", 11)])
-def test_a_length_no_clip_of_the_provider_covers_is_refused_and_nothing_is_written(
-    standin: ProviderStandIn, provider: str, seconds: int
+@pytest.mark.parametrize(
+    ("provider", "seconds", "allowed"),
+    [
+        # shorter than the shortest, between two lengths, longer than the longest
+        ("veo", 1, "4, 6, 8"),
+        ("veo", 5, "4, 6, 8"),
+        ("veo", 9, "4, 6, 8"),
+        ("replicate", 6, "5, 10"),
+        ("replicate", 11, "5, 10"),
+    ],
+)
+def test_a_length_the_provider_does_not_make_is_refused_and_nothing_is_written(
+    standin: ProviderStandIn, provider: str, seconds: int, allowed: str
 ) -> None:
     ctx = get_context()
     before = written(ctx)
     scenes = [
-        {"prompt": "fits", "duration_seconds": 4},
-        {"prompt": "too long", "duration_seconds": seconds},
+        {"prompt": "fits", "duration_seconds": 10 if provider == "replicate" else 4},
+        {"prompt": "no such clip", "duration_seconds": seconds},
     ]
-    with pytest.raises(InvalidInput, match=f"scene 2: {seconds} s is longer than the longest clip"):
-        api.create_project("Too long", "x", scenes=scenes, provider=provider)
+    message = rf"scene 2: {provider} makes no {seconds} s clip; its clip lengths are {allowed} s"
+    with pytest.raises(InvalidInput, match=message):
+        api.create_project("Unmade", "x", scenes=scenes, provider=provider)
     assert written(ctx) == before
+    assert standin.veo_bodies == [] and standin.predictions == {}
 
 
 def test_a_planned_scene_and_the_unplanned_estimate_use_the_providers_lengths(
@@ -128,3 +144,52 @@ def test_a_planned_scene_and_the_unplanned_estimate_use_the_providers_lengths(
     # and the planner's 8 s scenes are planned at 6 s, the length reserved and asked for
     specs = planned_specs(ctx, ctx.projects.get(project_id), str(uuid.uuid4()))
     assert [s.duration_seconds for s in specs] == [6, 6]
+
+
+@pytest.mark.parametrize(
+    ("provider", "durations", "stored", "made"),
+    [
+        # every Replicate project without a song was stored at the old 8 s default
+        ("replicate", "6", 8, 6),
+        # a Veo scene written by hand at a length Veo does not make
+        ("veo", "5,10", 5, 6),
+        # the allowed lengths changed since the scene was stored: the longest is made
+        ("replicate", "5,10", 12, 10),
+    ],
+)
+def test_a_scene_stored_at_a_length_the_provider_does_not_make_runs_at_one_it_makes(
+    standin: ProviderStandIn,
+    start_workers: StartWorkers,
+    monkeypatch: pytest.MonkeyPatch,
+    provider: str,
+    durations: str,
+    stored: int,
+    made: int,
+) -> None:
+    # Given a scene stored as a project was written before lengths were fitted (through the
+    # store, at a length the workers' provider does not make)
+    monkeypatch.setenv("MVPIPE_REPLICATE_DURATIONS", durations)
+    start_workers(env={"MVPIPE_POLL_SECONDS": "0.1"})
+    ctx = get_context()
+    project_id = str(uuid.uuid4())
+    scenes = (SceneSpec(prompt="old", duration_seconds=stored),)
+    spec = ProjectSpec(
+        title="Old", concept="x", provider=provider, requested_scene_count=1, scenes=scenes
+    )
+    ctx.projects.create(project_id, spec)
+    assert api.get_project(project_id).scenes[0].duration_seconds == stored
+
+    # When it runs
+    api.run_project(project_id)
+    view = api.wait_project(project_id, timeout=120)
+
+    # Then it completes, made at a length the provider makes: stored, priced (reserved on the
+    # scene and the project) and asked at that length, in one submission
+    assert view.status == ProjectStatus.COMPLETED, [s.last_error for s in view.scenes]
+    assert asked_of(standin, provider) == [made]
+    assert view.scenes[0].duration_seconds == made and view.scenes[0].attempts == 1
+    price = round(PRICES[provider] * 1_000_000) * made
+    state = ctx.projects.load(project_id)
+    assert [s.cost_micros for s in state.scenes] == [price]
+    assert state.project.committed_cost_micros == price
+    assert_invariants(project_id)

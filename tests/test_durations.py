@@ -45,31 +45,36 @@ def test_a_length_chosen_without_the_provider_is_capped_at_its_longest_clip() ->
         capped_seconds(5, [])
 
 
-def test_hand_written_scenes_take_the_providers_lengths_or_are_refused() -> None:
+def test_hand_written_scenes_keep_their_length_or_are_refused() -> None:
     specs = [
-        SceneSpec(prompt="a", duration_seconds=1),
-        SceneSpec(prompt="b", duration_seconds=5),
+        SceneSpec(prompt="a", duration_seconds=4),
         SceneSpec(prompt="c", duration_seconds=8),
         SceneSpec(prompt="d"),  # no length: the default, 8 s where the provider makes it
     ]
-    assert [s.duration_seconds for s in hand_written(specs, "veo", VEO)] == [4, 6, 8, 8]
+    assert [s.duration_seconds for s in hand_written(specs, "veo", VEO)] == [4, 8, 8]
     local = Settings().durations_for("local")
-    assert [s.duration_seconds for s in hand_written(specs, "local", local)] == [1, 5, 8, 8]
+    odd = [SceneSpec(prompt="a", duration_seconds=1), SceneSpec(prompt="b", duration_seconds=5)]
+    assert [s.duration_seconds for s in hand_written(odd, "local", local)] == [1, 5]
     # A provider whose longest clip is shorter than the default makes its longest by default
     assert hand_written([SceneSpec(prompt="d")], "replicate", [6])[0].duration_seconds == 6
     # The rest of a spec is kept as given
     kept = hand_written(
-        [SceneSpec(prompt="p", negative_prompt="n", duration_seconds=3)], "veo", VEO
+        [SceneSpec(prompt="p", negative_prompt="n", duration_seconds=6)], "veo", VEO
     )
-    assert kept == [SceneSpec(prompt="p", negative_prompt="n", duration_seconds=4)]
-    # A length no clip of the provider covers is refused, naming the scene and the lengths
-    too_long = [
-        SceneSpec(prompt="a", duration_seconds=4),
-        SceneSpec(prompt="b", duration_seconds=9),
-    ]
-    with pytest.raises(InvalidInput, match=r"scene 2: 9 s is longer .* veo makes \(4, 6, 8 s\)"):
-        hand_written(too_long, "veo", VEO)
-    with pytest.raises(InvalidInput, match=r"7 s .* replicate makes \(5, 6 s\)"):
+    assert kept == [SceneSpec(prompt="p", negative_prompt="n", duration_seconds=6)]
+    # A length the provider does not make exactly is refused, shorter, between or longer,
+    # naming the scene and the lengths it makes (never rounded up: the video would show the
+    # scene longer than written)
+    for seconds in (1, 5, 9):
+        unmade = [
+            SceneSpec(prompt="a", duration_seconds=4),
+            SceneSpec(prompt="b", duration_seconds=seconds),
+        ]
+        with pytest.raises(
+            NoClipDuration, match=rf"scene 2: veo makes no {seconds} s clip; .* are 4, 6, 8 s"
+        ):
+            hand_written(unmade, "veo", VEO)
+    with pytest.raises(InvalidInput, match=r"replicate makes no 7 s clip; .* are 5, 6 s"):
         hand_written([SceneSpec(prompt="a", duration_seconds=7)], "replicate", [5, 6])
 
 

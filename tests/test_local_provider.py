@@ -8,6 +8,7 @@ import json
 import os
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import av
@@ -158,9 +159,32 @@ def test_transient_faults_advance_with_each_call(tmp_path: Path) -> None:
         try:
             local.submit(request())
             outcomes.append("ok")
-        except TransientProviderError:
+        except TransientProviderError as exc:
+            # a refusal that surely made no job, as a remote provider's 429: no ledger line,
+            # and the reservation goes back (a 5xx would keep it)
+            assert isinstance(exc, QuotaExceeded) and exc.refused, exc
             outcomes.append("fault")
     assert 5 < outcomes.count("fault") < 35  # a retry is a new call with a new roll
+    assert len(ledger_lines(tmp_path)) == outcomes.count("ok")
+
+
+def test_a_length_the_local_provider_does_not_make_is_refused_before_any_job(
+    tmp_path: Path,
+) -> None:
+    # the one rule every provider follows: asked for exactly the stored length, or refused
+    local = provider(tmp_path, local_latency=0)
+    unmade = r"local: a 31 s clip is not one it makes"
+    with pytest.raises(PermanentProviderError, match=unmade) as e:
+        local.submit(replace(request(), duration_seconds=31))
+    assert e.value.refused
+    assert ledger_lines(tmp_path) == []
+    local.submit(replace(request(), duration_seconds=30))
+    assert len(ledger_lines(tmp_path)) == 1
+
+
+def ledger_lines(tmp_path: Path) -> list[str]:
+    path = tmp_path / "ledger.jsonl"
+    return path.read_text().splitlines() if path.exists() else []
 
 
 def test_permanent_faults_end_accepted_jobs_failed(tmp_path: Path) -> None:

@@ -529,3 +529,49 @@ def test_a_refused_submit_gives_its_reservation_back_a_lost_answer_keeps_it(
     reserved = price + kept
     assert committed() == (reserved, reserved)
     reset_context()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("status", [503, 502])
+def test_a_budget_held_by_a_submit_of_unknown_outcome_says_so_and_raising_it_continues(
+    standin: ProviderStandIn, start_workers: StartWorkers, status: int
+) -> None:
+    # Given a Replicate project (minimax/video-01: $0.50 a job) on a budget of one job, whose
+    # first create is answered with a 5xx and no job made: the provider may have taken it, so
+    # its price stays committed while the submit is retried
+    standin.fail_next["replicate.create"] = [status]
+    start_workers(env=provider_env(standin), provider="replicate")
+    scenes = [{"prompt": "one"}]
+    project_id = api.create_project(
+        "Money", "x", scenes=scenes, provider="replicate", budget_usd=0.5
+    )
+
+    # When it runs
+    api.run_project(project_id)
+    view = api.wait_project(project_id, timeout=120)
+
+    # Then the retry does not fit: the scene fails over budget, and its error says the money
+    # is held by a submit whose outcome is unknown and that raising the budget continues
+    assert view.status == ProjectStatus.FAILED
+    assert view.scenes[0].last_error == (
+        "over budget: needs $0.50, $0.00 left of $0.50; $0.50 of the $0.50 committed is held by"
+        " submits whose outcome is unknown (a 5xx or a timeout: the provider may not bill"
+        " them); raise the budget and run again to continue"
+    )
+    assert standin.calls["replicate.create"] == 1 and standin.created == {}
+    state = get_context().projects.load(project_id)
+    assert state.project.committed_cost_micros == sum(s.cost_micros for s in state.scenes)
+    assert state.project.committed_cost_micros == 500_000
+
+    # When the budget is raised and the project runs again
+    api.set_budget(project_id, 1.0)
+    api.run_project(project_id)
+    view = api.wait_project(project_id, timeout=120)
+
+    # Then it completes, the one job the provider made paid for once more
+    assert view.status == ProjectStatus.COMPLETED, [s.last_error for s in view.scenes]
+    assert standin.created == {"replicate": 1}
+    state = get_context().projects.load(project_id)
+    assert state.project.committed_cost_micros == sum(s.cost_micros for s in state.scenes)
+    assert state.project.committed_cost_micros == 1_000_000
+    assert_invariants(project_id)

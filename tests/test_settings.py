@@ -77,3 +77,22 @@ def test_lip_sync_input_urls_outlive_a_long_provider_queue(monkeypatch: pytest.M
     monkeypatch.setenv("MVPIPE_LIPSYNC_URL_SECONDS", str(7 * 24 * 3600 + 1))
     with pytest.raises(ConfigurationError, match="MVPIPE_LIPSYNC_URL_SECONDS"):
         get_settings()
+
+
+def test_a_per_second_replicate_price_needs_the_input_that_takes_the_length(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Without a duration input the model picks its own length, while the price is reserved
+    # on the scene's stored one: refused when that price is per second
+    monkeypatch.setenv("MVPIPE_REPLICATE_MODEL", "acme/video")
+    monkeypatch.setenv("MVPIPE_PRICES", '{"replicate:acme/video": 0.1}')
+    monkeypatch.setenv("MVPIPE_REPLICATE_DURATION_INPUT", "")
+    with pytest.raises(ConfigurationError, match="MVPIPE_REPLICATE_DURATION_INPUT must name"):
+        get_settings()
+    # A price per job does not depend on the length, nor a per-second one the length is given to
+    monkeypatch.setenv("MVPIPE_PRICES", '{"replicate:acme/video": {"per_job": 0.5}}')
+    assert get_settings().replicate_duration_input == ""
+    get_settings.cache_clear()
+    monkeypatch.setenv("MVPIPE_PRICES", '{"replicate:acme/video": 0.1}')
+    monkeypatch.setenv("MVPIPE_REPLICATE_DURATION_INPUT", "seconds")
+    assert get_settings().replicate_duration_input == "seconds"

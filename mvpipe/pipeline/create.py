@@ -22,8 +22,8 @@ log = logging.getLogger("mvpipe.create")
 
 def create_project(ctx: Context, project_id: str, spec: ProjectSpec, song: bytes | None) -> None:
     """Write a validated project; `song` holds the bytes `spec.song` describes. Hand-written
-    scenes are stored at the clip length the provider makes (`InvalidInput` before any write
-    when it makes none that long), the length their price is reserved on and asked for."""
+    scenes are stored at their clip length, one the provider makes (`InvalidInput` before any
+    write for any other), the length their price is reserved on and asked for."""
     if spec.scenes is not None:
         allowed = ctx.settings.durations_for(spec.provider)
         scenes = durations.hand_written(spec.scenes, spec.provider, allowed)

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import redis
 
-from mvpipe import hooks
+from mvpipe import durations, hooks
 from mvpipe.errors import (
     BrokerUnavailable,
     ConfigurationError,
@@ -34,7 +34,7 @@ from mvpipe.errors import (
     TransientProviderError,
 )
 from mvpipe.pipeline.execution import Execution, log
-from mvpipe.pipeline.stages import Stage, is_last, never_last
+from mvpipe.pipeline.stages import GENERATE, Stage, is_last, never_last
 from mvpipe.pipeline.steps import LeasePending, Next, RecordPending, Step
 from mvpipe.providers.base import JobState, JobStatus, VideoProvider, VideoRequest
 from mvpipe.providers.classify import describe
@@ -42,6 +42,7 @@ from mvpipe.providers.fairness import fewer_than_busiest, lighter
 from mvpipe.providers.limiter import SlotDecision, slot_member
 from mvpipe.settings import Settings
 from mvpipe.states import backoff_seconds, lease_expired
+from mvpipe.store.budget import unknown_outcomes
 from mvpipe.store.clips import clip_key
 from mvpipe.store.records import SceneRecord
 from mvpipe.store.scenes import Claim
@@ -179,6 +180,10 @@ class PaidOperation:
         ctx, s, x = self.ctx, self.s, self.x
         if x.run_id is None:
             return Step.done("no run to submit under")
+        fitted = self.fitted(scene)
+        if fitted is None:
+            return Step.done("scene gone")
+        scene = fitted
         try:
             price = self.stage.price_micros(s, x.provider, scene)
         except ConfigurationError as exc:  # unpriced paid work: no budget could hold it
@@ -231,7 +236,7 @@ class PaidOperation:
         if claim.outcome != Claim.WON:
             self.release_unowned_slot()
             if claim.outcome == Claim.OVER_BUDGET:
-                error = claim.detail or "over budget"
+                error = (claim.detail or "over budget") + self.unknown_outcomes()
                 ctx.scenes.fail_open(*self.ids, error=error, stage=self.fields)
                 self.log(error, None, None)
                 return x.finished("failed: over budget")
@@ -264,18 +269,19 @@ class PaidOperation:
             self.release_slot()
             error = describe(exc)
             refund = self.refund(exc, price, scene)
-            self.give_back(token, {"refund_micros": refund, "error": error, "fail": True})
+            release = self.after_submit(refund, price, error)
+            self.give_back(token, {**release, "fail": True})
             self.log(f"submit refused permanently: {error}", None, attempt)
             return x.finished("failed: permanent provider error")
         except Exception as exc:  # transient, or unclassified: never keep a lease we can't use
             self.release_slot()
             error = describe(exc)
-            refund = self.refund(exc, price, scene)
+            release = self.after_submit(self.refund(exc, price, scene), price, error)
             if attempt >= s.max_attempts:
-                self.give_back(token, {"refund_micros": refund, "error": error, "fail": True})
+                self.give_back(token, {**release, "fail": True})
                 self.log(f"submit failed, attempts exhausted: {error}", None, attempt)
                 return x.finished("failed: attempts exhausted")
-            self.give_back(token, {"refund_micros": refund, "error": error})
+            self.give_back(token, release)
             wait = backoff_seconds(attempt, base=s.backoff_base, cap=s.backoff_max)
             self.log(f"submit failed transiently, retry in {wait:.1f}s: {error}", None, attempt)
             return Step(Next.RETRY_SUBMIT, "transient submit error", wait, self.carry())
@@ -289,6 +295,21 @@ class PaidOperation:
         # Stored: the first poll is now, in this execution. A quick job needs no message in
         # between, and a provider that tells when its job is due has its next poll timed.
         return self.poll(operation_id, 0, just_submitted=True)
+
+    def fitted(self, scene: SceneRecord) -> SceneRecord | None:
+        """The scene at a clip length its provider makes, before it is priced: a generation
+        stored at another (before lengths were fitted, or under other allowed lengths than this
+        worker's) is made at `durations.capped_seconds` of it, written once, so the price
+        reserved is the one the provider bills and the provider never refuses the scene for
+        its length. None when the scene is gone."""
+        if self.stage is not GENERATE:
+            return scene
+        allowed = self.s.durations_for(self.x.provider)
+        if scene.duration_seconds in allowed:
+            return scene
+        seconds = durations.capped_seconds(scene.duration_seconds, allowed)
+        self.log(f"clip length {scene.duration_seconds} s made {seconds} s", None, None)
+        return self.ctx.scenes.refit_duration(*self.ids, old=scene.duration_seconds, new=seconds)
 
     @contextmanager
     def pending(self, token: str, release: dict[str, Any]) -> Iterator[None]:
@@ -306,11 +327,17 @@ class PaidOperation:
         so it refunds nothing when the claim never landed or another owner took over; an outage
         leaves it to the next step (`LeasePending`). Never for a job that may have started."""
         refund = int(release.get("refund_micros", 0))
+        unknown = int(release.get("unknown_micros", 0))
         error = str(release.get("error") or "lease given back")
         with self.pending(token, release):
             if release.get("fail"):
                 return self.ctx.scenes.fail(
-                    *self.ids, error=error, token=token, stage=self.fields, refund_micros=refund
+                    *self.ids,
+                    error=error,
+                    token=token,
+                    stage=self.fields,
+                    refund_micros=refund,
+                    unknown_micros=unknown,
                 )
             return self.ctx.scenes.release_lease(
                 *self.ids,
@@ -319,6 +346,7 @@ class PaidOperation:
                 unused=bool(release.get("unused")),
                 stage=self.fields,
                 refund_micros=refund,
+                unknown_micros=unknown,
             )
 
     def resume_give_back(self, token: str, release: dict[str, Any]) -> Step:
@@ -341,6 +369,19 @@ class PaidOperation:
         if refused:
             self.x.cost_micros = scene.cost_micros
         return price if refused else 0
+
+    @staticmethod
+    def after_submit(refund: int, price: int, error: str) -> dict[str, Any]:
+        """The give-back of a failed submit: `refund` of its reservation back, the rest kept
+        and noted as held by a submit whose outcome is unknown."""
+        return {"refund_micros": refund, "unknown_micros": price - refund, "error": error}
+
+    def unknown_outcomes(self) -> str:
+        """What an over-budget error adds about money kept by submits whose outcome is
+        unknown (`budget.unknown_outcomes`): read from the project's scenes, only then."""
+        state = self.ctx.projects.load(self.x.project_id)
+        unknown = sum(s.unknown_cost_micros for s in state.scenes)
+        return unknown_outcomes(unknown, state.project.committed_cost_micros)
 
     def record(
         self, operation_id: str, token: str, attempt: int, made_from: str | None = None

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 from mvpipe import durations
 from mvpipe.deps import Context
-from mvpipe.durations import clip_seconds
 from mvpipe.errors import ConfigurationError, PermanentProviderError
 from mvpipe.media.slots import Slot
 from mvpipe.models import SceneSpec, SceneStatus
@@ -140,7 +139,7 @@ def place_in_slots(
         SceneSpec(
             prompt=spec.prompt,
             negative_prompt=spec.negative_prompt,
-            duration_seconds=clip_seconds(slot.seconds, allowed),
+            duration_seconds=durations.clip_seconds(slot.seconds, allowed),
             start_seconds=slot.start_seconds,
             end_seconds=slot.end_seconds,
             lip_sync=spec.lip_sync and lip_sync,

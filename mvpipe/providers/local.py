@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mvpipe.durations import asked_seconds
 from mvpipe.errors import (
     InvalidInput,
     PermanentProviderError,
@@ -273,6 +274,7 @@ class LocalVideoProvider:
         self.seed = settings.local_latency_seed
         self.max_concurrent = settings.local_max_concurrent
         self.clip_seconds = settings.local_clip_seconds
+        self.allowed = settings.durations_for(self.name)
         self.faults = FaultPlan.parse(settings.local_faults)
         self.ledger = settings.local_ledger
         self.jobs = LocalJobs(settings.local_state_path)
@@ -280,9 +282,14 @@ class LocalVideoProvider:
         self.renders = Renders(path.with_name(f"{path.name}-renders"))
 
     def submit(self, request: VideoRequest) -> str:
+        # the same rule as a remote provider's: asked for exactly the length reserved on
+        asked = asked_seconds(self.name, request.duration_seconds, self.allowed)
         call = self.jobs.count_call(request.project_id, request.sequence, "submit")
         if self.faults.transient_fault(request.project_id, request.sequence, "submit", call):
-            raise TransientProviderError("local provider: simulated 503 on submit", refused=True)
+            # a 429, as a remote provider's refusal that surely made no job (a 5xx would leave
+            # the outcome unknown and keep the reservation)
+            raise QuotaExceeded("local provider: simulated 429 on submit", refused=True)
+        seconds = min(float(asked), self.clip_seconds)
         now = time.time()
         with self.jobs.transaction() as db:
             running = LocalJobs.check_room(db, "jobs", self.max_concurrent, now, "local provider")
@@ -298,7 +305,7 @@ class LocalVideoProvider:
                     request.project_id,
                     request.sequence,
                     request.prompt,
-                    min(float(request.duration_seconds), self.clip_seconds),
+                    seconds,
                     now,
                     now + latency,
                     "failed" if failed else "succeeded",
@@ -316,7 +323,6 @@ class LocalVideoProvider:
                 self.ledger, request.project_id, request.sequence, operation_id, "generate"
             )
         if not failed:
-            seconds = min(float(request.duration_seconds), self.clip_seconds)
             self.renders.schedule(
                 operation_id,
                 latency,

@@ -16,7 +16,7 @@ import urllib.error
 import urllib.request
 import uuid
 
-from mvpipe.errors import PermanentProviderError, TransientProviderError
+from mvpipe.errors import PermanentProviderError, QuotaExceeded, TransientProviderError
 from mvpipe.media.meter import draw_on_clip
 from mvpipe.providers.base import JobStatus, LipSyncRequest
 from mvpipe.providers.faults import FaultPlan
@@ -52,7 +52,9 @@ class LocalLipSyncProvider:
         project_id, sequence = request.project_id, request.sequence
         call = self.jobs.count_call(project_id, sequence, "lipsync-submit")
         if self.faults.transient_fault(project_id, sequence, "lipsync-submit", call):
-            raise TransientProviderError("local lip-sync: simulated 503 on submit", refused=True)
+            # a 429: a refusal that surely made no job, as a remote provider's (a 5xx would
+            # leave the outcome unknown and keep the reservation)
+            raise QuotaExceeded("local lip-sync: simulated 429 on submit", refused=True)
         video = self._fetch(request.video_url, "video")
         audio = self._fetch(request.audio_url, "audio")
         now = time.time()

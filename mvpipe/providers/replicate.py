@@ -18,6 +18,8 @@ class ReplicateVideoProvider(ReplicateProvider):
         fields: dict[str, Any] = {**self.settings.replicate_input, "prompt": request.prompt}
         if request.negative_prompt:
             fields["negative_prompt"] = request.negative_prompt
+        # Without a duration input the model picks the length: settings allow that only for a
+        # model priced per job, whose price does not depend on it.
         if self.settings.replicate_duration_input:
             allowed = self.settings.durations_for(self.name)
             seconds = asked_seconds(self.name, request.duration_seconds, allowed)

@@ -51,6 +51,19 @@ class Budget:
         return f"over budget: needs {usd(price_micros)}, {usd(left)} left of {usd(budget)}"
 
 
+def unknown_outcomes(unknown_micros: int, committed_micros: int) -> str:
+    """What an over-budget `lastError` adds when submits whose outcome is unknown (a 5xx, a
+    timeout) keep part of the committed money: the provider may never bill it, but it stays
+    reserved (a budget is never overspent), so the user learns why and what continues."""
+    if unknown_micros <= 0:
+        return ""
+    return (
+        f"; {usd(unknown_micros)} of the {usd(committed_micros)} committed is held by submits"
+        " whose outcome is unknown (a 5xx or a timeout: the provider may not bill them);"
+        " raise the budget and run again to continue"
+    )
+
+
 def reserve(
     tx: TransactWrite,
     m: type[ItemBase],

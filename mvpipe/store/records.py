@@ -50,6 +50,8 @@ class SceneRecord:
     lip_sync_operation_id: str | None = None
     lip_sync_attempts: int = 0
     cost_micros: int = 0
+    #: the part of `cost_micros` kept by submits whose outcome is unknown (maybe never billed)
+    unknown_cost_micros: int = 0
 
     @property
     def original_clip_key(self) -> str | None:
@@ -88,6 +90,7 @@ class SceneRecord:
             lip_sync_operation_id=item.lip_sync_operation_id,
             lip_sync_attempts=int(item.lip_sync_attempts or 0),
             cost_micros=int(item.cost_micros or 0),
+            unknown_cost_micros=int(item.unknown_cost_micros or 0),
         )
 
     def view(self) -> SceneView:

@@ -264,10 +264,12 @@ class SceneStore:
         unused: bool = False,
         stage: StageFields = ORIGINAL,
         refund_micros: int = 0,
+        unknown_micros: int = 0,
     ) -> bool:
         """Give a lease back after a transient submit error: the scene is `pending` again. An
         `unused` lease (nothing was submitted under it) gives its attempt back too;
-        `refund_micros` gives back the claim's reservation (the provider accepted no job)."""
+        `refund_micros` gives back the claim's reservation (the provider accepted no job);
+        `unknown_micros` of it is kept by a submit whose outcome is unknown."""
         m = self.m
         _, operation, attempts = _paid(m, stage)
         refund = [attempts.add(-1)] if unused else []
@@ -283,6 +285,7 @@ class SceneStore:
             (m.lease_token == token) & operation.does_not_exist(),
             done=lambda s: s.lease_token != token and s.value(stage.operation) is None,
             refund_micros=refund_micros,
+            unknown_micros=unknown_micros,
         )
 
     # -- outcomes ------------------------------------------------------------------------------
@@ -357,11 +360,13 @@ class SceneStore:
         made_from: tuple[str, str] | None = None,
         stage: StageFields = ORIGINAL,
         refund_micros: int = 0,
+        unknown_micros: int = 0,
     ) -> bool:
         """Mark a scene `failed`, as the owner of the stage's operation, of its lease, or (given
         `max_attempts`) because it has no submissions left; a free stage fails as the reader of
         its input (`made_from`: the input's field and key). With `token`, `refund_micros` gives
-        back the lease's reservation (the provider surely accepted no job under it)."""
+        back the lease's reservation (the provider surely accepted no job under it), or
+        `unknown_micros` of it is noted as kept by a submit whose outcome is unknown."""
         m = self.m
         if made_from is not None:
             owner: Condition = getattr(m, made_from[0]) == made_from[1]
@@ -396,6 +401,7 @@ class SceneStore:
             owner & (m.status != SceneStatus.COMPLETED),
             done=lambda s: s.status == SceneStatus.FAILED,
             refund_micros=refund_micros if token is not None else 0,
+            unknown_micros=unknown_micros if token is not None else 0,
         )
 
     def fail_open(
@@ -461,6 +467,25 @@ class SceneStore:
             & output.does_not_exist(),
             done=lambda s: s.status == SceneStatus.PENDING,
         )
+
+    def refit_duration(
+        self, project_id: str, sequence: int, *, old: int, new: int
+    ) -> SceneRecord | None:
+        """A scene stored at a clip length its provider does not make (written before lengths
+        were fitted, or under other allowed lengths) is made at `new`: only while it still
+        holds `old` and no generation was submitted, so a job already asked for keeps the
+        length (and price) it was asked at. The scene as it is now (None: gone)."""
+        m = self.m
+        _, operation, _ = _paid(m, ORIGINAL)
+        item = self.table.update_item(
+            project_pk(project_id),
+            scene_sk(sequence),
+            [m.duration_seconds.set(new), m.updated_at.set(utc_now_iso())],
+            (m.duration_seconds == old) & operation.does_not_exist() & m.pk.exists(),
+        )
+        if item is not None:
+            return SceneRecord.from_item(project_id, item)
+        return self.get(project_id, sequence)  # refitted or submitted meanwhile, or gone
 
     def expire_lease(
         self,
@@ -663,12 +688,16 @@ class SceneStore:
         done: Callable[[SceneRecord], bool],
         clear_final: bool = False,
         refund_micros: int = 0,
+        unknown_micros: int = 0,
     ) -> bool:
         """One conditional update; on a failed condition, success if the state is already the
         one this caller meant to make (its earlier attempt may have landed before a timeout).
         `clear_final` forgets the project's final video in the same transaction; a refund joins
         the write in one transaction too: the scene's cost and the project's committed sum move
-        together (invariant 4)."""
+        together (invariant 4). `unknown_micros` notes how much of the scene's cost a submit
+        whose outcome is unknown kept (the over-budget error tells it)."""
+        if unknown_micros:
+            actions = [*actions, self.m.unknown_cost_micros.add(unknown_micros)]
         if not (clear_final or refund_micros):
             return self._written(project_id, sequence, actions, condition, done=done) is not None
         m = self.m

@@ -86,6 +86,8 @@ class ItemBase(Model):
     lip_sync_operation_id = UnicodeAttribute(null=True, attr_name="lipSyncOperationId")
     lip_sync_attempts = NumberAttribute(null=True, attr_name="lipSyncAttempts")
     cost_micros = NumberAttribute(null=True, attr_name="costMicros")
+    #: the part of `costMicros` reserved by submits whose outcome is unknown (a 5xx, a timeout)
+    unknown_cost_micros = NumberAttribute(null=True, attr_name="unknownCostMicros")
 
 
 def bind_table(settings: Settings) -> type[ItemBase]:
