@@ -66,18 +66,24 @@ def check_drill(
     return paid
 
 
+#: What a worker's log shows once one of its store calls failed on the paused state server.
+HIT_SIGNS = ("store call failed", "StoreUnavailable")
+
+
 def pause_state_server(stack: LocalStack, workers: Workers) -> None:
     """Pause the state server (DynamoDB and S3) until one of `workers`' store calls has failed
-    on it (the store logs each retry), then resume: the fault lasts until it has hit, not for
-    a fixed time that a slow machine might spend before any call reached it."""
+    on it, then resume: the fault lasts until it has hit, not for a fixed time that a slow
+    machine might spend before any call reached it. A DynamoDB call logs each retry; an S3 call
+    that runs out of time fails its task step, which Celery logs as a retry on
+    `StoreUnavailable` (the step is retried once the store is back)."""
     moto = next(s for s in stack.services if s.name == "moto")
     worker = workers.service
     seen = len(worker.log_text())
     moto.pause()
     try:
         wait_for(
-            lambda: "store call failed" in worker.log_text()[seen:],
-            30,
+            lambda: any(sign in worker.log_text()[seen:] for sign in HIT_SIGNS),
+            60,
             "a worker's store call to fail on the paused state server",
         )
     finally:
