@@ -13,7 +13,8 @@
     └── ProviderError           a planner or video provider refused or failed
         ├── TransientProviderError   429, 5xx, timeouts, resets: retry with backoff
         │   └── QuotaExceeded        the provider's concurrency limit was hit
-        └── PermanentProviderError   invalid request, safety block: never retried
+        ├── PermanentProviderError   invalid request, safety block: never retried
+        └── OutputUnavailable        a paid job's output could not be fetched: polled again
 
 Retry policy keys off these types, never off message text.
 """
@@ -88,3 +89,10 @@ class QuotaExceeded(TransientProviderError):
 
 class PermanentProviderError(ProviderError):
     """Retrying would fail again (or pay again for the same refusal)."""
+
+
+class OutputUnavailable(ProviderError):
+    """A finished (so paid) job's output could not be fetched: a signed URL expired, the
+    output was deleted or is not readable yet. Not the job's failure: polling again gives a
+    fresh URL, so the poll loop counts it like a poll error and fails the scene only after
+    `MVPIPE_MAX_POLL_ERRORS` of them in a row."""

@@ -118,6 +118,9 @@ class Settings(BaseSettings):
     scene_seconds_min: int = Field(default=4, ge=1, le=30)
     scene_seconds_max: int = Field(default=8, ge=1, le=30)
     provider_timeout_seconds: float = Field(default=30.0, gt=0)
+    #: the largest output of a provider's job (a clip) a worker reads into memory; a larger
+    #: one is refused (the job is paid, its output is not stored) rather than exhausting it
+    max_clip_bytes: int = Field(default=512 * 1024 * 1024, ge=1, le=16 * 1024**3)
     store_timeout_seconds: float = Field(default=10.0, gt=0)
     #: how long one store call is retried through an outage before it reports `StoreUnavailable`
     store_retry_seconds: float = Field(default=30.0, gt=0)

@@ -15,6 +15,8 @@ import pytest
 from mvpipe.deps import get_context
 from mvpipe.devstack.localstack import LocalStack
 from mvpipe.errors import (
+    ConfigurationError,
+    OutputUnavailable,
     PermanentProviderError,
     ProviderError,
     QuotaExceeded,
@@ -26,8 +28,8 @@ from mvpipe.providers.gemini import GeminiPlanner
 from mvpipe.providers.replicate import ReplicateVideoProvider
 from mvpipe.providers.replicate_lipsync import ReplicateLipSyncProvider
 from mvpipe.providers.veo import VeoVideoProvider
-from mvpipe.settings import Settings
-from tests.standins import KEYS, ProviderStandIn, running_standin, settings_for
+from mvpipe.settings import Settings, get_settings
+from tests.standins import CLIP, KEYS, ProviderStandIn, running_standin, settings_for
 
 FAULTS = ["slow", "reset", "garbage"]
 
@@ -141,6 +143,45 @@ def test_an_output_download_that_meets_a_fault_is_transient(
     with pytest.raises(TransientProviderError):
         ReplicateVideoProvider(meeting(standin, fault)).download(status)
     assert usual.download(status)[4:8] == b"ftyp"
+
+
+def test_an_output_download_refused_is_unavailable_and_one_over_the_cap_is_permanent(
+    standin: ProviderStandIn,
+) -> None:
+    standin.replicate_sequence = ["succeeded"]
+    status = ReplicateVideoProvider(settings_for(standin)).poll(
+        ReplicateVideoProvider(settings_for(standin)).submit(video())
+    )
+    exact = ReplicateVideoProvider(settings_for(standin, max_clip_bytes=len(CLIP)))
+    # a refused fetch (an expired URL, a deleted output) is not the job's failure
+    for code in (403, 404, 410):
+        standin.fail_next["file"] = [code]
+        with pytest.raises(OutputUnavailable, match=str(code)):
+            exact.download(status)
+    # a 5xx stays transient
+    standin.fail_next["file"] = [503]
+    with pytest.raises(TransientProviderError):
+        exact.download(status)
+    # an output of exactly the cap is read; one byte over is refused, never fetched again
+    assert exact.download(status) == CLIP
+    under = ReplicateVideoProvider(settings_for(standin, max_clip_bytes=len(CLIP) - 1))
+    with pytest.raises(PermanentProviderError, match=r"paid.*MVPIPE_MAX_CLIP_BYTES") as caught:
+        under.download(status)
+    assert not isinstance(caught.value, OutputUnavailable)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "lots"])
+def test_the_clip_byte_cap_must_be_a_positive_size(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("MVPIPE_MAX_CLIP_BYTES", value)
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(ConfigurationError, match="MVPIPE_MAX_CLIP_BYTES"):
+            get_settings()
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
 
 
 @pytest.mark.integration

@@ -11,7 +11,12 @@ import pytest
 from mvpipe import api
 from mvpipe.deps import get_context, reset_context
 from mvpipe.devstack.localstack import LocalStack
-from mvpipe.errors import ConfigurationError, PermanentProviderError, TransientProviderError
+from mvpipe.errors import (
+    ConfigurationError,
+    OutputUnavailable,
+    PermanentProviderError,
+    TransientProviderError,
+)
 from mvpipe.models import ProjectStatus
 from mvpipe.pipeline.generate import SceneJob
 from mvpipe.pipeline.steps import Next
@@ -60,12 +65,13 @@ def test_veo_writes_its_video_to_gcs_and_it_is_fetched_from_there(
     )
 
 
-def test_a_missing_gcs_output_is_permanent_and_faults_are_transient(
+def test_a_missing_gcs_output_is_unavailable_and_faults_are_transient(
     standin: ProviderStandIn,
 ) -> None:
+    # a missing object fails no job by itself: the poll is asked again (then counted)
     provider = veo(standin)
     gone = JobStatus(JobState.SUCCEEDED, url=f"{OUTPUT}/none/sample_0.mp4")
-    with pytest.raises(PermanentProviderError, match="404"):
+    with pytest.raises(OutputUnavailable, match="404"):
         provider.download(gone)
     status = provider.poll(provider.submit(request()))
     for fault, timeout in (("slow", 0.5), ("reset", 10)):
@@ -76,6 +82,21 @@ def test_a_missing_gcs_output_is_permanent_and_faults_are_transient(
     assert provider.download(status) == CLIP
     with pytest.raises(PermanentProviderError, match="not a gs://bucket/object URI"):
         provider.download(JobStatus(JobState.SUCCEEDED, url="gs://mv-output"))
+
+
+def test_a_gcs_output_over_the_byte_cap_is_refused(standin: ProviderStandIn) -> None:
+    status = veo(standin).poll(veo(standin).submit(request()))
+    exact = settings_for(standin, veo_output_gcs_uri=OUTPUT, max_clip_bytes=len(CLIP))
+    assert VeoVideoProvider(exact).download(status) == CLIP
+    under = settings_for(standin, veo_output_gcs_uri=OUTPUT, max_clip_bytes=len(CLIP) - 1)
+    with pytest.raises(PermanentProviderError, match=r"paid.*MVPIPE_MAX_CLIP_BYTES") as caught:
+        VeoVideoProvider(under).download(status)
+    assert not isinstance(caught.value, OutputUnavailable)
+    # asked as a range one byte past the cap: a larger object is never read whole
+    assert [r.headers.get("range") for r in standin.requests if r.kind == "gcs"] == [
+        f"bytes=0-{len(CLIP)}",
+        f"bytes=0-{len(CLIP) - 1}",
+    ]
 
 
 @pytest.mark.parametrize("value", ["s3://bucket/prefix", "gs://Upper/x", "gs://b", "gs://x y/z"])

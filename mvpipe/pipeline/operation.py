@@ -28,6 +28,7 @@ from mvpipe.errors import (
     BrokerUnavailable,
     ConfigurationError,
     InvalidInput,
+    OutputUnavailable,
     PermanentProviderError,
     ProviderError,
     StoreUnavailable,
@@ -523,7 +524,7 @@ class PaidOperation:
         and its first poll is not counted (a worker lost in it redelivers the submit's message,
         whose poll of the stored job is counted)."""
         ctx, s = self.ctx, self.s
-        counted = not just_submitted
+        counted, started = not just_submitted, 0
         if counted:
             self.x.touch(self.provider.liveness_seconds)
             self.acquire_slot()
@@ -543,6 +544,8 @@ class PaidOperation:
                 # neither the output nor its record needs the scene: the write returns it (a
                 # scene gone meanwhile fails that write, and the clip is left for collection)
                 video = self.provider.output(status, None)
+        except OutputUnavailable as exc:
+            return self.unfetched(operation_id, transient_polls, started, describe(exc))
         except PermanentProviderError as exc:
             status, video = JobStatus(JobState.FAILED, error=str(exc)), None
         except (StoreUnavailable, redis.RedisError):
@@ -559,14 +562,7 @@ class PaidOperation:
                     ctx.board.poll_answered(operation_id)
             else:
                 ctx.board.poll_failed(operation_id, error)
-            wait = backoff_seconds(
-                transient_polls + 1,
-                base=max(s.backoff_base, self.provider.poll_seconds),
-                cap=s.backoff_max,
-            )
-            self.log(f"poll failed, again in {wait:.1f}s: {error}", operation_id, None)
-            step = self.next_poll(operation_id, transient_polls + 1)
-            return Step(step.next, "poll error", wait, step.carry)
+            return self.poll_again(operation_id, transient_polls, error)
         if counted:
             ctx.board.poll_answered(operation_id)
         if status.state == JobState.RUNNING:
@@ -586,6 +582,29 @@ class PaidOperation:
         hooks.reached(f"{self.points}after_upload")
         return self.complete(operation_id, key, scene)
 
+    def poll_again(self, operation_id: str, transient_polls: int, error: str) -> Step:
+        """The next poll after one that failed, backing off."""
+        s = self.s
+        wait = backoff_seconds(
+            transient_polls + 1,
+            base=max(s.backoff_base, self.provider.poll_seconds),
+            cap=s.backoff_max,
+        )
+        self.log(f"poll failed, again in {wait:.1f}s: {error}", operation_id, None)
+        step = self.next_poll(operation_id, transient_polls + 1)
+        return Step(step.next, "poll error", wait, step.carry)
+
+    def unfetched(self, operation_id: str, transient_polls: int, tries: int, error: str) -> Step:
+        """The job finished (so it is paid) but its output could not be fetched: not the job's
+        failure (a signed URL expired, an output deleted while our store was out). Counted like
+        a poll error and polled again, which gives a fresh URL; the scene fails only when
+        `tries` (this poll's count, 0 when not counted) reaches `max_poll_errors`."""
+        error = f"the job is paid for but its output could not be fetched: {error}"
+        if tries >= self.s.max_poll_errors:
+            return self.fail_polled(operation_id, f"{error} ({tries} tries)", "output unfetched")
+        self.ctx.board.poll_failed(operation_id, error)
+        return self.poll_again(operation_id, transient_polls, error)
+
     def complete(self, operation_id: str, key: str, scene: SceneRecord | None) -> Step:
         """Record the uploaded output (conditioned on the operation id, so a scene that moved
         on since `scene` was read is not overwritten). `scene` None: not read (the stage is
@@ -604,13 +623,17 @@ class PaidOperation:
     def give_up_polling(self, operation_id: str, crashed: int) -> Step:
         """Polls of this operation crashed `crashed` times in a row (errors we can't classify,
         or workers killed mid-poll): fail the scene rather than poll it forever."""
-        self.release_slot()
         cause = self.ctx.board.poll_error(operation_id) or "the worker was lost during the poll"
         error = f"polling failed {crashed} times in a row without an answer: {cause}"
+        return self.fail_polled(operation_id, error, "polling never answered")
+
+    def fail_polled(self, operation_id: str, error: str, why: str) -> Step:
+        """Fail the scene of an operation its polls gave up on, its slot freed."""
+        self.release_slot()
         self.ctx.scenes.fail(*self.ids, error=error, operation_id=operation_id, stage=self.fields)
         self.ctx.board.poll_answered(operation_id)
         self.log(error, operation_id, None)
-        return self.x.finished("failed: polling never answered")
+        return self.x.finished(f"failed: {why}")
 
     # -- quota ---------------------------------------------------------------------------------
     def slot_check_seconds(self, place: int) -> float:

@@ -16,6 +16,7 @@ from urllib.parse import unquote
 import httpx
 
 from mvpipe.errors import (
+    OutputUnavailable,
     PermanentProviderError,
     ProviderError,
     QuotaExceeded,
@@ -142,15 +143,44 @@ def unreadable(provider: str, exc: BaseException, *, transient: bool) -> Provide
     return kind(scrub(f"{provider}: the reply could not be read ({detail})"))
 
 
-def download(provider: str, url: str, timeout: float) -> bytes:
-    """Fetch a finished job's output; HTTP and transport errors classified like any call."""
+def unfetched(provider: str, status: int | None, message: str) -> ProviderError:
+    """An error answered to the download of a finished job's output. A refusal the poll
+    loop must not take for the job's failure (`OutputUnavailable`: a signed URL expired, the
+    output was deleted or is not readable yet); what is transient stays transient."""
+    error = from_status(provider, status, message)
+    if isinstance(error, PermanentProviderError):
+        return OutputUnavailable(str(error))
+    return error
+
+
+def too_large(provider: str, limit: int) -> PermanentProviderError:
+    """An output over `MVPIPE_MAX_CLIP_BYTES`: fetching it again would bring the same size."""
+    return PermanentProviderError(
+        f"{provider}: the job is paid for but its output was refused: it is larger than "
+        f"MVPIPE_MAX_CLIP_BYTES ({limit} bytes)"
+    )
+
+
+def download(provider: str, url: str, timeout: float, max_bytes: int) -> bytes:
+    """Fetch a finished job's output, streamed and never more than `max_bytes` of it (a
+    redirect's target included); errors classified like any call (see `unfetched`)."""
     try:
-        response = httpx.get(url, timeout=timeout, follow_redirects=True)
+        with httpx.stream("GET", url, timeout=timeout, follow_redirects=True) as response:
+            if response.status_code != 200:
+                raise unfetched(provider, response.status_code, "output download failed")
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > max_bytes:
+                raise too_large(provider, max_bytes)
+            body = bytearray()
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > max_bytes:
+                    raise too_large(provider, max_bytes)
+            return bytes(body)
+    except ProviderError:
+        raise
     except Exception as exc:
         raise from_transport(provider, exc) or exc from exc
-    if response.status_code != 200:
-        raise from_status(provider, response.status_code, "output download failed")
-    return response.content
 
 
 def require_env(*names: str, purpose: str) -> str:

@@ -11,7 +11,7 @@ import os
 import re
 
 from mvpipe.errors import ConfigurationError, PermanentProviderError
-from mvpipe.providers.classify import from_status, from_transport
+from mvpipe.providers.classify import from_transport, too_large, unfetched
 
 GS_URI = re.compile(r"^gs://(?P<bucket>[a-z0-9][a-z0-9._-]{1,220}[a-z0-9])/(?P<name>[^\s]+)$")
 
@@ -24,9 +24,11 @@ def split_gs_uri(uri: str) -> tuple[str, str]:
     return match["bucket"], match["name"]
 
 
-def fetch(provider: str, uri: str, timeout: float) -> bytes:
-    """The object's bytes; errors classified like any provider call (a missing object is
-    permanent: the output is gone, fetching again would not bring it back)."""
+def fetch(provider: str, uri: str, timeout: float, max_bytes: int) -> bytes:
+    """The object's bytes, never more than `max_bytes` of them (asked as a range one byte
+    longer, so a larger object is known without reading it whole). Errors classified like
+    any provider call; a refused or missing object is `OutputUnavailable` (the poll is asked
+    again and, if it never comes, the scene fails saying the job was paid)."""
     from google.api_core import exceptions as api_exceptions
     from google.auth import exceptions as auth_exceptions
     from google.cloud import storage
@@ -35,15 +37,18 @@ def fetch(provider: str, uri: str, timeout: float) -> bytes:
     try:
         client = storage.Client(project=os.environ.get("GOOGLE_CLOUD_PROJECT"))
         blob = client.bucket(bucket).blob(name)
-        return bytes(blob.download_as_bytes(timeout=timeout, retry=None))
+        data = bytes(blob.download_as_bytes(start=0, end=max_bytes, timeout=timeout, retry=None))
     except auth_exceptions.DefaultCredentialsError as exc:
         raise ConfigurationError(
             f"{provider}: reading the GCS output needs application-default credentials ({exc})"
         ) from None
     except api_exceptions.GoogleAPICallError as exc:
-        raise from_status(provider, exc.code, f"GCS output download: {exc.message}") from None
+        raise unfetched(provider, exc.code, f"GCS output download: {exc.message}") from None
     except Exception as exc:
         transport = from_transport(provider, exc)
         if transport is None:
             raise
         raise transport from None
+    if len(data) > max_bytes:
+        raise too_large(provider, max_bytes)
+    return data

@@ -128,7 +128,8 @@ class ReplicateJobs:
     def download(self, status: JobStatus) -> bytes:
         if status.url is None:
             raise PermanentProviderError(f"{self.provider}: no output to download")
-        return download(self.provider, status.url, self.settings.provider_timeout_seconds)
+        s = self.settings
+        return download(self.provider, status.url, s.provider_timeout_seconds, s.max_clip_bytes)
 
     def cancel(self, operation_id: str) -> bool:
         """True only when Replicate answers that the prediction is now `canceled`."""

@@ -78,12 +78,12 @@ class VeoVideoProvider(GenaiUser):
     def download(self, status: JobStatus) -> bytes:
         if status.video is not None:
             return status.video
-        timeout = self.settings.provider_timeout_seconds
+        timeout, limit = self.settings.provider_timeout_seconds, self.settings.max_clip_bytes
         if status.url and status.url.startswith("gs://"):
-            return gcs.fetch(self.name, status.url, timeout)
+            return gcs.fetch(self.name, status.url, timeout, limit)
         if not status.url or not status.url.startswith(("http://", "https://")):
             raise PermanentProviderError(f"veo: the finished video has no location: {status.url!r}")
-        return download(self.name, status.url, timeout)
+        return download(self.name, status.url, timeout, limit)
 
     def cancel(self, operation_id: str) -> bool:
         """Veo's long-running generation has no cancel in google-genai: the job runs on and is

@@ -1,0 +1,113 @@
+"""A finished, paid job whose output cannot be fetched, on the real stack (moto server, Celery
+workers, Replicate's real SDK against the stand-in): a download refused (an expired signed URL,
+an output already deleted) is not the job's failure. The poll is counted and asked again, which
+fetches a fresh URL; only after `MVPIPE_MAX_POLL_ERRORS` of them is the scene failed, saying the
+job was paid. An output larger than `MVPIPE_MAX_CLIP_BYTES` is refused, never read whole."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from mvpipe import api
+from mvpipe.deps import get_context, reset_context
+from mvpipe.devstack.localstack import LocalStack
+from mvpipe.models import ProjectSpec, ProjectView, SceneSpec, SceneStatus
+from tests.conftest import Workers
+from tests.helpers import assert_invariants
+from tests.standins import CLIP, ProviderStandIn, running_standin
+
+pytestmark = pytest.mark.integration
+
+StartWorkers = Callable[..., Workers]
+MODEL = "minimax/video-01"
+MAX_POLL_ERRORS = 3
+
+
+@pytest.fixture
+def standin(monkeypatch: pytest.MonkeyPatch, stack: LocalStack) -> Iterator[ProviderStandIn]:
+    with running_standin(monkeypatch) as server:
+        for key, value in {
+            "MVPIPE_REPLICATE_BASE_URL": server.url,
+            "MVPIPE_REPLICATE_MODEL": MODEL,
+            "MVPIPE_PRICES": json.dumps({f"replicate:{MODEL}": 0.1}),
+            "MVPIPE_REPLICATE_DURATIONS": "5",
+            "MVPIPE_PROVIDER_CONCURRENCY": "100",
+        }.items():
+            monkeypatch.setenv(key, value)
+        reset_context()
+        yield server
+    reset_context()
+
+
+def run_one_scene(start_workers: StartWorkers, **settings: str) -> ProjectView:
+    """One Replicate scene run to its end on workers polling fast."""
+    start_workers(
+        env={"MVPIPE_POLL_SECONDS": "0.1", "MVPIPE_MAX_POLL_ERRORS": str(MAX_POLL_ERRORS)},
+        **settings,
+    )
+    project_id = str(uuid.uuid4())
+    spec = ProjectSpec(
+        title="Fetch",
+        concept="x",
+        provider="replicate",
+        requested_scene_count=1,
+        scenes=(SceneSpec(prompt="a paid shot", duration_seconds=5),),
+    )
+    get_context().projects.create(project_id, spec)
+    api.run_project(project_id)
+    view = api.wait_project(project_id, timeout=120)
+    assert_invariants(project_id)
+    return view
+
+
+def downloads(standin: ProviderStandIn) -> int:
+    return sum(1 for r in standin.requests if r.kind == "file")
+
+
+def test_an_output_refused_once_is_fetched_again_without_paying_again(
+    standin: ProviderStandIn, start_workers: StartWorkers
+) -> None:
+    # Given a finished job whose output URL first answers 403 (a signed URL that expired)
+    standin.fail_next["file"] = [403]
+    view = run_one_scene(start_workers)
+    # Then the poll is asked again, the output fetched the second time, and the scene
+    # completes on the one paid job
+    assert view.scenes[0].status == SceneStatus.COMPLETED, view.scenes[0].last_error
+    assert standin.created["replicate"] == 1
+    assert view.scenes[0].attempts == 1
+    assert downloads(standin) == 2
+
+
+def test_an_output_that_is_gone_fails_the_scene_saying_it_was_paid(
+    standin: ProviderStandIn, start_workers: StartWorkers
+) -> None:
+    # Given a finished job whose output is gone for good (410 on every fetch)
+    standin.fail_next["file"] = [410] * 50
+    view = run_one_scene(start_workers)
+    # Then the scene fails only after MVPIPE_MAX_POLL_ERRORS fetches, paid once, and says so
+    scene = view.scenes[0]
+    assert scene.status == SceneStatus.FAILED
+    assert standin.created["replicate"] == 1 and scene.attempts == 1
+    assert downloads(standin) == MAX_POLL_ERRORS
+    error = scene.last_error or ""
+    assert "paid" in error and "could not be fetched" in error and "410" in error, error
+
+
+def test_an_output_over_the_byte_cap_is_refused_and_the_scene_says_so(
+    standin: ProviderStandIn, start_workers: StartWorkers
+) -> None:
+    # Given a cap below the size of the output the provider serves
+    cap = len(CLIP) // 2
+    view = run_one_scene(start_workers, max_clip_bytes=str(cap))
+    # Then the output is refused once (not fetched again: it would be as large), the scene
+    # fails saying the job was paid and why its output was refused, and nothing was stored
+    scene = view.scenes[0]
+    assert scene.status == SceneStatus.FAILED
+    assert standin.created["replicate"] == 1 and downloads(standin) == 1
+    error = scene.last_error or ""
+    assert "paid" in error and "MVPIPE_MAX_CLIP_BYTES" in error and str(cap) in error, error
+    assert scene.original_video_clip_s3_key is None
