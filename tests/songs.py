@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +54,21 @@ def make_song(kind: str, seconds: float, *, channels: int = 2) -> Encoded:
         for packet in stream.encode(None):
             container.mux(packet)
     return Encoded(out.getvalue(), total / rate, rate, channels)
+
+
+def with_latin1_title(wav: bytes, title: str = "Café!") -> bytes:
+    """`wav` with a LIST/INFO chunk whose title (INAM) is Latin-1, as many Windows tools write
+    it: bytes that are not UTF-8. The RIFF size is rewritten to match."""
+    assert wav[:4] == b"RIFF" and wav[8:12] == b"WAVE"
+    name = title.encode("latin-1") + b"\0"
+    info = b"INFO" + _chunk(b"INAM", name)
+    body = wav[12:] + _chunk(b"LIST", info)
+    return b"RIFF" + struct.pack("<I", 4 + len(body)) + b"WAVE" + body
+
+
+def _chunk(tag: bytes, body: bytes) -> bytes:
+    """A RIFF chunk: tag, little-endian size, body, padded to an even length."""
+    return tag + struct.pack("<I", len(body)) + body + b"\0" * (len(body) % 2)
 
 
 def make_video_only(seconds: float = 6.0) -> bytes:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import av
+import numpy as np
 import pytest
 
 from mvpipe import api
@@ -150,8 +151,29 @@ def test_regenerating_a_scene_makes_a_new_cut_and_leaves_the_others(
     assert_invariants(project_id)
 
 
-def test_an_undecodable_original_fails_its_scene_and_keeps_the_original(
-    start_workers: StartWorkers,
+def wide_clip() -> bytes:
+    """A real one-frame H.264 MP4 8,200 pixels wide: past any frame a provider makes (the cut
+    refuses it by its declared size, before decoding), yet tiny to make and store."""
+    out = io.BytesIO()
+    with av.open(out, mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=12, options={"preset": "ultrafast"})
+        stream.width, stream.height, stream.pix_fmt = 8200, 16, "yuv420p"
+        frame = av.VideoFrame.from_ndarray(np.zeros((24, 8200), np.uint8), format="yuv420p")
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("original", "reason"),
+    [
+        (lambda: b"\x00\x00\x00\x18ftypmp42 not really a video", "could not be opened"),
+        (wide_clip, "frames are too large: 8200x16"),
+    ],
+    ids=["undecodable", "frames-too-large"],
+)
+def test_an_original_that_cannot_be_cut_fails_its_scene_and_keeps_the_original(
+    start_workers: StartWorkers, original: Callable[[], bytes], reason: str
 ) -> None:
     workers = start_workers(**FORMAT)
     ctx = get_context()
@@ -170,7 +192,7 @@ def test_an_undecodable_original_fails_its_scene_and_keeps_the_original(
         == "won"
     )
     key = clip_key(project_id, 1, operation_id)
-    ctx.clips.put(key, b"\x00\x00\x00\x18ftypmp42 not really a video")  # the worker died
+    ctx.clips.put(key, original())  # the worker died
     # The dead run's worker uploaded before it died: reconcile records the original, and the run
     # it takes over cuts it.
     report = api.reconcile(project_id)
@@ -180,6 +202,7 @@ def test_an_undecodable_original_fails_its_scene_and_keeps_the_original(
     scene = view.scenes[0]
     assert scene.status == SceneStatus.FAILED
     assert scene.last_error and "could not be cut" in scene.last_error
+    assert reason in scene.last_error
     assert scene.original_video_clip_s3_key == key and scene.working_video_clip_s3_key is None
     assert generations_per_scene(workers.ledger, project_id) == {1: 1}
     assert_invariants(project_id)

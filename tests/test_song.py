@@ -11,13 +11,14 @@ import pytest
 from pydantic import ValidationError
 
 from mvpipe.errors import InvalidInput
+from mvpipe.media.audio import decode_mono
 from mvpipe.media.song import probe_song, read_song
 from mvpipe.models import ProjectSpec, SongSpec, budget_to_micros
 from mvpipe.settings import Settings
 from mvpipe.store.records import ProjectRecord, ProjectState, SceneRecord
 from mvpipe.store.songs import song_key, timeline_key
 from mvpipe.store.table import METADATA, bind_table, project_pk, scene_sk
-from tests.songs import ENCODINGS, make_song, make_video_only
+from tests.songs import ENCODINGS, make_song, make_video_only, with_latin1_title
 
 LIMITS = dict(min_seconds=5.0, max_seconds=600.0, max_bytes=50 * 1024 * 1024)
 #: "Within a frame": one frame of the default 24 fps output.
@@ -224,3 +225,19 @@ def test_v4_fields_round_trip_from_items_to_views() -> None:
     old_view = ProjectState(old, ()).view()
     assert old_view.song_s3_key is None and old_view.budget_usd is None
     assert old_view.committed_cost_usd == 0 and not old_view.lip_sync
+
+
+def test_a_song_whose_title_is_not_utf8_is_accepted_and_decoded() -> None:
+    # Given a valid WAV whose LIST/INFO title is Latin-1 "Café!" (PyAV's strict UTF-8 default
+    # raised UnicodeDecodeError on it). Tags are never read, so the song is accepted: refusing
+    # it would refuse every song tagged by a tool that writes Latin-1.
+    song = make_song("wav", 5.5, channels=1)
+    tagged = with_latin1_title(song.data)
+    assert "Caf\xe9!".encode("latin-1") in tagged and len(tagged) > len(song.data)
+    # When it is probed, then it is measured like the untagged song
+    info = probe_song(tagged, **LIMITS)
+    assert (info.ext, info.sample_rate, info.channels) == ("wav", song.sample_rate, 1)
+    assert abs(info.seconds - song.seconds) < 1e-6
+    # And analysis decodes the same samples
+    rate = song.sample_rate
+    assert len(decode_mono(tagged, rate)) == len(decode_mono(song.data, rate)) > 0

@@ -20,7 +20,7 @@ from mvpipe.errors import ConfigurationError, InvalidInput, StoreUnavailable
 from mvpipe.models import ProjectSpec, SongSpec
 from mvpipe.pipeline.create import create_project
 from mvpipe.store.table import METADATA, project_pk, scene_sk
-from tests.songs import ENCODINGS, make_song, make_video_only
+from tests.songs import ENCODINGS, make_song, make_video_only, with_latin1_title
 
 pytestmark = pytest.mark.integration
 
@@ -301,3 +301,35 @@ def test_cli_create_with_a_song(stack: LocalStack, tmp_path: Path) -> None:
         failed = mvpipe(*args)
         assert failed.returncode != 0 and message in failed.stderr, failed.stderr
         assert failed.stderr.count("\n") == 1 and "Traceback" not in failed.stderr
+
+
+def test_a_song_whose_title_is_not_utf8_is_stored_by_the_api_and_the_cli(
+    ctx: Context, tmp_path: Path
+) -> None:
+    # Given a valid WAV whose LIST/INFO title is Latin-1 "Café!": accepted, since tags are
+    # never read and a title in another encoding does not make the audio any less valid
+    song = make_song("wav", 6.0, channels=1)
+    tagged = with_latin1_title(song.data)
+    # When the API creates a project with it, then it is stored whole, measured by decoding
+    project_id = api.create_project("Café", "Tagged.", song=tagged)
+    view = api.get_project(project_id)
+    sha = hashlib.sha256(tagged).hexdigest()
+    assert view.song_s3_key == f"projects/{project_id}/song/{sha[:16]}.wav"
+    assert view.song_seconds is not None and abs(view.song_seconds - song.seconds) <= 1 / 24
+    assert ctx.songs.read(view.song_s3_key) == tagged
+    # And the CLI does the same: exit 0, the project's id, no traceback
+    path = tmp_path / "tagged.wav"
+    path.write_bytes(tagged)
+    create = ["create", "--title", "Cli", "--concept", "c", "--song", str(path)]
+    done = subprocess.run(
+        [sys.executable, "-m", "mvpipe.cli", *create],
+        env={**os.environ, **SMALL_LIMITS},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    key = api.get_project(done.stdout.strip()).song_s3_key
+    assert key is not None and key.endswith(f"/song/{sha[:16]}.wav")

@@ -26,6 +26,7 @@ from av.video.stream import VideoStream
 from mvpipe.errors import InvalidInput
 from mvpipe.media.encoding import OutputFormat, video_codec_matches
 from mvpipe.media.files import written_atomically
+from mvpipe.media.untrusted import open_untrusted
 
 _AAC_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 _AAC_BITRATE = 192_000
@@ -83,7 +84,7 @@ def assemble(
         target = round(seconds * fmt.fps)
     with written_atomically(Path(dst)) as tmp:
         with av.open(str(tmp), mode="w", format="mp4", options={"movflags": "+faststart"}) as out:
-            with av.open(str(clips[0])) as first:
+            with open_untrusted(clips[0]) as first:
                 video = out.add_stream_from_template(first.streams.video[0])
             if not isinstance(video, VideoStream):  # pragma: no cover - checked above
                 raise InvalidInput("the first clip has no video stream")
@@ -133,7 +134,7 @@ def _song_packets(
 ) -> Iterator[tuple[Fraction, Packet]]:
     """The song's AAC packets up to `seconds`: copied if it is AAC already, else encoded."""
     try:
-        with av.open(str(song)) as container:
+        with open_untrusted(song) as container:
             if not container.streams.audio:
                 raise InvalidInput("the song has no audio stream")
             is_aac = container.streams.audio[0].codec_context.name == "aac"
@@ -156,12 +157,12 @@ def _copied_packets(
     out: OutputContainer, song: Path, seconds: Fraction | None, heard: list[Fraction]
 ) -> Iterator[tuple[Fraction, Packet]]:
     """An AAC song's packets as they are, those that start before `seconds` (±1 AAC frame)."""
-    with av.open(str(song)) as container:
+    with open_untrusted(song) as container:
         # Added now, not when the packets are first pulled: the header is written on first mux.
         stream = out.add_stream_from_template(container.streams.audio[0])
 
     def copied() -> Iterator[tuple[Fraction, Packet]]:
-        with av.open(str(song)) as container:
+        with open_untrusted(song) as container:
             source = container.streams.audio[0]
             for packet in container.demux(source):
                 if packet.size == 0 or packet.pts is None or packet.time_base is None:
@@ -180,7 +181,7 @@ def _copied_packets(
 def _check_clip(path: Path, fmt: OutputFormat) -> bytes:
     """The clip's H.264 headers, after checking it is a cut in `fmt` (a join copies them)."""
     try:
-        with av.open(str(path)) as container:
+        with open_untrusted(path) as container:
             if not container.streams.video:
                 raise InvalidInput(f"{path.name} has no video stream")
             stream = container.streams.video[0]
@@ -193,7 +194,7 @@ def _check_clip(path: Path, fmt: OutputFormat) -> bytes:
 
 def _duration(song: Path) -> float:
     try:
-        with av.open(str(song)) as container:
+        with open_untrusted(song) as container:
             if not container.streams.audio or container.duration is None:
                 raise InvalidInput("the song has no audio or no known length")
             return container.duration / av.time_base
@@ -211,7 +212,7 @@ def _video_packets(
     """Every clip's packets in order, renumbered frame by frame (no B-frames: pts == dts)."""
     tick = Fraction(1, fmt.fps)
     for path in clips:
-        with av.open(str(path)) as container:
+        with open_untrusted(path) as container:
             for packet in container.demux(container.streams.video[0]):
                 if packet.size == 0:
                     continue  # the demuxer's end-of-stream marker
@@ -228,7 +229,7 @@ def _video_packets(
 
 def _add_audio(out: OutputContainer, song: Path) -> tuple[AudioStream, int]:
     try:
-        with av.open(str(song)) as container:
+        with open_untrusted(song) as container:
             if not container.streams.audio:
                 raise InvalidInput("the song has no audio stream")
             source = container.streams.audio[0].codec_context
@@ -250,7 +251,7 @@ def _audio_packets(
     rate = stream.codec_context.sample_rate
     layout = stream.codec_context.layout.name
     resampler = av.AudioResampler(format="fltp", layout=layout, rate=rate)
-    with av.open(str(song)) as container:
+    with open_untrusted(song) as container:
         decoded = container.decode(container.streams.audio[0])
         for frame in _flushed(decoded, resampler):
             if limit is not None and written[0] >= limit:

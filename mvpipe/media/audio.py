@@ -15,6 +15,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mvpipe.errors import InvalidInput
+from mvpipe.media.untrusted import open_untrusted
 
 Samples = NDArray[np.float32]
 
@@ -30,7 +31,7 @@ def decode_mono(source: Path | str | bytes, sample_rate: int = 22050) -> Samples
     opened = io.BytesIO(source) if isinstance(source, bytes) else str(source)
     chunks: list[Samples] = []
     try:
-        with av.open(opened, mode="r") as container:
+        with open_untrusted(opened) as container:
             if not container.streams.audio:
                 raise InvalidInput("the file has no audio stream")
             stream = container.streams.audio[0]
@@ -42,7 +43,7 @@ def decode_mono(source: Path | str | bytes, sample_rate: int = 22050) -> Samples
             chunks.extend(_mono(out) for out in resampler.resample(None))
     except InvalidInput:
         raise
-    except (av.FFmpegError, UnicodeDecodeError, ValueError) as exc:
+    except (av.FFmpegError, ValueError) as exc:
         raise InvalidInput(f"the audio could not be decoded: {exc}") from exc
     if not chunks:
         return np.zeros(0, dtype=np.float32)

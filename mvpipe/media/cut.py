@@ -9,6 +9,7 @@ re-encoding.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -21,6 +22,11 @@ from av.video.frame import VideoFrame
 from mvpipe.errors import InvalidInput
 from mvpipe.media.encoding import PIX_FMT, OutputFormat, add_video_stream
 from mvpipe.media.files import written_atomically
+from mvpipe.media.untrusted import MAX_FRAME_PIXELS, check_frame_size, open_untrusted
+
+#: The most source frames a second of slot may decode (a 240 fps clip): a clip of tiny or
+#: repeated timestamps would otherwise make a short slot decode without end.
+MAX_SOURCE_FPS = 240
 
 
 @dataclass(frozen=True)
@@ -33,10 +39,19 @@ class CutReport:
     source_frames: int
 
 
-def cut_clip(src: Path, dst: Path, *, frames: int, fmt: OutputFormat) -> CutReport:
+def cut_clip(
+    src: Path,
+    dst: Path,
+    *,
+    frames: int,
+    fmt: OutputFormat,
+    max_pixels: int = MAX_FRAME_PIXELS,
+    max_fps: int = MAX_SOURCE_FPS,
+) -> CutReport:
     """Write `frames` frames of `src` to `dst` (H.264, `fmt`, no audio); `dst` appears whole or not.
 
-    Raises InvalidInput for a clip that cannot be decoded or has no picture.
+    Raises InvalidInput for a clip that cannot be decoded, has no picture, has frames larger
+    than `max_pixels` or more than `max_fps` frames a second of the slot.
     """
     if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
         raise InvalidInput(f"a cut needs at least one frame, got {frames!r}")
@@ -44,12 +59,13 @@ def cut_clip(src: Path, dst: Path, *, frames: int, fmt: OutputFormat) -> CutRepo
     shown: set[int] = set()
     with written_atomically(dst) as tmp:
         try:
-            source = av.open(str(src), mode="r")
-        except (av.FFmpegError, OSError) as exc:
+            source = open_untrusted(src)
+        except (av.FFmpegError, OSError, ValueError) as exc:
             raise InvalidInput(f"the clip could not be opened: {exc}") from exc
         with source, av.open(str(tmp), mode="w", format="mp4") as out:
             stream = add_video_stream(out, fmt)
-            pictures = _timed_frames(source)
+            most = math.ceil((Fraction(frames, fmt.fps) + 1) * max_fps)
+            pictures = _timed_frames(source, max_pixels=max_pixels, max_frames=most)
             current = next(pictures, None)
             if current is None:
                 raise InvalidInput("the clip has no video frames")
@@ -78,19 +94,26 @@ def cut_clip(src: Path, dst: Path, *, frames: int, fmt: OutputFormat) -> CutRepo
 
 
 def _timed_frames(
-    container: av.container.InputContainer,
+    container: av.container.InputContainer, *, max_pixels: int, max_frames: int
 ) -> Iterator[tuple[Fraction, VideoFrame, Fraction]]:
-    """(start time from the first frame, frame, how long it is shown) for each source frame."""
+    """(start time from the first frame, frame, how long it is shown) for each source frame;
+    no frame larger than `max_pixels` is decoded, nor more than `max_frames` frames."""
     if not container.streams.video:
         raise InvalidInput("the clip has no video stream")
     stream = container.streams.video[0]
+    check_frame_size(stream, "the clip", max_pixels=max_pixels)
     stream.thread_type = "AUTO"
     rate = stream.average_rate or stream.guessed_rate or Fraction(24)
     default = Fraction(1) / Fraction(rate)
     first: Fraction | None = None
     previous: tuple[Fraction, VideoFrame] | None = None
     try:
-        for frame in container.decode(stream):
+        for decoded, frame in enumerate(container.decode(stream), start=1):
+            if decoded > max_frames:
+                raise InvalidInput(
+                    f"the clip has too many frames: more than {max_frames:,} decoded for one "
+                    "slot (a frame rate or timestamps no provider makes)"
+                )
             if frame.pts is None or frame.time_base is None:
                 # A bare stream without timestamps: frames follow each other at the stream's rate.
                 at = previous[0] + default if previous is not None else Fraction(0)

@@ -16,6 +16,7 @@ from numpy.typing import NDArray
 
 from mvpipe.errors import InvalidInput
 from mvpipe.media.audio import Samples, decode_mono
+from mvpipe.media.untrusted import check_frame_size, open_untrusted
 
 #: The meter's panel and fill, and the mouth: colours no local clip's background uses
 #: (pure magenta fill on a near-black panel).
@@ -90,11 +91,13 @@ def draw_on_clip(video: bytes, wav: bytes) -> bytes:
         count, rate = _frame_count(video)
         loudness = levels(samples, _RATE, float(rate), count)
         with (
-            av.open(io.BytesIO(video), mode="r") as source,
+            open_untrusted(io.BytesIO(video)) as source,
             av.open(buffer, mode="w", format="mp4") as out,
         ):
             encoded: av.VideoStream | None = None
-            for index, frame in enumerate(source.decode(source.streams.video[0])):
+            stream = source.streams.video[0]
+            check_frame_size(stream, "the clip")
+            for index, frame in enumerate(source.decode(stream)):
                 picture = np.asarray(frame.to_ndarray(format="rgb24"), dtype=np.uint8)
                 if encoded is None:
                     encoded = out.add_stream("libx264", rate=rate)
@@ -114,7 +117,7 @@ def draw_on_clip(video: bytes, wav: bytes) -> bytes:
 
 def _frame_count(video: bytes) -> tuple[int, Fraction]:
     """The clip's video frames (its packets with data: one frame each) and frame rate."""
-    with av.open(io.BytesIO(video), mode="r") as source:
+    with open_untrusted(io.BytesIO(video)) as source:
         if not source.streams.video:
             raise InvalidInput("the clip has no video stream")
         stream = source.streams.video[0]

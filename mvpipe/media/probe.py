@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import av
+from mvpipe.media.untrusted import check_frame_size, open_untrusted
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class VideoFacts:
 
 
 def _open(source: Path | bytes) -> Any:
-    return av.open(io.BytesIO(source) if isinstance(source, bytes) else str(source))
+    return open_untrusted(io.BytesIO(source) if isinstance(source, bytes) else source)
 
 
 def probe_video(source: Path | bytes) -> VideoFacts:
@@ -47,6 +47,7 @@ def probe_video(source: Path | bytes) -> VideoFacts:
     stream."""
     with _open(source) as container:
         video = container.streams.video[0]
+        check_frame_size(video, "the video")
         rate = video.average_rate or video.guessed_rate
         fps = float(rate) if rate else 0.0
         frames = 0

@@ -19,6 +19,7 @@ import av
 
 from mvpipe.errors import InvalidInput
 from mvpipe.media.files import read_bounded
+from mvpipe.media.untrusted import open_untrusted
 from mvpipe.models import SongFormat
 
 #: FFmpeg demuxer names → the extension a song's key gets. The MP4 family is stored as m4a.
@@ -67,8 +68,8 @@ def probe_song(data: bytes, *, min_seconds: float, max_seconds: float, max_bytes
         raise InvalidInput("song is empty")
     check_song_size(len(data), max_bytes)
     try:
-        container = av.open(io.BytesIO(data), mode="r")
-    except av.FFmpegError as exc:
+        container = open_untrusted(io.BytesIO(data))
+    except (av.FFmpegError, ValueError) as exc:  # ValueError: what PyAV could not decode
         raise InvalidInput(
             f"song is not a readable audio file: corrupt, truncated or not audio ({_reason(exc)})"
         ) from None
@@ -85,7 +86,7 @@ def probe_song(data: bytes, *, min_seconds: float, max_seconds: float, max_bytes
         declared = _declared_seconds(container, stream)
         try:
             decoded, sample_rate, channels = _decode_all(container, stream, max_seconds)
-        except av.FFmpegError as exc:
+        except (av.FFmpegError, ValueError) as exc:
             raise InvalidInput(f"song is corrupt or truncated ({_reason(exc)})") from None
     if ext == "wav":
         _check_wav_size(data)
@@ -173,5 +174,5 @@ def _too_large(size: int, max_bytes: int) -> str:
     return f"song is too large: {size:,} bytes, at most {max_bytes:,}"
 
 
-def _reason(exc: av.FFmpegError) -> str:
+def _reason(exc: Exception) -> str:
     return getattr(exc, "strerror", None) or type(exc).__name__

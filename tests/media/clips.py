@@ -52,6 +52,25 @@ def make_clip(
     return path
 
 
+def with_latin1_title(src: Path, dst: Path, title: str = "Café!") -> Path:
+    """`src` remuxed to `dst` with a container title written as Latin-1 (not UTF-8) bytes."""
+    with (
+        av.open(str(src)) as source,
+        av.open(str(dst), mode="w", format="mp4", metadata_encoding="latin-1") as out,
+    ):
+        out.metadata["title"] = title
+        video = out.add_stream_from_template(source.streams.video[0])
+        for packet in source.demux(source.streams.video[0]):
+            if packet.dts is not None:  # the demuxer's empty flush packet
+                packet.stream = video
+                out.mux(packet)
+    try:  # PyAV's default (strict UTF-8) must choke on it, or the clip proves nothing
+        av.open(str(dst)).close()
+    except UnicodeDecodeError:
+        return dst
+    raise AssertionError("the title was stored as UTF-8")
+
+
 def luma_levels(path: Path, *, centre: bool = True) -> list[float]:
     """Mean luma of each decoded frame (of its centre, away from any letterbox bars)."""
     levels = []

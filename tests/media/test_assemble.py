@@ -14,6 +14,7 @@ from mvpipe.media.audio import decode_mono
 from mvpipe.media.cut import cut_clip
 from mvpipe.media.encoding import OutputFormat
 from mvpipe.media.synth import synthesize_song
+from tests.songs import with_latin1_title
 
 from .clips import luma_levels, make_clip, source_index
 
@@ -191,3 +192,16 @@ def test_inputs_hash_covers_song_clips_order_and_format():
     assert base not in variants and len(variants) == 5
     with pytest.raises(InvalidInput):
         inputs_hash("song/a.wav", [], FMT)
+
+
+def test_a_song_whose_title_is_not_utf8_is_joined(tmp_path, song):
+    # Given the song with a Latin-1 LIST/INFO title, as intake accepts it
+    song_path, seconds = song
+    song_path.write_bytes(with_latin1_title(song_path.read_bytes()))
+    clips = _cuts(tmp_path, [18, 18])
+    # When the video is assembled, then the song is its sound
+    report = assemble(clips, tmp_path / "final.mp4", fmt=FMT, song=song_path, song_seconds=seconds)
+    assert report.frames == 36
+    assert report.audio_seconds == pytest.approx(seconds, abs=1 / 12)
+    sound = decode_mono(tmp_path / "final.mp4", 44100)
+    assert abs(len(sound) / 44100 - seconds) <= 1 / 12

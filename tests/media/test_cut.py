@@ -11,7 +11,7 @@ from mvpipe.errors import InvalidInput
 from mvpipe.media.cut import cut_clip
 from mvpipe.media.encoding import OutputFormat
 
-from .clips import luma_levels, luma_plane, make_clip, source_index
+from .clips import luma_levels, luma_plane, make_clip, source_index, with_latin1_title
 
 FMT = OutputFormat(160, 90, 12)
 
@@ -177,3 +177,46 @@ def test_a_bare_stream_without_timestamps_is_cut_at_its_nominal_rate(tmp_path):
     assert shown[0] == 0 and shown[-1] == 5
     assert shown == sorted(shown)
     assert report.held_frames > 0
+
+
+def test_a_clip_whose_title_is_not_utf8_cuts(tmp_path):
+    # Given a provider's clip whose container title is Latin-1 bytes (PyAV's strict default
+    # raised UnicodeDecodeError on opening it)
+    src = make_clip(tmp_path / "plain.mp4", frames=6)
+    tagged = with_latin1_title(src, tmp_path / "tagged.mp4")
+    # When it is cut, then it is cut like any clip
+    report = cut_clip(tagged, tmp_path / "cut.mp4", frames=6, fmt=FMT)
+    assert (report.frames, report.source_frames) == (6, 6)
+    assert [source_index(v) for v in luma_levels(tmp_path / "cut.mp4")] == list(range(6))
+
+
+def test_a_clip_with_frames_larger_than_the_limit_is_refused_before_decoding(tmp_path):
+    # Given a real clip of 320x180 frames and a limit below that (the default is 4K)
+    src = make_clip(tmp_path / "src.mp4", frames=4, width=320, height=180)
+    # When it is cut, then it is refused by its declared size, and nothing is written
+    with pytest.raises(InvalidInput, match=r"frames are too large: 320x180"):
+        cut_clip(src, tmp_path / "out" / "cut.mp4", frames=4, fmt=FMT, max_pixels=320 * 179)
+    assert list((tmp_path / "out").glob("*")) == []
+    # At the limit it cuts
+    cut_clip(src, tmp_path / "out" / "cut.mp4", frames=4, fmt=FMT, max_pixels=320 * 180)
+    assert len(luma_levels(tmp_path / "out" / "cut.mp4")) == 4
+
+
+def test_a_frame_larger_than_any_provider_makes_is_refused_by_default(tmp_path):
+    # Given a clip 8,200 pixels wide (past H.264's longest side) but tiny in pixels and bytes
+    src = make_clip(tmp_path / "wide.mp4", frames=1, width=8200, height=16)
+    with pytest.raises(InvalidInput, match=r"8200x16"):
+        cut_clip(src, tmp_path / "cut.mp4", frames=2, fmt=FMT)
+    assert not (tmp_path / "cut.mp4").exists()
+
+
+def test_a_clip_decoding_far_more_frames_than_its_slot_is_refused(tmp_path):
+    # Given a clip of 24 frames at 24 fps, cut to a 0.5 s slot (6 frames at 12 fps)
+    src = make_clip(tmp_path / "src.mp4", frames=24, fps=24)
+    # When at most 6 source frames a second are allowed (the slot and a second: 9 frames), then
+    # the cut stops decoding and refuses the clip
+    with pytest.raises(InvalidInput, match="too many frames: more than 9"):
+        cut_clip(src, tmp_path / "cut.mp4", frames=6, fmt=FMT, max_fps=6)
+    assert not (tmp_path / "cut.mp4").exists()
+    # At the default limit the same clip cuts
+    assert cut_clip(src, tmp_path / "cut.mp4", frames=6, fmt=FMT).frames == 6

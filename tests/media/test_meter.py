@@ -17,6 +17,8 @@ from mvpipe.media.audio import decode_mono, to_wav
 from mvpipe.media.meter import FILL, draw_meter, draw_on_clip, levels, meter_box
 from mvpipe.providers.render import render_clip
 
+from .clips import make_clip
+
 RATE = 16000
 
 
@@ -119,3 +121,11 @@ def test_draw_on_clip_holds_a_few_frames_not_the_whole_clip(tmp_path: Path) -> N
     # Then the call's peak memory is far below the decoded clip: frame by frame
     decoded = frames * width * height * 3
     assert int(done.stdout.strip()) < decoded / 4, (done.stdout, decoded)
+
+
+def test_a_clip_with_frames_larger_than_any_provider_makes_is_refused(tmp_path: Path) -> None:
+    # Given a real clip 8,200 pixels wide (past any frame a provider makes), tiny in bytes
+    clip = make_clip(tmp_path / "wide.mp4", frames=2, width=8200, height=16).read_bytes()
+    # When the meter would be drawn on it, then it is refused before a frame is decoded
+    with pytest.raises(InvalidInput, match=r"frames are too large: 8200x16"):
+        draw_on_clip(clip, to_wav(tone(0.2, 0.5), RATE))

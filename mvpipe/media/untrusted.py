@@ -1,0 +1,55 @@
+"""Files nobody here made (a user's song, a provider's clip): what they claim must neither crash
+nor exhaust a worker.
+
+Tags are text in whatever encoding their writer chose (a WAV's LIST/INFO title is often
+Latin-1), and PyAV decodes every tag as strict UTF-8 when it opens a file: one odd byte in a
+title raised a UnicodeDecodeError for a file that plays fine. Nothing here reads tags, so
+undecodable bytes are replaced instead.
+
+A frame's size is what the header says it is: a 16k x 16k frame is 384 MB decoded (more once
+scaled), enough to kill a media worker, and a killed task is delivered again (acks_late) to
+kill the next one. So a video stream's declared size is checked before a frame is decoded, and
+the decoder is told the same limit (a stream may change its size midway).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import IO, Any
+
+import av
+from av.container import InputContainer
+
+from mvpipe.errors import InvalidInput
+
+#: How undecodable tag bytes are read (`str.decode`'s errors): replaced, never refused.
+METADATA_ERRORS = "replace"
+#: The most pixels a decoded frame may have: 4K (DCI, or UHD either way up) with some room;
+#: no provider makes larger clips and the output is at most 4K.
+MAX_FRAME_PIXELS = 4096 * 2304
+#: The longest side a frame may have (H.264's own ceiling): longer is a crafted header.
+MAX_FRAME_SIDE = 8192
+
+
+def open_untrusted(source: str | Path | IO[bytes]) -> InputContainer:
+    """Open `source` for reading with tags decoded leniently; FFmpeg's errors pass through."""
+    opened = str(source) if isinstance(source, Path) else source
+    return av.open(opened, mode="r", metadata_errors=METADATA_ERRORS)
+
+
+def check_frame_size(
+    stream: Any, what: str, *, max_pixels: int = MAX_FRAME_PIXELS, max_side: int = MAX_FRAME_SIDE
+) -> None:
+    """Refuse a video stream whose declared frames are too large (`InvalidInput`: permanent,
+    no retry decodes a smaller frame), before decoding any; then limit its decoder the same."""
+    width, height = stream.codec_context.width or 0, stream.codec_context.height or 0
+    if width > max_side or height > max_side or width * height > max_pixels:
+        raise InvalidInput(
+            f"{what}'s frames are too large: {width}x{height}, at most {max_pixels:,} pixels "
+            f"and {max_side:,} a side"
+        )
+    # FFmpeg's decoders refuse any frame past this (a size changed midway, an unknown header).
+    stream.codec_context.options = {
+        **stream.codec_context.options,
+        "max_pixels": str(max_pixels),
+    }
