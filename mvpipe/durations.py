@@ -43,6 +43,15 @@ def capped_seconds(wanted: float, allowed: Sequence[int]) -> int:
     return clip_seconds(min(wanted, max(allowed)), allowed)
 
 
+def made_seconds(stored: int | None, allowed: Sequence[int]) -> int:
+    """The length a stored scene is made, priced and estimated at: its own when the provider
+    makes it; else (stored before lengths were fitted, or under other allowed lengths)
+    `capped_seconds` of it, and the default length for a scene stored with none (0)."""
+    if stored and stored in allowed:
+        return stored
+    return capped_seconds(stored if stored and stored > 0 else DEFAULT_SCENE_SECONDS, allowed)
+
+
 def hand_written(
     specs: Sequence[SceneSpec], provider: str, allowed: Sequence[int]
 ) -> list[SceneSpec]:

@@ -102,6 +102,33 @@ def test_a_released_lease_gives_its_reservation_back_once(ctx: Context) -> None:
     assert ctx.scenes.get(project_id, 1).status == SceneStatus.FAILED  # type: ignore[union-attr]
 
 
+def test_money_kept_by_a_submit_of_unknown_outcome_is_noted_once_on_the_project(
+    ctx: Context,
+) -> None:
+    # Given two claims on a budget of two jobs, whose submits' outcomes are unknown (a 5xx)
+    project_id, run_id = new_project(ctx, 3, budget_micros=2 * PRICE)
+    s = ctx.scenes
+    assert claim(ctx, project_id, run_id, 1, "a").outcome == Claim.WON
+    assert claim(ctx, project_id, run_id, 2, "b").outcome == Claim.WON
+    # When their give-backs keep the reservations, each sent twice as after a timeout
+    for _ in range(2):
+        assert s.release_lease(project_id, 1, token="a", error="503", unknown_micros=PRICE)
+        assert s.fail(project_id, 2, error="502", token="b", unknown_micros=PRICE)
+    # Then the project notes each once, with its scene, and nothing is given back
+    seen = s.budgets.read(project_id)
+    assert (seen.committed_micros, seen.unknown_micros) == (2 * PRICE, 2 * PRICE)
+    state = ctx.projects.load(project_id)
+    assert [x.unknown_cost_micros for x in state.scenes] == [PRICE, PRICE, 0]
+    # and a claim that no longer fits says so from the budget it read (METADATA alone)
+    over = claim(ctx, project_id, run_id, 3, "c")
+    assert over.outcome == Claim.OVER_BUDGET
+    assert over.detail == (
+        "over budget: needs $1.00, $0.00 left of $2.00; $2.00 of the $2.00 committed is held by"
+        " submits whose outcome is unknown (a 5xx or a timeout: the provider may not bill them);"
+        " raise the budget and run again to continue"
+    )
+
+
 def test_a_changed_budget_is_read_again_by_the_claim(ctx: Context) -> None:
     project_id, run_id = new_project(ctx, 2, budget_micros=PRICE)
     assert claim(ctx, project_id, run_id, 1, "a").outcome == Claim.WON

@@ -18,9 +18,12 @@ from mvpipe.models import ProjectSpec, ProjectStatus, SceneSpec
 from mvpipe.pipeline.generate import SceneJob
 from mvpipe.pipeline.plan import planned_specs
 from mvpipe.pipeline.steps import Next
+from mvpipe.store.scenes import Claim
+from mvpipe.store.table import project_pk, scene_sk
 from tests.conftest import Workers
-from tests.helpers import assert_invariants
+from tests.helpers import assert_invariants, new_project
 from tests.standins import ProviderStandIn, running_standin
+from tests.test_store import claimed
 
 pytestmark = pytest.mark.integration
 
@@ -128,7 +131,6 @@ def test_a_length_the_provider_does_not_make_is_refused_and_nothing_is_written(
     with pytest.raises(InvalidInput, match=message):
         api.create_project("Unmade", "x", scenes=scenes, provider=provider)
     assert written(ctx) == before
-    assert standin.veo_bodies == [] and standin.predictions == {}
 
 
 def test_a_planned_scene_and_the_unplanned_estimate_use_the_providers_lengths(
@@ -155,6 +157,8 @@ def test_a_planned_scene_and_the_unplanned_estimate_use_the_providers_lengths(
         ("veo", "5,10", 5, 6),
         # the allowed lengths changed since the scene was stored: the longest is made
         ("replicate", "5,10", 12, 10),
+        # stored with no length at all (0): the default length
+        ("veo", "5,10", 0, 8),
     ],
 )
 def test_a_scene_stored_at_a_length_the_provider_does_not_make_runs_at_one_it_makes(
@@ -172,12 +176,16 @@ def test_a_scene_stored_at_a_length_the_provider_does_not_make_runs_at_one_it_ma
     start_workers(env={"MVPIPE_POLL_SECONDS": "0.1"})
     ctx = get_context()
     project_id = str(uuid.uuid4())
-    scenes = (SceneSpec(prompt="old", duration_seconds=stored),)
+    scenes = (SceneSpec(prompt="old", duration_seconds=stored or 4),)
     spec = ProjectSpec(
         title="Old", concept="x", provider=provider, requested_scene_count=1, scenes=scenes
     )
     ctx.projects.create(project_id, spec)
+    if not stored:
+        forget_length(ctx, project_id, 1)
     assert api.get_project(project_id).scenes[0].duration_seconds == stored
+    # and the estimate prices the length it will be made at
+    assert api.estimate_cost(project_id) == pytest.approx(PRICES[provider] * made)
 
     # When it runs
     api.run_project(project_id)
@@ -193,3 +201,37 @@ def test_a_scene_stored_at_a_length_the_provider_does_not_make_runs_at_one_it_ma
     assert [s.cost_micros for s in state.scenes] == [price]
     assert state.project.committed_cost_micros == price
     assert_invariants(project_id)
+
+
+def forget_length(ctx: Context, project_id: str, sequence: int) -> None:
+    """Remove a stored scene's `durationSeconds`, as the oldest scenes were written."""
+    m = ctx.table.model
+    m(project_pk(project_id), scene_sk(sequence)).update(actions=[m.duration_seconds.remove()])
+
+
+def test_a_stored_length_is_refitted_only_while_the_generation_waits_for_a_submitter(
+    stack: LocalStack,
+) -> None:
+    # Given scenes stored at 5 s, one under a live lease (another worker is submitting it at
+    # the length it read), one with its clip made, one with no length at all
+    ctx = get_context()
+    project_id, run_id = new_project(ctx, 4)
+    for sequence in range(1, 5):
+        assert ctx.scenes.refit_duration(project_id, sequence, old=8, new=5) is not None
+    assert claimed(ctx, project_id, run_id, "theirs", 2).outcome == Claim.WON
+    m = ctx.table.model
+    made = m(project_pk(project_id), scene_sk(3))
+    made.update(actions=[m.original_clip_key.set(f"projects/{project_id}/scenes/3/clip.mp4")])
+    forget_length(ctx, project_id, 4)
+
+    def refit(sequence: int, old: int) -> int:
+        scene = ctx.scenes.refit_duration(project_id, sequence, old=old, new=6)
+        assert scene is not None
+        return scene.duration_seconds
+
+    # When a worker under other allowed lengths refits them, only the waiting ones move: the
+    # leased and the made scene keep the length their job was (or is being) asked at
+    assert [refit(1, 5), refit(2, 5), refit(3, 5), refit(4, 0)] == [6, 5, 5, 6]
+    # and a refit from a length the scene no longer holds changes nothing
+    assert refit(1, 5) == 6 and refit(4, 0) == 6
+    assert ctx.scenes.refit_duration(project_id, 9, old=5, new=6) is None  # no such scene

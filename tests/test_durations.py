@@ -11,6 +11,7 @@ from mvpipe.durations import (
     capped_seconds,
     clip_seconds,
     hand_written,
+    made_seconds,
     planned,
 )
 from mvpipe.errors import InvalidInput, PermanentProviderError
@@ -83,6 +84,24 @@ def test_a_planners_lengths_become_the_providers() -> None:
     assert [s.duration_seconds for s in planned(specs, VEO)] == [6, 8]
     assert [s.duration_seconds for s in planned(specs, [6])] == [6, 6]
     assert [s.duration_seconds for s in planned([SceneSpec(prompt="c")], VEO)] == [8]
+
+
+@pytest.mark.parametrize(
+    ("stored", "allowed", "made"),
+    [
+        (6, VEO, 6),  # a length the provider makes is kept
+        (5, VEO, 6),  # one it does not make: the shortest covering it
+        (8, [6], 6),  # the old 8 s default with Replicate [6]: its longest
+        (12, [5, 10], 10),
+        (0, VEO, 8),  # stored with none: the default length
+        (0, [5, 6], 6),  # ... capped at the provider's longest
+        (None, [5, 10], 10),
+    ],
+)
+def test_a_stored_scene_is_made_at_a_length_the_provider_makes(
+    stored: int | None, allowed: list[int], made: int
+) -> None:
+    assert made_seconds(stored, allowed) == made
 
 
 def test_a_provider_is_asked_for_the_stored_length_or_refuses_before_any_call() -> None:

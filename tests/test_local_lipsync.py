@@ -103,6 +103,11 @@ def test_refusals_faults_and_the_concurrency_limit(tmp_path: Path, served: str) 
     with pytest.raises(PermanentProviderError) as missing:
         local.submit(request(served, video="gone.mp4"))
     assert missing.value.refused
+    # An empty input is refused for good before any job is made: the reservation goes back.
+    (tmp_path / "www" / "empty.mp4").write_bytes(b"")
+    with pytest.raises(PermanentProviderError, match="empty or too large") as empty:
+        local.submit(request(served, video="empty.mp4"))
+    assert empty.value.refused
     with pytest.raises(TransientProviderError) as unreachable:
         local.submit(LipSyncRequest("p", 1, "http://127.0.0.1:9/x", "http://127.0.0.1:9/y", 1))
     assert unreachable.value.refused

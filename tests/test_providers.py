@@ -518,6 +518,8 @@ def test_a_refused_submit_gives_its_reservation_back_a_lost_answer_keeps_it(
     assert standin.created.get("replicate", 0) == created
     kept = 0 if refunded else price
     assert committed() == (kept, kept)
+    # and the project notes the money kept by a submit of unknown outcome (none after a 4xx)
+    assert ctx.scenes.budgets.read(project_id).unknown_micros == kept
     monkeypatch.setenv("MVPIPE_PROVIDER_TIMEOUT_SECONDS", "10")
     reset_context()
     ctx = get_context()

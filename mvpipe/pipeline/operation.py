@@ -43,7 +43,6 @@ from mvpipe.providers.fairness import fewer_than_busiest, lighter
 from mvpipe.providers.limiter import SlotDecision, slot_member
 from mvpipe.settings import Settings
 from mvpipe.states import backoff_seconds, lease_expired
-from mvpipe.store.budget import unknown_outcomes
 from mvpipe.store.clips import clip_key
 from mvpipe.store.records import SceneRecord
 from mvpipe.store.scenes import Claim
@@ -182,8 +181,8 @@ class PaidOperation:
         if x.run_id is None:
             return Step.done("no run to submit under")
         fitted = self.fitted(scene)
-        if fitted is None:
-            return Step.done("scene gone")
+        if isinstance(fitted, Step):
+            return fitted
         scene = fitted
         try:
             price = self.stage.price_micros(s, x.provider, scene)
@@ -237,7 +236,7 @@ class PaidOperation:
         if claim.outcome != Claim.WON:
             self.release_unowned_slot()
             if claim.outcome == Claim.OVER_BUDGET:
-                error = (claim.detail or "over budget") + self.unknown_outcomes()
+                error = claim.detail or "over budget"
                 ctx.scenes.fail_open(*self.ids, error=error, stage=self.fields)
                 self.log(error, None, None)
                 return x.finished("failed: over budget")
@@ -297,20 +296,27 @@ class PaidOperation:
         # between, and a provider that tells when its job is due has its next poll timed.
         return self.poll(operation_id, 0, just_submitted=True)
 
-    def fitted(self, scene: SceneRecord) -> SceneRecord | None:
+    def fitted(self, scene: SceneRecord) -> SceneRecord | Step:
         """The scene at a clip length its provider makes, before it is priced: a generation
         stored at another (before lengths were fitted, or under other allowed lengths than this
-        worker's) is made at `durations.capped_seconds` of it, written once, so the price
+        worker's) is made at `durations.made_seconds` of it, written once, so the price
         reserved is the one the provider bills and the provider never refuses the scene for
-        its length. None when the scene is gone."""
+        its length. The step ends when the scene is gone, or when its length is still not one
+        this worker's provider makes (another worker, under other allowed lengths, refitted
+        it or is submitting it): pricing it would reserve another length than the one made."""
         if self.stage is not GENERATE:
             return scene
         allowed = self.s.durations_for(self.x.provider)
-        if scene.duration_seconds in allowed:
+        seconds = durations.made_seconds(scene.duration_seconds, allowed)
+        if seconds == scene.duration_seconds:
             return scene
-        seconds = durations.capped_seconds(scene.duration_seconds, allowed)
         self.log(f"clip length {scene.duration_seconds} s made {seconds} s", None, None)
-        return self.ctx.scenes.refit_duration(*self.ids, old=scene.duration_seconds, new=seconds)
+        now = self.ctx.scenes.refit_duration(*self.ids, old=scene.duration_seconds, new=seconds)
+        if now is None:
+            return Step.done("scene gone")
+        if now.duration_seconds not in allowed:
+            return Step.done("length refitted elsewhere")
+        return now
 
     @contextmanager
     def pending(self, token: str, release: dict[str, Any]) -> Iterator[None]:
@@ -376,13 +382,6 @@ class PaidOperation:
         """The give-back of a failed submit: `refund` of its reservation back, the rest kept
         and noted as held by a submit whose outcome is unknown."""
         return {"refund_micros": refund, "unknown_micros": price - refund, "error": error}
-
-    def unknown_outcomes(self) -> str:
-        """What an over-budget error adds about money kept by submits whose outcome is
-        unknown (`budget.unknown_outcomes`): read from the project's scenes, only then."""
-        state = self.ctx.projects.load(self.x.project_id)
-        unknown = sum(s.unknown_cost_micros for s in state.scenes)
-        return unknown_outcomes(unknown, state.project.committed_cost_micros)
 
     def record(
         self, operation_id: str, token: str, attempt: int, made_from: str | None = None

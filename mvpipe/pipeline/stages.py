@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from mvpipe import durations
 from mvpipe.models import SceneStatus
 from mvpipe.settings import Settings
 from mvpipe.store.clips import StoredObject
@@ -62,8 +63,10 @@ def slot_seconds(scene: SceneRecord) -> float:
 
 
 def generation_price(settings: Settings, provider: str, scene: SceneRecord) -> int:
-    """The project's video model, per second of the clip it makes (`durationSeconds`)."""
-    return settings.video_price_micros(provider, scene.duration_seconds)
+    """The project's video model, per second of the clip it makes: `durationSeconds`, or the
+    length the submit refits a scene stored at another to (`durations.made_seconds`)."""
+    seconds = durations.made_seconds(scene.duration_seconds, settings.durations_for(provider))
+    return settings.video_price_micros(provider, seconds)
 
 
 def lipsync_price(settings: Settings, provider: str, scene: SceneRecord) -> int:

@@ -115,5 +115,8 @@ class LocalLipSyncProvider:
                 f"local lip-sync: could not fetch the {what}: {exc}", refused=True
             ) from None
         if len(data) > MAX_INPUT_BYTES or not data:
-            raise PermanentProviderError(f"local lip-sync: the {what} is empty or too large")
+            # refused before any job was made: the reservation goes back
+            raise PermanentProviderError(
+                f"local lip-sync: the {what} is empty or too large", refused=True
+            )
         return data

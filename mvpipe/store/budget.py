@@ -25,11 +25,13 @@ from mvpipe.store.table import METADATA, ItemBase, project_pk
 
 @dataclass(frozen=True)
 class Budget:
-    """METADATA's money as read: `budget_micros` None means no limit."""
+    """METADATA's money as read: `budget_micros` None means no limit; `unknown_micros` is the
+    part of the committed sum kept by submits whose outcome is unknown."""
 
     budget_micros: int | None
     committed_micros: int
     active_run_id: str | None
+    unknown_micros: int = 0
 
     @classmethod
     def of(cls, item: ItemBase) -> Budget:
@@ -37,6 +39,7 @@ class Budget:
             None if item.budget_micros is None else int(item.budget_micros),
             int(item.committed_cost_micros or 0),
             item.active_run_id,
+            int(item.unknown_cost_micros or 0),
         )
 
     def fits(self, price_micros: int) -> bool:
@@ -45,10 +48,14 @@ class Budget:
         )
 
     def over_budget(self, price_micros: int) -> str:
-        """The `lastError` of a scene whose claim did not fit."""
+        """The `lastError` of a scene whose claim did not fit (read from METADATA alone: no
+        scene is read however many claims find the budget spent)."""
         budget = self.budget_micros or 0
         left = max(0, budget - self.committed_micros)
-        return f"over budget: needs {usd(price_micros)}, {usd(left)} left of {usd(budget)}"
+        return (
+            f"over budget: needs {usd(price_micros)}, {usd(left)} left of {usd(budget)}"
+            + unknown_outcomes(self.unknown_micros, self.committed_micros)
+        )
 
 
 def unknown_outcomes(unknown_micros: int, committed_micros: int) -> str:
@@ -96,6 +103,13 @@ def refunded(m: type[ItemBase], micros: int) -> list[Action]:
     """The METADATA actions that give back a reservation whose job the provider surely never
     accepted (joined to the scene write that releases the lease, in one transaction)."""
     return [m.committed_cost_micros.add(-micros)]
+
+
+def kept_unknown(m: type[ItemBase], micros: int) -> list[Action]:
+    """The METADATA actions that note a reservation kept by a submit whose outcome is unknown
+    (joined to the scene write that releases the lease, in one transaction: a retried write
+    whose first try landed fails the scene's condition and adds nothing, invariant 7)."""
+    return [m.unknown_cost_micros.add(micros)]
 
 
 #: Projects whose last-read budget a process remembers (a bound on memory, not on correctness).

@@ -469,23 +469,32 @@ class SceneStore:
         )
 
     def refit_duration(
-        self, project_id: str, sequence: int, *, old: int, new: int
+        self, project_id: str, sequence: int, *, old: int, new: int, now: float | None = None
     ) -> SceneRecord | None:
         """A scene stored at a clip length its provider does not make (written before lengths
-        were fitted, or under other allowed lengths) is made at `new`: only while it still
-        holds `old` and no generation was submitted, so a job already asked for keeps the
+        were fitted, or under other allowed lengths; `old` 0: stored with none) is made at
+        `new`: only while it still holds `old` and its generation waits for a submitter (no
+        operation, no clip, no live lease), so a job asked for or being asked for keeps the
         length (and price) it was asked at. The scene as it is now (None: gone)."""
         m = self.m
-        _, operation, _ = _paid(m, ORIGINAL)
+        output, operation, _ = _paid(m, ORIGINAL)
+        now = time.time() if now is None else now
+        stored = m.duration_seconds == old
+        if not old:
+            stored |= m.duration_seconds.does_not_exist()
         item = self.table.update_item(
             project_pk(project_id),
             scene_sk(sequence),
             [m.duration_seconds.set(new), m.updated_at.set(utc_now_iso())],
-            (m.duration_seconds == old) & operation.does_not_exist() & m.pk.exists(),
+            stored
+            & operation.does_not_exist()
+            & output.does_not_exist()
+            & _open(m, now)
+            & m.pk.exists(),
         )
         if item is not None:
             return SceneRecord.from_item(project_id, item)
-        return self.get(project_id, sequence)  # refitted or submitted meanwhile, or gone
+        return self.get(project_id, sequence)  # refitted, taken or made meanwhile, or gone
 
     def expire_lease(
         self,
@@ -695,10 +704,11 @@ class SceneStore:
         `clear_final` forgets the project's final video in the same transaction; a refund joins
         the write in one transaction too: the scene's cost and the project's committed sum move
         together (invariant 4). `unknown_micros` notes how much of the scene's cost a submit
-        whose outcome is unknown kept (the over-budget error tells it)."""
+        whose outcome is unknown kept, on the scene and on METADATA in the same transaction
+        (the over-budget error tells the project's sum without reading its scenes)."""
         if unknown_micros:
             actions = [*actions, self.m.unknown_cost_micros.add(unknown_micros)]
-        if not (clear_final or refund_micros):
+        if not (clear_final or refund_micros or unknown_micros):
             return self._written(project_id, sequence, actions, condition, done=done) is not None
         m = self.m
         pk, sk = project_pk(project_id), scene_sk(sequence)
@@ -713,6 +723,8 @@ class SceneStore:
             project += [*final_video_cleared(m), m.updated_at.set(utc_now_iso())]
         if refund_micros:
             project += budget.refunded(m, refund_micros)
+        if unknown_micros:
+            project += budget.kept_unknown(m, unknown_micros)
 
         def build(tx: TransactWrite) -> None:
             tx.update(m(pk, sk), actions=actions, condition=condition)

@@ -47,9 +47,9 @@ TRANSIENT, PERMANENT = 0.3, 0.25
 
 
 def test_provider_faults_transient_quota_and_permanent(start_workers: StartWorkers) -> None:
-    # Given a project whose fault plan fails some scenes' jobs and answers some submits with a
-    # 503, on a provider that takes 2 jobs at a time while mvpipe sends up to 3 (a 429 each
-    # time the third arrives while two run)
+    # Given a project whose fault plan fails some scenes' jobs and refuses some submits (a
+    # simulated 429: no job made), on a provider that takes 2 jobs at a time while mvpipe sends
+    # up to 3 (a 429 too each time the third arrives while two run)
     scenes = range(1, 13)
     project_id = api.create_project("Faults", "Everything at once.", scene_count=len(scenes))
     seed = _fault_seed(project_id, scenes)
@@ -79,7 +79,8 @@ def test_provider_faults_transient_quota_and_permanent(start_workers: StartWorke
     completed = {s.sequence for s in view.scenes if s.status == SceneStatus.COMPLETED}
     assert completed == set(scenes) - doomed
     assert view.status == ProjectStatus.FAILED
-    # and on the way, submits met 503s and 429s: each submit call was one of those or the job
+    # and on the way, submits met the plan's 429s and the full provider's: each submit call
+    # was one of those or the job
     submits = _provider_calls(workers, project_id, "submit")
     assert _provider_calls(workers, project_id, "accepted") == {n: 1 for n in scenes}
     unavailable = sum(
@@ -88,13 +89,14 @@ def test_provider_faults_transient_quota_and_permanent(start_workers: StartWorke
         for call in range(1, made + 1)
     )
     assert unavailable >= 1, submits
-    assert sum(submits.values()) - unavailable - len(scenes) >= 1, submits  # the 429s
+    # the full provider's 429s
+    assert sum(submits.values()) - unavailable - len(scenes) >= 1, submits
 
 
 def _fault_seed(project_id: str, scenes: range) -> int:
     """The first seed whose plan fails some of the project's scenes but not all (on their first
-    job) and answers some scene's first submit with a 503: project ids are random, so no fixed
-    seed would promise the drill meets every kind of fault."""
+    job) and refuses some scene's first submit (the simulated 429): project ids are random, so
+    no fixed seed would promise the drill meets every kind of fault."""
     for seed in itertools.count():
         plan = FaultPlan(transient=TRANSIENT, permanent=PERMANENT, seed=seed)
         doomed = sum(plan.permanent_fault(project_id, n, 1) for n in scenes)
