@@ -11,7 +11,11 @@
    of them parked.
 3. Arithmetic: `--projects` projects of `--scenes-per-project` scenes each finishing within
    `--minutes` -> scenes/s, and each per-scene count times that; polls/s for that many jobs in
-   flight at each provider's poll interval. Prints; records nothing.
+   flight at each provider's poll interval.
+
+Records (`common.record`) the per-scene table SCALING.md quotes, and prints its figures and the
+memory per waiting scene as summary rows (`common.summary`), so bench/all.py's summary carries
+what SCALING.md cites.
 """
 
 from __future__ import annotations
@@ -22,12 +26,23 @@ from collections.abc import Callable
 from pathlib import Path
 
 import redis
-from common import bench_stack, proxied, summary, workers
+from common import bench_stack, proxied, record, summary, table, workers
 from countingproxy import DYNAMO_READS, DYNAMO_WRITES, CountingProxy
 from scaling import redis_calls
 
 from mvpipe import api
 from mvpipe.devstack.localstack import LocalStack
+
+#: The per-scene counts SCALING.md quotes, in its table's order: (key, label).
+QUOTED = (
+    ("dynamodb.writes", "DynamoDB writes"),
+    ("dynamodb.TransactWriteItems", "of which TransactWriteItems"),
+    ("dynamodb.reads", "DynamoDB reads"),
+    ("s3.PUT", "S3 PUT"),
+    ("s3.GET", "S3 GET"),
+    ("s3.HEAD", "S3 HEAD"),
+    ("redis.commands", "Redis commands (broker + state)"),
+)
 
 #: Default poll intervals (docs/DESIGN.md: MVPIPE_POLL_SECONDS per provider).
 POLL_SECONDS = {"veo": 10.0, "replicate": 2.0}
@@ -110,6 +125,24 @@ def _settled(read: Callable[[], int], *, at_least: int, timeout: float = 900.0) 
     return last
 
 
+def record_counts(per: dict[str, float], scenes: int, rate: float) -> None:
+    """The per-scene table and its summary rows: what SCALING.md quotes from this benchmark."""
+    rows = [(label, f"{per.get(key, 0.0):.2f}", f"{per.get(key, 0.0) * rate:,.0f} /s")
+            for key, label in QUOTED]  # fmt: skip
+    title = f"Requests per scene ({scenes}-scene run, local provider, poll every 0.2 s)"
+    record(table(title, rows, ("per scene", "measured", f"at {rate:.1f} scenes/s")))
+    run = f"per scene ({scenes}-scene run)"
+    writes, transact, reads = (per.get(f"dynamodb.{k}", 0.0)
+                               for k in ("writes", "TransactWriteItems", "reads"))  # fmt: skip
+    summary(f"DynamoDB writes (of which TransactWriteItems) / reads {run}",
+            f"{writes:.2f} ({transact:.2f}) / {reads:.2f}", "reported (SCALING.md)")  # fmt: skip
+    summary(f"S3 PUT / GET / HEAD {run}",
+            " / ".join(f"{per.get(f's3.{verb}', 0.0):.2f}" for verb in ("PUT", "GET", "HEAD")),
+            "reported (SCALING.md)")  # fmt: skip
+    summary(f"Redis commands {run}", f"{per.get('redis.commands', 0.0):.2f}",
+            "reported (SCALING.md)")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--scenes", type=int, default=20)
@@ -129,6 +162,7 @@ def main() -> None:
     for key in sorted(per):
         print(f"  {key:28} {per[key]:8.2f}")
     rate = args.projects * args.scenes_per_project / (args.minutes * 60)
+    record_counts(per, args.scenes, rate)
     print(f"\n{args.projects} projects x {args.scenes_per_project} scenes within "
           f"{args.minutes:g} min = {rate:.1f} scenes/s:")  # fmt: skip
     for key in ("dynamodb.writes", "dynamodb.reads", "s3.PUT", "s3.GET", "s3.HEAD",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pty
 import signal
 import socket
 import subprocess
@@ -103,6 +104,73 @@ def test_create_run_wait_status_fetch_and_projects(
 
 def _read(key: str) -> bytes:
     return get_context().clips.read(key)
+
+
+def on_terminal(env: dict[str, str], *args: str) -> tuple[subprocess.CompletedProcess[str], str]:
+    """A command whose standard error is a terminal (a pseudo-terminal read here) and whose
+    standard output is a pipe: (the command, what the terminal showed)."""
+    terminal, its_end = pty.openpty()
+    shown: list[bytes] = []
+
+    def read() -> None:
+        while True:
+            try:
+                data = os.read(terminal, 4096)
+            except OSError:  # EIO: the command's end is closed and all of it read
+                return
+            if not data:
+                return
+            shown.append(data)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "mvpipe.cli", *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=its_end,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            timeout=180,
+        )
+    finally:
+        os.close(its_end)
+        reader.join(timeout=60)
+        os.close(terminal)
+    assert not reader.is_alive()
+    return done, b"".join(shown).decode(errors="replace")
+
+
+def test_reconcile_shows_its_progress_on_a_terminal_only_and_keeps_its_output(
+    start_workers: StartWorkers,
+) -> None:
+    # Its own table: the pass examines every project in it.
+    workers = start_workers(**own_storage())
+    env = {**workers.env, "MVPIPE_FULL_SWEEP_SECONDS": "0.001"}  # each pass examines all three
+    created = mvpipe_each(
+        env, *(("create", "--title", f"P{n}", "--concept", "Lines.") for n in range(3))
+    )
+    assert all(c.returncode == 0 for c in created), [c.stderr for c in created]
+
+    shown, bar = on_terminal(env, "reconcile")
+    assert shown.returncode == 0, bar
+    assert "projects examined" in bar and "3/3" in bar, bar
+    piped, piped_json = mvpipe_each(env, ("reconcile",), ("reconcile", "--json"))
+    assert "projects examined" not in piped.stderr  # a log or a pipe: no progress
+    assert shown.stdout == piped.stdout  # the report alone, as without a terminal
+    assert "projects examined" not in shown.stdout and "total" in shown.stdout
+
+    as_json, json_shown = on_terminal(env, "reconcile", "--json")
+    assert as_json.returncode == 0, json_shown
+    assert "projects examined" not in json_shown  # --json: no progress, even on a terminal
+    assert json.loads(as_json.stdout) == json.loads(piped_json.stdout)
+    assert json.loads(as_json.stdout)["total"] == 0
+
+    # A fetch says what it is fetching while it runs, then fails in one line as before.
+    fetched, fetch_shown = on_terminal(env, "fetch", created[0].stdout.strip())
+    assert fetched.returncode == 3 and fetched.stdout == ""
+    assert "fetching the final video" in fetch_shown and "no final video" in fetch_shown
 
 
 def test_user_mistakes_are_one_line_and_an_exit_code(stack: object) -> None:

@@ -16,8 +16,15 @@ from mvpipe.cli.lazy import api
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--sweep", is_flag=True, help="Also sweep for stray scene items and songs now.")
 def reconcile(project_id: str | None, as_json: bool, sweep: bool) -> None:
-    """Repair what crashes left behind (beat runs this on a schedule for every project)."""
-    report = guarded(lambda: api.reconcile(project_id, sweep_strays=sweep or None))
+    """Repair what crashes left behind (beat runs this on a schedule for every project).
+
+    On a terminal, the projects examined so far are shown on standard error as the pass goes."""
+    from mvpipe.cli.progress import counted
+
+    with counted("projects examined", shown=not as_json) as progress:
+        report = guarded(
+            lambda: api.reconcile(project_id, sweep_strays=sweep or None, progress=progress)
+        )
     if as_json:
         click.echo(report.model_dump_json(indent=2))
         return

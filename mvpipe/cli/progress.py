@@ -1,4 +1,5 @@
-"""Live progress of a run, one bar per stage (used by `mvpipe run --wait`), drawn by rich.
+"""Live progress of a run, one bar per stage (used by `mvpipe run --wait`), drawn by rich; and
+the progress of a long command (`counted`, `working`), shown on a terminal only.
 
 `stage_counts` is the pure part (what each bar shows); `StageProgress` draws it. On a terminal the
 bars update in place; elsewhere (a log, a pipe) rich prints them once, when the run is over.
@@ -6,6 +7,8 @@ bars update in place; elsewhere (a log, a pipe) rich prints them once, when the 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -14,6 +17,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    SpinnerColumn,
     TaskID,
     TextColumn,
     TimeElapsedColumn,
@@ -101,3 +105,47 @@ class StageProgress:
 
     def close(self) -> None:
         self.progress.stop()
+
+
+def _terminal(shown: bool) -> Console | None:
+    """Standard error's console when progress is wanted there: asked for (`shown`; not with
+    --json) and a terminal (a log or a pipe gets nothing, so what it reads is unchanged)."""
+    console = Console(stderr=True)
+    return console if shown and console.is_terminal else None
+
+
+@contextmanager
+def counted(description: str, *, shown: bool) -> Iterator[Callable[[int, int], None] | None]:
+    """A bar on standard error while the block runs, told (done, of) by the callback it yields;
+    None when no bar is shown (see `_terminal`)."""
+    console = _terminal(shown)
+    if console is None:
+        yield None
+        return
+    bar = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+    task = bar.add_task(description, total=None)
+
+    def tell(done: int, of: int) -> None:
+        bar.update(task, completed=done, total=of)
+
+    with bar:
+        yield tell
+
+
+@contextmanager
+def working(description: str, *, shown: bool) -> Iterator[None]:
+    """A spinner with the time spent on standard error while the block runs (see `_terminal`):
+    for a step that cannot count its progress, such as a download read whole."""
+    console = _terminal(shown)
+    if console is None:
+        yield
+        return
+    with console.status(description):
+        yield

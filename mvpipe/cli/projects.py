@@ -156,5 +156,9 @@ def fetch(project_id: str, file: Path | None, sequence: int | None, stage: str |
         fail("--stage needs --scene", EXIT_INVALID)
     chosen = "final" if sequence is None else (stage or "working")
     dest = file if file is not None else Path.cwd()
-    written = guarded(lambda: api.download(project_id, dest, sequence=sequence, stage=chosen))
+    from mvpipe.cli.progress import working
+
+    what = "the final video" if sequence is None else f"scene {sequence}'s {chosen} clip"
+    with working(f"fetching {what} of {project_id}", shown=True):
+        written = guarded(lambda: api.download(project_id, dest, sequence=sequence, stage=chosen))
     click.echo(f"wrote {written}")

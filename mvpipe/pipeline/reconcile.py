@@ -62,6 +62,10 @@ log = logging.getLogger("mvpipe.reconcile")
 #: What a report counts that is no repair (`total` leaves it out: a second pass reports 0).
 _NOT_REPAIRS = frozenset({"stray_songs_skipped"})
 
+#: Told (projects examined, projects listed) after each project of an inline pass: what a long
+#: pass over every project shows while it runs (`mvpipe reconcile`'s progress).
+Progress = Callable[[int, int], None]
+
 
 class ReconcileReport(BaseModel):
     expired_leases: int = 0
@@ -117,6 +121,7 @@ def reconcile(
     sweep_strays: bool | None = None,
     full_sweep: bool | None = None,
     budget_seconds: float | None = None,
+    progress: Progress | None = None,
 ) -> ReconcileReport:
     """Repair the projects that can need it (or the given ones): see `reconcile_scope`. The
     full sweep of finished projects runs at most once per `MVPIPE_FULL_SWEEP_SECONDS` and the
@@ -129,7 +134,8 @@ def reconcile(
     bounded however many are active; the rest wait for the next pass. The full sweep and the
     stray sweeps are then rounds over passes, each read a page at a time from its own cursor
     (`_beat_pass`). Without it (inline calls) every project the pass lists is examined, and
-    the full sweep and the stray sweeps are done all at once."""
+    the full sweep and the stray sweeps are done all at once, each project examined told to
+    `progress` (beat's passes tell no one)."""
     started = time.monotonic()
     report = ReconcileReport()
     warn_short_grace(ctx.settings)
@@ -147,7 +153,8 @@ def reconcile(
                 full_sweep = ctx.board.due(FULL_SWEEP_JOB, ctx.settings.full_sweep_seconds)
             project_ids = projects_to_examine(ctx, full_sweep=full_sweep, now=time.time())
         listed = list(dict.fromkeys(project_ids))
-        examined = _examine(ctx, dispatcher, report, ((p, p) for p in listed), None)
+        told = None if progress is None else functools.partial(_told, progress, len(listed))
+        examined = _examine(ctx, dispatcher, report, ((p, p) for p in listed), None, told)
         passed = f"examined {examined} of {len(listed)} projects"
         passed += f" in {time.monotonic() - started:.3f} s (full sweep: {bool(full_sweep)})"
     if report.total:
@@ -250,11 +257,12 @@ def _examine(
     report: ReconcileReport,
     projects: Iterable[tuple[str, str]],
     cursor: str | None,
+    told: Callable[[int], None] | None = None,
 ) -> int:
     """Reconcile each project of `projects` ((id, its place for `cursor`) pairs; one failing
     does not stop the others), moving `cursor` to its place before it is examined: a pass that
     dies on one (a worker killed, out of memory) must not make every later pass start with it
-    again. Returns how many were examined."""
+    again. `told` hears the count after each. Returns how many were examined."""
     examined = 0
     for project_id, place in projects:
         examined += 1
@@ -268,7 +276,13 @@ def _examine(
                 project_id,
                 describe(exc),
             )
+        if told is not None:
+            told(examined)
     return examined
+
+
+def _told(progress: Progress, listed: int, examined: int) -> None:
+    progress(examined, listed)
 
 
 def _reconcile_project(
