@@ -13,6 +13,7 @@ from mvpipe.deps import get_context
 from mvpipe.errors import NotFound
 from mvpipe.media.synth import SynthSong, synthesize_song
 from mvpipe.models import ProjectStatus, SceneStatus
+from mvpipe.pipeline.timeline import ensure_timeline
 from mvpipe.store.clips import ObjectMissing
 from tests.conftest import Workers
 from tests.helpers import assert_invariants, generations_per_scene, lip_synced_project, wait_for
@@ -118,5 +119,24 @@ def test_a_song_gone_before_its_analysis_fails_planning_with_the_reason(
     assert view.status == ProjectStatus.FAILED, view
     assert view.last_error and "song is gone from the store" in view.last_error
     assert ctx.projects.get(project_id).timeline_key is None
+    assert view.scenes == []
+    assert "S3 unavailable" not in workers.service.log_text()
+
+
+def test_a_timeline_gone_before_planning_fails_planning_with_the_reason(
+    start_workers: StartWorkers, song: SynthSong
+) -> None:
+    workers = start_workers(**FORMAT)
+    ctx = get_context()
+    project_id = api.create_project("No timeline", "la la", song=song.wav)
+    ensure_timeline(ctx, ctx.projects.get(project_id))
+    timeline = ctx.projects.get(project_id).timeline_key or ""
+    ctx.clips.delete(timeline)
+
+    api.run_project(project_id)
+    view = api.wait_project(project_id, timeout=120)
+
+    assert view.status == ProjectStatus.FAILED, view
+    assert view.last_error and "timeline is gone from the store" in view.last_error
     assert view.scenes == []
     assert "S3 unavailable" not in workers.service.log_text()

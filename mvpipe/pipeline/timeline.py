@@ -30,10 +30,17 @@ ANALYSIS_SAMPLE_RATE = 22050
 
 
 def load_timeline(ctx: Context, project: ProjectRecord) -> Timeline | None:
-    """The project's stored timeline, or None when its song has not been analysed yet."""
+    """The project's stored timeline, or None when its song has not been analysed yet.
+    `InvalidInput` when the recorded timeline's object is gone: planning fails with the reason
+    (as `NotFound` it would read as a missing project, and the run would wait for a takeover)."""
     if project.timeline_key is None:
         return None
-    return Timeline.from_json(ctx.songs.read(project.timeline_key))
+    try:
+        return Timeline.from_json(ctx.songs.read(project.timeline_key))
+    except ObjectMissing:
+        raise InvalidInput(
+            f"the song's timeline is gone from the store ({project.timeline_key})"
+        ) from None
 
 
 def ensure_timeline(ctx: Context, project: ProjectRecord) -> Timeline:
