@@ -3,7 +3,9 @@
 Free and deterministic: the working key is a hash of its inputs (the original's key, the slot's
 frames, the output format), so a duplicate or re-run cut makes the same object, and its one
 conditional write is conditioned on the original it cut from (invariant 1). A clip that cannot
-be decoded fails the scene (permanent) and keeps the original.
+be decoded fails the scene (permanent) and keeps the original. An original whose object vanished
+is a lost output, as reconcile treats a completed scene's: the scene goes back to `pending`
+without it, and the run it belongs to makes it again (a retry would never find it).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from mvpipe.pipeline.stages import GENERATE, Stage, is_last
 from mvpipe.pipeline.steps import Next, Step
 from mvpipe.providers.classify import describe
 from mvpipe.settings import Settings
-from mvpipe.store.clips import working_key
+from mvpipe.store.clips import ObjectMissing, working_key
 from mvpipe.store.records import SceneRecord
 
 
@@ -85,6 +87,8 @@ class CutRunner:
                 )
                 x.log(error, None, None, self.stage.name)
                 return x.finished("failed: the clip could not be cut")
+            except ObjectMissing as exc:
+                return self.lost(original, exc)
             if held:
                 x.log(f"clip shorter than its slot: held its last frame {held} times", None, None,
                       self.stage.name)  # fmt: skip
@@ -101,6 +105,20 @@ class CutRunner:
             return Step.done("superseded: scene moved on, cut left for garbage collection")
         x.log(f"cut recorded: {key} ({frames} frames at {fmt.size}@{fmt.fps})", None, None, "cut")
         return x.finished("completed") if last else Step(Next.STAGE, "cut done", scene=written)
+
+    def lost(self, original: str, exc: ObjectMissing) -> Step:
+        """The original's object is gone: retrying could never find it. Cleared as reconcile
+        clears a completed scene's vanished clip (conditioned on it being the one recorded:
+        `pending`, the reason in `lastError`); the run this chain works for then makes it again
+        at once (a second paid generation, as the run's takeover would pay), and work outside
+        any run leaves it to the user's next run."""
+        x = self.x
+        if not self.ctx.scenes.reset_missing_clip(x.project_id, x.sequence, clip_key=original):
+            return Step.done("superseded: scene moved on while its original was missing")
+        x.log(f"original clip missing, scene reset: {exc}", None, None, self.stage.name)
+        if x.run_id is None:
+            return x.finished("reset: the original clip is missing")
+        return Step(Next.STAGE, "original clip missing: generating it again")
 
     def cut(self, original: str, key: str, frames: int, fmt: OutputFormat) -> int:
         """Cut on local disk (a temp dir), upload; returns how many frames were held."""

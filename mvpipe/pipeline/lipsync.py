@@ -22,7 +22,7 @@ from mvpipe.pipeline.cut import output_format, slot_frames
 from mvpipe.pipeline.stages import slot_seconds
 from mvpipe.providers.base import JobStatus, LipSyncProvider, LipSyncRequest
 from mvpipe.providers.classify import describe
-from mvpipe.store.clips import lipsync_key, slot_audio_key
+from mvpipe.store.clips import ObjectMissing, lipsync_key, slot_audio_key
 from mvpipe.store.records import SceneRecord
 
 #: The slot audio's sample rate: speech models want at least 16 kHz; a slot stays small.
@@ -82,7 +82,13 @@ class LipSync:
         song = self.ctx.projects.get(scene.project_id).song_key
         if song is None:
             raise InvalidInput(f"project {scene.project_id} has no song to lip-sync to")
-        wav = slot_wav(clips.read(song), scene.start_seconds, scene.end_seconds, AUDIO_RATE)
+        try:
+            data = clips.read(song)
+        except ObjectMissing:  # a lost song never comes back: the stage fails with the reason
+            raise InvalidInput(
+                f"the song of project {scene.project_id} is gone from the store ({song})"
+            ) from None
+        wav = slot_wav(data, scene.start_seconds, scene.end_seconds, AUDIO_RATE)
         clips.put(key, wav, content_type="audio/wav")
 
     def submit(self, scene: SceneRecord) -> str:

@@ -19,6 +19,7 @@ from mvpipe.media.slots import Slot, plan_slots
 from mvpipe.media.timeline import Timeline
 from mvpipe.models import MAX_SCENES
 from mvpipe.settings import Settings
+from mvpipe.store.clips import ObjectMissing
 from mvpipe.store.records import ProjectRecord
 from mvpipe.store.songs import song_key
 
@@ -29,10 +30,17 @@ ANALYSIS_SAMPLE_RATE = 22050
 
 
 def load_timeline(ctx: Context, project: ProjectRecord) -> Timeline | None:
-    """The project's stored timeline, or None when its song has not been analysed yet."""
+    """The project's stored timeline, or None when its song has not been analysed yet.
+    `InvalidInput` when the recorded timeline's object is gone: planning fails with the reason
+    (as `NotFound` it would read as a missing project, and the run would wait for a takeover)."""
     if project.timeline_key is None:
         return None
-    return Timeline.from_json(ctx.songs.read(project.timeline_key))
+    try:
+        return Timeline.from_json(ctx.songs.read(project.timeline_key))
+    except ObjectMissing:
+        raise InvalidInput(
+            f"the song's timeline is gone from the store ({project.timeline_key})"
+        ) from None
 
 
 def ensure_timeline(ctx: Context, project: ProjectRecord) -> Timeline:
@@ -46,7 +54,10 @@ def ensure_timeline(ctx: Context, project: ProjectRecord) -> Timeline:
         return stored
     if project.song_key is None:
         raise InvalidInput(f"project {project.project_id} has no song to analyse")
-    data = ctx.songs.read(project.song_key)
+    try:
+        data = ctx.songs.read(project.song_key)
+    except ObjectMissing:  # gone for good: planning fails with the reason, never loops
+        raise InvalidInput(f"the song is gone from the store ({project.song_key})") from None
     sha256 = hashlib.sha256(data).hexdigest()
     ext = project.song_key.rsplit(".", 1)[-1]
     if song_key(project.project_id, sha256, ext) != project.song_key:

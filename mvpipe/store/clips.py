@@ -19,7 +19,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from mvpipe.errors import StoreUnavailable
+from mvpipe.errors import NotFound, StoreUnavailable
 from mvpipe.models import validate_project_id, validate_sequence
 from mvpipe.settings import Settings
 
@@ -63,6 +63,23 @@ def slot_audio_key(project_id: str, sequence: int, inputs_hash: str) -> str:
     if not re.fullmatch(r"[0-9a-f]{8,64}", inputs_hash):
         raise ValueError(f"not an inputs hash: {inputs_hash!r}")
     return f"{scene_prefix(project_id, sequence)}audio-{inputs_hash}.wav"
+
+
+#: The error codes S3 answers a key with no object with (GET: NoSuchKey; HEAD: a bare 404).
+_MISSING_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
+
+
+class ObjectMissing(NotFound):
+    """No object at `key`: it was never written or it vanished. Not an outage: retrying finds it
+    no more, so the caller decides (remake the output, or fail with a reason)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"no object at {key} (it is gone from the store)")
+        self.key = key
+
+
+def _is_missing(exc: ClientError) -> bool:
+    return exc.response.get("Error", {}).get("Code") in _MISSING_CODES
 
 
 _OPERATION_KEY = re.compile(r"^[0-9a-f]{32}$")
@@ -158,7 +175,7 @@ class ClipStore:
         try:
             response = self.client.head_object(Bucket=self.bucket, Key=key)
         except ClientError as exc:
-            if exc.response["Error"]["Code"] in {"404", "NoSuchKey", "NotFound"}:
+            if _is_missing(exc):
                 return None
             raise StoreUnavailable(f"S3 unavailable: {exc}") from exc
         except BotoCoreError as exc:
@@ -169,7 +186,7 @@ class ClipStore:
         try:
             self.client.head_object(Bucket=self.bucket, Key=key)
         except ClientError as exc:
-            if exc.response["Error"]["Code"] in {"404", "NoSuchKey", "NotFound"}:
+            if _is_missing(exc):
                 return False
             raise StoreUnavailable(f"S3 unavailable: {exc}") from exc
         except BotoCoreError as exc:
@@ -177,8 +194,17 @@ class ClipStore:
         return True
 
     def read(self, key: str) -> bytes:
-        response = self._call(self.client.get_object, Bucket=self.bucket, Key=key)
-        return bytes(response["Body"].read())
+        """The object at `key`; `ObjectMissing` when there is none (a lost object is not an
+        outage: retried, it would loop forever), `StoreUnavailable` when S3 did not answer."""
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=key)
+            return bytes(response["Body"].read())
+        except ClientError as exc:
+            if _is_missing(exc):
+                raise ObjectMissing(key) from None
+            raise StoreUnavailable(f"S3 unavailable: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StoreUnavailable(f"S3 unavailable: {exc}") from exc
 
     def folders(self, prefix: str, after: str | None, limit: int) -> FolderPage:
         """One LIST page of the folders under `prefix`, from past `after` (a page's `following`;
