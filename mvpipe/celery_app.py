@@ -22,17 +22,17 @@ MEDIA_QUEUE = "mvpipe.media"
 
 log = logging.getLogger("mvpipe.worker")
 
-app = Celery(
-    "mvpipe",
-    include=[
-        "mvpipe.tasks.plan",
-        "mvpipe.tasks.analyse",
-        "mvpipe.tasks.generate",
-        "mvpipe.tasks.finalize",
-        "mvpipe.tasks.assemble",
-        "mvpipe.tasks.reconcile",
-    ],
+#: The task modules, by name: the app imports none of them itself (a worker does, at start).
+TASK_MODULES = (
+    "mvpipe.tasks.plan",
+    "mvpipe.tasks.analyse",
+    "mvpipe.tasks.generate",
+    "mvpipe.tasks.finalize",
+    "mvpipe.tasks.assemble",
+    "mvpipe.tasks.reconcile",
 )
+
+app = Celery("mvpipe", include=list(TASK_MODULES))
 app.config_from_object("celeryconfig")
 flower_auth.install(app)
 

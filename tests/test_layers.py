@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mvpipe
-from mvpipe.celery_app import app
+from mvpipe.celery_app import TASK_MODULES
 
 #: The layers, lowest first, each by the modules (and packages) that form it. A module may
 #: import the package's modules of its own layer and of the layers below it, never above.
@@ -226,9 +226,9 @@ def test_the_check_reports_what_breaks_the_layers(tmp_path: Path) -> None:
 
 
 def test_the_core_never_imports_the_drills_package() -> None:
-    # Read here, not at import: the app's configuration is read once, on first use, and the
-    # suite's servers set it up only once the session starts.
-    core = ["mvpipe.api", "mvpipe.celery_app", "mvpipe.messaging.dispatch", *app.conf.include]
+    # The task modules by name, not from `app.conf`: reading the app's configuration binds it
+    # for the whole test process, before the suite's servers have set it up.
+    core = ["mvpipe.api", "mvpipe.celery_app", "mvpipe.messaging.dispatch", *TASK_MODULES]
     probe = (
         "import importlib, json, sys\n"
         f"for name in {core!r}: importlib.import_module(name)\n"
