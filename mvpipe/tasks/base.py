@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import traceback
 from typing import Any
 
 from celery import Signature, Task
@@ -13,7 +14,7 @@ from mvpipe.deps import get_settings
 from mvpipe.errors import InvalidInput, StoreUnavailable
 from mvpipe.messaging.dispatch import CeleryDispatcher
 from mvpipe.models import validate_project_id, validate_sequence
-from mvpipe.providers.classify import describe
+from mvpipe.providers.classify import describe, scrub
 from mvpipe.states import backoff_seconds
 
 dispatcher = CeleryDispatcher(app)
@@ -106,6 +107,15 @@ class MvpipeTask(Task):
         return Ignore()
 
 
+def log_unexpected(logger: logging.Logger, where: str, exc: BaseException) -> None:
+    """An error no task expected: one ERROR line (a log record per line keeps log search and
+    alerting simple), the scrubbed traceback at DEBUG for whoever turns it on."""
+    logger.error("unexpected error in %s: %s", where, describe(exc))
+    if logger.isEnabledFor(logging.DEBUG):
+        trace = scrub("".join(traceback.format_exception(exc)))
+        logger.debug("traceback of the error in %s: %s", where, trace)
+
+
 def checked_ids(project_id: Any, sequence: Any = None) -> None:
     """Reject malformed messages up front: Celery's `Reject` (no requeue) ends them as failed
     tasks, so they never crash a worker nor come back."""
@@ -117,4 +127,4 @@ def checked_ids(project_id: Any, sequence: Any = None) -> None:
         raise Reject(str(exc), requeue=False) from None
 
 
-__all__ = ["MvpipeTask", "app", "checked_ids", "dispatcher"]
+__all__ = ["MvpipeTask", "app", "checked_ids", "dispatcher", "log_unexpected"]
