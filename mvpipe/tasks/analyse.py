@@ -27,7 +27,7 @@ def analyse_song(
     only: list[int] | None = None,
     outages: int = 0,
 ) -> Any:
-    checked_ids(project_id)
+    checked_ids(project_id, run_id=run_id, only=only)
     ctx = get_context()
     try:
         project = ctx.projects.get(project_id)

@@ -12,7 +12,6 @@ import logging
 from typing import Any
 
 import redis
-from celery.exceptions import Reject
 
 from mvpipe.deps import get_context
 from mvpipe.errors import Conflict, InvalidInput, NotFound, StoreUnavailable
@@ -30,9 +29,7 @@ MAX_UNEXPECTED = 5
 def assemble_project(
     self: MvpipeTask, project_id: str, run_id: str, outages: int = 0
 ) -> dict[str, Any]:
-    checked_ids(project_id)
-    if not isinstance(run_id, str) or not run_id:
-        raise Reject("an assembly needs its run id", requeue=False)
+    checked_ids(project_id, run_id=run_id)
     ctx = get_context()
     try:
         assembly = assemble_run(ctx, project_id, run_id)

@@ -25,7 +25,7 @@ def finalize_project(
 ) -> dict[str, Any]:
     """The chord's result list is ignored on purpose: only the store tells the truth.
     `scenes_on_board`: the run's scenes are the list its planning kept on the run board."""
-    checked_ids(project_id)
+    checked_ids(project_id, run_id=run_id, run_optional=True, only=sequences)
     ctx = get_context()
     try:
         if scenes_on_board and run_id is not None:

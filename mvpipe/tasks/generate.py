@@ -75,7 +75,9 @@ def generate_scene(
     made_from: str | None = None,
     release: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    checked_ids(project_id, sequence)
+    checked_ids(
+        project_id, sequence, run_id=run_id, run_optional=True, stage=stage, release=release
+    )
     kwargs = {
         "operation_id": operation_id,
         "transient_polls": transient_polls,

@@ -3,17 +3,28 @@ nothing (finalize, reconcile) waits for or restarts the work forever."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 
 import pytest
+from celery.exceptions import Reject
 
 from mvpipe import api
+from mvpipe.celery_app import app
+from mvpipe.deps import get_context
+from mvpipe.messaging.dispatch import (
+    ASSEMBLE_PROJECT,
+    FINALIZE_PROJECT,
+    GENERATE_SCENE,
+    PLAN_SCENES,
+)
 from mvpipe.models import ProjectStatus, SceneStatus
 from tests.conftest import Workers
 from tests.drills.conftest import DRILL_SETTINGS
-from tests.helpers import assert_invariants, generations_per_scene
+from tests.helpers import assert_invariants, generations_per_scene, wait_for
 
 StartWorkers = Callable[..., Workers]
+ANALYSE_SONG = "mvpipe.analyse_song"
 
 #: Retries a few milliseconds apart: a chain reaches its limit of unexpected errors quickly.
 QUICK_RETRIES = {"backoff_base": "0.05", "backoff_max": "0.2"}
@@ -49,3 +60,48 @@ def test_a_scene_that_always_crashes_fails_saying_why_and_stays_failed(
     log = workers.service.log_text()
     assert f"unexpected error in generate_scene {project_id}/1: FailpointError" in log
     assert "Traceback" not in log
+
+
+def test_malformed_task_arguments_are_rejected_with_a_logged_reason_and_no_write(
+    start_workers: StartWorkers,
+) -> None:
+    # Given a project (its valid id in every message below)
+    workers = start_workers(**DRILL_SETTINGS)
+    project_id = api.create_project("Target", "Malformed messages aim at it.", scene_count=1)
+    table = get_context().table.model
+    before = (table.count(), api.get_project(project_id))
+    run = str(uuid.uuid4())
+    scene = [project_id, 1, run, "local"]
+    # When messages arrive whose other arguments are malformed
+    sent = [
+        (app.send_task(GENERATE_SCENE, args=[project_id, 1, "../run", "local"]), "invalid run id"),
+        (
+            app.send_task(
+                GENERATE_SCENE, args=[project_id, 1, run, "local"], kwargs={"stage": "x"}
+            ),
+            "invalid stage",
+        ),
+        (
+            app.send_task(
+                GENERATE_SCENE,
+                args=scene,
+                kwargs={"token": "t", "release": {"refund_micros": -5, "fail": True}},
+            ),
+            "invalid release",
+        ),
+        (app.send_task(PLAN_SCENES, args=[project_id, None]), "invalid run id"),
+        (app.send_task(PLAN_SCENES, args=[project_id, run], kwargs={"only": [0]}), "sequence"),
+        (app.send_task(ANALYSE_SONG, args=[project_id, {"a": 1}]), "invalid run id"),
+        (app.send_task(ANALYSE_SONG, args=[project_id, run], kwargs={"only": "1"}), "scene list"),
+        (app.send_task(FINALIZE_PROJECT, args=[None, project_id, 7, None]), "invalid run id"),
+        (app.send_task(FINALIZE_PROJECT, args=[None, project_id, run, [1, True]]), "sequence"),
+        (app.send_task(ASSEMBLE_PROJECT, args=[project_id, ""]), "invalid run id"),
+    ]
+    # Then each ends as a failed task saying why, the worker logs why, and nothing is written
+    for result, why in sent:
+        wait_for(lambda r=result: r.state == "FAILURE", 60, f"{result.id} to fail")
+        assert isinstance(result.result, Reject) and why in str(result.result), result.result
+    log = workers.service.log_text()
+    assert log.count(f"rejected a malformed message for project {project_id}") == len(sent)
+    assert (table.count(), api.get_project(project_id)) == before
+    assert workers.service.proc.poll() is None
