@@ -22,6 +22,7 @@ from mvpipe.models import ProjectStatus, SceneStatus
 from tests.conftest import Workers
 from tests.drills.conftest import DRILL_SETTINGS
 from tests.helpers import assert_invariants, generations_per_scene, wait_for
+from tests.songs import make_song
 
 StartWorkers = Callable[..., Workers]
 ANALYSE_SONG = "mvpipe.analyse_song"
@@ -105,3 +106,26 @@ def test_malformed_task_arguments_are_rejected_with_a_logged_reason_and_no_write
     assert log.count(f"rejected a malformed message for project {project_id}") == len(sent)
     assert (table.count(), api.get_project(project_id)) == before
     assert workers.service.proc.poll() is None
+
+
+def test_a_song_analysis_that_always_crashes_fails_the_planning_saying_why(
+    start_workers: StartWorkers,
+) -> None:
+    # Given an analysis that crashes with an error nobody expected, every time
+    workers = start_workers(failpoints="before_analysis=raise", **QUICK_RETRIES, **DRILL_SETTINGS)
+    song = make_song("wav", 6.0).data
+    project_id = api.create_project("Crashing song", "Its analysis crashes.", song=song)
+    # When the run has analysed it as often as planning may be tried
+    api.run_project(project_id)
+    view = api.wait_project(project_id, timeout=120)
+    # Then the planning failed, counted and saying why (scrubbed, one line each in the log)
+    assert view.status == ProjectStatus.FAILED, view
+    why = "song analysis: FailpointError: failpoint before_analysis raised"
+    assert view.last_error == f"planning failed: gave up after 5 attempts: {why}"
+    log = workers.service.log_text()
+    assert log.count(f"unexpected error in analyse_song {project_id}: FailpointError") == 5
+    assert "Traceback" not in log
+    # And reconcile analyses nothing again
+    for _ in range(2):
+        assert api.reconcile(project_id, full_sweep=True).total == 0
+    assert api.get_project(project_id).status == ProjectStatus.FAILED
