@@ -129,3 +129,23 @@ def test_a_song_analysis_that_always_crashes_fails_the_planning_saying_why(
     for _ in range(2):
         assert api.reconcile(project_id, full_sweep=True).total == 0
     assert api.get_project(project_id).status == ProjectStatus.FAILED
+
+
+def test_a_finalize_that_always_crashes_logs_one_scrubbed_line_each_then_gives_up(
+    start_workers: StartWorkers,
+) -> None:
+    # Given a finalize that crashes with an error nobody expected, every time
+    workers = start_workers(failpoints="during_finalize=raise", **QUICK_RETRIES, **DRILL_SETTINGS)
+    project_id = api.create_project("Crashing finalize", "It never settles.", scene_count=1)
+    # When the run's chord body runs and retries
+    api.run_project(project_id)
+    # Then each crash is one scrubbed line, the retries end, and no traceback is logged
+    wait_for(
+        lambda: f"finalize of project {project_id} gave up" in workers.service.log_text(),
+        120,
+        "finalize to give up",
+    )
+    log = workers.service.log_text()
+    crashed = f"unexpected error in finalize_project {project_id}: FailpointError"
+    assert log.count(crashed) == 6  # the first try and MAX_UNEXPECTED retries
+    assert "Traceback" not in log
