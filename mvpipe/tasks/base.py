@@ -148,9 +148,7 @@ def checked_ids(
         if run_id is not None or not run_optional:
             validate_run_id(run_id)
         if stage is not None and stage not in BY_NAME:
-            raise InvalidInput(
-                f"invalid stage: {str(stage)[:40]!r} (expected one of {list(BY_NAME)})"
-            )
+            raise InvalidInput(f"invalid stage (expected one of {list(BY_NAME)})")
         if only is not None:
             if not isinstance(only, list):
                 raise InvalidInput("invalid scene list: expected a list of sequences")
@@ -159,8 +157,9 @@ def checked_ids(
         if release is not None:
             _check_release(release)
     except InvalidInput as exc:
-        log.warning("rejected a malformed message for project %s: %s", _shown(project_id), exc)
-        raise Reject(str(exc), requeue=False) from None
+        reason = scrub(str(exc))  # what a message carries is echoed: never a secret in it
+        log.warning("rejected a malformed message for project %s: %s", _shown(project_id), reason)
+        raise Reject(reason, requeue=False) from None
 
 
 def _check_release(release: Any) -> None:
