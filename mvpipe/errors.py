@@ -17,6 +17,10 @@
         └── OutputUnavailable        a paid job's output could not be fetched: polled again
 
 Retry policy keys off these types, never off message text.
+
+Outside the tree, on purpose: `RecordPending` and `LeasePending` (mvpipe.pipeline.steps) are
+control flow, not errors. A paid job's record or a lease's give-back met an outage; the task
+retries that step with what they carry, and they never reach a caller or a `lastError`.
 """
 
 from __future__ import annotations

@@ -233,6 +233,13 @@ def validate_project_id(value: object) -> str:
     return value
 
 
+def validate_run_id(value: object) -> str:
+    """A run id is a UUID4 like a project id (`is_project_id`), else `InvalidInput`."""
+    if not is_project_id(value):
+        raise InvalidInput(f"invalid run id: {_shorten(value)}")
+    return value
+
+
 def validate_sequence(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SCENES:
         raise InvalidInput(f"invalid scene sequence: {_shorten(value)} (expected 1..{MAX_SCENES})")

@@ -795,3 +795,25 @@ def test_a_done_job_with_other_jobs_running_queues_its_cut_behind_their_polls(
     assert step.next == Next.DONE and step.outcome == "completed"
     scene = ctx.scenes.get(project_id, 1)
     assert scene is not None and scene.working_clip_key is not None
+
+
+def test_a_give_up_keeps_a_stored_operation_and_a_live_lease_noting_why(ctx: Context) -> None:
+    # a stored operation is paid work: the scene stays its, with the reason noted
+    project_id, run_id, operation_id = polling_scene(ctx)
+    assert job(ctx, project_id, run_id).give_up("gave up: KeyError: 'x'").next == Next.DONE
+    scene = ctx.scenes.get(project_id, 1)
+    assert scene is not None and scene.status == SceneStatus.PROCESSING
+    assert scene.operation_id == operation_id and scene.last_error == "gave up: KeyError: 'x'"
+    # a live lease may be submitting: not failed under it either
+    project_id, run_id = new_project(ctx, 1)
+    assert claim(ctx, project_id, run_id, uuid.uuid4().hex) == Claim.WON
+    assert job(ctx, project_id, run_id).give_up("gave up: bug").next == Next.DONE
+    scene = ctx.scenes.get(project_id, 1)
+    assert scene is not None and scene.status == SceneStatus.PROCESSING
+    assert scene.last_error == "gave up: bug"
+    # nobody holds a pending scene: it fails, saying why
+    project_id, run_id = new_project(ctx, 1)
+    assert job(ctx, project_id, run_id).give_up("gave up: bug").outcome == "failed: gave up"
+    scene = ctx.scenes.get(project_id, 1)
+    assert scene is not None and scene.status == SceneStatus.FAILED
+    assert scene.last_error == "gave up: bug"

@@ -19,25 +19,28 @@ pytestmark = pytest.mark.integration
 SECRET = "r8_not-a-real-token-0123456789"
 
 
-def test_a_secret_in_an_unexpected_error_never_reaches_the_result_backend(
+def test_a_secret_in_a_malformed_message_never_reaches_the_result_backend(
     start_workers: Callable[..., Workers],
 ) -> None:
     workers = start_workers(env={"REPLICATE_API_TOKEN": SECRET})
-    # A step that fails unexpectedly, with the secret in its error message (a stage name
-    # nobody knows, echoed by the KeyError): the task retries it after a backoff.
-    result = app.send_task(
-        GENERATE_SCENE,
-        args=[str(uuid.uuid4()), 1, None, "local"],
-        kwargs={"stage": f"nope-{SECRET}"},
-    )
-    meta = wait_for(
-        lambda: (m := app.backend.get_task_meta(result.id))["status"] == "RETRY" and m,
-        timeout=60,
-        what="the retry recorded in the result backend",
-    )
-    # (the message's own kwargs are stored beside them, as sent: the test put the secret there)
-    stored = json.dumps({"result": meta["result"], "traceback": meta["traceback"]}, default=str)
-    assert "nope-***" in stored  # the scrubbed cause is what was stored
-    assert SECRET not in stored  # neither in the cause nor in its traceback
+    # A message whose arguments carry the secret (a stage name nobody knows, a run id): it is
+    # rejected before it runs, and the reason it stores and logs never echoes the secret.
+    sent = [
+        app.send_task(
+            GENERATE_SCENE,
+            args=[str(uuid.uuid4()), 1, None, "local"],
+            kwargs={"stage": f"nope-{SECRET}"},
+        ),
+        app.send_task(GENERATE_SCENE, args=[str(uuid.uuid4()), 1, f"run-{SECRET}", "local"]),
+    ]
+    for result in sent:
+        meta = wait_for(
+            lambda r=result: (m := app.backend.get_task_meta(r.id))["status"] == "FAILURE" and m,
+            timeout=60,
+            what="the rejection recorded in the result backend",
+        )
+        stored = json.dumps({"result": meta["result"], "traceback": meta["traceback"]}, default=str)
+        assert "invalid" in stored  # the reason is stored
+        assert SECRET not in stored  # neither in the reason nor in its traceback
     logged = [line for line in workers.service.log_path.read_text().splitlines() if SECRET in line]
     assert logged == []

@@ -6,7 +6,9 @@ execution at exactly that moment. On Celery's threads pool the process is the wh
 execution its threads were running dies with it, as they would in a crash of that worker (nothing
 restarts it: a drill starts another). A point named `name=hold` instead stops that one execution
 there until the drill says go (`release`), so the drill can break something (pause the state
-server) exactly while the execution is at that point.
+server) exactly while the execution is at that point. A point named `name=raise` raises
+`FailpointError` (an error mvpipe does not expect) every time it is reached: a bug that never
+goes away, for drills of what a task does when it gives up.
 
 The core names its points through `mvpipe.hooks`; `arm` routes them here, once, in a process
 whose environment names any (the local stack's workers load `devstack.worker`, which arms them).
@@ -39,6 +41,10 @@ LIPSYNC_POINTS = ("lipsync_after_submit", "lipsync_during_poll", "lipsync_after_
 HOLD_SECONDS = 120.0
 
 
+class FailpointError(RuntimeError):
+    """Raised at a `name=raise` point: not an `MvpipeError`, so the core meets it as a bug."""
+
+
 def _modes(wanted: str) -> dict[str, str]:
     """`name[=mode]` entries, comma-separated; a bare name kills."""
     modes = {}
@@ -64,6 +70,9 @@ def _reached(modes: dict[str, str], name: str) -> None:
         return
     markers = marker_dir(get_settings().state_dir)
     markers.mkdir(parents=True, exist_ok=True)
+    if mode == "raise":  # every time; the marker only tells the drill it was reached
+        (markers / name).touch()
+        raise FailpointError(f"failpoint {name} raised")
     try:
         fd = os.open(markers / name, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mvpipe.deps import Context
+from mvpipe.errors import MvpipeError
 from mvpipe.models import SceneStatus
 from mvpipe.pipeline.cut import CutRunner
 from mvpipe.pipeline.execution import Execution
@@ -178,3 +179,30 @@ class SceneJob:
         ):
             return Step.done("owned by another execution")
         return self.then(machine.submit(scene), stages_run + 1)
+
+    def give_up(self, error: str) -> Step:
+        """This execution chain met an error no retry cures: the scene says why (`lastError`),
+        and a stage nobody holds fails, so neither the run's finalize nor reconcile waits for
+        or restarts it forever (a user's run tries again). A stored operation is paid work, and
+        a live lease may be submitting one: the scene stays theirs, with the error noted."""
+        scene = self.ctx.scenes.get(self.x.project_id, self.x.sequence)
+        if scene is None or scene.status in (SceneStatus.COMPLETED, SceneStatus.FAILED):
+            return Step.done("gave up")
+        stage = next_stage(scene)
+        if stage is not None and self.ctx.scenes.fail_open(
+            self.x.project_id, self.x.sequence, error=error, stage=stage.fields
+        ):
+            if stage.paid:
+                self.free_slot(stage)
+            self.x.log(f"gave up, scene failed: {error}", None, None, stage.name)
+            return self.x.finished("failed: gave up")
+        self.ctx.scenes.note_error(self.x.project_id, self.x.sequence, error=error)
+        return Step.done("gave up, the stage's owner goes on")
+
+    def free_slot(self, stage: Stage) -> None:
+        """The quota slot a failed scene's stage may hold (acquired before its claim)."""
+        try:
+            machine = self.paid(stage)
+        except MvpipeError:  # no provider (the error given up on): no slot of its pool taken
+            return
+        machine.release_unowned_slot()

@@ -407,10 +407,13 @@ class SceneStore:
     def fail_open(
         self, project_id: str, sequence: int, *, error: str, stage: StageFields = ORIGINAL
     ) -> bool:
-        """Fail a scene nobody holds (no live lease, no operation or output of the paid `stage`):
-        its next job cannot be paid for (over budget, or unpriced). A user's run tries again."""
+        """Fail a scene nobody holds (no live lease, no operation or output of `stage`): its
+        next job cannot be paid for (over budget, or unpriced), or its chain gave up on an error
+        no retry cures (a free stage too). A user's run tries again."""
         m = self.m
-        output, operation, _ = _paid(m, stage)
+        unheld = getattr(m, stage.output).does_not_exist() & _open(m, time.time())
+        if stage.operation is not None:
+            unheld &= getattr(m, stage.operation).does_not_exist()
         return self._transition(
             project_id,
             sequence,
@@ -419,8 +422,21 @@ class SceneStore:
                 m.last_error.set(clip_error(error)),
                 *self._no_lease(),
             ],
-            operation.does_not_exist() & output.does_not_exist() & _open(m, time.time()),
+            unheld,
             done=lambda s: s.status == SceneStatus.FAILED,
+        )
+
+    def note_error(self, project_id: str, sequence: int, *, error: str) -> bool:
+        """Say why a scene's chain gave up (`lastError`) without failing it: a stored operation
+        (paid work) or a live lease still owns it, and polls or reconcile finish it."""
+        m = self.m
+        message = clip_error(error)
+        return self._transition(
+            project_id,
+            sequence,
+            [m.last_error.set(message)],
+            (m.status == SceneStatus.PENDING) | (m.status == SceneStatus.PROCESSING),
+            done=lambda s: s.last_error == message,
         )
 
     # -- resets --------------------------------------------------------------------------------

@@ -9,17 +9,15 @@ takes it over and the new run's finalize sends the assembly again.
 from __future__ import annotations
 
 import logging
-import traceback
 from typing import Any
 
 import redis
-from celery.exceptions import Reject
 
 from mvpipe.deps import get_context
 from mvpipe.errors import Conflict, InvalidInput, NotFound, StoreUnavailable
 from mvpipe.pipeline.assemble import assemble_run, give_up
-from mvpipe.providers.classify import describe, scrub
-from mvpipe.tasks.base import MvpipeTask, app, checked_ids
+from mvpipe.providers.classify import describe
+from mvpipe.tasks.base import MvpipeTask, app, checked_ids, log_unexpected
 
 log = logging.getLogger("mvpipe.tasks.assemble")
 
@@ -31,9 +29,7 @@ MAX_UNEXPECTED = 5
 def assemble_project(
     self: MvpipeTask, project_id: str, run_id: str, outages: int = 0
 ) -> dict[str, Any]:
-    checked_ids(project_id)
-    if not isinstance(run_id, str) or not run_id:
-        raise Reject("an assembly needs its run id", requeue=False)
+    checked_ids(project_id, run_id=run_id)
     ctx = get_context()
     try:
         assembly = assemble_run(ctx, project_id, run_id)
@@ -45,11 +41,7 @@ def assemble_project(
     except (StoreUnavailable, Conflict, redis.RedisError) as exc:
         raise self.outage_retry(exc, {}, outages) from None
     except Exception as exc:
-        log.error(
-            "unexpected error assembling %s:\n%s",
-            project_id,
-            scrub("".join(traceback.format_exception(exc))),
-        )
+        log_unexpected(log, f"assemble_project {project_id}", exc)
         if outages < MAX_UNEXPECTED:
             raise self.outage_retry(exc, {}, outages) from None
         give_up(ctx, project_id, run_id, describe(exc))

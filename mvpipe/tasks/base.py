@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import traceback
 from typing import Any
 
 from celery import Signature, Task
@@ -12,8 +13,9 @@ from mvpipe.celery_app import app
 from mvpipe.deps import get_settings
 from mvpipe.errors import InvalidInput, StoreUnavailable
 from mvpipe.messaging.dispatch import CeleryDispatcher
-from mvpipe.models import validate_project_id, validate_sequence
-from mvpipe.providers.classify import describe
+from mvpipe.models import is_project_id, validate_project_id, validate_run_id, validate_sequence
+from mvpipe.pipeline.stages import BY_NAME
+from mvpipe.providers.classify import describe, scrub
 from mvpipe.states import backoff_seconds
 
 dispatcher = CeleryDispatcher(app)
@@ -106,15 +108,75 @@ class MvpipeTask(Task):
         return Ignore()
 
 
-def checked_ids(project_id: Any, sequence: Any = None) -> None:
-    """Reject malformed messages up front: Celery's `Reject` (no requeue) ends them as failed
-    tasks, so they never crash a worker nor come back."""
+def log_unexpected(logger: logging.Logger, where: str, exc: BaseException) -> None:
+    """An error no task expected: one ERROR line (a log record per line keeps log search and
+    alerting simple), the scrubbed traceback at DEBUG for whoever turns it on."""
+    logger.error("unexpected error in %s: %s", where, describe(exc))
+    if logger.isEnabledFor(logging.DEBUG):
+        trace = scrub("".join(traceback.format_exception(exc)))
+        logger.debug("traceback of the error in %s: %s", where, trace)
+
+
+#: A lease's give-back carried to the next step (`LeasePending`): its keys and their types.
+RELEASE_FIELDS: dict[str, type] = {
+    "refund_micros": int,
+    "unknown_micros": int,
+    "unused": bool,
+    "error": str,
+    "fail": bool,
+}
+
+
+def checked_ids(
+    project_id: Any,
+    sequence: Any = None,
+    *,
+    run_id: Any,
+    run_optional: bool = False,
+    stage: Any = None,
+    only: Any = None,
+    release: Any = None,
+) -> None:
+    """Reject malformed messages up front, before anything is read or written: Celery's
+    `Reject` (no requeue) ends them as failed tasks, so they never crash a worker nor come
+    back, and the reason is logged. `run_optional`: a run id may be None (work outside a run).
+    `only`: a list of sequences; `stage`: a stage's name; `release`: a carried give-back."""
     try:
         validate_project_id(project_id)
         if sequence is not None:
             validate_sequence(sequence)
+        if run_id is not None or not run_optional:
+            validate_run_id(run_id)
+        if stage is not None and stage not in BY_NAME:
+            raise InvalidInput(f"invalid stage (expected one of {list(BY_NAME)})")
+        if only is not None:
+            if not isinstance(only, list):
+                raise InvalidInput("invalid scene list: expected a list of sequences")
+            for each in only:
+                validate_sequence(each)
+        if release is not None:
+            _check_release(release)
     except InvalidInput as exc:
-        raise Reject(str(exc), requeue=False) from None
+        reason = scrub(str(exc))  # what a message carries is echoed: never a secret in it
+        log.warning("rejected a malformed message for project %s: %s", _shown(project_id), reason)
+        raise Reject(reason, requeue=False) from None
 
 
-__all__ = ["MvpipeTask", "app", "checked_ids", "dispatcher"]
+def _check_release(release: Any) -> None:
+    fields = RELEASE_FIELDS
+    if not isinstance(release, dict) or not release.keys() <= fields.keys():
+        raise InvalidInput(f"invalid release: expected an object with keys from {list(fields)}")
+    for key, value in release.items():
+        kind = fields[key]
+        # bool is an int: a flag given for an amount is malformed too, as is a negative amount
+        amount = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        if not (amount if kind is int else isinstance(value, kind)):
+            raise InvalidInput(f"invalid release: {key} must be a {kind.__name__}")
+
+
+def _shown(project_id: Any) -> str:
+    """The project id as a log line may show it (a malformed one is not echoed whole)."""
+    return project_id if is_project_id(project_id) else "(malformed id)"
+
+
+__all__ = ["MvpipeTask", "app", "checked_ids", "dispatcher", "log_unexpected"]

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import redis
 
+from mvpipe import hooks
 from mvpipe.deps import get_context
 from mvpipe.errors import Conflict, NotFound, StoreUnavailable
 from mvpipe.pipeline.finalize import finalize_run
+from mvpipe.providers.classify import describe
 from mvpipe.tasks.assemble import assemble_project
-from mvpipe.tasks.base import MvpipeTask, app, checked_ids
+from mvpipe.tasks.base import MvpipeTask, app, checked_ids, log_unexpected
+
+log = logging.getLogger("mvpipe.tasks.finalize")
+
+#: Unexpected errors tolerated per execution chain before finalize gives up: the run is left
+#: to reconcile, which settles it with its own read (or takes the stale run over).
+MAX_UNEXPECTED = 5
 
 
 @app.task(base=MvpipeTask, bind=True, name="mvpipe.finalize_project")
@@ -25,9 +34,10 @@ def finalize_project(
 ) -> dict[str, Any]:
     """The chord's result list is ignored on purpose: only the store tells the truth.
     `scenes_on_board`: the run's scenes are the list its planning kept on the run board."""
-    checked_ids(project_id)
+    checked_ids(project_id, run_id=run_id, run_optional=True, only=sequences)
     ctx = get_context()
     try:
+        hooks.reached("during_finalize")
         if scenes_on_board and run_id is not None:
             sequences = ctx.board.run_scenes(run_id)
         settlement = finalize_run(ctx, project_id, run_id, sequences)
@@ -36,6 +46,13 @@ def finalize_project(
     except (StoreUnavailable, Conflict, redis.RedisError) as exc:  # Conflict: it kept moving
         kwargs = {"outages": outages, "scenes_on_board": scenes_on_board}
         raise self.outage_retry(exc, kwargs, outages) from None
+    except Exception as exc:  # scrubbed, bounded: never a raw traceback in the log or backend
+        log_unexpected(log, f"finalize_project {project_id}", exc)
+        if outages < MAX_UNEXPECTED:
+            kwargs = {"outages": outages, "scenes_on_board": scenes_on_board}
+            raise self.outage_retry(exc, kwargs, outages) from None
+        log.warning("finalize of project %s gave up: %s", project_id, describe(exc))
+        return {"project_id": project_id, "outcome": f"finalize failed: {describe(exc)}"}
     if settlement.assemble and run_id is not None:
         # The assembly takes this task's id, so the run's AsyncResult resolves to its result.
         # A second finalize of the run sends a second assembly: harmless (it finds the object

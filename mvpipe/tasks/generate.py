@@ -12,21 +12,20 @@ owns the step and the other ends without a result, so the chord counts each scen
 from __future__ import annotations
 
 import logging
-import traceback
 from typing import Any
 
 import redis
 from celery.exceptions import Ignore
 
 from mvpipe.deps import get_context
-from mvpipe.errors import MvpipeError, StoreUnavailable
+from mvpipe.errors import Conflict, MvpipeError, NotFound, StoreUnavailable
 from mvpipe.models import micros_to_usd
 from mvpipe.pipeline.finalize import refinalize
 from mvpipe.pipeline.generate import SceneJob
 from mvpipe.pipeline.stages import STAGES
 from mvpipe.pipeline.steps import LeasePending, Next, RecordPending
-from mvpipe.providers.classify import describe, scrub
-from mvpipe.tasks.base import MvpipeTask, app, checked_ids, dispatcher
+from mvpipe.providers.classify import describe
+from mvpipe.tasks.base import MvpipeTask, app, checked_ids, dispatcher, log_unexpected
 
 log = logging.getLogger("mvpipe.tasks.generate")
 
@@ -76,7 +75,9 @@ def generate_scene(
     made_from: str | None = None,
     release: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    checked_ids(project_id, sequence)
+    checked_ids(
+        project_id, sequence, run_id=run_id, run_optional=True, stage=stage, release=release
+    )
     kwargs = {
         "operation_id": operation_id,
         "transient_polls": transient_polls,
@@ -105,6 +106,7 @@ def generate_scene(
         wake=wake,
         queue=_kept_queue(self),
     )
+    failure: Exception | None = None
     try:
         if copy is not None and not ctx.board.first_copy(
             str(self.request.id), self.request.retries, copy, TWIN_SECONDS
@@ -126,21 +128,20 @@ def generate_scene(
         raise self.outage_retry(exc, {**kwargs, **exc.carry}, outages) from None
     except (StoreUnavailable, redis.RedisError) as exc:
         raise self.outage_retry(exc, kwargs, outages) from None
-    except MvpipeError as exc:
+    except (Conflict, NotFound) as exc:  # the store moved on: its new owner decides
         log.warning("scene %s/%s: %s", project_id, sequence, describe(exc))
-        return _gave_up(project_id, sequence, exc)
+        return _outcome(project_id, sequence, exc)
+    except MvpipeError as exc:
+        failure = exc
     except Exception as exc:
-        log.error(
-            "unexpected error in generate_scene %s/%s:\n%s",
-            project_id,
-            sequence,
-            scrub("".join(traceback.format_exception(exc))),
-        )
+        log_unexpected(log, f"generate_scene {project_id}/{sequence}", exc)
         if outages < MAX_UNEXPECTED:
             raise self.outage_retry(exc, kwargs, outages) from None
-        return _gave_up(project_id, sequence, exc)
+        failure = exc
     finally:
         job.x.send_wakes()  # a safety net: each release sends its own at once
+    if failure is not None:
+        return _give_up(self, job, failure, kwargs, outages)
     if step is None:
         raise Ignore()
     if step.next == Next.DONE:
@@ -182,5 +183,28 @@ def _stage(stage: str | None) -> dict[str, Any]:
     return {"stage": stage} if stage else {}
 
 
-def _gave_up(project_id: str, sequence: int, exc: Exception) -> dict[str, Any]:
+def _give_up(
+    task: MvpipeTask, job: SceneJob, exc: Exception, kwargs: dict[str, Any], outages: int
+) -> dict[str, Any]:
+    """No retry cures `exc`: the scene records why and fails unless paid work owns it
+    (`SceneJob.give_up`). Still never raised into the chord: an outage meanwhile retries
+    (that step meets the error again and gives up again), anything else is logged."""
+    x = job.x
+    error = describe(exc)
+    log.warning("scene %s/%s gave up: %s", x.project_id, x.sequence, error)
+    try:
+        step = job.give_up(f"gave up: {error}")
+        if step.refinalize:
+            refinalize(job.ctx, dispatcher, x.project_id, x.run_id)
+    except (StoreUnavailable, redis.RedisError) as outage:
+        raise task.outage_retry(outage, kwargs, outages) from None
+    except Exception as unrecorded:
+        log.error("scene %s/%s: give-up not recorded: %s", x.project_id, x.sequence,
+                  describe(unrecorded))  # fmt: skip
+    finally:
+        x.send_wakes()
+    return _outcome(x.project_id, x.sequence, exc)
+
+
+def _outcome(project_id: str, sequence: int, exc: Exception) -> dict[str, Any]:
     return {"project_id": project_id, "sequence": sequence, "outcome": f"error: {describe(exc)}"}

@@ -53,7 +53,7 @@ def plan_scenes(
     planner_failures: int = 0,
     outages: int = 0,
 ) -> Any:
-    checked_ids(project_id)
+    checked_ids(project_id, run_id=run_id, only=only)
     ctx = get_context()
     kwargs = {"only": only, "planner_failures": planner_failures, "outages": outages}
     try:

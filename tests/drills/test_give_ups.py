@@ -1,0 +1,151 @@
+"""Drills of tasks that give up: an error no retry cures ends in a state that says why, and
+nothing (finalize, reconcile) waits for or restarts the work forever."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+
+import pytest
+from celery.exceptions import Reject
+
+from mvpipe import api
+from mvpipe.celery_app import app
+from mvpipe.deps import get_context
+from mvpipe.messaging.dispatch import (
+    ASSEMBLE_PROJECT,
+    FINALIZE_PROJECT,
+    GENERATE_SCENE,
+    PLAN_SCENES,
+)
+from mvpipe.models import ProjectStatus, SceneStatus
+from tests.conftest import Workers
+from tests.drills.conftest import DRILL_SETTINGS
+from tests.helpers import assert_invariants, generations_per_scene, wait_for
+from tests.songs import make_song
+
+StartWorkers = Callable[..., Workers]
+ANALYSE_SONG = "mvpipe.analyse_song"
+
+#: Retries a few milliseconds apart: a chain reaches its limit of unexpected errors quickly.
+QUICK_RETRIES = {"backoff_base": "0.05", "backoff_max": "0.2"}
+
+
+@pytest.mark.parametrize(
+    ("point", "paid"),
+    [("before_claim_write", 0), ("during_cut", 1)],  # a paid stage unclaimed; a free stage
+)
+def test_a_scene_that_always_crashes_fails_saying_why_and_stays_failed(
+    start_workers: StartWorkers, point: str, paid: int
+) -> None:
+    # Given a bug at one point of a scene's step, met by every execution that reaches it
+    workers = start_workers(failpoints=f"{point}=raise", **QUICK_RETRIES, **DRILL_SETTINGS)
+    project_id = api.create_project("Bug", "It crashes every time.", scene_count=1)
+    # When the run's chain has retried it as often as it may
+    api.run_project(project_id)
+    view = api.wait_project(project_id, timeout=120)
+    # Then the scene failed with the (scrubbed) reason, and the run settled on it
+    assert view.status == ProjectStatus.FAILED, view
+    (scene,) = view.scenes
+    assert scene.status == SceneStatus.FAILED
+    assert scene.last_error == f"gave up: FailpointError: failpoint {point} raised"
+    assert_invariants(project_id)
+    # And reconcile restarts nothing: only a user's run pays or tries again
+    for _ in range(2):
+        report = api.reconcile(project_id, full_sweep=True)
+        assert report.total == 0 and report.resumed_stages == 0, report
+    after = api.get_project(project_id)
+    assert after.scenes[0].status == SceneStatus.FAILED
+    assert sum(generations_per_scene(workers.ledger, project_id).values()) == paid
+    # Each crash was logged as one line, without a traceback
+    log = workers.service.log_text()
+    assert f"unexpected error in generate_scene {project_id}/1: FailpointError" in log
+    assert "Traceback" not in log
+
+
+def test_malformed_task_arguments_are_rejected_with_a_logged_reason_and_no_write(
+    start_workers: StartWorkers,
+) -> None:
+    # Given a project (its valid id in every message below)
+    workers = start_workers(**DRILL_SETTINGS)
+    project_id = api.create_project("Target", "Malformed messages aim at it.", scene_count=1)
+    table = get_context().table.model
+    before = (table.count(), api.get_project(project_id))
+    run = str(uuid.uuid4())
+    scene = [project_id, 1, run, "local"]
+    # When messages arrive whose other arguments are malformed
+    sent = [
+        (app.send_task(GENERATE_SCENE, args=[project_id, 1, "../run", "local"]), "invalid run id"),
+        (
+            app.send_task(
+                GENERATE_SCENE, args=[project_id, 1, run, "local"], kwargs={"stage": "x"}
+            ),
+            "invalid stage",
+        ),
+        (
+            app.send_task(
+                GENERATE_SCENE,
+                args=scene,
+                kwargs={"token": "t", "release": {"refund_micros": -5, "fail": True}},
+            ),
+            "invalid release",
+        ),
+        (app.send_task(PLAN_SCENES, args=[project_id, None]), "invalid run id"),
+        (app.send_task(PLAN_SCENES, args=[project_id, run], kwargs={"only": [0]}), "sequence"),
+        (app.send_task(ANALYSE_SONG, args=[project_id, {"a": 1}]), "invalid run id"),
+        (app.send_task(ANALYSE_SONG, args=[project_id, run], kwargs={"only": "1"}), "scene list"),
+        (app.send_task(FINALIZE_PROJECT, args=[None, project_id, 7, None]), "invalid run id"),
+        (app.send_task(FINALIZE_PROJECT, args=[None, project_id, run, [1, True]]), "sequence"),
+        (app.send_task(ASSEMBLE_PROJECT, args=[project_id, ""]), "invalid run id"),
+    ]
+    # Then each ends as a failed task saying why, the worker logs why, and nothing is written
+    for result, why in sent:
+        wait_for(lambda r=result: r.state == "FAILURE", 60, f"{result.id} to fail")
+        assert isinstance(result.result, Reject) and why in str(result.result), result.result
+    log = workers.service.log_text()
+    assert log.count(f"rejected a malformed message for project {project_id}") == len(sent)
+    assert (table.count(), api.get_project(project_id)) == before
+    assert workers.service.proc.poll() is None
+
+
+def test_a_song_analysis_that_always_crashes_fails_the_planning_saying_why(
+    start_workers: StartWorkers,
+) -> None:
+    # Given an analysis that crashes with an error nobody expected, every time
+    workers = start_workers(failpoints="before_analysis=raise", **QUICK_RETRIES, **DRILL_SETTINGS)
+    song = make_song("wav", 6.0).data
+    project_id = api.create_project("Crashing song", "Its analysis crashes.", song=song)
+    # When the run has analysed it as often as planning may be tried
+    api.run_project(project_id)
+    view = api.wait_project(project_id, timeout=120)
+    # Then the planning failed, counted and saying why (scrubbed, one line each in the log)
+    assert view.status == ProjectStatus.FAILED, view
+    why = "song analysis: FailpointError: failpoint before_analysis raised"
+    assert view.last_error == f"planning failed: gave up after 5 attempts: {why}"
+    log = workers.service.log_text()
+    assert log.count(f"unexpected error in analyse_song {project_id}: FailpointError") == 5
+    assert "Traceback" not in log
+    # And reconcile analyses nothing again
+    for _ in range(2):
+        assert api.reconcile(project_id, full_sweep=True).total == 0
+    assert api.get_project(project_id).status == ProjectStatus.FAILED
+
+
+def test_a_finalize_that_always_crashes_logs_one_scrubbed_line_each_then_gives_up(
+    start_workers: StartWorkers,
+) -> None:
+    # Given a finalize that crashes with an error nobody expected, every time
+    workers = start_workers(failpoints="during_finalize=raise", **QUICK_RETRIES, **DRILL_SETTINGS)
+    project_id = api.create_project("Crashing finalize", "It never settles.", scene_count=1)
+    # When the run's chord body runs and retries
+    api.run_project(project_id)
+    # Then each crash is one scrubbed line, the retries end, and no traceback is logged
+    wait_for(
+        lambda: f"finalize of project {project_id} gave up" in workers.service.log_text(),
+        120,
+        "finalize to give up",
+    )
+    log = workers.service.log_text()
+    crashed = f"unexpected error in finalize_project {project_id}: FailpointError"
+    assert log.count(crashed) == 6  # the first try and MAX_UNEXPECTED retries
+    assert "Traceback" not in log
