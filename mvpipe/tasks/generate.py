@@ -141,6 +141,13 @@ def generate_scene(
     finally:
         job.x.send_wakes()  # a safety net: each release sends its own at once
     if failure is not None:
+        if token is not None:
+            # A record of a paid job, or a lease's give-back, is still owed (RecordPending,
+            # LeasePending): failing the scene now would drop the operation id (or the refund)
+            # it carries, so it is retried like an outage, however long that lasts.
+            log.warning("scene %s/%s: %s; retrying the write it owes", project_id, sequence,
+                        describe(failure))  # fmt: skip
+            raise self.outage_retry(failure, kwargs, outages) from None
         return _give_up(self, job, failure, kwargs, outages)
     if step is None:
         raise Ignore()

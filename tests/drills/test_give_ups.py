@@ -3,6 +3,7 @@ nothing (finalize, reconcile) waits for or restarts the work forever."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable
 
@@ -19,9 +20,10 @@ from mvpipe.messaging.dispatch import (
     PLAN_SCENES,
 )
 from mvpipe.models import ProjectStatus, SceneStatus
+from mvpipe.store.scenes import ORIGINAL, Claim
 from tests.conftest import Workers
 from tests.drills.conftest import DRILL_SETTINGS
-from tests.helpers import assert_invariants, generations_per_scene, wait_for
+from tests.helpers import assert_invariants, generations_per_scene, new_project, wait_for
 from tests.songs import make_song
 
 StartWorkers = Callable[..., Workers]
@@ -149,3 +151,39 @@ def test_a_finalize_that_always_crashes_logs_one_scrubbed_line_each_then_gives_u
     crashed = f"unexpected error in finalize_project {project_id}: FailpointError"
     assert log.count(crashed) == 6  # the first try and MAX_UNEXPECTED retries
     assert "Traceback" not in log
+
+
+def test_a_redo_that_owes_a_paid_jobs_record_never_gives_up(start_workers: StartWorkers) -> None:
+    # Given a scene whose lease expired after its job was submitted: the record of that job's
+    # operation id is still owed, and the redo that carries it (a RecordPending retry) meets an
+    # error no retry cures (here a provider name nothing builds)
+    workers = start_workers(**QUICK_RETRIES, **DRILL_SETTINGS)
+    ctx = get_context()
+    project_id, run_id = new_project(ctx, 1)
+    token = uuid.uuid4().hex
+    claimed = ctx.scenes.claim(
+        project_id, 1, run_id=run_id, token=token, lease_seconds=60, max_attempts=3,
+        now=time.time() - 120,
+    )  # fmt: skip
+    assert claimed.outcome == Claim.WON
+    # When the redo runs, again and again
+    app.send_task(
+        GENERATE_SCENE,
+        args=[project_id, 1, run_id, "nope"],
+        kwargs={"operation_id": "local-paid", "token": token, "attempt": 1},
+    )
+
+    def settled_or_retried() -> bool:
+        scene = ctx.scenes.get(project_id, 1)
+        left = scene is None or scene.status != SceneStatus.PROCESSING
+        return left or workers.service.log_text().count("retrying the write it owes") >= 3
+
+    wait_for(settled_or_retried, 60, "the redo to meet its error three times, or give up")
+    # Then the scene is not failed under the paid job: its record can still land
+    scene = ctx.scenes.get(project_id, 1)
+    assert scene is not None and scene.status == SceneStatus.PROCESSING, scene
+    assert scene.last_error is None or "gave up" not in scene.last_error
+    recorded = ctx.scenes.record_operation(
+        project_id, 1, token=token, operation_id="local-paid", run_id=run_id, stage=ORIGINAL
+    )
+    assert recorded == Claim.WON
