@@ -605,7 +605,7 @@ class PaidOperation:
     def unfetched(self, operation_id: str, transient_polls: int, tries: int, error: str) -> Step:
         """The job finished (so it is paid) but its output could not be fetched: not the job's
         failure (a signed URL expired, an output deleted while our store was out). Counted like
-        a poll error and polled again, which gives a fresh URL; the scene fails only when
+        a poll error and polled again (which helps a passing refusal); the scene fails only when
         `tries` (this poll's count, 0 when not counted) reaches `max_poll_errors`."""
         error = f"the job is paid for but its output could not be fetched: {error}"
         if tries >= self.s.max_poll_errors:
