@@ -97,6 +97,6 @@ class PermanentProviderError(ProviderError):
 
 class OutputUnavailable(ProviderError):
     """A finished (so paid) job's output could not be fetched: a signed URL expired, the
-    output was deleted or is not readable yet. Not the job's failure: polling again gives a
-    fresh URL, so the poll loop counts it like a poll error and fails the scene only after
+    output was deleted or is not readable yet. Not the job's failure: a passing refusal may
+    clear, so the poll loop counts it like a poll error and fails the scene only after
     `MVPIPE_MAX_POLL_ERRORS` of them in a row."""

@@ -239,13 +239,41 @@ class ProviderStandIn:
         return {"name": name, "done": True, "response": response}
 
     # -- Google Cloud Storage (JSON API media download) -----------------------------------------
+    #: every stored object's generation (one write each)
+    GCS_GENERATION = "1"
+
     def gcs_object(self, path: str, query: str) -> bytes | None:
-        """The object a media download asks for (`alt=media` required), or None."""
+        """The object a media download asks for (`alt=media` required, and a generation
+        condition, when sent, met), or None."""
         match = re.match(r"^/download/storage/v1/b/([^/]+)/o/(.+)$", path)
-        if match is None or "alt=media" not in query.split("&"):
+        params = query.split("&")
+        if match is None or "alt=media" not in params:
+            return None
+        conditions = [p.partition("=")[2] for p in params if p.startswith("ifGenerationMatch=")]
+        if any(generation != self.GCS_GENERATION for generation in conditions):
             return None
         with self.lock:
             return self.gcs_objects.get((match[1], unquote(match[2])))
+
+    def gcs_metadata(self, path: str) -> dict[str, Any] | None:
+        """An object's metadata (JSON API `objects.get`), or None when there is no such object."""
+        match = re.match(r"^/storage/v1/b/([^/]+)/o/(.+)$", path)
+        if match is None:
+            return None
+        bucket, name = match[1], unquote(match[2])
+        with self.lock:
+            data = self.gcs_objects.get((bucket, name))
+        if data is None:
+            return None
+        size, generation = str(len(data)), self.GCS_GENERATION
+        return {
+            "kind": "storage#object",
+            "bucket": bucket,
+            "name": name,
+            "size": size,
+            "generation": generation,
+            "contentType": "video/mp4",
+        }
 
     # -- Gemini --------------------------------------------------------------------------------
     def gemini_generate(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -467,6 +495,7 @@ class _Handler(BaseHTTPRequestHandler):
             ("GET", r"^/v1/predictions/[^/]+$", "replicate.poll"),
             ("GET", r"^/files/", "file"),
             ("GET", r"^/download/storage/v1/b/", "gcs"),
+            ("GET", r"^/storage/v1/b/[^/]+/o/", "gcs.metadata"),
         ]
         kind = next(
             (k for m, pattern, k in kinds if m == method and re.search(pattern, path)), None
@@ -517,6 +546,11 @@ class _Handler(BaseHTTPRequestHandler):
             if found is None:
                 self._error("gcs", 404, f"No such object: {path}")
             return found
+        if kind == "gcs.metadata":
+            metadata = s.gcs_metadata(path)
+            if metadata is None:
+                self._error("gcs", 404, f"No such object: {path}")
+            return metadata
         if kind == "replicate.create":
             model = path.removeprefix("/v1/models/").removesuffix("/predictions")
             fetched: dict[str, Fetched] | None = None

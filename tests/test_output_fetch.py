@@ -97,6 +97,22 @@ def test_an_output_that_is_gone_fails_the_scene_saying_it_was_paid(
     assert "paid" in error and "could not be fetched" in error and "410" in error, error
 
 
+def test_an_output_refused_and_unavailable_by_turns_still_fails_after_the_limit(
+    standin: ProviderStandIn, start_workers: StartWorkers
+) -> None:
+    # Given a finished job whose output URL answers 403, 503, 403, 503, ... (a 503 on the
+    # download is transient, and must not wipe the count the 403s built up)
+    standin.fail_next["file"] = [403, 503] * 10
+    view = run_one_scene(start_workers, backoff_base="0.1", backoff_max="0.2")
+    # Then the scene fails after MVPIPE_MAX_POLL_ERRORS fetches in a row, paid once (it
+    # does not stay processing, holding its quota slot, until the script runs out)
+    scene = view.scenes[0]
+    assert scene.status == SceneStatus.FAILED, scene.status
+    assert standin.created["replicate"] == 1 and scene.attempts == 1
+    assert downloads(standin) == MAX_POLL_ERRORS
+    assert "paid" in (scene.last_error or ""), scene.last_error
+
+
 def test_an_output_over_the_byte_cap_is_refused_and_the_scene_says_so(
     standin: ProviderStandIn, start_workers: StartWorkers
 ) -> None:

@@ -92,11 +92,16 @@ def test_a_gcs_output_over_the_byte_cap_is_refused(standin: ProviderStandIn) -> 
     with pytest.raises(PermanentProviderError, match=r"paid.*MVPIPE_MAX_CLIP_BYTES") as caught:
         VeoVideoProvider(under).download(status)
     assert not isinstance(caught.value, OutputUnavailable)
-    # asked as a range one byte past the cap: a larger object is never read whole
-    assert [r.headers.get("range") for r in standin.requests if r.kind == "gcs"] == [
-        f"bytes=0-{len(CLIP)}",
-        f"bytes=0-{len(CLIP) - 1}",
+    # its size read first: the larger object is never downloaded, the other read whole (no
+    # range, so its checksum is checked) and only in the generation whose size was read
+    assert [r.kind for r in standin.requests if r.kind.startswith("gcs")] == [
+        "gcs.metadata",
+        "gcs",
+        "gcs.metadata",
     ]
+    (download,) = [p for p in standin.paths if p.startswith("GET /download/")]
+    assert f"ifGenerationMatch={standin.GCS_GENERATION}" in download.split("?")[1].split("&")
+    assert [r.headers.get("range") for r in standin.requests if r.kind == "gcs"] == [None]
 
 
 @pytest.mark.parametrize("value", ["s3://bucket/prefix", "gs://Upper/x", "gs://b", "gs://x y/z"])

@@ -28,7 +28,6 @@ from mvpipe.errors import (
     BrokerUnavailable,
     ConfigurationError,
     InvalidInput,
-    OutputUnavailable,
     PermanentProviderError,
     ProviderError,
     StoreUnavailable,
@@ -538,13 +537,6 @@ class PaidOperation:
             if status.state == JobState.SUCCEEDED and self.reads_scene:
                 # the one read of the scene for the output and its record (None: it is gone)
                 scene = ctx.scenes.get(*self.ids)
-                video = None if scene is None else self.provider.output(status, scene)
-            elif status.state == JobState.SUCCEEDED:
-                # neither the output nor its record needs the scene: the write returns it (a
-                # scene gone meanwhile fails that write, and the clip is left for collection)
-                video = self.provider.output(status, None)
-        except OutputUnavailable as exc:
-            return self.unfetched(operation_id, transient_polls, started, describe(exc))
         except PermanentProviderError as exc:
             status, video = JobStatus(JobState.FAILED, error=str(exc)), None
         except (StoreUnavailable, redis.RedisError):
@@ -562,6 +554,22 @@ class PaidOperation:
             else:
                 ctx.board.poll_failed(operation_id, error)
             return self.poll_again(operation_id, transient_polls, error)
+        if status.state == JobState.SUCCEEDED and (scene is not None or not self.reads_scene):
+            # neither the output nor its record needs the scene when the stage does not read
+            # it: the write returns it (a scene gone meanwhile fails that write, and the clip
+            # is left for collection)
+            try:
+                video = self.provider.output(status, scene)
+            except PermanentProviderError as exc:  # an output that can never be taken
+                status, video = JobStatus(JobState.FAILED, error=str(exc)), None
+            except (StoreUnavailable, redis.RedisError):
+                ctx.board.poll_answered(operation_id)
+                raise
+            except Exception as exc:
+                # The job finished but its output did not come: counted whatever the error (a
+                # download answering 403, 503, 403, ... must still reach the limit), never
+                # answered, so the count survives until the output is fetched.
+                return self.unfetched(operation_id, transient_polls, started, describe(exc))
         if counted:
             ctx.board.poll_answered(operation_id)
         if status.state == JobState.RUNNING:
@@ -596,7 +604,7 @@ class PaidOperation:
     def unfetched(self, operation_id: str, transient_polls: int, tries: int, error: str) -> Step:
         """The job finished (so it is paid) but its output could not be fetched: not the job's
         failure (a signed URL expired, an output deleted while our store was out). Counted like
-        a poll error and polled again, which gives a fresh URL; the scene fails only when
+        a poll error and polled again (which helps a passing refusal); the scene fails only when
         `tries` (this poll's count, 0 when not counted) reaches `max_poll_errors`."""
         error = f"the job is paid for but its output could not be fetched: {error}"
         if tries >= self.s.max_poll_errors:

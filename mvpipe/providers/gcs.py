@@ -25,8 +25,10 @@ def split_gs_uri(uri: str) -> tuple[str, str]:
 
 
 def fetch(provider: str, uri: str, timeout: float, max_bytes: int) -> bytes:
-    """The object's bytes, never more than `max_bytes` of them (asked as a range one byte
-    longer, so a larger object is known without reading it whole). Errors classified like
+    """The object's bytes, never more than `max_bytes` of them: its size is read first, and
+    a larger object is refused unread. Read whole, not as a range: google-cloud-storage checks
+    no checksum on a partial (206) answer, and a gzip-stored object ignores the range. The
+    download is conditioned on the generation whose size was read. Errors classified like
     any provider call; a refused or missing object is `OutputUnavailable` (the poll is asked
     again and, if it never comes, the scene fails saying the job was paid)."""
     from google.api_core import exceptions as api_exceptions
@@ -37,11 +39,18 @@ def fetch(provider: str, uri: str, timeout: float, max_bytes: int) -> bytes:
     try:
         client = storage.Client(project=os.environ.get("GOOGLE_CLOUD_PROJECT"))
         blob = client.bucket(bucket).blob(name)
-        data = bytes(blob.download_as_bytes(start=0, end=max_bytes, timeout=timeout, retry=None))
+        blob.reload(timeout=timeout, retry=None)
+        if blob.size is None or blob.size > max_bytes:
+            raise too_large(provider, max_bytes)
+        data = bytes(
+            blob.download_as_bytes(if_generation_match=blob.generation, timeout=timeout, retry=None)
+        )
     except auth_exceptions.DefaultCredentialsError as exc:
         raise ConfigurationError(
             f"{provider}: reading the GCS output needs application-default credentials ({exc})"
         ) from None
+    except PermanentProviderError:
+        raise
     except api_exceptions.GoogleAPICallError as exc:
         raise unfetched(provider, exc.code, f"GCS output download: {exc.message}") from None
     except Exception as exc:
