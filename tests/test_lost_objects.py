@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from mvpipe import api
 from mvpipe.deps import get_context
+from mvpipe.devstack.failpoints import held, release
 from mvpipe.errors import NotFound
 from mvpipe.media.synth import SynthSong, synthesize_song
 from mvpipe.models import ProjectStatus, SceneStatus
@@ -140,3 +142,29 @@ def test_a_timeline_gone_before_planning_fails_planning_with_the_reason(
     assert view.last_error and "timeline is gone from the store" in view.last_error
     assert view.scenes == []
     assert "S3 unavailable" not in workers.service.log_text()
+
+
+def test_a_clip_gone_before_assembly_fails_the_assembly_saying_why(
+    start_workers: StartWorkers,
+) -> None:
+    # Given a run whose scenes are completed and whose assembly is held before it reads a clip
+    workers = start_workers(failpoints="before_assembly=hold", **FORMAT)
+    state_dir = Path(workers.env["MVPIPE_STATE_DIR"])
+    ctx = get_context()
+    project_id = api.create_project("Gone", "x", scenes=[{"prompt": "a", "duration_seconds": 2}])
+    api.run_project(project_id)
+    wait_for(lambda: held(state_dir, "before_assembly"), 120, "the assembly to be held")
+    # When the scene's clip vanishes before the assembly reads it
+    scene = ctx.scenes.get(project_id, 1)
+    assert scene is not None and scene.working_clip_key is not None
+    ctx.clips.delete(scene.working_clip_key)
+    release(state_dir, "before_assembly")
+    # Then the assembly gives the run up saying why (not "project not found", not an outage
+    # retried forever): the project waits for a user's run, and reconcile resets the lost clip
+    view = api.wait_project(project_id, timeout=120)
+    assert view.status == ProjectStatus.PENDING, view
+    assert view.last_error is not None and "gone from the store" in view.last_error
+    assert "S3 unavailable" not in workers.service.log_text()
+    report = api.reconcile(project_id)
+    assert report.total >= 1, report
+    assert api.get_project(project_id).scenes[0].status == SceneStatus.PENDING

@@ -111,6 +111,7 @@ def _build(ctx: Context, state: ProjectState, fmt: OutputFormat, key: str, run_i
     with tempfile.TemporaryDirectory(prefix="mvpipe-assemble-") as tmp:
         workdir = Path(tmp)
         clips: list[Path] = []
+        hooks.reached("before_assembly")
         for scene in state.scenes:
             ctx.board.touch_run(run_id, stale)  # alive while it downloads
             path = workdir / f"scene-{scene.sequence:03d}.mp4"

@@ -17,6 +17,7 @@ from mvpipe.deps import get_context
 from mvpipe.errors import Conflict, InvalidInput, NotFound, StoreUnavailable
 from mvpipe.pipeline.assemble import assemble_run, give_up
 from mvpipe.providers.classify import describe
+from mvpipe.store.clips import ObjectMissing
 from mvpipe.tasks.base import MvpipeTask, app, checked_ids, log_unexpected
 
 log = logging.getLogger("mvpipe.tasks.assemble")
@@ -33,6 +34,9 @@ def assemble_project(
     ctx = get_context()
     try:
         assembly = assemble_run(ctx, project_id, run_id)
+    except ObjectMissing as exc:  # a clip or the song is gone: reconcile resets a lost clip
+        give_up(ctx, project_id, run_id, describe(exc))
+        return {"project_id": project_id, "outcome": f"assembly failed: {describe(exc)}"}
     except NotFound:
         return {"project_id": project_id, "outcome": "project not found"}
     except InvalidInput as exc:  # a clip or the song cannot be joined: no retry helps
