@@ -19,7 +19,7 @@ import socket
 import struct
 import threading
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,6 +29,7 @@ from urllib.parse import unquote
 import httpx
 import pytest
 
+from mvpipe.deps import reset_context
 from mvpipe.providers.render import render_clip
 from mvpipe.settings import Settings
 
@@ -422,6 +423,20 @@ def running_standin(monkeypatch: pytest.MonkeyPatch) -> Iterator[ProviderStandIn
         yield server
     finally:
         server.stop()
+
+
+@contextmanager
+def configured_standin(
+    monkeypatch: pytest.MonkeyPatch, env: Callable[[str], dict[str, str]]
+) -> Iterator[ProviderStandIn]:
+    """`running_standin` with `env(its url)` set too, and this process's context rebuilt for
+    them (and again after, for the settings the test leaves)."""
+    with running_standin(monkeypatch) as server:
+        for key, value in env(server.url).items():
+            monkeypatch.setenv(key, value)
+        reset_context()
+        yield server
+    reset_context()
 
 
 def settings_for(standin: ProviderStandIn, **extra: object) -> Settings:

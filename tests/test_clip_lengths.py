@@ -22,7 +22,7 @@ from mvpipe.store.scenes import Claim
 from mvpipe.store.table import project_pk, scene_sk
 from tests.conftest import Workers
 from tests.helpers import assert_invariants, new_project
-from tests.standins import ProviderStandIn, running_standin
+from tests.standins import ProviderStandIn, configured_standin
 from tests.test_store import claimed
 
 pytestmark = pytest.mark.integration
@@ -36,20 +36,19 @@ PRICES = {"veo": 0.5, "replicate": 0.1}
 
 @pytest.fixture
 def standin(monkeypatch: pytest.MonkeyPatch, stack: LocalStack) -> Iterator[ProviderStandIn]:
-    with running_standin(monkeypatch) as server:
-        for key, value in {
-            "MVPIPE_GENAI_BASE_URL": server.url,
-            "MVPIPE_REPLICATE_BASE_URL": server.url,
+    with configured_standin(
+        monkeypatch,
+        lambda url: {
+            "MVPIPE_GENAI_BASE_URL": url,
+            "MVPIPE_REPLICATE_BASE_URL": url,
             "MVPIPE_VEO_MODEL": MODELS["veo"],
             "MVPIPE_REPLICATE_MODEL": MODELS["replicate"],
             "MVPIPE_PRICES": json.dumps({f"{p}:{MODELS[p]}": usd for p, usd in PRICES.items()}),
             "MVPIPE_REPLICATE_DURATIONS": "5,10",
             "MVPIPE_PROVIDER_CONCURRENCY": "100",
-        }.items():
-            monkeypatch.setenv(key, value)
-        reset_context()
+        },
+    ) as server:
         yield server
-    reset_context()
 
 
 def asked_of(standin: ProviderStandIn, provider: str) -> list[int]:

@@ -106,6 +106,17 @@ def test_a_missing_song_fails_the_lip_sync_and_gives_its_slot_back(
     assert_invariants(project_id)
 
 
+def planning_fails_naming(workers: Workers, project_id: str, gone: str) -> None:
+    """Run the project: its planning fails saying `gone` is gone from the store, writes no
+    scene, and no missing object was retried as an outage."""
+    api.run_project(project_id)
+    view = api.wait_project(project_id, timeout=120)
+    assert view.status == ProjectStatus.FAILED, view
+    assert view.last_error and f"{gone} is gone from the store" in view.last_error
+    assert view.scenes == []
+    assert "S3 unavailable" not in workers.service.log_text()
+
+
 def test_a_song_gone_before_its_analysis_fails_planning_with_the_reason(
     start_workers: StartWorkers, song: SynthSong
 ) -> None:
@@ -115,14 +126,8 @@ def test_a_song_gone_before_its_analysis_fails_planning_with_the_reason(
     song_key = ctx.projects.get(project_id).song_key or ""
     ctx.clips.delete(song_key)
 
-    api.run_project(project_id)
-    view = api.wait_project(project_id, timeout=120)
-
-    assert view.status == ProjectStatus.FAILED, view
-    assert view.last_error and "song is gone from the store" in view.last_error
+    planning_fails_naming(workers, project_id, "song")
     assert ctx.projects.get(project_id).timeline_key is None
-    assert view.scenes == []
-    assert "S3 unavailable" not in workers.service.log_text()
 
 
 def test_a_timeline_gone_before_planning_fails_planning_with_the_reason(
@@ -135,13 +140,7 @@ def test_a_timeline_gone_before_planning_fails_planning_with_the_reason(
     timeline = ctx.projects.get(project_id).timeline_key or ""
     ctx.clips.delete(timeline)
 
-    api.run_project(project_id)
-    view = api.wait_project(project_id, timeout=120)
-
-    assert view.status == ProjectStatus.FAILED, view
-    assert view.last_error and "timeline is gone from the store" in view.last_error
-    assert view.scenes == []
-    assert "S3 unavailable" not in workers.service.log_text()
+    planning_fails_naming(workers, project_id, "timeline")
 
 
 def test_a_clip_gone_before_assembly_fails_the_assembly_saying_why(

@@ -13,12 +13,12 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from mvpipe import api
-from mvpipe.deps import get_context, reset_context
+from mvpipe.deps import get_context
 from mvpipe.devstack.localstack import LocalStack
 from mvpipe.models import ProjectSpec, ProjectView, SceneSpec, SceneStatus
 from tests.conftest import Workers
 from tests.helpers import assert_invariants
-from tests.standins import CLIP, ProviderStandIn, running_standin
+from tests.standins import CLIP, ProviderStandIn, configured_standin
 
 pytestmark = pytest.mark.integration
 
@@ -29,18 +29,17 @@ MAX_POLL_ERRORS = 3
 
 @pytest.fixture
 def standin(monkeypatch: pytest.MonkeyPatch, stack: LocalStack) -> Iterator[ProviderStandIn]:
-    with running_standin(monkeypatch) as server:
-        for key, value in {
-            "MVPIPE_REPLICATE_BASE_URL": server.url,
+    with configured_standin(
+        monkeypatch,
+        lambda url: {
+            "MVPIPE_REPLICATE_BASE_URL": url,
             "MVPIPE_REPLICATE_MODEL": MODEL,
             "MVPIPE_PRICES": json.dumps({f"replicate:{MODEL}": 0.1}),
             "MVPIPE_REPLICATE_DURATIONS": "5",
             "MVPIPE_PROVIDER_CONCURRENCY": "100",
-        }.items():
-            monkeypatch.setenv(key, value)
-        reset_context()
+        },
+    ) as server:
         yield server
-    reset_context()
 
 
 def run_one_scene(start_workers: StartWorkers, **settings: str) -> ProjectView:
