@@ -32,6 +32,10 @@ DEFAULT_CONCURRENCY = {"veo": 4, "replicate": 4}
 FIXED_DURATIONS = {"veo": (4, 6, 8), "local": tuple(range(1, 31))}
 #: Any clip a provider is asked for lies in this range (the scene spec's bounds).
 CLIP_SECONDS_RANGE = (1, 30)
+MIB = 1024 * 1024
+#: `MVPIPE_MAX_CLIP_BYTES` bounds: above any real clip's smallest size, and at most what a
+#: worker can hold in memory (twice, while the bytes are joined) beside its other threads
+CLIP_BYTES_RANGE = (MIB, 2048 * MIB)
 
 
 class Settings(BaseSettings):
@@ -120,7 +124,11 @@ class Settings(BaseSettings):
     provider_timeout_seconds: float = Field(default=30.0, gt=0)
     #: the largest output of a provider's job (a clip) a worker reads into memory; a larger
     #: one is refused (the job is paid, its output is not stored) rather than exhausting it
-    max_clip_bytes: int = Field(default=512 * 1024 * 1024, ge=1, le=16 * 1024**3)
+    max_clip_bytes: int = Field(default=512 * MIB)
+    #: how long one output download may take in all (each read is bounded by the provider
+    #: timeout, but a server sending a byte just inside it would hold a worker for ever); below
+    #: the visibility timeout, or the task's message is handed to a second worker meanwhile
+    download_timeout_seconds: float = Field(default=300.0, ge=1, le=3600)
     store_timeout_seconds: float = Field(default=10.0, gt=0)
     #: how long one store call is retried through an outage before it reports `StoreUnavailable`
     store_retry_seconds: float = Field(default=30.0, gt=0)
@@ -232,6 +240,14 @@ class Settings(BaseSettings):
             raise ValueError(f"MVPIPE_REPLICATE_DURATIONS must be whole seconds in {low}..{high}")
         return sorted(set(value))
 
+    @field_validator("max_clip_bytes")
+    @classmethod
+    def _clip_bytes_in_range(cls, value: int) -> int:
+        low, high = CLIP_BYTES_RANGE
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low} (1 MiB) and {high} (2 GiB) bytes, got {value}")
+        return value
+
     @field_validator("output_size")
     @classmethod
     def _even_output_size(cls, value: str) -> str:
@@ -282,6 +298,11 @@ class Settings(BaseSettings):
                 f"MVPIPE_LEASE_SECONDS ({self.lease_seconds:g}) must cover one submission: the"
                 f" claim's reply, the submit and the record's reply ({needed:g} s with"
                 " MVPIPE_STORE_TIMEOUT_SECONDS and MVPIPE_PROVIDER_TIMEOUT_SECONDS)"
+            )
+        if self.download_timeout_seconds + self.provider_timeout_seconds >= self.visibility_timeout:
+            raise ValueError(
+                "MVPIPE_DOWNLOAD_TIMEOUT_SECONDS (plus one provider timeout) must be below"
+                " MVPIPE_VISIBILITY_TIMEOUT: a task still downloading would be run twice"
             )
         if self.backoff_max + 60 > self.visibility_timeout:
             raise ValueError("MVPIPE_VISIBILITY_TIMEOUT must exceed the longest countdown")

@@ -34,6 +34,14 @@ from mvpipe.providers.render import render_clip
 from mvpipe.settings import Settings
 
 CLIP = render_clip("stand-in provider video", 1.0)
+MIB = 1024 * 1024
+
+
+def output_of(size: int) -> bytes:
+    """An output of exactly `size` bytes, the clip padded (the byte cap is at least 1 MiB)."""
+    return CLIP + bytes(size - len(CLIP))
+
+
 #: The credentials the stand-in accepts (each API its own); anything else is refused.
 KEYS = {
     "GOOGLE_API_KEY": "vertex-key-123456",
@@ -112,6 +120,19 @@ class ProviderStandIn:
         #: the GCS stand-in's objects, {(bucket, name): bytes}, served on the JSON API's media
         #: download path (point google-cloud-storage at it with STORAGE_EMULATOR_HOST)
         self.gcs_objects: dict[tuple[str, str], bytes] = {}
+        #: a finished job's output: the file Replicate's output URL serves and the object Veo
+        #: writes to GCS (Veo's inline bytes stay CLIP)
+        self.output = CLIP
+        #: how the output file is served: "length" (a Content-Length), "chunked" (HTTP/1.1
+        #: chunked, no length) or "drip" (declared, then 1 KiB pieces 50 ms apart until sent
+        #: or released: a server too slow for any whole-download deadline)
+        self.output_framing = "length"
+        #: a Content-Encoding header the output is served with, whatever the client asked
+        #: (the body is `output` as it is: gzip it for a valid encoded answer)
+        self.output_encoding: str | None = None
+        #: the Location of a 302 each next output request gets instead; a redirect declares a
+        #: body and holds it until released, so a client that reads it waits for its timeout
+        self.redirects: list[str] = []
         self.replicate_sequence = ["starting", "processing", "succeeded"]
         self.replicate_error: str | None = None
         #: when set, what Replicate's poll and cancel answer instead of the prediction
@@ -231,7 +252,7 @@ class ProviderStandIn:
             number = name.rsplit("/", 1)[1]
             obj = "/".join(p for p in (prefix.strip("/"), number, "sample_0.mp4") if p)
             with self.lock:
-                self.gcs_objects[(bucket, obj)] = CLIP
+                self.gcs_objects[(bucket, obj)] = self.output
             video = {"gcsUri": f"gs://{bucket}/{obj}", "mimeType": "video/mp4"}
             response = {"videos": [video]}
         else:
@@ -467,6 +488,54 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             self.close_connection = True  # the caller gave up first (a timeout)
 
+    def _redirect(self, location: str) -> None:
+        """A 302 whose declared body never comes (until released)."""
+        self.close_connection = True
+        try:
+            self.send_response(302)
+            self.send_header("Location", location)
+            self.send_header("Content-Length", "1024")
+            self.end_headers()
+            self.wfile.flush()
+            self.standin.released.wait(60)
+            self.wfile.write(b"x" * 1024)
+        except OSError:
+            pass  # the client went on without it
+
+    def _output(self, data: bytes) -> None:
+        """The output file, framed as `output_framing` says (see there)."""
+        s = self.standin
+        framing, pieces = s.output_framing, [data]
+        if framing == "drip":
+            pieces = [data[i : i + 1024] for i in range(0, len(data), 1024)]
+        try:
+            if framing == "chunked":
+                self.protocol_version = "HTTP/1.1"  # chunked framing needs it
+            self.send_response(200)
+            self.send_header("Content-Type", "video/mp4")
+            if s.output_encoding:
+                self.send_header("Content-Encoding", s.output_encoding)
+            if framing == "chunked":
+                self.send_header("Transfer-Encoding", "chunked")
+                self.send_header("Connection", "close")
+            else:
+                self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.close_connection = True
+            for number, piece in enumerate(pieces):
+                if number and s.released.wait(0.05):
+                    return
+                if framing == "chunked":
+                    for part in (piece[i : i + 65536] for i in range(0, len(piece), 65536)):
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+                else:
+                    self.wfile.write(piece)
+                self.wfile.flush()
+            if framing == "chunked":
+                self.wfile.write(b"0\r\n\r\n")
+        except OSError:
+            self.close_connection = True  # the caller gave up first
+
     def _error(self, api: str, status: int, message: str | None = None) -> None:
         message = message or self.standin.error_message
         if api == "replicate":
@@ -536,8 +605,8 @@ class _Handler(BaseHTTPRequestHandler):
         fault = s.next_fault(kind)
         if fault is not None:
             self._fault(api, fault, answer)
-        elif isinstance(answer, bytes):
-            self._reply(200, answer, "video/mp4")
+        elif kind == "file":
+            self._output(answer)
         else:
             self._reply(200, answer)
 
@@ -555,7 +624,12 @@ class _Handler(BaseHTTPRequestHandler):
         if kind == "gemini":
             return s.gemini_generate(body)
         if kind == "file":
-            return CLIP
+            with s.lock:
+                location = s.redirects.pop(0) if s.redirects else None
+            if location is None:
+                return s.output
+            self._redirect(location)
+            return None
         if kind == "gcs":
             found = s.gcs_object(path, self.path.partition("?")[2])
             if found is None:

@@ -1,8 +1,9 @@
 """A finished, paid job whose output cannot be fetched, on the real stack (moto server, Celery
 workers, Replicate's real SDK against the stand-in): a download refused (an expired signed URL,
-an output already deleted) is not the job's failure. The poll is counted and asked again, which
-fetches a fresh URL; only after `MVPIPE_MAX_POLL_ERRORS` of them is the scene failed, saying the
-job was paid. An output larger than `MVPIPE_MAX_CLIP_BYTES` is refused, never read whole."""
+an output already deleted) is not the job's failure. The poll is counted and asked again (which
+helps a passing refusal); only after `MVPIPE_MAX_POLL_ERRORS` of them is the scene failed,
+saying the job was paid. An output larger than `MVPIPE_MAX_CLIP_BYTES` is refused, never read
+whole, whether its size is declared or only counted as it comes."""
 
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ from mvpipe import api
 from mvpipe.deps import get_context
 from mvpipe.devstack.localstack import LocalStack
 from mvpipe.models import ProjectSpec, ProjectView, SceneSpec, SceneStatus
+from mvpipe.store.clips import scene_prefix
 from tests.conftest import Workers
 from tests.helpers import assert_invariants
-from tests.standins import CLIP, ProviderStandIn, configured_standin
+from tests.standins import MIB, ProviderStandIn, configured_standin, output_of
 
 pytestmark = pytest.mark.integration
 
@@ -112,17 +114,20 @@ def test_an_output_refused_and_unavailable_by_turns_still_fails_after_the_limit(
     assert "paid" in (scene.last_error or ""), scene.last_error
 
 
+@pytest.mark.parametrize("framing", ["length", "chunked"])
 def test_an_output_over_the_byte_cap_is_refused_and_the_scene_says_so(
-    standin: ProviderStandIn, start_workers: StartWorkers
+    standin: ProviderStandIn, start_workers: StartWorkers, framing: str
 ) -> None:
-    # Given a cap below the size of the output the provider serves
-    cap = len(CLIP) // 2
-    view = run_one_scene(start_workers, max_clip_bytes=str(cap))
+    # Given an output a byte over the cap, its size declared or not (chunked: the bytes read
+    # are counted)
+    standin.output, standin.output_framing = output_of(MIB + 1), framing
+    view = run_one_scene(start_workers, max_clip_bytes=str(MIB))
     # Then the output is refused once (not fetched again: it would be as large), the scene
     # fails saying the job was paid and why its output was refused, and nothing was stored
     scene = view.scenes[0]
     assert scene.status == SceneStatus.FAILED
     assert standin.created["replicate"] == 1 and downloads(standin) == 1
     error = scene.last_error or ""
-    assert "paid" in error and "MVPIPE_MAX_CLIP_BYTES" in error and str(cap) in error, error
+    assert "paid" in error and "MVPIPE_MAX_CLIP_BYTES" in error and str(MIB) in error, error
     assert scene.original_video_clip_s3_key is None
+    assert get_context().clips.list(scene_prefix(view.project_id, 1)) == []

@@ -7,9 +7,11 @@ have started a billed job (invariant 3), so its reservation stays and nothing as
 
 from __future__ import annotations
 
+import gzip
 import uuid
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from mvpipe.deps import get_context
@@ -22,14 +24,23 @@ from mvpipe.errors import (
     QuotaExceeded,
     TransientProviderError,
 )
-from mvpipe.providers.base import Brief, LipSyncRequest, VideoRequest
+from mvpipe.providers.base import Brief, JobStatus, LipSyncRequest, VideoRequest
 from mvpipe.providers.classify import from_status
 from mvpipe.providers.gemini import GeminiPlanner
+from mvpipe.providers.outputs import MAX_REDIRECTS, classified
 from mvpipe.providers.replicate import ReplicateVideoProvider
 from mvpipe.providers.replicate_lipsync import ReplicateLipSyncProvider
 from mvpipe.providers.veo import VeoVideoProvider
-from mvpipe.settings import Settings, get_settings
-from tests.standins import CLIP, KEYS, ProviderStandIn, running_standin, settings_for
+from mvpipe.settings import CLIP_BYTES_RANGE, Settings, get_settings
+from tests.standins import (
+    CLIP,
+    KEYS,
+    MIB,
+    ProviderStandIn,
+    output_of,
+    running_standin,
+    settings_for,
+)
 
 FAULTS = ["slow", "reset", "garbage"]
 
@@ -145,14 +156,25 @@ def test_an_output_download_that_meets_a_fault_is_transient(
     assert usual.download(status)[4:8] == b"ftyp"
 
 
-def test_an_output_download_refused_is_unavailable_and_one_over_the_cap_is_permanent(
-    standin: ProviderStandIn,
-) -> None:
+def finished(standin: ProviderStandIn) -> JobStatus:
+    """A finished Replicate job whose output is the stand-in's `output` file."""
     standin.replicate_sequence = ["succeeded"]
-    status = ReplicateVideoProvider(settings_for(standin)).poll(
-        ReplicateVideoProvider(settings_for(standin)).submit(video())
-    )
-    exact = ReplicateVideoProvider(settings_for(standin, max_clip_bytes=len(CLIP)))
+    usual = ReplicateVideoProvider(settings_for(standin))
+    return usual.poll(usual.submit(video()))
+
+
+def downloads(standin: ProviderStandIn) -> int:
+    return sum(1 for r in standin.requests if r.kind == "file")
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+def test_an_output_download_refused_is_unavailable_and_one_over_the_cap_is_permanent(
+    standin: ProviderStandIn, framing: str
+) -> None:
+    # Given an output of 1 MiB and a byte, declared or chunked (no length: counted as read)
+    standin.output, standin.output_framing = output_of(MIB + 1), framing
+    status = finished(standin)
+    exact = ReplicateVideoProvider(settings_for(standin, max_clip_bytes=MIB + 1))
     # a refused fetch (an expired URL, a deleted output) is not the job's failure
     for code in (403, 404, 410):
         standin.fail_next["file"] = [code]
@@ -163,21 +185,149 @@ def test_an_output_download_refused_is_unavailable_and_one_over_the_cap_is_perma
     with pytest.raises(TransientProviderError):
         exact.download(status)
     # an output of exactly the cap is read; one byte over is refused, never fetched again
-    assert exact.download(status) == CLIP
-    under = ReplicateVideoProvider(settings_for(standin, max_clip_bytes=len(CLIP) - 1))
+    assert exact.download(status) == standin.output
+    under = ReplicateVideoProvider(settings_for(standin, max_clip_bytes=MIB))
     with pytest.raises(PermanentProviderError, match=r"paid.*MVPIPE_MAX_CLIP_BYTES") as caught:
         under.download(status)
     assert not isinstance(caught.value, OutputUnavailable)
 
 
-@pytest.mark.parametrize("value", ["0", "-1", "lots"])
-def test_the_clip_byte_cap_must_be_a_positive_size(
+def test_an_output_download_asks_for_the_bytes_as_stored(standin: ProviderStandIn) -> None:
+    # The cap counts the bytes we store: a gzip answer would be decoded past it
+    status = finished(standin)
+    assert ReplicateVideoProvider(settings_for(standin)).download(status) == CLIP
+    assert [r.headers.get("accept-encoding") for r in standin.requests if r.kind == "file"] == [
+        "identity"
+    ]
+
+
+@pytest.mark.parametrize("body", ["gzip", "not gzip"])
+def test_an_output_sent_encoded_all_the_same_is_unavailable(
+    standin: ProviderStandIn, body: str
+) -> None:
+    # Given a server that gzips the output though identity was asked (a valid gzip of more
+    # than the cap, or a body that only claims to be gzip)
+    status = finished(standin)
+    standin.output_encoding = "gzip"
+    standin.output = gzip.compress(output_of(2 * MIB)) if body == "gzip" else b"not gzip"
+    provider = ReplicateVideoProvider(settings_for(standin, max_clip_bytes=MIB))
+    # Then it is refused unread, classified (counted by the poll loop), never decoded
+    with pytest.raises(OutputUnavailable, match="Content-Encoding 'gzip'"):
+        provider.download(status)
+
+
+def test_redirects_are_followed_to_the_limit_without_reading_their_bodies(
+    standin: ProviderStandIn,
+) -> None:
+    # Given an output reached through MAX_REDIRECTS redirects, relative and absolute, each
+    # declaring a body it never sends (a client reading it would wait for its timeout)
+    status = finished(standin)
+    assert status.url is not None
+    path = status.url.removeprefix(standin.url)
+    standin.redirects = [path, status.url] * (MAX_REDIRECTS // 2) + [path]
+    assert len(standin.redirects) == MAX_REDIRECTS
+    provider = ReplicateVideoProvider(settings_for(standin, provider_timeout_seconds=30))
+    # Then the output comes, every hop asking for the bytes as stored
+    assert provider.download(status) == CLIP
+    assert downloads(standin) == MAX_REDIRECTS + 1
+    hops = [r for r in standin.requests if r.kind == "file"]
+    assert {r.headers.get("accept-encoding") for r in hops} == {"identity"}
+
+
+def test_one_redirect_too_many_is_unavailable(standin: ProviderStandIn) -> None:
+    status = finished(standin)
+    assert status.url is not None
+    signed = f"{status.url}?X-Amz-Signature=s3cr3t-signature"
+    standin.redirects = [signed] * (MAX_REDIRECTS + 1)
+    with pytest.raises(OutputUnavailable, match=f"redirected more than {MAX_REDIRECTS}") as caught:
+        ReplicateVideoProvider(settings_for(standin)).download(status)
+    assert "s3cr3t" not in str(caught.value)
+    assert downloads(standin) == MAX_REDIRECTS + 1  # the last redirect is not followed
+
+
+@pytest.mark.parametrize(
+    ("location", "kind"),
+    [
+        ("ftp://files.example/clip.mp4?X-Amz-Signature=s3cr3t-signature", OutputUnavailable),
+        ("file:///etc/passwd?token=s3cr3t-token", OutputUnavailable),
+        # a Location that does not parse: a protocol violation, as httpx reads it (transient)
+        ("http://[::1/clip.mp4?X-Amz-Signature=s3cr3t-signature", TransientProviderError),
+    ],
+)
+def test_a_redirect_elsewhere_than_http_is_refused_and_classified(
+    standin: ProviderStandIn, location: str, kind: type[ProviderError]
+) -> None:
+    # Given a redirect to another scheme, or to a URL that does not parse
+    status = finished(standin)
+    standin.redirects = [location]
+    with pytest.raises(ProviderError) as caught:
+        ReplicateVideoProvider(settings_for(standin)).download(status)
+    # Then it is not followed, the error is classified, the signed URL's secret kept out
+    assert type(caught.value) is kind
+    assert "s3cr3t" not in str(caught.value)
+    assert downloads(standin) == 1
+
+
+def test_a_download_past_its_deadline_is_transient(standin: ProviderStandIn) -> None:
+    # Given a server sending the output a KiB at a time, each piece well inside the read
+    # timeout (about a minute in all), and a whole-download deadline of one second
+    standin.output, standin.output_framing = output_of(MIB), "drip"
+    status = finished(standin)
+    slow = settings_for(standin, provider_timeout_seconds=10, download_timeout_seconds=1)
+    # Then the download stops at the deadline, an outage (transient), not a refusal
+    with pytest.raises(TransientProviderError, match="MVPIPE_DOWNLOAD_TIMEOUT_SECONDS") as caught:
+        ReplicateVideoProvider(slow).download(status)
+    assert not isinstance(caught.value, OutputUnavailable)
+
+
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [
+        (httpx.DecodingError, OutputUnavailable),
+        (httpx.TooManyRedirects, OutputUnavailable),
+        (httpx.InvalidURL, OutputUnavailable),
+        (httpx.UnsupportedProtocol, OutputUnavailable),
+        (httpx.RemoteProtocolError, TransientProviderError),
+        (httpx.ReadTimeout, TransientProviderError),
+    ],
+)
+def test_every_httpx_error_of_a_download_is_classified_and_scrubbed(
+    error: type[Exception], kind: type[ProviderError]
+) -> None:
+    # A transport fault is an outage; any other httpx error is the answer's own (it would
+    # recur), so it is counted by the poll loop rather than retried for ever
+    found = classified("replicate", error("at https://o.example/x?X-Amz-Signature=s3cr3t"))
+    assert type(found) is kind
+    assert "s3cr3t" not in str(found) and "X-Amz-Signature=***" in str(found)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "lots", str(MIB - 1), str(CLIP_BYTES_RANGE[1] + 1)])
+def test_the_clip_byte_cap_lies_between_1_mib_and_2_gib(
     monkeypatch: pytest.MonkeyPatch, value: str
 ) -> None:
     monkeypatch.setenv("MVPIPE_MAX_CLIP_BYTES", value)
     get_settings.cache_clear()
     try:
         with pytest.raises(ConfigurationError, match="MVPIPE_MAX_CLIP_BYTES"):
+            get_settings()
+        for bound in CLIP_BYTES_RANGE:
+            monkeypatch.setenv("MVPIPE_MAX_CLIP_BYTES", str(bound))
+            get_settings.cache_clear()
+            assert get_settings().max_clip_bytes == bound
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+
+
+@pytest.mark.parametrize("value", ["0.5", "3601", "3590"])
+def test_the_download_deadline_is_bounded_and_below_the_visibility_timeout(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    # 3590 s is within bounds but, with the provider timeout, outlasts the task's message
+    monkeypatch.setenv("MVPIPE_DOWNLOAD_TIMEOUT_SECONDS", value)
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(ConfigurationError, match="MVPIPE_DOWNLOAD_TIMEOUT_SECONDS"):
             get_settings()
     finally:
         monkeypatch.undo()

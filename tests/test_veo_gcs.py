@@ -23,7 +23,14 @@ from mvpipe.pipeline.steps import Next
 from mvpipe.providers.base import JobState, JobStatus, VideoRequest
 from mvpipe.providers.veo import VeoVideoProvider
 from mvpipe.settings import get_settings
-from tests.standins import CLIP, ProviderStandIn, running_standin, settings_for
+from tests.standins import (
+    CLIP,
+    MIB,
+    ProviderStandIn,
+    output_of,
+    running_standin,
+    settings_for,
+)
 
 OUTPUT = "gs://mv-output/veo/clips"
 
@@ -85,10 +92,11 @@ def test_a_missing_gcs_output_is_unavailable_and_faults_are_transient(
 
 
 def test_a_gcs_output_over_the_byte_cap_is_refused(standin: ProviderStandIn) -> None:
+    standin.output = output_of(MIB + 1)
     status = veo(standin).poll(veo(standin).submit(request()))
-    exact = settings_for(standin, veo_output_gcs_uri=OUTPUT, max_clip_bytes=len(CLIP))
-    assert VeoVideoProvider(exact).download(status) == CLIP
-    under = settings_for(standin, veo_output_gcs_uri=OUTPUT, max_clip_bytes=len(CLIP) - 1)
+    exact = settings_for(standin, veo_output_gcs_uri=OUTPUT, max_clip_bytes=MIB + 1)
+    assert VeoVideoProvider(exact).download(status) == standin.output
+    under = settings_for(standin, veo_output_gcs_uri=OUTPUT, max_clip_bytes=MIB)
     with pytest.raises(PermanentProviderError, match=r"paid.*MVPIPE_MAX_CLIP_BYTES") as caught:
         VeoVideoProvider(under).download(status)
     assert not isinstance(caught.value, OutputUnavailable)

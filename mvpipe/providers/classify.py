@@ -161,28 +161,6 @@ def too_large(provider: str, limit: int) -> PermanentProviderError:
     )
 
 
-def download(provider: str, url: str, timeout: float, max_bytes: int) -> bytes:
-    """Fetch a finished job's output, streamed and never more than `max_bytes` of it (a
-    redirect's target included); errors classified like any call (see `unfetched`)."""
-    try:
-        with httpx.stream("GET", url, timeout=timeout, follow_redirects=True) as response:
-            if response.status_code != 200:
-                raise unfetched(provider, response.status_code, "output download failed")
-            declared = response.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > max_bytes:
-                raise too_large(provider, max_bytes)
-            body = bytearray()
-            for chunk in response.iter_bytes():
-                body += chunk
-                if len(body) > max_bytes:
-                    raise too_large(provider, max_bytes)
-            return bytes(body)
-    except ProviderError:
-        raise
-    except Exception as exc:
-        raise from_transport(provider, exc) or exc from exc
-
-
 def require_env(*names: str, purpose: str) -> str:
     for name in names:
         value = os.environ.get(name)

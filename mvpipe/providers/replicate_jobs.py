@@ -19,7 +19,6 @@ from pydantic.v1 import ValidationError as V1ValidationError  # replicate 1.0's 
 from mvpipe.errors import PermanentProviderError, ProviderError
 from mvpipe.providers.base import JobState, JobStatus
 from mvpipe.providers.classify import (
-    download,
     from_status,
     from_transport,
     require_env,
@@ -27,6 +26,7 @@ from mvpipe.providers.classify import (
     unreadable,
 )
 from mvpipe.providers.once import Once
+from mvpipe.providers.outputs import fetch_output
 from mvpipe.settings import Settings
 
 DEFAULT_BASE_URL = "https://api.replicate.com"
@@ -128,8 +128,7 @@ class ReplicateJobs:
     def download(self, status: JobStatus) -> bytes:
         if status.url is None:
             raise PermanentProviderError(f"{self.provider}: no output to download")
-        s = self.settings
-        return download(self.provider, status.url, s.provider_timeout_seconds, s.max_clip_bytes)
+        return fetch_output(self.provider, status.url, self.settings)
 
     def cancel(self, operation_id: str) -> bool:
         """True only when Replicate answers that the prediction is now `canceled`."""

@@ -9,8 +9,8 @@ from mvpipe.durations import asked_seconds
 from mvpipe.errors import PermanentProviderError
 from mvpipe.providers import gcs
 from mvpipe.providers.base import JobState, JobStatus, VideoRequest
-from mvpipe.providers.classify import download
 from mvpipe.providers.genai_client import GenaiUser, call_sdk, vertex_client
+from mvpipe.providers.outputs import fetch_output
 
 
 class VeoVideoProvider(GenaiUser):
@@ -83,7 +83,7 @@ class VeoVideoProvider(GenaiUser):
             return gcs.fetch(self.name, status.url, timeout, limit)
         if not status.url or not status.url.startswith(("http://", "https://")):
             raise PermanentProviderError(f"veo: the finished video has no location: {status.url!r}")
-        return download(self.name, status.url, timeout, limit)
+        return fetch_output(self.name, status.url, self.settings)
 
     def cancel(self, operation_id: str) -> bool:
         """Veo's long-running generation has no cancel in google-genai: the job runs on and is
