@@ -24,7 +24,7 @@ from mvpipe.errors import (
     QuotaExceeded,
     TransientProviderError,
 )
-from mvpipe.providers.base import Brief, JobStatus, LipSyncRequest, VideoRequest
+from mvpipe.providers.base import Brief, JobState, JobStatus, LipSyncRequest, VideoRequest
 from mvpipe.providers.classify import from_status
 from mvpipe.providers.gemini import GeminiPlanner
 from mvpipe.providers.outputs import MAX_REDIRECTS, classified
@@ -266,6 +266,16 @@ def test_a_redirect_elsewhere_than_http_is_refused_and_classified(
     assert type(caught.value) is kind
     assert "s3cr3t" not in str(caught.value)
     assert downloads(standin) == 1
+
+
+def test_a_veo_output_at_no_fetchable_location_is_refused_unsigned(
+    standin: ProviderStandIn,
+) -> None:
+    signed = "s3://b/clip.mp4?X-Amz-Signature=s3cr3t-signature"
+    done = JobStatus(JobState.SUCCEEDED, url=signed)
+    with pytest.raises(PermanentProviderError, match="no location") as caught:
+        VeoVideoProvider(settings_for(standin)).download(done)
+    assert "s3cr3t" not in str(caught.value)
 
 
 def test_a_download_past_its_deadline_is_transient(standin: ProviderStandIn) -> None:

@@ -73,12 +73,12 @@ def download(provider: str, url: str, *, timeout: float, deadline: float, max_by
 
 
 def classified(provider: str, exc: Exception) -> Exception:
-    """An error met on the way: a transport fault (a timeout, a reset, a body cut short, a
-    protocol violation) is an outage, so transient; any other `httpx` error (a URL that is
-    malformed or not http(s), a body that cannot be decoded, too many redirects) is the answer's own
-    fault and would recur, so `OutputUnavailable`: counted by the poll loop, which fails the
-    scene after `MVPIPE_MAX_POLL_ERRORS` of them rather than retrying an outage for ever.
-    Anything else is a bug of ours and goes up unchanged (the poll loop counts it too)."""
+    """An error met on the way. A transport fault (a timeout, a reset, a body cut short, a
+    protocol violation) is an outage, so transient. Any other `httpx` error (a URL that is
+    malformed or not http(s), a body that cannot be decoded, too many redirects) is the
+    answer's own fault and would recur, so `OutputUnavailable`: the poll loop counts it and
+    fails the scene after `MVPIPE_MAX_POLL_ERRORS` of them, saying the job is paid. Anything
+    else is a bug of ours and goes up unchanged (the poll loop counts it too)."""
     answered = (httpx.UnsupportedProtocol, httpx.InvalidURL)  # a URL no retry will fix
     transport = None if isinstance(exc, answered) else from_transport(provider, exc)
     if transport is not None:

@@ -9,6 +9,7 @@ from mvpipe.durations import asked_seconds
 from mvpipe.errors import PermanentProviderError
 from mvpipe.providers import gcs
 from mvpipe.providers.base import JobState, JobStatus, VideoRequest
+from mvpipe.providers.classify import scrub
 from mvpipe.providers.genai_client import GenaiUser, call_sdk, vertex_client
 from mvpipe.providers.outputs import fetch_output
 
@@ -82,7 +83,8 @@ class VeoVideoProvider(GenaiUser):
         if status.url and status.url.startswith("gs://"):
             return gcs.fetch(self.name, status.url, timeout, limit)
         if not status.url or not status.url.startswith(("http://", "https://")):
-            raise PermanentProviderError(f"veo: the finished video has no location: {status.url!r}")
+            location = scrub(repr(status.url))
+            raise PermanentProviderError(f"veo: the finished video has no location: {location}")
         return fetch_output(self.name, status.url, self.settings)
 
     def cancel(self, operation_id: str) -> bool:
