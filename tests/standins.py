@@ -605,8 +605,10 @@ class _Handler(BaseHTTPRequestHandler):
         fault = s.next_fault(kind)
         if fault is not None:
             self._fault(api, fault, answer)
-        elif kind == "file":
+        elif kind in ("file", "gcs"):
             self._output(answer)
+        elif isinstance(answer, bytes):
+            self._reply(200, answer, "video/mp4")
         else:
             self._reply(200, answer)
 

@@ -112,6 +112,21 @@ def test_a_gcs_output_over_the_byte_cap_is_refused(standin: ProviderStandIn) -> 
     assert [r.headers.get("range") for r in standin.requests if r.kind == "gcs"] == [None]
 
 
+def test_a_gcs_output_read_past_its_deadline_is_transient(standin: ProviderStandIn) -> None:
+    # Given a GCS object sent a KiB at a time (about a minute in all, each piece well inside
+    # the read timeout) and a whole-download deadline of one second
+    standin.output, standin.output_framing = output_of(MIB), "drip"
+    status = veo(standin).poll(veo(standin).submit(request()))
+    slow = settings_for(standin, veo_output_gcs_uri=OUTPUT, download_timeout_seconds=1)
+    # Then the read stops at the deadline, an outage (transient), not a refusal
+    with pytest.raises(TransientProviderError, match="MVPIPE_DOWNLOAD_TIMEOUT_SECONDS") as caught:
+        VeoVideoProvider(slow).download(status)
+    assert not isinstance(caught.value, OutputUnavailable)
+    # and an answer in time is read whole
+    standin.output_framing = "length"
+    assert veo(standin).download(status) == standin.output
+
+
 @pytest.mark.parametrize("value", ["s3://bucket/prefix", "gs://Upper/x", "gs://b", "gs://x y/z"])
 def test_the_output_gcs_uri_setting_must_be_a_gs_uri(
     monkeypatch: pytest.MonkeyPatch, value: str

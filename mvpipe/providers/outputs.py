@@ -129,6 +129,34 @@ def redirect_location(provider: str, response: httpx.Response) -> str | None:
     return str(response.url.join(location))
 
 
+class Bounded:
+    """A sink for an output's bytes, as they come, that refuses them past `max_bytes` (a
+    `PermanentProviderError`) or past the monotonic time `ends` (transient): a download
+    whose size is not declared, or declared wrongly, stops there rather than at the end."""
+
+    def __init__(self, provider: str, max_bytes: int, ends: float, deadline: float) -> None:
+        self.provider, self.max_bytes, self.ends, self.deadline = (
+            provider,
+            max_bytes,
+            ends,
+            deadline,
+        )
+        self.chunks: list[bytes] = []
+        self.size = 0
+
+    def write(self, chunk: bytes) -> int:
+        self.size += len(chunk)
+        if self.size > self.max_bytes:
+            raise too_large(self.provider, self.max_bytes)
+        if time.monotonic() > self.ends:
+            raise past_deadline(self.provider, self.deadline)
+        self.chunks.append(bytes(chunk))
+        return len(chunk)
+
+    def getvalue(self) -> bytes:
+        return b"".join(self.chunks)
+
+
 def read_capped(
     provider: str, response: httpx.Response, max_bytes: int, ends: float, deadline: float
 ) -> bytes:
@@ -143,13 +171,7 @@ def read_capped(
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
         raise too_large(provider, max_bytes)
-    chunks: list[bytes] = []
-    size = 0
+    sink = Bounded(provider, max_bytes, ends, deadline)
     for chunk in response.iter_raw():
-        size += len(chunk)
-        if size > max_bytes:
-            raise too_large(provider, max_bytes)
-        if time.monotonic() > ends:
-            raise past_deadline(provider, deadline)
-        chunks.append(chunk)
-    return b"".join(chunks)
+        sink.write(chunk)
+    return sink.getvalue()

@@ -81,7 +81,8 @@ class VeoVideoProvider(GenaiUser):
             return status.video
         timeout, limit = self.settings.provider_timeout_seconds, self.settings.max_clip_bytes
         if status.url and status.url.startswith("gs://"):
-            return gcs.fetch(self.name, status.url, timeout, limit)
+            deadline = self.settings.download_timeout_seconds
+            return gcs.fetch(self.name, status.url, timeout, limit, deadline)
         if not status.url or not status.url.startswith(("http://", "https://")):
             location = scrub(repr(status.url))
             raise PermanentProviderError(f"veo: the finished video has no location: {location}")
