@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from mvpipe.deps import get_context
 from mvpipe.devstack.localstack import free_port, port_open, start_flower
 from tests.conftest import Workers
 from tests.helpers import listening_on, own_storage, wait_for
+from tests.processes import Processes
 
 pytestmark = pytest.mark.integration
 
@@ -270,39 +271,47 @@ class Severable:
                 sock.close()
 
 
+@pytest.fixture
+def severable() -> Iterator[Callable[[int], Severable]]:
+    """Forwarders to local ports, every one cut after the test (no listener is left open)."""
+    made: list[Severable] = []
+
+    def make(upstream: int) -> Severable:
+        made.append(Severable(upstream))
+        return made[-1]
+
+    yield make
+    for store in made:
+        store.cut()
+
+
 def test_run_wait_says_so_in_one_line_when_the_store_stops_answering(
-    start_workers: StartWorkers,
+    start_workers: StartWorkers, severable: Callable[[int], Severable], processes: Processes
 ) -> None:
     workers = start_workers(local_latency="30")
     project_id = mvpipe(
         workers.env, "create", "--title", "Cut", "--concept", "x", "--scenes", "1"
     ).stdout.strip()
     port = int(workers.env["MVPIPE_DYNAMODB_ENDPOINT"].rsplit(":", 1)[1])
-    store = Severable(port)
+    store = severable(port)
     env = {
         **workers.env,
         "MVPIPE_DYNAMODB_ENDPOINT": store.url,
         "MVPIPE_S3_ENDPOINT": store.url,
         "MVPIPE_STORE_RETRY_SECONDS": "1",
     }
-    proc = subprocess.Popen(
+    proc = processes.start(
         [sys.executable, "-m", "mvpipe.cli", "run", project_id, "--wait"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    try:
-        assert proc.stderr is not None
-        started = proc.stderr.readline()
-        assert started.startswith("run "), started
-        store.cut()  # while it follows the run
-        err = proc.communicate(timeout=120)[1]
-    finally:
-        store.cut()  # also when the test failed before cutting: no listener is left open
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    assert proc.stderr is not None
+    started = proc.stderr.readline()
+    assert started.startswith("run "), started
+    store.cut()  # while it follows the run
+    err = proc.communicate(timeout=120)[1]
     assert proc.returncode == 6, err
     assert "Traceback" not in err
     errors = [line for line in err.splitlines() if line.startswith("error:")]
@@ -319,111 +328,95 @@ def test_every_command_has_help(stack: object) -> None:
 
 
 def test_flower_requires_auth_shows_scenes_polling_and_lists_their_tasks(
-    start_workers: StartWorkers, tmp_path: Path
+    start_workers: StartWorkers, tmp_path: Path, processes: Processes
 ) -> None:
     workers = start_workers(local_latency="5")
     port = free_port()
-    flower = start_flower(
-        workers.env, tmp_path / "flower.log", port=port, user="ops", password="s3cret"
+    flower = processes.adopt(
+        start_flower(workers.env, tmp_path / "flower.log", port=port, user="ops", password="s3cret")
     )
-    try:
-        base = f"http://127.0.0.1:{port}"
-        assert httpx.get(f"{base}/api/workers", timeout=10).status_code == 401
-        assert (
-            httpx.get(f"{base}/api/workers", auth=("ops", "wrong"), timeout=10).status_code == 401
-        )
-        created = mvpipe(
-            workers.env, "create", "--title", "Seen", "--concept", "x", "--scenes", "2"
-        )
-        project_id = created.stdout.strip()
-        assert mvpipe(workers.env, "run", project_id).returncode == 0
+    base = f"http://127.0.0.1:{port}"
+    assert httpx.get(f"{base}/api/workers", timeout=10).status_code == 401
+    assert httpx.get(f"{base}/api/workers", auth=("ops", "wrong"), timeout=10).status_code == 401
+    created = mvpipe(workers.env, "create", "--title", "Seen", "--concept", "x", "--scenes", "2")
+    project_id = created.stdout.strip()
+    assert mvpipe(workers.env, "run", project_id).returncode == 0
 
-        def tasks() -> list[dict]:
-            response = httpx.get(f"{base}/api/tasks", auth=("ops", "s3cret"), timeout=10)
-            assert response.status_code == 200
-            return [t for t in response.json().values() if project_id in str(t.get("args"))]
+    def tasks() -> list[dict]:
+        response = httpx.get(f"{base}/api/tasks", auth=("ops", "s3cret"), timeout=10)
+        assert response.status_code == 200
+        return [t for t in response.json().values() if project_id in str(t.get("args"))]
 
-        def polling() -> dict | None:
-            """A scene shown as POLLING in Flower, with the same state and meta in the backend."""
-            for task in tasks():
-                if task["name"] == "mvpipe.generate_scene" and task["state"] == "POLLING":
-                    stored = app.AsyncResult(task["uuid"])
-                    if stored.state == "POLLING" and stored.info["project_id"] == project_id:
-                        return {"uuid": task["uuid"], "meta": stored.info}
-            return None
+    def polling() -> dict | None:
+        """A scene shown as POLLING in Flower, with the same state and meta in the backend."""
+        for task in tasks():
+            if task["name"] == "mvpipe.generate_scene" and task["state"] == "POLLING":
+                stored = app.AsyncResult(task["uuid"])
+                if stored.state == "POLLING" and stored.info["project_id"] == project_id:
+                    return {"uuid": task["uuid"], "meta": stored.info}
+        return None
 
-        seen = wait_for(polling, 60, "Flower to show a scene polling its provider job")
-        assert str(seen["meta"]["operation_id"]).startswith("local-")
-        assert mvpipe(workers.env, "run", project_id, "--wait").returncode == 0
-        assert app.AsyncResult(seen["uuid"]).state == "SUCCESS"
+    seen = wait_for(polling, 60, "Flower to show a scene polling its provider job")
+    assert str(seen["meta"]["operation_id"]).startswith("local-")
+    assert mvpipe(workers.env, "run", project_id, "--wait").returncode == 0
+    assert app.AsyncResult(seen["uuid"]).state == "SUCCESS"
 
-        def listed() -> dict | None:
-            found = tasks()
-            names = {t["name"] for t in found}
-            # plan_scenes replaces itself with the chord, whose body (finalize_project) replaces
-            # itself with assemble_project: all share the run id, so Flower shows that id under
-            # the last one's name.
-            done = {"mvpipe.generate_scene", "mvpipe.assemble_project"}
-            return {"tasks": found} if done <= names else None
+    def listed() -> dict | None:
+        found = tasks()
+        names = {t["name"] for t in found}
+        # plan_scenes replaces itself with the chord, whose body (finalize_project) replaces
+        # itself with assemble_project: all share the run id, so Flower shows that id under
+        # the last one's name.
+        done = {"mvpipe.generate_scene", "mvpipe.assemble_project"}
+        return {"tasks": found} if done <= names else None
 
-        found = wait_for(listed, 60, "Flower to list the project's tasks")
-        assert all("s3cret" not in json.dumps(t) for t in found["tasks"])
-        assert "s3cret" not in flower.log_text()
-    finally:
-        flower.stop()
+    found = wait_for(listed, 60, "Flower to list the project's tasks")
+    assert all("s3cret" not in json.dumps(t) for t in found["tasks"])
+    assert "s3cret" not in flower.log_text()
 
 
-def test_flower_listens_on_loopback_unless_told_otherwise(stack: object, tmp_path: Path) -> None:
+def test_flower_listens_on_loopback_unless_told_otherwise(
+    stack: object, tmp_path: Path, processes: Processes
+) -> None:
     port = free_port()
     env = {**os.environ, "MVPIPE_FLOWER_USER": "ops", "MVPIPE_FLOWER_PASSWORD": "s3cret"}
     with (tmp_path / "flower.log").open("w") as log:
-        proc = subprocess.Popen(
+        processes.start(
             [sys.executable, "-m", "mvpipe.cli", "flower", f"--port={port}"],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
-            start_new_session=True,
         )
-    try:
-        wait_for(lambda: port_open(port), 60, "Flower to listen")
-        assert listening_on(port) == {"0100007F"}  # 127.0.0.1 alone, not every interface
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    wait_for(lambda: port_open(port), 60, "Flower to listen")
+    assert listening_on(port) == {"0100007F"}  # 127.0.0.1 alone, not every interface
 
 
 def test_stack_command_starts_everything_and_stops_cleanly_on_ctrl_c(
-    stack: object, tmp_path: Path
+    stack: object, tmp_path: Path, processes: Processes
 ) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MVPIPE_")}
-    proc = subprocess.Popen(
+    # Stopped by Ctrl-C also when the test fails: the stack then stops what it started (each of
+    # its servers runs in a session of its own, beyond the reach of its group's kill).
+    proc = processes.start(
         [sys.executable, "-m", "mvpipe.cli", "stack", "--workdir", str(tmp_path / "s")],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        start_new_session=True,
+        stop_signal=signal.SIGINT,
+        stop_timeout=120,
     )
     lines: list[str] = []
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            if "Ctrl-C stops everything" in line:
-                break
-        output = "".join(lines)
-        assert "Flower: http://127.0.0.1:" in output and "beat ready" in output
-        broker = next(x for x in lines if x.startswith("export MVPIPE_BROKER_URL="))
-        redis_port = int(broker.rsplit(":", 1)[1].split("/")[0])
-        assert port_open(redis_port)
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=120) == 0
-        wait_for(lambda: not port_open(redis_port), 30, "redis-server to stop")
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        lines.append(line)
+        if "Ctrl-C stops everything" in line:
+            break
+    output = "".join(lines)
+    assert "Flower: http://127.0.0.1:" in output and "beat ready" in output
+    broker = next(x for x in lines if x.startswith("export MVPIPE_BROKER_URL="))
+    redis_port = int(broker.rsplit(":", 1)[1].split("/")[0])
+    assert port_open(redis_port)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 0
+    wait_for(lambda: not port_open(redis_port), 30, "redis-server to stop")
