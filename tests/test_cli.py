@@ -22,9 +22,11 @@ import pytest
 from mvpipe.celery_app import app
 from mvpipe.deps import get_context
 from mvpipe.devstack.localstack import free_port, port_open, start_flower
+from mvpipe.pipeline.reconcile_scope import FULL_SWEEP_JOB
 from tests.conftest import Workers
 from tests.helpers import listening_on, own_storage, wait_for
 from tests.processes import Processes
+from tests.songs import make_song
 
 pytestmark = pytest.mark.integration
 
@@ -172,6 +174,45 @@ def test_reconcile_shows_its_progress_on_a_terminal_only_and_keeps_its_output(
     fetched, fetch_shown = on_terminal(env, "fetch", created[0].stdout.strip())
     assert fetched.returncode == 3 and fetched.stdout == ""
     assert "fetching the final video" in fetch_shown and "no final video" in fetch_shown
+
+
+def test_reconcile_sweep_does_the_sweeps_now_and_shows_their_progress_on_a_terminal_only(
+    start_workers: StartWorkers, tmp_path: Path
+) -> None:
+    # Its own table and bucket: the sweeps cover every project and project folder in them.
+    workers = start_workers(**own_storage())
+    song = tmp_path / "song.wav"
+    song.write_bytes(make_song("wav", 6.0).data)
+    created = mvpipe_each(
+        workers.env,
+        ("create", "--title", "Sung", "--concept", "x", "--song", str(song)),
+        ("create", "--title", "Said", "--concept", "x"),
+    )
+    assert all(c.returncode == 0 for c in created), [c.stderr for c in created]
+    # The full sweep just done (not due again for an hour): a regular pass leaves the two
+    # untouched projects to it.
+    assert get_context().board.due(FULL_SWEEP_JOB, 3600)
+
+    regular, regular_bar = on_terminal(workers.env, "reconcile")
+    assert regular.returncode == 0, regular_bar
+    assert "projects examined" in regular_bar and "0/0" in regular_bar, regular_bar
+    assert "project folders swept" not in regular_bar
+
+    swept, bar = on_terminal(workers.env, "reconcile", "--sweep")
+    assert swept.returncode == 0, bar
+    assert "project folders swept" in bar and "1/?" in bar, bar  # the song's project's folder
+    assert "projects examined" in bar and "2/2" in bar, bar  # the full sweep, forced
+    piped, piped_json = mvpipe_each(
+        workers.env, ("reconcile", "--sweep"), ("reconcile", "--sweep", "--json")
+    )
+    assert piped.returncode == 0 and piped.stderr == ""  # a log or a pipe: no progress
+    assert swept.stdout == piped.stdout and "total" in swept.stdout
+
+    as_json, json_shown = on_terminal(workers.env, "reconcile", "--sweep", "--json")
+    assert as_json.returncode == 0, json_shown
+    assert "swept" not in json_shown and "examined" not in json_shown  # --json: no progress
+    assert json.loads(as_json.stdout) == json.loads(piped_json.stdout)
+    assert json.loads(as_json.stdout)["total"] == 0
 
 
 def test_user_mistakes_are_one_line_and_an_exit_code(stack: object) -> None:
