@@ -215,21 +215,40 @@ def test_reconcile_sweep_does_the_sweeps_now_and_shows_their_progress_on_a_termi
     assert json.loads(as_json.stdout)["total"] == 0
 
 
-def test_user_mistakes_are_one_line_and_an_exit_code(stack: object) -> None:
+def test_user_mistakes_are_one_line_and_an_exit_code(stack: object, tmp_path: Path) -> None:
+    long_song = tmp_path / "long.wav"
+    long_song.write_bytes(make_song("wav", 601.0).data)  # MVPIPE_SONG_MAX_SECONDS [600]
+    some = str(uuid.uuid4())
+    create = ("create", "--title", "t", "--concept", "x")
     cases = [
         (("status", "not-an-id"), 2, "invalid project id"),
-        (("status", str(uuid.uuid4())), 3, "not found"),
+        (("status", some), 3, "not found"),
         (("run", "../../etc"), 2, "invalid project id"),
         (("create", "--title", "", "--concept", "x"), 2, "title"),
-        (("create", "--title", "t", "--concept", "x", "--provider", "nope"), 2, "provider"),
-        (("regenerate", str(uuid.uuid4()), "0"), 2, "sequence"),
+        ((*create, "--provider", "nope"), 2, "provider"),
+        (("regenerate", some, "0"), 2, "sequence"),
+        ((*create, "--song", str(tmp_path / "missing.wav")), 2, "does not exist"),
+        ((*create, "--song", str(long_song)), 2, "song is too long"),
+        ((*create, "--budget", "-5"), 2, "budget must be between 0 and"),
+        (("budget", some, "lots"), 2, "budget must be a number of US dollars"),
+        (("budget", some, "-5"), 2, "budget must be between 0 and"),
+        (("budget", "not-an-id", "5"), 2, "invalid project id"),
+        # Click's own checks: one line too, not its usage block
+        ((*create, "--budget", "lots"), 2, "invalid value for '--budget'"),
+        ((*create, "--scenes", "0"), 2, "invalid value for '--scenes'"),
+        (("run", some, "--wait", "--timeout", "soon"), 2, "invalid value for '--timeout'"),
+        (("projects", "--limit", "0"), 2, "invalid value for '--limit'"),
+        (("regenerate", some), 2, "missing argument 'SEQUENCE'"),
+        (("status", some, "--colour"), 2, "no such option"),
+        (("statuz", some), 2, "no such command"),
     ]
     results = mvpipe_each(dict(os.environ), *(args for args, _, _ in cases))
     for (args, code, text), result in zip(cases, results, strict=True):
         assert result.returncode == code, (args, result.stderr)
         assert "Traceback" not in result.stderr
         assert result.stderr.startswith("error:") and text in result.stderr, result.stderr
-        assert len(result.stderr.strip().splitlines()) == 1
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert result.stdout == "", result.stdout
 
 
 def test_create_reads_the_concept_from_standard_input_and_the_scenes_from_a_file(
@@ -365,7 +384,28 @@ def test_every_command_has_help(stack: object) -> None:
     commands = ["", *commands, "demo", "fetch", "flower", "estimate", "budget"]
     results = mvpipe_each(env, *((*([c] if c else []), "--help") for c in commands))
     for command, result in zip(commands, results, strict=True):
-        assert result.returncode == 0 and "Usage:" in result.stdout, command
+        assert result.returncode == 0 and "Usage: mvpipe" in result.stdout, command
+    helps = dict(zip(commands, (r.stdout for r in results), strict=True))
+    # The list of commands says what each does in full (not cut short with "...").
+    listed = helps[""].split("Commands:")[1].splitlines()
+    assert len([line for line in listed if line.strip()]) == len(commands) - 1, helps[""]
+    assert not any(line.rstrip().endswith("...") for line in listed), helps[""]
+    assert "Exit codes: 0 done, 1 the project failed, 2 invalid input" in helps[""]
+    # Units and defaults where a value has them.
+    for command, says in [
+        ("create", ["US dollars", "[default: no limit]", "DEFAULT_SCENES, 8", "[1<=x<=999]"]),
+        ("run", ["Seconds to wait", "[default: 3600.0]", "exits 0 when the project completed"]),
+        ("regenerate", ["Seconds to wait", "its number, from 1"]),
+        ("budget", ["US dollars", "`none`: no limit"]),
+        ("estimate", ["US dollars"]),
+        ("projects", ["[default: 100; 1<=x<=1000]"]),
+        ("reconcile", ["MVPIPE_FULL_SWEEP_SECONDS [3600]", "standard error"]),
+        ("demo", ["in seconds", "[default: 30.0]", "20 to 400"]),
+        ("stack", ["1 to 64", "[default: 2]"]),
+        ("flower", ["[default: 127.0.0.1]", "MVPIPE_FLOWER_PASSWORD"]),
+    ]:
+        text = " ".join(helps[command].split())
+        assert all(" ".join(s.split()) in text for s in says), (command, says, helps[command])
 
 
 def test_flower_requires_auth_shows_scenes_polling_and_lists_their_tasks(

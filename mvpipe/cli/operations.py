@@ -11,7 +11,7 @@ from mvpipe.cli.exits import guarded
 from mvpipe.cli.lazy import api
 
 
-@click.command()
+@click.command(short_help="Repair what crashes left behind.")
 @click.argument("project_id", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option(
@@ -49,7 +49,9 @@ def reconcile(project_id: str | None, as_json: bool, sweep: bool) -> None:
         click.echo(f"{name:<18} {value}")
 
 
-@click.command(context_settings={"ignore_unknown_options": True})
+@click.command(
+    context_settings={"ignore_unknown_options": True}, short_help="Start Flower behind basic auth."
+)
 @click.option(
     "--address",
     default="127.0.0.1",
@@ -58,8 +60,9 @@ def reconcile(project_id: str | None, as_json: bool, sweep: bool) -> None:
 )
 @click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)
 def flower(address: str, flower_args: tuple[str, ...]) -> None:
-    """Start Flower behind basic auth (refuses without MVPIPE_FLOWER_USER/PASSWORD), on
-    127.0.0.1 unless --address says otherwise; other arguments go to Flower."""
+    """Start Flower (the Celery dashboard) behind basic auth: refuses without
+    MVPIPE_FLOWER_USER and MVPIPE_FLOWER_PASSWORD; listens on 127.0.0.1 unless --address says
+    otherwise, on Flower's port 5555 unless --port=N; other arguments go to Flower."""
     from mvpipe.messaging.flower_auth import basic_auth
     from mvpipe.settings import get_settings
 
