@@ -8,6 +8,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -56,6 +57,40 @@ class Processes:
         proc: subprocess.Popen[Any] = subprocess.Popen(argv, start_new_session=True, **popen)
         self._stops.append(lambda: stop_group(proc, signum=stop_signal, timeout=stop_timeout))
         return proc
+
+    def fork(self, child: Callable[[], bool]) -> Callable[[float], int]:
+        """Fork a child that runs `child` and exits 0 if it returned True, else 1 (also when it
+        raised). Returns a wait for its exit code, failing after its timeout (s); a child still
+        running after the test is killed and reaped."""
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through its exit code
+            ok = False
+            try:
+                ok = child()
+            finally:
+                os._exit(0 if ok else 1)
+        reaped: list[int] = []
+
+        def wait(timeout: float) -> int:
+            deadline = time.monotonic() + timeout
+            while not reaped:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    reaped.append(os.waitstatus_to_exitcode(status))
+                elif time.monotonic() > deadline:
+                    raise AssertionError(f"forked child {pid} still running after {timeout}s")
+                else:
+                    time.sleep(0.05)
+            return reaped[0]
+
+        def kill() -> None:
+            if not reaped:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                reaped.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+
+        self._stops.append(kill)
+        return wait
 
     def adopt(self, service: Service) -> Service:
         """A service started by the local stack's own functions (`start_beat`, `start_flower`)."""
