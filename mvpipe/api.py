@@ -45,7 +45,7 @@ from mvpipe.models import (
 from mvpipe.pipeline import cancel, cost, listing, outputs, runs
 from mvpipe.pipeline.create import create_project as write_project
 from mvpipe.pipeline.reconcile import Progress as ReconcileProgress
-from mvpipe.pipeline.reconcile import ReconcileReport
+from mvpipe.pipeline.reconcile import ReconcileReport, SweepProgress
 from mvpipe.pipeline.reconcile import reconcile as reconcile_all
 from mvpipe.settings import get_settings
 from mvpipe.store.records import ProjectRecord
@@ -225,6 +225,7 @@ def reconcile(
     sweep_strays: bool | None = None,
     full_sweep: bool | None = None,
     progress: ReconcileProgress | None = None,
+    swept: SweepProgress | None = None,
 ) -> ReconcileReport:
     """Repair what crashes left behind, inline (the beat schedule runs the same), for every
     project or just `project_id`.
@@ -234,7 +235,8 @@ def reconcile(
     run at most once per `MVPIPE_STRAY_SWEEP_SECONDS` (and never for a single-project pass).
     `full_sweep=True` also examines completed, failed and idle pending projects, which
     otherwise happens at most once per `MVPIPE_FULL_SWEEP_SECONDS`. `progress`, if given, is
-    told (projects examined, projects listed) after each project.
+    told (projects examined, projects listed) after each project; `swept`, the project folders
+    the stray sweeps have covered so far.
     """
     ids = None
     if project_id is not None:
@@ -247,6 +249,7 @@ def reconcile(
         sweep_strays=sweep_strays,
         full_sweep=full_sweep,
         progress=progress,
+        swept=swept,
     )
 
 

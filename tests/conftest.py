@@ -19,6 +19,7 @@ from hypothesis import settings
 
 from mvpipe.deps import reset_context
 from mvpipe.devstack.localstack import LocalStack, Service, start_control_worker, start_worker
+from tests.processes import Processes
 
 # Property tests judge what they find, not how fast: on two busy cores an example may take longer
 # than hypothesis's default 200 ms deadline, which would fail a correct test.
@@ -58,6 +59,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
 @pytest.fixture(scope="session")
 def redis_client(stack: LocalStack) -> redis.Redis:
     return redis.Redis.from_url(stack.env["MVPIPE_BROKER_URL"])
+
+
+@pytest.fixture
+def processes() -> Iterator[Processes]:
+    """Processes a test starts in its body (a CLI command it signals, Flower, beat): every one
+    stopped, its process group killed and waited on, after the test, however it ends."""
+    started = Processes()
+    try:
+        yield started
+    finally:
+        started.stop_all()
 
 
 @dataclass

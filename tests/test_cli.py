@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -22,8 +22,11 @@ import pytest
 from mvpipe.celery_app import app
 from mvpipe.deps import get_context
 from mvpipe.devstack.localstack import free_port, port_open, start_flower
+from mvpipe.pipeline.reconcile_scope import FULL_SWEEP_JOB
 from tests.conftest import Workers
 from tests.helpers import listening_on, own_storage, wait_for
+from tests.processes import Processes
+from tests.songs import make_song
 
 pytestmark = pytest.mark.integration
 
@@ -173,21 +176,79 @@ def test_reconcile_shows_its_progress_on_a_terminal_only_and_keeps_its_output(
     assert "fetching the final video" in fetch_shown and "no final video" in fetch_shown
 
 
-def test_user_mistakes_are_one_line_and_an_exit_code(stack: object) -> None:
+def test_reconcile_sweep_does_the_sweeps_now_and_shows_their_progress_on_a_terminal_only(
+    start_workers: StartWorkers, tmp_path: Path
+) -> None:
+    # Its own table and bucket: the sweeps cover every project and project folder in them.
+    workers = start_workers(**own_storage())
+    song = tmp_path / "song.wav"
+    song.write_bytes(make_song("wav", 6.0).data)
+    created = mvpipe_each(
+        workers.env,
+        ("create", "--title", "Sung", "--concept", "x", "--song", str(song)),
+        ("create", "--title", "Said", "--concept", "x"),
+    )
+    assert all(c.returncode == 0 for c in created), [c.stderr for c in created]
+    # The full sweep just done (not due again for an hour): a regular pass leaves the two
+    # untouched projects to it.
+    assert get_context().board.due(FULL_SWEEP_JOB, 3600)
+
+    regular, regular_bar = on_terminal(workers.env, "reconcile")
+    assert regular.returncode == 0, regular_bar
+    assert "projects examined" in regular_bar and "0/0" in regular_bar, regular_bar
+    assert "project folders swept" not in regular_bar
+
+    swept, bar = on_terminal(workers.env, "reconcile", "--sweep")
+    assert swept.returncode == 0, bar
+    assert "project folders swept" in bar and "1/?" in bar, bar  # the song's project's folder
+    assert "projects examined" in bar and "2/2" in bar, bar  # the full sweep, forced
+    piped, piped_json = mvpipe_each(
+        workers.env, ("reconcile", "--sweep"), ("reconcile", "--sweep", "--json")
+    )
+    assert piped.returncode == 0 and piped.stderr == ""  # a log or a pipe: no progress
+    assert swept.stdout == piped.stdout and "total" in swept.stdout
+
+    as_json, json_shown = on_terminal(workers.env, "reconcile", "--sweep", "--json")
+    assert as_json.returncode == 0, json_shown
+    assert "swept" not in json_shown and "examined" not in json_shown  # --json: no progress
+    assert json.loads(as_json.stdout) == json.loads(piped_json.stdout)
+    assert json.loads(as_json.stdout)["total"] == 0
+
+
+def test_user_mistakes_are_one_line_and_an_exit_code(stack: object, tmp_path: Path) -> None:
+    long_song = tmp_path / "long.wav"
+    long_song.write_bytes(make_song("wav", 601.0).data)  # MVPIPE_SONG_MAX_SECONDS [600]
+    some = str(uuid.uuid4())
+    create = ("create", "--title", "t", "--concept", "x")
     cases = [
         (("status", "not-an-id"), 2, "invalid project id"),
-        (("status", str(uuid.uuid4())), 3, "not found"),
+        (("status", some), 3, "not found"),
         (("run", "../../etc"), 2, "invalid project id"),
         (("create", "--title", "", "--concept", "x"), 2, "title"),
-        (("create", "--title", "t", "--concept", "x", "--provider", "nope"), 2, "provider"),
-        (("regenerate", str(uuid.uuid4()), "0"), 2, "sequence"),
+        ((*create, "--provider", "nope"), 2, "provider"),
+        (("regenerate", some, "0"), 2, "sequence"),
+        ((*create, "--song", str(tmp_path / "missing.wav")), 2, "does not exist"),
+        ((*create, "--song", str(long_song)), 2, "song is too long"),
+        ((*create, "--budget", "-5"), 2, "budget must be between 0 and"),
+        (("budget", some, "lots"), 2, "budget must be a number of US dollars"),
+        (("budget", some, "-5"), 2, "budget must be between 0 and"),
+        (("budget", "not-an-id", "5"), 2, "invalid project id"),
+        # Click's own checks: one line too, not its usage block
+        ((*create, "--budget", "lots"), 2, "invalid value for '--budget'"),
+        ((*create, "--scenes", "0"), 2, "invalid value for '--scenes'"),
+        (("run", some, "--wait", "--timeout", "soon"), 2, "invalid value for '--timeout'"),
+        (("projects", "--limit", "0"), 2, "invalid value for '--limit'"),
+        (("regenerate", some), 2, "missing argument 'SEQUENCE'"),
+        (("status", some, "--colour"), 2, "no such option"),
+        (("statuz", some), 2, "no such command"),
     ]
     results = mvpipe_each(dict(os.environ), *(args for args, _, _ in cases))
     for (args, code, text), result in zip(cases, results, strict=True):
         assert result.returncode == code, (args, result.stderr)
         assert "Traceback" not in result.stderr
         assert result.stderr.startswith("error:") and text in result.stderr, result.stderr
-        assert len(result.stderr.strip().splitlines()) == 1
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert result.stdout == "", result.stdout
 
 
 def test_create_reads_the_concept_from_standard_input_and_the_scenes_from_a_file(
@@ -270,39 +331,47 @@ class Severable:
                 sock.close()
 
 
+@pytest.fixture
+def severable() -> Iterator[Callable[[int], Severable]]:
+    """Forwarders to local ports, every one cut after the test (no listener is left open)."""
+    made: list[Severable] = []
+
+    def make(upstream: int) -> Severable:
+        made.append(Severable(upstream))
+        return made[-1]
+
+    yield make
+    for store in made:
+        store.cut()
+
+
 def test_run_wait_says_so_in_one_line_when_the_store_stops_answering(
-    start_workers: StartWorkers,
+    start_workers: StartWorkers, severable: Callable[[int], Severable], processes: Processes
 ) -> None:
     workers = start_workers(local_latency="30")
     project_id = mvpipe(
         workers.env, "create", "--title", "Cut", "--concept", "x", "--scenes", "1"
     ).stdout.strip()
     port = int(workers.env["MVPIPE_DYNAMODB_ENDPOINT"].rsplit(":", 1)[1])
-    store = Severable(port)
+    store = severable(port)
     env = {
         **workers.env,
         "MVPIPE_DYNAMODB_ENDPOINT": store.url,
         "MVPIPE_S3_ENDPOINT": store.url,
         "MVPIPE_STORE_RETRY_SECONDS": "1",
     }
-    proc = subprocess.Popen(
+    proc = processes.start(
         [sys.executable, "-m", "mvpipe.cli", "run", project_id, "--wait"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    try:
-        assert proc.stderr is not None
-        started = proc.stderr.readline()
-        assert started.startswith("run "), started
-        store.cut()  # while it follows the run
-        err = proc.communicate(timeout=120)[1]
-    finally:
-        store.cut()  # also when the test failed before cutting: no listener is left open
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    assert proc.stderr is not None
+    started = proc.stderr.readline()
+    assert started.startswith("run "), started
+    store.cut()  # while it follows the run
+    err = proc.communicate(timeout=120)[1]
     assert proc.returncode == 6, err
     assert "Traceback" not in err
     errors = [line for line in err.splitlines() if line.startswith("error:")]
@@ -315,115 +384,120 @@ def test_every_command_has_help(stack: object) -> None:
     commands = ["", *commands, "demo", "fetch", "flower", "estimate", "budget"]
     results = mvpipe_each(env, *((*([c] if c else []), "--help") for c in commands))
     for command, result in zip(commands, results, strict=True):
-        assert result.returncode == 0 and "Usage:" in result.stdout, command
+        assert result.returncode == 0 and "Usage: mvpipe" in result.stdout, command
+    helps = dict(zip(commands, (r.stdout for r in results), strict=True))
+    # The list of commands says what each does in full (not cut short with "...").
+    listed = helps[""].split("Commands:")[1].splitlines()
+    assert len([line for line in listed if line.strip()]) == len(commands) - 1, helps[""]
+    assert not any(line.rstrip().endswith("...") for line in listed), helps[""]
+    assert "Exit codes: 0 done, 1 the project failed, 2 invalid input" in helps[""]
+    # Units and defaults where a value has them.
+    for command, says in [
+        ("create", ["US dollars", "[default: no limit]", "DEFAULT_SCENES, 8", "[1<=x<=999]"]),
+        ("run", ["Seconds to wait", "[default: 3600.0]", "exits 0 when the project completed"]),
+        ("regenerate", ["Seconds to wait", "its number, from 1"]),
+        ("budget", ["US dollars", "`none`: no limit"]),
+        ("estimate", ["US dollars"]),
+        ("projects", ["[default: 100; 1<=x<=1000]"]),
+        ("reconcile", ["MVPIPE_FULL_SWEEP_SECONDS [3600]", "standard error"]),
+        ("demo", ["in seconds", "[default: 30.0]", "20 to 400"]),
+        ("stack", ["1 to 64", "[default: 2]"]),
+        ("flower", ["[default: 127.0.0.1]", "MVPIPE_FLOWER_PASSWORD"]),
+    ]:
+        text = " ".join(helps[command].split())
+        assert all(" ".join(s.split()) in text for s in says), (command, says, helps[command])
 
 
 def test_flower_requires_auth_shows_scenes_polling_and_lists_their_tasks(
-    start_workers: StartWorkers, tmp_path: Path
+    start_workers: StartWorkers, tmp_path: Path, processes: Processes
 ) -> None:
     workers = start_workers(local_latency="5")
     port = free_port()
-    flower = start_flower(
-        workers.env, tmp_path / "flower.log", port=port, user="ops", password="s3cret"
+    flower = processes.adopt(
+        start_flower(workers.env, tmp_path / "flower.log", port=port, user="ops", password="s3cret")
     )
-    try:
-        base = f"http://127.0.0.1:{port}"
-        assert httpx.get(f"{base}/api/workers", timeout=10).status_code == 401
-        assert (
-            httpx.get(f"{base}/api/workers", auth=("ops", "wrong"), timeout=10).status_code == 401
-        )
-        created = mvpipe(
-            workers.env, "create", "--title", "Seen", "--concept", "x", "--scenes", "2"
-        )
-        project_id = created.stdout.strip()
-        assert mvpipe(workers.env, "run", project_id).returncode == 0
+    base = f"http://127.0.0.1:{port}"
+    assert httpx.get(f"{base}/api/workers", timeout=10).status_code == 401
+    assert httpx.get(f"{base}/api/workers", auth=("ops", "wrong"), timeout=10).status_code == 401
+    created = mvpipe(workers.env, "create", "--title", "Seen", "--concept", "x", "--scenes", "2")
+    project_id = created.stdout.strip()
+    assert mvpipe(workers.env, "run", project_id).returncode == 0
 
-        def tasks() -> list[dict]:
-            response = httpx.get(f"{base}/api/tasks", auth=("ops", "s3cret"), timeout=10)
-            assert response.status_code == 200
-            return [t for t in response.json().values() if project_id in str(t.get("args"))]
+    def tasks() -> list[dict]:
+        response = httpx.get(f"{base}/api/tasks", auth=("ops", "s3cret"), timeout=10)
+        assert response.status_code == 200
+        return [t for t in response.json().values() if project_id in str(t.get("args"))]
 
-        def polling() -> dict | None:
-            """A scene shown as POLLING in Flower, with the same state and meta in the backend."""
-            for task in tasks():
-                if task["name"] == "mvpipe.generate_scene" and task["state"] == "POLLING":
-                    stored = app.AsyncResult(task["uuid"])
-                    if stored.state == "POLLING" and stored.info["project_id"] == project_id:
-                        return {"uuid": task["uuid"], "meta": stored.info}
-            return None
+    def polling() -> dict | None:
+        """A scene shown as POLLING in Flower, with the same state and meta in the backend."""
+        for task in tasks():
+            if task["name"] == "mvpipe.generate_scene" and task["state"] == "POLLING":
+                stored = app.AsyncResult(task["uuid"])
+                if stored.state == "POLLING" and stored.info["project_id"] == project_id:
+                    return {"uuid": task["uuid"], "meta": stored.info}
+        return None
 
-        seen = wait_for(polling, 60, "Flower to show a scene polling its provider job")
-        assert str(seen["meta"]["operation_id"]).startswith("local-")
-        assert mvpipe(workers.env, "run", project_id, "--wait").returncode == 0
-        assert app.AsyncResult(seen["uuid"]).state == "SUCCESS"
+    seen = wait_for(polling, 60, "Flower to show a scene polling its provider job")
+    assert str(seen["meta"]["operation_id"]).startswith("local-")
+    assert mvpipe(workers.env, "run", project_id, "--wait").returncode == 0
+    assert app.AsyncResult(seen["uuid"]).state == "SUCCESS"
 
-        def listed() -> dict | None:
-            found = tasks()
-            names = {t["name"] for t in found}
-            # plan_scenes replaces itself with the chord, whose body (finalize_project) replaces
-            # itself with assemble_project: all share the run id, so Flower shows that id under
-            # the last one's name.
-            done = {"mvpipe.generate_scene", "mvpipe.assemble_project"}
-            return {"tasks": found} if done <= names else None
+    def listed() -> dict | None:
+        found = tasks()
+        names = {t["name"] for t in found}
+        # plan_scenes replaces itself with the chord, whose body (finalize_project) replaces
+        # itself with assemble_project: all share the run id, so Flower shows that id under
+        # the last one's name.
+        done = {"mvpipe.generate_scene", "mvpipe.assemble_project"}
+        return {"tasks": found} if done <= names else None
 
-        found = wait_for(listed, 60, "Flower to list the project's tasks")
-        assert all("s3cret" not in json.dumps(t) for t in found["tasks"])
-        assert "s3cret" not in flower.log_text()
-    finally:
-        flower.stop()
+    found = wait_for(listed, 60, "Flower to list the project's tasks")
+    assert all("s3cret" not in json.dumps(t) for t in found["tasks"])
+    assert "s3cret" not in flower.log_text()
 
 
-def test_flower_listens_on_loopback_unless_told_otherwise(stack: object, tmp_path: Path) -> None:
+def test_flower_listens_on_loopback_unless_told_otherwise(
+    stack: object, tmp_path: Path, processes: Processes
+) -> None:
     port = free_port()
     env = {**os.environ, "MVPIPE_FLOWER_USER": "ops", "MVPIPE_FLOWER_PASSWORD": "s3cret"}
     with (tmp_path / "flower.log").open("w") as log:
-        proc = subprocess.Popen(
+        processes.start(
             [sys.executable, "-m", "mvpipe.cli", "flower", f"--port={port}"],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
-            start_new_session=True,
         )
-    try:
-        wait_for(lambda: port_open(port), 60, "Flower to listen")
-        assert listening_on(port) == {"0100007F"}  # 127.0.0.1 alone, not every interface
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    wait_for(lambda: port_open(port), 60, "Flower to listen")
+    assert listening_on(port) == {"0100007F"}  # 127.0.0.1 alone, not every interface
 
 
 def test_stack_command_starts_everything_and_stops_cleanly_on_ctrl_c(
-    stack: object, tmp_path: Path
+    stack: object, tmp_path: Path, processes: Processes
 ) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MVPIPE_")}
-    proc = subprocess.Popen(
+    # Stopped by Ctrl-C also when the test fails: the stack then stops what it started (each of
+    # its servers runs in a session of its own, beyond the reach of its group's kill).
+    proc = processes.start(
         [sys.executable, "-m", "mvpipe.cli", "stack", "--workdir", str(tmp_path / "s")],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        start_new_session=True,
+        stop_signal=signal.SIGINT,
+        stop_timeout=120,
     )
     lines: list[str] = []
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            if "Ctrl-C stops everything" in line:
-                break
-        output = "".join(lines)
-        assert "Flower: http://127.0.0.1:" in output and "beat ready" in output
-        broker = next(x for x in lines if x.startswith("export MVPIPE_BROKER_URL="))
-        redis_port = int(broker.rsplit(":", 1)[1].split("/")[0])
-        assert port_open(redis_port)
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=120) == 0
-        wait_for(lambda: not port_open(redis_port), 30, "redis-server to stop")
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        lines.append(line)
+        if "Ctrl-C stops everything" in line:
+            break
+    output = "".join(lines)
+    assert "Flower: http://127.0.0.1:" in output and "beat ready" in output
+    broker = next(x for x in lines if x.startswith("export MVPIPE_BROKER_URL="))
+    redis_port = int(broker.rsplit(":", 1)[1].split("/")[0])
+    assert port_open(redis_port)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 0
+    wait_for(lambda: not port_open(redis_port), 30, "redis-server to stop")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -22,6 +22,7 @@ from mvpipe.errors import ConfigurationError
 from mvpipe.messaging.flower_auth import basic_auth
 from mvpipe.settings import Settings
 from tests.helpers import listening_on, wait_for
+from tests.processes import Processes
 
 pytestmark = pytest.mark.integration
 
@@ -44,10 +45,10 @@ def _env(**flower: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def start_flower(stack: LocalStack, tmp_path: Path) -> Iterator[StartFlower]:
-    """Start `celery -A mvpipe.celery_app flower` as a real process; every one is stopped after
-    the test, however it ends."""
-    started: list[subprocess.Popen[bytes]] = []
+def start_flower(stack: LocalStack, tmp_path: Path, processes: Processes) -> StartFlower:
+    """Start `celery -A mvpipe.celery_app flower` as a real process; `processes` stops every
+    one (its process group) after the test, however it ends."""
+    count = 0
 
     def start(
         env: dict[str, str],
@@ -55,26 +56,19 @@ def start_flower(stack: LocalStack, tmp_path: Path) -> Iterator[StartFlower]:
         command: tuple[str, ...] = RIGHT_ORDER,
         cwd: Path | None = None,
     ) -> subprocess.Popen[bytes]:
-        with (tmp_path / f"flower-{len(started)}.log").open("wb") as log:
-            proc = subprocess.Popen(
+        nonlocal count
+        with (tmp_path / f"flower-{count}.log").open("wb") as log:
+            proc = processes.start(
                 [sys.executable, "-m", "celery", *command, *args],
                 env=env,
                 cwd=cwd,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,
             )
-        started.append(proc)
+        count += 1
         return proc
 
-    yield start
-    for proc in started:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    return start
 
 
 def _log(tmp_path: Path, index: int) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import itertools
 import json
-import os
 import threading
 import time
 from dataclasses import replace
@@ -34,6 +33,7 @@ from mvpipe.providers.local_renders import Renders
 from mvpipe.providers.render import render_clip
 from mvpipe.settings import Settings
 from tests.helpers import wait_for
+from tests.processes import Processes
 
 
 def provider(tmp_path: Path, **overrides: object) -> LocalVideoProvider:
@@ -239,7 +239,9 @@ def test_a_rendered_clip_drifts_smoothly_and_each_scene_has_its_own_look() -> No
     assert cut > 10 * max(steps), (cut, max(steps))
 
 
-def test_the_job_store_keeps_one_connection_per_thread_and_process(tmp_path: Path) -> None:
+def test_the_job_store_keeps_one_connection_per_thread_and_process(
+    tmp_path: Path, processes: Processes
+) -> None:
     """Transactions reuse their thread's connection (opening one per call cost ~0.8 ms of CPU);
     a failed one is rolled back and leaves it usable; another thread and a forked child each
     open their own, and every process sees the others' commits."""
@@ -263,16 +265,11 @@ def test_the_job_store_keeps_one_connection_per_thread_and_process(tmp_path: Pat
     thread.join(30)
     assert not thread.is_alive()
 
-    child = os.fork()
-    if child == 0:  # pragma: no cover - the child reports through its exit code
-        ok = False
-        try:
-            with jobs.transaction() as db:
-                ok = db is not first and LocalJobs.next_call(db, "p", 1, "submit") == 4
-        finally:
-            os._exit(0 if ok else 1)
-    _, status = os.waitpid(child, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    def in_child() -> bool:
+        with jobs.transaction() as db:
+            return db is not first and LocalJobs.next_call(db, "p", 1, "submit") == 4
+
+    assert processes.fork(in_child)(60) == 0
     with jobs.transaction() as db:
         assert db is first
         assert LocalJobs.next_call(db, "p", 1, "submit") == 5

@@ -32,6 +32,7 @@ from tests.helpers import (
     wait_for,
     waiting_for_lip_sync,
 )
+from tests.processes import Processes
 
 pytestmark = pytest.mark.integration
 
@@ -281,21 +282,20 @@ def test_reconcile_during_a_run_breaks_nothing(start_workers: StartWorkers) -> N
     reconcile_until_quiet(project_id)
 
 
-def test_beat_schedules_reconcile(start_workers: StartWorkers, tmp_path: Path) -> None:
+def test_beat_schedules_reconcile(
+    start_workers: StartWorkers, tmp_path: Path, processes: Processes
+) -> None:
     # Beat's first pass is due the full and the stray sweep: over this test's projects alone.
     workers = start_workers(reconcile_seconds="1", **own_storage())
     ctx = get_context()
     project_id = completed_project(scenes=1)
     corrupt_counters(ctx, project_id, scenes=1)
-    beat = start_beat(workers.env, tmp_path / "beat.log")
-    try:
-        wait_for(
-            lambda: api.get_project(project_id).status == ProjectStatus.COMPLETED,
-            60,
-            "beat's reconcile to recount the project",
-        )
-    finally:
-        beat.stop()
+    processes.adopt(start_beat(workers.env, tmp_path / "beat.log"))
+    wait_for(
+        lambda: api.get_project(project_id).status == ProjectStatus.COMPLETED,
+        60,
+        "beat's reconcile to recount the project",
+    )
 
 
 def test_a_run_whose_refinalize_was_lost_is_finalized(stack: object) -> None:

@@ -11,14 +11,21 @@ from __future__ import annotations
 import click
 
 from mvpipe.cli import costs, local, operations, projects, runs
+from mvpipe.cli.exits import OneLineGroup
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=OneLineGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="mvpipe")
 def main() -> None:
     """mvpipe: generate music videos scene by scene on a Celery cluster.
 
-    Configuration comes from MVPIPE_* environment variables (see the README).
+    Configuration comes from MVPIPE_* environment variables (see the README). Money is in US
+    dollars, times in seconds.
+
+    \b
+    Exit codes: 0 done, 1 the project failed, 2 invalid input, 3 not found,
+    4 conflict, 5 timed out, 6 a service or setting is unavailable.
+    An error is one line on standard error, starting with "error:".
     """
 
 

@@ -2,4 +2,4 @@
 
 from mvpipe.cli import main
 
-main()
+main(prog_name="mvpipe")

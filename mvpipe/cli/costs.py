@@ -10,12 +10,20 @@ from mvpipe.cli.exits import EXIT_INVALID, fail, guarded
 from mvpipe.cli.lazy import api
 
 
-@click.command()
+@click.command(short_help="What a run would still pay, in US dollars.")
 @click.argument("project_id")
-@click.option("--scene", "sequence", type=int, help="What regenerating this scene would cost.")
-@click.option("--json", "as_json", is_flag=True, help="Print the estimate as JSON.")
+@click.option(
+    "--scene",
+    "sequence",
+    type=int,
+    help="What regenerating this scene (its number, from 1) would cost instead.",
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the estimate as JSON (usd, jobs, exact)."
+)
 def estimate(project_id: str, sequence: int | None, as_json: bool) -> None:
-    """What a run would still pay: every paid stage still missing."""
+    """What a run would still pay, in US dollars: every paid stage (generation, lip-sync)
+    still missing, at MVPIPE_PRICES. Exact once the project is planned, "about" before."""
     from mvpipe.pricing import MICROS_PER_USD
 
     found = guarded(lambda: api.estimate_micros(project_id, sequence))
@@ -28,11 +36,16 @@ def estimate(project_id: str, sequence: int | None, as_json: bool) -> None:
     click.echo(f"{approx}${dollars:,.2f} for {found.jobs} paid job(s)")
 
 
-@click.command(context_settings={"ignore_unknown_options": True})  # so "-5" is a value
+@click.command(
+    context_settings={"ignore_unknown_options": True},  # so "-5" is a value
+    short_help="Set a project's budget in US dollars.",
+)
 @click.argument("project_id")
 @click.argument("usd")
 def budget(project_id: str, usd: str) -> None:
-    """Set a project's budget in US dollars (`none`: no limit); `run` then continues."""
+    """Set a project's budget to USD US dollars (0 to 1,000,000, not below what the project has
+    committed; `none`: no limit). Raising it lets the next `run` pay for the scenes that
+    stopped over budget."""
     value: float | None = None
     if usd.strip().lower() != "none":
         try:

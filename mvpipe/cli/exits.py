@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -56,3 +56,32 @@ def guarded(fn: Callable[[], T]) -> T:
         fail(str(exc), code)
     except OSError as exc:  # connection refused and the like: the stack is not running
         fail(f"cannot reach a backing service: {exc}", EXIT_UNAVAILABLE)
+
+
+class OneLineGroup(click.Group):
+    """The command group. Click's own usage errors (a value of the wrong type, a missing
+    argument, an unknown option or command) become one line and `EXIT_INVALID` like every
+    other error, instead of Click's three-line usage block; a bare `mvpipe` still shows the
+    help."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            code = super().main(*args, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.UsageError as exc:
+            fail(_usage_line(exc), EXIT_INVALID)
+        except click.ClickException as exc:
+            fail(exc.format_message(), exc.exit_code)
+        except click.Abort:
+            fail("aborted", EXIT_FAILED)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _usage_line(exc: click.UsageError) -> str:
+    """Click's message on one line, lower-cased like ours, naming the help to read."""
+    message = " ".join(exc.format_message().split()).rstrip(".")
+    message = message[:1].lower() + message[1:]
+    return message if exc.ctx is None else f"{message} (see {exc.ctx.command_path} --help)"

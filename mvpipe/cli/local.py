@@ -28,14 +28,22 @@ def _note(text: str) -> None:
     click.echo(text, err=True)
 
 
-@click.command()
+@click.command(short_help="Start the whole local stack until Ctrl-C.")
 @click.option(
-    "--workdir", type=click.Path(path_type=Path), help="Where the stack keeps data and logs."
+    "--workdir",
+    type=click.Path(path_type=Path),
+    help="Where the stack keeps data and logs [default: a new temporary directory].",
 )
-@click.option("--concurrency", default=2, show_default=True, help="Worker processes.")
+@click.option(
+    "--concurrency",
+    default=2,
+    show_default=True,
+    help=f"Worker processes (1 to {MAX_CONCURRENCY}).",
+)
 @click.option("--no-flower", is_flag=True, help="Do not start Flower.")
 def stack(workdir: Path | None, concurrency: int, no_flower: bool) -> None:
-    """Start the whole local stack (Redis, state server, worker, beat, Flower) until Ctrl-C."""
+    """Start the whole local stack (Redis, state server, worker, beat, Flower) until Ctrl-C
+    or SIGTERM, and print the variables that point other shells at it."""
     guarded(lambda: _check_concurrency(concurrency))
     where = workdir or Path(tempfile.mkdtemp(prefix="mvpipe-stack-"))
 
@@ -58,9 +66,16 @@ def _check_concurrency(value: int) -> None:
         raise InvalidInput(f"--concurrency must be from 1 to {MAX_CONCURRENCY}, not {value}")
 
 
-@click.command()
-@click.option("--seconds", default=30.0, show_default=True, help="Length of the synthesized song.")
-@click.option("--bpm", default=120.0, show_default=True, help="Tempo of the synthesized song.")
+@click.command(short_help="Make a music video end to end on a local stack.")
+@click.option(
+    "--seconds",
+    default=30.0,
+    show_default=True,
+    help="Length of the synthesized song in seconds (a song's limits: 5 to 600).",
+)
+@click.option(
+    "--bpm", default=120.0, show_default=True, help="Tempo of the synthesized song (20 to 400)."
+)
 @click.option(
     "--keep", is_flag=True, help="Keep the stack running afterwards (explore it in Flower)."
 )

@@ -7,7 +7,7 @@ bars update in place; elsewhere (a log, a pipe) rich prints them once, when the 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TextIO
@@ -114,10 +114,20 @@ def _terminal(shown: bool) -> Console | None:
     return console if shown and console.is_terminal else None
 
 
+class Tell:
+    """One bar's callback: told how many are done, and of how many (None: not known yet)."""
+
+    def __init__(self, bar: Progress, task: TaskID) -> None:
+        self.bar, self.task = bar, task
+
+    def __call__(self, done: int, of: int | None = None) -> None:
+        self.bar.update(self.task, completed=done, total=of)
+
+
 @contextmanager
-def counted(description: str, *, shown: bool) -> Iterator[Callable[[int, int], None] | None]:
-    """A bar on standard error while the block runs, told (done, of) by the callback it yields;
-    None when no bar is shown (see `_terminal`)."""
+def counted(*descriptions: str, shown: bool) -> Iterator[list[Tell] | None]:
+    """A bar per description on standard error while the block runs, each told (done, of) by
+    its callback, yielded in the same order; None when no bar is shown (see `_terminal`)."""
     console = _terminal(shown)
     if console is None:
         yield None
@@ -130,13 +140,9 @@ def counted(description: str, *, shown: bool) -> Iterator[Callable[[int, int], N
         TimeElapsedColumn(),
         console=console,
     )
-    task = bar.add_task(description, total=None)
-
-    def tell(done: int, of: int) -> None:
-        bar.update(task, completed=done, total=of)
-
+    tells = [Tell(bar, bar.add_task(description, total=None)) for description in descriptions]
     with bar:
-        yield tell
+        yield tells
 
 
 @contextmanager

@@ -14,7 +14,15 @@ from mvpipe.cli.exits import EXIT_INVALID, fail, guarded
 from mvpipe.cli.lazy import api
 from mvpipe.errors import InvalidInput
 from mvpipe.media.files import read_bounded, within
-from mvpipe.models import DEFAULT_LIST_LIMIT, MAX_CONCEPT, ProjectStatus
+from mvpipe.models import (
+    DEFAULT_LIST_LIMIT,
+    MAX_BUDGET_USD,
+    MAX_CONCEPT,
+    MAX_LIST_LIMIT,
+    MAX_SCENES,
+    MAX_TITLE,
+    ProjectStatus,
+)
 
 #: The largest --scene-file read: 999 scenes with full prompts fit with room to spare.
 MAX_SCENE_FILE_BYTES = 16 * 1024 * 1024
@@ -45,28 +53,46 @@ def _read_scenes(path: Path) -> Any:
         raise InvalidInput(f"--scene-file is not valid JSON: {exc}") from None
 
 
-@click.command()
-@click.option("--title", required=True, help="The video's title.")
-@click.option("--concept", help="Concept or lyrics (or use --concept-file).")
+@click.command(short_help="Create a project and print its id.")
+@click.option("--title", required=True, help=f"The video's title (at most {MAX_TITLE} characters).")
+@click.option(
+    "--concept", help=f"Concept or lyrics, at most {MAX_CONCEPT:,} characters (or --concept-file)."
+)
 @click.option(
     "--concept-file",
     type=click.Path(path_type=Path, allow_dash=True),
     help="Read the concept/lyrics from a file (- reads standard input).",
 )
-@click.option("--scenes", "scene_count", type=int, help="Number of scenes [MVPIPE_DEFAULT_SCENES].")
+@click.option(
+    "--scenes",
+    "scene_count",
+    type=click.IntRange(1, MAX_SCENES),
+    help="Number of scenes the planner makes [default: MVPIPE_DEFAULT_SCENES, 8]; not with "
+    "--song, whose beats decide.",
+)
 @click.option(
     "--scene-file",
     type=click.Path(path_type=Path, allow_dash=True),
-    help="JSON list of scene specs (- reads standard input); skips planning.",
+    help="JSON list of scene specs ({prompt, duration_seconds, ...}; - reads standard input); "
+    "skips planning.",
 )
-@click.option("--provider", help="Video provider: local, veo or replicate [MVPIPE_PROVIDER].")
+@click.option(
+    "--provider", help="Video provider: local, veo or replicate [default: MVPIPE_PROVIDER, local]."
+)
 @click.option(
     "--song",
     type=click.Path(path_type=Path),
-    help="Audio file (WAV, MP3, M4A/AAC, FLAC, OGG); its beats decide the scenes.",
+    help="Audio file (WAV, MP3, M4A/AAC, FLAC, OGG) of MVPIPE_SONG_MIN_SECONDS [5] to "
+    "MVPIPE_SONG_MAX_SECONDS [600] seconds and at most MVPIPE_SONG_MAX_BYTES [50 MiB]; its beats "
+    "decide the scenes.",
 )
 @click.option("--lip-sync", is_flag=True, help="Let the planner mark scenes for lip-sync (--song).")
-@click.option("--budget", "budget_usd", type=float, help="Spending limit in US dollars.")
+@click.option(
+    "--budget",
+    "budget_usd",
+    type=float,
+    help=f"Spending limit in US dollars, 0 to {MAX_BUDGET_USD:,} [default: no limit].",
+)
 def create(
     title: str,
     concept: str | None,
@@ -78,7 +104,11 @@ def create(
     lip_sync: bool,
     budget_usd: float | None,
 ) -> None:
-    """Create a project and print its id."""
+    """Create a project and print its id (nothing runs until `mvpipe run`).
+
+    Give the concept with --concept or --concept-file; the scenes come from the planner
+    (--scenes), from a song's beats (--song) or from --scene-file. Bad input is refused before
+    anything is written."""
     if concept_file is not None:
         concept = guarded(lambda: _read_concept(concept_file))
     if concept is None:
@@ -99,11 +129,12 @@ def create(
     click.echo(project_id)
 
 
-@click.command()
+@click.command(short_help="Show a project and each of its scenes.")
 @click.argument("project_id")
 @click.option("--json", "as_json", is_flag=True, help="Print the full project as JSON.")
 def status(project_id: str, as_json: bool) -> None:
-    """Show a project: its song, final video and each scene's slot, stages and keys."""
+    """Show a project: its status, cost against its budget, song and final video, and each
+    scene's slot (seconds), status, tries and stored clips."""
     view = guarded(lambda: api.get_project(project_id))
     if as_json:
         click.echo(view.model_dump_json(indent=2))
@@ -111,7 +142,7 @@ def status(project_id: str, as_json: bool) -> None:
         print_summary(view)
 
 
-@click.command()
+@click.command(short_help="List the newest projects, newest last.")
 @click.option(
     "--status",
     "status_",
@@ -122,10 +153,12 @@ def status(project_id: str, as_json: bool) -> None:
     "--limit",
     default=DEFAULT_LIST_LIMIT,
     show_default=True,
+    type=click.IntRange(1, MAX_LIST_LIMIT),
     help="Show at most this many, the newest (newest last).",
 )
 def projects(status_: str | None, limit: int) -> None:
-    """List the newest projects, newest last."""
+    """List the newest projects, newest last: id, status, created, scenes completed/planned,
+    title."""
     records = guarded(lambda: api.list_projects(status_, limit=limit))
     if len(records) == limit:
         click.echo(f"the newest {limit} project(s); --limit shows more", err=True)
@@ -137,10 +170,15 @@ def projects(status_: str | None, limit: int) -> None:
         )
 
 
-@click.command()
+@click.command(short_help="Download the final video or a scene's clip.")
 @click.argument("project_id")
 @click.argument("file", required=False, type=click.Path(path_type=Path))
-@click.option("--scene", "sequence", type=int, help="A scene's clip instead of the final video.")
+@click.option(
+    "--scene",
+    "sequence",
+    type=int,
+    help="A scene's clip (its number, from 1) instead of the final video.",
+)
 @click.option(
     "--stage",
     type=click.Choice(["working", "original", "lipsync"]),

@@ -13,36 +13,63 @@ from mvpipe.cli.display import print_summary
 from mvpipe.cli.exits import EXIT_FAILED, EXIT_TIMEOUT, fail, guarded
 from mvpipe.cli.lazy import api
 from mvpipe.errors import Timeout
-from mvpipe.models import ProjectStatus, ProjectView, validate_seconds
+from mvpipe.models import MAX_WAIT_SECONDS, ProjectStatus, ProjectView, validate_seconds
 
 
-@click.command()
+@click.command(short_help="Start (or join) a project's run.")
 @click.argument("project_id")
-@click.option("--wait/--no-wait", default=False, help="Follow the run with a live progress bar.")
-@click.option("--timeout", default=3600.0, show_default=True, help="Seconds to wait with --wait.")
+@click.option(
+    "--wait/--no-wait",
+    default=False,
+    show_default=True,
+    help="Follow the run with a live progress bar until it ends.",
+)
+@click.option(
+    "--timeout",
+    default=3600.0,
+    show_default=True,
+    help=f"Seconds to wait with --wait (at most {MAX_WAIT_SECONDS:.0f}).",
+)
 def run(project_id: str, wait: bool, timeout: float) -> None:
-    """Start (or join) a project's run."""
+    """Start (or join) a project's run: plan, generate, cut, lip-sync, assemble; the work runs
+    on the cluster's workers, the command returns at once unless --wait.
+
+    With --wait it exits 0 when the project completed, 1 when it failed, 5 on --timeout."""
     _started(lambda: api.run_project(project_id), wait, timeout)
     if wait:
         _follow_and_exit(project_id, timeout)
 
 
-@click.command()
+@click.command(short_help="Generate one scene again (paid again).")
 @click.argument("project_id")
 @click.argument("sequence", type=int)
-@click.option("--wait/--no-wait", default=False, help="Follow the run until the scene is done.")
-@click.option("--timeout", default=3600.0, show_default=True, help="Seconds to wait with --wait.")
+@click.option(
+    "--wait/--no-wait",
+    default=False,
+    show_default=True,
+    help="Follow the run until the scene is done.",
+)
+@click.option(
+    "--timeout",
+    default=3600.0,
+    show_default=True,
+    help=f"Seconds to wait with --wait (at most {MAX_WAIT_SECONDS:.0f}).",
+)
 def regenerate(project_id: str, sequence: int, wait: bool, timeout: float) -> None:
-    """Generate one scene again (a new paid generation for that scene only)."""
+    """Generate scene SEQUENCE (its number, from 1) again: one new paid generation for that
+    scene only; the run then cuts it and assembles a new final video.
+
+    With --wait it exits 0 when the project completed, 1 when it failed, 5 on --timeout."""
     _started(lambda: api.regenerate_scene(project_id, sequence), wait, timeout)
     if wait:
         _follow_and_exit(project_id, timeout)
 
 
-@click.command()
+@click.command(short_help="Cancel a project's run; `run` resumes it.")
 @click.argument("project_id")
 def cancel(project_id: str) -> None:
-    """Cancel a project's run; a later `run` resumes it."""
+    """Cancel a project's run: queued work stops, provider jobs in flight are stopped where
+    the provider allows; what is done is kept and a later `run` resumes from there."""
     view = guarded(lambda: api.cancel_project(project_id))
     click.echo(f"cancelled; project is {view.status}")
 

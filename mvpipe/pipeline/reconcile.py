@@ -65,6 +65,9 @@ _NOT_REPAIRS = frozenset({"stray_songs_skipped"})
 #: Told (projects examined, projects listed) after each project of an inline pass: what a long
 #: pass over every project shows while it runs (`mvpipe reconcile`'s progress).
 Progress = Callable[[int, int], None]
+#: Told the project folders an inline pass's stray sweeps have covered so far, after each page
+#: (their number is not known before the end): what `mvpipe reconcile --sweep` shows.
+SweepProgress = Callable[[int], None]
 
 
 class ReconcileReport(BaseModel):
@@ -122,6 +125,7 @@ def reconcile(
     full_sweep: bool | None = None,
     budget_seconds: float | None = None,
     progress: Progress | None = None,
+    swept: SweepProgress | None = None,
 ) -> ReconcileReport:
     """Repair the projects that can need it (or the given ones): see `reconcile_scope`. The
     full sweep of finished projects runs at most once per `MVPIPE_FULL_SWEEP_SECONDS` and the
@@ -135,7 +139,7 @@ def reconcile(
     stray sweeps are then rounds over passes, each read a page at a time from its own cursor
     (`_beat_pass`). Without it (inline calls) every project the pass lists is examined, and
     the full sweep and the stray sweeps are done all at once, each project examined told to
-    `progress` (beat's passes tell no one)."""
+    `progress` and the stray sweeps' progress to `swept` (beat's passes tell no one)."""
     started = time.monotonic()
     report = ReconcileReport()
     warn_short_grace(ctx.settings)
@@ -147,13 +151,15 @@ def reconcile(
         if sweep_strays is None:
             sweep_strays = ctx.board.due(STRAY_SWEEP_JOB, ctx.settings.stray_sweep_seconds)
         if sweep_strays:
-            _sweep_strays(ctx, report)
+            _sweep_strays(ctx, report, swept)
         if project_ids is None:
             if full_sweep is None:
                 full_sweep = ctx.board.due(FULL_SWEEP_JOB, ctx.settings.full_sweep_seconds)
             project_ids = projects_to_examine(ctx, full_sweep=full_sweep, now=time.time())
         listed = list(dict.fromkeys(project_ids))
         told = None if progress is None else functools.partial(_told, progress, len(listed))
+        if told is not None:
+            told(0)  # the number listed is shown at once, also when there are none
         examined = _examine(ctx, dispatcher, report, ((p, p) for p in listed), None, told)
         passed = f"examined {examined} of {len(listed)} projects"
         passed += f" in {time.monotonic() - started:.3f} s (full sweep: {bool(full_sweep)})"
@@ -337,10 +343,10 @@ def _stray_cutoff(ctx: Context) -> str:
     return grace_cutoff(ctx.settings, time.time()).isoformat(timespec="microseconds")
 
 
-def _sweep_strays(ctx: Context, report: ReconcileReport) -> None:
+def _sweep_strays(ctx: Context, report: ReconcileReport, swept: SweepProgress | None) -> None:
     """The whole stray-item scan and stray-song sweep at once (inline calls)."""
     _delete_strays(ctx, report, ctx.table.stray_scene_keys(_stray_cutoff(ctx)))
-    done = song_turn(ctx=ctx, after=None, cursor=None, spent=lambda: 0.0, budget=None)
+    done = song_turn(ctx=ctx, after=None, cursor=None, spent=lambda: 0.0, budget=None, told=swept)
     _count_songs(report, done)
 
 

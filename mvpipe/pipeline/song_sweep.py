@@ -41,6 +41,7 @@ class SongTurn(NamedTuple):
 
 @dataclass
 class _Tally:
+    folders: int = 0
     deleted: int = 0
     skipped: int = 0
     first_skipped: str = ""
@@ -53,15 +54,20 @@ def song_turn(
     cursor: str | None,
     spent: Callable[[], float],
     budget: float | None,
+    told: Callable[[int], None] | None = None,
 ) -> SongTurn:
     """The sweep's pages of this pass, from past the name `after` under `projects/` (see
     `paged_turn`; `cursor` None: an inline pass, which keeps none). The songs it skips are
-    said in one line, however many."""
+    said in one line, however many. `told`, if given, is told the project folders swept so
+    far after each page."""
     cutoff = grace_cutoff(ctx.settings, time.time())
     tally = _Tally()
 
     def page(start: str | None) -> str | None:
-        return _collect_page(ctx=ctx, tally=tally, cutoff=cutoff, after=start)
+        following = _collect_page(ctx=ctx, tally=tally, cutoff=cutoff, after=start)
+        if told is not None:
+            told(tally.folders)
+        return following
 
     pages, over = paged_turn(
         ctx=ctx, cursor=cursor, start=after, page=page, encode=str, spent=spent, budget=budget
@@ -86,6 +92,7 @@ def _collect_page(
     in one batch, the song folder of each without it listed, and its stray songs that are
     this table's deleted. Returns the name the next page starts after (None: the end)."""
     names, following = ctx.clips.folders(PROJECTS_PREFIX, after, SONG_PAGE)
+    tally.folders += len(names)
     ids = [n for n in names if is_project_id(n)]
     with_metadata = ctx.projects.existing(ids)
     listed = [o for p in ids if p not in with_metadata for o in ctx.clips.list(song_prefix(p))]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -81,21 +81,25 @@ def test_two_planners_of_one_run_never_reset_claimed_scenes(start_workers: Start
     check_drill(project_id, workers)
 
 
+@pytest.fixture
+def standin() -> Iterator[ProviderStandIn]:
+    """The providers' stand-in server, stopped after the test however it ends."""
+    server = ProviderStandIn().start()
+    yield server
+    server.stop()
+
+
 def test_a_planner_that_keeps_failing_fails_the_planning_with_its_error(
-    start_workers: StartWorkers, monkeypatch: pytest.MonkeyPatch
+    start_workers: StartWorkers, standin: ProviderStandIn
 ) -> None:
     # Given Gemini answering 503 to every call (the real SDK, against the local stand-in)
-    standin = ProviderStandIn().start()
-    try:
-        standin.fail_next["gemini"] = [503] * 100
-        env = {"GEMINI_API_KEY": "gemini-key-123456", "MVPIPE_GENAI_BASE_URL": standin.url}
-        start_workers(env=env, planner="gemini", max_attempts="3", **DRILL_SETTINGS)
-        project_id = api.create_project("Unplannable", "Busy planner.", scene_count=2)
-        # When the project runs (and reconcile passes, taking stale runs over)
-        api.run_project(project_id)
-        view = heal(project_id, timeout=120)
-    finally:
-        standin.stop()
+    standin.fail_next["gemini"] = [503] * 100
+    env = {"GEMINI_API_KEY": "gemini-key-123456", "MVPIPE_GENAI_BASE_URL": standin.url}
+    start_workers(env=env, planner="gemini", max_attempts="3", **DRILL_SETTINGS)
+    project_id = api.create_project("Unplannable", "Busy planner.", scene_count=2)
+    # When the project runs (and reconcile passes, taking stale runs over)
+    api.run_project(project_id)
+    view = heal(project_id, timeout=120)
     # Then planning gives up after its attempts, saying why, and no run is left
     assert view.status == ProjectStatus.FAILED and not view.scenes
     assert view.last_error and view.last_error.startswith("planning failed")
