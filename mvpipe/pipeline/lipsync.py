@@ -18,11 +18,10 @@ from mvpipe.deps import Context
 from mvpipe.errors import ConfigurationError, InvalidInput, PermanentProviderError
 from mvpipe.media.audio import slot_wav
 from mvpipe.media.cut import cut_clip
-from mvpipe.pipeline.cut import output_format, slot_frames
-from mvpipe.pipeline.stages import slot_seconds
+from mvpipe.pipeline.cut import output_format, slot_frames, slot_seconds
 from mvpipe.providers.base import JobStatus, LipSyncProvider, LipSyncRequest
 from mvpipe.providers.classify import describe
-from mvpipe.store.clips import ObjectMissing, lipsync_key, slot_audio_key
+from mvpipe.store.clips import ObjectMissing, slot_audio_key
 from mvpipe.store.records import SceneRecord
 
 #: The slot audio's sample rate: speech models want at least 16 kHz; a slot stays small.
@@ -58,6 +57,11 @@ class LipSync:
         self.limit = s.lipsync_concurrency
         self.poll_seconds = s.poll_seconds_for(name)
         self.liveness_seconds = s.liveness_seconds(name)
+
+    @classmethod
+    def for_project(cls, ctx: Context, video_provider: str) -> LipSync:
+        """The lip-sync stage's provider: the same whatever the project's video provider."""
+        return cls(ctx)
 
     @property
     def provider(self) -> LipSyncProvider:
@@ -129,6 +133,3 @@ class LipSync:
 
     def cancel(self, operation_id: str) -> bool:
         return self.provider.cancel(operation_id)
-
-    def output_key(self, project_id: str, sequence: int, operation_id: str) -> str:
-        return lipsync_key(project_id, sequence, operation_id)
