@@ -76,7 +76,8 @@ class LipSync:
             return False
 
     def prepare(self, scene: SceneRecord) -> None:
-        """Store the slot's audio (before the claim: no lease waits on decoding the song)."""
+        """Store the slot's audio before the quota slot and the claim: no slot or lease waits on
+        decoding the song, and a song that is gone fails the stage without taking either."""
         key = audio_key(scene)
         if key is None or scene.start_seconds is None or scene.end_seconds is None:
             raise InvalidInput(f"scene {scene.sequence} has no slot of a song to lip-sync to")

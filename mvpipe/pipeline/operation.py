@@ -95,7 +95,9 @@ class StageProvider(Protocol):
         ...
 
     def prepare(self, scene: SceneRecord) -> None:
-        """Make the job's inputs before the claim (idempotent): no lease waits on them."""
+        """Make the job's inputs (idempotent) before the quota slot and the claim: no slot or
+        lease waits on them, and inputs that can never be made (an `InvalidInput`) fail the
+        stage without taking either."""
         ...
 
     def submit(self, scene: SceneRecord) -> str: ...
@@ -189,6 +191,16 @@ class PaidOperation:
         except ConfigurationError as exc:  # unpriced paid work: no budget could hold it
             ctx.scenes.fail_open(*self.ids, error=str(exc), stage=self.fields)
             return x.finished("failed: no price")
+        # The inputs first: what can fail for reasons of ours (a song gone from the store, an
+        # outage reading it) fails or retries before the scene takes a slot of the quota.
+        try:
+            self.provider.prepare(scene)
+        except (InvalidInput, ConfigurationError) as exc:  # inputs that can never be made
+            error = f"the {self.stage.name} inputs could not be made: {describe(exc)}"
+            if ctx.scenes.fail_open(*self.ids, error=error, stage=self.fields):
+                self.release_slot()  # a place in line an earlier step of this scene took
+            self.log(error, None, None)
+            return x.finished("failed: inputs could not be made")
         slot = self.acquire_slot(park=x.park() if x.park is not None else None)
         if not slot.granted:
             # A later stage waits `processing` (its earlier outputs made): marked alive, so
@@ -200,14 +212,6 @@ class PaidOperation:
                 self.slot_check_seconds(slot.place),
                 {"stage": self.stage.name},
             )
-        try:
-            self.provider.prepare(scene)
-        except (InvalidInput, ConfigurationError) as exc:  # inputs that can never be made
-            self.release_slot()
-            error = f"the {self.stage.name} inputs could not be made: {describe(exc)}"
-            ctx.scenes.fail_open(*self.ids, error=error, stage=self.fields)
-            self.log(error, None, None)
-            return x.finished("failed: inputs could not be made")
         token = uuid.uuid4().hex
         # Marked as polled before the operation can become visible, so reconcile never takes a
         # scene between submit and its first poll for an orphan. Nothing but the one write of
