@@ -11,15 +11,24 @@ edits outside its entry. It sees comparisons only; a lookup keyed by a stage is 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import uuid
 from pathlib import Path
 
 import mvpipe
 from mvpipe.devstack.failpoints import LIPSYNC_POINTS, POINTS
 from mvpipe.pipeline import stages
-from mvpipe.pipeline.stages import BY_NAME, MEDIA_QUEUE, STAGES, VIDEO_QUEUE, Stage
+from mvpipe.pipeline.stages import (
+    BY_NAME,
+    MEDIA_QUEUE,
+    STAGES,
+    VIDEO_QUEUE,
+    Stage,
+    claims_first_stage,
+)
 from mvpipe.store.clips import scene_prefix
 from mvpipe.store.scenes import OUTPUT_ORDER
+from tests.test_stages import scene
 
 #: The moments of the paid machine a drill can crash at, each stage's named with its prefix.
 MACHINE_POINTS = ("after_submit", "during_poll", "after_upload")
@@ -76,6 +85,17 @@ def assert_free(stage: Stage) -> None:
     assert stage.runner is not None, stage.name
     assert (stage.price, stage.provider, stage.output_key, stage.input_key) == (None,) * 4
     assert stage.failpoints == "" and not stage.fits_duration
+
+
+def test_only_a_scene_whose_first_stage_is_not_submitted_claims_a_slot_of_its_video_quota() -> None:
+    # planning orders a run's waiters by the video provider's quota: only those scenes ask it
+    fresh = scene()
+    assert claims_first_stage(fresh)
+    assert not claims_first_stage(dataclasses.replace(fresh, operation_id="op"))  # its job runs
+    cut = dataclasses.replace(fresh, clip_key="o.mp4", operation_id="op")
+    assert not claims_first_stage(cut)  # the cut is next: free work
+    synced = dataclasses.replace(cut, working_clip_key="w.mp4", lip_sync=True)
+    assert not claims_first_stage(synced)  # the lip-sync asks its own pool
 
 
 #: The names the stage module binds to its stages (GENERATE, CUT, LIPSYNC), and the tables a
