@@ -26,7 +26,7 @@ from mvpipe.pipeline.operation import PaidOperation, VideoGeneration
 from mvpipe.pipeline.stages import GENERATE
 from mvpipe.pipeline.steps import LeasePending, Next, RecordPending
 from mvpipe.providers.base import JobState, JobStatus, VideoRequest
-from mvpipe.providers.limiter import QuotaLimiter, slot_member
+from mvpipe.providers.limiter import QuotaLimiter, SlotDecision, slot_member
 from mvpipe.providers.render import render_clip
 from mvpipe.settings import get_settings
 from mvpipe.store.records import SceneRecord
@@ -543,6 +543,59 @@ def test_a_lip_sync_waiting_for_a_quota_slot_keeps_its_scene_marked_alive(ctx: C
     # Then the scene is marked alive while it waits: reconcile starts no second chain for it
     assert ctx.board.scene_polled(project_id, 2)
     assert not ctx.board.claim_poll_chain(project_id, 2, 60)
+
+
+class CountingLimiter(QuotaLimiter):
+    """The real limiter, noting each pool's in-flight slots right after every slot request."""
+
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        super().__init__(client, prefix=prefix)
+        self.in_flight: list[dict[str, int]] = []
+
+    def acquire(
+        self,
+        provider: str,
+        member: str,
+        *,
+        limit: int,
+        ttl: float,
+        line_ttl: float,
+        park: str | None = None,
+    ) -> SlotDecision:
+        decision = super().acquire(
+            provider, member, limit=limit, ttl=ttl, line_ttl=line_ttl, park=park
+        )
+        self.in_flight.append(self.slots_held(provider))
+        return decision
+
+
+def test_a_lip_sync_whose_song_is_gone_fails_without_taking_a_quota_slot(ctx: Context) -> None:
+    # Given a scene between its cut and its lip-sync in a live run, its song gone from the
+    # store, and a lip-sync pool with room
+    project_id = waiting_for_lip_sync(ctx)
+    run_id = str(uuid.uuid4())
+    assert ctx.projects.win_run(project_id, run_id, ProjectStatus.PROCESSING) == run_id
+    song_key = ctx.projects.get(project_id).song_key
+    assert song_key is not None
+    ctx.clips.delete(song_key)
+    limiter = ctx.limiter = CountingLimiter(ctx.redis, ctx.limiter.prefix)
+    pool = f"lipsync:{ctx.settings.lipsync_provider}"
+
+    # When its chain runs the lip-sync
+    step = SceneJob(ctx, project_id, 2, run_id, "local").step()
+
+    # Then the scene fails saying its song is gone
+    assert step.next == Next.DONE
+    scene = ctx.scenes.get(project_id, 2)
+    assert scene is not None and scene.status == SceneStatus.FAILED
+    assert scene.last_error and f"({song_key})" in scene.last_error
+    assert "gone from the store" in scene.last_error
+    # and the song was read before any slot was taken: the pool's in-flight count never rose
+    assert all(project_id not in held for held in limiter.in_flight), limiter.in_flight
+    assert project_id not in limiter.slots_held(pool)
+    snapshot = limiter.snapshot(pool)
+    assert not [m for m in snapshot.held if project_id in m], snapshot
+    assert not [line for line in snapshot.lines if line.project == project_id], snapshot
 
 
 def accepted_lip_sync(ctx: Context, project_id: str, run_id: str) -> tuple[str, str, str]:

@@ -13,23 +13,33 @@ from __future__ import annotations
 import hashlib
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mvpipe import hooks
 from mvpipe.errors import InvalidInput
 from mvpipe.media.cut import cut_clip
 from mvpipe.media.encoding import OutputFormat, parse_size
 from mvpipe.pipeline.execution import Execution
-from mvpipe.pipeline.stages import GENERATE, Stage, is_last
 from mvpipe.pipeline.steps import Next, Step
 from mvpipe.providers.classify import describe
 from mvpipe.settings import Settings
 from mvpipe.store.clips import ObjectMissing, working_key
 from mvpipe.store.records import SceneRecord
 
+if TYPE_CHECKING:
+    from mvpipe.pipeline.stages import Stage
+
 
 def output_format(settings: Settings) -> OutputFormat:
     width, height = parse_size(settings.output_size)
     return OutputFormat(width, height, settings.output_fps)
+
+
+def slot_seconds(scene: SceneRecord) -> float:
+    """The length of the scene's slot in the song (its clip's length when it has none)."""
+    if scene.start_seconds is None or scene.end_seconds is None:
+        return float(scene.duration_seconds)
+    return scene.end_seconds - scene.start_seconds
 
 
 def slot_frames(scene: SceneRecord, fps: int) -> int:
@@ -56,7 +66,8 @@ def cut_key(scene: SceneRecord, original_key: str, settings: Settings) -> str:
 
 
 class CutRunner:
-    """Runs the cut stage of one scene in this execution (queue `mvpipe.media`)."""
+    """Runs the cut stage of one scene in this execution (queue `mvpipe.media`): cuts the
+    stage's `requires` (the original) into its output."""
 
     def __init__(self, execution: Execution, stage: Stage) -> None:
         self.x = execution
@@ -65,8 +76,9 @@ class CutRunner:
 
     def run(self, scene: SceneRecord) -> Step:
         ctx, x = self.ctx, self.x
-        original = GENERATE.output(scene)
-        if original is None:
+        source = self.stage.requires
+        original: str | None = scene.value(source) if source is not None else None
+        if source is None or original is None:
             raise ValueError("a cut needs the original clip")
         fmt = output_format(ctx.settings)
         frames = slot_frames(scene, fmt.fps)
@@ -82,7 +94,7 @@ class CutRunner:
                     x.project_id,
                     x.sequence,
                     error=error,
-                    made_from=(GENERATE.fields.output, original),
+                    made_from=(source, original),
                     stage=self.stage.fields,
                 )
                 x.log(error, None, None, self.stage.name)
@@ -92,18 +104,19 @@ class CutRunner:
             if held:
                 x.log(f"clip shorter than its slot: held its last frame {held} times", None, None,
                       self.stage.name)  # fmt: skip
-        last = is_last(self.stage, scene)
+        last = self.stage.is_last(scene)
         written = ctx.scenes.record_output(
             x.project_id,
             x.sequence,
             stage=self.stage.fields,
             key=key,
-            made_from=(GENERATE.fields.output, original),
+            made_from=(source, original),
             last=last,
         )
         if written is None:
             return Step.done("superseded: scene moved on, cut left for garbage collection")
-        x.log(f"cut recorded: {key} ({frames} frames at {fmt.size}@{fmt.fps})", None, None, "cut")
+        message = f"cut recorded: {key} ({frames} frames at {fmt.size}@{fmt.fps})"
+        x.log(message, None, None, self.stage.name)
         return x.finished("completed") if last else Step(Next.STAGE, "cut done", scene=written)
 
     def lost(self, original: str, exc: ObjectMissing) -> Step:

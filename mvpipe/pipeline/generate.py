@@ -16,12 +16,11 @@ from typing import Any
 from mvpipe.deps import Context
 from mvpipe.errors import MvpipeError
 from mvpipe.models import SceneStatus
-from mvpipe.pipeline.cut import CutRunner
 from mvpipe.pipeline.execution import Execution
-from mvpipe.pipeline.lipsync import LipSync
-from mvpipe.pipeline.operation import PaidOperation, StageProvider, VideoGeneration
-from mvpipe.pipeline.stages import BY_NAME, GENERATE, LIPSYNC, Stage, next_stage
+from mvpipe.pipeline.operation import PaidOperation, StageProvider
+from mvpipe.pipeline.stages import BY_NAME, GENERATE, Stage, next_stage
 from mvpipe.pipeline.steps import Next, Step
+from mvpipe.providers.limiter import slot_member
 from mvpipe.states import lease_expired
 from mvpipe.store.records import SceneRecord
 
@@ -30,13 +29,12 @@ MAX_STAGES_PER_STEP = 4
 
 
 def stage_provider(ctx: Context, stage: Stage, provider: str) -> StageProvider:
-    """The provider a paid stage calls: the project's video model for generation, the
-    configured lip-sync model (`MVPIPE_LIPSYNC_PROVIDER`) for lip-sync."""
-    if stage is GENERATE:
-        return VideoGeneration(ctx.video_provider(provider), ctx.settings)
-    if stage is LIPSYNC:
-        return LipSync(ctx)
-    raise ValueError(f"stage {stage.name} is not paid")
+    """The provider a paid stage calls for a project of the video provider `provider` (the
+    stage's `provider`: the project's video model for generation, the configured lip-sync
+    model for lip-sync)."""
+    if stage.provider is None:
+        raise ValueError(f"stage {stage.name} is not paid")
+    return stage.provider(ctx, provider)
 
 
 class SceneJob:
@@ -73,7 +71,8 @@ class SceneJob:
 
     @property
     def member(self) -> str:
-        return self.paid(GENERATE).member
+        """The scene's member in every quota pool (one job in flight per scene at most)."""
+        return slot_member(self.x.project_id, self.x.sequence)
 
     def paid(self, stage: Stage) -> PaidOperation:
         return PaidOperation(self.x, stage, stage_provider(self.ctx, stage, self.x.provider))
@@ -163,8 +162,8 @@ class SceneJob:
             self.mark_queued()
             carry = {"stage": stage.name}
             return Step(Next.STAGE, f"queued for {stage.name}", 0.0, carry, queue=stage.queue)
-        if not stage.paid:
-            return self.then(CutRunner(self.x, stage).run(scene), stages_run + 1)
+        if stage.runner is not None:  # a free stage
+            return self.then(stage.runner(self.x, stage).run(scene), stages_run + 1)
         machine = self.paid(stage)
         operation_id = stage.operation(scene)
         if operation_id is not None:

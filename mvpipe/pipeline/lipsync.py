@@ -18,11 +18,10 @@ from mvpipe.deps import Context
 from mvpipe.errors import ConfigurationError, InvalidInput, PermanentProviderError
 from mvpipe.media.audio import slot_wav
 from mvpipe.media.cut import cut_clip
-from mvpipe.pipeline.cut import output_format, slot_frames
-from mvpipe.pipeline.stages import slot_seconds
+from mvpipe.pipeline.cut import output_format, slot_frames, slot_seconds
 from mvpipe.providers.base import JobStatus, LipSyncProvider, LipSyncRequest
 from mvpipe.providers.classify import describe
-from mvpipe.store.clips import ObjectMissing, lipsync_key, slot_audio_key
+from mvpipe.store.clips import ObjectMissing, slot_audio_key
 from mvpipe.store.records import SceneRecord
 
 #: The slot audio's sample rate: speech models want at least 16 kHz; a slot stays small.
@@ -59,6 +58,11 @@ class LipSync:
         self.poll_seconds = s.poll_seconds_for(name)
         self.liveness_seconds = s.liveness_seconds(name)
 
+    @classmethod
+    def for_project(cls, ctx: Context, video_provider: str) -> LipSync:
+        """The lip-sync stage's provider: the same whatever the project's video provider."""
+        return cls(ctx)
+
     @property
     def provider(self) -> LipSyncProvider:
         return self.ctx.lipsync_provider()
@@ -72,7 +76,8 @@ class LipSync:
             return False
 
     def prepare(self, scene: SceneRecord) -> None:
-        """Store the slot's audio (before the claim: no lease waits on decoding the song)."""
+        """Store the slot's audio before the quota slot and the claim: no slot or lease waits on
+        decoding the song, and a song that is gone fails the stage without taking either."""
         key = audio_key(scene)
         if key is None or scene.start_seconds is None or scene.end_seconds is None:
             raise InvalidInput(f"scene {scene.sequence} has no slot of a song to lip-sync to")
@@ -129,6 +134,3 @@ class LipSync:
 
     def cancel(self, operation_id: str) -> bool:
         return self.provider.cancel(operation_id)
-
-    def output_key(self, project_id: str, sequence: int, operation_id: str) -> str:
-        return lipsync_key(project_id, sequence, operation_id)

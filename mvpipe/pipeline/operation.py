@@ -1,12 +1,11 @@
 """The one lease/operation machine of every paid stage: claim → submit → record → poll → upload
 → complete (DESIGN.md invariants 1-3).
 
-`PaidOperation(execution, stage, provider)` runs it for any paid stage: the stage's `StageFields`
-say which scene fields hold its output, operation id and attempts, and its `StageProvider` says
-how to submit, poll, download and name the output. Generation is `PaidOperation(..., GENERATE,
-VideoGeneration(...))`; lip-sync is `PaidOperation(..., LIPSYNC, LipSync(...))`
-(`pipeline.lipsync`). Each stage's crash points are its own (`after_submit` for generation,
-`lipsync_after_submit` for lip-sync, ...), so a drill can crash exactly one of them.
+`PaidOperation(execution, stage, provider)` runs it for any paid stage: the `Stage` says which
+scene fields hold its output, operation id and attempts, its price, where its output is stored
+and what its crash points are called (`after_submit` for generation, `lipsync_after_submit` for
+lip-sync, ...: a drill can crash exactly one of them); its `StageProvider` says how to make its
+inputs, submit, poll and download (`VideoGeneration` here, `pipeline.lipsync.LipSync`).
 
 Each call does a bounded amount of work and returns; waiting happens in the broker (the next step
 queued with a countdown), never in a worker slot.
@@ -19,11 +18,12 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import redis
 
 from mvpipe import durations, hooks
+from mvpipe.deps import Context
 from mvpipe.errors import (
     BrokerUnavailable,
     ConfigurationError,
@@ -34,7 +34,6 @@ from mvpipe.errors import (
     TransientProviderError,
 )
 from mvpipe.pipeline.execution import Execution, log
-from mvpipe.pipeline.stages import GENERATE, Stage, is_last, never_last
 from mvpipe.pipeline.steps import LeasePending, Next, RecordPending, Step
 from mvpipe.providers.base import JobState, JobStatus, VideoProvider, VideoRequest
 from mvpipe.providers.classify import describe
@@ -42,9 +41,11 @@ from mvpipe.providers.fairness import fewer_than_busiest, lighter
 from mvpipe.providers.limiter import SlotDecision, slot_member
 from mvpipe.settings import Settings
 from mvpipe.states import backoff_seconds, lease_expired
-from mvpipe.store.clips import clip_key
 from mvpipe.store.records import SceneRecord
 from mvpipe.store.scenes import Claim
+
+if TYPE_CHECKING:
+    from mvpipe.pipeline.stages import Stage
 
 #: How much later than an unparked waiter a parked one checks its place by itself.
 PARKED_SLOWDOWN = 10
@@ -75,7 +76,7 @@ def polls_first(held: Mapping[str, int], project: str) -> bool:
 
 class StageProvider(Protocol):
     """What the paid machine needs from a stage's provider: its job calls, its quota pool and
-    poll pace, and the key its output is stored under."""
+    poll pace."""
 
     #: the quota pool (each provider its own)
     pool: str
@@ -94,7 +95,9 @@ class StageProvider(Protocol):
         ...
 
     def prepare(self, scene: SceneRecord) -> None:
-        """Make the job's inputs before the claim (idempotent): no lease waits on them."""
+        """Make the job's inputs (idempotent) before the quota slot and the claim: no slot or
+        lease waits on them, and inputs that can never be made (an `InvalidInput`) fail the
+        stage without taking either."""
         ...
 
     def submit(self, scene: SceneRecord) -> str: ...
@@ -108,8 +111,6 @@ class StageProvider(Protocol):
         ...
 
     def cancel(self, operation_id: str) -> bool: ...
-
-    def output_key(self, project_id: str, sequence: int, operation_id: str) -> str: ...
 
 
 class VideoGeneration:
@@ -125,6 +126,11 @@ class VideoGeneration:
         self.poll_seconds = settings.poll_seconds_for(provider.name)
         self.liveness_seconds = settings.liveness_seconds(provider.name)
         self.can_cancel = provider.can_cancel
+
+    @classmethod
+    def for_project(cls, ctx: Context, video_provider: str) -> VideoGeneration:
+        """The generate stage's provider for a project of `video_provider`."""
+        return cls(ctx.video_provider(video_provider), ctx.settings)
 
     def prepare(self, scene: SceneRecord) -> None:
         """Nothing: a generation's request is the scene's own text."""
@@ -151,9 +157,6 @@ class VideoGeneration:
     def cancel(self, operation_id: str) -> bool:
         return self.provider.cancel(operation_id)
 
-    def output_key(self, project_id: str, sequence: int, operation_id: str) -> str:
-        return clip_key(project_id, sequence, operation_id)
-
 
 class PaidOperation:
     """One paid stage of one scene, for one execution."""
@@ -168,7 +171,7 @@ class PaidOperation:
         self.fields = stage.fields
         self.provider = provider
         self.member = slot_member(execution.project_id, execution.sequence)
-        self.points = "" if stage.name == "generate" else f"{stage.name}_"
+        self.points = stage.failpoints
 
     @property
     def ids(self) -> tuple[str, int]:
@@ -188,6 +191,16 @@ class PaidOperation:
         except ConfigurationError as exc:  # unpriced paid work: no budget could hold it
             ctx.scenes.fail_open(*self.ids, error=str(exc), stage=self.fields)
             return x.finished("failed: no price")
+        # The inputs first: what can fail for reasons of ours (a song gone from the store, an
+        # outage reading it) fails or retries before the scene takes a slot of the quota.
+        try:
+            self.provider.prepare(scene)
+        except (InvalidInput, ConfigurationError) as exc:  # inputs that can never be made
+            error = f"the {self.stage.name} inputs could not be made: {describe(exc)}"
+            if ctx.scenes.fail_open(*self.ids, error=error, stage=self.fields):
+                self.release_slot()  # a place in line an earlier step of this scene took
+            self.log(error, None, None)
+            return x.finished("failed: inputs could not be made")
         slot = self.acquire_slot(park=x.park() if x.park is not None else None)
         if not slot.granted:
             # A later stage waits `processing` (its earlier outputs made): marked alive, so
@@ -199,14 +212,6 @@ class PaidOperation:
                 self.slot_check_seconds(slot.place),
                 {"stage": self.stage.name},
             )
-        try:
-            self.provider.prepare(scene)
-        except (InvalidInput, ConfigurationError) as exc:  # inputs that can never be made
-            self.release_slot()
-            error = f"the {self.stage.name} inputs could not be made: {describe(exc)}"
-            ctx.scenes.fail_open(*self.ids, error=error, stage=self.fields)
-            self.log(error, None, None)
-            return x.finished("failed: inputs could not be made")
         token = uuid.uuid4().hex
         # Marked as polled before the operation can become visible, so reconcile never takes a
         # scene between submit and its first poll for an orphan. Nothing but the one write of
@@ -303,7 +308,7 @@ class PaidOperation:
         its length. The step ends when the scene is gone, or when its length is still not one
         this worker's provider makes (another worker, under other allowed lengths, refitted
         it or is submitting it): pricing it would reserve another length than the one made."""
-        if self.stage is not GENERATE:
+        if not self.stage.fits_duration:
             return scene
         allowed = self.s.durations_for(self.x.provider)
         seconds = durations.made_seconds(scene.duration_seconds, allowed)
@@ -492,7 +497,7 @@ class PaidOperation:
     def reads_scene(self) -> bool:
         """Whether a finished job's poll reads the scene: for its output, or to know whether
         the output's write completes the scene."""
-        return self.provider.reads_scene or not never_last(self.stage)
+        return self.provider.reads_scene or not self.stage.never_last
 
     def carry(self) -> dict[str, object]:
         return {"stage": self.stage.name}
@@ -583,7 +588,7 @@ class PaidOperation:
             ctx.scenes.fail(*self.ids, error=error, operation_id=operation_id, stage=self.fields)
             self.log(f"failed: {error}", operation_id, None)
             return self.x.finished("failed")
-        key = self.provider.output_key(*self.ids, operation_id)
+        key = self.stage.operation_output(*self.ids, operation_id)
         ctx.clips.put(key, video)
         self.x.uploaded[key] = video
         hooks.reached(f"{self.points}after_upload")
@@ -616,7 +621,7 @@ class PaidOperation:
         """Record the uploaded output (conditioned on the operation id, so a scene that moved
         on since `scene` was read is not overwritten). `scene` None: not read (the stage is
         never the scene's last)."""
-        last = scene is not None and is_last(self.stage, scene)
+        last = scene is not None and self.stage.is_last(scene)
         written = self.ctx.scenes.complete(
             *self.ids, operation_id=operation_id, clip_key=key, stage=self.fields, last=last
         )

@@ -18,7 +18,7 @@ from mvpipe.errors import ConfigurationError, PermanentProviderError
 from mvpipe.media.slots import Slot
 from mvpipe.models import SceneSpec, SceneStatus
 from mvpipe.pipeline.brief import slot_briefs
-from mvpipe.pipeline.stages import GENERATE, next_stage
+from mvpipe.pipeline.stages import claims_first_stage, next_stage
 from mvpipe.pipeline.timeline import load_timeline, song_slots
 from mvpipe.providers.base import Brief
 from mvpipe.providers.classify import describe
@@ -97,9 +97,7 @@ def plan_run(
         and (wanted is None or s.sequence in wanted)
     ]
     claiming = frozenset(
-        s.sequence
-        for s in state.scenes
-        if s.sequence in sequences and next_stage(s) is GENERATE and GENERATE.operation(s) is None
+        s.sequence for s in state.scenes if s.sequence in sequences and claims_first_stage(s)
     )
     return RunPlan(state.project.provider, sequences, claiming)
 

@@ -21,7 +21,6 @@ from mvpipe.models import ProjectStatus, SceneStatus
 from mvpipe.pipeline.cut import cut_key
 from mvpipe.pipeline.finalize import settle_project
 from mvpipe.pipeline.grace import grace_cutoff, warn_short_grace
-from mvpipe.pipeline.lipsync import audio_key
 from mvpipe.pipeline.reconcile_scope import (
     CURSOR_JOB,
     FULL_SWEEP_JOB,
@@ -45,17 +44,11 @@ from mvpipe.pipeline.reconcile_scope import (
     this_turn,
 )
 from mvpipe.pipeline.song_sweep import SongTurn, song_turn
-from mvpipe.pipeline.stages import GENERATE, LIPSYNC, Stage, is_last, lost_output, next_stage
+from mvpipe.pipeline.stages import STAGES, Stage, is_last, lost_output, next_stage
 from mvpipe.pipeline.steps import Dispatcher
 from mvpipe.providers.classify import describe
 from mvpipe.states import FINAL_SCENE_STATES, assembly_due, lease_expired
-from mvpipe.store.clips import (
-    PROJECTS_PREFIX,
-    StoredObject,
-    clip_key,
-    lipsync_key,
-    scene_prefix,
-)
+from mvpipe.store.clips import PROJECTS_PREFIX, StoredObject, scene_prefix
 from mvpipe.store.records import ProjectState, SceneRecord
 
 log = logging.getLogger("mvpipe.reconcile")
@@ -445,8 +438,8 @@ def _adopt_operation(p: _Pass, scene: SceneRecord, stage: Stage, run: str | None
     operation_id = stage.operation(scene) or ""
     if ctx.board.scene_polled(scene.project_id, scene.sequence):
         return False
-    key = _operation_output(scene, stage, operation_id)
-    if key is not None and key in p.objects:
+    key = stage.operation_output(scene.project_id, scene.sequence, operation_id)
+    if key in p.objects:
         if ctx.scenes.complete(
             scene.project_id,
             scene.sequence,
@@ -467,27 +460,18 @@ def _adopt_operation(p: _Pass, scene: SceneRecord, stage: Stage, run: str | None
     return False
 
 
-def _operation_output(scene: SceneRecord, stage: Stage, operation_id: str) -> str | None:
-    """Where the stage's operation uploads its output (None: not known for this stage)."""
-    if stage is GENERATE:
-        return clip_key(scene.project_id, scene.sequence, operation_id)
-    if stage is LIPSYNC:
-        return lipsync_key(scene.project_id, scene.sequence, operation_id)
-    return None
-
-
 def _collect_garbage(p: _Pass, scene: SceneRecord) -> None:
     """Objects under a scene's prefix other than its recorded clips (and the ones its recorded
     operations and its cut are about to record, and the slot audio of a lip-sync to come),
     past the grace period."""
     prefix = scene_prefix(scene.project_id, scene.sequence)
-    live = {scene.clip_key, scene.working_clip_key, scene.lip_synced_clip_key}
-    if scene.operation_id:
-        live.add(clip_key(scene.project_id, scene.sequence, scene.operation_id))
-    if scene.lip_sync_operation_id:
-        live.add(lipsync_key(scene.project_id, scene.sequence, scene.lip_sync_operation_id))
-    if LIPSYNC.needed(scene) and scene.lip_synced_clip_key is None:
-        live.add(audio_key(scene))
+    live = {stage.output(scene) for stage in STAGES}
+    for stage in STAGES:
+        operation_id = stage.operation(scene)
+        if operation_id:
+            live.add(stage.operation_output(scene.project_id, scene.sequence, operation_id))
+        if stage.input_key is not None and stage.needed(scene) and stage.output(scene) is None:
+            live.add(stage.input_key(scene))
     if scene.clip_key is not None:
         live.add(cut_key(scene, scene.clip_key, p.ctx.settings))
     cutoff = grace_cutoff(p.ctx.settings, p.now)

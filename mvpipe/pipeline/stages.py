@@ -9,20 +9,31 @@ then the next, until every needed output is recorded (docs/DESIGN.md *Scene stag
     lipsync   paid   lipSyncedVideoClipS3Key  lipSyncOperationId / lipSyncAttempts  mvpipe.video
 
 Paid stages all run through the one lease/operation machine (`pipeline.operation.PaidOperation`),
-parameterized by their `StageFields` and their provider; free stages have their own runner.
+parameterized by their `Stage` (fields, price, provider, output key, crash points); free stages
+by their own `runner`. Nothing outside this module asks which stage it holds: a new stage is a
+new entry in `STAGES` (tests/test_stages.py checks both).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Protocol
 
 from mvpipe import durations
+from mvpipe.deps import Context
 from mvpipe.models import SceneStatus
+from mvpipe.pipeline.cut import CutRunner, slot_seconds
+from mvpipe.pipeline.lipsync import LipSync, audio_key
+from mvpipe.pipeline.operation import StageProvider, VideoGeneration
 from mvpipe.settings import Settings
-from mvpipe.store.clips import StoredObject
+from mvpipe.store.clips import StoredObject, clip_key, lipsync_key
 from mvpipe.store.records import SceneRecord
 from mvpipe.store.scenes import LIP_SYNCED, ORIGINAL, WORKING, StageFields
+
+if TYPE_CHECKING:
+    from mvpipe.pipeline.execution import Execution
+    from mvpipe.pipeline.steps import Step
 
 #: Queues (declared in celeryconfig): provider calls and polls, and media work.
 VIDEO_QUEUE = "mvpipe.video"
@@ -31,6 +42,16 @@ MEDIA_QUEUE = "mvpipe.media"
 
 #: What one job of a paid stage costs (micro-dollars): settings, the project's provider, scene.
 Pricing = Callable[[Settings, str, SceneRecord], int]
+#: A paid stage's provider for a project of the given video provider.
+ProviderOf = Callable[[Context, str], StageProvider]
+#: Where a paid stage's operation stores its output: (project, sequence, operation id) -> key.
+OutputKey = Callable[[str, int, str], str]
+
+
+class FreeRunner(Protocol):
+    """A free stage's work for one scene in one execution."""
+
+    def run(self, scene: SceneRecord) -> Step: ...
 
 
 def _always(_: SceneRecord) -> bool:
@@ -55,13 +76,6 @@ def completed_before_lip_sync(scene: SceneRecord) -> bool:
     )
 
 
-def slot_seconds(scene: SceneRecord) -> float:
-    """The length of the scene's slot in the song (its clip's length when it has none)."""
-    if scene.start_seconds is None or scene.end_seconds is None:
-        return float(scene.duration_seconds)
-    return scene.end_seconds - scene.start_seconds
-
-
 def generation_price(settings: Settings, provider: str, scene: SceneRecord) -> int:
     """The project's video model, per second of the clip it makes: `durationSeconds`, or the
     length the submit refits a scene stored at another to (`durations.made_seconds`)."""
@@ -76,7 +90,8 @@ def lipsync_price(settings: Settings, provider: str, scene: SceneRecord) -> int:
 
 @dataclass(frozen=True)
 class Stage:
-    """One step of a scene's production."""
+    """One step of a scene's production: everything the loop, the paid machine and reconcile
+    need to know about it, so none of them asks which stage it is."""
 
     #: the name in logs, task progress and the `stage` a carried operation belongs to
     name: str
@@ -86,10 +101,28 @@ class Stage:
     queue: str
     #: whether this scene needs the stage at all
     needed: Callable[[SceneRecord], bool]
-    #: the output a paid stage is made from, which its claim requires (lip-sync: the cut)
+    #: the output it is made from: a paid stage's claim requires it (lip-sync: the cut), and
+    #: its output's write is conditioned on it (the cut: the original)
     requires: str | None = None
     #: a paid stage's price of one job, reserved by its claim (invariant 9)
     price: Pricing | None = None
+    #: a paid stage's provider (its job calls, quota pool and poll pace)
+    provider: ProviderOf | None = None
+    #: where a paid stage's operation stores its output, which reconcile's adoption looks for
+    output_key: OutputKey | None = None
+    #: the prefix of a paid stage's crash points (`{failpoints}after_submit`, ...): each
+    #: stage's are its own, so a drill crashes exactly one of them (drills arm them by name)
+    failpoints: str = ""
+    #: whether a paid stage's job is `durationSeconds` long, a length its provider must make:
+    #: a scene stored at another is refitted once at submit (`durations.made_seconds`)
+    fits_duration: bool = False
+    #: the key of an input a paid stage stores before its claim (lip-sync: the slot's audio),
+    #: kept from garbage collection while the stage's output is missing
+    input_key: Callable[[SceneRecord], str | None] | None = None
+    #: a free stage's work (a paid stage runs in `PaidOperation`)
+    runner: Callable[[Execution, Stage], FreeRunner] | None = None
+    #: the stages after this one, in order (`in_order` links them)
+    later: tuple[Stage, ...] = field(default=(), repr=False, compare=False)
 
     @property
     def paid(self) -> bool:
@@ -107,22 +140,59 @@ class Stage:
         op: str | None = scene.value(self.fields.operation) if self.paid else None
         return op
 
+    def operation_output(self, project_id: str, sequence: int, operation_id: str) -> str:
+        """Where this paid stage's operation `operation_id` stores its output."""
+        if self.output_key is None:
+            raise ValueError(f"stage {self.name} is not paid")
+        return self.output_key(project_id, sequence, operation_id)
 
-GENERATE = Stage("generate", ORIGINAL, VIDEO_QUEUE, _always, price=generation_price)
-CUT = Stage("cut", WORKING, MEDIA_QUEUE, _always)
-#: Lip-sync: a paid stage run by the same machine as `GENERATE` (`pipeline.lipsync.LipSync`),
-#: only for scenes marked `lipSync`; it is made from the working clip.
-LIPSYNC = Stage(
-    "lipsync",
-    LIP_SYNCED,
-    VIDEO_QUEUE,
-    _when_lip_synced,
-    requires=WORKING.output,
-    price=lipsync_price,
+    @property
+    def never_last(self) -> bool:
+        """Whether a stage every scene needs comes after this one (the cut after generation):
+        its output's write never completes a scene, whatever the scene holds."""
+        return any(s.needed is _always for s in self.later)
+
+    def is_last(self, scene: SceneRecord) -> bool:
+        """Whether no stage after this one is needed: its output's write completes the scene."""
+        return not any(s.needed(scene) for s in self.later)
+
+
+def in_order(*stages: Stage) -> tuple[Stage, ...]:
+    """The stages in the order a scene goes through them, each told the ones after it."""
+    linked: tuple[Stage, ...] = ()
+    for stage in reversed(stages):
+        linked = (replace(stage, later=linked), *linked)
+    return linked
+
+
+#: The stages every scene goes through, in order. Lip-sync is a paid stage run by the same
+#: machine as generation, only for scenes marked `lipSync`; it is made from the working clip.
+STAGES: tuple[Stage, ...] = in_order(
+    Stage(
+        "generate",
+        ORIGINAL,
+        VIDEO_QUEUE,
+        _always,
+        price=generation_price,
+        provider=VideoGeneration.for_project,
+        output_key=clip_key,
+        fits_duration=True,
+    ),
+    Stage("cut", WORKING, MEDIA_QUEUE, _always, requires=ORIGINAL.output, runner=CutRunner),
+    Stage(
+        "lipsync",
+        LIP_SYNCED,
+        VIDEO_QUEUE,
+        _when_lip_synced,
+        requires=WORKING.output,
+        price=lipsync_price,
+        provider=LipSync.for_project,
+        output_key=lipsync_key,
+        failpoints="lipsync_",
+        input_key=audio_key,
+    ),
 )
-
-#: The stages every scene goes through, in order.
-STAGES: tuple[Stage, ...] = (GENERATE, CUT, LIPSYNC)
+GENERATE, CUT, LIPSYNC = STAGES
 BY_NAME = {stage.name: stage for stage in STAGES}
 
 
@@ -136,16 +206,18 @@ def next_stage(scene: SceneRecord) -> Stage | None:
 
 
 def never_last(stage: Stage) -> bool:
-    """Whether a stage every scene needs comes after `stage` (the cut after generation): its
-    output's write never completes a scene, whatever the scene holds."""
-    later = STAGES[STAGES.index(stage) + 1 :] if stage in STAGES else ()
-    return any(s.needed is _always for s in later)
+    return stage.never_last
 
 
 def is_last(stage: Stage, scene: SceneRecord) -> bool:
-    """Whether no stage after `stage` is needed: its output's write completes the scene."""
-    later = STAGES[STAGES.index(stage) + 1 :] if stage in STAGES else ()
-    return not any(s.needed(scene) for s in later)
+    return stage.is_last(scene)
+
+
+def claims_first_stage(scene: SceneRecord) -> bool:
+    """Whether the scene's next step is the first stage's claim (generation, not submitted
+    yet): a claim of a slot in its project's video provider's quota, which planning orders."""
+    first = STAGES[0]
+    return next_stage(scene) is first and first.operation(scene) is None
 
 
 def lost_output(
