@@ -10,15 +10,16 @@ import redis
 from mvpipe import hooks
 from mvpipe.deps import get_context
 from mvpipe.errors import Conflict, NotFound, StoreUnavailable
-from mvpipe.pipeline.finalize import finalize_run
+from mvpipe.pipeline.finalize import finalize_run, give_up_run
 from mvpipe.providers.classify import describe
 from mvpipe.tasks.assemble import assemble_project
 from mvpipe.tasks.base import MvpipeTask, app, checked_ids, log_unexpected
 
 log = logging.getLogger("mvpipe.tasks.finalize")
 
-#: Unexpected errors tolerated per execution chain before finalize gives up: the run is left
-#: to reconcile, which settles it with its own read (or takes the stale run over).
+#: Unexpected errors tolerated per execution chain before finalize gives up: the give-up is
+#: counted on the project; the run is left to reconcile, which settles it with its own read
+#: or takes the stale run over, until `MAX_GIVE_UPS` end it (`give_up_run`).
 MAX_UNEXPECTED = 5
 
 
@@ -51,8 +52,8 @@ def finalize_project(
         if outages < MAX_UNEXPECTED:
             kwargs = {"outages": outages, "scenes_on_board": scenes_on_board}
             raise self.outage_retry(exc, kwargs, outages) from None
-        log.warning("finalize of project %s gave up: %s", project_id, describe(exc))
-        return {"project_id": project_id, "outcome": f"finalize failed: {describe(exc)}"}
+        kwargs = {"outages": outages, "scenes_on_board": scenes_on_board}
+        return _give_up(self, project_id, run_id, exc, kwargs)
     if settlement.assemble and run_id is not None:
         # The assembly takes this task's id, so the run's AsyncResult resolves to its result.
         # A second finalize of the run sends a second assembly: harmless (it finds the object
@@ -64,3 +65,21 @@ def finalize_project(
         "status": str(settlement.status),
         "released": settlement.released,
     }
+
+
+def _give_up(
+    task: MvpipeTask, project_id: str, run_id: str | None, exc: Exception, kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """No retry cured `exc`: count the give-up (the run ends at `MAX_GIVE_UPS`). An outage
+    meanwhile retries (that execution meets the error and gives up again, counted again)."""
+    error = describe(exc)
+    log.warning("finalize of project %s gave up: %s", project_id, error)
+    try:
+        ended = run_id is not None and give_up_run(get_context(), project_id, run_id, error)
+    except (StoreUnavailable, Conflict, redis.RedisError) as outage:
+        raise task.outage_retry(outage, kwargs, kwargs["outages"]) from None
+    except Exception as unrecorded:
+        log.error("finalize of project %s: give-up not recorded: %s", project_id,
+                  describe(unrecorded))  # fmt: skip
+        ended = False
+    return {"project_id": project_id, "outcome": f"finalize failed: {error}", "ended": ended}

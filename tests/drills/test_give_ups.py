@@ -20,6 +20,7 @@ from mvpipe.messaging.dispatch import (
     PLAN_SCENES,
 )
 from mvpipe.models import ProjectStatus, SceneStatus
+from mvpipe.pipeline.finalize import MAX_GIVE_UPS
 from mvpipe.store.scenes import ORIGINAL, Claim
 from tests.conftest import Workers
 from tests.drills.conftest import DRILL_SETTINGS
@@ -187,3 +188,50 @@ def test_a_redo_that_owes_a_paid_jobs_record_never_gives_up(start_workers: Start
         project_id, 1, token=token, operation_id="local-paid", run_id=run_id, stage=ORIGINAL
     )
     assert recorded == Claim.WON
+
+
+def test_a_finalize_that_always_crashes_ends_the_run_and_stays_ended(
+    start_workers: StartWorkers,
+) -> None:
+    # Given a finalize that crashes every time, and a scene it paid for once
+    workers = start_workers(failpoints="during_finalize=raise", **QUICK_RETRIES, **DRILL_SETTINGS)
+    ctx = get_context()
+    project_id = api.create_project("Crashing finalize", "It never settles.", scene_count=1)
+    api.run_project(project_id)
+    # When reconcile passes take the stale run over for as long as they may
+    takeovers, runs = 0, set()
+
+    def run_ended() -> bool:
+        nonlocal takeovers
+        takeovers += api.reconcile(project_id).runs_taken_over
+        run = ctx.projects.get(project_id).active_run_id
+        runs.add(run)
+        return run is None
+
+    wait_for(run_ended, 180, "the run to end")
+    # Then the run ended saying why (scrubbed), taken over a bounded number of times, and the
+    # paid scene kept its clips and operation
+    view = api.get_project(project_id)
+    assert view.status == ProjectStatus.PENDING, view
+    assert view.last_error == "finalize failed: FailpointError: failpoint during_finalize raised"
+    assert takeovers == MAX_GIVE_UPS - 1
+    (scene,) = view.scenes
+    assert scene.status == SceneStatus.COMPLETED and scene.provider_operation_id is not None
+    assert scene.original_video_clip_s3_key and scene.working_video_clip_s3_key
+    assert_invariants(project_id)
+    log = workers.service.log_text()
+    assert log.count(f"finalize of project {project_id} gave up") == MAX_GIVE_UPS
+    assert "Traceback" not in log
+    # And further reconcile passes, once every run it had would be stale, take nothing over
+    wait_for(lambda: not any(ctx.board.run_alive(r) for r in runs if r), 60, "runs to go stale")
+    for _ in range(3):
+        assert api.reconcile(project_id, full_sweep=True).total == 0
+    assert api.get_project(project_id) == view
+    # And a user's new run starts afresh (here with the bug gone), paying for nothing again
+    workers.service.kill()
+    start_workers(failpoints="", **QUICK_RETRIES, **DRILL_SETTINGS)
+    api.run_project(project_id)
+    done = api.wait_project(project_id, timeout=120)
+    assert done.status == ProjectStatus.COMPLETED and done.last_error is None, done
+    assert ctx.projects.get(project_id).finalize_give_ups == 0
+    assert sum(generations_per_scene(workers.ledger, project_id).values()) == 1
