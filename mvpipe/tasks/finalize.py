@@ -17,9 +17,10 @@ from mvpipe.tasks.base import MvpipeTask, app, checked_ids, log_unexpected
 
 log = logging.getLogger("mvpipe.tasks.finalize")
 
-#: Unexpected errors tolerated per execution chain before finalize gives up: the give-up is
-#: counted on the project; the run is left to reconcile, which settles it with its own read
-#: or takes the stale run over, until `MAX_GIVE_UPS` end it (`give_up_run`).
+#: Unexpected errors retried per execution chain (outages are counted apart, without limit)
+#: before finalize gives up: the give-up is counted on the project; the run is left to
+#: reconcile, which settles it with its own read or takes the stale run over, until
+#: `MAX_GIVE_UPS` end it (`give_up_run`).
 MAX_UNEXPECTED = 5
 
 
@@ -32,12 +33,14 @@ def finalize_project(
     sequences: list[int] | None,
     outages: int = 0,
     scenes_on_board: bool = False,
+    unexpected: int = 0,
 ) -> dict[str, Any]:
     """The chord's result list is ignored on purpose: only the store tells the truth.
     `scenes_on_board`: the run's scenes are the list its planning kept on the run board."""
     checked_ids(project_id, run_id=run_id, run_optional=True, only=sequences)
-    ctx = get_context()
+    kwargs = {"outages": outages, "scenes_on_board": scenes_on_board, "unexpected": unexpected}
     try:
+        ctx = get_context()  # its first use in a process reaches the store: an outage retries
         hooks.reached("during_finalize")
         if scenes_on_board and run_id is not None:
             sequences = ctx.board.run_scenes(run_id)
@@ -45,14 +48,12 @@ def finalize_project(
     except NotFound:
         return {"project_id": project_id, "outcome": "project not found"}
     except (StoreUnavailable, Conflict, redis.RedisError) as exc:  # Conflict: it kept moving
-        kwargs = {"outages": outages, "scenes_on_board": scenes_on_board}
         raise self.outage_retry(exc, kwargs, outages) from None
     except Exception as exc:  # scrubbed, bounded: never a raw traceback in the log or backend
         log_unexpected(log, f"finalize_project {project_id}", exc)
-        if outages < MAX_UNEXPECTED:
-            kwargs = {"outages": outages, "scenes_on_board": scenes_on_board}
-            raise self.outage_retry(exc, kwargs, outages) from None
-        kwargs = {"outages": outages, "scenes_on_board": scenes_on_board}
+        retry = self.unexpected_retry(exc, kwargs, unexpected, MAX_UNEXPECTED)
+        if retry is not None:
+            raise retry from None
         return _give_up(self, project_id, run_id, exc, kwargs)
     if settlement.assemble and run_id is not None:
         # The assembly takes this task's id, so the run's AsyncResult resolves to its result.
