@@ -217,13 +217,13 @@ def test_a_finalize_that_always_crashes_ends_the_run_and_stays_ended(
     view = api.get_project(project_id)
     assert view.status == ProjectStatus.PENDING, view
     assert view.last_error == "finalize failed: FailpointError: failpoint during_finalize raised"
-    assert takeovers == MAX_GIVE_UPS - 1
+    assert takeovers >= MAX_GIVE_UPS - 1  # more only if a takeover beat a chain's give-up
     (scene,) = view.scenes
     assert scene.status == SceneStatus.COMPLETED and scene.provider_operation_id is not None
     assert scene.original_video_clip_s3_key and scene.working_video_clip_s3_key
     assert_invariants(project_id)
     log = workers.service.log_text()
-    assert log.count(f"finalize of project {project_id} gave up") == MAX_GIVE_UPS
+    assert log.count(f"finalize of project {project_id} gave up") >= MAX_GIVE_UPS
     assert "Traceback" not in log
     # And further reconcile passes, once every run it had would be stale, take nothing over
     wait_for(lambda: not any(ctx.board.run_alive(r) for r in runs if r), 60, "runs to go stale")
