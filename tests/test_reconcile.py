@@ -13,10 +13,10 @@ import pytest
 
 from mvpipe import api
 from mvpipe.deps import Context, get_context
-from mvpipe.devstack.localstack import start_beat
+from mvpipe.devstack.localstack import LocalStack, start_beat
 from mvpipe.media.synth import synthesize_song
 from mvpipe.models import ProjectStatus, SceneStatus
-from mvpipe.pipeline.finalize import finalize_run
+from mvpipe.pipeline.finalize import MAX_GIVE_UPS, finalize_run
 from mvpipe.providers.base import VideoRequest
 from mvpipe.providers.render import render_clip
 from mvpipe.states import Counters
@@ -28,6 +28,7 @@ from tests.helpers import (
     assert_invariants,
     generations_per_scene,
     lip_synced_project,
+    new_project,
     own_storage,
     wait_for,
     waiting_for_lip_sync,
@@ -479,3 +480,24 @@ def test_a_scene_completed_before_lip_sync_existed_stays_completed(
     assert generations_per_scene(workers.ledger, project_id) == {1: 1, 2: 2}
     assert generations_per_scene(workers.ledger, project_id, "lipsync") == {2: 1}
     assert_invariants(project_id)
+
+
+def test_a_stale_run_whose_finalize_gave_up_for_good_is_ended_not_taken_over(
+    stack: LocalStack,
+) -> None:
+    # Given a stale run (no liveness) whose finalize gave up as often as it may (its end
+    # never written: a crash between the last count and the end)
+    ctx = get_context()
+    project_id, run_id = new_project(ctx, 1)
+    why = "finalize failed: x"
+    for n in range(MAX_GIVE_UPS):
+        assert ctx.projects.count_finalize_give_up(project_id, run_id, why) == n + 1
+    # When reconcile passes
+    report = api.reconcile(project_id)
+    # Then the run is ended saying why, not taken over, and the next pass repairs nothing
+    assert (report.runs_taken_over, report.runs_finalized) == (0, 1), report
+    project = ctx.projects.get(project_id)
+    assert project.active_run_id is None and project.last_error == why
+    assert project.status == ProjectStatus.PENDING
+    assert api.reconcile(project_id).total == 0
+    assert ctx.projects.get(project_id).last_error == why

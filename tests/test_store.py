@@ -206,6 +206,28 @@ def test_one_run_at_a_time(ctx: Context) -> None:
     assert ctx.scenes.reset_for_regeneration(project_id, 1, run_id="other") != Claim.WON
 
 
+def test_finalize_give_ups_are_counted_across_takeovers_and_reset_by_a_users_run(
+    ctx: Context,
+) -> None:
+    project_id, run_id = new_project(ctx)
+    assert ctx.projects.count_finalize_give_up(project_id, run_id, "finalize failed: x") == 1
+    assert ctx.projects.take_over_run(project_id, run_id, "taken", ProjectStatus.PROCESSING)
+    # the old run counts nothing; the run that took it over goes on from its count
+    assert ctx.projects.count_finalize_give_up(project_id, run_id, "late") is None
+    assert ctx.projects.count_finalize_give_up(project_id, "taken", "finalize failed: y") == 2
+    project = ctx.projects.get(project_id)
+    assert (project.finalize_give_ups, project.last_error) == (2, "finalize failed: y")
+    assert ctx.projects.settle(
+        project_id,
+        observed_run="taken",
+        counters=ctx.projects.load(project_id).counters,
+        status=ProjectStatus.PENDING,
+        release=True,
+    )
+    assert ctx.projects.win_run(project_id, "user", ProjectStatus.PROCESSING) == "user"
+    assert ctx.projects.get(project_id).finalize_give_ups == 0
+
+
 def test_bad_input_to_create_writes_nothing(ctx: Context) -> None:
     before = ctx.table.model.count()
     bad_calls = [

@@ -16,9 +16,13 @@ from mvpipe.errors import Conflict
 from mvpipe.models import ProjectStatus
 from mvpipe.pipeline.steps import Dispatcher
 from mvpipe.states import FINAL_SCENE_STATES, assembly_due, project_status
-from mvpipe.store.records import ProjectState
+from mvpipe.store.records import ProjectRecord, ProjectState
 
 log = logging.getLogger("mvpipe.finalize")
+
+#: Finalize chains that may give up on a project's run (counted across the runs that take it
+#: over) before the run ends: a finalize that always crashes must not be re-run forever.
+MAX_GIVE_UPS = 3
 
 
 @dataclass(frozen=True)
@@ -38,10 +42,14 @@ def settle_project(
     *,
     release_run: str | None = None,
     sequences: list[int] | None = None,
+    gave_up: str | None = None,
 ) -> Settlement | None:
     """Write counters and status derived from `state`, releasing `release_run` when all its
     scenes are final; None when METADATA moved on meanwhile (another settle landed since
-    `state` was read: its counters may be newer than these)."""
+    `state` was read: its counters may be newer than these).
+
+    `gave_up`: why the run's finalize gave up for good (`MAX_GIVE_UPS`): the run ends whatever
+    its scenes (they keep their clips and operations), with that reason as `lastError`."""
     project = state.project
     active = project.active_run_id
     counters = state.counters
@@ -50,12 +58,12 @@ def settle_project(
     run_over = (
         release_run is not None
         and active == release_run
-        and project.planned
-        and all(s.status in FINAL_SCENE_STATES for s in run_scenes)
+        and (gave_up is not None or project.planned)
+        and (gave_up is not None or all(s.status in FINAL_SCENE_STATES for s in run_scenes))
     )
     # All scenes completed and no final video: the run is not over, it assembles (and the
     # assembly's own write releases it).
-    assemble = run_over and assembly_due(counters, final_video=final_video)
+    assemble = run_over and gave_up is None and assembly_due(counters, final_video=final_video)
     release = run_over and not assemble
     planning_failed = not project.planned and project.status == ProjectStatus.FAILED
     status = project_status(
@@ -65,7 +73,12 @@ def settle_project(
         planning_failed=planning_failed,
         final_video=final_video,
     )
-    if planning_failed or not project.planned:
+    last_error: str | None
+    if run_over and gave_up is not None:
+        last_error = gave_up
+    elif active is None and ended_by_give_ups(project):
+        last_error = project.last_error  # why the run ended, until a user runs it again
+    elif planning_failed or not project.planned:
         last_error = project.last_error  # planning's own note of why it failed (or last did)
     elif status == ProjectStatus.FAILED:
         last_error = f"{counters.failed_scenes} of {counters.scene_count} scenes failed"
@@ -108,6 +121,12 @@ def settle_project(
     return Settlement(status, release, True, assemble, recount_cost is not None)
 
 
+def ended_by_give_ups(project: ProjectRecord) -> bool:
+    """The project's last run ended because its finalize gave up (`MAX_GIVE_UPS` times); a
+    user's run starts the count afresh."""
+    return project.finalize_give_ups >= MAX_GIVE_UPS
+
+
 def finalize_run(
     ctx: Context, project_id: str, run_id: str | None, sequences: list[int] | None
 ) -> Settlement:
@@ -136,15 +155,31 @@ def settle_until_stable(
     *,
     release_run: str | None = None,
     sequences: list[int] | None = None,
+    gave_up: str | None = None,
     attempts: int = 10,
 ) -> tuple[Settlement, ProjectState]:
     """Settle from a fresh read, again while METADATA moves on between read and write."""
     for _ in range(attempts):
         state = ctx.projects.load(project_id)
-        settlement = settle_project(ctx, state, release_run=release_run, sequences=sequences)
+        settlement = settle_project(
+            ctx, state, release_run=release_run, sequences=sequences, gave_up=gave_up
+        )
         if settlement is not None:
             return settlement, state
     raise Conflict(f"project {project_id} kept changing while being settled; try again")
+
+
+def give_up_run(ctx: Context, project_id: str, run_id: str, error: str) -> bool:
+    """A finalize chain of `run_id` gave up on `error` (a scrubbed description): count it on the
+    project, and once `MAX_GIVE_UPS` are counted end the run saying why. Before that the run is
+    left to reconcile, whose takeover tries it again. True when this ended the run."""
+    reason = f"finalize failed: {error}"
+    count = ctx.projects.count_finalize_give_up(project_id, run_id, reason)
+    if count is None or count < MAX_GIVE_UPS:
+        return False  # the run moved on, or may be tried again
+    settlement, _ = settle_until_stable(ctx, project_id, release_run=run_id, gave_up=reason)
+    log.warning("project %s: finalize gave up %d times; run %s ended", project_id, count, run_id)
+    return settlement.released
 
 
 def refinalize(ctx: Context, dispatcher: Dispatcher, project_id: str, run_id: str | None) -> None:

@@ -19,7 +19,7 @@ from pydantic import BaseModel, computed_field
 from mvpipe.deps import Context
 from mvpipe.models import ProjectStatus, SceneStatus
 from mvpipe.pipeline.cut import cut_key
-from mvpipe.pipeline.finalize import settle_project
+from mvpipe.pipeline.finalize import ended_by_give_ups, settle_project
 from mvpipe.pipeline.grace import grace_cutoff, warn_short_grace
 from mvpipe.pipeline.reconcile_scope import (
     CURSOR_JOB,
@@ -532,6 +532,11 @@ def _settle(
             and not assembly_due(counters, final_video=final_video)
         ):
             if settle_project(ctx, state, release_run=run):
+                report.runs_finalized += 1
+            return
+        if ended_by_give_ups(project):  # its finalize gave up for good: end it, saying why
+            why = project.last_error or "finalize failed"
+            if settle_project(ctx, state, release_run=run, gave_up=why):
                 report.runs_finalized += 1
             return
         status = ProjectStatus.PROCESSING if project.planned else ProjectStatus.GENERATING_SCENES

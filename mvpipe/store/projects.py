@@ -259,6 +259,7 @@ class ProjectStore:
                 m.active_run_id.set(run_id),
                 m.run_scope.remove(),
                 m.planning_attempts.remove(),  # a user's run gives planning its attempts back
+                m.finalize_give_ups.remove(),  # and finalize its give-ups
                 m.last_error.remove(),
                 *self._status_actions(status),
             ],
@@ -353,18 +354,34 @@ class ProjectStore:
 
     def count_planning_attempt(self, project_id: str, run_id: str) -> int | None:
         """Count one planner call of `run_id` (kept across takeovers, so a plan that always
-        crashes ends); None when the run is not the project's unplanned run any more.
-
-        Not idempotent: a retried write whose first attempt landed counts twice (one attempt
-        fewer for a project during a store outage, never one more)."""
+        crashes ends); None when the run is not the project's unplanned run any more."""
         m = self.m
-        if not self._update_meta(
-            project_id,
-            [m.planning_attempts.add(1)],
-            (m.active_run_id == run_id) & m.scene_count.does_not_exist(),
-        ):
+        condition = (m.active_run_id == run_id) & m.scene_count.does_not_exist()
+        return self._count(project_id, "planning_attempts", condition)
+
+    def count_finalize_give_up(self, project_id: str, run_id: str, error: str) -> int | None:
+        """Count a finalize chain of `run_id` that gave up, noting why (kept across takeovers,
+        so a finalize that always crashes ends); None when `run_id` is not the active run."""
+        m = self.m
+        noted = [m.last_error.set(clip_error(error))]
+        return self._count(project_id, "finalize_give_ups", m.active_run_id == run_id, noted)
+
+    def _count(
+        self,
+        project_id: str,
+        counter: str,
+        condition: Condition,
+        actions: Sequence[Action] = (),
+    ) -> int | None:
+        """Add one to METADATA's number attribute `counter` (its name in the model) if
+        `condition` holds; the count after, or None.
+
+        Not idempotent: a retried write whose first attempt landed counts twice (one try
+        fewer for a project during a store outage, never one more)."""
+        attribute = getattr(self.m, counter)
+        if not self._update_meta(project_id, [attribute.add(1), *actions], condition):
             return None
-        return int(self.table.get(project_pk(project_id), METADATA).planning_attempts or 0)  # type: ignore[union-attr]
+        return int(getattr(self.table.get(project_pk(project_id), METADATA), counter) or 0)
 
     def note_planning_error(self, project_id: str, run_id: str, error: str) -> bool:
         """Keep why planning last failed, for the `lastError` of a planning that gives up."""

@@ -142,6 +142,8 @@ class ProjectRecord:
     run_scope: tuple[int, ...] | None = None
     #: the status index's sort key (GSI1SK): where the project stands in its partition
     gsi1sk: str = ""
+    #: finalize chains that gave up since a user last ran the project (kept across takeovers)
+    finalize_give_ups: int = 0
 
     @property
     def planned(self) -> bool:
@@ -172,6 +174,7 @@ class ProjectRecord:
             committed_cost_micros=int(item.committed_cost_micros or 0),
             run_scope=tuple(sorted(int(n) for n in item.run_scope)) if item.run_scope else None,
             gsi1sk=item.gsi1sk or "",
+            finalize_give_ups=int(item.finalize_give_ups or 0),
         )
 
 

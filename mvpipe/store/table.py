@@ -66,6 +66,9 @@ class ItemBase(Model):
     run_scope = NumberSetAttribute(null=True, attr_name="runScope")
     #: planner calls since the project was last planned or a user last ran it
     planning_attempts = NumberAttribute(null=True, attr_name="planningAttempts")
+    #: finalize chains of the run (and the runs that took it over) that gave up, since a user
+    #: last ran the project
+    finalize_give_ups = NumberAttribute(null=True, attr_name="finalizeGiveUps")
 
     # scene
     sequence = NumberAttribute(null=True)

@@ -17,6 +17,7 @@ from mvpipe.models import is_project_id, validate_project_id, validate_run_id, v
 from mvpipe.pipeline.stages import BY_NAME
 from mvpipe.providers.classify import describe, scrub
 from mvpipe.states import backoff_seconds
+from mvpipe.tasks.failures import OUTAGES, UNEXPECTED, next_retry
 
 dispatcher = CeleryDispatcher(app)
 log = logging.getLogger("mvpipe.tasks")
@@ -37,15 +38,29 @@ class MvpipeTask(Task):
     reject_on_worker_lost = True
 
     def outage_retry(self, exc: Exception, kwargs: dict[str, Any], failures: int) -> Exception:
-        """Retry after a backoff. Celery logs the cause and keeps it in the result backend,
-        so it travels as scrubbed text (a secret in an error message must not reach either).
-        The returned `Retry` is raised by the caller `from None`: raised inside an `except`
-        it would carry the raw exception as its context into the stored traceback."""
+        """Retry after a backoff, however many outages came before (`failures`). Celery logs
+        the cause and keeps it in the result backend, so it travels as scrubbed text (a secret
+        in an error message must not reach either). The returned `Retry` is raised by the
+        caller `from None`: raised inside an `except` it would carry the raw exception as its
+        context into the stored traceback."""
+        counts = next_retry({OUTAGES: failures}, OUTAGES, None) or {}
+        return self._backoff_retry(exc, {**kwargs, **counts}, counts[OUTAGES])
+
+    def unexpected_retry(
+        self, exc: Exception, kwargs: dict[str, Any], unexpected: int, limit: int
+    ) -> Exception | None:
+        """Retry an unexpected error after a backoff, counted apart from outages (the task's
+        `unexpected` keyword: `failures.next_retry`); None once `limit` were retried, when the
+        caller gives up. Raised like `outage_retry`'s."""
+        counts = next_retry({UNEXPECTED: unexpected}, UNEXPECTED, limit)
+        if counts is None:
+            return None
+        return self._backoff_retry(exc, {**kwargs, **counts}, counts[UNEXPECTED])
+
+    def _backoff_retry(self, exc: Exception, kwargs: dict[str, Any], step: int) -> Exception:
         s = get_settings()
-        countdown = backoff_seconds(failures + 1, base=s.backoff_base, cap=s.backoff_max)
-        return self.scrubbed_retry(
-            StoreUnavailable(describe(exc)), countdown, {**kwargs, "outages": failures + 1}
-        )
+        countdown = backoff_seconds(step, base=s.backoff_base, cap=s.backoff_max)
+        return self.scrubbed_retry(StoreUnavailable(describe(exc)), countdown, kwargs)
 
     def scrubbed_retry(
         self, cause: Exception, countdown: float, kwargs: dict[str, Any]

@@ -10,15 +10,17 @@ import redis
 from mvpipe import hooks
 from mvpipe.deps import get_context
 from mvpipe.errors import Conflict, NotFound, StoreUnavailable
-from mvpipe.pipeline.finalize import finalize_run
+from mvpipe.pipeline.finalize import finalize_run, give_up_run
 from mvpipe.providers.classify import describe
 from mvpipe.tasks.assemble import assemble_project
 from mvpipe.tasks.base import MvpipeTask, app, checked_ids, log_unexpected
 
 log = logging.getLogger("mvpipe.tasks.finalize")
 
-#: Unexpected errors tolerated per execution chain before finalize gives up: the run is left
-#: to reconcile, which settles it with its own read (or takes the stale run over).
+#: Unexpected errors retried per execution chain (outages are counted apart, without limit)
+#: before finalize gives up: the give-up is counted on the project; the run is left to
+#: reconcile, which settles it with its own read or takes the stale run over, until
+#: `MAX_GIVE_UPS` end it (`give_up_run`).
 MAX_UNEXPECTED = 5
 
 
@@ -31,12 +33,14 @@ def finalize_project(
     sequences: list[int] | None,
     outages: int = 0,
     scenes_on_board: bool = False,
+    unexpected: int = 0,
 ) -> dict[str, Any]:
     """The chord's result list is ignored on purpose: only the store tells the truth.
     `scenes_on_board`: the run's scenes are the list its planning kept on the run board."""
     checked_ids(project_id, run_id=run_id, run_optional=True, only=sequences)
-    ctx = get_context()
+    kwargs = {"outages": outages, "scenes_on_board": scenes_on_board, "unexpected": unexpected}
     try:
+        ctx = get_context()  # its first use in a process reaches the store: an outage retries
         hooks.reached("during_finalize")
         if scenes_on_board and run_id is not None:
             sequences = ctx.board.run_scenes(run_id)
@@ -44,15 +48,13 @@ def finalize_project(
     except NotFound:
         return {"project_id": project_id, "outcome": "project not found"}
     except (StoreUnavailable, Conflict, redis.RedisError) as exc:  # Conflict: it kept moving
-        kwargs = {"outages": outages, "scenes_on_board": scenes_on_board}
         raise self.outage_retry(exc, kwargs, outages) from None
     except Exception as exc:  # scrubbed, bounded: never a raw traceback in the log or backend
         log_unexpected(log, f"finalize_project {project_id}", exc)
-        if outages < MAX_UNEXPECTED:
-            kwargs = {"outages": outages, "scenes_on_board": scenes_on_board}
-            raise self.outage_retry(exc, kwargs, outages) from None
-        log.warning("finalize of project %s gave up: %s", project_id, describe(exc))
-        return {"project_id": project_id, "outcome": f"finalize failed: {describe(exc)}"}
+        retry = self.unexpected_retry(exc, kwargs, unexpected, MAX_UNEXPECTED)
+        if retry is not None:
+            raise retry from None
+        return _give_up(self, project_id, run_id, exc, kwargs)
     if settlement.assemble and run_id is not None:
         # The assembly takes this task's id, so the run's AsyncResult resolves to its result.
         # A second finalize of the run sends a second assembly: harmless (it finds the object
@@ -64,3 +66,21 @@ def finalize_project(
         "status": str(settlement.status),
         "released": settlement.released,
     }
+
+
+def _give_up(
+    task: MvpipeTask, project_id: str, run_id: str | None, exc: Exception, kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """No retry cured `exc`: count the give-up (the run ends at `MAX_GIVE_UPS`). An outage
+    meanwhile retries (that execution meets the error and gives up again, counted again)."""
+    error = describe(exc)
+    log.warning("finalize of project %s gave up: %s", project_id, error)
+    try:
+        ended = run_id is not None and give_up_run(get_context(), project_id, run_id, error)
+    except (StoreUnavailable, Conflict, redis.RedisError) as outage:
+        raise task.outage_retry(outage, kwargs, kwargs["outages"]) from None
+    except Exception as unrecorded:
+        log.error("finalize of project %s: give-up not recorded: %s", project_id,
+                  describe(unrecorded))  # fmt: skip
+        ended = False
+    return {"project_id": project_id, "outcome": f"finalize failed: {error}", "ended": ended}

@@ -29,7 +29,7 @@ from mvpipe.tasks.base import MvpipeTask, app, checked_ids, dispatcher, log_unex
 
 log = logging.getLogger("mvpipe.tasks.generate")
 
-#: Unexpected errors tolerated per execution chain before the task gives up (reconcile heals).
+#: Unexpected errors retried per step before the task gives up (outages are counted apart).
 MAX_UNEXPECTED = 10
 
 #: The kwargs a next step starts from (a stale copy tag must not carry over).
@@ -43,6 +43,7 @@ FRESH: dict[str, Any] = {
     "stage": None,
     "made_from": None,
     "release": None,
+    "unexpected": 0,
 }
 #: The two copies of a quota wait: the waiter's own timed check, and the wake-up it parks.
 TIMED, WOKEN = "timed", "woken"
@@ -74,6 +75,7 @@ def generate_scene(
     stage: str | None = None,
     made_from: str | None = None,
     release: dict[str, Any] | None = None,
+    unexpected: int = 0,
 ) -> dict[str, Any]:
     checked_ids(
         project_id, sequence, run_id=run_id, run_optional=True, stage=stage, release=release
@@ -88,6 +90,7 @@ def generate_scene(
         "stage": stage,
         "made_from": made_from,
         "release": release,
+        "unexpected": unexpected,
     }
     ctx = get_context()
 
@@ -135,8 +138,9 @@ def generate_scene(
         failure = exc
     except Exception as exc:
         log_unexpected(log, f"generate_scene {project_id}/{sequence}", exc)
-        if outages < MAX_UNEXPECTED:
-            raise self.outage_retry(exc, kwargs, outages) from None
+        retry = self.unexpected_retry(exc, kwargs, unexpected, MAX_UNEXPECTED)
+        if retry is not None:
+            raise retry from None
         failure = exc
     finally:
         job.x.send_wakes()  # a safety net: each release sends its own at once

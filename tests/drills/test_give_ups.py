@@ -12,7 +12,8 @@ from celery.exceptions import Reject
 
 from mvpipe import api
 from mvpipe.celery_app import app
-from mvpipe.deps import get_context
+from mvpipe.deps import Context, get_context
+from mvpipe.devstack.localstack import LocalStack
 from mvpipe.messaging.dispatch import (
     ASSEMBLE_PROJECT,
     FINALIZE_PROJECT,
@@ -20,7 +21,10 @@ from mvpipe.messaging.dispatch import (
     PLAN_SCENES,
 )
 from mvpipe.models import ProjectStatus, SceneStatus
+from mvpipe.pipeline.finalize import MAX_GIVE_UPS
 from mvpipe.store.scenes import ORIGINAL, Claim
+from mvpipe.store.table import METADATA, project_pk
+from mvpipe.tasks.finalize import MAX_UNEXPECTED as FINALIZE_UNEXPECTED
 from tests.conftest import Workers
 from tests.drills.conftest import DRILL_SETTINGS
 from tests.helpers import assert_invariants, generations_per_scene, new_project, wait_for
@@ -187,3 +191,91 @@ def test_a_redo_that_owes_a_paid_jobs_record_never_gives_up(start_workers: Start
         project_id, 1, token=token, operation_id="local-paid", run_id=run_id, stage=ORIGINAL
     )
     assert recorded == Claim.WON
+
+
+def test_a_finalize_that_always_crashes_ends_the_run_and_stays_ended(
+    start_workers: StartWorkers,
+) -> None:
+    # Given a finalize that crashes every time, and a scene it paid for once
+    workers = start_workers(failpoints="during_finalize=raise", **QUICK_RETRIES, **DRILL_SETTINGS)
+    ctx = get_context()
+    project_id = api.create_project("Crashing finalize", "It never settles.", scene_count=1)
+    api.run_project(project_id)
+    # When reconcile passes take the stale run over for as long as they may
+    takeovers, runs = 0, set()
+
+    def run_ended() -> bool:
+        nonlocal takeovers
+        takeovers += api.reconcile(project_id).runs_taken_over
+        run = ctx.projects.get(project_id).active_run_id
+        runs.add(run)
+        return run is None
+
+    wait_for(run_ended, 180, "the run to end")
+    # Then the run ended saying why (scrubbed), taken over a bounded number of times, and the
+    # paid scene kept its clips and operation
+    view = api.get_project(project_id)
+    assert view.status == ProjectStatus.PENDING, view
+    assert view.last_error == "finalize failed: FailpointError: failpoint during_finalize raised"
+    assert takeovers >= MAX_GIVE_UPS - 1  # more only if a takeover beat a chain's give-up
+    (scene,) = view.scenes
+    assert scene.status == SceneStatus.COMPLETED and scene.provider_operation_id is not None
+    assert scene.original_video_clip_s3_key and scene.working_video_clip_s3_key
+    assert_invariants(project_id)
+    log = workers.service.log_text()
+    assert log.count(f"finalize of project {project_id} gave up") >= MAX_GIVE_UPS
+    assert "Traceback" not in log
+    # And further reconcile passes, once every run it had would be stale, take nothing over
+    wait_for(lambda: not any(ctx.board.run_alive(r) for r in runs if r), 60, "runs to go stale")
+    for _ in range(3):
+        assert api.reconcile(project_id, full_sweep=True).total == 0
+    assert api.get_project(project_id) == view
+    # And a user's new run starts afresh (here with the bug gone), paying for nothing again
+    workers.service.kill()
+    start_workers(failpoints="", **QUICK_RETRIES, **DRILL_SETTINGS)
+    api.run_project(project_id)
+    done = api.wait_project(project_id, timeout=120)
+    assert done.status == ProjectStatus.COMPLETED and done.last_error is None, done
+    assert ctx.projects.get(project_id).finalize_give_ups == 0
+    assert sum(generations_per_scene(workers.ledger, project_id).values()) == 1
+
+
+def test_a_long_outage_then_one_unexpected_error_does_not_give_up(
+    stack: LocalStack, start_workers: StartWorkers
+) -> None:
+    # Given a finalize that first meets an outage longer than an unexpected error's retries
+    # (each store call fails within a second), and then an error nobody expected: a status
+    # no code knows, repaired once the error has been met
+    settings = {**DRILL_SETTINGS, "store_retry_seconds": "1"}
+    workers = start_workers(concurrency=1, backoff_base="0.5", backoff_max="2", **settings)
+    ctx = get_context()
+    project_id, _ = new_project(ctx, 1, run=False)
+    set_status(ctx, project_id, "not-a-status")
+    moto = next(s for s in stack.services if s.name == "moto")
+    moto.pause()
+    try:
+        result = app.send_task(FINALIZE_PROJECT, args=[None, project_id, None, None])
+        retried = f"mvpipe.finalize_project[{result.id}] retry"
+        wait_for(
+            lambda: workers.service.log_text().count(retried) > FINALIZE_UNEXPECTED,
+            180,
+            "finalize to retry through more outages than it may meet unexpected errors",
+        )
+    finally:
+        moto.resume()
+    crashed = f"unexpected error in finalize_project {project_id}: ValueError"
+    wait_for(lambda: crashed in workers.service.log_text(), 60, "the unexpected error")
+    set_status(ctx, project_id, str(ProjectStatus.PENDING))
+    # When it retries that error (its own count, not the outages')
+    outcome = result.get(timeout=60)
+    # Then it settled the project instead of giving up
+    assert outcome.get("status") == ProjectStatus.PENDING, outcome
+    assert f"finalize of project {project_id} gave up" not in workers.service.log_text()
+    assert ctx.projects.get(project_id).completed_scenes == 0
+    assert_invariants(project_id)
+
+
+def set_status(ctx: Context, project_id: str, status: str) -> None:
+    """Write METADATA's status as is (a value no code writes, to make a read fail)."""
+    m = ctx.table.model
+    assert ctx.table.update(project_pk(project_id), METADATA, [m.status.set(status)], None)

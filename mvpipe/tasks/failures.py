@@ -1,0 +1,25 @@
+"""How a task chain counts its failures: outages apart from errors nobody expected.
+
+An outage (the store or the broker away) is retried with backoff for as long as it lasts
+(docs/DESIGN.md: a write whose outcome is unknown is retried until it is known); an unexpected
+error (a bug) is retried a bounded number of times, then the task gives up. Each kind has its
+own count, carried by the retries in the task's keyword of that name, so a long outage never
+spends a bug's retries and a bug never makes an outage give up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+#: The task keywords that carry each kind's count.
+OUTAGES, UNEXPECTED = "outages", "unexpected"
+
+
+def next_retry(counts: Mapping[str, int], kind: str, limit: int | None) -> dict[str, int] | None:
+    """The counts a retry after one more failure of `kind` carries: that kind's count plus one,
+    every other count as it was. None once `limit` failures of `kind` were retried (the task
+    gives up); outages have no limit (None)."""
+    done = counts.get(kind, 0)
+    if limit is not None and done >= limit:
+        return None
+    return {**counts, kind: done + 1}
