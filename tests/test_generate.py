@@ -9,6 +9,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -893,3 +894,48 @@ def test_a_kept_job_and_its_scenes_regeneration_hold_two_slots_never_more_than_t
     # The provider never ran more than the limit at once
     assert len(metered.running) == 2 and metered.most == 2
     assert ctx.limiter.slots_held("local") == {project_id: 1, other: 1}
+
+
+def test_a_job_past_its_time_the_provider_cannot_stop_fails_its_scene_keeping_the_job(
+    ctx: Context, provider: Misbehaving
+) -> None:
+    # Given a recorded job still running, claimed longer ago than a job may run
+    project_id, run_id, operation_id = polling_scene(ctx)
+    limit = ctx.settings.max_job_seconds
+    long_ago = datetime.fromtimestamp(time.time() - limit - 60, UTC).isoformat()
+    m = ctx.table.model
+    ctx.table.update(
+        project_pk(project_id), scene_sk(1), [m.generation_started_at.set(long_ago)], None
+    )
+    provider.cancel_confirmed = False
+    # When it is polled, running still
+    step = job(ctx, project_id, run_id).step(operation_id)
+    # Then its stage fails saying it was paid and could not be stopped, the job's id kept on
+    # the scene and in the error, and its quota slot freed
+    assert step.next == Next.DONE and provider.cancelled == [operation_id]
+    scene = ctx.scenes.get(project_id, 1)
+    assert scene is not None and scene.status == SceneStatus.FAILED
+    assert scene.operation_id == operation_id
+    assert f"ran over {limit:g} s (paid): the provider could not cancel it" in (
+        scene.last_error or ""
+    )
+    assert operation_id in (scene.last_error or "")
+    assert not slot_holder(ctx, job_member(project_id, 1, "generate", operation_id))
+
+
+def test_a_job_within_its_time_is_polled_on_and_a_lip_sync_keeps_its_own_start(
+    ctx: Context, provider: Misbehaving
+) -> None:
+    project_id, run_id, operation_id = polling_scene(ctx)
+    assert job(ctx, project_id, run_id).step(operation_id).next == Next.POLL
+    assert provider.cancelled == []
+    generated = ctx.scenes.get(project_id, 1)
+    assert generated is not None and generated.generation_started_at is not None
+    # a lip-sync's claim records when its own job started, apart from the generation's
+    lip_synced = waiting_for_lip_sync(ctx)
+    lip_run = str(uuid.uuid4())
+    assert ctx.projects.win_run(lip_synced, lip_run, ProjectStatus.PROCESSING) == lip_run
+    accepted_lip_sync(ctx, lip_synced, lip_run)
+    scene = ctx.scenes.get(lip_synced, 2)
+    assert scene is not None and scene.lip_sync_started_at is not None
+    assert scene.generation_started_at is None

@@ -41,7 +41,7 @@ from mvpipe.providers.classify import describe
 from mvpipe.providers.fairness import fewer_than_busiest, lighter
 from mvpipe.providers.limiter import SlotDecision, job_member, slot_member
 from mvpipe.settings import Settings
-from mvpipe.states import backoff_seconds, lease_expired
+from mvpipe.states import backoff_seconds, job_overran, lease_expired
 from mvpipe.store.clips import clip_key
 from mvpipe.store.records import SceneRecord
 from mvpipe.store.scenes import Claim
@@ -579,6 +579,8 @@ class PaidOperation:
         if counted:
             ctx.board.poll_answered(operation_id)
         if status.state == JobState.RUNNING:
+            if counted and (over := self.ran_over(operation_id)) is not None:
+                return over
             return self.next_poll(operation_id, 0, status.eta_seconds)
         self.release_slot(operation_id)
         if status.state == JobState.CANCELLED:
@@ -632,6 +634,24 @@ class PaidOperation:
         if last:
             return self.x.finished("completed")
         return Step(Next.STAGE, f"{self.stage.name} done", scene=written)
+
+    def ran_over(self, operation_id: str) -> Step | None:
+        """A job still running `max_job_seconds` after its claim (a stuck job, or a status we
+        read as running) would hold its run and its quota slot forever: it is stopped where
+        the provider can, and its stage failed saying it was paid, its operation id kept on
+        the scene (and in `lastError`), its slot freed. None: within its time, or its start
+        unknown (not the scene's job any more, or a scene written before starts were kept)."""
+        limit = self.s.max_job_seconds
+        scene = self.ctx.scenes.get(*self.ids)
+        if scene is None or self.stage.operation(scene) != operation_id:
+            return None
+        if not job_overran(scene.value(self.fields.started), time.time(), limit):
+            return None
+        stopped = self.cancel(operation_id)
+        how = "cancelled at the provider" if stopped else "the provider could not cancel it"
+        error = f"{self.stage.name} job ran over {limit:g} s (paid): {how}"
+        error += f"; operation {operation_id}"
+        return self.fail_polled(operation_id, error, "job ran over its time")
 
     def give_up_polling(self, operation_id: str, crashed: int) -> Step:
         """Polls of this operation crashed `crashed` times in a row (errors we can't classify,
