@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     #: polls of one operation in a row that crash (an unclassified error, a killed worker)
     #: before its scene is failed; a poll answered (even with a transient error) resets it
     max_poll_errors: int = Field(default=10, ge=1, le=1000)
+    #: a paid job still running this long after its claim is stopped (where the provider can)
+    #: and its stage failed: far above any real provider's time, so only a stuck job meets it
+    max_job_seconds: float = Field(default=2 * 3600.0, ge=1, le=7 * 24 * 3600)
     poll_seconds: float | None = Field(default=None, gt=0)
     backoff_base: float = Field(default=1.0, gt=0)
     backoff_max: float = Field(default=60.0, gt=0)

@@ -9,6 +9,7 @@ import math
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 
 from mvpipe.models import ProjectStatus, SceneStatus
 
@@ -69,6 +70,21 @@ def assembly_due(counters: Counters, *, final_video: bool) -> bool:
 
 def lease_expired(expires_at: float | None, now: float) -> bool:
     return expires_at is None or expires_at <= now
+
+
+def job_overran(started_at: str | None, now: float, limit_seconds: float) -> bool:
+    """Whether a job claimed at `started_at` (UTC ISO time) still runs more than
+    `limit_seconds` later. A start not recorded or unreadable (a scene written before starts
+    were recorded) sets no limit: nothing paid is failed on a guess."""
+    if not started_at:
+        return False
+    try:
+        started = datetime.fromisoformat(started_at)
+    except ValueError:
+        return False
+    if started.tzinfo is None:
+        return False
+    return now - started.timestamp() > limit_seconds
 
 
 def backoff_seconds(

@@ -9,6 +9,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -26,7 +27,7 @@ from mvpipe.pipeline.operation import PaidOperation, VideoGeneration
 from mvpipe.pipeline.stages import GENERATE
 from mvpipe.pipeline.steps import LeasePending, Next, RecordPending
 from mvpipe.providers.base import JobState, JobStatus, VideoRequest
-from mvpipe.providers.limiter import QuotaLimiter, SlotDecision, slot_member
+from mvpipe.providers.limiter import QuotaLimiter, SlotDecision, job_member, slot_member
 from mvpipe.providers.render import render_clip
 from mvpipe.settings import get_settings
 from mvpipe.store.records import SceneRecord
@@ -244,6 +245,13 @@ def slot_holder(ctx: Context, member: str) -> bool:
     return ctx.redis.zscore(f"{ctx.limiter.prefix}:local:slots", member) is not None
 
 
+def job_slot(ctx: Context, project_id: str, operation_id: str) -> bool:
+    """Whether the stored job holds its own slot, and its scene's submission slot is gone
+    (moved, never counted twice)."""
+    moved = not slot_holder(ctx, slot_member(project_id, 1))
+    return moved and slot_holder(ctx, job_member(project_id, 1, "generate", operation_id))
+
+
 def waits(ctx: Context, member: str) -> bool:
     return any(member in line.waiters for line in ctx.limiter.snapshot("local").lines)
 
@@ -256,11 +264,15 @@ def test_a_duplicate_whose_claim_fails_leaves_the_owners_slot_alone(
     seen_by_duplicate = ctx.scenes.get(project_id, 1)  # read before the owner claimed
     assert seen_by_duplicate is not None
     owner = job(ctx, project_id, run_id)
-    assert owner.step().next == Next.POLL and provider.submitted == 1
-    assert slot_holder(ctx, owner.member)
+    step = owner.step()
+    assert step.next == Next.POLL and provider.submitted == 1
+    operation_id = step.carry["operation_id"]
+    assert job_slot(ctx, project_id, operation_id)
     duplicate = job(ctx, project_id, run_id)
     assert duplicate.submit(seen_by_duplicate).next == Next.DONE  # its claim fails
-    assert slot_holder(ctx, owner.member)  # the owner's job still counts against the quota
+    # the owner's job still counts against the quota, and the duplicate's own slot is freed
+    assert job_slot(ctx, project_id, operation_id)
+    assert ctx.limiter.slots_held("local") == {project_id: 1}
     assert provider.submitted == 1
 
 
@@ -379,7 +391,7 @@ def test_a_record_after_the_run_ended_keeps_the_job_when_redis_fails(
     assert step.next == Next.DONE and "kept" in step.outcome
     scene = ctx.scenes.get(project_id, 1)
     assert scene is not None and scene.operation_id == operation_id
-    assert slot_holder(ctx, member)  # the kept job still runs: its slot stays taken
+    assert job_slot(ctx, project_id, operation_id)  # the kept job still runs: slot taken
 
 
 def test_a_record_after_a_cancel_the_provider_cannot_confirm_keeps_job_and_slot(
@@ -395,7 +407,7 @@ def test_a_record_after_a_cancel_the_provider_cannot_confirm_keeps_job_and_slot(
     assert step.next == Next.DONE and "kept" in step.outcome
     scene = ctx.scenes.get(project_id, 1)
     assert scene is not None and scene.operation_id == operation_id
-    assert slot_holder(ctx, member)
+    assert job_slot(ctx, project_id, operation_id)
 
 
 class RacingScenes:
@@ -431,7 +443,8 @@ def test_a_duplicate_that_took_the_slot_first_and_lost_the_claim_leaves_it_to_th
     # the duplicate's slot entry is fresh; the owner's acquire finds it, then wins the claim
     assert duplicate.step().next == Next.DONE
     assert owned[0].next == Next.POLL and provider.submitted == 1
-    assert slot_holder(ctx, owner.member)
+    assert job_slot(ctx, project_id, owned[0].carry["operation_id"])
+    assert ctx.limiter.slots_held("local") == {project_id: 1}
 
 
 class UnreadableRecords:
@@ -870,3 +883,112 @@ def test_a_give_up_keeps_a_stored_operation_and_a_live_lease_noting_why(ctx: Con
     scene = ctx.scenes.get(project_id, 1)
     assert scene is not None and scene.status == SceneStatus.FAILED
     assert scene.last_error == "gave up: bug"
+
+
+class Metered(Misbehaving):
+    """A provider that cannot cancel (like Veo) and counts the jobs it runs at once: each
+    runs from its submit until a poll finds it in `finished`."""
+
+    can_cancel = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.running: set[str] = set()
+        self.finished: set[str] = set()
+        self.most = 0
+
+    def submit(self, request: VideoRequest) -> str:
+        operation_id = super().submit(request)
+        self.running.add(operation_id)
+        self.most = max(self.most, len(self.running))
+        return operation_id
+
+    def poll(self, operation_id: str) -> JobStatus:
+        if operation_id in self.finished:
+            self.running.discard(operation_id)
+            return JobStatus(JobState.SUCCEEDED, video=b"a finished clip")
+        return JobStatus(JobState.RUNNING)
+
+
+def test_a_kept_job_and_its_scenes_regeneration_hold_two_slots_never_more_than_the_limit(
+    storage: LocalStack,
+) -> None:
+    metered = Metered()
+    ctx = build_context(get_settings().model_copy(update={"provider_concurrency": 2}))
+    ctx.limiter = QuotaLimiter(ctx.redis, prefix=f"test:{uuid.uuid4()}")
+    ctx._providers["local"] = metered
+
+    def started(project_id: str, run_id: str) -> SceneJob:
+        ctx.board.touch_run(run_id, 60)
+        return SceneJob(ctx, project_id, 1, run_id, "local")
+
+    # Given scene 1's job A running, its run cancelled (the provider cannot stop A: kept), and
+    # reconcile's poll chain (no run) polling A
+    project_id, first_run = new_project(ctx, 1)
+    old = started(project_id, first_run).step()
+    assert old.next == Next.POLL
+    kept = old.carry["operation_id"]
+    cancel_project(ctx, CeleryDispatcher(app), project_id)
+    assert ctx.scenes.get(project_id, 1).operation_id == kept  # type: ignore[union-attr]
+    assert SceneJob(ctx, project_id, 1, None, "local").step(kept).next == Next.POLL
+    # When the user regenerates scene 1 (job B) while A still runs
+    regeneration = str(uuid.uuid4())
+    assert ctx.scenes.reset_for_regeneration(project_id, 1, run_id=regeneration) == Claim.WON
+    assert started(project_id, regeneration).step().next == Next.POLL
+    # Then A and B are two jobs in flight, so another project's scene waits for a slot
+    other, other_run = new_project(ctx, 1)
+    assert started(other, other_run).step().next == Next.WAIT_SLOT
+    # and when A finishes, its poll frees A's slot alone: the waiter takes it, a third waits
+    metered.finished.add(kept)
+    assert SceneJob(ctx, project_id, 1, None, "local").step(kept).next == Next.DONE
+    assert started(other, other_run).step().next == Next.POLL
+    third, third_run = new_project(ctx, 1)
+    assert started(third, third_run).step().next == Next.WAIT_SLOT
+    # The provider never ran more than the limit at once
+    assert len(metered.running) == 2 and metered.most == 2
+    assert ctx.limiter.slots_held("local") == {project_id: 1, other: 1}
+
+
+def test_a_job_past_its_time_the_provider_cannot_stop_fails_its_scene_keeping_the_job(
+    ctx: Context, provider: Misbehaving
+) -> None:
+    # Given a recorded job still running, claimed longer ago than a job may run
+    project_id, run_id, operation_id = polling_scene(ctx)
+    limit = ctx.settings.max_job_seconds
+    long_ago = datetime.fromtimestamp(time.time() - limit - 60, UTC).isoformat()
+    m = ctx.table.model
+    ctx.table.update(
+        project_pk(project_id), scene_sk(1), [m.generation_started_at.set(long_ago)], None
+    )
+    provider.cancel_confirmed = False
+    # When it is polled, running still
+    step = job(ctx, project_id, run_id).step(operation_id)
+    # Then its stage fails saying it was paid and could not be stopped, the job's id kept on
+    # the scene and in the error, and its quota slot freed
+    assert step.next == Next.DONE and provider.cancelled == [operation_id]
+    scene = ctx.scenes.get(project_id, 1)
+    assert scene is not None and scene.status == SceneStatus.FAILED
+    assert scene.operation_id == operation_id
+    assert f"ran over {limit:g} s (paid): the provider could not cancel it" in (
+        scene.last_error or ""
+    )
+    assert operation_id in (scene.last_error or "")
+    assert not slot_holder(ctx, job_member(project_id, 1, "generate", operation_id))
+
+
+def test_a_job_within_its_time_is_polled_on_and_a_lip_sync_keeps_its_own_start(
+    ctx: Context, provider: Misbehaving
+) -> None:
+    project_id, run_id, operation_id = polling_scene(ctx)
+    assert job(ctx, project_id, run_id).step(operation_id).next == Next.POLL
+    assert provider.cancelled == []
+    generated = ctx.scenes.get(project_id, 1)
+    assert generated is not None and generated.generation_started_at is not None
+    # a lip-sync's claim records when its own job started, apart from the generation's
+    lip_synced = waiting_for_lip_sync(ctx)
+    lip_run = str(uuid.uuid4())
+    assert ctx.projects.win_run(lip_synced, lip_run, ProjectStatus.PROCESSING) == lip_run
+    accepted_lip_sync(ctx, lip_synced, lip_run)
+    scene = ctx.scenes.get(lip_synced, 2)
+    assert scene is not None and scene.lip_sync_started_at is not None
+    assert scene.generation_started_at is None

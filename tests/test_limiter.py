@@ -22,6 +22,7 @@ from mvpipe.providers.limiter import (
     QuotaLimiter,
     QuotaSnapshot,
     SlotDecision,
+    job_member,
     member_project,
     slot_member,
 )
@@ -97,6 +98,55 @@ def test_a_refreshed_slot_is_not_a_fresh_one(limiter: QuotaLimiter) -> None:
     assert first.granted and first.fresh
     again = ask(limiter, "a:1")  # a duplicate execution of the same scene
     assert again.granted and not again.fresh
+
+
+def test_each_stored_job_has_a_slot_apart_from_its_scenes_and_the_scenes_other_jobs() -> None:
+    scene = slot_member("p", 3)
+    odd = "projects/x/operations/1:2|3"  # any text a provider may use as an id
+    members = {
+        scene,
+        job_member("p", 3, "generate", "op-a"),
+        job_member("p", 3, "generate", "op-b"),
+        job_member("p", 3, "lipsync", "op-a"),
+        job_member("p", 3, "generate", odd),
+    }
+    assert len(members) == 5
+    assert {member_project(m) for m in members} == {"p"}
+    assert job_member("p", 3, "generate", "op-a") == job_member("p", 3, "generate", "op-a")
+
+
+def test_a_stored_job_moves_its_submission_slot_and_its_end_frees_only_its_own(
+    limiter: QuotaLimiter,
+) -> None:
+    def hold(member: str, moved_from: str | None = None) -> bool:
+        return limiter.hold("local", member, ttl=600, line_ttl=600, moved_from=moved_from)
+
+    scene = slot_member("p", 1)
+    kept, new = job_member("p", 1, "generate", "a"), job_member("p", 1, "generate", "b")
+    # Job A (kept after a cancel) moves its scene's submission slot to its own: one slot
+    assert ask(limiter, scene).granted
+    assert hold(kept, moved_from=scene)
+    assert limiter.snapshot("local").held == (kept,)
+    # The scene's regeneration submits job B under a fresh submission slot, moved to B's own
+    again = ask(limiter, scene)
+    assert again.granted and again.fresh
+    assert hold(new, moved_from=scene) and not hold(new)  # a poll refreshes it
+    assert limiter.slots_held("local") == {"p": 2}
+    # Two jobs in flight fill the pool: another project waits; A's end frees A's slot only
+    assert ask(limiter, "q:1", park="wake q").place == 1
+    assert limiter.release("local", kept, limit=2) == ["wake q"]
+    assert set(limiter.snapshot("local").held) == {new}
+    assert ask(limiter, "q:1").granted
+
+
+def test_a_running_job_counts_against_a_full_pool(limiter: QuotaLimiter) -> None:
+    assert ask(limiter, "a:1").granted and ask(limiter, "b:1").granted
+    # a job whose slot lapsed (its polls were late) still runs at the provider: it counts
+    assert limiter.hold("local", job_member("c", 1, "generate", "x"), ttl=600, line_ttl=600)
+    assert limiter.slots_held("local") == {"a": 1, "b": 1, "c": 1}
+    assert not ask(limiter, "d:1", park="wake d").granted
+    assert limiter.release("local", "a:1", limit=2) == []  # two must end before d's turn
+    assert limiter.release("local", "b:1", limit=2) == ["wake d"]
 
 
 def test_a_waiter_that_leaves_hands_its_turn_to_the_next_one(limiter: QuotaLimiter) -> None:

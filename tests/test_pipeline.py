@@ -18,6 +18,7 @@ from mvpipe.devstack.localstack import LocalStack
 from mvpipe.errors import InvalidInput, NotFound
 from mvpipe.media.probe import probe_video
 from mvpipe.models import ProjectStatus, SceneStatus
+from mvpipe.providers.base import JobState
 from mvpipe.providers.fairness import ProjectLine
 from mvpipe.providers.limiter import slot_member
 from mvpipe.providers.local import LocalJobs
@@ -180,6 +181,31 @@ def test_cancel_stops_paying_and_a_later_run_resumes(
     after = generations_per_scene(workers.ledger, project_id)
     assert all(after[n] == before[n] for n in kept)
     assert all(1 <= after[n] <= before[n] + 1 for n in range(1, 9) if n not in kept)
+
+
+def test_a_job_that_never_ends_is_stopped_and_its_scene_failed_saying_it_was_paid(
+    start_workers: StartWorkers,
+) -> None:
+    # Given jobs that run far longer than the longest a job may run
+    workers = start_workers(local_latency="600", max_job_seconds="1")
+    project_id = api.create_project("Stuck", "It never ends.", scene_count=1)
+    # When the project runs
+    api.run_project(project_id)
+    view = api.wait_project(project_id, timeout=120)
+    # Then the job was stopped at the provider and the scene failed saying why, paid once,
+    # its operation id kept; the run is released and the job's quota slot freed
+    assert view.status == ProjectStatus.FAILED
+    scene = view.scenes[0]
+    operation_id = scene.provider_operation_id
+    assert scene.status == SceneStatus.FAILED and operation_id is not None
+    assert scene.last_error is not None
+    assert "generate job ran over 1 s (paid): cancelled at the provider" in scene.last_error
+    assert operation_id in scene.last_error
+    ctx = get_context()
+    assert ctx.video_provider("local").poll(operation_id).state == JobState.CANCELLED
+    assert generations_per_scene(workers.ledger, project_id) == {1: 1}
+    assert ctx.limiter.slots_held("local").get(project_id, 0) == 0
+    assert_invariants(project_id)
 
 
 def test_quota_caps_jobs_in_flight(start_workers: StartWorkers) -> None:

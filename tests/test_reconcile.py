@@ -401,6 +401,42 @@ def queued_scene_steps(ctx: Context, project_id: str) -> list[list[object]]:
     return found
 
 
+def test_an_orphaned_job_outside_a_regeneration_is_polled_without_its_run(stack: object) -> None:
+    # Given a cancelled run that kept scene 2's paid job (a provider that cannot cancel), then
+    # a live regeneration of scene 1 alone, with no worker to run anything
+    ctx = get_context()
+    project_id = api.create_project(
+        "Scope", "One scene only.", scenes=[{"prompt": "a"}, {"prompt": "b"}]
+    )
+    old_run = str(uuid.uuid4())
+    assert ctx.projects.win_run(project_id, old_run, ProjectStatus.PROCESSING) == old_run
+    claim = ctx.scenes.claim(
+        project_id, 2, run_id=old_run, token="t", lease_seconds=60, max_attempts=5
+    )
+    assert claim.outcome == "won"
+    operation_id = f"op-{uuid.uuid4().hex}"
+    recorded = ctx.scenes.record_operation(
+        project_id, 2, token="t", operation_id=operation_id, run_id=old_run
+    )
+    assert recorded == "won"
+    assert ctx.projects.settle(
+        project_id,
+        observed_run=old_run,
+        counters=Counters(scene_count=2, completed_scenes=0, failed_scenes=0, open_scenes=2),
+        status=ProjectStatus.PENDING,
+        release=True,
+    )
+    run = api.regenerate_scene(project_id, 1)
+    ctx.board.touch_run(run.id, 600)
+    # When reconcile finds scene 2's job polled by nobody
+    assert api.reconcile(project_id).orphaned_polls == 1
+    # Then its one poll chain carries no run: the generation it finishes is the paid job's,
+    # and no later paid stage of scene 2 (a lip-sync, a regenerated original) is billed to
+    # the regeneration of scene 1
+    steps = [args for args in queued_scene_steps(ctx, project_id) if args[1] == 2]
+    assert len(steps) == 1 and steps[0][2] is None
+
+
 def test_a_scene_waiting_for_its_lip_sync_with_no_run_goes_back_to_pending(stack: object) -> None:
     # Given a scene waiting for its lip-sync that no run will pay for (its run was cancelled)
     ctx = get_context()

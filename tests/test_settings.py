@@ -39,6 +39,20 @@ def test_malformed_values_are_configuration_errors(monkeypatch: pytest.MonkeyPat
         get_settings()
 
 
+def test_the_longest_a_job_may_run_is_hours_by_default_and_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert get_settings().max_job_seconds == 7200
+    for bad in ("0", "-5", "604801", "forever"):
+        monkeypatch.setenv("MVPIPE_MAX_JOB_SECONDS", bad)
+        get_settings.cache_clear()
+        with pytest.raises(ConfigurationError, match="MVPIPE_MAX_JOB_SECONDS"):
+            get_settings()
+    monkeypatch.setenv("MVPIPE_MAX_JOB_SECONDS", "90")
+    get_settings.cache_clear()
+    assert get_settings().max_job_seconds == 90
+
+
 def test_the_latency_seed_is_a_whole_number_not_below_zero(monkeypatch: pytest.MonkeyPatch) -> None:
     for bad in ("-1", "1.5", "seven"):
         monkeypatch.setenv("MVPIPE_LOCAL_LATENCY_SEED", bad)

@@ -12,6 +12,7 @@ from mvpipe.states import (
     Counters,
     assembly_due,
     backoff_seconds,
+    job_overran,
     lease_expired,
     project_status,
 )
@@ -67,6 +68,16 @@ def test_status_rule_matches_design(
     )
     if status == ProjectStatus.FAILED:
         assert not run_active and counters.open_scenes == 0 and counters.failed_scenes > 0
+
+
+def test_a_job_overran_only_when_its_recorded_start_is_longer_ago_than_the_limit() -> None:
+    start = "2026-01-01T00:00:00.000000+00:00"
+    at = 1767225600.0  # that moment, in epoch seconds
+    assert not job_overran(start, at + 7200, 7200)
+    assert job_overran(start, at + 7200.5, 7200)
+    # no start recorded, or one that cannot be read as a UTC time: no limit, nothing failed
+    for unknown in (None, "", "yesterday", "2026-01-01T00:00:00"):
+        assert not job_overran(unknown, at + 10**9, 1)
 
 
 def test_lease_expiry() -> None:

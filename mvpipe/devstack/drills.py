@@ -52,6 +52,14 @@ def paid_generations(ledger: Path, project_id: str, stage: str = "generate") -> 
     return Counter(int(str(e["sequence"])) for e in _entries(ledger, project_id, stage))
 
 
+def cancelled_generations(ledger: Path, jobs: LocalJobs, project_id: str) -> Counter[int]:
+    """Paid generations per scene that a cancel stopped in flight: each is one job a later
+    run may pay for again."""
+    entries = _entries(ledger, project_id, "generate")
+    ops = {str(e["operation_id"]): int(str(e["sequence"])) for e in entries}
+    return Counter(ops[op] for op in jobs.cancelled("jobs", list(ops)))
+
+
 def double_payments(
     ledger: Path, jobs: LocalJobs, project_id: str, stage: str = "generate"
 ) -> tuple[int, int]:

@@ -19,7 +19,7 @@ from mvpipe.pipeline.generate import stage_provider
 from mvpipe.pipeline.stages import next_stage
 from mvpipe.pipeline.steps import Dispatcher
 from mvpipe.providers.classify import describe
-from mvpipe.providers.limiter import slot_member
+from mvpipe.providers.limiter import job_member
 
 log = logging.getLogger("mvpipe.cancel")
 
@@ -84,7 +84,7 @@ def cancel_operations(ctx: Context, dispatcher: Dispatcher, project_id: str) -> 
         ctx.scenes.reset_cancelled(
             project_id, scene.sequence, operation_id=operation_id, stage=stage.fields
         )
-        member = slot_member(project_id, scene.sequence)
+        member = job_member(project_id, scene.sequence, stage.name, operation_id)
         try:
             woken = ctx.limiter.release(provider.pool, member, limit=provider.limit)
         except redis.RedisError as exc:

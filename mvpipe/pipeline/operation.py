@@ -38,9 +38,9 @@ from mvpipe.pipeline.steps import LeasePending, Next, RecordPending, Step
 from mvpipe.providers.base import JobState, JobStatus, VideoProvider, VideoRequest
 from mvpipe.providers.classify import describe
 from mvpipe.providers.fairness import fewer_than_busiest, lighter
-from mvpipe.providers.limiter import SlotDecision, slot_member
+from mvpipe.providers.limiter import SlotDecision, job_member, slot_member
 from mvpipe.settings import Settings
-from mvpipe.states import backoff_seconds, lease_expired
+from mvpipe.states import backoff_seconds, job_overran, lease_expired
 from mvpipe.store.records import SceneRecord
 from mvpipe.store.scenes import Claim
 
@@ -418,11 +418,13 @@ class PaidOperation:
         )
         if outcome == Claim.WON:
             self.log("operation stored", operation_id, attempt)
+            self.hold_job_slot(operation_id, moved=True)
             hooks.reached(f"{self.points}after_record")
             return self.next_poll(operation_id, 0)
         if outcome == Claim.RUN_INACTIVE:
             return self.record_after_run(operation_id, token, attempt, made_from)
         if self.adopt(operation_id, attempt, made_from):
+            self.hold_job_slot(operation_id, moved=True)
             return self.next_poll(operation_id, 0)
         return self.drop(operation_id, outcome)
 
@@ -461,14 +463,17 @@ class PaidOperation:
         )
         if kept != Claim.WON:
             if self.adopt(operation_id, attempt, made_from):
+                self.hold_job_slot(operation_id, moved=True)
                 return Step.done("operation kept for the next run")
             return self.drop(operation_id, kept)
         if self.run_cancelled() and self.cancel(operation_id):
             ctx.scenes.reset_cancelled(*self.ids, operation_id=operation_id, stage=self.fields)
             self.release_slot()
+            self.release_slot(operation_id)  # a redone record's first try may have moved it
             self.log("run cancelled; operation cancelled at provider", operation_id, attempt)
             return Step.done("operation cancelled with the run")
         # Kept: the job still runs, so its quota slot stays taken (its polls refresh it).
+        self.hold_job_slot(operation_id, moved=True)
         self.log("run no longer ours; operation kept for the next run", operation_id, attempt)
         return Step.done("operation kept for the next run")
 
@@ -530,7 +535,7 @@ class PaidOperation:
         counted, started = not just_submitted, 0
         if counted:
             self.x.touch(self.provider.liveness_seconds)
-            self.acquire_slot()
+            self.hold_job_slot(operation_id)
             started = ctx.board.start_poll(operation_id)
             if started > s.max_poll_errors:
                 return self.give_up_polling(operation_id, started - 1)
@@ -578,8 +583,10 @@ class PaidOperation:
         if counted:
             ctx.board.poll_answered(operation_id)
         if status.state == JobState.RUNNING:
+            if counted and (over := self.ran_over(operation_id)) is not None:
+                return over
             return self.next_poll(operation_id, 0, status.eta_seconds)
-        self.release_slot()
+        self.release_slot(operation_id)
         if status.state == JobState.CANCELLED:
             ctx.scenes.reset_cancelled(*self.ids, operation_id=operation_id, stage=self.fields)
             return Step.done("operation cancelled")
@@ -632,6 +639,24 @@ class PaidOperation:
             return self.x.finished("completed")
         return Step(Next.STAGE, f"{self.stage.name} done", scene=written)
 
+    def ran_over(self, operation_id: str) -> Step | None:
+        """A job still running `max_job_seconds` after its claim (a stuck job, or a status we
+        read as running) would hold its run and its quota slot forever: it is stopped where
+        the provider can, and its stage failed saying it was paid, its operation id kept on
+        the scene (and in `lastError`), its slot freed. None: within its time, or its start
+        unknown (not the scene's job any more, or a scene written before starts were kept)."""
+        limit = self.s.max_job_seconds
+        scene = self.ctx.scenes.get(*self.ids)
+        if scene is None or self.stage.operation(scene) != operation_id:
+            return None
+        if not job_overran(scene.value(self.fields.started), time.time(), limit):
+            return None
+        stopped = self.cancel(operation_id)
+        how = "cancelled at the provider" if stopped else "the provider could not cancel it"
+        error = f"{self.stage.name} job ran over {limit:g} s (paid): {how}"
+        error += f"; operation {operation_id}"
+        return self.fail_polled(operation_id, error, "job ran over its time")
+
     def give_up_polling(self, operation_id: str, crashed: int) -> Step:
         """Polls of this operation crashed `crashed` times in a row (errors we can't classify,
         or workers killed mid-poll): fail the scene rather than poll it forever."""
@@ -641,7 +666,7 @@ class PaidOperation:
 
     def fail_polled(self, operation_id: str, error: str, why: str) -> Step:
         """Fail the scene of an operation its polls gave up on, its slot freed."""
-        self.release_slot()
+        self.release_slot(operation_id)
         self.ctx.scenes.fail(*self.ids, error=error, operation_id=operation_id, stage=self.fields)
         self.ctx.board.poll_answered(operation_id)
         self.log(error, operation_id, None)
@@ -667,12 +692,29 @@ class PaidOperation:
             park=park,
         )
 
-    def release_slot(self) -> None:
-        """Free the slot, wake its new holder; when that is another project's scene, note
-        whether this project held no more slots than that one (`fairness.lighter`: then its
-        next stage is not deferred behind the wake-up)."""
+    def job_member(self, operation_id: str) -> str:
+        return job_member(*self.ids, self.stage.name, operation_id)
+
+    def hold_job_slot(self, operation_id: str, *, moved: bool = False) -> None:
+        """Count the stored job against the quota under its own slot (`limiter.job_member`),
+        whatever the line: it runs at the provider already. `moved`: the scene's submission
+        slot becomes the job's, in one step."""
+        self.ctx.limiter.hold(
+            self.provider.pool,
+            self.job_member(operation_id),
+            ttl=self.provider.liveness_seconds,
+            line_ttl=self.s.backoff_max * 2 + 30,
+            moved_from=self.member if moved else None,
+        )
+
+    def release_slot(self, operation_id: str | None = None) -> None:
+        """Free the slot of the job `operation_id` (None: the scene's submission slot), wake
+        its new holder; when that is another project's scene, note whether this project held
+        no more slots than that one (`fairness.lighter`: then its next stage is not deferred
+        behind the wake-up)."""
         pool = self.provider.pool
-        self.x.hand_on(self.ctx.limiter.release(pool, self.member, limit=self.provider.limit))
+        member = self.member if operation_id is None else self.job_member(operation_id)
+        self.x.hand_on(self.ctx.limiter.release(pool, member, limit=self.provider.limit))
         if self.x.handed_over:
             held = self.ctx.limiter.slots_held(pool)
             self.x.lighter = lighter(held, self.x.project_id, self.x.handed_to)
@@ -689,20 +731,20 @@ class PaidOperation:
         return polls_first(self.ctx.limiter.slots_held(self.provider.pool), self.x.project_id)
 
     def release_unowned_slot(self) -> None:
-        """After a lost claim: the slot entry is shared by every execution of this scene, and
-        whoever created it need not be who won the claim (a duplicate may acquire first and
-        lose). Release it only if no live lease and no running job of the stage needs it."""
+        """After a lost claim: the submission slot is shared by every execution of this scene
+        that submits, and whoever created it need not be who won the claim (a duplicate may
+        acquire first and lose). Release it unless a live lease submits under it: a stored job holds
+        a slot of its own (`hold_job_slot`), which its owner's move takes whether or not the
+        submission slot is still there."""
         scene = self.ctx.scenes.get(*self.ids)
-        if scene is not None:
-            live_lease = scene.lease_token is not None and not lease_expired(
-                scene.lease_expires_at, time.time()
-            )
-            running = (
-                self.stage.operation(scene) is not None and scene.value(self.fields.output) is None
-            )
-            if live_lease or running:
-                return
-        self.release_slot()
+        submitting = (
+            scene is not None
+            and scene.lease_token is not None
+            and not lease_expired(scene.lease_expires_at, time.time())
+            and self.stage.operation(scene) is None
+        )
+        if not submitting:
+            self.release_slot()
 
     def log(self, message: str, operation_id: str | None, attempt: int | None) -> None:
         self.x.log(message, operation_id, attempt, self.stage.name)

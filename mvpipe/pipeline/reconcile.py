@@ -297,7 +297,8 @@ def _reconcile_project(
     for scene in state.scenes:
         stage = next_stage(scene)
         # A run pays only for the scenes in its scope (a regeneration: its own scene); work
-        # resumed outside it runs without the run, so it finishes free stages only.
+        # resumed outside it runs without the run, so it finishes free stages only (a paid
+        # job's poll needs no run: the job is polled, recorded and cut, and nothing is paid).
         in_scope = not project.run_scope or scene.sequence in project.run_scope
         scoped_run = run if in_scope else None
         if scene.status == SceneStatus.COMPLETED:
@@ -310,7 +311,7 @@ def _reconcile_project(
             elif stage.operation(scene) is None:
                 repaired |= _repair_lease(p, scene, stage, scoped_run)
             else:
-                repaired |= _adopt_operation(p, scene, stage, run)
+                repaired |= _adopt_operation(p, scene, stage, scoped_run)
         _collect_garbage(p, scene)
 
     final = project.final_video_key

@@ -1,19 +1,23 @@
 """The shared provider quota: at most N operations in flight per provider, across all workers.
 
 Slots are members of a Redis sorted set scored by their expiry, so a dead worker's slot frees
-itself; a poll refreshes its slot and a finished operation releases it. A slot member names its
-scene, `<project>:<sequence>`, and a freed slot goes to the waiting project with the fewest jobs in
-flight, round robin among equals, each project's scenes in the order they asked
-(`mvpipe.providers.fairness` states the rule; the Lua here applies it in the same atomic step as
-the request or the release). Waiters may park a wake-up message: the scene that releases a slot
-hands back the messages of the waiters now entitled to one, so the next job starts as soon as a
-slot frees instead of at the waiter's next timed check. The limiter stores those messages as
-opaque strings; sending them is the caller's business. Waiters that stop asking drop out of the
-line, and every key expires when the provider sits idle, so a dead worker leaks nothing.
+itself; a poll refreshes its slot and a finished operation releases it. A scene waits and submits
+under a member named after it, `<project>:<sequence>`; once its job is stored, the slot moves to
+a member of that job's own (`job_member`), so two jobs of one scene (one kept after a cancel, one
+of a regeneration) hold two slots and neither's end frees the other's. A freed slot goes to the
+waiting project with the fewest jobs in flight, round robin among equals, each project's scenes
+in the order they asked (`mvpipe.providers.fairness` states the rule; the Lua here applies it in
+the same atomic step as the request or the release). Waiters may park a wake-up message: the
+scene that releases a slot hands back the messages of the waiters now entitled to one, so the
+next job starts as soon as a slot frees instead of at the waiter's next timed check. The limiter
+stores those messages as opaque strings; sending them is the caller's business. Waiters that stop
+asking drop out of the line, and every key expires when the provider sits idle, so a dead worker
+leaks nothing.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from dataclasses import dataclass
@@ -223,6 +227,27 @@ return woken
 """
 )
 
+_HOLD = (
+    _COMMON
+    + """
+local now, member, ttl, keep, moved = tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]),
+  tonumber(ARGV[5]), ARGV[6]
+-- A running job's slot: taken (or refreshed) whatever the line, since the job already runs at
+-- the provider and must count; its submission's slot, if named, becomes this one.
+if moved ~= '' and redis.call('ZREM', slots, moved) == 1 then add_flight(project_of(moved), -1) end
+local fresh = 0
+if redis.call('ZADD', slots, 'NX', now + ttl, member) == 1 then
+  add_flight(project_of(member), 1)
+  fresh = 1
+else
+  redis.call('ZADD', slots, 'XX', now + ttl, member)
+end
+redis.call('EXPIRE', slots, keep)
+redis.call('EXPIRE', inflight, keep)
+return fresh
+"""
+)
+
 _SNAPSHOT = (
     _COMMON
     + """
@@ -238,9 +263,19 @@ return out
 
 
 def slot_member(project_id: str, sequence: int) -> str:
-    """The quota slot of one scene (one operation in flight per scene at most). The limiter
-    reads the project back as everything before the last colon."""
+    """A scene's place in the quota while it waits and submits (stable across its executions,
+    so a waiter keeps its place in line). The limiter reads the project back as everything
+    before the last colon."""
     return f"{project_id}:{sequence:03d}"
+
+
+def job_member(project_id: str, sequence: int, stage: str, operation_id: str) -> str:
+    """The quota slot of one stored job, apart from its scene's: a job kept running after a
+    cancel and the scene's next job (a regeneration's) are two jobs at the provider, so two
+    slots, and the poll that sees one finish frees that one's only. The operation id is
+    hashed: provider ids may hold any character, the member's project part none but its own."""
+    digest = hashlib.sha256(operation_id.encode()).hexdigest()[:16]
+    return f"{slot_member(project_id, sequence)}-{stage}-{digest}"
 
 
 def member_project(member: str) -> str:
@@ -284,6 +319,7 @@ class QuotaLimiter:
         self._acquire = client.register_script(_ACQUIRE)
         self._release = client.register_script(_RELEASE)
         self._snapshot = client.register_script(_SNAPSHOT)
+        self._hold = client.register_script(_HOLD)
 
     def _keys(self, provider: str) -> list[str]:
         base = f"{self.prefix}:{provider}"
@@ -322,6 +358,29 @@ class QuotaLimiter:
             ],
         )
         return SlotDecision(bool(granted), int(place), bool(fresh))
+
+    def hold(
+        self,
+        provider: str,
+        member: str,
+        *,
+        ttl: float,
+        line_ttl: float,
+        moved_from: str | None = None,
+    ) -> bool:
+        """Take (or refresh) the slot of a job already running at the provider, whatever the
+        line (it counts against the quota until it finishes); `moved_from` (its submission's
+        slot) is freed in the same step, so the move never counts the job twice or not at
+        all. True when the slot was not held before."""
+        member_project(member)
+        if moved_from is not None:
+            member_project(moved_from)
+        keep = math.ceil(max(ttl, line_ttl)) + 60
+        fresh = self._hold(
+            keys=self._keys(provider),
+            args=[self._lines(provider), repr(time.time()), member, ttl, keep, moved_from or ""],
+        )
+        return bool(fresh)
 
     def release(self, provider: str, member: str, *, limit: int) -> list[str]:
         """Free `member`'s slot (a no-op if it holds none); returns the parked messages of the

@@ -167,6 +167,19 @@ class LocalJobs:
             ).fetchone()
         return row is not None and not row[0] and row[1] != "failed"
 
+    def cancelled(self, table: str, operation_ids: list[str]) -> set[str]:
+        """Which of these jobs of `table` were stopped by a cancel before they finished."""
+        if table not in JOB_TABLES:
+            raise ValueError(f"not a job table: {table}")
+        with self.transaction() as db:
+            return {
+                op
+                for op in operation_ids
+                if db.execute(
+                    f"SELECT 1 FROM {table} WHERE operation_id = ? AND cancelled = 1", (op,)
+                ).fetchone()
+            }
+
     def polled(self, operation_ids: list[str]) -> set[str]:
         """Which of these jobs were ever polled: an id someone polls had reached the store."""
         with self.transaction() as db:

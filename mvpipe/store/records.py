@@ -52,6 +52,9 @@ class SceneRecord:
     cost_micros: int = 0
     #: the part of `cost_micros` kept by submits whose outcome is unknown (maybe never billed)
     unknown_cost_micros: int = 0
+    #: when each paid stage's job was last claimed (UTC ISO time): how long it has run
+    generation_started_at: str | None = None
+    lip_sync_started_at: str | None = None
 
     @property
     def original_clip_key(self) -> str | None:
@@ -91,6 +94,8 @@ class SceneRecord:
             lip_sync_attempts=int(item.lip_sync_attempts or 0),
             cost_micros=int(item.cost_micros or 0),
             unknown_cost_micros=int(item.unknown_cost_micros or 0),
+            generation_started_at=item.generation_started_at,
+            lip_sync_started_at=item.lip_sync_started_at,
         )
 
     def view(self) -> SceneView:

@@ -42,14 +42,18 @@ class StageFields:
     output: str
     operation: str | None = None
     attempts: str | None = None
+    #: when its job was claimed (a paid stage's): how long the job has run
+    started: str | None = None
 
 
 #: generation: `originalVideoClipS3Key`, `providerOperationId`, `attempts`
-ORIGINAL = StageFields("original_clip_key", "operation_id", "attempts")
+ORIGINAL = StageFields("original_clip_key", "operation_id", "attempts", "generation_started_at")
 #: the cut: `workingVideoClipS3Key` (free: no operation, no attempts)
 WORKING = StageFields("working_clip_key")
 #: lip-sync: `lipSyncedVideoClipS3Key`, `lipSyncOperationId`, `lipSyncAttempts`
-LIP_SYNCED = StageFields("lip_synced_clip_key", "lip_sync_operation_id", "lip_sync_attempts")
+LIP_SYNCED = StageFields(
+    "lip_synced_clip_key", "lip_sync_operation_id", "lip_sync_attempts", "lip_sync_started_at"
+)
 #: Every output in the order the stages fill them: clearing one clears the later ones too.
 OUTPUT_ORDER = (ORIGINAL, WORKING, LIP_SYNCED)
 
@@ -124,8 +128,8 @@ class SceneStore:
             attempts.add(1),
             m.updated_at.set(utc_now_iso()),
         ]
-        if stage == ORIGINAL:
-            actions.append(m.generation_started_at.set(utc_now_iso()))
+        if stage.started is not None:
+            actions.append(getattr(m, stage.started).set(utc_now_iso()))
         if price_micros:
             actions.append(m.cost_micros.add(price_micros))
         # The budget a claim conditions on: the one this process read last for the project

@@ -88,6 +88,7 @@ class ItemBase(Model):
     end_seconds = NumberAttribute(null=True, attr_name="endSeconds")
     lip_sync_operation_id = UnicodeAttribute(null=True, attr_name="lipSyncOperationId")
     lip_sync_attempts = NumberAttribute(null=True, attr_name="lipSyncAttempts")
+    lip_sync_started_at = UnicodeAttribute(null=True, attr_name="lipSyncStartedAt")
     cost_micros = NumberAttribute(null=True, attr_name="costMicros")
     #: the part of `costMicros` reserved by submits whose outcome is unknown (a 5xx, a timeout)
     unknown_cost_micros = NumberAttribute(null=True, attr_name="unknownCostMicros")

@@ -23,6 +23,7 @@ from kombu import Connection
 from mvpipe import api
 from mvpipe.celery_app import app
 from mvpipe.deps import get_context
+from mvpipe.devstack.drills import cancelled_generations
 from mvpipe.devstack.localstack import LocalStack
 from mvpipe.errors import Conflict, InvalidInput
 from mvpipe.messaging.dispatch import (
@@ -183,7 +184,6 @@ def test_concurrent_run_regenerate_cancel_and_reconcile(start_workers: StartWork
     rng = random.Random(9)
     lock = threading.Lock()
     regenerated: Counter[int] = Counter()  # accepted regenerations: each may pay once more
-    cancels: list[int] = []  # each cancel may cost one more job per scene it caught in flight
 
     def regenerate() -> None:
         sequence = rng.randint(1, 5)
@@ -191,15 +191,10 @@ def test_concurrent_run_regenerate_cancel_and_reconcile(start_workers: StartWork
         with lock:
             regenerated[sequence] += 1
 
-    def cancel() -> None:
-        api.cancel_project(project_id)
-        with lock:
-            cancels.append(1)
-
     actions: list[Callable[[], object]] = [
         lambda: api.run_project(project_id),
         regenerate,
-        cancel,
+        lambda: api.cancel_project(project_id),
         lambda: api.reconcile(project_id),
     ]
     errors: list[BaseException] = []
@@ -222,11 +217,14 @@ def test_concurrent_run_regenerate_cancel_and_reconcile(start_workers: StartWork
     assert not errors, errors
     heal(project_id)
     paid = check_drill(project_id, workers, regenerated=True)
-    # Nothing pays again without a user's action behind it.
-    assert all(1 <= n <= 1 + regenerated[seq] + len(cancels) for seq, n in paid.items()), (
+    # Nothing pays again without a user's action behind it: a regeneration of the scene, or a
+    # cancel that stopped one of its jobs in flight (each may be paid for once more)
+    jobs = LocalJobs(Path(workers.env["MVPIPE_LOCAL_STATE"]))
+    stopped = cancelled_generations(workers.ledger, jobs, project_id)
+    assert all(1 <= n <= 1 + regenerated[seq] + stopped[seq] for seq, n in paid.items()), (
         paid,
         regenerated,
-        len(cancels),
+        stopped,
     )
 
 
