@@ -52,6 +52,8 @@ class SceneRecord:
     cost_micros: int = 0
     #: the part of `cost_micros` kept by submits whose outcome is unknown (maybe never billed)
     unknown_cost_micros: int = 0
+    #: failed with its stage's operation kept (its polls were refused): a run polls it again
+    operation_kept: bool = False
 
     @property
     def original_clip_key(self) -> str | None:
@@ -91,6 +93,7 @@ class SceneRecord:
             lip_sync_attempts=int(item.lip_sync_attempts or 0),
             cost_micros=int(item.cost_micros or 0),
             unknown_cost_micros=int(item.unknown_cost_micros or 0),
+            operation_kept=bool(item.operation_kept),
         )
 
     def view(self) -> SceneView:
