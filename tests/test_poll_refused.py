@@ -21,8 +21,9 @@ from mvpipe.errors import PermanentProviderError, PollRefused
 from mvpipe.models import ProjectSpec, ProjectStatus, ProjectView, SceneSpec, SceneStatus
 from mvpipe.pipeline.generate import SceneJob
 from mvpipe.pipeline.steps import Next
-from mvpipe.providers.base import VideoRequest
+from mvpipe.providers.base import LipSyncRequest, VideoRequest
 from mvpipe.providers.replicate import ReplicateVideoProvider
+from mvpipe.providers.replicate_lipsync import ReplicateLipSyncProvider
 from mvpipe.providers.veo import VeoVideoProvider
 from mvpipe.store.clips import clip_key
 from tests.conftest import Workers
@@ -97,6 +98,34 @@ def test_a_submit_refused_to_us_is_still_a_permanent_refusal(
     # Then it is permanent and a refusal (its reservation is given back)
     assert caught.value.refused
     assert standin.created[provider] == 0
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("status", [401, 404])
+def test_a_lip_sync_poll_refused_to_us_is_a_poll_refusal(
+    standin: ProviderStandIn, stack: LocalStack, status: int
+) -> None:
+    # Given a lip-sync job the provider accepted (its inputs fetched from presigned URLs)
+    clips = get_context().clips
+    clips.ensure()
+    key = f"projects/{uuid.uuid4()}/scenes/001/op-cut-x.mp4"
+    clips.put(key, b"\0\0\0\x18ftypisom" + bytes(64))
+    audio_key = key.replace(".mp4", ".wav")
+    clips.put(audio_key, b"RIFF\0\0\0\0WAVEfmt " + bytes(64), content_type="audio/wav")
+    request = LipSyncRequest(
+        "p", 1, clips.presigned_url(key, 300), clips.presigned_url(audio_key, 300), 1.0
+    )
+    lipsync = ReplicateLipSyncProvider(settings_for(standin))
+    operation_id = lipsync.submit(request)
+    # When its poll is refused to our credential
+    standin.fail_next["replicate.poll"] = [status]
+    with pytest.raises(PollRefused) as caught:
+        lipsync.poll(operation_id)
+    # Then the lip-sync stage's poll is a refusal too (the paid machine counts it), and the
+    # next poll goes on with the same job
+    assert f"replicate lip-sync: poll refused (HTTP {status})" in str(caught.value)
+    assert not lipsync.poll(operation_id).finished
+    assert standin.created["replicate"] == 1
 
 
 # -- one step at a time: the note on the scene ---------------------------------------------------
