@@ -14,7 +14,8 @@
         ├── TransientProviderError   429, 5xx, timeouts, resets: retry with backoff
         │   └── QuotaExceeded        the provider's concurrency limit was hit
         ├── PermanentProviderError   invalid request, safety block: never retried
-        └── OutputUnavailable        a paid job's output could not be fetched: polled again
+        ├── OutputUnavailable        a paid job's output could not be fetched: polled again
+        └── PollRefused              a poll of a stored job refused to us: polled again
 
 Retry policy keys off these types, never off message text.
 
@@ -100,3 +101,12 @@ class OutputUnavailable(ProviderError):
     output was deleted or is not readable yet. Not the job's failure: a passing refusal may
     clear, so the poll loop counts it like a poll error and fails the scene only after
     `MVPIPE_MAX_POLL_ERRORS` of them in a row."""
+
+
+class PollRefused(ProviderError):
+    """A poll of a stored (so maybe paid) job answered that *we* may not read it: 401, 403, or
+    404 for an id the provider gave us (a rotated or misconfigured credential, one of another
+    account or project). It says nothing about the job, which runs on and is billed: like
+    `OutputUnavailable`, the poll loop counts it and polls again, and past
+    `MVPIPE_MAX_POLL_ERRORS` fails the scene with its operation id kept, so a user's next run
+    polls that job again before paying for another."""

@@ -29,6 +29,7 @@ from mvpipe.errors import (
     ConfigurationError,
     InvalidInput,
     PermanentProviderError,
+    PollRefused,
     ProviderError,
     StoreUnavailable,
     TransientProviderError,
@@ -549,6 +550,8 @@ class PaidOperation:
                 scene = ctx.scenes.get(*self.ids)
         except PermanentProviderError as exc:
             status, video = JobStatus(JobState.FAILED, error=str(exc)), None
+        except PollRefused as exc:  # our access, not the job: it runs on, and is billed
+            return self.refused(operation_id, transient_polls, started, str(exc))
         except (StoreUnavailable, redis.RedisError):
             # Our own outage, not an unreadable reply: not counted against the job (which may
             # be finished and paid); the task's outage retry polls again.
@@ -619,8 +622,34 @@ class PaidOperation:
         a poll error and polled again (which helps a passing refusal); the scene fails only when
         `tries` (this poll's count, 0 when not counted) reaches `max_poll_errors`."""
         error = f"the job is paid for but its output could not be fetched: {error}"
+        return self.counted(operation_id, transient_polls, tries, error, "output unfetched")
+
+    def refused(self, operation_id: str, transient_polls: int, tries: int, error: str) -> Step:
+        """The provider refused to let us read the job (`PollRefused`: a rotated or wrong
+        credential): not the job's failure. Noted on the scene (`lastError`), counted like a
+        poll error and polled again; at `max_poll_errors` the scene fails with its operation
+        kept, so a user's next run polls the job (maybe paid) before paying for another."""
         if tries >= self.s.max_poll_errors:
-            return self.fail_polled(operation_id, f"{error} ({tries} tries)", "output unfetched")
+            error = f"the job may be paid for; its operation is kept for the next run: {error}"
+        else:
+            self.ctx.scenes.note_error(*self.ids, error=error)
+        return self.counted(operation_id, transient_polls, tries, error, "polls refused", keep=True)
+
+    def counted(
+        self,
+        operation_id: str,
+        transient_polls: int,
+        tries: int,
+        error: str,
+        why: str,
+        *,
+        keep: bool = False,
+    ) -> Step:
+        """A poll error that is not the job's outcome, counted (`poll_failed`) and polled again,
+        the scene failed once `tries` (this poll's count, 0 when not counted) reaches
+        `max_poll_errors` (`keep`: with its operation kept for the next run)."""
+        if tries >= self.s.max_poll_errors:
+            return self.fail_polled(operation_id, f"{error} ({tries} tries)", why, keep=keep)
         self.ctx.board.poll_failed(operation_id, error)
         return self.poll_again(operation_id, transient_polls, error)
 
@@ -664,10 +693,17 @@ class PaidOperation:
         error = f"polling failed {crashed} times in a row without an answer: {cause}"
         return self.fail_polled(operation_id, error, "polling never answered")
 
-    def fail_polled(self, operation_id: str, error: str, why: str) -> Step:
-        """Fail the scene of an operation its polls gave up on, its slot freed."""
+    def fail_polled(self, operation_id: str, error: str, why: str, *, keep: bool = False) -> Step:
+        """Fail the scene of an operation its polls gave up on, its slot freed (`keep`: its
+        operation kept for the next run, see `SceneStore.fail`)."""
         self.release_slot(operation_id)
-        self.ctx.scenes.fail(*self.ids, error=error, operation_id=operation_id, stage=self.fields)
+        self.ctx.scenes.fail(
+            *self.ids,
+            error=error,
+            operation_id=operation_id,
+            stage=self.fields,
+            keep_operation=keep,
+        )
         self.ctx.board.poll_answered(operation_id)
         self.log(error, operation_id, None)
         return self.x.finished(f"failed: {why}")

@@ -65,7 +65,13 @@ def start_run(ctx: Context, dispatcher: Dispatcher, project_id: str) -> RunStart
         stage = next_stage(scene) or GENERATE
         if scene.status == SceneStatus.FAILED:
             # Only the stage it failed in starts over: a failed lip-sync pays for the lip-sync.
-            ctx.scenes.retry_failed(project_id, scene.sequence, stage=stage.fields)
+            # A job whose polls were refused to us may be paid: its operation is polled again.
+            ctx.scenes.retry_failed(
+                project_id,
+                scene.sequence,
+                stage=stage.fields,
+                keep_operation=scene.operation_kept,
+            )
         elif scene.status in OPEN and stage.paid and scene.value(stage.fields.attempts) >= limit:
             # A user's run: attempts spent by cancelled runs come back, or the scene would
             # fail without any submission (also a scene such a run left `processing` with an

@@ -18,6 +18,7 @@ import httpx
 from mvpipe.errors import (
     OutputUnavailable,
     PermanentProviderError,
+    PollRefused,
     ProviderError,
     QuotaExceeded,
     TransientProviderError,
@@ -103,6 +104,27 @@ def from_status(provider: str, status: int | None, message: str) -> ProviderErro
     if status is None or status in TRANSIENT_STATUSES or status >= 500:
         return TransientProviderError(text, refused=refused)
     return PermanentProviderError(text, refused=refused)
+
+
+#: Answers to a poll of a job id the provider gave us that say we may not read it, not that
+#: the job failed: 401/403 (a rotated or wrong credential) and 404. A 404 is no expiry: a
+#: Replicate prediction made through the API stays readable by id (its data is removed after
+#: an hour, the prediction is not), and a Veo operation is polled every few seconds from its
+#: submit on; what hides it is a credential of another account or project.
+POLL_REFUSALS = frozenset({401, 403, 404})
+
+
+def from_poll_status(provider: str, status: int | None, message: str) -> ProviderError:
+    """An error answered to the poll of a stored (maybe paid) job: `PollRefused` for a
+    refusal of our access (`POLL_REFUSALS`), which the poll loop counts and polls again
+    (docs/DESIGN.md invariant 3: the job runs on and is billed); else as `from_status`."""
+    if status in POLL_REFUSALS:
+        detail = scrub(message.strip())[:200]
+        return PollRefused(
+            f"{provider}: poll refused (HTTP {status}): check the provider credentials; "
+            f"the job is kept" + (f" ({detail})" if detail else "")
+        )
+    return from_status(provider, status, message)
 
 
 def _transport_errors() -> tuple[type[BaseException], ...]:

@@ -14,7 +14,13 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 
 from mvpipe.errors import ConfigurationError, ProviderError
-from mvpipe.providers.classify import from_status, from_transport, scrub, unreadable
+from mvpipe.providers.classify import (
+    from_poll_status,
+    from_status,
+    from_transport,
+    scrub,
+    unreadable,
+)
 from mvpipe.providers.once import Once
 from mvpipe.settings import Settings
 
@@ -95,7 +101,8 @@ def translate(provider: str, exc: Exception, *, polling: bool = False) -> Provid
     from google.genai import errors
 
     if isinstance(exc, errors.APIError):
-        return from_status(provider, exc.code, exc.message or exc.status or "")
+        classify = from_poll_status if polling else from_status
+        return classify(provider, exc.code, exc.message or exc.status or "")
     transport = from_transport(provider, exc)
     if transport is not None:
         return transport

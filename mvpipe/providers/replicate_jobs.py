@@ -19,6 +19,7 @@ from pydantic.v1 import ValidationError as V1ValidationError  # replicate 1.0's 
 from mvpipe.errors import PermanentProviderError, ProviderError
 from mvpipe.providers.base import JobState, JobStatus
 from mvpipe.providers.classify import (
+    from_poll_status,
     from_status,
     from_transport,
     require_env,
@@ -151,6 +152,7 @@ class ReplicateJobs:
         return {"Authorization": f"Bearer {self._token()}"}
 
     def _get_json(self, url: str) -> dict[str, Any]:
+        """A poll's GET of a stored prediction: a refusal of our access is `PollRefused`."""
         try:
             response = httpx.get(
                 url, headers=self._headers(), timeout=self.settings.provider_timeout_seconds
@@ -158,7 +160,7 @@ class ReplicateJobs:
         except Exception as exc:
             raise from_transport(self.provider, exc) or exc from exc
         if response.status_code != 200:
-            raise from_status(self.provider, response.status_code, response.text[:500])
+            raise from_poll_status(self.provider, response.status_code, response.text[:500])
         return self._json_object(response)
 
     def _translate(self, exc: Exception) -> Exception:

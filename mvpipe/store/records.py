@@ -55,6 +55,8 @@ class SceneRecord:
     #: when each paid stage's job was last claimed (UTC ISO time): how long it has run
     generation_started_at: str | None = None
     lip_sync_started_at: str | None = None
+    #: failed with its stage's operation kept (its polls were refused): a run polls it again
+    operation_kept: bool = False
 
     @property
     def original_clip_key(self) -> str | None:
@@ -96,6 +98,7 @@ class SceneRecord:
             unknown_cost_micros=int(item.unknown_cost_micros or 0),
             generation_started_at=item.generation_started_at,
             lip_sync_started_at=item.lip_sync_started_at,
+            operation_kept=bool(item.operation_kept),
         )
 
     def view(self) -> SceneView:

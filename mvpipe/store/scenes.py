@@ -365,12 +365,15 @@ class SceneStore:
         stage: StageFields = ORIGINAL,
         refund_micros: int = 0,
         unknown_micros: int = 0,
+        keep_operation: bool = False,
     ) -> bool:
         """Mark a scene `failed`, as the owner of the stage's operation, of its lease, or (given
         `max_attempts`) because it has no submissions left; a free stage fails as the reader of
         its input (`made_from`: the input's field and key). With `token`, `refund_micros` gives
         back the lease's reservation (the provider surely accepted no job under it), or
-        `unknown_micros` of it is noted as kept by a submit whose outcome is unknown."""
+        `unknown_micros` of it is noted as kept by a submit whose outcome is unknown.
+        `keep_operation`: the job may be paid and was never seen to fail (its polls were
+        refused): `retry_failed` keeps its operation, so the next run polls it."""
         m = self.m
         if made_from is not None:
             owner: Condition = getattr(m, made_from[0]) == made_from[1]
@@ -394,12 +397,14 @@ class SceneStore:
             owner = _at_limit(m, stage, max_attempts, time.time())
         else:
             raise ValueError("fail() needs an owner: operation_id, token or max_attempts")
+        kept = m.operation_kept.set(True) if keep_operation else m.operation_kept.remove()
         return self._transition(
             project_id,
             sequence,
             [
                 m.status.set(SceneStatus.FAILED),
                 m.last_error.set(clip_error(error)),
+                kept,
                 *self._no_lease(),
             ],
             owner & (m.status != SceneStatus.COMPLETED),
@@ -585,21 +590,32 @@ class SceneStore:
         return self.reset_outputs(project_id, sequence, stage=ORIGINAL, key=clip_key)
 
     def retry_failed(
-        self, project_id: str, sequence: int, *, stage: StageFields = ORIGINAL
+        self,
+        project_id: str,
+        sequence: int,
+        *,
+        stage: StageFields = ORIGINAL,
+        keep_operation: bool = False,
     ) -> bool:
         """A user asked for another run: a `failed` scene becomes `pending`, and the `stage` it
         failed in (its first missing output) gets fresh attempts and no operation. Earlier
-        outputs and their operations are kept: a failed lip-sync pays only for the lip-sync."""
+        outputs and their operations are kept: a failed lip-sync pays only for the lip-sync.
+        `keep_operation` (the scene read as `operation_kept`): the stage's operation, a job
+        that may be paid, stays and owns the stage again (`processing`, as a job a cancel could
+        not stop), so the run polls it before paying for another."""
         m = self.m
-        fresh: list[Action] = []
-        if stage.operation is not None:
+        status, fresh = SceneStatus.PENDING, list[Action]()
+        kept = m.operation_kept.exists() if keep_operation else m.operation_kept.does_not_exist()
+        if keep_operation:
+            status, fresh = SceneStatus.PROCESSING, [m.operation_kept.remove()]
+        elif stage.operation is not None:
             _, operation, attempts = _paid(m, stage)
             fresh = [operation.remove(), attempts.set(0)]
         return self._transition(
             project_id,
             sequence,
-            [m.status.set(SceneStatus.PENDING), *fresh, *self._no_lease()],
-            (m.status == SceneStatus.FAILED) & getattr(m, stage.output).does_not_exist(),
+            [m.status.set(status), *fresh, *self._no_lease()],
+            (m.status == SceneStatus.FAILED) & getattr(m, stage.output).does_not_exist() & kept,
             done=lambda s: s.status != SceneStatus.FAILED,
         )
 
@@ -650,6 +666,7 @@ class SceneStore:
                     m.operation_id.remove(),
                     m.lip_sync_operation_id.remove(),
                     m.lip_sync_attempts.set(0),
+                    m.operation_kept.remove(),
                     m.lease_token.remove(),
                     m.lease_expires_at.remove(),
                     m.completed_at.remove(),

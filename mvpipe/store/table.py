@@ -92,6 +92,9 @@ class ItemBase(Model):
     cost_micros = NumberAttribute(null=True, attr_name="costMicros")
     #: the part of `costMicros` reserved by submits whose outcome is unknown (a 5xx, a timeout)
     unknown_cost_micros = NumberAttribute(null=True, attr_name="unknownCostMicros")
+    #: set on a scene failed because its stage's polls were refused to us (401/403/404): the
+    #: stage's operation (a job that may be paid) is kept, and a user's next run polls it
+    operation_kept = BooleanAttribute(null=True, attr_name="operationKept")
 
 
 def bind_table(settings: Settings) -> type[ItemBase]:
