@@ -32,6 +32,8 @@ DEFAULT_CONCURRENCY = {"veo": 4, "replicate": 4}
 FIXED_DURATIONS = {"veo": (4, 6, 8), "local": tuple(range(1, 31))}
 #: Any clip a provider is asked for lies in this range (the scene spec's bounds).
 CLIP_SECONDS_RANGE = (1, 30)
+#: The longest pause a store call takes between two tries through an outage (seconds).
+STORE_RETRY_PAUSE_MAX = 2.0
 
 
 class Settings(BaseSettings):
@@ -357,6 +359,19 @@ class Settings(BaseSettings):
     def liveness_seconds(self, provider: str) -> float:
         """How long a poll's liveness mark lasts: longer than the longest gap between polls."""
         return self.backoff_max + 3 * self.poll_seconds_for(provider) + self.liveness_slack_seconds
+
+    @property
+    def store_call_seconds(self) -> float:
+        """The longest one store call takes through an outage before it reports
+        `StoreUnavailable`: its retries, the pause before its last try, and that try's timeout."""
+        return self.store_retry_seconds + STORE_RETRY_PAUSE_MAX + self.store_timeout_seconds
+
+    def owed_write_seconds(self, provider: str) -> float:
+        """How long a step that owes a write for paid work (a job's record, a lease's
+        give-back) marks its scene alive: its store call through an outage, then the outage
+        retry's countdown and slack (`liveness_seconds`), so the mark outlasts the gap to the
+        next redo and reconcile never frees the scene for a second paid claim meanwhile."""
+        return self.liveness_seconds(provider) + self.store_call_seconds
 
 
 @functools.lru_cache(maxsize=1)
