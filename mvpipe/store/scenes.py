@@ -618,10 +618,18 @@ class SceneStore:
         )
 
     def reset_for_regeneration(self, project_id: str, sequence: int, *, run_id: str) -> Claim:
-        """One transaction: clear the scene's clip and operation and win the project's run."""
+        """One transaction: clear the scene's clip and operation and win the project's run.
+        Not while a live lease is the scene's (`NOT_CLAIMABLE`): its holder may be submitting
+        a job right now (a cancelled run's, which no cancel reaches before its id is stored),
+        and clearing the lease would leave that paid job nowhere to be recorded."""
         m = self.m
         pk = project_pk(project_id)
         now = utc_now_iso()
+        unleased = (
+            m.lease_token.does_not_exist()
+            | m.lease_expires_at.does_not_exist()
+            | (m.lease_expires_at <= time.time())
+        )
 
         def build(tx: TransactWrite) -> None:
             tx.update(
@@ -653,7 +661,7 @@ class SceneStore:
                     m.attempts.set(0),
                     m.updated_at.set(now),
                 ],
-                condition=m.pk.exists(),
+                condition=m.pk.exists() & unleased,
             )
 
         reasons = self.table.transact(build)
