@@ -19,7 +19,7 @@ from mvpipe.errors import InvalidInput
 from mvpipe.media.cut import cut_clip
 from mvpipe.media.encoding import OutputFormat, parse_size
 from mvpipe.pipeline.execution import Execution
-from mvpipe.pipeline.stages import GENERATE, Stage, is_last
+from mvpipe.pipeline.stages import GENERATE, STAGES, Stage, is_last, needed_stages
 from mvpipe.pipeline.steps import Next, Step
 from mvpipe.providers.classify import describe
 from mvpipe.settings import Settings
@@ -53,6 +53,16 @@ def cut_key(scene: SceneRecord, original_key: str, settings: Settings) -> str:
     return working_key(
         scene.project_id, scene.sequence, original_key, cut_inputs_hash(original_key, frames, fmt)
     )
+
+
+def later_outputs(stage: Stage, scene: SceneRecord) -> tuple[tuple[str, str], ...] | None:
+    """Every output the scene needs after `stage`, as (field, key), when all are recorded
+    (None when one is missing, or none is needed)."""
+    later = [s for s in needed_stages(scene) if STAGES.index(s) > STAGES.index(stage)]
+    found = [(s.fields.output, s.output(scene)) for s in later]
+    if not found or any(key is None for _, key in found):
+        return None
+    return tuple((field, key) for field, key in found if key is not None)
 
 
 class CutRunner:
@@ -92,7 +102,11 @@ class CutRunner:
             if held:
                 x.log(f"clip shorter than its slot: held its last frame {held} times", None, None,
                       self.stage.name)  # fmt: skip
-        last = is_last(self.stage, scene)
+        # Later outputs still held (a lost cut made again under its lip-sync): then this write
+        # completes the scene, conditioned on them, or it would stay `processing` with nothing
+        # left to make.
+        kept = later_outputs(self.stage, scene)
+        last = is_last(self.stage, scene) or kept is not None
         written = ctx.scenes.record_output(
             x.project_id,
             x.sequence,
@@ -100,6 +114,7 @@ class CutRunner:
             key=key,
             made_from=(GENERATE.fields.output, original),
             last=last,
+            kept=kept or (),
         )
         if written is None:
             return Step.done("superseded: scene moved on, cut left for garbage collection")

@@ -45,7 +45,15 @@ from mvpipe.pipeline.reconcile_scope import (
     this_turn,
 )
 from mvpipe.pipeline.song_sweep import SongTurn, song_turn
-from mvpipe.pipeline.stages import GENERATE, LIPSYNC, Stage, is_last, lost_output, next_stage
+from mvpipe.pipeline.stages import (
+    CUT,
+    GENERATE,
+    LIPSYNC,
+    Stage,
+    is_last,
+    lost_output,
+    next_stage,
+)
 from mvpipe.pipeline.steps import Dispatcher
 from mvpipe.providers.classify import describe
 from mvpipe.states import FINAL_SCENE_STATES, assembly_due, lease_expired
@@ -362,10 +370,25 @@ def _reset_lost_output(p: _Pass, scene: SceneRecord) -> bool:
     if lost is None:
         return False
     stage, key = lost
-    if p.ctx.scenes.reset_outputs(scene.project_id, scene.sequence, stage=stage.fields, key=key):
+    alone = _made_alike(p, scene, stage, key)
+    if p.ctx.scenes.reset_outputs(
+        scene.project_id, scene.sequence, stage=stage.fields, key=key, alone=alone
+    ):
         p.report.missing_clips += 1
         return True
     return False
+
+
+def _made_alike(p: _Pass, scene: SceneRecord, stage: Stage, key: str | None) -> bool:
+    """Whether a lost output is a cut that would be made again at its own key (the cut is
+    deterministic): the lip-sync made from that key still holds, and is not paid for again."""
+    original = GENERATE.output(scene)
+    return (
+        stage is CUT
+        and key is not None
+        and original is not None
+        and cut_key(scene, original, p.ctx.settings) == key
+    )
 
 
 def _resume_stage(p: _Pass, scene: SceneRecord, run: str | None) -> None:

@@ -331,20 +331,28 @@ class SceneStore:
         key: str,
         made_from: tuple[str, str],
         last: bool,
+        kept: tuple[tuple[str, str], ...] = (),
     ) -> SceneRecord | None:
         """A free stage's output (the cut), written after its upload, conditioned on the input
         it was made from (`made_from`: the input's field and key) still being the scene's.
-        Returns the scene as written, None when the write did not hold (see `complete`)."""
+        Returns the scene as written, None when the write did not hold (see `complete`).
+        `kept`: later outputs (field, key) the scene already holds (a cut made again under a
+        lip-sync made from the same key), conditioned on still being its own when `last`."""
         m = self.m
         source, source_key = made_from
         output = getattr(m, stage.output)
+        condition = (
+            (getattr(m, source) == source_key)
+            & output.does_not_exist()
+            & m.status.is_in(SceneStatus.PENDING, SceneStatus.PROCESSING)
+        )
+        for field, kept_key in kept:
+            condition &= getattr(m, field) == kept_key
         return self._written(
             project_id,
             sequence,
             [output.set(key), *self._finished_stage(last), m.last_error.remove()],
-            (getattr(m, source) == source_key)
-            & output.does_not_exist()
-            & m.status.is_in(SceneStatus.PENDING, SceneStatus.PROCESSING),
+            condition,
             done=lambda s: s.value(stage.output) == key,
         )
 
@@ -537,14 +545,22 @@ class SceneStore:
         )
 
     def reset_outputs(
-        self, project_id: str, sequence: int, *, stage: StageFields, key: str | None
+        self,
+        project_id: str,
+        sequence: int,
+        *,
+        stage: StageFields,
+        key: str | None,
+        alone: bool = False,
     ) -> bool:
         """An output a finished scene needs is gone (its object vanished: `key`), or was never
         recorded (`key` None, on a `completed` scene): clear it and every later output, with
         their operations and attempts, and go back to `pending`, so a run makes exactly those
-        again. Earlier outputs are kept: nothing already made is paid for twice."""
+        again. Earlier outputs are kept: nothing already made is paid for twice. `alone`: the
+        output is made again at the same key (a deterministic free stage, the cut), so the
+        later outputs made from it still hold and only it is cleared."""
         m = self.m
-        later = OUTPUT_ORDER[OUTPUT_ORDER.index(stage) :]
+        later = [stage] if alone else OUTPUT_ORDER[OUTPUT_ORDER.index(stage) :]
         clear: list[Action] = []
         for fields in later:
             clear.append(getattr(m, fields.output).remove())
