@@ -101,6 +101,8 @@ class Context:
             try:
                 ensure()
             except (ClientError, PynamoDBException) as exc:
+                if answered_out(exc):  # the service is out or busy: it refused nothing of ours
+                    raise StoreUnavailable(f"the {what} is unavailable: {exc}") from exc
                 raise ConfigurationError(
                     f"could not create or open the {what}: {exc}; check AWS credentials, "
                     "permissions and MVPIPE_TABLE / MVPIPE_BUCKET / MVPIPE_AWS_REGION"
@@ -111,6 +113,21 @@ class Context:
                     "locally) or check MVPIPE_DYNAMODB_ENDPOINT / MVPIPE_S3_ENDPOINT, then retry"
                 ) from exc
         self._ready = True
+
+
+#: HTTP statuses of a store that is out or busy (not refusing the request itself).
+_OUT_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+def answered_out(exc: BaseException) -> bool:
+    """Whether the store answered `exc` with an outage's status (a 5xx, a throttle); pynamodb
+    keeps botocore's error, which has the status, as the cause of its own."""
+    for error in (exc, exc.__cause__):
+        response = getattr(error, "response", None)
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode") if response else None
+        if status is not None:
+            return status in _OUT_STATUSES
+    return False
 
 
 def build_context(settings: Settings) -> Context:

@@ -36,6 +36,8 @@ MIB = 1024 * 1024
 #: `MVPIPE_MAX_CLIP_BYTES` bounds: above any real clip's smallest size, and at most what a
 #: worker can hold in memory (twice, while the bytes are joined) beside its other threads
 CLIP_BYTES_RANGE = (MIB, 2048 * MIB)
+#: The longest pause a store call takes between two tries through an outage (seconds).
+STORE_RETRY_PAUSE_MAX = 2.0
 
 
 class Settings(BaseSettings):
@@ -381,6 +383,19 @@ class Settings(BaseSettings):
     def liveness_seconds(self, provider: str) -> float:
         """How long a poll's liveness mark lasts: longer than the longest gap between polls."""
         return self.backoff_max + 3 * self.poll_seconds_for(provider) + self.liveness_slack_seconds
+
+    @property
+    def store_call_seconds(self) -> float:
+        """The longest one store call takes through an outage before it reports
+        `StoreUnavailable`: its retries, the pause before its last try, and that try's timeout."""
+        return self.store_retry_seconds + STORE_RETRY_PAUSE_MAX + self.store_timeout_seconds
+
+    def owed_write_seconds(self, provider: str) -> float:
+        """How long a step that owes a write for paid work (a job's record, a lease's
+        give-back) marks its scene alive: its store call through an outage, then the outage
+        retry's countdown and slack (`liveness_seconds`), so the mark outlasts the gap to the
+        next redo and reconcile never frees the scene for a second paid claim meanwhile."""
+        return self.liveness_seconds(provider) + self.store_call_seconds
 
 
 @functools.lru_cache(maxsize=1)

@@ -308,6 +308,7 @@ def main() -> None:
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
     from mvpipe.devstack.http_front import serve
+    from mvpipe.devstack.outages import switchable
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("-H", "--host", default="127.0.0.1")
@@ -320,7 +321,8 @@ def main() -> None:
     expressions_parsed_once()
     handler_methods_listed_once()
     dynamodb_answers_written_directly()
-    app = serialized(dynamodb_answered_directly(DomainDispatcherApplication(create_backend_app)))
+    moto = serialized(dynamodb_answered_directly(DomainDispatcherApplication(create_backend_app)))
+    app = switchable(moto)  # a drill's outage (`outages`)
     serve(
         app,
         args.host,

@@ -65,6 +65,24 @@ def cut_key(scene: SceneRecord, original_key: str, settings: Settings) -> str:
     )
 
 
+def later_outputs(stage: Stage, scene: SceneRecord) -> tuple[tuple[str, str], ...] | None:
+    """Every output the scene needs after `stage`, as (field, key), when all are recorded
+    (None when one is missing, or none is needed)."""
+    later = [s for s in stage.later if s.needed(scene)]
+    found = [(s.fields.output, s.output(scene)) for s in later]
+    if not found or any(key is None for _, key in found):
+        return None
+    return tuple((field, key) for field, key in found if key is not None)
+
+
+def remade_key(stage: Stage, scene: SceneRecord, settings: Settings) -> str | None:
+    """The key a cut of `scene` would be made at now (None without its original): the cut is
+    deterministic, so a lost cut whose key this is would be made again as it was."""
+    source = stage.requires
+    original: str | None = scene.value(source) if source is not None else None
+    return None if original is None else cut_key(scene, original, settings)
+
+
 class CutRunner:
     """Runs the cut stage of one scene in this execution (queue `mvpipe.media`): cuts the
     stage's `requires` (the original) into its output."""
@@ -104,7 +122,11 @@ class CutRunner:
             if held:
                 x.log(f"clip shorter than its slot: held its last frame {held} times", None, None,
                       self.stage.name)  # fmt: skip
-        last = self.stage.is_last(scene)
+        # Later outputs still held (a lost cut made again under its lip-sync): then this write
+        # completes the scene, conditioned on them, or it would stay `processing` with nothing
+        # left to make.
+        kept = later_outputs(self.stage, scene)
+        last = self.stage.is_last(scene) or kept is not None
         written = ctx.scenes.record_output(
             x.project_id,
             x.sequence,
@@ -112,6 +134,7 @@ class CutRunner:
             key=key,
             made_from=(source, original),
             last=last,
+            kept=kept or (),
         )
         if written is None:
             return Step.done("superseded: scene moved on, cut left for garbage collection")

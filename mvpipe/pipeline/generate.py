@@ -97,14 +97,14 @@ class SceneJob:
         carried = BY_NAME[stage or GENERATE.name]
         if run_id is not None:
             ctx.board.keep_run_alive(run_id, ctx.settings.run_stale_seconds)
-        if operation_id is not None and token is not None:
-            # A redo may come long after the lease (a store outage): the liveness mark keeps
-            # reconcile from freeing the scene for a second paid submission meanwhile.
-            machine = self.paid(carried)
-            self.x.touch(machine.provider.liveness_seconds)
-            return self.then(machine.record(operation_id, token, attempt, made_from))
-        if token is not None and release is not None:
-            return self.paid(carried).resume_give_back(token, release)
+        if token is not None and (operation_id is not None or release is not None):
+            # A redo may come long after the lease (a store outage): marked alive first, even
+            # when its provider can't be built, for as long as the redo may take to come round.
+            self.keep_owed(carried)
+            if operation_id is not None:
+                machine = self.paid(carried)
+                return self.then(machine.record(operation_id, token, attempt, made_from))
+            return self.paid(carried).resume_give_back(token, release or {})
         if run_id is not None and ctx.board.cancelled(run_id):
             if carried.paid:
                 self.paid(carried).leave_line()
@@ -113,6 +113,13 @@ class SceneJob:
             machine = self.paid(carried)
             return self.then(machine.poll(operation_id, transient_polls), polled=machine)
         return self.advance()
+
+    def keep_owed(self, stage: Stage) -> None:
+        """This step redoes a write owed for paid work (a job's record, a lease's give-back):
+        reconcile must not free the scene for a second paid claim while the redo waits for
+        the store (`Settings.owed_write_seconds`, of the stage's provider)."""
+        s = self.ctx.settings
+        self.x.touch(s.owed_write_seconds(stage.provider_name(s, self.x.provider)))
 
     def submit(self, scene: SceneRecord) -> Step:
         """Claim and submit the scene's generation (as a duplicate execution would)."""

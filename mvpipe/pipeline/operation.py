@@ -330,6 +330,7 @@ class PaidOperation:
         try:
             yield
         except (StoreUnavailable, redis.RedisError) as exc:
+            self.keep_owed()
             raise LeasePending({**self.carry(), "token": token, "release": release}) from exc
 
     def give_back(self, token: str, release: dict[str, Any]) -> bool:
@@ -407,7 +408,18 @@ class PaidOperation:
                 "attempt": attempt,
                 "made_from": made_from,
             }
+            self.keep_owed()
             raise RecordPending(carry) from exc
+
+    def keep_owed(self) -> None:
+        """A write owed for paid work is left to the next step: the scene stays marked alive
+        until that step marks it again (the lease may lapse first, the mark set at the claim
+        too), or reconcile could free it for a second paid claim. With Redis out too, the
+        next step marks it once it can."""
+        try:
+            self.x.touch(self.provider.liveness_seconds + self.s.store_call_seconds)
+        except (BrokerUnavailable, redis.RedisError) as exc:
+            log.warning("could not mark %s/%s alive: %s", *self.ids, describe(exc))
 
     def _record(self, operation_id: str, token: str, attempt: int, made_from: str | None) -> Step:
         outcome = self.ctx.scenes.record_operation(

@@ -18,7 +18,6 @@ from pydantic import BaseModel, computed_field
 
 from mvpipe.deps import Context
 from mvpipe.models import ProjectStatus, SceneStatus
-from mvpipe.pipeline.cut import cut_key
 from mvpipe.pipeline.finalize import ended_by_give_ups, settle_project
 from mvpipe.pipeline.grace import grace_cutoff, warn_short_grace
 from mvpipe.pipeline.reconcile_scope import (
@@ -362,10 +361,20 @@ def _reset_lost_output(p: _Pass, scene: SceneRecord) -> bool:
     if lost is None:
         return False
     stage, key = lost
-    if p.ctx.scenes.reset_outputs(scene.project_id, scene.sequence, stage=stage.fields, key=key):
+    alone = _made_alike(p, scene, stage, key)
+    if p.ctx.scenes.reset_outputs(
+        scene.project_id, scene.sequence, stage=stage.fields, key=key, alone=alone
+    ):
         p.report.missing_clips += 1
         return True
     return False
+
+
+def _made_alike(p: _Pass, scene: SceneRecord, stage: Stage, key: str | None) -> bool:
+    """Whether a lost output would be made again at its own key (a deterministic stage, the
+    cut): the later outputs made from that key still hold, and are not paid for again."""
+    remade = stage.remade_key
+    return key is not None and remade is not None and remade(stage, scene, p.ctx.settings) == key
 
 
 def _resume_stage(p: _Pass, scene: SceneRecord, run: str | None) -> None:
@@ -473,8 +482,8 @@ def _collect_garbage(p: _Pass, scene: SceneRecord) -> None:
             live.add(stage.operation_output(scene.project_id, scene.sequence, operation_id))
         if stage.input_key is not None and stage.needed(scene) and stage.output(scene) is None:
             live.add(stage.input_key(scene))
-    if scene.clip_key is not None:
-        live.add(cut_key(scene, scene.clip_key, p.ctx.settings))
+        if stage.remade_key is not None:  # what a deterministic stage makes next (a cut)
+            live.add(stage.remade_key(stage, scene, p.ctx.settings))
     cutoff = grace_cutoff(p.ctx.settings, p.now)
     for key, obj in list(p.objects.items()):
         if key.startswith(prefix) and key not in live and obj.last_modified <= cutoff:

@@ -92,7 +92,13 @@ def regenerate(ctx: Context, dispatcher: Dispatcher, project_id: str, sequence: 
         raise InvalidInput(f"project {project_id} has no scene {sequence}")
     run_id = str(uuid.uuid4())
     ctx.board.touch_run(run_id, ctx.settings.run_stale_seconds)
-    if ctx.scenes.reset_for_regeneration(project_id, sequence, run_id=run_id) != Claim.WON:
+    reset = ctx.scenes.reset_for_regeneration(project_id, sequence, run_id=run_id)
+    if reset == Claim.NOT_CLAIMABLE:
+        raise Conflict(
+            f"scene {sequence} of project {project_id} is being submitted to its provider (a"
+            " submission is in flight); try again shortly"
+        )
+    if reset != Claim.WON:
         raise Conflict(f"project {project_id} has an active run; cancel it or wait for it")
     return RunStart(run_id, dispatcher.start_run(project_id, run_id, [sequence]))
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Protocol
 from mvpipe import durations
 from mvpipe.deps import Context
 from mvpipe.models import SceneStatus
-from mvpipe.pipeline.cut import CutRunner, slot_seconds
+from mvpipe.pipeline.cut import CutRunner, remade_key, slot_seconds
 from mvpipe.pipeline.lipsync import LipSync, audio_key
 from mvpipe.pipeline.operation import StageProvider, VideoGeneration
 from mvpipe.settings import Settings
@@ -88,6 +88,14 @@ def lipsync_price(settings: Settings, provider: str, scene: SceneRecord) -> int:
     return settings.lipsync_price_micros(slot_seconds(scene))
 
 
+def project_provider(_: Settings, provider: str) -> str:
+    return provider
+
+
+def lipsync_provider(settings: Settings, _: str) -> str:
+    return settings.lipsync_provider
+
+
 @dataclass(frozen=True)
 class Stage:
     """One step of a scene's production: everything the loop, the paid machine and reconcile
@@ -108,6 +116,9 @@ class Stage:
     price: Pricing | None = None
     #: a paid stage's provider (its job calls, quota pool and poll pace)
     provider: ProviderOf | None = None
+    #: the name of the provider a paid stage calls for a project of the video provider given
+    #: (its poll pace and liveness), known without building the provider
+    provider_name: Callable[[Settings, str], str] = project_provider
     #: where a paid stage's operation stores its output, which reconcile's adoption looks for
     output_key: OutputKey | None = None
     #: the prefix of a paid stage's crash points (`{failpoints}after_submit`, ...): each
@@ -121,6 +132,9 @@ class Stage:
     input_key: Callable[[SceneRecord], str | None] | None = None
     #: a free stage's work (a paid stage runs in `PaidOperation`)
     runner: Callable[[Execution, Stage], FreeRunner] | None = None
+    #: the key a free, deterministic stage would make its output at now (None when it cannot
+    #: tell): a lost output made again at its own key leaves the later outputs made from it
+    remade_key: Callable[[Stage, SceneRecord, Settings], str | None] | None = None
     #: the stages after this one, in order (`in_order` links them)
     later: tuple[Stage, ...] = field(default=(), repr=False, compare=False)
 
@@ -178,7 +192,15 @@ STAGES: tuple[Stage, ...] = in_order(
         output_key=clip_key,
         fits_duration=True,
     ),
-    Stage("cut", WORKING, MEDIA_QUEUE, _always, requires=ORIGINAL.output, runner=CutRunner),
+    Stage(
+        "cut",
+        WORKING,
+        MEDIA_QUEUE,
+        _always,
+        requires=ORIGINAL.output,
+        runner=CutRunner,
+        remade_key=remade_key,
+    ),
     Stage(
         "lipsync",
         LIP_SYNCED,
@@ -187,6 +209,7 @@ STAGES: tuple[Stage, ...] = in_order(
         requires=WORKING.output,
         price=lipsync_price,
         provider=LipSync.for_project,
+        provider_name=lipsync_provider,
         output_key=lipsync_key,
         failpoints="lipsync_",
         input_key=audio_key,

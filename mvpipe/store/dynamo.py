@@ -23,7 +23,7 @@ from pynamodb.expressions.update import Action
 from pynamodb.transactions import TransactWrite
 
 from mvpipe.errors import ConfigurationError, StoreUnavailable
-from mvpipe.settings import Settings
+from mvpipe.settings import STORE_RETRY_PAUSE_MAX, Settings
 from mvpipe.store.table import METADATA, SCENE_PREFIX, ItemBase, bind_table, project_pk
 
 log = logging.getLogger(__name__)
@@ -276,7 +276,7 @@ class Table:
                 attempt += 1
                 if time.monotonic() >= deadline:
                     raise StoreUnavailable(f"DynamoDB unavailable: {exc.msg}") from exc
-                delay = min(2.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.0)
+                delay = min(STORE_RETRY_PAUSE_MAX, 0.05 * 2**attempt) * random.uniform(0.5, 1.0)
                 log.warning("store call failed (%s); retrying in %.2fs", exc.msg, delay)
                 time.sleep(delay)
 

@@ -335,20 +335,28 @@ class SceneStore:
         key: str,
         made_from: tuple[str, str],
         last: bool,
+        kept: tuple[tuple[str, str], ...] = (),
     ) -> SceneRecord | None:
         """A free stage's output (the cut), written after its upload, conditioned on the input
         it was made from (`made_from`: the input's field and key) still being the scene's.
-        Returns the scene as written, None when the write did not hold (see `complete`)."""
+        Returns the scene as written, None when the write did not hold (see `complete`).
+        `kept`: later outputs (field, key) the scene already holds (a cut made again under a
+        lip-sync made from the same key), conditioned on still being its own when `last`."""
         m = self.m
         source, source_key = made_from
         output = getattr(m, stage.output)
+        condition = (
+            (getattr(m, source) == source_key)
+            & output.does_not_exist()
+            & m.status.is_in(SceneStatus.PENDING, SceneStatus.PROCESSING)
+        )
+        for field, kept_key in kept:
+            condition &= getattr(m, field) == kept_key
         return self._written(
             project_id,
             sequence,
             [output.set(key), *self._finished_stage(last), m.last_error.remove()],
-            (getattr(m, source) == source_key)
-            & output.does_not_exist()
-            & m.status.is_in(SceneStatus.PENDING, SceneStatus.PROCESSING),
+            condition,
             done=lambda s: s.value(stage.output) == key,
         )
 
@@ -546,14 +554,22 @@ class SceneStore:
         )
 
     def reset_outputs(
-        self, project_id: str, sequence: int, *, stage: StageFields, key: str | None
+        self,
+        project_id: str,
+        sequence: int,
+        *,
+        stage: StageFields,
+        key: str | None,
+        alone: bool = False,
     ) -> bool:
         """An output a finished scene needs is gone (its object vanished: `key`), or was never
         recorded (`key` None, on a `completed` scene): clear it and every later output, with
         their operations and attempts, and go back to `pending`, so a run makes exactly those
-        again. Earlier outputs are kept: nothing already made is paid for twice."""
+        again. Earlier outputs are kept: nothing already made is paid for twice. `alone`: the
+        output is made again at the same key (a deterministic free stage, the cut), so the
+        later outputs made from it still hold and only it is cleared."""
         m = self.m
-        later = OUTPUT_ORDER[OUTPUT_ORDER.index(stage) :]
+        later = [stage] if alone else OUTPUT_ORDER[OUTPUT_ORDER.index(stage) :]
         clear: list[Action] = []
         for fields in later:
             clear.append(getattr(m, fields.output).remove())
@@ -638,10 +654,18 @@ class SceneStore:
         )
 
     def reset_for_regeneration(self, project_id: str, sequence: int, *, run_id: str) -> Claim:
-        """One transaction: clear the scene's clip and operation and win the project's run."""
+        """One transaction: clear the scene's clip and operation and win the project's run.
+        Not while a live lease is the scene's (`NOT_CLAIMABLE`): its holder may be submitting
+        a job right now (a cancelled run's, which no cancel reaches before its id is stored),
+        and clearing the lease would leave that paid job nowhere to be recorded."""
         m = self.m
         pk = project_pk(project_id)
         now = utc_now_iso()
+        unleased = (
+            m.lease_token.does_not_exist()
+            | m.lease_expires_at.does_not_exist()
+            | (m.lease_expires_at <= time.time())
+        )
 
         def build(tx: TransactWrite) -> None:
             tx.update(
@@ -674,7 +698,7 @@ class SceneStore:
                     m.attempts.set(0),
                     m.updated_at.set(now),
                 ],
-                condition=m.pk.exists(),
+                condition=m.pk.exists() & unleased,
             )
 
         reasons = self.table.transact(build)

@@ -92,7 +92,10 @@ def generate_scene(
         "release": release,
         "unexpected": unexpected,
     }
-    ctx = get_context()
+    try:
+        ctx = get_context()
+    except StoreUnavailable as exc:  # a process's first task in an outage: the step carries on
+        raise self.outage_retry(exc, kwargs, outages) from None
 
     def wake(woken: list[str]) -> set[str]:
         sent = dispatcher.wake(woken)
