@@ -655,9 +655,10 @@ class SceneStore:
 
     def reset_for_regeneration(self, project_id: str, sequence: int, *, run_id: str) -> Claim:
         """One transaction: clear the scene's clip and operation and win the project's run.
-        Not while a live lease is the scene's (`NOT_CLAIMABLE`): its holder may be submitting
-        a job right now (a cancelled run's, which no cancel reaches before its id is stored),
-        and clearing the lease would leave that paid job nowhere to be recorded."""
+        Not while a live lease is the scene's and its stage's job id is not stored yet
+        (`NOT_CLAIMABLE`): its holder may be submitting a job right now (a cancelled run's,
+        which no cancel reaches before its id is stored), and clearing the lease would leave
+        that paid job nowhere to be recorded."""
         m = self.m
         pk = project_pk(project_id)
         now = utc_now_iso()
@@ -665,6 +666,11 @@ class SceneStore:
             m.lease_token.does_not_exist()
             | m.lease_expires_at.does_not_exist()
             | (m.lease_expires_at <= time.time())
+        )
+        # A live lease whose stage's job id is stored is polled, not submitted: the id is
+        # safe (a cancel keeps it, the regeneration lets it go); only one not stored yet is.
+        recorded = m.operation_id.exists() & (
+            m.original_clip_key.does_not_exist() | m.lip_sync_operation_id.exists()
         )
 
         def build(tx: TransactWrite) -> None:
@@ -698,7 +704,7 @@ class SceneStore:
                     m.attempts.set(0),
                     m.updated_at.set(now),
                 ],
-                condition=m.pk.exists() & unleased,
+                condition=m.pk.exists() & (unleased | recorded),
             )
 
         reasons = self.table.transact(build)
