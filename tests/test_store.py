@@ -228,6 +228,28 @@ def test_finalize_give_ups_are_counted_across_takeovers_and_reset_by_a_users_run
     assert ctx.projects.get(project_id).finalize_give_ups == 0
 
 
+def test_a_regeneration_starts_finalize_give_ups_afresh(ctx: Context) -> None:
+    """A regeneration is a user's run too: a run ended by finalize's give-ups must not end the
+    regeneration's run at once (reconcile ends a stale run already at the limit)."""
+    project_id, run_id = new_project(ctx)
+    for n in (1, 2, 3):
+        assert ctx.projects.count_finalize_give_up(project_id, run_id, "finalize failed: x") == n
+    assert ctx.projects.settle(
+        project_id,
+        observed_run=run_id,
+        counters=ctx.projects.load(project_id).counters,
+        status=ProjectStatus.PENDING,
+        release=True,
+    )
+    assert ctx.scenes.reset_for_regeneration(project_id, 1, run_id="again") == Claim.WON
+    project = ctx.projects.get(project_id)
+    assert (project.active_run_id, project.finalize_give_ups, project.last_error) == (
+        "again",
+        0,
+        None,
+    )
+
+
 def test_bad_input_to_create_writes_nothing(ctx: Context) -> None:
     before = ctx.table.model.count()
     bad_calls = [

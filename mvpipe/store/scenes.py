@@ -679,6 +679,8 @@ class SceneStore:
                 actions=[
                     m.active_run_id.set(run_id),
                     m.run_scope.set({sequence}),  # a takeover regenerates this scene only
+                    m.finalize_give_ups.remove(),  # a user's run starts finalize's count afresh
+                    m.last_error.remove(),
                     *final_video_cleared(m),  # invariant 8: in the same write as the scene
                     m.status.set(ProjectStatus.PROCESSING),
                     m.gsi1pk.set(ProjectStatus.PROCESSING),
