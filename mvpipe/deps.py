@@ -24,8 +24,8 @@ from mvpipe.providers import build_lipsync_provider, build_planner, build_video_
 from mvpipe.providers.base import LipSyncProvider, Planner, VideoProvider
 from mvpipe.providers.limiter import QuotaLimiter
 from mvpipe.settings import Settings, get_settings
-from mvpipe.store.clips import ClipStore
-from mvpipe.store.dynamo import Table
+from mvpipe.store.clips import ClipStore, is_outage
+from mvpipe.store.dynamo import Table, refused
 from mvpipe.store.projects import ProjectStore
 from mvpipe.store.runboard import RunBoard
 from mvpipe.store.scenes import SceneStore
@@ -90,7 +90,8 @@ class Context:
         """Create table and bucket on first use (idempotent, race-safe).
 
         A refusal (credentials, permissions, a name the service rejects) is a
-        `ConfigurationError`; no answer at all is `StoreUnavailable`."""
+        `ConfigurationError`; no answer at all, or one that says "later" (a 5xx, throttling:
+        as the store classifies them), is `StoreUnavailable`."""
         if self._ready:
             return
         s = self.settings
@@ -101,6 +102,11 @@ class Context:
             try:
                 ensure()
             except (ClientError, PynamoDBException) as exc:
+                later = is_outage(exc) if isinstance(exc, ClientError) else not refused(exc)
+                if later:
+                    raise StoreUnavailable(
+                        f"the {what} is busy or failing: {exc}; retry later"
+                    ) from exc
                 raise ConfigurationError(
                     f"could not create or open the {what}: {exc}; check AWS credentials, "
                     "permissions and MVPIPE_TABLE / MVPIPE_BUCKET / MVPIPE_AWS_REGION"
