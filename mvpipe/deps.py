@@ -24,8 +24,8 @@ from mvpipe.providers import build_lipsync_provider, build_planner, build_video_
 from mvpipe.providers.base import LipSyncProvider, Planner, VideoProvider
 from mvpipe.providers.limiter import QuotaLimiter
 from mvpipe.settings import Settings, get_settings
-from mvpipe.store.clips import ClipStore
-from mvpipe.store.dynamo import Table
+from mvpipe.store.clips import ClipStore, is_outage
+from mvpipe.store.dynamo import Table, refused
 from mvpipe.store.projects import ProjectStore
 from mvpipe.store.runboard import RunBoard
 from mvpipe.store.scenes import SceneStore
@@ -90,7 +90,8 @@ class Context:
         """Create table and bucket on first use (idempotent, race-safe).
 
         A refusal (credentials, permissions, a name the service rejects) is a
-        `ConfigurationError`; no answer at all is `StoreUnavailable`."""
+        `ConfigurationError`; no answer at all, or one that says "later" (a 5xx, throttling:
+        as the store classifies them), is `StoreUnavailable`."""
         if self._ready:
             return
         s = self.settings
@@ -101,8 +102,11 @@ class Context:
             try:
                 ensure()
             except (ClientError, PynamoDBException) as exc:
-                if answered_out(exc):  # the service is out or busy: it refused nothing of ours
-                    raise StoreUnavailable(f"the {what} is unavailable: {exc}") from exc
+                later = is_outage(exc) if isinstance(exc, ClientError) else not refused(exc)
+                if later:
+                    raise StoreUnavailable(
+                        f"the {what} is busy or failing: {exc}; retry later"
+                    ) from exc
                 raise ConfigurationError(
                     f"could not create or open the {what}: {exc}; check AWS credentials, "
                     "permissions and MVPIPE_TABLE / MVPIPE_BUCKET / MVPIPE_AWS_REGION"
@@ -113,21 +117,6 @@ class Context:
                     "locally) or check MVPIPE_DYNAMODB_ENDPOINT / MVPIPE_S3_ENDPOINT, then retry"
                 ) from exc
         self._ready = True
-
-
-#: HTTP statuses of a store that is out or busy (not refusing the request itself).
-_OUT_STATUSES = frozenset({429, 500, 502, 503, 504})
-
-
-def answered_out(exc: BaseException) -> bool:
-    """Whether the store answered `exc` with an outage's status (a 5xx, a throttle); pynamodb
-    keeps botocore's error, which has the status, as the cause of its own."""
-    for error in (exc, exc.__cause__):
-        response = getattr(error, "response", None)
-        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode") if response else None
-        if status is not None:
-            return status in _OUT_STATUSES
-    return False
 
 
 def build_context(settings: Settings) -> Context:

@@ -8,6 +8,7 @@
     │   └── RunInactive         the run this work belongs to was released or replaced
     ├── Timeout                 waiting for a project took longer than asked
     ├── ConfigurationError      settings or credentials missing or wrong
+    ├── UnexpectedError         a bug: retried a bounded number of times, then given up
     ├── StoreUnavailable        DynamoDB/S3/Redis did not answer: retry later
     │   └── BrokerUnavailable   the broker's Redis refused a message or a run mark
     └── ProviderError           a planner or video provider refused or failed
@@ -53,6 +54,11 @@ class Timeout(MvpipeError, TimeoutError):
 
 class ConfigurationError(MvpipeError):
     """A setting or credential is missing or malformed."""
+
+
+class UnexpectedError(MvpipeError):
+    """An error no code expected (a bug): what a task's bounded retry of it carries, as
+    scrubbed text, so a task's state never names a bug as an outage."""
 
 
 class StoreUnavailable(MvpipeError):

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import threading
 import uuid
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -14,7 +16,13 @@ import pytest
 from mvpipe import api
 from mvpipe.deps import Context, build_context, get_context
 from mvpipe.devstack.localstack import LocalStack, start_redis
-from mvpipe.errors import BrokerUnavailable, Conflict, StoreUnavailable
+from mvpipe.errors import (
+    BrokerUnavailable,
+    ConfigurationError,
+    Conflict,
+    MvpipeError,
+    StoreUnavailable,
+)
 from mvpipe.models import ProjectStatus
 from mvpipe.pipeline.finalize import finalize_run
 from mvpipe.settings import get_settings
@@ -57,6 +65,78 @@ def test_storage_out_of_reach_is_typed_and_says_what_to_do(stack: LocalStack) ->
     settings = get_settings().model_copy(update={"s3_endpoint": "http://127.0.0.1:9"})
     with pytest.raises(StoreUnavailable, match="MVPIPE_S3_ENDPOINT"):
         build_context(settings).ensure_storage()
+
+
+class S3Answers:
+    """A stand-in S3 that has no bucket (HEAD: 404) and answers each creation of one with
+    `status` and the error `code`, as S3 does when busy (503 SlowDown) or refusing (403)."""
+
+    def __init__(self) -> None:
+        self.status, self.code = 503, "SlowDown"
+        self.creates = 0
+        answers = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_HEAD(self) -> None:
+                self.send_response(404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def do_PUT(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                answers.creates += 1
+                body = f"<Error><Code>{answers.code}</Code><Message>no</Message></Error>".encode()
+                self.send_response(answers.status)
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+
+@pytest.fixture
+def s3_answers() -> Iterator[S3Answers]:
+    answers = S3Answers()
+    thread = threading.Thread(target=answers.server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield answers
+    finally:
+        answers.server.shutdown()
+        answers.server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "kind"),
+    [
+        (503, "SlowDown", StoreUnavailable),
+        (500, "InternalError", StoreUnavailable),
+        (403, "AccessDenied", ConfigurationError),
+        (400, "InvalidBucketName", ConfigurationError),
+    ],
+)
+def test_a_busy_store_at_start_is_an_outage_and_a_refusal_a_configuration_error(
+    stack: LocalStack, s3_answers: S3Answers, status: int, code: str, kind: type[Exception]
+) -> None:
+    # Given an S3 that answers the bucket's creation with a 5xx (busy, failing) or a 4xx (no)
+    s3_answers.status, s3_answers.code = status, code
+    settings = get_settings().model_copy(update={"s3_endpoint": s3_answers.url})
+    # When a process first opens its storage
+    with pytest.raises(MvpipeError) as caught:
+        build_context(settings).ensure_storage()
+    # Then "later" is an outage (a task retries it; finalize does not count it as a bug), "no"
+    # a setting or credential to fix; both say which bucket, and what S3 answered
+    assert type(caught.value) is kind, caught.value
+    assert settings.bucket in str(caught.value) and code in str(caught.value)
+    assert s3_answers.creates >= 1
 
 
 def test_a_bucket_outside_us_east_1_is_created(stack: LocalStack) -> None:

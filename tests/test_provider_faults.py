@@ -8,6 +8,7 @@ have started a billed job (invariant 3), so its reservation stays and nothing as
 from __future__ import annotations
 
 import gzip
+import traceback
 import uuid
 from collections.abc import Iterator
 
@@ -27,7 +28,7 @@ from mvpipe.errors import (
 from mvpipe.providers.base import Brief, JobState, JobStatus, LipSyncRequest, VideoRequest
 from mvpipe.providers.classify import from_status
 from mvpipe.providers.gemini import GeminiPlanner
-from mvpipe.providers.outputs import MAX_REDIRECTS, classified
+from mvpipe.providers.outputs import MAX_REDIRECTS, classified, download
 from mvpipe.providers.replicate import ReplicateVideoProvider
 from mvpipe.providers.replicate_lipsync import ReplicateLipSyncProvider
 from mvpipe.providers.veo import VeoVideoProvider
@@ -309,6 +310,18 @@ def test_every_httpx_error_of_a_download_is_classified_and_scrubbed(
     found = classified("replicate", error("at https://o.example/x?X-Amz-Signature=s3cr3t"))
     assert type(found) is kind
     assert "s3cr3t" not in str(found) and "X-Amz-Signature=***" in str(found)
+
+
+def test_a_failed_download_keeps_no_trace_of_its_signed_url() -> None:
+    # Given an output URL that is a bearer credential while it lasts, whose host refuses
+    signed = "http://127.0.0.1:9/out.mp4?X-Amz-Signature=s3cr3t"
+    with pytest.raises(TransientProviderError) as caught:
+        download("replicate", signed, timeout=5, deadline=10, max_bytes=MIB)
+    # Then the error raised does not chain the client's own (which holds the request and its
+    # URL), so no log handler or result backend formatting its traceback meets the signature
+    error = caught.value
+    assert error.__cause__ is None and error.__suppress_context__
+    assert "s3cr3t" not in "".join(traceback.format_exception(error))
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "lots", str(MIB - 1), str(CLIP_BYTES_RANGE[1] + 1)])

@@ -16,20 +16,26 @@ from mvpipe.errors import Timeout
 from mvpipe.models import MAX_WAIT_SECONDS, ProjectStatus, ProjectView, validate_seconds
 
 
+def wait_options(follows: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """`--wait/--no-wait` and `--timeout`, the options of a command that can follow the run it
+    starts; `follows`: what --wait does, for its help."""
+
+    def add(command: Callable[..., Any]) -> Callable[..., Any]:
+        timeout = click.option(
+            "--timeout",
+            default=3600.0,
+            show_default=True,
+            help=f"Seconds to wait with --wait (at most {MAX_WAIT_SECONDS:.0f}).",
+        )
+        wait = click.option("--wait/--no-wait", default=False, show_default=True, help=follows)
+        return wait(timeout(command))
+
+    return add
+
+
 @click.command(short_help="Start (or join) a project's run.")
 @click.argument("project_id")
-@click.option(
-    "--wait/--no-wait",
-    default=False,
-    show_default=True,
-    help="Follow the run with a live progress bar until it ends.",
-)
-@click.option(
-    "--timeout",
-    default=3600.0,
-    show_default=True,
-    help=f"Seconds to wait with --wait (at most {MAX_WAIT_SECONDS:.0f}).",
-)
+@wait_options("Follow the run with a live progress bar until it ends.")
 def run(project_id: str, wait: bool, timeout: float) -> None:
     """Start (or join) a project's run: plan, generate, cut, lip-sync, assemble; the work runs
     on the cluster's workers, the command returns at once unless --wait.
@@ -43,18 +49,7 @@ def run(project_id: str, wait: bool, timeout: float) -> None:
 @click.command(short_help="Generate one scene again (paid again).")
 @click.argument("project_id")
 @click.argument("sequence", type=int)
-@click.option(
-    "--wait/--no-wait",
-    default=False,
-    show_default=True,
-    help="Follow the run until the scene is done.",
-)
-@click.option(
-    "--timeout",
-    default=3600.0,
-    show_default=True,
-    help=f"Seconds to wait with --wait (at most {MAX_WAIT_SECONDS:.0f}).",
-)
+@wait_options("Follow the run until the scene is done.")
 def regenerate(project_id: str, sequence: int, wait: bool, timeout: float) -> None:
     """Generate scene SEQUENCE (its number, from 1) again: one new paid generation for that
     scene only; the run then cuts it and assembles a new final video.

@@ -20,8 +20,12 @@ from mvpipe.store.records import ProjectRecord, ProjectState
 
 log = logging.getLogger("mvpipe.finalize")
 
-#: Finalize chains that may give up on a project's run (counted across the runs that take it
-#: over) before the run ends: a finalize that always crashes must not be re-run forever.
+#: Finalize chains that may give up on a project's run before the run ends: a finalize that
+#: always crashes must not be re-run forever. Each execution chain that gives up counts once,
+#: whoever sent it: the chord's, each re-trigger of a scene finishing after it (`refinalize`),
+#: each reconcile takeover's. So one run's chains may reach the limit before any takeover (a
+#: run whose late scenes each re-trigger a crashing finalize). The count is kept across
+#: takeovers; a user's run starts it afresh.
 MAX_GIVE_UPS = 3
 
 
@@ -171,8 +175,9 @@ def settle_until_stable(
 
 def give_up_run(ctx: Context, project_id: str, run_id: str, error: str) -> bool:
     """A finalize chain of `run_id` gave up on `error` (a scrubbed description): count it on the
-    project, and once `MAX_GIVE_UPS` are counted end the run saying why. Before that the run is
-    left to reconcile, whose takeover tries it again. True when this ended the run."""
+    project (every chain, as `MAX_GIVE_UPS` says), and once `MAX_GIVE_UPS` are counted end the
+    run saying why. Before that the run is left to reconcile, whose takeover tries it again (or
+    to another chain of the run already sent). True when this ended the run."""
     reason = f"finalize failed: {error}"
     count = ctx.projects.count_finalize_give_up(project_id, run_id, reason)
     if count is None or count < MAX_GIVE_UPS:

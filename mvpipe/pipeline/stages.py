@@ -11,7 +11,7 @@ then the next, until every needed output is recorded (docs/DESIGN.md *Scene stag
 Paid stages all run through the one lease/operation machine (`pipeline.operation.PaidOperation`),
 parameterized by their `Stage` (fields, price, provider, output key, crash points); free stages
 by their own `runner`. Nothing outside this module asks which stage it holds: a new stage is a
-new entry in `STAGES` (tests/test_stages.py checks both).
+new entry in `STAGES` (tests/test_stages_as_data.py checks both).
 """
 
 from __future__ import annotations

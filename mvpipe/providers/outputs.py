@@ -69,7 +69,7 @@ def download(provider: str, url: str, *, timeout: float, deadline: float, max_by
         error = classified(provider, exc)
         if error is exc:
             raise
-        raise error from exc
+        raise error from None  # the raw error holds the signed URL (in its request)
 
 
 def classified(provider: str, exc: Exception) -> Exception:

@@ -82,6 +82,19 @@ def _is_missing(exc: ClientError) -> bool:
     return exc.response.get("Error", {}).get("Code") in _MISSING_CODES
 
 
+#: The error codes S3 answers with when it is busy or failing, not refusing (besides a 5xx).
+_BUSY_CODES = frozenset({"SlowDown", "RequestTimeout", "OperationAborted"})
+
+
+def is_outage(exc: ClientError) -> bool:
+    """Whether S3's answer says "later" (a 5xx, throttling, a request it timed out) rather than
+    "no" (credentials, permissions, a name it rejects): the first passes, the second would be
+    met again."""
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+    code = exc.response.get("Error", {}).get("Code")
+    return status >= 500 or status == 429 or code in _BUSY_CODES
+
+
 _OPERATION_KEY = re.compile(r"^[0-9a-f]{32}$")
 
 

@@ -268,7 +268,7 @@ class Table:
             try:
                 return fn()
             except PynamoDBException as exc:
-                if _code(exc) in _NOT_TRANSIENT:
+                if refused(exc):
                     raise ConfigurationError(
                         f"DynamoDB refused the request ({_code(exc)}: {exc.msg}); check the "
                         "table (MVPIPE_TABLE, MVPIPE_AWS_REGION) and the credentials' permissions"
@@ -279,6 +279,13 @@ class Table:
                 delay = min(STORE_RETRY_PAUSE_MAX, 0.05 * 2**attempt) * random.uniform(0.5, 1.0)
                 log.warning("store call failed (%s); retrying in %.2fs", exc.msg, delay)
                 time.sleep(delay)
+
+
+def refused(exc: PynamoDBException) -> bool:
+    """Whether DynamoDB refused the request (a bad request, a missing table, no permission):
+    trying again would meet the same answer. Anything else (throttling, a 5xx, no answer) is
+    an outage."""
+    return _code(exc) in _NOT_TRANSIENT
 
 
 def _code(exc: PynamoDBException) -> str | None:

@@ -33,7 +33,7 @@ def analyse_song(
     only: list[int] | None = None,
     outages: int = 0,
 ) -> Any:
-    checked_ids(project_id, run_id=run_id, only=only)
+    checked_ids(project_id, run_id=run_id, only=only, counts={"outages": outages})
     ctx = get_context()
     crash: Exception | None = None
     try:

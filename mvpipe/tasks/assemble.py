@@ -30,7 +30,7 @@ MAX_UNEXPECTED = 5
 def assemble_project(
     self: MvpipeTask, project_id: str, run_id: str, outages: int = 0
 ) -> dict[str, Any]:
-    checked_ids(project_id, run_id=run_id)
+    checked_ids(project_id, run_id=run_id, counts={"outages": outages})
     ctx = get_context()
     try:
         assembly = assemble_run(ctx, project_id, run_id)

@@ -11,7 +11,7 @@ from celery.exceptions import Ignore, Reject
 
 from mvpipe.celery_app import app
 from mvpipe.deps import get_settings
-from mvpipe.errors import InvalidInput, StoreUnavailable
+from mvpipe.errors import InvalidInput, MvpipeError, StoreUnavailable, UnexpectedError
 from mvpipe.messaging.dispatch import CeleryDispatcher
 from mvpipe.models import is_project_id, validate_project_id, validate_run_id, validate_sequence
 from mvpipe.pipeline.stages import BY_NAME
@@ -44,23 +44,27 @@ class MvpipeTask(Task):
         caller `from None`: raised inside an `except` it would carry the raw exception as its
         context into the stored traceback."""
         counts = next_retry({OUTAGES: failures}, OUTAGES, None) or {}
-        return self._backoff_retry(exc, {**kwargs, **counts}, counts[OUTAGES])
+        return self._backoff_retry(StoreUnavailable, exc, {**kwargs, **counts}, counts[OUTAGES])
 
     def unexpected_retry(
         self, exc: Exception, kwargs: dict[str, Any], unexpected: int, limit: int
     ) -> Exception | None:
         """Retry an unexpected error after a backoff, counted apart from outages (the task's
         `unexpected` keyword: `failures.next_retry`); None once `limit` were retried, when the
-        caller gives up. Raised like `outage_retry`'s."""
+        caller gives up. Raised like `outage_retry`'s, as an `UnexpectedError` (a bug is not
+        shown as an outage)."""
         counts = next_retry({UNEXPECTED: unexpected}, UNEXPECTED, limit)
         if counts is None:
             return None
-        return self._backoff_retry(exc, {**kwargs, **counts}, counts[UNEXPECTED])
+        return self._backoff_retry(UnexpectedError, exc, {**kwargs, **counts}, counts[UNEXPECTED])
 
-    def _backoff_retry(self, exc: Exception, kwargs: dict[str, Any], step: int) -> Exception:
+    def _backoff_retry(
+        self, kind: type[MvpipeError], exc: Exception, kwargs: dict[str, Any], step: int
+    ) -> Exception:
+        """The retry after backoff `step`, its cause `exc` described as a `kind`."""
         s = get_settings()
         countdown = backoff_seconds(step, base=s.backoff_base, cap=s.backoff_max)
-        return self.scrubbed_retry(StoreUnavailable(describe(exc)), countdown, kwargs)
+        return self.scrubbed_retry(kind(describe(exc)), countdown, kwargs)
 
     def scrubbed_retry(
         self, cause: Exception, countdown: float, kwargs: dict[str, Any]
@@ -151,11 +155,15 @@ def checked_ids(
     stage: Any = None,
     only: Any = None,
     release: Any = None,
+    counts: dict[str, Any] | None = None,
 ) -> None:
     """Reject malformed messages up front, before anything is read or written: Celery's
     `Reject` (no requeue) ends them as failed tasks, so they never crash a worker nor come
     back, and the reason is logged. `run_optional`: a run id may be None (work outside a run).
-    `only`: a list of sequences; `stage`: a stage's name; `release`: a carried give-back."""
+    `only`: a list of sequences; `stage`: a stage's name; `release`: a carried give-back;
+    `counts`: the failure counts a retry carries (`outages`, `unexpected`, ...) by their
+    keyword, each a whole number from 0 (a wrong type would fail the retry itself, a negative
+    one would never reach its limit)."""
     try:
         validate_project_id(project_id)
         if sequence is not None:
@@ -171,6 +179,9 @@ def checked_ids(
                 validate_sequence(each)
         if release is not None:
             _check_release(release)
+        for name, value in (counts or {}).items():
+            if not _is_amount(value):
+                raise InvalidInput(f"invalid {name}: expected a whole number from 0")
     except InvalidInput as exc:
         reason = scrub(str(exc))  # what a message carries is echoed: never a secret in it
         log.warning("rejected a malformed message for project %s: %s", _shown(project_id), reason)
@@ -183,10 +194,13 @@ def _check_release(release: Any) -> None:
         raise InvalidInput(f"invalid release: expected an object with keys from {list(fields)}")
     for key, value in release.items():
         kind = fields[key]
-        # bool is an int: a flag given for an amount is malformed too, as is a negative amount
-        amount = isinstance(value, int) and not isinstance(value, bool) and value >= 0
-        if not (amount if kind is int else isinstance(value, kind)):
+        if not (_is_amount(value) if kind is int else isinstance(value, kind)):
             raise InvalidInput(f"invalid release: {key} must be a {kind.__name__}")
+
+
+def _is_amount(value: Any) -> bool:
+    """A whole number from 0. bool is an int: a flag given for an amount is malformed too."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _shown(project_id: Any) -> str:

@@ -18,9 +18,9 @@ from mvpipe.tasks.base import MvpipeTask, app, checked_ids, log_unexpected
 log = logging.getLogger("mvpipe.tasks.finalize")
 
 #: Unexpected errors retried per execution chain (outages are counted apart, without limit)
-#: before finalize gives up: the give-up is counted on the project; the run is left to
-#: reconcile, which settles it with its own read or takes the stale run over, until
-#: `MAX_GIVE_UPS` end it (`give_up_run`).
+#: before finalize gives up: the give-up is counted on the project (each chain that gives up
+#: counts, as `MAX_GIVE_UPS` says); the run is left to reconcile, which settles it with its
+#: own read or takes the stale run over, until `MAX_GIVE_UPS` end it (`give_up_run`).
 MAX_UNEXPECTED = 5
 
 
@@ -37,8 +37,9 @@ def finalize_project(
 ) -> dict[str, Any]:
     """The chord's result list is ignored on purpose: only the store tells the truth.
     `scenes_on_board`: the run's scenes are the list its planning kept on the run board."""
-    checked_ids(project_id, run_id=run_id, run_optional=True, only=sequences)
-    kwargs = {"outages": outages, "scenes_on_board": scenes_on_board, "unexpected": unexpected}
+    counts = {"outages": outages, "unexpected": unexpected}
+    checked_ids(project_id, run_id=run_id, run_optional=True, only=sequences, counts=counts)
+    kwargs = {**counts, "scenes_on_board": scenes_on_board}
     try:
         ctx = get_context()  # its first use in a process reaches the store: an outage retries
         hooks.reached("during_finalize")

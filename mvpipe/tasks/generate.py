@@ -2,11 +2,13 @@
 countdown, and a scene whose next stage runs elsewhere (the cut on `mvpipe.media`) queues its
 next step there, under the same task id, so the chord still counts each scene once.
 
-It never raises into the chord: outcomes are returned, outages retried, so `finalize_project`
-always runs. Waiting steps re-queue the task under its own id with a custom state (POLLING,
-WAITING_FOR_SLOT, BACKING_OFF) that Flower shows; only outages count as retries. A quota wait
-is sent twice, as a timed check and as a wake-up parked with the limiter; whichever runs first
-owns the step and the other ends without a result, so the chord counts each scene once.
+It never raises into the chord: outcomes are returned, outages retried (also one met by the
+first store call of a fresh process), errors nobody expected retried `MAX_UNEXPECTED` times and
+then given up on, so `finalize_project` always runs. Waiting steps re-queue the task under its
+own id with a custom state (POLLING, WAITING_FOR_SLOT, BACKING_OFF) that Flower shows; only
+failures (outages, unexpected errors) count as retries. A quota wait is sent twice, as a timed
+check and as a wake-up parked with the limiter; whichever runs first owns the step and the
+other ends without a result, so the chord counts each scene once.
 """
 
 from __future__ import annotations
@@ -78,7 +80,13 @@ def generate_scene(
     unexpected: int = 0,
 ) -> dict[str, Any]:
     checked_ids(
-        project_id, sequence, run_id=run_id, run_optional=True, stage=stage, release=release
+        project_id,
+        sequence,
+        run_id=run_id,
+        run_optional=True,
+        stage=stage,
+        release=release,
+        counts={"outages": outages, "unexpected": unexpected},
     )
     kwargs = {
         "operation_id": operation_id,
@@ -92,28 +100,28 @@ def generate_scene(
         "release": release,
         "unexpected": unexpected,
     }
-    try:
-        ctx = get_context()
-    except StoreUnavailable as exc:  # a process's first task in an outage: the step carries on
-        raise self.outage_retry(exc, kwargs, outages) from None
 
     def wake(woken: list[str]) -> set[str]:
         sent = dispatcher.wake(woken)
         log.info("slot freed by %s/%s: woke %d waiting scene(s)", project_id, sequence, sent)
         return {dispatcher.parked_project(m) or "" for m in woken} - {project_id}
 
-    job = SceneJob(
-        ctx,
-        project_id,
-        sequence,
-        run_id,
-        provider,
-        park=lambda: dispatcher.parked(self.next_step({**FRESH, **_stage(stage), "copy": WOKEN})),
-        wake=wake,
-        queue=_kept_queue(self),
-    )
+    job: SceneJob | None = None
     failure: Exception | None = None
     try:
+        ctx = get_context()  # its first use in a process reaches the store: an outage retries
+        job = SceneJob(
+            ctx,
+            project_id,
+            sequence,
+            run_id,
+            provider,
+            park=lambda: dispatcher.parked(
+                self.next_step({**FRESH, **_stage(stage), "copy": WOKEN})
+            ),
+            wake=wake,
+            queue=_kept_queue(self),
+        )
         if copy is not None and not ctx.board.first_copy(
             str(self.request.id), self.request.retries, copy, TWIN_SECONDS
         ):
@@ -146,7 +154,8 @@ def generate_scene(
             raise retry from None
         failure = exc
     finally:
-        job.x.send_wakes()  # a safety net: each release sends its own at once
+        if job is not None:
+            job.x.send_wakes()  # a safety net: each release sends its own at once
     if failure is not None:
         if token is not None:
             # A record of a paid job, or a lease's give-back, is still owed (RecordPending,
@@ -155,9 +164,14 @@ def generate_scene(
             log.warning("scene %s/%s: %s; retrying the write it owes", project_id, sequence,
                         describe(failure))  # fmt: skip
             raise self.outage_retry(failure, kwargs, outages) from None
+        if job is None:  # no context (the store refused it): nowhere to record the give-up
+            log.error("scene %s/%s gave up before it could read the store: %s", project_id,
+                      sequence, describe(failure))  # fmt: skip
+            return _outcome(project_id, sequence, failure)
         return _give_up(self, job, failure, kwargs, outages)
     if step is None:
         raise Ignore()
+    assert job is not None  # built, or the step failed above
     if step.next == Next.DONE:
         return {"project_id": project_id, "sequence": sequence, "outcome": step.outcome}
     carry = {**FRESH, **step.carry}

@@ -53,9 +53,10 @@ def plan_scenes(
     planner_failures: int = 0,
     outages: int = 0,
 ) -> Any:
-    checked_ids(project_id, run_id=run_id, only=only)
+    counts = {"planner_failures": planner_failures, "outages": outages}
+    checked_ids(project_id, run_id=run_id, only=only, counts=counts)
     ctx = get_context()
-    kwargs = {"only": only, "planner_failures": planner_failures, "outages": outages}
+    kwargs = {"only": only, **counts}
     try:
         plan = plan_run(ctx, project_id, run_id, only)
     except NotFound:

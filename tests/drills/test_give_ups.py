@@ -3,6 +3,7 @@ nothing (finalize, reconcile) waits for or restarts the work forever."""
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -103,6 +104,41 @@ def test_malformed_task_arguments_are_rejected_with_a_logged_reason_and_no_write
         (app.send_task(FINALIZE_PROJECT, args=[None, project_id, 7, None]), "invalid run id"),
         (app.send_task(FINALIZE_PROJECT, args=[None, project_id, run, [1, True]]), "sequence"),
         (app.send_task(ASSEMBLE_PROJECT, args=[project_id, ""]), "invalid run id"),
+        # the failure counts a retry carries: a wrong type would fail the retry itself (a
+        # traceback into the chord), a negative count would never reach its limit
+        (
+            app.send_task(GENERATE_SCENE, args=scene, kwargs={"unexpected": "x"}),
+            "invalid unexpected",
+        ),
+        (
+            app.send_task(GENERATE_SCENE, args=scene, kwargs={"unexpected": -1}),
+            "invalid unexpected",
+        ),
+        (app.send_task(GENERATE_SCENE, args=scene, kwargs={"outages": True}), "invalid outages"),
+        (
+            app.send_task(
+                FINALIZE_PROJECT, args=[None, project_id, run, None], kwargs={"unexpected": "x"}
+            ),
+            "invalid unexpected",
+        ),
+        (
+            app.send_task(
+                FINALIZE_PROJECT, args=[None, project_id, run, None], kwargs={"outages": -3}
+            ),
+            "invalid outages",
+        ),
+        (
+            app.send_task(PLAN_SCENES, args=[project_id, run], kwargs={"planner_failures": -1}),
+            "invalid planner_failures",
+        ),
+        (
+            app.send_task(ANALYSE_SONG, args=[project_id, run], kwargs={"outages": 0.5}),
+            "invalid outages",
+        ),
+        (
+            app.send_task(ASSEMBLE_PROJECT, args=[project_id, run], kwargs={"outages": "1"}),
+            "invalid outages",
+        ),
     ]
     # Then each ends as a failed task saying why, the worker logs why, and nothing is written
     for result, why in sent:
@@ -155,6 +191,9 @@ def test_a_finalize_that_always_crashes_logs_one_scrubbed_line_each_then_gives_u
     crashed = f"unexpected error in finalize_project {project_id}: FailpointError"
     assert log.count(crashed) == 6  # the first try and MAX_UNEXPECTED retries
     assert "Traceback" not in log
+    # And each retry names the bug as what it is (Flower shows this), never as an outage
+    assert log.count("UnexpectedError('FailpointError: failpoint during_finalize") == 5
+    assert "StoreUnavailable('FailpointError" not in log
 
 
 def test_a_redo_that_owes_a_paid_jobs_record_never_gives_up(start_workers: StartWorkers) -> None:
@@ -245,9 +284,10 @@ def test_a_long_outage_then_one_unexpected_error_does_not_give_up(
 ) -> None:
     # Given a finalize that first meets an outage longer than an unexpected error's retries
     # (each store call fails within a second), and then an error nobody expected: a status
-    # no code knows, repaired once the error has been met
+    # no code knows, repaired once the error has been met. Retries at least 2, 4, 4, 4, 4 s
+    # apart: the repair has 18 s before the retries of that error would run out.
     settings = {**DRILL_SETTINGS, "store_retry_seconds": "1"}
-    workers = start_workers(concurrency=1, backoff_base="0.5", backoff_max="2", **settings)
+    workers = start_workers(concurrency=1, backoff_base="4", backoff_max="8", **settings)
     ctx = get_context()
     project_id, _ = new_project(ctx, 1, run=False)
     set_status(ctx, project_id, "not-a-status")
@@ -270,9 +310,40 @@ def test_a_long_outage_then_one_unexpected_error_does_not_give_up(
     outcome = result.get(timeout=60)
     # Then it settled the project instead of giving up
     assert outcome.get("status") == ProjectStatus.PENDING, outcome
-    assert f"finalize of project {project_id} gave up" not in workers.service.log_text()
+    log = workers.service.log_text()
+    assert f"finalize of project {project_id} gave up" not in log
+    assert log.count(crashed) < FINALIZE_UNEXPECTED  # repaired with retries to spare
+    # And its retries said which was which: the outages as such, the bug as a bug
+    assert f"{retried}: Retry in" in log and "StoreUnavailable('" in log
+    assert re.search(r"UnexpectedError\([\"']ValueError", log), "the bug's retry"
+    assert not re.search(r"StoreUnavailable\([\"']ValueError", log)
     assert ctx.projects.get(project_id).completed_scenes == 0
     assert_invariants(project_id)
+
+
+def test_a_scene_whose_first_store_call_meets_an_outage_retries_it(
+    stack: LocalStack, start_workers: StartWorkers
+) -> None:
+    # Given a fresh worker process (no store client built yet) and the store out of reach
+    settings = {**DRILL_SETTINGS, "store_retry_seconds": "1"}
+    workers = start_workers(concurrency=1, **QUICK_RETRIES, **settings)
+    project_id, run_id = str(uuid.uuid4()), str(uuid.uuid4())
+    moto = next(s for s in stack.services if s.name == "moto")
+    moto.pause()
+    try:
+        # When a scene's step is its first task: building its context meets the outage
+        result = app.send_task(GENERATE_SCENE, args=[project_id, 1, run_id, "local"])
+        retried = f"mvpipe.generate_scene[{result.id}] retry"
+        wait_for(lambda: retried in workers.service.log_text(), 120, "the step to retry")
+    finally:
+        moto.resume()
+    # Then the step retried it as an outage and, the store back, returned its outcome to the
+    # chord (here: no such scene) rather than failing with a traceback
+    outcome = result.get(timeout=60)
+    assert outcome["project_id"] == project_id and outcome["sequence"] == 1, outcome
+    log = workers.service.log_text()
+    assert f"{retried}: Retry in" in log and "StoreUnavailable(" in log
+    assert "Traceback" not in log
 
 
 def set_status(ctx: Context, project_id: str, status: str) -> None:
