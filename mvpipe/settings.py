@@ -304,7 +304,7 @@ class Settings(BaseSettings):
                 f" claim's reply, the submit and the record's reply ({needed:g} s with"
                 " MVPIPE_STORE_TIMEOUT_SECONDS and MVPIPE_PROVIDER_TIMEOUT_SECONDS)"
             )
-        if self.download_timeout_seconds + self.provider_timeout_seconds >= self.visibility_timeout:
+        if self.download_worst_seconds >= self.visibility_timeout:
             raise ValueError(
                 "MVPIPE_DOWNLOAD_TIMEOUT_SECONDS (plus one provider timeout) must be below"
                 " MVPIPE_VISIBILITY_TIMEOUT: a task still downloading would be run twice"
@@ -383,6 +383,12 @@ class Settings(BaseSettings):
     def liveness_seconds(self, provider: str) -> float:
         """How long a poll's liveness mark lasts: longer than the longest gap between polls."""
         return self.backoff_max + 3 * self.poll_seconds_for(provider) + self.liveness_slack_seconds
+
+    @property
+    def download_worst_seconds(self) -> float:
+        """The longest one output download takes: its whole-download deadline, then one read
+        (`provider_timeout_seconds`) past it, where it stops at the latest."""
+        return self.download_timeout_seconds + self.provider_timeout_seconds
 
     @property
     def store_call_seconds(self) -> float:

@@ -127,6 +127,8 @@ class ProviderStandIn:
         #: chunked, no length) or "drip" (declared, then 1 KiB pieces 50 ms apart until sent
         #: or released: a server too slow for any whole-download deadline)
         self.output_framing = "length"
+        #: output pieces sent so far, in all (drip framing: each at least 50 ms after the last)
+        self.pieces_sent = 0
         #: a Content-Encoding header the output is served with, whatever the client asked
         #: (the body is `output` as it is: gzip it for a valid encoded answer)
         self.output_encoding: str | None = None
@@ -531,6 +533,8 @@ class _Handler(BaseHTTPRequestHandler):
                 else:
                     self.wfile.write(piece)
                 self.wfile.flush()
+                with s.lock:
+                    s.pieces_sent += 1
             if framing == "chunked":
                 self.wfile.write(b"0\r\n\r\n")
         except OSError:

@@ -110,3 +110,17 @@ def test_a_per_second_replicate_price_needs_the_input_that_takes_the_length(
     monkeypatch.setenv("MVPIPE_PRICES", '{"replicate:acme/video": 0.1}')
     monkeypatch.setenv("MVPIPE_REPLICATE_DURATION_INPUT", "seconds")
     assert get_settings().replicate_duration_input == "seconds"
+
+
+def test_a_download_that_could_outlast_the_visibility_timeout_is_a_configuration_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The worst download (its deadline plus one read timeout) must end before the task's
+    # message is handed to a second worker.
+    monkeypatch.setenv("MVPIPE_VISIBILITY_TIMEOUT", "600")
+    monkeypatch.setenv("MVPIPE_PROVIDER_TIMEOUT_SECONDS", "30")
+    monkeypatch.setenv("MVPIPE_DOWNLOAD_TIMEOUT_SECONDS", "570")
+    with pytest.raises(ConfigurationError, match="MVPIPE_DOWNLOAD_TIMEOUT_SECONDS"):
+        get_settings()
+    monkeypatch.setenv("MVPIPE_DOWNLOAD_TIMEOUT_SECONDS", "569")
+    assert get_settings().download_worst_seconds == 599

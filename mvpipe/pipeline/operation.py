@@ -584,6 +584,9 @@ class PaidOperation:
             # it: the write returns it (a scene gone meanwhile fails that write, and the clip
             # is left for collection)
             try:
+                # marked for the whole download first: a large output on a slow link outlasts
+                # the poll's mark, and reconcile would start a second chain fetching it again
+                self.x.touch(self.provider.liveness_seconds + s.download_worst_seconds)
                 video = self.provider.output(status, scene)
             except PermanentProviderError as exc:  # an output that can never be taken
                 status, video = JobStatus(JobState.FAILED, error=str(exc)), None
