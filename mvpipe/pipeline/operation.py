@@ -417,7 +417,7 @@ class PaidOperation:
         too), or reconcile could free it for a second paid claim. With Redis out too, the
         next step marks it once it can."""
         try:
-            self.x.touch(self.provider.liveness_seconds + self.s.store_call_seconds)
+            self.x.touch(self.s.owed_after(self.provider.liveness_seconds))
         except (BrokerUnavailable, redis.RedisError) as exc:
             log.warning("could not mark %s/%s alive: %s", *self.ids, describe(exc))
 
