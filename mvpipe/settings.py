@@ -401,7 +401,11 @@ class Settings(BaseSettings):
         give-back) marks its scene alive: its store call through an outage, then the outage
         retry's countdown and slack (`liveness_seconds`), so the mark outlasts the gap to the
         next redo and reconcile never frees the scene for a second paid claim meanwhile."""
-        return self.liveness_seconds(provider) + self.store_call_seconds
+        return self.owed_after(self.liveness_seconds(provider))
+
+    def owed_after(self, liveness_seconds: float) -> float:
+        """`owed_write_seconds` of a provider whose liveness mark lasts `liveness_seconds`."""
+        return liveness_seconds + self.store_call_seconds
 
 
 @functools.lru_cache(maxsize=1)

@@ -949,6 +949,43 @@ def test_a_kept_job_and_its_scenes_regeneration_hold_two_slots_never_more_than_t
     assert ctx.limiter.slots_held("local") == {project_id: 1, other: 1}
 
 
+def test_a_kept_job_still_running_after_its_scenes_regeneration_ends_and_frees_its_slot(
+    storage: LocalStack,
+) -> None:
+    metered = Metered()
+    ctx = build_context(get_settings().model_copy(update={"provider_concurrency": 2}))
+    ctx.limiter = QuotaLimiter(ctx.redis, prefix=f"test:{uuid.uuid4()}")
+    ctx._providers["local"] = metered
+
+    def started(project_id: str, run_id: str) -> SceneJob:
+        ctx.board.touch_run(run_id, 60)
+        return SceneJob(ctx, project_id, 1, run_id, "local")
+
+    # Given scene 1's job A kept (its run cancelled, the provider cannot stop it), polled by
+    # reconcile's chain, and the scene regenerated (job B) while A runs on
+    project_id, first_run = new_project(ctx, 1)
+    kept = started(project_id, first_run).step().carry["operation_id"]
+    cancel_project(ctx, CeleryDispatcher(app), project_id)
+    assert SceneJob(ctx, project_id, 1, None, "local").step(kept).next == Next.POLL
+    regeneration = str(uuid.uuid4())
+    assert ctx.scenes.reset_for_regeneration(project_id, 1, run_id=regeneration) == Claim.WON
+    assert started(project_id, regeneration).step().next == Next.POLL
+    assert slot_holder(ctx, job_member(project_id, 1, "generate", kept))
+    # When A's chain polls it again, running still
+    step = SceneJob(ctx, project_id, 1, None, "local").step(kept)
+    # Then the chain ends (A's output could never be recorded) and A's slot is freed, so
+    # another project's scene takes it; B's job and its slot are untouched
+    assert step.next == Next.DONE and step.outcome.startswith("superseded"), step
+    assert not slot_holder(ctx, job_member(project_id, 1, "generate", kept))
+    other, other_run = new_project(ctx, 1)
+    assert started(other, other_run).step().next == Next.POLL
+    scene = ctx.scenes.get(project_id, 1)
+    assert scene is not None and scene.status == SceneStatus.PROCESSING
+    regenerated = scene.operation_id
+    assert regenerated is not None and regenerated != kept
+    assert slot_holder(ctx, job_member(project_id, 1, "generate", regenerated))
+
+
 def test_a_job_past_its_time_the_provider_cannot_stop_fails_its_scene_keeping_the_job(
     ctx: Context, provider: Misbehaving
 ) -> None:

@@ -417,7 +417,7 @@ class PaidOperation:
         too), or reconcile could free it for a second paid claim. With Redis out too, the
         next step marks it once it can."""
         try:
-            self.x.touch(self.provider.liveness_seconds + self.s.store_call_seconds)
+            self.x.touch(self.s.owed_after(self.provider.liveness_seconds))
         except (BrokerUnavailable, redis.RedisError) as exc:
             log.warning("could not mark %s/%s alive: %s", *self.ids, describe(exc))
 
@@ -687,12 +687,13 @@ class PaidOperation:
         """A job still running `max_job_seconds` after its claim (a stuck job, or a status we
         read as running) would hold its run and its quota slot forever: it is stopped where
         the provider can, and its stage failed saying it was paid, its operation id kept on
-        the scene (and in `lastError`), its slot freed. None: within its time, or its start
-        unknown (not the scene's job any more, or a scene written before starts were kept)."""
+        the scene (and in `lastError`), its slot freed. A job that is not its scene's any more
+        ends its chain (`superseded`). None: within its time, or its start unknown (a scene
+        written before starts were kept)."""
         limit = self.s.max_job_seconds
         scene = self.ctx.scenes.get(*self.ids)
         if scene is None or self.stage.operation(scene) != operation_id:
-            return None
+            return self.superseded(operation_id, "gone" if scene is None else "regenerated")
         if not job_overran(scene.value(self.fields.started), time.time(), limit):
             return None
         stopped = self.cancel(operation_id)
@@ -700,6 +701,17 @@ class PaidOperation:
         error = f"{self.stage.name} job ran over {limit:g} s (paid): {how}"
         error += f"; operation {operation_id}"
         return self.fail_polled(operation_id, error, "job ran over its time")
+
+    def superseded(self, operation_id: str, why: str) -> Step:
+        """A running job whose scene is gone or holds another job of this stage (a
+        regeneration over a kept job): its output could never be recorded (`complete` is
+        conditioned on the operation id), so polling it on would hold its quota slot forever.
+        It is stopped where the provider can, and its slot freed."""
+        stopped = self.cancel(operation_id)
+        self.release_slot(operation_id)
+        how = "cancelled at the provider" if stopped else "left to run out at the provider"
+        self.log(f"scene {why}: job {how}, its slot freed", operation_id, None)
+        return Step.done(f"superseded: scene {why} while its job ran")
 
     def give_up_polling(self, operation_id: str, crashed: int) -> Step:
         """Polls of this operation crashed `crashed` times in a row (errors we can't classify,

@@ -372,9 +372,13 @@ def _reset_lost_output(p: _Pass, scene: SceneRecord) -> bool:
 
 def _made_alike(p: _Pass, scene: SceneRecord, stage: Stage, key: str | None) -> bool:
     """Whether a lost output would be made again at its own key (a deterministic stage, the
-    cut): the later outputs made from that key still hold, and are not paid for again."""
+    cut) while every later output made from that key still holds: then those are kept, and
+    not paid for again. A later output recorded but vanished too takes them all with it."""
     remade = stage.remade_key
-    return key is not None and remade is not None and remade(stage, scene, p.ctx.settings) == key
+    if key is None or remade is None or remade(stage, scene, p.ctx.settings) != key:
+        return False
+    later = [s.output(scene) for s in stage.later if s.needed(scene)]
+    return all(k is None or k in p.objects for k in later)
 
 
 def _resume_stage(p: _Pass, scene: SceneRecord, run: str | None) -> None:
