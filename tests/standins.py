@@ -462,6 +462,25 @@ def configured_standin(
     reset_context()
 
 
+#: The Replicate video model the stand-in's projects use.
+REPLICATE_MODEL = "minimax/video-01"
+
+
+def replicate_env(
+    durations: str, *, usd_per_second: float = 0.1
+) -> Callable[[str], dict[str, str]]:
+    """For `configured_standin`: every provider at the stand-in's url, a priced Replicate model
+    making clips of `durations` seconds, and a quota no test here reaches."""
+    return lambda url: {
+        "MVPIPE_REPLICATE_BASE_URL": url,
+        "MVPIPE_GENAI_BASE_URL": url,
+        "MVPIPE_REPLICATE_MODEL": REPLICATE_MODEL,
+        "MVPIPE_PRICES": json.dumps({f"replicate:{REPLICATE_MODEL}": usd_per_second}),
+        "MVPIPE_REPLICATE_DURATIONS": durations,
+        "MVPIPE_PROVIDER_CONCURRENCY": "100",
+    }
+
+
 def settings_for(standin: ProviderStandIn, **extra: object) -> Settings:
     """Settings pointing every provider at the stand-in."""
     values: dict[str, object] = {

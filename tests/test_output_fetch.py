@@ -7,7 +7,6 @@ whole, whether its size is declared or only counted as it comes."""
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -20,27 +19,25 @@ from mvpipe.models import ProjectSpec, ProjectView, SceneSpec, SceneStatus
 from mvpipe.store.clips import scene_prefix
 from tests.conftest import Workers
 from tests.helpers import assert_invariants
-from tests.standins import MIB, ProviderStandIn, configured_standin, output_of
+from tests.standins import (
+    MIB,
+    REPLICATE_MODEL,
+    ProviderStandIn,
+    configured_standin,
+    output_of,
+    replicate_env,
+)
 
 pytestmark = pytest.mark.integration
 
 StartWorkers = Callable[..., Workers]
-MODEL = "minimax/video-01"
+MODEL = REPLICATE_MODEL
 MAX_POLL_ERRORS = 3
 
 
 @pytest.fixture
 def standin(monkeypatch: pytest.MonkeyPatch, stack: LocalStack) -> Iterator[ProviderStandIn]:
-    with configured_standin(
-        monkeypatch,
-        lambda url: {
-            "MVPIPE_REPLICATE_BASE_URL": url,
-            "MVPIPE_REPLICATE_MODEL": MODEL,
-            "MVPIPE_PRICES": json.dumps({f"replicate:{MODEL}": 0.1}),
-            "MVPIPE_REPLICATE_DURATIONS": "5",
-            "MVPIPE_PROVIDER_CONCURRENCY": "100",
-        },
-    ) as server:
+    with configured_standin(monkeypatch, replicate_env("5")) as server:
         yield server
 
 

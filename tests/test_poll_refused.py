@@ -8,7 +8,6 @@ still fails at once: nothing was paid."""
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -28,10 +27,17 @@ from mvpipe.providers.veo import VeoVideoProvider
 from mvpipe.store.clips import clip_key
 from tests.conftest import Workers
 from tests.helpers import assert_invariants
-from tests.standins import KEYS, ProviderStandIn, configured_standin, settings_for
+from tests.standins import (
+    KEYS,
+    REPLICATE_MODEL,
+    ProviderStandIn,
+    configured_standin,
+    replicate_env,
+    settings_for,
+)
 
 StartWorkers = Callable[..., Workers]
-MODEL = "minimax/video-01"
+MODEL = REPLICATE_MODEL
 MAX_POLL_ERRORS = 3
 PROVIDERS = ["replicate", "veo"]
 #: the key each provider's calls carry (a stand-in's error message may echo it)
@@ -40,17 +46,7 @@ TOKEN = {"replicate": "REPLICATE_API_TOKEN", "veo": "GOOGLE_API_KEY"}
 
 @pytest.fixture
 def standin(monkeypatch: pytest.MonkeyPatch) -> Iterator[ProviderStandIn]:
-    with configured_standin(
-        monkeypatch,
-        lambda url: {
-            "MVPIPE_REPLICATE_BASE_URL": url,
-            "MVPIPE_GENAI_BASE_URL": url,
-            "MVPIPE_REPLICATE_MODEL": MODEL,
-            "MVPIPE_PRICES": json.dumps({f"replicate:{MODEL}": 0.1}),
-            "MVPIPE_REPLICATE_DURATIONS": "6",
-            "MVPIPE_PROVIDER_CONCURRENCY": "100",
-        },
-    ) as server:
+    with configured_standin(monkeypatch, replicate_env("6")) as server:
         yield server
 
 

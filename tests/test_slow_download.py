@@ -6,7 +6,6 @@ fetching the same output again (twice the memory, and each round's poll counted 
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -18,28 +17,25 @@ from mvpipe.devstack.localstack import LocalStack
 from mvpipe.models import ProjectSpec, SceneSpec, SceneStatus
 from tests.conftest import Workers
 from tests.helpers import assert_invariants, wait_for
-from tests.standins import ProviderStandIn, configured_standin, output_of
+from tests.standins import (
+    REPLICATE_MODEL,
+    ProviderStandIn,
+    configured_standin,
+    output_of,
+    replicate_env,
+)
 
 pytestmark = pytest.mark.integration
 
 StartWorkers = Callable[..., Workers]
-MODEL = "minimax/video-01"
+MODEL = REPLICATE_MODEL
 #: the stand-in's drip framing sends a KiB at a time, at least this long after the last
 DRIP_PIECE_SECONDS = 0.05
 
 
 @pytest.fixture
 def standin(monkeypatch: pytest.MonkeyPatch, stack: LocalStack) -> Iterator[ProviderStandIn]:
-    with configured_standin(
-        monkeypatch,
-        lambda url: {
-            "MVPIPE_REPLICATE_BASE_URL": url,
-            "MVPIPE_REPLICATE_MODEL": MODEL,
-            "MVPIPE_PRICES": json.dumps({f"replicate:{MODEL}": 0.1}),
-            "MVPIPE_REPLICATE_DURATIONS": "5",
-            "MVPIPE_PROVIDER_CONCURRENCY": "100",
-        },
-    ) as server:
+    with configured_standin(monkeypatch, replicate_env("5")) as server:
         yield server
 
 
