@@ -34,7 +34,6 @@ from mvpipe.providers.render import render_clip
 from mvpipe.settings import Settings
 
 CLIP = render_clip("stand-in provider video", 1.0)
-MIB = 1024 * 1024
 
 
 def output_of(size: int) -> bytes:
@@ -630,8 +629,6 @@ class _Handler(BaseHTTPRequestHandler):
             self._fault(api, fault, answer)
         elif kind in ("file", "gcs"):
             self._output(answer)
-        elif isinstance(answer, bytes):
-            self._reply(200, answer, "video/mp4")
         else:
             self._reply(200, answer)
 

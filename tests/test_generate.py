@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import pytest
@@ -910,18 +911,27 @@ class Metered(Misbehaving):
         return JobStatus(JobState.RUNNING)
 
 
-def test_a_kept_job_and_its_scenes_regeneration_hold_two_slots_never_more_than_the_limit(
-    storage: LocalStack,
-) -> None:
+def metered_context() -> tuple[Context, Metered]:
+    """A context whose local provider is `Metered` (it cannot cancel), on a quota of two and
+    a limiter of its own."""
     metered = Metered()
     ctx = build_context(get_settings().model_copy(update={"provider_concurrency": 2}))
     ctx.limiter = QuotaLimiter(ctx.redis, prefix=f"test:{uuid.uuid4()}")
     ctx._providers["local"] = metered
+    return ctx, metered
 
-    def started(project_id: str, run_id: str) -> SceneJob:
-        ctx.board.touch_run(run_id, 60)
-        return SceneJob(ctx, project_id, 1, run_id, "local")
 
+def started_job(ctx: Context, project_id: str, run_id: str) -> SceneJob:
+    """Scene 1's step in `run_id`, the run marked alive."""
+    ctx.board.touch_run(run_id, 60)
+    return job(ctx, project_id, run_id)
+
+
+def test_a_kept_job_and_its_scenes_regeneration_hold_two_slots_never_more_than_the_limit(
+    storage: LocalStack,
+) -> None:
+    ctx, metered = metered_context()
+    started = partial(started_job, ctx)
     # Given scene 1's job A running, its run cancelled (the provider cannot stop A: kept), and
     # reconcile's poll chain (no run) polling A
     project_id, first_run = new_project(ctx, 1)
@@ -952,15 +962,8 @@ def test_a_kept_job_and_its_scenes_regeneration_hold_two_slots_never_more_than_t
 def test_a_kept_job_still_running_after_its_scenes_regeneration_ends_and_frees_its_slot(
     storage: LocalStack,
 ) -> None:
-    metered = Metered()
-    ctx = build_context(get_settings().model_copy(update={"provider_concurrency": 2}))
-    ctx.limiter = QuotaLimiter(ctx.redis, prefix=f"test:{uuid.uuid4()}")
-    ctx._providers["local"] = metered
-
-    def started(project_id: str, run_id: str) -> SceneJob:
-        ctx.board.touch_run(run_id, 60)
-        return SceneJob(ctx, project_id, 1, run_id, "local")
-
+    ctx, _ = metered_context()
+    started = partial(started_job, ctx)
     # Given scene 1's job A kept (its run cancelled, the provider cannot stop it), polled by
     # reconcile's chain, and the scene regenerated (job B) while A runs on
     project_id, first_run = new_project(ctx, 1)

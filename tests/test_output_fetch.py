@@ -16,11 +16,11 @@ from mvpipe import api
 from mvpipe.deps import get_context
 from mvpipe.devstack.localstack import LocalStack
 from mvpipe.models import ProjectSpec, ProjectView, SceneSpec, SceneStatus
+from mvpipe.settings import MIB
 from mvpipe.store.clips import scene_prefix
 from tests.conftest import Workers
 from tests.helpers import assert_invariants
 from tests.standins import (
-    MIB,
     REPLICATE_MODEL,
     ProviderStandIn,
     configured_standin,

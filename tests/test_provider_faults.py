@@ -32,16 +32,8 @@ from mvpipe.providers.outputs import MAX_REDIRECTS, classified, download
 from mvpipe.providers.replicate import ReplicateVideoProvider
 from mvpipe.providers.replicate_lipsync import ReplicateLipSyncProvider
 from mvpipe.providers.veo import VeoVideoProvider
-from mvpipe.settings import CLIP_BYTES_RANGE, Settings, get_settings
-from tests.standins import (
-    CLIP,
-    KEYS,
-    MIB,
-    ProviderStandIn,
-    output_of,
-    running_standin,
-    settings_for,
-)
+from mvpipe.settings import CLIP_BYTES_RANGE, MIB, Settings, get_settings
+from tests.standins import CLIP, KEYS, ProviderStandIn, output_of, running_standin, settings_for
 
 FAULTS = ["slow", "reset", "garbage"]
 

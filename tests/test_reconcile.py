@@ -354,20 +354,9 @@ def test_a_live_runs_counters_are_recounted_without_being_reported_as_repairs(
     assert ctx.projects.get(project_id).active_run_id == run_id
 
 
-def test_a_regeneration_run_never_resumes_scenes_outside_its_scope(stack: object) -> None:
-    # Given a cancelled run's dead submitter on scene 2 (expired lease, no operation), then a
-    # regeneration of scene 1 alone, with no worker to run it
-    ctx = get_context()
-    project_id = api.create_project(
-        "Scope", "One scene only.", scenes=[{"prompt": "a"}, {"prompt": "b"}]
-    )
-    old_run = str(uuid.uuid4())
-    assert ctx.projects.win_run(project_id, old_run, ProjectStatus.PROCESSING) == old_run
-    claim = ctx.scenes.claim(
-        project_id, 2, run_id=old_run, token="dead", lease_seconds=1, max_attempts=5,
-        now=time.time() - 10,
-    )  # fmt: skip
-    assert claim.outcome == "won"
+def regenerate_first_scene_after(ctx: Context, project_id: str, old_run: str) -> None:
+    """The two-scene project's `old_run` released (cancelled), then a live regeneration of
+    scene 1 alone (no worker runs it)."""
     assert ctx.projects.settle(
         project_id,
         observed_run=old_run,
@@ -377,6 +366,19 @@ def test_a_regeneration_run_never_resumes_scenes_outside_its_scope(stack: object
     )
     run = api.regenerate_scene(project_id, 1)
     ctx.board.touch_run(run.id, 600)  # the regeneration is alive
+
+
+def test_a_regeneration_run_never_resumes_scenes_outside_its_scope(stack: object) -> None:
+    # Given a cancelled run's dead submitter on scene 2 (expired lease, no operation), then a
+    # regeneration of scene 1 alone, with no worker to run it
+    ctx = get_context()
+    project_id, old_run = abandoned_run(ctx, scenes=2)
+    claim = ctx.scenes.claim(
+        project_id, 2, run_id=old_run, token="dead", lease_seconds=1, max_attempts=5,
+        now=time.time() - 10,
+    )  # fmt: skip
+    assert claim.outcome == "won"
+    regenerate_first_scene_after(ctx, project_id, old_run)
     # When reconcile expires scene 2's lease
     report = api.reconcile(project_id)
     assert report.expired_leases == 1
@@ -405,11 +407,7 @@ def test_an_orphaned_job_outside_a_regeneration_is_polled_without_its_run(stack:
     # Given a cancelled run that kept scene 2's paid job (a provider that cannot cancel), then
     # a live regeneration of scene 1 alone, with no worker to run anything
     ctx = get_context()
-    project_id = api.create_project(
-        "Scope", "One scene only.", scenes=[{"prompt": "a"}, {"prompt": "b"}]
-    )
-    old_run = str(uuid.uuid4())
-    assert ctx.projects.win_run(project_id, old_run, ProjectStatus.PROCESSING) == old_run
+    project_id, old_run = abandoned_run(ctx, scenes=2)
     claim = ctx.scenes.claim(
         project_id, 2, run_id=old_run, token="t", lease_seconds=60, max_attempts=5
     )
@@ -419,15 +417,7 @@ def test_an_orphaned_job_outside_a_regeneration_is_polled_without_its_run(stack:
         project_id, 2, token="t", operation_id=operation_id, run_id=old_run
     )
     assert recorded == "won"
-    assert ctx.projects.settle(
-        project_id,
-        observed_run=old_run,
-        counters=Counters(scene_count=2, completed_scenes=0, failed_scenes=0, open_scenes=2),
-        status=ProjectStatus.PENDING,
-        release=True,
-    )
-    run = api.regenerate_scene(project_id, 1)
-    ctx.board.touch_run(run.id, 600)
+    regenerate_first_scene_after(ctx, project_id, old_run)
     # When reconcile finds scene 2's job polled by nobody
     assert api.reconcile(project_id).orphaned_polls == 1
     # Then its one poll chain carries no run: the generation it finishes is the paid job's,

@@ -19,10 +19,8 @@ from mvpipe.pipeline.stages import (
     GENERATE,
     LIPSYNC,
     STAGES,
-    is_last,
     lost_output,
     needed_stages,
-    never_last,
     next_stage,
 )
 from mvpipe.store.clips import StoredObject, clip_key, operation_key, working_key
@@ -75,19 +73,19 @@ def test_stages_run_in_order_and_each_only_while_its_output_is_missing() -> None
 
 
 def test_only_the_last_needed_stage_completes_the_scene() -> None:
-    assert not is_last(GENERATE, scene())
-    assert is_last(CUT, scene())
-    assert not is_last(CUT, scene(lip_sync=True)) and is_last(LIPSYNC, scene(lip_sync=True))
+    assert not GENERATE.is_last(scene())
+    assert CUT.is_last(scene())
+    assert not CUT.is_last(scene(lip_sync=True)) and LIPSYNC.is_last(scene(lip_sync=True))
     assert needed_stages(scene(lip_sync=True)) == [GENERATE, CUT, LIPSYNC]
     assert needed_stages(scene()) == [GENERATE, CUT]
 
 
 def test_only_a_stage_followed_by_one_every_scene_needs_is_never_last() -> None:
     # generation is followed by the cut in every scene: its poll need not read the scene
-    assert never_last(GENERATE)
-    assert not never_last(CUT) and not never_last(LIPSYNC)
+    assert GENERATE.never_last
+    assert not CUT.never_last and not LIPSYNC.never_last
     for lip_sync in (False, True):
-        assert not is_last(GENERATE, scene(lip_sync=lip_sync))
+        assert not GENERATE.is_last(scene(lip_sync=lip_sync))
 
 
 def test_a_repair_redoes_the_first_lost_output_and_keeps_the_earlier_ones() -> None:

@@ -47,7 +47,7 @@ def test_every_stage_entry_is_complete_and_consistent_with_the_others() -> None:
     assert len(set(operations)) == 2 * len(paid)
     for index, stage in enumerate(STAGES):
         assert stage.queue in (VIDEO_QUEUE, MEDIA_QUEUE)
-        assert stage.later == STAGES[index + 1 :]  # what `is_last` and `never_last` read
+        assert stage.later == STAGES[index + 1 :]  # what is_last and never_last read
         # a stage is made from an earlier stage's output
         earlier = {s.fields.output for s in STAGES[:index]}
         assert stage.requires is None or stage.requires in earlier, stage.name

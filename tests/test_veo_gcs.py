@@ -22,15 +22,8 @@ from mvpipe.pipeline.generate import SceneJob
 from mvpipe.pipeline.steps import Next
 from mvpipe.providers.base import JobState, JobStatus, VideoRequest
 from mvpipe.providers.veo import VeoVideoProvider
-from mvpipe.settings import get_settings
-from tests.standins import (
-    CLIP,
-    MIB,
-    ProviderStandIn,
-    output_of,
-    running_standin,
-    settings_for,
-)
+from mvpipe.settings import MIB, get_settings
+from tests.standins import CLIP, ProviderStandIn, output_of, running_standin, settings_for
 
 OUTPUT = "gs://mv-output/veo/clips"
 

@@ -75,12 +75,18 @@ def later_outputs(stage: Stage, scene: SceneRecord) -> tuple[tuple[str, str], ..
     return tuple((field, key) for field, key in found if key is not None)
 
 
+def original_of(stage: Stage, scene: SceneRecord) -> tuple[str, str] | None:
+    """The output the cut is made from, as (field, key); None while it is not recorded."""
+    source = stage.requires
+    original: str | None = scene.value(source) if source is not None else None
+    return None if source is None or original is None else (source, original)
+
+
 def remade_key(stage: Stage, scene: SceneRecord, settings: Settings) -> str | None:
     """The key a cut of `scene` would be made at now (None without its original): the cut is
     deterministic, so a lost cut whose key this is would be made again as it was."""
-    source = stage.requires
-    original: str | None = scene.value(source) if source is not None else None
-    return None if original is None else cut_key(scene, original, settings)
+    made_from = original_of(stage, scene)
+    return None if made_from is None else cut_key(scene, made_from[1], settings)
 
 
 class CutRunner:
@@ -94,10 +100,10 @@ class CutRunner:
 
     def run(self, scene: SceneRecord) -> Step:
         ctx, x = self.ctx, self.x
-        source = self.stage.requires
-        original: str | None = scene.value(source) if source is not None else None
-        if source is None or original is None:
+        made_from = original_of(self.stage, scene)
+        if made_from is None:
             raise ValueError("a cut needs the original clip")
+        source, original = made_from
         fmt = output_format(ctx.settings)
         frames = slot_frames(scene, fmt.fps)
         key = cut_key(scene, original, ctx.settings)

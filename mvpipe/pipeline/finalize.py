@@ -62,8 +62,10 @@ def settle_project(
     run_over = (
         release_run is not None
         and active == release_run
-        and (gave_up is not None or project.planned)
-        and (gave_up is not None or all(s.status in FINAL_SCENE_STATES for s in run_scenes))
+        and (
+            gave_up is not None
+            or (project.planned and all(s.status in FINAL_SCENE_STATES for s in run_scenes))
+        )
     )
     # All scenes completed and no final video: the run is not over, it assembles (and the
     # assembly's own write releases it).
@@ -80,10 +82,10 @@ def settle_project(
     last_error: str | None
     if run_over and gave_up is not None:
         last_error = gave_up
-    elif active is None and ended_by_give_ups(project):
-        last_error = project.last_error  # why the run ended, until a user runs it again
-    elif planning_failed or not project.planned:
-        last_error = project.last_error  # planning's own note of why it failed (or last did)
+    elif (active is None and ended_by_give_ups(project)) or planning_failed or not project.planned:
+        # why the run ended by give-ups (until a user runs it again), or planning's own note
+        # of why it failed (or last did)
+        last_error = project.last_error
     elif status == ProjectStatus.FAILED:
         last_error = f"{counters.failed_scenes} of {counters.scene_count} scenes failed"
     else:

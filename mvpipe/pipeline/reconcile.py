@@ -43,7 +43,7 @@ from mvpipe.pipeline.reconcile_scope import (
     this_turn,
 )
 from mvpipe.pipeline.song_sweep import SongTurn, song_turn
-from mvpipe.pipeline.stages import STAGES, Stage, is_last, lost_output, next_stage
+from mvpipe.pipeline.stages import STAGES, Stage, lost_output, next_stage
 from mvpipe.pipeline.steps import Dispatcher
 from mvpipe.providers.classify import describe
 from mvpipe.states import FINAL_SCENE_STATES, assembly_due, lease_expired
@@ -460,7 +460,7 @@ def _adopt_operation(p: _Pass, scene: SceneRecord, stage: Stage, run: str | None
             operation_id=operation_id,
             clip_key=key,
             stage=stage.fields,
-            last=is_last(stage, scene),
+            last=stage.is_last(scene),
         ):
             report.recovered_clips += 1
             return True

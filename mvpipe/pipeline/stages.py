@@ -228,14 +228,6 @@ def next_stage(scene: SceneRecord) -> Stage | None:
     return next((s for s in needed_stages(scene) if s.output(scene) is None), None)
 
 
-def never_last(stage: Stage) -> bool:
-    return stage.never_last
-
-
-def is_last(stage: Stage, scene: SceneRecord) -> bool:
-    return stage.is_last(scene)
-
-
 def claims_first_stage(scene: SceneRecord) -> bool:
     """Whether the scene's next step is the first stage's claim (generation, not submitted
     yet): a claim of a slot in its project's video provider's quota, which planning orders."""

@@ -14,6 +14,7 @@ import time
 from mvpipe.errors import ConfigurationError, PermanentProviderError, ProviderError
 from mvpipe.providers.classify import from_transport, too_large, unfetched
 from mvpipe.providers.outputs import Bounded
+from mvpipe.settings import Settings
 
 GS_URI = re.compile(r"^gs://(?P<bucket>[a-z0-9][a-z0-9._-]{1,220}[a-z0-9])/(?P<name>[^\s]+)$")
 
@@ -26,11 +27,12 @@ def split_gs_uri(uri: str) -> tuple[str, str]:
     return match["bucket"], match["name"]
 
 
-def fetch(provider: str, uri: str, timeout: float, max_bytes: int, deadline: float) -> bytes:
-    """The object's bytes, never more than `max_bytes` of them: its size is read first, and
-    a larger object is refused unread; the bytes are also counted as they are written (a
-    gzip-stored object is decoded to more than its stored size), and the whole read is
-    bounded by `deadline` seconds (a dripping answer would hold a worker for ever). Read
+def fetch(provider: str, uri: str, settings: Settings) -> bytes:
+    """The object's bytes, never more than `MVPIPE_MAX_CLIP_BYTES` of them: its size is read
+    first, and a larger object is refused unread; the bytes are also counted as they are
+    written (a gzip-stored object is decoded to more than its stored size), and the whole read
+    is bounded by `MVPIPE_DOWNLOAD_TIMEOUT_SECONDS` (a dripping answer would hold a worker for
+    ever). Read
     whole, not as a range: google-cloud-storage checks no checksum on a partial (206) answer,
     and a gzip-stored object ignores the range. The download is conditioned on the
     generation whose size was read. Errors classified like any provider call; a refused or
@@ -40,6 +42,8 @@ def fetch(provider: str, uri: str, timeout: float, max_bytes: int, deadline: flo
     from google.auth import exceptions as auth_exceptions
     from google.cloud import storage
 
+    timeout, max_bytes = settings.provider_timeout_seconds, settings.max_clip_bytes
+    deadline = settings.download_timeout_seconds
     bucket, name = split_gs_uri(uri)
     ends = time.monotonic() + deadline
     sink = Bounded(provider, max_bytes, ends, deadline)

@@ -79,10 +79,8 @@ class VeoVideoProvider(GenaiUser):
     def download(self, status: JobStatus) -> bytes:
         if status.video is not None:
             return status.video
-        timeout, limit = self.settings.provider_timeout_seconds, self.settings.max_clip_bytes
         if status.url and status.url.startswith("gs://"):
-            deadline = self.settings.download_timeout_seconds
-            return gcs.fetch(self.name, status.url, timeout, limit, deadline)
+            return gcs.fetch(self.name, status.url, self.settings)
         if not status.url or not status.url.startswith(("http://", "https://")):
             location = scrub(repr(status.url))
             raise PermanentProviderError(f"veo: the finished video has no location: {location}")

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import time
+import uuid
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from mvpipe import api
+from mvpipe.celery_app import app
+from mvpipe.deps import Context
 from mvpipe.devstack.drills import double_payments, heal
 from mvpipe.devstack.localstack import LocalStack
+from mvpipe.messaging.dispatch import GENERATE_SCENE
 from mvpipe.models import ProjectStatus
 from mvpipe.providers.local import LocalJobs
+from mvpipe.store.scenes import Claim
 from tests.conftest import Workers
-from tests.helpers import assert_invariants, generations_per_scene, wait_for
+from tests.helpers import assert_invariants, generations_per_scene, new_project, wait_for
 
-__all__ = ["DRILL_SETTINGS", "check_drill", "heal", "pause_state_server"]
+__all__ = ["DRILL_SETTINGS", "check_drill", "heal", "owe_a_record", "pause_state_server"]
 
 #: Short leases and liveness so crashes are detected in seconds, not minutes.
 DRILL_SETTINGS = {
@@ -88,3 +94,22 @@ def pause_state_server(stack: LocalStack, workers: Workers) -> None:
         )
     finally:
         moto.resume()
+
+
+def owe_a_record(ctx: Context, provider: str) -> tuple[str, str, str]:
+    """A scene whose lease expired after its job ("local-paid") was submitted, the record of
+    that job's operation id still owed, and the redo that carries it sent for `provider`.
+    Returns the project, its run and the lease's token."""
+    project_id, run_id = new_project(ctx, 1)
+    token = uuid.uuid4().hex
+    claimed = ctx.scenes.claim(
+        project_id, 1, run_id=run_id, token=token, lease_seconds=60, max_attempts=3,
+        now=time.time() - 120,
+    )  # fmt: skip
+    assert claimed.outcome == Claim.WON
+    app.send_task(
+        GENERATE_SCENE,
+        args=[project_id, 1, run_id, provider],
+        kwargs={"operation_id": "local-paid", "token": token, "attempt": 1},
+    )
+    return project_id, run_id, token

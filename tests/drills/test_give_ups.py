@@ -4,7 +4,6 @@ nothing (finalize, reconcile) waits for or restarts the work forever."""
 from __future__ import annotations
 
 import re
-import time
 import uuid
 from collections.abc import Callable
 
@@ -27,7 +26,7 @@ from mvpipe.store.scenes import ORIGINAL, Claim
 from mvpipe.store.table import METADATA, project_pk
 from mvpipe.tasks.finalize import MAX_UNEXPECTED as FINALIZE_UNEXPECTED
 from tests.conftest import Workers
-from tests.drills.conftest import DRILL_SETTINGS
+from tests.drills.conftest import DRILL_SETTINGS, owe_a_record
 from tests.helpers import assert_invariants, generations_per_scene, new_project, wait_for
 from tests.songs import make_song
 
@@ -202,19 +201,8 @@ def test_a_redo_that_owes_a_paid_jobs_record_never_gives_up(start_workers: Start
     # error no retry cures (here a provider name nothing builds)
     workers = start_workers(**QUICK_RETRIES, **DRILL_SETTINGS)
     ctx = get_context()
-    project_id, run_id = new_project(ctx, 1)
-    token = uuid.uuid4().hex
-    claimed = ctx.scenes.claim(
-        project_id, 1, run_id=run_id, token=token, lease_seconds=60, max_attempts=3,
-        now=time.time() - 120,
-    )  # fmt: skip
-    assert claimed.outcome == Claim.WON
     # When the redo runs, again and again
-    app.send_task(
-        GENERATE_SCENE,
-        args=[project_id, 1, run_id, "nope"],
-        kwargs={"operation_id": "local-paid", "token": token, "attempt": 1},
-    )
+    project_id, run_id, token = owe_a_record(ctx, "nope")
 
     def settled_or_retried() -> bool:
         scene = ctx.scenes.get(project_id, 1)

@@ -10,22 +10,18 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from mvpipe import api
-from mvpipe.celery_app import app
 from mvpipe.deps import get_context
 from mvpipe.devstack.failpoints import held, release
 from mvpipe.devstack.localstack import LocalStack
 from mvpipe.devstack.outages import NONE, REFUSED, UNANSWERED, set_outage
-from mvpipe.messaging.dispatch import GENERATE_SCENE
-from mvpipe.store.scenes import Claim
 from tests.conftest import Workers
-from tests.drills.conftest import DRILL_SETTINGS, check_drill, heal
+from tests.drills.conftest import DRILL_SETTINGS, check_drill, heal, owe_a_record
 from tests.drills.test_unknown_outcomes import state_dir
-from tests.helpers import ledger, new_project, wait_for
+from tests.helpers import ledger, wait_for
 
 StartWorkers = Callable[..., Workers]
 
@@ -136,19 +132,8 @@ def test_a_redo_whose_provider_cannot_be_built_still_marks_its_scene_alive(
     # Given a scene whose lease expired after its job was submitted, its record still owed
     workers = start_workers(**DRILL_SETTINGS)
     ctx = get_context()
-    project_id, run_id = new_project(ctx, 1)
-    token = uuid.uuid4().hex
-    claimed = ctx.scenes.claim(
-        project_id, 1, run_id=run_id, token=token, lease_seconds=60, max_attempts=3,
-        now=time.time() - 120,
-    )  # fmt: skip
-    assert claimed.outcome == Claim.WON
     # When the redo runs on a worker that cannot build the job's provider
-    app.send_task(
-        GENERATE_SCENE,
-        args=[project_id, 1, run_id, "nope"],
-        kwargs={"operation_id": "local-paid", "token": token, "attempt": 1},
-    )
+    project_id, _, token = owe_a_record(ctx, "nope")
     wait_for(
         lambda: "retrying the write it owes" in workers.service.log_text(),
         60,
