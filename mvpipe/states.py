@@ -72,19 +72,73 @@ def lease_expired(expires_at: float | None, now: float) -> bool:
     return expires_at is None or expires_at <= now
 
 
+def started_seconds(started_at: str | None) -> float | None:
+    """A job's recorded start (UTC ISO time) in epoch seconds; None when not recorded or
+    unreadable (a scene written before starts were recorded, a time without its zone)."""
+    if not started_at:
+        return None
+    try:
+        started = datetime.fromisoformat(started_at)
+    except ValueError:
+        return None
+    if started.tzinfo is None:
+        return None
+    return started.timestamp()
+
+
 def job_overran(started_at: str | None, now: float, limit_seconds: float) -> bool:
     """Whether a job claimed at `started_at` (UTC ISO time) still runs more than
     `limit_seconds` later. A start not recorded or unreadable (a scene written before starts
     were recorded) sets no limit: nothing paid is failed on a guess."""
-    if not started_at:
-        return False
-    try:
-        started = datetime.fromisoformat(started_at)
-    except ValueError:
-        return False
-    if started.tzinfo is None:
-        return False
-    return now - started.timestamp() > limit_seconds
+    started = started_seconds(started_at)
+    return started is not None and now - started > limit_seconds
+
+
+#: A running job's counted polls read its scene once in this many, for the superseded check
+#: (the scene gone, or regenerated over the job): at the usual 10 s poll a superseded job's
+#: chain ends, and its quota slot is freed, within a minute, for one store read a minute
+#: instead of one a poll. The time limit does not wait for it: the start its polls carry says
+#: when the limit is passed.
+SCENE_CHECK_POLLS = 6
+
+#: How far in the future a carried job start may lie (workers' clocks differ a little); one
+#: further ahead is not believed: the scene is read instead.
+START_SKEW_SECONDS = 30.0
+
+
+def carried_start(value: object, now: float) -> float | None:
+    """The job start a poll's message carried, when it can be believed: a finite float (epoch
+    seconds) at most `START_SKEW_SECONDS` ahead of `now`. None (unknown) for anything else,
+    which a message from an older worker, reconcile, or a tampered one may carry."""
+    if not isinstance(value, float) or not math.isfinite(value):
+        return None
+    return value if value <= now + START_SKEW_SECONDS else None
+
+
+def scene_read_due(
+    started: object,
+    unread_polls: object,
+    now: float,
+    limit_seconds: float,
+    every: int = SCENE_CHECK_POLLS,
+) -> bool:
+    """Whether a counted poll that finds its job running reads the scene (the time limit and
+    the superseded check): when the carried start (`carried_start`) is unknown or says the
+    job is past `limit_seconds`, or when this poll is the `every`-th since the scene was last
+    read (`unread_polls`: counted running polls since then, this one not included, a whole
+    number from 0; anything else is unknown too). Unknown always reads: a bad message costs
+    a read, never a missed check. `now`, `limit_seconds` and `every` are ours, not carried:
+    invalid ones are a bug (`ValueError`)."""
+    if not math.isfinite(now) or not math.isfinite(limit_seconds) or limit_seconds <= 0:
+        raise ValueError("now and limit_seconds must be finite, the limit positive")
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError("every must be a whole number from 1")
+    start = carried_start(started, now)
+    if start is None or now - start > limit_seconds:
+        return True
+    if isinstance(unread_polls, bool) or not isinstance(unread_polls, int) or unread_polls < 0:
+        return True
+    return unread_polls + 1 >= every
 
 
 def backoff_seconds(

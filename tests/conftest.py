@@ -17,6 +17,7 @@ import pytest
 import redis
 from hypothesis import settings
 
+from bench.countingproxy import CountingProxy
 from mvpipe.deps import reset_context
 from mvpipe.devstack.localstack import LocalStack, Service, start_control_worker, start_worker
 from tests.processes import Processes
@@ -54,6 +55,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
             os.environ.clear()
             os.environ.update(saved)
             reset_context()
+
+
+@pytest.fixture
+def proxy(stack: LocalStack) -> Iterator[CountingProxy]:
+    """A counting proxy in front of the state server (what a test's own context sends it)."""
+    port = int(stack.env["MVPIPE_DYNAMODB_ENDPOINT"].rsplit(":", 1)[1])
+    counting = CountingProxy(port)
+    yield counting
+    counting.stop()
 
 
 @pytest.fixture(scope="session")

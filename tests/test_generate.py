@@ -4,6 +4,7 @@ providers reach only by misbehaving."""
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 import redis
 
+from bench.countingproxy import DYNAMO_READS, CountingProxy
 from mvpipe.celery_app import app
 from mvpipe.deps import Context, build_context
 from mvpipe.devstack.localstack import LocalStack
@@ -26,11 +28,12 @@ from mvpipe.pipeline.cancel import cancel_project
 from mvpipe.pipeline.generate import SceneJob
 from mvpipe.pipeline.operation import PaidOperation, VideoGeneration
 from mvpipe.pipeline.stages import GENERATE
-from mvpipe.pipeline.steps import LeasePending, Next, RecordPending
+from mvpipe.pipeline.steps import LeasePending, Next, RecordPending, Step
 from mvpipe.providers.base import JobState, JobStatus, VideoRequest
 from mvpipe.providers.limiter import QuotaLimiter, SlotDecision, job_member, slot_member
 from mvpipe.providers.render import render_clip
 from mvpipe.settings import get_settings
+from mvpipe.states import SCENE_CHECK_POLLS
 from mvpipe.store.records import SceneRecord
 from mvpipe.store.runboard import RunBoard
 from mvpipe.store.scenes import LIP_SYNCED, WORKING, Claim, SceneStore
@@ -97,10 +100,16 @@ def ctx(
     storage: LocalStack, provider: Misbehaving, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Context]:
     monkeypatch.setenv("REPLICATE_API_TOKEN", SECRET)
-    context = build_context(get_settings())
+    yield provider_context(provider)
+
+
+def provider_context(provider: Misbehaving, **update: Any) -> Context:
+    """A context whose local provider is `provider`, on a quota of its own (settings changed
+    by `update`)."""
+    context = build_context(get_settings().model_copy(update=update))
     context.limiter = QuotaLimiter(context.redis, prefix=f"test:{uuid.uuid4()}")  # own quota
     context._providers["local"] = provider
-    yield context
+    return context
 
 
 def polling_scene(ctx: Context) -> tuple[str, str, str]:
@@ -915,10 +924,7 @@ def metered_context() -> tuple[Context, Metered]:
     """A context whose local provider is `Metered` (it cannot cancel), on a quota of two and
     a limiter of its own."""
     metered = Metered()
-    ctx = build_context(get_settings().model_copy(update={"provider_concurrency": 2}))
-    ctx.limiter = QuotaLimiter(ctx.redis, prefix=f"test:{uuid.uuid4()}")
-    ctx._providers["local"] = metered
-    return ctx, metered
+    return provider_context(metered, provider_concurrency=2), metered
 
 
 def started_job(ctx: Context, project_id: str, run_id: str) -> SceneJob:
@@ -1032,3 +1038,78 @@ def test_a_job_within_its_time_is_polled_on_and_a_lip_sync_keeps_its_own_start(
     scene = ctx.scenes.get(lip_synced, 2)
     assert scene is not None and scene.lip_sync_started_at is not None
     assert scene.generation_started_at is None
+
+
+@pytest.fixture
+def counted(
+    storage: LocalStack, provider: Misbehaving, proxy: CountingProxy
+) -> tuple[Context, CountingProxy]:
+    """A `provider_context` whose store calls pass through the counting `proxy`."""
+    return provider_context(provider, dynamodb_endpoint=proxy.url), proxy
+
+
+def polled_again(
+    ctx: Context, proxy: CountingProxy, project_id: str, run_id: str, polled: Step
+) -> tuple[Step, int]:
+    """The poll `polled` queued, its kwargs as its message carries them (JSON): its step and
+    the store reads it made."""
+    assert polled.next == Next.POLL, polled
+    carried = json.loads(json.dumps(polled.carry))
+    proxy.reset()
+    step = job(ctx, project_id, run_id).step(**carried)
+    counts = proxy.snapshot()
+    return step, sum(
+        n for kind, n in counts.items() if kind.removeprefix("dynamodb.") in DYNAMO_READS
+    )
+
+
+def test_a_running_jobs_polls_read_its_scene_once_in_scene_check_polls_and_still_see_it_gone(
+    counted: tuple[Context, CountingProxy], provider: Misbehaving
+) -> None:
+    ctx, proxy = counted
+    # Given a job submitted and found running by its first poll
+    project_id, run_id = new_project(ctx, 1)
+    step = started_job(ctx, project_id, run_id).step()
+    operation_id = step.carry["operation_id"]
+    # When it is polled, running still, twice SCENE_CHECK_POLLS times
+    reads = []
+    for _ in range(2 * SCENE_CHECK_POLLS):
+        step, read = polled_again(ctx, proxy, project_id, run_id, step)
+        assert step.next == Next.POLL and step.carry["operation_id"] == operation_id
+        reads.append(read)
+    # Then only every SCENE_CHECK_POLLS-th poll read the scene (the start its polls carry is
+    # within the limit)
+    assert reads == ([0] * (SCENE_CHECK_POLLS - 1) + [1]) * 2
+    # and when the scene is gone, the chain still ends within SCENE_CHECK_POLLS polls, the job
+    # cancelled and its slot freed
+    assert ctx.table.delete(project_pk(project_id), scene_sk(1))
+    reads = []
+    while step.next == Next.POLL and len(reads) <= SCENE_CHECK_POLLS:
+        step, read = polled_again(ctx, proxy, project_id, run_id, step)
+        reads.append(read)
+    assert step.next == Next.DONE and step.outcome == "superseded: scene gone while its job ran"
+    assert reads == [0] * (SCENE_CHECK_POLLS - 1) + [1]
+    assert provider.cancelled == [operation_id]
+    assert not slot_holder(ctx, job_member(project_id, 1, "generate", operation_id))
+
+
+def test_a_poll_without_a_believable_start_reads_the_scene_once_and_carries_its_start(
+    counted: tuple[Context, CountingProxy],
+) -> None:
+    ctx, proxy = counted
+    # Given a recorded job still running, whose poll message carries no start (reconcile's, an
+    # older worker's) or one too far in the future
+    project_id, run_id, operation_id = polling_scene(ctx)
+    scene = ctx.scenes.get(project_id, 1)
+    assert scene is not None and scene.generation_started_at is not None
+    recorded = datetime.fromisoformat(scene.generation_started_at).timestamp()
+    for carried in (None, time.time() + 3600):
+        carry = {"operation_id": operation_id, "job_started": carried}
+        message = Step(Next.POLL, "polling", carry=carry)
+        # When it is polled, running still
+        step, read = polled_again(ctx, proxy, project_id, run_id, message)
+        # Then that poll reads the scene, and carries its recorded start: the next one reads
+        # nothing
+        assert read == 1 and step.carry["job_started"] == recorded
+        assert step.carry["unread_polls"] == 0
+        assert polled_again(ctx, proxy, project_id, run_id, step)[1] == 0

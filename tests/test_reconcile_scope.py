@@ -287,14 +287,6 @@ def test_a_pass_examines_projects_while_its_budget_lasts_and_always_one() -> Non
 # -- the cost on a real stack --------------------------------------------------------------------
 
 
-@pytest.fixture
-def proxy(stack: LocalStack) -> Iterator[CountingProxy]:
-    port = int(stack.env["MVPIPE_DYNAMODB_ENDPOINT"].rsplit(":", 1)[1])
-    counting = CountingProxy(port)
-    yield counting
-    counting.stop()
-
-
 def finished_items(m: type[ItemBase], count: int) -> list[ItemBase]:
     """Failed one-scene projects, written as a run would have left them."""
     items = []

@@ -9,12 +9,17 @@ from hypothesis import strategies as st
 
 from mvpipe.models import ProjectStatus, SceneStatus
 from mvpipe.states import (
+    SCENE_CHECK_POLLS,
+    START_SKEW_SECONDS,
     Counters,
     assembly_due,
     backoff_seconds,
+    carried_start,
     job_overran,
     lease_expired,
     project_status,
+    scene_read_due,
+    started_seconds,
 )
 
 statuses = st.lists(st.sampled_from(list(SceneStatus)), max_size=30)
@@ -78,6 +83,52 @@ def test_a_job_overran_only_when_its_recorded_start_is_longer_ago_than_the_limit
     # no start recorded, or one that cannot be read as a UTC time: no limit, nothing failed
     for unknown in (None, "", "yesterday", "2026-01-01T00:00:00"):
         assert not job_overran(unknown, at + 10**9, 1)
+
+
+def test_a_recorded_start_reads_as_epoch_seconds_or_unknown() -> None:
+    assert started_seconds("2026-01-01T00:00:00.000000+00:00") == 1767225600.0
+    for unknown in (None, "", "yesterday", "2026-01-01T00:00:00"):
+        assert started_seconds(unknown) is None
+
+
+def test_a_running_jobs_poll_reads_its_scene_every_scene_check_polls_within_its_time() -> None:
+    now, limit = 1767225600.0, 7200.0
+    started = now - 60
+    # `unread`: running polls since the last read (which starts the count again)
+    due = [scene_read_due(started, unread, now, limit) for unread in range(SCENE_CHECK_POLLS + 2)]
+    assert due == [False] * (SCENE_CHECK_POLLS - 1) + [True] * 3
+    assert scene_read_due(started, 0, now, limit, every=1)  # every poll
+
+
+def test_a_running_jobs_poll_reads_its_scene_once_the_carried_start_is_past_the_limit() -> None:
+    now, limit = 1767225600.0, 7200.0
+    assert not scene_read_due(now - limit, 0, now, limit)
+    assert scene_read_due(now - limit - 0.5, 0, now, limit)
+    # a start a little ahead (another worker's clock) is believed, not one further ahead
+    assert not scene_read_due(now + START_SKEW_SECONDS, 0, now, limit)
+    assert scene_read_due(now + START_SKEW_SECONDS + 1, 0, now, limit)
+
+
+def test_a_carried_start_or_count_that_cannot_be_believed_reads_the_scene() -> None:
+    now, limit = 1767225600.0, 7200.0
+    bad_starts: list[object] = [None, "1767225600.0", True, 1767225600, math.nan, math.inf,
+                                -math.inf, [now], {"t": now}]  # fmt: skip
+    for start in bad_starts:
+        assert carried_start(start, now) is None, start
+        assert scene_read_due(start, 0, now, limit), start
+    for unread in (-1, 1.0, True, "0", None, [0]):
+        assert scene_read_due(now - 60, unread, now, limit), unread
+    assert carried_start(now - 60, now) == now - 60
+
+
+def test_invalid_limits_of_our_own_are_a_bug_not_a_read() -> None:
+    now = 1767225600.0
+    for args in ((math.nan, 7200.0), (now, math.inf), (now, 0.0), (now, -1.0)):
+        with pytest.raises(ValueError):
+            scene_read_due(now, 0, *args)
+    for every in (0, -1, True):
+        with pytest.raises(ValueError):
+            scene_read_due(now, 0, now, 7200.0, every=every)
 
 
 def test_lease_expiry() -> None:

@@ -229,14 +229,6 @@ def test_a_page_of_folders_goes_on_after_its_last_entry_folder_or_loose_object(
     assert pages == [FolderPage(["a"], "b"), FolderPage(["c"], "d"), FolderPage(["e"], None)]
 
 
-@pytest.fixture
-def proxy(stack: LocalStack) -> Iterator[CountingProxy]:
-    port = int(stack.env["MVPIPE_DYNAMODB_ENDPOINT"].rsplit(":", 1)[1])
-    counting = CountingProxy(port)
-    yield counting
-    counting.stop()
-
-
 @pytest.mark.integration
 def test_beat_passes_sweep_songs_a_page_of_project_folders_at_a_time(
     stack: LocalStack, proxy: CountingProxy

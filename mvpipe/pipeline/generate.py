@@ -21,7 +21,7 @@ from mvpipe.pipeline.operation import PaidOperation, StageProvider
 from mvpipe.pipeline.stages import BY_NAME, GENERATE, Stage, next_stage
 from mvpipe.pipeline.steps import Next, Step
 from mvpipe.providers.limiter import slot_member
-from mvpipe.states import lease_expired
+from mvpipe.states import lease_expired, started_seconds
 from mvpipe.store.records import SceneRecord
 
 #: Stages one execution may run back to back before it queues its next step (a bound on work).
@@ -87,8 +87,11 @@ class SceneJob:
         stage: str | None = None,
         made_from: str | None = None,
         release: dict[str, Any] | None = None,
+        job_started: float | None = None,
+        unread_polls: int = 0,
     ) -> Step:
-        """One step. `operation_id` (of `stage`, generation by default) is polled; with `token`
+        """One step. `operation_id` (of `stage`, generation by default) is polled (`job_started`,
+        `unread_polls`: what its last poll carried, see `PaidOperation.ran_over`); with `token`
         it is a paid job whose record is still to be (re)done (`made_from`: the input the job
         was made from): that comes first, even in a cancelled run (the record decides the
         job's fate). With `token` and `release` instead, a lease under which no job was
@@ -111,7 +114,13 @@ class SceneJob:
             return Step.done("run cancelled")
         if operation_id is not None:
             machine = self.paid(carried)
-            return self.then(machine.poll(operation_id, transient_polls), polled=machine)
+            step = machine.poll(
+                operation_id,
+                transient_polls,
+                job_started=job_started,
+                unread_polls=unread_polls,
+            )
+            return self.then(step, polled=machine)
         return self.advance()
 
     def keep_owed(self, stage: Stage) -> None:
@@ -177,7 +186,10 @@ class SceneJob:
             machine.log(
                 "resuming stored operation", operation_id, scene.value(stage.fields.attempts)
             )
-            return self.then(machine.poll(operation_id, 0), stages_run + 1)
+            # just read: its start is known, and it is not superseded
+            started = started_seconds(scene.value(stage.fields.started))
+            step = machine.poll(operation_id, 0, job_started=started)
+            return self.then(step, stages_run + 1)
         if (
             scene.status == SceneStatus.PROCESSING
             and scene.lease_token is not None

@@ -41,7 +41,14 @@ from mvpipe.providers.classify import describe
 from mvpipe.providers.fairness import fewer_than_busiest, lighter
 from mvpipe.providers.limiter import SlotDecision, job_member, slot_member
 from mvpipe.settings import Settings
-from mvpipe.states import backoff_seconds, job_overran, lease_expired
+from mvpipe.states import (
+    backoff_seconds,
+    carried_start,
+    job_overran,
+    lease_expired,
+    scene_read_due,
+    started_seconds,
+)
 from mvpipe.store.records import SceneRecord
 from mvpipe.store.scenes import Claim
 
@@ -173,6 +180,11 @@ class PaidOperation:
         self.provider = provider
         self.member = slot_member(execution.project_id, execution.sequence)
         self.points = stage.failpoints
+        #: when the stage's job was claimed (epoch seconds), once this execution knows it: its
+        #: polls carry it, so a running job's poll reads the scene only past the time limit
+        self.job_started: float | None = None
+        #: counted polls that found the job running since its scene was last read (carried)
+        self.unread_polls: int = 0
 
     @property
     def ids(self) -> tuple[str, int]:
@@ -256,6 +268,7 @@ class PaidOperation:
             return Step.done(f"not claimed ({claim.outcome})")
         attempt = claim.attempts or scene.value(self.fields.attempts) + 1
         x.cost_micros = scene.cost_micros + price
+        self.job_started = claimed_at  # the claim records its start a moment later: never late
         if lease_end - time.time() < s.submit_budget_seconds:
             # The claim took so long (store retries) that a submit and its record might outlive
             # the lease, and a second worker could submit too: give the lease back unused.
@@ -453,6 +466,7 @@ class PaidOperation:
             made_from=made_from,
         ):
             return False
+        self.job_started = None  # the scene's start may be another claim's: read it once
         self.log("lease lost; operation adopted by the scene", operation_id, attempt)
         return True
 
@@ -533,18 +547,30 @@ class PaidOperation:
                 **self.carry(),
                 "operation_id": operation_id,
                 "transient_polls": transient_polls,
+                "job_started": self.job_started,
+                "unread_polls": self.unread_polls,
             },
         )
 
     def poll(
-        self, operation_id: str, transient_polls: int, *, just_submitted: bool = False
+        self,
+        operation_id: str,
+        transient_polls: int,
+        *,
+        just_submitted: bool = False,
+        job_started: float | None = None,
+        unread_polls: int = 0,
     ) -> Step:
         """Poll the stage's operation. When its output is recorded the result is a
         `Next.STAGE` step: the scene goes on to its next stage (or it was the last).
         `just_submitted`: this execution marked the scene alive and took its slot moments ago,
         and its first poll is not counted (a worker lost in it redelivers the submit's message,
-        whose poll of the stored job is counted)."""
+        whose poll of the stored job is counted). `job_started`, `unread_polls`: what the last
+        poll carried (`ran_over`; None: not known, the scene is read)."""
         ctx, s = self.ctx, self.s
+        if job_started is not None:  # carried (else this execution's own claim, or unknown)
+            self.job_started = carried_start(job_started, time.time())
+            self.unread_polls = unread_polls
         counted, started = not just_submitted, 0
         if counted:
             self.x.touch(self.provider.liveness_seconds)
@@ -689,12 +715,21 @@ class PaidOperation:
         the provider can, and its stage failed saying it was paid, its operation id kept on
         the scene (and in `lastError`), its slot freed. A job that is not its scene's any more
         ends its chain (`superseded`). None: within its time, or its start unknown (a scene
-        written before starts were kept)."""
-        limit = self.s.max_job_seconds
+        written before starts were kept).
+
+        The scene is read only when `scene_read_due` says (the carried start unknown or past
+        the limit, or every `SCENE_CHECK_POLLS`-th running poll); its start is carried on."""
+        limit, now = self.s.max_job_seconds, time.time()
+        if not scene_read_due(self.job_started, self.unread_polls, now, limit):
+            self.unread_polls += 1
+            return None
         scene = self.ctx.scenes.get(*self.ids)
+        self.unread_polls = 0
         if scene is None or self.stage.operation(scene) != operation_id:
             return self.superseded(operation_id, "gone" if scene is None else "regenerated")
-        if not job_overran(scene.value(self.fields.started), time.time(), limit):
+        started = scene.value(self.fields.started)
+        self.job_started = started_seconds(started)
+        if not job_overran(started, now, limit):
             return None
         stopped = self.cancel(operation_id)
         how = "cancelled at the provider" if stopped else "the provider could not cancel it"

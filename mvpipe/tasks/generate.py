@@ -46,6 +46,8 @@ FRESH: dict[str, Any] = {
     "made_from": None,
     "release": None,
     "unexpected": 0,
+    "job_started": None,
+    "unread_polls": 0,
 }
 #: The two copies of a quota wait: the waiter's own timed check, and the wake-up it parks.
 TIMED, WOKEN = "timed", "woken"
@@ -78,6 +80,8 @@ def generate_scene(
     made_from: str | None = None,
     release: dict[str, Any] | None = None,
     unexpected: int = 0,
+    job_started: float | None = None,
+    unread_polls: int = 0,
 ) -> dict[str, Any]:
     checked_ids(
         project_id,
@@ -99,6 +103,8 @@ def generate_scene(
         "made_from": made_from,
         "release": release,
         "unexpected": unexpected,
+        "job_started": job_started,
+        "unread_polls": unread_polls,
     }
 
     def wake(woken: list[str]) -> set[str]:
@@ -135,6 +141,8 @@ def generate_scene(
                 stage=stage,
                 made_from=made_from,
                 release=release,
+                job_started=job_started,
+                unread_polls=unread_polls,
             )
             if step.refinalize:
                 refinalize(ctx, dispatcher, project_id, run_id)
