@@ -171,9 +171,9 @@ def start_workers(
 @pytest.fixture
 def broker_cleared(redis_client: redis.Redis) -> Iterator[None]:
     """For a test that runs steps in its own process: the quota slots, marks and messages it
-    leaves are cleared after it, as `start_workers` clears its workers'. A submit of unknown
-    outcome keeps its slot for the liveness (~30 s), which the next test's scenes would wait
-    out."""
+    leaves are cleared after it, as `start_workers` clears its workers'. A job it leaves
+    unpolled keeps its quota slot for the liveness (~30 s), which the next test's scenes
+    would wait out."""
     yield
     _clear_broker(redis_client)
 
