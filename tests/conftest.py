@@ -178,6 +178,16 @@ def start_workers(
         raise RuntimeError("a test's worker failed to start") from failed[0]
 
 
+@pytest.fixture
+def broker_cleared(redis_client: redis.Redis) -> Iterator[None]:
+    """For a test that runs steps in its own process: the quota slots, marks and messages it
+    leaves are cleared after it, as `start_workers` clears its workers'. A job it leaves
+    unpolled keeps its quota slot for the liveness (~30 s), which the next test's scenes
+    would wait out."""
+    yield
+    _clear_broker(redis_client)
+
+
 def _clear_broker(client: redis.Redis) -> None:
     """Nothing one test queued or reserved may leak into the next test's workers or quota."""
     for pattern in ("mvpipe:*", "unacked*"):

@@ -18,6 +18,7 @@ import re
 import socket
 import struct
 import threading
+import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,7 +30,8 @@ from urllib.parse import unquote
 import httpx
 import pytest
 
-from mvpipe.deps import reset_context
+from mvpipe.deps import get_context, reset_context
+from mvpipe.providers.base import LipSyncRequest
 from mvpipe.providers.render import render_clip
 from mvpipe.settings import Settings
 
@@ -489,6 +491,20 @@ def settings_for(standin: ProviderStandIn, **extra: object) -> Settings:
         **extra,
     }
     return Settings(**values)  # type: ignore[arg-type]
+
+
+def stored_lip_sync_request() -> LipSyncRequest:
+    """A lip-sync request whose cut clip and audio are stored (in the context's bucket) and
+    reached through presigned URLs, as the lip-sync model fetches them itself."""
+    clips = get_context().clips
+    clips.ensure()
+    key = f"projects/{uuid.uuid4()}/scenes/001/op-cut-x.mp4"
+    clips.put(key, b"\0\0\0\x18ftypisom" + bytes(64))
+    audio_key = key.replace(".mp4", ".wav")
+    clips.put(audio_key, b"RIFF\0\0\0\0WAVEfmt " + bytes(64), content_type="audio/wav")
+    return LipSyncRequest(
+        "p", 1, clips.presigned_url(key, 300), clips.presigned_url(audio_key, 300), 1.0
+    )
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -5,6 +5,7 @@ cut is made again; the lip-sync is not paid for twice."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import pytest
 
@@ -13,7 +14,8 @@ from mvpipe.deps import get_context
 from mvpipe.devstack.drills import heal, paid_generations
 from mvpipe.media.probe import probe_video
 from mvpipe.media.synth import synthesize_song
-from mvpipe.models import ProjectStatus, ProjectView, SceneStatus, SceneView
+from mvpipe.models import ProjectStatus, SceneStatus, SceneView
+from mvpipe.store.records import SceneRecord
 from tests.conftest import Workers
 from tests.helpers import assert_invariants, lip_synced_project
 
@@ -22,83 +24,85 @@ pytestmark = pytest.mark.integration
 StartWorkers = Callable[..., Workers]
 
 
-def _completed_lip_synced(start_workers: StartWorkers) -> tuple[Workers, str, SceneView]:
-    """A completed project of two scenes whose scene 2 is lip-synced: its scene 2."""
+@dataclass(frozen=True)
+class Completed:
+    """A completed project of two scenes whose scene 2 is lip-synced, and its workers."""
+
+    workers: Workers
+    project_id: str
+    scene: SceneView  # scene 2 as completed
+    working: str
+    synced: str
+
+
+@pytest.fixture
+def completed(start_workers: StartWorkers) -> Completed:
     workers = start_workers(output_size="160x90", output_fps="12")
     song = synthesize_song(seconds=5.0, bpm=120.0, sections=1)
     project_id = lip_synced_project(get_context(), song.wav, [0.0, 2.5, 5.0], {2})
     api.run_project(project_id)
     view = api.wait_project(project_id, timeout=120)
     assert view.status == ProjectStatus.COMPLETED, view
-    return workers, project_id, view.scenes[1]
+    scene = view.scenes[1]
+    working, synced = scene.working_video_clip_s3_key, scene.lip_synced_video_clip_s3_key
+    assert working and synced
+    return Completed(workers, project_id, scene, working, synced)
 
 
-def _assert_final_video(view: ProjectView) -> None:
-    """The final video is made again from the scenes, the song's length."""
+def lose(done: Completed, *keys: str) -> SceneRecord:
+    """Deletes `keys` and lets reconcile find them: scene 2, set back to pending without its
+    working clip."""
+    for key in keys:
+        get_context().clips.delete(key)
+    api.reconcile(done.project_id)
+    reset = get_context().scenes.get(done.project_id, 2)
+    assert reset is not None and reset.status == SceneStatus.PENDING, reset
+    assert reset.working_clip_key is None
+    return reset
+
+
+def healed(done: Completed) -> SceneView:
+    """A run that completes scene 2 again, cut at the same working key, with no video paid
+    again and the final video made again from the scenes, the song's length: scene 2."""
+    view = heal(done.project_id)
+    assert view.status == ProjectStatus.COMPLETED, view
+    again = view.scenes[1]
+    assert again.status == SceneStatus.COMPLETED
+    assert again.working_video_clip_s3_key == done.working
+    assert get_context().clips.exists(done.working)
+    assert paid_generations(done.workers.ledger, done.project_id) == {1: 1, 2: 1}
     assert view.final_video_s3_key is not None
     facts = probe_video(get_context().clips.read(view.final_video_s3_key))
     assert facts.video_seconds == pytest.approx(5.0, abs=0.1)
     assert facts.audio_codec is not None
+    assert_invariants(done.project_id)
+    return again
 
 
-def test_a_lost_working_clip_is_cut_again_and_its_lip_sync_kept(
-    start_workers: StartWorkers,
-) -> None:
-    # Given a completed project whose scene 2 is lip-synced
-    workers, project_id, done = _completed_lip_synced(start_workers)
-    ctx = get_context()
-    working, synced = done.working_video_clip_s3_key, done.lip_synced_video_clip_s3_key
-    assert working and synced
-    # When its working clip vanishes and reconcile finds it
-    ctx.clips.delete(working)
-    api.reconcile(project_id)
+def test_a_lost_working_clip_is_cut_again_and_its_lip_sync_kept(completed: Completed) -> None:
+    # Given a completed project whose scene 2 is lip-synced (`completed`), when its working
+    # clip vanishes and reconcile finds it
+    reset = lose(completed, completed.working)
     # Then only the working clip is cleared: the lip-sync made from its key is kept
-    reset = ctx.scenes.get(project_id, 2)
-    assert reset is not None and reset.status == SceneStatus.PENDING, reset
-    assert reset.working_clip_key is None
-    assert reset.lip_synced_clip_key == synced
-    assert reset.lip_sync_operation_id == done.lip_sync_operation_id
+    assert reset.lip_synced_clip_key == completed.synced
+    assert reset.lip_sync_operation_id == completed.scene.lip_sync_operation_id
     # And a run cuts it again at the same key and completes the scene, paying nothing more
-    view = heal(project_id)
-    assert view.status == ProjectStatus.COMPLETED, view
-    again = view.scenes[1]
-    assert again.status == SceneStatus.COMPLETED
-    assert again.working_video_clip_s3_key == working and ctx.clips.exists(working)
-    assert again.lip_synced_video_clip_s3_key == synced
-    assert paid_generations(workers.ledger, project_id, "lipsync") == {2: 1}
-    assert paid_generations(workers.ledger, project_id) == {1: 1, 2: 1}
-    # And the final video is made again from the scenes, the song's length
-    _assert_final_video(view)
-    assert_invariants(project_id)
+    again = healed(completed)
+    assert again.lip_synced_video_clip_s3_key == completed.synced
+    assert paid_generations(completed.workers.ledger, completed.project_id, "lipsync") == {2: 1}
 
 
 def test_a_lost_working_clip_and_its_lost_lip_sync_are_both_made_again(
-    start_workers: StartWorkers,
+    completed: Completed,
 ) -> None:
-    # Given a completed project whose scene 2 is lip-synced
-    workers, project_id, done = _completed_lip_synced(start_workers)
-    ctx = get_context()
-    working, synced = done.working_video_clip_s3_key, done.lip_synced_video_clip_s3_key
-    assert working and synced
-    # When both its working clip and its lip-synced clip vanish and reconcile finds them
-    ctx.clips.delete(working)
-    ctx.clips.delete(synced)
-    api.reconcile(project_id)
+    # Given a completed project whose scene 2 is lip-synced (`completed`), when both its
+    # working clip and its lip-synced clip vanish and reconcile finds them
+    reset = lose(completed, completed.working, completed.synced)
     # Then both are cleared, with the lip-sync's operation: nothing left points at a lost file
-    reset = ctx.scenes.get(project_id, 2)
-    assert reset is not None and reset.status == SceneStatus.PENDING, reset
-    assert reset.working_clip_key is None
     assert reset.lip_synced_clip_key is None and reset.lip_sync_operation_id is None
     # And a run cuts it again and lip-syncs it again (paid twice: the first one is gone)
-    view = heal(project_id)
-    assert view.status == ProjectStatus.COMPLETED, view
-    again = view.scenes[1]
-    assert again.status == SceneStatus.COMPLETED
-    assert again.working_video_clip_s3_key == working and ctx.clips.exists(working)
+    again = healed(completed)
     resynced = again.lip_synced_video_clip_s3_key
-    assert resynced is not None and resynced != synced and ctx.clips.exists(resynced)
-    assert paid_generations(workers.ledger, project_id, "lipsync") == {2: 2}
-    assert paid_generations(workers.ledger, project_id) == {1: 1, 2: 1}
-    # And the final video is made again from the scenes, the song's length
-    _assert_final_video(view)
-    assert_invariants(project_id)
+    assert resynced is not None and resynced != completed.synced
+    assert get_context().clips.exists(resynced)
+    assert paid_generations(completed.workers.ledger, completed.project_id, "lipsync") == {2: 2}

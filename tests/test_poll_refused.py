@@ -20,7 +20,7 @@ from mvpipe.errors import PermanentProviderError, PollRefused
 from mvpipe.models import ProjectSpec, ProjectStatus, ProjectView, SceneSpec, SceneStatus
 from mvpipe.pipeline.generate import SceneJob
 from mvpipe.pipeline.steps import Next
-from mvpipe.providers.base import LipSyncRequest, VideoRequest
+from mvpipe.providers.base import VideoRequest
 from mvpipe.providers.replicate import ReplicateVideoProvider
 from mvpipe.providers.replicate_lipsync import ReplicateLipSyncProvider
 from mvpipe.providers.veo import VeoVideoProvider
@@ -34,6 +34,7 @@ from tests.standins import (
     configured_standin,
     replicate_env,
     settings_for,
+    stored_lip_sync_request,
 )
 
 StartWorkers = Callable[..., Workers]
@@ -55,7 +56,10 @@ def polls(standin: ProviderStandIn, provider: str) -> int:
 
 
 # -- classification: the real SDKs against the stand-in ----------------------------------------
-PROVIDER_CLASSES = {"replicate": ReplicateVideoProvider, "veo": VeoVideoProvider}
+PROVIDER_CLASSES: dict[str, type[ReplicateVideoProvider] | type[VeoVideoProvider]] = {
+    "replicate": ReplicateVideoProvider,
+    "veo": VeoVideoProvider,
+}
 
 
 @pytest.mark.parametrize("status", [401, 403, 404])
@@ -70,10 +74,11 @@ def test_a_poll_refused_to_us_is_a_poll_refusal_not_a_failure(
     standin.fail_next[f"{provider}.poll"] = [status]
     with pytest.raises(PollRefused) as caught:
         video.poll(operation_id)
-    # Then it is a refusal of the poll (never a permanent error, which fails the scene), it
-    # says what to check, and it holds no secret
+    # Then it is a refusal of the poll itself (not a permanent error, which fails the scene,
+    # nor `refused`, which gives the paid job's reservation back), it says what to check, and
+    # it holds no secret
     message = str(caught.value)
-    assert not isinstance(caught.value, PermanentProviderError)
+    assert type(caught.value) is PollRefused and not caught.value.refused
     assert f"poll refused (HTTP {status})" in message and "credentials" in message, message
     assert KEYS[TOKEN[provider]] not in message
     # and the next poll goes on with the same job
@@ -102,15 +107,7 @@ def test_a_lip_sync_poll_refused_to_us_is_a_poll_refusal(
     standin: ProviderStandIn, stack: LocalStack, status: int
 ) -> None:
     # Given a lip-sync job the provider accepted (its inputs fetched from presigned URLs)
-    clips = get_context().clips
-    clips.ensure()
-    key = f"projects/{uuid.uuid4()}/scenes/001/op-cut-x.mp4"
-    clips.put(key, b"\0\0\0\x18ftypisom" + bytes(64))
-    audio_key = key.replace(".mp4", ".wav")
-    clips.put(audio_key, b"RIFF\0\0\0\0WAVEfmt " + bytes(64), content_type="audio/wav")
-    request = LipSyncRequest(
-        "p", 1, clips.presigned_url(key, 300), clips.presigned_url(audio_key, 300), 1.0
-    )
+    request = stored_lip_sync_request()
     lipsync = ReplicateLipSyncProvider(settings_for(standin))
     operation_id = lipsync.submit(request)
     # When its poll is refused to our credential
@@ -187,15 +184,24 @@ def run(project_id: str) -> ProjectView:
     return view
 
 
+def first_run(
+    standin: ProviderStandIn, start_workers: StartWorkers, call: str, statuses: list[int]
+) -> tuple[str, ProjectView]:
+    """A project of one scene run once on workers, the stand-in answering `call` (such as
+    "veo.poll") with `statuses` first: its id and its view."""
+    standin.fail_next[call] = statuses
+    start(start_workers)
+    project_id = create(call.split(".")[0])
+    return project_id, run(project_id)
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_a_poll_refused_once_is_asked_again_and_the_scene_completes_paid_once(
     standin: ProviderStandIn, start_workers: StartWorkers, provider: str
 ) -> None:
     # Given a job whose first poll is answered 401 (a credential rotated under the worker)
-    standin.fail_next[f"{provider}.poll"] = [401]
-    start(start_workers)
-    view = run(create(provider))
+    _, view = first_run(standin, start_workers, f"{provider}.poll", [401])
     # Then the scene completes on the one paid job
     scene = view.scenes[0]
     assert scene.status == SceneStatus.COMPLETED, scene.last_error
@@ -208,10 +214,7 @@ def test_polls_always_refused_fail_after_the_limit_and_the_next_run_polls_the_ke
     standin: ProviderStandIn, start_workers: StartWorkers, provider: str
 ) -> None:
     # Given a job whose every poll is refused (a credential wrong on the worker)
-    standin.fail_next[f"{provider}.poll"] = [403] * 50
-    start(start_workers)
-    project_id = create(provider)
-    view = run(project_id)
+    project_id, view = first_run(standin, start_workers, f"{provider}.poll", [403] * 50)
     # Then the scene fails after MVPIPE_MAX_POLL_ERRORS counted polls (the submit's own first
     # poll is not counted), paid once, saying why and that the job is kept
     scene = view.scenes[0]
@@ -240,9 +243,7 @@ def test_a_submit_refused_401_fails_the_scene_at_once_paying_nothing(
     standin: ProviderStandIn, start_workers: StartWorkers, provider: str
 ) -> None:
     # Given a provider that refuses the create itself (a configuration error)
-    standin.fail_next[f"{provider}.create"] = [401]
-    start(start_workers)
-    view = run(create(provider))
+    _, view = first_run(standin, start_workers, f"{provider}.create", [401])
     # Then the scene fails at once, on its one submission, with nothing paid or kept
     scene = view.scenes[0]
     assert scene.status == SceneStatus.FAILED

@@ -15,7 +15,6 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from mvpipe.deps import get_context
 from mvpipe.devstack.localstack import LocalStack
 from mvpipe.errors import (
     ConfigurationError,
@@ -25,7 +24,7 @@ from mvpipe.errors import (
     QuotaExceeded,
     TransientProviderError,
 )
-from mvpipe.providers.base import Brief, JobState, JobStatus, LipSyncRequest, VideoRequest
+from mvpipe.providers.base import Brief, JobState, JobStatus, VideoRequest
 from mvpipe.providers.classify import from_status
 from mvpipe.providers.gemini import GeminiPlanner
 from mvpipe.providers.outputs import MAX_REDIRECTS, classified, download
@@ -33,7 +32,15 @@ from mvpipe.providers.replicate import ReplicateVideoProvider
 from mvpipe.providers.replicate_lipsync import ReplicateLipSyncProvider
 from mvpipe.providers.veo import VeoVideoProvider
 from mvpipe.settings import CLIP_BYTES_RANGE, MIB, Settings, get_settings
-from tests.standins import CLIP, KEYS, ProviderStandIn, output_of, running_standin, settings_for
+from tests.standins import (
+    CLIP,
+    KEYS,
+    ProviderStandIn,
+    output_of,
+    running_standin,
+    settings_for,
+    stored_lip_sync_request,
+)
 
 FAULTS = ["slow", "reset", "garbage"]
 
@@ -180,9 +187,15 @@ def test_an_output_download_refused_is_unavailable_and_one_over_the_cap_is_perma
     # an output of exactly the cap is read; one byte over is refused, never fetched again
     assert exact.download(status) == standin.output
     under = ReplicateVideoProvider(settings_for(standin, max_clip_bytes=MIB))
-    with pytest.raises(PermanentProviderError, match=r"paid.*MVPIPE_MAX_CLIP_BYTES") as caught:
+    with pytest.raises(PermanentProviderError) as caught:
         under.download(status)
-    assert not isinstance(caught.value, OutputUnavailable)
+    # exactly permanent (the scene fails: not fetched again), naming the cap; never `refused`,
+    # since the job is paid
+    assert type(caught.value) is PermanentProviderError and not caught.value.refused
+    assert str(caught.value) == (
+        "replicate: the job is paid for but its output was refused: it is larger than "
+        f"MVPIPE_MAX_CLIP_BYTES ({MIB} bytes)"
+    )
 
 
 def test_an_output_download_asks_for_the_bytes_as_stored(standin: ProviderStandIn) -> None:
@@ -278,9 +291,12 @@ def test_a_download_past_its_deadline_is_transient(standin: ProviderStandIn) -> 
     status = finished(standin)
     slow = settings_for(standin, provider_timeout_seconds=10, download_timeout_seconds=1)
     # Then the download stops at the deadline, an outage (transient), not a refusal
-    with pytest.raises(TransientProviderError, match="MVPIPE_DOWNLOAD_TIMEOUT_SECONDS") as caught:
+    with pytest.raises(TransientProviderError) as caught:
         ReplicateVideoProvider(slow).download(status)
-    assert not isinstance(caught.value, OutputUnavailable)
+    assert type(caught.value) is TransientProviderError and not caught.value.refused
+    assert str(caught.value) == (
+        "replicate: the output download took longer than MVPIPE_DOWNLOAD_TIMEOUT_SECONDS (1 s)"
+    )
 
 
 @pytest.mark.parametrize(
@@ -316,37 +332,38 @@ def test_a_failed_download_keeps_no_trace_of_its_signed_url() -> None:
     assert "s3cr3t" not in "".join(traceback.format_exception(error))
 
 
-@pytest.mark.parametrize("value", ["0", "-1", "lots", str(MIB - 1), str(CLIP_BYTES_RANGE[1] + 1)])
-def test_the_clip_byte_cap_lies_between_1_mib_and_2_gib(
-    monkeypatch: pytest.MonkeyPatch, value: str
-) -> None:
-    monkeypatch.setenv("MVPIPE_MAX_CLIP_BYTES", value)
+@pytest.fixture
+def environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    """The environment, for settings read afresh: none cached before, none kept after."""
     get_settings.cache_clear()
     try:
-        with pytest.raises(ConfigurationError, match="MVPIPE_MAX_CLIP_BYTES"):
-            get_settings()
-        for bound in CLIP_BYTES_RANGE:
-            monkeypatch.setenv("MVPIPE_MAX_CLIP_BYTES", str(bound))
-            get_settings.cache_clear()
-            assert get_settings().max_clip_bytes == bound
+        yield monkeypatch
     finally:
         monkeypatch.undo()
         get_settings.cache_clear()
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "lots", str(MIB - 1), str(CLIP_BYTES_RANGE[1] + 1)])
+def test_the_clip_byte_cap_lies_between_1_mib_and_2_gib(
+    environment: pytest.MonkeyPatch, value: str
+) -> None:
+    environment.setenv("MVPIPE_MAX_CLIP_BYTES", value)
+    with pytest.raises(ConfigurationError, match="MVPIPE_MAX_CLIP_BYTES"):
+        get_settings()
+    for bound in CLIP_BYTES_RANGE:
+        environment.setenv("MVPIPE_MAX_CLIP_BYTES", str(bound))
+        get_settings.cache_clear()
+        assert get_settings().max_clip_bytes == bound
 
 
 @pytest.mark.parametrize("value", ["0.5", "3601", "3590"])
 def test_the_download_deadline_is_bounded_and_below_the_visibility_timeout(
-    monkeypatch: pytest.MonkeyPatch, value: str
+    environment: pytest.MonkeyPatch, value: str
 ) -> None:
     # 3590 s is within bounds but, with the provider timeout, outlasts the task's message
-    monkeypatch.setenv("MVPIPE_DOWNLOAD_TIMEOUT_SECONDS", value)
-    get_settings.cache_clear()
-    try:
-        with pytest.raises(ConfigurationError, match="MVPIPE_DOWNLOAD_TIMEOUT_SECONDS"):
-            get_settings()
-    finally:
-        monkeypatch.undo()
-        get_settings.cache_clear()
+    environment.setenv("MVPIPE_DOWNLOAD_TIMEOUT_SECONDS", value)
+    with pytest.raises(ConfigurationError, match="MVPIPE_DOWNLOAD_TIMEOUT_SECONDS"):
+        get_settings()
 
 
 @pytest.mark.integration
@@ -354,15 +371,7 @@ def test_the_download_deadline_is_bounded_and_below_the_visibility_timeout(
 def test_lip_sync_calls_that_meet_a_fault_are_classified(
     standin: ProviderStandIn, stack: LocalStack, fault: str
 ) -> None:
-    clips = get_context().clips
-    clips.ensure()
-    key = f"projects/{uuid.uuid4()}/scenes/001/op-cut-x.mp4"
-    clips.put(key, b"\0\0\0\x18ftypisom" + bytes(64))
-    audio_key = key.replace(".mp4", ".wav")
-    clips.put(audio_key, b"RIFF\0\0\0\0WAVEfmt " + bytes(64), content_type="audio/wav")
-    request = LipSyncRequest(
-        "p", 1, clips.presigned_url(key, 300), clips.presigned_url(audio_key, 300), 1.0
-    )
+    request = stored_lip_sync_request()
     faulted = ReplicateLipSyncProvider(meeting(standin, fault))
     standin.faults["replicate.create"] = [fault]
     with pytest.raises(TransientProviderError) as caught:

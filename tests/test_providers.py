@@ -461,6 +461,7 @@ def test_a_crash_between_submit_and_completion_resumes_the_same_operation(
 
 
 @pytest.mark.integration
+@pytest.mark.usefixtures("broker_cleared")
 @pytest.mark.parametrize(
     ("fault", "created", "refunded"),
     [
@@ -492,7 +493,7 @@ def test_a_refused_submit_gives_its_reservation_back_a_lost_answer_keeps_it(
         monkeypatch.setenv(key, value)
     if fault == "slow":  # past a short timeout fast; every other call keeps the usual one
         monkeypatch.setenv("MVPIPE_PROVIDER_TIMEOUT_SECONDS", "0.5")
-    # the jobs earlier cases left running hold quota slots: room for them all
+    # room for any quota slot an earlier test's own steps left (this one's are cleared after it)
     monkeypatch.setenv("MVPIPE_PROVIDER_CONCURRENCY", "100")
     reset_context()
     ctx = get_context()

@@ -272,10 +272,11 @@ def test_a_long_outage_then_one_unexpected_error_does_not_give_up(
 ) -> None:
     # Given a finalize that first meets an outage longer than an unexpected error's retries
     # (each store call fails within a second), and then an error nobody expected: a status
-    # no code knows, repaired once the error has been met. Retries at least 2, 4, 4, 4, 4 s
-    # apart: the repair has 18 s before the retries of that error would run out.
+    # no code knows, repaired once the error has been met. Retries at least 1, 2, 2, 2, 2 s
+    # apart: the repair (one write, right after the error's log line) has 9 s before the
+    # retries of that error would run out.
     settings = {**DRILL_SETTINGS, "store_retry_seconds": "1"}
-    workers = start_workers(concurrency=1, backoff_base="4", backoff_max="8", **settings)
+    workers = start_workers(concurrency=1, backoff_base="2", backoff_max="4", **settings)
     ctx = get_context()
     project_id, _ = new_project(ctx, 1, run=False)
     set_status(ctx, project_id, "not-a-status")

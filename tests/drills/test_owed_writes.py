@@ -25,15 +25,16 @@ from tests.helpers import ledger, wait_for
 
 StartWorkers = Callable[..., Workers]
 
-#: Each redo's store call gives up after ~6.5-8.5 s of refusals, then its outage retry waits
-#: 4-8 s: a gap of 10.5 s at least, longer than a poll's liveness mark (8 + 3 x 0.2 + 1 s),
+#: Each redo's store call gives up after ~4.5-6.5 s of refusals, then its outage retry waits
+#: 2-4 s: a gap of 6.5 s at least, longer than a poll's liveness mark (4 + 3 x 0.2 + 1 s),
 #: which lapses only after the call ended. Each redo marks the run alive for longer than the
-#: gap (as in production: 300 s against ~100 s), so the run is not taken over meanwhile.
+#: gap (as in production: 300 s against ~100 s), so the run is not taken over meanwhile. (The
+#: gap outlasts the mark by 0.9 s, as at twice these figures, in half the drill's time.)
 OUTAGE_SETTINGS = {
     **DRILL_SETTINGS,
-    "backoff_base": "8",
-    "backoff_max": "8",
-    "store_retry_seconds": "6.5",
+    "backoff_base": "4",
+    "backoff_max": "4",
+    "store_retry_seconds": "4.5",
     "run_stale_seconds": "30",
     "prices": json.dumps({"local": 0.25}),
 }
