@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
+from botocore.exceptions import ClientError
 from pynamodb.connection import Connection
 from pynamodb.exceptions import PynamoDBException, TableError, TransactWriteError
 from pynamodb.expressions.condition import Condition
@@ -47,13 +48,23 @@ class Table:
     # -- setup ---------------------------------------------------------------------------------
     def ensure(self) -> None:
         """Create the table on first use; safe when many processes race to do it."""
-        if self._call(self.model.exists):
+        if self._call(self._exists):
             return
         try:
             self.model.create_table(wait=True)
         except TableError as exc:
-            if "ResourceInUseException" not in str(exc) and not self.model.exists():
+            if "ResourceInUseException" not in str(exc) and not self._call(self._exists):
                 raise
+
+    def _exists(self) -> bool:
+        """Whether the table exists. pynamodb's `exists` lets any other answer than "no such
+        table" out as botocore's `ClientError` (its other calls wrap it): wrapped here too, so
+        that `_call` retries an outage (a 503, throttling) and names a refusal as one; as a bare
+        `ClientError` a 503 read as a refusal (it carries no HTTP status)."""
+        try:
+            return self.model.exists()
+        except ClientError as exc:
+            raise TableError(f"Unable to describe table: {exc}", exc) from exc
 
     def close(self) -> None:
         """Close the client's connections, if it was built (pynamodb builds it on first use)."""

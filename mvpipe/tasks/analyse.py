@@ -10,17 +10,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import redis
-
 from mvpipe import hooks
 from mvpipe.deps import Context, get_context
-from mvpipe.errors import Conflict, InvalidInput, MvpipeError, StoreUnavailable
+from mvpipe.errors import Conflict, InvalidInput, UnexpectedError
 from mvpipe.messaging.dispatch import PLAN_SCENES
 from mvpipe.pipeline.plan import fail_planning
 from mvpipe.pipeline.timeline import ensure_timeline
 from mvpipe.providers.classify import describe
-from mvpipe.states import backoff_seconds
-from mvpipe.tasks.base import MvpipeTask, app, checked_ids, log_unexpected
+from mvpipe.tasks.base import OUTAGE_ERRORS, MvpipeTask, app, checked_ids, log_unexpected
+from mvpipe.tasks.failures import OUTAGES
 
 log = logging.getLogger("mvpipe.tasks.analyse")
 
@@ -33,10 +31,11 @@ def analyse_song(
     only: list[int] | None = None,
     outages: int = 0,
 ) -> Any:
-    checked_ids(project_id, run_id=run_id, only=only, counts={"outages": outages})
-    ctx = get_context()
+    checked_ids(project_id, run_id=run_id, only=only, counts={OUTAGES: outages})
+    kwargs = {"only": only, OUTAGES: outages}
     crash: Exception | None = None
     try:
+        ctx = get_context()  # its first use in a process reaches the store: an outage retries
         project = ctx.projects.get(project_id)
         if project.active_run_id != run_id:
             return {"project_id": project_id, "outcome": "run no longer active"}
@@ -44,18 +43,24 @@ def analyse_song(
         hooks.reached("before_analysis")
         ensure_timeline(ctx, project)
     except (InvalidInput, Conflict) as exc:
-        fail_planning(ctx, project_id, run_id, f"song analysis: {exc}")
+        why = f"song analysis: {exc}"
+        self.record_give_up(
+            kwargs,
+            lambda ctx: fail_planning(ctx, project_id, run_id, why),
+            log,
+            f"song analysis of project {project_id}",
+        )
         return {"project_id": project_id, "outcome": "planning failed"}
-    except (StoreUnavailable, redis.RedisError) as exc:
-        raise self.outage_retry(exc, {"only": only}, outages) from None
+    except OUTAGE_ERRORS as exc:
+        raise self.outage_retry(exc, kwargs) from None
     except Exception as exc:  # a crash of the analysis (librosa, a bug): scrubbed, counted
         log_unexpected(log, f"analyse_song {project_id}", exc)
         crash = exc
     if crash is not None:
-        try:
-            return _crashed(self, ctx, project_id, run_id, crash, {"only": only})
-        except (StoreUnavailable, redis.RedisError) as exc:
-            raise self.outage_retry(exc, {"only": only}, outages) from None
+        try:  # built again: the crash may have been the context's own
+            return _crashed(self, get_context(), project_id, run_id, crash, kwargs)
+        except OUTAGE_ERRORS as exc:
+            raise self.outage_retry(exc, kwargs) from None
     raise self.replace(app.signature(PLAN_SCENES, args=[project_id, run_id], kwargs={"only": only}))
 
 
@@ -68,17 +73,16 @@ def _crashed(
     kwargs: dict[str, Any],
 ) -> Any:
     """As planning does: each crash is a planning attempt counted on METADATA (across retries
-    and takeovers), retried after a backoff until `MVPIPE_MAX_ATTEMPTS`, then the planning
-    fails with the scrubbed error in `lastError` instead of the run going stale and being
-    analysed again forever."""
+    and takeovers: the count of unexpected errors here, apart from the outages `kwargs`
+    carries), retried after a backoff until `MVPIPE_MAX_ATTEMPTS`, then the planning fails
+    with the scrubbed error in `lastError` instead of the run going stale and being analysed
+    again forever."""
     error = f"song analysis: {describe(exc)}"
     attempt = ctx.projects.count_planning_attempt(project_id, run_id)
     if attempt is None:
         return {"project_id": project_id, "outcome": "run no longer active"}
-    s = ctx.settings
-    if attempt < s.max_attempts:
+    if attempt < ctx.settings.max_attempts:
         ctx.projects.note_planning_error(project_id, run_id, error)
-        countdown = backoff_seconds(attempt, base=s.backoff_base, cap=s.backoff_max)
-        raise task.scrubbed_retry(MvpipeError(error), countdown, kwargs)
+        raise task.backoff_retry(UnexpectedError, exc, kwargs, attempt)
     fail_planning(ctx, project_id, run_id, f"gave up after {attempt} attempts: {error}")
     return {"project_id": project_id, "outcome": "planning failed"}

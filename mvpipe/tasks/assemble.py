@@ -11,45 +11,44 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import redis
-
 from mvpipe.deps import get_context
-from mvpipe.errors import Conflict, InvalidInput, NotFound, StoreUnavailable
+from mvpipe.errors import InvalidInput, NotFound
 from mvpipe.pipeline.assemble import assemble_run, give_up
 from mvpipe.providers.classify import describe
 from mvpipe.store.clips import ObjectMissing
-from mvpipe.tasks.base import MvpipeTask, app, checked_ids, log_unexpected
+from mvpipe.tasks.base import RETRIED_ERRORS, MvpipeTask, app, checked_ids, log_unexpected
+from mvpipe.tasks.failures import OUTAGES, UNEXPECTED
 
 log = logging.getLogger("mvpipe.tasks.assemble")
 
-#: Unexpected errors tolerated per execution chain before the assembly gives up.
+#: Unexpected errors retried per execution chain (outages are counted apart, without limit)
+#: before the assembly gives up.
 MAX_UNEXPECTED = 5
 
 
 @app.task(base=MvpipeTask, bind=True, name="mvpipe.assemble_project")
 def assemble_project(
-    self: MvpipeTask, project_id: str, run_id: str, outages: int = 0
+    self: MvpipeTask, project_id: str, run_id: str, outages: int = 0, unexpected: int = 0
 ) -> dict[str, Any]:
-    checked_ids(project_id, run_id=run_id, counts={"outages": outages})
-    ctx = get_context()
+    counts = {OUTAGES: outages, UNEXPECTED: unexpected}
+    checked_ids(project_id, run_id=run_id, counts=counts)
     try:
+        ctx = get_context()  # its first use in a process reaches the store: an outage retries
         assembly = assemble_run(ctx, project_id, run_id)
     except ObjectMissing as exc:  # a clip or the song is gone: reconcile resets a lost clip
-        give_up(ctx, project_id, run_id, describe(exc))
-        return {"project_id": project_id, "outcome": f"assembly failed: {describe(exc)}"}
+        return _give_up(self, project_id, run_id, describe(exc), counts)
     except NotFound:
         return {"project_id": project_id, "outcome": "project not found"}
     except InvalidInput as exc:  # a clip or the song cannot be joined: no retry helps
-        give_up(ctx, project_id, run_id, str(exc))
-        return {"project_id": project_id, "outcome": f"assembly failed: {exc}"}
-    except (StoreUnavailable, Conflict, redis.RedisError) as exc:
-        raise self.outage_retry(exc, {}, outages) from None
+        return _give_up(self, project_id, run_id, str(exc), counts)
+    except RETRIED_ERRORS as exc:
+        raise self.outage_retry(exc, counts) from None
     except Exception as exc:
         log_unexpected(log, f"assemble_project {project_id}", exc)
-        if outages < MAX_UNEXPECTED:
-            raise self.outage_retry(exc, {}, outages) from None
-        give_up(ctx, project_id, run_id, describe(exc))
-        return {"project_id": project_id, "outcome": "assembly failed"}
+        retry = self.unexpected_retry(exc, counts, MAX_UNEXPECTED)
+        if retry is not None:
+            raise retry from None
+        return _give_up(self, project_id, run_id, describe(exc), counts)
     return {
         "project_id": project_id,
         "run_id": run_id,
@@ -58,3 +57,16 @@ def assemble_project(
         "final_video_s3_key": assembly.key,
         "reused": assembly.reused,
     }
+
+
+def _give_up(
+    task: MvpipeTask, project_id: str, run_id: str, error: str, counts: dict[str, Any]
+) -> dict[str, Any]:
+    """No retry makes the final video: release the run saying why (`give_up`)."""
+    task.record_give_up(
+        counts,
+        lambda ctx: give_up(ctx, project_id, run_id, error),
+        log,
+        f"assembly of project {project_id}",
+    )
+    return {"project_id": project_id, "outcome": f"assembly failed: {error}"}

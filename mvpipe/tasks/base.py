@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import logging
 import traceback
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+import redis
 from celery import Signature, Task
 from celery.exceptions import Ignore, Reject
 
 from mvpipe.celery_app import app
-from mvpipe.deps import get_settings
-from mvpipe.errors import InvalidInput, MvpipeError, StoreUnavailable, UnexpectedError
+from mvpipe.deps import Context, get_context, get_settings
+from mvpipe.errors import Conflict, InvalidInput, MvpipeError, StoreUnavailable, UnexpectedError
 from mvpipe.messaging.dispatch import CeleryDispatcher
 from mvpipe.models import is_project_id, validate_project_id, validate_run_id, validate_sequence
 from mvpipe.pipeline.stages import BY_NAME
@@ -21,6 +23,15 @@ from mvpipe.tasks.failures import OUTAGES, UNEXPECTED, next_retry
 
 dispatcher = CeleryDispatcher(app)
 log = logging.getLogger("mvpipe.tasks")
+T = TypeVar("T")
+
+#: What an outage raises (the store or Redis away): retried for as long as it lasts. A task
+#: builds its context inside the `try` that catches them: the context's first use in a process
+#: reaches the store (`Context.ensure_storage`).
+OUTAGE_ERRORS: tuple[type[Exception], ...] = (StoreUnavailable, redis.RedisError)
+#: An outage, or a `Conflict` where the store moved on while a task wrote: retried alike, the
+#: next execution reading it again.
+RETRIED_ERRORS: tuple[type[Exception], ...] = (*OUTAGE_ERRORS, Conflict)
 
 #: The Redis transport's priority (0 comes first) of a step queued behind other work: a scene's
 #: next stage deferred so the scenes its freed slot woke start first (`Step.behind`).
@@ -37,34 +48,53 @@ class MvpipeTask(Task):
     acks_late = True
     reject_on_worker_lost = True
 
-    def outage_retry(self, exc: Exception, kwargs: dict[str, Any], failures: int) -> Exception:
-        """Retry after a backoff, however many outages came before (`failures`). Celery logs
-        the cause and keeps it in the result backend, so it travels as scrubbed text (a secret
-        in an error message must not reach either). The returned `Retry` is raised by the
-        caller `from None`: raised inside an `except` it would carry the raw exception as its
-        context into the stored traceback."""
-        counts = next_retry({OUTAGES: failures}, OUTAGES, None) or {}
-        return self._backoff_retry(StoreUnavailable, exc, {**kwargs, **counts}, counts[OUTAGES])
+    def outage_retry(self, exc: Exception, kwargs: dict[str, Any]) -> Exception:
+        """Retry after a backoff, however many outages came before (counted in `kwargs`'
+        `outages`). Celery logs the cause and keeps it in the result backend, so it travels as
+        scrubbed text (a secret in an error message must not reach either). The returned `Retry`
+        is raised by the caller `from None`: raised inside an `except` it would carry the raw
+        exception as its context into the stored traceback."""
+        carried = next_retry(kwargs, OUTAGES, None) or {}
+        return self.backoff_retry(StoreUnavailable, exc, carried, carried[OUTAGES])
 
     def unexpected_retry(
-        self, exc: Exception, kwargs: dict[str, Any], unexpected: int, limit: int
+        self, exc: Exception, kwargs: dict[str, Any], limit: int
     ) -> Exception | None:
-        """Retry an unexpected error after a backoff, counted apart from outages (the task's
-        `unexpected` keyword: `failures.next_retry`); None once `limit` were retried, when the
-        caller gives up. Raised like `outage_retry`'s, as an `UnexpectedError` (a bug is not
-        shown as an outage)."""
-        counts = next_retry({UNEXPECTED: unexpected}, UNEXPECTED, limit)
-        if counts is None:
+        """Retry an unexpected error after a backoff, counted apart from outages (in `kwargs`'
+        `unexpected`: `failures.next_retry`); None once `limit` were retried, when the caller
+        gives up. Raised like `outage_retry`'s, as an `UnexpectedError` (a bug is not shown as
+        an outage)."""
+        carried = next_retry(kwargs, UNEXPECTED, limit)
+        if carried is None:
             return None
-        return self._backoff_retry(UnexpectedError, exc, {**kwargs, **counts}, counts[UNEXPECTED])
+        return self.backoff_retry(UnexpectedError, exc, carried, carried[UNEXPECTED])
 
-    def _backoff_retry(
+    def backoff_retry(
         self, kind: type[MvpipeError], exc: Exception, kwargs: dict[str, Any], step: int
     ) -> Exception:
         """The retry after backoff `step`, its cause `exc` described as a `kind`."""
         s = get_settings()
         countdown = backoff_seconds(step, base=s.backoff_base, cap=s.backoff_max)
         return self.scrubbed_retry(kind(describe(exc)), countdown, kwargs)
+
+    def record_give_up(
+        self,
+        kwargs: dict[str, Any],
+        record: Callable[[Context], T],
+        logger: logging.Logger,
+        what: str,
+    ) -> T | None:
+        """Write a give-up (`record`), its context built here: the task's own may never have
+        been. An outage (or a `Conflict`: the project moved meanwhile) retries the task, whose
+        next execution meets its error again and gives up again; anything else is logged, and
+        None returned: a give-up that cannot be written must not end in a raw traceback."""
+        try:
+            return record(get_context())
+        except RETRIED_ERRORS as outage:
+            raise self.outage_retry(outage, kwargs) from None
+        except Exception as unrecorded:
+            logger.error("%s: give-up not recorded: %s", what, describe(unrecorded))
+            return None
 
     def scrubbed_retry(
         self, cause: Exception, countdown: float, kwargs: dict[str, Any]
@@ -208,4 +238,12 @@ def _shown(project_id: Any) -> str:
     return project_id if is_project_id(project_id) else "(malformed id)"
 
 
-__all__ = ["MvpipeTask", "app", "checked_ids", "dispatcher", "log_unexpected"]
+__all__ = [
+    "OUTAGE_ERRORS",
+    "RETRIED_ERRORS",
+    "MvpipeTask",
+    "app",
+    "checked_ids",
+    "dispatcher",
+    "log_unexpected",
+]

@@ -10,16 +10,18 @@ spends a bug's retries and a bug never makes an outage give up.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 #: The task keywords that carry each kind's count.
 OUTAGES, UNEXPECTED = "outages", "unexpected"
 
 
-def next_retry(counts: Mapping[str, int], kind: str, limit: int | None) -> dict[str, int] | None:
-    """The counts a retry after one more failure of `kind` carries: that kind's count plus one,
-    every other count as it was. None once `limit` failures of `kind` were retried (the task
-    gives up); outages have no limit (None)."""
-    done = counts.get(kind, 0)
+def next_retry(kwargs: Mapping[str, Any], kind: str, limit: int | None) -> dict[str, Any] | None:
+    """The keywords a task's retry after one more failure of `kind` carries: this execution's
+    `kwargs` with that kind's count plus one (missing, as in an older message: 0), every other
+    keyword (the other kind's count too) as it was. None once `limit` failures of `kind` were
+    retried (the task gives up); outages have no limit (None)."""
+    done = int(kwargs.get(kind, 0))
     if limit is not None and done >= limit:
         return None
-    return {**counts, kind: done + 1}
+    return {**kwargs, kind: done + 1}

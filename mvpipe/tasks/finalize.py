@@ -5,15 +5,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import redis
-
 from mvpipe import hooks
 from mvpipe.deps import get_context
-from mvpipe.errors import Conflict, NotFound, StoreUnavailable
+from mvpipe.errors import NotFound
 from mvpipe.pipeline.finalize import finalize_run, give_up_run
 from mvpipe.providers.classify import describe
 from mvpipe.tasks.assemble import assemble_project
-from mvpipe.tasks.base import MvpipeTask, app, checked_ids, log_unexpected
+from mvpipe.tasks.base import RETRIED_ERRORS, MvpipeTask, app, checked_ids, log_unexpected
+from mvpipe.tasks.failures import OUTAGES, UNEXPECTED
 
 log = logging.getLogger("mvpipe.tasks.finalize")
 
@@ -37,7 +36,7 @@ def finalize_project(
 ) -> dict[str, Any]:
     """The chord's result list is ignored on purpose: only the store tells the truth.
     `scenes_on_board`: the run's scenes are the list its planning kept on the run board."""
-    counts = {"outages": outages, "unexpected": unexpected}
+    counts = {OUTAGES: outages, UNEXPECTED: unexpected}
     checked_ids(project_id, run_id=run_id, run_optional=True, only=sequences, counts=counts)
     kwargs = {**counts, "scenes_on_board": scenes_on_board}
     try:
@@ -48,11 +47,11 @@ def finalize_project(
         settlement = finalize_run(ctx, project_id, run_id, sequences)
     except NotFound:
         return {"project_id": project_id, "outcome": "project not found"}
-    except (StoreUnavailable, Conflict, redis.RedisError) as exc:  # Conflict: it kept moving
-        raise self.outage_retry(exc, kwargs, outages) from None
+    except RETRIED_ERRORS as exc:  # Conflict: it kept moving
+        raise self.outage_retry(exc, kwargs) from None
     except Exception as exc:  # scrubbed, bounded: never a raw traceback in the log or backend
         log_unexpected(log, f"finalize_project {project_id}", exc)
-        retry = self.unexpected_retry(exc, kwargs, unexpected, MAX_UNEXPECTED)
+        retry = self.unexpected_retry(exc, kwargs, MAX_UNEXPECTED)
         if retry is not None:
             raise retry from None
         return _give_up(self, project_id, run_id, exc, kwargs)
@@ -76,12 +75,12 @@ def _give_up(
     meanwhile retries (that execution meets the error and gives up again, counted again)."""
     error = describe(exc)
     log.warning("finalize of project %s gave up: %s", project_id, error)
-    try:
-        ended = run_id is not None and give_up_run(get_context(), project_id, run_id, error)
-    except (StoreUnavailable, Conflict, redis.RedisError) as outage:
-        raise task.outage_retry(outage, kwargs, kwargs["outages"]) from None
-    except Exception as unrecorded:
-        log.error("finalize of project %s: give-up not recorded: %s", project_id,
-                  describe(unrecorded))  # fmt: skip
-        ended = False
+    ended = run_id is not None and bool(
+        task.record_give_up(
+            kwargs,
+            lambda ctx: give_up_run(ctx, project_id, run_id, error),
+            log,
+            f"finalize of project {project_id}",
+        )
+    )
     return {"project_id": project_id, "outcome": f"finalize failed: {error}", "ended": ended}

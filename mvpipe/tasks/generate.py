@@ -16,18 +16,25 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import redis
 from celery.exceptions import Ignore
 
 from mvpipe.deps import get_context
-from mvpipe.errors import Conflict, MvpipeError, NotFound, StoreUnavailable
+from mvpipe.errors import Conflict, MvpipeError, NotFound
 from mvpipe.models import micros_to_usd
 from mvpipe.pipeline.finalize import refinalize
 from mvpipe.pipeline.generate import SceneJob
 from mvpipe.pipeline.stages import STAGES
 from mvpipe.pipeline.steps import LeasePending, Next, RecordPending
 from mvpipe.providers.classify import describe
-from mvpipe.tasks.base import MvpipeTask, app, checked_ids, dispatcher, log_unexpected
+from mvpipe.tasks.base import (
+    OUTAGE_ERRORS,
+    MvpipeTask,
+    app,
+    checked_ids,
+    dispatcher,
+    log_unexpected,
+)
+from mvpipe.tasks.failures import OUTAGES, UNEXPECTED
 
 log = logging.getLogger("mvpipe.tasks.generate")
 
@@ -38,14 +45,14 @@ MAX_UNEXPECTED = 10
 FRESH: dict[str, Any] = {
     "operation_id": None,
     "transient_polls": 0,
-    "outages": 0,
+    OUTAGES: 0,
     "copy": None,
     "token": None,
     "attempt": 0,
     "stage": None,
     "made_from": None,
     "release": None,
-    "unexpected": 0,
+    UNEXPECTED: 0,
     "job_started": None,
     "unread_polls": 0,
 }
@@ -90,19 +97,19 @@ def generate_scene(
         run_optional=True,
         stage=stage,
         release=release,
-        counts={"outages": outages, "unexpected": unexpected},
+        counts={OUTAGES: outages, UNEXPECTED: unexpected},
     )
     kwargs = {
         "operation_id": operation_id,
         "transient_polls": transient_polls,
-        "outages": outages,
+        OUTAGES: outages,
         "copy": copy,
         "token": token,
         "attempt": attempt,
         "stage": stage,
         "made_from": made_from,
         "release": release,
-        "unexpected": unexpected,
+        UNEXPECTED: unexpected,
         "job_started": job_started,
         "unread_polls": unread_polls,
     }
@@ -147,9 +154,9 @@ def generate_scene(
             if step.refinalize:
                 refinalize(ctx, dispatcher, project_id, run_id)
     except (RecordPending, LeasePending) as exc:  # redone with its token, however long it lasts
-        raise self.outage_retry(exc, {**kwargs, **exc.carry}, outages) from None
-    except (StoreUnavailable, redis.RedisError) as exc:
-        raise self.outage_retry(exc, kwargs, outages) from None
+        raise self.outage_retry(exc, {**kwargs, **exc.carry}) from None
+    except OUTAGE_ERRORS as exc:
+        raise self.outage_retry(exc, kwargs) from None
     except (Conflict, NotFound) as exc:  # the store moved on: its new owner decides
         log.warning("scene %s/%s: %s", project_id, sequence, describe(exc))
         return _outcome(project_id, sequence, exc)
@@ -157,7 +164,7 @@ def generate_scene(
         failure = exc
     except Exception as exc:
         log_unexpected(log, f"generate_scene {project_id}/{sequence}", exc)
-        retry = self.unexpected_retry(exc, kwargs, unexpected, MAX_UNEXPECTED)
+        retry = self.unexpected_retry(exc, kwargs, MAX_UNEXPECTED)
         if retry is not None:
             raise retry from None
         failure = exc
@@ -171,12 +178,12 @@ def generate_scene(
             # it carries, so it is retried like an outage, however long that lasts.
             log.warning("scene %s/%s: %s; retrying the write it owes", project_id, sequence,
                         describe(failure))  # fmt: skip
-            raise self.outage_retry(failure, kwargs, outages) from None
+            raise self.outage_retry(failure, kwargs) from None
         if job is None:  # no context (the store refused it): nowhere to record the give-up
             log.error("scene %s/%s gave up before it could read the store: %s", project_id,
                       sequence, describe(failure))  # fmt: skip
             return _outcome(project_id, sequence, failure)
-        return _give_up(self, job, failure, kwargs, outages)
+        return _give_up(self, job, failure, kwargs)
     if step is None:
         raise Ignore()
     assert job is not None  # built, or the step failed above
@@ -220,7 +227,7 @@ def _stage(stage: str | None) -> dict[str, Any]:
 
 
 def _give_up(
-    task: MvpipeTask, job: SceneJob, exc: Exception, kwargs: dict[str, Any], outages: int
+    task: MvpipeTask, job: SceneJob, exc: Exception, kwargs: dict[str, Any]
 ) -> dict[str, Any]:
     """No retry cures `exc`: the scene records why and fails unless paid work owns it
     (`SceneJob.give_up`). Still never raised into the chord: an outage meanwhile retries
@@ -232,8 +239,8 @@ def _give_up(
         step = job.give_up(f"gave up: {error}")
         if step.refinalize:
             refinalize(job.ctx, dispatcher, x.project_id, x.run_id)
-    except (StoreUnavailable, redis.RedisError) as outage:
-        raise task.outage_retry(outage, kwargs, outages) from None
+    except OUTAGE_ERRORS as outage:
+        raise task.outage_retry(outage, kwargs) from None
     except Exception as unrecorded:
         log.error("scene %s/%s: give-up not recorded: %s", x.project_id, x.sequence,
                   describe(unrecorded))  # fmt: skip

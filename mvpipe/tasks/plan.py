@@ -11,72 +11,68 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import redis
 from celery import chord, group
 
-from mvpipe.deps import get_context
+from mvpipe.deps import get_context, get_settings
 from mvpipe.errors import (
     ConfigurationError,
     InvalidInput,
     MvpipeError,
     NotFound,
     ProviderError,
-    StoreUnavailable,
     TransientProviderError,
 )
 from mvpipe.pipeline.plan import AnalyseFirst, fail_planning, plan_run
 from mvpipe.providers.classify import describe
-from mvpipe.states import backoff_seconds
 from mvpipe.tasks.analyse import analyse_song
-from mvpipe.tasks.base import WAITING_PRIORITY, MvpipeTask, app, checked_ids
+from mvpipe.tasks.base import OUTAGE_ERRORS, WAITING_PRIORITY, MvpipeTask, app, checked_ids
+from mvpipe.tasks.failures import OUTAGES
 from mvpipe.tasks.finalize import finalize_project
 from mvpipe.tasks.generate import generate_scene
 
 log = logging.getLogger("mvpipe.tasks.plan")
 
 
-class PlanTask(MvpipeTask):
-    def retry_planning(self, exc: Exception, kwargs: dict[str, Any], failures: int) -> Exception:
-        """Plan again after a backoff; the attempts are counted (and limited) by plan_run."""
-        s = get_context().settings
-        countdown = backoff_seconds(failures + 1, base=s.backoff_base, cap=s.backoff_max)
-        cause = MvpipeError(describe(exc))  # the raw error may hold a secret
-        return self.scrubbed_retry(cause, countdown, {**kwargs, "planner_failures": failures + 1})
-
-
-@app.task(base=PlanTask, bind=True, name="mvpipe.plan_scenes")
+@app.task(base=MvpipeTask, bind=True, name="mvpipe.plan_scenes")
 def plan_scenes(
-    self: PlanTask,
+    self: MvpipeTask,
     project_id: str,
     run_id: str,
     only: list[int] | None = None,
     planner_failures: int = 0,
     outages: int = 0,
 ) -> Any:
-    counts = {"planner_failures": planner_failures, "outages": outages}
+    counts = {"planner_failures": planner_failures, OUTAGES: outages}
     checked_ids(project_id, run_id=run_id, only=only, counts=counts)
-    ctx = get_context()
     kwargs = {"only": only, **counts}
     try:
+        ctx = get_context()  # its first use in a process reaches the store: an outage retries
         plan = plan_run(ctx, project_id, run_id, only)
     except NotFound:
         return {"project_id": project_id, "outcome": "project not found"}
-    except (StoreUnavailable, redis.RedisError) as exc:
-        raise self.outage_retry(exc, kwargs, outages) from None
+    except OUTAGE_ERRORS as exc:
+        raise self.outage_retry(exc, kwargs) from None
     except Exception as exc:
         # Transient provider errors and crashes are retried; plan_run counts every planner call
         # on METADATA (across takeovers) and this execution chain stops at the same limit.
         retry = isinstance(exc, TransientProviderError) or not isinstance(
             exc, (ProviderError, ConfigurationError, InvalidInput)
         )
-        if retry and planner_failures + 1 < ctx.settings.max_attempts:
+        if retry and planner_failures + 1 < get_settings().max_attempts:
             if not isinstance(exc, ProviderError):
                 log.error(
                     "planning crashed project=%s run=%s: %s", project_id, run_id, describe(exc)
                 )
-            raise self.retry_planning(exc, kwargs, planner_failures) from None
+            failures = planner_failures + 1  # plan_run counts (and limits) the attempts
+            carried = {**kwargs, "planner_failures": failures}
+            raise self.backoff_retry(MvpipeError, exc, carried, failures) from None
         error = str(exc) if isinstance(exc, MvpipeError) else describe(exc)
-        fail_planning(ctx, project_id, run_id, error)
+        self.record_give_up(
+            kwargs,
+            lambda ctx: fail_planning(ctx, project_id, run_id, error),
+            log,
+            f"planning of project {project_id}",
+        )
         return {"project_id": project_id, "outcome": "planning failed"}
     if plan is None:
         return {"project_id": project_id, "outcome": "run no longer active"}
@@ -86,8 +82,8 @@ def plan_scenes(
         raise self.replace(finalize_project.si(None, project_id, run_id, []))
     try:  # the callback reads them there: each header message carries it
         ctx.board.keep_run_scenes(run_id, plan.sequences)
-    except (StoreUnavailable, redis.RedisError) as exc:
-        raise self.outage_retry(exc, kwargs, outages) from None
+    except OUTAGE_ERRORS as exc:
+        raise self.outage_retry(exc, kwargs) from None
     # A scene beyond the quota can only join the line: its message goes behind any other
     # project's first claims, so a small project started a moment later is in the line before
     # this one's waiters are read (and gets the first freed slots), not after all of them.

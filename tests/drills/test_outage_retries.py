@@ -1,0 +1,140 @@
+"""Drills of the tasks that start and end a run meeting a store outage: the context's first use
+in a fresh worker process reaches the store, and is retried as an outage like any other store
+call; and outages are counted apart from errors nobody expected, so a long outage does not
+spend the retries a bug is allowed."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable
+
+import pytest
+
+from mvpipe import api
+from mvpipe.celery_app import app
+from mvpipe.deps import Context, get_context
+from mvpipe.devstack.localstack import LocalStack
+from mvpipe.devstack.outages import REFUSED
+from mvpipe.messaging.dispatch import ASSEMBLE_PROJECT, PLAN_SCENES
+from mvpipe.models import ProjectStatus
+from mvpipe.tasks.assemble import MAX_UNEXPECTED as ASSEMBLE_UNEXPECTED
+from tests.conftest import Workers
+from tests.drills.conftest import DRILL_SETTINGS
+from tests.drills.test_give_ups import ANALYSE_SONG, QUICK_RETRIES, set_status
+from tests.drills.test_owed_writes import outage
+from tests.helpers import assert_invariants, wait_for
+from tests.songs import make_song
+from tests.test_assemble import completed_song_project
+
+StartWorkers = Callable[..., Workers]
+
+#: Each store call gives up after a second of refusals.
+SETTINGS = {**DRILL_SETTINGS, "store_retry_seconds": "1"}
+
+
+def unanalysed(ctx: Context) -> str:
+    """A song project whose song is not analysed yet: its run starts with the analysis."""
+    return api.create_project("Song", "Analysed first.", song=make_song("wav", 6.0).data)
+
+
+def unplanned(ctx: Context) -> str:
+    """A project not planned yet: its run starts with the planning."""
+    return api.create_project("Plain", "Planned first.", scene_count=1)
+
+
+#: A task that may be a worker process's first, the project it is sent for, the run's status.
+FIRST_TASKS: dict[str, tuple[Callable[[Context], str], ProjectStatus]] = {
+    ANALYSE_SONG: (unanalysed, ProjectStatus.GENERATING_SCENES),
+    PLAN_SCENES: (unplanned, ProjectStatus.GENERATING_SCENES),
+    ASSEMBLE_PROJECT: (completed_song_project, ProjectStatus.ASSEMBLING),
+}
+
+
+def won_run(ctx: Context, project_id: str, status: ProjectStatus) -> str:
+    """The project's run, won as a user's run is, its first task left to the drill to send."""
+    run_id = str(uuid.uuid4())
+    ctx.board.touch_run(run_id, ctx.settings.run_stale_seconds)
+    assert ctx.projects.win_run(project_id, run_id, status) == run_id
+    return run_id
+
+
+def retried(task: str, run_id: str) -> str:
+    """What the worker logs when `task`'s execution under `run_id` is retried."""
+    return f"{task}[{run_id}] retry"
+
+
+@pytest.mark.parametrize("task", list(FIRST_TASKS))
+def test_a_fresh_workers_first_task_meeting_a_store_outage_retries_it_and_the_run_completes(
+    stack: LocalStack, start_workers: StartWorkers, task: str
+) -> None:
+    # Given a fresh worker process (no store client built yet) and a run that starts with `task`
+    workers = start_workers(concurrency=1, **QUICK_RETRIES, **SETTINGS)
+    ctx = get_context()
+    make, status = FIRST_TASKS[task]
+    project_id = make(ctx)
+    run_id = won_run(ctx, project_id, status)
+    # When the store refuses every request as that task, the process's first, builds its context
+    with outage(stack, REFUSED):
+        result = app.send_task(task, args=[project_id, run_id], task_id=run_id)
+        wait_for(
+            lambda: retried(task, run_id) in workers.service.log_text() or result.failed(),
+            120,
+            "the task to retry, or fail",
+        )
+    # Then it retried it as an outage, met by the context's own first call (the table's check)
+    log = workers.service.log_text()
+    assert f"{retried(task, run_id)}: Retry in" in log, log[-2000:]
+    assert re.search(r"StoreUnavailable\(.*DescribeTable", log), log[-2000:]
+    # And, the store back, the run went on to its end: the final video recorded
+    view = api.wait_project(project_id, timeout=180)
+    assert view.status == ProjectStatus.COMPLETED and view.final_video_s3_key, view
+    assert_invariants(project_id)
+    assert "Traceback" not in workers.service.log_text()
+
+
+def test_an_assembly_through_an_outage_longer_than_its_bug_retries_then_a_bug_completes(
+    stack: LocalStack, start_workers: StartWorkers
+) -> None:
+    # Given an assembly whose project will read as a status no code knows (a bug, repaired once
+    # met), its retries 2-4 s apart: the repair has 10 s at least before they run out (4 s
+    # raced on two busy cores)
+    workers = start_workers(concurrency=1, backoff_base="4", backoff_max="4", **SETTINGS)
+    ctx = get_context()
+    project_id = completed_song_project(ctx)
+    run_id = won_run(ctx, project_id, ProjectStatus.ASSEMBLING)
+    set_status(ctx, project_id, "not-a-status")
+    # When it first meets an outage more times than it may retry a bug
+    with outage(stack, REFUSED):
+        result = app.send_task(ASSEMBLE_PROJECT, args=[project_id, run_id], task_id=run_id)
+        wait_for(
+            lambda: (
+                workers.service.log_text().count(retried(ASSEMBLE_PROJECT, run_id))
+                > ASSEMBLE_UNEXPECTED
+                or result.ready()
+            ),
+            180,
+            "the assembly to retry through more outages than it may meet unexpected errors",
+        )
+    # and then the bug, repaired once met
+    crashed = f"unexpected error in assemble_project {project_id}: ValueError"
+    wait_for(
+        lambda: crashed in workers.service.log_text() or result.ready(), 60, "the bug to be met"
+    )
+    set_status(ctx, project_id, str(ProjectStatus.ASSEMBLING))
+    # Then it retried the bug (its own count, not the outages') and the run completed
+    outcome = result.get(timeout=120)
+    assert outcome["outcome"] == "completed", outcome
+    view = api.get_project(project_id)
+    assert (
+        view.status == ProjectStatus.COMPLETED
+        and view.final_video_s3_key == outcome["final_video_s3_key"]
+    )
+    assert_invariants(project_id)
+    log = workers.service.log_text()
+    assert log.count(crashed) < ASSEMBLE_UNEXPECTED  # repaired with retries to spare
+    assert "assembly failed" not in log
+    # And its retries said which was which: the outages as such, the bug as a bug
+    assert log.count(retried(ASSEMBLE_PROJECT, run_id)) > ASSEMBLE_UNEXPECTED
+    assert re.search(r"UnexpectedError\([\"']ValueError", log), "the bug's retry"
+    assert not re.search(r"StoreUnavailable\([\"']ValueError", log)
