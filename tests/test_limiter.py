@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 
 import pytest
 import redis
@@ -19,6 +20,8 @@ from hypothesis.stateful import (
 from mvpipe.errors import InvalidInput
 from mvpipe.providers.fairness import ProjectLine, admit, allot, check_lines
 from mvpipe.providers.limiter import (
+    KEY_SLACK_SECONDS,
+    RENEW_SECONDS,
     QuotaLimiter,
     QuotaSnapshot,
     SlotDecision,
@@ -39,6 +42,10 @@ def limiter(redis_client: redis.Redis) -> QuotaLimiter:
 
 def ask(limiter: QuotaLimiter, member: str, park: str | None = None, line_ttl: float = 600):
     return limiter.acquire("local", member, limit=2, ttl=600, line_ttl=line_ttl, park=park)
+
+
+def hold(limiter: QuotaLimiter, member: str, moved_from: str | None = None) -> bool:
+    return limiter.hold("local", member, ttl=600, line_ttl=600, moved_from=moved_from)
 
 
 def test_a_release_wakes_only_the_waiters_entitled_to_the_freed_slot(
@@ -118,25 +125,72 @@ def test_each_stored_job_has_a_slot_apart_from_its_scenes_and_the_scenes_other_j
 def test_a_stored_job_moves_its_submission_slot_and_its_end_frees_only_its_own(
     limiter: QuotaLimiter,
 ) -> None:
-    def hold(member: str, moved_from: str | None = None) -> bool:
-        return limiter.hold("local", member, ttl=600, line_ttl=600, moved_from=moved_from)
-
     scene = slot_member("p", 1)
     kept, new = job_member("p", 1, "generate", "a"), job_member("p", 1, "generate", "b")
     # Job A (kept after a cancel) moves its scene's submission slot to its own: one slot
     assert ask(limiter, scene).granted
-    assert hold(kept, moved_from=scene)
+    assert hold(limiter, kept, moved_from=scene)
     assert limiter.snapshot("local").held == (kept,)
     # The scene's regeneration submits job B under a fresh submission slot, moved to B's own
     again = ask(limiter, scene)
     assert again.granted and again.fresh
-    assert hold(new, moved_from=scene) and not hold(new)  # a poll refreshes it
+    assert hold(limiter, new, moved_from=scene) and not hold(limiter, new)  # a poll refreshes it
     assert limiter.slots_held("local") == {"p": 2}
     # Two jobs in flight fill the pool: another project waits; A's end frees A's slot only
     assert ask(limiter, "q:1", park="wake q").place == 1
     assert limiter.release("local", kept, limit=2) == ["wake q"]
     assert set(limiter.snapshot("local").held) == {new}
     assert ask(limiter, "q:1").granted
+
+
+def test_a_move_keeps_the_projects_count_and_its_turn_and_never_counts_a_job_twice(
+    limiter: QuotaLimiter,
+) -> None:
+    first, second, waiter = slot_member("p", 1), slot_member("p", 2), slot_member("p", 3)
+    job = job_member("p", 1, "generate", "a")
+    assert ask(limiter, first).granted and ask(limiter, second).granted
+    assert not ask(limiter, waiter, park="wake p 3").granted  # p waits: it has a turn
+    assert ask(limiter, slot_member("q", 1), park="wake q").place == 1
+
+    def line_of_p() -> ProjectLine:
+        return next(line for line in limiter.snapshot("local").lines if line.project == "p")
+
+    line = line_of_p()
+    assert line.in_flight == 2
+    # A rename: the same count, the same ticket and place in the rotation
+    assert hold(limiter, job, moved_from=first)
+    assert line_of_p() == line and set(limiter.snapshot("local").held) == {job, second}
+    assert limiter.slots_held("local") == {"p": 2}
+    # A redone move (the record's reply was lost): the job keeps its one slot, nothing freed
+    assert not hold(limiter, job, moved_from=first)
+    assert limiter.slots_held("local") == {"p": 2}
+    # The scene's slot taken again by a duplicate, then moved onto the job's: one slot, not two
+    assert hold(limiter, slot_member("p", 1)) and limiter.slots_held("local") == {"p": 3}
+    assert not hold(limiter, job, moved_from=first)
+    assert limiter.slots_held("local") == {"p": 2} and line_of_p() == line
+    # The job's end frees its slot; q, with nothing in flight, goes first
+    assert limiter.release("local", job, limit=2) == ["wake q"]
+    assert limiter.slots_held("local") == {"p": 1}
+
+
+def test_the_keys_that_count_slots_outlive_every_slot_written(
+    limiter: QuotaLimiter, redis_client: redis.Redis
+) -> None:
+    counts = [f"{limiter.prefix}:local:{part}" for part in ("slots", "inflight")]
+    scene, job = slot_member("p", 1), job_member("p", 1, "generate", "a")
+    assert ask(limiter, scene).granted
+    keep = 600 + KEY_SLACK_SECONDS + RENEW_SECONDS
+    assert all(keep - 1 <= redis_client.ttl(key) <= keep for key in counts)
+    # Written a while ago: a move's slot would not outlive them by the slack, so it renews them
+    for key in counts:
+        redis_client.expire(key, 600 + KEY_SLACK_SECONDS - 1)
+    assert hold(limiter, job, moved_from=scene)
+    assert all(keep - 1 <= redis_client.ttl(key) <= keep for key in counts)
+    # Renewed lately: a poll's refresh leaves them as they are
+    for key in counts:
+        redis_client.expire(key, keep - 5)
+    assert not hold(limiter, job)
+    assert all(redis_client.ttl(key) <= keep - 5 for key in counts)
 
 
 def test_a_running_job_counts_against_a_full_pool(limiter: QuotaLimiter) -> None:
@@ -187,8 +241,9 @@ def test_slots_of_a_dead_worker_free_themselves_and_every_key_expires(
     snapshot = limiter.snapshot("local")
     assert snapshot.held == (waiter,) and snapshot.lines == ()
     assert snapshot.in_flight("dead") == 0
+    keep = 600 + KEY_SLACK_SECONDS + RENEW_SECONDS
     keys = list(redis_client.scan_iter(f"{limiter.prefix}:*"))
-    assert keys and all(0 < redis_client.ttl(key) <= 660 for key in keys)
+    assert keys and all(0 < redis_client.ttl(key) <= keep for key in keys)
 
 
 def test_members_that_name_no_project_are_rejected(limiter: QuotaLimiter) -> None:
@@ -202,6 +257,12 @@ def test_members_that_name_no_project_are_rejected(limiter: QuotaLimiter) -> Non
 
 PROJECTS = ("p0", "p1", "p2", "p3")
 MEMBERS = [slot_member(p, n) for p in PROJECTS for n in range(1, 7)]
+#: each scene's stored jobs (two: one kept after a cancel, one of a regeneration)
+JOBS = {
+    slot_member(p, n): [job_member(p, n, "generate", op) for op in ("a", "b")]
+    for p in PROJECTS
+    for n in range(1, 7)
+}
 LIMITS = st.integers(1, 6)
 
 
@@ -251,7 +312,27 @@ class LimiterMachine(RuleBasedStateMachine):
         parked = (park or member in before.parked) and not decision.granted
         assert (member in self.limiter.snapshot("local").parked) == parked
 
-    @rule(member=st.sampled_from(MEMBERS), keep_slot=st.booleans())
+    @rule(scene=st.sampled_from(MEMBERS), job=st.integers(0, 1), moved=st.booleans())
+    def store_job(self, scene: str, job: int, moved: bool) -> None:
+        """A stored job's slot, taken whatever the line, its scene's submission slot moved to it
+        (`moved`) or not (a poll's refresh): the job counts once, the moved slot not at all,
+        and no line or turn changes."""
+        before = self.limiter.snapshot("local")
+        member = JOBS[scene][job]
+        fresh = self.limiter.hold(
+            "local", member, ttl=3600, line_ttl=3600, moved_from=scene if moved else None
+        )
+        assert fresh == (member not in before.held)
+        after = self.limiter.snapshot("local")
+        gone = {scene} if moved else set()
+        assert set(after.held) == (set(before.held) - gone) | {member}
+        turns = {(x.project, x.ticket, x.waiters) for x in before.lines}
+        assert {(x.project, x.ticket, x.waiters) for x in after.lines} == turns
+
+    @rule(
+        member=st.sampled_from(MEMBERS + [m for jobs in JOBS.values() for m in jobs]),
+        keep_slot=st.booleans(),
+    )
     def hand_on(self, member: str, keep_slot: bool) -> None:
         before = self.limiter.snapshot("local")
         freed = not keep_slot and member in before.held
@@ -278,6 +359,8 @@ class LimiterMachine(RuleBasedStateMachine):
             assert line.in_flight == snapshot.in_flight(line.project)
             assert not set(line.waiters) & set(snapshot.held)
         check_lines(snapshot.lines)
+        held = Counter(member_project(m) for m in snapshot.held)
+        assert self.limiter.slots_held("local") == dict(held)
 
 
 def test_the_lua_decides_as_the_pure_rule(redis_client: redis.Redis) -> None:

@@ -27,12 +27,20 @@ import redis
 from mvpipe.errors import InvalidInput
 from mvpipe.providers.fairness import PLACE_SCAN, ProjectLine
 
+#: Every entry in the quota's keys is dead this long before its key expires, at least.
+KEY_SLACK_SECONDS = 60
+#: The keys that count held slots are renewed at most about this often by a busy pool (a step
+#: renews them only when they would outlive a slot it writes by less than `KEY_SLACK_SECONDS`).
+RENEW_SECONDS = 60
+
 # Per provider: `slots` (member -> expiry), `seen` (waiter -> last request), `parked` (waiter ->
 # wake-up message), `inflight` (project -> slots held), `order` (waiting projects, scored by
 # slots held, named `<ticket:015d>|<project>` so ties sort by ticket), `tickets` (project ->
 # ticket), `turn` (the last ticket issued), and one `line:<project>` per waiting project (waiter
 # -> first request).
-_COMMON = """
+_COMMON = (
+    f"local RENEW_SECONDS = {RENEW_SECONDS}\n"
+    + """
 local slots, seen, parked, inflight, order, tickets, turn =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local lines = ARGV[1]
@@ -75,6 +83,18 @@ local function unwait(m)
   end
 end
 
+-- The keys that count held slots (`slots`, `inflight`, always renewed together) outlive every
+-- slot in them by `KEY_SLACK_SECONDS` at least. A step that writes a slot renews them (for
+-- `keep`, `RENEW_SECONDS` more than that) only when they would not outlive it so: a busy pool
+-- renews them about every `RENEW_SECONDS`, not on every request. `made`: this step made them
+-- (they had no slot), so they have no expiry yet.
+local function keep_counts(keep, made)
+  if made or redis.call('PTTL', slots) < (keep - RENEW_SECONDS) * 1000 then
+    redis.call('EXPIRE', slots, keep)
+    redis.call('EXPIRE', inflight, keep)
+  end
+end
+
 local function expire_slots(now)
   for _, m in ipairs(redis.call('ZRANGEBYSCORE', slots, '-inf', now)) do
     redis.call('ZREM', slots, m)
@@ -112,6 +132,7 @@ local function allot(k)
   return picks
 end
 """
+)
 
 _ACQUIRE = (
     _COMMON
@@ -127,22 +148,22 @@ local function done(result)
 end
 -- A held slot: the waiters' keys are kept alive by the waiters' own requests, so only the keys
 -- that count held slots need a longer life.
-local function hold(fresh)
-  redis.call('EXPIRE', slots, keep)
-  redis.call('EXPIRE', inflight, keep)
+local function hold(fresh, made)
+  keep_counts(keep, made)
   return {{1, 0, fresh}}
 end
 local waiting = redis.call('ZCARD', seen)
-if waiting == 0 and redis.call('ZCARD', slots) < limit then
+local held = waiting == 0 and redis.call('ZCARD', slots)
+if held and held < limit then
   -- Nobody waits and there is room: the rule picks this request at once, so it skips the
   -- line's bookkeeping, and expired slots are pruned by the first request that finds the pool
   -- full or a line (a holder whose own slot lapsed meanwhile just keeps it: nobody took it).
-  if redis.call('ZADD', slots, 'NX', now + ttl, member) == 1 then
+  -- One ZADD takes a new slot (it answers 1) or refreshes a held one (0).
+  if redis.call('ZADD', slots, now + ttl, member) == 1 then
     redis.call('HINCRBY', inflight, p, 1)
-    return hold(1)
+    return hold(1, held == 0)
   end
-  redis.call('ZADD', slots, 'XX', now + ttl, member)  -- a holder's refresh (every poll)
-  return hold(0)
+  return hold(0, false)
 end
 expire_slots(now)
 if waiting > 0 then
@@ -151,12 +172,13 @@ if waiting > 0 then
 end
 if redis.call('ZSCORE', slots, member) then
   redis.call('ZADD', slots, now + ttl, member)
-  return hold(0)
+  return hold(0, false)
 end
-if waiting == 0 and redis.call('ZCARD', slots) < limit then
+held = redis.call('ZCARD', slots)
+if waiting == 0 and held < limit then
   redis.call('ZADD', slots, now + ttl, member)
   redis.call('HINCRBY', inflight, p, 1)
-  return hold(1)
+  return hold(1, held == 0)
 end
 local line = lines .. p
 redis.call('ZADD', line, 'NX', now, member)
@@ -233,17 +255,19 @@ _HOLD = (
 local now, member, ttl, keep, moved = tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]),
   tonumber(ARGV[5]), ARGV[6]
 -- A running job's slot: taken (or refreshed) whatever the line, since the job already runs at
--- the provider and must count; its submission's slot, if named, becomes this one.
-if moved ~= '' and redis.call('ZREM', slots, moved) == 1 then add_flight(project_of(moved), -1) end
-local fresh = 0
-if redis.call('ZADD', slots, 'NX', now + ttl, member) == 1 then
-  add_flight(project_of(member), 1)
-  fresh = 1
-else
-  redis.call('ZADD', slots, 'XX', now + ttl, member)
+-- the provider and must count; its submission's slot, if named, becomes this one. Within one
+-- project (a job and its scene always are) the move is a rename: the project's count changes
+-- only by the slots gained and lost (none, unless the job held a slot already: one fewer), so
+-- its ticket and place in the rotation stay as they are.
+-- The job's slot is written first, so a move never empties (and so remakes) the keys.
+local p = project_of(member)
+local fresh = redis.call('ZADD', slots, now + ttl, member)
+local gone = 0
+if moved ~= '' and moved ~= member and redis.call('ZREM', slots, moved) == 1 then
+  if project_of(moved) == p then gone = 1 else add_flight(project_of(moved), -1) end
 end
-redis.call('EXPIRE', slots, keep)
-redis.call('EXPIRE', inflight, keep)
+if fresh ~= gone then add_flight(p, fresh - gone) end
+keep_counts(keep, false)
 return fresh
 """
 )
@@ -343,7 +367,6 @@ class QuotaLimiter:
         stopped asking. A denied waiter's `park` message is kept until a release hands it out
         (parking in the same atomic step as the denial, so no release can slip in between)."""
         member_project(member)
-        keep = math.ceil(max(ttl, line_ttl)) + 60  # every entry in these keys is dead by then
         granted, place, fresh = self._acquire(
             keys=self._keys(provider),
             args=[
@@ -354,7 +377,7 @@ class QuotaLimiter:
                 limit,
                 line_ttl,
                 park or "",
-                keep,
+                _keep(ttl, line_ttl),
             ],
         )
         return SlotDecision(bool(granted), int(place), bool(fresh))
@@ -375,10 +398,16 @@ class QuotaLimiter:
         member_project(member)
         if moved_from is not None:
             member_project(moved_from)
-        keep = math.ceil(max(ttl, line_ttl)) + 60
         fresh = self._hold(
             keys=self._keys(provider),
-            args=[self._lines(provider), repr(time.time()), member, ttl, keep, moved_from or ""],
+            args=[
+                self._lines(provider),
+                repr(time.time()),
+                member,
+                ttl,
+                _keep(ttl, line_ttl),
+                moved_from or "",
+            ],
         )
         return bool(fresh)
 
@@ -419,6 +448,13 @@ class QuotaLimiter:
             held=tuple(_text(m) for m in held),
             parked=frozenset(_text(m) for m in parked),
         )
+
+
+def _keep(ttl: float, line_ttl: float) -> int:
+    """How long a step keeps the quota's keys: past the life of every slot and place in line it
+    writes by `KEY_SLACK_SECONDS`, and by `RENEW_SECONDS` more, the time a busy pool goes
+    before renewing the keys that count held slots."""
+    return math.ceil(max(ttl, line_ttl)) + KEY_SLACK_SECONDS + RENEW_SECONDS
 
 
 def _text(value: bytes | str) -> str:
