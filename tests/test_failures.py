@@ -49,3 +49,36 @@ def test_a_count_missing_from_an_older_message_starts_at_zero() -> None:
     # an assembly queued before it counted its unexpected errors carried its outages only
     assert after([UNEXPECTED], {OUTAGES: 7}) == {OUTAGES: 7, UNEXPECTED: 1}
     assert after([OUTAGES, OUTAGES], {"only": None}) == {"only": None, OUTAGES: 2}
+
+
+def test_a_redo_starts_from_fresh_step_fields_keeping_only_the_counts() -> None:
+    # Given a poll message of a generation job whose execution went on to a lip-sync, whose
+    # lease give-back met an outage (its carry names no operation)
+    from mvpipe.tasks.generate import FRESH, redo_kwargs
+
+    polled = {
+        "project_id": "p",
+        "sequence": 3,
+        "operation_id": "generation-job",
+        "transient_polls": 2,
+        "job_started": 1.0e9,
+        "unread_polls": 4,
+        "copy": "woken",
+        "made_from": "clips/old.mp4",
+        OUTAGES: 3,
+        UNEXPECTED: 1,
+    }
+    give_back = {"stage": "lipsync", "token": "T", "release": {"refund_micros": 5}}
+    # When its redo message is built
+    redo = redo_kwargs(polled, give_back)
+    # Then it redoes the give-back, not a record of the polled job; the counts carry on
+    assert redo["operation_id"] is None
+    assert (redo["token"], redo["stage"], redo["release"]) == ("T", "lipsync", {"refund_micros": 5})
+    assert (redo["transient_polls"], redo["job_started"], redo["unread_polls"]) == (0, None, 0)
+    assert (redo["copy"], redo["made_from"]) == (None, None)
+    assert (redo[OUTAGES], redo[UNEXPECTED]) == (3, 1)
+    assert (redo["project_id"], redo["sequence"]) == ("p", 3)
+    # and a record's redo keeps the operation it owes
+    record = {"stage": "generate", "operation_id": "J2", "token": "T2", "attempt": 2}
+    assert redo_kwargs(polled, record)["operation_id"] == "J2"
+    assert set(redo) >= set(FRESH)

@@ -54,7 +54,8 @@ class MvpipeTask(Task):
         scrubbed text (a secret in an error message must not reach either). The returned `Retry`
         is raised by the caller `from None`: raised inside an `except` it would carry the raw
         exception as its context into the stored traceback."""
-        carried = next_retry(kwargs, OUTAGES, None) or {}
+        carried = next_retry(kwargs, OUTAGES, None)
+        assert carried is not None  # no limit: never given up
         return self.backoff_retry(StoreUnavailable, exc, carried, carried[OUTAGES])
 
     def unexpected_retry(

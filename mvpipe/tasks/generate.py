@@ -70,6 +70,15 @@ WAITING_STATES = {
 }
 
 
+def redo_kwargs(kwargs: dict[str, Any], carry: dict[str, Any]) -> dict[str, Any]:
+    """The message that redoes an owed write (`RecordPending`, `LeasePending`): the step's own
+    fields start fresh and only the counts carry on, then what the write owes. A field left
+    from the message that ran (a poll's operation id) would make a lip-sync's give-back redo
+    as the record of the generation job that message polled."""
+    counts = {key: kwargs.get(key, 0) for key in (OUTAGES, UNEXPECTED)}
+    return {**kwargs, **FRESH, **counts, **carry}
+
+
 @app.task(base=MvpipeTask, bind=True, name="mvpipe.generate_scene")
 def generate_scene(
     self: MvpipeTask,
@@ -154,7 +163,7 @@ def generate_scene(
             if step.refinalize:
                 refinalize(ctx, dispatcher, project_id, run_id)
     except (RecordPending, LeasePending) as exc:  # redone with its token, however long it lasts
-        raise self.outage_retry(exc, {**kwargs, **exc.carry}) from None
+        raise self.outage_retry(exc, redo_kwargs(kwargs, exc.carry)) from None
     except OUTAGE_ERRORS as exc:
         raise self.outage_retry(exc, kwargs) from None
     except (Conflict, NotFound) as exc:  # the store moved on: its new owner decides

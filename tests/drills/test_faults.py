@@ -59,7 +59,7 @@ def test_provider_faults_transient_quota_and_permanent(start_workers: StartWorke
         **{
             **DRILL_SETTINGS,
             "local_faults": f"transient={TRANSIENT},permanent={PERMANENT},seed={seed}",
-            "local_latency": "1",
+            "local_latency": "2",  # the third submit must find two jobs still running
             "local_max_concurrent": "2",
             "provider_concurrency": "3",
             "max_attempts": "20",  # retries enough that no scene runs out of them

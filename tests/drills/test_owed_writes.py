@@ -25,7 +25,8 @@ from tests.helpers import ledger, wait_for
 
 StartWorkers = Callable[..., Workers]
 
-#: Each redo's store call gives up after ~4.5-6.5 s of refusals, then its outage retry waits
+#: Each redo's store call gives up after ~4.5-6.5 s of refusals (at most `store_call_seconds`,
+#: 7.5 s, which is what the owed mark must outlast), then its outage retry waits
 #: 2-4 s: a gap of 6.5 s at least, longer than a poll's liveness mark (4 + 3 x 0.2 + 1 s),
 #: which lapses only after the call ended. Each redo marks the run alive for longer than the
 #: gap (as in production: 300 s against ~100 s), so the run is not taken over meanwhile. (The
