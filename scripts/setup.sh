@@ -22,6 +22,13 @@ if [ ${#packages[@]} -gt 0 ]; then
   # We start our own redis-server processes; the distribution's service is not needed.
   $SUDO systemctl disable --now redis-server >/dev/null 2>&1 || true
 fi
+# The quota limiter's scripts use EXPIRE's NX and GT options, which came with Redis 7.
+redis_bin=$(command -v redis-server || echo /usr/bin/redis-server)
+redis_version=$("$redis_bin" --version | sed -n 's/.* v=\([0-9.]*\).*/\1/p')
+if [ "${redis_version%%.*}" -lt 7 ] 2>/dev/null || [ -z "$redis_version" ]; then
+  echo "redis-server ${redis_version:-of unknown version} is too old: Redis 7 or later is needed" >&2
+  exit 1
+fi
 if ! venv_ok; then
   echo "== creating .venv"
   "$PYTHON" -m venv --clear .venv

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 
 import pytest
 import redis
@@ -173,24 +175,94 @@ def test_a_move_keeps_the_projects_count_and_its_turn_and_never_counts_a_job_twi
     assert limiter.slots_held("local") == {"p": 1}
 
 
+def counting_keys(limiter: QuotaLimiter) -> list[str]:
+    return [f"{limiter.prefix}:local:{part}" for part in ("slots", "inflight")]
+
+
 def test_the_keys_that_count_slots_outlive_every_slot_written(
     limiter: QuotaLimiter, redis_client: redis.Redis
 ) -> None:
-    counts = [f"{limiter.prefix}:local:{part}" for part in ("slots", "inflight")]
+    counts = counting_keys(limiter)
     scene, job = slot_member("p", 1), job_member("p", 1, "generate", "a")
     assert ask(limiter, scene).granted
     keep = 600 + KEY_SLACK_SECONDS + RENEW_SECONDS
     assert all(keep - 1 <= redis_client.ttl(key) <= keep for key in counts)
-    # Written a while ago: a move's slot would not outlive them by the slack, so it renews them
+    # Renewed a while ago by another process (this one, new, remembers no renewal): a move's
+    # slot would not outlive them by the slack, so it renews them
     for key in counts:
         redis_client.expire(key, 600 + KEY_SLACK_SECONDS - 1)
-    assert hold(limiter, job, moved_from=scene)
+    assert hold(QuotaLimiter(redis_client, prefix=limiter.prefix), job, moved_from=scene)
     assert all(keep - 1 <= redis_client.ttl(key) <= keep for key in counts)
-    # Renewed lately: a poll's refresh leaves them as they are
+    # A renewal never shortens them (a worker whose slots live longer made them last longer)
+    for key in counts:
+        redis_client.expire(key, keep + 100)
+    assert not hold(QuotaLimiter(redis_client, prefix=limiter.prefix), job)
+    assert all(keep + 99 <= redis_client.ttl(key) <= keep + 100 for key in counts)
+    # Renewed lately by this process: a poll's refresh leaves them as they are
     for key in counts:
         redis_client.expire(key, keep - 5)
     assert not hold(limiter, job)
     assert all(redis_client.ttl(key) <= keep - 5 for key in counts)
+
+
+def commands_under(client: redis.Redis, prefix: str, act: Callable[[], object]) -> list[str]:
+    """The commands `act` sends to the keys under `prefix`, those its scripts run included, as
+    MONITOR shows them (a marker read after it says where they end)."""
+    marker = f"{prefix}:end-{uuid.uuid4()}"
+    seen = []
+    with client.monitor() as monitor:
+        act()
+        client.get(marker)
+        for entry in monitor.listen():
+            command = entry["command"]
+            if command == f"GET {marker}":
+                return seen
+            if prefix in command:
+                seen.append(command.split()[0].upper())
+    raise AssertionError("MONITOR stopped before the marker")
+
+
+def test_a_process_that_renewed_the_keys_lately_sends_no_expiry_or_ttl_read(
+    limiter: QuotaLimiter, redis_client: redis.Redis
+) -> None:
+    scene, job = slot_member("p", 1), job_member("p", 1, "generate", "a")
+    assert ask(limiter, slot_member("p", 2)).granted  # makes the keys, renews them
+
+    def busy_pool() -> None:
+        assert ask(limiter, scene).granted  # the project's second slot
+        assert hold(limiter, job, moved_from=scene)  # its job stored: the move
+        assert not hold(limiter, job)  # a poll's refresh
+        assert limiter.release("local", job, limit=2) == []
+
+    commands = commands_under(redis_client, limiter.prefix, busy_pool)
+    assert "ZADD" in commands  # the steps are seen
+    assert not {"EXPIRE", "PTTL", "TTL"} & set(commands)
+    assert limiter.slots_held("local") == {"p": 1}
+
+
+def test_a_key_a_step_makes_has_an_expiry_whatever_its_process_remembers(
+    limiter: QuotaLimiter, redis_client: redis.Redis
+) -> None:
+    counts, keep = counting_keys(limiter), 600 + KEY_SLACK_SECONDS + RENEW_SECONDS
+    scene, job = slot_member("p", 1), job_member("p", 1, "generate", "a")
+
+    def expiring() -> bool:
+        return all(keep - 1 <= redis_client.ttl(key) <= keep for key in counts)
+
+    assert ask(limiter, scene).granted and expiring()  # renewed: remembered from here on
+    # The pool emptied: the next slot makes both keys again
+    limiter.release("local", scene, limit=2)
+    assert redis_client.exists(*counts) == 0
+    assert ask(limiter, scene).granted and expiring()
+    # A job whose scene's slot is gone (its polls came late) makes them too, moving nothing
+    limiter.release("local", scene, limit=2)
+    assert hold(limiter, job, moved_from=scene) and expiring()
+    # The counts lost while slots remain (they lapsed apart): a project's first count makes
+    # them again
+    redis_client.delete(counts[1])
+    assert ask(limiter, slot_member("q", 1)).granted and expiring()
+    redis_client.delete(counts[1])
+    assert hold(limiter, job_member("r", 1, "generate", "b")) and expiring()
 
 
 def test_a_running_job_counts_against_a_full_pool(limiter: QuotaLimiter) -> None:
@@ -272,6 +344,7 @@ class LimiterMachine(RuleBasedStateMachine):
 
     def __init__(self, client: redis.Redis) -> None:
         super().__init__()
+        self.client = client
         self.limiter = QuotaLimiter(client, prefix=f"test:{uuid.uuid4()}")
         self.limit = 1
 
@@ -284,6 +357,12 @@ class LimiterMachine(RuleBasedStateMachine):
     @rule(limit=LIMITS)
     def change_limit(self, limit: int) -> None:
         self.limit = limit
+
+    @rule()
+    def restart(self) -> None:
+        """Another process (or this one restarted) takes the next steps: it remembers no
+        renewal of the keys."""
+        self.limiter = QuotaLimiter(self.client, prefix=self.limiter.prefix)
 
     @rule(member=st.sampled_from(MEMBERS), park=st.booleans())
     def request(self, member: str, park: bool) -> None:
@@ -361,6 +440,18 @@ class LimiterMachine(RuleBasedStateMachine):
         check_lines(snapshot.lines)
         held = Counter(member_project(m) for m in snapshot.held)
         assert self.limiter.slots_held("local") == dict(held)
+
+    @invariant()
+    def keys_expire(self) -> None:
+        """Every key expires, and the ones that count held slots outlive each slot by the
+        slack (within a second: the slots' times are the steps' clocks)."""
+        keys = list(self.client.scan_iter(f"{self.limiter.prefix}:*"))
+        assert all(self.client.ttl(key) > 0 for key in keys)
+        last = self.client.zrange(counting_keys(self.limiter)[0], -1, -1, withscores=True)
+        if last:
+            outlives = time.time() + KEY_SLACK_SECONDS - 1 - last[0][1]
+            for key in counting_keys(self.limiter):
+                assert self.client.pttl(key) / 1000 + outlives >= 0
 
 
 def test_the_lua_decides_as_the_pure_rule(redis_client: redis.Redis) -> None:

@@ -20,17 +20,22 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import redis
 
 from mvpipe.errors import InvalidInput
 from mvpipe.providers.fairness import PLACE_SCAN, ProjectLine
 
+T = TypeVar("T")
+
 #: Every entry in the quota's keys is dead this long before its key expires, at least.
 KEY_SLACK_SECONDS = 60
-#: The keys that count held slots are renewed at most about this often by a busy pool (a step
-#: renews them only when they would outlive a slot it writes by less than `KEY_SLACK_SECONDS`).
+#: The keys that count held slots are renewed about this often by each process busy on a pool
+#: (a step renews them only when the renewal its process remembers would not outlive a slot it
+#: writes by `KEY_SLACK_SECONDS`).
 RENEW_SECONDS = 60
 
 # Per provider: `slots` (member -> expiry), `seen` (waiter -> last request), `parked` (waiter ->
@@ -38,9 +43,7 @@ RENEW_SECONDS = 60
 # slots held, named `<ticket:015d>|<project>` so ties sort by ticket), `tickets` (project ->
 # ticket), `turn` (the last ticket issued), and one `line:<project>` per waiting project (waiter
 # -> first request).
-_COMMON = (
-    f"local RENEW_SECONDS = {RENEW_SECONDS}\n"
-    + """
+_COMMON = """
 local slots, seen, parked, inflight, order, tickets, turn =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local lines = ARGV[1]
@@ -53,10 +56,13 @@ local function split(e)
 end
 local function flight(p) return tonumber(redis.call('HGET', inflight, p) or '0') end
 
+-- The project's count moved by `d`; answers the new count.
 local function add_flight(p, d)
-  if redis.call('HINCRBY', inflight, p, d) <= 0 then redis.call('HDEL', inflight, p) end
+  local n = redis.call('HINCRBY', inflight, p, d)
+  if n <= 0 then redis.call('HDEL', inflight, p) end
   local t = redis.call('HGET', tickets, p)
   if t then redis.call('ZADD', order, flight(p), entry(tonumber(t), p)) end
+  return n
 end
 
 -- (Re)join the rotation at its back.
@@ -83,16 +89,22 @@ local function unwait(m)
   end
 end
 
--- The keys that count held slots (`slots`, `inflight`, always renewed together) outlive every
--- slot in them by `KEY_SLACK_SECONDS` at least. A step that writes a slot renews them (for
--- `keep`, `RENEW_SECONDS` more than that) only when they would not outlive it so: a busy pool
--- renews them about every `RENEW_SECONDS`, not on every request. `made`: this step made them
--- (they had no slot), so they have no expiry yet.
-local function keep_counts(keep, made)
-  if made or redis.call('PTTL', slots) < (keep - RENEW_SECONDS) * 1000 then
-    redis.call('EXPIRE', slots, keep)
-    redis.call('EXPIRE', inflight, keep)
-  end
+-- The keys that count held slots (`slots`, `inflight`, renewed together) outlive every slot in
+-- them by `KEY_SLACK_SECONDS` at least. The calling process knows when it last renewed them: a
+-- step renews them (`due`, for `keep`: `RENEW_SECONDS` more than that) only when a slot it
+-- writes now could outlive them otherwise, so a busy process renews them about every
+-- `RENEW_SECONDS`, not on every request; a renewal never shortens them (GT: another worker's
+-- may be longer). `made`: this step may have made the key (a first slot, a first count), which
+-- then has no expiry yet, whatever the process remembers: NX gives it one and leaves one that
+-- is there (GT leaves a key with none as it is, so a due renewal falls back on NX too).
+local function keep_key(key, keep, made, due)
+  if due and redis.call('EXPIRE', key, keep, 'GT') == 1 then return end
+  if made or due then redis.call('EXPIRE', key, keep, 'NX') end
+end
+
+local function keep_counts(keep, slots_made, flight_made, due)
+  keep_key(slots, keep, slots_made, due)
+  keep_key(inflight, keep, flight_made, due)
 end
 
 local function expire_slots(now)
@@ -132,24 +144,28 @@ local function allot(k)
   return picks
 end
 """
-)
 
 _ACQUIRE = (
     _COMMON
     + f"""
-local now, member, ttl, limit, stale, park, keep = tonumber(ARGV[2]), ARGV[3],
-  tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7], tonumber(ARGV[8])
+local now, member, ttl, limit, stale, park, keep, due = tonumber(ARGV[2]), ARGV[3],
+  tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7], tonumber(ARGV[8]),
+  ARGV[9] == '1'
 local p = project_of(member)
--- Every entry in these keys is dead `keep` seconds after the last request (keys made in this
--- step included), so an idle provider leaves nothing behind.
+-- Every entry in the waiters' keys is dead `keep` seconds after the last request (keys made in
+-- this step included), so an idle provider leaves nothing behind.
 local function done(result)
-  for i = 1, #KEYS do redis.call('EXPIRE', KEYS[i], keep) end
+  for i = 1, #KEYS do
+    if KEYS[i] ~= slots and KEYS[i] ~= inflight then redis.call('EXPIRE', KEYS[i], keep) end
+  end
   return result
 end
--- A held slot: the waiters' keys are kept alive by the waiters' own requests, so only the keys
--- that count held slots need a longer life.
-local function hold(fresh, made)
-  keep_counts(keep, made)
+-- A slot written (`fresh`: not held before; `held`: slots held before it). The first slot makes
+-- `slots`, a project's first count may make `inflight`. The waiters' keys are kept alive by the
+-- waiters' own requests, so only the keys that count held slots need a longer life.
+local function granted(fresh, held)
+  local first = fresh == 1 and redis.call('HINCRBY', inflight, p, 1) == 1
+  keep_counts(keep, fresh == 1 and held == 0, first, due)
   return {{1, 0, fresh}}
 end
 local waiting = redis.call('ZCARD', seen)
@@ -159,11 +175,7 @@ if held and held < limit then
   -- line's bookkeeping, and expired slots are pruned by the first request that finds the pool
   -- full or a line (a holder whose own slot lapsed meanwhile just keeps it: nobody took it).
   -- One ZADD takes a new slot (it answers 1) or refreshes a held one (0).
-  if redis.call('ZADD', slots, now + ttl, member) == 1 then
-    redis.call('HINCRBY', inflight, p, 1)
-    return hold(1, held == 0)
-  end
-  return hold(0, false)
+  return granted(redis.call('ZADD', slots, now + ttl, member), held)
 end
 expire_slots(now)
 if waiting > 0 then
@@ -171,30 +183,27 @@ if waiting > 0 then
   waiting = redis.call('ZCARD', seen)
 end
 if redis.call('ZSCORE', slots, member) then
-  redis.call('ZADD', slots, now + ttl, member)
-  return hold(0, false)
+  return granted(redis.call('ZADD', slots, now + ttl, member), 1)
 end
 held = redis.call('ZCARD', slots)
 if waiting == 0 and held < limit then
-  redis.call('ZADD', slots, now + ttl, member)
-  redis.call('HINCRBY', inflight, p, 1)
-  return hold(1, held == 0)
+  return granted(redis.call('ZADD', slots, now + ttl, member), held)
 end
 local line = lines .. p
 redis.call('ZADD', line, 'NX', now, member)
 redis.call('EXPIRE', line, keep)
 redis.call('ZADD', seen, now, member)
 if not redis.call('HGET', tickets, p) then new_ticket(p) end
-local free = limit - redis.call('ZCARD', slots)
+local free = limit - held
 for _, m in ipairs(allot(free)) do
   if m == member then
     unwait(member)
-    redis.call('ZADD', slots, now + ttl, member)
-    redis.call('HINCRBY', inflight, p, 1)
+    local result = granted(redis.call('ZADD', slots, now + ttl, member), held)
     if redis.call('HGET', tickets, p) then new_ticket(p) end
-    return done({{1, 0, 1}})
+    return done(result)
   end
 end
+keep_counts(keep, false, false, due)
 if park ~= '' then redis.call('HSET', parked, member, park) end
 -- fairness.slots_ahead
 local rank = redis.call('ZRANK', line, member)
@@ -252,22 +261,27 @@ return woken
 _HOLD = (
     _COMMON
     + """
-local now, member, ttl, keep, moved = tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]),
-  tonumber(ARGV[5]), ARGV[6]
+local now, member, ttl, keep, moved, due = tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]),
+  tonumber(ARGV[5]), ARGV[6], ARGV[7] == '1'
 -- A running job's slot: taken (or refreshed) whatever the line, since the job already runs at
 -- the provider and must count; its submission's slot, if named, becomes this one. Within one
 -- project (a job and its scene always are) the move is a rename: the project's count changes
 -- only by the slots gained and lost (none, unless the job held a slot already: one fewer), so
 -- its ticket and place in the rotation stay as they are.
--- The job's slot is written first, so a move never empties (and so remakes) the keys.
+-- The job's slot is written first, so a move never empties (and so remakes) the keys: only a
+-- fresh slot that moved none may have made them.
 local p = project_of(member)
 local fresh = redis.call('ZADD', slots, now + ttl, member)
-local gone = 0
-if moved ~= '' and moved ~= member and redis.call('ZREM', slots, moved) == 1 then
-  if project_of(moved) == p then gone = 1 else add_flight(project_of(moved), -1) end
+local gone, removed = 0, 0
+if moved ~= '' and moved ~= member then
+  removed = redis.call('ZREM', slots, moved)
+  if removed == 1 then
+    if project_of(moved) == p then gone = 1 else add_flight(project_of(moved), -1) end
+  end
 end
-if fresh ~= gone then add_flight(p, fresh - gone) end
-keep_counts(keep, false)
+local first = false
+if fresh > gone then first = add_flight(p, 1) == 1 elseif fresh < gone then add_flight(p, -1) end
+keep_counts(keep, fresh == 1 and removed == 0, first, due)
 return fresh
 """
 )
@@ -344,6 +358,8 @@ class QuotaLimiter:
         self._release = client.register_script(_RELEASE)
         self._snapshot = client.register_script(_SNAPSHOT)
         self._hold = client.register_script(_HOLD)
+        #: pool -> until when (monotonic) this process last made its counting keys last
+        self._kept_until: dict[str, float] = {}
 
     def _keys(self, provider: str) -> list[str]:
         base = f"{self.prefix}:{provider}"
@@ -352,6 +368,18 @@ class QuotaLimiter:
 
     def _lines(self, provider: str) -> str:
         return f"{self.prefix}:{provider}:line:"
+
+    def _renewing(self, provider: str, ttl: float, keep: int, step: Callable[[bool], T]) -> T:
+        """Run a step that writes a slot of `ttl`, telling it whether to renew the keys that
+        count held slots (for `keep`): only when the renewal this process remembers would
+        not outlive that slot by `KEY_SLACK_SECONDS`, as `RunBoard.keep_run_alive` does for
+        a run's mark. Renewed keys last `keep` from before the step was sent, at least."""
+        started = time.monotonic()
+        due = started + ttl + KEY_SLACK_SECONDS > self._kept_until.get(provider, -math.inf)
+        result = step(due)
+        if due:
+            self._kept_until[provider] = started + keep
+        return result
 
     def acquire(
         self,
@@ -367,18 +395,25 @@ class QuotaLimiter:
         stopped asking. A denied waiter's `park` message is kept until a release hands it out
         (parking in the same atomic step as the denial, so no release can slip in between)."""
         member_project(member)
-        granted, place, fresh = self._acquire(
-            keys=self._keys(provider),
-            args=[
-                self._lines(provider),
-                repr(time.time()),
-                member,
-                ttl,
-                limit,
-                line_ttl,
-                park or "",
-                _keep(ttl, line_ttl),
-            ],
+        keep = _keep(ttl, line_ttl)
+        granted, place, fresh = self._renewing(
+            provider,
+            ttl,
+            keep,
+            lambda due: self._acquire(
+                keys=self._keys(provider),
+                args=[
+                    self._lines(provider),
+                    repr(time.time()),
+                    member,
+                    ttl,
+                    limit,
+                    line_ttl,
+                    park or "",
+                    keep,
+                    int(due),
+                ],
+            ),
         )
         return SlotDecision(bool(granted), int(place), bool(fresh))
 
@@ -398,16 +433,23 @@ class QuotaLimiter:
         member_project(member)
         if moved_from is not None:
             member_project(moved_from)
-        fresh = self._hold(
-            keys=self._keys(provider),
-            args=[
-                self._lines(provider),
-                repr(time.time()),
-                member,
-                ttl,
-                _keep(ttl, line_ttl),
-                moved_from or "",
-            ],
+        keep = _keep(ttl, line_ttl)
+        fresh = self._renewing(
+            provider,
+            ttl,
+            keep,
+            lambda due: self._hold(
+                keys=self._keys(provider),
+                args=[
+                    self._lines(provider),
+                    repr(time.time()),
+                    member,
+                    ttl,
+                    keep,
+                    moved_from or "",
+                    int(due),
+                ],
+            ),
         )
         return bool(fresh)
 
