@@ -93,8 +93,9 @@ def test_duplicate_delivery_while_the_lip_sync_is_submitted(
 def test_cancel_during_the_lip_sync_keeps_the_earlier_clips(
     start_workers: StartWorkers, song: SynthSong
 ) -> None:
-    # Given a lip-sync job running (4 s lip-sync jobs: the cancel comes well before the end)
-    workers = start_workers(**{**LIPSYNC_SETTINGS, "local_lipsync_latency": "4"})
+    # Given a lip-sync job running (a 120 s job: the cancel surely comes before its end, on
+    # however slow a machine)
+    first = start_workers(**{**LIPSYNC_SETTINGS, "local_lipsync_latency": "120"})
     project_id = lip_synced(song)
     api.run_project(project_id)
     ctx = get_context()
@@ -114,7 +115,13 @@ def test_cancel_during_the_lip_sync_keeps_the_earlier_clips(
     assert scene.lip_sync_operation_id is None and scene.lip_synced_video_clip_s3_key is None
     assert scene.original_video_clip_s3_key == before.clip_key
     assert scene.working_video_clip_s3_key == before.working_clip_key
-    # and the user's next run pays only for a new lip-sync (the first job made no video)
+    # and the user's next run pays only for a new lip-sync (the first job made no video): on
+    # workers whose lip-syncs take the drills' usual time, with the same ledger and provider
+    first.service.kill()
+    workers = start_workers(
+        env={"MVPIPE_LOCAL_LEDGER": str(first.ledger)},
+        **{**LIPSYNC_SETTINGS, "local_lipsync_latency": LIPSYNC_SETTINGS["local_latency"]},
+    )
     heal(project_id)
     check_drill(project_id, workers)
     assert generations_per_scene(workers.ledger, project_id, "lipsync") == {MARKED: 2}
