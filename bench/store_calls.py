@@ -19,7 +19,7 @@ from common import bench_stack, record, table, tree_cpu_seconds
 
 from mvpipe import api
 from mvpipe.deps import get_context
-from mvpipe.store.scenes import Claim
+from mvpipe.store.claim_outcomes import Claim
 
 SCENES = 20
 CALLS = ("get", "claim", "record")

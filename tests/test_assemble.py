@@ -29,9 +29,9 @@ from mvpipe.pipeline.cut import output_format
 from mvpipe.pipeline.plan import RunPlan, plan_run
 from mvpipe.pipeline.reconcile import reconcile
 from mvpipe.providers.render import render_clip
+from mvpipe.store.claim_outcomes import Claim
 from mvpipe.store.finals import final_prefix
 from mvpipe.store.records import utc_now_iso
-from mvpipe.store.scenes import Claim
 from mvpipe.store.table import project_pk, scene_sk
 from tests.conftest import Workers
 from tests.helpers import assert_invariants, wait_for

@@ -16,7 +16,8 @@ from mvpipe.errors import InvalidInput, NotFound
 from mvpipe.models import ProjectStatus, SceneStatus
 from mvpipe.pipeline.reconcile import reconcile
 from mvpipe.settings import get_settings
-from mvpipe.store.scenes import LIP_SYNCED, ORIGINAL, WORKING, Claim, ClaimResult
+from mvpipe.store.claim_outcomes import Claim, ClaimResult
+from mvpipe.store.stage_fields import LIP_SYNCED, ORIGINAL, WORKING
 from mvpipe.store.table import METADATA, project_pk
 from tests.helpers import assert_invariants, new_project
 from tests.test_store import claimed

@@ -18,7 +18,7 @@ from mvpipe.models import ProjectSpec, ProjectStatus, SceneSpec
 from mvpipe.pipeline.generate import SceneJob
 from mvpipe.pipeline.plan import planned_specs
 from mvpipe.pipeline.steps import Next
-from mvpipe.store.scenes import Claim
+from mvpipe.store.claim_outcomes import Claim
 from mvpipe.store.table import project_pk, scene_sk
 from tests.conftest import Workers
 from tests.helpers import assert_invariants, new_project

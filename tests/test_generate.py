@@ -34,9 +34,11 @@ from mvpipe.providers.limiter import QuotaLimiter, SlotDecision, job_member, slo
 from mvpipe.providers.render import render_clip
 from mvpipe.settings import get_settings
 from mvpipe.states import SCENE_CHECK_POLLS
+from mvpipe.store.claim_outcomes import Claim
 from mvpipe.store.records import SceneRecord
 from mvpipe.store.runboard import RunBoard
-from mvpipe.store.scenes import LIP_SYNCED, WORKING, Claim, SceneStore
+from mvpipe.store.scenes import SceneStore
+from mvpipe.store.stage_fields import LIP_SYNCED, WORKING
 from mvpipe.store.table import project_pk, scene_sk
 from tests.helpers import new_project, waiting_for_lip_sync
 from tests.test_store import claim

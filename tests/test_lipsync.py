@@ -23,7 +23,7 @@ from mvpipe.models import ProjectStatus, SceneStatus, SceneView
 from mvpipe.pipeline.cut import output_format
 from mvpipe.providers.render import render_clip
 from mvpipe.store.clips import clip_key, lipsync_key
-from mvpipe.store.scenes import LIP_SYNCED, WORKING
+from mvpipe.store.stage_fields import LIP_SYNCED, WORKING
 from tests.conftest import Workers
 from tests.helpers import assert_invariants, generations_per_scene, lip_synced_project
 

@@ -18,9 +18,9 @@ from mvpipe.pipeline.cancel import cancel_runs
 from mvpipe.pipeline.plan import plan_run
 from mvpipe.pipeline.reconcile import reconcile
 from mvpipe.pipeline.runs import start_run
+from mvpipe.store.claim_outcomes import Claim
 from mvpipe.store.projects import ProjectStore
 from mvpipe.store.runboard import RunBoard
-from mvpipe.store.scenes import Claim
 
 pytestmark = pytest.mark.integration
 

@@ -27,7 +27,7 @@ from mvpipe.pipeline.stages import (
     claims_first_stage,
 )
 from mvpipe.store.clips import scene_prefix
-from mvpipe.store.scenes import OUTPUT_ORDER
+from mvpipe.store.stage_fields import OUTPUT_ORDER
 from tests.test_stages import scene
 
 #: The moments of the paid machine a drill can crash at, each stage's named with its prefix.

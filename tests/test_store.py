@@ -20,8 +20,9 @@ from mvpipe.errors import InvalidInput, NotFound
 from mvpipe.models import ProjectSpec, ProjectStatus, SceneSpec, SceneStatus
 from mvpipe.pipeline.finalize import settle_project
 from mvpipe.states import Counters
+from mvpipe.store.claim_outcomes import Claim, ClaimResult
 from mvpipe.store.records import SceneRecord
-from mvpipe.store.scenes import ORIGINAL, WORKING, Claim, ClaimResult
+from mvpipe.store.stage_fields import ORIGINAL, WORKING
 from tests.helpers import new_project
 
 pytestmark = pytest.mark.integration

@@ -17,7 +17,7 @@ from mvpipe.errors import Conflict, InvalidInput, Timeout
 from mvpipe.models import ProjectStatus, ProjectView, SceneStatus
 from mvpipe.pipeline.stages import GENERATE, next_stage
 from mvpipe.pipeline.steps import Dispatcher
-from mvpipe.store.scenes import Claim
+from mvpipe.store.claim_outcomes import Claim
 
 #: Scene states a user's run may give spent attempts back in.
 OPEN = (SceneStatus.PENDING, SceneStatus.PROCESSING)

@@ -29,7 +29,7 @@ from mvpipe.pipeline.operation import StageProvider, VideoGeneration
 from mvpipe.settings import Settings
 from mvpipe.store.clips import StoredObject, clip_key, lipsync_key
 from mvpipe.store.records import SceneRecord
-from mvpipe.store.scenes import LIP_SYNCED, ORIGINAL, WORKING, StageFields
+from mvpipe.store.stage_fields import LIP_SYNCED, ORIGINAL, WORKING, StageFields
 
 if TYPE_CHECKING:
     from mvpipe.pipeline.execution import Execution

@@ -1,4 +1,4 @@
-"""The single-table pynamodb model. Holds no logic: transitions live in projects.py/scenes.py."""
+"""The single-table pynamodb model. Holds no logic: transitions live in projects.py/scene_*.py."""
 
 from __future__ import annotations
 

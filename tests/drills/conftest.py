@@ -17,7 +17,7 @@ from mvpipe.devstack.localstack import LocalStack
 from mvpipe.messaging.dispatch import GENERATE_SCENE
 from mvpipe.models import ProjectStatus
 from mvpipe.providers.local import LocalJobs
-from mvpipe.store.scenes import Claim
+from mvpipe.store.claim_outcomes import Claim
 from tests.conftest import Workers
 from tests.helpers import assert_invariants, generations_per_scene, new_project, wait_for
 

@@ -22,7 +22,8 @@ from mvpipe.messaging.dispatch import (
 )
 from mvpipe.models import ProjectStatus, SceneStatus
 from mvpipe.pipeline.finalize import MAX_GIVE_UPS
-from mvpipe.store.scenes import ORIGINAL, Claim
+from mvpipe.store.claim_outcomes import Claim
+from mvpipe.store.stage_fields import ORIGINAL
 from mvpipe.store.table import METADATA, project_pk
 from mvpipe.tasks.finalize import MAX_UNEXPECTED as FINALIZE_UNEXPECTED
 from tests.conftest import Workers
