@@ -45,8 +45,9 @@ from mvpipe.models import (
 from mvpipe.pipeline import cancel, cost, listing, outputs, runs
 from mvpipe.pipeline.create import create_project as write_project
 from mvpipe.pipeline.reconcile import Progress as ReconcileProgress
-from mvpipe.pipeline.reconcile import ReconcileReport, SweepProgress
 from mvpipe.pipeline.reconcile import reconcile as reconcile_all
+from mvpipe.pipeline.reconcile_report import ReconcileReport
+from mvpipe.pipeline.reconcile_strays import SweepProgress
 from mvpipe.settings import get_settings
 from mvpipe.store.records import ProjectRecord
 

@@ -19,7 +19,8 @@ from mvpipe.celery_app import app
 from mvpipe.deps import Context, get_context
 from mvpipe.devstack.localstack import LocalStack
 from mvpipe.models import ProjectStatus, SceneStatus
-from mvpipe.pipeline.reconcile import ReconcileReport, reconcile
+from mvpipe.pipeline.reconcile import reconcile
+from mvpipe.pipeline.reconcile_report import ReconcileReport
 from mvpipe.pipeline.reconcile_scope import (
     FULL_SWEEP_JOB,
     STRAY_CURSOR_JOB,

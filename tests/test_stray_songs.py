@@ -20,7 +20,8 @@ from mvpipe.errors import StoreUnavailable
 from mvpipe.models import ProjectSpec, SongSpec, is_project_id
 from mvpipe.pipeline.create import create_project
 from mvpipe.pipeline.grace import warn_short_grace
-from mvpipe.pipeline.reconcile import ReconcileReport, reconcile
+from mvpipe.pipeline.reconcile import reconcile
+from mvpipe.pipeline.reconcile_report import ReconcileReport
 from mvpipe.pipeline.reconcile_scope import SONG_CURSOR_JOB, SONG_PAGE
 from mvpipe.pipeline.stray_songs import song_project, stray_songs
 from mvpipe.settings import Settings

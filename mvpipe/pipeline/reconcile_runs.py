@@ -1,0 +1,98 @@
+"""A reconcile pass settles each project's run: finalizes one whose finalize was lost, ends one
+whose finalize gave up, takes a stale one over, and recounts a project's counters."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+
+from mvpipe.deps import Context
+from mvpipe.models import ProjectStatus, SceneStatus
+from mvpipe.pipeline.finalize import ended_by_give_ups, settle_project
+from mvpipe.pipeline.reconcile_report import ReconcileReport
+from mvpipe.pipeline.stages import next_stage
+from mvpipe.pipeline.steps import Dispatcher
+from mvpipe.states import FINAL_SCENE_STATES, assembly_due, lease_expired
+from mvpipe.store.records import ProjectState
+
+log = logging.getLogger("mvpipe.reconcile")
+
+
+def _submission_in_progress(state: ProjectState) -> bool:
+    """A live lease means a submitter may be talking to the provider right now: taking the
+    run over then would let its operation be dropped and the scene paid for again. Liveness in
+    Redis can vanish (a Redis restart without persistence); the lease in the table cannot."""
+    now = time.time()
+    return any(
+        s.status == SceneStatus.PROCESSING
+        and (stage := next_stage(s)) is not None
+        and stage.paid
+        and stage.operation(s) is None
+        and not lease_expired(s.lease_expires_at, now)
+        for s in state.scenes
+    )
+
+
+def _finalize_owed(ctx: Context, state: ProjectState, run: str) -> bool:
+    """The run's finalize ran, and every scene it waits for is final since: the re-finalize
+    must have been lost (a broker hiccup), even if the run still looks alive. A run whose
+    finalize never ran is left to its chord (or to the takeover once it is stale)."""
+    sequences = ctx.board.run_sequences(run)
+    if sequences is None:
+        return False
+    wanted = set(sequences)
+    return all(s.status in FINAL_SCENE_STATES for s in state.scenes if s.sequence in wanted)
+
+
+def settle(
+    ctx: Context, dispatcher: Dispatcher, state: ProjectState, report: ReconcileReport
+) -> None:
+    project = state.project
+    run = project.active_run_id
+    # An assembling run's finalize is done; if the assembly died, the run goes stale (below).
+    assembling = project.status == ProjectStatus.ASSEMBLING
+    if run is not None and project.planned and not assembling and _finalize_owed(ctx, state, run):
+        sequences = ctx.board.run_sequences(run)
+        settlement = settle_project(ctx, state, release_run=run, sequences=sequences)
+        if settlement:
+            report.runs_finalized += 1
+            if settlement.assemble:
+                dispatcher.assemble(project.project_id, run)
+        return
+    if run is not None and not ctx.board.run_alive(run) and not _submission_in_progress(state):
+        counters = state.counters
+        final_video = project.final_video_key is not None
+        if (
+            project.planned
+            and counters.open_scenes == 0
+            and not assembly_due(counters, final_video=final_video)
+        ):
+            if settle_project(ctx, state, release_run=run):
+                report.runs_finalized += 1
+            return
+        if ended_by_give_ups(project):  # its finalize gave up for good: end it, saying why
+            why = project.last_error or "finalize failed"
+            if settle_project(ctx, state, release_run=run, gave_up=why):
+                report.runs_finalized += 1
+            return
+        status = ProjectStatus.PROCESSING if project.planned else ProjectStatus.GENERATING_SCENES
+        new_run = str(uuid.uuid4())
+        # Alive before it can be won: a pass between the win and a later mark would take it over.
+        ctx.board.touch_run(new_run, ctx.settings.run_stale_seconds)
+        if ctx.projects.take_over_run(project.project_id, run, new_run, status):
+            scope = list(project.run_scope) if project.run_scope else None
+            dispatcher.start_run(project.project_id, new_run, scope)
+            report.runs_taken_over += 1
+            log.info(
+                "took over stale run project=%s old=%s new=%s", project.project_id, run, new_run
+            )
+        return
+    settlement = settle_project(ctx, state)
+    if settlement is not None and settlement.cost_recounted:
+        report.costs_recounted += 1
+    elif settlement is not None and settlement.changed and run is None:
+        # A live run's counters lag by its in-flight work by design (a scene's completion
+        # writes no METADATA; the run's finalize counts): recounting them is progress, which
+        # invariant 4 asks of every reconcile, not a repair to report.
+        report.counters_fixed += 1
