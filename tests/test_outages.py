@@ -105,7 +105,10 @@ class S3Answers:
 @pytest.fixture
 def s3_answers() -> Iterator[S3Answers]:
     answers = S3Answers()
-    thread = threading.Thread(target=answers.server.serve_forever, daemon=True)
+    # Polled every 50 ms, not the default 0.5 s: `shutdown` waits for the next poll.
+    thread = threading.Thread(
+        target=answers.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
     thread.start()
     try:
         yield answers

@@ -31,6 +31,9 @@ StartWorkers = Callable[..., Workers]
 MODEL = REPLICATE_MODEL
 #: the stand-in's drip framing sends a KiB at a time, at least this long after the last
 DRIP_PIECE_SECONDS = 0.05
+#: the output's 1 KiB pieces: ~6.4 s of drip, twice the 3 s at most the checks wait for, so
+#: they and the reconcile pass run while it is still under way (asserted)
+OUTPUT_PIECES = 128
 
 
 @pytest.fixture
@@ -47,8 +50,8 @@ def test_a_download_longer_than_the_liveness_keeps_its_scene_alive(
     standin: ProviderStandIn, start_workers: StartWorkers
 ) -> None:
     # Given workers whose poll liveness mark lasts about 1.5 s, a whole-download deadline of
-    # two minutes, and a finished job whose output comes a KiB every 50 ms (about 13 s)
-    standin.output, standin.output_framing = output_of(256 * 1024), "drip"
+    # two minutes, and a finished job whose output comes a KiB every 50 ms (about 6.4 s)
+    standin.output, standin.output_framing = output_of(OUTPUT_PIECES * 1024), "drip"
     start_workers(
         env={"MVPIPE_POLL_SECONDS": "0.1"},
         backoff_base="0.1",
@@ -79,6 +82,7 @@ def test_a_download_longer_than_the_liveness_keeps_its_scene_alive(
     # and a reconcile pass run now starts no second poll chain
     report = api.reconcile(project_id)
     assert report.orphaned_polls == 0 and report.resumed_stages == 0, report
+    assert standin.pieces_sent < OUTPUT_PIECES  # all the above ran mid-download
     # And the scene completes on the one job, its output fetched once
     view = api.wait_project(project_id, timeout=120)
     assert view.scenes[0].status == SceneStatus.COMPLETED, view.scenes[0].last_error
