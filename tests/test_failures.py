@@ -1,13 +1,14 @@
 """Outages and unexpected errors are counted apart (pure: no servers).
 
-`next_retry` is what `MvpipeTask.outage_retry` and `unexpected_retry` call on an execution's
-keywords: each retry's keywords are the next execution's, so a chain is their composition."""
+`next_outage_retry` and `next_retry` are what `MvpipeTask.outage_retry` and `unexpected_retry`
+call on an execution's keywords: each retry's keywords are the next execution's, so a chain is
+their composition."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from mvpipe.tasks.failures import OUTAGES, UNEXPECTED, next_retry
+from mvpipe.tasks.failures import OUTAGES, UNEXPECTED, next_outage_retry, next_retry
 
 LIMIT = 5
 #: An execution's keywords besides the counts, which every retry carries as they were.
@@ -23,7 +24,10 @@ def after(events: list[str], kwargs: dict[str, Any] | None = None) -> dict[str, 
     for kind in events:
         if carried is None:
             break
-        carried = next_retry(carried, kind, None if kind == OUTAGES else LIMIT)
+        if kind == OUTAGES:
+            carried = next_outage_retry(carried)
+        else:
+            carried = next_retry(carried, kind, LIMIT)
     return carried
 
 

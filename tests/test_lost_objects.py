@@ -15,10 +15,20 @@ from mvpipe.devstack.failpoints import held, release
 from mvpipe.errors import NotFound
 from mvpipe.media.synth import SynthSong, synthesize_song
 from mvpipe.models import ProjectStatus, SceneStatus
+from mvpipe.pipeline.generate import SceneJob
+from mvpipe.pipeline.lipsync import LipSync
+from mvpipe.pipeline.steps import Next
 from mvpipe.pipeline.timeline import ensure_timeline
+from mvpipe.providers.limiter import slot_member
 from mvpipe.store.clips import ObjectMissing
 from tests.conftest import Workers
-from tests.helpers import assert_invariants, generations_per_scene, lip_synced_project, wait_for
+from tests.helpers import (
+    assert_invariants,
+    generations_per_scene,
+    lip_synced_project,
+    wait_for,
+    waiting_for_lip_sync,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -104,6 +114,35 @@ def test_a_missing_song_fails_the_lip_sync_and_gives_its_slot_back(
     assert generations_per_scene(workers.ledger, project_id) == {1: 1, 2: 1}
     assert "S3 unavailable" not in workers.service.log_text()
     assert_invariants(project_id)
+
+
+def test_a_missing_song_fails_the_lip_sync_before_it_waits_for_a_slot(
+    stack: object, broker_cleared: None
+) -> None:
+    # Given a scene waiting for its lip-sync under a run, its song gone, and every lip-sync
+    # slot held by another project's scenes
+    ctx = get_context()
+    project_id = waiting_for_lip_sync(ctx)
+    run_id = str(uuid.uuid4())
+    assert ctx.projects.win_run(project_id, run_id, ProjectStatus.PROCESSING) == run_id
+    ctx.clips.delete(ctx.projects.get(project_id).song_key or "")
+    lipsync, other = LipSync(ctx), str(uuid.uuid4())
+    for sequence in range(1, lipsync.limit + 1):
+        granted = ctx.limiter.acquire(
+            lipsync.pool, slot_member(other, sequence), limit=lipsync.limit, ttl=60, line_ttl=60
+        )
+        assert granted.granted
+    # When its step runs
+    step = SceneJob(ctx, project_id, 2, run_id, "local").step()
+    # Then it fails at once naming the lost song: its inputs are read before a slot is asked
+    # for, so it never waits in line for a slot it could not use
+    assert (step.next, step.outcome) == (Next.DONE, "failed: inputs could not be made"), step
+    scene = ctx.scenes.get(project_id, 2)
+    assert scene is not None and scene.status == SceneStatus.FAILED
+    assert scene.last_error and "gone from the store" in scene.last_error
+    snapshot = ctx.limiter.snapshot(lipsync.pool)
+    assert snapshot.in_flight(project_id) == 0
+    assert project_id not in [line.project for line in snapshot.lines], snapshot
 
 
 def planning_fails_naming(workers: Workers, project_id: str, gone: str) -> None:

@@ -19,7 +19,7 @@ from mvpipe.models import is_project_id, validate_project_id, validate_run_id, v
 from mvpipe.pipeline.stages import BY_NAME
 from mvpipe.providers.classify import describe, scrub
 from mvpipe.states import backoff_seconds
-from mvpipe.tasks.failures import OUTAGES, UNEXPECTED, next_retry
+from mvpipe.tasks.failures import OUTAGES, UNEXPECTED, next_outage_retry, next_retry
 
 dispatcher = CeleryDispatcher(app)
 log = logging.getLogger("mvpipe.tasks")
@@ -54,8 +54,7 @@ class MvpipeTask(Task):
         scrubbed text (a secret in an error message must not reach either). The returned `Retry`
         is raised by the caller `from None`: raised inside an `except` it would carry the raw
         exception as its context into the stored traceback."""
-        carried = next_retry(kwargs, OUTAGES, None)
-        assert carried is not None  # no limit: never given up
+        carried = next_outage_retry(kwargs)
         return self.backoff_retry(StoreUnavailable, exc, carried, carried[OUTAGES])
 
     def unexpected_retry(

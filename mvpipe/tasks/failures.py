@@ -16,12 +16,21 @@ from typing import Any
 OUTAGES, UNEXPECTED = "outages", "unexpected"
 
 
-def next_retry(kwargs: Mapping[str, Any], kind: str, limit: int | None) -> dict[str, Any] | None:
-    """The keywords a task's retry after one more failure of `kind` carries: this execution's
-    `kwargs` with that kind's count plus one (missing, as in an older message: 0), every other
-    keyword (the other kind's count too) as it was. None once `limit` failures of `kind` were
-    retried (the task gives up); outages have no limit (None)."""
-    done = int(kwargs.get(kind, 0))
-    if limit is not None and done >= limit:
+def next_outage_retry(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The keywords a task's retry after one more outage carries: outages have no limit, so
+    there always is one (`counted`)."""
+    return counted(kwargs, OUTAGES)
+
+
+def next_retry(kwargs: Mapping[str, Any], kind: str, limit: int) -> dict[str, Any] | None:
+    """The keywords a task's retry after one more failure of `kind` carries (`counted`); None
+    once `limit` failures of `kind` were retried (the task gives up)."""
+    if int(kwargs.get(kind, 0)) >= limit:
         return None
-    return {**kwargs, kind: done + 1}
+    return counted(kwargs, kind)
+
+
+def counted(kwargs: Mapping[str, Any], kind: str) -> dict[str, Any]:
+    """This execution's `kwargs` with `kind`'s count plus one (missing, as in an older
+    message: 0), every other keyword (the other kind's count too) as it was."""
+    return {**kwargs, kind: int(kwargs.get(kind, 0)) + 1}

@@ -10,18 +10,34 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from mvpipe import api
+import pytest
+from celery.exceptions import Retry
+
+from mvpipe import api, hooks
 from mvpipe.deps import get_context
 from mvpipe.devstack.failpoints import held, release
 from mvpipe.devstack.localstack import LocalStack
 from mvpipe.devstack.outages import NONE, REFUSED, UNANSWERED, set_outage
+from mvpipe.media.synth import synthesize_song
+from mvpipe.models import ProjectStatus, SceneStatus
+from mvpipe.pipeline.generate import SceneJob
+from mvpipe.pipeline.stages import GENERATE, LIPSYNC
+from mvpipe.pipeline.steps import Next
+from mvpipe.providers.base import JobState
 from tests.conftest import Workers
 from tests.drills.conftest import DRILL_SETTINGS, check_drill, heal, owe_a_record
 from tests.drills.test_unknown_outcomes import state_dir
-from tests.helpers import ledger, wait_for
+from tests.helpers import (
+    assert_invariants,
+    generations_per_scene,
+    ledger,
+    lip_synced_project,
+    wait_for,
+)
 
 StartWorkers = Callable[..., Workers]
 
@@ -52,11 +68,16 @@ def start_held(start_workers: StartWorkers, hold: str) -> tuple[Workers, str, fl
     return workers, project_id, time.time()
 
 
+def state_server_port(stack: LocalStack) -> int:
+    port = next(s for s in stack.services if s.name == "moto").port
+    assert port is not None
+    return port
+
+
 @contextmanager
 def outage(stack: LocalStack, mode: str) -> Iterator[Callable[[str], None]]:
     """The state server in outage `mode` inside; yields a switch to another mode."""
-    port = next(s for s in stack.services if s.name == "moto").port
-    assert port is not None
+    port = state_server_port(stack)
     set_outage(port, mode)
     try:
         yield lambda other: set_outage(port, other)
@@ -146,3 +167,73 @@ def test_a_redo_whose_provider_cannot_be_built_still_marks_its_scene_alive(
     assert ctx.scenes.get(project_id, 1).lease_token == token  # type: ignore[union-attr]
     api.reconcile(project_id)
     assert ctx.scenes.get(project_id, 1).lease_token == token  # type: ignore[union-attr]
+
+
+def test_a_give_back_owed_after_a_poll_is_redone_as_the_give_back_not_the_polled_job(
+    start_workers: StartWorkers, stack: LocalStack
+) -> None:
+    # imported here: a task at the module's top is read by the collection (pytest reads every
+    # module attribute), which configures the Celery app before the stack's servers are up
+    from mvpipe.tasks.generate import FRESH, generate_scene
+
+    # Given a lip-synced scene (the first of two) whose generation job has finished, the poll
+    # message that will find it done still to run
+    workers = start_workers(
+        local_latency="1", store_retry_seconds="1", prices=json.dumps({"local": 0.25})
+    )
+    ctx = get_context()
+    song = synthesize_song(seconds=5.0, bpm=120.0, sections=1)
+    project_id = lip_synced_project(ctx, song.wav, [0.0, 2.5, 5.0], {1})
+    run_id = str(uuid.uuid4())
+    assert ctx.projects.win_run(project_id, run_id, ProjectStatus.PROCESSING) == run_id
+    submitted = SceneJob(ctx, project_id, 1, run_id, "local").step()
+    assert submitted.next == Next.POLL, submitted
+    job = submitted.carry["operation_id"]
+    video = ctx.video_provider("local")
+    wait_for(lambda: video.poll(job).state == JobState.SUCCEEDED, 60, "the generation job")
+    poll = {**FRESH, **submitted.carry}
+    # When that poll runs (in this process, as a worker runs it): it stores the clip, cuts it
+    # and claims the lip-sync, whose claim lands but its answer is lost (the state server
+    # applies every write and answers 500), so the lease is owed a give-back
+    port = state_server_port(stack)
+
+    def lose_the_claims_answer(point: str) -> None:
+        if point == "before_claim_write":
+            set_outage(port, UNANSWERED)
+
+    args = (project_id, 1, run_id, "local")
+    hooks.install(lose_the_claims_answer)
+    # as a worker's tracer runs a message (a direct call's retry would raise its cause instead)
+    generate_scene.push_request(id=str(uuid.uuid4()), args=args, kwargs=poll, called_directly=False)
+    try:
+        with pytest.raises(Retry) as retried:
+            generate_scene.run(*args, **poll)
+    finally:
+        generate_scene.pop_request()
+        hooks.install(None)
+        set_outage(port, NONE)
+    # Then the redo it sends gives the lip-sync's lease back: it names no operation (the
+    # generation job it polled would be recorded as the lip-sync's), nor any other field of
+    # the poll, and keeps the count of outages
+    assert retried.value.sig is not None
+    redo = retried.value.sig.kwargs
+    assert redo["operation_id"] is None, redo
+    assert (redo["stage"], redo["outages"]) == (LIPSYNC.name, 1), redo
+    assert redo["token"] and redo["release"]["unused"], redo
+    assert (redo["job_started"], redo["unread_polls"]) == (None, 0), redo
+
+    # and once a worker has run it, the scene ends lip-synced, each stage paid once, and the
+    # committed sum is those two jobs' prices (the first claim's reservation given back)
+    def lip_synced() -> bool:
+        scene = ctx.scenes.get(project_id, 1)
+        return scene is not None and scene.status == SceneStatus.COMPLETED
+
+    wait_for(lip_synced, 90, "the redo and the lip-sync")
+    scene = ctx.scenes.get(project_id, 1)
+    assert scene is not None and scene.lip_synced_clip_key is not None
+    assert generations_per_scene(workers.ledger, project_id) == {1: 1}
+    assert generations_per_scene(workers.ledger, project_id, "lipsync") == {1: 1}
+    prices = sum(stage.price_micros(ctx.settings, "local", scene) for stage in (GENERATE, LIPSYNC))
+    assert prices > 0
+    assert ctx.scenes.budgets.read(project_id).committed_micros == scene.cost_micros == prices
+    assert_invariants(project_id)
