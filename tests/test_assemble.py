@@ -353,8 +353,9 @@ def test_an_assembly_marks_its_run_alive_a_fixed_number_of_times_not_once_per_cl
         monkeypatch.undo()
         reset_context()
     assert done[0].outcome == "completed"
-    # At its start, before the encode and before the upload; the three downloads write none
-    assert commands == ["SET"] * 3
+    # At its start, before the first download (this process had not refreshed the mark for
+    # the run's steps), before the encode and before the upload: not before each download
+    assert commands == ["SET"] * 4
 
 
 def test_a_worker_killed_during_assembly_heals(start_workers: StartWorkers) -> None:

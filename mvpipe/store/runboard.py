@@ -72,35 +72,28 @@ class RunBoard:
         self.ttl = ttl
         self._finish = client.register_script(_FINISH)
         self._unlock = client.register_script(_UNLOCK)
-        #: run id -> when this process last refreshed the run's liveness (monotonic); every
-        #: caller passes the run's stale seconds, so the time alone says how long it lasts
+        #: run id -> when this process last refreshed the run's liveness (monotonic)
         self._run_touched: dict[str, float] = {}
 
     def _key(self, *parts: object) -> str:
         return ":".join([self.prefix, *map(str, parts)])
 
     # -- liveness ------------------------------------------------------------------------------
-    def touch_run(self, run_id: str, seconds: float) -> None:
-        """Mark the run alive for `seconds` from now (remembered for `keep_run_alive`)."""
-        now = time.monotonic()
-        self._mark_run(run_id, seconds)
-        if len(self._run_touched) >= RUNS_REMEMBERED:
-            self._run_touched.clear()
-        self._run_touched[run_id] = now
-
     @_answered
-    def _mark_run(self, run_id: str, seconds: float) -> None:
+    def touch_run(self, run_id: str, seconds: float) -> None:
         self.client.set(self._key("live", "run", run_id), 1, px=int(seconds * 1000))
 
     def keep_run_alive(self, run_id: str, seconds: float) -> None:
         """`touch_run` from a run's steps, at most once per `seconds / RUN_TOUCH_EVERY` per
-        process and run (a `touch_run` counts): the mark still never lapses while the run's
-        steps execute (it lasts `seconds`, and at least 1 - 1 / `RUN_TOUCH_EVERY` of it is left
-        whenever a step starts), at one write per busy process every few seconds instead of one
-        per step."""
-        if time.monotonic() - self._run_touched.get(run_id, -seconds) < seconds / RUN_TOUCH_EVERY:
+        process and run: the mark still never lapses while the run's steps execute (it lasts
+        `seconds`), at one write per busy process every few seconds instead of one per step."""
+        now = time.monotonic()
+        if now - self._run_touched.get(run_id, -seconds) < seconds / RUN_TOUCH_EVERY:
             return
         self.touch_run(run_id, seconds)
+        if len(self._run_touched) >= RUNS_REMEMBERED:
+            self._run_touched.clear()
+        self._run_touched[run_id] = now
 
     @_answered
     def run_alive(self, run_id: str) -> bool:
