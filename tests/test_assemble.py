@@ -13,10 +13,11 @@ from pathlib import Path
 
 import av
 import pytest
+import redis
 
 from mvpipe import api
 from mvpipe.celery_app import app
-from mvpipe.deps import Context, get_context
+from mvpipe.deps import Context, get_context, reset_context
 from mvpipe.devstack.drills import heal
 from mvpipe.devstack.failpoints import marker_dir
 from mvpipe.devstack.invariants import violations
@@ -24,7 +25,7 @@ from mvpipe.devstack.localstack import LocalStack
 from mvpipe.errors import Conflict, InvalidInput, NotFound
 from mvpipe.media.cut import cut_clip
 from mvpipe.models import ProjectStatus, SceneSpec, SceneStatus
-from mvpipe.pipeline.assemble import final_key
+from mvpipe.pipeline.assemble import assemble_run, final_key
 from mvpipe.pipeline.cut import output_format
 from mvpipe.pipeline.plan import RunPlan, plan_run
 from mvpipe.pipeline.reconcile import reconcile
@@ -36,6 +37,7 @@ from mvpipe.store.table import project_pk, scene_sk
 from tests.conftest import Workers
 from tests.helpers import assert_invariants, wait_for
 from tests.songs import make_song
+from tests.test_limiter import commands_under
 from tests.test_runs import RecordingDispatcher
 
 pytestmark = pytest.mark.integration
@@ -326,6 +328,34 @@ def test_a_duplicate_assembly_records_one_final_video(start_workers: StartWorker
     assert finals(ctx, project_id) == [view.final_video_s3_key]
     assert_invariants(project_id)
     assert api.reconcile(project_id).total == 0
+
+
+def test_an_assembly_marks_its_run_alive_a_fixed_number_of_times_not_once_per_clip(
+    stack: LocalStack,
+    redis_client: redis.Redis,
+    broker_cleared: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for key, value in MEDIA.items():
+        monkeypatch.setenv(f"MVPIPE_{key.upper()}", value)
+    reset_context()  # this process assembles, at the tests' small size
+    try:
+        ctx = get_context()
+        project_id = completed_song_project(ctx)
+        run_id = str(uuid.uuid4())
+        assert ctx.projects.win_run(project_id, run_id, ProjectStatus.ASSEMBLING) == run_id
+        mark = f"{ctx.board.prefix}:live:run:{run_id}"
+        done = []
+        commands = commands_under(
+            redis_client, mark, lambda: done.append(assemble_run(ctx, project_id, run_id))
+        )
+    finally:
+        monkeypatch.undo()
+        reset_context()
+    assert done[0].outcome == "completed"
+    # At its start, before the first download (this process had not refreshed the mark for
+    # the run's steps), before the encode and before the upload: not before each download
+    assert commands == ["SET"] * 4
 
 
 def test_a_worker_killed_during_assembly_heals(start_workers: StartWorkers) -> None:

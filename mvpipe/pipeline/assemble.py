@@ -113,7 +113,9 @@ def _build(ctx: Context, state: ProjectState, fmt: OutputFormat, key: str, run_i
         clips: list[Path] = []
         hooks.reached("before_assembly")
         for scene in state.scenes:
-            ctx.board.touch_run(run_id, stale)  # alive while it downloads
+            # Alive while it downloads: written at most once per stale / 20 (not per clip), so
+            # the mark has at least 0.95 of its life left as each download starts.
+            ctx.board.keep_run_alive(run_id, stale)
             path = workdir / f"scene-{scene.sequence:03d}.mp4"
             path.write_bytes(ctx.clips.read(chosen_clip(scene) or ""))
             clips.append(path)
