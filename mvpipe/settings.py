@@ -313,6 +313,24 @@ class Settings(BaseSettings):
             raise ValueError("MVPIPE_VISIBILITY_TIMEOUT must exceed the longest countdown")
         return self
 
+    @model_validator(mode="after")
+    def _slots_fit_the_quota(self) -> Settings:
+        # A job's quota slot lives as long as its poll's liveness mark, and must fit under the
+        # life every worker gives the keys that count slots (imported here: the providers
+        # package imports this module).
+        from mvpipe.providers.limiter import MAX_SLOT_SECONDS
+
+        for provider in DEFAULT_POLL_SECONDS:
+            liveness = self.liveness_seconds(provider)
+            if liveness > MAX_SLOT_SECONDS:
+                raise ValueError(
+                    f"a {provider} job's quota slot would live {liveness:g} s"
+                    " (MVPIPE_BACKOFF_MAX + 3 x MVPIPE_POLL_SECONDS +"
+                    f" MVPIPE_LIVENESS_SLACK_SECONDS), above the {MAX_SLOT_SECONDS} s the quota"
+                    " allows: lower one of them"
+                )
+        return self
+
     @property
     def submit_budget_seconds(self) -> float:
         """The lease time a submission needs once claimed: the submit, then the record's reply."""

@@ -801,7 +801,6 @@ class PaidOperation:
             self.provider.pool,
             self.job_member(operation_id),
             ttl=self.provider.liveness_seconds,
-            line_ttl=self.s.backoff_max * 2 + 30,
             moved_from=self.member if moved else None,
         )
 

@@ -19,24 +19,33 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any
 
 import redis
+from redis.commands.core import Script
 
-from mvpipe.errors import InvalidInput
+from mvpipe.errors import ConfigurationError, InvalidInput
 from mvpipe.providers.fairness import PLACE_SCAN, ProjectLine
-
-T = TypeVar("T")
 
 #: Every entry in the quota's keys is dead this long before its key expires, at least.
 KEY_SLACK_SECONDS = 60
-#: The keys that count held slots are renewed about this often by each process busy on a pool
-#: (a step renews them only when the renewal its process remembers would not outlive a slot it
-#: writes by `KEY_SLACK_SECONDS`).
+#: The least time a process busy on a pool goes between two renewals of the keys that count
+#: held slots (a step renews them only when the renewal its process remembers would not
+#: outlive a slot it writes by `KEY_SLACK_SECONDS`).
 RENEW_SECONDS = 60
+#: How long a renewal (or a remake) keeps the keys that count held slots: one life shared by
+#: every worker, whatever its settings, so the renewal a process remembers is never later than
+#: the keys' expiry (keys another worker remade since were remade later, to last as long).
+COUNT_KEEP_SECONDS = 3600
+#: The longest slot a step may write: one that fits under the counting keys' life with the
+#: slack and a renewal's spacing (`Settings` refuses a poll's liveness above it at start).
+MAX_SLOT_SECONDS = COUNT_KEEP_SECONDS - KEY_SLACK_SECONDS - RENEW_SECONDS
+#: The oldest Redis the scripts run on: their EXPIRE takes NX and GT.
+REDIS_MAJOR = 7
 
 # Per provider: `slots` (member -> expiry), `seen` (waiter -> last request), `parked` (waiter ->
 # wake-up message), `inflight` (project -> slots held), `order` (waiting projects, scored by
@@ -89,24 +98,6 @@ local function unwait(m)
   end
 end
 
--- The keys that count held slots (`slots`, `inflight`, renewed together) outlive every slot in
--- them by `KEY_SLACK_SECONDS` at least. The calling process knows when it last renewed them: a
--- step renews them (`due`, for `keep`: `RENEW_SECONDS` more than that) only when a slot it
--- writes now could outlive them otherwise, so a busy process renews them about every
--- `RENEW_SECONDS`, not on every request; a renewal never shortens them (GT: another worker's
--- may be longer). `made`: this step may have made the key (a first slot, a first count), which
--- then has no expiry yet, whatever the process remembers: NX gives it one and leaves one that
--- is there (GT leaves a key with none as it is, so a due renewal falls back on NX too).
-local function keep_key(key, keep, made, due)
-  if due and redis.call('EXPIRE', key, keep, 'GT') == 1 then return end
-  if made or due then redis.call('EXPIRE', key, keep, 'NX') end
-end
-
-local function keep_counts(keep, slots_made, flight_made, due)
-  keep_key(slots, keep, slots_made, due)
-  keep_key(inflight, keep, flight_made, due)
-end
-
 local function expire_slots(now)
   for _, m in ipairs(redis.call('ZRANGEBYSCORE', slots, '-inf', now)) do
     redis.call('ZREM', slots, m)
@@ -145,13 +136,39 @@ local function allot(k)
 end
 """
 
-_ACQUIRE = (
+# A step that writes `member`'s slot (`acquire`, `hold`): the slot lasts `ttl` from `now`;
+# `due` says whether this process's remembered renewal of the counting keys falls short of it.
+_STEP = (
     _COMMON
     + f"""
-local now, member, ttl, limit, stale, park, keep, due = tonumber(ARGV[2]), ARGV[3],
-  tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7], tonumber(ARGV[8]),
-  ARGV[9] == '1'
+local now, member, ttl, due = tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), ARGV[5] == '1'
 local p = project_of(member)
+
+-- The keys that count held slots (`slots`, `inflight`, renewed together) outlive every slot in
+-- them by `KEY_SLACK_SECONDS` at least. The calling process knows when it last renewed them: a
+-- step renews them (`due`) only when a slot it writes now could outlive them otherwise, so a busy
+-- process renews them about once in `COUNT_KEEP_SECONDS` less its slots' life, not on every
+-- request. Every worker renews them for the same `COUNT_KEEP_SECONDS`, so a renewal never
+-- shortens them (GT guards it all the same). `made`: this step may have made the key (a first
+-- slot, a first count), which then has no expiry yet, whatever the process remembers: NX gives it
+-- one and leaves one that is there (GT leaves a key with none as it is, so a due renewal falls
+-- back on NX too).
+local function keep_key(key, made)
+  if due and redis.call('EXPIRE', key, {COUNT_KEEP_SECONDS}, 'GT') == 1 then return end
+  if made or due then redis.call('EXPIRE', key, {COUNT_KEEP_SECONDS}, 'NX') end
+end
+
+local function keep_counts(slots_made, flight_made)
+  keep_key(slots, slots_made)
+  keep_key(inflight, flight_made)
+end
+"""
+)
+
+_ACQUIRE = (
+    _STEP
+    + f"""
+local limit, stale, park, keep = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8], tonumber(ARGV[9])
 -- Every entry in the waiters' keys is dead `keep` seconds after the last request (keys made in
 -- this step included), so an idle provider leaves nothing behind.
 local function done(result)
@@ -165,7 +182,7 @@ end
 -- waiters' own requests, so only the keys that count held slots need a longer life.
 local function granted(fresh, held)
   local first = fresh == 1 and redis.call('HINCRBY', inflight, p, 1) == 1
-  keep_counts(keep, fresh == 1 and held == 0, first, due)
+  keep_counts(fresh == 1 and held == 0, first)
   return {{1, 0, fresh}}
 end
 local waiting = redis.call('ZCARD', seen)
@@ -203,7 +220,7 @@ for _, m in ipairs(allot(free)) do
     return done(result)
   end
 end
-keep_counts(keep, false, false, due)
+keep_counts(false, false)
 if park ~= '' then redis.call('HSET', parked, member, park) end
 -- fairness.slots_ahead
 local rank = redis.call('ZRANK', line, member)
@@ -259,10 +276,9 @@ return woken
 )
 
 _HOLD = (
-    _COMMON
+    _STEP
     + """
-local now, member, ttl, keep, moved, due = tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]),
-  tonumber(ARGV[5]), ARGV[6], ARGV[7] == '1'
+local moved = ARGV[6]
 -- A running job's slot: taken (or refreshed) whatever the line, since the job already runs at
 -- the provider and must count; its submission's slot, if named, becomes this one. Within one
 -- project (a job and its scene always are) the move is a rename: the project's count changes
@@ -270,7 +286,6 @@ local now, member, ttl, keep, moved, due = tonumber(ARGV[2]), ARGV[3], tonumber(
 -- its ticket and place in the rotation stay as they are.
 -- The job's slot is written first, so a move never empties (and so remakes) the keys: only a
 -- fresh slot that moved none may have made them.
-local p = project_of(member)
 local fresh = redis.call('ZADD', slots, now + ttl, member)
 local gone, removed = 0, 0
 if moved ~= '' and moved ~= member then
@@ -281,7 +296,7 @@ if moved ~= '' and moved ~= member then
 end
 local first = false
 if fresh > gone then first = add_flight(p, 1) == 1 elseif fresh < gone then add_flight(p, -1) end
-keep_counts(keep, fresh == 1 and removed == 0, first, due)
+keep_counts(fresh == 1 and removed == 0, first)
 return fresh
 """
 )
@@ -351,15 +366,31 @@ class QuotaSnapshot:
 
 
 class QuotaLimiter:
-    def __init__(self, client: redis.Redis, *, prefix: str = "mvpipe:quota") -> None:
+    """One process's handle on the quota pools. `clock` gives the slots' times (shared by every
+    worker: the wall clock); `timer` this process's own, for the renewals it remembers."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        prefix: str = "mvpipe:quota",
+        clock: Callable[[], float] = time.time,
+        timer: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.client = client
         self.prefix = prefix
+        self._clock = clock
+        self._timer = timer
         self._acquire = client.register_script(_ACQUIRE)
         self._release = client.register_script(_RELEASE)
         self._snapshot = client.register_script(_SNAPSHOT)
         self._hold = client.register_script(_HOLD)
-        #: pool -> until when (monotonic) this process last made its counting keys last
+        #: pool -> until when (`timer`) this process last made its counting keys last
         self._kept_until: dict[str, float] = {}
+        #: the server's version was read and is recent enough (read at the first step, not
+        #: here: building a context reaches no server, so a Redis away is the first step's
+        #: outage, retried as any)
+        self._server_checked = False
 
     def _keys(self, provider: str) -> list[str]:
         base = f"{self.prefix}:{provider}"
@@ -369,16 +400,35 @@ class QuotaLimiter:
     def _lines(self, provider: str) -> str:
         return f"{self.prefix}:{provider}:line:"
 
-    def _renewing(self, provider: str, ttl: float, keep: int, step: Callable[[bool], T]) -> T:
-        """Run a step that writes a slot of `ttl`, telling it whether to renew the keys that
-        count held slots (for `keep`): only when the renewal this process remembers would
-        not outlive that slot by `KEY_SLACK_SECONDS`, as `RunBoard.keep_run_alive` does for
-        a run's mark. Renewed keys last `keep` from before the step was sent, at least."""
-        started = time.monotonic()
+    def _check_server(self) -> None:
+        """Refuse a Redis the scripts cannot run on, before their first write (one INFO per
+        limiter): an older one fails them halfway, leaving keys with no expiry."""
+        if not self._server_checked:
+            require_redis_version(self.client.info("server").get("redis_version"))
+            self._server_checked = True
+
+    def _step(self, provider: str, script: Script, member: str, ttl: float, *args: object) -> Any:
+        """Run `script` (`_ACQUIRE`, `_HOLD`: `args` follow the ones they share), which writes
+        `member`'s slot of `ttl`, telling it whether to renew the keys that count held slots:
+        only when the renewal this process remembers would not outlive that slot by
+        `KEY_SLACK_SECONDS`, as `RunBoard.keep_run_alive` does for a run's mark. Renewed keys
+        last `COUNT_KEEP_SECONDS` from before the step was sent, at least."""
+        member_project(member)
+        if not 0 <= ttl <= MAX_SLOT_SECONDS:
+            raise ConfigurationError(
+                f"a quota slot of {ttl:g} s does not fit under the quota keys' life: at most"
+                f" {MAX_SLOT_SECONDS} s (a poll's liveness: lower MVPIPE_BACKOFF_MAX,"
+                " MVPIPE_POLL_SECONDS or MVPIPE_LIVENESS_SLACK_SECONDS)"
+            )
+        self._check_server()
+        started = self._timer()
         due = started + ttl + KEY_SLACK_SECONDS > self._kept_until.get(provider, -math.inf)
-        result = step(due)
+        result = script(
+            keys=self._keys(provider),
+            args=[self._lines(provider), repr(self._clock()), member, ttl, int(due), *args],
+        )
         if due:
-            self._kept_until[provider] = started + keep
+            self._kept_until[provider] = started + COUNT_KEEP_SECONDS
         return result
 
     def acquire(
@@ -394,26 +444,9 @@ class QuotaLimiter:
         """Take (or refresh) `member`'s slot, or queue it; `line_ttl` drops waiters that
         stopped asking. A denied waiter's `park` message is kept until a release hands it out
         (parking in the same atomic step as the denial, so no release can slip in between)."""
-        member_project(member)
-        keep = _keep(ttl, line_ttl)
-        granted, place, fresh = self._renewing(
-            provider,
-            ttl,
-            keep,
-            lambda due: self._acquire(
-                keys=self._keys(provider),
-                args=[
-                    self._lines(provider),
-                    repr(time.time()),
-                    member,
-                    ttl,
-                    limit,
-                    line_ttl,
-                    park or "",
-                    keep,
-                    int(due),
-                ],
-            ),
+        keep = math.ceil(line_ttl) + KEY_SLACK_SECONDS
+        granted, place, fresh = self._step(
+            provider, self._acquire, member, ttl, limit, line_ttl, park or "", keep
         )
         return SlotDecision(bool(granted), int(place), bool(fresh))
 
@@ -423,35 +456,15 @@ class QuotaLimiter:
         member: str,
         *,
         ttl: float,
-        line_ttl: float,
         moved_from: str | None = None,
     ) -> bool:
         """Take (or refresh) the slot of a job already running at the provider, whatever the
         line (it counts against the quota until it finishes); `moved_from` (its submission's
         slot) is freed in the same step, so the move never counts the job twice or not at
         all. True when the slot was not held before."""
-        member_project(member)
         if moved_from is not None:
             member_project(moved_from)
-        keep = _keep(ttl, line_ttl)
-        fresh = self._renewing(
-            provider,
-            ttl,
-            keep,
-            lambda due: self._hold(
-                keys=self._keys(provider),
-                args=[
-                    self._lines(provider),
-                    repr(time.time()),
-                    member,
-                    ttl,
-                    keep,
-                    moved_from or "",
-                    int(due),
-                ],
-            ),
-        )
-        return bool(fresh)
+        return bool(self._step(provider, self._hold, member, ttl, moved_from or ""))
 
     def release(self, provider: str, member: str, *, limit: int) -> list[str]:
         """Free `member`'s slot (a no-op if it holds none); returns the parked messages of the
@@ -467,7 +480,7 @@ class QuotaLimiter:
         member_project(member)
         woken = self._release(
             keys=self._keys(provider),
-            args=[self._lines(provider), member, limit, repr(time.time()), int(keep_slot)],
+            args=[self._lines(provider), member, limit, repr(self._clock()), int(keep_slot)],
         )
         return [_text(m) for m in woken]
 
@@ -492,11 +505,17 @@ class QuotaLimiter:
         )
 
 
-def _keep(ttl: float, line_ttl: float) -> int:
-    """How long a step keeps the quota's keys: past the life of every slot and place in line it
-    writes by `KEY_SLACK_SECONDS`, and by `RENEW_SECONDS` more, the time a busy pool goes
-    before renewing the keys that count held slots."""
-    return math.ceil(max(ttl, line_ttl)) + KEY_SLACK_SECONDS + RENEW_SECONDS
+def require_redis_version(version: object) -> None:
+    """Refuse a server older than Redis `REDIS_MAJOR` (INFO's `redis_version`), or one whose
+    version does not read as one: the scripts' EXPIRE NX/GT would fail after their first
+    writes."""
+    match = re.fullmatch(r"(\d+)\.\d+(\.\d+)?", str(version))
+    if match is None or int(match.group(1)) < REDIS_MAJOR:
+        raise ConfigurationError(
+            f"mvpipe's Redis reports version {str(version)[:40]!r}; its quota needs Redis"
+            f" {REDIS_MAJOR} or later (EXPIRE NX/GT): upgrade it or point MVPIPE_REDIS_URL at"
+            " one"
+        )
 
 
 def _text(value: bytes | str) -> str:
