@@ -26,6 +26,23 @@ LIPSYNC_PROVIDERS = ("local", "replicate")
 
 #: Poll intervals a provider gets when `MVPIPE_POLL_SECONDS` is unset.
 DEFAULT_POLL_SECONDS = {"local": 0.5, "veo": 10.0, "replicate": 2.0}
+
+# The quota's keys (`providers/limiter.py`): constants, not settings, because every worker
+# must give them the same life whatever its own settings.
+#: Every entry in the quota's keys is dead this long before its key expires, at least.
+KEY_SLACK_SECONDS = 60
+#: The least time a process busy on a pool goes between two renewals of the keys that count
+#: held slots (a step renews them only when the renewal its process remembers would not
+#: outlive a slot it writes by `KEY_SLACK_SECONDS`).
+RENEW_SECONDS = 60
+#: How long a renewal (or a remake) keeps the keys that count held slots: one life shared by
+#: every worker, whatever its settings, so the renewal a process remembers is never later than
+#: the keys' expiry (keys another worker remade since were remade later, to last as long).
+COUNT_KEEP_SECONDS = 3600
+#: The longest slot a step may write: one that fits under the counting keys' life with the
+#: slack and a renewal's spacing (`Settings` refuses a poll's liveness above it at start).
+MAX_SLOT_SECONDS = COUNT_KEEP_SECONDS - KEY_SLACK_SECONDS - RENEW_SECONDS
+
 #: In-flight jobs per provider when `MVPIPE_PROVIDER_CONCURRENCY` is unset (local: its own cap).
 DEFAULT_CONCURRENCY = {"veo": 4, "replicate": 4}
 #: Clip lengths (whole seconds) a provider can make; Replicate's come from settings.
@@ -316,10 +333,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _slots_fit_the_quota(self) -> Settings:
         # A job's quota slot lives as long as its poll's liveness mark, and must fit under the
-        # life every worker gives the keys that count slots (imported here: the providers
-        # package imports this module).
-        from mvpipe.providers.limiter import MAX_SLOT_SECONDS
-
+        # life every worker gives the keys that count slots.
         for provider in DEFAULT_POLL_SECONDS:
             liveness = self.liveness_seconds(provider)
             if liveness > MAX_SLOT_SECONDS:

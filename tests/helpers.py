@@ -165,3 +165,20 @@ def waiting_for_lip_sync(ctx: Context) -> str:
         None,
     )
     return project_id
+
+
+def commands_under(client: redis.Redis, prefix: str, act: Callable[[], object]) -> list[str]:
+    """The commands `act` sends to the keys under `prefix`, those its scripts run included, as
+    MONITOR shows them (a marker read after it says where they end)."""
+    marker = f"{prefix}:end-{uuid.uuid4()}"
+    seen: list[str] = []
+    with client.monitor() as monitor:
+        act()
+        client.get(marker)
+        for entry in monitor.listen():
+            command = entry["command"]
+            if command == f"GET {marker}":
+                return seen
+            if prefix in command:
+                seen.append(command.split()[0].upper())
+    raise AssertionError("MONITOR stopped before the marker")

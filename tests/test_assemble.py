@@ -35,9 +35,8 @@ from mvpipe.store.finals import final_prefix
 from mvpipe.store.records import utc_now_iso
 from mvpipe.store.table import project_pk, scene_sk
 from tests.conftest import Workers
-from tests.helpers import assert_invariants, wait_for
+from tests.helpers import assert_invariants, commands_under, wait_for
 from tests.songs import make_song
-from tests.test_limiter import commands_under
 from tests.test_runs import RecordingDispatcher
 
 pytestmark = pytest.mark.integration

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
 
 import pytest
 import redis
@@ -23,9 +22,6 @@ from hypothesis.stateful import (
 from mvpipe.errors import ConfigurationError, InvalidInput
 from mvpipe.providers.fairness import ProjectLine, admit, allot, check_lines
 from mvpipe.providers.limiter import (
-    COUNT_KEEP_SECONDS,
-    KEY_SLACK_SECONDS,
-    MAX_SLOT_SECONDS,
     QuotaLimiter,
     QuotaSnapshot,
     SlotDecision,
@@ -34,9 +30,14 @@ from mvpipe.providers.limiter import (
     require_redis_version,
     slot_member,
 )
-from mvpipe.settings import get_settings
+from mvpipe.settings import (
+    COUNT_KEEP_SECONDS,
+    KEY_SLACK_SECONDS,
+    MAX_SLOT_SECONDS,
+    get_settings,
+)
 from mvpipe.store.runboard import RunBoard
-from tests.helpers import wait_for
+from tests.helpers import commands_under, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -209,23 +210,6 @@ def test_the_keys_that_count_slots_outlive_every_slot_written(
         redis_client.expire(key, keep - 5)
     assert not hold(limiter, job)
     assert all(redis_client.ttl(key) <= keep - 5 for key in counts)
-
-
-def commands_under(client: redis.Redis, prefix: str, act: Callable[[], object]) -> list[str]:
-    """The commands `act` sends to the keys under `prefix`, those its scripts run included, as
-    MONITOR shows them (a marker read after it says where they end)."""
-    marker = f"{prefix}:end-{uuid.uuid4()}"
-    seen: list[str] = []
-    with client.monitor() as monitor:
-        act()
-        client.get(marker)
-        for entry in monitor.listen():
-            command = entry["command"]
-            if command == f"GET {marker}":
-                return seen
-            if prefix in command:
-                seen.append(command.split()[0].upper())
-    raise AssertionError("MONITOR stopped before the marker")
 
 
 def test_a_process_that_renewed_the_keys_lately_sends_no_expiry_or_ttl_read(

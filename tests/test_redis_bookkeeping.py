@@ -21,8 +21,7 @@ from mvpipe.devstack.localstack import LocalStack
 from mvpipe.messaging import broker
 from mvpipe.models import ProjectStatus
 from tests.conftest import Workers
-from tests.helpers import wait_for
-from tests.test_limiter import commands_under
+from tests.helpers import commands_under, wait_for
 
 pytestmark = pytest.mark.integration
 

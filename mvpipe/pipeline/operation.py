@@ -49,8 +49,8 @@ from mvpipe.states import (
     scene_read_due,
     started_seconds,
 )
+from mvpipe.store.claim_outcomes import Claim
 from mvpipe.store.records import SceneRecord
-from mvpipe.store.scenes import Claim
 
 if TYPE_CHECKING:
     from mvpipe.pipeline.stages import Stage

@@ -30,20 +30,12 @@ from redis.commands.core import Script
 
 from mvpipe.errors import ConfigurationError, InvalidInput
 from mvpipe.providers.fairness import PLACE_SCAN, ProjectLine
+from mvpipe.settings import (
+    COUNT_KEEP_SECONDS,
+    KEY_SLACK_SECONDS,
+    MAX_SLOT_SECONDS,
+)
 
-#: Every entry in the quota's keys is dead this long before its key expires, at least.
-KEY_SLACK_SECONDS = 60
-#: The least time a process busy on a pool goes between two renewals of the keys that count
-#: held slots (a step renews them only when the renewal its process remembers would not
-#: outlive a slot it writes by `KEY_SLACK_SECONDS`).
-RENEW_SECONDS = 60
-#: How long a renewal (or a remake) keeps the keys that count held slots: one life shared by
-#: every worker, whatever its settings, so the renewal a process remembers is never later than
-#: the keys' expiry (keys another worker remade since were remade later, to last as long).
-COUNT_KEEP_SECONDS = 3600
-#: The longest slot a step may write: one that fits under the counting keys' life with the
-#: slack and a renewal's spacing (`Settings` refuses a poll's liveness above it at start).
-MAX_SLOT_SECONDS = COUNT_KEEP_SECONDS - KEY_SLACK_SECONDS - RENEW_SECONDS
 #: The oldest Redis the scripts run on: their EXPIRE takes NX and GT.
 REDIS_MAJOR = 7
 

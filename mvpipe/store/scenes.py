@@ -19,7 +19,6 @@ idempotent write (`scene_writes`), and the transitions by what they do (`scene_l
 
 from __future__ import annotations
 
-from mvpipe.store.claim_outcomes import Claim as Claim  # still imported from here by a caller
 from mvpipe.store.scene_leases import SceneLeases
 from mvpipe.store.scene_outcomes import SceneOutcomes
 from mvpipe.store.scene_resets import SceneResets
