@@ -13,15 +13,15 @@ import hashlib
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
-import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from mvpipe.errors import NotFound, StoreUnavailable
 from mvpipe.models import validate_project_id, validate_sequence
 from mvpipe.settings import Settings
+from mvpipe.store.sessions import new_session
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -129,16 +129,21 @@ class FolderPage(NamedTuple):
 class ClipStore:
     def __init__(self, settings: Settings) -> None:
         self.bucket = settings.bucket
-        self.client: S3Client = boto3.session.Session().client(
-            "s3",
-            region_name=settings.aws_region,
-            endpoint_url=settings.s3_endpoint,
-            config=Config(
-                connect_timeout=settings.store_timeout_seconds,
-                read_timeout=settings.store_timeout_seconds,
-                retries={"max_attempts": 5, "mode": "standard"},
-                max_pool_connections=settings.store_connections,
-                s3={"addressing_style": "path"},
+        # botocore's own client (what boto3's `client` returns, less its transfer helpers, which
+        # nothing here uses), from a session that shares the process's parsed service models.
+        self.client = cast(
+            "S3Client",
+            new_session().create_client(
+                "s3",
+                region_name=settings.aws_region,
+                endpoint_url=settings.s3_endpoint,
+                config=Config(
+                    connect_timeout=settings.store_timeout_seconds,
+                    read_timeout=settings.store_timeout_seconds,
+                    retries={"max_attempts": 5, "mode": "standard"},
+                    max_pool_connections=settings.store_connections,
+                    s3={"addressing_style": "path"},
+                ),
             ),
         )
 

@@ -25,6 +25,7 @@ from pynamodb.transactions import TransactWrite
 
 from mvpipe.errors import ConfigurationError, StoreUnavailable
 from mvpipe.settings import STORE_RETRY_PAUSE_MAX, Settings
+from mvpipe.store.sessions import ThreadSessions
 from mvpipe.store.table import METADATA, SCENE_PREFIX, ItemBase, bind_table, project_pk
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,9 @@ class Table:
 
     def __init__(self, settings: Settings) -> None:
         self.model = bind_table(settings)
+        # pynamodb makes each thread's botocore session itself (and with it a loader that decodes
+        # DynamoDB's model again); these share the process's parsed models instead.
+        self.model._get_connection().connection._local = ThreadSessions()
         self._retry_seconds = settings.store_retry_seconds
         self._local = threading.local()
         self._settings = settings
