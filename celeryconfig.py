@@ -6,7 +6,6 @@ Importable from any directory once mvpipe is installed (it is a top-level module
 from kombu import Exchange, Queue
 
 from mvpipe.messaging import flower_auth
-from mvpipe.messaging.broker import transport_for
 from mvpipe.messaging.results import backend_url
 from mvpipe.settings import get_settings
 
@@ -17,7 +16,6 @@ flower_auth.guard_loaded_config()
 _s = get_settings()
 
 broker_url = _s.broker_url
-broker_transport = transport_for(broker_url)  # kombu's, without a MULTI/EXEC per delivery and ack
 result_backend = backend_url(_s.result_backend)  # Redis, without a MULTI/EXEC per state
 
 # JSON only: no pickle, so a message can never carry code.

@@ -14,7 +14,7 @@ import time
 from celery import Celery
 from celery.signals import task_postrun, worker_init, worker_process_init, worker_ready
 
-from mvpipe.messaging import flower_auth, kombu_guard
+from mvpipe.messaging import broker, flower_auth, kombu_guard
 from mvpipe.settings import get_settings
 
 #: The queue of memory-heavy media work (song analysis, cutting, assembly).
@@ -32,6 +32,8 @@ TASK_MODULES = (
     "mvpipe.tasks.reconcile",
 )
 
+# A `redis://` broker's transport is kombu's without a MULTI/EXEC per delivery and ack.
+broker.install()
 app = Celery("mvpipe", include=list(TASK_MODULES))
 app.config_from_object("celeryconfig")
 flower_auth.install(app)

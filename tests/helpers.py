@@ -167,9 +167,12 @@ def waiting_for_lip_sync(ctx: Context) -> str:
     return project_id
 
 
-def commands_under(client: redis.Redis, prefix: str, act: Callable[[], object]) -> list[str]:
+def commands_under(
+    client: redis.Redis, prefix: str, act: Callable[[], object], *, whole: bool = False
+) -> list[str]:
     """The commands `act` sends to the keys under `prefix`, those its scripts run included, as
-    MONITOR shows them (a marker read after it says where they end)."""
+    MONITOR shows them (a marker read after it says where they end): their names, or `whole`
+    commands with their arguments."""
     marker = f"{prefix}:end-{uuid.uuid4()}"
     seen: list[str] = []
     with client.monitor() as monitor:
@@ -180,5 +183,5 @@ def commands_under(client: redis.Redis, prefix: str, act: Callable[[], object]) 
             if command == f"GET {marker}":
                 return seen
             if prefix in command:
-                seen.append(command.split()[0].upper())
+                seen.append(command if whole else command.split()[0].upper())
     raise AssertionError("MONITOR stopped before the marker")

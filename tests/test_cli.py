@@ -453,6 +453,10 @@ def test_flower_requires_auth_shows_scenes_polling_and_lists_their_tasks(
 
     found = wait_for(listed, 60, "Flower to list the project's tasks")
     assert all("s3cret" not in json.dumps(t) for t in found["tasks"])
+    # its broker view reads the queues (it knows the broker's kind by the URL's scheme)
+    queues = httpx.get(f"{base}/api/queues/length", auth=("ops", "s3cret"), timeout=10)
+    assert queues.status_code == 200
+    assert "mvpipe.video" in {q["name"] for q in queues.json()["active_queues"]}
     assert "s3cret" not in flower.log_text()
 
 

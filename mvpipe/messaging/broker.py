@@ -16,8 +16,10 @@ an atomicity nothing relies on.
 The restore itself is kombu's, unchanged: it watches the hash and moves a message back to its
 queue in one transaction, so an ack meeting it makes it read again.
 
-`broker_transport` in celeryconfig names this transport for a `redis://` broker only: a
-`rediss://` one (TLS) keeps kombu's own, whose scheme turns TLS on.
+`install` (run by `mvpipe.celery_app` at import) makes kombu's `redis` alias name this transport,
+so a `redis://` broker gets it with its URL unchanged: Flower reads the broker's kind from that
+URL's scheme (its broker page and queue lengths), which a class path in `broker_transport` would
+replace. A `rediss://` broker (TLS) keeps kombu's own transport, whose scheme turns TLS on.
 """
 
 from __future__ import annotations
@@ -25,11 +27,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import urlsplit
 
+from kombu import transport as kombu_transport
 from kombu.transport import redis as kombu_redis
 
-#: `broker_transport` for a `redis://` broker.
+#: What kombu's `redis` alias names once `install` ran.
 TRANSPORT = f"{__name__}:Transport"
 
 
@@ -59,7 +61,9 @@ class Transport(kombu_redis.Transport):
     Channel = Channel
 
 
-def transport_for(url: str) -> str | None:
-    """This transport for a plain `redis://` broker; None (kombu's choice by the URL's scheme)
-    for any other."""
-    return TRANSPORT if urlsplit(url).scheme == "redis" else None
+def install() -> None:
+    """Name this transport by kombu's `redis` alias, before a connection resolves it (a
+    transport resolved already is forgotten, so the next connection takes this one)."""
+    transports: Any = kombu_transport  # (kombu's stubs omit its resolved transports' cache)
+    transports.TRANSPORT_ALIASES["redis"] = TRANSPORT
+    transports._transport_cache.pop("redis", None)

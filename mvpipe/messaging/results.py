@@ -42,7 +42,8 @@ class ResultBackend(RedisBackend):
         self, result: AsyncResult, weak: bool = False, start_drainer: bool = True
     ) -> AsyncResult:
         """Not watched where joining blocks (a worker), where only barriers ask: a task that
-        waits on a result after all has it watched by `wait_for_pending`."""
+        waits on a result after all has it watched by `wait_for_pending` (a single result's
+        `get`; a group's `join_native` inside a task is not covered, and no task joins one)."""
         if task_join_will_block():
             return result
         return self._watch(result, weak, start_drainer)

@@ -267,6 +267,11 @@ return woken
 """
 )
 
+#: The server's version, read by a script: scripts are what the quota's user may run already
+#: (INFO is in the `@dangerous` ACL category a least-privilege user is often denied).
+#: `redis.REDIS_VERSION` exists from Redis 7 on; an older server answers ''.
+_VERSION = "return redis.REDIS_VERSION or ''"
+
 _HOLD = (
     _STEP
     + """
@@ -377,6 +382,7 @@ class QuotaLimiter:
         self._release = client.register_script(_RELEASE)
         self._snapshot = client.register_script(_SNAPSHOT)
         self._hold = client.register_script(_HOLD)
+        self._version = client.register_script(_VERSION)
         #: pool -> until when (`timer`) this process last made its counting keys last
         self._kept_until: dict[str, float] = {}
         #: the server's version was read and is recent enough (read at the first step, not
@@ -393,10 +399,10 @@ class QuotaLimiter:
         return f"{self.prefix}:{provider}:line:"
 
     def _check_server(self) -> None:
-        """Refuse a Redis the scripts cannot run on, before their first write (one INFO per
-        limiter): an older one fails them halfway, leaving keys with no expiry."""
+        """Refuse a Redis the scripts cannot run on, before their first write (one read of its
+        version per limiter): an older one fails them halfway, leaving keys with no expiry."""
         if not self._server_checked:
-            require_redis_version(self.client.info("server").get("redis_version"))
+            require_redis_version(_text(self._version()))
             self._server_checked = True
 
     def _step(self, provider: str, script: Script, member: str, ttl: float, *args: object) -> Any:
@@ -498,7 +504,7 @@ class QuotaLimiter:
 
 
 def require_redis_version(version: object) -> None:
-    """Refuse a server older than Redis `REDIS_MAJOR` (INFO's `redis_version`), or one whose
+    """Refuse a server older than Redis `REDIS_MAJOR` (as `redis.REDIS_VERSION` says), or one whose
     version does not read as one: the scripts' EXPIRE NX/GT would fail after their first
     writes."""
     match = re.fullmatch(r"(\d+)\.\d+(\.\d+)?", str(version))
