@@ -108,14 +108,17 @@ def main() -> None:
         + profile
     )
     ratio = (n / ours) / (n / bare)
+    # The scenes' length and the cut's size name the run: the cut's encode is media work that
+    # grows with both (at 8 s of 1280x720 it is most of a scene's CPU), the rest is ours.
+    sizes = f"N={n}, C={args.concurrency}, {args.duration} s scenes cut to {args.output_size}"
     summary(
-        f"full pipeline / bare Celery chord throughput (latency 0, N={n}, C={args.concurrency})",
+        f"full pipeline / bare Celery chord throughput (latency 0, {sizes})",
         f"{ratio:.2f} ({n / ours:.1f} scenes/s vs {n / bare:.1f} tasks/s)",
         ">= 0.25",
         ratio >= 0.25,
     )
     summary(
-        f"worker CPU per scene / per bare chord task (latency 0, N={n}, C={args.concurrency})",
+        f"worker CPU per scene / per bare chord task (latency 0, {sizes})",
         f"{ours_cpu / bare_cpu:.2f}x ({ours_cpu / n * 1000:.1f} vs {bare_cpu / n * 1000:.1f} ms)",
         "<= 4",
         ours_cpu <= 4 * bare_cpu,
