@@ -21,7 +21,14 @@ from mvpipe.store.claim_outcomes import Claim
 from tests.conftest import Workers
 from tests.helpers import assert_invariants, generations_per_scene, new_project, wait_for
 
-__all__ = ["DRILL_SETTINGS", "check_drill", "heal", "owe_a_record", "pause_state_server"]
+__all__ = [
+    "DRILL_SETTINGS",
+    "check_drill",
+    "hand_made_run",
+    "heal",
+    "owe_a_record",
+    "pause_state_server",
+]
 
 #: Short leases and liveness so crashes are detected in seconds, not minutes.
 DRILL_SETTINGS = {
@@ -113,3 +120,16 @@ def owe_a_record(ctx: Context, provider: str) -> tuple[str, str, str]:
         kwargs={"operation_id": "local-paid", "token": token, "attempt": 1},
     )
     return project_id, run_id, token
+
+
+def hand_made_run(ctx: Context, name: str, concept: str, live_seconds: float) -> tuple[str, str]:
+    """A one-scene project with a run won by hand (no plan task, its mark live for
+    `live_seconds`), so a test can deliver its scene's messages itself. The run's finalize
+    waits for its one scene, as a run's does: the scene's finish ends the run, instead of
+    reconcile taking it over once it is stale (run_stale seconds after the scene's last step)."""
+    project_id = api.create_project(name, concept, scenes=[{"prompt": "one"}])
+    run_id = str(uuid.uuid4())
+    assert ctx.projects.win_run(project_id, run_id, ProjectStatus.PROCESSING) == run_id
+    ctx.board.touch_run(run_id, live_seconds)
+    ctx.board.await_scenes(run_id, 1, [1])
+    return project_id, run_id

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +17,7 @@ from mvpipe.devstack.failpoints import POINTS
 from mvpipe.devstack.localstack import LocalStack
 from mvpipe.messaging.dispatch import CeleryDispatcher
 from mvpipe.models import ProjectStatus
+from mvpipe.providers.local import LocalJobs
 from tests.conftest import Workers
 from tests.drills.conftest import DRILL_SETTINGS, check_drill, heal, pause_state_server
 from tests.helpers import ledger, wait_for
@@ -84,11 +87,15 @@ def test_whole_worker_killed_while_polling_then_replaced(
 def test_redis_restart_mid_run(
     start_workers: StartWorkers, stack: LocalStack, keep_data: bool
 ) -> None:
-    workers = start_workers(**{**DRILL_SETTINGS, "local_latency": "2"})
+    # The drills' 1 s jobs: the restart follows the third job's acceptance within a poll of
+    # the ledger, and is checked to have come while a job still ran
+    workers = start_workers(**DRILL_SETTINGS)
     project_id = api.create_project("Redis", "Restart.", scene_count=6)
     api.run_project(project_id)
     wait_for(lambda: len(ledger(workers.ledger, project_id)) >= 3, 60, "jobs in flight")
+    restarted_at = time.time()
     restart_redis(stack, keep_data=keep_data)
+    assert running_at(workers, project_id, restarted_at) >= 1
     heal(project_id)
     check_drill(project_id, workers)
     # The same worker keeps consuming after the restart.
@@ -96,6 +103,19 @@ def test_redis_restart_mid_run(
     api.run_project(after)
     heal(after, timeout=120)
     check_drill(after, workers)
+
+
+def running_at(workers: Workers, project_id: str, moment: float) -> int:
+    """How many of the project's jobs the local provider had accepted and not finished at
+    `moment` (a wall-clock time, as its jobs table keeps)."""
+    jobs = LocalJobs(Path(workers.env["MVPIPE_LOCAL_STATE"]))
+    with jobs.transaction() as db:
+        (n,) = db.execute(
+            "SELECT COUNT(*) FROM jobs WHERE project_id = ? AND submitted_at <= ?"
+            " AND finishes_at > ?",
+            (project_id, moment, moment),
+        ).fetchone()
+    return int(n)
 
 
 def test_state_server_paused_mid_run(start_workers: StartWorkers, stack: LocalStack) -> None:

@@ -37,7 +37,7 @@ from mvpipe.models import ProjectStatus, SceneStatus
 from mvpipe.providers.faults import FaultPlan
 from mvpipe.providers.local import LocalJobs
 from tests.conftest import Workers
-from tests.drills.conftest import DRILL_SETTINGS, check_drill, heal
+from tests.drills.conftest import DRILL_SETTINGS, check_drill, hand_made_run, heal
 from tests.helpers import assert_invariants, generations_per_scene, wait_for
 
 StartWorkers = Callable[..., Workers]
@@ -50,8 +50,11 @@ TRANSIENT, PERMANENT = 0.3, 0.25
 def test_provider_faults_transient_quota_and_permanent(start_workers: StartWorkers) -> None:
     # Given a project whose fault plan fails some scenes' jobs and refuses some submits (a
     # simulated 429: no job made), on a provider that takes 2 jobs at a time while mvpipe sends
-    # up to 3 (a 429 too each time the third arrives while two run)
-    scenes = range(1, 13)
+    # up to 3 (a 429 too each time the third arrives while two run). Eight scenes: each kind
+    # of fault is met whatever the size (the seed is chosen for it, and three slots against
+    # the provider's two meet a full provider), and the provider's two at a time set the
+    # run's floor (four waves of 2 s jobs; twelve scenes took six)
+    scenes = range(1, 9)
     project_id = api.create_project("Faults", "Everything at once.", scene_count=len(scenes))
     seed = _fault_seed(project_id, scenes)
     plan = FaultPlan(transient=TRANSIENT, permanent=PERMANENT, seed=seed)
@@ -62,8 +65,10 @@ def test_provider_faults_transient_quota_and_permanent(start_workers: StartWorke
             "local_latency": "2",  # the third submit must find two jobs still running
             "local_max_concurrent": "2",
             "provider_concurrency": "3",
-            "max_attempts": "20",  # retries enough that no scene runs out of them
-            "backoff_max": "4",
+            # A scene waiting for the provider retries its submit every 1-2 s (the tests' 2 s
+            # backoff cap, with its jitter): a slot the provider frees is taken within that,
+            # and twice the attempts of a 4 s cap keep any scene from running out of them
+            "max_attempts": "40",
         }
     )
     # When it runs
@@ -136,7 +141,7 @@ def test_polls_answered_with_garbage_fail_their_scenes_not_loop(
 
 def test_duplicate_delivery_of_one_scene(start_workers: StartWorkers) -> None:
     workers = start_workers(**DRILL_SETTINGS)
-    project_id, run_id = _hand_made_run("Twice", "Same message.")
+    project_id, run_id = hand_made_run(get_context(), "Twice", "Same message.", 60)
     dispatcher = CeleryDispatcher(app)
     for _ in range(3):  # the same generate_scene message, delivered three times at once
         dispatcher.resume(project_id, 1, run_id, "local")
@@ -145,25 +150,11 @@ def test_duplicate_delivery_of_one_scene(start_workers: StartWorkers) -> None:
 
 def test_broker_redelivery_of_one_scene_with_the_same_task_id(start_workers: StartWorkers) -> None:
     workers = start_workers(**DRILL_SETTINGS)
-    project_id, run_id = _hand_made_run("Redelivered", "Same id.")
+    project_id, run_id = hand_made_run(get_context(), "Redelivered", "Same id.", 60)
     task_id = str(uuid.uuid4())
     for _ in range(2):  # what a broker redelivering an unacked message does: one id, twice
         app.send_task(GENERATE_SCENE, args=[project_id, 1, run_id, "local"], task_id=task_id)
     _paid_once_and_healed(project_id, workers)
-
-
-def _hand_made_run(name: str, concept: str) -> tuple[str, str]:
-    """A one-scene project with a run won by hand (no plan task), so a test can deliver its
-    scene's messages itself. The run's finalize waits for its one scene, as a run's does: the
-    scene's finish ends the run, instead of reconcile taking it over once it is stale
-    (run_stale seconds after the scene's last step)."""
-    ctx = get_context()
-    project_id = api.create_project(name, concept, scenes=[{"prompt": "one"}])
-    run_id = str(uuid.uuid4())
-    assert ctx.projects.win_run(project_id, run_id, ProjectStatus.PROCESSING) == run_id
-    ctx.board.touch_run(run_id, 60)
-    ctx.board.await_scenes(run_id, 1, [1])
-    return project_id, run_id
 
 
 def _paid_once_and_healed(project_id: str, workers: Workers) -> None:

@@ -224,8 +224,14 @@ def test_a_redo_that_owes_a_paid_jobs_record_never_gives_up(start_workers: Start
 def test_a_finalize_that_always_crashes_ends_the_run_and_stays_ended(
     start_workers: StartWorkers,
 ) -> None:
-    # Given a finalize that crashes every time, and a scene it paid for once
-    workers = start_workers(failpoints="during_finalize=raise", **QUICK_RETRIES, **DRILL_SETTINGS)
+    # Given a finalize that crashes every time, and a scene it paid for once; its runs go
+    # stale 2 s after their last step (the drills' 4 s, halved: three staleness waits are most
+    # of this test, and a chain's six quick tries take ~0.5 s of it)
+    workers = start_workers(
+        failpoints="during_finalize=raise",
+        **QUICK_RETRIES,
+        **{**DRILL_SETTINGS, "run_stale_seconds": "2"},
+    )
     ctx = get_context()
     project_id = api.create_project("Crashing finalize", "It never settles.", scene_count=1)
     api.run_project(project_id)

@@ -22,7 +22,7 @@ from mvpipe.devstack.localstack import LocalStack, Service
 from mvpipe.messaging.dispatch import CeleryDispatcher
 from mvpipe.models import ProjectStatus
 from tests.conftest import Workers
-from tests.drills.conftest import DRILL_SETTINGS, check_drill, heal
+from tests.drills.conftest import DRILL_SETTINGS, check_drill, hand_made_run, heal
 from tests.helpers import assert_invariants, ledger, wait_for
 
 StartWorkers = Callable[..., Workers]
@@ -36,13 +36,9 @@ def start_held_scene(
     start_workers: StartWorkers, hold: str = HOLD, **settings: str
 ) -> tuple[Workers, str, str, str]:
     """One scene submitted by hand; its execution holds at `hold` (by default just before
-    recording its operation)."""
+    recording its operation). Its run ends when the scene finishes (`hand_made_run`)."""
     workers = start_workers(failpoints=f"{hold}=hold", **{**DRILL_SETTINGS, **settings})
-    ctx = get_context()
-    project_id = api.create_project("Unknown", "Reply lost.", scenes=[{"prompt": "one"}])
-    run_id = str(uuid.uuid4())
-    assert ctx.projects.win_run(project_id, run_id, ProjectStatus.PROCESSING) == run_id
-    ctx.board.touch_run(run_id, 4)
+    project_id, run_id = hand_made_run(get_context(), "Unknown", "Reply lost.", 4)
     task_id = CeleryDispatcher(app).resume(project_id, 1, run_id, "local").id
     wait_for(lambda: held(state_dir(workers), hold), 60, f"the execution to reach {hold}")
     return workers, project_id, run_id, task_id
@@ -68,12 +64,15 @@ def write_with_its_reply_lost(stack: LocalStack, workers: Workers, hold: str, ta
 def test_state_server_paused_while_the_operation_id_is_recorded(
     start_workers: StartWorkers, stack: LocalStack
 ) -> None:
+    # The job outlasts the outage retry (~2 s after its submit: a store timeout and its
+    # retries), so a worker that cancelled it for our own outage would really stop it
     workers, project_id, _run, task_id = start_held_scene(
-        start_workers, lease_seconds="30", local_latency="8", **SHORT_STORE
+        start_workers, lease_seconds="30", local_latency="6", **SHORT_STORE
     )
     # The record's write reaches the stopped server and its reply never comes back: the
     # worker gives up for now (an outage retry). The write itself lands on resume.
     write_with_its_reply_lost(stack, workers, HOLD, task_id)
+    assert not job_finished(Path(workers.env["MVPIPE_LOCAL_STATE"]), project_id)
     heal(project_id)
     check_drill(project_id, workers)
 
