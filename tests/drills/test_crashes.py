@@ -87,9 +87,10 @@ def test_whole_worker_killed_while_polling_then_replaced(
 def test_redis_restart_mid_run(
     start_workers: StartWorkers, stack: LocalStack, keep_data: bool
 ) -> None:
-    # The drills' 1 s jobs: the restart follows the third job's acceptance within a poll of
-    # the ledger, and is checked to have come while a job still ran
-    workers = start_workers(**DRILL_SETTINGS)
+    # 2 s jobs: the restart follows the third job's acceptance within a poll of the ledger, and
+    # is checked to have come while a job still ran (1 s jobs would leave too thin a margin for
+    # a busy machine)
+    workers = start_workers(**{**DRILL_SETTINGS, "local_latency": "2"})
     project_id = api.create_project("Redis", "Restart.", scene_count=6)
     api.run_project(project_id)
     wait_for(lambda: len(ledger(workers.ledger, project_id)) >= 3, 60, "jobs in flight")
