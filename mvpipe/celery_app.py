@@ -44,6 +44,20 @@ def _guard_broker_reconnects(**_: object) -> None:
     kombu_guard.install()
 
 
+@worker_init.connect
+def _warm_before_fork(**_: object) -> None:
+    """Decode botocore's S3 and DynamoDB models in the worker's own process, which sends this
+    before its pool starts: prefork's processes (and any that replace them) fork from it with
+    the models decoded, the threads pool's tasks run in it. Data only (~15 MB, once): no client
+    or socket a fork would share. Then its startup objects are frozen, so that a pool
+    process's own freeze at its start collects only what it made (a full collection of
+    everything it inherited cost each ~130 ms of CPU, and touched every inherited object)."""
+    from mvpipe.store import sessions
+
+    sessions.warm()
+    _freeze_startup_objects()
+
+
 @worker_process_init.connect
 def _warm_song_analysis(**_: object) -> None:
     global _pool_process
@@ -71,9 +85,9 @@ _counting = threading.Lock()
 
 
 def _freeze_startup_objects() -> None:
-    """Take what a pool process holds for good (imports, warmed libraries) out of the garbage
-    collector's view, so that the full collections of `_collect_cycles` scan only what tasks
-    made since."""
+    """Take what a pool process (or the worker's process, before it forks one) holds for good
+    (imports, warmed libraries) out of the garbage collector's view, so that the full
+    collections of `_collect_cycles` scan only what tasks made since."""
     gc.collect()
     gc.freeze()
 

@@ -2,18 +2,26 @@
 
 Decoding S3's and DynamoDB's model JSON was most of a fresh context's cost (each made new
 botocore sessions, each with a new loader): every worker start and every forked pool child paid it.
+A worker's parent decodes them before its pool forks, so its pool processes inherit them.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 import uuid
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from mvpipe.deps import Context, build_context, get_context
 from mvpipe.devstack.localstack import LocalStack
 from mvpipe.settings import get_settings
+from tests import pool_probe
+from tests.conftest import Workers
+from tests.helpers import wait_for
 from tests.processes import Processes
 
 pytestmark = pytest.mark.integration
@@ -76,3 +84,35 @@ def test_a_forked_child_builds_its_own_clients_on_the_inherited_models(
 
     assert processes.fork(in_child)(120) == 0
     assert round_trip(parent)
+
+
+def test_a_pool_process_inherits_the_models_its_first_context_reads(
+    start_workers: Callable[..., Workers], tmp_path: Path
+) -> None:
+    """The worker decodes them in its own process before its pool forks, and freezes them there
+    (a pool process's collection at its start leaves them alone): no pool process decodes any,
+    neither at its start nor at its first context."""
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    root = str(Path(__file__).resolve().parents[1])  # where the worker imports `tests` from
+    path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    workers = start_workers(
+        concurrency=2,
+        env={
+            "CELERY_WORKER_INCLUDE": pool_probe.__name__,
+            pool_probe.PROBE_DIR: str(probe),
+            "PYTHONPATH": path,
+        },
+    )
+    wait_for(lambda: len(list(probe.glob("*.json"))) == 3, 120, "the worker's and 2 pool records")
+    worker = json.loads((probe / "worker.json").read_text())
+    assert worker["pid"] == workers.service.proc.pid
+    for service in ("s3", "dynamodb"):
+        assert any(p.startswith(f"{service}/") for p in worker["decoded"]), worker
+    assert worker["frozen"]
+    pool = [json.loads(f.read_text()) for f in probe.glob("*.json") if f.stem != "worker"]
+    for record in pool:
+        assert "error" not in record, record
+        assert record["parent"] == worker["pid"]  # a process of its pool
+        assert record["inherited"] == worker["decoded"]  # decoded before the fork
+        assert record["decoded"] == []  # its first context and listing decoded nothing
