@@ -47,3 +47,16 @@ def test_an_armed_hold_point_is_reached_through_the_hooks_seam(
     assert not failpoints.held(disarmed, "after_submit")
     hooks.reached("during_cut")
     assert failpoints.held(disarmed, "during_cut")
+
+
+def test_a_point_armed_to_raise_n_times_raises_that_often_then_lets_executions_go_on(
+    disarmed: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MVPIPE_FAILPOINTS", "during_cut=raise:2")
+    failpoints.arm()
+    for _ in range(2):
+        with pytest.raises(failpoints.FailpointError, match="failpoint during_cut raised"):
+            hooks.reached("during_cut")
+    hooks.reached("during_cut")  # repaired: goes on, as does every later execution
+    hooks.reached("during_cut")
+    assert failpoints.raised(disarmed, "during_cut") == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import threading
 import uuid
 from collections.abc import Iterator
@@ -60,23 +61,34 @@ def test_run_and_cancel_without_redis_are_typed_and_write_nothing(
     assert ctx.projects.get(project_id).active_run_id == run_id
 
 
+#: A store call's retries through an outage, short: these tests meet outages that never end.
+BRIEF_RETRIES = {"store_retry_seconds": 0.5}
+
+
 def test_storage_out_of_reach_is_typed_and_says_what_to_do(stack: LocalStack) -> None:
     # Nothing listens on port 9 (discard): boto's connection error must not reach the caller.
-    settings = get_settings().model_copy(update={"s3_endpoint": "http://127.0.0.1:9"})
+    update = {"s3_endpoint": "http://127.0.0.1:9", **BRIEF_RETRIES}
+    settings = get_settings().model_copy(update=update)
     with pytest.raises(StoreUnavailable, match="MVPIPE_S3_ENDPOINT"):
         build_context(settings).ensure_storage()
 
 
 class S3Answers:
-    """A stand-in S3 that has no bucket (HEAD: 404) and answers each creation of one with
-    `status` and the error `code`, as S3 does when busy (503 SlowDown) or refusing (403)."""
+    """A stand-in S3 that has no bucket (HEAD: 404) and answers each PUT (a bucket's creation,
+    an object's upload) with `status` and the error `code`, as S3 does when busy (503 SlowDown)
+    or refusing (403); with `errors` set, only that many, and 200 after them."""
 
     def __init__(self) -> None:
         self.status, self.code = 503, "SlowDown"
+        self.errors: int | None = None
         self.creates = 0
         answers = self
 
         class Handler(BaseHTTPRequestHandler):
+            # As S3 speaks: an upload's "Expect: 100-continue" is answered at once (botocore
+            # waits a second for it before it sends the body to an HTTP/1.0 server).
+            protocol_version = "HTTP/1.1"
+
             def log_message(self, *args: object) -> None:
                 pass
 
@@ -88,6 +100,11 @@ class S3Answers:
             def do_PUT(self) -> None:
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 answers.creates += 1
+                if answers.errors is not None and answers.creates > answers.errors:
+                    self.send_response(200)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 body = f"<Error><Code>{answers.code}</Code><Message>no</Message></Error>".encode()
                 self.send_response(answers.status)
                 self.send_header("Content-Type", "application/xml")
@@ -131,7 +148,7 @@ def test_a_busy_store_at_start_is_an_outage_and_a_refusal_a_configuration_error(
 ) -> None:
     # Given an S3 that answers the bucket's creation with a 5xx (busy, failing) or a 4xx (no)
     s3_answers.status, s3_answers.code = status, code
-    settings = get_settings().model_copy(update={"s3_endpoint": s3_answers.url})
+    settings = get_settings().model_copy(update={"s3_endpoint": s3_answers.url, **BRIEF_RETRIES})
     # When a process first opens its storage
     with pytest.raises(MvpipeError) as caught:
         build_context(settings).ensure_storage()
@@ -140,6 +157,28 @@ def test_a_busy_store_at_start_is_an_outage_and_a_refusal_a_configuration_error(
     assert type(caught.value) is kind, caught.value
     assert settings.bucket in str(caught.value) and code in str(caught.value)
     assert s3_answers.creates >= 1
+
+
+def test_a_throttling_s3_is_retried_by_the_store_for_store_retry_seconds_then_an_outage(
+    stack: LocalStack, s3_answers: S3Answers, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given an S3 that answers every upload "slow down"
+    settings = get_settings().model_copy(update={"s3_endpoint": s3_answers.url})
+    clips = build_context(settings.model_copy(update=BRIEF_RETRIES)).clips
+    # When an upload meets it
+    caught = caplog.at_level(logging.WARNING, logger="mvpipe.store.clips")
+    with caught, pytest.raises(StoreUnavailable, match="SlowDown"):
+        clips.put("projects/p/clip.mp4", b"clip")
+    # Then it is an outage once `store_retry_seconds` ran out (the task's outage retry waits
+    # the rest), and each request S3 saw was one of the store's own tries: botocore retries
+    # none with its own backoff (up to ~31 s a call, which no setting bounded)
+    tries = [r for r in caplog.records if r.getMessage().startswith("store call failed (S3")]
+    assert s3_answers.creates == len(tries) + 1, (s3_answers.creates, len(tries))
+    # And an S3 that answers again within the time (here twice "slow down", then yes) is no
+    # outage: the upload lands on the store's third try
+    s3_answers.creates, s3_answers.errors = 0, 2
+    build_context(settings).clips.put("projects/p/clip.mp4", b"clip")
+    assert s3_answers.creates == 3
 
 
 def test_a_bucket_outside_us_east_1_is_created(stack: LocalStack) -> None:

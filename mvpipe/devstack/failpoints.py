@@ -8,7 +8,9 @@ restarts it: a drill starts another). A point named `name=hold` instead stops th
 there until the drill says go (`release`), so the drill can break something (pause the state
 server) exactly while the execution is at that point. A point named `name=raise` raises
 `FailpointError` (an error mvpipe does not expect) every time it is reached: a bug that never
-goes away, for drills of what a task does when it gives up.
+goes away, for drills of what a task does when it gives up. `name=raise:N` raises the first N
+times it is reached, across all processes (counted by marker files, as the kills are), then
+lets every execution go on: a bug repaired after N tries, with no drill racing to repair it.
 
 The core names its points through `mvpipe.hooks`; `arm` routes them here, once, in a process
 whose environment names any (the local stack's workers load `devstack.worker`, which arms them).
@@ -73,6 +75,11 @@ def _reached(modes: dict[str, str], name: str) -> None:
     if mode == "raise":  # every time; the marker only tells the drill it was reached
         (markers / name).touch()
         raise FailpointError(f"failpoint {name} raised")
+    if mode.startswith("raise:"):
+        if _take_one_of(markers, name, int(mode.removeprefix("raise:"))):
+            (markers / name).touch()
+            raise FailpointError(f"failpoint {name} raised")
+        return
     try:
         fd = os.open(markers / name, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
@@ -84,6 +91,25 @@ def _reached(modes: dict[str, str], name: str) -> None:
             time.sleep(0.05)
         return
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _take_one_of(markers: Path, name: str, times: int) -> bool:
+    """Whether this reach is one of the first `times` of `name` (each creates the marker of its
+    turn, which no other process can then create)."""
+    for turn in range(1, times + 1):
+        try:
+            os.close(
+                os.open(markers / f"{name}.raise-{turn}", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            )
+        except FileExistsError:
+            continue
+        return True
+    return False
+
+
+def raised(state_dir: Path, name: str) -> int:
+    """How many times the `name=raise:N` point has raised so far."""
+    return len(list(marker_dir(state_dir).glob(f"{name}.raise-*")))
 
 
 def held(state_dir: Path, name: str) -> bool:

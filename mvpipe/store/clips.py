@@ -10,22 +10,34 @@ it was given is `audio-{inputsHash}.wav`.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    HTTPClientError,
+    IncompleteReadError,
+)
+from botocore.exceptions import ConnectionError as NoConnection
 
 from mvpipe.errors import NotFound, StoreUnavailable
 from mvpipe.models import validate_project_id, validate_sequence
 from mvpipe.settings import Settings
+from mvpipe.store.pauses import retry_pause
 from mvpipe.store.sessions import new_session
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Every project's objects live under `projects/{projectId}/`.
 PROJECTS_PREFIX = "projects/"
@@ -95,6 +107,10 @@ def is_outage(exc: ClientError) -> bool:
     return status >= 500 or status == 429 or code in _BUSY_CODES
 
 
+#: What botocore raises when S3 gave no (whole) answer: no connection, a timeout, a cut body.
+_NO_ANSWER = (NoConnection, HTTPClientError, IncompleteReadError)
+
+
 _OPERATION_KEY = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -129,6 +145,7 @@ class FolderPage(NamedTuple):
 class ClipStore:
     def __init__(self, settings: Settings) -> None:
         self.bucket = settings.bucket
+        self._retry_seconds = settings.store_retry_seconds
         # botocore's own client (what boto3's `client` returns, less its transfer helpers, which
         # nothing here uses), from a session that shares the process's parsed service models.
         self.client = cast(
@@ -140,7 +157,9 @@ class ClipStore:
                 config=Config(
                     connect_timeout=settings.store_timeout_seconds,
                     read_timeout=settings.store_timeout_seconds,
-                    retries={"max_attempts": 5, "mode": "standard"},
+                    # One try per request: `_retried` is the only retry, bounded as DynamoDB's
+                    # calls are (botocore's own backoff on a throttling S3 ran ~31 s).
+                    retries={"total_max_attempts": 1, "mode": "standard"},
                     max_pool_connections=settings.store_connections,
                     s3={"addressing_style": "path"},
                 ),
@@ -148,11 +167,13 @@ class ClipStore:
         )
 
     def ensure(self) -> None:
+        """Create the bucket if it is not there; botocore's error is left for the caller to
+        classify (a refusal, or an outage that outlasted `store_retry_seconds`)."""
         try:
-            self.client.head_bucket(Bucket=self.bucket)
+            self._retried(self.client.head_bucket, Bucket=self.bucket)
         except ClientError:
             try:
-                self._create_bucket()
+                self._retried(self._create_bucket)
             except ClientError as exc:
                 if exc.response["Error"]["Code"] not in {
                     "BucketAlreadyOwnedByYou",
@@ -191,7 +212,7 @@ class ClipStore:
     def metadata(self, key: str) -> dict[str, str] | None:
         """The user metadata of the object at `key` (one HEAD), None when there is none."""
         try:
-            response = self.client.head_object(Bucket=self.bucket, Key=key)
+            response = self._retried(self.client.head_object, Bucket=self.bucket, Key=key)
         except ClientError as exc:
             if _is_missing(exc):
                 return None
@@ -202,7 +223,7 @@ class ClipStore:
 
     def exists(self, key: str) -> bool:
         try:
-            self.client.head_object(Bucket=self.bucket, Key=key)
+            self._retried(self.client.head_object, Bucket=self.bucket, Key=key)
         except ClientError as exc:
             if _is_missing(exc):
                 return False
@@ -214,9 +235,13 @@ class ClipStore:
     def read(self, key: str) -> bytes:
         """The object at `key`; `ObjectMissing` when there is none (a lost object is not an
         outage: retried, it would loop forever), `StoreUnavailable` when S3 did not answer."""
-        try:
+
+        def fetch() -> bytes:  # the body too: a read cut short is tried again whole
             response = self.client.get_object(Bucket=self.bucket, Key=key)
             return bytes(response["Body"].read())
+
+        try:
+            return self._retried(fetch)
         except ClientError as exc:
             if _is_missing(exc):
                 raise ObjectMissing(key) from None
@@ -253,16 +278,17 @@ class ClipStore:
         return FolderPage(names, f"{last[:-1]}0" if last.endswith("/") else last)
 
     def list(self, prefix: str) -> list[StoredObject]:
-        found: list[StoredObject] = []
         paginator = self.client.get_paginator("list_objects_v2")
-        try:
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
-                found.extend(
-                    StoredObject(o["Key"], o["LastModified"]) for o in page.get("Contents", [])
-                )
-        except (ClientError, BotoCoreError) as exc:
-            raise StoreUnavailable(f"S3 unavailable: {exc}") from exc
-        return found
+
+        def walk() -> list[StoredObject]:  # from the first page again when one fails
+            pages = paginator.paginate(Bucket=self.bucket, Prefix=prefix)
+            return [
+                StoredObject(o["Key"], o["LastModified"])
+                for page in pages
+                for o in page.get("Contents", [])
+            ]
+
+        return self._call(walk)
 
     def delete(self, key: str) -> None:
         self._call(self.client.delete_object, Bucket=self.bucket, Key=key)
@@ -272,9 +298,29 @@ class ClipStore:
             "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires
         )
 
-    @staticmethod
-    def _call(fn: Any, **kwargs: Any) -> Any:
+    def _call(self, fn: Callable[..., T], **kwargs: Any) -> T:
         try:
-            return fn(**kwargs)
+            return self._retried(fn, **kwargs)
         except (ClientError, BotoCoreError) as exc:
             raise StoreUnavailable(f"S3 unavailable: {exc}") from exc
+
+    def _retried(self, fn: Callable[..., T], **kwargs: Any) -> T:
+        """`fn(**kwargs)`, tried again while S3 says "later" or gives no answer, for
+        `store_retry_seconds` (then botocore's last error is raised): the same outage policy
+        as a DynamoDB call's, so a step's S3 call takes `store_call_seconds` at most and a
+        store out for longer is the task's outage retry, not a wait inside the step. A refusal
+        or a missing object is raised at once: trying again meets the same answer."""
+        deadline = time.monotonic() + self._retry_seconds
+        attempt = 0
+        while True:
+            try:
+                return fn(**kwargs)
+            except (ClientError, *_NO_ANSWER) as exc:
+                if isinstance(exc, ClientError) and not is_outage(exc):
+                    raise
+                attempt += 1
+                if time.monotonic() >= deadline:
+                    raise
+                delay = retry_pause(attempt)
+                log.warning("store call failed (S3: %s); retrying in %.2fs", exc, delay)
+                time.sleep(delay)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,7 +23,8 @@ from pynamodb.expressions.update import Action
 from pynamodb.transactions import TransactWrite
 
 from mvpipe.errors import ConfigurationError, StoreUnavailable
-from mvpipe.settings import STORE_RETRY_PAUSE_MAX, Settings
+from mvpipe.settings import Settings
+from mvpipe.store.pauses import retry_pause
 from mvpipe.store.sessions import ThreadSessions
 from mvpipe.store.table import METADATA, SCENE_PREFIX, ItemBase, bind_table, project_pk
 
@@ -291,7 +291,7 @@ class Table:
                 attempt += 1
                 if time.monotonic() >= deadline:
                     raise StoreUnavailable(f"DynamoDB unavailable: {exc.msg}") from exc
-                delay = min(STORE_RETRY_PAUSE_MAX, 0.05 * 2**attempt) * random.uniform(0.5, 1.0)
+                delay = retry_pause(attempt)
                 log.warning("store call failed (%s); retrying in %.2fs", exc.msg, delay)
                 time.sleep(delay)
 

@@ -14,6 +14,7 @@ import pytest
 from mvpipe import api
 from mvpipe.celery_app import app
 from mvpipe.deps import Context, get_context
+from mvpipe.devstack.failpoints import raised
 from mvpipe.devstack.localstack import LocalStack
 from mvpipe.devstack.outages import REFUSED
 from mvpipe.messaging.dispatch import ASSEMBLE_PROJECT, PLAN_SCENES
@@ -21,8 +22,9 @@ from mvpipe.models import ProjectStatus
 from mvpipe.tasks.assemble import MAX_UNEXPECTED as ASSEMBLE_UNEXPECTED
 from tests.conftest import Workers
 from tests.drills.conftest import DRILL_SETTINGS
-from tests.drills.test_give_ups import ANALYSE_SONG, QUICK_RETRIES, set_status
+from tests.drills.test_give_ups import ANALYSE_SONG, QUICK_RETRIES
 from tests.drills.test_owed_writes import outage
+from tests.drills.test_unknown_outcomes import state_dir
 from tests.helpers import assert_invariants, wait_for
 from tests.songs import make_song
 from tests.test_assemble import completed_song_project
@@ -96,34 +98,29 @@ def test_a_fresh_workers_first_task_meeting_a_store_outage_retries_it_and_the_ru
 def test_an_assembly_through_an_outage_longer_than_its_bug_retries_then_a_bug_completes(
     stack: LocalStack, start_workers: StartWorkers
 ) -> None:
-    # Given an assembly whose project will read as a status no code knows (a bug, repaired once
-    # met), its retries 2-4 s apart: the repair has 10 s at least before they run out (4 s
-    # raced on two busy cores)
-    workers = start_workers(concurrency=1, backoff_base="4", backoff_max="4", **SETTINGS)
+    # Given an assembly that will meet a bug (an error nobody expected) past its store reads,
+    # its first `ASSEMBLE_UNEXPECTED - 1` times and not after (repaired), its retries quick
+    # and each store call giving up after 0.2 s of refusals: the outage's length and the
+    # bug's allowance are both counted in retries, not seconds
+    bugs = ASSEMBLE_UNEXPECTED - 1
+    failpoints = f"before_assembly=raise:{bugs}"
+    settings = {**SETTINGS, **QUICK_RETRIES, "store_retry_seconds": "0.2"}
+    workers = start_workers(concurrency=1, failpoints=failpoints, **settings)
     ctx = get_context()
     project_id = completed_song_project(ctx)
     run_id = won_run(ctx, project_id, ProjectStatus.ASSEMBLING)
-    set_status(ctx, project_id, "not-a-status")
+    retry = retried(ASSEMBLE_PROJECT, run_id)
     # When it first meets an outage more times than it may retry a bug
     with outage(stack, REFUSED):
         result = app.send_task(ASSEMBLE_PROJECT, args=[project_id, run_id], task_id=run_id)
         wait_for(
-            lambda: (
-                workers.service.log_text().count(retried(ASSEMBLE_PROJECT, run_id))
-                > ASSEMBLE_UNEXPECTED
-                or result.ready()
-            ),
+            lambda: workers.service.log_text().count(retry) > ASSEMBLE_UNEXPECTED or result.ready(),
             180,
             "the assembly to retry through more outages than it may meet unexpected errors",
         )
-    # and then the bug, repaired once met
-    crashed = f"unexpected error in assemble_project {project_id}: ValueError"
-    wait_for(
-        lambda: crashed in workers.service.log_text() or result.ready(), 60, "the bug to be met"
-    )
-    set_status(ctx, project_id, str(ProjectStatus.ASSEMBLING))
-    # Then it retried the bug (its own count, not the outages') and the run completed
+    # and then the bug, as often as its retries allow but one
     outcome = result.get(timeout=120)
+    # Then it retried the bug (its own count, not the outages') and the run completed
     assert outcome["outcome"] == "completed", outcome
     view = api.get_project(project_id)
     assert (
@@ -132,9 +129,10 @@ def test_an_assembly_through_an_outage_longer_than_its_bug_retries_then_a_bug_co
     )
     assert_invariants(project_id)
     log = workers.service.log_text()
-    assert log.count(crashed) < ASSEMBLE_UNEXPECTED  # repaired with retries to spare
+    crashed = f"unexpected error in assemble_project {project_id}: FailpointError"
+    assert log.count(crashed) == raised(state_dir(workers), "before_assembly") == bugs
     assert "assembly failed" not in log
-    # And its retries said which was which: the outages as such, the bug as a bug
-    assert log.count(retried(ASSEMBLE_PROJECT, run_id)) > ASSEMBLE_UNEXPECTED
-    assert re.search(r"UnexpectedError\([\"']ValueError", log), "the bug's retry"
-    assert not re.search(r"StoreUnavailable\([\"']ValueError", log)
+    # And its retries said which was which: the outages as such, before the bug, the bug as a bug
+    assert log[: log.index(crashed)].count(retry) > ASSEMBLE_UNEXPECTED
+    assert re.search(r"UnexpectedError\([\"']FailpointError", log), "the bug's retry"
+    assert not re.search(r"StoreUnavailable\([\"']FailpointError", log)
