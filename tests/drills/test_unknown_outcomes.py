@@ -99,6 +99,31 @@ def test_state_server_paused_while_the_lease_is_claimed(
     assert round(view.committed_cost_usd * 1e6) == price, (view.committed_cost_usd, accepted)
 
 
+def test_the_claim_mark_outlasts_the_lease_and_the_records_last_reply(
+    start_workers: StartWorkers,
+) -> None:
+    """Between a job's submit and its operation id stored, the scene is kept from reconcile by
+    its lease, then by the mark set before the claim, until a failed record marks the write
+    owed. The record is retried until the lease ends and its last try may answer one store
+    timeout later: a mark of a poll's liveness (3.6 s here, and shorter than the lease for
+    every provider by default) would lapse first, leaving a moment when reconcile could free
+    the scene for a second paid claim."""
+    workers, project_id, _run, _task = start_held_scene(
+        start_workers, lease_seconds="30", **SHORT_STORE
+    )
+    ctx = get_context()
+    assert ctx.settings.liveness_seconds("local") < 30  # what the mark must not be held to
+    scene = ctx.scenes.get(project_id, 1)
+    assert scene is not None and scene.lease_expires_at is not None
+    mark = ctx.board.client.pttl(ctx.board._key("live", "scene", project_id, 1))
+    mark_ends = time.time() + mark / 1000
+    last_reply = float(scene.lease_expires_at) + float(SHORT_STORE["store_timeout_seconds"])
+    assert mark_ends >= last_reply, (mark_ends, last_reply)
+    release(state_dir(workers), HOLD)
+    heal(project_id)
+    check_drill(project_id, workers)
+
+
 def test_a_run_taken_over_during_the_record_keeps_the_operation(
     start_workers: StartWorkers,
 ) -> None:
