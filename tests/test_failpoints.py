@@ -60,3 +60,13 @@ def test_a_point_armed_to_raise_n_times_raises_that_often_then_lets_executions_g
     hooks.reached("during_cut")  # repaired: goes on, as does every later execution
     hooks.reached("during_cut")
     assert failpoints.raised(disarmed, "during_cut") == 2
+
+
+@pytest.mark.parametrize("mode", ["raise:", "raise:0", "raise:two", "raise:-1"])
+def test_a_raise_count_that_is_no_count_is_refused_when_armed(
+    disarmed: Path, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    monkeypatch.setenv("MVPIPE_FAILPOINTS", f"during_cut={mode}")
+    with pytest.raises(ValueError, match="is not raise:N"):
+        failpoints.arm()
+    hooks.reached("during_cut")  # nothing armed: the core meets no failpoint

@@ -4,6 +4,7 @@ providers reach only by misbehaving."""
 
 from __future__ import annotations
 
+import http.server
 import json
 import socket
 import threading
@@ -252,6 +253,49 @@ def test_one_store_call_is_one_request_so_the_lease_bound_holds(stack: LocalStac
         for conn in accepted:
             conn.close()
     assert len(accepted) == 1
+
+
+def test_a_bounded_store_call_starts_no_try_after_its_bound(stack: LocalStack) -> None:
+    # A DynamoDB endpoint that answers every request at once with a 500 (an outage): the
+    # store's retries pause between tries, and a pause that ends past a lease-bounded path's
+    # bound must end the call instead, or its last try answers past the lease and the marks
+    # sized on it (`Settings.claim_mark_after`)
+    started: list[float] = []
+
+    class Down(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            started.append(time.time())
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            body = b'{"__type": "com.amazonaws.dynamodb.v20120810#InternalServerError"}'
+            self.send_response(500)
+            self.send_header("Content-Type", "application/x-amz-json-1.0")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Down)
+    serving = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    serving.start()
+    settings = get_settings().model_copy(
+        update={
+            "dynamodb_endpoint": f"http://127.0.0.1:{server.server_address[1]}",
+            "store_retry_seconds": 3600.0,
+        }
+    )
+    table = build_context(settings).table
+    bound = time.time() + 0.6
+    try:
+        with pytest.raises(StoreUnavailable), table.retry_until(bound):
+            table.get("PROJECT#none", "METADATA")
+    finally:
+        server.shutdown()
+        serving.join(timeout=10)
+        server.server_close()
+    assert len(started) >= 2, started  # it did retry within its bound
+    assert max(started) < bound, (max(started) - bound, started)
 
 
 def slot_holder(ctx: Context, member: str) -> bool:

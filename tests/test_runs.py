@@ -207,3 +207,27 @@ def test_a_users_run_gives_back_the_attempts_of_a_scene_a_cancelled_run_left_pro
         project_id, 1, run_id=second, token="t-next", lease_seconds=60, max_attempts=limit
     ).outcome
     assert outcome == Claim.WON
+
+
+def test_a_stale_run_is_kept_while_a_claimed_scene_is_marked_alive(ctx: Context) -> None:
+    # Given a stale run whose scene was claimed, its lease run out, and whose execution still
+    # marks it alive: the record of a job the provider may have accepted is still owed
+    project_id = planned_project(1)
+    run_id = str(uuid.uuid4())
+    assert ctx.projects.win_run(project_id, run_id, ProjectStatus.PROCESSING) == run_id
+    claimed = ctx.scenes.claim(
+        project_id, 1, run_id=run_id, token=uuid.uuid4().hex, lease_seconds=60,
+        max_attempts=3, now=time.time() - 120,
+    )  # fmt: skip
+    assert claimed.outcome == Claim.WON
+    ctx.board.touch_scene(project_id, 1, 60)
+    # When reconcile passes
+    dispatcher = RecordingDispatcher()
+    report = reconcile(ctx, dispatcher, project_ids=[project_id])
+    # Then the run is kept: a new run would claim the scene again and pay for a second job
+    assert (report.runs_taken_over, dispatcher.runs) == (0, []), report
+    assert ctx.projects.get(project_id).active_run_id == run_id
+    # And once the mark lapses (its execution died), the run is taken over
+    ctx.board.client.delete(ctx.board._key("live", "scene", project_id, 1))
+    assert reconcile(ctx, dispatcher, project_ids=[project_id]).runs_taken_over == 1
+    assert ctx.projects.get(project_id).active_run_id == dispatcher.runs[0][1] != run_id

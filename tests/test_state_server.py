@@ -19,6 +19,7 @@ from moto.dynamodb.responses import DynamoHandler, DynamoResult
 
 from mvpipe.devstack.localstack import LocalStack
 from mvpipe.devstack.state_server import _Latest, plain_answer
+from tests.helpers import create_key_table
 
 pytestmark = pytest.mark.integration
 
@@ -27,18 +28,7 @@ pytestmark = pytest.mark.integration
 def dynamodb(stack: LocalStack):  # type: ignore[no-untyped-def]
     client = boto3.client("dynamodb", endpoint_url=stack.env["MVPIPE_DYNAMODB_ENDPOINT"])
     name = f"txn-{uuid.uuid4().hex[:8]}"
-    client.create_table(
-        TableName=name,
-        KeySchema=[
-            {"AttributeName": "PK", "KeyType": "HASH"},
-            {"AttributeName": "SK", "KeyType": "RANGE"},
-        ],
-        AttributeDefinitions=[
-            {"AttributeName": "PK", "AttributeType": "S"},
-            {"AttributeName": "SK", "AttributeType": "S"},
-        ],
-        BillingMode="PAY_PER_REQUEST",
-    )
+    create_key_table(client, name)
     yield client, name
     client.delete_table(TableName=name)
 

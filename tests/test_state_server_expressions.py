@@ -20,6 +20,7 @@ import botocore.exceptions
 import pytest
 
 from mvpipe.devstack.localstack import LocalStack, free_port, port_open, wait_until
+from tests.helpers import create_key_table
 from tests.processes import stop_group
 
 pytestmark = pytest.mark.integration
@@ -72,18 +73,7 @@ def run_on(
     servers, as answers name it)."""
     client = client_of(endpoint)
     table = table or f"expr-{uuid.uuid4().hex[:8]}"
-    client.create_table(
-        TableName=table,
-        KeySchema=[
-            {"AttributeName": "PK", "KeyType": "HASH"},
-            {"AttributeName": "SK", "KeyType": "RANGE"},
-        ],
-        AttributeDefinitions=[
-            {"AttributeName": "PK", "AttributeType": "S"},
-            {"AttributeName": "SK", "AttributeType": "S"},
-        ],
-        BillingMode="PAY_PER_REQUEST",
-    )
+    create_key_table(client, table)
     try:
         return scenario(client, table)
     finally:

@@ -79,7 +79,9 @@ def double_payments(
     return len(earlier) - outside, outside
 
 
-def restart_redis(stack: LocalStack, *, keep_data: bool) -> None:
+def restart_redis(stack: LocalStack, *, keep_data: bool) -> float:
+    """Stop Redis (flushed, or killed with its data deleted) and start it again on its port;
+    returns the moment it was down (epoch seconds), for a drill to check what ran across it."""
     old = next(s for s in stack.services if s.name == "redis")
     workdir = old.log_path.parent
     if keep_data:
@@ -92,4 +94,6 @@ def restart_redis(stack: LocalStack, *, keep_data: bool) -> None:
                     child.unlink()
             else:
                 path.unlink()
+    down_at = time.time()
     stack.services[stack.services.index(old)] = start_redis(workdir, port=old.port)
+    return down_at

@@ -52,6 +52,10 @@ def _modes(wanted: str) -> dict[str, str]:
     modes = {}
     for entry in filter(None, wanted.split(",")):
         name, _, mode = entry.partition("=")
+        times = mode.removeprefix("raise:")
+        if times != mode and not (times.isdigit() and int(times) > 0):
+            # Said when armed: met at the point, a bad count would look like the core's bug
+            raise ValueError(f"failpoint {name}: {mode!r} is not raise:N with N >= 1")
         modes[name] = mode or "kill"
     return modes
 

@@ -19,19 +19,22 @@ from mvpipe.store.records import ProjectState
 log = logging.getLogger("mvpipe.reconcile")
 
 
-def _submission_in_progress(state: ProjectState) -> bool:
+def _submission_in_progress(ctx: Context, state: ProjectState) -> bool:
     """A live lease means a submitter may be talking to the provider right now: taking the
     run over then would let its operation be dropped and the scene paid for again. Liveness in
-    Redis can vanish (a Redis restart without persistence); the lease in the table cannot."""
+    Redis can vanish (a Redis restart without persistence); the lease in the table cannot.
+    Past its lease, a claimed scene's live mark means the same: its submitter still owes the
+    record of a job the provider may have accepted (the new run would claim it again)."""
     now = time.time()
-    return any(
-        s.status == SceneStatus.PROCESSING
-        and (stage := next_stage(s)) is not None
-        and stage.paid
-        and stage.operation(s) is None
-        and not lease_expired(s.lease_expires_at, now)
-        for s in state.scenes
-    )
+    for s in state.scenes:
+        stage = next_stage(s) if s.status == SceneStatus.PROCESSING else None
+        if stage is None or not stage.paid or stage.operation(s) is not None:
+            continue
+        if not lease_expired(s.lease_expires_at, now):
+            return True
+        if s.lease_token and ctx.board.scene_polled(s.project_id, s.sequence):
+            return True
+    return False
 
 
 def _finalize_owed(ctx: Context, state: ProjectState, run: str) -> bool:
@@ -60,7 +63,7 @@ def settle(
             if settlement.assemble:
                 dispatcher.assemble(project.project_id, run)
         return
-    if run is not None and not ctx.board.run_alive(run) and not _submission_in_progress(state):
+    if run is not None and not ctx.board.run_alive(run) and not _submission_in_progress(ctx, state):
         counters = state.counters
         final_video = project.final_video_key is not None
         if (

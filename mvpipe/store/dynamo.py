@@ -276,8 +276,11 @@ class Table:
     def _call(self, fn: Callable[[], T]) -> T:
         deadline = time.monotonic() + self._retry_seconds
         bound: float | None = getattr(self._local, "deadline", None)
-        if bound is not None:
-            deadline = min(deadline, time.monotonic() + bound - time.time())
+        # A bounded path (`retry_until`) starts no try after its bound: one started in the pause
+        # past it would answer a pause and a timeout after the lease, past the marks sized on it.
+        last_start = None if bound is None else time.monotonic() + bound - time.time()
+        if last_start is not None:
+            deadline = min(deadline, last_start)
         attempt = 0
         while True:
             try:
@@ -289,9 +292,10 @@ class Table:
                         "table (MVPIPE_TABLE, MVPIPE_AWS_REGION) and the credentials' permissions"
                     ) from exc
                 attempt += 1
-                if time.monotonic() >= deadline:
-                    raise StoreUnavailable(f"DynamoDB unavailable: {exc.msg}") from exc
                 delay = retry_pause(attempt)
+                now = time.monotonic()
+                if now >= deadline or (last_start is not None and now + delay >= last_start):
+                    raise StoreUnavailable(f"DynamoDB unavailable: {exc.msg}") from exc
                 log.warning("store call failed (%s); retrying in %.2fs", exc.msg, delay)
                 time.sleep(delay)
 

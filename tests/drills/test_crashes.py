@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -94,9 +93,8 @@ def test_redis_restart_mid_run(
     project_id = api.create_project("Redis", "Restart.", scene_count=6)
     api.run_project(project_id)
     wait_for(lambda: len(ledger(workers.ledger, project_id)) >= 3, 60, "jobs in flight")
-    restarted_at = time.time()
-    restart_redis(stack, keep_data=keep_data)
-    assert running_at(workers, project_id, restarted_at) >= 1
+    down_at = restart_redis(stack, keep_data=keep_data)
+    assert running_at(workers, project_id, down_at) >= 1
     heal(project_id)
     check_drill(project_id, workers)
     # The same worker keeps consuming after the restart.
