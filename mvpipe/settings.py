@@ -442,12 +442,12 @@ class Settings(BaseSettings):
     def claim_mark_after(self, liveness_seconds: float) -> float:
         """How long the mark set just before a paid claim lasts, for a provider whose liveness
         mark lasts `liveness_seconds`: past the lease's end and the reply of the record's last
-        try (the record starts no try after the lease ends, and a try takes at most its
-        connection's and its reply's timeouts), plus the slack. A failed record then marks the
-        scene for the owed write (`owed_after`); a claim mark that lapsed first (the default
-        liveness of every provider is shorter than the lease) would leave a moment with
-        neither a live lease nor a mark, when reconcile could free the scene for a second paid
-        claim."""
+        try (the record retries no call after the lease ends, and a try takes at most its
+        connection's and its reply's timeouts), plus the slack. A failed record then
+        marks the scene for the owed write (`owed_after`); a claim mark that lapsed first (the
+        default liveness of every provider is shorter than the lease) would leave a moment
+        with neither a live lease nor a mark, when reconcile could free the scene for a second
+        paid claim."""
         last_try = 2 * self.store_timeout_seconds
         return max(liveness_seconds, self.lease_seconds + last_try + self.liveness_slack_seconds)
 
