@@ -15,9 +15,9 @@ from mvpipe import api
 from mvpipe.deps import get_context
 from mvpipe.media.synth import synthesize_song
 from mvpipe.models import ProjectStatus, SceneStatus
+from tests.cli_batch import mvpipe_batch
 from tests.conftest import Workers
 from tests.helpers import assert_invariants, ledger
-from tests.test_cli import mvpipe, mvpipe_each
 
 pytestmark = pytest.mark.integration
 
@@ -131,14 +131,14 @@ def test_a_song_project_planned_on_no_budget_then_paid_for_exactly(
     exact = api.estimate_micros(project_id)
     assert exact.exact and exact.jobs == view.scene_count
     assert exact.micros == sum(s.duration_seconds * 250_000 for s in view.scenes)
-    # The commands before `status` are independent (a refused budget writes nothing), so
-    # they run two at a time: each process spends most of its ~1.4 s importing
+    # The commands, `status` last, in one batch: each its own process, the imports once
     bads = ("-1", "nan", "1e12", "ten")
-    estimated, budgeted, *refusals = mvpipe_each(
+    estimated, budgeted, *refusals, cli = mvpipe_batch(
         workers.env,
         ("estimate", project_id, "--json"),
         ("budget", project_id, str(exact.micros / 1e6)),
         *(("budget", project_id, bad) for bad in bads),
+        ("status", project_id),
     )
     assert estimated.returncode == 0, estimated.stderr
     assert json.loads(estimated.stdout) == {
@@ -150,7 +150,6 @@ def test_a_song_project_planned_on_no_budget_then_paid_for_exactly(
     assert f"of a ${exact.micros / 1e6:,.2f} budget" in budgeted.stdout
     for refused in refusals:
         assert refused.returncode == 2 and "budget must" in refused.stderr, refused.stderr
-    cli = mvpipe(workers.env, "status", project_id)
     assert cli.returncode == 0, cli.stderr
     assert f"cost      $0.00 committed of a ${exact.micros / 1e6:,.2f} budget" in cli.stdout
     api.run_project(project_id)
