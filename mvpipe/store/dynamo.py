@@ -244,10 +244,10 @@ class Table:
         self._call(write)
 
     @staticmethod
-    def retry_until(deadline: float) -> contextlib.AbstractContextManager[None]:
+    def retry_until(deadline: float) -> contextlib.AbstractContextManager[pauses.Bound]:
         """Store calls inside, this table's and the clips' (`pauses.retry_until`), stop
-        retrying an outage at `deadline` (epoch seconds): a path that must finish within a
-        lease does not spend it waiting for the store."""
+        retrying an outage at `deadline` (epoch seconds), and one begun past it is not tried:
+        a path that must finish within a lease does not spend it waiting for the store."""
         return pauses.retry_until(deadline)
 
     # -- plumbing ------------------------------------------------------------------------------

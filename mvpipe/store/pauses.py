@@ -12,12 +12,27 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
+from mvpipe.errors import StoreUnavailable
 from mvpipe.settings import STORE_RETRY_PAUSE_MAX
 
 T = TypeVar("T")
 
-#: The bound (`retry_until`) of the thread's store calls, if a path set one.
+#: The bounds (`retry_until`) the thread's store calls are inside, outermost first.
 _bounds = threading.local()
+
+
+class StoreNotTried(StoreUnavailable):
+    """A bounded store call begun past its bound, and so not tried: unlike any other outage,
+    it wrote nothing. Still "retry later" to whoever reads it as a `StoreUnavailable`."""
+
+
+@dataclass
+class Bound:
+    """One `retry_until` bound, and whether any store call inside it was tried: a path that
+    meets `StoreNotTried` knows it wrote nothing only while this is False."""
+
+    deadline: float
+    tried: bool = False
 
 
 def retry_pause(attempt: int) -> float:
@@ -27,16 +42,18 @@ def retry_pause(attempt: int) -> float:
 
 
 @contextlib.contextmanager
-def retry_until(deadline: float) -> Iterator[None]:
+def retry_until(deadline: float) -> Iterator[Bound]:
     """The thread's store calls inside (DynamoDB's and S3's) stop retrying an outage at
-    `deadline` (epoch seconds): a path that must finish within a lease does not spend it
-    waiting for the store. Nested bounds keep the earliest."""
-    previous: float | None = getattr(_bounds, "deadline", None)
-    _bounds.deadline = deadline if previous is None else min(previous, deadline)
+    `deadline` (epoch seconds), and one begun past it is not tried (`StoreNotTried`): a path
+    that must finish within a lease does not spend it waiting for the store. Nested bounds
+    keep the earliest."""
+    bound = Bound(deadline)
+    stack: list[Bound] = getattr(_bounds, "stack", [])
+    _bounds.stack = [*stack, bound]
     try:
-        yield
+        yield bound
     finally:
-        _bounds.deadline = previous
+        _bounds.stack = stack
 
 
 @dataclass(frozen=True)
@@ -54,14 +71,20 @@ class Outages:
     def call(self, fn: Callable[[], T]) -> T:
         """`fn()`, tried until it answers; the last outage's error is raised when the time is
         up. A bounded call starts no try after its bound: one started in the pause past it
-        would answer a pause and a timeout after the lease, past the marks sized on it."""
+        would answer a pause and a timeout after the lease, past the marks sized on it; one
+        begun past its bound is `StoreNotTried`."""
         deadline = time.monotonic() + self.retry_seconds
-        bound: float | None = getattr(_bounds, "deadline", None)
-        last_start = None if bound is None else time.monotonic() + bound - time.time()
-        if last_start is not None:
+        bounds: list[Bound] = getattr(_bounds, "stack", [])
+        last_start = None
+        if bounds:
+            last_start = time.monotonic() + min(b.deadline for b in bounds) - time.time()
+            if time.monotonic() >= last_start:
+                raise StoreNotTried(f"{self.label} call not tried: begun past its bound")
             deadline = min(deadline, last_start)
         attempt = 0
         while True:
+            for bound in bounds:
+                bound.tried = True
             try:
                 return fn()
             except Exception as exc:
