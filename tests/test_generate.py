@@ -36,12 +36,13 @@ from mvpipe.providers.render import render_clip
 from mvpipe.settings import get_settings
 from mvpipe.states import SCENE_CHECK_POLLS
 from mvpipe.store.claim_outcomes import Claim
+from mvpipe.store.pauses import StoreNotTried
 from mvpipe.store.records import SceneRecord
 from mvpipe.store.runboard import RunBoard
 from mvpipe.store.scenes import SceneStore
 from mvpipe.store.stage_fields import LIP_SYNCED, WORKING
 from mvpipe.store.table import project_pk, scene_sk
-from tests.helpers import new_project, waiting_for_lip_sync
+from tests.helpers import new_project, wait_for, waiting_for_lip_sync
 from tests.test_store import claim
 
 pytestmark = pytest.mark.integration
@@ -181,12 +182,13 @@ def test_no_submission_when_the_lease_has_no_room_left_for_submit_and_record(
     tight = build_context(settings)
     tight._providers["local"] = provider
     project_id, run_id = new_project(tight, 1)
+    before = tight.scenes.get(project_id, 1)
     step = SceneJob(tight, project_id, 1, run_id, "local").step()
     assert step.next == Next.RETRY_SUBMIT
     assert provider.submitted == 0
-    scene = tight.scenes.get(project_id, 1)
-    assert scene is not None and scene.status == SceneStatus.PENDING
-    assert scene.attempts == 0  # a lease given back unused spends no attempt
+    # A claim begun past its budget is not tried (`StoreNotTried`): the scene is as it was,
+    # not claimed and given back, and no step is left owing its give-back
+    assert tight.scenes.get(project_id, 1) == before
 
 
 def test_store_retries_on_the_submission_path_stop_at_the_lease(stack: LocalStack) -> None:
@@ -293,6 +295,9 @@ def test_a_bounded_store_call_starts_no_try_after_its_bound(stack: LocalStack) -
         with pytest.raises(StoreUnavailable), table.retry_until(bound):
             table.get("PROJECT#none", "METADATA")
         tried = len(sent)
+        # and one begun past its bound is not tried at all, which its caller can tell
+        with pytest.raises(StoreNotTried), table.retry_until(time.time() - 1) as late:
+            table.get("PROJECT#none", "METADATA")
     finally:
         server.shutdown()
         serving.join(timeout=10)
@@ -301,6 +306,7 @@ def test_a_bounded_store_call_starts_no_try_after_its_bound(stack: LocalStack) -
     # A try leaves a few milliseconds after the check before it (request building); the old
     # code's last try came a whole pause (50-800 ms) after its last check
     assert max(sent) < bound + 0.05, (max(sent) - bound, sent)
+    assert len(sent) == tried and not late.tried
 
 
 def slot_holder(ctx: Context, member: str) -> bool:
@@ -821,15 +827,30 @@ class LostReplies:
         return getattr(self.scenes, name)
 
 
+class SlowClaims(LostReplies):
+    """`LostReplies`, and a claim that lands within its budget but answers only once the
+    budget has passed (as after slow store retries): no room is left to submit."""
+
+    def __init__(self, scenes: SceneStore, submit_budget: float) -> None:
+        super().__init__(scenes)
+        self.submit_budget = submit_budget
+
+    def claim(self, *args: Any, now: float, lease_seconds: float, **kwargs: Any) -> Any:
+        claimed = self.scenes.claim(*args, now=now, lease_seconds=lease_seconds, **kwargs)
+        budget = now + lease_seconds - self.submit_budget
+        wait_for(lambda: time.time() > budget, 10, "the claim's budget to pass")
+        return claimed
+
+
 def test_a_release_whose_reply_was_lost_is_redone_without_a_second_refund(
     provider: Misbehaving, storage: LocalStack
 ) -> None:
     # The claim left no room in the lease to submit (as after slow store retries): the lease
     # is given back unused with its reservation, and that write's reply is lost.
-    ctx = priced(provider, lease_seconds=1.0)
+    ctx = priced(provider, lease_seconds=get_settings().submit_budget_seconds + 1.0)
     project_id, run_id = new_project(ctx, 1)
     scenes = ctx.scenes
-    ctx.scenes = LostReplies(scenes)  # type: ignore[assignment]
+    ctx.scenes = SlowClaims(scenes, ctx.settings.submit_budget_seconds)  # type: ignore[assignment]
     with pytest.raises(LeasePending) as pending:
         job(ctx, project_id, run_id).step()
     ctx.scenes = scenes

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -179,6 +180,25 @@ def test_a_throttling_s3_is_retried_by_the_store_for_store_retry_seconds_then_an
     s3_answers.creates, s3_answers.errors = 0, 2
     build_context(settings).clips.put("projects/p/clip.mp4", b"clip")
     assert s3_answers.creates == 3
+
+
+def test_a_bounded_s3_call_starts_no_try_after_its_bound(
+    stack: LocalStack, s3_answers: S3Answers
+) -> None:
+    # Given an S3 that answers every upload "slow down" at once, and a path bounded by a lease
+    # (`retry_until`, set through the table as the claim and the record set it)
+    update = {"s3_endpoint": s3_answers.url, "store_retry_seconds": 3.0}
+    ctx = build_context(get_settings().model_copy(update=update))
+    sent: list[float] = []  # when each try left the client (botocore's last event before it)
+    ctx.clips.client.meta.events.register("before-send.s3", lambda **_: sent.append(time.time()))
+    bound = time.time() + 1.0
+    # When an upload meets it inside the bound (unbounded, its retries would go on for 3 s)
+    with pytest.raises(StoreUnavailable, match="SlowDown"), ctx.table.retry_until(bound):
+        ctx.clips.put("projects/p/clip.mp4", b"clip")
+    # Then it retried within the bound and started no try after it: a try leaves a few
+    # milliseconds after the check before it, a pause past the bound is 50-800 ms
+    assert s3_answers.creates == len(sent) >= 2, (s3_answers.creates, sent)
+    assert max(sent) < bound + 0.05, (max(sent) - bound, sent)
 
 
 def test_a_bucket_outside_us_east_1_is_created(stack: LocalStack) -> None:

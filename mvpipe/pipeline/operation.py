@@ -50,6 +50,7 @@ from mvpipe.states import (
     started_seconds,
 )
 from mvpipe.store.claim_outcomes import Claim
+from mvpipe.store.pauses import StoreNotTried
 from mvpipe.store.records import SceneRecord
 
 if TYPE_CHECKING:
@@ -239,18 +240,32 @@ class PaidOperation:
         # was submitted, so the money stays committed (invariant 3 before invariant 9).
         unused = {"refund_micros": price, "unused": True, "error": "store outage during claim"}
         budget = lease_end - s.submit_budget_seconds
-        with ctx.table.retry_until(budget), self.pending(token, unused):
-            claim = ctx.scenes.claim(
-                *self.ids,
-                run_id=x.run_id,
-                token=token,
-                lease_seconds=s.lease_seconds,
-                max_attempts=s.max_attempts,
-                now=claimed_at,
-                stage=self.fields,
-                requires=self.stage.requires,
-                price_micros=price,
+        with ctx.table.retry_until(budget) as bound, self.pending(token, unused):
+            try:
+                claim = ctx.scenes.claim(
+                    *self.ids,
+                    run_id=x.run_id,
+                    token=token,
+                    lease_seconds=s.lease_seconds,
+                    max_attempts=s.max_attempts,
+                    now=claimed_at,
+                    stage=self.fields,
+                    requires=self.stage.requires,
+                    price_micros=price,
+                )
+            except StoreNotTried:
+                if bound.tried:  # an earlier call of the claim was tried: it may have landed
+                    raise
+                claim = None
+        if claim is None:
+            # Begun past its budget (a short lease), the claim tried nothing: no lease to give
+            # back, and nothing on the scene to wait for.
+            self.release_unowned_slot()
+            wait = backoff_seconds(
+                scene.value(self.fields.attempts) + 1, base=s.backoff_base, cap=s.backoff_max
             )
+            self.log(f"lease too short to claim, retry in {wait:.1f}s", None, None)
+            return Step(Next.RETRY_SUBMIT, "lease too short to claim", wait, self.carry())
         if claim.outcome != Claim.WON:
             self.release_unowned_slot()
             if claim.outcome == Claim.OVER_BUDGET:

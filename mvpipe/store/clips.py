@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,7 +29,7 @@ from botocore.exceptions import ConnectionError as NoConnection
 from mvpipe.errors import NotFound, StoreUnavailable
 from mvpipe.models import validate_project_id, validate_sequence
 from mvpipe.settings import Settings
-from mvpipe.store.pauses import retry_pause
+from mvpipe.store.pauses import Outages
 from mvpipe.store.sessions import new_session
 
 if TYPE_CHECKING:
@@ -145,7 +144,7 @@ class FolderPage(NamedTuple):
 class ClipStore:
     def __init__(self, settings: Settings) -> None:
         self.bucket = settings.bucket
-        self._retry_seconds = settings.store_retry_seconds
+        self._outages = Outages("S3", settings.store_retry_seconds, _will_pass, log)
         # botocore's own client (what boto3's `client` returns, less its transfer helpers, which
         # nothing here uses), from a session that shares the process's parsed service models.
         self.client = cast(
@@ -305,22 +304,14 @@ class ClipStore:
             raise StoreUnavailable(f"S3 unavailable: {exc}") from exc
 
     def _retried(self, fn: Callable[..., T], **kwargs: Any) -> T:
-        """`fn(**kwargs)`, tried again while S3 says "later" or gives no answer, for
-        `store_retry_seconds` (then botocore's last error is raised): the same outage policy
-        as a DynamoDB call's, so a step's S3 call takes `store_call_seconds` at most and a
-        store out for longer is the task's outage retry, not a wait inside the step. A refusal
-        or a missing object is raised at once: trying again meets the same answer."""
-        deadline = time.monotonic() + self._retry_seconds
-        attempt = 0
-        while True:
-            try:
-                return fn(**kwargs)
-            except (ClientError, *_NO_ANSWER) as exc:
-                if isinstance(exc, ClientError) and not is_outage(exc):
-                    raise
-                attempt += 1
-                if time.monotonic() >= deadline:
-                    raise
-                delay = retry_pause(attempt)
-                log.warning("store call failed (S3: %s); retrying in %.2fs", exc, delay)
-                time.sleep(delay)
+        """`fn(**kwargs)` under the store's outage policy (`pauses.Outages`), botocore's last
+        error raised when it ends: a step's S3 call takes `store_call_seconds` at most, never
+        past a lease's bound, and a store out for longer is the task's outage retry, not a wait
+        inside the step. A refusal or a missing object is raised at once: trying again meets
+        the same answer."""
+        return self._outages.call(lambda: fn(**kwargs))
+
+
+def _will_pass(exc: Exception) -> bool:
+    """Whether a try's error is S3 saying "later" or giving no (whole) answer."""
+    return isinstance(exc, _NO_ANSWER) or (isinstance(exc, ClientError) and is_outage(exc))

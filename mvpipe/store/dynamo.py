@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -24,7 +22,7 @@ from pynamodb.transactions import TransactWrite
 
 from mvpipe.errors import ConfigurationError, StoreUnavailable
 from mvpipe.settings import Settings
-from mvpipe.store.pauses import retry_pause
+from mvpipe.store import pauses
 from mvpipe.store.sessions import ThreadSessions
 from mvpipe.store.table import METADATA, SCENE_PREFIX, ItemBase, bind_table, project_pk
 
@@ -45,8 +43,7 @@ class Table:
         # pynamodb makes each thread's botocore session itself (and with it a loader that decodes
         # DynamoDB's model again); these share the process's parsed models instead.
         self.model._get_connection().connection._local = ThreadSessions()
-        self._retry_seconds = settings.store_retry_seconds
-        self._local = threading.local()
+        self._outages = pauses.Outages("DynamoDB", settings.store_retry_seconds, _is_outage, log)
         self._settings = settings
 
     # -- setup ---------------------------------------------------------------------------------
@@ -246,16 +243,12 @@ class Table:
 
         self._call(write)
 
-    @contextlib.contextmanager
-    def retry_until(self, deadline: float) -> Iterator[None]:
-        """Store calls inside stop retrying an outage at `deadline` (epoch seconds): a path
-        that must finish within a lease does not spend it waiting for the store."""
-        previous: float | None = getattr(self._local, "deadline", None)
-        self._local.deadline = deadline if previous is None else min(previous, deadline)
-        try:
-            yield
-        finally:
-            self._local.deadline = previous
+    @staticmethod
+    def retry_until(deadline: float) -> contextlib.AbstractContextManager[pauses.Bound]:
+        """Store calls inside, this table's and the clips' (`pauses.retry_until`), stop
+        retrying an outage at `deadline` (epoch seconds), and one begun past it is not tried:
+        a path that must finish within a lease does not spend it waiting for the store."""
+        return pauses.retry_until(deadline)
 
     # -- plumbing ------------------------------------------------------------------------------
     def _connection(self) -> Connection:
@@ -274,30 +267,15 @@ class Table:
         return self._call(attempt)
 
     def _call(self, fn: Callable[[], T]) -> T:
-        deadline = time.monotonic() + self._retry_seconds
-        bound: float | None = getattr(self._local, "deadline", None)
-        # A bounded path (`retry_until`) starts no try after its bound: one started in the pause
-        # past it would answer a pause and a timeout after the lease, past the marks sized on it.
-        last_start = None if bound is None else time.monotonic() + bound - time.time()
-        if last_start is not None:
-            deadline = min(deadline, last_start)
-        attempt = 0
-        while True:
-            try:
-                return fn()
-            except PynamoDBException as exc:
-                if refused(exc):
-                    raise ConfigurationError(
-                        f"DynamoDB refused the request ({_code(exc)}: {exc.msg}); check the "
-                        "table (MVPIPE_TABLE, MVPIPE_AWS_REGION) and the credentials' permissions"
-                    ) from exc
-                attempt += 1
-                delay = retry_pause(attempt)
-                now = time.monotonic()
-                if now >= deadline or (last_start is not None and now + delay >= last_start):
-                    raise StoreUnavailable(f"DynamoDB unavailable: {exc.msg}") from exc
-                log.warning("store call failed (%s); retrying in %.2fs", exc.msg, delay)
-                time.sleep(delay)
+        try:
+            return self._outages.call(fn)
+        except PynamoDBException as exc:
+            if refused(exc):
+                raise ConfigurationError(
+                    f"DynamoDB refused the request ({_code(exc)}: {exc.msg}); check the "
+                    "table (MVPIPE_TABLE, MVPIPE_AWS_REGION) and the credentials' permissions"
+                ) from exc
+            raise StoreUnavailable(f"DynamoDB unavailable: {exc.msg}") from exc
 
 
 def refused(exc: PynamoDBException) -> bool:
@@ -317,3 +295,8 @@ def _code(exc: PynamoDBException) -> str | None:
 
 def _reason(code: str | None) -> str | None:
     return CONDITION_FAILED if code in (CONDITION_FAILED, _CONDITION_ERROR) else code
+
+
+def _is_outage(exc: Exception) -> bool:
+    """Whether a try's error will pass (`refused` says which DynamoDB answers won't)."""
+    return isinstance(exc, PynamoDBException) and not refused(exc)
