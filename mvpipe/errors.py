@@ -65,6 +65,11 @@ class StoreUnavailable(MvpipeError):
     """A backing service (DynamoDB, S3, Redis) failed transiently."""
 
 
+class StoreNotTried(StoreUnavailable):
+    """A bounded store call begun past its bound, and so not tried: unlike any other outage,
+    it wrote nothing. Still "retry later" to whoever reads it as a `StoreUnavailable`."""
+
+
 class BrokerUnavailable(StoreUnavailable):
     """The broker (or mvpipe's Redis) could not take a message or a mark: start it, retry."""
 

@@ -22,7 +22,12 @@ from bench.countingproxy import DYNAMO_READS, CountingProxy
 from mvpipe.celery_app import app
 from mvpipe.deps import Context, build_context
 from mvpipe.devstack.localstack import LocalStack
-from mvpipe.errors import PermanentProviderError, StoreUnavailable, TransientProviderError
+from mvpipe.errors import (
+    PermanentProviderError,
+    StoreNotTried,
+    StoreUnavailable,
+    TransientProviderError,
+)
 from mvpipe.messaging.dispatch import CeleryDispatcher
 from mvpipe.models import ProjectStatus, SceneStatus
 from mvpipe.pipeline.cancel import cancel_project
@@ -36,7 +41,6 @@ from mvpipe.providers.render import render_clip
 from mvpipe.settings import get_settings
 from mvpipe.states import SCENE_CHECK_POLLS
 from mvpipe.store.claim_outcomes import Claim
-from mvpipe.store.pauses import StoreNotTried
 from mvpipe.store.records import SceneRecord
 from mvpipe.store.runboard import RunBoard
 from mvpipe.store.scenes import SceneStore

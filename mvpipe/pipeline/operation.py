@@ -31,6 +31,7 @@ from mvpipe.errors import (
     PermanentProviderError,
     PollRefused,
     ProviderError,
+    StoreNotTried,
     StoreUnavailable,
     TransientProviderError,
 )
@@ -50,7 +51,6 @@ from mvpipe.states import (
     started_seconds,
 )
 from mvpipe.store.claim_outcomes import Claim
-from mvpipe.store.pauses import StoreNotTried
 from mvpipe.store.records import SceneRecord
 
 if TYPE_CHECKING:

@@ -12,18 +12,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
-from mvpipe.errors import StoreUnavailable
+from mvpipe.errors import StoreNotTried
 from mvpipe.settings import STORE_RETRY_PAUSE_MAX
 
 T = TypeVar("T")
 
 #: The bounds (`retry_until`) the thread's store calls are inside, outermost first.
 _bounds = threading.local()
-
-
-class StoreNotTried(StoreUnavailable):
-    """A bounded store call begun past its bound, and so not tried: unlike any other outage,
-    it wrote nothing. Still "retry later" to whoever reads it as a `StoreUnavailable`."""
 
 
 @dataclass
