@@ -869,6 +869,77 @@ def test_a_release_whose_reply_was_lost_is_redone_without_a_second_refund(
     assert provider.submitted == 0
 
 
+class LateReadAfterClaim:
+    """The scene store, but after its claim lands the claim's path reads the scene once more,
+    begun past the claim's budget (a reply after slow store retries): that read is not tried,
+    though the claim before it landed."""
+
+    def __init__(self, scenes: SceneStore, submit_budget: float) -> None:
+        self.scenes = scenes
+        self.submit_budget = submit_budget
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.scenes, name)
+
+    def claim(self, project_id: str, scene: int, *args: Any, **kwargs: Any) -> Any:
+        self.scenes.claim(project_id, scene, *args, **kwargs)
+        budget = kwargs["now"] + kwargs["lease_seconds"] - self.submit_budget
+        wait_for(lambda: time.time() > budget, 10, "the claim's budget to pass")
+        return self.scenes.get(project_id, scene)  # StoreNotTried
+
+
+def test_a_claim_that_landed_before_a_call_not_tried_is_given_back_with_its_reservation(
+    provider: Misbehaving, storage: LocalStack
+) -> None:
+    # Only a claim that tried nothing may be read as "nothing written": here its write landed
+    # (lease and reservation), and the call not tried came after it.
+    ctx = priced(provider, lease_seconds=get_settings().submit_budget_seconds + 1.0)
+    project_id, run_id = new_project(ctx, 1)
+    scenes = ctx.scenes
+    ctx.scenes = LateReadAfterClaim(scenes, ctx.settings.submit_budget_seconds)  # type: ignore[assignment]
+    with pytest.raises(LeasePending) as pending:
+        job(ctx, project_id, run_id).step()
+    ctx.scenes = scenes
+    assert scenes.budgets.read(project_id).committed_micros > 0  # the claim's reservation
+    carry = pending.value.carry
+    assert carry["release"]["refund_micros"] == scenes.budgets.read(project_id).committed_micros
+    step = job(ctx, project_id, run_id).step(token=carry["token"], release=carry["release"])
+    assert step.next == Next.RETRY_SUBMIT
+    assert scenes.budgets.read(project_id).committed_micros == 0  # given back, once
+    scene = scenes.get(project_id, 1)
+    assert scene is not None and scene.status == SceneStatus.PENDING and scene.lease_token is None
+    assert provider.submitted == 0
+
+
+class SubmitPastTheLease(Misbehaving):
+    """A provider whose submit answers only once a lease of `lease_seconds` begun before it
+    has ended (a slow provider, a paused process)."""
+
+    def __init__(self, lease_seconds: float) -> None:
+        super().__init__()
+        self.lease_seconds = lease_seconds
+
+    def submit(self, request: VideoRequest) -> str:
+        began = time.time()
+        wait_for(lambda: time.time() > began + self.lease_seconds, 10, "the lease to end")
+        return super().submit(request)
+
+
+def test_a_record_begun_past_the_lease_still_makes_its_one_try(storage: LocalStack) -> None:
+    # The job is submitted: its id stored now beats its id left to a countdown message. The
+    # marks are sized for this one late try (`claim_mark_after`).
+    update = {"provider_timeout_seconds": 0.5, "store_timeout_seconds": 0.5, "lease_seconds": 1.5}
+    provider = SubmitPastTheLease(update["lease_seconds"])
+    ctx = provider_context(provider, **update)
+    project_id, run_id = new_project(ctx, 1)
+    step = job(ctx, project_id, run_id).step()
+    assert provider.submitted == 1
+    assert step.next == Next.POLL
+    scene = ctx.scenes.get(project_id, 1)
+    assert scene is not None and scene.operation_id is not None
+    assert scene.lease_expires_at is not None and scene.lease_expires_at < time.time()
+
+
 def test_a_refused_submit_whose_fail_reply_was_lost_fails_the_scene_refunded_once(
     provider: Misbehaving, storage: LocalStack
 ) -> None:

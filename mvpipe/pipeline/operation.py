@@ -322,7 +322,9 @@ class PaidOperation:
         hooks.reached(f"{self.points}after_submit")
         hooks.reached(f"{self.points}before_record")
         made_from = scene.value(self.stage.requires) if self.stage.requires else None
-        with ctx.table.retry_until(lease_end):
+        # A record begun past the lease still makes its one try: the marks are sized for it
+        # (`claim_mark_after`), and a record not made leaves the id to a countdown message.
+        with ctx.table.retry_until(lease_end, try_late=True):
             step = self.record(operation_id, token, attempt, made_from)
         if step.next != Next.POLL:
             return step

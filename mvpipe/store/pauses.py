@@ -27,6 +27,10 @@ class Bound:
     meets `StoreNotTried` knows it wrote nothing only while this is False."""
 
     deadline: float
+    #: whether a call begun past the bound still makes one try (and no retry): for a write
+    #: whose loss costs more than its lateness (the record of a submitted job's id, whose
+    #: marks are sized for one late try), where a claim's is better not tried at all
+    try_late: bool = False
     tried: bool = False
 
 
@@ -37,12 +41,12 @@ def retry_pause(attempt: int) -> float:
 
 
 @contextlib.contextmanager
-def retry_until(deadline: float) -> Iterator[Bound]:
+def retry_until(deadline: float, *, try_late: bool = False) -> Iterator[Bound]:
     """The thread's store calls inside (DynamoDB's and S3's) stop retrying an outage at
-    `deadline` (epoch seconds), and one begun past it is not tried (`StoreNotTried`): a path
-    that must finish within a lease does not spend it waiting for the store. Nested bounds
-    keep the earliest."""
-    bound = Bound(deadline)
+    `deadline` (epoch seconds), and one begun past it is not tried (`StoreNotTried`), or
+    tried once with `try_late`: a path that must finish within a lease does not spend it
+    waiting for the store. Nested bounds keep the earliest."""
+    bound = Bound(deadline, try_late)
     stack: list[Bound] = getattr(_bounds, "stack", [])
     _bounds.stack = [*stack, bound]
     try:
@@ -72,8 +76,9 @@ class Outages:
         bounds: list[Bound] = getattr(_bounds, "stack", [])
         last_start = None
         if bounds:
-            last_start = time.monotonic() + min(b.deadline for b in bounds) - time.time()
-            if time.monotonic() >= last_start:
+            first = min(bounds, key=lambda b: b.deadline)
+            last_start = time.monotonic() + first.deadline - time.time()
+            if time.monotonic() >= last_start and not first.try_late:
                 raise StoreNotTried(f"{self.label} call not tried: begun past its bound")
             deadline = min(deadline, last_start)
         attempt = 0
@@ -94,3 +99,5 @@ class Outages:
                     "store call failed (%s: %s); retrying in %.2fs", self.label, exc, delay
                 )
                 time.sleep(delay)
+                if last_start is not None and time.monotonic() >= last_start:
+                    raise  # the pause overran the bound: no try starts past it
