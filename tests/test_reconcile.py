@@ -113,7 +113,10 @@ def test_expired_lease_of_a_dead_worker(start_workers: StartWorkers) -> None:
     reconcile_until_quiet(project_id)
 
 
-def test_an_operation_nobody_polls_gets_one_poll_chain(start_workers: StartWorkers) -> None:
+@pytest.mark.parametrize("run_marked", [True, False], ids=["run-alive", "run-mark-lapsed"])
+def test_an_operation_nobody_polls_gets_one_poll_chain(
+    start_workers: StartWorkers, run_marked: bool
+) -> None:
     workers = start_workers()
     ctx = get_context()
     project_id, run_id = abandoned_run(ctx, scenes=1)
@@ -130,7 +133,11 @@ def test_an_operation_nobody_polls_gets_one_poll_chain(start_workers: StartWorke
         )
         == "won"
     )
-    ctx.board.touch_run(run_id, 60)  # the run looks alive: only the poll is missing
+    ctx.board.keep_run_scenes(run_id, [1])  # its planning sent the chord
+    if run_marked:
+        ctx.board.touch_run(run_id, 60)  # the run looks alive: only the poll is missing
+    # (else its mark lapsed with the poll's, as when a worker drops the polls it holds on a
+    # broker reconnect: the chain resumed is the run's, which is not stale for it)
     report = api.reconcile(project_id)
     assert report.orphaned_polls == 1 and report.runs_taken_over == 0
     assert api.reconcile(project_id).orphaned_polls == 0  # never a second chain
@@ -141,6 +148,13 @@ def test_an_operation_nobody_polls_gets_one_poll_chain(start_workers: StartWorke
     )
     assert scene.operation_id == operation_id  # the paid job was used, not a new one
     assert generations_per_scene(workers.ledger, project_id) == {1: 1}
+    # The chord's finalize never comes (its header's message is gone): the next pass ends the
+    # run, the same run, which assembles
+    report = api.reconcile(project_id)
+    assert (report.runs_finalized, report.runs_taken_over) == (1, 0), report
+    view = api.wait_project(project_id, timeout=60)
+    assert view.status == ProjectStatus.COMPLETED and view.final_video_s3_key
+    assert_invariants(project_id)
 
 
 def test_an_uploaded_but_unrecorded_clip_is_recorded(start_workers: StartWorkers) -> None:
@@ -299,13 +313,19 @@ def test_beat_schedules_reconcile(
     )
 
 
-def test_a_run_whose_refinalize_was_lost_is_finalized(stack: object) -> None:
-    # Given a live run: its finalize ran early, then both scenes failed, and the re-finalize
-    # the last one triggered was never published (the broker was restarting)
+@pytest.mark.parametrize("finalized_early", [True, False], ids=["refinalize-lost", "chord-lost"])
+def test_a_run_whose_finalize_was_lost_is_finalized(stack: object, finalized_early: bool) -> None:
+    # Given a live run whose both scenes failed since: its finalize ran early and the
+    # re-finalize the last one triggered was never published (the broker was restarting), or
+    # its planning sent the chord and the chord's finalize never came (its messages were
+    # dropped by a worker whose broker connection dropped)
     ctx = get_context()
     project_id, run_id = abandoned_run(ctx, scenes=2)
     ctx.board.touch_run(run_id, 60)
-    ctx.board.await_scenes(run_id, 2, [1, 2])
+    if finalized_early:
+        ctx.board.await_scenes(run_id, 2, [1, 2])
+    else:
+        ctx.board.keep_run_scenes(run_id, [1, 2])
     for sequence in (1, 2):
         token = f"t{sequence}"
         claim = ctx.scenes.claim(

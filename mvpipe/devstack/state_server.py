@@ -131,6 +131,11 @@ def listed_modules_once() -> None:
     backends.list_of_moto_modules = lambda: modules
 
 
+#: The attribute of an update expression's tree (its root) that keeps the text it was parsed
+#: from: the tree is moto's parse of that text alone, so the text stands for it.
+PARSED_FROM = "mvpipe_parsed_from"
+
+
 def expressions_parsed_once() -> None:
     """Parse each distinct update expression once, and each condition's text once.
 
@@ -178,6 +183,7 @@ def expressions_parsed_once() -> None:
         tree = updates.get(expression)
         if tree is None:
             tree = parse_update(cls, expression)
+            setattr(tree, PARSED_FROM, expression)  # copies keep it (`update_checks_passed_once`)
             updates.put(expression, tree)
         return tree
 
@@ -339,11 +345,11 @@ def update_checks_passed_once() -> None:
     moto's update validator starts with three traversals that read only the expression's tree,
     its names and the table's key attributes (at most one ADD, REMOVE and SET clause; no path
     set twice; no key attribute updated), each at every nested level of the tree: about half
-    of the validation of the claim's update, the same answer every time. A request whose tree,
-    names and key attributes passed them lately skips them; anything else runs them (and an
-    expression that fails them fails each time, in moto's words)."""
-    import pickle
-
+    of the validation of the claim's update, the same answer every time. A request whose
+    expression, names and key attributes passed them lately skips them; anything else runs
+    them (and an expression that fails them fails each time, in moto's words). The tree is
+    known by the text it was parsed from (`expressions_parsed_once` marks it, and the copy
+    validated keeps the mark); a tree without the mark is checked every time."""
     from moto.dynamodb.parsing import validators
 
     own_processors = validators.UpdateExpressionValidator.get_ast_processors
@@ -363,12 +369,13 @@ def update_checks_passed_once() -> None:
             self.key_attributes = key_attributes
 
         def traverse(self, node: Any) -> Any:
-            tree = pickle.dumps(node, pickle.HIGHEST_PROTOCOL)
-            key = repr((tree, self.names, self.key_attributes))
-            if passed.get(key) is None:
+            text = getattr(node, PARSED_FROM, None)
+            key = None if text is None else repr((text, self.names, self.key_attributes))
+            if key is None or passed.get(key) is None:
                 for check in self.checks:
                     node = check.traverse(node)
-                passed.put(key, True)
+                if key is not None:
+                    passed.put(key, True)
             return node
 
     def get_ast_processors(self: Any) -> list[Any]:

@@ -37,15 +37,24 @@ def _submission_in_progress(ctx: Context, state: ProjectState) -> bool:
     return False
 
 
-def _finalize_owed(ctx: Context, state: ProjectState, run: str) -> bool:
-    """The run's finalize ran, and every scene it waits for is final since: the re-finalize
-    must have been lost (a broker hiccup), even if the run still looks alive. A run whose
-    finalize never ran is left to its chord (or to the takeover once it is stale)."""
+def _finalize_owed(ctx: Context, state: ProjectState, run: str) -> list[int] | None:
+    """The run's scenes when every one is final though no finalize followed (None when not,
+    or when the run's scenes are not known yet). Its finalize ran and every scene it waits for
+    is final since: the re-finalize must have been lost (a broker hiccup). Or its planning
+    sent the chord and every scene of it is final while the chord's finalize has not run:
+    its messages can be lost with a worker's (Celery's consumer drops the countdown messages it
+    holds when its broker connection drops; they come back only after the visibility
+    timeout), and the run need not go stale first. Either way it may look alive; a finalize
+    still to come finds the run settled (or sends a second, harmless assembly)."""
     sequences = ctx.board.run_sequences(run)
     if sequences is None:
-        return False
+        sequences = ctx.board.run_scenes(run)  # kept by its planning just before the chord
+    if sequences is None:
+        return None
     wanted = set(sequences)
-    return all(s.status in FINAL_SCENE_STATES for s in state.scenes if s.sequence in wanted)
+    if all(s.status in FINAL_SCENE_STATES for s in state.scenes if s.sequence in wanted):
+        return sequences
+    return None
 
 
 def settle(
@@ -55,9 +64,11 @@ def settle(
     run = project.active_run_id
     # An assembling run's finalize is done; if the assembly died, the run goes stale (below).
     assembling = project.status == ProjectStatus.ASSEMBLING
-    if run is not None and project.planned and not assembling and _finalize_owed(ctx, state, run):
-        sequences = ctx.board.run_sequences(run)
-        settlement = settle_project(ctx, state, release_run=run, sequences=sequences)
+    owed = None
+    if run is not None and project.planned and not assembling:
+        owed = _finalize_owed(ctx, state, run)
+    if owed is not None and run is not None:
+        settlement = settle_project(ctx, state, release_run=run, sequences=owed)
         if settlement:
             report.runs_finalized += 1
             if settlement.assemble:

@@ -61,8 +61,19 @@ def resume_stage(p: ProjectPass, scene: SceneRecord, run: str | None) -> None:
     chain works on: start one chain (never a second) that runs its missing stages."""
     liveness = p.ctx.settings.liveness_seconds(p.provider)
     if p.ctx.board.claim_poll_chain(scene.project_id, scene.sequence, liveness):
+        _keep_run(p, run)
         p.dispatcher.resume(scene.project_id, scene.sequence, run, p.provider)
         p.report.resumed_stages += 1
+
+
+def _keep_run(p: ProjectPass, run: str | None) -> None:
+    """A chain resumed for `run` is the run's work again: its mark is renewed before the chain is
+    sent, so this pass (or the next, before the chain's first step touches it) does not take
+    the run over for the very work just resumed. A worker drops the countdown messages it holds
+    when its broker connection drops (Celery's consumer), so after a Redis restart every poll
+    may come back this way; the run then finalizes on its own once its scenes are final."""
+    if run is not None:
+        p.ctx.board.touch_run(run, p.ctx.settings.run_stale_seconds)
 
 
 def resume_paid_stage(p: ProjectPass, scene: SceneRecord, stage: Stage, run: str | None) -> bool:
@@ -142,6 +153,7 @@ def adopt_operation(p: ProjectPass, scene: SceneRecord, stage: Stage, run: str |
         return False
     liveness = ctx.settings.liveness_seconds(p.provider)
     if ctx.board.claim_poll_chain(scene.project_id, scene.sequence, liveness):
+        _keep_run(p, run)
         p.dispatcher.resume(
             scene.project_id, scene.sequence, run, p.provider, operation_id, stage=stage.name
         )

@@ -88,20 +88,50 @@ def test_redis_restart_mid_run(
 ) -> None:
     # 2 s jobs: the restart follows the third job's acceptance within a poll of the ledger, and
     # is checked to have come while a job still ran (1 s jobs would leave too thin a margin for
-    # a busy machine)
-    workers = start_workers(**{**DRILL_SETTINGS, "local_latency": "2"})
+    # a busy machine). With the data kept, a run goes stale later than a paid claim's mark
+    # lasts (7 s here), as with the defaults (300 s against 170 s): reconcile adopts an
+    # operation whose polls the worker lost only once its claim's mark has ended.
+    stale = {"run_stale_seconds": "10"} if keep_data else {}
+    workers = start_workers(**{**DRILL_SETTINGS, "local_latency": "2", **stale})
     project_id = api.create_project("Redis", "Restart.", scene_count=6)
     api.run_project(project_id)
     wait_for(lambda: len(ledger(workers.ledger, project_id)) >= 3, 60, "jobs in flight")
+    if keep_data:
+        # Every scene claimed and its job's id stored: what the worker loses in the restart
+        # is the polls it held and the chord's count, none of it a scene still to claim
+        wait_for(
+            lambda: all(s.provider_operation_id for s in api.get_project(project_id).scenes),
+            60,
+            "all six operation ids stored",
+        )
     down_at = restart_redis(stack, keep_data=keep_data)
     assert running_at(workers, project_id, down_at) >= 1
-    heal(project_id)
+    if keep_data:
+        # The worker dropped the polls it held (Celery's consumer does on a reconnect): reconcile
+        # resumes them for the same run, which then ends as soon as its scenes are final
+        # (its chord's messages come back only after the visibility timeout), never stale.
+        assert heal_counting_takeovers(project_id) == 0
+    else:
+        heal(project_id)  # the run's list of scenes went with the data: it may be taken over
     check_drill(project_id, workers)
     # The same worker keeps consuming after the restart.
     after = api.create_project("After", "Still here.", scene_count=2)
     api.run_project(after)
     heal(after, timeout=120)
     check_drill(after, workers)
+
+
+def heal_counting_takeovers(project_id: str, timeout: float = 180.0) -> int:
+    """Reconcile passes until the project's run ends (as `heal`); how many took a run over."""
+    takeovers = 0
+
+    def ended() -> bool:
+        nonlocal takeovers
+        takeovers += api.reconcile(project_id).runs_taken_over
+        return api.get_project(project_id).status in (ProjectStatus.COMPLETED, ProjectStatus.FAILED)
+
+    wait_for(ended, timeout, "the run to end")
+    return takeovers
 
 
 def running_at(workers: Workers, project_id: str, moment: float) -> int:
