@@ -73,12 +73,15 @@ class Execution:
         """A slot this execution freed went to another project's waiting scene."""
         return bool(self.handed_to)
 
-    def touch(self, seconds: float) -> None:
+    def touch(self, seconds: float, *, shorten: bool = False) -> None:
         """This scene is being worked on: reconcile must not start a second chain for it.
         A mark this execution set moments ago for as long is not written again (the next
-        stage run inline, after the poll that finished the last one)."""
+        stage run inline, after the poll that finished the last one). `shorten`: a longer
+        mark this execution set is cut to `seconds` (one no longer needed, see
+        `PaidOperation.stored`)."""
         now = time.monotonic()
-        if self.alive_until - now >= seconds * (1 - TOUCH_SLACK):
+        left = self.alive_until - now
+        if left >= seconds * (1 - TOUCH_SLACK) and not (shorten and left > seconds):
             return
         self.ctx.board.touch_scene(self.project_id, self.sequence, seconds)
         self.alive_until = now + seconds

@@ -447,8 +447,13 @@ class PaidOperation:
         until that step marks it again (the lease may lapse first, the mark set at the claim
         too), or reconcile could free it for a second paid claim. With Redis out too, the
         next step marks it once it can."""
+        self.mark(self.s.owed_after(self.provider.liveness_seconds))
+
+    def mark(self, seconds: float, *, shorten: bool = False) -> None:
+        """Mark the scene alive (`Execution.touch`) where Redis down must not fail the step:
+        the mark it leaves is the one already set, or none."""
         try:
-            self.x.touch(self.s.owed_after(self.provider.liveness_seconds))
+            self.x.touch(seconds, shorten=shorten)
         except (BrokerUnavailable, redis.RedisError) as exc:
             log.warning("could not mark %s/%s alive: %s", *self.ids, describe(exc))
 
@@ -462,15 +467,26 @@ class PaidOperation:
         )
         if outcome == Claim.WON:
             self.log("operation stored", operation_id, attempt)
-            self.hold_job_slot(operation_id, moved=True)
+            self.stored(operation_id)
             hooks.reached(f"{self.points}after_record")
             return self.next_poll(operation_id, 0)
         if outcome == Claim.RUN_INACTIVE:
             return self.record_after_run(operation_id, token, attempt, made_from)
         if self.adopt(operation_id, attempt, made_from):
-            self.hold_job_slot(operation_id, moved=True)
+            self.stored(operation_id)
             return self.next_poll(operation_id, 0)
         return self.drop(operation_id, outcome)
+
+    def stored(self, operation_id: str) -> None:
+        """The job's id is in the store: its slot becomes the job's, and the scene's mark goes
+        back to a poll's liveness. The claim's longer mark (`claim_mark_after`) kept reconcile
+        off until the id was stored; from now on a reconcile pass adopts the stored job
+        instead of paying again, so a longer mark would only delay that adoption after this
+        worker's death. Only a record that landed gets here: one that failed keeps the
+        claim's mark for its owed write (`keep_owed`). Redis down leaves the longer mark: a
+        slower adoption, never a second job."""
+        self.hold_job_slot(operation_id, moved=True)
+        self.mark(self.provider.liveness_seconds, shorten=True)
 
     def adopt(self, operation_id: str, attempt: int, made_from: str | None) -> bool:
         """Our lease was lost (it expired, e.g. in a store outage, and was freed), but the paid
@@ -508,7 +524,7 @@ class PaidOperation:
         )
         if kept != Claim.WON:
             if self.adopt(operation_id, attempt, made_from):
-                self.hold_job_slot(operation_id, moved=True)
+                self.stored(operation_id)
                 return Step.done("operation kept for the next run")
             return self.drop(operation_id, kept)
         if self.run_cancelled() and self.cancel(operation_id):
@@ -518,7 +534,7 @@ class PaidOperation:
             self.log("run cancelled; operation cancelled at provider", operation_id, attempt)
             return Step.done("operation cancelled with the run")
         # Kept: the job still runs, so its quota slot stays taken (its polls refresh it).
-        self.hold_job_slot(operation_id, moved=True)
+        self.stored(operation_id)
         self.log("run no longer ours; operation kept for the next run", operation_id, attempt)
         return Step.done("operation kept for the next run")
 
