@@ -25,7 +25,7 @@ from mvpipe.devstack.localstack import LocalStack
 from mvpipe.errors import Conflict, InvalidInput, NotFound
 from mvpipe.media.cut import cut_clip
 from mvpipe.models import ProjectStatus, SceneSpec, SceneStatus
-from mvpipe.pipeline.assemble import assemble_run, final_key
+from mvpipe.pipeline.assemble import BUILDING, assemble_run, final_key
 from mvpipe.pipeline.cut import output_format
 from mvpipe.pipeline.plan import RunPlan, plan_run
 from mvpipe.pipeline.reconcile import reconcile
@@ -323,10 +323,38 @@ def test_a_duplicate_assembly_records_one_final_video(start_workers: StartWorker
     view = api.get_project(project_id)
     assert view.status == ProjectStatus.COMPLETED
     assert {r["status"] for r in results} == {"completed"}
+    # Two processes, sent together: one built the video, the other waited and reused it
+    assert sorted(r["reused"] for r in results) == [False, True], results
     assert {r["final_video_s3_key"] for r in results} == {view.final_video_s3_key}
     assert finals(ctx, project_id) == [view.final_video_s3_key]
     assert_invariants(project_id)
     assert api.reconcile(project_id).total == 0
+
+
+def test_an_assembly_waits_while_another_builds_the_same_video(
+    stack: LocalStack, broker_cleared: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in MEDIA.items():
+        monkeypatch.setenv(f"MVPIPE_{key.upper()}", value)
+    reset_context()  # this process assembles, at the tests' small size
+    try:
+        ctx = get_context()
+        project_id = completed_song_project(ctx)
+        run_id = str(uuid.uuid4())
+        assert ctx.projects.win_run(project_id, run_id, ProjectStatus.ASSEMBLING) == run_id
+        key = final_key(ctx.projects.load(project_id), output_format(ctx.settings))
+        assert key is not None
+        assert ctx.board.hold(f"assemble:{key}", "another", 60)  # another execution builds
+        waiting = assemble_run(ctx, project_id, run_id)
+        assert waiting.outcome == BUILDING and finals(ctx, project_id) == []
+        assert ctx.projects.load(project_id).project.status == ProjectStatus.ASSEMBLING
+        ctx.board.let_go(f"assemble:{key}", "another")  # it died: its hold is gone
+        done = assemble_run(ctx, project_id, run_id)
+    finally:
+        monkeypatch.undo()
+        reset_context()
+    assert done.outcome == "completed" and not done.reused
+    assert finals(ctx, project_id) == [key]
 
 
 def test_an_assembly_marks_its_run_alive_a_fixed_number_of_times_not_once_per_clip(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,11 @@ def final_key(state: ProjectState, fmt: OutputFormat) -> str | None:
         return None
     digest = inputs_hash(state.project.song_key, [k for k in keys if k], fmt)
     return final_video_key(state.project.project_id, digest)
+
+
+#: An assembly's outcome when another execution is building the same final video: it runs again
+#: later and finds the object (or the run recorded).
+BUILDING = "another assembly is building it"
 
 
 @dataclass(frozen=True)
@@ -76,7 +82,17 @@ def assemble_run(ctx: Context, project_id: str, run_id: str) -> Assembly:
         return Assembly("a completed scene has no clip to show", project.status)
     reused = ctx.clips.exists(key)
     if not reused:
-        _build(ctx, state, fmt, key, run_id)
+        # One build of a final video at a time: a second finalize of the run (the chord's,
+        # after reconcile's) would otherwise download, mux and upload every clip again beside
+        # the first. The second waits and then finds the object; the hold ends with the run's
+        # liveness if its builder dies.
+        token, job = uuid.uuid4().hex, f"assemble:{key}"
+        if not ctx.board.hold(job, token, ctx.settings.run_stale_seconds):
+            return Assembly(BUILDING, project.status, key)
+        try:
+            _build(ctx, state, fmt, key, run_id)
+        finally:
+            ctx.board.let_go(job, token)
     # The scenes must still be the ones hashed (reconcile may have reset a vanished clip).
     latest = ctx.projects.load(project_id)
     if final_key(latest, fmt) != key or any(

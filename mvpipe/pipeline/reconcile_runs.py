@@ -41,13 +41,16 @@ def _finalize_owed(ctx: Context, state: ProjectState, run: str) -> list[int] | N
     """The run's scenes when every one is final though no finalize followed (None when not,
     or when the run's scenes are not known yet). Its finalize ran and every scene it waits for
     is final since: the re-finalize must have been lost (a broker hiccup). Or its planning
-    sent the chord and every scene of it is final while the chord's finalize has not run:
+    sent the chord and every scene of it is final while the chord's finalize has not begun:
     its messages can be lost with a worker's (Celery's consumer drops the countdown messages it
     holds when its broker connection drops; they come back only after the visibility
-    timeout), and the run need not go stale first. Either way it may look alive; a finalize
-    still to come finds the run settled (or sends a second, harmless assembly)."""
+    timeout), and the run need not go stale first. A finalize that began is left to its own
+    retries and give-ups. Either way the run may look alive; a finalize still to come finds
+    the run settled (or sends a second assembly, which waits for the first's build)."""
     sequences = ctx.board.run_sequences(run)
     if sequences is None:
+        if ctx.board.finalize_begun(run):  # its finalize is at work: its retries settle it
+            return None
         sequences = ctx.board.run_scenes(run)  # kept by its planning just before the chord
     if sequences is None:
         return None

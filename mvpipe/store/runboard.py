@@ -145,6 +145,16 @@ class RunBoard:
         pipe.execute()
 
     @_answered
+    def finalize_began(self, run_id: str) -> None:
+        """The run's finalize has run at least once: from here its own retries, give-ups and
+        re-finalize settle the run, not reconcile's settlement of a chord that never fired."""
+        self.client.set(self._key("run", run_id, "finalize"), 1, ex=self.ttl)
+
+    @_answered
+    def finalize_begun(self, run_id: str) -> bool:
+        return bool(self.client.exists(self._key("run", run_id, "finalize")))
+
+    @_answered
     def run_scenes(self, run_id: str) -> list[int] | None:
         raw = self.client.get(self._key("run", run_id, "scenes"))
         return None if raw is None else [int(n) for n in json.loads(raw)]

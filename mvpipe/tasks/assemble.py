@@ -1,9 +1,10 @@
 """`mvpipe.assemble_project`: a run's last step, on queue `mvpipe.media`.
 
 Sent by finalize once every scene is completed. Duplicates and redeliveries are harmless: the
-final video's key is its inputs' hash (an existing object is reused) and the recording write is
-conditioned on the run. A worker lost mid-assembly leaves the run without liveness; reconcile
-takes it over and the new run's finalize sends the assembly again.
+final video's key is its inputs' hash (an existing object is reused, and one execution builds it
+while another waits) and the recording write is conditioned on the run. A worker lost
+mid-assembly leaves the run without liveness; reconcile takes it over and the new run's finalize
+sends the assembly again.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 from mvpipe.deps import get_context
 from mvpipe.errors import InvalidInput, NotFound
-from mvpipe.pipeline.assemble import assemble_run, give_up
+from mvpipe.pipeline.assemble import BUILDING, assemble_run, give_up
 from mvpipe.providers.classify import describe
 from mvpipe.store.clips import ObjectMissing
 from mvpipe.tasks.base import RETRIED_ERRORS, MvpipeTask, app, checked_ids, log_unexpected
@@ -24,6 +25,9 @@ log = logging.getLogger("mvpipe.tasks.assemble")
 #: Unexpected errors retried per execution chain (outages are counted apart, without limit)
 #: before the assembly gives up.
 MAX_UNEXPECTED = 5
+#: How often an assembly waiting for another's build of the same video looks again (a hold's
+#: try and a read of the project each time).
+BUILD_CHECK_SECONDS = 2.0
 
 
 @app.task(base=MvpipeTask, bind=True, name="mvpipe.assemble_project")
@@ -49,6 +53,9 @@ def assemble_project(
         if retry is not None:
             raise retry from None
         return _give_up(self, project_id, run_id, describe(exc), counts)
+    if assembly.outcome == BUILDING:
+        progress = {"project_id": project_id, "run_id": run_id, "detail": assembly.outcome}
+        raise self.rerun_later("WAITING_FOR_ASSEMBLY", BUILD_CHECK_SECONDS, counts, progress)
     return {
         "project_id": project_id,
         "run_id": run_id,

@@ -41,6 +41,8 @@ def finalize_project(
     kwargs = {**counts, "scenes_on_board": scenes_on_board}
     try:
         ctx = get_context()  # its first use in a process reaches the store: an outage retries
+        if run_id is not None:
+            ctx.board.finalize_began(run_id)
         hooks.reached("during_finalize")
         if scenes_on_board and run_id is not None:
             sequences = ctx.board.run_scenes(run_id)
