@@ -66,6 +66,21 @@ def test_a_dead_holders_hold_expires(board: RunBoard) -> None:
     wait_for(lambda: board.hold("reconcile", "next", 60), 10, "the dead holder's hold to expire")
 
 
+def test_only_the_holder_renews_its_hold(board: RunBoard) -> None:
+    # Given a hold about to expire (a long build), renewed by its holder, not by another
+    job = f"assemble:{uuid.uuid4()}"
+    assert board.hold(job, "builder", 0.5)
+    assert not board.renew_hold(job, "waiter", 60)
+    assert board.renew_hold(job, "builder", 60)
+    # Then it outlives its first expiry, for the holder's new one
+    ttl = board.client.pttl(board._key("hold", job))
+    assert 55_000 < ttl <= 60_000, ttl
+    assert not board.hold(job, "waiter", 60)
+    board.let_go(job, "builder")
+    assert not board.renew_hold(job, "builder", 60)  # let go: nothing left to renew
+    assert board.hold(job, "waiter", 60)
+
+
 def test_a_run_keeps_the_scenes_its_chord_waits_for(board: RunBoard) -> None:
     run_id = str(uuid.uuid4())
     assert board.run_scenes(run_id) is None

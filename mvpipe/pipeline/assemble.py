@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from mvpipe import hooks
 from mvpipe.deps import Context
+from mvpipe.errors import BrokerUnavailable
 from mvpipe.media.assemble import assemble, encode_song, inputs_hash
 from mvpipe.media.encoding import OutputFormat
 from mvpipe.models import ProjectStatus, SceneStatus
@@ -24,6 +26,7 @@ from mvpipe.pipeline.cut import output_format
 from mvpipe.states import assembly_due
 from mvpipe.store.finals import final_video_key
 from mvpipe.store.records import ProjectRecord, ProjectState, SceneRecord
+from mvpipe.store.runboard import RUN_TOUCH_EVERY
 from mvpipe.store.songs import song_aac_key
 
 log = logging.getLogger("mvpipe.assemble")
@@ -86,13 +89,16 @@ def assemble_run(ctx: Context, project_id: str, run_id: str) -> Assembly:
         # after reconcile's) would otherwise download, mux and upload every clip again beside
         # the first. The second waits and then finds the object; the hold ends with the run's
         # liveness if its builder dies.
-        token, job = uuid.uuid4().hex, f"assemble:{key}"
-        if not ctx.board.hold(job, token, ctx.settings.run_stale_seconds):
+        hold = _Hold(ctx, run_id, f"assemble:{key}")
+        if not hold.taken():
             return Assembly(BUILDING, project.status, key)
         try:
-            _build(ctx, state, fmt, key, run_id)
+            # Built by another between this one's look and its hold (it let go since)
+            reused = ctx.clips.exists(key)
+            if not reused:
+                _build(ctx, state, fmt, key, hold)
         finally:
-            ctx.board.let_go(job, token)
+            hold.let_go()
     # The scenes must still be the ones hashed (reconcile may have reset a vanished clip).
     latest = ctx.projects.load(project_id)
     if final_key(latest, fmt) != key or any(
@@ -120,29 +126,60 @@ def give_up(ctx: Context, project_id: str, run_id: str, error: str) -> bool:
     )
 
 
-def _build(ctx: Context, state: ProjectState, fmt: OutputFormat, key: str, run_id: str) -> None:
+class _Hold:
+    """One execution's hold of a final video's build, as long as the run's liveness: renewed
+    with it (a build may outlast `run_stale_seconds`), gone with it if the builder dies."""
+
+    def __init__(self, ctx: Context, run_id: str, job: str) -> None:
+        self.ctx, self.run_id, self.job = ctx, run_id, job
+        self.token = uuid.uuid4().hex
+        self.seconds = ctx.settings.run_stale_seconds
+        self.renewed = time.monotonic()
+
+    def taken(self) -> bool:
+        return self.ctx.board.hold(self.job, self.token, self.seconds)
+
+    def alive(self, *, often: bool = False) -> None:
+        """The run alive and the hold kept. `often`: from a loop, written at most once per
+        stale / 20 (the run's mark has at least 0.95 of its life left at each call)."""
+        board = self.ctx.board
+        if not often:
+            board.touch_run(self.run_id, self.seconds)
+        else:
+            board.keep_run_alive(self.run_id, self.seconds)
+        if not often or time.monotonic() - self.renewed >= self.seconds / RUN_TOUCH_EVERY:
+            board.renew_hold(self.job, self.token, self.seconds)
+            self.renewed = time.monotonic()
+
+    def let_go(self) -> None:
+        """Best effort: a hold not let go ends with its expiry, and must not replace what the
+        build did (a Redis outage here would turn a give-up into a retry)."""
+        try:
+            self.ctx.board.let_go(self.job, self.token)
+        except BrokerUnavailable as exc:
+            log.warning("could not let go of %s (%s): it expires by itself", self.job, exc)
+
+
+def _build(ctx: Context, state: ProjectState, fmt: OutputFormat, key: str, hold: _Hold) -> None:
     """Download the clips (and the song as AAC), join them, upload under `key`."""
     project = state.project
-    stale = ctx.settings.run_stale_seconds
     with tempfile.TemporaryDirectory(prefix="mvpipe-assemble-") as tmp:
         workdir = Path(tmp)
         clips: list[Path] = []
         hooks.reached("before_assembly")
         for scene in state.scenes:
-            # Alive while it downloads: written at most once per stale / 20 (not per clip), so
-            # the mark has at least 0.95 of its life left as each download starts.
-            ctx.board.keep_run_alive(run_id, stale)
+            hold.alive(often=True)  # alive while it downloads, not one write per clip
             path = workdir / f"scene-{scene.sequence:03d}.mp4"
             path.write_bytes(ctx.clips.read(chosen_clip(scene) or ""))
             clips.append(path)
         song = _song_as_aac(ctx, project, workdir) if project.song_key else None
-        ctx.board.touch_run(run_id, stale)
+        hold.alive()
         out = workdir / "final.mp4"
         report = assemble(
             clips, out, fmt=fmt, song=song, song_seconds=project.song_seconds if song else None
         )
         hooks.reached("during_assembly")
-        ctx.board.touch_run(run_id, stale)
+        hold.alive()
         ctx.clips.put(key, out.read_bytes())
     log.info(
         "assembled project=%s clips=%d frames=%d video=%.3fs audio=%s dropped=%d",

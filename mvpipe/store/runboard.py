@@ -40,6 +40,12 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
+#: renew a hold only if it still holds the caller's value
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
 _FINISH = """
 redis.call('SADD', KEYS[1], ARGV[1])
 local expected = redis.call('GET', KEYS[2])
@@ -72,6 +78,7 @@ class RunBoard:
         self.ttl = ttl
         self._finish = client.register_script(_FINISH)
         self._unlock = client.register_script(_UNLOCK)
+        self._renew = client.register_script(_RENEW)
         #: run id -> when this process last refreshed the run's liveness (monotonic)
         self._run_touched: dict[str, float] = {}
 
@@ -189,6 +196,11 @@ class RunBoard:
     def hold(self, job: str, token: str, seconds: float) -> bool:
         """One holder of `job` at a time across all processes; expires if its holder dies."""
         return bool(self.client.set(self._key("hold", job), token, px=int(seconds * 1000), nx=True))
+
+    @_answered
+    def renew_hold(self, job: str, token: str, seconds: float) -> bool:
+        """Extend this holder's hold of `job` to `seconds` from now (False: it is not ours)."""
+        return bool(self._renew(keys=[self._key("hold", job)], args=[token, int(seconds * 1000)]))
 
     @_answered
     def let_go(self, job: str, token: str) -> None:
