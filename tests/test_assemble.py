@@ -4,10 +4,11 @@ a scene is regenerated, and healed after a duplicate or a killed assembly."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -331,17 +332,28 @@ def test_a_duplicate_assembly_records_one_final_video(start_workers: StartWorker
     assert api.reconcile(project_id).total == 0
 
 
-def test_an_assembly_waits_while_another_builds_the_same_video(
-    stack: LocalStack, broker_cleared: None, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@contextlib.contextmanager
+def assembling_here(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Context, str, str]]:
+    """A completed song project whose run is assembling, assembled by this process at the
+    tests' small size: (context, project, run)."""
     for key, value in MEDIA.items():
         monkeypatch.setenv(f"MVPIPE_{key.upper()}", value)
-    reset_context()  # this process assembles, at the tests' small size
+    reset_context()
     try:
         ctx = get_context()
         project_id = completed_song_project(ctx)
         run_id = str(uuid.uuid4())
         assert ctx.projects.win_run(project_id, run_id, ProjectStatus.ASSEMBLING) == run_id
+        yield ctx, project_id, run_id
+    finally:
+        monkeypatch.undo()
+        reset_context()
+
+
+def test_an_assembly_waits_while_another_builds_the_same_video(
+    stack: LocalStack, broker_cleared: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with assembling_here(monkeypatch) as (ctx, project_id, run_id):
         key = final_key(ctx.projects.load(project_id), output_format(ctx.settings))
         assert key is not None
         assert ctx.board.hold(f"assemble:{key}", "another", 60)  # another execution builds
@@ -350,9 +362,6 @@ def test_an_assembly_waits_while_another_builds_the_same_video(
         assert ctx.projects.load(project_id).project.status == ProjectStatus.ASSEMBLING
         ctx.board.let_go(f"assemble:{key}", "another")  # it died: its hold is gone
         done = assemble_run(ctx, project_id, run_id)
-    finally:
-        monkeypatch.undo()
-        reset_context()
     assert done.outcome == "completed" and not done.reused
     assert finals(ctx, project_id) == [key]
 
@@ -363,22 +372,12 @@ def test_an_assembly_marks_its_run_alive_a_fixed_number_of_times_not_once_per_cl
     broker_cleared: None,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    for key, value in MEDIA.items():
-        monkeypatch.setenv(f"MVPIPE_{key.upper()}", value)
-    reset_context()  # this process assembles, at the tests' small size
-    try:
-        ctx = get_context()
-        project_id = completed_song_project(ctx)
-        run_id = str(uuid.uuid4())
-        assert ctx.projects.win_run(project_id, run_id, ProjectStatus.ASSEMBLING) == run_id
+    with assembling_here(monkeypatch) as (ctx, project_id, run_id):
         mark = f"{ctx.board.prefix}:live:run:{run_id}"
         done = []
         commands = commands_under(
             redis_client, mark, lambda: done.append(assemble_run(ctx, project_id, run_id))
         )
-    finally:
-        monkeypatch.undo()
-        reset_context()
     assert done[0].outcome == "completed"
     # At its start, before the first download (this process had not refreshed the mark for
     # the run's steps), before the encode and before the upload: not before each download

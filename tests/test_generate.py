@@ -851,21 +851,39 @@ def test_a_release_whose_reply_was_lost_is_redone_without_a_second_refund(
 ) -> None:
     # The claim left no room in the lease to submit (as after slow store retries): the lease
     # is given back unused with its reservation, and that write's reply is lost.
+    ctx, project_id, run_id, carry = claimed_then_pending(provider, SlowClaims)
+    assert carry["release"]["refund_micros"] > 0 and carry["release"]["unused"]
+    assert ctx.scenes.budgets.read(project_id).committed_micros == 0  # the release landed
+    given_back_once(ctx, provider, project_id, run_id, carry)
+
+
+def claimed_then_pending(
+    provider: Misbehaving, wrap: Callable[[SceneStore, float], Any]
+) -> tuple[Context, str, str, dict[str, Any]]:
+    """A priced scene's step whose claim goes through `wrap`'s store and leaves no room to
+    submit, ending in `LeasePending`: (context, project, run, the give-back it carries)."""
     ctx = priced(provider, lease_seconds=get_settings().submit_budget_seconds + 1.0)
     project_id, run_id = new_project(ctx, 1)
     scenes = ctx.scenes
-    ctx.scenes = SlowClaims(scenes, ctx.settings.submit_budget_seconds)  # type: ignore[assignment]
-    with pytest.raises(LeasePending) as pending:
-        job(ctx, project_id, run_id).step()
-    ctx.scenes = scenes
-    carry = pending.value.carry
-    assert carry["release"]["refund_micros"] > 0 and carry["release"]["unused"]
-    assert scenes.budgets.read(project_id).committed_micros == 0  # the release landed
+    ctx.scenes = wrap(scenes, ctx.settings.submit_budget_seconds)
+    try:
+        with pytest.raises(LeasePending) as pending:
+            job(ctx, project_id, run_id).step()
+    finally:
+        ctx.scenes = scenes
+    return ctx, project_id, run_id, pending.value.carry
+
+
+def given_back_once(
+    ctx: Context, provider: Misbehaving, project_id: str, run_id: str, carry: dict[str, Any]
+) -> None:
+    """The redo of the give-back `carry` owes: the scene pending, no money held, no job."""
     step = job(ctx, project_id, run_id).step(token=carry["token"], release=carry["release"])
     assert step.next == Next.RETRY_SUBMIT
-    assert scenes.budgets.read(project_id).committed_micros == 0  # not refunded twice
-    scene = scenes.get(project_id, 1)
+    assert ctx.scenes.budgets.read(project_id).committed_micros == 0  # not refunded twice
+    scene = ctx.scenes.get(project_id, 1)
     assert scene is not None and scene.status == SceneStatus.PENDING and scene.attempts == 0
+    assert scene.lease_token is None
     assert provider.submitted == 0
 
 
@@ -893,22 +911,10 @@ def test_a_claim_that_landed_before_a_call_not_tried_is_given_back_with_its_rese
 ) -> None:
     # Only a claim that tried nothing may be read as "nothing written": here its write landed
     # (lease and reservation), and the call not tried came after it.
-    ctx = priced(provider, lease_seconds=get_settings().submit_budget_seconds + 1.0)
-    project_id, run_id = new_project(ctx, 1)
-    scenes = ctx.scenes
-    ctx.scenes = LateReadAfterClaim(scenes, ctx.settings.submit_budget_seconds)  # type: ignore[assignment]
-    with pytest.raises(LeasePending) as pending:
-        job(ctx, project_id, run_id).step()
-    ctx.scenes = scenes
-    assert scenes.budgets.read(project_id).committed_micros > 0  # the claim's reservation
-    carry = pending.value.carry
-    assert carry["release"]["refund_micros"] == scenes.budgets.read(project_id).committed_micros
-    step = job(ctx, project_id, run_id).step(token=carry["token"], release=carry["release"])
-    assert step.next == Next.RETRY_SUBMIT
-    assert scenes.budgets.read(project_id).committed_micros == 0  # given back, once
-    scene = scenes.get(project_id, 1)
-    assert scene is not None and scene.status == SceneStatus.PENDING and scene.lease_token is None
-    assert provider.submitted == 0
+    ctx, project_id, run_id, carry = claimed_then_pending(provider, LateReadAfterClaim)
+    held = ctx.scenes.budgets.read(project_id).committed_micros
+    assert held > 0 and carry["release"]["refund_micros"] == held  # the claim's reservation
+    given_back_once(ctx, provider, project_id, run_id, carry)
 
 
 class SubmitPastTheLease(Misbehaving):
