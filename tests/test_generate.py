@@ -41,6 +41,7 @@ from mvpipe.providers.render import render_clip
 from mvpipe.settings import get_settings
 from mvpipe.states import SCENE_CHECK_POLLS
 from mvpipe.store.claim_outcomes import Claim
+from mvpipe.store.pauses import retry_until
 from mvpipe.store.records import SceneRecord
 from mvpipe.store.runboard import RunBoard
 from mvpipe.store.scenes import SceneStore
@@ -205,7 +206,7 @@ def test_store_retries_on_the_submission_path_stop_at_the_lease(stack: LocalStac
 
     def read_within_a_lease() -> None:
         try:
-            with table.retry_until(time.time() + 1):
+            with retry_until(time.time() + 1):
                 table.get("PROJECT#none", "METADATA")
             outcome.append(None)
         except BaseException as exc:
@@ -250,7 +251,7 @@ def test_one_store_call_is_one_request_so_the_lease_bound_holds(stack: LocalStac
     )
     table = build_context(settings).table
     try:
-        with pytest.raises(StoreUnavailable), table.retry_until(time.time() + 0.5):
+        with pytest.raises(StoreUnavailable), retry_until(time.time() + 0.5):
             table.get("PROJECT#none", "METADATA")
     finally:
         stop.set()
@@ -296,11 +297,11 @@ def test_a_bounded_store_call_starts_no_try_after_its_bound(stack: LocalStack) -
     )
     try:
         bound = time.time() + 1.0
-        with pytest.raises(StoreUnavailable), table.retry_until(bound):
+        with pytest.raises(StoreUnavailable), retry_until(bound):
             table.get("PROJECT#none", "METADATA")
         tried = len(sent)
         # and one begun past its bound is not tried at all, which its caller can tell
-        with pytest.raises(StoreNotTried), table.retry_until(time.time() - 1) as late:
+        with pytest.raises(StoreNotTried), retry_until(time.time() - 1) as late:
             table.get("PROJECT#none", "METADATA")
     finally:
         server.shutdown()

@@ -28,6 +28,7 @@ from mvpipe.errors import (
 from mvpipe.models import ProjectStatus
 from mvpipe.pipeline.finalize import finalize_run
 from mvpipe.settings import get_settings
+from mvpipe.store.pauses import retry_until
 from mvpipe.store.projects import ProjectStore
 
 pytestmark = pytest.mark.integration
@@ -186,14 +187,14 @@ def test_a_bounded_s3_call_starts_no_try_after_its_bound(
     stack: LocalStack, s3_answers: S3Answers
 ) -> None:
     # Given an S3 that answers every upload "slow down" at once, and a path bounded by a lease
-    # (`retry_until`, set through the table as the claim and the record set it)
+    # (`retry_until`, as the claim and the record set it)
     update = {"s3_endpoint": s3_answers.url, "store_retry_seconds": 3.0}
     ctx = build_context(get_settings().model_copy(update=update))
     sent: list[float] = []  # when each try left the client (botocore's last event before it)
     ctx.clips.client.meta.events.register("before-send.s3", lambda **_: sent.append(time.time()))
     bound = time.time() + 1.0
     # When an upload meets it inside the bound (unbounded, its retries would go on for 3 s)
-    with pytest.raises(StoreUnavailable, match="SlowDown"), ctx.table.retry_until(bound):
+    with pytest.raises(StoreUnavailable, match="SlowDown"), retry_until(bound):
         ctx.clips.put("projects/p/clip.mp4", b"clip")
     # Then it retried within the bound and started no try after it: a try leaves a few
     # milliseconds after the check before it, a pause past the bound is 50-800 ms

@@ -133,3 +133,27 @@ def test_a_planned_runs_finishes_count_only_its_scenes_and_expire_with_it(
     board.await_scenes(run_id, 2, [1, 2])  # finalize ran with scene 2 still open
     assert not board.scene_finished(run_id, 1)  # the planning sentinel is not a scene
     assert board.scene_finished(run_id, 2)
+
+
+def test_a_builders_loop_renews_its_hold_once_per_share_of_its_life(
+    board: RunBoard, redis_client: redis.Redis
+) -> None:
+    # Given a hold just taken, aged (as if long held)
+    job = f"assemble:{uuid.uuid4()}"
+    key = board._key("hold", job)
+    assert board.hold(job, "builder", 600)
+    redis_client.pexpire(key, 5_000)
+    # A loop's renewal moments after the taking does not write it (600 / 20 = 30 s not passed)
+    board.keep_hold(job, "builder", 600, often=True)
+    assert redis_client.pttl(key) <= 5_000
+    # ... a renewal outside a loop does
+    board.keep_hold(job, "builder", 600)
+    assert redis_client.pttl(key) > 5_000
+    # ... and a loop's, once a twentieth of the period passed since the last write
+    redis_client.pexpire(key, 200)
+
+    def renewed() -> bool:
+        board.keep_hold(job, "builder", 2, often=True)  # a twentieth of 2 s: 0.1 s
+        return redis_client.pttl(key) > 1_000
+
+    wait_for(renewed, 10, "a renewal once a twentieth of the period passed")

@@ -11,24 +11,38 @@ import contextlib
 import json
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from mvpipe import api
 from mvpipe.devstack.localstack import LocalStack, start_redis
 from mvpipe.errors import Conflict, Timeout
 from mvpipe.models import ProjectStatus, ProjectView
+from mvpipe.pipeline.reconcile_report import ReconcileReport
 from mvpipe.providers.local import LocalJobs
 
 
-def heal(project_id: str, timeout: float = 180.0) -> ProjectView:
+def heal(
+    project_id: str,
+    timeout: float = 180.0,
+    *,
+    rerun: bool = True,
+    after_pass: Callable[[ReconcileReport], object] | None = None,
+) -> ProjectView:
+    """The project's view once its run is over, reconciling it meanwhile and (with `rerun`)
+    running it again when left pending: what an operator's tooling does. `after_pass` is told
+    each reconcile pass's report as it comes, for a drill that counts what the passes did
+    (a run taken over)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        api.reconcile(project_id)
+        report = api.reconcile(project_id)
+        if after_pass is not None:
+            after_pass(report)
         try:
             view = api.wait_project(project_id, timeout=1.0, interval=0.2)
         except Timeout:
             continue  # a run is active: let it work, reconcile again
-        if view.status in (ProjectStatus.COMPLETED, ProjectStatus.FAILED):
+        if view.status in (ProjectStatus.COMPLETED, ProjectStatus.FAILED) or not rerun:
             return view
         if view.status == ProjectStatus.PENDING:
             with contextlib.suppress(Conflict):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import tempfile
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,6 @@ from mvpipe.pipeline.cut import output_format
 from mvpipe.states import assembly_due
 from mvpipe.store.finals import final_video_key
 from mvpipe.store.records import ProjectRecord, ProjectState, SceneRecord
-from mvpipe.store.runboard import RUN_TOUCH_EVERY
 from mvpipe.store.songs import song_aac_key
 
 log = logging.getLogger("mvpipe.assemble")
@@ -134,7 +132,6 @@ class _Hold:
         self.ctx, self.run_id, self.job = ctx, run_id, job
         self.token = uuid.uuid4().hex
         self.seconds = ctx.settings.run_stale_seconds
-        self.renewed = time.monotonic()
 
     def taken(self) -> bool:
         return self.ctx.board.hold(self.job, self.token, self.seconds)
@@ -147,9 +144,7 @@ class _Hold:
             board.touch_run(self.run_id, self.seconds)
         else:
             board.keep_run_alive(self.run_id, self.seconds)
-        if not often or time.monotonic() - self.renewed >= self.seconds / RUN_TOUCH_EVERY:
-            board.renew_hold(self.job, self.token, self.seconds)
-            self.renewed = time.monotonic()
+        board.keep_hold(self.job, self.token, self.seconds, often=often)
 
     def let_go(self) -> None:
         """Best effort: a hold not let go ends with its expiry, and must not replace what the

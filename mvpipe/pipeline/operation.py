@@ -51,6 +51,7 @@ from mvpipe.states import (
     started_seconds,
 )
 from mvpipe.store.claim_outcomes import Claim
+from mvpipe.store.pauses import retry_until
 from mvpipe.store.records import SceneRecord
 
 if TYPE_CHECKING:
@@ -240,7 +241,7 @@ class PaidOperation:
         # was submitted, so the money stays committed (invariant 3 before invariant 9).
         unused = {"refund_micros": price, "unused": True, "error": "store outage during claim"}
         budget = lease_end - s.submit_budget_seconds
-        with ctx.table.retry_until(budget) as bound, self.pending(token, unused):
+        with retry_until(budget) as bound, self.pending(token, unused):
             try:
                 claim = ctx.scenes.claim(
                     *self.ids,
@@ -324,7 +325,7 @@ class PaidOperation:
         made_from = scene.value(self.stage.requires) if self.stage.requires else None
         # A record begun past the lease still makes its one try: the marks are sized for it
         # (`claim_mark_after`), and a record not made leaves the id to a countdown message.
-        with ctx.table.retry_until(lease_end, try_late=True):
+        with retry_until(lease_end, try_late=True):
             step = self.record(operation_id, token, attempt, made_from)
         if step.next != Next.POLL:
             return step

@@ -156,7 +156,7 @@ class ClipStore:
                 config=Config(
                     connect_timeout=settings.store_timeout_seconds,
                     read_timeout=settings.store_timeout_seconds,
-                    # One try per request: `_retried` is the only retry, bounded as DynamoDB's
+                    # One try per request: `_outages` is the only retry, bounded as DynamoDB's
                     # calls are (botocore's own backoff on a throttling S3 ran ~31 s).
                     retries={"total_max_attempts": 1, "mode": "standard"},
                     max_pool_connections=settings.store_connections,
@@ -169,10 +169,10 @@ class ClipStore:
         """Create the bucket if it is not there; botocore's error is left for the caller to
         classify (a refusal, or an outage that outlasted `store_retry_seconds`)."""
         try:
-            self._retried(self.client.head_bucket, Bucket=self.bucket)
+            self._outages.call(lambda: self.client.head_bucket(Bucket=self.bucket))
         except ClientError:
             try:
-                self._retried(self._create_bucket)
+                self._outages.call(self._create_bucket)
             except ClientError as exc:
                 if exc.response["Error"]["Code"] not in {
                     "BucketAlreadyOwnedByYou",
@@ -211,7 +211,9 @@ class ClipStore:
     def metadata(self, key: str) -> dict[str, str] | None:
         """The user metadata of the object at `key` (one HEAD), None when there is none."""
         try:
-            response = self._retried(self.client.head_object, Bucket=self.bucket, Key=key)
+            response = self._outages.call(
+                lambda: self.client.head_object(Bucket=self.bucket, Key=key)
+            )
         except ClientError as exc:
             if _is_missing(exc):
                 return None
@@ -222,7 +224,7 @@ class ClipStore:
 
     def exists(self, key: str) -> bool:
         try:
-            self._retried(self.client.head_object, Bucket=self.bucket, Key=key)
+            self._outages.call(lambda: self.client.head_object(Bucket=self.bucket, Key=key))
         except ClientError as exc:
             if _is_missing(exc):
                 return False
@@ -240,7 +242,7 @@ class ClipStore:
             return bytes(response["Body"].read())
 
         try:
-            return self._retried(fetch)
+            return self._outages.call(fetch)
         except ClientError as exc:
             if _is_missing(exc):
                 raise ObjectMissing(key) from None
@@ -298,18 +300,16 @@ class ClipStore:
         )
 
     def _call(self, fn: Callable[..., T], **kwargs: Any) -> T:
+        """`fn(**kwargs)` under the store's outage policy (`pauses.Outages`, which the calls
+        that tell a missing object apart use directly), botocore's last error raised as
+        `StoreUnavailable` when it ends: a step's S3 call takes `store_call_seconds` at most,
+        never past a lease's bound, and a store out for longer is the task's outage retry, not
+        a wait inside the step. A refusal is raised at once: trying again meets the same
+        answer."""
         try:
-            return self._retried(fn, **kwargs)
+            return self._outages.call(lambda: fn(**kwargs))
         except (ClientError, BotoCoreError) as exc:
             raise StoreUnavailable(f"S3 unavailable: {exc}") from exc
-
-    def _retried(self, fn: Callable[..., T], **kwargs: Any) -> T:
-        """`fn(**kwargs)` under the store's outage policy (`pauses.Outages`), botocore's last
-        error raised when it ends: a step's S3 call takes `store_call_seconds` at most, never
-        past a lease's bound, and a store out for longer is the task's outage retry, not a wait
-        inside the step. A refusal or a missing object is raised at once: trying again meets
-        the same answer."""
-        return self._outages.call(lambda: fn(**kwargs))
 
 
 def _will_pass(exc: Exception) -> bool:

@@ -8,7 +8,6 @@ attempt already took effect (invariant 7).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -242,16 +241,6 @@ class Table:
                     batch.delete(self.model(pk, sk))
 
         self._call(write)
-
-    @staticmethod
-    def retry_until(
-        deadline: float, *, try_late: bool = False
-    ) -> contextlib.AbstractContextManager[pauses.Bound]:
-        """Store calls inside, this table's and the clips' (`pauses.retry_until`), stop
-        retrying an outage at `deadline` (epoch seconds), and one begun past it is not tried
-        (tried once with `try_late`): a path that must finish within a lease does not spend
-        it waiting for the store."""
-        return pauses.retry_until(deadline, try_late=try_late)
 
     # -- plumbing ------------------------------------------------------------------------------
     def _connection(self) -> Connection:

@@ -62,10 +62,10 @@ return 0
 PLANNED = "planned"
 
 
-#: How many times per liveness period a process refreshes a run's mark (at most).
+#: How many times per liveness period a process refreshes a run's mark or a hold (at most).
 RUN_TOUCH_EVERY = 20
-#: Runs whose last refresh a process remembers (forgotten all at once past this: a refresh
-#: too many, never one too few).
+#: Marks (runs' liveness, holds) whose last refresh a process remembers (forgotten all at
+#: once past this: a refresh too many, never one too few).
 RUNS_REMEMBERED = 1024
 
 
@@ -79,8 +79,8 @@ class RunBoard:
         self._finish = client.register_script(_FINISH)
         self._unlock = client.register_script(_UNLOCK)
         self._renew = client.register_script(_RENEW)
-        #: run id -> when this process last refreshed the run's liveness (monotonic)
-        self._run_touched: dict[str, float] = {}
+        #: a run's liveness or a hold -> when this process last refreshed it (monotonic)
+        self._refreshed: dict[tuple[str, str], float] = {}
 
     def _key(self, *parts: object) -> str:
         return ":".join([self.prefix, *map(str, parts)])
@@ -94,13 +94,21 @@ class RunBoard:
         """`touch_run` from a run's steps, at most once per `seconds / RUN_TOUCH_EVERY` per
         process and run: the mark still never lapses while the run's steps execute (it lasts
         `seconds`), at one write per busy process every few seconds instead of one per step."""
-        now = time.monotonic()
-        if now - self._run_touched.get(run_id, -seconds) < seconds / RUN_TOUCH_EVERY:
-            return
-        self.touch_run(run_id, seconds)
-        if len(self._run_touched) >= RUNS_REMEMBERED:
-            self._run_touched.clear()
-        self._run_touched[run_id] = now
+        if self._due(("run", run_id), seconds):
+            self.touch_run(run_id, seconds)
+            self._remember(("run", run_id))
+
+    def _due(self, mark: tuple[str, str], seconds: float) -> bool:
+        """Whether `mark`, which lasts `seconds`, is for this process to refresh: not
+        refreshed here within the last `seconds / RUN_TOUCH_EVERY`."""
+        last = self._refreshed.get(mark, -seconds)
+        return time.monotonic() - last >= seconds / RUN_TOUCH_EVERY
+
+    def _remember(self, mark: tuple[str, str]) -> None:
+        """`mark` was refreshed now (after the write: a write that failed is tried again)."""
+        if len(self._refreshed) >= RUNS_REMEMBERED:
+            self._refreshed.clear()
+        self._refreshed[mark] = time.monotonic()
 
     @_answered
     def run_alive(self, run_id: str) -> bool:
@@ -195,12 +203,23 @@ class RunBoard:
     @_answered
     def hold(self, job: str, token: str, seconds: float) -> bool:
         """One holder of `job` at a time across all processes; expires if its holder dies."""
-        return bool(self.client.set(self._key("hold", job), token, px=int(seconds * 1000), nx=True))
+        won = bool(self.client.set(self._key("hold", job), token, px=int(seconds * 1000), nx=True))
+        if won:
+            self._remember(("hold", job))  # its whole life ahead: `keep_hold` need not renew it
+        return won
 
     @_answered
     def renew_hold(self, job: str, token: str, seconds: float) -> bool:
         """Extend this holder's hold of `job` to `seconds` from now (False: it is not ours)."""
         return bool(self._renew(keys=[self._key("hold", job)], args=[token, int(seconds * 1000)]))
+
+    def keep_hold(self, job: str, token: str, seconds: float, *, often: bool = False) -> None:
+        """`renew_hold`; `often`: from a loop, at most once per `seconds / RUN_TOUCH_EVERY`
+        per process, as `keep_run_alive` writes a run's mark (the hold still never lapses
+        while its holder works: it lasts `seconds`)."""
+        if not often or self._due(("hold", job), seconds):
+            self.renew_hold(job, token, seconds)
+            self._remember(("hold", job))
 
     @_answered
     def let_go(self, job: str, token: str) -> None:

@@ -23,11 +23,12 @@ from mvpipe.messaging.dispatch import (
 )
 from mvpipe.models import ProjectStatus, SceneStatus
 from mvpipe.pipeline.finalize import MAX_GIVE_UPS
+from mvpipe.pipeline.reconcile_report import ReconcileReport
 from mvpipe.store.claim_outcomes import Claim
 from mvpipe.store.stage_fields import ORIGINAL
 from mvpipe.tasks.finalize import MAX_UNEXPECTED as FINALIZE_UNEXPECTED
 from tests.conftest import Workers
-from tests.drills.conftest import DRILL_SETTINGS, owe_a_record
+from tests.drills.conftest import DRILL_SETTINGS, heal, owe_a_record
 from tests.drills.test_unknown_outcomes import state_dir
 from tests.helpers import assert_invariants, generations_per_scene, new_project, wait_for
 from tests.songs import make_song
@@ -239,17 +240,14 @@ def test_a_finalize_that_always_crashes_ends_the_run_and_stays_ended(
     # When reconcile passes take the stale run over for as long as they may
     takeovers, runs = 0, set()
 
-    def run_ended() -> bool:
+    def passed(report: ReconcileReport) -> None:
         nonlocal takeovers
-        takeovers += api.reconcile(project_id).runs_taken_over
-        run = ctx.projects.get(project_id).active_run_id
-        runs.add(run)
-        return run is None
+        takeovers += report.runs_taken_over
+        runs.add(ctx.projects.get(project_id).active_run_id)
 
-    wait_for(run_ended, 180, "the run to end")
+    view = heal(project_id, rerun=False, after_pass=passed)
     # Then the run ended saying why (scrubbed), taken over a bounded number of times, and the
     # paid scene kept its clips and operation
-    view = api.get_project(project_id)
     assert view.status == ProjectStatus.PENDING, view
     assert view.last_error == "finalize failed: FailpointError: failpoint during_finalize raised"
     assert takeovers >= MAX_GIVE_UPS - 1  # more only if a takeover beat a chain's give-up
