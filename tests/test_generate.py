@@ -32,7 +32,8 @@ from mvpipe.messaging.dispatch import CeleryDispatcher
 from mvpipe.models import ProjectStatus, SceneStatus
 from mvpipe.pipeline.cancel import cancel_project
 from mvpipe.pipeline.generate import SceneJob
-from mvpipe.pipeline.operation import PaidOperation, VideoGeneration
+from mvpipe.pipeline.operation import PaidOperation
+from mvpipe.pipeline.stage_provider import VideoGeneration
 from mvpipe.pipeline.stages import GENERATE
 from mvpipe.pipeline.steps import LeasePending, Next, RecordPending, Step
 from mvpipe.providers.base import JobState, JobStatus, VideoRequest

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mvpipe.pipeline.operation import polls_first
+from mvpipe.pipeline.job_polls import polls_first
 
 
 def test_a_cut_waits_behind_the_polls_of_jobs_still_running() -> None:

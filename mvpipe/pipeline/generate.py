@@ -17,7 +17,8 @@ from mvpipe.deps import Context
 from mvpipe.errors import MvpipeError
 from mvpipe.models import SceneStatus
 from mvpipe.pipeline.execution import Execution
-from mvpipe.pipeline.operation import PaidOperation, StageProvider
+from mvpipe.pipeline.operation import PaidOperation
+from mvpipe.pipeline.stage_provider import StageProvider
 from mvpipe.pipeline.stages import BY_NAME, GENERATE, Stage, next_stage
 from mvpipe.pipeline.steps import Next, Step
 from mvpipe.providers.limiter import slot_member

@@ -25,7 +25,7 @@ from mvpipe.deps import Context
 from mvpipe.models import SceneStatus
 from mvpipe.pipeline.cut import CutRunner, remade_key, slot_seconds
 from mvpipe.pipeline.lipsync import LipSync, audio_key
-from mvpipe.pipeline.operation import StageProvider, VideoGeneration
+from mvpipe.pipeline.stage_provider import StageProvider, VideoGeneration
 from mvpipe.settings import Settings
 from mvpipe.store.clips import StoredObject, clip_key, lipsync_key
 from mvpipe.store.records import SceneRecord

@@ -1,0 +1,132 @@
+"""The record of a submitted job's id (DESIGN.md invariant 3: never lost, never paid twice):
+its write, its redo after an outage, its adoption after a lost lease, the job dropped or
+kept after a lost run."""
+
+from __future__ import annotations
+
+import redis
+
+from mvpipe import hooks
+from mvpipe.errors import BrokerUnavailable, StoreUnavailable
+from mvpipe.pipeline.execution import log
+from mvpipe.pipeline.job_polls import JobPolls
+from mvpipe.pipeline.steps import RecordPending, Step
+from mvpipe.store.claim_outcomes import Claim
+
+
+class JobRecord(JobPolls):
+    """The accepted job's id written on the scene under the lease that submitted it, or the
+    job adopted, kept for the next run, or dropped when the lease or the run was lost."""
+
+    def record(
+        self, operation_id: str, token: str, attempt: int, made_from: str | None = None
+    ) -> Step:
+        """Store the accepted job's id; an outage here does not drop the job. `made_from` is
+        the input the job was made from (the stage's `requires`), carried for the adoption.
+
+        An outage (our store or Redis) leaves the write's outcome unknown: the next step redoes
+        this record with the same token and id (`RecordPending`), never a cancel. Any other
+        error is not retried forever: it takes the task's bounded path for unexpected errors."""
+        try:
+            return self._record(operation_id, token, attempt, made_from)
+        except (StoreUnavailable, redis.RedisError) as exc:
+            carry = {
+                **self.carry(),
+                "operation_id": operation_id,
+                "token": token,
+                "attempt": attempt,
+                "made_from": made_from,
+            }
+            self.keep_owed()
+            raise RecordPending(carry) from exc
+
+    def _record(self, operation_id: str, token: str, attempt: int, made_from: str | None) -> Step:
+        outcome = self.ctx.scenes.record_operation(
+            *self.ids,
+            token=token,
+            operation_id=operation_id,
+            run_id=self.x.run_id,
+            stage=self.fields,
+        )
+        if outcome == Claim.WON:
+            self.log("operation stored", operation_id, attempt)
+            self.stored(operation_id)
+            hooks.reached(f"{self.points}after_record")
+            return self.next_poll(operation_id, 0)
+        if outcome == Claim.RUN_INACTIVE:
+            return self.record_after_run(operation_id, token, attempt, made_from)
+        if self.adopt(operation_id, attempt, made_from):
+            self.stored(operation_id)
+            return self.next_poll(operation_id, 0)
+        return self.drop(operation_id, outcome)
+
+    def stored(self, operation_id: str) -> None:
+        """The job's id is in the store: its slot becomes the job's, and the scene's mark goes
+        back to a poll's liveness. The claim's longer mark (`claim_mark_after`) kept reconcile
+        off until the id was stored; from now on a reconcile pass adopts the stored job
+        instead of paying again, so a longer mark would only delay that adoption after this
+        worker's death. Only a record that landed gets here: one that failed keeps the
+        claim's mark for its owed write (`keep_owed`). Redis down leaves the longer mark: a
+        slower adoption, never a second job."""
+        self.hold_job_slot(operation_id, moved=True)
+        self.mark(self.provider.liveness_seconds, shorten=True)
+
+    def adopt(self, operation_id: str, attempt: int, made_from: str | None) -> bool:
+        """Our lease was lost (it expired, e.g. in a store outage, and was freed), but the paid
+        job exists: keep it on the scene if the stage is still open and nobody else's (and
+        its input is still the one the job was made from)."""
+        if not self.ctx.scenes.adopt_operation(
+            *self.ids,
+            operation_id=operation_id,
+            stage=self.fields,
+            requires=self.stage.requires,
+            made_from=made_from,
+        ):
+            return False
+        self.job_started = None  # the scene's start may be another claim's: read it once
+        self.log("lease lost; operation adopted by the scene", operation_id, attempt)
+        return True
+
+    def drop(self, operation_id: str, outcome: Claim) -> Step:
+        """The stage is somebody else's now: cancel the job (if the provider lets us)."""
+        confirmed = self.cancel(operation_id)
+        self.release_unowned_slot()  # the scene's slot entry may be its new owner's
+        self.log(f"operation not stored ({outcome}); cancelled: {confirmed}", operation_id, None)
+        return Step.done(f"operation dropped ({outcome})")
+
+    def record_after_run(
+        self, operation_id: str, token: str, attempt: int, made_from: str | None
+    ) -> Step:
+        """The run is not ours any more. Only a user's cancel that the provider confirms drops
+        the job; a takeover (or a cancel the provider could not confirm) keeps its id on the
+        scene without the run guard, so the run that follows resumes the paid job (as for Veo)."""
+        ctx = self.ctx
+        # The store write comes before any Redis call: a Redis error must not lose the job.
+        kept = ctx.scenes.record_operation(
+            *self.ids, token=token, operation_id=operation_id, run_id=None, stage=self.fields
+        )
+        if kept != Claim.WON:
+            if self.adopt(operation_id, attempt, made_from):
+                self.stored(operation_id)
+                return Step.done("operation kept for the next run")
+            return self.drop(operation_id, kept)
+        if self.run_cancelled() and self.cancel(operation_id):
+            ctx.scenes.reset_cancelled(*self.ids, operation_id=operation_id, stage=self.fields)
+            self.release_slot()
+            self.release_slot(operation_id)  # a redone record's first try may have moved it
+            self.log("run cancelled; operation cancelled at provider", operation_id, attempt)
+            return Step.done("operation cancelled with the run")
+        # Kept: the job still runs, so its quota slot stays taken (its polls refresh it).
+        self.stored(operation_id)
+        self.log("run no longer ours; operation kept for the next run", operation_id, attempt)
+        return Step.done("operation kept for the next run")
+
+    def run_cancelled(self) -> bool:
+        """Did the user cancel our run? Not knowing (Redis down) counts as no: the job is kept."""
+        if self.x.run_id is None:
+            return False
+        try:
+            return self.ctx.board.cancelled(self.x.run_id)
+        except (BrokerUnavailable, redis.RedisError):
+            log.warning("could not read the cancel mark of run %s", self.x.run_id)
+            return False
