@@ -28,18 +28,20 @@ def heal(
     *,
     rerun: bool = True,
     after_pass: Callable[[ReconcileReport], object] | None = None,
+    pace: float = 1.0,
 ) -> ProjectView:
     """The project's view once its run is over, reconciling it meanwhile and (with `rerun`)
     running it again when left pending: what an operator's tooling does. `after_pass` is told
     each reconcile pass's report as it comes, for a drill that counts what the passes did
-    (a run taken over)."""
+    (a run taken over); `pace` is the most a pass waits for the run before the next pass (a
+    drill racing a staleness window passes often)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         report = api.reconcile(project_id)
         if after_pass is not None:
             after_pass(report)
         try:
-            view = api.wait_project(project_id, timeout=1.0, interval=0.2)
+            view = api.wait_project(project_id, timeout=pace, interval=min(0.2, pace))
         except Timeout:
             continue  # a run is active: let it work, reconcile again
         if view.status in (ProjectStatus.COMPLETED, ProjectStatus.FAILED) or not rerun:

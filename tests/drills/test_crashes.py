@@ -112,7 +112,7 @@ def test_redis_restart_mid_run(
         # resumes them for the same run, which then ends as soon as its scenes are final
         # (its chord's messages come back only after the visibility timeout), never stale.
         reports: list[ReconcileReport] = []
-        view = heal(project_id, rerun=False, after_pass=reports.append)
+        view = heal(project_id, rerun=False, after_pass=reports.append, pace=0.1)
         assert view.status == ProjectStatus.COMPLETED, view
         assert sum(r.runs_taken_over for r in reports) == 0
     else:

@@ -245,7 +245,7 @@ def test_a_finalize_that_always_crashes_ends_the_run_and_stays_ended(
         takeovers += report.runs_taken_over
         runs.add(ctx.projects.get(project_id).active_run_id)
 
-    view = heal(project_id, rerun=False, after_pass=passed)
+    view = heal(project_id, rerun=False, after_pass=passed, pace=0.1)
     # Then the run ended saying why (scrubbed), taken over a bounded number of times, and the
     # paid scene kept its clips and operation
     assert view.status == ProjectStatus.PENDING, view
