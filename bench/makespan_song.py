@@ -1,7 +1,7 @@
 """Makespan of a music video against the quota bound, with the share of cutting and assembly.
 
     python bench/makespan_song.py [--song-seconds 180 --slot-max 4 --latency 5 --quota 20
-                                   --concurrency 2 --size 1280x720 --fps 24]
+                                   --concurrency 2 --size 1280x720 --fps 24 --keep-log PATH]
 
 A synthesized song (drums and bass at a known tempo) goes in; the song decides the N scenes
 (slots on its beats, at most `--slot-max` s each). Bound = ceil(N/P) * L, as in makespan.py.
@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import shutil
 import time
+from pathlib import Path
 
 from common import bench_stack, record, summary, table, wait_all, workers
 from phases import Phases
@@ -35,6 +37,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--size", default="1280x720")
     parser.add_argument("--fps", type=int, default=24)
+    parser.add_argument("--keep-log", type=Path, help="copy the workers' log here (a timeline)")
     args = parser.parse_args()
     latency, quota, conc = args.latency, args.quota, args.concurrency
     settings = {
@@ -65,6 +68,9 @@ def main() -> None:
         n = view.scene_count
         assert view.completed_scenes == n and view.final_video_s3_key, view.status
         phases = Phases.of(log, project_id, n, started_at)
+        if args.keep_log:
+            shutil.copyfile(log, args.keep_log)
+            print(f"workers' log kept in {args.keep_log}; run started at {started_at:.3f}")
     bound = math.ceil(n / quota) * latency
 
     rows = [
