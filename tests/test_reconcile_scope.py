@@ -19,6 +19,7 @@ from mvpipe.celery_app import app
 from mvpipe.deps import Context, get_context
 from mvpipe.devstack.localstack import LocalStack
 from mvpipe.models import ProjectStatus, SceneStatus
+from mvpipe.pipeline import reconcile as reconcile_module
 from mvpipe.pipeline.reconcile import reconcile
 from mvpipe.pipeline.reconcile_report import ReconcileReport
 from mvpipe.pipeline.reconcile_scope import (
@@ -26,7 +27,6 @@ from mvpipe.pipeline.reconcile_scope import (
     STRAY_CURSOR_JOB,
     STRAY_PAGE,
     SWEEP_CURSOR_JOB,
-    SWEEP_PAGE,
     Drained,
     Place,
     Round,
@@ -500,14 +500,20 @@ def beat_pass_here(
     )
 
 
+#: The sweep's page in the round test: each pass of its round costs ~0.1 s, and two pages of
+#: 10 cross a page's end as two of `SWEEP_PAGE` (50) would, in a fifth of the passes.
+SMALL_SWEEP_PAGE = 10
+
+
 def test_a_pass_of_the_sweeps_round_reads_the_projects_it_examines_not_the_history(
-    start_workers: StartWorkers, proxy: CountingProxy
+    start_workers: StartWorkers, proxy: CountingProxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ctx = own_table(start_workers, proxy)
+    monkeypatch.setattr(reconcile_module, "SWEEP_PAGE", SMALL_SWEEP_PAGE)  # the passes run here
     # Given a history of finished projects, two pages' worth (more than a pass may read, and a
     # page's end for the round to cross), one of which lost its clip
     lost = completed_then_clip_lost(ctx)
-    ctx.table.batch_put(finished_items(ctx.table.model, 2 * SWEEP_PAGE))
+    ctx.table.batch_put(finished_items(ctx.table.model, 2 * SMALL_SWEEP_PAGE))
     failed = ctx.projects.list_by_status(ProjectStatus.FAILED)
     order = [lost] + [p.project_id for p in sorted(failed, key=Place.of)]
     # When beat's passes take the sweep's round, one project each
@@ -523,7 +529,7 @@ def test_a_pass_of_the_sweeps_round_reads_the_projects_it_examines_not_the_histo
         # Then each reads from the status index the project it examines and a page more at
         # most (the pending and run partitions it lists hold nothing here), never the history
         index_items = proxy.items_read()["dynamodb.Query.GSI1"]
-        assert index_items <= 1 + SWEEP_PAGE + 1, (passes, proxy.items_read())
+        assert index_items <= 1 + SMALL_SWEEP_PAGE + 1, (passes, proxy.items_read())
         cursor = ctx.board.cursor(SWEEP_CURSOR_JOB)
         if cursor is None:
             break
