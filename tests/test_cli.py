@@ -476,17 +476,38 @@ def test_flower_listens_on_loopback_unless_told_otherwise(
     assert listening_on(port) == {"0100007F"}  # 127.0.0.1 alone, not every interface
 
 
-def test_stack_command_starts_everything_and_stops_cleanly_on_ctrl_c(
-    stack: object, tmp_path: Path, processes: Processes
+def stack_processes(workdir: Path) -> list[int]:
+    """Processes started with the stack's variables (workers, their pools, beat, Flower): the
+    environment each was started with names the stack's state directory."""
+    mark = f"MVPIPE_STATE_DIR={workdir / 'state'}".encode()
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        with contextlib.suppress(OSError):  # gone meanwhile, or not ours to read
+            if mark in environ.read_bytes().split(b"\0"):
+                found.append(int(environ.parent.name))
+    return found
+
+
+@pytest.mark.parametrize(
+    ("signum", "when"),
+    [
+        (signal.SIGINT, "Ctrl-C stops everything"),  # the stack up
+        (signal.SIGTERM, "state server (DynamoDB + S3) at"),  # its processes still starting
+    ],
+    ids=["ctrl-c-when-up", "sigterm-while-starting"],
+)
+def test_stack_command_starts_everything_and_stops_cleanly_on_a_signal(
+    stack: object, tmp_path: Path, processes: Processes, signum: int, when: str
 ) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MVPIPE_")}
     # Unwarmed, as in every test but the song ones: its 3 pool processes warming song analysis
     # (~4 s of CPU each) slowed every start after the worker's, and the shutdown waited for them.
     env["MVPIPE_WARM_MEDIA"] = "0"
+    workdir = tmp_path / "s"
     # Stopped by Ctrl-C also when the test fails: the stack then stops what it started (each of
     # its servers runs in a session of its own, beyond the reach of its group's kill).
     proc = processes.start(
-        [sys.executable, "-m", "mvpipe.cli", "stack", "--workdir", str(tmp_path / "s")],
+        [sys.executable, "-m", "mvpipe.cli", "stack", "--workdir", str(workdir)],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -498,13 +519,16 @@ def test_stack_command_starts_everything_and_stops_cleanly_on_ctrl_c(
     assert proc.stdout is not None
     for line in proc.stdout:
         lines.append(line)
-        if "Ctrl-C stops everything" in line:
+        if when in line:
             break
-    output = "".join(lines)
-    assert "Flower: http://127.0.0.1:" in output and "beat ready" in output
-    broker = next(x for x in lines if x.startswith("export MVPIPE_BROKER_URL="))
+    broker = next(x for x in lines if x.startswith("redis-server at "))
     redis_port = int(broker.rsplit(":", 1)[1].split("/")[0])
     assert port_open(redis_port)
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=120) == 0
+    if signum == signal.SIGINT:
+        output = "".join(lines)
+        assert "Flower: http://127.0.0.1:" in output and "beat ready" in output
+        assert len(stack_processes(workdir)) >= 4  # two workers (and pools), beat, Flower
+    proc.send_signal(signum)
+    assert proc.wait(timeout=120) == (0 if signum == signal.SIGINT else 1)  # 1: "Aborted!"
     wait_for(lambda: not port_open(redis_port), 30, "redis-server to stop")
+    wait_for(lambda: not stack_processes(workdir), 30, "every process of the stack to stop")

@@ -49,18 +49,18 @@ def running(
                 else int(os.environ["MVPIPE_FLOWER_PORT"])
             )
         # Side by side: each process spends a second or two importing (~7.5 s one after another).
-        starts: list[Callable[[], localstack.Service]] = [
-            partial(localstack.start_worker, env, logs / "worker.log", concurrency=concurrency),
-            partial(localstack.start_control_worker, env, logs / "control.log"),
+        starts: list[Callable[[], localstack.Starting]] = [
+            partial(localstack.launch_worker, env, logs / "worker.log", concurrency=concurrency),
+            partial(localstack.launch_control_worker, env, logs / "control.log"),
         ]
         if beat:
-            starts.append(partial(localstack.start_beat, env, logs / "beat.log"))
+            starts.append(partial(localstack.launch_beat, env, logs / "beat.log"))
         if flower:
             login = {"user": user, "password": password}
             starts.append(
-                partial(localstack.start_flower, env, logs / "flower.log", port=port, **login)
+                partial(localstack.launch_flower, env, logs / "flower.log", port=port, **login)
             )
-        stack.services.extend(localstack.start_together(starts))
+        localstack.start_together(starts, stack.services)  # the stack owns each once spawned
         say(f"worker ready (concurrency {concurrency}, and a control worker); logs in {logs}")
         if beat:
             say("beat ready (reconcile schedule)")
@@ -97,6 +97,8 @@ def serve(
 ) -> None:
     """`mvpipe stack`: the whole stack with beat, until Ctrl-C or SIGTERM; `ready` is given
     the stack's variables once it is up."""
+    # While it starts, SIGTERM interrupts as Ctrl-C does, so what was spawned is stopped.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     with running(workdir, concurrency=concurrency, flower=flower, beat=True, say=say) as env:
         stop = stop_on_signal()  # before announcing it, so an early Ctrl-C is not lost
         ready(env)

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mvpipe.errors import ConfigurationError, Timeout
 
@@ -87,6 +88,26 @@ class Service:
             return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
             return ""
+
+
+@dataclass
+class Starting:
+    """A service spawned and not yet known ready: what `ready` waits for, and for how long."""
+
+    service: Service
+    check: Callable[[], bool]
+    timeout: float
+    what: str
+
+    def ready(self) -> Service:
+        """The service once `check` holds; killed if it exits, never gets there, or the wait is
+        interrupted: a service that never became ready must not run on unowned."""
+        try:
+            wait_until(self.check, self.timeout, self.what, self.service.proc)
+        except BaseException:
+            self.service.kill()
+            raise
+        return self.service
 
 
 def _spawn(
@@ -167,7 +188,7 @@ def _celery(*args: str, app: str = "mvpipe.celery_app") -> list[str]:
     return [sys.executable, "-m", "celery", "-A", app, *args]
 
 
-def start_worker(
+def launch_worker(
     env: dict[str, str],
     log_path: Path,
     *,
@@ -176,10 +197,11 @@ def start_worker(
     loglevel: str = "INFO",
     queues: str | None = None,
     pool: str = "prefork",
-) -> Service:
-    """A Celery worker; `queues` (comma-separated) limits what it consumes, like `-Q`; `pool`
-    is Celery's `-P` (benchmarks compare `threads` with the default). It loads the app through
-    `devstack.worker`, so the failpoints that `env` names are armed."""
+) -> Starting:
+    """A Celery worker, spawned (`Starting.ready` waits for it); `queues` (comma-separated)
+    limits what it consumes, like `-Q`; `pool` is Celery's `-P` (benchmarks compare `threads`
+    with the default). It loads the app through `devstack.worker`, so the failpoints that
+    `env` names are armed."""
     argv = _celery(
         "worker",
         "-c", str(concurrency),
@@ -193,16 +215,15 @@ def start_worker(
         app="mvpipe.devstack.worker",
     )  # fmt: skip
     start = log_path.stat().st_size if log_path.exists() else 0
-    proc = _spawn(name, argv, log_path, env=env)
-    service = Service(name, proc, log_path)
-    try:
-        wait_until(
-            lambda: " ready." in service.log_text()[start:], 120, f"celery worker {name}", proc
-        )
-    except BaseException:
-        service.kill()  # a worker that never became ready must not consume anything later
-        raise
-    return service
+    service = Service(name, _spawn(name, argv, log_path, env=env), log_path)
+    return Starting(
+        service, lambda: " ready." in service.log_text()[start:], 120, f"celery worker {name}"
+    )
+
+
+def start_worker(env: dict[str, str], log_path: Path, **options: Any) -> Service:
+    """`launch_worker`, ready (killed if it never becomes ready)."""
+    return launch_worker(env, log_path, **options).ready()
 
 
 #: The control worker's queues: every queue but `mvpipe.video`, so it never holds a provider poll.
@@ -214,53 +235,61 @@ def start_worker(
 CONTROL_QUEUES = "mvpipe.plan,mvpipe.media"
 
 
-def start_control_worker(env: dict[str, str], log_path: Path, *, name: str = "control") -> Service:
+def launch_control_worker(
+    env: dict[str, str], log_path: Path, *, name: str = "control"
+) -> Starting:
     """The one-process control worker (`CONTROL_QUEUES`), beside a worker on every queue."""
-    return start_worker(env, log_path, concurrency=1, name=name, queues=CONTROL_QUEUES)
+    return launch_worker(env, log_path, concurrency=1, name=name, queues=CONTROL_QUEUES)
+
+
+def start_control_worker(env: dict[str, str], log_path: Path, *, name: str = "control") -> Service:
+    return launch_control_worker(env, log_path, name=name).ready()
+
+
+def launch_beat(env: dict[str, str], log_path: Path) -> Starting:
+    service = Service(
+        "beat", _spawn("beat", _celery("beat", "-l", "INFO"), log_path, env=env), log_path
+    )
+    return Starting(service, lambda: "beat: Starting" in service.log_text(), 60, "celery beat")
 
 
 def start_beat(env: dict[str, str], log_path: Path) -> Service:
-    proc = _spawn("beat", _celery("beat", "-l", "INFO"), log_path, env=env)
-    service = Service("beat", proc, log_path)
-    wait_until(lambda: "beat: Starting" in service.log_text(), 60, "celery beat", proc)
-    return service
+    return launch_beat(env, log_path).ready()
+
+
+def launch_flower(
+    env: dict[str, str], log_path: Path, *, port: int, user: str, password: str
+) -> Starting:
+    argv = [sys.executable, "-m", "mvpipe.cli", "flower", f"--port={port}", "--address=127.0.0.1"]
+    # Credentials travel in the environment, never in argv (visible to every local user).
+    creds = {"MVPIPE_FLOWER_USER": user, "MVPIPE_FLOWER_PASSWORD": password}
+    service = Service(
+        "flower", _spawn("flower", argv, log_path, env={**env, **creds}), log_path, port
+    )
+    return Starting(service, lambda: port_open(port), 60, "flower")
 
 
 def start_flower(
     env: dict[str, str], log_path: Path, *, port: int, user: str, password: str
 ) -> Service:
-    argv = [sys.executable, "-m", "mvpipe.cli", "flower", f"--port={port}", "--address=127.0.0.1"]
-    # Credentials travel in the environment, never in argv (visible to every local user).
-    creds = {"MVPIPE_FLOWER_USER": user, "MVPIPE_FLOWER_PASSWORD": password}
-    proc = _spawn("flower", argv, log_path, env={**env, **creds})
-    wait_until(lambda: port_open(port), 60, "flower", proc)
-    return Service("flower", proc, log_path, port)
+    return launch_flower(env, log_path, port=port, user=user, password=password).ready()
 
 
 #: The services `LocalStack.start_servers` starts; everything else runs on them.
 SERVERS = ("redis", "moto")
 
 
-def start_together(starts: Sequence[Callable[[], Service]]) -> list[Service]:
-    """Start services side by side and wait for all (each spends a second or two importing, on
-    one core); returns them in the order given. If one fails, or the wait is interrupted
-    (Ctrl-C), those that started are stopped: each start still ends within its own bound."""
-    pool = ThreadPoolExecutor(max(len(starts), 1), thread_name_prefix="start")
-    futures = [pool.submit(start) for start in starts]
-    complete = False
-    try:
-        pool.shutdown(wait=True)
-        complete = True
-    finally:
-        if not complete:
-            pool.shutdown(wait=True)
-        started = [f.result() for f in futures if f.exception() is None]
-        failed = [error for f in futures if (error := f.exception()) is not None]
-        if failed or not complete:
-            stop_together(started)
-    if failed:
-        raise failed[0]
-    return started
+def start_together(launches: Sequence[Callable[[], Starting]], owner: list[Service]) -> None:
+    """Spawn every service at once (each spends a second or two importing, on one core), then
+    wait for each to be ready. Each is put in `owner` as soon as it is spawned, so whoever
+    stops `owner`'s services stops it too, whatever happens next: a start that fails (killed
+    by its `ready`), a Ctrl-C while they start (it lands in this thread's wait at once)."""
+    starting = []
+    for launch in launches:
+        starting.append(launch())
+        owner.append(starting[-1].service)
+    for each in starting:
+        each.ready()
 
 
 def stop_together(services: Sequence[Service]) -> None:
@@ -292,10 +321,14 @@ class LocalStack:
         """The services that run on the servers first, side by side (a Celery process's warm
         shutdown takes a second or two), then the servers, the state server before Redis."""
         servers = [s for s in self.services if s.name in SERVERS]
-        stop_together([s for s in self.services if s.name not in SERVERS])
-        for service in reversed(servers):
-            service.stop()
-        self.services.clear()
+        try:
+            stop_together([s for s in self.services if s.name not in SERVERS])
+        finally:  # whatever failed above, the servers never outlive the stack
+            try:
+                for service in reversed(servers):
+                    service.stop()
+            finally:
+                self.services.clear()
 
     @contextlib.contextmanager
     def running(self) -> Iterator[LocalStack]:

@@ -1,0 +1,94 @@
+"""The local stack's side-by-side start: every process it spawns has an owner at once, so a
+failed start or a Ctrl-C while services start leaves nothing running unowned."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from mvpipe.devstack.localstack import LocalStack, Service, Starting, _spawn, start_together
+from mvpipe.errors import ConfigurationError
+from tests.processes import Processes
+
+SLEEPER = [sys.executable, "-c", "import time; time.sleep(600)"]
+
+
+def launcher(
+    processes: Processes,
+    logs: Path,
+    name: str,
+    argv: list[str],
+    check: Callable[[], bool],
+    seen: list[Service],
+) -> Callable[[], Starting]:
+    """A launch of `argv` whose readiness is `check`; each service it spawns is noted in `seen`
+    and stopped by the test's fixture, whatever the code under test does."""
+
+    def launch() -> Starting:
+        log = logs / f"{name}.log"
+        service = processes.adopt(Service(name, _spawn(name, argv, log), log))
+        seen.append(service)
+        return Starting(service, check, 30, name)
+
+    return launch
+
+
+def interrupted() -> bool:
+    raise KeyboardInterrupt  # a Ctrl-C landing in the wait for a service to be ready
+
+
+@pytest.mark.parametrize(
+    ("failing", "error"),
+    [
+        ([sys.executable, "-c", "raise SystemExit(3)"], ConfigurationError),  # exits at once
+        (SLEEPER, KeyboardInterrupt),  # still starting when Ctrl-C lands
+    ],
+    ids=["start-fails", "ctrl-c"],
+)
+def test_services_started_side_by_side_are_owned_from_their_spawn_and_all_stopped(
+    tmp_path: Path,
+    processes: Processes,
+    failing: list[str],
+    error: type[BaseException],
+) -> None:
+    seen: list[Service] = []
+    stack = LocalStack(tmp_path)
+    ready = launcher(processes, tmp_path, "ready", SLEEPER, lambda: True, seen)
+    never = launcher(processes, tmp_path, "slow", SLEEPER, lambda: False, seen)  # much later
+    check = interrupted if error is KeyboardInterrupt else (lambda: False)
+    broken = launcher(processes, tmp_path, "broken", failing, check, seen)
+    # When the second of three side-by-side starts fails (or is interrupted)
+    with pytest.raises(error):
+        start_together([ready, broken, never], stack.services)
+    # Then all three had been spawned at once and each is owned by the stack: the failed one
+    # is already stopped, the others stop with the stack
+    assert [s.name for s in stack.services] == ["ready", "broken", "slow"] == [s.name for s in seen]
+    assert seen[1].proc.poll() is not None
+    assert seen[0].proc.poll() is None and seen[2].proc.poll() is None
+    stack.stop()
+    assert all(s.proc.poll() is not None for s in seen)
+    assert stack.services == []
+
+
+def test_a_stack_whose_stop_of_a_service_fails_still_stops_its_servers(
+    tmp_path: Path, processes: Processes
+) -> None:
+    # Given a stack with a server and a service whose stop raises
+    server = processes.adopt(
+        Service("redis", _spawn("redis", SLEEPER, tmp_path / "r.log"), tmp_path)
+    )
+    other = processes.adopt(Service("worker", _spawn("w", SLEEPER, tmp_path / "w.log"), tmp_path))
+
+    def failing_stop(timeout: float = 30.0) -> None:
+        raise OSError("cannot signal it")
+
+    other.stop = failing_stop  # type: ignore[method-assign]
+    stack = LocalStack(tmp_path, services=[server, other])
+    # When the stack stops, the failure is raised, and the server was stopped all the same
+    with pytest.raises(OSError):
+        stack.stop()
+    assert server.proc.poll() is not None
+    assert stack.services == []
