@@ -3,13 +3,22 @@ failed start or a Ctrl-C while services start leaves nothing running unowned."""
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from mvpipe.devstack.localstack import LocalStack, Service, Starting, _spawn, start_together
+from mvpipe.devstack.localstack import (
+    LocalStack,
+    Service,
+    Starting,
+    _spawn,
+    signals_deferred,
+    start_together,
+)
 from mvpipe.errors import ConfigurationError
 from tests.processes import Processes
 
@@ -92,3 +101,58 @@ def test_a_stack_whose_stop_of_a_service_fails_still_stops_its_servers(
         stack.stop()
     assert server.proc.poll() is not None
     assert stack.services == []
+
+
+def test_a_ctrl_c_landing_between_a_spawn_and_its_owner_waits_for_the_owner(
+    tmp_path: Path, processes: Processes
+) -> None:
+    seen: list[Service] = []
+    first = launcher(processes, tmp_path, "first", SLEEPER, lambda: True, seen)
+    spawn = launcher(processes, tmp_path, "second", SLEEPER, lambda: True, seen)
+
+    def interrupted_launch() -> Starting:
+        starting = spawn()
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, the process spawned and not yet owned
+        return starting
+
+    owner: list[Service] = []
+    # When a Ctrl-C lands in the second launch, right after its process was spawned
+    with pytest.raises(KeyboardInterrupt):
+        start_together([first, interrupted_launch, spawn], owner)
+    # Then that process was handed to its owner first (so it is stopped with the rest), and
+    # no launch after the Ctrl-C was made
+    assert [s.name for s in owner] == ["first", "second"] == [s.name for s in seen]
+
+
+def test_a_ctrl_c_while_the_stack_stops_still_stops_its_servers(
+    tmp_path: Path, processes: Processes
+) -> None:
+    # Given a stack with two servers and a service whose stop meets a Ctrl-C
+    spawned = [
+        processes.adopt(Service(name, _spawn(name, SLEEPER, tmp_path / f"{name}.log"), tmp_path))
+        for name in ("redis", "moto", "worker")
+    ]
+    worker = spawned[-1]
+    stop = worker.stop
+
+    def stop_meeting_ctrl_c(timeout: float = 30.0) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        stop(timeout)
+
+    worker.stop = stop_meeting_ctrl_c  # type: ignore[method-assign]
+    stack = LocalStack(tmp_path, services=list(spawned))
+    # When the stack stops, the Ctrl-C takes effect once everything is stopped
+    with pytest.raises(KeyboardInterrupt):
+        stack.stop()
+    assert all(s.proc.poll() is not None for s in spawned)
+    assert stack.services == []
+
+
+def test_signals_deferred_delivers_a_held_signal_once_its_handlers_are_back() -> None:
+    before = signal.getsignal(signal.SIGINT)
+    reached: list[str] = []
+    with pytest.raises(KeyboardInterrupt), signals_deferred():
+        os.kill(os.getpid(), signal.SIGINT)
+        reached.append("after the Ctrl-C")  # held back: the block runs to its end
+    assert reached == ["after the Ctrl-C"]
+    assert signal.getsignal(signal.SIGINT) is before

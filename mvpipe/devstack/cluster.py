@@ -23,6 +23,21 @@ Say = Callable[[str], None]
 
 
 @contextmanager
+def sigterm_as_ctrl_c() -> Iterator[None]:
+    """SIGTERM interrupts as Ctrl-C does (KeyboardInterrupt), so a stack told to stop while it
+    starts or runs stops what it spawned rather than dying with it (each of its processes runs
+    in a session of its own). Only the main thread can set a handler: elsewhere a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
 def running(
     workdir: Path, *, concurrency: int, flower: bool, beat: bool, say: Say
 ) -> Iterator[dict[str, str]]:
@@ -31,7 +46,7 @@ def running(
     from mvpipe.deps import reset_context
 
     stack = localstack.LocalStack(workdir)
-    with stack.running():
+    with sigterm_as_ctrl_c(), stack.running():
         env = stack.child_env()
         user = os.environ.get("MVPIPE_FLOWER_USER") or "mvpipe"
         password = os.environ.get("MVPIPE_FLOWER_PASSWORD") or secrets.token_urlsafe(12)
@@ -97,8 +112,6 @@ def serve(
 ) -> None:
     """`mvpipe stack`: the whole stack with beat, until Ctrl-C or SIGTERM; `ready` is given
     the stack's variables once it is up."""
-    # While it starts, SIGTERM interrupts as Ctrl-C does, so what was spawned is stopped.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
     with running(workdir, concurrency=concurrency, flower=flower, beat=True, say=say) as env:
         stop = stop_on_signal()  # before announcing it, so an early Ctrl-C is not lost
         ready(env)

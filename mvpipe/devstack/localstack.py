@@ -13,12 +13,13 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
 
 from mvpipe.errors import ConfigurationError, Timeout
 
@@ -110,6 +111,29 @@ class Starting:
         return self.service
 
 
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Ctrl-C and SIGTERM held back for a moment: while a process is spawned and handed to its
+    owner (between the two it belongs to nobody: it runs in a session of its own, and only its
+    owner stops it), or while the stack stops. A signal that came meanwhile is delivered again
+    once the handlers are back. Only the main thread runs signal handlers: elsewhere a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {signum: signal.getsignal(signum) for signum in held}
+    for signum in held:
+        signal.signal(signum, lambda number, frame: caught.append(number))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if caught:
+            signal.raise_signal(caught[0])
+
+
 def _spawn(
     name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None
 ) -> subprocess.Popen:
@@ -134,7 +158,7 @@ def redis_server_binary() -> str:
     return found
 
 
-def start_redis(workdir: Path, *, port: int | None = None, appendonly: bool = True) -> Service:
+def launch_redis(workdir: Path, *, port: int | None = None, appendonly: bool = True) -> Starting:
     port = port or free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     argv = [
@@ -147,12 +171,16 @@ def start_redis(workdir: Path, *, port: int | None = None, appendonly: bool = Tr
         "--appendfsync", "everysec",
         "--databases", "64",
     ]  # fmt: skip
-    proc = _spawn("redis", argv, workdir / "redis.log")
-    wait_until(lambda: port_open(port), 30, "redis-server", proc)
-    return Service("redis", proc, workdir / "redis.log", port)
+    log = workdir / "redis.log"
+    service = Service("redis", _spawn("redis", argv, log), log, port)
+    return Starting(service, lambda: port_open(port), 30, "redis-server")
 
 
-def start_state_server(workdir: Path, *, port: int | None = None) -> Service:
+def start_redis(workdir: Path, *, port: int | None = None, appendonly: bool = True) -> Service:
+    return launch_redis(workdir, port=port, appendonly=appendonly).ready()
+
+
+def launch_state_server(workdir: Path, *, port: int | None = None) -> Starting:
     """moto in server mode (requests serialized, see `state_server`): DynamoDB and S3 over real
     HTTP."""
     port = port or free_port()
@@ -165,9 +193,13 @@ def start_state_server(workdir: Path, *, port: int | None = None) -> Service:
         "-p",
         str(port),
     ]
-    proc = _spawn("moto", argv, workdir / "moto.log")
-    wait_until(lambda: port_open(port), 60, "moto server", proc)
-    return Service("moto", proc, workdir / "moto.log", port)
+    log = workdir / "moto.log"
+    service = Service("moto", _spawn("moto", argv, log), log, port)
+    return Starting(service, lambda: port_open(port), 60, "moto server")
+
+
+def start_state_server(workdir: Path, *, port: int | None = None) -> Service:
+    return launch_state_server(workdir, port=port).ready()
 
 
 def stack_env(redis_port: int, moto_port: int, state_dir: Path, *, db: int = 0) -> dict[str, str]:
@@ -221,9 +253,26 @@ def launch_worker(
     )
 
 
-def start_worker(env: dict[str, str], log_path: Path, **options: Any) -> Service:
+def start_worker(
+    env: dict[str, str],
+    log_path: Path,
+    *,
+    concurrency: int = 2,
+    name: str = "worker",
+    loglevel: str = "INFO",
+    queues: str | None = None,
+    pool: str = "prefork",
+) -> Service:
     """`launch_worker`, ready (killed if it never becomes ready)."""
-    return launch_worker(env, log_path, **options).ready()
+    return launch_worker(
+        env,
+        log_path,
+        concurrency=concurrency,
+        name=name,
+        loglevel=loglevel,
+        queues=queues,
+        pool=pool,
+    ).ready()
 
 
 #: The control worker's queues: every queue but `mvpipe.video`, so it never holds a provider poll.
@@ -243,6 +292,7 @@ def launch_control_worker(
 
 
 def start_control_worker(env: dict[str, str], log_path: Path, *, name: str = "control") -> Service:
+    """`launch_control_worker`, ready."""
     return launch_control_worker(env, log_path, name=name).ready()
 
 
@@ -254,6 +304,7 @@ def launch_beat(env: dict[str, str], log_path: Path) -> Starting:
 
 
 def start_beat(env: dict[str, str], log_path: Path) -> Service:
+    """`launch_beat`, ready."""
     return launch_beat(env, log_path).ready()
 
 
@@ -272,6 +323,7 @@ def launch_flower(
 def start_flower(
     env: dict[str, str], log_path: Path, *, port: int, user: str, password: str
 ) -> Service:
+    """`launch_flower`, ready."""
     return launch_flower(env, log_path, port=port, user=user, password=password).ready()
 
 
@@ -279,17 +331,20 @@ def start_flower(
 SERVERS = ("redis", "moto")
 
 
-def start_together(launches: Sequence[Callable[[], Starting]], owner: list[Service]) -> None:
+def start_together(
+    launches: Sequence[Callable[[], Starting]], owner: list[Service]
+) -> list[Service]:
     """Spawn every service at once (each spends a second or two importing, on one core), then
-    wait for each to be ready. Each is put in `owner` as soon as it is spawned, so whoever
-    stops `owner`'s services stops it too, whatever happens next: a start that fails (killed
-    by its `ready`), a Ctrl-C while they start (it lands in this thread's wait at once)."""
+    wait for each to be ready; returns them in the order given. Each is put in `owner` as it
+    is spawned (Ctrl-C and SIGTERM held back meanwhile), so whoever stops `owner`'s services
+    stops it too, whatever happens next: a start that fails (killed by its `ready`), a Ctrl-C
+    while they start (it lands in this thread's wait at once)."""
     starting = []
     for launch in launches:
-        starting.append(launch())
-        owner.append(starting[-1].service)
-    for each in starting:
-        each.ready()
+        with signals_deferred():
+            starting.append(launch())
+            owner.append(starting[-1].service)
+    return [each.ready() for each in starting]
 
 
 def stop_together(services: Sequence[Service]) -> None:
@@ -308,10 +363,12 @@ class LocalStack:
     env: dict[str, str] = field(default_factory=dict)
 
     def start_servers(self) -> None:
-        redis = start_redis(self.workdir / "redis")
-        self.services.append(redis)
-        moto = start_state_server(self.workdir)
-        self.services.append(moto)
+        """Redis and the state server, side by side, each owned by the stack once spawned."""
+        launches = [
+            partial(launch_redis, self.workdir / "redis"),
+            partial(launch_state_server, self.workdir),
+        ]
+        redis, moto = start_together(launches, self.services)
         self.env = stack_env(redis.port or 0, moto.port or 0, self.workdir / "state")
 
     def child_env(self, **extra: str) -> dict[str, str]:
@@ -319,16 +376,18 @@ class LocalStack:
 
     def stop(self) -> None:
         """The services that run on the servers first, side by side (a Celery process's warm
-        shutdown takes a second or two), then the servers, the state server before Redis."""
+        shutdown takes a second or two), then the servers, the state server before Redis.
+        Ctrl-C and SIGTERM wait until all are stopped (then they take effect)."""
         servers = [s for s in self.services if s.name in SERVERS]
-        try:
-            stop_together([s for s in self.services if s.name not in SERVERS])
-        finally:  # whatever failed above, the servers never outlive the stack
+        with signals_deferred():
             try:
-                for service in reversed(servers):
-                    service.stop()
-            finally:
-                self.services.clear()
+                stop_together([s for s in self.services if s.name not in SERVERS])
+            finally:  # whatever failed above, the servers never outlive the stack
+                try:
+                    for service in reversed(servers):
+                        service.stop()
+                finally:
+                    self.services.clear()
 
     @contextlib.contextmanager
     def running(self) -> Iterator[LocalStack]:
