@@ -16,8 +16,10 @@ from mvpipe.devstack.localstack import (
     Service,
     Starting,
     _spawn,
+    distinct_free_ports,
     signals_deferred,
     start_together,
+    wait_until,
 )
 from mvpipe.errors import ConfigurationError
 from tests.processes import Processes
@@ -124,27 +126,29 @@ def test_a_ctrl_c_landing_between_a_spawn_and_its_owner_waits_for_the_owner(
     assert [s.name for s in owner] == ["first", "second"] == [s.name for s in seen]
 
 
+@pytest.mark.parametrize("meets", ["worker", "moto"])  # a service's stop, a server's
 def test_a_ctrl_c_while_the_stack_stops_still_stops_its_servers(
-    tmp_path: Path, processes: Processes
+    tmp_path: Path, processes: Processes, meets: str
 ) -> None:
-    # Given a stack with two servers and a service whose stop meets a Ctrl-C
-    spawned = [
-        processes.adopt(Service(name, _spawn(name, SLEEPER, tmp_path / f"{name}.log"), tmp_path))
+    # Given a stack with two servers and a service, one of whose stops meets a Ctrl-C
+    spawned = {
+        name: processes.adopt(
+            Service(name, _spawn(name, SLEEPER, tmp_path / f"{name}.log"), tmp_path)
+        )
         for name in ("redis", "moto", "worker")
-    ]
-    worker = spawned[-1]
-    stop = worker.stop
+    }
+    stop = spawned[meets].stop
 
     def stop_meeting_ctrl_c(timeout: float = 30.0) -> None:
         os.kill(os.getpid(), signal.SIGINT)
         stop(timeout)
 
-    worker.stop = stop_meeting_ctrl_c  # type: ignore[method-assign]
-    stack = LocalStack(tmp_path, services=list(spawned))
+    spawned[meets].stop = stop_meeting_ctrl_c  # type: ignore[method-assign]
+    stack = LocalStack(tmp_path, services=list(spawned.values()))
     # When the stack stops, the Ctrl-C takes effect once everything is stopped
     with pytest.raises(KeyboardInterrupt):
         stack.stop()
-    assert all(s.proc.poll() is not None for s in spawned)
+    assert all(s.proc.poll() is not None for s in spawned.values())
     assert stack.services == []
 
 
@@ -156,3 +160,18 @@ def test_signals_deferred_delivers_a_held_signal_once_its_handlers_are_back() ->
         reached.append("after the Ctrl-C")  # held back: the block runs to its end
     assert reached == ["after the Ctrl-C"]
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_a_process_that_exited_is_not_ready_even_where_its_check_passes(
+    tmp_path: Path, processes: Processes
+) -> None:
+    # A server that lost its port's bind to a sibling exits, while the port answers (the
+    # sibling's): its wait must say it exited, not that it is ready
+    proc = processes.adopt(
+        Service("lost", _spawn("lost", [sys.executable, "-c", "pass"], tmp_path / "l"), tmp_path)
+    ).proc
+    proc.wait(timeout=30)
+    with pytest.raises(ConfigurationError, match="lost: process exited with code 0"):
+        wait_until(lambda: True, 30, "lost", proc)
+    ports = distinct_free_ports(8)
+    assert len(set(ports)) == 8 and all(0 < p < 65536 for p in ports)

@@ -30,6 +30,18 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def distinct_free_ports(count: int) -> list[int]:
+    """`count` free ports, none twice: services spawned side by side each bind one, and a port
+    freed by `free_port` may be handed out again at once (a server losing the bind to its
+    sibling would look ready on the sibling's port)."""
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.5)
@@ -41,9 +53,12 @@ def wait_until(
 ) -> None:
     deadline = time.monotonic() + timeout
     delay = 0.02
-    while not check():
+    while True:
+        # Exited first: a process that lost its port's bind must not pass for the one holding it
         if proc is not None and proc.poll() is not None:
             raise ConfigurationError(f"{what}: process exited with code {proc.returncode}")
+        if check():
+            return
         if time.monotonic() > deadline:
             raise Timeout(f"{what}: not ready after {timeout:.0f}s")
         time.sleep(delay)
@@ -128,8 +143,14 @@ def signals_deferred() -> Iterator[None]:
     try:
         yield
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        # Both restored, or neither: a signal between the two would leave the other's handler
+        # the one above (its signals lost from then on); one held here comes after.
+        signal.pthread_sigmask(signal.SIG_BLOCK, held)
+        try:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
         if caught:
             signal.raise_signal(caught[0])
 
@@ -364,9 +385,10 @@ class LocalStack:
 
     def start_servers(self) -> None:
         """Redis and the state server, side by side, each owned by the stack once spawned."""
+        ports = distinct_free_ports(2)  # chosen apart: both bind at once
         launches = [
-            partial(launch_redis, self.workdir / "redis"),
-            partial(launch_state_server, self.workdir),
+            partial(launch_redis, self.workdir / "redis", port=ports[0]),
+            partial(launch_state_server, self.workdir, port=ports[1]),
         ]
         redis, moto = start_together(launches, self.services)
         self.env = stack_env(redis.port or 0, moto.port or 0, self.workdir / "state")
