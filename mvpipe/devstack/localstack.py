@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 from mvpipe.errors import ConfigurationError, Timeout
 
@@ -274,26 +275,19 @@ def launch_worker(
     )
 
 
-def start_worker(
-    env: dict[str, str],
-    log_path: Path,
-    *,
-    concurrency: int = 2,
-    name: str = "worker",
-    loglevel: str = "INFO",
-    queues: str | None = None,
-    pool: str = "prefork",
-) -> Service:
+class WorkerOptions(TypedDict, total=False):
+    """`launch_worker`'s options, as `start_worker` passes them on."""
+
+    concurrency: int
+    name: str
+    loglevel: str
+    queues: str | None
+    pool: str
+
+
+def start_worker(env: dict[str, str], log_path: Path, **options: Unpack[WorkerOptions]) -> Service:
     """`launch_worker`, ready (killed if it never becomes ready)."""
-    return launch_worker(
-        env,
-        log_path,
-        concurrency=concurrency,
-        name=name,
-        loglevel=loglevel,
-        queues=queues,
-        pool=pool,
-    ).ready()
+    return launch_worker(env, log_path, **options).ready()
 
 
 #: The control worker's queues: every queue but `mvpipe.video`, so it never holds a provider poll.
