@@ -54,12 +54,12 @@ def wait_until(
 ) -> None:
     deadline = time.monotonic() + timeout
     delay = 0.02
-    while True:
-        # Exited first: a process that lost its port's bind must not pass for the one holding it
+    # The check first: a worker may become ready and exit before a look (a drill's failpoint);
+    # servers started side by side get ports chosen apart (`distinct_free_ports`), so a port
+    # that answers is the one this process bound
+    while not check():
         if proc is not None and proc.poll() is not None:
             raise ConfigurationError(f"{what}: process exited with code {proc.returncode}")
-        if check():
-            return
         if time.monotonic() > deadline:
             raise Timeout(f"{what}: not ready after {timeout:.0f}s")
         time.sleep(delay)
