@@ -509,6 +509,9 @@ def test_stack_command_starts_everything_and_stops_cleanly_on_a_signal(
     # Unwarmed, as in every test but the song ones: its 3 pool processes warming song analysis
     # (~4 s of CPU each) slowed every start after the worker's, and the shutdown waited for them.
     env["MVPIPE_WARM_MEDIA"] = "0"
+    # What it prints for other shells to export must not carry a user's real secret.
+    secret = f"users-real-secret-{uuid.uuid4().hex}"
+    env["AWS_SECRET_ACCESS_KEY"] = secret
     mark = f"STACK_UNDER_TEST={uuid.uuid4().hex}"
     env[mark.split("=")[0]] = mark.split("=")[1]
     # Stopped by Ctrl-C also when the test fails: the stack then stops what it started (each of
@@ -538,6 +541,7 @@ def test_stack_command_starts_everything_and_stops_cleanly_on_a_signal(
         if signum == signal.SIGINT:
             output = "".join(lines)
             assert "Flower: http://127.0.0.1:" in output and "beat ready" in output
+            assert "export AWS_SECRET_ACCESS_KEY=local" in output and secret not in output
         else:  # the workers, beat and Flower spawned (their pools too, maybe), not yet ready
             # the command, the state server, two workers, beat, Flower
             wait_for(lambda: len(marked_processes(mark)) >= 6, 60, "the stack's processes")

@@ -18,6 +18,7 @@ from mvpipe.devstack.localstack import (
     _spawn,
     distinct_free_ports,
     signals_deferred,
+    stack_env,
     start_together,
 )
 from mvpipe.errors import ConfigurationError
@@ -166,3 +167,15 @@ def test_ports_for_servers_started_side_by_side_are_chosen_apart() -> None:
     ports = distinct_free_ports(8)
     assert len(set(ports)) == 8 and all(0 < p < 65536 for p in ports)
     assert distinct_free_ports(0) == []
+
+
+def test_the_stacks_variables_never_carry_the_users_aws_credentials(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`mvpipe stack` prints these variables for other shells: a user's real key must not be
+    among them (the state server takes any)."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAREALUSERKEY")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "a-users-real-secret")
+    env = stack_env(6379, 5000, tmp_path)
+    assert env["AWS_ACCESS_KEY_ID"] == env["AWS_SECRET_ACCESS_KEY"] == "local"
+    assert not {"AKIAREALUSERKEY", "a-users-real-secret"} & set(env.values())

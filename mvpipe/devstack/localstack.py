@@ -224,16 +224,23 @@ def start_state_server(workdir: Path, *, port: int | None = None) -> Service:
     return launch_state_server(workdir, port=port).ready()
 
 
+#: The access key and secret of a local stack (the state server takes any).
+LOCAL_CREDENTIAL = "local"
+
+
 def stack_env(redis_port: int, moto_port: int, state_dir: Path, *, db: int = 0) -> dict[str, str]:
-    """The MVPIPE_* and AWS_* variables that point a process at a local stack."""
+    """The MVPIPE_* and AWS_* variables that point a process at a local stack.
+
+    The credentials are the stack's own dummies, never the user's: `mvpipe stack` prints these
+    variables, and a real secret key has no business with a local server anyway."""
     return {
         "MVPIPE_BROKER_URL": f"redis://127.0.0.1:{redis_port}/{db}",
         "MVPIPE_RESULT_BACKEND": f"redis://127.0.0.1:{redis_port}/{db + 1}",
         "MVPIPE_DYNAMODB_ENDPOINT": f"http://127.0.0.1:{moto_port}",
         "MVPIPE_S3_ENDPOINT": f"http://127.0.0.1:{moto_port}",
         "MVPIPE_STATE_DIR": str(state_dir),
-        "AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "local"),
-        "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", "local"),
+        "AWS_ACCESS_KEY_ID": LOCAL_CREDENTIAL,
+        "AWS_SECRET_ACCESS_KEY": LOCAL_CREDENTIAL,
         "AWS_DEFAULT_REGION": os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
     }
 
