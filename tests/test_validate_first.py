@@ -17,6 +17,7 @@ import boto3
 import pytest
 
 from mvpipe import api
+from mvpipe.cli.exits import STORE_HINT
 from mvpipe.deps import reset_context
 from mvpipe.devstack.localstack import LocalStack, free_port, port_open, stack_env
 from mvpipe.errors import InvalidInput, NotFound
@@ -83,6 +84,7 @@ def test_cli_refuses_bad_input_with_no_stack_running(tmp_path: Path) -> None:
         results = mvpipe_batch(env, *(args for args, _ in cases))
         reached = reaching.result()
     assert reached.returncode == 6, reached.stderr
+    assert STORE_HINT in reached.stderr  # where to look, not only that it failed
     assert "Traceback" not in reached.stderr
     for (args, text), result in zip(cases, results, strict=True):
         assert result.returncode == 2, (args, result.stderr)

@@ -41,6 +41,12 @@ _EXIT_CODES: list[tuple[type[MvpipeError], int]] = [
     (ConfigurationError, EXIT_UNAVAILABLE),
 ]
 
+#: What a user whose store cannot be reached checks first.
+STORE_HINT = (
+    "is the store running and reachable? MVPIPE_DYNAMODB_ENDPOINT and MVPIPE_S3_ENDPOINT point at"
+    " it; `mvpipe stack` prints them for a local one"
+)
+
 
 def fail(message: str, code: int) -> NoReturn:
     click.echo(f"error: {message}", err=True)
@@ -51,6 +57,8 @@ def guarded(fn: Callable[[], T]) -> T:
     """Run an API call; user mistakes and outages become one line and an exit code."""
     try:
         return fn()
+    except StoreUnavailable as exc:
+        fail(f"{exc} ({STORE_HINT})", EXIT_UNAVAILABLE)
     except MvpipeError as exc:
         code = next((c for t, c in _EXIT_CODES if isinstance(exc, t)), EXIT_FAILED)
         fail(str(exc), code)
