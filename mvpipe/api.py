@@ -17,26 +17,19 @@ from pathlib import Path
 from typing import Any
 
 from celery.result import AsyncResult
-from pydantic import ValidationError
 
 from mvpipe.celery_app import app
 from mvpipe.deps import get_context
 from mvpipe.errors import InvalidInput
-from mvpipe.media.slots import check_slot_count
-from mvpipe.media.song import probe_song, read_song
 from mvpipe.messaging.dispatch import CeleryDispatcher
 from mvpipe.models import (
     DEFAULT_LIST_LIMIT,
-    MAX_SCENES,
     MICROS_PER_USD,
-    ProjectSpec,
     ProjectStatus,
+    ProjectSummary,
     ProjectView,
     SceneSpec,
-    SongSpec,
     budget_to_micros,
-    describe_validation_error,
-    parse_scene_specs,
     validate_limit,
     validate_project_id,
     validate_seconds,
@@ -44,12 +37,12 @@ from mvpipe.models import (
 )
 from mvpipe.pipeline import cancel, cost, listing, outputs, runs
 from mvpipe.pipeline.create import create_project as write_project
+from mvpipe.pipeline.intake import project_intake
 from mvpipe.pipeline.reconcile import Progress as ReconcileProgress
 from mvpipe.pipeline.reconcile import reconcile as reconcile_all
 from mvpipe.pipeline.reconcile_report import ReconcileReport
 from mvpipe.pipeline.reconcile_strays import SweepProgress
 from mvpipe.settings import get_settings
-from mvpipe.store.records import ProjectRecord
 
 _dispatcher = CeleryDispatcher(app)
 
@@ -87,51 +80,20 @@ def create_project(
     With `scenes`, planning is skipped. With `song` (a path or the bytes of an audio file) the
     song decides the scenes, so `scene_count` and `scenes` are refused; `lip_sync` needs a song.
     """
-    settings = get_settings()
-    specs = parse_scene_specs(scenes) if scenes is not None else None
-    if scene_count is None and song is None:
-        scene_count = len(specs) if specs is not None else settings.default_scenes
-    budget_micros = budget_to_micros(budget_usd)
-    data, song_spec = None, None
-    if song is not None:
-        data = read_song(song, max_bytes=settings.song_max_bytes)
-        info = probe_song(
-            data,
-            min_seconds=settings.song_min_seconds,
-            max_seconds=settings.song_max_seconds,
-            max_bytes=settings.song_max_bytes,
-        )
-        song_spec = SongSpec(sha256=info.sha256, ext=info.ext, seconds=info.seconds)
-    try:
-        spec = ProjectSpec(
-            title=title,
-            concept=concept,
-            provider=provider if provider is not None else settings.provider,
-            requested_scene_count=scene_count,
-            scenes=specs,
-            song=song_spec,
-            lip_sync=lip_sync,
-            budget_micros=budget_micros,
-        )
-    except ValidationError as exc:
-        raise InvalidInput(describe_validation_error(exc)) from None
-    if song_spec is not None:  # a song too long for a project's scenes, before any write
-        check_song_scenes(song_spec.seconds, spec.provider)
-    project_id = str(uuid.uuid4())
-    write_project(get_context(), project_id, spec, data)
-    return project_id
-
-
-def check_song_scenes(seconds: float, provider: str) -> None:
-    """Refuse a song too long for a project's scenes with `provider`'s longest slot (known from
-    its length alone): `InvalidInput`, as `create_project` refuses it."""
-    settings = get_settings()
-    check_slot_count(
-        seconds,
-        fps=settings.output_fps,
-        max_seconds=settings.slot_max_seconds_for(provider),
-        max_slots=MAX_SCENES,
+    intake = project_intake(
+        get_settings(),
+        title,
+        concept,
+        scene_count=scene_count,
+        scenes=scenes,
+        provider=provider,
+        song=song,
+        lip_sync=lip_sync,
+        budget_usd=budget_usd,
     )
+    project_id = str(uuid.uuid4())
+    write_project(get_context(), project_id, intake.spec, intake.song)
+    return project_id
 
 
 def set_budget(project_id: str, usd: float | None) -> ProjectView:
@@ -150,12 +112,18 @@ def estimate_cost(project_id: str, sequence: int | None = None) -> float:
     return estimate_micros(project_id, sequence).micros / MICROS_PER_USD
 
 
-def estimate_micros(project_id: str, sequence: int | None = None) -> cost.Estimate:
-    """`estimate_cost` with its detail: micro-dollars, jobs, and whether it is exact."""
+def estimate_micros(
+    project_id: str, sequence: int | None = None, *, analysing: cost.Analysing | None = None
+) -> cost.Estimate:
+    """`estimate_cost` with its detail: micro-dollars, jobs, and whether it is exact.
+
+    A song project never analysed has its song analysed here, once (seconds of CPU; the run's
+    planning reuses the stored timeline): its beats decide the scenes. `analysing`, if given,
+    is called first."""
     validate_project_id(project_id)
     if sequence is not None:
         validate_sequence(sequence)
-    return cost.estimate_project(get_context(), project_id, sequence)
+    return cost.estimate_project(get_context(), project_id, sequence, analysing=analysing)
 
 
 def get_project(project_id: str) -> ProjectView:
@@ -165,9 +133,9 @@ def get_project(project_id: str) -> ProjectView:
 
 def list_projects(
     status: ProjectStatus | str | None = None, *, limit: int = DEFAULT_LIST_LIMIT
-) -> list[ProjectRecord]:
+) -> list[ProjectSummary]:
     """The `limit` (1..`MAX_LIST_LIMIT`) newest projects of `status` (all statuses when None)
-    through the status index, newest last."""
+    through the status index, newest last, each in brief (`get_project` has the whole)."""
     if status is None:
         wanted = list(ProjectStatus)
     else:
@@ -263,9 +231,9 @@ def default_download_name(
 ) -> str:
     """`{project}-music-video.mp4`, or `{project}-scene-{NNN}-{stage}.mp4` for a scene's clip."""
     validate_project_id(project_id)
-    if sequence is None:
-        return f"{project_id}-music-video.mp4"
-    return f"{project_id}-scene-{validate_sequence(sequence):03d}-{stage}.mp4"
+    if sequence is not None:
+        validate_sequence(sequence)
+    return outputs.download_name(project_id, sequence, stage)
 
 
 def download(
@@ -275,7 +243,8 @@ def download(
 
     `stage` is one of STAGES; a scene's clip needs a `sequence` and a stage other than `final`.
     An existing directory as `dest` receives the file under `default_download_name`. The file
-    appears whole or not at all. NotFound when the project has no such output (yet).
+    appears whole or not at all, readable as any new file of the user's is (the umask decides).
+    NotFound when the project has no such output (yet).
     """
     validate_project_id(project_id)
     if stage not in STAGES:
@@ -286,16 +255,5 @@ def download(
             raise InvalidInput("a scene's clip needs a stage: original, working or lipsync")
     elif stage != "final":
         raise InvalidInput(f"the {stage} clip belongs to a scene: give its sequence")
-    target = _download_target(dest, project_id, sequence, stage)
+    target = outputs.download_target(dest, project_id, sequence, stage)
     return outputs.download(get_context(), project_id, target, sequence, stage)
-
-
-def _download_target(dest: str | Path, project_id: str, sequence: int | None, stage: str) -> Path:
-    if not isinstance(dest, str | Path) or not str(dest).strip():
-        raise InvalidInput("dest must be a file or directory path")
-    target = Path(dest).expanduser()
-    if target.is_dir():
-        target = target / default_download_name(project_id, sequence, stage)
-    if not target.parent.is_dir():
-        raise InvalidInput(f"cannot write {target}: {target.parent} is not a directory")
-    return target

@@ -215,6 +215,19 @@ class ProjectView(BaseModel):
     scenes: list[SceneView]
 
 
+class ProjectSummary(BaseModel):
+    """A project in a listing: what tells it apart and how far it got (`ProjectView` has all)."""
+
+    project_id: str
+    title: str
+    status: ProjectStatus
+    created_at: datetime
+    #: the planned scenes, or those asked for while the project is not planned yet
+    scene_count: int
+    completed_scenes: int
+    failed_scenes: int
+
+
 def is_project_id(value: object) -> TypeGuard[str]:
     """Project ids are canonical UUID4 strings; anything else never reaches a key."""
     if not isinstance(value, str) or len(value) != 36:

@@ -5,19 +5,21 @@ it continues the run, and the estimate is what a run then commits (docs/DESIGN.m
 from __future__ import annotations
 
 import json
-import math
+import os
+import stat
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from mvpipe import api
 from mvpipe.deps import get_context
-from mvpipe.media.synth import synthesize_song
 from mvpipe.models import ProjectStatus, SceneStatus
 from tests.cli_batch import mvpipe_batch
 from tests.conftest import Workers
 from tests.helpers import assert_invariants, ledger
+from tests.songs import make_song
 
 pytestmark = pytest.mark.integration
 
@@ -83,7 +85,7 @@ def test_forty_scenes_on_a_budget_for_twenty_five(start_workers: StartWorkers) -
 
 
 def test_the_estimate_is_what_a_run_commits_and_a_regeneration_costs(
-    start_workers: StartWorkers,
+    start_workers: StartWorkers, tmp_path: Path
 ) -> None:
     workers = start_workers(prices=PRICES)
     project_id = api.create_project("Estimate", "Three scenes.", scene_count=3)
@@ -108,29 +110,62 @@ def test_the_estimate_is_what_a_run_commits_and_a_regeneration_costs(
     assert len(ledger(workers.ledger, project_id)) == 4
     assert_invariants(project_id)
 
+    # The paid-for video, downloaded, has the mode any new file of the user's gets
+    assert downloaded_modes(project_id, tmp_path) == {0o022: 0o644, 0o077: 0o600, 0o002: 0o664}
 
-def test_a_song_project_planned_on_no_budget_then_paid_for_exactly(
+
+def downloaded_modes(project_id: str, into: Path) -> dict[int, int]:
+    """The final video downloaded under each of a few umasks: its permission bits for each."""
+    modes = {}
+    for umask in (0o022, 0o077, 0o002):
+        previous = os.umask(umask)
+        try:
+            target = api.download(project_id, into / f"umask-{umask:03o}.mp4")
+        finally:
+            os.umask(previous)
+        modes[umask] = stat.S_IMODE(target.stat().st_mode)
+    return modes
+
+
+def test_a_song_project_estimated_then_planned_on_no_budget_then_paid_for_exactly(
     start_workers: StartWorkers,
 ) -> None:
     start_workers(concurrency=1, queues="mvpipe.media", warm_media="1")
-    workers = start_workers(queues="mvpipe.plan,mvpipe.video", prices=PRICES, slot_max_seconds="4")
-    song = synthesize_song(seconds=14.3, bpm=120.0, offset=0.25, sections=2)
-    project_id = api.create_project("Song", "Neon rain\nOn the glass", song=song.wav, budget_usd=0)
-    rough = api.estimate_micros(project_id)  # the song cut into its longest slots
-    assert not rough.exact and rough.jobs == math.ceil(14.3 / 4) and rough.micros > 0
+    # Slots of at most 3.8 s on a song that beats every half second: its beats make 9 slots
+    # (34 s of clips), where its length cut evenly into the longest slots makes 8 (32 s)
+    workers = start_workers(
+        queues="mvpipe.plan,mvpipe.video", prices=PRICES, slot_max_seconds="3.8"
+    )
+    song = make_song("mp3", 30.0)
+    project_id = api.create_project("Song", "Neon rain\nOn the glass", song=song.data, budget_usd=0)
 
-    # A run on no budget plans the scenes and pays for nothing
+    # The estimate of a song never analysed analyses it, saying so; the next one reuses that
+    first, again = mvpipe_batch(
+        workers.env, ("estimate", project_id, "--json"), ("estimate", project_id, "--json")
+    )
+    assert first.returncode == 0 and "analysing the song" in first.stderr, first.stderr
+    assert again.returncode == 0 and again.stderr == "", again.stderr
+    rough = json.loads(first.stdout)
+    assert json.loads(again.stdout) == rough and rough["exact"] is True  # no lip-sync to choose
+    timeline = api.get_project(project_id).timeline_s3_key
+    assert timeline is not None  # stored beside the song, for the run's planning
+
+    # A run on no budget plans the scenes (on the estimate's analysis) and pays for nothing
     api.run_project(project_id)
     view = api.wait_project(project_id, timeout=180)
-    assert view.status == ProjectStatus.FAILED and view.scene_count >= 4
+    assert view.status == ProjectStatus.FAILED and view.scene_count == rough["jobs"]
+    assert view.timeline_s3_key == timeline
     assert len(view.scenes) == view.scene_count
     assert all(s.last_error and s.last_error.startswith("over budget") for s in view.scenes)
     assert view.committed_cost_usd == 0.0 and ledger(workers.ledger, project_id) == []
 
-    # Planned, the estimate is exact: a budget of exactly that much pays for every scene
+    # Planned, the estimate is exact, and the unplanned one was no less: a budget of the
+    # estimate made before the run pays for every scene
     exact = api.estimate_micros(project_id)
     assert exact.exact and exact.jobs == view.scene_count
     assert exact.micros == sum(s.duration_seconds * 250_000 for s in view.scenes)
+    assert round(rough["usd"] * 1e6) >= exact.micros
+    assert round(rough["usd"] * 1e6) == exact.micros  # the slots' price, exactly
     # The commands, `status` last, in one batch: each its own process, the imports once
     bads = ("-1", "nan", "1e12", "ten")
     estimated, budgeted, *refusals, cli = mvpipe_batch(

@@ -5,9 +5,9 @@ context's wiring <- pipeline/ <- Celery's plumbing <- tasks/ <- api <- the local
 
 A static walk of every `import` in the package (at module level, in functions, under
 `TYPE_CHECKING`, and `importlib.import_module` / `__import__` of a literal name) against that
-order; and, at run time, the product's core never loads the
-drills' package (a production worker or API process runs without the failpoints, whose handler
-only the local stack's workers install).
+order, and the API's reach (the pipeline's, never media's nor the store's); and, at run time,
+the product's core never loads the drills' package (a production worker or API process runs
+without the failpoints, whose handler only the local stack's workers install).
 """
 
 from __future__ import annotations
@@ -68,6 +68,13 @@ _IMPORT_CALLS = ("import_module", "__import__")
 FORBIDDEN_SIBLINGS: dict[str, tuple[str, ...]] = {
     "mvpipe.media": ("mvpipe.store", "mvpipe.providers"),
     "mvpipe.store": ("mvpipe.providers", "mvpipe.media"),
+}
+
+#: The API validates and calls the pipeline, as thin as the tasks: it reads no song and writes
+#: no file (the media work, and where a download goes, are the pipeline's), and hands out
+#: views, never the store's records.
+THROUGH_THE_PIPELINE: dict[str, tuple[str, ...]] = {
+    "mvpipe.api": ("mvpipe.media", "mvpipe.store"),
 }
 
 
@@ -163,9 +170,16 @@ def violations(root: Path) -> list[Violation]:
                 if target is not None and target > own:
                     rule = f"{name} may not import {LAYERS[target][0]}"
                     found.append(Violation(module, imported, rule))
-                for package, banned in FORBIDDEN_SIBLINGS.items():
+                rules = [
+                    *((p, b, f"{p} stays apart") for p, b in FORBIDDEN_SIBLINGS.items()),
+                    *(
+                        (p, b, f"{p} goes through the pipeline")
+                        for p, b in THROUGH_THE_PIPELINE.items()
+                    ),
+                ]
+                for package, banned, rule in rules:
                     if _within(module, package) and any(_within(imported, b) for b in banned):
-                        found.append(Violation(module, imported, f"{package} stays apart"))
+                        found.append(Violation(module, imported, rule))
             elif top in FORBIDDEN_PACKAGES.get(name, ()):
                 found.append(Violation(module, imported, f"{name} may not import {top}"))
     return found
@@ -185,6 +199,7 @@ def test_the_check_reports_what_breaks_the_layers(tmp_path: Path) -> None:
         "models.py": "from mvpipe.settings import X\nfrom mvpipe import errors\n",
         "settings.py": "import redis\nfrom mvpipe.models import Y\n",
         "store/__init__.py": "",
+        "store/records.py": "",
         "store/scenes.py": "from celery import Celery\nfrom mvpipe.providers import base\n",
         "providers/__init__.py": "from . import base\n",
         "providers/base.py": "def f():\n    from mvpipe.pipeline.plan import plan\n",
@@ -196,7 +211,8 @@ def test_the_check_reports_what_breaks_the_layers(tmp_path: Path) -> None:
         "def f():\n    __import__('boto3')\n    from botocore import session\n"
         "    import pynamodb.models\n",
         "tasks/base.py": "import celery\nfrom mvpipe import api\n",
-        "api.py": "from mvpipe.cli import main\n",
+        "api.py": "from mvpipe.cli import main\nfrom mvpipe.media.song import read_song\n"
+        "from mvpipe.store import records\nfrom mvpipe.pipeline import plan\n",
         "cli/__init__.py": "from mvpipe import api\nfrom mvpipe.devstack import demo\n",
         "devstack/demo.py": "from mvpipe import api\n",
         "extra.py": "",
@@ -220,6 +236,8 @@ def test_the_check_reports_what_breaks_the_layers(tmp_path: Path) -> None:
             "mvpipe.pipeline.run imports pynamodb.models: pipeline may not import pynamodb",
             "mvpipe.tasks.base imports mvpipe.api: tasks may not import api",
             "mvpipe.api imports mvpipe.cli: api may not import cli",
+            "mvpipe.api imports mvpipe.media.song: mvpipe.api goes through the pipeline",
+            "mvpipe.api imports mvpipe.store.records: mvpipe.api goes through the pipeline",
             "mvpipe.extra imports -: belongs to no layer: place it in LAYERS",
         ]
     )

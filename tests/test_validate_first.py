@@ -23,7 +23,7 @@ from mvpipe.devstack.localstack import LocalStack, free_port, port_open, stack_e
 from mvpipe.errors import InvalidInput, NotFound
 from mvpipe.media.audio import wav_size
 from mvpipe.media.synth import SAMPLE_RATE, synthesize_song
-from mvpipe.models import MAX_CONCEPT
+from mvpipe.models import MAX_CONCEPT, ProjectSummary
 from tests.cli_batch import mvpipe_batch
 from tests.helpers import own_storage
 from tests.test_cli import mvpipe
@@ -73,6 +73,7 @@ def test_cli_refuses_bad_input_with_no_stack_running(tmp_path: Path) -> None:
         (("create", "--title", "t", "--concept-file", str(big)), "too large"),
         (("create", "--title", "t", "--concept-file", str(tmp_path / "none")), "does not exist"),
         (("create", "--title", "t", "--concept", "x", "--scene-file", str(broken)), "JSON"),
+        (("create", "--title", "t", "--concept", "x", "--concept-file", str(a_file)), "not both"),
         (("stack", "--concurrency", "0"), "--concurrency"),
         (("demo", "--output", str(a_file)), "not a directory"),
         (("demo", "--output", str(a_file / "no" / "such")), "not a directory"),
@@ -165,6 +166,12 @@ def test_list_projects_returns_the_newest_up_to_its_limit(
     try:
         ids = [api.create_project(f"P{n}", "x", scene_count=1) for n in range(3)]
         assert [p.project_id for p in api.list_projects(limit=2)] == ids[1:]
+        # each in brief, as a view (never the store's record): scenes asked for, none done
+        listed = api.list_projects("pending")
+        assert all(isinstance(p, ProjectSummary) for p in listed)
+        assert [(p.title, p.scene_count, p.completed_scenes) for p in listed] == [
+            (f"P{n}", 1, 0) for n in range(3)
+        ]
         assert [p.project_id for p in api.list_projects("pending")] == ids
         assert api.list_projects("completed", limit=1) == []
     finally:

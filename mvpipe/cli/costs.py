@@ -23,10 +23,15 @@ from mvpipe.cli.lazy import api
 )
 def estimate(project_id: str, sequence: int | None, as_json: bool) -> None:
     """What a run would still pay, in US dollars: every paid stage (generation, lip-sync)
-    still missing, at MVPIPE_PRICES. Exact once the project is planned, "about" before."""
+    still missing, at MVPIPE_PRICES. Exact once the scenes are known (planned, or a song's
+    without lip-sync), "about" before. A song never analysed is analysed first (once: the
+    run's planning reuses it), saying so on standard error."""
     from mvpipe.pricing import MICROS_PER_USD
 
-    found = guarded(lambda: api.estimate_micros(project_id, sequence))
+    def analysing() -> None:
+        click.echo("analysing the song's beats first (once: its run reuses them)", err=True)
+
+    found = guarded(lambda: api.estimate_micros(project_id, sequence, analysing=analysing))
     dollars = found.micros / MICROS_PER_USD
     if as_json:
         payload = {"usd": dollars, "jobs": found.jobs, "exact": found.exact}

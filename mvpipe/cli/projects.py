@@ -109,6 +109,8 @@ def create(
     Give the concept with --concept or --concept-file; the scenes come from the planner
     (--scenes), from a song's beats (--song) or from --scene-file. Bad input is refused before
     anything is written."""
+    if concept is not None and concept_file is not None:
+        fail("give --concept or --concept-file, not both", EXIT_INVALID)
     if concept_file is not None:
         concept = guarded(lambda: _read_concept(concept_file))
     if concept is None:
@@ -159,14 +161,13 @@ def status(project_id: str, as_json: bool) -> None:
 def projects(status_: str | None, limit: int) -> None:
     """List the newest projects, newest last: id, status, created, scenes completed/planned,
     title."""
-    records = guarded(lambda: api.list_projects(status_, limit=limit))
-    if len(records) == limit:
+    found = guarded(lambda: api.list_projects(status_, limit=limit))
+    if len(found) == limit:
         click.echo(f"the newest {limit} project(s); --limit shows more", err=True)
-    for record in records:
+    for project in found:
         click.echo(
-            f"{record.project_id}  {record.status:<17} {record.created_at}  "
-            f"{record.completed_scenes}/{record.scene_count or record.requested_scene_count}  "
-            f"{record.title}"
+            f"{project.project_id}  {project.status:<17} {project.created_at.isoformat()}  "
+            f"{project.completed_scenes}/{project.scene_count}  {project.title}"
         )
 
 

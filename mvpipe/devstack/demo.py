@@ -22,6 +22,7 @@ from mvpipe.errors import InvalidInput
 from mvpipe.media.audio import wav_size
 from mvpipe.media.song import check_song_size
 from mvpipe.models import ProjectStatus, ProjectView
+from mvpipe.pipeline.intake import check_song_scenes
 from mvpipe.settings import get_settings
 
 #: The demo's settings, chosen so it finishes in about a minute on 2 cores (each can be
@@ -98,7 +99,7 @@ def check_seconds(seconds: float) -> None:
             f"--seconds must be from {low:g} to {high:g} (a song's limits), not {seconds:g}"
         )
     try:
-        api.check_song_scenes(seconds, settings.provider)
+        check_song_scenes(settings, seconds, settings.provider)
         check_song_size(wav_size(seconds, SAMPLE_RATE), settings.song_max_bytes)
     except InvalidInput as exc:
         raise InvalidInput(f"--seconds {seconds:g}: {exc}") from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -11,24 +12,46 @@ from pathlib import Path
 
 from mvpipe.errors import InvalidInput
 
+#: The temporary files' names begin so: hidden, and plainly not the finished file.
+PARTIAL_PREFIX = ".partial-"
+
 
 @contextlib.contextmanager
-def written_atomically(dst: Path) -> Iterator[Path]:
+def written_atomically(dst: Path, *, shared: bool = False) -> Iterator[Path]:
     """A temporary path beside `dst`, renamed onto it only if the block succeeds.
 
     A crash or an error mid-write never leaves a half-written cut or video under the real name,
-    which an uploader could mistake for a finished one.
+    which an uploader could mistake for a finished one. The file is its owner's alone (a
+    worker's cuts and videos); `shared`, for a file handed to the user, it gets the mode any
+    new file gets (0o666 less the umask), as the rename keeps the temporary file's mode.
     """
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=".partial-", suffix=dst.suffix, dir=dst.parent)
-    os.close(fd)
-    tmp = Path(name)
+    if shared:
+        tmp = _created_beside(dst, 0o666)
+    else:
+        fd, name = tempfile.mkstemp(prefix=PARTIAL_PREFIX, suffix=dst.suffix, dir=dst.parent)
+        os.close(fd)
+        tmp = Path(name)
     try:
         yield tmp
         os.replace(tmp, dst)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _created_beside(dst: Path, mode: int) -> Path:
+    """A new empty file of a fresh name beside `dst`, created with `mode` (the umask and the
+    directory's default ACL apply, as to any new file: `mkstemp` would make it 0o600)."""
+    for _ in range(100):
+        path = dst.parent / f"{PARTIAL_PREFIX}{secrets.token_hex(8)}{dst.suffix}"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return path
+    raise FileExistsError(f"no free temporary name beside {dst}")
 
 
 def read_bounded(path: Path, limit: int, what: str) -> bytes:

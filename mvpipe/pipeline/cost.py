@@ -2,17 +2,21 @@
 
 A planned project's estimate is exact: each scene's generation at its `durationSeconds`, each
 lip-sync at its slot's length, for every stage without an output or a job already paid for.
-An unplanned project is estimated from what decides its scenes: the song's slots once the song
-is analysed (else its length cut into the provider's longest clips), or the requested scene
-count at the default scene length; its lip-sync, before the planner chose the scenes, is
+An unplanned project is estimated from what decides its scenes: the requested scene count at
+the default scene length, or the song's slots, which are exactly the scenes planning will
+make. A song never analysed is analysed then, as planning analyses it (`ensure_timeline`: the
+timeline stored beside the song and recorded once, so the run's planning reuses it; a run's
+analysis at the same time writes the same object): the beats decide the slots, which the
+song's length alone does not tell (cut evenly into the provider's longest clips, a 180 s song
+makes 23 Veo scenes where its beats make 24 or 25), and a budget of a lower estimate fails
+scenes. Lip-sync, before the planner chose the scenes, is
 priced as if every scene were lip-synced (an upper bound).
 """
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from mvpipe.deps import Context
@@ -20,11 +24,11 @@ from mvpipe.durations import DEFAULT_SCENE_SECONDS, capped_seconds, clip_seconds
 from mvpipe.errors import InvalidInput
 from mvpipe.models import SceneStatus
 from mvpipe.pipeline.stages import GENERATE, LIPSYNC
-from mvpipe.pipeline.timeline import load_timeline, song_slots
+from mvpipe.pipeline.timeline import ensure_timeline, load_timeline, song_slots
 from mvpipe.settings import Settings
 from mvpipe.states import lease_expired
 from mvpipe.store.budget import BudgetStore
-from mvpipe.store.records import ProjectRecord, ProjectState, SceneRecord
+from mvpipe.store.records import ProjectState, SceneRecord
 
 
 @dataclass(frozen=True)
@@ -36,22 +40,39 @@ class Estimate:
     exact: bool
 
 
+#: Told before an estimate analyses a song (seconds of CPU): a caller may say so.
+Analysing = Callable[[], None]
+
+
 def set_budget(ctx: Context, project_id: str, budget_micros: int | None) -> None:
     """Set (None: remove) the project's budget; never below what is committed (`InvalidInput`)."""
     BudgetStore(ctx.table).set_budget(project_id, budget_micros)
 
 
-def estimate_project(ctx: Context, project_id: str, sequence: int | None = None) -> Estimate:
+def estimate_project(
+    ctx: Context,
+    project_id: str,
+    sequence: int | None = None,
+    *,
+    analysing: Analysing | None = None,
+) -> Estimate:
     """`estimate` of the stored project; a `sequence` it does not have is `InvalidInput`."""
     state = ctx.projects.load(project_id)
     if sequence is not None and state.scene(sequence) is None:
         raise InvalidInput(f"project {project_id} has no scene {sequence}")
-    return estimate(ctx, state, sequence=sequence)
+    return estimate(ctx, state, sequence=sequence, analysing=analysing)
 
 
-def estimate(ctx: Context, state: ProjectState, *, sequence: int | None = None) -> Estimate:
+def estimate(
+    ctx: Context,
+    state: ProjectState,
+    *,
+    sequence: int | None = None,
+    analysing: Analysing | None = None,
+) -> Estimate:
     """The price of what a run would still pay for; with `sequence`, of regenerating that
-    scene (all its paid stages, whatever it has now)."""
+    scene (all its paid stages, whatever it has now). An unplanned song project's song is
+    analysed first if it never was (`analysing` told before)."""
     settings, project = ctx.settings, state.project
     if sequence is not None:
         scene = state.scene(sequence)
@@ -66,10 +87,11 @@ def estimate(ctx: Context, state: ProjectState, *, sequence: int | None = None) 
             count * settings.video_price_micros(project.provider, seconds), count, exact=False
         )
     timeline = load_timeline(ctx, project)
-    if timeline is not None:
-        lengths = [slot.seconds for slot in song_slots(settings, project, timeline)]
-    else:
-        lengths = _even_slots(settings, project)
+    if timeline is None:
+        if analysing is not None:
+            analysing()
+        timeline = ensure_timeline(ctx, project)
+    lengths = [slot.seconds for slot in song_slots(settings, project, timeline)]
     allowed = settings.durations_for(project.provider)
     micros = sum(
         settings.video_price_micros(project.provider, clip_seconds(s, allowed)) for s in lengths
@@ -78,7 +100,8 @@ def estimate(ctx: Context, state: ProjectState, *, sequence: int | None = None) 
     if project.lip_sync:
         micros += sum(settings.lipsync_price_micros(s) for s in lengths)
         jobs *= 2
-    return Estimate(micros, jobs, exact=False)
+    # planning makes one scene per slot at the clip that covers it: exact but for lip-sync
+    return Estimate(micros, jobs, exact=not project.lip_sync)
 
 
 def planned_estimate(
@@ -116,11 +139,3 @@ def _lipsync_missing(scene: SceneRecord) -> bool:
     if scene.status == SceneStatus.FAILED:
         return scene.lip_synced_clip_key is None
     return scene.lip_synced_clip_key is None and scene.lip_sync_operation_id is None
-
-
-def _even_slots(settings: Settings, project: ProjectRecord) -> list[float]:
-    """Before analysis: the song cut evenly into the fewest slots the provider can fill."""
-    song = project.song_seconds or 0.0
-    longest = settings.slot_max_seconds_for(project.provider)
-    count = max(1, math.ceil(song / longest - 1e-9))
-    return [song / count] * count

@@ -3,15 +3,29 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 
 from mvpipe.deps import Context
-from mvpipe.models import ProjectStatus
+from mvpipe.models import ProjectStatus, ProjectSummary
 from mvpipe.store.records import ProjectRecord
 
 
-def newest(ctx: Context, statuses: Iterable[ProjectStatus], limit: int) -> list[ProjectRecord]:
+def newest(ctx: Context, statuses: Iterable[ProjectStatus], limit: int) -> list[ProjectSummary]:
     """The `limit` most recently created projects with one of `statuses`, newest last."""
     # Each status's newest `limit` are enough: the merged newest `limit` are among them.
     found = [p for status in statuses for p in ctx.projects.newest_of_status(status, limit)]
     found.sort(key=lambda p: (p.created_at, p.project_id))
-    return found[-limit:]
+    return [summary(p) for p in found[-limit:]]
+
+
+def summary(project: ProjectRecord) -> ProjectSummary:
+    """A project as a listing shows it: a public view, never the store's record."""
+    return ProjectSummary(
+        project_id=project.project_id,
+        title=project.title,
+        status=project.status,
+        created_at=datetime.fromisoformat(project.created_at),
+        scene_count=project.scene_count or project.requested_scene_count,
+        completed_scenes=project.completed_scenes,
+        failed_scenes=project.failed_scenes,
+    )

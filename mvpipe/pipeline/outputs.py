@@ -5,12 +5,33 @@ from __future__ import annotations
 from pathlib import Path
 
 from mvpipe.deps import Context
-from mvpipe.errors import NotFound
+from mvpipe.errors import InvalidInput, NotFound
 from mvpipe.media.files import written_atomically
 from mvpipe.models import ProjectView
 
 #: What can be fetched: the final video, or one scene's clip of a stage.
 STAGES = ("final", "original", "working", "lipsync")
+
+
+def download_name(project_id: str, sequence: int | None, stage: str) -> str:
+    """`{project}-music-video.mp4`, or `{project}-scene-{NNN}-{stage}.mp4` for a scene's clip
+    (arguments already validated)."""
+    if sequence is None:
+        return f"{project_id}-music-video.mp4"
+    return f"{project_id}-scene-{sequence:03d}-{stage}.mp4"
+
+
+def download_target(dest: object, project_id: str, sequence: int | None, stage: str) -> Path:
+    """Where a download to `dest` goes: `dest` itself, or the output's `download_name` in it
+    when it is a directory; `InvalidInput` when there is no directory to write it in."""
+    if not isinstance(dest, str | Path) or not str(dest).strip():
+        raise InvalidInput("dest must be a file or directory path")
+    target = Path(dest).expanduser()
+    if target.is_dir():
+        target = target / download_name(project_id, sequence, stage)
+    if not target.parent.is_dir():
+        raise InvalidInput(f"cannot write {target}: {target.parent} is not a directory")
+    return target
 
 
 def output_key(view: ProjectView, sequence: int | None, stage: str) -> str:
@@ -36,11 +57,12 @@ def output_key(view: ProjectView, sequence: int | None, stage: str) -> str:
 
 
 def download(ctx: Context, project_id: str, target: Path, sequence: int | None, stage: str) -> Path:
-    """Write the output to `target`, whole or not at all (arguments already validated)."""
+    """Write the output to `target`, whole or not at all, with the mode any new file of the
+    user's gets (arguments already validated)."""
     key = output_key(ctx.projects.load(project_id).view(), sequence, stage)
     if not ctx.clips.exists(key):
         raise NotFound(f"project {project_id} has no object for {key} (it was removed)")
     data = ctx.clips.read(key)
-    with written_atomically(target) as tmp:
+    with written_atomically(target, shared=True) as tmp:
         tmp.write_bytes(data)
     return target
