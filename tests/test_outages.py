@@ -10,6 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -17,7 +18,7 @@ import pytest
 
 from mvpipe import api
 from mvpipe.deps import Context, build_context, get_context
-from mvpipe.devstack.localstack import LocalStack, start_redis
+from mvpipe.devstack.localstack import LocalStack, launch_redis
 from mvpipe.errors import (
     BrokerUnavailable,
     ConfigurationError,
@@ -42,7 +43,7 @@ def redis_down(stack: LocalStack) -> Iterator[None]:
     try:
         yield
     finally:
-        stack.services[stack.services.index(old)] = start_redis(old.log_path.parent, port=old.port)
+        stack.replace(old, partial(launch_redis, old.log_path.parent, port=old.port))
 
 
 def test_run_and_cancel_without_redis_are_typed_and_write_nothing(

@@ -42,8 +42,8 @@ def _note(text: str) -> None:
 )
 @click.option("--no-flower", is_flag=True, help="Do not start Flower.")
 def stack(workdir: Path | None, concurrency: int, no_flower: bool) -> None:
-    """Start the whole local stack (Redis, state server, worker, beat, Flower) until Ctrl-C
-    or SIGTERM, and print the variables that point other shells at it."""
+    """Start the whole local stack (Redis, state server, worker, beat, Flower) until Ctrl-C,
+    SIGTERM or SIGHUP, and print the variables that point other shells at it."""
     guarded(lambda: _check_concurrency(concurrency))
     where = workdir or Path(tempfile.mkdtemp(prefix="mvpipe-stack-"))
 

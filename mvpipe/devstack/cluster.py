@@ -23,18 +23,21 @@ Say = Callable[[str], None]
 
 
 @contextmanager
-def sigterm_as_ctrl_c() -> Iterator[None]:
-    """SIGTERM interrupts as Ctrl-C does (KeyboardInterrupt), so a stack told to stop while it
-    starts or runs stops what it spawned rather than dying with it (each of its processes runs
-    in a session of its own). Only the main thread can set a handler: elsewhere a no-op."""
+def stop_signals_as_ctrl_c() -> Iterator[None]:
+    """SIGTERM and SIGHUP (the terminal closed) interrupt as Ctrl-C does (KeyboardInterrupt),
+    so a stack told to stop while it starts or runs stops what it spawned rather than dying
+    with it (each of its processes runs in a session of its own); one ignored (`nohup`) stays
+    ignored. Only the main thread can set a handler: elsewhere a no-op."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    others = [s for s in localstack.stop_signals() if s != signal.SIGINT]
+    previous = {signum: signal.signal(signum, signal.default_int_handler) for signum in others}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 @contextmanager
@@ -45,8 +48,8 @@ def running(
     Yields the variables that point another process at the stack."""
     from mvpipe.deps import reset_context
 
-    stack = localstack.LocalStack(workdir)
-    with sigterm_as_ctrl_c(), stack.running():
+    stack = localstack.LocalStack(workdir, say=say)
+    with stop_signals_as_ctrl_c(), stack.running():
         env = stack.child_env()
         user = os.environ.get("MVPIPE_FLOWER_USER") or "mvpipe"
         password = os.environ.get("MVPIPE_FLOWER_PASSWORD") or secrets.token_urlsafe(12)
@@ -85,14 +88,15 @@ def running(
 
 
 def stop_on_signal() -> threading.Event:
-    """Ctrl-C / SIGTERM set the returned event instead of interrupting the shutdown."""
+    """A stop signal (Ctrl-C, SIGTERM, SIGHUP: `localstack.stop_signals`) sets the returned
+    event instead of interrupting the shutdown."""
     stop = threading.Event()
 
     def handler(signum: int, frame: Any) -> None:
         stop.set()
 
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+    for signum in localstack.stop_signals():
+        signal.signal(signum, handler)
     return stop
 
 
@@ -110,8 +114,8 @@ def serve(
     say: Say,
     ready: Callable[[dict[str, str]], None],
 ) -> None:
-    """`mvpipe stack`: the whole stack with beat, until Ctrl-C or SIGTERM; `ready` is given
-    the stack's variables once it is up."""
+    """`mvpipe stack`: the whole stack with beat, until Ctrl-C, SIGTERM or SIGHUP; `ready` is
+    given the stack's variables once it is up."""
     with running(workdir, concurrency=concurrency, flower=flower, beat=True, say=say) as env:
         stop = stop_on_signal()  # before announcing it, so an early Ctrl-C is not lost
         ready(env)

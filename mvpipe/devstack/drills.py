@@ -12,10 +12,11 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from mvpipe import api
-from mvpipe.devstack.localstack import LocalStack, start_redis
+from mvpipe.devstack.localstack import LocalStack, launch_redis
 from mvpipe.errors import Conflict, Timeout
 from mvpipe.models import ProjectStatus, ProjectView
 from mvpipe.pipeline.reconcile_report import ReconcileReport
@@ -111,5 +112,5 @@ def restart_redis(stack: LocalStack, *, keep_data: bool) -> float:
             else:
                 path.unlink()
     down_at = time.time()
-    stack.services[stack.services.index(old)] = start_redis(workdir, port=old.port)
+    stack.replace(old, partial(launch_redis, workdir, port=old.port))
     return down_at

@@ -20,9 +20,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TypedDict, Unpack
+from typing import ParamSpec
 
 from mvpipe.errors import ConfigurationError, Timeout
+
+P = ParamSpec("P")
+
+#: What stops the stack: Ctrl-C, SIGTERM, and SIGHUP (its terminal closed).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+#: How long a service is given to stop before it is killed.
+STOP_SECONDS = 30.0
 
 
 def free_port() -> int:
@@ -31,13 +38,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def distinct_free_ports(count: int) -> list[int]:
-    """`count` free ports, none twice: services spawned side by side each bind one, and a port
-    freed by `free_port` may be handed out again at once (a server losing the bind to its
-    sibling would look ready on the sibling's port)."""
+def distinct_free_ports(count: int, pick: Callable[[], int] = free_port) -> list[int]:
+    """`count` free ports from `pick`, none twice: services spawned side by side each bind one,
+    and a port freed by `free_port` may be handed out again at once (a server losing the bind
+    to its sibling would look ready on the sibling's port)."""
     ports: list[int] = []
     while len(ports) < count:
-        port = free_port()
+        port = pick()
         if port not in ports:
             ports.append(port)
     return ports
@@ -54,9 +61,11 @@ def wait_until(
 ) -> None:
     deadline = time.monotonic() + timeout
     delay = 0.02
-    # The check first: a worker may become ready and exit before a look (a drill's failpoint);
-    # servers started side by side get ports chosen apart (`distinct_free_ports`), so a port
-    # that answers is the one this process bound
+    # The check first: a worker may become ready and exit before a look (a drill's failpoint).
+    # A port's check is answered by whoever listens there: servers started side by side get
+    # ports chosen apart (`distinct_free_ports`), so never by the sibling; another program
+    # binding the port between its pick and the server's bind would pass too (the server then
+    # exits on its failed bind, after this wait)
     while not check():
         if proc is not None and proc.poll() is not None:
             raise ConfigurationError(f"{what}: process exited with code {proc.returncode}")
@@ -86,7 +95,7 @@ class Service:
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=30)
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def stop(self, timeout: float = STOP_SECONDS) -> None:
         if self.proc.poll() is not None:
             return
         with contextlib.suppress(ProcessLookupError):
@@ -127,20 +136,35 @@ class Starting:
         return self.service
 
 
+def stop_signals() -> list[signal.Signals]:
+    """`STOP_SIGNALS` but those this process ignores: started under `nohup` (SIGHUP ignored),
+    the stack outlives its terminal, as asked."""
+    return [s for s in STOP_SIGNALS if signal.getsignal(s) is not signal.SIG_IGN]
+
+
 @contextlib.contextmanager
-def signals_deferred() -> Iterator[None]:
-    """Ctrl-C and SIGTERM held back for a moment: while a process is spawned and handed to its
+def signals_deferred(on_held: Callable[[], object] | None = None) -> Iterator[None]:
+    """The stop signals held back for a moment: while a process is spawned and handed to its
     owner (between the two it belongs to nobody: it runs in a session of its own, and only its
     owner stops it), or while the stack stops. A signal that came meanwhile is delivered again
-    once the handlers are back. Only the main thread runs signal handlers: elsewhere a no-op."""
+    once the handlers are back; `on_held` is called at the first, to say why nothing happens
+    yet. Only the main thread runs signal handlers: elsewhere a no-op."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     caught: list[int] = []
-    held = (signal.SIGINT, signal.SIGTERM)
+
+    def hold(number: int, frame: object) -> None:
+        caught.append(number)
+        if len(caught) == 1 and on_held is not None:
+            # A note that cannot be written (its terminal closed) must not break what is held
+            with contextlib.suppress(Exception):
+                on_held()
+
+    held = stop_signals()
     previous = {signum: signal.getsignal(signum) for signum in held}
     for signum in held:
-        signal.signal(signum, lambda number, frame: caught.append(number))
+        signal.signal(signum, hold)
     try:
         yield
     finally:
@@ -198,10 +222,6 @@ def launch_redis(workdir: Path, *, port: int | None = None, appendonly: bool = T
     return Starting(service, lambda: port_open(port), 30, "redis-server")
 
 
-def start_redis(workdir: Path, *, port: int | None = None, appendonly: bool = True) -> Service:
-    return launch_redis(workdir, port=port, appendonly=appendonly).ready()
-
-
 def launch_state_server(workdir: Path, *, port: int | None = None) -> Starting:
     """moto in server mode (requests serialized, see `state_server`): DynamoDB and S3 over real
     HTTP."""
@@ -218,10 +238,6 @@ def launch_state_server(workdir: Path, *, port: int | None = None) -> Starting:
     log = workdir / "moto.log"
     service = Service("moto", _spawn("moto", argv, log), log, port)
     return Starting(service, lambda: port_open(port), 60, "moto server")
-
-
-def start_state_server(workdir: Path, *, port: int | None = None) -> Service:
-    return launch_state_server(workdir, port=port).ready()
 
 
 #: The access key and secret of a local stack (the state server takes any).
@@ -282,21 +298,6 @@ def launch_worker(
     )
 
 
-class WorkerOptions(TypedDict, total=False):
-    """`launch_worker`'s options, as `start_worker` passes them on."""
-
-    concurrency: int
-    name: str
-    loglevel: str
-    queues: str | None
-    pool: str
-
-
-def start_worker(env: dict[str, str], log_path: Path, **options: Unpack[WorkerOptions]) -> Service:
-    """`launch_worker`, ready (killed if it never becomes ready)."""
-    return launch_worker(env, log_path, **options).ready()
-
-
 #: The control worker's queues: every queue but `mvpipe.video`, so it never holds a provider poll.
 #: A worker that polls holds each poll's countdown message until it is due; with late acks and
 #: prefetch 1 it fetches nothing new while a wave of due polls waits for its pool processes (a
@@ -313,21 +314,11 @@ def launch_control_worker(
     return launch_worker(env, log_path, concurrency=1, name=name, queues=CONTROL_QUEUES)
 
 
-def start_control_worker(env: dict[str, str], log_path: Path, *, name: str = "control") -> Service:
-    """`launch_control_worker`, ready."""
-    return launch_control_worker(env, log_path, name=name).ready()
-
-
 def launch_beat(env: dict[str, str], log_path: Path) -> Starting:
     service = Service(
         "beat", _spawn("beat", _celery("beat", "-l", "INFO"), log_path, env=env), log_path
     )
     return Starting(service, lambda: "beat: Starting" in service.log_text(), 60, "celery beat")
-
-
-def start_beat(env: dict[str, str], log_path: Path) -> Service:
-    """`launch_beat`, ready."""
-    return launch_beat(env, log_path).ready()
 
 
 def launch_flower(
@@ -342,11 +333,23 @@ def launch_flower(
     return Starting(service, lambda: port_open(port), 60, "flower")
 
 
-def start_flower(
-    env: dict[str, str], log_path: Path, *, port: int, user: str, password: str
-) -> Service:
-    """`launch_flower`, ready."""
-    return launch_flower(env, log_path, port=port, user=user, password=password).ready()
+def _when_ready(launch: Callable[P, Starting]) -> Callable[P, Service]:
+    """`launch`, then waited for (`Starting.ready`). Its parameters are `launch`'s own: an
+    option added to a launch is one of its start too, and a call with one it lacks is refused
+    by the type checker."""
+
+    def start(*args: P.args, **kwargs: P.kwargs) -> Service:
+        return launch(*args, **kwargs).ready()
+
+    start.__name__ = start.__qualname__ = launch.__name__.replace("launch_", "start_", 1)
+    start.__doc__ = f"`{launch.__name__}`, ready (killed if it never becomes ready)."
+    return start
+
+
+start_worker = _when_ready(launch_worker)
+start_control_worker = _when_ready(launch_control_worker)
+start_beat = _when_ready(launch_beat)
+start_flower = _when_ready(launch_flower)
 
 
 #: The services `LocalStack.start_servers` starts; everything else runs on them.
@@ -358,7 +361,7 @@ def start_together(
 ) -> list[Service]:
     """Spawn every service at once (each spends a second or two importing, on one core), then
     wait for each to be ready; returns them in the order given. Each is put in `owner` as it
-    is spawned (Ctrl-C and SIGTERM held back meanwhile), so whoever stops `owner`'s services
+    is spawned (the stop signals held back meanwhile), so whoever stops `owner`'s services
     stops it too, whatever happens next: a start that fails (killed by its `ready`), a Ctrl-C
     while they start (it lands in this thread's wait at once)."""
     starting = []
@@ -378,11 +381,13 @@ def stop_together(services: Sequence[Service]) -> None:
 
 @dataclass
 class LocalStack:
-    """The whole local stack; a context manager that stops whatever it started."""
+    """The whole local stack; a context manager that stops whatever it started. `say` is told
+    when a stop signal has to wait for the stack's stop (nothing is said by default)."""
 
     workdir: Path
     services: list[Service] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    say: Callable[[str], object] = field(default=lambda text: None, repr=False)
 
     def start_servers(self) -> None:
         """Redis and the state server, side by side, each owned by the stack once spawned."""
@@ -397,12 +402,20 @@ class LocalStack:
     def child_env(self, **extra: str) -> dict[str, str]:
         return {**os.environ, **self.env, **extra}
 
+    def replace(self, old: Service, launch: Callable[[], Starting]) -> Service:
+        """`old` (stopped) replaced by what `launch` spawns, in its place (the order the stack
+        stops in), owned from its spawn as every start's service is; once ready."""
+        with signals_deferred():
+            starting = launch()
+            self.services[self.services.index(old)] = starting.service
+        return starting.ready()
+
     def stop(self) -> None:
         """The services that run on the servers first, side by side (a Celery process's warm
         shutdown takes a second or two), then the servers, the state server before Redis.
-        Ctrl-C and SIGTERM wait until all are stopped (then they take effect)."""
+        A stop signal waits until all are stopped (then it takes effect); `say` is told so."""
         servers = [s for s in self.services if s.name in SERVERS]
-        with signals_deferred():
+        with signals_deferred(self._still_stopping):
             try:
                 stop_together([s for s in self.services if s.name not in SERVERS])
             finally:  # whatever failed above, the servers never outlive the stack
@@ -411,6 +424,14 @@ class LocalStack:
                         service.stop()
                 finally:
                     self.services.clear()
+
+    def _still_stopping(self) -> None:
+        left = sum(s.proc.poll() is None for s in self.services)
+        services = "service" if left == 1 else "services"
+        self.say(
+            f"still stopping: {left} {services} left (each killed if not stopped within"
+            f" {STOP_SECONDS:.0f} s)"
+        )
 
     @contextlib.contextmanager
     def running(self) -> Iterator[LocalStack]:

@@ -66,7 +66,7 @@ PLANNED = "planned"
 RUN_TOUCH_EVERY = 20
 #: Marks (runs' liveness, holds) whose last refresh a process remembers (forgotten all at
 #: once past this: a refresh too many, never one too few).
-RUNS_REMEMBERED = 1024
+MARKS_REMEMBERED = 1024
 
 
 class RunBoard:
@@ -106,7 +106,7 @@ class RunBoard:
 
     def _remember(self, mark: tuple[str, str]) -> None:
         """`mark` was refreshed now (after the write: a write that failed is tried again)."""
-        if len(self._refreshed) >= RUNS_REMEMBERED:
+        if len(self._refreshed) >= MARKS_REMEMBERED:
             self._refreshed.clear()
         self._refreshed[mark] = time.monotonic()
 
