@@ -29,8 +29,8 @@ MAX_WAIT_SECONDS = 86_400.0
 MAX_LIST_LIMIT = 1_000
 DEFAULT_LIST_LIMIT = 100
 #: Song containers mvpipe accepts, by the extension their stored key gets.
-SONG_FORMATS = ("wav", "mp3", "m4a", "flac", "ogg")
-SongFormat = Literal["wav", "mp3", "m4a", "flac", "ogg"]
+SONG_FORMATS = ("wav", "mp3", "m4a", "aac", "flac", "ogg")
+SongFormat = Literal["wav", "mp3", "m4a", "aac", "flac", "ogg"]
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
 

@@ -15,6 +15,8 @@ ENCODINGS = {
     "wav": ("wav", "pcm_s16le", "s16", 16000),
     "mp3": ("mp3", "libmp3lame", "fltp", 22050),
     "m4a": ("ipod", "aac", "fltp", 22050),
+    # Raw AAC decodes with the encoder's priming (1024 samples): 48 kHz keeps it within a frame.
+    "aac": ("adts", "aac", "fltp", 48000),
     "flac": ("flac", "flac", "s16", 16000),
     "ogg-vorbis": ("ogg", "vorbis", "fltp", 22050),
     "ogg-opus": ("ogg", "libopus", "flt", 24000),
@@ -29,21 +31,75 @@ class Encoded:
     channels: int
 
 
-def make_song(kind: str, seconds: float, *, channels: int = 2) -> Encoded:
-    """Encode `seconds` of a 440 Hz tone with a click each half second as `kind` (ENCODINGS)."""
-    container_format, codec, sample_format, rate = ENCODINGS[kind]
+def make_song(
+    kind: str,
+    seconds: float,
+    *,
+    channels: int = 2,
+    rate: int | None = None,
+    options: dict[str, str] | None = None,
+) -> Encoded:
+    """Encode `seconds` of a 440 Hz tone with a click each half second as `kind` (ENCODINGS),
+    at its rate unless `rate` is given; `options` go to the muxer."""
+    container_format, codec, sample_format, default_rate = ENCODINGS[kind]
+    rate = rate or default_rate
     total = round(seconds * rate)
     t = np.arange(total) / rate
     wave = 0.3 * np.sin(2 * np.pi * 440 * t)
     wave[(np.arange(total) % (rate // 2)) < 40] = 0.9
-    planes = np.repeat(wave[None, :], channels, axis=0).astype(np.float32)
+    planes = np.repeat(wave[None, :], channels, axis=0)
+    return _encode(planes, container_format, codec, sample_format, rate, options or {})
+
+
+def make_uneven_song(kind: str, seconds: float, *, loud_first: bool) -> Encoded:
+    """A song that declares no length and whose bitrate changes halfway: `kind` "mp3" is a VBR
+    MP3 without a Xing/Info header, "aac" raw AAC (ADTS). Half is loud noise, half a quiet tone,
+    so a length guessed from the first frames' bitrate is far off (too short when the loud half
+    comes first, too long when it comes last)."""
+    rate = 44100 if kind == "mp3" else 48000
+    half = round(seconds * rate / 2)
+    loud = np.clip(0.8 * np.random.default_rng(7).standard_normal(half), -1, 1)
+    quiet = 0.001 * np.sin(2 * np.pi * 440 * np.arange(half) / rate)
+    planes = np.concatenate([loud, quiet] if loud_first else [quiet, loud])[None, :]
+    if kind == "mp3":
+        options = {"write_xing": "0"}
+        return _encode(planes, "mp3", "libmp3lame", "fltp", rate, options, vbr=True)
+    return _encode(planes, "adts", "aac", "fltp", rate, {})
+
+
+def make_glued_mp3(rate: int, channels: int, tail: float = 6.0) -> Encoded:
+    """6 s of 44.1 kHz stereo MP3 (its Info header counting its own frames) followed by `tail`
+    seconds at `rate` with `channels`, as `cat a.mp3 b.mp3` makes (the second without its ID3
+    tag or header): the rate or the channels may change midway."""
+    first = make_song("mp3", 6.0, rate=44100)
+    options = {"id3v2_version": "0", "write_xing": "0"}
+    second = make_song("mp3", tail, rate=rate, channels=channels, options=options)
+    return Encoded(first.data + second.data, 6.0 + tail, rate, channels)
+
+
+def _encode(
+    planes: np.ndarray,
+    container_format: str,
+    codec: str,
+    sample_format: str,
+    rate: int,
+    options: dict[str, str],
+    *,
+    vbr: bool = False,
+) -> Encoded:
+    """`planes` (channels x samples, float) encoded into `container_format`."""
+    planes = planes.astype(np.float32)
+    channels, total = planes.shape
     out = io.BytesIO()
     layout = "stereo" if channels == 2 else "mono"
-    with av.open(out, mode="w", format=container_format) as container:
+    with av.open(out, mode="w", format=container_format, options=options) as container:
         # FFmpeg's own Vorbis encoder is flagged experimental; it is the one PyAV bundles.
-        options = {"strict": "experimental"} if codec == "vorbis" else {}
-        stream: Any = container.add_stream(codec, rate=rate, layout=layout, options=options)
+        codec_options = {"strict": "experimental"} if codec == "vorbis" else {}
+        stream: Any = container.add_stream(codec, rate=rate, layout=layout, options=codec_options)
         stream.format = sample_format
+        if vbr:  # LAME's -V2: each frame's bitrate follows the sound
+            stream.codec_context.qscale = True
+            stream.codec_context.global_quality = 2
         chunk = 1024
         for start in range(0, total, chunk):
             block = planes[:, start : start + chunk]

@@ -3,22 +3,31 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import uuid
 from pathlib import Path
 
+import av
 import pytest
 from pydantic import ValidationError
 
 from mvpipe.errors import InvalidInput
 from mvpipe.media.audio import decode_mono
-from mvpipe.media.song import probe_song, read_song
+from mvpipe.media.song import mp3_header_seconds, probe_song, read_song
 from mvpipe.models import ProjectSpec, SongSpec, budget_to_micros
 from mvpipe.settings import Settings
 from mvpipe.store.records import ProjectRecord, ProjectState, SceneRecord
 from mvpipe.store.songs import song_key, timeline_key
 from mvpipe.store.table import METADATA, bind_table, project_pk, scene_sk
-from tests.songs import ENCODINGS, make_song, make_video_only, with_latin1_title
+from tests.songs import (
+    ENCODINGS,
+    make_glued_mp3,
+    make_song,
+    make_uneven_song,
+    make_video_only,
+    with_latin1_title,
+)
 
 LIMITS = dict(min_seconds=5.0, max_seconds=600.0, max_bytes=50 * 1024 * 1024)
 #: "Within a frame": one frame of the default 24 fps output.
@@ -70,6 +79,58 @@ def test_good_songs_are_measured_by_decoding(kind: str) -> None:
 def test_bad_songs_are_refused_naming_the_reason(data: bytes, reason: str) -> None:
     with pytest.raises(InvalidInput, match=reason):
         probe_song(data, **LIMITS)
+
+
+@pytest.mark.parametrize("loud_first", [True, False], ids=["guessed-short", "guessed-long"])
+@pytest.mark.parametrize("kind", ["mp3", "aac"])
+def test_a_song_that_declares_no_length_is_measured_by_its_samples(
+    kind: str, loud_first: bool
+) -> None:
+    # Given 20 s of VBR MP3 with no Xing/Info header, or of raw AAC, whose bitrate changes
+    # halfway
+    song = make_uneven_song(kind, 20.0, loud_first=loud_first)
+    with av.open(io.BytesIO(song.data)) as container:
+        guessed = container.duration / av.time_base
+    assert abs(guessed - song.seconds) > 5, guessed  # FFmpeg's bitrate guess is far off
+    # When it is probed, then it is accepted at the length its samples last (the encoder's
+    # delay and padding aside), neither cut at the guess nor refused as truncated
+    info = probe_song(song.data, **LIMITS)
+    assert abs(info.seconds - song.seconds) <= 0.1, info.seconds
+
+
+def test_an_mp3_header_declares_a_length_only_with_a_frame_count() -> None:
+    # A LAME Info header counts the frames: the truncation check keeps its reference
+    whole = make_song("mp3", 8.0).data
+    counted = mp3_header_seconds(whole)
+    assert counted is not None and abs(counted - 8.0) < 0.1
+    assert mp3_header_seconds(whole[:9_000]) == counted  # a cut file keeps its header
+    # Without the header, or without its frame count, nothing is declared
+    bare = make_song("mp3", 8.0, options={"id3v2_version": "0", "write_xing": "0"}).data
+    assert bare[:2] != b"ID3" and mp3_header_seconds(bare) is None
+    info = whole.find(b"Info")
+    no_count = whole[: info + 7] + bytes([whole[info + 7] & 0xFE]) + whole[info + 8 :]
+    assert mp3_header_seconds(no_count) is None
+    for junk in [b"", b"ID3", b"\xff\xfb", os.urandom(64), b"ID3\x04\x00\x00\x00\x00\x00\x05ab"]:
+        assert mp3_header_seconds(junk) is None
+
+
+@pytest.mark.parametrize(
+    ("rate", "channels", "tail"),
+    [(48000, 2, 6.0), (44100, 1, 6.0), (44100, 2, 0.25)],
+    ids=["rate", "layout", "short-tail"],
+)
+def test_glued_songs_are_decoded_whole(rate: int, channels: int, tail: float) -> None:
+    # Given 6 s of 44.1 kHz stereo MP3 glued to more at another rate or with one channel, or
+    # to a tail too short for FFmpeg to distrust the first part's frame count
+    song = make_glued_mp3(rate, channels, tail)
+    # When it is probed and decoded for analysis
+    info = probe_song(song.data, **LIMITS)
+    samples = decode_mono(song.data, 22050)
+    # Then both halves count (each part's encoder delay and padding aside), and analysis
+    # decodes as long as the probe measured
+    assert abs(info.seconds - song.seconds) <= 0.1, info.seconds
+    assert (info.sample_rate, info.channels) == (rate, channels)
+    assert abs(len(samples) / 22050 - info.seconds) <= FRAME
 
 
 def test_too_long_and_too_large_use_the_given_limits() -> None:

@@ -82,7 +82,7 @@ def _read_scenes(path: Path) -> Any:
 @click.option(
     "--song",
     type=click.Path(path_type=Path),
-    help="Audio file (WAV, MP3, M4A/AAC, FLAC, OGG) of MVPIPE_SONG_MIN_SECONDS [5] to "
+    help="Audio file (WAV, MP3, M4A, raw AAC, FLAC, OGG) of MVPIPE_SONG_MIN_SECONDS [5] to "
     "MVPIPE_SONG_MAX_SECONDS [600] seconds and at most MVPIPE_SONG_MAX_BYTES [50 MiB]; its beats "
     "decide the scenes.",
 )

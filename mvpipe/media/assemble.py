@@ -24,6 +24,7 @@ from av.packet import Packet
 from av.video.stream import VideoStream
 
 from mvpipe.errors import InvalidInput
+from mvpipe.media.audio import resampled
 from mvpipe.media.encoding import OutputFormat, video_codec_matches
 from mvpipe.media.files import written_atomically
 from mvpipe.media.untrusted import open_untrusted
@@ -250,10 +251,9 @@ def _audio_packets(
     """The song encoded as AAC (its first `limit` samples only, if given)."""
     rate = stream.codec_context.sample_rate
     layout = stream.codec_context.layout.name
-    resampler = av.AudioResampler(format="fltp", layout=layout, rate=rate)
     with open_untrusted(song) as container:
         decoded = container.decode(container.streams.audio[0])
-        for frame in _flushed(decoded, resampler):
+        for frame in resampled(decoded, "fltp", layout, rate):
             if limit is not None and written[0] >= limit:
                 break
             keep = frame.samples if limit is None else min(frame.samples, limit - written[0])
@@ -267,14 +267,6 @@ def _audio_packets(
                 yield _packet_time(packet), packet
     for packet in stream.encode(None):
         yield _packet_time(packet), packet
-
-
-def _flushed(
-    frames: Iterator[av.AudioFrame], resampler: av.AudioResampler
-) -> Iterator[av.AudioFrame]:
-    for frame in frames:
-        yield from resampler.resample(frame)
-    yield from resampler.resample(None)
 
 
 def _packet_time(packet: Packet) -> Fraction:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import wave
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import av
@@ -37,10 +38,8 @@ def decode_mono(source: Path | str | bytes, sample_rate: int = 22050) -> Samples
             stream = container.streams.audio[0]
             # Planar float, channels kept: the mean of the channels is the mono mix. FFmpeg's
             # own downmix adds channels at -3 dB each, which makes stereo louder than mono.
-            resampler = av.AudioResampler(format="fltp", rate=sample_rate)
-            for frame in container.decode(stream):
-                chunks.extend(_mono(out) for out in resampler.resample(frame))
-            chunks.extend(_mono(out) for out in resampler.resample(None))
+            for out in resampled(container.decode(stream), "fltp", None, sample_rate):
+                chunks.append(_mono(out))
     except InvalidInput:
         raise
     except (av.FFmpegError, ValueError) as exc:
@@ -48,6 +47,27 @@ def decode_mono(source: Path | str | bytes, sample_rate: int = 22050) -> Samples
     if not chunks:
         return np.zeros(0, dtype=np.float32)
     return np.concatenate(chunks)
+
+
+def resampled(
+    frames: Iterable[av.AudioFrame], fmt: str, layout: str | None, rate: int
+) -> Iterator[av.AudioFrame]:
+    """`frames` converted to `fmt`, `layout` (None: each frame's own) and `rate`, flushed.
+
+    A song may change its rate or channels midway (two files glued together), and one
+    AudioResampler refuses the first frame that differs from its first: the old one is flushed
+    and a new one made whenever the input changes."""
+    resampler: av.AudioResampler | None = None
+    setup: tuple[str, str, int] | None = None
+    for frame in frames:
+        this = (frame.format.name, frame.layout.name, frame.sample_rate)
+        if resampler is None or this != setup:
+            if resampler is not None:
+                yield from resampler.resample(None)
+            resampler, setup = av.AudioResampler(format=fmt, layout=layout, rate=rate), this
+        yield from resampler.resample(frame)
+    if resampler is not None:
+        yield from resampler.resample(None)
 
 
 def _mono(frame: av.AudioFrame) -> Samples:

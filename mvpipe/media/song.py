@@ -5,6 +5,10 @@ the whole song. So every packet is decoded, the decoded samples are counted, and
 decoded length falls short of what its header declares is refused as truncated. Two containers
 hide a cut from the demuxer (a WAV decodes cleanly up to the cut; an Ogg file's length is read
 from its last page), so their framing is checked too: the RIFF size, the end-of-stream page.
+
+Some files declare no length at all: raw AAC (ADTS), and an MP3 without a Xing/Info/VBRI frame
+count. FFmpeg then guesses one from the first frames' bitrate, which for variable-bitrate audio
+may be off by half; such a guess is no declaration, and the decoded samples alone decide.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from mvpipe.models import SongFormat
 _FORMATS: dict[str, SongFormat] = {
     "wav": "wav",
     "mp3": "mp3",
+    "aac": "aac",  # raw AAC in ADTS frames (.aac)
     "mov,mp4,m4a,3gp,3g2,mj2": "m4a",
     "flac": "flac",
     "ogg": "ogg",
@@ -78,12 +83,12 @@ def probe_song(data: bytes, *, min_seconds: float, max_seconds: float, max_bytes
         if ext is None:
             raise InvalidInput(
                 f"song format {container.format.name!r} is not supported "
-                f"(expected WAV, MP3, M4A/AAC, FLAC or OGG)"
+                f"(expected WAV, MP3, M4A, raw AAC, FLAC or OGG)"
             )
         if not container.streams.audio:
             raise InvalidInput("song has no audio stream (a video-only file?)")
         stream = container.streams.audio[0]
-        declared = _declared_seconds(container, stream)
+        declared = _declared_seconds(container, stream, ext, data)
         try:
             decoded, sample_rate, channels = _decode_all(container, stream, max_seconds)
         except (av.FFmpegError, ValueError) as exc:
@@ -100,8 +105,10 @@ def probe_song(data: bytes, *, min_seconds: float, max_seconds: float, max_bytes
         raise InvalidInput(
             f"song is truncated: decodes to {decoded:.2f} s of the {declared:.2f} s it declares"
         )
-    # The header may only shorten what was decoded (an edit list trimming codec padding).
-    seconds = decoded if declared is None else min(decoded, declared)
+    # The header may only shorten what was decoded (an edit list trimming codec padding). An
+    # MP3's frame count trims nothing (FFmpeg drops the encoder's delay and padding as it
+    # decodes): audio past it is more song (files glued together).
+    seconds = decoded if declared is None or ext == "mp3" else min(decoded, declared)
     if seconds < min_seconds:
         raise InvalidInput(f"song is too short: {seconds:.2f} s, at least {min_seconds:g} s")
     return SongInfo(
@@ -161,13 +168,67 @@ def _check_ogg_end(data: bytes) -> None:
         raise InvalidInput("song is truncated: the Ogg stream has no end-of-stream page")
 
 
-def _declared_seconds(container: Any, stream: Any) -> float | None:
-    """What the header says the audio lasts, if it says anything."""
+def _declared_seconds(container: Any, stream: Any, ext: SongFormat, data: bytes) -> float | None:
+    """What the header says the audio lasts, if it says anything (a bitrate guess says nothing)."""
     if stream.duration is not None and stream.time_base is not None:
-        return float(stream.duration * stream.time_base)
-    if container.duration is not None:
-        return container.duration / av.time_base
-    return None
+        seconds: float | None = float(stream.duration * stream.time_base)
+    elif container.duration is not None:
+        seconds = container.duration / av.time_base
+    else:
+        seconds = None
+    if ext == "aac" or seconds is None:
+        return None  # ADTS has no length field: FFmpeg's is always a guess
+    if ext == "mp3":
+        counted = mp3_header_seconds(data)
+        # FFmpeg uses the header's frame count (less the encoder's delay and padding, under two
+        # frames) unless it distrusts it (a file much longer than the header says: glued songs).
+        if counted is None or abs(counted - seconds) > _MP3_HEADER_SLACK_SECONDS:
+            return None
+    return seconds
+
+
+#: MPEG audio sample rates by version bits (3: MPEG-1, 2: MPEG-2, 0: MPEG-2.5) and rate index.
+_MPEG_RATES = {3: (44100, 48000, 32000), 2: (22050, 24000, 16000), 0: (11025, 12000, 8000)}
+#: How far FFmpeg's length may be from the header's frame count times the frame's samples:
+#: the encoder's delay and padding (LAME's: under 2,300 samples, 0.29 s at 8 kHz).
+_MP3_HEADER_SLACK_SECONDS = 0.3
+
+
+def mp3_header_seconds(data: bytes) -> float | None:
+    """The length an MP3's first frame declares in a Xing/Info or VBRI header's frame count;
+    None without one (then nothing in the file declares a length)."""
+    start = _after_id3v2(data)
+    header = data[start : start + 4]
+    if len(header) < 4 or header[0] != 0xFF or header[1] & 0xE0 != 0xE0:
+        return None
+    version, layer = (header[1] >> 3) & 3, (header[1] >> 1) & 3
+    rate_index, mono = (header[2] >> 2) & 3, header[3] >> 6 == 3
+    if version == 1 or layer != 1 or rate_index == 3:  # reserved values, or not Layer III
+        return None
+    rate = _MPEG_RATES[version][rate_index]
+    samples_per_frame = 1152 if version == 3 else 576
+    side_info = (17 if mono else 32) if version == 3 else (9 if mono else 17)
+    xing = start + 4 + side_info
+    frames: int | None = None
+    if data[xing : xing + 4] in (b"Xing", b"Info"):
+        flags = int.from_bytes(data[xing + 4 : xing + 8], "big")
+        if flags & 1:  # the frame count is present
+            frames = int.from_bytes(data[xing + 8 : xing + 12], "big")
+    elif data[start + 36 : start + 40] == b"VBRI":
+        frames = int.from_bytes(data[start + 50 : start + 54], "big")
+    return None if not frames else frames * samples_per_frame / rate
+
+
+def _after_id3v2(data: bytes) -> int:
+    """Where the audio starts after any ID3v2 tags (their size is four 7-bit bytes)."""
+    offset = 0
+    while data[offset : offset + 3] == b"ID3" and len(data) >= offset + 10:
+        size = 0
+        for byte in data[offset + 6 : offset + 10]:
+            size = size << 7 | byte & 0x7F
+        footer = 10 if data[offset + 5] & 0x10 else 0
+        offset += 10 + size + footer
+    return offset
 
 
 def _too_large(size: int, max_bytes: int) -> str:

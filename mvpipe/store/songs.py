@@ -26,6 +26,7 @@ _CONTENT_TYPES = {
     "wav": "audio/wav",
     "mp3": "audio/mpeg",
     "m4a": "audio/mp4",
+    "aac": "audio/aac",
     "flac": "audio/flac",
     "ogg": "audio/ogg",
 }

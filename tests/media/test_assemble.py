@@ -13,8 +13,9 @@ from mvpipe.media.assemble import assemble, encode_song, inputs_hash
 from mvpipe.media.audio import decode_mono
 from mvpipe.media.cut import cut_clip
 from mvpipe.media.encoding import OutputFormat
+from mvpipe.media.song import probe_song
 from mvpipe.media.synth import synthesize_song
-from tests.songs import with_latin1_title
+from tests.songs import make_glued_mp3, with_latin1_title
 
 from .clips import luma_levels, make_clip, source_index
 
@@ -60,6 +61,24 @@ def test_clips_and_song_become_one_h264_aac_video_as_long_as_the_song(tmp_path, 
     sound = decode_mono(tmp_path / "final.mp4", 44100)
     assert abs(len(sound) / 44100 - seconds) <= 1 / 12
     assert report.audio_seconds == pytest.approx(seconds, abs=1 / 12)
+
+
+@pytest.mark.parametrize(("rate", "channels"), [(48000, 2), (44100, 1)], ids=["rate", "layout"])
+def test_a_song_whose_rate_or_channels_change_midway_is_joined_whole(tmp_path, rate, channels):
+    # Given a song whose second half has another rate or fewer channels, measured at intake
+    song_path = tmp_path / "glued.mp3"
+    song_path.write_bytes(make_glued_mp3(rate, channels).data)
+    info = probe_song(song_path.read_bytes(), min_seconds=1, max_seconds=60, max_bytes=10**7)
+    frames = round(info.seconds * FMT.fps)
+    # When it is encoded once as AAC and joined with clips as long as it, as a project does
+    aac = tmp_path / "song.m4a"
+    assert encode_song(song_path, aac) == pytest.approx(info.seconds, abs=1 / 12)
+    clips = _cuts(tmp_path, [frames // 2, frames - frames // 2])
+    report = assemble(clips, tmp_path / "f.mp4", fmt=FMT, song=aac, song_seconds=info.seconds)
+    # Then the final video's sound lasts the whole song, within a frame
+    assert report.frames == frames
+    heard = decode_mono(tmp_path / "f.mp4", 44100)
+    assert abs(len(heard) / 44100 - info.seconds) <= 1 / FMT.fps
 
 
 def test_the_join_copies_packets_without_re_encoding(tmp_path):
