@@ -21,6 +21,7 @@ from bench.countingproxy import CountingProxy
 from mvpipe.deps import reset_context
 from mvpipe.devstack.localstack import LocalStack, Service, start_control_worker, start_worker
 from tests.processes import Processes
+from tests.warm_workers import WarmParent
 
 # Property tests judge what they find, not how fast: on two busy cores an example may take longer
 # than hypothesis's default 200 ms deadline, which would fail a correct test.
@@ -57,6 +58,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
             reset_context()
 
 
+@pytest.fixture(scope="session")
+def warm_parent(
+    stack: LocalStack, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WarmParent]:
+    """The interpreter each test's workers fork from, Celery and the heavy libraries imported
+    once (a spawned worker spent ~1 s of its ~1.7 s start on them): each still runs with its
+    test's own environment, argv and process group (`tests.warm_workers`)."""
+    parent = WarmParent(tmp_path_factory.mktemp("warm"), dict(os.environ))
+    yield parent
+    parent.stop()
+
+
 @pytest.fixture
 def proxy(stack: LocalStack) -> Iterator[CountingProxy]:
     """A counting proxy in front of the state server (what a test's own context sends it)."""
@@ -86,9 +99,9 @@ def processes() -> Iterator[Processes]:
 class Workers:
     """A Celery worker pool started for one test, with its ledger and provider state.
 
-    The worker starts in the background (~1 s: Celery's import and the pool's fork) while the
-    test writes its projects and sends its messages, which wait in Redis until it consumes
-    them. `service` waits until it is ready."""
+    The worker starts in the background (~0.6 s: forked from `warm_parent`, it imports mvpipe's
+    modules and forks its pool) while the test writes its projects and sends its messages,
+    which wait in Redis until it consumes them. `service` waits until it is ready."""
 
     starting: Future[Service]
     ledger: Path
@@ -106,7 +119,11 @@ _counter = itertools.count()
 
 @pytest.fixture
 def start_workers(
-    stack: LocalStack, redis_client: redis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    stack: LocalStack,
+    redis_client: redis.Redis,
+    warm_parent: WarmParent,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Callable[..., Workers]]:
     started: list[Workers] = []
     # One thread: a test's workers become ready in the order it started them, as before.
@@ -144,6 +161,7 @@ def start_workers(
             name=f"w{n}",
             queues=queues,
             pool=pool,
+            spawn=warm_parent.spawn,
         )
         workers = Workers(starting, Path(child_env["MVPIPE_LOCAL_LEDGER"]), child_env)
         started.append(workers)
@@ -152,7 +170,7 @@ def start_workers(
             # what such a test is about.
             starting.result()
             workers.control = start_control_worker(
-                child_env, tmp_path / f"control-{n}.log", name=f"c{n}"
+                child_env, tmp_path / f"control-{n}.log", name=f"c{n}", spawn=warm_parent.spawn
             )
         return workers
 

@@ -180,6 +180,10 @@ def signals_deferred(on_held: Callable[[], object] | None = None) -> Iterator[No
             signal.raise_signal(caught[0])
 
 
+#: How a service's process is started: its name, argv, log and environment (`_spawn`'s signature).
+Spawn = Callable[[str, list[str], Path, dict[str, str] | None], subprocess.Popen]
+
+
 def _spawn(
     name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None
 ) -> subprocess.Popen:
@@ -274,11 +278,13 @@ def launch_worker(
     loglevel: str = "INFO",
     queues: str | None = None,
     pool: str = "prefork",
+    spawn: Spawn = _spawn,
 ) -> Starting:
     """A Celery worker, spawned (`Starting.ready` waits for it); `queues` (comma-separated)
     limits what it consumes, like `-Q`; `pool` is Celery's `-P` (benchmarks compare `threads`
     with the default). It loads the app through `devstack.worker`, so the failpoints that
-    `env` names are armed."""
+    `env` names are armed. `spawn` starts the process from its argv (the tests' may fork it
+    from an interpreter that has imported Celery already)."""
     argv = _celery(
         "worker",
         "-c", str(concurrency),
@@ -292,7 +298,7 @@ def launch_worker(
         app="mvpipe.devstack.worker",
     )  # fmt: skip
     start = log_path.stat().st_size if log_path.exists() else 0
-    service = Service(name, _spawn(name, argv, log_path, env=env), log_path)
+    service = Service(name, spawn(name, argv, log_path, env), log_path)
     return Starting(
         service, lambda: " ready." in service.log_text()[start:], 120, f"celery worker {name}"
     )
@@ -308,10 +314,12 @@ CONTROL_QUEUES = "mvpipe.plan,mvpipe.media"
 
 
 def launch_control_worker(
-    env: dict[str, str], log_path: Path, *, name: str = "control"
+    env: dict[str, str], log_path: Path, *, name: str = "control", spawn: Spawn = _spawn
 ) -> Starting:
     """The one-process control worker (`CONTROL_QUEUES`), beside a worker on every queue."""
-    return launch_worker(env, log_path, concurrency=1, name=name, queues=CONTROL_QUEUES)
+    return launch_worker(
+        env, log_path, concurrency=1, name=name, queues=CONTROL_QUEUES, spawn=spawn
+    )
 
 
 def launch_beat(env: dict[str, str], log_path: Path) -> Starting:
