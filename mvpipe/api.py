@@ -112,18 +112,12 @@ def estimate_cost(project_id: str, sequence: int | None = None) -> float:
     return estimate_micros(project_id, sequence).micros / MICROS_PER_USD
 
 
-def estimate_micros(
-    project_id: str, sequence: int | None = None, *, analysing: cost.Analysing | None = None
-) -> cost.Estimate:
-    """`estimate_cost` with its detail: micro-dollars, jobs, and whether it is exact.
-
-    A song project never analysed has its song analysed here, once (seconds of CPU; the run's
-    planning reuses the stored timeline): its beats decide the scenes. `analysing`, if given,
-    is called first."""
+def estimate_micros(project_id: str, sequence: int | None = None) -> cost.Estimate:
+    """`estimate_cost` with its detail: micro-dollars, jobs, and whether it is exact."""
     validate_project_id(project_id)
     if sequence is not None:
         validate_sequence(sequence)
-    return cost.estimate_project(get_context(), project_id, sequence, analysing=analysing)
+    return cost.estimate_project(get_context(), project_id, sequence)
 
 
 def get_project(project_id: str) -> ProjectView:

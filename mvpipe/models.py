@@ -222,8 +222,9 @@ class ProjectSummary(BaseModel):
     title: str
     status: ProjectStatus
     created_at: datetime
-    #: the planned scenes, or those asked for while the project is not planned yet
-    scene_count: int
+    #: the planned scenes, or those asked for while the project is not planned yet; None: a
+    #: song's project not planned yet (its beats will decide)
+    scene_count: int | None
     completed_scenes: int
     failed_scenes: int
 

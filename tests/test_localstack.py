@@ -25,6 +25,7 @@ from mvpipe.devstack.localstack import (
     start_together,
 )
 from mvpipe.errors import ConfigurationError
+from tests.helpers import wait_for
 from tests.processes import Processes
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(600)"]
@@ -170,6 +171,8 @@ def test_a_ctrl_c_while_the_stack_stops_still_stops_its_servers(
 
     def stop_meeting_ctrl_c(timeout: float = 30.0) -> None:
         os.kill(os.getpid(), signal.SIGINT)
+        # the second once the first is held (two pending signals would be delivered as one)
+        wait_for(lambda: said, 30, "the first Ctrl-C held and said")
         os.kill(os.getpid(), signal.SIGINT)
         stop(timeout)
 
@@ -234,6 +237,24 @@ def test_sigterm_and_sighup_stop_a_starting_or_running_stack_as_ctrl_c_does(
     assert stop.is_set()
 
 
+@pytest.mark.parametrize("signum", STOP_SIGNALS, ids=lambda s: signal.Signals(s).name.lower())
+def test_only_the_first_stop_signal_interrupts_so_the_stop_it_starts_runs_to_its_end(
+    handlers_kept: None, signum: int
+) -> None:
+    """A second signal before the stop holds them (two SIGHUPs of a closed terminal, Ctrl-C
+    pressed twice) would cut the stop short and leave the stack's processes running."""
+    stopped = []
+    with stop_signals_as_ctrl_c():
+        try:
+            os.kill(os.getpid(), signum)
+            raise AssertionError("the first signal did not interrupt")
+        except KeyboardInterrupt:
+            os.kill(os.getpid(), signum)  # in the stop's first moment, before any hold
+            os.kill(os.getpid(), signal.SIGINT)
+            stopped.append("the stop ran to its end")
+    assert stopped == ["the stop ran to its end"]
+
+
 def test_a_stack_started_under_nohup_outlives_its_terminal(handlers_kept: None) -> None:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     with stop_signals_as_ctrl_c():
@@ -258,6 +279,9 @@ def test_the_stacks_variables_never_carry_the_users_aws_credentials(
     among them (the state server takes any)."""
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAREALUSERKEY")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "a-users-real-secret")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "a-users-real-token")
     env = stack_env(6379, 5000, tmp_path)
     assert env["AWS_ACCESS_KEY_ID"] == env["AWS_SECRET_ACCESS_KEY"] == "local"
-    assert not {"AKIAREALUSERKEY", "a-users-real-secret"} & set(env.values())
+    assert env["AWS_SESSION_TOKEN"] == ""  # set, so the user's is not inherited
+    mine = {"AKIAREALUSERKEY", "a-users-real-secret", "a-users-real-token"}
+    assert not mine & set(env.values())

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 
 from mvpipe.errors import ConfigurationError
-from mvpipe.models import SceneStatus
-from mvpipe.pipeline.cost import planned_estimate
+from mvpipe.media.slots import Slot
+from mvpipe.models import SceneSpec, SceneStatus
+from mvpipe.pipeline.cost import planned_estimate, synced_seconds
+from mvpipe.pipeline.plan import place_in_slots
 from mvpipe.pipeline.stages import CUT, GENERATE, LIPSYNC
 from mvpipe.pricing import DEFAULT_PRICES, parse_prices, price_micros
 from mvpipe.settings import Settings, get_settings
@@ -130,3 +132,23 @@ def test_each_paid_stage_prices_its_own_job(monkeypatch: pytest.MonkeyPatch) -> 
     assert LIPSYNC.price_micros(settings, "local", slotted) == 1_300_000
     assert LIPSYNC.price_micros(settings, "local", scene(2, duration_seconds=4)) == 1_000_000
     assert CUT.price_micros(settings, "local", slotted) == 0  # free: nothing to reserve
+
+
+def test_an_unplanned_lip_sync_is_priced_as_its_run_will_price_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The estimate of a song's lip-syncs before planning and the run's price of each agree
+    to the micro-dollar, on every slot of a grid of frames."""
+    monkeypatch.setenv("MVPIPE_PRICES", '{"local:video": 0.25, "local:lipsync": 0.05}')
+    settings = Settings()
+    allowed = settings.durations_for("local")
+    differs = 0
+    for start in range(0, 240, 7):
+        for frames in range(48, 192, 5):
+            slot = Slot(0, start, start + frames, "verse", 24)
+            (spec,) = place_in_slots([SceneSpec(prompt="sing")], [slot], allowed, lip_sync=True)
+            placed = scene(1, start_seconds=spec.start_seconds, end_seconds=spec.end_seconds)
+            run = LIPSYNC.price_micros(settings, "local", placed)
+            assert settings.lipsync_price_micros(synced_seconds(slot)) == run, (start, frames)
+            differs += settings.lipsync_price_micros(slot.seconds) != run
+    assert differs  # the grid holds slots whose frames alone would price a micro-dollar less

@@ -58,13 +58,20 @@ def test_every_process_of_the_procfile_reaches_the_servers_it_starts(
     assert env["AWS_ACCESS_KEY_ID"] == env["AWS_SECRET_ACCESS_KEY"] == "local"
 
 
+@pytest.mark.parametrize("state_dir", ["set", "unset"])
 def test_the_procfiles_redis_starts_where_its_data_directory_does_not_exist_yet(
-    tmp_path: Path, processes: Processes
+    tmp_path: Path, processes: Processes, state_dir: str
 ) -> None:
+    """With Procfile.env's MVPIPE_STATE_DIR, or without it (a plain `honcho start`)."""
     command = _procfile()["redis"]
     port = free_port()
-    data = tmp_path / "fresh" / ".mvpipe"
+    env = {"PATH": os.environ["PATH"]}
+    if state_dir == "set":
+        data = tmp_path / "fresh" / "state"
+        env["MVPIPE_STATE_DIR"] = str(data)
+    else:
+        data = tmp_path / ".mvpipe"  # the default, under the working directory
     argv = shlex.split(command.replace("--port 6379", f"--port {port}"))
-    processes.start(argv, env={"PATH": os.environ["PATH"], "MVPIPE_STATE_DIR": str(data)})
+    processes.start(argv, env=env, cwd=tmp_path)
     wait_for(lambda: port_open(port), 30, "the Procfile's redis-server")
     assert data.is_dir()

@@ -17,10 +17,10 @@ import boto3
 import pytest
 
 from mvpipe import api
-from mvpipe.cli.exits import STORE_HINT
+from mvpipe.cli.exits import STORE_HINT, guarded
 from mvpipe.deps import reset_context
 from mvpipe.devstack.localstack import LocalStack, free_port, port_open, stack_env
-from mvpipe.errors import InvalidInput, NotFound
+from mvpipe.errors import BrokerUnavailable, InvalidInput, NotFound, StoreUnavailable
 from mvpipe.media.audio import wav_size
 from mvpipe.media.synth import SAMPLE_RATE, synthesize_song
 from mvpipe.models import MAX_CONCEPT, ProjectSummary
@@ -166,11 +166,14 @@ def test_list_projects_returns_the_newest_up_to_its_limit(
     try:
         ids = [api.create_project(f"P{n}", "x", scene_count=1) for n in range(3)]
         assert [p.project_id for p in api.list_projects(limit=2)] == ids[1:]
-        # each in brief, as a view (never the store's record): scenes asked for, none done
+        # each in brief, as a view (never the store's record): scenes asked for, none done; a
+        # song's project not planned yet has no count (its beats will decide)
+        ids.append(api.create_project("S", "x", song=synthesize_song(seconds=6.0, bpm=120).wav))
         listed = api.list_projects("pending")
         assert all(isinstance(p, ProjectSummary) for p in listed)
         assert [(p.title, p.scene_count, p.completed_scenes) for p in listed] == [
-            (f"P{n}", 1, 0) for n in range(3)
+            *((f"P{n}", 1, 0) for n in range(3)),
+            ("S", None, 0),
         ]
         assert [p.project_id for p in api.list_projects("pending")] == ids
         assert api.list_projects("completed", limit=1) == []
@@ -241,3 +244,23 @@ def test_the_demos_output_check_leaves_no_directory_it_made_nor_a_probe(tmp_path
 def test_the_demos_size_estimate_is_the_synthesized_songs_size() -> None:
     for seconds in (2.0, 3.7):
         assert len(synthesize_song(seconds=seconds).wav) == wav_size(seconds, SAMPLE_RATE)
+
+
+def test_the_store_hint_is_for_the_store_not_the_broker(capsys: pytest.CaptureFixture[str]) -> None:
+    """A broker's message names its own settings; the store's hint would contradict it."""
+
+    def raising(exc: Exception) -> Callable[[], None]:
+        def call() -> None:
+            raise exc
+
+        return call
+
+    for exc, hinted in (
+        (BrokerUnavailable("the broker at redis://127.0.0.1:1 is down"), False),
+        (StoreUnavailable("DynamoDB unavailable"), True),
+    ):
+        with pytest.raises(SystemExit) as ended:
+            guarded(raising(exc))
+        said = capsys.readouterr().err
+        assert ended.value.code == 6 and said.startswith(f"error: {exc}")
+        assert (STORE_HINT in said) is hinted, said

@@ -23,15 +23,12 @@ from mvpipe.cli.lazy import api
 )
 def estimate(project_id: str, sequence: int | None, as_json: bool) -> None:
     """What a run would still pay, in US dollars: every paid stage (generation, lip-sync)
-    still missing, at MVPIPE_PRICES. Exact once the scenes are known (planned, or a song's
-    without lip-sync), "about" before. A song never analysed is analysed first (once: the
-    run's planning reuses it), saying so on standard error."""
+    still missing, at MVPIPE_PRICES. Exact once the scenes are known; "about" before (a song's
+    beats, found when a run plans it, decide its scenes: a run on no budget plans a project and
+    pays for nothing, and the estimate is exact after it)."""
     from mvpipe.pricing import MICROS_PER_USD
 
-    def analysing() -> None:
-        click.echo("analysing the song's beats first (once: its run reuses them)", err=True)
-
-    found = guarded(lambda: api.estimate_micros(project_id, sequence, analysing=analysing))
+    found = guarded(lambda: api.estimate_micros(project_id, sequence))
     dollars = found.micros / MICROS_PER_USD
     if as_json:
         payload = {"usd": dollars, "jobs": found.jobs, "exact": found.exact}
@@ -39,6 +36,15 @@ def estimate(project_id: str, sequence: int | None, as_json: bool) -> None:
         return
     approx = "" if found.exact else "about "
     click.echo(f"{approx}${dollars:,.2f} for {found.jobs} paid job(s)")
+    if not found.exact:
+        click.echo(APPROXIMATE, err=True)
+
+
+#: Said beside an estimate that is not exact: how to make it so.
+APPROXIMATE = (
+    "not exact until the project is planned: `mvpipe budget PROJECT 0` then `mvpipe run PROJECT`"
+    " plans it and pays for nothing"
+)
 
 
 @click.command(

@@ -13,6 +13,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from mvpipe.errors import (
+    BrokerUnavailable,
     ConfigurationError,
     Conflict,
     InvalidInput,
@@ -57,6 +58,8 @@ def guarded(fn: Callable[[], T]) -> T:
     """Run an API call; user mistakes and outages become one line and an exit code."""
     try:
         return fn()
+    except BrokerUnavailable as exc:  # its message names the broker's settings already
+        fail(str(exc), EXIT_UNAVAILABLE)
     except StoreUnavailable as exc:
         fail(f"{exc} ({STORE_HINT})", EXIT_UNAVAILABLE)
     except MvpipeError as exc:

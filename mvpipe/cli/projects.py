@@ -165,9 +165,10 @@ def projects(status_: str | None, limit: int) -> None:
     if len(found) == limit:
         click.echo(f"the newest {limit} project(s); --limit shows more", err=True)
     for project in found:
+        planned = "?" if project.scene_count is None else project.scene_count  # a song decides
         click.echo(
             f"{project.project_id}  {project.status:<17} {project.created_at.isoformat()}  "
-            f"{project.completed_scenes}/{project.scene_count}  {project.title}"
+            f"{project.completed_scenes}/{planned}  {project.title}"
         )
 
 

@@ -27,12 +27,21 @@ def stop_signals_as_ctrl_c() -> Iterator[None]:
     """SIGTERM and SIGHUP (the terminal closed) interrupt as Ctrl-C does (KeyboardInterrupt),
     so a stack told to stop while it starts or runs stops what it spawned rather than dying
     with it (each of its processes runs in a session of its own); one ignored (`nohup`) stays
-    ignored. Only the main thread can set a handler: elsewhere a no-op."""
+    ignored. Only the first interrupts: the stop it starts must not be cut short by the next
+    (closing a terminal may send two SIGHUPs; a user presses Ctrl-C twice) before the stop
+    holds them itself (`signals_deferred`). Only the main thread can set a handler: elsewhere
+    a no-op."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    others = [s for s in localstack.stop_signals() if s != signal.SIGINT]
-    previous = {signum: signal.signal(signum, signal.default_int_handler) for signum in others}
+    interrupted: list[int] = []
+
+    def interrupt(number: int, frame: object) -> None:
+        if not interrupted:  # later ones: the stack is stopping already
+            interrupted.append(number)
+            raise KeyboardInterrupt
+
+    previous = {signum: signal.signal(signum, interrupt) for signum in localstack.stop_signals()}
     try:
         yield
     finally:

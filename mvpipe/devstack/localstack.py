@@ -261,6 +261,8 @@ def stack_env(redis_port: int, moto_port: int, state_dir: Path, *, db: int = 0) 
         "MVPIPE_STATE_DIR": str(state_dir),
         "AWS_ACCESS_KEY_ID": LOCAL_CREDENTIAL,
         "AWS_SECRET_ACCESS_KEY": LOCAL_CREDENTIAL,
+        # nor the user's session token, which would travel with every request (empty: none)
+        "AWS_SESSION_TOKEN": "",
         "AWS_DEFAULT_REGION": os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
     }
 

@@ -3,32 +3,32 @@
 A planned project's estimate is exact: each scene's generation at its `durationSeconds`, each
 lip-sync at its slot's length, for every stage without an output or a job already paid for.
 An unplanned project is estimated from what decides its scenes: the requested scene count at
-the default scene length, or the song's slots, which are exactly the scenes planning will
-make. A song never analysed is analysed then, as planning analyses it (`ensure_timeline`: the
-timeline stored beside the song and recorded once, so the run's planning reuses it; a run's
-analysis at the same time writes the same object): the beats decide the slots, which the
-song's length alone does not tell (cut evenly into the provider's longest clips, a 180 s song
-makes 23 Veo scenes where its beats make 24 or 25), and a budget of a lower estimate fails
-scenes. Lip-sync, before the planner chose the scenes, is
-priced as if every scene were lip-synced (an upper bound).
+the default scene length, or the song's slots once the song is analysed (the run's planning
+analyses it, in a worker, as DESIGN.md places it; an estimate only reads). Before that, the
+song's length is cut evenly into the provider's longest clips: about, since the beats decide
+the slots (a 180 s song makes 23 Veo scenes so, where its beats make 24 or 25); a run on no
+budget plans the project and pays for nothing, after which the estimate is exact. Lip-sync,
+before the planner chose the scenes, is priced as if every scene were lip-synced.
 """
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from mvpipe.deps import Context
 from mvpipe.durations import DEFAULT_SCENE_SECONDS, capped_seconds, clip_seconds
 from mvpipe.errors import InvalidInput
+from mvpipe.media.slots import Slot
 from mvpipe.models import SceneStatus
 from mvpipe.pipeline.stages import GENERATE, LIPSYNC
-from mvpipe.pipeline.timeline import ensure_timeline, load_timeline, song_slots
+from mvpipe.pipeline.timeline import load_timeline, song_slots
 from mvpipe.settings import Settings
 from mvpipe.states import lease_expired
 from mvpipe.store.budget import BudgetStore
-from mvpipe.store.records import ProjectState, SceneRecord
+from mvpipe.store.records import ProjectRecord, ProjectState, SceneRecord
 
 
 @dataclass(frozen=True)
@@ -40,39 +40,22 @@ class Estimate:
     exact: bool
 
 
-#: Told before an estimate analyses a song (seconds of CPU): a caller may say so.
-Analysing = Callable[[], None]
-
-
 def set_budget(ctx: Context, project_id: str, budget_micros: int | None) -> None:
     """Set (None: remove) the project's budget; never below what is committed (`InvalidInput`)."""
     BudgetStore(ctx.table).set_budget(project_id, budget_micros)
 
 
-def estimate_project(
-    ctx: Context,
-    project_id: str,
-    sequence: int | None = None,
-    *,
-    analysing: Analysing | None = None,
-) -> Estimate:
+def estimate_project(ctx: Context, project_id: str, sequence: int | None = None) -> Estimate:
     """`estimate` of the stored project; a `sequence` it does not have is `InvalidInput`."""
     state = ctx.projects.load(project_id)
     if sequence is not None and state.scene(sequence) is None:
         raise InvalidInput(f"project {project_id} has no scene {sequence}")
-    return estimate(ctx, state, sequence=sequence, analysing=analysing)
+    return estimate(ctx, state, sequence=sequence)
 
 
-def estimate(
-    ctx: Context,
-    state: ProjectState,
-    *,
-    sequence: int | None = None,
-    analysing: Analysing | None = None,
-) -> Estimate:
+def estimate(ctx: Context, state: ProjectState, *, sequence: int | None = None) -> Estimate:
     """The price of what a run would still pay for; with `sequence`, of regenerating that
-    scene (all its paid stages, whatever it has now). An unplanned song project's song is
-    analysed first if it never was (`analysing` told before)."""
+    scene (all its paid stages, whatever it has now)."""
     settings, project = ctx.settings, state.project
     if sequence is not None:
         scene = state.scene(sequence)
@@ -87,21 +70,23 @@ def estimate(
             count * settings.video_price_micros(project.provider, seconds), count, exact=False
         )
     timeline = load_timeline(ctx, project)
-    if timeline is None:
-        if analysing is not None:
-            analysing()
-        timeline = ensure_timeline(ctx, project)
-    lengths = [slot.seconds for slot in song_slots(settings, project, timeline)]
+    if timeline is not None:
+        slots = song_slots(settings, project, timeline)
+        lengths = [slot.seconds for slot in slots]
+        synced = [synced_seconds(slot) for slot in slots]
+    else:
+        lengths = synced = _even_slots(settings, project)
     allowed = settings.durations_for(project.provider)
     micros = sum(
         settings.video_price_micros(project.provider, clip_seconds(s, allowed)) for s in lengths
     )
     jobs = len(lengths)
     if project.lip_sync:
-        micros += sum(settings.lipsync_price_micros(s) for s in lengths)
+        micros += sum(settings.lipsync_price_micros(s) for s in synced)
         jobs *= 2
-    # planning makes one scene per slot at the clip that covers it: exact but for lip-sync
-    return Estimate(micros, jobs, exact=not project.lip_sync)
+    # planning makes one scene per slot at the clip that covers it: exact on the song's slots,
+    # but for the lip-sync the planner has still to choose
+    return Estimate(micros, jobs, exact=timeline is not None and not project.lip_sync)
 
 
 def planned_estimate(
@@ -139,3 +124,18 @@ def _lipsync_missing(scene: SceneRecord) -> bool:
     if scene.status == SceneStatus.FAILED:
         return scene.lip_synced_clip_key is None
     return scene.lip_synced_clip_key is None and scene.lip_sync_operation_id is None
+
+
+def _even_slots(settings: Settings, project: ProjectRecord) -> list[float]:
+    """Before analysis: the song cut evenly into the fewest slots the provider can fill."""
+    song = project.song_seconds or 0.0
+    longest = settings.slot_max_seconds_for(project.provider)
+    count = max(1, math.ceil(song / longest - 1e-9))
+    return [song / count] * count
+
+
+def synced_seconds(slot: Slot) -> float:
+    """The length a lip-sync of `slot` is priced at in a run: its scene keeps the slot's start
+    and end (`plan.place_in_slots`) and the run takes their difference (`cut.slot_seconds`),
+    which can differ from `slot.seconds` in the last bit, and so by a micro-dollar."""
+    return slot.end_seconds - slot.start_seconds

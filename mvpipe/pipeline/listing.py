@@ -25,7 +25,12 @@ def summary(project: ProjectRecord) -> ProjectSummary:
         title=project.title,
         status=project.status,
         created_at=datetime.fromisoformat(project.created_at),
-        scene_count=project.scene_count or project.requested_scene_count,
+        scene_count=project.scene_count if project.planned else _asked(project),
         completed_scenes=project.completed_scenes,
         failed_scenes=project.failed_scenes,
     )
+
+
+def _asked(project: ProjectRecord) -> int | None:
+    """The scenes an unplanned project asked for; None for a song's, whose beats decide."""
+    return None if project.song_key is not None else project.requested_scene_count
