@@ -180,16 +180,27 @@ def start_workers(
     # its pool, on every test that starts workers.
     starter.shutdown()  # every start ended: ready, or failed (and killed by `start_worker`)
     failed: list[BaseException] = []
+    kills: list[Callable[[], None]] = []
     for workers in started:
         error = workers.starting.exception()
         if error is None:
-            workers.service.kill()
+            kills.append(workers.service.kill)
         else:
             failed.append(error)
         if workers.control is not None:
-            workers.control.kill()
-    _clear_broker(redis_client)
-    reset_context()
+            kills.append(workers.control.kill)
+    unstopped: list[BaseException] = []
+    try:
+        for kill in kills:  # each one, whatever another's kill raised
+            try:
+                kill()
+            except Exception as exc:
+                unstopped.append(exc)
+    finally:  # nothing of this test's may reach the next one's workers or quota
+        _clear_broker(redis_client)
+        reset_context()
+    if unstopped:
+        raise RuntimeError("a test's worker could not be stopped") from unstopped[0]
     if failed:
         # A test that never read `service` would only have timed out waiting for its
         # project: say why, beside that failure.

@@ -21,7 +21,7 @@ import pytest
 
 from mvpipe.celery_app import app
 from mvpipe.deps import get_context
-from mvpipe.devstack.localstack import free_port, port_open, start_flower
+from mvpipe.devstack.localstack import LOCAL_CREDENTIAL, free_port, port_open, start_flower
 from mvpipe.pipeline.reconcile_scope import FULL_SWEEP_JOB
 from tests.conftest import Workers
 from tests.helpers import listening_on, own_storage, wait_for
@@ -558,7 +558,10 @@ def test_stack_command_starts_everything_and_stops_cleanly_on_a_signal(
         if not starting:
             output = "".join(lines)
             assert "Flower: http://127.0.0.1:" in output and "beat ready" in output
-            assert "export AWS_SECRET_ACCESS_KEY=local" in output and secret not in output
+            assert (
+                f"export AWS_SECRET_ACCESS_KEY={LOCAL_CREDENTIAL}" in output
+                and secret not in output
+            )
         else:  # the workers, beat and Flower spawned (their pools too, maybe), not yet ready
             # the command, the state server, two workers, beat, Flower
             wait_for(lambda: len(marked_processes(mark)) >= 6, 60, "the stack's processes")

@@ -10,10 +10,13 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import botocore.session
 import pytest
 
+from mvpipe.devstack import cluster
 from mvpipe.devstack.cluster import stop_on_signal, stop_signals_as_ctrl_c
 from mvpipe.devstack.localstack import (
+    LOCAL_CREDENTIAL,
     STOP_SIGNALS,
     LocalStack,
     Service,
@@ -25,6 +28,7 @@ from mvpipe.devstack.localstack import (
     start_together,
 )
 from mvpipe.errors import ConfigurationError
+from mvpipe.providers.classify import scrub
 from tests.helpers import wait_for
 from tests.processes import Processes
 
@@ -238,11 +242,13 @@ def test_sigterm_and_sighup_stop_a_starting_or_running_stack_as_ctrl_c_does(
 
 
 @pytest.mark.parametrize("signum", STOP_SIGNALS, ids=lambda s: signal.Signals(s).name.lower())
-def test_only_the_first_stop_signal_interrupts_so_the_stop_it_starts_runs_to_its_end(
-    handlers_kept: None, signum: int
+def test_a_stop_signal_repeated_at_once_lets_the_stop_it_started_run_a_later_one_interrupts(
+    handlers_kept: None, signum: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A second signal before the stop holds them (two SIGHUPs of a closed terminal, Ctrl-C
-    pressed twice) would cut the stop short and leave the stack's processes running."""
+    pressed twice) would cut the stop short and leave the stack's processes running; one
+    after `REPEAT_SECONDS` is a new stop (an interrupt caught somewhere unseen must not leave
+    the stack unstoppable)."""
     stopped = []
     with stop_signals_as_ctrl_c():
         try:
@@ -252,6 +258,9 @@ def test_only_the_first_stop_signal_interrupts_so_the_stop_it_starts_runs_to_its
             os.kill(os.getpid(), signum)  # in the stop's first moment, before any hold
             os.kill(os.getpid(), signal.SIGINT)
             stopped.append("the stop ran to its end")
+        monkeypatch.setattr(cluster, "REPEAT_SECONDS", 0.0)  # as if the window were over
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signum)
     assert stopped == ["the stop ran to its end"]
 
 
@@ -280,8 +289,16 @@ def test_the_stacks_variables_never_carry_the_users_aws_credentials(
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAREALUSERKEY")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "a-users-real-secret")
     monkeypatch.setenv("AWS_SESSION_TOKEN", "a-users-real-token")
+    monkeypatch.setenv("AWS_SECURITY_TOKEN", "a-users-older-token")
     env = stack_env(6379, 5000, tmp_path)
-    assert env["AWS_ACCESS_KEY_ID"] == env["AWS_SECRET_ACCESS_KEY"] == "local"
-    assert env["AWS_SESSION_TOKEN"] == ""  # set, so the user's is not inherited
-    mine = {"AKIAREALUSERKEY", "a-users-real-secret", "a-users-real-token"}
+    assert env["AWS_ACCESS_KEY_ID"] == env["AWS_SECRET_ACCESS_KEY"] == LOCAL_CREDENTIAL
+    # set, so the user's are not inherited; botocore takes an empty one for none
+    assert env["AWS_SESSION_TOKEN"] == env["AWS_SECURITY_TOKEN"] == ""
+    mine = {"AKIAREALUSERKEY", "a-users-real-secret", "a-users-real-token", "a-users-older-token"}
     assert not mine & set(env.values())
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert botocore.session.get_session().get_credentials().token is None
+    # The dummy secret is scrubbed from every error text: it must not mangle the usual words
+    said = "local: 500 job local-paid failed (localhost)"
+    assert scrub(said) == said

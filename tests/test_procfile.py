@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mvpipe.devstack.localstack import free_port, port_open
+from mvpipe.devstack.localstack import LOCAL_CREDENTIAL, free_port, port_open
 from mvpipe.settings import Settings
 from tests.helpers import wait_for
 from tests.processes import Processes
@@ -55,14 +55,17 @@ def test_every_process_of_the_procfile_reaches_the_servers_it_starts(
     assert settings.result_backend.startswith(f"redis://127.0.0.1:{redis_port}/")
     assert settings.dynamodb_endpoint == settings.s3_endpoint == f"http://127.0.0.1:{state_port}"
     # Dummies: the state server takes any key, and no real one belongs in a checked-in file.
-    assert env["AWS_ACCESS_KEY_ID"] == env["AWS_SECRET_ACCESS_KEY"] == "local"
+    assert env["AWS_ACCESS_KEY_ID"] == env["AWS_SECRET_ACCESS_KEY"] == LOCAL_CREDENTIAL
+    assert env["AWS_SESSION_TOKEN"] == env["AWS_SECURITY_TOKEN"] == ""  # not the user's
 
 
 @pytest.mark.parametrize("state_dir", ["set", "unset"])
 def test_the_procfiles_redis_starts_where_its_data_directory_does_not_exist_yet(
     tmp_path: Path, processes: Processes, state_dir: str
 ) -> None:
-    """With Procfile.env's MVPIPE_STATE_DIR, or without it (a plain `honcho start`)."""
+    """With Procfile.env's MVPIPE_STATE_DIR, or without it (a plain `honcho start`: then where
+    mvpipe keeps its state by default)."""
+    assert Settings.model_fields["state_dir"].default == Path.home() / ".mvpipe"
     command = _procfile()["redis"]
     port = free_port()
     env = {"PATH": os.environ["PATH"]}
@@ -70,7 +73,8 @@ def test_the_procfiles_redis_starts_where_its_data_directory_does_not_exist_yet(
         data = tmp_path / "fresh" / "state"
         env["MVPIPE_STATE_DIR"] = str(data)
     else:
-        data = tmp_path / ".mvpipe"  # the default, under the working directory
+        env["HOME"] = str(tmp_path / "home")
+        data = tmp_path / "home" / ".mvpipe"  # the default, as the settings' `state_dir`
     argv = shlex.split(command.replace("--port 6379", f"--port {port}"))
     processes.start(argv, env=env, cwd=tmp_path)
     wait_for(lambda: port_open(port), 30, "the Procfile's redis-server")

@@ -4,6 +4,7 @@ code seen by the test, and the same exit and output as `python -m celery` for th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from collections.abc import Callable
@@ -14,15 +15,18 @@ import pytest
 from mvpipe.devstack.localstack import LocalStack, Starting, launch_worker
 from mvpipe.errors import ConfigurationError
 from tests.conftest import Workers
-from tests.warm_workers import WarmParent
+from tests.warm_workers import ForkedProcess, WarmParent
 
 pytestmark = pytest.mark.integration
 
 
 def _fds(pid: int) -> set[str]:
     """What each of the process's file descriptors points at (`pipe:[inode]` for a pipe)."""
-    fds = Path(f"/proc/{pid}/fd")
-    return {os.readlink(fd) for fd in fds.iterdir()}
+    found = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):  # closed since it was listed
+            found.add(os.readlink(fd))
+    return found
 
 
 def test_a_forked_worker_leads_its_own_group_and_holds_none_of_its_parents_pipes(
@@ -41,6 +45,20 @@ def test_a_forked_worker_leads_its_own_group_and_holds_none_of_its_parents_pipes
     assert os.readlink(f"/proc/{pid}/fd/2") == str(service.log_path)
     service.kill()
     assert service.proc.returncode == -signal.SIGKILL
+
+
+def _parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def test_a_worker_whose_interpreter_reads_other_settings_at_its_start_is_spawned(
+    start_workers: Callable[..., Workers], warm_parent: WarmParent
+) -> None:
+    """`PYTHONHASHSEED`, `PYTHONPATH`, the locale...: read when an interpreter starts, so a fork
+    of the warm parent would run with the parent's; such a worker is spawned instead."""
+    other = start_workers(concurrency=1, env={"PYTHONHASHSEED": "123"}).service
+    assert _parent_of(other.proc.pid) == os.getpid()
+    assert other.proc.pid != warm_parent.pid and not isinstance(other.proc, ForkedProcess)
 
 
 def test_a_worker_that_cannot_start_exits_as_a_spawned_one_does(

@@ -54,6 +54,15 @@ PRELOAD = (
 )
 
 
+#: Variables read once, when an interpreter or a native library starts (a fork keeps the
+#: parent's): `PYTHONPATH`, `PYTHONHASHSEED`, the locale, the time zone, BLAS threads.
+STARTUP_PREFIXES = ("PYTHON", "LC_", "LANG", "TZ", "OMP_", "OPENBLAS_", "MKL_")
+
+
+def _read_at_startup(env: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if k.startswith(STARTUP_PREFIXES)}
+
+
 class ForkedProcess(subprocess.Popen[bytes]):
     """A child of the warm parent, owned as `subprocess.Popen` owns its own: `poll`, `wait` and
     `send_signal` as Popen's, its exit code read from the file the parent writes when it
@@ -93,6 +102,7 @@ class WarmParent:
 
     def __init__(self, workdir: Path, env: dict[str, str]) -> None:
         self._workdir = workdir
+        self._startup = _read_at_startup(env)
         self._lock = threading.Lock()  # one request and its reply at a time
         self._count = 0
         with open(workdir / "warm-parent.log", "ab") as log:
@@ -116,6 +126,13 @@ class WarmParent:
         """`argv` (`python -m celery ...`) forked from the warm parent, under `env`."""
         if argv[:3] != [sys.executable, "-m", "celery"]:
             raise ValueError(f"only `python -m celery` forks from the warm parent: {argv}")
+        if _read_at_startup(dict(os.environ if env is None else env)) != self._startup:
+            # what the interpreter or a native library read when the parent started: a fork
+            # would run with the parent's, so such a worker is spawned as the stack spawns it
+            # (imported here: the warm parent runs this module and must import no mvpipe one)
+            from mvpipe.devstack.localstack import _spawn
+
+            return _spawn(name, argv, log_path, env)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         assert self._proc.stdin is not None and self._proc.stdout is not None
         with self._lock:
@@ -207,6 +224,16 @@ def serve() -> None:
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)
     signal.set_wakeup_fd(wake_write)
     statuses: dict[int, str] = {}
+    try:
+        _serve(statuses, wake_read)
+    finally:  # stdin closed, or the loop failed: no worker outlives the warm parent
+        for pid in statuses:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+
+
+def _serve(statuses: dict[int, str], wake_read: int) -> None:
+    """The request loop: a worker forked per line, each exited one reaped, until stdin ends."""
     pending = b""
     while True:
         readable, _, _ = select.select([0, wake_read], [], [])
@@ -231,9 +258,6 @@ def serve() -> None:
                     os._exit(70)  # never back into the parent's loop
             statuses[pid] = request["status"]
             os.write(1, json.dumps({"pid": pid}).encode() + b"\n")
-    for pid in statuses:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import os
 import secrets
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -22,24 +23,33 @@ from mvpipe.devstack import localstack
 Say = Callable[[str], None]
 
 
+#: How long after an interrupt a stop signal is taken for a repeat of it (the stop's start holds
+#: the stop signals itself within microseconds; two SIGHUPs of a closing terminal come so close).
+REPEAT_SECONDS = 1.0
+
+
 @contextmanager
 def stop_signals_as_ctrl_c() -> Iterator[None]:
     """SIGTERM and SIGHUP (the terminal closed) interrupt as Ctrl-C does (KeyboardInterrupt),
     so a stack told to stop while it starts or runs stops what it spawned rather than dying
     with it (each of its processes runs in a session of its own); one ignored (`nohup`) stays
-    ignored. Only the first interrupts: the stop it starts must not be cut short by the next
-    (closing a terminal may send two SIGHUPs; a user presses Ctrl-C twice) before the stop
-    holds them itself (`signals_deferred`). Only the main thread can set a handler: elsewhere
-    a no-op."""
+    ignored. A repeat within `REPEAT_SECONDS` of an interrupt does not interrupt again: the stop
+    it starts must not be cut short (closing a terminal may send two SIGHUPs; a user presses
+    Ctrl-C twice) before the stop holds them itself (`signals_deferred`). Only the main
+    thread can set a handler: elsewhere a no-op."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    interrupted: list[int] = []
+    interrupted: list[float] = []
 
     def interrupt(number: int, frame: object) -> None:
-        if not interrupted:  # later ones: the stack is stopping already
-            interrupted.append(number)
-            raise KeyboardInterrupt
+        # Repeats just after an interrupt: the stop it starts is on its way. Later ones interrupt
+        # again (an interrupt caught somewhere unseen must not leave the stack unstoppable).
+        now = time.monotonic()
+        if interrupted and now - interrupted[-1] < REPEAT_SECONDS:
+            return
+        interrupted.append(now)
+        raise KeyboardInterrupt
 
     previous = {signum: signal.signal(signum, interrupt) for signum in localstack.stop_signals()}
     try:

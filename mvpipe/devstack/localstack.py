@@ -244,8 +244,9 @@ def launch_state_server(workdir: Path, *, port: int | None = None) -> Starting:
     return Starting(service, lambda: port_open(port), 60, "moto server")
 
 
-#: The access key and secret of a local stack (the state server takes any).
-LOCAL_CREDENTIAL = "local"
+#: The access key and secret of a local stack (the state server takes any). Not a word that
+#: appears in error texts: the secret's value is scrubbed from every one (`classify.scrub`).
+LOCAL_CREDENTIAL = "local-stack-dummy"
 
 
 def stack_env(redis_port: int, moto_port: int, state_dir: Path, *, db: int = 0) -> dict[str, str]:
@@ -261,8 +262,10 @@ def stack_env(redis_port: int, moto_port: int, state_dir: Path, *, db: int = 0) 
         "MVPIPE_STATE_DIR": str(state_dir),
         "AWS_ACCESS_KEY_ID": LOCAL_CREDENTIAL,
         "AWS_SECRET_ACCESS_KEY": LOCAL_CREDENTIAL,
-        # nor the user's session token, which would travel with every request (empty: none)
+        # nor the user's session token, which would travel with every request (empty: none;
+        # botocore reads either variable)
         "AWS_SESSION_TOKEN": "",
+        "AWS_SECURITY_TOKEN": "",
         "AWS_DEFAULT_REGION": os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
     }
 

@@ -31,6 +31,7 @@ SECRET_VARIABLES = (
     "REPLICATE_API_TOKEN",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
     "MVPIPE_FLOWER_PASSWORD",
 )
 #: Variables holding a URL whose password is a secret (a client library may echo it bare).
