@@ -236,7 +236,11 @@ def test_a_finalize_that_always_crashes_ends_the_run_and_stays_ended(
     )
     ctx = get_context()
     project_id = api.create_project("Crashing finalize", "It never settles.", scene_count=1)
-    api.run_project(project_id)
+    run_id = api.run_project(project_id).id
+    # Its finalize began (and crashed) before any reconcile pass: a pass that found the scene
+    # final while the chord's finalize had not begun yet would settle the run itself, rightly
+    # (`reconcile_runs._finalize_owed`), and there would be no crashing finalize to drill
+    wait_for(lambda: ctx.board.finalize_begun(run_id), 60, "the run's finalize to begin")
     # When reconcile passes take the stale run over for as long as they may
     takeovers, runs = 0, set()
 
