@@ -79,6 +79,8 @@ def create_project(
 
     With `scenes`, planning is skipped. With `song` (a path or the bytes of an audio file) the
     song decides the scenes, so `scene_count` and `scenes` are refused; `lip_sync` needs a song.
+    A worker on `mvpipe.media` then analyses the song (`estimate_micros` is exact once it has,
+    lip-sync aside); a broker that cannot take the message only leaves that to the first run.
     """
     intake = project_intake(
         get_settings(),
@@ -92,7 +94,7 @@ def create_project(
         budget_usd=budget_usd,
     )
     project_id = str(uuid.uuid4())
-    write_project(get_context(), project_id, intake.spec, intake.song)
+    write_project(get_context(), project_id, intake.spec, intake.song, _dispatcher)
     return project_id
 
 

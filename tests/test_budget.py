@@ -15,12 +15,11 @@ from pathlib import Path
 import pytest
 
 from mvpipe import api
-from mvpipe.cli.costs import APPROXIMATE
 from mvpipe.deps import get_context
 from mvpipe.models import ProjectStatus, SceneStatus
 from tests.cli_batch import mvpipe_batch
 from tests.conftest import Workers
-from tests.helpers import assert_invariants, ledger
+from tests.helpers import assert_invariants, ledger, wait_for
 from tests.songs import make_song
 
 pytestmark = pytest.mark.integration
@@ -129,49 +128,38 @@ def downloaded_modes(project_id: str, into: Path) -> dict[int, int]:
     return modes
 
 
-def test_a_song_project_estimated_then_planned_on_no_budget_then_paid_for_exactly(
+def test_a_song_project_analysed_at_creation_is_estimated_exactly_then_paid_for_exactly(
     start_workers: StartWorkers,
 ) -> None:
-    start_workers(concurrency=1, queues="mvpipe.media", warm_media="1")
+    media = start_workers(concurrency=1, queues="mvpipe.media", warm_media="1")
     # Slots of at most 3.8 s on a song that beats every half second: its length cut evenly into
     # the longest slots makes 8 of them; its beats decide the real ones
     workers = start_workers(
         queues="mvpipe.plan,mvpipe.video", prices=PRICES, slot_max_seconds="3.8"
     )
     song = make_song("mp3", 30.0)
-    project_id = api.create_project("Song", "Neon rain\nOn the glass", song=song.data, budget_usd=0)
+    project_id = api.create_project("Song", "Neon rain\nOn the glass", song=song.data)
 
-    # Before its analysis, the estimate is about (the song's length cut evenly) and only reads:
-    # the analysis is the run's planning's, in a worker
-    rough = api.estimate_micros(project_id)
-    assert not rough.exact and rough.jobs == math.ceil(30.0 / 3.8) and rough.micros > 0
-    (said,) = mvpipe_batch(workers.env, ("estimate", project_id))
-    assert said.returncode == 0 and said.stdout.startswith("about $"), said.stdout
-    assert APPROXIMATE in said.stderr  # and how to make it exact
-    assert api.get_project(project_id).timeline_s3_key is None
-
-    # A run on no budget plans the scenes and pays for nothing
-    api.run_project(project_id)
-    view = api.wait_project(project_id, timeout=180)
-    assert view.status == ProjectStatus.FAILED and view.scene_count >= rough.jobs
-    assert view.timeline_s3_key is not None
-    assert len(view.scenes) == view.scene_count
-    assert all(s.last_error and s.last_error.startswith("over budget") for s in view.scenes)
-    assert view.committed_cost_usd == 0.0 and ledger(workers.ledger, project_id) == []
-
-    # Planned, the estimate is exact: a budget of exactly that much pays for every scene
+    # A worker analyses the song once the project is created, no run asked: then the estimate
+    # is exact, on the beats' slots (not the even cut), and the CLI says so with no hint
+    wait_for(
+        lambda: api.get_project(project_id).timeline_s3_key, 120, "the song's analysis at creation"
+    )
     exact = api.estimate_micros(project_id)
-    assert exact.exact and exact.jobs == view.scene_count
-    assert exact.micros == sum(s.duration_seconds * 250_000 for s in view.scenes)
+    assert exact.exact and not exact.awaiting_analysis
+    assert exact.jobs > math.ceil(30.0 / 3.8) and exact.micros > 0
     # The commands, `status` last, in one batch: each its own process, the imports once
     bads = ("-1", "nan", "1e12", "ten")
-    estimated, budgeted, *refusals, cli = mvpipe_batch(
+    said, estimated, budgeted, *refusals, cli = mvpipe_batch(
         workers.env,
+        ("estimate", project_id),
         ("estimate", project_id, "--json"),
         ("budget", project_id, str(exact.micros / 1e6)),
         *(("budget", project_id, bad) for bad in bads),
         ("status", project_id),
     )
+    assert said.returncode == 0 and said.stdout.startswith("$"), said.stdout
+    assert said.stderr == "", said.stderr
     assert estimated.returncode == 0 and estimated.stderr == "", estimated.stderr
     assert json.loads(estimated.stdout) == {
         "usd": exact.micros / 1e6,
@@ -184,11 +172,19 @@ def test_a_song_project_estimated_then_planned_on_no_budget_then_paid_for_exactl
         assert refused.returncode == 2 and "budget must" in refused.stderr, refused.stderr
     assert cli.returncode == 0, cli.stderr
     assert f"cost      $0.00 committed of a ${exact.micros / 1e6:,.2f} budget" in cli.stdout
+
+    # A budget of exactly the estimate pays for every scene, and the run planned on the
+    # recorded timeline: the song was analysed once, at creation, and no run step analysed it
     api.run_project(project_id)
     view = api.wait_project(project_id, timeout=180)
     assert view.status == ProjectStatus.COMPLETED, view.last_error
+    assert view.scene_count == exact.jobs
     assert round(view.committed_cost_usd * 1e6) == exact.micros
+    assert exact.micros == sum(s.duration_seconds * 250_000 for s in view.scenes)
     assert len(ledger(workers.ledger, project_id)) == view.scene_count
+    log = media.service.log_text()
+    assert log.count(f"analysed song project={project_id} ") == 1
+    assert "Task mvpipe.prepare_song[" in log and "Task mvpipe.analyse_song[" not in log
     assert_invariants(project_id)
 
 

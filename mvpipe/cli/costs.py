@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import json
+import time
+from typing import TYPE_CHECKING
 
 import click
 
-from mvpipe.cli.exits import EXIT_INVALID, fail, guarded
+from mvpipe.cli.exits import EXIT_INVALID, EXIT_TIMEOUT, fail, guarded
 from mvpipe.cli.lazy import api
+from mvpipe.models import MAX_WAIT_SECONDS, validate_seconds
+
+if TYPE_CHECKING:
+    from mvpipe.pipeline.cost import Estimate
+
+#: How long `estimate --wait` waits for a song's analysis by default: seconds on a warm worker
+#: (~1.3 s for a 3-minute song), minutes when the media queue has other work before it.
+ANALYSIS_WAIT_SECONDS = 600.0
+#: How often it looks.
+ANALYSIS_POLL_SECONDS = 0.25
 
 
 @click.command(short_help="What a run would still pay, in US dollars.")
@@ -21,14 +33,33 @@ from mvpipe.cli.lazy import api
 @click.option(
     "--json", "as_json", is_flag=True, help="Print the estimate as JSON (usd, jobs, exact)."
 )
-def estimate(project_id: str, sequence: int | None, as_json: bool) -> None:
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="While the project's song is still being analysed, wait for its analysis (up to "
+    "--timeout), then print the estimate its beats make.",
+)
+@click.option(
+    "--timeout",
+    default=ANALYSIS_WAIT_SECONDS,
+    show_default=True,
+    help=f"Seconds to wait with --wait (at most {MAX_WAIT_SECONDS:.0f}).",
+)
+def estimate(
+    project_id: str, sequence: int | None, as_json: bool, wait: bool, timeout: float
+) -> None:
     """What a run would still pay, in US dollars: every paid stage (generation, lip-sync)
-    still missing, at MVPIPE_PRICES. Exact once the scenes are known; "about" before (a song's
-    beats, found when a run plans it, decide its scenes: a run on no budget plans a project and
-    pays for nothing, and the estimate is exact after it)."""
+    still missing, at MVPIPE_PRICES. Exact once the scenes are known; "about" before. A song's
+    beats decide its scenes: a worker analyses the song when the project is created, and the
+    estimate is exact once it has (--wait waits for it; which scenes are lip-synced is the
+    planner's, known when a run plans the project: on no budget it pays for nothing)."""
     from mvpipe.pricing import MICROS_PER_USD
 
+    if wait:
+        guarded(lambda: validate_seconds(timeout, "--timeout"))
     found = guarded(lambda: api.estimate_micros(project_id, sequence))
+    if wait and found.awaiting_analysis:
+        found = _analysed(project_id, sequence, timeout)
     dollars = found.micros / MICROS_PER_USD
     if as_json:
         payload = {"usd": dollars, "jobs": found.jobs, "exact": found.exact}
@@ -37,13 +68,34 @@ def estimate(project_id: str, sequence: int | None, as_json: bool) -> None:
     approx = "" if found.exact else "about "
     click.echo(f"{approx}${dollars:,.2f} for {found.jobs} paid job(s)")
     if not found.exact:
-        click.echo(APPROXIMATE, err=True)
+        click.echo(ANALYSING if found.awaiting_analysis else APPROXIMATE, err=True)
+
+
+def _analysed(project_id: str, sequence: int | None, timeout: float) -> Estimate:
+    """The estimate once the song's analysis is recorded; exit 5 after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        time.sleep(min(ANALYSIS_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+        found = guarded(lambda: api.estimate_micros(project_id, sequence))
+        if not found.awaiting_analysis:
+            return found
+        if time.monotonic() >= deadline:
+            fail(
+                f"the song of project {project_id} was not analysed within {timeout:g} s: is a "
+                "worker consuming the mvpipe.media queue running? (a run analyses it too)",
+                EXIT_TIMEOUT,
+            )
 
 
 #: Said beside an estimate that is not exact: how to make it so.
 APPROXIMATE = (
     "not exact until the project is planned: `mvpipe budget PROJECT 0` then `mvpipe run PROJECT`"
     " plans it and pays for nothing"
+)
+#: Said beside the estimate of a song project whose analysis is not recorded yet.
+ANALYSING = (
+    "not exact until the song's analysis is recorded (a worker analyses it once the project is"
+    " created): ask again in a moment, or wait for it with `mvpipe estimate PROJECT --wait`"
 )
 
 

@@ -21,6 +21,20 @@ PLAN_SCENES = "mvpipe.plan_scenes"
 GENERATE_SCENE = "mvpipe.generate_scene"
 FINALIZE_PROJECT = "mvpipe.finalize_project"
 ASSEMBLE_PROJECT = "mvpipe.assemble_project"
+PREPARE_SONG = "mvpipe.prepare_song"
+
+#: Where song analysis runs (celeryconfig's routes send `mvpipe.analyse_song` there too).
+MEDIA_QUEUE = "mvpipe.media"
+#: A message whose loss costs only time (a new project's song analysed ahead of its run, which
+#: analyses it anyway) gives up on a broker away within seconds: a connect or a reply waits this
+#: long, and the publish is tried twice, where a run's steps retry for ~30 s (celeryconfig).
+QUICK_SEND_SECONDS = 2.0
+QUICK_RETRY_POLICY = {
+    "max_retries": 1,
+    "interval_start": 0.2,
+    "interval_step": 0.2,
+    "interval_max": 0.2,
+}
 
 
 class CeleryDispatcher:
@@ -59,6 +73,26 @@ class CeleryDispatcher:
 
     def assemble(self, project_id: str, run_id: str) -> AsyncResult:
         return self._send(ASSEMBLE_PROJECT, args=[project_id, run_id])
+
+    def prepare_song(self, project_id: str) -> AsyncResult:
+        """Ask a media worker to analyse a new project's song now, outside any run (its
+        result is not kept: nobody waits on it). Bounded (`QUICK_SEND_SECONDS`): on its own
+        connection, so a broker that is away cannot hold the caller for long."""
+        with self.app.connection_for_write(
+            connect_timeout=QUICK_SEND_SECONDS,
+            transport_options={
+                "socket_connect_timeout": QUICK_SEND_SECONDS,
+                "socket_timeout": QUICK_SEND_SECONDS,
+            },
+        ) as connection:
+            return self._send(
+                PREPARE_SONG,
+                args=[project_id],
+                queue=MEDIA_QUEUE,
+                ignore_result=True,
+                connection=connection,
+                retry_policy=QUICK_RETRY_POLICY,
+            )
 
     def _send(self, name: str, **options: Any) -> AsyncResult:
         """Publish (retried through a short broker outage by Celery's publish retry policy)."""

@@ -3,12 +3,13 @@
 A planned project's estimate is exact: each scene's generation at its `durationSeconds`, each
 lip-sync at its slot's length, for every stage without an output or a job already paid for.
 An unplanned project is estimated from what decides its scenes: the requested scene count at
-the default scene length, or the song's slots once the song is analysed (the run's planning
-analyses it, in a worker, as DESIGN.md places it; an estimate only reads). Before that, the
-song's length is cut evenly into the provider's longest clips: about, since the beats decide
-the slots (a 180 s song makes 23 Veo scenes so, where its beats make 24 or 25); a run on no
-budget plans the project and pays for nothing, after which the estimate is exact. Lip-sync,
-before the planner chose the scenes, is priced as if every scene were lip-synced.
+the default scene length, or the song's slots once the song is analysed (a worker analyses it
+when the project is created, or else the run's planning does, as DESIGN.md places it; an
+estimate only reads). Before that, the song's length is cut evenly into the provider's longest
+clips: about, since the beats decide the slots (a 180 s song makes 23 Veo scenes so, where its
+beats make 24 or 25), and said so (`awaiting_analysis`): asked again a moment later, it is
+exact. Lip-sync, before the planner chose the scenes, is priced as if every scene were
+lip-synced: about until a run plans the project (on no budget it pays for nothing).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ class Estimate:
     jobs: int
     #: False while the planner has still to decide the scenes (or which are lip-synced)
     exact: bool
+    #: the song decides the scenes and its analysis is not recorded yet (the even cut)
+    awaiting_analysis: bool = False
 
 
 def set_budget(ctx: Context, project_id: str, budget_micros: int | None) -> None:
@@ -86,7 +89,12 @@ def estimate(ctx: Context, state: ProjectState, *, sequence: int | None = None) 
         jobs *= 2
     # planning makes one scene per slot at the clip that covers it: exact on the song's slots,
     # but for the lip-sync the planner has still to choose
-    return Estimate(micros, jobs, exact=timeline is not None and not project.lip_sync)
+    return Estimate(
+        micros,
+        jobs,
+        exact=timeline is not None and not project.lip_sync,
+        awaiting_analysis=timeline is None,
+    )
 
 
 def planned_estimate(

@@ -6,24 +6,64 @@ whose outcome is unknown (an outage) keeps them: a write whose answer was lost m
 a project must never appear without its scenes or song. If a read then finds the project, it was
 created; otherwise the error goes to the caller, and reconcile's stray sweeps collect the scene
 items and the song of a METADATA that never lands (past the grace period).
+
+A project with a song, once created, asks a media worker to analyse the song (one message,
+`mvpipe.prepare_song`): its estimate is exact once the timeline is recorded, and its first run
+plans without analysing. The message is only a head start: when the broker cannot take it, the
+project stands (its song is valid), a warning is logged, and the run's planning analyses.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Any, Protocol
 
 from mvpipe import durations
 from mvpipe.deps import Context
 from mvpipe.errors import StoreUnavailable
 from mvpipe.models import ProjectSpec
+from mvpipe.providers.classify import describe
 
 log = logging.getLogger("mvpipe.create")
 
 
-def create_project(ctx: Context, project_id: str, spec: ProjectSpec, song: bytes | None) -> None:
+class SongAnalysis(Protocol):
+    """Sends the message that has a worker analyse a new project's song (`CeleryDispatcher`)."""
+
+    def prepare_song(self, project_id: str) -> Any: ...
+
+
+def create_project(
+    ctx: Context,
+    project_id: str,
+    spec: ProjectSpec,
+    song: bytes | None,
+    analysis: SongAnalysis | None = None,
+) -> None:
     """Write a validated project; `song` holds the bytes `spec.song` describes. Hand-written
     scenes are stored at their clip length, one the provider makes (`InvalidInput` before any
-    write for any other), the length their price is reserved on and asked for."""
+    write for any other), the length their price is reserved on and asked for. With a song and
+    `analysis`, the song's analysis is asked for once the project is written."""
+    _write(ctx, project_id, spec, song)
+    if spec.song is not None and analysis is not None:
+        _ask_analysis(analysis, project_id)
+
+
+def _ask_analysis(analysis: SongAnalysis, project_id: str) -> None:
+    """Send the song's analysis (bounded). Not sent, the project stands and its run's planning
+    analyses the song: a warning, never an error."""
+    try:
+        analysis.prepare_song(project_id)
+    except Exception as exc:
+        log.warning(
+            "project %s: its song's analysis could not be asked for (%s); its first run will "
+            "analyse it",
+            project_id,
+            describe(exc),
+        )
+
+
+def _write(ctx: Context, project_id: str, spec: ProjectSpec, song: bytes | None) -> None:
     if spec.scenes is not None:
         allowed = ctx.settings.durations_for(spec.provider)
         scenes = durations.hand_written(spec.scenes, spec.provider, allowed)

@@ -1,8 +1,12 @@
-"""`mvpipe.analyse_song`: a song project's first planning step, on queue `mvpipe.media`.
+"""Song analysis, on queue `mvpipe.media`: `mvpipe.prepare_song` when a project is created,
+`mvpipe.analyse_song` as a run's first planning step when no timeline is recorded yet.
 
 Song analysis is the heaviest step in memory, so it runs where media work runs (workers that
-consume `mvpipe.media` warm librosa when they start). It keeps the run's task id: once the
-timeline is recorded it replaces itself with `mvpipe.plan_scenes`, which plans on the slots.
+consume `mvpipe.media` warm librosa when they start). `prepare_song` analyses a new project's
+song ahead of any run, so that its estimate is exact and its first run plans at once; it
+records the timeline and nothing else, and whatever stops it leaves the analysis to the run.
+`analyse_song` keeps the run's task id: once the timeline is recorded it replaces itself with
+`mvpipe.plan_scenes`, which plans on the slots.
 """
 
 from __future__ import annotations
@@ -12,8 +16,8 @@ from typing import Any
 
 from mvpipe import hooks
 from mvpipe.deps import Context, get_context
-from mvpipe.errors import Conflict, InvalidInput, UnexpectedError
-from mvpipe.messaging.dispatch import PLAN_SCENES
+from mvpipe.errors import Conflict, InvalidInput, NotFound, UnexpectedError
+from mvpipe.messaging.dispatch import PLAN_SCENES, PREPARE_SONG
 from mvpipe.pipeline.plan import fail_planning
 from mvpipe.pipeline.timeline import ensure_timeline
 from mvpipe.providers.classify import describe
@@ -21,6 +25,47 @@ from mvpipe.tasks.base import OUTAGE_ERRORS, MvpipeTask, app, checked_ids, log_u
 from mvpipe.tasks.failures import OUTAGES
 
 log = logging.getLogger("mvpipe.tasks.analyse")
+
+
+@app.task(
+    base=MvpipeTask,
+    bind=True,
+    name=PREPARE_SONG,
+    ignore_result=True,
+    # A process lost in the analysis (its memory) is not tried again: the run's planning
+    # analyses the song, its attempts counted, where a requeued message would loop.
+    reject_on_worker_lost=False,
+)
+def prepare_song(self: MvpipeTask, project_id: str, outages: int = 0) -> Any:
+    """Analyse a new project's song and record its timeline: sent by `create_project`.
+
+    Only a project that is still waiting for it: gone, planned, analysed already, or with a
+    run (whose planning analyses the song) it does nothing. An analysis that fails (the song
+    cannot be analysed, a crash) is logged, scrubbed, and not retried: nothing is recorded,
+    and the run's planning meets it again and fails saying why. An outage is retried.
+    """
+    checked_ids(project_id, run_id=None, run_optional=True, counts={OUTAGES: outages})
+    kwargs = {OUTAGES: outages}
+    try:
+        ctx = get_context()  # its first use in a process reaches the store: an outage retries
+        project = ctx.projects.get(project_id)
+        if project.planned or project.song_key is None or project.timeline_key is not None:
+            return {"project_id": project_id, "outcome": "nothing to analyse"}
+        if project.active_run_id is not None:
+            return {"project_id": project_id, "outcome": "left to its run"}
+        hooks.reached("before_analysis")
+        ensure_timeline(ctx, project)
+    except NotFound:
+        return {"project_id": project_id, "outcome": "no such project"}
+    except (InvalidInput, Conflict) as exc:
+        log.warning("song analysis of project %s: %s", project_id, describe(exc))
+        return {"project_id": project_id, "outcome": "not analysed"}
+    except OUTAGE_ERRORS as exc:
+        raise self.outage_retry(exc, kwargs) from None
+    except Exception as exc:  # a crash of the analysis (librosa, a bug): scrubbed, once
+        log_unexpected(log, f"prepare_song {project_id}", exc)
+        return {"project_id": project_id, "outcome": "not analysed"}
+    return {"project_id": project_id, "outcome": "analysed"}
 
 
 @app.task(base=MvpipeTask, bind=True, name="mvpipe.analyse_song")

@@ -1,0 +1,187 @@
+"""A song analysed when its project is created: a worker on `mvpipe.media` records the timeline
+ahead of any run (`mvpipe.prepare_song`), so the estimate is exact at once and the first run
+plans without analysing. The message is only a head start: a broker that cannot take it, or an
+analysis that cannot be done, leaves the song to the run's planning, as before."""
+
+from __future__ import annotations
+
+import re
+import socket
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import redis
+
+from mvpipe import api
+from mvpipe.celery_app import app
+from mvpipe.cli.costs import ANALYSING
+from mvpipe.deps import get_context
+from mvpipe.devstack.localstack import free_port
+from mvpipe.errors import InvalidInput
+from mvpipe.messaging.dispatch import MEDIA_QUEUE, CeleryDispatcher
+from mvpipe.models import ProjectStatus
+from tests.cli_batch import mvpipe_batch
+from tests.conftest import Workers
+from tests.helpers import lip_synced_project, wait_for
+from tests.songs import make_song
+
+pytestmark = pytest.mark.integration
+
+StartWorkers = Callable[..., Workers]
+
+
+def outcome(workers: Workers, project_id: str) -> str | None:
+    """What the worker's `prepare_song` for `project_id` returned (None until it has)."""
+    found = re.search(
+        r"Task mvpipe\.prepare_song\[[^\]]+\] succeeded in [^:]+: "
+        rf"\{{'project_id': '{project_id}', 'outcome': '([^']+)'\}}",
+        workers.service.log_text(),
+    )
+    return found.group(1) if found else None
+
+
+@contextmanager
+def silent_port() -> Iterator[int]:
+    """A port that takes connections and never answers (a hung broker, a dropping firewall)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        yield listener.getsockname()[1]
+
+
+def test_with_the_broker_unreachable_a_song_project_is_created_and_its_run_analyses_it(
+    start_workers: StartWorkers, tmp_path: Path
+) -> None:
+    workers = start_workers()
+    song = tmp_path / "song.wav"
+    song.write_bytes(make_song("wav", 6.0).data)
+    create = ("create", "--title", "Offline", "--concept", "la la", "--song", str(song))
+    # When `mvpipe create` meets a broker nobody listens on, or one that never answers (the
+    # store up): each is bounded (a reply awaited without a bound would hang it for good)
+    with silent_port() as silent:
+        created = [
+            mvpipe_batch({**workers.env, "MVPIPE_BROKER_URL": url}, create, timeout=60)[0]
+            for url in (
+                f"redis://127.0.0.1:{free_port()}/0",
+                f"redis://127.0.0.1:{silent}/0",
+            )
+        ]
+    # Then each project is created (its song is valid), a warning saying its run will analyse
+    project_ids = []
+    for done in created:
+        assert done.returncode == 0, done.stderr
+        assert "its song's analysis could not be asked for" in done.stderr, done.stderr
+        assert "its first run will analyse it" in done.stderr
+        project_ids.append(done.stdout.strip())
+        assert api.get_project(project_ids[-1]).timeline_s3_key is None
+    # And its run (the broker back) analyses the song as its planning's first step
+    api.run_project(project_ids[0])
+    view = api.wait_project(project_ids[0], timeout=120)
+    assert view.status == ProjectStatus.COMPLETED, view.last_error
+    assert view.timeline_s3_key is not None
+    log = workers.service.log_text()
+    assert "Task mvpipe.analyse_song[" in log and "Task mvpipe.prepare_song[" not in log
+
+
+def test_the_estimate_says_the_song_is_being_analysed_and_waits_for_it(
+    start_workers: StartWorkers, redis_client: redis.Redis
+) -> None:
+    # Given workers on every queue but `mvpipe.media`: the analysis waits in its queue
+    main = start_workers(queues="mvpipe.plan,mvpipe.video")
+    project_id = api.create_project("Waiting", "la la", song=make_song("wav", 6.0).data)
+    assert redis_client.llen(MEDIA_QUEUE) == 1
+    # Bad input writes nothing and sends nothing
+    with pytest.raises(InvalidInput, match="too short"):
+        api.create_project("Short", "la", song=make_song("wav", 3.0).data)
+    assert redis_client.llen(MEDIA_QUEUE) == 1
+    # When the estimate is asked before the analysis: about, saying why and what to do
+    said, waited = mvpipe_batch(
+        main.env,
+        ("estimate", project_id),
+        ("estimate", project_id, "--wait", "--timeout", "0.5"),
+    )
+    assert said.returncode == 0 and said.stdout.startswith("about $"), said.stdout
+    assert ANALYSING in said.stderr, said.stderr
+    assert waited.returncode == 5, waited.stderr
+    assert "not analysed within 0.5 s" in waited.stderr and "mvpipe.media" in waited.stderr
+    # And once a media worker runs, `--wait` prints the exact estimate when the analysis is in
+    start_workers(concurrency=1, queues=MEDIA_QUEUE)
+    (exact,) = mvpipe_batch(main.env, ("estimate", project_id, "--wait"))
+    assert exact.returncode == 0 and exact.stdout.startswith("$"), exact.stdout
+    assert exact.stderr == "", exact.stderr
+    assert api.get_project(project_id).timeline_s3_key is not None
+
+
+def test_an_intake_analysis_with_nothing_to_do_or_that_fails_records_nothing_once(
+    start_workers: StartWorkers,
+) -> None:
+    # Given, queued before any media worker runs: an analysis that crashes (the first analysis
+    # of this worker raises an error nobody expected), a damaged song, a project planned
+    # already, one whose run started, and one that does not exist
+    main = start_workers(queues="mvpipe.plan,mvpipe.video")
+    ctx = get_context()
+    song = make_song("wav", 6.0).data
+    crashing = api.create_project("Crashing", "la la", song=song)
+    damaged = api.create_project("Damaged", "la la", song=song)
+    key = ctx.projects.get(damaged).song_key or ""
+    ctx.songs.objects.put(key, song[:-1000], content_type="audio/wav")
+    planned = lip_synced_project(ctx, song, [0.0, 3.0, 6.0], set())
+    running = api.create_project("Running", "la la", song=song)
+    run_id = str(uuid.uuid4())
+    assert ctx.projects.win_run(running, run_id, ProjectStatus.GENERATING_SCENES) == run_id
+    missing = str(uuid.uuid4())
+    CeleryDispatcher(app).prepare_song(missing)
+    # When a media worker takes them in order
+    media = start_workers(concurrency=1, queues=MEDIA_QUEUE, failpoints="before_analysis=raise:1")
+    wait_for(lambda: outcome(media, missing), 120, "the last intake analysis to end")
+    # Then each ended once, without a retry, and recorded no timeline
+    assert {p: outcome(media, p) for p in (crashing, damaged, planned, running, missing)} == {
+        crashing: "not analysed",
+        damaged: "not analysed",
+        planned: "nothing to analyse",
+        running: "left to its run",
+        missing: "no such project",
+    }
+    log = media.service.log_text()
+    assert not re.search(r"prepare_song\[[^\]]+\] retry", log)
+    assert log.count(f"unexpected error in prepare_song {crashing}: FailpointError") == 1
+    assert f"song analysis of project {damaged}: InvalidInput: the stored song does not" in log
+    assert "Traceback" not in log and "analysed song project=" not in log
+    assert all(
+        ctx.projects.get(p).timeline_key is None for p in (crashing, damaged, planned, running)
+    )
+    api.cancel_project(running)
+    # And the damaged song's run fails its planning saying why, as without the intake analysis
+    api.run_project(damaged)
+    view = api.wait_project(damaged, timeout=120)
+    assert view.status == ProjectStatus.FAILED and "does not match" in (view.last_error or "")
+    assert main.service.proc.poll() is None
+
+
+def test_an_intake_analysis_whose_process_is_lost_is_not_delivered_again(
+    start_workers: StartWorkers, redis_client: redis.Redis
+) -> None:
+    # Given two song projects whose analyses wait for a media worker, the first analysis to
+    # begin killing its process (as running out of memory would)
+    main = start_workers(queues="mvpipe.plan,mvpipe.video")
+    song = make_song("wav", 6.0).data
+    lost = api.create_project("Lost", "la la", song=song)
+    after = api.create_project("After", "la la", song=song)
+    # When a media worker takes them, one at a time
+    media = start_workers(concurrency=1, queues=MEDIA_QUEUE, failpoints="before_analysis")
+    wait_for(lambda: outcome(media, after) == "analysed", 120, "the second analysis")
+    wait_for(
+        lambda: redis_client.llen(MEDIA_QUEUE) == 0 and redis_client.hlen("unacked") == 0,
+        60,
+        "every message taken and acknowledged",
+    )
+    # Then the lost one was not delivered again (a song that kills its worker would loop):
+    # its run's planning analyses it, its attempts counted
+    assert "WorkerLostError" in media.service.log_text()
+    assert outcome(media, lost) is None
+    assert get_context().projects.get(lost).timeline_key is None
+    assert get_context().projects.get(after).timeline_key is not None
+    assert main.service.proc.poll() is None
