@@ -83,7 +83,9 @@ def test_with_the_broker_unreachable_a_song_project_is_created_and_its_run_analy
     assert view.status == ProjectStatus.COMPLETED, view.last_error
     assert view.timeline_s3_key is not None
     log = workers.service.log_text()
-    assert "Task mvpipe.analyse_song[" in log and "Task mvpipe.prepare_song[" not in log
+    assert "Task mvpipe.analyse_song[" in log
+    assert log.count(f"analysed song project={project_ids[0]} ") == 1
+    assert outcome(workers, project_ids[0]) is None  # no analysis was asked at its creation
 
 
 def test_the_estimate_says_the_song_is_being_analysed_and_waits_for_it(
@@ -91,6 +93,7 @@ def test_the_estimate_says_the_song_is_being_analysed_and_waits_for_it(
 ) -> None:
     # Given workers on every queue but `mvpipe.media`: the analysis waits in its queue
     main = start_workers(queues="mvpipe.plan,mvpipe.video")
+    redis_client.delete(MEDIA_QUEUE)  # what earlier tests left there is not this test's
     project_id = api.create_project("Waiting", "la la", song=make_song("wav", 6.0).data)
     assert redis_client.llen(MEDIA_QUEUE) == 1
     # Bad input writes nothing and sends nothing
@@ -116,12 +119,13 @@ def test_the_estimate_says_the_song_is_being_analysed_and_waits_for_it(
 
 
 def test_an_intake_analysis_with_nothing_to_do_or_that_fails_records_nothing_once(
-    start_workers: StartWorkers,
+    start_workers: StartWorkers, redis_client: redis.Redis
 ) -> None:
     # Given, queued before any media worker runs: an analysis that crashes (the first analysis
     # of this worker raises an error nobody expected), a damaged song, a project planned
     # already, one whose run started, and one that does not exist
     main = start_workers(queues="mvpipe.plan,mvpipe.video")
+    redis_client.delete(MEDIA_QUEUE)  # what earlier tests left there is not this test's
     ctx = get_context()
     song = make_song("wav", 6.0).data
     crashing = api.create_project("Crashing", "la la", song=song)
@@ -167,6 +171,7 @@ def test_an_intake_analysis_whose_process_is_lost_is_not_delivered_again(
     # Given two song projects whose analyses wait for a media worker, the first analysis to
     # begin killing its process (as running out of memory would)
     main = start_workers(queues="mvpipe.plan,mvpipe.video")
+    redis_client.delete(MEDIA_QUEUE)  # what earlier tests left there is not this test's
     song = make_song("wav", 6.0).data
     lost = api.create_project("Lost", "la la", song=song)
     after = api.create_project("After", "la la", song=song)
