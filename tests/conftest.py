@@ -116,6 +116,9 @@ class Workers:
 
 _counter = itertools.count()
 
+#: Cuts and final videos at a small size keep media work cheap in every test's workers.
+WORKERS_OUTPUT = {"MVPIPE_OUTPUT_SIZE": "160x90", "MVPIPE_OUTPUT_FPS": "12"}
+
 
 @pytest.fixture
 def start_workers(
@@ -140,9 +143,7 @@ def start_workers(
         n = next(_counter)
         ledger = tmp_path / f"ledger-{n}.jsonl"
         overrides = {
-            # Cuts and final videos at a small size keep media work cheap in every test.
-            "MVPIPE_OUTPUT_SIZE": "160x90",
-            "MVPIPE_OUTPUT_FPS": "12",
+            **WORKERS_OUTPUT,
             "MVPIPE_LOCAL_LEDGER": str(ledger),
             "MVPIPE_LOCAL_STATE": str(tmp_path / "local-provider.sqlite3"),
             "MVPIPE_STATE_DIR": str(tmp_path / "state"),

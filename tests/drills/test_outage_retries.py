@@ -10,17 +10,18 @@ import uuid
 from collections.abc import Callable
 
 import pytest
+import redis
 
 from mvpipe import api
 from mvpipe.celery_app import app
-from mvpipe.deps import Context, get_context
+from mvpipe.deps import Context, get_context, reset_context
 from mvpipe.devstack.failpoints import raised
 from mvpipe.devstack.localstack import LocalStack
 from mvpipe.devstack.outages import REFUSED
-from mvpipe.messaging.dispatch import ASSEMBLE_PROJECT, PLAN_SCENES
+from mvpipe.messaging.dispatch import ASSEMBLE_PROJECT, MEDIA_QUEUE, PLAN_SCENES
 from mvpipe.models import ProjectStatus
 from mvpipe.tasks.assemble import MAX_UNEXPECTED as ASSEMBLE_UNEXPECTED
-from tests.conftest import Workers
+from tests.conftest import WORKERS_OUTPUT, Workers
 from tests.drills.conftest import DRILL_SETTINGS
 from tests.drills.test_give_ups import ANALYSE_SONG, QUICK_RETRIES
 from tests.drills.test_owed_writes import outage
@@ -68,13 +69,24 @@ def retried(task: str, run_id: str) -> str:
 
 @pytest.mark.parametrize("task", list(FIRST_TASKS))
 def test_a_fresh_workers_first_task_meeting_a_store_outage_retries_it_and_the_run_completes(
-    stack: LocalStack, start_workers: StartWorkers, task: str
+    stack: LocalStack,
+    start_workers: StartWorkers,
+    redis_client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    task: str,
 ) -> None:
-    # Given a fresh worker process (no store client built yet) and a run that starts with `task`
+    # Given a run that starts with `task`, its project made at the workers' output format before
+    # they start, and the song analysis its creation asked for dropped: it would be the fresh
+    # worker process's first task instead
+    for key, value in WORKERS_OUTPUT.items():
+        monkeypatch.setenv(key, value)
+    reset_context()
+    make, status = FIRST_TASKS[task]
+    project_id = make(get_context())
+    redis_client.delete(MEDIA_QUEUE)
+    # And a fresh worker process (no store client built yet)
     workers = start_workers(concurrency=1, **QUICK_RETRIES, **SETTINGS)
     ctx = get_context()
-    make, status = FIRST_TASKS[task]
-    project_id = make(ctx)
     run_id = won_run(ctx, project_id, status)
     # When the store refuses every request as that task, the process's first, builds its context
     with outage(stack, REFUSED):
