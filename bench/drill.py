@@ -72,6 +72,7 @@ HOLD = "before_record"
 #: The point a duplicate-cut round holds the first cut at (cut made, not uploaded).
 CUT_HOLD = "during_cut"
 SETTINGS = {
+    "local_clip_seconds": "2",  # short renders, as this drill's figures were measured with
     "lease_seconds": "4",
     "provider_timeout_seconds": "2",
     "store_timeout_seconds": "1",

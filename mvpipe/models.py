@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import reprlib
 import uuid
 from datetime import datetime
 from enum import StrEnum
@@ -306,5 +307,8 @@ def describe_validation_error(exc: ValidationError) -> str:
 
 
 def _shorten(value: object, limit: int = 60) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except RecursionError:  # data nested past the interpreter's depth: its outer levels
+        text = reprlib.repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -17,7 +17,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
-from mvpipe.errors import ConfigurationError
+from mvpipe.errors import ConfigurationError, InvalidInput
+from mvpipe.media.encoding import parse_size
 from mvpipe.models import VIDEO_PROVIDERS
 from mvpipe.pricing import Prices, parse_prices, price_micros, price_of
 
@@ -141,6 +142,8 @@ class Settings(BaseSettings):
     prices: Annotated[dict[str, Any], NoDecode] = Field(default_factory=dict)
     genai_base_url: str | None = None
     replicate_base_url: str | None = None
+    #: the scene lengths the Gemini planner is asked to keep within (not a provider's clip
+    #: lengths: each scene is made at its provider's shortest clip that covers it)
     scene_seconds_min: int = Field(default=4, ge=1, le=30)
     scene_seconds_max: int = Field(default=8, ge=1, le=30)
     provider_timeout_seconds: float = Field(default=30.0, gt=0)
@@ -186,7 +189,10 @@ class Settings(BaseSettings):
     local_state: Path | None = None
     local_faults: str = ""
     local_ledger: Path | None = None
-    local_clip_seconds: float = Field(default=2.0, gt=0, le=10)
+    #: the longest clip the local provider renders (unset: the length asked for, as a real
+    #: provider makes it); tests and benchmarks cap it to keep renders short, and the cut
+    #: holds a shorter clip's last frame to its slot
+    local_clip_seconds: float | None = Field(default=None, gt=0, le=30)
     #: faults of the local lip-sync provider (same syntax as `MVPIPE_LOCAL_FAULTS`)
     local_lipsync_faults: str = ""
     #: how long a local lip-sync job takes (unset: `MVPIPE_LOCAL_LATENCY`)
@@ -272,15 +278,22 @@ class Settings(BaseSettings):
 
     @field_validator("output_size")
     @classmethod
-    def _even_output_size(cls, value: str) -> str:
-        # H.264 in yuv420p needs even dimensions.
-        width, height = (int(v) for v in value.split("x"))
-        if not (16 <= width <= 4096 and 16 <= height <= 4096) or width % 2 or height % 2:
-            raise ValueError("MVPIPE_OUTPUT_SIZE must be WIDTHxHEIGHT, even, each 16..4096")
+    def _encodable_output_size(cls, value: str) -> str:
+        # The output format's own rules (even, within H.264's sizes), checked at start.
+        try:
+            parse_size(value)
+        except InvalidInput as exc:
+            raise ValueError(str(exc)) from None
         return value
 
     @model_validator(mode="after")
     def _song_and_slot_bounds(self) -> Settings:
+        if self.scene_seconds_min > self.scene_seconds_max:
+            # Gemini would be asked for scenes no length satisfies, and every plan refused.
+            raise ValueError(
+                f"MVPIPE_SCENE_SECONDS_MIN ({self.scene_seconds_min}) must be at most"
+                f" MVPIPE_SCENE_SECONDS_MAX ({self.scene_seconds_max})"
+            )
         if self.song_min_seconds >= self.song_max_seconds:
             raise ValueError("MVPIPE_SONG_MIN_SECONDS must be below MVPIPE_SONG_MAX_SECONDS")
         # Every provider must be able to fill the shortest slot, and a slot must span frames.
@@ -367,12 +380,6 @@ class Settings(BaseSettings):
 
     def poll_seconds_for(self, provider: str) -> float:
         return self.poll_seconds or DEFAULT_POLL_SECONDS[provider]
-
-    @property
-    def output_dimensions(self) -> tuple[int, int]:
-        """`MVPIPE_OUTPUT_SIZE` as (width, height)."""
-        width, height = self.output_size.split("x")
-        return int(width), int(height)
 
     def durations_for(self, provider: str) -> list[int]:
         """The clip lengths `provider` can make, shortest first."""

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import pty
+import re
 import signal
 import socket
 import subprocess
@@ -14,14 +15,18 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
 
 from mvpipe.celery_app import app
+from mvpipe.cli.display import print_summary
 from mvpipe.deps import get_context
 from mvpipe.devstack.localstack import LOCAL_CREDENTIAL, free_port, port_open, start_flower
+from mvpipe.media.probe import probe_video
+from mvpipe.models import ProjectStatus, ProjectView, SceneStatus, SceneView
 from mvpipe.pipeline.reconcile_scope import FULL_SWEEP_JOB
 from tests.conftest import Workers
 from tests.helpers import listening_on, own_storage, wait_for
@@ -74,16 +79,19 @@ def test_create_run_wait_status_fetch_and_projects(
 
     clip = tmp_path / "one.mp4"
     # Read-only once the run is over (and `reconcile` passes over this test's storage alone).
-    status, table, fetched, fetched_clip, missing, bad, listed, reconciled = mvpipe_each(
-        workers.env,
-        ("status", project_id, "--json"),
-        ("status", project_id),
-        ("fetch", project_id, str(tmp_path)),
-        ("fetch", project_id, str(clip), "--scene", "1", "--stage", "original"),
-        ("fetch", project_id, "--scene", "1", "--stage", "lipsync"),
-        ("fetch", project_id, "--scene", "0"),
-        ("projects", "--status", "completed"),
-        ("reconcile", "--json"),
+    status, table, fetched, fetched_clip, missing, bad, listed, reconciled, unwritable = (
+        mvpipe_each(
+            workers.env,
+            ("status", project_id, "--json"),
+            ("status", project_id),
+            ("fetch", project_id, str(tmp_path)),
+            ("fetch", project_id, str(clip), "--scene", "1", "--stage", "original"),
+            ("fetch", project_id, "--scene", "1", "--stage", "lipsync"),
+            ("fetch", project_id, "--scene", "0"),
+            ("projects", "--status", "completed"),
+            ("reconcile", "--json"),
+            ("fetch", project_id, "/proc/self/x.mp4"),  # no file can be made there, even by root
+        )
     )
     view = json.loads(status.stdout)
     assert view["status"] == "completed" and view["completed_scenes"] == 3
@@ -97,12 +105,19 @@ def test_create_run_wait_status_fetch_and_projects(
     assert video.read_bytes()[4:8] == b"ftyp" and str(video) in fetched.stdout
     assert fetched_clip.returncode == 0, fetched_clip.stderr
     assert clip.read_bytes() == _read(view["scenes"][0]["original_video_clip_s3_key"])
+    # the provider's clip lasts the length the scene asked for (not a short render held)
+    assert probe_video(clip.read_bytes()).video_seconds == view["scenes"][0]["duration_seconds"]
     assert missing.returncode == 3 and "no lipsync clip" in missing.stderr
     assert bad.returncode == 2 and "sequence" in bad.stderr
 
     assert project_id in listed.stdout
     report = json.loads(reconciled.stdout)
     assert report["total"] == 0, report  # a healthy project: nothing to repair
+    # A local file that cannot be written is the user's to fix, not an outage of the stack.
+    assert unwritable.returncode == 2, unwritable.stderr
+    assert unwritable.stderr.startswith("error: cannot write /proc/self/x.mp4: ")
+    assert len(unwritable.stderr.strip().splitlines()) == 1, unwritable.stderr
+    assert "backing service" not in unwritable.stderr
 
 
 def _read(key: str) -> bytes:
@@ -271,6 +286,63 @@ def test_create_reads_the_concept_from_standard_input_and_the_scenes_from_a_file
     view = get_context().projects.load(created.stdout.strip()).view()
     assert view.concept == "Lines\nfrom standard input."
     assert [s.prompt for s in view.scenes] == ["a red door", "a blue sky"]
+
+    # A concept file saved with Windows line ends is text: stored with plain newlines.
+    crlf = tmp_path / "concept.txt"
+    crlf.write_bytes(b"Line one\r\nline two\r\n")
+    created = mvpipe(os.environ.copy(), "create", "--title", "CRLF", "--concept-file", str(crlf))
+    assert created.returncode == 0, created.stderr
+    view = get_context().projects.load(created.stdout.strip()).view()
+    assert view.concept == "Line one\nline two\n"
+
+
+def test_status_says_what_is_not_planned_yet_and_counts_lip_syncs_apart(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Given a song's project not planned yet, then planned with a lip-synced scene
+    now = datetime.now(UTC)
+    view = ProjectView(
+        project_id=str(uuid.uuid4()),
+        title="Song",
+        concept="x",
+        provider="local",
+        status=ProjectStatus.PENDING,
+        scene_count=0,
+        completed_scenes=0,
+        failed_scenes=0,
+        last_error=None,
+        created_at=now,
+        updated_at=now,
+        song_s3_key="songs/x.wav",
+        scenes=[],
+    )
+    print_summary(view)
+    # Then its scene count is unknown, as `mvpipe projects` says, not 0
+    assert re.search(r"scenes \?\s", capsys.readouterr().out)
+
+    scene = {
+        "prompt": "p",
+        "negative_prompt": None,
+        "duration_seconds": 4,
+        "status": SceneStatus.COMPLETED,
+        "original_video_clip_s3_key": None,
+        "working_video_clip_s3_key": None,
+        "lip_synced_video_clip_s3_key": None,
+        "attempts": 2,
+        "last_error": None,
+        "provider_operation_id": None,
+        "completed_at": None,
+    }
+    scenes = [
+        SceneView(sequence=1, lip_sync=True, lip_sync_attempts=1, **scene),
+        SceneView(sequence=2, **scene),
+    ]
+    print_summary(view.model_copy(update={"scene_count": 2, "scenes": scenes}))
+    shown = capsys.readouterr().out
+    # and a lip-synced scene's tries are its generations + its lip-syncs
+    rows = {cells[0]: cells for cells in map(str.split, shown.splitlines()) if cells[0].isdigit()}
+    assert re.search(r"scenes 2\s", shown)
+    assert rows["1"][2:4] == ["completed", "2+1"] and rows["2"][2:4] == ["completed", "2"]
 
 
 def test_run_and_regenerate_wait_exit_1_when_the_project_fails(

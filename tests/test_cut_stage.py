@@ -85,8 +85,9 @@ def test_songless_scenes_are_cut_on_the_media_queue_to_their_clip_length(
 ) -> None:
     # The media worker alone can cut; the other never consumes mvpipe.media, so every scene's
     # chain must move queues under its task id (the chord still completes and counts each once).
-    media = start_workers(concurrency=1, queues="mvpipe.media", **FORMAT)
-    main = start_workers(queues="mvpipe.plan,mvpipe.video", **FORMAT)
+    # Clips capped at 2 s: shorter than the scenes, so the cut holds their last frame.
+    media = start_workers(concurrency=1, queues="mvpipe.media", local_clip_seconds="2", **FORMAT)
+    main = start_workers(queues="mvpipe.plan,mvpipe.video", local_clip_seconds="2", **FORMAT)
     project_id = api.create_project(
         "Cut", "One.\nTwo.", scenes=[{"prompt": "a", "duration_seconds": 3}, {"prompt": "b"}]
     )
@@ -95,7 +96,7 @@ def test_songless_scenes_are_cut_on_the_media_queue_to_their_clip_length(
     assert view.status == ProjectStatus.COMPLETED
     assert result.get(timeout=30)["status"] == "completed"
     scenes = api.get_project(project_id).scenes
-    # The local render (MVPIPE_LOCAL_CLIP_SECONDS, 2 s) is shorter: the last frame is held.
+    # The capped render is shorter than each scene: its last frame is held.
     for scene in scenes:
         assert_cut(project_id, scene, scene.duration_seconds * 12)
     assert "held its last frame" in media.service.log_text()

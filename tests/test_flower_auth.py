@@ -198,3 +198,13 @@ def test_non_ascii_credentials_are_refused(user: str, password: str) -> None:
         basic_auth(settings)
     ascii_only = Settings(flower_user="ops", flower_password=SecretStr("s3cret"))
     assert basic_auth(ascii_only) == "ops:s3cret"
+
+
+def test_a_password_too_short_to_scrub_from_errors_is_refused() -> None:
+    """Error texts are scrubbed of secrets of 4 characters or more: a shorter password could
+    reach a log or `lastError` as written."""
+    for short in ("abc", "x"):
+        settings = Settings(flower_user="ops", flower_password=SecretStr(short))
+        with pytest.raises(ConfigurationError, match="at least 4 characters"):
+            basic_auth(settings)
+    assert basic_auth(Settings(flower_user="ops", flower_password=SecretStr("abcd"))) == "ops:abcd"

@@ -62,9 +62,20 @@ def test_a_job_runs_then_yields_a_playable_mp4_and_one_ledger_line(tmp_path: Pat
     )
     assert status.state == JobState.SUCCEEDED
     facts = probe_video(local.download(status))
-    assert facts.video_codec == "h264" and facts.frames > 1
+    # as long as the 8 s asked for, as a real provider's clip (a scene's picture moves to its end)
+    assert facts.video_codec == "h264" and facts.video_seconds == pytest.approx(8.0)
     lines = (tmp_path / "ledger.jsonl").read_text().splitlines()
     assert [json.loads(x)["operation_id"] for x in lines] == [operation_id]
+
+
+def test_a_clip_cap_keeps_the_render_short(tmp_path: Path) -> None:
+    # Tests and benchmarks cap the render; the cut holds its last frame to the slot.
+    local = provider(tmp_path, local_clip_seconds=2, local_latency=0)
+    operation_id = local.submit(request())
+    status = wait_for(
+        lambda: (s := local.poll(operation_id)).finished and s, 10, "the job to finish"
+    )
+    assert probe_video(local.download(status)).video_seconds == pytest.approx(2.0)
 
 
 def test_a_jobs_latency_is_spread_by_the_jitter_either_way() -> None:

@@ -124,3 +124,31 @@ def test_a_download_that_could_outlast_the_visibility_timeout_is_a_configuration
         get_settings()
     monkeypatch.setenv("MVPIPE_DOWNLOAD_TIMEOUT_SECONDS", "569")
     assert get_settings().download_worst_seconds == 599
+
+
+def test_the_planners_scene_lengths_must_leave_a_length_to_ask_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A minimum above the maximum would have every Gemini plan refused, at run time.
+    monkeypatch.setenv("MVPIPE_SCENE_SECONDS_MIN", "8")
+    monkeypatch.setenv("MVPIPE_SCENE_SECONDS_MAX", "4")
+    with pytest.raises(ConfigurationError) as refused:
+        get_settings()
+    assert "MVPIPE_SCENE_SECONDS_MIN (8)" in str(refused.value)
+    assert "MVPIPE_SCENE_SECONDS_MAX (4)" in str(refused.value)
+    monkeypatch.setenv("MVPIPE_SCENE_SECONDS_MIN", "4")
+    get_settings.cache_clear()
+    assert (get_settings().scene_seconds_min, get_settings().scene_seconds_max) == (4, 4)
+
+
+def test_an_output_size_is_checked_by_the_output_formats_own_rules(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for bad, said in (("1281x720", "even"), ("10x720", "16..4096"), ("big", "MVPIPE_OUTPUT_SIZE")):
+        monkeypatch.setenv("MVPIPE_OUTPUT_SIZE", bad)
+        get_settings.cache_clear()
+        with pytest.raises(ConfigurationError, match=said):
+            get_settings()
+    monkeypatch.setenv("MVPIPE_OUTPUT_SIZE", "160x90")
+    get_settings.cache_clear()
+    assert get_settings().output_size == "160x90"

@@ -205,7 +205,7 @@ def test_budgets_in_dollars_become_micros() -> None:
 def test_settings_for_songs_slots_and_output() -> None:
     s = Settings()
     assert (s.song_min_seconds, s.song_max_seconds, s.song_max_bytes) == (5, 600, 50 * 2**20)
-    assert (s.slot_min_seconds, s.output_dimensions, s.output_fps) == (2, (1280, 720), 24)
+    assert (s.slot_min_seconds, s.output_size, s.output_fps) == (2, "1280x720", 24)
     assert s.durations_for("veo") == [4, 6, 8]
     assert s.durations_for("local") == list(range(1, 31))
     assert Settings(replicate_durations="10,5").durations_for("replicate") == [5, 10]

@@ -3,6 +3,7 @@ what is wrong (exit 2), and the API creates neither table nor bucket. And the bo
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shlex
@@ -46,6 +47,8 @@ def test_cli_refuses_bad_input_with_no_stack_running(tmp_path: Path) -> None:
     big.write_bytes(b"x" * (4 * MAX_CONCEPT + 1))
     broken = tmp_path / "scenes.json"
     broken.write_text("[{")
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 200_000)  # past the parser's recursion limit
     a_file = tmp_path / "a-file"
     a_file.write_text("")
     dest = tmp_path / "dest"
@@ -73,6 +76,7 @@ def test_cli_refuses_bad_input_with_no_stack_running(tmp_path: Path) -> None:
         (("create", "--title", "t", "--concept-file", str(big)), "too large"),
         (("create", "--title", "t", "--concept-file", str(tmp_path / "none")), "does not exist"),
         (("create", "--title", "t", "--concept", "x", "--scene-file", str(broken)), "JSON"),
+        (("create", "--title", "t", "--concept", "x", "--scene-file", str(deep)), "too deeply"),
         (("create", "--title", "t", "--concept", "x", "--concept-file", str(a_file)), "not both"),
         (("stack", "--concurrency", "0"), "--concurrency"),
         (("demo", "--output", str(a_file)), "not a directory"),
@@ -264,3 +268,44 @@ def test_the_store_hint_is_for_the_store_not_the_broker(capsys: pytest.CaptureFi
         said = capsys.readouterr().err
         assert ended.value.code == 6 and said.startswith(f"error: {exc}")
         assert (STORE_HINT in said) is hinted, said
+
+
+def test_only_a_connections_error_says_the_stack_is_unreachable(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A refused connection is an outage (exit 6); a local file's error (a full disk) is not,
+    and is never reported as one."""
+
+    def raising(exc: Exception) -> Callable[[], None]:
+        def call() -> None:
+            raise exc
+
+        return call
+
+    with pytest.raises(SystemExit) as ended:
+        guarded(raising(ConnectionRefusedError(111, "Connection refused")))
+    assert ended.value.code == 6 and "cannot reach a backing service" in capsys.readouterr().err
+    full = OSError(errno.ENOSPC, "No space left on device", "/data/.partial-1a2b.mp4")
+    with pytest.raises(OSError) as raised:
+        guarded(raising(full))
+    assert raised.value is full and capsys.readouterr().err == ""
+
+
+def test_data_nested_past_the_interpreters_depth_is_invalid_input() -> None:
+    """Values nested too deeply to print are refused as any bad value, not a RecursionError."""
+    deep: list[Any] = []
+    inner = deep
+    for _ in range(200_000):
+        inner.append([])
+        inner = inner[0]
+    some = str(uuid.uuid4())
+    for call in (
+        lambda: api.get_project(deep),
+        lambda: api.set_budget(some, deep),
+        lambda: api.regenerate_scene(some, deep),
+        lambda: api.list_projects(limit=deep),
+        lambda: api.create_project("t", "x", scenes=[{"prompt": deep}]),
+        lambda: api.create_project("t", "x", scenes=deep),
+    ):
+        with pytest.raises(InvalidInput):
+            call()

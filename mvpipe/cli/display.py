@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mvpipe.models import ProjectView
+from mvpipe.models import ProjectView, SceneView
 
 
 def print_summary(view: ProjectView) -> None:
@@ -20,8 +20,10 @@ def print_summary(view: ProjectView) -> None:
         return "-" if key is None else key.removeprefix(prefix)
 
     console.print(f"project   {view.project_id}  {view.title!r}")
+    # Not planned yet: the count is to come (a song's beats decide it), as `projects` says.
+    planned = "?" if not view.scenes and not view.scene_count else view.scene_count
     console.print(
-        f"status    {view.status}   scenes {view.scene_count}   completed {view.completed_scenes}"
+        f"status    {view.status}   scenes {planned}   completed {view.completed_scenes}"
         f"   failed {view.failed_scenes}   provider {view.provider}"
     )
     console.print(f"cost      {money(view)}")
@@ -38,7 +40,7 @@ def print_summary(view: ProjectView) -> None:
         ("seq", "right"),
         ("slot (s)", "left"),
         ("status", "left"),
-        ("tries", "right"),
+        ("tries", "right"),  # generations, + lip-syncs where the scene has one
         ("original", "left"),
         ("working", "left"),
         ("lip-synced", "left"),
@@ -54,10 +56,17 @@ def print_summary(view: ProjectView) -> None:
             str(scene.sequence),
             slot,
             str(scene.status),
-            str(scene.attempts),
+            tries(scene),
             short(scene.original_video_clip_s3_key),
             short(scene.working_video_clip_s3_key),
             lip,
             scene.last_error or "",
         )
     console.print(table)
+
+
+def tries(scene: SceneView) -> str:
+    """A scene's submissions: its generations, then `+` its lip-syncs where it is lip-synced."""
+    if scene.lip_sync:
+        return f"{scene.attempts}+{scene.lip_sync_attempts}"
+    return str(scene.attempts)

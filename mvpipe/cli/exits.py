@@ -6,6 +6,7 @@ Exit codes: 0 done, 1 the project failed, 2 invalid input, 3 not found, 4 confli
 
 from __future__ import annotations
 
+import socket
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
@@ -55,7 +56,9 @@ def fail(message: str, code: int) -> NoReturn:
 
 
 def guarded(fn: Callable[[], T]) -> T:
-    """Run an API call; user mistakes and outages become one line and an exit code."""
+    """Run an API call; user mistakes and outages become one line and an exit code. Only a
+    connection's errors mean the stack is not running: a local file's (a full disk, a
+    read-only directory) are the API's typed errors, never "cannot reach a backing service"."""
     try:
         return fn()
     except BrokerUnavailable as exc:  # its message names the broker's settings already
@@ -65,7 +68,7 @@ def guarded(fn: Callable[[], T]) -> T:
     except MvpipeError as exc:
         code = next((c for t, c in _EXIT_CODES if isinstance(exc, t)), EXIT_FAILED)
         fail(str(exc), code)
-    except OSError as exc:  # connection refused and the like: the stack is not running
+    except (ConnectionError, socket.gaierror) as exc:  # refused, reset, no such host
         fail(f"cannot reach a backing service: {exc}", EXIT_UNAVAILABLE)
 
 

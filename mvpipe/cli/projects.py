@@ -36,10 +36,11 @@ def _read_bounded(path: Path, limit: int, what: str) -> bytes:
 
 
 def _read_concept(path: Path) -> str:
-    """The concept from a file: UTF-8 text (its length is checked with the rest of the spec)."""
+    """The concept from a file: UTF-8 text (its length is checked with the rest of the spec).
+    Windows line ends become `\n`: a file saved with them is text, not control characters."""
     data = _read_bounded(path, 4 * MAX_CONCEPT, "--concept-file")  # 4 bytes per character at most
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8").replace("\r\n", "\n")
     except UnicodeDecodeError:
         raise InvalidInput(f"--concept-file {path} is not UTF-8 text") from None
 
@@ -51,6 +52,8 @@ def _read_scenes(path: Path) -> Any:
         return json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"--scene-file is not valid JSON: {exc}") from None
+    except RecursionError:  # arrays or objects nested past the parser's depth
+        raise InvalidInput("--scene-file is nested too deeply to be scene specs") from None
 
 
 @click.command(short_help="Create a project and print its id.")

@@ -10,11 +10,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from fractions import Fraction
-
-from av.container import OutputContainer
-from av.video.stream import VideoStream
+from typing import TYPE_CHECKING
 
 from mvpipe.errors import InvalidInput
+
+if TYPE_CHECKING:  # PyAV loads only to encode: settings check sizes with `parse_size`
+    from av.container import OutputContainer
+    from av.video.stream import VideoStream
 
 CODEC = "libx264"
 PIX_FMT = "yuv420p"
@@ -95,6 +97,8 @@ def encoder_options(fmt: OutputFormat) -> dict[str, str]:
 
 def add_video_stream(container: OutputContainer, fmt: OutputFormat) -> VideoStream:
     """An H.264 stream with the shared parameters, counting time in frames."""
+    from av.video.stream import VideoStream
+
     stream = container.add_stream(CODEC, rate=fmt.fps, options=encoder_options(fmt))
     if not isinstance(stream, VideoStream):  # pragma: no cover - libx264 is a video codec
         raise TypeError("libx264 did not give a video stream")

@@ -29,6 +29,7 @@ from celery import Celery
 from tornado.options import options as flower_options
 
 from mvpipe.errors import ConfigurationError
+from mvpipe.providers.classify import MIN_SECRET_CHARS
 from mvpipe.settings import Settings, get_settings
 
 #: sysexits' "configuration error": Celery's own commands end with these codes too.
@@ -41,12 +42,17 @@ _checking = False
 def basic_auth(settings: Settings) -> str:
     """`user:password` for Flower's basic auth. Flower splits its credential list on commas and
     a browser its credentials on the first colon, so those are refused where they would let in
-    someone else (a password "a,b" would also admit anyone sending "b")."""
+    someone else (a password "a,b" would also admit anyone sending "b"), and a password too
+    short to be scrubbed from error texts is refused."""
     user = settings.flower_user or ""
     password = settings.flower_password.get_secret_value() if settings.flower_password else ""
     if not user or not password:
         raise ConfigurationError(
             "set MVPIPE_FLOWER_USER and MVPIPE_FLOWER_PASSWORD; Flower never runs open"
+        )
+    if len(password) < MIN_SECRET_CHARS:  # error texts could then show it: none is scrubbed
+        raise ConfigurationError(
+            f"MVPIPE_FLOWER_PASSWORD must be at least {MIN_SECRET_CHARS} characters"
         )
     if ":" in user or "," in user or "," in password:
         raise ConfigurationError(

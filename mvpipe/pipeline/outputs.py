@@ -58,11 +58,14 @@ def output_key(view: ProjectView, sequence: int | None, stage: str) -> str:
 
 def download(ctx: Context, project_id: str, target: Path, sequence: int | None, stage: str) -> Path:
     """Write the output to `target`, whole or not at all, with the mode any new file of the
-    user's gets (arguments already validated)."""
+    user's gets (arguments already validated); `InvalidInput` when it cannot be written."""
     key = output_key(ctx.projects.load(project_id).view(), sequence, stage)
     if not ctx.clips.exists(key):
         raise NotFound(f"project {project_id} has no object for {key} (it was removed)")
     data = ctx.clips.read(key)
-    with written_atomically(target, shared=True) as tmp:
-        tmp.write_bytes(data)
+    try:
+        with written_atomically(target, shared=True) as tmp:
+            tmp.write_bytes(data)
+    except OSError as exc:  # a full disk, a read-only directory: the user's to fix
+        raise InvalidInput(f"cannot write {target}: {exc.strerror or exc}") from None
     return target

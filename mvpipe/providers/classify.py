@@ -37,6 +37,9 @@ SECRET_VARIABLES = (
 #: Variables holding a URL whose password is a secret (a client library may echo it bare).
 SECRET_URL_VARIABLES = ("MVPIPE_BROKER_URL", "MVPIPE_RESULT_BACKEND", "MVPIPE_REDIS_URL")
 TRANSIENT_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+#: The shortest secret scrubbed from messages: a shorter one would hide ordinary text, so a
+#: secret we choose the length of (Flower's password) is refused below it.
+MIN_SECRET_CHARS = 4
 
 
 #: The signing parts of a presigned URL (S3 SigV4/V2, GCS V4): each is a bearer credential
@@ -73,7 +76,8 @@ def _secrets() -> list[str]:
         if password:  # as written and percent-decoded (redis-py reports the decoded one)
             found += [password.group(2), unquote(password.group(2))]
     # the longest first, so that a secret holding another is hidden whole
-    return sorted({secret for secret in found if len(secret) >= 4}, key=len, reverse=True)
+    found = [secret for secret in found if len(secret) >= MIN_SECRET_CHARS]
+    return sorted(set(found), key=len, reverse=True)
 
 
 def scrub(message: str) -> str:
