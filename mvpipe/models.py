@@ -200,7 +200,8 @@ class ProjectView(BaseModel):
     concept: str
     provider: str
     status: ProjectStatus
-    scene_count: int
+    #: as `ProjectSummary.scene_count`: None for a song's project not planned yet
+    scene_count: int | None
     completed_scenes: int
     failed_scenes: int
     last_error: str | None

@@ -307,7 +307,7 @@ def test_status_says_what_is_not_planned_yet_and_counts_lip_syncs_apart(
         concept="x",
         provider="local",
         status=ProjectStatus.PENDING,
-        scene_count=0,
+        scene_count=None,  # as a song's project not planned yet reads (`known_scene_count`)
         completed_scenes=0,
         failed_scenes=0,
         last_error=None,

@@ -37,12 +37,7 @@ def summary(project: ProjectRecord) -> ProjectSummary:
         title=project.title,
         status=project.status,
         created_at=datetime.fromisoformat(project.created_at),
-        scene_count=project.scene_count if project.planned else _asked(project),
+        scene_count=project.known_scene_count,
         completed_scenes=project.completed_scenes,
         failed_scenes=project.failed_scenes,
     )
-
-
-def _asked(project: ProjectRecord) -> int | None:
-    """The scenes an unplanned project asked for; None for a song's, whose beats decide."""
-    return None if project.song_key is not None else project.requested_scene_count

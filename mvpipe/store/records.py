@@ -157,6 +157,14 @@ class ProjectRecord:
     def planned(self) -> bool:
         return self.scene_count is not None
 
+    @property
+    def known_scene_count(self) -> int | None:
+        """The planned scenes, or those an unplanned project asked for; None for a song's
+        project not planned yet, whose beats decide (shown as `?`)."""
+        if self.planned:
+            return self.scene_count
+        return None if self.song_key is not None else self.requested_scene_count
+
     @classmethod
     def from_item(cls, item: ItemBase) -> ProjectRecord:
         return cls(
@@ -208,7 +216,7 @@ class ProjectState:
             concept=p.concept,
             provider=p.provider,
             status=p.status,
-            scene_count=p.scene_count or 0,
+            scene_count=p.known_scene_count,
             completed_scenes=p.completed_scenes,
             failed_scenes=p.failed_scenes,
             last_error=p.last_error,
