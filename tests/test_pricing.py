@@ -207,3 +207,11 @@ def test_a_song_project_on_veo_is_estimated_without_audio(stack: LocalStack) -> 
     rough = api.estimate_micros(project_id)
     assert rough.jobs == 4 and not rough.exact
     assert rough.micros == 4 * 8 * 200_000
+
+
+def test_regenerate_says_a_lip_synced_scene_pays_a_new_lip_sync_too() -> None:
+    # a regeneration clears the lip-sync with the clip (`estimate --scene` prices both)
+    from mvpipe.cli.runs import regenerate
+
+    assert "new paid lip-sync" in (regenerate.help or "")
+    assert "new paid lip-sync" in (api.regenerate_scene.__doc__ or "")
