@@ -154,7 +154,8 @@ def run_project(project_id: str) -> AsyncResult:
 
 
 def regenerate_scene(project_id: str, sequence: int) -> AsyncResult:
-    """Clear one scene's clip and generate it again (exactly one new paid generation)."""
+    """Clear one scene's clip and generate it again: exactly one new paid generation, and one
+    new paid lip-sync when the scene is lip-synced."""
     validate_project_id(project_id)
     validate_sequence(sequence)
     return _result(runs.regenerate(get_context(), _dispatcher, project_id, sequence))

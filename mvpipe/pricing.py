@@ -2,8 +2,10 @@
 
 Pure: no I/O. `MVPIPE_PRICES` (a JSON object) overrides or extends the built-in table; its keys
 are `"{provider}:{model}"` or `"{provider}"` (every model of that provider), its values a number
-(US dollars per second of output) or `{"per_job": X}` (US dollars per accepted job). `local` is
-free unless priced, so drills can price it (`{"local": 0.25}`); its models are `local:video` and
+(US dollars per second of output, with or without audio), `{"per_second": X, "without_audio": Y}`
+(US dollars per second of output with audio, and without: a song's scenes are asked without,
+their sound is the song's) or `{"per_job": X}` (US dollars per accepted job). `local` is free
+unless priced, so drills can price it (`{"local": 0.25}`); its models are `local:video` and
 `local:lipsync`.
 """
 
@@ -23,18 +25,21 @@ MAX_PRICE_USD = 10_000
 #: Built-in prices (US dollars). Prices change: this table is data, checked against the sources
 #: below when updated, and `MVPIPE_PRICES` overrides any entry.
 #: - Veo: Google Cloud, "Vertex AI pricing" page, section Veo, per second of generated video.
-#:   mvpipe's Veo requests leave audio generation at the model's default (on for Veo 3), so the
-#:   with-audio figure applies: Veo 3 / 3.1 $0.40 with audio ($0.20 video only), Veo 3 / 3.1
-#:   Fast $0.15 with audio ($0.10 video only), Veo 2 $0.50 (video only).
+#:   mvpipe's Veo requests leave audio generation at the model's default (on for Veo 3), except
+#:   for a song's scenes, which fill a slot of the song and are requested without audio: Veo 3
+#:   / 3.1 $0.40 with audio, $0.20 video only; Veo 3 / 3.1 Fast $0.15 with audio, $0.10 video
+#:   only; Veo 2 $0.50 (video only).
 #: - Replicate: each model's page on replicate.com ("Pricing"): sync/lipsync-2 about $0.05 per
 #:   second of output video; minimax/video-01 $0.50 per video.
+VEO_3 = {"per_second": 0.40, "without_audio": 0.20}
+VEO_3_FAST = {"per_second": 0.15, "without_audio": 0.10}
 DEFAULT_PRICES: dict[str, float | dict[str, float]] = {
-    "veo:veo-3.0-generate-001": 0.40,
-    "veo:veo-3.0-generate-preview": 0.40,
-    "veo:veo-3.0-fast-generate-001": 0.15,
-    "veo:veo-3.0-fast-generate-preview": 0.15,
-    "veo:veo-3.1-generate-preview": 0.40,
-    "veo:veo-3.1-fast-generate-preview": 0.15,
+    "veo:veo-3.0-generate-001": VEO_3,
+    "veo:veo-3.0-generate-preview": VEO_3,
+    "veo:veo-3.0-fast-generate-001": VEO_3_FAST,
+    "veo:veo-3.0-fast-generate-preview": VEO_3_FAST,
+    "veo:veo-3.1-generate-preview": VEO_3,
+    "veo:veo-3.1-fast-generate-preview": VEO_3_FAST,
     "veo:veo-2.0-generate-001": 0.50,
     "replicate:sync/lipsync-2": 0.05,
     "replicate:minimax/video-01": {"per_job": 0.50},
@@ -48,10 +53,15 @@ class Price:
 
     per_second_micros: int = 0
     per_job_micros: int = 0
+    #: per second of a clip made without audio; None: the same as with
+    without_audio_micros: int | None = None
 
-    def for_seconds(self, seconds: float) -> int:
+    def for_seconds(self, seconds: float, *, with_audio: bool = True) -> int:
         """A job's price; fractional seconds (a lip-sync slot) round up to the next micro."""
-        return self.per_job_micros + math.ceil(self.per_second_micros * max(0.0, seconds))
+        rate = self.per_second_micros
+        if not with_audio and self.without_audio_micros is not None:
+            rate = self.without_audio_micros
+        return self.per_job_micros + math.ceil(rate * max(0.0, seconds))
 
 
 Prices = dict[str, Price]
@@ -74,8 +84,11 @@ def parse_prices(raw: object) -> Prices:
     return {_key(key): _entry(key, value) for key, value in table.items()}
 
 
-def price_micros(prices: Prices, provider: str, model: str, seconds: float) -> int:
-    """The price of one job of `model` at `provider` making `seconds` of output.
+def price_micros(
+    prices: Prices, provider: str, model: str, seconds: float, *, with_audio: bool = True
+) -> int:
+    """The price of one job of `model` at `provider` making `seconds` of output (with audio
+    or not, as the request asks).
 
     A provider other than `local` with no price is a `ConfigurationError`: unpriced paid work
     would make every budget meaningless."""
@@ -87,7 +100,7 @@ def price_micros(prices: Prices, provider: str, model: str, seconds: float) -> i
             f"no price for {provider}:{_bare(model)}; add it to MVPIPE_PRICES "
             f'(e.g. {{"{provider}:{_bare(model)}": 0.1}})'
         )
-    return price.for_seconds(seconds)
+    return price.for_seconds(seconds, with_audio=with_audio)
 
 
 def price_of(prices: Prices, provider: str, model: str) -> Price | None:
@@ -114,13 +127,23 @@ def _key(key: object) -> str:
     return key
 
 
+#: The keys an object price may have, each set a form of its own.
+OBJECT_FORMS = ({"per_job"}, {"per_second", "without_audio"})
+
+
 def _entry(key: str, value: Any) -> Price:
     if isinstance(value, dict):
-        if set(value) != {"per_job"}:
+        if set(value) not in OBJECT_FORMS:
             raise ConfigurationError(
-                f'MVPIPE_PRICES[{key!r}]: an object must be exactly {{"per_job": USD}}'
+                f'MVPIPE_PRICES[{key!r}]: an object must be {{"per_job": USD}} or '
+                f'{{"per_second": USD, "without_audio": USD}}'
             )
-        return Price(per_job_micros=_micros(key, value["per_job"]))
+        if "per_job" in value:
+            return Price(per_job_micros=_micros(key, value["per_job"]))
+        return Price(
+            per_second_micros=_micros(key, value["per_second"]),
+            without_audio_micros=_micros(key, value["without_audio"]),
+        )
     return Price(per_second_micros=_micros(key, value))
 
 

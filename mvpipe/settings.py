@@ -405,9 +405,10 @@ class Settings(BaseSettings):
     def lipsync_model_for(self, provider: str) -> str:
         return "lipsync" if provider == "local" else self.lipsync_model
 
-    def video_price_micros(self, provider: str, seconds: float) -> int:
-        """One generation of `seconds` at `provider`."""
-        return price_micros(self.price_table, provider, self.video_model_for(provider), seconds)
+    def video_price_micros(self, provider: str, seconds: float, *, with_audio: bool = True) -> int:
+        """One generation of `seconds` at `provider`, asked with audio or not."""
+        model = self.video_model_for(provider)
+        return price_micros(self.price_table, provider, model, seconds, with_audio=with_audio)
 
     def lipsync_price_micros(self, seconds: float) -> int:
         """One lip-sync of a slot `seconds` long."""

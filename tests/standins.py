@@ -54,8 +54,8 @@ KEYS = {
 #: "slow" holds the answer until `released` is set (past any client timeout), "reset" resets the
 #: connection (RST), "close" closes it without a word, "garbage" answers 200 with an HTML page,
 #: "mistyped" 200 with JSON of the wrong shape, "bad_gateway" a 502 (a gateway that lost the
-#: provider's answer).
-FAULTS = ("slow", "reset", "close", "garbage", "mistyped", "bad_gateway")
+#: provider's answer), "undecodable" 201 with a body that is not UTF-8 (a proxy's Latin-1 page).
+FAULTS = ("slow", "reset", "close", "garbage", "mistyped", "bad_gateway", "undecodable")
 #: a "mistyped" answer: JSON, but no field of the shape any of the APIs answers with
 MISTYPED = {"name": 123, "done": "maybe", "id": 123, "status": 5, "candidates": 5}
 GS_PREFIX = r"^gs://[a-z0-9][a-z0-9._-]+[a-z0-9](/|$)"
@@ -601,6 +601,9 @@ class _Handler(BaseHTTPRequestHandler):
         elif fault == "garbage":
             page = b"<html><body>502 Bad Gateway</body></html>"
             self._reply(200, page, "text/html")
+        elif fault == "undecodable":
+            page = "<html><body>Café: accepted</body></html>".encode("latin-1")
+            self._reply(201, page, "text/html")
         elif fault != "close":
             raise ValueError(f"unknown fault {fault!r}; expected one of {FAULTS}")
 

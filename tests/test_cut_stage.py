@@ -204,8 +204,28 @@ def test_an_original_that_cannot_be_cut_fails_its_scene_and_keeps_the_original(
     assert scene.status == SceneStatus.FAILED
     assert scene.last_error and "could not be cut" in scene.last_error
     assert reason in scene.last_error
+    # and it says the way out: a run cuts the same original again, only a new clip helps
+    way_out = f"`mvpipe regenerate {project_id} 1` pays for a new clip"
+    assert way_out in scene.last_error
     assert scene.original_video_clip_s3_key == key and scene.working_video_clip_s3_key is None
     assert generations_per_scene(workers.ledger, project_id) == {1: 1}
+    assert_invariants(project_id)
+
+    # Another run pays nothing: it cuts the kept original, fails the same way, says the same
+    api.run_project(project_id)
+    again = api.wait_project(project_id, timeout=120)
+    assert again.status == ProjectStatus.FAILED
+    assert again.scenes[0].last_error and way_out in again.scenes[0].last_error
+    assert again.scenes[0].original_video_clip_s3_key == key
+    assert generations_per_scene(workers.ledger, project_id) == {1: 1}
+
+    # The way out named: one new paid clip, which is cut, and the project completes
+    api.regenerate_scene(project_id, 1)
+    done = api.wait_project(project_id, timeout=120)
+    assert done.status == ProjectStatus.COMPLETED, done.last_error
+    assert done.scenes[0].original_video_clip_s3_key not in (None, key)
+    assert done.scenes[0].working_video_clip_s3_key is not None
+    assert generations_per_scene(workers.ledger, project_id) == {1: 2}
     assert_invariants(project_id)
 
 

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import pytest
 
+from mvpipe import api
+from mvpipe.devstack.localstack import LocalStack
 from mvpipe.errors import ConfigurationError
 from mvpipe.media.slots import Slot
 from mvpipe.models import SceneSpec, SceneStatus
 from mvpipe.pipeline.cost import planned_estimate, synced_seconds
 from mvpipe.pipeline.plan import place_in_slots
+from mvpipe.pipeline.stage_provider import with_audio as with_audio_of
 from mvpipe.pipeline.stages import CUT, GENERATE, LIPSYNC
-from mvpipe.pricing import DEFAULT_PRICES, parse_prices, price_micros
+from mvpipe.pricing import parse_prices, price_micros
 from mvpipe.settings import Settings, get_settings
 from mvpipe.store.records import SceneRecord
+from tests.songs import make_song
 
 
 def test_per_second_and_per_job_prices() -> None:
@@ -26,9 +30,8 @@ def test_per_second_and_per_job_prices() -> None:
 
 def test_the_built_in_table_prices_veo_and_lipsync_and_local_is_free() -> None:
     prices = parse_prices("")
-    assert price_micros(prices, "veo", "veo-3.0-generate-001", 8) == round(
-        8 * float(DEFAULT_PRICES["veo:veo-3.0-generate-001"]) * 1e6  # type: ignore[arg-type]
-    )
+    assert price_micros(prices, "veo", "veo-3.0-generate-001", 8) == 8 * 400_000
+    assert price_micros(prices, "veo", "veo-2.0-generate-001", 8, with_audio=False) == 8 * 500_000
     assert price_micros(prices, "replicate", "sync/lipsync-2", 2) > 0
     assert price_micros(prices, "local", "video", 8) == 0
     # A model entry wins over its provider's entry.
@@ -55,6 +58,12 @@ def test_unpriced_paid_work_is_a_configuration_error() -> None:
         '{"local": "0.25"}',
         '{"local": {"per_second": 1}}',
         '{"local": {"per_job": 1, "extra": 2}}',
+        '{"veo": {"per_second": 0.4}}',
+        '{"veo": {"without_audio": 0.2}}',
+        '{"veo": {"per_second": 0.4, "without_audio": null}}',
+        '{"veo": {"per_second": 0.4, "without_audio": "0.2"}}',
+        '{"veo": {"per_second": 0.4, "without_audio": -1}}',
+        '{"veo": {"per_second": 0.4, "without_audio": 0.2, "per_job": 1}}',
         '{"": 1}',
         '{"local:": 1}',
     ],
@@ -69,6 +78,42 @@ def test_malformed_prices_are_typed_errors(raw: str, monkeypatch: pytest.MonkeyP
             get_settings()
     finally:
         get_settings.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("model", "with_audio", "without"),
+    [
+        ("veo-3.0-generate-001", 400_000, 200_000),
+        ("veo-3.0-fast-generate-001", 150_000, 100_000),
+        ("veo-3.1-generate-preview", 400_000, 200_000),
+        ("veo-3.1-fast-generate-preview", 150_000, 100_000),
+        ("veo-2.0-generate-001", 500_000, 500_000),  # makes no audio
+    ],
+)
+def test_a_veo_scene_is_priced_with_audio_only_when_asked_with_it(
+    monkeypatch: pytest.MonkeyPatch, model: str, with_audio: int, without: int
+) -> None:
+    # A song's scene fills a slot and is asked without audio (the song is its sound): it is
+    # priced so, at reservation and in the estimate alike; a scene without a slot keeps it.
+    monkeypatch.setenv("MVPIPE_VEO_MODEL", model)
+    settings = Settings()
+    song_scene = scene(1, duration_seconds=8, start_seconds=0.0, end_seconds=8.0)
+    plain = scene(2, duration_seconds=8)
+    assert not with_audio_of(song_scene) and with_audio_of(plain)
+    assert GENERATE.price_micros(settings, "veo", song_scene) == 8 * without
+    assert GENERATE.price_micros(settings, "veo", plain) == 8 * with_audio
+    estimated = planned_estimate(settings, "veo", [song_scene, plain])
+    assert estimated.micros == 8 * (without + with_audio)
+
+
+def test_a_price_says_what_a_second_without_audio_costs_or_is_the_same_either_way() -> None:
+    prices = parse_prices('{"veo": 0.3, "veo:m": {"per_second": 0.4, "without_audio": 0.25}}')
+    assert price_micros(prices, "veo", "other", 2, with_audio=False) == 600_000
+    assert price_micros(prices, "veo", "m", 2) == 800_000
+    assert price_micros(prices, "veo", "m", 2, with_audio=False) == 500_000
+    # a per-job price is what a job costs, audio or not
+    per_job = parse_prices('{"replicate:o/m": {"per_job": 0.5}}')
+    assert price_micros(per_job, "replicate", "o/m", 6, with_audio=False) == 500_000
 
 
 def test_settings_price_each_paid_stage(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -152,3 +197,21 @@ def test_an_unplanned_lip_sync_is_priced_as_its_run_will_price_it(
             assert settings.lipsync_price_micros(synced_seconds(slot)) == run, (start, frames)
             differs += settings.lipsync_price_micros(slot.seconds) != run
     assert differs  # the grid holds slots whose frames alone would price a micro-dollar less
+
+
+@pytest.mark.integration
+def test_a_song_project_on_veo_is_estimated_without_audio(stack: LocalStack) -> None:
+    # A 30 s song before analysis: cut evenly into Veo's longest (8 s) clips, 4 scenes, each
+    # asked (so priced) without audio at the built-in $0.20 a second, not $0.40
+    project_id = api.create_project("Song", "x", song=make_song("mp3", 30.0).data, provider="veo")
+    rough = api.estimate_micros(project_id)
+    assert rough.jobs == 4 and not rough.exact
+    assert rough.micros == 4 * 8 * 200_000
+
+
+def test_regenerate_says_a_lip_synced_scene_pays_a_new_lip_sync_too() -> None:
+    # a regeneration clears the lip-sync with the clip (`estimate --scene` prices both)
+    from mvpipe.cli.runs import regenerate
+
+    assert "new paid lip-sync" in (regenerate.help or "")
+    assert "new paid lip-sync" in (api.regenerate_scene.__doc__ or "")

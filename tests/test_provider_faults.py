@@ -42,7 +42,9 @@ from tests.standins import (
     stored_lip_sync_request,
 )
 
-FAULTS = ["slow", "reset", "garbage"]
+FAULTS = ["slow", "reset", "garbage", "undecodable"]
+#: the faults whose answer arrives but cannot be read
+UNREADABLE = ("garbage", "undecodable")
 
 
 @pytest.fixture
@@ -109,6 +111,22 @@ def test_a_create_that_meets_a_fault_is_transient_and_not_a_refusal(
     assert standin.created[provider.name] == 1
 
 
+def test_only_a_check_before_any_request_is_a_replicate_refusal(standin: ProviderStandIn) -> None:
+    # The SDK's own argument checks raise ValueError before sending: nothing was created, the
+    # reservation may go back. A reply it cannot read is a ValueError too, but comes after.
+    provider = ReplicateVideoProvider(settings_for(standin))
+    fields = provider.build_input(video())
+    with pytest.raises(PermanentProviderError) as caught:
+        provider.jobs.create("not-an-owner-and-name", fields)
+    assert caught.value.refused
+    assert standin.requests == []
+    standin.faults["replicate.create"] = ["undecodable"]
+    with pytest.raises(TransientProviderError) as unread:
+        provider.jobs.create("owner/model:version1", fields)
+    assert_unknown_outcome(unread.value)
+    assert "could not be read" in str(unread.value)
+
+
 @pytest.mark.parametrize("fault", FAULTS)
 @pytest.mark.parametrize("provider_class", [VeoVideoProvider, ReplicateVideoProvider])
 def test_a_poll_that_meets_a_fault_is_retried_or_counted_never_a_failure(
@@ -124,8 +142,8 @@ def test_a_poll_that_meets_a_fault_is_retried_or_counted_never_a_failure(
     assert not isinstance(exc, PermanentProviderError)  # the scene is not failed for it
     # slow and reset: transient (polled again); an unreadable answer: counted by the poll loop,
     # which fails the scene after MVPIPE_MAX_POLL_ERRORS of them in a row
-    assert isinstance(exc, TransientProviderError) == (fault != "garbage")
-    assert "could not be read" in str(exc) or fault != "garbage"
+    assert isinstance(exc, TransientProviderError) == (fault not in UNREADABLE)
+    assert "could not be read" in str(exc) or fault not in UNREADABLE
     # and the next poll, answered, goes on with the same job
     assert not usual.poll(operation_id).finished
     assert standin.created[usual.name] == 1
@@ -381,5 +399,5 @@ def test_lip_sync_calls_that_meet_a_fault_are_classified(
     standin.faults["replicate.poll"] = [fault]
     with pytest.raises(ProviderError) as polled:
         faulted.poll(operation_id)
-    assert isinstance(polled.value, TransientProviderError) == (fault != "garbage")
+    assert isinstance(polled.value, TransientProviderError) == (fault not in UNREADABLE)
     assert standin.created["replicate"] == 2  # the lost answer's job exists too

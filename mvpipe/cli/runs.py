@@ -52,7 +52,8 @@ def run(project_id: str, wait: bool, timeout: float) -> None:
 @wait_options("Follow the run until the scene is done.")
 def regenerate(project_id: str, sequence: int, wait: bool, timeout: float) -> None:
     """Generate scene SEQUENCE (its number, from 1) again: one new paid generation for that
-    scene only; the run then cuts it and assembles a new final video.
+    scene only, and a new paid lip-sync when the scene is lip-synced (`estimate PROJECT_ID
+    --scene SEQUENCE` prices both); the run then cuts it and assembles a new final video.
 
     With --wait it exits 0 when the project completed, 1 when it failed, 5 on --timeout."""
     _started(lambda: api.regenerate_scene(project_id, sequence), wait, timeout)

@@ -80,8 +80,9 @@ def estimate(ctx: Context, state: ProjectState, *, sequence: int | None = None) 
     else:
         lengths = synced = _even_slots(settings, project)
     allowed = settings.durations_for(project.provider)
-    micros = sum(
-        settings.video_price_micros(project.provider, clip_seconds(s, allowed)) for s in lengths
+    micros = sum(  # a song's scenes fill its slots: asked, so priced, without audio
+        settings.video_price_micros(project.provider, clip_seconds(s, allowed), with_audio=False)
+        for s in lengths
     )
     jobs = len(lengths)
     if project.lip_sync:

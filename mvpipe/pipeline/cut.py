@@ -3,9 +3,11 @@
 Free and deterministic: the working key is a hash of its inputs (the original's key, the slot's
 frames, the output format), so a duplicate or re-run cut makes the same object, and its one
 conditional write is conditioned on the original it cut from (invariant 1). A clip that cannot
-be decoded fails the scene (permanent) and keeps the original. An original whose object vanished
-is a lost output, as reconcile treats a completed scene's: the scene goes back to `pending`
-without it, and the run it belongs to makes it again (a retry would never find it).
+be decoded fails the scene (permanent) and keeps the original; its `lastError` says that only
+`mvpipe regenerate` (a new paid clip) gets past it, as a run cuts the same original again. An
+original whose object vanished is a lost output, as reconcile treats a completed scene's: the
+scene goes back to `pending` without it, and the run it belongs to makes it again (a retry
+would never find it).
 """
 
 from __future__ import annotations
@@ -82,6 +84,16 @@ def original_of(stage: Stage, scene: SceneRecord) -> tuple[str, str] | None:
     return None if source is None or original is None else (source, original)
 
 
+def cut_failure(project_id: str, sequence: int, reason: str) -> str:
+    """The `lastError` of a scene whose original cannot be cut. Another run cuts the same
+    original and fails again (free, and the paid clip is never dropped for a guess about it):
+    only a new generation can help, and that is the user's to pay for, so say how."""
+    return (
+        f"the clip could not be cut: {reason}; the original is kept, and "
+        f"`mvpipe regenerate {project_id} {sequence}` pays for a new clip"
+    )
+
+
 def remade_key(stage: Stage, scene: SceneRecord, settings: Settings) -> str | None:
     """The key a cut of `scene` would be made at now (None without its original): the cut is
     deterministic, so a lost cut whose key this is would be made again as it was."""
@@ -113,7 +125,7 @@ class CutRunner:
             try:
                 held = self.cut(original, key, frames, fmt)
             except InvalidInput as exc:
-                error = f"the clip could not be cut: {describe(exc)}"
+                error = cut_failure(x.project_id, x.sequence, describe(exc))
                 ctx.scenes.fail(
                     x.project_id,
                     x.sequence,

@@ -11,6 +11,12 @@ from mvpipe.settings import Settings
 from mvpipe.store.records import SceneRecord
 
 
+def with_audio(scene: SceneRecord) -> bool:
+    """Whether the scene's clip is asked with audio (and priced so). Only a song's scenes fill
+    a slot; their sound comes from the song, so they are made without (and cost less)."""
+    return scene.start_seconds is None
+
+
 class StageProvider(Protocol):
     """What the paid machine needs from a stage's provider: its job calls, its quota pool and
     poll pace."""
@@ -80,8 +86,7 @@ class VideoGeneration:
                 scene.prompt,
                 scene.negative_prompt,
                 scene.duration_seconds,
-                # only a song's scenes fill a slot; their sound comes from the song
-                with_audio=scene.start_seconds is None,
+                with_audio=with_audio(scene),
             )
         )
 

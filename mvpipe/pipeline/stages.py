@@ -25,7 +25,7 @@ from mvpipe.deps import Context
 from mvpipe.models import SceneStatus
 from mvpipe.pipeline.cut import CutRunner, remade_key, slot_seconds
 from mvpipe.pipeline.lipsync import LipSync, audio_key
-from mvpipe.pipeline.stage_provider import StageProvider, VideoGeneration
+from mvpipe.pipeline.stage_provider import StageProvider, VideoGeneration, with_audio
 from mvpipe.settings import Settings
 from mvpipe.store.clips import StoredObject, clip_key, lipsync_key
 from mvpipe.store.records import SceneRecord
@@ -78,9 +78,10 @@ def completed_before_lip_sync(scene: SceneRecord) -> bool:
 
 def generation_price(settings: Settings, provider: str, scene: SceneRecord) -> int:
     """The project's video model, per second of the clip it makes: `durationSeconds`, or the
-    length the submit refits a scene stored at another to (`durations.made_seconds`)."""
+    length the submit refits a scene stored at another to (`durations.made_seconds`); with
+    audio or without, as the submit asks for it (`with_audio`)."""
     seconds = durations.made_seconds(scene.duration_seconds, settings.durations_for(provider))
-    return settings.video_price_micros(provider, seconds)
+    return settings.video_price_micros(provider, seconds, with_audio=with_audio(scene))
 
 
 def lipsync_price(settings: Settings, provider: str, scene: SceneRecord) -> int:

@@ -106,9 +106,15 @@ def translate(provider: str, exc: Exception, *, polling: bool = False) -> Provid
     transport = from_transport(provider, exc)
     if transport is not None:
         return transport
-    if isinstance(exc, errors.UnknownApiResponseError | json.JSONDecodeError | ValidationError):
-        # a 200 whose body is not JSON, or not the shape asked for: the create may have started
-        # a job all the same (requests are built, and validated, before the call)
+    if isinstance(
+        exc,
+        errors.UnknownApiResponseError
+        | json.JSONDecodeError
+        | UnicodeDecodeError
+        | ValidationError,
+    ):
+        # a 200 whose body is not JSON (nor UTF-8), or not the shape asked for: the create may
+        # have started a job all the same (requests are built, and validated, before the call)
         return unreadable(provider, exc, transient=not polling)
     if isinstance(exc, TypeError | KeyError | AttributeError | IndexError):
         # the SDK tripped over the answer's shape while converting it

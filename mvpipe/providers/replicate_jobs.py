@@ -8,13 +8,11 @@ after about an hour.
 
 from __future__ import annotations
 
-import json
 import os
+import threading
 from typing import Any
 
 import httpx
-import pydantic
-from pydantic.v1 import ValidationError as V1ValidationError  # replicate 1.0's models
 
 from mvpipe.errors import PermanentProviderError, ProviderError
 from mvpipe.providers.base import JobState, JobStatus
@@ -46,13 +44,25 @@ STATUSES = {
 class BoundedTransport(httpx.BaseTransport):
     """Every request gets the provider timeout. replicate 1.0.x creates a prediction with
     `timeout=None`, which httpx reads as *no* timeout whatever the client's: a create that
-    hangs would outlive its lease (docs/DESIGN.md: every provider call has a timeout)."""
+    hangs would outlive its lease (docs/DESIGN.md: every provider call has a timeout).
+    It also notes, per thread, that a request went out (`sent`): an error after that point
+    is never the SDK refusing our arguments."""
 
     def __init__(self, seconds: float) -> None:
         self.inner = httpx.HTTPTransport()
         self.timeout = httpx.Timeout(seconds).as_dict()
+        self._sent = threading.local()
+
+    @property
+    def sent(self) -> bool:
+        return bool(getattr(self._sent, "value", False))
+
+    @sent.setter
+    def sent(self, value: bool) -> None:
+        self._sent.value = value
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.sent = True
         request.extensions = {**request.extensions, "timeout": self.timeout}
         return self.inner.handle_request(request)
 
@@ -62,6 +72,9 @@ class BoundedTransport(httpx.BaseTransport):
 
 class ReplicateJobs:
     """Create, poll, download and cancel predictions of one model (`owner/name[:version]`)."""
+
+    #: the SDK client's transport, built with it on first use
+    transport: BoundedTransport
 
     def __init__(self, settings: Settings, provider: str) -> None:
         #: how errors name the provider (they reach lastError)
@@ -82,11 +95,12 @@ class ReplicateJobs:
     def _build(self) -> Any:
         import replicate
 
+        self.transport = BoundedTransport(self.settings.provider_timeout_seconds)
         client = replicate.Client(
             api_token=self._token(),
             base_url=self.base_url,
             timeout=httpx.Timeout(self.settings.provider_timeout_seconds),
-            transport=BoundedTransport(self.settings.provider_timeout_seconds),
+            transport=self.transport,
         )
         # The SDK builds its httpx client on first use, check-then-set: built here, once, it
         # is the one every thread shares (httpx's connection pool is thread-safe).
@@ -97,13 +111,15 @@ class ReplicateJobs:
         """Start one prediction; its id. Errors come out classified (docs/DESIGN.md invariant 3:
         a timeout, a reset or an unreadable answer may still have started a billed job)."""
         model, _, version = model_ref.partition(":")
+        client = self.client
+        self.transport.sent = False
         try:
             if version:
-                prediction = self.client.predictions.create(version=version, input=fields)
+                prediction = client.predictions.create(version=version, input=fields)
             else:
-                prediction = self.client.predictions.create(model=model, input=fields)
+                prediction = client.predictions.create(model=model, input=fields)
         except Exception as exc:
-            raise self._translate(exc) from None
+            raise self._translate(exc, sent=self.transport.sent) from None
         return str(prediction.id)
 
     def poll(self, operation_id: str) -> JobStatus:
@@ -159,21 +175,26 @@ class ReplicateJobs:
             )
         except Exception as exc:
             raise from_transport(self.provider, exc) or exc from exc
-        if response.status_code != 200:
+        if not 200 <= response.status_code < 300:  # any 2xx is an answer to read
             raise from_poll_status(self.provider, response.status_code, response.text[:500])
         return self._json_object(response)
 
-    def _translate(self, exc: Exception) -> Exception:
+    def _translate(self, exc: Exception, *, sent: bool) -> Exception:
+        """A create's error. Only an SDK check that ran before any request went out is a
+        refusal; once one was sent, a reply we cannot read (not JSON, not UTF-8, not a
+        prediction) leaves the outcome unknown: the job may exist and be billed."""
         from replicate.exceptions import ReplicateError
 
         if isinstance(exc, ReplicateError):
             return from_status(self.provider, exc.status, exc.detail or exc.title or str(exc))
-        if isinstance(exc, json.JSONDecodeError | pydantic.ValidationError | V1ValidationError):
-            # a 200 whose body is not a prediction: the job may exist all the same
+        transport = from_transport(self.provider, exc)
+        if transport is not None:
+            return transport
+        if sent:  # e.g. a 2xx whose body is not JSON, not UTF-8 or not a prediction
             return unreadable(self.provider, exc, transient=True)
         if isinstance(exc, ValueError):  # the SDK refused our arguments: nothing was sent
             return from_status(self.provider, 400, str(exc))
-        return from_transport(self.provider, exc) or exc
+        return exc
 
     def _json_object(self, response: httpx.Response) -> dict[str, Any]:
         """The reply's JSON object; any other reply is an unreadable-reply `ProviderError`
