@@ -84,7 +84,8 @@ def start_run(ctx: Context, dispatcher: Dispatcher, project_id: str) -> RunStart
 
 def regenerate(ctx: Context, dispatcher: Dispatcher, project_id: str, sequence: int) -> RunStart:
     """Clear one scene's outputs and the project's final video (one transaction), then run that
-    scene alone (exactly one new paid generation) and assemble a new final video."""
+    scene alone (one new paid generation, and one new lip-sync for a scene marked `lipSync`) and
+    assemble a new final video."""
     state = ctx.projects.load(project_id)
     if not state.project.planned:
         raise Conflict(f"project {project_id} is not planned yet; run it first")
