@@ -5,13 +5,14 @@ worker, kombu's Redis transport, botocore, pynamodb, PyAV, numpy, Google's GenAI
 
 The warm parent (`python -m tests.warm_workers`, one per test session) imports those and none of
 mvpipe's modules, whose settings come from the environment at import, but `mvpipe.media`'s
-(which reads no setting): it runs one song analysis, so librosa is imported and its numba
-kernels compiled once, not in each worker's first analysis (~5-6 s of CPU each). Each child
-sets its test's environment first, then loads the app as a spawned worker does (`worker_init`
-and the pool's `worker_process_init` run in it). The parent is single-threaded and forks on
-request (JSON lines on its stdin); it reaps its children and writes each one's exit code to the
-file the request named, which `ForkedProcess` reads: the test owns the child as it owns a
-spawned one (its group killed, its exit waited on, its exit code seen).
+(which reads no setting): it runs one song analysis (once no request waits), so librosa is
+imported and its numba kernels compiled once, not in each worker's first analysis (~5-6 s of
+CPU each). Each child sets its test's environment first, then loads the app as a spawned worker
+does (`worker_init` and the pool's `worker_process_init` run in it). The parent is
+single-threaded and forks on request (JSON lines on its stdin); it reaps its children and
+writes each one's exit code to the file the request named, which `ForkedProcess` reads: the
+test owns the child as it owns a spawned one (its group killed, its exit waited on, its exit
+code seen).
 """
 
 from __future__ import annotations
@@ -246,9 +247,7 @@ def serve() -> None:
     """Fork a worker per request line until stdin closes, then kill those still running."""
     for module in PRELOAD:
         importlib.import_module(module)
-    _warm_song_analysis()
-    if threading.active_count() != 1:  # a fork would copy a thread's locks, not the thread
-        raise RuntimeError(f"the warm parent must fork from one thread: {threading.enumerate()}")
+    _check_one_thread()
     wake_read, wake_write = os.pipe()
     os.set_blocking(wake_read, False)
     os.set_blocking(wake_write, False)
@@ -263,11 +262,24 @@ def serve() -> None:
                 os.killpg(pid, signal.SIGKILL)
 
 
+def _check_one_thread() -> None:
+    if threading.active_count() != 1:  # a fork would copy a thread's locks, not the thread
+        raise RuntimeError(f"the warm parent must fork from one thread: {threading.enumerate()}")
+
+
 def _serve(statuses: dict[int, str], wake_read: int) -> None:
-    """The request loop: a worker forked per line, each exited one reaped, until stdin ends."""
+    """The request loop: a worker forked per line, each exited one reaped, until stdin ends.
+    The song analysis is warmed the first time no request waits: a session's first worker is
+    forked at once, and the warm-up runs beside its test (a request meanwhile waits for it)."""
     pending = b""
+    warmed = False
     while True:
-        readable, _, _ = select.select([0, wake_read], [], [])
+        readable, _, _ = select.select([0, wake_read], [], [], None if warmed else 0)
+        if not readable and not warmed:
+            _warm_song_analysis()
+            _check_one_thread()
+            warmed = True
+            continue
         if wake_read in readable:
             with contextlib.suppress(BlockingIOError):
                 os.read(wake_read, 4096)
