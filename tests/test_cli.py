@@ -14,7 +14,6 @@ import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from mvpipe.devstack.localstack import LOCAL_CREDENTIAL, free_port, port_open, s
 from mvpipe.media.probe import probe_video
 from mvpipe.models import ProjectStatus, ProjectView, SceneStatus, SceneView
 from mvpipe.pipeline.reconcile_scope import FULL_SWEEP_JOB
+from tests.cli_batch import mvpipe_batch
 from tests.conftest import Workers
 from tests.helpers import listening_on, own_storage, wait_for
 from tests.processes import Processes
@@ -51,14 +51,6 @@ def mvpipe(
     )
 
 
-def mvpipe_each(
-    env: dict[str, str], *commands: tuple[str, ...]
-) -> list[subprocess.CompletedProcess[str]]:
-    """Independent commands two at a time: each process spends most of its second importing."""
-    with ThreadPoolExecutor(2) as pool:
-        return list(pool.map(lambda args: mvpipe(env, *args), commands))
-
-
 def test_create_run_wait_status_fetch_and_projects(
     start_workers: StartWorkers, tmp_path: Path
 ) -> None:
@@ -80,7 +72,7 @@ def test_create_run_wait_status_fetch_and_projects(
     clip = tmp_path / "one.mp4"
     # Read-only once the run is over (and `reconcile` passes over this test's storage alone).
     status, table, fetched, fetched_clip, missing, bad, listed, reconciled, unwritable = (
-        mvpipe_each(
+        mvpipe_batch(
             workers.env,
             ("status", project_id, "--json"),
             ("status", project_id),
@@ -166,7 +158,7 @@ def test_reconcile_shows_its_progress_on_a_terminal_only_and_keeps_its_output(
     # Its own table: the pass examines every project in it.
     workers = start_workers(**own_storage())
     env = {**workers.env, "MVPIPE_FULL_SWEEP_SECONDS": "0.001"}  # each pass examines all three
-    created = mvpipe_each(
+    created = mvpipe_batch(
         env, *(("create", "--title", f"P{n}", "--concept", "Lines.") for n in range(3))
     )
     assert all(c.returncode == 0 for c in created), [c.stderr for c in created]
@@ -174,7 +166,7 @@ def test_reconcile_shows_its_progress_on_a_terminal_only_and_keeps_its_output(
     shown, bar = on_terminal(env, "reconcile")
     assert shown.returncode == 0, bar
     assert "projects examined" in bar and "3/3" in bar, bar
-    piped, piped_json = mvpipe_each(env, ("reconcile",), ("reconcile", "--json"))
+    piped, piped_json = mvpipe_batch(env, ("reconcile",), ("reconcile", "--json"))
     assert "projects examined" not in piped.stderr  # a log or a pipe: no progress
     assert shown.stdout == piped.stdout  # the report alone, as without a terminal
     assert "projects examined" not in shown.stdout and "total" in shown.stdout
@@ -198,7 +190,7 @@ def test_reconcile_sweep_does_the_sweeps_now_and_shows_their_progress_on_a_termi
     workers = start_workers(**own_storage())
     song = tmp_path / "song.wav"
     song.write_bytes(make_song("wav", 6.0).data)
-    created = mvpipe_each(
+    created = mvpipe_batch(
         workers.env,
         ("create", "--title", "Sung", "--concept", "x", "--song", str(song)),
         ("create", "--title", "Said", "--concept", "x"),
@@ -217,7 +209,7 @@ def test_reconcile_sweep_does_the_sweeps_now_and_shows_their_progress_on_a_termi
     assert swept.returncode == 0, bar
     assert "project folders swept" in bar and "1/?" in bar, bar  # the song's project's folder
     assert "projects examined" in bar and "2/2" in bar, bar  # the full sweep, forced
-    piped, piped_json = mvpipe_each(
+    piped, piped_json = mvpipe_batch(
         workers.env, ("reconcile", "--sweep"), ("reconcile", "--sweep", "--json")
     )
     assert piped.returncode == 0 and piped.stderr == ""  # a log or a pipe: no progress
@@ -257,7 +249,7 @@ def test_user_mistakes_are_one_line_and_an_exit_code(stack: object, tmp_path: Pa
         (("status", some, "--colour"), 2, "no such option"),
         (("statuz", some), 2, "no such command"),
     ]
-    results = mvpipe_each(dict(os.environ), *(args for args, _, _ in cases))
+    results = mvpipe_batch(dict(os.environ), *(args for args, _, _ in cases))
     for (args, code, text), result in zip(cases, results, strict=True):
         assert result.returncode == code, (args, result.stderr)
         assert "Traceback" not in result.stderr
@@ -454,7 +446,7 @@ def test_every_command_has_help(stack: object) -> None:
     env = dict(os.environ)
     commands = ["create", "run", "status", "regenerate", "cancel", "reconcile", "projects", "stack"]
     commands = ["", *commands, "demo", "fetch", "flower", "estimate", "budget"]
-    results = mvpipe_each(env, *((*([c] if c else []), "--help") for c in commands))
+    results = mvpipe_batch(env, *((*([c] if c else []), "--help") for c in commands))
     for command, result in zip(commands, results, strict=True):
         assert result.returncode == 0 and "Usage: mvpipe" in result.stdout, command
     helps = dict(zip(commands, (r.stdout for r in results), strict=True))

@@ -113,12 +113,12 @@ def test_permanent_faults_fail_every_scene_and_finalize_runs(start_workers: Star
 
 
 def test_waiting_does_not_hold_worker_slots(start_workers: StartWorkers) -> None:
-    """20 scenes of 4 s on 2 worker processes: a blocking design has at most 2 jobs in flight.
+    """20 scenes of 2 s on 2 worker processes: a blocking design has at most 2 jobs in flight.
 
     The provider's own job store counts what overlaps, so the check holds however slow the host.
     """
     workers = start_workers(
-        concurrency=2, local_latency="4", local_max_concurrent="20", provider_concurrency="20"
+        concurrency=2, local_latency="2", local_max_concurrent="20", provider_concurrency="20"
     )
     project_id = api.create_project("Wide", "Many scenes at once.", scene_count=20)
     api.run_project(project_id)

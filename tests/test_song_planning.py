@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
+import time
 import uuid
 from collections.abc import Callable
 
@@ -21,6 +22,7 @@ from mvpipe.media.timeline import Timeline
 from mvpipe.models import ProjectStatus, SceneSpec
 from mvpipe.pipeline.brief import assign_lyrics, lyric_lines, slot_briefs
 from mvpipe.pipeline.plan import RunPlan, place_in_slots, plan_run
+from mvpipe.pipeline.reconcile_scope import needs_regular_pass
 from mvpipe.pipeline.timeline import ensure_timeline
 from mvpipe.providers.base import Brief
 from mvpipe.providers.local import LocalPlanner
@@ -135,6 +137,11 @@ def test_the_timeline_is_recorded_once_for_its_song(
     assert not ctx.projects.record_timeline(project_id, "projects/x/song/y.wav", recorded)
     assert ctx.projects.get(project_id).timeline_key == recorded
     assert Timeline.from_json(ctx.songs.read(recorded)) == first
+    # And a project analysed ahead of its run reads as untouched since its creation: reconcile's
+    # regular passes leave it to the sweep, as any project created and never run
+    analysed = ctx.projects.get(project_id)
+    assert analysed.updated_at == analysed.created_at
+    assert not needs_regular_pass(analysed, time.time(), 3600)
 
 
 @pytest.mark.integration

@@ -1,21 +1,25 @@
 """Celery workers forked from one warm interpreter: each test's worker still runs `python -m
 celery -A ... worker` with its own argv and environment, in a session and process group of
 its own, but skips the ~1 s of third-party imports a fresh interpreter pays (Celery's CLI and
-worker, kombu's Redis transport, botocore, pynamodb, PyAV, numpy).
+worker, kombu's Redis transport, botocore, pynamodb, PyAV, numpy, Google's GenAI SDK).
 
 The warm parent (`python -m tests.warm_workers`, one per test session) imports those and none of
-mvpipe's modules, whose settings come from the environment at import: each child sets its
-test's environment first, then loads the app as a spawned worker does (`worker_init` and the
-pool's `worker_process_init` run in it). The parent is single-threaded and forks on request
-(JSON lines on its stdin); it reaps its children and writes each one's exit code to the file
-the request named, which `ForkedProcess` reads: the test owns the child as it owns a spawned
-one (its group killed, its exit waited on, its exit code seen).
+mvpipe's modules, whose settings come from the environment at import, but `mvpipe.media`'s
+(which reads no setting): it runs one song analysis (once no request waits), so librosa is
+imported and its numba kernels compiled once, not in each worker's first analysis (~5-6 s of
+CPU each). Each child sets its test's environment first, then loads the app as a spawned worker
+does (`worker_init` and the pool's `worker_process_init` run in it). The parent is
+single-threaded and forks on request (JSON lines on its stdin); it reaps its children and
+writes each one's exit code to the file the request named, which `ForkedProcess` reads: the
+test owns the child as it owns a spawned one (its group killed, its exit waited on, its exit
+code seen).
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import gc
 import importlib
 import json
 import os
@@ -51,6 +55,8 @@ PRELOAD = (
     "httpx",
     "numpy",
     "av",
+    # the Gemini planner's and Veo's SDK (~0.5 s), imported by a pool process's first such task
+    "google.genai",
 )
 
 
@@ -212,12 +218,36 @@ def _reap(statuses: dict[int, str]) -> None:
             os.rename(path + ".tmp", path)
 
 
+#: The only mvpipe modules the warm parent may hold: `mvpipe.media` touches no setting, the store
+#: or Celery (its package says so), so a child imports every other one under its own environment.
+PARENT_MVPIPE = ("mvpipe", "mvpipe.errors", "mvpipe.media")
+
+
+def _warm_song_analysis() -> None:
+    """One analysis of a short synthetic song: librosa imported, its kernels compiled (what
+    `mvpipe.media.analysis.warm` does in a worker's pool process), then every object made so
+    far frozen, so that no child's garbage collection walks (and copies) them again."""
+    from mvpipe.media.analysis import warm
+
+    warm()
+    held = [
+        name
+        for name in sys.modules
+        if name.split(".")[0] == "mvpipe"
+        and name not in PARENT_MVPIPE
+        and not name.startswith("mvpipe.media.")
+    ]
+    if held:  # a child would run them under the parent's environment, not its test's
+        raise RuntimeError(f"the warm parent imported mvpipe modules that read settings: {held}")
+    gc.collect()
+    gc.freeze()
+
+
 def serve() -> None:
     """Fork a worker per request line until stdin closes, then kill those still running."""
     for module in PRELOAD:
         importlib.import_module(module)
-    if threading.active_count() != 1:  # a fork would copy a thread's locks, not the thread
-        raise RuntimeError(f"the warm parent must fork from one thread: {threading.enumerate()}")
+    _check_one_thread()
     wake_read, wake_write = os.pipe()
     os.set_blocking(wake_read, False)
     os.set_blocking(wake_write, False)
@@ -232,11 +262,24 @@ def serve() -> None:
                 os.killpg(pid, signal.SIGKILL)
 
 
+def _check_one_thread() -> None:
+    if threading.active_count() != 1:  # a fork would copy a thread's locks, not the thread
+        raise RuntimeError(f"the warm parent must fork from one thread: {threading.enumerate()}")
+
+
 def _serve(statuses: dict[int, str], wake_read: int) -> None:
-    """The request loop: a worker forked per line, each exited one reaped, until stdin ends."""
+    """The request loop: a worker forked per line, each exited one reaped, until stdin ends.
+    The song analysis is warmed the first time no request waits: a session's first worker is
+    forked at once, and the warm-up runs beside its test (a request meanwhile waits for it)."""
     pending = b""
+    warmed = False
     while True:
-        readable, _, _ = select.select([0, wake_read], [], [])
+        readable, _, _ = select.select([0, wake_read], [], [], None if warmed else 0)
+        if not readable and not warmed:
+            _warm_song_analysis()
+            _check_one_thread()
+            warmed = True
+            continue
         if wake_read in readable:
             with contextlib.suppress(BlockingIOError):
                 os.read(wake_read, 4096)

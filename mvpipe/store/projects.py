@@ -212,11 +212,13 @@ class ProjectStore:
         """Point METADATA at the song's timeline; True also when it already points there.
 
         Conditioned on the song it was made from, so a timeline never describes another song.
+        `updatedAt` stays: the timeline is derived from the song, and a project analysed at its
+        creation has nothing for reconcile's regular passes to repair (`needs_regular_pass`).
         """
         m = self.m
         if self._update_meta(
             project_id,
-            [m.timeline_key.set(timeline_key), m.updated_at.set(utc_now_iso())],
+            [m.timeline_key.set(timeline_key)],
             (m.song_key == song_key)
             & (m.timeline_key.does_not_exist() | (m.timeline_key == timeline_key)),
         ):

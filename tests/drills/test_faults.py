@@ -5,8 +5,6 @@ from __future__ import annotations
 import itertools
 import random
 import re
-import subprocess
-import sys
 import threading
 import uuid
 from collections import Counter
@@ -36,6 +34,7 @@ from mvpipe.messaging.dispatch import (
 from mvpipe.models import ProjectStatus, SceneStatus
 from mvpipe.providers.faults import FaultPlan
 from mvpipe.providers.local import LocalJobs
+from tests.cli_batch import mvpipe_batch
 from tests.conftest import Workers
 from tests.drills.conftest import DRILL_SETTINGS, check_drill, hand_made_run, heal
 from tests.helpers import assert_invariants, generations_per_scene, wait_for
@@ -320,14 +319,8 @@ def test_bad_ids_through_the_cli_and_malformed_messages(
     start_workers: StartWorkers, stack: LocalStack
 ) -> None:
     workers = start_workers(**DRILL_SETTINGS)
-    for bad in ["../../etc", "x" * 5000, "\x1b[31mred", str(uuid.uuid1())]:
-        result = subprocess.run(
-            [sys.executable, "-m", "mvpipe.cli", "status", bad],
-            env=workers.env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+    bad_ids = ["../../etc", "x" * 5000, "\x1b[31mred", str(uuid.uuid1())]
+    for result in mvpipe_batch(workers.env, *(("status", bad) for bad in bad_ids)):
         assert result.returncode == 2 and "Traceback" not in result.stderr
     # Malformed messages straight to the broker: each ends as a failed task that says why (a
     # `Reject` without requeue for a bad id, the call's own TypeError for a wrong arity), an
