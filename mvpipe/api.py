@@ -34,6 +34,7 @@ from mvpipe.models import (
     validate_project_id,
     validate_seconds,
     validate_sequence,
+    validate_status,
 )
 from mvpipe.pipeline import cancel, cost, listing, outputs, runs
 from mvpipe.pipeline.create import create_project as write_project
@@ -132,13 +133,7 @@ def list_projects(
 ) -> list[ProjectSummary]:
     """The `limit` (1..`MAX_LIST_LIMIT`) newest projects of `status` (all statuses when None)
     through the status index, newest last, each in brief (`get_project` has the whole)."""
-    if status is None:
-        wanted = list(ProjectStatus)
-    else:
-        try:
-            wanted = [ProjectStatus(status)]
-        except ValueError:
-            raise InvalidInput(f"unknown project status {status!r}") from None
+    wanted = list(ProjectStatus) if status is None else [validate_status(status)]
     validate_limit(limit)
     return listing.newest(get_context(), wanted, limit)
 

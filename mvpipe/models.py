@@ -307,6 +307,16 @@ def describe_validation_error(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def validate_status(value: object) -> ProjectStatus:
+    """`value` as a project status, else `InvalidInput` naming it (shortened)."""
+    if isinstance(value, str):  # anything else: the Enum's own error would print it whole
+        try:
+            return ProjectStatus(value)
+        except ValueError:
+            pass
+    raise InvalidInput(f"unknown project status {_shorten(value)}")
+
+
 def _shorten(value: object, limit: int = 60) -> str:
     try:
         text = repr(value)

@@ -304,6 +304,7 @@ def test_data_nested_past_the_interpreters_depth_is_invalid_input() -> None:
         lambda: api.set_budget(some, deep),
         lambda: api.regenerate_scene(some, deep),
         lambda: api.list_projects(limit=deep),
+        lambda: api.list_projects(status=deep),  # type: ignore[arg-type]
         lambda: api.create_project("t", "x", scenes=[{"prompt": deep}]),
         lambda: api.create_project("t", "x", scenes=deep),
     ):
