@@ -41,6 +41,7 @@ from mvpipe.errors import MvpipeError
 from mvpipe.media.synth import synthesize_song
 from mvpipe.messaging.dispatch import GENERATE_SCENE, CeleryDispatcher
 from mvpipe.models import ProjectStatus, ProjectView, SceneStatus
+from mvpipe.pipeline.stage_provider import with_audio
 from mvpipe.providers.local import LocalJobs
 
 KINDS = [
@@ -241,11 +242,13 @@ def ledger_micros(ledger: Path, view: ProjectView) -> int:
     scene's clip length, lip-syncs by their slot's."""
     settings = get_context().settings
     seconds = {s.sequence: s.duration_seconds for s in view.scenes}
+    audio = {s.sequence: with_audio(s) for s in view.scenes}
     slots = {s.sequence: (s.end_seconds or 0.0) - (s.start_seconds or 0.0) for s in view.scenes}
     paid = paid_generations(ledger, view.project_id)
     synced = paid_generations(ledger, view.project_id, "lipsync")
     return sum(
-        n * settings.video_price_micros(view.provider, seconds[seq]) for seq, n in paid.items()
+        n * settings.video_price_micros(view.provider, seconds[seq], with_audio=audio[seq])
+        for seq, n in paid.items()
     ) + sum(n * settings.lipsync_price_micros(slots[seq]) for seq, n in synced.items())
 
 

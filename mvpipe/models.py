@@ -200,8 +200,8 @@ class ProjectView(BaseModel):
     concept: str
     provider: str
     status: ProjectStatus
-    #: as `ProjectSummary.scene_count`: None for a song's project not planned yet
-    scene_count: int | None
+    #: the scenes planned (0 before planning: `scenes` is empty then)
+    scene_count: int
     completed_scenes: int
     failed_scenes: int
     last_error: str | None

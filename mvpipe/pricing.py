@@ -3,10 +3,10 @@
 Pure: no I/O. `MVPIPE_PRICES` (a JSON object) overrides or extends the built-in table; its keys
 are `"{provider}:{model}"` or `"{provider}"` (every model of that provider), its values a number
 (US dollars per second of output, with or without audio), `{"per_second": X, "without_audio": Y}`
-(US dollars per second of output with audio, and without: a song's scenes are asked without,
-their sound is the song's) or `{"per_job": X}` (US dollars per accepted job). `local` is free
-unless priced, so drills can price it (`{"local": 0.25}`); its models are `local:video` and
-`local:lipsync`.
+(Veo only, `AUDIO_OPTIONAL`: US dollars per second of output with audio, and without: a song's
+scenes are asked without, their sound is the song's) or `{"per_job": X}` (US dollars per
+accepted job). `local` is free unless priced, so drills can price it (`{"local": 0.25}`); its
+models are `local:video` and `local:lipsync`.
 """
 
 from __future__ import annotations
@@ -129,6 +129,11 @@ def _key(key: object) -> str:
 
 #: The keys an object price may have, each set a form of its own.
 OBJECT_FORMS = ({"per_job"}, {"per_second", "without_audio"})
+#: The providers whose requests leave the audio out when a song replaces it (Veo's
+#: `generate_audio=False`): only their prices may say what a second costs without it. Another
+#: provider's song scenes are made, and billed, as any other, so a cheaper price would reserve
+#: less than the job costs.
+AUDIO_OPTIONAL = ("veo",)
 
 
 def _entry(key: str, value: Any) -> Price:
@@ -140,6 +145,11 @@ def _entry(key: str, value: Any) -> Price:
             )
         if "per_job" in value:
             return Price(per_job_micros=_micros(key, value["per_job"]))
+        if key.partition(":")[0] not in AUDIO_OPTIONAL:
+            raise ConfigurationError(
+                f"MVPIPE_PRICES[{key!r}]: only {', '.join(AUDIO_OPTIONAL)} requests can leave "
+                "the audio out; price it with one number of US dollars per second"
+            )
         return Price(
             per_second_micros=_micros(key, value["per_second"]),
             without_audio_micros=_micros(key, value["without_audio"]),

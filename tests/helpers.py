@@ -13,12 +13,13 @@ from typing import Any, TypeVar
 
 import redis
 
-from mvpipe import api
 from mvpipe.deps import Context, get_context
 from mvpipe.devstack.drills import paid_generations
 from mvpipe.devstack.invariants import violations
 from mvpipe.media.synth import synthesize_song
 from mvpipe.models import ProjectSpec, ProjectStatus, SceneSpec, SceneStatus
+from mvpipe.pipeline.create import create_project as write_project
+from mvpipe.pipeline.intake import project_intake
 from mvpipe.store.table import project_pk, scene_sk
 
 T = TypeVar("T")
@@ -135,10 +136,20 @@ def new_project(
     return project_id, run_id
 
 
+def song_project_planned_by_hand(ctx: Context, title: str, song: bytes, **options: Any) -> str:
+    """A song project written as `api.create_project` writes it, without the song analysis a
+    create asks a media worker for: its test plans it straight through the store (a worker
+    analysing it meanwhile would record a timeline the plan was not cut from)."""
+    intake = project_intake(ctx.settings, title, "Sung.", song=song, **options)
+    project_id = str(uuid.uuid4())
+    write_project(ctx, project_id, intake.spec, intake.song)
+    return project_id
+
+
 def lip_synced_project(ctx: Context, song: bytes, boundaries: list[float], marked: set[int]) -> str:
     """A project with `song`, planned straight through the store (no song analysis: its slots
     are `boundaries`, the scenes in `marked` lip-synced), with no run: `run_project` makes it."""
-    project_id = api.create_project("Lip-sync", "Sing it", song=song, lip_sync=True)
+    project_id = song_project_planned_by_hand(ctx, "Lip-sync", song, lip_sync=True)
     specs = [
         SceneSpec(
             prompt=f"scene {n}",

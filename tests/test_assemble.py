@@ -36,7 +36,12 @@ from mvpipe.store.finals import final_prefix
 from mvpipe.store.records import utc_now_iso
 from mvpipe.store.table import project_pk, scene_sk
 from tests.conftest import Workers
-from tests.helpers import assert_invariants, commands_under, wait_for
+from tests.helpers import (
+    assert_invariants,
+    commands_under,
+    song_project_planned_by_hand,
+    wait_for,
+)
 from tests.songs import make_song
 from tests.test_runs import RecordingDispatcher
 
@@ -54,9 +59,7 @@ def completed_song_project(ctx: Context, *, song: bool = True) -> str:
     """A project whose scenes are all completed with working clips made by the real cut, no
     final video and no run (a run of it only assembles)."""
     if song:
-        project_id = api.create_project(
-            "Final", "Cut on the beat.", song=make_song("wav", SONG_SECONDS).data
-        )
+        project_id = song_project_planned_by_hand(ctx, "Final", make_song("wav", SONG_SECONDS).data)
         slots = list(itertools.pairwise(BOUNDARIES))
         specs = [
             SceneSpec(

@@ -299,7 +299,7 @@ def test_status_says_what_is_not_planned_yet_and_counts_lip_syncs_apart(
         concept="x",
         provider="local",
         status=ProjectStatus.PENDING,
-        scene_count=None,  # as a song's project not planned yet reads (`known_scene_count`)
+        scene_count=0,  # not planned yet: no scenes
         completed_scenes=0,
         failed_scenes=0,
         last_error=None,

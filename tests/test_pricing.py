@@ -64,6 +64,9 @@ def test_unpriced_paid_work_is_a_configuration_error() -> None:
         '{"veo": {"per_second": 0.4, "without_audio": "0.2"}}',
         '{"veo": {"per_second": 0.4, "without_audio": -1}}',
         '{"veo": {"per_second": 0.4, "without_audio": 0.2, "per_job": 1}}',
+        # only Veo's requests leave the audio out: another's song scene costs the full price
+        '{"replicate:o/m": {"per_second": 0.5, "without_audio": 0.2}}',
+        '{"local": {"per_second": 0.5, "without_audio": 0.2}}',
         '{"": 1}',
         '{"local:": 1}',
     ],

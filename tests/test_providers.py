@@ -372,7 +372,7 @@ def test_gemini_plans_a_song_project_or_fails_it_after_one_reask(
         # a wrong count twice: planning fails, says why, and writes no scene
         assert view.status == ProjectStatus.FAILED
         assert f"expected exactly {len(slots)} scenes" in (view.last_error or "")
-        assert view.scenes == [] and view.scene_count is None  # a song's: to come
+        assert view.scenes == [] and view.scene_count == 0
     assert_invariants(project_id)
 
 

@@ -130,7 +130,7 @@ def test_a_good_song_is_stored_before_the_project_appears(ctx: Context, kind: st
     assert view.song_s3_key == f"projects/{project_id}/song/{sha[:16]}.{ext}"
     assert view.song_seconds is not None and abs(view.song_seconds - song.seconds) <= 1 / 24
     assert view.lip_sync and view.budget_usd == 4.5 and view.committed_cost_usd == 0
-    assert view.scene_count is None and view.scenes == [] and view.final_video_s3_key is None
+    assert view.scene_count == 0 and view.scenes == [] and view.final_video_s3_key is None
     assert ctx.songs.read(view.song_s3_key) == song.data
     assert [o.key for o in ctx.clips.list(f"projects/{project_id}/")] == [view.song_s3_key]
 

@@ -21,7 +21,7 @@ def print_summary(view: ProjectView) -> None:
 
     console.print(f"project   {view.project_id}  {view.title!r}")
     # Not planned yet: the count is to come (a song's beats decide it), as `projects` says.
-    planned = "?" if view.scene_count is None else view.scene_count
+    planned = view.scene_count if view.scenes else "?"
     console.print(
         f"status    {view.status}   scenes {planned}   completed {view.completed_scenes}"
         f"   failed {view.failed_scenes}   provider {view.provider}"

@@ -38,7 +38,7 @@ class StageCount:
 def stage_counts(view: ProjectView) -> list[StageCount]:
     """Generated, cut, lip-synced (only when some scene lip-syncs) and assembled."""
     scenes = view.scenes
-    total = len(scenes) or view.scene_count or 0
+    total = len(scenes) or view.scene_count
     counts = [
         StageCount("generated", sum(1 for s in scenes if s.original_video_clip_s3_key), total),
         StageCount("cut", sum(1 for s in scenes if s.working_video_clip_s3_key), total),

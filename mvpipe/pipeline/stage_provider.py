@@ -6,12 +6,13 @@ from __future__ import annotations
 from typing import Protocol
 
 from mvpipe.deps import Context
+from mvpipe.models import SceneView
 from mvpipe.providers.base import JobStatus, VideoProvider, VideoRequest
 from mvpipe.settings import Settings
 from mvpipe.store.records import SceneRecord
 
 
-def with_audio(scene: SceneRecord) -> bool:
+def with_audio(scene: SceneRecord | SceneView) -> bool:
     """Whether the scene's clip is asked with audio (and priced so). Only a song's scenes fill
     a slot; their sound comes from the song, so they are made without (and cost less)."""
     return scene.start_seconds is None

@@ -216,7 +216,7 @@ class ProjectState:
             concept=p.concept,
             provider=p.provider,
             status=p.status,
-            scene_count=p.known_scene_count,
+            scene_count=p.scene_count or 0,
             completed_scenes=p.completed_scenes,
             failed_scenes=p.failed_scenes,
             last_error=p.last_error,
