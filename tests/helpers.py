@@ -136,10 +136,10 @@ def new_project(
     return project_id, run_id
 
 
-def song_project_planned_by_hand(ctx: Context, title: str, song: bytes, **options: Any) -> str:
+def song_project_unanalysed(ctx: Context, title: str, song: bytes, **options: Any) -> str:
     """A song project written as `api.create_project` writes it, without the song analysis a
-    create asks a media worker for: its test plans it straight through the store (a worker
-    analysing it meanwhile would record a timeline the plan was not cut from)."""
+    create asks a media worker for: for a test that plans it by hand, or removes what an
+    analysis reads or writes (a worker analysing it meanwhile would race the test)."""
     intake = project_intake(ctx.settings, title, "Sung.", song=song, **options)
     project_id = str(uuid.uuid4())
     write_project(ctx, project_id, intake.spec, intake.song)
@@ -149,7 +149,7 @@ def song_project_planned_by_hand(ctx: Context, title: str, song: bytes, **option
 def lip_synced_project(ctx: Context, song: bytes, boundaries: list[float], marked: set[int]) -> str:
     """A project with `song`, planned straight through the store (no song analysis: its slots
     are `boundaries`, the scenes in `marked` lip-synced), with no run: `run_project` makes it."""
-    project_id = song_project_planned_by_hand(ctx, "Lip-sync", song, lip_sync=True)
+    project_id = song_project_unanalysed(ctx, "Lip-sync", song, lip_sync=True)
     specs = [
         SceneSpec(
             prompt=f"scene {n}",

@@ -39,7 +39,7 @@ from tests.conftest import Workers
 from tests.helpers import (
     assert_invariants,
     commands_under,
-    song_project_planned_by_hand,
+    song_project_unanalysed,
     wait_for,
 )
 from tests.songs import make_song
@@ -59,7 +59,7 @@ def completed_song_project(ctx: Context, *, song: bool = True) -> str:
     """A project whose scenes are all completed with working clips made by the real cut, no
     final video and no run (a run of it only assembles)."""
     if song:
-        project_id = song_project_planned_by_hand(ctx, "Final", make_song("wav", SONG_SECONDS).data)
+        project_id = song_project_unanalysed(ctx, "Final", make_song("wav", SONG_SECONDS).data)
         slots = list(itertools.pairwise(BOUNDARIES))
         specs = [
             SceneSpec(

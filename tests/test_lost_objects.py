@@ -26,6 +26,7 @@ from tests.helpers import (
     assert_invariants,
     generations_per_scene,
     lip_synced_project,
+    song_project_unanalysed,
     wait_for,
     waiting_for_lip_sync,
 )
@@ -161,7 +162,7 @@ def test_a_song_gone_before_its_analysis_fails_planning_with_the_reason(
 ) -> None:
     workers = start_workers(**FORMAT)
     ctx = get_context()
-    project_id = api.create_project("No song", "la la", song=song.wav)
+    project_id = song_project_unanalysed(ctx, "No song", song.wav)
     song_key = ctx.projects.get(project_id).song_key or ""
     ctx.clips.delete(song_key)
 
@@ -174,7 +175,7 @@ def test_a_timeline_gone_before_planning_fails_planning_with_the_reason(
 ) -> None:
     workers = start_workers(**FORMAT)
     ctx = get_context()
-    project_id = api.create_project("No timeline", "la la", song=song.wav)
+    project_id = song_project_unanalysed(ctx, "No timeline", song.wav)
     ensure_timeline(ctx, ctx.projects.get(project_id))
     timeline = ctx.projects.get(project_id).timeline_key or ""
     ctx.clips.delete(timeline)
