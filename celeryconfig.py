@@ -73,6 +73,7 @@ task_queues = (
 task_routes = {
     "mvpipe.generate_scene": {"queue": "mvpipe.video", "routing_key": "mvpipe.video"},
     "mvpipe.analyse_song": {"queue": "mvpipe.media", "routing_key": "mvpipe.media"},
+    "mvpipe.prepare_song": {"queue": "mvpipe.media", "routing_key": "mvpipe.media"},
     "mvpipe.assemble_project": {"queue": "mvpipe.media", "routing_key": "mvpipe.media"},
     "mvpipe.*": {"queue": "mvpipe.plan", "routing_key": "mvpipe.plan"},
 }

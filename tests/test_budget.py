@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from mvpipe import api
+from mvpipe.cli.costs import APPROXIMATE
 from mvpipe.deps import get_context
 from mvpipe.models import ProjectStatus, SceneStatus
 from tests.cli_batch import mvpipe_batch
@@ -113,6 +114,28 @@ def test_the_estimate_is_what_a_run_commits_and_a_regeneration_costs(
 
     # The paid-for video, downloaded, has the mode any new file of the user's gets
     assert downloaded_modes(project_id, tmp_path) == {0o022: 0o644, 0o077: 0o600, 0o002: 0o664}
+
+
+def test_an_unplanned_estimate_is_made_exact_by_a_run_on_no_budget(
+    start_workers: StartWorkers,
+) -> None:
+    # Given a project whose planner has still to decide its scenes: "about", saying how to
+    # make it exact
+    workers = start_workers(prices=PRICES)
+    project_id = api.create_project("Free plan", "Planned for nothing.", scene_count=3)
+    (said,) = mvpipe_batch(workers.env, ("estimate", project_id))
+    assert said.returncode == 0 and said.stdout.startswith("about $6.00"), said.stdout
+    assert APPROXIMATE in said.stderr, said.stderr
+    # When it runs on a budget of 0, as that says
+    api.set_budget(project_id, 0)
+    api.run_project(project_id)
+    view = api.wait_project(project_id, timeout=120)
+    # Then it is planned, paid nothing, and its estimate is exact
+    assert view.scene_count == 3 and view.committed_cost_usd == 0
+    assert ledger(workers.ledger, project_id) == []
+    assert all(s.last_error and s.last_error.startswith("over budget") for s in view.scenes)
+    estimate = api.estimate_micros(project_id)
+    assert estimate.exact and (estimate.micros, estimate.jobs) == (6_000_000, 3)
 
 
 def downloaded_modes(project_id: str, into: Path) -> dict[int, int]:

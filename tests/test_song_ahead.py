@@ -17,7 +17,7 @@ import redis
 
 from mvpipe import api
 from mvpipe.celery_app import app
-from mvpipe.cli.costs import ANALYSING
+from mvpipe.cli.costs import ANALYSING, APPROXIMATE
 from mvpipe.deps import get_context
 from mvpipe.devstack.localstack import free_port
 from mvpipe.errors import InvalidInput
@@ -77,6 +77,14 @@ def test_with_the_broker_unreachable_a_song_project_is_created_and_its_run_analy
         assert "its first run will analyse it" in done.stderr
         project_ids.append(done.stdout.strip())
         assert api.get_project(project_ids[-1]).timeline_s3_key is None
+    # And no analysis is on its way: the estimate is "about" saying a run analyses the song,
+    # and `--wait` has nothing to wait for
+    for estimated in mvpipe_batch(
+        workers.env, *(("estimate", p, "--wait", "--timeout", "30") for p in project_ids)
+    ):
+        assert estimated.returncode == 0, estimated.stderr  # not timed out (exit 5)
+        assert estimated.stdout.startswith("about $"), estimated.stdout
+        assert APPROXIMATE in estimated.stderr and ANALYSING not in estimated.stderr
     # And its run (the broker back) analyses the song as its planning's first step
     api.run_project(project_ids[0])
     view = api.wait_project(project_ids[0], timeout=120)
@@ -138,6 +146,7 @@ def test_an_intake_analysis_with_nothing_to_do_or_that_fails_records_nothing_onc
     assert ctx.projects.win_run(running, run_id, ProjectStatus.GENERATING_SCENES) == run_id
     missing = str(uuid.uuid4())
     CeleryDispatcher(app).prepare_song(missing)
+    assert all(api.estimate_micros(p).awaiting_analysis for p in (crashing, damaged, running))
     # When a media worker takes them in order
     media = start_workers(concurrency=1, queues=MEDIA_QUEUE, failpoints="before_analysis=raise:1")
     wait_for(lambda: outcome(media, missing), 120, "the last intake analysis to end")
@@ -157,6 +166,8 @@ def test_an_intake_analysis_with_nothing_to_do_or_that_fails_records_nothing_onc
     assert all(
         ctx.projects.get(p).timeline_key is None for p in (crashing, damaged, planned, running)
     )
+    # and none is awaited any longer: the estimate says a run analyses the song
+    assert not any(api.estimate_micros(p).awaiting_analysis for p in (crashing, damaged, running))
     api.cancel_project(running)
     # And the damaged song's run fails its planning saying why, as without the intake analysis
     api.run_project(damaged)
@@ -188,5 +199,14 @@ def test_an_intake_analysis_whose_process_is_lost_is_not_delivered_again(
     assert "WorkerLostError" in media.service.log_text()
     assert outcome(media, lost) is None
     assert get_context().projects.get(lost).timeline_key is None
+    # and its estimate waits for no analysis (the worker's own process ended it)
+    wait_for(lambda: not api.estimate_micros(lost).awaiting_analysis, 60, "the lost analysis ended")
     assert get_context().projects.get(after).timeline_key is not None
     assert main.service.proc.poll() is None
+
+
+def test_song_analysis_is_routed_to_the_media_queue_whoever_sends_it() -> None:
+    """By name alone (a send without a queue, a retry, a replaced task): never `mvpipe.plan`."""
+    for name in ("mvpipe.prepare_song", "mvpipe.analyse_song", "mvpipe.assemble_project"):
+        route = app.amqp.router.route({}, name)
+        assert (route["queue"].name, route["routing_key"]) == (MEDIA_QUEUE, MEDIA_QUEUE), name

@@ -36,30 +36,34 @@ ANALYSIS_POLL_SECONDS = 0.25
 @click.option(
     "--wait",
     is_flag=True,
-    help="While the project's song is still being analysed, wait for its analysis (up to "
+    help="While the project's song is being analysed, wait for its analysis (up to "
     "--timeout), then print the estimate its beats make.",
 )
 @click.option(
     "--timeout",
-    default=ANALYSIS_WAIT_SECONDS,
-    show_default=True,
-    help=f"Seconds to wait with --wait (at most {MAX_WAIT_SECONDS:.0f}).",
+    type=float,
+    help=f"Seconds to wait with --wait (default {ANALYSIS_WAIT_SECONDS:.0f}, at most "
+    f"{MAX_WAIT_SECONDS:.0f}).",
 )
 def estimate(
-    project_id: str, sequence: int | None, as_json: bool, wait: bool, timeout: float
+    project_id: str, sequence: int | None, as_json: bool, wait: bool, timeout: float | None
 ) -> None:
     """What a run would still pay, in US dollars: every paid stage (generation, lip-sync)
     still missing, at MVPIPE_PRICES. Exact once the scenes are known; "about" before. A song's
     beats decide its scenes: a worker analyses the song when the project is created, and the
-    estimate is exact once it has (--wait waits for it; which scenes are lip-synced is the
-    planner's, known when a run plans the project: on no budget it pays for nothing)."""
+    estimate is exact once it has (--wait waits for it while it is on its way; which scenes
+    are lip-synced is the planner's, known when a run plans the project: on no budget it pays
+    for nothing)."""
     from mvpipe.pricing import MICROS_PER_USD
 
+    if timeout is not None and not wait:
+        fail("--timeout needs --wait (it bounds the wait)", EXIT_INVALID)
+    seconds = ANALYSIS_WAIT_SECONDS if timeout is None else timeout
     if wait:
-        guarded(lambda: validate_seconds(timeout, "--timeout"))
+        guarded(lambda: validate_seconds(seconds, "--timeout"))
     found = guarded(lambda: api.estimate_micros(project_id, sequence))
     if wait and found.awaiting_analysis:
-        found = _analysed(project_id, sequence, timeout)
+        found = _analysed(project_id, sequence, seconds)
     dollars = found.micros / MICROS_PER_USD
     if as_json:
         payload = {"usd": dollars, "jobs": found.jobs, "exact": found.exact}
@@ -92,7 +96,7 @@ APPROXIMATE = (
     "not exact until the project is planned: `mvpipe budget PROJECT 0` then `mvpipe run PROJECT`"
     " plans it and pays for nothing"
 )
-#: Said beside the estimate of a song project whose analysis is not recorded yet.
+#: Said beside the estimate of a song project whose analysis is on its way (queued or running).
 ANALYSING = (
     "not exact until the song's analysis is recorded (a worker analyses it once the project is"
     " created): ask again in a moment, or wait for it with `mvpipe estimate PROJECT --wait`"

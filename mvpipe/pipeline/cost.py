@@ -7,13 +7,16 @@ the default scene length, or the song's slots once the song is analysed (a worke
 when the project is created, or else the run's planning does, as DESIGN.md places it; an
 estimate only reads). Before that, the song's length is cut evenly into the provider's longest
 clips: about, since the beats decide the slots (a 180 s song makes 23 Veo scenes so, where its
-beats make 24 or 25), and said so (`awaiting_analysis`): asked again a moment later, it is
-exact. Lip-sync, before the planner chose the scenes, is priced as if every scene were
-lip-synced: about until a run plans the project (on no budget it pays for nothing).
+beats make 24 or 25), and said so (`awaiting_analysis`, while the analysis sent at the
+project's creation is queued or running): asked again a moment later, it is exact; with no
+analysis on its way, a run analyses the song. Lip-sync, before the planner chose the scenes,
+is priced as if every scene were lip-synced: about until a run plans the project (on no
+budget it pays for nothing).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Iterable
@@ -26,10 +29,13 @@ from mvpipe.media.slots import Slot
 from mvpipe.models import SceneStatus
 from mvpipe.pipeline.stages import GENERATE, LIPSYNC
 from mvpipe.pipeline.timeline import load_timeline, song_slots
+from mvpipe.providers.classify import describe
 from mvpipe.settings import Settings
 from mvpipe.states import lease_expired
 from mvpipe.store.budget import BudgetStore
 from mvpipe.store.records import ProjectRecord, ProjectState, SceneRecord
+
+log = logging.getLogger("mvpipe.cost")
 
 
 @dataclass(frozen=True)
@@ -39,7 +45,8 @@ class Estimate:
     jobs: int
     #: False while the planner has still to decide the scenes (or which are lip-synced)
     exact: bool
-    #: the song decides the scenes and its analysis is not recorded yet (the even cut)
+    #: the song decides the scenes, its analysis is not recorded yet (the even cut) and is
+    #: queued or running now
     awaiting_analysis: bool = False
 
 
@@ -94,8 +101,23 @@ def estimate(ctx: Context, state: ProjectState, *, sequence: int | None = None) 
         micros,
         jobs,
         exact=timeline is not None and not project.lip_sync,
-        awaiting_analysis=timeline is None,
+        awaiting_analysis=timeline is None and _analysis_pending(ctx, project.project_id),
     )
+
+
+def _analysis_pending(ctx: Context, project_id: str) -> bool:
+    """Whether the song's analysis is queued or running now (its mark in Redis): not when it
+    was never sent, ended without a timeline, or its process was lost; nor when Redis cannot
+    say (the estimate is "about" all the same, and never fails for it)."""
+    try:
+        return ctx.board.analysis_pending(project_id)
+    except Exception as exc:
+        log.warning(
+            "project %s: cannot tell whether its song is being analysed: %s",
+            project_id,
+            describe(exc),
+        )
+        return False
 
 
 def planned_estimate(

@@ -9,8 +9,9 @@ items and the song of a METADATA that never lands (past the grace period).
 
 A project with a song, once created, asks a media worker to analyse the song (one message,
 `mvpipe.prepare_song`): its estimate is exact once the timeline is recorded, and its first run
-plans without analysing. The message is only a head start: when the broker cannot take it, the
-project stands (its song is valid), a warning is logged, and the run's planning analyses.
+plans without analysing; a mark in Redis says it is on its way until the worker ends it. The
+message is only a head start: when the broker cannot take it, the project stands (its song is
+valid), a warning is logged, nothing is marked, and the run's planning analyses.
 """
 
 from __future__ import annotations
@@ -46,18 +47,28 @@ def create_project(
     `analysis`, the song's analysis is asked for once the project is written."""
     _write(ctx, project_id, spec, song)
     if spec.song is not None and analysis is not None:
-        _ask_analysis(analysis, project_id)
+        _ask_analysis(ctx, analysis, project_id)
 
 
-def _ask_analysis(analysis: SongAnalysis, project_id: str) -> None:
-    """Send the song's analysis (bounded). Not sent, the project stands and its run's planning
-    analyses the song: a warning, never an error."""
+def _ask_analysis(ctx: Context, analysis: SongAnalysis, project_id: str) -> None:
+    """Send the song's analysis (bounded), then mark it on its way: the estimate waits for an
+    analysis only while one is. Not sent, the project stands and its run's planning analyses
+    the song: a warning, never an error; not marked, its estimate is "about" until then."""
     try:
         analysis.prepare_song(project_id)
     except Exception as exc:
         log.warning(
             "project %s: its song's analysis could not be asked for (%s); its first run will "
             "analyse it",
+            project_id,
+            describe(exc),
+        )
+        return
+    try:
+        ctx.board.analysis_sent(project_id)
+    except Exception as exc:
+        log.warning(
+            "project %s: its song's analysis was asked for, but could not be marked so (%s)",
             project_id,
             describe(exc),
         )

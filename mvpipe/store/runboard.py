@@ -68,6 +68,11 @@ RUN_TOUCH_EVERY = 20
 #: once past this: a refresh too many, never one too few).
 MARKS_REMEMBERED = 1024
 
+#: How long a new project's song analysis is taken for queued or running once sent (ample:
+#: seconds on a warm worker, minutes behind other media work); its end says so sooner.
+ANALYSIS_MARK_SECONDS = 3600
+_QUEUED, _ENDED = b"queued", b"ended"
+
 
 class RunBoard:
     def __init__(
@@ -282,6 +287,24 @@ class RunBoard:
     @_answered
     def poll_answered(self, operation_id: str) -> None:
         self.client.delete(self._key("poll", operation_id))
+
+    # -- a new project's song analysis ---------------------------------------------------------
+    @_answered
+    def analysis_sent(self, project_id: str) -> None:
+        """A new project's song analysis is on the broker. Marked after the send, only where
+        its end is not marked yet: an analysis that ended first (a fast worker) stays ended."""
+        key = self._key("analysis", project_id)
+        self.client.set(key, _QUEUED, ex=ANALYSIS_MARK_SECONDS, nx=True)
+
+    @_answered
+    def analysis_ended(self, project_id: str) -> None:
+        """The analysis ended, whatever its outcome: nobody is to wait for it any longer."""
+        self.client.set(self._key("analysis", project_id), _ENDED, ex=ANALYSIS_MARK_SECONDS)
+
+    @_answered
+    def analysis_pending(self, project_id: str) -> bool:
+        """Whether the analysis was sent and has not ended (within `ANALYSIS_MARK_SECONDS`)."""
+        return self.client.get(self._key("analysis", project_id)) == _QUEUED
 
     # -- planning ------------------------------------------------------------------------------
     @_answered

@@ -14,13 +14,19 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import redis
+from celery.signals import task_failure
+
 from mvpipe import hooks
 from mvpipe.deps import Context, get_context
 from mvpipe.errors import Conflict, InvalidInput, NotFound, UnexpectedError
 from mvpipe.messaging.dispatch import PLAN_SCENES, PREPARE_SONG
+from mvpipe.models import is_project_id
 from mvpipe.pipeline.plan import fail_planning
 from mvpipe.pipeline.timeline import ensure_timeline
 from mvpipe.providers.classify import describe
+from mvpipe.settings import get_settings
+from mvpipe.store.runboard import RunBoard
 from mvpipe.tasks.base import OUTAGE_ERRORS, MvpipeTask, app, checked_ids, log_unexpected
 from mvpipe.tasks.failures import OUTAGES
 
@@ -42,30 +48,70 @@ def prepare_song(self: MvpipeTask, project_id: str, outages: int = 0) -> Any:
     Only a project that is still waiting for it: gone, planned, analysed already, or with a
     run (whose planning analyses the song) it does nothing. An analysis that fails (the song
     cannot be analysed, a crash) is logged, scrubbed, and not retried: nothing is recorded,
-    and the run's planning meets it again and fails saying why. An outage is retried.
+    and the run's planning meets it again and fails saying why. An outage is retried. Its
+    end, whatever the outcome, clears the mark that has estimates wait for it.
     """
     checked_ids(project_id, run_id=None, run_optional=True, counts={OUTAGES: outages})
     kwargs = {OUTAGES: outages}
     try:
+        outcome = _prepare(project_id)
+    except OUTAGE_ERRORS as exc:
+        raise self.outage_retry(exc, kwargs) from None  # still on its way: its mark stays
+    _analysis_ended(project_id)
+    return {"project_id": project_id, "outcome": outcome}
+
+
+def _prepare(project_id: str) -> str:
+    """`prepare_song`'s work, and its outcome in a few words; an outage raises."""
+    try:
         ctx = get_context()  # its first use in a process reaches the store: an outage retries
         project = ctx.projects.get(project_id)
         if project.planned or project.song_key is None or project.timeline_key is not None:
-            return {"project_id": project_id, "outcome": "nothing to analyse"}
+            return "nothing to analyse"
         if project.active_run_id is not None:
-            return {"project_id": project_id, "outcome": "left to its run"}
+            return "left to its run"
         hooks.reached("before_analysis")
         ensure_timeline(ctx, project)
     except NotFound:
-        return {"project_id": project_id, "outcome": "no such project"}
+        return "no such project"
     except (InvalidInput, Conflict) as exc:
         log.warning("song analysis of project %s: %s", project_id, describe(exc))
-        return {"project_id": project_id, "outcome": "not analysed"}
-    except OUTAGE_ERRORS as exc:
-        raise self.outage_retry(exc, kwargs) from None
+        return "not analysed"
+    except OUTAGE_ERRORS:
+        raise
     except Exception as exc:  # a crash of the analysis (librosa, a bug): scrubbed, once
         log_unexpected(log, f"prepare_song {project_id}", exc)
-        return {"project_id": project_id, "outcome": "not analysed"}
-    return {"project_id": project_id, "outcome": "analysed"}
+        return "not analysed"
+    return "analysed"
+
+
+def _analysis_ended(project_id: str, board: RunBoard | None = None) -> None:
+    """Clear the mark `create_project` set: an estimate no longer waits for this analysis.
+    Not cleared (Redis away), it lapses (`ANALYSIS_MARK_SECONDS`): logged, never raised."""
+    try:
+        (board or get_context().board).analysis_ended(project_id)
+    except Exception as exc:
+        log.warning("song analysis of project %s ended, unmarked: %s", project_id, describe(exc))
+
+
+@task_failure.connect
+def _analysis_lost(sender: object = None, args: Any = None, **_: object) -> None:
+    """A pool process lost in `prepare_song` (its memory) ends it with no return, and it is
+    not delivered again: Celery says so in the worker's own process, which clears the mark on
+    a client of its own (building the whole context there would reach the store)."""
+    project_id = args[0] if getattr(sender, "name", None) == PREPARE_SONG and args else None
+    if not is_project_id(project_id):
+        return
+    s = get_settings()
+    client = redis.Redis.from_url(
+        s.mvpipe_redis_url,
+        socket_timeout=s.store_timeout_seconds,
+        socket_connect_timeout=s.store_timeout_seconds,
+    )
+    try:
+        _analysis_ended(project_id, RunBoard(client))
+    finally:
+        client.close()
 
 
 @app.task(base=MvpipeTask, bind=True, name="mvpipe.analyse_song")
