@@ -26,9 +26,10 @@ from pathlib import Path
 
 from common import ROOT, record, summary, table
 
+from mvpipe.frame_size import parse_size
 from mvpipe.media.assemble import assemble, encode_song
 from mvpipe.media.cut import cut_clip
-from mvpipe.media.encoding import OutputFormat, parse_size
+from mvpipe.media.encoding import OutputFormat
 from mvpipe.media.slots import plan_slots
 from mvpipe.media.synth import synthesize_song
 from mvpipe.media.timeline import Timeline

@@ -18,7 +18,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from mvpipe.errors import ConfigurationError, InvalidInput
-from mvpipe.media.encoding import parse_size
+from mvpipe.frame_size import parse_size
 from mvpipe.models import VIDEO_PROVIDERS
 from mvpipe.pricing import Prices, parse_prices, price_micros, price_of
 

@@ -18,6 +18,7 @@ from mvpipe import api
 from mvpipe.cli.costs import APPROXIMATE
 from mvpipe.deps import get_context
 from mvpipe.models import ProjectStatus, SceneStatus
+from mvpipe.providers.faults import FaultPlan
 from tests.cli_batch import mvpipe_batch
 from tests.conftest import Workers
 from tests.helpers import assert_invariants, ledger, wait_for
@@ -216,11 +217,19 @@ def test_a_submit_that_fails_transiently_gives_its_reservation_back(
 ) -> None:
     # Given a provider refusing many submits with transient errors, and a budget that holds
     # exactly one accepted job per scene
-    workers = start_workers(
-        prices=PRICES, local_faults="transient=0.4,seed=11", max_attempts="20", backoff_max="1"
-    )
+    faults = "transient=0.4,seed=11"
+    workers = start_workers(prices=PRICES, local_faults=faults, max_attempts="20", backoff_max="1")
     scenes = [{"prompt": f"scene {n}", "duration_seconds": 4} for n in range(1, 7)]
-    project_id = api.create_project("Refunds", "Refused, then paid.", scenes=scenes, budget_usd=6)
+    # The faults are drawn per project id: one in ~21 would take all six first submits, so the
+    # project is one whose draws refuse at least one (the same draws the provider makes)
+    plan = FaultPlan.parse(faults)
+    created = (
+        api.create_project("Refunds", "Refused, then paid.", scenes=scenes, budget_usd=6)
+        for _ in range(20)
+    )
+    project_id = next(
+        p for p in created if any(plan.transient_fault(p, n, "submit", 1) for n in range(1, 7))
+    )
 
     api.run_project(project_id)
     view = api.wait_project(project_id, timeout=180)

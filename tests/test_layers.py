@@ -34,6 +34,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "mvpipe.states",
             "mvpipe.pricing",
             "mvpipe.durations",
+            "mvpipe.frame_size",
             "mvpipe.hooks",
         ),
     ),

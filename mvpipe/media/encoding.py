@@ -7,14 +7,13 @@ So this module is the only place those parameters exist.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import TYPE_CHECKING
 
-from mvpipe.errors import InvalidInput
+from mvpipe.frame_size import check_frame
 
-if TYPE_CHECKING:  # PyAV loads only to encode: settings check sizes with `parse_size`
+if TYPE_CHECKING:  # PyAV loads only to encode
     from av.container import OutputContainer
     from av.video.stream import VideoStream
 
@@ -23,9 +22,6 @@ PIX_FMT = "yuv420p"
 #: Bumped whenever an encoder parameter changes: it is part of every cut's and final video's hash,
 #: so a cut made with old parameters is never joined with new ones.
 ENCODER_VERSION = 1
-
-_MAX_SIDE = 4096
-_SIZE = re.compile(r"^\s*(\d{1,5})\s*[xX]\s*(\d{1,5})\s*$")
 
 
 @dataclass(frozen=True)
@@ -37,19 +33,7 @@ class OutputFormat:
     fps: int
 
     def __post_init__(self) -> None:
-        for name in ("width", "height"):
-            value = getattr(self, name)
-            # yuv420p stores colour at half resolution: odd sizes cannot be encoded exactly.
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int)
-                or not 16 <= value <= _MAX_SIDE
-            ):
-                raise InvalidInput(f"output {name} must be a whole number 16..{_MAX_SIDE}")
-            if value % 2:
-                raise InvalidInput(f"output {name} must be even for yuv420p, got {value}")
-        if not _whole(self.fps) or not 1 <= self.fps <= 120:
-            raise InvalidInput(f"output fps must be a whole number 1..120, got {self.fps!r}")
+        check_frame(self.width, self.height, self.fps)
 
     @property
     def size(self) -> str:
@@ -63,16 +47,6 @@ class OutputFormat:
     def as_key(self) -> str:
         """What a content hash needs to know about the format (and the encoder behind it)."""
         return f"{self.size}@{self.fps}/{CODEC}/{PIX_FMT}/v{ENCODER_VERSION}"
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """`"1280x720"` → (1280, 720); anything else (odd, tiny, huge, malformed) → InvalidInput."""
-    match = _SIZE.match(text) if isinstance(text, str) else None
-    if match is None:
-        raise InvalidInput(f"output size must look like 1280x720, got {text!r}")
-    width, height = int(match.group(1)), int(match.group(2))
-    OutputFormat(width, height, 24)  # the size rules live in one place
-    return width, height
 
 
 def encoder_options(fmt: OutputFormat) -> dict[str, str]:
@@ -106,10 +80,6 @@ def add_video_stream(container: OutputContainer, fmt: OutputFormat) -> VideoStre
     stream.pix_fmt = PIX_FMT
     stream.codec_context.time_base = Fraction(1, fmt.fps)
     return stream
-
-
-def _whole(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _level(fmt: OutputFormat) -> str:

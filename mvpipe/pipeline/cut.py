@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING
 
 from mvpipe import hooks
 from mvpipe.errors import InvalidInput
+from mvpipe.frame_size import parse_size
 from mvpipe.media.cut import cut_clip
-from mvpipe.media.encoding import OutputFormat, parse_size
+from mvpipe.media.encoding import OutputFormat
 from mvpipe.pipeline.execution import Execution
 from mvpipe.pipeline.steps import Next, Step
 from mvpipe.providers.classify import describe

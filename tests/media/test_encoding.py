@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from mvpipe.errors import InvalidInput
-from mvpipe.media.encoding import OutputFormat, encoder_options, parse_size
+from mvpipe.frame_size import parse_size
+from mvpipe.media.encoding import OutputFormat, encoder_options
 
 
 @pytest.mark.parametrize(
