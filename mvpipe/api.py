@@ -110,8 +110,9 @@ def set_budget(project_id: str, usd: float | None) -> ProjectView:
 
 
 def estimate_cost(project_id: str, sequence: int | None = None) -> float:
-    """US dollars a run would still pay: every paid stage still missing (exact once planned).
-    With `sequence`, what regenerating that scene would cost."""
+    """US dollars a run would still pay: every paid stage still missing (exact once planned, or
+    once a song project's song is analysed, its lip-syncs aside). With `sequence`, what
+    regenerating that scene would cost."""
     return estimate_micros(project_id, sequence).micros / MICROS_PER_USD
 
 
