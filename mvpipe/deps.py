@@ -27,7 +27,7 @@ from mvpipe.settings import Settings, get_settings
 from mvpipe.store.clips import ClipStore, is_outage
 from mvpipe.store.dynamo import Table, refused
 from mvpipe.store.projects import ProjectStore
-from mvpipe.store.runboard import RunBoard
+from mvpipe.store.runboard import RunBoard, quick_redis
 from mvpipe.store.scenes import SceneStore
 from mvpipe.store.songs import SongStore
 
@@ -45,6 +45,8 @@ class Context:
     limiter: QuotaLimiter
     board: RunBoard
     songs: SongStore
+    #: the board on a quick client (`quick_redis`): for the marks only a wait depends on
+    quick_board: RunBoard
     _providers: dict[str, VideoProvider] = field(default_factory=dict)
     _planners: dict[str, Planner] = field(default_factory=dict)
     _lipsync: LipSyncProvider | None = None
@@ -139,6 +141,7 @@ def build_context(settings: Settings) -> Context:
         limiter=QuotaLimiter(client),
         board=RunBoard(client, ttl=settings.result_expires),
         songs=SongStore(clips, settings.table),
+        quick_board=RunBoard(quick_redis(settings.mvpipe_redis_url)),
     )
 
 

@@ -157,3 +157,15 @@ def test_a_builders_loop_renews_its_hold_once_per_share_of_its_life(
         return redis_client.pttl(key) > 1_500
 
     wait_for(renewed, 10, "a renewal once a twentieth of the period passed")
+
+
+def test_an_analysis_ended_before_its_send_was_marked_stays_ended(board: RunBoard) -> None:
+    # A fast worker ends the analysis before the create marks it sent: still ended
+    board.analysis_ended("p1")
+    board.analysis_sent("p1")
+    assert not board.analysis_pending("p1")
+    # In the usual order: pending once sent, no longer once ended
+    board.analysis_sent("p2")
+    assert board.analysis_pending("p2")
+    board.analysis_ended("p2")
+    assert not board.analysis_pending("p2")

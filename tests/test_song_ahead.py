@@ -96,6 +96,26 @@ def test_with_the_broker_unreachable_a_song_project_is_created_and_its_run_analy
     assert outcome(workers, project_ids[0]) is None  # no analysis was asked at its creation
 
 
+def test_a_redis_that_never_answers_holds_neither_create_nor_estimate(
+    start_workers: StartWorkers, tmp_path: Path
+) -> None:
+    # Given mvpipe's Redis (its marks) answering nothing, the broker and the store up
+    workers = start_workers()
+    song = tmp_path / "song.wav"
+    song.write_bytes(make_song("wav", 6.0).data)
+    with silent_port() as silent:
+        env = {**workers.env, "MVPIPE_REDIS_URL": f"redis://127.0.0.1:{silent}/0"}
+        (created,) = mvpipe_batch(
+            env, ("create", "--title", "Hung", "--concept", "la", "--song", str(song)), timeout=30
+        )
+        assert created.returncode == 0, created.stderr
+        # When the estimate reads whether an analysis is on its way: within the batch's bound
+        # (the run's own client retries ~10 x 10 s), "about", never an error
+        (estimated,) = mvpipe_batch(env, ("estimate", created.stdout.strip()), timeout=30)
+    assert estimated.returncode == 0, estimated.stderr
+    assert estimated.stdout.startswith(("about $", "$")), estimated.stdout
+
+
 def test_the_estimate_says_the_song_is_being_analysed_and_waits_for_it(
     start_workers: StartWorkers, redis_client: redis.Redis
 ) -> None:
@@ -141,6 +161,7 @@ def test_an_intake_analysis_with_nothing_to_do_or_that_fails_records_nothing_onc
     key = ctx.projects.get(damaged).song_key or ""
     ctx.songs.objects.put(key, song[:-1000], content_type="audio/wav")
     planned = lip_synced_project(ctx, song, [0.0, 3.0, 6.0], set())
+    CeleryDispatcher(app).prepare_song(planned)  # written without one: its create's, as sent
     running = api.create_project("Running", "la la", song=song)
     run_id = str(uuid.uuid4())
     assert ctx.projects.win_run(running, run_id, ProjectStatus.GENERATING_SCENES) == run_id
@@ -186,6 +207,7 @@ def test_an_intake_analysis_whose_process_is_lost_is_not_delivered_again(
     song = make_song("wav", 6.0).data
     lost = api.create_project("Lost", "la la", song=song)
     after = api.create_project("After", "la la", song=song)
+    assert api.estimate_micros(lost).awaiting_analysis  # its mark set by the create
     # When a media worker takes them, one at a time
     media = start_workers(concurrency=1, queues=MEDIA_QUEUE, failpoints="before_analysis")
     wait_for(lambda: outcome(media, after) == "analysed", 120, "the second analysis")

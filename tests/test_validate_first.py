@@ -66,6 +66,8 @@ def test_cli_refuses_bad_input_with_no_stack_running(tmp_path: Path) -> None:
         (("estimate", "not-a-uuid"), "invalid project id"),
         (("estimate", some, "--scene", "1000"), "sequence"),
         (("estimate", some, "--timeout", "5"), "--timeout needs --wait"),
+        (("run", some, "--timeout", "5"), "--timeout needs --wait"),
+        (("regenerate", some, "1", "--timeout", "5"), "--timeout needs --wait"),
         (("budget", "not-a-uuid", "5"), "invalid project id"),
         (("budget", some, "-5"), "budget"),
         (("projects", "--limit", "0"), "limit"),

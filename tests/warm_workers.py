@@ -62,7 +62,17 @@ PRELOAD = (
 
 #: Variables read once, when an interpreter or a native library starts (a fork keeps the
 #: parent's): `PYTHONPATH`, `PYTHONHASHSEED`, the locale, the time zone, BLAS threads.
-STARTUP_PREFIXES = ("PYTHON", "LC_", "LANG", "TZ", "OMP_", "OPENBLAS_", "MKL_")
+STARTUP_PREFIXES = (
+    "PYTHON",
+    "LC_",
+    "LANG",
+    "TZ",
+    "OMP_",
+    "OPENBLAS_",
+    "MKL_",
+    "NUMBA_",
+    "LIBROSA_",
+)
 
 
 def _read_at_startup(env: dict[str, str]) -> dict[str, str]:
@@ -229,7 +239,10 @@ def _warm_song_analysis() -> None:
     far frozen, so that no child's garbage collection walks (and copies) them again."""
     from mvpipe.media.analysis import warm
 
-    warm()
+    try:
+        warm()
+    except Exception as exc:  # only time is lost: each worker warms itself as before
+        print(f"warm parent: the song analysis warm-up failed: {exc!r}", file=sys.stderr)
     held = [
         name
         for name in sys.modules

@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING
 
 import click
 
-from mvpipe.cli.exits import EXIT_INVALID, EXIT_TIMEOUT, fail, guarded
+from mvpipe.cli.exits import EXIT_INVALID, EXIT_TIMEOUT, fail, guarded, wait_seconds
 from mvpipe.cli.lazy import api
-from mvpipe.models import MAX_WAIT_SECONDS, validate_seconds
+from mvpipe.models import MAX_WAIT_SECONDS
 
 if TYPE_CHECKING:
     from mvpipe.pipeline.cost import Estimate
@@ -56,11 +56,7 @@ def estimate(
     for nothing)."""
     from mvpipe.pricing import MICROS_PER_USD
 
-    if timeout is not None and not wait:
-        fail("--timeout needs --wait (it bounds the wait)", EXIT_INVALID)
-    seconds = ANALYSIS_WAIT_SECONDS if timeout is None else timeout
-    if wait:
-        guarded(lambda: validate_seconds(seconds, "--timeout"))
+    seconds = wait_seconds(wait, timeout, ANALYSIS_WAIT_SECONDS)
     found = guarded(lambda: api.estimate_micros(project_id, sequence))
     if wait and found.awaiting_analysis:
         found = _analysed(project_id, sequence, seconds)

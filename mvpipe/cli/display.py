@@ -20,7 +20,7 @@ def print_summary(view: ProjectView) -> None:
         return "-" if key is None else key.removeprefix(prefix)
 
     console.print(f"project   {view.project_id}  {view.title!r}")
-    # Not planned yet: the count is to come (a song's beats decide it), as `projects` says.
+    # Not planned yet: the count is to come (the planning decides it, or a song's beats).
     planned = view.scene_count if view.scenes else "?"
     console.print(
         f"status    {view.status}   scenes {planned}   completed {view.completed_scenes}"

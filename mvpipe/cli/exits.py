@@ -94,6 +94,19 @@ class OneLineGroup(click.Group):
         sys.exit(code if isinstance(code, int) else 0)
 
 
+def wait_seconds(wait: bool, timeout: float | None, default: float) -> float:
+    """A command's `--timeout`, which bounds its `--wait`: without `--wait` it is a usage error
+    (it would be ignored), else checked (`validate_seconds`) before anything starts."""
+    from mvpipe.models import validate_seconds
+
+    if timeout is not None and not wait:
+        fail("--timeout needs --wait (it bounds the wait)", EXIT_INVALID)
+    seconds = default if timeout is None else timeout
+    if wait:
+        guarded(lambda: validate_seconds(seconds, "--timeout"))
+    return seconds
+
+
 def _usage_line(exc: click.UsageError) -> str:
     """Click's message on one line, lower-cased like ours, naming the help to read."""
     message = " ".join(exc.format_message().split()).rstrip(".")

@@ -10,10 +10,13 @@ from typing import Any, NoReturn
 import click
 
 from mvpipe.cli.display import print_summary
-from mvpipe.cli.exits import EXIT_FAILED, EXIT_TIMEOUT, fail, guarded
+from mvpipe.cli.exits import EXIT_FAILED, EXIT_TIMEOUT, fail, guarded, wait_seconds
 from mvpipe.cli.lazy import api
 from mvpipe.errors import Timeout
-from mvpipe.models import MAX_WAIT_SECONDS, ProjectStatus, ProjectView, validate_seconds
+from mvpipe.models import MAX_WAIT_SECONDS, ProjectStatus, ProjectView
+
+#: How long `--wait` follows a run by default.
+RUN_WAIT_SECONDS = 3600.0
 
 
 def wait_options(follows: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -23,9 +26,9 @@ def wait_options(follows: str) -> Callable[[Callable[..., Any]], Callable[..., A
     def add(command: Callable[..., Any]) -> Callable[..., Any]:
         timeout = click.option(
             "--timeout",
-            default=3600.0,
-            show_default=True,
-            help=f"Seconds to wait with --wait (at most {MAX_WAIT_SECONDS:.0f}).",
+            type=float,
+            help=f"Seconds to wait with --wait (default {RUN_WAIT_SECONDS:.0f}, at most "
+            f"{MAX_WAIT_SECONDS:.0f}).",
         )
         wait = click.option("--wait/--no-wait", default=False, show_default=True, help=follows)
         return wait(timeout(command))
@@ -36,29 +39,29 @@ def wait_options(follows: str) -> Callable[[Callable[..., Any]], Callable[..., A
 @click.command(short_help="Start (or join) a project's run.")
 @click.argument("project_id")
 @wait_options("Follow the run with a live progress bar until it ends.")
-def run(project_id: str, wait: bool, timeout: float) -> None:
+def run(project_id: str, wait: bool, timeout: float | None) -> None:
     """Start (or join) a project's run: plan, generate, cut, lip-sync, assemble; the work runs
     on the cluster's workers, the command returns at once unless --wait.
 
     With --wait it exits 0 when the project completed, 1 when it failed, 5 on --timeout."""
-    _started(lambda: api.run_project(project_id), wait, timeout)
+    seconds = _started(lambda: api.run_project(project_id), wait, timeout)
     if wait:
-        _follow_and_exit(project_id, timeout)
+        _follow_and_exit(project_id, seconds)
 
 
 @click.command(short_help="Generate one scene again (paid again).")
 @click.argument("project_id")
 @click.argument("sequence", type=int)
 @wait_options("Follow the run until the scene is done.")
-def regenerate(project_id: str, sequence: int, wait: bool, timeout: float) -> None:
+def regenerate(project_id: str, sequence: int, wait: bool, timeout: float | None) -> None:
     """Generate scene SEQUENCE (its number, from 1) again: one new paid generation for that
     scene only, and a new paid lip-sync when the scene is lip-synced (`estimate PROJECT_ID
     --scene SEQUENCE` prices both); the run then cuts it and assembles a new final video.
 
     With --wait it exits 0 when the project completed, 1 when it failed, 5 on --timeout."""
-    _started(lambda: api.regenerate_scene(project_id, sequence), wait, timeout)
+    seconds = _started(lambda: api.regenerate_scene(project_id, sequence), wait, timeout)
     if wait:
-        _follow_and_exit(project_id, timeout)
+        _follow_and_exit(project_id, seconds)
 
 
 @click.command(short_help="Cancel a project's run; `run` resumes it.")
@@ -70,12 +73,13 @@ def cancel(project_id: str) -> None:
     click.echo(f"cancelled; project is {view.status}")
 
 
-def _started(start: Callable[[], Any], wait: bool, timeout: float) -> None:
-    """Check --timeout (when waiting) before anything starts, then start and name the run."""
-    if wait:
-        guarded(lambda: validate_seconds(timeout, "--timeout"))
+def _started(start: Callable[[], Any], wait: bool, timeout: float | None) -> float:
+    """Check --timeout before anything starts, then start and name the run; the seconds
+    --wait follows it for."""
+    seconds = wait_seconds(wait, timeout, RUN_WAIT_SECONDS)
     result = guarded(start)
     click.echo(f"run {result.id}", err=True)
+    return seconds
 
 
 def _follow_and_exit(project_id: str, timeout: float) -> NoReturn:

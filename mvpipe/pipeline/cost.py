@@ -110,7 +110,7 @@ def _analysis_pending(ctx: Context, project_id: str) -> bool:
     was never sent, ended without a timeline, or its process was lost; nor when Redis cannot
     say (the estimate is "about" all the same, and never fails for it)."""
     try:
-        return ctx.board.analysis_pending(project_id)
+        return ctx.quick_board.analysis_pending(project_id)
     except Exception as exc:
         log.warning(
             "project %s: cannot tell whether its song is being analysed: %s",

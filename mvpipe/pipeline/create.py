@@ -65,7 +65,7 @@ def _ask_analysis(ctx: Context, analysis: SongAnalysis, project_id: str) -> None
         )
         return
     try:
-        ctx.board.analysis_sent(project_id)
+        ctx.quick_board.analysis_sent(project_id)
     except Exception as exc:
         log.warning(
             "project %s: its song's analysis was asked for, but could not be marked so (%s)",

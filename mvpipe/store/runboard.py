@@ -13,6 +13,8 @@ from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from mvpipe.errors import BrokerUnavailable
 
@@ -32,6 +34,23 @@ def _answered(method: Callable[P, R]) -> Callable[P, R]:
             raise BrokerUnavailable.because(exc) from exc
 
     return call
+
+
+#: How long a quick client waits for Redis to connect or answer, with no retry.
+QUICK_REDIS_SECONDS = 2.0
+
+
+def quick_redis(url: str) -> redis.Redis:
+    """A client for marks whose loss costs only a wait (a song's analysis on its way): it
+    answers within `QUICK_REDIS_SECONDS` or raises, never retrying, so a Redis that is away
+    cannot hold `create` or `estimate` (or a worker's main process) for the ~10 tries x 10 s
+    the run's own client spends."""
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=QUICK_REDIS_SECONDS,
+        socket_connect_timeout=QUICK_REDIS_SECONDS,
+        retry=Retry(NoBackoff(), 0),
+    )
 
 
 #: delete a lock only if it still holds the caller's value

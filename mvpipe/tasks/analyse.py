@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import redis
 from celery.signals import task_failure
 
 from mvpipe import hooks
@@ -26,7 +25,7 @@ from mvpipe.pipeline.plan import fail_planning
 from mvpipe.pipeline.timeline import ensure_timeline
 from mvpipe.providers.classify import describe
 from mvpipe.settings import get_settings
-from mvpipe.store.runboard import RunBoard
+from mvpipe.store.runboard import RunBoard, quick_redis
 from mvpipe.tasks.base import OUTAGE_ERRORS, MvpipeTask, app, checked_ids, log_unexpected
 from mvpipe.tasks.failures import OUTAGES
 
@@ -89,7 +88,7 @@ def _analysis_ended(project_id: str, board: RunBoard | None = None) -> None:
     """Clear the mark `create_project` set: an estimate no longer waits for this analysis.
     Not cleared (Redis away), it lapses (`ANALYSIS_MARK_SECONDS`): logged, never raised."""
     try:
-        (board or get_context().board).analysis_ended(project_id)
+        (board or get_context().quick_board).analysis_ended(project_id)
     except Exception as exc:
         log.warning("song analysis of project %s ended, unmarked: %s", project_id, describe(exc))
 
@@ -102,12 +101,7 @@ def _analysis_lost(sender: object = None, args: Any = None, **_: object) -> None
     project_id = args[0] if getattr(sender, "name", None) == PREPARE_SONG and args else None
     if not is_project_id(project_id):
         return
-    s = get_settings()
-    client = redis.Redis.from_url(
-        s.mvpipe_redis_url,
-        socket_timeout=s.store_timeout_seconds,
-        socket_connect_timeout=s.store_timeout_seconds,
-    )
+    client = quick_redis(get_settings().mvpipe_redis_url)  # never holds the worker long
     try:
         _analysis_ended(project_id, RunBoard(client))
     finally:
