@@ -458,7 +458,10 @@ def test_every_command_has_help(stack: object) -> None:
     # Units and defaults where a value has them.
     for command, says in [
         ("create", ["US dollars", "[default: no limit]", "DEFAULT_SCENES, 8", "[1<=x<=999]"]),
-        ("run", ["Seconds to wait", "[default: 3600.0]", "exits 0 when the project completed"]),
+        (
+            "run",
+            ["Seconds to wait", "(default 3600, at most", "exits 0 when the project completed"],
+        ),
         ("regenerate", ["Seconds to wait", "its number, from 1"]),
         ("budget", ["US dollars", "`none`: no limit"]),
         ("estimate", ["US dollars"]),
