@@ -1,7 +1,8 @@
 """What a paid job costs: prices by provider and model, in integer micro-dollars.
 
 Pure: no I/O. `MVPIPE_PRICES` (a JSON object) overrides or extends the built-in table; its keys
-are `"{provider}:{model}"` or `"{provider}"` (every model of that provider), its values a number
+are `"{provider}:{model}"` or `"{provider}"` (every model of that provider: it replaces each
+built-in price of that provider, and a user's `"{provider}:{model}"` beats it), its values a number
 (US dollars per second of output, with or without audio), `{"per_second": X, "without_audio": Y}`
 (Veo only, `AUDIO_OPTIONAL`: US dollars per second of output with audio, and without: a song's
 scenes are asked without, their sound is the song's) or `{"per_job": X}` (US dollars per
@@ -80,8 +81,24 @@ def parse_prices(raw: object) -> Prices:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigurationError("MVPIPE_PRICES must be a JSON object")
-    table = {**DEFAULT_PRICES, **raw}
-    return {_key(key): _entry(key, value) for key, value in table.items()}
+    return {
+        **built_in_prices(over=raw),
+        **{_key(key): _entry(key, value) for key, value in raw.items()},
+    }
+
+
+def built_in_prices(*, over: dict[str, Any]) -> Prices:
+    """The built-in entries a user's table leaves standing: a user's price always wins. A
+    user's `{provider}` prices all that provider's models, so it replaces the built-in entry
+    of each (else the built-in model entry, being the more specific, would win the lookup and
+    the budget would reserve a price the user did not give); a user's `{provider}:{model}`
+    beats the user's `{provider}` as any model entry does."""
+    whole = {key for key in over if isinstance(key, str) and ":" not in key}
+    return {
+        key: _entry(key, value)
+        for key, value in DEFAULT_PRICES.items()
+        if key.partition(":")[0] not in whole
+    }
 
 
 def price_micros(

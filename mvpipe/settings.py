@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Annotated, Any
 
 from pydantic import (
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     ValidationInfo,
@@ -140,6 +142,8 @@ class Settings(BaseSettings):
     lipsync_url_seconds: int = Field(default=6 * 3600, ge=60, le=7 * 24 * 3600)
     #: `MVPIPE_PRICES`, a JSON object over the built-in table (see mvpipe.pricing)
     prices: Annotated[dict[str, Any], NoDecode] = Field(default_factory=dict)
+    #: `price_table`, with the `prices` it was parsed from
+    _price_table_of: tuple[dict[str, Any], Prices] | None = PrivateAttr(default=None)
     genai_base_url: str | None = None
     replicate_base_url: str | None = None
     #: the scene lengths the Gemini planner is asked to keep within (not a provider's clip
@@ -396,7 +400,14 @@ class Settings(BaseSettings):
 
     @property
     def price_table(self) -> Prices:
-        return parse_prices(self.prices)
+        """`prices` parsed, once: it is read for every claim and estimate line. Kept with a
+        copy of what it was parsed from, so a changed `prices` (a copy's update) is parsed
+        anew. Shared: read it, never change it."""
+        parsed = self._price_table_of
+        if parsed is None or parsed[0] != self.prices:
+            parsed = (copy.deepcopy(self.prices), parse_prices(self.prices))
+            self._price_table_of = parsed
+        return parsed[1]
 
     def video_model_for(self, provider: str) -> str:
         """The model a video provider's jobs run on (the key of its price)."""

@@ -55,7 +55,20 @@ KEYS = {
 #: connection (RST), "close" closes it without a word, "garbage" answers 200 with an HTML page,
 #: "mistyped" 200 with JSON of the wrong shape, "bad_gateway" a 502 (a gateway that lost the
 #: provider's answer), "undecodable" 201 with a body that is not UTF-8 (a proxy's Latin-1 page).
-FAULTS = ("slow", "reset", "close", "garbage", "mistyped", "bad_gateway", "undecodable")
+FAULTS = (
+    "slow",
+    "reset",
+    "close",
+    "garbage",
+    "mistyped",
+    "bad_gateway",
+    "undecodable",
+    "trickle",
+    "trickle_head",
+)
+#: the pause between two bytes of a trickled answer: far inside any read timeout, so only a
+#: deadline on the whole call ends it
+TRICKLE_SECONDS = 0.05
 #: a "mistyped" answer: JSON, but no field of the shape any of the APIs answers with
 MISTYPED = {"name": 123, "done": "maybe", "id": 123, "status": 5, "candidates": 5}
 GS_PREFIX = r"^gs://[a-z0-9][a-z0-9._-]+[a-z0-9](/|$)"
@@ -105,6 +118,8 @@ class ProviderStandIn:
         self.faults: dict[str, list[str]] = defaultdict(list)
         #: lets the answers held by a "slow" fault go (set at stop)
         self.released = threading.Event()
+        #: trickled answers ("trickle", "trickle_head") sent to their last byte
+        self.trickled_whole = 0
         #: every request that reached a known route, in order
         self.requests: list[Recorded] = []
         self.keys = dict(KEYS)
@@ -574,6 +589,29 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             self.close_connection = True  # the caller gave up first
 
+    def _trickle(self, answer: Any, *, head_too: bool) -> None:
+        """A 200 sent a byte every `TRICKLE_SECONDS` (the body, or its head too), each well
+        inside any read timeout: a broken proxy's pace. Stops when released."""
+        s, data = self.standin, json.dumps(answer).encode().ljust(400)  # 20 s at least
+        head = (
+            b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(data)
+        )
+        sent_at_once = 0 if head_too else len(head)
+        raw = head + data
+        try:
+            self.wfile.write(raw[:sent_at_once])
+            self.wfile.flush()
+            for offset in range(sent_at_once, len(raw)):
+                if s.released.wait(TRICKLE_SECONDS):
+                    return
+                self.wfile.write(raw[offset : offset + 1])
+                self.wfile.flush()
+        except OSError:
+            return  # the caller gave up
+        with s.lock:
+            s.trickled_whole += 1
+
     def _error(self, api: str, status: int, message: str | None = None) -> None:
         message = message or self.standin.error_message
         if api == "replicate":
@@ -604,6 +642,8 @@ class _Handler(BaseHTTPRequestHandler):
         elif fault == "undecodable":
             page = "<html><body>Café: accepted</body></html>".encode("latin-1")
             self._reply(201, page, "text/html")
+        elif fault in ("trickle", "trickle_head"):
+            self._trickle(answer, head_too=fault == "trickle_head")
         elif fault != "close":
             raise ValueError(f"unknown fault {fault!r}; expected one of {FAULTS}")
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+
 import pytest
 
 from mvpipe import api
@@ -16,7 +19,9 @@ from mvpipe.pipeline.stages import CUT, GENERATE, LIPSYNC
 from mvpipe.pricing import parse_prices, price_micros
 from mvpipe.settings import Settings, get_settings
 from mvpipe.store.records import SceneRecord
+from tests.conftest import Workers
 from tests.songs import make_song
+from tests.standins import running_standin
 
 
 def test_per_second_and_per_job_prices() -> None:
@@ -38,6 +43,53 @@ def test_the_built_in_table_prices_veo_and_lipsync_and_local_is_free() -> None:
     both = parse_prices('{"local": 1, "local:lipsync": 2}')
     assert price_micros(both, "local", "video", 1) == 1_000_000
     assert price_micros(both, "local", "lipsync", 1) == 2_000_000
+
+
+@pytest.mark.parametrize(
+    ("raw", "model", "usd_per_second"),
+    [
+        # a user's provider-wide price replaces every built-in price of that provider
+        ('{"veo": 0.75}', "veo-3.0-generate-001", 0.75),
+        ('{"veo": 0.75}', "veo-2.0-generate-001", 0.75),
+        ('{"replicate": 0.3}', "sync/lipsync-2", 0.3),
+        ('{"replicate": 0.3}', "minimax/video-01:v1", 0.3),  # was $0.50 a job
+        # and a user's model price beats it
+        ('{"veo": 0.75, "veo:veo-3.0-generate-001": 0.5}', "veo-3.0-generate-001", 0.5),
+        ('{"veo": 0.75, "veo:veo-3.0-generate-001": 0.5}', "veo-2.0-generate-001", 0.75),
+        ('{"veo:veo-3.0-generate-001": 0.5}', "veo-3.0-generate-001", 0.5),
+    ],
+)
+def test_a_users_price_beats_every_built_in_one(
+    raw: str, model: str, usd_per_second: float
+) -> None:
+    # The budget reserves what the user priced (invariant 9), not a built-in price that is
+    # more specific than the user's entry
+    provider = "veo" if model.startswith("veo") else "replicate"
+    prices = parse_prices(raw)
+    micros = round(usd_per_second * 8 * 1_000_000)
+    assert price_micros(prices, provider, model, 8) == micros
+    # one number prices a second with or without audio alike
+    assert price_micros(prices, provider, model, 8, with_audio=False) == micros
+
+
+def test_a_users_provider_price_leaves_other_providers_built_in_prices() -> None:
+    prices = parse_prices('{"veo": 0.75}')
+    assert price_micros(prices, "replicate", "sync/lipsync-2", 2) == 2 * 50_000
+    assert price_micros(prices, "replicate", "minimax/video-01", 6) == 500_000
+    assert price_micros(prices, "local", "video", 8) == 0
+
+
+def test_settings_parse_their_prices_once_and_again_when_changed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MVPIPE_PRICES", '{"veo": 0.75}')
+    settings = Settings()
+    assert settings.price_table is settings.price_table  # once, not per claim
+    assert settings.video_price_micros("veo", 8) == 6_000_000
+    assert settings.video_price_micros("veo", 8, with_audio=False) == 6_000_000
+    cheaper = settings.model_copy(update={"prices": {"veo": 0.5}})
+    assert cheaper.video_price_micros("veo", 8) == 4_000_000
+    assert settings.video_price_micros("veo", 8) == 6_000_000
 
 
 def test_unpriced_paid_work_is_a_configuration_error() -> None:
@@ -69,6 +121,10 @@ def test_unpriced_paid_work_is_a_configuration_error() -> None:
         '{"local": {"per_second": 0.5, "without_audio": 0.2}}',
         '{"": 1}',
         '{"local:": 1}',
+        # a provider-wide price that replaces built-in ones is checked as any other
+        '{"replicate": {"per_second": 0.5, "without_audio": 0.2}}',
+        '{"veo": -0.4}',
+        '{"veo": 0.4, " replicate": 0.1}',
     ],
 )
 def test_malformed_prices_are_typed_errors(raw: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -200,6 +256,27 @@ def test_an_unplanned_lip_sync_is_priced_as_its_run_will_price_it(
             assert settings.lipsync_price_micros(synced_seconds(slot)) == run, (start, frames)
             differs += settings.lipsync_price_micros(slot.seconds) != run
     assert differs  # the grid holds slots whose frames alone would price a micro-dollar less
+
+
+@pytest.mark.integration
+def test_a_users_veo_price_is_what_the_budget_reserves(
+    start_workers: Callable[..., Workers], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given Veo priced by the user at $0.75 a second (the built-in is $0.40) and an 8 s scene
+    # on a $5 budget: $3.20 at the built-in price would fit, the user's $6.00 does not
+    with running_standin(monkeypatch) as standin:
+        env = {"MVPIPE_GENAI_BASE_URL": standin.url, "MVPIPE_POLL_SECONDS": "0.1"}
+        start_workers(env=env, provider="veo", prices=json.dumps({"veo": 0.75}))
+        scenes = [{"prompt": "a neon city", "duration_seconds": 8}]
+        project_id = api.create_project("Priced", "x", scenes=scenes, budget_usd=5)
+        assert api.estimate_cost(project_id) == 6.0
+        # When it runs
+        api.run_project(project_id)
+        view = api.wait_project(project_id, timeout=120)
+        # Then the scene fails over budget at the user's price, and no job was asked for
+        assert view.scenes[0].last_error == "over budget: needs $6.00, $5.00 left of $5.00"
+        assert view.committed_cost_usd == 0
+        assert standin.created == {} and standin.calls["veo.create"] == 0
 
 
 @pytest.mark.integration

@@ -45,6 +45,8 @@ from tests.standins import (
 FAULTS = ["slow", "reset", "garbage", "undecodable"]
 #: the faults whose answer arrives but cannot be read
 UNREADABLE = ("garbage", "undecodable")
+#: answers sent a byte at a time: the body, or the whole answer, head too
+TRICKLES = ["trickle", "trickle_head"]
 
 
 @pytest.fixture
@@ -125,6 +127,51 @@ def test_only_a_check_before_any_request_is_a_replicate_refusal(standin: Provide
         provider.jobs.create("owner/model:version1", fields)
     assert_unknown_outcome(unread.value)
     assert "could not be read" in str(unread.value)
+
+
+def gave_up_at_its_deadline(standin: ProviderStandIn, exc: ProviderError) -> None:
+    """A call held by a trickled answer ended at its deadline, long before the answer was
+    through, as a timeout: transient, never a refusal (the reservation of a create is kept)."""
+    assert standin.trickled_whole == 0
+    assert type(exc) is TransientProviderError
+    assert_unknown_outcome(exc)
+    assert "Timeout" in str(exc)  # the wait cut to what was left, or begun past it
+
+
+@pytest.mark.parametrize("fault", TRICKLES)
+@pytest.mark.parametrize("provider_class", [VeoVideoProvider, ReplicateVideoProvider])
+def test_a_create_whose_answer_trickles_ends_at_its_deadline(
+    standin: ProviderStandIn, provider_class: type, fault: str
+) -> None:
+    # Given a create the provider carries out, whose answer comes a byte at a time, each far
+    # inside the read timeout (20 s or more in all, past the lease a 1 s timeout allows)
+    provider = provider_class(settings_for(standin, provider_timeout_seconds=1))
+    standin.faults[f"{provider.name}.create"] = [fault]
+    with pytest.raises(ProviderError) as caught:
+        provider.submit(video())
+    # Then the create ends at its deadline with its outcome unknown (its reservation kept,
+    # the scene resumed as after any timeout), and the job it started is the only one
+    gave_up_at_its_deadline(standin, caught.value)
+    assert standin.created[provider.name] == 1
+
+
+@pytest.mark.parametrize("fault", TRICKLES)
+@pytest.mark.parametrize("kind", ["gemini", "veo.poll", "replicate.poll"])
+def test_every_other_provider_call_ends_at_its_deadline(
+    standin: ProviderStandIn, kind: str, fault: str
+) -> None:
+    # A plan and a poll hold a worker's slot, not money, but are bounded the same way
+    bounded = settings_for(standin, provider_timeout_seconds=1)
+    with pytest.raises(ProviderError) as caught:
+        if kind == "gemini":
+            standin.faults[kind] = [fault]
+            GeminiPlanner(bounded).plan(Brief("p", "T", "c", 1))
+        else:
+            provider_class = VeoVideoProvider if kind == "veo.poll" else ReplicateVideoProvider
+            operation_id = provider_class(settings_for(standin)).submit(video())
+            standin.faults[kind] = [fault]
+            provider_class(bounded).poll(operation_id)
+    gave_up_at_its_deadline(standin, caught.value)
 
 
 @pytest.mark.parametrize("fault", FAULTS)

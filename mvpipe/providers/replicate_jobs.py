@@ -24,6 +24,7 @@ from mvpipe.providers.classify import (
     scrub,
     unreadable,
 )
+from mvpipe.providers.deadline import DeadlineTransport
 from mvpipe.providers.once import Once
 from mvpipe.providers.outputs import fetch_output
 from mvpipe.settings import Settings
@@ -41,15 +42,16 @@ STATUSES = {
 }
 
 
-class BoundedTransport(httpx.BaseTransport):
-    """Every request gets the provider timeout. replicate 1.0.x creates a prediction with
-    `timeout=None`, which httpx reads as *no* timeout whatever the client's: a create that
-    hangs would outlive its lease (docs/DESIGN.md: every provider call has a timeout).
-    It also notes, per thread, that a request went out (`sent`): an error after that point
-    is never the SDK refusing our arguments."""
+class BoundedTransport(DeadlineTransport):
+    """Every request gets the provider timeout, for each phase and for the whole call
+    (`DeadlineTransport`). replicate 1.0.x creates a prediction with `timeout=None`, which
+    httpx reads as *no* timeout whatever the client's: a create that hangs would outlive its
+    lease (docs/DESIGN.md: every provider call has a timeout). It also notes, per thread, that
+    a request went out (`sent`): an error after that point is never the SDK refusing our
+    arguments."""
 
     def __init__(self, seconds: float) -> None:
-        self.inner = httpx.HTTPTransport()
+        super().__init__(seconds)
         self.timeout = httpx.Timeout(seconds).as_dict()
         self._sent = threading.local()
 
@@ -64,10 +66,7 @@ class BoundedTransport(httpx.BaseTransport):
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         self.sent = True
         request.extensions = {**request.extensions, "timeout": self.timeout}
-        return self.inner.handle_request(request)
-
-    def close(self) -> None:
-        self.inner.close()
+        return super().handle_request(request)
 
 
 class ReplicateJobs:
@@ -84,6 +83,10 @@ class ReplicateJobs:
             settings.replicate_base_url or os.environ.get("REPLICATE_BASE_URL") or DEFAULT_BASE_URL
         ).rstrip("/")
         self._client: Once[Any] = Once(lambda: self._build())
+        #: polls and cancels, plain httpx (no SDK retries), bounded as a whole as well
+        self._plain: Once[httpx.Client] = Once(
+            lambda: httpx.Client(transport=DeadlineTransport(settings.provider_timeout_seconds))
+        )
 
     def _token(self) -> str:
         return require_env("REPLICATE_API_TOKEN", purpose="Replicate")
@@ -150,7 +153,7 @@ class ReplicateJobs:
     def cancel(self, operation_id: str) -> bool:
         """True only when Replicate answers that the prediction is now `canceled`."""
         try:
-            response = httpx.post(
+            response = self._plain.get().post(
                 f"{self.base_url}/v1/predictions/{operation_id}/cancel",
                 headers=self._headers(),
                 timeout=self.settings.provider_timeout_seconds,
@@ -170,7 +173,7 @@ class ReplicateJobs:
     def _get_json(self, url: str) -> dict[str, Any]:
         """A poll's GET of a stored prediction: a refusal of our access is `PollRefused`."""
         try:
-            response = httpx.get(
+            response = self._plain.get().get(
                 url, headers=self._headers(), timeout=self.settings.provider_timeout_seconds
             )
         except Exception as exc:
