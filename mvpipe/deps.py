@@ -87,6 +87,7 @@ class Context:
         self.table.close()
         self.clips.client.close()
         self.redis.close()
+        self.quick_board.client.close()
 
     def ensure_storage(self) -> None:
         """Create table and bucket on first use (idempotent, race-safe).

@@ -62,7 +62,7 @@ def test_a_point_armed_to_raise_n_times_raises_that_often_then_lets_executions_g
     assert failpoints.raised(disarmed, "during_cut") == 2
 
 
-@pytest.mark.parametrize("mode", ["raise:", "raise:0", "raise:two", "raise:-1"])
+@pytest.mark.parametrize("mode", ["raise:", "raise:0", "raise:two", "raise:-1", "kill:0", "hold:2"])
 def test_a_raise_count_that_is_no_count_is_refused_when_armed(
     disarmed: Path, monkeypatch: pytest.MonkeyPatch, mode: str
 ) -> None:

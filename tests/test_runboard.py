@@ -7,6 +7,8 @@ import uuid
 import pytest
 import redis
 
+from mvpipe.deps import build_context
+from mvpipe.settings import get_settings
 from mvpipe.store.runboard import RunBoard
 from tests.helpers import wait_for
 
@@ -121,6 +123,36 @@ def test_a_poll_is_counted_in_one_command_and_its_answer_clears_the_count(
     assert board.poll_error(operation_id) == "garbage reply"
     board.poll_answered(operation_id)
     assert board.start_poll(operation_id) == 1
+
+
+def test_tries_are_counted_before_they_run_and_their_end_clears_the_count(
+    board: RunBoard, redis_client: redis.Redis
+) -> None:
+    # Given a cut tried three times, each lost with its process (none ended)
+    job = f"cut:{uuid.uuid4().hex}"
+    assert [board.start_try(job) for _ in range(3)] == [1, 2, 3]
+    assert redis_client.ttl(f"{board.prefix}:tries:{job}") > 0  # never left behind for good
+    assert board.start_try("cut:another") == 1  # each piece of work counts its own
+    # When a try ends (returned or raised)
+    board.try_ended(job)
+    # Then the next try is the first of a new count
+    assert board.start_try(job) == 1
+
+
+def test_closing_a_context_closes_its_quick_clients_connections(redis_client: redis.Redis) -> None:
+    # Given a context whose quick board has a connection open, named to be found
+    ctx = build_context(get_settings())
+    name = f"quick-{uuid.uuid4().hex}"
+    ctx.quick_board.client.client_setname(name)
+
+    def named() -> int:
+        return sum(c.get("name") == name for c in redis_client.client_list())
+
+    assert named() == 1
+    # When it is closed
+    ctx.close()
+    # Then Redis no longer sees that connection
+    wait_for(lambda: named() == 0, 10, "the quick client's connection to close")
 
 
 def test_a_planned_runs_finishes_count_only_its_scenes_and_expire_with_it(

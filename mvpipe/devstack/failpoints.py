@@ -11,6 +11,9 @@ server) exactly while the execution is at that point. A point named `name=raise`
 goes away, for drills of what a task does when it gives up. `name=raise:N` raises the first N
 times it is reached, across all processes (counted by marker files, as the kills are), then
 lets every execution go on: a bug repaired after N tries, with no drill racing to repair it.
+`name=kill:N` kills the first N processes that reach it (counted alike): work whose every try
+kills its process (a song or clip whose decode runs out of memory), its tries counted by the
+drill (`killed`); N larger than any bound the core keeps, its tries end only when it gives up.
 
 The core names its points through `mvpipe.hooks`; `arm` routes them here, once, in a process
 whose environment names any (the local stack's workers load `devstack.worker`, which arms them).
@@ -39,6 +42,8 @@ POINTS = (
 )
 #: The lip-sync stage's own crash points (the same moments of the same paid machine).
 LIPSYNC_POINTS = ("lipsync_after_submit", "lipsync_during_poll", "lipsync_after_upload")
+#: The modes that act on the first N reaches only (`name=mode:N`).
+COUNTED = ("raise", "kill")
 #: How long a held execution waits for the drill before it goes on by itself.
 HOLD_SECONDS = 120.0
 
@@ -52,10 +57,10 @@ def _modes(wanted: str) -> dict[str, str]:
     modes = {}
     for entry in filter(None, wanted.split(",")):
         name, _, mode = entry.partition("=")
-        times = mode.removeprefix("raise:")
-        if times != mode and not (times.isdigit() and int(times) > 0):
+        kind, counted, times = mode.partition(":")
+        if counted and not (kind in COUNTED and times.isdigit() and int(times) > 0):
             # Said when armed: met at the point, a bad count would look like the core's bug
-            raise ValueError(f"failpoint {name}: {mode!r} is not raise:N with N >= 1")
+            raise ValueError(f"failpoint {name}: {mode!r} is not raise:N or kill:N with N >= 1")
         modes[name] = mode or "kill"
     return modes
 
@@ -79,11 +84,14 @@ def _reached(modes: dict[str, str], name: str) -> None:
     if mode == "raise":  # every time; the marker only tells the drill it was reached
         (markers / name).touch()
         raise FailpointError(f"failpoint {name} raised")
-    if mode.startswith("raise:"):
-        if _take_one_of(markers, name, int(mode.removeprefix("raise:"))):
-            (markers / name).touch()
+    kind, counted, times = mode.partition(":")
+    if counted:
+        if not _take_one_of(markers, f"{name}.{kind}", int(times)):
+            return
+        (markers / name).touch()
+        if kind == "raise":
             raise FailpointError(f"failpoint {name} raised")
-        return
+        os.kill(os.getpid(), signal.SIGKILL)
     try:
         fd = os.open(markers / name, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
@@ -97,14 +105,12 @@ def _reached(modes: dict[str, str], name: str) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _take_one_of(markers: Path, name: str, times: int) -> bool:
-    """Whether this reach is one of the first `times` of `name` (each creates the marker of its
+def _take_one_of(markers: Path, turns: str, times: int) -> bool:
+    """Whether this reach is one of the first `times` of `turns` (each creates the marker of its
     turn, which no other process can then create)."""
     for turn in range(1, times + 1):
         try:
-            os.close(
-                os.open(markers / f"{name}.raise-{turn}", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            )
+            os.close(os.open(markers / f"{turns}-{turn}", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
         except FileExistsError:
             continue
         return True
@@ -114,6 +120,11 @@ def _take_one_of(markers: Path, name: str, times: int) -> bool:
 def raised(state_dir: Path, name: str) -> int:
     """How many times the `name=raise:N` point has raised so far."""
     return len(list(marker_dir(state_dir).glob(f"{name}.raise-*")))
+
+
+def killed(state_dir: Path, name: str) -> int:
+    """How many processes the `name=kill:N` point has killed so far."""
+    return len(list(marker_dir(state_dir).glob(f"{name}.kill-*")))
 
 
 def held(state_dir: Path, name: str) -> bool:

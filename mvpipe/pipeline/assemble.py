@@ -22,6 +22,7 @@ from mvpipe.media.assemble import assemble, encode_song, inputs_hash
 from mvpipe.media.encoding import OutputFormat
 from mvpipe.models import ProjectStatus, SceneStatus
 from mvpipe.pipeline.cut import output_format
+from mvpipe.pipeline.lost_tries import LostTries
 from mvpipe.states import assembly_due
 from mvpipe.store.finals import final_video_key
 from mvpipe.store.records import ProjectRecord, ProjectState, SceneRecord
@@ -47,6 +48,8 @@ def final_key(state: ProjectState, fmt: OutputFormat) -> str | None:
 #: An assembly's outcome when another execution is building the same final video: it runs again
 #: later and finds the object (or the run recorded).
 BUILDING = "another assembly is building it"
+#: An assembly's outcome when its builds kept losing their worker process: the run was released.
+LOST = "assembly failed: its builds lost their worker process"
 
 
 @dataclass(frozen=True)
@@ -93,8 +96,8 @@ def assemble_run(ctx: Context, project_id: str, run_id: str) -> Assembly:
         try:
             # Built by another between this one's look and its hold (it let go since)
             reused = ctx.clips.exists(key)
-            if not reused:
-                _build(ctx, state, fmt, key, hold)
+            if not reused and not _counted_build(ctx, state, fmt, key, hold):
+                return Assembly(LOST, ProjectStatus.PENDING)
         finally:
             hold.let_go()
     # The scenes must still be the ones hashed (reconcile may have reset a vanished clip).
@@ -107,6 +110,25 @@ def assemble_run(ctx: Context, project_id: str, run_id: str) -> Assembly:
         return Assembly("run no longer active", latest.project.status, key, reused)
     log.info("final video project=%s run=%s key=%s reused=%s", project_id, run_id, key, reused)
     return Assembly("completed", ProjectStatus.COMPLETED, key, reused)
+
+
+def _counted_build(
+    ctx: Context, state: ProjectState, fmt: OutputFormat, key: str, hold: _Hold
+) -> bool:
+    """`_build`, this try counted first (`LostTries`); False when the run was given up on
+    instead, the tries before it lost with their process as often as a run's work may be tried
+    (a video whose decode kills its worker would otherwise be delivered again forever, each
+    delivery keeping the run alive)."""
+    tries = LostTries(ctx, f"assembly:{key}")
+    lost = tries.begin()
+    if lost is not None:
+        project_id = state.project.project_id
+        give_up(ctx, project_id, hold.run_id, tries.why("the final video's assembly", lost))
+        tries.end()  # a user's next run tries afresh
+        return False
+    with tries.counted():
+        _build(ctx, state, fmt, key, hold)
+    return True
 
 
 def give_up(ctx: Context, project_id: str, run_id: str, error: str) -> bool:

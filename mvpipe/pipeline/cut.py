@@ -4,10 +4,11 @@ Free and deterministic: the working key is a hash of its inputs (the original's 
 frames, the output format), so a duplicate or re-run cut makes the same object, and its one
 conditional write is conditioned on the original it cut from (invariant 1). A clip that cannot
 be decoded fails the scene (permanent) and keeps the original; its `lastError` says that only
-`mvpipe regenerate` (a new paid clip) gets past it, as a run cuts the same original again. An
-original whose object vanished is a lost output, as reconcile treats a completed scene's: the
-scene goes back to `pending` without it, and the run it belongs to makes it again (a retry
-would never find it).
+`mvpipe regenerate` (a new paid clip) gets past it, as a run cuts the same original again; so
+does a clip whose cut keeps killing its worker process (`LostTries`: it would be delivered again
+forever). An original whose object vanished is a lost output, as reconcile treats a completed
+scene's: the scene goes back to `pending` without it, and the run it belongs to makes it again
+(a retry would never find it).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from mvpipe.frame_size import parse_size
 from mvpipe.media.cut import cut_clip
 from mvpipe.media.encoding import OutputFormat
 from mvpipe.pipeline.execution import Execution
+from mvpipe.pipeline.lost_tries import LostTries
 from mvpipe.pipeline.steps import Next, Step
 from mvpipe.providers.classify import describe
 from mvpipe.settings import Settings
@@ -123,19 +125,17 @@ class CutRunner:
         # While this runs nobody else starts a chain for the scene (reconcile sees it alive).
         x.touch(ctx.settings.liveness_seconds(x.provider))
         if not ctx.clips.exists(key):  # a duplicate or crashed cut may have uploaded it already
+            tries = LostTries(ctx, f"cut:{key}")
+            lost = tries.begin()
+            if lost is not None:
+                step = self.failed(made_from, tries.why("cutting it", lost))
+                tries.end()  # a user's next run tries afresh
+                return step
             try:
-                held = self.cut(original, key, frames, fmt)
+                with tries.counted():
+                    held = self.cut(original, key, frames, fmt)
             except InvalidInput as exc:
-                error = cut_failure(x.project_id, x.sequence, describe(exc))
-                ctx.scenes.fail(
-                    x.project_id,
-                    x.sequence,
-                    error=error,
-                    made_from=(source, original),
-                    stage=self.stage.fields,
-                )
-                x.log(error, None, None, self.stage.name)
-                return x.finished("failed: the clip could not be cut")
+                return self.failed(made_from, describe(exc))
             except ObjectMissing as exc:
                 return self.lost(original, exc)
             if held:
@@ -160,6 +160,16 @@ class CutRunner:
         message = f"cut recorded: {key} ({frames} frames at {fmt.size}@{fmt.fps})"
         x.log(message, None, None, self.stage.name)
         return x.finished("completed") if last else Step(Next.STAGE, "cut done", scene=written)
+
+    def failed(self, made_from: tuple[str, str], reason: str) -> Step:
+        """The original cannot be cut (`reason`): the scene fails and keeps it."""
+        x = self.x
+        error = cut_failure(x.project_id, x.sequence, reason)
+        self.ctx.scenes.fail(
+            x.project_id, x.sequence, error=error, made_from=made_from, stage=self.stage.fields
+        )
+        x.log(error, None, None, self.stage.name)
+        return x.finished("failed: the clip could not be cut")
 
     def lost(self, original: str, exc: ObjectMissing) -> Step:
         """The original's object is gone: retrying could never find it. Cleared as reconcile

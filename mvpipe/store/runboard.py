@@ -307,6 +307,24 @@ class RunBoard:
     def poll_answered(self, operation_id: str) -> None:
         self.client.delete(self._key("poll", operation_id))
 
+    # -- work that may lose its process ---------------------------------------------------------
+    @_answered
+    def start_try(self, job: str) -> int:
+        """Count a try of `job` (a song's analysis, a cut, an assembly) before it runs; returns
+        how many tries in a row have now started without ending (this one included). A try
+        whose process is lost (killed for its memory, a native crash) never gets to
+        `try_ended`, and Celery delivers its message again: the next try counts it."""
+        key = self._key("tries", job)
+        started = int(self.client.incr(key))
+        if started == 1:
+            self.client.expire(key, self.ttl)
+        return started
+
+    @_answered
+    def try_ended(self, job: str) -> None:
+        """A try of `job` returned or raised: its process was not lost, the count starts over."""
+        self.client.delete(self._key("tries", job))
+
     # -- a new project's song analysis ---------------------------------------------------------
     @_answered
     def analysis_sent(self, project_id: str) -> None:

@@ -22,10 +22,10 @@ from mvpipe.errors import Conflict, InvalidInput, NotFound, UnexpectedError
 from mvpipe.messaging.dispatch import PLAN_SCENES, PREPARE_SONG
 from mvpipe.models import is_project_id
 from mvpipe.pipeline.plan import fail_planning
+from mvpipe.pipeline.song_analysis import analyse_for_run, end_analysis_mark, end_lost_analysis_mark
 from mvpipe.pipeline.timeline import ensure_timeline
 from mvpipe.providers.classify import describe
 from mvpipe.settings import get_settings
-from mvpipe.store.runboard import RunBoard, quick_redis
 from mvpipe.tasks.base import OUTAGE_ERRORS, MvpipeTask, app, checked_ids, log_unexpected
 from mvpipe.tasks.failures import OUTAGES
 
@@ -56,7 +56,7 @@ def prepare_song(self: MvpipeTask, project_id: str, outages: int = 0) -> Any:
         outcome = _prepare(project_id)
     except OUTAGE_ERRORS as exc:
         raise self.outage_retry(exc, kwargs) from None  # still on its way: its mark stays
-    _analysis_ended(project_id)
+    end_analysis_mark(project_id)
     return {"project_id": project_id, "outcome": outcome}
 
 
@@ -84,28 +84,13 @@ def _prepare(project_id: str) -> str:
     return "analysed"
 
 
-def _analysis_ended(project_id: str, board: RunBoard | None = None) -> None:
-    """Clear the mark `create_project` set: an estimate no longer waits for this analysis.
-    Not cleared (Redis away), it lapses (`ANALYSIS_MARK_SECONDS`): logged, never raised."""
-    try:
-        (board or get_context().quick_board).analysis_ended(project_id)
-    except Exception as exc:
-        log.warning("song analysis of project %s ended, unmarked: %s", project_id, describe(exc))
-
-
 @task_failure.connect
 def _analysis_lost(sender: object = None, args: Any = None, **_: object) -> None:
     """A pool process lost in `prepare_song` (its memory) ends it with no return, and it is
-    not delivered again: Celery says so in the worker's own process, which clears the mark on
-    a client of its own (building the whole context there would reach the store)."""
+    not delivered again: Celery says so in the worker's own process, which clears the mark."""
     project_id = args[0] if getattr(sender, "name", None) == PREPARE_SONG and args else None
-    if not is_project_id(project_id):
-        return
-    client = quick_redis(get_settings().mvpipe_redis_url)  # never holds the worker long
-    try:
-        _analysis_ended(project_id, RunBoard(client))
-    finally:
-        client.close()
+    if is_project_id(project_id):
+        end_lost_analysis_mark(get_settings(), project_id)
 
 
 @app.task(base=MvpipeTask, bind=True, name="mvpipe.analyse_song")
@@ -125,8 +110,8 @@ def analyse_song(
         if project.active_run_id != run_id:
             return {"project_id": project_id, "outcome": "run no longer active"}
         ctx.board.touch_run(run_id, ctx.settings.run_stale_seconds)  # the run is alive: analysing
-        hooks.reached("before_analysis")
-        ensure_timeline(ctx, project)
+        if not analyse_for_run(ctx, project, run_id):  # its process lost too often
+            return {"project_id": project_id, "outcome": "planning failed"}
     except (InvalidInput, Conflict) as exc:
         why = f"song analysis: {exc}"
         self.record_give_up(

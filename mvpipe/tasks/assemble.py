@@ -2,9 +2,11 @@
 
 Sent by finalize once every scene is completed. Duplicates and redeliveries are harmless: the
 final video's key is its inputs' hash (an existing object is reused, and one execution builds it
-while another waits) and the recording write is conditioned on the run. A worker lost
-mid-assembly leaves the run without liveness; reconcile takes it over and the new run's finalize
-sends the assembly again.
+while another waits) and the recording write is conditioned on the run. A pool process lost
+mid-assembly has its message delivered again (it builds once the dead builder's hold lapses);
+builds lost in a row are counted, and past `MVPIPE_MAX_ATTEMPTS` the run is released saying why
+(`pipeline.lost_tries`). A whole worker lost leaves the run without liveness; reconcile takes
+it over and the new run's finalize sends the assembly again.
 """
 
 from __future__ import annotations

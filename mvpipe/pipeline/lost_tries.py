@@ -1,0 +1,58 @@
+"""Media work whose process may be lost: a song's analysis, a cut, an assembly.
+
+Their tasks are acknowledged late and requeued when their pool process is lost (Celery's
+`reject_on_worker_lost`), so that a worker killed by something else (a deploy, the machine)
+loses no work. A song or clip whose decode itself kills the process (its memory under a
+container limit, a native crash in FFmpeg or numba) would then run and die again forever, with
+no exception to count: each try is counted in Redis before it starts and the count cleared when
+it ends, so a count that keeps growing is tries lost with their process, and the caller gives
+up once `MVPIPE_MAX_ATTEMPTS` were lost in a row.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from mvpipe.deps import Context
+from mvpipe.providers.classify import describe
+
+log = logging.getLogger("mvpipe.lost_tries")
+
+
+class LostTries:
+    """The tries of one piece of work (`job`: its kind and what makes it, e.g. a cut's key)."""
+
+    def __init__(self, ctx: Context, job: str) -> None:
+        self.ctx, self.job = ctx, job
+
+    def begin(self) -> int | None:
+        """Count this try before it starts. The number of tries lost in a row before it when
+        that reached `max_attempts` (the caller gives up and calls `end`), else None."""
+        lost = self.ctx.board.start_try(self.job) - 1
+        return lost if lost >= self.ctx.settings.max_attempts else None
+
+    @contextmanager
+    def counted(self) -> Iterator[None]:
+        """Around the try: however it ends (returned or raised), it was not lost. An error is
+        counted where it is handled (the task's retries), never here as well."""
+        try:
+            yield
+        except BaseException:
+            self.end()
+            raise
+        self.end()
+
+    def end(self) -> None:
+        """Best effort: a count left by a Redis outage costs the work one try, and must not
+        replace what the try did (nor the error it raised)."""
+        try:
+            self.ctx.board.try_ended(self.job)
+        except Exception as exc:
+            log.warning("could not end the try of %s: %s", self.job, describe(exc))
+
+    @staticmethod
+    def why(what: str, lost: int) -> str:
+        """A give-up's reason, for `lastError`."""
+        return f"{what} lost its worker process {lost} times"

@@ -1,0 +1,102 @@
+"""Drills of media work whose every try kills its worker process (a song or clip whose decode
+runs out of memory, a native crash): Celery delivers its message again each time, so without a
+count it would run and die forever. Each ends within `MVPIPE_MAX_ATTEMPTS` lost tries, saying
+why, and the project is left for a user's next run."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from mvpipe import api
+from mvpipe.deps import get_context
+from mvpipe.devstack.failpoints import killed
+from mvpipe.models import ProjectStatus, SceneStatus
+from tests.conftest import Workers
+from tests.drills.conftest import DRILL_SETTINGS
+from tests.drills.test_unknown_outcomes import state_dir
+from tests.helpers import assert_invariants, song_project_unanalysed
+from tests.songs import make_song
+from tests.test_assemble import completed_song_project
+
+StartWorkers = Callable[..., Workers]
+
+#: Tries lost in a row before the work is given up on (`MVPIPE_MAX_ATTEMPTS`), fewer than the
+#: failpoint's kills: without the count, the work would be killed that often and then succeed.
+LIMIT = 3
+KILLS = 10
+#: A fresh pool process for each lost one: seconds each on two busy cores.
+SETTLED_SECONDS = 240
+
+
+def start_killing(start_workers: StartWorkers, point: str, **settings: str) -> Workers:
+    """Workers whose processes die at `point`, its first `KILLS` reaches."""
+    return start_workers(
+        failpoints=f"{point}=kill:{KILLS}",
+        max_attempts=str(LIMIT),
+        **{**DRILL_SETTINGS, **settings},
+    )
+
+
+def test_a_song_whose_analysis_kills_its_worker_fails_the_planning_saying_so(
+    start_workers: StartWorkers,
+) -> None:
+    # Given a song whose analysis kills the process running it, every time (no intake
+    # analysis: only the run's analyses it)
+    workers = start_killing(start_workers, "before_analysis")
+    ctx = get_context()
+    project_id = song_project_unanalysed(ctx, "Killer song", make_song("wav", 6.0).data)
+    # When a run plans it
+    api.run_project(project_id)
+    view = api.wait_project(project_id, timeout=SETTLED_SECONDS)
+    # Then the planning failed, saying why, after as many lost tries as planning may have
+    assert view.status == ProjectStatus.FAILED, view
+    why = f"the song's analysis lost its worker process {LIMIT} times"
+    assert view.last_error == f"planning failed: {why}"
+    assert killed(state_dir(workers), "before_analysis") == LIMIT
+    assert "WorkerLostError" in workers.service.log_text()
+    assert ctx.projects.get(project_id).timeline_key is None
+    # And reconcile analyses nothing again
+    assert api.reconcile(project_id, full_sweep=True).total == 0
+    assert api.get_project(project_id).status == ProjectStatus.FAILED
+
+
+def test_a_clip_whose_cut_kills_its_worker_fails_its_scene_saying_so(
+    start_workers: StartWorkers,
+) -> None:
+    # Given a scene whose cut kills the process running it, every time
+    workers = start_killing(start_workers, "during_cut")
+    project_id = api.create_project("Killer clip", "Its cut dies.", scene_count=1)
+    # When a run makes it
+    api.run_project(project_id)
+    view = api.wait_project(project_id, timeout=SETTLED_SECONDS)
+    # Then the scene failed after as many lost cuts as a cut may lose, its paid original kept
+    assert view.status == ProjectStatus.FAILED, view
+    (scene,) = view.scenes
+    assert scene.status == SceneStatus.FAILED
+    assert scene.last_error is not None
+    assert scene.last_error.startswith(
+        f"the clip could not be cut: cutting it lost its worker process {LIMIT} times; "
+    ), scene.last_error
+    assert scene.original_video_clip_s3_key and not scene.working_video_clip_s3_key
+    assert killed(state_dir(workers), "during_cut") == LIMIT
+    assert_invariants(project_id)
+
+
+def test_a_final_video_whose_assembly_kills_its_worker_releases_the_run_saying_so(
+    start_workers: StartWorkers,
+) -> None:
+    # Given completed scenes whose final video's build kills the process running it, every
+    # time (a dead builder's hold lapses with the run's staleness: 2 s here)
+    workers = start_killing(start_workers, "during_assembly", run_stale_seconds="2")
+    ctx = get_context()
+    project_id = completed_song_project(ctx, song=False)
+    # When a run assembles it
+    api.run_project(project_id)
+    view = api.wait_project(project_id, timeout=SETTLED_SECONDS)
+    # Then the run was released saying why, after as many lost builds as may be tried
+    assert view.status == ProjectStatus.PENDING, view
+    why = f"the final video's assembly lost its worker process {LIMIT} times"
+    assert view.last_error == f"assembly failed: {why}"
+    assert view.final_video_s3_key is None
+    assert killed(state_dir(workers), "during_assembly") == LIMIT
+    assert_invariants(project_id)
