@@ -320,14 +320,11 @@ class RunBoard:
         """The analysis ended, whatever its outcome: nobody is to wait for it any longer."""
         self.client.set(self._key("analysis", project_id), _ENDED, ex=ANALYSIS_MARK_SECONDS)
 
-    def analysis_pending(self, project_id: str) -> bool:
-        """Whether the analysis was sent and has not ended (within `ANALYSIS_MARK_SECONDS`)."""
-        return self.analysis_age(project_id) is not None
-
     @_answered
     def analysis_age(self, project_id: str) -> float | None:
-        """How long ago the analysis still on its way was sent (its mark's life so far: Redis's
-        clock, whichever process reads it); None when none is (never sent, ended, lapsed)."""
+        """How long ago the analysis was sent, while it has not ended (its mark's life so far:
+        Redis's clock, whichever process reads it); None when none is on its way (never sent,
+        ended, or sent over `ANALYSIS_MARK_SECONDS` ago)."""
         key = self._key("analysis", project_id)
         pipe = self.client.pipeline(transaction=False)
         pipe.get(key)

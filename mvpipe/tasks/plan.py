@@ -33,9 +33,10 @@ from mvpipe.tasks.generate import generate_scene
 
 log = logging.getLogger("mvpipe.tasks.plan")
 
-#: How often a run's planning looks whether the song's analysis its creation sent has ended
-#: (a look is one project read and one Redis read; the analysis takes seconds).
-ANALYSIS_CHECK_SECONDS = 0.5
+#: How often a run's planning looks whether the song's analysis its creation sent has ended:
+#: a look costs a project read and two Redis commands, and a 3-minute song's analysis takes
+#: about a second on a warm worker (each look later than its end delays the run's planning).
+ANALYSIS_CHECK_SECONDS = 0.25
 
 
 @app.task(base=MvpipeTask, bind=True, name="mvpipe.plan_scenes")
