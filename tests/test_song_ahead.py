@@ -1,7 +1,8 @@
 """A song analysed when its project is created: a worker on `mvpipe.media` records the timeline
 ahead of any run (`mvpipe.prepare_song`), so the estimate is exact at once and the first run
-plans without analysing. The message is only a head start: a broker that cannot take it, or an
-analysis that cannot be done, leaves the song to the run's planning, as before."""
+plans without analysing (a run started meanwhile waits for it, within a bound). The message is
+only a head start: a broker that cannot take it, or an analysis that cannot be done, leaves the
+song to the run's planning, as before."""
 
 from __future__ import annotations
 
