@@ -15,11 +15,11 @@ connections) are not counted.
 
 Creating the project sends its song's analysis to the workers (`mvpipe.prepare_song`). By
 default the run starts at once after the create, as a script would: its planning finds no
-timeline yet, or one the analysis at creation just recorded (both may analyse: the row
-"song analyses" counts them), so its planning still includes an analysis, as before that
-message existed. `--after-analysis` starts the run once the timeline is recorded (what a user
-who asked for the exact estimate first, or ran the project later, gets): its planning only
-reads the timeline, and the analysis row is then the analysis at creation, before the run.
+timeline yet and waits for that analysis (it does not analyse the song a second time: the row
+"song analyses" counts them), so its planning still includes the rest of an analysis.
+`--after-analysis` starts the run once the timeline is recorded (what a user who asked for the
+exact estimate first, or ran the project later, gets): its planning only reads the timeline,
+and the analysis row is then the analysis at creation, before the run.
 """
 
 from __future__ import annotations

@@ -202,6 +202,8 @@ class ProjectView(BaseModel):
     status: ProjectStatus
     #: the scenes planned (0 before planning: `scenes` is empty then)
     scene_count: int
+    #: the scenes asked for (`scene_count` once planned); None with a song (its beats decide)
+    requested_scene_count: int | None = None
     completed_scenes: int
     failed_scenes: int
     last_error: str | None

@@ -113,6 +113,11 @@ class Settings(BaseSettings):
     #: is not duplicated (a crash mid-cut is resumed after the ordinary liveness; a worker lost
     #: with a reserved cut message, after this)
     stage_queue_seconds: float = Field(default=300.0, gt=0)
+    #: how long after its project's creation sent a song's analysis a run's planning waits for
+    #: it (its mark in Redis) rather than analyse the song itself: the media queue's longest
+    #: wait (`stage_queue_seconds`) and a minute for the analysis; a message lost without its
+    #: end marked costs a run at most this (0: never wait; the mark lasts an hour at most)
+    analysis_wait_seconds: float = Field(default=360.0, ge=0, le=3600)
     flower_user: str | None = None
     flower_password: SecretStr | None = None
 

@@ -195,9 +195,11 @@ def test_an_analysis_ended_before_its_send_was_marked_stays_ended(board: RunBoar
     # A fast worker ends the analysis before the create marks it sent: still ended
     board.analysis_ended("p1")
     board.analysis_sent("p1")
-    assert not board.analysis_pending("p1")
-    # In the usual order: pending once sent, no longer once ended
+    assert board.analysis_age("p1") is None
+    # In the usual order: on its way once sent (for as long as since its send), no longer
+    # once ended
     board.analysis_sent("p2")
-    assert board.analysis_pending("p2")
+    age = board.analysis_age("p2")
+    assert age is not None and 0 <= age < 60
     board.analysis_ended("p2")
-    assert not board.analysis_pending("p2")
+    assert board.analysis_age("p2") is None

@@ -20,8 +20,9 @@ def print_summary(view: ProjectView) -> None:
         return "-" if key is None else key.removeprefix(prefix)
 
     console.print(f"project   {view.project_id}  {view.title!r}")
-    # Not planned yet: the count is to come (the planning decides it, or a song's beats).
-    planned = view.scene_count if view.scenes else "?"
+    # Not planned yet: the count asked for, as `mvpipe projects` shows it; `?` for a song's,
+    # which its beats decide.
+    planned = view.scene_count if view.scenes else view.requested_scene_count or "?"
     console.print(
         f"status    {view.status}   scenes {planned}   completed {view.completed_scenes}"
         f"   failed {view.failed_scenes}   provider {view.provider}"

@@ -16,7 +16,6 @@ budget it pays for nothing).
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from collections.abc import Iterable
@@ -28,14 +27,11 @@ from mvpipe.errors import InvalidInput
 from mvpipe.media.slots import Slot
 from mvpipe.models import SceneStatus
 from mvpipe.pipeline.stages import GENERATE, LIPSYNC
-from mvpipe.pipeline.timeline import load_timeline, song_slots
-from mvpipe.providers.classify import describe
+from mvpipe.pipeline.timeline import analysis_on_its_way, load_timeline, song_slots
 from mvpipe.settings import Settings
 from mvpipe.states import lease_expired
 from mvpipe.store.budget import BudgetStore
 from mvpipe.store.records import ProjectRecord, ProjectState, SceneRecord
-
-log = logging.getLogger("mvpipe.cost")
 
 
 @dataclass(frozen=True)
@@ -101,23 +97,9 @@ def estimate(ctx: Context, state: ProjectState, *, sequence: int | None = None) 
         micros,
         jobs,
         exact=timeline is not None and not project.lip_sync,
-        awaiting_analysis=timeline is None and _analysis_pending(ctx, project.project_id),
+        # Redis unreadable: "about" all the same, the estimate never fails for it
+        awaiting_analysis=timeline is None and analysis_on_its_way(ctx, project.project_id),
     )
-
-
-def _analysis_pending(ctx: Context, project_id: str) -> bool:
-    """Whether the song's analysis is queued or running now (its mark in Redis): not when it
-    was never sent, ended without a timeline, or its process was lost; nor when Redis cannot
-    say (the estimate is "about" all the same, and never fails for it)."""
-    try:
-        return ctx.quick_board.analysis_pending(project_id)
-    except Exception as exc:
-        log.warning(
-            "project %s: cannot tell whether its song is being analysed: %s",
-            project_id,
-            describe(exc),
-        )
-        return False
 
 
 def planned_estimate(

@@ -19,7 +19,7 @@ from mvpipe.media.slots import Slot
 from mvpipe.models import SceneSpec, SceneStatus
 from mvpipe.pipeline.brief import slot_briefs
 from mvpipe.pipeline.stages import claims_first_stage, next_stage
-from mvpipe.pipeline.timeline import load_timeline, song_slots
+from mvpipe.pipeline.timeline import analysis_on_its_way, load_timeline, song_slots
 from mvpipe.providers.base import Brief
 from mvpipe.providers.classify import describe
 from mvpipe.providers.fairness import waits_alone
@@ -50,9 +50,15 @@ class AnalyseFirst:
     """The project's song has no timeline yet: analyse it (queue `mvpipe.media`), then plan."""
 
 
+@dataclass(frozen=True)
+class AwaitAnalysis:
+    """The project's song has no timeline yet, and the analysis its creation sent is on its
+    way (`analysis_on_its_way`): look again in a moment rather than analyse it a second time."""
+
+
 def plan_run(
     ctx: Context, project_id: str, run_id: str, only: list[int] | None = None
-) -> RunPlan | AnalyseFirst | None:
+) -> RunPlan | AnalyseFirst | AwaitAnalysis | None:
     """Plan the project if it is not planned yet; None when the run is no longer active.
 
     Planner errors propagate: transient and unexpected ones are retried by the task, permanent
@@ -67,6 +73,10 @@ def plan_run(
     ctx.board.touch_run(run_id, ctx.settings.run_stale_seconds)
     if not state.project.planned:
         if state.project.song_key is not None and state.project.timeline_key is None:
+            # An analysis that ends meanwhile, with its timeline, is found by `analyse_song`
+            # (`ensure_timeline` reads the project again): never analysed twice for it.
+            if analysis_on_its_way(ctx, project_id):
+                return AwaitAnalysis()
             return AnalyseFirst()
         if not ctx.board.lock_planning(project_id, run_id, ctx.settings.lease_seconds):
             return None

@@ -18,6 +18,7 @@ from mvpipe.errors import Conflict, InvalidInput
 from mvpipe.media.slots import Slot, plan_slots
 from mvpipe.media.timeline import Timeline
 from mvpipe.models import MAX_SCENES
+from mvpipe.providers.classify import describe
 from mvpipe.settings import Settings
 from mvpipe.store.clips import ObjectMissing
 from mvpipe.store.records import ProjectRecord
@@ -77,6 +78,30 @@ def ensure_timeline(ctx: Context, project: ProjectRecord) -> Timeline:
     if not ctx.projects.record_timeline(project.project_id, project.song_key, key):
         raise Conflict(f"project {project.project_id} records another timeline than {key}")
     return timeline
+
+
+def awaits_analysis(sent_ago: float | None, wait_seconds: float) -> bool:
+    """Pure: whether an analysis sent `sent_ago` seconds ago (None: none on its way) is still
+    waited for: only within `wait_seconds` of its send, so that a message lost without its end
+    marked holds a run's planning no longer than that."""
+    return sent_ago is not None and sent_ago < wait_seconds
+
+
+def analysis_on_its_way(ctx: Context, project_id: str) -> bool:
+    """Whether the song analysis the project's creation sent is queued or running, and still
+    waited for (`MVPIPE_ANALYSIS_WAIT_SECONDS`): its mark in Redis, on the quick client. Not
+    when it was never sent, ended (a timeline recorded or not), lost its process, or Redis
+    cannot say: logged, never raised (the caller goes on as if none were sent)."""
+    try:
+        sent_ago = ctx.quick_board.analysis_age(project_id)
+    except Exception as exc:
+        log.warning(
+            "project %s: cannot tell whether its song is being analysed: %s",
+            project_id,
+            describe(exc),
+        )
+        return False
+    return awaits_analysis(sent_ago, ctx.settings.analysis_wait_seconds)
 
 
 def song_slots(settings: Settings, project: ProjectRecord, timeline: Timeline) -> list[Slot]:

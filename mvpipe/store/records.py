@@ -217,6 +217,7 @@ class ProjectState:
             provider=p.provider,
             status=p.status,
             scene_count=p.scene_count or 0,
+            requested_scene_count=None if p.song_key is not None else p.requested_scene_count,
             completed_scenes=p.completed_scenes,
             failed_scenes=p.failed_scenes,
             last_error=p.last_error,

@@ -339,9 +339,18 @@ class RunBoard:
         self.client.set(self._key("analysis", project_id), _ENDED, ex=ANALYSIS_MARK_SECONDS)
 
     @_answered
-    def analysis_pending(self, project_id: str) -> bool:
-        """Whether the analysis was sent and has not ended (within `ANALYSIS_MARK_SECONDS`)."""
-        return self.client.get(self._key("analysis", project_id)) == _QUEUED
+    def analysis_age(self, project_id: str) -> float | None:
+        """How long ago the analysis was sent, while it has not ended (its mark's life so far:
+        Redis's clock, whichever process reads it); None when none is on its way (never sent,
+        ended, or sent over `ANALYSIS_MARK_SECONDS` ago)."""
+        key = self._key("analysis", project_id)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(key)
+        pipe.pttl(key)
+        value, left_ms = pipe.execute()
+        if value != _QUEUED or left_ms < 0:
+            return None
+        return max(0.0, ANALYSIS_MARK_SECONDS - left_ms / 1000)
 
     # -- planning ------------------------------------------------------------------------------
     @_answered

@@ -3,8 +3,9 @@
 
 Song analysis is the heaviest step in memory, so it runs where media work runs (workers that
 consume `mvpipe.media` warm librosa when they start). `prepare_song` analyses a new project's
-song ahead of any run, so that its estimate is exact and its first run plans at once; it
-records the timeline and nothing else, and whatever stops it leaves the analysis to the run.
+song ahead of any run, so that its estimate is exact and its first run plans at once (a run
+started meanwhile waits for it); it records the timeline and nothing else, and whatever stops
+it leaves the analysis to the run.
 `analyse_song` keeps the run's task id: once the timeline is recorded it replaces itself with
 `mvpipe.plan_scenes`, which plans on the slots.
 """
@@ -23,7 +24,7 @@ from mvpipe.messaging.dispatch import PLAN_SCENES, PREPARE_SONG
 from mvpipe.models import is_project_id
 from mvpipe.pipeline.plan import fail_planning
 from mvpipe.pipeline.song_analysis import analyse_for_run, end_analysis_mark, end_lost_analysis_mark
-from mvpipe.pipeline.timeline import ensure_timeline
+from mvpipe.pipeline.timeline import analysis_on_its_way, ensure_timeline
 from mvpipe.providers.classify import describe
 from mvpipe.settings import get_settings
 from mvpipe.tasks.base import OUTAGE_ERRORS, MvpipeTask, app, checked_ids, log_unexpected
@@ -45,10 +46,12 @@ def prepare_song(self: MvpipeTask, project_id: str, outages: int = 0) -> Any:
     """Analyse a new project's song and record its timeline: sent by `create_project`.
 
     Only a project that is still waiting for it: gone, planned, analysed already, or with a
-    run (whose planning analyses the song) it does nothing. An analysis that fails (the song
-    cannot be analysed, a crash) is logged, scrubbed, and not retried: nothing is recorded,
-    and the run's planning meets it again and fails saying why. An outage is retried. Its
-    end, whatever the outcome, clears the mark that has estimates wait for it.
+    run that does not wait for it (this analysis was not marked, or is past
+    `MVPIPE_ANALYSIS_WAIT_SECONDS`: the run's planning analyses the song) it does nothing. An
+    analysis that fails (the song cannot be analysed, a crash) is logged, scrubbed, and not
+    retried: nothing is recorded, and the run's planning meets it again and fails saying why.
+    An outage is retried. Its end, whatever the outcome, clears the mark that has estimates
+    and a run's planning wait for it.
     """
     checked_ids(project_id, run_id=None, run_optional=True, counts={OUTAGES: outages})
     kwargs = {OUTAGES: outages}
@@ -67,7 +70,7 @@ def _prepare(project_id: str) -> str:
         project = ctx.projects.get(project_id)
         if project.planned or project.song_key is None or project.timeline_key is not None:
             return "nothing to analyse"
-        if project.active_run_id is not None:
+        if project.active_run_id is not None and not analysis_on_its_way(ctx, project_id):
             return "left to its run"
         hooks.reached("before_analysis")
         ensure_timeline(ctx, project)

@@ -3,7 +3,8 @@
 Plans the project if it is not planned yet, then replaces itself with the run's chord: one
 `generate_scene` per scene lacking a clip, then `finalize_project`. A song project whose song
 has no timeline yet first becomes `mvpipe.analyse_song` (queue `mvpipe.media`), which comes back
-here once the timeline is recorded.
+here once the timeline is recorded; while the analysis its project's creation sent is on its way,
+it looks again every `ANALYSIS_CHECK_SECONDS` instead (holding no worker process meanwhile).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from mvpipe.errors import (
     ProviderError,
     TransientProviderError,
 )
-from mvpipe.pipeline.plan import AnalyseFirst, fail_planning, plan_run
+from mvpipe.pipeline.plan import AnalyseFirst, AwaitAnalysis, fail_planning, plan_run
 from mvpipe.providers.classify import describe
 from mvpipe.tasks.analyse import analyse_song
 from mvpipe.tasks.base import OUTAGE_ERRORS, WAITING_PRIORITY, MvpipeTask, app, checked_ids
@@ -31,6 +32,11 @@ from mvpipe.tasks.finalize import finalize_project
 from mvpipe.tasks.generate import generate_scene
 
 log = logging.getLogger("mvpipe.tasks.plan")
+
+#: How often a run's planning looks whether the song's analysis its creation sent has ended:
+#: a look costs a project read and two Redis commands, and a 3-minute song's analysis takes
+#: about a second on a warm worker (each look later than its end delays the run's planning).
+ANALYSIS_CHECK_SECONDS = 0.25
 
 
 @app.task(base=MvpipeTask, bind=True, name="mvpipe.plan_scenes")
@@ -76,6 +82,10 @@ def plan_scenes(
         return {"project_id": project_id, "outcome": "planning failed"}
     if plan is None:
         return {"project_id": project_id, "outcome": "run no longer active"}
+    if isinstance(plan, AwaitAnalysis):
+        log.info("run %s of project %s waits for its song's analysis", run_id, project_id)
+        progress = {"project_id": project_id, "run_id": run_id}
+        raise self.rerun_later("WAITING_FOR_ANALYSIS", ANALYSIS_CHECK_SECONDS, kwargs, progress)
     if isinstance(plan, AnalyseFirst):
         raise self.replace(analyse_song.si(project_id, run_id, only))
     if not plan.sequences:
