@@ -18,6 +18,7 @@ import redis
 from hypothesis import settings
 
 from bench.countingproxy import CountingProxy
+from mvpipe.celery_app import app
 from mvpipe.deps import reset_context
 from mvpipe.devstack.localstack import LocalStack, Service, start_control_worker, start_worker
 from tests.processes import Processes
@@ -44,6 +45,9 @@ _BASE_TEST_ENV = {
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    # The app reads its configuration (its broker) once, the first time anything asks: a test
+    # that did so before this fixture bound it to the default Redis for this whole process.
+    assert not app.configured, "a test read the Celery app's configuration before the stack"
     stack = LocalStack(tmp_path_factory.mktemp("stack"))
     with stack.running():
         saved = dict(os.environ)

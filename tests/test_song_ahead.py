@@ -23,7 +23,7 @@ from mvpipe.celery_app import app
 from mvpipe.cli.costs import ANALYSING, APPROXIMATE
 from mvpipe.deps import get_context
 from mvpipe.devstack import failpoints
-from mvpipe.devstack.localstack import free_port
+from mvpipe.devstack.localstack import LocalStack, free_port
 from mvpipe.errors import InvalidInput
 from mvpipe.messaging.dispatch import MEDIA_QUEUE, CeleryDispatcher
 from mvpipe.models import ProjectStatus
@@ -336,8 +336,10 @@ def test_an_analysis_is_waited_for_only_while_marked_and_within_the_bound() -> N
     assert not awaits_analysis(0.0, 0.0)  # MVPIPE_ANALYSIS_WAIT_SECONDS=0: never waited for
 
 
-def test_song_analysis_is_routed_to_the_media_queue_whoever_sends_it() -> None:
-    """By name alone (a send without a queue, a retry, a replaced task): never `mvpipe.plan`."""
+def test_song_analysis_is_routed_to_the_media_queue_whoever_sends_it(stack: LocalStack) -> None:
+    """By name alone (a send without a queue, a retry, a replaced task): never `mvpipe.plan`.
+    After the stack: reading a route binds the app's configuration (its broker) for the rest
+    of this test process, and before the stack that is the default Redis, which is not there."""
     for name in ("mvpipe.prepare_song", "mvpipe.analyse_song", "mvpipe.assemble_project"):
         route = app.amqp.router.route({}, name)
         assert (route["queue"].name, route["routing_key"]) == (MEDIA_QUEUE, MEDIA_QUEUE), name
