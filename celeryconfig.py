@@ -7,6 +7,7 @@ from kombu import Exchange, Queue
 
 from mvpipe.messaging import flower_auth
 from mvpipe.messaging.results import backend_url
+from mvpipe.queues import MEDIA_QUEUE, PLAN_QUEUE, VIDEO_QUEUE
 from mvpipe.settings import get_settings
 
 # `celery flower` without our app (-A after `flower`, or none) still reaches our broker through
@@ -63,19 +64,17 @@ worker_cancel_long_running_tasks_on_connection_loss = False
 # analysis (about 4 s on an idle core): the 4 s default would kill them while they warm.
 worker_proc_alive_timeout = 120
 
-task_default_queue = "mvpipe.plan"
-task_queues = (
-    Queue("mvpipe.plan", Exchange("mvpipe.plan"), routing_key="mvpipe.plan"),
-    Queue("mvpipe.video", Exchange("mvpipe.video"), routing_key="mvpipe.video"),
-    # Song analysis (and, with the final cut, cutting and assembly): memory-heavy media work.
-    Queue("mvpipe.media", Exchange("mvpipe.media"), routing_key="mvpipe.media"),
+task_default_queue = PLAN_QUEUE
+# Each queue (what runs where: mvpipe.queues) with an exchange and routing key of its name.
+task_queues = tuple(
+    Queue(name, Exchange(name), routing_key=name) for name in (PLAN_QUEUE, VIDEO_QUEUE, MEDIA_QUEUE)
 )
 task_routes = {
-    "mvpipe.generate_scene": {"queue": "mvpipe.video", "routing_key": "mvpipe.video"},
-    "mvpipe.analyse_song": {"queue": "mvpipe.media", "routing_key": "mvpipe.media"},
-    "mvpipe.prepare_song": {"queue": "mvpipe.media", "routing_key": "mvpipe.media"},
-    "mvpipe.assemble_project": {"queue": "mvpipe.media", "routing_key": "mvpipe.media"},
-    "mvpipe.*": {"queue": "mvpipe.plan", "routing_key": "mvpipe.plan"},
+    "mvpipe.generate_scene": {"queue": VIDEO_QUEUE, "routing_key": VIDEO_QUEUE},
+    "mvpipe.analyse_song": {"queue": MEDIA_QUEUE, "routing_key": MEDIA_QUEUE},
+    "mvpipe.prepare_song": {"queue": MEDIA_QUEUE, "routing_key": MEDIA_QUEUE},
+    "mvpipe.assemble_project": {"queue": MEDIA_QUEUE, "routing_key": MEDIA_QUEUE},
+    "mvpipe.*": {"queue": PLAN_QUEUE, "routing_key": PLAN_QUEUE},
 }
 
 beat_schedule = {

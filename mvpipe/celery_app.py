@@ -15,10 +15,8 @@ from celery import Celery
 from celery.signals import task_postrun, worker_init, worker_process_init, worker_ready
 
 from mvpipe.messaging import broker, flower_auth, kombu_guard
+from mvpipe.queues import MEDIA_QUEUE
 from mvpipe.settings import get_settings
-
-#: The queue of memory-heavy media work (song analysis, cutting, assembly).
-MEDIA_QUEUE = "mvpipe.media"
 
 log = logging.getLogger("mvpipe.worker")
 

@@ -464,7 +464,7 @@ def test_every_command_has_help(stack: object) -> None:
         ),
         ("regenerate", ["Seconds to wait", "its number, from 1"]),
         ("budget", ["US dollars", "`none`: no limit"]),
-        ("estimate", ["US dollars"]),
+        ("estimate", ["US dollars", "Seconds to wait", "(default 600, at most"]),
         ("projects", ["[default: 100; 1<=x<=1000]"]),
         ("reconcile", ["MVPIPE_FULL_SWEEP_SECONDS [3600]", "standard error"]),
         ("demo", ["in seconds", "[default: 30.0]", "20 to 400"]),

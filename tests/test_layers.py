@@ -36,6 +36,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "mvpipe.durations",
             "mvpipe.frame_size",
             "mvpipe.hooks",
+            "mvpipe.queues",
         ),
     ),
     ("settings", ("mvpipe.settings",)),

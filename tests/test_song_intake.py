@@ -225,8 +225,9 @@ def test_a_refused_metadata_write_leaves_no_item_and_no_object(ctx: Context, kin
     # limit) after its scene items (a project of prompts) or its song (one with a song) were
     # written first and accepted
     song = make_song("wav", 5.5, channels=1)
+    prompts = [{"prompt": p, "duration_seconds": 8} for p in "abc"]  # as intake fits them
     sources: dict[str, Any] = (
-        {"requested_scene_count": 3, "scenes": [{"prompt": "a"}, {"prompt": "b"}, {"prompt": "c"}]}
+        {"requested_scene_count": 3, "scenes": prompts}
         if kind == "scenes"
         else {
             "song": SongSpec(

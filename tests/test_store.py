@@ -21,8 +21,9 @@ from mvpipe.models import ProjectSpec, ProjectStatus, SceneSpec, SceneStatus
 from mvpipe.pipeline.finalize import settle_project
 from mvpipe.states import Counters
 from mvpipe.store.claim_outcomes import Claim, ClaimResult
-from mvpipe.store.records import SceneRecord
-from mvpipe.store.stage_fields import ORIGINAL, WORKING
+from mvpipe.store.records import SceneRecord, utc_now_iso
+from mvpipe.store.stage_fields import ORIGINAL, OUTPUT_ORDER, WORKING
+from mvpipe.store.table import project_pk, scene_sk
 from tests.helpers import new_project
 
 pytestmark = pytest.mark.integration
@@ -249,6 +250,50 @@ def test_a_regeneration_starts_finalize_give_ups_afresh(ctx: Context) -> None:
         0,
         None,
     )
+
+
+def test_a_regeneration_clears_every_stage_the_scene_has_made(ctx: Context) -> None:
+    """A regeneration makes the scene again from its first stage: every stage's output, with a
+    paid stage's operation and attempts, goes (one missed would keep an old clip in the new
+    video, or spent attempts), and the scene's failure, expired lease and kept operation."""
+    project_id, run_id = new_project(ctx, 1)
+    assert ctx.projects.settle(
+        project_id,
+        observed_run=run_id,
+        counters=ctx.projects.load(project_id).counters,
+        status=ProjectStatus.PENDING,
+        release=True,
+    )
+    m = ctx.table.model
+    made = [
+        m.status.set(SceneStatus.FAILED),
+        m.operation_kept.set(True),
+        m.completed_at.set(utc_now_iso()),
+        m.last_error.set("blocked"),
+        m.lease_token.set("gone"),
+        m.lease_expires_at.set(time.time() - 1),
+    ]
+    for stage in OUTPUT_ORDER:
+        made.append(getattr(m, stage.output).set(f"projects/{project_id}/{stage.output}.mp4"))
+        if stage.operation is not None and stage.attempts is not None:
+            made += [getattr(m, stage.operation).set("op-1"), getattr(m, stage.attempts).set(2)]
+    assert ctx.table.update_item(project_pk(project_id), scene_sk(1), made, m.pk.exists())
+    before = ctx.scenes.get(project_id, 1)
+    assert before is not None and all(before.value(s.output) for s in OUTPUT_ORDER)
+    assert ctx.scenes.reset_for_regeneration(project_id, 1, run_id="again") == Claim.WON
+    scene = ctx.scenes.get(project_id, 1)
+    assert scene is not None
+    for stage in OUTPUT_ORDER:
+        assert scene.value(stage.output) is None, stage
+        if stage.operation is not None:
+            assert (scene.value(stage.operation), scene.value(stage.attempts)) == (None, 0), stage
+    assert (scene.status, scene.operation_kept, scene.completed_at, scene.last_error) == (
+        SceneStatus.PENDING,
+        False,
+        None,
+        None,
+    )
+    assert (scene.lease_token, scene.lease_expires_at) == (None, None)
 
 
 def test_bad_input_to_create_writes_nothing(ctx: Context) -> None:

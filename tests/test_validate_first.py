@@ -4,7 +4,9 @@ what is wrong (exit 2), and the API creates neither table nor bucket. And the bo
 from __future__ import annotations
 
 import errno
+import json
 import os
+import pwd
 import re
 import shlex
 import shutil
@@ -28,6 +30,16 @@ from mvpipe.models import MAX_CONCEPT, ProjectSummary
 from tests.cli_batch import mvpipe_batch
 from tests.helpers import own_storage
 from tests.test_cli import mvpipe
+
+#: A `~user` path whose user does not exist: its home directory cannot be known.
+NO_USER = "mvpipe-no-such-user"
+
+
+def _no_such_user() -> str:
+    """`NO_USER`, checked absent here: the refusal tested is for a user who does not exist."""
+    with pytest.raises(KeyError):
+        pwd.getpwnam(NO_USER)
+    return NO_USER
 
 
 def _no_stack_env(tmp_path: Path) -> dict[str, str]:
@@ -53,6 +65,10 @@ def test_cli_refuses_bad_input_with_no_stack_running(tmp_path: Path) -> None:
     a_file.write_text("")
     dest = tmp_path / "dest"
     dest.mkdir()
+    five = tmp_path / "five.json"  # Veo makes 4, 6 and 8 s clips
+    five.write_text(json.dumps([{"prompt": "p", "duration_seconds": 5}]))
+    veo_five = ("--provider", "veo", "--scene-file", str(five))
+    nobody = _no_such_user()
     made = sorted(tmp_path.iterdir())
     cases: list[tuple[tuple[str, ...], str]] = [
         (("status", "not-a-uuid"), "invalid project id"),
@@ -81,6 +97,8 @@ def test_cli_refuses_bad_input_with_no_stack_running(tmp_path: Path) -> None:
         (("create", "--title", "t", "--concept", "x", "--scene-file", str(broken)), "JSON"),
         (("create", "--title", "t", "--concept", "x", "--scene-file", str(deep)), "too deeply"),
         (("create", "--title", "t", "--concept", "x", "--concept-file", str(a_file)), "not both"),
+        (("create", "--title", "t", "--concept", "x", *veo_five), "veo makes no 5 s clip"),
+        (("fetch", some, f"~{nobody}/x.mp4"), f"~{nobody} names no home directory"),
         (("stack", "--concurrency", "0"), "--concurrency"),
         (("demo", "--output", str(a_file)), "not a directory"),
         (("demo", "--output", str(a_file / "no" / "such")), "not a directory"),
@@ -127,6 +145,11 @@ def test_api_bad_input_creates_no_table_or_bucket(
         lambda: api.create_project("t", "x", scene_count=0),
         lambda: api.create_project("t", "x", scenes=[{"prompt": ""}]),
         lambda: api.create_project("t", "x", budget_usd=-1),
+        lambda: api.create_project(
+            "t", "x", provider="veo", scenes=[{"prompt": "p", "duration_seconds": 5}]
+        ),
+        lambda: api.create_project("t", "x", song="a\x00b.wav"),
+        lambda: api.create_project("t", "x", song=tmp_path / "a\x00b.wav"),
         lambda: api.get_project("not-a-uuid"),
         lambda: api.run_project("not-a-uuid"),
         lambda: api.cancel_project("not-a-uuid"),
@@ -146,6 +169,10 @@ def test_api_bad_input_creates_no_table_or_bucket(
         lambda: api.download("not-a-uuid", tmp_path),
         lambda: api.download(some, tmp_path, stage="poster"),
         lambda: api.download(some, tmp_path / "missing" / "x.mp4"),
+        lambda: api.download(some, f"~{_no_such_user()}/x.mp4"),
+        lambda: api.download(some, f"~{_no_such_user()}"),
+        lambda: api.download(some, tmp_path / "a\x00b.mp4"),
+        lambda: api.download(some, str(tmp_path) + "\x00"),
     ]
     try:
         for call in refused:

@@ -8,9 +8,15 @@ from typing import TYPE_CHECKING
 
 import click
 
-from mvpipe.cli.exits import EXIT_INVALID, EXIT_TIMEOUT, fail, guarded, wait_seconds
+from mvpipe.cli.exits import (
+    EXIT_INVALID,
+    EXIT_TIMEOUT,
+    fail,
+    guarded,
+    wait_options,
+    wait_seconds,
+)
 from mvpipe.cli.lazy import api
-from mvpipe.models import MAX_WAIT_SECONDS
 
 if TYPE_CHECKING:
     from mvpipe.pipeline.cost import Estimate
@@ -33,17 +39,10 @@ ANALYSIS_POLL_SECONDS = 0.25
 @click.option(
     "--json", "as_json", is_flag=True, help="Print the estimate as JSON (usd, jobs, exact)."
 )
-@click.option(
-    "--wait",
-    is_flag=True,
-    help="While the project's song is being analysed, wait for its analysis (up to "
-    "--timeout), then print the estimate its beats make.",
-)
-@click.option(
-    "--timeout",
-    type=float,
-    help=f"Seconds to wait with --wait (default {ANALYSIS_WAIT_SECONDS:.0f}, at most "
-    f"{MAX_WAIT_SECONDS:.0f}).",
+@wait_options(
+    "While the project's song is being analysed, wait for its analysis (up to --timeout), "
+    "then print the estimate its beats make.",
+    ANALYSIS_WAIT_SECONDS,
 )
 def estimate(
     project_id: str, sequence: int | None, as_json: bool, wait: bool, timeout: float | None

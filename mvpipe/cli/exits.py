@@ -94,6 +94,27 @@ class OneLineGroup(click.Group):
         sys.exit(code if isinstance(code, int) else 0)
 
 
+def wait_options(
+    follows: str, default_seconds: float
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """`--wait/--no-wait` and `--timeout` (read by `wait_seconds`), the options of a command
+    that can wait for what it asked; `follows`: what --wait does, for its help;
+    `default_seconds`: how long it waits without --timeout."""
+    from mvpipe.models import MAX_WAIT_SECONDS
+
+    def add(command: Callable[..., Any]) -> Callable[..., Any]:
+        timeout = click.option(
+            "--timeout",
+            type=float,
+            help=f"Seconds to wait with --wait (default {default_seconds:.0f}, at most "
+            f"{MAX_WAIT_SECONDS:.0f}).",
+        )
+        wait = click.option("--wait/--no-wait", default=False, show_default=True, help=follows)
+        return wait(timeout(command))
+
+    return add
+
+
 def wait_seconds(wait: bool, timeout: float | None, default: float) -> float:
     """A command's `--timeout`, which bounds its `--wait`: without `--wait` it is a usage error
     (it would be ignored), else checked (`validate_seconds`) before anything starts."""

@@ -10,35 +10,25 @@ from typing import Any, NoReturn
 import click
 
 from mvpipe.cli.display import print_summary
-from mvpipe.cli.exits import EXIT_FAILED, EXIT_TIMEOUT, fail, guarded, wait_seconds
+from mvpipe.cli.exits import (
+    EXIT_FAILED,
+    EXIT_TIMEOUT,
+    fail,
+    guarded,
+    wait_options,
+    wait_seconds,
+)
 from mvpipe.cli.lazy import api
 from mvpipe.errors import Timeout
-from mvpipe.models import MAX_WAIT_SECONDS, ProjectStatus, ProjectView
+from mvpipe.models import ProjectStatus, ProjectView
 
 #: How long `--wait` follows a run by default.
 RUN_WAIT_SECONDS = 3600.0
 
 
-def wait_options(follows: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """`--wait/--no-wait` and `--timeout`, the options of a command that can follow the run it
-    starts; `follows`: what --wait does, for its help."""
-
-    def add(command: Callable[..., Any]) -> Callable[..., Any]:
-        timeout = click.option(
-            "--timeout",
-            type=float,
-            help=f"Seconds to wait with --wait (default {RUN_WAIT_SECONDS:.0f}, at most "
-            f"{MAX_WAIT_SECONDS:.0f}).",
-        )
-        wait = click.option("--wait/--no-wait", default=False, show_default=True, help=follows)
-        return wait(timeout(command))
-
-    return add
-
-
 @click.command(short_help="Start (or join) a project's run.")
 @click.argument("project_id")
-@wait_options("Follow the run with a live progress bar until it ends.")
+@wait_options("Follow the run with a live progress bar until it ends.", RUN_WAIT_SECONDS)
 def run(project_id: str, wait: bool, timeout: float | None) -> None:
     """Start (or join) a project's run: plan, generate, cut, lip-sync, assemble; the work runs
     on the cluster's workers, the command returns at once unless --wait.
@@ -52,7 +42,7 @@ def run(project_id: str, wait: bool, timeout: float | None) -> None:
 @click.command(short_help="Generate one scene again (paid again).")
 @click.argument("project_id")
 @click.argument("sequence", type=int)
-@wait_options("Follow the run until the scene is done.")
+@wait_options("Follow the run until the scene is done.", RUN_WAIT_SECONDS)
 def regenerate(project_id: str, sequence: int, wait: bool, timeout: float | None) -> None:
     """Generate scene SEQUENCE (its number, from 1) again: one new paid generation for that
     scene only, and a new paid lip-sync when the scene is lip-synced (`estimate PROJECT_ID

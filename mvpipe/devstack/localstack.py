@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import ParamSpec
 
 from mvpipe.errors import ConfigurationError, Timeout
+from mvpipe.queues import MEDIA_QUEUE, PLAN_QUEUE
 
 P = ParamSpec("P")
 
@@ -315,7 +316,7 @@ def launch_worker(
 #: Redis BRPOP it sent before the wave still takes one message, held until the wave is over). A
 #: run's planning, finalize and assembly would wait behind that wave; beside the worker on every
 #: queue, the control worker fetches them at once.
-CONTROL_QUEUES = "mvpipe.plan,mvpipe.media"
+CONTROL_QUEUES = f"{PLAN_QUEUE},{MEDIA_QUEUE}"
 
 
 def launch_control_worker(

@@ -54,9 +54,26 @@ def _created_beside(dst: Path, mode: int) -> Path:
     raise FileExistsError(f"no free temporary name beside {dst}")
 
 
+def user_path(value: str | Path, what: str, *, expand: bool = False) -> Path:
+    """A path a user gave (`expand`: `~` and `~user` expanded), or `InvalidInput` saying why it
+    names no file: a NUL byte, or a `~user` with no home directory (the OS would raise
+    ValueError and RuntimeError, read as a crash)."""
+    text = str(value)
+    if "\x00" in text:
+        raise InvalidInput(f"{what} {text!r}: a path cannot hold a NUL byte")
+    if not expand:
+        return Path(text)
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:
+        head = Path(text).parts[0]
+        raise InvalidInput(f"{what} {text}: {head} names no home directory") from None
+
+
 def read_bounded(path: Path, limit: int, what: str) -> bytes:
     """A user's file, at most `limit` bytes: a larger one, or one that grows while it is read,
     is refused without reading more than `limit` + 1 bytes of it."""
+    path = user_path(path, what)
     try:
         with path.open("rb") as f:
             if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):

@@ -14,6 +14,7 @@ from kombu.exceptions import OperationalError
 
 from mvpipe.errors import BrokerUnavailable
 from mvpipe.providers.classify import describe
+from mvpipe.queues import MEDIA_QUEUE
 
 log = logging.getLogger("mvpipe.messaging.dispatch")
 
@@ -23,8 +24,6 @@ FINALIZE_PROJECT = "mvpipe.finalize_project"
 ASSEMBLE_PROJECT = "mvpipe.assemble_project"
 PREPARE_SONG = "mvpipe.prepare_song"
 
-#: Where song analysis runs (celeryconfig's routes send `mvpipe.analyse_song` there too).
-MEDIA_QUEUE = "mvpipe.media"
 #: A message whose loss costs only time (a new project's song analysed ahead of its run, which
 #: analyses it anyway) gives up on a broker away within seconds: a connect or a reply waits this
 #: long, and the publish is tried twice, where a run's steps retry for ~30 s (celeryconfig).

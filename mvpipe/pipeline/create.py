@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 from typing import Any, Protocol
 
-from mvpipe import durations
 from mvpipe.deps import Context
 from mvpipe.errors import StoreUnavailable
 from mvpipe.models import ProjectSpec
@@ -41,10 +40,9 @@ def create_project(
     song: bytes | None,
     analysis: SongAnalysis | None = None,
 ) -> None:
-    """Write a validated project; `song` holds the bytes `spec.song` describes. Hand-written
-    scenes are stored at their clip length, one the provider makes (`InvalidInput` before any
-    write for any other), the length their price is reserved on and asked for. With a song and
-    `analysis`, the song's analysis is asked for once the project is written."""
+    """Write a project `pipeline.intake` validated (hand-written scenes at their clip lengths);
+    `song` holds the bytes `spec.song` describes. With a song and `analysis`, the song's
+    analysis is asked for once the project is written."""
     _write(ctx, project_id, spec, song)
     if spec.song is not None and analysis is not None:
         _ask_analysis(ctx, analysis, project_id)
@@ -75,10 +73,6 @@ def _ask_analysis(ctx: Context, analysis: SongAnalysis, project_id: str) -> None
 
 
 def _write(ctx: Context, project_id: str, spec: ProjectSpec, song: bytes | None) -> None:
-    if spec.scenes is not None:
-        allowed = ctx.settings.durations_for(spec.provider)
-        scenes = durations.hand_written(spec.scenes, spec.provider, allowed)
-        spec = spec.model_copy(update={"scenes": tuple(scenes)})
     key = None
     if spec.song is not None:
         if song is None:

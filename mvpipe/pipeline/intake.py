@@ -1,6 +1,7 @@
-"""A new project's input, checked whole before anything is written: the brief, the scenes or
-the song (read, decoded and measured), the budget, the provider. What it returns is what
-`pipeline.create` writes; bad input is `InvalidInput` and nothing has touched the store."""
+"""A new project's input, checked whole before anything is written: the brief, the scenes (each
+at a clip length its provider makes) or the song (read, decoded and measured), the budget, the
+provider. What it returns is what `pipeline.create` writes; bad input is `InvalidInput` and
+nothing has touched the store."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from mvpipe import durations
 from mvpipe.errors import InvalidInput
 from mvpipe.media.slots import check_slot_count
 from mvpipe.media.song import probe_song, read_song
@@ -46,7 +48,9 @@ def project_intake(
     budget_usd: float | None = None,
 ) -> Intake:
     """The project `api.create_project` describes, every part checked (the song decoded whole,
-    and refused when it is too long for a project's scenes), before any write."""
+    and refused when it is too long for a project's scenes), before any write. Hand-written
+    scenes come back at their clip length, one the provider makes (`InvalidInput` for any
+    other): the length their price is reserved on and the provider asked for."""
     specs = parse_scene_specs(scenes) if scenes is not None else None
     if scene_count is None and song is None:
         scene_count = len(specs) if specs is not None else settings.default_scenes
@@ -76,6 +80,10 @@ def project_intake(
         raise InvalidInput(describe_validation_error(exc)) from None
     if song_spec is not None:
         check_song_scenes(settings, song_spec.seconds, spec.provider)
+    if spec.scenes is not None:
+        allowed = settings.durations_for(spec.provider)
+        fitted = durations.hand_written(spec.scenes, spec.provider, allowed)
+        spec = spec.model_copy(update={"scenes": tuple(fitted)})
     return Intake(spec, data)
 
 

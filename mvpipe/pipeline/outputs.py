@@ -6,7 +6,7 @@ from pathlib import Path
 
 from mvpipe.deps import Context
 from mvpipe.errors import InvalidInput, NotFound
-from mvpipe.media.files import written_atomically
+from mvpipe.media.files import user_path, written_atomically
 from mvpipe.models import ProjectView
 
 #: What can be fetched: the final video, or one scene's clip of a stage.
@@ -23,10 +23,11 @@ def download_name(project_id: str, sequence: int | None, stage: str) -> str:
 
 def download_target(dest: object, project_id: str, sequence: int | None, stage: str) -> Path:
     """Where a download to `dest` goes: `dest` itself, or the output's `download_name` in it
-    when it is a directory; `InvalidInput` when there is no directory to write it in."""
+    when it is a directory, `~` expanded; `InvalidInput` when there is no directory to write it
+    in, or no file could have the path."""
     if not isinstance(dest, str | Path) or not str(dest).strip():
         raise InvalidInput("dest must be a file or directory path")
-    target = Path(dest).expanduser()
+    target = user_path(dest, "cannot write", expand=True)
     if target.is_dir():
         target = target / download_name(project_id, sequence, stage)
     if not target.parent.is_dir():

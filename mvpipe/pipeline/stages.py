@@ -26,6 +26,7 @@ from mvpipe.models import SceneStatus
 from mvpipe.pipeline.cut import CutRunner, remade_key, slot_seconds
 from mvpipe.pipeline.lipsync import LipSync, audio_key
 from mvpipe.pipeline.stage_provider import StageProvider, VideoGeneration, with_audio
+from mvpipe.queues import MEDIA_QUEUE, VIDEO_QUEUE
 from mvpipe.settings import Settings
 from mvpipe.store.clips import StoredObject, clip_key, lipsync_key
 from mvpipe.store.records import SceneRecord
@@ -34,10 +35,6 @@ from mvpipe.store.stage_fields import LIP_SYNCED, ORIGINAL, WORKING, StageFields
 if TYPE_CHECKING:
     from mvpipe.pipeline.execution import Execution
     from mvpipe.pipeline.steps import Step
-
-#: Queues (declared in celeryconfig): provider calls and polls, and media work.
-VIDEO_QUEUE = "mvpipe.video"
-MEDIA_QUEUE = "mvpipe.media"
 
 
 #: What one job of a paid stage costs (micro-dollars): settings, the project's provider, scene.

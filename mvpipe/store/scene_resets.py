@@ -5,6 +5,7 @@ Earlier outputs are kept wherever they still hold: nothing already made is paid 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.update import Action
@@ -113,11 +114,6 @@ class SceneResets(SceneWrites):
         later outputs made from it still hold and only it is cleared."""
         m = self.m
         later = [stage] if alone else OUTPUT_ORDER[OUTPUT_ORDER.index(stage) :]
-        clear: list[Action] = []
-        for fields in later:
-            clear.append(getattr(m, fields.output).remove())
-            if fields.operation is not None and fields.attempts is not None:
-                clear += [getattr(m, fields.operation).remove(), getattr(m, fields.attempts).set(0)]
         output = getattr(m, stage.output)
         if key is None:
             seen: Condition = output.does_not_exist() & (m.status == SceneStatus.COMPLETED)
@@ -130,7 +126,7 @@ class SceneResets(SceneWrites):
             sequence,
             [
                 m.status.set(SceneStatus.PENDING),
-                *clear,
+                *self._outputs_cleared(later),
                 *self._no_lease(),
                 m.completed_at.remove(),
                 m.last_error.set(why),
@@ -143,6 +139,17 @@ class SceneResets(SceneWrites):
                 else s.status != SceneStatus.COMPLETED
             ),
         )
+
+    def _outputs_cleared(self, stages: Sequence[StageFields]) -> list[Action]:
+        """Each of `stages`' outputs removed, and a paid stage's operation with it, its attempts
+        back at 0: the stage is made again from the start."""
+        m = self.m
+        clear: list[Action] = []
+        for fields in stages:
+            clear.append(getattr(m, fields.output).remove())
+            if fields.operation is not None and fields.attempts is not None:
+                clear += [getattr(m, fields.operation).remove(), getattr(m, fields.attempts).set(0)]
+        return clear
 
     def reset_missing_clip(self, project_id: str, sequence: int, *, clip_key: str) -> bool:
         """The original clip's object is gone: back to `pending` without any output."""
@@ -197,7 +204,8 @@ class SceneResets(SceneWrites):
         )
 
     def reset_for_regeneration(self, project_id: str, sequence: int, *, run_id: str) -> Claim:
-        """One transaction: clear the scene's clip and operation and win the project's run.
+        """One transaction: clear every output of the scene, with each stage's operation and
+        attempts (all of OUTPUT_ORDER, as `reset_outputs` from the first), and win the run.
         Not while a live lease is the scene's and its stage's job id is not stored yet
         (`NOT_CLAIMABLE`): its holder may be submitting a job right now (a cancelled run's,
         which no cancel reaches before its id is stored), and clearing the lease would leave
@@ -235,18 +243,11 @@ class SceneResets(SceneWrites):
                 m(pk, scene_sk(sequence)),
                 actions=[
                     m.status.set(SceneStatus.PENDING),
-                    m.original_clip_key.remove(),
-                    m.working_clip_key.remove(),
-                    m.lip_synced_clip_key.remove(),
-                    m.operation_id.remove(),
-                    m.lip_sync_operation_id.remove(),
-                    m.lip_sync_attempts.set(0),
+                    *self._outputs_cleared(OUTPUT_ORDER),
                     m.operation_kept.remove(),
-                    m.lease_token.remove(),
-                    m.lease_expires_at.remove(),
+                    *self._no_lease(),
                     m.completed_at.remove(),
                     m.last_error.remove(),
-                    m.attempts.set(0),
                     m.updated_at.set(now),
                 ],
                 condition=m.pk.exists() & (unleased | recorded),
