@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 
 import pytest
 import redis
 
 from mvpipe.deps import build_context
+from mvpipe.pipeline.lost_tries import LostTries
 from mvpipe.settings import get_settings
 from mvpipe.store.runboard import RunBoard
 from tests.helpers import wait_for
@@ -137,6 +139,38 @@ def test_tries_are_counted_before_they_run_and_their_end_clears_the_count(
     board.try_ended(job)
     # Then the next try is the first of a new count
     assert board.start_try(job) == 1
+
+
+def test_only_a_redelivered_messages_tries_are_counted_and_give_up_at_the_limit(
+    redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a cut, and a first delivery of its message (every scene's, on the happy path), on
+    # a context whose Redis is unreachable: a command would raise (or, ending, log a warning)
+    settings = get_settings().model_copy(update={"max_attempts": 3})
+    unreachable = {"mvpipe_redis_url": "redis://127.0.0.1:1/0"}
+    offline = build_context(settings.model_copy(update=unreachable))
+    job = f"cut:{uuid.uuid4().hex}"
+    first = LostTries(offline, job, redelivered=False)
+    # Then its tries are never given up on and send no Redis command
+    with caplog.at_level(logging.WARNING, logger="mvpipe.lost_tries"):
+        assert [first.begin() for _ in range(5)] == [None] * 5
+        with first.counted():
+            pass
+    assert not caplog.records
+    offline.close()
+    ctx = build_context(settings)
+    key = f"{ctx.board.prefix}:tries:{job}"
+    try:
+        # When its message comes back each time its process is lost: the first delivery was
+        # lost too, so the third redelivery follows the third lost try and gives up
+        again = LostTries(ctx, job, redelivered=True)
+        assert [again.begin() for _ in range(3)] == [None, None, 3]
+        assert redis_client.ttl(key) > 0
+        # And a redelivered try that ends clears the count
+        again.end()
+        assert not redis_client.exists(key)
+    finally:
+        ctx.close()
 
 
 def test_closing_a_context_closes_its_quick_clients_connections(redis_client: redis.Redis) -> None:

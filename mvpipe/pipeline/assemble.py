@@ -64,12 +64,15 @@ class Assembly:
     reused: bool = False
 
 
-def assemble_run(ctx: Context, project_id: str, run_id: str) -> Assembly:
+def assemble_run(
+    ctx: Context, project_id: str, run_id: str, *, redelivered: bool = False
+) -> Assembly:
     """Build (or reuse) the final video of `run_id`'s project and record it.
 
     Does nothing unless the run is still active and every scene is completed: a run replaced
     meanwhile is someone else's to finish, and a scene reset meanwhile (its clip vanished) is
-    made again by the run that takes this one over once it stops being alive.
+    made again by the run that takes this one over once it stops being alive. `redelivered`:
+    the build follows a message delivered again (`LostTries`).
     """
     state = ctx.projects.load(project_id)
     project = state.project
@@ -96,7 +99,7 @@ def assemble_run(ctx: Context, project_id: str, run_id: str) -> Assembly:
         try:
             # Built by another between this one's look and its hold (it let go since)
             reused = ctx.clips.exists(key)
-            if not reused and not _counted_build(ctx, state, fmt, key, hold):
+            if not reused and not _counted_build(ctx, state, fmt, key, hold, redelivered):
                 return Assembly(LOST, ProjectStatus.PENDING)
         finally:
             hold.let_go()
@@ -113,13 +116,13 @@ def assemble_run(ctx: Context, project_id: str, run_id: str) -> Assembly:
 
 
 def _counted_build(
-    ctx: Context, state: ProjectState, fmt: OutputFormat, key: str, hold: _Hold
+    ctx: Context, state: ProjectState, fmt: OutputFormat, key: str, hold: _Hold, redelivered: bool
 ) -> bool:
     """`_build`, this try counted first (`LostTries`); False when the run was given up on
     instead, the tries before it lost with their process as often as a run's work may be tried
     (a video whose decode kills its worker would otherwise be delivered again forever, each
     delivery keeping the run alive)."""
-    tries = LostTries(ctx, f"assembly:{key}")
+    tries = LostTries(ctx, f"assembly:{key}", redelivered=redelivered)
     lost = tries.begin()
     if lost is not None:
         project_id = state.project.project_id

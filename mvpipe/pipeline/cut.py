@@ -125,7 +125,7 @@ class CutRunner:
         # While this runs nobody else starts a chain for the scene (reconcile sees it alive).
         x.touch(ctx.settings.liveness_seconds(x.provider))
         if not ctx.clips.exists(key):  # a duplicate or crashed cut may have uploaded it already
-            tries = LostTries(ctx, f"cut:{key}")
+            tries = LostTries(ctx, f"cut:{key}", redelivered=x.redelivered)
             lost = tries.begin()
             if lost is not None:
                 step = self.failed(made_from, tries.why("cutting it", lost))

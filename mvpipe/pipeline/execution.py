@@ -27,6 +27,9 @@ class Execution:
     run_id: str | None
     #: the project's video provider
     provider: str
+    #: this execution's message was delivered again (its process may have been lost:
+    #: `LostTries`)
+    redelivered: bool = False
     #: makes the message that resumes this scene at once when a quota slot frees for it
     park: Callable[[], str] | None = None
     #: sends the parked messages of woken scenes and names the other projects they are of

@@ -52,13 +52,24 @@ class SceneJob:
         park: Callable[[], str] | None = None,
         wake: Callable[[list[str]], set[str]] | None = None,
         queue: str | None = None,
+        redelivered: bool = False,
     ) -> None:
         """`park` makes the message that resumes this scene at once when a slot frees for it;
         `wake` sends the parked messages a release of this scene hands back and names the other
         projects they are of (None: they wait in `wakes`); `queue` is the queue this
-        execution was delivered on (None: run every stage here)."""
+        execution was delivered on (None: run every stage here); `redelivered`: its message
+        was delivered again (`Execution.redelivered`)."""
         self.ctx = ctx
-        self.x = Execution(ctx, project_id, sequence, run_id, provider, park=park, wake=wake)
+        self.x = Execution(
+            ctx,
+            project_id,
+            sequence,
+            run_id,
+            provider,
+            redelivered=redelivered,
+            park=park,
+            wake=wake,
+        )
         self.queue = queue
 
     @property

@@ -7,6 +7,10 @@ container limit, a native crash in FFmpeg or numba) would then run and die again
 no exception to count: each try is counted in Redis before it starts and the count cleared when
 it ends, so a count that keeps growing is tries lost with their process, and the caller gives
 up once `MVPIPE_MAX_ATTEMPTS` were lost in a row.
+
+Only a message delivered again (the transport's `redelivered` flag) can follow a lost process,
+so only its tries are counted: a first delivery, every scene's cut on the happy path, sends no
+Redis command. The count is then the tries lost (the first delivery, not counted, was too).
 """
 
 from __future__ import annotations
@@ -22,15 +26,18 @@ log = logging.getLogger("mvpipe.lost_tries")
 
 
 class LostTries:
-    """The tries of one piece of work (`job`: its kind and what makes it, e.g. a cut's key)."""
+    """The tries of one piece of work (`job`: its kind and what makes it, e.g. a cut's key),
+    run from a message that was `redelivered` or not (a first delivery: nothing counted)."""
 
-    def __init__(self, ctx: Context, job: str) -> None:
-        self.ctx, self.job = ctx, job
+    def __init__(self, ctx: Context, job: str, *, redelivered: bool) -> None:
+        self.ctx, self.job, self.redelivered = ctx, job, redelivered
 
     def begin(self) -> int | None:
         """Count this try before it starts. The number of tries lost in a row before it when
         that reached `max_attempts` (the caller gives up and calls `end`), else None."""
-        lost = self.ctx.board.start_try(self.job) - 1
+        if not self.redelivered:
+            return None
+        lost = self.ctx.board.start_try(self.job)
         return lost if lost >= self.ctx.settings.max_attempts else None
 
     @contextmanager
@@ -47,6 +54,8 @@ class LostTries:
     def end(self) -> None:
         """Best effort: a count left by a Redis outage costs the work one try, and must not
         replace what the try did (nor the error it raised)."""
+        if not self.redelivered:
+            return
         try:
             self.ctx.board.try_ended(self.job)
         except Exception as exc:

@@ -18,13 +18,16 @@ from mvpipe.store.runboard import RunBoard, quick_redis
 log = logging.getLogger("mvpipe.song_analysis")
 
 
-def analyse_for_run(ctx: Context, project: ProjectRecord, run_id: str) -> bool:
+def analyse_for_run(
+    ctx: Context, project: ProjectRecord, run_id: str, *, redelivered: bool
+) -> bool:
     """Analyse the song of `run_id`'s project (`ensure_timeline`), this try counted first:
     False when planning failed instead, the tries before it lost with their process as often
     as planning may be tried (a song whose analysis kills its worker would otherwise be
     delivered again forever, the run alive and the project generating). An error raised is
-    the caller's to count (a planning attempt), not counted here again."""
-    tries = LostTries(ctx, f"analysis:{project.project_id}")
+    the caller's to count (a planning attempt), not counted here again. `redelivered`: the
+    task's message was delivered again (`LostTries`)."""
+    tries = LostTries(ctx, f"analysis:{project.project_id}", redelivered=redelivered)
     lost = tries.begin()
     if lost is not None:
         fail_planning(ctx, project.project_id, run_id, tries.why("the song's analysis", lost))

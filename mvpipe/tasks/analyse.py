@@ -113,7 +113,8 @@ def analyse_song(
         if project.active_run_id != run_id:
             return {"project_id": project_id, "outcome": "run no longer active"}
         ctx.board.touch_run(run_id, ctx.settings.run_stale_seconds)  # the run is alive: analysing
-        if not analyse_for_run(ctx, project, run_id):  # its process lost too often
+        # False: its process was lost too often
+        if not analyse_for_run(ctx, project, run_id, redelivered=self.redelivered()):
             return {"project_id": project_id, "outcome": "planning failed"}
     except (InvalidInput, Conflict) as exc:
         why = f"song analysis: {exc}"

@@ -34,13 +34,21 @@ BUILD_CHECK_SECONDS = 2.0
 
 @app.task(base=MvpipeTask, bind=True, name="mvpipe.assemble_project")
 def assemble_project(
-    self: MvpipeTask, project_id: str, run_id: str, outages: int = 0, unexpected: int = 0
+    self: MvpipeTask,
+    project_id: str,
+    run_id: str,
+    outages: int = 0,
+    unexpected: int = 0,
+    redelivered: bool = False,
 ) -> dict[str, Any]:
     counts = {OUTAGES: outages, UNEXPECTED: unexpected}
     checked_ids(project_id, run_id=run_id, counts=counts)
+    # A build's message delivered again mostly finds its lost builder's hold and waits on a new
+    # message (`rerun_later`): that one carries the flag, or the build it makes goes uncounted.
+    again = redelivered is True or self.redelivered()
     try:
         ctx = get_context()  # its first use in a process reaches the store: an outage retries
-        assembly = assemble_run(ctx, project_id, run_id)
+        assembly = assemble_run(ctx, project_id, run_id, redelivered=again)
     except ObjectMissing as exc:  # a clip or the song is gone: reconcile resets a lost clip
         return _give_up(self, project_id, run_id, describe(exc), counts)
     except NotFound:
@@ -57,7 +65,8 @@ def assemble_project(
         return _give_up(self, project_id, run_id, describe(exc), counts)
     if assembly.outcome == BUILDING:
         progress = {"project_id": project_id, "run_id": run_id, "detail": assembly.outcome}
-        raise self.rerun_later("WAITING_FOR_ASSEMBLY", BUILD_CHECK_SECONDS, counts, progress)
+        carried = {**counts, "redelivered": True} if again else counts
+        raise self.rerun_later("WAITING_FOR_ASSEMBLY", BUILD_CHECK_SECONDS, carried, progress)
     return {
         "project_id": project_id,
         "run_id": run_id,

@@ -131,6 +131,13 @@ class MvpipeTask(Task):
         routing_key = info.get("routing_key")
         return str(routing_key) if routing_key else None
 
+    def redelivered(self) -> bool:
+        """This execution's message was delivered again (the Redis transport's flag on a
+        message requeued or restored, e.g. after its pool process was lost): only then may a
+        try before it have been lost (`pipeline.lost_tries`)."""
+        info = self.request.delivery_info or {}
+        return info.get("redelivered") is True
+
     def rerun_later(
         self,
         state: str,

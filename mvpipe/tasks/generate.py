@@ -143,6 +143,7 @@ def generate_scene(
             ),
             wake=wake,
             queue=_kept_queue(self),
+            redelivered=self.redelivered(),
         )
         if copy is not None and not ctx.board.first_copy(
             str(self.request.id), self.request.retries, copy, TWIN_SECONDS
