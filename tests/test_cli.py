@@ -567,14 +567,17 @@ def redis_on(ports: list[int]) -> list[int]:
 
 
 @contextlib.contextmanager
-def hangup_heeded() -> Iterator[None]:
-    """SIGHUP at its default meanwhile, should this process ignore it (run under `nohup`): a
-    process started meanwhile inherits that, and the stack leaves an ignored SIGHUP ignored."""
-    previous = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+def signals_heeded() -> Iterator[None]:
+    """SIGHUP and SIGINT at their defaults meanwhile, should this process ignore them (run
+    under `nohup`, or as a shell's background job, which ignores Ctrl-C): a process started
+    meanwhile inherits that, and the stack leaves an ignored signal ignored, as a background
+    job should."""
+    previous = {n: signal.signal(n, signal.SIG_DFL) for n in (signal.SIGHUP, signal.SIGINT)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGHUP, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 @pytest.mark.parametrize(
@@ -601,7 +604,7 @@ def test_stack_command_starts_everything_and_stops_cleanly_on_a_signal(
     env[mark.split("=")[0]] = mark.split("=")[1]
     # Stopped by Ctrl-C also when the test fails: the stack then stops what it started (each of
     # its servers runs in a session of its own, beyond the reach of its group's kill).
-    with hangup_heeded():
+    with signals_heeded():
         proc = processes.start(
             [sys.executable, "-m", "mvpipe.cli", "stack", "--workdir", str(tmp_path / "s")],
             env=env,
