@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from mvpipe.deps import build_context
-from mvpipe.pipeline.lost_tries import LostTries
+from mvpipe.pipeline.lost_tries import LostTooOften, LostTries
 from mvpipe.settings import get_settings
 from mvpipe.store.runboard import RunBoard
 from tests.helpers import wait_for
@@ -150,7 +150,7 @@ def test_only_a_redelivered_messages_tries_are_counted_and_give_up_at_the_limit(
     unreachable = {"mvpipe_redis_url": "redis://127.0.0.1:1/0"}
     offline = build_context(settings.model_copy(update=unreachable))
     job = f"cut:{uuid.uuid4().hex}"
-    first = LostTries(offline, job, redelivered=False)
+    first = LostTries(offline, job, run_id=None, redelivered=False)
     # Then its tries are never given up on and send no Redis command
     with caplog.at_level(logging.WARNING, logger="mvpipe.lost_tries"):
         assert [first.begin() for _ in range(5)] == [None] * 5
@@ -163,12 +163,34 @@ def test_only_a_redelivered_messages_tries_are_counted_and_give_up_at_the_limit(
     try:
         # When its message comes back each time its process is lost: the first delivery was
         # lost too, so the third redelivery follows the third lost try and gives up
-        again = LostTries(ctx, job, redelivered=True)
+        again = LostTries(ctx, job, run_id=None, redelivered=True)
         assert [again.begin() for _ in range(3)] == [None, None, 3]
         assert redis_client.ttl(key) > 0
         # And a redelivered try that ends clears the count
         again.end()
         assert not redis_client.exists(key)
+    finally:
+        ctx.close()
+
+
+def test_a_runs_lost_tries_never_count_against_a_later_run(redis_client: redis.Redis) -> None:
+    # Given a cut whose tries were lost twice under a run then cancelled (its chain stopped
+    # before a try could end and clear the count)
+    settings = get_settings().model_copy(update={"max_attempts": 3})
+    ctx = build_context(settings)
+    job = f"cut:{uuid.uuid4().hex}"
+    try:
+        cancelled = LostTries(ctx, job, run_id="run-1", redelivered=True)
+        assert [cancelled.begin() for _ in range(2)] == [None, None]
+        # When the next run's try is lost once and comes back
+        later = LostTries(ctx, job, run_id="run-2", redelivered=True)
+        # Then it is that run's first lost try, not the third of the work's
+        assert later.begin() is None
+        assert later.attempt(lambda: "cut", "cutting it") == "cut"  # and ends, cleared
+        # And the third lost try of one run gives up, saying so, its count cleared
+        with pytest.raises(LostTooOften, match="cutting it lost its worker process 3 times"):
+            cancelled.attempt(lambda: "cut", "cutting it")
+        assert cancelled.begin() is None  # afresh: the count was cleared
     finally:
         ctx.close()
 

@@ -230,12 +230,8 @@ def test_finalize_give_ups_are_counted_across_takeovers_and_reset_by_a_users_run
     assert ctx.projects.get(project_id).finalize_give_ups == 0
 
 
-def test_a_regeneration_starts_finalize_give_ups_afresh(ctx: Context) -> None:
-    """A regeneration is a user's run too: a run ended by finalize's give-ups must not end the
-    regeneration's run at once (reconcile ends a stale run already at the limit)."""
-    project_id, run_id = new_project(ctx)
-    for n in (1, 2, 3):
-        assert ctx.projects.count_finalize_give_up(project_id, run_id, "finalize failed: x") == n
+def release_run(ctx: Context, project_id: str, run_id: str) -> None:
+    """The run ends as a finished one does (`pending`, released): a user may regenerate."""
     assert ctx.projects.settle(
         project_id,
         observed_run=run_id,
@@ -243,6 +239,15 @@ def test_a_regeneration_starts_finalize_give_ups_afresh(ctx: Context) -> None:
         status=ProjectStatus.PENDING,
         release=True,
     )
+
+
+def test_a_regeneration_starts_finalize_give_ups_afresh(ctx: Context) -> None:
+    """A regeneration is a user's run too: a run ended by finalize's give-ups must not end the
+    regeneration's run at once (reconcile ends a stale run already at the limit)."""
+    project_id, run_id = new_project(ctx)
+    for n in (1, 2, 3):
+        assert ctx.projects.count_finalize_give_up(project_id, run_id, "finalize failed: x") == n
+    release_run(ctx, project_id, run_id)
     assert ctx.scenes.reset_for_regeneration(project_id, 1, run_id="again") == Claim.WON
     project = ctx.projects.get(project_id)
     assert (project.active_run_id, project.finalize_give_ups, project.last_error) == (
@@ -257,13 +262,7 @@ def test_a_regeneration_clears_every_stage_the_scene_has_made(ctx: Context) -> N
     paid stage's operation and attempts, goes (one missed would keep an old clip in the new
     video, or spent attempts), and the scene's failure, expired lease and kept operation."""
     project_id, run_id = new_project(ctx, 1)
-    assert ctx.projects.settle(
-        project_id,
-        observed_run=run_id,
-        counters=ctx.projects.load(project_id).counters,
-        status=ProjectStatus.PENDING,
-        release=True,
-    )
+    release_run(ctx, project_id, run_id)
     m = ctx.table.model
     made = [
         m.status.set(SceneStatus.FAILED),
@@ -471,13 +470,7 @@ def test_every_scene_transition_retried_after_it_landed_reports_success(ctx: Con
         assert s.release_lease(project_id, 3, token=f"h{n}", error="503")
     twice(lambda: s.fail(project_id, 3, error="no attempts left", max_attempts=3))
     # Regeneration wins the run, released first as a finished run would be.
-    assert ctx.projects.settle(
-        project_id,
-        observed_run=run_id,
-        counters=ctx.projects.load(project_id).counters,
-        status=ProjectStatus.PENDING,
-        release=True,
-    )
+    release_run(ctx, project_id, run_id)
     twice(lambda: s.reset_for_regeneration(project_id, 1, run_id="regen"))
     final = {x.sequence: x.status for x in ctx.projects.load(project_id).scenes}
     assert final == {1: SceneStatus.PENDING, 2: SceneStatus.FAILED, 3: SceneStatus.FAILED}

@@ -22,7 +22,7 @@ from mvpipe.media.assemble import assemble, encode_song, inputs_hash
 from mvpipe.media.encoding import OutputFormat
 from mvpipe.models import ProjectStatus, SceneStatus
 from mvpipe.pipeline.cut import output_format
-from mvpipe.pipeline.lost_tries import LostTries
+from mvpipe.pipeline.lost_tries import LostTooOften, LostTries
 from mvpipe.states import assembly_due
 from mvpipe.store.finals import final_video_key
 from mvpipe.store.records import ProjectRecord, ProjectState, SceneRecord
@@ -122,15 +122,12 @@ def _counted_build(
     instead, the tries before it lost with their process as often as a run's work may be tried
     (a video whose decode kills its worker would otherwise be delivered again forever, each
     delivery keeping the run alive)."""
-    tries = LostTries(ctx, f"assembly:{key}", redelivered=redelivered)
-    lost = tries.begin()
-    if lost is not None:
-        project_id = state.project.project_id
-        give_up(ctx, project_id, hold.run_id, tries.why("the final video's assembly", lost))
-        tries.end()  # a user's next run tries afresh
+    tries = LostTries(ctx, f"assembly:{key}", run_id=hold.run_id, redelivered=redelivered)
+    try:
+        tries.attempt(lambda: _build(ctx, state, fmt, key, hold), "the final video's assembly")
+    except LostTooOften as exc:
+        give_up(ctx, state.project.project_id, hold.run_id, str(exc))
         return False
-    with tries.counted():
-        _build(ctx, state, fmt, key, hold)
     return True
 
 

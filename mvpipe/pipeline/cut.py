@@ -24,7 +24,7 @@ from mvpipe.frame_size import parse_size
 from mvpipe.media.cut import cut_clip
 from mvpipe.media.encoding import OutputFormat
 from mvpipe.pipeline.execution import Execution
-from mvpipe.pipeline.lost_tries import LostTries
+from mvpipe.pipeline.lost_tries import LostTooOften, LostTries
 from mvpipe.pipeline.steps import Next, Step
 from mvpipe.providers.classify import describe
 from mvpipe.settings import Settings
@@ -125,15 +125,11 @@ class CutRunner:
         # While this runs nobody else starts a chain for the scene (reconcile sees it alive).
         x.touch(ctx.settings.liveness_seconds(x.provider))
         if not ctx.clips.exists(key):  # a duplicate or crashed cut may have uploaded it already
-            tries = LostTries(ctx, f"cut:{key}", redelivered=x.redelivered)
-            lost = tries.begin()
-            if lost is not None:
-                step = self.failed(made_from, tries.why("cutting it", lost))
-                tries.end()  # a user's next run tries afresh
-                return step
+            tries = LostTries(ctx, f"cut:{key}", run_id=x.run_id, redelivered=x.redelivered)
             try:
-                with tries.counted():
-                    held = self.cut(original, key, frames, fmt)
+                held = tries.attempt(lambda: self.cut(original, key, frames, fmt), "cutting it")
+            except LostTooOften as exc:
+                return self.failed(made_from, str(exc))
             except InvalidInput as exc:
                 return self.failed(made_from, describe(exc))
             except ObjectMissing as exc:

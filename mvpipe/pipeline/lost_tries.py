@@ -16,21 +16,43 @@ Redis command. The count is then the tries lost (the first delivery, not counted
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 from mvpipe.deps import Context
 from mvpipe.providers.classify import describe
 
 log = logging.getLogger("mvpipe.lost_tries")
 
+T = TypeVar("T")
+
+
+class LostTooOften(Exception):
+    """The work's tries were lost with their process `max_attempts` times in a row: give up
+    (the message says so, for `lastError`). Its count is cleared: a user's next run tries
+    afresh."""
+
 
 class LostTries:
-    """The tries of one piece of work (`job`: its kind and what makes it, e.g. a cut's key),
-    run from a message that was `redelivered` or not (a first delivery: nothing counted)."""
+    """The tries of one piece of work (`job`: its kind and what makes it, e.g. a cut's key)
+    for one run (`run_id`: a count a cancelled or replaced run left behind never fails a later
+    run's try), run from a message that was `redelivered` or not (a first delivery: nothing
+    counted)."""
 
-    def __init__(self, ctx: Context, job: str, *, redelivered: bool) -> None:
-        self.ctx, self.job, self.redelivered = ctx, job, redelivered
+    def __init__(self, ctx: Context, job: str, *, run_id: str | None, redelivered: bool) -> None:
+        self.ctx, self.redelivered = ctx, redelivered
+        self.job = job if run_id is None else f"{job}:{run_id}"
+
+    def attempt(self, work: Callable[[], T], what: str) -> T:
+        """`work()`, this try counted; `LostTooOften` instead once `max_attempts` tries of
+        `what` were lost in a row (the count cleared first)."""
+        lost = self.begin()
+        if lost is not None:
+            self.end()
+            raise LostTooOften(f"{what} lost its worker process {lost} times")
+        with self.counted():
+            return work()
 
     def begin(self) -> int | None:
         """Count this try before it starts. The number of tries lost in a row before it when
@@ -60,8 +82,3 @@ class LostTries:
             self.ctx.board.try_ended(self.job)
         except Exception as exc:
             log.warning("could not end the try of %s: %s", self.job, describe(exc))
-
-    @staticmethod
-    def why(what: str, lost: int) -> str:
-        """A give-up's reason, for `lastError`."""
-        return f"{what} lost its worker process {lost} times"

@@ -74,7 +74,7 @@ def plan_run(
     if not state.project.planned:
         if state.project.song_key is not None and state.project.timeline_key is None:
             # An analysis that ends meanwhile, with its timeline, is found by `analyse_song`
-            # (`ensure_timeline` reads the project again): never analysed twice for it.
+            # (it reads the project again before analysing): never analysed twice for it.
             if analysis_on_its_way(ctx, project_id):
                 return AwaitAnalysis()
             return AnalyseFirst()

@@ -7,7 +7,7 @@ import logging
 
 from mvpipe import hooks
 from mvpipe.deps import Context, get_context
-from mvpipe.pipeline.lost_tries import LostTries
+from mvpipe.pipeline.lost_tries import LostTooOften, LostTries
 from mvpipe.pipeline.plan import fail_planning
 from mvpipe.pipeline.timeline import ensure_timeline
 from mvpipe.providers.classify import describe
@@ -27,15 +27,17 @@ def analyse_for_run(
     delivered again forever, the run alive and the project generating). An error raised is
     the caller's to count (a planning attempt), not counted here again. `redelivered`: the
     task's message was delivered again (`LostTries`)."""
-    tries = LostTries(ctx, f"analysis:{project.project_id}", redelivered=redelivered)
-    lost = tries.begin()
-    if lost is not None:
-        fail_planning(ctx, project.project_id, run_id, tries.why("the song's analysis", lost))
-        tries.end()  # a user's next run tries afresh
-        return False
-    with tries.counted():
+    tries = LostTries(ctx, f"analysis:{project.project_id}", run_id=run_id, redelivered=redelivered)
+
+    def analyse() -> None:
         hooks.reached("before_analysis")
         ensure_timeline(ctx, project)
+
+    try:
+        tries.attempt(analyse, "the song's analysis")
+    except LostTooOften as exc:
+        fail_planning(ctx, project.project_id, run_id, str(exc))
+        return False
     return True
 
 

@@ -135,3 +135,17 @@ class DeadlineTransport(httpx.HTTPTransport):
         # body's end (a client reads the body on the thread that sent the request).
         self.deadline.start(self.seconds)
         return super().handle_request(request)
+
+
+def deadline_client(seconds: float, **kwargs: typing.Any) -> httpx.Client:
+    """An httpx client whose calls have the whole-call deadline, with the environment's proxies
+    kept: httpx ignores `HTTP(S)_PROXY`/`NO_PROXY` once a transport is given, and a
+    deployment whose egress goes through a proxy could then reach no provider. A proxied call
+    keeps httpx's per-phase timeouts only (its transport is httpx's own)."""
+    from httpx._utils import get_environment_proxies  # what httpx itself reads, NO_PROXY too
+
+    mounts: dict[str, httpx.BaseTransport | None] = {
+        pattern: None if url is None else httpx.HTTPTransport(proxy=url)
+        for pattern, url in get_environment_proxies().items()
+    }
+    return httpx.Client(transport=DeadlineTransport(seconds), mounts=mounts, **kwargs)

@@ -21,7 +21,7 @@ from mvpipe.providers.classify import (
     scrub,
     unreadable,
 )
-from mvpipe.providers.deadline import DeadlineTransport
+from mvpipe.providers.deadline import deadline_client
 from mvpipe.providers.once import Once
 from mvpipe.settings import Settings
 
@@ -30,10 +30,9 @@ T = TypeVar("T")
 
 def _http_options(settings: Settings, api_version: str) -> Any:
     """The SDK's `timeout` bounds each connect and read alone; the client's transport bounds
-    the whole call (`DeadlineTransport`), so a reply that trickles can't hold a create past
+    the whole call (`deadline_client`), so a reply that trickles can't hold a create past
     its lease. A client of our own, not `client_args`: the SDK would build an httpx2 client
     around an httpx transport when `GOOGLE_GENAI_HTTP_CLIENT=httpx2`."""
-    import httpx
     from google.genai import types
 
     seconds = settings.provider_timeout_seconds
@@ -41,7 +40,7 @@ def _http_options(settings: Settings, api_version: str) -> Any:
         base_url=settings.genai_base_url or None,
         api_version=api_version,
         timeout=int(seconds * 1000),  # milliseconds
-        httpx_client=httpx.Client(transport=DeadlineTransport(seconds), timeout=seconds),
+        httpx_client=deadline_client(seconds, timeout=seconds),
     )
 
 

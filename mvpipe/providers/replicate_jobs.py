@@ -24,7 +24,7 @@ from mvpipe.providers.classify import (
     scrub,
     unreadable,
 )
-from mvpipe.providers.deadline import DeadlineTransport
+from mvpipe.providers.deadline import DeadlineTransport, deadline_client
 from mvpipe.providers.once import Once
 from mvpipe.providers.outputs import fetch_output
 from mvpipe.settings import Settings
@@ -85,7 +85,7 @@ class ReplicateJobs:
         self._client: Once[Any] = Once(lambda: self._build())
         #: polls and cancels, plain httpx (no SDK retries), bounded as a whole as well
         self._plain: Once[httpx.Client] = Once(
-            lambda: httpx.Client(transport=DeadlineTransport(settings.provider_timeout_seconds))
+            lambda: deadline_client(settings.provider_timeout_seconds)
         )
 
     def _token(self) -> str:

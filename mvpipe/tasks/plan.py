@@ -34,8 +34,10 @@ from mvpipe.tasks.generate import generate_scene
 log = logging.getLogger("mvpipe.tasks.plan")
 
 #: How often a run's planning looks whether the song's analysis its creation sent has ended:
-#: a look costs a project read and two Redis commands, and a 3-minute song's analysis takes
-#: about a second on a warm worker (each look later than its end delays the run's planning).
+#: a look costs a project read, a few Redis commands (the run's liveness, the mark, the
+#: message sent with its countdown, its state) and a log line; a 3-minute song's analysis
+#: takes about a second on a warm worker (each look later than its end delays the planning),
+#: and the looks stop at `MVPIPE_ANALYSIS_WAIT_SECONDS` after the create's send.
 ANALYSIS_CHECK_SECONDS = 0.25
 
 
