@@ -113,22 +113,19 @@ class DeadlineBackend(httpcore.NetworkBackend):
 
 
 class DeadlineTransport(httpx.HTTPTransport):
-    """httpx's own transport (its pooling, its error mapping) over a `DeadlineBackend`: each
-    request must be done, body read, within `seconds` of being handed to it. A timeout past
-    the deadline is httpx's (`ConnectTimeout`, `WriteTimeout`, `ReadTimeout`), as any other."""
+    """httpx's own transport (its pooling, its proxying, its error mapping) over a
+    `DeadlineBackend`: each request must be done, body read, within `seconds` of being handed
+    to it, through `proxy` (its URL) as well as directly. A timeout past the deadline is
+    httpx's (`ConnectTimeout`, `WriteTimeout`, `ReadTimeout`), as any other."""
 
-    def __init__(self, seconds: float) -> None:
-        super().__init__()
+    def __init__(self, seconds: float, proxy: str | None = None) -> None:
+        super().__init__(proxy=proxy)
         self.seconds = seconds
         self.deadline = Deadline()
-        # httpx's default pool, on sockets that keep the deadline
-        self._pool = httpcore.ConnectionPool(
-            ssl_context=httpx.create_ssl_context(),
-            max_connections=100,
-            max_keepalive_connections=20,
-            keepalive_expiry=5.0,
-            network_backend=DeadlineBackend(self.deadline),
-        )
+        # httpx's pool for this route (direct, or its proxy's), on sockets that keep the
+        # deadline: each connection the pool opens (to the provider, or to the proxy and
+        # through it) reads its backend when it is made
+        self._pool._network_backend = DeadlineBackend(self.deadline)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         # Started here and read by every socket operation of this thread's call up to its
@@ -137,15 +134,23 @@ class DeadlineTransport(httpx.HTTPTransport):
         return super().handle_request(request)
 
 
-def deadline_client(seconds: float, **kwargs: typing.Any) -> httpx.Client:
-    """An httpx client whose calls have the whole-call deadline, with the environment's proxies
-    kept: httpx ignores `HTTP(S)_PROXY`/`NO_PROXY` once a transport is given, and a
-    deployment whose egress goes through a proxy could then reach no provider. A proxied call
-    keeps httpx's per-phase timeouts only (its transport is httpx's own)."""
+def deadline_transports(seconds: float) -> dict[str, typing.Any]:
+    """The `transport` and `mounts` of an httpx client (or of an SDK that hands them to its
+    own) whose every call has the whole-call deadline, with the environment's proxies kept:
+    httpx ignores `HTTP(S)_PROXY`/`ALL_PROXY`/`NO_PROXY` once a transport is given, and a
+    deployment whose egress goes through a proxy could then reach no provider. Each proxy is
+    mounted as httpx itself reads them, on a transport with the same deadline; a host
+    `NO_PROXY` names (mounted as None) goes direct, on `transport`."""
     from httpx._utils import get_environment_proxies  # what httpx itself reads, NO_PROXY too
 
     mounts: dict[str, httpx.BaseTransport | None] = {
-        pattern: None if url is None else httpx.HTTPTransport(proxy=url)
+        pattern: None if url is None else DeadlineTransport(seconds, proxy=url)
         for pattern, url in get_environment_proxies().items()
     }
-    return httpx.Client(transport=DeadlineTransport(seconds), mounts=mounts, **kwargs)
+    return {"transport": DeadlineTransport(seconds), "mounts": mounts}
+
+
+def deadline_client(seconds: float, **kwargs: typing.Any) -> httpx.Client:
+    """An httpx client whose calls have the whole-call deadline, directly or through the
+    environment's proxies (`deadline_transports`)."""
+    return httpx.Client(**deadline_transports(seconds), **kwargs)

@@ -24,7 +24,7 @@ from mvpipe.providers.classify import (
     scrub,
     unreadable,
 )
-from mvpipe.providers.deadline import DeadlineTransport, deadline_client
+from mvpipe.providers.deadline import deadline_client, deadline_transports
 from mvpipe.providers.once import Once
 from mvpipe.providers.outputs import fetch_output
 from mvpipe.settings import Settings
@@ -42,43 +42,15 @@ STATUSES = {
 }
 
 
-class BoundedTransport(DeadlineTransport):
-    """Every request gets the provider timeout, for each phase and for the whole call
-    (`DeadlineTransport`). replicate 1.0.x creates a prediction with `timeout=None`, which
-    httpx reads as *no* timeout whatever the client's: a create that hangs would outlive its
-    lease (docs/DESIGN.md: every provider call has a timeout). It also notes, per thread, that
-    a request went out (`sent`): an error after that point is never the SDK refusing our
-    arguments."""
-
-    def __init__(self, seconds: float) -> None:
-        super().__init__(seconds)
-        self.timeout = httpx.Timeout(seconds).as_dict()
-        self._sent = threading.local()
-
-    @property
-    def sent(self) -> bool:
-        return bool(getattr(self._sent, "value", False))
-
-    @sent.setter
-    def sent(self, value: bool) -> None:
-        self._sent.value = value
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        self.sent = True
-        request.extensions = {**request.extensions, "timeout": self.timeout}
-        return super().handle_request(request)
-
-
 class ReplicateJobs:
     """Create, poll, download and cancel predictions of one model (`owner/name[:version]`)."""
-
-    #: the SDK client's transport, built with it on first use
-    transport: BoundedTransport
 
     def __init__(self, settings: Settings, provider: str) -> None:
         #: how errors name the provider (they reach lastError)
         self.settings = settings
         self.provider = provider
+        #: per thread: whether the create in flight sent a request (`_sending`)
+        self._sent = threading.local()
         self.base_url = (
             settings.replicate_base_url or os.environ.get("REPLICATE_BASE_URL") or DEFAULT_BASE_URL
         ).rstrip("/")
@@ -96,33 +68,49 @@ class ReplicateJobs:
         return self._client.get()
 
     def _build(self) -> Any:
+        """The SDK's client on our transports: each request with the whole-call deadline,
+        directly or through the environment's proxies (`deadline_transports`: a `transport`
+        the SDK wraps in its retries, which never retry a create's POST, and the proxies'
+        `mounts`, handed to its httpx client), each seen by `_sending` as it goes out."""
         import replicate
 
-        self.transport = BoundedTransport(self.settings.provider_timeout_seconds)
+        seconds = self.settings.provider_timeout_seconds
         client = replicate.Client(
             api_token=self._token(),
             base_url=self.base_url,
-            timeout=httpx.Timeout(self.settings.provider_timeout_seconds),
-            transport=self.transport,
+            timeout=httpx.Timeout(seconds),
+            event_hooks={"request": [self._sending]},
+            **deadline_transports(seconds),
         )
         # The SDK builds its httpx client on first use, check-then-set: built here, once, it
         # is the one every thread shares (httpx's connection pool is thread-safe).
         _ = client._client
         return client
 
+    def _sending(self, request: httpx.Request) -> None:
+        """Every request of the SDK's client, as it goes out, whichever transport sends it.
+        It gets the provider timeout for each phase: replicate 1.0.x creates a prediction with
+        `timeout=None`, which httpx reads as *no* timeout whatever the client's, and a create
+        that hangs would outlive its lease (docs/DESIGN.md: every provider call has a
+        timeout). And it is noted, per thread, that a request went out: an error after that
+        point is never the SDK refusing our arguments (`_translate`)."""
+        self._sent.value = True
+        seconds = self.settings.provider_timeout_seconds
+        request.extensions = {**request.extensions, "timeout": httpx.Timeout(seconds).as_dict()}
+
     def create(self, model_ref: str, fields: dict[str, Any]) -> str:
         """Start one prediction; its id. Errors come out classified (docs/DESIGN.md invariant 3:
         a timeout, a reset or an unreadable answer may still have started a billed job)."""
         model, _, version = model_ref.partition(":")
         client = self.client
-        self.transport.sent = False
+        self._sent.value = False
         try:
             if version:
                 prediction = client.predictions.create(version=version, input=fields)
             else:
                 prediction = client.predictions.create(model=model, input=fields)
         except Exception as exc:
-            raise self._translate(exc, sent=self.transport.sent) from None
+            raise self._translate(exc, sent=self._sent.value) from None
         return str(prediction.id)
 
     def poll(self, operation_id: str) -> JobStatus:
