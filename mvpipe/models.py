@@ -33,7 +33,18 @@ DEFAULT_LIST_LIMIT = 100
 SONG_FORMATS = ("wav", "mp3", "m4a", "aac", "flac", "ogg")
 SongFormat = Literal["wav", "mp3", "m4a", "aac", "flac", "ogg"]
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+#: Characters a terminal or a log reader acts on instead of showing (C0 but tab and newline,
+#: DEL, C1, the Unicode line and paragraph separators): refused in text a user gives,
+#: replaced (`printable`) in text from elsewhere.
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def printable(text: str, *, one_line: bool = False) -> str:
+    """`text` with each control character (`CONTROL`) shown as "?", so that text we did not
+    write (a provider's reply) cannot drive the terminal or forge a log line that shows it;
+    `one_line`: each newline a space too (an error's one line: `lastError`, a log line)."""
+    text = CONTROL.sub("?", text)
+    return text.replace("\n", " ") if one_line else text
 
 
 class ProjectStatus(StrEnum):
@@ -53,7 +64,7 @@ class SceneStatus(StrEnum):
 
 
 def _clean_text(value: str) -> str:
-    if _CONTROL.search(value):
+    if CONTROL.search(value):
         raise ValueError("control characters other than newline and tab are not allowed")
     if not value.strip():
         raise ValueError("must not be blank")
@@ -63,7 +74,7 @@ def _clean_text(value: str) -> str:
 def _clean_optional_text(value: str | None) -> str | None:
     if value is None or value == "":
         return None
-    if _CONTROL.search(value):
+    if CONTROL.search(value):
         raise ValueError("control characters other than newline and tab are not allowed")
     return value
 

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -25,7 +26,7 @@ from mvpipe.cli.display import print_summary
 from mvpipe.deps import get_context
 from mvpipe.devstack.localstack import LOCAL_CREDENTIAL, free_port, port_open, start_flower
 from mvpipe.media.probe import probe_video
-from mvpipe.models import ProjectStatus, ProjectView, SceneStatus, SceneView
+from mvpipe.models import CONTROL, ProjectStatus, ProjectView, SceneStatus, SceneView
 from mvpipe.pipeline.reconcile_scope import FULL_SWEEP_JOB
 from tests.cli_batch import mvpipe_batch
 from tests.conftest import Workers
@@ -288,31 +289,29 @@ def test_create_reads_the_concept_from_standard_input_and_the_scenes_from_a_file
     assert view.concept == "Line one\nline two\n"
 
 
-def test_status_says_what_is_not_planned_yet_and_counts_lip_syncs_apart(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    # Given a song's project not planned yet, then planned with a lip-synced scene
+def shown_project(**fields: Any) -> ProjectView:
+    """A project as `status` gets it: unplanned, no error, unless `fields` say otherwise."""
     now = datetime.now(UTC)
-    view = ProjectView(
-        project_id=str(uuid.uuid4()),
-        title="Song",
-        concept="x",
-        provider="local",
-        status=ProjectStatus.PENDING,
-        scene_count=0,  # not planned yet: no scenes
-        completed_scenes=0,
-        failed_scenes=0,
-        last_error=None,
-        created_at=now,
-        updated_at=now,
-        song_s3_key="songs/x.wav",
-        scenes=[],
-    )
-    print_summary(view)
-    # Then its scene count is unknown, as `mvpipe projects` says, not 0
-    assert re.search(r"scenes \?\s", capsys.readouterr().out)
+    base: dict[str, Any] = {
+        "project_id": str(uuid.uuid4()),
+        "title": "Shown",
+        "concept": "x",
+        "provider": "local",
+        "status": ProjectStatus.PENDING,
+        "scene_count": 0,
+        "completed_scenes": 0,
+        "failed_scenes": 0,
+        "last_error": None,
+        "created_at": now,
+        "updated_at": now,
+        "scenes": [],
+    }
+    return ProjectView(**(base | fields))
 
-    scene = {
+
+def shown_scene(sequence: int, **fields: Any) -> SceneView:
+    """A completed scene of two tries as `status` gets it, but for `fields`."""
+    base: dict[str, Any] = {
         "prompt": "p",
         "negative_prompt": None,
         "duration_seconds": 4,
@@ -325,16 +324,72 @@ def test_status_says_what_is_not_planned_yet_and_counts_lip_syncs_apart(
         "provider_operation_id": None,
         "completed_at": None,
     }
-    scenes = [
-        SceneView(sequence=1, lip_sync=True, lip_sync_attempts=1, **scene),
-        SceneView(sequence=2, **scene),
-    ]
+    return SceneView(sequence=sequence, **(base | fields))
+
+
+def test_status_says_what_is_not_planned_yet_and_counts_lip_syncs_apart(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Given a song's project not planned yet, then planned with a lip-synced scene
+    view = shown_project(title="Song", song_s3_key="songs/x.wav")
+    print_summary(view)
+    # Then its scene count is unknown, as `mvpipe projects` says, not 0
+    assert re.search(r"scenes \?\s", capsys.readouterr().out)
+
+    scenes = [shown_scene(1, lip_sync=True, lip_sync_attempts=1), shown_scene(2)]
     print_summary(view.model_copy(update={"scene_count": 2, "scenes": scenes}))
     shown = capsys.readouterr().out
     # and a lip-synced scene's tries are its generations + its lip-syncs
     rows = {cells[0]: cells for cells in map(str.split, shown.splitlines()) if cells[0].isdigit()}
     assert re.search(r"scenes 2\s", shown)
     assert rows["1"][2:4] == ["completed", "2+1"] and rows["2"][2:4] == ["completed", "2"]
+
+
+def test_status_shows_no_control_character_of_an_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Given errors whose text would clear the screen and retitle the terminal (a record written
+    # before replies were scrubbed of them, or by another hand)
+    escapes = "clip refused \x1b[2J\x1b]0;pwned\x07 by\r\nthe \x9b2J provider"
+    scene = shown_scene(1, status=SceneStatus.FAILED, last_error=escapes)
+    view = shown_project(
+        status=ProjectStatus.FAILED, scene_count=1, failed_scenes=1, last_error=escapes
+    )
+    # When the CLI shows the project
+    print_summary(view.model_copy(update={"scenes": [scene]}))
+    shown = capsys.readouterr().out
+    # Then no control character reaches the terminal, and each error stays on its line
+    assert not CONTROL.search(shown), repr(shown)
+    errors = [line for line in shown.splitlines() if "clip refused" in line]
+    assert len(errors) == 2 and all("provider" in line for line in errors), shown
+
+
+def test_missing_aws_credentials_are_named_not_taken_for_an_unreachable_store(
+    stack: object, tmp_path: Path
+) -> None:
+    # Given no AWS credentials anywhere botocore looks (no variables, empty files, no instance
+    # role), or a key without its secret, or a profile that is not there
+    empty = tmp_path / "empty"
+    empty.write_text("")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env |= {
+        "AWS_SHARED_CREDENTIALS_FILE": str(empty),
+        "AWS_CONFIG_FILE": str(empty),
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "MVPIPE_STORE_RETRY_SECONDS": "0.5",
+    }
+    some = str(uuid.uuid4())
+    for extra in ({}, {"AWS_ACCESS_KEY_ID": "AKIDEXAMPLE"}, {"AWS_PROFILE": "nowhere"}):
+        # When a command reaches the store
+        result = mvpipe(env | extra, "status", some)
+        # Then it says which setting to fix, in one line, with the configuration exit code
+        assert result.returncode == 6, (extra, result.stderr)
+        assert "Traceback" not in result.stderr
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1, result.stderr
+        assert "no usable AWS credentials" in errors[0] and "AWS_PROFILE" in errors[0], errors
+        assert "is the store running" not in errors[0], errors
 
 
 def test_run_and_regenerate_wait_exit_1_when_the_project_fails(

@@ -9,7 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mvpipe.errors import TransientProviderError
-from mvpipe.providers.classify import describe, scrub
+from mvpipe.models import CONTROL
+from mvpipe.providers.classify import describe, from_status, scrub
 
 SECRET = "not-a-real-secret-0123456789"
 
@@ -133,3 +134,41 @@ def test_a_configured_password_is_scrubbed_in_every_form_it_is_echoed(
 def test_bearer_tokens_and_query_keys_are_scrubbed(message: str, secret: str, kept: str) -> None:
     text = scrub(message)
     assert secret not in text and kept in text, text
+
+
+#: A provider's reply that would drive a terminal: a title set by OSC, a screen cleared by CSI,
+#: a backspace over what was shown, a carriage return, C1's CSI and a line separator.
+ESCAPES = "a\x1b]0;pwned\x07b \x1b[2J c\x08d\r e\x9b2Jf\u2028g"
+
+
+def test_control_characters_of_a_reply_never_reach_last_error_or_a_log() -> None:
+    assert scrub(ESCAPES) == "a?]0;pwned?b ?[2J c?d? e?2Jf?g"
+    for text in (
+        describe(RuntimeError(ESCAPES)),
+        describe(TransientProviderError(ESCAPES)),
+        from_status("replicate", 422, ESCAPES).args[0],
+    ):
+        assert not CONTROL.search(text) and "pwned" in text, repr(text)
+    # a traceback keeps its lines; an error's text (`lastError`, a log line) is one line
+    assert scrub("one\n\ttwo") == "one\n\ttwo"
+    assert describe(ValueError("one\ntwo")) == "ValueError: one two"
+
+
+@given(st.text())
+def test_property_no_control_character_survives(text: str) -> None:
+    for scrubbed in (scrub(text), describe(RuntimeError(text))):
+        assert not CONTROL.search(scrubbed), repr(scrubbed)
+    assert "\n" not in describe(RuntimeError(text))
+
+
+#: Text with no control character and nothing a secret's pattern takes (no "=", "@", bearer).
+ordinary = st.text(
+    alphabet=st.characters(blacklist_categories=("Cc", "Cs"), blacklist_characters="\u2028\u2029=@")
+    | st.sampled_from("\n\t")
+).filter(lambda t: "bearer" not in t.lower())
+
+
+@given(ordinary)
+def test_property_ordinary_text_passes_unchanged(text: str) -> None:
+    assert scrub(text) == text
+    assert describe(TransientProviderError(text)) == text.replace("\n", " ")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mvpipe.models import ProjectView, SceneView
+from mvpipe.models import ProjectView, SceneView, printable
 
 
 def print_summary(view: ProjectView) -> None:
@@ -32,8 +32,10 @@ def print_summary(view: ProjectView) -> None:
         seconds = f"  ({view.song_seconds:.2f} s)" if view.song_seconds else ""
         console.print(f"song      {view.song_s3_key}{seconds}")
     console.print(f"final     {view.final_video_s3_key or '-'}")
+    # An error's text comes from providers: its control characters never reach the terminal,
+    # whoever wrote the record.
     if view.last_error:
-        console.print(f"error     {view.last_error}")
+        console.print(f"error     {printable(view.last_error, one_line=True)}")
     if not view.scenes:
         return
     table = Table(box=None, pad_edge=False)
@@ -61,7 +63,7 @@ def print_summary(view: ProjectView) -> None:
             short(scene.original_video_clip_s3_key),
             short(scene.working_video_clip_s3_key),
             lip,
-            scene.last_error or "",
+            printable(scene.last_error or "", one_line=True),
         )
     console.print(table)
 

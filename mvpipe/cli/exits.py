@@ -48,10 +48,19 @@ STORE_HINT = (
     "is the store running and reachable? MVPIPE_DYNAMODB_ENDPOINT and MVPIPE_S3_ENDPOINT point at"
     " it; `mvpipe stack` prints them for a local one"
 )
+#: What a user whose AWS credentials botocore cannot find (or finds in part) checks: the places
+#: its chain looks, in order.
+CREDENTIALS_HINT = (
+    "no usable AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE"
+    " naming a profile of AWS_SHARED_CREDENTIALS_FILE or AWS_CONFIG_FILE, or run with an"
+    " instance or container role; `mvpipe stack` prints a local store's"
+)
 
 
 def fail(message: str, code: int) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
+    from mvpipe.models import printable  # an error may quote a service's text
+
+    click.echo(f"error: {printable(message)}", err=True)
     sys.exit(code)
 
 
@@ -63,13 +72,36 @@ def guarded(fn: Callable[[], T]) -> T:
         return fn()
     except BrokerUnavailable as exc:  # its message names the broker's settings already
         fail(str(exc), EXIT_UNAVAILABLE)
-    except StoreUnavailable as exc:
-        fail(f"{exc} ({STORE_HINT})", EXIT_UNAVAILABLE)
-    except MvpipeError as exc:
-        code = next((c for t, c in _EXIT_CODES if isinstance(exc, t)), EXIT_FAILED)
-        fail(str(exc), code)
-    except (ConnectionError, socket.gaierror) as exc:  # refused, reset, no such host
-        fail(f"cannot reach a backing service: {exc}", EXIT_UNAVAILABLE)
+    except Exception as exc:
+        if credentials_missing(exc):
+            fail(f"{exc} ({CREDENTIALS_HINT})", EXIT_UNAVAILABLE)
+        if isinstance(exc, StoreUnavailable):
+            fail(f"{exc} ({STORE_HINT})", EXIT_UNAVAILABLE)
+        if isinstance(exc, MvpipeError):
+            code = next((c for t, c in _EXIT_CODES if isinstance(exc, t)), EXIT_FAILED)
+            fail(str(exc), code)
+        if isinstance(exc, ConnectionError | socket.gaierror):  # refused, reset, no such host
+            fail(f"cannot reach a backing service: {exc}", EXIT_UNAVAILABLE)
+        raise
+
+
+def credentials_missing(exc: BaseException) -> bool:
+    """Whether `exc` comes of AWS credentials botocore could not find, or found in part, or
+    of a profile it could not find: a setting to fix, not a store to start. DynamoDB's calls
+    retry missing credentials as an outage (a role's can be out of reach for a moment, and
+    pynamodb builds its client again once they are back), so a command ends with the store's
+    outage error and this cause behind it (its chain, or pynamodb's `cause`); building the S3
+    client raises it bare."""
+    from botocore.exceptions import NoCredentialsError, PartialCredentialsError, ProfileNotFound
+
+    seen: set[int] = set()
+    cause: object = exc
+    while isinstance(cause, BaseException) and id(cause) not in seen:
+        if isinstance(cause, NoCredentialsError | PartialCredentialsError | ProfileNotFound):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or getattr(cause, "cause", None) or cause.__context__
+    return False
 
 
 class OneLineGroup(click.Group):

@@ -3,8 +3,8 @@
 429 and 5xx, timeouts and connection errors are transient; other 4xx (invalid request, auth,
 content policy) are permanent. Only a 4xx is a refusal (the provider took no job): a 5xx may
 come from a gateway after the provider accepted the job, so, like a timeout, it leaves the
-outcome unknown. Messages are scrubbed of every secret we know before they can reach
-`lastError`, a log line or a task result.
+outcome unknown. Messages are scrubbed of every secret we know, and of the control characters
+a terminal would act on, before they can reach `lastError`, a log line or a task result.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from mvpipe.errors import (
     QuotaExceeded,
     TransientProviderError,
 )
+from mvpipe.models import printable
 
 #: Variables whose whole value is a secret.
 SECRET_VARIABLES = (
@@ -81,20 +82,22 @@ def _secrets() -> list[str]:
 
 
 def scrub(message: str) -> str:
+    """`message` without the secrets we know, and with its control characters (escape
+    sequences a provider's reply may hold) shown as "?" (`printable`; its lines kept: a
+    traceback's)."""
     for secret in _secrets():
         message = message.replace(secret, "***")
     message = URL_PASSWORD.sub(r"\1***@", message)
     message = BEARER.sub(r"\1***", message)
     message = QUERY_SECRETS.sub(r"\1***", message)
-    return PRESIGNED_PARTS.sub(r"\1***", message)
+    return printable(PRESIGNED_PARTS.sub(r"\1***", message))
 
 
 def describe(exc: BaseException) -> str:
-    """Any error as text fit for `lastError`, a log line or a task result: typed provider
+    """Any error as one line fit for `lastError`, a log line or a task result: typed provider
     errors are scrubbed already; anything else gets its type named and is scrubbed here."""
-    if isinstance(exc, ProviderError):
-        return scrub(str(exc))
-    return scrub(f"{type(exc).__name__}: {exc}")
+    text = str(exc) if isinstance(exc, ProviderError) else f"{type(exc).__name__}: {exc}"
+    return printable(scrub(text), one_line=True)
 
 
 def from_status(provider: str, status: int | None, message: str) -> ProviderError:
