@@ -1,8 +1,10 @@
 """What a paid job costs: prices by provider and model, in integer micro-dollars.
 
 Pure: no I/O. `MVPIPE_PRICES` (a JSON object) overrides or extends the built-in table; its keys
-are `"{provider}:{model}"` or `"{provider}"` (every model of that provider: it replaces each
-built-in price of that provider, and a user's `"{provider}:{model}"` beats it), its values a number
+are `"{provider}:{model}"` (a Replicate model with or without its `:version`, which does not
+change its price: two keys of one model must agree) or `"{provider}"` (every model of that
+provider: it replaces each built-in price of that provider, and a user's `"{provider}:{model}"`
+beats it), its values a number
 (US dollars per second of output, with or without audio), `{"per_second": X, "without_audio": Y}`
 (Veo only, `AUDIO_OPTIONAL`: US dollars per second of output with audio, and without: a song's
 scenes are asked without, their sound is the song's) or `{"per_job": X}` (US dollars per
@@ -81,10 +83,26 @@ def parse_prices(raw: object) -> Prices:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigurationError("MVPIPE_PRICES must be a JSON object")
-    return {
-        **built_in_prices(over=raw),
-        **{_key(key): _entry(key, value) for key, value in raw.items()},
-    }
+    return {**built_in_prices(over=raw), **user_prices(raw)}
+
+
+def user_prices(raw: dict[Any, Any]) -> Prices:
+    """A user's entries, keyed as `price_of` looks them up: a Replicate model's version dropped
+    (`owner/name:version` prices `owner/name`, see `_bare`), else a versioned key would be kept
+    and never found, and the budget would reserve the built-in price, or find none. Two keys
+    of one model with different prices are a `ConfigurationError`: either would be a guess."""
+    prices: Prices = {}
+    written: dict[str, str] = {}
+    for key, value in raw.items():
+        model, price = _key(key), _entry(key, value)
+        if prices.get(model, price) != price:
+            raise ConfigurationError(
+                f"MVPIPE_PRICES: {written[model]!r} and {key!r} price {model} differently "
+                "(a Replicate model's version does not change its price)"
+            )
+        prices[model] = price
+        written.setdefault(model, key)
+    return prices
 
 
 def built_in_prices(*, over: dict[str, Any]) -> Prices:
@@ -136,12 +154,14 @@ def _bare(model: str) -> str:
 
 
 def _key(key: object) -> str:
+    """A user's key as the table keeps it: `provider`, or `provider:model` with a Replicate
+    model's version dropped."""
     if not isinstance(key, str) or not key.strip() or key != key.strip():
         raise ConfigurationError(f"MVPIPE_PRICES: bad key {key!r}")
     provider, _, model = key.partition(":")
-    if not provider or (":" in key and not model):
+    if not provider or key.endswith(":"):
         raise ConfigurationError(f"MVPIPE_PRICES: bad key {key!r} (provider or provider:model)")
-    return key
+    return f"{provider}:{_bare(model)}" if model else provider
 
 
 #: The keys an object price may have, each set a form of its own.

@@ -92,6 +92,43 @@ def test_settings_parse_their_prices_once_and_again_when_changed(
     assert settings.video_price_micros("veo", 8) == 6_000_000
 
 
+@pytest.mark.parametrize(
+    ("model_env", "model", "price", "micros"),
+    [
+        # the built-in $0.50 a job is what a versioned key was ignored for
+        ("MVPIPE_REPLICATE_MODEL", "minimax/video-01:abc123", {"per_job": 2.0}, 2_000_000),
+        # a model with no built-in price found no price at all: every scene failed
+        ("MVPIPE_REPLICATE_MODEL", "owner/unknown:v1", {"per_job": 2.0}, 2_000_000),
+        ("MVPIPE_LIPSYNC_MODEL", "sync/lipsync-2:abc123", 0.5, 3_000_000),
+        ("MVPIPE_LIPSYNC_MODEL", "owner/unknown:v1", 0.5, 3_000_000),
+    ],
+)
+def test_a_price_keyed_with_a_replicate_models_version_prices_that_model(
+    monkeypatch: pytest.MonkeyPatch, model_env: str, model: str, price: object, micros: int
+) -> None:
+    # The budget reserves the user's price of the model its jobs run on (invariant 9)
+    monkeypatch.setenv("MVPIPE_PRICES", json.dumps({f"replicate:{model}": price}))
+    monkeypatch.setenv(model_env, model)
+    monkeypatch.setenv("MVPIPE_LIPSYNC_PROVIDER", "replicate")
+    settings = Settings()
+    if model_env == "MVPIPE_LIPSYNC_MODEL":
+        assert settings.lipsync_price_micros(6) == micros
+    else:
+        assert settings.video_price_micros("replicate", 6) == micros
+    # the version does not change the price: another version, or none, is priced the same
+    bare = model.partition(":")[0]
+    for other in (bare, f"{bare}:def456"):
+        assert price_micros(settings.price_table, "replicate", other, 6) == micros
+
+
+def test_keys_of_one_model_must_agree() -> None:
+    same = '{"replicate:o/m:v1": {"per_job": 1}, "replicate:o/m": {"per_job": 1.0}}'
+    assert price_micros(parse_prices(same), "replicate", "o/m:v2", 6) == 1_000_000
+    differ = '{"replicate:o/m:v1": {"per_job": 1}, "replicate:o/m": {"per_job": 2}}'
+    with pytest.raises(ConfigurationError, match="'replicate:o/m' price replicate:o/m different"):
+        parse_prices(differ)
+
+
 def test_unpriced_paid_work_is_a_configuration_error() -> None:
     with pytest.raises(ConfigurationError, match="no price for veo:veo-9"):
         price_micros(parse_prices(""), "veo", "veo-9", 8)
@@ -125,6 +162,10 @@ def test_unpriced_paid_work_is_a_configuration_error() -> None:
         '{"replicate": {"per_second": 0.5, "without_audio": 0.2}}',
         '{"veo": -0.4}',
         '{"veo": 0.4, " replicate": 0.1}',
+        # two keys of one Replicate model (its version does not change its price) disagreeing
+        '{"replicate:o/m:v1": {"per_job": 1}, "replicate:o/m": {"per_job": 2}}',
+        '{"replicate:o/m:v1": 0.1, "replicate:o/m:v2": 0.2}',
+        '{"replicate:o/m:": 0.1}',
     ],
 )
 def test_malformed_prices_are_typed_errors(raw: str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -22,7 +22,7 @@ from mvpipe.pipeline.finalize import settle_project
 from mvpipe.states import Counters
 from mvpipe.store.claim_outcomes import Claim, ClaimResult
 from mvpipe.store.records import SceneRecord, utc_now_iso
-from mvpipe.store.stage_fields import ORIGINAL, OUTPUT_ORDER, WORKING
+from mvpipe.store.stage_fields import LIP_SYNCED, ORIGINAL, OUTPUT_ORDER, WORKING
 from mvpipe.store.table import project_pk, scene_sk
 from tests.helpers import new_project
 
@@ -98,15 +98,31 @@ def test_recording_twice_with_the_same_token_reports_success(ctx: Context) -> No
     assert claim(ctx, project_id, run_id, "other") == Claim.NOT_CLAIMABLE
 
 
-def cut(ctx: Context, project_id: str, sequence: int, original: str, key: str) -> bool:
-    return ctx.scenes.record_output(
+def cut(
+    ctx: Context, project_id: str, sequence: int, original: str, key: str, *, last: bool = True
+) -> bool:
+    written = ctx.scenes.record_output(
         project_id,
         sequence,
         stage=WORKING,
         key=key,
         made_from=(ORIGINAL.output, original),
-        last=True,
+        last=last,
     )
+    return written is not None
+
+
+def original_recorded(ctx: Context) -> tuple[str, str]:
+    """A new project whose scene 1 has its original "k1" recorded by operation "op-1": the
+    scene is `processing`, waiting for its cut."""
+    project_id, run_id = new_project(ctx)
+    assert claim(ctx, project_id, run_id, "t") == Claim.WON
+    assert (
+        ctx.scenes.record_operation(project_id, 1, token="t", operation_id="op-1", run_id=run_id)
+        == Claim.WON
+    )
+    assert ctx.scenes.complete(project_id, 1, operation_id="op-1", clip_key="k1")
+    return project_id, run_id
 
 
 def test_a_wrong_operation_cannot_record_a_clip_and_recording_is_idempotent(
@@ -155,13 +171,7 @@ def test_the_cut_is_recorded_only_from_the_original_it_was_cut_from(ctx: Context
 
 
 def test_a_cut_that_fails_keeps_the_original(ctx: Context) -> None:
-    project_id, run_id = new_project(ctx)
-    assert claim(ctx, project_id, run_id, "t") == Claim.WON
-    assert (
-        ctx.scenes.record_operation(project_id, 1, token="t", operation_id="op-1", run_id=run_id)
-        == Claim.WON
-    )
-    assert ctx.scenes.complete(project_id, 1, operation_id="op-1", clip_key="k1")
+    project_id, _run_id = original_recorded(ctx)
     assert not ctx.scenes.fail(
         project_id, 1, error="undecodable", made_from=(ORIGINAL.output, "k0"), stage=WORKING
     )
@@ -171,6 +181,55 @@ def test_a_cut_that_fails_keeps_the_original(ctx: Context) -> None:
     scene = ctx.scenes.get(project_id, 1)
     assert scene is not None and scene.status == SceneStatus.FAILED
     assert scene.clip_key == "k1" and scene.last_error == "undecodable"
+
+
+def test_a_late_poll_of_a_recorded_generation_cannot_fail_the_scene(ctx: Context) -> None:
+    # The operation id stays on the scene after its original is recorded: a duplicate poll of
+    # it whose download fails (the provider deleted the output) must not fail the scene.
+    project_id, _run_id = original_recorded(ctx)
+    assert not ctx.scenes.fail(project_id, 1, error="output expired", operation_id="op-1")
+    scene = ctx.scenes.get(project_id, 1)
+    assert scene is not None and scene.status == SceneStatus.PROCESSING
+    assert scene.clip_key == "k1" and scene.last_error is None
+
+
+def lip_sync_running(ctx: Context) -> str:
+    """`original_recorded`, cut ("w1"), and its lip-sync's job "ls-1" stored."""
+    project_id, run_id = original_recorded(ctx)
+    assert cut(ctx, project_id, 1, "k1", "w1", last=False)
+    assert claim(ctx, project_id, run_id, "ls", stage=LIP_SYNCED, requires=WORKING.output) == (
+        Claim.WON
+    )
+    assert (
+        ctx.scenes.record_operation(
+            project_id, 1, token="ls", operation_id="ls-1", run_id=run_id, stage=LIP_SYNCED
+        )
+        == Claim.WON
+    )
+    return project_id
+
+
+def test_a_late_poll_cannot_fail_a_scene_under_its_lip_sync(ctx: Context) -> None:
+    project_id = lip_sync_running(ctx)
+    # The generation's late poll gives up: the running lip-sync is still the scene's.
+    assert not ctx.scenes.fail(project_id, 1, error="output expired", operation_id="op-1")
+    # Recorded as if a stage followed it (the scene stays processing): the lip-sync's own late
+    # poll is refused by its output alone.
+    recorded = ctx.scenes.complete(
+        project_id, 1, operation_id="ls-1", clip_key="l1", stage=LIP_SYNCED
+    )
+    assert recorded is not None and recorded.status == SceneStatus.PROCESSING
+    assert not ctx.scenes.fail(
+        project_id, 1, error="output expired", operation_id="ls-1", stage=LIP_SYNCED
+    )
+    scene = ctx.scenes.get(project_id, 1)
+    assert scene is not None and scene.status == SceneStatus.PROCESSING
+    assert (scene.clip_key, scene.working_clip_key, scene.lip_synced_clip_key) == ("k1", "w1", "l1")
+    # Before its output is recorded, the lip-sync's job fails the scene, whose original is kept.
+    project_id = lip_sync_running(ctx)
+    assert ctx.scenes.fail(project_id, 1, error="blocked", operation_id="ls-1", stage=LIP_SYNCED)
+    scene = ctx.scenes.get(project_id, 1)
+    assert scene is not None and scene.status == SceneStatus.FAILED and scene.clip_key == "k1"
 
 
 def test_completed_is_never_written_without_an_operation_and_a_clip(ctx: Context) -> None:

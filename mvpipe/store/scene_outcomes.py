@@ -105,7 +105,8 @@ class SceneOutcomes(SceneWrites):
         back the lease's reservation (the provider surely accepted no job under it), or
         `unknown_micros` of it is noted as kept by a submit whose outcome is unknown.
         `keep_operation`: the job may be paid and was never seen to fail (its polls were
-        refused): `retry_failed` keeps its operation, so the next run polls it."""
+        refused): `retry_failed` keeps its operation, so the next run polls it. The owner of an
+        operation fails the scene only while the stage's output is not recorded."""
         m = self.m
         if made_from is not None:
             owner: Condition = getattr(m, made_from[0]) == made_from[1]
@@ -120,9 +121,12 @@ class SceneOutcomes(SceneWrites):
                 owner & getattr(m, stage.output).does_not_exist(),
                 done=lambda s: s.status == SceneStatus.FAILED,
             )
-        _, operation, _ = paid_attributes(m, stage)
+        output, operation, _ = paid_attributes(m, stage)
         if operation_id is not None:
-            owner = operation == operation_id
+            # the operation id stays on the scene after its output is recorded (while later
+            # stages run, or pending after a cancel): a late duplicate poll of a recorded job
+            # must not fail the scene under the next stage's live job (as in `complete`)
+            owner = (operation == operation_id) & output.does_not_exist()
         elif token is not None:
             owner = (m.lease_token == token) & operation.does_not_exist()
         elif max_attempts is not None:
