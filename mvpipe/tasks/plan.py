@@ -49,10 +49,14 @@ def plan_scenes(
     only: list[int] | None = None,
     planner_failures: int = 0,
     outages: int = 0,
+    taken_over: str | None = None,
 ) -> Any:
+    """`taken_over`: reconcile's takeover of that stale run started this one: every message of
+    the run says so, and its media work's lost tries go on counting (`LostTries`)."""
     counts = {"planner_failures": planner_failures, OUTAGES: outages}
-    checked_ids(project_id, run_id=run_id, only=only, counts=counts)
-    kwargs = {"only": only, **counts}
+    checked_ids(project_id, run_id=run_id, only=only, taken_over=taken_over, counts=counts)
+    kwargs = {"only": only, **counts, "taken_over": taken_over}
+    after = {"taken_over": taken_over} if taken_over is not None else {}
     try:
         ctx = get_context()  # its first use in a process reaches the store: an outage retries
         plan = plan_run(ctx, project_id, run_id, only)
@@ -89,9 +93,9 @@ def plan_scenes(
         progress = {"project_id": project_id, "run_id": run_id}
         raise self.rerun_later("WAITING_FOR_ANALYSIS", ANALYSIS_CHECK_SECONDS, kwargs, progress)
     if isinstance(plan, AnalyseFirst):
-        raise self.replace(analyse_song.si(project_id, run_id, only))
+        raise self.replace(analyse_song.si(project_id, run_id, only, **after))
     if not plan.sequences:
-        raise self.replace(finalize_project.si(None, project_id, run_id, []))
+        raise self.replace(finalize_project.si(None, project_id, run_id, [], **after))
     try:  # the callback reads them there: each header message carries it
         ctx.board.keep_run_scenes(run_id, plan.sequences)
     except OUTAGE_ERRORS as exc:
@@ -103,10 +107,10 @@ def plan_scenes(
     # only free work goes first.
     waiting = plan.waiting(ctx.settings.concurrency_for(plan.provider))
     header = group(
-        generate_scene.si(project_id, sequence, run_id, plan.provider).set(
+        generate_scene.si(project_id, sequence, run_id, plan.provider, **after).set(
             priority=WAITING_PRIORITY if sequence in waiting else 0
         )
         for sequence in plan.sequences
     )
-    body = finalize_project.s(project_id, run_id, None, scenes_on_board=True)
+    body = finalize_project.s(project_id, run_id, None, scenes_on_board=True, **after)
     raise self.replace(chord(header, body))
