@@ -34,6 +34,12 @@ log = logging.getLogger("mvpipe.lost_tries")
 T = TypeVar("T")
 
 
+def carried_on(taken_over: str | None) -> dict[str, str]:
+    """The keywords that carry a run's `taken_over` on to its next message: none when unset,
+    so a run that took none over sends its messages as before."""
+    return {} if taken_over is None else {"taken_over": taken_over}
+
+
 class LostTooOften(Exception):
     """The work's tries were lost with their process `max_attempts` times in a row: give up
     (the message says so, for `lastError`). Its count is cleared: a user's next run tries

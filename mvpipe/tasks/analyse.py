@@ -22,6 +22,7 @@ from mvpipe.deps import Context, get_context
 from mvpipe.errors import Conflict, InvalidInput, NotFound, UnexpectedError
 from mvpipe.messaging.dispatch import PLAN_SCENES, PREPARE_SONG
 from mvpipe.models import is_project_id
+from mvpipe.pipeline.lost_tries import carried_on
 from mvpipe.pipeline.plan import fail_planning
 from mvpipe.pipeline.song_analysis import analyse_for_run, end_analysis_mark, end_lost_analysis_mark
 from mvpipe.pipeline.timeline import analysis_on_its_way, ensure_timeline
@@ -140,7 +141,7 @@ def analyse_song(
             return _crashed(self, get_context(), project_id, run_id, crash, kwargs)
         except OUTAGE_ERRORS as exc:
             raise self.outage_retry(exc, kwargs) from None
-    after = {"only": only, "taken_over": taken_over}
+    after = {"only": only, **carried_on(taken_over)}
     raise self.replace(app.signature(PLAN_SCENES, args=[project_id, run_id], kwargs=after))
 
 

@@ -14,7 +14,7 @@ from mvpipe import hooks
 from mvpipe.deps import get_context
 from mvpipe.errors import NotFound
 from mvpipe.pipeline.finalize import Settlement, finalize_run, give_up_run
-from mvpipe.pipeline.lost_tries import LostTooOften, LostTries
+from mvpipe.pipeline.lost_tries import LostTooOften, LostTries, carried_on
 from mvpipe.providers.classify import describe
 from mvpipe.tasks.assemble import assemble_project
 from mvpipe.tasks.base import RETRIED_ERRORS, MvpipeTask, app, checked_ids, log_unexpected
@@ -88,8 +88,7 @@ def finalize_project(
         # The assembly takes this task's id, so the run's AsyncResult resolves to its result.
         # A second finalize of the run sends a second assembly: harmless (it finds the object
         # or the recorded key), and never none when a first message was lost.
-        after = {"taken_over": taken_over} if taken_over is not None else {}
-        raise self.replace(assemble_project.si(project_id, run_id, **after))
+        raise self.replace(assemble_project.si(project_id, run_id, **carried_on(taken_over)))
     return {
         "project_id": project_id,
         "run_id": run_id,
