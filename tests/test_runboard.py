@@ -195,6 +195,35 @@ def test_a_runs_lost_tries_never_count_against_a_later_run(redis_client: redis.R
         ctx.close()
 
 
+def test_a_taken_over_runs_tries_count_on_from_the_run_it_replaced(
+    redis_client: redis.Redis,
+) -> None:
+    # Given an analysis whose first try was lost with its whole worker (a first delivery: not
+    # counted), its stale run taken over by reconcile, whose run's try was lost again
+    settings = get_settings().model_copy(update={"max_attempts": 3})
+    ctx = build_context(settings)
+    job = f"analysis:{uuid.uuid4().hex}"
+    try:
+        second = LostTries(ctx, job, run_id="run-2", redelivered=False, taken_over="run-1")
+        assert second.begin() is None  # counted: it follows a lost try
+        # When the second run is taken over in turn, and that run's try was lost too
+        third = LostTries(ctx, job, run_id="run-3", redelivered=False, taken_over="run-2")
+        assert third.begin() is None
+        assert not redis_client.exists(f"{ctx.board.prefix}:tries:{job}:run-2")  # moved on
+        # Then the next takeover's try follows the third lost try and gives up, saying so
+        fourth = LostTries(ctx, job, run_id="run-4", redelivered=False, taken_over="run-3")
+        with pytest.raises(LostTooOften, match="lost its worker process 3 times"):
+            fourth.attempt(lambda: "analysed", "the song's analysis")
+        assert not list(redis_client.scan_iter(f"{ctx.board.prefix}:tries:{job}:*"))
+        # And a taken-over run's try that ends clears the count: the next takeover starts anew
+        fifth = LostTries(ctx, job, run_id="run-5", redelivered=False, taken_over="run-4")
+        assert fifth.attempt(lambda: "analysed", "the song's analysis") == "analysed"
+        sixth = LostTries(ctx, job, run_id="run-6", redelivered=True, taken_over="run-5")
+        assert [sixth.begin() for _ in range(3)] == [None, None, 3]  # its own redeliveries
+    finally:
+        ctx.close()
+
+
 def test_closing_a_context_closes_its_quick_clients_connections(redis_client: redis.Redis) -> None:
     # Given a context whose quick board has a connection open, named to be found
     ctx = build_context(get_settings())

@@ -31,9 +31,20 @@ class RecordingDispatcher:
     def __init__(self) -> None:
         self.runs: list[tuple[str, str, list[int] | None]] = []
         self.sent: list[tuple[str, tuple[Any, ...]]] = []
+        #: the run each takeover's run replaced, by the new run
+        self.taken_over: dict[str, str] = {}
 
-    def start_run(self, project_id: str, run_id: str, sequences: list[int] | None = None) -> Any:
+    def start_run(
+        self,
+        project_id: str,
+        run_id: str,
+        sequences: list[int] | None = None,
+        *,
+        taken_over: str | None = None,
+    ) -> Any:
         self.runs.append((project_id, run_id, sequences))
+        if taken_over is not None:
+            self.taken_over[run_id] = taken_over
         return run_id
 
     def resume(self, *args: Any, **kwargs: Any) -> Any:

@@ -41,12 +41,19 @@ class CeleryDispatcher:
         self.app = app
 
     def start_run(
-        self, project_id: str, run_id: str, sequences: list[int] | None = None
+        self,
+        project_id: str,
+        run_id: str,
+        sequences: list[int] | None = None,
+        *,
+        taken_over: str | None = None,
     ) -> AsyncResult:
-        """The run's root task carries the run id as its task id: AsyncResult(run_id) is the run."""
-        return self._send(
-            PLAN_SCENES, args=[project_id, run_id], kwargs={"only": sequences}, task_id=run_id
-        )
+        """The run's root task carries the run id as its task id: AsyncResult(run_id) is the run.
+        `taken_over`: the stale run this one replaces (its work's lost tries count on)."""
+        kwargs: dict[str, Any] = {"only": sequences}
+        if taken_over is not None:
+            kwargs["taken_over"] = taken_over
+        return self._send(PLAN_SCENES, args=[project_id, run_id], kwargs=kwargs, task_id=run_id)
 
     def resume(
         self,
@@ -56,13 +63,17 @@ class CeleryDispatcher:
         provider: str,
         operation_id: str | None = None,
         stage: str | None = None,
+        *,
+        after_loss: bool = False,
     ) -> AsyncResult:
         """One generate_scene outside any chord: polls `operation_id` (of `stage`, generation
-        by default), or runs the scene's first missing stage."""
+        by default), or runs the scene's first missing stage. `after_loss`: the chain it
+        replaces stopped, maybe with its worker (its tries count as a redelivery's)."""
+        kwargs: dict[str, Any] = {"operation_id": operation_id, "stage": stage}
+        if after_loss:
+            kwargs["redelivered"] = True
         return self._send(
-            GENERATE_SCENE,
-            args=[project_id, sequence, run_id, provider],
-            kwargs={"operation_id": operation_id, "stage": stage},
+            GENERATE_SCENE, args=[project_id, sequence, run_id, provider], kwargs=kwargs
         )
 
     def finalize(

@@ -65,14 +65,20 @@ class Assembly:
 
 
 def assemble_run(
-    ctx: Context, project_id: str, run_id: str, *, redelivered: bool = False
+    ctx: Context,
+    project_id: str,
+    run_id: str,
+    *,
+    redelivered: bool = False,
+    taken_over: str | None = None,
 ) -> Assembly:
     """Build (or reuse) the final video of `run_id`'s project and record it.
 
     Does nothing unless the run is still active and every scene is completed: a run replaced
     meanwhile is someone else's to finish, and a scene reset meanwhile (its clip vanished) is
     made again by the run that takes this one over once it stops being alive. `redelivered`:
-    the build follows a message delivered again (`LostTries`).
+    the build follows a message delivered again; `taken_over`: the run `run_id` took over
+    (`LostTries`).
     """
     state = ctx.projects.load(project_id)
     project = state.project
@@ -99,7 +105,14 @@ def assemble_run(
         try:
             # Built by another between this one's look and its hold (it let go since)
             reused = ctx.clips.exists(key)
-            if not reused and not _counted_build(ctx, state, fmt, key, hold, redelivered):
+            tries = LostTries(
+                ctx,
+                f"assembly:{key}",
+                run_id=run_id,
+                redelivered=redelivered,
+                taken_over=taken_over,
+            )
+            if not reused and not _counted_build(ctx, state, fmt, key, hold, tries):
                 return Assembly(LOST, ProjectStatus.PENDING)
         finally:
             hold.let_go()
@@ -116,13 +129,12 @@ def assemble_run(
 
 
 def _counted_build(
-    ctx: Context, state: ProjectState, fmt: OutputFormat, key: str, hold: _Hold, redelivered: bool
+    ctx: Context, state: ProjectState, fmt: OutputFormat, key: str, hold: _Hold, tries: LostTries
 ) -> bool:
-    """`_build`, this try counted first (`LostTries`); False when the run was given up on
+    """`_build`, this try counted first (`tries`); False when the run was given up on
     instead, the tries before it lost with their process as often as a run's work may be tried
     (a video whose decode kills its worker would otherwise be delivered again forever, each
     delivery keeping the run alive)."""
-    tries = LostTries(ctx, f"assembly:{key}", run_id=hold.run_id, redelivered=redelivered)
     try:
         tries.attempt(lambda: _build(ctx, state, fmt, key, hold), "the final video's assembly")
     except LostTooOften as exc:

@@ -125,7 +125,13 @@ class CutRunner:
         # While this runs nobody else starts a chain for the scene (reconcile sees it alive).
         x.touch(ctx.settings.liveness_seconds(x.provider))
         if not ctx.clips.exists(key):  # a duplicate or crashed cut may have uploaded it already
-            tries = LostTries(ctx, f"cut:{key}", run_id=x.run_id, redelivered=x.redelivered)
+            tries = LostTries(
+                ctx,
+                f"cut:{key}",
+                run_id=x.run_id,
+                redelivered=x.redelivered,
+                taken_over=x.taken_over,
+            )
             try:
                 held = tries.attempt(lambda: self.cut(original, key, frames, fmt), "cutting it")
             except LostTooOften as exc:

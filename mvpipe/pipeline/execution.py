@@ -30,6 +30,8 @@ class Execution:
     #: this execution's message was delivered again (its process may have been lost:
     #: `LostTries`)
     redelivered: bool = False
+    #: the run `run_id` took over (reconcile's takeover of a stale run: `LostTries`)
+    taken_over: str | None = None
     #: makes the message that resumes this scene at once when a quota slot frees for it
     park: Callable[[], str] | None = None
     #: sends the parked messages of woken scenes and names the other projects they are of

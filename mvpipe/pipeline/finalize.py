@@ -175,13 +175,18 @@ def settle_until_stable(
     raise Conflict(f"project {project_id} kept changing while being settled; try again")
 
 
-def give_up_run(ctx: Context, project_id: str, run_id: str, error: str) -> bool:
+def give_up_run(
+    ctx: Context, project_id: str, run_id: str, error: str, *, at_once: bool = False
+) -> bool:
     """A finalize chain of `run_id` gave up on `error` (a scrubbed description): count it on the
     project (every chain, as `MAX_GIVE_UPS` says), and once `MAX_GIVE_UPS` are counted end the
     run saying why. Before that the run is left to reconcile, whose takeover tries it again (or
-    to another chain of the run already sent). True when this ended the run."""
+    to another chain of the run already sent). `at_once`: counted as all of them (a finalize
+    whose tries lost their process as often as may be: a takeover would lose them again).
+    True when this ended the run."""
     reason = f"finalize failed: {error}"
-    count = ctx.projects.count_finalize_give_up(project_id, run_id, reason)
+    by = MAX_GIVE_UPS if at_once else 1
+    count = ctx.projects.count_finalize_give_up(project_id, run_id, reason, by=by)
     if count is None or count < MAX_GIVE_UPS:
         return False  # the run moved on, or may be tried again
     settlement, _ = settle_until_stable(ctx, project_id, release_run=run_id, gave_up=reason)

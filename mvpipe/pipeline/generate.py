@@ -53,12 +53,13 @@ class SceneJob:
         wake: Callable[[list[str]], set[str]] | None = None,
         queue: str | None = None,
         redelivered: bool = False,
+        taken_over: str | None = None,
     ) -> None:
         """`park` makes the message that resumes this scene at once when a slot frees for it;
         `wake` sends the parked messages a release of this scene hands back and names the other
         projects they are of (None: they wait in `wakes`); `queue` is the queue this
-        execution was delivered on (None: run every stage here); `redelivered`: its message
-        was delivered again (`Execution.redelivered`)."""
+        execution was delivered on (None: run every stage here); `redelivered`, `taken_over`:
+        its message may follow a lost try (`Execution`)."""
         self.ctx = ctx
         self.x = Execution(
             ctx,
@@ -67,6 +68,7 @@ class SceneJob:
             run_id,
             provider,
             redelivered=redelivered,
+            taken_over=taken_over,
             park=park,
             wake=wake,
         )

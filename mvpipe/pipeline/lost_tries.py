@@ -11,6 +11,12 @@ up once `MVPIPE_MAX_ATTEMPTS` were lost in a row.
 Only a message delivered again (the transport's `redelivered` flag) can follow a lost process,
 so only its tries are counted: a first delivery, every scene's cut on the happy path, sends no
 Redis command. The count is then the tries lost (the first delivery, not counted, was too).
+A whole worker lost (the machine or its container killed, its main process dead) sends nothing
+again: its run goes stale, and reconcile takes the run over (or resumes the scene whose cut
+stopped, for the same run). Those messages follow a lost try too: reconcile marks them
+(`taken_over`, the run the new one replaced; a resumed scene's `redelivered`), and a taken-over
+run's count goes on from the run it replaced, so that work killing its whole worker gives up
+after `MVPIPE_MAX_ATTEMPTS` losses as well.
 """
 
 from __future__ import annotations
@@ -28,6 +34,12 @@ log = logging.getLogger("mvpipe.lost_tries")
 T = TypeVar("T")
 
 
+def carried_on(taken_over: str | None) -> dict[str, str]:
+    """The keywords that carry a run's `taken_over` on to its next message: none when unset,
+    so a run that took none over sends its messages as before."""
+    return {} if taken_over is None else {"taken_over": taken_over}
+
+
 class LostTooOften(Exception):
     """The work's tries were lost with their process `max_attempts` times in a row: give up
     (the message says so, for `lastError`). Its count is cleared: a user's next run tries
@@ -38,11 +50,22 @@ class LostTries:
     """The tries of one piece of work (`job`: its kind and what makes it, e.g. a cut's key)
     for one run (`run_id`: a count a cancelled or replaced run left behind never fails a later
     run's try), run from a message that was `redelivered` or not (a first delivery: nothing
-    counted)."""
+    counted). `taken_over`: the run `run_id` took over (reconcile's takeover of a stale run):
+    counted too, from the count the work had in that run, whose try was lost with it."""
 
-    def __init__(self, ctx: Context, job: str, *, run_id: str | None, redelivered: bool) -> None:
-        self.ctx, self.redelivered = ctx, redelivered
+    def __init__(
+        self,
+        ctx: Context,
+        job: str,
+        *,
+        run_id: str | None,
+        redelivered: bool,
+        taken_over: str | None = None,
+    ) -> None:
+        self.ctx = ctx
+        self.redelivered = redelivered or taken_over is not None
         self.job = job if run_id is None else f"{job}:{run_id}"
+        self.before = None if taken_over in (None, run_id) else f"{job}:{taken_over}"
 
     def attempt(self, work: Callable[[], T], what: str) -> T:
         """`work()`, this try counted; `LostTooOften` instead once `max_attempts` tries of
@@ -59,7 +82,7 @@ class LostTries:
         that reached `max_attempts` (the caller gives up and calls `end`), else None."""
         if not self.redelivered:
             return None
-        lost = self.ctx.board.start_try(self.job)
+        lost = self.ctx.board.start_try(self.job, goes_on_from=self.before)
         return lost if lost >= self.ctx.settings.max_attempts else None
 
     @contextmanager

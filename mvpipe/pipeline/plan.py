@@ -19,7 +19,7 @@ from mvpipe.media.slots import Slot
 from mvpipe.models import SceneSpec, SceneStatus
 from mvpipe.pipeline.brief import slot_briefs
 from mvpipe.pipeline.stages import claims_first_stage, next_stage
-from mvpipe.pipeline.timeline import analysis_on_its_way, load_timeline, song_slots
+from mvpipe.pipeline.timeline import analysis_waited_for, load_timeline, song_slots
 from mvpipe.providers.base import Brief
 from mvpipe.providers.classify import describe
 from mvpipe.providers.fairness import waits_alone
@@ -55,6 +55,9 @@ class AwaitAnalysis:
     """The project's song has no timeline yet, and the analysis its creation sent is on its
     way (`analysis_on_its_way`): look again in a moment rather than analyse it a second time."""
 
+    #: how long ago that analysis was sent (seconds)
+    sent_ago: float
+
 
 def plan_run(
     ctx: Context, project_id: str, run_id: str, only: list[int] | None = None
@@ -75,8 +78,9 @@ def plan_run(
         if state.project.song_key is not None and state.project.timeline_key is None:
             # An analysis that ends meanwhile, with its timeline, is found by `analyse_song`
             # (it reads the project again before analysing): never analysed twice for it.
-            if analysis_on_its_way(ctx, project_id):
-                return AwaitAnalysis()
+            sent_ago = analysis_waited_for(ctx, project_id)
+            if sent_ago is not None:
+                return AwaitAnalysis(sent_ago)
             return AnalyseFirst()
         if not ctx.board.lock_planning(project_id, run_id, ctx.settings.lease_seconds):
             return None

@@ -99,7 +99,10 @@ def settle(
         ctx.board.touch_run(new_run, ctx.settings.run_stale_seconds)
         if ctx.projects.take_over_run(project.project_id, run, new_run, status):
             scope = list(project.run_scope) if project.run_scope else None
-            dispatcher.start_run(project.project_id, new_run, scope)
+            # The stale run's work may have been lost with its worker: the new run's counts of
+            # lost tries go on from the old run's (`LostTries`), or work that kills its whole
+            # worker each try would be taken over forever.
+            dispatcher.start_run(project.project_id, new_run, scope, taken_over=run)
             report.runs_taken_over += 1
             log.info(
                 "took over stale run project=%s old=%s new=%s", project.project_id, run, new_run

@@ -58,11 +58,14 @@ def _made_alike(p: ProjectPass, scene: SceneRecord, stage: Stage, key: str | Non
 
 def resume_stage(p: ProjectPass, scene: SceneRecord, run: str | None) -> None:
     """A `processing` scene between stages (its original recorded, its cut missing) that no
-    chain works on: start one chain (never a second) that runs its missing stages."""
+    chain works on: start one chain (never a second) that runs its missing stages. The chain
+    that stopped may have been lost with its whole worker, in the cut (nothing delivers its
+    message again): the new chain's cut is counted as a redelivery's (`LostTries`), or a cut
+    that kills its worker each try would be resumed forever, its run kept alive."""
     liveness = p.ctx.settings.liveness_seconds(p.provider)
     if p.ctx.board.claim_poll_chain(scene.project_id, scene.sequence, liveness):
         _keep_run(p, run)
-        p.dispatcher.resume(scene.project_id, scene.sequence, run, p.provider)
+        p.dispatcher.resume(scene.project_id, scene.sequence, run, p.provider, after_loss=True)
         p.report.resumed_stages += 1
 
 

@@ -19,15 +19,21 @@ log = logging.getLogger("mvpipe.song_analysis")
 
 
 def analyse_for_run(
-    ctx: Context, project: ProjectRecord, run_id: str, *, redelivered: bool
+    ctx: Context,
+    project: ProjectRecord,
+    run_id: str,
+    *,
+    redelivered: bool,
+    taken_over: str | None = None,
 ) -> bool:
     """Analyse the song of `run_id`'s project (`ensure_timeline`), this try counted first:
     False when planning failed instead, the tries before it lost with their process as often
     as planning may be tried (a song whose analysis kills its worker would otherwise be
     delivered again forever, the run alive and the project generating). An error raised is
     the caller's to count (a planning attempt), not counted here again. `redelivered`: the
-    task's message was delivered again (`LostTries`)."""
-    tries = LostTries(ctx, f"analysis:{project.project_id}", run_id=run_id, redelivered=redelivered)
+    task's message was delivered again; `taken_over`: the run `run_id` took over (`LostTries`)."""
+    job = f"analysis:{project.project_id}"
+    tries = LostTries(ctx, job, run_id=run_id, redelivered=redelivered, taken_over=taken_over)
 
     def analyse() -> None:
         hooks.reached("before_analysis")

@@ -69,7 +69,12 @@ class Dispatcher(Protocol):
     """Enqueues work; implemented over Celery by `mvpipe.messaging.dispatch`."""
 
     def start_run(
-        self, project_id: str, run_id: str, sequences: list[int] | None = None
+        self,
+        project_id: str,
+        run_id: str,
+        sequences: list[int] | None = None,
+        *,
+        taken_over: str | None = None,
     ) -> Any: ...
 
     def resume(
@@ -80,6 +85,8 @@ class Dispatcher(Protocol):
         provider: str,
         operation_id: str | None = None,
         stage: str | None = None,
+        *,
+        after_loss: bool = False,
     ) -> Any: ...
 
     def finalize(self, project_id: str, run_id: str | None, sequences: list[int] | None) -> Any: ...

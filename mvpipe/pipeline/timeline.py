@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
+from dataclasses import dataclass
 
 from mvpipe.deps import Context
 from mvpipe.errors import Conflict, InvalidInput
@@ -92,6 +94,12 @@ def analysis_on_its_way(ctx: Context, project_id: str) -> bool:
     waited for (`MVPIPE_ANALYSIS_WAIT_SECONDS`): its mark in Redis, on the quick client. Not
     when it was never sent, ended (a timeline recorded or not), lost its process, or Redis
     cannot say: logged, never raised (the caller goes on as if none were sent)."""
+    return analysis_waited_for(ctx, project_id) is not None
+
+
+def analysis_waited_for(ctx: Context, project_id: str) -> float | None:
+    """How long ago the analysis the project's creation sent was sent, while it is on its way
+    and still waited for (`analysis_on_its_way`); None when it is not."""
     try:
         sent_ago = ctx.quick_board.analysis_age(project_id)
     except Exception as exc:
@@ -100,8 +108,57 @@ def analysis_on_its_way(ctx: Context, project_id: str) -> bool:
             project_id,
             describe(exc),
         )
-        return False
-    return awaits_analysis(sent_ago, ctx.settings.analysis_wait_seconds)
+        return None
+    return sent_ago if awaits_analysis(sent_ago, ctx.settings.analysis_wait_seconds) else None
+
+
+#: How often a run waiting for its song's analysis looks whether it has ended, at first: a 3-minute
+#: song's analysis takes about a second on a warm worker, and each look later than its end
+#: delays the planning. A look costs a project read, a few Redis commands (the run's liveness,
+#: the mark, the next look's message and its state) and sometimes a log line.
+ANALYSIS_CHECK_SECONDS = 0.25
+#: How long an analysis usually takes from its create's send to its end (a warm worker, little
+#: queued before it): past that it is late (queued behind other media work, or its message
+#: lost with its mark still pending), and the looks slow down.
+ANALYSIS_USUAL_SECONDS = 15.0
+#: Seconds added to the pause between looks per second the analysis is late...
+LATE_SLOWDOWN = 0.1
+#: ... up to this pause: a lost message (waited for up to `MVPIPE_ANALYSIS_WAIT_SECONDS`, 360 s
+#: by default) costs ~150 looks instead of ~1,440 at 0.25 s.
+ANALYSIS_CHECK_MAX_SECONDS = 5.0
+#: A waiting run logs its wait when it starts, then at most once per this many seconds.
+WAIT_LOG_SECONDS = 15
+
+
+@dataclass(frozen=True)
+class Look:
+    """What one look at a song's analysis still on its way decides (`look_again`)."""
+
+    #: seconds until the next look
+    pause: float
+    #: this look logs the wait
+    logs: bool
+    #: the analysis's age (whole seconds since its send) from which a later look logs again
+    log_after: int
+
+
+def look_again(sent_ago: float, log_after: int) -> Look:
+    """Pure: a waiting run's next look at an analysis sent `sent_ago` seconds ago and still on
+    its way. It looks every `ANALYSIS_CHECK_SECONDS` while the analysis is not late
+    (`ANALYSIS_USUAL_SECONDS`), then `LATE_SLOWDOWN` seconds more per second late, up to
+    `ANALYSIS_CHECK_MAX_SECONDS`. It logs once its age reaches `log_after` (0 at the wait's
+    first look: the wait is logged when it starts), then not for `WAIT_LOG_SECONDS`.
+    `InvalidInput` for an age that is negative or not finite, or a negative `log_after`."""
+    if not math.isfinite(sent_ago) or sent_ago < 0:
+        raise InvalidInput(
+            f"an analysis's age must be a finite number of seconds from 0: {sent_ago}"
+        )
+    if isinstance(log_after, bool) or not isinstance(log_after, int) or log_after < 0:
+        raise InvalidInput(f"log_after must be a whole number of seconds from 0: {log_after!r}")
+    late = max(0.0, sent_ago - ANALYSIS_USUAL_SECONDS)
+    pause = min(ANALYSIS_CHECK_MAX_SECONDS, ANALYSIS_CHECK_SECONDS + late * LATE_SLOWDOWN)
+    logs = sent_ago >= log_after
+    return Look(pause, logs, int(sent_ago) + WAIT_LOG_SECONDS if logs else log_after)
 
 
 def song_slots(settings: Settings, project: ProjectRecord, timeline: Timeline) -> list[Slot]:

@@ -361,12 +361,16 @@ class ProjectStore:
         condition = (m.active_run_id == run_id) & m.scene_count.does_not_exist()
         return self._count(project_id, "planning_attempts", condition)
 
-    def count_finalize_give_up(self, project_id: str, run_id: str, error: str) -> int | None:
-        """Count a finalize chain of `run_id` that gave up, noting why (kept across takeovers,
-        so a finalize that always crashes ends); None when `run_id` is not the active run."""
+    def count_finalize_give_up(
+        self, project_id: str, run_id: str, error: str, *, by: int = 1
+    ) -> int | None:
+        """Count a finalize chain of `run_id` that gave up (`by`: as that many), noting why
+        (kept across takeovers, so a finalize that always crashes ends); None when `run_id` is
+        not the active run."""
         m = self.m
         noted = [m.last_error.set(clip_error(error))]
-        return self._count(project_id, "finalize_give_ups", m.active_run_id == run_id, noted)
+        active = m.active_run_id == run_id
+        return self._count(project_id, "finalize_give_ups", active, noted, by=by)
 
     def _count(
         self,
@@ -374,14 +378,16 @@ class ProjectStore:
         counter: str,
         condition: Condition,
         actions: Sequence[Action] = (),
+        *,
+        by: int = 1,
     ) -> int | None:
-        """Add one to METADATA's number attribute `counter` (its name in the model) if
+        """Add `by` (one) to METADATA's number attribute `counter` (its name in the model) if
         `condition` holds; the count after, or None.
 
         Not idempotent: a retried write whose first attempt landed counts twice (one try
         fewer for a project during a store outage, never one more)."""
         attribute = getattr(self.m, counter)
-        if not self._update_meta(project_id, [attribute.add(1), *actions], condition):
+        if not self._update_meta(project_id, [attribute.add(by), *actions], condition):
             return None
         return int(getattr(self.table.get(project_pk(project_id), METADATA), counter) or 0)
 

@@ -76,6 +76,20 @@ if finished >= tonumber(expected) then return 1 end
 return 0
 """
 
+#: a try counted, its count going on from another job's (then dropped) on its first count
+_GO_ON = """
+local started = redis.call('INCR', KEYS[1])
+if started == 1 then
+  local before = tonumber(redis.call('GET', KEYS[2]) or '0')
+  if before > 0 then
+    started = redis.call('INCRBY', KEYS[1], before)
+    redis.call('DEL', KEYS[2])
+  end
+  redis.call('EXPIRE', KEYS[1], ARGV[1])
+end
+return started
+"""
+
 #: A member of every run's finished set from its planning on (never a sequence): the set, and
 #: its expiry, exist before the first scene finishes, so a finish need not renew it.
 PLANNED = "planned"
@@ -103,6 +117,7 @@ class RunBoard:
         self._finish = client.register_script(_FINISH)
         self._unlock = client.register_script(_UNLOCK)
         self._renew = client.register_script(_RENEW)
+        self._go_on = client.register_script(_GO_ON)
         #: a run's liveness or a hold -> when this process last refreshed it (monotonic)
         self._refreshed: dict[tuple[str, str], float] = {}
 
@@ -309,12 +324,17 @@ class RunBoard:
 
     # -- work that may lose its process ---------------------------------------------------------
     @_answered
-    def start_try(self, job: str) -> int:
+    def start_try(self, job: str, *, goes_on_from: str | None = None) -> int:
         """Count a try of `job` (a song's analysis, a cut, an assembly) before it runs; returns
         how many tries in a row have now started without ending (this one included). A try
         whose process is lost (killed for its memory, a native crash) never gets to
-        `try_ended`, and Celery delivers its message again: the next try counts it."""
+        `try_ended`, and Celery delivers its message again: the next try counts it.
+        `goes_on_from`: the same work's count under another job (the run this one took over):
+        the first try counted here adds it, and it is dropped (one script, one command)."""
         key = self._key("tries", job)
+        if goes_on_from is not None:
+            before = self._key("tries", goes_on_from)
+            return int(self._go_on(keys=[key, before], args=[self.ttl]))
         started = int(self.client.incr(key))
         if started == 1:
             self.client.expire(key, self.ttl)

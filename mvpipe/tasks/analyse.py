@@ -22,6 +22,7 @@ from mvpipe.deps import Context, get_context
 from mvpipe.errors import Conflict, InvalidInput, NotFound, UnexpectedError
 from mvpipe.messaging.dispatch import PLAN_SCENES, PREPARE_SONG
 from mvpipe.models import is_project_id
+from mvpipe.pipeline.lost_tries import carried_on
 from mvpipe.pipeline.plan import fail_planning
 from mvpipe.pipeline.song_analysis import analyse_for_run, end_analysis_mark, end_lost_analysis_mark
 from mvpipe.pipeline.timeline import analysis_on_its_way, ensure_timeline
@@ -103,9 +104,13 @@ def analyse_song(
     run_id: str,
     only: list[int] | None = None,
     outages: int = 0,
+    taken_over: str | None = None,
 ) -> Any:
-    checked_ids(project_id, run_id=run_id, only=only, counts={OUTAGES: outages})
-    kwargs = {"only": only, OUTAGES: outages}
+    """`taken_over`: this run took over that stale one (its analysis's lost tries go on
+    counting: `LostTries`)."""
+    counts = {OUTAGES: outages}
+    checked_ids(project_id, run_id=run_id, only=only, taken_over=taken_over, counts=counts)
+    kwargs = {"only": only, OUTAGES: outages, "taken_over": taken_over}
     crash: Exception | None = None
     try:
         ctx = get_context()  # its first use in a process reaches the store: an outage retries
@@ -114,7 +119,8 @@ def analyse_song(
             return {"project_id": project_id, "outcome": "run no longer active"}
         ctx.board.touch_run(run_id, ctx.settings.run_stale_seconds)  # the run is alive: analysing
         # False: its process was lost too often
-        if not analyse_for_run(ctx, project, run_id, redelivered=self.redelivered()):
+        again = self.redelivered()
+        if not analyse_for_run(ctx, project, run_id, redelivered=again, taken_over=taken_over):
             return {"project_id": project_id, "outcome": "planning failed"}
     except (InvalidInput, Conflict) as exc:
         why = f"song analysis: {exc}"
@@ -135,7 +141,8 @@ def analyse_song(
             return _crashed(self, get_context(), project_id, run_id, crash, kwargs)
         except OUTAGE_ERRORS as exc:
             raise self.outage_retry(exc, kwargs) from None
-    raise self.replace(app.signature(PLAN_SCENES, args=[project_id, run_id], kwargs={"only": only}))
+    after = {"only": only, **carried_on(taken_over)}
+    raise self.replace(app.signature(PLAN_SCENES, args=[project_id, run_id], kwargs=after))
 
 
 def _crashed(

@@ -6,7 +6,8 @@ while another waits) and the recording write is conditioned on the run. A pool p
 mid-assembly has its message delivered again (it builds once the dead builder's hold lapses);
 builds lost in a row are counted, and past `MVPIPE_MAX_ATTEMPTS` the run is released saying why
 (`pipeline.lost_tries`). A whole worker lost leaves the run without liveness; reconcile takes
-it over and the new run's finalize sends the assembly again.
+it over and the new run's finalize sends the assembly again, saying which run it took over:
+its builds lost count on from that run's.
 """
 
 from __future__ import annotations
@@ -40,15 +41,17 @@ def assemble_project(
     outages: int = 0,
     unexpected: int = 0,
     redelivered: bool = False,
+    taken_over: str | None = None,
 ) -> dict[str, Any]:
-    counts = {OUTAGES: outages, UNEXPECTED: unexpected}
-    checked_ids(project_id, run_id=run_id, counts=counts)
+    counts: dict[str, Any] = {OUTAGES: outages, UNEXPECTED: unexpected}
+    checked_ids(project_id, run_id=run_id, taken_over=taken_over, counts=counts)
+    counts["taken_over"] = taken_over  # carried by a retry, as the counts are
     # A build's message delivered again mostly finds its lost builder's hold and waits on a new
     # message (`rerun_later`): that one carries the flag, or the build it makes goes uncounted.
     again = redelivered is True or self.redelivered()
     try:
         ctx = get_context()  # its first use in a process reaches the store: an outage retries
-        assembly = assemble_run(ctx, project_id, run_id, redelivered=again)
+        assembly = assemble_run(ctx, project_id, run_id, redelivered=again, taken_over=taken_over)
     except ObjectMissing as exc:  # a clip or the song is gone: reconcile resets a lost clip
         return _give_up(self, project_id, run_id, describe(exc), counts)
     except NotFound:

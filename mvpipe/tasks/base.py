@@ -189,6 +189,7 @@ def checked_ids(
     *,
     run_id: Any,
     run_optional: bool = False,
+    taken_over: Any = None,
     stage: Any = None,
     only: Any = None,
     release: Any = None,
@@ -197,6 +198,7 @@ def checked_ids(
     """Reject malformed messages up front, before anything is read or written: Celery's
     `Reject` (no requeue) ends them as failed tasks, so they never crash a worker nor come
     back, and the reason is logged. `run_optional`: a run id may be None (work outside a run).
+    `taken_over`: the run a takeover's run replaced (`LostTries`), None or a run id.
     `only`: a list of sequences; `stage`: a stage's name; `release`: a carried give-back;
     `counts`: the failure counts a retry carries (`outages`, `unexpected`, ...) by their
     keyword, each a whole number from 0 (a wrong type would fail the retry itself, a negative
@@ -207,6 +209,8 @@ def checked_ids(
             validate_sequence(sequence)
         if run_id is not None or not run_optional:
             validate_run_id(run_id)
+        if taken_over is not None:
+            validate_run_id(taken_over)
         if stage is not None and stage not in BY_NAME:
             raise InvalidInput(f"invalid stage (expected one of {list(BY_NAME)})")
         if only is not None:

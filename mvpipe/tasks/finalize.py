@@ -1,4 +1,9 @@
-"""`mvpipe.finalize_project`: the chord body (and the re-trigger of late scenes)."""
+"""`mvpipe.finalize_project`: the chord body (and the re-trigger of late scenes).
+
+Acknowledged late like every step, so a finalize whose process is lost is delivered again: one
+lost on every try (the process killed each time) is counted like the media work
+(`pipeline.lost_tries`), and after `MVPIPE_MAX_ATTEMPTS` lost tries the run ends saying why.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,8 @@ from typing import Any
 from mvpipe import hooks
 from mvpipe.deps import get_context
 from mvpipe.errors import NotFound
-from mvpipe.pipeline.finalize import finalize_run, give_up_run
+from mvpipe.pipeline.finalize import Settlement, finalize_run, give_up_run
+from mvpipe.pipeline.lost_tries import LostTooOften, LostTries, carried_on
 from mvpipe.providers.classify import describe
 from mvpipe.tasks.assemble import assemble_project
 from mvpipe.tasks.base import RETRIED_ERRORS, MvpipeTask, app, checked_ids, log_unexpected
@@ -33,20 +39,41 @@ def finalize_project(
     outages: int = 0,
     scenes_on_board: bool = False,
     unexpected: int = 0,
+    taken_over: str | None = None,
 ) -> dict[str, Any]:
     """The chord's result list is ignored on purpose: only the store tells the truth.
-    `scenes_on_board`: the run's scenes are the list its planning kept on the run board."""
+    `scenes_on_board`: the run's scenes are the list its planning kept on the run board.
+    `taken_over`: the stale run this run replaced (its lost tries go on counting)."""
     counts = {OUTAGES: outages, UNEXPECTED: unexpected}
-    checked_ids(project_id, run_id=run_id, run_optional=True, only=sequences, counts=counts)
-    kwargs = {**counts, "scenes_on_board": scenes_on_board}
+    checked_ids(
+        project_id,
+        run_id=run_id,
+        run_optional=True,
+        taken_over=taken_over,
+        only=sequences,
+        counts=counts,
+    )
+    kwargs = {**counts, "scenes_on_board": scenes_on_board, "taken_over": taken_over}
     try:
         ctx = get_context()  # its first use in a process reaches the store: an outage retries
-        if run_id is not None:
-            ctx.board.finalize_began(run_id)
-        hooks.reached("during_finalize")
-        if scenes_on_board and run_id is not None:
-            sequences = ctx.board.run_scenes(run_id)
-        settlement = finalize_run(ctx, project_id, run_id, sequences)
+        tries = LostTries(
+            ctx,
+            f"finalize:{project_id}",
+            run_id=run_id,
+            redelivered=self.redelivered(),
+            taken_over=taken_over,
+        )
+
+        def finalize() -> Settlement:
+            if run_id is not None:
+                ctx.board.finalize_began(run_id)
+            hooks.reached("during_finalize")
+            scenes = ctx.board.run_scenes(run_id) if scenes_on_board and run_id else sequences
+            return finalize_run(ctx, project_id, run_id, scenes)
+
+        settlement = tries.attempt(finalize, "the run's finalize")
+    except LostTooOften as exc:
+        return _give_up(self, project_id, run_id, str(exc), kwargs, at_once=True)
     except NotFound:
         return {"project_id": project_id, "outcome": "project not found"}
     except RETRIED_ERRORS as exc:  # Conflict: it kept moving
@@ -56,12 +83,12 @@ def finalize_project(
         retry = self.unexpected_retry(exc, kwargs, MAX_UNEXPECTED)
         if retry is not None:
             raise retry from None
-        return _give_up(self, project_id, run_id, exc, kwargs)
+        return _give_up(self, project_id, run_id, describe(exc), kwargs)
     if settlement.assemble and run_id is not None:
         # The assembly takes this task's id, so the run's AsyncResult resolves to its result.
         # A second finalize of the run sends a second assembly: harmless (it finds the object
         # or the recorded key), and never none when a first message was lost.
-        raise self.replace(assemble_project.si(project_id, run_id))
+        raise self.replace(assemble_project.si(project_id, run_id, **carried_on(taken_over)))
     return {
         "project_id": project_id,
         "run_id": run_id,
@@ -71,16 +98,22 @@ def finalize_project(
 
 
 def _give_up(
-    task: MvpipeTask, project_id: str, run_id: str | None, exc: Exception, kwargs: dict[str, Any]
+    task: MvpipeTask,
+    project_id: str,
+    run_id: str | None,
+    error: str,
+    kwargs: dict[str, Any],
+    *,
+    at_once: bool = False,
 ) -> dict[str, Any]:
-    """No retry cured `exc`: count the give-up (the run ends at `MAX_GIVE_UPS`). An outage
-    meanwhile retries (that execution meets the error and gives up again, counted again)."""
-    error = describe(exc)
+    """No retry cured `error`: count the give-up (the run ends at `MAX_GIVE_UPS`; `at_once`:
+    now, its tries lost as often as may be). An outage meanwhile retries (that execution meets
+    the error and gives up again, counted again)."""
     log.warning("finalize of project %s gave up: %s", project_id, error)
     ended = run_id is not None and bool(
         task.record_give_up(
             kwargs,
-            lambda ctx: give_up_run(ctx, project_id, run_id, error),
+            lambda ctx: give_up_run(ctx, project_id, run_id, error, at_once=at_once),
             log,
             f"finalize of project {project_id}",
         )

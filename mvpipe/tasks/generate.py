@@ -98,12 +98,18 @@ def generate_scene(
     unexpected: int = 0,
     job_started: float | None = None,
     unread_polls: int = 0,
+    taken_over: str | None = None,
+    redelivered: bool = False,
 ) -> dict[str, Any]:
+    """`taken_over`: the scene's run took over that stale run; `redelivered`: reconcile resumed
+    the scene, whose chain stopped (its whole worker lost): both follow a lost try
+    (`LostTries`), and every later step of the chain carries them."""
     checked_ids(
         project_id,
         sequence,
         run_id=run_id,
         run_optional=True,
+        taken_over=taken_over,
         stage=stage,
         release=release,
         counts={OUTAGES: outages, UNEXPECTED: unexpected},
@@ -121,6 +127,8 @@ def generate_scene(
         UNEXPECTED: unexpected,
         "job_started": job_started,
         "unread_polls": unread_polls,
+        "taken_over": taken_over,
+        "redelivered": redelivered,
     }
 
     def wake(woken: list[str]) -> set[str]:
@@ -143,7 +151,8 @@ def generate_scene(
             ),
             wake=wake,
             queue=_kept_queue(self),
-            redelivered=self.redelivered(),
+            redelivered=redelivered is True or self.redelivered(),
+            taken_over=taken_over,
         )
         if copy is not None and not ctx.board.first_copy(
             str(self.request.id), self.request.retries, copy, TWIN_SECONDS

@@ -4,7 +4,8 @@ Plans the project if it is not planned yet, then replaces itself with the run's 
 `generate_scene` per scene lacking a clip, then `finalize_project`. A song project whose song
 has no timeline yet first becomes `mvpipe.analyse_song` (queue `mvpipe.media`), which comes back
 here once the timeline is recorded; while the analysis its project's creation sent is on its way,
-it looks again every `ANALYSIS_CHECK_SECONDS` instead (holding no worker process meanwhile).
+it looks again in a moment instead (holding no worker process meanwhile): at once at first, less
+often once the analysis is late (`timeline.look_again`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from mvpipe.errors import (
     ProviderError,
     TransientProviderError,
 )
+from mvpipe.pipeline.lost_tries import carried_on
 from mvpipe.pipeline.plan import AnalyseFirst, AwaitAnalysis, fail_planning, plan_run
+from mvpipe.pipeline.timeline import look_again
 from mvpipe.providers.classify import describe
 from mvpipe.tasks.analyse import analyse_song
 from mvpipe.tasks.base import OUTAGE_ERRORS, WAITING_PRIORITY, MvpipeTask, app, checked_ids
@@ -32,13 +35,6 @@ from mvpipe.tasks.finalize import finalize_project
 from mvpipe.tasks.generate import generate_scene
 
 log = logging.getLogger("mvpipe.tasks.plan")
-
-#: How often a run's planning looks whether the song's analysis its creation sent has ended:
-#: a look costs a project read, a few Redis commands (the run's liveness, the mark, the
-#: message sent with its countdown, its state) and a log line; a 3-minute song's analysis
-#: takes about a second on a warm worker (each look later than its end delays the planning),
-#: and the looks stop at `MVPIPE_ANALYSIS_WAIT_SECONDS` after the create's send.
-ANALYSIS_CHECK_SECONDS = 0.25
 
 
 @app.task(base=MvpipeTask, bind=True, name="mvpipe.plan_scenes")
@@ -49,10 +45,17 @@ def plan_scenes(
     only: list[int] | None = None,
     planner_failures: int = 0,
     outages: int = 0,
+    taken_over: str | None = None,
+    log_after: int = 0,
 ) -> Any:
-    counts = {"planner_failures": planner_failures, OUTAGES: outages}
-    checked_ids(project_id, run_id=run_id, only=only, counts=counts)
-    kwargs = {"only": only, **counts}
+    """`taken_over`: reconcile's takeover of that stale run started this one: every message of
+    the run says so, and its media work's lost tries go on counting (`LostTries`).
+    `log_after`: while it waits for its song's analysis, the analysis's age from which its wait
+    is logged again (`look_again`)."""
+    counts = {"planner_failures": planner_failures, OUTAGES: outages, "log_after": log_after}
+    checked_ids(project_id, run_id=run_id, only=only, taken_over=taken_over, counts=counts)
+    kwargs = {"only": only, **counts, "taken_over": taken_over}
+    after = carried_on(taken_over)
     try:
         ctx = get_context()  # its first use in a process reaches the store: an outage retries
         plan = plan_run(ctx, project_id, run_id, only)
@@ -85,13 +88,23 @@ def plan_scenes(
     if plan is None:
         return {"project_id": project_id, "outcome": "run no longer active"}
     if isinstance(plan, AwaitAnalysis):
-        log.info("run %s of project %s waits for its song's analysis", run_id, project_id)
+        look = look_again(plan.sent_ago, log_after)
+        if look.logs:
+            log.info(
+                "run %s of project %s waits for its song's analysis (sent %.1f s ago; the next"
+                " look in %.2f s)",
+                run_id,
+                project_id,
+                plan.sent_ago,
+                look.pause,
+            )
         progress = {"project_id": project_id, "run_id": run_id}
-        raise self.rerun_later("WAITING_FOR_ANALYSIS", ANALYSIS_CHECK_SECONDS, kwargs, progress)
+        carried = {**kwargs, "log_after": look.log_after}
+        raise self.rerun_later("WAITING_FOR_ANALYSIS", look.pause, carried, progress)
     if isinstance(plan, AnalyseFirst):
-        raise self.replace(analyse_song.si(project_id, run_id, only))
+        raise self.replace(analyse_song.si(project_id, run_id, only, **after))
     if not plan.sequences:
-        raise self.replace(finalize_project.si(None, project_id, run_id, []))
+        raise self.replace(finalize_project.si(None, project_id, run_id, [], **after))
     try:  # the callback reads them there: each header message carries it
         ctx.board.keep_run_scenes(run_id, plan.sequences)
     except OUTAGE_ERRORS as exc:
@@ -103,10 +116,10 @@ def plan_scenes(
     # only free work goes first.
     waiting = plan.waiting(ctx.settings.concurrency_for(plan.provider))
     header = group(
-        generate_scene.si(project_id, sequence, run_id, plan.provider).set(
+        generate_scene.si(project_id, sequence, run_id, plan.provider, **after).set(
             priority=WAITING_PRIORITY if sequence in waiting else 0
         )
         for sequence in plan.sequences
     )
-    body = finalize_project.s(project_id, run_id, None, scenes_on_board=True)
+    body = finalize_project.s(project_id, run_id, None, scenes_on_board=True, **after)
     raise self.replace(chord(header, body))

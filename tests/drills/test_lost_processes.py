@@ -6,13 +6,17 @@ why, and the project is left for a user's next run."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
+
+import pytest
 
 from mvpipe import api
 from mvpipe.deps import get_context
 from mvpipe.devstack.failpoints import killed
-from mvpipe.models import ProjectStatus, SceneStatus
+from mvpipe.models import ProjectStatus, ProjectView, SceneStatus
+from mvpipe.pipeline.reconcile_report import ReconcileReport
 from tests.conftest import Workers
-from tests.drills.conftest import DRILL_SETTINGS
+from tests.drills.conftest import DRILL_SETTINGS, heal
 from tests.drills.test_unknown_outcomes import state_dir
 from tests.helpers import assert_invariants, song_project_unanalysed
 from tests.songs import make_song
@@ -28,7 +32,7 @@ KILLS = 10
 SETTLED_SECONDS = 240
 
 
-def start_killing(start_workers: StartWorkers, point: str, **settings: str) -> Workers:
+def start_killing(start_workers: StartWorkers, point: str, **settings: Any) -> Workers:
     """Workers whose processes die at `point`, its first `KILLS` reaches."""
     return start_workers(
         failpoints=f"{point}=kill:{KILLS}",
@@ -99,4 +103,119 @@ def test_a_final_video_whose_assembly_kills_its_worker_releases_the_run_saying_s
     assert view.last_error == f"assembly failed: {why}"
     assert view.final_video_s3_key is None
     assert killed(state_dir(workers), "during_assembly") == LIMIT
+    assert_invariants(project_id)
+
+
+def test_a_run_whose_finalize_kills_its_worker_ends_saying_so(
+    start_workers: StartWorkers,
+) -> None:
+    # Given completed scenes whose run's finalize kills the process running it, every time
+    workers = start_killing(start_workers, "during_finalize")
+    project_id = completed_song_project(get_context(), song=False)
+    # When a run finalizes them
+    api.run_project(project_id)
+    view = api.wait_project(project_id, timeout=SETTLED_SECONDS)
+    # Then the run ended saying why, after as many lost finalizes as may be tried
+    assert_finalize_given_up(view)
+    assert killed(state_dir(workers), "during_finalize") == LIMIT
+    assert "WorkerLostError" in workers.service.log_text()
+    assert_invariants(project_id)
+
+
+def assert_finalize_given_up(view: ProjectView) -> None:
+    assert view.status == ProjectStatus.PENDING, view
+    why = f"the run's finalize lost its worker process {LIMIT} times"
+    assert view.last_error == f"finalize failed: {why}"
+    assert view.final_video_s3_key is None
+
+
+#: Celery's threads pool: a failpoint's kill ends the whole worker (every thread, its consumer),
+#: as when its machine or container is killed; nothing delivers its messages again.
+WHOLE_WORKER: dict[str, Any] = {"pool": "threads", "concurrency": 2}
+
+
+class Replaced:
+    """Workers whose whole process dies at `point`, its first `KILLS` reaches, each replaced
+    once it is dead (what a supervisor does), looked at after each reconcile pass."""
+
+    def __init__(self, start_workers: StartWorkers, point: str) -> None:
+        self.start_workers, self.point = start_workers, point
+        self.workers = self.start()
+        self.takeovers = 0
+
+    def start(self, **settings: str) -> Workers:
+        return start_killing(self.start_workers, self.point, **WHOLE_WORKER, **settings)
+
+    def after_pass(self, report: ReconcileReport) -> None:
+        self.takeovers += report.runs_taken_over
+        if self.workers.service.proc.poll() is not None:
+            self.workers = self.start(local_ledger=str(self.workers.ledger))
+
+    def killed(self) -> int:
+        return killed(state_dir(self.workers), self.point)
+
+
+def song_unanalysed() -> str:
+    return song_project_unanalysed(get_context(), "Killer song", make_song("wav", 6.0).data)
+
+
+def one_scene() -> str:
+    return api.create_project("Killer clip", "Its cut dies.", scene_count=1)
+
+
+def completed() -> str:
+    return completed_song_project(get_context(), song=False)
+
+
+def planning_failed(view: ProjectView) -> None:
+    assert view.status == ProjectStatus.FAILED, view
+    why = f"the song's analysis lost its worker process {LIMIT} times"
+    assert view.last_error == f"planning failed: {why}"
+
+
+def cut_failed(view: ProjectView) -> None:
+    assert view.status == ProjectStatus.FAILED, view
+    (scene,) = view.scenes
+    assert scene.status == SceneStatus.FAILED
+    why = f"the clip could not be cut: cutting it lost its worker process {LIMIT} times; "
+    assert scene.last_error is not None and scene.last_error.startswith(why), scene.last_error
+    assert scene.original_video_clip_s3_key and not scene.working_video_clip_s3_key
+
+
+def assembly_failed(view: ProjectView) -> None:
+    assert view.status == ProjectStatus.PENDING, view
+    why = f"the final video's assembly lost its worker process {LIMIT} times"
+    assert view.last_error == f"assembly failed: {why}"
+    assert view.final_video_s3_key is None
+
+
+@pytest.mark.parametrize(
+    ("point", "project", "ended"),
+    [
+        ("before_analysis", song_unanalysed, planning_failed),
+        ("during_cut", one_scene, cut_failed),
+        ("during_assembly", completed, assembly_failed),
+        ("during_finalize", completed, assert_finalize_given_up),
+    ],
+    ids=["analysis", "cut", "assembly", "finalize"],
+)
+def test_work_that_kills_its_whole_worker_each_try_gives_up_after_the_limit(
+    start_workers: StartWorkers,
+    point: str,
+    project: Callable[[], str],
+    ended: Callable[[ProjectView], None],
+) -> None:
+    # Given work whose every try kills the whole worker running it (its machine, say), each
+    # dead worker replaced: its messages are never delivered again, so the run goes stale and
+    # reconcile takes it over (or resumes the scene whose cut stopped)
+    workers = Replaced(start_workers, point)
+    project_id = project()
+    # When a run makes it, reconcile passing meanwhile
+    api.run_project(project_id)
+    view = heal(project_id, SETTLED_SECONDS, rerun=False, after_pass=workers.after_pass)
+    # Then the work was given up on, saying why, after as many lost tries as may be lost
+    ended(view)
+    assert workers.killed() == LIMIT
+    if point != "during_cut":  # a cut stopped is resumed for its run, not taken over
+        assert workers.takeovers == LIMIT
     assert_invariants(project_id)
