@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import struct
+import wave
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,17 +39,20 @@ def make_song(
     channels: int = 2,
     rate: int | None = None,
     options: dict[str, str] | None = None,
+    start: float = 0.0,
 ) -> Encoded:
     """Encode `seconds` of a 440 Hz tone with a click each half second as `kind` (ENCODINGS),
-    at its rate unless `rate` is given; `options` go to the muxer."""
+    at its rate unless `rate` is given; `options` go to the muxer. The first sample is stamped
+    `start` seconds (audio copied out of a video often starts late)."""
     container_format, codec, sample_format, default_rate = ENCODINGS[kind]
     rate = rate or default_rate
     total = round(seconds * rate)
     t = np.arange(total) / rate
-    wave = 0.3 * np.sin(2 * np.pi * 440 * t)
-    wave[(np.arange(total) % (rate // 2)) < 40] = 0.9
-    planes = np.repeat(wave[None, :], channels, axis=0)
-    return _encode(planes, container_format, codec, sample_format, rate, options or {})
+    sound = 0.3 * np.sin(2 * np.pi * 440 * t)
+    sound[(np.arange(total) % (rate // 2)) < 40] = 0.9
+    planes = np.repeat(sound[None, :], channels, axis=0)
+    first = round(start * rate)
+    return _encode(planes, container_format, codec, sample_format, rate, options or {}, first=first)
 
 
 def make_uneven_song(kind: str, seconds: float, *, loud_first: bool) -> Encoded:
@@ -86,8 +90,10 @@ def _encode(
     options: dict[str, str],
     *,
     vbr: bool = False,
+    first: int = 0,
 ) -> Encoded:
-    """`planes` (channels x samples, float) encoded into `container_format`."""
+    """`planes` (channels x samples, float) encoded into `container_format`, the first sample
+    stamped `first`."""
     planes = planes.astype(np.float32)
     channels, total = planes.shape
     out = io.BytesIO()
@@ -104,12 +110,32 @@ def _encode(
         for start in range(0, total, chunk):
             block = planes[:, start : start + chunk]
             frame = _frame(block, sample_format, layout, rate)
-            frame.pts = start
+            frame.pts = first + start
             for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode(None):
             container.mux(packet)
     return Encoded(out.getvalue(), total / rate, rate, channels)
+
+
+def make_wav(
+    seconds: float, *, channels: int = 1, rate: int = 8000, tag: int = 1, bits: int = 16
+) -> bytes:
+    """A 16-bit PCM WAV of a 440 Hz tone in every channel, written by the `wave` module; `tag`
+    and `bits` then rewrite its format chunk's format tag and bits per sample (1 and 16: PCM)."""
+    t = np.arange(round(seconds * rate)) / rate
+    tone = (0.3 * np.sin(2 * np.pi * 440 * t) * 32767).astype("<i2")
+    out = io.BytesIO()
+    with wave.open(out, "wb") as written:
+        written.setnchannels(channels)
+        written.setsampwidth(2)
+        written.setframerate(rate)
+        written.writeframes(np.repeat(tone, channels).tobytes())
+    data = bytearray(out.getvalue())
+    assert data[12:16] == b"fmt "  # the format chunk: tag at 20, bits per sample at 34
+    struct.pack_into("<H", data, 20, tag)
+    struct.pack_into("<H", data, 34, bits)
+    return bytes(data)
 
 
 def with_latin1_title(wav: bytes, title: str = "Café!") -> bytes:

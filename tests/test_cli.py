@@ -32,7 +32,7 @@ from tests.cli_batch import mvpipe_batch
 from tests.conftest import Workers
 from tests.helpers import listening_on, own_storage, wait_for
 from tests.processes import Processes
-from tests.songs import make_song
+from tests.songs import make_song, make_wav
 
 pytestmark = pytest.mark.integration
 
@@ -226,6 +226,8 @@ def test_reconcile_sweep_does_the_sweeps_now_and_shows_their_progress_on_a_termi
 def test_user_mistakes_are_one_line_and_an_exit_code(stack: object, tmp_path: Path) -> None:
     long_song = tmp_path / "long.wav"
     long_song.write_bytes(make_song("wav", 601.0).data)  # MVPIPE_SONG_MAX_SECONDS [600]
+    undecodable = tmp_path / "float16.wav"
+    undecodable.write_bytes(make_wav(6.0, tag=3))  # 16-bit float: FFmpeg has no decoder
     some = str(uuid.uuid4())
     create = ("create", "--title", "t", "--concept", "x")
     cases = [
@@ -237,6 +239,7 @@ def test_user_mistakes_are_one_line_and_an_exit_code(stack: object, tmp_path: Pa
         (("regenerate", some, "0"), 2, "sequence"),
         ((*create, "--song", str(tmp_path / "missing.wav")), 2, "does not exist"),
         ((*create, "--song", str(long_song)), 2, "song is too long"),
+        ((*create, "--song", str(undecodable)), 2, "no decoder for its audio codec"),
         ((*create, "--budget", "-5"), 2, "budget must be between 0 and"),
         (("budget", some, "lots"), 2, "budget must be a number of US dollars"),
         (("budget", some, "-5"), 2, "budget must be between 0 and"),

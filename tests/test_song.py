@@ -26,6 +26,7 @@ from tests.songs import (
     make_song,
     make_uneven_song,
     make_video_only,
+    make_wav,
     with_latin1_title,
 )
 
@@ -62,6 +63,10 @@ def test_good_songs_are_measured_by_decoding(kind: str) -> None:
         (make_song("flac", 8.0).data[:30_000], "truncated"),
         (make_song("m4a", 8.0).data[:40_000], "truncated"),
         (make_song("wav", 3.0, channels=1).data, "too short"),
+        (make_wav(6.0, tag=3), "no decoder for its audio codec"),  # 16-bit float
+        (make_wav(6.0, tag=0x9999), "no decoder for its audio codec"),
+        (make_wav(6.0, bits=0), "no decoder for its audio codec"),
+        (make_wav(6.0, channels=65), "song has 65 audio channels, at most 64"),
     ],
     ids=[
         "empty",
@@ -74,6 +79,10 @@ def test_good_songs_are_measured_by_decoding(kind: str) -> None:
         "truncated-flac",
         "truncated-m4a",
         "too-short",
+        "float-16-wav",
+        "unknown-format-tag",
+        "no-bits-per-sample",
+        "65-channels",
     ],
 )
 def test_bad_songs_are_refused_naming_the_reason(data: bytes, reason: str) -> None:

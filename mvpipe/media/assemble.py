@@ -24,7 +24,7 @@ from av.packet import Packet
 from av.video.stream import VideoStream
 
 from mvpipe.errors import InvalidInput
-from mvpipe.media.audio import resampled
+from mvpipe.media.audio import interleaved, resampled
 from mvpipe.media.encoding import OutputFormat, video_codec_matches
 from mvpipe.media.files import written_atomically
 from mvpipe.media.untrusted import open_untrusted
@@ -157,17 +157,28 @@ def _song_packets(
 def _copied_packets(
     out: OutputContainer, song: Path, seconds: Fraction | None, heard: list[Fraction]
 ) -> Iterator[tuple[Fraction, Packet]]:
-    """An AAC song's packets as they are, those that start before `seconds` (±1 AAC frame)."""
+    """An AAC song's packets as they are, those that start before `seconds` (±1 AAC frame).
+
+    Their timestamps count from the first packet: analysis, the slots and the song's length
+    count the decoded samples from 0, and an AAC track copied out of a video often starts
+    late (its first packet at 0.5 s would play every beat half a second late). A first
+    packet before 0 is the encoder's priming, which the edit list trims: kept as it is."""
     with open_untrusted(song) as container:
         # Added now, not when the packets are first pulled: the header is written on first mux.
         stream = out.add_stream_from_template(container.streams.audio[0])
 
     def copied() -> Iterator[tuple[Fraction, Packet]]:
+        origin: int | None = None
         with open_untrusted(song) as container:
             source = container.streams.audio[0]
             for packet in container.demux(source):
                 if packet.size == 0 or packet.pts is None or packet.time_base is None:
                     continue
+                if origin is None:
+                    origin = max(packet.pts, 0)
+                packet.pts -= origin
+                if packet.dts is not None:
+                    packet.dts -= origin
                 start = Fraction(packet.pts) * packet.time_base
                 if seconds is not None and start >= seconds:
                     break
@@ -253,13 +264,14 @@ def _audio_packets(
     layout = stream.codec_context.layout.name
     with open_untrusted(song) as container:
         decoded = container.decode(container.streams.audio[0])
-        for frame in resampled(decoded, "fltp", layout, rate):
+        # Packed: the encoder's own resampler makes the planar frames AAC takes.
+        for frame in resampled(decoded, "flt", layout, rate):
             if limit is not None and written[0] >= limit:
                 break
             keep = frame.samples if limit is None else min(frame.samples, limit - written[0])
             if keep < frame.samples:
-                samples = np.ascontiguousarray(frame.to_ndarray()[:, :keep], dtype=np.float32)
-                frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout=layout)
+                samples = np.ascontiguousarray(interleaved(frame)[:keep]).reshape(1, -1)
+                frame = av.AudioFrame.from_ndarray(samples, format="flt", layout=layout)
                 frame.sample_rate = rate
             frame.pts, frame.time_base = written[0], Fraction(1, rate)
             written[0] += keep

@@ -36,10 +36,10 @@ def decode_mono(source: Path | str | bytes, sample_rate: int = 22050) -> Samples
             if not container.streams.audio:
                 raise InvalidInput("the file has no audio stream")
             stream = container.streams.audio[0]
-            # Planar float, channels kept: the mean of the channels is the mono mix. FFmpeg's
+            # Packed float, channels kept: the mean of the channels is the mono mix. FFmpeg's
             # own downmix adds channels at -3 dB each, which makes stereo louder than mono.
-            for out in resampled(container.decode(stream), "fltp", None, sample_rate):
-                chunks.append(_mono(out))
+            for out in resampled(container.decode(stream), "flt", None, sample_rate):
+                chunks.append(interleaved(out).mean(axis=1, dtype=np.float32))
     except InvalidInput:
         raise
     except (av.FFmpegError, ValueError) as exc:
@@ -70,8 +70,16 @@ def resampled(
         yield from resampler.resample(None)
 
 
-def _mono(frame: av.AudioFrame) -> Samples:
-    return np.asarray(frame.to_ndarray().mean(axis=0), dtype=np.float32)
+def interleaved(frame: av.AudioFrame) -> Samples:
+    """A packed float ("flt") frame's samples, one row a sample, one column a channel.
+
+    Audio frames are read packed only (one plane): PyAV counts a planar frame's planes by
+    walking its plane pointers to a null one, and with 8 or more channels (a 7.1 song) there is
+    none, so it reads past them and crashes the process."""
+    if frame.format.name != "flt":
+        raise ValueError(f"expected a packed float frame, got {frame.format.name!r}")
+    samples = np.asarray(frame.to_ndarray(), dtype=np.float32)  # already float32: no copy
+    return samples.reshape(-1, len(frame.layout.channels))
 
 
 def slice_audio(samples: Samples, sample_rate: int, start: float, end: float) -> Samples:

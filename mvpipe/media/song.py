@@ -23,7 +23,7 @@ import av
 
 from mvpipe.errors import InvalidInput
 from mvpipe.media.files import read_bounded
-from mvpipe.media.untrusted import open_untrusted
+from mvpipe.media.untrusted import decoder, open_untrusted
 from mvpipe.models import SongFormat
 
 #: FFmpeg demuxer names → the extension a song's key gets. The MP4 family is stored as m4a.
@@ -38,6 +38,9 @@ _FORMATS: dict[str, SongFormat] = {
 #: How far decoded audio may fall short of the header's length before it counts as truncated:
 #: the header may count codec priming (Opus: 6.5 ms) that decoding drops.
 _TRUNCATION_SLACK_SECONDS = 0.03
+#: The most channels a song may have: FFmpeg's resampler (analysis, lip-sync audio, the AAC
+#: encoding) mixes no more, so a song with more would pass intake and fail every analysis.
+MAX_SONG_CHANNELS = 64
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,8 @@ def probe_song(data: bytes, *, min_seconds: float, max_seconds: float, max_bytes
         declared = _declared_seconds(container, stream, ext, data)
         try:
             decoded, sample_rate, channels = _decode_all(container, stream, max_seconds)
+        except InvalidInput:
+            raise  # named already: no decoder for the codec, too many channels
         except (av.FFmpegError, ValueError) as exc:
             raise InvalidInput(f"song is corrupt or truncated ({_reason(exc)})") from None
     if ext == "wav":
@@ -126,14 +131,19 @@ def _decode_all(container: Any, stream: Any, max_seconds: float) -> tuple[float,
     Samples are counted as integers per sample rate, so a long song's length does not drift."""
     earlier = 0.0  # seconds decoded at sample rates the stream has since left
     count = 0  # samples decoded at the current rate
-    sample_rate = stream.codec_context.sample_rate or 0
-    channels = stream.codec_context.channels or 0
+    context = decoder(stream, "song")
+    sample_rate = context.sample_rate or 0
+    channels = context.channels or 0
     for packet in container.demux(stream):
         for frame in packet.decode():
             if frame.sample_rate != sample_rate:
                 earlier += count / sample_rate if sample_rate else 0.0
                 count, sample_rate = 0, frame.sample_rate
             channels = len(frame.layout.channels)
+            if channels > MAX_SONG_CHANNELS:
+                raise InvalidInput(
+                    f"song has {channels} audio channels, at most {MAX_SONG_CHANNELS} are mixed"
+                )
             count += frame.samples
         if sample_rate and earlier + count / sample_rate > max_seconds:
             break

@@ -37,19 +37,29 @@ def open_untrusted(source: str | Path | IO[bytes]) -> InputContainer:
     return av.open(opened, mode="r", metadata_errors=METADATA_ERRORS)
 
 
+def decoder(stream: Any, what: str) -> Any:
+    """`stream`'s codec context; `InvalidInput` when FFmpeg has no decoder for its codec (an
+    unknown WAV format tag, a codec this build leaves out): PyAV then gives None."""
+    context = stream.codec_context
+    if context is None:
+        raise InvalidInput(f"{what} cannot be decoded: no decoder for its {stream.type} codec")
+    return context
+
+
 def check_frame_size(
     stream: Any, what: str, *, max_pixels: int = MAX_FRAME_PIXELS, max_side: int = MAX_FRAME_SIDE
 ) -> None:
     """Refuse a video stream whose declared frames are too large (`InvalidInput`: permanent,
     no retry decodes a smaller frame), before decoding any; then limit its decoder the same."""
-    width, height = stream.codec_context.width or 0, stream.codec_context.height or 0
+    context = decoder(stream, what)
+    width, height = context.width or 0, context.height or 0
     if width > max_side or height > max_side or width * height > max_pixels:
         raise InvalidInput(
             f"{what}'s frames are too large: {width}x{height}, at most {max_pixels:,} pixels "
             f"and {max_side:,} a side"
         )
     # FFmpeg's decoders refuse any frame past this (a size changed midway, an unknown header).
-    stream.codec_context.options = {
-        **stream.codec_context.options,
+    context.options = {
+        **context.options,
         "max_pixels": str(max_pixels),
     }

@@ -15,7 +15,7 @@ from mvpipe.media.cut import cut_clip
 from mvpipe.media.encoding import OutputFormat
 from mvpipe.media.song import probe_song
 from mvpipe.media.synth import synthesize_song
-from tests.songs import make_glued_mp3, with_latin1_title
+from tests.songs import make_glued_mp3, make_song, with_latin1_title
 
 from .clips import luma_levels, make_clip, source_index
 
@@ -137,6 +137,41 @@ def test_the_song_is_in_sync(tmp_path, song, pre_encoded):
     ]
     best = list(lags)[int(np.argmax(scores))]
     assert abs(best) <= 8, f"audio is {best / 8} ms off"
+
+
+def _first_click(path: Path) -> float:
+    """When the first click (a sample above 0.5) plays: its frame's timestamp plus its place."""
+    with av.open(str(path)) as container:
+        for frame in container.decode(container.streams.audio[0]):
+            loud = np.flatnonzero(np.abs(frame.to_ndarray()).max(axis=0) > 0.5)
+            if len(loud) and frame.time is not None:
+                return frame.time + int(loud[0]) / frame.sample_rate
+    raise AssertionError(f"{path.name} has no click")
+
+
+def test_an_aac_song_that_starts_late_plays_from_the_first_frame_and_whole(tmp_path):
+    # Given an M4A whose audio starts 0.5 s in (as copied out of a video), measured at intake
+    song = tmp_path / "late.m4a"
+    song.write_bytes(make_song("m4a", 3.0, rate=22050, start=0.5).data)
+    info = probe_song(song.read_bytes(), min_seconds=1, max_seconds=60, max_bytes=10**7)
+    analysed = decode_mono(song, 22050)  # what analysis and the slots count from 0
+    heard_click = float(np.flatnonzero(np.abs(analysed) > 0.5)[0]) / 22050
+    # When it is encoded once (its AAC copied) and joined with clips as long as it
+    aac = tmp_path / "song.m4a"
+    assert encode_song(song, aac) == pytest.approx(info.seconds, abs=1 / FMT.fps)
+    frames = round(info.seconds * FMT.fps)
+    clips = _cuts(tmp_path, [frames // 2, frames - frames // 2])
+    report = assemble(clips, tmp_path / "f.mp4", fmt=FMT, song=aac, song_seconds=info.seconds)
+    # Then the sound starts with the picture, each click on the frame analysis put it on
+    with av.open(str(tmp_path / "f.mp4")) as container:
+        audio = container.streams.audio[0]
+        assert audio.start_time is not None and audio.time_base is not None
+        assert float(audio.start_time * audio.time_base) <= 1 / FMT.fps
+    assert abs(_first_click(tmp_path / "f.mp4") - heard_click) <= 1 / FMT.fps
+    # And the whole song is heard, its end not cut
+    final = decode_mono(tmp_path / "f.mp4", 22050)
+    assert abs(len(final) / 22050 - info.seconds) <= 1 / FMT.fps
+    assert report.audio_seconds == pytest.approx(info.seconds, abs=1 / FMT.fps)
 
 
 def test_a_pre_encoded_song_is_cut_to_the_song_length(tmp_path, song):

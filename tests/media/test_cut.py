@@ -129,6 +129,17 @@ def test_an_undecodable_clip_is_refused_and_nothing_written(tmp_path, content):
     assert list((tmp_path / "out").glob("*")) == []
 
 
+def test_a_clip_in_a_codec_without_a_decoder_is_refused_and_nothing_written(tmp_path):
+    # Given a provider's clip whose video codec FFmpeg has no decoder for (an unknown fourcc)
+    made = make_clip(tmp_path / "src.mp4", frames=6).read_bytes()
+    src = tmp_path / "unknown.mp4"
+    src.write_bytes(made.replace(b"avc1", b"zzzz"))
+    # When it is cut, then it is refused by type, naming why, and nothing is written
+    with pytest.raises(InvalidInput, match="no decoder for its video codec"):
+        cut_clip(src, tmp_path / "out" / "cut.mp4", frames=5, fmt=FMT)
+    assert list((tmp_path / "out").glob("*")) == []
+
+
 def test_a_clip_without_picture_is_refused(tmp_path):
     path = tmp_path / "sound.m4a"
     with av.open(str(path), mode="w", format="mp4") as out:
