@@ -535,12 +535,29 @@ class UnreadableRecords:
         return getattr(self.scenes, name)
 
 
-def test_only_an_outage_makes_the_record_redo_itself(ctx: Context) -> None:
-    project_id, run_id, token, operation_id = accepted_job(ctx, lease_seconds=60)
+def test_any_error_before_the_record_lands_leaves_it_owed_with_the_jobs_id(
+    ctx: Context, provider: Misbehaving
+) -> None:
+    project_id, run_id = new_project(ctx, 1)
     ctx.scenes = UnreadableRecords(ctx.scenes)  # type: ignore[assignment]
-    # not RecordPending (redone forever): the task's bounded path for unexpected errors
-    with pytest.raises(ValueError, match="a bug in the record path"):
-        redo(ctx, project_id, run_id, operation_id, token)
+    # The submitting step: the job's id travels on (RecordPending, redone however long it
+    # takes), never into the task's bounded path for unexpected errors (a give-up, a second job)
+    with pytest.raises(RecordPending) as first:
+        job(ctx, project_id, run_id).step()
+    carry = first.value.carry
+    assert provider.submitted == 1 and carry["operation_id"] and carry["token"]
+    assert isinstance(first.value.__cause__, ValueError)
+    scene = ctx.scenes.get(project_id, 1)
+    assert scene is not None and scene.status == SceneStatus.PROCESSING
+    assert scene.last_error is not None and scene.last_error.endswith(
+        "was accepted but its record failed (retried until it lands): "
+        "ValueError: a bug in the record path"
+    )
+    assert ctx.board.scene_polled(project_id, 1)  # reconcile leaves it to the redo
+    # Its redo alike: the same id and token carried again, nothing submitted
+    with pytest.raises(RecordPending) as again:
+        redo(ctx, project_id, run_id, carry["operation_id"], carry["token"])
+    assert again.value.carry == carry and provider.submitted == 1
 
 
 def test_a_running_job_is_polled_again_when_the_provider_says_it_is_due(

@@ -4,6 +4,10 @@ kept after a lost run."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import redis
 
 from mvpipe import hooks
@@ -11,6 +15,7 @@ from mvpipe.errors import BrokerUnavailable, StoreUnavailable
 from mvpipe.pipeline.execution import log
 from mvpipe.pipeline.job_polls import JobPolls
 from mvpipe.pipeline.steps import RecordPending, Step
+from mvpipe.providers.classify import describe
 from mvpipe.store.claim_outcomes import Claim
 
 
@@ -21,15 +26,39 @@ class JobRecord(JobPolls):
     def record(
         self, operation_id: str, token: str, attempt: int, made_from: str | None = None
     ) -> Step:
-        """Store the accepted job's id; an outage here does not drop the job. `made_from` is
-        the input the job was made from (the stage's `requires`), carried for the adoption.
-
-        An outage (our store or Redis) leaves the write's outcome unknown: the next step redoes
-        this record with the same token and id (`RecordPending`), never a cancel. Any other
-        error is not retried forever: it takes the task's bounded path for unexpected errors."""
-        try:
+        """Store the accepted job's id (the redo of an owed record: `owed`). `made_from` is
+        the input the job was made from (the stage's `requires`), carried for the adoption."""
+        with self.owed(operation_id, token, attempt, made_from):
             return self._record(operation_id, token, attempt, made_from)
-        except (StoreUnavailable, redis.RedisError) as exc:
+
+    @contextmanager
+    def owed(
+        self,
+        operation_id: str,
+        token: str,
+        attempt: int,
+        made_from: str | None,
+        *,
+        first: bool = False,
+    ) -> Iterator[None]:
+        """Whatever fails inside, from the provider's acceptance of the job to its id stored,
+        leaves the record owed: the next step redoes it with the same token and id
+        (`RecordPending`), marked alive meanwhile (`keep_owed`), never a cancel and never a
+        give-up. An outage (our store or Redis) leaves the write's outcome unknown; any other
+        error (the store refusing the write: a permission or the table missing; a bug) is
+        retried alike, however long it lasts: failing the scene, or any bounded give-up,
+        would drop the only copy of a paid job's id, and a later claim would pay again
+        (invariant 3). Such an error is logged with the job's id (at ERROR the first time,
+        `first`: the step that submitted it) and noted on the scene (`lastError`), so the
+        user sees what to repair; the stage's output, once recorded, clears the note."""
+        try:
+            yield
+        except RecordPending:
+            raise
+        except Exception as exc:
+            self.keep_owed()  # first: the note below is a store call of its own
+            if not isinstance(exc, (StoreUnavailable, redis.RedisError)):
+                self.not_recorded(operation_id, exc, first=first)
             carry = {
                 **self.carry(),
                 "operation_id": operation_id,
@@ -37,8 +66,26 @@ class JobRecord(JobPolls):
                 "attempt": attempt,
                 "made_from": made_from,
             }
-            self.keep_owed()
             raise RecordPending(carry) from exc
+
+    def not_recorded(self, operation_id: str, exc: Exception, *, first: bool) -> None:
+        """Say (the log, the scene's `lastError`) that an error no outage explains keeps the
+        accepted job `operation_id` from being recorded; the note is best effort."""
+        error = (
+            f"the {self.stage.name} job {operation_id} was accepted but its record failed "
+            f"(retried until it lands): {describe(exc)}"
+        )
+        log.log(
+            logging.ERROR if first else logging.WARNING,
+            "%s project=%s sequence=%d run=%s",
+            error,
+            *self.ids,
+            self.x.run_id or "-",
+        )
+        try:
+            self.ctx.scenes.note_error(*self.ids, error=error)
+        except Exception as unnoted:
+            log.warning("could not note on %s/%s: %s", *self.ids, describe(unnoted))
 
     def _record(self, operation_id: str, token: str, attempt: int, made_from: str | None) -> Step:
         outcome = self.ctx.scenes.record_operation(

@@ -164,13 +164,16 @@ class PaidOperation(JobRecord, GiveBack):
             wait = backoff_seconds(attempt, base=s.backoff_base, cap=s.backoff_max)
             self.log(f"submit failed transiently, retry in {wait:.1f}s: {error}", None, attempt)
             return Step(Next.RETRY_SUBMIT, "transient submit error", wait, self.carry())
-        hooks.reached(f"{self.points}after_submit")
-        hooks.reached(f"{self.points}before_record")
         made_from = scene.value(self.stage.requires) if self.stage.requires else None
-        # A record begun past the lease still makes its one try: the marks are sized for it
-        # (`claim_mark_after`), and a record not made leaves the id to a countdown message.
-        with retry_until(lease_end, try_late=True):
-            step = self.record(operation_id, token, attempt, made_from)
+        # From here to the id stored, whatever fails leaves the record owed (`owed`): the job's
+        # id is carried to the next step, never dropped with this one.
+        with self.owed(operation_id, token, attempt, made_from, first=True):
+            hooks.reached(f"{self.points}after_submit")
+            hooks.reached(f"{self.points}before_record")
+            # A record begun past the lease still makes its one try: the marks are sized for
+            # it (`claim_mark_after`), and a record not made leaves the id to a countdown message.
+            with retry_until(lease_end, try_late=True):
+                step = self._record(operation_id, token, attempt, made_from)
         if step.next != Next.POLL:
             return step
         # Stored: the first poll is now, in this execution. A quick job needs no message in

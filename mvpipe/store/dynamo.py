@@ -263,8 +263,11 @@ class Table:
             return self._outages.call(fn)
         except PynamoDBException as exc:
             if refused(exc):
+                # DynamoDB's own words name what to repair (the IAM action a policy lacks);
+                # pynamodb's message only says which call failed
+                said = exc.cause_response_message or exc.msg
                 raise ConfigurationError(
-                    f"DynamoDB refused the request ({_code(exc)}: {exc.msg}); check the "
+                    f"DynamoDB refused the request ({_code(exc)}: {said}); check the "
                     "table (MVPIPE_TABLE, MVPIPE_AWS_REGION) and the credentials' permissions"
                 ) from exc
             raise StoreUnavailable(f"DynamoDB unavailable: {exc.msg}") from exc

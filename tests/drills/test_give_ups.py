@@ -223,6 +223,30 @@ def test_a_redo_that_owes_a_paid_jobs_record_never_gives_up(start_workers: Start
     assert recorded == Claim.WON
 
 
+def test_an_error_between_a_jobs_acceptance_and_its_record_keeps_the_job(
+    start_workers: StartWorkers,
+) -> None:
+    # Given a bug met once between the provider accepting a scene's job and its id's record
+    workers = start_workers(failpoints="before_record=raise:1", **QUICK_RETRIES, **DRILL_SETTINGS)
+    project_id = api.create_project("Owed record", "Its first record crashes.", scene_count=1)
+    # When the project runs and is healed as an operator would
+    api.run_project(project_id)
+    view = heal(project_id)
+    # Then the job's id was carried to the next step and recorded: one job paid, none lost
+    assert raised(state_dir(workers), "before_record") == 1
+    assert view.status == ProjectStatus.COMPLETED, view
+    assert view.scenes[0].status == SceneStatus.COMPLETED
+    assert generations_per_scene(workers.ledger, project_id) == {1: 1}
+    assert_invariants(project_id)
+    # And the log named the job and the error once, at ERROR, with no give-up
+    job = view.scenes[0].provider_operation_id
+    log = workers.service.log_text()
+    said = f"the generate job {job} was accepted but its record failed (retried until it lands)"
+    assert log.count(said) == 1, log
+    assert re.search(rf"ERROR/[^\]]*\] {re.escape(said)}: FailpointError", log), log
+    assert "gave up" not in log and "Traceback" not in log
+
+
 def test_a_finalize_that_always_crashes_ends_the_run_and_stays_ended(
     start_workers: StartWorkers,
 ) -> None:

@@ -15,13 +15,14 @@ from mvpipe import api
 from mvpipe.celery_app import app
 from mvpipe.deps import get_context
 from mvpipe.devstack.drills import double_payments
-from mvpipe.devstack.failpoints import LIPSYNC_POINTS, held, release
+from mvpipe.devstack.failpoints import LIPSYNC_POINTS, held, raised, release
 from mvpipe.media.synth import SynthSong, synthesize_song
 from mvpipe.messaging.dispatch import CeleryDispatcher
 from mvpipe.models import SceneStatus
 from mvpipe.providers.local import LocalJobs
 from tests.conftest import Workers
 from tests.drills.conftest import DRILL_SETTINGS, check_drill, heal
+from tests.drills.test_give_ups import QUICK_RETRIES
 from tests.helpers import generations_per_scene, lip_synced_project, wait_for
 
 StartWorkers = Callable[..., Workers]
@@ -66,6 +67,24 @@ def test_worker_killed_at_each_lip_sync_crash_point(
     # Then only the crash between the job's acceptance and its id's write paid a second
     # lip-sync (its first job never reached the store), and nothing else was paid twice
     check_lipsync(project_id, workers, paid=2, in_window=1)
+
+
+def test_an_error_between_a_lip_syncs_acceptance_and_its_record_keeps_the_job(
+    start_workers: StartWorkers, song: SynthSong
+) -> None:
+    # Given a bug met once between the provider accepting the lip-sync and its id's record
+    failpoint = "lipsync_before_record"
+    workers = start_workers(failpoints=f"{failpoint}=raise:1", **QUICK_RETRIES, **LIPSYNC_SETTINGS)
+    project_id = lip_synced(song)
+    # When the project runs and is healed as an operator would
+    api.run_project(project_id)
+    heal(project_id)
+    # Then the carried id was recorded: the lip-sync paid once, the scene completed with it
+    assert raised(workers.ledger.parent / "state", failpoint) == 1
+    check_lipsync(project_id, workers)
+    job = api.get_project(project_id).scenes[MARKED - 1].lip_sync_operation_id
+    said = f"the lipsync job {job} was accepted but its record failed (retried until it lands)"
+    assert workers.service.log_text().count(said) == 1
 
 
 def test_duplicate_delivery_while_the_lip_sync_is_submitted(

@@ -21,7 +21,7 @@ from mvpipe import api, hooks
 from mvpipe.deps import get_context
 from mvpipe.devstack.failpoints import held, release
 from mvpipe.devstack.localstack import LocalStack
-from mvpipe.devstack.outages import NONE, REFUSED, UNANSWERED, set_outage
+from mvpipe.devstack.outages import NO_CONDITION_CHECK, NONE, REFUSED, UNANSWERED, set_outage
 from mvpipe.media.synth import synthesize_song
 from mvpipe.models import ProjectStatus, SceneStatus
 from mvpipe.pipeline.generate import SceneJob
@@ -131,6 +131,47 @@ def test_a_record_owed_through_a_long_outage_keeps_the_scene_from_a_second_job(
     api.reconcile(project_id)
     # Then the record lands: the one job is used, nobody pays for a second
     paid_once(workers, project_id)
+
+
+def test_a_record_the_store_refuses_is_retried_saying_why_and_never_paid_again(
+    start_workers: StartWorkers, stack: LocalStack
+) -> None:
+    # Given a job accepted by the provider whose id is about to be recorded, and credentials
+    # that may update items but not check one in a transaction: the priced claim (two updates)
+    # passed, the record (a ConditionCheck on the run) is refused, not an outage
+    workers, project_id, since = start_held(start_workers, "before_record")
+    ctx = get_context()
+    with outage(stack, NO_CONDITION_CHECK):
+        release(state_dir(workers), "before_record")
+        # When the refusal lasts past the lease, with reconcile passes meanwhile
+        expired_at = since + float(OUTAGE_SETTINGS["lease_seconds"])
+        wait_for(lambda: time.time() > expired_at, 30, "the lease to expire")
+        redos = retries(workers) + REDOS
+
+        def reconciled() -> bool:
+            api.reconcile(project_id)
+            lapsed = not ctx.board.scene_polled(project_id, 1)
+            return lapsed or retries(workers) >= redos
+
+        wait_for(reconciled, 60, "the mark to lapse, or the redos to keep it")
+        # Then the scene waits for the record, marked alive, saying why, and nothing more
+        # was paid
+        scene = ctx.scenes.get(project_id, 1)
+        assert scene is not None and scene.status == SceneStatus.PROCESSING, scene
+        assert scene.operation_id is None and ctx.board.scene_polled(project_id, 1)
+        (job,) = ledger(workers.ledger, project_id)
+        said = (
+            f"the generate job {job['operation_id']} was accepted but its record failed "
+            "(retried until it lands): ConfigurationError: DynamoDB refused the request "
+            "(AccessDeniedException"
+        )
+        assert scene.last_error is not None and scene.last_error.startswith(said), scene
+        assert "dynamodb:ConditionCheckItem" in scene.last_error
+        log = workers.service.log_text()
+        assert log.count(said) > REDOS and "gave up" not in log
+    # And once the permission is granted the record lands: the one job is used
+    paid_once(workers, project_id)
+    assert api.get_project(project_id).scenes[0].last_error is None
 
 
 def test_a_give_back_owed_through_a_long_outage_refunds_the_claim_once(
