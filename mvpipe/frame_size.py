@@ -11,6 +11,11 @@ import re
 from mvpipe.errors import InvalidInput
 
 MAX_SIDE = 4096
+#: The most pixels a decoded frame may have: 4K (DCI, or UHD either way up) with some room; no
+#: provider makes larger clips. The output is held to it too: every cut and lip-sync output is
+#: decoded again under this limit (`mvpipe.media.untrusted`), so a larger output format would
+#: fail each one, a lip-sync after its job was paid.
+MAX_FRAME_PIXELS = 4096 * 2304
 _SIZE = re.compile(r"^\s*(\d{1,5})\s*[xX]\s*(\d{1,5})\s*$")
 
 
@@ -22,6 +27,11 @@ def check_frame(width: object, height: object, fps: object) -> None:
         # yuv420p stores colour at half resolution: odd sizes cannot be encoded exactly.
         if value % 2:  # type: ignore[operator]
             raise InvalidInput(f"output {name} must be even for yuv420p, got {value}")
+    if width * height > MAX_FRAME_PIXELS:  # type: ignore[operator]
+        raise InvalidInput(
+            f"output frame {width}x{height} has more pixels than 4096x2304"
+            f" ({MAX_FRAME_PIXELS:,}), the most a frame is decoded at"
+        )
     if not _whole(fps) or not 1 <= fps <= 120:  # type: ignore[operator]
         raise InvalidInput(f"output fps must be a whole number 1..120, got {fps!r}")
 

@@ -39,6 +39,7 @@ from tests.conftest import Workers
 from tests.helpers import (
     assert_invariants,
     commands_under,
+    generations_per_scene,
     song_project_unanalysed,
     wait_for,
 )
@@ -276,6 +277,39 @@ def test_a_regenerated_scene_yields_a_new_final_video(start_workers: StartWorker
     assert new.scenes[1].original_video_clip_s3_key != old.scenes[1].original_video_clip_s3_key
     # Earlier final videos stay as the project's history.
     assert set(finals(ctx, project_id)) == {old.final_video_s3_key, new.final_video_s3_key}
+    assert_invariants(project_id)
+
+
+def test_a_changed_output_format_assembles_finished_scenes_without_paying_again(
+    start_workers: StartWorkers, tmp_path: Path
+) -> None:
+    # Given a two-scene project completed by workers cutting at 160x90
+    first = start_workers()
+    project_id = api.create_project(
+        "Format", "Two scenes.", scenes=[{"prompt": f"s{n}", "duration_seconds": 2} for n in (1, 2)]
+    )
+    api.run_project(project_id)
+    old = api.wait_project(project_id, timeout=120)
+    assert old.status == ProjectStatus.COMPLETED, old.last_error
+    first.service.stop()
+
+    # When the workers come back cutting at 320x180 and scene 1 is regenerated
+    second = start_workers(output_size="320x180")
+    api.regenerate_scene(project_id, 1)
+    new = api.wait_project(project_id, timeout=120)
+
+    # Then the final video is assembled at the new size, scene 2's clip cut again for it
+    # (its recorded clips as they were), and only the regenerated scene paid again
+    assert new.status == ProjectStatus.COMPLETED, new.last_error
+    kept, before = new.scenes[1], old.scenes[1]
+    assert kept.working_video_clip_s3_key == before.working_video_clip_s3_key
+    assert kept.original_video_clip_s3_key == before.original_video_clip_s3_key
+    m = measure(api.download(project_id, tmp_path))
+    assert m["sizes"] == {(320, 180)} and m["rate"] == Fraction(FPS)
+    assert m["video_seconds"] == 4.0 and m["audio_codec"] is None
+    paid = generations_per_scene(first.ledger, project_id)
+    paid.update(generations_per_scene(second.ledger, project_id))
+    assert paid == {1: 2, 2: 1}
     assert_invariants(project_id)
 
 

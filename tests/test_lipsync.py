@@ -5,6 +5,7 @@ stage is paid exactly once per scene (again only for what a user asks to redo)."
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from mvpipe.media.audio import decode_mono, slice_audio
 from mvpipe.media.cut import cut_clip
 from mvpipe.media.meter import FILL, levels, meter_box
 from mvpipe.media.synth import SynthSong, synthesize_song
-from mvpipe.models import ProjectStatus, SceneStatus, SceneView
+from mvpipe.models import ProjectStatus, ProjectView, SceneStatus, SceneView
 from mvpipe.pipeline.cut import output_format
 from mvpipe.providers.render import render_clip
 from mvpipe.store.clips import clip_key, lipsync_key
@@ -65,7 +66,8 @@ def slot(scene: SceneView) -> tuple[int, int]:
 
 def meter_fill(frame: NDArray[np.int16]) -> float:
     """The share of the meter's panel showing its fill colour."""
-    x0, y0, x1, y1 = meter_box(WIDTH, HEIGHT)
+    height, width = frame.shape[:2]
+    x0, y0, x1, y1 = meter_box(width, height)
     panel = frame[y0:y1, x0 + 1 : x1 - 1]
     near = np.abs(panel - np.array(FILL)).max(axis=2) < 80
     return float(near.mean())
@@ -83,16 +85,22 @@ def paid(workers: Workers, project_id: str) -> tuple[dict[int, int], dict[int, i
     )
 
 
+def lip_synced_and_run(
+    start_workers: StartWorkers, song: SynthSong
+) -> tuple[Workers, str, ProjectView]:
+    """Workers at `SETTINGS`, and a project of `BOUNDARIES` (`MARKED` lip-synced) run by them
+    until no run is active."""
+    workers = start_workers(**SETTINGS)
+    project_id = lip_synced_project(get_context(), song.wav, BOUNDARIES, MARKED)
+    api.run_project(project_id)
+    return workers, project_id, api.wait_project(project_id, timeout=150)
+
+
 def test_marked_scenes_are_lip_synced_once_and_the_final_video_shows_them(
     start_workers: StartWorkers, song: SynthSong, tmp_path: Path
 ) -> None:
-    # Given a project with a song, some of its scenes marked for lip-sync
-    workers = start_workers(**SETTINGS)
-    project_id = lip_synced_project(get_context(), song.wav, BOUNDARIES, MARKED)
-
-    # When it runs
-    api.run_project(project_id)
-    view = api.wait_project(project_id, timeout=150)
+    # Given a project with a song, some of its scenes marked for lip-sync, when it runs
+    workers, project_id, view = lip_synced_and_run(start_workers, song)
 
     # Then every scene is completed and the marked ones have all three clips, each exactly
     # their slot's frames
@@ -143,6 +151,45 @@ def test_marked_scenes_are_lip_synced_once_and_the_final_video_shows_them(
     before, after = view.scenes[2], regenerated.scenes[2]
     assert after.lip_synced_video_clip_s3_key not in (None, before.lip_synced_video_clip_s3_key)
     assert regenerated.final_video_s3_key != view.final_video_s3_key
+    assert_invariants(project_id)
+
+
+def test_a_changed_output_format_keeps_the_lip_synced_clips_and_pays_nothing_again(
+    start_workers: StartWorkers, song: SynthSong, tmp_path: Path
+) -> None:
+    # Given a project completed by workers cutting at 160x90, 12 fps, scenes 2 and 3 lip-synced
+    first, project_id, old = lip_synced_and_run(start_workers, song)
+    assert old.status == ProjectStatus.COMPLETED, old.last_error
+    first.service.stop()
+
+    # When the workers come back at 320x180, 24 fps and scene 3 is regenerated
+    fps = 24
+    second = start_workers(output_size="320x180", output_fps=str(fps))
+    api.regenerate_scene(project_id, 3)
+    new = api.wait_project(project_id, timeout=150)
+
+    # Then the final video is in the new format, as long as the song, and shows scene 2's
+    # lip-synced clip (cut again from it, its meter kept), scene 1 cut again from its original
+    assert new.status == ProjectStatus.COMPLETED, new.last_error
+    for before, after in zip(old.scenes[:2], new.scenes[:2], strict=True):
+        assert after.working_video_clip_s3_key == before.working_video_clip_s3_key
+        assert after.lip_synced_video_clip_s3_key == before.lip_synced_video_clip_s3_key
+    final = api.download(project_id, tmp_path / "final.mp4")
+    with av.open(str(final)) as container:
+        video = container.streams.video[0]
+        assert (video.codec_context.width, video.codec_context.height) == (320, 180)
+        assert video.average_rate == fps
+    frames = decode(final.read_bytes(), tmp_path / "f.mp4")
+    assert abs(len(frames) - 5.0 * fps) <= 1
+    one, two = round(BOUNDARIES[1] * fps), round(BOUNDARIES[2] * fps)  # scene 2's slot
+    assert max(meter_fill(f) for f in frames[:one]) < 0.05
+    assert max(meter_fill(f) for f in frames[one:two]) > 0.5
+
+    # and only the regenerated scene paid again: one generation and one lip-sync
+    paid_first, paid_second = paid(first, project_id), paid(second, project_id)
+    generations = Counter(paid_first[0]) + Counter(paid_second[0])
+    lip_syncs = Counter(paid_first[1]) + Counter(paid_second[1])
+    assert (generations, lip_syncs) == ({1: 1, 2: 1, 3: 2}, {2: 1, 3: 2})
     assert_invariants(project_id)
 
 

@@ -152,3 +152,19 @@ def test_an_output_size_is_checked_by_the_output_formats_own_rules(
     monkeypatch.setenv("MVPIPE_OUTPUT_SIZE", "160x90")
     get_settings.cache_clear()
     assert get_settings().output_size == "160x90"
+
+
+def test_an_output_size_over_the_decoders_pixel_limit_is_a_configuration_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Every cut and lip-sync output is decoded again under the pixel limit: a larger output
+    # format would fail each lip-sync after its job was paid. Each side alone is allowed.
+    for bad in ("4096x3072", "4096x2306", "3072x4096"):
+        monkeypatch.setenv("MVPIPE_OUTPUT_SIZE", bad)
+        get_settings.cache_clear()
+        with pytest.raises(ConfigurationError, match=f"MVPIPE_OUTPUT_SIZE: output frame {bad}"):
+            get_settings()
+    for good in ("4096x2304", "2304x4096", "3840x2160"):
+        monkeypatch.setenv("MVPIPE_OUTPUT_SIZE", good)
+        get_settings.cache_clear()
+        assert get_settings().output_size == good

@@ -229,8 +229,9 @@ def _reap(statuses: dict[int, str]) -> None:
 
 
 #: The only mvpipe modules the warm parent may hold: `mvpipe.media` touches no setting, the store
-#: or Celery (its package says so), so a child imports every other one under its own environment.
-PARENT_MVPIPE = ("mvpipe", "mvpipe.errors", "mvpipe.media")
+#: or Celery (its package says so), nor do the pure rules of the frame it imports, so a child
+#: imports every other one under its own environment.
+PARENT_MVPIPE = ("mvpipe", "mvpipe.errors", "mvpipe.frame_size", "mvpipe.media")
 
 
 def _warm_song_analysis() -> None:

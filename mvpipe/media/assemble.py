@@ -8,8 +8,10 @@ index first (`+faststart`), so players start before the download ends.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import heapq
+import io
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -25,7 +27,7 @@ from av.video.stream import VideoStream
 
 from mvpipe.errors import InvalidInput
 from mvpipe.media.audio import interleaved, resampled
-from mvpipe.media.encoding import OutputFormat, video_codec_matches
+from mvpipe.media.encoding import PIX_FMT, OutputFormat, add_video_stream, video_codec_matches
 from mvpipe.media.files import written_atomically
 from mvpipe.media.untrusted import open_untrusted
 
@@ -188,6 +190,38 @@ def _copied_packets(
                 yield start, packet
 
     return copied()
+
+
+def cut_in(path: Path, fmt: OutputFormat) -> bool:
+    """Whether `path` is a cut in `fmt` made with today's encoder parameters, as `assemble`
+    joins it with any other such cut (False for a clip cut in another format or by another
+    encoder, or one that cannot be read: cut it again)."""
+    try:
+        with open_untrusted(path) as container:
+            streams = container.streams.video
+            if not streams or not video_codec_matches(streams[0], fmt):
+                return False
+            return bytes(streams[0].codec_context.extradata or b"") == _cut_headers(fmt)
+    except av.FFmpegError:
+        return False
+
+
+@functools.cache
+def _cut_headers(fmt: OutputFormat) -> bytes:
+    """The H.264 stream headers every cut in `fmt` carries (they depend on the format and the
+    encoder's parameters, never on the picture): one black frame encoded in memory, once per
+    format and process (milliseconds, 70 ms at 4096x2304)."""
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="mp4") as out:
+        stream = add_video_stream(out, fmt)
+        planes = np.zeros((fmt.height * 3 // 2, fmt.width), dtype=np.uint8)
+        frame = av.VideoFrame.from_ndarray(planes, format=PIX_FMT)
+        frame.pts = 0
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            out.mux(packet)
+    buffer.seek(0)
+    with av.open(buffer) as container:
+        return bytes(container.streams.video[0].codec_context.extradata or b"")
 
 
 def _check_clip(path: Path, fmt: OutputFormat) -> bytes:

@@ -20,9 +20,10 @@ import numpy as np
 from av.video.frame import VideoFrame
 
 from mvpipe.errors import InvalidInput
+from mvpipe.frame_size import MAX_FRAME_PIXELS
 from mvpipe.media.encoding import PIX_FMT, OutputFormat, add_video_stream
 from mvpipe.media.files import written_atomically
-from mvpipe.media.untrusted import MAX_FRAME_PIXELS, check_frame_size, open_untrusted
+from mvpipe.media.untrusted import check_frame_size, open_untrusted
 
 #: The most source frames a second of slot may decode (a 240 fps clip): a clip of tiny or
 #: repeated timestamps would otherwise make a short slot decode without end.

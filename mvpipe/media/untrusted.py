@@ -21,12 +21,10 @@ import av
 from av.container import InputContainer
 
 from mvpipe.errors import InvalidInput
+from mvpipe.frame_size import MAX_FRAME_PIXELS
 
 #: How undecodable tag bytes are read (`str.decode`'s errors): replaced, never refused.
 METADATA_ERRORS = "replace"
-#: The most pixels a decoded frame may have: 4K (DCI, or UHD either way up) with some room;
-#: no provider makes larger clips and the output is at most 4K.
-MAX_FRAME_PIXELS = 4096 * 2304
 #: The longest side a frame may have (H.264's own ceiling): longer is a crafted header.
 MAX_FRAME_SIDE = 8192
 

@@ -17,11 +17,12 @@ from pathlib import Path
 
 from mvpipe import hooks
 from mvpipe.deps import Context
-from mvpipe.errors import BrokerUnavailable
-from mvpipe.media.assemble import assemble, encode_song, inputs_hash
+from mvpipe.errors import BrokerUnavailable, InvalidInput
+from mvpipe.media.assemble import assemble, cut_in, encode_song, inputs_hash
+from mvpipe.media.cut import cut_clip
 from mvpipe.media.encoding import OutputFormat
 from mvpipe.models import ProjectStatus, SceneStatus
-from mvpipe.pipeline.cut import output_format
+from mvpipe.pipeline.cut import output_format, slot_frames
 from mvpipe.pipeline.lost_tries import LostTooOften, LostTries
 from mvpipe.states import assembly_due
 from mvpipe.store.finals import final_video_key
@@ -200,6 +201,8 @@ def _build(ctx: Context, state: ProjectState, fmt: OutputFormat, key: str, hold:
             hold.alive(often=True)  # alive while it downloads, not one write per clip
             path = workdir / f"scene-{scene.sequence:03d}.mp4"
             path.write_bytes(ctx.clips.read(chosen_clip(scene) or ""))
+            if not cut_in(path, fmt):
+                _cut_again(ctx, scene, path, fmt)
             clips.append(path)
         song = _song_as_aac(ctx, project, workdir) if project.song_key else None
         hold.alive()
@@ -218,6 +221,36 @@ def _build(ctx: Context, state: ProjectState, fmt: OutputFormat, key: str, hold:
         report.video_seconds,
         "-" if report.audio_seconds is None else f"{report.audio_seconds:.3f}s",
         report.dropped_frames,
+    )
+
+
+def _cut_again(ctx: Context, scene: SceneRecord, path: Path, fmt: OutputFormat) -> None:
+    """`scene`'s clip at `path`, made in another format (the output format or the encoder's
+    parameters changed since its cut), cut again in `fmt` for this build: free, and no recorded
+    clip changes, so no scene pays again for a format change. From the original, as the cut
+    stage makes it (a cut of a cut loses quality); a lip-synced scene's from its lip-synced
+    clip, the only copy of its paid job's output (and what the final video shows of it)."""
+    source = path
+    if scene.lip_synced_clip_key is None:
+        source = path.with_name(f"{path.stem}-original.mp4")
+        source.write_bytes(ctx.clips.read(scene.clip_key or ""))
+    cut = path.with_name(f"{path.stem}-cut.mp4")
+    try:
+        report = cut_clip(source, cut, frames=slot_frames(scene, fmt.fps), fmt=fmt)
+    except InvalidInput as exc:
+        raise InvalidInput(
+            f"scene {scene.sequence}'s clip, made in another format, could not be cut to"
+            f" {fmt.size} at {fmt.fps} fps: {exc}"
+        ) from None
+    cut.replace(path)
+    log.info(
+        "cut again for the output format project=%s sequence=%d from=%s format=%s@%d held=%d",
+        scene.project_id,
+        scene.sequence,
+        "original" if source is not path else "lip-synced clip",
+        fmt.size,
+        fmt.fps,
+        report.held_frames,
     )
 
 

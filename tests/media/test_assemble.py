@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mvpipe.errors import InvalidInput
-from mvpipe.media.assemble import assemble, encode_song, inputs_hash
+from mvpipe.media.assemble import assemble, cut_in, encode_song, inputs_hash
 from mvpipe.media.audio import decode_mono
 from mvpipe.media.cut import cut_clip
 from mvpipe.media.encoding import OutputFormat
@@ -230,6 +230,17 @@ def test_a_clip_in_another_format_is_refused(tmp_path):
     with pytest.raises(InvalidInput):
         assemble([], tmp_path / "f.mp4", fmt=FMT, song=None, song_seconds=None)
     assert not (tmp_path / "f.mp4").exists()
+
+
+def test_a_clip_is_told_in_the_format_only_when_assemble_would_join_it(tmp_path):
+    (cut,) = _cuts(tmp_path, [5])
+    assert cut_in(cut, FMT)
+    assert not cut_in(cut, OutputFormat(320, 180, 12))  # the size changed since its cut
+    assert not cut_in(cut, OutputFormat(160, 90, 24))  # the rate changed
+    assert not cut_in(make_clip(tmp_path / "raw.mp4", frames=5), FMT)  # not made by the cut
+    garbage = tmp_path / "garbage.mp4"
+    garbage.write_bytes(b"not a video")
+    assert not cut_in(garbage, FMT)
 
 
 def test_inputs_hash_covers_song_clips_order_and_format():

@@ -28,7 +28,14 @@ def test_bad_sizes_are_invalid_input(text):
 
 @pytest.mark.parametrize(
     "args",
-    [(1280, 720, 0), (1280, 720, 121), (1280, 720, 23.976), (1279, 720, 24), (True, 720, 24)],
+    [
+        (1280, 720, 0),
+        (1280, 720, 121),
+        (1280, 720, 23.976),
+        (1279, 720, 24),
+        (True, 720, 24),
+        (4096, 3072, 24),
+    ],
 )
 def test_bad_formats_are_invalid_input(args):
     with pytest.raises(InvalidInput):
