@@ -224,6 +224,29 @@ def test_a_taken_over_runs_tries_count_on_from_the_run_it_replaced(
         ctx.close()
 
 
+def test_a_presumed_loss_alone_never_gives_up_even_at_one_attempt(
+    redis_client: redis.Redis,
+) -> None:
+    # Given MVPIPE_MAX_ATTEMPTS=1, and a run taken over after a deploy's warm shutdown (its
+    # finalize never started: nothing was lost, the takeover only presumes a loss)
+    settings = get_settings().model_copy(update={"max_attempts": 1})
+    ctx = build_context(settings)
+    job = f"finalize:{uuid.uuid4().hex}"
+    try:
+        taken = LostTries(ctx, job, run_id="run-2", redelivered=False, taken_over="run-1")
+        # Then its try runs (it gave up before running: "lost its worker process 1 times")
+        assert taken.attempt(lambda: "settled", "the run's finalize") == "settled"
+        # And a message a warm shutdown restored unrun (redelivered) runs too
+        restored = LostTries(ctx, job, run_id="run-3", redelivered=True)
+        assert restored.attempt(lambda: "settled", "the run's finalize") == "settled"
+        # But a second loss in a row gives up
+        assert restored.begin() is None
+        with pytest.raises(LostTooOften, match="lost its worker process 2 times"):
+            restored.attempt(lambda: "settled", "the run's finalize")
+    finally:
+        ctx.close()
+
+
 def test_closing_a_context_closes_its_quick_clients_connections(redis_client: redis.Redis) -> None:
     # Given a context whose quick board has a connection open, named to be found
     ctx = build_context(get_settings())

@@ -40,6 +40,14 @@ def carried_on(taken_over: str | None) -> dict[str, str]:
     return {} if taken_over is None else {"taken_over": taken_over}
 
 
+#: How many of the tries counted lost in a row may have been lost by presumption, not with
+#: their process: a message a warm shutdown restored unrun comes back `redelivered`, and a run
+#: taken over (or a scene resumed) for another reason counts its next try as following a loss.
+#: A give-up needs more than that, whatever `MVPIPE_MAX_ATTEMPTS` says: at 1, a deploy would
+#: otherwise fail the work it only interrupted (a cut's scene, a finalize) without a loss.
+PRESUMED = 1
+
+
 class LostTooOften(Exception):
     """The work's tries were lost with their process `max_attempts` times in a row: give up
     (the message says so, for `lastError`). Its count is cleared: a user's next run tries
@@ -79,11 +87,12 @@ class LostTries:
 
     def begin(self) -> int | None:
         """Count this try before it starts. The number of tries lost in a row before it when
-        that reached `max_attempts` (the caller gives up and calls `end`), else None."""
+        that reached `max_attempts` (and passed `PRESUMED`: the caller gives up and calls
+        `end`), else None."""
         if not self.redelivered:
             return None
         lost = self.ctx.board.start_try(self.job, goes_on_from=self.before)
-        return lost if lost >= self.ctx.settings.max_attempts else None
+        return lost if lost >= max(self.ctx.settings.max_attempts, PRESUMED + 1) else None
 
     @contextmanager
     def counted(self) -> Iterator[None]:

@@ -142,13 +142,19 @@ class Look:
     log_after: int
 
 
-def look_again(sent_ago: float, log_after: int) -> Look:
+def look_again(sent_ago: float, log_after: int, *, run_stale_seconds: float) -> Look:
     """Pure: a waiting run's next look at an analysis sent `sent_ago` seconds ago and still on
     its way. It looks every `ANALYSIS_CHECK_SECONDS` while the analysis is not late
     (`ANALYSIS_USUAL_SECONDS`), then `LATE_SLOWDOWN` seconds more per second late, up to
-    `ANALYSIS_CHECK_MAX_SECONDS`. It logs once its age reaches `log_after` (0 at the wait's
-    first look: the wait is logged when it starts), then not for `WAIT_LOG_SECONDS`.
-    `InvalidInput` for an age that is negative or not finite, or a negative `log_after`."""
+    `ANALYSIS_CHECK_MAX_SECONDS`, and never slower than `run_stale_seconds / 4`: each look
+    marks the run alive, and a run whose mark lapsed between two looks would be taken over
+    while it waits. It logs once its age reaches `log_after` (0 at the wait's first look: the
+    wait is logged when it starts), then not for `WAIT_LOG_SECONDS`. `InvalidInput` for an age
+    that is negative or not finite, a negative `log_after`, or a staleness not above 0."""
+    if not math.isfinite(run_stale_seconds) or run_stale_seconds <= 0:
+        raise InvalidInput(
+            f"a run's staleness must be a number of seconds above 0: {run_stale_seconds}"
+        )
     if not math.isfinite(sent_ago) or sent_ago < 0:
         raise InvalidInput(
             f"an analysis's age must be a finite number of seconds from 0: {sent_ago}"
@@ -156,7 +162,8 @@ def look_again(sent_ago: float, log_after: int) -> Look:
     if isinstance(log_after, bool) or not isinstance(log_after, int) or log_after < 0:
         raise InvalidInput(f"log_after must be a whole number of seconds from 0: {log_after!r}")
     late = max(0.0, sent_ago - ANALYSIS_USUAL_SECONDS)
-    pause = min(ANALYSIS_CHECK_MAX_SECONDS, ANALYSIS_CHECK_SECONDS + late * LATE_SLOWDOWN)
+    longest = min(ANALYSIS_CHECK_MAX_SECONDS, run_stale_seconds / 4)
+    pause = min(longest, ANALYSIS_CHECK_SECONDS + late * LATE_SLOWDOWN)
     logs = sent_ago >= log_after
     return Look(pause, logs, int(sent_ago) + WAIT_LOG_SECONDS if logs else log_after)
 

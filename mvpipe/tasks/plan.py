@@ -88,7 +88,9 @@ def plan_scenes(
     if plan is None:
         return {"project_id": project_id, "outcome": "run no longer active"}
     if isinstance(plan, AwaitAnalysis):
-        look = look_again(plan.sent_ago, log_after)
+        look = look_again(
+            plan.sent_ago, log_after, run_stale_seconds=ctx.settings.run_stale_seconds
+        )
         if look.logs:
             log.info(
                 "run %s of project %s waits for its song's analysis (sent %.1f s ago; the next"
