@@ -23,6 +23,7 @@ from mvpipe.celery_app import app
 from mvpipe.deps import Context, build_context
 from mvpipe.devstack.localstack import LocalStack
 from mvpipe.errors import (
+    Conflict,
     PermanentProviderError,
     StoreNotTried,
     StoreUnavailable,
@@ -33,6 +34,7 @@ from mvpipe.models import ProjectStatus, SceneStatus
 from mvpipe.pipeline.cancel import cancel_project
 from mvpipe.pipeline.generate import SceneJob
 from mvpipe.pipeline.operation import PaidOperation
+from mvpipe.pipeline.runs import regenerate, start_run
 from mvpipe.pipeline.stage_provider import VideoGeneration
 from mvpipe.pipeline.stages import GENERATE
 from mvpipe.pipeline.steps import LeasePending, Next, RecordPending, Step
@@ -49,6 +51,7 @@ from mvpipe.store.scenes import SceneStore
 from mvpipe.store.stage_fields import LIP_SYNCED, WORKING
 from mvpipe.store.table import project_pk, scene_sk
 from tests.helpers import new_project, wait_for, waiting_for_lip_sync
+from tests.test_runs import RecordingDispatcher
 from tests.test_store import claim
 
 pytestmark = pytest.mark.integration
@@ -780,6 +783,61 @@ def test_a_cancel_the_provider_fails_keeps_that_job_and_cancels_the_others(
     assert second.status == SceneStatus.PENDING
     project = ctx.projects.get(project_id)
     assert project.active_run_id is None and project.status == ProjectStatus.PENDING
+
+
+def owed_then_cancelled(ctx: Context) -> tuple[str, str, str, str]:
+    """A scene whose job was accepted, its lease expired with the record still owed (the
+    record's redo keeps the scene's mark alive, `keep_owed`), and its run cancelled by the user:
+    (project, the cancelled run, the lease's token, the job)."""
+    project_id, run_id, token, operation_id = accepted_job(ctx, lease_seconds=-30)
+    ctx.board.touch_scene(project_id, 1, 600)  # the mark the owed record's redo keeps alive
+    cancel_project(ctx, RecordingDispatcher(), project_id)
+    scene = ctx.scenes.get(project_id, 1)
+    assert scene is not None and scene.status == SceneStatus.PROCESSING
+    assert scene.lease_token == token and scene.operation_id is None  # left to its submitter
+    assert ctx.projects.get(project_id).active_run_id is None
+    return project_id, run_id, token, operation_id
+
+
+def test_a_new_run_pays_no_second_job_while_a_cancelled_runs_record_is_owed(
+    ctx: Context, provider: Misbehaving
+) -> None:
+    # Given a job accepted under an expired lease, its record owed, its run cancelled
+    project_id, cancelled, token, operation_id = owed_then_cancelled(ctx)
+    # When the user starts a new run and its step reaches the scene
+    new = start_run(ctx, RecordingDispatcher(), project_id).run_id
+    assert new is not None and new != cancelled
+    step = job(ctx, project_id, new).step()
+    # Then the scene is left to the owed record: nothing is claimed, nothing paid
+    assert step.next == Next.DONE and step.outcome == "owned by another execution", step
+    assert provider.submitted == 0
+    scene = ctx.scenes.get(project_id, 1)
+    assert scene is not None and scene.lease_token == token
+    # And once the record's redo comes (a provider that cannot stop the job, as Veo), the job
+    # is kept for the new run, which polls it: one job paid
+    provider.cancel_confirmed = False
+    kept = redo(ctx, project_id, cancelled, operation_id, token)
+    assert kept.next == Next.DONE and kept.outcome == "operation kept for the next run", kept
+    polled = job(ctx, project_id, new).step()
+    assert polled.next == Next.POLL and polled.carry["operation_id"] == operation_id, polled
+    assert provider.submitted == 0
+
+
+def test_a_regeneration_is_refused_while_a_cancelled_runs_record_is_owed(
+    ctx: Context, provider: Misbehaving
+) -> None:
+    # Given a job accepted under an expired lease, its record owed, its run cancelled
+    project_id = owed_then_cancelled(ctx)[0]
+    before = ctx.scenes.get(project_id, 1)
+    # When the user regenerates the scene, then it is refused: the record would have nowhere
+    # to land, and the regeneration would pay for a second job
+    dispatcher = RecordingDispatcher()
+    with pytest.raises(Conflict, match="a paid job's record is still owed"):
+        regenerate(ctx, dispatcher, project_id, 1)
+    # And nothing was written or sent
+    assert ctx.scenes.get(project_id, 1) == before
+    assert ctx.projects.get(project_id).active_run_id is None and dispatcher.runs == []
+    assert provider.submitted == 0
 
 
 def priced(provider: Misbehaving, **update: Any) -> Context:

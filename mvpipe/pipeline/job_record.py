@@ -23,12 +23,21 @@ class JobRecord(JobPolls):
     """The accepted job's id written on the scene under the lease that submitted it, or the
     job adopted, kept for the next run, or dropped when the lease or the run was lost."""
 
+    #: The job's id is in the store (its record, the record without the run, or its adoption
+    #: landed): from then on an error is what it is, not an owed record (`owed`).
+    recorded = False
+
     def record(
         self, operation_id: str, token: str, attempt: int, made_from: str | None = None
     ) -> Step:
         """Store the accepted job's id (the redo of an owed record: `owed`). `made_from` is
         the input the job was made from (the stage's `requires`), carried for the adoption."""
         with self.owed(operation_id, token, attempt, made_from):
+            if self.run_cancelled():
+                # A cancelled run is never active again: the record's transaction would only
+                # find it inactive. Written without it, the record lands even where the run's
+                # check is refused (a missing `dynamodb:ConditionCheckItem`).
+                return self.record_after_run(operation_id, token, attempt, made_from)
             return self._record(operation_id, token, attempt, made_from)
 
     @contextmanager
@@ -50,12 +59,17 @@ class JobRecord(JobPolls):
         would drop the only copy of a paid job's id, and a later claim would pay again
         (invariant 3). Such an error is logged with the job's id (at ERROR the first time,
         `first`: the step that submitted it) and noted on the scene (`lastError`), so the
-        user sees what to repair; the stage's output, once recorded, clears the note."""
+        user sees what to repair; the stage's output, once recorded, clears the note. Once
+        the id is stored (`recorded`), nothing is owed: an error after it (the `after_record`
+        point, the slot's move, the first poll) is raised as it is, and the task's own retry
+        resumes the stored job."""
         try:
             yield
         except RecordPending:
             raise
         except Exception as exc:
+            if self.recorded:
+                raise
             self.keep_owed()  # first: the note below is a store call of its own
             if not isinstance(exc, (StoreUnavailable, redis.RedisError)):
                 self.not_recorded(operation_id, exc, first=first)
@@ -96,6 +110,7 @@ class JobRecord(JobPolls):
             stage=self.fields,
         )
         if outcome == Claim.WON:
+            self.recorded = True
             self.log("operation stored", operation_id, attempt)
             self.stored(operation_id)
             hooks.reached(f"{self.points}after_record")
@@ -130,6 +145,7 @@ class JobRecord(JobPolls):
             made_from=made_from,
         ):
             return False
+        self.recorded = True
         self.job_started = None  # the scene's start may be another claim's: read it once
         self.log("lease lost; operation adopted by the scene", operation_id, attempt)
         return True
@@ -157,6 +173,7 @@ class JobRecord(JobPolls):
                 self.stored(operation_id)
                 return Step.done("operation kept for the next run")
             return self.drop(operation_id, kept)
+        self.recorded = True
         if self.run_cancelled() and self.cancel(operation_id):
             ctx.scenes.reset_cancelled(*self.ids, operation_id=operation_id, stage=self.fields)
             self.release_slot()

@@ -8,12 +8,12 @@ import time
 import uuid
 
 from mvpipe.deps import Context
-from mvpipe.models import ProjectStatus, SceneStatus
+from mvpipe.models import ProjectStatus
 from mvpipe.pipeline.finalize import ended_by_give_ups, settle_project
 from mvpipe.pipeline.reconcile_report import ReconcileReport
-from mvpipe.pipeline.stages import next_stage
+from mvpipe.pipeline.stages import submission_held
 from mvpipe.pipeline.steps import Dispatcher
-from mvpipe.states import FINAL_SCENE_STATES, assembly_due, lease_expired
+from mvpipe.states import FINAL_SCENE_STATES, assembly_due
 from mvpipe.store.records import ProjectState
 
 log = logging.getLogger("mvpipe.reconcile")
@@ -23,18 +23,9 @@ def _submission_in_progress(ctx: Context, state: ProjectState) -> bool:
     """A live lease means a submitter may be talking to the provider right now: taking the
     run over then would let its operation be dropped and the scene paid for again. Liveness in
     Redis can vanish (a Redis restart without persistence); the lease in the table cannot.
-    Past its lease, a claimed scene's live mark means the same: its submitter still owes the
-    record of a job the provider may have accepted (the new run would claim it again)."""
+    Past its lease, a claimed scene's live mark means the same (`submission_held`)."""
     now = time.time()
-    for s in state.scenes:
-        stage = next_stage(s) if s.status == SceneStatus.PROCESSING else None
-        if stage is None or not stage.paid or stage.operation(s) is not None:
-            continue
-        if not lease_expired(s.lease_expires_at, now):
-            return True
-        if s.lease_token and ctx.board.scene_polled(s.project_id, s.sequence):
-            return True
-    return False
+    return any(submission_held(ctx, s, now) for s in state.scenes)
 
 
 def _finalize_owed(ctx: Context, state: ProjectState, run: str) -> list[int] | None:

@@ -15,7 +15,7 @@ from typing import Any
 from mvpipe.deps import Context
 from mvpipe.errors import Conflict, InvalidInput, Timeout
 from mvpipe.models import ProjectStatus, ProjectView, SceneStatus
-from mvpipe.pipeline.stages import GENERATE, next_stage
+from mvpipe.pipeline.stages import GENERATE, next_stage, submission_held
 from mvpipe.pipeline.steps import Dispatcher
 from mvpipe.store.claim_outcomes import Claim
 
@@ -89,16 +89,23 @@ def regenerate(ctx: Context, dispatcher: Dispatcher, project_id: str, sequence: 
     state = ctx.projects.load(project_id)
     if not state.project.planned:
         raise Conflict(f"project {project_id} is not planned yet; run it first")
-    if state.scene(sequence) is None:
+    scene = state.scene(sequence)
+    if scene is None:
         raise InvalidInput(f"project {project_id} has no scene {sequence}")
+    in_flight = Conflict(
+        f"scene {sequence} of project {project_id} is being submitted to its provider, or a"
+        " paid job's record is still owed (a submission is in flight); try again shortly"
+    )
+    # Past its lease, a claim whose record is still owed (a cancelled run's redo, its mark
+    # alive) holds the scene as a live lease does, which the store's condition alone sees.
+    idle = state.project.active_run_id is None  # else the store refuses: a run is active
+    if idle and submission_held(ctx, scene, time.time()):
+        raise in_flight
     run_id = str(uuid.uuid4())
     ctx.board.touch_run(run_id, ctx.settings.run_stale_seconds)
     reset = ctx.scenes.reset_for_regeneration(project_id, sequence, run_id=run_id)
     if reset == Claim.NOT_CLAIMABLE:
-        raise Conflict(
-            f"scene {sequence} of project {project_id} is being submitted to its provider (a"
-            " submission is in flight); try again shortly"
-        )
+        raise in_flight
     if reset != Claim.WON:
         raise Conflict(f"project {project_id} has an active run; cancel it or wait for it")
     return RunStart(run_id, dispatcher.start_run(project_id, run_id, [sequence]))

@@ -28,6 +28,7 @@ from mvpipe.pipeline.lipsync import LipSync, audio_key
 from mvpipe.pipeline.stage_provider import StageProvider, VideoGeneration, with_audio
 from mvpipe.queues import MEDIA_QUEUE, VIDEO_QUEUE
 from mvpipe.settings import Settings
+from mvpipe.states import lease_expired
 from mvpipe.store.clips import StoredObject, clip_key, lipsync_key
 from mvpipe.store.records import SceneRecord
 from mvpipe.store.stage_fields import LIP_SYNCED, ORIGINAL, WORKING, StageFields
@@ -224,6 +225,22 @@ def needed_stages(scene: SceneRecord) -> list[Stage]:
 def next_stage(scene: SceneRecord) -> Stage | None:
     """The first stage the scene needs whose output is not recorded; None when it has them all."""
     return next((s for s in needed_stages(scene) if s.output(scene) is None), None)
+
+
+def submission_held(ctx: Context, scene: SceneRecord, now: float) -> bool:
+    """Whether a submitter may hold the scene's paid stage: no job id of it is stored, and its
+    lease is live (the submitter may be talking to the provider right now), or past its lease
+    the claim's token is still there with the scene's mark alive (the mark a claim and an owed
+    write leave: the submitter still owes the record of a job the provider may have accepted).
+    A second claim then would pay for a second job; the scene is left to its submitter until
+    the mark lapses (reconcile then frees it). Redis is read in that last case only: a scene
+    past its lease, claimed, its job id not stored."""
+    stage = next_stage(scene) if scene.status == SceneStatus.PROCESSING else None
+    if stage is None or not stage.paid or stage.operation(scene) is not None:
+        return False
+    if not lease_expired(scene.lease_expires_at, now):
+        return True
+    return bool(scene.lease_token) and ctx.board.scene_polled(scene.project_id, scene.sequence)
 
 
 def claims_first_stage(scene: SceneRecord) -> bool:

@@ -13,7 +13,7 @@ from celery.exceptions import Reject
 from mvpipe import api
 from mvpipe.celery_app import app
 from mvpipe.deps import get_context
-from mvpipe.devstack.failpoints import raised
+from mvpipe.devstack.failpoints import marker_dir, raised
 from mvpipe.devstack.localstack import LocalStack
 from mvpipe.messaging.dispatch import (
     ASSEMBLE_PROJECT,
@@ -21,7 +21,7 @@ from mvpipe.messaging.dispatch import (
     GENERATE_SCENE,
     PLAN_SCENES,
 )
-from mvpipe.models import ProjectStatus, SceneStatus
+from mvpipe.models import ProjectStatus, ProjectView, SceneStatus
 from mvpipe.pipeline.finalize import MAX_GIVE_UPS
 from mvpipe.pipeline.reconcile_report import ReconcileReport
 from mvpipe.store.claim_outcomes import Claim
@@ -223,21 +223,32 @@ def test_a_redo_that_owes_a_paid_jobs_record_never_gives_up(start_workers: Start
     assert recorded == Claim.WON
 
 
-def test_an_error_between_a_jobs_acceptance_and_its_record_keeps_the_job(
-    start_workers: StartWorkers,
-) -> None:
-    # Given a bug met once between the provider accepting a scene's job and its id's record
-    workers = start_workers(failpoints="before_record=raise:1", **QUICK_RETRIES, **DRILL_SETTINGS)
-    project_id = api.create_project("Owed record", "Its first record crashes.", scene_count=1)
-    # When the project runs and is healed as an operator would
+def one_job_through(
+    start_workers: StartWorkers, failpoints: str, concept: str
+) -> tuple[Workers, ProjectView]:
+    """A one-scene project run with `failpoints` armed and healed as an operator would: it
+    completed with one job paid (the workers, its view)."""
+    workers = start_workers(failpoints=failpoints, **QUICK_RETRIES, **DRILL_SETTINGS)
+    project_id = api.create_project("Paid once", concept, scene_count=1)
     api.run_project(project_id)
-    view = heal(project_id)
-    # Then the job's id was carried to the next step and recorded: one job paid, none lost
-    assert raised(state_dir(workers), "before_record") == 1
+    view = heal(project_id, timeout=90)
     assert view.status == ProjectStatus.COMPLETED, view
     assert view.scenes[0].status == SceneStatus.COMPLETED
     assert generations_per_scene(workers.ledger, project_id) == {1: 1}
     assert_invariants(project_id)
+    return workers, view
+
+
+def test_an_error_between_a_jobs_acceptance_and_its_record_keeps_the_job(
+    start_workers: StartWorkers,
+) -> None:
+    # Given a bug met once between the provider accepting a scene's job and its id's record,
+    # when the project runs, then the job's id was carried to the next step and recorded: one
+    # job paid, none lost
+    workers, view = one_job_through(
+        start_workers, "before_record=raise:1", "Its first record crashes."
+    )
+    assert raised(state_dir(workers), "before_record") == 1
     # And the log named the job and the error once, at ERROR, with no give-up
     job = view.scenes[0].provider_operation_id
     log = workers.service.log_text()
@@ -245,6 +256,21 @@ def test_an_error_between_a_jobs_acceptance_and_its_record_keeps_the_job(
     assert log.count(said) == 1, log
     assert re.search(rf"ERROR/[^\]]*\] {re.escape(said)}: FailpointError", log), log
     assert "gave up" not in log and "Traceback" not in log
+
+
+def test_an_error_after_a_jobs_record_landed_is_no_owed_record(
+    start_workers: StartWorkers,
+) -> None:
+    # Given a bug met every time just after a job's id is recorded (nothing is owed then),
+    # when the project runs, then the task's own retry resumes the stored job: one job paid
+    workers, _ = one_job_through(
+        start_workers, "after_record=raise", "It crashes after each record."
+    )
+    assert (marker_dir(state_dir(workers)) / "after_record").exists()  # it was met
+    # And no record was said to be owed: it had landed
+    log = workers.service.log_text()
+    assert "accepted but its record failed" not in log, log
+    assert "RecordPending" not in log and "gave up" not in log
 
 
 def test_a_finalize_that_always_crashes_ends_the_run_and_stays_ended(
