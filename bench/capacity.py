@@ -54,7 +54,8 @@ COUNT_SETTINGS = {"local_latency": "0", "local_max_concurrent": "1000",
 #: Workers for the memory probe: one slot, a provider that never finishes, long countdowns.
 PARK_ENV = {"MVPIPE_LOCAL_LATENCY": "100000", "MVPIPE_LOCAL_MAX_CONCURRENT": "1",
             "MVPIPE_PROVIDER_CONCURRENCY": "1", "MVPIPE_BACKOFF_MAX": "600",
-            "MVPIPE_POLL_SECONDS": "600", "MVPIPE_VISIBILITY_TIMEOUT": "7200"}  # fmt: skip
+            "MVPIPE_POLL_SECONDS": "600", "MVPIPE_VISIBILITY_TIMEOUT": "7200",
+            "MVPIPE_RUN_STALE_SECONDS": "600"}  # fmt: skip
 
 
 def measure_counts(

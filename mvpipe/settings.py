@@ -102,6 +102,9 @@ class Settings(BaseSettings):
     #: retries and timeouts), or a create still writing its METADATA loses its song and scenes;
     #: 0 is allowed (tests), and a pass logs a warning while it is that short
     orphan_grace_seconds: float = Field(default=3600.0, ge=0)
+    #: a run none of whose steps marked it alive for this long is taken over by reconcile: at
+    #: least the longest countdown between two of its steps (`longest_countdown`, checked at
+    #: start); a run whose scenes are queued for their cut stays alive for their queue's wait
     run_stale_seconds: float = Field(default=300.0, gt=0)
     stray_sweep_seconds: float = Field(default=3600.0, gt=0)
     #: how often reconcile also checks completed, failed and long-idle pending projects (beat:
@@ -111,7 +114,7 @@ class Settings(BaseSettings):
     #: how long a scene queued for its next stage (the cut, on mvpipe.media) counts as worked
     #: on before reconcile resumes it: above the media queue's longest wait, so a backlog of cuts
     #: is not duplicated (a crash mid-cut is resumed after the ordinary liveness; a worker lost
-    #: with a reserved cut message, after this)
+    #: with a reserved cut message, after this); the scene's run is kept alive as long
     stage_queue_seconds: float = Field(default=300.0, gt=0)
     #: how long after its project's creation sent a song's analysis a run's planning waits for
     #: it (its mark in Redis) rather than analyse the song itself: the media queue's longest
@@ -348,8 +351,26 @@ class Settings(BaseSettings):
                 "MVPIPE_DOWNLOAD_TIMEOUT_SECONDS (plus one provider timeout) must be below"
                 " MVPIPE_VISIBILITY_TIMEOUT: a task still downloading would be run twice"
             )
-        if self.backoff_max + 60 > self.visibility_timeout:
-            raise ValueError("MVPIPE_VISIBILITY_TIMEOUT must exceed the longest countdown")
+        return self
+
+    @model_validator(mode="after")
+    def _countdowns_fit(self) -> Settings:
+        # Only a run's steps mark it alive, and two of them may be a whole countdown apart: a
+        # run whose mark lapses meanwhile is taken over while healthy (every reconcile pass
+        # then adds a chain per open scene: polls multiply, cuts and finalizes are redone). A
+        # message held for its countdown is handed to a second worker once the visibility
+        # timeout passes: both would run it (a poll's chain, and every poll after, doubled).
+        longest = self.longest_countdown
+        for name, value, margin in (
+            ("MVPIPE_RUN_STALE_SECONDS", self.run_stale_seconds, 0),
+            ("MVPIPE_VISIBILITY_TIMEOUT", self.visibility_timeout, 60),
+        ):
+            if value < longest + margin:
+                above = f"{margin} s above " if margin else ""
+                raise ValueError(
+                    f"{name} ({value:g}) must be at least {above}the longest countdown between"
+                    f" a run's steps: {longest:g} s ({self.countdown_settings})"
+                )
         return self
 
     @model_validator(mode="after")
@@ -389,6 +410,19 @@ class Settings(BaseSettings):
 
     def poll_seconds_for(self, provider: str) -> float:
         return self.poll_seconds or DEFAULT_POLL_SECONDS[provider]
+
+    @property
+    def longest_countdown(self) -> float:
+        """The longest a step's next message may wait: a backoff or a wait for a quota slot
+        (at most `backoff_max`), or a poll without an announced end (the provider's whole poll
+        interval, of any provider: a project may choose its own)."""
+        return max(self.backoff_max, *(self.poll_seconds_for(p) for p in DEFAULT_POLL_SECONDS))
+
+    @property
+    def countdown_settings(self) -> str:
+        """The settings `longest_countdown` comes from, to name in a refusal."""
+        polls = "MVPIPE_POLL_SECONDS" if self.poll_seconds else "the providers' poll intervals"
+        return f"MVPIPE_BACKOFF_MAX and {polls}"
 
     def durations_for(self, provider: str) -> list[int]:
         """The clip lengths `provider` can make, shortest first."""

@@ -359,6 +359,7 @@ def test_settings_whose_poll_liveness_outlives_the_quota_fail_at_start(
     # A job's slot lives as long as its poll's liveness: backoff + 3 polls + the slack.
     monkeypatch.setenv("MVPIPE_BACKOFF_MAX", "600")
     monkeypatch.setenv("MVPIPE_VISIBILITY_TIMEOUT", "7200")
+    monkeypatch.setenv("MVPIPE_RUN_STALE_SECONDS", "3600")  # above the longest poll tried
     monkeypatch.setenv("MVPIPE_LIVENESS_SLACK_SECONDS", "30")
     fits = (MAX_SLOT_SECONDS - 600 - 30) / 3
     get_settings.cache_clear()

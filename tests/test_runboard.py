@@ -311,3 +311,27 @@ def test_an_analysis_ended_before_its_send_was_marked_stays_ended(board: RunBoar
     assert age is not None and 0 <= age < 60
     board.analysis_ended("p2")
     assert board.analysis_age("p2") is None
+
+
+def test_a_run_whose_work_waits_in_a_queue_stays_alive_that_long(
+    board: RunBoard, redis_client: redis.Redis
+) -> None:
+    # A scene queued for its next stage may wait longer than the run's staleness (2 s here):
+    # the run counts as alive for the queue's whole wait, whatever its own mark does.
+    run_id = str(uuid.uuid4())
+    board.keep_run_alive(run_id, 2)
+    board.keep_run_waiting(run_id, 600)
+    waiting = f"{board.prefix}:live:run:{run_id}:waiting"
+    assert redis_client.pttl(waiting) >= 600_000  # what is left covers the wait, each time
+    redis_client.delete(f"{board.prefix}:live:run:{run_id}")  # its own mark lapsed
+    assert board.run_alive(run_id)
+    # A step's later refresh of its own mark, shorter, leaves the wait's mark as it was
+    board.touch_run(run_id, 2)
+    assert redis_client.pttl(waiting) > 590_000
+    # Scenes queued moments later write nothing more (a twentieth of 600 s not passed)
+    redis_client.pexpire(waiting, 5_000)
+    board.keep_run_waiting(run_id, 600)
+    assert redis_client.pttl(waiting) <= 5_000
+    # Once both marks lapse, the run is stale
+    redis_client.delete(waiting, f"{board.prefix}:live:run:{run_id}")
+    assert not board.run_alive(run_id)

@@ -29,6 +29,60 @@ def test_a_lease_shorter_than_one_submission_is_a_configuration_error(
     assert get_settings().lease_seconds == 50
 
 
+def configured(monkeypatch: pytest.MonkeyPatch, **env: str) -> None:
+    """Set `MVPIPE_<NAME>` for each of `env`; an empty value unsets it."""
+    for name, value in env.items():
+        key = f"MVPIPE_{name.upper()}"
+        if value:
+            monkeypatch.setenv(key, value)
+        else:
+            monkeypatch.delenv(key, raising=False)
+    get_settings.cache_clear()
+
+
+def refusal(monkeypatch: pytest.MonkeyPatch, **env: str) -> str:
+    """What the settings say, refused, once `env` is set (`configured`)."""
+    configured(monkeypatch, **env)
+    with pytest.raises(ConfigurationError) as refused:
+        get_settings()
+    return str(refused.value)
+
+
+def test_a_run_staleness_shorter_than_a_countdown_is_a_configuration_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Only a run's steps mark it alive, and two of them may be a whole countdown apart (a
+    # backoff, a wait for a slot, a poll without an announced end): a shorter staleness has a
+    # healthy run taken over at every reconcile pass.
+    said = refusal(monkeypatch, backoff_max="60", poll_seconds="", run_stale_seconds="30")
+    assert "MVPIPE_RUN_STALE_SECONDS (30) must be at least the longest countdown" in said
+    assert ": 60 s (MVPIPE_BACKOFF_MAX and the providers' poll intervals)" in said
+    # A poll without an announced end waits the whole interval
+    said = refusal(monkeypatch, backoff_max="2", poll_seconds="60", run_stale_seconds="5")
+    assert "MVPIPE_RUN_STALE_SECONDS (5)" in said and "60 s (MVPIPE_BACKOFF_MAX and" in said
+    # Unset, the longest interval is Veo's own, 10 s (a project may choose any provider)
+    said = refusal(monkeypatch, poll_seconds="")
+    assert "MVPIPE_RUN_STALE_SECONDS (5)" in said and ": 10 s" in said
+    configured(monkeypatch, run_stale_seconds="10")
+    assert get_settings().run_stale_seconds == 10
+    configured(monkeypatch, poll_seconds="60", run_stale_seconds="60")  # as long: enough
+    assert get_settings().longest_countdown == 60
+
+
+def test_a_visibility_timeout_a_poll_could_outwait_is_a_configuration_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A poll without an announced end waits the whole interval: its message, held that long,
+    # would be handed to a second worker past the visibility timeout (two chains per poll).
+    env = {"run_stale_seconds": "600", "backoff_max": "60", "visibility_timeout": "400"}
+    said = refusal(monkeypatch, poll_seconds="600", **env)
+    assert "MVPIPE_VISIBILITY_TIMEOUT (400) must be at least 60 s above" in said
+    assert ": 600 s (MVPIPE_BACKOFF_MAX and MVPIPE_POLL_SECONDS)" in said
+    assert "MVPIPE_VISIBILITY_TIMEOUT" in refusal(monkeypatch, poll_seconds="341")
+    configured(monkeypatch, poll_seconds="340")  # 400 s: 60 s above the poll's interval
+    assert get_settings().visibility_timeout == 400
+
+
 def test_malformed_values_are_configuration_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MVPIPE_MAX_ATTEMPTS", "many")
     with pytest.raises(ConfigurationError, match="MVPIPE_MAX_ATTEMPTS"):

@@ -171,9 +171,13 @@ class SceneJob:
 
     def mark_queued(self) -> None:
         """Marked alive so reconcile leaves the scene to this chain while its next stage waits
-        in line (however long the queue's backlog); the stage itself marks it again."""
+        in line (however long the queue's backlog); the stage itself marks it again. Its run
+        too: no step of it may come while its last scenes wait, longer than its staleness."""
         s = self.ctx.settings
-        self.x.touch(max(s.liveness_seconds(self.x.provider), s.stage_queue_seconds))
+        queued = max(s.liveness_seconds(self.x.provider), s.stage_queue_seconds)
+        self.x.touch(queued)
+        if self.x.run_id is not None:
+            self.ctx.board.keep_run_waiting(self.x.run_id, queued)
 
     def advance(self, stages_run: int = 0, scene: SceneRecord | None = None) -> Step:
         """Run the scene's first missing stage, or move to the queue it runs on. `scene`: the

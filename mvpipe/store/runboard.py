@@ -125,9 +125,8 @@ class RunBoard:
         return ":".join([self.prefix, *map(str, parts)])
 
     # -- liveness ------------------------------------------------------------------------------
-    @_answered
     def touch_run(self, run_id: str, seconds: float) -> None:
-        self.client.set(self._key("live", "run", run_id), 1, px=int(seconds * 1000))
+        self._set_mark(self._key("live", "run", run_id), seconds)
 
     def keep_run_alive(self, run_id: str, seconds: float) -> None:
         """`touch_run` from a run's steps, at most once per `seconds / RUN_TOUCH_EVERY` per
@@ -136,6 +135,22 @@ class RunBoard:
         if self._due(("run", run_id), seconds):
             self.touch_run(run_id, seconds)
             self._remember(("run", run_id))
+
+    def keep_run_waiting(self, run_id: str, seconds: float) -> None:
+        """The run's work waits in a queue up to `seconds` (a scene queued for its next stage,
+        `stage_queue_seconds`): the run counts as alive that long, whatever its own staleness.
+        A mark of its own, so a step's later refresh of the run's mark (shorter) cannot cut
+        it; each write lasts `seconds` and a twentieth more, and is made at most once per
+        twentieth per process and run (`keep_run_alive`'s pace), so what is left of it always
+        covers `seconds`, at a write per busy process every few seconds, not one per scene."""
+        if self._due(("waiting", run_id), seconds):
+            lasts = seconds * (1 + 1 / RUN_TOUCH_EVERY)
+            self._set_mark(self._key("live", "run", run_id, "waiting"), lasts)
+            self._remember(("waiting", run_id))
+
+    @_answered
+    def _set_mark(self, key: str, seconds: float) -> None:
+        self.client.set(key, 1, px=int(seconds * 1000))
 
     def _due(self, mark: tuple[str, str], seconds: float) -> bool:
         """Whether `mark`, which lasts `seconds`, is for this process to refresh: not
@@ -151,7 +166,9 @@ class RunBoard:
 
     @_answered
     def run_alive(self, run_id: str) -> bool:
-        return bool(self.client.exists(self._key("live", "run", run_id)))
+        """Its mark, or its work's wait in a queue (`keep_run_waiting`), lasts: one command."""
+        run = self._key("live", "run", run_id)
+        return bool(self.client.exists(run, f"{run}:waiting"))
 
     @_answered
     def touch_scene(self, project_id: str, sequence: int, seconds: float) -> None:

@@ -6,12 +6,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import redis
+
 from mvpipe import api
 from mvpipe.celery_app import app
 from mvpipe.deps import get_context
 from mvpipe.devstack.failpoints import held, release
 from mvpipe.messaging.dispatch import CeleryDispatcher
-from mvpipe.models import SceneStatus
+from mvpipe.models import ProjectStatus, SceneStatus
+from mvpipe.queues import MEDIA_QUEUE, PLAN_QUEUE, VIDEO_QUEUE
 from tests.conftest import Workers
 from tests.drills.conftest import DRILL_SETTINGS, check_drill, heal
 from tests.helpers import wait_for
@@ -47,3 +50,34 @@ def test_a_duplicate_cut_execution_races_the_first(start_workers: StartWorkers) 
     view = heal(project_id)
     assert view.scenes[0].working_video_clip_s3_key == key
     check_drill(project_id, workers)
+
+
+def test_a_run_whose_last_scenes_wait_in_the_media_queue_is_not_taken_over(
+    start_workers: StartWorkers, redis_client: redis.Redis
+) -> None:
+    # Given a run whose two scenes are queued for their cuts with no media worker, the queue's
+    # wait allowed (MVPIPE_STAGE_QUEUE_SECONDS) far above the run's staleness
+    settings = {**DRILL_SETTINGS, "stage_queue_seconds": "30"}
+    main = start_workers(queues=f"{PLAN_QUEUE},{VIDEO_QUEUE}", **settings)
+    ctx = get_context()
+    project_id = api.create_project("Queued cuts", "A backlog.", scene_count=2)
+    api.run_project(project_id)
+    wait_for(lambda: media_messages(redis_client) == 2, 120, "both cuts queued")
+    assert all(s.clip_key for s in ctx.projects.load(project_id).scenes)
+    # When the run's own mark lapses (no step of it comes while its cuts wait)
+    run_id = ctx.projects.get(project_id).active_run_id
+    mark = ctx.board._key("live", "run", run_id)
+    wait_for(lambda: redis_client.pttl(mark) == -2, 60, "the run's own mark to lapse")
+    # Then reconcile leaves the run to its queued work: no takeover, no second chain
+    assert api.reconcile(project_id).runs_taken_over == 0
+    assert ctx.projects.get(project_id).active_run_id == run_id
+    # And once a media worker takes the cuts, the run completes, each scene paid once
+    start_workers(concurrency=1, queues=MEDIA_QUEUE, **settings)
+    view = api.wait_project(project_id, timeout=120)
+    assert view.status == ProjectStatus.COMPLETED, view
+    check_drill(project_id, main)
+
+
+def media_messages(client: redis.Redis) -> int:
+    """Messages waiting on the media queue (its priority lists too)."""
+    return sum(int(client.llen(key)) for key in client.scan_iter(f"{MEDIA_QUEUE}*"))
