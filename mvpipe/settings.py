@@ -360,13 +360,21 @@ class Settings(BaseSettings):
         # then adds a chain per open scene: polls multiply, cuts and finalizes are redone). A
         # message held for its countdown is handed to a second worker once the visibility
         # timeout passes: both would run it (a poll's chain, and every poll after, doubled).
+        # Acknowledged late, a poll's message stays unacknowledged through its run too, and a
+        # poll that finds its job done downloads the output in that run.
         longest = self.longest_countdown
-        for name, value, margin in (
-            ("MVPIPE_RUN_STALE_SECONDS", self.run_stale_seconds, 0),
-            ("MVPIPE_VISIBILITY_TIMEOUT", self.visibility_timeout, 60),
+        for name, value, margin, why in (
+            ("MVPIPE_RUN_STALE_SECONDS", self.run_stale_seconds, 0.0, ""),
+            (
+                "MVPIPE_VISIBILITY_TIMEOUT",
+                self.visibility_timeout,
+                60 + self.download_worst_seconds,
+                " (60 s, and the poll's download: MVPIPE_DOWNLOAD_TIMEOUT_SECONDS plus one"
+                " provider timeout)",
+            ),
         ):
             if value < longest + margin:
-                above = f"{margin} s above " if margin else ""
+                above = f"{margin:g} s{why} above " if margin else ""
                 raise ValueError(
                     f"{name} ({value:g}) must be at least {above}the longest countdown between"
                     f" a run's steps: {longest:g} s ({self.countdown_settings})"

@@ -4,15 +4,29 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import redis
 
-from mvpipe.deps import build_context
+from mvpipe.deps import Context, build_context
 from mvpipe.pipeline.lost_tries import LostTooOften, LostTries
 from mvpipe.settings import get_settings
 from mvpipe.store.runboard import RunBoard
 from tests.helpers import wait_for
+
+
+@contextmanager
+def attempts_context(max_attempts: int) -> Iterator[Context]:
+    """A context whose work gives up after `max_attempts` lost tries, closed however the test
+    ends."""
+    ctx = build_context(get_settings().model_copy(update={"max_attempts": max_attempts}))
+    try:
+        yield ctx
+    finally:
+        ctx.close()
+
 
 pytestmark = pytest.mark.integration
 
@@ -100,6 +114,9 @@ def test_a_runs_steps_refresh_its_liveness_once_per_share_of_its_life(
     key = f"{board.prefix}:live:run:{run_id}"
     board.keep_run_alive(run_id, 600)
     assert board.run_alive(run_id)
+    # It lasts past its period by the share a later step may skip its write: a step that skips
+    # it (written up to 30 s before) still leaves the run its whole period until the next step
+    assert 600_000 < redis_client.pttl(key) <= 630_000
     redis_client.pexpire(key, 5_000)  # as if the mark had aged
     # A second step moments later does not write it again (600 / 20 = 30 s not passed) ...
     board.keep_run_alive(run_id, 600)
@@ -200,10 +217,8 @@ def test_a_taken_over_runs_tries_count_on_from_the_run_it_replaced(
 ) -> None:
     # Given an analysis whose first try was lost with its whole worker (a first delivery: not
     # counted), its stale run taken over by reconcile, whose run's try was lost again
-    settings = get_settings().model_copy(update={"max_attempts": 3})
-    ctx = build_context(settings)
     job = f"analysis:{uuid.uuid4().hex}"
-    try:
+    with attempts_context(3) as ctx:
         second = LostTries(ctx, job, run_id="run-2", redelivered=False, taken_over="run-1")
         assert second.begin() is None  # counted: it follows a lost try
         # When the second run is taken over in turn, and that run's try was lost too
@@ -220,8 +235,6 @@ def test_a_taken_over_runs_tries_count_on_from_the_run_it_replaced(
         assert fifth.attempt(lambda: "analysed", "the song's analysis") == "analysed"
         sixth = LostTries(ctx, job, run_id="run-6", redelivered=True, taken_over="run-5")
         assert [sixth.begin() for _ in range(3)] == [None, None, 3]  # its own redeliveries
-    finally:
-        ctx.close()
 
 
 def test_a_presumed_loss_alone_never_gives_up_even_at_one_attempt(
@@ -229,10 +242,8 @@ def test_a_presumed_loss_alone_never_gives_up_even_at_one_attempt(
 ) -> None:
     # Given MVPIPE_MAX_ATTEMPTS=1, and a run taken over after a deploy's warm shutdown (its
     # finalize never started: nothing was lost, the takeover only presumes a loss)
-    settings = get_settings().model_copy(update={"max_attempts": 1})
-    ctx = build_context(settings)
     job = f"finalize:{uuid.uuid4().hex}"
-    try:
+    with attempts_context(1) as ctx:
         taken = LostTries(ctx, job, run_id="run-2", redelivered=False, taken_over="run-1")
         # Then its try runs (it gave up before running: "lost its worker process 1 times")
         assert taken.attempt(lambda: "settled", "the run's finalize") == "settled"
@@ -243,8 +254,6 @@ def test_a_presumed_loss_alone_never_gives_up_even_at_one_attempt(
         assert restored.begin() is None
         with pytest.raises(LostTooOften, match="lost its worker process 2 times"):
             restored.attempt(lambda: "settled", "the run's finalize")
-    finally:
-        ctx.close()
 
 
 def test_closing_a_context_closes_its_quick_clients_connections(redis_client: redis.Redis) -> None:

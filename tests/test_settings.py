@@ -72,15 +72,26 @@ def test_a_run_staleness_shorter_than_a_countdown_is_a_configuration_error(
 def test_a_visibility_timeout_a_poll_could_outwait_is_a_configuration_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # A poll without an announced end waits the whole interval: its message, held that long,
-    # would be handed to a second worker past the visibility timeout (two chains per poll).
-    env = {"run_stale_seconds": "600", "backoff_max": "60", "visibility_timeout": "400"}
+    # A poll without an announced end waits the whole interval: its message, held that long
+    # and then through the poll's own download, would be handed to a second worker past the
+    # visibility timeout (two chains per poll).
+    env = {
+        "run_stale_seconds": "600",
+        "backoff_max": "60",
+        "visibility_timeout": "400",
+        "download_timeout_seconds": "300",
+        "provider_timeout_seconds": "30",
+    }
     said = refusal(monkeypatch, poll_seconds="600", **env)
-    assert "MVPIPE_VISIBILITY_TIMEOUT (400) must be at least 60 s above" in said
+    assert "MVPIPE_VISIBILITY_TIMEOUT (400) must be at least 390 s (60 s, and the poll's" in said
     assert ": 600 s (MVPIPE_BACKOFF_MAX and MVPIPE_POLL_SECONDS)" in said
-    assert "MVPIPE_VISIBILITY_TIMEOUT" in refusal(monkeypatch, poll_seconds="341")
-    configured(monkeypatch, poll_seconds="340")  # 400 s: 60 s above the poll's interval
-    assert get_settings().visibility_timeout == 400
+    # A countdown of 340 s with the download's 330 s outlasts 400 s (accepted before)
+    assert "MVPIPE_VISIBILITY_TIMEOUT" in refusal(monkeypatch, poll_seconds="340")
+    assert "MVPIPE_VISIBILITY_TIMEOUT" in refusal(
+        monkeypatch, poll_seconds="600", visibility_timeout="989"
+    )
+    configured(monkeypatch, visibility_timeout="990")  # 600 + 330 + 60 s
+    assert get_settings().visibility_timeout == 990
 
 
 def test_malformed_values_are_configuration_errors(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -176,8 +187,13 @@ def test_a_download_that_could_outlast_the_visibility_timeout_is_a_configuration
     monkeypatch.setenv("MVPIPE_DOWNLOAD_TIMEOUT_SECONDS", "570")
     with pytest.raises(ConfigurationError, match="MVPIPE_DOWNLOAD_TIMEOUT_SECONDS"):
         get_settings()
-    monkeypatch.setenv("MVPIPE_DOWNLOAD_TIMEOUT_SECONDS", "569")
-    assert get_settings().download_worst_seconds == 599
+    # ... and, a poll's download starting a whole countdown after its message came, with a
+    # minute to spare past that (60 s here: the default backoff and poll intervals)
+    monkeypatch.setenv("MVPIPE_DOWNLOAD_TIMEOUT_SECONDS", "451")
+    with pytest.raises(ConfigurationError, match="MVPIPE_VISIBILITY_TIMEOUT"):
+        get_settings()
+    monkeypatch.setenv("MVPIPE_DOWNLOAD_TIMEOUT_SECONDS", "450")
+    assert get_settings().download_worst_seconds == 480
 
 
 def test_the_planners_scene_lengths_must_leave_a_length_to_ask_for(

@@ -130,10 +130,13 @@ class RunBoard:
 
     def keep_run_alive(self, run_id: str, seconds: float) -> None:
         """`touch_run` from a run's steps, at most once per `seconds / RUN_TOUCH_EVERY` per
-        process and run: the mark still never lapses while the run's steps execute (it lasts
-        `seconds`), at one write per busy process every few seconds instead of one per step."""
+        process and run: the mark still never lapses while the run's steps execute, at one
+        write per busy process every few seconds instead of one per step. Each write lasts
+        `seconds` and a twentieth more (`keep_run_waiting`'s reason): a step that skipped its
+        write, up to a twentieth after the last, still leaves the run `seconds` of life before
+        its next step, which the settings hold within `seconds` (`longest_countdown`)."""
         if self._due(("run", run_id), seconds):
-            self.touch_run(run_id, seconds)
+            self.touch_run(run_id, seconds * (1 + 1 / RUN_TOUCH_EVERY))
             self._remember(("run", run_id))
 
     def keep_run_waiting(self, run_id: str, seconds: float) -> None:
