@@ -184,11 +184,12 @@ def test_a_download_that_could_outlast_the_visibility_timeout_is_a_configuration
     # message is handed to a second worker.
     monkeypatch.setenv("MVPIPE_VISIBILITY_TIMEOUT", "600")
     monkeypatch.setenv("MVPIPE_PROVIDER_TIMEOUT_SECONDS", "30")
+    configured(monkeypatch, backoff_max="60", poll_seconds="60")  # whatever another test set
     monkeypatch.setenv("MVPIPE_DOWNLOAD_TIMEOUT_SECONDS", "570")
     with pytest.raises(ConfigurationError, match="MVPIPE_DOWNLOAD_TIMEOUT_SECONDS"):
         get_settings()
     # ... and, a poll's download starting a whole countdown after its message came, with a
-    # minute to spare past that (60 s here: the default backoff and poll intervals)
+    # minute to spare past that (60 s here: the backoff and poll intervals)
     monkeypatch.setenv("MVPIPE_DOWNLOAD_TIMEOUT_SECONDS", "451")
     with pytest.raises(ConfigurationError, match="MVPIPE_VISIBILITY_TIMEOUT"):
         get_settings()
