@@ -19,10 +19,10 @@ from mvpipe.models import SceneStatus
 from mvpipe.pipeline.execution import Execution
 from mvpipe.pipeline.operation import PaidOperation
 from mvpipe.pipeline.stage_provider import StageProvider
-from mvpipe.pipeline.stages import BY_NAME, GENERATE, Stage, next_stage, submission_held
+from mvpipe.pipeline.stages import BY_NAME, GENERATE, Stage, next_stage
 from mvpipe.pipeline.steps import Next, Step
 from mvpipe.providers.limiter import slot_member
-from mvpipe.states import started_seconds
+from mvpipe.states import lease_expired, started_seconds
 from mvpipe.store.records import SceneRecord
 
 #: Stages one execution may run back to back before it queues its next step (a bound on work).
@@ -208,10 +208,13 @@ class SceneJob:
             started = started_seconds(scene.value(stage.fields.started))
             step = machine.poll(operation_id, 0, job_started=started)
             return self.then(step, stages_run + 1)
-        if submission_held(self.ctx, scene, time.time()):
-            # A live lease, or past it a claim whose record is still owed (a cancelled run's
-            # redo): claiming now would pay for a second job. Reconcile resumes the scene once
-            # its mark lapses.
+        if (
+            scene.status == SceneStatus.PROCESSING
+            and scene.lease_token is not None
+            and not lease_expired(scene.lease_expires_at, time.time())
+        ):
+            # Only a live lease: past it, the scene's mark is no owner's proof here (a queued
+            # stage marks it too, and its own chain would stop on it until the mark lapsed).
             return Step.done("owned by another execution")
         return self.then(machine.submit(scene), stages_run + 1)
 
