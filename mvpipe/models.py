@@ -34,9 +34,18 @@ SONG_FORMATS = ("wav", "mp3", "m4a", "aac", "flac", "ogg")
 SongFormat = Literal["wav", "mp3", "m4a", "aac", "flac", "ogg"]
 
 #: Characters a terminal or a log reader acts on instead of showing (C0 but tab and newline,
-#: DEL, C1, the Unicode line and paragraph separators): refused in text a user gives,
-#: replaced (`printable`) in text from elsewhere.
-CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+#: DEL, C1, the Unicode line and paragraph separators, and Unicode's bidi controls: the
+#: embeddings, overrides and isolates U+202A-U+202E and U+2066-U+2069, the marks U+200E, U+200F
+#: and U+061C, which reorder what a terminal shows after them, "Trojan Source"): refused in
+#: text a user gives, replaced (`printable`) in text from elsewhere.
+CONTROL = re.compile(
+    r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]"
+)
+
+#: Why text a user gives is refused for holding a `CONTROL` character.
+CONTROL_REFUSED = (
+    "control characters (bidi controls too) other than newline and tab are not allowed"
+)
 
 
 def printable(text: str, *, one_line: bool = False) -> str:
@@ -65,7 +74,7 @@ class SceneStatus(StrEnum):
 
 def _clean_text(value: str) -> str:
     if CONTROL.search(value):
-        raise ValueError("control characters other than newline and tab are not allowed")
+        raise ValueError(CONTROL_REFUSED)
     if not value.strip():
         raise ValueError("must not be blank")
     return value
@@ -75,7 +84,7 @@ def _clean_optional_text(value: str | None) -> str | None:
     if value is None or value == "":
         return None
     if CONTROL.search(value):
-        raise ValueError("control characters other than newline and tab are not allowed")
+        raise ValueError(CONTROL_REFUSED)
     return value
 
 

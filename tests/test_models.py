@@ -5,10 +5,12 @@ import uuid
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from mvpipe.errors import InvalidInput
 from mvpipe.models import (
     MAX_SCENES,
+    ProjectSpec,
     SceneSpec,
     parse_scene_specs,
     validate_project_id,
@@ -54,6 +56,21 @@ def test_scene_specs_reject_control_characters_and_oversize() -> None:
             parse_scene_specs([bad])
     with pytest.raises(InvalidInput):
         parse_scene_specs([{"prompt": "ok", "duration_seconds": 0}])
+
+
+@pytest.mark.parametrize(
+    "mark", ["\u202a", "\u202b", "\u202c", "\u202d", "\u202e", "\u2066", "\u2067", "\u2068",
+             "\u2069", "\u200e", "\u200f", "\u061c"]
+)  # fmt: skip
+def test_text_with_a_bidi_control_is_refused(mark: str) -> None:
+    # A bidi control reorders what a terminal shows after it ("Trojan Source"): a title or a
+    # prompt holding one would show `status` and the logs other than what they say.
+    with pytest.raises(InvalidInput, match="bidi controls"):
+        parse_scene_specs([{"prompt": f"a scene {mark}txt.exe"}])
+    with pytest.raises(ValidationError, match="bidi controls"):
+        ProjectSpec(title=f"t{mark}", concept="c", provider="local")
+    with pytest.raises(ValidationError, match="bidi controls"):
+        ProjectSpec(title="t", concept=f"c{mark}", provider="local")
 
 
 class _Counted(dict):  # type: ignore[type-arg]

@@ -154,6 +154,20 @@ def test_control_characters_of_a_reply_never_reach_last_error_or_a_log() -> None
     assert describe(ValueError("one\ntwo")) == "ValueError: one two"
 
 
+#: Unicode's bidi controls (embeddings, overrides, isolates, marks): each reorders what a terminal
+#: shows after it, so a reply could show a log line or an error other than the one written.
+BIDI = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c"
+
+
+def test_bidi_controls_of_a_reply_never_reach_last_error_or_a_log() -> None:
+    reply = "clip \u202eexe.4pm\u202c ok " + BIDI
+    shown = "clip ?exe.4pm? ok " + "?" * len(BIDI)
+    assert scrub(reply) == shown
+    assert describe(TransientProviderError(reply)) == shown
+    assert from_status("replicate", 422, reply).args[0] == f"replicate: 422 {shown}"
+    assert not any(ch in describe(RuntimeError(reply)) for ch in BIDI)
+
+
 @given(st.text())
 def test_property_no_control_character_survives(text: str) -> None:
     for scrubbed in (scrub(text), describe(RuntimeError(text))):
@@ -163,7 +177,9 @@ def test_property_no_control_character_survives(text: str) -> None:
 
 #: Text with no control character and nothing a secret's pattern takes (no "=", "@", bearer).
 ordinary = st.text(
-    alphabet=st.characters(blacklist_categories=("Cc", "Cs"), blacklist_characters="\u2028\u2029=@")
+    alphabet=st.characters(
+        blacklist_categories=("Cc", "Cs"), blacklist_characters=f"\u2028\u2029{BIDI}=@"
+    )
     | st.sampled_from("\n\t")
 ).filter(lambda t: "bearer" not in t.lower())
 

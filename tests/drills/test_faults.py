@@ -218,9 +218,13 @@ def test_concurrent_run_regenerate_cancel_and_reconcile(start_workers: StartWork
     )
 
 
-#: Characters a brief may not hold (newline and tab are allowed).
-_FORBIDDEN = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
-_TRICKY_TEXT = st.sampled_from(["ok", " ", "\n\t", "a\x00b", "line\nnext\ttab", "x\u2028y", "é"])
+#: Characters a brief may not hold (newline and tab are allowed), bidi controls among them.
+_FORBIDDEN = re.compile(
+    r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]"
+)
+_TRICKY_TEXT = st.sampled_from(
+    ["ok", " ", "\n\t", "a\x00b", "line\nnext\ttab", "x\u2028y", "é", "a\u202eb", "\u2067x"]
+)
 
 
 def _valid_text(value: str, limit: int) -> bool:
