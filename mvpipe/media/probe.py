@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mvpipe.media.untrusted import check_frame_size, open_untrusted
+from mvpipe.media.untrusted import check_frame_size, decoder, open_untrusted
 
 
 @dataclass(frozen=True)
@@ -61,9 +61,10 @@ def probe_video(source: Path | bytes) -> VideoFacts:
     with _open(source) as container:
         if container.streams.audio:
             audio = container.streams.audio[0]
+            sound = decoder(audio, "the video's sound")
             samples = sum(f.samples for f in container.decode(audio))
-            audio_codec = audio.codec_context.name
-            audio_seconds = samples / audio.codec_context.sample_rate
+            audio_codec = sound.name
+            audio_seconds = samples / sound.sample_rate
     return VideoFacts(
         video_codec=codec,
         width=width,
