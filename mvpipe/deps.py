@@ -26,6 +26,7 @@ from mvpipe.providers.limiter import QuotaLimiter
 from mvpipe.settings import Settings, get_settings
 from mvpipe.store.clips import ClipStore, is_outage
 from mvpipe.store.dynamo import Table, refused
+from mvpipe.store.pauses import credentials_missing, no_credentials
 from mvpipe.store.projects import ProjectStore
 from mvpipe.store.runboard import RunBoard, quick_redis
 from mvpipe.store.scenes import SceneStore
@@ -123,7 +124,12 @@ class Context:
 
 
 def build_context(settings: Settings) -> Context:
-    table = Table(settings)
+    try:  # building a client resolves a profile and credentials: one not there raises here
+        table, clips = Table(settings), ClipStore(settings)
+    except BotoCoreError as exc:
+        if credentials_missing(exc):
+            raise no_credentials("the store", exc) from exc
+        raise
     client = redis.Redis.from_url(
         settings.mvpipe_redis_url,
         socket_timeout=settings.store_timeout_seconds,
@@ -131,7 +137,6 @@ def build_context(settings: Settings) -> Context:
         health_check_interval=10,
         retry_on_timeout=True,
     )
-    clips = ClipStore(settings)
     return Context(
         settings=settings,
         table=table,

@@ -7,7 +7,7 @@ import json
 import math
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,6 +23,20 @@ from mvpipe.pipeline.intake import project_intake
 from mvpipe.store.table import project_pk, scene_sk
 
 T = TypeVar("T")
+
+
+def without_aws_credentials(env: Mapping[str, str], tmp_path: Path) -> dict[str, str]:
+    """`env` with no AWS credentials anywhere botocore looks: no AWS_* variables, empty
+    credential and config files, no instance role (the metadata service off); a region, so
+    that only the credentials are missing."""
+    empty = tmp_path / "aws-empty"
+    empty.write_text("")
+    return {k: v for k, v in env.items() if not k.startswith("AWS_")} | {
+        "AWS_SHARED_CREDENTIALS_FILE": str(empty),
+        "AWS_CONFIG_FILE": str(empty),
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
 
 
 def wait_for(check: Callable[[], T], timeout: float = 60.0, what: str = "condition") -> T:

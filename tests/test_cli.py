@@ -30,7 +30,7 @@ from mvpipe.models import CONTROL, ProjectStatus, ProjectView, SceneStatus, Scen
 from mvpipe.pipeline.reconcile_scope import FULL_SWEEP_JOB
 from tests.cli_batch import mvpipe_batch
 from tests.conftest import Workers
-from tests.helpers import listening_on, own_storage, wait_for
+from tests.helpers import listening_on, own_storage, wait_for, without_aws_credentials
 from tests.processes import Processes
 from tests.songs import make_song, make_wav
 
@@ -372,16 +372,7 @@ def test_missing_aws_credentials_are_named_not_taken_for_an_unreachable_store(
 ) -> None:
     # Given no AWS credentials anywhere botocore looks (no variables, empty files, no instance
     # role), or a key without its secret, or a profile that is not there
-    empty = tmp_path / "empty"
-    empty.write_text("")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env |= {
-        "AWS_SHARED_CREDENTIALS_FILE": str(empty),
-        "AWS_CONFIG_FILE": str(empty),
-        "AWS_EC2_METADATA_DISABLED": "true",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "MVPIPE_STORE_RETRY_SECONDS": "0.5",
-    }
+    env = without_aws_credentials(os.environ, tmp_path) | {"MVPIPE_STORE_RETRY_SECONDS": "0.5"}
     some = str(uuid.uuid4())
     for extra in ({}, {"AWS_ACCESS_KEY_ID": "AKIDEXAMPLE"}, {"AWS_PROFILE": "nowhere"}):
         # When a command reaches the store
@@ -393,6 +384,9 @@ def test_missing_aws_credentials_are_named_not_taken_for_an_unreachable_store(
         assert len(errors) == 1, result.stderr
         assert "no usable AWS credentials" in errors[0] and "AWS_PROFILE" in errors[0], errors
         assert "is the store running" not in errors[0], errors
+        # at once: no store call was tried again (no try finds credentials), so the command
+        # did not wait out the store's outage retry (`MVPIPE_STORE_RETRY_SECONDS`)
+        assert "store call failed" not in result.stderr, result.stderr
 
 
 def test_run_and_regenerate_wait_exit_1_when_the_project_fails(

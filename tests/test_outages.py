@@ -6,13 +6,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import pytest
 
@@ -31,6 +34,7 @@ from mvpipe.pipeline.finalize import finalize_run
 from mvpipe.settings import get_settings
 from mvpipe.store.pauses import retry_until
 from mvpipe.store.projects import ProjectStore
+from tests.helpers import without_aws_credentials
 
 pytestmark = pytest.mark.integration
 
@@ -66,6 +70,52 @@ def test_run_and_cancel_without_redis_are_typed_and_write_nothing(
 
 #: A store call's retries through an outage, short: these tests meet outages that never end.
 BRIEF_RETRIES = {"store_retry_seconds": 0.5}
+
+
+def test_missing_aws_credentials_are_a_configuration_error_at_once(
+    stack: LocalStack, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a process with no AWS credentials anywhere botocore looks
+    settings = get_settings().model_copy(update={"store_retry_seconds": 5.0})
+    with patch.dict(os.environ, without_aws_credentials(os.environ, tmp_path), clear=True):
+        ctx = build_context(settings)
+        sent: list[str] = []  # each request that left the client
+        ctx.clips.client.meta.events.register("before-send.s3", lambda **_: sent.append("s3"))
+        key = "projects/p/clip.mp4"
+        calls = [
+            ("S3", lambda: ctx.clips.put(key, b"clip")),
+            ("S3", lambda: ctx.clips.read(key)),
+            ("S3", lambda: ctx.clips.exists(key)),
+            ("S3", lambda: ctx.clips.list("projects/")),
+            ("S3", lambda: ctx.clips.presigned_url(key)),
+            ("S3", ctx.clips.ensure),
+            ("DynamoDB", ctx.ensure_storage),
+            ("DynamoDB", lambda: ctx.projects.get(str(uuid.uuid4()))),
+        ]
+        with caplog.at_level(logging.WARNING, logger="mvpipe.store"):
+            for store, call in calls:
+                # When a store's call meets them, then it is a setting to fix, named (not an
+                # S3 that refused or is unavailable), raised at once: no try is made again
+                with pytest.raises(ConfigurationError) as refused:
+                    call()
+                said = str(refused.value)
+                assert said.startswith(f"AWS credentials missing for {store}: "), said
+                assert "Unable to locate credentials" in said, said
+        ctx.close()
+    assert not [r.getMessage() for r in caplog.records if "store call failed" in r.getMessage()]
+    assert sent == []  # and no request left
+    # And a key without its secret, or a profile not there, met building the store's
+    # clients: the same error, naming the key's missing part or the profile
+    for extra, named in (
+        ({"AWS_ACCESS_KEY_ID": "AKIDEXAMPLE"}, "AWS_SECRET"),
+        ({"AWS_PROFILE": "nowhere"}, "nowhere"),
+    ):
+        env = without_aws_credentials(os.environ, tmp_path) | extra
+        with patch.dict(os.environ, env, clear=True), pytest.raises(ConfigurationError) as refused:
+            build_context(settings)
+        said = str(refused.value)
+        assert said.startswith("AWS credentials missing for the store: "), said
+        assert named in said, said
 
 
 def test_storage_out_of_reach_is_typed_and_says_what_to_do(stack: LocalStack) -> None:

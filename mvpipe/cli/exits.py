@@ -73,6 +73,8 @@ def guarded(fn: Callable[[], T]) -> T:
     except BrokerUnavailable as exc:  # its message names the broker's settings already
         fail(str(exc), EXIT_UNAVAILABLE)
     except Exception as exc:
+        from mvpipe.store.pauses import credentials_missing
+
         if credentials_missing(exc):
             fail(f"{exc} ({CREDENTIALS_HINT})", EXIT_UNAVAILABLE)
         if isinstance(exc, StoreUnavailable):
@@ -83,25 +85,6 @@ def guarded(fn: Callable[[], T]) -> T:
         if isinstance(exc, ConnectionError | socket.gaierror):  # refused, reset, no such host
             fail(f"cannot reach a backing service: {exc}", EXIT_UNAVAILABLE)
         raise
-
-
-def credentials_missing(exc: BaseException) -> bool:
-    """Whether `exc` comes of AWS credentials botocore could not find, or found in part, or
-    of a profile it could not find: a setting to fix, not a store to start. DynamoDB's calls
-    retry missing credentials as an outage (a role's can be out of reach for a moment, and
-    pynamodb builds its client again once they are back), so a command ends with the store's
-    outage error and this cause behind it (its chain, or pynamodb's `cause`); building the S3
-    client raises it bare."""
-    from botocore.exceptions import NoCredentialsError, PartialCredentialsError, ProfileNotFound
-
-    seen: set[int] = set()
-    cause: object = exc
-    while isinstance(cause, BaseException) and id(cause) not in seen:
-        if isinstance(cause, NoCredentialsError | PartialCredentialsError | ProfileNotFound):
-            return True
-        seen.add(id(cause))
-        cause = cause.__cause__ or getattr(cause, "cause", None) or cause.__context__
-    return False
 
 
 class OneLineGroup(click.Group):

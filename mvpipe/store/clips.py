@@ -29,7 +29,7 @@ from botocore.exceptions import ConnectionError as NoConnection
 from mvpipe.errors import NotFound, StoreUnavailable
 from mvpipe.models import validate_project_id, validate_sequence
 from mvpipe.settings import Settings
-from mvpipe.store.pauses import Outages
+from mvpipe.store.pauses import Outages, credentials_missing, no_credentials
 from mvpipe.store.sessions import new_session
 
 if TYPE_CHECKING:
@@ -295,9 +295,16 @@ class ClipStore:
         self._call(self.client.delete_object, Bucket=self.bucket, Key=key)
 
     def presigned_url(self, key: str, expires: int = 3600) -> str:
-        return self.client.generate_presigned_url(
-            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires
-        )
+        """A GET of `key` signed locally (no call, so no outage); without credentials to sign
+        with, the `ConfigurationError` a call gets (`pauses.no_credentials`)."""
+        try:
+            return self.client.generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires
+            )
+        except BotoCoreError as exc:
+            if credentials_missing(exc):
+                raise no_credentials(self._outages.label, exc) from exc
+            raise
 
     def _call(self, fn: Callable[..., T], **kwargs: Any) -> T:
         """`fn(**kwargs)` under the store's outage policy (`pauses.Outages`, which the calls

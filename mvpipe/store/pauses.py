@@ -1,5 +1,6 @@
 """One store call through an outage (DynamoDB's and S3's alike): the pause between two tries,
-how long the tries go on, and the bound a lease-limited path puts on them."""
+how long the tries go on, and the bound a lease-limited path puts on them. Missing AWS
+credentials are no outage: a `ConfigurationError` at once."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
-from mvpipe.errors import StoreNotTried
+from mvpipe.errors import ConfigurationError, StoreNotTried
 from mvpipe.settings import STORE_RETRY_PAUSE_MAX
 
 T = TypeVar("T")
@@ -55,11 +56,35 @@ def retry_until(deadline: float, *, try_late: bool = False) -> Iterator[Bound]:
         _bounds.stack = stack
 
 
+def credentials_missing(exc: BaseException) -> bool:
+    """Whether `exc` comes of AWS credentials botocore could not find, or found in part, or of
+    a profile it could not find: a setting to fix, not a store to wait for. Looked for down the
+    error's causes (pynamodb's `cause` too): pynamodb wraps botocore's error, and a store's
+    `ConfigurationError` (`no_credentials`) keeps it as its cause."""
+    from botocore.exceptions import NoCredentialsError, PartialCredentialsError, ProfileNotFound
+
+    seen: set[int] = set()
+    cause: object = exc
+    while isinstance(cause, BaseException) and id(cause) not in seen:
+        if isinstance(cause, NoCredentialsError | PartialCredentialsError | ProfileNotFound):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or getattr(cause, "cause", None) or cause.__context__
+    return False
+
+
+def no_credentials(label: str, exc: BaseException) -> ConfigurationError:
+    """The error a store's call that met `credentials_missing` raises (`from exc`)."""
+    return ConfigurationError(f"AWS credentials missing for {label}: {exc}")
+
+
 @dataclass(frozen=True)
 class Outages:
     """How one store's calls meet an outage: tried again while `is_outage` says the error
     will pass, for `retry_seconds` at most and never past the thread's `retry_until` bound;
-    any other error is the store's answer and raised at once, for the store to name."""
+    any other error is the store's answer and raised at once, for the store to name. Missing
+    credentials (`credentials_missing`) are a setting to fix, not an outage: raised at once as
+    a `ConfigurationError`, since no try within the call finds them."""
 
     #: the store, as the warnings name it
     label: str
@@ -88,6 +113,8 @@ class Outages:
             try:
                 return fn()
             except Exception as exc:
+                if credentials_missing(exc):
+                    raise no_credentials(self.label, exc) from exc
                 if not self.is_outage(exc):
                     raise
                 attempt += 1
