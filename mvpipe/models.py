@@ -14,9 +14,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from mvpipe.errors import InvalidInput
 from mvpipe.pricing import MICROS_PER_USD
+from mvpipe.provider_names import VIDEO_PROVIDERS
 
-#: The video providers a project may name (settings add how each is reached).
-VIDEO_PROVIDERS = ("local", "veo", "replicate")
 MAX_SCENES = 999
 MAX_TITLE = 200
 MAX_CONCEPT = 20_000

@@ -4,8 +4,9 @@ Pure: no I/O. `MVPIPE_PRICES` (a JSON object) overrides or extends the built-in 
 are `"{provider}:{model}"` (a Replicate model with or without its `:version`, which does not
 change its price: two keys of one model must agree) or `"{provider}"` (every model of that
 provider: it replaces each built-in price of that provider, and a user's `"{provider}:{model}"`
-beats it), its values a number
-(US dollars per second of output, with or without audio), `{"per_second": X, "without_audio": Y}`
+beats it), the provider one of `PROVIDERS` as spelt there (any other is refused), its values a
+number (US dollars per second of output, with or without audio), `{"per_second": X,
+"without_audio": Y}`
 (Veo only, `AUDIO_OPTIONAL`: US dollars per second of output with audio, and without: a song's
 scenes are asked without, their sound is the song's) or `{"per_job": X}` (US dollars per
 accepted job). `local` is free unless priced, so drills can price it (`{"local": 0.25}`); its
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mvpipe.errors import ConfigurationError
+from mvpipe.provider_names import PROVIDERS
 
 MICROS_PER_USD = 1_000_000
 #: A price above this (per second or per job) is a typo, not a price.
@@ -155,12 +157,18 @@ def _bare(model: str) -> str:
 
 def _key(key: object) -> str:
     """A user's key as the table keeps it: `provider`, or `provider:model` with a Replicate
-    model's version dropped."""
+    model's version dropped. A provider mvpipe does not know (`Veo`, `vertex`) is refused: its
+    price would be kept and never looked up, and the budget would reserve the built-in one."""
     if not isinstance(key, str) or not key.strip() or key != key.strip():
         raise ConfigurationError(f"MVPIPE_PRICES: bad key {key!r}")
     provider, _, model = key.partition(":")
     if not provider or key.endswith(":"):
         raise ConfigurationError(f"MVPIPE_PRICES: bad key {key!r} (provider or provider:model)")
+    if provider not in PROVIDERS:
+        raise ConfigurationError(
+            f"MVPIPE_PRICES: bad key {key!r}: unknown provider {provider!r}; expected one of "
+            f"{PROVIDERS}"
+        )
     return f"{provider}:{_bare(model)}" if model else provider
 
 

@@ -21,11 +21,10 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, Settin
 
 from mvpipe.errors import ConfigurationError, InvalidInput
 from mvpipe.frame_size import parse_size
-from mvpipe.models import VIDEO_PROVIDERS
 from mvpipe.pricing import Prices, parse_prices, price_micros, price_of
+from mvpipe.provider_names import VIDEO_PROVIDERS
 
 PLANNERS = ("local", "gemini")
-LIPSYNC_PROVIDERS = ("local", "replicate")
 
 #: Poll intervals a provider gets when `MVPIPE_POLL_SECONDS` is unset.
 DEFAULT_POLL_SECONDS = {"local": 0.5, "veo": 10.0, "replicate": 2.0}

@@ -33,6 +33,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "mvpipe.models",
             "mvpipe.states",
             "mvpipe.pricing",
+            "mvpipe.provider_names",
             "mvpipe.durations",
             "mvpipe.frame_size",
             "mvpipe.hooks",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 
 import pytest
@@ -166,6 +167,11 @@ def test_unpriced_paid_work_is_a_configuration_error() -> None:
         '{"replicate:o/m:v1": {"per_job": 1}, "replicate:o/m": {"per_job": 2}}',
         '{"replicate:o/m:v1": 0.1, "replicate:o/m:v2": 0.2}',
         '{"replicate:o/m:": 0.1}',
+        # a provider mvpipe does not know: its price would be kept and never looked up
+        '{"Veo": 0.75}',
+        '{"vertex:veo-3.0-generate-001": 2}',
+        '{"Veo": 0.75, "vertex:veo-3.0-generate-001": 2}',
+        '{"lipsync:sync/lipsync-2": 0.1}',
     ],
 )
 def test_malformed_prices_are_typed_errors(raw: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -178,6 +184,12 @@ def test_malformed_prices_are_typed_errors(raw: str, monkeypatch: pytest.MonkeyP
             get_settings()
     finally:
         get_settings.cache_clear()
+
+
+@pytest.mark.parametrize("key", ["Veo", "vertex:veo-3.0-generate-001", "REPLICATE:o/m"])
+def test_a_price_of_an_unknown_provider_is_refused_naming_its_key(key: str) -> None:
+    with pytest.raises(ConfigurationError, match=re.escape(repr(key))):
+        parse_prices(json.dumps({"veo": 0.4, key: 0.75}))
 
 
 @pytest.mark.parametrize(

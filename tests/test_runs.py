@@ -13,11 +13,12 @@ import pytest
 from mvpipe import api
 from mvpipe.deps import Context, get_context
 from mvpipe.devstack.localstack import LocalStack
+from mvpipe.errors import BrokerUnavailable
 from mvpipe.models import ProjectStatus
 from mvpipe.pipeline.cancel import cancel_runs
 from mvpipe.pipeline.plan import plan_run
 from mvpipe.pipeline.reconcile import reconcile
-from mvpipe.pipeline.runs import start_run
+from mvpipe.pipeline.runs import regenerate, start_run
 from mvpipe.store.claim_outcomes import Claim
 from mvpipe.store.projects import ProjectStore
 from mvpipe.store.runboard import RunBoard
@@ -58,6 +59,21 @@ class RecordingDispatcher:
 
     def wake(self, parked: Any) -> int:
         return len(list(parked))
+
+
+class BrokerDown(RecordingDispatcher):
+    """The broker refuses every run's message (its publish retry gave up)."""
+
+    def start_run(self, *args: Any, **kwargs: Any) -> Any:
+        raise BrokerUnavailable.because(ConnectionError("Connection refused"))
+
+
+class Interrupted(RecordingDispatcher):
+    """The user presses Ctrl-C while the message is published (maybe published already)."""
+
+    def start_run(self, *args: Any, **kwargs: Any) -> Any:
+        super().start_run(*args, **kwargs)
+        raise KeyboardInterrupt
 
 
 class WatchedProjects(ProjectStore):
@@ -242,3 +258,56 @@ def test_a_stale_run_is_kept_while_a_claimed_scene_is_marked_alive(ctx: Context)
     ctx.board.client.delete(ctx.board._key("live", "scene", project_id, 1))
     assert reconcile(ctx, dispatcher, project_ids=[project_id]).runs_taken_over == 1
     assert ctx.projects.get(project_id).active_run_id == dispatcher.runs[0][1] != run_id
+
+
+@pytest.mark.parametrize("planned", [True, False])
+def test_a_run_never_sent_is_released_and_a_retry_sends_one(ctx: Context, planned: bool) -> None:
+    # Given a project whose run is won while the broker refuses its message
+    if planned:
+        project_id = planned_project()
+    else:
+        project_id = api.create_project("Unsent", "Never sent.", scene_count=2)
+    with pytest.raises(BrokerUnavailable):
+        start_run(ctx, BrokerDown(), project_id)
+    # Then no run is active (a retry would have joined it, and nothing run until it went
+    # stale), and the project waits for a run, saying why
+    project = ctx.projects.get(project_id)
+    assert project.active_run_id is None and project.status == ProjectStatus.PENDING
+    assert project.last_error == "the run was not started (BrokerUnavailable); run it again"
+    # And the user's retry sends one run
+    dispatcher = RecordingDispatcher()
+    run_id = start_run(ctx, dispatcher, project_id).run_id
+    assert run_id is not None and dispatcher.runs == [(project_id, run_id, None)]
+    assert ctx.projects.get(project_id).active_run_id == run_id
+
+
+def test_a_regeneration_never_sent_is_released_and_a_retry_sends_one(ctx: Context) -> None:
+    # Given a regeneration of scene 2 whose message the broker refuses
+    project_id = planned_project()
+    with pytest.raises(BrokerUnavailable):
+        regenerate(ctx, BrokerDown(), project_id, 2)
+    assert ctx.projects.get(project_id).active_run_id is None
+    # When the user retries: the regeneration is sent (not refused as a `Conflict`)
+    dispatcher = RecordingDispatcher()
+    run_id = regenerate(ctx, dispatcher, project_id, 2).run_id
+    assert run_id is not None and dispatcher.runs == [(project_id, run_id, [2])]
+
+
+def test_a_run_interrupted_while_sent_is_released_and_its_message_plans_nothing(
+    ctx: Context,
+) -> None:
+    # Given a run whose publish the user interrupted after the message left
+    project_id = planned_project()
+    dispatcher = Interrupted()
+    with pytest.raises(KeyboardInterrupt):
+        start_run(ctx, dispatcher, project_id)
+    [(_, run_id, _)] = dispatcher.runs
+    # Then the run is released, its mark gone, and its message, delivered, plans nothing
+    assert ctx.projects.get(project_id).active_run_id is None
+    assert not ctx.board.run_alive(run_id)
+    assert plan_run(ctx, project_id, run_id) is None
+    assert not ctx.board.run_alive(run_id)
+    # And the user's retry sends one run
+    retry = RecordingDispatcher()
+    new_run = start_run(ctx, retry, project_id).run_id
+    assert new_run not in (None, run_id) and retry.runs == [(project_id, new_run, None)]

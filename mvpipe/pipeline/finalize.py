@@ -52,8 +52,9 @@ def settle_project(
     scenes are final; None when METADATA moved on meanwhile (another settle landed since
     `state` was read: its counters may be newer than these).
 
-    `gave_up`: why the run's finalize gave up for good (`MAX_GIVE_UPS`): the run ends whatever
-    its scenes (they keep their clips and operations), with that reason as `lastError`."""
+    `gave_up`: why the run's finalize gave up for good (`MAX_GIVE_UPS`), or why the run was
+    never sent (`runs.released_unless_sent`): the run ends whatever its scenes (they keep their
+    clips and operations), with that reason as `lastError`."""
     project = state.project
     active = project.active_run_id
     counters = state.counters

@@ -3,21 +3,34 @@
 A run is won by one conditional write. Its liveness mark is set *before* that write: reconcile
 takes over any active run without liveness, so a mark set after the win would leave a moment in
 which a brand-new run looks stale. (A mark for a run that then loses just expires.)
+
+A run won but never sent (the broker refused its message, or the user interrupted its publish)
+is released at once: left active, a user's retry would join it and nothing would run until its
+mark lapsed and reconcile took it over (`MVPIPE_RUN_STALE_SECONDS`), and a regeneration would
+be refused as a `Conflict`. A message published after all finds its run released: its planning
+ends there (`plan_run` plans only the active run).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
 from mvpipe.deps import Context
-from mvpipe.errors import Conflict, InvalidInput, Timeout
+from mvpipe.errors import Conflict, InvalidInput, MvpipeError, Timeout
 from mvpipe.models import ProjectStatus, ProjectView, SceneStatus
+from mvpipe.pipeline.finalize import settle_until_stable
 from mvpipe.pipeline.stages import GENERATE, next_stage, submission_held
 from mvpipe.pipeline.steps import Dispatcher
 from mvpipe.store.claim_outcomes import Claim
+from mvpipe.store.records import SceneRecord
+
+log = logging.getLogger("mvpipe.runs")
 
 #: Scene states a user's run may give spent attempts back in.
 OPEN = (SceneStatus.PENDING, SceneStatus.PROCESSING)
@@ -60,8 +73,17 @@ def start_run(ctx: Context, dispatcher: Dispatcher, project_id: str) -> RunStart
     active = ctx.projects.win_run(project_id, run_id, status)
     if active != run_id:
         return RunStart(active)
+    with released_unless_sent(ctx, project_id, run_id):
+        give_scenes_back(ctx, project_id, state.scenes)
+        receipt = dispatcher.start_run(project_id, run_id)
+    return RunStart(run_id, receipt)
+
+
+def give_scenes_back(ctx: Context, project_id: str, scenes: Iterable[SceneRecord]) -> None:
+    """A user's run: `failed` scenes go back to the stage they failed in, and attempts spent
+    by cancelled runs come back."""
     limit = ctx.settings.max_attempts
-    for scene in state.scenes:
+    for scene in scenes:
         stage = next_stage(scene) or GENERATE
         if scene.status == SceneStatus.FAILED:
             # Only the stage it failed in starts over: a failed lip-sync pays for the lip-sync.
@@ -79,7 +101,6 @@ def start_run(ctx: Context, dispatcher: Dispatcher, project_id: str) -> RunStart
             ctx.scenes.restore_attempts(
                 project_id, scene.sequence, max_attempts=limit, stage=stage.fields
             )
-    return RunStart(run_id, dispatcher.start_run(project_id, run_id))
 
 
 def regenerate(ctx: Context, dispatcher: Dispatcher, project_id: str, sequence: int) -> RunStart:
@@ -108,7 +129,39 @@ def regenerate(ctx: Context, dispatcher: Dispatcher, project_id: str, sequence: 
         raise in_flight
     if reset != Claim.WON:
         raise Conflict(f"project {project_id} has an active run; cancel it or wait for it")
-    return RunStart(run_id, dispatcher.start_run(project_id, run_id, [sequence]))
+    with released_unless_sent(ctx, project_id, run_id):
+        receipt = dispatcher.start_run(project_id, run_id, [sequence])
+    return RunStart(run_id, receipt)
+
+
+@contextmanager
+def released_unless_sent(ctx: Context, project_id: str, run_id: str) -> Iterator[None]:
+    """Around the work between winning `run_id` and sending its message: whatever stops it
+    (a `BrokerUnavailable`, a store outage, the user's Ctrl-C) releases the run before it goes
+    on up. Released as a finalize that gave up releases a run (only while `run_id` is the
+    active run; its scenes, their outputs and jobs kept; the status recounted) and not as a
+    cancel: a cancel's mark would have a job the message's work might still submit cancelled
+    at its provider, where a released run's is kept for the next run."""
+    try:
+        yield
+    except BaseException as exc:
+        _release_unsent(ctx, project_id, run_id, why=type(exc).__name__)
+        raise
+
+
+def _release_unsent(ctx: Context, project_id: str, run_id: str, *, why: str) -> None:
+    """`released_unless_sent`'s release, and its mark's; a store that fails it leaves the run to
+    reconcile's takeover once its mark lapses (as before), a broker its mark to lapse."""
+    reason = f"the run was not started ({why}); run it again"
+    try:
+        settle_until_stable(ctx, project_id, release_run=run_id, gave_up=reason)
+    except MvpipeError as exc:
+        log.warning(
+            "could not release run %s of project %s, never sent: %s", run_id, project_id, exc
+        )
+        return
+    with suppress(MvpipeError):  # else it lapses: nothing reads a released run's mark
+        ctx.board.drop_run(run_id)
 
 
 def wait_until_idle(ctx: Context, project_id: str, timeout: float, interval: float) -> ProjectView:

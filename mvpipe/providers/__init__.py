@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from mvpipe.errors import InvalidInput
-from mvpipe.models import VIDEO_PROVIDERS
+from mvpipe.provider_names import LIPSYNC_PROVIDERS, VIDEO_PROVIDERS
 from mvpipe.providers.base import LipSyncProvider, Planner, VideoProvider
-from mvpipe.settings import LIPSYNC_PROVIDERS, PLANNERS, Settings
+from mvpipe.settings import PLANNERS, Settings
 
 
 def build_video_provider(name: str, settings: Settings) -> VideoProvider:

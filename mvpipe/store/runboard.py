@@ -174,6 +174,11 @@ class RunBoard:
         return bool(self.client.exists(run, f"{run}:waiting"))
 
     @_answered
+    def drop_run(self, run_id: str) -> None:
+        """A run released before its work was sent: its mark goes with it."""
+        self.client.delete(self._key("live", "run", run_id))
+
+    @_answered
     def touch_scene(self, project_id: str, sequence: int, seconds: float) -> None:
         self.client.set(self._key("live", "scene", project_id, sequence), 1, px=int(seconds * 1000))
 
