@@ -280,6 +280,36 @@ def test_a_planned_estimate_prices_only_the_paid_stages_still_missing(
     assert again.micros == 1_000_000 + 1_250_000
 
 
+def test_a_failed_scenes_kept_job_is_polled_by_the_next_run_not_priced_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A failed scene whose stage job was kept (its polls were refused: it may be paid) is
+    # resumed by the next run (`retry_failed(keep_operation=True)`), which pays nothing for it
+    monkeypatch.setenv("MVPIPE_PRICES", '{"local:video": 0.25, "local:lipsync": 0.5}')
+    settings = Settings()
+    failed = {"status": SceneStatus.FAILED, "operation_kept": True}
+    kept = [
+        scene(1, **failed, operation_id="op-1"),
+        scene(
+            2,
+            **failed,
+            clip_key="k",
+            operation_id="op-2",
+            lip_sync=True,
+            lip_sync_operation_id="op-3",
+            start_seconds=0.0,
+            end_seconds=2.5,
+        ),
+    ]
+    found = planned_estimate(settings, "local", kept, now=1000.0)
+    assert (found.micros, found.jobs) == (0, 0)
+    # a failed scene whose job was not kept is spent: the next run pays a new one
+    spent = planned_estimate(
+        settings, "local", [scene(1, status=SceneStatus.FAILED, operation_id="op-1")], now=1000.0
+    )
+    assert (spent.micros, spent.jobs) == (1_000_000, 1)
+
+
 def test_each_paid_stage_prices_its_own_job(monkeypatch: pytest.MonkeyPatch) -> None:
     # generation: the video price times durationSeconds; lip-sync: its price times the slot
     monkeypatch.setenv("MVPIPE_PRICES", '{"local:video": 0.5, "local:lipsync": 0.25}')

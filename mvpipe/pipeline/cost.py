@@ -125,9 +125,10 @@ def planned_estimate(
 
 def _generation_missing(scene: SceneRecord, now: float) -> bool:
     """No clip and no job paid for (a live lease has its job reserved already); a failed
-    scene's job, if any, is spent: a user's run pays for a new one."""
+    scene's job, if any, is spent: a user's run pays for a new one, unless the job was kept
+    (`_kept`): that run polls it again."""
     if scene.status == SceneStatus.FAILED:
-        return scene.clip_key is None
+        return scene.clip_key is None and not _kept(scene, scene.operation_id)
     if scene.clip_key is not None or scene.operation_id is not None:
         return False
     return scene.status != SceneStatus.PROCESSING or lease_expired(scene.lease_expires_at, now)
@@ -135,8 +136,14 @@ def _generation_missing(scene: SceneRecord, now: float) -> bool:
 
 def _lipsync_missing(scene: SceneRecord) -> bool:
     if scene.status == SceneStatus.FAILED:
-        return scene.lip_synced_clip_key is None
+        return scene.lip_synced_clip_key is None and not _kept(scene, scene.lip_sync_operation_id)
     return scene.lip_synced_clip_key is None and scene.lip_sync_operation_id is None
+
+
+def _kept(scene: SceneRecord, operation_id: str | None) -> bool:
+    """A failed scene's stage job kept (`operation_kept`, its polls were refused): maybe paid,
+    never seen to fail, so a user's next run polls it (`retry_failed`) and pays nothing."""
+    return scene.operation_kept and operation_id is not None
 
 
 def _even_slots(settings: Settings, project: ProjectRecord) -> list[float]:

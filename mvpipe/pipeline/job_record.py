@@ -59,7 +59,8 @@ class JobRecord(JobPolls):
         would drop the only copy of a paid job's id, and a later claim would pay again
         (invariant 3). Such an error is logged with the job's id (at ERROR the first time,
         `first`: the step that submitted it) and noted on the scene (`lastError`), so the
-        user sees what to repair; the stage's output, once recorded, clears the note. Once
+        user sees what to repair; the stage's output, once recorded, clears the note. An outage
+        logs the job's id too (`owed_through_outage`), so an operator can always find it. Once
         the id is stored (`recorded`), nothing is owed: an error after it (the `after_record`
         point, the slot's move, the first poll) is raised as it is, and the task's own retry
         resumes the stored job."""
@@ -71,7 +72,9 @@ class JobRecord(JobPolls):
             if self.recorded:
                 raise
             self.keep_owed()  # first: the note below is a store call of its own
-            if not isinstance(exc, (StoreUnavailable, redis.RedisError)):
+            if isinstance(exc, (StoreUnavailable, redis.RedisError)):
+                self.owed_through_outage(operation_id, exc)
+            else:
                 self.not_recorded(operation_id, exc, first=first)
             carry = {
                 **self.carry(),
@@ -81,6 +84,19 @@ class JobRecord(JobPolls):
                 "made_from": made_from,
             }
             raise RecordPending(carry) from exc
+
+    def owed_through_outage(self, operation_id: str, exc: Exception) -> None:
+        """Log (WARNING, at every owed step) the accepted job `operation_id` whose record an
+        outage keeps back: until it lands, its id is otherwise only in the redo's message."""
+        log.warning(
+            "the %s job %s was accepted; its record waits out an outage (retried until it "
+            "lands): %s project=%s sequence=%d run=%s",
+            self.stage.name,
+            operation_id,
+            describe(exc),
+            *self.ids,
+            self.x.run_id or "-",
+        )
 
     def not_recorded(self, operation_id: str, exc: Exception, *, first: bool) -> None:
         """Say (the log, the scene's `lastError`) that an error no outage explains keeps the

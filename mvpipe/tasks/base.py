@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -56,6 +57,28 @@ class MvpipeTask(Task):
         exception as its context into the stored traceback."""
         carried = next_outage_retry(kwargs)
         return self.backoff_retry(StoreUnavailable, exc, carried, carried[OUTAGES])
+
+    def owed_retry(self, exc: Exception, kwargs: dict[str, Any], where: str) -> Exception:
+        """`outage_retry` for a write owed for paid work (`RecordPending`, `LeasePending`):
+        its message carries the only copy of an accepted job's id, or of a lease's give-back.
+        Celery rejects a retry it cannot publish without requeue, which deletes this message,
+        and the publish policy gives up within seconds (at once on a write the broker refuses:
+        a Redis at `maxmemory` with `noeviction`). So this execution waits for the broker
+        instead, publishing the retry again after each backoff however long that takes; this
+        message stays unacknowledged meanwhile, so a worker lost while it waits is as one
+        lost while it records."""
+        refused = 0
+        while True:
+            try:
+                return self.outage_retry(exc, kwargs)
+            except Reject as rejected:
+                refused += 1
+                s = get_settings()
+                wait = backoff_seconds(refused, base=s.backoff_base, cap=s.backoff_max)
+                refusal = rejected.__context__ or rejected  # Celery's failed publish
+                log.warning("%s: %s; the broker refused its retry (%s): sent again in %.1f s",
+                            where, describe(exc), describe(refusal), wait)  # fmt: skip
+                time.sleep(wait)
 
     def unexpected_retry(
         self, exc: Exception, kwargs: dict[str, Any], limit: int

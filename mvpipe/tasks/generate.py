@@ -173,7 +173,8 @@ def generate_scene(
             if step.refinalize:
                 refinalize(ctx, dispatcher, project_id, run_id)
     except (RecordPending, LeasePending) as exc:  # redone with its token, however long it lasts
-        raise self.outage_retry(exc, redo_kwargs(kwargs, exc.carry)) from None
+        redo = redo_kwargs(kwargs, exc.carry)
+        raise self.owed_retry(exc, redo, f"scene {project_id}/{sequence}") from None
     except OUTAGE_ERRORS as exc:
         raise self.outage_retry(exc, kwargs) from None
     except (Conflict, NotFound) as exc:  # the store moved on: its new owner decides
@@ -197,7 +198,7 @@ def generate_scene(
             # it carries, so it is retried like an outage, however long that lasts.
             log.warning("scene %s/%s: %s; retrying the write it owes", project_id, sequence,
                         describe(failure))  # fmt: skip
-            raise self.outage_retry(failure, kwargs) from None
+            raise self.owed_retry(failure, kwargs, f"scene {project_id}/{sequence}") from None
         if job is None:  # no context (the store refused it): nowhere to record the give-up
             log.error("scene %s/%s gave up before it could read the store: %s", project_id,
                       sequence, describe(failure))  # fmt: skip

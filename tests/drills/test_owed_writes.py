@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pytest
+import redis
 from celery.exceptions import Retry
 
 from mvpipe import api, hooks
@@ -131,6 +132,51 @@ def test_a_record_owed_through_a_long_outage_keeps_the_scene_from_a_second_job(
     api.reconcile(project_id)
     # Then the record lands: the one job is used, nobody pays for a second
     paid_once(workers, project_id)
+
+
+@contextmanager
+def full(client: redis.Redis) -> Iterator[None]:
+    """Redis (the broker, and the board beside it) refuses every write that needs memory
+    inside, as at `maxmemory` with no eviction: a message cannot be queued (LPUSH), while
+    one already delivered can still be acknowledged or rejected (ZREM, HDEL)."""
+    policy = client.config_get("maxmemory-policy")["maxmemory-policy"]
+    client.config_set("maxmemory-policy", "noeviction")
+    client.config_set("maxmemory", 1)
+    try:
+        yield
+    finally:
+        client.config_set("maxmemory", 0)
+        client.config_set("maxmemory-policy", policy)
+
+
+def refused_publish(workers: Workers) -> bool:
+    """The worker met a retry's publish refused: Celery rejected the message, or the task
+    waits to send it again."""
+    log = workers.service.log_text()
+    return "Reject(" in log or "the broker refused its retry" in log
+
+
+def test_a_record_owed_while_the_broker_refuses_its_retry_keeps_the_scene_from_a_second_job(
+    start_workers: StartWorkers, stack: LocalStack, redis_client: redis.Redis
+) -> None:
+    # Given a job accepted by the provider whose id is about to be recorded
+    workers, project_id, since = start_held(start_workers, "before_record")
+    with outage(stack, REFUSED):
+        # When the store refuses the record and the broker refuses the retry that carries the
+        # job's id (its Redis at maxmemory: the publish policy's retries cannot wait it out)
+        with full(redis_client):
+            release(state_dir(workers), "before_record")
+            wait_for(lambda: refused_publish(workers), 60, "the retry's publish refused")
+        # and the store stays out past the lease and the mark, reconcile running once it is
+        # back
+        outlast_the_lease_and_the_mark(workers, project_id, since)
+    api.reconcile(project_id)
+    # Then the record lands: the one job is used, nobody pays for a second
+    paid_once(workers, project_id)
+    # And the log named the job while the outage kept its record back
+    (job,) = ledger(workers.ledger, project_id)
+    owed = f"the generate job {job['operation_id']} was accepted; its record waits out an outage"
+    assert owed in workers.service.log_text()
 
 
 def test_a_record_the_store_refuses_is_retried_saying_why_and_never_paid_again(
