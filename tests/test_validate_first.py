@@ -29,7 +29,7 @@ from mvpipe.media.synth import SAMPLE_RATE, synthesize_song
 from mvpipe.models import MAX_CONCEPT, ProjectSummary
 from tests.cli_batch import mvpipe_batch
 from tests.helpers import own_storage
-from tests.test_cli import mvpipe
+from tests.test_cli import mvpipe, on_terminal
 
 #: A `~user` path whose user does not exist: its home directory cannot be known.
 NO_USER = "mvpipe-no-such-user"
@@ -119,6 +119,18 @@ def test_cli_refuses_bad_input_with_no_stack_running(tmp_path: Path) -> None:
         assert len(result.stderr.strip().splitlines()) == 1, (args, result.stderr)
         assert result.stdout == "", (args, result.stdout)
     assert sorted(tmp_path.iterdir()) == made  # no state dir, no demo output, no download
+    assert list(dest.iterdir()) == []
+
+
+def test_a_fetch_on_a_terminal_refuses_an_id_that_reads_as_markup(tmp_path: Path) -> None:
+    # Given an id that rich's markup would read as a closing tag, fetched with standard error
+    # on a terminal (where a spinner says what is fetched)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    fetched, shown = on_terminal(_no_stack_env(tmp_path), "fetch", "[/x]", str(dest))
+    # Then it is refused as any bad id is, in one line
+    assert fetched.returncode == 2, shown
+    assert shown.strip() == "error: invalid project id: '[/x]'", shown
     assert list(dest.iterdir()) == []
 
 
