@@ -25,6 +25,7 @@ from mvpipe.deps import reset_context
 from mvpipe.devstack.localstack import LocalStack, free_port, port_open, stack_env
 from mvpipe.errors import BrokerUnavailable, InvalidInput, NotFound, StoreUnavailable
 from mvpipe.media.audio import wav_size
+from mvpipe.media.files import writable_directory
 from mvpipe.media.synth import SAMPLE_RATE, synthesize_song
 from mvpipe.models import MAX_CONCEPT, ProjectSummary
 from tests.cli_batch import mvpipe_batch
@@ -100,6 +101,8 @@ def test_cli_refuses_bad_input_with_no_stack_running(tmp_path: Path) -> None:
         (("create", "--title", "t", "--concept", "x", *veo_five), "veo makes no 5 s clip"),
         (("fetch", some, f"~{nobody}/x.mp4"), f"~{nobody} names no home directory"),
         (("stack", "--concurrency", "0"), "--concurrency"),
+        (("stack", "--workdir", str(a_file), "--no-flower"), "not a directory"),
+        (("stack", "--workdir", "/proc/x", "--no-flower"), "--workdir /proc/x: cannot write"),
         (("demo", "--output", str(a_file)), "not a directory"),
         (("demo", "--output", str(a_file / "no" / "such")), "not a directory"),
     ]
@@ -274,17 +277,17 @@ def test_the_demo_refuses_before_it_starts_any_process(tmp_path: Path) -> None:
     assert not out.exists() and not Path("/proc/demo-output.mp4").exists()
 
 
-def test_the_demos_output_check_leaves_no_directory_it_made_nor_a_probe(tmp_path: Path) -> None:
-    from mvpipe.devstack.demo import check_output
-
+def test_the_output_directory_check_leaves_no_directory_it_made_nor_a_probe(
+    tmp_path: Path,
+) -> None:
     output = tmp_path / "a" / "b"
-    check_output(output)
+    writable_directory(output, "--output")
     assert list(tmp_path.iterdir()) == []  # made to write the probe, then removed with it
     output.mkdir(parents=True)
-    check_output(output)  # an existing, writable directory passes and stays
+    writable_directory(output, "--output")  # an existing, writable directory passes and stays
     assert output.is_dir() and list(output.iterdir()) == []
-    with pytest.raises(InvalidInput, match=re.escape("/proc/x.mp4")):
-        check_output(Path("/proc/x.mp4"))
+    with pytest.raises(InvalidInput, match=re.escape("--output /proc/x.mp4")):
+        writable_directory(Path("/proc/x.mp4"), "--output")
 
 
 def test_the_demos_size_estimate_is_the_synthesized_songs_size() -> None:
