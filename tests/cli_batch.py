@@ -14,6 +14,8 @@ import traceback
 from pathlib import Path
 from typing import NoReturn
 
+from tests.processes import stop_group
+
 #: The repository's root: `-m tests.cli_batch` is found from there.
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -21,20 +23,29 @@ ROOT = Path(__file__).resolve().parent.parent
 def mvpipe_batch(
     env: dict[str, str], *commands: tuple[str, ...], timeout: float = 180
 ) -> list[subprocess.CompletedProcess[str]]:
-    """Each of `commands` in order, each in its own process under `env` (`cli_batch`)."""
-    batch = subprocess.run(
+    """Each of `commands` in order, each in its own process under `env` (`cli_batch`). The
+    batch runs in a session of its own: past `timeout` s it is stopped with the command it
+    forked, whose process is in its group (`stop_group`), and `subprocess.TimeoutExpired`
+    raised."""
+    batch = subprocess.Popen(
         [sys.executable, "-m", "tests.cli_batch"],
         env=env,
         cwd=ROOT,
-        input=json.dumps([list(args) for args in commands]),
-        capture_output=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
+        start_new_session=True,
     )
-    assert batch.returncode == 0, batch.stderr
+    try:
+        out, err = batch.communicate(json.dumps([list(args) for args in commands]), timeout)
+    except BaseException:  # a timeout, or the test interrupted: nothing of the batch outlives it
+        stop_group(batch)
+        raise
+    assert batch.returncode == 0, err
     return [
         subprocess.CompletedProcess(args, r["returncode"], r["stdout"], r["stderr"])
-        for args, r in zip(commands, json.loads(batch.stdout), strict=True)
+        for args, r in zip(commands, json.loads(out), strict=True)
     ]
 
 

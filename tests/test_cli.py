@@ -21,12 +21,20 @@ from typing import Any
 import httpx
 import pytest
 
+from mvpipe import api
 from mvpipe.celery_app import app
 from mvpipe.cli.display import print_summary
 from mvpipe.deps import get_context
 from mvpipe.devstack.localstack import LOCAL_CREDENTIAL, free_port, port_open, start_flower
 from mvpipe.media.probe import probe_video
-from mvpipe.models import CONTROL, ProjectStatus, ProjectView, SceneStatus, SceneView
+from mvpipe.models import (
+    CONTROL,
+    ProjectStatus,
+    ProjectView,
+    SceneStatus,
+    SceneView,
+    is_project_id,
+)
 from mvpipe.pipeline.reconcile_scope import FULL_SWEEP_JOB
 from tests.cli_batch import mvpipe_batch
 from tests.conftest import Workers
@@ -365,6 +373,36 @@ def test_status_shows_no_control_character_of_an_error(
     assert not CONTROL.search(shown), repr(shown)
     errors = [line for line in shown.splitlines() if "clip refused" in line]
     assert len(errors) == 2 and all("provider" in line for line in errors), shown
+
+
+def test_status_shows_a_title_and_an_error_as_written(capsys: pytest.CaptureFixture[str]) -> None:
+    # Given a title and an error that rich would read as markup and emoji names
+    written = "[bold]Neon[/bold] :smile: [/x]"
+    scene = shown_scene(1, status=SceneStatus.FAILED, last_error=f"refused {written}")
+    view = shown_project(title=written, scene_count=1, last_error=f"failed {written}")
+    # When the CLI shows the project
+    print_summary(view.model_copy(update={"scenes": [scene]}))
+    shown = capsys.readouterr().out
+    # Then each is shown as written
+    assert f"{written!r}" in shown and f"failed {written}" in shown, shown
+    assert f"refused {written}" in shown, shown
+
+
+def test_the_listing_shows_each_project_on_a_line_of_its_own(stack: object) -> None:
+    # Given projects whose titles hold a newline, one of them written to look like a row
+    row = f"{uuid.uuid4()}  completed         2026-01-01T00:00:00+00:00  3/3  Forged"
+    titles = {api.create_project(t, "x"): t for t in (f"Real\n{row}", "Two\nlines\n")}
+    # When `mvpipe projects` lists them
+    listed = mvpipe(dict(os.environ), "projects")
+    assert listed.returncode == 0, listed.stderr
+    # Then each line is a project's, and each project is on one line, its title's newlines
+    # shown as spaces
+    lines = listed.stdout.splitlines()
+    assert all(is_project_id(line[:36]) for line in lines), listed.stdout
+    ours = {line[:36]: line for line in lines if line[:36] in titles}
+    assert len(ours) == len(titles), listed.stdout
+    for project_id, title in titles.items():
+        assert ours[project_id].endswith(title.replace("\n", " ")), ours[project_id]
 
 
 def test_missing_aws_credentials_are_named_not_taken_for_an_unreachable_store(

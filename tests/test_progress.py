@@ -6,7 +6,16 @@ import io
 import uuid
 from datetime import UTC, datetime
 
-from mvpipe.cli.progress import StageCount, StageProgress, money, stage_counts
+import pytest
+
+from mvpipe.cli.progress import (
+    StageCount,
+    StageProgress,
+    counted,
+    money,
+    stage_counts,
+    working,
+)
 from mvpipe.models import ProjectStatus, ProjectView, SceneStatus, SceneView
 
 
@@ -95,3 +104,21 @@ def test_the_money_is_shown_against_the_budget() -> None:
     progress.close()
     assert "cost $12.50 of $40.00" in out.getvalue()
     assert money(spent) == "$0.00 committed, no budget"
+
+
+def test_text_a_spinner_or_a_bar_is_given_is_shown_as_written(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given standard error taken for a terminal, and text that rich's markup would read as
+    # tags and an emoji's name (a user's input quoted)
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")
+    written = "[/x] [bold]b[/bold] :smile:"
+    # When a spinner and a bar show it
+    with working(f"fetching {written}", shown=True):
+        pass
+    with counted(f"swept {written}", shown=True) as tells:
+        assert tells is not None
+        tells[0](1, 2)
+    # Then each shows it as written
+    shown = capsys.readouterr().err
+    assert f"fetching {written}" in shown and f"swept {written}" in shown, shown

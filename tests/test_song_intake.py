@@ -21,7 +21,7 @@ from mvpipe.errors import ConfigurationError, InvalidInput, StoreUnavailable
 from mvpipe.models import ProjectSpec, SongSpec
 from mvpipe.pipeline.create import create_project
 from mvpipe.store.table import METADATA, project_pk, scene_sk
-from tests.songs import ENCODINGS, make_song, make_video_only, with_latin1_title
+from tests.songs import ENCODINGS, make_song, make_video_only, make_wav, with_latin1_title
 
 pytestmark = pytest.mark.integration
 
@@ -69,8 +69,23 @@ def written(ctx: Context) -> tuple[int, set[str]]:
         (make_song("flac", 3.0).data, "too short"),
         (make_song("mp3", 12.0).data, "too long"),
         (make_song("wav", 9.0).data, "too large"),  # 9 s of 16 kHz stereo PCM: 576 kB
+        # 6 samples at 1 Hz, and 24 at 4 Hz, that passed for 6 s of song (and then failed
+        # planning, for want of a second of samples): the rate is what is wrong
+        (make_wav(6.0, rate=1), "sample rate is 1 Hz, at least 8000 Hz"),
+        (make_wav(6.0, rate=4), "sample rate is 4 Hz, at least 8000 Hz"),
     ],
-    ids=["empty", "garbage", "cut-mp3", "cut-wav", "video-only", "short", "long", "big"],
+    ids=[
+        "empty",
+        "garbage",
+        "cut-mp3",
+        "cut-wav",
+        "video-only",
+        "short",
+        "long",
+        "big",
+        "1-hz",
+        "4-hz",
+    ],
 )
 def test_a_bad_song_is_refused_and_nothing_is_written(
     ctx: Context, song: bytes, reason: str

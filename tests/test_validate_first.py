@@ -25,11 +25,12 @@ from mvpipe.deps import reset_context
 from mvpipe.devstack.localstack import LocalStack, free_port, port_open, stack_env
 from mvpipe.errors import BrokerUnavailable, InvalidInput, NotFound, StoreUnavailable
 from mvpipe.media.audio import wav_size
+from mvpipe.media.files import writable_directory
 from mvpipe.media.synth import SAMPLE_RATE, synthesize_song
 from mvpipe.models import MAX_CONCEPT, ProjectSummary
 from tests.cli_batch import mvpipe_batch
 from tests.helpers import own_storage
-from tests.test_cli import mvpipe
+from tests.test_cli import mvpipe, on_terminal
 
 #: A `~user` path whose user does not exist: its home directory cannot be known.
 NO_USER = "mvpipe-no-such-user"
@@ -100,6 +101,8 @@ def test_cli_refuses_bad_input_with_no_stack_running(tmp_path: Path) -> None:
         (("create", "--title", "t", "--concept", "x", *veo_five), "veo makes no 5 s clip"),
         (("fetch", some, f"~{nobody}/x.mp4"), f"~{nobody} names no home directory"),
         (("stack", "--concurrency", "0"), "--concurrency"),
+        (("stack", "--workdir", str(a_file), "--no-flower"), "not a directory"),
+        (("stack", "--workdir", "/proc/x", "--no-flower"), "--workdir /proc/x: cannot write"),
         (("demo", "--output", str(a_file)), "not a directory"),
         (("demo", "--output", str(a_file / "no" / "such")), "not a directory"),
     ]
@@ -119,6 +122,18 @@ def test_cli_refuses_bad_input_with_no_stack_running(tmp_path: Path) -> None:
         assert len(result.stderr.strip().splitlines()) == 1, (args, result.stderr)
         assert result.stdout == "", (args, result.stdout)
     assert sorted(tmp_path.iterdir()) == made  # no state dir, no demo output, no download
+    assert list(dest.iterdir()) == []
+
+
+def test_a_fetch_on_a_terminal_refuses_an_id_that_reads_as_markup(tmp_path: Path) -> None:
+    # Given an id that rich's markup would read as a closing tag, fetched with standard error
+    # on a terminal (where a spinner says what is fetched)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    fetched, shown = on_terminal(_no_stack_env(tmp_path), "fetch", "[/x]", str(dest))
+    # Then it is refused as any bad id is, in one line
+    assert fetched.returncode == 2, shown
+    assert shown.strip() == "error: invalid project id: '[/x]'", shown
     assert list(dest.iterdir()) == []
 
 
@@ -262,17 +277,17 @@ def test_the_demo_refuses_before_it_starts_any_process(tmp_path: Path) -> None:
     assert not out.exists() and not Path("/proc/demo-output.mp4").exists()
 
 
-def test_the_demos_output_check_leaves_no_directory_it_made_nor_a_probe(tmp_path: Path) -> None:
-    from mvpipe.devstack.demo import check_output
-
+def test_the_output_directory_check_leaves_no_directory_it_made_nor_a_probe(
+    tmp_path: Path,
+) -> None:
     output = tmp_path / "a" / "b"
-    check_output(output)
+    writable_directory(output, "--output")
     assert list(tmp_path.iterdir()) == []  # made to write the probe, then removed with it
     output.mkdir(parents=True)
-    check_output(output)  # an existing, writable directory passes and stays
+    writable_directory(output, "--output")  # an existing, writable directory passes and stays
     assert output.is_dir() and list(output.iterdir()) == []
-    with pytest.raises(InvalidInput, match=re.escape("/proc/x.mp4")):
-        check_output(Path("/proc/x.mp4"))
+    with pytest.raises(InvalidInput, match=re.escape("--output /proc/x.mp4")):
+        writable_directory(Path("/proc/x.mp4"), "--output")
 
 
 def test_the_demos_size_estimate_is_the_synthesized_songs_size() -> None:

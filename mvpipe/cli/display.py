@@ -11,7 +11,8 @@ def print_summary(view: ProjectView) -> None:
 
     from mvpipe.cli.progress import money
 
-    console = Console(highlight=False, markup=False)  # titles and errors are shown as written
+    # Titles and errors are shown as written: no markup, no `:name:` made an emoji.
+    console = Console(highlight=False, markup=False, emoji=False)
     if not console.is_terminal:
         console.width = 240  # a pipe or a log: keep every key on one line
     prefix = f"projects/{view.project_id}/"

@@ -15,6 +15,7 @@ from mvpipe.cli.exits import EXIT_FAILED, guarded
 from mvpipe.cli.runs import follow
 from mvpipe.devstack import cluster
 from mvpipe.errors import InvalidInput
+from mvpipe.media.files import writable_directory
 from mvpipe.models import ProjectStatus, ProjectView
 
 if TYPE_CHECKING:
@@ -45,6 +46,8 @@ def stack(workdir: Path | None, concurrency: int, no_flower: bool) -> None:
     """Start the whole local stack (Redis, state server, worker, beat, Flower) until Ctrl-C,
     SIGTERM or SIGHUP, and print the variables that point other shells at it."""
     guarded(lambda: _check_concurrency(concurrency))
+    if workdir is not None:
+        guarded(lambda: writable_directory(workdir, "--workdir"))
     where = workdir or Path(tempfile.mkdtemp(prefix="mvpipe-stack-"))
 
     def ready(env: dict[str, str]) -> None:

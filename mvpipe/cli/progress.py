@@ -3,6 +3,7 @@ the progress of a long command (`counted`, `working`), shown on a terminal only.
 
 `stage_counts` is the pure part (what each bar shows); `StageProgress` draws it. On a terminal the
 bars update in place; elsewhere (a log, a pipe) rich prints them once, when the run is over.
+Their text is shown as written, never read as rich's markup: it may quote a user's input.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
+from rich.text import Text
 
 from mvpipe.models import ProjectView, SceneStatus
 
@@ -79,10 +81,10 @@ class StageProgress:
     def __init__(self, stream: TextIO | None = None) -> None:
         self.console = Console(file=stream, stderr=stream is None)
         self.progress = Progress(
-            TextColumn("{task.description:<11}"),
+            TextColumn("{task.description:<11}", markup=False),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("{task.fields[note]}"),
+            TextColumn("{task.fields[note]}", markup=False),
             TimeElapsedColumn(),
             console=self.console,
         )
@@ -134,7 +136,7 @@ def counted(*descriptions: str, shown: bool) -> Iterator[list[Tell] | None]:
         return
     bar = Progress(
         SpinnerColumn(),
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
@@ -153,5 +155,5 @@ def working(description: str, *, shown: bool) -> Iterator[None]:
     if console is None:
         yield
         return
-    with console.status(description):
+    with console.status(Text(description)):  # shown as written: a user's id is no markup
         yield

@@ -22,6 +22,8 @@ from mvpipe.models import (
     MAX_SCENES,
     MAX_TITLE,
     ProjectStatus,
+    printable,
+    validate_project_id,
 )
 
 #: The largest --scene-file read: 999 scenes with full prompts fit with room to spare.
@@ -169,9 +171,10 @@ def projects(status_: str | None, limit: int) -> None:
         click.echo(f"the newest {limit} project(s); --limit shows more", err=True)
     for project in found:
         planned = "?" if project.scene_count is None else project.scene_count  # a song decides
+        # A title may hold a newline: each project stays on its one line.
         click.echo(
             f"{project.project_id}  {project.status:<17} {project.created_at.isoformat()}  "
-            f"{project.completed_scenes}/{planned}  {project.title}"
+            f"{project.completed_scenes}/{planned}  {printable(project.title, one_line=True)}"
         )
 
 
@@ -201,6 +204,7 @@ def fetch(project_id: str, file: Path | None, sequence: int | None, stage: str |
     dest = file if file is not None else Path.cwd()
     from mvpipe.cli.progress import working
 
+    guarded(lambda: validate_project_id(project_id))  # refused before the spinner shows it
     what = "the final video" if sequence is None else f"scene {sequence}'s {chosen} clip"
     with working(f"fetching {what} of {project_id}", shown=True):
         written = guarded(lambda: api.download(project_id, dest, sequence=sequence, stage=chosen))

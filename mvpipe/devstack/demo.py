@@ -7,7 +7,6 @@ decides what happens and in which order, never how it looks.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import shutil
@@ -20,6 +19,7 @@ from mvpipe import api
 from mvpipe.devstack import cluster
 from mvpipe.errors import InvalidInput
 from mvpipe.media.audio import wav_size
+from mvpipe.media.files import writable_directory
 from mvpipe.media.song import check_song_size
 from mvpipe.models import ProjectStatus, ProjectView
 from mvpipe.pipeline.intake import check_song_scenes
@@ -75,7 +75,7 @@ def check_demo(*, seconds: float, output: Path) -> None:
     starts: a song `create_project` refuses, an output directory it cannot write."""
     apply_demo_settings()
     check_seconds(seconds)
-    check_output(output)
+    writable_directory(output, "--output")
 
 
 def apply_demo_settings() -> None:
@@ -103,28 +103,6 @@ def check_seconds(seconds: float) -> None:
         check_song_size(wav_size(seconds, SAMPLE_RATE), settings.song_max_bytes)
     except InvalidInput as exc:
         raise InvalidInput(f"--seconds {seconds:g}: {exc}") from None
-
-
-def check_output(output: Path) -> None:
-    """The demo's output directory is made (with its parents), a file written in it and
-    removed, and the directories it made removed again: the write itself is the test
-    (permission bits say nothing for root, and nothing of a read-only or virtual file system),
-    and a demo that fails later leaves nothing behind (its write makes them again)."""
-    if output.exists() and not output.is_dir():
-        raise InvalidInput(f"--output {output} exists and is not a directory")
-    made = [p for p in (output.absolute(), *output.absolute().parents) if not p.exists()]
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=output, prefix=".mvpipe-probe-") as probe:
-            probe.write(b"x")
-            probe.flush()
-    except OSError as exc:
-        reason = (exc.strerror or str(exc)).lower()
-        raise InvalidInput(f"--output {output}: cannot write there ({reason})") from None
-    finally:
-        for directory in made:  # the deepest first
-            with contextlib.suppress(OSError):
-                directory.rmdir()
 
 
 def run_demo(

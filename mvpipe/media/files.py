@@ -88,6 +88,29 @@ def read_bounded(path: Path, limit: int, what: str) -> bytes:
     return within(data, limit, what)
 
 
+def writable_directory(path: Path, what: str) -> None:
+    """A directory a user named (`what`: its option) that a command writes into later: made
+    (with its parents), a file written in it and removed, and the directories it made removed
+    again. The write itself is the test (permission bits say nothing for root, and nothing of a
+    read-only or virtual file system), and a command that fails later leaves nothing behind
+    (its own write makes them again). `InvalidInput` says why not."""
+    if path.exists() and not path.is_dir():
+        raise InvalidInput(f"{what} {path} exists and is not a directory")
+    made = [p for p in (path.absolute(), *path.absolute().parents) if not p.exists()]
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".mvpipe-probe-") as probe:
+            probe.write(b"x")
+            probe.flush()
+    except OSError as exc:
+        reason = (exc.strerror or str(exc)).lower()
+        raise InvalidInput(f"{what} {path}: cannot write there ({reason})") from None
+    finally:
+        for directory in made:  # the deepest first
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+
+
 def within(data: bytes, limit: int, what: str) -> bytes:
     """`data` if it holds at most `limit` bytes (read as `limit` + 1 at most)."""
     if len(data) > limit:

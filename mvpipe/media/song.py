@@ -41,6 +41,9 @@ _TRUNCATION_SLACK_SECONDS = 0.03
 #: The most channels a song may have: FFmpeg's resampler (analysis, lip-sync audio, the AAC
 #: encoding) mixes no more, so a song with more would pass intake and fail every analysis.
 MAX_SONG_CHANNELS = 64
+#: The lowest sample rate a song may have (telephone audio's): below it a handful of samples
+#: pass for seconds of song (6 at 1 Hz for 6 s), and planning then finds too few to analyse.
+MIN_SONG_SAMPLE_RATE = 8000
 
 
 @dataclass(frozen=True)
@@ -95,7 +98,7 @@ def probe_song(data: bytes, *, min_seconds: float, max_seconds: float, max_bytes
         try:
             decoded, sample_rate, channels = _decode_all(container, stream, max_seconds)
         except InvalidInput:
-            raise  # named already: no decoder for the codec, too many channels
+            raise  # named already: no decoder for the codec, too many channels, too low a rate
         except (av.FFmpegError, ValueError) as exc:
             raise InvalidInput(f"song is corrupt or truncated ({_reason(exc)})") from None
     if ext == "wav":
@@ -132,13 +135,13 @@ def _decode_all(container: Any, stream: Any, max_seconds: float) -> tuple[float,
     earlier = 0.0  # seconds decoded at sample rates the stream has since left
     count = 0  # samples decoded at the current rate
     context = decoder(stream, "song")
-    sample_rate = context.sample_rate or 0
+    sample_rate = _check_rate(context.sample_rate or 0)
     channels = context.channels or 0
     for packet in container.demux(stream):
         for frame in packet.decode():
             if frame.sample_rate != sample_rate:
                 earlier += count / sample_rate if sample_rate else 0.0
-                count, sample_rate = 0, frame.sample_rate
+                count, sample_rate = 0, _check_rate(frame.sample_rate)
             channels = len(frame.layout.channels)
             if channels > MAX_SONG_CHANNELS:
                 raise InvalidInput(
@@ -148,6 +151,15 @@ def _decode_all(container: Any, stream: Any, max_seconds: float) -> tuple[float,
         if sample_rate and earlier + count / sample_rate > max_seconds:
             break
     return earlier + (count / sample_rate if sample_rate else 0.0), sample_rate, channels
+
+
+def _check_rate(sample_rate: int) -> int:
+    """`sample_rate` (0: not known yet) unless it is below `MIN_SONG_SAMPLE_RATE`."""
+    if 0 < sample_rate < MIN_SONG_SAMPLE_RATE:
+        raise InvalidInput(
+            f"song's sample rate is {sample_rate} Hz, at least {MIN_SONG_SAMPLE_RATE} Hz is needed"
+        )
+    return sample_rate
 
 
 def _check_wav_size(data: bytes) -> None:
