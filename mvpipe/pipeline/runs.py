@@ -7,6 +7,7 @@ which a brand-new run looks stale. (A mark for a run that then loses just expire
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from dataclasses import dataclass
@@ -17,7 +18,10 @@ from mvpipe.errors import Conflict, InvalidInput, Timeout
 from mvpipe.models import ProjectStatus, ProjectView, SceneStatus
 from mvpipe.pipeline.stages import GENERATE, next_stage, submission_held
 from mvpipe.pipeline.steps import Dispatcher
+from mvpipe.providers.classify import describe
 from mvpipe.store.claim_outcomes import Claim
+
+log = logging.getLogger("mvpipe.runs")
 
 #: Scene states a user's run may give spent attempts back in.
 OPEN = (SceneStatus.PENDING, SceneStatus.PROCESSING)
@@ -109,6 +113,27 @@ def regenerate(ctx: Context, dispatcher: Dispatcher, project_id: str, sequence: 
     if reset != Claim.WON:
         raise Conflict(f"project {project_id} has an active run; cancel it or wait for it")
     return RunStart(run_id, dispatcher.start_run(project_id, run_id, [sequence]))
+
+
+def resume_freed(
+    ctx: Context, dispatcher: Dispatcher, project_id: str, sequence: int, provider: str
+) -> str | None:
+    """A cancelled run's owed record landed, its job stopped and its scene set back to
+    `pending` (`Step.freed`): the run the user started meanwhile found the scene held by that
+    record (`submission_held`) and stopped at it, so it resumes the scene now rather than at
+    its takeover. Only the active run whose scope holds the scene; best effort (the takeover
+    still finishes a scene left so). The run resumed, or None."""
+    try:
+        project = ctx.projects.get(project_id)
+        run = project.active_run_id
+        if run is None or (project.run_scope and sequence not in project.run_scope):
+            return None
+        dispatcher.resume(project_id, sequence, run, provider)
+        return run
+    except Exception as exc:
+        log.warning("scene %s/%s not resumed in the active run: %s", project_id, sequence,
+                    describe(exc))  # fmt: skip
+        return None
 
 
 def wait_until_idle(ctx: Context, project_id: str, timeout: float, interval: float) -> ProjectView:
