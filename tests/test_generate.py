@@ -34,13 +34,14 @@ from mvpipe.models import ProjectStatus, SceneStatus
 from mvpipe.pipeline.cancel import cancel_project
 from mvpipe.pipeline.generate import SceneJob
 from mvpipe.pipeline.operation import PaidOperation
-from mvpipe.pipeline.runs import regenerate, start_run
+from mvpipe.pipeline.runs import regenerate, resume_freed, start_run
 from mvpipe.pipeline.stage_provider import VideoGeneration
 from mvpipe.pipeline.stages import GENERATE
 from mvpipe.pipeline.steps import LeasePending, Next, RecordPending, Step
 from mvpipe.providers.base import JobState, JobStatus, VideoRequest
 from mvpipe.providers.limiter import QuotaLimiter, SlotDecision, job_member, slot_member
 from mvpipe.providers.render import render_clip
+from mvpipe.queues import MEDIA_QUEUE, VIDEO_QUEUE
 from mvpipe.settings import get_settings
 from mvpipe.states import SCENE_CHECK_POLLS
 from mvpipe.store.claim_outcomes import Claim
@@ -790,7 +791,7 @@ def owed_then_cancelled(ctx: Context) -> tuple[str, str, str, str]:
     record's redo keeps the scene's mark alive, `keep_owed`), and its run cancelled by the user:
     (project, the cancelled run, the lease's token, the job)."""
     project_id, run_id, token, operation_id = accepted_job(ctx, lease_seconds=-30)
-    ctx.board.touch_scene(project_id, 1, 600)  # the mark the owed record's redo keeps alive
+    job(ctx, project_id, run_id).keep_owed(GENERATE)  # the mark the owed record's redo keeps
     cancel_project(ctx, RecordingDispatcher(), project_id)
     scene = ctx.scenes.get(project_id, 1)
     assert scene is not None and scene.status == SceneStatus.PROCESSING
@@ -799,15 +800,21 @@ def owed_then_cancelled(ctx: Context) -> tuple[str, str, str, str]:
     return project_id, run_id, token, operation_id
 
 
-def test_a_cancelled_runs_owed_record_keeps_its_job_for_the_next_run(
+def test_a_new_run_pays_no_second_job_while_a_cancelled_runs_record_is_owed(
     ctx: Context, provider: Misbehaving
 ) -> None:
-    # Given a job accepted under an expired lease, its record owed, its run cancelled, and a
-    # new run started by the user
+    # Given a job accepted under an expired lease, its record owed, its run cancelled
     project_id, cancelled, token, operation_id = owed_then_cancelled(ctx)
+    # When the user starts a new run and its step reaches the scene
     new = start_run(ctx, RecordingDispatcher(), project_id).run_id
     assert new is not None and new != cancelled
-    # When the record's redo comes (a provider that cannot stop the job, as Veo), then the job
+    step = job(ctx, project_id, new).step()
+    # Then the scene is left to the owed record: nothing is claimed, nothing paid
+    assert step.next == Next.DONE and step.outcome == "owned by another execution", step
+    assert provider.submitted == 0
+    scene = ctx.scenes.get(project_id, 1)
+    assert scene is not None and scene.lease_token == token
+    # And once the record's redo comes (a provider that cannot stop the job, as Veo), the job
     # is kept for the new run, which polls it: one job paid
     provider.cancel_confirmed = False
     kept = redo(ctx, project_id, cancelled, operation_id, token)
@@ -815,6 +822,46 @@ def test_a_cancelled_runs_owed_record_keeps_its_job_for_the_next_run(
     polled = job(ctx, project_id, new).step()
     assert polled.next == Next.POLL and polled.carry["operation_id"] == operation_id, polled
     assert provider.submitted == 0
+
+
+def test_a_cancelled_runs_owed_record_whose_job_is_stopped_resumes_the_scene_in_the_new_run(
+    ctx: Context, provider: Misbehaving
+) -> None:
+    # Given a cancelled run's owed record, and the user's new run whose step found the scene
+    # held by it
+    project_id, cancelled, token, operation_id = owed_then_cancelled(ctx)
+    new = start_run(ctx, RecordingDispatcher(), project_id).run_id
+    assert job(ctx, project_id, new).step().outcome == "owned by another execution"
+    # When the record's redo comes and the provider stops the job
+    stopped = redo(ctx, project_id, cancelled, operation_id, token)
+    assert stopped.outcome == "operation cancelled with the run" and stopped.freed, stopped
+    assert provider.cancelled == [operation_id]
+    # Then the scene is resumed in the new run at once (it waited for the run's takeover), and
+    # that run pays for the job the user's new run asks for
+    dispatcher = RecordingDispatcher()
+    assert resume_freed(ctx, dispatcher, project_id, 1, "local") == new
+    assert dispatcher.sent == [("resume", (project_id, 1, new, "local"))]
+    assert job(ctx, project_id, new).step().next == Next.POLL
+    assert provider.submitted == 1
+
+
+def test_a_queued_stages_mark_does_not_hold_the_scenes_own_resumed_chain(
+    ctx: Context, provider: Misbehaving
+) -> None:
+    # Given a scene claimed under a lease that ran out, its submitter lost before its submit
+    # (its claim's mark lapsed: nothing owed)
+    project_id, run_id = new_project(ctx, 1)
+    assert claim(ctx, project_id, run_id, uuid.uuid4().hex, now=time.time() - 90) == Claim.WON
+    # When the scene's chain resumes on the media queue: it marks the scene as queued for the
+    # stage and moves to the stage's queue
+    moved = SceneJob(ctx, project_id, 1, run_id, "local", queue=MEDIA_QUEUE).step()
+    assert moved.next == Next.STAGE and moved.queue == VIDEO_QUEUE, moved
+    assert ctx.board.scene_polled(project_id, 1)
+    # Then its step there is not held by its own queued mark: it claims and submits at once
+    # (held, the chain ended as "owned" and the scene waited for the mark to lapse)
+    step = SceneJob(ctx, project_id, 1, run_id, "local", queue=VIDEO_QUEUE).step()
+    assert step.next == Next.POLL, step
+    assert provider.submitted == 1
 
 
 def test_a_regeneration_is_refused_while_a_cancelled_runs_record_is_owed(

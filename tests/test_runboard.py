@@ -6,11 +6,14 @@ import logging
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 import redis
 
 from mvpipe.deps import Context, build_context
+from mvpipe.pipeline.execution import Execution
 from mvpipe.pipeline.lost_tries import LostTooOften, LostTries
 from mvpipe.settings import get_settings
 from mvpipe.store.runboard import RunBoard
@@ -344,3 +347,20 @@ def test_a_run_whose_work_waits_in_a_queue_stays_alive_that_long(
     # Once both marks lapse, the run is stale
     redis_client.delete(waiting, f"{board.prefix}:live:run:{run_id}")
     assert not board.run_alive(run_id)
+
+
+def test_an_owed_mark_is_told_from_a_plain_one_and_no_plain_mark_hides_it(board: RunBoard) -> None:
+    # Given a scene its execution marked as worked on (a poll's mark, or a stage's in line)
+    x = Execution(cast(Context, SimpleNamespace(board=board)), "project", 1, "run", "local")
+    x.touch(60)
+    assert board.scene_polled("project", 1) and not board.scene_owed("project", 1)
+    # When the same execution claims the scene's paid stage, marking it as long
+    x.touch(60, owed=True)
+    # Then the mark is written again, owed (left as it was, it would not hold the scene past
+    # the lease for the claim's record)
+    assert board.scene_owed("project", 1)
+    # And a plain mark within it leaves it owed, until the job's id is stored (`shorten`)
+    x.touch(30)
+    assert board.scene_owed("project", 1)
+    x.touch(10, shorten=True)
+    assert board.scene_polled("project", 1) and not board.scene_owed("project", 1)

@@ -247,7 +247,7 @@ def test_a_stale_run_is_kept_while_a_claimed_scene_is_marked_alive(ctx: Context)
         max_attempts=3, now=time.time() - 120,
     )  # fmt: skip
     assert claimed.outcome == Claim.WON
-    ctx.board.touch_scene(project_id, 1, 60)
+    ctx.board.touch_scene(project_id, 1, 60, owed=True)
     # When reconcile passes
     dispatcher = RecordingDispatcher()
     report = reconcile(ctx, dispatcher, project_ids=[project_id])

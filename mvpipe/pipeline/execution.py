@@ -48,6 +48,8 @@ class Execution:
     cost_micros: int | None = None
     #: when the scene's liveness mark set by this execution lapses (monotonic; 0: none set)
     alive_until: float = 0.0
+    #: the scene's mark this execution set last is a paid claim's or an owed write's
+    owed_mark: bool = False
     #: outputs this execution uploaded (key -> bytes): the next stage, run in the same
     #: execution, takes its input from here instead of downloading what was just uploaded
     uploaded: dict[str, bytes] = field(default_factory=dict)
@@ -78,18 +80,24 @@ class Execution:
         """A slot this execution freed went to another project's waiting scene."""
         return bool(self.handed_to)
 
-    def touch(self, seconds: float, *, shorten: bool = False) -> None:
+    def touch(self, seconds: float, *, shorten: bool = False, owed: bool = False) -> None:
         """This scene is being worked on: reconcile must not start a second chain for it.
         A mark this execution set moments ago for as long is not written again (the next
         stage run inline, after the poll that finished the last one). `shorten`: a longer
         mark this execution set is cut to `seconds` (one no longer needed, see
-        `PaidOperation.stored`)."""
+        `PaidOperation.stored`). `owed`: the mark of a paid claim or of a write owed for
+        paid work, which holds the scene from another submitter past its lease
+        (`stages.submission_held`); a plain mark this execution set is no such mark, so it
+        is written over. A plain mark within an owed one this execution set leaves it owed:
+        it comes once the job's id is stored or the lease given back, when nothing is held."""
         now = time.monotonic()
         left = self.alive_until - now
-        if left >= seconds * (1 - TOUCH_SLACK) and not (shorten and left > seconds):
+        kept = self.owed_mark or not owed
+        if kept and left >= seconds * (1 - TOUCH_SLACK) and not (shorten and left > seconds):
             return
-        self.ctx.board.touch_scene(self.project_id, self.sequence, seconds)
+        self.ctx.board.touch_scene(self.project_id, self.sequence, seconds, owed=owed)
         self.alive_until = now + seconds
+        self.owed_mark = owed
 
     def log(
         self, message: str, operation_id: str | None, attempt: int | None, stage: str = "generate"

@@ -19,10 +19,10 @@ from mvpipe.models import SceneStatus
 from mvpipe.pipeline.execution import Execution
 from mvpipe.pipeline.operation import PaidOperation
 from mvpipe.pipeline.stage_provider import StageProvider
-from mvpipe.pipeline.stages import BY_NAME, GENERATE, Stage, next_stage
+from mvpipe.pipeline.stages import BY_NAME, GENERATE, Stage, next_stage, submission_held
 from mvpipe.pipeline.steps import Next, Step
 from mvpipe.providers.limiter import slot_member
-from mvpipe.states import lease_expired, started_seconds
+from mvpipe.states import started_seconds
 from mvpipe.store.records import SceneRecord
 
 #: Stages one execution may run back to back before it queues its next step (a bound on work).
@@ -142,7 +142,7 @@ class SceneJob:
         reconcile must not free the scene for a second paid claim while the redo waits for
         the store (`Settings.owed_write_seconds`, of the stage's provider)."""
         s = self.ctx.settings
-        self.x.touch(s.owed_write_seconds(stage.provider_name(s, self.x.provider)))
+        self.x.touch(s.owed_write_seconds(stage.provider_name(s, self.x.provider)), owed=True)
 
     def submit(self, scene: SceneRecord) -> Step:
         """Claim and submit the scene's generation (as a duplicate execution would)."""
@@ -192,6 +192,12 @@ class SceneJob:
         stage = next_stage(scene)
         if stage is None:
             return self.x.finished(f"already {scene.status}")
+        if submission_held(self.ctx, scene, time.time()):
+            # A live lease, or past it a claim whose record may still be owed (a cancelled
+            # run's redo): claiming would pay for a second job. Reconcile frees the scene once
+            # its owed mark lapses. Before the move to the stage's queue, whose queued mark
+            # would take the owed one's place.
+            return Step.done("owned by another execution")
         if self.queue is not None and stage.queue != self.queue:
             self.mark_queued()
             carry = {"stage": stage.name}
@@ -208,14 +214,6 @@ class SceneJob:
             started = started_seconds(scene.value(stage.fields.started))
             step = machine.poll(operation_id, 0, job_started=started)
             return self.then(step, stages_run + 1)
-        if (
-            scene.status == SceneStatus.PROCESSING
-            and scene.lease_token is not None
-            and not lease_expired(scene.lease_expires_at, time.time())
-        ):
-            # Only a live lease: past it, the scene's mark is no owner's proof here (a queued
-            # stage marks it too, and its own chain would stop on it until the mark lapsed).
-            return Step.done("owned by another execution")
         return self.then(machine.submit(scene), stages_run + 1)
 
     def give_up(self, error: str) -> Step:

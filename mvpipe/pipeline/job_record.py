@@ -191,11 +191,13 @@ class JobRecord(JobPolls):
             return self.drop(operation_id, kept)
         self.recorded = True
         if self.run_cancelled() and self.cancel(operation_id):
-            ctx.scenes.reset_cancelled(*self.ids, operation_id=operation_id, stage=self.fields)
+            freed = ctx.scenes.reset_cancelled(
+                *self.ids, operation_id=operation_id, stage=self.fields
+            )
             self.release_slot()
             self.release_slot(operation_id)  # a redone record's first try may have moved it
             self.log("run cancelled; operation cancelled at provider", operation_id, attempt)
-            return Step.done("operation cancelled with the run")
+            return Step.done("operation cancelled with the run", freed=freed)
         # Kept: the job still runs, so its quota slot stays taken (its polls refresh it).
         self.stored(operation_id)
         self.log("run no longer ours; operation kept for the next run", operation_id, attempt)

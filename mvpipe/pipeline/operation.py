@@ -75,8 +75,9 @@ class PaidOperation(JobRecord, GiveBack):
         # Marked as polled before the operation can become visible, so reconcile never takes a
         # scene between submit and its first poll for an orphan. Nothing but the one write of
         # the operation id may stand between the provider accepting a job and that id stored;
-        # the mark outlasts that write's last try (`claim_mark_after`).
-        x.touch(s.claim_mark_after(self.provider.liveness_seconds))
+        # the mark outlasts that write's last try (`claim_mark_after`). An owed mark: past
+        # the lease it holds the scene from another submitter (`stages.submission_held`).
+        x.touch(s.claim_mark_after(self.provider.liveness_seconds), owed=True)
         claimed_at = time.time()
         lease_end = claimed_at + s.lease_seconds
         # A claim whose reply is lost may have landed (lease and reservation) though nothing

@@ -53,13 +53,13 @@ class OperationBase:
         until that step marks it again (the lease may lapse first, the mark set at the claim
         too), or reconcile could free it for a second paid claim. With Redis out too, the
         next step marks it once it can."""
-        self.mark(self.s.owed_after(self.provider.liveness_seconds))
+        self.mark(self.s.owed_after(self.provider.liveness_seconds), owed=True)
 
-    def mark(self, seconds: float, *, shorten: bool = False) -> None:
+    def mark(self, seconds: float, *, shorten: bool = False, owed: bool = False) -> None:
         """Mark the scene alive (`Execution.touch`) where Redis down must not fail the step:
         the mark it leaves is the one already set, or none."""
         try:
-            self.x.touch(seconds, shorten=shorten)
+            self.x.touch(seconds, shorten=shorten, owed=owed)
         except (BrokerUnavailable, redis.RedisError) as exc:
             log.warning("could not mark %s/%s alive: %s", *self.ids, describe(exc))
 

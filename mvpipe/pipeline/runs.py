@@ -27,8 +27,11 @@ from mvpipe.models import ProjectStatus, ProjectView, SceneStatus
 from mvpipe.pipeline.finalize import settle_until_stable
 from mvpipe.pipeline.stages import GENERATE, next_stage, submission_held
 from mvpipe.pipeline.steps import Dispatcher
+from mvpipe.providers.classify import describe
 from mvpipe.store.claim_outcomes import Claim
 from mvpipe.store.records import SceneRecord
+
+log = logging.getLogger("mvpipe.runs")
 
 log = logging.getLogger("mvpipe.runs")
 
@@ -162,6 +165,27 @@ def _release_unsent(ctx: Context, project_id: str, run_id: str, *, why: str) -> 
         return
     with suppress(MvpipeError):  # else it lapses: nothing reads a released run's mark
         ctx.board.drop_run(run_id)
+
+
+def resume_freed(
+    ctx: Context, dispatcher: Dispatcher, project_id: str, sequence: int, provider: str
+) -> str | None:
+    """A cancelled run's owed record landed, its job stopped and its scene set back to
+    `pending` (`Step.freed`): the run the user started meanwhile found the scene held by that
+    record (`submission_held`) and stopped at it, so it resumes the scene now rather than at
+    its takeover. Only the active run whose scope holds the scene; best effort (the takeover
+    still finishes a scene left so). The run resumed, or None."""
+    try:
+        project = ctx.projects.get(project_id)
+        run = project.active_run_id
+        if run is None or (project.run_scope and sequence not in project.run_scope):
+            return None
+        dispatcher.resume(project_id, sequence, run, provider)
+        return run
+    except Exception as exc:
+        log.warning("scene %s/%s not resumed in the active run: %s", project_id, sequence,
+                    describe(exc))  # fmt: skip
+        return None
 
 
 def wait_until_idle(ctx: Context, project_id: str, timeout: float, interval: float) -> ProjectView:

@@ -230,17 +230,19 @@ def next_stage(scene: SceneRecord) -> Stage | None:
 def submission_held(ctx: Context, scene: SceneRecord, now: float) -> bool:
     """Whether a submitter may hold the scene's paid stage: no job id of it is stored, and its
     lease is live (the submitter may be talking to the provider right now), or past its lease
-    the claim's token is still there with the scene's mark alive (the mark a claim and an owed
-    write leave: the submitter still owes the record of a job the provider may have accepted).
-    A second claim then would pay for a second job; the scene is left to its submitter until
-    the mark lapses (reconcile then frees it). Redis is read in that last case only: a scene
-    past its lease, claimed, its job id not stored."""
+    the claim's token is still there with the scene's owed mark alive (the mark a claim and an
+    owed write leave, `RunBoard.scene_owed`: the submitter still owes the record of a job the
+    provider may have accepted). A second claim then would pay for a second job; the scene is
+    left to its submitter until the mark lapses (reconcile then frees it). A stage queued or
+    polled marks the scene too, but not as owed: a chain's own queued step is not held by it.
+    Redis is read in that last case only: a scene past its lease, claimed, its job id not
+    stored."""
     stage = next_stage(scene) if scene.status == SceneStatus.PROCESSING else None
     if stage is None or not stage.paid or stage.operation(scene) is not None:
         return False
     if not lease_expired(scene.lease_expires_at, now):
         return True
-    return bool(scene.lease_token) and ctx.board.scene_polled(scene.project_id, scene.sequence)
+    return bool(scene.lease_token) and ctx.board.scene_owed(scene.project_id, scene.sequence)
 
 
 def claims_first_stage(scene: SceneRecord) -> bool:

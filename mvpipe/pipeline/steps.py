@@ -34,10 +34,13 @@ class Step:
     scene: SceneRecord | None = None
     #: the next step waits until its queue holds nothing else (the wake-ups this step sent)
     behind: bool = False
+    #: the scene went back to `pending` for a later run (a cancelled run's job stopped when
+    #: its owed record landed): the project's active run resumes it (`runs.resume_freed`)
+    freed: bool = False
 
     @classmethod
-    def done(cls, outcome: str, *, refinalize: bool = False) -> Step:
-        return cls(Next.DONE, outcome, refinalize=refinalize)
+    def done(cls, outcome: str, *, refinalize: bool = False, freed: bool = False) -> Step:
+        return cls(Next.DONE, outcome, refinalize=refinalize, freed=freed)
 
 
 class RecordPending(Exception):

@@ -105,6 +105,8 @@ MARKS_REMEMBERED = 1024
 #: seconds on a warm worker, minutes behind other media work); its end says so sooner.
 ANALYSIS_MARK_SECONDS = 3600
 _QUEUED, _ENDED = b"queued", b"ended"
+#: A scene's mark while a paid claim of it may still owe its job's record (`scene_owed`).
+_OWED = b"owed"
 
 
 class RunBoard:
@@ -179,12 +181,25 @@ class RunBoard:
         self.client.delete(self._key("live", "run", run_id))
 
     @_answered
-    def touch_scene(self, project_id: str, sequence: int, seconds: float) -> None:
-        self.client.set(self._key("live", "scene", project_id, sequence), 1, px=int(seconds * 1000))
+    def touch_scene(
+        self, project_id: str, sequence: int, seconds: float, *, owed: bool = False
+    ) -> None:
+        """Mark the scene worked on for `seconds`. `owed`: by a paid claim, or a write owed
+        for paid work (a job's record, a lease's give-back), which `scene_owed` tells from a
+        stage queued or polled: the same key and one command either way, its value says."""
+        key = self._key("live", "scene", project_id, sequence)
+        self.client.set(key, _OWED if owed else 1, px=int(seconds * 1000))
 
     @_answered
     def scene_polled(self, project_id: str, sequence: int) -> bool:
+        """The scene's mark lasts, whoever set it: one command."""
         return bool(self.client.exists(self._key("live", "scene", project_id, sequence)))
+
+    @_answered
+    def scene_owed(self, project_id: str, sequence: int) -> bool:
+        """The scene's mark lasts and was last set by a paid claim or an owed write
+        (`touch_scene(owed=True)`), not by a stage queued or polled: one command."""
+        return self.client.get(self._key("live", "scene", project_id, sequence)) == _OWED
 
     @_answered
     def claim_poll_chain(self, project_id: str, sequence: int, seconds: float) -> bool:

@@ -23,6 +23,7 @@ from mvpipe.errors import Conflict, MvpipeError, NotFound
 from mvpipe.models import micros_to_usd
 from mvpipe.pipeline.finalize import refinalize
 from mvpipe.pipeline.generate import SceneJob
+from mvpipe.pipeline.runs import resume_freed
 from mvpipe.pipeline.stages import STAGES
 from mvpipe.pipeline.steps import LeasePending, Next, RecordPending
 from mvpipe.providers.classify import describe
@@ -172,6 +173,8 @@ def generate_scene(
             )
             if step.refinalize:
                 refinalize(ctx, dispatcher, project_id, run_id)
+            if step.freed:
+                resume_freed(ctx, dispatcher, project_id, sequence, provider)
     except (RecordPending, LeasePending) as exc:  # redone with its token, however long it lasts
         redo = redo_kwargs(kwargs, exc.carry)
         raise self.owed_retry(exc, redo, f"scene {project_id}/{sequence}") from None
