@@ -105,6 +105,10 @@ class Settings(BaseSettings):
     #: least the longest countdown between two of its steps (`longest_countdown`, checked at
     #: start); a run whose scenes are queued for their cut stays alive for their queue's wait
     run_stale_seconds: float = Field(default=300.0, gt=0)
+    #: while a run's final video is built, its liveness is the builder's alone, this long (at
+    #: most `run_stale_seconds`) and kept by its process: a builder lost with its worker is
+    #: taken over this long after, not the run's staleness (or its last cut's queue window)
+    assembly_alive_seconds: float = Field(default=30.0, gt=0)
     stray_sweep_seconds: float = Field(default=3600.0, gt=0)
     #: how often reconcile also checks completed, failed and long-idle pending projects (beat:
     #: a round over passes, `full_sweep_share` of each; inline: all at once)

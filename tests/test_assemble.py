@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from fractions import Fraction
@@ -18,7 +19,7 @@ import redis
 
 from mvpipe import api
 from mvpipe.celery_app import app
-from mvpipe.deps import Context, get_context, reset_context
+from mvpipe.deps import Context, build_context, get_context, reset_context
 from mvpipe.devstack.drills import heal
 from mvpipe.devstack.failpoints import marker_dir
 from mvpipe.devstack.invariants import violations
@@ -26,11 +27,12 @@ from mvpipe.devstack.localstack import LocalStack
 from mvpipe.errors import Conflict, InvalidInput, NotFound
 from mvpipe.media.cut import cut_clip
 from mvpipe.models import ProjectStatus, SceneSpec, SceneStatus
-from mvpipe.pipeline.assemble import BUILDING, assemble_run, final_key
+from mvpipe.pipeline.assemble import BUILDING, _Hold, assemble_run, final_key
 from mvpipe.pipeline.cut import output_format
 from mvpipe.pipeline.plan import RunPlan, plan_run
 from mvpipe.pipeline.reconcile import reconcile
 from mvpipe.providers.render import render_clip
+from mvpipe.settings import get_settings
 from mvpipe.store.claim_outcomes import Claim
 from mvpipe.store.finals import final_prefix
 from mvpipe.store.records import utc_now_iso
@@ -394,8 +396,11 @@ def test_an_assembly_waits_while_another_builds_the_same_video(
         key = final_key(ctx.projects.load(project_id), output_format(ctx.settings))
         assert key is not None
         assert ctx.board.hold(f"assemble:{key}", "another", 60)  # another execution builds
+        ctx.board.mark_run_alone(run_id, 5)  # its builder's window
         waiting = assemble_run(ctx, project_id, run_id)
         assert waiting.outcome == BUILDING and finals(ctx, project_id) == []
+        # the run's mark left to the builder: were it lost, the run is stale after its window
+        assert 0 < ctx.redis.pttl(f"{ctx.board.prefix}:live:run:{run_id}") <= 5_000
         assert ctx.projects.load(project_id).project.status == ProjectStatus.ASSEMBLING
         ctx.board.let_go(f"assemble:{key}", "another")  # it died: its hold is gone
         done = assemble_run(ctx, project_id, run_id)
@@ -416,9 +421,39 @@ def test_an_assembly_marks_its_run_alive_a_fixed_number_of_times_not_once_per_cl
             redis_client, mark, lambda: done.append(assemble_run(ctx, project_id, run_id))
         )
     assert done[0].outcome == "completed"
-    # At its start, before the first download (this process had not refreshed the mark for
-    # the run's steps), before the encode and before the upload: not before each download
-    assert commands == ["SET"] * 4
+    # As its build starts, its window alone (its waiting mark dropped); as the build ends, its
+    # staleness again: not before each download (its keeper renews it four times a window,
+    # 30 s: none in a build this short)
+    assert commands == ["SET", "DEL", "SET"]
+
+
+def test_a_builder_keeps_its_run_alive_past_its_window_only_while_it_makes_progress(
+    stack: LocalStack, redis_client: redis.Redis, broker_cleared: None
+) -> None:
+    # Given a builder's window of 0.4 s, a run's staleness of 3 s, and a build's hold
+    update = {"run_stale_seconds": 3.0, "assembly_alive_seconds": 0.4}
+    ctx = build_context(get_settings().model_copy(update=update))
+    try:
+        run_id = str(uuid.uuid4())
+        mark = f"{ctx.board.prefix}:live:run:{run_id}"
+        ctx.board.keep_run_waiting(run_id, 600)  # its last cut waited in the media queue
+        hold = _Hold(ctx, run_id, f"assemble:{uuid.uuid4()}")
+        assert hold.taken()
+        # When it builds, making progress at its start and then none
+        with hold.kept():
+            started = time.monotonic()
+            assert not redis_client.exists(f"{mark}:waiting")
+            assert 0 < redis_client.pttl(mark) <= 400
+            wait_for(lambda: not ctx.board.run_alive(run_id), 10, "the run's mark to lapse")
+            # Then the run and the hold were kept for the run's staleness, many windows,
+            # and lapsed after it (the build is stuck): a takeover may build it instead
+            assert time.monotonic() - started >= 3.0
+            assert ctx.board.hold(hold.job, "a takeover's builder", 60)
+        # And once the build is over, the run's mark is its staleness again (a retry's
+        # countdown may follow)
+        assert 2_000 < redis_client.pttl(mark) <= 3_000
+    finally:
+        ctx.close()
 
 
 def test_a_worker_killed_during_assembly_heals(start_workers: StartWorkers) -> None:

@@ -287,30 +287,6 @@ def test_a_planned_runs_finishes_count_only_its_scenes_and_expire_with_it(
     assert board.scene_finished(run_id, 2)
 
 
-def test_a_builders_loop_renews_its_hold_once_per_share_of_its_life(
-    board: RunBoard, redis_client: redis.Redis
-) -> None:
-    # Given a hold just taken, aged (as if long held)
-    job = f"assemble:{uuid.uuid4()}"
-    key = board._key("hold", job)
-    assert board.hold(job, "builder", 600)
-    redis_client.pexpire(key, 5_000)
-    # A loop's renewal moments after the taking does not write it (600 / 20 = 30 s not passed)
-    board.keep_hold(job, "builder", 600, often=True)
-    assert redis_client.pttl(key) <= 5_000
-    # ... a renewal outside a loop does
-    board.keep_hold(job, "builder", 600)
-    assert redis_client.pttl(key) > 5_000
-    # ... and a loop's, once a twentieth of the period passed since the last write
-    redis_client.pexpire(key, 1_000)
-
-    def renewed() -> bool:
-        board.keep_hold(job, "builder", 2, often=True)  # a twentieth of 2 s: 0.1 s
-        return redis_client.pttl(key) > 1_500
-
-    wait_for(renewed, 10, "a renewal once a twentieth of the period passed")
-
-
 def test_an_analysis_ended_before_its_send_was_marked_stays_ended(board: RunBoard) -> None:
     # A fast worker ends the analysis before the create marks it sent: still ended
     board.analysis_ended("p1")
@@ -330,12 +306,11 @@ def test_a_run_whose_work_waits_in_a_queue_stays_alive_that_long(
 ) -> None:
     # A scene queued for its next stage may wait longer than the run's staleness (2 s here):
     # the run counts as alive for the queue's whole wait, whatever its own mark does.
-    run_id = str(uuid.uuid4())
+    run_id, own, waiting = run_marks(board)
     board.keep_run_alive(run_id, 2)
     board.keep_run_waiting(run_id, 600)
-    waiting = f"{board.prefix}:live:run:{run_id}:waiting"
     assert redis_client.pttl(waiting) >= 600_000  # what is left covers the wait, each time
-    redis_client.delete(f"{board.prefix}:live:run:{run_id}")  # its own mark lapsed
+    redis_client.delete(own)  # its own mark lapsed
     assert board.run_alive(run_id)
     # A step's later refresh of its own mark, shorter, leaves the wait's mark as it was
     board.touch_run(run_id, 2)
@@ -345,7 +320,7 @@ def test_a_run_whose_work_waits_in_a_queue_stays_alive_that_long(
     board.keep_run_waiting(run_id, 600)
     assert redis_client.pttl(waiting) <= 5_000
     # Once both marks lapse, the run is stale
-    redis_client.delete(waiting, f"{board.prefix}:live:run:{run_id}")
+    redis_client.delete(waiting, own)
     assert not board.run_alive(run_id)
 
 
@@ -364,3 +339,24 @@ def test_an_owed_mark_is_told_from_a_plain_one_and_no_plain_mark_hides_it(board:
     assert board.scene_owed("project", 1)
     x.touch(10, shorten=True)
     assert board.scene_polled("project", 1) and not board.scene_owed("project", 1)
+
+
+def test_a_run_marked_alone_lives_by_that_mark_only(board: RunBoard) -> None:
+    # Given a run whose last scenes waited in a queue (600 s) and whose own mark is long
+    run_id, own, waiting = run_marks(board)
+    board.keep_run_waiting(run_id, 600)
+    board.touch_run(run_id, 600)
+    # When its final video's builder marks it alone for a short window
+    board.mark_run_alone(run_id, 0.5)
+    # Then both longer marks are gone: the run is alive that window, and stale after it
+    assert not board.client.exists(waiting)
+    assert 0 < board.client.pttl(own) <= 500
+    assert board.run_alive(run_id)
+    wait_for(lambda: not board.run_alive(run_id), 10, "the run's short mark to lapse")
+
+
+def run_marks(board: RunBoard) -> tuple[str, str, str]:
+    """A new run's id, and the keys of its own mark and of its waiting mark."""
+    run_id = str(uuid.uuid4())
+    own = f"{board.prefix}:live:run:{run_id}"
+    return run_id, own, f"{own}:waiting"

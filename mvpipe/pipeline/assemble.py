@@ -9,9 +9,13 @@ run still being active (invariant 8).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
+import threading
+import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,7 +93,9 @@ def assemble_run(
         return Assembly("run no longer active", project.status)
     if not assembly_due(state.counters, final_video=project.final_video_key is not None):
         return Assembly("nothing to assemble", project.status)
-    ctx.board.touch_run(run_id, ctx.settings.run_stale_seconds)
+    # No mark of the run here: its builder keeps it (`_Hold.kept`), and a second assembly
+    # waiting on that build must not lengthen it past the builder's window (were the builder
+    # lost, the run would wait out its staleness again before a takeover).
     fmt = output_format(ctx.settings)
     key = final_key(state, fmt)
     if key is None:
@@ -160,26 +166,72 @@ def give_up(ctx: Context, project_id: str, run_id: str, error: str) -> bool:
 
 
 class _Hold:
-    """One execution's hold of a final video's build, as long as the run's liveness: renewed
-    with it (a build may outlast `run_stale_seconds`), gone with it if the builder dies."""
+    """One execution's hold of a final video's build, and the run's liveness while it builds.
+
+    Building, the run's only liveness is the builder's: the run's mark and the hold last
+    `MVPIPE_ASSEMBLY_ALIVE_SECONDS` (at most the run's staleness), the run's waiting mark is
+    dropped (nothing of the run waits in a queue any more), and a thread of the builder's
+    process keeps both (`kept`). A builder lost with its process, or its whole worker (whose
+    message nothing delivers again for the visibility timeout), leaves them to lapse within
+    that window: reconcile takes the run over then, and the takeover's assembly finds the hold
+    gone, instead of both waiting out the run's staleness (or its last cut's queue window,
+    315 s at the defaults). The thread keeps them only while the build makes progress
+    (`alive`) within the run's staleness, so a build stuck in a live process is given up to
+    a takeover as late as before, never kept alive forever."""
 
     def __init__(self, ctx: Context, run_id: str, job: str) -> None:
         self.ctx, self.run_id, self.job = ctx, run_id, job
         self.token = uuid.uuid4().hex
-        self.seconds = ctx.settings.run_stale_seconds
+        settings = ctx.settings
+        self.stale = settings.run_stale_seconds
+        self.seconds = min(settings.assembly_alive_seconds, self.stale)
+        self._progressed = time.monotonic()
 
     def taken(self) -> bool:
         return self.ctx.board.hold(self.job, self.token, self.seconds)
 
-    def alive(self, *, often: bool = False) -> None:
-        """The run alive and the hold kept. `often`: from a loop, written at most once per
-        stale / 20 (the run's mark has at least 0.95 of its life left at each call)."""
+    def alive(self) -> None:
+        """The build made progress: its keeper goes on keeping the run and the hold."""
+        self._progressed = time.monotonic()
+
+    @contextlib.contextmanager
+    def kept(self) -> Iterator[None]:
+        """While the block builds: the run's liveness is this window alone, kept by a thread.
+        After it (built, or failed: a retry's countdown follows) the run's mark is its
+        staleness again, as any step leaves it."""
         board = self.ctx.board
-        if not often:
-            board.touch_run(self.run_id, self.seconds)
-        else:
-            board.keep_run_alive(self.run_id, self.seconds)
-        board.keep_hold(self.job, self.token, self.seconds, often=often)
+        self.alive()
+        board.mark_run_alone(self.run_id, self.seconds)
+        stop = threading.Event()
+        keeper = threading.Thread(
+            target=self._keep, args=(stop,), name=f"keep-{self.job}", daemon=True
+        )
+        keeper.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            keeper.join()
+            try:
+                board.touch_run(self.run_id, self.stale)
+            except BrokerUnavailable as exc:  # the build's own outcome stands
+                log.warning("could not mark run %s alive (%s)", self.run_id, exc)
+
+    def _keep(self, stop: threading.Event) -> None:
+        """Renew the run's mark and the hold four times a window, until `stop`, or until the
+        build has made no progress for the run's staleness (then both lapse)."""
+        board = self.ctx.board
+        while not stop.wait(self.seconds / 4):
+            if time.monotonic() - self._progressed >= self.stale:
+                log.warning(
+                    "assembly of run %s made no progress for %.0fs", self.run_id, self.stale
+                )
+                return
+            try:
+                board.touch_run(self.run_id, self.seconds)
+                board.renew_hold(self.job, self.token, self.seconds)
+            except BrokerUnavailable as exc:  # Redis away: the next beat tries again
+                log.warning("could not keep run %s alive (%s)", self.run_id, exc)
 
     def let_go(self) -> None:
         """Best effort: a hold not let go ends with its expiry, and must not replace what the
@@ -193,12 +245,12 @@ class _Hold:
 def _build(ctx: Context, state: ProjectState, fmt: OutputFormat, key: str, hold: _Hold) -> None:
     """Download the clips (and the song as AAC), join them, upload under `key`."""
     project = state.project
-    with tempfile.TemporaryDirectory(prefix="mvpipe-assemble-") as tmp:
+    with hold.kept(), tempfile.TemporaryDirectory(prefix="mvpipe-assemble-") as tmp:
         workdir = Path(tmp)
         clips: list[Path] = []
         hooks.reached("before_assembly")
         for scene in state.scenes:
-            hold.alive(often=True)  # alive while it downloads, not one write per clip
+            hold.alive()
             path = workdir / f"scene-{scene.sequence:03d}.mp4"
             path.write_bytes(ctx.clips.read(chosen_clip(scene) or ""))
             if not cut_in(path, fmt):

@@ -46,11 +46,13 @@ def reset_lost_output(p: ProjectPass, scene: SceneRecord) -> bool:
 
 
 def _made_alike(p: ProjectPass, scene: SceneRecord, stage: Stage, key: str | None) -> bool:
-    """Whether a lost output would be made again at its own key (a deterministic stage, the
-    cut) while every later output made from that key still holds: then those are kept, and
-    not paid for again. A later output recorded but vanished too takes them all with it."""
-    remade = stage.remade_key
-    if key is None or remade is None or remade(stage, scene, p.ctx.settings) != key:
+    """Whether a lost output is a free, deterministic stage's (the cut, of the original it
+    keeps) while every later output made from it still holds: then those are kept, and not
+    paid for again. It is made again in the current format, so after an output format change
+    at another key: a later output left in the old format (a lip-synced clip) is cut again at
+    assembly (`pipeline.assemble`), as it is when present. A later output recorded but vanished
+    too takes them all with it."""
+    if key is None or stage.remade_key is None:
         return False
     later = [s.output(scene) for s in stage.later if s.needed(scene)]
     return all(k is None or k in p.objects for k in later)

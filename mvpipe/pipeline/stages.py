@@ -132,7 +132,8 @@ class Stage:
     #: a free stage's work (a paid stage runs in `PaidOperation`)
     runner: Callable[[Execution, Stage], FreeRunner] | None = None
     #: the key a free, deterministic stage would make its output at now (None when it cannot
-    #: tell): a lost output made again at its own key leaves the later outputs made from it
+    #: tell), kept from garbage collection; a lost output of such a stage is made again
+    #: (in the current format) and leaves the later outputs made from it
     remade_key: Callable[[Stage, SceneRecord, Settings], str | None] | None = None
     #: the stages after this one, in order (`in_order` links them)
     later: tuple[Stage, ...] = field(default=(), repr=False, compare=False)

@@ -95,9 +95,9 @@ return started
 PLANNED = "planned"
 
 
-#: How many times per liveness period a process refreshes a run's mark or a hold (at most).
+#: How many times per liveness period a process refreshes a run's mark (at most).
 RUN_TOUCH_EVERY = 20
-#: Marks (runs' liveness, holds) whose last refresh a process remembers (forgotten all at
+#: Marks (runs' liveness, waiting) whose last refresh a process remembers (forgotten all at
 #: once past this: a refresh too many, never one too few).
 MARKS_REMEMBERED = 1024
 
@@ -120,7 +120,7 @@ class RunBoard:
         self._unlock = client.register_script(_UNLOCK)
         self._renew = client.register_script(_RENEW)
         self._go_on = client.register_script(_GO_ON)
-        #: a run's liveness or a hold -> when this process last refreshed it (monotonic)
+        #: a run's liveness or waiting mark -> when this process last refreshed it (monotonic)
         self._refreshed: dict[tuple[str, str], float] = {}
 
     def _key(self, *parts: object) -> str:
@@ -152,6 +152,17 @@ class RunBoard:
             lasts = seconds * (1 + 1 / RUN_TOUCH_EVERY)
             self._set_mark(self._key("live", "run", run_id, "waiting"), lasts)
             self._remember(("waiting", run_id))
+
+    @_answered
+    def mark_run_alone(self, run_id: str, seconds: float) -> None:
+        """The run's mark, `seconds` from now, is its only liveness: its waiting mark is
+        dropped (nothing of the run waits in a queue any more: its final video is being built)
+        and a longer mark cut short. One round trip."""
+        run = self._key("live", "run", run_id)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(run, 1, px=int(seconds * 1000))
+        pipe.delete(f"{run}:waiting")
+        pipe.execute()
 
     @_answered
     def _set_mark(self, key: str, seconds: float) -> None:
@@ -282,23 +293,12 @@ class RunBoard:
     @_answered
     def hold(self, job: str, token: str, seconds: float) -> bool:
         """One holder of `job` at a time across all processes; expires if its holder dies."""
-        won = bool(self.client.set(self._key("hold", job), token, px=int(seconds * 1000), nx=True))
-        if won:
-            self._remember(("hold", job))  # its whole life ahead: `keep_hold` need not renew it
-        return won
+        return bool(self.client.set(self._key("hold", job), token, px=int(seconds * 1000), nx=True))
 
     @_answered
     def renew_hold(self, job: str, token: str, seconds: float) -> bool:
         """Extend this holder's hold of `job` to `seconds` from now (False: it is not ours)."""
         return bool(self._renew(keys=[self._key("hold", job)], args=[token, int(seconds * 1000)]))
-
-    def keep_hold(self, job: str, token: str, seconds: float, *, often: bool = False) -> None:
-        """`renew_hold`; `often`: from a loop, at most once per `seconds / RUN_TOUCH_EVERY`
-        per process, as `keep_run_alive` writes a run's mark (the hold still never lapses
-        while its holder works: it lasts `seconds`)."""
-        if not often or self._due(("hold", job), seconds):
-            self.renew_hold(job, token, seconds)
-            self._remember(("hold", job))
 
     @_answered
     def let_go(self, job: str, token: str) -> None:

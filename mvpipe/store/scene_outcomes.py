@@ -65,7 +65,7 @@ class SceneOutcomes(SceneWrites):
         it was made from (`made_from`: the input's field and key) still being the scene's.
         Returns the scene as written, None when the write did not hold (see `complete`).
         `kept`: later outputs (field, key) the scene already holds (a cut made again under a
-        lip-sync made from the same key), conditioned on still being its own when `last`."""
+        lip-sync made from its original), conditioned on still being its own when `last`."""
         m = self.m
         source, source_key = made_from
         output = getattr(m, stage.output)

@@ -110,8 +110,8 @@ class SceneResets(SceneWrites):
         recorded (`key` None, on a `completed` scene): clear it and every later output, with
         their operations and attempts, and go back to `pending`, so a run makes exactly those
         again. Earlier outputs are kept: nothing already made is paid for twice. `alone`: the
-        output is made again at the same key (a deterministic free stage, the cut), so the
-        later outputs made from it still hold and only it is cleared."""
+        output is made again by a deterministic free stage (the cut, from the original kept),
+        so the later outputs made from it still hold and only it is cleared."""
         m = self.m
         later = [stage] if alone else OUTPUT_ORDER[OUTPUT_ORDER.index(stage) :]
         output = getattr(m, stage.output)

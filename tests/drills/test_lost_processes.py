@@ -1,10 +1,12 @@
 """Drills of media work whose every try kills its worker process (a song or clip whose decode
 runs out of memory, a native crash): Celery delivers its message again each time, so without a
 count it would run and die forever. Each ends within `MVPIPE_MAX_ATTEMPTS` lost tries, saying
-why, and the project is left for a user's next run."""
+why, and the project is left for a user's next run. A final video's build lost once with its
+whole worker is taken over within the builder's own window, not the run's staleness."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +18,7 @@ from mvpipe.devstack.failpoints import killed
 from mvpipe.models import ProjectStatus, ProjectView, SceneStatus
 from mvpipe.pipeline.reconcile_report import ReconcileReport
 from tests.conftest import Workers
-from tests.drills.conftest import DRILL_SETTINGS, heal
+from tests.drills.conftest import DRILL_SETTINGS, check_drill, heal
 from tests.drills.test_unknown_outcomes import state_dir
 from tests.helpers import assert_invariants, song_project_unanalysed
 from tests.songs import make_song
@@ -32,10 +34,12 @@ KILLS = 10
 SETTLED_SECONDS = 240
 
 
-def start_killing(start_workers: StartWorkers, point: str, **settings: Any) -> Workers:
-    """Workers whose processes die at `point`, its first `KILLS` reaches."""
+def start_killing(
+    start_workers: StartWorkers, point: str, kills: int = KILLS, **settings: Any
+) -> Workers:
+    """Workers whose processes die at `point`, its first `kills` reaches."""
     return start_workers(
-        failpoints=f"{point}=kill:{KILLS}",
+        failpoints=f"{point}=kill:{kills}",
         max_attempts=str(LIMIT),
         **{**DRILL_SETTINGS, **settings},
     )
@@ -90,7 +94,7 @@ def test_a_final_video_whose_assembly_kills_its_worker_releases_the_run_saying_s
     start_workers: StartWorkers,
 ) -> None:
     # Given completed scenes whose final video's build kills the process running it, every
-    # time (a dead builder's hold lapses with the run's staleness: 2 s here)
+    # time (a dead builder's hold lapses within its window, at most the run's staleness: 2 s)
     workers = start_killing(start_workers, "during_assembly", run_stale_seconds="2")
     ctx = get_context()
     project_id = completed_song_project(ctx, song=False)
@@ -138,13 +142,18 @@ class Replaced:
     """Workers whose whole process dies at `point`, its first `KILLS` reaches, each replaced
     once it is dead (what a supervisor does), looked at after each reconcile pass."""
 
-    def __init__(self, start_workers: StartWorkers, point: str) -> None:
-        self.start_workers, self.point = start_workers, point
+    def __init__(
+        self, start_workers: StartWorkers, point: str, kills: int = KILLS, **settings: str
+    ) -> None:
+        self.start_workers, self.point, self.kills = start_workers, point, kills
+        self.settings = settings
         self.workers = self.start()
         self.takeovers = 0
 
     def start(self, **settings: str) -> Workers:
-        return start_killing(self.start_workers, self.point, **WHOLE_WORKER, **settings)
+        return start_killing(
+            self.start_workers, self.point, self.kills, **WHOLE_WORKER, **self.settings, **settings
+        )
 
     def after_pass(self, report: ReconcileReport) -> None:
         self.takeovers += report.runs_taken_over
@@ -219,3 +228,36 @@ def test_work_that_kills_its_whole_worker_each_try_gives_up_after_the_limit(
     if point != "during_cut":  # a cut stopped is resumed for its run, not taken over
         assert workers.takeovers == LIMIT
     assert_invariants(project_id)
+
+
+#: A run's staleness and its cuts' queue window far longer than a builder's own window: a run
+#: whose builder is lost is taken over within that window, well before either.
+LONG_WAITS = {"run_stale_seconds": "90", "stage_queue_seconds": "90"}
+#: The builder's window (`MVPIPE_ASSEMBLY_ALIVE_SECONDS`), and how soon the drill's run must
+#: be completed again: the run's generations, cuts, two builds and a takeover, well under 90 s.
+BUILDER_WINDOW = "2"
+HEALED_WITHIN = 50.0
+
+
+def test_a_run_whose_builder_is_lost_with_its_whole_worker_is_taken_over_within_its_window(
+    start_workers: StartWorkers,
+) -> None:
+    # Given a run of two scenes whose cuts waited in the media queue (the run marked waiting
+    # for 90 s) and whose first build kills its whole worker (replaced once dead), with a
+    # staleness of 90 s and a builder's window of 2 s
+    workers = Replaced(
+        start_workers, "during_assembly", 1, assembly_alive_seconds=BUILDER_WINDOW, **LONG_WAITS
+    )
+    project_id = api.create_project("Lost builder", "Its build dies.", scene_count=2)
+    started = time.monotonic()
+    # When the run makes it, reconcile passing meanwhile
+    api.run_project(project_id)
+    view = heal(project_id, HEALED_WITHIN, rerun=False, after_pass=workers.after_pass)
+    # Then it was taken over once its builder's window lapsed, not its staleness or its cuts'
+    # queue window later, and completed: each scene paid once, the final video recorded
+    assert view.status == ProjectStatus.COMPLETED, view
+    assert time.monotonic() - started < HEALED_WITHIN
+    assert workers.killed() == 1
+    assert workers.takeovers == 1
+    assert view.final_video_s3_key is not None
+    check_drill(project_id, workers.workers)
