@@ -83,12 +83,11 @@ def _not_made_from_input(stage: Stage, scene: SceneRecord, key: str) -> str | No
     if source is None:
         return f"recorded without its input {stage.requires}"
     hashed = _CUT_HASH.search(key)
-    made = (
-        None
-        if hashed is None
-        else working_key(scene.project_id, scene.sequence, source, hashed.group(1))
-    )
-    return None if key == made else f"is not made from {stage.requires} {source!r}"
+    if hashed is None or key != working_key(
+        scene.project_id, scene.sequence, source, hashed.group(1)
+    ):
+        return f"is not made from {stage.requires} {source!r}"
+    return None
 
 
 def _status_violations(project: ProjectRecord, counters: Counters) -> list[str]:
