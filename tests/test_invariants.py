@@ -4,7 +4,6 @@ docs/DESIGN.md it states must find the state that breaks it, and pass the state 
 from __future__ import annotations
 
 import dataclasses
-import uuid
 from types import SimpleNamespace
 from typing import cast
 
@@ -16,49 +15,27 @@ from mvpipe.models import ProjectStatus, SceneStatus
 from mvpipe.settings import Settings
 from mvpipe.store.clips import clip_key, lipsync_key, working_key
 from mvpipe.store.records import ProjectRecord, ProjectState, SceneRecord
+from tests.test_listing import PENDING
+from tests.test_stages import PID
+from tests.test_stages import scene as bare_scene
 
-PID = str(uuid.uuid4())
-WHEN = "2026-01-01T00:00:00.000000+00:00"
 HASH = "0123456789abcdef"
-
-PROJECT = ProjectRecord(
-    project_id=PID,
-    title="t",
-    concept="c",
-    provider="local",
-    status=ProjectStatus.PENDING,
-    requested_scene_count=1,
-    scene_count=1,
-    completed_scenes=0,
-    failed_scenes=0,
-    last_error=None,
-    active_run_id=None,
-    created_at=WHEN,
-    updated_at=WHEN,
-)
+PROJECT = dataclasses.replace(PENDING, project_id=PID, scene_count=1)
 
 
 def scene(**fields: object) -> SceneRecord:
     """Scene 1, completed from operation "op-new": its clip and a cut of it."""
     original = clip_key(PID, 1, "op-new")
-    base = SceneRecord(
-        project_id=PID,
+    done = bare_scene(
         sequence=1,
-        prompt="p",
-        negative_prompt=None,
-        duration_seconds=4,
         status=SceneStatus.COMPLETED,
         clip_key=original,
         working_clip_key=working_key(PID, 1, original, HASH),
-        lip_synced_clip_key=None,
         attempts=1,
-        last_error=None,
-        lease_token=None,
-        lease_expires_at=None,
         operation_id="op-new",
-        completed_at=WHEN,
+        completed_at=PENDING.created_at,
     )
-    return dataclasses.replace(base, **fields)  # type: ignore[arg-type]
+    return dataclasses.replace(done, **fields)  # type: ignore[arg-type]
 
 
 def found(project: ProjectRecord, *scenes: SceneRecord) -> list[str]:
