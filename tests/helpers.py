@@ -20,6 +20,7 @@ from mvpipe.media.synth import synthesize_song
 from mvpipe.models import ProjectSpec, ProjectStatus, SceneSpec, SceneStatus
 from mvpipe.pipeline.create import create_project as write_project
 from mvpipe.pipeline.intake import project_intake
+from mvpipe.providers.local import LocalJobs
 from mvpipe.store.table import project_pk, scene_sk
 
 T = TypeVar("T")
@@ -97,6 +98,16 @@ def ledger(path: Path, project_id: str | None = None) -> list[dict]:
 
 
 generations_per_scene = paid_generations
+
+
+def provider_calls(state: Path, project_id: str, kind: str) -> dict[int, int]:
+    """How many calls of `kind` the local provider (its store at `state`) counted for each of
+    the project's scenes: a `submit` that was refused counts, an `accepted` one is a job."""
+    with LocalJobs(state).transaction() as db:
+        rows = db.execute(
+            "SELECT sequence, n FROM calls WHERE project_id = ? AND kind = ?", (project_id, kind)
+        ).fetchall()
+    return {int(sequence): int(n) for sequence, n in rows}
 
 
 def own_storage() -> dict[str, str]:
