@@ -21,6 +21,7 @@ from mvpipe.models import ProjectSpec, ProjectStatus, SceneSpec, SceneStatus
 from mvpipe.pipeline.create import create_project as write_project
 from mvpipe.pipeline.intake import project_intake
 from mvpipe.providers.local import LocalJobs
+from mvpipe.store.clips import clip_key, working_key
 from mvpipe.store.table import project_pk, scene_sk
 
 T = TypeVar("T")
@@ -192,14 +193,14 @@ def waiting_for_lip_sync(ctx: Context) -> str:
     song = synthesize_song(seconds=5.0, bpm=120.0, sections=1)
     project_id = lip_synced_project(ctx, song.wav, [0.0, 2.5, 5.0], {2})
     m = ctx.table.model
-    base = f"projects/{project_id}/scenes/002/op"
+    original = clip_key(project_id, 2, "op")
     ctx.table.update(
         project_pk(project_id),
         scene_sk(2),
         [
             m.status.set(SceneStatus.PROCESSING),
-            m.original_clip_key.set(f"{base}.mp4"),
-            m.working_clip_key.set(f"{base}-cut-0123456789abcdef.mp4"),
+            m.original_clip_key.set(original),
+            m.working_clip_key.set(working_key(project_id, 2, original, "0123456789abcdef")),
         ],
         None,
     )
