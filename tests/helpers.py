@@ -20,6 +20,8 @@ from mvpipe.media.synth import synthesize_song
 from mvpipe.models import ProjectSpec, ProjectStatus, SceneSpec, SceneStatus
 from mvpipe.pipeline.create import create_project as write_project
 from mvpipe.pipeline.intake import project_intake
+from mvpipe.providers.local import LocalJobs
+from mvpipe.store.clips import clip_key, working_key
 from mvpipe.store.table import project_pk, scene_sk
 
 T = TypeVar("T")
@@ -113,6 +115,16 @@ def ledger(path: Path, project_id: str | None = None) -> list[dict]:
 generations_per_scene = paid_generations
 
 
+def provider_calls(state: Path, project_id: str, kind: str) -> dict[int, int]:
+    """How many calls of `kind` the local provider (its store at `state`) counted for each of
+    the project's scenes: a `submit` that was refused counts, an `accepted` one is a job."""
+    with LocalJobs(state).transaction() as db:
+        rows = db.execute(
+            "SELECT sequence, n FROM calls WHERE project_id = ? AND kind = ?", (project_id, kind)
+        ).fetchall()
+    return {int(sequence): int(n) for sequence, n in rows}
+
+
 def own_storage() -> dict[str, str]:
     """`start_workers` settings for a table and bucket of a test's own: for a test whose pass
     over every project (beat's first reconcile, `mvpipe reconcile`) would otherwise cover all
@@ -195,14 +207,14 @@ def waiting_for_lip_sync(ctx: Context) -> str:
     song = synthesize_song(seconds=5.0, bpm=120.0, sections=1)
     project_id = lip_synced_project(ctx, song.wav, [0.0, 2.5, 5.0], {2})
     m = ctx.table.model
-    base = f"projects/{project_id}/scenes/002/op"
+    original = clip_key(project_id, 2, "op")
     ctx.table.update(
         project_pk(project_id),
         scene_sk(2),
         [
             m.status.set(SceneStatus.PROCESSING),
-            m.original_clip_key.set(f"{base}.mp4"),
-            m.working_clip_key.set(f"{base}-cut-0123456789abcdef.mp4"),
+            m.original_clip_key.set(original),
+            m.working_clip_key.set(working_key(project_id, 2, original, "0123456789abcdef")),
         ],
         None,
     )

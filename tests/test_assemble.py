@@ -34,6 +34,7 @@ from mvpipe.pipeline.reconcile import reconcile
 from mvpipe.providers.render import render_clip
 from mvpipe.settings import get_settings
 from mvpipe.store.claim_outcomes import Claim
+from mvpipe.store.clips import clip_key, working_key
 from mvpipe.store.finals import final_prefix
 from mvpipe.store.records import utc_now_iso
 from mvpipe.store.table import project_pk, scene_sk
@@ -100,16 +101,15 @@ def completed_song_project(ctx: Context, *, song: bool = True) -> str:
 
 def give_working_clip(ctx: Context, project_id: str, sequence: int, frames: int) -> None:
     """Upload an original and its cut, and record both on a completed scene."""
-    prefix = f"projects/{project_id}/scenes/{sequence:03d}/"
-    operation = uuid.uuid4().hex
-    original_key = f"{prefix}{operation}.mp4"
-    working_key = f"{prefix}{operation}-cut-{uuid.uuid4().hex[:16]}.mp4"
+    operation = f"test-{uuid.uuid4().hex}"
+    original_key = clip_key(project_id, sequence, operation)
+    working = working_key(project_id, sequence, original_key, uuid.uuid4().hex[:16])
     with tempfile.TemporaryDirectory() as tmp:
-        original, working = Path(tmp) / "original.mp4", Path(tmp) / "working.mp4"
+        original, cut = Path(tmp) / "original.mp4", Path(tmp) / "working.mp4"
         original.write_bytes(render_clip(f"{project_id} scene {sequence}", 3.0))
-        cut_clip(original, working, frames=frames, fmt=output_format(ctx.settings))
+        cut_clip(original, cut, frames=frames, fmt=output_format(ctx.settings))
         ctx.clips.put(original_key, original.read_bytes())
-        ctx.clips.put(working_key, working.read_bytes())
+        ctx.clips.put(working, cut.read_bytes())
     m = ctx.table.model
     assert ctx.table.update(
         project_pk(project_id),
@@ -117,8 +117,8 @@ def give_working_clip(ctx: Context, project_id: str, sequence: int, frames: int)
         [
             m.status.set(SceneStatus.COMPLETED),
             m.original_clip_key.set(original_key),
-            m.working_clip_key.set(working_key),
-            m.operation_id.set(f"test-{operation}"),
+            m.working_clip_key.set(working),
+            m.operation_id.set(operation),
             m.completed_at.set(utc_now_iso()),
         ],
         m.pk.exists(),

@@ -23,7 +23,7 @@ from mvpipe.media.synth import SynthSong, synthesize_song
 from mvpipe.models import ProjectStatus, ProjectView, SceneStatus, SceneView
 from mvpipe.pipeline.cut import output_format
 from mvpipe.providers.render import render_clip
-from mvpipe.store.clips import clip_key, lipsync_key
+from mvpipe.store.clips import clip_key, lipsync_key, working_key
 from mvpipe.store.stage_fields import LIP_SYNCED, WORKING
 from tests.conftest import Workers
 from tests.helpers import assert_invariants, generations_per_scene, lip_synced_project
@@ -248,13 +248,13 @@ def test_reconcile_records_a_lip_sync_uploaded_but_not_recorded(
     assert scenes.complete(
         project_id, 2, operation_id="op-g", clip_key=clip_key(project_id, 2, "op-g")
     )
-    working_key = f"projects/{project_id}/scenes/002/cut.mp4"
-    ctx.clips.put(working_key, working.read_bytes())
+    cut = working_key(project_id, 2, clip_key(project_id, 2, "op-g"), "0123456789abcdef")
+    ctx.clips.put(cut, working.read_bytes())
     assert scenes.record_output(
         project_id,
         2,
         stage=WORKING,
-        key=working_key,
+        key=cut,
         made_from=("original_clip_key", clip_key(project_id, 2, "op-g")),
         last=False,
     )

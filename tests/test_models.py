@@ -37,6 +37,27 @@ def test_arbitrary_text_is_never_a_valid_id_unless_uuid4(text: str) -> None:
     assert uuid.UUID(text).version == 4
 
 
+@given(st.uuids(version=4))
+def test_a_uuid4_is_accepted_only_in_its_canonical_form(value: uuid.UUID) -> None:
+    # arbitrary text is practically never shaped like a UUID: the forms `uuid.UUID` reads
+    # too (hex, braces, urn, upper case) are each refused, the canonical one kept as given
+    canonical = str(value)
+    assert validate_project_id(canonical) == canonical
+    others = {
+        value.hex,
+        "{" + canonical + "}",
+        value.urn,
+        canonical.upper(),
+        "{" + canonical.upper() + "}",
+        value.hex.upper(),
+        " " + canonical,
+    }
+    for form in others:
+        assert uuid.UUID(form.strip()) == value  # each names the same id
+        with pytest.raises(InvalidInput):
+            validate_project_id(form)
+
+
 def test_sequences() -> None:
     assert validate_sequence(1) == 1 and validate_sequence(999) == 999
     for bad in [0, 1000, -1, True, "3", 2.0]:

@@ -58,21 +58,43 @@ def test_active_run_is_processing_or_planning() -> None:
     )
 
 
-@given(statuses, st.booleans(), st.booleans())
+@given(statuses, st.booleans(), st.booleans(), st.sampled_from(["planned", "unplanned", "failed"]))
 def test_status_rule_matches_design(
-    scene_statuses: list[SceneStatus], run_active: bool, final_video: bool
+    scene_statuses: list[SceneStatus], run_active: bool, final_video: bool, plan: str
 ) -> None:
+    # docs/DESIGN.md invariant 5, each status both ways: planned, not planned yet (a partial
+    # plan's scenes, or none), or not planned because planning failed
+    planned, planning_failed = plan == "planned", plan == "failed"
     counters = Counters.of(scene_statuses)
-    status = project_status(counters, planned=True, run_active=run_active, final_video=final_video)
+    status = project_status(
+        counters,
+        planned=planned,
+        run_active=run_active,
+        planning_failed=planning_failed,
+        final_video=final_video,
+    )
     all_done = bool(scene_statuses) and all(s == SceneStatus.COMPLETED for s in scene_statuses)
+    nothing_open = not any(
+        s in (SceneStatus.PENDING, SceneStatus.PROCESSING) for s in scene_statuses
+    )
+    scene_failed = nothing_open and SceneStatus.FAILED in scene_statuses
     assert (status == ProjectStatus.COMPLETED) == (all_done and final_video)
     assert (status == ProjectStatus.ASSEMBLING) == (all_done and run_active and not final_video)
+    assert (status == ProjectStatus.FAILED) == (
+        not run_active and (planning_failed or scene_failed)
+    )
+    running = {ProjectStatus.GENERATING_SCENES, ProjectStatus.PROCESSING}
+    assert (status in running) == (run_active and not all_done)
+    assert (status == ProjectStatus.GENERATING_SCENES) == (
+        run_active and not all_done and not planned
+    )
+    assert (status == ProjectStatus.PENDING) == (
+        not run_active and not (all_done and final_video) and not (planning_failed or scene_failed)
+    )
     assert counters.scene_count == len(scene_statuses)
     assert counters.completed_scenes + counters.failed_scenes + counters.open_scenes == len(
         scene_statuses
     )
-    if status == ProjectStatus.FAILED:
-        assert not run_active and counters.open_scenes == 0 and counters.failed_scenes > 0
 
 
 def test_a_job_overran_only_when_its_recorded_start_is_longer_ago_than_the_limit() -> None:

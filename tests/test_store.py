@@ -21,6 +21,7 @@ from mvpipe.models import ProjectSpec, ProjectStatus, SceneSpec, SceneStatus
 from mvpipe.pipeline.finalize import settle_project
 from mvpipe.states import Counters
 from mvpipe.store.claim_outcomes import Claim, ClaimResult
+from mvpipe.store.finals import final_video_key
 from mvpipe.store.records import SceneRecord, utc_now_iso
 from mvpipe.store.stage_fields import LIP_SYNCED, ORIGINAL, OUTPUT_ORDER, WORKING
 from mvpipe.store.table import project_pk, scene_sk
@@ -265,6 +266,61 @@ def test_one_run_at_a_time(ctx: Context) -> None:
     project_id, run_id = new_project(ctx)
     assert ctx.projects.win_run(project_id, "other", ProjectStatus.PROCESSING) == run_id
     assert ctx.scenes.reset_for_regeneration(project_id, 1, run_id="other") != Claim.WON
+
+
+def test_only_the_active_run_records_the_final_video_and_its_retry_reports_success(
+    ctx: Context,
+) -> None:
+    # invariants 8 and 7: a run taken over (or cancelled) records nothing; the active run's
+    # write, retried after its reply was lost, finds its own key and reports success
+    key = final_video_key(str(uuid.uuid4()), "0123456789abcdef")
+    taken, old_run = new_project(ctx)
+    assert ctx.projects.take_over_run(taken, old_run, "taken", ProjectStatus.PROCESSING)
+    before = ctx.projects.get(taken)
+    counters = ctx.projects.load(taken).counters
+    assert not ctx.projects.record_final_video(taken, old_run, key, counters)
+    assert ctx.projects.get(taken) == before
+    project_id, run_id = new_project(ctx)
+    counters = ctx.projects.load(project_id).counters
+    assert ctx.projects.record_final_video(project_id, run_id, key, counters)
+    assert ctx.projects.record_final_video(project_id, run_id, key, counters)
+    project = ctx.projects.get(project_id)
+    assert (project.final_video_key, project.active_run_id, project.status) == (
+        key,
+        None,
+        ProjectStatus.COMPLETED,
+    )
+
+
+def partly_planned(ctx: Context, *, leased: int | None = None) -> tuple[str, str]:
+    """An unplanned project whose run's planner wrote scenes 1..5 (old prompts) and crashed
+    before marking it planned; with `leased`, that scene's claim holds a lease token. Returns
+    (project, run)."""
+    project_id = api.create_project("Partial", "Planned twice.", scene_count=3)
+    run_id = str(uuid.uuid4())
+    assert ctx.projects.win_run(project_id, run_id, ProjectStatus.GENERATING_SCENES) == run_id
+    old = [SceneSpec(prompt=f"old {n}", duration_seconds=4) for n in range(1, 6)]
+    for item in ctx.projects._scene_items(project_id, old, utc_now_iso()):
+        if item.sequence == leased:
+            item.lease_token = "claimed"
+        item.save()
+    return project_id, run_id
+
+
+def test_a_plan_replaces_a_partial_plan_and_never_a_claimed_scene(ctx: Context) -> None:
+    new = [SceneSpec(prompt=f"new {n}", duration_seconds=4) for n in range(1, 4)]
+    # the partial plan's five scenes become the plan's three, scenes 4 and 5 deleted
+    project_id, run_id = partly_planned(ctx)
+    assert ctx.projects.save_plan(project_id, run_id, new, token="t")
+    state = ctx.projects.load(project_id)
+    assert [(s.sequence, s.prompt) for s in state.scenes] == [(n, f"new {n}") for n in (1, 2, 3)]
+    assert state.project.scene_count == 3
+    # a partial scene that holds a lease (being claimed: maybe paid) stops the plan whole
+    project_id, run_id = partly_planned(ctx, leased=2)
+    before = ctx.projects.load(project_id)
+    assert not ctx.projects.save_plan(project_id, run_id, new, token="t")
+    assert ctx.projects.load(project_id) == before
+    assert before.project.scene_count is None and len(before.scenes) == 5
 
 
 def test_finalize_give_ups_are_counted_across_takeovers_and_reset_by_a_users_run(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections import Counter
@@ -12,12 +13,13 @@ import pytest
 
 from mvpipe import api
 from mvpipe.celery_app import app
-from mvpipe.deps import Context
+from mvpipe.deps import Context, get_context
 from mvpipe.devstack import drills
 from mvpipe.devstack.drills import double_payments
 from mvpipe.devstack.localstack import LocalStack
 from mvpipe.messaging.dispatch import GENERATE_SCENE
 from mvpipe.models import ProjectStatus
+from mvpipe.pipeline.stages import STAGES
 from mvpipe.providers.local import LocalJobs
 from mvpipe.store.claim_outcomes import Claim
 from tests.conftest import Workers
@@ -25,6 +27,8 @@ from tests.helpers import assert_invariants, generations_per_scene, new_project,
 
 __all__ = [
     "DRILL_SETTINGS",
+    "PRICED",
+    "check_committed",
     "check_drill",
     "hand_made_run",
     "heal",
@@ -42,6 +46,9 @@ DRILL_SETTINGS = {
     "stage_queue_seconds": "4",
     "local_latency": "1",
 }
+
+#: Prices for the local provider's jobs, so a drill's money is not 0 == 0 (invariant 9).
+PRICED = {"prices": json.dumps({"local": 0.25})}
 
 
 #: The most a drill's `heal` lets a run work before its next reconcile pass: a lease or a run's
@@ -88,6 +95,23 @@ def check_drill(
     in_window, outside = double_payments(workers.ledger, jobs, project_id)
     assert (in_window, outside) == (len(doubles), 0), paid
     return paid
+
+
+def check_committed(project_id: str, workers: Workers) -> int:
+    """Invariant 9 against the provider's own count: the project's committed cost is the price
+    of every job the provider accepted (its ledger's lines, per stage and scene), whatever
+    became of the job. Returns that cost (micro-dollars, above 0: the drill is priced)."""
+    ctx = get_context()
+    scenes = {s.sequence: s for s in ctx.projects.load(project_id).scenes}
+    expected = sum(
+        stage.price_micros(ctx.settings, "local", scenes[sequence]) * jobs
+        for stage in STAGES
+        if stage.paid
+        for sequence, jobs in generations_per_scene(workers.ledger, project_id, stage.name).items()
+    )
+    assert expected > 0, "the drill runs with prices"
+    assert ctx.projects.get(project_id).committed_cost_micros == expected
+    return expected
 
 
 #: What a worker's log shows once one of its store calls failed on the paused state server.

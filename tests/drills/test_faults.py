@@ -37,7 +37,7 @@ from mvpipe.providers.local import LocalJobs
 from tests.cli_batch import mvpipe_batch
 from tests.conftest import Workers
 from tests.drills.conftest import DRILL_SETTINGS, check_drill, hand_made_run, heal
-from tests.helpers import assert_invariants, generations_per_scene, wait_for
+from tests.helpers import assert_invariants, generations_per_scene, provider_calls, wait_for
 
 StartWorkers = Callable[..., Workers]
 
@@ -86,8 +86,9 @@ def test_provider_faults_transient_quota_and_permanent(start_workers: StartWorke
     assert view.status == ProjectStatus.FAILED
     # and on the way, submits met the plan's 429s and the full provider's: each submit call
     # was one of those or the job
-    submits = _provider_calls(workers, project_id, "submit")
-    assert _provider_calls(workers, project_id, "accepted") == {n: 1 for n in scenes}
+    state = Path(workers.env["MVPIPE_LOCAL_STATE"])
+    submits = provider_calls(state, project_id, "submit")
+    assert provider_calls(state, project_id, "accepted") == {n: 1 for n in scenes}
     unavailable = sum(
         plan.transient_fault(project_id, n, "submit", call)
         for n, made in submits.items()
@@ -110,16 +111,6 @@ def _fault_seed(project_id: str, scenes: range) -> int:
         ):
             return seed
     raise AssertionError("unreachable")
-
-
-def _provider_calls(workers: Workers, project_id: str, kind: str) -> dict[int, int]:
-    """How many calls of `kind` the local provider counted for each of the project's scenes."""
-    jobs = LocalJobs(Path(workers.env["MVPIPE_LOCAL_STATE"]))
-    with jobs.transaction() as db:
-        rows = db.execute(
-            "SELECT sequence, n FROM calls WHERE project_id = ? AND kind = ?", (project_id, kind)
-        ).fetchall()
-    return {int(sequence): int(n) for sequence, n in rows}
 
 
 def test_polls_answered_with_garbage_fail_their_scenes_not_loop(
@@ -204,6 +195,7 @@ def test_concurrent_run_regenerate_cancel_and_reconcile(start_workers: StartWork
         thread.start()
     for thread in threads:
         thread.join(timeout=120)
+    assert not any(thread.is_alive() for thread in threads), "a hammer is still running"
     assert not errors, errors
     heal(project_id)
     paid = check_drill(project_id, workers, regenerated=True)

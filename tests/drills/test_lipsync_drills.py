@@ -21,7 +21,7 @@ from mvpipe.messaging.dispatch import CeleryDispatcher
 from mvpipe.models import SceneStatus
 from mvpipe.providers.local import LocalJobs
 from tests.conftest import Workers
-from tests.drills.conftest import DRILL_SETTINGS, check_drill, heal
+from tests.drills.conftest import DRILL_SETTINGS, PRICED, check_committed, check_drill, heal
 from tests.drills.test_give_ups import QUICK_RETRIES
 from tests.helpers import generations_per_scene, lip_synced_project, wait_for
 
@@ -57,7 +57,7 @@ def test_worker_killed_at_each_lip_sync_crash_point(
 ) -> None:
     # Given workers that die at each lip-sync crash point once (after the submit, while
     # polling, after the upload: the scene's lip-sync meets them one after the other)
-    workers = start_workers(failpoints=",".join(LIPSYNC_POINTS), **LIPSYNC_SETTINGS)
+    workers = start_workers(failpoints=",".join(LIPSYNC_POINTS), **LIPSYNC_SETTINGS, **PRICED)
     project_id = lip_synced(song)
     # When the project runs and is healed as an operator would
     api.run_project(project_id)
@@ -65,8 +65,10 @@ def test_worker_killed_at_each_lip_sync_crash_point(
     for point in LIPSYNC_POINTS:  # each did crash
         assert (workers.ledger.parent / "state" / "failpoints" / point).exists(), point
     # Then only the crash between the job's acceptance and its id's write paid a second
-    # lip-sync (its first job never reached the store), and nothing else was paid twice
+    # lip-sync (its first job never reached the store), and nothing else was paid twice;
+    # the committed cost is every accepted job's price, the unrecorded one's too
     check_lipsync(project_id, workers, paid=2, in_window=1)
+    check_committed(project_id, workers)
 
 
 def test_an_error_between_a_lip_syncs_acceptance_and_its_record_keeps_the_job(
@@ -114,7 +116,7 @@ def test_cancel_during_the_lip_sync_keeps_the_earlier_clips(
 ) -> None:
     # Given a lip-sync job running (a 120 s job: the cancel surely comes before its end, on
     # however slow a machine)
-    first = start_workers(**{**LIPSYNC_SETTINGS, "local_lipsync_latency": "120"})
+    first = start_workers(**{**LIPSYNC_SETTINGS, **PRICED, "local_lipsync_latency": "120"})
     project_id = lip_synced(song)
     api.run_project(project_id)
     ctx = get_context()
@@ -147,11 +149,17 @@ def test_cancel_during_the_lip_sync_keeps_the_earlier_clips(
     first.service.kill()
     workers = start_workers(
         env={"MVPIPE_LOCAL_LEDGER": str(first.ledger)},
-        **{**LIPSYNC_SETTINGS, "local_lipsync_latency": LIPSYNC_SETTINGS["local_latency"]},
+        **{
+            **LIPSYNC_SETTINGS,
+            **PRICED,
+            "local_lipsync_latency": LIPSYNC_SETTINGS["local_latency"],
+        },
     )
     heal(project_id)
     check_drill(project_id, workers)
     assert generations_per_scene(workers.ledger, project_id, "lipsync") == {MARKED: 2}
+    # and both lip-syncs stay paid for: the job the cancel stopped was accepted
+    check_committed(project_id, workers)
     assert cancelled_jobs(Path(workers.env["MVPIPE_LOCAL_STATE"]), project_id) == [
         before.lip_sync_operation_id
     ]

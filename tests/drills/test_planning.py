@@ -54,22 +54,25 @@ def test_two_planners_of_one_run_never_reset_claimed_scenes(start_workers: Start
     outcome: list[object] = []
     thread = threading.Thread(target=lambda: outcome.append(plan_run(stalled, project_id, run_id)))
     thread.start()
-    assert planner.started.wait(60)
-    # ...while the other copy, on a real worker, plans and the scenes' jobs are paid for.
-    CeleryDispatcher(app).start_run(project_id, run_id)
-    wait_for(
-        lambda: (
-            all(s.provider_operation_id for s in api.get_project(project_id).scenes)
-            and len(api.get_project(project_id).scenes) == 3
-        ),
-        60,
-        "every scene to hold an operation",
-    )
-    before = {s.sequence: s.provider_operation_id for s in api.get_project(project_id).scenes}
-
-    # When the stalled planner comes back and writes its plan...
-    release.set()
-    thread.join(60)
+    try:
+        assert planner.started.wait(60)
+        # ...while the other copy, on a real worker, plans and the scenes' jobs are paid for.
+        CeleryDispatcher(app).start_run(project_id, run_id)
+        wait_for(
+            lambda: (
+                all(s.provider_operation_id for s in api.get_project(project_id).scenes)
+                and len(api.get_project(project_id).scenes) == 3
+            ),
+            60,
+            "every scene to hold an operation",
+        )
+        before = {s.sequence: s.provider_operation_id for s in api.get_project(project_id).scenes}
+    finally:
+        # When the stalled planner comes back and writes its plan (whatever failed above:
+        # the thread never outlives the test)...
+        release.set()
+        thread.join(60)
+    assert not thread.is_alive()
 
     # Then it writes nothing: the claimed scenes keep their operations, and it starts no chord.
     assert outcome == [None]
