@@ -45,6 +45,9 @@ COUNT_KEEP_SECONDS = 3600
 #: slack and a renewal's spacing (`Settings` refuses a poll's liveness above it at start).
 MAX_SLOT_SECONDS = COUNT_KEEP_SECONDS - KEY_SLACK_SECONDS - RENEW_SECONDS
 
+#: What a poll's liveness mark (`Settings.liveness_seconds`) is made of, to name in a refusal.
+LIVENESS_SETTINGS = "MVPIPE_BACKOFF_MAX + 3 x MVPIPE_POLL_SECONDS + MVPIPE_LIVENESS_SLACK_SECONDS"
+
 #: In-flight jobs per provider when `MVPIPE_PROVIDER_CONCURRENCY` is unset (local: its own cap).
 DEFAULT_CONCURRENCY = {"veo": 4, "replicate": 4}
 #: Clip lengths (whole seconds) a provider can make; Replicate's come from settings.
@@ -386,17 +389,44 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _slots_fit_the_quota(self) -> Settings:
-        # A job's quota slot lives as long as its poll's liveness mark, and must fit under the
-        # life every worker gives the keys that count slots.
+        # A job's quota slot lives as long as its poll's liveness mark, a submission's slot as
+        # long as the claim's mark (`claim_mark_after`): each must fit under the life every
+        # worker gives the keys that count slots.
         for provider in DEFAULT_POLL_SECONDS:
             liveness = self.liveness_seconds(provider)
             if liveness > MAX_SLOT_SECONDS:
                 raise ValueError(
                     f"a {provider} job's quota slot would live {liveness:g} s"
-                    " (MVPIPE_BACKOFF_MAX + 3 x MVPIPE_POLL_SECONDS +"
-                    f" MVPIPE_LIVENESS_SLACK_SECONDS), above the {MAX_SLOT_SECONDS} s the quota"
+                    f" ({LIVENESS_SETTINGS}), above the {MAX_SLOT_SECONDS} s the quota"
                     " allows: lower one of them"
                 )
+            submitting = self.claim_mark_after(liveness)
+            if submitting > MAX_SLOT_SECONDS:
+                raise ValueError(
+                    f"a {provider} submission's quota slot would live {submitting:g} s"
+                    " (MVPIPE_LEASE_SECONDS, the record's last try of twice"
+                    " MVPIPE_STORE_TIMEOUT_SECONDS and MVPIPE_LIVENESS_SLACK_SECONDS), above the"
+                    f" {MAX_SLOT_SECONDS} s the quota allows: lower one of them"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _liveness_covers_a_poll(self) -> Settings:
+        # A poll marks its scene and refreshes its job's quota slot for `liveness_seconds`,
+        # then calls the provider and may read the scene: a mark that lapses meanwhile lets
+        # reconcile start a second poll chain, and a slot that lapses lets the quota's next
+        # job in beside this one (a provider's 429s, attempts spent).
+        call = self.provider_timeout_seconds + self.store_timeout_seconds
+        short = min(DEFAULT_POLL_SECONDS, key=self.liveness_seconds)
+        liveness = self.liveness_seconds(short)
+        if liveness < call:
+            slack = self.liveness_slack_seconds + call - liveness
+            raise ValueError(
+                f"a {short} poll's liveness mark would last {liveness:g} s ({LIVENESS_SETTINGS}),"
+                f" less than the poll's own calls may take: {call:g} s"
+                " (MVPIPE_PROVIDER_TIMEOUT_SECONDS and MVPIPE_STORE_TIMEOUT_SECONDS): raise"
+                f" MVPIPE_LIVENESS_SLACK_SECONDS to {slack:g} at least"
+            )
         return self
 
     @property

@@ -29,7 +29,7 @@ from tests.warm_workers import WarmParent
 settings.register_profile("mvpipe", deadline=None)
 settings.load_profile("mvpipe")
 
-_BASE_TEST_ENV = {
+TEST_ENV = {
     "MVPIPE_TABLE": "mvpipe-test",
     "MVPIPE_BUCKET": "mvpipe-test-clips",
     "MVPIPE_LOCAL_LATENCY": "0.3",
@@ -52,7 +52,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     with stack.running():
         saved = dict(os.environ)
         os.environ.update(stack.env)
-        os.environ.update(_BASE_TEST_ENV)
+        os.environ.update(TEST_ENV)
         reset_context()
         try:
             yield stack

@@ -19,6 +19,7 @@ import pytest
 import redis
 
 from bench.countingproxy import DYNAMO_READS, CountingProxy
+from mvpipe import hooks
 from mvpipe.celery_app import app
 from mvpipe.deps import Context, build_context
 from mvpipe.devstack.localstack import LocalStack
@@ -1385,3 +1386,37 @@ def test_a_poll_without_a_believable_start_reads_the_scene_once_and_carries_its_
         assert read == 1 and step.carry["job_started"] == recorded
         assert step.carry["unread_polls"] == 0
         assert polled_again(ctx, proxy, project_id, run_id, step)[1] == 0
+
+
+def test_a_claim_slowed_past_the_liveness_keeps_its_quota_slot_to_the_record(
+    storage: LocalStack, provider: Misbehaving
+) -> None:
+    # Given one slot of the quota (its clock the test's) and a scene about to take it
+    now = [time.time()]
+    ctx = provider_context(provider, provider_concurrency=1)
+    pool = QuotaLimiter(ctx.redis, prefix=f"test:{uuid.uuid4()}", clock=lambda: now[0])
+    ctx.limiter = pool
+    project_id, run_id = new_project(ctx, 1)
+    settings = ctx.settings
+    other = slot_member(str(uuid.uuid4()), 1)
+    asked: list[SlotDecision] = []
+
+    def slow_store(point: str) -> None:
+        # When the store is slow: the claim's write comes as late as its budget allows, past
+        # a poll's liveness, and another project's scene asks for the slot meanwhile
+        if point == "before_claim_write" and not asked:
+            now[0] += settings.lease_seconds - settings.submit_budget_seconds
+            assert now[0] - time.time() > settings.liveness_seconds("local")
+            ttl = settings.liveness_seconds("local")
+            asked.append(pool.acquire("local", other, limit=1, ttl=ttl, line_ttl=600))
+
+    hooks.install(slow_store)
+    try:
+        step = job(ctx, project_id, run_id).step()
+    finally:
+        hooks.install(None)
+    # Then the other scene waits, and the scene's job holds the one slot
+    assert step.next == Next.POLL and provider.submitted == 1
+    assert [decision.granted for decision in asked] == [False]
+    operation_id = step.carry["operation_id"]
+    assert pool.snapshot("local").held == (job_member(project_id, 1, "generate", operation_id),)

@@ -6,6 +6,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from typing import cast
 
 import pytest
 import redis
@@ -20,7 +21,13 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from mvpipe.deps import build_context
 from mvpipe.errors import ConfigurationError, InvalidInput
+from mvpipe.pipeline.execution import Execution
+from mvpipe.pipeline.quota_slots import QuotaSlots
+from mvpipe.pipeline.stage_provider import VideoGeneration
+from mvpipe.pipeline.stages import GENERATE
+from mvpipe.providers.base import VideoProvider
 from mvpipe.providers.fairness import ProjectLine, admit, allot, check_lines
 from mvpipe.providers.limiter import (
     QuotaLimiter,
@@ -371,6 +378,43 @@ def test_settings_whose_poll_liveness_outlives_the_quota_fail_at_start(
         assert get_settings().liveness_seconds("veo") == MAX_SLOT_SECONDS
     finally:
         get_settings.cache_clear()
+
+
+class Named:
+    """A video provider that is only named: the quota needs no call of it."""
+
+    name = "local"
+    can_cancel = False
+
+
+def test_a_slot_granted_for_a_claim_is_not_reaped_while_its_holder_may_still_submit(
+    redis_client: redis.Redis,
+) -> None:
+    # Given one slot, granted to scene A about to claim (the quota's clock is the test's)
+    now = [time.time()]
+    limiter = QuotaLimiter(redis_client, prefix=f"test:{uuid.uuid4()}", clock=lambda: now[0])
+    settings = get_settings().model_copy(update={"provider_concurrency": 1})
+    ctx = build_context(settings)
+    ctx.limiter = limiter
+    generation = VideoGeneration(cast(VideoProvider, Named()), settings)
+
+    def scene(project: str) -> QuotaSlots:
+        return QuotaSlots(Execution(ctx, project, 1, None, "local"), GENERATE, generation)
+
+    a, b = scene("a"), scene("b")
+    assert a.acquire_slot().granted
+    # When A's claim, submit and record take as long as its lease lets them (a slow store
+    # stretches the claim; the record's last try is answered past the lease's end), far
+    # longer than a poll's liveness
+    step = settings.lease_seconds + 2 * settings.store_timeout_seconds
+    assert step > settings.liveness_seconds("local")
+    now[0] += step
+    # Then scene B still waits: A's slot was not reaped while A might still submit
+    assert not b.acquire_slot().granted
+    # And A's record moves the slot to its job's: one job in flight, within the limit
+    a.hold_job_slot("op-a", moved=True)
+    assert limiter.snapshot("local").held == (job_member("a", 1, "generate", "op-a"),)
+    assert not b.acquire_slot().granted
 
 
 def test_the_servers_redis_version_is_read_once_and_older_ones_are_refused(

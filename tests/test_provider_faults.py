@@ -297,7 +297,7 @@ def test_redirects_are_followed_to_the_limit_without_reading_their_bodies(
     path = status.url.removeprefix(standin.url)
     standin.redirects = [path, status.url] * (MAX_REDIRECTS // 2) + [path]
     assert len(standin.redirects) == MAX_REDIRECTS
-    provider = ReplicateVideoProvider(settings_for(standin, provider_timeout_seconds=30))
+    provider = ReplicateVideoProvider(settings_for(standin, provider_timeout_seconds=20))
     # Then the output comes, every hop asking for the bytes as stored
     assert provider.download(status) == CLIP
     assert downloads(standin) == MAX_REDIRECTS + 1

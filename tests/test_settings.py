@@ -6,7 +6,11 @@ from __future__ import annotations
 import pytest
 
 from mvpipe.errors import ConfigurationError
-from mvpipe.settings import get_settings
+from mvpipe.settings import MAX_SLOT_SECONDS, get_settings
+from tests.conftest import TEST_ENV
+from tests.drills.conftest import DRILL_SETTINGS
+from tests.drills.test_give_ups import QUICK_RETRIES
+from tests.drills.test_owed_writes import OUTAGE_SETTINGS
 
 
 @pytest.fixture(autouse=True)
@@ -54,6 +58,8 @@ def test_a_run_staleness_shorter_than_a_countdown_is_a_configuration_error(
     # Only a run's steps mark it alive, and two of them may be a whole countdown apart (a
     # backoff, a wait for a slot, a poll without an announced end): a shorter staleness has a
     # healthy run taken over at every reconcile pass.
+    # (a provider timeout the short backoffs below leave a poll's liveness mark room for)
+    configured(monkeypatch, provider_timeout_seconds="10", liveness_slack_seconds="")
     said = refusal(monkeypatch, backoff_max="60", poll_seconds="", run_stale_seconds="30")
     assert "MVPIPE_RUN_STALE_SECONDS (30) must be at least the longest countdown" in said
     assert ": 60 s (MVPIPE_BACKOFF_MAX and the providers' poll intervals)" in said
@@ -239,3 +245,57 @@ def test_an_output_size_over_the_decoders_pixel_limit_is_a_configuration_error(
         monkeypatch.setenv("MVPIPE_OUTPUT_SIZE", good)
         get_settings.cache_clear()
         assert get_settings().output_size == good
+
+
+def test_a_poll_liveness_shorter_than_the_polls_own_calls_is_a_configuration_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A poll marks its scene and its job's quota slot for its liveness, then calls the
+    # provider and may read the scene: a mark that lapses meanwhile lets reconcile start a
+    # second poll chain, a slot that lapses lets another job in beside this one.
+    pinned = {
+        "backoff_max": "2",
+        "poll_seconds": "1",
+        "liveness_slack_seconds": "0",
+        "provider_timeout_seconds": "",
+        "store_timeout_seconds": "",
+        "run_stale_seconds": "",
+    }
+    said = refusal(monkeypatch, **pinned)
+    assert "a local poll's liveness mark would last 5 s" in said
+    assert "less than the poll's own calls may take: 40 s" in said
+    assert "raise MVPIPE_LIVENESS_SLACK_SECONDS to 35 at least" in said
+    # A provider timeout above the slack: local's 41.5 s mark, replicate's 46 s, against 65 s
+    said = refusal(
+        monkeypatch,
+        backoff_max="10",
+        poll_seconds="",
+        liveness_slack_seconds="",
+        provider_timeout_seconds="55",
+    )
+    assert "a local poll's liveness mark would last 41.5 s" in said and ": 65 s" in said
+    assert "MVPIPE_LIVENESS_SLACK_SECONDS to 53.5" in said
+    configured(monkeypatch, liveness_slack_seconds="53.5")
+    assert get_settings().liveness_seconds("local") == 65
+    # The defaults pass, and so do the drills' settings over the tests' own environment
+    configured(monkeypatch, **{name: "" for name in pinned})
+    assert get_settings().liveness_seconds("local") == 91.5
+    tests = {name.removeprefix("MVPIPE_").lower(): value for name, value in TEST_ENV.items()}
+    for drill in (DRILL_SETTINGS, {**DRILL_SETTINGS, **QUICK_RETRIES}, OUTAGE_SETTINGS):
+        configured(monkeypatch, **{**{name: "" for name in pinned}, **tests, **drill})
+        assert get_settings().liveness_seconds("local") >= 3
+
+
+def test_a_submissions_quota_slot_longer_than_the_quota_keys_life_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A submission's slot lasts as long as the claim's mark: the lease, the record's last
+    # try and the slack; it must fit under the life of the keys that count slots.
+    fits = MAX_SLOT_SECONDS - 2 * 10 - 30
+    pinned = {"store_timeout_seconds": "", "liveness_slack_seconds": "", "backoff_max": ""}
+    said = refusal(monkeypatch, **pinned, lease_seconds=str(fits + 1))
+    assert f"a local submission's quota slot would live {MAX_SLOT_SECONDS + 1} s" in said
+    assert "MVPIPE_LEASE_SECONDS" in said
+    configured(monkeypatch, lease_seconds=str(fits))
+    settings = get_settings()
+    assert settings.claim_mark_after(settings.liveness_seconds("local")) == MAX_SLOT_SECONDS

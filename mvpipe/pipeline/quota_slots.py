@@ -28,12 +28,17 @@ class QuotaSlots(OperationBase):
         return min(self.s.backoff_max, self.provider.poll_seconds * rounds * slowdown)
 
     def acquire_slot(self, park: str | None = None) -> SlotDecision:
-        """Take (or keep) this scene's place in the provider's quota pool."""
+        """Take (or keep) this scene's place in the provider's quota pool. A slot granted is
+        claimed under at once, and held until the job's record moves it (`hold_job_slot`):
+        through the claim, the submit and the record's last try, which may outlast a poll's
+        liveness by far (a slow store stretches the claim). It lasts as long as the claim's
+        mark (`claim_mark_after`): a slot that expired first would let the quota's next
+        waiter in beside a job still being submitted, one job over the limit."""
         return self.ctx.limiter.acquire(
             self.provider.pool,
             self.member,
             limit=self.provider.limit,
-            ttl=self.provider.liveness_seconds,
+            ttl=self.s.claim_mark_after(self.provider.liveness_seconds),
             line_ttl=self.s.backoff_max * 2 + 30,
             park=park,
         )

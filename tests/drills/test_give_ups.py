@@ -37,7 +37,9 @@ StartWorkers = Callable[..., Workers]
 ANALYSE_SONG = "mvpipe.analyse_song"
 
 #: Retries a few milliseconds apart: a chain reaches its limit of unexpected errors quickly.
-QUICK_RETRIES = {"backoff_base": "0.05", "backoff_max": "0.2"}
+#: The slack keeps a poll's liveness mark (0.2 + 3 x 0.2 + 2.5 s) above the drills' provider
+#: call and store call (2 s and 1 s), as the settings require.
+QUICK_RETRIES = {"backoff_base": "0.05", "backoff_max": "0.2", "liveness_slack_seconds": "2.5"}
 
 
 @pytest.mark.parametrize(
@@ -48,7 +50,7 @@ def test_a_scene_that_always_crashes_fails_saying_why_and_stays_failed(
     start_workers: StartWorkers, point: str, paid: int
 ) -> None:
     # Given a bug at one point of a scene's step, met by every execution that reaches it
-    workers = start_workers(failpoints=f"{point}=raise", **QUICK_RETRIES, **DRILL_SETTINGS)
+    workers = start_workers(failpoints=f"{point}=raise", **{**DRILL_SETTINGS, **QUICK_RETRIES})
     project_id = api.create_project("Bug", "It crashes every time.", scene_count=1)
     # When the run's chain has retried it as often as it may
     api.run_project(project_id)
@@ -156,7 +158,9 @@ def test_a_song_analysis_that_always_crashes_fails_the_planning_saying_why(
     start_workers: StartWorkers,
 ) -> None:
     # Given an analysis that crashes with an error nobody expected, every time
-    workers = start_workers(failpoints="before_analysis=raise", **QUICK_RETRIES, **DRILL_SETTINGS)
+    workers = start_workers(
+        failpoints="before_analysis=raise", **{**DRILL_SETTINGS, **QUICK_RETRIES}
+    )
     song = make_song("wav", 6.0).data
     project_id = api.create_project("Crashing song", "Its analysis crashes.", song=song)
     # When the run has analysed it as often as planning may be tried
@@ -179,7 +183,9 @@ def test_a_finalize_that_always_crashes_logs_one_scrubbed_line_each_then_gives_u
     start_workers: StartWorkers,
 ) -> None:
     # Given a finalize that crashes with an error nobody expected, every time
-    workers = start_workers(failpoints="during_finalize=raise", **QUICK_RETRIES, **DRILL_SETTINGS)
+    workers = start_workers(
+        failpoints="during_finalize=raise", **{**DRILL_SETTINGS, **QUICK_RETRIES}
+    )
     project_id = api.create_project("Crashing finalize", "It never settles.", scene_count=1)
     # When the run's chord body runs and retries
     api.run_project(project_id)
@@ -202,7 +208,7 @@ def test_a_redo_that_owes_a_paid_jobs_record_never_gives_up(start_workers: Start
     # Given a scene whose lease expired after its job was submitted: the record of that job's
     # operation id is still owed, and the redo that carries it (a RecordPending retry) meets an
     # error no retry cures (here a provider name nothing builds)
-    workers = start_workers(**QUICK_RETRIES, **DRILL_SETTINGS)
+    workers = start_workers(**{**DRILL_SETTINGS, **QUICK_RETRIES})
     ctx = get_context()
     # When the redo runs, again and again
     project_id, run_id, token = owe_a_record(ctx, "nope")
@@ -228,7 +234,7 @@ def one_job_through(
 ) -> tuple[Workers, ProjectView]:
     """A one-scene project run with `failpoints` armed and healed as an operator would: it
     completed with one job paid (the workers, its view)."""
-    workers = start_workers(failpoints=failpoints, **QUICK_RETRIES, **DRILL_SETTINGS)
+    workers = start_workers(failpoints=failpoints, **{**DRILL_SETTINGS, **QUICK_RETRIES})
     project_id = api.create_project("Paid once", concept, scene_count=1)
     api.run_project(project_id)
     view = heal(project_id, timeout=90)
@@ -281,8 +287,7 @@ def test_a_finalize_that_always_crashes_ends_the_run_and_stays_ended(
     # of this test, and a chain's six quick tries take ~0.5 s of it)
     workers = start_workers(
         failpoints="during_finalize=raise",
-        **QUICK_RETRIES,
-        **{**DRILL_SETTINGS, "run_stale_seconds": "2"},
+        **{**DRILL_SETTINGS, **QUICK_RETRIES, "run_stale_seconds": "2"},
     )
     ctx = get_context()
     project_id = api.create_project("Crashing finalize", "It never settles.", scene_count=1)
@@ -319,7 +324,7 @@ def test_a_finalize_that_always_crashes_ends_the_run_and_stays_ended(
     assert api.get_project(project_id) == view
     # And a user's new run starts afresh (here with the bug gone), paying for nothing again
     workers.service.kill()
-    start_workers(failpoints="", **QUICK_RETRIES, **DRILL_SETTINGS)
+    start_workers(failpoints="", **{**DRILL_SETTINGS, **QUICK_RETRIES})
     api.run_project(project_id)
     done = api.wait_project(project_id, timeout=120)
     assert done.status == ProjectStatus.COMPLETED and done.last_error is None, done
@@ -336,7 +341,7 @@ def test_a_long_outage_then_one_unexpected_error_does_not_give_up(
     # after it was met). Retries are quick: the outage's length is counted in retries.
     settings = {**DRILL_SETTINGS, "store_retry_seconds": "1"}
     workers = start_workers(
-        concurrency=1, failpoints="during_finalize=raise:1", **QUICK_RETRIES, **settings
+        concurrency=1, failpoints="during_finalize=raise:1", **{**settings, **QUICK_RETRIES}
     )
     ctx = get_context()
     project_id, _ = new_project(ctx, 1, run=False)
@@ -374,7 +379,7 @@ def test_a_scene_whose_first_store_call_meets_an_outage_retries_it(
 ) -> None:
     # Given a fresh worker process (no store client built yet) and the store out of reach
     settings = {**DRILL_SETTINGS, "store_retry_seconds": "1"}
-    workers = start_workers(concurrency=1, **QUICK_RETRIES, **settings)
+    workers = start_workers(concurrency=1, **{**settings, **QUICK_RETRIES})
     project_id, run_id = str(uuid.uuid4()), str(uuid.uuid4())
     moto = next(s for s in stack.services if s.name == "moto")
     moto.pause()

@@ -76,7 +76,9 @@ def test_an_error_between_a_lip_syncs_acceptance_and_its_record_keeps_the_job(
 ) -> None:
     # Given a bug met once between the provider accepting the lip-sync and its id's record
     failpoint = "lipsync_before_record"
-    workers = start_workers(failpoints=f"{failpoint}=raise:1", **QUICK_RETRIES, **LIPSYNC_SETTINGS)
+    workers = start_workers(
+        failpoints=f"{failpoint}=raise:1", **{**LIPSYNC_SETTINGS, **QUICK_RETRIES}
+    )
     project_id = lip_synced(song)
     # When the project runs and is healed as an operator would
     api.run_project(project_id)

@@ -85,7 +85,7 @@ def test_a_fresh_workers_first_task_meeting_a_store_outage_retries_it_and_the_ru
     project_id = make(get_context())
     redis_client.delete(MEDIA_QUEUE)
     # And a fresh worker process (no store client built yet)
-    workers = start_workers(concurrency=1, **QUICK_RETRIES, **SETTINGS)
+    workers = start_workers(concurrency=1, **{**SETTINGS, **QUICK_RETRIES})
     ctx = get_context()
     run_id = won_run(ctx, project_id, status)
     # When the store refuses every request as that task, the process's first, builds its context

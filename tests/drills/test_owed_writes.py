@@ -45,16 +45,18 @@ StartWorkers = Callable[..., Workers]
 #: A redo marks the scene as it starts and as its store call fails. That call gives up after
 #: ~3-5 s of refusals (at most `store_call_seconds`, 6 s, which is what the owed mark must
 #: outlast), then its outage retry waits 0.5-1 s: 3.5 s at least between two calls' failures,
-#: 0.9 s longer than a poll's liveness mark (1 + 3 x 0.2 + 1 s), as at four times this
-#: backoff, and the call alone outlasts that mark too: an owed mark that short would lapse at
-#: each redo. The mark the claim leaves no longer follows the backoff (`claim_mark_after`: the
-#: lease, the record's last try and the slack, 7 s): it covers the lease until the record's
-#: first call gives up and leaves the owed mark. Each redo marks the run alive for longer than
-#: the gap (as in production: 300 s against ~100 s), so the run is not taken over meanwhile.
+#: 0.4 s longer than a poll's liveness mark (1 + 3 x 0.2 + 1.5 s: the slack is the least the
+#: settings allow beside a 2 s provider call and a 1 s store call): an owed mark that short
+#: would lapse at each redo. The mark the claim leaves no longer follows the backoff
+#: (`claim_mark_after`: the lease, the record's last try and the slack, 7.5 s): it covers the
+#: lease until the record's first call gives up and leaves the owed mark. Each redo marks the
+#: run alive for longer than the gap (as in production: 300 s against ~100 s), so the run is
+#: not taken over meanwhile.
 OUTAGE_SETTINGS = {
     **DRILL_SETTINGS,
     "backoff_base": "1",
     "backoff_max": "1",
+    "liveness_slack_seconds": "1.5",
     "store_retry_seconds": "3",
     "run_stale_seconds": "30",
     "prices": json.dumps({"local": 0.25}),
