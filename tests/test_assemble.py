@@ -456,6 +456,28 @@ def test_a_builder_keeps_its_run_alive_past_its_window_only_while_it_makes_progr
         ctx.close()
 
 
+def test_a_builds_hold_lasts_the_runs_staleness_until_the_build_begins(
+    stack: LocalStack, redis_client: redis.Redis, broker_cleared: None
+) -> None:
+    # Given a builder's window of 0.4 s and a run's staleness of 3 s
+    update = {"run_stale_seconds": 3.0, "assembly_alive_seconds": 0.4}
+    ctx = build_context(get_settings().model_copy(update=update))
+    try:
+        hold = _Hold(ctx, str(uuid.uuid4()), f"assemble:{uuid.uuid4()}")
+        held = f"{ctx.board.prefix}:hold:{hold.job}"
+        # When the hold is taken, before its build begins (the looks and counts before it are
+        # no thread's to keep: a slow store call there outlasts a window)
+        assert hold.taken()
+        # Then it lasts the run's staleness, so no second assembly builds beside this one
+        assert 2_000 < redis_client.pttl(held) <= 3_000
+        assert not ctx.board.hold(hold.job, "a second assembly", 60)
+        # And once the build begins, it is the window its keeper renews
+        with hold.kept():
+            assert 0 < redis_client.pttl(held) <= 400
+    finally:
+        ctx.close()
+
+
 def test_a_worker_killed_during_assembly_heals(start_workers: StartWorkers) -> None:
     workers = start_workers(failpoints="during_assembly", run_stale_seconds="3", **MEDIA)
     ctx = get_context()

@@ -188,7 +188,11 @@ class _Hold:
         self._progressed = time.monotonic()
 
     def taken(self) -> bool:
-        return self.ctx.board.hold(self.job, self.token, self.seconds)
+        """Held for the run's staleness until the build begins (`kept` cuts it to the window
+        its keeper renews): the looks and counts before the build are not kept by the thread,
+        and a window's hold could lapse in a slow store call there, letting a second
+        assembly build beside this one."""
+        return self.ctx.board.hold(self.job, self.token, self.stale)
 
     def alive(self) -> None:
         """The build made progress: its keeper goes on keeping the run and the hold."""
@@ -202,6 +206,7 @@ class _Hold:
         board = self.ctx.board
         self.alive()
         board.mark_run_alone(self.run_id, self.seconds)
+        board.renew_hold(self.job, self.token, self.seconds)
         stop = threading.Event()
         keeper = threading.Thread(
             target=self._keep, args=(stop,), name=f"keep-{self.job}", daemon=True
@@ -229,7 +234,13 @@ class _Hold:
                 return
             try:
                 board.touch_run(self.run_id, self.seconds)
-                board.renew_hold(self.job, self.token, self.seconds)
+                if not board.renew_hold(self.job, self.token, self.seconds):
+                    log.warning(
+                        "assembly of run %s lost its hold (a Redis stall longer than %.0fs): "
+                        "another assembly may build the same final video",
+                        self.run_id,
+                        self.seconds,
+                    )
             except BrokerUnavailable as exc:  # Redis away: the next beat tries again
                 log.warning("could not keep run %s alive (%s)", self.run_id, exc)
 
