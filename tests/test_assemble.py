@@ -427,55 +427,58 @@ def test_an_assembly_marks_its_run_alive_a_fixed_number_of_times_not_once_per_cl
     assert commands == ["SET", "DEL", "SET"]
 
 
-def test_a_builder_keeps_its_run_alive_past_its_window_only_while_it_makes_progress(
-    stack: LocalStack, redis_client: redis.Redis, broker_cleared: None
-) -> None:
-    # Given a builder's window of 0.4 s, a run's staleness of 3 s, and a build's hold
+@pytest.fixture
+def windowed(stack: LocalStack, broker_cleared: None) -> Iterator[Context]:
+    """A context whose builder's window is 0.4 s and whose runs go stale after 3 s."""
     update = {"run_stale_seconds": 3.0, "assembly_alive_seconds": 0.4}
     ctx = build_context(get_settings().model_copy(update=update))
     try:
-        run_id = str(uuid.uuid4())
-        mark = f"{ctx.board.prefix}:live:run:{run_id}"
-        ctx.board.keep_run_waiting(run_id, 600)  # its last cut waited in the media queue
-        hold = _Hold(ctx, run_id, f"assemble:{uuid.uuid4()}")
-        assert hold.taken()
-        # When it builds, making progress at its start and then none
-        with hold.kept():
-            started = time.monotonic()
-            assert not redis_client.exists(f"{mark}:waiting")
-            assert 0 < redis_client.pttl(mark) <= 400
-            wait_for(lambda: not ctx.board.run_alive(run_id), 10, "the run's mark to lapse")
-            # Then the run and the hold were kept for the run's staleness, many windows,
-            # and lapsed after it (the build is stuck): a takeover may build it instead
-            assert time.monotonic() - started >= 3.0
-            assert ctx.board.hold(hold.job, "a takeover's builder", 60)
-        # And once the build is over, the run's mark is its staleness again (a retry's
-        # countdown may follow)
-        assert 2_000 < redis_client.pttl(mark) <= 3_000
+        yield ctx
     finally:
         ctx.close()
+
+
+def test_a_builder_keeps_its_run_alive_past_its_window_only_while_it_makes_progress(
+    windowed: Context, redis_client: redis.Redis
+) -> None:
+    # Given a builder's window of 0.4 s, a run's staleness of 3 s, and a build's hold
+    ctx = windowed
+    run_id = str(uuid.uuid4())
+    mark = f"{ctx.board.prefix}:live:run:{run_id}"
+    ctx.board.keep_run_waiting(run_id, 600)  # its last cut waited in the media queue
+    hold = _Hold(ctx, run_id, f"assemble:{uuid.uuid4()}")
+    assert hold.taken()
+    # When it builds, making progress at its start and then none
+    with hold.kept():
+        started = time.monotonic()
+        assert not redis_client.exists(f"{mark}:waiting")
+        assert 0 < redis_client.pttl(mark) <= 400
+        wait_for(lambda: not ctx.board.run_alive(run_id), 10, "the run's mark to lapse")
+        # Then the run and the hold were kept for the run's staleness, many windows,
+        # and lapsed after it (the build is stuck): a takeover may build it instead
+        assert time.monotonic() - started >= 3.0
+        assert ctx.board.hold(hold.job, "a takeover's builder", 60)
+    # And once the build is over, the run's mark is its staleness again (a retry's
+    # countdown may follow)
+    assert 2_000 < redis_client.pttl(mark) <= 3_000
 
 
 def test_a_builds_hold_lasts_the_runs_staleness_until_the_build_begins(
-    stack: LocalStack, redis_client: redis.Redis, broker_cleared: None
+    windowed: Context, redis_client: redis.Redis
 ) -> None:
     # Given a builder's window of 0.4 s and a run's staleness of 3 s
-    update = {"run_stale_seconds": 3.0, "assembly_alive_seconds": 0.4}
-    ctx = build_context(get_settings().model_copy(update=update))
-    try:
-        hold = _Hold(ctx, str(uuid.uuid4()), f"assemble:{uuid.uuid4()}")
-        held = f"{ctx.board.prefix}:hold:{hold.job}"
-        # When the hold is taken, before its build begins (the looks and counts before it are
-        # no thread's to keep: a slow store call there outlasts a window)
-        assert hold.taken()
-        # Then it lasts the run's staleness, so no second assembly builds beside this one
-        assert 2_000 < redis_client.pttl(held) <= 3_000
-        assert not ctx.board.hold(hold.job, "a second assembly", 60)
-        # And once the build begins, it is the window its keeper renews
-        with hold.kept():
-            assert 0 < redis_client.pttl(held) <= 400
-    finally:
-        ctx.close()
+    ctx = windowed
+    hold = _Hold(ctx, str(uuid.uuid4()), f"assemble:{uuid.uuid4()}")
+    held = f"{ctx.board.prefix}:hold:{hold.job}"
+    # When the hold is taken, before its build begins (the looks and counts before it are
+    # no thread's to keep: a slow store call there outlasts a window)
+    assert hold.taken()
+    # Then it lasts the run's staleness, so no second assembly builds beside this one
+    assert 2_000 < redis_client.pttl(held) <= 3_000
+    assert not ctx.board.hold(hold.job, "a second assembly", 60)
+    # And once the build begins, it is the window its keeper renews
+    with hold.kept():
+        assert 0 < redis_client.pttl(held) <= 400
 
 
 def test_a_worker_killed_during_assembly_heals(start_workers: StartWorkers) -> None:

@@ -24,6 +24,9 @@ def test_a_lease_shorter_than_one_submission_is_a_configuration_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Submit (30 s) and one reply each for the claim and the record (10 s each) need 50 s.
+    # (A poll's liveness at its defaults: the tests' quick backoff would be refused beside
+    # these call timeouts.)
+    configured(monkeypatch, backoff_max="", poll_seconds="", liveness_slack_seconds="")
     monkeypatch.setenv("MVPIPE_LEASE_SECONDS", "45")
     monkeypatch.setenv("MVPIPE_PROVIDER_TIMEOUT_SECONDS", "20")
     monkeypatch.setenv("MVPIPE_STORE_TIMEOUT_SECONDS", "15")
@@ -260,6 +263,7 @@ def test_a_poll_liveness_shorter_than_the_polls_own_calls_is_a_configuration_err
         "provider_timeout_seconds": "",
         "store_timeout_seconds": "",
         "run_stale_seconds": "",
+        "lease_seconds": "",
     }
     said = refusal(monkeypatch, **pinned)
     assert "a local poll's liveness mark would last 5 s" in said
