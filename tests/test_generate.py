@@ -827,9 +827,13 @@ def lip_sync_after_its_generation(ctx: Context) -> tuple[str, str, str]:
     project_id = waiting_for_lip_sync(ctx)
     run_id = str(uuid.uuid4())
     assert ctx.projects.win_run(project_id, run_id, ProjectStatus.PROCESSING) == run_id
-    generation = "op"  # the operation whose clip `waiting_for_lip_sync` recorded
+    generation = f"op-{uuid.uuid4().hex}"
     m = ctx.table.model
-    ctx.table.update(project_pk(project_id), scene_sk(2), [m.operation_id.set(generation)], None)
+    recorded = [
+        m.operation_id.set(generation),
+        m.original_clip_key.set(GENERATE.operation_output(project_id, 2, generation)),
+    ]
+    ctx.table.update(project_pk(project_id), scene_sk(2), recorded, None)
     working = ctx.scenes.get(project_id, 2)
     assert working is not None and working.working_clip_key is not None
     ctx.clips.put(working.working_clip_key, render_clip("the cut", 2.5))
