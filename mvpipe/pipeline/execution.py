@@ -83,29 +83,21 @@ class Execution:
     def touch(self, seconds: float, *, shorten: bool = False, owed: bool = False) -> None:
         """This scene is being worked on: reconcile must not start a second chain for it.
         A mark this execution set moments ago for as long is not written again (the next
-        stage run inline, after the poll that finished the last one). `owed`: the mark of a
-        paid claim or of a write owed for paid work, which holds the scene from another
-        submitter past its lease (`stages.submission_held`); a plain mark this execution set
-        is no such mark, so it is written over. A plain mark keeps any owed one there, this
-        execution's or another's (`RunBoard.touch_scene`), only lengthening it. `shorten`:
-        the owed write is done (`PaidOperation.stored`): the mark becomes a plain one of
-        `seconds`, a longer one or an owed one this execution set cut to it."""
+        stage run inline, after the poll that finished the last one). `shorten`: a longer
+        mark this execution set is cut to `seconds` (one no longer needed, see
+        `PaidOperation.stored`). `owed`: the mark of a paid claim or of a write owed for
+        paid work, which holds the scene from another submitter past its lease
+        (`stages.submission_held`); a plain mark this execution set is no such mark, so it
+        is written over. A plain mark within an owed one this execution set leaves it owed:
+        it comes once the job's id is stored or the lease given back, when nothing is held."""
         now = time.monotonic()
         left = self.alive_until - now
-        fresh = left >= seconds * (1 - TOUCH_SLACK)
-        if owed:
-            written = not (fresh and self.owed_mark)
-        elif shorten:
-            written = not fresh or left > seconds or self.owed_mark
-        else:
-            written = not fresh
-        if not written:
+        kept = self.owed_mark or not owed
+        if kept and left >= seconds * (1 - TOUCH_SLACK) and not (shorten and left > seconds):
             return
-        board = self.ctx.board
-        board.touch_scene(self.project_id, self.sequence, seconds, owed=owed, clear=shorten)
-        # A plain mark leaves this execution's owed one owed while it lasts
-        self.owed_mark = owed or (self.owed_mark and left > 0 and not shorten)
+        self.ctx.board.touch_scene(self.project_id, self.sequence, seconds, owed=owed)
         self.alive_until = now + seconds
+        self.owed_mark = owed
 
     def log(
         self, message: str, operation_id: str | None, attempt: int | None, stage: str = "generate"

@@ -90,18 +90,6 @@ end
 return started
 """
 
-#: a plain mark of a scene (ARGV[2] ms) that keeps an owed one there (`_OWED`, ARGV[1]): only
-#: lengthened, never shortened nor made plain
-_PLAIN_MARK = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  local left = redis.call('PTTL', KEYS[1])
-  if left >= 0 and left < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-  return 0
-end
-redis.call('SET', KEYS[1], 1, 'PX', ARGV[2])
-return 1
-"""
-
 #: A member of every run's finished set from its planning on (never a sequence): the set, and
 #: its expiry, exist before the first scene finishes, so a finish need not renew it.
 PLANNED = "planned"
@@ -132,7 +120,6 @@ class RunBoard:
         self._unlock = client.register_script(_UNLOCK)
         self._renew = client.register_script(_RENEW)
         self._go_on = client.register_script(_GO_ON)
-        self._plain_mark = client.register_script(_PLAIN_MARK)
         #: a run's liveness or waiting mark -> when this process last refreshed it (monotonic)
         self._refreshed: dict[tuple[str, str], float] = {}
 
@@ -206,26 +193,13 @@ class RunBoard:
 
     @_answered
     def touch_scene(
-        self,
-        project_id: str,
-        sequence: int,
-        seconds: float,
-        *,
-        owed: bool = False,
-        clear: bool = False,
+        self, project_id: str, sequence: int, seconds: float, *, owed: bool = False
     ) -> None:
         """Mark the scene worked on for `seconds`. `owed`: by a paid claim, or a write owed
         for paid work (a job's record, a lease's give-back), which `scene_owed` tells from a
-        stage queued or polled: the same key and one command either way, its value says.
-        A plain mark keeps an owed one there, whoever set it (a late duplicate's poll must
-        not free a paid claim's scene for a second job), only lengthening it to `seconds`;
-        `clear`: it takes the owed one's place, cut to `seconds` (the owed write is done:
-        `PaidOperation.stored`)."""
+        stage queued or polled: the same key and one command either way, its value says."""
         key = self._key("live", "scene", project_id, sequence)
-        if owed or clear:
-            self.client.set(key, _OWED if owed else 1, px=int(seconds * 1000))
-        else:
-            self._plain_mark(keys=[key], args=[_OWED, int(seconds * 1000)])
+        self.client.set(key, _OWED if owed else 1, px=int(seconds * 1000))
 
     @_answered
     def scene_polled(self, project_id: str, sequence: int) -> bool:
