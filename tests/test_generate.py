@@ -38,7 +38,7 @@ from mvpipe.pipeline.operation import PaidOperation
 from mvpipe.pipeline.reconcile import reconcile
 from mvpipe.pipeline.runs import regenerate, resume_freed, start_run
 from mvpipe.pipeline.stage_provider import VideoGeneration
-from mvpipe.pipeline.stages import GENERATE
+from mvpipe.pipeline.stages import GENERATE, LIPSYNC
 from mvpipe.pipeline.steps import LeasePending, Next, RecordPending, Step
 from mvpipe.providers.base import JobState, JobStatus, VideoRequest
 from mvpipe.providers.limiter import QuotaLimiter, SlotDecision, job_member, slot_member
@@ -838,6 +838,29 @@ def lip_sync_after_its_generation(ctx: Context) -> tuple[str, str, str]:
     assert working is not None and working.working_clip_key is not None
     ctx.clips.put(working.working_clip_key, render_clip("the cut", 2.5))
     return project_id, run_id, generation
+
+
+def test_a_late_generation_polls_mark_leaves_an_owed_lip_sync_to_its_submitter(
+    ctx: Context, provider: Misbehaving
+) -> None:
+    # Given a scene whose generation was recorded and cut, in a live run
+    project_id, run_id, generation = lip_sync_after_its_generation(ctx)
+    # and its lip-sync job accepted under a lease that ran out, its record owed (the scene
+    # marked by the redo, `keep_owed`)
+    token, _, _ = accepted_lip_sync(ctx, project_id, run_id)
+    SceneJob(ctx, project_id, 2, run_id, "local").keep_owed(LIPSYNC)
+    # When a late duplicate of the generation's poll finds that job done: it marks the scene
+    # (a poll's plain mark), its output is recorded already, and it goes on to the next stage
+    provider.answer = JobStatus(JobState.SUCCEEDED, video=b"the paid clip")
+    step = SceneJob(ctx, project_id, 2, run_id, "local").step(generation)
+    # Then the lip-sync is left to its owed record: not claimed again, nothing paid (its plain
+    # mark written over the owed one, the step claimed the lip-sync and submitted a second job)
+    assert step.next == Next.DONE and step.outcome == "owned by another execution", step
+    assert ctx.board.scene_owed(project_id, 2)
+    scene = ctx.scenes.get(project_id, 2)
+    assert scene is not None and scene.lease_token == token, scene
+    assert scene.lip_sync_operation_id is None
+    assert provider.submitted == 0
 
 
 def test_a_cancel_the_provider_fails_keeps_that_job_and_cancels_the_others(
