@@ -17,11 +17,12 @@ from typing import Any
 
 import pytest
 import redis
+from celery.exceptions import Reject
 
 from bench.countingproxy import DYNAMO_READS, CountingProxy
 from mvpipe import hooks
 from mvpipe.celery_app import app
-from mvpipe.deps import Context, build_context
+from mvpipe.deps import Context, build_context, get_context, reset_context
 from mvpipe.devstack.localstack import LocalStack
 from mvpipe.errors import (
     Conflict,
@@ -35,9 +36,10 @@ from mvpipe.models import ProjectStatus, SceneStatus
 from mvpipe.pipeline.cancel import cancel_project
 from mvpipe.pipeline.generate import SceneJob
 from mvpipe.pipeline.operation import PaidOperation
+from mvpipe.pipeline.reconcile import reconcile
 from mvpipe.pipeline.runs import regenerate, resume_freed, start_run
 from mvpipe.pipeline.stage_provider import VideoGeneration
-from mvpipe.pipeline.stages import GENERATE
+from mvpipe.pipeline.stages import GENERATE, LIPSYNC
 from mvpipe.pipeline.steps import LeasePending, Next, RecordPending, Step
 from mvpipe.providers.base import JobState, JobStatus, VideoRequest
 from mvpipe.providers.limiter import QuotaLimiter, SlotDecision, job_member, slot_member
@@ -400,6 +402,70 @@ def redo(ctx: Context, project_id: str, run_id: str, operation_id: str, token: s
     return job(ctx, project_id, run_id).step(operation_id, token=token, attempt=1)
 
 
+@pytest.fixture
+def short_owed_mark(storage: LocalStack, provider: Misbehaving) -> Iterator[Context]:
+    """The process's own context (what a task builds), its owed marks a few seconds long."""
+    short = {"LIVENESS_SLACK_SECONDS": "0.5", "STORE_RETRY_SECONDS": "0.5"}
+    with pytest.MonkeyPatch.context() as patched:
+        for name, value in {**short, "STORE_TIMEOUT_SECONDS": "0.5"}.items():
+            patched.setenv(f"MVPIPE_{name}", value)
+        reset_context()
+        context = get_context()
+        context._providers["local"] = provider
+        try:
+            yield context
+        finally:
+            reset_context()
+    reset_context()
+
+
+def test_an_owed_records_retry_the_broker_refuses_keeps_the_scenes_owed_mark(
+    short_owed_mark: Context,
+    provider: Misbehaving,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from mvpipe.tasks.base import MvpipeTask  # the app's configuration is read once the stack
+    from mvpipe.tasks.generate import generate_scene  # is up (its broker): imported here
+
+    # Given a job accepted under a lease that ran out, whose record's redo fails again (the
+    # record owed again), and a broker that refuses the record's retry for longer than the
+    # scene's owed mark lasts
+    ctx = short_owed_mark
+    project_id, run_id, token, operation_id = accepted_job(ctx, lease_seconds=-30)
+    owed = ctx.settings.owed_write_seconds("local")
+    refused_until = time.monotonic() + owed + 1
+
+    class Published(Exception):
+        pass
+
+    def refused_then_published(task: Any, exc: Exception, kwargs: dict[str, Any]) -> Any:
+        if time.monotonic() < refused_until:
+            raise Reject("OOM command not allowed when used memory > 'maxmemory'", requeue=False)
+        assert kwargs["operation_id"] == operation_id and kwargs["token"] == token
+        return Published()
+
+    monkeypatch.setattr(MvpipeTask, "outage_retry", refused_then_published)
+    scenes = ctx.scenes
+    ctx.scenes = UnreadableRecords(scenes)  # type: ignore[assignment]
+    try:
+        # When the redo runs in its task
+        with pytest.raises(Published):
+            generate_scene.run(
+                project_id, 1, run_id, "local", operation_id=operation_id, token=token, attempt=1
+            )
+    finally:
+        ctx.scenes = scenes
+    # Then its retry, published at last, finds the scene still marked owed (the mark the redo
+    # set at its start had lapsed), and a reconcile pass frees no lease for a second claim
+    assert time.monotonic() > refused_until
+    assert ctx.board.scene_owed(project_id, 1)
+    report = reconcile(ctx, RecordingDispatcher(), project_ids=[project_id], sweep_strays=False)
+    assert report.expired_leases == 0, report
+    scene = ctx.scenes.get(project_id, 1)
+    assert scene is not None and scene.lease_token == token and scene.operation_id is None
+    assert provider.submitted == 0
+
+
 def test_a_record_redone_in_a_store_outage_keeps_the_scene_marked_alive(
     storage: LocalStack, provider: Misbehaving
 ) -> None:
@@ -756,6 +822,48 @@ def test_a_stale_lip_sync_record_never_adopts_its_job_onto_a_remade_input(ctx: C
     assert scene is not None and scene.lip_sync_operation_id == current
 
 
+def lip_sync_after_its_generation(ctx: Context) -> tuple[str, str, str]:
+    """A lip-synced scene 2 whose generation is recorded (its operation kept on the scene) and
+    cut (a real clip to sync), in a live run: (project, run, the generation's operation)."""
+    project_id = waiting_for_lip_sync(ctx)
+    run_id = str(uuid.uuid4())
+    assert ctx.projects.win_run(project_id, run_id, ProjectStatus.PROCESSING) == run_id
+    generation = f"op-{uuid.uuid4().hex}"
+    m = ctx.table.model
+    recorded = [
+        m.operation_id.set(generation),
+        m.original_clip_key.set(GENERATE.operation_output(project_id, 2, generation)),
+    ]
+    ctx.table.update(project_pk(project_id), scene_sk(2), recorded, None)
+    working = ctx.scenes.get(project_id, 2)
+    assert working is not None and working.working_clip_key is not None
+    ctx.clips.put(working.working_clip_key, render_clip("the cut", 2.5))
+    return project_id, run_id, generation
+
+
+def test_a_late_generation_polls_mark_leaves_an_owed_lip_sync_to_its_submitter(
+    ctx: Context, provider: Misbehaving
+) -> None:
+    # Given a scene whose generation was recorded and cut, in a live run
+    project_id, run_id, generation = lip_sync_after_its_generation(ctx)
+    # and its lip-sync job accepted under a lease that ran out, its record owed (the scene
+    # marked by the redo, `keep_owed`)
+    token, _, _ = accepted_lip_sync(ctx, project_id, run_id)
+    SceneJob(ctx, project_id, 2, run_id, "local").keep_owed(LIPSYNC)
+    # When a late duplicate of the generation's poll finds that job done: it marks the scene
+    # (a poll's plain mark), its output is recorded already, and it goes on to the next stage
+    provider.answer = JobStatus(JobState.SUCCEEDED, video=b"the paid clip")
+    step = SceneJob(ctx, project_id, 2, run_id, "local").step(generation)
+    # Then the lip-sync is left to its owed record: not claimed again, nothing paid (its plain
+    # mark written over the owed one, the step claimed the lip-sync and submitted a second job)
+    assert step.next == Next.DONE and step.outcome == "owned by another execution", step
+    assert ctx.board.scene_owed(project_id, 2)
+    scene = ctx.scenes.get(project_id, 2)
+    assert scene is not None and scene.lease_token == token, scene
+    assert scene.lip_sync_operation_id is None
+    assert provider.submitted == 0
+
+
 def test_a_cancel_the_provider_fails_keeps_that_job_and_cancels_the_others(
     ctx: Context, provider: Misbehaving
 ) -> None:
@@ -1091,15 +1199,7 @@ def test_a_late_duplicate_poll_of_a_recorded_generation_leaves_the_lip_sync_leas
 ) -> None:
     # Given a lip-synced scene whose generation is recorded (its operation kept on the scene),
     # its cut made, and its lip-sync claimed by a live execution that is submitting right now
-    project_id = waiting_for_lip_sync(ctx)
-    run_id = str(uuid.uuid4())
-    assert ctx.projects.win_run(project_id, run_id, ProjectStatus.PROCESSING) == run_id
-    generation = "op"  # the operation whose clip `waiting_for_lip_sync` recorded
-    m = ctx.table.model
-    ctx.table.update(project_pk(project_id), scene_sk(2), [m.operation_id.set(generation)], None)
-    working = ctx.scenes.get(project_id, 2)
-    assert working is not None and working.working_clip_key is not None
-    ctx.clips.put(working.working_clip_key, render_clip("the cut", 2.5))  # a real cut to sync
+    project_id, run_id, generation = lip_sync_after_its_generation(ctx)
     owner = uuid.uuid4().hex
     won = claim(ctx, project_id, run_id, owner, 2, stage=LIP_SYNCED, requires=WORKING.output)
     assert won == Claim.WON

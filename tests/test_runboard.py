@@ -341,6 +341,37 @@ def test_an_owed_mark_is_told_from_a_plain_one_and_no_plain_mark_hides_it(board:
     assert board.scene_polled("project", 1) and not board.scene_owed("project", 1)
 
 
+def test_another_executions_plain_mark_never_ends_an_owed_one(board: RunBoard) -> None:
+    # Given a scene whose paid claim (one execution) marked it owed
+    def execution() -> Execution:
+        return Execution(cast(Context, SimpleNamespace(board=board)), "project", 1, "run", "local")
+
+    claimer = execution()
+    claimer.touch(60, owed=True)
+    scene, owed = (
+        board._key("live", "scene", "project", 1),
+        board._key("live", "owed", "project", 1),
+    )
+    # When another execution (a late duplicate's poll, a stage queued) marks it plainly,
+    # shorter and then longer
+    execution().touch(5)
+    assert board.scene_owed("project", 1)
+    assert board.client.pttl(owed) > 50_000  # not cut to the plain mark's 5 s
+    execution().touch(120)
+    # Then the mark stays owed (written over, a second submitter would claim the scene past
+    # its lease), and once the plain mark lapses the scene is still marked: no lease repair,
+    # no orphan poll chain
+    assert board.scene_owed("project", 1)
+    board.client.delete(scene)
+    assert board.scene_polled("project", 1)
+    assert not board.claim_poll_chain("project", 1, 60)
+    # And only the claimer's stored record ends it, the scene marked plainly
+    claimer.touch(10, shorten=True)
+    assert board.scene_polled("project", 1) and not board.scene_owed("project", 1)
+    assert 0 < board.client.pttl(scene) <= 10_000
+    assert board.claim_poll_chain("project", 1, 60) is False  # the plain mark holds it
+
+
 def test_a_run_marked_alone_lives_by_that_mark_only(board: RunBoard) -> None:
     # Given a run whose last scenes waited in a queue (600 s) and whose own mark is long
     run_id, own, waiting = run_marks(board)

@@ -255,7 +255,7 @@ def test_a_stale_run_is_kept_while_a_claimed_scene_is_marked_alive(ctx: Context)
     assert (report.runs_taken_over, dispatcher.runs) == (0, []), report
     assert ctx.projects.get(project_id).active_run_id == run_id
     # And once the mark lapses (its execution died), the run is taken over
-    ctx.board.client.delete(ctx.board._key("live", "scene", project_id, 1))
+    ctx.board.client.delete(*(ctx.board._key("live", m, project_id, 1) for m in ("scene", "owed")))
     assert reconcile(ctx, dispatcher, project_ids=[project_id]).runs_taken_over == 1
     assert ctx.projects.get(project_id).active_run_id == dispatcher.runs[0][1] != run_id
 

@@ -46,10 +46,11 @@ class Execution:
     lighter: bool = False
     #: what the scene has cost so far, once this execution knows it (task meta)
     cost_micros: int | None = None
-    #: when the scene's liveness mark set by this execution lapses (monotonic; 0: none set)
+    #: when the scene's marks set by this execution lapse, the last (monotonic; 0: none set)
     alive_until: float = 0.0
-    #: the scene's mark this execution set last is a paid claim's or an owed write's
-    owed_mark: bool = False
+    #: when the scene's owed mark set by this execution lapses (monotonic; 0: none set, or
+    #: cleared by `PaidOperation.stored`)
+    owed_until: float = 0.0
     #: outputs this execution uploaded (key -> bytes): the next stage, run in the same
     #: execution, takes its input from here instead of downloading what was just uploaded
     uploaded: dict[str, bytes] = field(default_factory=dict)
@@ -83,21 +84,31 @@ class Execution:
     def touch(self, seconds: float, *, shorten: bool = False, owed: bool = False) -> None:
         """This scene is being worked on: reconcile must not start a second chain for it.
         A mark this execution set moments ago for as long is not written again (the next
-        stage run inline, after the poll that finished the last one). `shorten`: a longer
-        mark this execution set is cut to `seconds` (one no longer needed, see
-        `PaidOperation.stored`). `owed`: the mark of a paid claim or of a write owed for
-        paid work, which holds the scene from another submitter past its lease
-        (`stages.submission_held`); a plain mark this execution set is no such mark, so it
-        is written over. A plain mark within an owed one this execution set leaves it owed:
-        it comes once the job's id is stored or the lease given back, when nothing is held."""
+        stage run inline, after the poll that finished the last one). `owed`: the mark of a
+        paid claim or of a write owed for paid work, which holds the scene from another
+        submitter past its lease (`stages.submission_held`): a key of its own, which no plain
+        mark (this execution's or another's) ends. `shorten`: the owed write is done
+        (`PaidOperation.stored`): the owed mark ends, and the scene's mark is `seconds` long,
+        a longer one this execution set cut to it."""
         now = time.monotonic()
-        left = self.alive_until - now
-        kept = self.owed_mark or not owed
-        if kept and left >= seconds * (1 - TOUCH_SLACK) and not (shorten and left > seconds):
+        slack = seconds * (1 - TOUCH_SLACK)
+        left = (self.owed_until if owed else self.alive_until) - now
+        if owed or not shorten:
+            fresh = left >= slack
+        else:
+            fresh = not self.owed_until and slack <= left <= seconds
+        if fresh:
             return
-        self.ctx.board.touch_scene(self.project_id, self.sequence, seconds, owed=owed)
-        self.alive_until = now + seconds
-        self.owed_mark = owed
+        self.ctx.board.touch_scene(
+            self.project_id, self.sequence, seconds, owed=owed, clear=shorten
+        )
+        until = now + seconds
+        if shorten:
+            self.alive_until, self.owed_until = until, 0.0
+        else:
+            self.alive_until = max(self.alive_until, until)
+            if owed:
+                self.owed_until = until
 
     def log(
         self, message: str, operation_id: str | None, attempt: int | None, stage: str = "generate"

@@ -38,6 +38,11 @@ def stage_provider(ctx: Context, stage: Stage, provider: str) -> StageProvider:
     return stage.provider(ctx, provider)
 
 
+def carried_stage(name: str | None) -> Stage:
+    """The stage a step's message names (generation when it names none)."""
+    return BY_NAME[name or GENERATE.name]
+
+
 class SceneJob:
     """One execution of `generate_scene` for (project, sequence) within a run."""
 
@@ -111,7 +116,7 @@ class SceneJob:
         job's fate). With `token` and `release` instead, a lease under which no job was
         accepted is given back first (`LeasePending`)."""
         ctx, run_id = self.ctx, self.x.run_id
-        carried = BY_NAME[stage or GENERATE.name]
+        carried = carried_stage(stage)
         if run_id is not None:
             ctx.board.keep_run_alive(run_id, ctx.settings.run_stale_seconds)
         if token is not None and (operation_id is not None or release is not None):
@@ -136,6 +141,12 @@ class SceneJob:
             )
             return self.then(step, polled=machine)
         return self.advance()
+
+    def owed_keeper(self, stage: str | None) -> Callable[[], None]:
+        """`keep_owed` of the stage a step carries (`stage`, generation when None): what an
+        owed write's retry calls while it waits for the broker (`MvpipeTask.owed_retry`)."""
+        carried = carried_stage(stage)
+        return lambda: self.keep_owed(carried)
 
     def keep_owed(self, stage: Stage) -> None:
         """This step redoes a write owed for paid work (a job's record, a lease's give-back):

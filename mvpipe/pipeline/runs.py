@@ -33,8 +33,6 @@ from mvpipe.store.records import SceneRecord
 
 log = logging.getLogger("mvpipe.runs")
 
-log = logging.getLogger("mvpipe.runs")
-
 #: Scene states a user's run may give spent attempts back in.
 OPEN = (SceneStatus.PENDING, SceneStatus.PROCESSING)
 

@@ -105,8 +105,14 @@ MARKS_REMEMBERED = 1024
 #: seconds on a warm worker, minutes behind other media work); its end says so sooner.
 ANALYSIS_MARK_SECONDS = 3600
 _QUEUED, _ENDED = b"queued", b"ended"
-#: A scene's mark while a paid claim of it may still owe its job's record (`scene_owed`).
-_OWED = b"owed"
+
+#: a poll chain for an orphaned operation (KEYS[1] the scene's mark, ARGV[1] ms), never while
+#: the scene's owed mark (KEYS[2]) lives: a paid claim may still owe that job's record
+_CLAIM_POLL_CHAIN = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+if redis.call('SET', KEYS[1], 1, 'PX', ARGV[1], 'NX') then return 1 end
+return 0
+"""
 
 
 class RunBoard:
@@ -120,6 +126,7 @@ class RunBoard:
         self._unlock = client.register_script(_UNLOCK)
         self._renew = client.register_script(_RENEW)
         self._go_on = client.register_script(_GO_ON)
+        self._claim_poll_chain = client.register_script(_CLAIM_POLL_CHAIN)
         #: a run's liveness or waiting mark -> when this process last refreshed it (monotonic)
         self._refreshed: dict[tuple[str, str], float] = {}
 
@@ -191,32 +198,57 @@ class RunBoard:
         """A run released before its work was sent: its mark goes with it."""
         self.client.delete(self._key("live", "run", run_id))
 
+    def _scene_keys(self, project_id: str, sequence: int) -> tuple[str, str]:
+        """The scene's mark (worked on) and its owed mark (a paid claim or an owed write)."""
+        return (
+            self._key("live", "scene", project_id, sequence),
+            self._key("live", "owed", project_id, sequence),
+        )
+
     @_answered
     def touch_scene(
-        self, project_id: str, sequence: int, seconds: float, *, owed: bool = False
+        self,
+        project_id: str,
+        sequence: int,
+        seconds: float,
+        *,
+        owed: bool = False,
+        clear: bool = False,
     ) -> None:
-        """Mark the scene worked on for `seconds`. `owed`: by a paid claim, or a write owed
-        for paid work (a job's record, a lease's give-back), which `scene_owed` tells from a
-        stage queued or polled: the same key and one command either way, its value says."""
-        key = self._key("live", "scene", project_id, sequence)
-        self.client.set(key, _OWED if owed else 1, px=int(seconds * 1000))
+        """Mark the scene worked on for `seconds`: one SET. `owed`: by a paid claim, or a write
+        owed for paid work (a job's record, a lease's give-back), in a key of its own, so no
+        other chain's plain mark (a late duplicate's poll, a stage queued) ever ends it.
+        `clear`: the owed write is done (`PaidOperation.stored`): the plain mark and the owed
+        one's end, one round trip."""
+        scene, owed_key = self._scene_keys(project_id, sequence)
+        ms = int(seconds * 1000)
+        if owed:
+            self.client.set(owed_key, 1, px=ms)
+        elif clear:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.set(scene, 1, px=ms)
+            pipe.delete(owed_key)
+            pipe.execute()
+        else:
+            self.client.set(scene, 1, px=ms)
 
     @_answered
     def scene_polled(self, project_id: str, sequence: int) -> bool:
-        """The scene's mark lasts, whoever set it: one command."""
-        return bool(self.client.exists(self._key("live", "scene", project_id, sequence)))
+        """The scene's mark or its owed mark lasts, whoever set it: one command."""
+        return bool(self.client.exists(*self._scene_keys(project_id, sequence)))
 
     @_answered
     def scene_owed(self, project_id: str, sequence: int) -> bool:
-        """The scene's mark lasts and was last set by a paid claim or an owed write
-        (`touch_scene(owed=True)`), not by a stage queued or polled: one command."""
-        return self.client.get(self._key("live", "scene", project_id, sequence)) == _OWED
+        """The scene's owed mark lasts (`touch_scene(owed=True)`), set by a paid claim or an
+        owed write, not by a stage queued or polled: one command."""
+        return bool(self.client.exists(self._scene_keys(project_id, sequence)[1]))
 
     @_answered
     def claim_poll_chain(self, project_id: str, sequence: int, seconds: float) -> bool:
-        """Reconcile starts at most one poll chain for an orphaned operation."""
-        key = self._key("live", "scene", project_id, sequence)
-        return bool(self.client.set(key, 1, px=int(seconds * 1000), nx=True))
+        """Reconcile starts at most one poll chain for an orphaned operation, and none while
+        the scene is marked, owed or not."""
+        keys = self._scene_keys(project_id, sequence)
+        return bool(self._claim_poll_chain(keys=list(keys), args=[int(seconds * 1000)]))
 
     # -- cancellation --------------------------------------------------------------------------
     @_answered

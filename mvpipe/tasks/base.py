@@ -19,6 +19,7 @@ from mvpipe.messaging.dispatch import CeleryDispatcher
 from mvpipe.models import is_project_id, validate_project_id, validate_run_id, validate_sequence
 from mvpipe.pipeline.stages import BY_NAME
 from mvpipe.providers.classify import describe, scrub
+from mvpipe.settings import Settings
 from mvpipe.states import backoff_seconds
 from mvpipe.tasks.failures import OUTAGES, UNEXPECTED, next_outage_retry, next_retry
 
@@ -58,23 +59,39 @@ class MvpipeTask(Task):
         carried = next_outage_retry(kwargs)
         return self.backoff_retry(StoreUnavailable, exc, carried, carried[OUTAGES])
 
-    def owed_retry(self, exc: Exception, kwargs: dict[str, Any], where: str) -> Exception:
+    def owed_retry(
+        self,
+        exc: Exception,
+        kwargs: dict[str, Any],
+        where: str,
+        keep: Callable[[], None] | None = None,
+    ) -> Exception:
         """`outage_retry` for a write owed for paid work (`RecordPending`, `LeasePending`):
         its message carries the only copy of an accepted job's id, or of a lease's give-back.
         Celery rejects a retry it cannot publish without requeue, which deletes this message,
         and the publish policy gives up within seconds (at once on a write the broker refuses:
         a Redis at `maxmemory` with `noeviction`). So this execution waits for the broker
-        instead, publishing the retry again after each backoff however long that takes; this
+        instead, publishing the retry again after each pause however long that takes; this
         message stays unacknowledged meanwhile, so a worker lost while it waits is as one
-        lost while it records."""
+        lost while it records. `keep` renews the scene's owed mark before each publish (best
+        effort: Redis away too is logged), so the mark outlasts the wait and reconcile never
+        frees the scene for a second paid claim meanwhile; each pause is the backoff, at most
+        `owed_retry_pause` (a broker back is used within it, before the mark's next renewal
+        is due)."""
         refused = 0
         while True:
+            if keep is not None:
+                try:
+                    keep()
+                except OUTAGE_ERRORS as unkept:
+                    log.warning("%s: its owed mark not renewed: %s", where, describe(unkept))
             try:
                 return self.outage_retry(exc, kwargs)
             except Reject as rejected:
                 refused += 1
                 s = get_settings()
-                wait = backoff_seconds(refused, base=s.backoff_base, cap=s.backoff_max)
+                backoff = backoff_seconds(refused, base=s.backoff_base, cap=s.backoff_max)
+                wait = min(backoff, owed_retry_pause(s))
                 refusal = rejected.__context__ or rejected  # Celery's failed publish
                 log.warning("%s: %s; the broker refused its retry (%s): sent again in %.1f s",
                             where, describe(exc), describe(refusal), wait)  # fmt: skip
@@ -185,6 +202,14 @@ class MvpipeTask(Task):
         except Exception as exc:
             log.debug("could not publish progress of %s: %s", self.request.id, describe(exc))
         return Ignore()
+
+
+def owed_retry_pause(s: Settings) -> float:
+    """The longest pause between two publishes of an owed write's refused retry: a tenth of
+    the liveness slack (3 s at the defaults), at least `backoff_base`. Far within the owed
+    mark's life (`owed_write_seconds`: the slack and more), so the mark renewed before each
+    publish never lapses, and a broker back is used within a few seconds."""
+    return max(s.backoff_base, s.liveness_slack_seconds / 10)
 
 
 def log_unexpected(logger: logging.Logger, where: str, exc: BaseException) -> None:

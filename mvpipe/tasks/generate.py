@@ -177,7 +177,8 @@ def generate_scene(
                 resume_freed(ctx, dispatcher, project_id, sequence, provider)
     except (RecordPending, LeasePending) as exc:  # redone with its token, however long it lasts
         redo = redo_kwargs(kwargs, exc.carry)
-        raise self.owed_retry(exc, redo, f"scene {project_id}/{sequence}") from None
+        keep = job.owed_keeper(redo.get("stage")) if job is not None else None
+        raise self.owed_retry(exc, redo, f"scene {project_id}/{sequence}", keep) from None
     except OUTAGE_ERRORS as exc:
         raise self.outage_retry(exc, kwargs) from None
     except (Conflict, NotFound) as exc:  # the store moved on: its new owner decides
@@ -201,7 +202,8 @@ def generate_scene(
             # it carries, so it is retried like an outage, however long that lasts.
             log.warning("scene %s/%s: %s; retrying the write it owes", project_id, sequence,
                         describe(failure))  # fmt: skip
-            raise self.owed_retry(failure, kwargs, f"scene {project_id}/{sequence}") from None
+            keep = job.owed_keeper(stage) if job is not None else None
+            raise self.owed_retry(failure, kwargs, f"scene {project_id}/{sequence}", keep) from None
         if job is None:  # no context (the store refused it): nowhere to record the give-up
             log.error("scene %s/%s gave up before it could read the store: %s", project_id,
                       sequence, describe(failure))  # fmt: skip

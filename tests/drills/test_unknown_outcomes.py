@@ -116,7 +116,7 @@ def test_the_claim_mark_outlasts_the_lease_and_the_records_last_reply(
     assert ctx.settings.liveness_seconds("local") < 30  # what the mark must not be held to
     scene = ctx.scenes.get(project_id, 1)
     assert scene is not None and scene.lease_expires_at is not None
-    mark = ctx.board.client.pttl(ctx.board._key("live", "scene", project_id, 1))
+    mark = ctx.board.client.pttl(ctx.board._key("live", "owed", project_id, 1))
     mark_ends = time.time() + mark / 1000
     # The record starts no try past the lease; a try waits a connection and a reply at most
     last_reply = float(scene.lease_expires_at) + 2 * float(SHORT_STORE["store_timeout_seconds"])
@@ -145,6 +145,7 @@ def test_a_job_recorded_by_a_worker_that_then_died_is_adopted_within_a_liveness(
     assert ctx.settings.claim_mark_after(liveness) > 300  # the mark the record must shorten
     mark = ctx.board.client.pttl(ctx.board._key("live", "scene", project_id, 1))
     assert 0 < mark <= liveness * 1000, (mark, liveness)
+    assert not ctx.board.scene_owed(project_id, 1)  # the claim's owed mark ended
     scene = ctx.scenes.get(project_id, 1)
     assert scene is not None and scene.operation_id is not None
     assert scene.lease_expires_at is not None
