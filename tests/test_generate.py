@@ -25,6 +25,7 @@ from mvpipe.celery_app import app
 from mvpipe.deps import Context, build_context, get_context, reset_context
 from mvpipe.devstack.localstack import LocalStack
 from mvpipe.errors import (
+    BrokerUnavailable,
     Conflict,
     PermanentProviderError,
     StoreNotTried,
@@ -406,6 +407,8 @@ def redo(ctx: Context, project_id: str, run_id: str, operation_id: str, token: s
 def short_owed_mark(storage: LocalStack, provider: Misbehaving) -> Iterator[Context]:
     """The process's own context (what a task builds), its owed marks a few seconds long."""
     short = {"LIVENESS_SLACK_SECONDS": "0.5", "STORE_RETRY_SECONDS": "0.5"}
+    # (a provider call's deadline within that liveness, as the settings require)
+    short["PROVIDER_TIMEOUT_SECONDS"] = "1"
     with pytest.MonkeyPatch.context() as patched:
         for name, value in {**short, "STORE_TIMEOUT_SECONDS": "0.5"}.items():
             patched.setenv(f"MVPIPE_{name}", value)
@@ -417,6 +420,25 @@ def short_owed_mark(storage: LocalStack, provider: Misbehaving) -> Iterator[Cont
         finally:
             reset_context()
     reset_context()
+
+
+class Published(Exception):
+    """A retry published at last (what `refused_then_published` returns)."""
+
+
+def refused_then_published(
+    refused_until: float, operation_id: str, token: str
+) -> Callable[[Any, Exception, dict[str, Any]], Exception]:
+    """An `outage_retry` whose publish the broker refuses (Celery's `Reject`, the message
+    deleted) until `refused_until`, and then sends the redo of the job `operation_id`."""
+
+    def retry(task: Any, exc: Exception, kwargs: dict[str, Any]) -> Exception:
+        if time.monotonic() < refused_until:
+            raise Reject("OOM command not allowed when used memory > 'maxmemory'", requeue=False)
+        assert kwargs["operation_id"] == operation_id and kwargs["token"] == token
+        return Published()
+
+    return retry
 
 
 def test_an_owed_records_retry_the_broker_refuses_keeps_the_scenes_owed_mark(
@@ -432,19 +454,10 @@ def test_an_owed_records_retry_the_broker_refuses_keeps_the_scenes_owed_mark(
     # scene's owed mark lasts
     ctx = short_owed_mark
     project_id, run_id, token, operation_id = accepted_job(ctx, lease_seconds=-30)
-    owed = ctx.settings.owed_write_seconds("local")
-    refused_until = time.monotonic() + owed + 1
-
-    class Published(Exception):
-        pass
-
-    def refused_then_published(task: Any, exc: Exception, kwargs: dict[str, Any]) -> Any:
-        if time.monotonic() < refused_until:
-            raise Reject("OOM command not allowed when used memory > 'maxmemory'", requeue=False)
-        assert kwargs["operation_id"] == operation_id and kwargs["token"] == token
-        return Published()
-
-    monkeypatch.setattr(MvpipeTask, "outage_retry", refused_then_published)
+    refused_until = time.monotonic() + ctx.settings.owed_write_seconds("local") + 1
+    monkeypatch.setattr(
+        MvpipeTask, "outage_retry", refused_then_published(refused_until, operation_id, token)
+    )
     scenes = ctx.scenes
     ctx.scenes = UnreadableRecords(scenes)  # type: ignore[assignment]
     try:
@@ -463,6 +476,41 @@ def test_an_owed_records_retry_the_broker_refuses_keeps_the_scenes_owed_mark(
     assert report.expired_leases == 0, report
     scene = ctx.scenes.get(project_id, 1)
     assert scene is not None and scene.lease_token == token and scene.operation_id is None
+    assert provider.submitted == 0
+
+
+def test_a_redo_whose_own_marks_the_broker_refuses_is_not_dropped(
+    short_owed_mark: Context,
+    provider: Misbehaving,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from mvpipe.tasks.base import MvpipeTask  # imported once the stack is up (its broker)
+    from mvpipe.tasks.generate import generate_scene
+
+    # Given a job accepted under a lease that ran out, its record owed, and a Redis that
+    # refuses every write (at `maxmemory`) for longer than the scene's owed mark lasts: the
+    # redo's own first mark fails, an outage before its record is even tried
+    ctx = short_owed_mark
+    project_id, run_id, token, operation_id = accepted_job(ctx, lease_seconds=-30)
+    refused_until = time.monotonic() + ctx.settings.owed_write_seconds("local") + 1
+    monkeypatch.setattr(
+        MvpipeTask, "outage_retry", refused_then_published(refused_until, operation_id, token)
+    )
+    marks = ctx.board.touch_scene
+
+    def refused_mark(*args: Any, **kwargs: Any) -> None:
+        if time.monotonic() < refused_until:
+            raise BrokerUnavailable.because(redis.ResponseError("OOM command not allowed"))
+        marks(*args, **kwargs)
+
+    monkeypatch.setattr(ctx.board, "touch_scene", refused_mark)
+    # When the redo runs in its task, then its retry is published at last (not rejected,
+    # which deletes the only message with the job's id), the scene marked owed again
+    with pytest.raises(Published):
+        generate_scene.run(
+            project_id, 1, run_id, "local", operation_id=operation_id, token=token, attempt=1
+        )
+    assert ctx.board.scene_owed(project_id, 1)
     assert provider.submitted == 0
 
 

@@ -180,6 +180,9 @@ def generate_scene(
         keep = job.owed_keeper(redo.get("stage")) if job is not None else None
         raise self.owed_retry(exc, redo, f"scene {project_id}/{sequence}", keep) from None
     except OUTAGE_ERRORS as exc:
+        if token is not None:  # a redo's own outage (its marks, its store): still owed
+            keep = job.owed_keeper(stage) if job is not None else None
+            raise self.owed_retry(exc, kwargs, f"scene {project_id}/{sequence}", keep) from None
         raise self.outage_retry(exc, kwargs) from None
     except (Conflict, NotFound) as exc:  # the store moved on: its new owner decides
         log.warning("scene %s/%s: %s", project_id, sequence, describe(exc))
@@ -188,7 +191,8 @@ def generate_scene(
         failure = exc
     except Exception as exc:
         log_unexpected(log, f"generate_scene {project_id}/{sequence}", exc)
-        retry = self.unexpected_retry(exc, kwargs, MAX_UNEXPECTED)
+        # A redo's retry goes through `owed_retry` below: a refused publish must not drop it
+        retry = None if token is not None else self.unexpected_retry(exc, kwargs, MAX_UNEXPECTED)
         if retry is not None:
             raise retry from None
         failure = exc
