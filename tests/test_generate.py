@@ -441,31 +441,45 @@ def refused_then_published(
     return retry
 
 
-def test_an_owed_records_retry_the_broker_refuses_keeps_the_scenes_owed_mark(
-    short_owed_mark: Context,
-    provider: Misbehaving,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def refused_redo(ctx: Context, monkeypatch: pytest.MonkeyPatch) -> tuple[str, str, str, str, float]:
+    """A job accepted under a lease that ran out (its record owed), and a broker that refuses
+    its retry for longer than the scene's owed mark lasts: the job's ids, and when the
+    refusal ends."""
     from mvpipe.tasks.base import MvpipeTask  # the app's configuration is read once the stack
-    from mvpipe.tasks.generate import generate_scene  # is up (its broker): imported here
 
-    # Given a job accepted under a lease that ran out, whose record's redo fails again (the
-    # record owed again), and a broker that refuses the record's retry for longer than the
-    # scene's owed mark lasts
-    ctx = short_owed_mark
     project_id, run_id, token, operation_id = accepted_job(ctx, lease_seconds=-30)
     refused_until = time.monotonic() + ctx.settings.owed_write_seconds("local") + 1
     monkeypatch.setattr(
         MvpipeTask, "outage_retry", refused_then_published(refused_until, operation_id, token)
     )
+    return project_id, run_id, token, operation_id, refused_until
+
+
+def redo_published(project_id: str, run_id: str, operation_id: str, token: str) -> None:
+    """The job's redo run in its task: its retry is published at last (`Published`)."""
+    from mvpipe.tasks.generate import generate_scene  # is up (its broker): imported here
+
+    with pytest.raises(Published):
+        generate_scene.run(
+            project_id, 1, run_id, "local", operation_id=operation_id, token=token, attempt=1
+        )
+
+
+def test_an_owed_records_retry_the_broker_refuses_keeps_the_scenes_owed_mark(
+    short_owed_mark: Context,
+    provider: Misbehaving,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a job accepted under a lease that ran out, whose record's redo fails again (the
+    # record owed again), and a broker that refuses the record's retry for longer than the
+    # scene's owed mark lasts
+    ctx = short_owed_mark
+    project_id, run_id, token, operation_id, refused_until = refused_redo(ctx, monkeypatch)
     scenes = ctx.scenes
     ctx.scenes = UnreadableRecords(scenes)  # type: ignore[assignment]
     try:
         # When the redo runs in its task
-        with pytest.raises(Published):
-            generate_scene.run(
-                project_id, 1, run_id, "local", operation_id=operation_id, token=token, attempt=1
-            )
+        redo_published(project_id, run_id, operation_id, token)
     finally:
         ctx.scenes = scenes
     # Then its retry, published at last, finds the scene still marked owed (the mark the redo
@@ -484,18 +498,11 @@ def test_a_redo_whose_own_marks_the_broker_refuses_is_not_dropped(
     provider: Misbehaving,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from mvpipe.tasks.base import MvpipeTask  # imported once the stack is up (its broker)
-    from mvpipe.tasks.generate import generate_scene
-
     # Given a job accepted under a lease that ran out, its record owed, and a Redis that
     # refuses every write (at `maxmemory`) for longer than the scene's owed mark lasts: the
     # redo's own first mark fails, an outage before its record is even tried
     ctx = short_owed_mark
-    project_id, run_id, token, operation_id = accepted_job(ctx, lease_seconds=-30)
-    refused_until = time.monotonic() + ctx.settings.owed_write_seconds("local") + 1
-    monkeypatch.setattr(
-        MvpipeTask, "outage_retry", refused_then_published(refused_until, operation_id, token)
-    )
+    project_id, run_id, token, operation_id, refused_until = refused_redo(ctx, monkeypatch)
     marks = ctx.board.touch_scene
 
     def refused_mark(*args: Any, **kwargs: Any) -> None:
@@ -506,10 +513,7 @@ def test_a_redo_whose_own_marks_the_broker_refuses_is_not_dropped(
     monkeypatch.setattr(ctx.board, "touch_scene", refused_mark)
     # When the redo runs in its task, then its retry is published at last (not rejected,
     # which deletes the only message with the job's id), the scene marked owed again
-    with pytest.raises(Published):
-        generate_scene.run(
-            project_id, 1, run_id, "local", operation_id=operation_id, token=token, attempt=1
-        )
+    redo_published(project_id, run_id, operation_id, token)
     assert ctx.board.scene_owed(project_id, 1)
     assert provider.submitted == 0
 
