@@ -115,6 +115,7 @@ def generate_scene(
         release=release,
         counts={OUTAGES: outages, UNEXPECTED: unexpected},
     )
+    scene = f"scene {project_id}/{sequence}"  # where an owed write's retry says it waits
     kwargs = {
         "operation_id": operation_id,
         "transient_polls": transient_polls,
@@ -177,12 +178,10 @@ def generate_scene(
                 resume_freed(ctx, dispatcher, project_id, sequence, provider)
     except (RecordPending, LeasePending) as exc:  # redone with its token, however long it lasts
         redo = redo_kwargs(kwargs, exc.carry)
-        keep = job.owed_keeper(redo.get("stage")) if job is not None else None
-        raise self.owed_retry(exc, redo, f"scene {project_id}/{sequence}", keep) from None
+        raise _owed_retry(self, job, exc, redo, redo.get("stage"), scene) from None
     except OUTAGE_ERRORS as exc:
         if token is not None:  # a redo's own outage (its marks, its store): still owed
-            keep = job.owed_keeper(stage) if job is not None else None
-            raise self.owed_retry(exc, kwargs, f"scene {project_id}/{sequence}", keep) from None
+            raise _owed_retry(self, job, exc, kwargs, stage, scene) from None
         raise self.outage_retry(exc, kwargs) from None
     except (Conflict, NotFound) as exc:  # the store moved on: its new owner decides
         log.warning("scene %s/%s: %s", project_id, sequence, describe(exc))
@@ -206,8 +205,7 @@ def generate_scene(
             # it carries, so it is retried like an outage, however long that lasts.
             log.warning("scene %s/%s: %s; retrying the write it owes", project_id, sequence,
                         describe(failure))  # fmt: skip
-            keep = job.owed_keeper(stage) if job is not None else None
-            raise self.owed_retry(failure, kwargs, f"scene {project_id}/{sequence}", keep) from None
+            raise _owed_retry(self, job, failure, kwargs, stage, scene) from None
         if job is None:  # no context (the store refused it): nowhere to record the give-up
             log.error("scene %s/%s gave up before it could read the store: %s", project_id,
                       sequence, describe(failure))  # fmt: skip
@@ -239,6 +237,20 @@ def generate_scene(
         queue=step.queue,
         behind=step.behind,
     )
+
+
+def _owed_retry(
+    task: MvpipeTask,
+    job: SceneJob | None,
+    exc: Exception,
+    kwargs: dict[str, Any],
+    stage: str | None,
+    where: str,
+) -> Exception:
+    """`MvpipeTask.owed_retry` of a step that owes a write for `stage`'s paid work, keeping the
+    scene's owed mark while it waits (none when the step built no job: no context)."""
+    keep = job.owed_keeper(stage) if job is not None else None
+    return task.owed_retry(exc, kwargs, where, keep)
 
 
 def _kept_queue(task: MvpipeTask) -> str | None:
